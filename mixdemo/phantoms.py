@@ -1,0 +1,367 @@
+"""Phantom MRI cohort built from the MNI152 2009a template that nilearn's wheel ships.
+
+No patient data: every subject is the template under its own smooth random deformation,
+global scaling and local anatomical variation (ventricle size, cortical thickness, sulcal
+CSF); every scan of a subject adds its own contrast, bias field, noise and small rigid
+motion, so that test-retest pairs exist as in PPMI. Labels are exact: they are the arg-max
+of the same warped tissue probabilities that synthesise the image.
+
+Labels: 0 background, 1 GM, 2 WM, 3 CSF.
+
+CLI::
+
+    python -m mixdemo.phantoms --out data/phantoms --subjects 24 --scans 2 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CLASS_NAMES: tuple[str, ...] = ("background", "GM", "WM", "CSF")
+NUM_CLASSES = len(CLASS_NAMES)
+GRID_SHAPE: tuple[int, int, int] = (144, 192, 160)
+"""Common 1 mm grid around the brain (the paper's PPMI size); every side divisible by 16."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """Tissue probabilities of the MNI152 template cropped to :data:`GRID_SHAPE`.
+
+    Attributes:
+        probs: (4, X, Y, Z) float32 probabilities of background, GM, WM, CSF (sum to 1).
+        affine: 4x4 voxel-to-MNI (mm) affine of the cropped grid.
+    """
+
+    probs: torch.Tensor
+    affine: np.ndarray
+
+
+@dataclass(frozen=True)
+class SubjectParams:
+    """Anatomy of one phantom subject (all scans of a subject share it)."""
+
+    seed: int
+    scale: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    warp_mm: float
+    ventricle_gain: float
+    cortex_log_gain: float
+    csf_log_gain: float
+
+
+@dataclass(frozen=True)
+class ScanParams:
+    """Acquisition of one scan: contrast, bias field, noise and rigid motion."""
+
+    seed: int
+    tissue_means: tuple[float, float, float]
+    bias_strength: float
+    noise_sigma: float
+    motion_deg: tuple[float, float, float]
+    motion_mm: tuple[float, float, float]
+
+
+@functools.lru_cache(maxsize=1)
+def load_template() -> Template:
+    """Load nilearn's packaged MNI152 2009a maps (no download) and crop to the common grid.
+
+    CSF is taken as brain mask − GM − WM (clipped at 0); background as 1 − the rest.
+    """
+    from nilearn import datasets  # imported lazily: nilearn is slow to import
+
+    gm = datasets.load_mni152_gm_template(resolution=1)
+    wm = datasets.load_mni152_wm_template(resolution=1)
+    mask = datasets.load_mni152_brain_mask(resolution=1)
+    gm_p = np.asarray(gm.get_fdata(), dtype=np.float32)
+    wm_p = np.asarray(wm.get_fdata(), dtype=np.float32)
+    mask_p = np.asarray(mask.get_fdata(), dtype=np.float32)
+    gm_p, wm_p = gm_p * mask_p, wm_p * mask_p
+    csf_p = np.clip(mask_p - gm_p - wm_p, 0.0, 1.0)
+    bg_p = np.clip(1.0 - gm_p - wm_p - csf_p, 0.0, 1.0)
+    probs = np.stack([bg_p, gm_p, wm_p, csf_p])
+    probs /= probs.sum(0, keepdims=True)
+
+    start = _crop_start(mask_p > 0)
+    cropped = _crop_or_pad(probs, start)
+    affine = np.array(mask.affine, dtype=np.float64)
+    affine[:3, 3] = affine[:3, :3] @ np.array(start, dtype=np.float64) + affine[:3, 3]
+    return Template(probs=torch.from_numpy(np.ascontiguousarray(cropped)), affine=affine)
+
+
+def _crop_start(mask: np.ndarray) -> tuple[int, int, int]:
+    """Start index of a GRID_SHAPE box centred on the mask's bounding box."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    centre = (lo + hi) / 2.0
+    return tuple(int(round(c - n / 2.0)) for c, n in zip(centre, GRID_SHAPE))  # type: ignore[return-value]
+
+
+def _crop_or_pad(probs: np.ndarray, start: tuple[int, int, int]) -> np.ndarray:
+    """Cut (C, X, Y, Z) at ``start`` to GRID_SHAPE, padding with background where outside."""
+    out = np.zeros((probs.shape[0], *GRID_SHAPE), dtype=np.float32)
+    out[0] = 1.0
+    src, dst = [], []
+    for s, n, size in zip(start, GRID_SHAPE, probs.shape[1:]):
+        a, b = max(s, 0), min(s + n, size)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[(slice(None), *dst)] = probs[(slice(None), *src)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter sampling (TorchIO style: sample parameters, then apply a deterministic map)
+# ---------------------------------------------------------------------------------------
+
+
+def sample_subject(seed: int) -> SubjectParams:
+    """Draw one subject's anatomy from a seed."""
+    rng = np.random.default_rng([seed, 1])
+    return SubjectParams(
+        seed=seed,
+        scale=tuple(float(s) for s in rng.uniform(0.90, 1.03, 3) * rng.uniform(0.97, 1.03)),
+        rotation_deg=tuple(float(r) for r in rng.uniform(-3.0, 3.0, 3)),
+        warp_mm=float(rng.uniform(2.0, 4.0)),
+        ventricle_gain=float(rng.uniform(-0.15, 0.45)),
+        cortex_log_gain=float(rng.uniform(-0.4, 0.3)),
+        csf_log_gain=float(rng.uniform(-0.2, 0.7)),
+    )
+
+
+def sample_scan(seed: int) -> ScanParams:
+    """Draw one acquisition's parameters from a seed."""
+    rng = np.random.default_rng([seed, 2])
+    means = (
+        float(rng.uniform(0.55, 0.68)),  # GM
+        float(rng.uniform(0.95, 1.05)),  # WM
+        float(rng.uniform(0.15, 0.30)),  # CSF
+    )
+    return ScanParams(
+        seed=seed,
+        tissue_means=means,
+        bias_strength=float(rng.uniform(0.03, 0.12)),
+        noise_sigma=float(rng.uniform(0.01, 0.035)),
+        motion_deg=tuple(float(r) for r in rng.uniform(-1.5, 1.5, 3)),
+        motion_mm=tuple(float(t) for t in rng.uniform(-1.5, 1.5, 3)),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Deterministic maps
+# ---------------------------------------------------------------------------------------
+
+
+def _rotation(deg: tuple[float, float, float]) -> torch.Tensor:
+    """3x3 rotation matrix from Euler angles in degrees (x, then y, then z)."""
+    ax, ay, az = (math.radians(d) for d in deg)
+    rx = torch.tensor([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = torch.tensor([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = torch.tensor([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return (rz @ ry @ rx).float()
+
+
+def _smooth_field(generator: torch.Generator, channels: int, control: tuple[int, int, int]) -> torch.Tensor:
+    """Random (channels, *control) control-point values in [-1, 1], smooth once upsampled."""
+    return torch.rand((1, channels, *control), generator=generator) * 2.0 - 1.0
+
+
+def _sample_field(field: torch.Tensor, coords_norm: torch.Tensor) -> torch.Tensor:
+    """Trilinearly sample a (1, C, a, b, c) field at normalised coords (X, Y, Z, 3) → (C, X, Y, Z)."""
+    grid = coords_norm.flip(-1)[None]  # grid_sample wants (z, y, x) order in the last dim
+    return F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+def _voxel_grid(shape: tuple[int, int, int]) -> torch.Tensor:
+    """(X, Y, Z, 3) voxel coordinates."""
+    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
+def _to_norm(coords: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Voxel coordinates → grid_sample's [-1, 1] (align_corners=True)."""
+    size = torch.tensor([n - 1 for n in shape], dtype=torch.float32)
+    return coords / size * 2.0 - 1.0
+
+
+def _ventricle_centre(template: Template) -> torch.Tensor:
+    """Centre (voxels) of the CSF inside a central box: the lateral ventricles."""
+    csf = template.probs[3]
+    shape = csf.shape
+    box = tuple(slice(int(n * 0.35), int(n * 0.65)) for n in shape)
+    sub = (csf[box] > 0.5).nonzero().float()
+    offset = torch.tensor([b.start for b in box], dtype=torch.float32)
+    return sub.mean(0) + offset
+
+
+def subject_tissue(template: Template, params: SubjectParams) -> torch.Tensor:
+    """Subject-specific tissue probabilities in template space (cortex and sulcal CSF).
+
+    Cortical thickness and sulcal width are changed by re-weighting the GM and CSF
+    probabilities with smooth random log-gains before the arg-max, which moves the
+    tissue boundaries by a few voxels.
+    """
+    gen = torch.Generator().manual_seed(params.seed * 7919 + 3)
+    shape = tuple(template.probs.shape[1:])
+    coords = _to_norm(_voxel_grid(shape), shape)  # type: ignore[arg-type]
+    gains = _sample_field(_smooth_field(gen, 2, (5, 6, 5)), coords)
+    log_gm = params.cortex_log_gain + 0.35 * gains[0]
+    log_csf = params.csf_log_gain + 0.35 * gains[1]
+    probs = template.probs.clone()
+    probs[1] *= torch.exp(log_gm)
+    probs[3] *= torch.exp(log_csf)
+    return probs / probs.sum(0, keepdim=True)
+
+
+def scan_sampling_coords(template: Template, subject: SubjectParams, scan: ScanParams) -> torch.Tensor:
+    """Template voxel coordinates (X, Y, Z, 3) seen by each voxel of one scan.
+
+    Composition: scan rigid motion → subject global affine (scale, rotation) →
+    subject smooth random warp → ventricle expansion (radial, Gaussian-windowed).
+    """
+    shape = tuple(template.probs.shape[1:])
+    centre = torch.tensor([(n - 1) / 2.0 for n in shape])
+    p = _voxel_grid(shape)  # type: ignore[arg-type]
+    # 1. scan motion (rigid)
+    p = (p - centre) @ _rotation(scan.motion_deg).T + centre + torch.tensor(scan.motion_mm)
+    # 2. subject global affine: a larger brain samples the template nearer its centre
+    a = _rotation(subject.rotation_deg) / torch.tensor(subject.scale)[None, :]
+    p = (p - centre) @ a.T + centre
+    # 3. smooth random warp (control grid 6x7x6, trilinear)
+    gen = torch.Generator().manual_seed(subject.seed * 104729 + 11)
+    warp = _sample_field(_smooth_field(gen, 3, (6, 7, 6)), _to_norm(p, shape))  # type: ignore[arg-type]
+    p = p + subject.warp_mm * warp.permute(1, 2, 3, 0)
+    # 4. ventricles: sampling pulled towards the centre enlarges them
+    vc = _ventricle_centre(template)
+    d = p - vc
+    window = torch.exp(-(d**2).sum(-1, keepdim=True) / (2 * 18.0**2))
+    return p - subject.ventricle_gain * d * window
+
+
+def _bias_field(scan: ScanParams, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Smooth multiplicative bias field exp(s·f), f in [-1, 1] from a 4x4x4 control grid."""
+    gen = torch.Generator().manual_seed(scan.seed * 15485863 + 5)
+    coords = _to_norm(_voxel_grid(shape), shape)
+    return torch.exp(scan.bias_strength * _sample_field(_smooth_field(gen, 1, (4, 4, 4)), coords)[0])
+
+
+def synthesize_scan(template: Template, subject: SubjectParams, scan: ScanParams) -> tuple[np.ndarray, np.ndarray]:
+    """Render one scan: returns (image float32 in [0, ~1.2], labels uint8) on GRID_SHAPE."""
+    shape = tuple(template.probs.shape[1:])
+    tissue = subject_tissue(template, subject)
+    coords = scan_sampling_coords(template, subject, scan)
+    probs = _sample_field(tissue[None], _to_norm(coords, shape))  # type: ignore[arg-type]
+    labels = probs.argmax(0).to(torch.uint8)
+    means = torch.tensor((0.0, *scan.tissue_means)).view(4, 1, 1, 1)
+    image = (probs * means).sum(0) * _bias_field(scan, shape)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(scan.seed * 32452843 + 7)
+    n1 = torch.randn(image.shape, generator=gen) * scan.noise_sigma
+    n2 = torch.randn(image.shape, generator=gen) * scan.noise_sigma
+    image = torch.sqrt((image + n1) ** 2 + n2**2)  # Rician magnitude noise
+    image = torch.where(probs[0] >= 0.5, torch.zeros_like(image), image)  # skull-stripped
+    return image.numpy().astype(np.float32), labels.numpy()
+
+
+# ---------------------------------------------------------------------------------------
+# Cohort
+# ---------------------------------------------------------------------------------------
+
+
+def subject_id(index: int) -> str:
+    """Folder-safe id of phantom subject ``index``."""
+    return f"sub-{index:03d}"
+
+
+def scan_dir_name(subject: str, scan: int) -> str:
+    """``<subject>_<scan>`` folder name of the cohort layout."""
+    return f"{subject}_scan-{scan}"
+
+
+def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Split subject ids into train/test; a subject is never on both sides."""
+    rng = np.random.default_rng([seed, 3])
+    order = list(rng.permutation(len(subjects)))
+    n_test = max(1, int(round(len(subjects) * test_fraction)))
+    test = sorted(subjects[i] for i in order[:n_test])
+    train = sorted(subjects[i] for i in order[n_test:])
+    return {"train": train, "test": test}
+
+
+def generate_cohort(
+    root: str | Path,
+    *,
+    n_subjects: int = 24,
+    n_scans: int = 2,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    progress: bool = False,
+) -> Path:
+    """Write ``<root>/<subject>_<scan>/t1.nii.gz`` + ``seg.nii.gz`` and ``<root>/split.json``.
+
+    Deterministic from ``seed``. Existing scans with the same parameters are kept.
+    """
+    from mixdemo.io import save_volume
+
+    if n_subjects < 2 or n_scans < 1:
+        raise ValueError("A cohort needs at least 2 subjects and 1 scan per subject.")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    template = load_template()
+    subjects = [subject_id(i) for i in range(n_subjects)]
+    for i, subject in enumerate(subjects):
+        sub_params = sample_subject(seed * 100003 + i)
+        for s in range(n_scans):
+            folder = root / scan_dir_name(subject, s)
+            if (folder / "t1.nii.gz").exists() and (folder / "seg.nii.gz").exists():
+                continue
+            t0 = time.perf_counter()
+            image, labels = synthesize_scan(template, sub_params, sample_scan((seed * 100003 + i) * 16 + s))
+            folder.mkdir(exist_ok=True)
+            save_volume(labels, template.affine, folder / "seg.nii.gz", dtype=np.uint8)
+            save_volume(image, template.affine, folder / "t1.nii.gz", dtype=np.float32)
+            if progress:
+                print(f"{folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    split = split_subjects(subjects, test_fraction, seed)
+    meta = {
+        "dataset": "MNI152-phantom",
+        "note": "Synthetic phantoms from the MNI152 2009a template (nilearn); no patient data.",
+        "seed": seed,
+        "n_scans": n_scans,
+        "classes": list(CLASS_NAMES),
+        **split,
+    }
+    (root / "split.json").write_text(json.dumps(meta, indent=2))
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: write a phantom cohort folder."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="cohort folder to write")
+    parser.add_argument("--subjects", type=int, default=24)
+    parser.add_argument("--scans", type=int, default=2, help="scans per subject (test-retest)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-fraction", type=float, default=0.25)
+    args = parser.parse_args(argv)
+    root = generate_cohort(
+        args.out,
+        n_subjects=args.subjects,
+        n_scans=args.scans,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        progress=True,
+    )
+    print(f"wrote {root}")
+
+
+if __name__ == "__main__":
+    main()

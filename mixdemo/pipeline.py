@@ -1,0 +1,184 @@
+"""Inference: the server's segmentation of proxies and the client's unmixing with TTA.
+
+Client side: :func:`make_proxies` (Eq. 2 / Eq. 5), :func:`unmix_naive` (Eq. 4),
+:func:`unmix_learned` (D), :func:`private_segment` (the whole round trip, Eq. 6).
+Server side: :func:`segment_proxies` — it sees proxies only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from mixdemo.mixing import MixKey, mix, naive_unmix, one_hot, tta_average, tta_variance
+from mixdemo.phantoms import NUM_CLASSES
+
+ProgressFn = Callable[[float, str], None]
+
+SERVER_ROI = (96, 96, 96)
+"""Window of the server's sliding-window pass (S has batch norm, so large windows are exact)."""
+
+UNMIX_ROI = (32, 32, 32)
+"""D uses instance norm: it sees windows of the training patch size."""
+
+
+@dataclass
+class Reference:
+    """One entry of the client's private reference bank."""
+
+    ref_id: str
+    image: np.ndarray  # (X, Y, Z) float32, normalised, on the common grid
+    labels: np.ndarray  # (X, Y, Z) uint8
+
+
+def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Pad spatial dims of (B, C, X, Y, Z) up to multiples of 16 (U-Net++ needs it)."""
+    shape = tuple(x.shape[-3:])
+    pads = [(-n) % 16 for n in shape]
+    if any(pads):
+        x = torch.nn.functional.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+    return x, shape  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def segment_proxies(
+    seg_model: torch.nn.Module,
+    proxies: torch.Tensor | np.ndarray,
+    *,
+    roi_size: Sequence[int] = SERVER_ROI,
+    overlap: float = 0.125,
+    sw_batch_size: int = 1,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Server: softmax probabilities ŷ_mix of S for K proxies (K, X, Y, Z) → (K, C, X, Y, Z).
+
+    The proxies are the only input; nothing of the client's target or key reaches here.
+    """
+    device = next(seg_model.parameters()).device
+    x = torch.as_tensor(np.asarray(proxies) if isinstance(proxies, np.ndarray) else proxies, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"Proxies must be (K, X, Y, Z) or (X, Y, Z); got shape {tuple(x.shape)}.")
+    outs = []
+    for k in range(x.shape[0]):
+        xk, shape = _pad16(x[k : k + 1, None].to(device))
+        roi = tuple(min(r, n) for r, n in zip(roi_size, xk.shape[-3:]))
+        logits = sliding_window_inference(xk, roi, sw_batch_size, seg_model, overlap=overlap, mode="gaussian")
+        outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].cpu())
+        if progress:
+            progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]}")
+    return torch.stack(outs)
+
+
+def make_proxies(target: np.ndarray, references: Sequence[Reference], key: MixKey) -> np.ndarray:
+    """Client: K proxies x_mix^k = α_k·x + (1 − α_k)·x_ref^k (Eq. 2 and 5) as (K, X, Y, Z) float32."""
+    refs = np.stack([r.image for r in references]).astype(np.float32)
+    if refs.shape[1:] != target.shape:
+        raise ValueError(f"References {refs.shape[1:]} and target {target.shape} must share one grid.")
+    return mix(target.astype(np.float32), refs, np.asarray(key.alphas, dtype=np.float32)).astype(np.float32)
+
+
+def reference_onehots(references: Sequence[Reference]) -> torch.Tensor:
+    """(K, C, X, Y, Z) one-hot reference labels."""
+    return one_hot(torch.from_numpy(np.stack([r.labels for r in references])), NUM_CLASSES)
+
+
+def unmix_naive(mixed_probs: torch.Tensor, ref_onehot: torch.Tensor, alphas: Sequence[float]) -> torch.Tensor:
+    """Client, Eq. 4 for each of the K mixes: (K, C, X, Y, Z) scores."""
+    return naive_unmix(mixed_probs, ref_onehot, np.asarray(alphas, dtype=np.float32))
+
+
+@torch.inference_mode()
+def unmix_learned(
+    unmix_model: torch.nn.Module,
+    mixed_probs: torch.Tensor,
+    ref_onehot: torch.Tensor,
+    alphas: Sequence[float],
+    *,
+    roi_size: Sequence[int] = UNMIX_ROI,
+    overlap: float = 0.25,
+    sw_batch_size: int = 16,
+) -> torch.Tensor:
+    """Client, D(ŷ_mix, y_ref, α) for each of the K mixes: (K, C, X, Y, Z) probabilities."""
+    device = next(unmix_model.parameters()).device
+    outs = []
+    for k, alpha in enumerate(alphas):
+        weights = torch.tensor([[alpha, 1.0 - alpha]], dtype=torch.float32, device=device)
+        inputs = torch.cat([mixed_probs[k : k + 1], ref_onehot[k : k + 1].float()], dim=1).to(device)
+        n_cls = mixed_probs.shape[1]
+
+        def predictor(window: torch.Tensor) -> torch.Tensor:
+            w = weights.expand(window.shape[0], -1)
+            return unmix_model(window[:, :n_cls], window[:, n_cls:], w)
+
+        logits = sliding_window_inference(inputs, tuple(roi_size), sw_batch_size, predictor, overlap=overlap)
+        outs.append(torch.softmax(logits, 1)[0].cpu())
+    return torch.stack(outs)
+
+
+@dataclass
+class PrivateResult:
+    """Everything the client holds after one private segmentation (K mixes)."""
+
+    proxies: np.ndarray  # (K, X, Y, Z) — the only thing the server received
+    mixed_probs: torch.Tensor  # (K, C, X, Y, Z) — what the server returned
+    naive: torch.Tensor  # (K, C, X, Y, Z) Eq. 4 scores
+    learned: torch.Tensor | None  # (K, C, X, Y, Z) D's probabilities
+
+    @property
+    def naive_tta(self) -> torch.Tensor:
+        """Eq. 6 with the naive unmixer: (C, X, Y, Z)."""
+        return tta_average(self.naive)
+
+    @property
+    def learned_tta(self) -> torch.Tensor | None:
+        """Eq. 6 with D: (C, X, Y, Z)."""
+        return None if self.learned is None else tta_average(self.learned)
+
+    def labels(self, which: str = "learned_tta") -> np.ndarray:
+        """Arg-max label map of ``naive``, ``naive_tta``, ``learned``, ``learned_tta`` (first mix for single)."""
+        probs = {"naive": self.naive[0], "naive_tta": self.naive_tta,
+                 "learned": None if self.learned is None else self.learned[0], "learned_tta": self.learned_tta}[which]
+        if probs is None:
+            raise ValueError("No learned unmixing in this result.")
+        return probs.argmax(0).numpy().astype(np.uint8)
+
+    def uncertainty(self) -> np.ndarray:
+        """TTA uncertainty: per-voxel variance across the K unmixed predictions, summed over classes."""
+        preds = self.learned if self.learned is not None else self.naive
+        return tta_variance(preds).sum(0).numpy()
+
+
+def private_segment(
+    target: np.ndarray,
+    references: Sequence[Reference],
+    key: MixKey,
+    server: Callable[[np.ndarray], torch.Tensor],
+    unmix_model: torch.nn.Module | None,
+    *,
+    progress: ProgressFn | None = None,
+) -> PrivateResult:
+    """The client's round trip: mix (Eq. 2/5), send proxies to ``server``, unmix (Eq. 4 / D), TTA (Eq. 6).
+
+    ``server`` is any callable taking the (K, X, Y, Z) proxies and returning (K, C, X, Y, Z)
+    probabilities: :func:`segment_proxies` locally, or a remote call (``mixdemo.client``).
+    """
+    if len(references) != key.k:
+        raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
+    if progress:
+        progress(0.0, "client: mixing")
+    proxies = make_proxies(target, references, key)
+    mixed = server(proxies)
+    ref_oh = reference_onehots(references)
+    naive = unmix_naive(mixed, ref_oh, key.alphas)
+    learned = None
+    if unmix_model is not None:
+        if progress:
+            progress(0.9, "client: learned unmixing")
+        learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas)
+    return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned)

@@ -1,0 +1,466 @@
+"""Tests of mixdemo.metrics: Dice, 3D MS-SSIM, ICC(C,1) and re-identification retrieval scores."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy.ndimage import gaussian_filter
+
+from mixdemo.metrics import (
+    MSSSIM_WEIGHTS,
+    IccResult,
+    ReidResult,
+    dice_per_class,
+    icc_c1,
+    mean_dice,
+    msssim_3d,
+    msssim_3d_batch,
+    msssim_matrix,
+    msssim_scales,
+    reid_metrics,
+)
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def smooth_volume(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Smooth random volume rescaled to [0, 1] (MRI-like spatial correlation)."""
+    x = gaussian_filter(np.random.default_rng(seed).normal(size=shape), 2.0)
+    return (x - x.min()) / (x.max() - x.min())
+
+
+def block_similarity(ids: list[int], seed: int = 0) -> np.ndarray:
+    """Similarity with every same-identity pair above every different-identity pair."""
+    rng = np.random.default_rng(seed)
+    ids_arr = np.asarray(ids)
+    same = ids_arr[:, None] == ids_arr[None, :]
+    return np.where(same, 0.9, 0.1) + rng.uniform(0, 0.05, size=same.shape)
+
+
+# ---------------------------------------------------------------------------------- Dice
+
+
+def test_dice_identical_maps_is_one() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=(8, 9, 10))
+    assert dice_per_class(labels, labels.copy(), [0, 1, 2, 3]) == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_dice_disjoint_maps_is_zero() -> None:
+    pred = np.zeros((4, 4, 4), dtype=np.int64)
+    truth = np.zeros_like(pred)
+    pred[:2] = 1
+    truth[2:] = 1
+    assert dice_per_class(pred, truth, [1]) == {1: 0.0}
+
+
+def test_dice_partial_overlap_hand_computed() -> None:
+    pred = np.zeros((5, 5, 5), dtype=np.int64)
+    truth = np.zeros_like(pred)
+    pred[0, 0, :4] = 1  # 4 voxels
+    truth[0, 0, 1:5] = 1  # 4 voxels on this row (3 shared) ...
+    truth[1, 0, :2] = 1  # ... plus 2 more: |T| = 6
+    pred[4, 4, 4] = 2  # class 2: |P| = 1, |T| = 0
+    # class 1: 2*3 / (4 + 6) = 0.6; class 2: 0; class 0: 2*|bg∩bg| / (|bg_P| + |bg_T|)
+    bg_p, bg_t = 125 - 5, 125 - 6
+    bg_both = 125 - 8  # union of foregrounds: (0,0,0..4) + (1,0,0..1) + (4,4,4)
+    got = dice_per_class(pred, truth, [0, 1, 2])
+    assert got[1] == pytest.approx(0.6)
+    assert got[2] == 0.0
+    assert got[0] == pytest.approx(2 * bg_both / (bg_p + bg_t))
+
+
+def test_dice_empty_class_conventions() -> None:
+    pred = np.zeros((3, 3, 3), dtype=np.int64)
+    truth = np.zeros_like(pred)
+    truth[1, 1, 1] = 2
+    got = dice_per_class(pred, truth, [5, 2])
+    assert got[5] == 1.0  # absent from both maps
+    assert got[2] == 0.0  # absent from the prediction only
+    assert list(got) == [5, 2]
+    assert dice_per_class(truth, pred, [2]) == {2: 0.0}  # absent from the reference only
+
+
+def test_dice_torch_matches_numpy_and_integral_floats_accepted() -> None:
+    rng = np.random.default_rng(1)
+    p, t = rng.integers(0, 3, size=(6, 6, 6)), rng.integers(0, 3, size=(6, 6, 6))
+    ref = dice_per_class(p, t, [0, 1, 2])
+    assert dice_per_class(torch.from_numpy(p), torch.from_numpy(t), [0, 1, 2]) == ref
+    assert dice_per_class(p.astype(np.float32), t.astype(np.float32), [0, 1, 2]) == ref
+
+
+def test_dice_bad_inputs_raise() -> None:
+    a = np.zeros((4, 4, 4), dtype=np.int64)
+    with pytest.raises(ValueError, match="same shape"):
+        dice_per_class(a, np.zeros((4, 4, 5), dtype=np.int64), [1])
+    with pytest.raises(ValueError, match="3D"):
+        dice_per_class(a[None], a[None], [1])
+    with pytest.raises(ValueError, match="integer"):
+        dice_per_class(a + 0.5, a, [1])
+    with pytest.raises(ValueError, match="at least one class"):
+        dice_per_class(a, a, [])
+
+
+def test_mean_dice() -> None:
+    assert mean_dice({1: 0.5, 2: 1.0, 3: 0.0}) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="empty"):
+        mean_dice({})
+
+
+label_maps = hnp.arrays(np.int64, (3, 4, 5), elements=st.integers(0, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(label_maps, label_maps)
+def test_dice_property_range_and_symmetry(p: np.ndarray, t: np.ndarray) -> None:
+    classes = [0, 1, 2, 3, 7]
+    pt, tp = dice_per_class(p, t, classes), dice_per_class(t, p, classes)
+    assert pt == tp
+    assert all(0.0 <= v <= 1.0 for v in pt.values())
+    assert pt[7] == 1.0
+
+
+# ---------------------------------------------------------------------------------- MS-SSIM
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((32, 32, 32), (3, 7)), ((48, 56, 40), (3, 9)), ((64, 64, 64), (4, 7)), ((128, 140, 130), (5, 7)), ((176,) * 3, (5, 11))],
+)
+def test_msssim_scales_rule(shape: tuple[int, int, int], expected: tuple[int, int]) -> None:
+    assert msssim_scales(shape) == expected
+
+
+@pytest.mark.parametrize("side", [3, 5, 8, 13, 16, 20, 31, 32, 33, 47, 63, 64, 65, 100, 127, 175, 176, 300])
+def test_msssim_scales_satisfy_monai_and_geometry(side: int) -> None:
+    n, k = msssim_scales((side, side + 3, side + 1))
+    assert side // max(1, n - 1) ** 2 > k - 1  # MONAI's check in compute_ms_ssim
+    assert side // 2 ** (n - 1) >= k  # the coarsest scale holds a whole window
+
+
+def test_msssim_scales_too_small_raises() -> None:
+    with pytest.raises(ValueError, match=">= 3"):
+        msssim_scales((2, 32, 32))
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (48, 56, 40)])
+def test_msssim_identical_is_one(shape: tuple[int, int, int]) -> None:
+    a = smooth_volume(shape, 0)
+    assert msssim_3d(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert msssim_3d(a * 300 + 50, a * 300 + 50) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_msssim_decreases_with_noise_and_is_symmetric() -> None:
+    a = smooth_volume((32, 32, 32), 1)
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=a.shape)
+    values = [msssim_3d(a, a + s * noise) for s in (0.005, 0.02, 0.05, 0.1, 0.3)]
+    assert all(x > y for x, y in zip(values, values[1:]))
+    assert values[0] > 0.95 and values[-1] < 0.8
+    b = a + 0.1 * noise
+    assert msssim_3d(a, b) == pytest.approx(msssim_3d(b, a), abs=1e-12)
+
+
+def test_msssim_anticorrelated_and_unrelated_are_finite_in_unit_interval() -> None:
+    a = smooth_volume((32, 32, 32), 3)
+    anti = msssim_3d(a, 1.0 - a)
+    assert math.isfinite(anti) and 0.0 <= anti < 0.05
+    unrelated = msssim_3d(a, smooth_volume((32, 32, 32), 4))
+    assert math.isfinite(unrelated) and 0.0 <= unrelated < 0.6
+    noise = np.random.default_rng(5).normal(size=(2, 32, 32, 32))
+    assert 0.0 <= msssim_3d(noise[0], -noise[0]) <= 1.0
+
+
+def test_msssim_constant_volumes() -> None:
+    c = np.full((32, 32, 32), 3.0)
+    assert msssim_3d(c, c) == pytest.approx(1.0)
+    other = msssim_3d(c, c + 1.0)
+    assert math.isfinite(other) and 0.0 <= other < 1.0
+
+
+@pytest.mark.parametrize(("shape", "sigma"), [((32, 32, 32), 0.02), ((32, 32, 32), 0.3), ((48, 56, 40), 0.1), ((64, 64, 64), 0.1)])
+def test_msssim_matches_monai(shape: tuple[int, int, int], sigma: float) -> None:
+    from monai.metrics import MultiScaleSSIMMetric
+
+    a = smooth_volume(shape, 6)
+    b = a + sigma * np.random.default_rng(7).normal(size=shape)
+    n, k = msssim_scales(shape)
+    w = np.asarray(MSSSIM_WEIGHTS[:n]) / sum(MSSSIM_WEIGHTS[:n])
+    data_range = float(max(a.max(), b.max()) - min(a.min(), b.min()))
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=data_range, kernel_size=k, weights=tuple(w), reduction="none")
+    ref = metric(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).item()
+    assert msssim_3d(a, b) == pytest.approx(ref, abs=1e-4)  # MONAI computes in float32
+
+
+def test_msssim_data_range_default_is_joint_range() -> None:
+    a = smooth_volume((32, 32, 32), 8) * 200
+    b = a + 20 * np.random.default_rng(9).normal(size=a.shape) + 10
+    joint = float(max(a.max(), b.max()) - min(a.min(), b.min()))
+    assert msssim_3d(a, b) == pytest.approx(msssim_3d(a, b, data_range=joint), abs=1e-12)
+    assert msssim_3d(a, b, data_range=10 * joint) > msssim_3d(a, b)  # larger C1, C2 -> more similar
+
+
+def test_msssim_torch_input_and_batch_consistency() -> None:
+    vols = np.stack([smooth_volume((32, 32, 32), s) for s in range(4)])
+    other = vols[::-1].copy() + 0.05
+    batch = msssim_3d_batch(vols, other)
+    assert batch.shape == (4,)
+    singles = [msssim_3d(vols[i], other[i]) for i in range(4)]
+    np.testing.assert_allclose(batch, singles, atol=1e-12)
+    np.testing.assert_allclose(msssim_3d_batch(torch.from_numpy(vols).float(), torch.from_numpy(other).float()), batch, atol=1e-5)
+
+
+def test_msssim_matrix_properties() -> None:
+    vols = np.stack([smooth_volume((32, 32, 32), s) for s in range(5)])
+    vols[3] = vols[0] + 0.01 * np.random.default_rng(10).normal(size=vols[0].shape)  # near-duplicate of 0
+    sim = msssim_matrix(vols)
+    assert sim.shape == (5, 5)
+    np.testing.assert_array_equal(sim, sim.T)
+    np.testing.assert_array_equal(np.diag(sim), np.ones(5))
+    assert np.all((sim >= 0) & (sim <= 1))
+    for i, j in [(0, 1), (2, 4), (0, 3)]:
+        assert sim[i, j] == pytest.approx(msssim_3d(vols[i], vols[j]), abs=1e-10)
+    assert np.argmax(sim[0] - np.eye(5)[0] * 2) == 3  # the near-duplicate is the best match
+    fixed = msssim_matrix(vols, data_range=1.0)
+    assert fixed[1, 2] == pytest.approx(msssim_3d(vols[1], vols[2], data_range=1.0), abs=1e-10)
+
+
+def test_msssim_bad_inputs_raise() -> None:
+    a = np.zeros((32, 32, 32))
+    with pytest.raises(ValueError, match="same shape"):
+        msssim_3d(a, np.zeros((32, 32, 31)))
+    with pytest.raises(ValueError, match="msssim_3d_batch"):
+        msssim_3d(a[None], a[None])
+    with pytest.raises(ValueError, match="finite"):
+        msssim_3d(a + np.nan, a)
+    with pytest.raises(ValueError, match="data_range"):
+        msssim_3d(a, a, data_range=0.0)
+    with pytest.raises(ValueError, match="N, X, Y, Z"):
+        msssim_matrix(a)
+
+
+# ---------------------------------------------------------------------------------- ICC
+
+
+SHROUT_FLEISS = np.array(
+    [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], dtype=float
+)
+
+
+def pingouin_icc3(ratings: np.ndarray) -> tuple[float, float, float]:
+    """ICC(3,1) and its 95% CI from pingouin, with pingouin's CI rounding switched off."""
+    pd = pytest.importorskip("pandas")
+    pg = pytest.importorskip("pingouin")
+    n, k = ratings.shape
+    df = pd.DataFrame({"t": np.repeat(np.arange(n), k), "r": np.tile(np.arange(k), n), "y": ratings.ravel()})
+    saved = pg.options.get("round.column.CI95")
+    pg.options["round.column.CI95"] = None
+    try:
+        out = pg.intraclass_corr(df, targets="t", raters="r", ratings="y").set_index("Type")
+    finally:
+        pg.options["round.column.CI95"] = saved
+    row = out.loc["ICC(C,1)"] if "ICC(C,1)" in out.index else out.loc["ICC3"]
+    ci = row["CI95"] if "CI95" in row.index else row["CI95%"]
+    return float(row["ICC"]), float(ci[0]), float(ci[1])
+
+
+def test_icc_shrout_fleiss_published_example() -> None:
+    res = icc_c1(SHROUT_FLEISS)
+    assert isinstance(res, IccResult)
+    assert round(res.icc, 2) == 0.71  # Shrout & Fleiss (1979), Table 4, ICC(3,1)
+    assert (res.n, res.k, res.note) == (6, 4, "")
+    icc, lo, hi = pingouin_icc3(SHROUT_FLEISS)
+    assert res.icc == pytest.approx(icc, rel=1e-10)
+    assert (res.ci_low, res.ci_high) == (pytest.approx(lo, rel=1e-8), pytest.approx(hi, rel=1e-8))
+    assert res.ci_low == pytest.approx(0.34, abs=0.005) and res.ci_high == pytest.approx(0.95, abs=0.005)
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), [(20, 2, 0), (15, 3, 1), (40, 5, 2)])
+def test_icc_matches_pingouin_on_random_data(n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ratings = rng.normal(size=(n, 1)) * 2 + rng.normal(size=(1, k)) + rng.normal(size=(n, k))
+    res = icc_c1(ratings)
+    icc, lo, hi = pingouin_icc3(ratings)
+    assert res.icc == pytest.approx(icc, rel=1e-9, abs=1e-12)
+    assert res.ci_low == pytest.approx(lo, rel=1e-8, abs=1e-12)
+    assert res.ci_high == pytest.approx(hi, rel=1e-8, abs=1e-12)
+    assert res.ci_low <= res.icc <= res.ci_high
+
+
+def test_icc_identical_raters_is_one() -> None:
+    scores = np.array([0.81, 0.77, 0.9, 0.65, 0.88])
+    same = icc_c1(np.column_stack([scores, scores]))
+    assert (same.icc, same.ci_low, same.ci_high) == (1.0, 1.0, 1.0)
+    shifted = icc_c1(np.column_stack([scores, scores + 0.1, scores - 0.3]))  # consistency ignores offsets
+    assert shifted.icc == 1.0 and "offset" in shifted.note
+
+
+def test_icc_no_variance_is_nan_with_reason() -> None:
+    res = icc_c1(np.tile([0.5, 0.7], (4, 1)))  # every target rated identically
+    assert math.isnan(res.icc) and math.isnan(res.ci_low) and math.isnan(res.ci_high)
+    assert "undefined" in res.note
+
+
+def test_icc_confidence_level_widens_interval() -> None:
+    narrow, wide = icc_c1(SHROUT_FLEISS, confidence=0.8), icc_c1(SHROUT_FLEISS, confidence=0.99)
+    assert wide.ci_low < narrow.ci_low < narrow.icc < narrow.ci_high < wide.ci_high
+
+
+def test_icc_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="n_targets >= 2"):
+        icc_c1(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="k_raters >= 2"):
+        icc_c1(np.ones((5, 1)))
+    with pytest.raises(ValueError, match="n_targets"):
+        icc_c1(np.ones(5))
+    with pytest.raises(ValueError, match="finite"):
+        icc_c1(np.array([[1.0, 2.0], [np.nan, 1.0]]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(np.float64, st.tuples(st.integers(2, 8), st.integers(2, 4)), elements=st.integers(0, 20).map(float)),
+    st.data(),
+)
+def test_icc_property_invariant_to_rater_offsets(ratings: np.ndarray, data: st.DataObject) -> None:
+    k = ratings.shape[1]
+    offsets = np.array(data.draw(st.lists(st.integers(-50, 50), min_size=k, max_size=k)), dtype=float)
+    base, moved = icc_c1(ratings), icc_c1(ratings + offsets[None, :])
+    if math.isnan(base.icc):
+        assert math.isnan(moved.icc)
+        return
+    assert moved.icc == pytest.approx(base.icc, rel=1e-9, abs=1e-9)
+    assert moved.ci_low == pytest.approx(base.ci_low, rel=1e-7, abs=1e-9)
+    assert -1.0 / (k - 1) - 1e-9 <= base.icc <= 1.0
+
+
+# ---------------------------------------------------------------------------------- re-identification
+
+
+def test_reid_perfect_structure() -> None:
+    ids = [0, 0, 1, 1, 1, 2, 2, 3, 3]
+    res = reid_metrics(block_similarity(ids), ids)
+    assert isinstance(res, ReidResult)
+    assert (res.f1, res.map, res.top1_accuracy, res.n_queries, res.n_skipped) == (1.0, 1.0, 1.0, 9, 0)
+
+
+def test_reid_string_identities_and_torch_input() -> None:
+    ids = ["a", "b", "a", "b"]
+    res = reid_metrics(torch.from_numpy(block_similarity(ids)), ids)
+    assert res.map == 1.0 and res.f1 == 1.0
+    tensor_ids = reid_metrics(block_similarity(ids), torch.tensor([0, 1, 0, 1]))  # labels, not 0-d tensors
+    assert tensor_ids.map == 1.0 and tensor_ids.n_skipped == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_reid_matches_sklearn_on_random_cases(seed: int) -> None:
+    from sklearn.metrics import average_precision_score, f1_score
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 6, size=30)
+    ids[:12] = np.repeat(np.arange(6), 2)  # every identity occurs at least twice
+    sim = rng.uniform(size=(30, 30)) + 0.3 * (ids[:, None] == ids[None, :])
+    res = reid_metrics(sim, list(ids))
+    truth, pred, aps = [], [], []
+    for i in range(30):
+        others = np.delete(np.arange(30), i)
+        truth.append(ids[i])
+        pred.append(ids[others[np.argmax(sim[i, others])]])
+        aps.append(average_precision_score(ids[others] == ids[i], sim[i, others]))
+    assert res.n_queries == 30
+    assert res.f1 == pytest.approx(f1_score(truth, pred, average="macro"), abs=1e-12)
+    assert res.map == pytest.approx(np.mean(aps), abs=1e-12)
+    assert res.top1_accuracy == pytest.approx(np.mean(np.array(truth) == np.array(pred)))
+
+
+def test_reid_ties_are_pessimistic() -> None:
+    ids = [0, 0, 1, 1]
+    sim = np.array(
+        [
+            [1.0, 0.5, 0.5, 0.2],  # query 0: relevant item 1 tied with irrelevant item 2
+            [0.5, 1.0, 0.2, 0.1],
+            [0.1, 0.2, 1.0, 0.9],
+            [0.1, 0.2, 0.9, 1.0],
+        ]
+    )
+    res = reid_metrics(sim, ids)
+    # query 0 ranks [2, 1, 3]: AP = 1/2 and wrong top-1; the other queries are perfect.
+    assert res.map == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert res.top1_accuracy == pytest.approx(0.75)
+    assert res.f1 < 1.0
+
+
+def test_reid_tied_group_scores_below_sklearn_tie_averaging() -> None:
+    from sklearn.metrics import average_precision_score
+
+    ids = [0, 0, 0, 1]
+    sim = np.array(
+        [
+            [1.0, 0.5, 0.5, 0.5],  # relevant 1, 2 tied with irrelevant 3 -> order [3, 1, 2]: AP 7/12
+            [0.9, 1.0, 0.1, 0.2],  # order [0, 3, 2]: AP (1 + 2/3) / 2 = 5/6
+            [0.9, 0.8, 1.0, 0.1],  # order [0, 1, 3]: AP 1
+            [0.1, 0.2, 0.3, 1.0],  # identity 1 occurs once: skipped
+        ]
+    )
+    res = reid_metrics(sim, ids)
+    assert (res.n_queries, res.n_skipped) == (3, 1)
+    assert res.map == pytest.approx((7 / 12 + 5 / 6 + 1) / 3)
+    # sklearn averages over a tied group (AP 2/3 for query 0); the pessimistic convention is lower
+    tied_ap = average_precision_score([True, True, False], [0.5, 0.5, 0.5])
+    assert tied_ap == pytest.approx(2 / 3) and tied_ap > 7 / 12
+
+
+def test_reid_constant_matrix_is_not_perfect() -> None:
+    ids = [0, 0, 1, 1, 2, 2]
+    res = reid_metrics(np.ones((6, 6)), ids)
+    assert res.map < 1.0
+    assert res.top1_accuracy == 0.0
+    assert res.f1 == 0.0
+    # each query ranks its 4 impostors first, then its single match at rank 5
+    assert res.map == pytest.approx(1 / 5)
+
+
+def test_reid_singletons_skipped_and_counted() -> None:
+    ids = [0, 0, 1, 1, 9]
+    res = reid_metrics(block_similarity(ids), ids)
+    assert (res.n_queries, res.n_skipped) == (4, 1)
+    assert res.map == 1.0
+
+
+def test_reid_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="square"):
+        reid_metrics(np.ones((3, 4)), [0, 0, 1])
+    with pytest.raises(ValueError, match="3 labels"):
+        reid_metrics(np.ones((3, 3)), [0, 0])
+    with pytest.raises(ValueError, match="finite"):
+        reid_metrics(np.array([[1.0, np.nan], [0.0, 1.0]]), [0, 0])
+    with pytest.raises(ValueError, match="at least twice"):
+        reid_metrics(np.ones((3, 3)), [0, 1, 2])
+    sim = np.ones((2, 2))
+    sim[0, 0] = np.nan  # the diagonal is ignored
+    assert reid_metrics(sim, [0, 0]).map == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12).flatmap(lambda n: st.tuples(
+    hnp.arrays(np.float64, (n, n), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+    st.lists(st.integers(0, 3), min_size=n, max_size=n),
+)))
+def test_reid_property_scores_in_unit_interval(case: tuple[np.ndarray, list[int]]) -> None:
+    sim, ids = case
+    if max(np.bincount(ids)) < 2:
+        with pytest.raises(ValueError):
+            reid_metrics(sim, ids)
+        return
+    res = reid_metrics(sim, ids)
+    assert 0.0 <= res.map <= 1.0 and 0.0 <= res.f1 <= 1.0 and 0.0 <= res.top1_accuracy <= 1.0
+    assert res.n_queries + res.n_skipped == len(ids)
+    # pessimistic ties: the same matrix scores no better than a tie-free perturbation favouring matches
+    same = np.asarray(ids)[:, None] == np.asarray(ids)[None, :]
+    assert res.map <= reid_metrics(sim + 1e-6 * same, ids).map + 1e-12

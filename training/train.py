@@ -1,0 +1,213 @@
+"""Train the server's S and the client's D end to end (Kim et al., Sec. 3.3), or the baseline.
+
+Single process::
+
+    python -m training.train --mode private --steps 3000 --out weights
+
+Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
+
+    torchrun --nproc_per_node=4 -m training.train --mode private --steps 3000 --features paper
+
+Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
+the target's labels, summed, as in the paper. Checkpoints every ``--ckpt-every`` steps and
+resumes from the last one; losses go to ``<run>/train.log`` (tab-separated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from monai.losses import DiceCELoss
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.mixing import TRAIN_ALPHA_RANGE
+from mixdemo.models import PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
+from mixdemo.phantoms import NUM_CLASSES, generate_cohort
+
+DEFAULT_DATA = Path("data/phantoms")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=["private", "baseline"], default="private",
+                   help="private: S on proxies + D end to end; baseline: S on raw images")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cohort folder (phantoms are generated if absent)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--patch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
+    p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
+    p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
+    p.add_argument("--name", default=None, help="model folder name (default by mode)")
+    p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and log (default runs/<name>)")
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    return p.parse_args(argv)
+
+
+def resolve_features(spec: str) -> tuple[int, ...]:
+    """'small' | 'paper' | '16,16,32,64,128,16' → widths."""
+    named = {"small": SMALL_FEATURES, "paper": PAPER_FEATURES}
+    if spec in named:
+        return named[spec]
+    return tuple(int(v) for v in spec.split(","))
+
+
+def init_distributed(device_pref: str | None) -> tuple[int, int, torch.device]:
+    """Start DDP when launched by torchrun (WORLD_SIZE set); returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_pref)
+    if world > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        return dist.get_rank(), world, device
+    return 0, 1, device
+
+
+class EndToEnd(torch.nn.Module):
+    """S followed by D, so that one DDP wrapper synchronises both."""
+
+    def __init__(self, seg: SegmentationNet, unmix: UnmixingNet | None) -> None:
+        super().__init__()
+        self.seg = seg
+        self.unmix = unmix
+
+    def forward(self, x_mix, y_ref, weights):  # noqa: D102
+        logits_mix = self.seg(x_mix)
+        if self.unmix is None:
+            return logits_mix, None
+        return logits_mix, self.unmix(torch.softmax(logits_mix, dim=1), y_ref, weights)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world, device = init_distributed(args.device)
+    torch.manual_seed(args.seed)
+    name = args.name or {"private": "segmentation", "baseline": "baseline"}[args.mode]
+    run_dir = args.run_dir or Path("runs") / name
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if args.data == DEFAULT_DATA and not (args.data / "split.json").exists():
+            print(f"generating the phantom cohort in {args.data} ...", flush=True)
+            generate_cohort(args.data, progress=True)
+    if world > 1:
+        dist.barrier()
+
+    cohort = load_cohort(args.data)
+    volumes = load_volumes(cohort.split("train"))
+    mixed = args.mode == "private"
+    sampler = MixedPatchSampler(
+        volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
+        n_references=args.n_references, mixed=mixed, seed=args.seed * 1000 + rank,
+    )
+    features = resolve_features(args.features)
+    seg = SegmentationNet(features=features)
+    unmix = UnmixingNet(n_references=args.n_references) if mixed else None
+    model = EndToEnd(seg, unmix).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=args.steps, eta_min=args.lr * 0.05)
+    loss_mix = DiceCELoss(softmax=True)  # soft targets: y_mix of Eq. 3
+    loss_target = DiceCELoss(softmax=True, to_onehot_y=True)
+
+    ckpt_path = run_dir / "checkpoint.pt"
+    step, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        sampler.rng = np.random.default_rng(state["seed_state"] + rank)
+        step, elapsed = state["step"], state.get("elapsed", 0.0)
+        if rank == 0:
+            print(f"resumed from step {step}", flush=True)
+    ddp = DistributedDataParallel(model) if world > 1 else model
+
+    log = open(run_dir / "train.log", "a") if rank == 0 else None
+    if log is not None and step == 0:
+        log.write("step\tloss\tloss_seg\tloss_unmix\tlr\tseconds\n")
+    bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc=name, mininterval=5)
+    t0 = time.perf_counter()
+    while step < args.steps:
+        batch = sampler.batch(args.batch_size)
+        x_in = batch.x_mix if mixed else batch.x_target
+        logits_mix, logits_target = ddp(x_in.to(device), batch.y_ref.to(device), batch.weights.to(device))
+        l_seg = loss_mix(logits_mix, batch.y_mix.to(device))
+        l_unmix = loss_target(logits_target, batch.y_target[:, None].to(device)) if mixed else torch.zeros((), device=device)
+        loss = l_seg + l_unmix
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if log is not None and (step % 10 == 0 or step == args.steps):
+            secs = elapsed + time.perf_counter() - t0
+            log.write(f"{step}\t{loss.item():.4f}\t{l_seg.item():.4f}\t{l_unmix.item():.4f}\t{sched.get_last_lr()[0]:.2e}\t{secs:.0f}\n")
+            log.flush()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
+            torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+                        "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0},
+                       ckpt_path)
+    bar.close()
+    info = {}
+    if rank == 0:
+        info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device)
+    if world > 1:
+        dist.destroy_process_group()
+    return info
+
+
+def export(model: EndToEnd, args: argparse.Namespace, features, name: str, seconds: float, world: int,
+           device: torch.device) -> dict:
+    """Write the Hub-format model folders and a training record next to them."""
+    from mixdemo.weights import write_training_record
+
+    model = model.cpu().eval()
+    training = {
+        "command": "python -m training.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
+        "lr": args.lr, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
+        "features": list(features), "processes": world, "device": str(device),
+        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
+        "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
+    }
+    folders = {}
+    seg_name = name
+    model.seg.save_pretrained(args.out / seg_name)
+    write_training_record(args.out / seg_name, training, "mixdemo.models.SegmentationNet")
+    folders["segmentation"] = str(args.out / seg_name)
+    if model.unmix is not None:
+        unmix_name = name.replace("segmentation", "unmixing") if "segmentation" in name else name + "-unmixing"
+        model.unmix.save_pretrained(args.out / unmix_name)
+        write_training_record(args.out / unmix_name, training, "mixdemo.models.UnmixingNet")
+        folders["unmixing"] = str(args.out / unmix_name)
+    print(json.dumps({"saved": folders, "train_seconds": round(seconds)}), flush=True)
+    return folders
+
+
+if __name__ == "__main__":
+    main()
