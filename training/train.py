@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         step, elapsed = state["step"], state.get("elapsed", 0.0)
         if rank == 0:
             print(f"resumed from step {step}", flush=True)
-    ddp = DistributedDataParallel(model) if world > 1 else model
+    # U-Net++ without deep supervision leaves its intermediate heads unused
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     log = open(run_dir / "train.log", "a") if rank == 0 else None
     if log is not None and step == 0:

@@ -1,0 +1,30 @@
+"""Mixup-Privacy Lab — the Gradio app (thin: all logic lives in ``mixdemo``).
+
+    python app.py [--host 127.0.0.1] [--port 7860]
+
+Host and port also come from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from mixdemo.ui import build_demo, launch_kwargs  # noqa: E402
+
+demo = build_demo()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse host/port and launch."""
+    p = argparse.ArgumentParser(description="Mixup-Privacy Lab (Gradio app)")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    args = p.parse_args(argv)
+    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+
+
+if __name__ == "__main__":
+    main()

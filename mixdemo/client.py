@@ -1,0 +1,392 @@
+"""The client: load and mix locally, send only proxies, unmix locally (Kim et al., Eq. 2-6).
+
+Used two ways:
+
+* in the browser demo, with the in-process server (:func:`mixdemo.server.segment`);
+* from the command line against a remote server, through ``gradio_client``::
+
+    python -m mixdemo.client --server http://127.0.0.1:7860 scan.nii.gz -o seg.nii.gz \\
+        [--alpha 0.5] [--tta 3] [--references DIR] [--mode patch|whole] [--centre X,Y,Z]
+
+What leaves the machine: one ``.npy`` file named ``proxy.npy`` per request, holding the float16
+proxies (K, X, Y, Z) — no NIfTI header, no affine, no file name, no α, no reference. What comes
+back: the mixed probabilities. The secret key (references, their labels, α) never leaves.
+The input scan must be registered to the references' 1 mm MNI grid (as in the paper); it is
+centre-cropped or padded to that grid and the segmentation is written back in the input's space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MixKey, check_alpha, sample_key
+from mixdemo.pipeline import PrivateResult, Reference, private_segment
+
+ProgressFn = Callable[[float, str], None]
+ServerFn = Callable[[np.ndarray], torch.Tensor]
+
+PATCH_SIZE = 32
+"""Side of the patch of patch mode (the paper's PPMI patch)."""
+MODES = ("patch", "whole")
+
+
+class ClientError(RuntimeError):
+    """Something the user of the client must fix; the message is one plain sentence."""
+
+
+# ------------------------------------------------------------------------------ grid
+@dataclass(frozen=True)
+class GridFit:
+    """How a volume was centre-cropped/padded onto the references' grid (per-axis slices)."""
+
+    source_shape: tuple[int, int, int]
+    src: tuple[slice, slice, slice]
+    dst: tuple[slice, slice, slice]
+
+    def restore(self, grid_volume: np.ndarray) -> np.ndarray:
+        """Put a grid volume back onto the source shape (zeros where the grid did not reach)."""
+        out = np.zeros(self.source_shape, dtype=grid_volume.dtype)
+        out[self.src] = grid_volume[self.dst]
+        return out
+
+
+def conform_to_grid(volume: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, GridFit]:
+    """Centre-crop / zero-pad ``volume`` to ``shape``; returns the grid volume and how to undo it."""
+    src, dst = [], []
+    for n, m in zip(volume.shape, shape):
+        if n >= m:
+            a = (n - m) // 2
+            src.append(slice(a, a + m))
+            dst.append(slice(0, m))
+        else:
+            a = (m - n) // 2
+            src.append(slice(0, n))
+            dst.append(slice(a, a + n))
+    out = np.zeros(tuple(shape), dtype=volume.dtype)
+    out[tuple(dst)] = volume[tuple(src)]
+    return out, GridFit(tuple(volume.shape), tuple(src), tuple(dst))  # type: ignore[arg-type]
+
+
+@dataclass(eq=False)
+class Target:
+    """A target on the models' grid, and how to write labels back into the input file's space."""
+
+    image: np.ndarray  # float32 GRID_SHAPE, normalised
+    scan: object  # mixdemo.io.Scan of the input
+    fit: GridFit | None = None  # index-space crop/pad (scans already on the grid)
+    prepared: object | None = None  # mixdemo.preprocess.Prepared (registered scans)
+    warning: str | None = None
+
+    def save_labels(self, labels: np.ndarray, path: str | os.PathLike) -> None:
+        """Write grid labels as NIfTI on the input file's own grid (atomic)."""
+        from mixdemo.io import save_labels
+
+        if self.prepared is not None:
+            from mixdemo.preprocess import save_segmentation
+
+            save_segmentation(labels, self.prepared, self.scan, path)
+        else:
+            save_labels(self.fit.restore(labels), self.scan, path)  # type: ignore[union-attr]
+
+    def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Ground-truth labels of this target on the grid (only for scans that needed no registration)."""
+        from mixdemo.io import load_labels
+
+        if self.fit is None:
+            raise ClientError("Labels can be attached only to scans already on the 144×192×160 MNI grid.")
+        return conform_to_grid(load_labels(path, like=self.scan), self.image.shape)[0]  # type: ignore[arg-type]
+
+
+def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None) -> Target:
+    """Load a T1 NIfTI and bring it onto the models' grid, on the client.
+
+    A scan already on the 144×192×160 grid (e.g. the phantoms) is used as it is; any other is
+    registered to MNI space with :func:`mixdemo.preprocess.to_model_space` (skull-stripped and
+    normalised there), or centre-cropped/padded when that module is unavailable.
+    """
+    from mixdemo.io import load_scan
+    from mixdemo.phantoms import GRID_SHAPE
+
+    scan = load_scan(path)
+    if scan.data.shape == GRID_SHAPE:
+        image, fit = conform_to_grid(scan.data, GRID_SHAPE)
+        return Target(image=image, scan=scan, fit=fit)
+    try:
+        from mixdemo.preprocess import to_model_space
+    except ImportError:
+        image, fit = conform_to_grid(scan.data, GRID_SHAPE)
+        return Target(image, scan, fit=fit, warning="The scan was centre-cropped/padded, not registered: "
+                      "register it to 1 mm MNI space for meaningful results.")
+    raw = load_scan(path, normalize=False)
+    prepared = to_model_space(raw, progress=progress)
+    return Target(image=prepared.image, scan=raw, prepared=prepared, warning=prepared.warning)
+
+
+def default_centre(volume: np.ndarray) -> tuple[int, int, int]:
+    """Centre of the non-zero bounding box (the grid centre for an empty volume)."""
+    idx = np.argwhere(volume > 0.05 * float(volume.max() or 1))
+    if not len(idx):
+        return tuple(n // 2 for n in volume.shape)  # type: ignore[return-value]
+    return tuple(int(v) for v in (idx.min(0) + idx.max(0)) // 2)  # type: ignore[return-value]
+
+
+def patch_region(centre: Sequence[int], shape: Sequence[int], size: int = PATCH_SIZE) -> tuple[slice, slice, slice]:
+    """Slices of the ``size``³ patch centred (as near as fits) on ``centre``."""
+    if any(size > n for n in shape):
+        raise ClientError(f"The volume {tuple(shape)} is smaller than a {size}³ patch.")
+    corner = [min(max(int(c) - size // 2, 0), n - size) for c, n in zip(centre, shape)]
+    return tuple(slice(c, c + size) for c in corner)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------ one round trip
+@dataclass
+class ClientRun:
+    """A private segmentation of one target: the key, the region it covers and the result."""
+
+    key: MixKey
+    region: tuple[slice, slice, slice]
+    grid_shape: tuple[int, int, int]
+    result: PrivateResult
+
+    def labels(self, which: str = "learned_tta") -> np.ndarray:
+        """Label map on the whole grid (0 outside the region in patch mode)."""
+        if which.startswith("learned") and self.result.learned is None:
+            which = which.replace("learned", "naive")
+        out = np.zeros(self.grid_shape, dtype=np.uint8)
+        out[self.region] = self.result.labels(which)
+        return out
+
+
+def make_key(
+    pool: Sequence[str],
+    k: int,
+    *,
+    alpha: float | None = None,
+    reference_ids: Sequence[str] | None = None,
+    seed: int | None = None,
+) -> MixKey:
+    """The client's secret: given references or K random ones; α fixed or ~ U(DEFAULT_ALPHA_RANGE)."""
+    if alpha is not None:
+        check_alpha(alpha)
+    if reference_ids:
+        unknown = [r for r in reference_ids if r not in pool]
+        if unknown:
+            raise ClientError(f"Unknown reference(s): {', '.join(unknown)}.")
+        a = alpha if alpha is not None else float(np.random.default_rng(seed).uniform(*DEFAULT_ALPHA_RANGE))
+        return MixKey(tuple(reference_ids), (float(a),) * len(reference_ids), seed or 0)
+    if not 1 <= k <= len(pool):
+        raise ClientError(f"K must be between 1 and the number of references ({len(pool)}); got {k}.")
+    rng = (alpha, alpha) if alpha is not None else DEFAULT_ALPHA_RANGE
+    return sample_key(list(pool), k, alpha_range=rng, seed=seed)
+
+
+def run_private(
+    target: np.ndarray,
+    references: Sequence[Reference],
+    key: MixKey,
+    server: ServerFn,
+    unmix_model: torch.nn.Module | None,
+    *,
+    mode: str = "patch",
+    centre: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+) -> ClientRun:
+    """Mix (Eq. 2/5), call ``server`` with the proxies only, unmix (Eq. 4 / D) and average (Eq. 6).
+
+    In ``patch`` mode only the 32³ patch at ``centre`` of the target and of each reference is mixed.
+    """
+    if mode not in MODES:
+        raise ClientError(f"Mode must be one of {', '.join(MODES)}; got {mode!r}.")
+    by_id = {r.ref_id: r for r in references}
+    chosen = [by_id[i] for i in key.reference_ids]
+    if any(r.image.shape != target.shape for r in chosen):
+        raise ClientError("The target and the references must share one grid.")
+    if mode == "patch":
+        region = patch_region(centre if centre is not None else default_centre(target), target.shape)
+    else:
+        region = tuple(slice(0, n) for n in target.shape)
+    refs = [Reference(r.ref_id, r.image[region], r.labels[region]) for r in chosen]
+    result = private_segment(target[region], refs, key, server, unmix_model, progress=progress)
+    return ClientRun(key=key, region=region, grid_shape=tuple(target.shape), result=result)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=2)
+def _unmixing(weights_root: str) -> torch.nn.Module:
+    from mixdemo.models import pick_device
+    from mixdemo.weights import load_model
+
+    return load_model("unmixing", device=str(pick_device()))
+
+
+def unmixing_model(required: bool = False) -> torch.nn.Module | None:
+    """The client's D from local weights (None when absent, unless ``required``)."""
+    from mixdemo.weights import WeightsError, weights_dir
+
+    try:
+        return _unmixing(str(weights_dir()))
+    except WeightsError:
+        if required:
+            raise
+        return None
+
+
+# ------------------------------------------------------------------------------ remote server
+class RemoteServer:
+    """Callable sending proxies to a Mixup-Privacy server's ``segment_proxy`` endpoint."""
+
+    def __init__(self, url: str, *, timeout_s: float = 600.0) -> None:
+        from gradio_client import Client
+
+        self.url = url
+        self._download = tempfile.mkdtemp(prefix="mixdemo-client-")
+        try:
+            self._client = Client(
+                url,
+                verbose=False,
+                download_files=self._download,
+                analytics_enabled=False,
+                httpx_kwargs={"timeout": timeout_s},
+            )
+        except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
+            shutil.rmtree(self._download, ignore_errors=True)
+            raise ClientError(
+                f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
+                "check the address and that the server is running."
+            ) from None
+
+    def info(self) -> dict:
+        """The server's ``server_info`` endpoint."""
+        return self._client.predict(api_name="/server_info")
+
+    def __call__(self, proxies: np.ndarray) -> torch.Tensor:
+        from gradio_client import handle_file
+
+        with tempfile.TemporaryDirectory(prefix="mixdemo-proxy-") as tmp:
+            path = Path(tmp) / "proxy.npy"  # neutral name: nothing of the input's name or header
+            np.save(path, np.ascontiguousarray(proxies, dtype=np.float16), allow_pickle=False)
+            try:
+                out = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
+            except Exception as exc:  # noqa: BLE001 - AppError carries the server's message
+                msg = str(exc).strip() or type(exc).__name__
+                raise ClientError(f"The server refused or failed the request: {msg}") from None
+        try:
+            with open(out, "rb") as fh:
+                probs = np.load(fh, allow_pickle=False)
+        finally:
+            shutil.rmtree(Path(out).parent, ignore_errors=True)
+        expected = (proxies.shape[0], 4, *proxies.shape[1:])
+        if probs.shape != expected:
+            raise ClientError(f"The server answered with shape {probs.shape}; expected {expected}.")
+        return torch.from_numpy(probs.astype(np.float32))
+
+    def close(self) -> None:
+        """Remove downloaded files."""
+        shutil.rmtree(self._download, ignore_errors=True)
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+# ------------------------------------------------------------------------------ the CLI
+def segment_file(
+    scan_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    server: ServerFn,
+    *,
+    references: Sequence[Reference],
+    alpha: float | None = None,
+    k: int = 1,
+    mode: str = "whole",
+    centre: Sequence[int] | None = None,
+    seed: int | None = None,
+    unmix_model: torch.nn.Module | None = None,
+    progress: ProgressFn | None = None,
+) -> ClientRun:
+    """Segment a NIfTI privately with ``server`` and write the labels in the input's space."""
+    target = load_target(scan_path, progress=progress)
+    if target.warning and progress:
+        progress(0.0, f"warning: {target.warning}")
+    if target.image.shape != references[0].image.shape:
+        raise ClientError("The references are not on the models' 144×192×160 grid.")
+    key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed)
+    run = run_private(target.image, references, key, server, unmix_model, mode=mode, centre=centre, progress=progress)
+    target.save_labels(run.labels("learned_tta"), out_path)
+    return run
+
+
+def _parse_centre(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        x, y, z = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ClientError("--centre must be three integers X,Y,Z (voxels of the MNI grid).") from None
+    return x, y, z
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    p = argparse.ArgumentParser(
+        prog="python -m mixdemo.client",
+        description="Privacy-preserving segmentation: mix locally, send only proxies, unmix locally.",
+    )
+    p.add_argument("scan", help="input T1 NIfTI (.nii/.nii.gz), registered to 1 mm MNI space")
+    p.add_argument("-o", "--output", required=True, help="output label NIfTI, written in the input's space")
+    p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
+    p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
+    p.add_argument("--tta", type=int, default=1, metavar="K", help="number of references (Eq. 5-6)")
+    p.add_argument("--references", default=None, help="folder of <id>/t1.nii.gz + seg.nii.gz (default: the phantom bank)")
+    p.add_argument("--mode", choices=MODES, default="whole", help="whole volume, or one 32³ patch")
+    p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
+    args = p.parse_args(argv)
+
+    from mixdemo.io import ScanError
+    from mixdemo.weights import WeightsError
+
+    remote = None
+    try:
+        if not str(args.output).lower().endswith((".nii", ".nii.gz")):
+            raise ClientError("The output file name must end in .nii or .nii.gz.")
+        if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
+            raise ClientError("--alpha must lie between 0.05 and 0.95.")
+        from mixdemo import examples
+
+        refs = (
+            examples.load_reference_dir(args.references)
+            if args.references
+            else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
+        )
+        remote = RemoteServer(args.server)
+        unmix = unmixing_model()
+        if unmix is None:
+            print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
+        run = segment_file(
+            args.scan, args.output, remote, references=refs, alpha=args.alpha, k=args.tta,
+            mode=args.mode, centre=_parse_centre(args.centre), seed=args.seed, unmix_model=unmix,
+            progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr),
+        )
+        print(f"wrote the segmentation ({run.key.k} mix(es), mode {args.mode})", file=sys.stderr)
+        return 0
+    except (ClientError, ScanError, WeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

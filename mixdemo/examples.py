@@ -1,0 +1,172 @@
+"""Bundled example targets and the demo client's reference bank (phantoms, generated once and cached).
+
+Both come from the default phantom cohort (``python -m mixdemo.phantoms --subjects 24 --seed 0``,
+whose subject ``i`` is ``sample_subject(i)`` scanned with ``sample_scan(16·i + s)``):
+
+* **references** (the client's private key material): scan 0 of the first
+  :data:`N_REFERENCES` *train* subjects of that cohort — exactly the population the
+  evaluation protocol draws references from;
+* **example targets**: scan 0 of the first :data:`N_EXAMPLES` *test* subjects, which no
+  model has seen and which are never references.
+
+They are written to ``$MIXDEMO_CACHE`` (default ``~/.cache/mixdemo``) under ``examples/`` and
+``references/`` in the cohort layout (``<name>/t1.nii.gz`` + ``seg.nii.gz``), copied from
+``data/phantoms`` when that cohort exists and synthesised otherwise (≈ 3 s per scan), on first
+use only. Nothing here holds user data; the public phantom bank is cached in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mixdemo.pipeline import Reference
+
+ProgressFn = Callable[[float, str], None]
+
+N_REFERENCES = 6
+N_EXAMPLES = 3
+COHORT_SEED = 0
+COHORT_SUBJECTS = 24
+COHORT_TEST_FRACTION = 0.25
+CACHE_ENV = "MIXDEMO_CACHE"
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_LOCK = threading.Lock()
+
+
+def cache_root() -> Path:
+    """``$MIXDEMO_CACHE`` or ``~/.cache/mixdemo``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mixdemo")
+
+
+def _split() -> dict[str, list[str]]:
+    from mixdemo.phantoms import split_subjects, subject_id
+
+    subjects = [subject_id(i) for i in range(COHORT_SUBJECTS)]
+    return split_subjects(subjects, COHORT_TEST_FRACTION, COHORT_SEED)
+
+
+def reference_subjects() -> list[str]:
+    """Subject ids of the reference bank (train subjects of the default cohort)."""
+    return _split()["train"][:N_REFERENCES]
+
+
+def example_subjects() -> list[str]:
+    """Subject ids of the example targets (test subjects of the default cohort)."""
+    return _split()["test"][:N_EXAMPLES]
+
+
+def example_names() -> list[str]:
+    """Display names of the example targets, e.g. ``"phantom sub-002 (test subject)"``."""
+    return [f"phantom {s} (test subject)" for s in example_subjects()]
+
+
+def _write_scan(subject: str, folder: Path) -> None:
+    """Write scan 0 of ``subject`` as ``folder/t1.nii.gz`` + ``seg.nii.gz`` (copy or synthesise)."""
+    from mixdemo.io import save_volume
+    from mixdemo.phantoms import load_template, sample_scan, sample_subject, scan_dir_name
+
+    src = _REPO_ROOT / "data" / "phantoms" / scan_dir_name(subject, 0)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        if (src / "t1.nii.gz").exists() and (src / "seg.nii.gz").exists():
+            shutil.copy(src / "t1.nii.gz", tmp / "t1.nii.gz")
+            shutil.copy(src / "seg.nii.gz", tmp / "seg.nii.gz")
+        else:
+            index = int(subject.split("-")[1])
+            base = COHORT_SEED * 100003 + index
+            template = load_template()
+            image, labels = _synth(template, sample_subject(base), sample_scan(base * 16))
+            save_volume(labels, template.affine, tmp / "seg.nii.gz", dtype=np.uint8)
+            save_volume(image, template.affine, tmp / "t1.nii.gz", dtype=np.float32)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _synth(template, subject, scan):  # noqa: ANN001, ANN202 - thin wrapper, patched in tests
+    from mixdemo.phantoms import synthesize_scan
+
+    return synthesize_scan(template, subject, scan)
+
+
+def _ensure(kind: str, subjects: list[str], progress: ProgressFn | None) -> list[Path]:
+    """Folders ``<cache>/<kind>/<subject>``, generated where missing."""
+    base = cache_root() / kind
+    folders = [base / s for s in subjects]
+    missing = [f for f in folders if not ((f / "t1.nii.gz").exists() and (f / "seg.nii.gz").exists())]
+    if missing:
+        with _LOCK:
+            base.mkdir(parents=True, exist_ok=True)
+            for i, folder in enumerate(missing):
+                if progress:
+                    progress(i / len(missing), f"preparing phantom {kind} {i + 1}/{len(missing)} (first use only)")
+                if not (folder / "t1.nii.gz").exists() or not (folder / "seg.nii.gz").exists():
+                    _write_scan(folder.name, folder)
+    return folders
+
+
+def example_folders(progress: ProgressFn | None = None) -> dict[str, Path]:
+    """``{display name: folder with t1.nii.gz and seg.nii.gz}`` of the example targets."""
+    folders = _ensure("examples", example_subjects(), progress)
+    return dict(zip(example_names(), folders))
+
+
+def reference_folder(progress: ProgressFn | None = None) -> Path:
+    """The reference bank's folder in the cohort layout (usable as the client's ``--references``)."""
+    _ensure("references", reference_subjects(), progress)
+    return cache_root() / "references"
+
+
+def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) -> list[Reference]:
+    """Load references from ``<folder>/<id>/t1.nii.gz`` + ``seg.nii.gz`` (normalised as in training).
+
+    Raises:
+        ValueError: no usable reference in ``folder`` (the message names what is expected).
+    """
+    from mixdemo.io import load_labels, load_scan
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError("The reference folder does not exist.")
+    names = ids if ids is not None else sorted(p.name for p in folder.iterdir() if (p / "t1.nii.gz").exists())
+    refs = []
+    for name in names:
+        sub = folder / name
+        if not (sub / "t1.nii.gz").exists() or not (sub / "seg.nii.gz").exists():
+            raise ValueError(f"Reference '{name}' needs t1.nii.gz and seg.nii.gz.")
+        scan = load_scan(sub / "t1.nii.gz")
+        refs.append(Reference(name, scan.data, load_labels(sub / "seg.nii.gz", like=scan)))
+    if not refs:
+        raise ValueError("The reference folder holds no <id>/t1.nii.gz + seg.nii.gz pairs.")
+    if len({r.image.shape for r in refs}) > 1:
+        raise ValueError("All references must share one grid (register them to MNI space first).")
+    return refs
+
+
+@functools.lru_cache(maxsize=2)
+def _bank(root: str) -> tuple[Reference, ...]:
+    return tuple(load_reference_dir(Path(root) / "references", reference_subjects()))
+
+
+def reference_bank(progress: ProgressFn | None = None) -> list[Reference]:
+    """The demo client's reference bank (public phantoms; cached in memory after the first load)."""
+    reference_folder(progress)
+    if progress:
+        progress(0.95, "loading the reference bank")
+    return list(_bank(str(cache_root())))
+
+
+def reference_ids() -> list[str]:
+    """Ids of the reference bank (no generation needed)."""
+    return reference_subjects()

@@ -1,0 +1,188 @@
+"""The server side: segment proxies, nothing else.
+
+This module is everything the (honest-but-curious) server runs. It imports no client-side
+code — no mixing, no unmixing, no reference bank — and receives nothing but proxies.
+
+Wire format of the ``segment_proxy`` endpoint (version :data:`WIRE_FORMAT`):
+
+* request: one ``.npy`` file (NumPy format, ``allow_pickle=False``) holding float16 or float32
+  proxies of shape ``(K, X, Y, Z)`` or ``(X, Y, Z)``. A ``.npy`` header holds only dtype, shape and
+  memory order: no NIfTI header, no affine, no patient field. The client names the file
+  ``proxy.npy``; the server never looks at the name.
+* response: one ``.npy`` file with float16 softmax probabilities ŷ_mix of shape ``(K, C, X, Y, Z)``
+  (C = 4: background, GM, WM, CSF).
+
+The uploaded file is deleted as soon as it has been read.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WIRE_FORMAT = "mixdemo-proxy-npy/1"
+MAX_K = 8
+"""Most proxies in one request."""
+MAX_SIDE = 256
+MIN_SIDE = 8
+MAX_REQUEST_VOXELS = MAX_K * 144 * 192 * 160
+CLASS_NAMES = ("background", "GM", "WM", "CSF")
+SERVER_ROI = (96, 96, 96)
+
+log = logging.getLogger(__name__)
+_OBSERVERS: list[Callable[[np.ndarray], None]] = []  # audit hooks (callables only, never data)
+_MODEL_LOCK = threading.Lock()
+
+
+class ProxyError(ValueError):
+    """A request the server cannot use; the message is one plain sentence."""
+
+
+# ------------------------------------------------------------------------------ spaces.GPU
+try:  # on Hugging Face ZeroGPU Spaces only
+    import spaces  # type: ignore[import-not-found]
+
+    _gpu = spaces.GPU(duration=120)
+except Exception:  # noqa: BLE001 - the package is optional
+
+    def _gpu(fn: Callable) -> Callable:
+        return fn
+
+
+# ------------------------------------------------------------------------------ model
+@functools.lru_cache(maxsize=2)
+def _load(weights_root: str) -> torch.nn.Module:
+    from mixdemo.models import pick_device
+    from mixdemo.weights import load_model
+
+    return load_model("segmentation", device=str(pick_device()))
+
+
+def segmentation_model() -> torch.nn.Module:
+    """The server's S (cached per weights folder). Raises ``WeightsError`` with a clear message."""
+    from mixdemo.weights import weights_dir
+
+    with _MODEL_LOCK:
+        return _load(str(weights_dir()))
+
+
+def model_info() -> dict:
+    """What the server can tell about itself (no user data)."""
+    from mixdemo.weights import read_training_record, weights_dir
+
+    record = read_training_record(weights_dir() / "segmentation")
+    return {
+        "format": WIRE_FORMAT,
+        "classes": list(CLASS_NAMES),
+        "grid_shape": [144, 192, 160],
+        "max_k": MAX_K,
+        "request": "a .npy file of float16/float32 proxies shaped (K, X, Y, Z) or (X, Y, Z)",
+        "response": "a .npy file of float16 probabilities shaped (K, C, X, Y, Z)",
+        "model_sha256": record.get("sha256"),
+        "model_steps": record.get("steps"),
+    }
+
+
+# ------------------------------------------------------------------------------ audit hooks
+def add_observer(fn: Callable[[np.ndarray], None]) -> None:
+    """Register ``fn(proxies)``, called with every array the server receives (audits and tests)."""
+    _OBSERVERS.append(fn)
+
+
+def remove_observer(fn: Callable[[np.ndarray], None]) -> None:
+    """Unregister an observer added with :func:`add_observer`."""
+    if fn in _OBSERVERS:
+        _OBSERVERS.remove(fn)
+
+
+# ------------------------------------------------------------------------------ requests
+def check_proxies(proxies: np.ndarray) -> np.ndarray:
+    """Validate a proxy array and return it as float32 (K, X, Y, Z); raise ProxyError otherwise."""
+    arr = np.asarray(proxies)
+    if arr.dtype.kind != "f":
+        raise ProxyError(f"Proxies must be floating-point numbers; got the data type {arr.dtype}.")
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise ProxyError(f"Proxies must be shaped (K, X, Y, Z) or (X, Y, Z); got {arr.ndim} dimensions.")
+    k, *sides = arr.shape
+    if not 1 <= k <= MAX_K:
+        raise ProxyError(f"A request may hold 1 to {MAX_K} proxies; got {k}.")
+    if min(sides) < MIN_SIDE or max(sides) > MAX_SIDE:
+        raise ProxyError(f"Each side of a proxy must have {MIN_SIDE} to {MAX_SIDE} voxels; got {tuple(sides)}.")
+    if arr.size > MAX_REQUEST_VOXELS:
+        raise ProxyError("The request is too large: send fewer proxies per request.")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ProxyError("The proxies contain invalid values (NaN or infinity).")
+    if arr.min() < -1.0 or arr.max() > 4.0:
+        raise ProxyError("The proxies' values are out of range: mix normalised scans (values in [0, 1]).")
+    return arr
+
+
+def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
+    """Read a request file (see the module docstring) and validate it."""
+    try:
+        with open(path, "rb") as fh:
+            arr = np.load(fh, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ProxyError("The request is not a NumPy .npy array file (pickled objects are refused).") from exc
+    if not isinstance(arr, np.ndarray):
+        raise ProxyError("The request must hold one array, not an archive.")
+    return check_proxies(arr)
+
+
+@_gpu
+@torch.inference_mode()
+def _run(model: torch.nn.Module, proxies: np.ndarray, progress: Callable[[float, str], None] | None) -> torch.Tensor:
+    """Softmax of S per proxy, sliding windows of :data:`SERVER_ROI` (same as ``pipeline.segment_proxies``,
+    re-stated here so that the server imports no client code)."""
+    from monai.inferers import sliding_window_inference
+
+    device = next(model.parameters()).device
+    x = torch.from_numpy(proxies)
+    outs = []
+    for k in range(x.shape[0]):
+        xk = x[k : k + 1, None].to(device)
+        shape = tuple(xk.shape[-3:])
+        pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
+        xk = torch.nn.functional.pad(xk, (0, pads[2], 0, pads[1], 0, pads[0]))
+        roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, xk.shape[-3:]))
+        logits = sliding_window_inference(xk, roi, 1, model, overlap=0.125, mode="gaussian")
+        outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].float().cpu())
+        if progress:
+            progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]}")
+    return torch.stack(outs)
+
+
+def segment(proxies: np.ndarray, progress: Callable[[float, str], None] | None = None) -> torch.Tensor:
+    """ŷ_mix = S(x_mix) for (K, X, Y, Z) proxies → (K, C, X, Y, Z) float32 probabilities."""
+    arr = check_proxies(proxies)
+    for fn in list(_OBSERVERS):
+        fn(arr)
+    model = segmentation_model()
+    log.info("segmenting %d proxy(ies) of shape %s", arr.shape[0], arr.shape[1:])
+    return _run(model, arr, progress)
+
+
+def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None] | None = None) -> str:
+    """The ``segment_proxy`` endpoint: request file → response file path (the request is deleted)."""
+    try:
+        arr = read_proxy_file(path)
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    probs = segment(arr, progress).numpy().astype(np.float16)
+    out = Path(tempfile.mkdtemp(prefix="mixdemo-srv-")) / "mixed_probs.npy"
+    np.save(out, probs, allow_pickle=False)
+    return str(out)

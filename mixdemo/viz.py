@@ -1,0 +1,265 @@
+"""Pictures for the demo: three orthogonal slices, label overlays, a legend and plotly figures.
+
+Volumes are RAS+ arrays (X right, Y anterior, Z superior). Slices are shown in neurological
+convention (the subject's right on the right): sagittal (anterior right), coronal, axial
+(anterior up). A *montage* is the three slices side by side in one RGB image.
+No Gradio here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CLASS_NAMES = ("background", "GM", "WM", "CSF")
+CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
+    1: (230, 159, 0),  # GM: orange (Okabe-Ito, colour-blind safe)
+    2: (86, 180, 233),  # WM: sky blue
+    3: (0, 158, 115),  # CSF: bluish green
+}
+PATCH_BOX_COLOUR = (255, 221, 0)
+GAP = 4
+VIEWS = ("sagittal", "coronal", "axial")
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Where one view sits in a montage (pixels, before upscaling)."""
+
+    view: str
+    x0: int
+    y0: int
+    width: int
+    height: int
+
+
+# ------------------------------------------------------------------------------ slices
+def _slice(volume: np.ndarray, view: str, centre: Sequence[int]) -> np.ndarray:
+    """2D display slice (rows top→bottom) of a (X, Y, Z[, ...]) volume through ``centre``."""
+    x, y, z = (int(c) for c in centre)
+    if view == "sagittal":
+        s = volume[x]  # (Y, Z, ...)
+    elif view == "coronal":
+        s = volume[:, y]  # (X, Z, ...)
+    elif view == "axial":
+        s = volume[:, :, z]  # (X, Y, ...)
+    else:
+        raise ValueError(f"Unknown view {view!r}; expected one of {VIEWS}.")
+    return np.swapaxes(s, 0, 1)[::-1]  # rows: Z (or Y) decreasing → superior/anterior on top
+
+
+def _view_axes(view: str) -> tuple[int, int]:
+    """(axis along columns, axis along rows) of a view."""
+    return {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}[view]
+
+
+def grey_to_rgb(img: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """Float slice → uint8 RGB, scaled to [0, vmax] (default: 99.5th percentile, at least 1e-6)."""
+    vmax = float(np.percentile(img, 99.5)) if vmax is None else float(vmax)
+    g = np.clip(img / max(vmax, 1e-6), 0, 1)
+    return np.repeat((g * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def label_colours(labels_or_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB float colour, foreground weight) of a label slice (H, W) or a probability slice (H, W, C)."""
+    if labels_or_probs.ndim == 2:
+        n = max(CLASS_COLOURS) + 1
+        probs = np.eye(n, dtype=np.float32)[np.clip(labels_or_probs.astype(np.int64), 0, n - 1)]
+    else:
+        probs = np.clip(labels_or_probs.astype(np.float32), 0, 1)
+    colour = np.zeros(probs.shape[:2] + (3,), dtype=np.float32)
+    weight = np.zeros(probs.shape[:2], dtype=np.float32)
+    for c, rgb in CLASS_COLOURS.items():
+        if c < probs.shape[-1]:
+            colour += probs[..., c, None] * np.asarray(rgb, dtype=np.float32)
+            weight += probs[..., c]
+    colour = colour / np.maximum(weight, 1e-6)[..., None]
+    return colour, np.clip(weight, 0, 1)
+
+
+def blend(base: np.ndarray, colour: np.ndarray, weight: np.ndarray, opacity: float) -> np.ndarray:
+    """Alpha-blend ``colour`` over a uint8 RGB ``base`` with per-pixel ``weight × opacity``."""
+    a = (np.clip(weight, 0, 1) * float(np.clip(opacity, 0, 1)))[..., None]
+    return (base.astype(np.float32) * (1 - a) + colour * a).round().clip(0, 255).astype(np.uint8)
+
+
+def heat_colours(values: np.ndarray, vmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """'inferno' colours and weights for a non-negative map (uncertainty)."""
+    from matplotlib import colormaps
+
+    v = np.clip(values / max(float(vmax), 1e-6), 0, 1)
+    colour = colormaps["inferno"](v)[..., :3].astype(np.float32) * 255
+    return colour, np.sqrt(v)
+
+
+def _draw_box(img: np.ndarray, rows: slice, cols: slice, rgb: tuple[int, int, int]) -> None:
+    """Draw a 1-px rectangle outline in place."""
+    h, w = img.shape[:2]
+    r0, r1 = max(rows.start, 0), min(rows.stop - 1, h - 1)
+    c0, c1 = max(cols.start, 0), min(cols.stop - 1, w - 1)
+    img[r0, c0 : c1 + 1] = rgb
+    img[r1, c0 : c1 + 1] = rgb
+    img[r0 : r1 + 1, c0] = rgb
+    img[r0 : r1 + 1, c1] = rgb
+
+
+def _box_in_view(region: Sequence[slice], view: str, shape: Sequence[int]) -> tuple[slice, slice]:
+    """Rows/cols of a 3D region in a view's display slice."""
+    col_ax, row_ax = _view_axes(view)
+    n_rows = shape[row_ax]
+    rs = region[row_ax]
+    return slice(n_rows - rs.stop, n_rows - rs.start), region[col_ax]
+
+
+# ------------------------------------------------------------------------------ montages
+def layout(shape: Sequence[int]) -> list[Panel]:
+    """Panels of a montage of a volume of ``shape``: sagittal | coronal | axial, vertically centred."""
+    sizes = {v: (shape[_view_axes(v)[0]], shape[_view_axes(v)[1]]) for v in VIEWS}
+    height = max(h for _, h in sizes.values())
+    panels, x = [], 0
+    for v in VIEWS:
+        w, h = sizes[v]
+        panels.append(Panel(v, x, (height - h) // 2, w, h))
+        x += w + GAP
+    return panels
+
+
+def montage(
+    volume: np.ndarray,
+    centre: Sequence[int],
+    *,
+    overlay: np.ndarray | None = None,
+    opacity: float = 0.5,
+    heat: np.ndarray | None = None,
+    heat_max: float | None = None,
+    box: Sequence[slice] | None = None,
+    vmax: float | None = None,
+    scale: int = 2,
+) -> np.ndarray:
+    """Three orthogonal slices through ``centre`` as one uint8 RGB image.
+
+    Args:
+        volume: (X, Y, Z) intensities (grey background).
+        centre: voxel the three slices pass through.
+        overlay: (X, Y, Z) labels or (C, X, Y, Z) probabilities, drawn in the class colours.
+        opacity: overlay opacity in [0, 1].
+        heat: (X, Y, Z) non-negative map drawn in 'inferno' (e.g. the TTA variance).
+        heat_max: value shown at full colour (default: the map's maximum).
+        box: a 3D region (slices) outlined in yellow (the patch).
+        vmax: intensity shown as white (default: the volume's 99.5th percentile).
+        scale: integer upscaling (nearest neighbour).
+    """
+    shape = volume.shape
+    centre = [int(np.clip(c, 0, n - 1)) for c, n in zip(centre, shape)]
+    vmax = float(np.percentile(volume, 99.5)) if vmax is None else vmax
+    probs = None if overlay is None or overlay.ndim == 3 else np.moveaxis(overlay, 0, -1)
+    panels = layout(shape)
+    height = max(p.y0 + p.height for p in panels)
+    out = np.full((height, panels[-1].x0 + panels[-1].width, 3), 255, dtype=np.uint8)
+    hmax = None if heat is None else float(heat_max if heat_max is not None else max(float(heat.max()), 1e-6))
+    for p in panels:
+        img = grey_to_rgb(_slice(volume, p.view, centre), vmax)
+        if overlay is not None:
+            sl = _slice(probs if probs is not None else overlay, p.view, centre)
+            colour, weight = label_colours(sl)
+            img = blend(img, colour, weight, opacity)
+        if heat is not None:
+            colour, weight = heat_colours(_slice(heat, p.view, centre), hmax)  # type: ignore[arg-type]
+            img = blend(img, colour, weight, max(opacity, 0.6))
+        if box is not None:
+            rows, cols = _box_in_view(box, p.view, shape)
+            _draw_box(img, rows, cols, PATCH_BOX_COLOUR)
+        out[p.y0 : p.y0 + p.height, p.x0 : p.x0 + p.width] = img
+    if scale > 1:
+        out = out.repeat(scale, 0).repeat(scale, 1)
+    return out
+
+
+def click_to_voxel(
+    shape: Sequence[int], centre: Sequence[int], px: float, py: float, scale: int = 2
+) -> tuple[int, int, int] | None:
+    """The voxel under a click at pixel (px, py) of a montage of ``shape`` (None outside the slices)."""
+    col, row = int(px // scale), int(py // scale)
+    for p in layout(shape):
+        if p.x0 <= col < p.x0 + p.width and p.y0 <= row < p.y0 + p.height:
+            col_ax, row_ax = _view_axes(p.view)
+            new = [int(c) for c in centre]
+            new[col_ax] = col - p.x0
+            new[row_ax] = shape[row_ax] - 1 - (row - p.y0)
+            return tuple(new)  # type: ignore[return-value]
+    return None
+
+
+def legend_html(names: Sequence[str] = CLASS_NAMES) -> str:
+    """HTML legend of the class colours (plus the patch box)."""
+    items = [
+        f'<span style="display:inline-flex;align-items:center;margin-right:14px">'
+        f'<span style="width:14px;height:14px;background:rgb{CLASS_COLOURS[c]};border-radius:3px;'
+        f'display:inline-block;margin-right:5px"></span>{names[c]}</span>'
+        for c in sorted(CLASS_COLOURS)
+    ]
+    items.append(
+        f'<span style="display:inline-flex;align-items:center;margin-right:14px">'
+        f'<span style="width:12px;height:12px;border:2px solid rgb{PATCH_BOX_COLOUR};display:inline-block;'
+        f'margin-right:5px"></span>32³ patch</span>'
+    )
+    return '<div class="mixdemo-legend">' + "".join(items) + "</div>"
+
+
+# ------------------------------------------------------------------------------ figures
+def dice_vs_k_figure(curves: Mapping[str, Sequence[float]], title: str = "Dice against K (TTA, Eq. 6)"):
+    """Plotly figure of mean foreground Dice against the number of references K, one line per method."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for name, values in curves.items():
+        ks = list(range(1, len(values) + 1))
+        fig.add_trace(go.Scatter(x=ks, y=list(values), mode="lines+markers", name=name))
+    fig.update_layout(
+        title=title, xaxis_title="K (references averaged)", yaxis_title="mean Dice (GM, WM, CSF)",
+        height=320, margin=dict(l=50, r=20, t=50, b=45), template="plotly_white",
+        legend=dict(orientation="h", y=-0.25),
+    )
+    fig.update_xaxes(dtick=1)
+    if not curves:
+        fig.add_annotation(text="Dice needs ground truth: pick an example (or upload labels)",
+                           showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def bar_figure(groups: Mapping[str, Mapping[str, float]], title: str, yaxis: str = "score"):
+    """Grouped bars: ``{series: {category: value}}``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for series, values in groups.items():
+        fig.add_trace(go.Bar(name=series, x=list(values), y=list(values.values())))
+    fig.update_layout(title=title, yaxis_title=yaxis, barmode="group", height=320,
+                      margin=dict(l=50, r=20, t=50, b=45), template="plotly_white")
+    return fig
+
+
+def results_figures(results: Mapping[str, object]) -> list[tuple[str, object]]:
+    """Plotly figures for known ``results/*.json`` files (best effort: numeric leaves as bars)."""
+    figs = []
+    for name, data in results.items():
+        flat = _numeric_leaves(data)
+        if flat:
+            figs.append((name, bar_figure({name: dict(list(flat.items())[:24])}, name, "value")))
+    return figs
+
+
+def _numeric_leaves(obj: object, prefix: str = "", depth: int = 0) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if depth > 3:
+        return out
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if k in ("seed", "steps", "date", "sha256", "command"):
+                continue
+            out.update(_numeric_leaves(v, f"{prefix}{k}/" if prefix or True else k, depth + 1))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix.rstrip("/")] = float(obj)
+    return out

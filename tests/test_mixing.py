@@ -1,0 +1,111 @@
+"""Mixing key, Eq. 2-6, patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mixdemo import mixing
+from mixdemo.mixing import MixKey, mix, mix_labels, naive_unmix, one_hot, sample_key, tta, tta_average
+
+alphas = st.floats(min_value=mixing.MIN_ALPHA, max_value=1.0, allow_nan=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(alpha=alphas, seed=st.integers(0, 2**16))
+def test_naive_unmix_of_exact_mixed_labels_returns_target(alpha, seed):
+    rng = np.random.default_rng(seed)
+    y_t = rng.integers(0, 4, size=(6, 5, 4))
+    y_r = rng.integers(0, 4, size=(6, 5, 4))
+    oh_t, oh_r = one_hot(y_t, 4), one_hot(y_r, 4)
+    y_mix = mix_labels(oh_t, oh_r, alpha)  # Eq. 3
+    recovered = naive_unmix(y_mix, oh_r, alpha)  # Eq. 4
+    np.testing.assert_allclose(recovered, oh_t, atol=1e-4)
+    assert np.array_equal(recovered.argmax(0), y_t)
+
+
+@settings(max_examples=50, deadline=None)
+@given(alpha=alphas)
+def test_naive_unmix_torch_and_numpy_agree(alpha):
+    y = np.random.default_rng(0).random((2, 4, 3, 3, 3)).astype(np.float32)
+    r = np.random.default_rng(1).random((2, 4, 3, 3, 3)).astype(np.float32)
+    a = naive_unmix(y, r, [alpha, alpha])
+    b = naive_unmix(torch.from_numpy(y), torch.from_numpy(r), [alpha, alpha]).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_mix_is_eq2_with_k_references_and_per_mix_alpha():
+    x = np.full((4, 4, 4), 2.0, np.float32)
+    refs = np.stack([np.zeros((4, 4, 4), np.float32), np.ones((4, 4, 4), np.float32)])
+    out = mix(x, refs, [0.25, 0.5])
+    assert out.shape == (2, 4, 4, 4)
+    np.testing.assert_allclose(out[0], 0.25 * 2.0)
+    np.testing.assert_allclose(out[1], 0.5 * 2.0 + 0.5 * 1.0)
+    np.testing.assert_allclose(mix(x, refs[1], 0.3), 0.3 * 2 + 0.7 * 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.01, -0.2, 1.5])
+def test_alpha_out_of_range_is_refused(alpha):
+    with pytest.raises(ValueError, match="α must lie"):
+        naive_unmix(np.zeros((4, 2, 2, 2)), np.zeros((4, 2, 2, 2)), alpha)
+    with pytest.raises(ValueError, match="α must lie"):
+        MixKey(("a",), (alpha,))
+
+
+def test_sample_key_is_reproducible_distinct_and_in_range():
+    pool = [f"r{i}" for i in range(10)]
+    k1 = sample_key(pool, 5, alpha_range=(0.3, 0.6), seed=7, exclude=["r0"])
+    k2 = sample_key(pool, 5, alpha_range=(0.3, 0.6), seed=7, exclude=["r0"])
+    assert k1 == k2
+    assert len(set(k1.reference_ids)) == 5 and "r0" not in k1.reference_ids
+    assert len(set(k1.alphas)) == 1 and 0.3 <= k1.alphas[0] <= 0.6  # Eq. 5: one α for all K
+    fresh = sample_key(pool, 5, seed=7, fresh_alpha_per_mix=True)
+    assert len(set(fresh.alphas)) == 5
+
+
+def test_sample_key_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match="distinct references"):
+        sample_key(["a", "b"], 3)
+    with pytest.raises(ValueError, match="low ≤ high"):
+        sample_key(["a", "b"], 1, alpha_range=(0.8, 0.2))
+    with pytest.raises(ValueError, match="one α per reference"):
+        MixKey(("a", "b"), (0.5,))
+
+
+def test_tta_averages_any_unmixer():
+    preds = [np.full((2, 2), v, np.float32) for v in (1.0, 3.0)]
+    refs = [np.zeros((2, 2), np.float32)] * 2
+    out = tta(lambda p, r, a: p * a, preds, refs, [1.0, 0.5])
+    np.testing.assert_allclose(out, (1.0 + 1.5) / 2)
+    np.testing.assert_allclose(tta_average(np.stack(preds)), 2.0)
+    with pytest.raises(ValueError, match="one α per mix"):
+        tta(lambda p, r, a: p, preds, refs, [0.5])
+
+
+def test_tta_variance_is_zero_for_identical_predictions():
+    p = torch.rand(3, 4, 2, 2, 2)
+    assert torch.all(mixing.tta_variance(p[:1].expand(3, -1, -1, -1, -1)) == 0)
+    assert torch.all(mixing.tta_variance(p) >= 0)
+
+
+def test_patches_cut_target_and_reference_at_the_same_place():
+    rng = np.random.default_rng(0)
+    fg = np.argwhere(np.ones((40, 40, 40)))
+    for _ in range(20):
+        corner = mixing.sample_patch_corner((40, 40, 40), 16, rng, fg)
+        sl = mixing.patch_slices(corner, 16)
+        assert all(0 <= s.start and s.stop <= 40 and s.stop - s.start == 16 for s in sl)
+    with pytest.raises(ValueError, match="does not fit"):
+        mixing.sample_patch_corner((8, 8, 8), 16, rng)
+
+
+def test_one_hot_matches_between_backends():
+    y = np.random.default_rng(0).integers(0, 4, (3, 3, 3))
+    a = one_hot(y, 4)
+    b = one_hot(torch.from_numpy(y), 4).numpy()
+    assert a.shape == (4, 3, 3, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a.sum(0), 1)

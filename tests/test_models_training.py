@@ -1,0 +1,158 @@
+"""Networks, Hub-format model folders, weight resolution, and training (single process and DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixdemo import weights
+from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.io import save_volume
+from mixdemo.models import SegmentationNet, UnmixingNet, count_parameters
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = "4,4,8,8,16,4"
+
+
+def test_segmentation_net_returns_logits_of_the_final_output():
+    net = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, 16, 32, 16))
+    assert out.shape == (2, 4, 16, 32, 16)
+    with pytest.raises(ValueError, match="6 feature widths"):
+        SegmentationNet(features=(4, 4))
+
+
+def test_unmixing_net_is_conditioned_on_alpha():
+    torch.manual_seed(0)
+    net = UnmixingNet()
+    for p in net.parameters():  # AdaIN starts as identity; perturb so α matters
+        torch.nn.init.normal_(p, std=0.1)
+    y = torch.softmax(torch.randn(1, 4, 8, 8, 8), 1)
+    r = torch.nn.functional.one_hot(torch.randint(0, 4, (1, 8, 8, 8)), 4).permute(0, 4, 1, 2, 3).float()
+    a = net(y, r, torch.tensor([0.2]))
+    b = net(y, r, torch.tensor([0.8]))
+    assert a.shape == (1, 4, 8, 8, 8)
+    assert not torch.allclose(a, b)
+    assert count_parameters(net) < 200_000  # "small" U-Net
+    with pytest.raises(ValueError, match="mixing weights"):
+        net(y, r, torch.tensor([[0.2, 0.4, 0.4]]))
+
+
+def test_three_source_unmixing_net_takes_two_references():
+    net = UnmixingNet(n_references=2)
+    y = torch.rand(2, 4, 8, 8, 8)
+    out = net(y, torch.rand(2, 8, 8, 8, 8), torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]]))
+    assert out.shape == (2, 4, 8, 8, 8)
+
+
+def _save(model, folder: Path, cls: str) -> None:
+    model.save_pretrained(folder)
+    weights.write_training_record(folder, {"command": "test"}, cls)
+
+
+def test_model_folder_round_trip_and_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    net = SegmentationNet(features=(4, 4, 8, 8, 16, 4))
+    _save(net, tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
+    assert {p.name for p in (tmp_path / "segmentation").iterdir()} >= {"config.json", "model.safetensors", "training.json"}
+    assert json.loads((tmp_path / "segmentation" / "config.json").read_text())["features"] == [4, 4, 8, 8, 16, 4]
+    loaded = weights.load_model("segmentation")
+    assert not loaded.training
+    for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    # corrupt the weights: the checksum in training.json catches it
+    path = tmp_path / "segmentation" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(weights.WeightsError, match="checksum"):
+        weights.load_model("segmentation")
+
+
+def test_missing_weights_offline_name_both_places(tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(weights.HUB_REPO_ENV, "nobody/nothing-here")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(weights.WeightsError) as err:
+        weights.resolve_model_dir("segmentation")
+    assert str(tmp_path) in str(err.value) and "nobody/nothing-here" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """Three subjects of 32³ blocky volumes in the cohort layout."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for s in range(3):
+        labels = np.zeros((32, 32, 32), np.uint8)
+        labels[4:28, 4:28, 4:28] = 1
+        labels[8 + s : 24, 8:24, 8:24] = 2
+        labels[14:18, 14:18, 12 + s : 20] = 3
+        image = np.choose(labels, [0.0, 0.6, 1.0, 0.2]).astype(np.float32) + rng.normal(0, 0.01, labels.shape).astype(np.float32)
+        image[labels == 0] = 0
+        folder = root / f"s{s}_scan-0"
+        folder.mkdir()
+        save_volume(image, np.eye(4), folder / "t1.nii.gz")
+        save_volume(labels, np.eye(4), folder / "seg.nii.gz", dtype=np.uint8)
+    (root / "split.json").write_text(json.dumps({"train": ["s0", "s1", "s2"], "test": []}))
+    return root
+
+
+def test_sampler_mixes_target_and_reference_of_other_subjects(tiny_cohort):
+    vols = load_volumes(load_cohort(tiny_cohort).split("train"))
+    batch = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.7), seed=0).batch(3)
+    assert batch.x_mix.shape == (3, 1, 16, 16, 16) and batch.y_mix.shape == (3, 4, 16, 16, 16)
+    torch.testing.assert_close(batch.y_mix.sum(1), torch.ones(3, 16, 16, 16))  # Eq. 3 stays a distribution
+    alpha = batch.weights[:, 0]
+    assert torch.all((alpha >= 0.3) & (alpha <= 0.7))
+    torch.testing.assert_close(batch.weights.sum(1), torch.ones(3))
+    plain = MixedPatchSampler(vols, patch_size=16, mixed=False, seed=0).batch(2)
+    torch.testing.assert_close(plain.x_mix, plain.x_target)
+
+
+def _train_cmd(cohort: Path, out: Path, run: Path, steps: int, extra: list[str] = ()) -> list[str]:
+    return ["--data", str(cohort), "--steps", str(steps), "--batch-size", "2", "--patch-size", "16",
+            "--features", TINY, "--out", str(out), "--run-dir", str(run), "--ckpt-every", "2", "--threads", "1", *extra]
+
+
+def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
+    from training import train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    train.main(_train_cmd(tiny_cohort, out, run, 3))
+    assert (out / "segmentation" / "model.safetensors").exists() and (out / "unmixing" / "model.safetensors").exists()
+    record = json.loads((out / "segmentation" / "training.json").read_text())
+    assert record["steps"] == 3 and record["sha256"]
+    log = (run / "train.log").read_text().splitlines()
+    assert log[0].startswith("step\tloss") and log[-1].startswith("3\t")
+    train.main(_train_cmd(tiny_cohort, out, run, 5))  # resumes at step 3, runs 2 more
+    assert (run / "train.log").read_text().splitlines()[-1].startswith("5\t")
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
+
+
+def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path):
+    from training import train
+
+    folders = train.main(_train_cmd(tiny_cohort, tmp_path / "w", tmp_path / "run", 2, ["--mode", "baseline"]))
+    assert set(folders) == {"segmentation"} and Path(folders["segmentation"]).name == "baseline"
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path):
+    out, run = tmp_path / "w", tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.train", *_train_cmd(tiny_cohort, out, run, 4)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "segmentation" / "training.json").read_text())
+    assert record["processes"] == 2 and record["batch_size"] == 4
+    assert (out / "unmixing" / "model.safetensors").exists()

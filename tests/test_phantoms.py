@@ -1,0 +1,111 @@
+"""Phantom cohort: plausible brain MRI, exact labels, determinism, test-retest structure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mixdemo import phantoms
+from mixdemo.data import load_cohort, load_volumes
+from mixdemo.metrics import msssim_3d
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    phantoms.main(["--out", str(root), "--subjects", "3", "--scans", "2", "--seed", "5"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def volumes(cohort):
+    return {v.name: v for v in load_volumes(load_cohort(cohort).records)}
+
+
+def test_cli_writes_valid_cohort_layout(cohort):
+    meta = json.loads((cohort / "split.json").read_text())
+    assert set(meta["train"]).isdisjoint(meta["test"])
+    assert sorted(meta["train"] + meta["test"]) == ["sub-000", "sub-001", "sub-002"]
+    for s in range(3):
+        for k in range(2):
+            folder = cohort / f"sub-{s:03d}_scan-{k}"
+            assert (folder / "t1.nii.gz").is_file() and (folder / "seg.nii.gz").is_file()
+    c = load_cohort(cohort)
+    assert {r.subject for r in c.split("train")} == set(meta["train"])
+
+
+def test_grid_is_common_and_divisible_by_16(volumes):
+    for v in volumes.values():
+        assert v.image.shape == phantoms.GRID_SHAPE
+        assert all(n % 16 == 0 for n in v.image.shape)
+        assert np.allclose(np.abs(np.diag(v.affine)[:3]), 1.0)
+
+
+def test_labels_are_exactly_the_four_classes(volumes):
+    for v in volumes.values():
+        assert set(np.unique(v.labels)) == {0, 1, 2, 3}
+        # skull-stripped: background is zero except a thin partial-volume rim at the brain edge
+        bg = v.labels == 0
+        assert (v.image[bg] > 0).mean() < 0.01
+
+
+def test_tissue_fractions_are_plausible(volumes):
+    for v in volumes.values():
+        brain = v.labels > 0
+        frac = {c: float((v.labels[brain] == c).mean()) for c in (1, 2, 3)}
+        assert 0.35 <= frac[1] <= 0.70, frac  # GM
+        assert 0.20 <= frac[2] <= 0.50, frac  # WM
+        assert 0.02 <= frac[3] <= 0.25, frac  # CSF
+        assert 0.8e6 <= brain.sum() <= 2.2e6  # 0.8–2.2 litres at 1 mm
+
+
+def test_t1_contrast_wm_brighter_than_gm_brighter_than_csf(volumes):
+    for v in volumes.values():
+        wm, gm, csf = (float(v.image[v.labels == c].mean()) for c in (2, 1, 3))
+        assert wm > gm > csf > 0
+
+
+def _down(x: np.ndarray) -> np.ndarray:
+    return torch.nn.functional.avg_pool3d(torch.from_numpy(x)[None, None], 2)[0, 0].numpy()
+
+
+def test_scans_of_one_subject_are_more_alike_than_scans_of_two(volumes):
+    same, diff = [], []
+    names = sorted(volumes)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            s = msssim_3d(_down(volumes[a].image), _down(volumes[b].image), data_range=1.0)
+            (same if volumes[a].subject == volumes[b].subject else diff).append(s)
+    assert len(same) == 3 and len(diff) == 12
+    assert min(same) > max(diff), (same, diff)
+
+
+def test_subjects_differ_in_anatomy(volumes):
+    a, b = volumes["sub-000_scan-0"], volumes["sub-001_scan-0"]
+    brain_a, brain_b = a.labels > 0, b.labels > 0
+    overlap = 2 * (brain_a & brain_b).sum() / (brain_a.sum() + brain_b.sum())
+    assert overlap < 0.97  # different shapes, not the template twice
+
+
+def test_generation_is_deterministic():
+    t = phantoms.load_template()
+    img1, lab1 = phantoms.synthesize_scan(t, phantoms.sample_subject(3), phantoms.sample_scan(7))
+    img2, lab2 = phantoms.synthesize_scan(t, phantoms.sample_subject(3), phantoms.sample_scan(7))
+    assert np.array_equal(img1, img2) and np.array_equal(lab1, lab2)
+    img3, _ = phantoms.synthesize_scan(t, phantoms.sample_subject(4), phantoms.sample_scan(7))
+    assert not np.array_equal(img1, img3)
+
+
+def test_split_never_puts_a_subject_on_both_sides():
+    ids = [phantoms.subject_id(i) for i in range(20)]
+    split = phantoms.split_subjects(ids, 0.25, seed=1)
+    assert set(split["train"]).isdisjoint(split["test"])
+    assert len(split["test"]) == 5 and len(split["train"]) == 15
+
+
+def test_cohort_needs_two_subjects(tmp_path):
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        phantoms.generate_cohort(tmp_path, n_subjects=1)
