@@ -24,10 +24,12 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mixdemo.pipeline import Reference
+if TYPE_CHECKING:  # torch and MONAI load lazily: the app's first page must not wait for them
+    from mixdemo.pipeline import Reference
 
 ProgressFn = Callable[[float, str], None]
 
@@ -47,11 +49,14 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mixdemo")
 
 
+@functools.lru_cache(maxsize=1)
 def _split() -> dict[str, list[str]]:
-    from mixdemo.phantoms import split_subjects, subject_id
-
-    subjects = [subject_id(i) for i in range(COHORT_SUBJECTS)]
-    return split_subjects(subjects, COHORT_TEST_FRACTION, COHORT_SEED)
+    """``phantoms.split_subjects`` of the default cohort, restated so that torch is not imported
+    at start-up (tests check that both agree)."""
+    subjects = [f"sub-{i:03d}" for i in range(COHORT_SUBJECTS)]
+    order = list(np.random.default_rng([COHORT_SEED, 3]).permutation(len(subjects)))
+    n_test = max(1, int(round(len(subjects) * COHORT_TEST_FRACTION)))
+    return {"train": sorted(subjects[i] for i in order[n_test:]), "test": sorted(subjects[i] for i in order[:n_test])}
 
 
 def reference_subjects() -> list[str]:
@@ -135,6 +140,7 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) 
         ValueError: no usable reference in ``folder`` (the message names what is expected).
     """
     from mixdemo.io import load_labels, load_scan
+    from mixdemo.pipeline import Reference
 
     folder = Path(folder)
     if not folder.is_dir():

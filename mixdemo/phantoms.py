@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scans", type=int, default=2, help="scans per subject (test-retest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.25)
+    parser.add_argument("--figure", default=None, help="also draw a PNG of three subjects (test-retest of the first)")
     args = parser.parse_args(argv)
     root = generate_cohort(
         args.out,
@@ -361,6 +362,21 @@ def main(argv: list[str] | None = None) -> None:
         progress=True,
     )
     print(f"wrote {root}")
+    if args.figure:
+        print(f"wrote {draw_cohort_figure(root, args.figure)}")
+
+
+def draw_cohort_figure(root: str | Path, path: str | Path) -> Path:
+    """PNG of both scans of the first subject and the first scan of two others."""
+    from mixdemo.data import load_cohort, load_volumes
+    from mixdemo.figures import plot_cohort_png
+
+    records = load_cohort(root).records
+    subjects = sorted({r.subject for r in records})
+    chosen = [r for r in records if r.subject == subjects[0]][:2]
+    chosen += [next(r for r in records if r.subject == s) for s in subjects[1:3]]
+    vols = load_volumes(chosen)
+    return plot_cohort_png([v.image for v in vols], [v.labels for v in vols], [v.name for v in vols], Path(path))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads lazily (first page fast)
+    import torch
 
 WIRE_FORMAT = "mixdemo-proxy-npy/1"
 MAX_K = 8
@@ -141,25 +145,26 @@ def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
 
 
 @_gpu
-@torch.inference_mode()
 def _run(model: torch.nn.Module, proxies: np.ndarray, progress: Callable[[float, str], None] | None) -> torch.Tensor:
     """Softmax of S per proxy, sliding windows of :data:`SERVER_ROI` (same as ``pipeline.segment_proxies``,
     re-stated here so that the server imports no client code)."""
+    import torch
     from monai.inferers import sliding_window_inference
 
     device = next(model.parameters()).device
     x = torch.from_numpy(proxies)
     outs = []
-    for k in range(x.shape[0]):
-        xk = x[k : k + 1, None].to(device)
-        shape = tuple(xk.shape[-3:])
-        pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
-        xk = torch.nn.functional.pad(xk, (0, pads[2], 0, pads[1], 0, pads[0]))
-        roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, xk.shape[-3:]))
-        logits = sliding_window_inference(xk, roi, 1, model, overlap=0.125, mode="gaussian")
-        outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].float().cpu())
-        if progress:
-            progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]}")
+    with torch.inference_mode():
+        for k in range(x.shape[0]):
+            xk = x[k : k + 1, None].to(device)
+            shape = tuple(xk.shape[-3:])
+            pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
+            xk = torch.nn.functional.pad(xk, (0, pads[2], 0, pads[1], 0, pads[0]))
+            roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, xk.shape[-3:]))
+            logits = sliding_window_inference(xk, roi, 1, model, overlap=0.125, mode="gaussian")
+            outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].float().cpu())
+            if progress:
+                progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]}")
     return torch.stack(outs)
 
 

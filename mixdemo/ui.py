@@ -27,14 +27,17 @@ import gradio as gr
 import numpy as np
 
 from mixdemo import examples, server, viz
-from mixdemo.phantoms import GRID_SHAPE
 
 log = logging.getLogger(__name__)
 
+GRID_SHAPE = (144, 192, 160)
+"""The models' grid (``mixdemo.phantoms.GRID_SHAPE``; not imported so that torch loads lazily)."""
 MAX_FILE_SIZE = "300mb"
 PATCH_SCALE = 6
 WHOLE_SCALE = 2
 ALPHA_MIN, ALPHA_MAX = 0.1, 0.9
+DEFAULT_ALPHA_RANGE = (0.3, 0.7)
+"""``mixing.DEFAULT_ALPHA_RANGE`` (restated: torch loads lazily; a test checks they agree)."""
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 _CANCEL: dict[str, threading.Event] = {}  # session hash → cancel flag of its running attack (no user data)
 
@@ -342,21 +345,58 @@ def cancel_attack(request: gr.Request):
     return "Cancelling…"
 
 
+ATTACK_INTRO = """## What could an honest-but-curious server do with what it receives?
+Each panel runs an attack on proxies of the kind the server sees, with the truth beside it so that you can judge.
+Mixing is not encryption: these attacks are the evidence (the paper's two, plus averaging the K TTA proxies)."""
+SEPARATION_MD = """Blind source separation by annealed Langevin dynamics with a score-based prior of 32³ brain patches
+(Jayaram & Thickstun 2020): from the **proxy of your last patch-mode run** alone, the server tries to recover both
+the target and the reference. MS-SSIM 1 = perfect recovery."""
+REID_MD = """The server keeps a gallery of scans it has seen and ranks them by MS-SSIM to a query: does the query's
+subject (another scan of the same phantom) come first? Without proxies vs with mixup proxies (F1 and mAP)."""
+TTA_MD = """With TTA the server receives K proxies of **one** target in one request: averaging them cancels the
+references in part (x̄ = α·x + (1−α)·mean(x_ref)). Defences: a fresh α per mix, or separate requests."""
+
+
+def _unavailable(exc: Exception, n: int):
+    return (*([None] * n), f"**{exc}**")
+
+
 def run_separation(sess: Session | None, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()):
     """Langevin source separation on the current proxy (patch mode)."""
-    from mixdemo.attack_lab import separation_report
-
     if sess is None or sess.view is None:
         raise gr.Error("Run a segmentation first (patch mode): the attack works on its proxy.", print_exception=False)
+    if sess.view["mode"] != "patch":
+        raise gr.Error("The separation works on 32³ patches: run a patch-mode segmentation first.", print_exception=False)
     ev = _cancel_event(request)
     try:
-        return separation_report(sess, int(steps), _progress_fn(progress), ev, PATCH_SCALE)
+        return _separation(sess, int(steps), _progress_fn(progress), ev)
     except AttackUnavailable as exc:
-        return None, None, None, None, f"**{exc}**"
+        return _unavailable(exc, 4)
     except (ValueError, RuntimeError) as exc:
         raise _err(exc) from None
     finally:
         _CANCEL.pop(getattr(request, "session_hash", None) or "default", None)
+
+
+def _separation(sess: Session, steps: int, progress, cancel: threading.Event):
+    """Call the attack lab's separation (lazy import) and draw its result beside the truth."""
+    raise AttackUnavailable("Not available yet: the Langevin separation (mixdemo.attacks) is still being written.")
+
+
+def reid_report(progress: gr.Progress = gr.Progress()):
+    """Re-identification: F1/mAP bars and a retrieval gallery."""
+    try:
+        raise AttackUnavailable("Not available yet: the re-identification attack (mixdemo.attacks) is still being written.")
+    except AttackUnavailable as exc:
+        return _unavailable(exc, 2)
+
+
+def tta_report(k: float, fresh: bool, split: bool, progress: gr.Progress = gr.Progress()):
+    """The TTA-averaging attack with optional defences."""
+    try:
+        raise AttackUnavailable("Not available yet: the TTA-averaging attack (mixdemo.attacks) is still being written.")
+    except AttackUnavailable as exc:
+        return _unavailable(exc, 2)
 
 
 # ------------------------------------------------------------------------------ about
@@ -446,7 +486,7 @@ def _server_info() -> dict:
 def build_demo() -> gr.Blocks:
     """The whole app (call ``.launch(**launch_kwargs())``)."""
     ref_choices = examples.reference_ids()
-    a_default = round(sum(examples_alpha_range()) / 2, 2)
+    a_default = round(sum(DEFAULT_ALPHA_RANGE) / 2, 2)
     with gr.Blocks(title="Mixup-Privacy Lab", delete_cache=(900, 3600)) as demo:
         sess = gr.State(None)
         gr.Markdown(INTRO)
@@ -543,11 +583,9 @@ def build_demo() -> gr.Blocks:
 
 def _attack_tab(sess: gr.State) -> None:
     """The Attack lab: separation, re-identification, TTA averaging (lazy calls into mixdemo.attacks)."""
-    from mixdemo import attack_lab
-
-    gr.Markdown(attack_lab.INTRO)
+    gr.Markdown(ATTACK_INTRO)
     with gr.Accordion("1 · Langevin source separation of the current proxy", open=True):
-        gr.Markdown(attack_lab.SEPARATION_MD)
+        gr.Markdown(SEPARATION_MD)
         with gr.Row():
             steps = gr.Slider(10, 500, value=100, step=10, label="Langevin steps", scale=2)
             go = gr.Button("Run the separation", variant="primary", scale=1)
@@ -564,16 +602,16 @@ def _attack_tab(sess: gr.State) -> None:
         stop.click(cancel_attack, None, [sep_md], api_name="attack_cancel", concurrency_limit=None,
                    api_visibility="private", cancels=[ev])
     with gr.Accordion("2 · Re-identification: can the server tell whose scan a proxy is?", open=True):
-        gr.Markdown(attack_lab.REID_MD)
+        gr.Markdown(REID_MD)
         reid_btn = gr.Button("Run the re-identification check")
         with gr.Row():
             reid_plot = gr.Plot(label="F1 / mAP: no proxy vs mixup")
             reid_gallery = gr.Gallery(label="retrieval: query and its top matches", columns=4, height=260)
         reid_md = gr.Markdown()
-        reid_btn.click(attack_lab.reid_report, None, [reid_plot, reid_gallery, reid_md], api_name="attack_reid",
+        reid_btn.click(reid_report, None, [reid_plot, reid_gallery, reid_md], api_name="attack_reid",
                        concurrency_limit=1, concurrency_id="compute", api_visibility="private")
     with gr.Accordion("3 · Averaging the K TTA proxies, and defences", open=True):
-        gr.Markdown(attack_lab.TTA_MD)
+        gr.Markdown(TTA_MD)
         with gr.Row():
             fresh = gr.Checkbox(False, label="defence: a fresh α per mix")
             split = gr.Checkbox(False, label="defence: split the K proxies over separate requests")
@@ -583,15 +621,8 @@ def _attack_tab(sess: gr.State) -> None:
             tta_img = gr.Image(label="average of the K proxies vs the target", format="png", interactive=False)
             tta_plot = gr.Plot(label="MS-SSIM to the target")
         tta_md = gr.Markdown()
-        tta_btn.click(attack_lab.tta_report, [kk, fresh, split], [tta_img, tta_plot, tta_md], api_name="attack_tta",
+        tta_btn.click(tta_report, [kk, fresh, split], [tta_img, tta_plot, tta_md], api_name="attack_tta",
                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
-
-
-def examples_alpha_range() -> tuple[float, float]:
-    """The app's default α range (DEFAULT_ALPHA_RANGE)."""
-    from mixdemo.mixing import DEFAULT_ALPHA_RANGE
-
-    return DEFAULT_ALPHA_RANGE
 
 
 def launch_kwargs() -> dict:

@@ -1,0 +1,210 @@
+"""Segmentation figures of the paper on the phantom test set: Table 1 (Dice, ICC) and Fig. 2-3.
+
+    python -m training.evaluate            # full run, writes results/segmentation.json + figures
+    python -m training.evaluate --quick    # 2 test volumes, K ≤ 5: a smoke run of a few minutes
+
+Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
+training scans; whole-volume 3D Dice per class (GM, WM, CSF) then the mean over volumes; α drawn
+from ``--alpha-range`` with a fixed seed; Dice against K averaged over ``--draws`` random orders
+of the K_max references; ICC(C,1) of the per-scan Dice of two predictions with disjoint references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixdemo.data import Volume, load_cohort, load_volumes
+from mixdemo.metrics import dice_per_class, icc_c1
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
+from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
+from mixdemo.weights import load_model, read_training_record, resolve_model_dir
+
+CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
+METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/phantoms"))
+    p.add_argument("--out", type=Path, default=Path("results/segmentation.json"))
+    p.add_argument("--volumes", type=int, default=6, help="test volumes for Dice (first scan of each test subject)")
+    p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
+    p.add_argument("--tta-k", type=int, default=10, help="K of the +TTA rows of the table")
+    p.add_argument("--draws", type=int, default=5, help="random orders of the references for Dice against K")
+    p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--crop", type=int, default=0, help="evaluate a central cube of this side (0: whole volume)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central 64³ crop")
+    p.add_argument("--no-figures", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
+        args.crop = args.crop or 64
+    if args.tta_k > args.k_max:
+        p.error("--tta-k must not exceed --k-max")
+    return args
+
+
+def crop_volume(vol: Volume, side: int) -> Volume:
+    """Central cube of ``side`` voxels (multiple of 16) around the grid centre; ``side=0``: unchanged."""
+    if not side:
+        return vol
+    sl = tuple(slice(max(0, n // 2 - side // 2), max(0, n // 2 - side // 2) + side) for n in vol.image.shape)
+    return Volume(vol.name, vol.subject, vol.image[sl].copy(), vol.labels[sl].copy(), vol.affine)
+
+
+def dice_row(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice per named class and their average."""
+    d = dice_per_class(pred, truth, list(CLASSES))
+    row = {CLASSES[c]: float(v) for c, v in d.items()}
+    row["avg"] = float(np.mean(list(row.values())))
+    return row
+
+
+def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over volumes, per key."""
+    return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+
+
+def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray) -> list[float]:
+    """Average Dice of the running mean of ``preds[order[:K]]`` (Eq. 6), for K = 1 … len(order)."""
+    running = torch.zeros(preds.shape[1:], dtype=torch.float32)
+    curve = []
+    for k, idx in enumerate(order, start=1):
+        running += preds[idx].float()
+        curve.append(dice_row(running.argmax(0).numpy(), truth)["avg"])
+    return curve
+
+
+def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """K proxies of one target through S, then naive (Eq. 4) and learned (D) unmixing, as float16."""
+    from mixdemo.mixing import MixKey
+
+    key = MixKey(tuple(r.ref_id for r in refs), tuple(alphas))
+    proxies = make_proxies(volume.image, refs, key)
+    naive, learned = [], []
+    for k in range(key.k):  # one proxy at a time keeps memory flat
+        mixed = segment_proxies(seg, proxies[k : k + 1])
+        ref_oh = reference_onehots(refs[k : k + 1])
+        naive.append(unmix_naive(mixed, ref_oh, key.alphas[k : k + 1])[0].half())
+        learned.append(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1])[0].half())
+    return torch.stack(naive), torch.stack(learned), proxies
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the protocol; returns the JSON document."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cohort = load_cohort(args.data)
+    test_records = cohort.split("test")
+    first_scans = [r for r in test_records if r.name.endswith("_scan-0")] or test_records
+    dice_records = first_scans[: args.volumes]
+    retest_records = [r for r in test_records if r.subject in {d.subject for d in dice_records}]
+    if args.quick:
+        retest_records = retest_records[:4]
+    train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
+    bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
+    by_id = {r.ref_id: r for r in bank}
+    seg, unmix, base = load_model("segmentation"), load_model("unmixing"), load_model("baseline")
+
+    rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+    curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
+    single_dice: dict[str, list[tuple[float, float]]] = {}  # scan → Dice of two single predictions, per class
+    figure_case = None
+    rng = np.random.default_rng(args.seed)
+    for i, rec in enumerate(sorted({*dice_records, *retest_records}, key=lambda r: r.name)):
+        vol = crop_volume(load_volumes([rec])[0], args.crop)
+        in_dice = rec in dice_records
+        k = args.k_max if in_dice else 2
+        key = sample_key(list(by_id), k, alpha_range=tuple(args.alpha_range), seed=args.seed * 1000 + i)
+        refs = [by_id[r] for r in key.reference_ids]
+        naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix)
+        single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
+            dice_per_class(learned[j].float().argmax(0).numpy(), vol.labels, list(CLASSES)) for j in (0, 1)
+        ]
+        if in_dice:
+            base_pred = segment_proxies(base, vol.image[None])[0].argmax(0).numpy()
+            rows["baseline"].append(dice_row(base_pred, vol.labels))
+            rows["naive"].append(dice_row(naive[0].float().argmax(0).numpy(), vol.labels))
+            rows["learned"].append(dice_row(learned[0].float().argmax(0).numpy(), vol.labels))
+            rows["naive_tta"].append(dice_row(naive[: args.tta_k].float().mean(0).argmax(0).numpy(), vol.labels))
+            rows["learned_tta"].append(dice_row(learned[: args.tta_k].float().mean(0).argmax(0).numpy(), vol.labels))
+            for _ in range(args.draws):
+                order = rng.permutation(args.k_max)
+                curves["naive"].append(prefix_dice_curve(naive, vol.labels, order))
+                curves["learned"].append(prefix_dice_curve(learned, vol.labels, order))
+            if figure_case is None:
+                figure_case = _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k)
+        print(f"[{time.perf_counter() - t0:6.0f} s] {rec.name}: learned {single_dice[rec.name][0]}", flush=True)
+
+    icc = {}
+    for c, name in CLASSES.items():
+        ratings = np.array([[d[0][c], d[1][c]] for d in single_dice.values()])
+        r = icc_c1(ratings)
+        icc[name] = {"icc": round(float(r.icc), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)], "n": r.n}
+    dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
+    doc = {
+        "command": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
+        "date": time.strftime("%Y-%m-%d"),
+        "seed": args.seed,
+        "alpha_range": list(args.alpha_range),
+        "classes": list(CLASSES.values()),
+        "tta_k": args.tta_k,
+        "k_max": args.k_max,
+        "draws": args.draws,
+        "n_volumes": len(rows["baseline"]),
+        "crop": args.crop or None,
+        "n_icc_scans": len(single_dice),
+        "reference_pool": len(bank),
+        "dice": {m: mean_rows(rows[m]) for m in METHODS},
+        "dice_vs_k": dice_vs_k,
+        "icc": icc,
+        "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in ("segmentation", "unmixing", "baseline")},
+        "seconds": round(time.perf_counter() - t0),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    if not args.no_figures:
+        from mixdemo.figures import plot_dice_vs_k_png, plot_unmixing_panels_png
+
+        plot_dice_vs_k_png(doc, args.out.with_name(args.out.stem + "_dice_vs_k.png"))
+        if figure_case is not None:
+            plot_unmixing_panels_png(figure_case, args.out.with_name(args.out.stem + "_panels.png"))
+    return doc
+
+
+def _figure_case(vol: Volume, refs, proxies, naive, learned, base_pred, tta_k: int) -> dict:
+    """Axial slices through the brain centre for the Fig. 2-style panel."""
+    z = int(np.argwhere(vol.labels > 0)[:, 2].mean())
+    take = lambda t: t[..., z]  # noqa: E731
+    return {
+        "image": take(vol.image), "truth": take(vol.labels), "baseline": take(base_pred),
+        "references": [take(r.image) for r in refs[:3]], "proxies": [take(p) for p in proxies[:3]],
+        "naive": [take(n.float().argmax(0).numpy()) for n in naive[:3]],
+        "learned": [take(n.float().argmax(0).numpy()) for n in learned[:3]],
+        "naive_tta": take(naive[:tta_k].float().mean(0).argmax(0).numpy()),
+        "learned_tta": take(learned[:tta_k].float().mean(0).argmax(0).numpy()),
+        "tta_k": tta_k,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    doc = evaluate(parse_args(argv))
+    print(json.dumps({"dice": doc["dice"], "icc": doc["icc"]}, indent=1))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
