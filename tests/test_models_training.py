@@ -156,3 +156,27 @@ def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path):
     record = json.loads((out / "segmentation" / "training.json").read_text())
     assert record["processes"] == 2 and record["batch_size"] == 4
     assert (out / "unmixing" / "model.safetensors").exists()
+
+
+def test_publish_dry_run_builds_the_upload(tmp_path):
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    (src / "incomplete").mkdir()
+    staging = publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
+    assert sorted(p.name for p in staging.iterdir()) == ["README.md", "segmentation"]
+    assert {p.name for p in (staging / "segmentation").iterdir()} == {"config.json", "model.safetensors", "training.json", "README.md"}
+    assert "me/mixup" in (staging / "README.md").read_text()
+    (src / "segmentation" / "model.safetensors").write_bytes(b"broken")
+    with pytest.raises(weights.WeightsError, match="checksum"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
+
+
+def test_cosine_schedule_is_closed_form_and_resumable():
+    from training.train import cosine_factor
+
+    assert cosine_factor(0, 100) == 1.0
+    assert abs(cosine_factor(100, 100) - 0.05) < 1e-12
+    assert cosine_factor(50, 100) > cosine_factor(60, 100) > cosine_factor(99, 100)
+    assert cosine_factor(500, 100) == cosine_factor(100, 100)

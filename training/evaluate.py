@@ -116,6 +116,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
     by_id = {r.ref_id: r for r in bank}
+    if args.k_max > len(bank):
+        if not args.quick:
+            raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
+        args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     seg, unmix, base = load_model("segmentation"), load_model("unmixing"), load_model("baseline")
 
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}

@@ -84,6 +84,12 @@ def init_distributed(device_pref: str | None) -> tuple[int, int, torch.device]:
     return 0, 1, device
 
 
+def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
+    """Cosine decay of the learning rate from 1 to ``floor`` over ``total`` steps (closed form, resumable)."""
+    t = min(step, total) / max(total, 1)
+    return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))
+
+
 class EndToEnd(torch.nn.Module):
     """S followed by D, so that one DDP wrapper synchronises both."""
 
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     unmix = UnmixingNet(n_references=args.n_references) if mixed else None
     model = EndToEnd(seg, unmix).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=args.steps, eta_min=args.lr * 0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: cosine_factor(s, args.steps))
     loss_mix = DiceCELoss(softmax=True)  # soft targets: y_mix of Eq. 3
     loss_target = DiceCELoss(softmax=True, to_onehot_y=True)
 
@@ -137,9 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
-        sched.load_state_dict(state["sched"])
         sampler.rng = np.random.default_rng(state["seed_state"] + rank)
         step, elapsed = state["step"], state.get("elapsed", 0.0)
+        for group in optim.param_groups:  # the schedule follows --steps, even if it changed since
+            group["initial_lr"] = args.lr
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: cosine_factor(s, args.steps), last_epoch=step - 1)
         if rank == 0:
             print(f"resumed from step {step}", flush=True)
     # U-Net++ without deep supervision leaves its intermediate heads unused
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
-            torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+            torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
                         "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0},
                        ckpt_path)
     bar.close()

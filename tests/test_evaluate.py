@@ -1,0 +1,55 @@
+"""training.evaluate --quick: the paper's Table 1 / Fig. 3 pipeline end to end on a small cohort."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mixdemo import phantoms, weights
+from mixdemo.models import SegmentationNet, UnmixingNet
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort4")
+    phantoms.generate_cohort(root, n_subjects=4, n_scans=2, seed=11, test_fraction=0.5)
+    return root
+
+
+@pytest.fixture()
+def model_dir(tmp_path, monkeypatch):
+    """The committed weights when present, else untrained ones (the pipeline is under test, not the accuracy)."""
+    local = weights.weights_dir()
+    if all((local / n / "model.safetensors").exists() for n in ("segmentation", "unmixing", "baseline")):
+        return local
+    for name, model, cls in (("segmentation", SegmentationNet(), "SegmentationNet"), ("baseline", SegmentationNet(), "SegmentationNet"),
+                             ("unmixing", UnmixingNet(), "UnmixingNet")):
+        model.save_pretrained(tmp_path / name)
+        weights.write_training_record(tmp_path / name, {"command": "untrained"}, f"mixdemo.models.{cls}")
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, model_dir, tmp_path):
+    from training import evaluate
+
+    out = tmp_path / "seg.json"
+    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--out", str(out), "--threads", "1"])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(doc))
+    assert saved["command"].startswith("python -m training.evaluate")
+    assert saved["classes"] == ["GM", "WM", "CSF"]
+    assert set(saved["dice"]) == {"baseline", "naive", "naive_tta", "learned", "learned_tta"}
+    for row in saved["dice"].values():
+        assert set(row) == {"GM", "WM", "CSF", "avg"} and all(0.0 <= v <= 1.0 for v in row.values())
+    for curve in saved["dice_vs_k"].values():
+        assert [k for k, _ in curve] == list(range(1, saved["k_max"] + 1))
+    for cls in ("GM", "WM", "CSF"):
+        icc = saved["icc"][cls]
+        assert set(icc) == {"icc", "ci95", "n"} and icc["n"] == saved["n_icc_scans"]
+    assert saved["n_volumes"] == 2 and saved["crop"] == 64
+    assert all(saved["weights_sha256"].values())
+    assert (tmp_path / "seg_dice_vs_k.png").stat().st_size > 5000
+    assert (tmp_path / "seg_panels.png").stat().st_size > 5000
