@@ -1,0 +1,168 @@
+"""One-run benchmark of the inference path on this machine.
+
+    python -m mixdemo.bench             # whole phantom volume, 3 repetitions → results/bench.json
+    python -m mixdemo.bench --quick     # a 64³ cube, 1 repetition: a smoke run under a minute
+
+Measures on the same volume: baseline whole-brain segmentation; private segmentation with
+learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10); the client's share
+(mixing + D); achieved GFLOP/s of S against a float32 matrix-multiply peak measured in the
+same run; peak memory. Medians over repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mixdemo.mixing import MixKey
+from mixdemo.models import SegmentationNet, UnmixingNet
+from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
+from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
+
+
+def median_seconds(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of ``fn`` over ``reps`` runs."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
+    """float32 GEMM throughput (GFLOP/s) of this process's torch threads: the machine's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    return 2 * n**3 / median_seconds(lambda: a @ b, reps) / 1e9
+
+
+def flops_per_voxel(model: torch.nn.Module) -> float:
+    """Forward FLOPs of ``model`` per input voxel (convolutions are linear in the voxel count)."""
+    x = torch.zeros(1, 1, 32, 32, 32)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / x.numel()
+
+
+def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """Trained S, D and baseline when available (speed does not depend on the weights' values)."""
+    if use_trained:
+        try:
+            from mixdemo.weights import load_model
+
+            return load_model("segmentation"), load_model("unmixing"), load_model("baseline")
+        except Exception as exc:  # noqa: BLE001 - fall back to same-shape untrained models
+            print(f"trained weights unavailable ({type(exc).__name__}); timing untrained models of the same shape")
+    return SegmentationNet().eval(), UnmixingNet().eval(), SegmentationNet().eval()
+
+
+def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarray, list[Reference]]:
+    """A target and ``n`` references rendered from the phantom generator (optionally a central cube).
+
+    ``distinct=False`` renders two scans and shifts the second for the other references: the
+    timings do not depend on the references' content, and it saves ~2.5 s per reference.
+    """
+    template = load_template()
+    count = n + 1 if distinct else 2
+    vols = [synthesize_scan(template, sample_subject(1000 + i), sample_scan(2000 + i)) for i in range(count)]
+    while len(vols) < n + 1:
+        shift = len(vols)
+        vols.append((np.roll(vols[1][0], shift, axis=0), np.roll(vols[1][1], shift, axis=0)))
+    if crop:
+        sl = tuple(slice(s // 2 - crop // 2, s // 2 + crop // 2) for s in GRID_SHAPE)
+        vols = [(img[sl].copy(), lab[sl].copy()) for img, lab in vols]
+    target = vols[0][0]
+    refs = [Reference(f"ref{i}", img, lab) for i, (img, lab) in enumerate(vols[1:])]
+    return target, refs
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Time every path and return the JSON document."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seg, unmix, base = load_models(not args.untrained)
+    k_max = 10
+    target, refs = phantom_volumes(k_max, args.crop, distinct=not args.quick)
+    key10 = MixKey(tuple(r.ref_id for r in refs), (0.5,) * k_max)
+    key1 = MixKey(key10.reference_ids[:1], (0.5,))
+
+    def private(key: MixKey, tgt: np.ndarray, references: list[Reference]) -> tuple[float, float]:
+        """(total seconds, client seconds) of one private segmentation."""
+        t0 = time.perf_counter()
+        proxies = make_proxies(tgt, references[: key.k], key)
+        t_mix = time.perf_counter() - t0
+        mixed = segment_proxies(seg, proxies)
+        t1 = time.perf_counter()
+        unmix_learned(unmix, mixed, reference_onehots(references[: key.k]), key.alphas).mean(0).argmax(0)
+        t_unmix = time.perf_counter() - t1
+        return time.perf_counter() - t0, t_mix + t_unmix
+
+    reps = args.reps
+    baseline_s = median_seconds(lambda: segment_proxies(base, target[None]).argmax(1), reps)
+    k1 = [private(key1, target, refs) for _ in range(reps)]
+    private_k1_s = statistics.median(t for t, _ in k1)
+    client_share = statistics.median(c / t for t, c in k1)
+    private_k10_s = median_seconds(lambda: private(key10, target, refs), max(1, reps - 2) if not args.quick else 1)
+    sl = tuple(slice(s // 2 - 16, s // 2 + 16) for s in target.shape)
+    patch_refs = [Reference(r.ref_id, r.image[sl], r.labels[sl]) for r in refs]
+    patch_k10_s = median_seconds(lambda: private(key10, target[sl], patch_refs), reps)
+
+    voxels = int(np.prod(target.shape))
+    s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
+    peak = matmul_peak_gflops()
+    doc = {
+        "command": "python -m mixdemo.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": platform.processor() or platform.machine(),
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "volume_shape": list(target.shape),
+        "reps": reps,
+        "baseline_s": round(baseline_s, 3),
+        "private_k1_s": round(private_k1_s, 3),
+        "private_k10_s": round(private_k10_s, 3),
+        "patch_k10_s": round(patch_k10_s, 3),
+        "privacy_tax": round(private_k1_s / baseline_s, 3),
+        "tta10_over_k1": round(private_k10_s / private_k1_s, 3),
+        "client_share": round(client_share, 3),
+        "s_gflops": round(s_gflops, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "flop_efficiency": round(s_gflops / peak, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--crop", type=int, default=0, help="time a central cube of this side instead of the whole grid")
+    p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
+    p.add_argument("--quick", action="store_true", help="64³ cube, 1 repetition")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.crop, args.reps = args.crop or 64, 1
+    doc = run(args)
+    print(json.dumps(doc, indent=1))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
