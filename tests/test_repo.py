@@ -28,3 +28,9 @@ def test_requirements_pin_the_cpu_torch_and_everything_else():
     reqs = [line for line in (REPO / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert "torch==2.13.0" in reqs
     assert all("==" in line for line in reqs), reqs
+
+
+def test_readme_figures_are_generated_from_results_json():
+    from training import report
+
+    assert report.main(["--check"]) == 0, "run python -m training.report"
