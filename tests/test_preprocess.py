@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -104,7 +103,8 @@ def make_raw_head(
     to_mni = np.linalg.solve(pose, affine)
     q = to_mni[:3, :3].astype(np.float32) @ idx + to_mni[:3, 3:4].astype(np.float32)
     del idx
-    u = np.linalg.inv(a_model)[:3, :3].astype(np.float32) @ q + np.linalg.inv(a_model)[:3, 3:4].astype(np.float32)
+    to_voxel = np.linalg.inv(a_model).astype(np.float32)
+    u = to_voxel[:3, :3] @ q + to_voxel[:3, 3:4]
     pad = 16
     brain = ndimage.binary_closing(labels > 0, iterations=2)
     dist = ndimage.distance_transform_edt(~np.pad(brain, pad)).astype(np.float32)
@@ -123,7 +123,8 @@ def make_raw_head(
 
 def template_subject(seed: int) -> phantoms.SubjectParams:
     """A phantom subject with the template's size and pose (only a small smooth warp)."""
-    return replace(phantoms.sample_subject(seed), scale=(1.0, 1.0, 1.0), rotation_deg=(0.0, 0.0, 0.0), warp_mm=2.0)
+    subject = phantoms.sample_subject(seed)
+    return replace(subject, scale=(1.0, 1.0, 1.0), rotation_deg=(0.0, 0.0, 0.0), warp_mm=2.0)
 
 
 def still_scan(seed: int) -> phantoms.ScanParams:
@@ -134,3 +135,252 @@ def still_scan(seed: int) -> phantoms.ScanParams:
 def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
     x, y = a == label, b == label
     return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+
+
+def _scan(data: np.ndarray, affine: np.ndarray) -> mio.Scan:
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    return mio.Scan(data=data, affine=affine.copy(), source_shape=data.shape, source_affine=affine.copy())
+
+
+def _mean_displacement(model_to_input: np.ndarray, pose: np.ndarray) -> float:
+    """Mean distance (mm) between estimated and true positions of the template brain's voxels."""
+    ref = pp._reference()
+    q = ref.affine[:3, :3] @ np.argwhere(ref.brain)[::50].T + ref.affine[:3, 3:4]
+    diff = (model_to_input[:3, :3] - pose[:3, :3]) @ q + (model_to_input[:3, 3:4] - pose[:3, 3:4])
+    return float(np.linalg.norm(diff, axis=0).mean())
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    import SimpleITK as sitk
+
+    old = sitk.ProcessObject_GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(THREADS)
+    yield
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(old)
+
+
+@pytest.fixture(scope="module")
+def raw_case(tmp_path_factory):
+    """Template-anatomy phantom in a head, random pose, PIR 1.2x1.0x1.5 mm int16 file; processed."""
+    template = phantoms.load_template()
+    image, labels = phantoms.synthesize_scan(template, template_subject(0), still_scan(0))
+    pose = random_head_pose(np.random.default_rng(0))
+    raw, truth, affine = make_raw_head(image, labels, pose, seed=0)
+    path = tmp_path_factory.mktemp("raw") / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(raw, affine), str(path))
+    scan = mio.load_scan(path, normalize=False)
+    steps: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    prepared = pp.to_model_space(scan, threads=THREADS, progress=lambda f, m: steps.append((f, m)))
+    total = time.perf_counter() - t0
+    print(f"\nraw head: registration {prepared.seconds:.1f} s, whole preprocessing {total:.1f} s "
+          f"({THREADS} threads), similarity {prepared.similarity:.3f}")
+    return dict(path=path, scan=scan, prepared=prepared, truth=truth, labels=labels, pose=pose,
+                affine=affine, steps=steps)
+
+
+@pytest.fixture(scope="module")
+def subject_case(tmp_path_factory):
+    """A cohort-like phantom subject (own size, pose, warp): on the model grid, and in a head."""
+    template = phantoms.load_template()
+    image, labels = phantoms.synthesize_scan(template, phantoms.sample_subject(7), phantoms.sample_scan(7))
+    pose = random_head_pose(np.random.default_rng(7))
+    raw, truth, affine = make_raw_head(image, labels, pose, axes=((0, -1.0), (1, -1.0), (2, 1.0)),
+                                       spacing=(1.0, 1.1, 1.3), seed=7)  # LPS, another voxel size
+    folder = tmp_path_factory.mktemp("subject")
+    nib.save(nib.Nifti1Image(raw, affine), str(folder / "t1.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, affine), str(folder / "seg.nii.gz"))
+    mio.save_volume(image, template.affine, folder / "mni_t1.nii.gz")
+    return dict(folder=folder, image=image, labels=labels, truth=truth, affine=affine)
+
+
+# --------------------------------------------------------------------------- issue 9: done when
+def test_raw_scan_segmentation_comes_back_onto_the_input_grid(raw_case, tmp_path):
+    """Known affine + skull + neck + anisotropic non-RAS voxels: Dice >= 0.85 on the file's grid."""
+    scan, prepared = raw_case["scan"], raw_case["prepared"]
+    assert prepared.registered and prepared.warning is None
+    assert prepared.similarity >= pp.SIMILARITY_WARNING
+    # oracle segmentation: the phantom's true labels on the model grid (tests geometry only)
+    out = tmp_path / "seg.nii.gz"
+    pp.save_segmentation(raw_case["labels"], prepared, scan, out)
+    saved = nib.load(str(out))
+    assert saved.shape == scan.source_shape == raw_case["truth"].shape
+    assert np.allclose(saved.affine, raw_case["affine"], atol=1e-4)
+    seg = np.asarray(saved.dataobj)
+    scores = [dice(seg, raw_case["truth"], c) for c in (1, 2, 3)]
+    error = _mean_displacement(prepared.model_to_input, raw_case["pose"])
+    print(f"Dice GM {scores[0]:.3f} WM {scores[1]:.3f} CSF {scores[2]:.3f} mean {np.mean(scores):.3f}; "
+          f"mean registration error {error:.2f} mm")
+    assert np.mean(scores) >= 0.85
+    assert error <= 1.0
+
+
+def test_registered_brain_is_skull_stripped_and_normalised(raw_case):
+    prepared = raw_case["prepared"]
+    assert prepared.image.shape == GRID and prepared.image.dtype == np.float32
+    assert prepared.brain_mask.shape == GRID and prepared.brain_mask.dtype == bool
+    assert float(prepared.image.min()) >= 0 and float(prepared.image.max()) == pytest.approx(1.0)
+    assert not prepared.image[~prepared.brain_mask].any()
+    true_brain = raw_case["labels"] > 0
+    assert dice(prepared.brain_mask.astype(np.uint8), true_brain.astype(np.uint8), 1) >= 0.95
+    # intensities as in training (io.normalize_intensity): the brightest 0.5 % saturate at 1
+    saturated = float((prepared.image == 1).sum() / (prepared.image > 0).sum())
+    assert 0.003 <= saturated <= 0.007
+
+
+def test_progress_is_reported_in_order_without_names(raw_case):
+    fractions = [f for f, _ in raw_case["steps"]]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == 1.0
+    path = raw_case["path"]
+    assert all(path.name not in m and str(path.parent) not in m for _, m in raw_case["steps"])
+
+
+def test_raw_head_is_not_taken_for_model_space(raw_case):
+    check = pp.check_model_space(raw_case["scan"])
+    assert not check.ok and not pp.is_model_space(raw_case["scan"])
+    assert check.outside_fraction > pp.MODEL_SPACE_OUTSIDE
+
+
+def test_labels_are_refused_for_another_scan(raw_case, subject_case):
+    other = _scan(subject_case["image"], phantoms.load_template().affine)
+    with pytest.raises(ValueError, match="not the one"):
+        pp.labels_to_source_grid(raw_case["labels"], raw_case["prepared"], other)
+
+
+def test_labels_on_the_scan_grid_match_io_save_labels(raw_case, tmp_path):
+    """labels_to_scan_grid + io.save_labels gives (nearly) the same file as save_segmentation."""
+    scan, prepared = raw_case["scan"], raw_case["prepared"]
+    on_scan = pp.labels_to_scan_grid(raw_case["labels"], prepared, scan)
+    assert on_scan.shape == scan.data.shape and on_scan.dtype == np.uint8
+    mio.save_labels(on_scan, scan, tmp_path / "a.nii.gz")
+    a = np.asarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj)
+    b = pp.labels_to_source_grid(raw_case["labels"], prepared)
+    assert a.shape == b.shape
+    assert (a == b).mean() > 0.97  # two nearest-neighbour steps vs one
+
+
+def test_cohort_like_subject_round_trip(subject_case, tmp_path):
+    """A subject of its own size and shape: a perfect network's labels come back onto the file.
+
+    The oracle is the scan's own truth carried onto the model grid with the estimated
+    transform (what a perfect network would output on ``prepared.image``).
+    """
+    folder = subject_case["folder"]
+    scan = mio.load_scan(folder / "t1.nii.gz", normalize=False)
+    prepared = pp.to_model_space(scan, threads=THREADS)
+    print(f"\ncohort-like subject: registration {prepared.seconds:.1f} s, "
+          f"similarity {prepared.similarity:.3f}")
+    assert prepared.registered and prepared.warning is None
+    ref = pp._reference()
+    assert dice(prepared.brain_mask.astype(np.uint8), ref.brain.astype(np.uint8), 1) >= 0.9
+    oracle = pp.labels_to_model_grid(mio.load_labels(folder / "seg.nii.gz", like=scan), prepared, scan)
+    assert oracle.shape == GRID
+    pp.save_segmentation(oracle, prepared, None, tmp_path / "seg.nii.gz")
+    seg = np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj)
+    scores = [dice(seg, subject_case["truth"], c) for c in (1, 2, 3)]
+    print(f"round-trip Dice GM {scores[0]:.3f} WM {scores[1]:.3f} CSF {scores[2]:.3f}")
+    assert np.mean(scores) >= 0.85
+
+
+def test_model_space_input_skips_registration(subject_case, tmp_path):
+    """A skull-stripped MNI-grid scan (a cohort file) is used as is, exactly as in training."""
+    folder = subject_case["folder"]
+    scan = mio.load_scan(folder / "mni_t1.nii.gz", normalize=False)
+    check = pp.check_model_space(scan)
+    print(f"\nmodel-space check of a cohort scan: {check}")
+    assert check.ok and check.on_grid
+    prepared = pp.to_model_space(scan, threads=THREADS)
+    assert not prepared.registered and prepared.seconds == 0 and prepared.metric_value is None
+    assert prepared.warning is None
+    assert np.array_equal(prepared.model_to_input, np.eye(4))
+    assert np.array_equal(prepared.image, mio.load_scan(folder / "mni_t1.nii.gz").data)
+    pp.save_segmentation(subject_case["labels"], prepared, scan, tmp_path / "seg.nii.gz")
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj), subject_case["labels"])
+
+
+def test_upside_down_brain_without_initializer_is_flagged(subject_case):
+    """Calibration, bad side: a flipped brain, registration started from the identity."""
+    flipped = _scan(subject_case["image"][:, :, ::-1], phantoms.load_template().affine)
+    assert not pp.is_model_space(flipped)
+    prepared = pp.to_model_space(flipped, initializer="none", threads=THREADS)
+    print(f"\nupside-down brain: similarity {prepared.similarity:.3f}")
+    assert prepared.registered
+    assert prepared.similarity < pp.SIMILARITY_WARNING
+    assert prepared.warning is not None and "poor" in prepared.warning
+
+
+def test_noise_is_flagged_or_refused():
+    rng = np.random.default_rng(3)
+    affine = np.diag([1.2, 1.2, 1.2, 1.0])
+    affine[:3, 3] = -70
+    noise = _scan(rng.random((96, 112, 100)) * 1000, affine)
+    assert not pp.is_model_space(noise)
+    try:
+        prepared = pp.to_model_space(noise, threads=THREADS)
+    except pp.RegistrationError as exc:
+        assert "registered" in str(exc) or "brain" in str(exc)
+    else:
+        print(f"\nnoise: similarity {prepared.similarity:.3f}")
+        assert prepared.warning is not None
+
+
+# --------------------------------------------------------------------------- small units
+def _identity_prepared(shape=GRID, affine=None) -> pp.Prepared:
+    """A Prepared for a scan already on the model grid (or on the grid ``shape, affine``)."""
+    zeros = np.zeros(GRID, dtype=np.float32)
+    grid = phantoms.load_template().affine.copy()
+    affine = grid if affine is None else affine
+    return pp.Prepared(image=zeros, brain_mask=zeros > 0, affine=grid, model_to_input=np.eye(4),
+                       similarity=1.0, metric_value=None, registered=False, warning=None, seconds=0.0,
+                       scan_shape=shape, scan_affine=affine, source_shape=shape, source_affine=affine)
+
+
+def test_transform_matches_the_ras_matrix():
+    """Prepared.transform (ITK, LPS) maps points like model_to_input (RAS)."""
+    rng = np.random.default_rng(1)
+    m = random_head_pose(rng)
+    prepared = replace(_identity_prepared(), model_to_input=m)
+    p_ras = np.array([10.0, -20.0, 30.0])
+    expected = m[:3, :3] @ p_ras + m[:3, 3]
+    flip = np.array([-1.0, -1.0, 1.0])
+    got = np.array(prepared.transform.TransformPoint((p_ras * flip).tolist())) * flip
+    assert np.allclose(got, expected, atol=1e-6)
+
+
+def test_sitk_image_has_the_nifti_geometry():
+    affine = np.array([[0, 0, -1.5, 40.0], [-1.2, 0, 0, 60.0], [0, 1.0, 0, -30.0], [0, 0, 0, 1]])
+    data = np.zeros((10, 12, 14), dtype=np.float32)
+    data[3, 4, 5] = 1
+    image = pp._to_sitk(data, affine)
+    point_lps = image.TransformIndexToPhysicalPoint((3, 4, 5))
+    assert np.allclose(np.array(point_lps) * [-1, -1, 1], affine[:3, :3] @ [3, 4, 5] + affine[:3, 3])
+    assert image[3, 4, 5] == 1
+
+
+def test_labels_round_trip_is_exact_on_the_model_grid():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, GRID, dtype=np.uint8)
+    prepared = _identity_prepared()
+    assert np.array_equal(pp.labels_to_scan_grid(labels, prepared), labels)
+    assert np.array_equal(pp.labels_to_source_grid(labels, prepared), labels)
+    assert np.array_equal(pp.labels_to_model_grid(labels, prepared), labels)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.zeros((4, 4, 4), dtype=np.uint8), "shape"),
+        (np.zeros(GRID, dtype=np.float32), "integer"),
+        (np.full(GRID, 300, dtype=np.int32), "between"),
+    ],
+)
+def test_bad_label_maps_are_refused(labels, message):
+    with pytest.raises(ValueError, match=message):
+        pp.labels_to_source_grid(labels, _identity_prepared((8, 8, 8)))
+
+
+def test_unknown_initializer_is_refused():
+    with pytest.raises(ValueError, match="initializer"):
+        pp.to_model_space(_scan(np.ones((8, 8, 8)), np.eye(4)), initializer="magic")
