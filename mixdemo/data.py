@@ -138,7 +138,8 @@ class MixedPatchSampler:
     """Random mixed patches: a target, R references of other subjects, α ~ U(range).
 
     Reference weights split 1 − α at random (R = 1: the paper's Eq. 2; R = 2: three sources).
-    ``mixed=False`` gives plain patches (the baseline's training data).
+    ``mixed=False`` gives plain patches (the baseline's training data); ``augment=True`` passes the
+    target through :mod:`mixdemo.augment` (small affine, gamma, bias field, noise) before mixing.
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class MixedPatchSampler:
         alpha_range: tuple[float, float] = TRAIN_ALPHA_RANGE,
         n_references: int = 1,
         mixed: bool = True,
+        augment: bool = False,
         seed: int = 0,
     ) -> None:
         if len({v.subject for v in volumes}) < 1 + n_references and mixed:
@@ -158,6 +160,7 @@ class MixedPatchSampler:
         self.alpha_range = alpha_range
         self.n_references = n_references
         self.mixed = mixed
+        self.augment = augment
         self.rng = np.random.default_rng(seed)
         self._foreground = [np.argwhere(v.labels > 0) for v in self.volumes]
 
@@ -167,6 +170,10 @@ class MixedPatchSampler:
         corner = sample_patch_corner(target.image.shape, self.patch_size, self.rng, self._foreground[t])
         sl = patch_slices(corner, self.patch_size)
         x_t, y_t = target.image[sl], target.labels[sl]
+        if self.augment:  # residual misregistration and contrast of real scans (target only, before mixing)
+            from mixdemo.augment import augment_patch, sample_augmentation
+
+            x_t, y_t = augment_patch(target.image, target.labels, corner, self.patch_size, sample_augmentation(self.rng))
         if not self.mixed:
             return x_t, y_t, x_t, one_hot(y_t, NUM_CLASSES), np.zeros((0, *y_t.shape), np.float32), np.ones(1)
         others = [i for i, v in enumerate(self.volumes) if v.subject != target.subject]

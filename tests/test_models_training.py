@@ -180,3 +180,12 @@ def test_cosine_schedule_is_closed_form_and_resumable():
     assert abs(cosine_factor(100, 100) - 0.05) < 1e-12
     assert cosine_factor(50, 100) > cosine_factor(60, 100) > cosine_factor(99, 100)
     assert cosine_factor(500, 100) == cosine_factor(100, 100)
+
+
+def test_sampler_augments_targets_when_asked(tiny_cohort):
+    vols = load_volumes(load_cohort(tiny_cohort).split("train"))
+    plain = MixedPatchSampler(vols, patch_size=16, mixed=False, seed=3).batch(2)
+    aug = MixedPatchSampler(vols, patch_size=16, mixed=False, augment=True, seed=3).batch(2)
+    assert aug.x_target.shape == plain.x_target.shape
+    assert not torch.equal(aug.x_target, plain.x_target)
+    assert set(torch.unique(aug.y_target).tolist()) <= {0, 1, 2, 3}

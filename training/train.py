@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
     p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
     p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
+    p.add_argument("--augment", action="store_true",
+                   help="augment targets for real scans (residual misregistration, contrast); off for the shipped weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     mixed = args.mode == "private"
     sampler = MixedPatchSampler(
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
-        n_references=args.n_references, mixed=mixed, seed=args.seed * 1000 + rank,
+        n_references=args.n_references, mixed=mixed, augment=args.augment, seed=args.seed * 1000 + rank,
     )
     features = resolve_features(args.features)
     seg = SegmentationNet(features=features)
@@ -198,7 +200,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
     training = {
         "command": "python -m training.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
-        "lr": args.lr, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
+        "lr": args.lr, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
         "features": list(features), "processes": world, "device": str(device),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
