@@ -1,0 +1,77 @@
+"""Inference pipeline: the server pass, unmixing, TTA and the client's round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mixdemo.mixing import MixKey, one_hot
+from mixdemo.models import SegmentationNet, UnmixingNet
+from mixdemo.pipeline import Reference, make_proxies, private_segment, segment_proxies, unmix_learned
+
+
+def _volume(seed: int, shape=(16, 32, 16)) -> Reference:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, shape).astype(np.uint8)
+    image = np.choose(labels, [0.0, 0.6, 1.0, 0.2]).astype(np.float32)
+    return Reference(f"r{seed}", image, labels)
+
+
+def test_whole_pass_and_windows_agree_away_from_window_borders():
+    torch.manual_seed(0)
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    x = torch.rand(2, 32, 32, 32)
+    whole = segment_proxies(seg, x)
+    windowed = segment_proxies(seg, x, roi_size=(32, 32, 32))  # one window covering everything
+    assert whole.shape == (2, 4, 32, 32, 32)
+    torch.testing.assert_close(whole, windowed, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(whole.sum(1), torch.ones(2, 32, 32, 32))
+
+
+def test_server_pass_pads_odd_sizes_and_rejects_bad_shapes():
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    out = segment_proxies(seg, np.random.rand(20, 18, 17).astype(np.float32))
+    assert out.shape == (1, 4, 20, 18, 17)
+    with pytest.raises(ValueError, match="Proxies must be"):
+        segment_proxies(seg, torch.rand(1, 1, 1, 8, 8, 8))
+
+
+def test_round_trip_sends_only_proxies_and_recovers_target_with_an_oracle_server():
+    target, refs = _volume(0), [_volume(1), _volume(2), _volume(3)]
+    key = MixKey(tuple(r.ref_id for r in refs), (0.4, 0.4, 0.4))
+    received = []
+
+    def oracle_server(proxies: np.ndarray) -> torch.Tensor:
+        """A perfect S: returns the exact mixed labels (Eq. 3) — and records what it was sent."""
+        received.append(proxies.copy())
+        mixed = [0.4 * one_hot(target.labels, 4) + 0.6 * one_hot(r.labels, 4) for r in refs]
+        return torch.from_numpy(np.stack(mixed))
+
+    result = private_segment(target.image, refs, key, oracle_server, UnmixingNet().eval())
+    sent = received[0]
+    np.testing.assert_allclose(sent, make_proxies(target.image, refs, key))
+    assert not any(np.allclose(p, target.image) for p in sent)  # the raw target never reaches the server
+    assert np.array_equal(result.labels("naive"), target.labels)  # Eq. 4 inverts Eq. 3 exactly
+    assert np.array_equal(result.labels("naive_tta"), target.labels)
+    assert result.learned is not None and result.learned.shape == (3, 4, 16, 32, 16)
+    assert result.uncertainty().shape == target.image.shape
+
+
+def test_learned_unmixing_tiles_match_a_single_patch():
+    torch.manual_seed(0)
+    d = UnmixingNet().eval()
+    for p in d.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    mixed = torch.softmax(torch.randn(1, 4, 32, 32, 32), 1)
+    ref = one_hot(torch.randint(0, 4, (1, 32, 32, 32)), 4)
+    tiled = unmix_learned(d, mixed, ref, [0.5])
+    with torch.no_grad():
+        direct = torch.softmax(d(mixed, ref, torch.tensor([0.5])), 1)
+    torch.testing.assert_close(tiled, direct, rtol=1e-4, atol=1e-4)
+
+
+def test_round_trip_checks_the_key_against_the_references():
+    target, refs = _volume(0), [_volume(1)]
+    with pytest.raises(ValueError, match="names 2 references"):
+        private_segment(target.image, refs, MixKey(("a", "b"), (0.5, 0.5)), lambda p: None, None)
