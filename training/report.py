@@ -118,8 +118,11 @@ def bench_md(doc: dict) -> str:
         ("S throughput / GEMM peak", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s ({doc['flop_efficiency']:.2f})"),
         ("peak memory", f"{doc['peak_rss_mb']:.0f} MB"),
     ]
+    load = doc.get("load_average_at_end")
+    busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
+            "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
     return "\n".join([f"Measured by `{doc['command']}` on {doc['cpu']}, {doc['threads']} threads, volume "
-                      f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.", "",
+                      f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}", "",
                       "| what | figure |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
 
 
