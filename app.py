@@ -2,7 +2,8 @@
 
     python app.py [--host 127.0.0.1] [--port 7860]
 
-Host and port also come from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``.
+Host and port also come from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``. Runs offline
+(``HF_HUB_OFFLINE=1`` unless set): the models come from ``weights/`` (or ``$MIXDEMO_WEIGHTS_DIR``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come from weights/ (HF_HUB_OFFLINE=0 allows the Hub)
 
 from mixdemo.ui import build_demo, launch_kwargs  # noqa: E402
 

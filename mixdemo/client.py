@@ -7,12 +7,14 @@ Used two ways:
 
     python -m mixdemo.client --server http://127.0.0.1:7860 scan.nii.gz -o seg.nii.gz \\
         [--alpha 0.5] [--tta 3] [--references DIR] [--mode patch|whole] [--centre X,Y,Z]
+        [--seed S] [--separate-requests]
 
 What leaves the machine: one ``.npy`` file named ``proxy.npy`` per request, holding the float16
 proxies (K, X, Y, Z) — no NIfTI header, no affine, no file name, no α, no reference. What comes
 back: the mixed probabilities. The secret key (references, their labels, α) never leaves.
-The input scan must be registered to the references' 1 mm MNI grid (as in the paper); it is
-centre-cropped or padded to that grid and the segmentation is written back in the input's space.
+A scan already on the models' 1 mm MNI grid (144×192×160, skull-stripped) is used as it is; any other
+is registered to MNI space and skull-stripped on this machine (:mod:`mixdemo.preprocess`). The
+segmentation is written back in the input file's own space.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ ServerFn = Callable[[np.ndarray], torch.Tensor]
 PATCH_SIZE = 32
 """Side of the patch of patch mode (the paper's PPMI patch)."""
 MODES = ("patch", "whole")
+MAX_PER_REQUEST = 8
+"""Most proxies per request (the server's limit, ``mixdemo.server.MAX_K``)."""
 
 
 class ClientError(RuntimeError):
@@ -245,10 +249,19 @@ def unmixing_model(required: bool = False) -> torch.nn.Module | None:
 class RemoteServer:
     """Callable sending proxies to a Mixup-Privacy server's ``segment_proxy`` endpoint."""
 
-    def __init__(self, url: str, *, timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 600.0, separate_requests: bool = False) -> None:
+        """Connect to ``url``.
+
+        Args:
+            url: the server's address.
+            timeout_s: HTTP timeout of one request.
+            separate_requests: send each proxy as its own request, in random order (a defence against
+                averaging the K TTA proxies of one target); else one request per call (at most 8 proxies).
+        """
         from gradio_client import Client
 
         self.url = url
+        self.separate_requests = separate_requests
         self._download = tempfile.mkdtemp(prefix="mixdemo-client-")
         try:
             self._client = Client(
@@ -270,6 +283,17 @@ class RemoteServer:
         return self._client.predict(api_name="/server_info")
 
     def __call__(self, proxies: np.ndarray) -> torch.Tensor:
+        """(K, X, Y, Z) proxies → (K, C, X, Y, Z) mixed probabilities from the server."""
+        k = len(proxies)
+        if self.separate_requests:
+            order = np.random.default_rng().permutation(k)
+            out = torch.empty((k, 4, *proxies.shape[1:]))
+            for i in order:
+                out[i] = self._request(proxies[i : i + 1])[0]
+            return out
+        return torch.cat([self._request(proxies[i : i + MAX_PER_REQUEST]) for i in range(0, k, MAX_PER_REQUEST)])
+
+    def _request(self, proxies: np.ndarray) -> torch.Tensor:
         from gradio_client import handle_file
 
         with tempfile.TemporaryDirectory(prefix="mixdemo-proxy-") as tmp:
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mixdemo.client",
         description="Privacy-preserving segmentation: mix locally, send only proxies, unmix locally.",
     )
-    p.add_argument("scan", help="input T1 NIfTI (.nii/.nii.gz), registered to 1 mm MNI space")
+    p.add_argument("scan", help="input T1 NIfTI (.nii/.nii.gz); registered to MNI locally unless already on the grid")
     p.add_argument("-o", "--output", required=True, help="output label NIfTI, written in the input's space")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
@@ -351,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=MODES, default="whole", help="whole volume, or one 32³ patch")
     p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
     p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
+    p.add_argument("--separate-requests", action="store_true",
+                   help="send each of the K proxies as its own request, in random order")
     args = p.parse_args(argv)
 
     from mixdemo.io import ScanError
@@ -358,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
 
     remote = None
     try:
+        if not Path(args.scan).is_file():
+            raise ClientError("The input scan could not be found.")
         if not str(args.output).lower().endswith((".nii", ".nii.gz")):
             raise ClientError("The output file name must end in .nii or .nii.gz.")
         if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
@@ -369,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.references
             else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
         )
-        remote = RemoteServer(args.server)
+        remote = RemoteServer(args.server, separate_requests=args.separate_requests)
         unmix = unmixing_model()
         if unmix is None:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)

@@ -74,22 +74,22 @@ def example_names() -> list[str]:
     return [f"phantom {s} (test subject)" for s in example_subjects()]
 
 
-def _write_scan(subject: str, folder: Path) -> None:
-    """Write scan 0 of ``subject`` as ``folder/t1.nii.gz`` + ``seg.nii.gz`` (copy or synthesise)."""
+def _write_scan(subject: str, folder: Path, scan: int = 0) -> None:
+    """Write scan ``scan`` of ``subject`` as ``folder/t1.nii.gz`` + ``seg.nii.gz`` (copy or synthesise)."""
     from mixdemo.io import save_volume
     from mixdemo.phantoms import load_template, sample_scan, sample_subject, scan_dir_name
 
-    src = _REPO_ROOT / "data" / "phantoms" / scan_dir_name(subject, 0)
+    src = _REPO_ROOT / "data" / "phantoms" / scan_dir_name(subject, scan)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
-        if (src / "t1.nii.gz").exists() and (src / "seg.nii.gz").exists():
+        if _default_cohort_present() and (src / "t1.nii.gz").exists() and (src / "seg.nii.gz").exists():
             shutil.copy(src / "t1.nii.gz", tmp / "t1.nii.gz")
             shutil.copy(src / "seg.nii.gz", tmp / "seg.nii.gz")
         else:
             index = int(subject.split("-")[1])
             base = COHORT_SEED * 100003 + index
             template = load_template()
-            image, labels = _synth(template, sample_subject(base), sample_scan(base * 16))
+            image, labels = _synth(template, sample_subject(base), sample_scan(base * 16 + scan))
             save_volume(labels, template.affine, tmp / "seg.nii.gz", dtype=np.uint8)
             save_volume(image, template.affine, tmp / "t1.nii.gz", dtype=np.float32)
         if folder.exists():
@@ -99,13 +99,24 @@ def _write_scan(subject: str, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _default_cohort_present() -> bool:
+    """True if ``data/phantoms`` is the default cohort (same seed and size), so its files can be copied."""
+    import json
+
+    try:
+        meta = json.loads((_REPO_ROOT / "data" / "phantoms" / "split.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("seed") == COHORT_SEED and len(meta.get("train", [])) + len(meta.get("test", [])) == COHORT_SUBJECTS
+
+
 def _synth(template, subject, scan):  # noqa: ANN001, ANN202 - thin wrapper, patched in tests
     from mixdemo.phantoms import synthesize_scan
 
     return synthesize_scan(template, subject, scan)
 
 
-def _ensure(kind: str, subjects: list[str], progress: ProgressFn | None) -> list[Path]:
+def _ensure(kind: str, subjects: list[str], progress: ProgressFn | None, scan: int = 0) -> list[Path]:
     """Folders ``<cache>/<kind>/<subject>``, generated where missing."""
     base = cache_root() / kind
     folders = [base / s for s in subjects]
@@ -117,7 +128,7 @@ def _ensure(kind: str, subjects: list[str], progress: ProgressFn | None) -> list
                 if progress:
                     progress(i / len(missing), f"preparing phantom {kind} {i + 1}/{len(missing)} (first use only)")
                 if not (folder / "t1.nii.gz").exists() or not (folder / "seg.nii.gz").exists():
-                    _write_scan(folder.name, folder)
+                    _write_scan(folder.name, folder, scan)
     return folders
 
 
@@ -125,6 +136,12 @@ def example_folders(progress: ProgressFn | None = None) -> dict[str, Path]:
     """``{display name: folder with t1.nii.gz and seg.nii.gz}`` of the example targets."""
     folders = _ensure("examples", example_subjects(), progress)
     return dict(zip(example_names(), folders))
+
+
+def retest_folders(progress: ProgressFn | None = None) -> dict[str, Path]:
+    """``{subject: folder}`` of the example subjects' *second* scans (test-retest pairs, for re-identification)."""
+    subjects = example_subjects()
+    return dict(zip(subjects, _ensure("retest", subjects, progress, scan=1)))
 
 
 def reference_folder(progress: ProgressFn | None = None) -> Path:

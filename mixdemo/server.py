@@ -20,11 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -144,6 +145,17 @@ def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
     return check_proxies(arr)
 
 
+def _n_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """Number of sliding windows MONAI takes over ``shape`` (for progress only)."""
+    import math
+
+    n = 1
+    for size, r in zip(shape, roi):
+        step = max(int(r * (1 - overlap)), 1)
+        n *= 1 if size <= r else math.ceil((size - r) / step) + 1
+    return n
+
+
 @_gpu
 def _run(model: torch.nn.Module, proxies: np.ndarray, progress: Callable[[float, str], None] | None) -> torch.Tensor:
     """Softmax of S per proxy, sliding windows of :data:`SERVER_ROI` (same as ``pipeline.segment_proxies``,
@@ -161,10 +173,19 @@ def _run(model: torch.nn.Module, proxies: np.ndarray, progress: Callable[[float,
             pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
             xk = torch.nn.functional.pad(xk, (0, pads[2], 0, pads[1], 0, pads[0]))
             roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, xk.shape[-3:]))
-            logits = sliding_window_inference(xk, roi, 1, model, overlap=0.125, mode="gaussian")
+            total = _n_windows(tuple(xk.shape[-3:]), roi, 0.125)
+            done = [0]
+
+            def predictor(window: torch.Tensor, k: int = k, total: int = total, done: list = done) -> torch.Tensor:
+                out = model(window)
+                done[0] += window.shape[0]
+                if progress:
+                    progress((k + min(done[0] / total, 1.0)) / x.shape[0],
+                             f"server: proxy {k + 1}/{x.shape[0]}, window {min(done[0], total)}/{total}")
+                return out
+
+            logits = sliding_window_inference(xk, roi, 1, predictor, overlap=0.125, mode="gaussian")
             outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].float().cpu())
-            if progress:
-                progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]}")
     return torch.stack(outs)
 
 
@@ -188,6 +209,27 @@ def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None]
         except OSError:
             pass
     probs = segment(arr, progress).numpy().astype(np.float16)
-    out = Path(tempfile.mkdtemp(prefix="mixdemo-srv-")) / "mixed_probs.npy"
+    out = response_dir() / "mixed_probs.npy"
     np.save(out, probs, allow_pickle=False)
     return str(out)
+
+
+RESPONSE_MAX_AGE_S = 600
+"""Responses nobody fetched are removed this long after they were written (a fetched one is removed
+at once by :class:`mixdemo.oneshot.OneShotResponses`)."""
+
+
+def response_dir() -> Path:
+    """A fresh folder for one response; folders older than :data:`RESPONSE_MAX_AGE_S` are removed."""
+    from mixdemo.oneshot import response_root  # inside Gradio's cache: served once, then deleted
+
+    parent = response_root()
+    parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in parent.iterdir():
+        try:
+            if now - old.stat().st_mtime > RESPONSE_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(dir=parent))

@@ -20,20 +20,20 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
-from mixdemo import examples, server, viz
+from mixdemo import examples, oneshot, server, viz
 
 log = logging.getLogger(__name__)
 
 GRID_SHAPE = (144, 192, 160)
 """The models' grid (``mixdemo.phantoms.GRID_SHAPE``; not imported so that torch loads lazily)."""
 MAX_FILE_SIZE = "300mb"
-PATCH_SCALE = 6
+PATCH_SCALE = 5
 WHOLE_SCALE = 2
 ALPHA_MIN, ALPHA_MAX = 0.1, 0.9
 DEFAULT_ALPHA_RANGE = (0.3, 0.7)
@@ -43,8 +43,10 @@ _CANCEL: dict[str, threading.Event] = {}  # session hash → cancel flag of its 
 
 CSS = """
 .mixdemo-legend {font-size: 0.95rem; padding: 4px 0;}
-.proxy-panel {border: 3px solid #d62728 !important; border-radius: 10px;}
-.proxy-panel label span, .proxy-panel .label-wrap {color: #d62728 !important; font-weight: 700;}
+.result-panel {gap: 2px !important;}
+.panel-caption {font-size: 0.85rem; font-weight: 600; line-height: 1.2; min-height: 2.4em;}
+.proxy-panel {border: 3px solid #d62728; border-radius: 10px; padding: 4px;}
+.proxy-panel .panel-caption {color: #d62728;}
 footer {display: none !important;}
 """
 
@@ -66,12 +68,21 @@ class Session:
     centre: tuple[int, int, int] = (72, 96, 80)
     view: dict | None = None  # display volumes of the last run
     out_dir: str | None = None  # folder of the last downloadable segmentation
-    extra: dict = field(default_factory=dict)
 
     @property
     def image(self) -> np.ndarray:
         """The target on the models' grid."""
         return self.target.image  # type: ignore[attr-defined]
+
+
+SESSION_TTL_S = 2 * 3600
+"""A session's volumes are dropped this long after its last update."""
+
+
+def _drop_session(sess: Session | None) -> None:
+    """When Gradio deletes a session's state: remove its downloadable output too."""
+    if sess is not None and sess.out_dir:
+        shutil.rmtree(sess.out_dir, ignore_errors=True)
 
 
 def _err(exc: Exception) -> gr.Error:
@@ -126,13 +137,14 @@ def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
     finally:
         _delete_upload(path)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
-    return (sess, *_centre_updates(sess), locator(sess, None), "Loaded your scan (no labels yet, so no Dice)." + note)
+    status = "Loaded your scan (its upload is deleted; no labels yet, so no Dice)." + note
+    return (sess, *_centre_updates(sess), locator(sess, None), status, None)
 
 
 def load_upload_labels(path: str | None, sess: Session | None):
     """Attach uploaded ground-truth labels to the current (uploaded) scan."""
     if not path:
-        return sess, gr.update()
+        return sess, gr.update(), gr.update()
     from mixdemo.client import ClientError
     from mixdemo.io import ScanError
 
@@ -144,7 +156,7 @@ def load_upload_labels(path: str | None, sess: Session | None):
         raise _err(exc) from None
     finally:
         _delete_upload(path)
-    return sess, "Labels attached: Dice will be shown after the next run."
+    return sess, "Labels attached: Dice will be shown after the next run.", None
 
 
 def _centre_updates(sess: Session):
@@ -181,7 +193,7 @@ def render(sess: Session | None, opacity: float, mode: str = "patch"):
         scale = WHOLE_SCALE
     tgt = sess.image[region]
     vmax = float(np.percentile(tgt, 99.5)) or 1.0
-    m = lambda vol, **kw: viz.montage(vol, centre, opacity=opacity, scale=scale, vmax=vmax, **kw)  # noqa: E731
+    m = lambda vol, **kw: viz.montage(vol, centre, opacity=opacity, scale=scale, vmax=vmax, grid=True, **kw)  # noqa: E731
     unc = v["uncertainty"]
     panels = [
         m(tgt),
@@ -191,13 +203,35 @@ def render(sess: Session | None, opacity: float, mode: str = "patch"):
         m(tgt, overlay=v["naive"]),
         m(tgt, overlay=v["learned"]) if v["learned"] is not None else None,
         m(tgt, overlay=v["tta"]),
-        m(tgt, heat=unc, heat_max=max(float(unc.max()), 1e-3)),
+        m(tgt, heat=unc, heat_max=max(float(np.percentile(unc, 99.5)), 1e-3)),
         m(tgt, overlay=v["truth"]) if v["truth"] is not None else None,
     ]
     return [loc, *panels]
 
 
 # ------------------------------------------------------------------------------ the round trip
+OUTPUT_MAX_AGE_S = 3600
+
+
+def _output_dir() -> str:
+    """A fresh folder for one downloadable segmentation; folders older than an hour are removed.
+
+    The folder lies inside Gradio's cache, so Gradio serves this one copy (it makes none of its own)
+    and the session's ``_drop_session`` (or the next run) really deletes the download."""
+    import time
+
+    parent = oneshot.gradio_cache_dir() / "mixdemo-outputs"
+    parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in parent.iterdir():
+        try:
+            if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return tempfile.mkdtemp(dir=parent)
+
+
 def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray]) -> str:
     from mixdemo.metrics import dice_per_class, mean_dice
 
@@ -245,10 +279,12 @@ def run_segmentation(
         bank = examples.reference_bank(pfn)
         key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None)
         unmix = unmixing_model()
-        run = run_private(sess.image, bank, key, server.segment, unmix, mode=mode, centre=sess.centre, progress=pfn)
+        serve = lambda proxies: server.segment(proxies, lambda f, m: pfn(0.05 + 0.8 * f, m))  # noqa: E731
+        run = run_private(sess.image, bank, key, serve, unmix, mode=mode, centre=sess.centre, progress=pfn)
     except (ClientError, ValueError, WeightsError) as exc:
         raise _err(exc) from None
     res, region = run.result, run.region
+    log.info("private segmentation: mode=%s, K=%d", mode, key.k)  # no voxel data, no file names
     by_id = {r.ref_id: r for r in bank}
     first = by_id[key.reference_ids[0]]
     tta_labels = res.labels("learned_tta" if res.learned is not None else "naive_tta")
@@ -265,11 +301,12 @@ def run_segmentation(
         "tta": tta_labels,
         "uncertainty": res.uncertainty().astype(np.float32),
         "truth": truth,
+        "alpha": float(key.alphas[0]),
     }
     # the download: the TTA labels on the whole grid, written back into the input's space
     if sess.out_dir:
         shutil.rmtree(sess.out_dir, ignore_errors=True)
-    sess.out_dir = tempfile.mkdtemp(prefix="mixdemo-seg-")
+    sess.out_dir = _output_dir()
     out_path = Path(sess.out_dir) / ("segmentation_patch.nii.gz" if mode == "patch" else "segmentation.nii.gz")
     sess.target.save_labels(run.labels("learned_tta"), out_path)  # type: ignore[attr-defined]
 
@@ -289,7 +326,24 @@ def run_segmentation(
         dice_md, curves = "_No ground truth: Dice is shown for the examples or when you upload labels._", {}
     fig = viz.dice_vs_k_figure(curves)
     panels = render(sess, opacity, mode)
-    return (sess, *panels, dice_md, fig, str(out_path), summary)
+    return (sess, *panels, dice_md, fig, str(out_path), summary, _mix_gallery(sess, bank, key, res.proxies, opacity))
+
+
+def _mix_gallery(sess: Session, bank, key, proxies: np.ndarray, opacity: float) -> list[tuple[np.ndarray, str]]:
+    """(reference k with its labels, proxy k) for each of the K mixes, through the region's centre."""
+    v = sess.view
+    region = v["region"]
+    patch = v["mode"] == "patch"
+    centre = tuple((s.stop - s.start) // 2 for s in region) if patch else sess.centre
+    scale = PATCH_SCALE if patch else 1
+    by_id = {r.ref_id: r for r in bank}
+    items = []
+    for k, (ref_id, a) in enumerate(zip(key.reference_ids, key.alphas)):
+        ref = by_id[ref_id]
+        items.append((viz.montage(ref.image[region], centre, overlay=ref.labels[region], opacity=opacity, scale=scale,
+                                  grid=True), f"reference {k + 1}: {ref_id}"))
+        items.append((viz.montage(proxies[k], centre, scale=scale, grid=True), f"proxy {k + 1} (α = {a:.2f}) — sent"))
+    return items
 
 
 def on_centre(sess: Session | None, x: float, y: float, z: float, opacity: float, mode: str):
@@ -361,7 +415,8 @@ def _unavailable(exc: Exception, n: int):
     return (*([None] * n), f"**{exc}**")
 
 
-def run_separation(sess: Session | None, steps: float, request: gr.Request, progress: gr.Progress = gr.Progress()):
+def run_separation(sess: Session | None, steps: float, known_alpha: bool, request: gr.Request,
+                   progress: gr.Progress = gr.Progress()):
     """Langevin source separation on the current proxy (patch mode)."""
     if sess is None or sess.view is None:
         raise gr.Error("Run a segmentation first (patch mode): the attack works on its proxy.", print_exception=False)
@@ -369,7 +424,7 @@ def run_separation(sess: Session | None, steps: float, request: gr.Request, prog
         raise gr.Error("The separation works on 32³ patches: run a patch-mode segmentation first.", print_exception=False)
     ev = _cancel_event(request)
     try:
-        return _separation(sess, int(steps), _progress_fn(progress), ev)
+        return _separation(sess, int(steps), _progress_fn(progress), ev, bool(known_alpha))
     except AttackUnavailable as exc:
         return _unavailable(exc, 4)
     except (ValueError, RuntimeError) as exc:
@@ -378,25 +433,160 @@ def run_separation(sess: Session | None, steps: float, request: gr.Request, prog
         _CANCEL.pop(getattr(request, "session_hash", None) or "default", None)
 
 
-def _separation(sess: Session, steps: int, progress, cancel: threading.Event):
-    """Call the attack lab's separation (lazy import) and draw its result beside the truth."""
-    raise AttackUnavailable("Not available yet: the Langevin separation (mixdemo.attacks) is still being written.")
+def _score_model():
+    """The attack's score prior from ``weights/score`` (AttackUnavailable when absent)."""
+    from mixdemo.weights import WeightsError, load_model
+
+    _attack("score", ("ScoreNet",))
+    try:
+        return load_model("score")
+    except WeightsError:
+        raise AttackUnavailable(
+            "Not available yet: the score prior (weights/score) has not been trained; "
+            "run python -m training.train_score."
+        ) from None
+
+
+def _separation(sess: Session, steps: int, progress, cancel: threading.Event, known_alpha: bool = True):
+    """Run ``mixdemo.attacks.bss.separate`` on the proxy of the last patch run; draw it beside the truth."""
+    separate = _attack("bss", ("separate",))
+    config_cls = _attack("bss", ("LangevinConfig",))
+    from mixdemo.metrics import msssim_3d
+
+    score = _score_model()
+    v = sess.view
+    proxy, target, reference = v["proxy"], sess.image[v["region"]], v["reference"]
+    alpha = v["alpha"] if known_alpha else None
+    res = separate(score, proxy, alpha, n_init=2, config=config_cls(steps_per_level=max(1, steps)),
+                   progress=progress, cancel=cancel)
+    best, best_score, best_pair = 0, -2.0, (0, 1)
+    for i in range(res.sources.shape[1]):
+        for t, r in ((0, 1), (1, 0)):
+            sc = msssim_3d(res.sources[0, i, t], target) + msssim_3d(res.sources[0, i, r], reference)
+            if sc > best_score:
+                best, best_score, best_pair = i, sc, (t, r)
+    rec_t, rec_r = res.sources[0, best, best_pair[0]], res.sources[0, best, best_pair[1]]
+    ms_t, ms_r = msssim_3d(rec_t, target), msssim_3d(rec_r, reference)
+    ms_proxy = msssim_3d(proxy, target)
+    c = tuple(n // 2 for n in target.shape)
+    m = lambda vol: viz.montage(vol, c, scale=PATCH_SCALE, vmax=1.0, grid=True)  # noqa: E731
+    note = "" if res.completed else " (cancelled early: partial result)"
+    md = (
+        f"**MS-SSIM, recovered vs true target: {ms_t:.3f}**; recovered vs true reference: {ms_r:.3f}; "
+        f"for comparison, the proxy itself vs the target: {ms_proxy:.3f}. "
+        f"{'α known to the attacker (an upper bound)' if known_alpha else 'α unknown (grid search)'}, "
+        f"{steps} steps per noise level, best of {res.sources.shape[1]} initialisations under the best source "
+        f"assignment (generous to the attacker){note}."
+    )
+    return m(rec_t), m(target), m(rec_r), m(reference), md
+
+
+def _examples_on_grid(progress) -> tuple[list[np.ndarray], list[str]]:
+    """Example targets (scan 0) and their retest scans (scan 1), normalised on the grid, with subject ids."""
+    from mixdemo.io import load_scan
+
+    vols, ids = [], []
+    for (name, folder), subject in zip(examples.example_folders(progress).items(), examples.example_subjects()):
+        vols.append(load_scan(folder / "t1.nii.gz").data)
+        ids.append(subject)
+    for subject, folder in examples.retest_folders(progress).items():
+        vols.append(load_scan(folder / "t1.nii.gz").data)
+        ids.append(subject)
+    return vols, ids
 
 
 def reid_report(progress: gr.Progress = gr.Progress()):
-    """Re-identification: F1/mAP bars and a retrieval gallery."""
+    """Re-identification (Table 2): MS-SSIM retrieval on raw scans vs mixup proxies; gallery of one query."""
     try:
-        raise AttackUnavailable("Not available yet: the re-identification attack (mixdemo.attacks) is still being written.")
+        reid = _attack("reid", ("reid_experiment",))
+        from mixdemo.attacks.reid import downsample, encode_with_random_references
+        from mixdemo.metrics import msssim_matrix
     except AttackUnavailable as exc:
         return _unavailable(exc, 2)
+    pfn = _progress_fn(progress)
+    vols, ids = _examples_on_grid(pfn)
+    bank = examples.reference_bank(pfn)
+    pfn(0.5, "MS-SSIM retrieval")
+    targets = downsample(np.stack(vols))
+    refs = downsample(np.stack([r.image for r in bank]))
+    out = reid(targets, ids, refs, alpha_range=DEFAULT_ALPHA_RANGE, n_draws=3, seed=0)
+    fig = viz.bar_figure(
+        {"no proxy (raw scans)": {"F1": out["no_proxy"]["f1"], "mAP": out["no_proxy"]["map"]},
+         "mixup proxies": {"F1": out["mixup"]["f1"], "mAP": out["mixup"]["map"]}},
+        "Re-identification by MS-SSIM retrieval", "score")
+    proxies, _, _ = encode_with_random_references(targets, refs, DEFAULT_ALPHA_RANGE, np.random.default_rng(0))
+    sim = msssim_matrix(proxies)
+    order = [int(j) for j in np.argsort(-sim[0]) if j != 0][:3]
+    c = tuple(n // 2 for n in proxies.shape[1:])
+    gallery = [(viz.montage(proxies[0], c, scale=2, grid=True), f"query: proxy of {ids[0]}")]
+    for rank, j in enumerate(order, 1):
+        mark = "same subject" if ids[j] == ids[0] else "other subject"
+        gallery.append((viz.montage(proxies[j], c, scale=2, grid=True), f"#{rank}: {ids[j]} ({mark}), MS-SSIM {sim[0, j]:.3f}"))
+    md = (f"{out['n_scans']} scans ({len(set(ids))} phantom subjects × test-retest), references from the bank, "
+          f"α ~ U{DEFAULT_ALPHA_RANGE}, {out['mixup']['n_draws']} draws. Without proxies the server re-identifies "
+          f"with mAP {out['no_proxy']['map']:.2f}; with mixup proxies, mAP {out['mixup']['map']:.2f}. "
+          "A tiny gallery: see results/ for the full evaluation.")
+    return fig, gallery, md
 
 
-def tta_report(k: float, fresh: bool, split: bool, progress: gr.Progress = gr.Progress()):
-    """The TTA-averaging attack with optional defences."""
+def tta_report(k: float, fresh: bool, split: bool, sess: Session | None = None, progress: gr.Progress = gr.Progress()):
+    """The TTA-averaging attack on the current target (or the first example), with optional defences."""
     try:
-        raise AttackUnavailable("Not available yet: the TTA-averaging attack (mixdemo.attacks) is still being written.")
+        tta = _attack("tta_average", ("running_tta_estimates",))
+        from mixdemo.attacks.reid import downsample
+        from mixdemo.attacks.tta_average import link_requests, template_brain
+        from mixdemo.metrics import msssim_3d
     except AttackUnavailable as exc:
         return _unavailable(exc, 2)
+    pfn = _progress_fn(progress)
+    k = int(k)
+    vols, _ = _examples_on_grid(pfn)
+    target = sess.image if sess is not None else vols[0]
+    others = [v for v in vols[: len(examples.example_subjects())] if not np.array_equal(v, target)]
+    bank = examples.reference_bank(pfn)
+    if k > len(bank):
+        raise gr.Error(f"K can be at most {len(bank)} (the bank's size).", print_exception=False)
+    pfn(0.6, "mixing and averaging")
+    rng = np.random.default_rng(0)
+    mu = downsample(template_brain())
+
+    def proxies_of(x: np.ndarray) -> np.ndarray:
+        idx = rng.choice(len(bank), size=k, replace=False)
+        a = rng.uniform(*DEFAULT_ALPHA_RANGE, size=k) if fresh else np.full(k, rng.uniform(*DEFAULT_ALPHA_RANGE))
+        return downsample(np.stack([a[i] * x + (1 - a[i]) * bank[j].image for i, j in enumerate(idx)]))
+
+    tgt = downsample(target)
+    mine = proxies_of(target)
+    note = ""
+    if split:  # the K proxies arrive as separate requests, shuffled among other targets' proxies
+        pool = np.concatenate([mine] + [proxies_of(o) for o in others])
+        perm = rng.permutation(len(pool))
+        shuffled = pool[perm]
+        query = int(np.where(perm == 0)[0][0])
+        group = link_requests(shuffled, mu, k)[query]
+        correct = int(sum(perm[g] < k for g in group))
+        mine = shuffled[group]
+        note = (f" Defence *separate requests*: the server re-linked {correct}/{k} of this target's proxies among "
+                f"{len(pool)} shuffled requests by correlation.")
+    alpha_guess = float(np.mean(DEFAULT_ALPHA_RANGE))
+    est = tta(mine, mu, alpha_guess, list(range(1, k + 1)))
+    curve = [msssim_3d(est[i], tgt) for i in range(1, k + 1)]
+    floor = msssim_3d(mu, tgt)
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(x=list(range(1, k + 1)), y=curve, mode="lines+markers", name="estimate from K proxies"),
+                     go.Scatter(x=[1, k], y=[floor, floor], mode="lines", name="public template only (no attack)",
+                                line=dict(dash="dash"))])
+    fig.update_layout(title="TTA-averaging attack", xaxis_title="K proxies averaged", yaxis_title="MS-SSIM to the target",
+                      height=320, template="plotly_white", margin=dict(l=50, r=20, t=50, b=45),
+                      legend=dict(orientation="h", y=-0.3))
+    fig.update_xaxes(dtick=1)
+    c = tuple(n // 2 for n in tgt.shape)
+    side = np.concatenate([viz.montage(est[k], c, scale=2, vmax=1.0), viz.montage(tgt, c, scale=2)], axis=0)
+    md = (f"Estimate after averaging K = {k} proxies: MS-SSIM {curve[-1]:.3f} to the target, against {floor:.3f} for "
+          f"the public template alone. {'A fresh α per mix' if fresh else 'One α shared by the K mixes (Eq. 5)'}; "
+          f"attacker's α̂ = {alpha_guess:.2f}; top: estimate, bottom: target (2× pooled).{note}")
+    return side, fig, md
 
 
 # ------------------------------------------------------------------------------ about
@@ -416,6 +606,12 @@ ABOUT = """## The method
 - The client's **secret key** is its reference scans, their labels and each α. A reference the server can guess (a
   public template, or these public phantoms) weakens the key.
 - Mixing is **not encryption**: there is no proof, only attacks that fail or succeed (see the Attack lab).
+
+## Data
+No patient data: phantoms generated from the MNI152 2009a template that nilearn ships (`python -m mixdemo.phantoms`).
+The **example targets** are scan 0 of the default cohort's *test* subjects (never seen in training, never references);
+the demo client's **reference bank** is scan 0 of six of its *training* subjects, the pool the evaluation draws references
+from. Both are generated on first use and cached in `$MIXDEMO_CACHE` (default `~/.cache/mixdemo`).
 
 ## What this demo cannot promise
 - **In this browser demo the raw scan reaches the app's process**: client and server run in one process here, so the
@@ -438,31 +634,83 @@ out = c.predict(handle_file("proxy.npy"), api_name="/segment_proxy")   # path of
 """
 
 
-def results_markdown() -> tuple[str, list[tuple[str, object]]]:
-    """Markdown of ``results/*.json`` and the model cards, and plotly figures of the results."""
-    from mixdemo.weights import weights_dir
+def _weights_dir() -> Path:
+    """``mixdemo.weights.weights_dir()`` without importing torch at start-up."""
+    return Path(os.environ.get("MIXDEMO_WEIGHTS_DIR") or Path(__file__).resolve().parent.parent / "weights")
 
-    parts, loaded = [], {}
+
+def _fmt(v: object) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    if isinstance(v, dict) and "mean" in v:
+        return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if isinstance(v.get("std"), (int, float)) else "")
+    if isinstance(v, (list, tuple)) and len(v) <= 4:
+        return ", ".join(_fmt(x) for x in v)
+    return "…"
+
+
+def _table(rows: dict) -> str:
+    """Markdown table of ``{row: {column: value}}``."""
+    rows = {k: v for k, v in rows.items() if isinstance(v, dict)}
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
+    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for name, r in rows.items()]
+    return "\n".join(lines)
+
+
+def about_results() -> tuple[str, list[tuple[str, object]], list[tuple[str, str]], dict[str, dict]]:
+    """What the About tab shows of ``results/``: markdown (tables, commands, model cards), plotly
+    figures, PNG figures (``(path, caption)``) and the raw JSON documents."""
+    loaded: dict[str, dict] = {}
     for path in sorted(RESULTS_DIR.glob("*.json")):
         try:
-            loaded[path.stem] = json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(data, dict):
+            loaded[path.stem] = data
+    parts, figs = [], []
     if not loaded:
-        parts.append("_No results yet: `results/*.json` appear once `training/evaluate*` have run._")
+        parts.append("_No results yet: `results/*.json` appear once `python -m training.evaluate` and "
+                     "`python -m training.evaluate_privacy` have run._")
     for name, data in loaded.items():
-        cmd = data.get("command") if isinstance(data, dict) else None
-        parts.append(f"### {name}\n" + (f"Command: `{cmd}`\n" if cmd else ""))
+        parts.append(f"### `results/{name}.json`")
+        if data.get("command"):
+            parts.append(f"Command: `{data['command']}` · seed {data.get('seed', '?')} · {data.get('date', '')}")
+        if data.get("data"):
+            parts.append(f"Data: {data['data']}")
+        for key in ("dice", "icc"):
+            if isinstance(data.get(key), dict):
+                parts.append(f"**{key.upper() if key == 'icc' else 'Dice'}**\n\n" + _table(data[key]))
+        for key, val in data.items():
+            if key in ("dice", "icc") or not isinstance(val, dict):
+                continue
+            table = _table({k: v for k, v in val.items() if isinstance(v, dict)})
+            if table:
+                parts.append(f"**{key}**\n\n{table}")
+        curves = data.get("dice_vs_k")
+        if isinstance(curves, dict) and curves:
+            try:
+                figs.append((f"{name}: Dice against K", viz.dice_vs_k_figure(
+                    {m: [float(v[1]) if isinstance(v, (list, tuple)) else float(v) for v in vals] for m, vals in curves.items()},
+                    title=f"Dice against K ({name}.json)")))
+            except (TypeError, ValueError, IndexError):
+                pass
+    pngs = [(str(p), p.stem.replace("_", " ")) for p in sorted(RESULTS_DIR.glob("*.png")) if not p.stem.startswith("screenshot")]
     cards = []
     for name in ("segmentation", "unmixing", "baseline", "score"):
-        card = weights_dir() / name / "README.md"
+        card = _weights_dir() / name / "README.md"
         if card.exists():
             text = card.read_text()
             if text.startswith("---"):
                 text = text.split("---", 2)[-1]
             cards.append(f"<details><summary>Model card: <b>{name}</b></summary>\n\n{text}\n</details>")
-    md = "## Results\n" + "\n".join(parts) + "\n\n## Model cards\n" + ("\n".join(cards) or "_No model cards yet._")
-    return md, viz.results_figures(loaded)
+    md = "## Results\n" + "\n\n".join(parts) + "\n\n## Model cards\n" + ("\n".join(cards) or "_No model cards yet._")
+    return md, figs, pngs, loaded
 
 
 # ------------------------------------------------------------------------------ the app
@@ -488,7 +736,7 @@ def build_demo() -> gr.Blocks:
     ref_choices = examples.reference_ids()
     a_default = round(sum(DEFAULT_ALPHA_RANGE) / 2, 2)
     with gr.Blocks(title="Mixup-Privacy Lab", delete_cache=(900, 3600)) as demo:
-        sess = gr.State(None)
+        sess = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_drop_session)
         gr.Markdown(INTRO)
         with gr.Tabs():
             # ---------------------------------------------------------------- Segment
@@ -496,8 +744,12 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         example = gr.Dropdown(examples.example_names(), value=None, label="1 · Example target (phantom with labels)")
-                        upload = gr.File(label="…or upload a T1 NIfTI (skull-stripped, 1 mm MNI)", file_types=[".nii", ".gz"], type="filepath")
-                        upload_labels = gr.File(label="optional: its labels (NIfTI) for Dice", file_types=[".nii", ".gz"], type="filepath")
+                        with gr.Accordion("…or upload your own T1 NIfTI", open=False):
+                            upload = gr.File(label="T1 scan (.nii / .nii.gz); registered to MNI if needed",  # no file_types: Gradio's
+                                             # type check would refuse before load_upload and leave the upload on disk
+                                             type="filepath", height=120)
+                            upload_labels = gr.File(label="optional: its labels, for Dice",
+                                                    type="filepath", height=120)
                         refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (client's private bank) — empty: K random")
                         k = gr.Slider(1, len(ref_choices), value=3, step=1, label="K references for TTA (used when none is picked)")
                         alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=a_default, step=0.05, label="α, the target's weight in the mix")
@@ -513,21 +765,26 @@ def build_demo() -> gr.Blocks:
                         with gr.Row():
                             gr.HTML(viz.legend_html())
                             opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="overlay opacity", scale=0, min_width=220)
-                        loc = gr.Image(label="Target on the client — click to place the 32³ patch (yellow)", format="png",
-                                       interactive=False, elem_id="locator", height=300)
+                        gr.HTML('<div class="panel-caption">Target on the client (sagittal · coronal · axial) — '
+                                'click a slice to move the 32³ patch (yellow) and the slices</div>')
+                        loc = gr.Image(show_label=False, format="png", interactive=False, elem_id="locator", height=300,
+                                       buttons=["fullscreen"])
                         with gr.Row(equal_height=True):
-                            im_target = gr.Image(label="Target x (client)", format="png", interactive=False)
-                            im_ref = gr.Image(label="Reference x_ref #1 + its labels (client's secret)", format="png", interactive=False)
-                            im_proxy = gr.Image(label="PROXY x_mix — the only thing the server receives", format="png",
-                                                interactive=False, elem_classes=["proxy-panel"], elem_id="proxy")
+                            im_target = _panel("Target x (client)")
+                            im_ref = _panel("Reference x_ref #1 + its labels (client's secret key)")
+                            im_proxy = _panel("PROXY x_mix = α·x + (1−α)·x_ref — the only thing the server receives",
+                                              elem_id="proxy", proxy=True)
                         with gr.Row(equal_height=True):
-                            im_mixed = gr.Image(label="Server's mixed segmentation ŷ_mix (soft colours)", format="png", interactive=False)
-                            im_naive = gr.Image(label="Naive unmixing (Eq. 4), reference #1", format="png", interactive=False)
-                            im_learned = gr.Image(label="Learned unmixing D, reference #1", format="png", interactive=False)
+                            im_mixed = _panel("Server's answer: mixed segmentation ŷ_mix (soft colours)")
+                            im_naive = _panel("Naive unmixing, Eq. 4 (reference #1)")
+                            im_learned = _panel("Learned unmixing D (reference #1)")
                         with gr.Row(equal_height=True):
-                            im_tta = gr.Image(label="TTA result (K references, Eq. 6)", format="png", interactive=False, elem_id="tta")
-                            im_unc = gr.Image(label="TTA uncertainty (variance across the K)", format="png", interactive=False)
-                            im_truth = gr.Image(label="Ground truth", format="png", interactive=False)
+                            im_tta = _panel("TTA result: average over the K references (Eq. 6)", elem_id="tta")
+                            im_unc = _panel("TTA uncertainty: variance across the K")
+                            im_truth = _panel("Ground truth")
+                        with gr.Accordion("All K mixes: each reference (with its labels) and the proxy sent", open=False):
+                            mixes = gr.Gallery(show_label=False, columns=4, height="auto", object_fit="contain",
+                                               elem_id="mixes")
                         with gr.Row():
                             with gr.Column():
                                 dice = gr.Markdown("_Dice appears here after a run._", elem_id="dice")
@@ -538,9 +795,9 @@ def build_demo() -> gr.Blocks:
 
                 example.change(load_example, [example], [sess, cx, cy, cz, loc, status], api_name="load_example",
                                concurrency_limit=2, **private)
-                upload.upload(load_upload, [upload], [sess, cx, cy, cz, loc, status], api_name="load_upload",
+                upload.upload(load_upload, [upload], [sess, cx, cy, cz, loc, status, upload], api_name="load_upload",
                               concurrency_limit=2, **private)
-                upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status], api_name="load_labels",
+                upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",
                                      concurrency_limit=2, **private)
                 for c in (cx, cy, cz):
                     c.release(on_centre, [sess, cx, cy, cz, opacity, mode], [sess, *panels], api_name="move_centre",
@@ -552,7 +809,7 @@ def build_demo() -> gr.Blocks:
                 loc.select(on_click, [sess, opacity, mode], [sess, cx, cy, cz, *panels], api_name="click_centre",
                            concurrency_limit=4, show_progress="hidden", **private)
                 run.click(run_segmentation, [sess, refs, k, alpha, random_alpha, mode, opacity],
-                          [sess, *panels, dice, plot, seg_file, status], api_name="segment",
+                          [sess, *panels, dice, plot, seg_file, status, mixes], api_name="segment",
                           concurrency_limit=1, concurrency_id="compute", **private)
 
             # ---------------------------------------------------------------- Attack lab
@@ -562,13 +819,19 @@ def build_demo() -> gr.Blocks:
             # ---------------------------------------------------------------- About
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT)
-                md, figs = results_markdown()
+                md, figs, pngs, docs = about_results()
                 gr.Markdown(md)
-                for name, fig in figs[:6]:
+                for name, fig in figs[:4]:
                     gr.Plot(fig, label=name)
+                if pngs:
+                    gr.Gallery(pngs, label="figures in results/ (click to enlarge)", columns=3, height=380,
+                               object_fit="contain", preview=False)
+                for name, doc in docs.items():
+                    with gr.Accordion(f"results/{name}.json (raw)", open=False):
+                        gr.JSON(doc)
                 gr.Markdown(SERVER_API_MD)
                 with gr.Row():
-                    proxy_in = gr.File(label="proxy .npy", file_types=[".npy"], type="filepath")
+                    proxy_in = gr.File(label="proxy .npy", type="filepath")  # no file_types: the server checks and deletes
                     probs_out = gr.File(label="mixed probabilities .npy", interactive=False)
                     info = gr.JSON(label="server_info")
                 with gr.Row():
@@ -581,13 +844,23 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
+def _panel(caption: str, elem_id: str | None = None, proxy: bool = False) -> gr.Image:
+    """A captioned result image (caption above, not over the picture)."""
+    classes = ["result-panel"] + (["proxy-panel"] if proxy else [])
+    with gr.Column(min_width=200, elem_classes=classes):
+        gr.HTML(f'<div class="panel-caption">{caption}</div>')
+        return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id, buttons=["fullscreen"])
+
+
 def _attack_tab(sess: gr.State) -> None:
     """The Attack lab: separation, re-identification, TTA averaging (lazy calls into mixdemo.attacks)."""
     gr.Markdown(ATTACK_INTRO)
     with gr.Accordion("1 · Langevin source separation of the current proxy", open=True):
         gr.Markdown(SEPARATION_MD)
         with gr.Row():
-            steps = gr.Slider(10, 500, value=100, step=10, label="Langevin steps", scale=2)
+            steps = gr.Slider(1, 50, value=20, step=1, label="Langevin steps per noise level (20: the attack's default)",
+                              scale=2)
+            known = gr.Checkbox(True, label="the attacker knows α (upper bound)", scale=1)
             go = gr.Button("Run the separation", variant="primary", scale=1)
             stop = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Row():
@@ -597,17 +870,18 @@ def _attack_tab(sess: gr.State) -> None:
             rec_r = gr.Image(label="recovered reference", format="png", interactive=False)
             true_r = gr.Image(label="true reference", format="png", interactive=False)
         sep_md = gr.Markdown(elem_id="separation-status")
-        ev = go.click(run_separation, [sess, steps], [rec_t, true_t, rec_r, true_r, sep_md], api_name="attack_separation",
+        go.click(run_separation, [sess, steps, known], [rec_t, true_t, rec_r, true_r, sep_md], api_name="attack_separation",
                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
         stop.click(cancel_attack, None, [sep_md], api_name="attack_cancel", concurrency_limit=None,
-                   api_visibility="private", cancels=[ev])
+                   api_visibility="private")
     with gr.Accordion("2 · Re-identification: can the server tell whose scan a proxy is?", open=True):
         gr.Markdown(REID_MD)
         reid_btn = gr.Button("Run the re-identification check")
         with gr.Row():
             reid_plot = gr.Plot(label="F1 / mAP: no proxy vs mixup")
-            reid_gallery = gr.Gallery(label="retrieval: query and its top matches", columns=4, height=260)
-        reid_md = gr.Markdown()
+            reid_gallery = gr.Gallery(label="retrieval: query and its top matches", columns=2, height="auto",
+                                      object_fit="contain")
+        reid_md = gr.Markdown(elem_id="reid-status")
         reid_btn.click(reid_report, None, [reid_plot, reid_gallery, reid_md], api_name="attack_reid",
                        concurrency_limit=1, concurrency_id="compute", api_visibility="private")
     with gr.Accordion("3 · Averaging the K TTA proxies, and defences", open=True):
@@ -620,8 +894,8 @@ def _attack_tab(sess: gr.State) -> None:
         with gr.Row():
             tta_img = gr.Image(label="average of the K proxies vs the target", format="png", interactive=False)
             tta_plot = gr.Plot(label="MS-SSIM to the target")
-        tta_md = gr.Markdown()
-        tta_btn.click(tta_report, [kk, fresh, split], [tta_img, tta_plot, tta_md], api_name="attack_tta",
+        tta_md = gr.Markdown(elem_id="tta-status")
+        tta_btn.click(tta_report, [kk, fresh, split, sess], [tta_img, tta_plot, tta_md], api_name="attack_tta",
                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
 
 
@@ -636,4 +910,5 @@ def launch_kwargs() -> dict:
         footer_links=["api"],
         run_history=False,
         state_session_capacity=64,
+        app_kwargs={"middleware": [oneshot.middleware()]},  # segment_proxy responses: one download, then gone
     )

@@ -20,6 +20,7 @@ CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
     3: (0, 158, 115),  # CSF: bluish green
 }
 PATCH_BOX_COLOUR = (255, 221, 0)
+CANVAS = (24, 24, 24)
 GAP = 4
 VIEWS = ("sagittal", "coronal", "axial")
 
@@ -85,12 +86,16 @@ def blend(base: np.ndarray, colour: np.ndarray, weight: np.ndarray, opacity: flo
     return (base.astype(np.float32) * (1 - a) + colour * a).round().clip(0, 255).astype(np.uint8)
 
 
-def heat_colours(values: np.ndarray, vmax: float) -> tuple[np.ndarray, np.ndarray]:
-    """'inferno' colours and weights for a non-negative map (uncertainty)."""
-    from matplotlib import colormaps
+_INFERNO = np.array(  # anchors of matplotlib's 'inferno' at 0, 0.25, 0.5, 0.75, 1 (no matplotlib needed)
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
+)
 
+
+def heat_colours(values: np.ndarray, vmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """'inferno'-like colours and weights for a non-negative map (uncertainty)."""
     v = np.clip(values / max(float(vmax), 1e-6), 0, 1)
-    colour = colormaps["inferno"](v)[..., :3].astype(np.float32) * 255
+    x = np.linspace(0, 1, len(_INFERNO))
+    colour = np.stack([np.interp(v, x, _INFERNO[:, c]) for c in range(3)], axis=-1).astype(np.float32)
     return colour, np.sqrt(v)
 
 
@@ -114,9 +119,21 @@ def _box_in_view(region: Sequence[slice], view: str, shape: Sequence[int]) -> tu
 
 
 # ------------------------------------------------------------------------------ montages
-def layout(shape: Sequence[int]) -> list[Panel]:
-    """Panels of a montage of a volume of ``shape``: sagittal | coronal | axial, vertically centred."""
+def layout(shape: Sequence[int], grid: bool = False) -> list[Panel]:
+    """Panels of a montage of a volume of ``shape``.
+
+    ``grid=False``: sagittal | coronal | axial in one row, vertically centred.
+    ``grid=True``: sagittal | coronal on top, axial below (a squarer picture for small panels).
+    """
     sizes = {v: (shape[_view_axes(v)[0]], shape[_view_axes(v)[1]]) for v in VIEWS}
+    if grid:
+        (ws, hs), (wc, hc), (wa, ha) = (sizes[v] for v in VIEWS)
+        top = max(hs, hc)
+        return [
+            Panel("sagittal", 0, top - hs, ws, hs),
+            Panel("coronal", ws + GAP, top - hc, wc, hc),
+            Panel("axial", (ws + GAP + wc - wa) // 2, top + GAP, wa, ha),
+        ]
     height = max(h for _, h in sizes.values())
     panels, x = [], 0
     for v in VIEWS:
@@ -137,6 +154,7 @@ def montage(
     box: Sequence[slice] | None = None,
     vmax: float | None = None,
     scale: int = 2,
+    grid: bool = False,
 ) -> np.ndarray:
     """Three orthogonal slices through ``centre`` as one uint8 RGB image.
 
@@ -150,14 +168,16 @@ def montage(
         box: a 3D region (slices) outlined in yellow (the patch).
         vmax: intensity shown as white (default: the volume's 99.5th percentile).
         scale: integer upscaling (nearest neighbour).
+        grid: two views on top and one below instead of one row (see :func:`layout`).
     """
     shape = volume.shape
     centre = [int(np.clip(c, 0, n - 1)) for c, n in zip(centre, shape)]
     vmax = float(np.percentile(volume, 99.5)) if vmax is None else vmax
     probs = None if overlay is None or overlay.ndim == 3 else np.moveaxis(overlay, 0, -1)
-    panels = layout(shape)
+    panels = layout(shape, grid)
     height = max(p.y0 + p.height for p in panels)
-    out = np.full((height, panels[-1].x0 + panels[-1].width, 3), 255, dtype=np.uint8)
+    out = np.empty((height, max(p.x0 + p.width for p in panels), 3), dtype=np.uint8)
+    out[:] = CANVAS
     hmax = None if heat is None else float(heat_max if heat_max is not None else max(float(heat.max()), 1e-6))
     for p in panels:
         img = grey_to_rgb(_slice(volume, p.view, centre), vmax)
@@ -239,27 +259,3 @@ def bar_figure(groups: Mapping[str, Mapping[str, float]], title: str, yaxis: str
     fig.update_layout(title=title, yaxis_title=yaxis, barmode="group", height=320,
                       margin=dict(l=50, r=20, t=50, b=45), template="plotly_white")
     return fig
-
-
-def results_figures(results: Mapping[str, object]) -> list[tuple[str, object]]:
-    """Plotly figures for known ``results/*.json`` files (best effort: numeric leaves as bars)."""
-    figs = []
-    for name, data in results.items():
-        flat = _numeric_leaves(data)
-        if flat:
-            figs.append((name, bar_figure({name: dict(list(flat.items())[:24])}, name, "value")))
-    return figs
-
-
-def _numeric_leaves(obj: object, prefix: str = "", depth: int = 0) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if depth > 3:
-        return out
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if k in ("seed", "steps", "date", "sha256", "command"):
-                continue
-            out.update(_numeric_leaves(v, f"{prefix}{k}/" if prefix or True else k, depth + 1))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out[prefix.rstrip("/")] = float(obj)
-    return out

@@ -1,0 +1,95 @@
+"""Shared fixtures: model weights (committed, or untrained stand-ins), and a launched app.
+
+* ``app_weights`` — ``MIXDEMO_WEIGHTS_DIR``: the committed ``weights/`` when they hold the
+  segmentation and unmixing models, else untrained models saved to a temporary folder, so that
+  the tests never need the network.
+* ``app_url`` — the Gradio app launched in this process (a thread) on a free port. In-process,
+  so that tests can observe what the server endpoint receives (``mixdemo.server.add_observer``).
+
+The example/reference phantoms are cached in ``$MIXDEMO_CACHE`` (default ``~/.cache/mixdemo``):
+generated once (≈ 3 s per scan), then reused across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _has_weights(folder: Path) -> bool:
+    return all((folder / n / "model.safetensors").exists() for n in ("segmentation", "unmixing"))
+
+
+@pytest.fixture(scope="session")
+def app_weights(tmp_path_factory: pytest.TempPathFactory):
+    """Point MIXDEMO_WEIGHTS_DIR at usable weights for the whole session."""
+    old = os.environ.get("MIXDEMO_WEIGHTS_DIR")
+    if old and _has_weights(Path(old)):
+        yield Path(old)
+        return
+    if _has_weights(REPO / "weights"):
+        folder = REPO / "weights"
+    else:
+        import torch
+
+        from mixdemo.models import SegmentationNet, UnmixingNet
+        from mixdemo.weights import write_training_record
+
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp("weights")
+        for name, cls in (("segmentation", SegmentationNet), ("unmixing", UnmixingNet)):
+            cls().save_pretrained(folder / name)
+            write_training_record(folder / name, {"note": "untrained test stand-in"}, f"mixdemo.models.{cls.__name__}")
+    os.environ["MIXDEMO_WEIGHTS_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("MIXDEMO_WEIGHTS_DIR", None)
+    else:
+        os.environ["MIXDEMO_WEIGHTS_DIR"] = old
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(app_weights):
+    """URL of the app launched in a thread of this process."""
+    from mixdemo.ui import build_demo, launch_kwargs
+
+    demo = build_demo()
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                **launch_kwargs())
+    yield demo.local_url.rstrip("/")
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def api(app_url, tmp_path_factory: pytest.TempPathFactory):
+    """A gradio_client Client of the launched app."""
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False, analytics_enabled=False, download_files=str(tmp_path_factory.mktemp("dl")))
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def example(app_weights):
+    """(folder of the first example target, the reference bank) — generated once, cached."""
+    from mixdemo import examples
+
+    folder = next(iter(examples.example_folders().values()))
+    return folder, examples.reference_bank()

@@ -1,0 +1,295 @@
+"""Integration tests of the app: every public endpoint through gradio_client, bad input, the UI handlers."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------ public API
+def test_public_endpoints_are_exactly_the_server(api):
+    names = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert names == {"/segment_proxy", "/server_info"}
+
+
+def test_server_info(api):
+    info = api.predict(api_name="/server_info")
+    assert info["format"].startswith("mixdemo-proxy-npy")
+    assert info["classes"] == ["background", "GM", "WM", "CSF"]
+    assert info["grid_shape"] == [144, 192, 160]
+
+
+def test_segment_proxy_returns_probabilities(api, tmp_path):
+    from gradio_client import handle_file
+
+    rng = np.random.default_rng(0)
+    proxies = rng.uniform(0, 1, (2, 32, 32, 32)).astype(np.float16)
+    path = tmp_path / "proxy.npy"
+    np.save(path, proxies)
+    out = np.load(api.predict(handle_file(str(path)), api_name="/segment_proxy"))
+    assert out.shape == (2, 4, 32, 32, 32) and out.dtype == np.float16
+    assert np.allclose(out.astype(np.float32).sum(1), 1.0, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"this is not an array", "not a NumPy .npy"),
+        ("object", "pickled objects are refused"),
+        ("ints", "floating-point"),
+        ("2d", "dimensions"),
+        ("nan", "NaN"),
+        ("too_many", "1 to 8 proxies"),
+    ],
+)
+def test_bad_proxies_give_clear_errors_and_the_app_keeps_serving(api, tmp_path, payload, message):
+    from gradio_client import handle_file
+
+    path = tmp_path / "proxy.npy"
+    if isinstance(payload, bytes):
+        path.write_bytes(payload)
+    elif payload == "object":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif payload == "ints":
+        np.save(path, np.ones((16, 16, 16), dtype=np.int32))
+    elif payload == "2d":
+        np.save(path, np.ones((16, 16), dtype=np.float32))
+    elif payload == "nan":
+        np.save(path, np.full((16, 16, 16), np.nan, dtype=np.float32))
+    else:
+        np.save(path, np.zeros((9, 8, 8, 8), dtype=np.float16))
+    with pytest.raises(Exception) as info:
+        api.predict(handle_file(str(path)), api_name="/segment_proxy")
+    assert message in str(info.value)
+    assert "Traceback" not in str(info.value)
+    assert api.predict(api_name="/server_info")["format"]  # still serving
+
+
+# ------------------------------------------------------------------------------ the split
+def test_server_module_imports_no_client_code():
+    """mixdemo.server must not import mixing, pipeline, client or examples (statically and at run time)."""
+    tree = ast.parse((REPO / "mixdemo" / "server.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    forbidden = {"mixdemo.mixing", "mixdemo.pipeline", "mixdemo.client", "mixdemo.examples", "mixdemo.ui"}
+    assert not imported & forbidden
+    code = "import sys, mixdemo.server; print(sorted(m for m in sys.modules if m.startswith('mixdemo')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert not any(m in out for m in forbidden)
+
+
+# ------------------------------------------------------------------------------ the UI handlers
+class _Progress:
+    def __call__(self, *args, **kwargs):
+        pass
+
+
+def test_ui_patch_round_trip(app_weights, example):
+    from mixdemo import examples, ui
+    from mixdemo.io import load_labels, load_scan
+
+    name = examples.example_names()[0]
+    sess, cx, cy, cz, loc, status = ui.load_example(name, progress=_Progress())
+    assert sess.truth is not None and loc.ndim == 3 and "Loaded" in status
+    out = ui.run_segmentation(sess, [], 2, 0.5, False, "patch", 0.5, progress=_Progress())
+    sess, panels = out[0], out[1:11]
+    dice_md, fig, seg_path, summary, mixes = out[11:]
+    assert len(mixes) == 4 and "proxy 2" in mixes[3][1]
+    assert all(p is not None and p.dtype == np.uint8 and p.ndim == 3 for p in panels)
+    assert "| learned TTA |" in dice_md and "K = 2" in summary
+    assert len(fig.data) == 2 and len(fig.data[0].y) == 2  # Dice against K for K = 1, 2
+    folder = examples.example_folders()[name]
+    labels = load_labels(seg_path)
+    assert labels.shape == load_scan(folder / "t1.nii.gz").source_shape
+    assert labels.max() <= 3 and (labels > 0).sum() <= 32**3  # only the patch is segmented
+    # moving the centre re-renders, and a chosen reference list is honoured
+    sess, *panels = ui.on_centre(sess, 60, 100, 70, 0.3, "patch")
+    assert sess.centre == (60, 100, 70) and panels[0] is not None
+    out = ui.run_segmentation(sess, ["sub-003"], 5, 0.4, False, "patch", 0.5, progress=_Progress())
+    assert "sub-003" in out[-2] and "K = 1" in out[-2]
+
+
+def test_ui_errors_are_readable(app_weights, tmp_path):
+    import gradio as gr
+
+    from mixdemo import ui
+
+    with pytest.raises(gr.Error, match="example or upload"):
+        ui.run_segmentation(None, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    with pytest.raises(gr.Error, match="gzip"):
+        ui.load_upload(str(bad), progress=_Progress())
+    assert not bad.exists()  # uploads are deleted after use
+
+
+def test_constants_restated_for_fast_start_agree():
+    from mixdemo import examples, ui
+    from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+    from mixdemo.phantoms import GRID_SHAPE, split_subjects, subject_id
+
+    assert ui.GRID_SHAPE == GRID_SHAPE
+    assert ui.DEFAULT_ALPHA_RANGE == DEFAULT_ALPHA_RANGE
+    split = split_subjects([subject_id(i) for i in range(examples.COHORT_SUBJECTS)],
+                           examples.COHORT_TEST_FRACTION, examples.COHORT_SEED)
+    assert examples._split() == split
+    assert set(examples.reference_subjects()) <= set(split["train"])
+    assert set(examples.example_subjects()) <= set(split["test"])
+
+
+def test_app_module_is_thin():
+    tree = ast.parse((REPO / "app.py").read_text())
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in funcs] == ["main"]
+    assert "gradio" not in (REPO / "app.py").read_text().replace("GRADIO", "")
+
+
+def test_ui_whole_mode_with_a_fast_stand_in_server(app_weights, example, monkeypatch):
+    """Whole-brain mode end to end through the UI handler; S and D are replaced by fast stand-ins."""
+    import torch
+
+    from mixdemo import client, examples, server, ui
+
+    def fake_segment(proxies, progress=None):
+        x = torch.as_tensor(np.asarray(proxies))[:, None]
+        logits = torch.cat([-(x - c) ** 2 * 50 for c in (0.0, 0.6, 1.0, 0.2)], 1)
+        return torch.softmax(logits, 1)
+
+    monkeypatch.setattr(server, "segment", fake_segment)
+    monkeypatch.setattr(client, "unmixing_model", lambda required=False: None)
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    out = ui.run_segmentation(sess, ["sub-000", "sub-001"], 1, 0.6, False, "whole", 0.5, progress=_Progress())
+    sess, panels, summary = out[0], out[1:11], out[-2]
+    assert "whole mode" in summary and "naive Eq. 4" in summary
+    assert panels[6] is None  # no learned unmixing without D
+    assert sess.view["tta"].shape == (144, 192, 160)
+    assert "| naive TTA |" in out[11]
+
+
+def test_attack_lab_handlers(app_weights, example):
+    """Re-identification and TTA averaging run on the bundled phantoms; separation says when it cannot run."""
+    import gradio as gr
+
+    from mixdemo import examples, ui
+
+    fig, gallery, md = ui.reid_report(progress=_Progress())
+    if fig is not None:
+        assert len(fig.data) == 2 and len(gallery) == 4 and "mAP" in md
+    img, fig, md = ui.tta_report(3, True, True, None, progress=_Progress())
+    if img is not None:
+        assert img.dtype == np.uint8 and "MS-SSIM" in md and "re-linked" in md
+    with pytest.raises(gr.Error, match="segmentation first"):
+        ui.run_separation(None, 1, True, None, progress=_Progress())
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
+    out = ui.run_separation(sess, 1, True, None, progress=_Progress())
+    assert len(out) == 5 and isinstance(out[-1], str) and ("MS-SSIM" in out[-1] or "Not available" in out[-1])
+
+
+def test_about_shows_results_and_cards(tmp_path, monkeypatch):
+    import json
+
+    from mixdemo import ui
+
+    doc = {"command": "python -m training.evaluate", "seed": 0, "date": "2026-11-30",
+           "dice": {"learned_tta": {"GM": 0.9, "WM": 0.95, "CSF": 0.8, "mean": 0.88}},
+           "dice_vs_k": {"learned": [[1, 0.85], [2, 0.87]]}, "icc": {"GM": {"icc": 0.9, "ci95": [0.8, 0.95], "n": 4}}}
+    (tmp_path / "segmentation.json").write_text(json.dumps(doc))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "fig_dice.png").write_bytes(b"\x89PNG")
+    (tmp_path / "screenshot_segment.png").write_bytes(b"\x89PNG")
+    monkeypatch.setattr(ui, "RESULTS_DIR", tmp_path)
+    md, figs, pngs, docs = ui.about_results()
+    assert "python -m training.evaluate" in md and "| learned_tta | 0.900" in md and "0.900" in md
+    assert len(figs) == 1 and list(docs) == ["segmentation"]
+    assert [Path(p).name for p, _ in pngs] == ["fig_dice.png"]
+
+
+def test_server_deletes_the_request_and_writes_float16(app_weights, tmp_path):
+    from mixdemo import server
+
+    req = tmp_path / "proxy.npy"
+    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    out = server.segment_file(req)
+    assert not req.exists()
+    probs = np.load(out)
+    assert probs.shape == (1, 4, 16, 16, 16) and probs.dtype == np.float16
+    with pytest.raises(server.ProxyError, match="out of range"):
+        server.check_proxies(np.full((8, 8, 8), 100.0, np.float32))
+    with pytest.raises(server.ProxyError, match="voxels"):
+        server.check_proxies(np.zeros((4, 8, 8), np.float32))
+
+
+def test_examples_are_generated_once_into_the_cache(tmp_path, monkeypatch):
+    """First use synthesises the phantoms (here a fast stand-in) into $MIXDEMO_CACHE; later uses reuse them."""
+    from mixdemo import examples
+    from mixdemo.io import load_labels, load_scan
+
+    calls = []
+
+    def fake_synth(template, subject, scan):
+        calls.append((subject.seed, scan.seed))
+        rng = np.random.default_rng(scan.seed)
+        labels = rng.integers(0, 4, (144, 192, 160)).astype(np.uint8)
+        return (labels * 0.3 + rng.uniform(0, 0.05, labels.shape)).astype(np.float32), labels
+
+    monkeypatch.setenv("MIXDEMO_CACHE", str(tmp_path))
+    monkeypatch.setattr(examples, "_REPO_ROOT", tmp_path)  # no data/phantoms to copy from
+    monkeypatch.setattr(examples, "_synth", fake_synth)
+    seen = []
+    folders = examples.example_folders(lambda f, m: seen.append(m))
+    assert list(folders) == examples.example_names() and len(calls) == examples.N_EXAMPLES
+    assert seen and "first use" in seen[0]
+    # subject i of the default cohort: sample_subject(i), sample_scan(16 i)
+    assert calls[0] == (int(examples.example_subjects()[0][4:]), 16 * int(examples.example_subjects()[0][4:]))
+    first = next(iter(folders.values()))
+    assert load_scan(first / "t1.nii.gz").data.shape == (144, 192, 160)
+    assert load_labels(first / "seg.nii.gz").max() == 3
+    examples.example_folders()
+    assert len(calls) == examples.N_EXAMPLES  # cached: nothing generated again
+    assert not list(tmp_path.glob("examples/.tmp-*"))
+
+
+def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypatch):
+    """The Langevin panel's glue against mixdemo.attacks.bss (an untrained prior: only the plumbing is tested)."""
+    import threading
+
+    import torch
+
+    from mixdemo import examples, ui
+
+    bss = pytest.importorskip("mixdemo.attacks.bss")
+    score_mod = pytest.importorskip("mixdemo.attacks.score")
+    assert callable(bss.separate)
+    torch.manual_seed(0)
+    monkeypatch.setattr(ui, "_score_model", lambda: score_mod.ScoreNet().eval())
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
+    out = ui.run_separation(sess, 1, True, None, progress=_Progress())
+    assert all(o.dtype == np.uint8 for o in out[:4]) and "MS-SSIM, recovered vs true target" in out[4]
+    cancelled = threading.Event()
+    cancelled.set()
+    assert "cancelled early" in ui._separation(sess, 2, _Progress(), cancelled, False)[4]
+
+
+def test_server_restates_pipeline_segment_proxies_exactly(app_weights):
+    """mixdemo.server re-states pipeline.segment_proxies (so as not to import client code): same numbers."""
+    import torch
+
+    from mixdemo import server
+    from mixdemo.pipeline import segment_proxies
+
+    proxies = np.random.default_rng(2).uniform(0, 1, (2, 40, 48, 36)).astype(np.float32)
+    seen = []
+    ours = server.segment(proxies, progress=lambda f, m: seen.append(f))
+    ref = segment_proxies(server.segmentation_model(), proxies)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    assert seen and seen[-1] == pytest.approx(1.0)

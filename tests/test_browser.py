@@ -1,0 +1,84 @@
+"""End-to-end: headless Chromium drives the app (pick an example, run a patch-mode segmentation).
+
+Saves ``results/screenshot_segment.png``, ``results/screenshot_attack.png`` and
+``results/screenshot_about.png``. Needs Debian's chromium at /usr/bin/chromium (``.ci/run``
+installs it with apt); skipped when it is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def page(app_url, example):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+        pg.set_default_timeout(120_000)
+        pg.goto(app_url)
+        pg.get_by_text("Segment privately").wait_for()
+        yield pg
+        browser.close()
+
+
+def _wait_image(page, elem_id: str) -> None:
+    """Wait until the image of component ``elem_id`` has loaded (fails on timeout)."""
+    page.wait_for_function(
+        """id => { const img = document.querySelector(`#${id} img`);
+                   return !!img && img.complete && img.naturalWidth > 0; }""",
+        arg=elem_id,
+    )
+
+
+def test_segment_patch_mode(page):
+    from playwright.sync_api import expect
+
+    page.get_by_label("1 · Example target").click()
+    page.get_by_role("option").first.click()
+    expect(page.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    _wait_image(page, "locator")
+    page.locator("#run-btn").click()
+    expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+    for elem in ("locator", "proxy", "tta"):
+        _wait_image(page, elem)
+    expect(page.locator("#dice")).to_contain_text("learned TTA")
+    page.locator("#dice-plot .js-plotly-plot").first.wait_for()
+    assert page.locator("#dice-plot .js-plotly-plot .scatterlayer .trace").count() >= 1
+    expect(page.get_by_text("the only thing the server receives")).to_be_visible()
+    page.wait_for_timeout(500)
+    (REPO / "results").mkdir(exist_ok=True)
+    page.screenshot(path=str(REPO / "results" / "screenshot_segment.png"), full_page=True)
+
+
+def test_attack_and_about_tabs(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Attack lab").click()
+    expect(page.get_by_text("Langevin source separation of the current proxy")).to_be_visible()
+    page.get_by_role("button", name="Run the separation").click()
+    expect(page.locator("#separation-status")).to_contain_text(re.compile("MS-SSIM|Not available"), timeout=300_000)
+    page.get_by_role("button", name="Run the re-identification check").click()
+    expect(page.locator("#reid-status")).to_contain_text(re.compile("mAP|Not available"), timeout=180_000)
+    page.get_by_role("button", name="Run the TTA-averaging attack").click()
+    expect(page.locator("#tta-status")).to_contain_text(re.compile("MS-SSIM|Not available"), timeout=180_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(REPO / "results" / "screenshot_attack.png"), full_page=True)
+    page.get_by_role("tab", name="About").click()
+    expect(page.get_by_text("What this demo cannot promise")).to_be_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(REPO / "results" / "screenshot_about.png"), full_page=True)

@@ -1,0 +1,153 @@
+"""The remote client: mixes locally, sends only proxies, unmixes locally; tested against a launched app."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixdemo.client import ClientError, conform_to_grid, make_key, patch_region
+
+
+# ------------------------------------------------------------------------------ pure helpers
+@pytest.mark.parametrize("shape", [(144, 192, 160), (150, 180, 160), (100, 200, 170)])
+def test_conform_to_grid_round_trip(shape):
+    vol = np.random.default_rng(0).integers(1, 4, shape).astype(np.uint8)
+    grid, fit = conform_to_grid(vol, (144, 192, 160))
+    assert grid.shape == (144, 192, 160)
+    back = fit.restore(grid)
+    assert back.shape == shape
+    inside = tuple(fit.src)
+    assert np.array_equal(back[inside], vol[inside])
+
+
+def test_patch_region_stays_inside():
+    for centre in [(0, 0, 0), (143, 191, 159), (72, 96, 80)]:
+        region = patch_region(centre, (144, 192, 160))
+        assert all(s.stop - s.start == 32 and s.start >= 0 and s.stop <= n for s, n in zip(region, (144, 192, 160)))
+    with pytest.raises(ClientError):
+        patch_region((5, 5, 5), (16, 64, 64))
+
+
+def test_make_key():
+    pool = ["a", "b", "c"]
+    key = make_key(pool, 2, alpha=0.4, seed=1)
+    assert key.k == 2 and key.alphas == (0.4, 0.4) and set(key.reference_ids) <= set(pool)
+    key = make_key(pool, 1, reference_ids=["c", "a"], alpha=0.6)
+    assert key.reference_ids == ("c", "a") and key.alphas == (0.6, 0.6)
+    lo, hi = 0.3, 0.7
+    assert all(lo <= a <= hi for a in make_key(pool, 3, seed=2).alphas)
+    with pytest.raises(ClientError, match="between 1 and"):
+        make_key(pool, 4)
+    with pytest.raises(ClientError, match="Unknown reference"):
+        make_key(pool, 1, reference_ids=["zz"])
+
+
+# ------------------------------------------------------------------------------ against the app
+@pytest.mark.slow
+def test_server_receives_only_proxies(app_url, example):
+    """Instrument the server endpoint: every array it receives is the client's proxy, never the target."""
+    from mixdemo import server
+    from mixdemo.client import RemoteServer, load_target, make_key, run_private, unmixing_model
+
+    folder, bank = example
+    target = load_target(folder / "t1.nii.gz")
+    received: list[np.ndarray] = []
+    server.add_observer(received.append)
+    remote = RemoteServer(app_url)
+    try:
+        key = make_key([r.ref_id for r in bank], 3, alpha=0.5, seed=0)
+        run = run_private(target.image, bank, key, remote, unmixing_model(), mode="patch")
+    finally:
+        server.remove_observer(received.append)
+        remote.close()
+    assert len(received) == 1
+    got = received[0]
+    proxies = run.result.proxies
+    assert got.shape == proxies.shape == (3, 32, 32, 32)
+    np.testing.assert_allclose(got, proxies, atol=2e-3)  # float16 on the wire
+    raw = target.image[run.region]
+    for k in range(3):
+        assert np.abs(got[k] - raw).mean() > 0.02  # what arrived is not the target
+        ref = next(r for r in bank if r.ref_id == key.reference_ids[k]).image[run.region]
+        np.testing.assert_allclose(got[k], 0.5 * raw + 0.5 * ref, atol=2e-3)  # it is Eq. 2's mix
+    assert run.labels().shape == target.image.shape
+
+
+@pytest.mark.slow
+def test_cli_writes_segmentation_in_input_space(app_url, example, tmp_path, capsys):
+    from mixdemo.client import main
+    from mixdemo.io import load_labels, load_scan
+
+    folder, _ = example
+    out = tmp_path / "seg.nii.gz"
+    code = main([str(folder / "t1.nii.gz"), "-o", str(out), "--server", app_url, "--mode", "patch",
+                 "--tta", "2", "--alpha", "0.5", "--seed", "3"])
+    assert code == 0, capsys.readouterr().err
+    labels = load_labels(out)
+    assert labels.shape == load_scan(folder / "t1.nii.gz").source_shape
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+    err = capsys.readouterr().err
+    assert "t1.nii.gz" not in err  # no file name in the client's messages
+
+
+@pytest.mark.slow
+def test_cli_references_dir(app_url, example, tmp_path):
+    from mixdemo import examples, server
+    from mixdemo.client import main
+
+    folder, _ = example
+    received: list[np.ndarray] = []
+    server.add_observer(received.append)
+    try:
+        code = main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "s.nii"), "--server", app_url, "--mode", "patch",
+                     "--references", str(examples.reference_folder()), "--centre", "60,90,70", "--tta", "2",
+                     "--separate-requests"])
+    finally:
+        server.remove_observer(received.append)
+    assert code == 0 and (tmp_path / "s.nii").exists()
+    assert [r.shape for r in received] == [(1, 32, 32, 32)] * 2  # one proxy per request
+
+
+@pytest.mark.slow
+def test_cli_clear_errors(app_url, example, tmp_path, capsys):
+    from mixdemo.client import main
+
+    folder, _ = example
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"nope")
+    assert main([str(bad), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url]) == 2
+    assert "gzip" in capsys.readouterr().err
+    assert main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.txt"), "--server", app_url]) == 2
+    assert "must end in .nii" in capsys.readouterr().err
+    assert main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url, "--alpha", "0.99"]) == 2
+    assert "--alpha" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_unreachable_server(example, tmp_path, capsys):
+    from mixdemo.client import main
+
+    from .conftest import free_port
+
+    folder, _ = example
+    code = main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", f"http://127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Could not reach" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_load_target_off_grid_goes_through_preprocess(example, tmp_path):
+    """A scan not on the 144×192×160 grid is brought onto it by mixdemo.preprocess, and labels go back."""
+    import nibabel as nib
+
+    from mixdemo.client import load_target
+
+    folder, _ = example
+    img = nib.load(folder / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[2:-2, 4:-4, :-8], img.affine), tmp_path / "crop.nii.gz")
+    target = load_target(tmp_path / "crop.nii.gz")
+    assert target.image.shape == (144, 192, 160) and target.prepared is not None
+    target.save_labels(np.ones((144, 192, 160), np.uint8), tmp_path / "seg.nii.gz")
+    assert nib.load(tmp_path / "seg.nii.gz").shape == (140, 184, 152)
+    with pytest.raises(ClientError, match="already on the"):
+        target.truth_from_file(folder / "seg.nii.gz")
