@@ -115,23 +115,19 @@ class Target:
 def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None) -> Target:
     """Load a T1 NIfTI and bring it onto the models' grid, on the client.
 
-    A scan already on the 144×192×160 grid (e.g. the phantoms) is used as it is; any other is
-    registered to MNI space with :func:`mixdemo.preprocess.to_model_space` (skull-stripped and
-    normalised there), or centre-cropped/padded when that module is unavailable.
+    A scan already in model space (on the 144×192×160 MNI grid and skull-stripped, e.g. the
+    phantoms; :func:`mixdemo.preprocess.is_model_space`) is used as it is; any other is registered
+    to MNI space with :func:`mixdemo.preprocess.to_model_space` (skull-stripped and normalised there).
     """
     from mixdemo.io import load_scan
     from mixdemo.phantoms import GRID_SHAPE
 
+    from mixdemo.preprocess import is_model_space, to_model_space
+
     scan = load_scan(path)
-    if scan.data.shape == GRID_SHAPE:
+    if scan.data.shape == GRID_SHAPE and is_model_space(scan):
         image, fit = conform_to_grid(scan.data, GRID_SHAPE)
         return Target(image=image, scan=scan, fit=fit)
-    try:
-        from mixdemo.preprocess import to_model_space
-    except ImportError:
-        image, fit = conform_to_grid(scan.data, GRID_SHAPE)
-        return Target(image, scan, fit=fit, warning="The scan was centre-cropped/padded, not registered: "
-                      "register it to 1 mm MNI space for meaningful results.")
     raw = load_scan(path, normalize=False)
     prepared = to_model_space(raw, progress=progress)
     return Target(image=prepared.image, scan=raw, prepared=prepared, warning=prepared.warning)
