@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-LABEL_COLOURS = ["#000000", "#3b82f6", "#f5f5f4", "#f59e0b"]  # background, GM, WM, CSF
-LABEL_CMAP = ListedColormap(LABEL_COLOURS)
+from mixdemo.viz import CLASS_COLOURS  # noqa: E402  (the app's colour-blind-safe palette)
+
+LABEL_CMAP = ListedColormap([(0, 0, 0)] + [tuple(v / 255 for v in CLASS_COLOURS[c]) for c in (1, 2, 3)])
 PHANTOM_NOTE = "MNI152-derived phantoms, not patients"
 
 
@@ -76,7 +77,7 @@ def plot_cohort_png(images: list[np.ndarray], labels: list[np.ndarray], names: l
             axes[i, j].set_title(f"{name} {title}", fontsize=8)
             axes[i, j].axis("off")
         axes[i, 3].imshow(np.rot90(lab[:, :, cz]), cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest")
-        axes[i, 3].set_title("labels: GM blue, WM white, CSF amber", fontsize=7)
+        axes[i, 3].set_title("labels: GM orange, WM blue, CSF green", fontsize=7)
         axes[i, 3].axis("off")
     fig.suptitle(f"Phantom cohort — {PHANTOM_NOTE}", fontsize=9)
     return _save(fig, path)
