@@ -67,7 +67,9 @@ def segmentation_md(doc: dict) -> str:
 def privacy_md(doc: dict) -> str:
     """The paper's attacks (BSS, re-identification) and, where measured, the stronger ones."""
     bss, reid = doc.get("bss", {}), doc.get("reid", {})
-    lines = [f"Measured by `{doc.get('command', '?')}`. **MNI152-derived phantoms, not patients.**", ""]
+    commands = doc.get("commands") or [doc.get("command", "?")]
+    lines = [f"Measured by {' then '.join(f'`{c}`' for c in commands)} ({doc.get('date', '?')}). "
+             "**MNI152-derived phantoms, not patients.**", ""]
     if bss:
         lines += ["| Blind source separation (MS-SSIM to the true target) | mean ± sd | n |", "| --- | --- | --- |"]
         for key, label in (("alpha_known", "Langevin, α known"), ("alpha_unknown", "Langevin, α unknown"),
@@ -92,6 +94,12 @@ def privacy_md(doc: dict) -> str:
     if doc.get("output_leakage"):
         lines += [f"Output leakage: the arg-max of the server's own mixed segmentation matches the target's labels "
                   f"with Dice {_f(doc['output_leakage'].get('dice_vs_target'))}.", ""]
+    reuse = doc.get("reference_reuse")
+    if isinstance(reuse, dict) and "reference_msssim_mean" in reuse:
+        lines += [f"Reference reuse: with a bank of {reuse.get('bank_size')} references and {reuse.get('n_targets')} targets, "
+                  f"averaging the proxies that share a reference recovers it with MS-SSIM "
+                  f"{_f(reuse.get('reference_msssim_mean'))}; subtracting it recovers targets with MS-SSIM "
+                  f"{_f(reuse.get('target_msssim_mean'))} and re-identification mAP {_f(reuse.get('target_reid_map'))}.", ""]
     if doc.get("alpha_sweep"):
         lines += ["| α range | Learned+TTA Dice | re-id mAP | BSS MS-SSIM | output-leakage Dice |", "| --- | --- | --- | --- | --- |"]
         for row in doc["alpha_sweep"]:
@@ -102,6 +110,10 @@ def privacy_md(doc: dict) -> str:
     if doc.get("defences"):
         lines += ["| Defence | attack MS-SSIM | re-id mAP | Dice |", "| --- | --- | --- | --- |"]
         for name, row in doc["defences"].items():
+            if not isinstance(row, dict):
+                if isinstance(row, str):
+                    lines.append(f"| {name.replace('_', ' ')} | {row} | | |")
+                continue
             lines.append(f"| {name.replace('_', ' ')} | {_f(row.get('attack_msssim'))} | {_f(row.get('reid_map'))} | {_f(row.get('dice_avg'))} |")
     return "\n".join(lines).rstrip()
 
