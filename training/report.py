@@ -156,8 +156,8 @@ def render_readme(text: str) -> str:
         doc = _load(name)
         if doc is None:
             continue
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + render(doc) + m.group(2), text)
+        pattern = re.compile(rf"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + "\n" + render(doc) + "\n" + m.group(2), text)
     return text
 
 
