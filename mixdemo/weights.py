@@ -122,14 +122,21 @@ def load_model(name: str, *, device: str | None = None) -> nn.Module:
     return model
 
 
-def write_model_card(folder: Path, *, title: str, summary: str, sections: dict[str, str]) -> Path:
+def write_model_card(
+    folder: Path,
+    *,
+    title: str,
+    summary: str,
+    sections: dict[str, str],
+    tags: tuple[str, ...] = ("mixup-privacy", "medical-imaging", "brain-mri", "segmentation", "monai"),
+) -> Path:
     """Write a Hub model card (YAML front matter + Markdown) into a model folder."""
     record = read_training_record(folder)
     lines = [
         "---",
         "library_name: mixdemo",
         "license: mit",
-        "tags: [mixup-privacy, medical-imaging, brain-mri, segmentation, monai]",
+        f"tags: [{', '.join(tags)}]",
         "---",
         f"# {title}",
         "",
@@ -148,7 +155,8 @@ def write_model_card(folder: Path, *, title: str, summary: str, sections: dict[s
             "",
             f"- Command: `{record.get('command', '?')}`",
             f"- Steps: {record.get('steps', '?')} × batch {record.get('batch_size', '?')} "
-            f"({record.get('patch_size', '?')}³ patches), α ~ U{tuple(record.get('alpha_range', ()))}",
+            f"({record.get('patch_size', '?')}³ patches)"
+            + (f", α ~ U{tuple(record['alpha_range'])}" if record.get("alpha_range") else ""),
             f"- Hardware: {record.get('hardware', '?')}; {record.get('train_seconds', '?')} s; {record.get('date', '?')}",
             f"- SHA-256 of model.safetensors: `{record.get('sha256', '?')}`",
             "",

@@ -175,6 +175,7 @@ def export(model: ScoreNet, args: argparse.Namespace, features: tuple[int, ...],
     write_model_card(
         folder,
         title="Mixup-Privacy attack lab: score prior for 32³ brain patches (NCSN)",
+        tags=("mixup-privacy", "medical-imaging", "brain-mri", "score-based-prior", "attack-lab"),
         summary=(
             "A noise-conditional score network s(x, σ) = f(x)/σ (NCSN, Song & Ermon 2019, with the NCSNv2 "
             "output scaling) for 32³ T1 patches normalised to [0, 1]. The attack lab uses it as the prior "

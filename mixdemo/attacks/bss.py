@@ -50,12 +50,22 @@ class LangevinConfig:
         delta: δ, the step at the last level (η_i = δ·σ_i²/σ_L²).
         chunk: patches per forward pass of the score network (memory bound).
         clip: clip the final sources to [0, 1], the range of normalised images.
+        max_sigma: skip the prior's levels above this σ (None: all levels). The prior's σ_1 is
+            of the order of the largest distance between patches (≈ 140 per voxel for 32³
+            phantom patches in [0, 1]); levels far above the data range (default: 3) only add
+            noise that a few steps per level cannot anneal away. Measured on a step-1400 checkpoint of the prior
+            with T = 10: all 10 levels gave chains that had not converged (mixture residual RMS
+            ≈ 0.3, MS-SSIM ≈ 0.05), starting at σ ≤ 3 gave residual ≈ 0.06 and MS-SSIM ≈ 0.6.
+
+    δ defaults to 5e-5 (NCSN uses 2e-5 with T = 100): η_i/σ_i² = δ/σ_L² = 0.5 keeps the
+    prior and consistency steps stable while converging in T = 10 steps per level.
     """
 
     steps_per_level: int = 20
-    delta: float = 2e-5
+    delta: float = 5e-5
     chunk: int = 64
     clip: bool = True
+    max_sigma: float | None = 3.0
 
     def __post_init__(self) -> None:
         if self.steps_per_level < 1:
@@ -83,11 +93,17 @@ class SeparationResult:
     completed: bool = True
 
 
-def _levels(score: nn.Module) -> torch.Tensor:
+def _levels(score: nn.Module, max_sigma: float | None = None) -> torch.Tensor:
+    """The prior's noise levels, those above ``max_sigma`` dropped (the last level is always kept)."""
     levels = getattr(score, "sigma_levels", None)
     if levels is None:
         raise ValueError("The score model must carry its noise schedule as `sigma_levels` (see ScoreNet).")
-    return levels.detach().float().cpu()
+    levels = levels.detach().float().cpu()
+    if max_sigma is not None:
+        keep = levels <= max_sigma
+        keep[-1] = True
+        levels = levels[keep]
+    return levels
 
 
 def _score(score: nn.Module, x: torch.Tensor, sigma: float, chunk: int) -> torch.Tensor:
@@ -124,7 +140,7 @@ def annealed_langevin(
         ((N, 2, P, P, P) sources, completed).
     """
     device = mixtures.device
-    levels = _levels(score)
+    levels = _levels(score, config.max_sigma)
     n = mixtures.shape[0]
     a = weights.to(device=device, dtype=mixtures.dtype).view(n, 2, 1, 1, 1)
     # 1. random initialisation, x_j ~ U(0, 1) (NCSN Algorithm 1)
@@ -253,9 +269,12 @@ def separate(
     )
 
 
-def known_reference_recovery(proxy: np.ndarray, reference: np.ndarray, alpha: float) -> np.ndarray:
-    """Positive control: with x_ref and α known, Eq. 2 inverts exactly, x = (m − (1 − α) x_ref) / α."""
-    if not alpha > 0:
+def known_reference_recovery(proxy: np.ndarray, reference: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
+    """Positive control: with x_ref and α known, Eq. 2 inverts exactly, x = (m − (1 − α) x_ref) / α.
+
+    ``alpha`` is a scalar or an array broadcasting against ``proxy`` (e.g. (B, 1, 1, 1)).
+    """
+    if np.any(np.asarray(alpha) <= 0):
         raise ValueError(f"α must be > 0 to invert Eq. 2; got {alpha}.")
     return (proxy - (1 - alpha) * reference) / alpha
 

@@ -1,0 +1,367 @@
+"""Tests of the attack lab (mixdemo.attacks): score prior, Langevin separation, re-identification,
+TTA averaging, reference reuse, output leakage, and the evaluation script's smoke run.
+
+Every attack has a positive control here that must succeed, so that a broken attack can never
+pass for a strong defence. Tiny volumes (16³–32³) and tiny or analytic models; no timings asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from torch import nn
+
+from mixdemo.attacks import bss, leakage, reid
+from mixdemo.attacks import tta_average as tta
+from mixdemo.attacks.score import ScoreNet, dsm_loss, max_pairwise_distance, sample_brain_patches, sigmas
+from mixdemo.metrics import msssim_3d_batch
+from mixdemo.models import SegmentationNet, UnmixingNet
+
+TINY = (4, 4, 8, 8, 16, 4)
+REPO = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def smooth_volumes(n: int, side: int = 32, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
+    """n smooth random volumes in [0, 1] (stand-ins for brain patches)."""
+    rng = np.random.default_rng(seed)
+    out = np.stack([gaussian_filter(rng.standard_normal((side,) * 3), sigma) for _ in range(n)])
+    out -= out.min(axis=(1, 2, 3), keepdims=True)
+    out /= out.max(axis=(1, 2, 3), keepdims=True)
+    return out.astype(np.float32)
+
+
+class GaussianScore(nn.Module):
+    """Exact score of N(μ, τ² I) smoothed by N(0, σ² I): −(x − μ) / (τ² + σ²). An analytic prior."""
+
+    def __init__(self, mu: float = 0.5, tau: float = 0.3, sigma_1: float = 5.0, levels: int = 10) -> None:
+        super().__init__()
+        self.mu, self.tau = mu, tau
+        self.register_buffer("sigma_levels", sigmas(sigma_1, 0.01, levels))
+        self.dummy = nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype)
+        s = s.reshape(-1, 1, 1, 1, 1) if s.ndim else s
+        return -(x - self.mu) / (self.tau**2 + s**2)
+
+
+# ---------------------------------------------------------------------------------- score prior
+
+
+def test_sigmas_geometric_and_validated() -> None:
+    s = sigmas(50.0, 0.01, 10)
+    assert s.shape == (10,)
+    assert s[0] == pytest.approx(50.0) and s[-1] == pytest.approx(0.01)
+    assert torch.all(s[1:] < s[:-1])
+    ratios = (s[1:] / s[:-1]).numpy()
+    np.testing.assert_allclose(ratios, ratios[0], rtol=1e-4)
+    with pytest.raises(ValueError, match="sigma_1 > sigma_L"):
+        sigmas(0.005, 0.01)
+    with pytest.raises(ValueError, match="at least 2"):
+        sigmas(1.0, 0.01, 1)
+
+
+def test_max_pairwise_distance() -> None:
+    pts = np.zeros((3, 2, 2, 2), np.float32)
+    pts[1] += 1.0  # distance √8 from pts[0]
+    pts[2] -= 1.0  # distance 2√8 from pts[1]
+    assert max_pairwise_distance(pts) == pytest.approx(2 * np.sqrt(8))
+    with pytest.raises(ValueError, match="at least 2 patches"):
+        max_pairwise_distance(pts[:1])
+
+
+def test_sample_brain_patches_are_centred_on_foreground() -> None:
+    img = np.zeros((40, 40, 40), np.float32)
+    img[20:24, 20:24, 20:24] = 1.0
+    fg = np.argwhere(img > 0)
+    p = sample_brain_patches([img], [fg], 5, np.random.default_rng(0), size=16)
+    assert p.shape == (5, 16, 16, 16)
+    assert (p.reshape(5, -1).max(1) == 1.0).all()
+
+
+def test_score_net_divides_by_sigma_and_roundtrips(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    m = ScoreNet(sigma_1=10.0, features=TINY).eval()
+    x = torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        s1, s2 = m(x, 1.0), m(x, 2.0)
+        s_vec = m(x, torch.tensor([1.0, 2.0]))
+    assert s1.shape == x.shape
+    torch.testing.assert_close(s2, s1 / 2)
+    torch.testing.assert_close(s_vec[1], s2[1])
+    m.save_pretrained(tmp_path / "score")
+    assert (tmp_path / "score" / "config.json").exists() and (tmp_path / "score" / "model.safetensors").exists()
+    back = ScoreNet.from_pretrained(str(tmp_path / "score")).eval()
+    assert back.sigma_1 == 10.0 and len(back.sigma_levels) == 10
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, 1.0), s1)
+    with pytest.raises(ValueError, match=r"\(B, 1, P, P, P\)"):
+        m(torch.rand(2, 16, 16, 16), 1.0)
+
+
+def test_dsm_loss_finite_and_decreasing_on_tiny_overfit() -> None:
+    torch.manual_seed(0)
+    m = ScoreNet(sigma_1=2.0, sigma_L=0.05, n_levels=4, features=TINY)
+    x = torch.from_numpy(smooth_volumes(4, side=16))[:, None]
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        loss = dsm_loss(m, x, m.sigma_levels, generator=gen)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+
+
+# ---------------------------------------------------------------------------------- Langevin separation
+
+
+def test_separate_api_shapes_progress_and_cancel() -> None:
+    torch.manual_seed(0)
+    score = ScoreNet(sigma_1=5.0, features=TINY).eval()
+    x, r = smooth_volumes(2, 16, seed=1), smooth_volumes(2, 16, seed=2)
+    proxies = 0.6 * x + 0.4 * r
+    calls: list[tuple[float, str]] = []
+    res = bss.separate(score, proxies, [0.6, 0.6], n_init=3, config=bss.LangevinConfig(steps_per_level=2),
+                       progress=lambda f, msg: calls.append((f, msg)))
+    assert res.sources.shape == (2, 3, 2, 16, 16, 16)
+    assert res.alphas.shape == (2, 3) and np.allclose(res.alphas, 0.6)
+    assert res.completed
+    assert calls and calls[-1][0] == pytest.approx(1.0)
+    assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
+    assert np.isfinite(res.sources).all() and res.sources.min() >= 0 and res.sources.max() <= 1
+
+    # α unknown: one α from the grid per chain
+    res_u = bss.separate(score, proxies[0], None, n_init=2, config=bss.LangevinConfig(steps_per_level=1))
+    assert res_u.sources.shape == (1, 2, 2, 16, 16, 16)
+    assert all(np.isclose(a, bss.ALPHA_GRID, atol=1e-6).any() for a in res_u.alphas.ravel())
+
+    # cancel: set from the progress callback after the first report; what exists comes back
+    cancel = threading.Event()
+    res_c = bss.separate(score, proxies, 0.6, n_init=1, config=bss.LangevinConfig(steps_per_level=50),
+                         progress=lambda f, msg: cancel.set(), cancel=cancel)
+    assert not res_c.completed
+    assert res_c.sources.shape == (2, 1, 2, 16, 16, 16)
+
+    with pytest.raises(ValueError, match="multiples of 16"):
+        bss.separate(score, np.zeros((20, 20, 20), np.float32), 0.5)
+    with pytest.raises(ValueError, match="n_init"):
+        bss.separate(score, proxies, 0.5, n_init=0)
+
+
+def test_positive_control_known_reference_exact() -> None:
+    x, r = smooth_volumes(3, 32, seed=3), smooth_volumes(3, 32, seed=4)
+    alpha = np.array([0.3, 0.5, 0.7], np.float32)[:, None, None, None]
+    m = alpha * x + (1 - alpha) * r
+    rec = bss.known_reference_recovery(m, r, alpha)
+    assert msssim_3d_batch(rec, x, data_range=1.0).min() >= 0.85
+
+
+def test_positive_control_known_reference_langevin() -> None:
+    x, r = smooth_volumes(2, 32, seed=5), smooth_volumes(2, 32, seed=6)
+    m = 0.5 * x + 0.5 * r
+    rec = bss.separate_known_reference(GaussianScore(), m, r, 0.5, config=bss.LangevinConfig(steps_per_level=10))
+    assert rec.shape == x.shape
+    assert msssim_3d_batch(rec, x, data_range=1.0).min() >= 0.85
+
+
+def test_positive_control_alpha_one() -> None:
+    x = smooth_volumes(2, 32, seed=7)
+    res = bss.separate(GaussianScore(), x, 1.0, n_init=2, config=bss.LangevinConfig(steps_per_level=10))
+    scores = bss.best_assignment_msssim(res.sources, x)
+    assert scores.shape == (2, 2)
+    assert scores.min() >= 0.85
+
+
+def test_langevin_denoise_with_exact_prior_improves() -> None:
+    """Sanity control: with the exact score of the data (one known patch + Gaussian), Langevin denoises."""
+    x = smooth_volumes(1, 32, seed=8)
+    mu = torch.from_numpy(x)
+
+    class PointScore(GaussianScore):
+        def forward(self, v, sigma):  # score of N(x, τ²) smoothed by σ, τ small
+            return -(v - mu[:, None].to(v)) / (0.05**2 + torch.as_tensor(sigma) ** 2)
+
+    prior = PointScore(sigma_1=1.0)
+    noisy = mu + 0.2 * torch.randn(mu.shape, generator=torch.Generator().manual_seed(0))
+    den = bss.langevin_denoise(prior, noisy, start_level=3, config=bss.LangevinConfig(steps_per_level=5))
+    before = msssim_3d_batch(noisy.clamp(0, 1), mu, data_range=1.0)[0]
+    after = msssim_3d_batch(den, mu, data_range=1.0)[0]
+    assert after > before
+
+
+def test_best_assignment_picks_the_right_source() -> None:
+    x, r = smooth_volumes(1, 32, seed=9), smooth_volumes(1, 32, seed=10)
+    sources = np.stack([np.stack([r[0], x[0]])])[:, None]  # (1, 1, 2, P, P, P), swapped
+    assert bss.best_assignment_msssim(sources, x, r)[0, 0] == pytest.approx(1.0, abs=1e-6)
+    assert bss.best_assignment_msssim(sources, x)[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------- re-identification
+
+
+def synthetic_cohort(n_subjects: int, scans: int = 2, side: int = 32, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Subjects = shared template + own smooth anatomy; scans add small noise (test–retest)."""
+    rng = np.random.default_rng(seed)
+    template = gaussian_filter(rng.standard_normal((side,) * 3), 4)
+    vols, ids = [], []
+    for s in range(n_subjects):
+        anatomy = template + 0.8 * gaussian_filter(rng.standard_normal((side,) * 3), 2)
+        for _ in range(scans):
+            vols.append(anatomy + 0.02 * rng.standard_normal((side,) * 3))
+            ids.append(f"sub-{s}")
+    v = np.stack(vols)
+    v = (v - v.min()) / (v.max() - v.min())
+    return v.astype(np.float32), ids
+
+
+def test_reid_positive_control_no_proxy() -> None:
+    vols, ids = synthetic_cohort(5, seed=1)
+    refs, _ = synthetic_cohort(4, scans=1, seed=2)
+    out = reid.reid_experiment(vols, ids, refs, alpha_range=(0.3, 0.7), n_draws=2, seed=0)
+    assert out["no_proxy"]["map"] >= 0.95
+    assert 0.0 <= out["mixup"]["map"] <= 1.0 and 0.0 <= out["mixup"]["f1"] <= 1.0
+    assert out["n_scans"] == 10
+
+
+def test_downsample_average_pools() -> None:
+    v = np.arange(4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
+    d = reid.downsample(v, 2)
+    assert d.shape == (2, 2, 2)
+    assert d[0, 0, 0] == pytest.approx(v[:2, :2, :2].mean())
+    assert reid.downsample(v[None], 1).shape == (1, 4, 4, 4)
+    with pytest.raises(ValueError, match="factor"):
+        reid.downsample(v, 0)
+
+
+# ---------------------------------------------------------------------------------- attacks of issue 5
+
+
+def test_tta_average_estimate_improves_with_k() -> None:
+    rng = np.random.default_rng(0)
+    side = 32
+    mu = smooth_volumes(1, side, seed=11, sigma=4)[0]
+    population = np.clip(mu + 0.4 * (smooth_volumes(41, side, seed=12) - 0.5), 0, None)
+    target, refs = population[0], population[1:]
+    alpha = 0.5
+    proxies = alpha * target[None] + (1 - alpha) * refs[rng.permutation(40)[:20]]
+    est = tta.running_tta_estimates(proxies, mu, alpha_guess=0.5, ks=[1, 20])
+    single = tta.tta_average_estimate(proxies[:1], mu, 0.5)
+    np.testing.assert_allclose(single, est[1], atol=1e-5)
+    s1, s20 = (msssim_3d_batch(est[k][None], target[None], data_range=1.0)[0] for k in (1, 20))
+    assert s20 > s1
+
+
+def test_link_requests_positive_control() -> None:
+    vols, _ = synthetic_cohort(3, scans=1, seed=3)
+    refs, _ = synthetic_cohort(12, scans=1, seed=4)
+    mu = refs.mean(0)
+    proxies = np.concatenate([0.7 * vols[t][None] + 0.3 * refs[4 * t : 4 * t + 4] for t in range(3)])
+    owner = np.repeat(np.arange(3), 4)
+    groups = tta.link_requests(proxies, mu, 4)
+    assert groups.shape == (12, 4) and (groups[:, 0] == np.arange(12)).all()
+    assert np.mean(owner[groups] == owner[:, None]) >= 0.9
+
+
+def test_reference_reuse_recovers_the_bank() -> None:
+    rng = np.random.default_rng(0)
+    targets, _ = synthetic_cohort(30, scans=1, seed=5)
+    bank, _ = synthetic_cohort(2, scans=1, seed=6)
+    mu = targets.mean(0)
+    which = rng.integers(2, size=30)
+    proxies = 0.5 * targets + 0.5 * bank[which]
+    labels, refs_hat, targets_hat = tta.reference_reuse_attack(proxies, mu, 2, alpha_guess=0.5)
+    assert refs_hat.shape == bank.shape and targets_hat.shape == targets.shape
+    best = max(msssim_3d_batch(refs_hat, bank, data_range=1.0).mean(), msssim_3d_batch(refs_hat[::-1].copy(), bank, data_range=1.0).mean())
+    assert best >= 0.85
+    purity = max(np.mean(labels == which), np.mean(labels != which))
+    assert purity >= 0.9
+
+
+def test_patch_study_and_output_leakage_with_untrained_models() -> None:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    vols = [SimpleNamespace(image=smooth_volumes(1, 48, seed=s)[0], labels=rng.integers(0, 4, (48,) * 3).astype(np.uint8))
+            for s in range(5)]
+    patches = leakage.sample_patch_set(vols[:2], vols[2:], 3, 2, rng)
+    assert patches.refs.shape == (3, 2, 32, 32, 32)
+    seg, unmix = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval(), UnmixingNet(features=(4, 8)).eval()
+    out = leakage.patch_study(seg, unmix, patches, np.full((3, 2), 0.6))
+    for key in ("dice_learned_tta", "dice_learned", "dice_naive_tta", "output_leakage_dice"):
+        assert 0.0 <= out[key] <= 1.0
+    # positive control of the Dice plumbing: a "server" that returns the truth leaks everything at α = 1
+    truth = leakage.pooled_dice(patches.target_labels, patches.target_labels)
+    assert all(v == 1.0 for v in truth.values())
+    with pytest.raises(ValueError, match="alphas"):
+        leakage.patch_study(seg, unmix, patches, np.full((3, 1), 0.6))
+
+
+# ---------------------------------------------------------------------------------- evaluation script
+
+
+@pytest.mark.slow
+def test_evaluate_privacy_smoke(tmp_path: Path) -> None:
+    if not (REPO / "data" / "phantoms" / "split.json").exists():
+        pytest.skip("no phantom cohort at data/phantoms (python -m mixdemo.phantoms --out data/phantoms)")
+    out = tmp_path / "privacy.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "training.evaluate_privacy", "--smoke", "--threads", "1", "--out", str(out)],
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    d = json.loads(out.read_text())
+    for key in ("command", "seed", "date", "weights_sha256", "data", "bss", "reid", "tta_average", "output_leakage",
+                "reference_reuse", "defences", "alpha_sweep"):
+        assert key in d
+    assert d["data"] == "MNI152 phantoms (no patient data)"
+    for k in ("alpha_known", "alpha_unknown"):
+        assert set(d["bss"][k]) >= {"msssim_mean", "msssim_std", "n"}
+    assert d["bss"]["control"]["exact_inverse_msssim_mean"] >= 0.85
+    assert d["reid"]["no_proxy"]["map"] >= 0.95  # positive control on the phantoms
+    assert [row[0] for row in d["tta_average"]] == list(range(1, len(d["tta_average"]) + 1))
+    assert set(d["defences"]) >= {"fresh_alpha", "separate_shuffled_requests", "restricted_alpha"}
+    assert {"alpha_range", "dice_learned_tta", "reid_map", "bss_msssim", "output_leakage_dice"} <= set(d["alpha_sweep"][0])
+    for fig in ("bss_examples.png", "reid.png", "privacy_utility.png"):
+        assert (tmp_path / fig).stat().st_size > 0
+
+
+def test_max_sigma_skips_high_levels() -> None:
+    prior = GaussianScore(sigma_1=50.0)
+    levels = bss._levels(prior, max_sigma=1.0)
+    assert float(levels.max()) <= 1.0 and float(levels[-1]) == pytest.approx(0.01)
+    assert len(bss._levels(prior)) == 10
+    assert len(bss._levels(prior, max_sigma=1e-4)) == 1  # the last level is always kept
+
+
+@pytest.mark.slow
+def test_train_score_smoke_exports_hub_folder(tmp_path: Path) -> None:
+    if not (REPO / "data" / "phantoms" / "split.json").exists():
+        pytest.skip("no phantom cohort at data/phantoms")
+    from training import train_score
+
+    info = train_score.main(["--steps", "3", "--batch-size", "2", "--max-subjects", "1", "--threads", "1",
+                             "--features", ",".join(map(str, TINY)), "--out", str(tmp_path / "w"),
+                             "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
+    folder = tmp_path / "w" / "score"
+    for name in ("config.json", "model.safetensors", "training.json", "README.md"):
+        assert (folder / name).exists()
+    record = json.loads((folder / "training.json").read_text())
+    assert record["model_class"] == "mixdemo.attacks.score.ScoreNet" and record["steps"] == 3
+    assert info["sigma_1"] > 1.0  # of the order of the largest distance between patches
+    log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert log[0].startswith("step") and len(log) >= 2
+    model = ScoreNet.from_pretrained(str(folder))
+    assert model.sigma_1 == pytest.approx(info["sigma_1"])

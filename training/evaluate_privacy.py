@@ -1,0 +1,572 @@
+"""The attack lab's evaluation: what an honest-but-curious server learns from mixup proxies.
+
+::
+
+    python -m training.evaluate_privacy                 # full run, results/privacy.json + figures
+    python -m training.evaluate_privacy --quick --out /tmp/p.json   # < 5 min on 2 cores
+    python -m training.evaluate_privacy --smoke --out /tmp/p.json   # seconds (tests)
+
+Sections (``--sections``, default all; ``--merge`` updates an existing JSON in place):
+
+* ``bss`` — Langevin blind source separation (Kim et al. Table 1; Jayaram & Thickstun 2020) of
+  32³ proxies of test patches, α known / α unknown, several initialisations; controls.
+* ``reid`` — re-identification by MS-SSIM retrieval (Kim et al. Table 2), no proxy vs mixup.
+* ``tta`` — averaging the K TTA proxies of one target (K = 1…20).
+* ``reuse`` — a small reference bank reused for many targets.
+* ``leakage`` — arg-max of the server's own ŷ_mix against the target's labels (trained S).
+* ``defences`` — fresh α per mix, separate shuffled requests, restricted α range.
+* ``sweep`` — α range sweep: Learned+TTA Dice against each attack (privacy–utility figure).
+
+Everything uses phantoms of the test subjects as victims and the training subjects as the
+reference pool; α ~ U(range) with a fixed seed; the JSON names the command, seed, date and the
+SHA-256 of the weights used. Without trained weights the script still runs (untrained models)
+and says so in ``weights_sha256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixdemo.attacks import bss, leakage, reid
+from mixdemo.attacks import tta_average as tta
+from mixdemo.attacks.score import ScoreNet, tweedie_denoise
+from mixdemo.data import load_cohort, load_volumes
+from mixdemo.metrics import msssim_3d_batch
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
+from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
+
+SECTIONS = ("bss", "reid", "tta", "reuse", "leakage", "defences", "sweep")
+DATA_NOTE = "MNI152 phantoms (no patient data)"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one evaluation run (``full``, ``quick`` or ``smoke``)."""
+
+    bss_known: int = 8  # proxies, α known
+    bss_unknown: int = 3  # proxies, α unknown
+    n_init: int = 3  # initialisations per proxy (α known)
+    n_init_unknown: int = 2
+    steps_per_level: int = 10  # Langevin T
+    max_sigma: float | None = 3.0  # skip the prior's levels above this σ (None: all)
+    reid_draws: int = 5
+    sweep_reid_draws: int = 3
+    tta_max_k: int = 20
+    reuse_bank: int = 2
+    patches: int = 32  # 32³ test patches for Dice / leakage
+    tta_k: int = 4  # TTA mixes per patch for Dice
+    sweep_bss: int = 4  # proxies per α range for the sweep's BSS (α known, 1 init)
+    defence_k: int = 10  # proxies per target for the averaging attacks in the defences
+    downsample: int = 2  # average pooling of whole volumes
+    max_test_scans: int = 0  # 0: all
+    max_ref_scans: int = 0  # 0: all
+    sweep_ranges: tuple[tuple[float, float], ...] = ((0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.3, 0.7), (0.1, 0.9))
+
+
+FULL = Config()
+QUICK = Config(bss_known=3, bss_unknown=2, n_init=2, n_init_unknown=1, steps_per_level=3, reid_draws=2, sweep_reid_draws=1, tta_max_k=10,
+               patches=16, tta_k=3, sweep_bss=2, defence_k=6, downsample=3, sweep_ranges=((0.1, 0.3), (0.3, 0.7), (0.7, 0.9)))
+SMOKE = Config(bss_known=2, bss_unknown=1, n_init=2, n_init_unknown=1, steps_per_level=1, reid_draws=1, sweep_reid_draws=1, tta_max_k=3,
+               patches=4, tta_k=2, sweep_bss=1, defence_k=3, downsample=4, max_test_scans=6, max_ref_scans=6,
+               sweep_ranges=((0.1, 0.3), (0.7, 0.9)))
+RESTRICTED_RANGE = (0.4, 0.6)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller run (< 5 min on 2 cores)")
+    p.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds; numbers meaningless)")
+    p.add_argument("--out", type=Path, default=Path("results/privacy.json"), help="JSON path; figures go next to it")
+    p.add_argument("--data", type=Path, default=Path("data/phantoms"))
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    p.add_argument("--merge", action="store_true", help="update the keys of an existing --out JSON")
+    p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="α range of the main attacks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps-per-level", type=int, default=None, help="Langevin T (default by run size)")
+    p.add_argument("--max-sigma", type=float, default=3.0,
+                   help="start Langevin at the first prior level with σ ≤ this (≤ 0: all levels, from σ_1)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True) -> tuple[dict, dict]:
+    """Trained score, S and D when their folders exist, else untrained stand-ins (said in the record).
+
+    ``allow_hub=False`` skips the Hub look-up when the local folder is missing (offline tests).
+    """
+    from mixdemo.weights import WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
+
+    models, shas = {}, {}
+    names = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet}
+    for name, cls in names.items():
+        if name != "score" and not need_seg:
+            continue
+        try:
+            if not allow_hub and not (weights_dir() / name / "model.safetensors").exists():
+                raise WeightsError(f"no local {name} weights")
+            models[name] = load_model(name, device=str(device))
+            shas[name] = sha256_file(resolve_model_dir(name) / "model.safetensors")
+        except WeightsError:
+            torch.manual_seed(0)
+            models[name] = cls().to(device).eval()
+            shas[name] = f"untrained ({name} weights missing)"
+    return models, shas
+
+
+@dataclass
+class Cohort:
+    """Victims (test scans) and the reference pool (training scans), full size and pooled."""
+
+    test: list
+    train: list
+    test_small: np.ndarray
+    train_small: np.ndarray
+    template_small: np.ndarray
+    identities: list[str]
+
+
+def load_data(data: Path, cfg: Config) -> Cohort:
+    cohort = load_cohort(data)
+    test_records, train_records = cohort.split("test"), cohort.split("train")
+    test = load_volumes(test_records[: cfg.max_test_scans or None])
+    train = load_volumes(train_records[: cfg.max_ref_scans or None])
+    f = cfg.downsample
+    return Cohort(
+        test=test, train=train,
+        test_small=reid.downsample(np.stack([v.image for v in test]), f),
+        train_small=reid.downsample(np.stack([v.image for v in train]), f),
+        template_small=reid.downsample(tta.template_brain(), f),
+        identities=[v.subject for v in test],
+    )
+
+
+def bss_patches(c: Cohort, n: int, alpha_range: tuple[float, float], rng: np.random.Generator) -> dict:
+    """n test patches (32³, brain-centred), each with one training reference and α ~ U(range)."""
+    fg = [np.argwhere(v.labels > 0) for v in c.test]
+    tx, rx = [], []
+    for _ in range(n):
+        t = int(rng.integers(len(c.test)))
+        sl = patch_slices(sample_patch_corner(c.test[t].image.shape, 32, rng, fg[t]), 32)
+        tx.append(c.test[t].image[sl])
+        rx.append(c.train[int(rng.integers(len(c.train)))].image[sl])
+    target, ref = np.stack(tx), np.stack(rx)
+    alphas = rng.uniform(*alpha_range, size=n).astype(np.float32)
+    proxy = alphas[:, None, None, None] * target + (1 - alphas[:, None, None, None]) * ref
+    return {"target": target, "ref": ref, "alpha": alphas, "proxy": proxy.astype(np.float32)}
+
+
+def _stats(values: np.ndarray) -> dict:
+    v = np.asarray(values, np.float64).ravel()
+    return {"msssim_mean": float(v.mean()), "msssim_std": float(v.std()), "n": int(v.size)}
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path | None) -> dict:
+    """Table 1's separation attack with its controls."""
+    rng = np.random.default_rng(seed)
+    lc = bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma)
+    p = bss_patches(c, cfg.bss_known, alpha_range, rng)
+    # 1. α known: upper bound on the attacker
+    known = bss.separate(score, p["proxy"], p["alpha"], n_init=cfg.n_init, config=lc, seed=seed)
+    s_known = bss.best_assignment_msssim(known.sources, p["target"], p["ref"])
+    # 2. α unknown: grid search, selection by prior energy
+    nu = cfg.bss_unknown
+    unknown = bss.separate(score, p["proxy"][:nu], None, n_init=cfg.n_init_unknown, config=lc, seed=seed + 1)
+    s_unknown = bss.best_assignment_msssim(unknown.sources, p["target"][:nu], p["ref"][:nu])
+    true_fold = np.maximum(p["alpha"][:nu], 1 - p["alpha"][:nu])[:, None]
+    # 3. positive controls: reference known (exact Eq. 2 inverse, and the same Langevin with x_ref clamped); α = 1
+    exact = bss.known_reference_recovery(p["proxy"], p["ref"], p["alpha"][:, None, None, None])
+    langevin_ref = bss.separate_known_reference(score, p["proxy"], p["ref"], p["alpha"], config=lc, seed=seed + 2)
+    alpha1 = bss.separate(score, p["target"], 1.0, n_init=1, config=lc, seed=seed + 3)
+    s_alpha1 = bss.best_assignment_msssim(alpha1.sources, p["target"])
+    # 4. sanity: the prior alone denoises (Langevin from x + σ z at a mid level)
+    levels = score.sigma_levels.cpu()
+    start = int(np.argmin(np.abs(np.log(levels.numpy() / 0.2))))
+    sigma0 = float(levels[start])
+    gen = torch.Generator().manual_seed(seed + 4)
+    clean = torch.from_numpy(p["target"])
+    noisy = clean + sigma0 * torch.randn(clean.shape, generator=gen)
+    den = bss.langevin_denoise(score, noisy, start, config=lc, seed=seed + 5).cpu()
+    device = next(score.parameters()).device
+    tweedie = tweedie_denoise(score, noisy[:, None].to(device), sigma0)[:, 0].clamp(0, 1).cpu()
+    # 5. the prior's full schedule (from σ_1), α known, one init: does the sampler converge from σ_1?
+    nf = min(4, len(p["proxy"]))
+    full = bss.separate(score, p["proxy"][:nf], p["alpha"][:nf], n_init=1, config=replace(lc, max_sigma=None), seed=seed + 6)
+    s_full = bss.best_assignment_msssim(full.sources, p["target"][:nf], p["ref"][:nf])
+    out = {
+        "alpha_range": list(alpha_range),
+        "alpha_known": {**_stats(s_known), "best_of_inits_mean": float(s_known.max(1).mean()), "n_proxies": len(s_known),
+                        "n_init": cfg.n_init, "consistency_rms": float(known.consistency.mean())},
+        "alpha_unknown": {**_stats(s_unknown), "n_proxies": nu, "n_init": cfg.n_init_unknown,
+                          "alpha_grid": list(bss.ALPHA_GRID), "alpha_abs_error": float(np.abs(unknown.alphas - true_fold).mean())},
+        "control": {
+            "msssim_mean": float(msssim_3d_batch(langevin_ref, p["target"], data_range=1.0).mean()),
+            "what": "Langevin with the reference known (source 2 clamped to x_ref), α known",
+            "exact_inverse_msssim_mean": float(msssim_3d_batch(np.clip(exact, 0, 1), p["target"], data_range=1.0).mean()),
+            "alpha_1_msssim_mean": float(s_alpha1.mean()),
+            "denoise": {"sigma": sigma0, "msssim_noisy": float(msssim_3d_batch(noisy.clamp(0, 1), clean, data_range=1.0).mean()),
+                        "msssim_langevin_denoised": float(msssim_3d_batch(den, clean, data_range=1.0).mean()),
+                        "msssim_tweedie_denoised": float(msssim_3d_batch(tweedie, clean, data_range=1.0).mean()),
+                        "what": "x + σz at the prior level nearest 0.2; Tweedie x̃ + σ² s(x̃, σ), and annealed Langevin from x̃"},
+        },
+        "alpha_known_full_schedule": {**_stats(s_full), "consistency_rms": float(full.consistency.mean()),
+                                      "what": "same attack from the prior's σ_1 (no max_sigma), 1 init"},
+        "chance": {  # what an attacker gets with no separation at all: read these before the attack numbers
+            "proxy_vs_target_msssim_mean": float(msssim_3d_batch(p["proxy"], p["target"], data_range=1.0).mean()),
+            "other_subject_vs_target_msssim_mean": float(msssim_3d_batch(p["ref"], p["target"], data_range=1.0).mean()),
+        },
+        "langevin": {"prior_levels": len(levels), "sigma_1": float(levels[0]), "sigma_L": float(levels[-1]),
+                     "max_sigma": lc.max_sigma, "steps_per_level": lc.steps_per_level, "delta": lc.delta},
+        "patch_size": 32,
+    }
+    if figure is not None:
+        plot_bss(figure, p, known, s_known)
+    return out
+
+
+def run_reid(c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path | None) -> dict:
+    out = reid.reid_experiment(c.test_small, c.identities, c.train_small, alpha_range=alpha_range,
+                               n_draws=cfg.reid_draws, seed=seed)
+    out["downsample"] = cfg.downsample
+    if figure is not None:
+        plot_reid(figure, out)
+    return out
+
+
+def tta_curve(c: Cohort, max_k: int, alpha_range, seed: int, *, fresh_alpha: bool = False,
+              only_last: bool = False) -> tuple[list, dict]:
+    """[[K, msssim, reid_map], ...] of the averaging attack on the TTA proxies of every test scan.
+
+    ``only_last`` scores K = ``max_k`` only (the defences and the sweep need no curve).
+    """
+    rng = np.random.default_rng(seed)
+    ks = [max_k] if only_last else list(range(1, max_k + 1))
+    per_k: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    guess = float(np.mean(alpha_range))
+    for target in c.test_small:
+        refs = c.train_small[rng.choice(len(c.train_small), size=max_k, replace=False)]
+        a = rng.uniform(*alpha_range, size=max_k if fresh_alpha else 1).astype(np.float32)
+        a = np.broadcast_to(a, (max_k,))[:, None, None, None]
+        proxies = a * target[None] + (1 - a) * refs  # Eq. 5
+        for k, est in tta.running_tta_estimates(proxies, c.template_small, guess, ks).items():
+            per_k[k].append(est)
+    rows, estimates = [], {}
+    for k in ks:
+        est = np.stack(per_k[k])
+        ms = float(msssim_3d_batch(est, c.test_small, data_range=1.0).mean())
+        rows.append([k, ms, reid.retrieval(est, c.identities).map])
+        estimates[k] = est
+    return rows, estimates
+
+
+def run_tta(c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path | None) -> list:
+    rows, _ = tta_curve(c, cfg.tta_max_k, alpha_range, seed)
+    if figure is not None:
+        plot_tta(figure, rows, chance_baselines(c))
+    return rows
+
+
+def chance_baselines(c: Cohort) -> dict:
+    """Whole-volume MS-SSIM an attacker gets without any attack: the public template, another subject."""
+    n = len(c.test_small)
+    template = np.broadcast_to(c.template_small, c.test_small.shape)
+    others = c.train_small[np.arange(n) % len(c.train_small)]
+    return {"template_vs_target_msssim_mean": float(msssim_3d_batch(template, c.test_small, data_range=1.0).mean()),
+            "other_subject_vs_target_msssim_mean": float(msssim_3d_batch(others, c.test_small, data_range=1.0).mean()),
+            "downsample": None}
+
+
+def run_reuse(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
+    """A bank of ``reuse_bank`` references used for every target: test scans + other training subjects' scans."""
+    rng = np.random.default_rng(seed)
+    train_ids = [v.subject for v in c.train]
+    bank_subjects = list(rng.choice(sorted(set(train_ids)), size=cfg.reuse_bank, replace=False))
+    bank_idx = [train_ids.index(s) for s in bank_subjects]
+    keep = [i for i, s in enumerate(train_ids) if s not in bank_subjects]
+    targets = np.concatenate([c.test_small, c.train_small[keep]])
+    ids = c.identities + [train_ids[i] for i in keep]
+    bank = c.train_small[bank_idx]
+    which = rng.integers(len(bank), size=len(targets))
+    a = rng.uniform(*alpha_range, size=len(targets)).astype(np.float32)[:, None, None, None]
+    proxies = a * targets + (1 - a) * bank[which]
+    guess = float(np.mean(alpha_range))
+    labels, refs_hat, targets_hat = tta.reference_reuse_attack(proxies, c.template_small, len(bank), guess, seed)
+    # cluster c ↔ reference: the best-matching reference by MS-SSIM
+    ref_scores = np.array([[msssim_3d_batch(refs_hat[i : i + 1], bank[j : j + 1], data_range=1.0)[0] for j in range(len(bank))]
+                           for i in range(len(bank))])
+    match = ref_scores.argmax(1)
+    purity = float(np.mean(match[labels] == which))
+    return {
+        "bank_size": len(bank), "n_targets": len(targets), "cluster_purity": purity,
+        "reference_msssim_mean": float(ref_scores.max(1).mean()),
+        "target_msssim_mean": float(msssim_3d_batch(targets_hat, targets, data_range=1.0).mean()),
+        "target_reid_map": reid.retrieval(targets_hat, ids).map,
+        "baseline_proxy_msssim_mean": float(msssim_3d_batch(tta.rescale(proxies), targets, data_range=1.0).mean()),
+        "baseline_proxy_reid_map": reid.retrieval(proxies, ids).map,
+        "alpha_range": list(alpha_range),
+        "note": "targets = test scans + training scans of subjects outside the bank; reid over all of them",
+    }
+
+
+def patch_dice(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int, *, fresh_alpha: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    patches = leakage.sample_patch_set(c.test, c.train, cfg.patches, cfg.tta_k, rng)
+    n, k = cfg.patches, cfg.tta_k
+    alphas = rng.uniform(*alpha_range, size=(n, k) if fresh_alpha else (n, 1))
+    alphas = np.broadcast_to(alphas, (n, k)).copy()
+    return leakage.patch_study(models["segmentation"], models["unmixing"], patches, alphas)
+
+
+def run_leakage(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
+    res = patch_dice(models, c, cfg, alpha_range, seed)
+    return {"dice_vs_target": res["output_leakage_dice"], "per_class": res["per_class_output_leakage"],
+            "client_dice_learned_tta": res["dice_learned_tta"], "alpha_range": list(alpha_range),
+            "n_patches": res["n_patches"], "what": "arg-max of S(x_mix) vs the target's labels, 32³ test patches"}
+
+
+def shuffled_attack(c: Cohort, k: int, alpha_range, seed: int) -> dict:
+    """K proxies per test scan sent as separate requests, shuffled: re-link by correlation, then average."""
+    rng = np.random.default_rng(seed)
+    n = len(c.test_small)
+    proxies, owner = [], []
+    for t, target in enumerate(c.test_small):
+        refs = c.train_small[rng.choice(len(c.train_small), size=k, replace=False)]
+        a = np.float32(rng.uniform(*alpha_range))
+        proxies.append(a * target[None] + (1 - a) * refs)
+        owner += [t] * k
+    proxies, owner = np.concatenate(proxies), np.array(owner)
+    perm = rng.permutation(len(proxies))
+    proxies, owner = proxies[perm], owner[perm]
+    groups = tta.link_requests(proxies, c.template_small, k)
+    precision = float(np.mean(owner[groups[:, 1:]] == owner[:, None]))
+    guess = float(np.mean(alpha_range))
+    first = np.array([int(np.flatnonzero(owner == t)[0]) for t in range(n)])
+    est = np.stack([tta.tta_average_estimate(proxies[groups[i]], c.template_small, guess) for i in first])
+    return {"attack_msssim": float(msssim_3d_batch(est, c.test_small, data_range=1.0).mean()),
+            "reid_map": reid.retrieval(est, c.identities).map, "link_precision": precision, "k": k}
+
+
+def run_defences(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int, base_dice: dict | None) -> dict:
+    """Each defence: the averaging attack (K = defence_k) and the client's Learned+TTA Dice on patches."""
+    k = cfg.defence_k
+    out = {}
+    rows, _ = tta_curve(c, k, alpha_range, seed, fresh_alpha=False, only_last=True)
+    base = base_dice or patch_dice(models, c, cfg, alpha_range, seed)
+    out["none"] = {"attack_msssim": rows[-1][1], "reid_map": rows[-1][2], "dice_avg": base["dice_learned_tta"],
+                   "alpha_range": list(alpha_range), "what": "paper's TTA: K proxies, one α, one request"}
+    rows, _ = tta_curve(c, k, alpha_range, seed, fresh_alpha=True, only_last=True)
+    d = patch_dice(models, c, cfg, alpha_range, seed, fresh_alpha=True)
+    out["fresh_alpha"] = {"attack_msssim": rows[-1][1], "reid_map": rows[-1][2], "dice_avg": d["dice_learned_tta"],
+                          "alpha_range": list(alpha_range)}
+    sh = shuffled_attack(c, k, alpha_range, seed)
+    out["separate_shuffled_requests"] = {**sh, "dice_avg": base["dice_learned_tta"],
+                                         "note": "same proxies as 'none' for the client, so the same Dice"}
+    rows, _ = tta_curve(c, k, RESTRICTED_RANGE, seed, only_last=True)
+    d = patch_dice(models, c, cfg, RESTRICTED_RANGE, seed)
+    out["restricted_alpha"] = {"attack_msssim": rows[-1][1], "reid_map": rows[-1][2], "dice_avg": d["dice_learned_tta"],
+                               "output_leakage_dice": d["output_leakage_dice"], "alpha_range": list(RESTRICTED_RANGE)}
+    out["k"] = k
+    out["two_references"] = "not measured: needs S and D trained with --n-references 2 (no CPU time in this run)"
+    return out
+
+
+def run_sweep(models: dict, score, c: Cohort, cfg: Config, seed: int, figure: Path | None) -> list:
+    rows = []
+    lc = bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma)
+    for lo, hi in cfg.sweep_ranges:
+        d = patch_dice(models, c, cfg, (lo, hi), seed)
+        r = reid.reid_experiment(c.test_small, c.identities, c.train_small, alpha_range=(lo, hi),
+                                 n_draws=cfg.sweep_reid_draws, seed=seed)
+        p = bss_patches(c, cfg.sweep_bss, (lo, hi), np.random.default_rng(seed))
+        sep = bss.separate(score, p["proxy"], p["alpha"], n_init=1, config=lc, seed=seed)
+        tta_rows, _ = tta_curve(c, cfg.defence_k, (lo, hi), seed, only_last=True)
+        rows.append({"alpha_range": [lo, hi], "dice_learned_tta": d["dice_learned_tta"], "dice_learned": d["dice_learned"],
+                     "reid_map": r["mixup"]["map"],
+                     "bss_msssim": float(bss.best_assignment_msssim(sep.sources, p["target"], p["ref"]).mean()),
+                     "output_leakage_dice": d["output_leakage_dice"], "chance_dice_other_subject": d["chance_dice_other_subject"],
+                     "tta_average_msssim": tta_rows[-1][1], "tta_average_reid_map": tta_rows[-1][2]})
+    if figure is not None:
+        plot_sweep(figure, rows)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray, rows: int = 3) -> None:
+    """Fig. 4 style: target, reference, proxy, then each initialisation's recovered target (MS-SSIM)."""
+    plt = _plt()
+    rows = min(rows, len(p["target"]))
+    n_init = res.sources.shape[1]
+    fig, axes = plt.subplots(rows, 3 + n_init, figsize=(2 * (3 + n_init), 2.1 * rows), squeeze=False)
+    mid = p["target"].shape[-1] // 2
+    for r in range(rows):
+        panels = [(p["target"][r], "target"), (p["ref"][r], "reference"), (p["proxy"][r], f"proxy α={p['alpha'][r]:.2f}")]
+        for i in range(n_init):
+            src = res.sources[r, i]
+            s0 = msssim_3d_batch(src[:1], p["target"][r : r + 1], data_range=1.0)[0]
+            s1 = msssim_3d_batch(src[1:], p["target"][r : r + 1], data_range=1.0)[0]
+            best = src[0] if s0 >= s1 else src[1]
+            panels.append((best, f"init {i + 1}: {scores[r, i]:.2f}"))
+        for ax, (img, title) in zip(axes[r], panels):
+            ax.imshow(np.rot90(img[:, :, mid]), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle("Langevin BSS, α known: recovered target per initialisation (MS-SSIM vs target)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reid(path: Path, r: dict) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    x = np.arange(2)
+    ax.bar(x - 0.2, [r["no_proxy"]["f1"], r["mixup"]["f1"]], 0.4, label="F1")
+    ax.bar(x + 0.2, [r["no_proxy"]["map"], r["mixup"]["map"]], 0.4, label="mAP")
+    ax.set_xticks(x, ["No proxy", f"Mixup α~U{tuple(r['alpha_range'])}"])
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Re-identification by MS-SSIM ({r['n_scans']} test scans)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_tta(path: Path, rows: list, chance: dict) -> None:
+    plt = _plt()
+    k, ms, mp = (np.array(col) for col in zip(*rows))
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(k, ms, "o-", label="MS-SSIM(estimate, target)")
+    ax.plot(k, mp, "s-", label="re-id mAP of estimates")
+    ax.axhline(chance["template_vs_target_msssim_mean"], color="gray", ls="--", lw=1, label="MS-SSIM(template, target)")
+    ax.set_xlabel("K proxies averaged (TTA, one α)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("Averaging the TTA proxies of one target", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(path: Path, rows: list) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dice = [r["dice_learned_tta"] for r in rows]
+    for key, marker, label in (("reid_map", "o", "re-id mAP (single proxy)"), ("tta_average_reid_map", "s", "re-id mAP (TTA averaging)"),
+                               ("bss_msssim", "^", "BSS MS-SSIM (α known)"), ("output_leakage_dice", "D", "output-leakage Dice")):
+        ax.scatter(dice, [r[key] for r in rows], marker=marker, label=label)
+    for r, d in zip(rows, dice):
+        ax.annotate(f"{r['alpha_range'][0]:.1f}–{r['alpha_range'][1]:.1f}", (d, r["reid_map"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("client Learned+TTA Dice (utility)")
+    ax.set_ylabel("attack success (privacy loss)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("Privacy–utility of the α range", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    cfg = replace(cfg, max_sigma=args.max_sigma if args.max_sigma and args.max_sigma > 0 else None,
+                  steps_per_level=args.steps_per_level or cfg.steps_per_level)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    out_path: Path = args.out
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_path.parent
+    t0 = time.perf_counter()
+    need_seg = bool({"leakage", "defences", "sweep"} & set(sections))
+    models, shas = load_models(device, need_seg, allow_hub=not args.smoke)
+    score = models["score"]
+    c = load_data(args.data, cfg)
+    ar = tuple(args.alpha_range)
+    command = "python -m training.evaluate_privacy " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    result: dict = json.loads(out_path.read_text()) if args.merge and out_path.exists() else {}
+    result.setdefault("commands", [])
+    result.update({"command": command, "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "data": DATA_NOTE, "config": "smoke" if args.smoke else "quick" if args.quick else "full"})
+    result["commands"].append(command)
+    result.setdefault("weights_sha256", {}).update(shas)
+    timings = result.setdefault("seconds", {})
+
+    def step(name: str, fn):
+        t = time.perf_counter()
+        print(f"[evaluate_privacy] {name} ...", flush=True)
+        value = fn()
+        timings[name] = round(time.perf_counter() - t, 1)
+        print(f"[evaluate_privacy] {name} done in {timings[name]} s", flush=True)
+        return value
+
+    base_dice = None
+    if "bss" in sections:
+        result["bss"] = step("bss", lambda: run_bss(score, c, cfg, ar, args.seed, fig_dir / "bss_examples.png"))
+    if "reid" in sections:
+        result["reid"] = step("reid", lambda: run_reid(c, cfg, ar, args.seed, fig_dir / "reid.png"))
+    if "tta" in sections:
+        result["tta_average"] = step("tta", lambda: run_tta(c, cfg, ar, args.seed, fig_dir / "tta_average.png"))
+        result["tta_average_meta"] = {**chance_baselines(c), "downsample": cfg.downsample, "alpha_range": list(ar),
+                                      "alpha_guess": float(np.mean(ar)), "n_targets": len(c.test_small),
+                                      "population_mean": "MNI152 2009a tissue maps x T1 contrast (mixdemo.attacks.tta_average.template_brain)",
+                                      "columns": ["K", "msssim_vs_target", "reid_map"]}
+    if "reuse" in sections:
+        result["reference_reuse"] = step("reuse", lambda: run_reuse(c, cfg, ar, args.seed))
+    if "leakage" in sections:
+        base_dice = step("leakage_dice", lambda: patch_dice(models, c, cfg, ar, args.seed))
+        result["output_leakage"] = {"dice_vs_target": base_dice["output_leakage_dice"],
+                                    "per_class": base_dice["per_class_output_leakage"],
+                                    "client_dice_learned_tta": base_dice["dice_learned_tta"],
+                                    "client_dice_learned": base_dice["dice_learned"],
+                                    "client_dice_naive_tta": base_dice["dice_naive_tta"],
+                                    "chance_dice_other_subject": base_dice["chance_dice_other_subject"],
+                                    "alpha_range": list(ar), "n_patches": base_dice["n_patches"], "k": base_dice["k"],
+                                    "what": "arg-max of S(x_mix) (first mix) vs the target's labels, 32³ test patches"}
+    if "defences" in sections:
+        result["defences"] = step("defences", lambda: run_defences(models, c, cfg, ar, args.seed, base_dice))
+    if "sweep" in sections:
+        result["alpha_sweep"] = step("sweep", lambda: run_sweep(models, score, c, cfg, args.seed, fig_dir / "privacy_utility.png"))
+    timings["total_this_command"] = round(time.perf_counter() - t0, 1)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[evaluate_privacy] wrote {out_path} in {timings['total_this_command']} s", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
