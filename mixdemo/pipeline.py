@@ -138,6 +138,7 @@ class PrivateResult:
     mixed_probs: torch.Tensor  # (K, C, X, Y, Z) — what the server returned
     naive: torch.Tensor  # (K, C, X, Y, Z) Eq. 4 scores
     learned: torch.Tensor | None  # (K, C, X, Y, Z) D's probabilities
+    brain_mask: np.ndarray | None = None  # the target's own brain (x > 0): known to the client only
 
     @property
     def naive_tta(self) -> torch.Tensor:
@@ -155,7 +156,10 @@ class PrivateResult:
                  "learned": None if self.learned is None else self.learned[0], "learned_tta": self.learned_tta}[which]
         if probs is None:
             raise ValueError("No learned unmixing in this result.")
-        return probs.argmax(0).numpy().astype(np.uint8)
+        labels = probs.argmax(0).numpy().astype(np.uint8)
+        # D was trained on patches around the brain; outside the target's own (skull-stripped) brain,
+        # which the client knows, the answer is background whatever the unmixer says.
+        return labels if self.brain_mask is None else np.where(self.brain_mask, labels, 0).astype(np.uint8)
 
     def uncertainty(self) -> np.ndarray:
         """TTA uncertainty: per-voxel variance across the K unmixed predictions, summed over classes."""
@@ -190,4 +194,4 @@ def private_segment(
         if progress:
             progress(0.9, "client: learned unmixing")
         learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas)
-    return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned)
+    return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=target > 0)

@@ -75,3 +75,18 @@ def test_round_trip_checks_the_key_against_the_references():
     target, refs = _volume(0), [_volume(1)]
     with pytest.raises(ValueError, match="names 2 references"):
         private_segment(target.image, refs, MixKey(("a", "b"), (0.5, 0.5)), lambda p: None, None)
+
+
+def test_labels_stay_inside_the_targets_own_brain():
+    target, refs = _volume(0), [_volume(1)]
+    target.image[:4] = 0  # a skull-stripped border: background the client knows about
+    key = MixKey(("r1",), (0.5,))
+
+    def server_claiming_tissue_everywhere(proxies: np.ndarray) -> torch.Tensor:
+        probs = torch.zeros(1, 4, *proxies.shape[1:])
+        probs[:, 2] = 1.0  # "white matter" even where there is no brain
+        return probs
+
+    result = private_segment(target.image, refs, key, server_claiming_tissue_everywhere, UnmixingNet().eval())
+    for which in ("naive", "naive_tta", "learned", "learned_tta"):
+        assert np.all(result.labels(which)[:4] == 0)

@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--brain-mask", action="store_true",
+                   help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
     p.add_argument("--crop", type=int, default=0, help="evaluate a central cube of this side (0: whole volume)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central 64³ crop")
@@ -76,13 +78,18 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
 
 
-def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray) -> list[float]:
+def masked(labels: np.ndarray, brain: np.ndarray | None) -> np.ndarray:
+    """Labels outside the target's brain set to background (``brain=None``: unchanged)."""
+    return labels if brain is None else np.where(brain, labels, 0)
+
+
+def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray, brain: np.ndarray | None = None) -> list[float]:
     """Average Dice of the running mean of ``preds[order[:K]]`` (Eq. 6), for K = 1 … len(order)."""
     running = torch.zeros(preds.shape[1:], dtype=torch.float32)
     curve = []
     for k, idx in enumerate(order, start=1):
         running += preds[idx].float()
-        curve.append(dice_row(running.argmax(0).numpy(), truth)["avg"])
+        curve.append(dice_row(masked(running.argmax(0).numpy(), brain), truth)["avg"])
     return curve
 
 
@@ -134,22 +141,24 @@ def evaluate(args: argparse.Namespace) -> dict:
         key = sample_key(list(by_id), k, alpha_range=tuple(args.alpha_range), seed=args.seed * 1000 + i)
         refs = [by_id[r] for r in key.reference_ids]
         naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix)
+        brain = vol.image > 0 if args.brain_mask else None
+        lab = lambda probs: masked(probs.float().argmax(0).numpy(), brain)  # noqa: E731
         single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
-            dice_per_class(learned[j].float().argmax(0).numpy(), vol.labels, list(CLASSES)) for j in (0, 1)
+            dice_per_class(lab(learned[j]), vol.labels, list(CLASSES)) for j in (0, 1)
         ]
         if in_dice:
-            base_pred = segment_proxies(base, vol.image[None])[0].argmax(0).numpy()
+            base_pred = lab(segment_proxies(base, vol.image[None])[0])
             rows["baseline"].append(dice_row(base_pred, vol.labels))
-            rows["naive"].append(dice_row(naive[0].float().argmax(0).numpy(), vol.labels))
-            rows["learned"].append(dice_row(learned[0].float().argmax(0).numpy(), vol.labels))
-            rows["naive_tta"].append(dice_row(naive[: args.tta_k].float().mean(0).argmax(0).numpy(), vol.labels))
-            rows["learned_tta"].append(dice_row(learned[: args.tta_k].float().mean(0).argmax(0).numpy(), vol.labels))
+            rows["naive"].append(dice_row(lab(naive[0]), vol.labels))
+            rows["learned"].append(dice_row(lab(learned[0]), vol.labels))
+            rows["naive_tta"].append(dice_row(lab(naive[: args.tta_k].float().mean(0)), vol.labels))
+            rows["learned_tta"].append(dice_row(lab(learned[: args.tta_k].float().mean(0)), vol.labels))
             for _ in range(args.draws):
                 order = rng.permutation(args.k_max)
-                curves["naive"].append(prefix_dice_curve(naive, vol.labels, order))
-                curves["learned"].append(prefix_dice_curve(learned, vol.labels, order))
+                curves["naive"].append(prefix_dice_curve(naive, vol.labels, order, brain))
+                curves["learned"].append(prefix_dice_curve(learned, vol.labels, order, brain))
             if figure_case is None:
-                figure_case = _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k)
+                figure_case = _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k, lab)
         print(f"[{time.perf_counter() - t0:6.0f} s] {rec.name}: learned {single_dice[rec.name][0]}", flush=True)
 
     icc = {}
@@ -170,6 +179,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "draws": args.draws,
         "n_volumes": len(rows["baseline"]),
         "crop": args.crop or None,
+        "brain_mask": args.brain_mask,
         "n_icc_scans": len(single_dice),
         "reference_pool": len(bank),
         "dice": {m: mean_rows(rows[m]) for m in METHODS},
@@ -189,17 +199,17 @@ def evaluate(args: argparse.Namespace) -> dict:
     return doc
 
 
-def _figure_case(vol: Volume, refs, proxies, naive, learned, base_pred, tta_k: int) -> dict:
+def _figure_case(vol: Volume, refs, proxies, naive, learned, base_pred, tta_k: int, lab) -> dict:
     """Axial slices through the brain centre for the Fig. 2-style panel."""
     z = int(np.argwhere(vol.labels > 0)[:, 2].mean())
     take = lambda t: t[..., z]  # noqa: E731
     return {
         "image": take(vol.image), "truth": take(vol.labels), "baseline": take(base_pred),
         "references": [take(r.image) for r in refs[:3]], "proxies": [take(p) for p in proxies[:3]],
-        "naive": [take(n.float().argmax(0).numpy()) for n in naive[:3]],
-        "learned": [take(n.float().argmax(0).numpy()) for n in learned[:3]],
-        "naive_tta": take(naive[:tta_k].float().mean(0).argmax(0).numpy()),
-        "learned_tta": take(learned[:tta_k].float().mean(0).argmax(0).numpy()),
+        "naive": [take(lab(n)) for n in naive[:3]],
+        "learned": [take(lab(n)) for n in learned[:3]],
+        "naive_tta": take(lab(naive[:tta_k].float().mean(0))),
+        "learned_tta": take(lab(learned[:tta_k].float().mean(0))),
         "tta_k": tta_k,
     }
 
