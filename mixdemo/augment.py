@@ -171,7 +171,7 @@ def _apply(
         src = coords
     else:
         # output voxel p sees input voxel A^-1 (p - c - t) + c: the content moves by A, t
-        forward = _rotation(params.rotation_deg) @ np.diag(params.scale)
+        forward = rotation_matrix(params.rotation_deg) @ np.diag(params.scale)
         inverse = np.linalg.inv(forward).astype(np.float32)
         offset = (centre + np.asarray(params.shift_mm))[:, None].astype(np.float32)
         src = inverse @ (coords - offset) + centre[:, None].astype(np.float32)
@@ -205,7 +205,7 @@ def _bias_field(src: np.ndarray, shape: tuple[int, ...], seed: int) -> np.ndarra
     return np.clip(field, -1, 1).astype(np.float32)
 
 
-def _rotation(deg: tuple[float, float, float]) -> np.ndarray:
+def rotation_matrix(deg: tuple[float, float, float]) -> np.ndarray:
     """3x3 rotation from Euler angles in degrees (x, then y, then z)."""
     ax, ay, az = (math.radians(d) for d in deg)
     rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])

@@ -76,3 +76,18 @@ def middleware() -> Any:
     from starlette.middleware import Middleware
 
     return Middleware(OneShotResponses)
+
+
+def fresh_subdir(parent: Path, max_age_s: float) -> Path:
+    """A new private folder under ``parent``; sibling folders older than ``max_age_s`` are removed."""
+    import time
+
+    parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in parent.iterdir():
+        try:
+            if now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(dir=parent))

@@ -20,10 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
-import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -221,15 +218,6 @@ at once by :class:`mixdemo.oneshot.OneShotResponses`)."""
 
 def response_dir() -> Path:
     """A fresh folder for one response; folders older than :data:`RESPONSE_MAX_AGE_S` are removed."""
-    from mixdemo.oneshot import response_root  # inside Gradio's cache: served once, then deleted
+    from mixdemo.oneshot import fresh_subdir, response_root  # inside Gradio's cache: served once, then deleted
 
-    parent = response_root()
-    parent.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in parent.iterdir():
-        try:
-            if now - old.stat().st_mtime > RESPONSE_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    return Path(tempfile.mkdtemp(dir=parent))
+    return fresh_subdir(response_root(), RESPONSE_MAX_AGE_S)

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,18 +217,7 @@ def _output_dir() -> str:
 
     The folder lies inside Gradio's cache, so Gradio serves this one copy (it makes none of its own)
     and the session's ``_drop_session`` (or the next run) really deletes the download."""
-    import time
-
-    parent = oneshot.gradio_cache_dir() / "mixdemo-outputs"
-    parent.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in parent.iterdir():
-        try:
-            if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    return tempfile.mkdtemp(dir=parent)
+    return str(oneshot.fresh_subdir(oneshot.gradio_cache_dir() / "mixdemo-outputs", OUTPUT_MAX_AGE_S))
 
 
 def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray]) -> str:

@@ -19,6 +19,7 @@ import pytest
 from scipy import ndimage
 
 from mixdemo import io as mio
+from mixdemo.augment import rotation_matrix
 from mixdemo import phantoms
 from mixdemo import preprocess as pp
 
@@ -29,19 +30,11 @@ THREADS = 2
 
 
 # --------------------------------------------------------------------------- synthetic heads
-def _rotation(deg: tuple[float, float, float]) -> np.ndarray:
-    ax, ay, az = (math.radians(d) for d in deg)
-    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
-    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
-    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def random_head_pose(rng: np.random.Generator, max_deg: float = 15.0, max_scale: float = 0.10,
                      max_shift: float = 15.0) -> np.ndarray:
     """4x4 MNI -> scanner (RAS mm): rotation, per-axis scaling, shift, and a scanner offset."""
     out = np.eye(4)
-    out[:3, :3] = _rotation(tuple(rng.uniform(-max_deg, max_deg, 3))) @ np.diag(
+    out[:3, :3] = rotation_matrix(tuple(rng.uniform(-max_deg, max_deg, 3))) @ np.diag(
         rng.uniform(1 - max_scale, 1 + max_scale, 3)
     )
     out[:3, 3] = rng.uniform(-max_shift, max_shift, 3) + np.array([4.0, 30.0, -20.0])

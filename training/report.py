@@ -37,6 +37,8 @@ def _f(v, digits: int = 3) -> str:
 def segmentation_md(doc: dict) -> str:
     """Table 1 (Dice and ICC) and the Fig. 3 summary."""
     extent = f"central {doc['crop']}³ crop" if doc.get("crop") else "whole volumes"
+    if doc.get("brain_mask"):
+        extent += ", predictions restricted to the target's own brain"
     lines = [
         f"Measured by `{doc['command']}` on {doc['n_volumes']} held-out phantom test volumes ({extent}), "
         f"α ~ U{tuple(doc['alpha_range'])}, TTA with K = {doc['tta_k']} references from a pool of "
@@ -78,6 +80,10 @@ def privacy_md(doc: dict) -> str:
                 b = bss[key]
                 sd = f" ± {_f(b.get('msssim_std'))}" if b.get("msssim_std") is not None else ""
                 lines.append(f"| {label} | {_f(b.get('msssim_mean'))}{sd} | {b.get('n', '—')} |")
+        chance = bss.get("chance", {})
+        if chance:
+            lines += ["", f"Chance levels: the proxy itself has MS-SSIM {_f(chance.get('proxy_vs_target_msssim_mean'))} "
+                      f"to the target, another subject's patch {_f(chance.get('other_subject_vs_target_msssim_mean'))}."]
         lines += ["", "Paper (PPMI): 0.602 ± 0.104.", ""]
     if reid:
         lines += ["| Re-identification | F1 | mAP | paper mAP |", "| --- | --- | --- | --- |"]
@@ -146,7 +152,7 @@ def reliability_md(doc: dict) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
-    "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
+    "segmentation": segmentation_md, "segmentation_no_brain_mask": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
 }
 
 

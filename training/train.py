@@ -34,7 +34,7 @@ from tqdm import tqdm
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.models import PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
-from mixdemo.phantoms import NUM_CLASSES, generate_cohort
+from mixdemo.phantoms import generate_cohort
 
 DEFAULT_DATA = Path("data/phantoms")
 
