@@ -21,7 +21,8 @@ LABEL_CMAP = ListedColormap([(0, 0, 0)] + [tuple(v / 255 for v in CLASS_COLOURS[
 PHANTOM_NOTE = "MNI152-derived phantoms, not patients"
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG (tight bounding box) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -41,7 +42,7 @@ def plot_dice_vs_k_png(doc: dict, path: Path) -> Path:
     ax.set_title(f"Dice against K — {PHANTOM_NOTE}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_unmixing_panels_png(case: dict, path: Path) -> Path:
@@ -63,7 +64,7 @@ def plot_unmixing_panels_png(case: dict, path: Path) -> Path:
         show(axes[2, j + 1], case["naive"][j], f"Naive, ref {j + 1}", True)
         show(axes[3, j + 1], case["learned"][j], f"Learned, ref {j + 1}", True)
     fig.suptitle(f"Unmixing one target with different references — {PHANTOM_NOTE}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_cohort_png(images: list[np.ndarray], labels: list[np.ndarray], names: list[str], path: Path) -> Path:
@@ -80,4 +81,4 @@ def plot_cohort_png(images: list[np.ndarray], labels: list[np.ndarray], names: l
         axes[i, 3].set_title("labels: GM orange, WM blue, CSF green", fontsize=7)
         axes[i, 3].axis("off")
     fig.suptitle(f"Phantom cohort — {PHANTOM_NOTE}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -409,12 +409,15 @@ def run_sweep(models: dict, score, c: Cohort, cfg: Config, seed: int, figure: Pa
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mixdemo.figures import plt  # Agg backend
 
     return plt
+
+
+def save_figure(fig, path: Path) -> None:  # noqa: D103 - lazy: matplotlib loads only when figures are drawn
+    from mixdemo.figures import save_figure as save_png
+
+    save_png(fig, path)
 
 
 def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray, rows: int = 3) -> None:
@@ -437,9 +440,7 @@ def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray,
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.suptitle("Langevin BSS, α known: recovered target per initialisation (MS-SSIM vs target)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_reid(path: Path, r: dict) -> None:
@@ -452,9 +453,7 @@ def plot_reid(path: Path, r: dict) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Re-identification by MS-SSIM ({r['n_scans']} test scans)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_tta(path: Path, rows: list, chance: dict) -> None:
@@ -468,9 +467,7 @@ def plot_tta(path: Path, rows: list, chance: dict) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     ax.set_title("Averaging the TTA proxies of one target", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_sweep(path: Path, rows: list) -> None:
@@ -488,9 +485,7 @@ def plot_sweep(path: Path, rows: list) -> None:
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
     ax.set_title("Privacy–utility of the α range", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ main
