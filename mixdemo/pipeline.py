@@ -26,6 +26,9 @@ MAX_WHOLE_VOXELS = 8_000_000
 """Volumes up to this size go through S in one pass (S has batch norm, so this is exact and, on
 2 cores, twice as fast as 96³ windows with overlap; about 6.5 GB peak for the 144×192×160 grid)."""
 
+MAX_BATCH_VOXELS = 1_000_000
+"""Proxies this small (patch mode) go through S together, in one batch."""
+
 UNMIX_ROI = (32, 32, 32)
 """D uses instance norm: it sees windows of the training patch size."""
 
@@ -70,18 +73,23 @@ def segment_proxies(
         x = x[None]
     if x.ndim != 4:
         raise ValueError(f"Proxies must be (K, X, Y, Z) or (X, Y, Z); got shape {tuple(x.shape)}.")
+    shape = tuple(x.shape[-3:])
+    whole = roi_size is None and int(np.prod([n + (-n) % 16 for n in shape])) <= MAX_WHOLE_VOXELS
+    # small volumes (patch mode): all K proxies in one batch; S is in eval mode, so this is exact
+    per_batch = max(1, MAX_BATCH_VOXELS // int(np.prod(shape))) if whole else 1
     outs = []
-    for k in range(x.shape[0]):
-        xk, shape = _pad16(x[k : k + 1, None].to(device))
-        if roi_size is None and xk[0, 0].numel() <= MAX_WHOLE_VOXELS:
-            logits = seg_model(xk)
+    for start in range(0, x.shape[0], per_batch):
+        xb, _ = _pad16(x[start : start + per_batch, None].to(device))
+        if whole:
+            logits = seg_model(xb)
         else:
-            roi = tuple(min(r, n) for r, n in zip(roi_size or SERVER_ROI, xk.shape[-3:]))
-            logits = sliding_window_inference(xk, roi, sw_batch_size, seg_model, overlap=overlap, mode="gaussian")
-        outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].cpu())
+            roi = tuple(min(r, n) for r, n in zip(roi_size or SERVER_ROI, xb.shape[-3:]))
+            logits = sliding_window_inference(xb, roi, sw_batch_size, seg_model, overlap=overlap, mode="gaussian")
+        outs.append(torch.softmax(logits, 1)[:, :, : shape[0], : shape[1], : shape[2]].cpu())
         if progress:
-            progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]}")
-    return torch.stack(outs)
+            done = min(start + per_batch, x.shape[0])
+            progress(done / x.shape[0], f"server: proxy {done}/{x.shape[0]}")
+    return torch.cat(outs)
 
 
 def make_proxies(target: np.ndarray, references: Sequence[Reference], key: MixKey) -> np.ndarray:
@@ -102,6 +110,14 @@ def unmix_naive(mixed_probs: torch.Tensor, ref_onehot: torch.Tensor, alphas: Seq
     return naive_unmix(mixed_probs, ref_onehot, np.asarray(alphas, dtype=np.float32))
 
 
+def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
+    """The windows MONAI's ``sliding_window_inference`` visits on a volume of ``shape`` (≥ ``roi``)."""
+    from monai.data.utils import dense_patch_slices
+
+    interval = tuple(r if r == n else max(int(r * (1 - overlap)), 1) for r, n in zip(roi, shape))
+    return [tuple(sl) for sl in dense_patch_slices(tuple(shape), tuple(roi), interval)]
+
+
 @torch.inference_mode()
 def unmix_learned(
     unmix_model: torch.nn.Module,
@@ -109,25 +125,51 @@ def unmix_learned(
     ref_onehot: torch.Tensor,
     alphas: Sequence[float],
     *,
+    brain_mask: np.ndarray | None = None,
     roi_size: Sequence[int] = UNMIX_ROI,
     overlap: float = 0.25,
-    sw_batch_size: int = 16,
+    batch_size: int = 16,
 ) -> torch.Tensor:
-    """Client, D(ŷ_mix, y_ref, α) for each of the K mixes: (K, C, X, Y, Z) probabilities."""
+    """Client, D(ŷ_mix, y_ref, α) for each of the K mixes: (K, C, X, Y, Z) probabilities.
+
+    D sees the windows of MONAI's sliding window (``roi_size``, ``overlap``, logits averaged),
+    batched across all K mixes. With ``brain_mask`` (the target's own brain, which the client
+    knows) windows without a brain voxel are skipped: inside the mask the result is exactly that
+    of all windows, since every window covering a brain voxel holds one; voxels no computed
+    window covers are background with probability 1.
+    """
     device = next(unmix_model.parameters()).device
-    outs = []
-    for k, alpha in enumerate(alphas):
-        weights = torch.tensor([[alpha, 1.0 - alpha]], dtype=torch.float32, device=device)
-        inputs = torch.cat([mixed_probs[k : k + 1], ref_onehot[k : k + 1].float()], dim=1).to(device)
-        n_cls = mixed_probs.shape[1]
-
-        def predictor(window: torch.Tensor) -> torch.Tensor:
-            w = weights.expand(window.shape[0], -1)
-            return unmix_model(window[:, :n_cls], window[:, n_cls:], w)
-
-        logits = sliding_window_inference(inputs, tuple(roi_size), sw_batch_size, predictor, overlap=overlap)
-        outs.append(torch.softmax(logits, 1)[0].cpu())
-    return torch.stack(outs)
+    k_mixes, n_cls = mixed_probs.shape[:2]
+    shape = tuple(mixed_probs.shape[-3:])
+    pads = [max(r - n, 0) for r, n in zip(roi_size, shape)]  # volumes smaller than a window: pad like MONAI
+    halves = [(p // 2, p - p // 2) for p in pads]
+    torch_pad = [v for pair in halves[::-1] for v in pair]
+    mixed_in = torch.nn.functional.pad(mixed_probs, torch_pad) if any(pads) else mixed_probs
+    refs_in = torch.nn.functional.pad(ref_onehot, torch_pad) if any(pads) else ref_onehot
+    padded = tuple(mixed_in.shape[-3:])
+    windows = window_slices(padded, roi_size, overlap)
+    if brain_mask is not None:
+        mask = np.pad(np.asarray(brain_mask, dtype=bool), halves)
+        windows = [w for w in windows if mask[w].any()]
+    count = torch.zeros((1, 1, *padded))
+    for w in windows:
+        count[(0, 0, *w)] += 1
+    logit_sum = torch.zeros((k_mixes, n_cls, *padded))
+    jobs = [(k, w) for k in range(k_mixes) for w in windows]
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        y_mix = torch.stack([mixed_in[(k, slice(None), *w)] for k, w in chunk]).float().to(device)
+        y_ref = torch.stack([refs_in[(k, slice(None), *w)] for k, w in chunk]).float().to(device)
+        weights = torch.tensor([[alphas[k], 1.0 - alphas[k]] for k, _ in chunk], dtype=torch.float32, device=device)
+        logits = unmix_model(y_mix, y_ref, weights).float().cpu()
+        for (k, w), window_logits in zip(chunk, logits):
+            logit_sum[(k, slice(None), *w)] += window_logits
+    probs = torch.softmax(logit_sum / count.clamp(min=1), 1)
+    uncovered = (count[0, 0] == 0).expand(k_mixes, *padded)
+    if uncovered.any():  # outside every computed window: background
+        probs.movedim(1, -1)[uncovered] = torch.eye(n_cls)[0]
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(halves, shape))
+    return probs[(slice(None), slice(None), *crop)].contiguous()
 
 
 @dataclass
@@ -186,6 +228,7 @@ def private_segment(
     if progress:
         progress(0.0, "client: mixing")
     proxies = make_proxies(target, references, key)
+    brain = target > 0
     mixed = server(proxies)
     ref_oh = reference_onehots(references)
     naive = unmix_naive(mixed, ref_oh, key.alphas)
@@ -193,5 +236,5 @@ def private_segment(
     if unmix_model is not None:
         if progress:
             progress(0.9, "client: learned unmixing")
-        learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas)
-    return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=target > 0)
+        learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas, brain_mask=brain)
+    return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=brain)

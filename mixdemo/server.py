@@ -155,22 +155,31 @@ def _n_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> 
 
 @_gpu
 def _run(model: torch.nn.Module, proxies: np.ndarray, progress: Callable[[float, str], None] | None) -> torch.Tensor:
-    """Softmax of S per proxy, sliding windows of :data:`SERVER_ROI` (same as ``pipeline.segment_proxies``,
-    re-stated here so that the server imports no client code)."""
+    """Softmax of S per proxy by sliding windows of :data:`SERVER_ROI` (as ``pipeline.segment_proxies``
+    with ``roi_size=SERVER_ROI``, re-stated so that the server imports no client code); proxies that fit
+    one window (patch mode) go through S together in one batch."""
     import torch
     from monai.inferers import sliding_window_inference
 
     device = next(model.parameters()).device
     x = torch.from_numpy(proxies)
-    outs = []
+    shape = tuple(x.shape[-3:])
+    pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
+    padded = tuple(n + p for n, p in zip(shape, pads))
     with torch.inference_mode():
+        if all(n <= r for n, r in zip(padded, SERVER_ROI)):  # patch mode: one window each, all K in one batch
+            xb = torch.nn.functional.pad(x[:, None].to(device), (0, pads[2], 0, pads[1], 0, pads[0]))
+            if progress:
+                progress(0.0, f"server: {x.shape[0]} proxy(ies) in one batch")
+            probs = torch.softmax(model(xb), 1)[:, :, : shape[0], : shape[1], : shape[2]].float().cpu()
+            if progress:
+                progress(1.0, f"server: {x.shape[0]} proxy(ies) segmented")
+            return probs
+        outs = []
         for k in range(x.shape[0]):
-            xk = x[k : k + 1, None].to(device)
-            shape = tuple(xk.shape[-3:])
-            pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
-            xk = torch.nn.functional.pad(xk, (0, pads[2], 0, pads[1], 0, pads[0]))
-            roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, xk.shape[-3:]))
-            total = _n_windows(tuple(xk.shape[-3:]), roi, 0.125)
+            xk = torch.nn.functional.pad(x[k : k + 1, None].to(device), (0, pads[2], 0, pads[1], 0, pads[0]))
+            roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, padded))
+            total = _n_windows(padded, roi, 0.125)
             done = [0]
 
             def predictor(window: torch.Tensor, k: int = k, total: int = total, done: list = done) -> torch.Tensor:

@@ -35,7 +35,7 @@ MAX_FILE_SIZE = "300mb"
 PATCH_SCALE = 5
 WHOLE_SCALE = 2
 ALPHA_MIN, ALPHA_MAX = 0.1, 0.9
-DEFAULT_ALPHA_RANGE = (0.3, 0.7)
+DEFAULT_ALPHA_RANGE = (0.3, 0.5)
 """``mixing.DEFAULT_ALPHA_RANGE`` (restated: torch loads lazily; a test checks they agree)."""
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 _CANCEL: dict[str, threading.Event] = {}  # session hash → cancel flag of its running attack (no user data)
@@ -741,7 +741,7 @@ def build_demo() -> gr.Blocks:
                         refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (client's private bank) — empty: K random")
                         k = gr.Slider(1, len(ref_choices), value=3, step=1, label="K references for TTA (used when none is picked)")
                         alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=a_default, step=0.05, label="α, the target's weight in the mix")
-                        random_alpha = gr.Checkbox(False, label="draw α at random in [0.3, 0.7] instead")
+                        random_alpha = gr.Checkbox(False, label=f"draw α at random in [{DEFAULT_ALPHA_RANGE[0]}, {DEFAULT_ALPHA_RANGE[1]}] instead")
                         mode = gr.Radio(["patch", "whole"], value="patch", label="3 · Mode: one 32³ patch (fast) or the whole brain")
                         with gr.Accordion("Patch centre / slice position (or click the target)", open=False):
                             cx = gr.Slider(0, GRID_SHAPE[0] - 1, value=72, step=1, label="x (right)")

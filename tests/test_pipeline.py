@@ -71,6 +71,60 @@ def test_learned_unmixing_tiles_match_a_single_patch():
     torch.testing.assert_close(tiled, direct, rtol=1e-4, atol=1e-4)
 
 
+def _random_unmixer() -> UnmixingNet:
+    torch.manual_seed(0)
+    d = UnmixingNet().eval()
+    for p in d.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return d
+
+
+def _monai_reference(d: UnmixingNet, mixed: torch.Tensor, ref: torch.Tensor, alphas) -> torch.Tensor:
+    """The reference path: MONAI's sliding window, one mix at a time (what unmix_learned must equal)."""
+    from monai.inferers import sliding_window_inference
+
+    outs = []
+    for k, a in enumerate(alphas):
+        inputs = torch.cat([mixed[k : k + 1], ref[k : k + 1].float()], 1)
+        w = torch.tensor([[a, 1 - a]])
+        with torch.no_grad():
+            logits = sliding_window_inference(inputs, (32, 32, 32), 4, lambda t: d(t[:, :4], t[:, 4:], w.expand(len(t), -1)),
+                                              overlap=0.25)
+        outs.append(torch.softmax(logits, 1)[0])
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("shape", [(40, 52, 36), (20, 34, 24)])  # several windows; smaller than a window
+def test_batched_unmixing_equals_monai_sliding_window(shape):
+    d = _random_unmixer()
+    mixed = torch.softmax(torch.randn(2, 4, *shape), 1)
+    ref = one_hot(torch.randint(0, 4, (2, *shape)), 4)
+    fast = unmix_learned(d, mixed, ref, [0.35, 0.6], batch_size=3)
+    torch.testing.assert_close(fast, _monai_reference(d, mixed, ref, [0.35, 0.6]), rtol=1e-4, atol=1e-5)
+
+
+def test_unmixing_skips_windows_outside_the_brain_without_changing_the_brain():
+    d = _random_unmixer()
+    shape = (64, 72, 40)
+    mixed = torch.softmax(torch.randn(2, 4, *shape), 1)
+    ref = one_hot(torch.randint(0, 4, (2, *shape)), 4)
+    brain = np.zeros(shape, dtype=bool)
+    brain[10:30, 20:50, 5:25] = True
+    full = unmix_learned(d, mixed, ref, [0.4, 0.5])
+    skipped = unmix_learned(d, mixed, ref, [0.4, 0.5], brain_mask=brain)
+    torch.testing.assert_close(skipped[:, :, brain], full[:, :, brain], rtol=1e-5, atol=1e-6)
+    assert torch.all(skipped[:, 0, -1, -1, -1] == 1.0)  # a corner no kept window reaches: background
+    assert torch.allclose(skipped.sum(1), torch.ones(2, *shape))
+
+
+def test_small_proxies_go_through_the_server_in_one_exact_batch():
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    x = torch.rand(3, 32, 32, 32)
+    batched = segment_proxies(seg, x)
+    one_by_one = torch.cat([segment_proxies(seg, x[k : k + 1]) for k in range(3)])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
+
+
 def test_round_trip_checks_the_key_against_the_references():
     target, refs = _volume(0), [_volume(1)]
     with pytest.raises(ValueError, match="names 2 references"):

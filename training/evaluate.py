@@ -93,8 +93,12 @@ def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray,
     return curve
 
 
-def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """K proxies of one target through S, then naive (Eq. 4) and learned (D) unmixing, as float16."""
+def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
+              brain: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """K proxies of one target through S, then naive (Eq. 4) and learned (D) unmixing, as float16.
+
+    With ``brain`` (the target's own brain) D skips windows outside it, as the client does.
+    """
     from mixdemo.mixing import MixKey
 
     key = MixKey(tuple(r.ref_id for r in refs), tuple(alphas))
@@ -104,7 +108,7 @@ def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix) -> tupl
         mixed = segment_proxies(seg, proxies[k : k + 1])
         ref_oh = reference_onehots(refs[k : k + 1])
         naive.append(unmix_naive(mixed, ref_oh, key.alphas[k : k + 1])[0].half())
-        learned.append(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1])[0].half())
+        learned.append(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1], brain_mask=brain)[0].half())
     return torch.stack(naive), torch.stack(learned), proxies
 
 
@@ -140,8 +144,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         k = args.k_max if in_dice else 2
         key = sample_key(list(by_id), k, alpha_range=tuple(args.alpha_range), seed=args.seed * 1000 + i)
         refs = [by_id[r] for r in key.reference_ids]
-        naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix)
         brain = vol.image > 0 if args.brain_mask else None
+        naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix, brain)
         lab = lambda probs: masked(probs.float().argmax(0).numpy(), brain)  # noqa: E731
         single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
             dice_per_class(lab(learned[j]), vol.labels, list(CLASSES)) for j in (0, 1)
