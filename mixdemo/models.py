@@ -72,8 +72,19 @@ class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", t
             dropout=dropout,
         )
 
+        self.channels_last = False
+
+    def use_channels_last(self) -> SegmentationNet:
+        """Channels-last 3D weights and inputs: oneDNN's CPU convolutions run ~15 % faster, same outputs
+        to float rounding (``mixdemo.weights.load_model`` turns it on for models on the CPU)."""
+        self.to(memory_format=torch.channels_last_3d)
+        self.channels_last = True
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, X, Y, Z) with sides divisible by 16 → (B, C, X, Y, Z) logits."""
+        if self.channels_last and x.ndim == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)[-1]  # BasicUNetPlusPlus always returns a list; the final output is last
 
 

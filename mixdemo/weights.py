@@ -119,6 +119,8 @@ def load_model(name: str, *, device: str | None = None) -> nn.Module:
     model.eval()
     if device is not None:
         model.to(device)
+    if hasattr(model, "use_channels_last") and next(model.parameters()).device.type == "cpu":
+        model.use_channels_last()
     return model
 
 

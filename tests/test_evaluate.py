@@ -53,3 +53,35 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, m
     assert all(saved["weights_sha256"].values())
     assert (tmp_path / "seg_dice_vs_k.png").stat().st_size > 5000
     assert (tmp_path / "seg_panels.png").stat().st_size > 5000
+
+
+def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir):
+    """The client's fast path (D only on windows touching the brain, mixes batched) gives the Dice of
+    the reference path (every window, one mix at a time, as MONAI's sliding window) to 3 decimals."""
+    import numpy as np
+    import torch
+
+    from mixdemo.data import load_cohort, load_volumes
+    from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
+    from mixdemo.mixing import MixKey
+    from training import evaluate
+
+    cohort = load_cohort(small_cohort)
+    target = evaluate.crop_volume(load_volumes(cohort.split("test")[:1])[0], 64)
+    refs = [Reference(v.name, v.image, v.labels) for v in
+            (evaluate.crop_volume(v, 64) for v in load_volumes(cohort.split("train")[:2]))]
+    key = MixKey(tuple(r.ref_id for r in refs), (0.35, 0.45))
+    seg, unmix = weights.load_model("segmentation"), weights.load_model("unmixing")
+    proxies = make_proxies(target.image, refs, key)
+    brain = target.image > 0
+    fast_mixed = segment_proxies(seg, proxies)
+    fast = unmix_learned(unmix, fast_mixed, reference_onehots(refs), key.alphas, brain_mask=brain)
+    slow = []
+    for k in range(key.k):
+        mixed = segment_proxies(seg, proxies[k : k + 1])
+        slow.append(unmix_learned(unmix, mixed, reference_onehots(refs[k : k + 1]), key.alphas[k : k + 1])[0])
+    for pred_fast, pred_slow in ((fast[0], slow[0]), (fast.mean(0), torch.stack(slow).mean(0))):
+        d_fast = evaluate.dice_row(evaluate.masked(pred_fast.argmax(0).numpy(), brain), target.labels)
+        d_slow = evaluate.dice_row(evaluate.masked(pred_slow.argmax(0).numpy(), brain), target.labels)
+        assert {c: round(v, 3) for c, v in d_fast.items()} == {c: round(v, 3) for c, v in d_slow.items()}
+        assert np.isfinite(list(d_fast.values())).all()
