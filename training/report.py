@@ -136,6 +136,12 @@ def bench_md(doc: dict) -> str:
         ("S throughput / GEMM peak", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s ({doc['flop_efficiency']:.2f})"),
         ("peak memory", f"{doc['peak_rss_mb']:.0f} MB"),
     ]
+    levers = doc.get("levers") or {}
+    if levers.get("s_channels_last_speedup"):
+        rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster"))
+    if levers.get("unmix_windows"):
+        kept, total = levers["unmix_windows"]
+        rows.append(("lever: D only on windows touching the brain (on)", f"{kept} of {total} windows"))
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
