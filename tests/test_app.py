@@ -280,6 +280,21 @@ def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypat
     assert "cancelled early" in ui._separation(sess, 2, _Progress(), cancelled, False)[4]
 
 
+def test_server_whole_pass_and_windows_agree_and_both_report_progress(app_weights, monkeypatch):
+    """Volumes beyond one window: a whole-volume pass when memory allows, 96³ windows otherwise."""
+    from mixdemo import server
+
+    proxies = np.random.default_rng(3).uniform(0, 1, (1, 112, 48, 40)).astype(np.float32)
+    results = {}
+    for fits in (True, False):
+        monkeypatch.setattr(server, "whole_pass_fits", lambda padded, device, fits=fits: fits)
+        seen = []
+        results[fits] = server.segment(proxies, progress=lambda f, m: seen.append(f))
+        assert seen and seen[-1] == pytest.approx(1.0)
+    agree = (results[True].argmax(1) == results[False].argmax(1)).float().mean().item()
+    assert results[True].shape == (1, 4, 112, 48, 40) and agree > 0.98
+
+
 def test_server_restates_pipeline_segment_proxies_exactly(app_weights):
     """mixdemo.server re-states pipeline.segment_proxies (so as not to import client code): same numbers."""
     import torch
