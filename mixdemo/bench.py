@@ -72,6 +72,25 @@ def channels_last_speedup(seg: torch.nn.Module, side: int, reps: int) -> float:
         return median_seconds(lambda: plain(x), reps) / median_seconds(lambda: fast(x), reps)
 
 
+def unmix_overlap_study(seg: torch.nn.Module, unmix: torch.nn.Module, target: np.ndarray, truth: np.ndarray,
+                        ref: Reference, overlaps: tuple[float, ...] = (0.25, 0.0)) -> list[dict]:
+    """D's window overlap against its time and the brain-masked Dice (K = 1, α = 0.5; not used by default)."""
+    from mixdemo.metrics import dice_per_class
+
+    key = MixKey((ref.ref_id,), (0.5,))
+    mixed = segment_proxies(seg, make_proxies(target, [ref], key))
+    brain = target > 0
+    rows = []
+    for overlap in overlaps:
+        t0 = time.perf_counter()
+        probs = unmix_learned(unmix, mixed, reference_onehots([ref]), key.alphas, brain_mask=brain, overlap=overlap)
+        seconds = time.perf_counter() - t0
+        labels = np.where(brain, probs[0].argmax(0).numpy(), 0)
+        dice = dice_per_class(labels, truth, [1, 2, 3])
+        rows.append({"overlap": overlap, "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
+    return rows
+
+
 def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
     """Trained S, D and baseline when available (speed does not depend on the weights' values)."""
     if use_trained:
@@ -84,8 +103,8 @@ def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, to
     return SegmentationNet().eval().use_channels_last(), UnmixingNet().eval(), SegmentationNet().eval().use_channels_last()
 
 
-def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarray, list[Reference]]:
-    """A target and ``n`` references rendered from the phantom generator (optionally a central cube).
+def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarray, list[Reference], np.ndarray]:
+    """A target, ``n`` references and the target's labels rendered from the phantom generator (optionally a central cube).
 
     ``distinct=False`` renders two scans and shifts the second for the other references: the
     timings do not depend on the references' content, and it saves ~2.5 s per reference.
@@ -101,7 +120,7 @@ def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarra
         vols = [(img[sl].copy(), lab[sl].copy()) for img, lab in vols]
     target = vols[0][0]
     refs = [Reference(f"ref{i}", img, lab) for i, (img, lab) in enumerate(vols[1:])]
-    return target, refs
+    return target, refs, vols[0][1]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -110,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     seg, unmix, base = load_models(not args.untrained)
     k_max = 10
-    target, refs = phantom_volumes(k_max, args.crop, distinct=not args.quick)
+    target, refs, target_labels = phantom_volumes(k_max, args.crop, distinct=not args.quick)
     key10 = MixKey(tuple(r.ref_id for r in refs), (0.5,) * k_max)
     key1 = MixKey(key10.reference_ids[:1], (0.5,))
 
@@ -140,6 +159,7 @@ def run(args: argparse.Namespace) -> dict:
     all_windows = window_slices(target.shape, UNMIX_ROI, 0.25) if min(target.shape) >= max(UNMIX_ROI) else []
     brain_windows = [w for w in all_windows if (target[w] > 0).any()]
     cl_speedup = channels_last_speedup(seg, 32 if args.quick else 96, reps) if hasattr(seg, "use_channels_last") else None
+    overlap_study = unmix_overlap_study(seg, unmix, target, target_labels, refs[0])
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak = matmul_peak_gflops()
@@ -166,6 +186,7 @@ def run(args: argparse.Namespace) -> dict:
             "s_channels_last_speedup": None if cl_speedup is None else round(cl_speedup, 3),
             "unmix_windows": [len(brain_windows), len(all_windows)],
             "unmix_windows_note": "32³ windows of D (overlap 0.25) touching the target's brain / all",
+            "unmix_overlap": overlap_study,
         },
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }

@@ -142,6 +142,10 @@ def bench_md(doc: dict) -> str:
     if levers.get("unmix_windows"):
         kept, total = levers["unmix_windows"]
         rows.append(("lever: D only on windows touching the brain (on)", f"{kept} of {total} windows"))
+    for row in levers.get("unmix_overlap") or []:
+        state = "on" if row["overlap"] == 0.25 else "off"
+        rows.append((f"lever: D window overlap {row['overlap']} ({state}), K = 1",
+                     f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}"))
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
