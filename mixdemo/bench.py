@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak = matmul_peak_gflops()
     doc = {
-        "command": "python -m mixdemo.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": " ".join(["python -m mixdemo.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
         "cpu": platform.processor() or platform.machine(),
         "device": "cpu",

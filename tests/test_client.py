@@ -34,7 +34,9 @@ def test_make_key():
     assert key.k == 2 and key.alphas == (0.4, 0.4) and set(key.reference_ids) <= set(pool)
     key = make_key(pool, 1, reference_ids=["c", "a"], alpha=0.6)
     assert key.reference_ids == ("c", "a") and key.alphas == (0.6, 0.6)
-    lo, hi = 0.3, 0.7
+    from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+
+    lo, hi = DEFAULT_ALPHA_RANGE
     assert all(lo <= a <= hi for a in make_key(pool, 3, seed=2).alphas)
     with pytest.raises(ClientError, match="between 1 and"):
         make_key(pool, 4)

@@ -124,34 +124,54 @@ def privacy_md(doc: dict) -> str:
     return "\n".join(lines).rstrip()
 
 
+BENCH_TARGETS = {  # key: (target text, test) — the performance issue's targets on 2 cores
+    "private_k1_s": ("≤ 20 s", lambda v: v <= 20),
+    "patch_k10_s": ("≤ 1 s", lambda v: v <= 1),
+    "privacy_tax": ("≤ 1.10", lambda v: v <= 1.10),
+    "tta10_over_k1": ("≤ 10", lambda v: v <= 10),
+    "client_share": ("≤ 0.05", lambda v: v <= 0.05),
+    "flop_efficiency": ("≥ 0.5", lambda v: v >= 0.5),
+    "peak_rss_mb": ("≤ 4096 MB", lambda v: v <= 4096),
+}
+
+
 def bench_md(doc: dict) -> str:
-    """The performance table."""
+    """The performance table, each figure beside its target (met or missed)."""
+
+    def target(key: str) -> str:
+        if key not in BENCH_TARGETS:
+            return ""
+        text, ok = BENCH_TARGETS[key]
+        return f"{text}: {'met' if ok(doc[key]) else '**missed**'}"
+
     rows = [
-        ("baseline whole brain", f"{doc['baseline_s']:.1f} s"),
-        ("private, learned unmixing, K = 1", f"{doc['private_k1_s']:.1f} s"),
-        ("private, K = 10", f"{doc['private_k10_s']:.1f} s"),
-        ("patch mode (32³), K = 10", f"{doc['patch_k10_s']:.2f} s"),
-        ("privacy tax (K=1 / baseline)", f"{doc['privacy_tax']:.2f}"),
-        ("client share (mixing + D)", f"{doc['client_share']:.2f}"),
-        ("S throughput / GEMM peak", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s ({doc['flop_efficiency']:.2f})"),
-        ("peak memory", f"{doc['peak_rss_mb']:.0f} MB"),
+        ("baseline whole brain", f"{doc['baseline_s']:.1f} s", ""),
+        ("private, learned unmixing, K = 1", f"{doc['private_k1_s']:.1f} s", target("private_k1_s")),
+        ("private, K = 10", f"{doc['private_k10_s']:.1f} s", ""),
+        ("patch mode (32³), K = 10", f"{doc['patch_k10_s']:.2f} s", target("patch_k10_s")),
+        ("privacy tax (K=1 / baseline)", f"{doc['privacy_tax']:.2f}", target("privacy_tax")),
+        ("K = 10 over K = 1", f"{doc['tta10_over_k1']:.2f}", target("tta10_over_k1")),
+        ("client share (mixing + D)", f"{doc['client_share']:.2f}", target("client_share")),
+        ("S throughput / GEMM peak", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s ({doc['flop_efficiency']:.2f})",
+         target("flop_efficiency")),
+        ("peak memory (whole run)", f"{doc['peak_rss_mb']:.0f} MB", target("peak_rss_mb")),
     ]
     levers = doc.get("levers") or {}
     if levers.get("s_channels_last_speedup"):
-        rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster"))
+        rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     if levers.get("unmix_windows"):
         kept, total = levers["unmix_windows"]
-        rows.append(("lever: D only on windows touching the brain (on)", f"{kept} of {total} windows"))
+        rows.append(("lever: D only on windows touching the brain (on)", f"{kept} of {total} windows", ""))
     for row in levers.get("unmix_overlap") or []:
         state = "on" if row["overlap"] == 0.25 else "off"
         rows.append((f"lever: D window overlap {row['overlap']} ({state}), K = 1",
-                     f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}"))
+                     f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}", ""))
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
-    return "\n".join([f"Measured by `{doc['command']}` on {doc['cpu']}, {doc['threads']} threads, volume "
+    return "\n".join([f"Measured by `{doc['command'].strip()}` on {doc['cpu']}, {doc['threads']} threads, volume "
                       f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}", "",
-                      "| what | figure |", "| --- | --- |", *[f"| {a} | {b} |" for a, b in rows]])
+                      "| what | figure | target |", "| --- | --- | --- |", *[f"| {a} | {b} | {c} |" for a, b, c in rows]])
 
 
 def reliability_md(doc: dict) -> str:
