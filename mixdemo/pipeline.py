@@ -7,6 +7,7 @@ Server side: :func:`segment_proxies` — it sees proxies only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -182,20 +183,23 @@ class PrivateResult:
     learned: torch.Tensor | None  # (K, C, X, Y, Z) D's probabilities
     brain_mask: np.ndarray | None = None  # the target's own brain (x > 0): known to the client only
 
-    @property
+    @functools.cached_property
     def naive_tta(self) -> torch.Tensor:
         """Eq. 6 with the naive unmixer: (C, X, Y, Z)."""
         return tta_average(self.naive)
 
-    @property
+    @functools.cached_property
     def learned_tta(self) -> torch.Tensor | None:
         """Eq. 6 with D: (C, X, Y, Z)."""
         return None if self.learned is None else tta_average(self.learned)
 
     def labels(self, which: str = "learned_tta") -> np.ndarray:
         """Arg-max label map of ``naive``, ``naive_tta``, ``learned``, ``learned_tta`` (first mix for single)."""
-        probs = {"naive": self.naive[0], "naive_tta": self.naive_tta,
-                 "learned": None if self.learned is None else self.learned[0], "learned_tta": self.learned_tta}[which]
+        getters = {"naive": lambda: self.naive[0], "naive_tta": lambda: self.naive_tta,
+                   "learned": lambda: None if self.learned is None else self.learned[0], "learned_tta": lambda: self.learned_tta}
+        if which not in getters:
+            raise ValueError(f"Unknown prediction {which!r}; one of {', '.join(getters)}.")
+        probs = getters[which]()
         if probs is None:
             raise ValueError("No learned unmixing in this result.")
         labels = probs.argmax(0).numpy().astype(np.uint8)
