@@ -173,6 +173,39 @@ def test_publish_dry_run_builds_the_upload(tmp_path):
         publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
 
 
+def test_legs_replay_a_run_resumed_with_a_longer_schedule(tiny_cohort, tmp_path):
+    """--legs reproduces in one run what stopping and resuming with a new --steps produced (the shipped weights)."""
+    from safetensors.torch import load_file
+
+    from training import train
+
+    resumed, replay = tmp_path / "resumed", tmp_path / "replay"
+    train.main(_train_cmd(tiny_cohort, resumed / "w", resumed / "run", 3))  # leg 1: a 3-step cosine
+    train.main(_train_cmd(tiny_cohort, resumed / "w", resumed / "run", 5))  # leg 2: resumed at 3 with a 5-step cosine
+    train.main(_train_cmd(tiny_cohort, replay / "w", replay / "run", 5, ["--legs", "3:0,5:3"]))
+    plain = tmp_path / "plain"
+    train.main(_train_cmd(tiny_cohort, plain / "w", plain / "run", 5))  # one 5-step run: a different model
+    for name in ("segmentation", "unmixing"):
+        a, b = (load_file(root / "w" / name / "model.safetensors") for root in (resumed, replay))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(plain / "w" / "unmixing" / "model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert json.loads((replay / "w" / "segmentation" / "training.json").read_text())["legs"] == [[3, 0], [5, 3]]
+
+
+def test_legs_are_validated():
+    import argparse
+
+    from training.train import parse_legs, schedule_total
+
+    assert parse_legs("1800:0,1000:400") == [(1800, 0), (1000, 400)]
+    assert [schedule_total(s, 9, [(1800, 0), (1000, 400)]) for s in (0, 399, 400, 999)] == [1800, 1800, 1000, 1000]
+    assert schedule_total(7, 9, None) == 9
+    for bad in ("1800:5", "1800:0,900:0", "1800", "a:b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_legs(bad)
+
+
 def test_cosine_schedule_is_closed_form_and_resumable():
     from training.train import cosine_factor
 

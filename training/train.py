@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and log (default runs/<name>)")
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--legs", type=parse_legs, default=None,
+                   help="replay a run that was resumed with changed --steps: comma-separated TOTAL:START legs "
+                        "(the learning rate follows the cosine of TOTAL from step START on, and the data stream "
+                        "is reseeded at each START as a resume does); the shipped weights' training.json names theirs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     return p.parse_args(argv)
@@ -84,6 +88,25 @@ def init_distributed(device_pref: str | None) -> tuple[int, int, torch.device]:
             device = torch.device("cuda", local)
         return dist.get_rank(), world, device
     return 0, 1, device
+
+
+def parse_legs(text: str) -> list[tuple[int, int]]:
+    """``"1800:0,1000:400"`` → [(1800, 0), (1000, 400)]: (cosine length, first step) of each leg."""
+    try:
+        legs = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"legs must look like 1800:0,1000:400; got {text!r}") from None
+    starts = [leg[-1] for leg in legs]
+    if any(len(leg) != 2 for leg in legs) or starts[0] != 0 or starts != sorted(set(starts)):
+        raise argparse.ArgumentTypeError(f"legs need TOTAL:START pairs with starts rising from 0; got {text!r}")
+    return legs  # type: ignore[return-value]
+
+
+def schedule_total(step: int, steps: int, legs: list[tuple[int, int]] | None) -> int:
+    """Length of the cosine that step ``step`` follows: ``steps``, or that of the leg it falls in."""
+    if not legs:
+        return steps
+    return [total for total, start in legs if start <= step][-1]
 
 
 def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
@@ -135,7 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
     unmix = UnmixingNet(n_references=args.n_references) if mixed else None
     model = EndToEnd(seg, unmix).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: cosine_factor(s, args.steps))
+    lr_factor = lambda s: cosine_factor(s, schedule_total(s, args.steps, args.legs))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    leg_starts = {start for _, start in args.legs or []} - {0}
     loss_mix = DiceCELoss(softmax=True)  # soft targets: y_mix of Eq. 3
     loss_target = DiceCELoss(softmax=True, to_onehot_y=True)
 
@@ -149,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         step, elapsed = state["step"], state.get("elapsed", 0.0)
         for group in optim.param_groups:  # the schedule follows --steps, even if it changed since
             group["initial_lr"] = args.lr
-        sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: cosine_factor(s, args.steps), last_epoch=step - 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor, last_epoch=step - 1)
         if rank == 0:
             print(f"resumed from step {step}", flush=True)
     # U-Net++ without deep supervision leaves its intermediate heads unused
@@ -161,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc=name, mininterval=5)
     t0 = time.perf_counter()
     while step < args.steps:
+        if step in leg_starts:  # as the resume that started this leg did (idempotent if we just resumed here)
+            sampler.rng = np.random.default_rng(args.seed * 7 + step + rank)
         batch = sampler.batch(args.batch_size)
         x_in = batch.x_mix if mixed else batch.x_target
         logits_mix, logits_target = ddp(x_in.to(device), batch.y_ref.to(device), batch.weights.to(device))
@@ -200,7 +227,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
     training = {
         "command": "python -m training.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
-        "lr": args.lr, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
+        "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
         "features": list(features), "processes": world, "device": str(device),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
