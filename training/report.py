@@ -185,7 +185,7 @@ def reliability_md(doc: dict) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
-    "segmentation": segmentation_md, "segmentation_no_brain_mask": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
+    "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
 }
 
 
