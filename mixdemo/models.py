@@ -168,6 +168,31 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         return self.out(self.head(d1, cond))
 
 
+@torch.no_grad()
+def widen_references(one_ref: UnmixingNet, n_references: int) -> UnmixingNet:
+    """A D for ``n_references`` references that starts from a one-reference D.
+
+    The new reference channels of the first convolution get the one-reference weights, each
+    divided by ``n_references``, and every reference-weight input of the α embedding gets the
+    old (1 − α) column; so with R identical references and equal reference weights the widened
+    net computes exactly what ``one_ref`` computes. Used to warm-start three-source training.
+    """
+    if one_ref.n_references != 1:
+        raise ValueError("widen_references starts from a one-reference UnmixingNet.")
+    c = one_ref.num_classes
+    f0, f1 = one_ref.enc2.conv1.in_channels, one_ref.enc2.conv1.out_channels
+    wide = UnmixingNet(num_classes=c, n_references=n_references, features=(f0, f1),
+                       cond_dim=one_ref.embed[0].out_features)
+    state = {k: v.clone() for k, v in one_ref.state_dict().items()}
+    conv_w = state["enc1.conv1.weight"]  # (f0, 2C, 3, 3, 3): ŷ_mix channels, then the reference's
+    ref_w = conv_w[:, c:] / n_references
+    state["enc1.conv1.weight"] = torch.cat([conv_w[:, :c]] + [ref_w] * n_references, dim=1)
+    embed_w = state["embed.0.weight"]  # (cond, 2): α, then 1 − α
+    state["embed.0.weight"] = torch.cat([embed_w[:, :1]] + [embed_w[:, 1:]] * n_references, dim=1)
+    wide.load_state_dict(state)
+    return wide
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

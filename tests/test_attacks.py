@@ -188,6 +188,22 @@ def test_positive_control_alpha_one() -> None:
     assert scores.min() >= 0.85
 
 
+def test_three_sources_weights_known_shapes_and_positive_control() -> None:
+    """Two-reference proxies (three sources): shapes, validation, and the target recovered when it is all of the mix."""
+    x = smooth_volumes(2, 32, seed=11)
+    res = bss.separate(GaussianScore(), x, mixing_weights=np.array([[1.0, 0.0, 0.0]] * 2), n_init=2,
+                       config=bss.LangevinConfig(steps_per_level=10))
+    assert res.sources.shape == (2, 2, 3, 32, 32, 32)
+    assert np.allclose(res.alphas, 1.0) and res.consistency.shape == (2, 2)
+    assert bss.best_assignment_msssim(res.sources, x).min() >= 0.85
+    with pytest.raises(ValueError, match="sum to 1"):
+        bss.separate(GaussianScore(), x, mixing_weights=np.array([[0.5, 0.2, 0.2]] * 2))
+    with pytest.raises(ValueError, match="mixing_weights"):
+        bss.separate(GaussianScore(), x, mixing_weights=np.array([[0.5, 0.5]]))
+    with pytest.raises(ValueError, match="S ≥ 2 sources without reference"):
+        bss.best_assignment_msssim(res.sources, x, x)
+
+
 def test_langevin_denoise_with_exact_prior_improves() -> None:
     """Sanity control: with the exact score of the data (one known patch + Gaussian), Langevin denoises."""
     x = smooth_volumes(1, 32, seed=8)
@@ -311,6 +327,29 @@ def test_patch_study_and_output_leakage_with_untrained_models() -> None:
         leakage.patch_study(seg, unmix, patches, np.full((3, 1), 0.6))
 
 
+def test_patch_study_two_references_matches_one_when_the_references_coincide() -> None:
+    """Three-source plumbing: mixing each reference with itself at half weight, through the widened D
+    (which then computes what the one-reference D does), gives the one-reference study's numbers."""
+    from mixdemo.models import widen_references
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    vols = [SimpleNamespace(image=smooth_volumes(1, 48, seed=s)[0], labels=rng.integers(0, 4, (48,) * 3).astype(np.uint8))
+            for s in range(5)]
+    patches = leakage.sample_patch_set(vols[:2], vols[2:], 3, 2, rng)
+    seg, unmix = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval(), UnmixingNet(features=(4, 8)).eval()
+    alphas = np.array([[0.3, 0.3], [0.45, 0.45], [0.6, 0.6]])
+    one = leakage.patch_study(seg, unmix, patches, alphas)
+    doubled = leakage.PatchSet(patches.target, patches.target_labels,
+                               np.repeat(patches.refs, 2, axis=1), np.repeat(patches.ref_labels, 2, axis=1))
+    weights = np.stack([alphas, (1 - alphas) / 2, (1 - alphas) / 2], -1)
+    two = leakage.patch_study(seg, widen_references(unmix, 2).eval(), doubled, weights)
+    for key in ("dice_learned_tta", "dice_learned", "dice_naive_tta", "output_leakage_dice"):
+        assert two[key] == pytest.approx(one[key], abs=1e-3)
+    with pytest.raises(ValueError, match="references"):
+        leakage.patch_study(seg, unmix, patches, weights)  # 2 refs per mix need 4 reference patches per target
+
+
 # ---------------------------------------------------------------------------------- evaluation script
 
 
@@ -332,7 +371,8 @@ def test_evaluate_privacy_smoke(tmp_path: Path) -> None:
     assert d["bss"]["control"]["exact_inverse_msssim_mean"] >= 0.85
     assert d["reid"]["no_proxy"]["map"] >= 0.95  # positive control on the phantoms
     assert [row[0] for row in d["tta_average"]] == list(range(1, len(d["tta_average"]) + 1))
-    assert set(d["defences"]) >= {"fresh_alpha", "separate_shuffled_requests", "restricted_alpha"}
+    assert set(d["defences"]) >= {"fresh_alpha", "separate_shuffled_requests", "restricted_alpha", "two_references"}
+    assert {"attack_msssim", "reid_map", "dice_avg", "bss_weights_known_msssim", "reid_single_proxy_map"} <= set(d["defences"]["two_references"])
     assert {"alpha_range", "dice_learned_tta", "reid_map", "bss_msssim", "output_leakage_dice"} <= set(d["alpha_sweep"][0])
     for fig in ("bss_examples.png", "reid.png", "privacy_utility.png"):
         assert (tmp_path / fig).stat().st_size > 0

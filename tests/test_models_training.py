@@ -222,3 +222,21 @@ def test_sampler_augments_targets_when_asked(tiny_cohort):
     assert aug.x_target.shape == plain.x_target.shape
     assert not torch.equal(aug.x_target, plain.x_target)
     assert set(torch.unique(aug.y_target).tolist()) <= {0, 1, 2, 3}
+
+
+def test_widen_references_starts_where_the_one_reference_net_was() -> None:
+    """The warm start of the two-reference D: identical references at equal weights give D's own output."""
+    from mixdemo.models import widen_references
+
+    torch.manual_seed(0)
+    one = UnmixingNet().eval()
+    two = widen_references(one, 2).eval()
+    assert two.n_references == 2 and two.enc1.conv1.in_channels == 3 * one.num_classes
+    probs = torch.softmax(torch.randn(2, one.num_classes, 8, 8, 8), 1)
+    ref = torch.nn.functional.one_hot(torch.randint(0, one.num_classes, (2, 8, 8, 8)), one.num_classes).permute(0, 4, 1, 2, 3).float()
+    alpha = torch.tensor([0.3, 0.45])
+    expected = one(probs, ref, alpha)
+    got = two(probs, torch.cat([ref, ref], 1), torch.stack([alpha, (1 - alpha) / 2, (1 - alpha) / 2], 1))
+    assert torch.allclose(got, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="one-reference"):
+        widen_references(two, 3)

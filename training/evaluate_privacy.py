@@ -78,6 +78,8 @@ QUICK = Config(bss_known=3, bss_unknown=2, n_init=2, n_init_unknown=1, steps_per
 SMOKE = Config(bss_known=2, bss_unknown=1, n_init=2, n_init_unknown=1, steps_per_level=1, reid_draws=1, sweep_reid_draws=1, tta_max_k=3,
                patches=4, tta_k=2, sweep_bss=1, defence_k=3, downsample=4, max_test_scans=6, max_ref_scans=6,
                sweep_ranges=((0.1, 0.3), (0.7, 0.9)))
+TWO_REF_SEG, TWO_REF_UNMIX = "segmentation-2ref", "unmixing-2ref"
+"""Model folders of S and D trained on three-source proxies (``training.train --n-references 2``)."""
 RESTRICTED_RANGE = (0.3, 0.4)
 """The "restricted α" defence: a narrower, lower range than the default U(0.3, 0.5)."""
 
@@ -111,7 +113,8 @@ def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True) ->
     from mixdemo.weights import WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
 
     models, shas = {}, {}
-    names = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet}
+    names = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet,
+             TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2)}
     for name, cls in names.items():
         if name != "score" and not need_seg:
             continue
@@ -154,19 +157,27 @@ def load_data(data: Path, cfg: Config) -> Cohort:
     )
 
 
-def bss_patches(c: Cohort, n: int, alpha_range: tuple[float, float], rng: np.random.Generator) -> dict:
-    """n test patches (32³, brain-centred), each with one training reference and α ~ U(range)."""
+def bss_patches(c: Cohort, n: int, alpha_range: tuple[float, float], rng: np.random.Generator,
+                n_references: int = 1) -> dict:
+    """n test patches (32³, brain-centred), each with ``n_references`` training references and α ~ U(range).
+
+    With two references the reference weights split 1 − α by a flat Dirichlet (as in training);
+    ``ref`` is the first reference, ``refs`` all of them, ``weights`` (n, 1 + R).
+    """
     fg = [np.argwhere(v.labels > 0) for v in c.test]
     tx, rx = [], []
     for _ in range(n):
         t = int(rng.integers(len(c.test)))
         sl = patch_slices(sample_patch_corner(c.test[t].image.shape, 32, rng, fg[t]), 32)
         tx.append(c.test[t].image[sl])
-        rx.append(c.train[int(rng.integers(len(c.train)))].image[sl])
-    target, ref = np.stack(tx), np.stack(rx)
+        rx.append(np.stack([c.train[int(rng.integers(len(c.train)))].image[sl] for _ in range(n_references)]))
+    target, refs = np.stack(tx), np.stack(rx)
     alphas = rng.uniform(*alpha_range, size=n).astype(np.float32)
-    proxy = alphas[:, None, None, None] * target + (1 - alphas[:, None, None, None]) * ref
-    return {"target": target, "ref": ref, "alpha": alphas, "proxy": proxy.astype(np.float32)}
+    split = rng.dirichlet(np.ones(n_references), size=n) if n_references > 1 else np.ones((n, 1))
+    weights = np.concatenate([alphas[:, None], (1 - alphas[:, None]) * split], 1).astype(np.float32)
+    proxy = weights[:, 0, None, None, None] * target + np.einsum("nr,nrxyz->nxyz", weights[:, 1:], refs)
+    return {"target": target, "ref": refs[:, 0], "refs": refs, "alpha": alphas, "weights": weights,
+            "proxy": proxy.astype(np.float32)}
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -250,20 +261,27 @@ def run_reid(c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path | None
 
 
 def tta_curve(c: Cohort, max_k: int, alpha_range, seed: int, *, fresh_alpha: bool = False,
-              only_last: bool = False) -> tuple[list, dict]:
+              only_last: bool = False, n_references: int = 1) -> tuple[list, dict]:
     """[[K, msssim, reid_map], ...] of the averaging attack on the TTA proxies of every test scan.
 
-    ``only_last`` scores K = ``max_k`` only (the defences and the sweep need no curve).
+    ``only_last`` scores K = ``max_k`` only (the defences and the sweep need no curve);
+    ``n_references=2`` mixes each proxy with two references (weights 1 − α split at random).
     """
     rng = np.random.default_rng(seed)
     ks = [max_k] if only_last else list(range(1, max_k + 1))
     per_k: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     guess = float(np.mean(alpha_range))
     for target in c.test_small:
-        refs = c.train_small[rng.choice(len(c.train_small), size=max_k, replace=False)]
+        refs = c.train_small[rng.choice(len(c.train_small), size=max_k * n_references,
+                                          replace=max_k * n_references > len(c.train_small))]
         a = rng.uniform(*alpha_range, size=max_k if fresh_alpha else 1).astype(np.float32)
         a = np.broadcast_to(a, (max_k,))[:, None, None, None]
-        proxies = a * target[None] + (1 - a) * refs  # Eq. 5
+        if n_references == 1:
+            proxies = a * target[None] + (1 - a) * refs  # Eq. 5
+        else:
+            split = rng.dirichlet(np.ones(n_references), size=max_k).astype(np.float32)
+            ref_mix = np.einsum("kr,krxyz->kxyz", split, refs.reshape(max_k, n_references, *refs.shape[1:]))
+            proxies = a * target[None] + (1 - a) * ref_mix
         for k, est in tta.running_tta_estimates(proxies, c.template_small, guess, ks).items():
             per_k[k].append(est)
     rows, estimates = [], {}
@@ -362,7 +380,7 @@ def shuffled_attack(c: Cohort, k: int, alpha_range, seed: int) -> dict:
             "reid_map": reid.retrieval(est, c.identities).map, "link_precision": precision, "k": k}
 
 
-def run_defences(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int, base_dice: dict | None) -> dict:
+def run_defences(models: dict, score, c: Cohort, cfg: Config, alpha_range, seed: int, base_dice: dict | None) -> dict:
     """Each defence: the averaging attack (K = defence_k) and the client's Learned+TTA Dice on patches."""
     k = cfg.defence_k
     out = {}
@@ -382,8 +400,55 @@ def run_defences(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int, b
     out["restricted_alpha"] = {"attack_msssim": rows[-1][1], "reid_map": rows[-1][2], "dice_avg": d["dice_learned_tta"],
                                "output_leakage_dice": d["output_leakage_dice"], "alpha_range": list(RESTRICTED_RANGE)}
     out["k"] = k
-    out["two_references"] = "not measured: needs S and D trained with --n-references 2 (no CPU time in this run)"
+    out["two_references"] = run_two_references(models, score, c, cfg, alpha_range, seed)
     return out
+
+
+def run_two_references(models: dict, score, c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
+    """The three-source defence (the paper's future work): every proxy mixes the target with two references.
+
+    Weights (α, (1 − α)·u, (1 − α)·(1 − u)), u ~ U(0, 1) (a flat Dirichlet, as S and D were trained).
+    Measured against the one-reference setting on the same targets, references and α: the client's
+    Learned+TTA Dice (with S and D trained for it), the averaging attack at K = ``defence_k``,
+    single-proxy re-identification, and separation with every weight known (three sources vs two).
+    """
+    rng = np.random.default_rng(seed + 20)
+    n, k_tta = cfg.patches, cfg.tta_k
+    patches = leakage.sample_patch_set(c.test, c.train, n, 2 * k_tta, rng)
+    alphas = np.repeat(rng.uniform(*alpha_range, size=(n, 1)), k_tta, 1)
+    split = rng.dirichlet([1.0, 1.0], size=(n, k_tta))
+    weights = np.concatenate([alphas[..., None], (1 - alphas[..., None]) * split], -1)
+    two = leakage.patch_study(models[TWO_REF_SEG], models[TWO_REF_UNMIX], patches, weights)
+    first = leakage.PatchSet(patches.target, patches.target_labels, patches.refs[:, ::2], patches.ref_labels[:, ::2])
+    one = leakage.patch_study(models["segmentation"], models["unmixing"], first, alphas)
+    rows, _ = tta_curve(c, cfg.defence_k, alpha_range, seed, only_last=True, n_references=2)
+    reid_two, reid_one = [], []
+    for draw in range(cfg.reid_draws):
+        d_rng = np.random.default_rng(seed + 30 + draw)
+        refs = c.train_small[d_rng.integers(len(c.train_small), size=(len(c.test_small), 2))]
+        a = d_rng.uniform(*alpha_range, size=len(c.test_small)).astype(np.float32)[:, None, None, None]
+        u = d_rng.uniform(size=len(c.test_small)).astype(np.float32)[:, None, None, None]
+        reid_one.append(reid.retrieval(a * c.test_small + (1 - a) * refs[:, 0], c.identities).map)
+        reid_two.append(reid.retrieval(a * c.test_small + (1 - a) * (u * refs[:, 0] + (1 - u) * refs[:, 1]), c.identities).map)
+    lc = bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma)
+    p = bss_patches(c, cfg.bss_known, alpha_range, np.random.default_rng(seed + 40), n_references=2)
+    sep3 = bss.separate(score, p["proxy"], mixing_weights=p["weights"], n_init=1, config=lc, seed=seed + 41)
+    proxy1 = p["alpha"][:, None, None, None] * p["target"] + (1 - p["alpha"][:, None, None, None]) * p["ref"]
+    sep2 = bss.separate(score, proxy1, p["alpha"], n_init=1, config=lc, seed=seed + 41)
+    return {
+        "attack_msssim": rows[-1][1], "reid_map": rows[-1][2], "dice_avg": two["dice_learned_tta"],
+        "dice_learned": two["dice_learned"], "dice_naive_tta": two["dice_naive_tta"],
+        "output_leakage_dice": two["output_leakage_dice"],
+        "one_reference_same_patches": {"dice_avg": one["dice_learned_tta"], "dice_learned": one["dice_learned"],
+                                       "output_leakage_dice": one["output_leakage_dice"]},
+        "reid_single_proxy_map": float(np.mean(reid_two)), "reid_single_proxy_map_one_reference": float(np.mean(reid_one)),
+        "bss_weights_known_msssim": float(bss.best_assignment_msssim(sep3.sources, p["target"]).mean()),
+        "bss_alpha_known_one_reference_msssim": float(bss.best_assignment_msssim(sep2.sources, p["target"]).mean()),
+        "n_bss_proxies": len(p["proxy"]), "n_patches": n, "tta_k": k_tta, "k": cfg.defence_k,
+        "alpha_range": list(alpha_range), "models": [TWO_REF_SEG, TWO_REF_UNMIX],
+        "what": "proxy = α·x + (1 − α)·(u·r₁ + (1 − u)·r₂); attack columns: TTA averaging at K = k; "
+                "BSS: Langevin with every weight known, best recovered source vs the target, 1 init",
+    }
 
 
 def run_sweep(models: dict, score, c: Cohort, cfg: Config, seed: int, figure: Path | None) -> list:
@@ -519,7 +584,8 @@ def main(argv: list[str] | None = None) -> dict:
     result.setdefault("commands", [])
     result.update({"command": command, "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    "data": DATA_NOTE, "config": "smoke" if args.smoke else "quick" if args.quick else "full"})
-    result["commands"].append(command)
+    if command not in result["commands"]:  # a re-run of a recorded command replaces its results
+        result["commands"].append(command)
     result.setdefault("weights_sha256", {}).update(shas)
     timings = result.setdefault("seconds", {})
 
@@ -555,7 +621,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     "alpha_range": list(ar), "n_patches": base_dice["n_patches"], "k": base_dice["k"],
                                     "what": "arg-max of S(x_mix) (first mix) vs the target's labels, 32³ test patches"}
     if "defences" in sections:
-        result["defences"] = step("defences", lambda: run_defences(models, c, cfg, ar, args.seed, base_dice))
+        result["defences"] = step("defences", lambda: run_defences(models, score, c, cfg, ar, args.seed, base_dice))
     if "sweep" in sections:
         result["alpha_sweep"] = step("sweep", lambda: run_sweep(models, score, c, cfg, args.seed, fig_dir / "privacy_utility.png"))
     timings["total_this_command"] = round(time.perf_counter() - t0, 1)

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
-from mixdemo.models import PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
+from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
+                            widen_references)
 from mixdemo.phantoms import generate_cohort
 
 DEFAULT_DATA = Path("data/phantoms")
@@ -51,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
     p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
     p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from the model folders in this directory (e.g. weights): its segmentation (or "
+                        "baseline) S, and for --n-references 2 its one-reference D widened by "
+                        "mixdemo.models.widen_references")
     p.add_argument("--augment", action="store_true",
                    help="augment targets for real scans (residual misregistration, contrast); off for the shipped weights")
     p.add_argument("--seed", type=int, default=0)
@@ -115,6 +120,20 @@ def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
     return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))
 
 
+def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, ...]):
+    """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``)."""
+    seg = SegmentationNet.from_pretrained(folder / ("segmentation" if mode == "private" else "baseline"))
+    shipped = tuple(seg._hub_mixin_config["features"])
+    if shipped != tuple(features):
+        raise SystemExit(f"--init-from: S in {folder} has features {shipped}, not {tuple(features)}.")
+    if mode != "private":
+        return seg, None
+    unmix = UnmixingNet.from_pretrained(folder / "unmixing")
+    if unmix.n_references != n_references:
+        unmix = widen_references(unmix, n_references)
+    return seg, unmix
+
+
 class EndToEnd(torch.nn.Module):
     """S followed by D, so that one DDP wrapper synchronises both."""
 
@@ -156,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     features = resolve_features(args.features)
     seg = SegmentationNet(features=features)
     unmix = UnmixingNet(n_references=args.n_references) if mixed else None
+    if args.init_from is not None:
+        seg, unmix = warm_start(args.init_from, args.mode, args.n_references, features)
     model = EndToEnd(seg, unmix).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=args.lr)
     lr_factor = lambda s: cosine_factor(s, schedule_total(s, args.steps, args.legs))  # noqa: E731
@@ -228,6 +249,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "command": "python -m training.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
         "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
+        "init_from": str(args.init_from) if args.init_from else None,
         "features": list(features), "processes": world, "device": str(device),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),

@@ -79,7 +79,7 @@ class SeparationResult:
     """Output of :func:`separate` for B proxies and n initialisations.
 
     Attributes:
-        sources: (B, n, 2, P, P, P) recovered sources, source 0 weighted by α.
+        sources: (B, n, S, P, P, P) recovered sources (S = 2 unless ``mixing_weights``), source 0 weighted by α.
         alphas: (B, n) α used by each chain (the true one, or the one selected from the grid).
         consistency: (B, n) RMS of the final residual m − α x̂₁ − (1 − α) x̂₂.
         energy: (B, n) prior energy of the final sources (lower = more plausible).
@@ -124,12 +124,12 @@ def annealed_langevin(
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """Jayaram & Thickstun (2020), Algorithm 1, for N two-source chains at once.
+    """Jayaram & Thickstun (2020), Algorithm 1, for N chains of S sources at once (S = 2: Eq. 2).
 
     Args:
         score: score model ``score(x (B,1,P,P,P), σ)`` with ``sigma_levels``.
         mixtures: (N, P, P, P) mixtures m.
-        weights: (N, 2) mixing weights (a₁, a₂) of each chain.
+        weights: (N, S) mixing weights (a₁, …, a_S) of each chain.
         config: T, δ, chunking.
         generator: torch generator on the model's device (initialisations and noise).
         fixed_second: (N, P, P, P) known second source (positive control); then only x₁ moves.
@@ -137,14 +137,15 @@ def annealed_langevin(
         cancel: stop at the next step when set.
 
     Returns:
-        ((N, 2, P, P, P) sources, completed).
+        ((N, S, P, P, P) sources, completed).
     """
     device = mixtures.device
     levels = _levels(score, config.max_sigma)
     n = mixtures.shape[0]
-    a = weights.to(device=device, dtype=mixtures.dtype).view(n, 2, 1, 1, 1)
+    n_sources = weights.shape[1]
+    a = weights.to(device=device, dtype=mixtures.dtype).view(n, n_sources, 1, 1, 1)
     # 1. random initialisation, x_j ~ U(0, 1) (NCSN Algorithm 1)
-    x = torch.rand((n, 2, *mixtures.shape[1:]), device=device, generator=generator, dtype=mixtures.dtype)
+    x = torch.rand((n, n_sources, *mixtures.shape[1:]), device=device, generator=generator, dtype=mixtures.dtype)
     if fixed_second is not None:
         x[:, 1] = fixed_second
     sigma_l = float(levels[-1])
@@ -158,7 +159,7 @@ def annealed_langevin(
             # 3. prior term s(x_j, σ_i) for each source
             moving = x[:, :1] if fixed_second is not None else x
             prior = _score(score, moving.reshape(-1, *x.shape[2:]), sigma, config.chunk).view_as(moving)
-            # 4. mixture consistency −∇ ½‖m − a₁x₁ − a₂x₂‖² / σ_i² = a_j (m − g(x)) / σ_i²
+            # 4. mixture consistency −∇ ½‖m − Σ_j a_j x_j‖² / σ_i² = a_j (m − g(x)) / σ_i²
             residual = mixtures[:, None] - (a * x).sum(1, keepdim=True)
             grad = prior + a[:, : moving.shape[1]] * residual / sigma**2
             # 5. Langevin update with √(2η) noise
@@ -209,6 +210,7 @@ def separate(
     proxies: np.ndarray | torch.Tensor,
     alpha: float | Sequence[float] | None = None,
     *,
+    mixing_weights: np.ndarray | None = None,
     n_init: int = 4,
     config: LangevinConfig = LangevinConfig(),
     alpha_grid: Sequence[float] = ALPHA_GRID,
@@ -223,6 +225,9 @@ def separate(
         proxies: (P, P, P) or (B, P, P, P) proxies, sides multiples of 16.
         alpha: the true α per proxy (attacker knows α: an upper bound), or None (α unknown:
             grid search over ``alpha_grid``, each chain keeps the α of lowest :func:`prior_energy`).
+        mixing_weights: instead of ``alpha``, the known weights (B, S) of S ≥ 2 sources per proxy,
+            target first (a proxy mixed with S − 1 references, the two-reference defence); the
+            result then holds S sources per chain.
         n_init: random initialisations per proxy.
         config: Langevin settings.
         alpha_grid: α values tried when ``alpha`` is None.
@@ -235,6 +240,8 @@ def separate(
     device = next(score.parameters()).device
     m = _as_batch(proxies, "proxies").to(device)
     b = m.shape[0]
+    if mixing_weights is not None:
+        return _separate_known_weights(score, m, mixing_weights, n_init, config, seed, progress, cancel)
     known = alpha is not None
     alphas = np.broadcast_to(np.asarray(alpha if known else list(alpha_grid), dtype=np.float64), (b,) if known else (len(alpha_grid),))
     if np.any(alphas < 0) or np.any(alphas > 1):
@@ -265,6 +272,36 @@ def separate(
         alphas=take(chain_alpha).numpy(),
         consistency=take(residual).numpy(),
         energy=take(energy).numpy(),
+        completed=completed,
+    )
+
+
+def _separate_known_weights(score: nn.Module, m: torch.Tensor, mixing_weights: np.ndarray, n_init: int,
+                            config: LangevinConfig, seed: int, progress: ProgressFn | None,
+                            cancel: threading.Event | None) -> SeparationResult:
+    """:func:`separate` with every source's weight known: (B, S) weights, S sources per chain."""
+    b = m.shape[0]
+    w = np.asarray(mixing_weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[0] != b or w.shape[1] < 2:
+        raise ValueError(f"mixing_weights: expected ({b}, S ≥ 2); got shape {w.shape}.")
+    if np.any(w < 0) or not np.allclose(w.sum(1), 1, atol=1e-4):
+        raise ValueError("mixing_weights: each row must be non-negative and sum to 1 (a convex mix).")
+    weights = torch.tensor(np.repeat(w, n_init, 0), dtype=torch.float32, device=m.device)
+    mixtures = m.repeat_interleave(n_init, 0)
+    gen = torch.Generator(device=m.device).manual_seed(seed)
+
+    def report(done: int, total: int) -> None:
+        if progress is not None and (done % max(1, total // 50) == 0 or done == total):
+            progress(done / total, f"Langevin separation, {w.shape[1]} sources, weights known: step {done}/{total}")
+
+    x, completed = annealed_langevin(score, mixtures, weights, config=config, generator=gen, progress=report, cancel=cancel)
+    residual = (mixtures - (weights.view(*weights.shape, 1, 1, 1) * x).sum(1)).pow(2).flatten(1).mean(1).sqrt()
+    energy = prior_energy(score, x, chunk=config.chunk)
+    return SeparationResult(
+        sources=x.cpu().view(b, n_init, *x.shape[1:]).numpy(),
+        alphas=weights[:, 0].cpu().view(b, n_init).numpy(),
+        consistency=residual.cpu().view(b, n_init).numpy(),
+        energy=energy.cpu().view(b, n_init).numpy(),
         completed=completed,
     )
 
@@ -344,22 +381,22 @@ def best_assignment_msssim(
     """MS-SSIM of the recovered target under the best assignment of the two recovered sources.
 
     With ``reference`` the assignment maximises MS-SSIM(target) + MS-SSIM(reference) (a
-    permutation of the two sources); without it, the better of the two sources for the target.
+    permutation of the two sources); without it, the best of the recovered sources for the target.
 
     Args:
-        sources: (B, n, 2, P, P, P) recovered sources.
+        sources: (B, n, S, P, P, P) recovered sources (S = 2 when ``reference`` is given).
         target: (B, P, P, P) true targets.
         reference: (B, P, P, P) true references, optional.
 
     Returns:
         (B, n) MS-SSIM values (data range 1: images are normalised to [0, 1]).
     """
-    if sources.ndim != 6 or sources.shape[2] != 2:
-        raise ValueError(f"sources: expected (B, n, 2, P, P, P); got shape {sources.shape}.")
-    b, n = sources.shape[:2]
-    flat = sources.reshape(b * n * 2, *sources.shape[3:])
-    tgt = np.repeat(target, n * 2, axis=0)
-    s_t = msssim_3d_batch(flat, tgt, data_range=1.0).reshape(b, n, 2)
+    if sources.ndim != 6 or sources.shape[2] < 2 or (reference is not None and sources.shape[2] != 2):
+        raise ValueError(f"sources: expected (B, n, 2, P, P, P) (or S ≥ 2 sources without reference); got shape {sources.shape}.")
+    b, n, n_src = sources.shape[:3]
+    flat = sources.reshape(b * n * n_src, *sources.shape[3:])
+    tgt = np.repeat(target, n * n_src, axis=0)
+    s_t = msssim_3d_batch(flat, tgt, data_range=1.0).reshape(b, n, n_src)
     if reference is None:
         return s_t.max(2)
     ref = np.repeat(reference, n * 2, axis=0)

@@ -94,26 +94,36 @@ def patch_study(seg: nn.Module, unmix: nn.Module, patches: PatchSet, alphas: np.
     Args:
         seg: the server's S.
         unmix: the client's D.
-        patches: targets with K references each.
-        alphas: (N, K) α of each mix (equal along K for the paper's Eq. 5; fresh per mix as a defence).
+        patches: targets with K references each (K·R for R references per mix, R consecutive per mix).
+        alphas: (N, K) α of each mix (equal along K for the paper's Eq. 5; fresh per mix as a defence),
+            or (N, K, 1 + R) weights of the target and of each of R references per mix (three
+            sources for R = 2: the two-reference defence; D must be trained for R references).
 
     Returns:
         ``{"dice_learned_tta", "dice_learned", "dice_naive_tta", "output_leakage_dice", per-class dicts, "k", "n_patches"}``.
     """
-    n, k = patches.refs.shape[:2]
-    if alphas.shape != (n, k):
-        raise ValueError(f"alphas: expected shape {(n, k)}; got {alphas.shape}.")
+    weights = alphas if alphas.ndim == 3 else np.stack([alphas, 1 - alphas], -1)
+    n, k, n_src = weights.shape
+    r = n_src - 1
+    if patches.refs.shape[:2] != (n, k * r):
+        raise ValueError(f"alphas {alphas.shape} need patches with {n} targets × {k * r} references; "
+                         f"got {patches.refs.shape[:2]}.")
     device = next(unmix.parameters()).device
-    a = alphas.astype(np.float32)[..., None, None, None]
-    proxies = a * patches.target[:, None] + (1 - a) * patches.refs  # Eq. 2 / Eq. 5
-    probs = _segment(seg, proxies.reshape(n * k, *proxies.shape[2:]), batch)  # server: ŷ_mix
-    ref_oh = one_hot(torch.from_numpy(patches.ref_labels.reshape(n * k, *proxies.shape[2:])), NUM_CLASSES)
-    w = torch.from_numpy(alphas.reshape(-1).astype(np.float32))
+    spatial = patches.target.shape[1:]
+    w = weights.astype(np.float32)
+    refs = patches.refs.reshape(n, k, r, *spatial)
+    proxies = w[..., 0, None, None, None] * patches.target[:, None] + np.einsum("nkr,nkrxyz->nkxyz", w[..., 1:], refs)  # Eq. 2 / 5
+    probs = _segment(seg, proxies.reshape(n * k, *spatial), batch)  # server: ŷ_mix
+    ref_oh = one_hot(torch.from_numpy(patches.ref_labels.reshape(n * k, r, *spatial)), NUM_CLASSES)  # (nk, r, C, ...)
+    ref_oh = ref_oh.reshape(n * k, r * NUM_CLASSES, *spatial)
+    wt = torch.from_numpy(w.reshape(n * k, n_src))
     learned = torch.cat([
-        torch.softmax(unmix(probs[i : i + batch].to(device), ref_oh[i : i + batch].to(device), w[i : i + batch].to(device)), 1).cpu()
+        torch.softmax(unmix(probs[i : i + batch].to(device), ref_oh[i : i + batch].to(device), wt[i : i + batch].to(device)), 1).cpu()
         for i in range(0, n * k, batch)
     ])  # client: D(ŷ_mix, y_ref, α)
-    naive = (probs - (1 - w.view(-1, 1, 1, 1, 1)) * ref_oh) / w.view(-1, 1, 1, 1, 1)  # Eq. 4
+    ref_part = (wt[:, 1:, None, None, None, None] * ref_oh.view(n * k, r, NUM_CLASSES, *spatial)).sum(1)
+    alpha_t = wt[:, 0].view(-1, 1, 1, 1, 1)
+    naive = (probs - ref_part) / alpha_t  # Eq. 4 (each reference's share removed)
     shape = (n, k, *probs.shape[1:])
     learned_tta = learned.view(shape).mean(1).argmax(1).numpy()  # Eq. 6
     naive_tta = naive.view(shape).mean(1).argmax(1).numpy()
