@@ -6,7 +6,7 @@
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
 answer (K = 3, rendering included); the client's share
-(mixing + D); achieved GFLOP/s of S against a float32 matrix-multiply peak measured in the
+(mixing + D); S's memory budget (one pass vs slabs: time, peak memory, Dice); achieved GFLOP/s of S against a float32 matrix-multiply peak measured in the
 same run; peak memory. Medians over repetitions.
 """
 
@@ -32,6 +32,10 @@ from mixdemo.mixing import MixKey
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
+
+
+S_SLAB_BUDGET_MB = 2400
+"""The smaller memory budget the benchmark compares with the default (3 slabs of 64 on the phantom grid)."""
 
 
 def median_seconds(fn: Callable[[], object], reps: int) -> float:
@@ -90,6 +94,44 @@ def unmix_overlap_study(seg: torch.nn.Module, unmix: torch.nn.Module, target: np
         dice = dice_per_class(labels, truth, [1, 2, 3])
         rows.append({"overlap": overlap, "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
     return rows
+
+
+def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int) -> dict:
+    """The baseline S on the whole target in a fresh process under a memory budget (None: the default):
+    seconds of one pass (after a warm-up pass), the process's peak RSS, and the brain-masked Dice."""
+    import subprocess
+    import tempfile
+
+    from mixdemo.inference import MEMORY_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != MEMORY_ENV}
+    if budget_mb is not None:
+        env[MEMORY_ENV] = str(budget_mb)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "volume.npz"
+        np.savez(path, image=target, labels=truth)
+        cmd = [sys.executable, "-m", "mixdemo.bench", "--probe-s", str(path), "--threads", str(threads)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return {"budget_mb": budget_mb, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def _probe_s(path: Path) -> dict:
+    """The child side of :func:`s_budget_probe`."""
+    from mixdemo import inference
+    from mixdemo.metrics import dice_per_class
+
+    data = np.load(path)
+    target, truth = data["image"], data["labels"]
+    base = load_models(True)[2]
+    padded = [n + (-n) % 16 for n in target.shape]
+    slabs = inference.plan_slabs(padded, inference.activation_bytes_per_voxel(base), inference.memory_budget(torch.device("cpu")))[1]
+    segment_proxies(base, target[None])  # warm-up
+    t0 = time.perf_counter()
+    labels = segment_proxies(base, target[None])[0].argmax(0).numpy()
+    seconds = time.perf_counter() - t0
+    dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
+    return {"slabs": slabs, "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def app_patch_seconds(k: int, reps: int) -> float | None:
@@ -178,6 +220,7 @@ def run(args: argparse.Namespace) -> dict:
     cl_speedup = channels_last_speedup(seg, 32 if args.quick else 96, reps) if hasattr(seg, "use_channels_last") else None
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
     overlap_study = unmix_overlap_study(seg, unmix, target, target_labels, refs[0])
+    budget_study = [s_budget_probe(target, target_labels, b, torch.get_num_threads()) for b in (None, S_SLAB_BUDGET_MB)]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak = matmul_peak_gflops()
@@ -206,6 +249,9 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_windows": [len(brain_windows), len(all_windows)],
             "unmix_windows_note": "32³ windows of D (overlap 0.25) touching the target's brain / all",
             "unmix_overlap": overlap_study,
+            "s_memory_budget": budget_study,
+            "s_memory_budget_note": "baseline S on the target in a fresh process: default budget (one pass) vs "
+                                    f"MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} (Z-slabs); peak RSS of that process",
         },
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }
@@ -222,7 +268,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--crop", type=int, default=0, help="time a central cube of this side instead of the whole grid")
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
     p.add_argument("--quick", action="store_true", help="64³ cube, 1 repetition")
+    p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe
     args = p.parse_args(argv)
+    if args.probe_s is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = _probe_s(args.probe_s)
+        print(json.dumps(result))
+        return result
     if args.quick:
         args.crop, args.reps = args.crop or 64, 1
     doc = run(args)

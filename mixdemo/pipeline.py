@@ -2,7 +2,8 @@
 
 Client side: :func:`make_proxies` (Eq. 2 / Eq. 5), :func:`unmix_naive` (Eq. 4),
 :func:`unmix_learned` (D), :func:`private_segment` (the whole round trip, Eq. 6).
-Server side: :func:`segment_proxies` — it sees proxies only.
+Server side: :func:`segment_proxies` (from :mod:`mixdemo.inference`, shared with the server) — it
+sees proxies only.
 """
 
 from __future__ import annotations
@@ -13,22 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
-
+from mixdemo.inference import segment_proxies
 from mixdemo.mixing import MixKey, mix, naive_unmix, one_hot, tta_average, tta_variance
 from mixdemo.phantoms import NUM_CLASSES
 
 ProgressFn = Callable[[float, str], None]
-
-SERVER_ROI = (96, 96, 96)
-"""Window of the server's sliding-window pass for volumes too large for one pass."""
-
-MAX_WHOLE_VOXELS = 8_000_000
-"""Volumes up to this size go through S in one pass (S has batch norm, so this is exact and, on
-2 cores, twice as fast as 96³ windows with overlap; about 6.5 GB peak for the 144×192×160 grid)."""
-
-MAX_BATCH_VOXELS = 1_000_000
-"""Proxies this small (patch mode) go through S together, in one batch."""
+__all__ = ["Reference", "PrivateResult", "make_proxies", "private_segment", "reference_onehots", "segment_proxies",
+           "unmix_learned", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
 """D uses instance norm: it sees windows of the training patch size."""
@@ -41,56 +33,6 @@ class Reference:
     ref_id: str
     image: np.ndarray  # (X, Y, Z) float32, normalised, on the common grid
     labels: np.ndarray  # (X, Y, Z) uint8
-
-
-def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Pad spatial dims of (B, C, X, Y, Z) up to multiples of 16 (U-Net++ needs it)."""
-    shape = tuple(x.shape[-3:])
-    pads = [(-n) % 16 for n in shape]
-    if any(pads):
-        x = torch.nn.functional.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
-    return x, shape  # type: ignore[return-value]
-
-
-@torch.inference_mode()
-def segment_proxies(
-    seg_model: torch.nn.Module,
-    proxies: torch.Tensor | np.ndarray,
-    *,
-    roi_size: Sequence[int] | None = None,
-    overlap: float = 0.125,
-    sw_batch_size: int = 1,
-    progress: ProgressFn | None = None,
-) -> torch.Tensor:
-    """Server: softmax probabilities ŷ_mix of S for K proxies (K, X, Y, Z) → (K, C, X, Y, Z).
-
-    The proxies are the only input; nothing of the client's target or key reaches here.
-    ``roi_size=None`` runs each proxy in one pass when it has at most :data:`MAX_WHOLE_VOXELS`
-    voxels, else by :data:`SERVER_ROI` windows; a given ``roi_size`` forces sliding windows.
-    """
-    device = next(seg_model.parameters()).device
-    x = torch.as_tensor(np.asarray(proxies) if isinstance(proxies, np.ndarray) else proxies, dtype=torch.float32)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"Proxies must be (K, X, Y, Z) or (X, Y, Z); got shape {tuple(x.shape)}.")
-    shape = tuple(x.shape[-3:])
-    whole = roi_size is None and int(np.prod([n + (-n) % 16 for n in shape])) <= MAX_WHOLE_VOXELS
-    # small volumes (patch mode): all K proxies in one batch; S is in eval mode, so this is exact
-    per_batch = max(1, MAX_BATCH_VOXELS // int(np.prod(shape))) if whole else 1
-    outs = []
-    for start in range(0, x.shape[0], per_batch):
-        xb, _ = _pad16(x[start : start + per_batch, None].to(device))
-        if whole:
-            logits = seg_model(xb)
-        else:
-            roi = tuple(min(r, n) for r, n in zip(roi_size or SERVER_ROI, xb.shape[-3:]))
-            logits = sliding_window_inference(xb, roi, sw_batch_size, seg_model, overlap=overlap, mode="gaussian")
-        outs.append(torch.softmax(logits, 1)[:, :, : shape[0], : shape[1], : shape[2]].cpu())
-        if progress:
-            done = min(start + per_batch, x.shape[0])
-            progress(done / x.shape[0], f"server: proxy {done}/{x.shape[0]}")
-    return torch.cat(outs)
 
 
 def make_proxies(target: np.ndarray, references: Sequence[Reference], key: MixKey) -> np.ndarray:

@@ -37,11 +37,6 @@ MAX_SIDE = 256
 MIN_SIDE = 8
 MAX_REQUEST_VOXELS = MAX_K * 144 * 192 * 160
 CLASS_NAMES = ("background", "GM", "WM", "CSF")
-SERVER_ROI = (96, 96, 96)
-WHOLE_PASS_BYTES_PER_VOXEL = 1600
-"""Peak memory of S's whole-volume pass per padded voxel (≈ 7 GB for the 144×192×160 grid, see
-``results/bench.json``); the server takes that pass only when free memory covers 1.5 × this."""
-
 log = logging.getLogger(__name__)
 _OBSERVERS: list[Callable[[np.ndarray], None]] = []  # audit hooks (callables only, never data)
 _MODEL_LOCK = threading.Lock()
@@ -145,82 +140,13 @@ def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
     return check_proxies(arr)
 
 
-def _n_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
-    """Number of sliding windows MONAI takes over ``shape`` (for progress only)."""
-    import math
-
-    n = 1
-    for size, r in zip(shape, roi):
-        step = max(int(r * (1 - overlap)), 1)
-        n *= 1 if size <= r else math.ceil((size - r) / step) + 1
-    return n
-
-
-def whole_pass_fits(padded: tuple[int, ...], device: torch.device) -> bool:
-    """Whether one whole-volume pass of S fits in free memory now (else: :data:`SERVER_ROI` windows).
-
-    The whole pass is about twice as fast as overlapping windows on 2 cores (S has batch norm, so
-    it is a fixed per-voxel function and the pass is exact); windows keep the peak near 2 GB.
-    """
-    import torch
-
-    need = 1.5 * WHOLE_PASS_BYTES_PER_VOXEL * int(np.prod(padded))
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] > need
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not Linux: stay with windows
-        return False
-    return free > need
-
-
 @_gpu
 def _run(model: torch.nn.Module, proxies: np.ndarray, progress: Callable[[float, str], None] | None) -> torch.Tensor:
-    """Softmax of S per proxy (re-stating ``pipeline.segment_proxies`` so that the server imports no
-    client code): proxies that fit one window (patch mode) go through S together in one batch; larger
-    ones in one whole-volume pass when :func:`whole_pass_fits`, else by :data:`SERVER_ROI` windows."""
-    import torch
-    from monai.inferers import sliding_window_inference
+    """Softmax of S per proxy, by :func:`mixdemo.inference.segment_proxies` (batches for patches, one
+    pass or memory-bounded slabs for volumes; the code the local pipeline runs too)."""
+    from mixdemo.inference import segment_proxies
 
-    device = next(model.parameters()).device
-    x = torch.from_numpy(proxies)
-    shape = tuple(x.shape[-3:])
-    pads = [(-n) % 16 for n in shape]  # U-Net++ needs multiples of 16
-    padded = tuple(n + p for n, p in zip(shape, pads))
-    with torch.inference_mode():
-        if all(n <= r for n, r in zip(padded, SERVER_ROI)):  # patch mode: one window each, all K in one batch
-            xb = torch.nn.functional.pad(x[:, None].to(device), (0, pads[2], 0, pads[1], 0, pads[0]))
-            if progress:
-                progress(0.0, f"server: {x.shape[0]} proxy(ies) in one batch")
-            probs = torch.softmax(model(xb), 1)[:, :, : shape[0], : shape[1], : shape[2]].float().cpu()
-            if progress:
-                progress(1.0, f"server: {x.shape[0]} proxy(ies) segmented")
-            return probs
-        outs = []
-        for k in range(x.shape[0]):
-            xk = torch.nn.functional.pad(x[k : k + 1, None].to(device), (0, pads[2], 0, pads[1], 0, pads[0]))
-            if whole_pass_fits(padded, device):
-                if progress:
-                    progress(k / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]} (whole volume)")
-                outs.append(torch.softmax(model(xk), 1)[0, :, : shape[0], : shape[1], : shape[2]].float().cpu())
-                if progress:
-                    progress((k + 1) / x.shape[0], f"server: proxy {k + 1}/{x.shape[0]} done")
-                continue
-            roi = tuple(min(r, n) for r, n in zip(SERVER_ROI, padded))
-            total = _n_windows(padded, roi, 0.125)
-            done = [0]
-
-            def predictor(window: torch.Tensor, k: int = k, total: int = total, done: list = done) -> torch.Tensor:
-                out = model(window)
-                done[0] += window.shape[0]
-                if progress:
-                    progress((k + min(done[0] / total, 1.0)) / x.shape[0],
-                             f"server: proxy {k + 1}/{x.shape[0]}, window {min(done[0], total)}/{total}")
-                return out
-
-            logits = sliding_window_inference(xk, roi, 1, predictor, overlap=0.125, mode="gaussian")
-            outs.append(torch.softmax(logits, 1)[0, :, : shape[0], : shape[1], : shape[2]].float().cpu())
-    return torch.stack(outs)
+    return segment_proxies(model, proxies, progress=progress)
 
 
 def segment(proxies: np.ndarray, progress: Callable[[float, str], None] | None = None) -> torch.Tensor:

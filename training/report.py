@@ -165,6 +165,10 @@ def bench_md(doc: dict) -> str:
     if levers.get("unmix_windows"):
         kept, total = levers["unmix_windows"]
         rows.append(("lever: D only on windows touching the brain (on)", f"{kept} of {total} windows", ""))
+    for row in levers.get("s_memory_budget") or []:
+        how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
+        rows.append((f"lever: S (baseline) with {how}: {row['slabs']} slab(s)",
+                     f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.4f}", ""))
     for row in levers.get("unmix_overlap") or []:
         state = "on" if row["overlap"] == 0.25 else "off"
         rows.append((f"lever: D window overlap {row['overlap']} ({state}), K = 1",

@@ -1,0 +1,198 @@
+"""The server's S over proxies of any size, within a memory budget: the one implementation that
+``mixdemo.server`` (the remote endpoint) and ``mixdemo.pipeline`` (local runs) share.
+
+It imports no client code (no mixing, no unmixing, no reference bank) and sees proxies only.
+
+Policy for K proxies (K, X, Y, Z), sides padded to multiples of 16 (U-Net++):
+
+1. Small proxies (patch mode, ≤ :data:`MAX_BATCH_VOXELS` each, within the budget) go through S together in batches:
+   exact, since S is in eval mode (batch norm uses its running statistics).
+2. Larger ones go one at a time, in one pass when the whole volume fits the memory budget
+   (:func:`memory_budget`; exact), else in slabs: the full X × Y extent and as few Z-slabs as fit
+   the budget, overlapping by ≥ :data:`SLAB_OVERLAP` voxels and blended by MONAI's Gaussian sliding
+   window (the X and Y weights cancel, so only the slab seams are blended). Slabs are not exact
+   at the seams (S sees zero padding there); ``python -m mixdemo.bench`` measures their time,
+   peak memory and Dice against the whole pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+ProgressFn = Callable[[float, str], None]
+
+MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
+"""Environment variable: the memory (MB) S's activations may take on the CPU."""
+
+DEFAULT_CPU_BUDGET_MB = 6144
+"""Default budget on the CPU (capped at half the available RAM): the 144×192×160 phantom grid
+(≈ 5.3 GB) then takes one exact pass, as the committed evaluations did. A smaller budget, e.g.
+``MIXDEMO_S_MEMORY_MB=2400`` (3 slabs of 64, ≈ 2.1 GB), runs at the same speed on 2 cores with
+slightly different seams; ``python -m mixdemo.bench`` measures both (``levers.s_memory_budget``)."""
+
+BYTES_PER_VOXEL_PER_WIDTH = 78.0
+"""Peak activation memory of one inference pass of S per padded voxel, per unit of its first
+feature width (measured on the CPU, float32: ≈ 1 200 B/voxel for the shipped widths 16)."""
+
+MAX_BATCH_VOXELS = 1_000_000
+"""Proxies this small (patch mode) go through S together, in one batch."""
+
+SLAB_OVERLAP = 16
+"""Least overlap (voxels) between neighbouring slabs."""
+
+
+def activation_bytes_per_voxel(model: torch.nn.Module) -> float:
+    """Estimated peak memory of S per padded input voxel (scales with its first feature width)."""
+    config = getattr(model, "_hub_mixin_config", None) or {}
+    first_width = (config.get("features") or [16])[0]
+    return BYTES_PER_VOXEL_PER_WIDTH * float(first_width)
+
+
+def memory_budget(device: torch.device) -> float:
+    """Bytes S's activations may take: ``$MIXDEMO_S_MEMORY_MB`` if set; on CUDA 80 % of the free
+    GPU memory; on the CPU :data:`DEFAULT_CPU_BUDGET_MB`, or half the available RAM if that is less."""
+    env = os.environ.get(MEMORY_ENV)
+    if env:
+        try:
+            return float(env) * 2**20
+        except ValueError:
+            raise ValueError(f"${MEMORY_ENV} must be a number of megabytes; got {env!r}.") from None
+    if device.type == "cuda":
+        return 0.8 * torch.cuda.mem_get_info(device)[0]
+    budget = DEFAULT_CPU_BUDGET_MB * 2**20
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return float(min(budget, available / 2))
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return float(budget)
+
+
+def _ceil16(n: float) -> int:
+    return int(math.ceil(n / 16) * 16)
+
+
+def plan_slabs(padded: Sequence[int], bytes_per_voxel: float, budget: float) -> tuple[int, int]:
+    """(slab thickness along Z, number of slabs) for a padded volume: 1 slab = the whole volume.
+
+    The fewest slabs whose thickness ``⌈(Z + (n − 1)·overlap) / n⌉₁₆`` fits the budget; at least 32
+    voxels thick (below that the budget is too small to honour: 32 is used anyway).
+    """
+    x, y, z = padded
+    for n in range(1, z // 16 + 1):
+        thickness = min(z, _ceil16((z + (n - 1) * SLAB_OVERLAP) / n))
+        if x * y * thickness * bytes_per_voxel <= budget or thickness <= 32:
+            return thickness, n if thickness < z else 1
+    return min(z, 32), max(1, math.ceil(z / 16))
+
+
+def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Pad spatial dims of (B, C, X, Y, Z) up to multiples of 16 (U-Net++ needs it)."""
+    shape = tuple(x.shape[-3:])
+    pads = [(-n) % 16 for n in shape]
+    if any(pads):
+        x = torch.nn.functional.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+    return x, shape  # type: ignore[return-value]
+
+
+def _windows(
+    model: torch.nn.Module, x: torch.Tensor, roi: Sequence[int], overlap: float | Sequence[float], report: Callable[[int], None]
+) -> torch.Tensor:
+    """MONAI's Gaussian sliding window of S over one padded (1, 1, X, Y, Z) volume; ``report(windows done)``."""
+    done = [0]
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        out = model(window)
+        done[0] += window.shape[0]
+        report(done[0])
+        return out
+
+    return sliding_window_inference(x, tuple(roi), 1, predictor, overlap=overlap, mode="gaussian")
+
+
+def _to_tensor(proxies: torch.Tensor | np.ndarray) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(proxies) if isinstance(proxies, np.ndarray) else proxies, dtype=torch.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"Proxies must be (K, X, Y, Z) or (X, Y, Z); got shape {tuple(x.shape)}.")
+    return x
+
+
+@torch.inference_mode()
+def segment_proxies(
+    seg_model: torch.nn.Module,
+    proxies: torch.Tensor | np.ndarray,
+    *,
+    roi_size: Sequence[int] | None = None,
+    overlap: float = 0.125,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Softmax probabilities ŷ_mix of S for K proxies (K, X, Y, Z) → (K, C, X, Y, Z) float32 on the CPU.
+
+    ``roi_size=None`` follows the module's policy (batches, one pass, or slabs within the memory
+    budget); a given ``roi_size`` forces MONAI's sliding window with that window and ``overlap``
+    (the reference path the tests compare against).
+    """
+    device = next(seg_model.parameters()).device
+    x = _to_tensor(proxies)
+    k_total = x.shape[0]
+    shape = tuple(x.shape[-3:])
+    padded = tuple(_ceil16(n) for n in shape)
+    voxels = int(np.prod(padded))
+    bpv = activation_bytes_per_voxel(seg_model)
+    budget = memory_budget(device)
+    crop = (slice(None), slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+
+    def say(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(min(fraction, 1.0), message)
+
+    if roi_size is None and voxels <= MAX_BATCH_VOXELS and voxels * bpv <= budget:  # patch mode: batches, exact
+        per_batch = max(1, min(MAX_BATCH_VOXELS // voxels, int(budget // (voxels * bpv)) or 1))
+        outs = []
+        for start in range(0, k_total, per_batch):
+            xb, _ = _pad16(x[start : start + per_batch, None].to(device))
+            outs.append(torch.softmax(seg_model(xb), 1)[crop].float().cpu())
+            done = min(start + per_batch, k_total)
+            say(done / k_total, f"server: {done}/{k_total} proxy(ies) segmented in batches")
+        return torch.cat(outs)
+
+    outs = []
+    for k in range(k_total):
+        xk, _ = _pad16(x[k : k + 1, None].to(device))
+        if roi_size is not None:
+            roi = tuple(min(r, n) for r, n in zip(roi_size, padded))
+            ov: float | Sequence[float] = overlap
+            what = "window"
+        else:
+            thickness, n_slabs = plan_slabs(padded, bpv, budget)
+            if n_slabs == 1:
+                say(k / k_total, f"server: proxy {k + 1}/{k_total} (whole volume)")
+                outs.append(torch.softmax(seg_model(xk), 1)[crop].float().cpu())
+                say((k + 1) / k_total, f"server: proxy {k + 1}/{k_total} done")
+                continue
+            roi = (padded[0], padded[1], thickness)
+            interval = math.ceil((padded[2] - thickness) / (n_slabs - 1))
+            ov = (0.0, 0.0, 1.0 - (interval + 0.5) / thickness)  # MONAI's int(roi·(1 − ov)) = interval
+            what = "slab"
+        total = _count_windows(padded, roi, ov)
+        logits = _windows(seg_model, xk, roi, ov, lambda done, k=k, total=total: say(
+            (k + min(done / total, 1.0)) / k_total, f"server: proxy {k + 1}/{k_total}, {what} {min(done, total)}/{total}"))
+        outs.append(torch.softmax(logits, 1)[crop].float().cpu())
+    return torch.cat(outs)
+
+
+def _count_windows(padded: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float]) -> int:
+    """Windows MONAI's sliding window visits (for progress messages)."""
+    ovs = overlap if isinstance(overlap, Sequence) else (overlap,) * 3
+    count = 1
+    for n, r, o in zip(padded, roi, ovs):
+        interval = r if r == n else max(int(r * (1 - o)), 1)
+        count *= 1 if r >= n else math.ceil((n - r) / interval) + 1
+    return count

@@ -1,0 +1,66 @@
+"""mixdemo.inference: S over proxies within a memory budget (batches, one pass, or Z-slabs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mixdemo import inference
+from mixdemo.models import SegmentationNet
+
+TINY = (4, 4, 8, 8, 16, 4)
+
+
+def test_plan_slabs_whole_when_it_fits_else_fewest_slabs_that_fit():
+    grid = (144, 192, 160)
+    bpv = 16 * inference.BYTES_PER_VOXEL_PER_WIDTH
+    assert inference.plan_slabs(grid, bpv, budget=inference.DEFAULT_CPU_BUDGET_MB * 2**20) == (160, 1)  # default: one pass
+    thickness, n = inference.plan_slabs(grid, bpv, budget=2400 * 2**20)
+    assert (thickness, n) == (64, 3)  # MIXDEMO_S_MEMORY_MB=2400: 3 slabs of 64 on the phantom grid
+    assert thickness % 16 == 0 and 144 * 192 * thickness * bpv <= 2400 * 2**20
+    assert n * thickness - (n - 1) * inference.SLAB_OVERLAP >= 160  # the slabs cover Z with the overlap
+    assert inference.plan_slabs(grid, bpv, budget=1.0)[0] == 32  # too small a budget: the thinnest slab
+
+
+def test_activation_estimate_scales_with_the_networks_width():
+    small, paper = SegmentationNet(features=(16, 16, 32, 64, 128, 16)), SegmentationNet(features=(32, 32, 64, 128, 256, 32))
+    assert inference.activation_bytes_per_voxel(paper) == pytest.approx(2 * inference.activation_bytes_per_voxel(small))
+
+
+def test_slabs_agree_with_the_whole_pass_and_report_progress(monkeypatch):
+    torch.manual_seed(0)
+    seg = SegmentationNet(features=TINY).eval()
+    x = torch.rand(1, 48, 48, 112)
+    monkeypatch.setenv(inference.MEMORY_ENV, "100000")
+    whole = inference.segment_proxies(seg, x)
+    monkeypatch.setenv(inference.MEMORY_ENV, "1")
+    seen: list[tuple[float, str]] = []
+    slabs = inference.segment_proxies(seg, x, progress=lambda f, m: seen.append((f, m)))
+    assert slabs.shape == whole.shape == (1, 4, 48, 48, 112)
+    torch.testing.assert_close(slabs.sum(1), torch.ones(1, 48, 48, 112))
+    assert (slabs.argmax(1) == whole.argmax(1)).float().mean() > 0.95
+    # away from the seams (Z 32…48 is inside the first slab's Gaussian peak) slabs match closely
+    torch.testing.assert_close(slabs[..., 8:24], whole[..., 8:24], atol=0.05, rtol=0)
+    assert any("slab" in m for _, m in seen) and seen[-1][0] == pytest.approx(1.0)
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+
+
+def test_memory_budget_env_is_validated(monkeypatch):
+    monkeypatch.setenv(inference.MEMORY_ENV, "lots")
+    with pytest.raises(ValueError, match="megabytes"):
+        inference.memory_budget(torch.device("cpu"))
+    monkeypatch.setenv(inference.MEMORY_ENV, "512")
+    assert inference.memory_budget(torch.device("cpu")) == 512 * 2**20
+    monkeypatch.delenv(inference.MEMORY_ENV)
+    assert 0 < inference.memory_budget(torch.device("cpu")) <= inference.DEFAULT_CPU_BUDGET_MB * 2**20
+
+
+def test_patch_batches_are_exact_and_bad_shapes_are_refused():
+    seg = SegmentationNet(features=TINY).eval()
+    x = torch.rand(3, 32, 32, 32)
+    batched = inference.segment_proxies(seg, x)
+    one_by_one = torch.cat([inference.segment_proxies(seg, x[k : k + 1]) for k in range(3)])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="Proxies must be"):
+        inference.segment_proxies(seg, np.zeros((1, 1, 8, 8, 8), np.float32))
