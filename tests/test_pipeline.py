@@ -8,7 +8,7 @@ import torch
 
 from mixdemo.mixing import MixKey, one_hot
 from mixdemo.models import SegmentationNet, UnmixingNet
-from mixdemo.pipeline import Reference, make_proxies, private_segment, segment_proxies, unmix_learned
+from mixdemo.pipeline import UNMIX_ROI, Reference, make_proxies, private_segment, segment_proxies, unmix_learned
 
 
 def _volume(seed: int, shape=(16, 32, 16)) -> Reference:
@@ -99,7 +99,7 @@ def test_batched_unmixing_equals_monai_sliding_window(shape):
     d = _random_unmixer()
     mixed = torch.softmax(torch.randn(2, 4, *shape), 1)
     ref = one_hot(torch.randint(0, 4, (2, *shape)), 4)
-    fast = unmix_learned(d, mixed, ref, [0.35, 0.6], batch_size=3)
+    fast = unmix_learned(d, mixed, ref, [0.35, 0.6], roi_size=UNMIX_ROI, batch_size=3)
     torch.testing.assert_close(fast, _monai_reference(d, mixed, ref, [0.35, 0.6]), rtol=1e-4, atol=1e-5)
 
 
@@ -110,8 +110,8 @@ def test_unmixing_skips_windows_outside_the_brain_without_changing_the_brain():
     ref = one_hot(torch.randint(0, 4, (2, *shape)), 4)
     brain = np.zeros(shape, dtype=bool)
     brain[10:30, 20:50, 5:25] = True
-    full = unmix_learned(d, mixed, ref, [0.4, 0.5])
-    skipped = unmix_learned(d, mixed, ref, [0.4, 0.5], brain_mask=brain)
+    full = unmix_learned(d, mixed, ref, [0.4, 0.5], roi_size=UNMIX_ROI)
+    skipped = unmix_learned(d, mixed, ref, [0.4, 0.5], brain_mask=brain, roi_size=UNMIX_ROI)
     torch.testing.assert_close(skipped[:, :, brain], full[:, :, brain], rtol=1e-5, atol=1e-6)
     assert torch.all(skipped[:, 0, -1, -1, -1] == 1.0)  # a corner no kept window reaches: background
     assert torch.allclose(skipped.sum(1), torch.ones(2, *shape))
@@ -144,3 +144,29 @@ def test_labels_stay_inside_the_targets_own_brain():
     result = private_segment(target.image, refs, key, server_claiming_tissue_everywhere, UnmixingNet().eval())
     for which in ("naive", "naive_tta", "learned", "learned_tta"):
         assert np.all(result.labels(which)[:4] == 0)
+
+
+def test_whole_volume_unmixing_is_d_on_the_whole_grid_one_mix_at_a_time():
+    """The default: D on the whole volume (odd sides padded by repeating the edge), background outside the brain."""
+    d = _random_unmixer()
+    shape = (40, 33, 36)
+    mixed = torch.softmax(torch.randn(3, 4, *shape), 1)
+    ref = one_hot(torch.randint(0, 4, (3, *shape)), 4)
+    alphas = [0.3, 0.45, 0.5]
+    whole = unmix_learned(d, mixed, ref, alphas)
+    for k, a in enumerate(alphas):
+        pad = (0, 0, 0, 1, 0, 0)
+        x = torch.nn.functional.pad(mixed[k : k + 1], pad, mode="replicate")
+        r = torch.nn.functional.pad(ref[k : k + 1].float(), pad, mode="replicate")
+        with torch.no_grad():
+            direct = torch.softmax(d(x, r, torch.tensor([a])), 1)[..., :33, :]
+        torch.testing.assert_close(whole[k : k + 1], direct, rtol=1e-4, atol=1e-5)
+    brain = np.zeros(shape, dtype=bool)
+    brain[5:30, 5:25, 5:30] = True
+    masked = unmix_learned(d, mixed, ref, alphas, brain_mask=brain)
+    torch.testing.assert_close(masked[:, :, brain], whole[:, :, brain])
+    assert torch.all(masked[:, 0][:, ~brain] == 1.0)
+    # two references per mix: (K, 1 + R) weights reach D
+    d2 = UnmixingNet(n_references=2).eval()
+    two = unmix_learned(d2, mixed, torch.cat([ref, ref], 1), [[0.4, 0.3, 0.3]] * 3)
+    assert two.shape == whole.shape and torch.allclose(two.sum(1), torch.ones(3, *shape))

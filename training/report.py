@@ -162,17 +162,14 @@ def bench_md(doc: dict) -> str:
     levers = doc.get("levers") or {}
     if levers.get("s_channels_last_speedup"):
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
-    if levers.get("unmix_windows"):
-        kept, total = levers["unmix_windows"]
-        rows.append(("lever: D only on windows touching the brain (on)", f"{kept} of {total} windows", ""))
-    for row in levers.get("s_memory_budget") or []:
-        how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
-        rows.append((f"lever: S (baseline) with {how}: {row['slabs']} slab(s)",
-                     f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.4f}", ""))
-    for row in levers.get("unmix_overlap") or []:
-        state = "on" if row["overlap"] == 0.25 else "off"
-        rows.append((f"lever: D window overlap {row['overlap']} ({state}), K = 1",
-                     f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}", ""))
+    for row in levers.get("unmix_windows") or []:
+        if row["roi"] == "whole volume":
+            what, state = "D on the whole volume", "on"
+        else:
+            what, state = f"D on {row['roi'][0]}³ windows, overlap {row['overlap']}", "off"
+            if row.get("windows_with_brain"):
+                what += f" ({row['windows_with_brain'][0]} of {row['windows_with_brain'][1]} windows hold brain)"
+        rows.append((f"lever: {what} ({state}), K = 1", f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}", ""))
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
