@@ -97,7 +97,7 @@ def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
               brain: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """K proxies of one target through S, then naive (Eq. 4) and learned (D) unmixing, as float16.
 
-    With ``brain`` (the target's own brain) D skips windows outside it, as the client does.
+    With ``brain`` (the target's own brain) D's output is background outside it, as the client's is.
     """
     from mixdemo.mixing import MixKey
 

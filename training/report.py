@@ -121,6 +121,9 @@ def privacy_md(doc: dict) -> str:
                     lines.append(f"| {name.replace('_', ' ')} | {row} | | |")
                 continue
             lines.append(f"| {name.replace('_', ' ')} | {_f(row.get('attack_msssim'))} | {_f(row.get('reid_map'))} | {_f(row.get('dice_avg'))} |")
+        if isinstance(doc["defences"].get("two_references"), dict):
+            lines += ["", "Two references per mix (three sources, S and D trained for it) against one reference, same "
+                      "targets, references and α:", "", two_references_md(doc, header=False)]
     return "\n".join(lines).rstrip()
 
 
@@ -162,7 +165,7 @@ def bench_md(doc: dict) -> str:
     levers = doc.get("levers") or {}
     if levers.get("s_channels_last_speedup"):
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
-    for row in levers.get("unmix_windows") or []:
+    for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
             what, state = "D on the whole volume", "on"
         else:
@@ -213,7 +216,38 @@ CARDS = {
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
+    "segmentation-2ref": ("Mixup-Privacy S for two references per mix (three sources)",
+                          "S trained on proxies that mix the target with two references, "
+                          "x_mix = α·x + (1 − α)·(u·r₁ + (1 − u)·r₂) (the paper's future work), for the two-reference "
+                          "defence of the attack lab. Warm-started from the one-reference S (`--init-from weights`). "
+                          "Load with `mixdemo.weights.load_model(\"segmentation-2ref\")`."),
+    "unmixing-2ref": ("Mixup-Privacy D for two references per mix (three sources)",
+                      "D for three-source proxies: inputs softmax(ŷ_mix), both references' one-hot labels and the "
+                      "weights (α, w₁, w₂) through AdaIN. Widened from the one-reference D "
+                      "(`mixdemo.models.widen_references`) and trained on with S. "
+                      "Load with `mixdemo.weights.load_model(\"unmixing-2ref\")`."),
 }
+
+
+def two_references_md(doc: dict, header: bool = True) -> str:
+    """The two-reference defence, measured against one reference on the same patches."""
+    row = (doc.get("defences") or {}).get("two_references")
+    if not isinstance(row, dict):
+        return "Not measured yet: run `python -m training.evaluate_privacy --sections defences --merge`."
+    one = row.get("one_reference_same_patches", {})
+    head = (f"Measured by `{doc.get('command', '?')}` ({doc.get('date', '?')}), " if header else "") + (
+        f"α ~ U{tuple(row.get('alpha_range', []))}, {row.get('n_patches')} test patches of 32³, TTA over "
+        f"{row.get('tta_k')} mixes; re-identification on whole scans; separation on {row.get('n_bss_proxies')} patches, 1 chain each."
+        + (" **MNI152-derived phantoms, not patients.**" if header else ""))
+    return "\n".join([
+        head, "",
+        "| | one reference | two references |", "| --- | --- | --- |",
+        f"| Learned + TTA Dice | {_f(one.get('dice_avg'))} | {_f(row.get('dice_avg'))} |",
+        f"| Learned Dice (one mix) | {_f(one.get('dice_learned'))} | {_f(row.get('dice_learned'))} |",
+        f"| output-leakage Dice (server's arg-max) | {_f(one.get('output_leakage_dice'))} | {_f(row.get('output_leakage_dice'))} |",
+        f"| single-proxy re-id mAP | {_f(row.get('reid_single_proxy_map_one_reference'))} | {_f(row.get('reid_single_proxy_map'))} |",
+        f"| separation, weights known: MS-SSIM | {_f(row.get('bss_alpha_known_one_reference_msssim'))} | {_f(row.get('bss_weights_known_msssim'))} |",
+    ])
 
 
 def write_cards(weights_root: Path) -> list[Path]:
@@ -226,7 +260,11 @@ def write_cards(weights_root: Path) -> list[Path]:
             continue
         sections = {"How to use": "```python\nfrom mixdemo.weights import load_model\n"
                                   f"model = load_model(\"{name}\")\n```\nRuns on CUDA when present, else the CPU."}
-        if seg:
+        if name.endswith("-2ref"):
+            privacy = _load("privacy")
+            if privacy:
+                sections["Evaluation (phantom test patches)"] = two_references_md(privacy)
+        elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "

@@ -134,6 +134,14 @@ def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, 
     return seg, unmix
 
 
+def init_shas(folder: Path, mode: str) -> dict:
+    """SHA-256 of the weights a warm start began from (so that the record names them exactly)."""
+    from mixdemo.weights import sha256_file
+
+    names = ["segmentation", "unmixing"] if mode == "private" else ["baseline"]
+    return {n: sha256_file(folder / n / "model.safetensors") for n in names if (folder / n / "model.safetensors").exists()}
+
+
 class EndToEnd(torch.nn.Module):
     """S followed by D, so that one DDP wrapper synchronises both."""
 
@@ -250,6 +258,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
         "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
         "init_from": str(args.init_from) if args.init_from else None,
+        "init_from_sha256": init_shas(args.init_from, args.mode) if args.init_from else None,
         "features": list(features), "processes": world, "device": str(device),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
