@@ -14,6 +14,7 @@ Every other event has an explicit ``api_name`` but is private (browser only).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -392,7 +393,8 @@ Each panel runs an attack on proxies of the kind the server sees, with the truth
 Mixing is not encryption: these attacks are the evidence (the paper's two, plus averaging the K TTA proxies)."""
 SEPARATION_MD = """Blind source separation by annealed Langevin dynamics with a score-based prior of 32³ brain patches
 (Jayaram & Thickstun 2020): from the **proxy of your last patch-mode run** alone, the server tries to recover both
-the target and the reference. MS-SSIM 1 = perfect recovery."""
+the target and the reference. MS-SSIM 1 = perfect recovery. The chains anneal from the prior's largest noise level;
+above σ = 3 its score is the Gaussian that brain patches blur into (mean and variance of the reference bank's)."""
 REID_MD = """The server keeps a gallery of scans it has seen and ranks them by MS-SSIM to a query: does the query's
 subject (another scan of the same phantom) come first? Without proxies vs with mixup proxies (F1 and mAP)."""
 TTA_MD = """With TTA the server receives K proxies of **one** target in one request: averaging them cancels the
@@ -435,6 +437,14 @@ def _score_model():
         ) from None
 
 
+@functools.lru_cache(maxsize=1)
+def _population_tail() -> tuple[float, float]:
+    """The Gaussian tail of the separation's prior above σ = 3, from the public reference bank's brain patches."""
+    population_tail = _attack("bss", ("population_tail",))
+    bank = examples.reference_bank()
+    return population_tail([r.image for r in bank], [r.labels for r in bank])
+
+
 def _separation(sess: Session, steps: int, progress, cancel: threading.Event, known_alpha: bool = True):
     """Run ``mixdemo.attacks.bss.separate`` on the proxy of the last patch run; draw it beside the truth."""
     separate = _attack("bss", ("separate",))
@@ -445,7 +455,7 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     v = sess.view
     proxy, target, reference = v["proxy"], sess.image[v["region"]], v["reference"]
     alpha = v["alpha"] if known_alpha else None
-    res = separate(score, proxy, alpha, n_init=2, config=config_cls(steps_per_level=max(1, steps)),
+    res = separate(score, proxy, alpha, n_init=2, config=config_cls(steps_per_level=max(1, steps), tail=_population_tail()),
                    progress=progress, cancel=cancel)
     best, best_score, best_pair = 0, -2.0, (0, 1)
     for i in range(res.sources.shape[1]):

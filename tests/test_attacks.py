@@ -378,6 +378,24 @@ def test_evaluate_privacy_smoke(tmp_path: Path) -> None:
         assert (tmp_path / fig).stat().st_size > 0
 
 
+def test_gaussian_tail_starts_at_sigma_1_and_equals_the_exact_prior_there() -> None:
+    """With the tail set to the analytic prior's own Gaussian, the hybrid sampler from σ_1 is the exact
+    full-schedule sampler; and it separates (positive control: α = 1) from σ_1 = 50."""
+    prior = GaussianScore(mu=0.5, tau=0.3, sigma_1=50.0)
+    x = smooth_volumes(2, 16, seed=12)
+    m = 0.6 * x + 0.4 * smooth_volumes(2, 16, seed=13)
+    full = bss.separate(prior, m, 0.6, n_init=1, config=bss.LangevinConfig(steps_per_level=5, max_sigma=None, clip=False))
+    hybrid = bss.separate(prior, m, 0.6, n_init=1,
+                          config=bss.LangevinConfig(steps_per_level=5, max_sigma=1.0, tail=(0.5, 0.09), clip=False))
+    np.testing.assert_allclose(hybrid.sources, full.sources, rtol=1e-4, atol=1e-4)
+    skipped = bss.separate(prior, m, 0.6, n_init=1, config=bss.LangevinConfig(steps_per_level=5, max_sigma=1.0, clip=False))
+    assert not np.allclose(skipped.sources, full.sources, atol=1e-3)  # without the tail the high levels are skipped
+    assert bss.gaussian_tail(np.array([[0.0, 1.0]])) == (0.5, 0.25)
+    control = bss.separate(prior, smooth_volumes(2, 32, seed=14), 1.0, n_init=1,
+                           config=bss.LangevinConfig(steps_per_level=10, max_sigma=1.0, tail=(0.5, 0.09)))
+    assert bss.best_assignment_msssim(control.sources, smooth_volumes(2, 32, seed=14)).min() >= 0.85
+
+
 def test_max_sigma_skips_high_levels() -> None:
     prior = GaussianScore(sigma_1=50.0)
     levels = bss._levels(prior, max_sigma=1.0)

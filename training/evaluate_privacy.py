@@ -57,7 +57,8 @@ class Config:
     n_init: int = 3  # initialisations per proxy (α known)
     n_init_unknown: int = 2
     steps_per_level: int = 10  # Langevin T
-    max_sigma: float | None = 3.0  # skip the prior's levels above this σ (None: all)
+    max_sigma: float | None = 3.0  # the network's score at σ ≤ this (None: at every level)
+    tail: bool = True  # above max_sigma: the Gaussian tail of the population (False: skip those levels)
     reid_draws: int = 5
     sweep_reid_draws: int = 3
     tta_max_k: int = 20
@@ -96,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-per-level", type=int, default=None, help="Langevin T (default by run size)")
     p.add_argument("--max-sigma", type=float, default=3.0,
-                   help="start Langevin at the first prior level with σ ≤ this (≤ 0: all levels, from σ_1)")
+                   help="the score network at levels σ ≤ this, the population's Gaussian tail above it (≤ 0: the network at every level)")
+    p.add_argument("--no-tail", action="store_true", help="skip the levels above --max-sigma instead (start Langevin there)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     return p.parse_args(argv)
@@ -180,6 +182,13 @@ def bss_patches(c: Cohort, n: int, alpha_range: tuple[float, float], rng: np.ran
             "proxy": proxy.astype(np.float32)}
 
 
+def langevin_config(cfg: Config, c: Cohort) -> bss.LangevinConfig:
+    """The sampler of every separation here: the network's score at σ ≤ ``max_sigma``, and above it (from the
+    prior's σ_1) the Gaussian tail of the training scans' brain patches, unless ``cfg.tail`` is off."""
+    tail = bss.population_tail([v.image for v in c.train], [v.labels for v in c.train]) if cfg.tail and cfg.max_sigma else None
+    return bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma, tail=tail)
+
+
 def _stats(values: np.ndarray) -> dict:
     v = np.asarray(values, np.float64).ravel()
     return {"msssim_mean": float(v.mean()), "msssim_std": float(v.std()), "n": int(v.size)}
@@ -191,7 +200,7 @@ def _stats(values: np.ndarray) -> dict:
 def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path | None) -> dict:
     """Table 1's separation attack with its controls."""
     rng = np.random.default_rng(seed)
-    lc = bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma)
+    lc = langevin_config(cfg, c)
     p = bss_patches(c, cfg.bss_known, alpha_range, rng)
     # 1. α known: upper bound on the attacker
     known = bss.separate(score, p["proxy"], p["alpha"], n_init=cfg.n_init, config=lc, seed=seed)
@@ -216,10 +225,15 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
     den = bss.langevin_denoise(score, noisy, start, config=lc, seed=seed + 5).cpu()
     device = next(score.parameters()).device
     tweedie = tweedie_denoise(score, noisy[:, None].to(device), sigma0)[:, 0].clamp(0, 1).cpu()
-    # 5. the prior's full schedule (from σ_1), α known, one init: does the sampler converge from σ_1?
+    # 5. ablations of the schedule, α known, one init, on the first proxies: the network's score at every
+    #    level from σ_1 (no Gaussian tail), and the high levels skipped (start at σ ≤ max_sigma)
     nf = min(4, len(p["proxy"]))
-    full = bss.separate(score, p["proxy"][:nf], p["alpha"][:nf], n_init=1, config=replace(lc, max_sigma=None), seed=seed + 6)
+    full = bss.separate(score, p["proxy"][:nf], p["alpha"][:nf], n_init=1, config=replace(lc, max_sigma=None, tail=None), seed=seed + 6)
     s_full = bss.best_assignment_msssim(full.sources, p["target"][:nf], p["ref"][:nf])
+    cut = bss.separate(score, p["proxy"][:nf], p["alpha"][:nf], n_init=1, config=replace(lc, tail=None), seed=seed + 6)
+    s_cut = bss.best_assignment_msssim(cut.sources, p["target"][:nf], p["ref"][:nf])
+    same = bss.separate(score, p["proxy"][:nf], p["alpha"][:nf], n_init=1, config=lc, seed=seed + 6)
+    s_same = bss.best_assignment_msssim(same.sources, p["target"][:nf], p["ref"][:nf])
     out = {
         "alpha_range": list(alpha_range),
         "alpha_known": {**_stats(s_known), "best_of_inits_mean": float(s_known.max(1).mean()), "n_proxies": len(s_known),
@@ -237,13 +251,20 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
                         "what": "x + σz at the prior level nearest 0.2; Tweedie x̃ + σ² s(x̃, σ), and annealed Langevin from x̃"},
         },
         "alpha_known_full_schedule": {**_stats(s_full), "consistency_rms": float(full.consistency.mean()),
-                                      "what": "same attack from the prior's σ_1 (no max_sigma), 1 init"},
+                                      "what": "ablation: the network's score at every level from σ_1 (no Gaussian tail), 1 init"},
+        "alpha_known_skip_high_levels": {**_stats(s_cut), "consistency_rms": float(cut.consistency.mean()),
+                                         "what": "ablation: levels above max_sigma skipped (start at σ ≤ max_sigma), 1 init"},
+        "alpha_known_same_proxies": {**_stats(s_same), "consistency_rms": float(same.consistency.mean()),
+                                     "what": "the attack's own sampler on the ablations' proxies, 1 init"},
         "chance": {  # what an attacker gets with no separation at all: read these before the attack numbers
             "proxy_vs_target_msssim_mean": float(msssim_3d_batch(p["proxy"], p["target"], data_range=1.0).mean()),
             "other_subject_vs_target_msssim_mean": float(msssim_3d_batch(p["ref"], p["target"], data_range=1.0).mean()),
         },
         "langevin": {"prior_levels": len(levels), "sigma_1": float(levels[0]), "sigma_L": float(levels[-1]),
-                     "max_sigma": lc.max_sigma, "steps_per_level": lc.steps_per_level, "delta": lc.delta},
+                     "max_sigma": lc.max_sigma, "steps_per_level": lc.steps_per_level, "delta": lc.delta,
+                     "tail": None if lc.tail is None else list(lc.tail),
+                     "levels_run": len(bss._schedule(score, lc)),
+                     "levels_with_network_score": sum(learned for _, learned in bss._schedule(score, lc))},
         "patch_size": 32,
     }
     if figure is not None:
@@ -430,7 +451,7 @@ def run_two_references(models: dict, score, c: Cohort, cfg: Config, alpha_range,
         u = d_rng.uniform(size=len(c.test_small)).astype(np.float32)[:, None, None, None]
         reid_one.append(reid.retrieval(a * c.test_small + (1 - a) * refs[:, 0], c.identities).map)
         reid_two.append(reid.retrieval(a * c.test_small + (1 - a) * (u * refs[:, 0] + (1 - u) * refs[:, 1]), c.identities).map)
-    lc = bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma)
+    lc = langevin_config(cfg, c)
     p = bss_patches(c, cfg.bss_known, alpha_range, np.random.default_rng(seed + 40), n_references=2)
     sep3 = bss.separate(score, p["proxy"], mixing_weights=p["weights"], n_init=1, config=lc, seed=seed + 41)
     proxy1 = p["alpha"][:, None, None, None] * p["target"] + (1 - p["alpha"][:, None, None, None]) * p["ref"]
@@ -453,7 +474,7 @@ def run_two_references(models: dict, score, c: Cohort, cfg: Config, alpha_range,
 
 def run_sweep(models: dict, score, c: Cohort, cfg: Config, seed: int, figure: Path | None) -> list:
     rows = []
-    lc = bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma)
+    lc = langevin_config(cfg, c)
     for lo, hi in cfg.sweep_ranges:
         d = patch_dice(models, c, cfg, (lo, hi), seed)
         r = reid.reid_experiment(c.test_small, c.identities, c.train_small, alpha_range=(lo, hi),
@@ -562,7 +583,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
-    cfg = replace(cfg, max_sigma=args.max_sigma if args.max_sigma and args.max_sigma > 0 else None,
+    cfg = replace(cfg, max_sigma=args.max_sigma if args.max_sigma and args.max_sigma > 0 else None, tail=not args.no_tail,
                   steps_per_level=args.steps_per_level or cfg.steps_per_level)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)

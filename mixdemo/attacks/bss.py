@@ -10,6 +10,13 @@ jointly from p(x₁, x₂ | m) by noise-annealed Langevin dynamics (Song & Ermon
 
 with mixing weights (a₁, a₂) = (α, 1 − α); the consistency term is −∇_{x_j} ½‖m − g(x)‖² / σ_i².
 
+Schedule: all the prior's levels from σ_1 (of the order of the largest distance between patches) to
+σ_L. The network's score is used at σ ≤ ``max_sigma`` (3 by default); above it, where noise dwarfs the
+data's own spread, the score is the closed form of the Gaussian the smoothed prior converges to
+(``tail``: mean and variance of population brain patches). The network trained on 10 levels
+(ratio 2.9 between levels, on 2 CPU cores) cannot carry chains across the high levels itself: the
+evaluation records that ablation and the one that skips those levels.
+
 Settings:
 * ``alpha`` known (an upper bound on the attacker), or unknown: the same sampler is run on a
   grid of α ∈ [0.5, 0.9] (α and 1 − α are the same problem with the sources swapped) and each
@@ -50,12 +57,15 @@ class LangevinConfig:
         delta: δ, the step at the last level (η_i = δ·σ_i²/σ_L²).
         chunk: patches per forward pass of the score network (memory bound).
         clip: clip the final sources to [0, 1], the range of normalised images.
-        max_sigma: skip the prior's levels above this σ (None: all levels). The prior's σ_1 is
-            of the order of the largest distance between patches (≈ 140 per voxel for 32³
-            phantom patches in [0, 1]); levels far above the data range (default: 3) only add
-            noise that a few steps per level cannot anneal away. Measured on a step-1400 checkpoint of the prior
-            with T = 10: all 10 levels gave chains that had not converged (mixture residual RMS
-            ≈ 0.3, MS-SSIM ≈ 0.05), starting at σ ≤ 3 gave residual ≈ 0.06 and MS-SSIM ≈ 0.6.
+        max_sigma: the network's score at levels σ ≤ this (None: at every level); the levels above
+            use ``tail``, or are skipped without one. The prior's σ_1 is of the order of the largest
+            distance between patches (≈ 140 per voxel for 32³ phantom patches in [0, 1]); with the
+            network's score there, chains do not converge (``results/privacy.json``,
+            ``bss.alpha_known_full_schedule``).
+        tail: (mean, variance) of the data per voxel (:func:`gaussian_tail`, :func:`population_tail`).
+            Given, the sampler runs every level from σ_1 and uses above ``max_sigma`` the closed-form
+            score of N(mean, (variance + σ²) I), which the data smoothed by noise far above its own
+            spread converges to. None: the levels above ``max_sigma`` are skipped.
 
     δ defaults to 5e-5 (NCSN uses 2e-5 with T = 100): η_i/σ_i² = δ/σ_L² = 0.5 keeps the
     prior and consistency steps stable while converging in T = 10 steps per level.
@@ -66,6 +76,7 @@ class LangevinConfig:
     chunk: int = 64
     clip: bool = True
     max_sigma: float | None = 3.0
+    tail: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_level < 1:
@@ -106,6 +117,37 @@ def _levels(score: nn.Module, max_sigma: float | None = None) -> torch.Tensor:
     return levels
 
 
+def gaussian_tail(patches: np.ndarray) -> tuple[float, float]:
+    """(mean, variance) per voxel of population patches: the Gaussian of :attr:`LangevinConfig.tail`."""
+    x = np.asarray(patches, dtype=np.float64)
+    return float(x.mean()), float(x.var())
+
+
+def population_tail(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n: int = 256, seed: int = 0,
+                    size: int = 32) -> tuple[float, float]:
+    """:func:`gaussian_tail` of ``n`` brain-centred patches of population scans (an attacker's own data)."""
+    from mixdemo.attacks.score import sample_brain_patches
+
+    rng = np.random.default_rng(seed)
+    return gaussian_tail(sample_brain_patches(list(images), [np.argwhere(np.asarray(lab) > 0) for lab in labels], n, rng, size))
+
+
+def _schedule(score: nn.Module, config: LangevinConfig) -> list[tuple[float, bool]]:
+    """(σ_i, whether the network gives the score) for each level the sampler visits."""
+    if config.tail is None:
+        return [(float(s), True) for s in _levels(score, config.max_sigma).tolist()]
+    limit = math.inf if config.max_sigma is None else config.max_sigma
+    return [(float(s), float(s) <= limit) for s in _levels(score, None).tolist()]
+
+
+def _prior_score(score: nn.Module, x: torch.Tensor, sigma: float, learned: bool, config: LangevinConfig) -> torch.Tensor:
+    """s(x, σ): the network's, or at levels above ``max_sigma`` the Gaussian tail's −(x − m) / (v + σ²)."""
+    if learned:
+        return _score(score, x, sigma, config.chunk)
+    mean, var = config.tail  # type: ignore[misc]
+    return -(x - mean) / (var + sigma**2)
+
+
 def _score(score: nn.Module, x: torch.Tensor, sigma: float, chunk: int) -> torch.Tensor:
     """s(x, σ) for (N, P, P, P) patches, in chunks of ``chunk`` patches."""
     out = [score(x[i : i + chunk, None], sigma)[:, 0] for i in range(0, x.shape[0], chunk)]
@@ -140,7 +182,7 @@ def annealed_langevin(
         ((N, S, P, P, P) sources, completed).
     """
     device = mixtures.device
-    levels = _levels(score, config.max_sigma)
+    schedule = _schedule(score, config)
     n = mixtures.shape[0]
     n_sources = weights.shape[1]
     a = weights.to(device=device, dtype=mixtures.dtype).view(n, n_sources, 1, 1, 1)
@@ -148,9 +190,9 @@ def annealed_langevin(
     x = torch.rand((n, n_sources, *mixtures.shape[1:]), device=device, generator=generator, dtype=mixtures.dtype)
     if fixed_second is not None:
         x[:, 1] = fixed_second
-    sigma_l = float(levels[-1])
-    total, done = len(levels) * config.steps_per_level, 0
-    for sigma in levels.tolist():
+    sigma_l = schedule[-1][0]
+    total, done = len(schedule) * config.steps_per_level, 0
+    for sigma, learned in schedule:
         # 2. step size η_i = δ·σ_i²/σ_L²
         eta = config.delta * sigma**2 / sigma_l**2
         for _ in range(config.steps_per_level):
@@ -158,7 +200,7 @@ def annealed_langevin(
                 return _finish(x, config), False
             # 3. prior term s(x_j, σ_i) for each source
             moving = x[:, :1] if fixed_second is not None else x
-            prior = _score(score, moving.reshape(-1, *x.shape[2:]), sigma, config.chunk).view_as(moving)
+            prior = _prior_score(score, moving.reshape(-1, *x.shape[2:]), sigma, learned, config).view_as(moving)
             # 4. mixture consistency −∇ ½‖m − Σ_j a_j x_j‖² / σ_i² = a_j (m − g(x)) / σ_i²
             residual = mixtures[:, None] - (a * x).sum(1, keepdim=True)
             grad = prior + a[:, : moving.shape[1]] * residual / sigma**2
