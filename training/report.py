@@ -75,7 +75,10 @@ def privacy_md(doc: dict) -> str:
     if bss:
         lines += ["| Blind source separation (MS-SSIM to the true target) | mean ± sd | n |", "| --- | --- | --- |"]
         for key, label in (("alpha_known", "Langevin, α known"), ("alpha_unknown", "Langevin, α unknown"),
-                           ("control", "positive control (reference known to the attacker)")):
+                           ("control", "positive control (reference known to the attacker)"),
+                           ("alpha_known_same_proxies", "schedule: from σ_1, Gaussian tail above σ = 3 (the attack's), 1 chain"),
+                           ("alpha_known_full_schedule", "ablation: the network's score at every level from σ_1"),
+                           ("alpha_known_skip_high_levels", "ablation: levels above σ = 3 skipped")):
             if key in bss:
                 b = bss[key]
                 sd = f" ± {_f(b.get('msssim_std'))}" if b.get("msssim_std") is not None else ""
@@ -84,6 +87,12 @@ def privacy_md(doc: dict) -> str:
         if chance:
             lines += ["", f"Chance levels: the proxy itself has MS-SSIM {_f(chance.get('proxy_vs_target_msssim_mean'))} "
                       f"to the target, another subject's patch {_f(chance.get('other_subject_vs_target_msssim_mean'))}."]
+        lang = bss.get("langevin", {})
+        if lang.get("tail"):
+            lines += ["", f"Langevin: {lang.get('levels_run')} levels from σ_1 = {_f(lang.get('sigma_1'), 1)} to σ_L = "
+                      f"{_f(lang.get('sigma_L'), 2)}, T = {lang.get('steps_per_level')} steps each, δ = {lang.get('delta')}; "
+                      f"the score network at the {lang.get('levels_with_network_score')} levels with σ ≤ {lang.get('max_sigma')}, "
+                      f"above them the Gaussian N({_f(lang['tail'][0])}, {_f(lang['tail'][1])} + σ²) of the training scans' brain patches."]
         lines += ["", "Paper (PPMI): 0.602 ± 0.104.", ""]
     if reid:
         lines += ["| Re-identification | F1 | mAP | paper mAP |", "| --- | --- | --- | --- |"]
