@@ -33,8 +33,9 @@ MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
 DEFAULT_CPU_BUDGET_MB = 6144
 """Default budget on the CPU (capped at half the available RAM): the 144×192×160 phantom grid
 (≈ 5.3 GB) then takes one exact pass, as the committed evaluations did. A smaller budget, e.g.
-``MIXDEMO_S_MEMORY_MB=2400`` (3 slabs of 64, ≈ 2.1 GB), runs at the same speed on 2 cores with
-slightly different seams; ``python -m mixdemo.bench`` measures both (``levers.s_memory_budget``)."""
+``MIXDEMO_S_MEMORY_MB=2400`` (3 slabs of 64, ≈ 2.1 GB), takes half the peak memory for about 15 % more
+time on 2 cores, with slightly different seams; ``python -m mixdemo.bench`` measures both
+(``levers.s_memory_budget``)."""
 
 BYTES_PER_VOXEL_PER_WIDTH = 78.0
 """Peak activation memory of one inference pass of S per padded voxel, per unit of its first
