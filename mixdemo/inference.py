@@ -92,6 +92,16 @@ def plan_slabs(padded: Sequence[int], bytes_per_voxel: float, budget: float) -> 
     return min(z, 32), max(1, math.ceil(z / 16))
 
 
+def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float]) -> list[tuple[slice, ...]]:
+    """The windows MONAI's ``sliding_window_inference`` visits on a volume of ``shape`` (≥ ``roi``);
+    ``overlap`` one value or one per axis, as MONAI takes it."""
+    from monai.data.utils import dense_patch_slices
+
+    overlaps = tuple(overlap) if isinstance(overlap, Sequence) else (overlap,) * len(roi)
+    interval = tuple(r if r == n else max(int(r * (1 - o)), 1) for r, n, o in zip(roi, shape, overlaps))
+    return [tuple(sl) for sl in dense_patch_slices(tuple(shape), tuple(roi), interval)]
+
+
 def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """Pad spatial dims of (B, C, X, Y, Z) up to multiples of 16 (U-Net++ needs it)."""
     shape = tuple(x.shape[-3:])
@@ -182,18 +192,8 @@ def segment_proxies(
             interval = math.ceil((padded[2] - thickness) / (n_slabs - 1))
             ov = (0.0, 0.0, 1.0 - (interval + 0.5) / thickness)  # MONAI's int(roi·(1 − ov)) = interval
             what = "slab"
-        total = _count_windows(padded, roi, ov)
+        total = len(window_slices(padded, roi, ov))
         logits = _windows(seg_model, xk, roi, ov, lambda done, k=k, total=total: say(
             (k + min(done / total, 1.0)) / k_total, f"server: proxy {k + 1}/{k_total}, {what} {min(done, total)}/{total}"))
         outs.append(torch.softmax(logits, 1)[crop].float().cpu())
     return torch.cat(outs)
-
-
-def _count_windows(padded: Sequence[int], roi: Sequence[int], overlap: float | Sequence[float]) -> int:
-    """Windows MONAI's sliding window visits (for progress messages)."""
-    ovs = overlap if isinstance(overlap, Sequence) else (overlap,) * 3
-    count = 1
-    for n, r, o in zip(padded, roi, ovs):
-        interval = r if r == n else max(int(r * (1 - o)), 1)
-        count *= 1 if r >= n else math.ceil((n - r) / interval) + 1
-    return count

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mixdemo.inference import MAX_BATCH_VOXELS, segment_proxies
+from mixdemo.inference import MAX_BATCH_VOXELS, segment_proxies, window_slices
 from mixdemo.mixing import MixKey, mix, naive_unmix, one_hot, tta_average, tta_variance
 from mixdemo.phantoms import NUM_CLASSES
 
@@ -51,14 +51,6 @@ def reference_onehots(references: Sequence[Reference]) -> torch.Tensor:
 def unmix_naive(mixed_probs: torch.Tensor, ref_onehot: torch.Tensor, alphas: Sequence[float]) -> torch.Tensor:
     """Client, Eq. 4 for each of the K mixes: (K, C, X, Y, Z) scores."""
     return naive_unmix(mixed_probs, ref_onehot, np.asarray(alphas, dtype=np.float32))
-
-
-def window_slices(shape: Sequence[int], roi: Sequence[int], overlap: float) -> list[tuple[slice, ...]]:
-    """The windows MONAI's ``sliding_window_inference`` visits on a volume of ``shape`` (≥ ``roi``)."""
-    from monai.data.utils import dense_patch_slices
-
-    interval = tuple(r if r == n else max(int(r * (1 - overlap)), 1) for r, n in zip(roi, shape))
-    return [tuple(sl) for sl in dense_patch_slices(tuple(shape), tuple(roi), interval)]
 
 
 def mix_weights(alphas: Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:

@@ -26,6 +26,7 @@ and says so in ``weights_sha256``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -143,6 +144,11 @@ class Cohort:
     template_small: np.ndarray
     identities: list[str]
 
+    @functools.cached_property
+    def tail(self) -> tuple[float, float]:
+        """Gaussian tail of the separation's prior: the training scans' brain patches (computed once)."""
+        return bss.population_tail([v.image for v in self.train], [v.labels for v in self.train])
+
 
 def load_data(data: Path, cfg: Config) -> Cohort:
     cohort = load_cohort(data)
@@ -185,7 +191,7 @@ def bss_patches(c: Cohort, n: int, alpha_range: tuple[float, float], rng: np.ran
 def langevin_config(cfg: Config, c: Cohort) -> bss.LangevinConfig:
     """The sampler of every separation here: the network's score at σ ≤ ``max_sigma``, and above it (from the
     prior's σ_1) the Gaussian tail of the training scans' brain patches, unless ``cfg.tail`` is off."""
-    tail = bss.population_tail([v.image for v in c.train], [v.labels for v in c.train]) if cfg.tail and cfg.max_sigma else None
+    tail = c.tail if cfg.tail and cfg.max_sigma else None
     return bss.LangevinConfig(steps_per_level=cfg.steps_per_level, max_sigma=cfg.max_sigma, tail=tail)
 
 

@@ -288,26 +288,23 @@ def separate(
     alphas = np.broadcast_to(np.asarray(alpha if known else list(alpha_grid), dtype=np.float64), (b,) if known else (len(alpha_grid),))
     if np.any(alphas < 0) or np.any(alphas > 1):
         raise ValueError(f"α must lie in [0, 1]; got {alphas.tolist()}.")
-    g = len(alphas) if not known else 1
-    # chains ordered (proxy, α candidate, init)
-    a1 = np.repeat(alphas, n_init) if known else np.tile(np.repeat(alphas, n_init), b)
+    if known:
+        return _separate_known_weights(score, m, np.stack([alphas, 1 - alphas], 1), n_init, config, seed, progress,
+                                       cancel, what="α known")
+    # α unknown: chains ordered (proxy, α candidate, init); each (proxy, init) keeps its lowest-energy α
+    g = len(alphas)
+    a1 = np.tile(np.repeat(alphas, n_init), b)
     weights = torch.tensor(np.stack([a1, 1 - a1], 1), dtype=torch.float32, device=device)
     mixtures = m.repeat_interleave(g * n_init, 0)
     gen = torch.Generator(device=device).manual_seed(seed)
-
-    def report(done: int, total: int) -> None:
-        if progress is not None and (done % max(1, total // 50) == 0 or done == total):
-            what = "α known" if known else f"α unknown ({g} candidates)"
-            progress(done / total, f"Langevin separation, {what}: step {done}/{total}")
-
-    x, completed = annealed_langevin(score, mixtures, weights, config=config, generator=gen, progress=report, cancel=cancel)
+    x, completed = annealed_langevin(score, mixtures, weights, config=config, generator=gen,
+                                     progress=_reporter(progress, f"α unknown ({g} candidates)"), cancel=cancel)
     residual = (mixtures - (weights.view(-1, 2, 1, 1, 1) * x).sum(1)).pow(2).flatten(1).mean(1).sqrt()
     energy = prior_energy(score, x, chunk=config.chunk)
     shape = (b, g, n_init)
     x, residual, energy = x.view(*shape, *x.shape[1:]), residual.view(shape), energy.view(shape)
     chain_alpha = torch.as_tensor(a1, dtype=torch.float32).view(shape)
-    pick = energy.argmin(1).cpu() if not known else torch.zeros((b, n_init), dtype=torch.long)
-    idx = pick[:, None]
+    idx = energy.argmin(1).cpu()[:, None]
     take = lambda t: torch.gather(t.cpu(), 1, idx.view(b, 1, n_init, *([1] * (t.ndim - 3))).expand(b, 1, n_init, *t.shape[3:]))[:, 0]  # noqa: E731
     return SeparationResult(
         sources=take(x).numpy(),
@@ -318,10 +315,21 @@ def separate(
     )
 
 
+def _reporter(progress: ProgressFn | None, what: str) -> Callable[[int, int], None]:
+    """``annealed_langevin``'s (done, total) callback → about 50 ``progress(fraction, message)`` calls."""
+
+    def report(done: int, total: int) -> None:
+        if progress is not None and (done % max(1, total // 50) == 0 or done == total):
+            progress(done / total, f"Langevin separation, {what}: step {done}/{total}")
+
+    return report
+
+
 def _separate_known_weights(score: nn.Module, m: torch.Tensor, mixing_weights: np.ndarray, n_init: int,
                             config: LangevinConfig, seed: int, progress: ProgressFn | None,
-                            cancel: threading.Event | None) -> SeparationResult:
-    """:func:`separate` with every source's weight known: (B, S) weights, S sources per chain."""
+                            cancel: threading.Event | None, what: str | None = None) -> SeparationResult:
+    """:func:`separate` with every source's weight known: (B, S) weights, S sources per chain
+    (α known is the case S = 2, weights (α, 1 − α))."""
     b = m.shape[0]
     w = np.asarray(mixing_weights, dtype=np.float64)
     if w.ndim != 2 or w.shape[0] != b or w.shape[1] < 2:
@@ -331,11 +339,7 @@ def _separate_known_weights(score: nn.Module, m: torch.Tensor, mixing_weights: n
     weights = torch.tensor(np.repeat(w, n_init, 0), dtype=torch.float32, device=m.device)
     mixtures = m.repeat_interleave(n_init, 0)
     gen = torch.Generator(device=m.device).manual_seed(seed)
-
-    def report(done: int, total: int) -> None:
-        if progress is not None and (done % max(1, total // 50) == 0 or done == total):
-            progress(done / total, f"Langevin separation, {w.shape[1]} sources, weights known: step {done}/{total}")
-
+    report = _reporter(progress, what or f"{w.shape[1]} sources, weights known")
     x, completed = annealed_langevin(score, mixtures, weights, config=config, generator=gen, progress=report, cancel=cancel)
     residual = (mixtures - (weights.view(*weights.shape, 1, 1, 1) * x).sum(1)).pow(2).flatten(1).mean(1).sqrt()
     energy = prior_energy(score, x, chunk=config.chunk)
