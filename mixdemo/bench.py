@@ -5,9 +5,10 @@
 
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
-answer (K = 3, rendering included); the client's share
-(mixing + D); S's memory budget (one pass vs slabs: time, peak memory, Dice); achieved GFLOP/s of S against a float32 matrix-multiply peak measured in the
-same run; peak memory. Medians over repetitions.
+answer (K = 3, rendering included); the client's share (mixing + D); S's fast path against MONAI's
+forward and its memory budget (one pass vs slabs: time, peak memory, Dice, each in a fresh process);
+achieved GFLOP/s of S against a float32 matrix-multiply peak measured in the same run; peak memory.
+Medians over repetitions.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subj
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
 
 
-S_SLAB_BUDGET_MB = 2400
+S_SLAB_BUDGET_MB = 1200
 """The smaller memory budget the benchmark compares with the default (3 slabs of 64 on the phantom grid)."""
 
 
@@ -104,9 +105,10 @@ def unmix_window_study(seg: torch.nn.Module, unmix: torch.nn.Module, target: np.
     return rows
 
 
-def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int) -> dict:
+def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int, fused: bool = True) -> dict:
     """The baseline S on the whole target in a fresh process under a memory budget (None: the default):
-    seconds of one pass (after a warm-up pass), the process's peak RSS, and the brain-masked Dice."""
+    seconds of one pass (after a warm-up pass), the process's peak RSS, and the brain-masked Dice.
+    ``fused=False``: MONAI's forward (the reference path) instead of the fused S."""
     import subprocess
     import tempfile
 
@@ -119,18 +121,26 @@ def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None,
         path = Path(tmp) / "volume.npz"
         np.savez(path, image=target, labels=truth)
         cmd = [sys.executable, "-m", "mixdemo.bench", "--probe-s", str(path), "--threads", str(threads)]
+        cmd += [] if fused else ["--probe-unfused"]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return {"budget_mb": budget_mb, **json.loads(out.stdout.strip().splitlines()[-1])}
+    return {"path": "fused" if fused else "reference (MONAI forward)", "budget_mb": budget_mb,
+            **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
-def _probe_s(path: Path) -> dict:
+def _probe_s(path: Path, fused: bool) -> dict:
     """The child side of :func:`s_budget_probe`."""
     from mixdemo import inference
     from mixdemo.metrics import dice_per_class
 
     data = np.load(path)
     target, truth = data["image"], data["labels"]
-    base = load_models(True)[2]
+    try:
+        from mixdemo.weights import load_model
+
+        base = load_model("baseline", fast=fused)
+    except Exception:  # noqa: BLE001 - no weights: an untrained S of the same shape
+        base = SegmentationNet().eval().use_channels_last()
+        base = base.fuse_for_inference() if fused else base
     padded = [n + (-n) % 16 for n in target.shape]
     slabs = inference.plan_slabs(padded, inference.activation_bytes_per_voxel(base), inference.memory_budget(torch.device("cpu")))[1]
     segment_proxies(base, target[None])  # warm-up
@@ -179,7 +189,8 @@ def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, to
             return load_model("segmentation"), load_model("unmixing"), load_model("baseline")
         except Exception as exc:  # noqa: BLE001 - fall back to same-shape untrained models
             print(f"trained weights unavailable ({type(exc).__name__}); timing untrained models of the same shape")
-    return SegmentationNet().eval().use_channels_last(), UnmixingNet().eval(), SegmentationNet().eval().use_channels_last()
+    fast_s = lambda: SegmentationNet().eval().use_channels_last().fuse_for_inference()  # noqa: E731
+    return fast_s(), UnmixingNet().eval().use_channels_last(), fast_s()
 
 
 def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarray, list[Reference], np.ndarray]:
@@ -236,7 +247,8 @@ def run(args: argparse.Namespace) -> dict:
     cl_speedup = channels_last_speedup(seg, 32 if args.quick else 96, reps) if hasattr(seg, "use_channels_last") else None
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
     window_study = unmix_window_study(seg, unmix, target, target_labels, refs[0])
-    budget_study = [s_budget_probe(target, target_labels, b, torch.get_num_threads()) for b in (None, S_SLAB_BUDGET_MB)]
+    budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
+                    for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak = matmul_peak_gflops()
@@ -265,8 +277,9 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_windows": window_study,
             "unmix_windows_note": "D on the whole volume (default) vs 32³ windows (skipping those without brain), K = 1, α = 0.5",
             "s_memory_budget": budget_study,
-            "s_memory_budget_note": "baseline S on the target in a fresh process: default budget (one pass) vs "
-                                    f"MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} (Z-slabs); peak RSS of that process",
+            "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
+                                    f"(reference) in one pass, and fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
+                                    "(Z-slabs); peak RSS of that process",
         },
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }
@@ -284,11 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
     p.add_argument("--quick", action="store_true", help="64³ cube, 1 repetition")
     p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe
+    p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.probe_s is not None:
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = _probe_s(args.probe_s)
+        result = _probe_s(args.probe_s, fused=not args.probe_unfused)
         print(json.dumps(result))
         return result
     if args.quick:

@@ -32,14 +32,17 @@ MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
 
 DEFAULT_CPU_BUDGET_MB = 6144
 """Default budget on the CPU (capped at half the available RAM): the 144×192×160 phantom grid
-(≈ 5.3 GB) then takes one exact pass, as the committed evaluations did. A smaller budget, e.g.
-``MIXDEMO_S_MEMORY_MB=2400`` (3 slabs of 64, ≈ 2.1 GB), takes half the peak memory for about 15 % more
-time on 2 cores, with slightly different seams; ``python -m mixdemo.bench`` measures both
-(``levers.s_memory_budget``)."""
+(≈ 2.3 GB with the fused S that ``load_model`` returns, ≈ 5 GB unfused) then takes one exact pass,
+as the committed evaluations did. A smaller budget, e.g. ``MIXDEMO_S_MEMORY_MB=1200``, takes Z-slabs
+with slightly different seams; ``python -m mixdemo.bench`` measures both (``levers.s_memory_budget``)."""
 
 BYTES_PER_VOXEL_PER_WIDTH = 78.0
-"""Peak activation memory of one inference pass of S per padded voxel, per unit of its first
-feature width (measured on the CPU, float32: ≈ 1 200 B/voxel for the shipped widths 16)."""
+"""Peak activation memory of one inference pass of MONAI's U-Net++ forward per padded voxel, per unit
+of its first feature width (measured on the CPU, float32: ≈ 1 150 B/voxel for the shipped widths 16)."""
+
+FUSED_BYTES_PER_VOXEL_PER_WIDTH = 36.0
+"""The same for S after :meth:`~mixdemo.models.SegmentationNet.fuse_for_inference` (no concatenated
+tensors; ≈ 540 B/voxel measured for widths 16, softmax output included)."""
 
 MAX_BATCH_VOXELS = 1_000_000
 """Proxies this small (patch mode) go through S together, in one batch."""
@@ -49,10 +52,12 @@ SLAB_OVERLAP = 16
 
 
 def activation_bytes_per_voxel(model: torch.nn.Module) -> float:
-    """Estimated peak memory of S per padded input voxel (scales with its first feature width)."""
+    """Estimated peak memory of S per padded input voxel (scales with its first feature width; about
+    half for a fused S)."""
     config = getattr(model, "_hub_mixin_config", None) or {}
     first_width = (config.get("features") or [16])[0]
-    return BYTES_PER_VOXEL_PER_WIDTH * float(first_width)
+    per_width = FUSED_BYTES_PER_VOXEL_PER_WIDTH if getattr(model, "fused", False) else BYTES_PER_VOXEL_PER_WIDTH
+    return per_width * float(first_width)
 
 
 def memory_budget(device: torch.device) -> float:

@@ -104,8 +104,10 @@ def _import_class(dotted: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def load_model(name: str, *, device: str | None = None) -> nn.Module:
-    """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode."""
+def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn.Module:
+    """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
+    inference on the fast path: channels-last on the CPU, and S fused (``fast=False``: the reference
+    path, the modules exactly as trained, which the tests check the fast path against)."""
     folder = resolve_model_dir(name)
     verify_checksum(folder)
     record = read_training_record(folder)
@@ -119,8 +121,10 @@ def load_model(name: str, *, device: str | None = None) -> nn.Module:
     model.eval()
     if device is not None:
         model.to(device)
-    if hasattr(model, "use_channels_last") and next(model.parameters()).device.type == "cpu":
+    if fast and hasattr(model, "use_channels_last") and next(model.parameters()).device.type == "cpu":
         model.use_channels_last()
+    if fast and hasattr(model, "fuse_for_inference"):
+        model.fuse_for_inference()
     return model
 
 

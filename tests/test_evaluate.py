@@ -56,8 +56,8 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, m
 
 
 def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir):
-    """The client's fast path (D only on windows touching the brain, mixes batched) gives the Dice of
-    the reference path (every window, one mix at a time, as MONAI's sliding window) to 3 decimals."""
+    """The fast path (``load_model``'s fused, channels-last S and D; proxies batched) gives the Dice of
+    the reference path (the modules as trained, MONAI's forward, one mix at a time) to 3 decimals."""
     import numpy as np
     import torch
 
@@ -72,14 +72,17 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir)
             (evaluate.crop_volume(v, 64) for v in load_volumes(cohort.split("train")[:2]))]
     key = MixKey(tuple(r.ref_id for r in refs), (0.35, 0.45))
     seg, unmix = weights.load_model("segmentation"), weights.load_model("unmixing")
+    seg_ref, unmix_ref = weights.load_model("segmentation", fast=False), weights.load_model("unmixing", fast=False)
+    assert seg.fused and unmix.channels_last and not (seg_ref.fused or seg_ref.channels_last or unmix_ref.channels_last)
     proxies = make_proxies(target.image, refs, key)
     brain = target.image > 0
     fast_mixed = segment_proxies(seg, proxies)
     fast = unmix_learned(unmix, fast_mixed, reference_onehots(refs), key.alphas, brain_mask=brain)
     slow = []
     for k in range(key.k):
-        mixed = segment_proxies(seg, proxies[k : k + 1])
-        slow.append(unmix_learned(unmix, mixed, reference_onehots(refs[k : k + 1]), key.alphas[k : k + 1])[0])
+        mixed = segment_proxies(seg_ref, proxies[k : k + 1])
+        slow.append(unmix_learned(unmix_ref, mixed, reference_onehots(refs[k : k + 1]), key.alphas[k : k + 1],
+                                  brain_mask=brain)[0])
     for pred_fast, pred_slow in ((fast[0], slow[0]), (fast.mean(0), torch.stack(slow).mean(0))):
         d_fast = evaluate.dice_row(evaluate.masked(pred_fast.argmax(0).numpy(), brain), target.labels)
         d_slow = evaluate.dice_row(evaluate.masked(pred_slow.argmax(0).numpy(), brain), target.labels)

@@ -53,6 +53,63 @@ def test_three_source_unmixing_net_takes_two_references():
     assert out.shape == (2, 4, 8, 8, 8)
 
 
+def _with_batch_norm_statistics(net: SegmentationNet) -> SegmentationNet:
+    """Random weights and running statistics, so that folding the batch norms is not a no-op."""
+    torch.manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_segmentation_net_computes_monais_forward(channels_last):
+    import copy
+
+    net = _with_batch_norm_statistics(SegmentationNet(features=(4, 4, 8, 8, 16, 4)))
+    fused = copy.deepcopy(net)
+    if channels_last:
+        fused.use_channels_last()
+    fused.fuse_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+    with torch.inference_mode():
+        for shape in ((2, 1, 32, 48, 16), (1, 1, 20, 24, 18)):  # sides of 16 (lean path) and not (MONAI's)
+            x = torch.randn(shape)
+            torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fused for inference"):
+        fused.train()
+    with pytest.raises(RuntimeError, match="fused"):
+        fused.save_pretrained(Path("/nonexistent"))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        SegmentationNet(features=(4, 4, 8, 8, 16, 4)).fuse_for_inference()
+
+
+def test_channels_last_unmixing_net_computes_the_same_adain():
+    import copy
+
+    from mixdemo.models import channel_moments
+
+    torch.manual_seed(0)
+    net = UnmixingNet()
+    for p in net.parameters():  # AdaIN starts as identity; perturb so γ(α), β(α) matter
+        torch.nn.init.normal_(p, std=0.1)
+    net.eval()
+    fast = copy.deepcopy(net).use_channels_last()
+    y = torch.softmax(torch.randn(2, 4, 16, 12, 10), 1)
+    r = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 16, 12, 10)), 4).permute(0, 4, 1, 2, 3).float()
+    w = torch.tensor([0.3, 0.7])
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(y, r, w), net(y, r, w), rtol=0, atol=1e-4)
+    x = (torch.randn(2, 3, 20, 16, 12) * 0.5 + 4.0).contiguous(memory_format=torch.channels_last_3d)
+    mean, var = channel_moments(x)  # an offset mean: E[x²] − mean² must not cancel badly
+    ref_var, ref_mean = torch.var_mean(x.double(), dim=(2, 3, 4), correction=0)
+    torch.testing.assert_close(mean.double(), ref_mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(var.double(), ref_var, rtol=1e-3, atol=0)
+
+
 def _save(model, folder: Path, cls: str) -> None:
     model.save_pretrained(folder)
     weights.write_training_record(folder, {"command": "test"}, cls)
@@ -64,10 +121,15 @@ def test_model_folder_round_trip_and_checksum(tmp_path, monkeypatch):
     _save(net, tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
     assert {p.name for p in (tmp_path / "segmentation").iterdir()} >= {"config.json", "model.safetensors", "training.json"}
     assert json.loads((tmp_path / "segmentation" / "config.json").read_text())["features"] == [4, 4, 8, 8, 16, 4]
-    loaded = weights.load_model("segmentation")
+    loaded = weights.load_model("segmentation", fast=False)
     assert not loaded.training
     for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
+    fast = weights.load_model("segmentation")  # the inference default: fused, channels-last on the CPU
+    assert fast.fused and fast.channels_last
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), net.eval()(x), rtol=0, atol=1e-5)
     # corrupt the weights: the checksum in training.json catches it
     path = tmp_path / "segmentation" / "model.safetensors"
     data = bytearray(path.read_bytes())

@@ -176,7 +176,9 @@ def bench_md(doc: dict) -> str:
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     for row in levers.get("s_memory_budget") or []:
         how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
-        rows.append((f"lever: S (baseline) with {how}: {row['slabs']} slab(s), in a fresh process",
+        path = row.get("path", "MONAI forward")
+        state = "on" if path == "fused" and row["budget_mb"] is None else "off"
+        rows.append((f"lever: S (baseline), {path}, {how} ({state}): {row['slabs']} slab(s), in a fresh process",
                      f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
     for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
