@@ -229,8 +229,9 @@ def run(args: argparse.Namespace) -> dict:
         proxies = make_proxies(tgt, references[: key.k], key)
         t_mix = time.perf_counter() - t0
         mixed = segment_proxies(seg, proxies)
+        del proxies  # sent: the client no longer needs them
         t1 = time.perf_counter()
-        unmix_learned(unmix, mixed, reference_onehots(references[: key.k]), key.alphas, brain_mask=tgt > 0).mean(0).argmax(0)
+        unmix_learned(unmix, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas, brain_mask=tgt > 0).mean(0).argmax(0)
         t_unmix = time.perf_counter() - t1
         return time.perf_counter() - t0, t_mix + t_unmix
 

@@ -32,7 +32,7 @@ MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
 
 DEFAULT_CPU_BUDGET_MB = 6144
 """Default budget on the CPU (capped at half the available RAM): the 144×192×160 phantom grid
-(≈ 2.3 GB with the fused S that ``load_model`` returns, ≈ 5 GB unfused) then takes one exact pass,
+(≈ 1.8 GB with the fused S that ``load_model`` returns, ≈ 5 GB unfused) then takes one exact pass,
 as the committed evaluations did. A smaller budget, e.g. ``MIXDEMO_S_MEMORY_MB=1200``, takes Z-slabs
 with slightly different seams; ``python -m mixdemo.bench`` measures both (``levers.s_memory_budget``)."""
 
@@ -40,9 +40,9 @@ BYTES_PER_VOXEL_PER_WIDTH = 78.0
 """Peak activation memory of one inference pass of MONAI's U-Net++ forward per padded voxel, per unit
 of its first feature width (measured on the CPU, float32: ≈ 1 150 B/voxel for the shipped widths 16)."""
 
-FUSED_BYTES_PER_VOXEL_PER_WIDTH = 36.0
+FUSED_BYTES_PER_VOXEL_PER_WIDTH = 28.0
 """The same for S after :meth:`~mixdemo.models.SegmentationNet.fuse_for_inference` (no concatenated
-tensors; ≈ 540 B/voxel measured for widths 16, softmax output included)."""
+tensors; ≈ 420 B/voxel measured for widths 16, softmax output included)."""
 
 MAX_BATCH_VOXELS = 1_000_000
 """Proxies this small (patch mode) go through S together, in one batch."""

@@ -183,11 +183,13 @@ def tta(
     return tta_average(np.stack(outs))
 
 
-def one_hot(labels: Array, num_classes: int) -> Array:
-    """(…, X, Y, Z) integer labels → (…, C, X, Y, Z) float32 one-hot."""
+def one_hot(labels: Array, num_classes: int, dtype: torch.dtype = torch.float32) -> Array:
+    """(…, X, Y, Z) integer labels → (…, C, X, Y, Z) float32 one-hot (tensors: of ``dtype``, built by
+    comparison, without an int64 intermediate)."""
     if isinstance(labels, torch.Tensor):
-        oh = torch.nn.functional.one_hot(labels.long(), num_classes).float()
-        return oh.movedim(-1, -4)
+        labels = labels.long() if labels.is_floating_point() else labels
+        classes = torch.arange(num_classes, dtype=labels.dtype, device=labels.device).view(num_classes, 1, 1, 1)
+        return (labels.unsqueeze(-4) == classes).to(dtype)
     oh = np.eye(num_classes, dtype=np.float32)[labels.astype(np.int64)]
     return np.moveaxis(oh, -1, -4)
 

@@ -141,11 +141,13 @@ def _upcat_sum(upcat: nn.Module, low: torch.Tensor, skips: list[torch.Tensor]) -
     conv = first.conv
     weights = torch.split(conv.weight, [p.shape[1] for p in parts], dim=1)
     out = None
-    for part, weight in zip(parts, weights):
+    for weight in weights:
+        part = parts.pop(0)  # each part's memory can go once it is convolved
         y = torch.nn.functional.conv3d(part, weight, conv.bias if out is None else None,
                                        conv.stride, conv.padding, conv.dilation, conv.groups)
+        del part
         out = y if out is None else out.add_(y)
-    del parts, y
+        del y
     return upcat.convs.conv_1(first.adn(out))
 
 
@@ -181,14 +183,18 @@ class AdaIN3d(nn.Module):
         nn.init.zeros_(self.to_scale_shift.weight)
         nn.init.zeros_(self.to_scale_shift.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``inplace``: overwrite ``x`` (inference on the fast path only; the caller owns ``x``)."""
         gamma, beta = self.to_scale_shift(cond).chunk(2, dim=1)
         view = (-1, x.shape[1], 1, 1, 1)
         if self.training or not x.is_contiguous(memory_format=torch.channels_last_3d):
             return self.norm(x) * (1 + gamma.view(view)) + beta.view(view)
-        mean, var = channel_moments(x)  # inference in channels-last: one fused pass after the statistics
+        mean, var = channel_moments(x)  # inference in channels-last: the statistics, then one affine pass
         scale = (1 + gamma) * torch.rsqrt(var + self.norm.eps)
-        return torch.addcmul((beta - mean * scale).view(view), x, scale.view(view))
+        shift = (beta - mean * scale).view(view)
+        if inplace:
+            return x.mul_(scale.view(view)).add_(shift)
+        return torch.addcmul(shift, x, scale.view(view))
 
 
 def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,8 +219,9 @@ class ConvBlock(nn.Module):
         self.act = nn.LeakyReLU(0.1, inplace=True)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm1(self.conv1(x), cond))
-        return self.act(self.norm2(self.conv2(x), cond))
+        inplace = not torch.is_grad_enabled()  # the convolutions' outputs are ours to overwrite
+        x = self.act(self.norm1(self.conv1(x), cond, inplace))
+        return self.act(self.norm2(self.conv2(x), cond, inplace))
 
 
 class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=HUB_TAGS):
@@ -272,9 +279,11 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         e1 = self.enc1(x, cond)
+        del x
         e2 = self.enc2(nn.functional.max_pool3d(e1, 2), cond)
-        d1 = self.dec1(torch.cat([self.up(e2), e1], dim=1), cond)
-        return self.out(self.head(d1, cond))
+        skip = torch.cat([self.up(e2), e1], dim=1)
+        del e1, e2  # in inference, their memory goes once the concatenation holds them
+        return self.out(self.head(self.dec1(skip, cond), cond))
 
 
 @torch.no_grad()

@@ -43,9 +43,10 @@ def make_proxies(target: np.ndarray, references: Sequence[Reference], key: MixKe
     return mix(target.astype(np.float32), refs, np.asarray(key.alphas, dtype=np.float32)).astype(np.float32)
 
 
-def reference_onehots(references: Sequence[Reference]) -> torch.Tensor:
-    """(K, C, X, Y, Z) one-hot reference labels."""
-    return one_hot(torch.from_numpy(np.stack([r.labels for r in references])), NUM_CLASSES)
+def reference_onehots(references: Sequence[Reference], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(K, C, X, Y, Z) one-hot reference labels (``torch.uint8`` takes a quarter of the memory; the
+    unmixing functions take either)."""
+    return one_hot(torch.from_numpy(np.stack([r.labels for r in references])), NUM_CLASSES, dtype)
 
 
 def unmix_naive(mixed_probs: torch.Tensor, ref_onehot: torch.Tensor, alphas: Sequence[float]) -> torch.Tensor:
@@ -86,7 +87,7 @@ def unmix_learned(
         return _unmix_windows(unmix_model, mixed_probs, ref_onehot, alphas, brain_mask=brain_mask,
                               roi_size=roi_size, overlap=overlap, batch_size=batch_size)
     device = next(unmix_model.parameters()).device
-    k_mixes, n_cls = mixed_probs.shape[:2]
+    k_mixes = mixed_probs.shape[0]
     shape = tuple(mixed_probs.shape[-3:])
     weights = mix_weights(alphas)
     pad = [v for n in shape[::-1] for v in (0, n % 2)]  # D pools once: even sides (edge values repeated)
@@ -101,10 +102,17 @@ def unmix_learned(
         logits = unmix_model(y_mix.to(device), y_ref.to(device), weights[sl].to(device)).float().cpu()
         outs.append(torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1))
     probs = torch.cat(outs)
+    del outs
     if brain_mask is not None:
-        outside = torch.from_numpy(~np.asarray(brain_mask, dtype=bool)).expand(k_mixes, *shape)
-        probs.movedim(1, -1)[outside] = torch.eye(n_cls)[0]
+        _background_outside(probs, brain_mask)
     return probs
+
+
+def _background_outside(probs: torch.Tensor, brain_mask: np.ndarray) -> None:
+    """In place: probability 1 of background outside the brain (masked fills, no index tensors)."""
+    outside = torch.from_numpy(~np.asarray(brain_mask, dtype=bool))
+    probs.masked_fill_(outside, 0.0)
+    probs[:, 0].masked_fill_(outside, 1.0)
 
 
 def _unmix_windows(
@@ -215,7 +223,7 @@ def private_segment(
     proxies = make_proxies(target, references, key)
     brain = target > 0
     mixed = server(proxies)
-    ref_oh = reference_onehots(references)
+    ref_oh = reference_onehots(references, torch.uint8)
     naive = unmix_naive(mixed, ref_oh, key.alphas)
     learned = None
     if unmix_model is not None:
