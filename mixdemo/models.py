@@ -76,15 +76,17 @@ class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", t
         self.fused = False
 
     def use_channels_last(self) -> SegmentationNet:
-        """Channels-last 3D weights and inputs: oneDNN's CPU convolutions run ~15 % faster, same outputs
-        to float rounding (``mixdemo.weights.load_model`` turns it on for models on the CPU)."""
+        """Channels-last 3D weights and inputs: oneDNN's CPU convolutions run faster (the bench's
+        ``levers.s_channels_last_speedup``), same outputs to float rounding
+        (``mixdemo.weights.load_model`` turns it on for models on the CPU)."""
         self.to(memory_format=torch.channels_last_3d)
         self.channels_last = True
         return self
 
     def fuse_for_inference(self) -> SegmentationNet:
-        """Switch to the fast inference path: the same logits to float rounding, about half the peak
-        memory and ~1.4× faster on a whole volume on the CPU (``python -m mixdemo.bench``).
+        """Switch to the fast inference path: the same logits to float rounding, with less than half
+        the peak memory of MONAI's forward and faster on a whole volume (``python -m mixdemo.bench``
+        measures both, ``levers.s_memory_budget``).
 
         Each batch norm (eval mode: an affine map) is folded into the convolution before it, and
         :func:`lean_unetpp_forward` replaces MONAI's forward. Irreversible, for inference only:
@@ -103,7 +105,8 @@ class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", t
 
     def _save_pretrained(self, save_directory) -> None:  # type: ignore[override]
         if self.fused:
-            raise RuntimeError("A fused SegmentationNet has no batch norms left to save; save the model as loaded.")
+            raise RuntimeError("A fused SegmentationNet has no batch norms left to save; "
+                               "load it with mixdemo.weights.load_model(..., fast=False) to save it.")
         super()._save_pretrained(save_directory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
