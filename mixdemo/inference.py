@@ -53,7 +53,7 @@ SLAB_OVERLAP = 16
 
 def activation_bytes_per_voxel(model: torch.nn.Module) -> float:
     """Estimated peak memory of S per padded input voxel (scales with its first feature width; about
-    half for a fused S)."""
+    a third of that for a fused S)."""
     config = getattr(model, "_hub_mixin_config", None) or {}
     first_width = (config.get("features") or [16])[0]
     per_width = FUSED_BYTES_PER_VOXEL_PER_WIDTH if getattr(model, "fused", False) else BYTES_PER_VOXEL_PER_WIDTH

@@ -104,15 +104,15 @@ def unmix_learned(
     probs = torch.cat(outs)
     del outs
     if brain_mask is not None:
-        _background_outside(probs, brain_mask)
+        _background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
     return probs
 
 
-def _background_outside(probs: torch.Tensor, brain_mask: np.ndarray) -> None:
-    """In place: probability 1 of background outside the brain (masked fills, no index tensors)."""
-    outside = torch.from_numpy(~np.asarray(brain_mask, dtype=bool))
-    probs.masked_fill_(outside, 0.0)
-    probs[:, 0].masked_fill_(outside, 1.0)
+def _background_where(probs: torch.Tensor, where: torch.Tensor) -> None:
+    """In place: probability 1 of background at the voxels of ``where`` (X, Y, Z), for every mix
+    (masked fills, no index tensors)."""
+    probs.masked_fill_(where, 0.0)
+    probs[:, 0].masked_fill_(where, 1.0)
 
 
 def _unmix_windows(
@@ -155,9 +155,7 @@ def _unmix_windows(
         for (k, w), window_logits in zip(chunk, logits):
             logit_sum[(k, slice(None), *w)] += window_logits
     probs = torch.softmax(logit_sum / count.clamp(min=1), 1)
-    uncovered = (count[0, 0] == 0).expand(k_mixes, *padded)
-    if uncovered.any():  # outside every computed window: background
-        probs.movedim(1, -1)[uncovered] = torch.eye(n_cls)[0]
+    _background_where(probs, count[0, 0] == 0)  # outside every computed window: background
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(halves, shape))
     return probs[(slice(None), slice(None), *crop)].contiguous()
 
