@@ -106,6 +106,35 @@ def unmix_window_study(seg: torch.nn.Module, unmix: torch.nn.Module, target: np.
     return rows
 
 
+D_VARIANTS = ("unmixing", "unmixing-full")
+"""The D model folders whose whole-volume time and Dice the benchmark compares (those present)."""
+
+
+def unmix_net_study(seg: torch.nn.Module, target: np.ndarray, truth: np.ndarray, ref: Reference, reps: int) -> list[dict]:
+    """Each D of :data:`D_VARIANTS` in the local weights folder, on the whole volume as the client runs it (K = 1,
+    α = 0.5, the same S output): median seconds, its patch, parameters and brain-masked Dice."""
+    from mixdemo.metrics import dice_per_class
+    from mixdemo.models import count_parameters
+    from mixdemo.weights import load_model, weights_dir
+
+    key = MixKey((ref.ref_id,), (0.5,))
+    mixed = segment_proxies(seg, make_proxies(target, [ref], key))
+    brain = target > 0
+    rows = []
+    for name in [n for n in D_VARIANTS if (weights_dir() / n / "model.safetensors").exists()]:  # local only
+        unmix = load_model(name)
+
+        def run_d() -> torch.Tensor:
+            return unmix_learned(unmix, mixed, reference_onehots([ref], torch.uint8), key.alphas, brain_mask=brain)
+
+        seconds = median_seconds(run_d, reps)
+        labels = np.where(brain, run_d()[0].argmax(0).numpy(), 0)
+        dice = dice_per_class(labels, truth, [1, 2, 3])
+        rows.append({"model": name, "patch": getattr(unmix, "patch", 1), "parameters": count_parameters(unmix),
+                     "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
+    return rows
+
+
 def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int, fused: bool = True) -> dict:
     """The baseline S on the whole target in a fresh process under a memory budget (None: the default):
     seconds of one pass (after a warm-up pass), the process's peak RSS, and the brain-masked Dice.
@@ -253,6 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     cl_speedup = channels_last_speedup(seg, 32 if args.quick else 96, reps) if hasattr(seg, "use_channels_last") else None
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
     window_study = unmix_window_study(seg, unmix, target, target_labels, refs[0])
+    d_study = unmix_net_study(seg, target, target_labels, refs[0], reps) if not args.untrained else []
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
                     for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
     voxels = int(np.prod(target.shape))
@@ -282,6 +312,8 @@ def run(args: argparse.Namespace) -> dict:
             "s_channels_last_speedup": None if cl_speedup is None else round(cl_speedup, 3),
             "unmix_windows": window_study,
             "unmix_windows_note": "D on the whole volume (default) vs 32³ windows (skipping those without brain), K = 1, α = 0.5",
+            "unmix_nets": d_study,
+            "unmix_nets_note": "each shipped D on the whole volume, K = 1, α = 0.5: 'unmixing' is the default",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, and fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "

@@ -90,7 +90,8 @@ def unmix_learned(
     k_mixes = mixed_probs.shape[0]
     shape = tuple(mixed_probs.shape[-3:])
     weights = mix_weights(alphas)
-    pad = [v for n in shape[::-1] for v in (0, n % 2)]  # D pools once: even sides (edge values repeated)
+    multiple = getattr(unmix_model, "size_multiple", 2)  # D's sides: multiples of its patch × one pooling
+    pad = [v for n in shape[::-1] for v in (0, -n % multiple)]  # (edge values repeated)
     per_batch = max(1, MAX_BATCH_VOXELS // int(np.prod(shape)))
     outs = []
     for start in range(0, k_mixes, per_batch):

@@ -55,6 +55,18 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, m
     assert (tmp_path / "seg_panels.png").stat().st_size > 5000
 
 
+def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):
+    from mixdemo.data import load_cohort
+    from training import evaluate
+
+    test = load_cohort(small_cohort).split("test")
+    dice, retest = evaluate.select_scans(test, 1, icc_all=False, quick=False)
+    assert [r.name for r in dice] == [test[0].name] and dice[0].name.endswith("_scan-0")
+    assert {r.subject for r in retest} == {dice[0].subject} and len(retest) == 2
+    dice_all, retest_all = evaluate.select_scans(test, 1, icc_all=True, quick=False)
+    assert dice_all == dice and retest_all == test and len(test) > len(retest)
+
+
 def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir):
     """The fast path (``load_model``'s fused, channels-last S and D; proxies batched) gives the Dice of
     the reference path (the modules as trained, MONAI's forward, one mix at a time) to 3 decimals."""

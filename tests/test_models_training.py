@@ -53,6 +53,42 @@ def test_three_source_unmixing_net_takes_two_references():
     assert out.shape == (2, 4, 8, 8, 8)
 
 
+def test_patch_unmixing_net_runs_its_blocks_on_2x2x2_patches():
+    """D with ``patch=2``: full-resolution logits from blocks at half resolution, conditioned on α,
+    with each voxel's own inputs reaching its output through the per-voxel skip; a quarter of the
+    arithmetic of the full-resolution D at about its parameter count."""
+    import copy
+
+    torch.manual_seed(0)
+    net = UnmixingNet(patch=2)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    net.eval()
+    assert net.size_multiple == 4 and UnmixingNet().size_multiple == 2
+    y = torch.softmax(torch.randn(2, 4, 16, 12, 8), 1)
+    r = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 16, 12, 8)), 4).permute(0, 4, 1, 2, 3).float()
+    with torch.no_grad():
+        out = net(y, r, torch.tensor([0.2, 0.2]))
+        assert out.shape == (2, 4, 16, 12, 8)
+        assert not torch.allclose(out, net(y, r, torch.tensor([0.8, 0.8])))
+        skip_only = copy.deepcopy(net)  # with the patch path silenced, each voxel's logits are its own inputs'
+        torch.nn.init.zeros_(skip_only.out.weight)
+        torch.nn.init.zeros_(skip_only.out.bias)
+        poked = y.clone()
+        poked[:, :, 4, 4, 4] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        changed = (skip_only(poked, r, torch.tensor([0.2, 0.2])) - skip_only(y, r, torch.tensor([0.2, 0.2]))).abs().sum(1) > 0
+        assert changed[:, 4, 4, 4].all() and changed.sum() == 2
+    assert count_parameters(net) < 200_000
+    fast = copy.deepcopy(net).use_channels_last()
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(y, r, torch.tensor([0.3, 0.7])), net(y, r, torch.tensor([0.3, 0.7])),
+                                   rtol=0, atol=1e-4)
+    from mixdemo.models import widen_references
+
+    with pytest.raises(ValueError, match="patch 1"):
+        widen_references(net, 2)
+
+
 def _with_batch_norm_statistics(net: SegmentationNet) -> SegmentationNet:
     """Random weights and running statistics, so that folding the batch norms is not a no-op."""
     torch.manual_seed(0)
@@ -205,6 +241,25 @@ def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path):
 
     folders = train.main(_train_cmd(tiny_cohort, tmp_path / "w", tmp_path / "run", 2, ["--mode", "baseline"]))
     assert set(folders) == {"segmentation"} and Path(folders["segmentation"]).name == "baseline"
+
+
+def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
+    from training import train
+
+    start = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run0", 1))
+    s_before = (start / "segmentation" / "model.safetensors").read_bytes()
+    out = tmp_path / "d"
+    folders = train.main(_train_cmd(tiny_cohort, out, tmp_path / "run1", 2,
+                                    ["--mode", "unmixing", "--init-from", str(start), "--unmix-patch", "2"]))
+    assert set(folders) == {"unmixing"} and not (out / "segmentation").exists()
+    assert (start / "segmentation" / "model.safetensors").read_bytes() == s_before
+    record = json.loads((out / "unmixing" / "training.json").read_text())
+    assert record["mode"] == "unmixing" and record["unmix_patch"] == 2 and record["init_from_sha256"]["segmentation"]
+    assert UnmixingNet.from_pretrained(out / "unmixing").patch == 2
+    assert float((tmp_path / "run1" / "train.log").read_text().splitlines()[-1].split("\t")[3]) > 0  # D's loss
+    with pytest.raises(SystemExit, match="init-from"):
+        train.main(_train_cmd(tiny_cohort, out, tmp_path / "run2", 1, ["--mode", "unmixing"]))
 
 
 @pytest.mark.slow

@@ -166,6 +166,14 @@ def test_whole_volume_unmixing_is_d_on_the_whole_grid_one_mix_at_a_time():
     masked = unmix_learned(d, mixed, ref, alphas, brain_mask=brain)
     torch.testing.assert_close(masked[:, :, brain], whole[:, :, brain])
     assert torch.all(masked[:, 0][:, ~brain] == 1.0)
+    # a patch-2 D: sides padded to multiples of 4
+    d4 = UnmixingNet(patch=2).eval()
+    patched = unmix_learned(d4, mixed, ref, alphas)
+    pad = (0, 0, 0, 3, 0, 0)
+    with torch.no_grad():
+        direct = d4(torch.nn.functional.pad(mixed[:1], pad, mode="replicate"),
+                    torch.nn.functional.pad(ref[:1].float(), pad, mode="replicate"), torch.tensor([0.3]))
+    torch.testing.assert_close(patched[:1], torch.softmax(direct, 1)[..., :33, :], rtol=1e-4, atol=1e-5)
     # two references per mix: (K, 1 + R) weights reach D
     d2 = UnmixingNet(n_references=2).eval()
     two = unmix_learned(d2, mixed, torch.cat([ref, ref], 1), [[0.4, 0.3, 0.3]] * 3)

@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--brain-mask", action="store_true",
                    help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
+    p.add_argument("--icc-all", action="store_true",
+                   help="test-retest ICC over every test scan (default: the scans of the --volumes subjects); "
+                        "two K = 1 predictions per extra scan")
     p.add_argument("--crop", type=int, default=0, help="evaluate a central cube of this side (0: whole volume)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central 64³ crop")
@@ -112,18 +115,23 @@ def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
     return torch.stack(naive), torch.stack(learned), proxies
 
 
+def select_scans(test_records: list, volumes: int, icc_all: bool, quick: bool) -> tuple[list, list]:
+    """(Dice scans, test-retest scans): the first scan of the first ``volumes`` test subjects, and the
+    scans of those subjects (every test scan with ``icc_all``; at most 4 in a quick run)."""
+    first_scans = [r for r in test_records if r.name.endswith("_scan-0")] or test_records
+    dice_records = first_scans[:volumes]
+    subjects = {d.subject for d in dice_records}
+    retest_records = [r for r in test_records if icc_all or r.subject in subjects]
+    return dice_records, retest_records[:4] if quick else retest_records
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the protocol; returns the JSON document."""
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cohort = load_cohort(args.data)
-    test_records = cohort.split("test")
-    first_scans = [r for r in test_records if r.name.endswith("_scan-0")] or test_records
-    dice_records = first_scans[: args.volumes]
-    retest_records = [r for r in test_records if r.subject in {d.subject for d in dice_records}]
-    if args.quick:
-        retest_records = retest_records[:4]
+    dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
     by_id = {r.ref_id: r for r in bank}

@@ -188,6 +188,11 @@ def bench_md(doc: dict) -> str:
             if row.get("windows_with_brain"):
                 what += f" ({row['windows_with_brain'][0]} of {row['windows_with_brain'][1]} windows hold brain)"
         rows.append((f"lever: {what} ({state}), K = 1", f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}", ""))
+    for row in levers.get("unmix_nets") or []:
+        state = "on" if row["model"] == "unmixing" else "off"
+        where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
+        rows.append((f"lever: D `{row['model']}`, its blocks {where}, {row['parameters'] / 1e3:.0f} k parameters ({state}), K = 1",
+                     f"{row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}", ""))
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")

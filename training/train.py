@@ -9,7 +9,12 @@ Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
     torchrun --nproc_per_node=4 -m training.train --mode private --steps 3000 --features paper
 
 Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
-the target's labels, summed, as in the paper. Checkpoints every ``--ckpt-every`` steps and
+the target's labels, summed, as in the paper. ``--mode unmixing`` trains a new D alone on the
+outputs of a trained S that stays frozen (``--init-from weights``), e.g. the cheaper
+``--unmix-patch 2`` D::
+
+    python -m training.train --mode unmixing --init-from weights --unmix-patch 2 --steps 3000
+ Checkpoints every ``--ckpt-every`` steps and
 resumes from the last one; losses go to ``<run>/train.log`` (tab-separated).
 """
 
@@ -42,14 +47,18 @@ DEFAULT_DATA = Path("data/phantoms")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=["private", "baseline"], default="private",
-                   help="private: S on proxies + D end to end; baseline: S on raw images")
+    p.add_argument("--mode", choices=["private", "baseline", "unmixing"], default="private",
+                   help="private: S on proxies + D end to end; baseline: S on raw images; "
+                        "unmixing: a new D on the outputs of the frozen S of --init-from")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
+    p.add_argument("--unmix-features", default="16,32", help="D's two widths")
+    p.add_argument("--unmix-patch", type=int, default=1,
+                   help="D's patch: 1 full resolution; 2 its blocks on 2³ patches (mixdemo.models.UnmixingNet)")
     p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
     p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
     p.add_argument("--init-from", type=Path, default=None,
@@ -72,12 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def resolve_widths(spec: str) -> tuple[int, ...]:
+    """'16,32' → (16, 32)."""
+    return tuple(int(v) for v in spec.split(","))
+
+
 def resolve_features(spec: str) -> tuple[int, ...]:
     """'small' | 'paper' | '16,16,32,64,128,16' → widths."""
     named = {"small": SMALL_FEATURES, "paper": PAPER_FEATURES}
     if spec in named:
         return named[spec]
-    return tuple(int(v) for v in spec.split(","))
+    return resolve_widths(spec)
 
 
 def init_distributed(device_pref: str | None) -> tuple[int, int, torch.device]:
@@ -121,8 +135,9 @@ def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
 
 
 def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, ...]):
-    """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``)."""
-    seg = SegmentationNet.from_pretrained(folder / ("segmentation" if mode == "private" else "baseline"))
+    """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``;
+    in ``unmixing`` mode S alone, D is new)."""
+    seg = SegmentationNet.from_pretrained(folder / ("baseline" if mode == "baseline" else "segmentation"))
     shipped = tuple(seg._hub_mixin_config["features"])
     if shipped != tuple(features):
         raise SystemExit(f"--init-from: S in {folder} has features {shipped}, not {tuple(features)}.")
@@ -138,20 +153,30 @@ def init_shas(folder: Path, mode: str) -> dict:
     """SHA-256 of the weights a warm start began from (so that the record names them exactly)."""
     from mixdemo.weights import sha256_file
 
-    names = ["segmentation", "unmixing"] if mode == "private" else ["baseline"]
+    names = {"private": ["segmentation", "unmixing"], "unmixing": ["segmentation"]}.get(mode, ["baseline"])
     return {n: sha256_file(folder / n / "model.safetensors") for n in names if (folder / n / "model.safetensors").exists()}
 
 
 class EndToEnd(torch.nn.Module):
     """S followed by D, so that one DDP wrapper synchronises both."""
 
-    def __init__(self, seg: SegmentationNet, unmix: UnmixingNet | None) -> None:
+    def __init__(self, seg: SegmentationNet, unmix: UnmixingNet | None, freeze_seg: bool = False) -> None:
         super().__init__()
         self.seg = seg
         self.unmix = unmix
+        self.freeze_seg = freeze_seg
+        if freeze_seg:
+            seg.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EndToEnd:  # a frozen S stays in eval mode (its batch-norm statistics)
+        super().train(mode)
+        if self.freeze_seg:
+            self.seg.eval()
+        return self
 
     def forward(self, x_mix, y_ref, weights):  # noqa: D102
-        logits_mix = self.seg(x_mix)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_seg):
+            logits_mix = self.seg(x_mix)
         if self.unmix is None:
             return logits_mix, None
         return logits_mix, self.unmix(torch.softmax(logits_mix, dim=1), y_ref, weights)
@@ -163,7 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rank, world, device = init_distributed(args.device)
     torch.manual_seed(args.seed)
-    name = args.name or {"private": "segmentation", "baseline": "baseline"}[args.mode]
+    if args.mode == "unmixing" and args.init_from is None:
+        raise SystemExit("--mode unmixing trains D on a trained S: give --init-from (e.g. weights).")
+    name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,18 +202,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     cohort = load_cohort(args.data)
     volumes = load_volumes(cohort.split("train"))
-    mixed = args.mode == "private"
+    mixed = args.mode != "baseline"
     sampler = MixedPatchSampler(
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
         n_references=args.n_references, mixed=mixed, augment=args.augment, seed=args.seed * 1000 + rank,
     )
     features = resolve_features(args.features)
     seg = SegmentationNet(features=features)
-    unmix = UnmixingNet(n_references=args.n_references) if mixed else None
+    unmix = UnmixingNet(n_references=args.n_references, features=resolve_widths(args.unmix_features),
+                        patch=args.unmix_patch) if mixed else None
     if args.init_from is not None:
-        seg, unmix = warm_start(args.init_from, args.mode, args.n_references, features)
-    model = EndToEnd(seg, unmix).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=args.lr)
+        seg, warm_unmix = warm_start(args.init_from, args.mode, args.n_references, features)
+        unmix = warm_unmix or unmix
+    model = EndToEnd(seg, unmix, freeze_seg=args.mode == "unmixing").to(device).train()
+    optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     lr_factor = lambda s: cosine_factor(s, schedule_total(s, args.steps, args.legs))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     leg_starts = {start for _, start in args.legs or []} - {0}
@@ -222,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         logits_mix, logits_target = ddp(x_in.to(device), batch.y_ref.to(device), batch.weights.to(device))
         l_seg = loss_mix(logits_mix, batch.y_mix.to(device))
         l_unmix = loss_target(logits_target, batch.y_target[:, None].to(device)) if mixed else torch.zeros((), device=device)
-        loss = l_seg + l_unmix
+        loss = l_unmix if model.freeze_seg else l_seg + l_unmix
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -264,13 +293,15 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
+    training["unmix_features"], training["unmix_patch"] = resolve_widths(args.unmix_features), args.unmix_patch
     folders = {}
-    seg_name = name
-    model.seg.save_pretrained(args.out / seg_name)
-    write_training_record(args.out / seg_name, training, "mixdemo.models.SegmentationNet")
-    folders["segmentation"] = str(args.out / seg_name)
+    if not model.freeze_seg:  # a frozen S is the --init-from one: nothing new to write
+        model.seg.save_pretrained(args.out / name)
+        write_training_record(args.out / name, training, "mixdemo.models.SegmentationNet")
+        folders["segmentation"] = str(args.out / name)
     if model.unmix is not None:
-        unmix_name = name.replace("segmentation", "unmixing") if "segmentation" in name else name + "-unmixing"
+        unmix_name = name if model.freeze_seg else (
+            name.replace("segmentation", "unmixing") if "segmentation" in name else name + "-unmixing")
         model.unmix.save_pretrained(args.out / unmix_name)
         write_training_record(args.out / unmix_name, training, "mixdemo.models.UnmixingNet")
         folders["unmixing"] = str(args.out / unmix_name)
