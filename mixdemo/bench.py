@@ -106,7 +106,7 @@ def unmix_window_study(seg: torch.nn.Module, unmix: torch.nn.Module, target: np.
     return rows
 
 
-D_VARIANTS = ("unmixing", "unmixing-full")
+D_VARIANTS = ("unmixing", "unmixing-p2")
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present)."""
 
 

@@ -38,8 +38,8 @@ class WeightsError(RuntimeError):
 
 
 def weights_dir() -> Path:
-    """Local weights folder (``$MIXDEMO_WEIGHTS_DIR`` or the repo's ``weights/``)."""
-    return Path(os.environ.get(WEIGHTS_DIR_ENV, REPO_ROOT / "weights"))
+    """Local weights folder (``$MIXDEMO_WEIGHTS_DIR`` when set and not empty, else the repo's ``weights/``)."""
+    return Path(os.environ.get(WEIGHTS_DIR_ENV) or REPO_ROOT / "weights")
 
 
 def sha256_file(path: Path) -> str:

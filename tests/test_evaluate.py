@@ -100,3 +100,21 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir)
         d_slow = evaluate.dice_row(evaluate.masked(pred_slow.argmax(0).numpy(), brain), target.labels)
         assert {c: round(v, 3) for c, v in d_fast.items()} == {c: round(v, 3) for c, v in d_slow.items()}
         assert np.isfinite(list(d_fast.values())).all()
+
+
+@pytest.mark.slow
+def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, model_dir, tmp_path):
+    from training import compare_unmixing, report
+
+    names = [n for n in compare_unmixing.DEFAULT_MODELS if (model_dir / n / "model.safetensors").exists()]
+    out = tmp_path / "d.json"
+    doc = compare_unmixing.main(["--data", str(small_cohort), "--quick", "--threads", "1", "--models", *names,
+                                 "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    assert [r["model"] for r in doc["rows"]] == names and doc["command"].startswith("python -m training.compare_unmixing")
+    baselines = {json.dumps(r["baseline"]) for r in doc["rows"]}
+    assert len(baselines) == 1  # the same scans and S for every D
+    for row in doc["rows"]:
+        assert 0.0 <= row["learned_tta"]["avg"] <= 1.0 and row["patch"] in (1, 2) and row["parameters"] > 0
+    table = report.d_designs_md(doc)
+    assert table.count("\n| `") == len(names)

@@ -357,3 +357,10 @@ def test_widen_references_starts_where_the_one_reference_net_was() -> None:
     assert torch.allclose(got, expected, atol=1e-4)
     with pytest.raises(ValueError, match="one-reference"):
         widen_references(two, 3)
+
+
+def test_an_empty_weights_dir_variable_means_the_repos_weights(monkeypatch):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "")
+    assert weights.weights_dir() == REPO / "weights"
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "/somewhere/else")
+    assert weights.weights_dir() == Path("/somewhere/else")

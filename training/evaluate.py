@@ -16,6 +16,7 @@ import json
 import shlex
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--brain-mask", action="store_true",
                    help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
+    p.add_argument("--unmixing", default="unmixing",
+                   help="the D model folder to evaluate (e.g. unmixing-p2, the cheaper D on 2³ patches)")
     p.add_argument("--icc-all", action="store_true",
                    help="test-retest ICC over every test scan (default: the scans of the --volumes subjects); "
                         "two K = 1 predictions per extra scan")
@@ -115,6 +118,12 @@ def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
     return torch.stack(naive), torch.stack(learned), proxies
 
 
+def scan_seed(seed: int, scan_name: str) -> int:
+    """The seed of one scan's references and α: fixed by the scan's name, so it does not depend on
+    which other scans an evaluation includes."""
+    return zlib.crc32(f"{seed}:{scan_name}".encode())
+
+
 def select_scans(test_records: list, volumes: int, icc_all: bool, quick: bool) -> tuple[list, list]:
     """(Dice scans, test-retest scans): the first scan of the first ``volumes`` test subjects, and the
     scans of those subjects (every test scan with ``icc_all``; at most 4 in a quick run)."""
@@ -139,18 +148,18 @@ def evaluate(args: argparse.Namespace) -> dict:
         if not args.quick:
             raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
-    seg, unmix, base = load_model("segmentation"), load_model("unmixing"), load_model("baseline")
+    seg, unmix, base = load_model("segmentation"), load_model(args.unmixing), load_model("baseline")
 
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
     single_dice: dict[str, list[tuple[float, float]]] = {}  # scan → Dice of two single predictions, per class
     figure_case = None
     rng = np.random.default_rng(args.seed)
-    for i, rec in enumerate(sorted({*dice_records, *retest_records}, key=lambda r: r.name)):
+    for rec in sorted({*dice_records, *retest_records}, key=lambda r: r.name):
         vol = crop_volume(load_volumes([rec])[0], args.crop)
         in_dice = rec in dice_records
         k = args.k_max if in_dice else 2
-        key = sample_key(list(by_id), k, alpha_range=tuple(args.alpha_range), seed=args.seed * 1000 + i)
+        key = sample_key(list(by_id), k, alpha_range=tuple(args.alpha_range), seed=scan_seed(args.seed, rec.name))
         refs = [by_id[r] for r in key.reference_ids]
         brain = vol.image > 0 if args.brain_mask else None
         naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix, brain)
@@ -197,7 +206,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "dice": {m: mean_rows(rows[m]) for m in METHODS},
         "dice_vs_k": dice_vs_k,
         "icc": icc,
-        "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in ("segmentation", "unmixing", "baseline")},
+        "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in ("segmentation", args.unmixing, "baseline")},
         "seconds": round(time.perf_counter() - t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -208,8 +208,26 @@ def reliability_md(doc: dict) -> str:
                       *[f"| {k.replace('_', ' ')} | {doc[k]} |" for k in keys if not isinstance(doc[k], (dict, list))]])
 
 
+def d_designs_md(doc: dict) -> str:
+    """The client networks D compared on one protocol, with each one's client time from the benchmark."""
+    times = {r["model"]: r["seconds"] for r in ((_load("bench") or {}).get("levers") or {}).get("unmix_nets") or []}
+    lines = [f"Measured by `{doc['command'].strip()}` ({doc['date']}): for each D, `{doc['protocol']}`; the same "
+             "proxies, S and references for every D. D's time: `python -m mixdemo.bench` (whole volume, K = 1). "
+             "**MNI152-derived phantoms, not patients.**", "",
+             "| D | its blocks run | parameters | D's time | Learned | Learned + TTA | × baseline |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in doc["rows"]:
+        where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
+        seconds = f"{times[row['model']]:.2f} s" if row["model"] in times else "—"
+        lines.append(f"| `{row['model']}`{' (default)' if row['model'] == 'unmixing' else ''} | {where} | "
+                     f"{row['parameters'] / 1e3:.0f} k | {seconds} | {_f(row['learned']['avg'])} | "
+                     f"{_f(row['learned_tta']['avg'])} | {_f(row['tta_over_baseline'])} |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
+    "d_designs": d_designs_md,
 }
 
 
@@ -231,8 +249,12 @@ CARDS = {
                      "batch norm. Load with `mixdemo.weights.load_model(\"segmentation\")`."),
     "unmixing": ("Mixup-Privacy client unmixing network D (AdaIN U-Net)",
                  "The client-side unmixing network: from softmax(ŷ_mix), the reference's one-hot labels and α "
-                 "(through adaptive instance norm) it predicts the target's segmentation. Trained end to end with S. "
+                 "(through adaptive instance norm) it predicts the target's segmentation. {how} "
                  "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
+    "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
+                    "A cheaper client D: the same four AdaIN blocks on 2³ patches. {how} About 6× less client "
+                    "time than the default D and less accurate after TTA (the table below). Not the default. "
+                    "Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
@@ -270,6 +292,17 @@ def two_references_md(doc: dict, header: bool = True) -> str:
     ])
 
 
+def unmixing_how(folder: Path) -> str:
+    """How a D folder was trained and where its blocks run, from its config and training record."""
+    record = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    patch = json.loads((folder / "config.json").read_text()).get("patch", 1)
+    where = (f"Its four blocks run on {patch}³ patches (a stride-{patch} convolution in, a transposed one out, "
+             "and an α-gated per-voxel skip from the inputs to the logits)." if patch > 1 else "")
+    how = ("Trained on the outputs of the frozen S (`--mode unmixing`)." if record.get("mode") == "unmixing"
+           else "Trained end to end with S.")
+    return f"{where} {how}".strip()
+
+
 def write_cards(weights_root: Path) -> list[Path]:
     """Model cards quoting the measured table and the commands."""
     seg = _load("segmentation")
@@ -284,14 +317,24 @@ def write_cards(weights_root: Path) -> list[Path]:
             privacy = _load("privacy")
             if privacy:
                 sections["Evaluation (phantom test patches)"] = two_references_md(privacy)
+        elif name == "unmixing-p2":
+            designs = _load("d_designs")
+            if designs:
+                sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
                                       "7.0 M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
+        if name.startswith("unmixing"):
+            config = json.loads((folder / "config.json").read_text())
+            sections["Configurations"] = (f"D: widths {tuple(config['features'])}, patch {config.get('patch', 1)}, "
+                                          f"{config['n_references']} reference(s) per mix; the same configuration "
+                                          "trains on CPUs and GPUs (`python -m training.train --help`).")
         note = folder / "TRAINING_NOTE.md"
         if note.exists():
             sections["Training history"] = note.read_text()
+        summary = summary.replace("{how}", unmixing_how(folder)) if "{how}" in summary else summary
         written.append(write_model_card(folder, title=title, summary=summary, sections=sections))
     return written
 
