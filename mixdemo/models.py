@@ -238,8 +238,9 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         patch: 1 runs the four blocks at full resolution. ``p`` > 1 runs them on ``p``³ patches: a
             stride-``p`` convolution in (each patch's voxels become channels), a transposed one out,
             and a per-voxel skip from the inputs to the logits whose gain depends on α, so each
-            voxel's own mixed probability still reaches its output; about 6× less client time at
-            ``p`` = 2 (``python -m mixdemo.bench``).
+            voxel's own mixed probability still reaches its output. At ``p`` = 2 about 4× less
+            client time (``python -m mixdemo.bench``) and a lower Dice after TTA
+            (``python -m training.compare_unmixing``), so the shipped default is ``p`` = 1.
     """
 
     def __init__(

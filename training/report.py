@@ -252,7 +252,7 @@ CARDS = {
                  "(through adaptive instance norm) it predicts the target's segmentation. {how} "
                  "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
     "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
-                    "A cheaper client D: the same four AdaIN blocks on 2³ patches. {how} About 6× less client "
+                    "A cheaper client D: the default D's four AdaIN blocks and widths. {how} About 4× less client "
                     "time than the default D and less accurate after TTA (the table below). Not the default. "
                     "Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
