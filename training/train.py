@@ -9,13 +9,13 @@ Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
     torchrun --nproc_per_node=4 -m training.train --mode private --steps 3000 --features paper
 
 Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
-the target's labels, summed, as in the paper. ``--mode unmixing`` trains a new D alone on the
-outputs of a trained S that stays frozen (``--init-from weights``), e.g. the cheaper
-``--unmix-patch 2`` D::
-
-    python -m training.train --mode unmixing --init-from weights --unmix-patch 2 --steps 3000
- Checkpoints every ``--ckpt-every`` steps and
+the target's labels, summed, as in the paper. Checkpoints every ``--ckpt-every`` steps and
 resumes from the last one; losses go to ``<run>/train.log`` (tab-separated).
+
+``--mode unmixing`` trains a new D alone on the outputs of a trained S that stays frozen
+(``--init-from weights``), e.g. the cheaper D on 2³ patches::
+
+    python -m training.train --mode unmixing --init-from weights --unmix-patch 2 --name unmixing-p2
 """
 
 from __future__ import annotations
