@@ -79,15 +79,23 @@ def channels_last_speedup(seg: torch.nn.Module, side: int, reps: int) -> float:
         return median_seconds(lambda: plain(x), reps) / median_seconds(lambda: fast(x), reps)
 
 
-def unmix_window_study(seg: torch.nn.Module, unmix: torch.nn.Module, target: np.ndarray, truth: np.ndarray,
-                       ref: Reference) -> list[dict]:
+D_STUDY_KEY_ALPHA = 0.5
+"""α of the one mix on which the benchmark's D levers are measured."""
+
+
+def d_study_input(seg: torch.nn.Module, target: np.ndarray, ref: Reference) -> tuple[MixKey, torch.Tensor]:
+    """The one mix the D levers share (K = 1, α = 0.5) and S's output on it, computed once."""
+    key = MixKey((ref.ref_id,), (D_STUDY_KEY_ALPHA,))
+    return key, segment_proxies(seg, make_proxies(target, [ref], key))
+
+
+def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor, target: np.ndarray,
+                       truth: np.ndarray, ref: Reference) -> list[dict]:
     """D on the whole volume (the default) against D on 32³ windows (overlap 0.25 and 0, windows without
-    brain skipped): time and brain-masked Dice, K = 1, α = 0.5."""
+    brain skipped): time and brain-masked Dice on the shared mix of :func:`d_study_input`."""
     from mixdemo.metrics import dice_per_class
     from mixdemo.pipeline import UNMIX_ROI, window_slices
 
-    key = MixKey((ref.ref_id,), (0.5,))
-    mixed = segment_proxies(seg, make_proxies(target, [ref], key))
     brain = target > 0
     rows = []
     for roi, overlap in ((None, None), (UNMIX_ROI, 0.25), (UNMIX_ROI, 0.0)):
@@ -110,19 +118,19 @@ D_VARIANTS = ("unmixing", "unmixing-p2")
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present)."""
 
 
-def unmix_net_study(seg: torch.nn.Module, target: np.ndarray, truth: np.ndarray, ref: Reference, reps: int) -> list[dict]:
-    """Each D of :data:`D_VARIANTS` in the local weights folder, on the whole volume as the client runs it (K = 1,
-    α = 0.5, the same S output): median seconds, its patch, parameters and brain-masked Dice."""
+def unmix_net_study(default_unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor, target: np.ndarray,
+                    truth: np.ndarray, ref: Reference, reps: int) -> list[dict]:
+    """Each D of :data:`D_VARIANTS` in the local weights folder (the default one already loaded), on the
+    whole volume as the client runs it, on the shared mix of :func:`d_study_input`: median seconds, its
+    patch, parameters and brain-masked Dice."""
     from mixdemo.metrics import dice_per_class
     from mixdemo.models import count_parameters
     from mixdemo.weights import load_model, weights_dir
 
-    key = MixKey((ref.ref_id,), (0.5,))
-    mixed = segment_proxies(seg, make_proxies(target, [ref], key))
     brain = target > 0
     rows = []
     for name in [n for n in D_VARIANTS if (weights_dir() / n / "model.safetensors").exists()]:  # local only
-        unmix = load_model(name)
+        unmix = default_unmix if name == D_VARIANTS[0] else load_model(name)
 
         def run_d() -> torch.Tensor:
             return unmix_learned(unmix, mixed, reference_onehots([ref], torch.uint8), key.alphas, brain_mask=brain)
@@ -281,8 +289,10 @@ def run(args: argparse.Namespace) -> dict:
 
     cl_speedup = channels_last_speedup(seg, 32 if args.quick else 96, reps) if hasattr(seg, "use_channels_last") else None
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
-    window_study = unmix_window_study(seg, unmix, target, target_labels, refs[0])
-    d_study = unmix_net_study(seg, target, target_labels, refs[0], reps) if not args.untrained else []
+    d_key, d_mixed = d_study_input(seg, target, refs[0])
+    window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
+    d_study = unmix_net_study(unmix, d_key, d_mixed, target, target_labels, refs[0], reps) if not args.untrained else []
+    del d_mixed
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
                     for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
     voxels = int(np.prod(target.shape))

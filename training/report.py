@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mixdemo.weights import write_model_card
+from mixdemo.weights import read_training_record, write_model_card
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -294,7 +294,7 @@ def two_references_md(doc: dict, header: bool = True) -> str:
 
 def unmixing_how(folder: Path) -> str:
     """How a D folder was trained and where its blocks run, from its config and training record."""
-    record = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+    record = read_training_record(folder)
     patch = json.loads((folder / "config.json").read_text()).get("patch", 1)
     where = (f"Its four blocks run on {patch}³ patches (a stride-{patch} convolution in, a transposed one out, "
              "and an α-gated per-voxel skip from the inputs to the logits)." if patch > 1 else "")
