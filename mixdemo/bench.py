@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixdemo.mixing import MixKey
+from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
+from mixdemo.weights import load_model
 
 
 S_SLAB_BUDGET_MB = 1200
@@ -103,7 +104,7 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
         probs = unmix_learned(unmix, mixed, reference_onehots([ref]), key.alphas, brain_mask=brain, roi_size=roi,
                               overlap=overlap or 0.0)
         seconds = time.perf_counter() - t0
-        labels = np.where(brain, probs[0].argmax(0).numpy(), 0)
+        labels = np.where(brain, hard_labels(probs[0]).numpy(), 0)
         dice = dice_per_class(labels, truth, [1, 2, 3])
         row = {"roi": "whole volume" if roi is None else list(roi), "overlap": overlap, "seconds": round(seconds, 3),
                "dice_avg": round(float(np.mean(list(dice.values()))), 4)}
@@ -125,7 +126,7 @@ def unmix_net_study(default_unmix: torch.nn.Module, key: MixKey, mixed: torch.Te
     patch, parameters and brain-masked Dice."""
     from mixdemo.metrics import dice_per_class
     from mixdemo.models import count_parameters
-    from mixdemo.weights import load_model, weights_dir
+    from mixdemo.weights import weights_dir
 
     brain = target > 0
     rows = []
@@ -136,7 +137,7 @@ def unmix_net_study(default_unmix: torch.nn.Module, key: MixKey, mixed: torch.Te
             return unmix_learned(unmix, mixed, reference_onehots([ref], torch.uint8), key.alphas, brain_mask=brain)
 
         seconds = median_seconds(run_d, reps)
-        labels = np.where(brain, run_d()[0].argmax(0).numpy(), 0)
+        labels = np.where(brain, hard_labels(run_d()[0]).numpy(), 0)
         dice = dice_per_class(labels, truth, [1, 2, 3])
         rows.append({"model": name, "patch": getattr(unmix, "patch", 1), "parameters": count_parameters(unmix),
                      "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
@@ -173,8 +174,6 @@ def _probe_s(path: Path, fused: bool) -> dict:
     data = np.load(path)
     target, truth = data["image"], data["labels"]
     try:
-        from mixdemo.weights import load_model
-
         base = load_model("baseline", fast=fused)
     except Exception:  # noqa: BLE001 - no weights: an untrained S of the same shape
         base = untrained_s(fused)
@@ -182,7 +181,7 @@ def _probe_s(path: Path, fused: bool) -> dict:
     slabs = inference.plan_slabs(padded, inference.activation_bytes_per_voxel(base), inference.memory_budget(torch.device("cpu")))[1]
     segment_proxies(base, target[None])  # warm-up
     t0 = time.perf_counter()
-    labels = segment_proxies(base, target[None])[0].argmax(0).numpy()
+    labels = hard_labels(segment_proxies(base, target[None])[0]).numpy()
     seconds = time.perf_counter() - t0
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
     return {"slabs": slabs, "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4),
@@ -221,8 +220,6 @@ def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, to
     """Trained S, D and baseline when available (speed does not depend on the weights' values)."""
     if use_trained:
         try:
-            from mixdemo.weights import load_model
-
             return load_model("segmentation"), load_model("unmixing"), load_model("baseline")
         except Exception as exc:  # noqa: BLE001 - fall back to same-shape untrained models
             print(f"trained weights unavailable ({type(exc).__name__}); timing untrained models of the same shape")
@@ -265,20 +262,21 @@ def run(args: argparse.Namespace) -> dict:
     key10 = MixKey(tuple(r.ref_id for r in refs), (0.5,) * k_max)
     key1 = MixKey(key10.reference_ids[:1], (0.5,))
 
-    def private(key: MixKey, tgt: np.ndarray, references: list[Reference]) -> tuple[float, float]:
-        """(total seconds, client seconds) of one private segmentation."""
+    def private(key: MixKey, tgt: np.ndarray, references: list[Reference], d: torch.nn.Module = unmix) -> tuple[float, float]:
+        """(total seconds, client seconds) of one private segmentation with the client network ``d``."""
         t0 = time.perf_counter()
         proxies = make_proxies(tgt, references[: key.k], key)
         t_mix = time.perf_counter() - t0
         mixed = segment_proxies(seg, proxies)
         del proxies  # sent: the client no longer needs them
         t1 = time.perf_counter()
-        unmix_learned(unmix, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas, brain_mask=tgt > 0).mean(0).argmax(0)
+        hard_labels(unmix_learned(d, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas,
+                                  brain_mask=tgt > 0).mean(0))
         t_unmix = time.perf_counter() - t1
         return time.perf_counter() - t0, t_mix + t_unmix
 
     reps = args.reps
-    baseline_s = median_seconds(lambda: segment_proxies(base, target[None]).argmax(1), reps)
+    baseline_s = median_seconds(lambda: hard_labels(segment_proxies(base, target[None])[0]), reps)
     k1 = [private(key1, target, refs) for _ in range(reps)]
     private_k1_s = statistics.median(t for t, _ in k1)
     client_share = statistics.median(c / t for t, c in k1)
@@ -293,6 +291,12 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(unmix, d_key, d_mixed, target, target_labels, refs[0], reps) if not args.untrained else []
     del d_mixed
+    for row in d_study:  # the headline figures again with each D as the client's network
+        other = None if row["model"] == D_VARIANTS[0] else load_model(row["model"])
+        runs = k1 if other is None else [private(key1, target, refs, other) for _ in range(reps)]
+        row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
+        row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
+        row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
                     for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
     voxels = int(np.prod(target.shape))
@@ -323,7 +327,8 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_windows": window_study,
             "unmix_windows_note": "D on the whole volume (default) vs 32³ windows (skipping those without brain), K = 1, α = 0.5",
             "unmix_nets": d_study,
-            "unmix_nets_note": "each shipped D on the whole volume, K = 1, α = 0.5: 'unmixing' is the default",
+            "unmix_nets_note": "each shipped D on the whole volume, K = 1, α = 0.5 ('unmixing' is the default), "
+                               "and the private K = 1 run, privacy tax and client share with it as the client's D",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, and fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "

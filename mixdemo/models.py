@@ -269,6 +269,7 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         self.head = ConvBlock(f0, f0, cond_dim)
         self.out = nn.ConvTranspose3d(f0, num_classes, patch, stride=patch) if patch > 1 else nn.Conv3d(f0, num_classes, 1)
         self.channels_last = False
+        self.fused_patches = True  # inference with patch > 1: _forward_fused_patches (False: the convolutions)
 
     @property
     def size_multiple(self) -> int:
@@ -288,7 +289,7 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
 
         Args:
             mixed_prob: (B, C, X, Y, Z) softmax of S's output; X, Y, Z multiples of ``size_multiple``.
-            reference_onehot: (B, R·C, X, Y, Z) one-hot labels of the R references.
+            reference_onehot: (B, R·C, X, Y, Z) one-hot labels of the R references (any dtype: uint8 saves memory).
             weights: (B,) α, or (B, 1 + R) α followed by each reference's weight.
         """
         if weights.ndim == 1:
@@ -296,19 +297,55 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         if weights.shape[1] != 1 + self.n_references:
             raise ValueError(f"Expected {1 + self.n_references} mixing weights per sample, got {weights.shape[1]}.")
         cond = self.embed(weights.to(mixed_prob.dtype))
+        if self.patch == 1:  # the input is not bound here, so _blocks can free it after its first layer
+            return self.out(self._blocks(self._voxel_input(mixed_prob, reference_onehot), cond))
+        if self.fused_patches and not torch.is_grad_enabled():
+            return self._forward_fused_patches(mixed_prob, reference_onehot, cond)
+        x = self._voxel_input(mixed_prob, reference_onehot)
+        direct = self.voxel_skip(x) * self.voxel_gain(cond).view(-1, self.num_classes, 1, 1, 1)
+        return self.out(self._blocks(self.stem(x), cond)) + direct
+
+    def _voxel_input(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
+        """D's input channels per voxel: ŷ_mix, then the references' one-hot labels."""
         x = torch.cat([mixed_prob, reference_onehot], dim=1)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        if self.patch > 1:
-            direct = self.voxel_skip(x) * self.voxel_gain(cond).view(-1, self.num_classes, 1, 1, 1)
-            x = self.stem(x)
+        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+
+    def _blocks(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The four AdaIN blocks with the U-Net's one pooling, skip and up-sampling (in inference each
+        feature map is freed after its last use)."""
         e1 = self.enc1(x, cond)
         del x
         e2 = self.enc2(nn.functional.max_pool3d(e1, 2), cond)
         skip = torch.cat([self.up(e2), e1], dim=1)
-        del e1, e2  # in inference, their memory goes once the concatenation holds them
-        logits = self.out(self.head(self.dec1(skip, cond), cond))
-        return logits + direct if self.patch > 1 else logits
+        del e1, e2
+        return self.head(self.dec1(skip, cond), cond)
+
+    def _forward_fused_patches(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor,
+                               cond: torch.Tensor) -> torch.Tensor:
+        """Inference for ``patch`` > 1, the same function as the convolutions of :meth:`forward` with
+        less memory traffic at full resolution: the inputs are copied once into a channels-last
+        buffer (no concatenation, no layout copy), the per-voxel skip and the transposed output
+        convolution are matrix products, and the logits come back channels-last (as a
+        (B, C, X, Y, Z) view), the skip added in place."""
+        p, c = self.patch, self.num_classes
+        b, _, *sides = mixed_prob.shape
+        grid = [n // p for n in sides]
+        voxels = torch.empty(b, *sides, self.voxel_skip.in_channels, dtype=mixed_prob.dtype, device=mixed_prob.device)
+        lo = 0
+        for part in (mixed_prob, reference_onehot):
+            voxels[..., lo:lo + part.shape[1]].copy_(part.permute(0, 2, 3, 4, 1))
+            lo += part.shape[1]
+        logits = nn.functional.linear(voxels, self.voxel_skip.weight.reshape(c, -1), self.voxel_skip.bias)
+        logits.mul_(self.voxel_gain(cond).view(b, 1, 1, 1, c))  # the α-gated per-voxel skip, (B, X, Y, Z, C)
+        h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond)
+        del voxels
+        per_patch = p**3  # the transposed convolution: each patch's features → its voxels' logits
+        out_w = self.out.weight.permute(0, 2, 3, 4, 1).reshape(self.out.in_channels, per_patch * c)
+        patch_logits = nn.functional.linear(h.permute(0, 2, 3, 4, 1), out_w.t(), self.out.bias.repeat(per_patch))
+        del h
+        as_voxels = patch_logits.view(b, *grid, p, p, p, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
+        logits.view(b, grid[0], p, grid[1], p, grid[2], p, c).add_(as_voxels)
+        return logits.permute(0, 4, 1, 2, 3)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mixdemo.inference import MAX_BATCH_VOXELS, segment_proxies, window_slices
-from mixdemo.mixing import MixKey, mix, naive_unmix, one_hot, tta_average, tta_variance
+from mixdemo.mixing import MixKey, hard_labels, mix, naive_unmix, one_hot, tta_average, tta_variance
 from mixdemo.phantoms import NUM_CLASSES
 
 ProgressFn = Callable[[float, str], None]
@@ -96,13 +96,13 @@ def unmix_learned(
     outs = []
     for start in range(0, k_mixes, per_batch):
         sl = slice(start, start + per_batch)
-        y_mix, y_ref = mixed_probs[sl].float(), ref_onehot[sl].float()
+        y_mix, y_ref = mixed_probs[sl].float(), ref_onehot[sl]  # D takes the one-hot labels in any dtype
         if any(pad):
             y_mix = torch.nn.functional.pad(y_mix, pad, mode="replicate")
             y_ref = torch.nn.functional.pad(y_ref, pad, mode="replicate")
         logits = unmix_model(y_mix.to(device), y_ref.to(device), weights[sl].to(device)).float().cpu()
         outs.append(torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1))
-    probs = torch.cat(outs)
+    probs = torch.cat(outs) if len(outs) > 1 else outs[0]
     del outs
     if brain_mask is not None:
         _background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
@@ -190,7 +190,7 @@ class PrivateResult:
         probs = getters[which]()
         if probs is None:
             raise ValueError("No learned unmixing in this result.")
-        labels = probs.argmax(0).numpy().astype(np.uint8)
+        labels = hard_labels(probs).numpy()
         # D was trained on patches around the brain; outside the target's own (skull-stripped) brain,
         # which the client knows, the answer is background whatever the unmixer says.
         return labels if self.brain_mask is None else np.where(self.brain_mask, labels, 0).astype(np.uint8)

@@ -233,6 +233,7 @@ def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray]) -> str:
 
 def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
     from mixdemo.metrics import dice_per_class, mean_dice
+    from mixdemo.mixing import hard_labels
 
     curves: dict[str, list[float]] = {}
     for name, stack in (("naive TTA", result.naive), ("learned TTA", result.learned)):
@@ -240,7 +241,7 @@ def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
             continue
         csum = stack.cumsum(0)
         curves[name] = [
-            mean_dice(dice_per_class((csum[k] / (k + 1)).argmax(0).numpy(), truth, [1, 2, 3]))
+            mean_dice(dice_per_class(hard_labels(csum[k] / (k + 1)).numpy(), truth, [1, 2, 3]))
             for k in range(stack.shape[0])
         ]
     return curves

@@ -23,6 +23,8 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "MIXDEMO_WEIGHTS_DIR"
 HUB_REPO_ENV = "MIXDEMO_HUB_REPO"
+UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the client use
+DEFAULT_UNMIXING = "unmixing"
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
@@ -40,6 +42,12 @@ class WeightsError(RuntimeError):
 def weights_dir() -> Path:
     """Local weights folder (``$MIXDEMO_WEIGHTS_DIR`` when set and not empty, else the repo's ``weights/``)."""
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or REPO_ROOT / "weights")
+
+
+def unmixing_name() -> str:
+    """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g.
+    ``unmixing-p2``, about 4× less client time on the CPU), else ``unmixing``."""
+    return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 
 def sha256_file(path: Path) -> str:

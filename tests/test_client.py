@@ -123,6 +123,10 @@ def test_cli_clear_errors(app_url, example, tmp_path, capsys):
     assert "must end in .nii" in capsys.readouterr().err
     assert main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url, "--alpha", "0.99"]) == 2
     assert "--alpha" in capsys.readouterr().err
+    assert main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url, "--mode", "patch",
+                 "--unmixing", "no-such-d"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-d" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -153,3 +157,30 @@ def test_load_target_off_grid_goes_through_preprocess(example, tmp_path):
     assert nib.load(tmp_path / "seg.nii.gz").shape == (140, 184, 152)
     with pytest.raises(ClientError, match="already on the"):
         target.truth_from_file(folder / "seg.nii.gz")
+
+
+def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatch):
+    """The client's D: ``unmixing`` by default, another folder by name or $MIXDEMO_UNMIXING; a D
+    chosen by name must exist and be a D, while a missing default falls back to None (naive)."""
+    from mixdemo.client import unmixing_model
+    from mixdemo.models import SegmentationNet, UnmixingNet
+    from mixdemo.weights import UNMIXING_ENV, WEIGHTS_DIR_ENV, WeightsError, write_training_record
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(UNMIXING_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert unmixing_model() is None
+    with pytest.raises(WeightsError):
+        unmixing_model(required=True)
+    UnmixingNet(patch=2).save_pretrained(tmp_path / "fast-d")
+    write_training_record(tmp_path / "fast-d", {"note": "test"}, "mixdemo.models.UnmixingNet")
+    SegmentationNet(features=(4, 4, 8, 8, 16, 4)).save_pretrained(tmp_path / "not-a-d")
+    write_training_record(tmp_path / "not-a-d", {"note": "test"}, "mixdemo.models.SegmentationNet")
+    assert unmixing_model(name="fast-d").patch == 2
+    monkeypatch.setenv(UNMIXING_ENV, "fast-d")
+    assert unmixing_model().patch == 2
+    monkeypatch.setenv(UNMIXING_ENV, "no-such-d")
+    with pytest.raises(WeightsError, match="no-such-d"):
+        unmixing_model()
+    with pytest.raises(WeightsError, match="not an unmixing network"):
+        unmixing_model(name="not-a-d")

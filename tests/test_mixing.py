@@ -109,3 +109,15 @@ def test_one_hot_matches_between_backends():
     assert a.shape == (4, 3, 3, 3)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a.sum(0), 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), dim=st.integers(0, 1), quantised=st.booleans())
+def test_hard_labels_is_argmax_ties_included(seed, dim, quantised):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(3, 4, 5, 6, generator=g)
+    if quantised:  # coarse values: many exact ties between classes
+        probs = (probs * 3).round()
+    labels = mixing.hard_labels(probs, dim)
+    assert labels.dtype == torch.uint8
+    assert torch.equal(labels.long(), probs.argmax(dim))

@@ -89,6 +89,31 @@ def test_patch_unmixing_net_runs_its_blocks_on_2x2x2_patches():
         widen_references(net, 2)
 
 
+@pytest.mark.parametrize("patch", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_patch_inference_computes_what_the_convolutions_compute(patch, channels_last):
+    """D's inference path for ``patch`` > 1 (patches gathered once, matrix products at patch
+    resolution) gives the logits of its stem, per-voxel skip and transposed convolutions."""
+    torch.manual_seed(patch)
+    net = UnmixingNet(patch=patch)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    net.eval()
+    if channels_last:
+        net.use_channels_last()
+    side = 2 * patch
+    y = torch.softmax(torch.randn(2, 4, 2 * side, side, 3 * side), 1)
+    r = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 2 * side, side, 3 * side)), 4).permute(0, 4, 1, 2, 3).float()
+    alphas = torch.tensor([0.25, 0.75])
+    with torch.no_grad():
+        fused = net(y, r, alphas)
+        net.fused_patches = False
+        convolutions = net(y, r, alphas)
+    assert fused.shape == convolutions.shape == (2, 4, 2 * side, side, 3 * side)
+    torch.testing.assert_close(fused, convolutions, rtol=0, atol=1e-4)
+    assert not torch.allclose(fused[0], fused[1])  # each sample with its own α
+
+
 def _with_batch_norm_statistics(net: SegmentationNet) -> SegmentationNet:
     """Random weights and running statistics, so that folding the batch norms is not a no-op."""
     torch.manual_seed(0)

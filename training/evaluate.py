@@ -24,7 +24,7 @@ import torch
 
 from mixdemo.data import Volume, load_cohort, load_volumes
 from mixdemo.metrics import dice_per_class, icc_c1
-from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
 
@@ -95,7 +95,7 @@ def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray,
     curve = []
     for k, idx in enumerate(order, start=1):
         running += preds[idx].float()
-        curve.append(dice_row(masked(running.argmax(0).numpy(), brain), truth)["avg"])
+        curve.append(dice_row(masked(hard_labels(running).numpy(), brain), truth)["avg"])
     return curve
 
 
@@ -163,7 +163,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         refs = [by_id[r] for r in key.reference_ids]
         brain = vol.image > 0 if args.brain_mask else None
         naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix, brain)
-        lab = lambda probs: masked(probs.float().argmax(0).numpy(), brain)  # noqa: E731
+        lab = lambda probs: masked(hard_labels(probs.float()).numpy(), brain)  # noqa: E731
         single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
             dice_per_class(lab(learned[j]), vol.labels, list(CLASSES)) for j in (0, 1)
         ]

@@ -191,8 +191,10 @@ def bench_md(doc: dict) -> str:
     for row in levers.get("unmix_nets") or []:
         state = "on" if row["model"] == "unmixing" else "off"
         where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
+        with_it = (f"; with it, privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f}"
+                   if "privacy_tax" in row else "")
         rows.append((f"lever: D `{row['model']}`, its blocks {where}, {row['parameters'] / 1e3:.0f} k parameters ({state}), K = 1",
-                     f"{row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}", ""))
+                     f"{row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}{with_it}", ""))
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
@@ -210,17 +212,19 @@ def reliability_md(doc: dict) -> str:
 
 def d_designs_md(doc: dict) -> str:
     """The client networks D compared on one protocol, with each one's client time from the benchmark."""
-    times = {r["model"]: r["seconds"] for r in ((_load("bench") or {}).get("levers") or {}).get("unmix_nets") or []}
+    bench = {r["model"]: r for r in ((_load("bench") or {}).get("levers") or {}).get("unmix_nets") or []}
     lines = [f"Measured by `{doc['command'].strip()}` ({doc['date']}): for each D, `{doc['protocol']}`; the same "
-             "proxies, S and references for every D. D's time: `python -m mixdemo.bench` (whole volume, K = 1). "
-             "**MNI152-derived phantoms, not patients.**", "",
-             "| D | its blocks run | parameters | D's time | Learned | Learned + TTA | × baseline |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "proxies, S and references for every D. D's time, the privacy tax and the client share with it: "
+             "`python -m mixdemo.bench` (whole volume, K = 1). **MNI152-derived phantoms, not patients.**", "",
+             "| D | its blocks run | parameters | D's time | privacy tax | client share | Learned | Learned + TTA | × baseline |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in doc["rows"]:
         where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
-        seconds = f"{times[row['model']]:.2f} s" if row["model"] in times else "—"
+        timed = bench.get(row["model"], {})
+        seconds = f"{timed['seconds']:.2f} s" if "seconds" in timed else "—"
         lines.append(f"| `{row['model']}`{' (default)' if row['model'] == 'unmixing' else ''} | {where} | "
-                     f"{row['parameters'] / 1e3:.0f} k | {seconds} | {_f(row['learned']['avg'])} | "
+                     f"{row['parameters'] / 1e3:.0f} k | {seconds} | {_f(timed.get('privacy_tax'))} | "
+                     f"{_f(timed.get('client_share'))} | {_f(row['learned']['avg'])} | "
                      f"{_f(row['learned_tta']['avg'])} | {_f(row['tta_over_baseline'])} |")
     return "\n".join(lines)
 
