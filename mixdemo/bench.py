@@ -66,6 +66,15 @@ def flops_per_voxel(model: torch.nn.Module) -> float:
     return counter.get_total_flops() / x.numel()
 
 
+def d_flops_per_voxel(unmix: torch.nn.Module) -> float:
+    """Forward FLOPs of a client network D per voxel (its convolutions and matrix products; on a 32³ cube)."""
+    side, c = 32, unmix.num_classes
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        unmix(torch.zeros(1, c, side, side, side), torch.zeros(1, c * unmix.n_references, side, side, side),
+              torch.tensor([0.5]))
+    return counter.get_total_flops() / side**3
+
+
 def channels_last_speedup(seg: torch.nn.Module, side: int, reps: int) -> float:
     """S's forward time in the default layout over its time with channels-last 3D (a ``side``³ cube)."""
     import copy
@@ -291,17 +300,20 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(unmix, d_key, d_mixed, target, target_labels, refs[0], reps) if not args.untrained else []
     del d_mixed
-    for row in d_study:  # the headline figures again with each D as the client's network
-        other = None if row["model"] == D_VARIANTS[0] else load_model(row["model"])
-        runs = k1 if other is None else [private(key1, target, refs, other) for _ in range(reps)]
-        row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
-        row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
-        row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
                     for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak = matmul_peak_gflops()
+    for row in d_study:  # the headline figures again with each D as the client's network, and D's arithmetic
+        d_net = unmix if row["model"] == D_VARIANTS[0] else load_model(row["model"])
+        runs = k1 if d_net is unmix else [private(key1, target, refs, d_net) for _ in range(reps)]
+        row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
+        row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
+        row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
+        row["gflop"] = round(d_flops_per_voxel(d_net) * voxels / 1e9, 1)
+        row["seconds_at_gemm_peak"] = round(row["gflop"] / peak, 3)
+        row["privacy_tax_at_gemm_peak"] = round(1 + row["seconds_at_gemm_peak"] / baseline_s, 3)
     doc = {
         "command": " ".join(["python -m mixdemo.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
@@ -328,7 +340,8 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_windows_note": "D on the whole volume (default) vs 32³ windows (skipping those without brain), K = 1, α = 0.5",
             "unmix_nets": d_study,
             "unmix_nets_note": "each shipped D on the whole volume, K = 1, α = 0.5 ('unmixing' is the default), "
-                               "and the private K = 1 run, privacy tax and client share with it as the client's D",
+                               "and the private K = 1 run, privacy tax and client share with it as the client's D; gflop: D's "
+                               "arithmetic on the volume, and the privacy tax if D ran at the GEMM peak with S as measured",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, and fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "

@@ -51,6 +51,25 @@ SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
 
+class Stacked:
+    """A (K, …) CPU tensor filled slice by slice, allocated when the first slice comes: K results without
+    a list and a concatenation, which would hold all of them twice at the end."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tensor: torch.Tensor | None = None
+
+    def put(self, start: int, part: torch.Tensor) -> None:
+        """Copy ``part`` (n, …) into rows ``start`` … ``start + n`` (a contiguous part that is the whole
+        stack is kept as it is)."""
+        if self.tensor is None and part.shape[0] == self.total and part.is_contiguous():
+            self.tensor = part
+            return
+        if self.tensor is None:
+            self.tensor = torch.empty((self.total, *part.shape[1:]), dtype=part.dtype)
+        self.tensor[start : start + part.shape[0]].copy_(part)
+
+
 def activation_bytes_per_voxel(model: torch.nn.Module) -> float:
     """Estimated peak memory of S per padded input voxel (scales with its first feature width; about
     a third of that for a fused S)."""
@@ -171,15 +190,15 @@ def segment_proxies(
 
     if roi_size is None and voxels <= MAX_BATCH_VOXELS and voxels * bpv <= budget:  # patch mode: batches, exact
         per_batch = max(1, min(MAX_BATCH_VOXELS // voxels, int(budget // (voxels * bpv)) or 1))
-        outs = []
+        outs = Stacked(k_total)
         for start in range(0, k_total, per_batch):
             xb, _ = _pad16(x[start : start + per_batch, None].to(device))
-            outs.append(torch.softmax(seg_model(xb), 1)[crop].float().cpu())
+            outs.put(start, torch.softmax(seg_model(xb), 1)[crop].float().cpu())
             done = min(start + per_batch, k_total)
             say(done / k_total, f"server: {done}/{k_total} proxy(ies) segmented in batches")
-        return torch.cat(outs)
+        return outs.tensor
 
-    outs = []
+    outs = Stacked(k_total)
     for k in range(k_total):
         xk, _ = _pad16(x[k : k + 1, None].to(device))
         if roi_size is not None:
@@ -190,7 +209,7 @@ def segment_proxies(
             thickness, n_slabs = plan_slabs(padded, bpv, budget)
             if n_slabs == 1:
                 say(k / k_total, f"server: proxy {k + 1}/{k_total} (whole volume)")
-                outs.append(torch.softmax(seg_model(xk), 1)[crop].float().cpu())
+                outs.put(k, torch.softmax(seg_model(xk), 1)[crop].float().cpu())
                 say((k + 1) / k_total, f"server: proxy {k + 1}/{k_total} done")
                 continue
             roi = (padded[0], padded[1], thickness)
@@ -200,5 +219,5 @@ def segment_proxies(
         total = len(window_slices(padded, roi, ov))
         logits = _windows(seg_model, xk, roi, ov, lambda done, k=k, total=total: say(
             (k + min(done / total, 1.0)) / k_total, f"server: proxy {k + 1}/{k_total}, {what} {min(done, total)}/{total}"))
-        outs.append(torch.softmax(logits, 1)[crop].float().cpu())
-    return torch.cat(outs)
+        outs.put(k, torch.softmax(logits, 1)[crop].float().cpu())
+    return outs.tensor

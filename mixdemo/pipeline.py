@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mixdemo.inference import MAX_BATCH_VOXELS, segment_proxies, window_slices
+from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, segment_proxies, window_slices
 from mixdemo.mixing import MixKey, hard_labels, mix, naive_unmix, one_hot, tta_average, tta_variance
 from mixdemo.phantoms import NUM_CLASSES
 
@@ -93,7 +93,7 @@ def unmix_learned(
     multiple = getattr(unmix_model, "size_multiple", 2)  # D's sides: multiples of its patch × one pooling
     pad = [v for n in shape[::-1] for v in (0, -n % multiple)]  # (edge values repeated)
     per_batch = max(1, MAX_BATCH_VOXELS // int(np.prod(shape)))
-    outs = []
+    outs = Stacked(k_mixes)
     for start in range(0, k_mixes, per_batch):
         sl = slice(start, start + per_batch)
         y_mix, y_ref = mixed_probs[sl].float(), ref_onehot[sl]  # D takes the one-hot labels in any dtype
@@ -101,9 +101,9 @@ def unmix_learned(
             y_mix = torch.nn.functional.pad(y_mix, pad, mode="replicate")
             y_ref = torch.nn.functional.pad(y_ref, pad, mode="replicate")
         logits = unmix_model(y_mix.to(device), y_ref.to(device), weights[sl].to(device)).float().cpu()
-        outs.append(torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1))
-    probs = torch.cat(outs) if len(outs) > 1 else outs[0]
-    del outs
+        outs.put(start, torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1))
+        del logits
+    probs = outs.tensor
     if brain_mask is not None:
         _background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
     return probs

@@ -259,7 +259,7 @@ def run_segmentation(
 ):
     """Segment the current target privately (the client and the in-process server)."""
     from mixdemo.client import ClientError, make_key, run_private, unmixing_model
-    from mixdemo.weights import WeightsError
+    from mixdemo.weights import WeightsError, unmixing_name
 
     if sess is None:
         raise gr.Error("Pick an example or upload a scan first.", print_exception=False)
@@ -301,7 +301,7 @@ def run_segmentation(
     sess.target.save_labels(run.labels("learned_tta"), out_path)  # type: ignore[attr-defined]
 
     alphas = ", ".join(f"{a:.2f}" for a in sorted(set(key.alphas)))
-    what = "learned D" if res.learned is not None else "naive Eq. 4 (no unmixing weights found)"
+    what = f"learned D (`{unmixing_name()}`)" if res.learned is not None else "naive Eq. 4 (no unmixing weights found)"
     summary = (
         f"**Done** — {mode} mode, K = {key.k} reference(s) ({', '.join(key.reference_ids)}), α = {alphas}; "
         f"TTA with {what}. The server received {key.k} proxy array(s) of shape {tuple(res.proxies.shape[1:])}."

@@ -64,3 +64,20 @@ def test_patch_batches_are_exact_and_bad_shapes_are_refused():
     torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="Proxies must be"):
         inference.segment_proxies(seg, np.zeros((1, 1, 8, 8, 8), np.float32))
+
+
+def test_stacked_fills_k_results_in_place():
+    from mixdemo.inference import Stacked
+
+    parts = [torch.rand(2, 3, 4), torch.rand(1, 3, 4)]
+    stack = Stacked(3)
+    stack.put(0, parts[0])
+    stack.put(2, parts[1])
+    assert torch.equal(stack.tensor, torch.cat(parts))
+    whole = torch.rand(2, 3, 4)
+    one = Stacked(2)
+    one.put(0, whole)
+    assert one.tensor is whole  # the whole stack at once: no copy
+    strided = Stacked(2)
+    strided.put(0, whole.transpose(1, 2))
+    assert strided.tensor.is_contiguous() and torch.equal(strided.tensor, whole.transpose(1, 2))

@@ -193,6 +193,9 @@ def bench_md(doc: dict) -> str:
         where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
         with_it = (f"; with it, privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f}"
                    if "privacy_tax" in row else "")
+        if "gflop" in row:
+            with_it += (f"; {row['gflop']:.0f} GFLOP, {row['seconds_at_gemm_peak']:.2f} s even at the GEMM peak "
+                        f"(privacy tax {row['privacy_tax_at_gemm_peak']:.2f} then)")
         rows.append((f"lever: D `{row['model']}`, its blocks {where}, {row['parameters'] / 1e3:.0f} k parameters ({state}), K = 1",
                      f"{row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}{with_it}", ""))
     load = doc.get("load_average_at_end")
@@ -257,8 +260,9 @@ CARDS = {
                  "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
     "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
                     "A cheaper client D: the default D's four AdaIN blocks and widths. {how} About 4× less client "
-                    "time than the default D and less accurate after TTA (the table below). Not the default. "
-                    "Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
+                    "time than the default D and less accurate after TTA (the table below). Not the default; the app and "
+                    "the client use it with `MIXDEMO_UNMIXING=unmixing-p2` (or `python -m mixdemo.client --unmixing "
+                    "unmixing-p2`). Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
