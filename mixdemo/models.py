@@ -238,7 +238,7 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         patch: 1 runs the four blocks at full resolution. ``p`` > 1 runs them on ``p``³ patches: a
             stride-``p`` convolution in (each patch's voxels become channels), a transposed one out,
             and a per-voxel skip from the inputs to the logits whose gain depends on α, so each
-            voxel's own mixed probability still reaches its output. At ``p`` = 2 about 4× less
+            voxel's own mixed probability still reaches its output. At ``p`` = 2 a fraction of the
             client time (``python -m mixdemo.bench``) and a lower Dice after TTA
             (``python -m training.compare_unmixing``), so the shipped default is ``p`` = 1.
     """

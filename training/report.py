@@ -259,8 +259,8 @@ CARDS = {
                  "(through adaptive instance norm) it predicts the target's segmentation. {how} "
                  "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
     "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
-                    "A cheaper client D: the default D's four AdaIN blocks and widths. {how} About 4× less client "
-                    "time than the default D and less accurate after TTA (the table below). Not the default; the app and "
+                    "A cheaper client D: the default D's four AdaIN blocks and widths. {how} A fraction of the default D's "
+                    "client time and less accurate after TTA (the table below). Not the default; the app and "
                     "the client use it with `MIXDEMO_UNMIXING=unmixing-p2` (or `python -m mixdemo.client --unmixing "
                     "unmixing-p2`). Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
