@@ -234,7 +234,7 @@ def d_designs_md(doc: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
-    "d_designs": d_designs_md, "segmentation_6_volumes": segmentation_md,
+    "d_designs": d_designs_md,
 }
 
 
