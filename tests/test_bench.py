@@ -31,3 +31,14 @@ def test_flops_per_voxel_counts_the_convolutions():
     big = flops_per_voxel(SegmentationNet(features=(8, 8, 16, 16, 32, 8)))
     assert 0 < small < big  # doubling the widths roughly quadruples the FLOPs
     assert 3 < big / small < 5
+
+
+def test_d_flops_per_voxel_counts_the_patch_ds_smaller_arithmetic():
+    """D on 2³ patches runs its blocks on an eighth of the voxels: several times fewer FLOPs per voxel
+    than the full-resolution D (the bench's floor under each D's time, ``seconds_at_gemm_peak``)."""
+    from mixdemo.bench import d_flops_per_voxel
+    from mixdemo.models import UnmixingNet
+
+    full, patches = d_flops_per_voxel(UnmixingNet().eval()), d_flops_per_voxel(UnmixingNet(patch=2).eval())
+    assert 0 < patches < full
+    assert 5 < full / patches < 10
