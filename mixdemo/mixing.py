@@ -195,9 +195,9 @@ def one_hot(labels: Array, num_classes: int, dtype: torch.dtype = torch.float32)
 
 
 def hard_labels(probs: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Arg-max over the class axis ``dim`` as uint8 labels: what ``probs.argmax(dim)`` gives for finite scores (ties: the
-    first class), by one comparison per class. On the CPU, ``argmax`` over a leading axis of a
-    whole volume takes ~0.7 s (a strided reduction); this takes ~0.05 s."""
+    """Arg-max over the class axis ``dim`` as uint8 labels: what ``probs.argmax(dim)`` gives for finite
+    scores (ties: the first class), by one comparison per class. On the CPU, ``argmax`` over a leading
+    axis of a whole volume takes ~0.7 s (a strided reduction); this takes ~0.05 s."""
     classes = probs.unbind(dim)
     best = classes[0].clone()
     labels = torch.zeros(best.shape, dtype=torch.uint8, device=probs.device)
