@@ -128,19 +128,24 @@ D_VARIANTS = ("unmixing", "unmixing-p2")
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present)."""
 
 
-def unmix_net_study(default_unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor, target: np.ndarray,
+def shipped_ds(default_unmix: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Each D of :data:`D_VARIANTS` in the local weights folder, loaded once (the default one already is)."""
+    from mixdemo.weights import weights_dir
+
+    present = [n for n in D_VARIANTS if (weights_dir() / n / "model.safetensors").exists()]  # local only
+    return {n: default_unmix if n == D_VARIANTS[0] else load_model(n) for n in present}
+
+
+def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.Tensor, target: np.ndarray,
                     truth: np.ndarray, ref: Reference, reps: int) -> list[dict]:
-    """Each D of :data:`D_VARIANTS` in the local weights folder (the default one already loaded), on the
-    whole volume as the client runs it, on the shared mix of :func:`d_study_input`: median seconds, its
-    patch, parameters and brain-masked Dice."""
+    """Each D of ``nets`` (:func:`shipped_ds`) on the whole volume as the client runs it, on the shared
+    mix of :func:`d_study_input`: median seconds, its patch, parameters and brain-masked Dice."""
     from mixdemo.metrics import dice_per_class
     from mixdemo.models import count_parameters
-    from mixdemo.weights import weights_dir
 
     brain = target > 0
     rows = []
-    for name in [n for n in D_VARIANTS if (weights_dir() / n / "model.safetensors").exists()]:  # local only
-        unmix = default_unmix if name == D_VARIANTS[0] else load_model(name)
+    for name, unmix in nets.items():
 
         def run_d() -> torch.Tensor:
             return unmix_learned(unmix, mixed, reference_onehots([ref], torch.uint8), key.alphas, brain_mask=brain)
@@ -298,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
     d_key, d_mixed = d_study_input(seg, target, refs[0])
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
-    d_study = unmix_net_study(unmix, d_key, d_mixed, target, target_labels, refs[0], reps) if not args.untrained else []
+    d_nets = shipped_ds(unmix) if not args.untrained else {}
+    d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
                     for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
@@ -306,7 +312,7 @@ def run(args: argparse.Namespace) -> dict:
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak = matmul_peak_gflops()
     for row in d_study:  # the headline figures again with each D as the client's network, and D's arithmetic
-        d_net = unmix if row["model"] == D_VARIANTS[0] else load_model(row["model"])
+        d_net = d_nets[row["model"]]
         runs = k1 if d_net is unmix else [private(key1, target, refs, d_net) for _ in range(reps)]
         row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
         row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
