@@ -287,6 +287,26 @@ def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
         train.main(_train_cmd(tiny_cohort, out, tmp_path / "run2", 1, ["--mode", "unmixing"]))
 
 
+def test_unmixing_mode_can_train_on_a_saved_d(tiny_cohort, tmp_path):
+    from safetensors.torch import load_file
+
+    from training import train
+
+    start = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run0", 1))
+    d_before = load_file(start / "unmixing" / "model.safetensors")
+    extra = ["--mode", "unmixing", "--init-from", str(start), "--init-unmixing", "unmixing", "--lr", "0"]
+    train.main(_train_cmd(tiny_cohort, tmp_path / "d", tmp_path / "run1", 1, extra))
+    record = json.loads((tmp_path / "d" / "unmixing" / "training.json").read_text())
+    assert record["init_unmixing"] == "unmixing" and set(record["init_from_sha256"]) == {"segmentation", "unmixing"}
+    d_after = load_file(tmp_path / "d" / "unmixing" / "model.safetensors")  # lr 0: the saved D, unchanged
+    assert d_after.keys() == d_before.keys() and all(torch.equal(d_after[k], d_before[k]) for k in d_before)
+    with pytest.raises(SystemExit, match="not the"):  # a D of another shape than the one asked for
+        train.main(_train_cmd(tiny_cohort, tmp_path / "d2", tmp_path / "run2", 1, [*extra, "--unmix-patch", "2"]))
+    with pytest.raises(SystemExit, match="mode unmixing"):
+        train.main(_train_cmd(tiny_cohort, tmp_path / "d3", tmp_path / "run3", 1, ["--init-unmixing", "unmixing"]))
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path):
     out, run = tmp_path / "w", tmp_path / "run"

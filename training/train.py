@@ -16,6 +16,8 @@ resumes from the last one; losses go to ``<run>/train.log`` (tab-separated).
 (``--init-from weights``), e.g. the cheaper D on 2³ patches::
 
     python -m training.train --mode unmixing --init-from weights --unmix-patch 2 --name unmixing-p2
+
+or trains a saved D on against its frozen S (``--init-unmixing NAME``: the D in ``<init-from>/NAME``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["private", "baseline", "unmixing"], default="private",
                    help="private: S on proxies + D end to end; baseline: S on raw images; "
-                        "unmixing: a new D on the outputs of the frozen S of --init-from")
+                        "unmixing: D alone (new, or --init-unmixing) on the outputs of the frozen S of --init-from")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=4)
@@ -65,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from the model folders in this directory (e.g. weights): its segmentation (or "
                         "baseline) S, and for --n-references 2 its one-reference D widened by "
                         "mixdemo.models.widen_references")
+    p.add_argument("--init-unmixing", default=None, metavar="NAME",
+                   help="with --mode unmixing: start D from the model folder NAME under --init-from (e.g. "
+                        "unmixing, to train the shipped D on against its frozen S) instead of a new D")
     p.add_argument("--augment", action="store_true",
                    help="augment targets for real scans (residual misregistration, contrast); off for the shipped weights")
     p.add_argument("--seed", type=int, default=0)
@@ -149,11 +154,21 @@ def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, 
     return seg, unmix
 
 
-def init_shas(folder: Path, mode: str) -> dict:
+def warm_unmixing(folder: Path, fresh: UnmixingNet) -> UnmixingNet:
+    """The D saved in ``folder``, checked to have the shape asked for (``fresh``: a new D of that shape)."""
+    unmix = UnmixingNet.from_pretrained(folder)
+    if json.loads(json.dumps(unmix._hub_mixin_config)) != json.loads(json.dumps(fresh._hub_mixin_config)):
+        raise SystemExit(f"--init-unmixing: the D in {folder} is {unmix._hub_mixin_config}, not the "
+                         f"{fresh._hub_mixin_config} asked for by --unmix-features/--unmix-patch/--n-references.")
+    return unmix
+
+
+def init_shas(folder: Path, mode: str, init_unmixing: str | None = None) -> dict:
     """SHA-256 of the weights a warm start began from (so that the record names them exactly)."""
     from mixdemo.weights import sha256_file
 
     names = {"private": ["segmentation", "unmixing"], "unmixing": ["segmentation"]}.get(mode, ["baseline"])
+    names += [init_unmixing] if init_unmixing else []
     return {n: sha256_file(folder / n / "model.safetensors") for n in names if (folder / n / "model.safetensors").exists()}
 
 
@@ -190,6 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     if args.mode == "unmixing" and args.init_from is None:
         raise SystemExit("--mode unmixing trains D on a trained S: give --init-from (e.g. weights).")
+    if args.init_unmixing and args.mode != "unmixing":
+        raise SystemExit("--init-unmixing starts the D of --mode unmixing; with --mode private, --init-from starts both.")
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
@@ -214,6 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from is not None:
         seg, warm_unmix = warm_start(args.init_from, args.mode, args.n_references, features)
         unmix = warm_unmix or unmix
+        if args.init_unmixing:
+            unmix = warm_unmixing(args.init_from / args.init_unmixing, unmix)
     model = EndToEnd(seg, unmix, freeze_seg=args.mode == "unmixing").to(device).train()
     optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     lr_factor = lambda s: cosine_factor(s, schedule_total(s, args.steps, args.legs))  # noqa: E731
@@ -287,7 +306,8 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
         "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
         "init_from": str(args.init_from) if args.init_from else None,
-        "init_from_sha256": init_shas(args.init_from, args.mode) if args.init_from else None,
+        "init_from_sha256": init_shas(args.init_from, args.mode, args.init_unmixing) if args.init_from else None,
+        "init_unmixing": args.init_unmixing,
         "features": list(features), "processes": world, "device": str(device),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
