@@ -118,3 +118,16 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
         assert 0.0 <= row["learned_tta"]["avg"] <= 1.0 and row["patch"] in (1, 2) and row["parameters"] > 0
     table = report.d_designs_md(doc)
     assert table.count("\n| `") == len(names)
+
+
+@pytest.mark.parametrize("record, says", [
+    ({"mode": "private"}, "end to end with S."),
+    ({"mode": "unmixing"}, "frozen S (`--mode unmixing`)"),
+    ({"mode": "unmixing", "init_unmixing": "unmixing"}, "then on alone against that S, frozen"),
+])
+def test_model_card_says_how_a_d_was_trained(tmp_path, record, says):
+    from training import report
+
+    UnmixingNet().save_pretrained(tmp_path / "d")
+    weights.write_training_record(tmp_path / "d", {"command": "test", **record}, "mixdemo.models.UnmixingNet")
+    assert says in report.unmixing_how(tmp_path / "d")

@@ -306,8 +306,13 @@ def unmixing_how(folder: Path) -> str:
     patch = json.loads((folder / "config.json").read_text()).get("patch", 1)
     where = (f"Its four blocks run on {patch}³ patches (a stride-{patch} convolution in, a transposed one out, "
              "and an α-gated per-voxel skip from the inputs to the logits)." if patch > 1 else "")
-    how = ("Trained on the outputs of the frozen S (`--mode unmixing`)." if record.get("mode") == "unmixing"
-           else "Trained end to end with S.")
+    if record.get("init_unmixing"):
+        how = ("Trained end to end with S, then on alone against that S, frozen (`--mode unmixing --init-unmixing "
+               f"{record['init_unmixing']}`).")
+    elif record.get("mode") == "unmixing":
+        how = "Trained on the outputs of the frozen S (`--mode unmixing`)."
+    else:
+        how = "Trained end to end with S."
     return f"{where} {how}".strip()
 
 
