@@ -28,6 +28,7 @@ __all__ = [
     "ReidResult",
     "dice_per_class",
     "icc_c1",
+    "icc_variance_components",
     "mean_dice",
     "msssim_3d",
     "msssim_3d_batch",
@@ -453,6 +454,22 @@ def icc_c1(ratings: ArrayLike, *, confidence: float = 0.95) -> IccResult:
     return IccResult(
         float(icc), float((f_low - 1) / (f_low + k - 1)), float((f_high - 1) / (f_high + k - 1)), n, k
     )
+
+
+def icc_variance_components(ratings: ArrayLike) -> tuple[float, float]:
+    """(target SD, residual SD) of the two-way model behind :func:`icc_c1`, so that
+    ICC(C,1) = target² / (target² + residual²).
+
+    The target variance is (MSR − MSE) / k, floored at 0; the residual variance is MSE. In a
+    test–retest study the residual is what changes between the k repeats (here: the references), the
+    target part what differs between the scans themselves: a homogeneous cohort has a small target
+    SD, hence a low ICC for the same residual.
+    """
+    x = np.asarray(_to_numpy(ratings, "ratings"), dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2 or not np.isfinite(x).all():
+        raise ValueError(f"ratings: expected finite values of shape (n_targets >= 2, k_raters >= 2), got {x.shape}")
+    msr, mse = _two_way_mean_squares(x)
+    return float(np.sqrt(max(msr - mse, 0.0) / x.shape[1])), float(np.sqrt(mse))
 
 
 # --------------------------------------------------------------------------------------------

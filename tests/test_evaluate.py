@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mixdemo import phantoms, weights
+from mixdemo.metrics import icc_c1
 from mixdemo.models import SegmentationNet, UnmixingNet
 
 
@@ -48,7 +50,10 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, m
         assert [k for k, _ in curve] == list(range(1, saved["k_max"] + 1))
     for cls in ("GM", "WM", "CSF"):
         icc = saved["icc"][cls]
-        assert set(icc) == {"icc", "ci95", "n"} and icc["n"] == saved["n_icc_scans"]
+        assert set(icc) == {"icc", "ci95", "n", "scan_sd", "reference_sd"} and icc["n"] == saved["n_icc_scans"]
+        pairs = np.array([saved["retest_dice"][scan][cls] for scan in saved["retest_dice"]])
+        assert pairs.shape == (saved["n_icc_scans"], 2)
+        assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=1e-3)  # the ICC is that of the pairs saved
     assert saved["n_volumes"] == 2 and saved["crop"] == 64
     assert all(saved["weights_sha256"].values())
     assert (tmp_path / "seg_dice_vs_k.png").stat().st_size > 5000

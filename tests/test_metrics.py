@@ -18,6 +18,7 @@ from mixdemo.metrics import (
     ReidResult,
     dice_per_class,
     icc_c1,
+    icc_variance_components,
     mean_dice,
     msssim_3d,
     msssim_3d_batch,
@@ -291,6 +292,20 @@ def test_icc_matches_pingouin_on_random_data(n: int, k: int, seed: int) -> None:
     assert res.ci_low == pytest.approx(lo, rel=1e-8, abs=1e-12)
     assert res.ci_high == pytest.approx(hi, rel=1e-8, abs=1e-12)
     assert res.ci_low <= res.icc <= res.ci_high
+
+
+@pytest.mark.parametrize(("n", "k", "seed"), [(12, 2, 0), (30, 3, 1)])
+def test_icc_variance_components_recompose_the_icc(n: int, k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ratings = rng.normal(size=(n, 1)) * 0.04 + rng.normal(size=(1, k)) * 0.01 + rng.normal(size=(n, k)) * 0.03
+    target_sd, residual_sd = icc_variance_components(ratings)
+    assert icc_c1(ratings).icc == pytest.approx(target_sd**2 / (target_sd**2 + residual_sd**2), rel=1e-9)
+    # two raters: the residual variance is half the variance of the paired differences
+    if k == 2:
+        assert residual_sd**2 == pytest.approx(np.var(ratings[:, 0] - ratings[:, 1], ddof=1) / 2, rel=1e-9)
+    assert icc_variance_components(np.column_stack([np.ones(n), np.ones(n)])) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        icc_variance_components(np.ones(4))
 
 
 def test_icc_identical_raters_is_one() -> None:

@@ -6,7 +6,9 @@
 Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
 training scans; whole-volume 3D Dice per class (GM, WM, CSF) then the mean over volumes; α drawn
 from ``--alpha-range`` with a fixed seed; Dice against K averaged over ``--draws`` random orders
-of the K_max references; ICC(C,1) of the per-scan Dice of two predictions with disjoint references.
+of the K_max references; ICC(C,1) of the per-scan Dice of two predictions with disjoint references,
+with its two variance components (``scan_sd``: between scans; ``reference_sd``: between the two
+predictions of a scan) and the per-scan Dice pairs (``retest_dice``) it is computed from.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from mixdemo.data import Volume, load_cohort, load_volumes
-from mixdemo.metrics import dice_per_class, icc_c1
+from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
@@ -186,7 +188,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     for c, name in CLASSES.items():
         ratings = np.array([[d[0][c], d[1][c]] for d in single_dice.values()])
         r = icc_c1(ratings)
-        icc[name] = {"icc": round(float(r.icc), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)], "n": r.n}
+        target_sd, reference_sd = icc_variance_components(ratings)
+        icc[name] = {"icc": round(float(r.icc), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)], "n": r.n,
+                     "scan_sd": round(target_sd, 4), "reference_sd": round(reference_sd, 4)}
     dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
     doc = {
         "command": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -206,6 +210,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "dice": {m: mean_rows(rows[m]) for m in METHODS},
         "dice_vs_k": dice_vs_k,
         "icc": icc,
+        "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in CLASSES.items()}
+                        for scan, d in single_dice.items()},
         "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in ("segmentation", args.unmixing, "baseline")},
         "seconds": round(time.perf_counter() - t0),
     }

@@ -57,7 +57,12 @@ def segmentation_md(doc: dict) -> str:
     icc = doc["icc"]
     lines.append("| ICC [95 % CI] | " + " | ".join(
         f"{_f(icc[c]['icc'])} [{_f(icc[c]['ci95'][0], 2)}, {_f(icc[c]['ci95'][1], 2)}]" for c in ("GM", "WM", "CSF")) + " |")
-    lines.append(f"\n(ICC of the per-scan Dice of two learned predictions with disjoint references, n = {doc['n_icc_scans']} scans.)")
+    components = all("scan_sd" in icc[c] for c in ("GM", "WM", "CSF"))
+    if components:
+        for key, label in (("scan_sd", "SD of Dice between scans (s)"), ("reference_sd", "SD of Dice between references (r)")):
+            lines.append(f"| {label} | " + " | ".join(_f(icc[c][key]) for c in ("GM", "WM", "CSF")) + " |")
+    lines.append(f"\n(ICC of the per-scan Dice of two learned predictions with disjoint references, n = {doc['n_icc_scans']} scans"
+                 + ("; ICC = s² / (s² + r²).)" if components else ".)"))
     curve = {m: dict(map(tuple, doc["dice_vs_k"][m])) for m in ("naive", "learned")}
     ks = [k for k in (1, 2, 5, 10, 15, 20, 30) if k in curve["naive"]]
     lines += ["", "| K (Fig. 3) | " + " | ".join(str(k) for k in ks) + " |", "| --- |" + " --- |" * len(ks)]
