@@ -128,7 +128,7 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
 @pytest.mark.parametrize("record, says", [
     ({"mode": "private"}, "end to end with S."),
     ({"mode": "unmixing"}, "frozen S (`--mode unmixing`)"),
-    ({"mode": "unmixing", "init_unmixing": "unmixing"}, "then on alone against that S, frozen"),
+    ({"mode": "unmixing", "init_unmixing": "unmixing"}, "Started from the D `unmixing` and trained on alone"),
 ])
 def test_model_card_says_how_a_d_was_trained(tmp_path, record, says):
     from training import report

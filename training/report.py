@@ -312,8 +312,8 @@ def unmixing_how(folder: Path) -> str:
     where = (f"Its four blocks run on {patch}³ patches (a stride-{patch} convolution in, a transposed one out, "
              "and an α-gated per-voxel skip from the inputs to the logits)." if patch > 1 else "")
     if record.get("init_unmixing"):
-        how = ("Trained end to end with S, then on alone against that S, frozen (`--mode unmixing --init-unmixing "
-               f"{record['init_unmixing']}`).")
+        how = (f"Started from the D `{record['init_unmixing']}` and trained on alone against the frozen S "
+               f"(`--mode unmixing --init-unmixing {record['init_unmixing']}`).")
     elif record.get("mode") == "unmixing":
         how = "Trained on the outputs of the frozen S (`--mode unmixing`)."
     else:
