@@ -156,6 +156,8 @@ def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, 
 
 def warm_unmixing(folder: Path, fresh: UnmixingNet) -> UnmixingNet:
     """The D saved in ``folder``, checked to have the shape asked for (``fresh``: a new D of that shape)."""
+    if not (folder / "model.safetensors").exists():
+        raise SystemExit(f"--init-unmixing: no saved D in {folder} (a model folder with model.safetensors).")
     unmix = UnmixingNet.from_pretrained(folder)
     if json.loads(json.dumps(unmix._hub_mixin_config)) != json.loads(json.dumps(fresh._hub_mixin_config)):
         raise SystemExit(f"--init-unmixing: the D in {folder} is {unmix._hub_mixin_config}, not the "
