@@ -296,6 +296,21 @@ def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> dict
     return {"train": train, "test": test}
 
 
+DEFAULT_COHORT = Path("data/phantoms")
+"""The default cohort folder of training and evaluation (relative to the working directory)."""
+
+
+def ensure_default_cohort(root: str | Path) -> Path:
+    """``root``, after generating the default phantom cohort there if ``root`` is
+    :data:`DEFAULT_COHORT` and holds none yet (deterministic, about 3 s a scan on 2 cores); another
+    folder is left to :func:`mixdemo.data.load_cohort` to read or reject."""
+    root = Path(root)
+    if root == DEFAULT_COHORT and not (root / "split.json").exists():
+        print(f"generating the phantom cohort in {root} (once, a few minutes) ...", flush=True)
+        generate_cohort(root, progress=True)
+    return root
+
+
 def generate_cohort(
     root: str | Path,
     *,

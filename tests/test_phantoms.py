@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,16 @@ def test_split_never_puts_a_subject_on_both_sides():
 def test_cohort_needs_two_subjects(tmp_path):
     with pytest.raises(ValueError, match="at least 2 subjects"):
         phantoms.generate_cohort(tmp_path, n_subjects=1)
+
+
+def test_default_cohort_is_generated_once_and_no_other_folder_is(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(phantoms, "generate_cohort", lambda root, **kw: calls.append(Path(root)) or Path(root))
+    monkeypatch.chdir(tmp_path)
+    assert phantoms.ensure_default_cohort("data/phantoms") == phantoms.DEFAULT_COHORT
+    assert calls == [phantoms.DEFAULT_COHORT]  # absent: generated
+    phantoms.DEFAULT_COHORT.mkdir(parents=True)
+    (phantoms.DEFAULT_COHORT / "split.json").write_text("{}")
+    phantoms.ensure_default_cohort(phantoms.DEFAULT_COHORT)
+    phantoms.ensure_default_cohort(tmp_path / "my_scans")  # a user's folder: read or rejected, never generated
+    assert calls == [phantoms.DEFAULT_COHORT]

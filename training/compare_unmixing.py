@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mixdemo.phantoms import DEFAULT_COHORT
 from training import evaluate
 
 DEFAULT_MODELS = ("unmixing", "unmixing-p2")
@@ -26,7 +27,7 @@ DEFAULT_MODELS = ("unmixing", "unmixing-p2")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="D model folders to compare")
-    p.add_argument("--data", type=Path, default=Path("data/phantoms"))
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--volumes", type=int, default=3)
     p.add_argument("--k-max", type=int, default=10)
     p.add_argument("--threads", type=int, default=0)

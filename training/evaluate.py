@@ -27,6 +27,7 @@ import torch
 from mixdemo.data import Volume, load_cohort, load_volumes
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
+from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
 
@@ -36,7 +37,7 @@ METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("data/phantoms"))
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--out", type=Path, default=Path("results/segmentation.json"))
     p.add_argument("--volumes", type=int, default=6, help="test volumes for Dice (first scan of each test subject)")
     p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
@@ -141,7 +142,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cohort = load_cohort(args.data)
+    cohort = load_cohort(ensure_default_cohort(args.data))
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]

@@ -44,6 +44,7 @@ from mixdemo.data import load_cohort, load_volumes
 from mixdemo.metrics import msssim_3d_batch
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
+from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 
 SECTIONS = ("bss", "reid", "tta", "reuse", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
@@ -91,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smaller run (< 5 min on 2 cores)")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds; numbers meaningless)")
     p.add_argument("--out", type=Path, default=Path("results/privacy.json"), help="JSON path; figures go next to it")
-    p.add_argument("--data", type=Path, default=Path("data/phantoms"))
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--merge", action="store_true", help="update the keys of an existing --out JSON")
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="α range of the main attacks")
@@ -151,7 +152,7 @@ class Cohort:
 
 
 def load_data(data: Path, cfg: Config) -> Cohort:
-    cohort = load_cohort(data)
+    cohort = load_cohort(ensure_default_cohort(data))
     test_records, train_records = cohort.split("test"), cohort.split("train")
     test = load_volumes(test_records[: cfg.max_test_scans or None])
     train = load_volumes(train_records[: cfg.max_ref_scans or None])

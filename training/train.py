@@ -42,9 +42,8 @@ from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
-from mixdemo.phantoms import generate_cohort
+from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 
-DEFAULT_DATA = Path("data/phantoms")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["private", "baseline", "unmixing"], default="private",
                    help="private: S on proxies + D end to end; baseline: S on raw images; "
                         "unmixing: D alone (new, or --init-unmixing) on the outputs of the frozen S of --init-from")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cohort folder (phantoms are generated if absent)")
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=32)
@@ -213,9 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if args.data == DEFAULT_DATA and not (args.data / "split.json").exists():
-            print(f"generating the phantom cohort in {args.data} ...", flush=True)
-            generate_cohort(args.data, progress=True)
+        ensure_default_cohort(args.data)
     if world > 1:
         dist.barrier()
 

@@ -31,13 +31,13 @@ from tqdm import tqdm
 from mixdemo.attacks.score import SCORE_FEATURES, ScoreNet, dsm_loss, max_pairwise_distance, sample_brain_patches
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import count_parameters, pick_device
+from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 
-DEFAULT_DATA = Path("data/phantoms")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cohort folder (its training subjects are used)")
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (its training subjects are used; phantoms are generated if absent)")
     p.add_argument("--steps", type=int, default=2600)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--patch-size", type=int, default=32)
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_training_images(data: Path, max_subjects: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images and brain voxel coordinates (labels > 0, as (M, 3) arrays) of the training subjects' scans."""
-    cohort = load_cohort(data)
+    cohort = load_cohort(ensure_default_cohort(data))
     records = cohort.split("train")
     if max_subjects:
         keep = set(sorted({r.subject for r in records})[:max_subjects])
