@@ -124,7 +124,7 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
     return rows
 
 
-D_VARIANTS = ("unmixing", "unmixing-p2")
+D_VARIANTS = ("unmixing", "unmixing-p2", "unmixing-p4")
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present)."""
 
 
@@ -153,7 +153,8 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
         seconds = median_seconds(run_d, reps)
         labels = np.where(brain, hard_labels(run_d()[0]).numpy(), 0)
         dice = dice_per_class(labels, truth, [1, 2, 3])
-        rows.append({"model": name, "patch": getattr(unmix, "patch", 1), "parameters": count_parameters(unmix),
+        rows.append({"model": name, "patch": getattr(unmix, "patch", 1), "voxel_hidden": getattr(unmix, "voxel_hidden", 0),
+                     "parameters": count_parameters(unmix),
                      "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
     return rows
 

@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
     p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
     p.add_argument("--unmixing", default=None, metavar="NAME",
-                   help="the client network D: a model folder, e.g. unmixing-p2 (a fraction of the client time, "
+                   help="the client network D: a model folder, e.g. unmixing-p4 (a fraction of the client time, "
                         "a lower Dice; see the README's performance section); default $MIXDEMO_UNMIXING or unmixing")
     p.add_argument("--separate-requests", action="store_true",
                    help="send each of the K proxies as its own request, in random order")

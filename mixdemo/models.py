@@ -238,9 +238,15 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         patch: 1 runs the four blocks at full resolution. ``p`` > 1 runs them on ``p``³ patches: a
             stride-``p`` convolution in (each patch's voxels become channels), a transposed one out,
             and a per-voxel skip from the inputs to the logits whose gain depends on α, so each
-            voxel's own mixed probability still reaches its output. At ``p`` = 2 a fraction of the
-            client time (``python -m mixdemo.bench``) and a lower Dice after TTA
+            voxel's own mixed probability still reaches its output. At ``p`` = 2 and 4 a fraction of
+            the client time (``python -m mixdemo.bench``), at some cost in Dice
             (``python -m training.compare_unmixing``), so the shipped default is ``p`` = 1.
+        voxel_hidden: with ``patch`` > 1, 0 keeps the α-gated linear per-voxel skip; ``H`` > 0 makes
+            each voxel's logits a small α-conditioned MLP instead: its inputs to ``H`` channels, plus
+            the blocks' features brought back to the voxel (the transposed convolution out gives
+            ``H`` channels), a FiLM of α, LeakyReLU, then ``H`` → classes. Per voxel this is a
+            nonlinear function of its own ŷ_mix, reference label and α (what the naive Eq. 4 is
+            too) refined by the patch-level context.
     """
 
     def __init__(
@@ -250,16 +256,27 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         features: Sequence[int] = (16, 32),
         cond_dim: int = 32,
         patch: int = 1,
+        voxel_hidden: int = 0,
     ) -> None:
         super().__init__()
+        if voxel_hidden and patch == 1:
+            raise ValueError("voxel_hidden needs patch > 1 (at full resolution the blocks see each voxel already).")
         f0, f1 = features
         in_ch = num_classes * (1 + n_references)
         self.num_classes = num_classes
         self.n_references = n_references
         self.patch = patch
+        self.voxel_hidden = voxel_hidden
         self.embed = nn.Sequential(nn.Linear(1 + n_references, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim), nn.SiLU())
         if patch > 1:
             self.stem = nn.Conv3d(in_ch, f0, patch, stride=patch)
+        if patch > 1 and voxel_hidden:
+            self.voxel_in = nn.Conv3d(in_ch, voxel_hidden, 1)
+            self.voxel_film = nn.Linear(cond_dim, 2 * voxel_hidden)
+            nn.init.zeros_(self.voxel_film.weight)
+            nn.init.zeros_(self.voxel_film.bias)
+            self.voxel_out = nn.Conv3d(voxel_hidden, num_classes, 1)
+        elif patch > 1:
             self.voxel_skip = nn.Conv3d(in_ch, num_classes, 1)
             self.voxel_gain = nn.Linear(cond_dim, num_classes)
         self.enc1 = ConvBlock(f0 if patch > 1 else in_ch, f0, cond_dim)
@@ -267,7 +284,8 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         self.up = nn.ConvTranspose3d(f1, f0, 2, stride=2)
         self.dec1 = ConvBlock(2 * f0, f0, cond_dim)
         self.head = ConvBlock(f0, f0, cond_dim)
-        self.out = nn.ConvTranspose3d(f0, num_classes, patch, stride=patch) if patch > 1 else nn.Conv3d(f0, num_classes, 1)
+        out_ch = voxel_hidden or num_classes
+        self.out = nn.ConvTranspose3d(f0, out_ch, patch, stride=patch) if patch > 1 else nn.Conv3d(f0, num_classes, 1)
         self.channels_last = False
         self.fused_patches = True  # inference with patch > 1: _forward_fused_patches (False: the convolutions)
 
@@ -300,10 +318,22 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         if self.patch == 1:  # the input is not bound here, so _blocks can free it after its first layer
             return self.out(self._blocks(self._voxel_input(mixed_prob, reference_onehot), cond))
         if self.fused_patches and not torch.is_grad_enabled():
+            if self.voxel_hidden:
+                return self._forward_fused_voxel_mlp(mixed_prob, reference_onehot, cond)
             return self._forward_fused_patches(mixed_prob, reference_onehot, cond)
         x = self._voxel_input(mixed_prob, reference_onehot)
+        if self.voxel_hidden:
+            hidden = self.voxel_in(x) + self.out(self._blocks(self.stem(x), cond))
+            scale, shift = self._voxel_film(cond)
+            hidden = nn.functional.leaky_relu(hidden * scale.view(*scale.shape, 1, 1, 1) + shift.view(*shift.shape, 1, 1, 1), 0.1)
+            return self.voxel_out(hidden)
         direct = self.voxel_skip(x) * self.voxel_gain(cond).view(-1, self.num_classes, 1, 1, 1)
         return self.out(self._blocks(self.stem(x), cond)) + direct
+
+    def _voxel_film(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-voxel MLP's FiLM of α: (B, H) scale 1 + γ and shift β."""
+        gamma, beta = self.voxel_film(cond).chunk(2, dim=1)
+        return 1 + gamma, beta
 
     def _voxel_input(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
         """D's input channels per voxel: ŷ_mix, then the references' one-hot labels."""
@@ -330,11 +360,7 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         p, c = self.patch, self.num_classes
         b, _, *sides = mixed_prob.shape
         grid = [n // p for n in sides]
-        voxels = torch.empty(b, *sides, self.voxel_skip.in_channels, dtype=mixed_prob.dtype, device=mixed_prob.device)
-        lo = 0
-        for part in (mixed_prob, reference_onehot):
-            voxels[..., lo:lo + part.shape[1]].copy_(part.permute(0, 2, 3, 4, 1))
-            lo += part.shape[1]
+        voxels = self._patch_voxels(mixed_prob, reference_onehot)
         logits = nn.functional.linear(voxels, self.voxel_skip.weight.reshape(c, -1), self.voxel_skip.bias)
         logits.mul_(self.voxel_gain(cond).view(b, 1, 1, 1, c))  # the α-gated per-voxel skip, (B, X, Y, Z, C)
         h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond)
@@ -345,6 +371,44 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         del h
         as_voxels = patch_logits.view(b, *grid, p, p, p, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
         logits.view(b, grid[0], p, grid[1], p, grid[2], p, c).add_(as_voxels)
+        return logits.permute(0, 4, 1, 2, 3)
+
+
+    def _patch_voxels(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
+        """D's input channels gathered once into a (B, X, Y, Z, channels) buffer (no concatenation)."""
+        b, _, *sides = mixed_prob.shape
+        in_ch = mixed_prob.shape[1] + reference_onehot.shape[1]
+        voxels = torch.empty(b, *sides, in_ch, dtype=mixed_prob.dtype, device=mixed_prob.device)
+        voxels[..., :mixed_prob.shape[1]].copy_(mixed_prob.permute(0, 2, 3, 4, 1))
+        voxels[..., mixed_prob.shape[1]:].copy_(reference_onehot.permute(0, 2, 3, 4, 1))
+        return voxels
+
+    def _forward_fused_voxel_mlp(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor,
+                                 cond: torch.Tensor) -> torch.Tensor:
+        """Inference for ``voxel_hidden`` > 0, the function of :meth:`forward`'s convolutions: the
+        blocks on the patches, then the per-voxel MLP one slab of patches at a time (each slab's
+        hidden channels stay in cache: matrix products and in-place updates, no full-volume
+        hidden tensor). Logits come back channels-last, as a (B, C, X, Y, Z) view."""
+        p, c, hid = self.patch, self.num_classes, self.voxel_hidden
+        b, _, *sides = mixed_prob.shape
+        grid = [n // p for n in sides]
+        voxels = self._patch_voxels(mixed_prob, reference_onehot)
+        h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond).permute(0, 2, 3, 4, 1)  # (B, gx, gy, gz, f0)
+        out_w = self.out.weight.permute(0, 2, 3, 4, 1).reshape(self.out.in_channels, p**3 * hid).t()
+        out_b = self.out.bias.repeat(p**3)
+        in_w, in_b = self.voxel_in.weight.reshape(hid, -1), self.voxel_in.bias
+        last_w, last_b = self.voxel_out.weight.reshape(c, hid), self.voxel_out.bias
+        scale, shift = (t.view(b, 1, 1, 1, hid) for t in self._voxel_film(cond))
+        logits = torch.empty(b, *sides, c, dtype=mixed_prob.dtype, device=mixed_prob.device)
+        for row in range(grid[0]):
+            rows = slice(row * p, (row + 1) * p)
+            hidden = nn.functional.linear(voxels[:, rows], in_w, in_b)  # (B, p, Y, Z, H)
+            context = nn.functional.linear(h[:, row], out_w, out_b)  # (B, gy, gz, p³·H)
+            as_voxels = context.view(b, grid[1], grid[2], p, p, p, hid).permute(0, 3, 1, 4, 2, 5, 6)
+            hidden.view(b, p, grid[1], p, grid[2], p, hid).add_(as_voxels)
+            hidden.mul_(scale).add_(shift)
+            torch.nn.functional.leaky_relu_(hidden, 0.1)
+            logits[:, rows] = nn.functional.linear(hidden, last_w, last_b)
         return logits.permute(0, 4, 1, 2, 3)
 
 

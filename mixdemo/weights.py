@@ -46,7 +46,7 @@ def weights_dir() -> Path:
 
 def unmixing_name() -> str:
     """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g.
-    ``unmixing-p2``, a fraction of the default D's time on the CPU), else ``unmixing``."""
+    ``unmixing-p2`` or ``unmixing-p4``, a fraction of the default D's time on the CPU), else ``unmixing``."""
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 

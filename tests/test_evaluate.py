@@ -120,7 +120,7 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
     baselines = {json.dumps(r["baseline"]) for r in doc["rows"]}
     assert len(baselines) == 1  # the same scans and S for every D
     for row in doc["rows"]:
-        assert 0.0 <= row["learned_tta"]["avg"] <= 1.0 and row["patch"] in (1, 2) and row["parameters"] > 0
+        assert 0.0 <= row["learned_tta"]["avg"] <= 1.0 and row["patch"] in (1, 2, 4) and row["parameters"] > 0
     table = report.d_designs_md(doc)
     assert table.count("\n| `") == len(names)
 
@@ -136,3 +136,18 @@ def test_model_card_says_how_a_d_was_trained(tmp_path, record, says):
     UnmixingNet().save_pretrained(tmp_path / "d")
     weights.write_training_record(tmp_path / "d", {"command": "test", **record}, "mixdemo.models.UnmixingNet")
     assert says in report.unmixing_how(tmp_path / "d")
+
+
+@pytest.mark.parametrize("design, says", [
+    ({}, ""),
+    ({"patch": 2}, "on 2³ patches (a stride-2 convolution in, a transposed one out, and an α-gated per-voxel skip"),
+    ({"patch": 4, "voxel_hidden": 8}, "on 4³ patches (a stride-4 convolution in, a transposed one out, and a per-voxel MLP of 8"),
+])
+def test_model_card_says_where_a_d_runs(tmp_path, design, says):
+    from training import report
+
+    UnmixingNet(**design).save_pretrained(tmp_path / "d")
+    weights.write_training_record(tmp_path / "d", {"command": "test", "mode": "unmixing"}, "mixdemo.models.UnmixingNet")
+    how = report.unmixing_how(tmp_path / "d")
+    assert says in how and ("patches" in how) == bool(design)
+    assert report.d_where(**{"patch": 1, **design}).startswith("at full" if not design else "on ")

@@ -89,13 +89,13 @@ def test_patch_unmixing_net_runs_its_blocks_on_2x2x2_patches():
         widen_references(net, 2)
 
 
-@pytest.mark.parametrize("patch", [2, 3])
+@pytest.mark.parametrize("patch,voxel_hidden", [(2, 0), (3, 0), (2, 8), (4, 8)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_patch_inference_computes_what_the_convolutions_compute(patch, channels_last):
+def test_fused_patch_inference_computes_what_the_convolutions_compute(patch, voxel_hidden, channels_last):
     """D's inference path for ``patch`` > 1 (patches gathered once, matrix products at patch
-    resolution) gives the logits of its stem, per-voxel skip and transposed convolutions."""
+    resolution; the per-voxel MLP a slab at a time) gives the logits of its convolutions."""
     torch.manual_seed(patch)
-    net = UnmixingNet(patch=patch)
+    net = UnmixingNet(patch=patch, voxel_hidden=voxel_hidden)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.2)
     net.eval()
@@ -112,6 +112,35 @@ def test_fused_patch_inference_computes_what_the_convolutions_compute(patch, cha
     assert fused.shape == convolutions.shape == (2, 4, 2 * side, side, 3 * side)
     torch.testing.assert_close(fused, convolutions, rtol=0, atol=1e-4)
     assert not torch.allclose(fused[0], fused[1])  # each sample with its own α
+
+
+def test_per_voxel_mlp_d_keeps_each_voxel_its_own_nonlinear_path():
+    """D with ``voxel_hidden``: with the patch path silenced each voxel's logits depend on its own
+    inputs only, nonlinearly and through α; α also changes the output; the option needs patches."""
+    import copy
+
+    torch.manual_seed(1)
+    net = UnmixingNet(patch=4, voxel_hidden=8)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    net.eval()
+    assert net.size_multiple == 8
+    y = torch.softmax(torch.randn(1, 4, 16, 8, 8), 1)
+    r = torch.nn.functional.one_hot(torch.randint(0, 4, (1, 16, 8, 8)), 4).permute(0, 4, 1, 2, 3).float()
+    with torch.no_grad():
+        assert not torch.allclose(net(y, r, torch.tensor([0.2])), net(y, r, torch.tensor([0.8])))
+        local = copy.deepcopy(net)
+        torch.nn.init.zeros_(local.out.weight)
+        torch.nn.init.zeros_(local.out.bias)
+        poked = y.clone()
+        poked[:, :, 5, 3, 2] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+        alpha = torch.tensor([0.3])
+        changed = (local(poked, r, alpha) - local(y, r, alpha)).abs().sum(1) > 0
+        assert changed[0, 5, 3, 2] and changed.sum() == 1
+        double = local(2 * y, r, alpha) - local.voxel_out.bias.view(1, -1, 1, 1, 1)  # not linear in the input
+        assert not torch.allclose(double, 2 * (local(y, r, alpha) - local.voxel_out.bias.view(1, -1, 1, 1, 1)), atol=1e-4)
+    with pytest.raises(ValueError, match="patch > 1"):
+        UnmixingNet(voxel_hidden=8)
 
 
 def _with_batch_norm_statistics(net: SegmentationNet) -> SegmentationNet:
@@ -276,12 +305,15 @@ def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
     s_before = (start / "segmentation" / "model.safetensors").read_bytes()
     out = tmp_path / "d"
     folders = train.main(_train_cmd(tiny_cohort, out, tmp_path / "run1", 2,
-                                    ["--mode", "unmixing", "--init-from", str(start), "--unmix-patch", "2"]))
+                                    ["--mode", "unmixing", "--init-from", str(start), "--unmix-patch", "2",
+                                     "--unmix-hidden", "4"]))
     assert set(folders) == {"unmixing"} and not (out / "segmentation").exists()
     assert (start / "segmentation" / "model.safetensors").read_bytes() == s_before
     record = json.loads((out / "unmixing" / "training.json").read_text())
     assert record["mode"] == "unmixing" and record["unmix_patch"] == 2 and record["init_from_sha256"]["segmentation"]
-    assert UnmixingNet.from_pretrained(out / "unmixing").patch == 2
+    assert record["unmix_hidden"] == 4
+    saved = UnmixingNet.from_pretrained(out / "unmixing")
+    assert saved.patch == 2 and saved.voxel_hidden == 4
     assert float((tmp_path / "run1" / "train.log").read_text().splitlines()[-1].split("\t")[3]) > 0  # D's loss
     with pytest.raises(SystemExit, match="init-from"):
         train.main(_train_cmd(tiny_cohort, out, tmp_path / "run2", 1, ["--mode", "unmixing"]))

@@ -1,6 +1,6 @@
 """Compare the shipped client networks D on one protocol of ``training.evaluate``.
 
-    python -m training.compare_unmixing            # the default D and the D on 2³ patches → results/d_designs.json
+    python -m training.compare_unmixing            # the default D and the Ds on 2³ and 4³ patches → results/d_designs.json
 
 Each D unmixes the same proxies (same S, test scans, references and α: the evaluation's per-scan
 seeds), so the rows differ only by D. The protocol is smaller than the main table's (K ≤ 10, one
@@ -21,7 +21,7 @@ from pathlib import Path
 from mixdemo.phantoms import DEFAULT_COHORT
 from training import evaluate
 
-DEFAULT_MODELS = ("unmixing", "unmixing-p2")
+DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +43,8 @@ def d_row(name: str, doc: dict) -> dict:
 
     unmix = load_model(name)
     dice = doc["dice"]
-    return {"model": name, "patch": getattr(unmix, "patch", 1), "parameters": count_parameters(unmix),
+    return {"model": name, "patch": getattr(unmix, "patch", 1), "voxel_hidden": getattr(unmix, "voxel_hidden", 0),
+            "parameters": count_parameters(unmix),
             "learned": dice["learned"], "learned_tta": dice["learned_tta"], "baseline": dice["baseline"],
             "naive_tta": dice["naive_tta"], "tta_over_baseline": round(dice["learned_tta"]["avg"] / dice["baseline"]["avg"], 4),
             "weights_sha256": doc["weights_sha256"].get(name)}

@@ -195,7 +195,7 @@ def bench_md(doc: dict) -> str:
         rows.append((f"lever: {what} ({state}), K = 1", f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}", ""))
     for row in levers.get("unmix_nets") or []:
         state = "on" if row["model"] == "unmixing" else "off"
-        where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
+        where = d_where(row["patch"], row.get("voxel_hidden", 0))
         with_it = (f"; with it, privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f}"
                    if "privacy_tax" in row else "")
         if "gflop" in row:
@@ -209,6 +209,13 @@ def bench_md(doc: dict) -> str:
     return "\n".join([f"Measured by `{doc['command'].strip()}` on {doc['cpu']}, {doc['threads']} threads, volume "
                       f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}", "",
                       "| what | figure | target |", "| --- | --- | --- |", *[f"| {a} | {b} | {c} |" for a, b, c in rows]])
+
+
+def d_where(patch: int, voxel_hidden: int = 0) -> str:
+    """Where a D's blocks run, as the tables say it."""
+    if patch == 1:
+        return "at full resolution"
+    return f"on {patch}³ patches" + (f", a per-voxel MLP ({voxel_hidden} channels)" if voxel_hidden else "")
 
 
 def reliability_md(doc: dict) -> str:
@@ -227,7 +234,7 @@ def d_designs_md(doc: dict) -> str:
              "| D | its blocks run | parameters | D's time | privacy tax | client share | Learned | Learned + TTA | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in doc["rows"]:
-        where = "at full resolution" if row["patch"] == 1 else f"on {row['patch']}³ patches"
+        where = d_where(row["patch"], row.get("voxel_hidden", 0))
         timed = bench.get(row["model"], {})
         seconds = f"{timed['seconds']:.2f} s" if "seconds" in timed else "—"
         lines.append(f"| `{row['model']}`{' (default)' if row['model'] == 'unmixing' else ''} | {where} | "
@@ -268,6 +275,11 @@ CARDS = {
                     "client time and less accurate after TTA (the table below). Not the default; the app and "
                     "the client use it with `MIXDEMO_UNMIXING=unmixing-p2` (or `python -m mixdemo.client --unmixing "
                     "unmixing-p2`). Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
+    "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
+                    "The cheapest client D: the default D's four AdaIN blocks and widths. {how} A tenth of the "
+                    "default D's client time; its Dice against the default D's is in the table below. Not the "
+                    "default; the app and the client use it with `MIXDEMO_UNMIXING=unmixing-p4` (or `python -m "
+                    "mixdemo.client --unmixing unmixing-p4`). Load with `mixdemo.weights.load_model(\"unmixing-p4\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
@@ -308,9 +320,13 @@ def two_references_md(doc: dict, header: bool = True) -> str:
 def unmixing_how(folder: Path) -> str:
     """How a D folder was trained and where its blocks run, from its config and training record."""
     record = read_training_record(folder)
-    patch = json.loads((folder / "config.json").read_text()).get("patch", 1)
+    config = json.loads((folder / "config.json").read_text())
+    patch, hidden = config.get("patch", 1), config.get("voxel_hidden", 0)
+    per_voxel = (f"a per-voxel MLP of {hidden} channels conditioned on α (FiLM) that takes each voxel's own "
+                 "inputs and the blocks' features brought back to it" if hidden else
+                 "an α-gated per-voxel skip from the inputs to the logits")
     where = (f"Its four blocks run on {patch}³ patches (a stride-{patch} convolution in, a transposed one out, "
-             "and an α-gated per-voxel skip from the inputs to the logits)." if patch > 1 else "")
+             f"and {per_voxel})." if patch > 1 else "")
     if record.get("init_unmixing"):
         how = (f"Started from the D `{record['init_unmixing']}` and trained on alone against the frozen S "
                f"(`--mode unmixing --init-unmixing {record['init_unmixing']}`).")
@@ -335,7 +351,7 @@ def write_cards(weights_root: Path) -> list[Path]:
             privacy = _load("privacy")
             if privacy:
                 sections["Evaluation (phantom test patches)"] = two_references_md(privacy)
-        elif name == "unmixing-p2":
+        elif name in ("unmixing-p2", "unmixing-p4"):
             designs = _load("d_designs")
             if designs:
                 sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
@@ -346,7 +362,8 @@ def write_cards(weights_root: Path) -> list[Path]:
                                       "7.0 M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
         if name.startswith("unmixing"):
             config = json.loads((folder / "config.json").read_text())
-            sections["Configurations"] = (f"D: widths {tuple(config['features'])}, patch {config.get('patch', 1)}, "
+            hidden = f", per-voxel MLP {config['voxel_hidden']} channels" if config.get("voxel_hidden") else ""
+            sections["Configurations"] = (f"D: widths {tuple(config['features'])}, patch {config.get('patch', 1)}{hidden}, "
                                           f"{config['n_references']} reference(s) per mix; the same configuration "
                                           "trains on CPUs and GPUs (`python -m training.train --help`).")
         note = folder / "TRAINING_NOTE.md"

@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
     p.add_argument("--unmix-features", default="16,32", help="D's two widths")
     p.add_argument("--unmix-patch", type=int, default=1,
-                   help="D's patch: 1 full resolution; 2 its blocks on 2³ patches (mixdemo.models.UnmixingNet)")
+                   help="D's patch: 1 full resolution; p > 1 its blocks on p³ patches (mixdemo.models.UnmixingNet)")
+    p.add_argument("--unmix-hidden", type=int, default=0,
+                   help="with --unmix-patch > 1: 0 an α-gated linear per-voxel skip; H a per-voxel MLP with H channels")
     p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
     p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
     p.add_argument("--init-from", type=Path, default=None,
@@ -160,7 +162,7 @@ def warm_unmixing(folder: Path, fresh: UnmixingNet) -> UnmixingNet:
     unmix = UnmixingNet.from_pretrained(folder)
     if json.loads(json.dumps(unmix._hub_mixin_config)) != json.loads(json.dumps(fresh._hub_mixin_config)):
         raise SystemExit(f"--init-unmixing: the D in {folder} is {unmix._hub_mixin_config}, not the "
-                         f"{fresh._hub_mixin_config} asked for by --unmix-features/--unmix-patch/--n-references.")
+                         f"{fresh._hub_mixin_config} asked for by --unmix-features/--unmix-patch/--unmix-hidden/--n-references.")
     return unmix
 
 
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     features = resolve_features(args.features)
     seg = SegmentationNet(features=features)
     unmix = UnmixingNet(n_references=args.n_references, features=resolve_widths(args.unmix_features),
-                        patch=args.unmix_patch) if mixed else None
+                        patch=args.unmix_patch, voxel_hidden=args.unmix_hidden) if mixed else None
     if args.init_from is not None:
         seg, warm_unmix = warm_start(args.init_from, args.mode, args.n_references, features)
         unmix = warm_unmix or unmix
@@ -313,6 +315,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
     training["unmix_features"], training["unmix_patch"] = resolve_widths(args.unmix_features), args.unmix_patch
+    training["unmix_hidden"] = args.unmix_hidden
     folders = {}
     if not model.freeze_seg:  # a frozen S is the --init-from one: nothing new to write
         model.seg.save_pretrained(args.out / name)
