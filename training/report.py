@@ -276,8 +276,8 @@ CARDS = {
                     "the client use it with `MIXDEMO_UNMIXING=unmixing-p2` (or `python -m mixdemo.client --unmixing "
                     "unmixing-p2`). Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
     "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
-                    "The cheapest client D: the default D's four AdaIN blocks and widths. {how} A tenth of the "
-                    "default D's client time; its Dice against the default D's is in the table below. Not the "
+                    "The cheapest client D: the default D's four AdaIN blocks and widths. {how} A small fraction of "
+                    "the default D's client time and a lower Dice (the table below). Not the "
                     "default; the app and the client use it with `MIXDEMO_UNMIXING=unmixing-p4` (or `python -m "
                     "mixdemo.client --unmixing unmixing-p4`). Load with `mixdemo.weights.load_model(\"unmixing-p4\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
