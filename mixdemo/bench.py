@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixdemo.mixing import MixKey, hard_labels
+from mixdemo.mixing import MixKey, hard_labels, tta_average
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
@@ -285,8 +285,8 @@ def run(args: argparse.Namespace) -> dict:
         mixed = segment_proxies(seg, proxies)
         del proxies  # sent: the client no longer needs them
         t1 = time.perf_counter()
-        hard_labels(unmix_learned(d, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas,
-                                  brain_mask=tgt > 0).mean(0))
+        hard_labels(tta_average(unmix_learned(d, mixed, reference_onehots(references[: key.k], torch.uint8),
+                                              key.alphas, brain_mask=tgt > 0)))
         t_unmix = time.perf_counter() - t1
         return time.perf_counter() - t0, t_mix + t_unmix
 

@@ -157,8 +157,9 @@ def naive_unmix(mixed_pred: Array, reference_onehot: Array, alpha: float | Seque
 
 
 def tta_average(unmixed: Array) -> Array:
-    """Eq. 6: average the K unmixed predictions (K on the leading axis)."""
-    return unmixed.mean(0)
+    """Eq. 6: average the K unmixed predictions (K on the leading axis); for K = 1 the one
+    prediction itself (a view, not a copy)."""
+    return unmixed[0] if unmixed.shape[0] == 1 else unmixed.mean(0)
 
 
 def tta_variance(unmixed: Array) -> Array:

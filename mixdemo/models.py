@@ -386,29 +386,32 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
     def _forward_fused_voxel_mlp(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor,
                                  cond: torch.Tensor) -> torch.Tensor:
         """Inference for ``voxel_hidden`` > 0, the function of :meth:`forward`'s convolutions: the
-        blocks on the patches, then the per-voxel MLP one slab of patches at a time (each slab's
-        hidden channels stay in cache: matrix products and in-place updates, no full-volume
-        hidden tensor). Logits come back channels-last, as a (B, C, X, Y, Z) view."""
+        blocks on the patches, then the per-voxel MLP one sample and one slab of patches at a time
+        (each slab's hidden channels stay in cache). The FiLM of α is folded into the weights that
+        feed the hidden channels, so a slab costs two matrix products, one in-place add of the
+        context and the activation. Logits come back channels-last, as a (B, C, X, Y, Z) view."""
         p, c, hid = self.patch, self.num_classes, self.voxel_hidden
         b, _, *sides = mixed_prob.shape
         grid = [n // p for n in sides]
         voxels = self._patch_voxels(mixed_prob, reference_onehot)
         h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond).permute(0, 2, 3, 4, 1)  # (B, gx, gy, gz, f0)
         out_w = self.out.weight.permute(0, 2, 3, 4, 1).reshape(self.out.in_channels, p**3 * hid).t()
-        out_b = self.out.bias.repeat(p**3)
-        in_w, in_b = self.voxel_in.weight.reshape(hid, -1), self.voxel_in.bias
-        last_w, last_b = self.voxel_out.weight.reshape(c, hid), self.voxel_out.bias
-        scale, shift = (t.view(b, 1, 1, 1, hid) for t in self._voxel_film(cond))
+        in_w = self.voxel_in.weight.reshape(hid, -1)
+        last_w, last_b = self.voxel_out.weight.reshape(c, hid).t(), self.voxel_out.bias
+        scales, shifts = self._voxel_film(cond)
         logits = torch.empty(b, *sides, c, dtype=mixed_prob.dtype, device=mixed_prob.device)
-        for row in range(grid[0]):
-            rows = slice(row * p, (row + 1) * p)
-            hidden = nn.functional.linear(voxels[:, rows], in_w, in_b)  # (B, p, Y, Z, H)
-            context = nn.functional.linear(h[:, row], out_w, out_b)  # (B, gy, gz, p³·H)
-            as_voxels = context.view(b, grid[1], grid[2], p, p, p, hid).permute(0, 3, 1, 4, 2, 5, 6)
-            hidden.view(b, p, grid[1], p, grid[2], p, hid).add_(as_voxels)
-            hidden.mul_(scale).add_(shift)
-            torch.nn.functional.leaky_relu_(hidden, 0.1)
-            logits[:, rows] = nn.functional.linear(hidden, last_w, last_b)
+        for i in range(b):  # (W·x + b)·scale + shift, with scale and shift folded into W and b
+            scale, shift = scales[i], shifts[i]
+            ctx_w, ctx_b = out_w * scale.repeat(p**3)[:, None], self.out.bias.repeat(p**3) * scale.repeat(p**3)
+            vox_w, vox_b = (in_w * scale[:, None]).t(), self.voxel_in.bias * scale + shift
+            for row in range(grid[0]):
+                rows = slice(row * p, (row + 1) * p)
+                hidden = torch.addmm(vox_b, voxels[i, rows].reshape(-1, in_w.shape[1]), vox_w)  # (p·Y·Z, H)
+                context = torch.addmm(ctx_b, h[i, row].reshape(-1, ctx_w.shape[1]), ctx_w.t())  # (gy·gz, p³·H)
+                as_voxels = context.view(grid[1], grid[2], p, p, p, hid).permute(2, 0, 3, 1, 4, 5)
+                hidden.view(p, grid[1], p, grid[2], p, hid).add_(as_voxels)
+                torch.nn.functional.leaky_relu_(hidden, 0.1)
+                torch.addmm(last_b, hidden, last_w, out=logits[i, rows].view(-1, c))
         return logits.permute(0, 4, 1, 2, 3)
 
 

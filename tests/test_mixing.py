@@ -81,6 +81,9 @@ def test_tta_averages_any_unmixer():
     out = tta(lambda p, r, a: p * a, preds, refs, [1.0, 0.5])
     np.testing.assert_allclose(out, (1.0 + 1.5) / 2)
     np.testing.assert_allclose(tta_average(np.stack(preds)), 2.0)
+    one = torch.rand(1, 4, 3, 3, 3)
+    assert torch.equal(tta_average(one), one.mean(0))  # K = 1: the prediction itself, without a copy
+    assert tta_average(one).data_ptr() == one.data_ptr()
     with pytest.raises(ValueError, match="one α per mix"):
         tta(lambda p, r, a: p, preds, refs, [0.5])
 
