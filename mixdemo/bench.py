@@ -141,7 +141,7 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
     """Each D of ``nets`` (:func:`shipped_ds`) on the whole volume as the client runs it, on the shared
     mix of :func:`d_study_input`: median seconds, its patch, parameters and brain-masked Dice."""
     from mixdemo.metrics import dice_per_class
-    from mixdemo.models import count_parameters
+    from mixdemo.models import unmixing_design
 
     brain = target > 0
     rows = []
@@ -153,8 +153,7 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
         seconds = median_seconds(run_d, reps)
         labels = np.where(brain, hard_labels(run_d()[0]).numpy(), 0)
         dice = dice_per_class(labels, truth, [1, 2, 3])
-        rows.append({"model": name, "patch": getattr(unmix, "patch", 1), "voxel_hidden": getattr(unmix, "voxel_hidden", 0),
-                     "parameters": count_parameters(unmix),
+        rows.append({"model": name, **unmixing_design(unmix),
                      "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
     return rows
 

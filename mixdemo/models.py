@@ -373,7 +373,6 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         logits.view(b, grid[0], p, grid[1], p, grid[2], p, c).add_(as_voxels)
         return logits.permute(0, 4, 1, 2, 3)
 
-
     def _patch_voxels(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
         """D's input channels gathered once into a (B, X, Y, Z, channels) buffer (no concatenation)."""
         b, _, *sides = mixed_prob.shape
@@ -402,7 +401,8 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         logits = torch.empty(b, *sides, c, dtype=mixed_prob.dtype, device=mixed_prob.device)
         for i in range(b):  # (W·x + b)·scale + shift, with scale and shift folded into W and b
             scale, shift = scales[i], shifts[i]
-            ctx_w, ctx_b = out_w * scale.repeat(p**3)[:, None], self.out.bias.repeat(p**3) * scale.repeat(p**3)
+            per_patch_scale = scale.repeat(p**3)  # the context's rows are (voxel in the patch, channel)
+            ctx_w, ctx_b = out_w * per_patch_scale[:, None], self.out.bias.repeat(p**3) * per_patch_scale
             vox_w, vox_b = (in_w * scale[:, None]).t(), self.voxel_in.bias * scale + shift
             for row in range(grid[0]):
                 rows = slice(row * p, (row + 1) * p)
@@ -413,6 +413,12 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
                 torch.nn.functional.leaky_relu_(hidden, 0.1)
                 torch.addmm(last_b, hidden, last_w, out=logits[i, rows].view(-1, c))
         return logits.permute(0, 4, 1, 2, 3)
+
+
+def unmixing_design(unmix: nn.Module) -> dict:
+    """A D's design as the benchmark and the D comparison record it: patch, per-voxel MLP width, parameters."""
+    return {"patch": getattr(unmix, "patch", 1), "voxel_hidden": getattr(unmix, "voxel_hidden", 0),
+            "parameters": count_parameters(unmix)}
 
 
 @torch.no_grad()

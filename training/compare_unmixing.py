@@ -38,13 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def d_row(name: str, doc: dict) -> dict:
     """One D's row: its design and the Dice of the evaluation run with it."""
-    from mixdemo.models import count_parameters
+    from mixdemo.models import unmixing_design
     from mixdemo.weights import load_model
 
     unmix = load_model(name)
     dice = doc["dice"]
-    return {"model": name, "patch": getattr(unmix, "patch", 1), "voxel_hidden": getattr(unmix, "voxel_hidden", 0),
-            "parameters": count_parameters(unmix),
+    return {"model": name, **unmixing_design(unmix),
             "learned": dice["learned"], "learned_tta": dice["learned_tta"], "baseline": dice["baseline"],
             "naive_tta": dice["naive_tta"], "tta_over_baseline": round(dice["learned_tta"]["avg"] / dice["baseline"]["avg"], 4),
             "weights_sha256": doc["weights_sha256"].get(name)}
