@@ -7,8 +7,10 @@ Measures on the same volume: baseline whole-brain segmentation; private segmenta
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
 answer (K = 3, rendering included); the client's share (mixing + D); S's fast path against MONAI's
 forward and its memory budget (one pass vs slabs: time, peak memory, Dice, each in a fresh process);
-achieved GFLOP/s of S against a float32 matrix-multiply peak measured in the same run; peak memory.
-Medians over repetitions.
+achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
+run (the higher counts); peak memory. Medians over repetitions; the baseline and the private K = 1 runs
+with each shipped D are interleaved (:func:`interleaved_runs`), so a host that slows down for a while
+slows all of them alike.
 """
 
 from __future__ import annotations
@@ -49,6 +51,32 @@ def median_seconds(fn: Callable[[], object], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_runs(baseline: Callable[[], object], private: Callable[[str], tuple[float, float]], names: list[str],
+                     reps: int) -> tuple[list[float], dict[str, list[tuple[float, float]]]]:
+    """Baseline and private K = 1 runs, interleaved: each repetition times the baseline once and one
+    private run with each client network of ``names`` (``private(name)`` → (total s, client s)), in an
+    order rotated by one each repetition, after one untimed warm-up of each. A host that slows down
+    for part of the run then slows every path alike, not whichever happened to be timed then, so the
+    ratios (privacy tax, client share) stay meaningful on a shared machine.
+
+    Returns (baseline seconds per repetition, {name: [(total, client) per repetition]})."""
+    paths: list[str | None] = [None, *names]  # None: the baseline
+    for path in paths:
+        baseline() if path is None else private(path)
+    base_times: list[float] = []
+    runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for rep in range(reps):
+        shift = rep % len(paths)
+        for path in paths[shift:] + paths[:shift]:
+            if path is None:
+                t0 = time.perf_counter()
+                baseline()
+                base_times.append(time.perf_counter() - t0)
+            else:
+                runs[path].append(private(path))
+    return base_times, runs
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -290,8 +318,13 @@ def run(args: argparse.Namespace) -> dict:
         return time.perf_counter() - t0, t_mix + t_unmix
 
     reps = args.reps
-    baseline_s = median_seconds(lambda: hard_labels(segment_proxies(base, target[None])[0]), reps)
-    k1 = [private(key1, target, refs) for _ in range(reps)]
+    peak_start = matmul_peak_gflops()
+    d_nets = shipped_ds(unmix) if not args.untrained else {}
+    clients = {D_VARIANTS[0]: unmix, **d_nets}
+    base_times, k1_runs = interleaved_runs(lambda: hard_labels(segment_proxies(base, target[None])[0]),
+                                           lambda name: private(key1, target, refs, clients[name]), list(clients), reps)
+    baseline_s = statistics.median(base_times)
+    k1 = k1_runs[D_VARIANTS[0]]
     private_k1_s = statistics.median(t for t, _ in k1)
     client_share = statistics.median(c / t for t, c in k1)
     private_k10_s = median_seconds(lambda: private(key10, target, refs), max(1, reps - 2) if not args.quick else 1)
@@ -303,17 +336,17 @@ def run(args: argparse.Namespace) -> dict:
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
     d_key, d_mixed = d_study_input(seg, target, refs[0])
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
-    d_nets = shipped_ds(unmix) if not args.untrained else {}
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
                     for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
-    peak = matmul_peak_gflops()
+    peak_end = matmul_peak_gflops()
+    peak = max(peak_start, peak_end)
     for row in d_study:  # the headline figures again with each D as the client's network, and D's arithmetic
         d_net = d_nets[row["model"]]
-        runs = k1 if d_net is unmix else [private(key1, target, refs, d_net) for _ in range(reps)]
+        runs = k1_runs[row["model"]]
         row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
         row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
         row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
@@ -352,6 +385,13 @@ def run(args: argparse.Namespace) -> dict:
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, and fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
                                     "(Z-slabs); peak RSS of that process",
+        },
+        "host": {
+            "matmul_peak_gflops_start_end": [round(peak_start, 1), round(peak_end, 1)],
+            "baseline_s_min_max": [round(min(base_times), 3), round(max(base_times), 3)],
+            "private_k1_s_min_max": [round(min(t for t, _ in k1), 3), round(max(t for t, _ in k1), 3)],
+            "note": "the GEMM peak at the start and the end of the run, and the spread of the interleaved K = 1 "
+                    "repetitions: a wide spread means a noisy host (the headline figures are medians)",
         },
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
     }

@@ -42,3 +42,37 @@ def test_d_flops_per_voxel_counts_the_patch_ds_smaller_arithmetic():
     full, patches = d_flops_per_voxel(UnmixingNet().eval()), d_flops_per_voxel(UnmixingNet(patch=2).eval())
     assert 0 < patches < full
     assert 5 < full / patches < 10
+
+
+def test_interleaved_runs_alternate_paths_and_rotate_their_order():
+    """Each repetition times the baseline and every client network once, in an order shifted by one per
+    repetition, after one warm-up of each; the result keeps each path's own timings."""
+    from mixdemo.bench import interleaved_runs
+
+    calls: list[str] = []
+
+    def private(name: str) -> tuple[float, float]:
+        calls.append(name)
+        return float(len(calls)), 0.1
+
+    base, runs = interleaved_runs(lambda: calls.append("base"), private, ["d1", "d2"], reps=3)
+    assert calls[:3] == ["base", "d1", "d2"]  # warm-up, untimed
+    assert calls[3:] == ["base", "d1", "d2", "d1", "d2", "base", "d2", "base", "d1"]
+    assert len(base) == 3 and all(t >= 0 for t in base)
+    assert [t for t, _ in runs["d1"]] == [5.0, 7.0, 12.0] and [t for t, _ in runs["d2"]] == [6.0, 8.0, 10.0]
+
+
+def test_report_quotes_the_hosts_spread_when_the_bench_recorded_it():
+    """The README's performance paragraph says how noisy the run was (interleaved repetitions' range, GEMM
+    peak at start and end) when bench.json has it, and stays as it was for an older bench.json."""
+    from pathlib import Path
+
+    from training.report import bench_md
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench.json").read_text())
+    doc.pop("host", None)
+    assert "interleaved" not in bench_md(doc)
+    doc["host"] = {"matmul_peak_gflops_start_end": [300.0, 250.0], "baseline_s_min_max": [7.0, 9.5],
+                   "private_k1_s_min_max": [10.0, 12.0]}
+    text = bench_md(doc)
+    assert "7.0–9.5 s" in text and "10.0–12.0 s" in text and "300 GFLOP/s at the start, 250 at the end" in text

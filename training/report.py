@@ -206,8 +206,14 @@ def bench_md(doc: dict) -> str:
     load = doc.get("load_average_at_end")
     busy = (f" The machine's 1-minute load average was {load[0]:.1f} on {doc['threads']} threads at the end of the run: "
             "other jobs shared the cores, so these times are upper bounds." if load and load[0] > doc["threads"] * 1.2 else "")
+    host = doc.get("host")
+    spread = (f" The baseline and the private K = 1 runs were interleaved; their repetitions took "
+              f"{host['baseline_s_min_max'][0]:.1f}–{host['baseline_s_min_max'][1]:.1f} s and "
+              f"{host['private_k1_s_min_max'][0]:.1f}–{host['private_k1_s_min_max'][1]:.1f} s, and the GEMM peak was "
+              f"{host['matmul_peak_gflops_start_end'][0]:.0f} GFLOP/s at the start, "
+              f"{host['matmul_peak_gflops_start_end'][1]:.0f} at the end." if host else "")
     return "\n".join([f"Measured by `{doc['command'].strip()}` on {doc['cpu']}, {doc['threads']} threads, volume "
-                      f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}", "",
+                      f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}{spread}", "",
                       "| what | figure | target |", "| --- | --- | --- |", *[f"| {a} | {b} | {c} |" for a, b, c in rows]])
 
 
