@@ -255,9 +255,11 @@ def run_segmentation(
     random_alpha: bool,
     mode: str,
     opacity: float,
+    unmixing: str | None = None,
     progress: gr.Progress = gr.Progress(),
 ):
-    """Segment the current target privately (the client and the in-process server)."""
+    """Segment the current target privately (the client and the in-process server) with the client
+    network D ``unmixing`` (a model folder; None: :func:`mixdemo.weights.unmixing_name`)."""
     from mixdemo.client import ClientError, make_key, run_private, unmixing_model
     from mixdemo.weights import WeightsError, unmixing_name
 
@@ -268,7 +270,7 @@ def run_segmentation(
         alpha_value = None if random_alpha else float(np.clip(alpha, ALPHA_MIN, ALPHA_MAX))
         bank = examples.reference_bank(pfn)
         key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None)
-        unmix = unmixing_model()
+        unmix = unmixing_model(name=unmixing or None)
         serve = lambda proxies: server.segment(proxies, lambda f, m: pfn(0.05 + 0.8 * f, m))  # noqa: E731
         run = run_private(sess.image, bank, key, serve, unmix, mode=mode, centre=sess.centre, progress=pfn)
     except (ClientError, ValueError, WeightsError) as exc:
@@ -301,7 +303,7 @@ def run_segmentation(
     sess.target.save_labels(run.labels("learned_tta"), out_path)  # type: ignore[attr-defined]
 
     alphas = ", ".join(f"{a:.2f}" for a in sorted(set(key.alphas)))
-    what = f"learned D (`{unmixing_name()}`)" if res.learned is not None else "naive Eq. 4 (no unmixing weights found)"
+    what = f"learned D (`{unmixing or unmixing_name()}`)" if res.learned is not None else "naive Eq. 4 (no unmixing weights found)"
     summary = (
         f"**Done** — {mode} mode, K = {key.k} reference(s) ({', '.join(key.reference_ids)}), α = {alphas}; "
         f"TTA with {what}. The server received {key.k} proxy array(s) of shape {tuple(res.proxies.shape[1:])}."
@@ -732,6 +734,8 @@ def _server_info() -> dict:
 
 def build_demo() -> gr.Blocks:
     """The whole app (call ``.launch(**launch_kwargs())``)."""
+    from mixdemo.weights import unmixing_choices
+
     ref_choices = examples.reference_ids()
     a_default = round(sum(DEFAULT_ALPHA_RANGE) / 2, 2)
     with gr.Blocks(title="Mixup-Privacy Lab", delete_cache=(900, 3600)) as demo:
@@ -754,6 +758,11 @@ def build_demo() -> gr.Blocks:
                         alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=a_default, step=0.05, label="α, the target's weight in the mix")
                         random_alpha = gr.Checkbox(False, label=f"draw α at random in [{DEFAULT_ALPHA_RANGE[0]}, {DEFAULT_ALPHA_RANGE[1]}] instead")
                         mode = gr.Radio(["patch", "whole"], value="patch", label="3 · Mode: one 32³ patch (fast) or the whole brain")
+                        d_choices = unmixing_choices()
+                        unmixing = gr.Dropdown([(f"{n} — {w}" if w else n, n) for n, w in d_choices], value=d_choices[0][0],
+                                               label="Client network D (learned unmixing): full resolution is the most "
+                                                     "accurate, the patch ones a fraction of its time",
+                                               elem_id="unmixing")
                         with gr.Accordion("Patch centre / slice position (or click the target)", open=False):
                             cx = gr.Slider(0, GRID_SHAPE[0] - 1, value=72, step=1, label="x (right)")
                             cy = gr.Slider(0, GRID_SHAPE[1] - 1, value=96, step=1, label="y (anterior)")
@@ -807,7 +816,7 @@ def build_demo() -> gr.Blocks:
                             show_progress="hidden", **private)
                 loc.select(on_click, [sess, opacity, mode], [sess, cx, cy, cz, *panels], api_name="click_centre",
                            concurrency_limit=4, show_progress="hidden", **private)
-                run.click(run_segmentation, [sess, refs, k, alpha, random_alpha, mode, opacity],
+                run.click(run_segmentation, [sess, refs, k, alpha, random_alpha, mode, opacity, unmixing],
                           [sess, *panels, dice, plot, seg_file, status, mixes], api_name="segment",
                           concurrency_limit=1, concurrency_id="compute", **private)
 

@@ -50,6 +50,34 @@ def unmixing_name() -> str:
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 
+def unmixing_choices() -> list[tuple[str, str]]:
+    """The one-reference client networks D in the local weights folder as (name, where its blocks run),
+    the chosen one (:func:`unmixing_name`) first; just that one when none is local (a Hub download)."""
+    default = unmixing_name()
+    found: dict[str, str] = {}
+    root = weights_dir()
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        record = read_training_record(folder)
+        if not str(record.get("model_class", "")).endswith("UnmixingNet"):
+            continue
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if config.get("n_references", 1) == 1 and (folder / "model.safetensors").exists():
+            found[folder.name] = unmixing_where(int(config.get("patch", 1)), int(config.get("voxel_hidden", 0)))
+    ordered = sorted(found.items(), key=lambda item: item[0] != default)
+    return ordered if default in found else [(default, ""), *ordered]
+
+
+def unmixing_where(patch: int, voxel_hidden: int = 0) -> str:
+    """Where a D's blocks run, in words (``mixdemo.models.UnmixingNet``'s ``patch`` and ``voxel_hidden``)."""
+    if patch == 1:
+        return "at full resolution"
+    mlp = f", a per-voxel MLP ({voxel_hidden} channels)" if voxel_hidden else ""
+    return f"on {patch}³ patches{mlp}"
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()

@@ -118,6 +118,23 @@ def test_ui_patch_round_trip(app_weights, example):
     assert "sub-003" in out[-2] and "K = 1" in out[-2]
 
 
+def test_ui_runs_the_chosen_client_network_d(app_weights, example):
+    """The D menu: a D chosen by name unmixes (the summary names it); one that is not there is a
+    readable error and the session stays usable."""
+    import gradio as gr
+
+    from mixdemo import examples, ui
+    from mixdemo.weights import unmixing_choices
+
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    for name, _ in unmixing_choices():
+        summary = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, name, progress=_Progress())[-2]
+        assert f"learned D (`{name}`)" in summary
+    with pytest.raises(gr.Error, match="no-such-d"):
+        ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, "no-such-d", progress=_Progress())
+    assert "Done" in ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, None, progress=_Progress())[-2]
+
+
 def test_ui_errors_are_readable(app_weights, tmp_path):
     import gradio as gr
 

@@ -184,3 +184,22 @@ def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatc
         unmixing_model()
     with pytest.raises(WeightsError, match="not an unmixing network"):
         unmixing_model(name="not-a-d")
+
+
+def test_unmixing_choices_lists_the_local_one_reference_ds_the_chosen_first(tmp_path, monkeypatch):
+    """The app's D menu: each local one-reference D with where its blocks run, $MIXDEMO_UNMIXING's (or
+    ``unmixing``) first; not an S, not a three-source D; the chosen name alone when none is local."""
+    from mixdemo.models import SegmentationNet, UnmixingNet
+    from mixdemo.weights import UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(UNMIXING_ENV, raising=False)
+    assert unmixing_choices() == [("unmixing", "")]
+    for name, model in {"unmixing": UnmixingNet(), "unmixing-p4": UnmixingNet(patch=4, voxel_hidden=8),
+                        "unmixing-2ref": UnmixingNet(n_references=2), "segmentation": SegmentationNet(features=(4, 4, 8, 8, 16, 4))}.items():
+        model.save_pretrained(tmp_path / name)
+        write_training_record(tmp_path / name, {"note": "test"}, f"mixdemo.models.{type(model).__name__}")
+    assert unmixing_choices() == [("unmixing", "at full resolution"),
+                                  ("unmixing-p4", "on 4³ patches, a per-voxel MLP (8 channels)")]
+    monkeypatch.setenv(UNMIXING_ENV, "unmixing-p4")
+    assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", "unmixing"]

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixdemo.weights import read_training_record, write_model_card
+from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -216,12 +217,6 @@ def bench_md(doc: dict) -> str:
                       f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}{spread}", "",
                       "| what | figure | target |", "| --- | --- | --- |", *[f"| {a} | {b} | {c} |" for a, b, c in rows]])
 
-
-def d_where(patch: int, voxel_hidden: int = 0) -> str:
-    """Where a D's blocks run, as the tables say it."""
-    if patch == 1:
-        return "at full resolution"
-    return f"on {patch}³ patches" + (f", a per-voxel MLP ({voxel_hidden} channels)" if voxel_hidden else "")
 
 
 def reliability_md(doc: dict) -> str:
