@@ -182,7 +182,7 @@ def test_ui_whole_mode_with_a_fast_stand_in_server(app_weights, example, monkeyp
         return torch.softmax(logits, 1)
 
     monkeypatch.setattr(server, "segment", fake_segment)
-    monkeypatch.setattr(client, "unmixing_model", lambda required=False: None)
+    monkeypatch.setattr(client, "unmixing_model", lambda required=False, name=None: None)
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
     out = ui.run_segmentation(sess, ["sub-000", "sub-001"], 1, 0.6, False, "whole", 0.5, progress=_Progress())
     sess, panels, summary = out[0], out[1:11], out[-2]
