@@ -76,3 +76,21 @@ def test_report_quotes_the_hosts_spread_when_the_bench_recorded_it():
                    "private_k1_s_min_max": [10.0, 12.0]}
     text = bench_md(doc)
     assert "7.0–9.5 s" in text and "10.0–12.0 s" in text and "300 GFLOP/s at the start, 250 at the end" in text
+    assert "just before and after" not in text
+    doc["host"]["tta10_over_k1_runs"] = [9.81]
+    assert "just before and after it (9.81)" in bench_md(doc)
+
+
+def test_bracketed_runs_divide_each_long_run_by_the_short_runs_around_it(monkeypatch):
+    """short, long, short per repetition; the ratio uses the two short runs around each long one, so a
+    host that slows down between repetitions does not move it."""
+    from mixdemo import bench
+    from mixdemo.bench import bracketed_runs
+
+    clock = iter([0.0, 1.0, 1.0, 11.0, 11.0, 12.0,      # rep 1: short 1 s, long 10 s, short 1 s
+                  20.0, 22.0, 22.0, 42.0, 42.0, 44.0])  # rep 2, host twice as slow: 2 s, 20 s, 2 s
+    calls: list[str] = []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    longs, ratios = bracketed_runs(lambda: calls.append("long"), lambda: calls.append("short"), reps=2)
+    assert calls == ["short", "long", "short"] * 2
+    assert longs == [10.0, 20.0] and ratios == [10.0, 10.0]

@@ -213,6 +213,9 @@ def bench_md(doc: dict) -> str:
               f"{host['private_k1_s_min_max'][0]:.1f}–{host['private_k1_s_min_max'][1]:.1f} s, and the GEMM peak was "
               f"{host['matmul_peak_gflops_start_end'][0]:.0f} GFLOP/s at the start, "
               f"{host['matmul_peak_gflops_start_end'][1]:.0f} at the end." if host else "")
+    if host and host.get("tta10_over_k1_runs"):
+        spread += (" K = 10 over K = 1 divides each K = 10 run by the mean of the K = 1 runs just before and "
+                   "after it (" + ", ".join(f"{r:.2f}" for r in host["tta10_over_k1_runs"]) + ").")
     return "\n".join([f"Measured by `{doc['command'].strip()}` on {doc['cpu']}, {doc['threads']} threads, volume "
                       f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}{spread}", "",
                       "| what | figure | target |", "| --- | --- | --- |", *[f"| {a} | {b} | {c} |" for a, b, c in rows]])
