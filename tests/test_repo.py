@@ -37,6 +37,20 @@ def test_readme_figures_are_generated_from_results_json():
     assert report.main(["--check"]) == 0, "run python -m training.report"
 
 
+def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
+    """The README row of another D on the segmentation table's protocol: the default D's figures from
+    results/segmentation.json, the other's from its own JSON, named by the D its weights came from."""
+    from training.report import d_full_protocol_md
+
+    other = json.loads((REPO / "results/segmentation.json").read_text())
+    other["weights_sha256"] = {"segmentation": "a", "unmixing-p4": "b", "baseline": "c"}
+    other["dice"]["learned_tta"] = {**other["dice"]["learned_tta"], "avg": 0.5}
+    other["icc"]["CSF"] = {**other["icc"]["CSF"], "icc": 0.123}
+    rows = [line for line in d_full_protocol_md(other).splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `unmixing` (default)") and rows[1].startswith("| `unmixing-p4` |")
+    assert "| 0.500 |" in rows[1] and rows[1].endswith("| 0.123 |") and "| 0.500 |" not in rows[0]
+
+
 def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
     """The default α range must buy privacy over the wider U(0.3, 0.7) at a small Dice cost, as measured."""
     from mixdemo.mixing import DEFAULT_ALPHA_RANGE

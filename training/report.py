@@ -248,9 +248,26 @@ def d_designs_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def d_full_protocol_md(doc: dict) -> str:
+    """Another D on the segmentation table's full protocol (``doc``: its ``training.evaluate`` JSON),
+    row by row beside the default D's ``results/segmentation.json``."""
+    default = _load("segmentation")
+    docs = [("`unmixing` (default)", default)] if default else []
+    name = next((n for n in doc.get("weights_sha256", {}) if n not in ("segmentation", "baseline")), "?")
+    docs.append((f"`{name}`", doc))
+    rows = [f"| {label} | {_f(d['dice']['learned']['avg'])} | {_f(d['dice']['learned_tta']['avg'])} | "
+            f"{_f(d['dice']['learned_tta']['avg'] / d['dice']['baseline']['avg'])} | "
+            + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for label, d in docs]
+    return "\n".join([f"Measured by `{doc['command']}` ({doc['date']}), the protocol of the segmentation table "
+                      f"({doc['n_volumes']} test volumes, TTA K = {doc['tta_k']}, ICC on {doc['n_icc_scans']} scans) "
+                      "with another D; the same S, volumes, α and references. **MNI152-derived phantoms, not patients.**", "",
+                      "| D | Learned | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF |",
+                      "| --- | --- | --- | --- | --- | --- | --- |", *rows])
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
-    "d_designs": d_designs_md,
+    "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md,
 }
 
 
@@ -359,6 +376,9 @@ def write_cards(weights_root: Path) -> list[Path]:
             designs = _load("d_designs")
             if designs:
                 sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
+            full = _load(f"segmentation-{name}")
+            if full:
+                sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
