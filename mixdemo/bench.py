@@ -43,14 +43,16 @@ S_SLAB_BUDGET_MB = 1200
 phantom grid)."""
 
 
+def wall_seconds(fn: Callable[[], object]) -> float:
+    """Wall time of one call of ``fn``."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def median_seconds(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of ``fn`` over ``reps`` runs."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(wall_seconds(fn) for _ in range(reps))
 
 
 def interleaved_runs(baseline: Callable[[], object], private: Callable[[str], tuple[float, float]], names: list[str],
@@ -71,9 +73,7 @@ def interleaved_runs(baseline: Callable[[], object], private: Callable[[str], tu
         shift = rep % len(paths)
         for path in paths[shift:] + paths[:shift]:
             if path is None:
-                t0 = time.perf_counter()
-                baseline()
-                base_times.append(time.perf_counter() - t0)
+                base_times.append(wall_seconds(baseline))
             else:
                 runs[path].append(private(path))
     return base_times, runs
@@ -84,14 +84,9 @@ def bracketed_runs(long: Callable[[], object], short: Callable[[], object], reps
     ratio to the mean of the two short runs around it) per repetition. The ratio (K = 10 over K = 1)
     then compares runs made minutes apart at most, not a long run against short ones made earlier on a
     host whose speed may have drifted since."""
-    def timed(fn: Callable[[], object]) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
     longs, ratios = [], []
     for _ in range(reps):
-        before, middle, after = timed(short), timed(long), timed(short)
+        before, middle, after = wall_seconds(short), wall_seconds(long), wall_seconds(short)
         longs.append(middle)
         ratios.append(middle / ((before + after) / 2))
     return longs, ratios

@@ -248,13 +248,17 @@ def d_designs_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _d_name(evaluation: dict) -> str:
+    """The D a ``training.evaluate`` JSON was made with: its weights record names S, D and the baseline."""
+    return next((n for n in evaluation.get("weights_sha256", {}) if n not in ("segmentation", "baseline")), "?")
+
+
 def d_full_protocol_md(doc: dict) -> str:
     """Another D on the segmentation table's full protocol (``doc``: its ``training.evaluate`` JSON),
     row by row beside the default D's ``results/segmentation.json``."""
     default = _load("segmentation")
-    docs = [("`unmixing` (default)", default)] if default else []
-    name = next((n for n in doc.get("weights_sha256", {}) if n not in ("segmentation", "baseline")), "?")
-    docs.append((f"`{name}`", doc))
+    docs = [(f"`{_d_name(default)}` (default)", default)] if default else []
+    docs.append((f"`{_d_name(doc)}`", doc))
     rows = [f"| {label} | {_f(d['dice']['learned']['avg'])} | {_f(d['dice']['learned_tta']['avg'])} | "
             f"{_f(d['dice']['learned_tta']['avg'] / d['dice']['baseline']['avg'])} | "
             + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for label, d in docs]
