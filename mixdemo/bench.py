@@ -6,7 +6,8 @@
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
 answer (K = 3, rendering included); the client's share (mixing + D); S's fast path against MONAI's
-forward and its memory budget (one pass vs slabs: time, peak memory, Dice, each in a fresh process);
+forward, its memory budget (one pass vs slabs) and the allocator keeping freed memory or not (time,
+page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
 run (the higher counts); peak memory. Medians over repetitions; the baseline and the private K = 1 runs
 with each shipped D are interleaved (:func:`interleaved_runs`), so a host that slows down for a while
@@ -31,10 +32,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixdemo.mixing import MixKey, hard_labels, tta_average
+from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
-from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
+from mixdemo.inference import KEEP_FREED_ENV, keep_freed_memory
+from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_tta
 from mixdemo.weights import load_model
 
 
@@ -199,18 +201,22 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
     return rows
 
 
-def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int, fused: bool = True) -> dict:
+def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int, fused: bool = True,
+                   keep_freed: bool = True) -> dict:
     """The baseline S on the whole target in a fresh process under a memory budget (None: the default):
-    seconds of one pass (after a warm-up pass), the process's peak RSS, and the brain-masked Dice.
-    ``fused=False``: MONAI's forward (the reference path) instead of the fused S."""
+    seconds of one pass (after a warm-up pass), the minor page faults of that pass, the process's peak RSS,
+    and the brain-masked Dice. ``fused=False``: MONAI's forward (the reference path) instead of the fused S;
+    ``keep_freed=False``: the C library's allocator as it comes (``$MIXDEMO_KEEP_FREED_MEMORY=0``)."""
     import subprocess
     import tempfile
 
     from mixdemo.inference import MEMORY_ENV
 
-    env = {k: v for k, v in os.environ.items() if k != MEMORY_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (MEMORY_ENV, KEEP_FREED_ENV)}
     if budget_mb is not None:
         env[MEMORY_ENV] = str(budget_mb)
+    if not keep_freed:
+        env[KEEP_FREED_ENV] = "0"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "volume.npz"
         np.savez(path, image=target, labels=truth)
@@ -221,11 +227,19 @@ def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None,
             **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+def s_probe_settings(quick: bool) -> list[tuple[bool, int | None, bool]]:
+    """(fused, budget MB, keep freed memory) of each :func:`s_budget_probe`: the default path, MONAI's forward,
+    Z-slabs under a smaller budget, and the allocator as it comes (``quick``: the first and the last)."""
+    settings = [(True, None, True), (False, None, True), (True, S_SLAB_BUDGET_MB, True), (True, None, False)]
+    return [settings[0], settings[-1]] if quick else settings
+
+
 def _probe_s(path: Path, fused: bool) -> dict:
     """The child side of :func:`s_budget_probe`."""
     from mixdemo import inference
     from mixdemo.metrics import dice_per_class
 
+    kept = keep_freed_memory()  # as load_model's fast path does; $MIXDEMO_KEEP_FREED_MEMORY=0 leaves it off
     data = np.load(path)
     target, truth = data["image"], data["labels"]
     try:
@@ -235,12 +249,14 @@ def _probe_s(path: Path, fused: bool) -> dict:
     padded = [n + (-n) % 16 for n in target.shape]
     slabs = inference.plan_slabs(padded, inference.activation_bytes_per_voxel(base), inference.memory_budget(torch.device("cpu")))[1]
     segment_proxies(base, target[None])  # warm-up
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     labels = hard_labels(segment_proxies(base, target[None])[0]).numpy()
     seconds = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
-    return {"slabs": slabs, "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4),
-            "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+    return {"slabs": slabs, "keeps_freed_memory": kept, "seconds": round(seconds, 3), "minor_page_faults": faults,
+            "dice_avg": round(float(np.mean(list(dice.values()))), 4), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def own_peak_rss_mb() -> float:
@@ -311,6 +327,7 @@ def run(args: argparse.Namespace) -> dict:
     """Time every path and return the JSON document."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as load_model's fast path does, trained weights or not
     seg, unmix, base = load_models(not args.untrained)
     k_max = 10
     target, refs, target_labels = phantom_volumes(k_max, args.crop, distinct=not args.quick)
@@ -325,8 +342,8 @@ def run(args: argparse.Namespace) -> dict:
         mixed = segment_proxies(seg, proxies)
         del proxies  # sent: the client no longer needs them
         t1 = time.perf_counter()
-        hard_labels(tta_average(unmix_learned(d, mixed, reference_onehots(references[: key.k], torch.uint8),
-                                              key.alphas, brain_mask=tgt > 0)))
+        hard_labels(unmix_learned_tta(d, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas,
+                                      brain_mask=tgt > 0))
         t_unmix = time.perf_counter() - t1
         return time.perf_counter() - t0, t_mix + t_unmix
 
@@ -353,8 +370,8 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
-    budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused)
-                    for fused, budget in ((True, None), (False, None), (True, S_SLAB_BUDGET_MB))]
+    budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused, keep)
+                    for fused, budget, keep in s_probe_settings(args.quick)]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak_end = matmul_peak_gflops()
@@ -398,8 +415,9 @@ def run(args: argparse.Namespace) -> dict:
                                "arithmetic on the volume, and the privacy tax if D ran at the GEMM peak with S as measured",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
-                                    f"(reference) in one pass, and fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
-                                    "(Z-slabs); peak RSS of that process",
+                                    f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
+                                    "(Z-slabs), and fused with the allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0); "
+                                    "peak RSS of that process and the minor page faults of the timed pass",
         },
         "host": {
             "matmul_peak_gflops_start_end": [round(peak_start, 1), round(peak_end, 1)],

@@ -17,8 +17,11 @@ Policy for K proxies (K, X, Y, Z), sides padded to multiples of 16 (U-Net++):
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -49,6 +52,38 @@ MAX_BATCH_VOXELS = 1_000_000
 
 SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
+
+KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
+"""Environment variable: ``0`` leaves the C library's allocator as it is (see :func:`keep_freed_memory`)."""
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep the memory tensors free in the process for the next ones (no ``mmap``
+    per large block, no trimming below 2 GiB) instead of handing it back to the kernel. Returns whether
+    it applied (Linux with glibc, and ``$MIXDEMO_KEEP_FREED_MEMORY`` not ``0``); once per process.
+
+    S allocates and frees several GB of activations per whole-volume pass; by default each block of
+    more than 32 MB is a fresh ``mmap`` that the kernel zero-fills page by page (≈ 1.8 million page
+    faults a pass on the phantom grid). Kept, the same memory serves every pass and every mix of a
+    TTA request (``python -m mixdemo.bench``, ``levers.keep_freed_memory``). The cost: the process's
+    resident memory stays near its peak between requests. Process-wide, hence called by
+    :func:`mixdemo.weights.load_model` for the fast path only, not on import.
+    """
+    if os.environ.get(KEEP_FREED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # musl's mallopt is a stub that returns 0: then nothing applied.
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
 
 
 class Stacked:

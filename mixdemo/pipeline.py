@@ -1,7 +1,7 @@
 """Inference: the server's segmentation of proxies and the client's unmixing with TTA.
 
 Client side: :func:`make_proxies` (Eq. 2 / Eq. 5), :func:`unmix_naive` (Eq. 4),
-:func:`unmix_learned` (D), :func:`private_segment` (the whole round trip, Eq. 6).
+:func:`unmix_learned` (D), :func:`unmix_learned_tta` (D and Eq. 6 in one pass), :func:`private_segment` (the whole round trip, Eq. 6).
 Server side: :func:`segment_proxies` (from :mod:`mixdemo.inference`, shared with the server) — it
 sees proxies only.
 """
@@ -9,7 +9,7 @@ sees proxies only.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ from mixdemo.phantoms import NUM_CLASSES
 
 ProgressFn = Callable[[float, str], None]
 __all__ = ["Reference", "PrivateResult", "make_proxies", "private_segment", "reference_onehots", "segment_proxies",
-           "unmix_learned", "unmix_naive", "window_slices"]
+           "unmix_learned", "unmix_learned_tta", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
 """D's training patch size: the window of the optional windowed path of :func:`unmix_learned`."""
@@ -86,6 +86,50 @@ def unmix_learned(
     if roi_size is not None:
         return _unmix_windows(unmix_model, mixed_probs, ref_onehot, alphas, brain_mask=brain_mask,
                               roi_size=roi_size, overlap=overlap, batch_size=batch_size)
+    outs = Stacked(mixed_probs.shape[0])
+    for start, probs in _unmix_whole(unmix_model, mixed_probs, ref_onehot, alphas):
+        outs.put(start, probs)
+    probs = outs.tensor
+    if brain_mask is not None:
+        _background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
+    return probs
+
+
+@torch.inference_mode()
+def unmix_learned_tta(
+    unmix_model: torch.nn.Module,
+    mixed_probs: torch.Tensor,
+    ref_onehot: torch.Tensor,
+    alphas: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    brain_mask: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Client, Eq. 6 with D: the mean over the K mixes of D's whole-volume probabilities, (C, X, Y, Z).
+
+    ``tta_average(unmix_learned(...))`` to float rounding, but each mix's output is added to a running
+    sum as it comes, so the K unmixed maps are never held together (K = 10 on the phantom grid: 0.7 GB
+    less). For a client that keeps only the TTA answer (``python -m mixdemo.bench``).
+    """
+    total: torch.Tensor | None = None
+    for _, probs in _unmix_whole(unmix_model, mixed_probs, ref_onehot, alphas):
+        part = probs.sum(0) if probs.shape[0] > 1 else probs[0]
+        total = part if total is None else total.add_(part)
+    assert total is not None  # at least one mix
+    if mixed_probs.shape[0] > 1:
+        total.div_(mixed_probs.shape[0])
+    if brain_mask is not None:
+        _background_where(total[None], torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
+    return total
+
+
+def _unmix_whole(
+    unmix_model: torch.nn.Module,
+    mixed_probs: torch.Tensor,
+    ref_onehot: torch.Tensor,
+    alphas: Sequence[float] | Sequence[Sequence[float]],
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """D on whole volumes, one mix at a time (small volumes batched): yields (first mix, its (n, C, X, Y, Z)
+    CPU probabilities) per batch."""
     device = next(unmix_model.parameters()).device
     k_mixes = mixed_probs.shape[0]
     shape = tuple(mixed_probs.shape[-3:])
@@ -93,7 +137,6 @@ def unmix_learned(
     multiple = getattr(unmix_model, "size_multiple", 2)  # D's sides: multiples of its patch × one pooling
     pad = [v for n in shape[::-1] for v in (0, -n % multiple)]  # (edge values repeated)
     per_batch = max(1, MAX_BATCH_VOXELS // int(np.prod(shape)))
-    outs = Stacked(k_mixes)
     for start in range(0, k_mixes, per_batch):
         sl = slice(start, start + per_batch)
         y_mix, y_ref = mixed_probs[sl].float(), ref_onehot[sl]  # D takes the one-hot labels in any dtype
@@ -101,12 +144,8 @@ def unmix_learned(
             y_mix = torch.nn.functional.pad(y_mix, pad, mode="replicate")
             y_ref = torch.nn.functional.pad(y_ref, pad, mode="replicate")
         logits = unmix_model(y_mix.to(device), y_ref.to(device), weights[sl].to(device)).float().cpu()
-        outs.put(start, torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1))
+        yield start, torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1)
         del logits
-    probs = outs.tensor
-    if brain_mask is not None:
-        _background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
-    return probs
 
 
 def _background_where(probs: torch.Tensor, where: torch.Tensor) -> None:

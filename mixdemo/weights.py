@@ -142,8 +142,9 @@ def _import_class(dotted: str) -> type:
 
 def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn.Module:
     """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
-    inference on the fast path: channels-last on the CPU, and S fused (``fast=False``: the reference
-    path, the modules exactly as trained, which the tests check the fast path against)."""
+    inference on the fast path: channels-last on the CPU, S fused, and on the CPU the process's allocator
+    set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`). ``fast=False``: the reference
+    path, the modules exactly as trained, which the tests check the fast path against."""
     folder = resolve_model_dir(name)
     verify_checksum(folder)
     record = read_training_record(folder)
@@ -157,7 +158,12 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn
     model.eval()
     if device is not None:
         model.to(device)
-    if fast and hasattr(model, "use_channels_last") and next(model.parameters()).device.type == "cpu":
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if fast and on_cpu:
+        from mixdemo.inference import keep_freed_memory
+
+        keep_freed_memory()
+    if fast and hasattr(model, "use_channels_last") and on_cpu:
         model.use_channels_last()
     if fast and hasattr(model, "fuse_for_inference"):
         model.fuse_for_inference()

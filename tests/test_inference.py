@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +86,34 @@ def test_stacked_fills_k_results_in_place():
     strided = Stacked(2)
     strided.put(0, whole.transpose(1, 2))
     assert strided.tensor.is_contiguous() and torch.equal(strided.tensor, whole.transpose(1, 2))
+
+
+_REALLOC_SCRIPT = """
+import resource, torch
+from mixdemo.inference import keep_freed_memory
+kept = keep_freed_memory()
+for _ in range(3):  # glibc's heap settles within a couple of rounds
+    x = torch.ones(25_000_000); del x  # 100 MB, freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(25_000_000)  # the same size again
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_kept_freed_memory_serves_the_next_tensor_without_page_faults():
+    """With keep_freed_memory a freed 100 MB block is reused as it is (once the heap has settled); $MIXDEMO_KEEP_FREED_MEMORY=0 leaves the
+    allocator as it comes (a fresh mapping, faulted in page by page). Each in a fresh process: it is process-wide."""
+    def run(env_value: str | None) -> tuple[str, int]:
+        env = {k: v for k, v in os.environ.items() if k != inference.KEEP_FREED_ENV}
+        if env_value is not None:
+            env[inference.KEEP_FREED_ENV] = env_value
+        out = subprocess.run([sys.executable, "-c", _REALLOC_SCRIPT], env=env, capture_output=True, text=True, check=True)
+        kept, faults = out.stdout.split()
+        return kept, int(faults)
+
+    kept, faults_kept = run(None)
+    off, faults_off = run("0")
+    assert (kept, off) == ("True", "False")
+    assert faults_kept < 100_000_000 / 4096 / 10  # under a tenth of the block's pages
+    assert faults_kept <= faults_off

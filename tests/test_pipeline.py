@@ -178,3 +178,27 @@ def test_whole_volume_unmixing_is_d_on_the_whole_grid_one_mix_at_a_time():
     d2 = UnmixingNet(n_references=2).eval()
     two = unmix_learned(d2, mixed, torch.cat([ref, ref], 1), [[0.4, 0.3, 0.3]] * 3)
     assert two.shape == whole.shape and torch.allclose(two.sum(1), torch.ones(3, *shape))
+
+
+@pytest.mark.parametrize("batch_voxels", [None, 2 * 40 * 33 * 36])
+def test_streamed_tta_equals_the_mean_of_the_stacked_mixes(monkeypatch, batch_voxels):
+    """unmix_learned_tta (a running sum, the K maps never held together) is Eq. 6 on unmix_learned's stack, with
+    the brain mask, one mix per pass or several (small volumes batched), and K = 1 returns the one map."""
+    from mixdemo import pipeline
+    from mixdemo.mixing import tta_average
+    from mixdemo.pipeline import unmix_learned_tta
+
+    if batch_voxels is not None:  # two mixes per batch: K = 5 → batches of 2, 2, 1
+        monkeypatch.setattr(pipeline, "MAX_BATCH_VOXELS", batch_voxels)
+    d = _random_unmixer()
+    shape = (40, 33, 36)
+    mixed = torch.softmax(torch.randn(5, 4, *shape), 1)
+    ref = one_hot(torch.randint(0, 4, (5, *shape)), 4, torch.uint8)
+    alphas = [0.3, 0.35, 0.4, 0.45, 0.5]
+    brain = np.zeros(shape, dtype=bool)
+    brain[5:30, 5:25, 5:30] = True
+    stacked = tta_average(unmix_learned(d, mixed, ref, alphas, brain_mask=brain))
+    streamed = unmix_learned_tta(d, mixed, ref, alphas, brain_mask=brain)
+    torch.testing.assert_close(streamed, stacked, rtol=1e-5, atol=1e-6)
+    assert torch.all(streamed[0][~brain] == 1.0)
+    torch.testing.assert_close(unmix_learned_tta(d, mixed[:1], ref[:1], alphas[:1]), unmix_learned(d, mixed[:1], ref[:1], alphas[:1])[0])

@@ -183,9 +183,13 @@ def bench_md(doc: dict) -> str:
     for row in levers.get("s_memory_budget") or []:
         how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
         path = row.get("path", "MONAI forward")
-        state = "on" if path == "fused" and row["budget_mb"] is None else "off"
+        kept = row.get("keeps_freed_memory")  # absent in runs before the allocator lever
+        if kept is not None:
+            how += ", allocator keeps freed memory" if kept else ", allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)"
+        state = "on" if path == "fused" and row["budget_mb"] is None and kept is not False else "off"
+        faults = f", {row['minor_page_faults'] / 1e3:.0f} k page faults" if "minor_page_faults" in row else ""
         rows.append((f"lever: S (baseline), {path}, {how} ({state}): {row['slabs']} slab(s), in a fresh process",
-                     f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
+                     f"{row['seconds']:.1f} s{faults}, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
     for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
             what, state = "D on the whole volume", "on"
