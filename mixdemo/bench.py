@@ -1,7 +1,7 @@
 """One-run benchmark of the inference path on this machine.
 
     python -m mixdemo.bench             # whole phantom volume, 3 repetitions → results/bench.json
-    python -m mixdemo.bench --quick     # a 64³ cube, 1 repetition: a smoke run under a minute
+    python -m mixdemo.bench --quick     # a 64³ cube, 1 repetition, fewer levers: a smoke run under a minute
 
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
@@ -9,7 +9,7 @@ answer (K = 3, rendering included); the client's share (mixing + D); S's fast pa
 forward, its memory budget (one pass vs slabs) and the allocator keeping freed memory or not (time,
 page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
-run (the higher counts); peak memory. Medians over repetitions; the baseline and the private K = 1 runs
+run (the higher counts); peak memory of the private run at K = 10 alone, in a fresh process. Medians over repetitions; the baseline and the private K = 1 runs
 with each shipped D are interleaved (:func:`interleaved_runs`), so a host that slows down for a while
 slows all of them alike.
 """
@@ -229,9 +229,10 @@ def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None,
 
 def s_probe_settings(quick: bool) -> list[tuple[bool, int | None, bool]]:
     """(fused, budget MB, keep freed memory) of each :func:`s_budget_probe`: the default path, MONAI's forward,
-    Z-slabs under a smaller budget, and the allocator as it comes (``quick``: the first and the last)."""
+    Z-slabs under a smaller budget, and the allocator as it comes (``quick``: none; its one fresh process
+    is :func:`private_probe`'s)."""
     settings = [(True, None, True), (False, None, True), (True, S_SLAB_BUDGET_MB, True), (True, None, False)]
-    return [settings[0], settings[-1]] if quick else settings
+    return [] if quick else settings
 
 
 def _probe_s(path: Path, fused: bool) -> dict:
@@ -257,6 +258,52 @@ def _probe_s(path: Path, fused: bool) -> dict:
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
     return {"slabs": slabs, "keeps_freed_memory": kept, "seconds": round(seconds, 3), "minor_page_faults": faults,
             "dice_avg": round(float(np.mean(list(dice.values()))), 4), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+
+
+def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, target: np.ndarray,
+                    references: list[Reference]) -> tuple[float, float]:
+    """(total seconds, client seconds) of one private segmentation: mix (Eq. 2/5), S, D with Eq. 6 as a
+    running sum, labels; the client keeps only what it needs (the proxies go once sent)."""
+    t0 = time.perf_counter()
+    proxies = make_proxies(target, references[: key.k], key)
+    t_mix = time.perf_counter() - t0
+    mixed = segment_proxies(seg, proxies)
+    del proxies  # sent: the client no longer needs them
+    t1 = time.perf_counter()
+    hard_labels(unmix_learned_tta(unmix, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas,
+                                  brain_mask=target > 0))
+    t_unmix = time.perf_counter() - t1
+    return time.perf_counter() - t0, t_mix + t_unmix
+
+
+def private_probe(target: np.ndarray, refs: list[Reference], threads: int, untrained: bool, keep_freed: bool = True) -> dict:
+    """One private segmentation with K = len(refs) in a fresh process (its peak memory is the run's own, not
+    the benchmark's): seconds, peak RSS, and whether the allocator kept freed memory
+    (``keep_freed=False``: ``$MIXDEMO_KEEP_FREED_MEMORY=0``)."""
+    import subprocess
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k != KEEP_FREED_ENV}
+    if not keep_freed:
+        env[KEEP_FREED_ENV] = "0"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "volumes.npz"
+        np.savez(path, target=target, images=np.stack([r.image for r in refs]), labels=np.stack([r.labels for r in refs]))
+        cmd = [sys.executable, "-m", "mixdemo.bench", "--probe-private", str(path), "--threads", str(threads)]
+        cmd += ["--untrained"] if untrained else []
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return {"k": len(refs), **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def _probe_private(path: Path, untrained: bool) -> dict:
+    """The child side of :func:`private_probe`."""
+    kept = keep_freed_memory()
+    seg, unmix, _ = load_models(not untrained)
+    data = np.load(path)
+    refs = [Reference(f"ref{i}", image, labels) for i, (image, labels) in enumerate(zip(data["images"], data["labels"]))]
+    key = MixKey(tuple(r.ref_id for r in refs), (0.5,) * len(refs))
+    total, _ = private_seconds(seg, unmix, key, data["target"], refs)
+    return {"keeps_freed_memory": kept, "seconds": round(total, 3), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def own_peak_rss_mb() -> float:
@@ -335,17 +382,7 @@ def run(args: argparse.Namespace) -> dict:
     key1 = MixKey(key10.reference_ids[:1], (0.5,))
 
     def private(key: MixKey, tgt: np.ndarray, references: list[Reference], d: torch.nn.Module = unmix) -> tuple[float, float]:
-        """(total seconds, client seconds) of one private segmentation with the client network ``d``."""
-        t0 = time.perf_counter()
-        proxies = make_proxies(tgt, references[: key.k], key)
-        t_mix = time.perf_counter() - t0
-        mixed = segment_proxies(seg, proxies)
-        del proxies  # sent: the client no longer needs them
-        t1 = time.perf_counter()
-        hard_labels(unmix_learned_tta(d, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas,
-                                      brain_mask=tgt > 0))
-        t_unmix = time.perf_counter() - t1
-        return time.perf_counter() - t0, t_mix + t_unmix
+        return private_seconds(seg, d, key, tgt, references)
 
     reps = args.reps
     peak_start = matmul_peak_gflops()
@@ -364,7 +401,7 @@ def run(args: argparse.Namespace) -> dict:
     patch_refs = [Reference(r.ref_id, r.image[sl], r.labels[sl]) for r in refs]
     patch_k10_s = median_seconds(lambda: private(key10, target[sl], patch_refs), reps)
 
-    cl_speedup = channels_last_speedup(seg, 32 if args.quick else 96, reps) if hasattr(seg, "use_channels_last") else None
+    cl_speedup = None if args.quick or not hasattr(seg, "use_channels_last") else channels_last_speedup(seg, 96, reps)
     app_patch_k3_s = None if args.quick else app_patch_seconds(3, reps)
     d_key, d_mixed = d_study_input(seg, target, refs[0])
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
@@ -372,6 +409,8 @@ def run(args: argparse.Namespace) -> dict:
     del d_mixed
     budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused, keep)
                     for fused, budget, keep in s_probe_settings(args.quick)]
+    memory_study = [private_probe(target, refs, torch.get_num_threads(), args.untrained, keep)
+                    for keep in ((True,) if args.quick else (True, False))]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak_end = matmul_peak_gflops()
@@ -404,7 +443,7 @@ def run(args: argparse.Namespace) -> dict:
         "s_gflops": round(s_gflops, 1),
         "matmul_peak_gflops": round(peak, 1),
         "flop_efficiency": round(s_gflops / peak, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": memory_study[0]["peak_rss_mb"],
         "levers": {
             "s_channels_last_speedup": None if cl_speedup is None else round(cl_speedup, 3),
             "unmix_windows": window_study,
@@ -413,6 +452,11 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_nets_note": "each shipped D on the whole volume, K = 1, α = 0.5 ('unmixing' is the default), "
                                "and the private K = 1 run, privacy tax and client share with it as the client's D; gflop: D's "
                                "arithmetic on the volume, and the privacy tax if D ran at the GEMM peak with S as measured",
+            "private_k10_memory": memory_study,
+            "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
+                                       "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "
+                                       "the first row's) and seconds, with the allocator keeping freed memory (default) "
+                                       "and as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
@@ -424,6 +468,7 @@ def run(args: argparse.Namespace) -> dict:
             "baseline_s_min_max": [round(min(base_times), 3), round(max(base_times), 3)],
             "private_k1_s_min_max": [round(min(t for t, _ in k1), 3), round(max(t for t, _ in k1), 3)],
             "tta10_over_k1_runs": [round(r, 3) for r in k10_ratios],
+            "peak_rss_mb_whole_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "note": "the GEMM peak at the start and the end of the run, and the spread of the interleaved K = 1 "
                     "repetitions: a wide spread means a noisy host (the headline figures are medians); "
                     "tta10_over_k1: each K = 10 run over the mean of the K = 1 runs just before and after it",
@@ -442,10 +487,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--crop", type=int, default=0, help="time a central cube of this side instead of the whole grid")
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
-    p.add_argument("--quick", action="store_true", help="64³ cube, 1 repetition")
+    p.add_argument("--quick", action="store_true", help="64³ cube, 1 repetition, fewer levers")
     p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
     args = p.parse_args(argv)
+    if args.probe_private is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = _probe_private(args.probe_private, args.untrained)
+        print(json.dumps(result))
+        return result
     if args.probe_s is not None:
         if args.threads:
             torch.set_num_threads(args.threads)

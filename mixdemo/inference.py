@@ -56,7 +56,7 @@ SLAB_OVERLAP = 16
 KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
 """Environment variable: ``0`` leaves the C library's allocator as it is (see :func:`keep_freed_memory`)."""
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
 
 
@@ -83,7 +83,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # musl's mallopt is a stub that returns 0: then nothing applied.
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)) and bool(mallopt(_M_ARENA_MAX, 1))
 
 
 class Stacked:

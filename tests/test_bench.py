@@ -21,6 +21,8 @@ def test_quick_bench_writes_results(tmp_path):
     assert doc["volume_shape"] == [64, 64, 64]
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
+    fresh = doc["levers"]["private_k10_memory"][0]  # the headline peak: the K = 10 run alone, in a fresh process
+    assert fresh["k"] == 10 and fresh["peak_rss_mb"] == doc["peak_rss_mb"] > 0
 
 
 def test_flops_per_voxel_counts_the_convolutions():
@@ -94,3 +96,30 @@ def test_bracketed_runs_divide_each_long_run_by_the_short_runs_around_it(monkeyp
     longs, ratios = bracketed_runs(lambda: calls.append("long"), lambda: calls.append("short"), reps=2)
     assert calls == ["short", "long", "short"] * 2
     assert longs == [10.0, 20.0] and ratios == [10.0, 10.0]
+
+
+def test_channels_last_speedup_times_both_layouts_of_a_copy():
+    """The lever compares S's two layouts on copies: the model passed in keeps its own layout."""
+    from mixdemo.bench import channels_last_speedup
+    from mixdemo.models import SegmentationNet
+
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    assert channels_last_speedup(seg, 16, 1) > 0
+    assert not getattr(seg, "channels_last", False)
+
+
+def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch):
+    """The child side of the benchmark's fresh-process S probe (which --quick skips), run in this process on a
+    small volume with an untrained S when no weights are found."""
+    import numpy as np
+
+    from mixdemo import bench
+
+    monkeypatch.setattr(bench, "load_model", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("no weights")))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (32, 32, 32)).astype(np.uint8)
+    path = tmp_path / "volume.npz"
+    np.savez(path, image=(labels / 3).astype(np.float32), labels=labels)
+    row = bench._probe_s(path, fused=True)
+    assert row["slabs"] == 1 and row["seconds"] > 0 and row["peak_rss_mb"] > 0
+    assert row["minor_page_faults"] >= 0 and 0 <= row["dice_avg"] <= 1 and isinstance(row["keeps_freed_memory"], bool)
