@@ -240,7 +240,7 @@ def _probe_s(path: Path, fused: bool) -> dict:
     from mixdemo import inference
     from mixdemo.metrics import dice_per_class
 
-    kept = keep_freed_memory()  # as load_model's fast path does; $MIXDEMO_KEEP_FREED_MEMORY=0 leaves it off
+    kept = keep_freed_memory()  # as load_model's fast path does; $MIXDEMO_KEEP_FREED_MEMORY=0 turns it off
     data = np.load(path)
     target, truth = data["image"], data["labels"]
     try:
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> dict:
     """Time every path and return the JSON document."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as load_model's fast path does, trained weights or not
+    keep_freed_memory()  # as load_model's fast path does (where memory allows), trained weights or not
     seg, unmix, base = load_models(not args.untrained)
     k_max = 10
     target, refs, target_labels = phantom_volumes(k_max, args.crop, distinct=not args.quick)
@@ -455,7 +455,8 @@ def run(args: argparse.Namespace) -> dict:
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
                                        "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "
-                                       "the first row's) and seconds, with the allocator keeping freed memory (default) "
+                                       "the first row's) and seconds, with the allocator keeping freed memory (the default where memory "
+                                       "allows) "
                                        "and as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "

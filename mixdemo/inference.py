@@ -54,36 +54,56 @@ SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
 KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
-"""Environment variable: ``0`` leaves the C library's allocator as it is (see :func:`keep_freed_memory`)."""
+"""Environment variable for :func:`keep_freed_memory`: ``1`` always, ``0`` never, unset (or ``auto``) when
+the machine has :data:`KEEP_FREED_MIN_AVAILABLE_MB` of available memory."""
+
+KEEP_FREED_MIN_AVAILABLE_MB = 8192
+"""Available memory from which freed memory is kept by default: keeping it raises the peak of the whole-brain
+K = 10 run by more than a gigabyte (``python -m mixdemo.bench``, ``levers.private_k10_memory``), which a machine
+with less memory should not pay."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
 
 
+def _available_memory_bytes() -> float | None:
+    """Memory the kernel could give this process now (Linux), else None."""
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep the memory tensors free in the process for the next ones (no ``mmap``
-    per large block, no trimming below 2 GiB) instead of handing it back to the kernel. Returns whether
-    it applied (Linux with glibc, and ``$MIXDEMO_KEEP_FREED_MEMORY`` not ``0``); once per process.
+    """Ask glibc's malloc to keep the memory that tensors free in the process for the next ones (no
+    ``mmap`` per large block, no trimming below 2 GiB, one arena) instead of handing it back to the
+    kernel. Returns whether it applied; once per process. ``$MIXDEMO_KEEP_FREED_MEMORY``: ``1`` always,
+    ``0`` never, unset when at least :data:`KEEP_FREED_MIN_AVAILABLE_MB` are available. Linux with glibc
+    only (elsewhere, and on musl, whose ``mallopt`` is a stub, nothing changes).
 
     S allocates and frees several GB of activations per whole-volume pass; by default each block of
-    more than 32 MB is a fresh ``mmap`` that the kernel zero-fills page by page (≈ 1.8 million page
+    more than 32 MB is a fresh ``mmap`` that the kernel zero-fills page by page (≈ 1.9 million page
     faults a pass on the phantom grid). Kept, the same memory serves every pass and every mix of a
-    TTA request (``python -m mixdemo.bench``, ``levers.keep_freed_memory``). The cost: the process's
-    resident memory stays near its peak between requests. Process-wide, hence called by
+    TTA request. The cost: a higher peak (freed blocks do not always fit the next request) and a
+    resident size that stays near it between requests (``python -m mixdemo.bench``: the
+    ``s_memory_budget`` and ``private_k10_memory`` levers). Process-wide, hence called by
     :func:`mixdemo.weights.load_model` for the fast path only, not on import.
     """
-    if os.environ.get(KEEP_FREED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    choice = os.environ.get(KEEP_FREED_ENV, "auto").strip().lower()
+    if choice in ("0", "false", "no", "off") or not sys.platform.startswith("linux"):
         return False
-    if not sys.platform.startswith("linux"):
-        return False
+    if choice not in ("1", "true", "yes", "on"):
+        available = _available_memory_bytes()
+        if available is None or available < KEEP_FREED_MIN_AVAILABLE_MB * 2**20:
+            return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # musl's mallopt is a stub that returns 0: then nothing applied.
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)) and bool(mallopt(_M_ARENA_MAX, 1))
+    return all(mallopt(param, value) for param, value in
+               ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES), (_M_ARENA_MAX, 1)))
 
 
 class Stacked:
@@ -125,12 +145,9 @@ def memory_budget(device: torch.device) -> float:
             raise ValueError(f"${MEMORY_ENV} must be a number of megabytes; got {env!r}.") from None
     if device.type == "cuda":
         return 0.8 * torch.cuda.mem_get_info(device)[0]
-    budget = DEFAULT_CPU_BUDGET_MB * 2**20
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return float(min(budget, available / 2))
-    except (ValueError, OSError, AttributeError):  # not Linux
-        return float(budget)
+    budget = float(DEFAULT_CPU_BUDGET_MB * 2**20)
+    available = _available_memory_bytes()
+    return budget if available is None else min(budget, available / 2)
 
 
 def _ceil16(n: float) -> int:

@@ -102,18 +102,31 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_kept_freed_memory_serves_the_next_tensor_without_page_faults():
-    """With keep_freed_memory a freed 100 MB block is reused as it is (once the heap has settled); $MIXDEMO_KEEP_FREED_MEMORY=0 leaves the
+    """With keep_freed_memory (forced: $MIXDEMO_KEEP_FREED_MEMORY=1) a freed 100 MB block is reused as it is
+    (once the heap has settled); $MIXDEMO_KEEP_FREED_MEMORY=0 leaves the
     allocator as it comes (a fresh mapping, faulted in page by page). Each in a fresh process: it is process-wide."""
-    def run(env_value: str | None) -> tuple[str, int]:
-        env = {k: v for k, v in os.environ.items() if k != inference.KEEP_FREED_ENV}
-        if env_value is not None:
-            env[inference.KEEP_FREED_ENV] = env_value
+    def run(env_value: str) -> tuple[str, int]:
+        env = {**os.environ, inference.KEEP_FREED_ENV: env_value}
         out = subprocess.run([sys.executable, "-c", _REALLOC_SCRIPT], env=env, capture_output=True, text=True, check=True)
         kept, faults = out.stdout.split()
         return kept, int(faults)
 
-    kept, faults_kept = run(None)
+    kept, faults_kept = run("1")  # kept whatever the machine's memory
     off, faults_off = run("0")
     assert (kept, off) == ("True", "False")
     assert faults_kept < 100_000_000 / 4096 / 10  # under a tenth of the block's pages
     assert faults_kept <= faults_off
+
+
+def test_freed_memory_is_kept_by_default_only_where_memory_is_plentiful(monkeypatch):
+    """Unset: kept only with KEEP_FREED_MIN_AVAILABLE_MB available; 0 never (nothing is asked of the allocator)."""
+    decide = inference.keep_freed_memory.__wrapped__  # the uncached decision
+    monkeypatch.delenv(inference.KEEP_FREED_ENV, raising=False)
+    monkeypatch.setattr(inference, "_available_memory_bytes", lambda: 2.0 * 2**30)  # a 2 GB machine
+    assert decide() is False
+    monkeypatch.setenv(inference.KEEP_FREED_ENV, "0")
+    monkeypatch.setattr(inference, "_available_memory_bytes", lambda: 64.0 * 2**30)
+    assert decide() is False
+    monkeypatch.setattr(inference, "_available_memory_bytes", lambda: None)  # unknown: lean
+    monkeypatch.delenv(inference.KEEP_FREED_ENV)
+    assert decide() is False

@@ -181,8 +181,7 @@ def bench_md(doc: dict) -> str:
     rows.append(("peak memory, private K = 10, whole brain (alone in a fresh process)" if fresh else "peak memory (whole run)",
                  f"{doc['peak_rss_mb']:.0f} MB", target("peak_rss_mb")))
     for row in fresh or []:
-        how = "allocator keeps freed memory (on)" if row["keeps_freed_memory"] else \
-            "allocator as it comes, MIXDEMO_KEEP_FREED_MEMORY=0 (off)"
+        how = "allocator keeps freed memory (on)" if row["keeps_freed_memory"] else "allocator as it comes (off)"
         rows.append((f"lever: private K = {row['k']}, whole brain, {how}, in a fresh process",
                      f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak", ""))
     if levers.get("s_channels_last_speedup"):
@@ -192,10 +191,10 @@ def bench_md(doc: dict) -> str:
         path = row.get("path", "MONAI forward")
         kept = row.get("keeps_freed_memory")  # absent in runs before the allocator lever
         if kept is not None:
-            how += ", allocator keeps freed memory" if kept else ", allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)"
-        state = "on" if path == "fused" and row["budget_mb"] is None and kept is not False else "off"
+            how += ", allocator keeps freed memory" if kept else ", allocator as it comes"
+        state = "on: the default" if path == "fused" and row["budget_mb"] is None and kept is not False else "off"
         faults = f", {row['minor_page_faults'] / 1e3:.0f} k page faults" if "minor_page_faults" in row else ""
-        rows.append((f"lever: S (baseline), {path}, {how} ({state}): {row['slabs']} slab(s), in a fresh process",
+        rows.append((f"lever ({state}): S (baseline), {path}, {how}: {row['slabs']} slab(s), in a fresh process",
                      f"{row['seconds']:.1f} s{faults}, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
     for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
