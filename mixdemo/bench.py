@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> dict:
     private_k1_s = statistics.median(t for t, _ in k1)
     client_share = statistics.median(c / t for t, c in k1)
     k10_times, k10_ratios = bracketed_runs(lambda: private(key10, target, refs), lambda: private(key1, target, refs),
-                                           max(1, reps - 2) if not args.quick else 1)
+                                           max(1, reps - 1) if not args.quick else 1)
     private_k10_s = statistics.median(k10_times)
     sl = tuple(slice(s // 2 - 16, s // 2 + 16) for s in target.shape)
     patch_refs = [Reference(r.ref_id, r.image[sl], r.labels[sl]) for r in refs]
