@@ -9,8 +9,8 @@ answer (K = 3, rendering included); the client's share (mixing + D); S's fast pa
 forward, its memory budget (one pass vs slabs) and the allocator keeping freed memory or not (time,
 page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
-run (the higher counts); peak memory of the private run at K = 10 alone, in a fresh process. Medians over repetitions; the baseline and the private K = 1 runs
-with each shipped D are interleaved (:func:`interleaved_runs`), so a host that slows down for a while
+run (the higher counts); peak memory of the private run at K = 10 alone, in a fresh process. Medians
+over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved (:func:`interleaved_runs`), so a host that slows down for a while
 slows all of them alike.
 """
 
@@ -455,9 +455,8 @@ def run(args: argparse.Namespace) -> dict:
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
                                        "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "
-                                       "the first row's) and seconds, with the allocator keeping freed memory (the default where memory "
-                                       "allows) "
-                                       "and as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)",
+                                       "the first row's) and seconds, with the allocator keeping freed memory (the "
+                                       "default where memory allows) and as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "

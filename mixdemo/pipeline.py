@@ -1,7 +1,8 @@
 """Inference: the server's segmentation of proxies and the client's unmixing with TTA.
 
 Client side: :func:`make_proxies` (Eq. 2 / Eq. 5), :func:`unmix_naive` (Eq. 4),
-:func:`unmix_learned` (D), :func:`unmix_learned_tta` (D and Eq. 6 in one pass), :func:`private_segment` (the whole round trip, Eq. 6).
+:func:`unmix_learned` (D), :func:`unmix_learned_tta` (D and Eq. 6 in one pass), :func:`private_segment`
+(the whole round trip, Eq. 6).
 Server side: :func:`segment_proxies` (from :mod:`mixdemo.inference`, shared with the server) — it
 sees proxies only.
 """
