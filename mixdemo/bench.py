@@ -10,8 +10,8 @@ forward, its memory budget (one pass vs slabs) and the allocator keeping freed m
 page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
 run (the higher counts); peak memory of the private run at K = 10 alone, in a fresh process. Medians
-over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved (:func:`interleaved_runs`), so a host that slows down for a while
-slows all of them alike.
+over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved
+(:func:`interleaved_runs`), so a host that slows down for a while slows all of them alike.
 """
 
 from __future__ import annotations
