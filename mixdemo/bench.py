@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from mixdemo.inference import KEEP_FREED_ENV, MEMORY_ENV, keep_freed_memory
 from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
-from mixdemo.inference import KEEP_FREED_ENV, keep_freed_memory
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_tta
 from mixdemo.weights import load_model
 
@@ -207,24 +207,27 @@ def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None,
     seconds of one pass (after a warm-up pass), the minor page faults of that pass, the process's peak RSS,
     and the brain-masked Dice. ``fused=False``: MONAI's forward (the reference path) instead of the fused S;
     ``keep_freed=False``: the C library's allocator as it comes (``$MIXDEMO_KEEP_FREED_MEMORY=0``)."""
+    env = {MEMORY_ENV: None if budget_mb is None else str(budget_mb), KEEP_FREED_ENV: None if keep_freed else "0"}
+    row = _in_fresh_process("--probe-s", {"image": target, "labels": truth}, threads, env,
+                            [] if fused else ["--probe-unfused"])
+    return {"path": "fused" if fused else "reference (MONAI forward)", "budget_mb": budget_mb, **row}
+
+
+def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, env: dict[str, str | None],
+                      extra: list[str] | None = None) -> dict:
+    """Run ``python -m mixdemo.bench PROBE ARRAYS.npz [EXTRA] --threads N`` in a fresh process (``env``: variables
+    to set, or with None to unset) and return the JSON document its last line prints."""
     import subprocess
     import tempfile
 
-    from mixdemo.inference import MEMORY_ENV
-
-    env = {k: v for k, v in os.environ.items() if k not in (MEMORY_ENV, KEEP_FREED_ENV)}
-    if budget_mb is not None:
-        env[MEMORY_ENV] = str(budget_mb)
-    if not keep_freed:
-        env[KEEP_FREED_ENV] = "0"
+    child_env = {k: v for k, v in os.environ.items() if k not in env}
+    child_env.update({k: v for k, v in env.items() if v is not None})
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "volume.npz"
-        np.savez(path, image=target, labels=truth)
-        cmd = [sys.executable, "-m", "mixdemo.bench", "--probe-s", str(path), "--threads", str(threads)]
-        cmd += [] if fused else ["--probe-unfused"]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return {"path": "fused" if fused else "reference (MONAI forward)", "budget_mb": budget_mb,
-            **json.loads(out.stdout.strip().splitlines()[-1])}
+        path = Path(tmp) / "volumes.npz"
+        np.savez(path, **arrays)
+        cmd = [sys.executable, "-m", "mixdemo.bench", probe, str(path), *(extra or []), "--threads", str(threads)]
+        out = subprocess.run(cmd, env=child_env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def s_probe_settings(quick: bool) -> list[tuple[bool, int | None, bool]]:
@@ -280,19 +283,10 @@ def private_probe(target: np.ndarray, refs: list[Reference], threads: int, untra
     """One private segmentation with K = len(refs) in a fresh process (its peak memory is the run's own, not
     the benchmark's): seconds, peak RSS, and whether the allocator kept freed memory
     (``keep_freed=False``: ``$MIXDEMO_KEEP_FREED_MEMORY=0``)."""
-    import subprocess
-    import tempfile
-
-    env = {k: v for k, v in os.environ.items() if k != KEEP_FREED_ENV}
-    if not keep_freed:
-        env[KEEP_FREED_ENV] = "0"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "volumes.npz"
-        np.savez(path, target=target, images=np.stack([r.image for r in refs]), labels=np.stack([r.labels for r in refs]))
-        cmd = [sys.executable, "-m", "mixdemo.bench", "--probe-private", str(path), "--threads", str(threads)]
-        cmd += ["--untrained"] if untrained else []
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return {"k": len(refs), **json.loads(out.stdout.strip().splitlines()[-1])}
+    arrays = {"target": target, "images": np.stack([r.image for r in refs]), "labels": np.stack([r.labels for r in refs])}
+    row = _in_fresh_process("--probe-private", arrays, threads, {KEEP_FREED_ENV: None if keep_freed else "0"},
+                            ["--untrained"] if untrained else [])
+    return {"k": len(refs), **row}
 
 
 def _probe_private(path: Path, untrained: bool) -> dict:
@@ -492,16 +486,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
     args = p.parse_args(argv)
-    if args.probe_private is not None:
+    if args.probe_private is not None or args.probe_s is not None:  # a child of _in_fresh_process
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = _probe_private(args.probe_private, args.untrained)
-        print(json.dumps(result))
-        return result
-    if args.probe_s is not None:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        result = _probe_s(args.probe_s, fused=not args.probe_unfused)
+        result = (_probe_private(args.probe_private, args.untrained) if args.probe_private is not None
+                  else _probe_s(args.probe_s, fused=not args.probe_unfused))
         print(json.dumps(result))
         return result
     if args.quick:
