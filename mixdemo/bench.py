@@ -1,13 +1,13 @@
 """One-run benchmark of the inference path on this machine.
 
     python -m mixdemo.bench             # whole phantom volume, 3 repetitions → results/bench.json
-    python -m mixdemo.bench --quick     # a 64³ cube, 1 repetition, fewer levers: a smoke run under a minute
+    python -m mixdemo.bench --quick     # a 48³ cube, 1 repetition, fewer levers: a smoke run under a minute
 
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
 answer (K = 3, rendering included); the client's share (mixing + D); S's fast path against MONAI's
-forward, its memory budget (one pass vs slabs) and the allocator keeping freed memory or not (time,
-page faults, peak memory, Dice, each in a fresh process);
+forward, its memory budget (one pass vs slabs), huge pages and the allocator keeping freed memory
+(time, page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
 run (the higher counts); peak memory of the private run at K = 10 alone, in a fresh process. Medians
 over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved
@@ -25,14 +25,15 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixdemo.inference import KEEP_FREED_ENV, MEMORY_ENV, keep_freed_memory
+from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, huge_pages, keep_freed_memory
 from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
@@ -94,11 +95,31 @@ def bracketed_runs(long: Callable[[], object], short: Callable[[], object], reps
     return longs, ratios
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 5) -> float:
-    """float32 GEMM throughput (GFLOP/s) of this process's torch threads: the machine's practical peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    return 2 * n**3 / median_seconds(lambda: a @ b, reps) / 1e9
+def best_gflops(fn: Callable[[], object], flop: float, reps: int) -> float:
+    """GFLOP/s of the fastest of ``reps`` calls of ``fn`` (after a warm-up call) that each do ``flop`` FLOPs: a
+    peak is a best case, and a host's hiccups only ever slow a call down."""
+    fn()
+    return flop / min(wall_seconds(fn) for _ in range(reps)) / 1e9
+
+
+def matmul_peak_gflops(sizes: Sequence[int] = (1024, 2048, 4096), reps: int = 3) -> float:
+    """float32 GEMM throughput (GFLOP/s) of this process's torch threads, the best over square products of
+    a few sizes: the machine's practical matrix-multiply peak."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        best = max(best, best_gflops(lambda: a @ b, 2 * n**3, reps))
+    return best
+
+
+def conv_peak_gflops(channels: int = 128, side: int = 32, reps: int = 3) -> float:
+    """float32 throughput (GFLOP/s) of a wide 3×3×3 convolution in channels-last 3D: the kernels S's own
+    convolutions run on (oneDNN), at their best case. S's narrow layers approach it at most; torch's GEMM
+    may well be slower than it."""
+    conv = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, channels, side, side, side).to(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        return best_gflops(lambda: conv(x), 2 * 27 * channels**2 * side**3, reps)
 
 
 def flops_per_voxel(model: torch.nn.Module) -> float:
@@ -201,16 +222,34 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
     return rows
 
 
-def s_budget_probe(target: np.ndarray, truth: np.ndarray, budget_mb: int | None, threads: int, fused: bool = True,
-                   keep_freed: bool = True) -> dict:
-    """The baseline S on the whole target in a fresh process under a memory budget (None: the default):
-    seconds of one pass (after a warm-up pass), the minor page faults of that pass, the process's peak RSS,
-    and the brain-masked Dice. ``fused=False``: MONAI's forward (the reference path) instead of the fused S;
-    ``keep_freed=False``: the C library's allocator as it comes (``$MIXDEMO_KEEP_FREED_MEMORY=0``)."""
-    env = {MEMORY_ENV: None if budget_mb is None else str(budget_mb), KEEP_FREED_ENV: None if keep_freed else "0"}
+class Allocation(NamedTuple):
+    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.inference.HUGE_PAGES_ENV`, the
+    default) and glibc keeping freed memory (:func:`~mixdemo.inference.keep_freed_memory`, opt-in)."""
+
+    huge_pages: bool = True
+    keep_freed: bool = False
+
+    def env(self) -> dict[str, str | None]:
+        """The environment variables that ask a fresh process for it."""
+        return {HUGE_PAGES_ENV: "1" if self.huge_pages else "0", KEEP_FREED_ENV: "1" if self.keep_freed else None}
+
+
+class SProbe(NamedTuple):
+    """One :func:`s_budget_probe`: S's path (fused, the default, or MONAI's forward), budget (None: the
+    default) and allocation."""
+
+    fused: bool = True
+    budget_mb: int | None = None
+    allocation: Allocation = Allocation()
+
+
+def s_budget_probe(target: np.ndarray, truth: np.ndarray, threads: int, probe: SProbe = SProbe()) -> dict:
+    """The baseline S on the whole target in a fresh process, as ``probe`` says: seconds of one pass (after a
+    warm-up pass), the minor page faults of that pass, the process's peak RSS, and the brain-masked Dice."""
+    env = {MEMORY_ENV: None if probe.budget_mb is None else str(probe.budget_mb), **probe.allocation.env()}
     row = _in_fresh_process("--probe-s", {"image": target, "labels": truth}, threads, env,
-                            [] if fused else ["--probe-unfused"])
-    return {"path": "fused" if fused else "reference (MONAI forward)", "budget_mb": budget_mb, **row}
+                            [] if probe.fused else ["--probe-unfused"])
+    return {"path": "fused" if probe.fused else "reference (MONAI forward)", "budget_mb": probe.budget_mb, **row}
 
 
 def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, env: dict[str, str | None],
@@ -230,12 +269,18 @@ def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, e
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def s_probe_settings(quick: bool) -> list[tuple[bool, int | None, bool]]:
-    """(fused, budget MB, keep freed memory) of each :func:`s_budget_probe`: the default path, MONAI's forward,
-    Z-slabs under a smaller budget, and the allocator as it comes (``quick``: none; its one fresh process
-    is :func:`private_probe`'s)."""
-    settings = [(True, None, True), (False, None, True), (True, S_SLAB_BUDGET_MB, True), (True, None, False)]
+def s_probe_settings(quick: bool) -> list[SProbe]:
+    """Each :func:`s_budget_probe`: the default path, MONAI's forward, Z-slabs under a smaller budget, freed
+    memory kept, and without huge pages (``quick``: none; its one fresh process is :func:`private_probe`'s)."""
+    settings = [SProbe(), SProbe(fused=False), SProbe(budget_mb=S_SLAB_BUDGET_MB),
+                SProbe(allocation=Allocation(keep_freed=True)), SProbe(allocation=Allocation(huge_pages=False))]
     return [] if quick else settings
+
+
+def private_probe_settings(quick: bool) -> list[Allocation]:
+    """The allocations :func:`private_probe` runs with: the default, freed memory kept, and without huge pages
+    (``quick``: the default only)."""
+    return [Allocation()] if quick else [Allocation(), Allocation(keep_freed=True), Allocation(huge_pages=False)]
 
 
 def _probe_s(path: Path, fused: bool) -> dict:
@@ -243,7 +288,7 @@ def _probe_s(path: Path, fused: bool) -> dict:
     from mixdemo import inference
     from mixdemo.metrics import dice_per_class
 
-    kept = keep_freed_memory()  # as load_model's fast path does; $MIXDEMO_KEEP_FREED_MEMORY=0 turns it off
+    kept = keep_freed_memory()  # as load_model's fast path does: $MIXDEMO_KEEP_FREED_MEMORY=1 turns it on
     data = np.load(path)
     target, truth = data["image"], data["labels"]
     try:
@@ -259,7 +304,7 @@ def _probe_s(path: Path, fused: bool) -> dict:
     seconds = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
-    return {"slabs": slabs, "keeps_freed_memory": kept, "seconds": round(seconds, 3), "minor_page_faults": faults,
+    return {"slabs": slabs, "huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(seconds, 3), "minor_page_faults": faults,
             "dice_avg": round(float(np.mean(list(dice.values()))), 4), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
@@ -279,13 +324,12 @@ def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, t
     return time.perf_counter() - t0, t_mix + t_unmix
 
 
-def private_probe(target: np.ndarray, refs: list[Reference], threads: int, untrained: bool, keep_freed: bool = True) -> dict:
+def private_probe(target: np.ndarray, refs: list[Reference], threads: int, untrained: bool,
+                  allocation: Allocation = Allocation()) -> dict:
     """One private segmentation with K = len(refs) in a fresh process (its peak memory is the run's own, not
-    the benchmark's): seconds, peak RSS, and whether the allocator kept freed memory
-    (``keep_freed=False``: ``$MIXDEMO_KEEP_FREED_MEMORY=0``)."""
+    the benchmark's) with ``allocation``: seconds, peak RSS, huge pages and kept memory as the child saw them."""
     arrays = {"target": target, "images": np.stack([r.image for r in refs]), "labels": np.stack([r.labels for r in refs])}
-    row = _in_fresh_process("--probe-private", arrays, threads, {KEEP_FREED_ENV: None if keep_freed else "0"},
-                            ["--untrained"] if untrained else [])
+    row = _in_fresh_process("--probe-private", arrays, threads, allocation.env(), ["--untrained"] if untrained else [])
     return {"k": len(refs), **row}
 
 
@@ -297,7 +341,7 @@ def _probe_private(path: Path, untrained: bool) -> dict:
     refs = [Reference(f"ref{i}", image, labels) for i, (image, labels) in enumerate(zip(data["images"], data["labels"]))]
     key = MixKey(tuple(r.ref_id for r in refs), (0.5,) * len(refs))
     total, _ = private_seconds(seg, unmix, key, data["target"], refs)
-    return {"keeps_freed_memory": kept, "seconds": round(total, 3), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+    return {"huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(total, 3), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def own_peak_rss_mb() -> float:
@@ -368,7 +412,7 @@ def run(args: argparse.Namespace) -> dict:
     """Time every path and return the JSON document."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as load_model's fast path does (where memory allows), trained weights or not
+    keep_freed_memory()  # as load_model's fast path does (when asked for), trained weights or not
     seg, unmix, base = load_models(not args.untrained)
     k_max = 10
     target, refs, target_labels = phantom_volumes(k_max, args.crop, distinct=not args.quick)
@@ -379,8 +423,9 @@ def run(args: argparse.Namespace) -> dict:
         return private_seconds(seg, d, key, tgt, references)
 
     reps = args.reps
-    peak_start = matmul_peak_gflops()
-    d_nets = shipped_ds(unmix) if not args.untrained else {}
+    gemm_sizes = (1024, 2048) if args.quick else (1024, 2048, 4096)
+    peak_start = matmul_peak_gflops(gemm_sizes)
+    d_nets = shipped_ds(unmix) if not (args.untrained or args.quick) else {}
     clients = {D_VARIANTS[0]: unmix, **d_nets}
     base_times, k1_runs = interleaved_runs(lambda: hard_labels(segment_proxies(base, target[None])[0]),
                                            lambda name: private(key1, target, refs, clients[name]), list(clients), reps)
@@ -401,14 +446,15 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
-    budget_study = [s_budget_probe(target, target_labels, budget, torch.get_num_threads(), fused, keep)
-                    for fused, budget, keep in s_probe_settings(args.quick)]
-    memory_study = [private_probe(target, refs, torch.get_num_threads(), args.untrained, keep)
-                    for keep in ((True,) if args.quick else (True, False))]
+    budget_study = [s_budget_probe(target, target_labels, torch.get_num_threads(), probe)
+                    for probe in s_probe_settings(args.quick)]
+    memory_study = [private_probe(target, refs, torch.get_num_threads(), args.untrained, allocation)
+                    for allocation in private_probe_settings(args.quick)]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
-    peak_end = matmul_peak_gflops()
+    peak_end = matmul_peak_gflops(gemm_sizes)
     peak = max(peak_start, peak_end)
+    conv_peak = conv_peak_gflops()
     for row in d_study:  # the headline figures again with each D as the client's network, and D's arithmetic
         d_net = d_nets[row["model"]]
         runs = k1_runs[row["model"]]
@@ -437,6 +483,8 @@ def run(args: argparse.Namespace) -> dict:
         "s_gflops": round(s_gflops, 1),
         "matmul_peak_gflops": round(peak, 1),
         "flop_efficiency": round(s_gflops / peak, 3),
+        "conv_peak_gflops": round(conv_peak, 1),
+        "s_over_conv_peak": round(s_gflops / conv_peak, 3),
         "peak_rss_mb": memory_study[0]["peak_rss_mb"],
         "levers": {
             "s_channels_last_speedup": None if cl_speedup is None else round(cl_speedup, 3),
@@ -449,13 +497,15 @@ def run(args: argparse.Namespace) -> dict:
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
                                        "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "
-                                       "the first row's) and seconds, with the allocator keeping freed memory (the "
-                                       "default where memory allows) and as it comes (MIXDEMO_KEEP_FREED_MEMORY=0)",
+                                       "the first row's) and seconds, as by default (huge pages, the allocator as it "
+                                       "comes), with freed memory kept (MIXDEMO_KEEP_FREED_MEMORY=1) and without huge "
+                                       "pages (THP_MEM_ALLOC_ENABLE=0)",
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
-                                    "(Z-slabs), and fused with the allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0); "
-                                    "peak RSS of that process and the minor page faults of the timed pass",
+                                    "(Z-slabs), fused with freed memory kept (MIXDEMO_KEEP_FREED_MEMORY=1) and fused "
+                                    "without huge pages (THP_MEM_ALLOC_ENABLE=0); peak RSS of that process and the "
+                                    "minor page faults of the timed pass",
         },
         "host": {
             "matmul_peak_gflops_start_end": [round(peak_start, 1), round(peak_end, 1)],
@@ -481,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--crop", type=int, default=0, help="time a central cube of this side instead of the whole grid")
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
-    p.add_argument("--quick", action="store_true", help="64³ cube, 1 repetition, fewer levers")
+    p.add_argument("--quick", action="store_true", help="48³ cube, 1 repetition, fewer levers")
     p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
@@ -494,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     if args.quick:
-        args.crop, args.reps = args.crop or 64, 1
+        args.crop, args.reps = args.crop or 48, 1
     doc = run(args)
     print(json.dumps(doc, indent=1))
     return doc

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,17 +54,22 @@ MAX_BATCH_VOXELS = 1_000_000
 SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
-KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
-"""Environment variable for :func:`keep_freed_memory`: ``1`` always, ``0`` never, unset (or ``auto``) when
-the machine has :data:`KEEP_FREED_MIN_AVAILABLE_MB` of available memory."""
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+"""PyTorch's switch for transparent huge pages: each CPU tensor of 2 MB or more aligned to 2 MB and
+``madvise(MADV_HUGEPAGE)``-d (Linux). ``import mixdemo`` sets it to ``1`` unless it is already set.
 
-KEEP_FREED_MIN_AVAILABLE_MB = 8192
-"""Available memory from which freed memory is kept by default: keeping it raises the peak of the whole-brain
-K = 10 run by more than a gigabyte (``python -m mixdemo.bench``, ``levers.private_k10_memory``), which a machine
-with less memory should not pay."""
+A whole-volume pass of S allocates and frees several GB of activations; glibc hands each freed block of
+more than 32 MB back to the kernel, and the next one is a fresh mapping that the kernel zero-fills on
+first touch: ≈ 1.9 million 4 kB page faults a pass on the phantom grid, with 2 MB pages ≈ 30 thousand
+(``python -m mixdemo.bench``: the ``s_memory_budget`` and ``private_k10_memory`` levers)."""
+
+KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
+"""Environment variable for :func:`keep_freed_memory`: ``1`` asks for it; unset or ``0``, the C library's
+allocator as it comes."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
+_THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def _available_memory_bytes() -> float | None:
@@ -74,29 +80,35 @@ def _available_memory_bytes() -> float | None:
         return None
 
 
+def huge_pages() -> bool:
+    """Whether PyTorch was asked for transparent huge pages (:data:`HUGE_PAGES_ENV` is ``1``) and the kernel
+    grants them on request (its mode is ``always`` or ``madvise``). The kernel still falls back to 4 kB
+    pages where it has no free 2 MB ones."""
+    if os.environ.get(HUGE_PAGES_ENV, "").strip() != "1":
+        return False
+    try:
+        mode = _THP_MODE_FILE.read_text()
+    except OSError:
+        return False
+    return "[always]" in mode or "[madvise]" in mode
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep the memory that tensors free in the process for the next ones (no
-    ``mmap`` per large block, no trimming below 2 GiB, one arena) instead of handing it back to the
-    kernel. Returns whether it applied; once per process. ``$MIXDEMO_KEEP_FREED_MEMORY``: ``1`` always,
-    ``0`` never, unset when at least :data:`KEEP_FREED_MIN_AVAILABLE_MB` are available. Linux with glibc
-    only (elsewhere, and on musl, whose ``mallopt`` is a stub, nothing changes).
+    """Opt-in (``$MIXDEMO_KEEP_FREED_MEMORY=1``): ask glibc's malloc to keep the memory that tensors free in
+    the process for the next ones (no ``mmap`` per large block, no trimming below 2 GiB, one arena)
+    instead of handing it back to the kernel. Returns whether it applied; once per process. Linux with
+    glibc only (elsewhere, and on musl, whose ``mallopt`` is a stub, nothing changes).
 
-    S allocates and frees several GB of activations per whole-volume pass; by default each block of
-    more than 32 MB is a fresh ``mmap`` that the kernel zero-fills page by page (≈ 1.9 million page
-    faults a pass on the phantom grid). Kept, the same memory serves every pass and every mix of a
-    TTA request. The cost: a higher peak (freed blocks do not always fit the next request) and a
-    resident size that stays near it between requests (``python -m mixdemo.bench``: the
-    ``s_memory_budget`` and ``private_k10_memory`` levers). Process-wide, hence called by
+    Kept memory serves every pass without page faults, but freed blocks do not always fit the next
+    ones: the peak rises by a gigabyte at K = 10, and the resident size stays near it between requests.
+    Huge pages (:data:`HUGE_PAGES_ENV`, on by default) remove most of the same page faults without that
+    cost, hence opt-in (``python -m mixdemo.bench`` measures both). Process-wide, hence called by
     :func:`mixdemo.weights.load_model` for the fast path only, not on import.
     """
-    choice = os.environ.get(KEEP_FREED_ENV, "auto").strip().lower()
-    if choice in ("0", "false", "no", "off") or not sys.platform.startswith("linux"):
+    choice = os.environ.get(KEEP_FREED_ENV, "0").strip().lower()
+    if choice not in ("1", "true", "yes", "on") or not sys.platform.startswith("linux"):
         return False
-    if choice not in ("1", "true", "yes", "on"):
-        available = _available_memory_bytes()
-        if available is None or available < KEEP_FREED_MIN_AVAILABLE_MB * 2**20:
-            return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
     except (OSError, AttributeError):

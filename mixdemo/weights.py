@@ -142,8 +142,8 @@ def _import_class(dotted: str) -> type:
 
 def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn.Module:
     """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
-    inference on the fast path: channels-last on the CPU, S fused, and on the CPU the process's allocator
-    set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`). ``fast=False``: the reference
+    inference on the fast path: channels-last on the CPU, S fused, and on the CPU, when asked for, the process's
+    allocator set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`). ``fast=False``: the reference
     path, the modules exactly as trained, which the tests check the fast path against."""
     folder = resolve_model_dir(name)
     verify_checksum(folder)

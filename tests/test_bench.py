@@ -18,7 +18,7 @@ def test_quick_bench_writes_results(tmp_path):
     bench.main(["--quick", "--out", str(out), "--untrained", "--threads", "1"])
     doc = json.loads(out.read_text())
     assert KEYS <= set(doc)
-    assert doc["volume_shape"] == [64, 64, 64]
+    assert doc["volume_shape"] == [48, 48, 48]
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
     fresh = doc["levers"]["private_k10_memory"][0]  # the headline peak: the K = 10 run alone, in a fresh process
@@ -122,4 +122,32 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
     np.savez(path, image=(labels / 3).astype(np.float32), labels=labels)
     row = bench._probe_s(path, fused=True)
     assert row["slabs"] == 1 and row["seconds"] > 0 and row["peak_rss_mb"] > 0
-    assert row["minor_page_faults"] >= 0 and 0 <= row["dice_avg"] <= 1 and isinstance(row["keeps_freed_memory"], bool)
+    assert row["minor_page_faults"] >= 0 and 0 <= row["dice_avg"] <= 1
+    assert isinstance(row["keeps_freed_memory"], bool) and isinstance(row["huge_pages"], bool)
+
+
+def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
+    """The full bench runs S and the K = 10 private run as by default (huge pages, allocator as it comes), with freed
+    memory kept and without huge pages; --quick runs no S probe and the private one as by default."""
+    from mixdemo.bench import Allocation, SProbe, private_probe_settings, s_probe_settings
+    from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV
+
+    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: None}  # None: unset in the child
+    assert Allocation(huge_pages=False, keep_freed=True).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "1"}
+    full = s_probe_settings(quick=False)
+    assert full[0] == SProbe() and len(set(full)) == len(full)
+    assert {p.allocation for p in full} == set(private_probe_settings(quick=False)) == {
+        Allocation(), Allocation(keep_freed=True), Allocation(huge_pages=False)}
+    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation()]
+
+
+def test_report_names_each_rows_allocation_and_which_is_the_default():
+    """A row with huge pages and the allocator as it comes is the default; older runs (no huge_pages field)
+    had freed memory kept as theirs; rows from before the allocator lever name none."""
+    from training.report import allocation
+
+    assert allocation({"huge_pages": True, "keeps_freed_memory": False}) == ("huge pages, allocator as it comes", True)
+    assert allocation({"huge_pages": True, "keeps_freed_memory": True})[1] is False
+    assert allocation({"huge_pages": False, "keeps_freed_memory": False}) == ("no huge pages, allocator as it comes", False)
+    assert allocation({"keeps_freed_memory": True}) == ("allocator keeps freed memory", True)
+    assert allocation({}) == ("", True)

@@ -100,33 +100,71 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _run_in_fresh_process(script: str, env: dict[str, str | None]) -> tuple[str, int]:
+    """Run ``script`` in a fresh Python with ``env`` (None: unset) and return the two words it prints."""
+    child_env = {k: v for k, v in os.environ.items() if k not in env}
+    child_env.update({k: v for k, v in env.items() if v is not None})
+    out = subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True, check=True)
+    word, number = out.stdout.split()
+    return word, int(number)
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_kept_freed_memory_serves_the_next_tensor_without_page_faults():
-    """With keep_freed_memory (forced: $MIXDEMO_KEEP_FREED_MEMORY=1) a freed 100 MB block is reused as it is
-    (once the heap has settled); $MIXDEMO_KEEP_FREED_MEMORY=0 leaves the
-    allocator as it comes (a fresh mapping, faulted in page by page). Each in a fresh process: it is process-wide."""
-    def run(env_value: str) -> tuple[str, int]:
-        env = {**os.environ, inference.KEEP_FREED_ENV: env_value}
-        out = subprocess.run([sys.executable, "-c", _REALLOC_SCRIPT], env=env, capture_output=True, text=True, check=True)
-        kept, faults = out.stdout.split()
-        return kept, int(faults)
-
-    kept, faults_kept = run("1")  # kept whatever the machine's memory
-    off, faults_off = run("0")
+    """With keep_freed_memory (asked for: $MIXDEMO_KEEP_FREED_MEMORY=1) a freed 100 MB block is reused as it is
+    (once the heap has settled); unset, the allocator as it comes (a fresh mapping, faulted in page by page).
+    Each in a fresh process, it being process-wide, and without huge pages, which would hide the difference."""
+    no_huge_pages = {inference.HUGE_PAGES_ENV: "0"}
+    kept, faults_kept = _run_in_fresh_process(_REALLOC_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: "1"})
+    off, faults_off = _run_in_fresh_process(_REALLOC_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: None})
     assert (kept, off) == ("True", "False")
     assert faults_kept < 100_000_000 / 4096 / 10  # under a tenth of the block's pages
-    assert faults_kept <= faults_off
+    assert faults_off > 100_000_000 / 4096 / 2  # a fresh mapping: at least half of its pages faulted in
 
 
-def test_freed_memory_is_kept_by_default_only_where_memory_is_plentiful(monkeypatch):
-    """Unset: kept only with KEEP_FREED_MIN_AVAILABLE_MB available; 0 never (nothing is asked of the allocator)."""
+def test_freed_memory_is_kept_only_when_asked_for(monkeypatch):
+    """Unset or 0: nothing is asked of the allocator, whatever the machine's memory."""
     decide = inference.keep_freed_memory.__wrapped__  # the uncached decision
     monkeypatch.delenv(inference.KEEP_FREED_ENV, raising=False)
-    monkeypatch.setattr(inference, "_available_memory_bytes", lambda: 2.0 * 2**30)  # a 2 GB machine
     assert decide() is False
     monkeypatch.setenv(inference.KEEP_FREED_ENV, "0")
-    monkeypatch.setattr(inference, "_available_memory_bytes", lambda: 64.0 * 2**30)
     assert decide() is False
-    monkeypatch.setattr(inference, "_available_memory_bytes", lambda: None)  # unknown: lean
-    monkeypatch.delenv(inference.KEEP_FREED_ENV)
-    assert decide() is False
+
+
+_HUGE_PAGES_SCRIPT = """
+import os, resource
+import mixdemo, torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(64 * 2**20)  # 256 MB: a fresh mapping
+print(os.environ["THP_MEM_ALLOC_ENABLE"], resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are Linux's")
+def test_importing_mixdemo_asks_torch_for_huge_pages():
+    """``import mixdemo`` sets THP_MEM_ALLOC_ENABLE=1 before torch's first tensor and a value already set wins;
+    where the kernel grants huge pages on request, a fresh 256 MB tensor is then faulted in 2 MB at a time."""
+    pages = 2**28 // 4096
+    on, faults_on = _run_in_fresh_process(_HUGE_PAGES_SCRIPT, {inference.HUGE_PAGES_ENV: None})
+    off, faults_off = _run_in_fresh_process(_HUGE_PAGES_SCRIPT, {inference.HUGE_PAGES_ENV: "0"})
+    assert (on, off) == ("1", "0")
+    assert faults_off > pages / 2
+    mode = inference._THP_MODE_FILE
+    if not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("this kernel grants no transparent huge pages")
+    assert faults_on < pages / 10
+
+
+def test_huge_pages_reports_the_request_and_the_kernels_mode(monkeypatch, tmp_path):
+    """On only with THP_MEM_ALLOC_ENABLE=1 and a kernel mode of always or madvise."""
+    mode = tmp_path / "enabled"
+    monkeypatch.setattr(inference, "_THP_MODE_FILE", mode)
+    monkeypatch.setenv(inference.HUGE_PAGES_ENV, "1")
+    assert inference.huge_pages() is False  # no such file: not Linux, or no THP
+    for text, expected in (("always [madvise] never", True), ("[always] madvise never", True),
+                           ("always madvise [never]", False)):
+        mode.write_text(text + "\n")
+        assert inference.huge_pages() is expected
+    mode.write_text("always [madvise] never\n")
+    monkeypatch.setenv(inference.HUGE_PAGES_ENV, "0")
+    assert inference.huge_pages() is False

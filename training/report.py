@@ -154,6 +154,19 @@ BENCH_TARGETS = {  # key: (target text, test) — the performance issue's target
 }
 
 
+def allocation(row: dict) -> tuple[str, bool]:
+    """How a bench row's process allocated, in words, and whether that is the default. Runs before the huge
+    pages lever carry no ``huge_pages`` (freed memory kept was their default); runs before the allocator
+    lever carry neither."""
+    kept, huge = row.get("keeps_freed_memory"), row.get("huge_pages")
+    if kept is None:
+        return "", True
+    memory = "allocator keeps freed memory" if kept else "allocator as it comes"
+    if huge is None:
+        return memory, kept
+    return f"{'huge pages' if huge else 'no huge pages'}, {memory}", huge and not kept
+
+
 def bench_md(doc: dict) -> str:
     """The performance table, each figure beside its target (met or missed)."""
 
@@ -175,24 +188,26 @@ def bench_md(doc: dict) -> str:
         ("client share (mixing + D)", f"{doc['client_share']:.2f}", target("client_share")),
         ("S throughput / GEMM peak", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s ({doc['flop_efficiency']:.2f})",
          target("flop_efficiency")),
+        *([("S throughput / peak of a wide 3³ convolution (S's kernels at their best)",
+            f"{doc['s_gflops']:.0f} / {doc['conv_peak_gflops']:.0f} GFLOP/s ({doc['s_over_conv_peak']:.2f})", "")]
+          if "conv_peak_gflops" in doc else []),
     ]
     levers = doc.get("levers") or {}
     fresh = levers.get("private_k10_memory")  # absent in runs before the fresh-process probe: the whole run's peak
     rows.append(("peak memory, private K = 10, whole brain (alone in a fresh process)" if fresh else "peak memory (whole run)",
                  f"{doc['peak_rss_mb']:.0f} MB", target("peak_rss_mb")))
     for row in fresh or []:
-        how = "allocator keeps freed memory (on)" if row["keeps_freed_memory"] else "allocator as it comes (off)"
-        rows.append((f"lever: private K = {row['k']}, whole brain, {how}, in a fresh process",
-                     f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak", ""))
+        how, default = allocation(row)
+        rows.append((f"lever ({'on: the default' if default else 'off'}): private K = {row['k']}, whole brain, {how}, "
+                     "in a fresh process", f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak", ""))
     if levers.get("s_channels_last_speedup"):
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     for row in levers.get("s_memory_budget") or []:
         how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
         path = row.get("path", "MONAI forward")
-        kept = row.get("keeps_freed_memory")  # absent in runs before the allocator lever
-        if kept is not None:
-            how += ", allocator keeps freed memory" if kept else ", allocator as it comes"
-        state = "on: the default" if path == "fused" and row["budget_mb"] is None and kept is not False else "off"
+        memory, default = allocation(row)
+        how += f", {memory}" if memory else ""
+        state = "on: the default" if path == "fused" and row["budget_mb"] is None and default else "off"
         faults = f", {row['minor_page_faults'] / 1e3:.0f} k page faults" if "minor_page_faults" in row else ""
         rows.append((f"lever ({state}): S (baseline), {path}, {how}: {row['slabs']} slab(s), in a fresh process",
                      f"{row['seconds']:.1f} s{faults}, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
