@@ -9,7 +9,7 @@ answer (K = 3, rendering included); the client's share (mixing + D); S's fast pa
 forward, its memory budget (one pass vs slabs), huge pages and the allocator keeping freed memory
 (time, page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
-run (the higher counts); peak memory of the private run at K = 10 alone, in a fresh process. Medians
+run (the higher counts) and against a wide 3³ convolution's (S's kernels at their best); peak memory of the private run at K = 10 alone, in a fresh process. Medians
 over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved
 (:func:`interleaved_runs`), so a host that slows down for a while slows all of them alike.
 """
