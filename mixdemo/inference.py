@@ -101,7 +101,7 @@ def keep_freed_memory() -> bool:
     glibc only (elsewhere, and on musl, whose ``mallopt`` is a stub, nothing changes).
 
     Kept memory serves every pass without page faults, but freed blocks do not always fit the next
-    ones: the peak rises by a gigabyte at K = 10, and the resident size stays near it between requests.
+    ones: the peak rises by one to two gigabytes at K = 10, and the resident size stays near it between requests.
     Huge pages (:data:`HUGE_PAGES_ENV`, on by default) remove most of the same page faults without that
     cost, hence opt-in (``python -m mixdemo.bench`` measures both). Process-wide, hence called by
     :func:`mixdemo.weights.load_model` for the fast path only, not on import.
