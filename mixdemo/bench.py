@@ -9,8 +9,8 @@ answer (K = 3, rendering included); the client's share (mixing + D); S's fast pa
 forward, its memory budget (one pass vs slabs), huge pages and the allocator keeping freed memory
 (time, page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
-run (the higher counts) and against a wide 3³ convolution's (S's kernels at their best); peak memory of the private run at K = 10 alone, in a fresh process. Medians
-over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved
+run (the higher counts) and against a wide 3³ convolution's (S's kernels at their best); peak memory
+of the private run at K = 10 alone, in a fresh process. Medians over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved
 (:func:`interleaved_runs`), so a host that slows down for a while slows all of them alike.
 """
 
@@ -223,7 +223,7 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
 
 
 class Allocation(NamedTuple):
-    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.inference.HUGE_PAGES_ENV`, the
+    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`, the
     default) and glibc keeping freed memory (:func:`~mixdemo.inference.keep_freed_memory`, opt-in)."""
 
     huge_pages: bool = True
@@ -304,8 +304,8 @@ def _probe_s(path: Path, fused: bool) -> dict:
     seconds = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
-    return {"slabs": slabs, "huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(seconds, 3), "minor_page_faults": faults,
-            "dice_avg": round(float(np.mean(list(dice.values()))), 4), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+    return {"slabs": slabs, "huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(seconds, 3),
+            "minor_page_faults": faults, "dice_avg": round(float(np.mean(list(dice.values()))), 4), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, target: np.ndarray,
@@ -341,7 +341,8 @@ def _probe_private(path: Path, untrained: bool) -> dict:
     refs = [Reference(f"ref{i}", image, labels) for i, (image, labels) in enumerate(zip(data["images"], data["labels"]))]
     key = MixKey(tuple(r.ref_id for r in refs), (0.5,) * len(refs))
     total, _ = private_seconds(seg, unmix, key, data["target"], refs)
-    return {"huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(total, 3), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+    return {"huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(total, 3),
+            "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def own_peak_rss_mb() -> float:

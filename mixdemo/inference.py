@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from mixdemo import HUGE_PAGES_ENV  # set by the package on import
+
 ProgressFn = Callable[[float, str], None]
 
 MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
@@ -53,15 +55,6 @@ MAX_BATCH_VOXELS = 1_000_000
 
 SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
-
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
-"""PyTorch's switch for transparent huge pages: each CPU tensor of 2 MB or more aligned to 2 MB and
-``madvise(MADV_HUGEPAGE)``-d (Linux). ``import mixdemo`` sets it to ``1`` unless it is already set.
-
-A whole-volume pass of S allocates and frees several GB of activations; glibc hands each freed block of
-more than 32 MB back to the kernel, and the next one is a fresh mapping that the kernel zero-fills on
-first touch: ≈ 1.9 million 4 kB page faults a pass on the phantom grid, with 2 MB pages ≈ 30 thousand
-(``python -m mixdemo.bench``: the ``s_memory_budget`` and ``private_k10_memory`` levers)."""
 
 KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
 """Environment variable for :func:`keep_freed_memory`: ``1`` asks for it; unset or ``0``, the C library's
