@@ -134,14 +134,10 @@ def fold_batch_norms(module: nn.Module) -> int:
     return folded
 
 
-def _upcat_sum(upcat: nn.Module, low: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-    """MONAI's ``UpCat`` without building ``cat(skips, upsample(low))``: the first convolution of a
-    concatenation is the sum of one convolution per part (its weight split along the input channels).
-    ``skips`` is emptied as the parts are used, so their memory can go."""
-    parts = skips + [upcat.upsample(low)]
-    skips.clear()
-    first = upcat.convs.conv_0
-    conv = first.conv
+def conv_of_concat(conv: nn.Conv3d, parts: list[torch.Tensor]) -> torch.Tensor:
+    """``conv(torch.cat(parts, 1))`` without building the concatenation: the sum of one convolution per
+    part, the weight split along its input channels (in channels-last 3D also faster than the
+    convolution over the concatenation). ``parts`` is emptied as they are used, so their memory can go."""
     weights = torch.split(conv.weight, [p.shape[1] for p in parts], dim=1)
     out = None
     for weight in weights:
@@ -151,7 +147,17 @@ def _upcat_sum(upcat: nn.Module, low: torch.Tensor, skips: list[torch.Tensor]) -
         del part
         out = y if out is None else out.add_(y)
         del y
-    return upcat.convs.conv_1(first.adn(out))
+    assert out is not None, "conv_of_concat needs at least one part"
+    return out
+
+
+def _upcat_sum(upcat: nn.Module, low: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    """MONAI's ``UpCat`` without building ``cat(skips, upsample(low))`` (:func:`conv_of_concat`).
+    ``skips`` is emptied as the parts are used, so their memory can go."""
+    parts = skips + [upcat.upsample(low)]
+    skips.clear()
+    first = upcat.convs.conv_0
+    return upcat.convs.conv_1(first.adn(conv_of_concat(first.conv, parts)))
 
 
 def lean_unetpp_forward(net: BasicUNetPlusPlus, x: torch.Tensor) -> torch.Tensor:
@@ -195,17 +201,22 @@ class AdaIN3d(nn.Module):
         mean, var = channel_moments(x)  # inference in channels-last: the statistics, then one affine pass
         scale = (1 + gamma) * torch.rsqrt(var + self.norm.eps)
         shift = (beta - mean * scale).view(view)
-        if inplace:
-            return x.mul_(scale.view(view)).add_(shift)
+        if inplace:  # one pass: shift + x·scale written over x
+            return torch.addcmul(shift, x, scale.view(view), out=x)
         return torch.addcmul(shift, x, scale.view(view))
 
 
 def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and (biased) variance of a channels-last (B, C, X, Y, Z) tensor,
-    as instance norm takes them: the mean by a sum over voxels, E[x²] from the diagonal of the
-    channel Gram matrix (a matrix product, ~5× faster on the CPU than ``var_mean`` in this layout)."""
+    as instance norm takes them: the mean by a sum over voxels in groups of 64 (about twice as fast
+    as ``mean()`` in this layout, as accurate), E[x²] from the diagonal of the channel Gram matrix (a
+    matrix product, ~5× faster on the CPU than ``var_mean`` in this layout)."""
     flat = x.permute(0, 2, 3, 4, 1).reshape(x.shape[0], -1, x.shape[1])  # a view in channels-last
-    mean = flat.mean(1)
+    grouped = flat.shape[1] // 64 * 64
+    sums = flat[:, :grouped].reshape(flat.shape[0], -1, 64, flat.shape[2]).sum(2).sum(1)
+    if grouped < flat.shape[1]:
+        sums += flat[:, grouped:].sum(1)
+    mean = sums / flat.shape[1]
     square = torch.bmm(flat.transpose(1, 2), flat).diagonal(dim1=1, dim2=2) / flat.shape[1]
     return mean, (square - mean * mean).clamp_min(0)
 
@@ -221,9 +232,12 @@ class ConvBlock(nn.Module):
         self.norm2 = AdaIN3d(out_ch, cond_dim)
         self.act = nn.LeakyReLU(0.1, inplace=True)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+        """``x``: a tensor, or the parts of its concatenation along the channels, which the first
+        convolution then takes one by one (:func:`conv_of_concat`; the list is emptied)."""
         inplace = not torch.is_grad_enabled()  # the convolutions' outputs are ours to overwrite
-        x = self.act(self.norm1(self.conv1(x), cond, inplace))
+        first = conv_of_concat(self.conv1, x) if isinstance(x, list) else self.conv1(x)
+        x = self.act(self.norm1(first, cond, inplace))
         return self.act(self.norm2(self.conv2(x), cond, inplace))
 
 
@@ -337,8 +351,9 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
 
     def _voxel_input(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
         """D's input channels per voxel: ŷ_mix, then the references' one-hot labels."""
-        x = torch.cat([mixed_prob, reference_onehot], dim=1)
-        return x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x
+        if self.channels_last:  # copied once into a channels-last buffer: no concatenation, no layout copy
+            return self._channels_last_input(mixed_prob, reference_onehot).permute(0, 4, 1, 2, 3)
+        return torch.cat([mixed_prob, reference_onehot], dim=1)
 
     def _blocks(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The four AdaIN blocks with the U-Net's one pooling, skip and up-sampling (in inference each
@@ -346,8 +361,10 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         e1 = self.enc1(x, cond)
         del x
         e2 = self.enc2(nn.functional.max_pool3d(e1, 2), cond)
-        skip = torch.cat([self.up(e2), e1], dim=1)
+        skip = [self.up(e2), e1]
         del e1, e2
+        if not (self.channels_last and not torch.is_grad_enabled()):  # else dec1's first convolution takes the parts
+            skip = torch.cat(skip, dim=1)
         return self.head(self.dec1(skip, cond), cond)
 
     def _forward_fused_patches(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor,
@@ -360,7 +377,7 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         p, c = self.patch, self.num_classes
         b, _, *sides = mixed_prob.shape
         grid = [n // p for n in sides]
-        voxels = self._patch_voxels(mixed_prob, reference_onehot)
+        voxels = self._channels_last_input(mixed_prob, reference_onehot)
         logits = nn.functional.linear(voxels, self.voxel_skip.weight.reshape(c, -1), self.voxel_skip.bias)
         logits.mul_(self.voxel_gain(cond).view(b, 1, 1, 1, c))  # the α-gated per-voxel skip, (B, X, Y, Z, C)
         h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond)
@@ -373,8 +390,8 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         logits.view(b, grid[0], p, grid[1], p, grid[2], p, c).add_(as_voxels)
         return logits.permute(0, 4, 1, 2, 3)
 
-    def _patch_voxels(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
-        """D's input channels gathered once into a (B, X, Y, Z, channels) buffer (no concatenation)."""
+    def _channels_last_input(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
+        """D's input channels copied once into a (B, X, Y, Z, channels) buffer (no concatenation, no layout copy)."""
         b, _, *sides = mixed_prob.shape
         in_ch = mixed_prob.shape[1] + reference_onehot.shape[1]
         voxels = torch.empty(b, *sides, in_ch, dtype=mixed_prob.dtype, device=mixed_prob.device)
@@ -392,7 +409,7 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
         p, c, hid = self.patch, self.num_classes, self.voxel_hidden
         b, _, *sides = mixed_prob.shape
         grid = [n // p for n in sides]
-        voxels = self._patch_voxels(mixed_prob, reference_onehot)
+        voxels = self._channels_last_input(mixed_prob, reference_onehot)
         h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond).permute(0, 2, 3, 4, 1)  # (B, gx, gy, gz, f0)
         out_w = self.out.weight.permute(0, 2, 3, 4, 1).reshape(self.out.in_channels, p**3 * hid).t()
         in_w = self.voxel_in.weight.reshape(hid, -1)
