@@ -247,6 +247,29 @@ def bench_md(doc: dict) -> str:
 
 
 
+RUNTIME_WORKLOADS = {"s_patches": "S, patch mode ({k} × 32³)", "s_volume": "S, whole volume", "d_volume": "D, whole volume, K = 1"}
+
+
+def runtimes_md(doc: dict) -> str:
+    """Other runtimes against the PyTorch fast path, per workload (``python -m mixdemo.runtimes``)."""
+    versions = ", ".join(f"{name} {v}" for name, v in doc.get("versions", {}).items())
+    lines = [f"Measured by `{doc['command'].strip()}` ({doc['date']}), torch {doc['torch']}"
+             f"{', ' + versions if versions else ''}, {doc['threads']} threads, volume "
+             f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']} calls after the first, each runtime "
+             "in a fresh process. **MNI152-derived phantoms, not patients.**", "",
+             "| workload | runtime | time | × PyTorch | first call | prepare | peak memory | largest logit difference | labels differing |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in doc["rows"]:
+        what = RUNTIME_WORKLOADS[row["workload"]].format(k=doc["patches"][0])
+        if not row.get("available"):
+            lines.append(f"| {what} | {row['runtime']} | {row['reason']} |  |  |  |  |  |  |")
+            continue
+        lines.append(f"| {what} | {row['runtime']}{' (the fast path)' if row['runtime'] == 'pytorch' else ''} | "
+                     f"{row['seconds']:.2f} s | {row['speedup']:.2f} | {row['first_call_s']:.1f} s | {row['prepare_s']:.1f} s | "
+                     f"{row['peak_rss_mb']:.0f} MB | {row['max_abs_logit_diff']:.1e} | {100 * row['labels_differing']:.3f} % |")
+    return "\n".join(lines)
+
+
 def reliability_md(doc: dict) -> str:
     """The reliability evidence."""
     keys = [k for k in doc if k not in ("command", "date")]
@@ -296,7 +319,7 @@ def d_full_protocol_md(doc: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
-    "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md,
+    "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md, "runtimes": runtimes_md,
 }
 
 

@@ -1,0 +1,71 @@
+"""Other runtimes against the PyTorch fast path (``python -m mixdemo.runtimes``); no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def test_compare_counts_the_largest_logit_difference_and_the_labels_that_differ():
+    from mixdemo.runtimes import compare
+
+    reference = np.zeros((1, 3, 2, 2, 1), np.float32)
+    reference[:, 1] = 1.0  # every voxel's label: class 1
+    other = reference.copy()
+    other[0, 2, 0, 0, 0] = 2.0  # one voxel of four now says class 2
+    other[0, 0, 1, 1, 0] = 0.5  # a smaller change that keeps the label
+    assert compare(reference, other) == {"max_abs_logit_diff": 2.0, "labels_differing": 0.25}
+
+
+def test_missing_packages_name_what_to_install(monkeypatch):
+    import importlib.util
+
+    from mixdemo import runtimes
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert runtimes.missing_packages("onnxruntime") == ["onnx", "onnxruntime"]
+    assert runtimes.missing_packages("openvino") == ["openvino"]
+    assert runtimes.missing_packages("pytorch") == [] and runtimes.missing_packages("torch.compile") == []
+
+
+@pytest.mark.slow
+def test_quick_runtimes_compare_each_runtime_with_the_fast_path(tmp_path):
+    """PyTorch's rows are the reference (identical to themselves); an installed optional runtime computes the
+    same labels to within 1 % of the voxels; a missing one says what to install."""
+    from mixdemo import runtimes
+
+    out = tmp_path / "runtimes.json"
+    runtimes.main(["--quick", "--out", str(out), "--threads", "1"])
+    doc = json.loads(out.read_text())
+    assert doc["volume_shape"] == [48, 48, 48] and doc["patches"][0] == 2
+    rows = {(r["workload"], r["runtime"]): r for r in doc["rows"]}
+    assert {w for w, _ in rows} == set(runtimes.WORKLOADS)
+    assert "torch.compile" not in {r for _, r in rows}  # --quick skips compilation
+    for workload in runtimes.WORKLOADS:
+        fast = rows[(workload, "pytorch")]
+        assert fast["available"] and fast["seconds"] > 0 and fast["speedup"] == 1.0
+        assert fast["max_abs_logit_diff"] == 0.0 and fast["labels_differing"] == 0.0
+        for name in ("onnxruntime", "openvino"):
+            row = rows[(workload, name)]
+            if row["available"]:
+                assert row["labels_differing"] < 0.01 and row["seconds"] > 0
+            else:
+                assert row["reason"].startswith("not installed: pip install")
+
+
+def test_report_renders_available_and_missing_runtimes():
+    from training.report import runtimes_md
+
+    doc = {"command": "python -m mixdemo.runtimes", "date": "2026-12-01", "torch": "2.13.0+cpu", "threads": 2,
+           "volume_shape": [48, 48, 48], "patches": [10, 1, 32, 32, 32], "reps": 3, "versions": {"openvino": "1.0"},
+           "rows": [{"workload": "s_patches", "runtime": "pytorch", "available": True, "prepare_s": 0.1,
+                     "first_call_s": 1.0, "seconds": 0.9, "peak_rss_mb": 500.0, "max_abs_logit_diff": 0.0,
+                     "labels_differing": 0.0, "speedup": 1.0},
+                    {"workload": "s_patches", "runtime": "onnxruntime", "available": False,
+                     "reason": "not installed: pip install onnx onnxruntime"}]}
+    text = runtimes_md(doc)
+    assert "S, patch mode (10 × 32³) | pytorch (the fast path) | 0.90 s | 1.00 |" in text
+    assert "| S, patch mode (10 × 32³) | onnxruntime | not installed: pip install onnx onnxruntime |" in text
+    assert "openvino 1.0" in text and "not patients" in text
