@@ -77,7 +77,8 @@ class _AsTrained(torch.nn.Module):
         return self.inner(*inputs)
 
 
-def _runner(runtime: str, workload: str, inputs: list[torch.Tensor], threads: int, tmp: Path) -> Callable[[], np.ndarray]:
+def _runner(runtime: str, workload: str, inputs: list[torch.Tensor], threads: int,
+            tmp: Path) -> Callable[[], np.ndarray]:
     """A call of ``workload`` on ``inputs`` with ``runtime``, returning float32 logits."""
     if runtime in ("pytorch", "torch.compile"):
         net = _model(workload, fast=True)
@@ -132,7 +133,8 @@ def _child(runtime: str, workload: str, inputs_path: Path, out_path: Path, reps:
             out = call()
             times.append(time.perf_counter() - t0)
     np.save(out_path, out)
-    return {"prepare_s": round(prepare_s, 2), "first_call_s": round(first_s, 3), "seconds": round(statistics.median(times), 3),
+    return {"prepare_s": round(prepare_s, 2), "first_call_s": round(first_s, 3),
+            "seconds": round(statistics.median(times), 3),
             "seconds_min_max": [round(min(times), 3), round(max(times), 3)], "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.child:
         runtime, workload, inputs_path, out_path = args.child
-        row = _child(runtime, workload, Path(inputs_path), Path(out_path), args.reps, args.threads or torch.get_num_threads())
+        threads = args.threads or torch.get_num_threads()
+        row = _child(runtime, workload, Path(inputs_path), Path(out_path), args.reps, threads)
         print(json.dumps(row))
         return row
     if args.quick:

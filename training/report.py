@@ -176,7 +176,8 @@ def patch_floor(doc: dict) -> str:
         return ""
     per_voxel = (doc["s_gflops"] * doc["baseline_s"] + d_row["gflop"]) / math.prod(doc["volume_shape"])
     gflop = per_voxel * 10 * 32**3
-    return f" (S's and D's arithmetic: {gflop:.0f} GFLOP, {gflop / doc['conv_peak_gflops']:.2f} s at the convolution peak below)"
+    seconds = gflop / doc["conv_peak_gflops"]
+    return f" (S's and D's arithmetic: {gflop:.0f} GFLOP, {seconds:.2f} s at the convolution peak below)"
 
 
 def bench_md(doc: dict) -> str:
@@ -259,7 +260,8 @@ def bench_md(doc: dict) -> str:
 
 
 
-RUNTIME_WORKLOADS = {"s_patches": "S, patch mode ({k} × 32³)", "s_volume": "S, whole volume", "d_volume": "D, whole volume, K = 1"}
+RUNTIME_WORKLOADS = {"s_patches": "S, patch mode ({k} × 32³)", "s_volume": "S, whole volume",
+                     "d_volume": "D, whole volume, K = 1"}
 
 
 def runtimes_md(doc: dict) -> str:
@@ -269,7 +271,8 @@ def runtimes_md(doc: dict) -> str:
              f"{', ' + versions if versions else ''}, {doc['threads']} threads, volume "
              f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']} calls after the first, each runtime "
              "in a fresh process. **MNI152-derived phantoms, not patients.**", "",
-             "| workload | runtime | time | × PyTorch | first call | prepare | peak memory | largest logit difference | labels differing |",
+             "| workload | runtime | time | × PyTorch | first call | prepare | peak memory | largest logit difference "
+             "| labels differing |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in doc["rows"]:
         what = RUNTIME_WORKLOADS[row["workload"]].format(k=doc["patches"][0])
@@ -277,8 +280,9 @@ def runtimes_md(doc: dict) -> str:
             lines.append(f"| {what} | {row['runtime']} | {row['reason']} |  |  |  |  |  |  |")
             continue
         lines.append(f"| {what} | {row['runtime']}{' (the fast path)' if row['runtime'] == 'pytorch' else ''} | "
-                     f"{row['seconds']:.2f} s | {row['speedup']:.2f} | {row['first_call_s']:.1f} s | {row['prepare_s']:.1f} s | "
-                     f"{row['peak_rss_mb']:.0f} MB | {row['max_abs_logit_diff']:.1e} | {100 * row['labels_differing']:.3f} % |")
+                     f"{row['seconds']:.2f} s | {row['speedup']:.2f} | {row['first_call_s']:.1f} s | "
+                     f"{row['prepare_s']:.1f} s | {row['peak_rss_mb']:.0f} MB | {row['max_abs_logit_diff']:.1e} | "
+                     f"{100 * row['labels_differing']:.3f} % |")
     return "\n".join(lines)
 
 
