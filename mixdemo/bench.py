@@ -10,7 +10,8 @@ forward, its memory budget (one pass vs slabs), huge pages and the allocator kee
 (time, page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
 run (the higher counts) and against a wide 3³ convolution's (S's kernels at their best); peak memory
-of the private run at K = 10 alone, in a fresh process. Medians over repetitions; the baseline and the private K = 1 runs with each shipped D are interleaved
+of the private run at K = 10 alone, in a fresh process. Medians over repetitions; the baseline and the
+private K = 1 runs with each shipped D are interleaved
 (:func:`interleaved_runs`), so a host that slows down for a while slows all of them alike.
 """
 
@@ -252,11 +253,19 @@ def s_budget_probe(target: np.ndarray, truth: np.ndarray, threads: int, probe: S
     return {"path": "fused" if probe.fused else "reference (MONAI forward)", "budget_mb": probe.budget_mb, **row}
 
 
+def json_from_child(args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run ``python ARGS`` in a fresh process (``env``: its whole environment; None: this one's) and return the
+    JSON document its last line prints; ``subprocess.CalledProcessError``, with the child's stderr, if it fails."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, env: dict[str, str | None],
                       extra: list[str] | None = None) -> dict:
     """Run ``python -m mixdemo.bench PROBE ARRAYS.npz [EXTRA] --threads N`` in a fresh process (``env``: variables
     to set, or with None to unset) and return the JSON document its last line prints."""
-    import subprocess
     import tempfile
 
     child_env = {k: v for k, v in os.environ.items() if k not in env}
@@ -264,9 +273,8 @@ def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, e
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "volumes.npz"
         np.savez(path, **arrays)
-        cmd = [sys.executable, "-m", "mixdemo.bench", probe, str(path), *(extra or []), "--threads", str(threads)]
-        out = subprocess.run(cmd, env=child_env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return json_from_child(["-m", "mixdemo.bench", probe, str(path), *(extra or []), "--threads", str(threads)],
+                               child_env)
 
 
 def s_probe_settings(quick: bool) -> list[SProbe]:
@@ -305,7 +313,8 @@ def _probe_s(path: Path, fused: bool) -> dict:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
     return {"slabs": slabs, "huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(seconds, 3),
-            "minor_page_faults": faults, "dice_avg": round(float(np.mean(list(dice.values()))), 4), "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+            "minor_page_faults": faults, "dice_avg": round(float(np.mean(list(dice.values()))), 4),
+            "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, target: np.ndarray,

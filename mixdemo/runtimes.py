@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.bench import own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
+from mixdemo.bench import json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
 from mixdemo.mixing import MixKey
 from mixdemo.models import UnmixingNet
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
@@ -65,18 +65,6 @@ def _model(workload: str, fast: bool) -> torch.nn.Module:
         return unmix.use_channels_last() if fast else unmix
 
 
-class _AsTrained(torch.nn.Module):
-    """S or D as a module of tensors alone, for export: S's final logits, D's logits from (ŷ_mix, one-hot
-    reference labels as float, (B, 2) mixing weights)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = net
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.inner(*inputs)
-
-
 def _runner(runtime: str, workload: str, inputs: list[torch.Tensor], threads: int,
             tmp: Path) -> Callable[[], np.ndarray]:
     """A call of ``workload`` on ``inputs`` with ``runtime``, returning float32 logits."""
@@ -88,7 +76,7 @@ def _runner(runtime: str, workload: str, inputs: list[torch.Tensor], threads: in
             with torch.inference_mode():
                 return fn(*inputs).float().contiguous().numpy()
         return call
-    module = _AsTrained(_model(workload, fast=False)).eval()
+    module = _model(workload, fast=False)  # the modules as trained: MONAI's forward, norms as layers
     arrays = [t.numpy() for t in inputs]
     if runtime == "onnxruntime":
         import onnxruntime as ort
@@ -169,13 +157,13 @@ def measure(runtime: str, workload: str, inputs: list[np.ndarray], reps: int, th
         return {**row, "available": False, "reason": f"not installed: pip install {' '.join(missing)}"}
     in_path, out_path = tmp / f"{workload}.npz", tmp / f"{workload}-{runtime}.npy"
     np.savez(in_path, **{f"in{i}": a for i, a in enumerate(inputs)})
-    cmd = [sys.executable, "-m", "mixdemo.runtimes", "--child", runtime, workload, str(in_path), str(out_path),
-           "--reps", str(reps), "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+    try:
+        timed = json_from_child(["-m", "mixdemo.runtimes", "--child", runtime, workload, str(in_path), str(out_path),
+                                 "--reps", str(reps), "--threads", str(threads)])
+    except subprocess.CalledProcessError as failed:
+        last = (failed.stderr.strip().splitlines() or ["no message"])[-1]
         return {**row, "available": False, "reason": f"failed: {last[:300]}"}
-    return {**row, "available": True, **json.loads(done.stdout.strip().splitlines()[-1])}
+    return {**row, "available": True, **timed}
 
 
 def run(args: argparse.Namespace) -> dict:

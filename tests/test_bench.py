@@ -148,7 +148,8 @@ def test_report_names_each_rows_allocation_and_which_is_the_default():
 
     assert allocation({"huge_pages": True, "keeps_freed_memory": False}) == ("huge pages, allocator as it comes", True)
     assert allocation({"huge_pages": True, "keeps_freed_memory": True})[1] is False
-    assert allocation({"huge_pages": False, "keeps_freed_memory": False}) == ("no huge pages, allocator as it comes", False)
+    no_huge_pages = {"huge_pages": False, "keeps_freed_memory": False}
+    assert allocation(no_huge_pages) == ("no huge pages, allocator as it comes", False)
     assert allocation({"keeps_freed_memory": True}) == ("allocator keeps freed memory", True)
     assert allocation({}) == ("", True)
 

@@ -69,3 +69,10 @@ def test_report_renders_available_and_missing_runtimes():
     assert "S, patch mode (10 × 32³) | pytorch (the fast path) | 0.90 s | 1.00 |" in text
     assert "| S, patch mode (10 × 32³) | onnxruntime | not installed: pip install onnx onnxruntime |" in text
     assert "openvino 1.0" in text and "not patients" in text
+
+
+def test_a_runtime_that_fails_in_its_child_gets_a_row_saying_why(tmp_path):
+    from mixdemo.runtimes import measure
+
+    row = measure("no-such-runtime", "s_patches", [np.zeros((1, 1, 16, 16, 16), np.float32)], 1, 1, tmp_path)
+    assert row["available"] is False and row["reason"].startswith("failed: ValueError: Unknown runtime")
