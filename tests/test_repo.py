@@ -61,3 +61,22 @@ def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
     assert chosen["reid_map"] < wider["reid_map"]
     assert chosen["output_leakage_dice"] < wider["output_leakage_dice"]
     assert chosen["dice_learned_tta"] > wider["dice_learned_tta"] - 0.05
+
+
+def test_the_trained_on_d_record_compares_against_the_shipped_d_and_the_readme_quotes_it():
+    """results/d_trained_on.json (S bounds the private rows, not D): its 'before' is the shipped D's row of
+    results/d_designs.json, from the shipped S, and the README's figures are that file's."""
+    record = json.loads((REPO / "results/d_trained_on.json").read_text())
+    shipped = json.loads((REPO / "weights/unmixing/training.json").read_text())["sha256"]
+    seg = json.loads((REPO / "weights/segmentation/training.json").read_text())["sha256"]
+    designs = json.loads((REPO / "results/d_designs.json").read_text())
+    before_row = next(r for r in designs["rows"] if r["model"] == "unmixing")
+    before, after = record["before"], record["after"]
+    assert before["weights_sha256"] == shipped == record["training"]["init_from_sha256"]["unmixing"]
+    assert record["training"]["init_from_sha256"]["segmentation"] == seg
+    assert before["learned_tta"] == before_row["learned_tta"] and before["baseline"] == after["baseline"]
+    assert after["weights_sha256"] != shipped and record["shipped"] is False
+    readme = (REPO / "README.md").read_text()
+    quoted = (f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}, "
+              f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}")
+    assert quoted in readme.replace("\n", " ")
