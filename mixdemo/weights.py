@@ -46,13 +46,15 @@ def weights_dir() -> Path:
 
 def unmixing_name() -> str:
     """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g.
-    ``unmixing-p2`` or ``unmixing-p4``, a fraction of the default D's time on the CPU), else ``unmixing``."""
+    ``unmixing-96``, trained on where it runs, or ``unmixing-p2`` / ``unmixing-p4``, a fraction of the default
+    D's time on the CPU), else ``unmixing``."""
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 
 def unmixing_choices() -> list[tuple[str, str]]:
-    """The one-reference client networks D in the local weights folder as (name, where its blocks run),
-    the chosen one (:func:`unmixing_name`) first; just that one when none is local (a Hub download)."""
+    """The one-reference client networks D in the local weights folder as (name, where its blocks run and,
+    when not 32³, the patches it was trained on), the chosen one (:func:`unmixing_name`) first; just that
+    one when none is local (a Hub download)."""
     default = unmixing_name()
     found: dict[str, str] = {}
     root = weights_dir()
@@ -65,7 +67,9 @@ def unmixing_choices() -> list[tuple[str, str]]:
         except (OSError, ValueError):
             continue
         if config.get("n_references", 1) == 1 and (folder / "model.safetensors").exists():
-            found[folder.name] = unmixing_where(int(config.get("patch", 1)), int(config.get("voxel_hidden", 0)))
+            where = unmixing_where(int(config.get("patch", 1)), int(config.get("voxel_hidden", 0)))
+            size = record.get("patch_size", 32)  # the patches it was last trained on, when not the usual 32³
+            found[folder.name] = where if size == 32 else f"{where}, trained on {size}³ patches"
     ordered = sorted(found.items(), key=lambda item: item[0] != default)
     return ordered if default in found else [(default, ""), *ordered]
 

@@ -196,10 +196,13 @@ def test_unmixing_choices_lists_the_local_one_reference_ds_the_chosen_first(tmp_
     monkeypatch.delenv(UNMIXING_ENV, raising=False)
     assert unmixing_choices() == [("unmixing", "")]
     for name, model in {"unmixing": UnmixingNet(), "unmixing-p4": UnmixingNet(patch=4, voxel_hidden=8),
+                        "unmixing-96": UnmixingNet(),
                         "unmixing-2ref": UnmixingNet(n_references=2), "segmentation": SegmentationNet(features=(4, 4, 8, 8, 16, 4))}.items():
         model.save_pretrained(tmp_path / name)
-        write_training_record(tmp_path / name, {"note": "test"}, f"mixdemo.models.{type(model).__name__}")
+        trained_on = {"patch_size": 96} if name == "unmixing-96" else {"patch_size": 32}
+        write_training_record(tmp_path / name, trained_on, f"mixdemo.models.{type(model).__name__}")
     assert unmixing_choices() == [("unmixing", "at full resolution"),
+                                  ("unmixing-96", "at full resolution, trained on 96³ patches"),
                                   ("unmixing-p4", "on 4³ patches, a per-voxel MLP (8 channels)")]
     monkeypatch.setenv(UNMIXING_ENV, "unmixing-p4")
-    assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", "unmixing"]
+    assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", "unmixing", "unmixing-96"]

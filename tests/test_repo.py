@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mixdemo.weights import sha256_file
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,11 +67,11 @@ def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
     assert chosen["dice_learned_tta"] > wider["dice_learned_tta"] - 0.05
 
 
-@pytest.mark.parametrize("name", ["d_trained_on", "s_trained_on"])
+@pytest.mark.parametrize("name", ["d_trained_on", "s_trained_on", "d_large_patches"])
 def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readme_quotes_them(name: str):
-    """results/{d,s}_trained_on.json (more training of the shipped D, or of S + D, not shipped): their 'before' is
-    the shipped D's row of results/d_designs.json, they started from the shipped S and D, and the README's
-    figures are those files'."""
+    """results/{d,s}_trained_on.json and d_large_patches.json (more training of the shipped D, or of S + D):
+    their 'before' is the shipped D's row of results/d_designs.json, they started from the shipped S and D,
+    the one shipped beside the default is the committed model folder, and the README's figures are the files'."""
     record = json.loads((REPO / f"results/{name}.json").read_text())
     shipped = json.loads((REPO / "weights/unmixing/training.json").read_text())["sha256"]
     seg = json.loads((REPO / "weights/segmentation/training.json").read_text())["sha256"]
@@ -80,7 +82,12 @@ def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readm
     assert record["training"]["init_from_sha256"]["segmentation"] == seg
     assert before["learned_tta"] == before_row["learned_tta"] and before["baseline"] == after["baseline"]
     assert after["weights_sha256"] != shipped and after.get("segmentation_sha256") != seg
-    assert record["shipped"] is False
+    if record["shipped"] is not False:  # shipped beside the default D: its folder holds the compared weights
+        folder = REPO / "weights" / after["model"]
+        assert record["shipped"].startswith(f"weights/{after['model']},")
+        assert json.loads((folder / "training.json").read_text())["sha256"] == after["weights_sha256"]
+        assert sha256_file(folder / "model.safetensors") == after["weights_sha256"]
+        assert record["commands"][0] == json.loads((folder / "training.json").read_text())["command"]
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
     assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}" in readme
