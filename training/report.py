@@ -454,6 +454,13 @@ def unmixing_how(folder: Path) -> str:
     return f"{where} {how}".strip()
 
 
+# a D shipped beside the default: the results file that compares it with the default D, and its renderer
+OTHER_DS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "unmixing-p2": ("d_designs", d_designs_md), "unmixing-p4": ("d_designs", d_designs_md),
+    "unmixing-96": ("d_large_patches", d_large_patches_md),
+}
+
+
 def write_cards(weights_root: Path) -> list[Path]:
     """Model cards quoting the measured table and the commands."""
     seg = _load("segmentation")
@@ -468,17 +475,11 @@ def write_cards(weights_root: Path) -> list[Path]:
             privacy = _load("privacy")
             if privacy:
                 sections["Evaluation (phantom test patches)"] = two_references_md(privacy)
-        elif name in ("unmixing-p2", "unmixing-p4"):
-            designs = _load("d_designs")
-            if designs:
-                sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
-            full = _load(f"segmentation-{name}")
-            if full:
-                sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
-        elif name == "unmixing-96":
-            record = _load("d_large_patches")
-            if record:
-                sections["Evaluation against the default D (phantom test set)"] = d_large_patches_md(record)
+        elif name in OTHER_DS:
+            against, render = OTHER_DS[name]
+            compared = _load(against)
+            if compared:
+                sections["Evaluation against the default D (phantom test set)"] = render(compared)
             full = _load(f"segmentation-{name}")
             if full:
                 sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
