@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "MIXDEMO_WEIGHTS_DIR"
 HUB_REPO_ENV = "MIXDEMO_HUB_REPO"
 UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the client use
-DEFAULT_UNMIXING = "unmixing"
+DEFAULT_UNMIXING = "unmixing-96"  # D trained on with S frozen on 96³ patches (see its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
@@ -45,9 +45,10 @@ def weights_dir() -> Path:
 
 
 def unmixing_name() -> str:
-    """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g.
-    ``unmixing-96``, trained on where it runs, or ``unmixing-p2`` / ``unmixing-p4``, a fraction of the default
-    D's time on the CPU), else ``unmixing``."""
+    """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g. ``unmixing``,
+    the D trained end-to-end with S on 32³ patches, or ``unmixing-p2`` / ``unmixing-p4``, a fraction of the
+    default D's time on the CPU), else :data:`DEFAULT_UNMIXING` (``unmixing-96``: that D trained on further
+    on 96³ patches, the size it runs at)."""
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 

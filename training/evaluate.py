@@ -29,7 +29,7 @@ from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
-from mixdemo.weights import load_model, read_training_record, resolve_model_dir
+from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--brain-mask", action="store_true",
                    help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
-    p.add_argument("--unmixing", default="unmixing",
-                   help="the D model folder to evaluate (e.g. unmixing-p2, the cheaper D on 2³ patches)")
+    p.add_argument("--unmixing", default=DEFAULT_UNMIXING,
+                   help=f"the D model folder to evaluate (default {DEFAULT_UNMIXING}; e.g. unmixing-p2, the cheaper "
+                        "D on 2³ patches, or unmixing, the D trained end-to-end on 32³ patches)")
     p.add_argument("--icc-all", action="store_true",
                    help="test-retest ICC over every test scan (default: the scans of the --volumes subjects); "
                         "two K = 1 predictions per extra scan")
