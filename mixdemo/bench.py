@@ -39,7 +39,7 @@ from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_tta
-from mixdemo.weights import load_model
+from mixdemo.weights import DEFAULT_UNMIXING, load_model
 
 
 S_SLAB_BUDGET_MB = 1200
@@ -189,8 +189,9 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
     return rows
 
 
-D_VARIANTS = ("unmixing", "unmixing-p2", "unmixing-p4")
-"""The D model folders whose whole-volume time and Dice the benchmark compares (those present)."""
+D_VARIANTS = tuple(dict.fromkeys((DEFAULT_UNMIXING, "unmixing", "unmixing-p2", "unmixing-p4")))
+"""The D model folders whose whole-volume time and Dice the benchmark compares (those present): the default
+first, then the end-to-end D it was trained on from, and the cheaper designs."""
 
 
 def shipped_ds(default_unmix: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -386,7 +387,7 @@ def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, to
     """Trained S, D and baseline when available (speed does not depend on the weights' values)."""
     if use_trained:
         try:
-            return load_model("segmentation"), load_model("unmixing"), load_model("baseline")
+            return load_model("segmentation"), load_model(DEFAULT_UNMIXING), load_model("baseline")
         except Exception as exc:  # noqa: BLE001 - fall back to same-shape untrained models
             print(f"trained weights unavailable ({type(exc).__name__}); timing untrained models of the same shape")
     return untrained_s(), UnmixingNet().eval().use_channels_last(), untrained_s()

@@ -34,6 +34,7 @@ import torch
 
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MixKey, check_alpha, sample_key
 from mixdemo.pipeline import PrivateResult, Reference, private_segment
+from mixdemo.weights import DEFAULT_UNMIXING
 
 ProgressFn = Callable[[float, str], None]
 ServerFn = Callable[[np.ndarray], torch.Tensor]
@@ -234,7 +235,7 @@ def _unmixing(weights_root: str, name: str) -> torch.nn.Module:
 
 def unmixing_model(required: bool = False, name: str | None = None) -> torch.nn.Module | None:
     """The client's D from local weights: ``name``, else :func:`mixdemo.weights.unmixing_name`
-    (``$MIXDEMO_UNMIXING`` or ``unmixing``). None when the default D is absent, unless
+    (``$MIXDEMO_UNMIXING`` or ``unmixing-96``). None when the default D is absent, unless
     ``required``; a D named by ``name`` or the variable must exist (a WeightsError says so)."""
     from mixdemo.weights import UNMIXING_ENV, WeightsError, unmixing_name, weights_dir
 
@@ -379,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
     p.add_argument("--unmixing", default=None, metavar="NAME",
                    help="the client network D: a model folder, e.g. unmixing-p4 (a fraction of the client time, "
-                        "a lower Dice; see the README's performance section); default $MIXDEMO_UNMIXING or unmixing")
+                        "a lower Dice; see the README's performance section); default $MIXDEMO_UNMIXING or "
+                        f"{DEFAULT_UNMIXING}")
     p.add_argument("--separate-requests", action="store_true",
                    help="send each of the K proxies as its own request, in random order")
     args = p.parse_args(argv)

@@ -35,7 +35,7 @@ from mixdemo.bench import json_from_child, own_peak_rss_mb, phantom_volumes, unt
 from mixdemo.mixing import MixKey
 from mixdemo.models import UnmixingNet
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
-from mixdemo.weights import load_model
+from mixdemo.weights import DEFAULT_UNMIXING, load_model
 
 RUNTIMES = ("pytorch", "torch.compile", "onnxruntime", "openvino")
 """``pytorch``: the fast path every other row is compared with."""
@@ -55,7 +55,7 @@ def missing_packages(runtime: str) -> list[str]:
 def _model(workload: str, fast: bool) -> torch.nn.Module:
     """S or D as shipped (``fast``: the fast path, else the modules as trained); untrained ones of the same
     shape when the weights are absent (speed does not depend on the weights' values)."""
-    name = "unmixing" if workload.startswith("d_") else "segmentation"
+    name = DEFAULT_UNMIXING if workload.startswith("d_") else "segmentation"
     try:
         return load_model(name, fast=fast)
     except Exception:  # noqa: BLE001 - no weights here

@@ -703,7 +703,9 @@ def about_results() -> tuple[str, list[tuple[str, object]], list[tuple[str, str]
                 pass
     pngs = [(str(p), p.stem.replace("_", " ")) for p in sorted(RESULTS_DIR.glob("*.png")) if not p.stem.startswith("screenshot")]
     cards = []
-    for name in ("segmentation", "unmixing", "baseline", "score"):
+    from mixdemo.weights import unmixing_name  # torch-free
+
+    for name in ("segmentation", unmixing_name(), "baseline", "score"):
         card = _weights_dir() / name / "README.md"
         if card.exists():
             text = card.read_text()
@@ -760,7 +762,7 @@ def build_demo() -> gr.Blocks:
                         mode = gr.Radio(["patch", "whole"], value="patch", label="3 · Mode: one 32³ patch (fast) or the whole brain")
                         d_choices = unmixing_choices()
                         unmixing = gr.Dropdown([(f"{n} — {w}" if w else n, n) for n, w in d_choices], value=d_choices[0][0],
-                                               label="Client network D (learned unmixing): full resolution is the most "
+                                               label="Client network D (learned unmixing): the default (first) is the most "
                                                      "accurate, the patch ones a fraction of its time",
                                                elem_id="unmixing")
                         with gr.Accordion("Patch centre / slice position (or click the target)", open=False):

@@ -17,8 +17,10 @@ import importlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the app reads the names here without importing torch
+    from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "MIXDEMO_WEIGHTS_DIR"

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _has_weights(folder: Path) -> bool:
-    return all((folder / n / "model.safetensors").exists() for n in ("segmentation", "unmixing"))
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    return all((folder / n / "model.safetensors").exists() for n in ("segmentation", DEFAULT_UNMIXING))
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +44,11 @@ def app_weights(tmp_path_factory: pytest.TempPathFactory):
         import torch
 
         from mixdemo.models import SegmentationNet, UnmixingNet
-        from mixdemo.weights import write_training_record
+        from mixdemo.weights import DEFAULT_UNMIXING, write_training_record
 
         torch.manual_seed(0)
         folder = tmp_path_factory.mktemp("weights")
-        for name, cls in (("segmentation", SegmentationNet), ("unmixing", UnmixingNet)):
+        for name, cls in (("segmentation", SegmentationNet), (DEFAULT_UNMIXING, UnmixingNet)):
             cls().save_pretrained(folder / name)
             write_training_record(folder / name, {"note": "untrained test stand-in"}, f"mixdemo.models.{cls.__name__}")
     os.environ["MIXDEMO_WEIGHTS_DIR"] = str(folder)

@@ -155,10 +155,11 @@ def test_report_names_each_rows_allocation_and_which_is_the_default():
 
 
 def test_report_bounds_patch_mode_by_s_and_ds_arithmetic_at_the_convolution_peak():
+    from mixdemo.weights import DEFAULT_UNMIXING
     from training.report import patch_floor
 
     doc = {"s_gflops": 100.0, "baseline_s": 10.0, "volume_shape": [64, 64, 64], "conv_peak_gflops": 125.0,
-           "levers": {"unmix_nets": [{"model": "unmixing-p4", "gflop": 1.0}, {"model": "unmixing", "gflop": 1000.0}]}}
+           "levers": {"unmix_nets": [{"model": "unmixing-p4", "gflop": 1.0}, {"model": DEFAULT_UNMIXING, "gflop": 1000.0}]}}
     # (1000 GFLOP of S + 1000 of D) / 64³ voxels × 10 proxies of 32³ = 2000 × 10 / 8 = 2500 GFLOP; / 125 = 20 s
     assert patch_floor(doc) == " (S's and D's arithmetic: 2500 GFLOP, 20.00 s at the convolution peak below)"
     assert patch_floor({k: v for k, v in doc.items() if k != "conv_peak_gflops"}) == ""  # older runs: no figure

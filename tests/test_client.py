@@ -160,7 +160,7 @@ def test_load_target_off_grid_goes_through_preprocess(example, tmp_path):
 
 
 def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatch):
-    """The client's D: ``unmixing`` by default, another folder by name or $MIXDEMO_UNMIXING; a D
+    """The client's D: ``DEFAULT_UNMIXING`` by default, another folder by name or $MIXDEMO_UNMIXING; a D
     chosen by name must exist and be a D, while a missing default falls back to None (naive)."""
     from mixdemo.client import unmixing_model
     from mixdemo.models import SegmentationNet, UnmixingNet
@@ -188,21 +188,22 @@ def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatc
 
 def test_unmixing_choices_lists_the_local_one_reference_ds_the_chosen_first(tmp_path, monkeypatch):
     """The app's D menu: each local one-reference D with where its blocks run, $MIXDEMO_UNMIXING's (or
-    ``unmixing``) first; not an S, not a three-source D; the chosen name alone when none is local."""
+    ``unmixing-96``, the default) first; not an S, not a three-source D; the chosen name alone when none is local."""
     from mixdemo.models import SegmentationNet, UnmixingNet
-    from mixdemo.weights import UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
+    from mixdemo.weights import DEFAULT_UNMIXING, UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
 
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(UNMIXING_ENV, raising=False)
-    assert unmixing_choices() == [("unmixing", "")]
+    assert DEFAULT_UNMIXING == "unmixing-96"
+    assert unmixing_choices() == [("unmixing-96", "")]
     for name, model in {"unmixing": UnmixingNet(), "unmixing-p4": UnmixingNet(patch=4, voxel_hidden=8),
                         "unmixing-96": UnmixingNet(),
                         "unmixing-2ref": UnmixingNet(n_references=2), "segmentation": SegmentationNet(features=(4, 4, 8, 8, 16, 4))}.items():
         model.save_pretrained(tmp_path / name)
         trained_on = {"patch_size": 96} if name == "unmixing-96" else {"patch_size": 32}
         write_training_record(tmp_path / name, trained_on, f"mixdemo.models.{type(model).__name__}")
-    assert unmixing_choices() == [("unmixing", "at full resolution"),
-                                  ("unmixing-96", "at full resolution, trained on 96³ patches"),
+    assert unmixing_choices() == [("unmixing-96", "at full resolution, trained on 96³ patches"),
+                                  ("unmixing", "at full resolution"),
                                   ("unmixing-p4", "on 4³ patches, a per-voxel MLP (8 channels)")]
     monkeypatch.setenv(UNMIXING_ENV, "unmixing-p4")
     assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", "unmixing", "unmixing-96"]

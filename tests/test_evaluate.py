@@ -23,10 +23,10 @@ def small_cohort(tmp_path_factory):
 def model_dir(tmp_path, monkeypatch):
     """The committed weights when present, else untrained ones (the pipeline is under test, not the accuracy)."""
     local = weights.weights_dir()
-    if all((local / n / "model.safetensors").exists() for n in ("segmentation", "unmixing", "baseline")):
+    if all((local / n / "model.safetensors").exists() for n in ("segmentation", weights.DEFAULT_UNMIXING, "baseline")):
         return local
     for name, model, cls in (("segmentation", SegmentationNet(), "SegmentationNet"), ("baseline", SegmentationNet(), "SegmentationNet"),
-                             ("unmixing", UnmixingNet(), "UnmixingNet")):
+                             (weights.DEFAULT_UNMIXING, UnmixingNet(), "UnmixingNet")):
         model.save_pretrained(tmp_path / name)
         weights.write_training_record(tmp_path / name, {"command": "untrained"}, f"mixdemo.models.{cls}")
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
@@ -88,8 +88,9 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir)
     refs = [Reference(v.name, v.image, v.labels) for v in
             (evaluate.crop_volume(v, 64) for v in load_volumes(cohort.split("train")[:2]))]
     key = MixKey(tuple(r.ref_id for r in refs), (0.35, 0.45))
-    seg, unmix = weights.load_model("segmentation"), weights.load_model("unmixing")
-    seg_ref, unmix_ref = weights.load_model("segmentation", fast=False), weights.load_model("unmixing", fast=False)
+    d = weights.DEFAULT_UNMIXING
+    seg, unmix = weights.load_model("segmentation"), weights.load_model(d)
+    seg_ref, unmix_ref = weights.load_model("segmentation", fast=False), weights.load_model(d, fast=False)
     assert seg.fused and unmix.channels_last and not (seg_ref.fused or seg_ref.channels_last or unmix_ref.channels_last)
     proxies = make_proxies(target.image, refs, key)
     brain = target.image > 0

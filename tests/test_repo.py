@@ -69,9 +69,12 @@ def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
 
 @pytest.mark.parametrize("name", ["d_trained_on", "s_trained_on", "d_large_patches"])
 def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readme_quotes_them(name: str):
-    """results/{d,s}_trained_on.json and d_large_patches.json (more training of the shipped D, or of S + D):
-    their 'before' is the shipped D's row of results/d_designs.json, they started from the shipped S and D,
-    the one shipped beside the default is the committed model folder, and the README's figures are the files'."""
+    """results/{d,s}_trained_on.json and d_large_patches.json (more training of the end-to-end D, or of S + D):
+    their 'before' is that D's row of results/d_designs.json, they started from the shipped S and that D,
+    a shipped 'after' is the committed model folder (d_large_patches': the default D), and the README's
+    figures are the files'."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+
     record = json.loads((REPO / f"results/{name}.json").read_text())
     shipped = json.loads((REPO / "weights/unmixing/training.json").read_text())["sha256"]
     seg = json.loads((REPO / "weights/segmentation/training.json").read_text())["sha256"]
@@ -88,6 +91,8 @@ def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readm
         assert json.loads((folder / "training.json").read_text())["sha256"] == after["weights_sha256"]
         assert sha256_file(folder / "model.safetensors") == after["weights_sha256"]
         assert record["commands"][0] == json.loads((folder / "training.json").read_text())["command"]
+    if name == "d_large_patches":  # the default D is the one this record shows gaining
+        assert after["model"] == DEFAULT_UNMIXING and record["shipped"].startswith(f"weights/{DEFAULT_UNMIXING},")
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
     assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}" in readme

@@ -1,6 +1,10 @@
 """Compare the shipped client networks D on one protocol of ``training.evaluate``.
 
-    python -m training.compare_unmixing            # the default D and the Ds on 2³ and 4³ patches → results/d_designs.json
+    python -m training.compare_unmixing            # the Ds trained on 32³ patches → results/d_designs.json
+
+By default the Ds of equal training: the end-to-end D ``unmixing`` (the start of the default D
+``unmixing-96``, whose row on this protocol is in ``results/d_large_patches.json``) and the Ds on 2³
+and 4³ patches; ``--models`` names others.
 
 Each D unmixes the same proxies (same S, test scans, references and α: the evaluation's per-scan
 seeds), so the rows differ only by D. The protocol is smaller than the main table's (K ≤ 10, one
@@ -21,7 +25,7 @@ from pathlib import Path
 from mixdemo.phantoms import DEFAULT_COHORT
 from training import evaluate
 
-DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")
+DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")  # the designs, each trained on 32³ patches
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

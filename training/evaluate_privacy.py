@@ -114,22 +114,23 @@ def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True) ->
 
     ``allow_hub=False`` skips the Hub look-up when the local folder is missing (offline tests).
     """
-    from mixdemo.weights import WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
+    from mixdemo.weights import DEFAULT_UNMIXING, WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
 
     models, shas = {}, {}
-    names = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet,
-             TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2)}
-    for name, cls in names.items():
-        if name != "score" and not need_seg:
+    roles = {"score": ("score", ScoreNet), "segmentation": ("segmentation", SegmentationNet),
+             "unmixing": (DEFAULT_UNMIXING, UnmixingNet), TWO_REF_SEG: (TWO_REF_SEG, SegmentationNet),
+             TWO_REF_UNMIX: (TWO_REF_UNMIX, lambda: UnmixingNet(n_references=2))}
+    for role, (name, cls) in roles.items():
+        if role != "score" and not need_seg:
             continue
         try:
             if not allow_hub and not (weights_dir() / name / "model.safetensors").exists():
                 raise WeightsError(f"no local {name} weights")
-            models[name] = load_model(name, device=str(device))
+            models[role] = load_model(name, device=str(device))
             shas[name] = sha256_file(resolve_model_dir(name) / "model.safetensors")
         except WeightsError:
             torch.manual_seed(0)
-            models[name] = cls().to(device).eval()
+            models[role] = cls().to(device).eval()
             shas[name] = f"untrained ({name} weights missing)"
     return models, shas
 
@@ -614,7 +615,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "data": DATA_NOTE, "config": "smoke" if args.smoke else "quick" if args.quick else "full"})
     if command not in result["commands"]:  # a re-run of a recorded command replaces its results
         result["commands"].append(command)
-    result.setdefault("weights_sha256", {}).update(shas)
+    # the S and D sections re-run together, so their weights replace the recorded ones (no stale D left behind)
+    result["weights_sha256"] = shas if need_seg else {**result.get("weights_sha256", {}), **shas}
     timings = result.setdefault("seconds", {})
 
     def step(name: str, fn):

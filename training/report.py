@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mixdemo.weights import read_training_record, write_model_card
+from mixdemo.weights import DEFAULT_UNMIXING, read_training_record, write_model_card
 from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,8 @@ def segmentation_md(doc: dict) -> str:
     lines = [
         f"Measured by `{doc['command']}` on {doc['n_volumes']} held-out phantom test volumes ({extent}), "
         f"α ~ U{tuple(doc['alpha_range'])}, TTA with K = {doc['tta_k']} references from a pool of "
-        f"{doc['reference_pool']} training scans, seed {doc['seed']}, {doc['date']}. "
+        f"{doc['reference_pool']} training scans, seed {doc['seed']}, {doc['date']}"
+        + (f" ({doc['seconds'] / 60:.0f} min)" if "seconds" in doc else "") + ". "
         "**MNI152-derived phantoms, not patients.**",
         "",
         "| Dice | GM | WM | CSF | Avg | paper (PPMI) Avg |",
@@ -171,7 +172,7 @@ def allocation(row: dict) -> tuple[str, bool]:
 def patch_floor(doc: dict) -> str:
     """Patch mode's arithmetic (S and the default D on K = 10 proxies of 32³), from S's and D's GFLOP on the
     benchmark's volume, and its time at the run's convolution peak: how fast the host could answer at best."""
-    d_row = next((r for r in (doc.get("levers") or {}).get("unmix_nets") or [] if r["model"] == "unmixing"), None)
+    d_row = next((r for r in (doc.get("levers") or {}).get("unmix_nets") or [] if r["model"] == DEFAULT_UNMIXING), None)
     if "conv_peak_gflops" not in doc or d_row is None or "gflop" not in d_row:
         return ""
     per_voxel = (doc["s_gflops"] * doc["baseline_s"] + d_row["gflop"]) / math.prod(doc["volume_shape"])
@@ -233,7 +234,7 @@ def bench_md(doc: dict) -> str:
                 what += f" ({row['windows_with_brain'][0]} of {row['windows_with_brain'][1]} windows hold brain)"
         rows.append((f"lever: {what} ({state}), K = 1", f"{row['seconds']:.1f} s, Dice {row['dice_avg']:.3f}", ""))
     for row in levers.get("unmix_nets") or []:
-        state = "on" if row["model"] == "unmixing" else "off"
+        state = "on" if row["model"] == DEFAULT_UNMIXING else "off"
         where = d_where(row["patch"], row.get("voxel_hidden", 0))
         with_it = (f"; with it, privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f}"
                    if "privacy_tax" in row else "")
@@ -301,15 +302,29 @@ def d_designs_md(doc: dict) -> str:
              "`python -m mixdemo.bench` (whole volume, K = 1). **MNI152-derived phantoms, not patients.**", "",
              "| D | its blocks run | parameters | D's time | privacy tax | client share | Learned | Learned + TTA | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in doc["rows"]:
+    rows = list(doc["rows"])
+    trained_on = _load("d_large_patches") or {}
+    if DEFAULT_UNMIXING not in {r["model"] for r in rows} and trained_on.get("protocol") == doc["protocol"] \
+            and trained_on["after"]["model"] == DEFAULT_UNMIXING:  # the default's row, measured on this protocol
+        rows.insert(0, trained_on["after"])
+        lines[0] += f" The default D's row: `results/d_large_patches.json` (`{trained_on['commands'][1]}`)."
+    for row in rows:
         where = d_where(row["patch"], row.get("voxel_hidden", 0))
         timed = bench.get(row["model"], {})
         seconds = f"{timed['seconds']:.2f} s" if "seconds" in timed else "—"
-        lines.append(f"| `{row['model']}`{' (default)' if row['model'] == 'unmixing' else ''} | {where} | "
+        lines.append(f"| {d_label(row['model'])} | {where} | "
                      f"{row['parameters'] / 1e3:.0f} k | {seconds} | {_f(timed.get('privacy_tax'))} | "
                      f"{_f(timed.get('client_share'))} | {_f(row['learned']['avg'])} | "
                      f"{_f(row['learned_tta']['avg'])} | {_f(row['tta_over_baseline'])} |")
     return "\n".join(lines)
+
+
+def d_label(name: str) -> str:
+    """A D's name for a table: the default marked, and the D the default was trained on from."""
+    if name == DEFAULT_UNMIXING:
+        return f"`{name}` (default)"
+    start = read_training_record(REPO / "weights" / DEFAULT_UNMIXING).get("init_unmixing")
+    return f"`{name}` (the default's start)" if name == start else f"`{name}`"
 
 
 def _d_name(evaluation: dict) -> str:
@@ -321,8 +336,8 @@ def d_full_protocol_md(doc: dict) -> str:
     """Another D on the segmentation table's full protocol (``doc``: its ``training.evaluate`` JSON),
     row by row beside the default D's ``results/segmentation.json``."""
     default = _load("segmentation")
-    docs = [(f"`{_d_name(default)}` (default)", default)] if default else []
-    docs.append((f"`{_d_name(doc)}`", doc))
+    docs = [(d_label(_d_name(default)), default)] if default else []
+    docs.append((d_label(_d_name(doc)), doc))
     rows = [f"| {label} | {_f(d['dice']['learned']['avg'])} | {_f(d['dice']['learned_tta']['avg'])} | "
             f"{_f(d['dice']['learned_tta']['avg'] / d['dice']['baseline']['avg'])} | "
             + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for label, d in docs]
@@ -334,15 +349,15 @@ def d_full_protocol_md(doc: dict) -> str:
 
 
 def d_large_patches_md(doc: dict) -> str:
-    """The default D before and after training on where it runs (``results/d_large_patches.json``)."""
+    """The end-to-end D before and after training on where it runs (``results/d_large_patches.json``)."""
     t = doc["training"]
     lines = [f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']}); compared by "
              f"`{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: `{doc['protocol']}`. "
              "**MNI152-derived phantoms, not patients.**", "",
              "| D | trained on | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, row, patches in ((f"`{doc['before']['model']}` (default)", doc["before"], "32³ patches"),
-                                (f"`{doc['after']['model']}`", doc["after"],
+    for label, row, patches in ((d_label(doc["before"]["model"]), doc["before"], "32³ patches"),
+                                (d_label(doc["after"]["model"]), doc["after"],
                                  f"32³, then {t['steps']} steps on {t['patch_size']}³ patches")):
         tta = row["learned_tta"]
         lines.append(f"| {label} | {patches} | {_f(row['learned']['avg'])} | {_f(tta['avg'])} | {_f(tta['GM'])} | "
@@ -353,7 +368,7 @@ def d_large_patches_md(doc: dict) -> str:
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md, "runtimes": runtimes_md,
-    "d_large_patches": d_large_patches_md, "segmentation-unmixing-96": d_full_protocol_md,
+    "d_large_patches": d_large_patches_md, "segmentation-unmixing": d_full_protocol_md,
 }
 
 
@@ -373,9 +388,17 @@ CARDS = {
                      "The server-side network of Mixup-Privacy: segments a *proxy* (target mixed with a private "
                      "reference, Eq. 2) into the mixed segmentation ŷ_mix (Eq. 3). MONAI `BasicUNetPlusPlus` with "
                      "batch norm. Load with `mixdemo.weights.load_model(\"segmentation\")`."),
-    "unmixing": ("Mixup-Privacy client unmixing network D (AdaIN U-Net)",
-                 "The client-side unmixing network: from softmax(ŷ_mix), the reference's one-hot labels and α "
-                 "(through adaptive instance norm) it predicts the target's segmentation. {how} "
+    "unmixing-96": ("Mixup-Privacy client unmixing network D (AdaIN U-Net), the default",
+                    "The client-side unmixing network: from softmax(ŷ_mix), the reference's one-hot labels and α "
+                    "(through adaptive instance norm) it predicts the target's segmentation. {how} The client runs "
+                    "D on the whole volume, where its adaptive instance norm takes statistics over the whole grid, "
+                    "so it was trained on last on patches closer to that. The default D of the app and the client. "
+                    "Load with `mixdemo.weights.load_model(\"unmixing-96\")`."),
+    "unmixing": ("Mixup-Privacy client unmixing network D trained end to end with S (32³ patches)",
+                 "The client-side unmixing network as trained end to end with S on 32³ patches: the start of the "
+                 "default D `unmixing-96`, which trained on from it on 96³ patches and scores higher at the same "
+                 "client time (the tables below). {how} Not the default; the app and the client use it with "
+                 "`MIXDEMO_UNMIXING=unmixing` (or `python -m mixdemo.client --unmixing unmixing`). "
                  "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
     "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
                     "A cheaper client D: the default D's four AdaIN blocks and widths. {how} A fraction of the default D's "
@@ -387,14 +410,6 @@ CARDS = {
                     "the default D's client time and a lower Dice (the table below). Not the "
                     "default; the app and the client use it with `MIXDEMO_UNMIXING=unmixing-p4` (or `python -m "
                     "mixdemo.client --unmixing unmixing-p4`). Load with `mixdemo.weights.load_model(\"unmixing-p4\")`."),
-    "unmixing-96": ("Mixup-Privacy client unmixing network D, trained on where it runs (96³ patches)",
-                    "The default D's architecture and weights, trained on for 320 steps on 96³ patches: the client "
-                    "runs D on the whole volume, where its adaptive instance norm takes statistics over the whole "
-                    "grid, and the default D saw only 32³ patches. {how} Higher Dice than the default D on the "
-                    "same proxies (the tables below), at the same client time. Not the default yet (the other "
-                    "results were made with the default D); the app and the client use it with "
-                    "`MIXDEMO_UNMIXING=unmixing-96` (or `python -m mixdemo.client --unmixing unmixing-96`). "
-                    "Load with `mixdemo.weights.load_model(\"unmixing-96\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
@@ -457,7 +472,7 @@ def unmixing_how(folder: Path) -> str:
 # a D shipped beside the default: the results file that compares it with the default D, and its renderer
 OTHER_DS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "unmixing-p2": ("d_designs", d_designs_md), "unmixing-p4": ("d_designs", d_designs_md),
-    "unmixing-96": ("d_large_patches", d_large_patches_md),
+    "unmixing": ("d_large_patches", d_large_patches_md),
 }
 
 
@@ -485,6 +500,9 @@ def write_cards(weights_root: Path) -> list[Path]:
                 sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
+            start = read_training_record(folder).get("init_unmixing") if name == DEFAULT_UNMIXING else None
+            if start in OTHER_DS and _load(OTHER_DS[start][0]):
+                sections[f"Against the D it was trained on from (`{start}`)"] = OTHER_DS[start][1](_load(OTHER_DS[start][0]))
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
                                       "7.0 M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
