@@ -502,7 +502,7 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_windows": window_study,
             "unmix_windows_note": "D on the whole volume (default) vs 32³ windows (skipping those without brain), K = 1, α = 0.5",
             "unmix_nets": d_study,
-            "unmix_nets_note": "each shipped D on the whole volume, K = 1, α = 0.5 ('unmixing' is the default), "
+            "unmix_nets_note": f"each shipped D on the whole volume, K = 1, α = 0.5 ('{DEFAULT_UNMIXING}' is the default), "
                                "and the private K = 1 run, privacy tax and client share with it as the client's D; gflop: D's "
                                "arithmetic on the volume, and the privacy tax if D ran at the GEMM peak with S as measured",
             "private_k10_memory": memory_study,
