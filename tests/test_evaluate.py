@@ -127,7 +127,7 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
 
 
 @pytest.mark.parametrize("record, says", [
-    ({"mode": "private"}, "end to end with S."),
+    ({"mode": "private"}, "end to end with S on 32³ patches."),
     ({"mode": "unmixing"}, "frozen S (`--mode unmixing`)"),
     ({"mode": "unmixing", "init_unmixing": "unmixing"}, "Started from the D `unmixing` and trained on alone"),
 ])

@@ -67,6 +67,21 @@ def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
     assert chosen["dice_learned_tta"] > wider["dice_learned_tta"] - 0.05
 
 
+def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol():
+    """The default D is not among compare_unmixing's designs (each trained on 32³ patches); the README's
+    table takes its row from d_large_patches.json, measured on the same protocol, and says so."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training.report import d_designs_md
+
+    designs = json.loads((REPO / "results/d_designs.json").read_text())
+    trained_on = json.loads((REPO / "results/d_large_patches.json").read_text())
+    assert trained_on["protocol"] == designs["protocol"] and trained_on["after"]["model"] == DEFAULT_UNMIXING
+    rows = [line for line in d_designs_md(designs).splitlines() if line.startswith("| `")]
+    assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default) |")
+    assert rows[0].endswith(f"| {trained_on['after']['learned_tta']['avg']:.3f} | {trained_on['after']['tta_over_baseline']:.3f} |")
+    assert len(rows) == len(designs["rows"]) + 1 and "results/d_large_patches.json" in d_designs_md(designs)
+
+
 @pytest.mark.parametrize("name", ["d_trained_on", "s_trained_on", "d_large_patches"])
 def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readme_quotes_them(name: str):
     """results/{d,s}_trained_on.json and d_large_patches.json (more training of the end-to-end D, or of S + D):

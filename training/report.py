@@ -395,9 +395,10 @@ CARDS = {
                     "so it was trained on last on patches closer to that. The default D of the app and the client. "
                     "Load with `mixdemo.weights.load_model(\"unmixing-96\")`."),
     "unmixing": ("Mixup-Privacy client unmixing network D trained end to end with S (32³ patches)",
-                 "The client-side unmixing network as trained end to end with S on 32³ patches: the start of the "
-                 "default D `unmixing-96`, which trained on from it on 96³ patches and scores higher at the same "
-                 "client time (the tables below). {how} Not the default; the app and the client use it with "
+                 "The client-side unmixing network: from softmax(ŷ_mix), the reference's one-hot labels and α "
+                 "(through adaptive instance norm) it predicts the target's segmentation. {how} It "
+                 "is the start of the default D `unmixing-96`, which trained on from it on 96³ patches and scores "
+                 "higher at the same client time (the tables below). Not the default; the app and the client use it with "
                  "`MIXDEMO_UNMIXING=unmixing` (or `python -m mixdemo.client --unmixing unmixing`). "
                  "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
     "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
@@ -465,7 +466,7 @@ def unmixing_how(folder: Path) -> str:
     elif record.get("mode") == "unmixing":
         how = "Trained on the outputs of the frozen S (`--mode unmixing`)."
     else:
-        how = "Trained end to end with S."
+        how = f"Trained end to end with S on {record.get('patch_size', 32)}³ patches."
     return f"{where} {how}".strip()
 
 
