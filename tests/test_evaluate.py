@@ -53,7 +53,9 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, m
         assert set(icc) == {"icc", "ci95", "n", "scan_sd", "reference_sd"} and icc["n"] == saved["n_icc_scans"]
         pairs = np.array([saved["retest_dice"][scan][cls] for scan in saved["retest_dice"]])
         assert pairs.shape == (saved["n_icc_scans"], 2)
-        assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=1e-3)  # the ICC is that of the pairs saved
+        # the ICC is that of the pairs saved; they are rounded to 4 decimals, which moves the ICC of 4 scans
+        # with a spread of ~0.01 by up to a few 1e-3
+        assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
     assert saved["n_volumes"] == 2 and saved["crop"] == 64
     assert all(saved["weights_sha256"].values())
     assert (tmp_path / "seg_dice_vs_k.png").stat().st_size > 5000

@@ -44,6 +44,7 @@ def test_readme_figures_are_generated_from_results_json():
 def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
     """The README row of another D on the segmentation table's protocol: the default D's figures from
     results/segmentation.json, the other's from its own JSON, named by the D its weights came from."""
+    from mixdemo.weights import DEFAULT_UNMIXING
     from training.report import d_full_protocol_md
 
     other = json.loads((REPO / "results/segmentation.json").read_text())
@@ -51,7 +52,7 @@ def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
     other["dice"]["learned_tta"] = {**other["dice"]["learned_tta"], "avg": 0.5}
     other["icc"]["CSF"] = {**other["icc"]["CSF"], "icc": 0.123}
     rows = [line for line in d_full_protocol_md(other).splitlines() if line.startswith("| `")]
-    assert rows[0].startswith("| `unmixing` (default)") and rows[1].startswith("| `unmixing-p4` |")
+    assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default)") and rows[1].startswith("| `unmixing-p4` |")
     assert "| 0.500 |" in rows[1] and rows[1].endswith("| 0.123 |") and "| 0.500 |" not in rows[0]
 
 
