@@ -323,8 +323,12 @@ def d_label(name: str) -> str:
     """A D's name for a table: the default marked, and the D the default was trained on from."""
     if name == DEFAULT_UNMIXING:
         return f"`{name}` (default)"
-    start = read_training_record(REPO / "weights" / DEFAULT_UNMIXING).get("init_unmixing")
-    return f"`{name}` (the default's start)" if name == start else f"`{name}`"
+    return f"`{name}` (the default's start)" if name == default_start() else f"`{name}`"
+
+
+def default_start() -> str | None:
+    """The D the default D was trained on from (its training record's ``init_unmixing``)."""
+    return read_training_record(REPO / "weights" / DEFAULT_UNMIXING).get("init_unmixing")
 
 
 def _d_name(evaluation: dict) -> str:
@@ -501,9 +505,11 @@ def write_cards(weights_root: Path) -> list[Path]:
                 sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
-            start = read_training_record(folder).get("init_unmixing") if name == DEFAULT_UNMIXING else None
-            if start in OTHER_DS and _load(OTHER_DS[start][0]):
-                sections[f"Against the D it was trained on from (`{start}`)"] = OTHER_DS[start][1](_load(OTHER_DS[start][0]))
+            start = default_start() if name == DEFAULT_UNMIXING else None
+            against, render = OTHER_DS.get(start, (None, None))
+            compared = _load(against) if against else None
+            if compared:
+                sections[f"Against the D it was trained on from (`{start}`)"] = render(compared)
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
                                       "7.0 M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
