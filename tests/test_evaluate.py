@@ -19,26 +19,36 @@ def small_cohort(tmp_path_factory):
     return root
 
 
-@pytest.fixture()
-def model_dir(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
     """The committed weights when present, else untrained ones (the pipeline is under test, not the accuracy)."""
     local = weights.weights_dir()
     if all((local / n / "model.safetensors").exists() for n in ("segmentation", weights.DEFAULT_UNMIXING, "baseline")):
-        return local
+        yield local
+        return
+    root = tmp_path_factory.mktemp("untrained")
     for name, model, cls in (("segmentation", SegmentationNet(), "SegmentationNet"), ("baseline", SegmentationNet(), "SegmentationNet"),
                              (weights.DEFAULT_UNMIXING, UnmixingNet(), "UnmixingNet")):
-        model.save_pretrained(tmp_path / name)
-        weights.write_training_record(tmp_path / name, {"command": "untrained"}, f"mixdemo.models.{cls}")
-    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
-    return tmp_path
+        model.save_pretrained(root / name)
+        weights.write_training_record(root / name, {"command": "untrained"}, f"mixdemo.models.{cls}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(weights.WEIGHTS_DIR_ENV, str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def quick_evaluation(small_cohort, model_dir, tmp_path_factory):
+    """(the JSON written, the document returned) of one quick evaluation, figures included."""
+    from training import evaluate
+
+    out = tmp_path_factory.mktemp("quick") / "seg.json"
+    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--out", str(out), "--threads", "1"])
+    return out, doc
 
 
 @pytest.mark.slow
-def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, model_dir, tmp_path):
-    from training import evaluate
-
-    out = tmp_path / "seg.json"
-    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--out", str(out), "--threads", "1"])
+def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluation):
+    out, doc = quick_evaluation
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(doc))
     assert saved["command"].startswith("python -m training.evaluate")
@@ -58,8 +68,8 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(small_cohort, m
         assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
     assert saved["n_volumes"] == 2 and saved["crop"] == 64
     assert all(saved["weights_sha256"].values())
-    assert (tmp_path / "seg_dice_vs_k.png").stat().st_size > 5000
-    assert (tmp_path / "seg_panels.png").stat().st_size > 5000
+    assert out.with_name("seg_dice_vs_k.png").stat().st_size > 5000
+    assert out.with_name("seg_panels.png").stat().st_size > 5000
 
 
 def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):
@@ -126,6 +136,29 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
         assert 0.0 <= row["learned_tta"]["avg"] <= 1.0 and row["patch"] in (1, 2, 4) and row["parameters"] > 0
     table = report.d_designs_md(doc)
     assert table.count("\n| `") == len(names)
+
+
+@pytest.mark.slow
+def test_refresh_baseline_rewrites_the_rows_the_evaluation_would(quick_evaluation, tmp_path):
+    """The baseline's rows re-measured alone equal those of a full run of the file's own command."""
+    from training import refresh_baseline
+
+    full = json.loads(json.dumps(quick_evaluation[1]))
+    out = tmp_path / "seg.json"
+    stale = {**full, "dice": {**full["dice"], "baseline": {k: 0.0 for k in full["dice"]["baseline"]}}}
+    stale["weights_sha256"] = {**full["weights_sha256"], "baseline": "old"}
+    out.write_text(json.dumps(stale))
+    compared = tmp_path / "d.json"  # a compare_unmixing-protocol file: rows with the ratio made with the baseline
+    row = {"model": "x", "learned_tta": full["dice"]["learned_tta"], "baseline": {"avg": 1.0}, "tta_over_baseline": 0.0}
+    compared.write_text(json.dumps({"protocol": full["command"] + " --unmixing <model>", "rows": [row]}))
+
+    refresh_baseline.main([str(out), str(compared), "--threads", "1"])
+    refreshed = json.loads(out.read_text())
+    assert refreshed.pop("baseline_refresh")["command"].startswith("python -m training.refresh_baseline")
+    assert refreshed == full
+    (row,) = json.loads(compared.read_text())["rows"]
+    assert row["baseline"] == full["dice"]["baseline"]
+    assert row["tta_over_baseline"] == round(full["dice"]["learned_tta"]["avg"] / full["dice"]["baseline"]["avg"], 4)
 
 
 @pytest.mark.parametrize("record, says", [

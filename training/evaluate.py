@@ -122,6 +122,11 @@ def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
     return torch.stack(naive), torch.stack(learned), proxies
 
 
+def baseline_labels(base: torch.nn.Module, vol: Volume, brain: np.ndarray | None) -> np.ndarray:
+    """The baseline's labels of the unmixed scan (background outside ``brain``, as every other row)."""
+    return masked(hard_labels(segment_proxies(base, vol.image[None])[0].float()).numpy(), brain)
+
+
 def scan_seed(seed: int, scan_name: str) -> int:
     """The seed of one scan's references and α: fixed by the scan's name, so it does not depend on
     which other scans an evaluation includes."""
@@ -138,8 +143,8 @@ def select_scans(test_records: list, volumes: int, icc_all: bool, quick: bool) -
     return dice_records, retest_records[:4] if quick else retest_records
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-    """Run the protocol; returns the JSON document."""
+def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Run the protocol; returns the JSON document (its command from ``argv``, else the process's)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -172,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             dice_per_class(lab(learned[j]), vol.labels, list(CLASSES)) for j in (0, 1)
         ]
         if in_dice:
-            base_pred = lab(segment_proxies(base, vol.image[None])[0])
+            base_pred = baseline_labels(base, vol, brain)
             rows["baseline"].append(dice_row(base_pred, vol.labels))
             rows["naive"].append(dice_row(lab(naive[0]), vol.labels))
             rows["learned"].append(dice_row(lab(learned[0]), vol.labels))
@@ -195,7 +200,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                      "scan_sd": round(target_sd, 4), "reference_sd": round(reference_sd, 4)}
     dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
     doc = {
-        "command": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
         "date": time.strftime("%Y-%m-%d"),
         "seed": args.seed,
@@ -244,7 +249,7 @@ def _figure_case(vol: Volume, refs, proxies, naive, learned, base_pred, tta_k: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    doc = evaluate(parse_args(argv))
+    doc = evaluate(parse_args(argv), argv)
     print(json.dumps({"dice": doc["dice"], "icc": doc["icc"]}, indent=1))
     return doc
 

@@ -36,6 +36,13 @@ def _f(v, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def refreshed(doc: dict) -> str:
+    """The sentence saying a file's baseline rows were re-measured alone (``training.refresh_baseline``), if they were."""
+    r = doc.get("baseline_refresh")
+    return (f"The baseline's rows re-measured alone with the current baseline by `{r['command']}` ({r['date']}); "
+            "the command(s) above reproduce them. ") if r else ""
+
+
 def segmentation_md(doc: dict) -> str:
     """Table 1 (Dice and ICC) and the Fig. 3 summary."""
     extent = f"central {doc['crop']}³ crop" if doc.get("crop") else "whole volumes"
@@ -45,8 +52,8 @@ def segmentation_md(doc: dict) -> str:
         f"Measured by `{doc['command']}` on {doc['n_volumes']} held-out phantom test volumes ({extent}), "
         f"α ~ U{tuple(doc['alpha_range'])}, TTA with K = {doc['tta_k']} references from a pool of "
         f"{doc['reference_pool']} training scans, seed {doc['seed']}, {doc['date']}"
-        + (f" ({doc['seconds'] / 60:.0f} min)" if "seconds" in doc else "") + ". "
-        "**MNI152-derived phantoms, not patients.**",
+        + (f" ({doc['seconds'] / 60:.0f} min)" if "seconds" in doc else "") + ". " + refreshed(doc)
+        + "**MNI152-derived phantoms, not patients.**",
         "",
         "| Dice | GM | WM | CSF | Avg | paper (PPMI) Avg |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -299,7 +306,7 @@ def d_designs_md(doc: dict) -> str:
     bench = {r["model"]: r for r in ((_load("bench") or {}).get("levers") or {}).get("unmix_nets") or []}
     lines = [f"Measured by `{doc['command'].strip()}` ({doc['date']}): for each D, `{doc['protocol']}`; the same "
              "proxies, S and references for every D. D's time, the privacy tax and the client share with it: "
-             "`python -m mixdemo.bench` (whole volume, K = 1). **MNI152-derived phantoms, not patients.**", "",
+             "`python -m mixdemo.bench` (whole volume, K = 1). " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
              "| D | its blocks run | parameters | D's time | privacy tax | client share | Learned | Learned + TTA | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = list(doc["rows"])
@@ -347,7 +354,8 @@ def d_full_protocol_md(doc: dict) -> str:
             + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for label, d in docs]
     return "\n".join([f"Measured by `{doc['command']}` ({doc['date']}), the protocol of the segmentation table "
                       f"({doc['n_volumes']} test volumes, TTA K = {doc['tta_k']}, ICC on {doc['n_icc_scans']} scans) "
-                      "with another D; the same S, volumes, α and references. **MNI152-derived phantoms, not patients.**", "",
+                      "with another D; the same S, volumes, α and references. " + refreshed(doc)
+                      + "**MNI152-derived phantoms, not patients.**", "",
                       "| D | Learned | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF |",
                       "| --- | --- | --- | --- | --- | --- | --- |", *rows])
 
@@ -356,8 +364,8 @@ def d_large_patches_md(doc: dict) -> str:
     """The end-to-end D before and after training on where it runs (``results/d_large_patches.json``)."""
     t = doc["training"]
     lines = [f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']}); compared by "
-             f"`{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: `{doc['protocol']}`. "
-             "**MNI152-derived phantoms, not patients.**", "",
+             f"`{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: `{doc['protocol']}`. " + refreshed(doc)
+             + "**MNI152-derived phantoms, not patients.**", "",
              "| D | trained on | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, row, patches in ((d_label(doc["before"]["model"]), doc["before"], "32³ patches"),

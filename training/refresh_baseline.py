@@ -1,0 +1,114 @@
+"""Re-measure the baseline's rows in the committed results after ``weights/baseline`` changes.
+
+    python -m training.refresh_baseline --threads 2
+
+The baseline (S trained on unmixed scans) enters the segmentation tables only through its own Dice
+row and the "× baseline" ratios, and its prediction depends on nothing but the scan: not on the
+private S, D, the references or α. So when only the baseline's weights change, its rows can be
+re-measured alone, on each file's own protocol (its test scans, brain mask and crop), instead of
+re-running each file's command (70 min for the main table). What this writes is what those commands
+would write: ``tests/test_evaluate.py`` checks it against a quick evaluation. Each file it touches
+records the refresh (``baseline_refresh``: this command, the date, the baseline's SHA-256).
+
+Files: ``training.evaluate`` outputs (``dice.baseline``) and the ``training.compare_unmixing``-protocol
+files (every row with a ``baseline`` and a ``tta_over_baseline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mixdemo.data import load_cohort, load_volumes
+from mixdemo.weights import load_model, read_training_record, resolve_model_dir
+from training import evaluate
+
+DEFAULT_FILES = (
+    "results/segmentation.json", "results/segmentation-unmixing.json", "results/segmentation-unmixing-p4.json",
+    "results/d_designs.json", "results/d_large_patches.json", "results/d_trained_on.json", "results/s_trained_on.json",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="*", type=Path, default=[Path(f) for f in DEFAULT_FILES],
+                   help="results JSONs to refresh (default: every committed one with baseline rows)")
+    p.add_argument("--threads", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def protocol_args(doc: dict) -> argparse.Namespace:
+    """The ``training.evaluate`` arguments a results file was measured with (its command or protocol)."""
+    line = doc["command"] if doc.get("command", "").startswith("python -m training.evaluate") else doc.get("protocol")
+    if not line or not line.startswith("python -m training.evaluate"):
+        raise SystemExit("no training.evaluate command or protocol in this file; its baseline rows cannot be re-measured")
+    words = shlex.split(line.replace("<model>", "unused"))[3:]
+    return evaluate.parse_args(words)
+
+
+class BaselineRows:
+    """The baseline's Dice per test scan, measured once per (cohort, scan, crop, brain mask)."""
+
+    def __init__(self) -> None:
+        self.model = load_model("baseline")
+        self._rows: dict[tuple, dict[str, float]] = {}
+
+    def row(self, args: argparse.Namespace) -> dict[str, float]:
+        """The baseline row of the protocol ``args``: the mean over its Dice scans, as ``training.evaluate``."""
+        cohort = load_cohort(args.data)
+        dice_records, _ = evaluate.select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
+        rows = []
+        for rec in dice_records:
+            key = (str(args.data), rec.name, args.crop, args.brain_mask)
+            if key not in self._rows:
+                vol = evaluate.crop_volume(load_volumes([rec])[0], args.crop)
+                brain = vol.image > 0 if args.brain_mask else None
+                self._rows[key] = evaluate.dice_row(evaluate.baseline_labels(self.model, vol, brain), vol.labels)
+            rows.append(self._rows[key])
+        return evaluate.mean_rows(rows)
+
+
+def refresh(doc: dict, baseline: dict[str, float]) -> int:
+    """Replace every baseline row of ``doc`` (and the ratios made with it); returns how many."""
+    if isinstance(doc.get("dice"), dict) and "baseline" in doc["dice"]:
+        doc["dice"]["baseline"] = baseline
+        return 1
+    rows = [r for r in [*doc.get("rows", []), doc.get("before"), doc.get("after")] if isinstance(r, dict) and "baseline" in r]
+    for row in rows:
+        row["baseline"] = baseline
+        row["tta_over_baseline"] = round(row["learned_tta"]["avg"] / baseline["avg"], 4)
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    measured = BaselineRows()
+    sha = read_training_record(resolve_model_dir("baseline")).get("sha256")
+    command = " ".join(["python -m training.refresh_baseline", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+    written = []
+    for path in args.files:
+        doc = json.loads(path.read_text())
+        t0 = time.perf_counter()
+        row = measured.row(protocol_args(doc))
+        if not refresh(doc, row):
+            raise SystemExit(f"{path}: no baseline rows")
+        if isinstance(doc.get("weights_sha256"), dict) and "baseline" in doc["weights_sha256"]:
+            doc["weights_sha256"]["baseline"] = sha
+        doc["baseline_refresh"] = {"command": command, "date": time.strftime("%Y-%m-%d"), "baseline_sha256": sha,
+                                   "note": "baseline rows re-measured alone on this file's protocol; its command reproduces them"}
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        written.append(path)
+        print(f"{path}: baseline average Dice {row['avg']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return written
+
+
+if __name__ == "__main__":
+    main()
