@@ -115,3 +115,23 @@ def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readm
     assert f"`results/{name}.json`" in readme
     if name == "s_trained_on":  # S's own gain shows in the naive unmixing
         assert f"Naive + TTA {before['naive_tta']['avg']:.3f} → {after['naive_tta']['avg']:.3f}" in readme
+
+
+def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme_quotes_it():
+    """results/baseline_large_patches.json: its 'after' is weights/baseline and the baseline row of every
+    segmentation table, its 'before' the weights that training started from, and the README quotes both."""
+    record = json.loads((REPO / "results/baseline_large_patches.json").read_text())
+    trained = json.loads((REPO / "weights/baseline/training.json").read_text())
+    before, after = record["before"], record["after"]
+    assert after["weights_sha256"] == trained["sha256"] == sha256_file(REPO / "weights/baseline/model.safetensors")
+    assert before["weights_sha256"] == trained["init_from_sha256"]["baseline"] != after["weights_sha256"]
+    assert record["commands"][0] == trained["command"] and record["shipped"].startswith("weights/baseline,")
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    assert seg["dice"]["baseline"] == after["baseline"] and seg["weights_sha256"]["baseline"] == after["weights_sha256"]
+    for name in ("d_designs", "d_large_patches", "segmentation-unmixing", "segmentation-unmixing-p4"):
+        doc = json.loads((REPO / f"results/{name}.json").read_text())
+        assert doc["baseline_refresh"]["baseline_sha256"] == after["weights_sha256"], name
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    b, a = before["baseline"], after["baseline"]
+    assert f"average Dice {b['avg']:.3f} → {a['avg']:.3f}" in readme
+    assert f"CSF {b['CSF']:.3f} → {a['CSF']:.3f}" in readme and "`results/baseline_large_patches.json`" in readme
