@@ -152,6 +152,12 @@ def test_refresh_baseline_rewrites_the_rows_the_evaluation_would(quick_evaluatio
     row = {"model": "x", "learned_tta": full["dice"]["learned_tta"], "baseline": {"avg": 1.0}, "tta_over_baseline": 0.0}
     compared.write_text(json.dumps({"protocol": full["command"] + " --unmixing <model>", "rows": [row]}))
 
+    no_protocol = tmp_path / "other.json"
+    no_protocol.write_text(json.dumps({"rows": [row]}))
+    with pytest.raises(SystemExit, match="no training.evaluate command"):  # and nothing is written
+        refresh_baseline.main([str(out), str(no_protocol), "--threads", "1"])
+    assert json.loads(out.read_text()) == stale
+
     refresh_baseline.main([str(out), str(compared), "--threads", "1"])
     refreshed = json.loads(out.read_text())
     assert refreshed.pop("baseline_refresh")["command"].startswith("python -m training.refresh_baseline")

@@ -4,9 +4,9 @@
 
 The baseline (a U-Net++ of S's shape trained on unmixed scans) enters the segmentation tables only
 through its own Dice row and the "× baseline" ratios, and its prediction depends on nothing but the
-scan: not on the private S, D, the references or α. So when only the baseline's weights change, its rows can be
-re-measured alone, on each file's own protocol (its test scans, brain mask and crop), instead of
-re-running each file's command (70 min for the main table). What this writes is what those commands
+scan: not on the private S, D, the references or α. So when only the baseline's weights change, its
+rows can be re-measured alone, on each file's own protocol (its test scans, brain mask and crop),
+instead of re-running each file's command (70 min for the main table). What this writes is what those commands
 would write: ``tests/test_evaluate.py`` checks it against a quick evaluation. Each file it touches
 records the refresh (``baseline_refresh``: this command, the date, the baseline's SHA-256).
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     measured = BaselineRows()
     sha = read_training_record(resolve_model_dir("baseline")).get("sha256")
     command = " ".join(["python -m training.refresh_baseline", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
-    written = []
+    refreshed = {}  # every file is measured before any is written: a file that cannot be leaves all as they were
     for path in args.files:
         doc = json.loads(path.read_text())
         t0 = time.perf_counter()
@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
             doc["weights_sha256"]["baseline"] = sha
         doc["baseline_refresh"] = {"command": command, "date": time.strftime("%Y-%m-%d"), "baseline_sha256": sha,
                                    "note": "baseline rows re-measured alone on this file's protocol; its command reproduces them"}
-        path.write_text(json.dumps(doc, indent=2) + "\n")
-        written.append(path)
+        refreshed[path] = doc
         print(f"{path}: baseline average Dice {row['avg']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return written
+    for path, doc in refreshed.items():
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    return list(refreshed)
 
 
 if __name__ == "__main__":
