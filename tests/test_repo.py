@@ -135,3 +135,12 @@ def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme
     b, a = before["baseline"], after["baseline"]
     assert f"average Dice {b['avg']:.3f} → {a['avg']:.3f}" in readme
     assert f"CSF {b['CSF']:.3f} → {a['CSF']:.3f}" in readme and "`results/baseline_large_patches.json`" in readme
+
+
+def test_a_recorded_command_is_the_one_given_else_the_processs(monkeypatch):
+    """Results and training records name the arguments a run was given (called as a function too)."""
+    from training import command_line
+
+    assert command_line("training.evaluate", ["--out", "a b.json"]) == "python -m training.evaluate --out 'a b.json'"
+    monkeypatch.setattr("sys.argv", ["evaluate.py", "--quick"])
+    assert command_line("training.evaluate", None) == "python -m training.evaluate --quick"

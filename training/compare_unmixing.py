@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import evaluate
+from training import command_line, evaluate
 
 DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")  # the designs, each trained on 32³ patches
 
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
             doc = evaluate.main([*protocol, "--unmixing", name, "--out", str(Path(tmp) / f"{name}.json")])
             rows.append(d_row(name, doc))
     result = {
-        "command": " ".join(["python -m training.compare_unmixing",
-                             *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))]),
+        "command": command_line("training.compare_unmixing", argv),
         "protocol": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in protocol) + " --unmixing <model>",
         "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
         "date": time.strftime("%Y-%m-%d"),

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -30,6 +28,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir
+from training import command_line
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
@@ -200,7 +199,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                      "scan_sd": round(target_sd, 4), "reference_sd": round(reference_sd, 4)}
     dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
     doc = {
-        "command": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": command_line("training.evaluate", argv),
         "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
         "date": time.strftime("%Y-%m-%d"),
         "seed": args.seed,

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +43,7 @@ from mixdemo.metrics import msssim_3d_batch
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
+from training import command_line
 
 SECTIONS = ("bss", "reid", "tta", "reuse", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
@@ -608,7 +607,7 @@ def main(argv: list[str] | None = None) -> dict:
     score = models["score"]
     c = load_data(args.data, cfg)
     ar = tuple(args.alpha_range)
-    command = "python -m training.evaluate_privacy " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line("training.evaluate_privacy", argv)
     result: dict = json.loads(out_path.read_text()) if args.merge and out_path.exists() else {}
     result.setdefault("commands", [])
     result.update({"command": command, "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
-from training import evaluate
+from training import command_line, evaluate
 
 DEFAULT_FILES = (
     "results/segmentation.json", "results/segmentation-unmixing.json", "results/segmentation-unmixing-p4.json",
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         torch.set_num_threads(args.threads)
     measured = BaselineRows()
     sha = read_training_record(resolve_model_dir("baseline")).get("sha256")
-    command = " ".join(["python -m training.refresh_baseline", *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
+    command = command_line("training.refresh_baseline", argv)
     refreshed = {}  # every file is measured before any is written: a file that cannot be leaves all as they were
     for path in args.files:
         doc = json.loads(path.read_text())

@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
+from training import command_line
 
 
 
@@ -290,20 +289,21 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     info = {}
     if rank == 0:
-        info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device)
+        info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device,
+                      command_line("training.train", argv))
     if world > 1:
         dist.destroy_process_group()
     return info
 
 
 def export(model: EndToEnd, args: argparse.Namespace, features, name: str, seconds: float, world: int,
-           device: torch.device) -> dict:
+           device: torch.device, command: str) -> dict:
     """Write the Hub-format model folders and a training record next to them."""
     from mixdemo.weights import write_training_record
 
     model = model.cpu().eval()
     training = {
-        "command": "python -m training.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command,
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
         "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
         "init_from": str(args.init_from) if args.init_from else None,

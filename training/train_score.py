@@ -19,8 +19,6 @@ import argparse
 import copy
 import json
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from mixdemo.attacks.score import SCORE_FEATURES, ScoreNet, dsm_loss, max_pairwi
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import count_parameters, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
+from training import command_line
 
 
 
@@ -151,11 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
             break
     bar.close()
     log.close()
-    return export(ema if args.ema else model, args, features, sigma_1, step, elapsed + time.perf_counter() - t0, device)
+    return export(ema if args.ema else model, args, features, sigma_1, step, elapsed + time.perf_counter() - t0, device,
+                  command_line("training.train_score", argv))
 
 
 def export(model: ScoreNet, args: argparse.Namespace, features: tuple[int, ...], sigma_1: float, steps_done: int,
-           seconds: float, device: torch.device) -> dict:
+           seconds: float, device: torch.device, command: str) -> dict:
     """Write ``weights/<name>`` in Hub format with training.json and a model card."""
     from mixdemo.weights import write_model_card, write_training_record
 
@@ -163,7 +163,7 @@ def export(model: ScoreNet, args: argparse.Namespace, features: tuple[int, ...],
     model = model.cpu().eval()
     model.save_pretrained(folder)
     training = {
-        "command": "python -m training.train_score " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command,
         "steps": steps_done, "steps_planned": args.steps, "batch_size": args.batch_size,
         "patch_size": args.patch_size, "lr": args.lr, "seed": args.seed, "features": list(features),
         "sigma_1": sigma_1, "sigma_L": args.sigma_L, "n_levels": args.levels, "ema": args.ema,
