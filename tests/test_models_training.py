@@ -351,8 +351,29 @@ def test_unmixing_mode_can_train_on_a_saved_d(tiny_cohort, tmp_path):
         train.main(_train_cmd(tiny_cohort, tmp_path / "d2", tmp_path / "run2", 1, [*extra, "--unmix-patch", "2"]))
     with pytest.raises(SystemExit, match="no saved D"):
         train.main(_train_cmd(tiny_cohort, tmp_path / "d4", tmp_path / "run4", 1, [*extra[:-3], "nowhere"]))
-    with pytest.raises(SystemExit, match="mode unmixing"):
+    with pytest.raises(SystemExit, match="give --init-from"):
         train.main(_train_cmd(tiny_cohort, tmp_path / "d3", tmp_path / "run3", 1, ["--init-unmixing", "unmixing"]))
+    with pytest.raises(SystemExit, match="trains no D"):
+        train.main(_train_cmd(tiny_cohort, tmp_path / "d5", tmp_path / "run5", 1,
+                              ["--mode", "baseline", *extra[2:]]))
+
+
+def test_private_mode_can_start_from_a_named_d(tiny_cohort, tmp_path):
+    """--mode private --init-unmixing NAME: S and D trained on together, D starting from NAME (not 'unmixing')."""
+    from safetensors.torch import load_file
+
+    from training import train
+
+    start = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run0", 1))
+    (start / "unmixing").rename(start / "unmixing-other")
+    extra = ["--init-from", str(start), "--init-unmixing", "unmixing-other", "--lr", "0"]
+    train.main(_train_cmd(tiny_cohort, tmp_path / "d", tmp_path / "run1", 1, extra))
+    record = json.loads((tmp_path / "d" / "unmixing" / "training.json").read_text())
+    assert record["mode"] == "private" and record["init_unmixing"] == "unmixing-other"
+    assert set(record["init_from_sha256"]) == {"segmentation", "unmixing-other"}
+    before, after = (load_file(f / "model.safetensors") for f in (start / "unmixing-other", tmp_path / "d" / "unmixing"))
+    assert all(torch.equal(after[k], before[k]) for k in before)  # lr 0: the named D, unchanged
 
 
 @pytest.mark.slow

@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "baseline) S, and for --n-references 2 its one-reference D widened by "
                         "mixdemo.models.widen_references")
     p.add_argument("--init-unmixing", default=None, metavar="NAME",
-                   help="with --mode unmixing: start D from the model folder NAME under --init-from (e.g. "
-                        "unmixing, to train the shipped D on against its frozen S) instead of a new D")
+                   help="start D from the model folder NAME under --init-from (e.g. unmixing-96) instead of a "
+                        "new D (--mode unmixing: trained on against the frozen S) or its 'unmixing' (--mode private)")
     p.add_argument("--augment", action="store_true",
                    help="augment targets for real scans (residual misregistration, contrast); off for the shipped weights")
     p.add_argument("--seed", type=int, default=0)
@@ -139,14 +139,15 @@ def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
     return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))
 
 
-def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, ...]):
+def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, ...],
+               init_unmixing: str | None = None):
     """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``;
-    in ``unmixing`` mode S alone, D is new)."""
+    S alone in ``unmixing`` mode, or when ``init_unmixing`` names the D to start from: see warm_unmixing)."""
     seg = SegmentationNet.from_pretrained(folder / ("baseline" if mode == "baseline" else "segmentation"))
     shipped = tuple(seg._hub_mixin_config["features"])
     if shipped != tuple(features):
         raise SystemExit(f"--init-from: S in {folder} has features {shipped}, not {tuple(features)}.")
-    if mode != "private":
+    if mode != "private" or init_unmixing:
         return seg, None
     unmix = UnmixingNet.from_pretrained(folder / "unmixing")
     if unmix.n_references != n_references:
@@ -170,7 +171,7 @@ def init_shas(folder: Path, mode: str, init_unmixing: str | None = None) -> dict
     from mixdemo.weights import sha256_file
 
     names = {"private": ["segmentation", "unmixing"], "unmixing": ["segmentation"]}.get(mode, ["baseline"])
-    names += [init_unmixing] if init_unmixing else []
+    names = [n for n in names if n != "unmixing"] + [init_unmixing] if init_unmixing else names
     return {n: sha256_file(folder / n / "model.safetensors") for n in names if (folder / n / "model.safetensors").exists()}
 
 
@@ -207,8 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     if args.mode == "unmixing" and args.init_from is None:
         raise SystemExit("--mode unmixing trains D on a trained S: give --init-from (e.g. weights).")
-    if args.init_unmixing and args.mode != "unmixing":
-        raise SystemExit("--init-unmixing starts the D of --mode unmixing; with --mode private, --init-from starts both.")
+    if args.init_unmixing and args.init_from is None:
+        raise SystemExit("--init-unmixing names a model folder under --init-from: give --init-from (e.g. weights).")
+    if args.init_unmixing and args.mode == "baseline":
+        raise SystemExit("--init-unmixing starts a D; --mode baseline trains no D.")
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     unmix = UnmixingNet(n_references=args.n_references, features=resolve_widths(args.unmix_features),
                         patch=args.unmix_patch, voxel_hidden=args.unmix_hidden) if mixed else None
     if args.init_from is not None:
-        seg, warm_unmix = warm_start(args.init_from, args.mode, args.n_references, features)
+        seg, warm_unmix = warm_start(args.init_from, args.mode, args.n_references, features, args.init_unmixing)
         unmix = warm_unmix or unmix
         if args.init_unmixing:
             unmix = warm_unmixing(args.init_from / args.init_unmixing, unmix)
