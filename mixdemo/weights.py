@@ -61,9 +61,13 @@ def unmixing_choices() -> list[tuple[str, str]]:
     default = unmixing_name()
     found: dict[str, str] = {}
     root = weights_dir()
+    server_s = read_training_record(root / "segmentation").get("sha256")
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         record = read_training_record(folder)
         if not str(record.get("model_class", "")).endswith("UnmixingNet"):
+            continue
+        paired = paired_segmentation_sha256(record)
+        if paired and server_s and paired != server_s:  # trained with another S: wrong for this server's outputs
             continue
         try:
             config = json.loads((folder / "config.json").read_text())
@@ -75,6 +79,17 @@ def unmixing_choices() -> list[tuple[str, str]]:
             found[folder.name] = where if size == 32 else f"{where}, trained on {size}³ patches"
     ordered = sorted(found.items(), key=lambda item: item[0] != default)
     return ordered if default in found else [(default, ""), *ordered]
+
+
+def paired_segmentation_sha256(record: dict) -> str | None:
+    """SHA-256 of the S a D was trained with, from its training record: the S trained beside it
+    (``segmentation_sha256``, end-to-end runs) or the frozen S it was trained against (``--mode unmixing``);
+    None when the record does not say."""
+    if record.get("segmentation_sha256"):
+        return record["segmentation_sha256"]
+    if record.get("mode") == "unmixing":
+        return (record.get("init_from_sha256") or {}).get("segmentation")
+    return None
 
 
 def unmixing_where(patch: int, voxel_hidden: int = 0) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -207,3 +209,25 @@ def test_unmixing_choices_lists_the_local_one_reference_ds_the_chosen_first(tmp_
                                   ("unmixing-p4", "on 4³ patches, a per-voxel MLP (8 channels)")]
     monkeypatch.setenv(UNMIXING_ENV, "unmixing-p4")
     assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", "unmixing", "unmixing-96"]
+
+
+def test_unmixing_choices_leave_out_the_ds_trained_with_another_s(tmp_path, monkeypatch):
+    """A D is listed only when its record names no S or the local S (the server's): one trained beside another
+    S (segmentation_sha256) or against another frozen S (--mode unmixing) would unmix outputs it never saw."""
+    from mixdemo.models import SegmentationNet, UnmixingNet
+    from mixdemo.weights import UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(UNMIXING_ENV, raising=False)
+    SegmentationNet(features=(4, 4, 8, 8, 16, 4)).save_pretrained(tmp_path / "segmentation")
+    server_s = json.loads(write_training_record(tmp_path / "segmentation", {}, "mixdemo.models.SegmentationNet")
+                          .read_text())["sha256"]
+    records = {"unmixing-96": {"mode": "unmixing", "init_from_sha256": {"segmentation": server_s}},
+               "unmixing-beside": {"mode": "private", "segmentation_sha256": server_s},
+               "unmixing-old": {"mode": "private"},
+               "unmixing-64": {"mode": "private", "segmentation_sha256": "another S"},
+               "unmixing-p2": {"mode": "unmixing", "init_from_sha256": {"segmentation": "another S"}}}
+    for name, record in records.items():
+        UnmixingNet().save_pretrained(tmp_path / name)
+        write_training_record(tmp_path / name, record, "mixdemo.models.UnmixingNet")
+    assert [n for n, _ in unmixing_choices()] == ["unmixing-96", "unmixing-beside", "unmixing-old"]

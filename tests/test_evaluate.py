@@ -68,6 +68,9 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
         assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
     assert saved["n_volumes"] == 2 and saved["crop"] == 64
     assert all(saved["weights_sha256"].values())
+    from mixdemo.weights import DEFAULT_UNMIXING
+    assert saved["models"] == {"segmentation": "segmentation", "unmixing": DEFAULT_UNMIXING, "baseline": "baseline"}
+    assert set(saved["weights_sha256"]) == set(saved["models"].values())
     assert out.with_name("seg_dice_vs_k.png").stat().st_size > 5000
     assert out.with_name("seg_panels.png").stat().st_size > 5000
 

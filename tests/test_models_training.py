@@ -372,6 +372,8 @@ def test_private_mode_can_start_from_a_named_d(tiny_cohort, tmp_path):
     record = json.loads((tmp_path / "d" / "unmixing" / "training.json").read_text())
     assert record["mode"] == "private" and record["init_unmixing"] == "unmixing-other"
     assert set(record["init_from_sha256"]) == {"segmentation", "unmixing-other"}
+    s_record = json.loads((tmp_path / "d" / "segmentation" / "training.json").read_text())
+    assert record["segmentation_sha256"] == s_record["sha256"] and "segmentation_sha256" not in s_record
     before, after = (load_file(f / "model.safetensors") for f in (start / "unmixing-other", tmp_path / "d" / "unmixing"))
     assert all(torch.equal(after[k], before[k]) for k in before)  # lr 0: the named D, unchanged
 

@@ -49,11 +49,15 @@ def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
 
     other = json.loads((REPO / "results/segmentation.json").read_text())
     other["weights_sha256"] = {"segmentation": "a", "unmixing-p4": "b", "baseline": "c"}
+    other.pop("models", None)  # files written before evaluate recorded its networks: D named by the weights record
     other["dice"]["learned_tta"] = {**other["dice"]["learned_tta"], "avg": 0.5}
     other["icc"]["CSF"] = {**other["icc"]["CSF"], "icc": 0.123}
     rows = [line for line in d_full_protocol_md(other).splitlines() if line.startswith("| `")]
     assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default)") and rows[1].startswith("| `unmixing-p4` |")
     assert "| 0.500 |" in rows[1] and rows[1].endswith("| 0.123 |") and "| 0.500 |" not in rows[0]
+    other["models"] = {"segmentation": "segmentation-x", "unmixing": "unmixing-x", "baseline": "baseline"}
+    text = d_full_protocol_md(other)
+    assert "| S `segmentation-x`, D `unmixing-x` |" in text and "with another S and D" in text
 
 
 def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():

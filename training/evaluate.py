@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--brain-mask", action="store_true",
                    help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
+    p.add_argument("--segmentation", default="segmentation",
+                   help="the S model folder to evaluate (default segmentation; another S goes with the D trained "
+                        "with it, e.g. --segmentation segmentation-64 --unmixing unmixing-64)")
     p.add_argument("--unmixing", default=DEFAULT_UNMIXING,
                    help=f"the D model folder to evaluate (default {DEFAULT_UNMIXING}; e.g. unmixing-p2, the cheaper "
                         "D on 2³ patches, or unmixing, the D trained end-to-end on 32³ patches)")
@@ -156,7 +159,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         if not args.quick:
             raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
-    seg, unmix, base = load_model("segmentation"), load_model(args.unmixing), load_model("baseline")
+    seg, unmix, base = load_model(args.segmentation), load_model(args.unmixing), load_model("baseline")
 
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
@@ -218,7 +221,9 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "icc": icc,
         "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in CLASSES.items()}
                         for scan, d in single_dice.items()},
-        "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in ("segmentation", args.unmixing, "baseline")},
+        "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"},
+        "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256")
+                           for n in (args.segmentation, args.unmixing, "baseline")},
         "seconds": round(time.perf_counter() - t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

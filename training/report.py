@@ -339,25 +339,42 @@ def default_start() -> str | None:
 
 
 def _d_name(evaluation: dict) -> str:
-    """The D a ``training.evaluate`` JSON was made with: its weights record names S, D and the baseline."""
+    """The D a ``training.evaluate`` JSON was made with: its ``models`` (or, in files written before it, the
+    one name in its weights record other than S's and the baseline's)."""
+    if "models" in evaluation:
+        return evaluation["models"]["unmixing"]
     return next((n for n in evaluation.get("weights_sha256", {}) if n not in ("segmentation", "baseline")), "?")
 
 
+def _s_name(evaluation: dict) -> str:
+    """The S a ``training.evaluate`` JSON was made with (``segmentation`` in files written before ``models``)."""
+    return evaluation.get("models", {}).get("segmentation", "segmentation")
+
+
+def pair_label(evaluation: dict) -> str:
+    """The networks of a ``training.evaluate`` JSON for a table: its D, and its S when not the shipped one."""
+    s = _s_name(evaluation)
+    return d_label(_d_name(evaluation)) if s == "segmentation" else f"S `{s}`, D `{_d_name(evaluation)}`"
+
+
 def d_full_protocol_md(doc: dict) -> str:
-    """Another D on the segmentation table's full protocol (``doc``: its ``training.evaluate`` JSON),
-    row by row beside the default D's ``results/segmentation.json``."""
+    """Another D (or another S with its D) on the segmentation table's full protocol (``doc``: its
+    ``training.evaluate`` JSON), row by row beside the default networks' ``results/segmentation.json``."""
     default = _load("segmentation")
-    docs = [(d_label(_d_name(default)), default)] if default else []
-    docs.append((d_label(_d_name(doc)), doc))
-    rows = [f"| {label} | {_f(d['dice']['learned']['avg'])} | {_f(d['dice']['learned_tta']['avg'])} | "
+    docs = [default, doc] if default else [doc]
+    rows = [f"| {pair_label(d)} | {_f(d['dice']['naive_tta']['avg'])} | {_f(d['dice']['learned']['avg'])} | "
+            f"{_f(d['dice']['learned_tta']['avg'])} | "
+            + " | ".join(_f(d['dice']['learned_tta'][c]) for c in ("GM", "WM", "CSF")) + " | "
             f"{_f(d['dice']['learned_tta']['avg'] / d['dice']['baseline']['avg'])} | "
-            + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for label, d in docs]
+            + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for d in docs]
+    other = ("with another D; the same S, volumes, α and references" if _s_name(doc) == "segmentation" else
+             f"with another S and D; the same baseline ({_f(doc['dice']['baseline']['avg'])}), volumes, α and references")
     return "\n".join([f"Measured by `{doc['command']}` ({doc['date']}), the protocol of the segmentation table "
                       f"({doc['n_volumes']} test volumes, TTA K = {doc['tta_k']}, ICC on {doc['n_icc_scans']} scans) "
-                      "with another D; the same S, volumes, α and references. " + refreshed(doc)
-                      + "**MNI152-derived phantoms, not patients.**", "",
-                      "| D | Learned | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF |",
-                      "| --- | --- | --- | --- | --- | --- | --- |", *rows])
+                      f"{other}. " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
+                      "| networks | Naive + TTA | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline "
+                      "| ICC GM | ICC WM | ICC CSF |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
 
 
 def d_large_patches_md(doc: dict) -> str:

@@ -322,8 +322,10 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
     folders = {}
     if not model.freeze_seg:  # a frozen S is the --init-from one: nothing new to write
         model.seg.save_pretrained(args.out / name)
-        write_training_record(args.out / name, training, "mixdemo.models.SegmentationNet")
+        s_record = write_training_record(args.out / name, training, "mixdemo.models.SegmentationNet")
         folders["segmentation"] = str(args.out / name)
+        if model.unmix is not None:  # D names the S it was trained with (mixdemo.weights.paired_segmentation_sha256)
+            training = {**training, "segmentation_sha256": json.loads(s_record.read_text())["sha256"]}
     if model.unmix is not None:
         unmix_name = name if model.freeze_seg else (
             name.replace("segmentation", "unmixing") if "segmentation" in name else name + "-unmixing")
