@@ -34,7 +34,7 @@ import torch
 
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MixKey, check_alpha, sample_key
 from mixdemo.pipeline import PrivateResult, Reference, private_segment
-from mixdemo.weights import DEFAULT_UNMIXING
+from mixdemo.weights import DEFAULT_UNMIXING, unmixing_name
 
 ProgressFn = Callable[[float, str], None]
 ServerFn = Callable[[np.ndarray], torch.Tensor]
@@ -248,6 +248,19 @@ def unmixing_model(required: bool = False, name: str | None = None) -> torch.nn.
         return None
 
 
+def pairing_warning(d_name: str, server_s_sha256: str | None) -> str | None:
+    """A warning when the local D ``d_name`` was trained with another S than the one the server says it
+    serves (its ``server_info`` checksum): D then unmixes outputs it never saw. None when they pair, or
+    when the D's record or the server does not say."""
+    from mixdemo.weights import paired_segmentation_sha256, read_training_record, weights_dir
+
+    paired = paired_segmentation_sha256(read_training_record(weights_dir() / d_name))
+    if not paired or not server_s_sha256 or paired == server_s_sha256:
+        return None
+    return (f"the client network D {d_name!r} was trained with the S {paired[:12]}…, but the server serves "
+            f"{server_s_sha256[:12]}…: its unmixing may be off; pass --unmixing with a D trained for that server's S.")
+
+
 # ------------------------------------------------------------------------------ remote server
 class RemoteServer:
     """Callable sending proxies to a Mixup-Privacy server's ``segment_proxy`` endpoint."""
@@ -284,6 +297,14 @@ class RemoteServer:
     def info(self) -> dict:
         """The server's ``server_info`` endpoint."""
         return self._client.predict(api_name="/server_info")
+
+    def model_sha256(self) -> str | None:
+        """The checksum of the S the server says it serves (None if it does not say)."""
+        try:
+            info = self.info()
+        except Exception:  # noqa: BLE001 - a server without the endpoint still segments
+            return None
+        return info.get("model_sha256") if isinstance(info, dict) else None
 
     def __call__(self, proxies: np.ndarray) -> torch.Tensor:
         """(K, X, Y, Z) proxies → (K, C, X, Y, Z) mixed probabilities from the server."""
@@ -408,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         unmix = unmixing_model(name=args.unmixing)
         if unmix is None:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
+        elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
+            print(f"warning: {warning}", file=sys.stderr)
         run = segment_file(
             args.scan, args.output, remote, references=refs, alpha=args.alpha, k=args.tta,
             mode=args.mode, centre=_parse_centre(args.centre), seed=args.seed, unmix_model=unmix,

@@ -92,6 +92,25 @@ def test_cli_writes_segmentation_in_input_space(app_url, example, tmp_path, caps
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
     err = capsys.readouterr().err
     assert "t1.nii.gz" not in err  # no file name in the client's messages
+    assert "trained with the S" not in err  # the shipped D pairs with the shipped S
+
+
+def test_pairing_warning_names_a_d_trained_with_another_s(tmp_path, monkeypatch):
+    """The client warns when its D's record names another S than the server's checksum, not when they
+    pair or when either side does not say."""
+    from mixdemo.client import pairing_warning
+    from mixdemo.models import UnmixingNet
+    from mixdemo.weights import WEIGHTS_DIR_ENV, write_training_record
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    for name, record in {"d-a": {"mode": "private", "segmentation_sha256": "a" * 64},
+                         "d-old": {"mode": "private"}}.items():
+        UnmixingNet().save_pretrained(tmp_path / name)
+        write_training_record(tmp_path / name, record, "mixdemo.models.UnmixingNet")
+    assert pairing_warning("d-a", "a" * 64) is None
+    assert pairing_warning("d-a", None) is None and pairing_warning("d-old", "b" * 64) is None
+    warning = pairing_warning("d-a", "b" * 64)
+    assert "'d-a'" in warning and "aaaaaaaaaaaa" in warning and "bbbbbbbbbbbb" in warning
 
 
 @pytest.mark.slow
