@@ -171,7 +171,8 @@ def init_shas(folder: Path, mode: str, init_unmixing: str | None = None) -> dict
     from mixdemo.weights import sha256_file
 
     names = {"private": ["segmentation", "unmixing"], "unmixing": ["segmentation"]}.get(mode, ["baseline"])
-    names = [n for n in names if n != "unmixing"] + [init_unmixing] if init_unmixing else names
+    if init_unmixing:  # the D named instead of (private) or beside (unmixing) the folder 'unmixing'
+        names = [n for n in names if n != "unmixing"] + [init_unmixing]
     return {n: sha256_file(folder / n / "model.safetensors") for n in names if (folder / n / "model.safetensors").exists()}
 
 
