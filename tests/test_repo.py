@@ -121,6 +121,33 @@ def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readm
         assert f"Naive + TTA {before['naive_tta']['avg']:.3f} → {after['naive_tta']['avg']:.3f}" in readme
 
 
+def test_the_s_large_patches_record_starts_from_the_shipped_s_and_default_d_and_the_readme_quotes_it():
+    """results/s_large_patches.json (S + the default D trained on together on 64³ patches): it started from
+    the shipped S and the default D, its 'before' is the default D's row of d_large_patches.json (the same
+    protocol), its 'after' is another S and D, and the README's figures are the file's."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    record = json.loads((REPO / "results/s_large_patches.json").read_text())
+    large = json.loads((REPO / "results/d_large_patches.json").read_text())
+    shipped = {n: json.loads((REPO / f"weights/{n}/training.json").read_text())["sha256"]
+               for n in ("segmentation", DEFAULT_UNMIXING)}
+    before, after = record["before"], record["after"]
+    assert record["training"]["init_from_sha256"] == shipped and record["training"]["init_unmixing"] == DEFAULT_UNMIXING
+    assert before["weights_sha256"] == shipped[DEFAULT_UNMIXING] == large["after"]["weights_sha256"]
+    assert before["segmentation_sha256"] == shipped["segmentation"]
+    assert all(before[k] == large["after"][k] for k in ("learned", "learned_tta", "naive_tta", "baseline"))
+    assert record["protocol"].startswith(large["protocol"].split(" --unmixing")[0])
+    assert before["baseline"] == after["baseline"]
+    assert after["weights_sha256"] not in shipped.values() and after["segmentation_sha256"] not in shipped.values()
+    assert record["shipped"] is False and not (REPO / "weights" / after["model"]).exists()
+    assert "--segmentation segmentation-64 --unmixing unmixing-64" in record["commands"][1]
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    for row in ("naive_tta", "learned", "learned_tta"):
+        label = {"naive_tta": "Naive + TTA", "learned": "Learned", "learned_tta": "Learned + TTA"}[row]
+        assert f"{label} {before[row]['avg']:.3f} → {after[row]['avg']:.3f}" in readme
+    assert "`results/s_large_patches.json`" in readme
+
+
 def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme_quotes_it():
     """results/baseline_large_patches.json: its 'after' is weights/baseline and the baseline row of every
     segmentation table, its 'before' the weights that training started from, and the README quotes both."""

@@ -398,7 +398,6 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md, "runtimes": runtimes_md,
     "d_large_patches": d_large_patches_md, "segmentation-unmixing": d_full_protocol_md,
-    "segmentation-64": d_full_protocol_md,
 }
 
 
@@ -441,15 +440,6 @@ CARDS = {
                     "the default D's client time and a lower Dice (the table below). Not the "
                     "default; the app and the client use it with `MIXDEMO_UNMIXING=unmixing-p4` (or `python -m "
                     "mixdemo.client --unmixing unmixing-p4`). Load with `mixdemo.weights.load_model(\"unmixing-p4\")`."),
-    "segmentation-64": ("Mixup-Privacy server S trained on with its D on 64³ patches (evaluated beside the defaults)",
-                        "A server network S (the shipped S's U-Net++) with its own client D, `unmixing-64`: the two only "
-                        "fit each other. {how} Not the default: the app and the server serve `segmentation`; "
-                        "evaluate the pair with `python -m training.evaluate --segmentation segmentation-64 "
-                        "--unmixing unmixing-64`. Load with `mixdemo.weights.load_model(\"segmentation-64\")`."),
-    "unmixing-64": ("Mixup-Privacy client D trained on with its S on 64³ patches (evaluated beside the defaults)",
-                    "The client network D of the server S `segmentation-64`, the two trained together: it does not "
-                    "fit the shipped S, so the app's D menu leaves it out and the client warns if a server's S is "
-                    "another. {how} Load with `mixdemo.weights.load_model(\"unmixing-64\")`."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
@@ -497,11 +487,6 @@ def unmixing_how(folder: Path) -> str:
                  "an α-gated per-voxel skip from the inputs to the logits")
     where = (f"Its four blocks run on {patch}³ patches (a stride-{patch} convolution in, a transposed one out, "
              f"and {per_voxel})." if patch > 1 else "")
-    if record.get("init_unmixing") and record.get("mode") == "private":
-        how = (f"Started from the shipped S and the D `{record['init_unmixing']}` and trained on end to end, "
-               f"S and D together, for {record['steps']} steps on {record.get('patch_size', 32)}³ patches "
-               f"(`--mode private --init-unmixing {record['init_unmixing']} --patch-size {record.get('patch_size', 32)}`).")
-        return f"{where} {how}".strip()
     if record.get("init_unmixing"):
         how = (f"Started from the D `{record['init_unmixing']}` and trained on alone against the frozen S "
                f"(`--mode unmixing --init-unmixing {record['init_unmixing']}`)")
@@ -521,10 +506,6 @@ OTHER_DS: dict[str, tuple[str, Callable[[dict], str]]] = {
 }
 
 
-# an S and its D trained together, evaluated beside the shipped networks: the results file of the pair
-OTHER_PAIRS: dict[str, str] = {"segmentation-64": "segmentation-64", "unmixing-64": "segmentation-64"}
-
-
 def write_cards(weights_root: Path) -> list[Path]:
     """Model cards quoting the measured table and the commands."""
     seg = _load("segmentation")
@@ -539,10 +520,6 @@ def write_cards(weights_root: Path) -> list[Path]:
             privacy = _load("privacy")
             if privacy:
                 sections["Evaluation (phantom test patches)"] = two_references_md(privacy)
-        elif name in OTHER_PAIRS:
-            pair = _load(OTHER_PAIRS[name])
-            if pair:
-                sections["Evaluation against the shipped S and D (phantom test set)"] = d_full_protocol_md(pair)
         elif name in OTHER_DS:
             against, render = OTHER_DS[name]
             compared = _load(against)
