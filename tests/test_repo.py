@@ -84,7 +84,12 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
     rows = [line for line in d_designs_md(designs).splitlines() if line.startswith("| `")]
     assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default) |")
     assert rows[0].endswith(f"| {trained_on['after']['learned_tta']['avg']:.3f} | {trained_on['after']['tta_over_baseline']:.3f} |")
-    assert len(rows) == len(designs["rows"]) + 1 and "results/d_large_patches.json" in d_designs_md(designs)
+    records = [json.loads((REPO / f"results/{n}.json").read_text()) for n in ("d_large_patches", "d_p2_large_patches")]
+    assert len(rows) == len(designs["rows"]) + sum(bool(r["shipped"]) for r in records)
+    assert "results/d_large_patches.json" in d_designs_md(designs)
+    if records[1]["shipped"]:  # a shipped p2 trained on larger patches: its row, from its record
+        assert any(r.startswith("| `unmixing-p2-96` |") and f"| {records[1]['after']['learned_tta']['avg']:.3f} |" in r
+                   for r in rows)
 
 
 @pytest.mark.parametrize("name", ["d_trained_on", "s_trained_on", "d_large_patches"])
@@ -146,6 +151,31 @@ def test_the_s_large_patches_record_starts_from_the_shipped_s_and_default_d_and_
         label = {"naive_tta": "Naive + TTA", "learned": "Learned", "learned_tta": "Learned + TTA"}[row]
         assert f"{label} {before[row]['avg']:.3f} → {after[row]['avg']:.3f}" in readme
     assert "`results/s_large_patches.json`" in readme
+
+
+def test_the_p2_large_patches_record_starts_from_the_shipped_p2_and_the_readme_quotes_it():
+    """results/d_p2_large_patches.json (the D on 2³ patches trained on 96³ patches): it started from the shipped
+    S and unmixing-p2, its 'before' is p2's row of d_designs.json, a shipped 'after' is the committed folder
+    (and not an unshipped one), and the README's figures are the file's."""
+    record = json.loads((REPO / "results/d_p2_large_patches.json").read_text())
+    designs = json.loads((REPO / "results/d_designs.json").read_text())
+    shipped = {n: json.loads((REPO / f"weights/{n}/training.json").read_text())["sha256"]
+               for n in ("segmentation", "unmixing-p2")}
+    before, after = record["before"], record["after"]
+    assert record["training"]["init_from_sha256"] == shipped
+    assert {k: v for k, v in before.items() if k != "source"} == next(r for r in designs["rows"] if r["model"] == "unmixing-p2")
+    assert record["protocol"] == designs["protocol"] and before["baseline"] == after["baseline"]
+    assert after["model"] == "unmixing-p2-96" and after["patch"] == before["patch"] == 2
+    folder = REPO / "weights" / after["model"]
+    if record["shipped"]:
+        assert sha256_file(folder / "model.safetensors") == after["weights_sha256"]
+        assert json.loads((folder / "training.json").read_text())["command"] == record["commands"][0]
+    else:
+        assert not folder.exists()
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
+    assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}" in readme
+    assert "`results/d_p2_large_patches.json`" in readme
 
 
 def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme_quotes_it():

@@ -31,7 +31,7 @@ from training import command_line, evaluate
 DEFAULT_FILES = (
     "results/segmentation.json", "results/segmentation-unmixing.json", "results/segmentation-unmixing-p4.json",
     "results/d_designs.json", "results/d_large_patches.json", "results/d_trained_on.json", "results/s_trained_on.json",
-    "results/s_large_patches.json",
+    "results/s_large_patches.json", "results/d_p2_large_patches.json",
 )
 
 

@@ -301,6 +301,10 @@ def reliability_md(doc: dict) -> str:
                       *[f"| {k.replace('_', ' ')} | {doc[k]} |" for k in keys if not isinstance(doc[k], (dict, list))]])
 
 
+# records of a D trained on larger patches (before/after on the D designs' protocol); a shipped one's row joins that table
+LARGE_PATCH_RECORDS = ("d_large_patches", "d_p2_large_patches")
+
+
 def d_designs_md(doc: dict) -> str:
     """The client networks D compared on one protocol, with each one's client time from the benchmark."""
     bench = {r["model"]: r for r in ((_load("bench") or {}).get("levers") or {}).get("unmix_nets") or []}
@@ -310,11 +314,14 @@ def d_designs_md(doc: dict) -> str:
              "| D | its blocks run | parameters | D's time | privacy tax | client share | Learned | Learned + TTA | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = list(doc["rows"])
-    trained_on = _load("d_large_patches") or {}
-    if DEFAULT_UNMIXING not in {r["model"] for r in rows} and trained_on.get("protocol") == doc["protocol"] \
-            and trained_on["after"]["model"] == DEFAULT_UNMIXING:  # the default's row, measured on this protocol
-        rows.insert(0, trained_on["after"])
-        lines[0] += f" The default D's row: `results/d_large_patches.json` (`{trained_on['commands'][1]}`)."
+    for name in reversed(LARGE_PATCH_RECORDS):  # shipped Ds trained on larger patches, measured on this protocol
+        trained_on = _load(name) or {}
+        after = trained_on.get("after", {})
+        if trained_on.get("shipped") and trained_on.get("protocol") == doc["protocol"] \
+                and after.get("model") not in {r["model"] for r in rows}:
+            rows.insert(0, after)
+            whose = "The default D's row" if after["model"] == DEFAULT_UNMIXING else f"The row of `{after['model']}`"
+            lines[0] += f" {whose}: `results/{name}.json` (`{trained_on['commands'][1]}`)."
     for row in rows:
         where = d_where(row["patch"], row.get("voxel_hidden", 0))
         timed = bench.get(row["model"], {})
@@ -378,7 +385,8 @@ def d_full_protocol_md(doc: dict) -> str:
 
 
 def d_large_patches_md(doc: dict) -> str:
-    """The end-to-end D before and after training on where it runs (``results/d_large_patches.json``)."""
+    """A D before and after training on patches closer to the whole volume it runs on
+    (``results/d_large_patches.json``: the end-to-end D; ``d_p2_large_patches.json``: the D on 2³ patches)."""
     t = doc["training"]
     lines = [f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']}); compared by "
              f"`{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: `{doc['protocol']}`. " + refreshed(doc)
@@ -398,6 +406,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md, "runtimes": runtimes_md,
     "d_large_patches": d_large_patches_md, "segmentation-unmixing": d_full_protocol_md,
+    "d_p2_large_patches": d_large_patches_md,
 }
 
 
@@ -435,6 +444,11 @@ CARDS = {
                     "client time and less accurate after TTA (the table below). Not the default; the app and "
                     "the client use it with `MIXDEMO_UNMIXING=unmixing-p2` (or `python -m mixdemo.client --unmixing "
                     "unmixing-p2`). Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
+    "unmixing-p2-96": ("Mixup-Privacy client unmixing network D on 2³ patches, trained on 96³ patches",
+                       "The cheaper client D `unmixing-p2` (the default D's four AdaIN blocks and widths). {how} "
+                       "The same network as `unmixing-p2`, so the same client time. Not the default; the app and the "
+                       "client use it with `MIXDEMO_UNMIXING=unmixing-p2-96` (or `python -m mixdemo.client --unmixing "
+                       "unmixing-p2-96`). Load with `mixdemo.weights.load_model(\"unmixing-p2-96\")`."),
     "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
                     "The cheapest client D: the default D's four AdaIN blocks and widths. {how} A small fraction of "
                     "the default D's client time and a lower Dice (the table below). Not the "
@@ -502,7 +516,7 @@ def unmixing_how(folder: Path) -> str:
 # a D shipped beside the default: the results file that compares it with the default D, and its renderer
 OTHER_DS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "unmixing-p2": ("d_designs", d_designs_md), "unmixing-p4": ("d_designs", d_designs_md),
-    "unmixing": ("d_large_patches", d_large_patches_md),
+    "unmixing": ("d_large_patches", d_large_patches_md), "unmixing-p2-96": ("d_p2_large_patches", d_large_patches_md),
 }
 
 
