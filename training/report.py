@@ -538,7 +538,9 @@ def write_cards(weights_root: Path) -> list[Path]:
             against, render = OTHER_DS[name]
             compared = _load(against)
             if compared:
-                sections["Evaluation against the default D (phantom test set)"] = render(compared)
+                table = render(compared)
+                against_what = "the default D" if "(default)" in table else "the D it was trained on from"
+                sections[f"Evaluation against {against_what} (phantom test set)"] = table
             full = _load(f"segmentation-{name}")
             if full:
                 sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
