@@ -92,6 +92,26 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
                    for r in rows)
 
 
+def test_each_d_card_compares_it_with_the_ds_its_records_name():
+    """A D's card sections follow its records: the D designs table for a D other than the default, the record of
+    its training on from another D (titled with that start) and its full-protocol row when one exists."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training.refresh_baseline import default_files
+    from training.report import D_TRAINED_ON, d_comparisons
+
+    default = d_comparisons(DEFAULT_UNMIXING)
+    start = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())["before"]["model"]
+    assert list(default) == [f"Against the D it was trained on from (`{start}`)"]
+    p2 = d_comparisons("unmixing-p2-96")
+    assert list(p2)[:2] == ["Evaluation against the default D (phantom test set)",
+                            "Against the D it was trained on from (`unmixing-p2`)"]
+    assert "| `unmixing-p2-96` |" in p2["Evaluation against the default D (phantom test set)"]
+    assert "Evaluation on the segmentation table's protocol" in d_comparisons("unmixing-p4")
+    files = {p.name for p in default_files()}  # refresh_baseline: every file quoting the baseline beside private nets
+    assert {f"{r}.json" for r in D_TRAINED_ON.values()} | {"segmentation.json", "d_designs.json"} <= files
+    assert "baseline_large_patches.json" not in files  # trains the baseline itself: its rows are not to be replaced
+
+
 @pytest.mark.parametrize("name", ["d_trained_on", "s_trained_on", "d_large_patches"])
 def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readme_quotes_them(name: str):
     """results/{d,s}_trained_on.json and d_large_patches.json (more training of the end-to-end D, or of S + D):

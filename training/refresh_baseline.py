@@ -28,16 +28,29 @@ from mixdemo.data import load_cohort, load_volumes
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
 from training import command_line, evaluate
 
-DEFAULT_FILES = (
-    "results/segmentation.json", "results/segmentation-unmixing.json", "results/segmentation-unmixing-p4.json",
-    "results/d_designs.json", "results/d_large_patches.json", "results/d_trained_on.json", "results/s_trained_on.json",
-    "results/s_large_patches.json", "results/d_p2_large_patches.json",
-)
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def comparison_rows(doc: dict) -> list[dict]:
+    """The rows of a ``training.compare_unmixing``-protocol file that are compared with the baseline (each with a
+    ``baseline`` row and a ``learned_tta`` one; a record that trains the baseline itself has none)."""
+    rows = [*doc.get("rows", []), doc.get("before"), doc.get("after")]
+    return [r for r in rows if isinstance(r, dict) and "baseline" in r and "learned_tta" in r]
+
+
+def has_baseline_rows(doc: dict) -> bool:
+    """Whether ``doc`` quotes the baseline beside private networks: a ``training.evaluate`` output or a comparison."""
+    return (isinstance(doc.get("dice"), dict) and "baseline" in doc["dice"]) or bool(comparison_rows(doc))
+
+
+def default_files() -> list[Path]:
+    """Every committed results JSON with baseline rows."""
+    return [p for p in sorted(RESULTS.glob("*.json")) if has_baseline_rows(json.loads(p.read_text()))]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="*", type=Path, default=[Path(f) for f in DEFAULT_FILES],
+    p.add_argument("files", nargs="*", type=Path,
                    help="results JSONs to refresh (default: every committed one with baseline rows)")
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
@@ -79,7 +92,7 @@ def refresh(doc: dict, baseline: dict[str, float]) -> int:
     if isinstance(doc.get("dice"), dict) and "baseline" in doc["dice"]:
         doc["dice"]["baseline"] = baseline
         return 1
-    rows = [r for r in [*doc.get("rows", []), doc.get("before"), doc.get("after")] if isinstance(r, dict) and "baseline" in r]
+    rows = comparison_rows(doc)
     for row in rows:
         row["baseline"] = baseline
         row["tta_over_baseline"] = round(row["learned_tta"]["avg"] / baseline["avg"], 4)
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     sha = read_training_record(resolve_model_dir("baseline")).get("sha256")
     command = command_line("training.refresh_baseline", argv)
     refreshed = {}  # every file is measured before any is written: a file that cannot be leaves all as they were
-    for path in args.files:
+    for path in args.files or default_files():
         doc = json.loads(path.read_text())
         t0 = time.perf_counter()
         row = measured.row(protocol_args(doc))

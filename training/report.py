@@ -301,8 +301,26 @@ def reliability_md(doc: dict) -> str:
                       *[f"| {k.replace('_', ' ')} | {doc[k]} |" for k in keys if not isinstance(doc[k], (dict, list))]])
 
 
-# records of a D trained on larger patches (before/after on the D designs' protocol); a shipped one's row joins that table
-LARGE_PATCH_RECORDS = ("d_large_patches", "d_p2_large_patches")
+# a D trained on from another on larger patches -> the record of that training (``before``: its start, ``after``: it,
+# both on the D designs' protocol). The one registry of these records: the D designs table, the README blocks, the
+# model cards and ``training.refresh_baseline`` all follow it.
+D_TRAINED_ON = {"unmixing-96": "d_large_patches", "unmixing-p2-96": "d_p2_large_patches"}
+
+
+def d_designs_rows(doc: dict) -> tuple[list[dict], list[str]]:
+    """The D designs table's rows: ``doc``'s, with the shipped Ds of ``D_TRAINED_ON`` measured on the same protocol
+    (the default first), and a sentence naming where each of those rows comes from."""
+    rows, notes = list(doc["rows"]), []
+    shipped = sorted(D_TRAINED_ON.items(), key=lambda item: item[0] != DEFAULT_UNMIXING)
+    for name, record in reversed(shipped):
+        trained_on = _load(record) or {}
+        after = trained_on.get("after", {})
+        if trained_on.get("shipped") and trained_on.get("protocol") == doc["protocol"] \
+                and after.get("model") == name and name not in {r["model"] for r in rows}:
+            rows.insert(0, after)
+            whose = "The default D's row" if name == DEFAULT_UNMIXING else f"The row of `{name}`"
+            notes.insert(0, f"{whose}: `results/{record}.json` (`{trained_on['commands'][1]}`).")
+    return rows, notes
 
 
 def d_designs_md(doc: dict) -> str:
@@ -313,15 +331,8 @@ def d_designs_md(doc: dict) -> str:
              "`python -m mixdemo.bench` (whole volume, K = 1). " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
              "| D | its blocks run | parameters | D's time | privacy tax | client share | Learned | Learned + TTA | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    rows = list(doc["rows"])
-    for name in reversed(LARGE_PATCH_RECORDS):  # shipped Ds trained on larger patches, measured on this protocol
-        trained_on = _load(name) or {}
-        after = trained_on.get("after", {})
-        if trained_on.get("shipped") and trained_on.get("protocol") == doc["protocol"] \
-                and after.get("model") not in {r["model"] for r in rows}:
-            rows.insert(0, after)
-            whose = "The default D's row" if after["model"] == DEFAULT_UNMIXING else f"The row of `{after['model']}`"
-            lines[0] += f" {whose}: `results/{name}.json` (`{trained_on['commands'][1]}`)."
+    rows, notes = d_designs_rows(doc)
+    lines[0] += "".join(f" {note}" for note in notes)
     for row in rows:
         where = d_where(row["patch"], row.get("voxel_hidden", 0))
         timed = bench.get(row["model"], {})
@@ -404,15 +415,21 @@ def d_large_patches_md(doc: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
-    "d_designs": d_designs_md, "segmentation-unmixing-p4": d_full_protocol_md, "runtimes": runtimes_md,
-    "d_large_patches": d_large_patches_md, "segmentation-unmixing": d_full_protocol_md,
-    "d_p2_large_patches": d_large_patches_md,
+    "d_designs": d_designs_md, "runtimes": runtimes_md,
 }
+
+
+def renderers() -> dict[str, Callable[[dict], str]]:
+    """Every results file the README and the cards render: the fixed ones, each D's training-on record
+    (``D_TRAINED_ON``) and each other D on the segmentation table's protocol (``results/segmentation-<D>.json``)."""
+    full_protocol = sorted(p.stem for p in (REPO / "results").glob("segmentation-*.json"))
+    return {**RENDERERS, **{record: d_large_patches_md for record in D_TRAINED_ON.values()},
+            **{name: d_full_protocol_md for name in full_protocol}}
 
 
 def render_readme(text: str) -> str:
     """Replace every marked block whose JSON exists."""
-    for name, render in RENDERERS.items():
+    for name, render in renderers().items():
         doc = _load(name)
         if doc is None:
             continue
@@ -513,11 +530,21 @@ def unmixing_how(folder: Path) -> str:
     return f"{where} {how}".strip()
 
 
-# a D shipped beside the default: the results file that compares it with the default D, and its renderer
-OTHER_DS: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "unmixing-p2": ("d_designs", d_designs_md), "unmixing-p4": ("d_designs", d_designs_md),
-    "unmixing": ("d_large_patches", d_large_patches_md), "unmixing-p2-96": ("d_p2_large_patches", d_large_patches_md),
-}
+def d_comparisons(name: str) -> dict[str, str]:
+    """A D's card sections that compare it with other Ds: the D designs table (with the default D, when ``name``
+    is one of its rows and not the default), the record of its training on from another D (``D_TRAINED_ON``)
+    and its row on the segmentation table's protocol (``results/segmentation-<name>.json``)."""
+    sections = {}
+    designs = _load("d_designs")
+    if designs and name != DEFAULT_UNMIXING and name in {r["model"] for r in d_designs_rows(designs)[0]}:
+        sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
+    trained_on = _load(D_TRAINED_ON[name]) if name in D_TRAINED_ON else None
+    if trained_on:
+        sections[f"Against the D it was trained on from (`{trained_on['before']['model']}`)"] = d_large_patches_md(trained_on)
+    full = _load(f"segmentation-{name}") if name != DEFAULT_UNMIXING else None
+    if full:
+        sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
+    return sections
 
 
 def write_cards(weights_root: Path) -> list[Path]:
@@ -534,23 +561,12 @@ def write_cards(weights_root: Path) -> list[Path]:
             privacy = _load("privacy")
             if privacy:
                 sections["Evaluation (phantom test patches)"] = two_references_md(privacy)
-        elif name in OTHER_DS:
-            against, render = OTHER_DS[name]
-            compared = _load(against)
-            if compared:
-                table = render(compared)
-                against_what = "the default D" if "(default)" in table else "the D it was trained on from"
-                sections[f"Evaluation against {against_what} (phantom test set)"] = table
-            full = _load(f"segmentation-{name}")
-            if full:
-                sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
+        elif name.startswith("unmixing") and name != DEFAULT_UNMIXING:
+            sections.update(d_comparisons(name))
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
-            start = default_start() if name == DEFAULT_UNMIXING else None
-            against, render = OTHER_DS.get(start, (None, None))
-            compared = _load(against) if against else None
-            if compared:
-                sections[f"Against the D it was trained on from (`{start}`)"] = render(compared)
+            if name == DEFAULT_UNMIXING:
+                sections.update(d_comparisons(name))
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
                                       "7.0 M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
