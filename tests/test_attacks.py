@@ -378,6 +378,23 @@ def test_evaluate_privacy_smoke(tmp_path: Path) -> None:
         assert (tmp_path / fig).stat().st_size > 0
 
 
+def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
+    """``--unmixing NAME``: the sections that unmix load that D and record its checksum under its name."""
+    import torch
+
+    from mixdemo.weights import DEFAULT_UNMIXING, WeightsError, load_model
+    from training.evaluate_privacy import load_models, parse_args
+
+    assert parse_args([]).unmixing is None and parse_args(["--unmixing", "unmixing-p2"]).unmixing == "unmixing-p2"
+    try:
+        expected = load_model("unmixing-p2")
+    except WeightsError:
+        pytest.skip("no local unmixing-p2 weights")
+    models, shas = load_models(torch.device("cpu"), need_seg=True, allow_hub=False, unmixing="unmixing-p2")
+    assert "unmixing-p2" in shas and DEFAULT_UNMIXING not in shas
+    assert all(torch.equal(a, b) for a, b in zip(models["unmixing"].state_dict().values(), expected.state_dict().values()))
+
+
 def test_gaussian_tail_starts_at_sigma_1_and_equals_the_exact_prior_there() -> None:
     """With the tail set to the analytic prior's own Gaussian, the hybrid sampler from σ_1 is the exact
     full-schedule sampler; and it separates (positive control: α = 1) from σ_1 = 50."""

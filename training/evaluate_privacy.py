@@ -102,14 +102,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-tail", action="store_true", help="skip the levels above --max-sigma instead (start Langevin there)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--unmixing", default=None,
+                   help="the one-reference D model folder of the sections that unmix (leakage, defences, sweep); "
+                        "default: the client's default D (mixdemo.weights.DEFAULT_UNMIXING)")
     return p.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------------ setup
 
 
-def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True) -> tuple[dict, dict]:
-    """Trained score, S and D when their folders exist, else untrained stand-ins (said in the record).
+def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True,
+                unmixing: str | None = None) -> tuple[dict, dict]:
+    """Trained score, S and D (``unmixing``, default the client's default D) when their folders exist, else
+    untrained stand-ins (said in the record).
 
     ``allow_hub=False`` skips the Hub look-up when the local folder is missing (offline tests).
     """
@@ -117,7 +122,7 @@ def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True) ->
 
     models, shas = {}, {}
     roles = {"score": ("score", ScoreNet), "segmentation": ("segmentation", SegmentationNet),
-             "unmixing": (DEFAULT_UNMIXING, UnmixingNet), TWO_REF_SEG: (TWO_REF_SEG, SegmentationNet),
+             "unmixing": (unmixing or DEFAULT_UNMIXING, UnmixingNet), TWO_REF_SEG: (TWO_REF_SEG, SegmentationNet),
              TWO_REF_UNMIX: (TWO_REF_UNMIX, lambda: UnmixingNet(n_references=2))}
     for role, (name, cls) in roles.items():
         if role != "score" and not need_seg:
@@ -603,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict:
     fig_dir = out_path.parent
     t0 = time.perf_counter()
     need_seg = bool({"leakage", "defences", "sweep"} & set(sections))
-    models, shas = load_models(device, need_seg, allow_hub=not args.smoke)
+    models, shas = load_models(device, need_seg, allow_hub=not args.smoke, unmixing=args.unmixing)
     score = models["score"]
     c = load_data(args.data, cfg)
     ar = tuple(args.alpha_range)
