@@ -85,8 +85,10 @@ def privacy_md(doc: dict) -> str:
     """The paper's attacks (BSS, re-identification) and, where measured, the stronger ones."""
     bss, reid = doc.get("bss", {}), doc.get("reid", {})
     commands = doc.get("commands") or [doc.get("command", "?")]
-    lines = [f"Measured by {' then '.join(f'`{c}`' for c in commands)} ({doc.get('date', '?')}). "
-             "**MNI152-derived phantoms, not patients.**", ""]
+    d = next((n for n in doc.get("weights_sha256", {}) if n.startswith("unmixing") and not n.endswith("-2ref")), None)
+    networks = f"The sections that unmix use S `segmentation` and D {d_label(d)}. " if d else ""
+    lines = [f"Measured by {' then '.join(f'`{c}`' for c in commands)} ({doc.get('date', '?')}). " + networks
+             + "**MNI152-derived phantoms, not patients.**", ""]
     if bss:
         lines += ["| Blind source separation (MS-SSIM to the true target) | mean ± sd | n |", "| --- | --- | --- |"]
         for key, label in (("alpha_known", "Langevin, α known"), ("alpha_unknown", "Langevin, α unknown"),
