@@ -189,9 +189,11 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
     return rows
 
 
-D_VARIANTS = tuple(dict.fromkeys((DEFAULT_UNMIXING, "unmixing", "unmixing-p2", "unmixing-p4")))
+D_VARIANTS = tuple(dict.fromkeys((DEFAULT_UNMIXING, "unmixing-96", "unmixing", "unmixing-p2-96", "unmixing-p2",
+                                   "unmixing-p4")))
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present): the default
-first, then the end-to-end D it was trained on from, and the cheaper designs."""
+first, then each shipped one-reference D (the end-to-end D, the cheaper designs, and those trained on from
+them on 96³ patches: the same networks, other weights)."""
 
 
 def shipped_ds(default_unmix: torch.nn.Module) -> dict[str, torch.nn.Module]:
