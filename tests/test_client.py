@@ -209,39 +209,38 @@ def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatc
 
 def test_unmixing_choices_lists_the_local_one_reference_ds_the_chosen_first(tmp_path, monkeypatch):
     """The app's D menu: each local one-reference D with where its blocks run, $MIXDEMO_UNMIXING's (or
-    ``unmixing-96``, the default) first; not an S, not a three-source D; the chosen name alone when none is local."""
+    the default's) first; not an S, not a three-source D; the chosen name alone when none is local."""
     from mixdemo.models import SegmentationNet, UnmixingNet
     from mixdemo.weights import DEFAULT_UNMIXING, UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
 
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(UNMIXING_ENV, raising=False)
-    assert DEFAULT_UNMIXING == "unmixing-96"
-    assert unmixing_choices() == [("unmixing-96", "")]
-    for name, model in {"unmixing": UnmixingNet(), "unmixing-p4": UnmixingNet(patch=4, voxel_hidden=8),
-                        "unmixing-96": UnmixingNet(),
+    assert unmixing_choices() == [(DEFAULT_UNMIXING, "")]
+    for name, model in {"unmixing-a": UnmixingNet(), "unmixing-p4": UnmixingNet(patch=4, voxel_hidden=8),
+                        DEFAULT_UNMIXING: UnmixingNet(),
                         "unmixing-2ref": UnmixingNet(n_references=2), "segmentation": SegmentationNet(features=(4, 4, 8, 8, 16, 4))}.items():
         model.save_pretrained(tmp_path / name)
-        trained_on = {"patch_size": 96} if name == "unmixing-96" else {"patch_size": 32}
+        trained_on = {"patch_size": 96} if name == DEFAULT_UNMIXING else {"patch_size": 32}
         write_training_record(tmp_path / name, trained_on, f"mixdemo.models.{type(model).__name__}")
-    assert unmixing_choices() == [("unmixing-96", "at full resolution, trained on 96³ patches"),
-                                  ("unmixing", "at full resolution"),
+    assert unmixing_choices() == [(DEFAULT_UNMIXING, "at full resolution, trained on 96³ patches"),
+                                  ("unmixing-a", "at full resolution"),
                                   ("unmixing-p4", "on 4³ patches, a per-voxel MLP (8 channels)")]
     monkeypatch.setenv(UNMIXING_ENV, "unmixing-p4")
-    assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", "unmixing", "unmixing-96"]
+    assert [n for n, _ in unmixing_choices()] == ["unmixing-p4", *sorted(["unmixing-a", DEFAULT_UNMIXING])]
 
 
 def test_unmixing_choices_leave_out_the_ds_trained_with_another_s(tmp_path, monkeypatch):
     """A D is listed only when its record names no S or the local S (the server's): one trained beside another
     S (segmentation_sha256) or against another frozen S (--mode unmixing) would unmix outputs it never saw."""
     from mixdemo.models import SegmentationNet, UnmixingNet
-    from mixdemo.weights import UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
+    from mixdemo.weights import DEFAULT_UNMIXING, UNMIXING_ENV, WEIGHTS_DIR_ENV, unmixing_choices, write_training_record
 
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(UNMIXING_ENV, raising=False)
     SegmentationNet(features=(4, 4, 8, 8, 16, 4)).save_pretrained(tmp_path / "segmentation")
     server_s = json.loads(write_training_record(tmp_path / "segmentation", {}, "mixdemo.models.SegmentationNet")
                           .read_text())["sha256"]
-    records = {"unmixing-96": {"mode": "unmixing", "init_from_sha256": {"segmentation": server_s}},
+    records = {DEFAULT_UNMIXING: {"mode": "unmixing", "init_from_sha256": {"segmentation": server_s}},
                "unmixing-beside": {"mode": "private", "segmentation_sha256": server_s},
                "unmixing-old": {"mode": "private"},
                "unmixing-64": {"mode": "private", "segmentation_sha256": "another S"},
@@ -249,4 +248,4 @@ def test_unmixing_choices_leave_out_the_ds_trained_with_another_s(tmp_path, monk
     for name, record in records.items():
         UnmixingNet().save_pretrained(tmp_path / name)
         write_training_record(tmp_path / name, record, "mixdemo.models.UnmixingNet")
-    assert [n for n, _ in unmixing_choices()] == ["unmixing-96", "unmixing-beside", "unmixing-old"]
+    assert [n for n, _ in unmixing_choices()] == [DEFAULT_UNMIXING, "unmixing-beside", "unmixing-old"]

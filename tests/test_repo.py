@@ -116,9 +116,9 @@ def test_each_d_card_compares_it_with_the_ds_its_records_name():
 def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readme_quotes_them(name: str):
     """results/{d,s}_trained_on.json and d_large_patches.json (more training of the end-to-end D, or of S + D):
     their 'before' is that D's row of results/d_designs.json, they started from the shipped S and that D,
-    a shipped 'after' is the committed model folder (d_large_patches': the default D), and the README's
-    figures are the files'."""
-    from mixdemo.weights import DEFAULT_UNMIXING
+    a shipped 'after' is the committed model folder (d_large_patches': unmixing-96, as report.D_TRAINED_ON says),
+    and the README's figures are the files'."""
+    from training.report import D_TRAINED_ON
 
     record = json.loads((REPO / f"results/{name}.json").read_text())
     shipped = json.loads((REPO / "weights/unmixing/training.json").read_text())["sha256"]
@@ -136,8 +136,9 @@ def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readm
         assert json.loads((folder / "training.json").read_text())["sha256"] == after["weights_sha256"]
         assert sha256_file(folder / "model.safetensors") == after["weights_sha256"]
         assert record["commands"][0] == json.loads((folder / "training.json").read_text())["command"]
-    if name == "d_large_patches":  # the default D is the one this record shows gaining
-        assert after["model"] == DEFAULT_UNMIXING and record["shipped"].startswith(f"weights/{DEFAULT_UNMIXING},")
+    trained_on = {record_name: d for d, record_name in D_TRAINED_ON.items()}
+    if name in trained_on:  # a D of the registry is the one its record shows gaining
+        assert after["model"] == trained_on[name] and record["shipped"].startswith(f"weights/{trained_on[name]},")
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
     assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}" in readme
@@ -147,18 +148,18 @@ def test_the_trained_on_records_compare_against_the_shipped_models_and_the_readm
 
 
 def test_the_s_large_patches_record_starts_from_the_shipped_s_and_default_d_and_the_readme_quotes_it():
-    """results/s_large_patches.json (S + the default D trained on together on 64³ patches): it started from
-    the shipped S and the default D, its 'before' is the default D's row of d_large_patches.json (the same
+    """results/s_large_patches.json (S + unmixing-96, the default D then, trained on together on 64³ patches): it
+    started from the shipped S and unmixing-96, its 'before' is that D's row of d_large_patches.json (the same
     protocol), its 'after' is another S and D, and the README's figures are the file's."""
-    from mixdemo.weights import DEFAULT_UNMIXING
+    start_d = "unmixing-96"  # the D it started from (the default D when it ran)
 
     record = json.loads((REPO / "results/s_large_patches.json").read_text())
     large = json.loads((REPO / "results/d_large_patches.json").read_text())
     shipped = {n: json.loads((REPO / f"weights/{n}/training.json").read_text())["sha256"]
-               for n in ("segmentation", DEFAULT_UNMIXING)}
+               for n in ("segmentation", start_d)}
     before, after = record["before"], record["after"]
-    assert record["training"]["init_from_sha256"] == shipped and record["training"]["init_unmixing"] == DEFAULT_UNMIXING
-    assert before["weights_sha256"] == shipped[DEFAULT_UNMIXING] == large["after"]["weights_sha256"]
+    assert record["training"]["init_from_sha256"] == shipped and record["training"]["init_unmixing"] == start_d
+    assert before["weights_sha256"] == shipped[start_d] == large["after"]["weights_sha256"]
     assert before["segmentation_sha256"] == shipped["segmentation"]
     assert all(before[k] == large["after"][k] for k in ("learned", "learned_tta", "naive_tta", "baseline"))
     assert record["protocol"].startswith(large["protocol"].split(" --unmixing")[0])
