@@ -445,34 +445,26 @@ CARDS = {
                      "The server-side network of Mixup-Privacy: segments a *proxy* (target mixed with a private "
                      "reference, Eq. 2) into the mixed segmentation ŷ_mix (Eq. 3). MONAI `BasicUNetPlusPlus` with "
                      "batch norm. Load with `mixdemo.weights.load_model(\"segmentation\")`."),
-    "unmixing-96": ("Mixup-Privacy client unmixing network D (AdaIN U-Net), the default",
+    "unmixing-96": ("Mixup-Privacy client unmixing network D (AdaIN U-Net) at full resolution, trained on 96³ patches",
                     "The client-side unmixing network: from softmax(ŷ_mix), the reference's one-hot labels and α "
                     "(through adaptive instance norm) it predicts the target's segmentation. {how} The client runs "
                     "D on the whole volume, where its adaptive instance norm takes statistics over the whole grid, "
-                    "so it was trained on last on patches closer to that. The default D of the app and the client. "
-                    "Load with `mixdemo.weights.load_model(\"unmixing-96\")`."),
+                    "so it was trained on last on patches closer to that."),
     "unmixing": ("Mixup-Privacy client unmixing network D trained end to end with S (32³ patches)",
                  "The client-side unmixing network: from softmax(ŷ_mix), the reference's one-hot labels and α "
                  "(through adaptive instance norm) it predicts the target's segmentation. {how} It "
-                 "is the start of the default D `unmixing-96`, which trained on from it on 96³ patches and scores "
-                 "higher at the same client time (the tables below). Not the default; the app and the client use it with "
-                 "`MIXDEMO_UNMIXING=unmixing` (or `python -m mixdemo.client --unmixing unmixing`). "
-                 "Load with `mixdemo.weights.load_model(\"unmixing\")`."),
-    "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper, less accurate)",
-                    "A cheaper client D: the default D's four AdaIN blocks and widths. {how} A fraction of the default D's "
-                    "client time and less accurate after TTA (the table below). Not the default; the app and "
-                    "the client use it with `MIXDEMO_UNMIXING=unmixing-p2` (or `python -m mixdemo.client --unmixing "
-                    "unmixing-p2`). Load with `mixdemo.weights.load_model(\"unmixing-p2\")`."),
+                 "is the start of `unmixing-96`, which trained on from it on 96³ patches and scores "
+                 "higher at the same client time (the tables below)."),
+    "unmixing-p2": ("Mixup-Privacy client unmixing network D on 2³ patches (cheaper)",
+                    "A cheaper client D: the four AdaIN blocks and widths of `unmixing`. {how} A fraction of the "
+                    "full-resolution Ds' client time (the table below). It is the start of `unmixing-p2-96`, which "
+                    "trained on from it on 96³ patches."),
     "unmixing-p2-96": ("Mixup-Privacy client unmixing network D on 2³ patches, trained on 96³ patches",
-                       "The cheaper client D `unmixing-p2` (the default D's four AdaIN blocks and widths). {how} "
-                       "The same network as `unmixing-p2`, so the same client time. Not the default; the app and the "
-                       "client use it with `MIXDEMO_UNMIXING=unmixing-p2-96` (or `python -m mixdemo.client --unmixing "
-                       "unmixing-p2-96`). Load with `mixdemo.weights.load_model(\"unmixing-p2-96\")`."),
+                       "The cheaper client D `unmixing-p2` (the four AdaIN blocks and widths of `unmixing`) trained "
+                       "on where it runs. {how} The same network as `unmixing-p2`, so the same client time."),
     "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
-                    "The cheapest client D: the default D's four AdaIN blocks and widths. {how} A small fraction of "
-                    "the default D's client time and a lower Dice (the table below). Not the "
-                    "default; the app and the client use it with `MIXDEMO_UNMIXING=unmixing-p4` (or `python -m "
-                    "mixdemo.client --unmixing unmixing-p4`). Load with `mixdemo.weights.load_model(\"unmixing-p4\")`."),
+                    "The cheapest client D: the four AdaIN blocks and widths of `unmixing`. {how} A small fraction of "
+                    "the full-resolution Ds' client time and a lower Dice (the table below)."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
@@ -532,6 +524,16 @@ def unmixing_how(folder: Path) -> str:
     return f"{where} {how}".strip()
 
 
+def d_card_use(name: str, title: str, summary: str) -> tuple[str, str]:
+    """A one-reference D card's title and summary with how the app and the client use it: the default D
+    (:data:`mixdemo.weights.DEFAULT_UNMIXING`) says so, another names its switch."""
+    load = f"Load with `mixdemo.weights.load_model(\"{name}\")`."
+    if name == DEFAULT_UNMIXING:
+        return f"{title} (the default)", f"{summary} The default D of the app and the client. {load}"
+    return title, (f"{summary} Not the default; the app and the client use it with `MIXDEMO_UNMIXING={name}` "
+                   f"(or `python -m mixdemo.client --unmixing {name}`). {load}")
+
+
 def d_comparisons(name: str) -> dict[str, str]:
     """A D's card sections that compare it with other Ds: the D designs table (with the default D, when ``name``
     is one of its rows and not the default), the record of its training on from another D (``D_TRAINED_ON``)
@@ -582,6 +584,8 @@ def write_cards(weights_root: Path) -> list[Path]:
         if note.exists():
             sections["Training history"] = note.read_text()
         summary = summary.replace("{how}", unmixing_how(folder)) if "{how}" in summary else summary
+        if name.startswith("unmixing") and not name.endswith("-2ref"):
+            title, summary = d_card_use(name, title, summary)
         written.append(write_model_card(folder, title=title, summary=summary, sections=sections))
     return written
 
