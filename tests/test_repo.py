@@ -60,6 +60,30 @@ def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
     assert "| S `segmentation-x`, D `unmixing-x` |" in text and "with another S and D" in text
 
 
+def test_the_ds_full_protocol_table_has_the_default_first_and_every_d_of_that_protocol(tmp_path, monkeypatch):
+    """The README's table of the Ds on the segmentation table's protocol: the default's row from
+    results/segmentation.json first, then one per results/segmentation-<D>.json of the same protocol, best
+    Learned + TTA first; a file of another protocol (or another baseline) is left out."""
+    import shutil
+
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training import report
+
+    default = json.loads((REPO / "results/segmentation.json").read_text())
+    assert default["models"]["unmixing"] == DEFAULT_UNMIXING
+    for path in (REPO / "results").glob("segmentation*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    other = json.loads((tmp_path / "segmentation-unmixing-p4.json").read_text())
+    (tmp_path / "segmentation-unmixing-x.json").write_text(json.dumps({**other, "n_volumes": 3}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rows = [line for line in report.ds_full_protocol_md(default).splitlines() if line.startswith("| `")]
+    files = sorted(p.stem for p in (REPO / "results").glob("segmentation-*.json"))
+    assert len(rows) == 1 + len(files) and rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default) |")
+    assert "`results/segmentation.json`" in rows[0] and not any("unmixing-x" in r for r in rows)
+    tta = [float(r.split(" | ")[3]) for r in rows[1:]]
+    assert tta == sorted(tta, reverse=True)
+
+
 def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
     """The default α range must buy privacy over the wider U(0.3, 0.7) at a small Dice cost, as measured."""
     from mixdemo.mixing import DEFAULT_ALPHA_RANGE
