@@ -165,8 +165,9 @@ def _import_class(dotted: str) -> type:
 def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn.Module:
     """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
     inference on the fast path: channels-last on the CPU, S fused, and on the CPU, when asked for, the process's
-    allocator set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`). ``fast=False``: the reference
-    path, the modules exactly as trained, which the tests check the fast path against."""
+    allocator set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`), a D on patches through its
+    fused inference. ``fast=False``: the reference path, the modules exactly as trained (a D on patches through
+    its convolutions), which the tests check the fast path against."""
     folder = resolve_model_dir(name)
     verify_checksum(folder)
     record = read_training_record(folder)
@@ -189,6 +190,8 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn
         model.use_channels_last()
     if fast and hasattr(model, "fuse_for_inference"):
         model.fuse_for_inference()
+    if hasattr(model, "fused_patches"):
+        model.fused_patches = fast
     return model
 
 

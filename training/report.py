@@ -286,6 +286,8 @@ def runtimes_md(doc: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in doc["rows"]:
         what = RUNTIME_WORKLOADS[row["workload"]].format(k=doc["patches"][0])
+        if row["workload"].startswith("d_") and doc.get("models", {}).get("d"):
+            what += f" (`{doc['models']['d']}`)"
         if not row.get("available"):
             lines.append(f"| {what} | {row['runtime']} | {row['reason']} |  |  |  |  |  |  |")
             continue
@@ -604,6 +606,7 @@ def write_cards(weights_root: Path) -> list[Path]:
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
             if name == DEFAULT_UNMIXING:
+                sections["Against the other Ds on the same protocol"] = ds_full_protocol_md(seg)
                 sections.update(d_comparisons(name))
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
