@@ -199,6 +199,7 @@ def run(args: argparse.Namespace) -> dict:
         "patches": list(inputs["s_patches"][0].shape),
         "reps": args.reps,
         "versions": _versions(),
+        "models": {"s": "segmentation", "d": DEFAULT_UNMIXING},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

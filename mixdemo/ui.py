@@ -762,8 +762,8 @@ def build_demo() -> gr.Blocks:
                         mode = gr.Radio(["patch", "whole"], value="patch", label="3 · Mode: one 32³ patch (fast) or the whole brain")
                         d_choices = unmixing_choices()
                         unmixing = gr.Dropdown([(f"{n} — {w}" if w else n, n) for n, w in d_choices], value=d_choices[0][0],
-                                               label="Client network D (learned unmixing): the default (first) is the most "
-                                                     "accurate, the patch ones a fraction of its time",
+                                               label="Client network D (learned unmixing): the default first; the "
+                                                     "others trade the client's time for Dice (README: performance)",
                                                elem_id="unmixing")
                         with gr.Accordion("Patch centre / slice position (or click the target)", open=False):
                             cx = gr.Slider(0, GRID_SHAPE[0] - 1, value=72, step=1, label="x (right)")

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "MIXDEMO_WEIGHTS_DIR"
 HUB_REPO_ENV = "MIXDEMO_HUB_REPO"
 UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the client use
-DEFAULT_UNMIXING = "unmixing-96"  # D trained on with S frozen on 96³ patches (see its card)
+DEFAULT_UNMIXING = "unmixing-p2-96"  # D on 2³ patches, trained on with S frozen on 96³ patches (see its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
@@ -47,10 +47,10 @@ def weights_dir() -> Path:
 
 
 def unmixing_name() -> str:
-    """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g. ``unmixing``,
-    the D trained end-to-end with S on 32³ patches, or ``unmixing-p2`` / ``unmixing-p4``, a fraction of the
-    default D's time on the CPU), else :data:`DEFAULT_UNMIXING` (``unmixing-96``: that D trained on further
-    on 96³ patches, the size it runs at)."""
+    """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g. ``unmixing-96``,
+    the D at full resolution, ``unmixing``, the D trained end-to-end with S on 32³ patches, or ``unmixing-p4``,
+    the cheapest), else :data:`DEFAULT_UNMIXING` (``unmixing-p2-96``: the D whose blocks run on 2³ patches,
+    trained on 96³ patches, the size it runs at; the Dice of ``unmixing-96`` at a fraction of its client time)."""
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 
@@ -165,8 +165,9 @@ def _import_class(dotted: str) -> type:
 def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn.Module:
     """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
     inference on the fast path: channels-last on the CPU, S fused, and on the CPU, when asked for, the process's
-    allocator set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`). ``fast=False``: the reference
-    path, the modules exactly as trained, which the tests check the fast path against."""
+    allocator set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`), a D on patches through its
+    fused inference. ``fast=False``: the reference path, the modules exactly as trained (a D on patches through
+    its convolutions), which the tests check the fast path against."""
     folder = resolve_model_dir(name)
     verify_checksum(folder)
     record = read_training_record(folder)
@@ -189,6 +190,8 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn
         model.use_channels_last()
     if fast and hasattr(model, "fuse_for_inference"):
         model.fuse_for_inference()
+    if hasattr(model, "fused_patches"):
+        model.fused_patches = fast
     return model
 
 

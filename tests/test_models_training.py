@@ -114,6 +114,17 @@ def test_fused_patch_inference_computes_what_the_convolutions_compute(patch, vox
     assert not torch.allclose(fused[0], fused[1])  # each sample with its own α
 
 
+def test_load_model_reference_path_runs_a_patch_d_through_its_convolutions(tmp_path, monkeypatch):
+    """``load_model(fast=False)`` is the modules as trained: a D on patches through its convolutions (what
+    ONNX Runtime and OpenVINO are given in ``mixdemo.runtimes``), the fast path through its fused inference."""
+    from mixdemo.weights import WEIGHTS_DIR_ENV, load_model, write_training_record
+
+    UnmixingNet(patch=2).save_pretrained(tmp_path / "unmixing-px")
+    write_training_record(tmp_path / "unmixing-px", {}, "mixdemo.models.UnmixingNet")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    assert load_model("unmixing-px").fused_patches and not load_model("unmixing-px", fast=False).fused_patches
+
+
 def test_per_voxel_mlp_d_keeps_each_voxel_its_own_nonlinear_path():
     """D with ``voxel_hidden``: with the patch path silenced each voxel's logits depend on its own
     inputs only, nonlinearly and through α; α also changes the output; the option needs patches."""

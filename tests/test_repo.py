@@ -60,6 +60,30 @@ def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
     assert "| S `segmentation-x`, D `unmixing-x` |" in text and "with another S and D" in text
 
 
+def test_the_ds_full_protocol_table_has_the_default_first_and_every_d_of_that_protocol(tmp_path, monkeypatch):
+    """The README's table of the Ds on the segmentation table's protocol: the default's row from
+    results/segmentation.json first, then one per results/segmentation-<D>.json of the same protocol, best
+    Learned + TTA first; a file of another protocol (or another baseline) is left out."""
+    import shutil
+
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training import report
+
+    default = json.loads((REPO / "results/segmentation.json").read_text())
+    assert default["models"]["unmixing"] == DEFAULT_UNMIXING
+    for path in (REPO / "results").glob("segmentation*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    other = json.loads((tmp_path / "segmentation-unmixing-p4.json").read_text())
+    (tmp_path / "segmentation-unmixing-x.json").write_text(json.dumps({**other, "n_volumes": 3}))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rows = [line for line in report.ds_full_protocol_md(default).splitlines() if line.startswith("| `")]
+    files = sorted(p.stem for p in (REPO / "results").glob("segmentation-*.json"))
+    assert len(rows) == 1 + len(files) and rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default) |")
+    assert "`results/segmentation.json`" in rows[0] and not any("unmixing-x" in r for r in rows)
+    tta = [float(r.split(" | ")[3]) for r in rows[1:]]
+    assert tta == sorted(tta, reverse=True)
+
+
 def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
     """The default α range must buy privacy over the wider U(0.3, 0.7) at a small Dice cost, as measured."""
     from mixdemo.mixing import DEFAULT_ALPHA_RANGE
@@ -74,21 +98,22 @@ def test_default_alpha_range_is_backed_by_the_committed_privacy_sweep():
 
 def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol():
     """The default D is not among compare_unmixing's designs (each trained on 32³ patches); the README's
-    table takes its row from d_large_patches.json, measured on the same protocol, and says so."""
+    table takes its row from the record of its training on larger patches (report.D_TRAINED_ON), measured on
+    the same protocol, and says so; so does every other shipped D of that registry."""
     from mixdemo.weights import DEFAULT_UNMIXING
-    from training.report import d_designs_md
+    from training.report import D_TRAINED_ON, d_designs_md
 
     designs = json.loads((REPO / "results/d_designs.json").read_text())
-    trained_on = json.loads((REPO / "results/d_large_patches.json").read_text())
+    trained_on = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())
     assert trained_on["protocol"] == designs["protocol"] and trained_on["after"]["model"] == DEFAULT_UNMIXING
     rows = [line for line in d_designs_md(designs).splitlines() if line.startswith("| `")]
     assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default) |")
     assert rows[0].endswith(f"| {trained_on['after']['learned_tta']['avg']:.3f} | {trained_on['after']['tta_over_baseline']:.3f} |")
     records = [json.loads((REPO / f"results/{n}.json").read_text()) for n in ("d_large_patches", "d_p2_large_patches")]
     assert len(rows) == len(designs["rows"]) + sum(bool(r["shipped"]) for r in records)
-    assert "results/d_large_patches.json" in d_designs_md(designs)
+    assert all(f"results/{n}.json" in d_designs_md(designs) for n in D_TRAINED_ON.values())
     if records[1]["shipped"]:  # a shipped p2 trained on larger patches: its row, from its record
-        assert any(r.startswith("| `unmixing-p2-96` |") and f"| {records[1]['after']['learned_tta']['avg']:.3f} |" in r
+        assert any(r.startswith("| `unmixing-p2-96` ") and f"| {records[1]['after']['learned_tta']['avg']:.3f} |" in r
                    for r in rows)
 
 
@@ -102,10 +127,12 @@ def test_each_d_card_compares_it_with_the_ds_its_records_name():
     default = d_comparisons(DEFAULT_UNMIXING)
     start = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())["before"]["model"]
     assert list(default) == [f"Against the D it was trained on from (`{start}`)"]
-    p2 = d_comparisons("unmixing-p2-96")
-    assert list(p2)[:2] == ["Evaluation against the default D (phantom test set)",
-                            "Against the D it was trained on from (`unmixing-p2`)"]
-    assert "| `unmixing-p2-96` |" in p2["Evaluation against the default D (phantom test set)"]
+    other = next(d for d in D_TRAINED_ON if d != DEFAULT_UNMIXING)  # a D of the registry, not the default
+    other_start = json.loads((REPO / f"results/{D_TRAINED_ON[other]}.json").read_text())["before"]["model"]
+    sections = d_comparisons(other)
+    assert list(sections)[:2] == ["Evaluation against the default D (phantom test set)",
+                                  f"Against the D it was trained on from (`{other_start}`)"]
+    assert f"| `{other}` |" in sections["Evaluation against the default D (phantom test set)"]
     assert "Evaluation on the segmentation table's protocol" in d_comparisons("unmixing-p4")
     files = {p.name for p in default_files()}  # refresh_baseline: every file quoting the baseline beside private nets
     assert {f"{r}.json" for r in D_TRAINED_ON.values()} | {"segmentation.json", "d_designs.json"} <= files

@@ -2,9 +2,11 @@
 
     python -m training.compare_unmixing            # the Ds trained on 32³ patches → results/d_designs.json
 
-By default the Ds of equal training: the end-to-end D ``unmixing`` (the start of the default D
-``unmixing-96``, whose row on this protocol is in ``results/d_large_patches.json``) and the Ds on 2³
-and 4³ patches; ``--models`` names others.
+By default the Ds of equal training: the end-to-end D ``unmixing`` and the Ds on 2³ and 4³ patches
+(``unmixing-p2``, the start of the default D ``unmixing-p2-96``, and ``unmixing-p4``); ``--models``
+names others. The Ds trained on from them on 96³ patches (``unmixing-96``, ``unmixing-p2-96``) have
+their rows on this protocol in their records (``results/d_large_patches.json``,
+``results/d_p2_large_patches.json``).
 
 Each D unmixes the same proxies (same S, test scans, references and α: the evaluation's per-scan
 seeds), so the rows differ only by D. The protocol is smaller than the main table's (K ≤ 10, one

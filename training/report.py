@@ -286,6 +286,8 @@ def runtimes_md(doc: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in doc["rows"]:
         what = RUNTIME_WORKLOADS[row["workload"]].format(k=doc["patches"][0])
+        if row["workload"].startswith("d_") and doc.get("models", {}).get("d"):
+            what += f" (`{doc['models']['d']}`)"
         if not row.get("available"):
             lines.append(f"| {what} | {row['runtime']} | {row['reason']} |  |  |  |  |  |  |")
             continue
@@ -397,6 +399,41 @@ def d_full_protocol_md(doc: dict) -> str:
                       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
 
 
+PROTOCOL_KEYS = ("n_volumes", "tta_k", "k_max", "n_icc_scans", "crop", "brain_mask", "seed", "alpha_range", "reference_pool")
+
+
+def ds_full_protocol_md(default: dict) -> str:
+    """Every D run on the segmentation table's full protocol, one row each: the default's from ``default``
+    (``results/segmentation.json``), then each ``results/segmentation-<D>.json`` of the same protocol (the same
+    S, volumes, α and references), best Learned + TTA first."""
+    others = [(p.stem, json.loads(p.read_text())) for p in sorted(RESULTS.glob("segmentation-*.json"))]
+    same = [(n, d) for n, d in others if all(d.get(k) == default.get(k) for k in PROTOCOL_KEYS)
+            and _s_name(d) == _s_name(default) and d["dice"]["baseline"] == default["dice"]["baseline"]]
+    rows = [("segmentation", default)] + sorted(same, key=lambda nd: -nd[1]["dice"]["learned_tta"]["avg"])
+    lines = [f"Each D on the segmentation table's protocol ({default['n_volumes']} test volumes, TTA K = "
+             f"{default['tta_k']}, ICC on {default['n_icc_scans']} scans): the same S, volumes, α and references, so "
+             f"the baseline ({_f(default['dice']['baseline']['avg'])}) and the naive rows (Naive + TTA "
+             f"{_f(default['dice']['naive_tta']['avg'])}) are the table's. **MNI152-derived phantoms, not patients.**", "",
+             "| D | its blocks run | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline | ICC GM | ICC WM "
+             "| ICC CSF | measured by |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, d in rows:
+        dice, tta = d["dice"], d["dice"]["learned_tta"]
+        config_path = REPO / "weights" / _d_name(d) / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        where = d_where(config.get("patch", 1), config.get("voxel_hidden", 0)) if config else "—"
+        lines.append(f"| {d_label(_d_name(d))} | {where} | {_f(dice['learned']['avg'])} | {_f(tta['avg'])} | "
+                     + " | ".join(_f(tta[c]) for c in ("GM", "WM", "CSF")) + f" | {_f(tta['avg'] / dice['baseline']['avg'])} | "
+                     + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF"))
+                     + f" | `results/{name}.json` ({d['date']}) |")
+    lines += ["", "Each file's command reproduces its row: "
+              + "; ".join(f"`{d['command']}`" for _, d in rows) + "."]
+    refreshes = {d["baseline_refresh"]["command"] for _, d in rows if d.get("baseline_refresh")}
+    if refreshes:
+        lines[-1] += (" The baseline rows of some were re-measured alone with the current baseline by "
+                      + ", ".join(f"`{c}`" for c in sorted(refreshes)) + " (the same baseline as the table's).")
+    return "\n".join(lines)
+
+
 def d_large_patches_md(doc: dict) -> str:
     """A D before and after training on patches closer to the whole volume it runs on
     (``results/d_large_patches.json``: the end-to-end D; ``d_p2_large_patches.json``: the D on 2³ patches)."""
@@ -417,22 +454,21 @@ def d_large_patches_md(doc: dict) -> str:
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
-    "d_designs": d_designs_md, "runtimes": runtimes_md,
+    "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
 }
+# README blocks drawn from another results file than their own name
+BLOCK_SOURCES = {"ds_full_protocol": "segmentation"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
-    """Every results file the README and the cards render: the fixed ones, each D's training-on record
-    (``D_TRAINED_ON``) and each other D on the segmentation table's protocol (``results/segmentation-<D>.json``)."""
-    full_protocol = sorted(p.stem for p in (REPO / "results").glob("segmentation-*.json"))
-    return {**RENDERERS, **{record: d_large_patches_md for record in D_TRAINED_ON.values()},
-            **{name: d_full_protocol_md for name in full_protocol}}
+    """Every README block: the fixed ones and each D's training-on record (``D_TRAINED_ON``)."""
+    return {**RENDERERS, **{record: d_large_patches_md for record in D_TRAINED_ON.values()}}
 
 
 def render_readme(text: str) -> str:
     """Replace every marked block whose JSON exists."""
     for name, render in renderers().items():
-        doc = _load(name)
+        doc = _load(BLOCK_SOURCES.get(name, name))
         if doc is None:
             continue
         pattern = re.compile(rf"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
@@ -570,6 +606,7 @@ def write_cards(weights_root: Path) -> list[Path]:
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
             if name == DEFAULT_UNMIXING:
+                sections["Against the other Ds on the same protocol"] = ds_full_protocol_md(seg)
                 sections.update(d_comparisons(name))
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
