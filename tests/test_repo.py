@@ -41,25 +41,6 @@ def test_readme_figures_are_generated_from_results_json():
     assert report.main(["--check"]) == 0, "run python -m training.report"
 
 
-def test_another_ds_full_protocol_row_sits_beside_the_default_ds():
-    """The README row of another D on the segmentation table's protocol: the default D's figures from
-    results/segmentation.json, the other's from its own JSON, named by the D its weights came from."""
-    from mixdemo.weights import DEFAULT_UNMIXING
-    from training.report import d_full_protocol_md
-
-    other = json.loads((REPO / "results/segmentation.json").read_text())
-    other["weights_sha256"] = {"segmentation": "a", "unmixing-p4": "b", "baseline": "c"}
-    other.pop("models", None)  # files written before evaluate recorded its networks: D named by the weights record
-    other["dice"]["learned_tta"] = {**other["dice"]["learned_tta"], "avg": 0.5}
-    other["icc"]["CSF"] = {**other["icc"]["CSF"], "icc": 0.123}
-    rows = [line for line in d_full_protocol_md(other).splitlines() if line.startswith("| `")]
-    assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default)") and rows[1].startswith("| `unmixing-p4` |")
-    assert "| 0.500 |" in rows[1] and rows[1].endswith("| 0.123 |") and "| 0.500 |" not in rows[0]
-    other["models"] = {"segmentation": "segmentation-x", "unmixing": "unmixing-x", "baseline": "baseline"}
-    text = d_full_protocol_md(other)
-    assert "| S `segmentation-x`, D `unmixing-x` |" in text and "with another S and D" in text
-
-
 def test_the_ds_full_protocol_table_has_the_default_first_and_every_d_of_that_protocol(tmp_path, monkeypatch):
     """The README's table of the Ds on the segmentation table's protocol: the default's row from
     results/segmentation.json first, then one per results/segmentation-<D>.json of the same protocol, best
@@ -119,21 +100,24 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
 
 def test_each_d_card_compares_it_with_the_ds_its_records_name():
     """A D's card sections follow its records: the D designs table for a D other than the default, the record of
-    its training on from another D (titled with that start) and its full-protocol row when one exists."""
+    its training on from another D (titled with that start) and the table of every D on the full protocol when it
+    has a row there."""
     from mixdemo.weights import DEFAULT_UNMIXING
     from training.refresh_baseline import default_files
-    from training.report import D_TRAINED_ON, d_comparisons
+    from training.report import D_TRAINED_ON, FULL_PROTOCOL_SECTION, d_comparisons
 
     default = d_comparisons(DEFAULT_UNMIXING)
     start = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())["before"]["model"]
-    assert list(default) == [f"Against the D it was trained on from (`{start}`)"]
+    assert list(default) == [f"Against the D it was trained on from (`{start}`)", FULL_PROTOCOL_SECTION]
     other = next(d for d in D_TRAINED_ON if d != DEFAULT_UNMIXING)  # a D of the registry, not the default
     other_start = json.loads((REPO / f"results/{D_TRAINED_ON[other]}.json").read_text())["before"]["model"]
     sections = d_comparisons(other)
     assert list(sections)[:2] == ["Evaluation against the default D (phantom test set)",
                                   f"Against the D it was trained on from (`{other_start}`)"]
     assert f"| `{other}` |" in sections["Evaluation against the default D (phantom test set)"]
-    assert "Evaluation on the segmentation table's protocol" in d_comparisons("unmixing-p4")
+    full_protocol = d_comparisons("unmixing-p4")[FULL_PROTOCOL_SECTION]  # the one table, its row among them
+    assert "| `unmixing-p4` |" in full_protocol and f"| `{DEFAULT_UNMIXING}` (default) |" in full_protocol
+    assert FULL_PROTOCOL_SECTION not in d_comparisons("unmixing-p2")  # no results/segmentation-unmixing-p2.json
     files = {p.name for p in default_files()}  # refresh_baseline: every file quoting the baseline beside private nets
     assert {f"{r}.json" for r in D_TRAINED_ON.values()} | {"segmentation.json", "d_designs.json"} <= files
     assert "baseline_large_patches.json" not in files  # trains the baseline itself: its rows are not to be replaced

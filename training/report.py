@@ -373,43 +373,23 @@ def _s_name(evaluation: dict) -> str:
     return evaluation.get("models", {}).get("segmentation", "segmentation")
 
 
-def pair_label(evaluation: dict) -> str:
-    """The networks of a ``training.evaluate`` JSON for a table: its D, and its S when not the shipped one."""
-    s = _s_name(evaluation)
-    return d_label(_d_name(evaluation)) if s == "segmentation" else f"S `{s}`, D `{_d_name(evaluation)}`"
-
-
-def d_full_protocol_md(doc: dict) -> str:
-    """Another D (or another S with its D) on the segmentation table's full protocol (``doc``: its
-    ``training.evaluate`` JSON), row by row beside the default networks' ``results/segmentation.json``."""
-    default = _load("segmentation")
-    docs = [default, doc] if default else [doc]
-    rows = [f"| {pair_label(d)} | {_f(d['dice']['naive_tta']['avg'])} | {_f(d['dice']['learned']['avg'])} | "
-            f"{_f(d['dice']['learned_tta']['avg'])} | "
-            + " | ".join(_f(d['dice']['learned_tta'][c]) for c in ("GM", "WM", "CSF")) + " | "
-            f"{_f(d['dice']['learned_tta']['avg'] / d['dice']['baseline']['avg'])} | "
-            + " | ".join(_f(d['icc'][c]['icc']) for c in ("GM", "WM", "CSF")) + " |" for d in docs]
-    other = ("with another D; the same S, volumes, α and references" if _s_name(doc) == "segmentation" else
-             f"with another S and D; the same baseline ({_f(doc['dice']['baseline']['avg'])}), volumes, α and references")
-    return "\n".join([f"Measured by `{doc['command']}` ({doc['date']}), the protocol of the segmentation table "
-                      f"({doc['n_volumes']} test volumes, TTA K = {doc['tta_k']}, ICC on {doc['n_icc_scans']} scans) "
-                      f"{other}. " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
-                      "| networks | Naive + TTA | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline "
-                      "| ICC GM | ICC WM | ICC CSF |",
-                      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
-
-
+FULL_PROTOCOL_SECTION = "Against the other Ds on the segmentation table's protocol"
 PROTOCOL_KEYS = ("n_volumes", "tta_k", "k_max", "n_icc_scans", "crop", "brain_mask", "seed", "alpha_range", "reference_pool")
 
 
-def ds_full_protocol_md(default: dict) -> str:
-    """Every D run on the segmentation table's full protocol, one row each: the default's from ``default``
-    (``results/segmentation.json``), then each ``results/segmentation-<D>.json`` of the same protocol (the same
-    S, volumes, α and references), best Learned + TTA first."""
+def ds_on_full_protocol(default: dict) -> list[tuple[str, dict]]:
+    """(results file stem, its ``training.evaluate`` JSON) of every D on the segmentation table's full protocol:
+    the default's ``default`` (``results/segmentation.json``) first, then each ``results/segmentation-<D>.json``
+    of the same protocol (the same S, volumes, α, references and baseline), best Learned + TTA first."""
     others = [(p.stem, json.loads(p.read_text())) for p in sorted(RESULTS.glob("segmentation-*.json"))]
     same = [(n, d) for n, d in others if all(d.get(k) == default.get(k) for k in PROTOCOL_KEYS)
             and _s_name(d) == _s_name(default) and d["dice"]["baseline"] == default["dice"]["baseline"]]
-    rows = [("segmentation", default)] + sorted(same, key=lambda nd: -nd[1]["dice"]["learned_tta"]["avg"])
+    return [("segmentation", default)] + sorted(same, key=lambda nd: -nd[1]["dice"]["learned_tta"]["avg"])
+
+
+def ds_full_protocol_md(default: dict) -> str:
+    """Every D on the segmentation table's full protocol (:func:`ds_on_full_protocol`), one row each."""
+    rows = ds_on_full_protocol(default)
     lines = [f"Each D on the segmentation table's protocol ({default['n_volumes']} test volumes, TTA K = "
              f"{default['tta_k']}, ICC on {default['n_icc_scans']} scans): the same S, volumes, α and references, so "
              f"the baseline ({_f(default['dice']['baseline']['avg'])}) and the naive rows (Naive + TTA "
@@ -573,7 +553,7 @@ def d_card_use(name: str, title: str, summary: str) -> tuple[str, str]:
 def d_comparisons(name: str) -> dict[str, str]:
     """A D's card sections that compare it with other Ds: the D designs table (with the default D, when ``name``
     is one of its rows and not the default), the record of its training on from another D (``D_TRAINED_ON``)
-    and its row on the segmentation table's protocol (``results/segmentation-<name>.json``)."""
+    and the table of every D on the segmentation table's protocol when it has a row there."""
     sections = {}
     designs = _load("d_designs")
     if designs and name != DEFAULT_UNMIXING and name in {r["model"] for r in d_designs_rows(designs)[0]}:
@@ -581,9 +561,9 @@ def d_comparisons(name: str) -> dict[str, str]:
     trained_on = _load(D_TRAINED_ON[name]) if name in D_TRAINED_ON else None
     if trained_on:
         sections[f"Against the D it was trained on from (`{trained_on['before']['model']}`)"] = d_large_patches_md(trained_on)
-    full = _load(f"segmentation-{name}") if name != DEFAULT_UNMIXING else None
-    if full:
-        sections["Evaluation on the segmentation table's protocol"] = d_full_protocol_md(full)
+    seg = _load("segmentation")
+    if seg and name in {_d_name(d) for _, d in ds_on_full_protocol(seg)}:
+        sections[FULL_PROTOCOL_SECTION] = ds_full_protocol_md(seg)
     return sections
 
 
@@ -606,7 +586,6 @@ def write_cards(weights_root: Path) -> list[Path]:
         elif seg:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
             if name == DEFAULT_UNMIXING:
-                sections["Against the other Ds on the same protocol"] = ds_full_protocol_md(seg)
                 sections.update(d_comparisons(name))
         sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
                                       "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
