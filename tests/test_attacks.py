@@ -366,6 +366,8 @@ def test_evaluate_privacy_smoke(tmp_path: Path) -> None:
                 "reference_reuse", "defences", "alpha_sweep"):
         assert key in d
     assert d["data"] == "MNI152 phantoms (no patient data)"
+    from mixdemo.weights import DEFAULT_UNMIXING
+    assert d["models"]["unmixing"] == DEFAULT_UNMIXING and set(d["models"].values()) == set(d["weights_sha256"])
     for k in ("alpha_known", "alpha_unknown"):
         assert set(d["bss"][k]) >= {"msssim_mean", "msssim_std", "n"}
     assert d["bss"]["control"]["exact_inverse_msssim_mean"] >= 0.85
@@ -383,7 +385,7 @@ def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
     import torch
 
     from mixdemo.weights import DEFAULT_UNMIXING, WeightsError, load_model
-    from training.evaluate_privacy import load_models, parse_args
+    from training.evaluate_privacy import load_models, model_names, parse_args
 
     assert parse_args([]).unmixing is None and parse_args(["--unmixing", "unmixing-p2"]).unmixing == "unmixing-p2"
     try:
@@ -392,6 +394,7 @@ def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
         pytest.skip("no local unmixing-p2 weights")
     models, shas = load_models(torch.device("cpu"), need_seg=True, allow_hub=False, unmixing="unmixing-p2")
     assert "unmixing-p2" in shas and DEFAULT_UNMIXING not in shas
+    assert model_names(True, "unmixing-p2")["unmixing"] == "unmixing-p2" and model_names(False) == {"score": "score"}
     assert all(torch.equal(a, b) for a, b in zip(models["unmixing"].state_dict().values(), expected.state_dict().values()))
 
 

@@ -111,22 +111,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------ setup
 
 
+def model_names(need_seg: bool, unmixing: str | None = None) -> dict[str, str]:
+    """The weights folder each role loads: the score model, and with ``need_seg`` S, D (``unmixing``, default the
+    client's default D) and the two-reference pair. The record keeps it as ``models``."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    names = {"score": "score", "segmentation": "segmentation", "unmixing": unmixing or DEFAULT_UNMIXING,
+             TWO_REF_SEG: TWO_REF_SEG, TWO_REF_UNMIX: TWO_REF_UNMIX}
+    return names if need_seg else {"score": "score"}
+
+
 def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True,
                 unmixing: str | None = None) -> tuple[dict, dict]:
-    """Trained score, S and D (``unmixing``, default the client's default D) when their folders exist, else
-    untrained stand-ins (said in the record).
+    """Trained models of :func:`model_names` when their folders exist, else untrained stand-ins (said in the
+    record): (role → model, weights folder → sha256).
 
     ``allow_hub=False`` skips the Hub look-up when the local folder is missing (offline tests).
     """
-    from mixdemo.weights import DEFAULT_UNMIXING, WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
+    from mixdemo.weights import WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
 
     models, shas = {}, {}
-    roles = {"score": ("score", ScoreNet), "segmentation": ("segmentation", SegmentationNet),
-             "unmixing": (unmixing or DEFAULT_UNMIXING, UnmixingNet), TWO_REF_SEG: (TWO_REF_SEG, SegmentationNet),
-             TWO_REF_UNMIX: (TWO_REF_UNMIX, lambda: UnmixingNet(n_references=2))}
-    for role, (name, cls) in roles.items():
-        if role != "score" and not need_seg:
-            continue
+    classes = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet,
+               TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2)}
+    for role, name in model_names(need_seg, unmixing).items():
+        cls = classes[role]
         try:
             if not allow_hub and not (weights_dir() / name / "model.safetensors").exists():
                 raise WeightsError(f"no local {name} weights")
@@ -621,6 +629,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["commands"].append(command)
     # the S and D sections re-run together, so their weights replace the recorded ones (no stale D left behind)
     result["weights_sha256"] = shas if need_seg else {**result.get("weights_sha256", {}), **shas}
+    names = model_names(need_seg, args.unmixing)
+    result["models"] = names if need_seg else {**result.get("models", {}), **names}
     timings = result.setdefault("seconds", {})
 
     def step(name: str, fn):

@@ -85,7 +85,8 @@ def privacy_md(doc: dict) -> str:
     """The paper's attacks (BSS, re-identification) and, where measured, the stronger ones."""
     bss, reid = doc.get("bss", {}), doc.get("reid", {})
     commands = doc.get("commands") or [doc.get("command", "?")]
-    d = next((n for n in doc.get("weights_sha256", {}) if n.startswith("unmixing") and not n.endswith("-2ref")), None)
+    d = doc.get("models", {}).get("unmixing") or next(  # files written before the record named its networks
+        (n for n in doc.get("weights_sha256", {}) if n.startswith("unmixing") and not n.endswith("-2ref")), None)
     networks = f"The sections that unmix use S `segmentation` and D {d_label(d)}. " if d else ""
     lines = [f"Measured by {' then '.join(f'`{c}`' for c in commands)} ({doc.get('date', '?')}). " + networks
              + "**MNI152-derived phantoms, not patients.**", ""]
