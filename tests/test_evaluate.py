@@ -75,6 +75,31 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
     assert out.with_name("seg_panels.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
+def test_figures_only_redraws_the_figures_of_an_evaluation_and_refuses_other_settings(quick_evaluation, small_cohort,
+                                                                                      tmp_path):
+    """--figures-only: the figures of a JSON from the JSON and its first volume predicted again, the same
+    pixels as the full run drew; a JSON of other settings is refused, and the JSON itself is left as it was."""
+    import shutil
+
+    from matplotlib.image import imread
+
+    from training import evaluate
+
+    out, _ = quick_evaluation
+    copy = tmp_path / "seg.json"
+    shutil.copy(out, copy)
+    argv = ["--data", str(small_cohort), "--quick", "--out", str(copy), "--threads", "1"]
+    evaluate.main([*argv, "--figures-only"])
+    for suffix in ("_dice_vs_k.png", "_panels.png"):
+        assert np.array_equal(imread(copy.with_name("seg" + suffix)), imread(out.with_name("seg" + suffix))), suffix
+    assert copy.read_text() == out.read_text()
+    with pytest.raises(SystemExit, match="seed"):
+        evaluate.main([*argv, "--figures-only", "--seed", "1"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        evaluate.main([*argv[:-3], str(tmp_path / "none.json"), "--threads", "1", "--figures-only"])
+
+
 def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):
     from mixdemo.data import load_cohort
     from training import evaluate

@@ -2,6 +2,7 @@
 
     python -m training.evaluate            # full run, writes results/segmentation.json + figures
     python -m training.evaluate --quick    # 2 test volumes, K ≤ 5: a smoke run of a few minutes
+    python -m training.evaluate --figures-only   # the figures of results/segmentation.json, from it and one volume
 
 Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
 training scans; whole-volume 3D Dice per class (GM, WM, CSF) then the mean over volumes; α drawn
@@ -17,6 +18,7 @@ import argparse
 import json
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central 64³ crop")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--figures-only", action="store_true",
+                   help="draw the figures of the JSON at --out, made by this command without --figures-only and "
+                        "with the same weights, without re-running its protocol: the Dice-against-K curve from the "
+                        "JSON, the panels from its first volume predicted again with the same references and α")
     args = p.parse_args(argv)
+    if args.figures_only and args.no_figures:
+        p.error("--figures-only and --no-figures exclude each other")
     if args.quick:
         args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or 64
@@ -145,41 +153,75 @@ def select_scans(test_records: list, volumes: int, icc_all: bool, quick: bool) -
     return dice_records, retest_records[:4] if quick else retest_records
 
 
-def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
-    """Run the protocol; returns the JSON document (its command from ``argv``, else the process's)."""
+def weights_record(names: list[str]) -> dict[str, str | None]:
+    """The sha256 of each named model folder's weights, as its training record gives it."""
+    return {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in names}
+
+
+def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
+    """The settings that fix an evaluation's volumes, references, α and networks (recorded in its JSON)."""
+    return {"seed": args.seed, "alpha_range": list(args.alpha_range), "tta_k": args.tta_k, "k_max": args.k_max,
+            "draws": args.draws, "n_volumes": n_volumes, "crop": args.crop or None, "brain_mask": args.brain_mask,
+            "reference_pool": pool,
+            "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"}}
+
+
+@dataclass
+class Setup:
+    """What every scan of an evaluation uses: its scans, the reference pool and the networks."""
+    dice_records: list
+    retest_records: list
+    by_id: dict[str, Reference]
+    seg: torch.nn.Module
+    unmix: torch.nn.Module
+    base: torch.nn.Module
+
+
+def set_up(args: argparse.Namespace) -> Setup:
+    """Load the cohort's test scans, the reference pool (the training scans) and the three networks."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
     cohort = load_cohort(ensure_default_cohort(args.data))
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
-    by_id = {r.ref_id: r for r in bank}
     if args.k_max > len(bank):
         if not args.quick:
             raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
-    seg, unmix, base = load_model(args.segmentation), load_model(args.unmixing), load_model("baseline")
+    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank},
+                 load_model(args.segmentation), load_model(args.unmixing), load_model("baseline"))
 
+
+def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup):
+    """One test scan with its own K references and α (fixed by its name): (volume, references, brain mask,
+    naive, learned, proxies) as :func:`predict_k` gives them."""
+    vol = crop_volume(load_volumes([rec])[0], args.crop)
+    key = sample_key(list(setup.by_id), k, alpha_range=tuple(args.alpha_range), seed=scan_seed(args.seed, rec.name))
+    refs = [setup.by_id[r] for r in key.reference_ids]
+    brain = vol.image > 0 if args.brain_mask else None
+    return (vol, refs, brain, *predict_k(vol, refs, key.alphas, setup.seg, setup.unmix, brain))
+
+
+def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Run the protocol; returns the JSON document (its command from ``argv``, else the process's)."""
+    t0 = time.perf_counter()
+    setup = set_up(args)
+    dice_records, retest_records = setup.dice_records, setup.retest_records
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
     curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
     single_dice: dict[str, list[tuple[float, float]]] = {}  # scan → Dice of two single predictions, per class
     figure_case = None
     rng = np.random.default_rng(args.seed)
     for rec in sorted({*dice_records, *retest_records}, key=lambda r: r.name):
-        vol = crop_volume(load_volumes([rec])[0], args.crop)
         in_dice = rec in dice_records
-        k = args.k_max if in_dice else 2
-        key = sample_key(list(by_id), k, alpha_range=tuple(args.alpha_range), seed=scan_seed(args.seed, rec.name))
-        refs = [by_id[r] for r in key.reference_ids]
-        brain = vol.image > 0 if args.brain_mask else None
-        naive, learned, proxies = predict_k(vol, refs, key.alphas, seg, unmix, brain)
+        vol, refs, brain, naive, learned, proxies = predict_scan(rec, args.k_max if in_dice else 2, args, setup)
         lab = lambda probs: masked(hard_labels(probs.float()).numpy(), brain)  # noqa: E731
         single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
             dice_per_class(lab(learned[j]), vol.labels, list(CLASSES)) for j in (0, 1)
         ]
         if in_dice:
-            base_pred = baseline_labels(base, vol, brain)
+            base_pred = baseline_labels(setup.base, vol, brain)
             rows["baseline"].append(dice_row(base_pred, vol.labels))
             rows["naive"].append(dice_row(lab(naive[0]), vol.labels))
             rows["learned"].append(dice_row(lab(learned[0]), vol.labels))
@@ -205,35 +247,55 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "command": command_line("training.evaluate", argv),
         "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
         "date": time.strftime("%Y-%m-%d"),
-        "seed": args.seed,
-        "alpha_range": list(args.alpha_range),
         "classes": list(CLASSES.values()),
-        "tta_k": args.tta_k,
-        "k_max": args.k_max,
-        "draws": args.draws,
-        "n_volumes": len(rows["baseline"]),
-        "crop": args.crop or None,
-        "brain_mask": args.brain_mask,
+        **protocol(args, len(rows["baseline"]), len(setup.by_id)),
         "n_icc_scans": len(single_dice),
-        "reference_pool": len(bank),
         "dice": {m: mean_rows(rows[m]) for m in METHODS},
         "dice_vs_k": dice_vs_k,
         "icc": icc,
         "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in CLASSES.items()}
                         for scan, d in single_dice.items()},
-        "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"},
-        "weights_sha256": {n: read_training_record(resolve_model_dir(n)).get("sha256")
-                           for n in (args.segmentation, args.unmixing, "baseline")},
+        "weights_sha256": weights_record([args.segmentation, args.unmixing, "baseline"]),
         "seconds": round(time.perf_counter() - t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     if not args.no_figures:
-        from mixdemo.figures import plot_dice_vs_k_png, plot_unmixing_panels_png
+        draw_figures(doc, figure_case, args.out)
+    return doc
 
-        plot_dice_vs_k_png(doc, args.out.with_name(args.out.stem + "_dice_vs_k.png"))
-        if figure_case is not None:
-            plot_unmixing_panels_png(figure_case, args.out.with_name(args.out.stem + "_panels.png"))
+
+def draw_figures(doc: dict, figure_case: dict | None, out: Path) -> list[Path]:
+    """Fig. 3 (Dice against K) from ``doc`` and the Fig. 2-style panels of ``figure_case``, beside ``out``."""
+    from mixdemo.figures import plot_dice_vs_k_png, plot_unmixing_panels_png
+
+    paths = [out.with_name(out.stem + "_dice_vs_k.png")]
+    plot_dice_vs_k_png(doc, paths[0])
+    if figure_case is not None:
+        paths.append(out.with_name(out.stem + "_panels.png"))
+        plot_unmixing_panels_png(figure_case, paths[1])
+    return paths
+
+
+def figures_only(args: argparse.Namespace) -> dict:
+    """The figures of the evaluation JSON at ``args.out`` without re-running its protocol: the panels' volume
+    (the first Dice volume by name, as :func:`evaluate` draws it) is predicted again with its own references
+    and α. Refuses a JSON of other settings or other weights, whose figures these would not be."""
+    if not args.out.exists():
+        raise SystemExit(f"--figures-only draws the figures of {args.out}, which does not exist: run without it first.")
+    doc = json.loads(args.out.read_text())
+    setup = set_up(args)
+    expected = {**protocol(args, len(setup.dice_records), len(setup.by_id)),
+                "weights_sha256": weights_record([args.segmentation, args.unmixing, "baseline"])}
+    differ = sorted(k for k, v in expected.items() if doc.get(k) != v)
+    if differ:
+        raise SystemExit(f"{args.out} was made with other {', '.join(differ)} than these arguments and weights: "
+                         "its figures cannot be drawn without re-running it.")
+    rec = min(setup.dice_records, key=lambda r: r.name)
+    vol, refs, brain, naive, learned, proxies = predict_scan(rec, args.k_max, args, setup)
+    lab = lambda probs: masked(hard_labels(probs.float()).numpy(), brain)  # noqa: E731
+    base_pred = baseline_labels(setup.base, vol, brain)
+    draw_figures(doc, _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k, lab), args.out)
     return doc
 
 
@@ -253,7 +315,10 @@ def _figure_case(vol: Volume, refs, proxies, naive, learned, base_pred, tta_k: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    doc = evaluate(parse_args(argv), argv)
+    args = parse_args(argv)
+    if args.figures_only:
+        return figures_only(args)
+    doc = evaluate(args, argv)
     print(json.dumps({"dice": doc["dice"], "icc": doc["icc"]}, indent=1))
     return doc
 
