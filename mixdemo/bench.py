@@ -190,7 +190,7 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
 
 
 D_VARIANTS = tuple(dict.fromkeys((DEFAULT_UNMIXING, "unmixing-96", "unmixing", "unmixing-p2-96", "unmixing-p2",
-                                   "unmixing-p4")))
+                                   "unmixing-p4-96", "unmixing-p4")))
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present): the default
 first, then each shipped one-reference D (the end-to-end D, the cheaper designs, and those trained on from
 them on 96³ patches: the same networks, other weights)."""

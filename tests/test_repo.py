@@ -41,6 +41,14 @@ def test_readme_figures_are_generated_from_results_json():
     assert report.main(["--check"]) == 0, "run python -m training.report"
 
 
+def test_every_image_the_readme_shows_is_committed():
+    import re
+
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (REPO / "README.md").read_text())
+    assert "results/segmentation_panels.png" in images
+    assert [path for path in images if not (REPO / path).is_file()] == []
+
+
 def test_the_ds_full_protocol_table_has_the_default_first_and_every_d_of_that_protocol(tmp_path, monkeypatch):
     """The README's table of the Ds on the segmentation table's protocol: the default's row from
     results/segmentation.json first, then one per results/segmentation-<D>.json of the same protocol, best
@@ -82,7 +90,7 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
     table takes its row from the record of its training on larger patches (report.D_TRAINED_ON), measured on
     the same protocol, and says so; so does every other shipped D of that registry."""
     from mixdemo.weights import DEFAULT_UNMIXING
-    from training.report import D_TRAINED_ON, d_designs_md
+    from training.report import D_TRAINED_ON, d_designs_md, d_label
 
     designs = json.loads((REPO / "results/d_designs.json").read_text())
     trained_on = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())
@@ -90,12 +98,13 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
     rows = [line for line in d_designs_md(designs).splitlines() if line.startswith("| `")]
     assert rows[0].startswith(f"| `{DEFAULT_UNMIXING}` (default) |")
     assert rows[0].endswith(f"| {trained_on['after']['learned_tta']['avg']:.3f} | {trained_on['after']['tta_over_baseline']:.3f} |")
-    records = [json.loads((REPO / f"results/{n}.json").read_text()) for n in ("d_large_patches", "d_p2_large_patches")]
+    records = [json.loads((REPO / f"results/{n}.json").read_text()) for n in D_TRAINED_ON.values()]
     assert len(rows) == len(designs["rows"]) + sum(bool(r["shipped"]) for r in records)
     assert all(f"results/{n}.json" in d_designs_md(designs) for n in D_TRAINED_ON.values())
-    if records[1]["shipped"]:  # a shipped p2 trained on larger patches: its row, from its record
-        assert any(r.startswith("| `unmixing-p2-96` ") and f"| {records[1]['after']['learned_tta']['avg']:.3f} |" in r
-                   for r in rows)
+    for record in records:  # a shipped D trained on larger patches: its row, from its record
+        after = record["after"]
+        assert not record["shipped"] or any(r.startswith(f"| {d_label(after['model'])} |")
+                                            and f"| {after['learned_tta']['avg']:.3f} |" in r for r in rows)
 
 
 def test_each_d_card_compares_it_with_the_ds_its_records_name():
@@ -185,19 +194,25 @@ def test_the_s_large_patches_record_starts_from_the_shipped_s_and_default_d_and_
     assert "`results/s_large_patches.json`" in readme
 
 
-def test_the_p2_large_patches_record_starts_from_the_shipped_p2_and_the_readme_quotes_it():
-    """results/d_p2_large_patches.json (the D on 2³ patches trained on 96³ patches): it started from the shipped
-    S and unmixing-p2, its 'before' is p2's row of d_designs.json, a shipped 'after' is the committed folder
-    (and not an unshipped one), and the README's figures are the file's."""
-    record = json.loads((REPO / "results/d_p2_large_patches.json").read_text())
+@pytest.mark.parametrize("record_name, start, patch", [("d_p2_large_patches", "unmixing-p2", 2),
+                                                        ("d_p4_large_patches", "unmixing-p4", 4)])
+def test_a_patch_ds_large_patches_record_starts_from_the_shipped_design_and_the_readme_quotes_it(record_name, start,
+                                                                                                patch):
+    """results/d_p{2,4}_large_patches.json (a D on patches trained on 96³ patches): it started from the shipped
+    S and that design, its 'before' is the design's row of d_designs.json, a shipped 'after' is the committed
+    folder (and not an unshipped one), report.D_TRAINED_ON names it, and the README's figures are the file's."""
+    from training.report import D_TRAINED_ON
+
+    record = json.loads((REPO / f"results/{record_name}.json").read_text())
     designs = json.loads((REPO / "results/d_designs.json").read_text())
     shipped = {n: json.loads((REPO / f"weights/{n}/training.json").read_text())["sha256"]
-               for n in ("segmentation", "unmixing-p2")}
+               for n in ("segmentation", start)}
     before, after = record["before"], record["after"]
     assert record["training"]["init_from_sha256"] == shipped
-    assert {k: v for k, v in before.items() if k != "source"} == next(r for r in designs["rows"] if r["model"] == "unmixing-p2")
+    assert {k: v for k, v in before.items() if k != "source"} == next(r for r in designs["rows"] if r["model"] == start)
     assert record["protocol"] == designs["protocol"] and before["baseline"] == after["baseline"]
-    assert after["model"] == "unmixing-p2-96" and after["patch"] == before["patch"] == 2
+    assert after["model"] == f"{start}-96" and after["patch"] == before["patch"] == patch
+    assert D_TRAINED_ON[after["model"]] == record_name
     folder = REPO / "weights" / after["model"]
     if record["shipped"]:
         assert sha256_file(folder / "model.safetensors") == after["weights_sha256"]
@@ -207,7 +222,7 @@ def test_the_p2_large_patches_record_starts_from_the_shipped_p2_and_the_readme_q
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
     assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}" in readme
-    assert "`results/d_p2_large_patches.json`" in readme
+    assert f"`results/{record_name}.json`" in readme
 
 
 def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme_quotes_it():

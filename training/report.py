@@ -309,7 +309,8 @@ def reliability_md(doc: dict) -> str:
 # a D trained on from another on larger patches -> the record of that training (``before``: its start, ``after``: it,
 # both on the D designs' protocol). The one registry of these records: the D designs table, the README blocks, the
 # model cards and ``training.refresh_baseline`` all follow it.
-D_TRAINED_ON = {"unmixing-96": "d_large_patches", "unmixing-p2-96": "d_p2_large_patches"}
+D_TRAINED_ON = {"unmixing-96": "d_large_patches", "unmixing-p2-96": "d_p2_large_patches",
+                "unmixing-p4-96": "d_p4_large_patches"}
 
 
 def d_designs_rows(doc: dict) -> tuple[list[dict], list[str]]:
@@ -417,7 +418,8 @@ def ds_full_protocol_md(default: dict) -> str:
 
 def d_large_patches_md(doc: dict) -> str:
     """A D before and after training on patches closer to the whole volume it runs on
-    (``results/d_large_patches.json``: the end-to-end D; ``d_p2_large_patches.json``: the D on 2³ patches)."""
+    (``results/d_large_patches.json``: the end-to-end D; ``d_p2_large_patches.json``: the D on 2³ patches;
+    ``d_p4_large_patches.json``: the D on 4³ patches)."""
     t = doc["training"]
     lines = [f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']}); compared by "
              f"`{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: `{doc['protocol']}`. " + refreshed(doc)
@@ -481,7 +483,12 @@ CARDS = {
                        "on where it runs. {how} The same network as `unmixing-p2`, so the same client time."),
     "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
                     "The cheapest client D: the four AdaIN blocks and widths of `unmixing`. {how} A small fraction of "
-                    "the full-resolution Ds' client time and a lower Dice (the table below)."),
+                    "the full-resolution Ds' client time and a lower Dice (the table below). It is the start of "
+                    "`unmixing-p4-96`, which trained on from it on 96³ patches."),
+    "unmixing-p4-96": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP, trained on 96³ "
+                       "patches",
+                       "The cheapest client D `unmixing-p4` (the four AdaIN blocks and widths of `unmixing`) trained "
+                       "on where it runs. {how} The same network as `unmixing-p4`, so the same client time."),
     "baseline": ("Mixup-Privacy baseline (U-Net++ on unmixed images)",
                  "The same U-Net++ as S trained on raw (unmixed) images: the accuracy that privacy costs is "
                  "measured against it. Load with `mixdemo.weights.load_model(\"baseline\")`."),
