@@ -152,7 +152,10 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir)
 def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, model_dir, tmp_path):
     from training import compare_unmixing, report
 
-    names = [n for n in compare_unmixing.DEFAULT_MODELS if (model_dir / n / "model.safetensors").exists()]
+    # two of the designs (the cheaper ones: the full-resolution D doubled this test's time) are enough to
+    # show every D is scored on the same proxies
+    names = [n for n in compare_unmixing.DEFAULT_MODELS[1:] if (model_dir / n / "model.safetensors").exists()]
+    assert len(names) == 2
     out = tmp_path / "d.json"
     doc = compare_unmixing.main(["--data", str(small_cohort), "--quick", "--threads", "1", "--models", *names,
                                  "--out", str(out)])
