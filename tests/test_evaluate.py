@@ -98,6 +98,10 @@ def test_figures_only_redraws_the_figures_of_an_evaluation_and_refuses_other_set
         evaluate.main([*argv, "--figures-only", "--seed", "1"])
     with pytest.raises(SystemExit, match="does not exist"):
         evaluate.main([*argv[:-3], str(tmp_path / "none.json"), "--threads", "1", "--figures-only"])
+    older = {k: v for k, v in json.loads(copy.read_text()).items() if k != "models"}  # before `models` was recorded
+    copy.write_text(json.dumps(older))
+    with pytest.raises(SystemExit, match="does not record its models"):
+        evaluate.main([*argv, "--figures-only"])
 
 
 def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):

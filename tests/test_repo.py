@@ -245,6 +245,23 @@ def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme
     assert f"CSF {b['CSF']:.3f} → {a['CSF']:.3f}" in readme and "`results/baseline_large_patches.json`" in readme
 
 
+def test_the_baseline_second_leg_record_starts_from_the_shipped_baseline_and_the_readme_quotes_it():
+    """results/baseline_second_leg.json (not shipped): its 'before' is weights/baseline and the baseline rows of the
+    segmentation tables, its 'after' other weights whose figures the README quotes."""
+    record = json.loads((REPO / "results/baseline_second_leg.json").read_text())
+    before, after = record["before"], record["after"]
+    shipped = sha256_file(REPO / "weights/baseline/model.safetensors")
+    assert before["weights_sha256"] == shipped == record["training"]["init_from_sha256"]["baseline"]
+    assert after["weights_sha256"] != shipped and record["shipped"].startswith("no:")
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    designs = json.loads((REPO / "results/d_designs.json").read_text())
+    assert before["baseline"] == seg["dice"]["baseline"] and before["baseline_3_volumes"] == designs["rows"][0]["baseline"]
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    b, a = before["baseline"], after["baseline"]
+    assert f"average {b['avg']:.3f} → {a['avg']:.3f} (CSF {b['CSF']:.3f} → {a['CSF']:.3f})" in readme
+    assert "`results/baseline_second_leg.json`" in readme
+
+
 def test_a_recorded_command_is_the_one_given_else_the_processs(monkeypatch):
     """Results and training records name the arguments a run was given (called as a function too)."""
     from training import command_line

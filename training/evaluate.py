@@ -287,7 +287,11 @@ def figures_only(args: argparse.Namespace) -> dict:
     setup = set_up(args)
     expected = {**protocol(args, len(setup.dice_records), len(setup.by_id)),
                 "weights_sha256": weights_record([args.segmentation, args.unmixing, "baseline"])}
-    differ = sorted(k for k, v in expected.items() if doc.get(k) != v)
+    missing = sorted(k for k in expected if k not in doc)
+    if missing:
+        raise SystemExit(f"{args.out} does not record its {', '.join(missing)} (an older file): its figures cannot be "
+                         "drawn without re-running it.")
+    differ = sorted(k for k, v in expected.items() if doc[k] != v)
     if differ:
         raise SystemExit(f"{args.out} was made with other {', '.join(differ)} than these arguments and weights: "
                          "its figures cannot be drawn without re-running it.")
