@@ -260,6 +260,8 @@ def test_the_baseline_second_leg_record_starts_from_the_shipped_baseline_and_the
     b, a = before["baseline"], after["baseline"]
     assert f"average {b['avg']:.3f} → {a['avg']:.3f} (CSF {b['CSF']:.3f} → {a['CSF']:.3f})" in readme
     assert "`results/baseline_second_leg.json`" in readme
+    note = (REPO / "weights/baseline/TRAINING_NOTE.md").read_text().replace("\n", " ")  # the card's training history
+    assert f"average Dice to {a['avg']:.3f} and was not shipped (`results/baseline_second_leg.json`)" in note
 
 
 def test_a_recorded_command_is_the_one_given_else_the_processs(monkeypatch):
