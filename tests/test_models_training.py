@@ -322,6 +322,49 @@ def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path):
     assert set(folders) == {"segmentation"} and Path(folders["segmentation"]).name == "baseline"
 
 
+def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(tiny_cohort):
+    from training.validate import hold_out
+
+    records = load_cohort(tiny_cohort).split("train")
+    train_recs, val_recs = hold_out(records, 1)
+    assert {r.subject for r in val_recs} == {"s2"} and {r.subject for r in train_recs} == {"s0", "s1"}
+    assert hold_out(records, 0) == (list(records), [])
+    with pytest.raises(SystemExit, match="at least 2"):
+        hold_out(records, 2)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "private"])
+def test_validation_exports_the_best_validated_step(tiny_cohort, tmp_path, mode):
+    """--val-subjects: the held-out subject's Dice every --val-every steps; the exported weights are those of the
+    best step (the record says which), not of the last one unless it is the best."""
+    from safetensors.torch import load_file
+
+    from training import train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    folders = train.main(_train_cmd(tiny_cohort, out, run, 4, ["--mode", mode, "--val-subjects", "1", "--val-every", "2",
+                                                               "--lr", "0.05"]))
+    folder = Path(folders["segmentation"])
+    record = json.loads((folder / "training.json").read_text())["validation"]
+    steps = [h[0] for h in record["history"]]
+    assert steps == [2, 4] and record["subjects"] == ["s2"] and record["every"] == 2
+    best_step, best_dice = max(record["history"], key=lambda h: (h[1], -h[0]))
+    assert record["exported_step"] == best_step and record["dice"] == best_dice and 0.0 <= best_dice <= 1.0
+    assert (run / "validation.log").read_text().splitlines() == ["step\tdice", *(f"{s}\t{d:.4f}" for s, d in record["history"])]
+    best = torch.load(run / "best.pt", weights_only=True)
+    last = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert last["validation"] == record["history"]
+    assert set(folders) == ({"segmentation"} if mode == "baseline" else {"segmentation", "unmixing"})
+    for role, prefix in (("segmentation", "seg."), ("unmixing", "unmix.")):
+        if role not in folders:
+            continue
+        exported = load_file(Path(folders[role]) / "model.safetensors")
+        assert all(torch.equal(v, best[prefix + k]) for k, v in exported.items()), role
+        same_as_last = all(torch.equal(v, last["model"][prefix + k]) for k, v in exported.items())
+        assert same_as_last == (best_step == 4), role  # seeded: the baseline's best is step 2, the private pair's 4
+        assert json.loads((Path(folders[role]) / "training.json").read_text())["validation"] == record
+
+
 def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
     from training import train
 

@@ -10,7 +10,9 @@ Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
 
 Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
 the target's labels, summed, as in the paper. Checkpoints every ``--ckpt-every`` steps and
-resumes from the last one; losses go to ``<run>/train.log`` (tab-separated).
+resumes from the last one; losses go to ``<run>/train.log`` (tab-separated). ``--val-subjects N`` holds
+the last N training subjects out and exports the step with the best whole-volume Dice on their scans
+(``training.validate``; ``<run>/validation.log``).
 
 ``--mode unmixing`` trains a new D alone on the outputs of a trained S that stays frozen
 (``--init-from weights``), e.g. the cheaper D on 2³ patches::
@@ -42,6 +44,7 @@ from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, Unm
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from training import command_line
+from training.validate import hold_out, make_validation, validation_dice
 
 
 
@@ -77,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and log (default runs/<name>)")
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--val-subjects", type=int, default=0,
+                   help="hold the last N training subjects out as a validation set: their whole-volume Dice, every "
+                        "--val-every steps, picks the step whose weights are exported (training.validate)")
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (default: --ckpt-every)")
     p.add_argument("--legs", type=parse_legs, default=None,
                    help="replay a run that was resumed with changed --steps: comma-separated TOTAL:START legs "
                         "(the learning rate follows the cosine of TOTAL from step START on, and the data stream "
@@ -222,8 +229,13 @@ def main(argv: list[str] | None = None) -> dict:
         dist.barrier()
 
     cohort = load_cohort(args.data)
-    volumes = load_volumes(cohort.split("train"))
+    train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
+    volumes = load_volumes(train_records)
     mixed = args.mode != "baseline"
+    val = (make_validation(load_volumes(val_records), volumes, tuple(args.alpha_range), args.seed)
+           if val_records and rank == 0 else None)
+    val_every = args.val_every or args.ckpt_every
+    history: list[list[float]] = []  # [step, validation Dice]
     sampler = MixedPatchSampler(
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
         n_references=args.n_references, mixed=mixed, augment=args.augment, seed=args.seed * 1000 + rank,
@@ -253,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
         optim.load_state_dict(state["optim"])
         sampler.rng = np.random.default_rng(state["seed_state"] + rank)
         step, elapsed = state["step"], state.get("elapsed", 0.0)
+        history = state.get("validation", [])
         for group in optim.param_groups:  # the schedule follows --steps, even if it changed since
             group["initial_lr"] = args.lr
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor, last_epoch=step - 1)
@@ -286,22 +299,47 @@ def main(argv: list[str] | None = None) -> dict:
             log.write(f"{step}\t{loss.item():.4f}\t{l_seg.item():.4f}\t{l_unmix.item():.4f}\t{sched.get_last_lr()[0]:.2e}\t{secs:.0f}\n")
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if val is not None and (step % val_every == 0 or step == args.steps):
+            history = validate_step(model, val, step, history, run_dir)
         if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
             torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
-                        "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0},
-                       ckpt_path)
+                        "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0,
+                        "validation": history}, ckpt_path)
     bar.close()
     info = {}
     if rank == 0:
+        validation = None
+        if val is not None:  # export the best validated step's weights
+            best_step, best_dice = max(history, key=lambda h: (h[1], -h[0]))
+            model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True))
+            validation = {"subjects": val.subjects, "every": val_every, "history": history,
+                          "exported_step": int(best_step), "dice": best_dice,
+                          "note": "the weights are those of exported_step, the best mean Dice on the held-out "
+                                  "subjects' scans (training.validate)"}
         info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device,
-                      command_line("training.train", argv))
+                      command_line("training.train", argv), validation)
     if world > 1:
         dist.destroy_process_group()
     return info
 
 
+def validate_step(model: EndToEnd, val, step: int, history: list[list[float]], run_dir: Path) -> list[list[float]]:
+    """Validate the weights of ``step`` (appended to ``<run>/validation.log``); keep them in ``<run>/best.pt``
+    when their Dice is the best so far."""
+    model.eval()
+    dice = validation_dice(model.seg, model.unmix, val)
+    model.train()
+    if not history or dice > max(h[1] for h in history):
+        torch.save(model.state_dict(), run_dir / "best.pt")
+    log = run_dir / "validation.log"
+    header = "" if log.exists() else "step\tdice\n"
+    with log.open("a") as f:
+        f.write(f"{header}{step}\t{dice:.4f}\n")
+    return [*history, [step, dice]]
+
+
 def export(model: EndToEnd, args: argparse.Namespace, features, name: str, seconds: float, world: int,
-           device: torch.device, command: str) -> dict:
+           device: torch.device, command: str, validation: dict | None = None) -> dict:
     """Write the Hub-format model folders and a training record next to them."""
     from mixdemo.weights import write_training_record
 
@@ -318,6 +356,8 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
+    if validation:
+        training["validation"] = validation
     training["unmix_features"], training["unmix_patch"] = resolve_widths(args.unmix_features), args.unmix_patch
     training["unmix_hidden"] = args.unmix_hidden
     folders = {}

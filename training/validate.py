@@ -1,0 +1,69 @@
+"""A validation hold-out for ``training.train`` (``--val-subjects N``): the last N subjects of the training
+split are kept out of the patch stream and out of the references, and the whole-volume Dice on their
+scans, measured every ``--val-every`` steps, picks the step whose weights are exported. The cohort's test
+subjects stay untouched, so a checkpoint is never chosen by the figures it is then reported with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mixdemo.data import ScanRecord, Volume
+from mixdemo.mixing import hard_labels
+from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
+from training.evaluate import dice_row, masked
+
+
+def hold_out(records: Sequence[ScanRecord], n_subjects: int) -> tuple[list[ScanRecord], list[ScanRecord]]:
+    """(training scans, validation scans): the scans of the last ``n_subjects`` subjects (sorted by name)
+    are the validation ones. At least two subjects must stay for training (a mix needs a reference from
+    another subject)."""
+    subjects = sorted({r.subject for r in records})
+    if not 0 <= n_subjects <= len(subjects) - 2:
+        raise SystemExit(f"--val-subjects {n_subjects}: the training split has {len(subjects)} subjects and at least 2 "
+                         f"must stay for training (choose 0 to {max(len(subjects) - 2, 0)}).")
+    held = set(subjects[len(subjects) - n_subjects:])
+    return [r for r in records if r.subject not in held], [r for r in records if r.subject in held]
+
+
+@dataclass
+class Validation:
+    """The held-out scans and, for a private network, one fixed reference (from the training scans) and α each."""
+
+    volumes: list[Volume]
+    references: list[Reference]
+    alphas: list[float]
+    subjects: list[str]
+
+
+def make_validation(val_volumes: list[Volume], train_volumes: list[Volume], alpha_range: tuple[float, float],
+                    seed: int) -> Validation:
+    """The same references and α at every validation, drawn once from ``seed``."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(train_volumes), size=len(val_volumes))
+    refs = [Reference(train_volumes[i].name, train_volumes[i].image, train_volumes[i].labels) for i in picks]
+    alphas = [float(a) for a in rng.uniform(*alpha_range, size=len(val_volumes))]
+    return Validation(val_volumes, refs, alphas, sorted({v.subject for v in val_volumes}))
+
+
+@torch.inference_mode()
+def validation_dice(seg: torch.nn.Module, unmix: torch.nn.Module | None, val: Validation) -> float:
+    """Mean Dice (GM, WM, CSF) over the held-out scans, inside each scan's brain: without a D, S's labels of the
+    scan itself (the baseline); with one, D's labels of one proxy per scan (Eq. 2, then S, then D; K = 1)."""
+    from mixdemo.mixing import MixKey
+
+    rows = []
+    for vol, ref, alpha in zip(val.volumes, val.references, val.alphas):
+        brain = vol.image > 0
+        if unmix is None:
+            probs = segment_proxies(seg, vol.image[None])
+        else:
+            key = MixKey((ref.ref_id,), (alpha,))
+            mixed = segment_proxies(seg, make_proxies(vol.image, [ref], key))
+            probs = unmix_learned(unmix, mixed, reference_onehots([ref]), [alpha], brain_mask=brain)
+        rows.append(dice_row(masked(hard_labels(probs[0].float()).numpy(), brain), vol.labels)["avg"])
+    return round(float(np.mean(rows)), 4)
