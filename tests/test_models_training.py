@@ -331,6 +331,9 @@ def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(ti
     assert hold_out(records, 0) == (list(records), [])
     with pytest.raises(SystemExit, match="at least 2"):
         hold_out(records, 2)
+    with pytest.raises(SystemExit, match="at least 2"):
+        hold_out(records, -1)
+    assert hold_out(records[:1], 0) == (list(records[:1]), [])  # no hold-out asked: nothing checked
 
 
 @pytest.mark.parametrize("mode", ["baseline", "private"])

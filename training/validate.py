@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mixdemo.data import ScanRecord, Volume
-from mixdemo.mixing import hard_labels
+from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
 from training.evaluate import dice_row, masked
 
@@ -23,7 +23,7 @@ def hold_out(records: Sequence[ScanRecord], n_subjects: int) -> tuple[list[ScanR
     are the validation ones. At least two subjects must stay for training (a mix needs a reference from
     another subject)."""
     subjects = sorted({r.subject for r in records})
-    if not 0 <= n_subjects <= len(subjects) - 2:
+    if n_subjects < 0 or (n_subjects and n_subjects > len(subjects) - 2):
         raise SystemExit(f"--val-subjects {n_subjects}: the training split has {len(subjects)} subjects and at least 2 "
                          f"must stay for training (choose 0 to {max(len(subjects) - 2, 0)}).")
     held = set(subjects[len(subjects) - n_subjects:])
@@ -54,8 +54,6 @@ def make_validation(val_volumes: list[Volume], train_volumes: list[Volume], alph
 def validation_dice(seg: torch.nn.Module, unmix: torch.nn.Module | None, val: Validation) -> float:
     """Mean Dice (GM, WM, CSF) over the held-out scans, inside each scan's brain: without a D, S's labels of the
     scan itself (the baseline); with one, D's labels of one proxy per scan (Eq. 2, then S, then D; K = 1)."""
-    from mixdemo.mixing import MixKey
-
     rows = []
     for vol, ref, alpha in zip(val.volumes, val.references, val.alphas):
         brain = vol.image > 0
