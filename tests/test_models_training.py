@@ -15,6 +15,7 @@ import torch
 from mixdemo import weights
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.io import save_volume
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 from mixdemo.models import SegmentationNet, UnmixingNet, count_parameters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -351,6 +352,10 @@ def test_validation_exports_the_best_validated_step(tiny_cohort, tmp_path, mode)
     record = json.loads((folder / "training.json").read_text())["validation"]
     steps = [h[0] for h in record["history"]]
     assert steps == [2, 4] and record["subjects"] == ["s2"] and record["every"] == 2
+    lo, hi = DEFAULT_ALPHA_RANGE  # the client's α, as the evaluation draws it
+    assert len(record["alphas"]) == 1 and lo <= record["alphas"][0] <= hi
+    assert record["references"] == (None if mode == "baseline" else [record["references"][0]])
+    assert mode == "baseline" or record["references"][0] in {"s0_scan-0", "s1_scan-0"}  # never the held-out subject
     best_step, best_dice = max(record["history"], key=lambda h: (h[1], -h[0]))
     assert record["exported_step"] == best_step and record["dice"] == best_dice and 0.0 <= best_dice <= 1.0
     assert (run / "validation.log").read_text().splitlines() == ["step\tdice", *(f"{s}\t{d:.4f}" for s, d in record["history"])]
@@ -364,7 +369,7 @@ def test_validation_exports_the_best_validated_step(tiny_cohort, tmp_path, mode)
         exported = load_file(Path(folders[role]) / "model.safetensors")
         assert all(torch.equal(v, best[prefix + k]) for k, v in exported.items()), role
         same_as_last = all(torch.equal(v, last["model"][prefix + k]) for k, v in exported.items())
-        assert same_as_last == (best_step == 4), role  # seeded: the baseline's best is step 2, the private pair's 4
+        assert same_as_last == (best_step == 4), role  # seeded: the baseline's best is step 2 (not the last)
         assert json.loads((Path(folders[role]) / "training.json").read_text())["validation"] == record
 
 

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
-from mixdemo.mixing import TRAIN_ALPHA_RANGE
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records)
     mixed = args.mode != "baseline"
-    val = (make_validation(load_volumes(val_records), volumes, tuple(args.alpha_range), args.seed)
+    val = (make_validation(load_volumes(val_records), volumes, DEFAULT_ALPHA_RANGE, args.seed)  # α as the client draws it
            if val_records and rank == 0 else None)
     val_every = args.val_every or args.ckpt_every
     history: list[list[float]] = []  # [step, validation Dice]
@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
         if val is not None:  # export the best validated step's weights
             best_step, best_dice = max(history, key=lambda h: (h[1], -h[0]))
             model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True))
-            validation = {"subjects": val.subjects, "every": val_every, "history": history,
+            validation = {"subjects": val.subjects, "every": val_every, "history": history, "alphas": val.alphas,
+                          "references": [r.ref_id for r in val.references] if model.unmix is not None else None,
                           "exported_step": int(best_step), "dice": best_dice,
                           "note": "the weights are those of exported_step, the best mean Dice on the held-out "
                                   "subjects' scans (training.validate)"}

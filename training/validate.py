@@ -42,7 +42,8 @@ class Validation:
 
 def make_validation(val_volumes: list[Volume], train_volumes: list[Volume], alpha_range: tuple[float, float],
                     seed: int) -> Validation:
-    """The same references and α at every validation, drawn once from ``seed``."""
+    """The same references and α at every validation, drawn once from ``seed`` (``alpha_range``: the client's,
+    as ``training.evaluate`` draws it, not the wider training range)."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(train_volumes), size=len(val_volumes))
     refs = [Reference(train_volumes[i].name, train_volumes[i].image, train_volumes[i].labels) for i in picks]
