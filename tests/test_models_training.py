@@ -335,6 +335,10 @@ def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(ti
     with pytest.raises(SystemExit, match="at least 2"):
         hold_out(records, -1)
     assert hold_out(records[:1], 0) == (list(records[:1]), [])  # no hold-out asked: nothing checked
+    from training import train
+
+    with pytest.raises(SystemExit, match="one reference"):
+        train.main(["--data", str(tiny_cohort), "--n-references", "2", "--val-subjects", "1", "--steps", "1"])
 
 
 @pytest.mark.parametrize("mode", ["baseline", "private"])

@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--init-unmixing names a model folder under --init-from: give --init-from (e.g. weights).")
     if args.init_unmixing and args.mode == "baseline":
         raise SystemExit("--init-unmixing starts a D; --mode baseline trains no D.")
+    if args.val_subjects and args.n_references != 1 and args.mode != "baseline":
+        raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
