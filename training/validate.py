@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from mixdemo.data import ScanRecord, Volume
-from mixdemo.mixing import MixKey, hard_labels
-from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned
-from training.evaluate import dice_row, masked
+from mixdemo.mixing import hard_labels
+from mixdemo.pipeline import Reference
+from training.evaluate import baseline_labels, dice_row, masked, predict_k
 
 
 def hold_out(records: Sequence[ScanRecord], n_subjects: int) -> tuple[list[ScanRecord], list[ScanRecord]]:
@@ -53,16 +53,16 @@ def make_validation(val_volumes: list[Volume], train_volumes: list[Volume], alph
 
 @torch.inference_mode()
 def validation_dice(seg: torch.nn.Module, unmix: torch.nn.Module | None, val: Validation) -> float:
-    """Mean Dice (GM, WM, CSF) over the held-out scans, inside each scan's brain: without a D, S's labels of the
-    scan itself (the baseline); with one, D's labels of one proxy per scan (Eq. 2, then S, then D; K = 1)."""
+    """Mean Dice (GM, WM, CSF) over the held-out scans, inside each scan's brain, as ``training.evaluate`` predicts
+    them: without a D, S's labels of the scan itself (the baseline); with one, D's labels of one proxy per scan
+    (Eq. 2, then S, then D; K = 1)."""
     rows = []
     for vol, ref, alpha in zip(val.volumes, val.references, val.alphas):
         brain = vol.image > 0
         if unmix is None:
-            probs = segment_proxies(seg, vol.image[None])
+            labels = baseline_labels(seg, vol, brain)
         else:
-            key = MixKey((ref.ref_id,), (alpha,))
-            mixed = segment_proxies(seg, make_proxies(vol.image, [ref], key))
-            probs = unmix_learned(unmix, mixed, reference_onehots([ref]), [alpha], brain_mask=brain)
-        rows.append(dice_row(masked(hard_labels(probs[0].float()).numpy(), brain), vol.labels)["avg"])
+            _, learned, _ = predict_k(vol, [ref], [alpha], seg, unmix, brain)
+            labels = masked(hard_labels(learned[0].float()).numpy(), brain)
+        rows.append(dice_row(labels, vol.labels)["avg"])
     return round(float(np.mean(rows)), 4)
