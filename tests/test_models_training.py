@@ -377,6 +377,30 @@ def test_validation_exports_the_best_validated_step(tiny_cohort, tmp_path, mode)
         assert json.loads((Path(folders[role]) / "training.json").read_text())["validation"] == record
 
 
+def test_validation_of_a_warm_start_counts_the_starting_weights_as_step_0(tiny_cohort, tmp_path):
+    """With --init-from, the starting weights are validated first (step 0): a run that does not beat them on the
+    held-out subject exports them unchanged."""
+    from safetensors.torch import load_file
+
+    from training import train
+
+    start = tmp_path / "start"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run0", 4, ["--mode", "baseline", "--lr", "0.05"]))
+    out, run = tmp_path / "w", tmp_path / "run"
+    folders = train.main(_train_cmd(tiny_cohort, out, run, 2, ["--mode", "baseline", "--init-from", str(start),
+                                                               "--val-subjects", "1", "--val-every", "2", "--lr", "1.0"]))
+    record = json.loads((Path(folders["segmentation"]) / "training.json").read_text())["validation"]
+    assert [h[0] for h in record["history"]] == [0, 2]
+    assert (run / "validation.log").read_text().splitlines()[1].startswith("0\t")
+    exported = load_file(Path(folders["segmentation"]) / "model.safetensors")
+    started = load_file(start / "baseline" / "model.safetensors")
+    assert record["exported_step"] == 0  # seeded: one step at lr 1.0 does worse than the start
+    assert exported.keys() == started.keys() and all(torch.equal(exported[k], started[k]) for k in started)
+    train.main(_train_cmd(tiny_cohort, out, run, 2, ["--mode", "baseline", "--init-from", str(start),
+                                                     "--val-subjects", "1", "--val-every", "2", "--lr", "1.0"]))
+    assert [h[0] for h in torch.load(run / "checkpoint.pt", weights_only=False)["validation"]] == [0, 2]  # resumed: not again
+
+
 def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
     from training import train
 

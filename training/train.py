@@ -12,7 +12,8 @@ Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and fo
 the target's labels, summed, as in the paper. Checkpoints every ``--ckpt-every`` steps and
 resumes from the last one; losses go to ``<run>/train.log`` (tab-separated). ``--val-subjects N`` holds
 the last N training subjects out and exports the step with the best whole-volume Dice on their scans
-(``training.validate``; ``<run>/validation.log``).
+(``training.validate``; ``<run>/validation.log``); with ``--init-from`` the starting weights are validated
+as step 0, so a run that never beats them exports them unchanged.
 
 ``--mode unmixing`` trains a new D alone on the outputs of a trained S that stays frozen
 (``--init-from weights``), e.g. the cheaper D on 2³ patches::
@@ -82,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--val-subjects", type=int, default=0,
                    help="hold the last N training subjects out as a validation set: their whole-volume Dice, every "
-                        "--val-every steps, picks the step whose weights are exported (training.validate)")
+                        "--val-every steps, picks the step whose weights are exported (training.validate); with "
+                        "--init-from, step 0 (the starting weights) is one of the candidates")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (default: --ckpt-every)")
     p.add_argument("--legs", type=parse_legs, default=None,
                    help="replay a run that was resumed with changed --steps: comma-separated TOTAL:START legs "
@@ -279,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
     log = open(run_dir / "train.log", "a") if rank == 0 else None
     if log is not None and step == 0:
         log.write("step\tloss\tloss_seg\tloss_unmix\tlr\tseconds\n")
+    if val is not None and args.init_from is not None and step == 0 and not history:
+        history = validate_step(model, val, 0, history, run_dir)  # the starting weights: training must beat them
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc=name, mininterval=5)
     t0 = time.perf_counter()
     while step < args.steps:
