@@ -401,6 +401,47 @@ def test_validation_of_a_warm_start_counts_the_starting_weights_as_step_0(tiny_c
     assert [h[0] for h in torch.load(run / "checkpoint.pt", weights_only=False)["validation"]] == [0, 2]  # resumed: not again
 
 
+def test_recalibrate_batch_norm_sets_the_plain_average_of_the_batches_and_keeps_the_weights():
+    from training.precise_bn import recalibrate_batch_norm
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    net[1].running_mean.fill_(5.0)  # stale statistics, as after training
+    weight = net[0].weight.clone()
+    batches = [torch.full((1, 1, 2, 2, 2), v) + torch.arange(8.0).view(1, 1, 2, 2, 2) for v in (0.0, 10.0, 20.0)]
+    assert recalibrate_batch_norm(net, batches) == 1
+    with torch.no_grad():
+        means = torch.stack([net[0](x).mean((0, 2, 3, 4)) for x in batches])
+    assert torch.allclose(net[1].running_mean, means.mean(0), atol=1e-5)  # equal weights, not momentum 0.1
+    assert net[1].momentum == 0.1 and not net.training and torch.equal(net[0].weight, weight)
+    with pytest.raises(ValueError, match="no batch norm"):
+        recalibrate_batch_norm(torch.nn.Conv3d(1, 1, 1), batches)
+
+
+def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics(tiny_cohort, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from training import precise_bn, train
+
+    start = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 2, ["--mode", "baseline"]))
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
+    out = precise_bn.main(["--model", "baseline", "--data", str(tiny_cohort), "--batches", "3", "--out", str(tmp_path / "p"),
+                           "--patch-size", "32", "--threads", "1"])
+    before, after = load_file(start / "baseline" / "model.safetensors"), load_file(out / "model.safetensors")
+    stats = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert stats and before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before.keys() - stats)  # the weights themselves are kept
+    assert not all(torch.equal(before[k], after[k]) for k in stats)
+    record = json.loads((out / "training.json").read_text())
+    old = json.loads((start / "baseline" / "training.json").read_text())
+    assert record["precise_bn"]["from_sha256"] == old["sha256"] and record["precise_bn"]["patch_size"] == 32
+    assert record["precise_bn"]["command"].startswith("python -m training.precise_bn") and record["mode"] == "baseline"
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "p"))
+    weights.load_model("baseline")  # its checksum is the new file's
+    with pytest.raises(SystemExit, match="batches"):
+        precise_bn.main(["--model", "baseline", "--batches", "0", "--out", str(tmp_path / "q")])
+
+
 def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
     from training import train
 

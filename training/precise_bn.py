@@ -1,0 +1,104 @@
+"""Precise batch-norm statistics for a trained S or baseline (Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm").
+
+    python -m training.precise_bn --model baseline --batches 200 --out /tmp/precise
+
+S's batch norms keep their running mean and variance as an exponential average (momentum 0.1) of the
+batches seen last in training. Trained one 64³ patch a step, those statistics follow the last ten or
+twenty patches of the run, not the training population, and they are what S normalises with at
+inference. This recomputes them, with every weight frozen, as the plain average over ``--batches``
+patches drawn as training draws them (the baseline: raw patches; S: proxies with α from its training
+record), and writes a model folder ``<out>/<model>`` whose ``training.json`` keeps the training record
+and adds ``precise_bn`` (this command, the patches, the starting weights' SHA-256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.weights import load_model, read_training_record, resolve_model_dir, write_training_record
+from training import command_line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="baseline", help="model folder name: baseline or a segmentation S")
+    p.add_argument("--data", type=Path, default=Path("data/phantoms"), help="cohort whose training split is sampled")
+    p.add_argument("--batches", type=int, default=200, help="patches averaged (one per forward pass)")
+    p.add_argument("--patch-size", type=int, default=None, help="default: the patch size S was trained on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<model>")
+    p.add_argument("--threads", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Replace every batch norm's running statistics by their plain average over ``batches`` (forward passes in
+    training mode, no gradient; the weights do not change). Returns the number of batch norms; leaves ``model``
+    in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError("The model has no batch norm to recalibrate (a fused S: load it with fast=False).")
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch weighs the same
+    model.train()
+    seen = 0
+    for x in batches:
+        model(x)
+        seen += 1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    if not seen:
+        raise ValueError("No batches: the statistics would be reset to 0 and 1.")
+    return len(norms)
+
+
+def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: int) -> Iterable[torch.Tensor]:
+    """``n`` single-patch inputs drawn as ``training.train`` draws them for this model (its mode, α range and
+    references), from the training split of ``data``."""
+    mixed = record.get("mode", "baseline") != "baseline"
+    volumes = load_volumes(load_cohort(data).split("train"))
+    sampler = MixedPatchSampler(volumes, patch_size=patch_size, mixed=mixed, seed=seed,
+                                alpha_range=tuple(record.get("alpha_range", (0.1, 0.9))),
+                                n_references=record.get("n_references", 1))
+    for _ in range(n):
+        batch = sampler.batch(1)
+        yield (batch.x_mix if mixed else batch.x_target).float()
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    if args.batches < 1:
+        raise SystemExit("--batches must be at least 1.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = resolve_model_dir(args.model)
+    record = read_training_record(folder)
+    if record.get("model_class", "").rsplit(".", 1)[-1] != "SegmentationNet":
+        raise SystemExit(f"{args.model} is not a segmentation network (S or baseline); D has no batch norm.")
+    patch = args.patch_size or record.get("patch_size", 32)
+    model = load_model(args.model, fast=False)  # the batch norms as trained (the fast path folds them away)
+    t0 = time.perf_counter()
+    n_norms = recalibrate_batch_norm(model, training_batches(record, args.data, args.batches, patch, args.seed))
+    out = args.out / args.model
+    model.save_pretrained(out)
+    precise = {"command": command_line("training.precise_bn", argv), "batches": args.batches, "patch_size": patch,
+               "seed": args.seed, "data": str(args.data), "batch_norms": n_norms, "from_sha256": record.get("sha256"),
+               "seconds": round(time.perf_counter() - t0), "date": time.strftime("%Y-%m-%d")}
+    kept = {k: v for k, v in record.items() if k not in ("sha256", "model_class")}
+    write_training_record(out, {**kept, "precise_bn": precise}, record.get("model_class"))
+    print(f"{n_norms} batch norms recalibrated over {args.batches} patches of {patch}³ → {out}", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
