@@ -264,6 +264,29 @@ def test_the_baseline_second_leg_record_starts_from_the_shipped_baseline_and_the
     assert f"average Dice to {a['avg']:.3f} and was not shipped (`results/baseline_second_leg.json`)" in note
 
 
+def test_the_augment_and_precise_bn_record_starts_from_the_shipped_baseline_and_the_readme_quotes_it():
+    """results/baseline_augment_precise_bn.json (none shipped): its 'before' is weights/baseline and the segmentation
+    tables' baseline rows; each candidate has other weights, its own commands, and the figures the README quotes."""
+    record = json.loads((REPO / "results/baseline_augment_precise_bn.json").read_text())
+    before, candidates = record["before"], {c["name"]: c for c in record["candidates"]}
+    shipped = sha256_file(REPO / "weights/baseline/model.safetensors")
+    assert before["weights_sha256"] == shipped == candidates["B"]["precise_bn_from_sha256"]
+    assert candidates["C"]["precise_bn_from_sha256"] == candidates["A"]["weights_sha256"]
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    designs = json.loads((REPO / "results/d_designs.json").read_text())
+    assert before["baseline"] == seg["dice"]["baseline"] and before["baseline_3_volumes"] == designs["rows"][0]["baseline"]
+    best = max(candidates.values(), key=lambda c: c["baseline"]["avg"])
+    assert record["shipped"].startswith("no:") == (best["baseline"]["avg"] <= before["baseline"]["avg"])
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    note = (REPO / "weights/baseline/TRAINING_NOTE.md").read_text().replace("\n", " ")
+    for c in candidates.values():
+        assert c["weights_sha256"] != shipped and len(c["commands"]) == 2
+        assert "refresh_baseline" in c["commands"][1] and "ln -s /tmp/" in c["commands"][1]
+        assert f"{c['baseline']['avg']:.3f}" in readme and f"CSF {c['baseline']['CSF']:.3f}" in readme
+        assert f"{c['baseline']['avg']:.3f}" in note
+    assert "`results/baseline_augment_precise_bn.json`" in readme and "`results/baseline_augment_precise_bn.json`" in note
+
+
 def test_a_recorded_command_is_the_one_given_else_the_processs(monkeypatch):
     """Results and training records name the arguments a run was given (called as a function too)."""
     from training import command_line
