@@ -442,6 +442,46 @@ def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics
         precise_bn.main(["--model", "baseline", "--batches", "0", "--out", str(tmp_path / "q")])
 
 
+def test_fit_offsets_finds_the_smallest_offset_that_undoes_a_class_bias():
+    from training.calibrate import fit_offsets, labels_with_offsets
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, (8, 8, 8)).astype(np.uint8)
+    log_probs = torch.nn.functional.one_hot(torch.from_numpy(truth).long(), 4).permute(3, 0, 1, 2).float()
+    log_probs[3] -= 1.5  # CSF under-called: its voxels go to background unless the offset is in (0.5, 1.5)
+    brain = np.ones(truth.shape, bool)
+    assert (labels_with_offsets(log_probs, np.zeros(4), brain) == 3).sum() == 0
+    offsets, dice = fit_offsets([(log_probs, truth, brain)], np.round(np.arange(-1.0, 1.05, 0.1), 6), rounds=2)
+    assert offsets.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.6]) and dice == pytest.approx(1.0)
+    assert (labels_with_offsets(log_probs, offsets, brain) == truth).all()
+
+
+def test_calibrate_writes_a_baseline_whose_final_bias_carries_the_offsets(tiny_cohort, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from training import calibrate, train
+
+    start = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 2, ["--mode", "baseline"]))
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
+    out = calibrate.main(["--model", "baseline", "--data", str(tiny_cohort), "--scans", "2", "--grid", "-0.4", "0.4", "0.2",
+                          "--rounds", "1", "--out", str(tmp_path / "c"), "--threads", "1"])
+    record = json.loads((out / "training.json").read_text())
+    cal = record["calibration"]
+    assert cal["scans"] == ["s1_scan-0", "s2_scan-0"] and cal["offsets"][0] == 0.0 and record["mode"] == "baseline"
+    assert cal["train_dice_after"] >= cal["train_dice_before"] and cal["command"].startswith("python -m training.calibrate")
+    before, after = load_file(start / "baseline" / "model.safetensors"), load_file(out / "model.safetensors")
+    bias = "net.final_conv_0_4.bias"
+    assert torch.allclose(after[bias] - before[bias], torch.tensor(cal["offsets"]), atol=1e-6)
+    assert all(torch.equal(before[k], after[k]) for k in before if k != bias)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "c"))
+    weights.load_model("baseline")  # loads on the fast path; its checksum is the new file's
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run1", 1))  # an S trained on proxies
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
+    with pytest.raises(SystemExit, match="raw scans"):
+        calibrate.main(["--model", "segmentation", "--data", str(tiny_cohort), "--out", str(tmp_path / "d")])
+
+
 def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
     from training import train
 
