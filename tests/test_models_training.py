@@ -443,17 +443,67 @@ def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics
 
 
 def test_fit_offsets_finds_the_smallest_offset_that_undoes_a_class_bias():
-    from training.calibrate import fit_offsets, labels_with_offsets
+    from training.calibrate import fit_case, fit_offsets, labels_with_offsets
 
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 4, (8, 8, 8)).astype(np.uint8)
-    log_probs = torch.nn.functional.one_hot(torch.from_numpy(truth).long(), 4).permute(3, 0, 1, 2).float()
-    log_probs[3] -= 1.5  # CSF under-called: its voxels go to background unless the offset is in (0.5, 1.5)
     brain = np.ones(truth.shape, bool)
-    assert (labels_with_offsets(log_probs, np.zeros(4), brain) == 3).sum() == 0
-    offsets, dice = fit_offsets([(log_probs, truth, brain)], np.round(np.arange(-1.0, 1.05, 0.1), 6), rounds=2)
+    logits = torch.nn.functional.one_hot(torch.from_numpy(truth[brain]).long(), 4).T.float()
+    logits[3] -= 1.5  # CSF under-called: its voxels go to background unless the offset is in (0.5, 1.5)
+    case = fit_case(torch.softmax(logits, 0)[None], truth, brain)
+    assert (labels_with_offsets(case, np.zeros(4)) == 3).sum() == 0
+    offsets, dice = fit_offsets([case], np.round(np.arange(-1.0, 1.05, 0.1), 6), rounds=2)
     assert offsets.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.6]) and dice == pytest.approx(1.0)
-    assert (labels_with_offsets(log_probs, offsets, brain) == truth).all()
+    assert (labels_with_offsets(case, offsets) == truth).all()
+
+
+def test_offsets_shift_each_mix_before_the_tta_mean():
+    from training.calibrate import fit_case, labels_with_offsets
+
+    truth = np.array([[[1, 2]]], np.uint8)
+    brain = np.array([[[True, False]]])
+    probs = torch.tensor([[[0.0], [0.5], [0.0], [0.5]], [[0.0], [0.9], [0.0], [0.1]]])  # 2 mixes, 4 classes, 1 voxel
+    case = fit_case(probs, truth, brain)
+    assert labels_with_offsets(case, np.zeros(4)).tolist() == [[[1, 0]]]  # mean (0.7 GM, 0.3 CSF); outside: 0
+    # ×2.5 on CSF: mix 1 → CSF 0.71, mix 2 → CSF 0.22, mean 0.47: still GM (shifting the mean instead,
+    # 0.3 × 2.5 > 0.7, would call CSF); ×4: CSF 0.8 and 0.31, mean 0.55 → CSF
+    assert labels_with_offsets(case, np.array([0, 0, 0, np.log(2.5)])).tolist() == [[[1, 0]]]
+    assert labels_with_offsets(case, np.array([0, 0, 0, np.log(4.0)])).tolist() == [[[3, 0]]]
+
+
+def test_settled_voxels_keep_the_labels_every_offset_on_the_grid_gives():
+    from training.calibrate import fit_case, labels_with_offsets
+
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 4, (6, 6, 6)).astype(np.uint8)
+    brain = rng.random(truth.shape) > 0.2
+    n = int(brain.sum())  # 3 mixes that mostly agree, confidently
+    sharp = torch.from_numpy(rng.normal(0, 6, (1, 4, n)) + rng.normal(0, 1, (3, 4, n))).float()
+    probs = torch.softmax(sharp, 1)
+    full, fast = fit_case(probs, truth, brain), fit_case(probs, truth, brain, span=2.0)
+    assert fast.probs.shape[2] < full.probs.shape[2] / 2  # most voxels settled
+    for _ in range(20):
+        offsets = np.concatenate([[0.0], rng.uniform(-1.0, 1.0, 3)])  # within the span: |b_c − b_d| ≤ 2
+        assert (labels_with_offsets(fast, offsets) == labels_with_offsets(full, offsets)).all()
+
+
+@pytest.mark.parametrize("design", [{"patch": 1}, {"patch": 2}, {"patch": 2, "voxel_hidden": 4}])
+def test_the_final_bias_shifts_every_voxels_logits_on_the_fast_path(design):
+    from training.calibrate import final_bias
+
+    torch.manual_seed(0)
+    net = UnmixingNet(features=(4, 8), cond_dim=8, **design).eval()
+    y_mix = torch.softmax(torch.randn(1, 4, 8, 8, 8), 1)
+    y_ref = torch.nn.functional.one_hot(torch.randint(0, 4, (1, 8, 8, 8)), 4).permute(0, 4, 1, 2, 3).float()
+    alpha = torch.tensor([0.4])
+    offsets = torch.tensor([0.0, -0.5, 0.3, 1.2])
+    with torch.inference_mode():
+        before = net(y_mix, y_ref, alpha)
+    with torch.no_grad():
+        final_bias(net).add_(offsets)
+    with torch.inference_mode():
+        after = net.use_channels_last()(y_mix, y_ref, alpha)
+    assert torch.allclose(after - before, offsets.view(1, 4, 1, 1, 1).expand_as(before), atol=1e-5)
 
 
 def test_calibrate_writes_a_baseline_whose_final_bias_carries_the_offsets(tiny_cohort, tmp_path, monkeypatch):
@@ -480,6 +530,26 @@ def test_calibrate_writes_a_baseline_whose_final_bias_carries_the_offsets(tiny_c
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
     with pytest.raises(SystemExit, match="raw scans"):
         calibrate.main(["--model", "segmentation", "--data", str(tiny_cohort), "--out", str(tmp_path / "d")])
+
+
+def test_calibrate_fits_d_on_the_client_labels_after_tta(tiny_cohort, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from training import calibrate, train
+
+    start = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 1))  # S and D trained together
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
+    out = calibrate.main(["--model", "unmixing", "--data", str(tiny_cohort), "--scans", "2", "--tta-k", "2",
+                          "--grid", "-0.4", "0.4", "0.2", "--rounds", "1", "--out", str(tmp_path / "c"), "--threads", "1"])
+    cal = json.loads((out / "training.json").read_text())["calibration"]
+    assert cal["scans"] == ["s1_scan-0", "s2_scan-0"] and cal["tta_k"] == 2 and cal["segmentation"] == "segmentation"
+    assert cal["train_dice_after"] >= cal["train_dice_before"]
+    before, after = load_file(start / "unmixing" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert torch.allclose(after["out.bias"] - before["out.bias"], torch.tensor(cal["offsets"]), atol=1e-6)
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "out.bias")
+    with pytest.raises(SystemExit, match="at least 1"):
+        calibrate.main(["--model", "unmixing", "--tta-k", "0", "--out", str(tmp_path / "d")])
 
 
 def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):

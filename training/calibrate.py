@@ -1,35 +1,43 @@
-"""Per-class logit offsets for a segmentation network on raw scans (the baseline), fitted on training scans.
+"""Per-class logit offsets for the baseline or for D, fitted on training scans.
 
     python -m training.calibrate --model baseline --scans 6 --out /tmp/calibrated
+    python -m training.calibrate --model unmixing-p2-96 --scans 6 --out /tmp/calibrated
 
 A network trained with cross-entropy + Dice on patches can carry a systematic class bias on whole
 volumes: the shipped baseline labels only 70–80 % of its own training scans' CSF as CSF (most of the
 rest as GM). This fits one offset per class (background's fixed at 0), added to the network's logits —
-a prior correction, argmax(log p + b) — by coordinate search on a grid, maximising the mean over
+a prior correction, softmax(log p + b) — by coordinate search on a grid, maximising the mean over
 ``--scans`` training scans (the first scan of the last training subjects; never a test scan) of the
-average Dice of the classes, measured as ``training.evaluate --brain-mask`` measures it. The offsets go
-into the bias of the network's final 1×1×1 convolution, so the written model folder ``<out>/<model>``
+average Dice of the classes, measured as ``training.evaluate --brain-mask`` measures it:
+
+- the baseline (a network on raw scans): its labels of each scan;
+- D: the client's labels after TTA (Eq. 6), the mean over ``--tta-k`` mixes of D's corrected
+  probabilities, each mix through S (``--segmentation``) with references from the other training
+  subjects and α drawn as ``training.evaluate`` draws them for a scan (its seed, α range).
+
+The offsets go into the bias of the network's final layer, so the written model folder ``<out>/<model>``
 runs on the unchanged inference path; its ``training.json`` keeps the training record and adds
 ``calibration`` (this command, the scans, the offsets, the training scans' Dice before and after).
-
-The private path's client labels come from D, not from a network on raw scans; offsets for them are not
-fitted here.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mixdemo.data import load_cohort, load_volume
+from mixdemo.data import load_cohort, load_volumes
 from mixdemo.inference import segment_proxies
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
 from mixdemo.metrics import dice_per_class
-from mixdemo.weights import load_model, read_training_record, resolve_model_dir, write_training_record
-from training import command_line
+from mixdemo.models import SegmentationNet, UnmixingNet
+from mixdemo.pipeline import Reference
+from mixdemo.weights import load_model
+from training import command_line, save_derived_model, source_model
 
 CLASSES = (1, 2, 3)
 """The foreground classes whose average Dice is maximised (GM, WM, CSF)."""
@@ -37,31 +45,67 @@ CLASSES = (1, 2, 3)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="baseline", help="a segmentation network trained on raw scans (the baseline)")
+    p.add_argument("--model", default="baseline", help="the baseline (a network on raw scans) or a D")
     p.add_argument("--data", type=Path, default=Path("data/phantoms"), help="cohort whose training split is used")
     p.add_argument("--scans", type=int, default=6, help="training scans fitted on (first scans of the last subjects)")
     p.add_argument("--grid", type=float, nargs=3, default=(-1.0, 1.0, 0.1), metavar=("LO", "HI", "STEP"),
                    help="offsets tried per class")
     p.add_argument("--rounds", type=int, default=2, help="passes of the coordinate search over the classes")
+    p.add_argument("--segmentation", default="segmentation", help="D only: the S whose mixed segmentations D unmixes")
+    p.add_argument("--tta-k", type=int, default=10, help="D only: mixes averaged per scan (Eq. 6)")
+    p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="D only: α ~ U(lo, hi)")
+    p.add_argument("--seed", type=int, default=0, help="D only: references and α per scan as training.evaluate's seed")
     p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<model>")
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
 
 
-def labels_with_offsets(log_probs: torch.Tensor, offsets: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """argmax over classes of ``log_probs`` (C, X, Y, Z) + ``offsets`` (C,), background outside ``brain``."""
-    shifted = log_probs + torch.as_tensor(offsets, dtype=log_probs.dtype).view(-1, 1, 1, 1)
-    return np.where(brain, shifted.argmax(0).numpy(), 0)
+@dataclass
+class FitCase:
+    """One training scan: its labels; ``settled``, the labels no offset on the grid can change (background
+    outside the brain); and the network's probabilities (K, C, N) at the N voxels of ``open`` (K = 1 for
+    the baseline, the K mixes of Eq. 6 for D), whose labels the offsets decide."""
+    truth: np.ndarray
+    settled: np.ndarray
+    open: np.ndarray
+    probs: torch.Tensor
 
 
-def mean_dice(cases: list[tuple[torch.Tensor, np.ndarray, np.ndarray]], offsets: np.ndarray) -> float:
-    """The mean over ``cases`` (log-probabilities, labels, brain) of the average Dice of :data:`CLASSES`."""
-    rows = [dice_per_class(labels_with_offsets(lp, offsets, brain), truth, list(CLASSES)) for lp, truth, brain in cases]
+def fit_case(probs: torch.Tensor, truth: np.ndarray, brain: np.ndarray, span: float | None = None) -> FitCase:
+    """A :class:`FitCase` from the probabilities (K, C, N) at the N voxels of ``brain``.
+
+    With ``span`` (the largest difference between two classes' offsets on the grid, background's 0
+    included), a voxel where every mix gives one class more than e^span / (1 + e^span) is settled: that
+    class keeps more than half of every mix's probability under any offsets, so the mean's argmax is it.
+    """
+    settled = np.zeros(truth.shape, np.uint8)
+    open_ = brain.copy()
+    if span is not None:
+        top_p, top_c = probs.max(1)
+        sure = ((top_c == top_c[:1]).all(0) & (top_p > np.exp(span) / (1 + np.exp(span))).all(0)).numpy()
+        settled[brain] = np.where(sure, top_c[0].numpy(), 0)
+        open_[brain] = ~sure
+        probs = probs[:, :, torch.from_numpy(~sure)]
+    return FitCase(truth, settled, open_, probs.contiguous())
+
+
+def labels_with_offsets(case: FitCase, offsets: np.ndarray) -> np.ndarray:
+    """argmax over classes of the mean over the K mixes of softmax(log p_k + offsets) (Eq. 6 with each
+    mix's logits shifted), background outside the brain."""
+    shifted = case.probs * torch.exp(torch.as_tensor(offsets, dtype=case.probs.dtype)).view(1, -1, 1)
+    shifted /= shifted.sum(1, keepdim=True)
+    labels = case.settled.copy()
+    labels[case.open] = shifted.mean(0).argmax(0).numpy()
+    return labels
+
+
+def mean_dice(cases: list[FitCase], offsets: np.ndarray) -> float:
+    """The mean over ``cases`` of the average Dice of :data:`CLASSES` of :func:`labels_with_offsets`."""
+    rows = [dice_per_class(labels_with_offsets(case, offsets), case.truth, list(CLASSES)) for case in cases]
     return float(np.mean([np.mean(list(r.values())) for r in rows]))
 
 
-def fit_offsets(cases: list[tuple[torch.Tensor, np.ndarray, np.ndarray]], grid: np.ndarray,
-                rounds: int) -> tuple[np.ndarray, float]:
+def fit_offsets(cases: list[FitCase], grid: np.ndarray, rounds: int) -> tuple[np.ndarray, float]:
     """Coordinate search: each foreground class's offset in turn set to the grid value with the best
     :func:`mean_dice` (ties: the smallest offset in magnitude), ``rounds`` times. Returns (offsets, Dice)."""
     offsets = np.zeros(len(CLASSES) + 1, np.float32)
@@ -77,49 +121,95 @@ def fit_offsets(cases: list[tuple[torch.Tensor, np.ndarray, np.ndarray]], grid: 
     return offsets, best
 
 
-def fitting_cases(model: torch.nn.Module, data: Path, n_scans: int) -> tuple[list[str], list]:
-    """(scan names, cases): the model's log-probabilities, labels and brain of the first scan of each of the
-    last ``n_scans`` training subjects."""
+def final_bias(model: torch.nn.Module) -> torch.Tensor:
+    """The bias added to every voxel's logits by the network's last layer."""
+    if isinstance(model, SegmentationNet):
+        return model.net.final_conv_0_4.bias
+    if isinstance(model, UnmixingNet):
+        return model.voxel_out.bias if model.voxel_hidden else model.out.bias
+    raise TypeError(f"No known final layer in {type(model).__name__}.")
+
+
+def fitting_scans(data: Path, n_scans: int) -> tuple[list, list]:
+    """(chosen, training records): the first scan of each of the last ``n_scans`` training subjects."""
     records = load_cohort(data).split("train")
     first = [r for r in records if r.name.endswith("_scan-0")] or list(records)
-    chosen = first[-n_scans:]
+    return first[-n_scans:], records
+
+
+def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float) -> tuple[list[str], list[FitCase]]:
+    """(scan names, cases): the baseline's probabilities on each chosen scan."""
+    chosen, _ = fitting_scans(data, n_scans)
+    cases = []
+    for vol in load_volumes(chosen):
+        brain = vol.image > 0
+        probs = segment_proxies(model, vol.image[None])[0].float()
+        cases.append(fit_case(probs[:, brain][None], np.asarray(vol.labels), brain, span))
+    return [r.name for r in chosen], cases
+
+
+def unmixing_cases(seg: torch.nn.Module, unmix: torch.nn.Module, data: Path, n_scans: int, k: int,
+                   alpha_range: tuple[float, float], seed: int, span: float) -> tuple[list[str], list[FitCase]]:
+    """(scan names, cases): D's probabilities for K mixes of each chosen scan, with references from the
+    other training subjects and α drawn as ``training.evaluate`` draws them for a scan."""
+    from training.evaluate import predict_k, scan_seed
+
+    chosen, records = fitting_scans(data, n_scans)
+    volumes = {v.name: v for v in load_volumes(records)}
+    bank = {v.name: Reference(v.name, v.image, v.labels) for v in volumes.values()}
+    subject_of = {r.name: r.subject for r in records}
     cases = []
     for rec in chosen:
-        vol = load_volume(rec)
-        probs = segment_proxies(model, vol.image[None])[0].float()
-        cases.append((probs.clamp_min(1e-12).log(), np.asarray(vol.labels), vol.image > 0))
+        vol = volumes[rec.name]
+        others = [name for name in bank if subject_of[name] != rec.subject]
+        key = sample_key(others, k, alpha_range=alpha_range, seed=scan_seed(seed, rec.name))
+        brain = vol.image > 0
+        _, learned, _ = predict_k(vol, [bank[r] for r in key.reference_ids], key.alphas, seg, unmix, brain)
+        cases.append(fit_case(learned[:, :, brain].float(), np.asarray(vol.labels), brain, span))
+        del learned
     return [r.name for r in chosen], cases
+
+
+def check_model(name: str, record: dict) -> str:
+    """'baseline' or 'unmixing' (which cases to fit), or SystemExit for S (its output is a mixed segmentation)."""
+    kind = record.get("model_class", "").rsplit(".", 1)[-1]
+    if kind == "UnmixingNet":
+        return "unmixing"
+    if kind == "SegmentationNet" and record.get("mode") == "baseline":
+        return "baseline"
+    raise SystemExit(f"{name} is neither a segmentation network trained on raw scans (--mode baseline) nor a D; "
+                     "S's output is a mixed segmentation, whose classes D turns into the target's.")
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    if args.scans < 1:
-        raise SystemExit("--scans must be at least 1.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    folder = resolve_model_dir(args.model)
-    record = read_training_record(folder)
-    if record.get("model_class", "").rsplit(".", 1)[-1] != "SegmentationNet" or record.get("mode") != "baseline":
-        raise SystemExit(f"{args.model} is not a segmentation network trained on raw scans (--mode baseline); "
-                         "S's output is a mixed segmentation and D's offsets are not fitted here.")
+    if args.scans < 1 or args.tta_k < 1:
+        raise SystemExit("--scans and --tta-k must be at least 1.")
+    record = source_model(args.model, args.threads)
+    kind = check_model(args.model, record)
     t0 = time.perf_counter()
-    names, cases = fitting_cases(load_model(args.model), args.data, args.scans)
     lo, hi, step = args.grid
     grid = np.round(np.arange(lo, hi + step / 2, step), 6)
+    span = max(hi, 0.0) - min(lo, 0.0)  # background's offset stays 0
+    if kind == "baseline":
+        names, cases = baseline_cases(load_model(args.model), args.data, args.scans, span)
+    else:
+        names, cases = unmixing_cases(load_model(args.segmentation), load_model(args.model), args.data, args.scans,
+                                      args.tta_k, tuple(args.alpha_range), args.seed, span)
     before = mean_dice(cases, np.zeros(len(CLASSES) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)
-    model = load_model(args.model, fast=False)  # the modules as trained: the final convolution keeps its own bias
+    model = load_model(args.model, fast=False)  # the modules as trained: the final layer keeps its own bias
     with torch.no_grad():
-        model.net.final_conv_0_4.bias += torch.as_tensor(offsets)
-    out = args.out / args.model
-    model.save_pretrained(out)
+        final_bias(model).add_(torch.as_tensor(offsets))
     calibration = {"command": command_line("training.calibrate", argv), "scans": names, "grid": list(args.grid),
                    "rounds": args.rounds, "offsets": [round(float(v), 6) for v in offsets],
                    "train_dice_before": round(before, 4), "train_dice_after": round(after, 4),
                    "from_sha256": record.get("sha256"), "seconds": round(time.perf_counter() - t0),
                    "date": time.strftime("%Y-%m-%d")}
-    kept = {k: v for k, v in record.items() if k not in ("sha256", "model_class")}
-    write_training_record(out, {**kept, "calibration": calibration}, record.get("model_class"))
+    if kind == "unmixing":
+        calibration.update(segmentation=args.segmentation, tta_k=args.tta_k, alpha_range=list(args.alpha_range),
+                           seed=args.seed)
+    out = save_derived_model(model, args.out / args.model, record, "calibration", calibration)
     print(f"offsets {calibration['offsets']}: mean Dice on {len(names)} training scans {before:.4f} → {after:.4f}; {out}",
           flush=True)
     return out

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
-from mixdemo.weights import load_model, read_training_record, resolve_model_dir, write_training_record
-from training import command_line
+from mixdemo.weights import load_model
+from training import command_line, save_derived_model, source_model
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,23 +79,17 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     if args.batches < 1:
         raise SystemExit("--batches must be at least 1.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    folder = resolve_model_dir(args.model)
-    record = read_training_record(folder)
+    record = source_model(args.model, args.threads)
     if record.get("model_class", "").rsplit(".", 1)[-1] != "SegmentationNet":
         raise SystemExit(f"{args.model} is not a segmentation network (S or baseline); D has no batch norm.")
     patch = args.patch_size or record.get("patch_size", 32)
     model = load_model(args.model, fast=False)  # the batch norms as trained (the fast path folds them away)
     t0 = time.perf_counter()
     n_norms = recalibrate_batch_norm(model, training_batches(record, args.data, args.batches, patch, args.seed))
-    out = args.out / args.model
-    model.save_pretrained(out)
     precise = {"command": command_line("training.precise_bn", argv), "batches": args.batches, "patch_size": patch,
                "seed": args.seed, "data": str(args.data), "batch_norms": n_norms, "from_sha256": record.get("sha256"),
                "seconds": round(time.perf_counter() - t0), "date": time.strftime("%Y-%m-%d")}
-    kept = {k: v for k, v in record.items() if k not in ("sha256", "model_class")}
-    write_training_record(out, {**kept, "precise_bn": precise}, record.get("model_class"))
+    out = save_derived_model(model, args.out / args.model, record, "precise_bn", precise)
     print(f"{n_norms} batch norms recalibrated over {args.batches} patches of {patch}³ → {out}", flush=True)
     return out
 
