@@ -541,7 +541,9 @@ def test_calibrate_fits_d_on_the_client_labels_after_tta(tiny_cohort, tmp_path, 
     train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 1))  # S and D trained together
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
     out = calibrate.main(["--model", "unmixing", "--data", str(tiny_cohort), "--scans", "2", "--tta-k", "2",
-                          "--grid", "-0.4", "0.4", "0.2", "--rounds", "1", "--out", str(tmp_path / "c"), "--threads", "1"])
+                          "--grid", "-0.4", "0.4", "0.2", "--rounds", "1", "--out", str(tmp_path / "c"), "--threads", "1",
+                          "--name", "unmixing-cal"])
+    assert out == tmp_path / "c" / "unmixing-cal"
     cal = json.loads((out / "training.json").read_text())["calibration"]
     assert cal["scans"] == ["s1_scan-0", "s2_scan-0"] and cal["tta_k"] == 2 and cal["segmentation"] == "segmentation"
     assert cal["train_dice_after"] >= cal["train_dice_before"]

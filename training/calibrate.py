@@ -15,7 +15,7 @@ average Dice of the classes, measured as ``training.evaluate --brain-mask`` meas
   probabilities, each mix through S (``--segmentation``) with references from the other training
   subjects and α drawn as ``training.evaluate`` draws them for a scan (its seed, α range).
 
-The offsets go into the bias of the network's final layer, so the written model folder ``<out>/<model>``
+The offsets go into the bias of the network's final layer, so the written model folder ``<out>/<name>``
 runs on the unchanged inference path; its ``training.json`` keeps the training record and adds
 ``calibration`` (this command, the scans, the offsets, the training scans' Dice before and after).
 """
@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tta-k", type=int, default=10, help="D only: mixes averaged per scan (Eq. 6)")
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="D only: α ~ U(lo, hi)")
     p.add_argument("--seed", type=int, default=0, help="D only: references and α per scan as training.evaluate's seed")
-    p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<model>")
+    p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<name>")
+    p.add_argument("--name", default=None, help="the new folder's name (default: --model's)")
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
 
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
     if kind == "unmixing":
         calibration.update(segmentation=args.segmentation, tta_k=args.tta_k, alpha_range=list(args.alpha_range),
                            seed=args.seed)
-    out = save_derived_model(model, args.out / args.model, record, "calibration", calibration)
+    out = save_derived_model(model, args.out / (args.name or args.model), record, "calibration", calibration)
     print(f"offsets {calibration['offsets']}: mean Dice on {len(names)} training scans {before:.4f} → {after:.4f}; {out}",
           flush=True)
     return out
