@@ -228,3 +228,16 @@ def test_model_card_says_where_a_d_runs(tmp_path, design, says):
     how = report.unmixing_how(tmp_path / "d")
     assert says in how and ("patches" in how) == bool(design)
     assert report.d_where(**{"patch": 1, **design}).startswith("at full" if not design else "on ")
+
+
+def test_model_card_says_what_calibration_changed():
+    from training import report
+
+    assert report.calibration_sentence({"mode": "baseline"}) == ""
+    cal = {"command": "python -m training.calibrate --model baseline", "scans": ["a", "b"], "offsets": [0.0, -0.5, -0.2, 1.4],
+           "train_dice_before": 0.9042, "train_dice_after": 0.9167, "from_sha256": "db49671419106837"}
+    says = report.calibration_sentence({"calibration": cal})
+    assert "(GM -0.5, WM -0.2, CSF +1.4; background 0)" in says and "2 training scans' mean Dice of its labels" in says
+    assert "0.9042 → 0.9167" in says and "`db4967141910…`" in says
+    d_says = report.calibration_sentence({"calibration": {**cal, "tta_k": 10, "segmentation": "segmentation"}})
+    assert "after TTA over 10 mixes through `segmentation`" in d_says

@@ -548,6 +548,20 @@ def unmixing_how(folder: Path) -> str:
     return f"{where} {how}".strip()
 
 
+def calibration_sentence(record: dict) -> str:
+    """How a model folder made by ``training.calibrate`` differs from the weights it came from ('' for others)."""
+    cal = record.get("calibration")
+    if not cal:
+        return ""
+    offsets = ", ".join(f"{c} {v:+.1f}" for c, v in zip(("GM", "WM", "CSF"), cal["offsets"][1:]))
+    what = ("its labels" if "tta_k" not in cal else
+            f"the client's labels after TTA over {cal['tta_k']} mixes through `{cal['segmentation']}`")
+    return (f"Its final layer's bias carries per-class logit offsets ({offsets}; background 0) fitted on "
+            f"{len(cal['scans'])} training scans' mean Dice of {what}, {cal['train_dice_before']:.4f} → "
+            f"{cal['train_dice_after']:.4f}, by `{cal['command']}`, from the weights with SHA-256 "
+            f"`{cal['from_sha256'][:12]}…`; nothing else changed.")
+
+
 def d_card_use(name: str, title: str, summary: str) -> tuple[str, str]:
     """A one-reference D card's title and summary with how the app and the client use it: the default D
     (:data:`mixdemo.weights.DEFAULT_UNMIXING`) says so, another names its switch."""
@@ -608,6 +622,7 @@ def write_cards(weights_root: Path) -> list[Path]:
         if note.exists():
             sections["Training history"] = note.read_text()
         summary = summary.replace("{how}", unmixing_how(folder)) if "{how}" in summary else summary
+        summary = f"{summary} {calibration_sentence(read_training_record(folder))}".strip()
         if name.startswith("unmixing") and not name.endswith("-2ref"):
             title, summary = d_card_use(name, title, summary)
         written.append(write_model_card(folder, title=title, summary=summary, sections=sections))
