@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "MIXDEMO_WEIGHTS_DIR"
 HUB_REPO_ENV = "MIXDEMO_HUB_REPO"
 UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the client use
-DEFAULT_UNMIXING = "unmixing-p2-96"  # D on 2³ patches, trained on with S frozen on 96³ patches (see its card)
+DEFAULT_UNMIXING = "unmixing-p2-96-cal"  # unmixing-p2-96 with per-class logit offsets fitted on training scans (see its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
@@ -49,8 +49,9 @@ def weights_dir() -> Path:
 def unmixing_name() -> str:
     """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g. ``unmixing-96``,
     the D at full resolution, ``unmixing``, the D trained end-to-end with S on 32³ patches, or ``unmixing-p4``,
-    the cheapest), else :data:`DEFAULT_UNMIXING` (``unmixing-p2-96``: the D whose blocks run on 2³ patches,
-    trained on 96³ patches, the size it runs at; the Dice of ``unmixing-96`` at a fraction of its client time)."""
+    the cheapest), else :data:`DEFAULT_UNMIXING` (``unmixing-p2-96-cal``: the D whose blocks run on 2³ patches,
+    trained on 96³ patches, the size it runs at, with class offsets fitted on training scans; the Dice of
+    ``unmixing-96`` and more at a fraction of its client time)."""
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> Path:
     calibration = {"command": command_line("training.calibrate", argv), "scans": names, "grid": list(args.grid),
                    "rounds": args.rounds, "offsets": [round(float(v), 6) for v in offsets],
                    "train_dice_before": round(before, 4), "train_dice_after": round(after, 4),
-                   "from_sha256": record.get("sha256"), "seconds": round(time.perf_counter() - t0),
+                   "from_model": args.model, "from_sha256": record.get("sha256"), "seconds": round(time.perf_counter() - t0),
                    "date": time.strftime("%Y-%m-%d")}
     if kind == "unmixing":
         calibration.update(segmentation=args.segmentation, tta_k=args.tta_k, alpha_range=list(args.alpha_range),

@@ -3,7 +3,7 @@
     python -m training.compare_unmixing            # the Ds trained on 32³ patches → results/d_designs.json
 
 By default the Ds of equal training: the end-to-end D ``unmixing`` and the Ds on 2³ and 4³ patches
-(``unmixing-p2``, the start of the default D ``unmixing-p2-96``, and ``unmixing-p4``); ``--models``
+(``unmixing-p2``, the start of ``unmixing-p2-96``, whose calibrated copy is the default D, and ``unmixing-p4``); ``--models``
 names others. The Ds trained on from them on 96³ patches (``unmixing-96``, ``unmixing-p2-96``) have
 their rows on this protocol in their records (``results/d_large_patches.json``,
 ``results/d_p2_large_patches.json``).

@@ -358,8 +358,10 @@ def d_label(name: str) -> str:
 
 
 def default_start() -> str | None:
-    """The D the default D was trained on from (its training record's ``init_unmixing``)."""
-    return read_training_record(REPO / "weights" / DEFAULT_UNMIXING).get("init_unmixing")
+    """The D the default D was made from: the D it was calibrated from (``training.calibrate``), else the D it
+    was trained on from (its training record's ``init_unmixing``)."""
+    record = read_training_record(REPO / "weights" / DEFAULT_UNMIXING)
+    return record.get("calibration", {}).get("from_model") or record.get("init_unmixing")
 
 
 def _d_name(evaluation: dict) -> str:
@@ -481,6 +483,11 @@ CARDS = {
     "unmixing-p2-96": ("Mixup-Privacy client unmixing network D on 2³ patches, trained on 96³ patches",
                        "The cheaper client D `unmixing-p2` (the four AdaIN blocks and widths of `unmixing`) trained "
                        "on where it runs. {how} The same network as `unmixing-p2`, so the same client time."),
+    "unmixing-p2-96-cal": ("Mixup-Privacy client unmixing network D on 2³ patches, trained on 96³ patches, with "
+                           "calibrated class offsets",
+                           "The client D `unmixing-p2-96` with one logit offset per class fitted on training scans "
+                           "(`python -m training.calibrate`). {how} The same network as `unmixing-p2-96`, so the same "
+                           "client time."),
     "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
                     "The cheapest client D: the four AdaIN blocks and widths of `unmixing`. {how} A small fraction of "
                     "the full-resolution Ds' client time and a lower Dice (the table below). It is the start of "
