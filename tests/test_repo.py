@@ -109,7 +109,7 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
 
 def test_each_d_card_compares_it_with_the_ds_its_records_name():
     """A D's card sections follow its records: the D designs table for a D other than the default, the record of
-    its training on from another D (titled with that start) and the table of every D on the full protocol when it
+    the step that made it from another D (titled with that start) and the table of every D on the full protocol when it
     has a row there."""
     from mixdemo.weights import DEFAULT_UNMIXING
     from training.refresh_baseline import default_files
@@ -117,12 +117,12 @@ def test_each_d_card_compares_it_with_the_ds_its_records_name():
 
     default = d_comparisons(DEFAULT_UNMIXING)
     start = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())["before"]["model"]
-    assert list(default) == [f"Against the D it was trained on from (`{start}`)", FULL_PROTOCOL_SECTION]
+    assert list(default) == [f"Against the D it was made from (`{start}`)", FULL_PROTOCOL_SECTION]
     other = next(d for d in D_TRAINED_ON if d != DEFAULT_UNMIXING)  # a D of the registry, not the default
     other_start = json.loads((REPO / f"results/{D_TRAINED_ON[other]}.json").read_text())["before"]["model"]
     sections = d_comparisons(other)
     assert list(sections)[:2] == ["Evaluation against the default D (phantom test set)",
-                                  f"Against the D it was trained on from (`{other_start}`)"]
+                                  f"Against the D it was made from (`{other_start}`)"]
     assert f"| `{other}` |" in sections["Evaluation against the default D (phantom test set)"]
     full_protocol = d_comparisons("unmixing-p4")[FULL_PROTOCOL_SECTION]  # the one table, its row among them
     assert "| `unmixing-p4` |" in full_protocol and f"| `{DEFAULT_UNMIXING}` (default) |" in full_protocol
@@ -225,37 +225,89 @@ def test_a_patch_ds_large_patches_record_starts_from_the_shipped_design_and_the_
     assert f"`results/{record_name}.json`" in readme
 
 
+def test_the_calibrated_ds_record_starts_from_the_d_it_calibrated_and_the_readme_quotes_it():
+    """results/d_p2_calibrated.json (the default D, ``training.calibrate``'s copy of unmixing-p2-96): its 'before' is
+    that D's row on the same protocol (results/d_p2_large_patches.json) on the same proxies, its 'after' the shipped
+    folder, its training the folder's calibration record, and the README's figures are the file's."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training.report import D_TRAINED_ON
+
+    record = json.loads((REPO / "results/d_p2_calibrated.json").read_text())
+    start = json.loads((REPO / "results/d_p2_large_patches.json").read_text())
+    folder = REPO / "weights" / record["after"]["model"]
+    calibration = json.loads((folder / "training.json").read_text())["calibration"]
+    before, after = record["before"], record["after"]
+    assert D_TRAINED_ON[after["model"]] == "d_p2_calibrated" and after["model"] == DEFAULT_UNMIXING
+    assert {k: v for k, v in before.items() if k != "source"} == start["after"] and record["protocol"] == start["protocol"]
+    assert before["weights_sha256"] == calibration["from_sha256"] and before["model"] == calibration["from_model"]
+    assert before["naive_tta"] == after["naive_tta"] and before["baseline"] == after["baseline"]  # the same proxies
+    assert sha256_file(folder / "model.safetensors") == after["weights_sha256"]
+    assert record["training"] == calibration and record["commands"][0] == calibration["command"]
+    assert f"--models {after['model']} " in record["commands"][1]
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
+    assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f}" in readme
+    assert "`results/d_p2_calibrated.json`" in readme
+
+
+def _baseline_before_calibration() -> dict:
+    """The shipped baseline as trained, before ``training.calibrate`` replaced it in place: the 'after' of
+    results/baseline_large_patches.json, whose weights the calibration record names."""
+    record = json.loads((REPO / "results/baseline_large_patches.json").read_text())["after"]
+    calibration = json.loads((REPO / "weights/baseline/training.json").read_text())["calibration"]
+    assert calibration["from_sha256"] == record["weights_sha256"] and calibration["from_model"] == "baseline"
+    return record
+
+
 def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme_quotes_it():
-    """results/baseline_large_patches.json: its 'after' is weights/baseline and the baseline row of every
-    segmentation table, its 'before' the weights that training started from, and the README quotes both."""
+    """results/baseline_large_patches.json: its 'after' is the weights weights/baseline was calibrated from, its
+    'before' the weights that training started from; every segmentation table's baseline row is the calibrated
+    baseline's, and the README quotes the training's and the calibration's figures."""
     record = json.loads((REPO / "results/baseline_large_patches.json").read_text())
     trained = json.loads((REPO / "weights/baseline/training.json").read_text())
-    before, after = record["before"], record["after"]
-    assert after["weights_sha256"] == trained["sha256"] == sha256_file(REPO / "weights/baseline/model.safetensors")
+    before, after = record["before"], _baseline_before_calibration()
+    shipped = sha256_file(REPO / "weights/baseline/model.safetensors")
+    assert shipped == trained["sha256"] != after["weights_sha256"]
     assert before["weights_sha256"] == trained["init_from_sha256"]["baseline"] != after["weights_sha256"]
     assert record["commands"][0] == trained["command"] and record["shipped"].startswith("weights/baseline,")
     seg = json.loads((REPO / "results/segmentation.json").read_text())
-    assert seg["dice"]["baseline"] == after["baseline"] and seg["weights_sha256"]["baseline"] == after["weights_sha256"]
+    assert seg["weights_sha256"]["baseline"] == shipped and seg["dice"]["baseline"]["avg"] > after["baseline"]["avg"]
     for name in ("d_designs", "d_large_patches", "segmentation-unmixing", "segmentation-unmixing-p4"):
         doc = json.loads((REPO / f"results/{name}.json").read_text())
-        assert doc["baseline_refresh"]["baseline_sha256"] == after["weights_sha256"], name
+        assert doc["baseline_refresh"]["baseline_sha256"] == shipped, name
     readme = (REPO / "README.md").read_text().replace("\n", " ")
-    b, a = before["baseline"], after["baseline"]
+    b, a, c = before["baseline"], after["baseline"], seg["dice"]["baseline"]
     assert f"average Dice {b['avg']:.3f} → {a['avg']:.3f}" in readme
     assert f"CSF {b['CSF']:.3f} → {a['CSF']:.3f}" in readme and "`results/baseline_large_patches.json`" in readme
+    assert f"the baseline {a['avg']:.3f} → {c['avg']:.3f} (CSF {a['CSF']:.3f} → {c['CSF']:.3f})" in readme
 
 
-def test_the_baseline_second_leg_record_starts_from_the_shipped_baseline_and_the_readme_quotes_it():
-    """results/baseline_second_leg.json (not shipped): its 'before' is weights/baseline and the baseline rows of the
-    segmentation tables, its 'after' other weights whose figures the README quotes."""
+def test_the_calibrated_default_d_is_judged_against_its_start_and_the_readme_quotes_it():
+    """The default D is ``training.calibrate``'s copy of another shipped D: its record names that D's weights, and
+    the README's before → after is that D's full-protocol row (results/segmentation-<start>.json) against the
+    default's (results/segmentation.json)."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    calibration = json.loads((REPO / f"weights/{DEFAULT_UNMIXING}/training.json").read_text())["calibration"]
+    start = calibration["from_model"]
+    assert sha256_file(REPO / f"weights/{start}/model.safetensors") == calibration["from_sha256"]
+    before = json.loads((REPO / f"results/segmentation-{start}.json").read_text())
+    after = json.loads((REPO / "results/segmentation.json").read_text())
+    assert before["models"]["unmixing"] == start and after["models"]["unmixing"] == DEFAULT_UNMIXING
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    b, a = before["dice"]["learned_tta"]["avg"], after["dice"]["learned_tta"]["avg"]
+    assert f"D's Learned + TTA {b:.3f} → {a:.3f}" in readme
+
+
+def test_the_baseline_second_leg_record_starts_from_the_trained_baseline_and_the_readme_quotes_it():
+    """results/baseline_second_leg.json (not shipped): its 'before' is the shipped baseline as trained (before its
+    calibration) with its figures then, its 'after' other weights whose figures the README quotes."""
     record = json.loads((REPO / "results/baseline_second_leg.json").read_text())
     before, after = record["before"], record["after"]
-    shipped = sha256_file(REPO / "weights/baseline/model.safetensors")
-    assert before["weights_sha256"] == shipped == record["training"]["init_from_sha256"]["baseline"]
-    assert after["weights_sha256"] != shipped and record["shipped"].startswith("no:")
-    seg = json.loads((REPO / "results/segmentation.json").read_text())
-    designs = json.loads((REPO / "results/d_designs.json").read_text())
-    assert before["baseline"] == seg["dice"]["baseline"] and before["baseline_3_volumes"] == designs["rows"][0]["baseline"]
+    trained = _baseline_before_calibration()
+    assert before["weights_sha256"] == trained["weights_sha256"] == record["training"]["init_from_sha256"]["baseline"]
+    assert after["weights_sha256"] != trained["weights_sha256"] and record["shipped"].startswith("no:")
+    assert all(before[k] == trained[k] for k in ("baseline", "baseline_3_volumes"))
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     b, a = before["baseline"], after["baseline"]
     assert f"average {b['avg']:.3f} → {a['avg']:.3f} (CSF {b['CSF']:.3f} → {a['CSF']:.3f})" in readme
@@ -264,17 +316,17 @@ def test_the_baseline_second_leg_record_starts_from_the_shipped_baseline_and_the
     assert f"average Dice to {a['avg']:.3f} and was not shipped (`results/baseline_second_leg.json`)" in note
 
 
-def test_the_augment_and_precise_bn_record_starts_from_the_shipped_baseline_and_the_readme_quotes_it():
-    """results/baseline_augment_precise_bn.json (none shipped): its 'before' is weights/baseline and the segmentation
-    tables' baseline rows; each candidate has other weights, its own commands, and the figures the README quotes."""
+def test_the_augment_and_precise_bn_record_starts_from_the_trained_baseline_and_the_readme_quotes_it():
+    """results/baseline_augment_precise_bn.json (none shipped): its 'before' is the shipped baseline as trained
+    (before its calibration) with its figures then; each candidate has other weights, its own commands, and the
+    figures the README quotes."""
     record = json.loads((REPO / "results/baseline_augment_precise_bn.json").read_text())
     before, candidates = record["before"], {c["name"]: c for c in record["candidates"]}
-    shipped = sha256_file(REPO / "weights/baseline/model.safetensors")
+    trained = _baseline_before_calibration()
+    shipped = trained["weights_sha256"]
     assert before["weights_sha256"] == shipped == candidates["B"]["precise_bn_from_sha256"]
     assert candidates["C"]["precise_bn_from_sha256"] == candidates["A"]["weights_sha256"]
-    seg = json.loads((REPO / "results/segmentation.json").read_text())
-    designs = json.loads((REPO / "results/d_designs.json").read_text())
-    assert before["baseline"] == seg["dice"]["baseline"] and before["baseline_3_volumes"] == designs["rows"][0]["baseline"]
+    assert all(before[k] == trained[k] for k in ("baseline", "baseline_3_volumes"))
     best = max(candidates.values(), key=lambda c: c["baseline"]["avg"])
     assert record["shipped"].startswith("no:") == (best["baseline"]["avg"] <= before["baseline"]["avg"])
     readme = (REPO / "README.md").read_text().replace("\n", " ")

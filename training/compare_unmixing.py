@@ -4,9 +4,9 @@
 
 By default the Ds of equal training: the end-to-end D ``unmixing`` and the Ds on 2³ and 4³ patches
 (``unmixing-p2``, the start of ``unmixing-p2-96``, whose calibrated copy is the default D, and ``unmixing-p4``); ``--models``
-names others. The Ds trained on from them on 96³ patches (``unmixing-96``, ``unmixing-p2-96``) have
-their rows on this protocol in their records (``results/d_large_patches.json``,
-``results/d_p2_large_patches.json``).
+names others. The Ds made from them (trained on 96³ patches or calibrated: ``training.report.D_TRAINED_ON``)
+have their rows on this protocol in their records (e.g. ``results/d_p2_large_patches.json``,
+``results/d_p2_calibrated.json``).
 
 Each D unmixes the same proxies (same S, test scans, references and α: the evaluation's per-scan
 seeds), so the rows differ only by D. The protocol is smaller than the main table's (K ≤ 10, one

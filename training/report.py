@@ -306,11 +306,12 @@ def reliability_md(doc: dict) -> str:
                       *[f"| {k.replace('_', ' ')} | {doc[k]} |" for k in keys if not isinstance(doc[k], (dict, list))]])
 
 
-# a D trained on from another on larger patches -> the record of that training (``before``: its start, ``after``: it,
-# both on the D designs' protocol). The one registry of these records: the D designs table, the README blocks, the
-# model cards and ``training.refresh_baseline`` all follow it.
+# a D made from another shipped D -> the record of that step (``before``: its start, ``after``: it, both on the
+# D designs' protocol): more training on larger patches (``training.train``) or per-class logit offsets
+# (``training.calibrate``). The one registry of these records: the D designs table, the README blocks, the model
+# cards and ``training.refresh_baseline`` all follow it.
 D_TRAINED_ON = {"unmixing-96": "d_large_patches", "unmixing-p2-96": "d_p2_large_patches",
-                "unmixing-p4-96": "d_p4_large_patches"}
+                "unmixing-p4-96": "d_p4_large_patches", "unmixing-p2-96-cal": "d_p2_calibrated"}
 
 
 def d_designs_rows(doc: dict) -> tuple[list[dict], list[str]]:
@@ -418,22 +419,36 @@ def ds_full_protocol_md(default: dict) -> str:
     return "\n".join(lines)
 
 
+def d_made_by(name: str) -> str:
+    """How a shipped D was made, from its folder's ``training.json`` (and those of the Ds it was made from):
+    e.g. "32³ patches, then 320 steps on 96³ patches, calibrated"."""
+    record = read_training_record(REPO / "weights" / name)
+    if "calibration" in record:
+        return f"{d_made_by(record['calibration']['from_model'])}, calibrated"
+    if record.get("init_unmixing"):
+        return f"{d_made_by(record['init_unmixing'])}, then {record['steps']} steps on {record['patch_size']}³ patches"
+    return f"{record['patch_size']}³ patches" if record.get("patch_size") else "?"
+
+
 def d_large_patches_md(doc: dict) -> str:
-    """A D before and after training on patches closer to the whole volume it runs on
-    (``results/d_large_patches.json``: the end-to-end D; ``d_p2_large_patches.json``: the D on 2³ patches;
-    ``d_p4_large_patches.json``: the D on 4³ patches)."""
+    """A D before and after the step that made it from another (``D_TRAINED_ON``): training on patches closer to
+    the whole volume it runs on (``results/d_large_patches.json``: the end-to-end D; ``d_p2_large_patches.json``,
+    ``d_p4_large_patches.json``: the Ds on 2³ and 4³ patches) or calibration (``d_p2_calibrated.json``)."""
     t = doc["training"]
-    lines = [f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']}); compared by "
-             f"`{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: `{doc['protocol']}`. " + refreshed(doc)
-             + "**MNI152-derived phantoms, not patients.**", "",
-             "| D | trained on | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline |",
+    if "offsets" in t:  # training.calibrate's record
+        made = f"Calibrated by `{doc['commands'][0]}` ({t['seconds'] / 60:.0f} min; offsets GM, WM, CSF " \
+               f"{', '.join(f'{o:+.1f}' for o in t['offsets'][1:])})"
+    else:
+        made = f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']})"
+    lines = [f"{made}; compared by `{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: "
+             f"`{doc['protocol']}`. " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
+             "| D | made by | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, row, patches in ((d_label(doc["before"]["model"]), doc["before"], "32³ patches"),
-                                (d_label(doc["after"]["model"]), doc["after"],
-                                 f"32³, then {t['steps']} steps on {t['patch_size']}³ patches")):
+    for row in (doc["before"], doc["after"]):
         tta = row["learned_tta"]
-        lines.append(f"| {label} | {patches} | {_f(row['learned']['avg'])} | {_f(tta['avg'])} | {_f(tta['GM'])} | "
-                     f"{_f(tta['WM'])} | {_f(tta['CSF'])} | {_f(row['tta_over_baseline'])} |")
+        lines.append(f"| {d_label(row['model'])} | {d_made_by(row['model'])} | {_f(row['learned']['avg'])} | "
+                     f"{_f(tta['avg'])} | {_f(tta['GM'])} | {_f(tta['WM'])} | {_f(tta['CSF'])} | "
+                     f"{_f(row['tta_over_baseline'])} |")
     return "\n".join(lines)
 
 
@@ -581,7 +596,7 @@ def d_card_use(name: str, title: str, summary: str) -> tuple[str, str]:
 
 def d_comparisons(name: str) -> dict[str, str]:
     """A D's card sections that compare it with other Ds: the D designs table (with the default D, when ``name``
-    is one of its rows and not the default), the record of its training on from another D (``D_TRAINED_ON``)
+    is one of its rows and not the default), the record of the step that made it from another D (``D_TRAINED_ON``)
     and the table of every D on the segmentation table's protocol when it has a row there."""
     sections = {}
     designs = _load("d_designs")
@@ -589,7 +604,7 @@ def d_comparisons(name: str) -> dict[str, str]:
         sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
     trained_on = _load(D_TRAINED_ON[name]) if name in D_TRAINED_ON else None
     if trained_on:
-        sections[f"Against the D it was trained on from (`{trained_on['before']['model']}`)"] = d_large_patches_md(trained_on)
+        sections[f"Against the D it was made from (`{trained_on['before']['model']}`)"] = d_large_patches_md(trained_on)
     seg = _load("segmentation")
     if seg and name in {_d_name(d) for _, d in ds_on_full_protocol(seg)}:
         sections[FULL_PROTOCOL_SECTION] = ds_full_protocol_md(seg)
