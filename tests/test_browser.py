@@ -1,12 +1,15 @@
 """End-to-end: headless Chromium drives the app (pick an example, run a patch-mode segmentation).
 
-Saves ``results/screenshot_segment.png``, ``results/screenshot_attack.png`` and
-``results/screenshot_about.png``. Needs Debian's chromium at /usr/bin/chromium (``.ci/run``
-installs it with apt); skipped when it is missing.
+Screenshots each tab (``screenshot_segment.png``, ``screenshot_attack.png``, ``screenshot_about.png``) into a
+temporary folder, or into the folder ``MIXDEMO_SCREENSHOTS`` names: the README's come from
+``MIXDEMO_SCREENSHOTS=results python -m pytest tests/test_browser.py``, so a plain test run leaves the committed
+ones alone. Needs Debian's chromium at /usr/bin/chromium (``.ci/run`` installs it with apt); skipped when it is
+missing.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the screenshots go: ``MIXDEMO_SCREENSHOTS`` (relative to the repository) or a temporary folder."""
+    chosen = os.environ.get("MIXDEMO_SCREENSHOTS")
+    folder = REPO / chosen if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +57,7 @@ def _wait_image(page, elem_id: str) -> None:
     )
 
 
-def test_segment_patch_mode(page):
+def test_segment_patch_mode(page, shots):
     from playwright.sync_api import expect
 
     page.get_by_label("1 · Example target").click()
@@ -61,11 +73,10 @@ def test_segment_patch_mode(page):
     assert page.locator("#dice-plot .js-plotly-plot .scatterlayer .trace").count() >= 1
     expect(page.get_by_text("the only thing the server receives")).to_be_visible()
     page.wait_for_timeout(500)
-    (REPO / "results").mkdir(exist_ok=True)
-    page.screenshot(path=str(REPO / "results" / "screenshot_segment.png"), full_page=True)
+    page.screenshot(path=str(shots / "screenshot_segment.png"), full_page=True)
 
 
-def test_attack_and_about_tabs(page):
+def test_attack_and_about_tabs(page, shots):
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Attack lab").click()
@@ -77,8 +88,8 @@ def test_attack_and_about_tabs(page):
     page.get_by_role("button", name="Run the TTA-averaging attack").click()
     expect(page.locator("#tta-status")).to_contain_text(re.compile("MS-SSIM|Not available"), timeout=180_000)
     page.wait_for_timeout(500)
-    page.screenshot(path=str(REPO / "results" / "screenshot_attack.png"), full_page=True)
+    page.screenshot(path=str(shots / "screenshot_attack.png"), full_page=True)
     page.get_by_role("tab", name="About").click()
     expect(page.get_by_text("What this demo cannot promise")).to_be_visible()
     page.wait_for_timeout(500)
-    page.screenshot(path=str(REPO / "results" / "screenshot_about.png"), full_page=True)
+    page.screenshot(path=str(shots / "screenshot_about.png"), full_page=True)
