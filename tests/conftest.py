@@ -3,6 +3,8 @@
 * ``app_weights`` — ``MIXDEMO_WEIGHTS_DIR``: the committed ``weights/`` when they hold the
   segmentation and unmixing models, else untrained models saved to a temporary folder, so that
   the tests never need the network.
+* ``small_cohort`` — a 4-subject phantom cohort (2 training, 2 test subjects, 2 scans each) in a temporary
+  folder, for the scripts that read a cohort (``--data``).
 * ``app_url`` — the Gradio app launched in this process (a thread) on a free port. In-process,
   so that tests can observe what the server endpoint receives (``mixdemo.server.add_observer``).
 
@@ -95,3 +97,13 @@ def example(app_weights):
 
     folder = next(iter(examples.example_folders().values()))
     return folder, examples.reference_bank()
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-subject phantom cohort (half of them test subjects), generated once per session."""
+    from mixdemo import phantoms
+
+    root = tmp_path_factory.mktemp("cohort4")
+    phantoms.generate_cohort(root, n_subjects=4, n_scans=2, seed=11, test_fraction=0.5)
+    return root

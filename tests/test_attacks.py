@@ -354,12 +354,11 @@ def test_patch_study_two_references_matches_one_when_the_references_coincide() -
 
 
 @pytest.mark.slow
-def test_evaluate_privacy_smoke(tmp_path: Path) -> None:
-    if not (REPO / "data" / "phantoms" / "split.json").exists():
-        pytest.skip("no phantom cohort at data/phantoms (python -m mixdemo.phantoms --out data/phantoms)")
+def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
     out = tmp_path / "privacy.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "training.evaluate_privacy", "--smoke", "--threads", "1", "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "training.evaluate_privacy", "--smoke", "--threads", "1", "--out", str(out),
+                    "--data", str(small_cohort)],
                    cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     d = json.loads(out.read_text())
     for key in ("command", "seed", "date", "weights_sha256", "data", "bss", "reid", "tta_average", "output_leakage",
@@ -425,12 +424,10 @@ def test_max_sigma_skips_high_levels() -> None:
 
 
 @pytest.mark.slow
-def test_train_score_smoke_exports_hub_folder(tmp_path: Path) -> None:
-    if not (REPO / "data" / "phantoms" / "split.json").exists():
-        pytest.skip("no phantom cohort at data/phantoms")
+def test_train_score_smoke_exports_hub_folder(tmp_path: Path, small_cohort: Path) -> None:
     from training import train_score
 
-    info = train_score.main(["--steps", "3", "--batch-size", "2", "--max-subjects", "1", "--threads", "1",
+    info = train_score.main(["--data", str(small_cohort), "--steps", "3", "--batch-size", "2", "--max-subjects", "1", "--threads", "1",
                              "--features", ",".join(map(str, TINY)), "--out", str(tmp_path / "w"),
                              "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
     folder = tmp_path / "w" / "score"

@@ -7,16 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from mixdemo import phantoms, weights
+from mixdemo import weights
 from mixdemo.metrics import icc_c1
 from mixdemo.models import SegmentationNet, UnmixingNet
-
-
-@pytest.fixture(scope="module")
-def small_cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort4")
-    phantoms.generate_cohort(root, n_subjects=4, n_scans=2, seed=11, test_fraction=0.5)
-    return root
 
 
 @pytest.fixture(scope="module")
