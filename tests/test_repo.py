@@ -269,6 +269,36 @@ def test_the_d_second_leg_record_is_screened_against_the_default_and_the_readme_
     assert "`results/d_p2_96_second_leg.json`" in readme
 
 
+def test_the_deployment_alpha_d_record_is_screened_against_the_default_and_the_readme_quotes_it():
+    """results/d_p2_96_alpha_deployment.json (D trained on the default α range; not shipped): its 'before' is the
+    default D's row on the same protocol and proxies, it was trained on that range, its screen verdict follows
+    its figures, a full-protocol run (when recorded) used the same draws as the default's, and the README's
+    figures are the file's."""
+    from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+
+    record = json.loads((REPO / "results/d_p2_96_alpha_deployment.json").read_text())
+    default = json.loads((REPO / "results/d_p2_calibrated.json").read_text())
+    before, after = record["before"], record["after"]
+    assert {k: v for k, v in before.items() if k != "source"} == default["after"]
+    assert before["naive_tta"] == after["naive_tta"] and record["protocol"] == default["protocol"]
+    assert tuple(record["training"]["alpha_range"]) == tuple(DEFAULT_ALPHA_RANGE)
+    assert record["training"]["init_from_sha256"]["unmixing-p2-96"] == default["before"]["weights_sha256"]
+    beat = after["learned_tta"]["avg"] > before["learned_tta"]["avg"]
+    assert record["screen"] == ("passed" if beat else "failed") and record["shipped"].startswith("no:")
+    assert not (REPO / "weights" / after["model"]).exists()
+    full = record.get("full_protocol")
+    if full:  # the same S, baseline and proxies as the shipped table
+        seg = json.loads((REPO / "results/segmentation.json").read_text())
+        assert full["candidate"]["naive_tta"] == seg["dice"]["naive_tta"]
+        assert full["candidate"]["baseline"] == full["default"]["baseline"] == seg["dice"]["baseline"]
+        assert full["default"]["learned_tta"] == seg["dice"]["learned_tta"]
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f} " \
+           f"({before['learned_tta']['avg']:.4f} → {after['learned_tta']['avg']:.4f})" in readme
+    assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
+    assert "`results/d_p2_96_alpha_deployment.json`" in readme
+
+
 def _baseline_before_calibration() -> dict:
     """The shipped baseline as trained, before ``training.calibrate`` replaced it in place: the 'after' of
     results/baseline_large_patches.json, whose weights the calibration record names."""
