@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -73,7 +74,6 @@ def test_figures_only_redraws_the_figures_of_an_evaluation_and_refuses_other_set
                                                                                       tmp_path):
     """--figures-only: the figures of a JSON from the JSON and its first volume predicted again, the same
     pixels as the full run drew; a JSON of other settings is refused, and the JSON itself is left as it was."""
-    import shutil
 
     from matplotlib.image import imread
 
@@ -95,6 +95,28 @@ def test_figures_only_redraws_the_figures_of_an_evaluation_and_refuses_other_set
     copy.write_text(json.dumps(older))
     with pytest.raises(SystemExit, match="does not record its models"):
         evaluate.main([*argv, "--figures-only"])
+
+
+@pytest.mark.slow
+def test_the_weights_record_is_read_when_the_networks_are_loaded(small_cohort, model_dir, tmp_path, monkeypatch):
+    """A long run records the SHA-256 of the weights it loaded, even when a folder goes away before it ends."""
+    from training import evaluate
+
+    names = ("segmentation", weights.DEFAULT_UNMIXING, "baseline")
+    for name in names:
+        shutil.copytree(model_dir / name, tmp_path / "w" / name)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "w"))
+    loaded = {n: weights.read_training_record(tmp_path / "w" / n).get("sha256") for n in names}
+    predict_scan = evaluate.predict_scan
+
+    def remove_d_then_predict(*args, **kwargs):
+        shutil.rmtree(tmp_path / "w" / weights.DEFAULT_UNMIXING, ignore_errors=True)
+        return predict_scan(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "predict_scan", remove_d_then_predict)
+    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--no-figures", "--threads", "1",
+                         "--out", str(tmp_path / "seg.json")])
+    assert doc["weights_sha256"] == loaded and not (tmp_path / "w" / weights.DEFAULT_UNMIXING).exists()
 
 
 def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):

@@ -168,13 +168,15 @@ def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
 
 @dataclass
 class Setup:
-    """What every scan of an evaluation uses: its scans, the reference pool and the networks."""
+    """What every scan of an evaluation uses: its scans, the reference pool and the networks (with the SHA-256 of
+    the weights loaded, read when they were loaded: a folder moved during a long run cannot change the record)."""
     dice_records: list
     retest_records: list
     by_id: dict[str, Reference]
     seg: torch.nn.Module
     unmix: torch.nn.Module
     base: torch.nn.Module
+    weights_sha256: dict[str, str | None]
 
 
 def set_up(args: argparse.Namespace) -> Setup:
@@ -189,8 +191,9 @@ def set_up(args: argparse.Namespace) -> Setup:
         if not args.quick:
             raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
-    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank},
-                 load_model(args.segmentation), load_model(args.unmixing), load_model("baseline"))
+    names = [args.segmentation, args.unmixing, "baseline"]
+    record = weights_record(names)
+    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank}, *(load_model(n) for n in names), record)
 
 
 def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup):
@@ -255,7 +258,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "icc": icc,
         "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in CLASSES.items()}
                         for scan, d in single_dice.items()},
-        "weights_sha256": weights_record([args.segmentation, args.unmixing, "baseline"]),
+        "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +289,7 @@ def figures_only(args: argparse.Namespace) -> dict:
     doc = json.loads(args.out.read_text())
     setup = set_up(args)
     expected = {**protocol(args, len(setup.dice_records), len(setup.by_id)),
-                "weights_sha256": weights_record([args.segmentation, args.unmixing, "baseline"])}
+                "weights_sha256": setup.weights_sha256}
     missing = sorted(k for k in expected if k not in doc)
     if missing:
         raise SystemExit(f"{args.out} does not record its {', '.join(missing)} (an older file): its figures cannot be "
