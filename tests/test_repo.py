@@ -250,23 +250,32 @@ def test_the_calibrated_ds_record_starts_from_the_d_it_calibrated_and_the_readme
     assert "`results/d_p2_calibrated.json`" in readme
 
 
-def test_the_d_second_leg_record_is_screened_against_the_default_and_the_readme_quotes_it():
-    """results/d_p2_96_second_leg.json (not shipped): its 'before' is the default D's row on the same protocol and
-    proxies, its 'after' other weights, its shipping follows its rule, and the README's figures are the file's."""
-    record = json.loads((REPO / "results/d_p2_96_second_leg.json").read_text())
+def _screened_against_the_default(name: str) -> tuple[dict, dict]:
+    """(record, the default D's record) of a candidate D screened on the D designs' protocol: its 'before' is the
+    default's row, on the same proxies; its commands name no machine's paths; the README quotes its figures."""
+    record = json.loads((REPO / f"results/{name}.json").read_text())
     default = json.loads((REPO / "results/d_p2_calibrated.json").read_text())
     before, after = record["before"], record["after"]
     assert {k: v for k, v in before.items() if k != "source"} == default["after"]
     assert before["naive_tta"] == after["naive_tta"] and record["protocol"] == default["protocol"]
-    assert after["weights_sha256"] not in (before["weights_sha256"], record["calibration"]["from_sha256"])  # calibrated
-    assert record["training"]["init_from_sha256"]["unmixing-p2-96"] == default["before"]["weights_sha256"]
-    beat = after["learned_tta"]["avg"] > before["learned_tta"]["avg"]
-    assert record["shipped"].startswith("no:") and not beat  # the rule: no full run unless it beats the default
+    assert "--init-from weights " in record["commands"][0]
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f} " \
            f"({before['learned_tta']['avg']:.4f} → {after['learned_tta']['avg']:.4f})" in readme
     assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
-    assert "`results/d_p2_96_second_leg.json`" in readme
+    return record, default
+
+
+def test_the_d_second_leg_record_is_screened_against_the_default_and_the_readme_quotes_it():
+    """results/d_p2_96_second_leg.json (not shipped): its 'before' is the default D's row on the same protocol and
+    proxies, its 'after' other weights, its shipping follows its rule, and the README's figures are the file's."""
+    record, default = _screened_against_the_default("d_p2_96_second_leg")
+    before, after = record["before"], record["after"]
+    assert after["weights_sha256"] not in (before["weights_sha256"], record["calibration"]["from_sha256"])  # calibrated
+    assert record["training"]["init_from_sha256"]["unmixing-p2-96"] == default["before"]["weights_sha256"]
+    beat = after["learned_tta"]["avg"] > before["learned_tta"]["avg"]
+    assert record["shipped"].startswith("no:") and not beat  # the rule: no full run unless it beats the default
+    assert "`results/d_p2_96_second_leg.json`" in (REPO / "README.md").read_text()
 
 
 def test_the_deployment_alpha_d_record_is_screened_against_the_default_and_the_readme_quotes_it():
@@ -276,11 +285,8 @@ def test_the_deployment_alpha_d_record_is_screened_against_the_default_and_the_r
     figures are the file's."""
     from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 
-    record = json.loads((REPO / "results/d_p2_96_alpha_deployment.json").read_text())
-    default = json.loads((REPO / "results/d_p2_calibrated.json").read_text())
+    record, default = _screened_against_the_default("d_p2_96_alpha_deployment")
     before, after = record["before"], record["after"]
-    assert {k: v for k, v in before.items() if k != "source"} == default["after"]
-    assert before["naive_tta"] == after["naive_tta"] and record["protocol"] == default["protocol"]
     assert tuple(record["training"]["alpha_range"]) == tuple(DEFAULT_ALPHA_RANGE)
     assert record["training"]["init_from_sha256"]["unmixing-p2-96"] == default["before"]["weights_sha256"]
     beat = after["learned_tta"]["avg"] > before["learned_tta"]["avg"]
@@ -292,11 +298,7 @@ def test_the_deployment_alpha_d_record_is_screened_against_the_default_and_the_r
         assert full["candidate"]["naive_tta"] == seg["dice"]["naive_tta"]
         assert full["candidate"]["baseline"] == full["default"]["baseline"] == seg["dice"]["baseline"]
         assert full["default"]["learned_tta"] == seg["dice"]["learned_tta"]
-    readme = (REPO / "README.md").read_text().replace("\n", " ")
-    assert f"Learned + TTA {before['learned_tta']['avg']:.3f} → {after['learned_tta']['avg']:.3f} " \
-           f"({before['learned_tta']['avg']:.4f} → {after['learned_tta']['avg']:.4f})" in readme
-    assert f"Learned {before['learned']['avg']:.3f} → {after['learned']['avg']:.3f}" in readme
-    assert "`results/d_p2_96_alpha_deployment.json`" in readme
+    assert "`results/d_p2_96_alpha_deployment.json`" in (REPO / "README.md").read_text()
 
 
 def _baseline_before_calibration() -> dict:
