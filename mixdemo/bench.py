@@ -39,7 +39,7 @@ from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_tta
-from mixdemo.weights import DEFAULT_UNMIXING, load_model
+from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16, s_precision
 
 
 S_SLAB_BUDGET_MB = 1200
@@ -189,8 +189,8 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
     return rows
 
 
-D_VARIANTS = tuple(dict.fromkeys((DEFAULT_UNMIXING, "unmixing-96", "unmixing", "unmixing-p2-96", "unmixing-p2",
-                                   "unmixing-p4-96", "unmixing-p4")))
+D_VARIANTS = tuple(dict.fromkeys((DEFAULT_UNMIXING, "unmixing-p2-96-cal", "unmixing-96", "unmixing", "unmixing-p2-96",
+                                   "unmixing-p2", "unmixing-p4-96", "unmixing-p4")))
 """The D model folders whose whole-volume time and Dice the benchmark compares (those present): the default
 first, then each shipped one-reference D (the end-to-end D, the cheaper designs, and those trained on from
 them on 96³ patches: the same networks, other weights)."""
@@ -223,6 +223,48 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
         dice = dice_per_class(labels, truth, [1, 2, 3])
         rows.append({"model": name, **unmixing_design(unmix),
                      "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
+    return rows
+
+
+def masked_dice_avg(labels: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> float:
+    """Average Dice over GM, WM and CSF of ``labels`` restricted to ``brain``, against ``truth``."""
+    from mixdemo.metrics import dice_per_class
+
+    dice = dice_per_class(np.where(brain, labels, 0), truth, [1, 2, 3])
+    return round(float(np.mean(list(dice.values()))), 4)
+
+
+def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, truth: np.ndarray,
+                    refs: list[Reference], reps: int, untrained: bool) -> list[dict]:
+    """S and the baseline in float32 and in bfloat16 (``$MIXDEMO_PRECISION``), the same D: per precision the
+    baseline's and the private K = 1 run's median seconds (interleaved, as the headline's), the privacy tax
+    and client share, and the brain-masked Dice of the baseline's and of the private run's labels."""
+    brain = target > 0
+    rows = []
+    for precision in ("float32", "bfloat16"):
+        if untrained:
+            seg, base = (untrained_s().use_bfloat16() if precision == "bfloat16" else untrained_s() for _ in range(2))
+        else:
+            seg, base = (load_model(n, precision=precision) for n in ("segmentation", "baseline"))
+
+        def baseline_labels() -> np.ndarray:
+            return hard_labels(segment_proxies(base, target[None])[0]).numpy()
+
+        def private_labels() -> np.ndarray:
+            mixed = segment_proxies(seg, make_proxies(target, refs[: key.k], key))
+            return hard_labels(unmix_learned_tta(unmix, mixed, reference_onehots(refs[: key.k], torch.uint8),
+                                                 key.alphas, brain_mask=brain)).numpy()
+
+        base_times, runs = interleaved_runs(baseline_labels, lambda _: private_seconds(seg, unmix, key, target, refs),
+                                            ["private"], reps)
+        private_s = statistics.median(t for t, _ in runs["private"])
+        rows.append({"precision": precision, "baseline_s": round(statistics.median(base_times), 3),
+                     "private_k1_s": round(private_s, 3),
+                     "privacy_tax": round(private_s / statistics.median(base_times), 3),
+                     "client_share": round(statistics.median(c / t for t, c in runs["private"]), 3),
+                     "baseline_dice_avg": masked_dice_avg(baseline_labels(), truth, brain),
+                     "private_k1_dice_avg": masked_dice_avg(private_labels(), truth, brain)})
+        del seg, base
     return rows
 
 
@@ -459,6 +501,7 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
+    precision_rows = precision_study(unmix, key1, target, target_labels, refs, reps, args.untrained)
     budget_study = [s_budget_probe(target, target_labels, torch.get_num_threads(), probe)
                     for probe in s_probe_settings(args.quick)]
     memory_study = [private_probe(target, refs, torch.get_num_threads(), args.untrained, allocation)
@@ -482,6 +525,7 @@ def run(args: argparse.Namespace) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "cpu": platform.processor() or platform.machine(),
         "device": "cpu",
+        "s_precision": s_precision("cpu"),
         "threads": torch.get_num_threads(),
         "volume_shape": list(target.shape),
         "reps": reps,
@@ -507,6 +551,13 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_nets_note": f"each shipped D on the whole volume, K = 1, α = 0.5 ('{DEFAULT_UNMIXING}' is the default), "
                                "and the private K = 1 run, privacy tax and client share with it as the client's D; gflop: D's "
                                "arithmetic on the volume, and the privacy tax if D ran at the GEMM peak with S as measured",
+            "s_precision": precision_rows,
+            "s_precision_note": "S and the baseline in float32 and in bfloat16 ($MIXDEMO_PRECISION; the headline's is "
+                                f"{s_precision('cpu')}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "
+                                "client share, and brain-masked Dice of the baseline's and the private run's labels on "
+                                "the benchmark's volume; bfloat16_native: whether this CPU has bfloat16 instructions "
+                                "(without them bfloat16 is emulated, slowly)",
+            "bfloat16_native": native_bfloat16("cpu"),
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
                                        "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "

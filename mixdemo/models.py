@@ -74,6 +74,7 @@ class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", t
 
         self.channels_last = False
         self.fused = False
+        self.compute_dtype = torch.float32
 
     def use_channels_last(self) -> SegmentationNet:
         """Channels-last 3D weights and inputs: oneDNN's CPU convolutions run faster (the bench's
@@ -98,24 +99,39 @@ class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", t
         self.fused = True
         return self
 
+    def use_bfloat16(self) -> SegmentationNet:
+        """Inference in bfloat16: weights and activations in bfloat16, float32 logits out. On a CPU with
+        native bfloat16 instructions (AVX512-BF16, AMX) oneDNN's convolutions run at about twice their
+        float32 rate; the Dice it costs or gains is measured (``python -m mixdemo.bench``,
+        ``levers.s_bfloat16``). Irreversible, for inference only (``mixdemo.weights.load_model`` calls it
+        when ``$MIXDEMO_PRECISION`` asks for it)."""
+        if self.training:
+            raise RuntimeError("use_bfloat16() is for inference: call eval() first.")
+        self.to(torch.bfloat16)
+        self.compute_dtype = torch.bfloat16
+        return self
+
     def train(self, mode: bool = True) -> SegmentationNet:
         if mode and getattr(self, "fused", False):
             raise RuntimeError("This SegmentationNet was fused for inference (batch norms folded); load it again to train.")
+        if mode and self.compute_dtype != torch.float32:
+            raise RuntimeError("This SegmentationNet runs in bfloat16 for inference; load it again to train.")
         return super().train(mode)
 
     def _save_pretrained(self, save_directory) -> None:  # type: ignore[override]
-        if self.fused:
-            raise RuntimeError("A fused SegmentationNet has no batch norms left to save; "
+        if self.fused or self.compute_dtype != torch.float32:
+            raise RuntimeError("A SegmentationNet fused or cast for inference is not saved as trained; "
                                "load it with mixdemo.weights.load_model(..., fast=False) to save it.")
         super()._save_pretrained(save_directory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, X, Y, Z) with sides divisible by 16 → (B, C, X, Y, Z) logits."""
+        """(B, 1, X, Y, Z) with sides divisible by 16 → (B, C, X, Y, Z) logits (float32)."""
         if self.channels_last and x.ndim == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = x.to(self.compute_dtype)
         if self.fused and all(n % 16 == 0 for n in x.shape[2:]):
-            return lean_unetpp_forward(self.net, x)
-        return self.net(x)[-1]  # BasicUNetPlusPlus always returns a list; the final output is last
+            return lean_unetpp_forward(self.net, x).float()
+        return self.net(x)[-1].float()  # BasicUNetPlusPlus always returns a list; the final output is last
 
 
 def fold_batch_norms(module: nn.Module) -> int:

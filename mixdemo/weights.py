@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: the app reads the names here without importing torch
+    import torch
     from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR_ENV = "MIXDEMO_WEIGHTS_DIR"
 HUB_REPO_ENV = "MIXDEMO_HUB_REPO"
 UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the client use
+PRECISION_ENV = "MIXDEMO_PRECISION"  # S's inference precision: float32, bfloat16 or auto (see s_precision)
+PRECISIONS = ("float32", "bfloat16", "auto")
+DEFAULT_PRECISION = "float32"
 DEFAULT_UNMIXING = "unmixing-p2-96-cal"  # unmixing-p2-96 with per-class logit offsets fitted on training scans (see its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
@@ -80,6 +84,33 @@ def unmixing_choices() -> list[tuple[str, str]]:
             found[folder.name] = where if size == 32 else f"{where}, trained on {size}³ patches"
     ordered = sorted(found.items(), key=lambda item: item[0] != default)
     return ordered if default in found else [(default, ""), *ordered]
+
+
+def native_bfloat16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CPU with AVX512-BF16 or AMX (oneDNN's check),
+    a CUDA GPU that supports it."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(torch.backends.mkldnn.is_available()
+                                         and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def s_precision(device: torch.device | str) -> str:
+    """The precision S-shaped networks (the server's S, the baseline) run in on ``device``: ``$MIXDEMO_PRECISION``
+    when set, else :data:`DEFAULT_PRECISION`; ``auto`` is ``bfloat16`` on a CPU with native bfloat16
+    (:func:`native_bfloat16`; the case measured here), else ``float32``. D and the attack networks always run
+    in float32."""
+    asked = (os.environ.get(PRECISION_ENV) or DEFAULT_PRECISION).strip().lower()
+    if asked not in PRECISIONS:
+        raise WeightsError(f"${PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got {asked!r}.")
+    if asked == "auto":
+        import torch
+
+        return "bfloat16" if torch.device(device).type == "cpu" and native_bfloat16(device) else "float32"
+    return asked
 
 
 def paired_segmentation_sha256(record: dict) -> str | None:
@@ -163,12 +194,14 @@ def _import_class(dotted: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn.Module:
+def load_model(name: str, *, device: str | None = None, fast: bool = True, precision: str | None = None) -> nn.Module:
     """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
-    inference on the fast path: channels-last on the CPU, S fused, and on the CPU, when asked for, the process's
-    allocator set to keep freed memory (:func:`mixdemo.inference.keep_freed_memory`), a D on patches through its
-    fused inference. ``fast=False``: the reference path, the modules exactly as trained (a D on patches through
-    its convolutions), which the tests check the fast path against."""
+    inference on the fast path: channels-last on the CPU, S fused and in the precision of :func:`s_precision`,
+    and on the CPU, when asked for, the process's allocator set to keep freed memory
+    (:func:`mixdemo.inference.keep_freed_memory`), a D on patches through its fused inference. ``fast=False``:
+    the reference path, the modules exactly as trained in float32 (a D on patches through its convolutions),
+    which the tests check the fast path against. ``precision`` (``float32`` or ``bfloat16``) overrides
+    :func:`s_precision` for S-shaped networks on the fast path."""
     folder = resolve_model_dir(name)
     verify_checksum(folder)
     record = read_training_record(folder)
@@ -191,6 +224,10 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True) -> nn
         model.use_channels_last()
     if fast and hasattr(model, "fuse_for_inference"):
         model.fuse_for_inference()
+    if precision not in (None, "float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16; got {precision!r}.")
+    if fast and hasattr(model, "use_bfloat16") and (precision or s_precision(next(model.parameters()).device)) == "bfloat16":
+        model.use_bfloat16()
     if hasattr(model, "fused_patches"):
         model.fused_patches = fast
     return model

@@ -23,6 +23,11 @@ def test_quick_bench_writes_results(tmp_path):
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
     fresh = doc["levers"]["private_k10_memory"][0]  # the headline peak: the K = 10 run alone, in a fresh process
     assert fresh["k"] == 10 and fresh["peak_rss_mb"] == doc["peak_rss_mb"] > 0
+    rows = doc["levers"]["s_precision"]  # S and the baseline in each precision, the same D
+    assert [r["precision"] for r in rows] == ["float32", "bfloat16"]
+    assert all(r["privacy_tax"] == pytest.approx(r["private_k1_s"] / r["baseline_s"], rel=0.01) for r in rows)
+    assert all(0 <= r["baseline_dice_avg"] <= 1 and 0 <= r["private_k1_dice_avg"] <= 1 for r in rows)
+    assert isinstance(doc["levers"]["bfloat16_native"], bool)
 
 
 def test_flops_per_voxel_counts_the_convolutions():

@@ -256,3 +256,13 @@ def test_model_card_says_what_calibration_changed():
     assert "0.9042 → 0.9167" in says and "`db4967141910…`" in says
     d_says = report.calibration_sentence({"calibration": {**cal, "tta_k": 10, "segmentation": "segmentation"}})
     assert "after TTA over 10 mixes through `segmentation`" in d_says
+
+
+def test_an_evaluation_in_bfloat16_says_so_and_a_float32_one_keeps_its_old_record(monkeypatch):
+    from mixdemo import weights
+    from training import evaluate
+
+    monkeypatch.delenv(weights.PRECISION_ENV, raising=False)
+    assert evaluate.precision_record() == {}  # the records made before the setting existed stay comparable
+    monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
+    assert evaluate.precision_record() == {"s_precision": "bfloat16"}

@@ -189,6 +189,57 @@ def test_fused_segmentation_net_computes_monais_forward(channels_last):
         SegmentationNet(features=(4, 4, 8, 8, 16, 4)).fuse_for_inference()
 
 
+def test_bfloat16_segmentation_net_returns_float32_logits_close_to_float32s():
+    import copy
+
+    net = _with_batch_norm_statistics(SegmentationNet(features=(4, 4, 8, 8, 16, 4)))
+    reduced = copy.deepcopy(net).use_channels_last().fuse_for_inference().use_bfloat16()
+    assert next(reduced.parameters()).dtype == torch.bfloat16
+    x = torch.randn(1, 1, 32, 32, 16)
+    with torch.inference_mode():
+        expected, given = net(x), reduced(x)
+    assert given.dtype == torch.float32 and given.shape == expected.shape
+    scale = expected.abs().max()
+    assert (given - expected).abs().max() < 0.05 * scale  # bfloat16's 8-bit mantissa, not another function
+    assert (given.argmax(1) == expected.argmax(1)).float().mean() > 0.95
+    unfused = copy.deepcopy(net).use_bfloat16()  # MONAI's forward in bfloat16: float32 logits as well
+    with torch.inference_mode():
+        assert (unfused(x) - expected).abs().max() < 0.05 * scale
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        unfused.train()
+    with pytest.raises(RuntimeError, match="cast for inference"):
+        unfused.save_pretrained(Path("/nonexistent"))
+    with pytest.raises(RuntimeError, match="eval"):
+        SegmentationNet(features=(4, 4, 8, 8, 16, 4)).use_bfloat16()
+
+
+def test_precision_setting_picks_s_precision_and_refuses_unknown_values(monkeypatch):
+    monkeypatch.delenv(weights.PRECISION_ENV, raising=False)
+    assert weights.s_precision("cpu") == weights.DEFAULT_PRECISION == "float32"
+    monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
+    assert weights.s_precision("cpu") == "bfloat16"
+    monkeypatch.setenv(weights.PRECISION_ENV, "auto")
+    assert weights.s_precision("cpu") == ("bfloat16" if weights.native_bfloat16("cpu") else "float32")
+    monkeypatch.setattr(weights, "native_bfloat16", lambda device: False)
+    assert weights.s_precision("cpu") == "float32"
+    monkeypatch.setenv(weights.PRECISION_ENV, "fp8")
+    with pytest.raises(weights.WeightsError, match="MIXDEMO_PRECISION"):
+        weights.s_precision("cpu")
+
+
+def test_load_model_casts_s_but_not_d_to_the_precision_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
+    UnmixingNet(patch=2).save_pretrained(tmp_path / "unmixing-px")
+    weights.write_training_record(tmp_path / "unmixing-px", {}, "mixdemo.models.UnmixingNet")
+    monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
+    assert weights.load_model("segmentation").compute_dtype == torch.bfloat16
+    assert weights.load_model("segmentation", fast=False).compute_dtype == torch.float32  # the reference path
+    assert next(weights.load_model("unmixing-px").parameters()).dtype == torch.float32
+    monkeypatch.setenv(weights.PRECISION_ENV, "float32")
+    assert weights.load_model("segmentation").compute_dtype == torch.float32
+
+
 def test_conv_of_concat_is_the_convolution_of_the_concatenation():
     from mixdemo.models import conv_of_concat
 

@@ -29,7 +29,7 @@ from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
-from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir
+from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir, s_precision
 from training import command_line
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
@@ -163,7 +163,14 @@ def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
     return {"seed": args.seed, "alpha_range": list(args.alpha_range), "tta_k": args.tta_k, "k_max": args.k_max,
             "draws": args.draws, "n_volumes": n_volumes, "crop": args.crop or None, "brain_mask": args.brain_mask,
             "reference_pool": pool,
-            "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"}}
+            "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"},
+            **precision_record()}
+
+
+def precision_record() -> dict[str, str]:
+    """S's and the baseline's precision when not float32 (``$MIXDEMO_PRECISION``; absent: float32, as before it existed)."""
+    precision = s_precision("cpu")
+    return {} if precision == "float32" else {"s_precision": precision}
 
 
 @dataclass

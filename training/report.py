@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.weights import DEFAULT_UNMIXING, read_training_record, write_model_card
 from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
 
@@ -235,6 +236,14 @@ def bench_md(doc: dict) -> str:
         faults = f", {row['minor_page_faults'] / 1e3:.0f} k page faults" if "minor_page_faults" in row else ""
         rows.append((f"lever ({state}): S (baseline), {path}, {how}: {row['slabs']} slab(s), in a fresh process",
                      f"{row['seconds']:.1f} s{faults}, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
+    for row in levers.get("s_precision") or []:
+        native = "native on this CPU" if levers.get("bfloat16_native") else "emulated: no bfloat16 instructions here"
+        state = "on: the default" if row["precision"] == doc.get("s_precision", "float32") else "off"
+        what = "float32" if row["precision"] == "float32" else f"bfloat16 ({native}; MIXDEMO_PRECISION=bfloat16)"
+        rows.append((f"lever ({state}): S and the baseline in {what}, K = 1",
+                     f"baseline {row['baseline_s']:.1f} s, private {row['private_k1_s']:.1f} s (privacy tax "
+                     f"{row['privacy_tax']:.2f}, client share {row['client_share']:.2f}); Dice baseline "
+                     f"{row['baseline_dice_avg']:.3f}, private {row['private_k1_dice_avg']:.3f}", ""))
     for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
             what, state = "D on the whole volume", "on"
@@ -326,7 +335,7 @@ def d_designs_rows(doc: dict) -> tuple[list[dict], list[str]]:
                 and after.get("model") == name and name not in {r["model"] for r in rows}:
             rows.insert(0, after)
             whose = "The default D's row" if name == DEFAULT_UNMIXING else f"The row of `{name}`"
-            notes.insert(0, f"{whose}: `results/{record}.json` (`{trained_on['commands'][1]}`).")
+            notes.insert(0, f"{whose}: `results/{record}.json` (`{compare_command(trained_on)}`).")
     return rows, notes
 
 
@@ -425,9 +434,24 @@ def d_made_by(name: str) -> str:
     record = read_training_record(REPO / "weights" / name)
     if "calibration" in record:
         return f"{d_made_by(record['calibration']['from_model'])}, calibrated"
+    alphas = record.get("alpha_range")
+    on_alphas = (f" with α ~ U({alphas[0]:g}, {alphas[1]:g})"
+                 if alphas and tuple(alphas) != tuple(TRAIN_ALPHA_RANGE) else "")  # said when not the usual range
     if record.get("init_unmixing"):
-        return f"{d_made_by(record['init_unmixing'])}, then {record['steps']} steps on {record['patch_size']}³ patches"
-    return f"{record['patch_size']}³ patches" if record.get("patch_size") else "?"
+        return (f"{d_made_by(record['init_unmixing'])}, then {record['steps']} steps on {record['patch_size']}³ "
+                f"patches{on_alphas}")
+    return f"{record['patch_size']}³ patches{on_alphas}" if record.get("patch_size") else "?"
+
+
+def compare_command(doc: dict) -> str:
+    """The command of a D record that measured it on the D designs' protocol (``training.compare_unmixing``)."""
+    return next(c for c in doc["commands"] if "-m training.compare_unmixing " in c)
+
+
+def calibrated_how(calibration: dict) -> str:
+    """A calibration record (``training.calibrate``) in words: its minutes and the offsets of GM, WM and CSF."""
+    return (f"{calibration['seconds'] / 60:.0f} min; offsets GM, WM, CSF "
+            f"{', '.join(f'{o:+.1f}' for o in calibration['offsets'][1:])}")
 
 
 def d_large_patches_md(doc: dict) -> str:
@@ -436,11 +460,12 @@ def d_large_patches_md(doc: dict) -> str:
     ``d_p4_large_patches.json``: the Ds on 2³ and 4³ patches) or calibration (``d_p2_calibrated.json``)."""
     t = doc["training"]
     if "offsets" in t:  # training.calibrate's record
-        made = f"Calibrated by `{doc['commands'][0]}` ({t['seconds'] / 60:.0f} min; offsets GM, WM, CSF " \
-               f"{', '.join(f'{o:+.1f}' for o in t['offsets'][1:])})"
+        made = f"Calibrated by `{doc['commands'][0]}` ({calibrated_how(t)})"
     else:
         made = f"Trained by `{doc['commands'][0]}` ({t['train_seconds'] / 60:.0f} min, {t['hardware']})"
-    lines = [f"{made}; compared by `{doc['commands'][1]}` ({doc['date']}), the D designs' protocol: "
+        if doc.get("calibration"):  # trained, then calibrated: the second command
+            made += f", calibrated by `{doc['commands'][1]}` ({calibrated_how(doc['calibration'])})"
+    lines = [f"{made}; compared by `{compare_command(doc)}` ({doc['date']}), the D designs' protocol: "
              f"`{doc['protocol']}`. " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
              "| D | made by | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -594,6 +619,16 @@ def d_card_use(name: str, title: str, summary: str) -> tuple[str, str]:
                    f"(or `python -m mixdemo.client --unmixing {name}`). {load}")
 
 
+def compared_with_title(name: str, before: str) -> str:
+    """The card section's title for a D's record against ``before``: the D it was made from (trained on from or
+    calibrated), or else the default D it was measured against on the same proxies."""
+    record = read_training_record(REPO / "weights" / name)
+    made_from = (record.get("calibration") or {}).get("from_model") or record.get("init_unmixing")
+    if before == made_from:
+        return f"Against the D it was made from (`{before}`)"
+    return f"Against `{before}`, the default D when it was measured (the same proxies)"
+
+
 def d_comparisons(name: str) -> dict[str, str]:
     """A D's card sections that compare it with other Ds: the D designs table (with the default D, when ``name``
     is one of its rows and not the default), the record of the step that made it from another D (``D_TRAINED_ON``)
@@ -604,7 +639,7 @@ def d_comparisons(name: str) -> dict[str, str]:
         sections["Evaluation against the default D (phantom test set)"] = d_designs_md(designs)
     trained_on = _load(D_TRAINED_ON[name]) if name in D_TRAINED_ON else None
     if trained_on:
-        sections[f"Against the D it was made from (`{trained_on['before']['model']}`)"] = d_large_patches_md(trained_on)
+        sections[compared_with_title(name, trained_on['before']['model'])] = d_large_patches_md(trained_on)
     seg = _load("segmentation")
     if seg and name in {_d_name(d) for _, d in ds_on_full_protocol(seg)}:
         sections[FULL_PROTOCOL_SECTION] = ds_full_protocol_md(seg)
