@@ -235,7 +235,7 @@ def _unmixing(weights_root: str, name: str) -> torch.nn.Module:
 
 def unmixing_model(required: bool = False, name: str | None = None) -> torch.nn.Module | None:
     """The client's D from local weights: ``name``, else :func:`mixdemo.weights.unmixing_name`
-    (``$MIXDEMO_UNMIXING`` or ``unmixing-p2-96-cal``). None when the default D is absent, unless
+    (``$MIXDEMO_UNMIXING`` or ``unmixing-p2-96-a35-cal``). None when the default D is absent, unless
     ``required``; a D named by ``name`` or the variable must exist (a WeightsError says so)."""
     from mixdemo.weights import UNMIXING_ENV, WeightsError, unmixing_name, weights_dir
 

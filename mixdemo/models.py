@@ -271,7 +271,8 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
             voxel's own mixed probability still reaches its output. At ``p`` = 2 and 4 a fraction of
             the client time (``python -m mixdemo.bench``), at some cost in Dice
             (``python -m training.compare_unmixing``) when trained on 32³ patches; trained on 96³ patches
-            the ``p`` = 2 D matches ``p`` = 1 (``unmixing-p2-96``; calibrated, ``unmixing-p2-96-cal``, the shipped default).
+            the ``p`` = 2 D matches ``p`` = 1 (``unmixing-p2-96``; trained on at the client's α and calibrated,
+            ``unmixing-p2-96-a35-cal``, the shipped default).
         voxel_hidden: with ``patch`` > 1, 0 keeps the α-gated linear per-voxel skip; ``H`` > 0 makes
             each voxel's logits a small α-conditioned MLP instead: its inputs to ``H`` channels, plus
             the blocks' features brought back to the voxel (the transposed convolution out gives

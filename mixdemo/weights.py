@@ -30,7 +30,7 @@ UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the clie
 PRECISION_ENV = "MIXDEMO_PRECISION"  # S's inference precision: float32, bfloat16 or auto (see s_precision)
 PRECISIONS = ("float32", "bfloat16", "auto")
 DEFAULT_PRECISION = "float32"
-DEFAULT_UNMIXING = "unmixing-p2-96-cal"  # unmixing-p2-96 with per-class logit offsets fitted on training scans (see its card)
+DEFAULT_UNMIXING = "unmixing-p2-96-a35-cal"  # unmixing-p2-96 trained on at the deployment α, then calibrated (its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
@@ -53,9 +53,9 @@ def weights_dir() -> Path:
 def unmixing_name() -> str:
     """The client's D: the model folder ``$MIXDEMO_UNMIXING`` when set and not empty (e.g. ``unmixing-96``,
     the D at full resolution, ``unmixing``, the D trained end-to-end with S on 32³ patches, or ``unmixing-p4``,
-    the cheapest), else :data:`DEFAULT_UNMIXING` (``unmixing-p2-96-cal``: the D whose blocks run on 2³ patches,
-    trained on 96³ patches, the size it runs at, with class offsets fitted on training scans; the Dice of
-    ``unmixing-96`` and more at a fraction of its client time)."""
+    the cheapest), else :data:`DEFAULT_UNMIXING` (``unmixing-p2-96-a35-cal``: the D whose blocks run on 2³ patches,
+    trained on 96³ patches, the size it runs at, then on the α range the client draws, with class offsets fitted on
+    training scans; the Dice of ``unmixing-96`` and more at a fraction of its client time)."""
     return os.environ.get(UNMIXING_ENV) or DEFAULT_UNMIXING
 
 

@@ -117,7 +117,10 @@ def test_each_d_card_compares_it_with_the_ds_its_records_name():
 
     default = d_comparisons(DEFAULT_UNMIXING)
     start = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())["before"]["model"]
-    assert list(default) == [f"Against the D it was made from (`{start}`)", FULL_PROTOCOL_SECTION]
+    made_from = json.loads((REPO / f"weights/{DEFAULT_UNMIXING}/training.json").read_text())["calibration"]["from_model"]
+    compared = (f"Against the D it was made from (`{start}`)" if start == made_from  # else the D it replaced
+                else f"Against `{start}`, the default D when it was measured (the same proxies)")
+    assert list(default) == [compared, FULL_PROTOCOL_SECTION]
     other = next(d for d in D_TRAINED_ON if d != DEFAULT_UNMIXING)  # a D of the registry, not the default
     other_start = json.loads((REPO / f"results/{D_TRAINED_ON[other]}.json").read_text())["before"]["model"]
     sections = d_comparisons(other)
@@ -226,10 +229,9 @@ def test_a_patch_ds_large_patches_record_starts_from_the_shipped_design_and_the_
 
 
 def test_the_calibrated_ds_record_starts_from_the_d_it_calibrated_and_the_readme_quotes_it():
-    """results/d_p2_calibrated.json (the default D, ``training.calibrate``'s copy of unmixing-p2-96): its 'before' is
+    """results/d_p2_calibrated.json (``training.calibrate``'s copy of unmixing-p2-96): its 'before' is
     that D's row on the same protocol (results/d_p2_large_patches.json) on the same proxies, its 'after' the shipped
     folder, its training the folder's calibration record, and the README's figures are the file's."""
-    from mixdemo.weights import DEFAULT_UNMIXING
     from training.report import D_TRAINED_ON
 
     record = json.loads((REPO / "results/d_p2_calibrated.json").read_text())
@@ -237,7 +239,7 @@ def test_the_calibrated_ds_record_starts_from_the_d_it_calibrated_and_the_readme
     folder = REPO / "weights" / record["after"]["model"]
     calibration = json.loads((folder / "training.json").read_text())["calibration"]
     before, after = record["before"], record["after"]
-    assert D_TRAINED_ON[after["model"]] == "d_p2_calibrated" and after["model"] == DEFAULT_UNMIXING
+    assert D_TRAINED_ON[after["model"]] == "d_p2_calibrated" and after["model"] == "unmixing-p2-96-cal"
     assert {k: v for k, v in before.items() if k != "source"} == start["after"] and record["protocol"] == start["protocol"]
     assert before["weights_sha256"] == calibration["from_sha256"] and before["model"] == calibration["from_model"]
     assert before["naive_tta"] == after["naive_tta"] and before["baseline"] == after["baseline"]  # the same proxies
@@ -278,27 +280,54 @@ def test_the_d_second_leg_record_is_screened_against_the_default_and_the_readme_
     assert "`results/d_p2_96_second_leg.json`" in (REPO / "README.md").read_text()
 
 
-def test_the_deployment_alpha_d_record_is_screened_against_the_default_and_the_readme_quotes_it():
-    """results/d_p2_96_alpha_deployment.json (D trained on the default α range; not shipped): its 'before' is the
-    default D's row on the same protocol and proxies, it was trained on that range, its screen verdict follows
-    its figures, a full-protocol run (when recorded) used the same draws as the default's, and the README's
-    figures are the file's."""
+def test_the_deployment_alpha_d_record_follows_its_rules_and_ships_the_default_d():
+    """results/d_p2_96_alpha_deployment.json (D trained on the default α range, then calibrated): its 'before' is the
+    D it replaced (unmixing-p2-96-cal) on the same protocol and proxies; it was trained on that range; it passed
+    its screen, the full protocol (the shipped table, the same draws as the replaced D's) and the check outside
+    that range, so it is the shipped default D; the README and its training note quote the record's figures."""
     from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+    from mixdemo.weights import DEFAULT_UNMIXING
 
     record, default = _screened_against_the_default("d_p2_96_alpha_deployment")
     before, after = record["before"], record["after"]
     assert tuple(record["training"]["alpha_range"]) == tuple(DEFAULT_ALPHA_RANGE)
     assert record["training"]["init_from_sha256"]["unmixing-p2-96"] == default["before"]["weights_sha256"]
-    beat = after["learned_tta"]["avg"] > before["learned_tta"]["avg"]
-    assert record["screen"] == ("passed" if beat else "failed") and record["shipped"].startswith("no:")
-    assert not (REPO / "weights" / after["model"]).exists()
-    full = record.get("full_protocol")
-    if full:  # the same S, baseline and proxies as the shipped table
-        seg = json.loads((REPO / "results/segmentation.json").read_text())
-        assert full["candidate"]["naive_tta"] == seg["dice"]["naive_tta"]
-        assert full["candidate"]["baseline"] == full["default"]["baseline"] == seg["dice"]["baseline"]
-        assert full["default"]["learned_tta"] == seg["dice"]["learned_tta"]
-    assert "`results/d_p2_96_alpha_deployment.json`" in (REPO / "README.md").read_text()
+    assert record["screen"] == "passed" and after["learned_tta"]["avg"] > before["learned_tta"]["avg"]
+    full, outside = record["full_protocol"], record["outside_deployment_range"]
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    replaced = json.loads((REPO / "results/segmentation-unmixing-p2-96-cal.json").read_text())
+    for key in ("learned", "learned_tta"):  # the shipped table is the candidate's run, the replaced D's its own
+        assert full["candidate"][key] == seg["dice"][key] and full["default"][key] == replaced["dice"][key]
+    assert full["candidate"]["icc"] == seg["icc"] and full["default"]["icc"] == replaced["icc"]
+    assert full["candidate"]["naive_tta"] == seg["dice"]["naive_tta"] == replaced["dice"]["naive_tta"]  # same draws
+    assert full["passes"] == (full["candidate"]["learned_tta"]["avg"] > full["default"]["learned_tta"]["avg"]) is True
+    for row in outside["rows"]:
+        assert row["candidate"]["naive_tta"] == row["default"]["naive_tta"]  # the same proxies in each range
+        diff = row["candidate"]["learned_tta"]["avg"] - row["default"]["learned_tta"]["avg"]
+        assert row["difference_learned_tta"] == round(diff, 4)
+        lo, hi = row["alpha_range"]
+        assert hi <= DEFAULT_ALPHA_RANGE[0] or lo >= DEFAULT_ALPHA_RANGE[1]  # outside the range it was trained on
+    assert outside["holds"] == all(r["difference_learned_tta"] >= -0.005 for r in outside["rows"]) is True
+    assert record["reproduced"]["same_as_calibration_from_sha256"] is True
+    # shipped: the folder holds the compared weights, it is the default, and its start is shipped beside it
+    assert record["shipped"].startswith(f"weights/{after['model']},") and DEFAULT_UNMIXING == after["model"]
+    folder = REPO / "weights" / after["model"]
+    calibration = json.loads((folder / "training.json").read_text())["calibration"]
+    assert sha256_file(folder / "model.safetensors") == after["weights_sha256"] == full["candidate"]["weights_sha256"]
+    assert calibration == record["calibration"]
+    start = REPO / "weights" / calibration["from_model"]
+    assert sha256_file(start / "model.safetensors") == calibration["from_sha256"] == record["reproduced"]["first_command_sha256"]
+    assert json.loads((start / "training.json").read_text())["command"] == record["commands"][0]
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    assert "`results/d_p2_96_alpha_deployment.json`" in readme
+    b, a = full["default"]["learned_tta"]["avg"], full["candidate"]["learned_tta"]["avg"]
+    assert f"lifted Learned + TTA {b:.3f} → {a:.3f} against `unmixing-p2-96-cal`" in readme
+    note = (folder / "TRAINING_NOTE.md").read_text().replace("\n", " ")
+    assert f"Learned + TTA {b:.3f} → {a:.3f}" in note
+    for row in outside["rows"]:
+        lo, hi = row["alpha_range"]
+        assert (f"U({lo:g}, {hi:g}): {row['default']['learned_tta']['avg']:.3f} → "
+                f"{row['candidate']['learned_tta']['avg']:.3f}") in note
 
 
 def _baseline_before_calibration() -> dict:
@@ -333,18 +362,18 @@ def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme
     assert f"the baseline {a['avg']:.3f} → {c['avg']:.3f} (CSF {a['CSF']:.3f} → {c['CSF']:.3f})" in readme
 
 
-def test_the_calibrated_default_d_is_judged_against_its_start_and_the_readme_quotes_it():
-    """The default D is ``training.calibrate``'s copy of another shipped D: its record names that D's weights, and
-    the README's before → after is that D's full-protocol row (results/segmentation-<start>.json) against the
-    default's (results/segmentation.json)."""
-    from mixdemo.weights import DEFAULT_UNMIXING
-
-    calibration = json.loads((REPO / f"weights/{DEFAULT_UNMIXING}/training.json").read_text())["calibration"]
+def test_the_calibrated_d_is_judged_against_its_start_and_the_readme_quotes_it():
+    """unmixing-p2-96-cal (the default D before the α leg) is ``training.calibrate``'s copy of another shipped D:
+    its record names that D's weights, and the README's before → after is that D's full-protocol row
+    (results/segmentation-<start>.json) against its own (results/segmentation-unmixing-p2-96-cal.json)."""
+    name = "unmixing-p2-96-cal"
+    calibration = json.loads((REPO / f"weights/{name}/training.json").read_text())["calibration"]
     start = calibration["from_model"]
     assert sha256_file(REPO / f"weights/{start}/model.safetensors") == calibration["from_sha256"]
     before = json.loads((REPO / f"results/segmentation-{start}.json").read_text())
-    after = json.loads((REPO / "results/segmentation.json").read_text())
-    assert before["models"]["unmixing"] == start and after["models"]["unmixing"] == DEFAULT_UNMIXING
+    after = json.loads((REPO / f"results/segmentation-{name}.json").read_text())
+    assert before["models"]["unmixing"] == start and after["models"]["unmixing"] == name
+    assert after["weights_sha256"][name] == sha256_file(REPO / f"weights/{name}/model.safetensors")
     readme = (REPO / "README.md").read_text().replace("\n", " ")
     b, a = before["dice"]["learned_tta"]["avg"], after["dice"]["learned_tta"]["avg"]
     assert f"D's Learned + TTA {b:.3f} → {a:.3f}" in readme

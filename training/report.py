@@ -320,7 +320,8 @@ def reliability_md(doc: dict) -> str:
 # (``training.calibrate``). The one registry of these records: the D designs table, the README blocks, the model
 # cards and ``training.refresh_baseline`` all follow it.
 D_TRAINED_ON = {"unmixing-96": "d_large_patches", "unmixing-p2-96": "d_p2_large_patches",
-                "unmixing-p4-96": "d_p4_large_patches", "unmixing-p2-96-cal": "d_p2_calibrated"}
+                "unmixing-p4-96": "d_p4_large_patches", "unmixing-p2-96-cal": "d_p2_calibrated",
+                "unmixing-p2-96-a35-cal": "d_p2_96_alpha_deployment"}
 
 
 def d_designs_rows(doc: dict) -> tuple[list[dict], list[str]]:
@@ -443,6 +444,27 @@ def d_made_by(name: str) -> str:
     return f"{record['patch_size']}³ patches{on_alphas}" if record.get("patch_size") else "?"
 
 
+def d_alpha_outside_md(doc: dict) -> str:
+    """A D trained on a narrower α range against the D it would replace: on the full protocol at the client's α and on
+    the D designs' volumes at α outside that range (``outside_deployment_range`` of its record)."""
+    full, outside = doc["full_protocol"], doc["outside_deployment_range"]
+    old, new = full["default"]["model"], full["candidate"]["model"]
+    lo, hi = doc["training"]["alpha_range"]
+    full_cmd = next(c for c in doc["commands"] if "-m training.evaluate " in c)
+    lines = [f"Full protocol: `{full_cmd}` against `results/segmentation-{old}.json` (the same draws); outside the "
+             f"range: `{outside['command']}` (3 volumes, the same proxies for both Ds in each range). "
+             "**MNI152-derived phantoms, not patients.**", "",
+             f"| α | volumes | Learned: `{old}` | `{new}` | Learned + TTA: `{old}` | `{new}` | difference |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [(f"U({lo:g}, {hi:g}), trained on", "6 (full protocol)", full["default"], full["candidate"])]
+    rows += [(f"U({r['alpha_range'][0]:g}, {r['alpha_range'][1]:g})", "3", r["default"], r["candidate"]) for r in outside["rows"]]
+    for alphas, volumes, a, b in rows:
+        diff = b["learned_tta"]["avg"] - a["learned_tta"]["avg"]
+        lines.append(f"| {alphas} | {volumes} | {_f(a['learned']['avg'])} | {_f(b['learned']['avg'])} | "
+                     f"{_f(a['learned_tta']['avg'])} | {_f(b['learned_tta']['avg'])} | {diff:+.4f} |")
+    return "\n".join(lines)
+
+
 def compare_command(doc: dict) -> str:
     """The command of a D record that measured it on the D designs' protocol (``training.compare_unmixing``)."""
     return next(c for c in doc["commands"] if "-m training.compare_unmixing " in c)
@@ -480,9 +502,10 @@ def d_large_patches_md(doc: dict) -> str:
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
+    "d_alpha_outside": d_alpha_outside_md,
 }
 # README blocks drawn from another results file than their own name
-BLOCK_SOURCES = {"ds_full_protocol": "segmentation"}
+BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
@@ -528,6 +551,20 @@ CARDS = {
                            "The client D `unmixing-p2-96` with one logit offset per class fitted on training scans "
                            "(`python -m training.calibrate`). {how} The same network as `unmixing-p2-96`, so the same "
                            "client time."),
+    "unmixing-p2-96-a35": ("Mixup-Privacy client unmixing network D on 2³ patches, trained on 96³ patches, then on "
+                           "the client's α range",
+                           "The client D `unmixing-p2-96` trained on for 320 more steps on 96³ patches with α drawn "
+                           "from the range the client draws it from, U(0.3, 0.5), instead of U(0.1, 0.9). {how} The "
+                           "same network as `unmixing-p2-96`, so the same client time. It is the start of "
+                           "`unmixing-p2-96-a35-cal`, the default D, and was not evaluated on its own (its calibrated "
+                           "copy was: that card has the figures)."),
+    "unmixing-p2-96-a35-cal": ("Mixup-Privacy client unmixing network D on 2³ patches, trained on 96³ patches and on "
+                               "the client's α range, with calibrated class offsets",
+                               "The client D `unmixing-p2-96-a35` with one logit offset per class fitted on training "
+                               "scans (`python -m training.calibrate`). {how} The same network as `unmixing-p2-96`, "
+                               "so the same client time. It was trained on α ~ U(0.3, 0.5) only, so before it became "
+                               "the default it was also measured at α ~ U(0.1, 0.3) and U(0.5, 0.9) against the D it "
+                               "replaced (`results/d_p2_96_alpha_deployment.json`, `outside_deployment_range`)."),
     "unmixing-p4": ("Mixup-Privacy client unmixing network D on 4³ patches with a per-voxel MLP (cheapest)",
                     "The cheapest client D: the four AdaIN blocks and widths of `unmixing`. {how} A small fraction of "
                     "the full-resolution Ds' client time and a lower Dice (the table below). It is the start of "
