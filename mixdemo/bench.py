@@ -103,22 +103,24 @@ def best_gflops(fn: Callable[[], object], flop: float, reps: int) -> float:
     return flop / min(wall_seconds(fn) for _ in range(reps)) / 1e9
 
 
-def matmul_peak_gflops(sizes: Sequence[int] = (1024, 2048, 4096), reps: int = 3) -> float:
-    """float32 GEMM throughput (GFLOP/s) of this process's torch threads, the best over square products of
+def matmul_peak_gflops(sizes: Sequence[int] = (1024, 2048, 4096), reps: int = 3,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """GEMM throughput (GFLOP/s) in ``dtype`` of this process's torch threads, the best over square products of
     a few sizes: the machine's practical matrix-multiply peak."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         best = max(best, best_gflops(lambda: a @ b, 2 * n**3, reps))
     return best
 
 
-def conv_peak_gflops(channels: int = 128, side: int = 32, reps: int = 3) -> float:
-    """float32 throughput (GFLOP/s) of a wide 3×3×3 convolution in channels-last 3D: the kernels S's own
+def conv_peak_gflops(channels: int = 128, side: int = 32, reps: int = 3, dtype: torch.dtype = torch.float32) -> float:
+    """Throughput (GFLOP/s) in ``dtype`` of a wide 3×3×3 convolution in channels-last 3D: the kernels S's own
     convolutions run on (oneDNN), at their best case. S's narrow layers approach it at most; torch's GEMM
     may well be slower than it."""
-    conv = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False).eval().to(memory_format=torch.channels_last_3d)
-    x = torch.randn(1, channels, side, side, side).to(memory_format=torch.channels_last_3d)
+    conv = torch.nn.Conv3d(channels, channels, 3, padding=1, bias=False).eval().to(dtype)
+    conv = conv.to(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, channels, side, side, side, dtype=dtype).to(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         return best_gflops(lambda: conv(x), 2 * 27 * channels**2 * side**3, reps)
 
@@ -509,8 +511,10 @@ def run(args: argparse.Namespace) -> dict:
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak_end = matmul_peak_gflops(gemm_sizes)
-    peak = max(peak_start, peak_end)
-    conv_peak = conv_peak_gflops()
+    peak = max(peak_start, peak_end)  # float32, D's precision
+    s_dtype = getattr(seg, "compute_dtype", torch.float32)  # S's throughput against peaks in its own precision
+    s_peak = peak if s_dtype == torch.float32 else matmul_peak_gflops(gemm_sizes, dtype=s_dtype)
+    conv_peak = conv_peak_gflops(dtype=s_dtype)
     for row in d_study:  # the headline figures again with each D as the client's network, and D's arithmetic
         d_net = d_nets[row["model"]]
         runs = k1_runs[row["model"]]
@@ -538,8 +542,10 @@ def run(args: argparse.Namespace) -> dict:
         "tta10_over_k1": round(statistics.median(k10_ratios), 3),
         "client_share": round(client_share, 3),
         "s_gflops": round(s_gflops, 1),
-        "matmul_peak_gflops": round(peak, 1),
-        "flop_efficiency": round(s_gflops / peak, 3),
+        "matmul_peak_gflops": round(s_peak, 1),
+        "flop_efficiency": round(s_gflops / s_peak, 3),
+        "peak_dtype": str(s_dtype).removeprefix("torch."),
+        "matmul_peak_gflops_float32": round(peak, 1),
         "conv_peak_gflops": round(conv_peak, 1),
         "s_over_conv_peak": round(s_gflops / conv_peak, 3),
         "peak_rss_mb": memory_study[0]["peak_rss_mb"],

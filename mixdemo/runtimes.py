@@ -57,7 +57,7 @@ def _model(workload: str, fast: bool) -> torch.nn.Module:
     shape when the weights are absent (speed does not depend on the weights' values)."""
     name = DEFAULT_UNMIXING if workload.startswith("d_") else "segmentation"
     try:
-        return load_model(name, fast=fast)
+        return load_model(name, fast=fast, precision="float32")  # the other runtimes run float32 too
     except Exception:  # noqa: BLE001 - no weights here
         if name == "segmentation":
             return untrained_s(fast)

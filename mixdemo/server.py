@@ -76,7 +76,8 @@ def segmentation_model() -> torch.nn.Module:
 
 def model_info() -> dict:
     """What the server can tell about itself (no user data)."""
-    from mixdemo.weights import read_training_record, weights_dir
+    from mixdemo.models import pick_device
+    from mixdemo.weights import read_training_record, s_precision, weights_dir
 
     record = read_training_record(weights_dir() / "segmentation")
     return {
@@ -88,6 +89,7 @@ def model_info() -> dict:
         "response": "a .npy file of float16 probabilities shaped (K, C, X, Y, Z)",
         "model_sha256": record.get("sha256"),
         "model_steps": record.get("steps"),
+        "precision": s_precision(pick_device()),  # S's arithmetic ($MIXDEMO_PRECISION; float32 logits either way)
     }
 
 

@@ -25,6 +25,7 @@ def test_server_info(api):
     assert info["format"].startswith("mixdemo-proxy-npy")
     assert info["classes"] == ["background", "GM", "WM", "CSF"]
     assert info["grid_shape"] == [144, 192, 160]
+    assert info["precision"] in ("float32", "bfloat16")
 
 
 def test_segment_proxy_returns_probabilities(api, tmp_path):

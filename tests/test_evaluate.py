@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -131,9 +132,12 @@ def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):
     assert dice_all == dice and retest_all == test and len(test) > len(retest)
 
 
-def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir, precision, monkeypatch):
     """The fast path (``load_model``'s fused, channels-last S and D; proxies batched) gives the Dice of
-    the reference path (the modules as trained, MONAI's forward, one mix at a time) to 3 decimals."""
+    the reference path (the modules as trained in float32, MONAI's forward, one mix at a time) to 3 decimals;
+    with S in bfloat16 (``MIXDEMO_PRECISION``, the default where the CPU has it) within 0.002 per class
+    (on the full protocol its average rows are within 0.001: results/s_bfloat16.json)."""
     import numpy as np
     import torch
 
@@ -148,7 +152,9 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir)
             (evaluate.crop_volume(v, 64) for v in load_volumes(cohort.split("train")[:2]))]
     key = MixKey(tuple(r.ref_id for r in refs), (0.35, 0.45))
     d = weights.DEFAULT_UNMIXING
+    monkeypatch.setenv(weights.PRECISION_ENV, precision)
     seg, unmix = weights.load_model("segmentation"), weights.load_model(d)
+    assert seg.compute_dtype == getattr(torch, precision)
     seg_ref, unmix_ref = weights.load_model("segmentation", fast=False), weights.load_model(d, fast=False)
     assert seg.fused and unmix.channels_last and not (seg_ref.fused or seg_ref.channels_last or unmix_ref.channels_last)
     proxies = make_proxies(target.image, refs, key)
@@ -163,7 +169,10 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir)
     for pred_fast, pred_slow in ((fast[0], slow[0]), (fast.mean(0), torch.stack(slow).mean(0))):
         d_fast = evaluate.dice_row(evaluate.masked(pred_fast.argmax(0).numpy(), brain), target.labels)
         d_slow = evaluate.dice_row(evaluate.masked(pred_slow.argmax(0).numpy(), brain), target.labels)
-        assert {c: round(v, 3) for c, v in d_fast.items()} == {c: round(v, 3) for c, v in d_slow.items()}
+        if precision == "float32":
+            assert {c: round(v, 3) for c, v in d_fast.items()} == {c: round(v, 3) for c, v in d_slow.items()}
+        else:
+            assert all(abs(d_fast[c] - d_slow[c]) <= 0.002 for c in d_slow)
         assert np.isfinite(list(d_fast.values())).all()
 
 
@@ -262,7 +271,14 @@ def test_an_evaluation_in_bfloat16_says_so_and_a_float32_one_keeps_its_old_recor
     from mixdemo import weights
     from training import evaluate
 
-    monkeypatch.delenv(weights.PRECISION_ENV, raising=False)
+    monkeypatch.setenv(weights.PRECISION_ENV, "float32")  # the training commands' default (training/__init__.py)
     assert evaluate.precision_record() == {}  # the records made before the setting existed stay comparable
     monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
     assert evaluate.precision_record() == {"s_precision": "bfloat16"}
+    monkeypatch.delenv(weights.PRECISION_ENV)
+    import importlib
+
+    import training
+
+    importlib.reload(training)  # importing the training package pins float32 unless the variable is set
+    assert os.environ[weights.PRECISION_ENV] == "float32" and evaluate.precision_record() == {}

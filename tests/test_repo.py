@@ -426,3 +426,20 @@ def test_a_recorded_command_is_the_one_given_else_the_processs(monkeypatch):
     assert command_line("training.evaluate", ["--out", "a b.json"]) == "python -m training.evaluate --out 'a b.json'"
     monkeypatch.setattr("sys.argv", ["evaluate.py", "--quick"])
     assert command_line("training.evaluate", None) == "python -m training.evaluate --quick"
+
+
+def test_the_bfloat16_record_compares_the_shipped_table_and_sets_the_default_precision():
+    """results/s_bfloat16.json (the segmentation table's protocol with S and the baseline in bfloat16): its float32
+    side is the shipped table, the bfloat16 run used the same weights, its decision follows its rule (every average
+    Dice row within 0.001), the default precision is that decision, and the README shows the record."""
+    from mixdemo import weights
+
+    record = json.loads((REPO / "results/s_bfloat16.json").read_text())
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    assert record["float32"]["dice"] == seg["dice"] and record["float32"]["icc"] == seg["icc"]
+    assert record["bfloat16"]["weights_sha256"] == seg["weights_sha256"]
+    assert record["commands"][0].startswith("MIXDEMO_PRECISION=bfloat16 python -m training.evaluate ")
+    within = all(abs(record["bfloat16"]["dice"][k]["avg"] - seg["dice"][k]["avg"]) <= 0.001 for k in seg["dice"])
+    assert record["within_0_001"] == within
+    assert weights.DEFAULT_PRECISION == ("auto" if within else "float32")
+    assert "<!-- results:s_bfloat16 -->" in (REPO / "README.md").read_text()

@@ -1,10 +1,19 @@
-"""Training, evaluation and reporting commands (``python -m training.<name>``)."""
+"""Training, evaluation and reporting commands (``python -m training.<name>``).
+
+They run S and the baseline in float32, the precision every committed figure was measured in, unless
+``$MIXDEMO_PRECISION`` says otherwise (``MIXDEMO_PRECISION=bfloat16 python -m training.evaluate`` made
+``results/s_bfloat16.json``); the app, the client and the server default to bfloat16 where the CPU has it
+(:func:`mixdemo.weights.s_precision`).
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
+
+os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
 
 
 def command_line(module: str, argv: list[str] | None) -> str:

@@ -201,6 +201,7 @@ def bench_md(doc: dict) -> str:
         text, ok = BENCH_TARGETS[key]
         return f"{text}: {'met' if ok(doc[key]) else '**missed**'}"
 
+    peak_in = f", both in {doc['peak_dtype']}" if doc.get("peak_dtype", "float32") != "float32" else ""
     rows = [
         ("baseline whole brain", f"{doc['baseline_s']:.1f} s", ""),
         ("private, learned unmixing, K = 1", f"{doc['private_k1_s']:.1f} s", target("private_k1_s")),
@@ -211,9 +212,9 @@ def bench_md(doc: dict) -> str:
         ("privacy tax (K=1 / baseline)", f"{doc['privacy_tax']:.2f}", target("privacy_tax")),
         ("K = 10 over K = 1", f"{doc['tta10_over_k1']:.2f}", target("tta10_over_k1")),
         ("client share (mixing + D)", f"{doc['client_share']:.2f}", target("client_share")),
-        ("S throughput / GEMM peak", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s ({doc['flop_efficiency']:.2f})",
-         target("flop_efficiency")),
-        *([("S throughput / peak of a wide 3³ convolution (S's kernels at their best)",
+        (f"S throughput / GEMM peak{peak_in}", f"{doc['s_gflops']:.0f} / {doc['matmul_peak_gflops']:.0f} GFLOP/s "
+         f"({doc['flop_efficiency']:.2f})", target("flop_efficiency")),
+        *([(f"S throughput / peak of a wide 3³ convolution (S's kernels at their best){peak_in}",
             f"{doc['s_gflops']:.0f} / {doc['conv_peak_gflops']:.0f} GFLOP/s ({doc['s_over_conv_peak']:.2f})", "")]
           if "conv_peak_gflops" in doc else []),
     ]
@@ -465,6 +466,21 @@ def d_alpha_outside_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def s_bfloat16_md(doc: dict) -> str:
+    """The segmentation table's protocol with S and the baseline in bfloat16 against float32, the same draws."""
+    f32, b16 = doc["float32"], doc["bfloat16"]
+    lines = [f"Measured by `{doc['commands'][0]}` ({doc['date']}, {b16['seconds'] / 60:.0f} min) against "
+             f"`results/segmentation.json` (float32, {f32['seconds'] / 60:.0f} min): the same weights, volumes, α and "
+             "references. **MNI152-derived phantoms, not patients.**", "",
+             "| average Dice | float32 | bfloat16 | difference |", "| --- | --- | --- | --- |"]
+    for key, label in LABELS.items():
+        a, b = f32["dice"][key]["avg"], b16["dice"][key]["avg"]
+        lines.append(f"| {label} | {_f(a)} | {_f(b)} | {b - a:+.4f} |")
+    icc = " · ".join(f"{c} {f32['icc'][c]['icc']:.3f} → {b16['icc'][c]['icc']:.3f}" for c in f32["icc"])
+    lines += ["", f"Test–retest ICC, float32 → bfloat16: {icc}."]
+    return "\n".join(lines)
+
+
 def compare_command(doc: dict) -> str:
     """The command of a D record that measured it on the D designs' protocol (``training.compare_unmixing``)."""
     return next(c for c in doc["commands"] if "-m training.compare_unmixing " in c)
@@ -502,7 +518,7 @@ def d_large_patches_md(doc: dict) -> str:
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
-    "d_alpha_outside": d_alpha_outside_md,
+    "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment"}
