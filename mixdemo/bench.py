@@ -563,7 +563,7 @@ def run(args: argparse.Namespace) -> dict:
                                 "client share, and brain-masked Dice of the baseline's and the private run's labels on "
                                 "the benchmark's volume; bfloat16_native: whether this CPU has bfloat16 instructions "
                                 "(without them bfloat16 is emulated, slowly)",
-            "bfloat16_native": native_bfloat16("cpu"),
+            "bfloat16_native": native_bfloat16(),
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
                                        "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "

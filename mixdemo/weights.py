@@ -86,16 +86,11 @@ def unmixing_choices() -> list[tuple[str, str]]:
     return ordered if default in found else [(default, ""), *ordered]
 
 
-def native_bfloat16(device: torch.device | str) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CPU with AVX512-BF16 or AMX (oneDNN's check),
-    a CUDA GPU that supports it."""
+def native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX: oneDNN's check)."""
     import torch
 
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return device.type == "cpu" and bool(torch.backends.mkldnn.is_available()
-                                         and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def s_precision(device: torch.device | str) -> str:
@@ -109,7 +104,7 @@ def s_precision(device: torch.device | str) -> str:
     if asked == "auto":
         import torch
 
-        return "bfloat16" if torch.device(device).type == "cpu" and native_bfloat16(device) else "float32"
+        return "bfloat16" if torch.device(device).type == "cpu" and native_bfloat16() else "float32"
     return asked
 
 
@@ -202,6 +197,8 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True, preci
     the reference path, the modules exactly as trained in float32 (a D on patches through its convolutions),
     which the tests check the fast path against. ``precision`` (``float32`` or ``bfloat16``) overrides
     :func:`s_precision` for S-shaped networks on the fast path."""
+    if precision not in (None, "float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16; got {precision!r}.")
     folder = resolve_model_dir(name)
     verify_checksum(folder)
     record = read_training_record(folder)
@@ -224,8 +221,6 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True, preci
         model.use_channels_last()
     if fast and hasattr(model, "fuse_for_inference"):
         model.fuse_for_inference()
-    if precision not in (None, "float32", "bfloat16"):
-        raise ValueError(f"precision must be float32 or bfloat16; got {precision!r}.")
     if fast and hasattr(model, "use_bfloat16") and (precision or s_precision(next(model.parameters()).device)) == "bfloat16":
         model.use_bfloat16()
     if hasattr(model, "fused_patches"):

@@ -216,13 +216,13 @@ def test_bfloat16_segmentation_net_returns_float32_logits_close_to_float32s():
 def test_precision_setting_picks_s_precision_and_refuses_unknown_values(monkeypatch):
     monkeypatch.delenv(weights.PRECISION_ENV, raising=False)  # the default, auto: bfloat16 where the CPU has it
     assert weights.DEFAULT_PRECISION == "auto"
-    assert weights.s_precision("cpu") == ("bfloat16" if weights.native_bfloat16("cpu") else "float32")
+    assert weights.s_precision("cpu") == ("bfloat16" if weights.native_bfloat16() else "float32")
     assert weights.s_precision("cuda") == "float32"  # auto is measured on CPUs only
     monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
     assert weights.s_precision("cpu") == "bfloat16"
     monkeypatch.setenv(weights.PRECISION_ENV, "auto")
-    assert weights.s_precision("cpu") == ("bfloat16" if weights.native_bfloat16("cpu") else "float32")
-    monkeypatch.setattr(weights, "native_bfloat16", lambda device: False)
+    assert weights.s_precision("cpu") == ("bfloat16" if weights.native_bfloat16() else "float32")
+    monkeypatch.setattr(weights, "native_bfloat16", lambda: False)
     assert weights.s_precision("cpu") == "float32"
     monkeypatch.setenv(weights.PRECISION_ENV, "fp8")
     with pytest.raises(weights.WeightsError, match="MIXDEMO_PRECISION"):
