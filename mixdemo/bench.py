@@ -6,11 +6,11 @@
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
 answer (K = 3, rendering included); the client's share (mixing + D); S's fast path against MONAI's
-forward, its memory budget (one pass vs slabs), huge pages and the allocator keeping freed memory
-(time, page faults, peak memory, Dice, each in a fresh process);
+forward, its memory budget (one pass vs slabs), huge pages and the allocator keeping freed memory within
+a pass (time, page faults, peak memory, Dice, each in a fresh process);
 achieved GFLOP/s of S against a float32 matrix-multiply peak measured at the start and the end of the
 run (the higher counts) and against a wide 3³ convolution's (S's kernels at their best); peak memory
-of the private run at K = 10 alone, in a fresh process. Medians over repetitions; the baseline and the
+of a fresh process serving private requests at K = 10 and 1. Medians over repetitions; the baseline and the
 private K = 1 runs with each shipped D are interleaved
 (:func:`interleaved_runs`), so a host that slows down for a while slows all of them alike.
 """
@@ -271,15 +271,16 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
 
 
 class Allocation(NamedTuple):
-    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`, the
-    default) and glibc keeping freed memory (:func:`~mixdemo.inference.keep_freed_memory`, opt-in)."""
+    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`) and glibc keeping
+    freed memory within a pass and handing it back after it (:func:`~mixdemo.inference.keep_freed_memory`);
+    both are the default."""
 
     huge_pages: bool = True
-    keep_freed: bool = False
+    keep_freed: bool = True
 
     def env(self) -> dict[str, str | None]:
         """The environment variables that ask a fresh process for it."""
-        return {HUGE_PAGES_ENV: "1" if self.huge_pages else "0", KEEP_FREED_ENV: "1" if self.keep_freed else None}
+        return {HUGE_PAGES_ENV: "1" if self.huge_pages else "0", KEEP_FREED_ENV: "1" if self.keep_freed else "0"}
 
 
 class SProbe(NamedTuple):
@@ -328,14 +329,15 @@ def s_probe_settings(quick: bool) -> list[SProbe]:
     """Each :func:`s_budget_probe`: the default path, MONAI's forward, Z-slabs under a smaller budget, freed
     memory kept, and without huge pages (``quick``: none; its one fresh process is :func:`private_probe`'s)."""
     settings = [SProbe(), SProbe(fused=False), SProbe(budget_mb=S_SLAB_BUDGET_MB),
-                SProbe(allocation=Allocation(keep_freed=True)), SProbe(allocation=Allocation(huge_pages=False))]
+                SProbe(allocation=Allocation(keep_freed=False)), SProbe(allocation=Allocation(huge_pages=False))]
     return [] if quick else settings
 
 
 def private_probe_settings(quick: bool) -> list[Allocation]:
-    """The allocations :func:`private_probe` runs with: the default, freed memory kept, and without huge pages
-    (``quick``: the default only)."""
-    return [Allocation()] if quick else [Allocation(), Allocation(keep_freed=True), Allocation(huge_pages=False)]
+    """The allocations :func:`private_probe` runs with: the default, the allocator as it comes (freed memory
+    not kept), and without huge pages (``quick``: the default and the allocator as it comes)."""
+    as_it_comes = Allocation(keep_freed=False)
+    return [Allocation(), as_it_comes] if quick else [Allocation(), as_it_comes, Allocation(huge_pages=False)]
 
 
 def _probe_s(path: Path, fused: bool) -> dict:
@@ -343,7 +345,7 @@ def _probe_s(path: Path, fused: bool) -> dict:
     from mixdemo import inference
     from mixdemo.metrics import dice_per_class
 
-    kept = keep_freed_memory()  # as load_model's fast path does: $MIXDEMO_KEEP_FREED_MEMORY=1 turns it on
+    kept = keep_freed_memory()  # as load_model's fast path does ($MIXDEMO_KEEP_FREED_MEMORY=0 turns it off)
     data = np.load(path)
     target, truth = data["image"], data["labels"]
     try:
@@ -380,10 +382,37 @@ def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, t
     return time.perf_counter() - t0, t_mix + t_unmix
 
 
+PROBE_REQUESTS = (10, 1, 10, 1, 1)
+"""The K of each private request :func:`private_probe`'s fresh process serves, one after the other, as a
+client would send them."""
+
+ALLOCATOR_RULE = (
+    "set before the measurement: freed memory kept within each pass and handed back after it is the default "
+    "if, against the allocator as it comes (each serving the probe's requests in a fresh process), K = 10 is "
+    "at least 10 % faster, K = 1 at most 2 % slower, the peak RSS at most 4096 MB, and the resident size "
+    "after the last request at most 10 % larger")
+
+
+def allocator_rule(rows: list[dict]) -> dict | None:
+    """:data:`ALLOCATOR_RULE` checked on :func:`private_probe`'s rows (None without both rows)."""
+    kept = next((r for r in rows if r.get("keeps_freed_memory") and r.get("huge_pages")), None)
+    plain = next((r for r in rows if not r.get("keeps_freed_memory") and r.get("huge_pages")), None)
+    if kept is None or plain is None:
+        return None
+    checks = {
+        "k10_at_least_10_percent_faster": kept["seconds"] <= 0.9 * plain["seconds"],
+        "k1_at_most_2_percent_slower": kept["k1_seconds"] <= 1.02 * plain["k1_seconds"],
+        "peak_rss_at_most_4096_mb": kept["peak_rss_mb"] <= 4096,
+        "resident_after_at_most_10_percent_larger": kept["rss_after_mb"] <= 1.1 * plain["rss_after_mb"],
+    }
+    return {"rule": ALLOCATOR_RULE, **checks, "held": all(checks.values())}
+
+
 def private_probe(target: np.ndarray, refs: list[Reference], threads: int, untrained: bool,
                   allocation: Allocation = Allocation()) -> dict:
-    """One private segmentation with K = len(refs) in a fresh process (its peak memory is the run's own, not
-    the benchmark's) with ``allocation``: seconds, peak RSS, huge pages and kept memory as the child saw them."""
+    """A fresh process (its peak memory is its own, not the benchmark's) with ``allocation`` serves the private
+    requests of :data:`PROBE_REQUESTS` (K = 10 with ``refs``, K = 1 with the first): the median seconds of each
+    K, its peak RSS, its resident size after the last request, huge pages and kept memory as it saw them."""
     arrays = {"target": target, "images": np.stack([r.image for r in refs]), "labels": np.stack([r.labels for r in refs])}
     row = _in_fresh_process("--probe-private", arrays, threads, allocation.env(), ["--untrained"] if untrained else [])
     return {"k": len(refs), **row}
@@ -395,10 +424,24 @@ def _probe_private(path: Path, untrained: bool) -> dict:
     seg, unmix, _ = load_models(not untrained)
     data = np.load(path)
     refs = [Reference(f"ref{i}", image, labels) for i, (image, labels) in enumerate(zip(data["images"], data["labels"]))]
-    key = MixKey(tuple(r.ref_id for r in refs), (0.5,) * len(refs))
-    total, _ = private_seconds(seg, unmix, key, data["target"], refs)
-    return {"huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(total, 3),
-            "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+    seconds: dict[int, list[float]] = {}
+    for k in PROBE_REQUESTS:
+        key = MixKey(tuple(r.ref_id for r in refs[:k]), (0.5,) * k)
+        seconds.setdefault(k, []).append(private_seconds(seg, unmix, key, data["target"], refs[:k])[0])
+    return {"huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(statistics.median(seconds[10]), 3),
+            "k1_seconds": round(statistics.median(seconds[1]), 3), "peak_rss_mb": round(own_peak_rss_mb(), 1),
+            "rss_after_mb": round(own_rss_mb(), 1)}
+
+
+def own_rss_mb() -> float:
+    """This process's resident size now (VmRSS of /proc/self/status; 0 where there is none)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def own_peak_rss_mb() -> float:
@@ -530,6 +573,7 @@ def run(args: argparse.Namespace) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "device": "cpu",
         "s_precision": s_precision("cpu"),
+        "keeps_freed_memory": keep_freed_memory(),
         "threads": torch.get_num_threads(),
         "volume_shape": list(target.shape),
         "reps": reps,
@@ -565,15 +609,19 @@ def run(args: argparse.Namespace) -> dict:
                                 "(without them bfloat16 is emulated, slowly)",
             "bfloat16_native": native_bfloat16(),
             "private_k10_memory": memory_study,
-            "private_k10_memory_note": "the private run at K = 10 on the whole target (mix, S, D with Eq. 6 as a running "
-                                       "sum, labels), alone in a fresh process: its peak RSS (the headline peak_rss_mb is "
-                                       "the first row's) and seconds, as by default (huge pages, the allocator as it "
-                                       "comes), with freed memory kept (MIXDEMO_KEEP_FREED_MEMORY=1) and without huge "
-                                       "pages (THP_MEM_ALLOC_ENABLE=0)",
+            "private_k10_memory_note": "a fresh process serves private requests on the whole target (mix, S, D with "
+                                       "Eq. 6 as a running sum, labels) with K = "
+                                       f"{', '.join(map(str, PROBE_REQUESTS))} in turn: the median seconds at K = 10 "
+                                       "(seconds) and K = 1 (k1_seconds), its peak RSS (the headline peak_rss_mb is the "
+                                       "first row's) and its resident size after the last request, as by default (huge "
+                                       "pages, freed memory kept within each pass and handed back after it), with the "
+                                       "allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0) and without huge pages "
+                                       "(THP_MEM_ALLOC_ENABLE=0)",
+            "allocator_rule": allocator_rule(memory_study),
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
-                                    "(Z-slabs), fused with freed memory kept (MIXDEMO_KEEP_FREED_MEMORY=1) and fused "
+                                    "(Z-slabs), fused with the allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0) and fused "
                                     "without huge pages (THP_MEM_ALLOC_ENABLE=0); peak RSS of that process and the "
                                     "minor page faults of the timed pass",
         },

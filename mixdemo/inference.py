@@ -17,12 +17,13 @@ Policy for K proxies (K, X, Y, Z), sides padded to multiples of 16 (U-Net++):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,8 @@ SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
 KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
-"""Environment variable for :func:`keep_freed_memory`: ``1`` asks for it; unset or ``0``, the C library's
-allocator as it comes."""
+"""Environment variable for :func:`keep_freed_memory`: unset or ``1``, freed memory is kept within a step and
+handed back after it (the default); ``0``, the C library's allocator as it comes."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
@@ -88,18 +89,20 @@ def huge_pages() -> bool:
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Opt-in (``$MIXDEMO_KEEP_FREED_MEMORY=1``): ask glibc's malloc to keep the memory that tensors free in
-    the process for the next ones (no ``mmap`` per large block, no trimming below 2 GiB, one arena)
-    instead of handing it back to the kernel. Returns whether it applied; once per process. Linux with
-    glibc only (elsewhere, and on musl, whose ``mallopt`` is a stub, nothing changes).
+    """Ask glibc's malloc to keep the memory that tensors free in the process for the next ones (no ``mmap``
+    per large block, no trimming below 2 GiB, one arena) instead of handing each block back to the kernel
+    as it is freed; :func:`reusing_freed_memory` hands it back at the end of each step. On by default
+    (``$MIXDEMO_KEEP_FREED_MEMORY`` unset or ``1``; ``0``: the allocator as it comes). Returns whether it
+    applied; once per process. Linux with glibc only (elsewhere, and on musl, whose ``mallopt`` is a stub,
+    nothing changes).
 
-    Kept memory serves every pass without page faults, but freed blocks do not always fit the next
-    ones: the peak rises by one to two gigabytes at K = 10, and the resident size stays near it between requests.
-    Huge pages (:data:`HUGE_PAGES_ENV`, on by default) remove most of the same page faults without that
-    cost, hence opt-in (``python -m mixdemo.bench`` measures both). Process-wide, hence called by
-    :func:`mixdemo.weights.load_model` for the fast path only, not on import.
+    Within a step (S over K proxies, D over K mixes) kept memory serves each pass without page faults;
+    handed back after it, the resident size between requests is what it would be without it. Freed
+    blocks do not always fit the next ones, so the peak within a step is higher (``python -m
+    mixdemo.bench``, ``levers.private_k10_memory``, measures both). Process-wide, hence applied by
+    :func:`mixdemo.weights.load_model` (fast path) and by the steps themselves, not on import.
     """
-    choice = os.environ.get(KEEP_FREED_ENV, "0").strip().lower()
+    choice = os.environ.get(KEEP_FREED_ENV, "1").strip().lower()
     if choice not in ("1", "true", "yes", "on") or not sys.platform.startswith("linux"):
         return False
     try:
@@ -109,6 +112,32 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) for param, value in
                ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES), (_M_ARENA_MAX, 1)))
+
+
+def hand_back_freed_memory() -> bool:
+    """Where :func:`keep_freed_memory` applies, return the heap's free pages to the kernel (glibc's
+    ``malloc_trim``): the resident size falls back and the pages that held freed tensors are unmapped.
+    Returns whether anything was handed back (nothing is where freed memory is not kept)."""
+    if not keep_freed_memory():
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
+
+
+@contextlib.contextmanager
+def reusing_freed_memory() -> Iterator[None]:
+    """A step (a function call or a ``with`` block) in which freed memory is kept for the step's next tensors
+    (:func:`keep_freed_memory`, where it applies) and handed back to the kernel when the step ends, even on
+    error (:func:`hand_back_freed_memory`)."""
+    keep_freed_memory()
+    try:
+        yield
+    finally:
+        hand_back_freed_memory()
 
 
 class Stacked:
@@ -217,6 +246,7 @@ def _to_tensor(proxies: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 @torch.inference_mode()
+@reusing_freed_memory()
 def segment_proxies(
     seg_model: torch.nn.Module,
     proxies: torch.Tensor | np.ndarray,
@@ -229,7 +259,8 @@ def segment_proxies(
 
     ``roi_size=None`` follows the module's policy (batches, one pass, or slabs within the memory
     budget); a given ``roi_size`` forces MONAI's sliding window with that window and ``overlap``
-    (the reference path the tests compare against).
+    (the reference path the tests compare against). Freed memory is kept within each whole-volume pass
+    and handed back after it (:func:`reusing_freed_memory`).
     """
     device = next(seg_model.parameters()).device
     x = _to_tensor(proxies)
@@ -267,6 +298,7 @@ def segment_proxies(
             if n_slabs == 1:
                 say(k / k_total, f"server: proxy {k + 1}/{k_total} (whole volume)")
                 outs.put(k, torch.softmax(seg_model(xk), 1)[crop].float().cpu())
+                hand_back_freed_memory()  # kept within the pass, handed back after it: the peak stays one pass's
                 say((k + 1) / k_total, f"server: proxy {k + 1}/{k_total} done")
                 continue
             roi = (padded[0], padded[1], thickness)
@@ -277,4 +309,6 @@ def segment_proxies(
         logits = _windows(seg_model, xk, roi, ov, lambda done, k=k, total=total: say(
             (k + min(done / total, 1.0)) / k_total, f"server: proxy {k + 1}/{k_total}, {what} {min(done, total)}/{total}"))
         outs.put(k, torch.softmax(logits, 1)[crop].float().cpu())
+        del logits
+        hand_back_freed_memory()
     return outs.tensor

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, segment_proxies, window_slices
+from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, segment_proxies, window_slices
 from mixdemo.mixing import MixKey, hard_labels, mix, naive_unmix, one_hot, tta_average, tta_variance
 from mixdemo.phantoms import NUM_CLASSES
 
@@ -62,6 +62,7 @@ def mix_weights(alphas: Sequence[float] | Sequence[Sequence[float]]) -> torch.Te
 
 
 @torch.inference_mode()
+@reusing_freed_memory()
 def unmix_learned(
     unmix_model: torch.nn.Module,
     mixed_probs: torch.Tensor,
@@ -97,6 +98,7 @@ def unmix_learned(
 
 
 @torch.inference_mode()
+@reusing_freed_memory()
 def unmix_learned_tta(
     unmix_model: torch.nn.Module,
     mixed_probs: torch.Tensor,

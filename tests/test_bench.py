@@ -21,8 +21,12 @@ def test_quick_bench_writes_results(tmp_path):
     assert doc["volume_shape"] == [48, 48, 48]
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
-    fresh = doc["levers"]["private_k10_memory"][0]  # the headline peak: the K = 10 run alone, in a fresh process
-    assert fresh["k"] == 10 and fresh["peak_rss_mb"] == doc["peak_rss_mb"] > 0
+    fresh = doc["levers"]["private_k10_memory"]  # the headline peak: a fresh process serving K = 10 and 1
+    assert [(r["k"], r["keeps_freed_memory"]) for r in fresh] == [(10, doc["keeps_freed_memory"]), (10, False)]
+    assert fresh[0]["peak_rss_mb"] == doc["peak_rss_mb"] > 0
+    assert all(r["seconds"] > 0 and r["k1_seconds"] > 0 and 0 < r["rss_after_mb"] <= r["peak_rss_mb"] for r in fresh)
+    rule = doc["levers"]["allocator_rule"]
+    assert rule is None or rule["held"] == all(v for k, v in rule.items() if k not in ("rule", "held"))
     rows = doc["levers"]["s_precision"]  # S and the baseline in each precision, the same D
     assert [r["precision"] for r in rows] == ["float32", "bfloat16"]
     assert all(r["privacy_tax"] == pytest.approx(r["private_k1_s"] / r["baseline_s"], rel=0.01) for r in rows)
@@ -132,23 +136,26 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
 
 
 def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
-    """The full bench runs S and the K = 10 private run as by default (huge pages, allocator as it comes), with freed
-    memory kept and without huge pages; --quick runs no S probe and the private one as by default."""
+    """The full bench runs S and the private requests as by default (huge pages, freed memory kept within a pass),
+    with the allocator as it comes and without huge pages; --quick runs no S probe and the private requests as by
+    default and with the allocator as it comes (the allocator rule's two rows)."""
     from mixdemo.bench import Allocation, SProbe, private_probe_settings, s_probe_settings
     from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV
 
-    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: None}  # None: unset in the child
-    assert Allocation(huge_pages=False, keep_freed=True).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "1"}
+    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: "1"}
+    assert Allocation(huge_pages=False, keep_freed=False).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "0"}
     full = s_probe_settings(quick=False)
     assert full[0] == SProbe() and len(set(full)) == len(full)
+    as_it_comes = Allocation(keep_freed=False)
     assert {p.allocation for p in full} == set(private_probe_settings(quick=False)) == {
-        Allocation(), Allocation(keep_freed=True), Allocation(huge_pages=False)}
-    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation()]
+        Allocation(), as_it_comes, Allocation(huge_pages=False)}
+    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation(), as_it_comes]
 
 
 def test_report_names_each_rows_allocation_and_which_is_the_default():
-    """A row with huge pages and the allocator as it comes is the default; older runs (no huge_pages field)
-    had freed memory kept as theirs; rows from before the allocator lever name none."""
+    """Runs that record their default name it; in older ones a row with huge pages and the allocator as it
+    comes is the default, runs without a huge_pages field had freed memory kept as theirs, and rows from before
+    the allocator lever name none."""
     from training.report import allocation
 
     assert allocation({"huge_pages": True, "keeps_freed_memory": False}) == ("huge pages, allocator as it comes", True)
@@ -157,6 +164,11 @@ def test_report_names_each_rows_allocation_and_which_is_the_default():
     assert allocation(no_huge_pages) == ("no huge pages, allocator as it comes", False)
     assert allocation({"keeps_freed_memory": True}) == ("allocator keeps freed memory", True)
     assert allocation({}) == ("", True)
+    # runs that record their default (freed memory kept within a pass, handed back after it)
+    kept, plain = {"huge_pages": True, "keeps_freed_memory": True}, {"huge_pages": True, "keeps_freed_memory": False}
+    assert allocation(kept, True) == ("huge pages, allocator keeps freed memory within a pass, hands it back after", True)
+    assert allocation(plain, True) == ("huge pages, allocator as it comes", False)
+    assert allocation(plain, False)[1] is True and allocation(kept, False)[1] is False
 
 
 def test_report_bounds_patch_mode_by_s_and_ds_arithmetic_at_the_convolution_peak():
@@ -168,3 +180,19 @@ def test_report_bounds_patch_mode_by_s_and_ds_arithmetic_at_the_convolution_peak
     # (1000 GFLOP of S + 1000 of D) / 64³ voxels × 10 proxies of 32³ = 2000 × 10 / 8 = 2500 GFLOP; / 125 = 20 s
     assert patch_floor(doc) == " (S's and D's arithmetic: 2500 GFLOP, 20.00 s at the convolution peak below)"
     assert patch_floor({k: v for k, v in doc.items() if k != "conv_peak_gflops"}) == ""  # older runs: no figure
+
+
+def test_allocator_rule_holds_only_when_every_criterion_does():
+    """The rule compares the kept-memory row with the allocator-as-it-comes row (huge pages both): K = 10 at
+    least 10 % faster, K = 1 at most 2 % slower, peak ≤ 4096 MB, resident after ≤ 1.1 ×; one miss and it fails."""
+    from mixdemo.bench import allocator_rule
+
+    plain = {"huge_pages": True, "keeps_freed_memory": False, "seconds": 40.0, "k1_seconds": 3.0,
+             "peak_rss_mb": 2500.0, "rss_after_mb": 900.0}
+    kept = {**plain, "keeps_freed_memory": True, "seconds": 35.9, "k1_seconds": 3.06, "peak_rss_mb": 4000.0,
+            "rss_after_mb": 990.0}
+    no_huge = {**plain, "huge_pages": False, "seconds": 60.0}
+    assert allocator_rule([kept, plain, no_huge])["held"] is True
+    for key, value in [("seconds", 36.1), ("k1_seconds", 3.07), ("peak_rss_mb", 4097.0), ("rss_after_mb", 991.0)]:
+        assert allocator_rule([{**kept, key: value}, plain])["held"] is False, key
+    assert allocator_rule([kept, no_huge]) is None  # no allocator-as-it-comes row with huge pages

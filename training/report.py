@@ -167,17 +167,21 @@ BENCH_TARGETS = {  # key: (target text, test) — the performance issue's target
 }
 
 
-def allocation(row: dict) -> tuple[str, bool]:
-    """How a bench row's process allocated, in words, and whether that is the default. Runs before the huge
-    pages lever carry no ``huge_pages`` (freed memory kept was their default); runs before the allocator
-    lever carry neither."""
+def allocation(row: dict, kept_by_default: bool | None = None) -> tuple[str, bool]:
+    """How a bench row's process allocated, in words, and whether that is the default. ``kept_by_default``:
+    the run's own default (its ``keeps_freed_memory``; runs since freed memory is handed back after each pass
+    record it), else older runs: with ``huge_pages`` the allocator as it comes was their default; before the
+    huge pages lever (no ``huge_pages``) freed memory kept; before the allocator lever they carry neither."""
     kept, huge = row.get("keeps_freed_memory"), row.get("huge_pages")
     if kept is None:
         return "", True
-    memory = "allocator keeps freed memory" if kept else "allocator as it comes"
+    kept_memory = ("allocator keeps freed memory within a pass, hands it back after" if kept_by_default is not None
+                   else "allocator keeps freed memory")
+    memory = kept_memory if kept else "allocator as it comes"
     if huge is None:
         return memory, kept
-    return f"{'huge pages' if huge else 'no huge pages'}, {memory}", huge and not kept
+    default_kept = False if kept_by_default is None else kept_by_default
+    return f"{'huge pages' if huge else 'no huge pages'}, {memory}", huge and kept == default_kept
 
 
 def patch_floor(doc: dict) -> str:
@@ -220,18 +224,32 @@ def bench_md(doc: dict) -> str:
     ]
     levers = doc.get("levers") or {}
     fresh = levers.get("private_k10_memory")  # absent in runs before the fresh-process probe: the whole run's peak
-    rows.append(("peak memory, private K = 10, whole brain (alone in a fresh process)" if fresh else "peak memory (whole run)",
+    serving = fresh and "k1_seconds" in fresh[0]  # since the probe serves several requests
+    rows.append(("peak memory, a fresh process serving private requests K = 10, 1, 10, 1, 1, whole brain" if serving
+                 else "peak memory, private K = 10, whole brain (alone in a fresh process)" if fresh
+                 else "peak memory (whole run)",
                  f"{doc['peak_rss_mb']:.0f} MB", target("peak_rss_mb")))
     for row in fresh or []:
-        how, default = allocation(row)
-        rows.append((f"lever ({'on: the default' if default else 'off'}): private K = {row['k']}, whole brain, {how}, "
-                     "in a fresh process", f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak", ""))
+        how, default = allocation(row, doc.get("keeps_freed_memory"))
+        state = "on: the default" if default else "off"
+        if "k1_seconds" in row:  # a fresh process serving several requests
+            rows.append((f"lever ({state}): private requests K = 10, 1, 10, 1, 1, whole brain, {how}, in a fresh "
+                         "process", f"K = 10 {row['seconds']:.1f} s, K = 1 {row['k1_seconds']:.1f} s (medians), "
+                         f"{row['peak_rss_mb']:.0f} MB peak, {row['rss_after_mb']:.0f} MB resident after", ""))
+        else:
+            rows.append((f"lever ({state}): private K = {row['k']}, whole brain, {how}, in a fresh process",
+                         f"{row['seconds']:.1f} s, {row['peak_rss_mb']:.0f} MB peak", ""))
+    rule = levers.get("allocator_rule")
+    if rule:
+        failed = [k.replace("_", " ") for k, v in rule.items() if v is False and k != "held"]
+        rows.append((f"rule for the allocator lever ({rule['rule']})",
+                     "held" if rule["held"] else f"**not held**: {'; '.join(failed)}", ""))
     if levers.get("s_channels_last_speedup"):
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     for row in levers.get("s_memory_budget") or []:
         how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
         path = row.get("path", "MONAI forward")
-        memory, default = allocation(row)
+        memory, default = allocation(row, doc.get("keeps_freed_memory"))
         how += f", {memory}" if memory else ""
         state = "on: the default" if path == "fused" and row["budget_mb"] is None and default else "off"
         faults = f", {row['minor_page_faults'] / 1e3:.0f} k page faults" if "minor_page_faults" in row else ""
