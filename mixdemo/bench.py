@@ -271,12 +271,12 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
 
 
 class Allocation(NamedTuple):
-    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`) and glibc keeping
-    freed memory within a pass and handing it back after it (:func:`~mixdemo.inference.keep_freed_memory`);
-    both are the default."""
+    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`, the default) and
+    glibc keeping freed memory within a pass and handing it back after it
+    (:func:`~mixdemo.inference.keep_freed_memory`, opt-in)."""
 
     huge_pages: bool = True
-    keep_freed: bool = True
+    keep_freed: bool = False
 
     def env(self) -> dict[str, str | None]:
         """The environment variables that ask a fresh process for it."""
@@ -329,15 +329,15 @@ def s_probe_settings(quick: bool) -> list[SProbe]:
     """Each :func:`s_budget_probe`: the default path, MONAI's forward, Z-slabs under a smaller budget, freed
     memory kept, and without huge pages (``quick``: none; its one fresh process is :func:`private_probe`'s)."""
     settings = [SProbe(), SProbe(fused=False), SProbe(budget_mb=S_SLAB_BUDGET_MB),
-                SProbe(allocation=Allocation(keep_freed=False)), SProbe(allocation=Allocation(huge_pages=False))]
+                SProbe(allocation=Allocation(keep_freed=True)), SProbe(allocation=Allocation(huge_pages=False))]
     return [] if quick else settings
 
 
 def private_probe_settings(quick: bool) -> list[Allocation]:
-    """The allocations :func:`private_probe` runs with: the default, the allocator as it comes (freed memory
-    not kept), and without huge pages (``quick``: the default and the allocator as it comes)."""
-    as_it_comes = Allocation(keep_freed=False)
-    return [Allocation(), as_it_comes] if quick else [Allocation(), as_it_comes, Allocation(huge_pages=False)]
+    """The allocations :func:`private_probe` runs with: the default, freed memory kept within a pass, and
+    without huge pages (``quick``: the default and freed memory kept, the allocator rule's two rows)."""
+    kept = Allocation(keep_freed=True)
+    return [Allocation(), kept] if quick else [Allocation(), kept, Allocation(huge_pages=False)]
 
 
 def _probe_s(path: Path, fused: bool) -> dict:
@@ -345,7 +345,7 @@ def _probe_s(path: Path, fused: bool) -> dict:
     from mixdemo import inference
     from mixdemo.metrics import dice_per_class
 
-    kept = keep_freed_memory()  # as load_model's fast path does ($MIXDEMO_KEEP_FREED_MEMORY=0 turns it off)
+    kept = keep_freed_memory()  # as load_model's fast path does ($MIXDEMO_KEEP_FREED_MEMORY=1 turns it on)
     data = np.load(path)
     target, truth = data["image"], data["labels"]
     try:
@@ -614,14 +614,14 @@ def run(args: argparse.Namespace) -> dict:
                                        f"{', '.join(map(str, PROBE_REQUESTS))} in turn: the median seconds at K = 10 "
                                        "(seconds) and K = 1 (k1_seconds), its peak RSS (the headline peak_rss_mb is the "
                                        "first row's) and its resident size after the last request, as by default (huge "
-                                       "pages, freed memory kept within each pass and handed back after it), with the "
-                                       "allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0) and without huge pages "
+                                       "pages, the allocator as it comes), with freed memory kept within each pass and "
+                                       "handed back after it (MIXDEMO_KEEP_FREED_MEMORY=1) and without huge pages "
                                        "(THP_MEM_ALLOC_ENABLE=0)",
             "allocator_rule": allocator_rule(memory_study),
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
-                                    "(Z-slabs), fused with the allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0) and fused "
+                                    "(Z-slabs), fused with freed memory kept within the pass (MIXDEMO_KEEP_FREED_MEMORY=1) and fused "
                                     "without huge pages (THP_MEM_ALLOC_ENABLE=0); peak RSS of that process and the "
                                     "minor page faults of the timed pass",
         },

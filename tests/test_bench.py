@@ -22,7 +22,7 @@ def test_quick_bench_writes_results(tmp_path):
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
     fresh = doc["levers"]["private_k10_memory"]  # the headline peak: a fresh process serving K = 10 and 1
-    assert [(r["k"], r["keeps_freed_memory"]) for r in fresh] == [(10, doc["keeps_freed_memory"]), (10, False)]
+    assert [(r["k"], r["keeps_freed_memory"]) for r in fresh] == [(10, doc["keeps_freed_memory"]), (10, True)]
     assert fresh[0]["peak_rss_mb"] == doc["peak_rss_mb"] > 0
     assert all(r["seconds"] > 0 and r["k1_seconds"] > 0 and 0 < r["rss_after_mb"] <= r["peak_rss_mb"] for r in fresh)
     rule = doc["levers"]["allocator_rule"]
@@ -136,20 +136,20 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
 
 
 def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
-    """The full bench runs S and the private requests as by default (huge pages, freed memory kept within a pass),
-    with the allocator as it comes and without huge pages; --quick runs no S probe and the private requests as by
-    default and with the allocator as it comes (the allocator rule's two rows)."""
+    """The full bench runs S and the private requests as by default (huge pages, the allocator as it comes), with
+    freed memory kept within a pass and without huge pages; --quick runs no S probe and the private requests as by
+    default and with freed memory kept (the allocator rule's two rows)."""
     from mixdemo.bench import Allocation, SProbe, private_probe_settings, s_probe_settings
     from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV
 
-    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: "1"}
-    assert Allocation(huge_pages=False, keep_freed=False).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "0"}
+    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: "0"}
+    assert Allocation(huge_pages=False, keep_freed=True).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "1"}
     full = s_probe_settings(quick=False)
     assert full[0] == SProbe() and len(set(full)) == len(full)
-    as_it_comes = Allocation(keep_freed=False)
+    kept = Allocation(keep_freed=True)
     assert {p.allocation for p in full} == set(private_probe_settings(quick=False)) == {
-        Allocation(), as_it_comes, Allocation(huge_pages=False)}
-    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation(), as_it_comes]
+        Allocation(), kept, Allocation(huge_pages=False)}
+    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation(), kept]
 
 
 def test_report_names_each_rows_allocation_and_which_is_the_default():
