@@ -100,7 +100,7 @@ def keep_freed_memory() -> bool:
     resident size between requests is about what it is without it. Freed blocks do not always fit the
     next ones, so the peak is higher. ``python -m mixdemo.bench`` measures both allocations
     (``levers.private_k10_memory``) and checks the rule that would make this the default
-    (``levers.allocator_rule``); it has not held. Process-wide, hence applied by
+    (``levers.allocator_rule``; the README's performance section says how it has fared). Process-wide, hence applied by
     :func:`mixdemo.weights.load_model` (fast path) and by the steps themselves, not on import.
     """
     choice = os.environ.get(KEEP_FREED_ENV, "0").strip().lower()

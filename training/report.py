@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mixdemo.bench import PROBE_REQUESTS
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.weights import DEFAULT_UNMIXING, read_training_record, write_model_card
 from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
@@ -225,7 +226,8 @@ def bench_md(doc: dict) -> str:
     levers = doc.get("levers") or {}
     fresh = levers.get("private_k10_memory")  # absent in runs before the fresh-process probe: the whole run's peak
     serving = fresh and "k1_seconds" in fresh[0]  # since the probe serves several requests
-    rows.append(("peak memory, a fresh process serving private requests K = 10, 1, 10, 1, 1, whole brain" if serving
+    requests = ", ".join(map(str, PROBE_REQUESTS))
+    rows.append((f"peak memory, a fresh process serving private requests K = {requests}, whole brain" if serving
                  else "peak memory, private K = 10, whole brain (alone in a fresh process)" if fresh
                  else "peak memory (whole run)",
                  f"{doc['peak_rss_mb']:.0f} MB", target("peak_rss_mb")))
@@ -233,7 +235,7 @@ def bench_md(doc: dict) -> str:
         how, default = allocation(row, doc.get("keeps_freed_memory"))
         state = "on: the default" if default else "off"
         if "k1_seconds" in row:  # a fresh process serving several requests
-            rows.append((f"lever ({state}): private requests K = 10, 1, 10, 1, 1, whole brain, {how}, in a fresh "
+            rows.append((f"lever ({state}): private requests K = {requests}, whole brain, {how}, in a fresh "
                          "process", f"K = 10 {row['seconds']:.1f} s, K = 1 {row['k1_seconds']:.1f} s (medians), "
                          f"{row['peak_rss_mb']:.0f} MB peak, {row['rss_after_mb']:.0f} MB resident after", ""))
         else:
@@ -243,7 +245,7 @@ def bench_md(doc: dict) -> str:
     if rule:
         failed = [k.replace("_", " ") for k, v in rule.items() if v is False and k != "held"]
         rows.append((f"rule for the allocator lever ({rule['rule']})",
-                     "held" if rule["held"] else f"**not held**: {'; '.join(failed)}", ""))
+                     "held in this run" if rule["held"] else f"**not held** in this run: {'; '.join(failed)}", ""))
     if levers.get("s_channels_last_speedup"):
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     for row in levers.get("s_memory_budget") or []:
