@@ -433,27 +433,27 @@ def _probe_private(path: Path, untrained: bool) -> dict:
             "rss_after_mb": round(own_rss_mb(), 1)}
 
 
-def own_rss_mb() -> float:
-    """This process's resident size now (VmRSS of /proc/self/status; 0 where there is none)."""
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return 0.0
+    return None
+
+
+def own_rss_mb() -> float:
+    """This process's resident size now (VmRSS; 0 where there is none)."""
+    return _proc_status_mb("VmRSS") or 0.0
 
 
 def own_peak_rss_mb() -> float:
     """This process's own peak RSS: VmHWM of /proc/self/status on Linux (``ru_maxrss`` of a child started by
     fork + exec also counts the parent's pages at the fork), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def app_patch_seconds(k: int, reps: int) -> float | None:
