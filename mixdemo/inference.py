@@ -58,8 +58,8 @@ SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
 KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
-"""Environment variable for :func:`keep_freed_memory`: ``1`` keeps freed memory within a step and hands it back
-after it; unset or ``0``, the C library's allocator as it comes (the default)."""
+"""Environment variable for :func:`keep_freed_memory`: unset or ``1``, freed memory is kept within a step and
+handed back after it (the default); ``0``, the C library's allocator as it comes."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
@@ -92,18 +92,19 @@ def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep the memory that tensors free in the process for the next ones (no ``mmap``
     per large block, no trimming below 2 GiB, one arena) instead of handing each block back to the kernel
     as it is freed; :func:`reusing_freed_memory` hands it back after each pass of S and each step of D.
-    Opt-in (``$MIXDEMO_KEEP_FREED_MEMORY=1``; unset or ``0``: the allocator as it comes). Returns whether
-    it applied; once per process. Linux with glibc only (elsewhere, and on musl, whose ``mallopt`` is a
+    On by default (``$MIXDEMO_KEEP_FREED_MEMORY`` unset or ``1``; ``0``: the allocator as it comes). Returns
+    whether it applied; once per process. Linux with glibc only (elsewhere, and on musl, whose ``mallopt`` is a
     stub, nothing changes).
 
     Within a pass kept memory serves the next tensors without page faults; handed back after it, the
     resident size between requests is about what it is without it. Freed blocks do not always fit the
-    next ones, so the peak is higher. ``python -m mixdemo.bench`` measures both allocations
-    (``levers.private_k10_memory``) and checks the rule that would make this the default
+    next ones, so the peak is higher (by about 0.5 GB at K = 10 with the fused S; MONAI's unfused forward,
+    the reference path, fragments more). ``python -m mixdemo.bench`` measures both allocations
+    (``levers.private_k10_memory``) and checks the rule that made this the default
     (``levers.allocator_rule``; the README's performance section says how it has fared). Process-wide, hence applied by
     :func:`mixdemo.weights.load_model` (fast path) and by the steps themselves, not on import.
     """
-    choice = os.environ.get(KEEP_FREED_ENV, "0").strip().lower()
+    choice = os.environ.get(KEEP_FREED_ENV, "1").strip().lower()
     if choice not in ("1", "true", "yes", "on") or not sys.platform.startswith("linux"):
         return False
     try:

@@ -192,8 +192,8 @@ def _import_class(dotted: str) -> type:
 def load_model(name: str, *, device: str | None = None, fast: bool = True, precision: str | None = None) -> nn.Module:
     """Load model ``name`` (e.g. ``"segmentation"``, ``"unmixing"``, ``"baseline"``) in eval mode, for
     inference on the fast path: channels-last on the CPU, S fused and in the precision of :func:`s_precision`,
-    and on the CPU, when asked for (``$MIXDEMO_KEEP_FREED_MEMORY=1``), the process's allocator set to keep
-    freed memory within each pass (:func:`mixdemo.inference.keep_freed_memory`), a D on patches through its fused inference. ``fast=False``:
+    and on the CPU the process's allocator set to keep freed memory within each pass (unless
+    ``$MIXDEMO_KEEP_FREED_MEMORY=0``; :func:`mixdemo.inference.keep_freed_memory`), a D on patches through its fused inference. ``fast=False``:
     the reference path, the modules exactly as trained in float32 (a D on patches through its convolutions),
     which the tests check the fast path against. ``precision`` (``float32`` or ``bfloat16``) overrides
     :func:`s_precision` for S-shaped networks on the fast path."""

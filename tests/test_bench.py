@@ -22,8 +22,10 @@ def test_quick_bench_writes_results(tmp_path):
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
     fresh = doc["levers"]["private_k10_memory"]  # the headline peak: a fresh process serving K = 10 and 1
-    assert [(r["k"], r["keeps_freed_memory"]) for r in fresh] == [(10, doc["keeps_freed_memory"]), (10, True)]
-    assert fresh[0]["peak_rss_mb"] == doc["peak_rss_mb"] > 0
+    assert [(r["k"], r["keeps_freed_memory"]) for r in fresh] == [(10, True), (10, False)]
+    default = [r for r in fresh if r["keeps_freed_memory"] == doc["keeps_freed_memory"]]
+    assert max(r["peak_rss_mb"] for r in default) == doc["peak_rss_mb"] > 0
+    assert all(len(r["k10_runs"]) == 2 and len(r["k1_runs"]) == 3 for r in fresh)
     assert all(r["seconds"] > 0 and r["k1_seconds"] > 0 and 0 < r["rss_after_mb"] <= r["peak_rss_mb"] for r in fresh)
     rule = doc["levers"]["allocator_rule"]
     assert rule is None or rule["held"] == all(v for k, v in rule.items() if k not in ("rule", "held"))
@@ -136,20 +138,21 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
 
 
 def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
-    """The full bench runs S and the private requests as by default (huge pages, the allocator as it comes), with
-    freed memory kept within a pass and without huge pages; --quick runs no S probe and the private requests as by
-    default and with freed memory kept (the allocator rule's two rows)."""
+    """The full bench runs S as by default (huge pages, freed memory kept within a pass), with the allocator as it
+    comes and without huge pages, and the private requests in two processes of each of the first two allocations,
+    alternating, then one without huge pages; --quick runs no S probe and one private process of each of the first
+    two (the allocator rule's rows)."""
     from mixdemo.bench import Allocation, SProbe, private_probe_settings, s_probe_settings
     from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV
 
-    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: "0"}
-    assert Allocation(huge_pages=False, keep_freed=True).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "1"}
+    assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: "1"}
+    assert Allocation(huge_pages=False, keep_freed=False).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "0"}
     full = s_probe_settings(quick=False)
     assert full[0] == SProbe() and len(set(full)) == len(full)
-    kept = Allocation(keep_freed=True)
-    assert {p.allocation for p in full} == set(private_probe_settings(quick=False)) == {
-        Allocation(), kept, Allocation(huge_pages=False)}
-    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation(), kept]
+    kept, as_it_comes = Allocation(), Allocation(keep_freed=False)
+    assert {p.allocation for p in full} == {kept, as_it_comes, Allocation(huge_pages=False)}
+    assert private_probe_settings(quick=False) == [kept, as_it_comes, kept, as_it_comes, Allocation(huge_pages=False)]
+    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [kept, as_it_comes]
 
 
 def test_report_names_each_rows_allocation_and_which_is_the_default():
@@ -196,3 +199,21 @@ def test_allocator_rule_holds_only_when_every_criterion_does():
     for key, value in [("seconds", 36.1), ("k1_seconds", 3.07), ("peak_rss_mb", 4097.0), ("rss_after_mb", 991.0)]:
         assert allocator_rule([{**kept, key: value}, plain])["held"] is False, key
     assert allocator_rule([kept, no_huge]) is None  # no allocator-as-it-comes row with huge pages
+
+
+def test_allocator_rule_pools_each_allocations_processes():
+    """Two processes per allocation: the medians of all their requests, the larger peak and resident size."""
+    from mixdemo.bench import allocator_rule
+
+    def row(kept: bool, k10: list[float], k1: list[float], peak: float, after: float) -> dict:
+        return {"huge_pages": True, "keeps_freed_memory": kept, "seconds": 0.0, "k1_seconds": 0.0,
+                "k10_runs": k10, "k1_runs": k1, "peak_rss_mb": peak, "rss_after_mb": after}
+
+    rule = allocator_rule([row(True, [30.0, 50.0], [2.0, 3.0, 9.0], 3000.0, 800.0),
+                           row(False, [40.0, 44.0], [3.0, 3.0, 3.0], 2400.0, 790.0),
+                           row(True, [31.0, 32.0], [2.9, 3.0, 3.0], 4000.0, 870.0),
+                           row(False, [41.0, 43.0], [3.0, 3.1, 3.0], 2500.0, 800.0)])
+    assert rule["kept"] == {"seconds": 31.5, "k1_seconds": 3.0, "peak_rss_mb": 4000.0, "rss_after_mb": 870.0,
+                            "processes": 2}
+    assert rule["as_it_comes"]["seconds"] == 42.0 and rule["as_it_comes"]["rss_after_mb"] == 800.0
+    assert rule["held"] is True  # 31.5 ≤ 0.9 × 42; 3.0 ≤ 1.02 × 3.0; 4000 ≤ 4096; 870 ≤ 1.1 × 800

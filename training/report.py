@@ -244,8 +244,14 @@ def bench_md(doc: dict) -> str:
     rule = levers.get("allocator_rule")
     if rule:
         failed = [k.replace("_", " ") for k, v in rule.items() if v is False and k != "held"]
-        rows.append((f"rule for the allocator lever ({rule['rule']})",
-                     "held in this run" if rule["held"] else f"**not held** in this run: {'; '.join(failed)}", ""))
+        verdict = "held in this run" if rule["held"] else f"**not held** in this run: {'; '.join(failed)}"
+        if "kept" in rule:  # since each allocation's processes are pooled
+            kept, plain = rule["kept"], rule["as_it_comes"]
+            verdict += (f" (pooled, kept vs as it comes: K = 10 {kept['seconds']:.1f} vs {plain['seconds']:.1f} s, "
+                        f"K = 1 {kept['k1_seconds']:.2f} vs {plain['k1_seconds']:.2f} s, peak {kept['peak_rss_mb']:.0f} "
+                        f"vs {plain['peak_rss_mb']:.0f} MB, resident after {kept['rss_after_mb']:.0f} vs "
+                        f"{plain['rss_after_mb']:.0f} MB)")
+        rows.append((f"rule for the allocator lever ({rule['rule']})", verdict, ""))
     if levers.get("s_channels_last_speedup"):
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     for row in levers.get("s_memory_budget") or []:
