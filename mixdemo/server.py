@@ -162,7 +162,16 @@ def segment(proxies: np.ndarray, progress: Callable[[float, str], None] | None =
 
 
 def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None] | None = None) -> str:
-    """The ``segment_proxy`` endpoint: request file → response file path (the request is deleted)."""
+    """The ``segment_proxy`` endpoint: request file → response file path (the request is deleted; the memory
+    its arrays took is handed back once it is answered, :func:`mixdemo.inference.reusing_freed_memory`)."""
+    from mixdemo.inference import reusing_freed_memory  # torch loads lazily
+
+    with reusing_freed_memory():
+        return _answer(path, progress)
+
+
+def _answer(path: str | os.PathLike, progress: Callable[[float, str], None] | None) -> str:
+    """:func:`segment_file`'s work: read and delete the request, segment, write the response."""
     try:
         arr = read_proxy_file(path)
     finally:

@@ -247,6 +247,24 @@ def test_server_deletes_the_request_and_writes_float16(app_weights, tmp_path):
         server.check_proxies(np.zeros((4, 8, 8), np.float32))
 
 
+def test_server_hands_the_requests_memory_back_once_it_is_answered_or_refused(app_weights, tmp_path, monkeypatch):
+    """The endpoint is one step of :func:`mixdemo.inference.reusing_freed_memory`: its memory is handed back after
+    the response is written (S's own pass hands back too), and after a refused request as well."""
+    from mixdemo import inference, server
+
+    calls: list[str] = []
+    monkeypatch.setattr(inference, "hand_back_freed_memory", lambda: calls.append("back") or True)
+    req = tmp_path / "proxy.npy"
+    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    server.segment_file(req)
+    assert len(calls) == 2  # segment_proxies' step, then the endpoint's
+    calls.clear()
+    np.save(req, np.full((8, 8, 8), 100.0, np.float32))
+    with pytest.raises(server.ProxyError):
+        server.segment_file(req)
+    assert calls == ["back"] and not req.exists()
+
+
 def test_examples_are_generated_once_into_the_cache(tmp_path, monkeypatch):
     """First use synthesises the phantoms (here a fast stand-in) into $MIXDEMO_CACHE; later uses reuse them."""
     from mixdemo import examples
