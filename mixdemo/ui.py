@@ -259,7 +259,17 @@ def run_segmentation(
     progress: gr.Progress = gr.Progress(),
 ):
     """Segment the current target privately (the client and the in-process server) with the client
-    network D ``unmixing`` (a model folder; None: :func:`mixdemo.weights.unmixing_name`)."""
+    network D ``unmixing`` (a model folder; None: :func:`mixdemo.weights.unmixing_name`). One step of
+    :func:`mixdemo.inference.reusing_freed_memory`: the memory the run freed is handed back once it is answered."""
+    from mixdemo.inference import reusing_freed_memory  # torch loads lazily
+
+    with reusing_freed_memory():
+        return _segmentation(sess, ref_ids, k, alpha, random_alpha, mode, opacity, unmixing, progress)
+
+
+def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alpha: float, random_alpha: bool,
+                  mode: str, opacity: float, unmixing: str | None, progress: gr.Progress):
+    """:func:`run_segmentation`'s work."""
     from mixdemo.client import ClientError, make_key, run_private, unmixing_model
     from mixdemo.weights import WeightsError, unmixing_name
 

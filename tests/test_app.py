@@ -136,6 +136,30 @@ def test_ui_runs_the_chosen_client_network_d(app_weights, example):
     assert "Done" in ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, None, progress=_Progress())[-2]
 
 
+def test_ui_segmentation_hands_its_memory_back_when_answered_or_refused(monkeypatch):
+    """The Segment tab's run is one step of reusing_freed_memory: memory is handed back after the run's work,
+    answered or refused."""
+    import gradio as gr
+
+    from mixdemo import inference, ui
+
+    events: list[str] = []
+    monkeypatch.setattr(inference, "hand_back_freed_memory", lambda: events.append("hand back") or True)
+    monkeypatch.setattr(ui, "_segmentation", lambda *args: events.append("run") or ("answer",))
+    assert ui.run_segmentation(None, [], 1, 0.5, False, "patch", 0.5, progress=_Progress()) == ("answer",)
+    assert events == ["run", "hand back"]
+    events.clear()
+
+    def refused(*args):
+        events.append("run")
+        raise gr.Error("no")
+
+    monkeypatch.setattr(ui, "_segmentation", refused)
+    with pytest.raises(gr.Error):
+        ui.run_segmentation(None, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())
+    assert events == ["run", "hand back"]
+
+
 def test_ui_errors_are_readable(app_weights, tmp_path):
     import gradio as gr
 
