@@ -326,8 +326,8 @@ def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, e
 
 
 def s_probe_settings(quick: bool) -> list[SProbe]:
-    """Each :func:`s_budget_probe`: the default path, MONAI's forward, Z-slabs under a smaller budget, freed
-    memory kept, and without huge pages (``quick``: none; its one fresh process is :func:`private_probe`'s)."""
+    """Each :func:`s_budget_probe`: the default path, MONAI's forward, Z-slabs under a smaller budget, the
+    allocator as it comes, and without huge pages (``quick``: none; its fresh processes are :func:`private_probe`'s)."""
     settings = [SProbe(), SProbe(fused=False), SProbe(budget_mb=S_SLAB_BUDGET_MB),
                 SProbe(allocation=Allocation(keep_freed=False)), SProbe(allocation=Allocation(huge_pages=False))]
     return [] if quick else settings
@@ -395,10 +395,10 @@ ALLOCATOR_RULE = (
 
 
 def pooled(rows: list[dict]) -> dict:
-    """The probe rows of one allocation pooled: the median of all their K = 10 and K = 1 requests (each row's
-    own median where it kept no runs), the largest peak RSS and resident size after."""
-    k10 = [t for r in rows for t in r.get("k10_runs", [r["seconds"]])]
-    k1 = [t for r in rows for t in r.get("k1_runs", [r["k1_seconds"]])]
+    """The probe rows of one allocation pooled: the median of all their K = 10 and K = 1 requests, the largest
+    peak RSS and resident size after."""
+    k10 = [t for r in rows for t in r["k10_runs"]]
+    k1 = [t for r in rows for t in r["k1_runs"]]
     return {"seconds": statistics.median(k10), "k1_seconds": statistics.median(k1),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows), "rss_after_mb": max(r["rss_after_mb"] for r in rows),
             "processes": len(rows)}

@@ -88,6 +88,15 @@ def huge_pages() -> bool:
 
 
 @functools.cache
+def _c_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """A function of the C library this process runs on, looked up once (None where it has none)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep the memory that tensors free in the process for the next ones (no ``mmap``
     per large block, no trimming below 2 GiB, one arena) instead of handing each block back to the kernel
@@ -107,9 +116,8 @@ def keep_freed_memory() -> bool:
     choice = os.environ.get(KEEP_FREED_ENV, "1").strip().lower()
     if choice not in ("1", "true", "yes", "on") or not sys.platform.startswith("linux"):
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):
+    mallopt = _c_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) for param, value in
@@ -120,11 +128,8 @@ def hand_back_freed_memory() -> bool:
     """Where :func:`keep_freed_memory` applies, return the heap's free pages to the kernel (glibc's
     ``malloc_trim``): the resident size falls back and the pages that held freed tensors are unmapped.
     Returns whether anything was handed back (nothing is where freed memory is not kept)."""
-    if not keep_freed_memory():
-        return False
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
+    trim = _c_function("malloc_trim") if keep_freed_memory() else None
+    if trim is None:  # freed memory not kept, or not glibc
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))

@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mixdemo.bench import PROBE_REQUESTS
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.weights import DEFAULT_UNMIXING, read_training_record, write_model_card
 from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
@@ -226,6 +225,8 @@ def bench_md(doc: dict) -> str:
     levers = doc.get("levers") or {}
     fresh = levers.get("private_k10_memory")  # absent in runs before the fresh-process probe: the whole run's peak
     serving = fresh and "k1_seconds" in fresh[0]  # since the probe serves several requests
+    from mixdemo.bench import PROBE_REQUESTS  # here, not at import: torch and MONAI load only for this table
+
     requests = ", ".join(map(str, PROBE_REQUESTS))
     rows.append((f"peak memory, a fresh process serving private requests K = {requests}, whole brain" if serving
                  else "peak memory, private K = 10, whole brain (alone in a fresh process)" if fresh
