@@ -294,7 +294,9 @@ def test_model_folder_round_trip_and_checksum(tmp_path, monkeypatch):
     assert not loaded.training
     for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
-    fast = weights.load_model("segmentation")  # the inference default: fused, channels-last on the CPU
+    # the inference default: fused, channels-last on the CPU; in float32 here, whatever $MIXDEMO_PRECISION the
+    # tests before this one left (``import training`` sets float32; bfloat16 has its own test above)
+    fast = weights.load_model("segmentation", precision="float32")
     assert fast.fused and fast.channels_last
     x = torch.rand(1, 1, 32, 32, 32)
     with torch.inference_mode():
