@@ -113,12 +113,16 @@ class Target:
         return conform_to_grid(load_labels(path, like=self.scan), self.image.shape)[0]  # type: ignore[arg-type]
 
 
-def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None) -> Target:
-    """Load a T1 NIfTI and bring it onto the models' grid, on the client.
+def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
+                grid: Sequence[int] | None = None) -> Target:
+    """Load a scan and bring it onto the models' grid, on the client.
 
     A scan already in model space (on the 144×192×160 MNI grid and skull-stripped, e.g. the
     phantoms; :func:`mixdemo.preprocess.is_model_space`) is used as it is; any other is registered
     to MNI space with :func:`mixdemo.preprocess.to_model_space` (skull-stripped and normalised there).
+    ``grid``: the references' grid when it is not that one (models retrained on other data, e.g. BraTS
+    on its 240×240×155 grid): the scan must then already lie on it, as the references do (registered
+    and skull-stripped by the user), and is used as it is.
     """
     from mixdemo.io import load_scan
     from mixdemo.phantoms import GRID_SHAPE
@@ -126,6 +130,12 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None) 
     from mixdemo.preprocess import is_model_space, to_model_space
 
     scan = load_scan(path)
+    if grid is not None and tuple(grid) != GRID_SHAPE:
+        if scan.data.shape != tuple(grid):
+            raise ClientError(f"The scan's grid {_shape_text(scan.data.shape)} is not the references' "
+                              f"{_shape_text(grid)}; register it to their space first.")
+        image, fit = conform_to_grid(scan.data, tuple(grid))
+        return Target(image=image, scan=scan, fit=fit)
     if scan.data.shape == GRID_SHAPE and is_model_space(scan):
         image, fit = conform_to_grid(scan.data, GRID_SHAPE)
         return Target(image=image, scan=scan, fit=fit)
@@ -363,7 +373,7 @@ def segment_file(
     progress: ProgressFn | None = None,
 ) -> ClientRun:
     """Segment a NIfTI privately with ``server`` and write the labels in the input's space."""
-    target = load_target(scan_path, progress=progress)
+    target = load_target(scan_path, progress=progress, grid=references[0].image.shape)
     if target.warning and progress:
         progress(0.0, f"warning: {target.warning}")
     if target.image.shape != references[0].image.shape:
@@ -372,6 +382,10 @@ def segment_file(
     run = run_private(target.image, references, key, server, unmix_model, mode=mode, centre=centre, progress=progress)
     target.save_labels(run.labels("learned_tta"), out_path)
     return run
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "×".join(str(int(n)) for n in shape)
 
 
 def _parse_centre(text: str | None) -> tuple[int, int, int] | None:
@@ -395,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
     p.add_argument("--tta", type=int, default=1, metavar="K", help="number of references (Eq. 5-6)")
-    p.add_argument("--references", default=None, help="folder of <id>/t1.nii.gz + seg.nii.gz (default: the phantom bank)")
+    p.add_argument("--references", default=None,
+                   help="folder of <id>/t1.nii.gz + seg.nii.gz, or of BraTS case folders for models trained on "
+                        "BraTS (default: the phantom bank)")
     p.add_argument("--mode", choices=MODES, default="whole", help="whole volume, or one 32³ patch")
     p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
     p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")

@@ -1,27 +1,65 @@
 """Cohort folders and training batches.
 
-Layout (phantoms and real data alike)::
+Two layouts are read (:func:`load_cohort` tells them apart):
+
+``mixdemo`` (the phantoms, and any registered T1 cohort: PPMI-like, several scans per subject)::
 
     <root>/<subject>_<scan>/t1.nii.gz     T1 image (skull-stripped, MNI space, 1 mm)
     <root>/<subject>_<scan>/seg.nii.gz    labels 0 background, 1 GM, 2 WM, 3 CSF
     <root>/split.json                     {"train": [subject, ...], "test": [subject, ...]}
 
 The subject id is the folder name up to its last underscore, so test-retest scans of one
-subject share it. Without ``split.json`` a deterministic 75/25 split by subject is made.
+subject share it.
+
+``brats`` (the BraTS challenge's folders, as downloaded; the paper's second dataset)::
+
+    <root>/<case>/<case>_t1ce.nii.gz      one modality per file (BraTS 2021: _t1, _t1ce, _t2, _flair;
+    <root>/<case>/<case>_seg.nii.gz       BraTS 2023: -t1n, -t1c, -t2w, -t2f, -seg)
+
+The modality read is T1CE (``t1ce``, or ``t1c``), the paper's, unless one is named. Labels 1 (necrotic
+core), 2 (edema) and 4 (enhancing tumour; 3 in BraTS 2023) become classes 1, 2, 3 (NCR, ED, ET). Each
+case is one subject (BraTS 2023's ``-000`` time-point suffix stripped).
+
+Either layout may hold a ``split.json`` (optionally with ``"classes"``, four names, background first);
+without one a deterministic 75/25 split by subject is made. Scans must share one grid to be mixed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mixdemo.mixing import TRAIN_ALPHA_RANGE, mix, one_hot, patch_slices, sample_patch_corner
-from mixdemo.phantoms import NUM_CLASSES, split_subjects
+from mixdemo.phantoms import CLASS_NAMES, NUM_CLASSES, split_subjects
+from mixdemo.phantoms import DATASET as PHANTOM_DATASET
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a cohort folder names its scans, what its label values mean, and where training patches centre."""
+
+    name: str
+    class_names: tuple[str, ...]  # background first, NUM_CLASSES names
+    label_values: tuple[tuple[int, int], ...]  # (value in the label file, class)
+    patch_centres: str  # "labels": on a labelled voxel; "brain_and_labels": half on the brain (x > 0), half on labels
+
+    def describe_values(self) -> str:
+        """The label values this layout defines, for error messages."""
+        return ", ".join(str(v) for v, _ in self.label_values)
+
+
+MIXDEMO_LAYOUT = Layout("mixdemo", CLASS_NAMES, ((0, 0), (1, 1), (2, 2), (3, 3)), "labels")
+BRATS_LAYOUT = Layout("brats", ("background", "NCR", "ED", "ET"), ((0, 0), (1, 1), (2, 2), (3, 3), (4, 3)),
+                      "brain_and_labels")
+PHANTOM_DESCRIPTION = "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients"
+BRATS_MODALITIES = ("t1ce", "t1c")
+"""The modalities read from a BraTS folder when none is named, in order (2021's name, then 2023's)."""
 
 
 @dataclass(frozen=True)
@@ -32,21 +70,45 @@ class ScanRecord:
     subject: str
     image_path: Path
     label_path: Path | None
+    layout: Layout = field(default=MIXDEMO_LAYOUT, compare=False)
 
 
 @dataclass(frozen=True)
 class Cohort:
-    """A cohort folder: its scans and its train/test split by subject."""
+    """A cohort folder: its scans, its train/test split by subject, and its layout and class names."""
 
     root: Path
     records: tuple[ScanRecord, ...]
     train_subjects: tuple[str, ...]
     test_subjects: tuple[str, ...]
+    layout: Layout = MIXDEMO_LAYOUT
+    class_names: tuple[str, ...] = CLASS_NAMES
+    dataset: str | None = None  # split.json's "dataset" ("MNI152-phantom" for the phantoms)
 
     def split(self, which: str) -> list[ScanRecord]:
         """Records of the ``"train"`` or ``"test"`` subjects."""
         subjects = {"train": self.train_subjects, "test": self.test_subjects}[which]
         return [r for r in self.records if r.subject in set(subjects)]
+
+    @property
+    def modality(self) -> str:
+        """The images' modality: ``t1`` in the mixdemo layout, the file name's suffix in a BraTS folder."""
+        if self.layout.name == MIXDEMO_LAYOUT.name:
+            return "t1"
+        first = self.records[0]
+        return first.image_path.name[len(first.name) + 1 :].split(".")[0]
+
+    @property
+    def description(self) -> str:
+        """What the scans are, for the records of figures measured on them."""
+        if self.dataset == PHANTOM_DATASET:
+            return PHANTOM_DESCRIPTION
+        return f"{self.dataset or self.root.name}: {self.layout.name} layout, {self.modality}, {len(self.records)} scans"
+
+    @property
+    def foreground_classes(self) -> dict[int, str]:
+        """{class: name} of the classes scored (every class but background)."""
+        return dict(enumerate(self.class_names[1:], start=1))
 
 
 def subject_of(folder_name: str) -> str:
@@ -54,31 +116,75 @@ def subject_of(folder_name: str) -> str:
     return folder_name.rsplit("_", 1)[0] if "_" in folder_name else folder_name
 
 
-def load_cohort(root: str | Path) -> Cohort:
-    """Read a cohort folder (see the module docstring for the layout)."""
+def brats_subject(case: str) -> str:
+    """``BraTS-GLI-00000-001`` → ``BraTS-GLI-00000`` (BraTS 2023's time point); ``BraTS2021_00000`` unchanged."""
+    return re.sub(r"-\d{3}$", "", case) if case.count("-") >= 3 else case
+
+
+def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
+    """Read a cohort folder in either layout (the module docstring has both).
+
+    ``modality``: for a BraTS folder, the modality file read (``t1ce``, ``flair``, ...; default T1CE). The
+    ``mixdemo`` layout holds T1 only.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"No cohort folder at {root}; generate one with python -m mixdemo.phantoms --out {root}")
-    records = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        image = _first_existing(folder, ("t1.nii.gz", "t1.nii"))
-        if image is None:
-            continue
-        label = _first_existing(folder, ("seg.nii.gz", "seg.nii"))
-        records.append(ScanRecord(folder.name, subject_of(folder.name), image, label))
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    records = _mixdemo_records(folders)
+    layout = MIXDEMO_LAYOUT
+    if records and modality not in (None, "t1"):
+        raise ValueError(f"{root} is in the mixdemo layout, which holds T1 only (t1.nii.gz), not {modality!r}.")
     if not records:
-        raise FileNotFoundError(f"{root} holds no <subject>_<scan>/t1.nii.gz folders.")
+        records, layout = _brats_records(folders, modality), BRATS_LAYOUT
+    if not records:
+        raise FileNotFoundError(
+            f"{root} holds neither <subject>_<scan>/t1.nii.gz folders nor BraTS case folders "
+            f"(<case>/<case>_{modality or 't1ce'}.nii.gz with <case>_seg.nii.gz).")
     subjects = sorted({r.subject for r in records})
     split_file = root / "split.json"
-    if split_file.exists():
-        meta = json.loads(split_file.read_text())
+    meta = json.loads(split_file.read_text()) if split_file.exists() else {}
+    if "train" in meta and "test" in meta:
         train, test = meta["train"], meta["test"]
     else:
         split = split_subjects(subjects, 0.25, seed=0)
         train, test = split["train"], split["test"]
     if set(train) & set(test):
         raise ValueError(f"split.json puts subjects on both sides: {sorted(set(train) & set(test))}")
-    return Cohort(root, tuple(records), tuple(train), tuple(test))
+    names = tuple(meta.get("classes", layout.class_names))
+    if len(names) != NUM_CLASSES:
+        raise ValueError(f"split.json names {len(names)} classes; the models have {NUM_CLASSES} (background first).")
+    return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"))
+
+
+def trained_modality(record: dict) -> str | None:
+    """The BraTS modality a model's training record names (None for the mixdemo layout or an older record): what
+    to read from a BraTS folder for that model by default."""
+    return record.get("modality") if record.get("data_layout") == BRATS_LAYOUT.name else None
+
+
+def _mixdemo_records(folders: Sequence[Path]) -> list[ScanRecord]:
+    records = []
+    for folder in folders:
+        image = _first_existing(folder, ("t1.nii.gz", "t1.nii"))
+        if image is not None:
+            label = _first_existing(folder, ("seg.nii.gz", "seg.nii"))
+            records.append(ScanRecord(folder.name, subject_of(folder.name), image, label))
+    return records
+
+
+def _brats_records(folders: Sequence[Path], modality: str | None) -> list[ScanRecord]:
+    records = []
+    for folder in folders:
+        image = next(filter(None, (_case_file(folder, m) for m in ((modality,) if modality else BRATS_MODALITIES))), None)
+        if image is not None:
+            records.append(ScanRecord(folder.name, brats_subject(folder.name), image, _case_file(folder, "seg"), BRATS_LAYOUT))
+    return records
+
+
+def _case_file(folder: Path, suffix: str) -> Path | None:
+    """``<case>_<suffix>`` or ``<case>-<suffix>`` (.nii.gz or .nii) in a BraTS case folder."""
+    return _first_existing(folder, [f"{folder.name}{sep}{suffix}{ext}" for sep in "_-" for ext in (".nii.gz", ".nii")])
 
 
 def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
@@ -104,10 +210,23 @@ def load_volume(record: ScanRecord) -> Volume:
     from mixdemo.io import load_labels, load_scan
 
     if record.label_path is None:
-        raise ValueError(f"Scan {record.name} has no seg.nii.gz; training and evaluation need labels.")
+        raise ValueError(f"Scan {record.name} has no label map (seg); training and evaluation need labels.")
     scan = load_scan(record.image_path)
-    labels = load_labels(record.label_path, like=scan)
+    labels = classes_of(load_labels(record.label_path, like=scan), record.layout, record.name)
     return Volume(record.name, record.subject, scan.data, labels, scan.affine)
+
+
+def classes_of(values: np.ndarray, layout: Layout, scan_name: str = "the scan") -> np.ndarray:
+    """The label file's values as the layout's classes (uint8); ValueError naming any value it does not define."""
+    table = np.full(256, 255, np.uint8)
+    for value, cls in layout.label_values:
+        table[value] = cls
+    classes = table[values]
+    if (classes == 255).any():
+        unknown = sorted(int(v) for v in np.unique(values[classes == 255]))
+        raise ValueError(f"{scan_name}'s labels hold {unknown}, which the {layout.name} layout does not define "
+                         f"(it reads {layout.describe_values()}).")
+    return classes
 
 
 def load_volumes(records: Sequence[ScanRecord]) -> list[Volume]:
@@ -140,6 +259,10 @@ class MixedPatchSampler:
     Reference weights split 1 − α at random (R = 1: the paper's Eq. 2; R = 2: three sources).
     ``mixed=False`` gives plain patches (the baseline's training data); ``augment=True`` passes the
     target through :mod:`mixdemo.augment` (small affine, gamma, bias field, noise) before mixing.
+    ``patch_centres`` (a :class:`Layout`'s): ``"labels"`` centres each patch on a labelled voxel (tissue
+    classes cover the brain); ``"brain_and_labels"`` on a brain voxel (x > 0) or a labelled one, one or the
+    other at random (classes that cover a small part of the brain, as a tumour's, but the network must
+    also see the brain without them).
     """
 
     def __init__(
@@ -151,6 +274,7 @@ class MixedPatchSampler:
         n_references: int = 1,
         mixed: bool = True,
         augment: bool = False,
+        patch_centres: str = "labels",
         seed: int = 0,
     ) -> None:
         if len({v.subject for v in volumes}) < 1 + n_references and mixed:
@@ -161,13 +285,22 @@ class MixedPatchSampler:
         self.n_references = n_references
         self.mixed = mixed
         self.augment = augment
+        if patch_centres not in ("labels", "brain_and_labels"):
+            raise ValueError(f"Unknown patch_centres {patch_centres!r}; 'labels' or 'brain_and_labels'.")
         self.rng = np.random.default_rng(seed)
         self._foreground = [np.argwhere(v.labels > 0) for v in self.volumes]
+        self._brain = [np.argwhere(v.image > 0) for v in self.volumes] if patch_centres == "brain_and_labels" else None
+
+    def _centres(self, t: int) -> np.ndarray:
+        """The voxels the target ``t``'s next patch may centre on."""
+        if self._brain is not None and (not len(self._foreground[t]) or self.rng.random() < 0.5):
+            return self._brain[t]
+        return self._foreground[t]
 
     def _draw(self) -> tuple[np.ndarray, ...]:
         t = int(self.rng.integers(len(self.volumes)))
         target = self.volumes[t]
-        corner = sample_patch_corner(target.image.shape, self.patch_size, self.rng, self._foreground[t])
+        corner = sample_patch_corner(target.image.shape, self.patch_size, self.rng, self._centres(t))
         sl = patch_slices(corner, self.patch_size)
         x_t, y_t = target.image[sl], target.labels[sl]
         if self.augment:  # residual misregistration and contrast of real scans (target only, before mixing)

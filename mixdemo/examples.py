@@ -151,7 +151,9 @@ def reference_folder(progress: ProgressFn | None = None) -> Path:
 
 
 def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) -> list[Reference]:
-    """Load references from ``<folder>/<id>/t1.nii.gz`` + ``seg.nii.gz`` (normalised as in training).
+    """Load references from ``<folder>/<id>/t1.nii.gz`` + ``seg.nii.gz`` (normalised as in training), or,
+    without ``ids`` and without such folders, from BraTS case folders (:func:`mixdemo.data.load_cohort`: the
+    T1CE images, the tumour labels as classes 1-3), for models trained on BraTS.
 
     Raises:
         ValueError: no usable reference in ``folder`` (the message names what is expected).
@@ -163,6 +165,8 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) 
     if not folder.is_dir():
         raise ValueError("The reference folder does not exist.")
     names = ids if ids is not None else sorted(p.name for p in folder.iterdir() if (p / "t1.nii.gz").exists())
+    if ids is None and not names:
+        return _brats_references(folder)
     refs = []
     for name in names:
         sub = folder / name
@@ -175,6 +179,20 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) 
     if len({r.image.shape for r in refs}) > 1:
         raise ValueError("All references must share one grid (register them to MNI space first).")
     return refs
+
+
+def _brats_references(folder: Path) -> list[Reference]:
+    """Every labelled case of a folder of BraTS case folders as references (ValueError if it holds none)."""
+    from mixdemo.data import load_cohort, load_volumes
+    from mixdemo.pipeline import Reference
+
+    try:
+        records = [r for r in load_cohort(folder).records if r.label_path is not None]
+    except FileNotFoundError:
+        records = []
+    if not records:
+        raise ValueError("The reference folder holds no <id>/t1.nii.gz + seg.nii.gz pairs (nor BraTS case folders).")
+    return [Reference(v.name, v.image, v.labels) for v in load_volumes(records)]
 
 
 @functools.lru_cache(maxsize=2)

@@ -30,6 +30,12 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def data_note(doc: dict) -> str:
+    """What an evaluation's scans are, for its figures' titles: the phantoms' note unless ``doc`` names other data."""
+    data = doc.get("data")
+    return PHANTOM_NOTE if not data or "phantom" in data else data
+
+
 def plot_dice_vs_k_png(doc: dict, path: Path) -> Path:
     """Fig. 3: Dice against the number K of TTA references, naive and learned, baseline dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -38,14 +44,14 @@ def plot_dice_vs_k_png(doc: dict, path: Path) -> Path:
         ax.plot(pts[:, 0], pts[:, 1], "-o", ms=3, color=colour, label=f"{name.capitalize()} + TTA")
     ax.axhline(doc["dice"]["baseline"]["avg"], ls="--", color="#444", label="Baseline (no mixing)")
     ax.set_xlabel("K (references per target)")
-    ax.set_ylabel("mean Dice (GM, WM, CSF)")
-    ax.set_title(f"Dice against K — {PHANTOM_NOTE}", fontsize=9)
+    ax.set_ylabel(f"mean Dice ({', '.join(doc.get('classes', ('GM', 'WM', 'CSF')))})")
+    ax.set_title(f"Dice against K — {data_note(doc)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
 
 
-def plot_unmixing_panels_png(case: dict, path: Path) -> Path:
+def plot_unmixing_panels_png(case: dict, path: Path, note: str = PHANTOM_NOTE) -> Path:
     """Fig. 2-style panel: target, truth, three references with their proxies, naive and learned unmixing, TTA."""
     n = len(case["references"])
     fig, axes = plt.subplots(4, n + 1, figsize=(2.2 * (n + 1), 2.4 * 4))
@@ -63,7 +69,7 @@ def plot_unmixing_panels_png(case: dict, path: Path) -> Path:
         show(axes[1, j + 1], case["proxies"][j], f"proxy {j + 1} (sent)")
         show(axes[2, j + 1], case["naive"][j], f"Naive, ref {j + 1}", True)
         show(axes[3, j + 1], case["learned"][j], f"Learned, ref {j + 1}", True)
-    fig.suptitle(f"Unmixing one target with different references — {PHANTOM_NOTE}", fontsize=9)
+    fig.suptitle(f"Unmixing one target with different references — {note}", fontsize=9)
     return save_figure(fig, path)
 
 

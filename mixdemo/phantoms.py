@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 CLASS_NAMES: tuple[str, ...] = ("background", "GM", "WM", "CSF")
 NUM_CLASSES = len(CLASS_NAMES)
+DATASET = "MNI152-phantom"
+"""The phantom cohort's ``dataset`` in its split.json."""
 GRID_SHAPE: tuple[int, int, int] = (144, 192, 160)
 """Common 1 mm grid around the brain (the paper's PPMI size); every side divisible by 16."""
 
@@ -347,7 +349,7 @@ def generate_cohort(
                 print(f"{folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)
     split = split_subjects(subjects, test_fraction, seed)
     meta = {
-        "dataset": "MNI152-phantom",
+        "dataset": DATASET,
         "note": "Synthetic phantoms from the MNI152 2009a template (nilearn); no patient data.",
         "seed": seed,
         "n_scans": n_scans,

@@ -82,8 +82,8 @@ def model_info() -> dict:
     record = read_training_record(weights_dir() / "segmentation")
     return {
         "format": WIRE_FORMAT,
-        "classes": list(CLASS_NAMES),
-        "grid_shape": [144, 192, 160],
+        "classes": record.get("classes", list(CLASS_NAMES)),  # those S was trained on (older records: the phantoms')
+        "grid_shape": record.get("grid_shape", [144, 192, 160]),
         "max_k": MAX_K,
         "request": "a .npy file of float16/float32 proxies shaped (K, X, Y, Z) or (X, Y, Z)",
         "response": "a .npy file of float16 probabilities shaped (K, C, X, Y, Z)",

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.data import load_cohort, load_volumes
+from mixdemo.data import load_cohort, load_volumes, trained_modality
 from mixdemo.inference import segment_proxies
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
 from mixdemo.metrics import dice_per_class
@@ -131,16 +131,18 @@ def final_bias(model: torch.nn.Module) -> torch.Tensor:
     raise TypeError(f"No known final layer in {type(model).__name__}.")
 
 
-def fitting_scans(data: Path, n_scans: int) -> tuple[list, list]:
-    """(chosen, training records): the first scan of each of the last ``n_scans`` training subjects."""
-    records = load_cohort(data).split("train")
+def fitting_scans(data: Path, n_scans: int, modality: str | None = None) -> tuple[list, list]:
+    """(chosen, training records): the first scan of each of the last ``n_scans`` training subjects (``modality``:
+    of a BraTS folder, the one the model was trained on)."""
+    records = load_cohort(data, modality).split("train")
     first = [r for r in records if r.name.endswith("_scan-0")] or list(records)
     return first[-n_scans:], records
 
 
-def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float) -> tuple[list[str], list[FitCase]]:
+def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float,
+                   modality: str | None = None) -> tuple[list[str], list[FitCase]]:
     """(scan names, cases): the baseline's probabilities on each chosen scan."""
-    chosen, _ = fitting_scans(data, n_scans)
+    chosen, _ = fitting_scans(data, n_scans, modality)
     cases = []
     for vol in load_volumes(chosen):
         brain = vol.image > 0
@@ -150,12 +152,13 @@ def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float
 
 
 def unmixing_cases(seg: torch.nn.Module, unmix: torch.nn.Module, data: Path, n_scans: int, k: int,
-                   alpha_range: tuple[float, float], seed: int, span: float) -> tuple[list[str], list[FitCase]]:
+                   alpha_range: tuple[float, float], seed: int, span: float,
+                   modality: str | None = None) -> tuple[list[str], list[FitCase]]:
     """(scan names, cases): D's probabilities for K mixes of each chosen scan, with references from the
     other training subjects and α drawn as ``training.evaluate`` draws them for a scan."""
     from training.evaluate import predict_k, scan_seed
 
-    chosen, records = fitting_scans(data, n_scans)
+    chosen, records = fitting_scans(data, n_scans, modality)
     volumes = {v.name: v for v in load_volumes(records)}
     bank = {v.name: Reference(v.name, v.image, v.labels) for v in volumes.values()}
     subject_of = {r.name: r.subject for r in records}
@@ -192,11 +195,12 @@ def main(argv: list[str] | None = None) -> Path:
     lo, hi, step = args.grid
     grid = np.round(np.arange(lo, hi + step / 2, step), 6)
     span = max(hi, 0.0) - min(lo, 0.0)  # background's offset stays 0
+    modality = trained_modality(record)  # a BraTS folder: the modality the model was trained on
     if kind == "baseline":
-        names, cases = baseline_cases(load_model(args.model), args.data, args.scans, span)
+        names, cases = baseline_cases(load_model(args.model), args.data, args.scans, span, modality)
     else:
         names, cases = unmixing_cases(load_model(args.segmentation), load_model(args.model), args.data, args.scans,
-                                      args.tta_k, tuple(args.alpha_range), args.seed, span)
+                                      args.tta_k, tuple(args.alpha_range), args.seed, span, modality)
     before = mean_dice(cases, np.zeros(len(CLASSES) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)
     model = load_model(args.model, fast=False)  # the modules as trained: the final layer keeps its own bias

@@ -61,14 +61,16 @@ def main(argv: list[str] | None = None) -> dict:
     protocol = ["--data", str(args.data), "--brain-mask", "--volumes", str(args.volumes), "--k-max", str(args.k_max),
                 "--tta-k", str(min(10, args.k_max)), "--draws", "1", "--no-figures", "--threads", str(args.threads)]
     protocol += ["--quick"] if args.quick else []
+    data = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             doc = evaluate.main([*protocol, "--unmixing", name, "--out", str(Path(tmp) / f"{name}.json")])
             rows.append(d_row(name, doc))
+            data = doc["data"]
     result = {
         "command": command_line("training.compare_unmixing", argv),
         "protocol": "python -m training.evaluate " + " ".join(shlex.quote(a) for a in protocol) + " --unmixing <model>",
-        "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
+        "data": data,
         "date": time.strftime("%Y-%m-%d"),
         "rows": rows,
         "seconds": round(time.perf_counter() - t0),

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.data import Volume, load_cohort, load_volumes
+from mixdemo.data import Volume, load_cohort, load_volumes, trained_modality
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
@@ -33,12 +33,17 @@ from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, 
 from training import command_line
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
+"""The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT,
+                   help="cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are "
+                        "generated if the default is absent")
+    p.add_argument("--modality", default=None,
+                   help="BraTS folders: the modality read (default: the one S's training record names, else t1ce)")
     p.add_argument("--out", type=Path, default=Path("results/segmentation.json"))
     p.add_argument("--volumes", type=int, default=6, help="test volumes for Dice (first scan of each test subject)")
     p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
@@ -85,10 +90,10 @@ def crop_volume(vol: Volume, side: int) -> Volume:
     return Volume(vol.name, vol.subject, vol.image[sl].copy(), vol.labels[sl].copy(), vol.affine)
 
 
-def dice_row(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def dice_row(pred: np.ndarray, truth: np.ndarray, classes: dict[int, str] = CLASSES) -> dict[str, float]:
     """Dice per named class and their average."""
-    d = dice_per_class(pred, truth, list(CLASSES))
-    row = {CLASSES[c]: float(v) for c, v in d.items()}
+    d = dice_per_class(pred, truth, list(classes))
+    row = {classes[c]: float(v) for c, v in d.items()}
     row["avg"] = float(np.mean(list(row.values())))
     return row
 
@@ -184,13 +189,16 @@ class Setup:
     unmix: torch.nn.Module
     base: torch.nn.Module
     weights_sha256: dict[str, str | None]
+    classes: dict[int, str]  # the cohort's scored classes
+    data: str  # what the scans are (Cohort.description)
 
 
 def set_up(args: argparse.Namespace) -> Setup:
     """Load the cohort's test scans, the reference pool (the training scans) and the three networks."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cohort = load_cohort(ensure_default_cohort(args.data))
+    modality = args.modality or trained_modality(read_training_record(resolve_model_dir(args.segmentation)))
+    cohort = load_cohort(ensure_default_cohort(args.data), modality)
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
@@ -200,7 +208,8 @@ def set_up(args: argparse.Namespace) -> Setup:
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     names = [args.segmentation, args.unmixing, "baseline"]
     record = weights_record(names)
-    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank}, *(load_model(n) for n in names), record)
+    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank}, *(load_model(n) for n in names), record,
+                 cohort.foreground_classes, cohort.description)
 
 
 def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup):
@@ -222,21 +231,23 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
     single_dice: dict[str, list[tuple[float, float]]] = {}  # scan → Dice of two single predictions, per class
     figure_case = None
+    classes = setup.classes
+    row = lambda pred, truth: dice_row(pred, truth, classes)  # noqa: E731
     rng = np.random.default_rng(args.seed)
     for rec in sorted({*dice_records, *retest_records}, key=lambda r: r.name):
         in_dice = rec in dice_records
         vol, refs, brain, naive, learned, proxies = predict_scan(rec, args.k_max if in_dice else 2, args, setup)
         lab = lambda probs: masked(hard_labels(probs.float()).numpy(), brain)  # noqa: E731
         single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
-            dice_per_class(lab(learned[j]), vol.labels, list(CLASSES)) for j in (0, 1)
+            dice_per_class(lab(learned[j]), vol.labels, list(classes)) for j in (0, 1)
         ]
         if in_dice:
             base_pred = baseline_labels(setup.base, vol, brain)
-            rows["baseline"].append(dice_row(base_pred, vol.labels))
-            rows["naive"].append(dice_row(lab(naive[0]), vol.labels))
-            rows["learned"].append(dice_row(lab(learned[0]), vol.labels))
-            rows["naive_tta"].append(dice_row(lab(naive[: args.tta_k].float().mean(0)), vol.labels))
-            rows["learned_tta"].append(dice_row(lab(learned[: args.tta_k].float().mean(0)), vol.labels))
+            rows["baseline"].append(row(base_pred, vol.labels))
+            rows["naive"].append(row(lab(naive[0]), vol.labels))
+            rows["learned"].append(row(lab(learned[0]), vol.labels))
+            rows["naive_tta"].append(row(lab(naive[: args.tta_k].float().mean(0)), vol.labels))
+            rows["learned_tta"].append(row(lab(learned[: args.tta_k].float().mean(0)), vol.labels))
             for _ in range(args.draws):
                 order = rng.permutation(args.k_max)
                 curves["naive"].append(prefix_dice_curve(naive, vol.labels, order, brain))
@@ -246,7 +257,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         print(f"[{time.perf_counter() - t0:6.0f} s] {rec.name}: learned {single_dice[rec.name][0]}", flush=True)
 
     icc = {}
-    for c, name in CLASSES.items():
+    for c, name in classes.items():
         ratings = np.array([[d[0][c], d[1][c]] for d in single_dice.values()])
         r = icc_c1(ratings)
         target_sd, reference_sd = icc_variance_components(ratings)
@@ -255,15 +266,15 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
     doc = {
         "command": command_line("training.evaluate", argv),
-        "data": "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients",
+        "data": setup.data,
         "date": time.strftime("%Y-%m-%d"),
-        "classes": list(CLASSES.values()),
+        "classes": list(classes.values()),
         **protocol(args, len(rows["baseline"]), len(setup.by_id)),
         "n_icc_scans": len(single_dice),
         "dice": {m: mean_rows(rows[m]) for m in METHODS},
         "dice_vs_k": dice_vs_k,
         "icc": icc,
-        "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in CLASSES.items()}
+        "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
                         for scan, d in single_dice.items()},
         "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
@@ -277,13 +288,13 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
 
 def draw_figures(doc: dict, figure_case: dict | None, out: Path) -> list[Path]:
     """Fig. 3 (Dice against K) from ``doc`` and the Fig. 2-style panels of ``figure_case``, beside ``out``."""
-    from mixdemo.figures import plot_dice_vs_k_png, plot_unmixing_panels_png
+    from mixdemo.figures import data_note, plot_dice_vs_k_png, plot_unmixing_panels_png
 
     paths = [out.with_name(out.stem + "_dice_vs_k.png")]
     plot_dice_vs_k_png(doc, paths[0])
     if figure_case is not None:
         paths.append(out.with_name(out.stem + "_panels.png"))
-        plot_unmixing_panels_png(figure_case, paths[1])
+        plot_unmixing_panels_png(figure_case, paths[1], data_note(doc))
     return paths
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes, trained_modality
 from mixdemo.weights import load_model
 from training import command_line, save_derived_model, source_model
 
@@ -66,10 +66,11 @@ def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: in
     """``n`` single-patch inputs drawn as ``training.train`` draws them for this model (its mode, α range and
     references), from the training split of ``data``."""
     mixed = record.get("mode", "baseline") != "baseline"
-    volumes = load_volumes(load_cohort(data).split("train"))
+    cohort = load_cohort(data, trained_modality(record))
+    volumes = load_volumes(cohort.split("train"))
     sampler = MixedPatchSampler(volumes, patch_size=patch_size, mixed=mixed, seed=seed,
                                 alpha_range=tuple(record.get("alpha_range", (0.1, 0.9))),
-                                n_references=record.get("n_references", 1))
+                                n_references=record.get("n_references", 1), patch_centres=cohort.layout.patch_centres)
     for _ in range(n):
         batch = sampler.batch(1)
         yield (batch.x_mix if mixed else batch.x_target).float()

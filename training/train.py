@@ -39,7 +39,7 @@ from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import Cohort, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
@@ -54,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["private", "baseline", "unmixing"], default="private",
                    help="private: S on proxies + D end to end; baseline: S on raw images; "
                         "unmixing: D alone (new, or --init-unmixing) on the outputs of the frozen S of --init-from")
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT,
+                   help="cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are "
+                        "generated if the default is absent")
+    p.add_argument("--modality", default=None,
+                   help="BraTS folders: the modality read (t1ce by default, the paper's; t1, t2, flair, ...)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=32)
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
     if world > 1:
         dist.barrier()
 
-    cohort = load_cohort(args.data)
+    cohort = load_cohort(args.data, args.modality)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records)
     mixed = args.mode != "baseline"
@@ -242,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     history: list[list[float]] = []  # [step, validation Dice]
     sampler = MixedPatchSampler(
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
-        n_references=args.n_references, mixed=mixed, augment=args.augment, seed=args.seed * 1000 + rank,
+        n_references=args.n_references, mixed=mixed, augment=args.augment,
+        patch_centres=cohort.layout.patch_centres, seed=args.seed * 1000 + rank,
     )
     features = resolve_features(args.features)
     seg = SegmentationNet(features=features)
@@ -324,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "note": "the weights are those of exported_step, the best mean Dice on the held-out "
                                   "subjects' scans (training.validate)"}
         info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device,
-                      command_line("training.train", argv), validation)
+                      command_line("training.train", argv), validation, data_record(cohort, volumes))
     if world > 1:
         dist.destroy_process_group()
     return info
@@ -345,8 +350,14 @@ def validate_step(model: EndToEnd, val, step: int, history: list[list[float]], r
     return [*history, [step, dice]]
 
 
+def data_record(cohort: Cohort, volumes: list) -> dict:
+    """What the models were trained on, for their training record: the server reports the classes and the grid."""
+    return {"data_layout": cohort.layout.name, "modality": cohort.modality, "classes": list(cohort.class_names),
+            "grid_shape": list(volumes[0].image.shape)}
+
+
 def export(model: EndToEnd, args: argparse.Namespace, features, name: str, seconds: float, world: int,
-           device: torch.device, command: str, validation: dict | None = None) -> dict:
+           device: torch.device, command: str, validation: dict | None = None, data: dict | None = None) -> dict:
     """Write the Hub-format model folders and a training record next to them."""
     from mixdemo.weights import write_training_record
 
@@ -363,6 +374,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
+    training |= data or {}
     if validation:
         training["validation"] = validation
     training["unmix_features"], training["unmix_patch"] = resolve_widths(args.unmix_features), args.unmix_patch

@@ -1,0 +1,188 @@
+"""Cohort folders: the mixdemo layout and BraTS case folders (mixdemo.data), through training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixdemo import weights
+from mixdemo.data import BRATS_LAYOUT, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.io import save_volume
+
+TINY = "4,4,8,8,16,4"
+SHAPE = (32, 32, 32)
+
+
+def _brain_and_tumour(seed: int, et_value: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """A blocky brain (x > 0) and BraTS labels: necrotic core 1, edema 2, enhancing tumour ``et_value``."""
+    rng = np.random.default_rng(seed)
+    brain = np.zeros(SHAPE, bool)
+    brain[3:29, 3:29, 3:29] = True
+    labels = np.zeros(SHAPE, np.uint8)
+    c = 10 + seed % 5
+    labels[c - 5 : c + 5, c - 5 : c + 5, 12:22] = 2
+    labels[c - 3 : c + 3, c - 3 : c + 3, 14:20] = et_value
+    labels[c - 1 : c + 1, c - 1 : c + 1, 16:18] = 1
+    return brain, labels, rng
+
+
+def write_brats_case(root: Path, case: str, seed: int, *, sep: str = "_", et_value: int = 4,
+                     modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")) -> None:
+    """One BraTS case folder: each modality a differently scaled image of the same brain, and its labels."""
+    brain, labels, rng = _brain_and_tumour(seed, et_value)
+    folder = root / case
+    folder.mkdir(parents=True)
+    for i, mod in enumerate(modalities):
+        contrast = np.choose(np.minimum(labels, 3), [0.5, 0.9, 0.7, 1.0]) * (1 + i)
+        image = np.where(brain, contrast + rng.normal(0, 0.01, SHAPE), 0).astype(np.float32)
+        save_volume(image, np.eye(4), folder / f"{case}{sep}{mod}.nii.gz")
+    save_volume(labels, np.eye(4), folder / f"{case}{sep}seg.nii.gz", dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def brats_2021(tmp_path_factory) -> Path:
+    """Eight BraTS 2021 cases (enhancing tumour labelled 4), six for training."""
+    root = tmp_path_factory.mktemp("brats2021")
+    cases = [f"BraTS2021_{i:05d}" for i in range(8)]
+    for i, case in enumerate(cases):
+        write_brats_case(root, case, i)
+    (root / "split.json").write_text(json.dumps({"train": cases[:6], "test": cases[6:]}))
+    return root
+
+
+def test_brats_folders_are_read_as_t1ce_with_their_tumour_classes(brats_2021):
+    cohort = load_cohort(brats_2021)
+    assert cohort.layout == BRATS_LAYOUT and cohort.modality == "t1ce"
+    assert cohort.class_names == ("background", "NCR", "ED", "ET")
+    assert cohort.foreground_classes == {1: "NCR", 2: "ED", 3: "ET"}
+    assert [r.subject for r in cohort.split("test")] == ["BraTS2021_00006", "BraTS2021_00007"]
+    assert "brats layout, t1ce, 8 scans" in cohort.description and "phantom" not in cohort.description
+    vol = load_volumes(cohort.split("test")[:1])[0]
+    assert sorted(np.unique(vol.labels)) == [0, 1, 2, 3]  # 4 (enhancing tumour) is class 3
+    raw = np.asarray(__import__("nibabel").load(cohort.split("test")[0].label_path).dataobj)
+    np.testing.assert_array_equal(vol.labels == 3, raw == 4)
+
+
+def test_a_named_modality_is_read_instead(brats_2021):
+    t1ce = load_volumes(load_cohort(brats_2021).split("test")[:1])[0].image
+    flair = load_volumes(load_cohort(brats_2021, "flair").split("test")[:1])[0].image
+    assert load_cohort(brats_2021, "flair").modality == "flair"
+    assert not np.allclose(t1ce, flair)  # another file: the contrasts differ once normalised
+    with pytest.raises(FileNotFoundError, match="pet"):
+        load_cohort(brats_2021, "pet")
+
+
+def test_brats_2023_names_hyphens_t1c_and_label_3(tmp_path):
+    for i, case in enumerate(("BraTS-GLI-00001-000", "BraTS-GLI-00001-001", "BraTS-GLI-00002-000")):
+        write_brats_case(tmp_path, case, i, sep="-", et_value=3, modalities=("t1n", "t1c", "t2w", "t2f"))
+    cohort = load_cohort(tmp_path)
+    assert cohort.modality == "t1c"
+    assert sorted({r.subject for r in cohort.records}) == ["BraTS-GLI-00001", "BraTS-GLI-00002"]  # time points
+    assert sorted(np.unique(load_volumes(cohort.records[:1])[0].labels)) == [0, 1, 2, 3]
+
+
+def test_label_values_a_layout_does_not_define_are_named(tmp_path):
+    write_brats_case(tmp_path, "BraTS2021_00000", 0, et_value=7)
+    with pytest.raises(ValueError, match=r"BraTS2021_00000's labels hold \[7\].*brats layout.*0, 1, 2, 3, 4"):
+        load_volumes(load_cohort(tmp_path).records)
+
+
+def test_the_mixdemo_layout_refuses_values_above_csf_and_other_modalities(tmp_path):
+    folder = tmp_path / "s0_scan-0"
+    folder.mkdir()
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[8:24, 8:24, 8:24] = 5
+    save_volume(np.where(labels > 0, 1.0, 0.0).astype(np.float32), np.eye(4), folder / "t1.nii.gz")
+    save_volume(labels, np.eye(4), folder / "seg.nii.gz", dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"s0_scan-0's labels hold \[5\].*mixdemo layout"):
+        load_volumes(load_cohort(tmp_path).records)
+    with pytest.raises(ValueError, match="T1 only"):
+        load_cohort(tmp_path, "flair")
+
+
+def test_a_folder_of_neither_layout_says_what_both_expect(tmp_path):
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "scan.nii.gz").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"t1\.nii\.gz.*BraTS"):
+        load_cohort(tmp_path)
+
+
+def test_split_json_may_name_the_classes(brats_2021, tmp_path):
+    root = tmp_path / "named"
+    write_brats_case(root, "BraTS2021_00000", 0)
+    write_brats_case(root, "BraTS2021_00001", 1)
+    (root / "split.json").write_text(json.dumps({"train": ["BraTS2021_00000"], "test": ["BraTS2021_00001"],
+                                                 "classes": ["bg", "core", "edema", "enhancing"]}))
+    assert load_cohort(root).foreground_classes == {1: "core", 2: "edema", 3: "enhancing"}
+    (root / "split.json").write_text(json.dumps({"train": [], "test": [], "classes": ["bg", "tumour"]}))
+    with pytest.raises(ValueError, match="names 2 classes"):
+        load_cohort(root)
+
+
+def test_brats_patches_centre_on_the_brain_as_well_as_on_the_tumour(brats_2021):
+    volumes = load_volumes(load_cohort(brats_2021).split("train"))
+    on_labels = MixedPatchSampler(volumes, patch_size=8, mixed=False, seed=0).batch(64)
+    assert all((y > 0).any() for y in on_labels.y_target)  # every patch holds tumour
+    both = MixedPatchSampler(volumes, patch_size=8, mixed=False, patch_centres=BRATS_LAYOUT.patch_centres, seed=0).batch(64)
+    without = sum(not (y > 0).any() for y in both.y_target)
+    assert 5 < without < 59  # about half centre on the brain, where most patches miss the tumour
+    assert all((x > 0).any() for x in both.x_target)
+    with pytest.raises(ValueError, match="patch_centres"):
+        MixedPatchSampler(volumes, patch_centres="anywhere")
+
+
+@pytest.mark.slow
+def test_training_and_evaluation_run_on_a_brats_folder(brats_2021, tmp_path, monkeypatch):
+    """S + D and the baseline trained a few steps on the FLAIR images of BraTS folders; the quick evaluation reads
+    the modality S was trained on and names the classes."""
+    from training import evaluate, train
+
+    out = tmp_path / "w"
+    common = ["--data", str(brats_2021), "--steps", "2", "--batch-size", "2", "--patch-size", "16", "--features", TINY,
+              "--out", str(out), "--threads", "1", "--modality", "flair"]
+    train.main([*common, "--run-dir", str(tmp_path / "run_private")])
+    train.main([*common, "--mode", "baseline", "--run-dir", str(tmp_path / "run_baseline")])
+    record = json.loads((out / "segmentation" / "training.json").read_text())
+    assert (record["data_layout"], record["modality"]) == ("brats", "flair")
+    assert record["classes"] == ["background", "NCR", "ED", "ET"] and record["grid_shape"] == list(SHAPE)
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(out))
+    doc = evaluate.main(["--data", str(brats_2021), "--quick", "--unmixing", "unmixing", "--out", str(tmp_path / "e.json"),
+                         "--threads", "1"])
+    assert doc["classes"] == ["NCR", "ED", "ET"] and set(doc["icc"]) == {"NCR", "ED", "ET"}
+    assert set(doc["dice"]["learned_tta"]) == {"NCR", "ED", "ET", "avg"}
+    assert "brats layout, flair" in doc["data"] and "phantom" not in doc["data"]
+    assert (tmp_path / "e_dice_vs_k.png").exists()
+
+    from mixdemo import server
+
+    info = server.model_info()  # the server names what its S was trained on
+    assert info["classes"] == ["background", "NCR", "ED", "ET"] and info["grid_shape"] == list(SHAPE)
+
+
+def test_the_client_segments_a_brats_scan_with_brats_references(brats_2021, tmp_path):
+    """References from BraTS case folders; a target on their grid is used as it is (no MNI registration)."""
+    import nibabel as nib
+    import torch
+
+    from mixdemo.client import ClientError, segment_file
+    from mixdemo.examples import load_reference_dir
+
+    refs = load_reference_dir(brats_2021)
+    assert len(refs) == 8 and refs[0].image.shape == SHAPE and refs[0].labels.max() == 3
+    seen = []
+
+    def server(proxies: np.ndarray) -> torch.Tensor:  # a stand-in S: every class equally likely
+        seen.append(proxies.shape)
+        return torch.full((proxies.shape[0], 4, *proxies.shape[1:]), 0.25)
+
+    target = brats_2021 / "BraTS2021_00007" / "BraTS2021_00007_t1ce.nii.gz"
+    segment_file(target, tmp_path / "seg.nii.gz", server, references=refs[:6], k=2, alpha=0.5, seed=0)
+    assert seen == [(2, *SHAPE)] and nib.load(tmp_path / "seg.nii.gz").shape == SHAPE
+    other = tmp_path / "other.nii.gz"
+    save_volume(np.random.default_rng(0).random((24, 32, 32), np.float32), np.eye(4), other)
+    with pytest.raises(ClientError, match="24×32×32 is not the references' 32×32×32"):
+        segment_file(other, tmp_path / "seg2.nii.gz", server, references=refs[:6], k=1, alpha=0.5, seed=0)
