@@ -61,6 +61,29 @@ PHANTOM_DESCRIPTION = "MNI152-derived phantoms (python -m mixdemo.phantoms), not
 BRATS_MODALITIES = ("t1ce", "t1c")
 """The modalities read from a BraTS folder when none is named, in order (2021's name, then 2023's)."""
 
+FREESURFER_TISSUE: dict[int, int] = {
+    **dict.fromkeys((3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58, 28, 60), 1),  # GM
+    **dict.fromkeys((2, 41, 7, 46, 16, 77, 85, 251, 252, 253, 254, 255), 2),  # WM
+    **dict.fromkeys((4, 43, 5, 44, 14, 15, 24, 31, 63, 72), 3),  # CSF
+}
+"""FreeSurfer ``aseg`` labels as the three tissue classes (1 GM, 2 WM, 3 CSF), the paper's PPMI pseudo ground
+truth: cortex, cerebellar cortex and the deep grey nuclei (thalamus, caudate, putamen, pallidum, hippocampus,
+amygdala, accumbens, ventral DC) as GM; cerebral and cerebellar WM, brainstem, WM hypointensities, optic
+chiasm and corpus callosum as WM; the ventricles, CSF and choroid plexus as CSF; every other label
+background. (The phantoms' CSF, from the template's tissue map, also covers the sulci, which aseg leaves
+unlabelled.)"""
+
+
+def freesurfer_tissue(aseg: np.ndarray) -> np.ndarray:
+    """An ``aseg`` label map (any integer dtype) as tissue classes, uint8 (:data:`FREESURFER_TISSUE`)."""
+    aseg = np.asarray(aseg)
+    table = np.zeros(max(int(aseg.max(initial=0)), max(FREESURFER_TISSUE)) + 1, np.uint8)
+    for value, cls in FREESURFER_TISSUE.items():
+        table[value] = cls
+    if aseg.min(initial=0) < 0:
+        raise ValueError("An aseg label map holds no negative labels.")
+    return table[aseg.astype(np.int64)]
+
 
 @dataclass(frozen=True)
 class ScanRecord:

@@ -186,3 +186,66 @@ def test_the_client_segments_a_brats_scan_with_brats_references(brats_2021, tmp_
     save_volume(np.random.default_rng(0).random((24, 32, 32), np.float32), np.eye(4), other)
     with pytest.raises(ClientError, match="24×32×32 is not the references' 32×32×32"):
         segment_file(other, tmp_path / "seg2.nii.gz", server, references=refs[:6], k=1, alpha=0.5, seed=0)
+
+
+@pytest.mark.slow
+def test_prepare_cohort_registers_raw_scans_and_freesurfer_subjects_with_their_labels(tmp_path, monkeypatch):
+    """A raw head with tissue labels and a FreeSurfer subject (orig.mgz + aseg.mgz) become a cohort on the model
+    grid whose labels match the phantoms' own there (template-sized phantoms, so that the affine registration
+    can recover each head's pose exactly)."""
+    import nibabel as nib
+
+    from mixdemo import phantoms
+    from mixdemo.metrics import dice_per_class
+    from tests.test_preprocess import make_raw_head, random_head_pose, still_scan, template_subject
+    from training import prepare_cohort
+
+    template = phantoms.load_template()
+    src, truth_on_grid = tmp_path / "src", {}
+    for subject, kind in ((7, "tissue"), (8, "freesurfer")):
+        image, labels = phantoms.synthesize_scan(template, template_subject(subject), still_scan(subject))
+        raw, truth, affine = make_raw_head(image, labels, random_head_pose(np.random.default_rng(subject)), seed=subject)
+        name = f"s{subject}_scan-0"
+        truth_on_grid[name] = labels
+        if kind == "tissue":
+            (src / name).mkdir(parents=True)
+            nib.save(nib.Nifti1Image(raw, affine), str(src / name / "t1.nii.gz"))
+            nib.save(nib.Nifti1Image(truth, affine), str(src / name / "seg.nii.gz"))
+        else:  # aseg codes: left/right cortex and WM by the world x of each voxel, ventricles and CSF
+            (src / name / "mri").mkdir(parents=True)
+            right = (affine @ np.c_[np.argwhere(np.ones(truth.shape, bool)), np.ones(truth.size)].T)[0].reshape(truth.shape) > 0
+            aseg = np.select([truth == 1, truth == 2, truth == 3], [np.where(right, 42, 3), np.where(right, 41, 2),
+                                                                    np.where(right, 43, 24)], 0).astype(np.int32)
+            aseg[truth == 0] = 0
+            nib.save(nib.MGHImage(raw.astype(np.float32), affine), str(src / name / "mri" / "orig.mgz"))
+            nib.save(nib.MGHImage(aseg, affine), str(src / name / "mri" / "aseg.mgz"))
+    (src / "notes").mkdir()  # neither form: not a scan
+    (src / "s9_scan-0").mkdir()  # labels outside 0-3: skipped with its reason, the others go on
+    nib.save(nib.Nifti1Image(raw, affine), str(src / "s9_scan-0" / "t1.nii.gz"))
+    nib.save(nib.Nifti1Image(np.where(truth == 3, 9, truth).astype(np.uint8), affine), str(src / "s9_scan-0" / "seg.nii.gz"))
+
+    out = prepare_cohort.main([str(src), "--out", str(tmp_path / "cohort"), "--threads", "2"])
+    cohort = load_cohort(out)
+    assert sorted(r.name for r in cohort.records) == sorted(truth_on_grid)
+    assert len(cohort.train_subjects) == len(cohort.test_subjects) == 1
+    report = json.loads((out / "prepare.json").read_text())["scans"]
+    assert [r.get("labels") for r in report] == ["tissue", "freesurfer", None]
+    assert all(r["labels_kept"] > 0.9 for r in report[:2]) and "[9]" in report[2]["error"]
+    retried = []  # a second run keeps the scans written and retries only the one that failed
+    monkeypatch.setattr(prepare_cohort, "prepare_scan", lambda scan, *a: retried.append(scan.name) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        prepare_cohort.main([str(src), "--out", str(out)])
+    assert retried == ["s9_scan-0"]
+    for vol in load_volumes(cohort.records):
+        assert vol.image.shape == phantoms.GRID_SHAPE and set(np.unique(vol.labels)) <= {0, 1, 2, 3}
+        dice = dice_per_class(vol.labels, truth_on_grid[vol.name], [1, 2, 3])
+        # the acceptance of mixdemo.preprocess (mean Dice >= 0.85); CSF, thin, loses most to the two nearest-
+        # neighbour resamplings (the phantom onto the scanner's anisotropic grid, then onto the model grid)
+        assert dice[1] >= 0.85 and dice[2] >= 0.85 and np.mean(list(dice.values())) >= 0.85, (vol.name, dice)
+
+
+def test_freesurfer_labels_become_the_three_tissues():
+    from mixdemo.data import freesurfer_tissue
+
+    aseg = np.array([0, 2, 3, 4, 41, 42, 43, 24, 8, 7, 10, 16, 30, 1000])
+    np.testing.assert_array_equal(freesurfer_tissue(aseg), [0, 2, 1, 3, 2, 1, 3, 3, 1, 2, 1, 2, 0, 0])
