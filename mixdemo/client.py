@@ -44,6 +44,14 @@ PATCH_SIZE = 32
 MODES = ("patch", "whole")
 MAX_PER_REQUEST = 8
 """Most proxies per request (the server's limit, ``mixdemo.server.MAX_K``)."""
+MAX_REQUEST_VOXELS = MAX_PER_REQUEST * 144 * 192 * 160
+"""Most voxels per request (the server's limit, ``mixdemo.server.MAX_REQUEST_VOXELS``): eight proxies on the
+phantoms' grid, three on BraTS's 240×240×155."""
+
+
+def proxies_per_request(shape: Sequence[int]) -> int:
+    """How many proxies of ``shape`` (X, Y, Z) one request may carry within the server's limits."""
+    return max(1, min(MAX_PER_REQUEST, MAX_REQUEST_VOXELS // int(np.prod(shape))))
 
 
 class ClientError(RuntimeError):
@@ -325,7 +333,8 @@ class RemoteServer:
             for i in order:
                 out[i] = self._request(proxies[i : i + 1])[0]
             return out
-        return torch.cat([self._request(proxies[i : i + MAX_PER_REQUEST]) for i in range(0, k, MAX_PER_REQUEST)])
+        step = proxies_per_request(proxies.shape[1:])
+        return torch.cat([self._request(proxies[i : i + step]) for i in range(0, k, step)])
 
     def _request(self, proxies: np.ndarray) -> torch.Tensor:
         from gradio_client import handle_file

@@ -249,3 +249,23 @@ def test_freesurfer_labels_become_the_three_tissues():
 
     aseg = np.array([0, 2, 3, 4, 41, 42, 43, 24, 8, 7, 10, 16, 30, 1000])
     np.testing.assert_array_equal(freesurfer_tissue(aseg), [0, 2, 1, 3, 2, 1, 3, 3, 1, 2, 1, 2, 0, 0])
+
+
+@pytest.mark.parametrize("shape, per_request", [((144, 192, 160), 8), ((240, 240, 155), 3), ((32, 32, 32), 8)])
+def test_the_client_splits_requests_within_the_servers_limits(shape, per_request):
+    """BraTS's grid holds more voxels: fewer of its proxies fit in one request, and a full request passes."""
+    from mixdemo import client, server
+
+    assert (client.MAX_PER_REQUEST, client.MAX_REQUEST_VOXELS) == (server.MAX_K, server.MAX_REQUEST_VOXELS)
+    assert client.proxies_per_request(shape) == per_request
+    server.check_proxies(np.zeros((per_request, *shape), np.float16))
+    if per_request < server.MAX_K:
+        with pytest.raises(server.ProxyError, match="too large"):
+            server.check_proxies(np.zeros((per_request + 1, *shape), np.float16))
+    import torch
+
+    remote = object.__new__(client.RemoteServer)  # its requests, without a server
+    remote.separate_requests, sizes = False, []
+    remote._request = lambda chunk: sizes.append(len(chunk)) or torch.zeros((len(chunk), 4, 1, 1, 1))  # small answers
+    assert len(remote(np.zeros((10, *shape), np.float16))) == 10
+    assert sizes == [per_request] * (10 // per_request) + ([10 % per_request] if 10 % per_request else [])
