@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # torch and MONAI load lazily: the app's first page must not 
 
 ProgressFn = Callable[[float, str], None]
 
-N_REFERENCES = 6
+N_REFERENCES = 10
+"""The public reference bank's size: K = 10, the TTA of the results, needs ten distinct references."""
 N_EXAMPLES = 3
 COHORT_SEED = 0
 COHORT_SUBJECTS = 24

@@ -621,7 +621,7 @@ ABOUT = """## The method
 ## Data
 No patient data: phantoms generated from the MNI152 2009a template that nilearn ships (`python -m mixdemo.phantoms`).
 The **example targets** are scan 0 of the default cohort's *test* subjects (never seen in training, never references);
-the demo client's **reference bank** is scan 0 of six of its *training* subjects, the pool the evaluation draws references
+the demo client's **reference bank** is scan 0 of ten of its *training* subjects, the pool the evaluation draws references
 from. Both are generated on first use and cached in `$MIXDEMO_CACHE` (default `~/.cache/mixdemo`).
 
 ## What this demo cannot promise
