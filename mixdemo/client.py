@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MixKey, check_alpha, sample_key
-from mixdemo.pipeline import PrivateResult, Reference, private_segment
+from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_segment
 from mixdemo.weights import DEFAULT_UNMIXING, unmixing_name
 
 ProgressFn = Callable[[float, str], None]
@@ -225,6 +225,36 @@ def run_private(
 
     In ``patch`` mode only the 32³ patch at ``centre`` of the target and of each reference is mixed.
     """
+    region, refs = _region_and_references(target, references, key, mode, centre)
+    result = private_segment(target[region], refs, key, server, unmix_model, progress=progress)
+    return ClientRun(key=key, region=region, grid_shape=tuple(target.shape), result=result)  # type: ignore[arg-type]
+
+
+def run_private_labels(
+    target: np.ndarray,
+    references: Sequence[Reference],
+    key: MixKey,
+    server: ServerFn,
+    unmix_model: torch.nn.Module | None,
+    *,
+    mode: str = "patch",
+    centre: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """:func:`run_private`'s labels (learned TTA, or naive TTA without D) on the whole grid, 0 outside the
+    region, computed as :func:`mixdemo.pipeline.private_labels` does: one request's proxies at a time, so the
+    client holds what one request needs, not K of everything."""
+    region, refs = _region_and_references(target, references, key, mode, centre)
+    part = private_labels(target[region], refs, key, server, unmix_model,
+                          per_call=proxies_per_request(target[region].shape), progress=progress)
+    out = np.zeros(target.shape, dtype=np.uint8)
+    out[region] = part
+    return out
+
+
+def _region_and_references(target: np.ndarray, references: Sequence[Reference], key: MixKey, mode: str,
+                           centre: Sequence[int] | None) -> tuple[tuple[slice, slice, slice], list[Reference]]:
+    """The region a run covers (the patch at ``centre``, or the whole grid) and the key's references cut to it."""
     if mode not in MODES:
         raise ClientError(f"Mode must be one of {', '.join(MODES)}; got {mode!r}.")
     by_id = {r.ref_id: r for r in references}
@@ -235,9 +265,7 @@ def run_private(
         region = patch_region(centre if centre is not None else default_centre(target), target.shape)
     else:
         region = tuple(slice(0, n) for n in target.shape)
-    refs = [Reference(r.ref_id, r.image[region], r.labels[region]) for r in chosen]
-    result = private_segment(target[region], refs, key, server, unmix_model, progress=progress)
-    return ClientRun(key=key, region=region, grid_shape=tuple(target.shape), result=result)  # type: ignore[arg-type]
+    return region, [Reference(r.ref_id, r.image[region], r.labels[region]) for r in chosen]  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=2)
@@ -380,17 +408,19 @@ def segment_file(
     seed: int | None = None,
     unmix_model: torch.nn.Module | None = None,
     progress: ProgressFn | None = None,
-) -> ClientRun:
-    """Segment a NIfTI privately with ``server`` and write the labels in the input's space."""
+) -> MixKey:
+    """Segment a NIfTI privately with ``server`` and write the labels in the input's space; returns the key used.
+    The client keeps only what one request needs at a time (:func:`run_private_labels`)."""
     target = load_target(scan_path, progress=progress, grid=references[0].image.shape)
     if target.warning and progress:
         progress(0.0, f"warning: {target.warning}")
     if target.image.shape != references[0].image.shape:
         raise ClientError("The references are not on the models' 144×192×160 grid.")
     key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed)
-    run = run_private(target.image, references, key, server, unmix_model, mode=mode, centre=centre, progress=progress)
-    target.save_labels(run.labels("learned_tta"), out_path)
-    return run
+    labels = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
+                                progress=progress)
+    target.save_labels(labels, out_path)
+    return key
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -456,12 +486,12 @@ def main(argv: list[str] | None = None) -> int:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
         elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
             print(f"warning: {warning}", file=sys.stderr)
-        run = segment_file(
+        key = segment_file(
             args.scan, args.output, remote, references=refs, alpha=args.alpha, k=args.tta,
             mode=args.mode, centre=_parse_centre(args.centre), seed=args.seed, unmix_model=unmix,
             progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr),
         )
-        print(f"wrote the segmentation ({run.key.k} mix(es), mode {args.mode})", file=sys.stderr)
+        print(f"wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
         return 0
     except (ClientError, ScanError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from mixdemo.mixing import MixKey, hard_labels, mix, naive_unmix, one_hot, tta_a
 from mixdemo.phantoms import NUM_CLASSES
 
 ProgressFn = Callable[[float, str], None]
-__all__ = ["Reference", "PrivateResult", "make_proxies", "private_segment", "reference_onehots", "segment_proxies",
+__all__ = ["Reference", "PrivateResult", "make_proxies", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
            "unmix_learned", "unmix_learned_tta", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
@@ -272,3 +272,45 @@ def private_segment(
             progress(0.9, "client: learned unmixing")
         learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas, brain_mask=brain)
     return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=brain)
+
+
+@torch.inference_mode()
+def private_labels(
+    target: np.ndarray,
+    references: Sequence[Reference],
+    key: MixKey,
+    server: Callable[[np.ndarray], torch.Tensor],
+    unmix_model: torch.nn.Module | None,
+    *,
+    per_call: int,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """The client's round trip when it keeps only the labels (the command-line client): Eq. 2/5, the server,
+    D (or Eq. 4 without D) and Eq. 6 over ``per_call`` mixes at a time, summed as they come, so neither the
+    K proxies, the K mixed segmentations nor the K unmixed maps are held together (K = 10 on the phantom
+    grid: about 2 GB less than :func:`private_segment`). The labels are those of
+    ``private_segment(...).labels("learned_tta")`` (``"naive_tta"`` without D) to float rounding: (X, Y, Z)
+    uint8, background outside the target's brain.
+    """
+    if len(references) != key.k:
+        raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
+    brain = target > 0
+    total: torch.Tensor | None = None
+    for start in range(0, key.k, max(1, per_call)):
+        part_key = MixKey(key.reference_ids[start : start + per_call], key.alphas[start : start + per_call])
+        part_refs = references[start : start + per_call]
+        if progress:
+            progress(start / key.k, f"client: mixing {start + 1}-{start + part_key.k} of {key.k}")
+        mixed = server(make_proxies(target, part_refs, part_key))
+        ref_oh = reference_onehots(part_refs, torch.uint8)
+        if progress:
+            progress((start + part_key.k) / key.k, "client: unmixing")
+        if unmix_model is None:
+            part = unmix_naive(mixed, ref_oh, part_key.alphas).sum(0)
+        else:
+            part = unmix_learned_tta(unmix_model, mixed, ref_oh, part_key.alphas).mul_(part_key.k)
+        del mixed
+        total = part if total is None else total.add_(part)
+    assert total is not None  # K >= 1
+    labels = hard_labels(total.div_(key.k)).numpy()
+    return np.where(brain, labels, 0).astype(np.uint8)

@@ -202,3 +202,29 @@ def test_streamed_tta_equals_the_mean_of_the_stacked_mixes(monkeypatch, batch_vo
     torch.testing.assert_close(streamed, stacked, rtol=1e-5, atol=1e-6)
     assert torch.all(streamed[0][~brain] == 1.0)
     torch.testing.assert_close(unmix_learned_tta(d, mixed[:1], ref[:1], alphas[:1]), unmix_learned(d, mixed[:1], ref[:1], alphas[:1])[0])
+
+
+@pytest.mark.parametrize("per_call", [1, 2, 5])
+def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call):
+    """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without."""
+    from mixdemo.pipeline import private_labels
+
+    torch.manual_seed(0)
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    unmix = UnmixingNet(patch=2).eval()
+    target, refs = _volume(0), [_volume(s) for s in range(1, 6)]
+    target.image[:2] = 0  # some background outside the brain
+    key = MixKey(tuple(r.ref_id for r in refs), (0.3, 0.35, 0.4, 0.45, 0.5))
+    calls = []
+
+    def server(proxies: np.ndarray) -> torch.Tensor:
+        calls.append(len(proxies))
+        return segment_proxies(seg, proxies)
+
+    for d, which in ((unmix, "learned_tta"), (None, "naive_tta")):
+        full = private_segment(target.image, refs, key, server, d).labels(which)
+        calls.clear()
+        labels = private_labels(target.image, refs, key, server, d, per_call=per_call)
+        assert calls == [min(per_call, 5 - i) for i in range(0, 5, per_call)]  # the K mixes, per_call at a time
+        assert labels.dtype == np.uint8 and (labels[:2] == 0).all()
+        assert (labels != full).mean() < 1e-3  # the same labels but where float rounding breaks a tie
