@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -443,8 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m mixdemo.client",
         description="Privacy-preserving segmentation: mix locally, send only proxies, unmix locally.",
     )
-    p.add_argument("scan", help="input T1 NIfTI (.nii/.nii.gz); registered to MNI locally unless already on the grid")
-    p.add_argument("-o", "--output", required=True, help="output label NIfTI, written in the input's space")
+    p.add_argument("scan", nargs="+",
+                   help="input T1 NIfTI (.nii/.nii.gz), or several; registered to MNI locally unless already on the grid")
+    p.add_argument("-o", "--output", required=True,
+                   help="output label NIfTI, written in the input's space; with several scans a folder, which gets "
+                        "<scan name>_seg.nii.gz for each")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
     p.add_argument("--tta", type=int, default=1, metavar="K", help="number of references (Eq. 5-6)")
@@ -467,10 +471,7 @@ def main(argv: list[str] | None = None) -> int:
 
     remote = None
     try:
-        if not Path(args.scan).is_file():
-            raise ClientError("The input scan could not be found.")
-        if not str(args.output).lower().endswith((".nii", ".nii.gz")):
-            raise ClientError("The output file name must end in .nii or .nii.gz.")
+        outputs = output_paths(args.scan, args.output)
         if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
             raise ClientError("--alpha must lie between 0.05 and 0.95.")
         from mixdemo import examples
@@ -486,19 +487,51 @@ def main(argv: list[str] | None = None) -> int:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
         elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
             print(f"warning: {warning}", file=sys.stderr)
-        key = segment_file(
-            args.scan, args.output, remote, references=refs, alpha=args.alpha, k=args.tta,
-            mode=args.mode, centre=_parse_centre(args.centre), seed=args.seed, unmix_model=unmix,
-            progress=lambda f, m: print(f"[{f:4.0%}] {m}", file=sys.stderr),
-        )
-        print(f"wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
-        return 0
-    except (ClientError, ScanError, WeightsError, ValueError) as exc:
+    except (ClientError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
         if remote is not None:
             remote.close()
+        return 2
+    failed = []
+    try:
+        for i, (scan, out) in enumerate(zip(args.scan, outputs)):
+            tag = f"scan {i + 1} of {len(outputs)}: " if len(outputs) > 1 else ""  # never a file name in messages
+            try:
+                if not Path(scan).is_file():
+                    raise ClientError("The input scan could not be found.")
+                key = segment_file(
+                    scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
+                    centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
+                    unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
+                )
+            except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
+                print(f"error: {tag}{exc}", file=sys.stderr)
+                failed.append(i + 1)
+                continue
+            print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
+    finally:
+        remote.close()
+    if failed and len(outputs) > 1:
+        print(f"error: {len(failed)} of {len(outputs)} scans failed (scan {', '.join(map(str, failed))}); the others "
+              "were written", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def output_paths(scans: Sequence[str], output: str) -> list[Path]:
+    """Where each scan's segmentation goes: ``output`` itself for one scan (a .nii/.nii.gz name), else
+    ``<output>/<scan name>_seg.nii.gz`` (the folder is made; two scans may not share a name)."""
+    if len(scans) == 1:
+        if not str(output).lower().endswith((".nii", ".nii.gz")):
+            raise ClientError("The output file name must end in .nii or .nii.gz.")
+        return [Path(output)]
+    if str(output).lower().endswith((".nii", ".nii.gz")):
+        raise ClientError("With several scans the output is a folder, not a .nii/.nii.gz file.")
+    names = [re.sub(r"\.nii(\.gz)?$", "", Path(s).name, flags=re.IGNORECASE) for s in scans]
+    if len(set(names)) < len(names):
+        raise ClientError("Two input scans share a file name; their segmentations would overwrite each other.")
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [folder / f"{n}_seg.nii.gz" for n in names]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,35 @@ def test_unmixing_choices_leave_out_the_ds_trained_with_another_s(tmp_path, monk
         UnmixingNet().save_pretrained(tmp_path / name)
         write_training_record(tmp_path / name, record, "mixdemo.models.UnmixingNet")
     assert [n for n, _ in unmixing_choices()] == [DEFAULT_UNMIXING, "unmixing-beside", "unmixing-old"]
+
+
+def test_output_paths_one_file_or_a_folder_of_named_segmentations(tmp_path):
+    from mixdemo.client import ClientError, output_paths
+
+    assert output_paths(["a/scan.nii.gz"], "seg.nii.gz") == [Path("seg.nii.gz")]
+    assert output_paths(["a/x.nii.gz", "b/Y.NII"], str(tmp_path / "out")) == [tmp_path / "out" / "x_seg.nii.gz",
+                                                                           tmp_path / "out" / "Y_seg.nii.gz"]
+    with pytest.raises(ClientError, match="must end in .nii"):
+        output_paths(["a/scan.nii.gz"], "seg.txt")
+    with pytest.raises(ClientError, match="a folder"):
+        output_paths(["a/x.nii.gz", "b/y.nii.gz"], "seg.nii.gz")
+    with pytest.raises(ClientError, match="share a file name"):
+        output_paths(["a/x.nii.gz", "b/x.nii"], str(tmp_path / "out2"))
+
+
+@pytest.mark.slow
+def test_cli_segments_several_scans_and_goes_on_past_a_bad_one(app_url, example, tmp_path, capsys):
+    import shutil
+
+    from mixdemo.client import main
+
+    folder, _ = example
+    other = tmp_path / "second.nii.gz"
+    shutil.copy(folder / "t1.nii.gz", other)
+    missing = tmp_path / "absent.nii.gz"
+    code = main([str(folder / "t1.nii.gz"), str(missing), str(other), "-o", str(tmp_path / "segs"), "--server", app_url,
+                 "--mode", "patch", "--tta", "2", "--seed", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["second_seg.nii.gz", "t1_seg.nii.gz"]
+    assert "scan 2 of 3: The input scan could not be found" in err and "1 of 3 scans failed (scan 2)" in err
+    assert "absent" not in err and "second" not in err  # no file name in the client's messages
