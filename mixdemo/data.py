@@ -134,6 +134,16 @@ class Cohort:
         return dict(enumerate(self.class_names[1:], start=1))
 
 
+def first_scans(records: Sequence[ScanRecord]) -> list[ScanRecord]:
+    """The first scan (by name) of each subject, in the records' order: one scan a subject, as the Dice of an
+    evaluation and a calibration count them (``sub-001_scan-0``, ``sub-01_ses-1``, a BraTS case)."""
+    firsts: dict[str, ScanRecord] = {}
+    for r in records:
+        if r.subject not in firsts or r.name < firsts[r.subject].name:
+            firsts[r.subject] = r
+    return [r for r in records if firsts[r.subject] is r]
+
+
 def subject_of(folder_name: str) -> str:
     """``sub-001_scan-0`` → ``sub-001`` (text up to the last underscore)."""
     return folder_name.rsplit("_", 1)[0] if "_" in folder_name else folder_name

@@ -269,3 +269,16 @@ def test_the_client_splits_requests_within_the_servers_limits(shape, per_request
     remote._request = lambda chunk: sizes.append(len(chunk)) or torch.zeros((len(chunk), 4, 1, 1, 1))  # small answers
     assert len(remote(np.zeros((10, *shape), np.float16))) == 10
     assert sizes == [per_request] * (10 // per_request) + ([10 % per_request] if 10 % per_request else [])
+
+
+def test_an_evaluation_scores_the_first_scan_of_each_subject_whatever_the_scans_are_called():
+    from mixdemo.data import ScanRecord, first_scans
+    from training.evaluate import select_scans
+
+    names = ["sub-01_ses-2", "sub-01_ses-1", "sub-02_ses-1", "sub-03_ses-1", "sub-03_ses-2"]
+    records = [ScanRecord(n, n.rsplit("_", 1)[0], Path(n), Path(n)) for n in names]
+    assert [r.name for r in first_scans(records)] == ["sub-01_ses-1", "sub-02_ses-1", "sub-03_ses-1"]
+    dice, retest = select_scans(records, 2, icc_all=False, quick=False)
+    assert [r.name for r in dice] == ["sub-01_ses-1", "sub-02_ses-1"] and len(retest) == 3
+    dice, _ = select_scans(records, 0, icc_all=False, quick=False)  # 0: every test subject
+    assert len(dice) == 3

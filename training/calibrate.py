@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.data import load_cohort, load_volumes, trained_modality
+from mixdemo.data import first_scans, load_cohort, load_volumes, trained_modality
 from mixdemo.inference import segment_proxies
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
 from mixdemo.metrics import dice_per_class
@@ -135,7 +135,7 @@ def fitting_scans(data: Path, n_scans: int, modality: str | None = None) -> tupl
     """(chosen, training records): the first scan of each of the last ``n_scans`` training subjects (``modality``:
     of a BraTS folder, the one the model was trained on)."""
     records = load_cohort(data, modality).split("train")
-    first = [r for r in records if r.name.endswith("_scan-0")] or list(records)
+    first = first_scans(records)
     return first[-n_scans:], records
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.data import Volume, load_cohort, load_volumes, trained_modality
+from mixdemo.data import Volume, first_scans, load_cohort, load_volumes, trained_modality
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modality", default=None,
                    help="BraTS folders: the modality read (default: the one S's training record names, else t1ce)")
     p.add_argument("--out", type=Path, default=Path("results/segmentation.json"))
-    p.add_argument("--volumes", type=int, default=6, help="test volumes for Dice (first scan of each test subject)")
+    p.add_argument("--volumes", type=int, default=6,
+                   help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
     p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
     p.add_argument("--tta-k", type=int, default=10, help="K of the +TTA rows of the table")
     p.add_argument("--draws", type=int, default=5, help="random orders of the references for Dice against K")
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.figures_only and args.no_figures:
         p.error("--figures-only and --no-figures exclude each other")
     if args.quick:
-        args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
+        args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or 64
     if args.tta_k > args.k_max:
         p.error("--tta-k must not exceed --k-max")
@@ -149,10 +150,11 @@ def scan_seed(seed: int, scan_name: str) -> int:
 
 
 def select_scans(test_records: list, volumes: int, icc_all: bool, quick: bool) -> tuple[list, list]:
-    """(Dice scans, test-retest scans): the first scan of the first ``volumes`` test subjects, and the
-    scans of those subjects (every test scan with ``icc_all``; at most 4 in a quick run)."""
-    first_scans = [r for r in test_records if r.name.endswith("_scan-0")] or test_records
-    dice_records = first_scans[:volumes]
+    """(Dice scans, test-retest scans): the first scan of the first ``volumes`` test subjects (of every one
+    with ``volumes`` 0), and the scans of those subjects (every test scan with ``icc_all``; at most 4 in a quick
+    run)."""
+    firsts = first_scans(test_records)
+    dice_records = firsts[:volumes] if volumes > 0 else firsts
     subjects = {d.subject for d in dice_records}
     retest_records = [r for r in test_records if icc_all or r.subject in subjects]
     return dice_records, retest_records[:4] if quick else retest_records
