@@ -487,34 +487,45 @@ def main(argv: list[str] | None = None) -> int:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
         elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
             print(f"warning: {warning}", file=sys.stderr)
-    except (ClientError, WeightsError, ValueError) as exc:
+    except (ClientError, ScanError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if remote is not None:
             remote.close()
         return 2
-    failed = []
     try:
-        for i, (scan, out) in enumerate(zip(args.scan, outputs)):
-            tag = f"scan {i + 1} of {len(outputs)}: " if len(outputs) > 1 else ""  # never a file name in messages
-            try:
-                if not Path(scan).is_file():
-                    raise ClientError("The input scan could not be found.")
-                key = segment_file(
-                    scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
-                    centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
-                    unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
-                )
-            except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
-                print(f"error: {tag}{exc}", file=sys.stderr)
-                failed.append(i + 1)
-                continue
-            print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
+        failed = _segment_scans(args, outputs, remote, refs, unmix)
     finally:
         remote.close()
     if failed and len(outputs) > 1:
         print(f"error: {len(failed)} of {len(outputs)} scans failed (scan {', '.join(map(str, failed))}); the others "
               "were written", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: ServerFn, refs: Sequence[Reference],
+                   unmix: torch.nn.Module | None) -> list[int]:
+    """Each scan of the command line in turn, each with its own key; returns the positions of those that failed
+    (reported by position, never by file name)."""
+    from mixdemo.io import ScanError
+    from mixdemo.weights import WeightsError
+
+    failed = []
+    for i, (scan, out) in enumerate(zip(args.scan, outputs)):
+        tag = f"scan {i + 1} of {len(outputs)}: " if len(outputs) > 1 else ""
+        try:
+            if not Path(scan).is_file():
+                raise ClientError("The input scan could not be found.")
+            key = segment_file(
+                scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
+                centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
+                unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
+            )
+        except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
+            print(f"error: {tag}{exc}", file=sys.stderr)
+            failed.append(i + 1)
+            continue
+        print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
+    return failed
 
 
 def output_paths(scans: Sequence[str], output: str) -> list[Path]:
