@@ -282,3 +282,18 @@ def test_cli_segments_several_scans_and_goes_on_past_a_bad_one(app_url, example,
     assert code == 2 and sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["second_seg.nii.gz", "t1_seg.nii.gz"]
     assert "scan 2 of 3: The input scan could not be found" in err and "1 of 3 scans failed (scan 2)" in err
     assert "absent" not in err and "second" not in err  # no file name in the client's messages
+
+
+@pytest.mark.slow
+def test_cli_a_corrupt_reference_is_a_message(app_url, example, tmp_path, capsys):
+    from mixdemo.client import main
+
+    folder, _ = example
+    bad = tmp_path / "refs" / "r0"
+    bad.mkdir(parents=True)
+    (bad / "t1.nii.gz").write_bytes(b"not a scan")
+    (bad / "seg.nii.gz").write_bytes(b"not labels")
+    code = main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url,
+                 "--references", str(tmp_path / "refs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err
