@@ -1,11 +1,13 @@
-"""Segmentation figures of the paper on the phantom test set: Table 1 (Dice, ICC) and Fig. 2-3.
+"""Segmentation figures of the paper on a cohort's test set (the phantoms by default; any cohort folder of
+:mod:`mixdemo.data`, BraTS's included): Table 1 (Dice, ICC) and Fig. 2-3.
 
     python -m training.evaluate            # full run, writes results/segmentation.json + figures
     python -m training.evaluate --quick    # 2 test volumes, K ≤ 5: a smoke run of a few minutes
     python -m training.evaluate --figures-only   # the figures of results/segmentation.json, from it and one volume
 
 Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
-training scans; whole-volume 3D Dice per class (GM, WM, CSF) then the mean over volumes; α drawn
+training scans; whole-volume 3D Dice per class (the cohort's: GM, WM, CSF for the phantoms) then the mean
+over volumes, one scan a subject (its first by name); α drawn
 from ``--alpha-range`` with a fixed seed; Dice against K averaged over ``--draws`` random orders
 of the K_max references; ICC(C,1) of the per-scan Dice of two predictions with disjoint references,
 with its two variance components (``scan_sd``: between scans; ``reference_sd``: between the two
