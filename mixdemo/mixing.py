@@ -225,10 +225,15 @@ def sample_patch_corner(
     if any(s > n for s, n in zip(size, shape)):
         raise ValueError(f"Patch {size} does not fit in a volume of shape {tuple(shape)}.")
     if foreground is not None and foreground.size:
-        centre = foreground[rng.integers(len(foreground))]
-        corner = [int(c) - s // 2 for c, s in zip(centre, size)]
-    else:
-        corner = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, size)]
+        return corner_around(foreground[rng.integers(len(foreground))], shape, size)
+    corner = [int(rng.integers(0, n - s + 1)) for n, s in zip(shape, size)]
+    return tuple(min(max(c, 0), n - s) for c, n, s in zip(corner, shape, size))  # type: ignore[return-value]
+
+
+def corner_around(centre: Sequence[int], shape: Sequence[int], size: int | Sequence[int]) -> tuple[int, int, int]:
+    """Corner of the patch of ``size`` centred (as near as fits inside ``shape``) on the voxel ``centre``."""
+    size = (size,) * 3 if isinstance(size, int) else tuple(size)
+    corner = [int(c) - s // 2 for c, s in zip(centre, size)]
     return tuple(min(max(c, 0), n - s) for c, n, s in zip(corner, shape, size))  # type: ignore[return-value]
 
 

@@ -282,3 +282,32 @@ def test_an_evaluation_scores_the_first_scan_of_each_subject_whatever_the_scans_
     assert [r.name for r in dice] == ["sub-01_ses-1", "sub-02_ses-1"] and len(retest) == 3
     dice, _ = select_scans(records, 0, icc_all=False, quick=False)  # 0: every test subject
     assert len(dice) == 3
+
+
+def test_a_volume_cache_is_written_once_read_memory_mapped_and_rebuilt_when_its_source_changes(brats_2021, tmp_path):
+    import os
+
+    records = load_cohort(brats_2021).split("train")[:2]
+    plain = load_volumes(records)
+    cached = load_volumes(records, cache=tmp_path / "cache")
+    for a, b in zip(plain, cached):
+        assert isinstance(b.image, np.memmap) and isinstance(b.labels, np.memmap)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.labels, b.labels)  # the layout's classes (4 became 3)
+        np.testing.assert_array_equal(a.affine, b.affine)
+    written = (tmp_path / "cache" / f"{records[0].name}.image.npy").stat().st_mtime_ns
+    load_volumes(records, cache=tmp_path / "cache")
+    assert (tmp_path / "cache" / f"{records[0].name}.image.npy").stat().st_mtime_ns == written  # read, not rebuilt
+    os.utime(records[0].image_path, ns=(written + 10**9, written + 10**9))  # the source changed
+    load_volumes(records[:1], cache=tmp_path / "cache")
+    assert (tmp_path / "cache" / f"{records[0].name}.image.npy").stat().st_mtime_ns != written
+
+
+def test_training_reads_a_cohort_through_the_volume_cache(brats_2021, tmp_path):
+    from training import train
+
+    train.main(["--data", str(brats_2021), "--steps", "2", "--batch-size", "2", "--patch-size", "16",
+                "--features", TINY, "--out", str(tmp_path / "w"), "--threads", "1", "--run-dir", str(tmp_path / "run"),
+                "--volume-cache", str(tmp_path / "cache")])
+    assert (tmp_path / "w" / "segmentation" / "model.safetensors").exists()
+    assert len(list((tmp_path / "cache").glob("*.image.npy"))) == 6  # the training cases

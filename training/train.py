@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "generated if the default is absent")
     p.add_argument("--modality", default=None,
                    help="BraTS folders: the modality read (t1ce by default, the paper's; t1, t2, flair, ...)")
+    p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
+                   help="write each training scan once to DIR as .npy and read it memory-mapped: for cohorts larger "
+                        "than the memory (BraTS); default: every scan in memory")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--patch-size", type=int, default=32)
@@ -238,9 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     cohort = load_cohort(args.data, args.modality)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
-    volumes = load_volumes(train_records)
+    volumes = load_volumes(train_records, cache=args.volume_cache)
     mixed = args.mode != "baseline"
-    val = (make_validation(load_volumes(val_records), volumes, DEFAULT_ALPHA_RANGE, args.seed)  # α as the client draws it
+    val = (make_validation(load_volumes(val_records, cache=args.volume_cache), volumes, DEFAULT_ALPHA_RANGE, args.seed)  # α as the client draws it
            if val_records and rank == 0 else None)
     val_every = args.val_every or args.ckpt_every
     history: list[list[float]] = []  # [step, validation Dice]
