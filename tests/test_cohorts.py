@@ -151,11 +151,11 @@ def test_training_and_evaluation_run_on_a_brats_folder(brats_2021, tmp_path, mon
 
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(out))
     doc = evaluate.main(["--data", str(brats_2021), "--quick", "--unmixing", "unmixing", "--out", str(tmp_path / "e.json"),
-                         "--threads", "1"])
+                         "--threads", "1", "--volume-cache", str(tmp_path / "cache")])  # references memory-mapped
     assert doc["classes"] == ["NCR", "ED", "ET"] and set(doc["icc"]) == {"NCR", "ED", "ET"}
     assert set(doc["dice"]["learned_tta"]) == {"NCR", "ED", "ET", "avg"}
     assert "brats layout, flair" in doc["data"] and "phantom" not in doc["data"]
-    assert (tmp_path / "e_dice_vs_k.png").exists()
+    assert (tmp_path / "e_dice_vs_k.png").exists() and len(list((tmp_path / "cache").glob("*.image.npy"))) == 6
 
     from mixdemo import server
 

@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="D only: references and α per scan as training.evaluate's seed")
     p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<name>")
     p.add_argument("--name", default=None, help="the new folder's name (default: --model's)")
+    p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
+                   help="D only: read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
 
@@ -153,13 +155,13 @@ def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float
 
 def unmixing_cases(seg: torch.nn.Module, unmix: torch.nn.Module, data: Path, n_scans: int, k: int,
                    alpha_range: tuple[float, float], seed: int, span: float,
-                   modality: str | None = None) -> tuple[list[str], list[FitCase]]:
+                   modality: str | None = None, cache: Path | None = None) -> tuple[list[str], list[FitCase]]:
     """(scan names, cases): D's probabilities for K mixes of each chosen scan, with references from the
     other training subjects and α drawn as ``training.evaluate`` draws them for a scan."""
     from training.evaluate import predict_k, scan_seed
 
     chosen, records = fitting_scans(data, n_scans, modality)
-    volumes = {v.name: v for v in load_volumes(records)}
+    volumes = {v.name: v for v in load_volumes(records, cache=cache)}
     bank = {v.name: Reference(v.name, v.image, v.labels) for v in volumes.values()}
     subject_of = {r.name: r.subject for r in records}
     cases = []
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> Path:
         names, cases = baseline_cases(load_model(args.model), args.data, args.scans, span, modality)
     else:
         names, cases = unmixing_cases(load_model(args.segmentation), load_model(args.model), args.data, args.scans,
-                                      args.tta_k, tuple(args.alpha_range), args.seed, span, modality)
+                                      args.tta_k, tuple(args.alpha_range), args.seed, span, modality, args.volume_cache)
     before = mean_dice(cases, np.zeros(len(CLASSES) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)
     model = load_model(args.model, fast=False)  # the modules as trained: the final layer keeps its own bias

@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "generated if the default is absent")
     p.add_argument("--modality", default=None,
                    help="BraTS folders: the modality read (default: the one S's training record names, else t1ce)")
+    p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
+                   help="read the reference pool (the training scans) memory-mapped from DIR, written once "
+                        "(mixdemo.data.load_volumes): for cohorts larger than the memory")
     p.add_argument("--out", type=Path, default=Path("results/segmentation.json"))
     p.add_argument("--volumes", type=int, default=6,
                    help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
@@ -204,7 +207,7 @@ def set_up(args: argparse.Namespace) -> Setup:
     modality = args.modality or trained_modality(read_training_record(resolve_model_dir(args.segmentation)))
     cohort = load_cohort(ensure_default_cohort(args.data), modality)
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
-    train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"))]
+    train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"), cache=args.volume_cache)]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
     if args.k_max > len(bank):
         if not args.quick:
