@@ -678,15 +678,18 @@ def test_private_mode_can_start_from_a_named_d(tiny_cohort, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path):
+    """Two processes train together; both read the scans through one volume cache, which they build at once."""
     out, run = tmp_path / "w", tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "training.train", *_train_cmd(tiny_cohort, out, run, 4)]
+           "-m", "training.train", *_train_cmd(tiny_cohort, out, run, 4, ["--volume-cache", str(tmp_path / "cache")])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "segmentation" / "training.json").read_text())
     assert record["processes"] == 2 and record["batch_size"] == 4
     assert (out / "unmixing" / "model.safetensors").exists()
+    assert sorted(f.name for f in (tmp_path / "cache").iterdir()) == sorted(  # no temporary file left behind
+        f"s{i}_scan-0.{ext}" for i in range(3) for ext in ("image.npy", "labels.npy", "affine.npy", "json"))
 
 
 def test_publish_dry_run_builds_the_upload(tmp_path):

@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--patch-size", type=int, default=None, help="default: the patch size S was trained on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<model>")
+    p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
+                   help="read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
 
@@ -62,12 +64,13 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tenso
     return len(norms)
 
 
-def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: int) -> Iterable[torch.Tensor]:
+def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: int,
+                     cache: Path | None = None) -> Iterable[torch.Tensor]:
     """``n`` single-patch inputs drawn as ``training.train`` draws them for this model (its mode, α range and
     references), from the training split of ``data``."""
     mixed = record.get("mode", "baseline") != "baseline"
     cohort = load_cohort(data, trained_modality(record))
-    volumes = load_volumes(cohort.split("train"))
+    volumes = load_volumes(cohort.split("train"), cache=cache)
     sampler = MixedPatchSampler(volumes, patch_size=patch_size, mixed=mixed, seed=seed,
                                 alpha_range=tuple(record.get("alpha_range", (0.1, 0.9))),
                                 n_references=record.get("n_references", 1), patch_centres=cohort.layout.patch_centres)
@@ -86,7 +89,8 @@ def main(argv: list[str] | None = None) -> Path:
     patch = args.patch_size or record.get("patch_size", 32)
     model = load_model(args.model, fast=False)  # the batch norms as trained (the fast path folds them away)
     t0 = time.perf_counter()
-    n_norms = recalibrate_batch_norm(model, training_batches(record, args.data, args.batches, patch, args.seed))
+    batches = training_batches(record, args.data, args.batches, patch, args.seed, args.volume_cache)
+    n_norms = recalibrate_batch_norm(model, batches)
     precise = {"command": command_line("training.precise_bn", argv), "batches": args.batches, "patch_size": patch,
                "seed": args.seed, "data": str(args.data), "batch_norms": n_norms, "from_sha256": record.get("sha256"),
                "seconds": round(time.perf_counter() - t0), "date": time.strftime("%Y-%m-%d")}
