@@ -219,6 +219,9 @@ def test_prepare_cohort_registers_raw_scans_and_freesurfer_subjects_with_their_l
             aseg[truth == 0] = 0
             nib.save(nib.MGHImage(raw.astype(np.float32), affine), str(src / name / "mri" / "orig.mgz"))
             nib.save(nib.MGHImage(aseg, affine), str(src / name / "mri" / "aseg.mgz"))
+    (src / "s6_scan-0" / "mri").mkdir(parents=True)  # a damaged FreeSurfer subject: skipped with its reason
+    (src / "s6_scan-0" / "mri" / "orig.mgz").write_bytes(b"damaged")
+    (src / "s6_scan-0" / "mri" / "aseg.mgz").write_bytes(b"damaged")
     (src / "notes").mkdir()  # neither form: not a scan
     (src / "s9_scan-0").mkdir()  # labels outside 0-3: skipped with its reason, the others go on
     nib.save(nib.Nifti1Image(raw, affine), str(src / "s9_scan-0" / "t1.nii.gz"))
@@ -229,13 +232,20 @@ def test_prepare_cohort_registers_raw_scans_and_freesurfer_subjects_with_their_l
     assert sorted(r.name for r in cohort.records) == sorted(truth_on_grid)
     assert len(cohort.train_subjects) == len(cohort.test_subjects) == 1
     report = json.loads((out / "prepare.json").read_text())["scans"]
-    assert [r.get("labels") for r in report] == ["tissue", "freesurfer", None]
-    assert all(r["labels_kept"] > 0.9 for r in report[:2]) and "[9]" in report[2]["error"]
-    retried = []  # a second run keeps the scans written and retries only the one that failed
-    monkeypatch.setattr(prepare_cohort, "prepare_scan", lambda scan, *a: retried.append(scan.name) or 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        prepare_cohort.main([str(src), "--out", str(out)])
-    assert retried == ["s9_scan-0"]
+    assert [r["name"] for r in report] == ["s6_scan-0", "s7_scan-0", "s8_scan-0", "s9_scan-0"]
+    assert [r.get("labels") for r in report] == [None, "tissue", "freesurfer", None]
+    assert "orig.mgz could not be read" in report[0]["error"] and "[9]" in report[3]["error"]
+    assert all(r["labels_kept"] > 0.9 for r in report[1:3])
+    retried = []  # a second run keeps the scans written and retries only those that failed
+
+    def fails_again(scan, *args):
+        retried.append(scan.name)
+        raise ValueError("still unusable")
+
+    monkeypatch.setattr(prepare_cohort, "prepare_scan", fails_again)
+    prepare_cohort.main([str(src), "--out", str(out)])
+    assert retried == ["s6_scan-0", "s9_scan-0"]
+    assert [r.get("labels") for r in json.loads((out / "prepare.json").read_text())["scans"]] == [None, "tissue", "freesurfer", None]
     for vol in load_volumes(cohort.records):
         assert vol.image.shape == phantoms.GRID_SHAPE and set(np.unique(vol.labels)) <= {0, 1, 2, 3}
         dice = dice_per_class(vol.labels, truth_on_grid[vol.name], [1, 2, 3])

@@ -81,8 +81,11 @@ def as_nifti(path: Path, tmp: Path, labels: str | None = None) -> Path:
         return path
     import nibabel as nib
 
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - a damaged file of the user's: skipped with a message
+        raise ValueError(f"{path.name} could not be read as a FreeSurfer .mgz volume ({type(exc).__name__}).") from exc
     if labels == "freesurfer":
         data = freesurfer_tissue(data)
     out = tmp / (path.stem + ("_tissue" if labels else "") + ".nii.gz")
