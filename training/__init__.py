@@ -16,6 +16,11 @@ from pathlib import Path
 os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
 
 
+DATA_HELP = ("cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are generated if the "
+             "default is absent")
+"""The help of the ``--data`` option of the commands that read a cohort."""
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command a results file or training record names: ``python -m <module>`` with ``argv``
     (the process's own arguments when ``argv`` is None, i.e. when run from the shell)."""

@@ -32,7 +32,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir, s_precision
-from training import command_line
+from training import DATA_HELP, command_line
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -41,9 +41,7 @@ METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT,
-                   help="cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are "
-                        "generated if the default is absent")
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)
     p.add_argument("--modality", default=None,
                    help="BraTS folders: the modality read (default: the one S's training record names, else t1ce)")
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",

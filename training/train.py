@@ -44,7 +44,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import command_line
+from training import DATA_HELP, command_line
 from training.validate import hold_out, make_validation, validation_dice
 
 
@@ -54,9 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["private", "baseline", "unmixing"], default="private",
                    help="private: S on proxies + D end to end; baseline: S on raw images; "
                         "unmixing: D alone (new, or --init-unmixing) on the outputs of the frozen S of --init-from")
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT,
-                   help="cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are "
-                        "generated if the default is absent")
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)
     p.add_argument("--modality", default=None,
                    help="BraTS folders: the modality read (t1ce by default, the paper's; t1, t2, flair, ...)")
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
