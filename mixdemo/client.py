@@ -44,15 +44,15 @@ PATCH_SIZE = 32
 """Side of the patch of patch mode (the paper's PPMI patch)."""
 MODES = ("patch", "whole")
 MAX_PER_REQUEST = 8
-"""Most proxies per request (the server's limit, ``mixdemo.server.MAX_K``)."""
+"""Most proxies per request when the server does not say (``mixdemo.server.MAX_K``, reported by ``server_info``)."""
 MAX_REQUEST_VOXELS = MAX_PER_REQUEST * 144 * 192 * 160
-"""Most voxels per request (the server's limit, ``mixdemo.server.MAX_REQUEST_VOXELS``): eight proxies on the
-phantoms' grid, three on BraTS's 240×240×155."""
+"""Most voxels per request when the server does not say (``mixdemo.server.MAX_REQUEST_VOXELS``): eight proxies on
+the phantoms' grid, three on BraTS's 240×240×155."""
 
 
-def proxies_per_request(shape: Sequence[int]) -> int:
-    """How many proxies of ``shape`` (X, Y, Z) one request may carry within the server's limits."""
-    return max(1, min(MAX_PER_REQUEST, MAX_REQUEST_VOXELS // int(np.prod(shape))))
+def proxies_per_request(shape: Sequence[int], max_k: int = MAX_PER_REQUEST, max_voxels: int = MAX_REQUEST_VOXELS) -> int:
+    """How many proxies of ``shape`` (X, Y, Z) one request may carry within a server's limits."""
+    return max(1, min(max_k, max_voxels // int(np.prod(shape))))
 
 
 class ClientError(RuntimeError):
@@ -246,8 +246,9 @@ def run_private_labels(
     region, computed as :func:`mixdemo.pipeline.private_labels` does: one request's proxies at a time, so the
     client holds what one request needs, not K of everything."""
     region, refs = _region_and_references(target, references, key, mode, centre)
-    part = private_labels(target[region], refs, key, server, unmix_model,
-                          per_call=proxies_per_request(target[region].shape), progress=progress)
+    shape = target[region].shape
+    per_call = server.per_request(shape) if isinstance(server, RemoteServer) else proxies_per_request(shape)
+    part = private_labels(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
     out = np.zeros(target.shape, dtype=np.uint8)
     out[region] = part
     return out
@@ -345,13 +346,24 @@ class RemoteServer:
         """The server's ``server_info`` endpoint."""
         return self._client.predict(api_name="/server_info")
 
-    def model_sha256(self) -> str | None:
-        """The checksum of the S the server says it serves (None if it does not say)."""
+    @functools.cached_property
+    def _reported(self) -> dict:
+        """``server_info``, asked once ({} from a server without the endpoint, which still segments)."""
         try:
             info = self.info()
-        except Exception:  # noqa: BLE001 - a server without the endpoint still segments
-            return None
-        return info.get("model_sha256") if isinstance(info, dict) else None
+        except Exception:  # noqa: BLE001
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def model_sha256(self) -> str | None:
+        """The checksum of the S the server says it serves (None if it does not say)."""
+        return self._reported.get("model_sha256")
+
+    def per_request(self, shape: Sequence[int]) -> int:
+        """How many proxies of ``shape`` one request may carry, within the limits the server reports (this
+        client's defaults for a server that does not report them)."""
+        return proxies_per_request(shape, int(self._reported.get("max_k", MAX_PER_REQUEST)),
+                                   int(self._reported.get("max_request_voxels", MAX_REQUEST_VOXELS)))
 
     def __call__(self, proxies: np.ndarray) -> torch.Tensor:
         """(K, X, Y, Z) proxies → (K, C, X, Y, Z) mixed probabilities from the server."""
@@ -362,7 +374,7 @@ class RemoteServer:
             for i in order:
                 out[i] = self._request(proxies[i : i + 1])[0]
             return out
-        step = proxies_per_request(proxies.shape[1:])
+        step = self.per_request(proxies.shape[1:])
         return torch.cat([self._request(proxies[i : i + step]) for i in range(0, k, step)])
 
     def _request(self, proxies: np.ndarray) -> torch.Tensor:

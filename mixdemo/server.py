@@ -85,6 +85,7 @@ def model_info() -> dict:
         "classes": record.get("classes", list(CLASS_NAMES)),  # those S was trained on (older records: the phantoms')
         "grid_shape": record.get("grid_shape", [144, 192, 160]),
         "max_k": MAX_K,
+        "max_request_voxels": MAX_REQUEST_VOXELS,
         "request": "a .npy file of float16/float32 proxies shaped (K, X, Y, Z) or (X, Y, Z)",
         "response": "a .npy file of float16 probabilities shaped (K, C, X, Y, Z)",
         "model_sha256": record.get("sha256"),

@@ -297,3 +297,16 @@ def test_cli_a_corrupt_reference_is_a_message(app_url, example, tmp_path, capsys
                  "--references", str(tmp_path / "refs")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_client_follows_the_request_limits_the_server_reports(app_url):
+    from mixdemo import server
+    from mixdemo.client import RemoteServer
+
+    remote = RemoteServer(app_url)
+    try:
+        assert remote.per_request((144, 192, 160)) == server.MAX_K
+        assert remote.per_request((240, 240, 155)) == server.MAX_REQUEST_VOXELS // (240 * 240 * 155)
+    finally:
+        remote.close()

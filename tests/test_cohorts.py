@@ -276,9 +276,13 @@ def test_the_client_splits_requests_within_the_servers_limits(shape, per_request
 
     remote = object.__new__(client.RemoteServer)  # its requests, without a server
     remote.separate_requests, sizes = False, []
+    remote.info = lambda: {}  # a server that does not report its limits: the client's defaults
     remote._request = lambda chunk: sizes.append(len(chunk)) or torch.zeros((len(chunk), 4, 1, 1, 1))  # small answers
     assert len(remote(np.zeros((10, *shape), np.float16))) == 10
     assert sizes == [per_request] * (10 // per_request) + ([10 % per_request] if 10 % per_request else [])
+    stricter = object.__new__(client.RemoteServer)  # a server that reports smaller limits is obeyed
+    stricter.info = lambda: {"max_k": 2, "max_request_voxels": server.MAX_REQUEST_VOXELS}
+    assert stricter.per_request(shape) == min(2, per_request)
 
 
 def test_an_evaluation_scores_the_first_scan_of_each_subject_whatever_the_scans_are_called():
