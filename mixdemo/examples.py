@@ -159,7 +159,7 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) 
     Raises:
         ValueError: no usable reference in ``folder`` (the message names what is expected).
     """
-    from mixdemo.io import load_labels, load_scan
+    from mixdemo.data import ScanRecord, load_volume
     from mixdemo.pipeline import Reference
 
     folder = Path(folder)
@@ -173,8 +173,8 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) 
         sub = folder / name
         if not (sub / "t1.nii.gz").exists() or not (sub / "seg.nii.gz").exists():
             raise ValueError(f"Reference '{name}' needs t1.nii.gz and seg.nii.gz.")
-        scan = load_scan(sub / "t1.nii.gz")
-        refs.append(Reference(name, scan.data, load_labels(sub / "seg.nii.gz", like=scan)))
+        vol = load_volume(ScanRecord(name, name, sub / "t1.nii.gz", sub / "seg.nii.gz"))  # labels 0-3, else a ValueError
+        refs.append(Reference(name, vol.image, vol.labels))
     if not refs:
         raise ValueError("The reference folder holds no <id>/t1.nii.gz + seg.nii.gz pairs.")
     if len({r.image.shape for r in refs}) > 1:

@@ -325,3 +325,16 @@ def test_training_reads_a_cohort_through_the_volume_cache(brats_2021, tmp_path):
                 "--volume-cache", str(tmp_path / "cache")])
     assert (tmp_path / "w" / "segmentation" / "model.safetensors").exists()
     assert len(list((tmp_path / "cache").glob("*.image.npy"))) == 6  # the training cases
+
+
+def test_a_reference_folder_refuses_labels_outside_the_tissue_classes(tmp_path):
+    from mixdemo.examples import load_reference_dir
+
+    folder = tmp_path / "r0"
+    folder.mkdir()
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[8:24, 8:24, 8:24] = 7
+    save_volume(np.where(labels > 0, 1.0, 0.0).astype(np.float32), np.eye(4), folder / "t1.nii.gz")
+    save_volume(labels, np.eye(4), folder / "seg.nii.gz", dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"r0's labels hold \[7\]"):
+        load_reference_dir(tmp_path)
