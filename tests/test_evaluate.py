@@ -62,6 +62,15 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
         # with a spread of ~0.01 by up to a few 1e-3
         assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
     assert saved["n_volumes"] == 2 and saved["crop"] == 64
+    per_volume = saved["dice_per_volume"]  # the table is the mean of these rows, and each ratio their quotient
+    assert len(per_volume) == saved["n_volumes"]
+    for method in ("baseline", "learned_tta"):
+        assert saved["dice"][method]["avg"] == pytest.approx(np.mean([v[method] for v in per_volume.values()]), abs=1e-4)
+    for method, entry in saved["ratio_to_baseline"].items():
+        assert entry["ratio"] == pytest.approx(saved["dice"][method]["avg"] / saved["dice"]["baseline"]["avg"], abs=1e-3)
+        lo, hi = entry["ci95"]
+        assert lo is None or lo <= entry["ratio"] <= hi
+    assert set(saved["ratio_to_baseline"]) == {"naive", "naive_tta", "learned", "learned_tta"}
     assert all(saved["weights_sha256"].values())
     from mixdemo.weights import DEFAULT_UNMIXING
     assert saved["models"] == {"segmentation": "segmentation", "unmixing": DEFAULT_UNMIXING, "baseline": "baseline"}

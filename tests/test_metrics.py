@@ -18,6 +18,7 @@ from mixdemo.metrics import (
     ReidResult,
     dice_per_class,
     icc_c1,
+    ratio_of_means_ci,
     icc_variance_components,
     mean_dice,
     msssim_3d,
@@ -479,3 +480,29 @@ def test_reid_property_scores_in_unit_interval(case: tuple[np.ndarray, list[int]
     # pessimistic ties: the same matrix scores no better than a tie-free perturbation favouring matches
     same = np.asarray(ids)[:, None] == np.asarray(ids)[None, :]
     assert res.map <= reid_metrics(sim + 1e-6 * same, ids).map + 1e-12
+
+
+def test_ratio_of_means_ci_brackets_the_ratio_and_narrows_with_more_volumes():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.88, 0.94, 40)
+    private = base * 0.985 + rng.normal(0, 0.004, 40)
+    ratio, lo, hi = ratio_of_means_ci(private, base)
+    assert ratio == pytest.approx(private.mean() / base.mean())
+    assert lo < ratio < hi and hi - lo < 0.01
+    _, lo6, hi6 = ratio_of_means_ci(private[:6], base[:6])
+    assert hi6 - lo6 > hi - lo  # six volumes leave a wider interval than forty
+    # paired: a constant per-volume ratio has no spread, however much the volumes differ
+    _, lo_c, hi_c = ratio_of_means_ci(base * 0.99, base)
+    assert lo_c == pytest.approx(0.99) and hi_c == pytest.approx(0.99)
+    assert ratio_of_means_ci(private, base) == (ratio, lo, hi)  # seeded
+
+
+def test_ratio_of_means_ci_refuses_unpaired_or_bad_input_and_leaves_one_volume_open():
+    with pytest.raises(ValueError, match="paired"):
+        ratio_of_means_ci([0.9, 0.8], [0.9])
+    with pytest.raises(ValueError, match="finite"):
+        ratio_of_means_ci([0.9, np.nan], [0.9, 0.8])
+    with pytest.raises(ValueError, match="positive"):
+        ratio_of_means_ci([0.9, 0.8], [0.0, 0.0])
+    ratio, lo, hi = ratio_of_means_ci([0.9], [0.92])
+    assert ratio == pytest.approx(0.9 / 0.92) and np.isnan(lo) and np.isnan(hi)

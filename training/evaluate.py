@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mixdemo.data import Volume, first_scans, load_cohort, load_volumes, trained_modality
-from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components
+from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components, ratio_of_means_ci
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
@@ -105,6 +105,19 @@ def dice_row(pred: np.ndarray, truth: np.ndarray, classes: dict[int, str] = CLAS
 def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean over volumes, per key."""
     return {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+
+
+def ratios_to_baseline(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
+    """Each private method's average Dice over the baseline's, on the same volumes, with a paired bootstrap
+    95 % interval over the volumes (the issue's "× Baseline" target, and how far a few volumes leave it)."""
+    base = [r["avg"] for r in rows["baseline"]]
+    out = {}
+    for m in METHODS:
+        if m == "baseline":
+            continue
+        ratio, lo, hi = ratio_of_means_ci([r["avg"] for r in rows[m]], base)
+        out[m] = {"ratio": round(ratio, 4), "ci95": [None if np.isnan(lo) else round(lo, 4), None if np.isnan(hi) else round(hi, 4)]}
+    return out
 
 
 def masked(labels: np.ndarray, brain: np.ndarray | None) -> np.ndarray:
@@ -233,6 +246,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     setup = set_up(args)
     dice_records, retest_records = setup.dice_records, setup.retest_records
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+    dice_names: list[str] = []  # the Dice volumes' scans, in the order of each method's rows
     curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
     single_dice: dict[str, list[tuple[float, float]]] = {}  # scan → Dice of two single predictions, per class
     figure_case = None
@@ -248,6 +262,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         ]
         if in_dice:
             base_pred = baseline_labels(setup.base, vol, brain)
+            dice_names.append(rec.name)
             rows["baseline"].append(row(base_pred, vol.labels))
             rows["naive"].append(row(lab(naive[0]), vol.labels))
             rows["learned"].append(row(lab(learned[0]), vol.labels))
@@ -277,6 +292,8 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         **protocol(args, len(rows["baseline"]), len(setup.by_id)),
         "n_icc_scans": len(single_dice),
         "dice": {m: mean_rows(rows[m]) for m in METHODS},
+        "ratio_to_baseline": ratios_to_baseline(rows),
+        "dice_per_volume": {scan: {m: round(rows[m][i]["avg"], 4) for m in METHODS} for i, scan in enumerate(dice_names)},
         "dice_vs_k": dice_vs_k,
         "icc": icc,
         "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
