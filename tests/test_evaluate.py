@@ -71,6 +71,13 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
         lo, hi = entry["ci95"]
         assert lo is None or lo <= entry["ratio"] <= hi
     assert set(saved["ratio_to_baseline"]) == {"naive", "naive_tta", "learned", "learned_tta"}
+    from training.report import segmentation_md
+
+    table = segmentation_md(saved)  # the README's table says the interval and each volume's ratio
+    lo, hi = saved["ratio_to_baseline"]["learned_tta"]["ci95"]
+    assert lo is None or f"95 % interval {lo:.3f}–{hi:.3f} by a paired bootstrap over the 2 volumes" in table
+    for v in per_volume.values():
+        assert f"{v['learned_tta'] / v['baseline']:.3f}" in table
     assert all(saved["weights_sha256"].values())
     from mixdemo.weights import DEFAULT_UNMIXING
     assert saved["models"] == {"segmentation": "segmentation", "unmixing": DEFAULT_UNMIXING, "baseline": "baseline"}
