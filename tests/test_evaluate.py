@@ -298,3 +298,36 @@ def test_an_evaluation_in_bfloat16_says_so_and_a_float32_one_keeps_its_old_recor
 
     importlib.reload(training)  # importing the training package pins float32 unless the variable is set
     assert os.environ[weights.PRECISION_ENV] == "float32" and evaluate.precision_record() == {}
+
+
+def test_replication_table_pools_the_cohorts_and_leaves_out_other_protocols(tmp_path, monkeypatch):
+    """The replication block: one row per cohort with the table's protocol and networks, then the pooled ratio and
+    ICC; a file of another protocol is left out, and an older file without per-volume Dice is named."""
+    from mixdemo.metrics import icc_c1, ratio_of_means_ci
+    from training import report
+
+    def doc(command: str, base: list[float], ltta: list[float], seed: int = 0) -> dict:
+        vols = {f"sub-{i:03d}_scan-0": {"baseline": b, "learned_tta": t} for i, (b, t) in enumerate(zip(base, ltta))}
+        pairs = {f"sub-{i:03d}_scan-{s}": {c: [0.8 + 0.01 * i + 0.003 * s, 0.8 + 0.01 * i + 0.002 * (1 - s)]
+                                           for c in ("GM", "WM", "CSF")} for i in range(len(base)) for s in (0, 1)}
+        icc = {c: {"icc": icc_c1([p[c] for p in pairs.values()]).icc} for c in ("GM", "WM", "CSF")}
+        return {"command": command, "n_volumes": len(base), "tta_k": 10, "k_max": 30, "draws": 5, "n_icc_scans": len(pairs),
+                "crop": None, "brain_mask": True, "seed": seed, "alpha_range": [0.3, 0.5], "reference_pool": 36,
+                "models": {"segmentation": "segmentation"}, "weights_sha256": {"segmentation": "ab"},
+                "dice": {"baseline": {"avg": float(np.mean(base))}, "learned_tta": {"avg": float(np.mean(ltta))}},
+                "dice_per_volume": vols, "retest_dice": pairs, "icc": icc}
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    main = doc("python -m training.evaluate --brain-mask", [0.90, 0.92, 0.91], [0.89, 0.90, 0.90])
+    assert report.replication_md(main) == "No replication on another cohort yet."
+    other = doc("python -m training.evaluate --data data/phantoms-seed1 --brain-mask", [0.93, 0.91], [0.92, 0.91])
+    (tmp_path / "segmentation-replication-seed1.json").write_text(json.dumps(other))
+    (tmp_path / "segmentation-replication-seed9.json").write_text(json.dumps(doc("x --data d9", [0.9, 0.9], [0.1, 0.1], seed=9)))
+    table = report.replication_md(main)
+    assert "`data/phantoms` | 3 |" in table and "`data/phantoms-seed1` | 2 |" in table and "d9" not in table
+    ratio, lo, hi = ratio_of_means_ci([0.89, 0.90, 0.90, 0.92, 0.91], [0.90, 0.92, 0.91, 0.93, 0.91])
+    assert f"| pooled | 5 | {np.mean([0.90, 0.92, 0.91, 0.93, 0.91]):.3f} |" in table
+    assert f"**{ratio:.3f}** [{lo:.3f}, {hi:.3f}]" in table and "(10 scans for the ICC)" in table
+    del other["dice_per_volume"]
+    (tmp_path / "segmentation-replication-seed1.json").write_text(json.dumps(other))
+    assert "segmentation-replication-seed1.json` has no per-volume Dice" in report.replication_md(main)

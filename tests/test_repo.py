@@ -443,3 +443,12 @@ def test_the_bfloat16_record_compares_the_shipped_table_and_sets_the_default_pre
     assert record["within_0_001"] == within
     assert weights.DEFAULT_PRECISION == ("auto" if within else "float32")
     assert "<!-- results:s_bfloat16 -->" in (REPO / "README.md").read_text()
+
+
+def test_every_replication_of_the_segmentation_table_is_in_its_block():
+    """A replication file of another protocol or other networks would be left out of the README's block silently."""
+    from training import report
+
+    table = json.loads((REPO / "results/segmentation.json").read_text())
+    files = sorted((REPO / "results").glob(f"{report.REPLICATION_PREFIX}*.json"))
+    assert [n for n, _ in report.replications(table)[1:]] == [p.stem for p in files]

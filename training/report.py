@@ -432,11 +432,77 @@ FULL_PROTOCOL_SECTION = "Against the other Ds on the segmentation table's protoc
 PROTOCOL_KEYS = ("n_volumes", "tta_k", "k_max", "n_icc_scans", "crop", "brain_mask", "seed", "alpha_range", "reference_pool")
 
 
+REPLICATION_PREFIX = "segmentation-replication-"
+"""``results/segmentation-replication-<name>.json``: the segmentation table's command on another test cohort."""
+REPLICATION_KEYS = ("tta_k", "k_max", "draws", "crop", "brain_mask", "seed", "alpha_range", "models", "weights_sha256",
+                    "s_precision")
+"""What a replication shares with the table: the protocol and the networks, not the cohort (nor its size)."""
+
+
+def replications(default: dict) -> list[tuple[str, dict]]:
+    """(results file stem, JSON) of the segmentation table (``default``) and each replication of it on another cohort
+    with the same protocol and networks (:data:`REPLICATION_KEYS`); a file that differs in any of them is left out."""
+    found = [(p.stem, json.loads(p.read_text())) for p in sorted(RESULTS.glob(f"{REPLICATION_PREFIX}*.json"))]
+    return [("segmentation", default)] + [(n, d) for n, d in found
+                                         if all(d.get(k) == default.get(k) for k in REPLICATION_KEYS)]
+
+
+def _data_flag(command: str) -> str:
+    """The cohort folder a ``training.evaluate`` command names (its default otherwise)."""
+    words = command.split()
+    return words[words.index("--data") + 1] if "--data" in words[:-1] else "data/phantoms"
+
+
+def replication_md(default: dict) -> str:
+    """The segmentation table's Learned + TTA ratio and ICC on its own test cohort and on fresh phantom cohorts (other
+    generator seeds, so other subjects), then pooled over every volume and scan: how far those figures move between
+    test sets of this size."""
+    from mixdemo.metrics import icc_c1, ratio_of_means_ci
+
+    rows = replications(default)
+    if len(rows) < 2:
+        return "No replication on another cohort yet."
+    classes = ("GM", "WM", "CSF")
+    lines = ["| test cohort | volumes | Baseline | Learned + TTA | × baseline [95 % interval] | ICC GM | ICC WM | ICC CSF "
+             "| measured by |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    pooled_base, pooled_ltta, pooled_pairs = [], [], {c: [] for c in classes}
+    for name, d in rows:
+        per_volume = d.get("dice_per_volume")
+        if not per_volume:
+            return (f"`results/{name}.json` has no per-volume Dice (an older file): run its command again to compare "
+                    "the cohorts.")
+        base = [v["baseline"] for v in per_volume.values()]
+        ltta = [v["learned_tta"] for v in per_volume.values()]
+        pooled_base += base
+        pooled_ltta += ltta
+        for c in classes:
+            pooled_pairs[c] += [pair[c] for pair in d["retest_dice"].values()]
+        ratio, lo, hi = ratio_of_means_ci(ltta, base)
+        lines.append(f"| `{_data_flag(d['command'])}` | {len(base)} | {_f(d['dice']['baseline']['avg'])} | "
+                     f"{_f(d['dice']['learned_tta']['avg'])} | {_f(ratio)} [{_f(lo)}, {_f(hi)}] | "
+                     + " | ".join(_f(d["icc"][c]["icc"]) for c in classes) + f" | `results/{name}.json` |")
+    ratio, lo, hi = ratio_of_means_ci(pooled_ltta, pooled_base)
+    iccs = [icc_c1(pooled_pairs[c]) for c in classes]
+    lines.append(f"| pooled | {len(pooled_base)} | {_f(sum(pooled_base) / len(pooled_base))} | "
+                 f"{_f(sum(pooled_ltta) / len(pooled_ltta))} | **{_f(ratio)}** [{_f(lo)}, {_f(hi)}] | "
+                 + " | ".join(f"{_f(r.icc)} [{_f(r.ci_low, 2)}, {_f(r.ci_high, 2)}]" for r in iccs)
+                 + f" | the rows above ({len(pooled_pairs['GM'])} scans for the ICC) |")
+    lines += ["", "Each row's command: " + "; ".join(f"`{d['command']}`" for _, d in rows) + ". Its cohort is made by "
+              "`python -m mixdemo.phantoms --out <folder> --subjects 24 --scans 2 --seed <n>`: seed 0 is `data/phantoms`, on "
+              "whose training subjects the networks trained; the other seeds draw new subjects, none trained on, and "
+              "their own training subjects are the references. The intervals are "
+              "paired bootstrap intervals over the volumes (`mixdemo.metrics.ratio_of_means_ci`); the pooled ICC is "
+              "ICC(C,1) of every scan's two predictions with disjoint references. **MNI152-derived phantoms, not "
+              "patients.**"]
+    return "\n".join(lines)
+
+
 def ds_on_full_protocol(default: dict) -> list[tuple[str, dict]]:
     """(results file stem, its ``training.evaluate`` JSON) of every D on the segmentation table's full protocol:
     the default's ``default`` (``results/segmentation.json``) first, then each ``results/segmentation-<D>.json``
     of the same protocol (the same S, volumes, α, references and baseline), best Learned + TTA first."""
-    others = [(p.stem, json.loads(p.read_text())) for p in sorted(RESULTS.glob("segmentation-*.json"))]
+    others = [(p.stem, json.loads(p.read_text())) for p in sorted(RESULTS.glob("segmentation-*.json"))
+              if not p.stem.startswith(REPLICATION_PREFIX)]
     same = [(n, d) for n, d in others if all(d.get(k) == default.get(k) for k in PROTOCOL_KEYS)
             and _s_name(d) == _s_name(default) and d["dice"]["baseline"] == default["dice"]["baseline"]]
     return [("segmentation", default)] + sorted(same, key=lambda nd: -nd[1]["dice"]["learned_tta"]["avg"])
@@ -557,10 +623,11 @@ def d_large_patches_md(doc: dict) -> str:
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
-    "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md,
+    "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "replication": replication_md,
 }
 # README blocks drawn from another results file than their own name
-BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment"}
+BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
+                 "replication": "segmentation"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
