@@ -452,3 +452,70 @@ def test_every_replication_of_the_segmentation_table_is_in_its_block():
     table = json.loads((REPO / "results/segmentation.json").read_text())
     files = sorted((REPO / "results").glob(f"{report.REPLICATION_PREFIX}*.json"))
     assert [n for n, _ in report.replications(table)[1:]] == [p.stem for p in files]
+
+
+PLACEHOLDERS = {"LO HI": "0.1 0.3", "$seed": "1", "[--dry-run]": "--dry-run"}
+"""The README's placeholders for values, replaced by values of their type before parsing."""
+
+
+def readme_invocations() -> list[tuple[str, list[str], bool]]:
+    """(module, its arguments, whether it is a whole command) of every ``python -m <module>``, ``torchrun ... -m
+    <module>`` and ``python app.py`` the README gives, pytest's excepted: in ```bash blocks (whole commands, their
+    line continuations joined) and in inline code (which may name just a module or an option, so the options
+    it gives are checked but not that it gives every required one)."""
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.+?)\n```", text, re.S)
+    inline = re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.+?```", "", text, flags=re.S))
+    found = []
+    for spans, whole in ((blocks, True), (inline, False)):
+        for span in spans:
+            span = span.replace("\\\n", " ") if whole else span.replace("\n", " ")
+            for m in re.finditer(r"(?:python|torchrun(?: --[\w=]+)*) (-m [\w.]+|app\.py)([^\n]*)", span):
+                module = "app" if m.group(1) == "app.py" else m.group(1)[3:]
+                tail = re.split(r"&&|;|\||#|\)", m.group(2))[0]
+                for placeholder, value in PLACEHOLDERS.items():
+                    tail = tail.replace(placeholder, value)
+                if module != "pytest":
+                    found.append((module, shlex.split(tail), whole))
+    return found
+
+
+class _Parsed(Exception):
+    """Raised once a command's arguments parsed, so that nothing runs."""
+
+
+def test_every_command_the_readme_gives_parses_with_its_modules_own_options(monkeypatch):
+    """A renamed or removed option must not leave the README giving a command that stops at its first word."""
+    import argparse
+    import importlib
+
+    parse = argparse.ArgumentParser.parse_args
+    whole_command = [True]
+
+    def parse_then_stop(self, args=None, namespace=None):
+        if not whole_command[0]:
+            for action in self._actions:
+                action.required = False
+        parse(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    invocations = readme_invocations()
+    assert len({m for m, _, _ in invocations}) >= 15 and ("app", ["--host", "0.0.0.0"], True) in invocations
+    assert sum(whole for _, _, whole in invocations) >= 30
+    failures = []
+    for module, argv, whole in invocations:
+        whole_command[0] = whole
+        try:
+            importlib.import_module(module).main(argv)
+        except _Parsed:
+            continue
+        except SystemExit as exc:  # argparse's exit: 0 after --help, 2 on an unknown or ill-typed option
+            if exc.code == 0:
+                continue
+            failures.append(f"python -m {module} {' '.join(argv)}: exit {exc.code}")
+        else:
+            failures.append(f"python -m {module} {' '.join(argv)}: ran without parsing its arguments")
+    assert not failures, "\n".join(failures)
