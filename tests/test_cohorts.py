@@ -90,13 +90,17 @@ def test_label_values_a_layout_does_not_define_are_named(tmp_path):
         load_volumes(load_cohort(tmp_path).records)
 
 
-def test_the_mixdemo_layout_refuses_values_above_csf_and_other_modalities(tmp_path):
-    folder = tmp_path / "s0_scan-0"
+def write_cube_scan(folder: Path, label: int) -> None:
+    """A mixdemo-layout scan folder (``t1.nii.gz`` + ``seg.nii.gz``) whose labels are one cube of ``label``."""
     folder.mkdir()
     labels = np.zeros(SHAPE, np.uint8)
-    labels[8:24, 8:24, 8:24] = 5
+    labels[8:24, 8:24, 8:24] = label
     save_volume(np.where(labels > 0, 1.0, 0.0).astype(np.float32), np.eye(4), folder / "t1.nii.gz")
     save_volume(labels, np.eye(4), folder / "seg.nii.gz", dtype=np.uint8)
+
+
+def test_the_mixdemo_layout_refuses_values_above_csf_and_other_modalities(tmp_path):
+    write_cube_scan(tmp_path / "s0_scan-0", 5)
     with pytest.raises(ValueError, match=r"s0_scan-0's labels hold \[5\].*mixdemo layout"):
         load_volumes(load_cohort(tmp_path).records)
     with pytest.raises(ValueError, match="T1 only"):
@@ -330,11 +334,6 @@ def test_training_reads_a_cohort_through_the_volume_cache(brats_2021, tmp_path):
 def test_a_reference_folder_refuses_labels_outside_the_tissue_classes(tmp_path):
     from mixdemo.examples import load_reference_dir
 
-    folder = tmp_path / "r0"
-    folder.mkdir()
-    labels = np.zeros(SHAPE, np.uint8)
-    labels[8:24, 8:24, 8:24] = 7
-    save_volume(np.where(labels > 0, 1.0, 0.0).astype(np.float32), np.eye(4), folder / "t1.nii.gz")
-    save_volume(labels, np.eye(4), folder / "seg.nii.gz", dtype=np.uint8)
+    write_cube_scan(tmp_path / "r0", 7)
     with pytest.raises(ValueError, match=r"r0's labels hold \[7\]"):
         load_reference_dir(tmp_path)
