@@ -536,16 +536,25 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
             print(f"error: {tag}{exc}", file=sys.stderr)
             failed.append(i + 1)
             continue
+        except OSError as exc:  # e.g. the disk filled while writing: a message without the path, the others go on
+            print(f"error: {tag}a file could not be read or written ({exc.strerror or type(exc).__name__}).",
+                  file=sys.stderr)
+            failed.append(i + 1)
+            continue
         print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
     return failed
 
 
 def output_paths(scans: Sequence[str], output: str) -> list[Path]:
     """Where each scan's segmentation goes: ``output`` itself for one scan (a .nii/.nii.gz name), else
-    ``<output>/<scan name>_seg.nii.gz`` (the folder is made; two scans may not share a name)."""
+    ``<output>/<scan name>_seg.nii.gz`` (two scans may not share a name). The folder that receives them is
+    made and checked for writing here, before any scan is segmented, so a bad ``-o`` loses no work."""
     if len(scans) == 1:
         if not str(output).lower().endswith((".nii", ".nii.gz")):
             raise ClientError("The output file name must end in .nii or .nii.gz.")
+        if Path(output).is_dir():
+            raise ClientError("The output names a folder; give a .nii or .nii.gz file name.")
+        writable_folder(Path(output).parent)
         return [Path(output)]
     if str(output).lower().endswith((".nii", ".nii.gz")):
         raise ClientError("With several scans the output is a folder, not a .nii/.nii.gz file.")
@@ -553,8 +562,20 @@ def output_paths(scans: Sequence[str], output: str) -> list[Path]:
     if len(set(names)) < len(names):
         raise ClientError("Two input scans share a file name; their segmentations would overwrite each other.")
     folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
+    writable_folder(folder)
     return [folder / f"{n}_seg.nii.gz" for n in names]
+
+
+def writable_folder(folder: Path) -> None:
+    """Make ``folder`` (and its parents) if missing; a :class:`ClientError` if that fails or it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ClientError("The output folder could not be made: a file stands where a folder is needed.") from None
+    except OSError as exc:
+        raise ClientError(f"The output folder could not be made ({exc.strerror or type(exc).__name__}).") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ClientError("The output folder cannot be written to.")
 
 
 if __name__ == "__main__":

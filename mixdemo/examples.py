@@ -13,14 +13,19 @@ They are written to ``$MIXDEMO_CACHE`` (default ``~/.cache/mixdemo``) under ``ex
 ``references/`` in the cohort layout (``<name>/t1.nii.gz`` + ``seg.nii.gz``), copied from
 ``data/phantoms`` when that cohort exists and synthesised otherwise (≈ 3 s per scan), on first
 use only. Nothing here holds user data; the public phantom bank is cached in memory.
+
+``python -m mixdemo.examples --out DIR`` copies the example targets into ``DIR`` (``DIR/<subject>/t1.nii.gz``
+with its ``seg.nii.gz``): scans to try the command-line client on, and labels to score its answer against.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import shutil
 import tempfile
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -212,3 +217,37 @@ def reference_bank(progress: ProgressFn | None = None) -> list[Reference]:
 def reference_ids() -> list[str]:
     """Ids of the reference bank (no generation needed)."""
     return reference_subjects()
+
+
+def write_examples(out: Path, progress: ProgressFn | None = None) -> list[Path]:
+    """Copy the example targets (test subjects, never references) to ``out/<subject>/{t1,seg}.nii.gz``; returns
+    the folders written."""
+    written = []
+    for folder in example_folders(progress).values():
+        dest = out / folder.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("t1.nii.gz", "seg.nii.gz"):
+            shutil.copyfile(folder / name, dest / name)
+        written.append(dest)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mixdemo.examples --out DIR``: the example targets as files, e.g. for the command-line client."""
+    p = argparse.ArgumentParser(prog="python -m mixdemo.examples",
+                                description="Write the app's example phantom targets (test subjects, with their labels) "
+                                            "to a folder: scans to try the command-line client on. No patient data.")
+    p.add_argument("--out", type=Path, required=True, help="folder that receives <subject>/t1.nii.gz + seg.nii.gz")
+    args = p.parse_args(argv)
+    try:
+        folders = write_examples(args.out, lambda f, m: print(m, file=sys.stderr))
+    except OSError as exc:
+        print(f"error: the examples could not be written ({exc.strerror or type(exc).__name__}).", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(folder / "t1.nii.gz")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

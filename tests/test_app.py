@@ -319,6 +319,24 @@ def test_examples_are_generated_once_into_the_cache(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("examples/.tmp-*"))
 
 
+
+def test_examples_command_writes_the_example_targets_for_the_client(example, tmp_path, capsys):
+    """``python -m mixdemo.examples --out DIR``: each example target's scan and labels, test subjects only."""
+    from mixdemo import examples
+
+    assert examples.main(["--out", str(tmp_path / "scans")]) == 0
+    printed = capsys.readouterr().out.split()
+    cached = examples.example_folders()
+    assert printed == [str(tmp_path / "scans" / f.name / "t1.nii.gz") for f in cached.values()]
+    for folder in cached.values():
+        for name in ("t1.nii.gz", "seg.nii.gz"):
+            assert (tmp_path / "scans" / folder.name / name).read_bytes() == (folder / name).read_bytes()
+    assert not {f.name for f in cached.values()} & set(examples.reference_ids())  # never a reference
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert examples.main(["--out", str(blocker / "scans")]) == 2
+    assert "could not be written" in capsys.readouterr().err
+
 def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypatch):
     """The Langevin panel's glue against mixdemo.attacks.bss (an untrained prior: only the plumbing is tested)."""
     import threading

@@ -266,6 +266,49 @@ def test_output_paths_one_file_or_a_folder_of_named_segmentations(tmp_path):
         output_paths(["a/x.nii.gz", "b/x.nii"], str(tmp_path / "out2"))
 
 
+def test_output_paths_make_the_folder_first_or_refuse_before_any_work(tmp_path):
+    from mixdemo.client import ClientError, output_paths
+
+    nested = tmp_path / "new" / "deeper" / "seg.nii.gz"
+    assert output_paths(["scan.nii.gz"], str(nested)) == [nested] and nested.parent.is_dir()
+    folder_named_like_a_file = tmp_path / "looks.nii.gz"
+    folder_named_like_a_file.mkdir()
+    with pytest.raises(ClientError, match="names a folder"):
+        output_paths(["scan.nii.gz"], str(folder_named_like_a_file))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ClientError, match="could not be made"):
+        output_paths(["scan.nii.gz"], str(blocker / "sub" / "seg.nii.gz"))
+    with pytest.raises(ClientError, match="could not be made"):
+        output_paths(["x.nii.gz", "y.nii.gz"], str(blocker / "segs"))
+
+
+def test_a_segmentation_that_cannot_be_written_is_a_message_and_the_next_scan_goes_on(tmp_path, monkeypatch, capsys):
+    import argparse
+    import errno
+
+    from mixdemo import client
+
+    calls = []
+
+    def disk_full_once(scan, out, *args, **kwargs):
+        calls.append(out)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out))
+        return make_key(["ref"], k=1, seed=0)
+
+    monkeypatch.setattr(client, "segment_file", disk_full_once)
+    scans = [tmp_path / "private_name_a.nii.gz", tmp_path / "private_name_b.nii.gz"]
+    for scan in scans:
+        scan.write_bytes(b"")
+    args = argparse.Namespace(scan=[str(s) for s in scans], alpha=None, tta=1, mode="whole", centre=None, seed=None)
+    failed = client._segment_scans(args, [tmp_path / "a_seg.nii.gz", tmp_path / "b_seg.nii.gz"], None, [], None)
+    err = capsys.readouterr().err
+    assert failed == [1] and len(calls) == 2
+    assert "scan 1 of 2: a file could not be read or written (No space left on device)" in err
+    assert "private_name" not in err and "a_seg" not in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_cli_segments_several_scans_and_goes_on_past_a_bad_one(app_url, example, tmp_path, capsys):
     import shutil
