@@ -41,6 +41,15 @@ from mixdemo.phantoms import CLASS_NAMES, NUM_CLASSES, split_subjects
 from mixdemo.phantoms import DATASET as PHANTOM_DATASET
 
 
+class CohortError(ValueError):
+    """A cohort folder that cannot be used as it is; the message says what is wrong and where (the training
+    commands print it without a traceback)."""
+
+
+class CohortNotFoundError(CohortError, FileNotFoundError):
+    """No cohort folder, or a folder holding neither layout's scans."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a cohort folder names its scans, what its label values mean, and where training patches centre."""
@@ -163,16 +172,16 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"No cohort folder at {root}; generate one with python -m mixdemo.phantoms --out {root}")
+        raise CohortNotFoundError(f"No cohort folder at {root}; generate one with python -m mixdemo.phantoms --out {root}")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     records = _mixdemo_records(folders)
     layout = MIXDEMO_LAYOUT
     if records and modality not in (None, "t1"):
-        raise ValueError(f"{root} is in the mixdemo layout, which holds T1 only (t1.nii.gz), not {modality!r}.")
+        raise CohortError(f"{root} is in the mixdemo layout, which holds T1 only (t1.nii.gz), not {modality!r}.")
     if not records:
         records, layout = _brats_records(folders, modality), BRATS_LAYOUT
     if not records:
-        raise FileNotFoundError(
+        raise CohortNotFoundError(
             f"{root} holds neither <subject>_<scan>/t1.nii.gz folders nor BraTS case folders "
             f"(<case>/<case>_{modality or 't1ce'}.nii.gz with <case>_seg.nii.gz).")
     subjects = sorted({r.subject for r in records})
@@ -184,10 +193,10 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
         split = split_subjects(subjects, 0.25, seed=0)
         train, test = split["train"], split["test"]
     if set(train) & set(test):
-        raise ValueError(f"split.json puts subjects on both sides: {sorted(set(train) & set(test))}")
+        raise CohortError(f"split.json puts subjects on both sides: {sorted(set(train) & set(test))}")
     names = tuple(meta.get("classes", layout.class_names))
     if len(names) != NUM_CLASSES:
-        raise ValueError(f"split.json names {len(names)} classes; the models have {NUM_CLASSES} (background first).")
+        raise CohortError(f"split.json names {len(names)} classes; the models have {NUM_CLASSES} (background first).")
     return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"))
 
 
@@ -244,21 +253,21 @@ def load_volume(record: ScanRecord) -> Volume:
     from mixdemo.io import load_labels, load_scan
 
     if record.label_path is None:
-        raise ValueError(f"Scan {record.name} has no label map (seg); training and evaluation need labels.")
+        raise CohortError(f"Scan {record.name} has no label map (seg); training and evaluation need labels.")
     scan = load_scan(record.image_path)
     labels = classes_of(load_labels(record.label_path, like=scan), record.layout, record.name)
     return Volume(record.name, record.subject, scan.data, labels, scan.affine)
 
 
 def classes_of(values: np.ndarray, layout: Layout, scan_name: str = "the scan") -> np.ndarray:
-    """The label file's values as the layout's classes (uint8); ValueError naming any value it does not define."""
+    """The label file's values as the layout's classes (uint8); a CohortError naming any value it does not define."""
     table = np.full(256, 255, np.uint8)
     for value, cls in layout.label_values:
         table[value] = cls
     classes = table[values]
     if (classes == 255).any():
         unknown = sorted(int(v) for v in np.unique(values[classes == 255]))
-        raise ValueError(f"{scan_name}'s labels hold {unknown}, which the {layout.name} layout does not define "
+        raise CohortError(f"{scan_name}'s labels hold {unknown}, which the {layout.name} layout does not define "
                          f"(it reads {layout.describe_values()}).")
     return classes
 
@@ -271,14 +280,24 @@ def load_volumes(records: Sequence[ScanRecord], cache: str | Path | None = None)
     take about 45 GB as arrays): a patch reads only its own voxels from disk. A cached scan is rebuilt when its source
     files change (size or modification time).
     """
-    volumes = [load_volume(r) if cache is None else cached_volume(r, Path(cache)) for r in records]
+    volumes = [_load_named(r, cache) for r in records]
     shapes = {v.image.shape for v in volumes}
     if len(shapes) > 1:
-        raise ValueError(
+        raise CohortError(
             f"Scans must share one grid to be mixed, found shapes {sorted(shapes)}; "
             "register them to MNI space first (mixdemo.preprocess)."
         )
     return volumes
+
+
+def _load_named(record: ScanRecord, cache: str | Path | None) -> Volume:
+    """One scan of a cohort; a file it cannot read is a :class:`CohortError` naming the scan."""
+    from mixdemo.io import ScanError
+
+    try:
+        return load_volume(record) if cache is None else cached_volume(record, Path(cache))
+    except ScanError as exc:
+        raise CohortError(f"Scan {record.name}: {exc}") from exc
 
 
 def cached_volume(record: ScanRecord, cache: Path) -> Volume:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mixdemo import weights
-from mixdemo.data import BRATS_LAYOUT, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import BRATS_LAYOUT, CohortError, CohortNotFoundError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.io import save_volume
 
 TINY = "4,4,8,8,16,4"
@@ -101,7 +101,7 @@ def write_cube_scan(folder: Path, label: int) -> None:
 
 def test_the_mixdemo_layout_refuses_values_above_csf_and_other_modalities(tmp_path):
     write_cube_scan(tmp_path / "s0_scan-0", 5)
-    with pytest.raises(ValueError, match=r"s0_scan-0's labels hold \[5\].*mixdemo layout"):
+    with pytest.raises(CohortError, match=r"s0_scan-0's labels hold \[5\].*mixdemo layout"):
         load_volumes(load_cohort(tmp_path).records)
     with pytest.raises(ValueError, match="T1 only"):
         load_cohort(tmp_path, "flair")
@@ -110,8 +110,38 @@ def test_the_mixdemo_layout_refuses_values_above_csf_and_other_modalities(tmp_pa
 def test_a_folder_of_neither_layout_says_what_both_expect(tmp_path):
     (tmp_path / "case").mkdir()
     (tmp_path / "case" / "scan.nii.gz").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"t1\.nii\.gz.*BraTS"):
+    with pytest.raises(CohortNotFoundError, match=r"t1\.nii\.gz.*BraTS"):
         load_cohort(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No cohort folder"):  # still a FileNotFoundError to callers
+        load_cohort(tmp_path / "absent")
+
+
+def test_an_unreadable_scan_of_a_cohort_is_named(tmp_path):
+    write_cube_scan(tmp_path / "s0_scan-0", 1)
+    (tmp_path / "s0_scan-0" / "t1.nii.gz").write_bytes(b"not a scan")
+    with pytest.raises(CohortError, match=r"^Scan s0_scan-0: .*gzip"):
+        load_volumes(load_cohort(tmp_path).records)
+
+
+def test_a_training_command_ends_on_a_bad_cohort_with_its_message_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "training.train", "--data", str(tmp_path), "--steps", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith(f"error: {tmp_path} holds neither")
+
+
+def test_user_errors_keeps_the_traceback_of_anything_else():
+    from training import user_errors
+
+    with pytest.raises(SystemExit, match=r"^error: Scan x: broken$"):
+        with user_errors():
+            raise CohortError("Scan x: broken")
+    with pytest.raises(KeyError):  # a bug stays a bug
+        with user_errors():
+            raise KeyError("x")
 
 
 def test_split_json_may_name_the_classes(brats_2021, tmp_path):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
@@ -19,6 +21,23 @@ os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISI
 DATA_HELP = ("cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are generated if the "
              "default is absent")
 """The help of the ``--data`` option of the commands that read a cohort."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Around a command's ``main()`` when run from the shell: an error in what the user gave (a cohort folder,
+    a scan in it, a model folder) ends the command with its message and exit status 1, not a traceback. Other
+    exceptions, bugs included, keep their traceback; ``main()`` called from Python raises them all as they are."""
+    try:
+        yield
+    except Exception as exc:
+        from mixdemo.data import CohortError
+        from mixdemo.io import ScanError
+        from mixdemo.weights import WeightsError
+
+        if not isinstance(exc, CohortError | ScanError | WeightsError):
+            raise
+        raise SystemExit(f"error: {exc}") from None
 
 
 def command_line(module: str, argv: list[str] | None) -> str:

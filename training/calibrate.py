@@ -37,7 +37,7 @@ from mixdemo.metrics import dice_per_class
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
-from training import command_line, save_derived_model, source_model
+from training import command_line, save_derived_model, source_model, user_errors
 
 CLASSES = (1, 2, 3)
 """The foreground classes whose average Dice is maximised (GM, WM, CSF)."""
@@ -223,4 +223,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, evaluate
+from training import command_line, evaluate, user_errors
 
 DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")  # the designs, each trained on 32³ patches
 
@@ -81,4 +81,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

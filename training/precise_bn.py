@@ -22,7 +22,7 @@ import torch
 
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes, trained_modality
 from mixdemo.weights import load_model
-from training import command_line, save_derived_model, source_model
+from training import command_line, save_derived_model, source_model, user_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,4 +100,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -35,7 +35,7 @@ import numpy as np
 
 from mixdemo.data import MIXDEMO_LAYOUT, classes_of, freesurfer_tissue, subject_of
 from mixdemo.phantoms import CLASS_NAMES, split_subjects
-from training import command_line
+from training import command_line, user_errors
 
 FREESURFER_IMAGES = ("orig.mgz", "T1.mgz", "brain.mgz")
 """The FreeSurfer image used, first present first: the conformed raw T1 (skull included) is what a client's
@@ -175,4 +175,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from mixdemo.weights import MODEL_FILES, verify_checksum, weights_dir
+from training import user_errors
 
 CARD_FILES = (*MODEL_FILES, "README.md")
 
@@ -70,4 +71,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

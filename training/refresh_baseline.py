@@ -26,7 +26,7 @@ import torch
 
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
-from training import command_line, evaluate
+from training import command_line, evaluate, user_errors
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -125,4 +125,5 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -44,7 +44,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import DATA_HELP, command_line
+from training import DATA_HELP, command_line, user_errors
 from training.validate import hold_out, make_validation, validation_dice
 
 
@@ -398,4 +398,5 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

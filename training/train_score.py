@@ -30,7 +30,7 @@ from mixdemo.attacks.score import SCORE_FEATURES, ScoreNet, dsm_loss, max_pairwi
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import count_parameters, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import command_line
+from training import command_line, user_errors
 
 
 
@@ -203,4 +203,5 @@ def export(model: ScoreNet, args: argparse.Namespace, features: tuple[int, ...],
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()
