@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     args = p.parse_args(argv)
-    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal
+        why = exc.strerror or "the port is taken (another app?) or the host is not an address of this machine"
+        raise SystemExit(f"error: the app could not listen on {args.host}:{args.port}: {why}; "
+                         "pass another --port or --host.") from None
 
 
 if __name__ == "__main__":

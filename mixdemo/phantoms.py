@@ -370,6 +370,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.25)
     parser.add_argument("--figure", default=None, help="also draw a PNG of three subjects (test-retest of the first)")
     args = parser.parse_args(argv)
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out: the folder could not be made ({exc.strerror or type(exc).__name__})")
     root = generate_cohort(
         args.out,
         n_subjects=args.subjects,

@@ -320,6 +320,21 @@ def test_examples_are_generated_once_into_the_cache(tmp_path, monkeypatch):
 
 
 
+
+@pytest.mark.slow
+def test_app_on_a_taken_port_says_so_without_a_traceback():
+    import socket
+
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "app.py", "--port", str(port)], cwd=root, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"error: the app could not listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+
 def test_examples_command_writes_the_example_targets_for_the_client(example, tmp_path, capsys):
     """``python -m mixdemo.examples --out DIR``: each example target's scan and labels, test subjects only."""
     from mixdemo import examples

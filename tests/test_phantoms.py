@@ -112,6 +112,14 @@ def test_cohort_needs_two_subjects(tmp_path):
         phantoms.generate_cohort(tmp_path, n_subjects=1)
 
 
+
+def test_cli_refuses_an_out_folder_it_cannot_make_before_generating(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        phantoms.main(["--out", str(blocker / "cohort"), "--subjects", "2", "--scans", "1"])
+    assert stop.value.code == 2 and "--out: the folder could not be made" in capsys.readouterr().err
+
 def test_default_cohort_is_generated_once_and_no_other_folder_is(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(phantoms, "generate_cohort", lambda root, **kw: calls.append(Path(root)) or Path(root))
