@@ -429,6 +429,9 @@ def segment_file(
         progress(0.0, f"warning: {target.warning}")
     if target.image.shape != references[0].image.shape:
         raise ClientError("The references are not on the models' 144×192×160 grid.")
+    if mode == "patch" and centre is not None and not all(0 <= c < n for c, n in zip(centre, target.image.shape)):
+        raise ClientError(f"The patch centre {','.join(map(str, centre))} lies outside the "
+                          f"{_shape_text(target.image.shape)} grid.")
     key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed)
     labels = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
                                 progress=progress)
@@ -486,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         outputs = output_paths(args.scan, args.output)
         if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
             raise ClientError("--alpha must lie between 0.05 and 0.95.")
+        if args.centre is not None and args.mode != "patch":
+            raise ClientError("--centre places the patch of --mode patch; the whole mode segments the whole volume.")
         from mixdemo import examples
 
         refs = (

@@ -149,6 +149,13 @@ def test_cli_clear_errors(app_url, example, tmp_path, capsys):
                  "--unmixing", "no-such-d"]) == 2
     err = capsys.readouterr().err
     assert "no-such-d" in err and "Traceback" not in err
+    assert main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url, "--mode", "patch",
+                 "--centre", "999,0,0"]) == 2
+    assert "centre 999,0,0 lies outside the 144×192×160 grid" in capsys.readouterr().err
+    assert main([str(folder / "t1.nii.gz"), "-o", str(tmp_path / "o.nii.gz"), "--server", app_url,
+                 "--centre", "70,90,70"]) == 2  # whole mode: a centre would be ignored
+    assert "--mode patch" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
 
 
 @pytest.mark.slow
