@@ -223,18 +223,20 @@ def test_attack_lab_handlers(app_weights, example):
 
     from mixdemo import examples, ui
 
-    fig, gallery, md = ui.reid_report(progress=_Progress())
-    if fig is not None:
-        assert len(fig.data) == 2 and len(gallery) == 4 and "mAP" in md
+    fig, gallery, md = ui.reid_report(progress=_Progress())  # needs no weights: it always runs
+    assert fig is not None and len(fig.data) == 2 and len(gallery) == 4 and "mAP" in md
     img, fig, md = ui.tta_report(3, True, True, None, progress=_Progress())
-    if img is not None:
-        assert img.dtype == np.uint8 and "MS-SSIM" in md and "re-linked" in md
+    assert img is not None and img.dtype == np.uint8 and "MS-SSIM" in md and "re-linked" in md
     with pytest.raises(gr.Error, match="segmentation first"):
         ui.run_separation(None, 1, True, None, progress=_Progress())
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
     sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
     out = ui.run_separation(sess, 1, True, None, progress=_Progress())
-    assert len(out) == 5 and isinstance(out[-1], str) and ("MS-SSIM" in out[-1] or "Not available" in out[-1])
+    assert len(out) == 5 and isinstance(out[-1], str)
+    if (app_weights / "score" / "model.safetensors").exists():  # the committed score prior: the separation runs
+        assert "MS-SSIM" in out[-1] and "Not available" not in out[-1]
+    else:  # the conftest's untrained stand-ins carry no score prior: the tab says what is missing
+        assert "weights/score" in out[-1]
 
 
 def test_about_shows_results_and_cards(tmp_path, monkeypatch):

@@ -309,6 +309,18 @@ def test_reference_reuse_recovers_the_bank() -> None:
     assert purity >= 0.9
 
 
+
+class _LabelReader(torch.nn.Module):
+    """A stand-in S for images that are labels / 3: one-hot logits of round(3x), the labels themselves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # patch_study asks S for its device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        labels = torch.round(3 * x[:, 0]).clamp(0, 3).long()
+        return 50.0 * torch.nn.functional.one_hot(labels, 4).permute(0, 4, 1, 2, 3).float()
+
 def test_patch_study_and_output_leakage_with_untrained_models() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -320,9 +332,15 @@ def test_patch_study_and_output_leakage_with_untrained_models() -> None:
     out = leakage.patch_study(seg, unmix, patches, np.full((3, 2), 0.6))
     for key in ("dice_learned_tta", "dice_learned", "dice_naive_tta", "output_leakage_dice"):
         assert 0.0 <= out[key] <= 1.0
-    # positive control of the Dice plumbing: a "server" that returns the truth leaks everything at α = 1
-    truth = leakage.pooled_dice(patches.target_labels, patches.target_labels)
-    assert all(v == 1.0 for v in truth.values())
+    # positive control: targets whose image is their labels / 3, α = 1 (the proxy is the target) and a "server"
+    # that reads the labels off the image: its output leaks every label, and Eq. 4 + TTA recovers every label
+    exact = leakage.PatchSet(patches.target_labels.astype(np.float32) / 3, patches.target_labels, patches.refs,
+                             patches.ref_labels)
+    reads_labels = _LabelReader()
+    out = leakage.patch_study(reads_labels, unmix, exact, np.ones((3, 2)))
+    assert out["output_leakage_dice"] == 1.0 and out["dice_naive_tta"] == 1.0
+    out = leakage.patch_study(reads_labels, unmix, exact, np.full((3, 2), 0.6))
+    assert out["output_leakage_dice"] < 1.0  # mixed with the references, the output no longer is the target's
     with pytest.raises(ValueError, match="alphas"):
         leakage.patch_study(seg, unmix, patches, np.full((3, 1), 0.6))
 

@@ -18,7 +18,7 @@ def _volume(seed: int, shape=(16, 32, 16)) -> Reference:
     return Reference(f"r{seed}", image, labels)
 
 
-def test_whole_pass_and_windows_agree_away_from_window_borders():
+def test_one_window_over_the_volume_is_the_whole_pass():
     torch.manual_seed(0)
     seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
     x = torch.rand(2, 32, 32, 32)
@@ -27,6 +27,21 @@ def test_whole_pass_and_windows_agree_away_from_window_borders():
     assert whole.shape == (2, 4, 32, 32, 32)
     torch.testing.assert_close(whole, windowed, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(whole.sum(1), torch.ones(2, 32, 32, 32))
+
+
+def test_several_windows_visit_monais_windows_once_per_proxy_and_stitch_probabilities():
+    from mixdemo.inference import window_slices
+
+    torch.manual_seed(0)
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    seen: list[tuple[int, ...]] = []
+    seg.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    x = torch.rand(2, 48, 32, 32)
+    windowed = segment_proxies(seg, x, roi_size=(16, 16, 16), overlap=0.5)
+    per_proxy = len(window_slices((48, 32, 32), (16, 16, 16), 0.5))
+    assert per_proxy == 5 * 3 * 3 and len(seen) == 2 * per_proxy and set(seen) == {(1, 1, 16, 16, 16)}
+    torch.testing.assert_close(windowed.sum(1), torch.ones(2, 48, 32, 32))
+    assert not torch.allclose(windowed, segment_proxies(seg, x), atol=1e-3)  # the windows' own context, not one pass
 
 
 def test_server_pass_pads_odd_sizes_and_rejects_bad_shapes():
@@ -51,6 +66,8 @@ def test_round_trip_sends_only_proxies_and_recovers_target_with_an_oracle_server
     result = private_segment(target.image, refs, key, oracle_server, UnmixingNet().eval())
     sent = received[0]
     np.testing.assert_allclose(sent, make_proxies(target.image, refs, key))
+    for proxy, ref in zip(sent, refs):  # Eq. 2 written out: α on the target, 1 − α on the reference
+        np.testing.assert_allclose(proxy, 0.4 * target.image + 0.6 * ref.image, rtol=1e-6, atol=1e-6)
     assert not any(np.allclose(p, target.image) for p in sent)  # the raw target never reaches the server
     assert np.array_equal(result.labels("naive"), target.labels)  # Eq. 4 inverts Eq. 3 exactly
     assert np.array_equal(result.labels("naive_tta"), target.labels)
@@ -119,8 +136,12 @@ def test_unmixing_skips_windows_outside_the_brain_without_changing_the_brain():
 
 def test_small_proxies_go_through_the_server_in_one_exact_batch():
     seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    seen: list[tuple[int, ...]] = []
+    hook = seg.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
     x = torch.rand(3, 32, 32, 32)
     batched = segment_proxies(seg, x)
+    assert seen == [(3, 1, 32, 32, 32)]  # one forward pass for the three proxies
+    hook.remove()
     one_by_one = torch.cat([segment_proxies(seg, x[k : k + 1]) for k in range(3)])
     torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
 
