@@ -14,8 +14,9 @@ They are written to ``$MIXDEMO_CACHE`` (default ``~/.cache/mixdemo``) under ``ex
 ``data/phantoms`` when that cohort exists and synthesised otherwise (≈ 3 s per scan), on first
 use only. Nothing here holds user data; the public phantom bank is cached in memory.
 
-``python -m mixdemo.examples --out DIR`` copies the example targets into ``DIR`` (``DIR/<subject>/t1.nii.gz``
-with its ``seg.nii.gz``): scans to try the command-line client on, and labels to score its answer against.
+``python -m mixdemo.examples --out DIR`` copies the example targets into ``DIR`` as ``DIR/<subject>.nii.gz``, with
+their labels as ``DIR/labels/<subject>_seg.nii.gz``: scans to try the command-line client on (``DIR/*.nii.gz``
+matches the scans alone), and labels to score its answer against.
 """
 
 from __future__ import annotations
@@ -220,15 +221,14 @@ def reference_ids() -> list[str]:
 
 
 def write_examples(out: Path, progress: ProgressFn | None = None) -> list[Path]:
-    """Copy the example targets (test subjects, never references) to ``out/<subject>/{t1,seg}.nii.gz``; returns
-    the folders written."""
+    """Copy the example targets (test subjects, never references) to ``out/<subject>.nii.gz`` and their labels to
+    ``out/labels/<subject>_seg.nii.gz``; returns the scans written."""
+    (out / "labels").mkdir(parents=True, exist_ok=True)
     written = []
     for folder in example_folders(progress).values():
-        dest = out / folder.name
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in ("t1.nii.gz", "seg.nii.gz"):
-            shutil.copyfile(folder / name, dest / name)
-        written.append(dest)
+        shutil.copyfile(folder / "seg.nii.gz", out / "labels" / f"{folder.name}_seg.nii.gz")
+        shutil.copyfile(folder / "t1.nii.gz", out / f"{folder.name}.nii.gz")
+        written.append(out / f"{folder.name}.nii.gz")
     return written
 
 
@@ -237,15 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mixdemo.examples",
                                 description="Write the app's example phantom targets (test subjects, with their labels) "
                                             "to a folder: scans to try the command-line client on. No patient data.")
-    p.add_argument("--out", type=Path, required=True, help="folder that receives <subject>/t1.nii.gz + seg.nii.gz")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder that receives <subject>.nii.gz, and labels/<subject>_seg.nii.gz")
     args = p.parse_args(argv)
     try:
-        folders = write_examples(args.out, lambda f, m: print(m, file=sys.stderr))
+        scans = write_examples(args.out, lambda f, m: print(m, file=sys.stderr))
     except OSError as exc:
         print(f"error: the examples could not be written ({exc.strerror or type(exc).__name__}).", file=sys.stderr)
         return 2
-    for folder in folders:
-        print(folder / "t1.nii.gz")
+    for scan in scans:
+        print(scan)
     return 0
 
 

@@ -341,13 +341,14 @@ def test_examples_command_writes_the_example_targets_for_the_client(example, tmp
     """``python -m mixdemo.examples --out DIR``: each example target's scan and labels, test subjects only."""
     from mixdemo import examples
 
-    assert examples.main(["--out", str(tmp_path / "scans")]) == 0
+    scans = tmp_path / "scans"
+    assert examples.main(["--out", str(scans)]) == 0
     printed = capsys.readouterr().out.split()
     cached = examples.example_folders()
-    assert printed == [str(tmp_path / "scans" / f.name / "t1.nii.gz") for f in cached.values()]
+    assert printed == [str(scans / f"{f.name}.nii.gz") for f in cached.values()] == sorted(map(str, scans.glob("*.nii.gz")))
     for folder in cached.values():
-        for name in ("t1.nii.gz", "seg.nii.gz"):
-            assert (tmp_path / "scans" / folder.name / name).read_bytes() == (folder / name).read_bytes()
+        assert (scans / f"{folder.name}.nii.gz").read_bytes() == (folder / "t1.nii.gz").read_bytes()
+        assert (scans / "labels" / f"{folder.name}_seg.nii.gz").read_bytes() == (folder / "seg.nii.gz").read_bytes()
     assert not {f.name for f in cached.values()} & set(examples.reference_ids())  # never a reference
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -647,8 +647,12 @@ def test_unmixing_mode_can_train_on_a_saved_d(tiny_cohort, tmp_path):
     assert d_after.keys() == d_before.keys() and all(torch.equal(d_after[k], d_before[k]) for k in d_before)
     with pytest.raises(SystemExit, match="not the"):  # a D of another shape than the one asked for
         train.main(_train_cmd(tiny_cohort, tmp_path / "d2", tmp_path / "run2", 1, [*extra, "--unmix-patch", "2"]))
-    with pytest.raises(SystemExit, match="no saved D"):
+    with pytest.raises(SystemExit, match="no saved model 'nowhere'"):
         train.main(_train_cmd(tiny_cohort, tmp_path / "d4", tmp_path / "run4", 1, [*extra[:-3], "nowhere"]))
+    with pytest.raises(SystemExit, match="no saved model 'baseline'"):  # a start folder without the model named
+        train.main(_train_cmd(tiny_cohort, tmp_path / "d6", tmp_path / "run6", 1,
+                              ["--mode", "baseline", "--init-from", str(tmp_path / "d4")]))
+    assert not (tmp_path / "run6").exists()  # refused before the run began
     with pytest.raises(SystemExit, match="give --init-from"):
         train.main(_train_cmd(tiny_cohort, tmp_path / "d3", tmp_path / "run3", 1, ["--init-unmixing", "unmixing"]))
     with pytest.raises(SystemExit, match="trains no D"):

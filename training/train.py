@@ -153,6 +153,22 @@ def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
     return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))
 
 
+def start_folders(mode: str, init_unmixing: str | None) -> list[str]:
+    """The model folders under ``--init-from`` that a run of ``mode`` starts from (:func:`warm_start`)."""
+    s_name = "baseline" if mode == "baseline" else "segmentation"
+    if mode != "private" or init_unmixing:
+        return [s_name, *([init_unmixing] if init_unmixing else [])]
+    return [s_name, "unmixing"]
+
+
+def check_start_folders(folder: Path, mode: str, init_unmixing: str | None) -> None:
+    """SystemExit naming the first model folder under ``folder`` that a warm start needs and lacks."""
+    for name in start_folders(mode, init_unmixing):
+        if not (folder / name / "model.safetensors").is_file():
+            raise SystemExit(f"--init-from: no saved model {name!r} in {folder} (a model folder with config.json and "
+                             "model.safetensors, as training writes under --out).")
+
+
 def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, ...],
                init_unmixing: str | None = None):
     """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``;
@@ -170,9 +186,8 @@ def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, 
 
 
 def warm_unmixing(folder: Path, fresh: UnmixingNet) -> UnmixingNet:
-    """The D saved in ``folder``, checked to have the shape asked for (``fresh``: a new D of that shape)."""
-    if not (folder / "model.safetensors").exists():
-        raise SystemExit(f"--init-unmixing: no saved D in {folder} (a model folder with model.safetensors).")
+    """The D saved in ``folder`` (there: :func:`check_start_folders`), checked to have the shape asked for
+    (``fresh``: a new D of that shape)."""
     unmix = UnmixingNet.from_pretrained(folder)
     if json.loads(json.dumps(unmix._hub_mixin_config)) != json.loads(json.dumps(fresh._hub_mixin_config)):
         raise SystemExit(f"--init-unmixing: the D in {folder} is {unmix._hub_mixin_config}, not the "
@@ -229,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--init-unmixing starts a D; --mode baseline trains no D.")
     if args.val_subjects and args.n_references != 1 and args.mode != "baseline":
         raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
+    if args.init_from is not None:  # before the cohort loads: a wrong folder costs no time
+        check_start_folders(args.init_from, args.mode, args.init_unmixing)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
