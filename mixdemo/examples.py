@@ -25,8 +25,8 @@ import argparse
 import functools
 import os
 import shutil
-import tempfile
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
