@@ -313,14 +313,19 @@ def pairing_warning(d_name: str, server_s_sha256: str | None) -> str | None:
 class RemoteServer:
     """Callable sending proxies to a Mixup-Privacy server's ``segment_proxy`` endpoint."""
 
-    def __init__(self, url: str, *, timeout_s: float = 600.0, separate_requests: bool = False) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 600.0, separate_requests: bool = False,
+                 send_hf_token: bool = False) -> None:
         """Connect to ``url``.
 
         Args:
             url: the server's address.
             timeout_s: HTTP timeout of one request.
-            separate_requests: send each proxy as its own request, in random order (a defence against
-                averaging the K TTA proxies of one target); else one request per call (at most 8 proxies).
+            separate_requests: send each proxy as its own request, in random order and each in a new session (a
+                defence against averaging the K TTA proxies of one target); else one request per call (at most
+                8 proxies).
+            send_hf_token: send the user's Hugging Face token (``HF_TOKEN`` or the saved login) with every
+                request, as ``gradio_client`` does by default: needed only for a private Space, and it tells the
+                server who the user is. Off, no token is sent, and the user agent names only this client.
         """
         from gradio_client import Client
 
@@ -330,6 +335,8 @@ class RemoteServer:
         try:
             self._client = Client(
                 url,
+                token=None if send_hf_token else False,  # None: gradio_client's default, the saved token
+                headers={"user-agent": "mixdemo-client"},  # not the Python and library versions
                 verbose=False,
                 download_files=self._download,
                 analytics_enabled=False,
@@ -341,6 +348,10 @@ class RemoteServer:
                 f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
                 "check the address and that the server is running."
             ) from None
+
+    def new_session(self) -> None:
+        """Later requests carry a new Gradio session id, so the server cannot link them to earlier ones by it."""
+        self._client.reset_session()
 
     def info(self) -> dict:
         """The server's ``server_info`` endpoint."""
@@ -372,6 +383,7 @@ class RemoteServer:
             order = np.random.default_rng().permutation(k)
             out = torch.empty((k, 4, *proxies.shape[1:]))
             for i in order:
+                self.new_session()  # no session id shared by two of them
                 out[i] = self._request(proxies[i : i + 1])[0]
             return out
         step = self.per_request(proxies.shape[1:])
@@ -478,7 +490,10 @@ def main(argv: list[str] | None = None) -> int:
                         "a lower Dice; see the README's performance section); default $MIXDEMO_UNMIXING or "
                         f"{DEFAULT_UNMIXING}")
     p.add_argument("--separate-requests", action="store_true",
-                   help="send each of the K proxies as its own request, in random order")
+                   help="send each of the K proxies as its own request, in random order, each in a new session")
+    p.add_argument("--send-hf-token", action="store_true",
+                   help="send your Hugging Face token (HF_TOKEN or the saved login) to the server: needed only for a "
+                        "private Space, and it tells the server who you are (default: no token is sent)")
     args = p.parse_args(argv)
 
     from mixdemo.io import ScanError
@@ -498,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.references
             else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
         )
-        remote = RemoteServer(args.server, separate_requests=args.separate_requests)
+        remote = RemoteServer(args.server, separate_requests=args.separate_requests, send_hf_token=args.send_hf_token)
         unmix = unmixing_model(name=args.unmixing)
         if unmix is None:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
@@ -529,6 +544,8 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
     failed = []
     for i, (scan, out) in enumerate(zip(args.scan, outputs)):
         tag = f"scan {i + 1} of {len(outputs)}: " if len(outputs) > 1 else ""
+        if isinstance(remote, RemoteServer):
+            remote.new_session()  # each scan's requests in a session of their own
         try:
             if not Path(scan).is_file():
                 raise ClientError("The input scan could not be found.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -132,15 +133,34 @@ def check_proxies(proxies: np.ndarray) -> np.ndarray:
 
 
 def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
-    """Read a request file (see the module docstring) and validate it."""
+    """Read a request file (see the module docstring) and validate it; its declared size is checked from the
+    header before any of it is loaded."""
     try:
         with open(path, "rb") as fh:
+            _check_declared_size(fh)
+            fh.seek(0)
             arr = np.load(fh, allow_pickle=False)
+    except ProxyError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise ProxyError("The request is not a NumPy .npy array file (pickled objects are refused).") from exc
     if not isinstance(arr, np.ndarray):
         raise ProxyError("The request must hold one array, not an archive.")
     return check_proxies(arr)
+
+
+def _check_declared_size(fh) -> None:  # noqa: ANN001 - an open binary file
+    """ProxyError if a .npy header declares more voxels than a request may hold (numpy would try to allocate
+    them); a file that is not a .npy (or is an archive) is left to ``np.load`` to refuse."""
+    start = fh.read(6)
+    fh.seek(0)
+    if start != b"\x93NUMPY":
+        return
+    version = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, _ = read_header(fh)
+    if int(np.prod([int(n) for n in shape], dtype=object)) > MAX_REQUEST_VOXELS:
+        raise ProxyError("The request is too large: send fewer proxies per request.")
 
 
 @_gpu
@@ -165,24 +185,36 @@ def segment(proxies: np.ndarray, progress: Callable[[float, str], None] | None =
 def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None] | None = None) -> str:
     """The ``segment_proxy`` endpoint: request file → response file path (the request is deleted; the memory
     its arrays took is handed back once it is answered, :func:`mixdemo.inference.reusing_freed_memory`)."""
-    from mixdemo.inference import reusing_freed_memory  # torch loads lazily
+    try:
+        from mixdemo.inference import reusing_freed_memory  # torch loads lazily
 
-    with reusing_freed_memory():
-        return _answer(path, progress)
+        with reusing_freed_memory():
+            return _answer(path, progress)
+    finally:
+        _delete(path)  # whatever failed: the request does not outlive its answer
+
+
+def _delete(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _answer(path: str | os.PathLike, progress: Callable[[float, str], None] | None) -> str:
-    """:func:`segment_file`'s work: read and delete the request, segment, write the response."""
+    """:func:`segment_file`'s work: read and delete the request, segment, write the response (a response
+    that could not be written whole is removed)."""
     try:
         arr = read_proxy_file(path)
     finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _delete(path)  # as soon as it is read
     probs = segment(arr, progress).numpy().astype(np.float16)
     out = response_dir() / "mixed_probs.npy"
-    np.save(out, probs, allow_pickle=False)
+    try:
+        np.save(out, probs, allow_pickle=False)
+    except BaseException:
+        shutil.rmtree(out.parent, ignore_errors=True)
+        raise
     return str(out)
 
 

@@ -273,6 +273,48 @@ def test_server_deletes_the_request_and_writes_float16(app_weights, tmp_path):
         server.check_proxies(np.zeros((4, 8, 8), np.float32))
 
 
+
+def test_server_refuses_a_request_by_its_declared_size_before_loading_it(tmp_path):
+    """A .npy header may declare petabytes in a few bytes: refused from the header, never allocated."""
+    from mixdemo import server
+
+    req = tmp_path / "proxy.npy"
+    with open(req, "wb") as fh:
+        np.lib.format.write_array_header_2_0(fh, {"descr": "<f2", "fortran_order": False, "shape": (2**20, 2**20, 2**10)})
+        fh.write(b"\0" * 64)
+    with pytest.raises(server.ProxyError, match="too large"):
+        server.segment_file(req)
+    assert not req.exists()
+
+
+def test_server_deletes_the_request_and_a_partial_response_whatever_fails(app_weights, tmp_path, monkeypatch):
+    from mixdemo import inference, server
+
+    req = tmp_path / "proxy.npy"
+    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+
+    def broken_step():
+        raise RuntimeError("the memory step failed")
+
+    monkeypatch.setattr(inference, "reusing_freed_memory", broken_step)
+    with pytest.raises(RuntimeError, match="memory step"):
+        server.segment_file(req)
+    assert not req.exists()  # deleted although _answer never ran
+    monkeypatch.undo()
+
+    written: list[Path] = []
+
+    def disk_full(path, *args, **kwargs):
+        written.append(Path(path))
+        Path(path).write_bytes(b"\x93NUMPY partial")
+        raise OSError(28, "No space left on device")
+
+    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    monkeypatch.setattr(server.np, "save", disk_full)
+    with pytest.raises(OSError):
+        server.segment_file(req)
+    assert not req.exists() and written and not written[0].parent.exists()  # no partial response left
+
 def test_server_hands_the_requests_memory_back_once_it_is_answered_or_refused(app_weights, tmp_path, monkeypatch):
     """The endpoint is one step of :func:`mixdemo.inference.reusing_freed_memory`: its memory is handed back after
     the response is written (S's own pass hands back too), and after a refused request as well."""

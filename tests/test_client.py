@@ -349,6 +349,61 @@ def test_cli_a_corrupt_reference_is_a_message(app_url, example, tmp_path, capsys
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
 
 
+
+def test_the_client_sends_no_hugging_face_token_unless_asked(monkeypatch):
+    """What reaches a server's first request: no HF token (gradio_client would send HF_TOKEN to any URL) and a
+    user agent naming only this client; the token only with send_hf_token (the positive control)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from mixdemo.client import RemoteServer
+
+    heard: list[dict[str, str]] = []
+
+    class Listener(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            heard.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    monkeypatch.setenv("HF_TOKEN", "hf_NOT_A_REAL_TOKEN_0123456789")
+    server = HTTPServer(("127.0.0.1", 0), Listener)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for send in (False, True):
+            heard.clear()
+            with pytest.raises(ClientError):  # the listener is no Gradio app
+                RemoteServer(url, timeout_s=10, send_hf_token=send)
+            assert heard, "the client sent nothing"
+            carried = any("hf_NOT_A_REAL_TOKEN" in value for request in heard for value in request.values())
+            assert carried is send
+            assert all(request.get("user-agent") == "mixdemo-client" for request in heard)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.slow
+def test_separate_requests_each_go_in_a_new_session(app_url, monkeypatch):
+    """With separate_requests every proxy's request carries its own Gradio session id, so the server cannot
+    re-link the K proxies of one target by it."""
+    import torch
+
+    from mixdemo.client import RemoteServer
+
+    remote = RemoteServer(app_url, separate_requests=True)
+    try:
+        sessions = [remote._client.session_hash]
+        monkeypatch.setattr(remote, "_request", lambda p: sessions.append(remote._client.session_hash)
+                            or torch.zeros((len(p), 4, *p.shape[1:])))
+        remote(np.zeros((3, 16, 16, 16), np.float32))
+    finally:
+        remote.close()
+    assert len(sessions) == 4 and len(set(sessions)) == 4  # the connection's, then one per request
+
 @pytest.mark.slow
 def test_the_client_follows_the_request_limits_the_server_reports(app_url):
     from mixdemo import server
