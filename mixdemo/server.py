@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import shutil
 import threading
@@ -159,7 +160,7 @@ def _check_declared_size(fh) -> None:  # noqa: ANN001 - an open binary file
     version = np.lib.format.read_magic(fh)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, _, _ = read_header(fh)
-    if int(np.prod([int(n) for n in shape], dtype=object)) > MAX_REQUEST_VOXELS:
+    if math.prod(shape) > MAX_REQUEST_VOXELS:
         raise ProxyError("The request is too large: send fewer proxies per request.")
 
 

@@ -258,11 +258,16 @@ def test_about_shows_results_and_cards(tmp_path, monkeypatch):
     assert [Path(p).name for p, _ in pngs] == ["fig_dice.png"]
 
 
+
+def _write_request(path: Path) -> None:
+    """A valid one-proxy request file (16³, values in [0, 1])."""
+    np.save(path, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+
 def test_server_deletes_the_request_and_writes_float16(app_weights, tmp_path):
     from mixdemo import server
 
     req = tmp_path / "proxy.npy"
-    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    _write_request(req)
     out = server.segment_file(req)
     assert not req.exists()
     probs = np.load(out)
@@ -291,7 +296,7 @@ def test_server_deletes_the_request_and_a_partial_response_whatever_fails(app_we
     from mixdemo import inference, server
 
     req = tmp_path / "proxy.npy"
-    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    _write_request(req)
 
     def broken_step():
         raise RuntimeError("the memory step failed")
@@ -309,7 +314,7 @@ def test_server_deletes_the_request_and_a_partial_response_whatever_fails(app_we
         Path(path).write_bytes(b"\x93NUMPY partial")
         raise OSError(28, "No space left on device")
 
-    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    _write_request(req)
     monkeypatch.setattr(server.np, "save", disk_full)
     with pytest.raises(OSError):
         server.segment_file(req)
@@ -323,7 +328,7 @@ def test_server_hands_the_requests_memory_back_once_it_is_answered_or_refused(ap
     calls: list[str] = []
     monkeypatch.setattr(inference, "hand_back_freed_memory", lambda: calls.append("back") or True)
     req = tmp_path / "proxy.npy"
-    np.save(req, np.random.default_rng(1).uniform(0, 1, (16, 16, 16)).astype(np.float32))
+    _write_request(req)
     server.segment_file(req)
     assert len(calls) == 2  # segment_proxies' step, then the endpoint's
     calls.clear()

@@ -153,17 +153,16 @@ def cosine_factor(step: int, total: int, floor: float = 0.05) -> float:
     return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * t))
 
 
-def start_folders(mode: str, init_unmixing: str | None) -> list[str]:
-    """The model folders under ``--init-from`` that a run of ``mode`` starts from (:func:`warm_start`)."""
+def start_folders(mode: str, init_unmixing: str | None) -> tuple[str, str | None]:
+    """(S's model folder, D's or None) under ``--init-from`` that a run of ``mode`` starts from: the baseline's or
+    the segmentation's S; the D named by ``--init-unmixing``, else the end-to-end ``unmixing`` in private mode."""
     s_name = "baseline" if mode == "baseline" else "segmentation"
-    if mode != "private" or init_unmixing:
-        return [s_name, *([init_unmixing] if init_unmixing else [])]
-    return [s_name, "unmixing"]
+    return s_name, init_unmixing or ("unmixing" if mode == "private" else None)
 
 
 def check_start_folders(folder: Path, mode: str, init_unmixing: str | None) -> None:
     """SystemExit naming the first model folder under ``folder`` that a warm start needs and lacks."""
-    for name in start_folders(mode, init_unmixing):
+    for name in filter(None, start_folders(mode, init_unmixing)):
         if not (folder / name / "model.safetensors").is_file():
             raise SystemExit(f"--init-from: no saved model {name!r} in {folder} (a model folder with config.json and "
                              "model.safetensors, as training writes under --out).")
@@ -173,13 +172,14 @@ def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, 
                init_unmixing: str | None = None):
     """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``;
     S alone in ``unmixing`` mode, or when ``init_unmixing`` names the D to start from: see warm_unmixing)."""
-    seg = SegmentationNet.from_pretrained(folder / ("baseline" if mode == "baseline" else "segmentation"))
+    s_name, d_name = start_folders(mode, init_unmixing)
+    seg = SegmentationNet.from_pretrained(folder / s_name)
     shipped = tuple(seg._hub_mixin_config["features"])
     if shipped != tuple(features):
         raise SystemExit(f"--init-from: S in {folder} has features {shipped}, not {tuple(features)}.")
-    if mode != "private" or init_unmixing:
+    if d_name is None or init_unmixing:  # a named D is loaded and checked by warm_unmixing
         return seg, None
-    unmix = UnmixingNet.from_pretrained(folder / "unmixing")
+    unmix = UnmixingNet.from_pretrained(folder / d_name)
     if unmix.n_references != n_references:
         unmix = widen_references(unmix, n_references)
     return seg, unmix
