@@ -340,6 +340,51 @@ def _baseline_before_calibration() -> dict:
     return record
 
 
+def test_the_s_alpha_record_is_judged_against_the_shipped_pair_and_not_shipped():
+    """results/s_alpha_deployment.json (S and D trained on together at the client's α): each 'default' row is the
+    committed row it names (the same protocol and draws), its gates are the rows' comparisons, the shipped S is not
+    its S, and the README quotes its figures."""
+    from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+
+    record = json.loads((REPO / "results/s_alpha_deployment.json").read_text())
+    deploy = json.loads((REPO / "results/d_p2_96_alpha_deployment.json").read_text())
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    screen, full = record["screen"], record["full_protocol"]
+    assert tuple(record["training"]["s_and_d"]["alpha_range"]) == tuple(DEFAULT_ALPHA_RANGE)
+    assert record["training"]["s_and_d"]["init_from_sha256"]["segmentation"] == seg["weights_sha256"]["segmentation"]
+    assert {k: screen["default"][k] for k in ("learned", "learned_tta", "naive_tta")} == \
+        {k: deploy["after"][k] for k in ("learned", "learned_tta", "naive_tta")}
+    assert screen["candidate"]["baseline"] == screen["default"]["baseline"]  # the same volumes
+    for key in ("learned", "learned_tta", "naive_tta", "baseline"):
+        assert full["default"][key] == seg["dice"][key]
+    assert full["candidate"]["baseline"] == seg["dice"]["baseline"]  # the same volumes and baseline
+    assert full["ratio_to_baseline"]["default"] == seg["ratio_to_baseline"]["learned_tta"]
+    for gate in (screen, full):
+        assert gate["passed"] == (gate["candidate"]["learned_tta"]["avg"] > gate["default"]["learned_tta"]["avg"])
+    prior = {tuple(r["alpha_range"]): r["candidate"] for r in deploy["outside_deployment_range"]["rows"]}
+    for row in record["outside_deployment_range"]["rows"]:
+        assert row["default"] == prior[tuple(row["alpha_range"])]
+        diff = row["candidate"]["learned_tta"]["avg"] - row["default"]["learned_tta"]["avg"]
+        assert row["difference_learned_tta"] == round(diff, 4)
+    # not shipped: the shipped S is not the candidate's, and the table is still the shipped pair's
+    assert record["shipped"].startswith("no:")
+    assert sha256_file(REPO / "weights/segmentation/model.safetensors") == seg["weights_sha256"]["segmentation"]
+    assert record["weights_sha256"]["segmentation-a35"] != seg["weights_sha256"]["segmentation"]
+    readme = (REPO / "README.md").read_text().replace("\n", " ")
+    assert "`results/s_alpha_deployment.json`" in readme
+    d, c = full["default"], full["candidate"]
+    assert f"Naive + TTA {d['naive_tta']['avg']:.3f} → {c['naive_tta']['avg']:.3f}" in readme
+    assert f"Learned {d['learned']['avg']:.3f} → {c['learned']['avg']:.3f}, Learned + TTA " \
+           f"{d['learned_tta']['avg']:.3f} → {c['learned_tta']['avg']:.3f} " \
+           f"({d['learned_tta']['avg']:.4f} → {c['learned_tta']['avg']:.4f})" in readme
+    ratios = full["ratio_to_baseline"]
+    assert f"the ratio {ratios['default']['ratio']:.3f} → {ratios['candidate']['ratio']:.3f}" in readme
+    assert ", ".join(f"{k} {d['icc'][k]['icc']:.3f} → {c['icc'][k]['icc']:.3f}" for k in ("GM", "WM", "CSF")) in readme
+    for row in record["outside_deployment_range"]["rows"]:
+        lo, hi = row["alpha_range"]
+        assert f"{row['difference_learned_tta']:+.4f} (U({lo:g}, {hi:g}))".replace("-", "−") in readme
+
+
 def test_the_baseline_record_names_the_shipped_baseline_its_start_and_the_readme_quotes_it():
     """results/baseline_large_patches.json: its 'after' is the weights weights/baseline was calibrated from, its
     'before' the weights that training started from; every segmentation table's baseline row is the calibrated
