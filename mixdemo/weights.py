@@ -263,7 +263,8 @@ def write_model_card(
             f"- Steps: {record.get('steps', '?')} × batch {record.get('batch_size', '?')} "
             f"({record.get('patch_size', '?')}³ patches)"
             + (f", α ~ U{tuple(record['alpha_range'])}" if record.get("alpha_range") else ""),
-            f"- Hardware: {record.get('hardware', '?')}; {record.get('train_seconds', '?')} s; {record.get('date', '?')}",
+            f"- Hardware: {record.get('hardware', '?')}; {record.get('train_seconds', '?')} s; {record.get('date', '?')}"
+            + ("; mixed precision (bfloat16 forward)" if record.get("precision") == "bfloat16" else ""),
             f"- SHA-256 of model.safetensors: `{record.get('sha256', '?')}`",
             "",
         ]

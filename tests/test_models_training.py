@@ -371,6 +371,83 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
 
 
+@pytest.mark.parametrize("precision, channels_last", [("float32", False), ("bfloat16", True)])
+def test_training_step_runs_the_forward_in_the_precision_and_layout_asked_for(tiny_cohort, precision, channels_last):
+    from training.train import EndToEnd, training_step
+
+    vols = load_volumes(load_cohort(tiny_cohort).split("train"))
+    batch = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.5), seed=0).batch(2)
+    model = EndToEnd(SegmentationNet(features=[int(v) for v in TINY.split(",")]), UnmixingNet(features=(4, 8))).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    seen = {}
+    first_conv = next(m for m in model.seg.modules() if isinstance(m, torch.nn.Conv3d))
+    first_conv.register_forward_hook(lambda m, i, o: seen.update(
+        dtype=o.dtype, channels_last=o.is_contiguous(memory_format=torch.channels_last_3d) and not o.is_contiguous()))
+    before = [p.detach().clone() for p in model.parameters()]
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss, l_seg, l_unmix = training_step(model, optim, batch, torch.device("cpu"), precision, channels_last)
+    assert seen == {"dtype": getattr(torch, precision), "channels_last": channels_last}
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isclose(loss, l_seg + l_unmix)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision: the weights stay float32
+    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2  # S and D both stepped
+
+
+def test_mixed_precision_training_is_recorded_and_exports_plain_float32_weights(tiny_cohort, tmp_path):
+    from training import train
+
+    out = tmp_path / "w"
+    train.main(_train_cmd(tiny_cohort, out, tmp_path / "run", 3, ["--precision", "bfloat16", "--channels-last"]))
+    for name in ("segmentation", "unmixing"):
+        record = json.loads((out / name / "training.json").read_text())
+        assert record["precision"] == "bfloat16" and record["channels_last"] is True
+        card = weights.write_model_card(out / name, title="t", summary="s", sections={})
+        assert "mixed precision (bfloat16 forward)" in card.read_text()
+    seg = SegmentationNet.from_pretrained(out / "segmentation")
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in seg.state_dict().values() if t.is_floating_point())
+    losses = [float(line.split("\t")[1]) for line in (tmp_path / "run" / "train.log").read_text().splitlines()[1:]]
+    assert losses and all(np.isfinite(losses))
+    plain = tmp_path / "plain"
+    train.main(_train_cmd(tiny_cohort, plain, tmp_path / "run-plain", 1))
+    record = json.loads((plain / "segmentation" / "training.json").read_text())
+    assert record["precision"] == "float32" and record["channels_last"] is False
+    card = weights.write_model_card(plain / "segmentation", title="t", summary="s", sections={})
+    assert "mixed precision" not in card.read_text()
+
+
+def test_throughput_times_every_precision_and_layout_with_the_training_step(tiny_cohort, tmp_path, monkeypatch):
+    from training import throughput
+
+    calls = []
+    real_step = throughput.training_step
+    monkeypatch.setattr(throughput, "training_step", lambda *a: calls.append(a[-2:]) or real_step(*a))
+    doc = throughput.main(["--data", str(tiny_cohort), "--quick", "--threads", "1", "--out", str(tmp_path / "tp.json")])
+    assert json.loads((tmp_path / "tp.json").read_text()) == doc and doc["command"].startswith("python -m training.throughput")
+    configs = [(r["precision"], r["channels_last"]) for r in doc["rows"]]
+    assert [r["mode"] for r in doc["rows"]] == ["private"] * 4 + ["baseline"] * 4
+    assert configs == list(throughput.CONFIGS) * 2 and doc["rows"][0]["speedup"] == 1.0
+    assert all(r["steps_per_second"] > 0 and len(r["runs"]) == 1 for r in doc["rows"])
+    assert calls == [c for c in throughput.CONFIGS for _ in range(3)] * 2  # 1 warm-up + 2 timed steps each
+
+
+def test_throughput_quotes_each_runs_record_and_refuses_a_run_without_validation(tiny_cohort, tmp_path):
+    from training import throughput, train
+
+    validated = Path(train.main(_train_cmd(tiny_cohort, tmp_path / "w", tmp_path / "run", 2,
+                                           ["--mode", "baseline", "--val-subjects", "1", "--val-every", "1",
+                                            "--precision", "bfloat16"]))["segmentation"])
+    plain = Path(train.main(_train_cmd(tiny_cohort, tmp_path / "p", tmp_path / "run-p", 1, ["--mode", "baseline"]))["segmentation"])
+    common = ["--data", str(tiny_cohort), "--quick", "--modes", "baseline", "--threads", "1"]
+    doc = throughput.main([*common, "--out", str(tmp_path / "tp.json"), "--runs", str(validated)])
+    record = json.loads((validated / "training.json").read_text())
+    (run,) = doc["runs"]
+    assert run["validation"] == record["validation"]["history"] and [h[0] for h in run["validation"]] == [1, 2]
+    assert run["precision"] == "bfloat16" and run["command"] == record["command"] and run["sha256"] == record["sha256"]
+    with pytest.raises(SystemExit, match="no validation history"):
+        throughput.main([*common, "--out", str(tmp_path / "never.json"), "--runs", str(plain)])
+    assert not (tmp_path / "never.json").exists()
+
+
 def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path):
     from training import train
 

@@ -44,6 +44,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
+from mixdemo.weights import native_bfloat16
 from training import DATA_HELP, command_line, user_errors
 from training.validate import hold_out, make_validation, validation_dice
 
@@ -97,6 +98,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "is reseeded at each START as a resume does); the shipped weights' training.json names theirs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="bfloat16: mixed precision, the forward pass under torch.autocast in bfloat16 (weights, "
+                        "optimiser and losses stay float32; no loss scaling needed), for GPUs and CPUs with "
+                        "bfloat16 instructions; float32 (the default) is what trained the shipped weights")
+    p.add_argument("--channels-last", action="store_true",
+                   help="networks and inputs in channels-last 3D (faster convolutions on CPUs, and on GPUs in "
+                        "bfloat16); off by default, so the shipped weights' commands reproduce them exactly")
     return p.parse_args(argv)
 
 
@@ -277,12 +285,15 @@ def main(argv: list[str] | None = None) -> dict:
         if args.init_unmixing:
             unmix = warm_unmixing(args.init_from / args.init_unmixing, unmix)
     model = EndToEnd(seg, unmix, freeze_seg=args.mode == "unmixing").to(device).train()
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    if args.precision == "bfloat16" and device.type == "cpu" and rank == 0 and not native_bfloat16():
+        print("warning: this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX): --precision bfloat16 "
+              "will train slower than float32 here", flush=True)
     optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     lr_factor = lambda s: cosine_factor(s, schedule_total(s, args.steps, args.legs))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     leg_starts = {start for _, start in args.legs or []} - {0}
-    loss_mix = DiceCELoss(softmax=True)  # soft targets: y_mix of Eq. 3
-    loss_target = DiceCELoss(softmax=True, to_onehot_y=True)
 
     ckpt_path = run_dir / "checkpoint.pt"
     step, elapsed = 0, 0.0
@@ -312,14 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         if step in leg_starts:  # as the resume that started this leg did (idempotent if we just resumed here)
             sampler.rng = np.random.default_rng(args.seed * 7 + step + rank)
         batch = sampler.batch(args.batch_size)
-        x_in = batch.x_mix if mixed else batch.x_target
-        logits_mix, logits_target = ddp(x_in.to(device), batch.y_ref.to(device), batch.weights.to(device))
-        l_seg = loss_mix(logits_mix, batch.y_mix.to(device))
-        l_unmix = loss_target(logits_target, batch.y_target[:, None].to(device)) if mixed else torch.zeros((), device=device)
-        loss = l_unmix if model.freeze_seg else l_seg + l_unmix
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+        loss, l_seg, l_unmix = training_step(ddp, optim, batch, device, args.precision, args.channels_last)
         sched.step()
         step += 1
         bar.update(1)
@@ -353,6 +357,45 @@ def main(argv: list[str] | None = None) -> dict:
     return info
 
 
+LOSS_MIX = DiceCELoss(softmax=True)
+"""S's loss against the soft mixed labels y_mix of Eq. 3 (cross-entropy + Dice, as the paper)."""
+LOSS_TARGET = DiceCELoss(softmax=True, to_onehot_y=True)
+"""D's loss against the target's labels."""
+
+
+def training_step(ddp: torch.nn.Module, optim: torch.optim.Optimizer, batch, device: torch.device,
+                  precision: str = "float32", channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on ``batch`` (a :class:`mixdemo.data.MixedPatchSampler` batch) of ``ddp`` (an
+    :class:`EndToEnd`, DDP-wrapped or not): S's loss on the proxies (Eq. 3; on the raw images for the
+    baseline) plus D's on the target's labels, or D's alone when S is frozen. Returns (loss, S's, D's)."""
+    model = getattr(ddp, "module", ddp)
+    mixed = model.unmix is not None
+    x_in = batch.x_mix if mixed else batch.x_target
+    with forward_precision(device, precision):
+        logits_mix, logits_target = ddp(to_device(x_in, device, channels_last), batch.y_ref.to(device),
+                                        batch.weights.to(device))
+    l_seg = LOSS_MIX(logits_mix.float(), batch.y_mix.to(device))
+    l_unmix = (LOSS_TARGET(logits_target.float(), batch.y_target[:, None].to(device)) if mixed
+               else torch.zeros((), device=device))
+    loss = l_unmix if model.freeze_seg else l_seg + l_unmix
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    optim.step()
+    return loss, l_seg, l_unmix
+
+
+def forward_precision(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's precision: ``bfloat16`` runs it under autocast (mixed precision: convolutions and
+    matrix products in bfloat16, weights, optimiser state and losses in float32); ``float32`` leaves it as is."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A (B, C, X, Y, Z) batch on ``device``, in channels-last 3D when the networks are."""
+    x = x.to(device)
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
+
+
 def validate_step(model: EndToEnd, val, step: int, history: list[list[float]], run_dir: Path) -> list[list[float]]:
     """Validate the weights of ``step`` (appended to ``<run>/validation.log``); keep them in ``<run>/best.pt``
     when their Dice is the best so far."""
@@ -379,7 +422,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
     """Write the Hub-format model folders and a training record next to them."""
     from mixdemo.weights import write_training_record
 
-    model = model.cpu().eval()
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     training = {
         "command": command,
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
@@ -388,6 +431,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "init_from_sha256": init_shas(args.init_from, args.mode, args.init_unmixing) if args.init_from else None,
         "init_unmixing": args.init_unmixing,
         "features": list(features), "processes": world, "device": str(device),
+        "precision": args.precision, "channels_last": args.channels_last,
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
         + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
