@@ -586,6 +586,33 @@ def s_bfloat16_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def train_throughput_md(doc: dict) -> str:
+    """Training steps per second in each precision and layout (``results/train_throughput.json``), and the
+    validated runs it quotes (``--runs``)."""
+    native = "native bfloat16" if doc["native_bfloat16"] else "no native bfloat16"
+    lines = [f"Measured by `{doc['command']}` on {doc['cpu']} ({doc['device']}, {native}), {doc['threads']} threads, "
+             f"batches of {doc['batch_size']} patches of {doc['patch_size']}³, median of {doc['reps']} interleaved "
+             f"repetitions of {doc['steps']} steps, {doc['date']}.", "",
+             "| mode | precision | layout | s / step | steps / s | × float32 |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in doc["rows"]:
+        what = "S + D end to end" if r["mode"] == "private" else "baseline S"
+        layout = "channels-last 3D" if r["channels_last"] else "default"
+        lines.append(f"| {what} | {r['precision']} | {layout} | {r['seconds_per_step']:.2f} | "
+                     f"{r['steps_per_second']:.2f} | {r['speedup']:.2f} |")
+    if doc.get("runs"):
+        steps = [h[0] for h in doc["runs"][0]["validation"]]
+        lines += ["", "The runs it quotes (`--runs`): whole-volume Dice of the scans of held-out training subjects "
+                  f"{', '.join(doc['runs'][0]['validation_subjects'])} (`training.validate`), with the weights of "
+                  "each validated step:", "",
+                  "| run | precision | layout | minutes | " + " | ".join(f"Dice at step {s}" for s in steps) + " |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in steps) + " |"]
+        for run in doc["runs"]:
+            layout = "channels-last 3D" if run["channels_last"] else "default"
+            dice = " | ".join(_f(d) for _, d in run["validation"])
+            lines.append(f"| `{run['command']}` | {run['precision']} | {layout} | {run['train_seconds'] / 60:.0f} | {dice} |")
+    return "\n".join(lines)
+
+
 def compare_command(doc: dict) -> str:
     """The command of a D record that measured it on the D designs' protocol (``training.compare_unmixing``)."""
     return next(c for c in doc["commands"] if "-m training.compare_unmixing " in c)
@@ -624,6 +651,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
     "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "replication": replication_md,
+    "train_throughput": train_throughput_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",

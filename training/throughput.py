@@ -8,7 +8,9 @@ the optimiser steps of :func:`training.train.training_step` (the one ``training.
 networks ``training.train`` builds by default (random weights: a step's cost does not depend on them),
 on batches drawn from the cohort's training scans as training draws them, in four configurations:
 float32 (the default, which trained the shipped weights), float32 in channels-last 3D, bfloat16 mixed
-precision, and both (``--precision bfloat16 --channels-last``). The configurations are interleaved over
+precision, and both (``--precision bfloat16 --channels-last``). ``--check-gradients N`` also counts how often
+bfloat16 convolutions return broken weight gradients (:func:`gradient_check`), the reason ``training.train``
+runs convolutions on grids smaller than their kernel in float32. The configurations are interleaved over
 ``--reps`` repetitions, each after warm-up steps, and the medians are kept, so a host whose speed
 wanders affects them alike. Whether a precision trains as well is another question: ``--runs`` copies
 the records of training runs (each ``training.train --val-subjects``, e.g. one per precision on the same
@@ -31,7 +33,7 @@ from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_de
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
 from training import DATA_HELP, command_line, user_errors
-from training.train import EndToEnd, training_step
+from training.train import EndToEnd, tiny_grid_convolutions_in_float32, training_step
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
 """(precision, channels-last) of each configuration timed, the default first."""
@@ -50,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="one repetition of 2 steps on 16³ patches (a smoke run)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--check-gradients", type=int, default=0, metavar="N",
+                   help="also count, over N steps per case, the bfloat16 convolutions whose weight gradients come out "
+                        "non-finite or huge (gradient_check), with and without training.train's guard")
     p.add_argument("--runs", type=Path, nargs="*", default=[], metavar="MODEL_FOLDER",
                    help="model folders written by training.train with --val-subjects (e.g. one run in each "
                         "precision): their commands, precision, time and validation Dice go into the JSON beside "
@@ -61,12 +66,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_model(mode: str, device: torch.device, channels_last: bool, seed: int = 0) -> EndToEnd:
-    """The networks ``training.train --mode MODE`` starts from (default widths, a new D at full resolution)."""
+def build_model(mode: str, device: torch.device, precision: str, channels_last: bool, seed: int = 0) -> EndToEnd:
+    """The networks ``training.train --mode MODE`` starts from (default widths, a new D at full resolution), set up
+    for ``precision`` and the layout as ``training.train`` sets them up."""
     torch.manual_seed(seed)
     unmix = UnmixingNet() if mode == "private" else None
     model = EndToEnd(SegmentationNet(features=SMALL_FEATURES), unmix).to(device).train()
-    return model.to(memory_format=torch.channels_last_3d) if channels_last else model
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    if precision == "bfloat16":
+        tiny_grid_convolutions_in_float32(model)
+    return model
+
+
+GRADIENT_CASES: tuple[tuple[int, int, int], ...] = ((16, 16, 2), (64, 128, 2), (128, 128, 2), (64, 128, 4), (32, 64, 8))
+"""(in channels, out channels, grid side) of the 3³ convolutions (padding 1) whose weight gradients are checked:
+S's deepest blocks on 32³ patches (2³), a narrow one there, and the grids above them."""
+
+
+def gradient_check(device: torch.device, iters: int, batch: int = 4, seed: int = 0) -> list[dict]:
+    """How often a 3³ convolution's weight gradient comes out non-finite or above 10⁴ (from standard normal
+    inputs and output gradients, where it is of order 10) under bfloat16 autocast, by grid side and layout,
+    with the convolution as autocast runs it and as ``training.train`` runs it
+    (:func:`training.train.tiny_grid_convolutions_in_float32`)."""
+    torch.manual_seed(seed)
+    rows = []
+    for c_in, c_out, side in GRADIENT_CASES:
+        for channels_last in (False, True):
+            fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+            counts = {}
+            for guarded in (False, True):
+                conv = torch.nn.Conv3d(c_in, c_out, 3, padding=1).to(device, memory_format=fmt)
+                if guarded:
+                    tiny_grid_convolutions_in_float32(conv)
+                bad = 0
+                for _ in range(iters):
+                    x = torch.randn(batch, c_in, side, side, side, device=device).contiguous(memory_format=fmt)
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        y = conv(x)
+                    conv.zero_grad()
+                    y.backward(torch.randn(y.shape, device=device).to(y.dtype).contiguous(memory_format=fmt))
+                    g = conv.weight.grad
+                    bad += int(not torch.isfinite(g).all() or g.abs().max() > 1e4)
+                counts["training_train" if guarded else "autocast"] = bad
+            rows.append({"in_channels": c_in, "out_channels": c_out, "grid": side, "channels_last": channels_last,
+                         "iterations": iters, "bad_weight_gradients": counts})
+            print(f"gradients {c_in}→{c_out} on {side}³{' channels-last' if channels_last else ''}: {counts}", flush=True)
+    return rows
 
 
 def time_steps(model: EndToEnd, sampler: MixedPatchSampler, args: argparse.Namespace, device: torch.device,
@@ -99,7 +145,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         seconds: dict[tuple[str, bool], list[float]] = {c: [] for c in CONFIGS}
         for _ in range(args.reps):
             for precision, channels_last in CONFIGS:
-                model = build_model(mode, device, channels_last)
+                model = build_model(mode, device, precision, channels_last)
                 seconds[(precision, channels_last)].append(time_steps(model, sampler, args, device, precision, channels_last))
                 print(f"{mode} {precision}{' channels-last' if channels_last else ''}: "
                       f"{seconds[(precision, channels_last)][-1]:.3f} s/step", flush=True)
@@ -143,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     runs = [run_record(folder) for folder in args.runs]  # before the measurement: a wrong folder costs no time
     doc = measure(args, argv)
+    if args.check_gradients:
+        doc["gradient_check"] = gradient_check(pick_device(args.device), args.check_gradients)
     if runs:
         doc["runs"] = runs
     args.out.parent.mkdir(parents=True, exist_ok=True)

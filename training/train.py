@@ -235,7 +235,7 @@ class EndToEnd(torch.nn.Module):
             logits_mix = self.seg(x_mix)
         if self.unmix is None:
             return logits_mix, None
-        return logits_mix, self.unmix(torch.softmax(logits_mix, dim=1), y_ref, weights)
+        return logits_mix, self.unmix(torch.softmax(logits_mix.float(), dim=1), y_ref, weights)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = EndToEnd(seg, unmix, freeze_seg=args.mode == "unmixing").to(device).train()
     if args.channels_last:
         model.to(memory_format=torch.channels_last_3d)
+    if args.precision == "bfloat16":
+        tiny_grid_convolutions_in_float32(model)
     if args.precision == "bfloat16" and device.type == "cpu" and rank == 0 and not native_bfloat16():
         print("warning: this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX): --precision bfloat16 "
               "will train slower than float32 here", flush=True)
@@ -388,6 +390,28 @@ def forward_precision(device: torch.device, precision: str) -> torch.autocast:
     """The forward pass's precision: ``bfloat16`` runs it under autocast (mixed precision: convolutions and
     matrix products in bfloat16, weights, optimiser state and losses in float32); ``float32`` leaves it as is."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def tiny_grid_convolutions_in_float32(model: torch.nn.Module) -> int:
+    """Run each convolution of ``model`` in float32 under autocast whenever a side of its input is smaller than
+    its kernel (S's deepest blocks on 32³ patches: 2³ grids). There, on the CPU (torch 2.13, oneDNN), bfloat16
+    convolutions now and then return non-finite or huge weight gradients from finite inputs and output
+    gradients (``python -m training.throughput --check-gradients`` counts them); training with them turned S's
+    deepest weights into NaN within 200 steps. Such convolutions cost little. Returns how many were wrapped."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d)]
+    for conv in convs:
+        conv.forward = _float32_on_tiny_grids(conv, conv.forward)
+    return len(convs)
+
+
+def _float32_on_tiny_grids(conv: torch.nn.Conv3d, forward):
+    """``forward`` of ``conv``, outside autocast in float32 when an input side is smaller than the kernel."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type) and any(n < k for n, k in zip(x.shape[2:], conv.kernel_size)):
+            with torch.autocast(x.device.type, enabled=False):
+                return forward(x.float())
+        return forward(x)
+    return run
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
