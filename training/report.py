@@ -599,6 +599,18 @@ def train_throughput_md(doc: dict) -> str:
         layout = "channels-last 3D" if r["channels_last"] else "default"
         lines.append(f"| {what} | {r['precision']} | {layout} | {r['seconds_per_step']:.2f} | "
                      f"{r['steps_per_second']:.2f} | {r['speedup']:.2f} |")
+    if doc.get("gradient_check"):
+        n = doc["gradient_check"][0]["iterations"]
+        lines += ["", f"Weight gradients of a 3³ convolution (padding 1) under bfloat16 autocast that came out non-finite "
+                  f"or above 10⁴, out of {n} steps each (`--check-gradients {n}`; standard normal inputs and output "
+                  "gradients, batch 4):", "",
+                  "| convolution | grid | layout | autocast as it is | as `training.train` runs it |",
+                  "| --- | --- | --- | --- | --- |"]
+        for r in doc["gradient_check"]:
+            layout = "channels-last 3D" if r["channels_last"] else "default"
+            bad = r["bad_weight_gradients"]
+            lines.append(f"| {r['in_channels']} → {r['out_channels']} channels | {r['grid']}³ | {layout} | "
+                         f"{bad['autocast']} | {bad['training_train']} |")
     if doc.get("runs"):
         steps = [h[0] for h in doc["runs"][0]["validation"]]
         lines += ["", "The runs it quotes (`--runs`): whole-volume Dice of the scans of held-out training subjects "

@@ -15,6 +15,10 @@ the last N training subjects out and exports the step with the best whole-volume
 (``training.validate``; ``<run>/validation.log``); with ``--init-from`` the starting weights are validated
 as step 0, so a run that never beats them exports them unchanged.
 
+``--precision bfloat16`` trains in mixed precision (the forward under autocast; convolutions on grids smaller
+than their kernel stay float32, see :func:`tiny_grid_convolutions_in_float32`) and ``--channels-last`` keeps the
+networks in channels-last 3D; both are off by default (``python -m training.throughput`` measures them).
+
 ``--mode unmixing`` trains a new D alone on the outputs of a trained S that stays frozen
 (``--init-from weights``), e.g. the cheaper D on 2³ patches::
 
