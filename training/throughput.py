@@ -33,7 +33,7 @@ from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_de
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
 from training import DATA_HELP, command_line, user_errors
-from training.train import EndToEnd, tiny_grid_convolutions_in_float32, training_step
+from training.train import EndToEnd, set_up_for, tiny_grid_convolutions_in_float32, training_step
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
 """(precision, channels-last) of each configuration timed, the default first."""
@@ -71,12 +71,7 @@ def build_model(mode: str, device: torch.device, precision: str, channels_last: 
     for ``precision`` and the layout as ``training.train`` sets them up."""
     torch.manual_seed(seed)
     unmix = UnmixingNet() if mode == "private" else None
-    model = EndToEnd(SegmentationNet(features=SMALL_FEATURES), unmix).to(device).train()
-    if channels_last:
-        model.to(memory_format=torch.channels_last_3d)
-    if precision == "bfloat16":
-        tiny_grid_convolutions_in_float32(model)
-    return model
+    return set_up_for(EndToEnd(SegmentationNet(features=SMALL_FEATURES), unmix).to(device).train(), precision, channels_last)
 
 
 GRADIENT_CASES: tuple[tuple[int, int, int], ...] = ((16, 16, 2), (64, 128, 2), (128, 128, 2), (64, 128, 4), (32, 64, 8))

@@ -288,11 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
         unmix = warm_unmix or unmix
         if args.init_unmixing:
             unmix = warm_unmixing(args.init_from / args.init_unmixing, unmix)
-    model = EndToEnd(seg, unmix, freeze_seg=args.mode == "unmixing").to(device).train()
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last_3d)
-    if args.precision == "bfloat16":
-        tiny_grid_convolutions_in_float32(model)
+    model = set_up_for(EndToEnd(seg, unmix, freeze_seg=args.mode == "unmixing").to(device).train(),
+                       args.precision, args.channels_last)
     if args.precision == "bfloat16" and device.type == "cpu" and rank == 0 and not native_bfloat16():
         print("warning: this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX): --precision bfloat16 "
               "will train slower than float32 here", flush=True)
@@ -388,6 +385,15 @@ def training_step(ddp: torch.nn.Module, optim: torch.optim.Optimizer, batch, dev
     loss.backward()
     optim.step()
     return loss, l_seg, l_unmix
+
+
+def set_up_for(model: EndToEnd, precision: str, channels_last: bool) -> EndToEnd:
+    """``model`` set up to train in ``precision`` and the layout asked for (in place; returned)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    if precision == "bfloat16":
+        tiny_grid_convolutions_in_float32(model)
+    return model
 
 
 def forward_precision(device: torch.device, precision: str) -> torch.autocast:
