@@ -214,6 +214,32 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
 
 
 @pytest.mark.slow
+def test_compare_unmixing_ensembles_scores_each_d_as_the_evaluation_does(small_cohort, model_dir, tmp_path):
+    """Each D's row of --ensembles is the evaluation's Learned + TTA with that D (same scans, references, α);
+    the combinations average the Ds' probabilities."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training import compare_unmixing, evaluate
+
+    names = [DEFAULT_UNMIXING, "unmixing-p2"]
+    assert all((model_dir / n / "model.safetensors").exists() for n in names)
+    with pytest.raises(SystemExit):
+        compare_unmixing.parse_args(["--ensembles", "--models", names[0], names[0]])
+    out = tmp_path / "ens.json"
+    doc = compare_unmixing.main(["--ensembles", "--data", str(small_cohort), "--quick", "--threads", "1",
+                                 "--models", *names, "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    rows = {"+".join(r["models"]): r for r in doc["rows"]}
+    assert set(rows) == {*names, "+".join(names)}
+    for name in names:
+        single = evaluate.main(["--data", str(small_cohort), "--quick", "--brain-mask", "--threads", "1",
+                                "--no-figures", "--unmixing", name, "--out", str(tmp_path / f"{name}.json")])
+        assert rows[name]["learned_tta"] == single["dice"]["learned_tta"]
+        assert doc["baseline"] == single["dice"]["baseline"]
+    best_single = max(rows[n]["learned_tta"]["avg"] for n in names)
+    assert doc["best_ensemble_gain"] == round(rows["+".join(names)]["learned_tta"]["avg"] - best_single, 4)
+
+
+@pytest.mark.slow
 def test_refresh_baseline_rewrites_the_rows_the_evaluation_would(quick_evaluation, tmp_path):
     """The baseline's rows re-measured alone equal those of a full run of the file's own command."""
     from training import refresh_baseline

@@ -491,6 +491,21 @@ def test_the_bfloat16_record_compares_the_shipped_table_and_sets_the_default_pre
     assert "<!-- results:s_bfloat16 -->" in (REPO / "README.md").read_text()
 
 
+def test_the_d_ensembles_record_repeats_the_shipped_tables_default_row_and_the_readme_shows_it():
+    """results/d_ensembles.json runs the segmentation table's protocol: its default D's row and baseline are the
+    table's Learned + TTA and baseline (same weights, volumes, references and α), and the README shows it."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    record = json.loads((REPO / "results/d_ensembles.json").read_text())
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    (default,) = [r for r in record["rows"] if r["models"] == [DEFAULT_UNMIXING]]
+    assert default["learned_tta"] == seg["dice"]["learned_tta"] and record["baseline"] == seg["dice"]["baseline"]
+    for name, sha in seg["weights_sha256"].items():
+        assert record["weights_sha256"][name] == sha
+    assert record["command"].startswith("python -m training.compare_unmixing --ensembles ")
+    assert "<!-- results:d_ensembles -->" in (REPO / "README.md").read_text()
+
+
 def test_every_replication_of_the_segmentation_table_is_in_its_block():
     """A replication file of another protocol or other networks would be left out of the README's block silently."""
     from training import report

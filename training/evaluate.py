@@ -135,9 +135,9 @@ def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray,
     return curve
 
 
-def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
-              brain: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """K proxies of one target through S, then naive (Eq. 4) and learned (D) unmixing, as float16.
+def unmix_each(volume: Volume, refs: list[Reference], alphas, seg, unmixers: list[torch.nn.Module],
+               brain: np.ndarray | None = None) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray]:
+    """K proxies of one target through S once, then naive (Eq. 4) and each D's learned unmixing, as float16.
 
     With ``brain`` (the target's own brain) D's output is background outside it, as the client's is.
     """
@@ -145,13 +145,21 @@ def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
 
     key = MixKey(tuple(r.ref_id for r in refs), tuple(alphas))
     proxies = make_proxies(volume.image, refs, key)
-    naive, learned = [], []
+    naive, learned = [], [[] for _ in unmixers]
     for k in range(key.k):  # one proxy at a time keeps memory flat
         mixed = segment_proxies(seg, proxies[k : k + 1])
         ref_oh = reference_onehots(refs[k : k + 1])
         naive.append(unmix_naive(mixed, ref_oh, key.alphas[k : k + 1])[0].half())
-        learned.append(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1], brain_mask=brain)[0].half())
-    return torch.stack(naive), torch.stack(learned), proxies
+        for unmix, outputs in zip(unmixers, learned):
+            outputs.append(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1], brain_mask=brain)[0].half())
+    return torch.stack(naive), [torch.stack(outputs) for outputs in learned], proxies
+
+
+def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
+              brain: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """:func:`unmix_each` with one D: (naive, learned, proxies)."""
+    naive, (learned,), proxies = unmix_each(volume, refs, alphas, seg, [unmix], brain)
+    return naive, learned, proxies
 
 
 def baseline_labels(base: torch.nn.Module, vol: Volume, brain: np.ndarray | None) -> np.ndarray:
@@ -230,14 +238,19 @@ def set_up(args: argparse.Namespace) -> Setup:
                  cohort.foreground_classes, cohort.description)
 
 
-def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup):
-    """One test scan with its own K references and α (fixed by its name): (volume, references, brain mask,
-    naive, learned, proxies) as :func:`predict_k` gives them."""
+def scan_draw(rec, k: int, args: argparse.Namespace, setup: Setup) -> tuple[Volume, list[Reference], tuple, np.ndarray | None]:
+    """One test scan with its own K references and α, fixed by its name: (volume, references, α, brain mask)."""
     vol = crop_volume(load_volumes([rec])[0], args.crop)
     key = sample_key(list(setup.by_id), k, alpha_range=tuple(args.alpha_range), seed=scan_seed(args.seed, rec.name))
-    refs = [setup.by_id[r] for r in key.reference_ids]
     brain = vol.image > 0 if args.brain_mask else None
-    return (vol, refs, brain, *predict_k(vol, refs, key.alphas, setup.seg, setup.unmix, brain))
+    return vol, [setup.by_id[r] for r in key.reference_ids], key.alphas, brain
+
+
+def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup):
+    """One test scan through :func:`scan_draw` and :func:`predict_k`: (volume, references, brain mask, naive,
+    learned, proxies)."""
+    vol, refs, alphas, brain = scan_draw(rec, k, args, setup)
+    return (vol, refs, brain, *predict_k(vol, refs, alphas, setup.seg, setup.unmix, brain))
 
 
 def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:

@@ -586,6 +586,25 @@ def s_bfloat16_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def d_ensembles_md(doc: dict) -> str:
+    """Learned + TTA of each D alone and of the mean of several Ds' probabilities (``results/d_ensembles.json``)."""
+    proto = doc["protocol"]
+    lines = [f"Measured by `{doc['command']}` ({doc['date']}, {doc['seconds'] / 60:.0f} min): the segmentation table's "
+             f"{proto['n_volumes']} volumes, with the first K = {proto['tta_k']} of each scan's references and α there; "
+             "S runs once per proxy and every D unmixes the same output. **MNI152-derived phantoms, not patients.**", "",
+             "| D (probabilities averaged) | Learned + TTA | GM | WM | CSF | × baseline |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in doc["rows"]:
+        tta = row["learned_tta"]
+        lines.append(f"| {' + '.join(f'`{m}`' for m in row['models'])} | {_f(tta['avg'])} | {_f(tta['GM'])} | "
+                     f"{_f(tta['WM'])} | {_f(tta['CSF'])} | {_f(row['tta_over_baseline'])} |")
+    gain = doc["best_ensemble_gain"]
+    verdict = "above" if gain > 0 else "not above"
+    lines += ["", f"The best combination's Learned + TTA is {verdict} the best D alone ({gain:+.4f}); baseline "
+                  f"{_f(doc['baseline']['avg'])}."]
+    return "\n".join(lines)
+
+
 def train_throughput_md(doc: dict) -> str:
     """Training steps per second in each precision and layout (``results/train_throughput.json``), and the
     validated runs it quotes (``--runs``)."""
@@ -663,7 +682,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
     "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "replication": replication_md,
-    "train_throughput": train_throughput_md,
+    "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
