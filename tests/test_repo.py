@@ -111,17 +111,18 @@ def test_the_d_designs_table_shows_the_default_ds_row_measured_on_its_protocol()
 def test_each_d_card_compares_it_with_the_ds_its_records_name():
     """A D's card sections follow its records: the D designs table for a D other than the default, the record of
     the step that made it from another D (titled with that start) and the table of every D on the full protocol when it
-    has a row there."""
+    has a row there, and the table of Ds averaged (results/d_ensembles.json) when it has a row there."""
     from mixdemo.weights import DEFAULT_UNMIXING
     from training.refresh_baseline import default_files
-    from training.report import D_TRAINED_ON, FULL_PROTOCOL_SECTION, d_comparisons
+    from training.report import D_TRAINED_ON, ENSEMBLES_SECTION, FULL_PROTOCOL_SECTION, d_comparisons
 
     default = d_comparisons(DEFAULT_UNMIXING)
     start = json.loads((REPO / f"results/{D_TRAINED_ON[DEFAULT_UNMIXING]}.json").read_text())["before"]["model"]
     made_from = json.loads((REPO / f"weights/{DEFAULT_UNMIXING}/training.json").read_text())["calibration"]["from_model"]
     compared = (f"Against the D it was made from (`{start}`)" if start == made_from  # else the D it replaced
                 else f"Against `{start}`, the default D when it was measured (the same proxies)")
-    assert list(default) == [compared, FULL_PROTOCOL_SECTION]
+    assert list(default) == [compared, FULL_PROTOCOL_SECTION, ENSEMBLES_SECTION]
+    assert f"| `{DEFAULT_UNMIXING}` |" in default[ENSEMBLES_SECTION]
     other = next(d for d in D_TRAINED_ON if d != DEFAULT_UNMIXING)  # a D of the registry, not the default
     other_start = json.loads((REPO / f"results/{D_TRAINED_ON[other]}.json").read_text())["before"]["model"]
     sections = d_comparisons(other)
@@ -131,6 +132,7 @@ def test_each_d_card_compares_it_with_the_ds_its_records_name():
     full_protocol = d_comparisons("unmixing-p4")[FULL_PROTOCOL_SECTION]  # the one table, its row among them
     assert "| `unmixing-p4` |" in full_protocol and f"| `{DEFAULT_UNMIXING}` (default) |" in full_protocol
     assert FULL_PROTOCOL_SECTION not in d_comparisons("unmixing-p2")  # no results/segmentation-unmixing-p2.json
+    assert ENSEMBLES_SECTION not in d_comparisons("unmixing-p2")  # not among the Ds averaged
     files = {p.name for p in default_files()}  # refresh_baseline: every file quoting the baseline beside private nets
     assert {f"{r}.json" for r in D_TRAINED_ON.values()} | {"segmentation.json", "d_designs.json"} <= files
     assert "baseline_large_patches.json" not in files  # trains the baseline itself: its rows are not to be replaced

@@ -78,7 +78,8 @@ def d_row(name: str, doc: dict) -> dict:
             "weights_sha256": doc["weights_sha256"].get(name)}
 
 
-def ensemble_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[dict]], argparse.Namespace, evaluate.Setup]:
+def ensemble_rows(args: argparse.Namespace) -> tuple[list[dict], dict[tuple[str, ...], list[dict]], argparse.Namespace,
+                                                  evaluate.Setup]:
     """(the baseline's Dice per volume, Learned + TTA's per volume for each D and each combination of them, the
     evaluation's arguments, its set-up) on the segmentation table's protocol."""
     from mixdemo.mixing import hard_labels
@@ -90,7 +91,7 @@ def ensemble_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[
     setup = evaluate.set_up(eval_args)
     nets = [load_model(name) for name in args.models]
     combos = [c for r in range(1, len(nets) + 1) for c in itertools.combinations(range(len(nets)), r)]
-    baseline, rows = [], {"+".join(args.models[i] for i in c): [] for c in combos}
+    baseline, rows = [], {tuple(args.models[i] for i in c): [] for c in combos}
     for rec in setup.dice_records:
         vol, refs, alphas, brain = evaluate.scan_draw(rec, eval_args.k_max, eval_args, setup)
         k = eval_args.tta_k  # the table's Learned + TTA: the first K of the scan's references and α
@@ -101,7 +102,8 @@ def ensemble_rows(args: argparse.Namespace) -> tuple[list[dict], dict[str, list[
         baseline.append(evaluate.dice_row(evaluate.baseline_labels(setup.base, vol, brain), vol.labels, setup.classes))
         for combo, name in zip(combos, rows):
             rows[name].append(score(sum(means[i] for i in combo) / len(combo)))
-        print(f"{rec.name}: " + ", ".join(f"{n} {r[-1]['avg']:.4f}" for n, r in rows.items() if "+" not in n), flush=True)
+        print(f"{rec.name}: " + ", ".join(f"{n} {r[-1]['avg']:.4f}" for (n, *more), r in rows.items() if not more),
+              flush=True)
     return baseline, rows, eval_args, setup
 
 
@@ -110,9 +112,10 @@ def ensembles(args: argparse.Namespace, argv: list[str] | None) -> dict:
     t0 = time.perf_counter()
     per_volume_baseline, rows, eval_args, setup = ensemble_rows(args)
     baseline = evaluate.mean_rows(per_volume_baseline)
-    table = sorted(({"models": name.split("+"), "learned_tta": evaluate.mean_rows(per_volume),
-                     "tta_over_baseline": round(evaluate.mean_rows(per_volume)["avg"] / baseline["avg"], 4)}
-                    for name, per_volume in rows.items()), key=lambda row: -row["learned_tta"]["avg"])
+    means = {models: evaluate.mean_rows(per_volume) for models, per_volume in rows.items()}
+    table = sorted(({"models": list(models), "learned_tta": mean,
+                     "tta_over_baseline": round(mean["avg"] / baseline["avg"], 4)} for models, mean in means.items()),
+                   key=lambda row: -row["learned_tta"]["avg"])
     best_single = max(row["learned_tta"]["avg"] for row in table if len(row["models"]) == 1)
     return {
         "command": command_line("training.compare_unmixing", argv),

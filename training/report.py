@@ -429,6 +429,7 @@ def _s_name(evaluation: dict) -> str:
 
 
 FULL_PROTOCOL_SECTION = "Against the other Ds on the segmentation table's protocol"
+ENSEMBLES_SECTION = "Averaged with other Ds (phantom test set)"
 PROTOCOL_KEYS = ("n_volumes", "tta_k", "k_max", "n_icc_scans", "crop", "brain_mask", "seed", "alpha_range", "reference_pool")
 
 
@@ -849,8 +850,8 @@ def compared_with_title(name: str, before: str) -> str:
 
 def d_comparisons(name: str) -> dict[str, str]:
     """A D's card sections that compare it with other Ds: the D designs table (with the default D, when ``name``
-    is one of its rows and not the default), the record of the step that made it from another D (``D_TRAINED_ON``)
-    and the table of every D on the segmentation table's protocol when it has a row there."""
+    is one of its rows and not the default), the record of the step that made it from another D (``D_TRAINED_ON``),
+    and the tables of every D on the segmentation table's protocol and of Ds averaged there when it has a row in them."""
     sections = {}
     designs = _load("d_designs")
     if designs and name != DEFAULT_UNMIXING and name in {r["model"] for r in d_designs_rows(designs)[0]}:
@@ -861,6 +862,9 @@ def d_comparisons(name: str) -> dict[str, str]:
     seg = _load("segmentation")
     if seg and name in {_d_name(d) for _, d in ds_on_full_protocol(seg)}:
         sections[FULL_PROTOCOL_SECTION] = ds_full_protocol_md(seg)
+    ensembles = _load("d_ensembles")
+    if ensembles and any(row["models"] == [name] for row in ensembles["rows"]):
+        sections[ENSEMBLES_SECTION] = d_ensembles_md(ensembles)
     return sections
 
 
