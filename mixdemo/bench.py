@@ -18,6 +18,7 @@ private K = 1 runs with each shipped D are interleaved
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_tta
-from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16, s_precision
+from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16, s_precision, unmixing_precision
 
 
 S_SLAB_BUDGET_MB = 1200
@@ -226,6 +227,21 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
         rows.append({"model": name, **unmixing_design(unmix),
                      "seconds": round(seconds, 3), "dice_avg": round(float(np.mean(list(dice.values()))), 4)})
     return rows
+
+
+def d_in_each_precision(unmix: torch.nn.Module, untrained: bool) -> dict[str, torch.nn.Module]:
+    """The client's D in float32 and in bfloat16 (:meth:`UnmixingNet.use_bfloat16`): ``unmix`` itself for its own
+    precision (``$MIXDEMO_UNMIXING_PRECISION``), the same weights loaded again for the other (a copy of the
+    untrained D cast to bfloat16 with ``untrained``); empty without native bfloat16, where it is emulated."""
+    if not native_bfloat16() or not isinstance(unmix, UnmixingNet):
+        return {}
+    own = "bfloat16" if unmix.compute_dtype == torch.bfloat16 else "float32"
+    other = "float32" if own == "bfloat16" else "bfloat16"
+    if untrained:  # load_models' untrained D runs in float32
+        twin = copy.deepcopy(unmix).use_bfloat16()
+    else:
+        twin = load_model(DEFAULT_UNMIXING, precision=other)
+    return {own: unmix, other: twin}
 
 
 def masked_dice_avg(labels: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> float:
@@ -542,7 +558,9 @@ def run(args: argparse.Namespace) -> dict:
     gemm_sizes = (1024, 2048) if args.quick else (1024, 2048, 4096)
     peak_start = matmul_peak_gflops(gemm_sizes)
     d_nets = shipped_ds(unmix) if not (args.untrained or args.quick) else {}
-    clients = {D_VARIANTS[0]: unmix, **d_nets}
+    d_precisions = d_in_each_precision(unmix, args.untrained)
+    clients = {D_VARIANTS[0]: unmix, **d_nets,
+               **{f"D in {p}": d for p, d in d_precisions.items() if d is not unmix}}
     base_times, k1_runs = interleaved_runs(lambda: hard_labels(segment_proxies(base, target[None])[0]),
                                            lambda name: private(key1, target, refs, clients[name]), list(clients), reps)
     baseline_s = statistics.median(base_times)
@@ -561,6 +579,7 @@ def run(args: argparse.Namespace) -> dict:
     d_key, d_mixed = d_study_input(seg, target, refs[0])
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
+    d_precision_rows = unmix_net_study(d_precisions, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
     precision_rows = precision_study(unmix, key1, target, target_labels, refs, reps, args.untrained)
     budget_study = [s_budget_probe(target, target_labels, torch.get_num_threads(), probe)
@@ -583,12 +602,20 @@ def run(args: argparse.Namespace) -> dict:
         row["gflop"] = round(d_flops_per_voxel(d_net) * voxels / 1e9, 1)
         row["seconds_at_gemm_peak"] = round(row["gflop"] / peak, 3)
         row["privacy_tax_at_gemm_peak"] = round(1 + row["seconds_at_gemm_peak"] / baseline_s, 3)
+    for row in d_precision_rows:  # the headline's K = 1 figures with D in each precision (interleaved with them)
+        precision = row.pop("model")
+        runs = k1_runs[D_VARIANTS[0] if d_precisions[precision] is unmix else f"D in {precision}"]
+        row["precision"] = precision
+        row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
+        row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
+        row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
     doc = {
         "command": " ".join(["python -m mixdemo.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
         "cpu": platform.processor() or platform.machine(),
         "device": "cpu",
         "s_precision": s_precision("cpu"),
+        "unmixing_precision": str(getattr(unmix, "compute_dtype", torch.float32)).removeprefix("torch."),
         "keeps_freed_memory": keep_freed_memory(),
         "threads": torch.get_num_threads(),
         "volume_shape": list(target.shape),
@@ -625,6 +652,12 @@ def run(args: argparse.Namespace) -> dict:
                                 "the benchmark's volume; bfloat16_native: whether this CPU has bfloat16 instructions "
                                 "(without them bfloat16 is emulated, slowly)",
             "bfloat16_native": native_bfloat16(),
+            "d_precision": sorted(d_precision_rows, key=lambda r: r["precision"] != "float32"),
+            "d_precision_note": "the client's D with its four blocks in float32 and in bfloat16 "
+                                f"($MIXDEMO_UNMIXING_PRECISION; the headline's is {unmixing_precision('cpu')}), the same "
+                                "S, K = 1, α = 0.5: D's seconds and brain-masked Dice on the D levers' mix, and the "
+                                "private K = 1 run's seconds (interleaved with the headline's), privacy tax and client "
+                                "share with it; measured where the CPU has native bfloat16",
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "a fresh process serves private requests on the whole target (mix, S, D with "
                                        "Eq. 6 as a running sum, labels) with K = "

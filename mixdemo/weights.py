@@ -30,6 +30,8 @@ UNMIXING_ENV = "MIXDEMO_UNMIXING"  # which client network D the app and the clie
 PRECISION_ENV = "MIXDEMO_PRECISION"  # S's inference precision: float32, bfloat16 or auto (see s_precision)
 PRECISIONS = ("float32", "bfloat16", "auto")
 DEFAULT_PRECISION = "auto"  # bfloat16 where the CPU has it: the full protocol's Dice within 0.001 (results/s_bfloat16.json)
+UNMIXING_PRECISION_ENV = "MIXDEMO_UNMIXING_PRECISION"  # D's blocks: float32, bfloat16 or auto (see unmixing_precision)
+DEFAULT_UNMIXING_PRECISION = "auto"  # bfloat16 where the CPU has it: the full protocol's Dice within 0.001 (results/d_bfloat16.json)
 DEFAULT_UNMIXING = "unmixing-p2-96-a35-cal"  # unmixing-p2-96 trained on at the deployment α, then calibrated (its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
@@ -96,11 +98,22 @@ def native_bfloat16() -> bool:
 def s_precision(device: torch.device | str) -> str:
     """The precision S-shaped networks (the server's S, the baseline) run in on ``device``: ``$MIXDEMO_PRECISION``
     when set, else :data:`DEFAULT_PRECISION`; ``auto`` is ``bfloat16`` on a CPU with native bfloat16
-    (:func:`native_bfloat16`; the case measured here), else ``float32``. D and the attack networks always run
-    in float32."""
-    asked = (os.environ.get(PRECISION_ENV) or DEFAULT_PRECISION).strip().lower()
+    (:func:`native_bfloat16`; the case measured here), else ``float32``. D's is :func:`unmixing_precision`;
+    the attack networks always run in float32."""
+    return _precision(PRECISION_ENV, DEFAULT_PRECISION, device)
+
+
+def unmixing_precision(device: torch.device | str) -> str:
+    """The precision of the client network D's four blocks on ``device`` (:meth:`mixdemo.models.UnmixingNet.use_bfloat16`):
+    ``$MIXDEMO_UNMIXING_PRECISION`` when set, else :data:`DEFAULT_UNMIXING_PRECISION`; ``auto`` as in
+    :func:`s_precision`."""
+    return _precision(UNMIXING_PRECISION_ENV, DEFAULT_UNMIXING_PRECISION, device)
+
+
+def _precision(env: str, default: str, device: torch.device | str) -> str:
+    asked = (os.environ.get(env) or default).strip().lower()
     if asked not in PRECISIONS:
-        raise WeightsError(f"${PRECISION_ENV} must be one of {', '.join(PRECISIONS)}; got {asked!r}.")
+        raise WeightsError(f"${env} must be one of {', '.join(PRECISIONS)}; got {asked!r}.")
     if asked == "auto":
         import torch
 
@@ -196,7 +209,7 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True, preci
     ``$MIXDEMO_KEEP_FREED_MEMORY=0``; :func:`mixdemo.inference.keep_freed_memory`), a D on patches through its fused inference. ``fast=False``:
     the reference path, the modules exactly as trained in float32 (a D on patches through its convolutions),
     which the tests check the fast path against. ``precision`` (``float32`` or ``bfloat16``) overrides
-    :func:`s_precision` for S-shaped networks on the fast path."""
+    :func:`s_precision` (S-shaped networks) or :func:`unmixing_precision` (D) on the fast path."""
     if precision not in (None, "float32", "bfloat16"):
         raise ValueError(f"precision must be float32 or bfloat16; got {precision!r}.")
     folder = resolve_model_dir(name)
@@ -221,11 +234,19 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True, preci
         model.use_channels_last()
     if fast and hasattr(model, "fuse_for_inference"):
         model.fuse_for_inference()
-    if fast and hasattr(model, "use_bfloat16") and (precision or s_precision(next(model.parameters()).device)) == "bfloat16":
+    if fast and hasattr(model, "use_bfloat16") and (precision or _precision_of(model)) == "bfloat16":
         model.use_bfloat16()
     if hasattr(model, "fused_patches"):
         model.fused_patches = fast
     return model
+
+
+def _precision_of(model: nn.Module) -> str:
+    """The precision setting that applies to ``model`` on its device: D's (:func:`unmixing_precision`) or S's."""
+    from mixdemo.models import UnmixingNet
+
+    device = next(model.parameters()).device
+    return unmixing_precision(device) if isinstance(model, UnmixingNet) else s_precision(device)
 
 
 def write_model_card(

@@ -34,6 +34,11 @@ def test_quick_bench_writes_results(tmp_path):
     assert all(r["privacy_tax"] == pytest.approx(r["private_k1_s"] / r["baseline_s"], rel=0.01) for r in rows)
     assert all(0 <= r["baseline_dice_avg"] <= 1 and 0 <= r["private_k1_dice_avg"] <= 1 for r in rows)
     assert isinstance(doc["levers"]["bfloat16_native"], bool)
+    d_rows = doc["levers"]["d_precision"]  # the client's D in each precision, the same S (native bfloat16 only)
+    assert [r["precision"] for r in d_rows] == (["float32", "bfloat16"] if doc["levers"]["bfloat16_native"] else [])
+    assert all(r["privacy_tax"] == pytest.approx(r["private_k1_s"] / doc["baseline_s"], rel=0.01) for r in d_rows)
+    assert all(0 < r["client_share"] < 1 and 0 <= r["dice_avg"] <= 1 and r["seconds"] > 0 for r in d_rows)
+    assert doc["unmixing_precision"] in ("float32", "bfloat16")
 
 
 def test_flops_per_voxel_counts_the_convolutions():

@@ -314,16 +314,21 @@ def test_an_evaluation_in_bfloat16_says_so_and_a_float32_one_keeps_its_old_recor
     from training import evaluate
 
     monkeypatch.setenv(weights.PRECISION_ENV, "float32")  # the training commands' default (training/__init__.py)
-    assert evaluate.precision_record() == {}  # the records made before the setting existed stay comparable
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "float32")
+    assert evaluate.precision_record() == {}  # the records made before the settings existed stay comparable
     monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
     assert evaluate.precision_record() == {"s_precision": "bfloat16"}
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "bfloat16")
+    assert evaluate.precision_record() == {"s_precision": "bfloat16", "unmixing_precision": "bfloat16"}
     monkeypatch.delenv(weights.PRECISION_ENV)
+    monkeypatch.delenv(weights.UNMIXING_PRECISION_ENV)
     import importlib
 
     import training
 
-    importlib.reload(training)  # importing the training package pins float32 unless the variable is set
-    assert os.environ[weights.PRECISION_ENV] == "float32" and evaluate.precision_record() == {}
+    importlib.reload(training)  # importing the training package pins float32 unless the variables are set
+    assert os.environ[weights.PRECISION_ENV] == os.environ[weights.UNMIXING_PRECISION_ENV] == "float32"
+    assert evaluate.precision_record() == {}
 
 
 def test_replication_table_pools_the_cohorts_and_leaves_out_other_protocols(tmp_path, monkeypatch):

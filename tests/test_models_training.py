@@ -213,6 +213,57 @@ def test_bfloat16_segmentation_net_returns_float32_logits_close_to_float32s():
         SegmentationNet(features=(4, 4, 8, 8, 16, 4)).use_bfloat16()
 
 
+@pytest.mark.parametrize("patch,voxel_hidden", [(1, 0), (2, 0), (4, 8)])
+def test_bfloat16_unmixing_net_returns_float32_logits_close_to_float32s(patch, voxel_hidden):
+    """D with its four blocks in bfloat16 (instance-norm statistics in float32) computes D's function to
+    bfloat16 rounding on every inference path, each sample of a batch with its own α, and cannot be trained
+    or saved so."""
+    import copy
+
+    torch.manual_seed(patch)
+    net = UnmixingNet(patch=patch, voxel_hidden=voxel_hidden)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    net.eval().use_channels_last()
+    reduced = copy.deepcopy(net).use_bfloat16()
+    assert reduced.enc1.conv1.weight.dtype == torch.bfloat16 and reduced.embed[0].weight.dtype == torch.float32
+    side = 4 * patch
+    y = torch.softmax(torch.randn(2, 4, 2 * side, side, 3 * side), 1)
+    r = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 2 * side, side, 3 * side)), 4).permute(0, 4, 1, 2, 3)
+    alphas = torch.tensor([0.3, 0.45])
+    with torch.inference_mode():
+        expected, given = net(y, r.float(), alphas), reduced(y, r.to(torch.uint8), alphas)
+    assert given.dtype == torch.float32 and given.shape == expected.shape
+    assert (given - expected).abs().max() < 0.05 * expected.abs().max()  # bfloat16's 8-bit mantissa
+    assert (given.argmax(1) == expected.argmax(1)).float().mean() > 0.95
+    assert not torch.allclose(given[0], given[1])
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        reduced.train()
+    with pytest.raises(RuntimeError, match="cast for inference"):
+        reduced.save_pretrained(Path("/nonexistent"))
+    with pytest.raises(RuntimeError, match="eval"):
+        UnmixingNet().use_bfloat16()
+
+
+def test_adain_in_bfloat16_normalises_each_sample_by_its_own_statistics():
+    """The bfloat16 inference path of adaptive instance norm (group norm per sample, float32 statistics) gives the
+    float32 path's output on the same bfloat16 input, to bfloat16's rounding of the output, each sample with its
+    own statistics and α."""
+    from mixdemo.models import AdaIN3d
+
+    torch.manual_seed(0)
+    norm = AdaIN3d(6, 3).eval()
+    torch.nn.init.normal_(norm.to_scale_shift.weight, std=0.5)
+    x = torch.randn(2, 6, 8, 10, 12) * 2 + torch.arange(6.0).view(1, 6, 1, 1, 1)
+    x[1] = x[1] * 3 + 4  # the second sample: other statistics
+    cond = torch.randn(2, 3)
+    reduced = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        expected, given = norm(reduced.float(), cond), norm(reduced, cond)
+    assert given.dtype == torch.bfloat16 and given.is_contiguous(memory_format=torch.channels_last_3d)
+    assert (given.float() - expected).abs().max() < 0.01 * expected.abs().max()
+
+
 def test_precision_setting_picks_s_precision_and_refuses_unknown_values(monkeypatch):
     monkeypatch.delenv(weights.PRECISION_ENV, raising=False)  # the default, auto: bfloat16 where the CPU has it
     assert weights.DEFAULT_PRECISION == "auto"
@@ -229,17 +280,29 @@ def test_precision_setting_picks_s_precision_and_refuses_unknown_values(monkeypa
         weights.s_precision("cpu")
 
 
-def test_load_model_casts_s_but_not_d_to_the_precision_asked_for(tmp_path, monkeypatch):
+def test_load_model_casts_s_and_d_each_to_its_own_precision_setting(tmp_path, monkeypatch):
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
     _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
     UnmixingNet(patch=2).save_pretrained(tmp_path / "unmixing-px")
     weights.write_training_record(tmp_path / "unmixing-px", {}, "mixdemo.models.UnmixingNet")
     monkeypatch.setenv(weights.PRECISION_ENV, "bfloat16")
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "float32")
     assert weights.load_model("segmentation").compute_dtype == torch.bfloat16
     assert weights.load_model("segmentation", fast=False).compute_dtype == torch.float32  # the reference path
-    assert next(weights.load_model("unmixing-px").parameters()).dtype == torch.float32
+    assert weights.load_model("unmixing-px").compute_dtype == torch.float32  # S's setting is not D's
     monkeypatch.setenv(weights.PRECISION_ENV, "float32")
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "bfloat16")
     assert weights.load_model("segmentation").compute_dtype == torch.float32
+    assert weights.load_model("unmixing-px").compute_dtype == torch.bfloat16
+    assert weights.load_model("unmixing-px", fast=False).compute_dtype == torch.float32
+    assert weights.load_model("unmixing-px", precision="float32").compute_dtype == torch.float32
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "half")
+    with pytest.raises(weights.WeightsError, match="MIXDEMO_UNMIXING_PRECISION"):
+        weights.load_model("unmixing-px")
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "auto")
+    assert weights.unmixing_precision("cuda") == "float32"
+    monkeypatch.setattr(weights, "native_bfloat16", lambda: False)
+    assert weights.unmixing_precision("cpu") == "float32"
 
 
 def test_conv_of_concat_is_the_convolution_of_the_concatenation():

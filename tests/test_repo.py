@@ -493,6 +493,26 @@ def test_the_bfloat16_record_compares_the_shipped_table_and_sets_the_default_pre
     assert "<!-- results:s_bfloat16 -->" in (REPO / "README.md").read_text()
 
 
+def test_the_d_bfloat16_record_compares_the_shipped_default_and_sets_ds_default_precision():
+    """results/d_bfloat16.json (the segmentation table's protocol with D's blocks in bfloat16, S in bfloat16 as shipped):
+    its float32 side is results/s_bfloat16.json's bfloat16 run (S in bfloat16, D in float32), the same weights, the
+    decision follows its rule (every average Dice row within 0.001), D's default precision is that decision, and the
+    README shows the record."""
+    from mixdemo import weights
+
+    record = json.loads((REPO / "results/d_bfloat16.json").read_text())
+    shipped = json.loads((REPO / "results/s_bfloat16.json").read_text())["bfloat16"]
+    assert record["float32"]["dice"] == shipped["dice"] and record["float32"]["icc"] == shipped["icc"]
+    assert record["bfloat16"]["weights_sha256"] == shipped["weights_sha256"]
+    assert record["commands"][0].startswith("MIXDEMO_PRECISION=bfloat16 MIXDEMO_UNMIXING_PRECISION=bfloat16 "
+                                            "python -m training.evaluate ")
+    assert record["bfloat16"]["protocol"]["unmixing_precision"] == record["bfloat16"]["protocol"]["s_precision"] == "bfloat16"
+    within = all(abs(record["bfloat16"]["dice"][k]["avg"] - shipped["dice"][k]["avg"]) <= 0.001 for k in shipped["dice"])
+    assert record["within_0_001"] == within
+    assert weights.DEFAULT_UNMIXING_PRECISION == ("auto" if within else "float32")
+    assert "<!-- results:d_bfloat16 -->" in (REPO / "README.md").read_text()
+
+
 def test_the_d_ensembles_record_repeats_the_shipped_tables_default_row_and_the_readme_shows_it():
     """results/d_ensembles.json runs the segmentation table's protocol: its default D's row and baseline are the
     table's Learned + TTA and baseline (same weights, volumes, references and α), and the README shows it."""

@@ -1,7 +1,7 @@
 """Training, evaluation and reporting commands (``python -m training.<name>``).
 
-They run S and the baseline in float32, the precision every committed figure was measured in, unless
-``$MIXDEMO_PRECISION`` says otherwise (``MIXDEMO_PRECISION=bfloat16 python -m training.evaluate`` made
+They run S, the baseline and D in float32, the precision every committed figure was measured in, unless
+``$MIXDEMO_PRECISION`` (S, the baseline) or ``$MIXDEMO_UNMIXING_PRECISION`` (D) says otherwise (``MIXDEMO_PRECISION=bfloat16 python -m training.evaluate`` made
 ``results/s_bfloat16.json``); the app, the client and the server default to bfloat16 where the CPU has it
 (:func:`mixdemo.weights.s_precision`).
 """
@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
+os.environ.setdefault("MIXDEMO_UNMIXING_PRECISION", "float32")  # mixdemo.weights.UNMIXING_PRECISION_ENV
 
 
 DATA_HELP = ("cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are generated if the "

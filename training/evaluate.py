@@ -31,7 +31,8 @@ from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components, rat
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
-from mixdemo.weights import DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir, s_precision
+from mixdemo.weights import (DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir, s_precision,
+                             unmixing_precision)
 from training import DATA_HELP, command_line, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
@@ -199,9 +200,10 @@ def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
 
 
 def precision_record() -> dict[str, str]:
-    """S's and the baseline's precision when not float32 (``$MIXDEMO_PRECISION``; absent: float32, as before it existed)."""
-    precision = s_precision("cpu")
-    return {} if precision == "float32" else {"s_precision": precision}
+    """S's and the baseline's precision (``$MIXDEMO_PRECISION``) and D's (``$MIXDEMO_UNMIXING_PRECISION``), each
+    when not float32 (absent: float32, as before the settings existed)."""
+    record = {"s_precision": s_precision("cpu"), "unmixing_precision": unmixing_precision("cpu")}
+    return {name: value for name, value in record.items() if value != "float32"}
 
 
 @dataclass

@@ -284,6 +284,12 @@ def bench_md(doc: dict) -> str:
                      f"baseline {row['baseline_s']:.1f} s, private {row['private_k1_s']:.1f} s (privacy tax "
                      f"{row['privacy_tax']:.2f}, client share {row['client_share']:.2f}); Dice baseline "
                      f"{row['baseline_dice_avg']:.3f}, private {row['private_k1_dice_avg']:.3f}", ""))
+    for row in levers.get("d_precision") or []:
+        state = "on: the default" if row["precision"] == doc.get("unmixing_precision", "float32") else "off"
+        what = "float32" if row["precision"] == "float32" else "bfloat16 (MIXDEMO_UNMIXING_PRECISION=bfloat16)"
+        rows.append((f"lever ({state}): D's blocks in {what}, K = 1",
+                     f"D {row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}; private {row['private_k1_s']:.1f} s "
+                     f"(privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f})", ""))
     for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
             what, state = "D on the whole volume", "on"
@@ -574,9 +580,20 @@ def d_alpha_outside_md(doc: dict) -> str:
 
 def s_bfloat16_md(doc: dict) -> str:
     """The segmentation table's protocol with S and the baseline in bfloat16 against float32, the same draws."""
+    return _precision_md(doc, "`results/segmentation.json` (float32")
+
+
+def d_bfloat16_md(doc: dict) -> str:
+    """The segmentation table's protocol with D's blocks in bfloat16 against float32 (S in bfloat16 in both), the
+    same draws."""
+    return _precision_md(doc, "its run in `results/s_bfloat16.json` (S in bfloat16, D in float32")
+
+
+def _precision_md(doc: dict, against: str) -> str:
+    """A precision record's average Dice rows in float32 and bfloat16 (``results/s_bfloat16.json``, ``d_bfloat16.json``)."""
     f32, b16 = doc["float32"], doc["bfloat16"]
     lines = [f"Measured by `{doc['commands'][0]}` ({doc['date']}, {b16['seconds'] / 60:.0f} min) against "
-             f"`results/segmentation.json` (float32, {f32['seconds'] / 60:.0f} min): the same weights, volumes, α and "
+             f"{against}, {f32['seconds'] / 60:.0f} min): the same weights, volumes, α and "
              "references. **MNI152-derived phantoms, not patients.**", "",
              "| average Dice | float32 | bfloat16 | difference |", "| --- | --- | --- | --- |"]
     for key, label in LABELS.items():
@@ -682,7 +699,8 @@ def d_large_patches_md(doc: dict) -> str:
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
-    "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "replication": replication_md,
+    "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "d_bfloat16": d_bfloat16_md,
+    "replication": replication_md,
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md,
 }
 # README blocks drawn from another results file than their own name
