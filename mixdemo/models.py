@@ -417,15 +417,18 @@ class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=
 
     def _blocks(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The four AdaIN blocks with the U-Net's one pooling, skip and up-sampling (in inference each
-        feature map is freed after its last use). They run in :attr:`compute_dtype` and return float32."""
-        e1 = self.enc1(x.to(self.compute_dtype), cond)
+        feature map is freed after its last use). Cast for inference (:meth:`use_bfloat16`), they run in
+        bfloat16 and return float32; otherwise in the input's dtype (autocast's in mixed-precision training)."""
+        reduced = self.compute_dtype != torch.float32
+        e1 = self.enc1(x.to(self.compute_dtype) if reduced else x, cond)
         del x
         e2 = self.enc2(nn.functional.max_pool3d(e1, 2), cond)
         skip = [self.up(e2), e1]
         del e1, e2
         if not (self.channels_last and not torch.is_grad_enabled()):  # else dec1's first convolution takes the parts
             skip = torch.cat(skip, dim=1)
-        return self.head(self.dec1(skip, cond), cond).float()
+        out = self.head(self.dec1(skip, cond), cond)
+        return out.float() if reduced else out
 
     def _forward_fused_patches(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor,
                                cond: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Training, evaluation and reporting commands (``python -m training.<name>``).
 
 They run S, the baseline and D in float32, the precision every committed figure was measured in, unless
-``$MIXDEMO_PRECISION`` (S, the baseline) or ``$MIXDEMO_UNMIXING_PRECISION`` (D) says otherwise (``MIXDEMO_PRECISION=bfloat16 python -m training.evaluate`` made
-``results/s_bfloat16.json``); the app, the client and the server default to bfloat16 where the CPU has it
-(:func:`mixdemo.weights.s_precision`).
+``$MIXDEMO_PRECISION`` (S, the baseline) or ``$MIXDEMO_UNMIXING_PRECISION`` (D's blocks) says otherwise
+(``MIXDEMO_PRECISION=bfloat16 python -m training.evaluate`` made ``results/s_bfloat16.json``); the app, the
+client and the server default to bfloat16 where the CPU has it (:func:`mixdemo.weights.s_precision`,
+:func:`mixdemo.weights.unmixing_precision`).
 """
 
 from __future__ import annotations
