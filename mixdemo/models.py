@@ -228,11 +228,14 @@ def _adain_bfloat16(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, e
     """Instance norm then ``scale``·x + ``shift`` (each (B, C), float32) of a bfloat16 ``x``, one sample at
     a time: group norm with a group per channel is instance norm, and PyTorch's CPU kernel for it takes
     its statistics in float32 from bfloat16 inputs and writes bfloat16 in one pass (the float32 path's
-    Gram-matrix statistics would lose the variance to bfloat16 rounding)."""
+    Gram-matrix statistics would lose the variance to bfloat16 rounding). Off the CPU (bfloat16 forced on a
+    GPU; never chosen there by default) the affine takes ``x``'s dtype, which every backend's kernel accepts."""
     channels = x.shape[1]
+    dtype = torch.float32 if x.device.type == "cpu" else x.dtype
+    scale, shift = scale.to(dtype), shift.to(dtype)
     if x.shape[0] == 1:
-        return nn.functional.group_norm(x, channels, scale[0].float(), shift[0].float(), eps)
-    return torch.cat([nn.functional.group_norm(x[i : i + 1], channels, scale[i].float(), shift[i].float(), eps)
+        return nn.functional.group_norm(x, channels, scale[0], shift[0], eps)
+    return torch.cat([nn.functional.group_norm(x[i : i + 1], channels, scale[i], shift[i], eps)
                       for i in range(x.shape[0])])
 
 
