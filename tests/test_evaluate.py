@@ -364,3 +364,29 @@ def test_replication_table_pools_the_cohorts_and_leaves_out_other_protocols(tmp_
     del other["dice_per_volume"]
     (tmp_path / "segmentation-replication-seed1.json").write_text(json.dumps(other))
     assert "segmentation-replication-seed1.json` has no per-volume Dice" in report.replication_md(main)
+
+
+def test_d_precision_record_applies_its_rule_and_refuses_a_run_not_in_bfloat16():
+    """training.d_precision_record copies the bfloat16 evaluation beside the float32 run, decides by every average
+    Dice row within 0.001, and refuses an evaluation that did not run both networks in bfloat16 or used other weights."""
+    import copy
+
+    from training import d_precision_record as rec
+    from training import evaluate
+
+    rows = {k: {"GM": 0.9, "WM": 0.9, "CSF": 0.8, "avg": 0.85} for k in evaluate.METHODS}
+    float32_run = {"dice": rows, "icc": {"GM": {"icc": 0.7}}, "seconds": 60, "weights_sha256": {"unmixing-x": "a"}}
+    evaluation = {"command": "python -m training.evaluate --out x.json", "date": "2026-12-04", "dice": copy.deepcopy(rows),
+                  "icc": {"GM": {"icc": 0.71}}, "dice_vs_k": {}, "seconds": 70, "weights_sha256": {"unmixing-x": "a"},
+                  "s_precision": "bfloat16", "unmixing_precision": "bfloat16"}
+    evaluation["dice"]["learned_tta"]["avg"] = 0.8509  # within 0.001
+    record = rec.assemble(evaluation, float32_run, True, "python -m training.d_precision_record --evaluation x.json")
+    assert record["within_0_001"] and "'auto'" in record["decision"]
+    assert record["commands"] == [rec.ENV + evaluation["command"], "python -m training.d_precision_record --evaluation x.json"]
+    assert record["float32"]["dice"] == rows and record["bfloat16"]["dice"] == evaluation["dice"]
+    evaluation["dice"]["learned"]["avg"] = 0.8489  # 0.0011 below
+    assert not rec.assemble(evaluation, float32_run, True, "c")["within_0_001"]
+    with pytest.raises(SystemExit, match="bfloat16"):
+        rec.assemble({**evaluation, "unmixing_precision": "float32"}, float32_run, True, "c")
+    with pytest.raises(SystemExit, match="other weights"):
+        rec.assemble({**evaluation, "weights_sha256": {"unmixing-x": "b"}}, float32_run, True, "c")

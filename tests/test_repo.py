@@ -507,6 +507,7 @@ def test_the_d_bfloat16_record_compares_the_shipped_default_and_sets_ds_default_
     assert record["commands"][0].startswith("MIXDEMO_PRECISION=bfloat16 MIXDEMO_UNMIXING_PRECISION=bfloat16 "
                                             "python -m training.evaluate ")
     assert record["bfloat16"]["protocol"]["unmixing_precision"] == record["bfloat16"]["protocol"]["s_precision"] == "bfloat16"
+    assert record["commands"][1].startswith("python -m training.d_precision_record ")  # the command that wrote it
     within = all(abs(record["bfloat16"]["dice"][k]["avg"] - shipped["dice"][k]["avg"]) <= 0.001 for k in shipped["dice"])
     assert record["within_0_001"] == within
     assert weights.DEFAULT_UNMIXING_PRECISION == ("auto" if within else "float32")

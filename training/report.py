@@ -580,21 +580,23 @@ def d_alpha_outside_md(doc: dict) -> str:
 
 def s_bfloat16_md(doc: dict) -> str:
     """The segmentation table's protocol with S and the baseline in bfloat16 against float32, the same draws."""
-    return _precision_md(doc, "`results/segmentation.json` (float32")
+    return _precision_md(doc, "`results/segmentation.json`", "float32")
 
 
 def d_bfloat16_md(doc: dict) -> str:
     """The segmentation table's protocol with D's blocks in bfloat16 against float32 (S in bfloat16 in both), the
-    same draws."""
-    return _precision_md(doc, "its run in `results/s_bfloat16.json` (S in bfloat16, D in float32")
+    same draws; the record written by its second command (``training.d_precision_record``)."""
+    return _precision_md(doc, "its run in `results/s_bfloat16.json`", "S in bfloat16, D in float32")
 
 
-def _precision_md(doc: dict, against: str) -> str:
-    """A precision record's average Dice rows in float32 and bfloat16 (``results/s_bfloat16.json``, ``d_bfloat16.json``)."""
+def _precision_md(doc: dict, against: str, against_ran: str) -> str:
+    """A precision record's average Dice rows in float32 and bfloat16 (``results/s_bfloat16.json``, ``d_bfloat16.json``)
+    against the run ``against`` (which ran as ``against_ran``)."""
     f32, b16 = doc["float32"], doc["bfloat16"]
+    assembled = f"; the record written by `{doc['commands'][1]}`" if len(doc["commands"]) > 1 else ""
     lines = [f"Measured by `{doc['commands'][0]}` ({doc['date']}, {b16['seconds'] / 60:.0f} min) against "
-             f"{against}, {f32['seconds'] / 60:.0f} min): the same weights, volumes, α and "
-             "references. **MNI152-derived phantoms, not patients.**", "",
+             f"{against} ({against_ran}, {f32['seconds'] / 60:.0f} min): the same weights, volumes, α and "
+             f"references{assembled}. **MNI152-derived phantoms, not patients.**", "",
              "| average Dice | float32 | bfloat16 | difference |", "| --- | --- | --- | --- |"]
     for key, label in LABELS.items():
         a, b = f32["dice"][key]["avg"], b16["dice"][key]["avg"]
