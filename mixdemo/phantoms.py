@@ -321,32 +321,33 @@ def generate_cohort(
     seed: int = 0,
     test_fraction: float = 0.25,
     progress: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Write ``<root>/<subject>_<scan>/t1.nii.gz`` + ``seg.nii.gz`` and ``<root>/split.json``.
 
-    Deterministic from ``seed``. Existing scans with the same parameters are kept.
+    Deterministic from ``seed``: each scan has its own seed, so ``jobs`` worker processes (one torch
+    thread each) write the same files as one. Existing scans with the same parameters are kept.
     """
-    from mixdemo.io import save_volume
-
     if n_subjects < 2 or n_scans < 1:
         raise ValueError("A cohort needs at least 2 subjects and 1 scan per subject.")
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1.")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    template = load_template()
     subjects = [subject_id(i) for i in range(n_subjects)]
-    for i, subject in enumerate(subjects):
-        sub_params = sample_subject(seed * 100003 + i)
-        for s in range(n_scans):
-            folder = root / scan_dir_name(subject, s)
-            if (folder / "t1.nii.gz").exists() and (folder / "seg.nii.gz").exists():
-                continue
-            t0 = time.perf_counter()
-            image, labels = synthesize_scan(template, sub_params, sample_scan((seed * 100003 + i) * 16 + s))
-            folder.mkdir(exist_ok=True)
-            save_volume(labels, template.affine, folder / "seg.nii.gz", dtype=np.uint8)
-            save_volume(image, template.affine, folder / "t1.nii.gz", dtype=np.float32)
-            if progress:
-                print(f"{folder.name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    pending = [(i, s) for i in range(n_subjects) for s in range(n_scans)
+               if not _scan_written(root / scan_dir_name(subjects[i], s))]
+    if jobs == 1 or len(pending) < 2:
+        done = (write_scan(root, i, s, seed) for i, s in pending)
+        _report(done, progress)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: a forked child of a process whose OpenMP pool has started can hang
+        with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            _report(pool.map(write_scan, *zip(*[(root, i, s, seed) for i, s in pending])), progress)
     split = split_subjects(subjects, test_fraction, seed)
     meta = {
         "dataset": DATASET,
@@ -360,6 +361,33 @@ def generate_cohort(
     return root
 
 
+def _scan_written(folder: Path) -> bool:
+    return (folder / "t1.nii.gz").exists() and (folder / "seg.nii.gz").exists()
+
+
+def _report(done, progress: bool) -> None:
+    """Drain ``done`` ((folder name, seconds) pairs), printing each when ``progress``."""
+    for name, seconds in done:
+        if progress:
+            print(f"{name}: {seconds:.1f} s", flush=True)
+
+
+def write_scan(root: Path, subject_index: int, scan: int, seed: int) -> tuple[str, float]:
+    """Synthesise scan ``scan`` of subject ``subject_index`` of the cohort of ``seed`` into ``root``;
+    returns (its folder name, seconds taken)."""
+    from mixdemo.io import save_volume
+
+    t0 = time.perf_counter()
+    template = load_template()
+    base = seed * 100003 + subject_index
+    image, labels = synthesize_scan(template, sample_subject(base), sample_scan(base * 16 + scan))
+    folder = Path(root) / scan_dir_name(subject_id(subject_index), scan)
+    folder.mkdir(exist_ok=True)
+    save_volume(labels, template.affine, folder / "seg.nii.gz", dtype=np.uint8)
+    save_volume(image, template.affine, folder / "t1.nii.gz", dtype=np.float32)
+    return folder.name, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: write a phantom cohort folder."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -368,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scans", type=int, default=2, help="scans per subject (test-retest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.25)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes, one scan each at a time (same files as one process)")
     parser.add_argument("--figure", default=None, help="also draw a PNG of three subjects (test-retest of the first)")
     args = parser.parse_args(argv)
     try:
@@ -381,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         test_fraction=args.test_fraction,
         progress=True,
+        jobs=args.jobs,
     )
     print(f"wrote {root}")
     if args.figure:

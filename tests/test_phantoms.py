@@ -131,3 +131,21 @@ def test_default_cohort_is_generated_once_and_no_other_folder_is(tmp_path, monke
     phantoms.ensure_default_cohort(phantoms.DEFAULT_COHORT)
     phantoms.ensure_default_cohort(tmp_path / "my_scans")  # a user's folder: read or rejected, never generated
     assert calls == [phantoms.DEFAULT_COHORT]
+
+
+def test_worker_processes_write_the_same_scans_as_one_process(small_cohort, tmp_path):
+    import nibabel as nib
+
+    phantoms.generate_cohort(tmp_path, n_subjects=2, n_scans=1, seed=11, jobs=2)
+    for i in range(2):
+        name = phantoms.scan_dir_name(phantoms.subject_id(i), 0)
+        for file in ("t1.nii.gz", "seg.nii.gz"):
+            ours = np.asanyarray(nib.load(tmp_path / name / file).dataobj)
+            theirs = np.asanyarray(nib.load(small_cohort / name / file).dataobj)
+            assert np.array_equal(ours, theirs), (name, file)
+    assert not (tmp_path / phantoms.scan_dir_name(phantoms.subject_id(0), 1)).exists()
+
+
+def test_cohort_refuses_zero_jobs(tmp_path):
+    with pytest.raises(ValueError, match="jobs"):
+        phantoms.generate_cohort(tmp_path, n_subjects=2, jobs=0)

@@ -34,7 +34,7 @@ from mixdemo.data import first_scans, load_cohort, load_volumes, trained_modalit
 from mixdemo.inference import segment_proxies
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
 from mixdemo.metrics import dice_per_class
-from mixdemo.models import SegmentationNet, UnmixingNet
+from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
 from training import command_line, save_derived_model, source_model, user_errors
@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="D only: read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     return p.parse_args(argv)
 
 
@@ -198,10 +199,11 @@ def main(argv: list[str] | None = None) -> Path:
     grid = np.round(np.arange(lo, hi + step / 2, step), 6)
     span = max(hi, 0.0) - min(lo, 0.0)  # background's offset stays 0
     modality = trained_modality(record)  # a BraTS folder: the modality the model was trained on
+    device = str(pick_device(args.device))
     if kind == "baseline":
-        names, cases = baseline_cases(load_model(args.model), args.data, args.scans, span, modality)
+        names, cases = baseline_cases(load_model(args.model, device=device), args.data, args.scans, span, modality)
     else:
-        names, cases = unmixing_cases(load_model(args.segmentation), load_model(args.model), args.data, args.scans,
+        names, cases = unmixing_cases(load_model(args.segmentation, device=device), load_model(args.model, device=device), args.data, args.scans,
                                       args.tta_k, tuple(args.alpha_range), args.seed, span, modality, args.volume_cache)
     before = mean_dice(cases, np.zeros(len(CLASSES) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)

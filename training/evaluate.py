@@ -29,6 +29,7 @@ import torch
 from mixdemo.data import Volume, first_scans, load_cohort, load_volumes, trained_modality
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components, ratio_of_means_ci
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
+from mixdemo.models import pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir, s_precision,
@@ -57,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--brain-mask", action="store_true",
                    help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
     p.add_argument("--segmentation", default="segmentation",
@@ -236,7 +238,8 @@ def set_up(args: argparse.Namespace) -> Setup:
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     names = [args.segmentation, args.unmixing, "baseline"]
     record = weights_record(names)
-    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank}, *(load_model(n) for n in names), record,
+    device = str(pick_device(args.device))
+    return Setup(dice_records, retest_records, {r.ref_id: r for r in bank}, *(load_model(n, device=device) for n in names), record,
                  cohort.foreground_classes, cohort.description)
 
 
