@@ -92,3 +92,4 @@ def test_the_evaluation_runs_on_the_gpu(small_cohort, tmp_path):
     doc = evaluate.main(["--data", str(small_cohort), "--quick", "--no-figures", "--brain-mask", "--device", "cuda",
                          "--out", str(tmp_path / "e.json")])
     assert 0.0 <= doc["dice"]["learned_tta"]["avg"] <= 1.0
+    assert doc["device"] == "cuda" and doc["hardware"] == torch.cuda.get_device_name(0)  # where it ran, recorded

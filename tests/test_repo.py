@@ -603,3 +603,22 @@ def test_every_command_the_readme_gives_parses_with_its_modules_own_options(monk
         else:
             failures.append(f"python -m {module} {' '.join(argv)}: ran without parsing its arguments")
     assert not failures, "\n".join(failures)
+
+
+def test_the_gpu_run_is_recorded_as_the_gpu_wrote_it_and_nothing_of_it_is_shipped():
+    """results/gpu-h200/: each model trained on the GPU, the evaluation scored those very weights, the CUDA tests
+    passed there, and no shipped folder holds any of them (the run made no better weights: README)."""
+    from training.report import GPU_MODELS, GPU_RUN
+
+    folder = REPO / "results" / GPU_RUN
+    trained = {m: json.loads((folder / f"training-{m}.json").read_text()) for m in GPU_MODELS}
+    assert all(t["device"] == "cuda" and "NVIDIA" in t["hardware"] for t in trained.values())
+    evaluation = json.loads((folder / "segmentation.json").read_text())
+    scored = evaluation["weights_sha256"]
+    assert scored["segmentation"] == trained["segmentation"]["sha256"]
+    assert scored["baseline"] == trained["baseline"]["sha256"]
+    assert scored[evaluation["models"]["unmixing"]] == trained[evaluation["models"]["unmixing"]]["sha256"]
+    shipped = {sha256_file(p) for p in (REPO / "weights").glob("*/model.safetensors")}
+    assert shipped and not shipped & {t["sha256"] for t in trained.values()}
+    log = (folder / "cuda_tests.log").read_text()
+    assert re.search(r"\b\d+ passed\b", log) and "failed" not in log and "rc=0" in log

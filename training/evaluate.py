@@ -198,14 +198,18 @@ def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
             "draws": args.draws, "n_volumes": n_volumes, "crop": args.crop or None, "brain_mask": args.brain_mask,
             "reference_pool": pool,
             "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"},
-            **precision_record()}
+            **precision_record(str(pick_device(args.device)))}
 
 
-def precision_record() -> dict[str, str]:
-    """S's and the baseline's precision (``$MIXDEMO_PRECISION``) and D's (``$MIXDEMO_UNMIXING_PRECISION``), each
-    when not float32 (absent: float32, as before the settings existed)."""
-    record = {"s_precision": s_precision("cpu"), "unmixing_precision": unmixing_precision("cpu")}
-    return {name: value for name, value in record.items() if value != "float32"}
+def precision_record(device: str = "cpu") -> dict[str, str]:
+    """S's and the baseline's precision (``$MIXDEMO_PRECISION``) and D's (``$MIXDEMO_UNMIXING_PRECISION``) on
+    ``device``, each when not float32 (absent: float32, as before the settings existed); off the CPU, the device
+    and its name too (absent: the CPU, as before GPUs were recorded)."""
+    record = {"s_precision": s_precision(device), "unmixing_precision": unmixing_precision(device)}
+    record = {name: value for name, value in record.items() if value != "float32"}
+    if torch.device(device).type == "cuda":
+        record.update(device="cuda", hardware=torch.cuda.get_device_name(torch.device(device)))
+    return record
 
 
 @dataclass

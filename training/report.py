@@ -698,16 +698,59 @@ def d_large_patches_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+GPU_RUN = "gpu-h200"
+"""The folder under results/ of the recipe's run on an NVIDIA H200 (training/recipe.sh): the evaluation's JSON
+(``segmentation.json``), each model's ``training-<name>.json``, the step-time probe (``train_throughput.json``) and
+the CUDA tests' log, each as the machine wrote it."""
+GPU_MODELS = ("segmentation", "baseline", "unmixing-p2", "unmixing-p2-96-a35")
+
+
+def gpu_run_md(doc: dict) -> str:
+    """The recipe's run on a GPU (``results/gpu-h200/``): its training, its evaluation beside the shipped weights'
+    (``results/segmentation.json``), and the CUDA tests' summary line."""
+    folder = RESULTS / GPU_RUN
+    trained = {m: json.loads((folder / f"training-{m}.json").read_text()) for m in GPU_MODELS}
+    probe = json.loads((folder / "train_throughput.json").read_text())
+    tests = (folder / "cuda_tests.log").read_text().splitlines()
+    passed = next(line for line in reversed(tests) if " in " in line and ("passed" in line or "failed" in line))
+    shipped = _load("segmentation")
+    step = {r["mode"]: r["seconds_per_step"] for r in probe["rows"] if r["precision"] == "float32"
+            and not r["channels_last"]}
+    lines = [f"On one {trained['segmentation']['hardware'].split(', ')[-1]} ({doc['date']}): `python -m pytest "
+             f"tests/test_cuda.py` — {passed.strip('= ').split(' in ')[0]}. A training step on batches of "
+             f"{probe['batch_size']} patches of {probe['patch_size']}³ took {step['private']:.3f} s for S + D and "
+             f"{step['baseline']:.3f} s for the baseline (`{probe['command']}`, float32). The recipe, with step counts "
+             "that fit one 10-minute call on that machine:", "",
+             "| model | command | steps × batch | minutes |", "| --- | --- | --- | --- |"]
+    for name, t in trained.items():
+        lines.append(f"| `{name}` | `{t['command']}` | {t['steps']} × {t['batch_size']} | {t['train_seconds'] / 60:.1f} |")
+    lines += ["", f"Evaluated on that GPU by `{doc['command']}` ({doc['seconds'] / 60:.1f} min; the calibration stage "
+              "was cut by the call's time limit, so D is the uncalibrated one), beside the shipped weights' evaluation "
+              f"on 2 CPU cores ({shipped['seconds'] / 60:.0f} min). Same protocol, same volumes. "
+              "**MNI152-derived phantoms, not patients.**", "",
+              "| average Dice | Baseline | Naive | Naive + TTA | Learned | Learned + TTA | Learned + TTA / Baseline | ICC GM | WM | CSF |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, run in ((f"recipe on the GPU, {trained['segmentation']['steps']} steps", doc), ("shipped weights", shipped)):
+        d = run["dice"]
+        ratio = d["learned_tta"]["avg"] / d["baseline"]["avg"]
+        icc = " | ".join(_f(run["icc"][c]["icc"]) for c in ("GM", "WM", "CSF"))
+        lines.append(f"| {label} | " + " | ".join(_f(d[row]["avg"]) for row in
+                     ("baseline", "naive", "naive_tta", "learned", "learned_tta")) + f" | {_f(ratio)} | {icc} |")
+    per_volume = ", ".join(f"{v['baseline']:.2f}" for v in doc["dice_per_volume"].values())
+    lines += ["", f"The GPU-trained baseline's Dice per volume: {per_volume}."]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "segmentation": segmentation_md, "privacy": privacy_md, "bench": bench_md, "reliability": reliability_md,
     "d_designs": d_designs_md, "runtimes": runtimes_md, "ds_full_protocol": ds_full_protocol_md,
     "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "d_bfloat16": d_bfloat16_md,
     "replication": replication_md,
-    "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md,
+    "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
-                 "replication": "segmentation"}
+                 "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
