@@ -437,12 +437,13 @@ def run_separation(sess: Session | None, steps: float, known_alpha: bool, reques
 
 
 def _score_model():
-    """The attack's score prior from ``weights/score`` (AttackUnavailable when absent)."""
+    """The attack's score prior from ``weights/score``, on the GPU when present (AttackUnavailable when absent)."""
+    from mixdemo.models import pick_device
     from mixdemo.weights import WeightsError, load_model
 
     _attack("score", ("ScoreNet",))
     try:
-        return load_model("score")
+        return load_model("score", device=str(pick_device()))
     except WeightsError:
         raise AttackUnavailable(
             "Not available yet: the score prior (weights/score) has not been trained; "

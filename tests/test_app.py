@@ -453,3 +453,22 @@ def test_server_runs_the_pipelines_s_inference(app_weights):
     ref = segment_proxies(server.segmentation_model(), proxies)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     assert seen and seen[-1] == pytest.approx(1.0)
+
+
+def test_every_network_the_app_loads_goes_to_the_picked_device(app_weights, monkeypatch):
+    """The server's S, the client's D and the attack lab's score prior each go where ``pick_device`` says (CUDA
+    when present); here a stand-in device that holds no data, which no loader would pick by itself."""
+    import torch
+
+    from mixdemo import client, models, server, ui
+
+    pytest.importorskip("mixdemo.attacks.score")
+    monkeypatch.setattr(models, "pick_device", lambda prefer=None: torch.device("meta"))
+    for cache in (server._load, client._unmixing):
+        cache.cache_clear()
+    try:
+        nets = {"S": server.segmentation_model(), "D": client.unmixing_model(required=True), "score": ui._score_model()}
+        assert {name: next(net.parameters()).device.type for name, net in nets.items()} == dict.fromkeys(nets, "meta")
+    finally:
+        for cache in (server._load, client._unmixing):
+            cache.cache_clear()
