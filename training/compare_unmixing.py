@@ -89,7 +89,7 @@ def ensemble_rows(args: argparse.Namespace) -> tuple[list[dict], dict[tuple[str,
                                      "--tta-k", str(args.tta_k), "--threads", str(args.threads), "--no-figures"]
                                     + (["--quick"] if args.quick else []))
     setup = evaluate.set_up(eval_args)
-    nets = [load_model(name) for name in args.models]
+    nets = [load_model(name, device=str(next(setup.seg.parameters()).device)) for name in args.models]  # beside S
     combos = [c for r in range(1, len(nets) + 1) for c in itertools.combinations(range(len(nets)), r)]
     baseline, rows = [], {tuple(args.models[i] for i in c): [] for c in combos}
     for rec in setup.dice_records:

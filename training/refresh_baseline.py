@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from mixdemo.data import load_cohort, load_volumes
+from mixdemo.models import pick_device
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
 from training import command_line, evaluate, user_errors
 
@@ -69,7 +70,7 @@ class BaselineRows:
     """The baseline's Dice per test scan, measured once per (cohort, scan, crop, brain mask)."""
 
     def __init__(self) -> None:
-        self.model = load_model("baseline")
+        self.model = load_model("baseline", device=str(pick_device()))  # where training.evaluate runs it
         self._rows: dict[tuple, dict[str, float]] = {}
 
     def row(self, args: argparse.Namespace) -> dict[str, float]:
