@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -365,7 +366,7 @@ def _scan_written(folder: Path) -> bool:
     return (folder / "t1.nii.gz").exists() and (folder / "seg.nii.gz").exists()
 
 
-def _report(done, progress: bool) -> None:
+def _report(done: Iterable[tuple[str, float]], progress: bool) -> None:
     """Drain ``done`` ((folder name, seconds) pairs), printing each when ``progress``."""
     for name, seconds in done:
         if progress:

@@ -954,3 +954,21 @@ def test_an_empty_weights_dir_variable_means_the_repos_weights(monkeypatch):
     assert weights.weights_dir() == REPO / "weights"
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "/somewhere/else")
     assert weights.weights_dir() == Path("/somewhere/else")
+
+
+@pytest.mark.parametrize("module", ["train", "evaluate", "calibrate", "throughput", "train_score", "evaluate_privacy"])
+def test_every_training_command_refuses_a_device_it_cannot_use_in_one_line(module, capsys):
+    """``--device`` is checked when parsed: a typo or a GPU the machine lacks is a usage error naming it, not a
+    traceback from deep inside torch."""
+    import importlib
+
+    import torch
+
+    parse = importlib.import_module(f"training.{module}").parse_args
+    base = ["--out", "unused"] if module == "calibrate" else []
+    for bad, says in (("gpu", "is not a device"), ("mps", "only cpu and cuda"),
+                      (f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}", "CUDA GPU")):
+        with pytest.raises(SystemExit) as stop:
+            parse([*base, "--device", bad])
+        assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert parse([*base, "--device", "cpu"]).device == "cpu"

@@ -70,3 +70,30 @@ def save_derived_model(model, out: Path, record: dict, key: str, entry: dict) ->
     kept = {k: v for k, v in record.items() if k not in ("sha256", "model_class")}
     write_training_record(out, {**kept, key: entry}, record.get("model_class"))
     return out
+
+
+def add_device_option(parser) -> None:  # noqa: ANN001 - an argparse parser
+    """``--device``: ``cpu``, ``cuda`` or ``cuda:N``, checked when parsed (default: CUDA when present)."""
+    parser.add_argument("--device", default=None, type=device_name,
+                        help="cpu, cuda or cuda:N (default: cuda when present, else the cpu)")
+
+
+def device_name(text: str) -> str:
+    """``text`` if it names the CPU or a CUDA GPU this machine has; else an argparse error that says which."""
+    import argparse
+
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA GPU (or this torch build has no CUDA)")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return text

@@ -37,7 +37,7 @@ from mixdemo.metrics import dice_per_class
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
-from training import command_line, save_derived_model, source_model, user_errors
+from training import add_device_option, command_line, save_derived_model, source_model, user_errors
 
 CLASSES = (1, 2, 3)
 """The foreground classes whose average Dice is maximised (GM, WM, CSF)."""
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="D only: read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    add_device_option(p)
     return p.parse_args(argv)
 
 
@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> Path:
     if kind == "baseline":
         names, cases = baseline_cases(load_model(args.model, device=device), args.data, args.scans, span, modality)
     else:
-        names, cases = unmixing_cases(load_model(args.segmentation, device=device), load_model(args.model, device=device), args.data, args.scans,
-                                      args.tta_k, tuple(args.alpha_range), args.seed, span, modality, args.volume_cache)
+        seg, unmix = (load_model(name, device=device) for name in (args.segmentation, args.model))
+        names, cases = unmixing_cases(seg, unmix, args.data, args.scans, args.tta_k, tuple(args.alpha_range), args.seed,
+                                      span, modality, args.volume_cache)
     before = mean_dice(cases, np.zeros(len(CLASSES) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)
     model = load_model(args.model, fast=False)  # the modules as trained: the final layer keeps its own bias

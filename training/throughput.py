@@ -32,7 +32,7 @@ from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, command_line, user_errors
+from training import DATA_HELP, add_device_option, command_line, user_errors
 from training.train import EndToEnd, set_up_for, tiny_grid_convolutions_in_float32, training_step
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scans", type=int, default=6, help="training scans the batches are drawn from")
     p.add_argument("--quick", action="store_true", help="one repetition of 2 steps on 16³ patches (a smoke run)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    add_device_option(p)
     p.add_argument("--check-gradients", type=int, default=0, metavar="N",
                    help="also count, over N steps per case, the bfloat16 convolutions whose weight gradients come out "
                         "non-finite or huge (gradient_check), with and without training.train's guard")

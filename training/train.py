@@ -49,7 +49,7 @@ from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, Unm
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, command_line, user_errors
+from training import DATA_HELP, add_device_option, command_line, user_errors
 from training.validate import hold_out, make_validation, validation_dice
 
 
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(the learning rate follows the cosine of TOTAL from step START on, and the data stream "
                         "is reseeded at each START as a resume does); the shipped weights' training.json names theirs")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    add_device_option(p)
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                    help="bfloat16: mixed precision, the forward pass under torch.autocast in bfloat16 (weights, "
                         "optimiser and losses stay float32; no loss scaling needed), for GPUs and CPUs with "

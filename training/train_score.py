@@ -30,7 +30,7 @@ from mixdemo.attacks.score import SCORE_FEATURES, ScoreNet, dsm_loss, max_pairwi
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import count_parameters, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import command_line, user_errors
+from training import add_device_option, command_line, user_errors
 
 
 
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop early and export (0: none)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    add_device_option(p)
     return p.parse_args(argv)
 
 
