@@ -30,11 +30,22 @@ PAPER_FEATURES: tuple[int, ...] = (32, 32, 64, 128, 256, 32)
 HUB_TAGS = ["mixup-privacy", "medical-imaging", "brain-mri", "segmentation", "monai"]
 
 
+class DeviceUnavailable(ValueError):
+    """A device was asked for that this machine does not have (a GPU on a machine without one)."""
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
-    """CUDA when present, else the CPU (``prefer`` forces one, e.g. ``"cpu"``)."""
-    if prefer:
-        return torch.device(prefer)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present, else the CPU (``prefer`` forces one, e.g. ``"cpu"``; a GPU this machine lacks raises
+    :class:`DeviceUnavailable`)."""
+    if not prefer:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(prefer)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (device.index or 0):
+            have = "no CUDA GPU (or a torch build without CUDA)" if count == 0 else f"{count} CUDA GPU(s)"
+            raise DeviceUnavailable(f"{prefer!r} was asked for, but this machine has {have}; use --device cpu")
+    return device
 
 
 class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=HUB_TAGS):

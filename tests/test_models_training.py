@@ -958,17 +958,26 @@ def test_an_empty_weights_dir_variable_means_the_repos_weights(monkeypatch):
 
 @pytest.mark.parametrize("module", ["train", "evaluate", "calibrate", "throughput", "train_score", "evaluate_privacy"])
 def test_every_training_command_refuses_a_device_it_cannot_use_in_one_line(module, capsys):
-    """``--device`` is checked when parsed: a typo or a GPU the machine lacks is a usage error naming it, not a
-    traceback from deep inside torch."""
+    """``--device`` is checked when parsed (a typo is a usage error naming it, not a traceback from deep inside
+    torch), and a GPU this machine lacks when the command picks it: a one-line error, exit status 1."""
     import importlib
 
     import torch
 
+    from mixdemo.models import DeviceUnavailable, pick_device
+    from training import user_errors
+
     parse = importlib.import_module(f"training.{module}").parse_args
     base = ["--out", "unused"] if module == "calibrate" else []
-    for bad, says in (("gpu", "is not a device"), ("mps", "only cpu and cuda"),
-                      (f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}", "CUDA GPU")):
+    for bad, says in (("gpu", "is not a device"), ("mps", "only cpu and cuda")):
         with pytest.raises(SystemExit) as stop:
             parse([*base, "--device", bad])
         assert stop.value.code == 2 and says in capsys.readouterr().err
     assert parse([*base, "--device", "cpu"]).device == "cpu"
+    missing = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+    assert parse([*base, "--device", missing]).device == missing  # a GPU machine's command parses anywhere
+    with pytest.raises(SystemExit) as stop, user_errors():
+        pick_device(missing)
+    assert "this machine has" in str(stop.value) and "--device cpu" in str(stop.value)
+    with pytest.raises(DeviceUnavailable):
+        pick_device(missing)

@@ -730,7 +730,11 @@ def gpu_run_md(doc: dict) -> str:
               "**MNI152-derived phantoms, not patients.**", "",
               "| average Dice | Baseline | Naive | Naive + TTA | Learned | Learned + TTA | Learned + TTA / Baseline | ICC GM | WM | CSF |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for label, run in ((f"recipe on the GPU, {trained['segmentation']['steps']} steps", doc), ("shipped weights", shipped)):
+    followup = _load(f"{GPU_RUN}/{GPU_FOLLOWUP}")
+    runs = [(f"recipe on the GPU, {trained['segmentation']['steps']} steps", doc)]
+    if followup is not None:
+        runs.append(("its S, D trained on on the CPU (below)", followup))
+    for label, run in (*runs, ("shipped weights", shipped)):
         d = run["dice"]
         ratio = d["learned_tta"]["avg"] / d["baseline"]["avg"]
         icc = " | ".join(_f(run["icc"][c]["icc"]) for c in ("GM", "WM", "CSF"))
@@ -738,7 +742,32 @@ def gpu_run_md(doc: dict) -> str:
                      ("baseline", "naive", "naive_tta", "learned", "learned_tta")) + f" | {_f(ratio)} | {icc} |")
     per_volume = ", ".join(f"{v['baseline']:.2f}" for v in doc["dice_per_volume"].values())
     lines += ["", f"The GPU-trained baseline's Dice per volume: {per_volume}."]
+    if followup is not None:
+        lines += ["", gpu_followup_md(followup, shipped)]
     return "\n".join(lines)
+
+
+GPU_FOLLOWUP = "segmentation-cpu-d"
+"""The follow-up's evaluation under results/gpu-h200/: the GPU's S with its D trained on on the CPU, calibrated, and
+the shipped baseline (its rule: ``followup_rule.md`` there, committed before it ran)."""
+
+
+def gpu_followup_md(followup: dict, shipped: dict) -> str:
+    """The follow-up's commands and what its declared rule makes of its ratio."""
+    folder = RESULTS / GPU_RUN
+    d_name = followup["models"]["unmixing"]
+    d = json.loads((folder / f"training-{d_name}.json").read_text())
+    ratio = followup["dice"]["learned_tta"]["avg"] / followup["dice"]["baseline"]["avg"]
+    shipped_ratio = shipped["dice"]["learned_tta"]["avg"] / shipped["dice"]["baseline"]["avg"]
+    verdict = ("holds" if ratio >= 0.99 else "fails" if ratio < shipped_ratio else "is not decided by this run")
+    return (f"The follow-up, declared with its rule before it ran (`results/{GPU_RUN}/followup_rule.md`): is S's "
+            "training budget what holds the ratio under 0.99? The GPU's S stayed frozen while its D trained on, on "
+            f"2 CPU cores: `{d['command']}` "
+            f"({d['train_seconds'] / 60:.0f} min), calibrated by `{d['calibration']['command']}` "
+            f"({calibrated_how(d['calibration'])}), then evaluated by `{followup['command']}` "
+            f"({followup['seconds'] / 60:.0f} min) with the shipped baseline. Learned + TTA came to {ratio:.3f} × "
+            f"the baseline (the shipped pair: {shipped_ratio:.3f} ×), so the hypothesis {verdict}. Nothing of it "
+            "is shipped, as the rule said.")
 
 
 RENDERERS: dict[str, Callable[[dict], str]] = {
