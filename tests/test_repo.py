@@ -622,3 +622,22 @@ def test_the_gpu_run_is_recorded_as_the_gpu_wrote_it_and_nothing_of_it_is_shippe
     assert shipped and not shipped & {t["sha256"] for t in trained.values()}
     log = (folder / "cuda_tests.log").read_text()
     assert re.search(r"\b\d+ passed\b", log) and "failed" not in log and "rc=0" in log
+
+
+def test_the_gpu_follow_up_scored_the_gpus_s_its_d_trained_on_and_the_shipped_baseline():
+    """The follow-up (results/gpu-h200/, declared in followup_rule.md before it ran): the evaluation scored the
+    GPU's S, a D trained on from the GPU's D against that S, and the shipped baseline; nothing of it is shipped."""
+    from training.report import GPU_FOLLOWUP, GPU_RUN
+
+    folder = REPO / "results" / GPU_RUN
+    run = json.loads((folder / f"{GPU_FOLLOWUP}.json").read_text())
+    d_name = run["models"]["unmixing"]
+    d = json.loads((folder / f"training-{d_name}.json").read_text())
+    gpu_s = json.loads((folder / "training-segmentation.json").read_text())
+    gpu_d = json.loads((folder / "training-unmixing-p2-96-a35.json").read_text())
+    assert run["weights_sha256"] == {"segmentation": gpu_s["sha256"], d_name: d["sha256"],
+                                     "baseline": sha256_file(REPO / "weights" / "baseline" / "model.safetensors")}
+    assert d["init_from_sha256"] == {"segmentation": gpu_s["sha256"], "unmixing-p2-96-a35": gpu_d["sha256"]}
+    assert d["calibration"]["from_sha256"] != d["sha256"]  # trained on, then calibrated
+    assert d["sha256"] not in {sha256_file(p) for p in (REPO / "weights").glob("*/model.safetensors")}
+    assert (folder / "followup_rule.md").exists()
