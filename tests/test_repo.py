@@ -641,3 +641,6 @@ def test_the_gpu_follow_up_scored_the_gpus_s_its_d_trained_on_and_the_shipped_ba
     assert d["calibration"]["from_sha256"] != d["sha256"]  # trained on, then calibrated
     assert d["sha256"] not in {sha256_file(p) for p in (REPO / "weights").glob("*/model.safetensors")}
     assert (folder / "followup_rule.md").exists()
+    for name, record in (("segmentation", gpu_s), ("unmixing-p2-96-a35", gpu_d), (d_name, d)):  # committed, to redo it
+        assert sha256_file(folder / "weights" / name / "model.safetensors") == record["sha256"]
+        assert json.loads((folder / "weights" / name / "training.json").read_text()) == record

@@ -724,7 +724,8 @@ def gpu_run_md(doc: dict) -> str:
              "| model | command | steps × batch | minutes |", "| --- | --- | --- | --- |"]
     for name, t in trained.items():
         lines.append(f"| `{name}` | `{t['command']}` | {t['steps']} × {t['batch_size']} | {t['train_seconds'] / 60:.1f} |")
-    lines += ["", f"Evaluated on that GPU by `{doc['command']}` ({doc['seconds'] / 60:.1f} min; the calibration stage "
+    lines += ["", f"Evaluated on that GPU by `MIXDEMO_WEIGHTS_DIR=/tmp/gpu {doc['command']}` (the recipe's OUT; "
+              f"{doc['seconds'] / 60:.1f} min; the calibration stage "
               "was cut by the call's time limit, so D is the uncalibrated one), beside the shipped weights' evaluation "
               f"on 2 CPU cores ({shipped['seconds'] / 60:.0f} min). Same protocol, same volumes. "
               "**MNI152-derived phantoms, not patients.**", "",
@@ -765,7 +766,9 @@ def gpu_followup_md(followup: dict, shipped: dict) -> str:
             f"2 CPU cores: `{d['command']}` "
             f"({d['train_seconds'] / 60:.0f} min), calibrated by `{d['calibration']['command']}` "
             f"({calibrated_how(d['calibration'])}), then evaluated by `{followup['command']}` "
-            f"({followup['seconds'] / 60:.0f} min) with the shipped baseline. Learned + TTA came to {ratio:.3f} × "
+            f"({followup['seconds'] / 60:.0f} min) with the shipped baseline, `MIXDEMO_WEIGHTS_DIR` a folder of links "
+            f"to those models. `bash training/gpu_followup.sh OUT` redoes the evaluation from the folders committed "
+            f"in `results/{GPU_RUN}/weights` (`RETRAIN=1`: the training and calibration too). Learned + TTA came to {ratio:.3f} × "
             f"the baseline (the shipped pair: {shipped_ratio:.3f} ×), so the hypothesis {verdict}. Nothing of it "
             "is shipped, as the rule said.")
 
