@@ -216,6 +216,43 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
 
 
 @pytest.mark.slow
+def test_reference_choice_scores_random_and_similar_references_on_one_protocol(small_cohort, model_dir, tmp_path):
+    from mixdemo.data import load_cohort, load_volumes
+    from mixdemo.pipeline import Reference, most_similar_references
+    from training import reference_choice
+
+    out = tmp_path / "choice.json"
+    doc = reference_choice.main(["--data", str(small_cohort), "--quick", "--threads", "1", "--reid-draws", "2",
+                                 "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    assert doc["command"].startswith("python -m training.reference_choice")
+    cohort = load_cohort(small_cohort)
+    test, train = cohort.split("test"), load_volumes(cohort.split("train"))
+    assert doc["protocol"]["n_icc_scans"] == len(test)  # every test scan's retest pair (the quick run keeps 4)
+    for choice in reference_choice.CHOICES:
+        row = doc[choice]
+        for method in ("learned", "naive_tta", "learned_tta"):
+            assert set(row[method]) == {"GM", "WM", "CSF", "avg"} and all(0 <= v <= 1 for v in row[method].values())
+        assert row["tta_over_baseline"] == round(row["learned_tta"]["avg"] / doc["baseline"]["avg"], 4)
+        assert {c: row["icc"][c]["n"] for c in ("GM", "WM", "CSF")} == dict.fromkeys(("GM", "WM", "CSF"), len(test))
+        for metric, value in doc["privacy"][choice].items():
+            assert 0 <= value <= 1, metric
+    assert doc["learned_tta_gain"] == round(doc["similar"]["learned_tta"]["avg"] - doc["random"]["learned_tta"]["avg"], 4)
+    assert doc["passes_rule"] == (doc["learned_tta_gain"] >= 0.003)
+    # the similar references: training scans only, ranked as the client ranks them (on the quick run's crop)
+    bank = [Reference(v.name, v.image, v.labels) for v in train]
+    test_subjects = {r.subject for r in test}
+    crop = reference_choice.central_cube
+    first = sorted(doc["similar_references"])[0]
+    target = crop(load_volumes([r for r in test if r.name == first])[0].image, 64)
+    cropped = [Reference(r.ref_id, crop(r.image, 64), r.labels) for r in bank]
+    ranked = [r.ref_id for r in most_similar_references(target, cropped, len(doc["similar_references"][first]))]
+    assert doc["similar_references"][first] == ranked
+    assert not {i for ids in doc["similar_references"].values() for i in ids} & {v.name for v in test}
+    assert all(v.subject not in test_subjects for v in train)
+
+
+@pytest.mark.slow
 def test_compare_unmixing_ensembles_scores_each_d_as_the_evaluation_does(small_cohort, model_dir, tmp_path):
     """Each D's row of --ensembles is the evaluation's Learned + TTA with that D (same scans, references, α);
     the combinations average the Ds' probabilities."""

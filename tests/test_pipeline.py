@@ -8,7 +8,8 @@ import torch
 
 from mixdemo.mixing import MixKey, one_hot
 from mixdemo.models import SegmentationNet, UnmixingNet
-from mixdemo.pipeline import UNMIX_ROI, Reference, make_proxies, private_segment, segment_proxies, unmix_learned
+from mixdemo.pipeline import (UNMIX_ROI, Reference, image_correlation, make_proxies, most_similar_references, private_segment,
+                              segment_proxies, unmix_learned)
 
 
 def _volume(seed: int, shape=(16, 32, 16)) -> Reference:
@@ -249,3 +250,33 @@ def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_
         assert calls == [min(per_call, 5 - i) for i in range(0, 5, per_call)]  # the K mixes, per_call at a time
         assert labels.dtype == np.uint8 and (labels[:2] == 0).all()
         assert (labels != full).mean() < 1e-3  # the same labels but where float rounding breaks a tie
+
+
+def _brain(seed: int) -> np.ndarray:
+    """An 8³ scan whose 4³ centre holds random intensities (its brain), zero around."""
+    scan = np.zeros((8, 8, 8), np.float32)
+    scan[2:6, 2:6, 2:6] = np.random.default_rng(seed).random((4, 4, 4)) + 0.1
+    return scan
+
+
+def test_image_correlation_is_pearson_over_the_voxels_of_either_brain():
+    target, other = _brain(0), _brain(1)
+    assert image_correlation(target, 3 * target) == pytest.approx(1.0)
+    assert image_correlation(target, -target) == pytest.approx(-1.0)
+    either = (target != 0) | (other != 0)
+    assert image_correlation(target, other) == pytest.approx(np.corrcoef(target[either], other[either])[0, 1])
+    assert image_correlation(target, (target != 0).astype(np.float32)) == 0.0  # constant on the brain: no correlation
+    with pytest.raises(ValueError, match="one grid"):
+        image_correlation(target, target[:4])
+
+
+def test_most_similar_references_ranks_the_bank_by_correlation_with_the_target():
+    target = _brain(0)
+    noise = np.random.default_rng(5).normal(0, 0.05, target.shape).astype(np.float32) * (target != 0)
+    bank = [Reference(name, image, np.zeros(target.shape, np.uint8))
+            for name, image in (("other", _brain(1)), ("near", target + noise), ("scaled", 2 * target), ("another", _brain(2)))]
+    assert [r.ref_id for r in most_similar_references(target, bank, 2)] == ["scaled", "near"]
+    assert [r.ref_id for r in most_similar_references(target, bank, 4)][:2] == ["scaled", "near"]
+    for k in (0, 5):
+        with pytest.raises(ValueError, match="k must be between 1 and the number of references"):
+            most_similar_references(target, bank, k)
