@@ -58,9 +58,15 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
         assert set(icc) == {"icc", "ci95", "n", "scan_sd", "reference_sd"} and icc["n"] == saved["n_icc_scans"]
         pairs = np.array([saved["retest_dice"][scan][cls] for scan in saved["retest_dice"]])
         assert pairs.shape == (saved["n_icc_scans"], 2)
+        tta = saved["icc_tta"][cls]  # the same from two Learned + TTA predictions of each scan
+        assert set(tta) == set(icc) and tta["n"] == saved["n_icc_scans"]
+        tta_pairs = np.array([saved["retest_tta_dice"][scan][cls] for scan in saved["retest_tta_dice"]])
+        assert tta_pairs.shape == (saved["n_icc_scans"], 2)
         # the ICC is that of the pairs saved; they are rounded to 4 decimals, which moves the ICC of 4 scans
         # with a spread of ~0.01 by up to a few 1e-3
         assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
+        assert tta["icc"] == pytest.approx(icc_c1(tta_pairs).icc, abs=5e-3)
+    assert 1 <= saved["icc_tta_k"] <= saved["tta_k"]
     assert saved["n_volumes"] == 2 and saved["crop"] == 64
     per_volume = saved["dice_per_volume"]  # the table is the mean of these rows, and each ratio their quotient
     assert len(per_volume) == saved["n_volumes"]
@@ -213,6 +219,32 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
         assert 0.0 <= row["learned_tta"]["avg"] <= 1.0 and row["patch"] in (1, 2, 4) and row["parameters"] > 0
     table = report.d_designs_md(doc)
     assert table.count("\n| `") == len(names)
+
+
+def test_the_tta_retest_pair_uses_the_scans_draw_or_a_second_salted_one(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from training import evaluate
+
+    args = evaluate.parse_args(["--tta-k", "2", "--k-max", "4"])
+    setup = SimpleNamespace(by_id=dict.fromkeys("abcdef"))
+    calls = []
+
+    def second_draw(rec, k, args, setup, salt=""):
+        calls.append((k, salt))
+        return None, None, None, None, torch.arange(10.0, 10.0 + k).view(k, 1), None
+
+    monkeypatch.setattr(evaluate, "predict_scan", second_draw)
+    score = lambda probs: float(probs.sum())  # noqa: E731 - the mean of each half, through the sum of one value
+    learned = torch.arange(4.0).view(4, 1)
+    assert evaluate.retest_tta_pair("scan", learned, args, setup, score) == [0.5, 2.5] and calls == []
+    assert evaluate.retest_tta_pair("scan", learned[:3], args, setup, score) == [10.5, 12.5]
+    assert calls == [(4, "tta-retest")]  # 2·K references, drawn apart from the scan's own draw
+    setup.by_id = dict.fromkeys("abc")  # a pool of 3: K = 1 each, so the two predictions' references stay disjoint
+    assert evaluate.retest_tta_k(args, 3) == 1
+    assert evaluate.retest_tta_pair("scan", learned[:3], args, setup, score) == [0.0, 1.0]
 
 
 @pytest.mark.slow

@@ -11,7 +11,10 @@ over volumes, one scan a subject (its first by name); α drawn
 from ``--alpha-range`` with a fixed seed; Dice against K averaged over ``--draws`` random orders
 of the K_max references; ICC(C,1) of the per-scan Dice of two predictions with disjoint references,
 with its two variance components (``scan_sd``: between scans; ``reference_sd``: between the two
-predictions of a scan) and the per-scan Dice pairs (``retest_dice``) it is computed from.
+predictions of a scan) and the per-scan Dice pairs (``retest_dice``) it is computed from. That ICC is the
+paper's, of single predictions (K = 1): the reference is the variability it measures. The same for the
+deployed output, two Learned + TTA predictions of each scan from disjoint references (``icc_tta``, K =
+``icc_tta_k`` each, ``retest_tta_dice``).
 """
 
 from __future__ import annotations
@@ -247,19 +250,51 @@ def set_up(args: argparse.Namespace) -> Setup:
                  cohort.foreground_classes, cohort.description)
 
 
-def scan_draw(rec, k: int, args: argparse.Namespace, setup: Setup) -> tuple[Volume, list[Reference], tuple, np.ndarray | None]:
-    """One test scan with its own K references and α, fixed by its name: (volume, references, α, brain mask)."""
+def scan_draw(rec, k: int, args: argparse.Namespace, setup: Setup,
+              salt: str = "") -> tuple[Volume, list[Reference], tuple, np.ndarray | None]:
+    """One test scan with its own K references and α, fixed by its name (and ``salt``, for a second draw that
+    leaves the first as it was): (volume, references, α, brain mask)."""
     vol = crop_volume(load_volumes([rec])[0], args.crop)
-    key = sample_key(list(setup.by_id), k, alpha_range=tuple(args.alpha_range), seed=scan_seed(args.seed, rec.name))
+    seed = scan_seed(args.seed, f"{rec.name}/{salt}" if salt else rec.name)
+    key = sample_key(list(setup.by_id), k, alpha_range=tuple(args.alpha_range), seed=seed)
     brain = vol.image > 0 if args.brain_mask else None
     return vol, [setup.by_id[r] for r in key.reference_ids], key.alphas, brain
 
 
-def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup):
+def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup, salt: str = ""):
     """One test scan through :func:`scan_draw` and :func:`predict_k`: (volume, references, brain mask, naive,
     learned, proxies)."""
-    vol, refs, alphas, brain = scan_draw(rec, k, args, setup)
+    vol, refs, alphas, brain = scan_draw(rec, k, args, setup, salt)
     return (vol, refs, brain, *predict_k(vol, refs, alphas, setup.seg, setup.unmix, brain))
+
+
+def retest_tta_k(args: argparse.Namespace, pool: int) -> int:
+    """K of each of the two Learned + TTA predictions of the test–retest ICC with TTA: ``--tta-k``, or half the
+    reference pool where it holds fewer than 2·K scans (the two predictions' references are disjoint)."""
+    return max(1, min(args.tta_k, pool // 2))
+
+
+def retest_tta_pair(rec, learned: torch.Tensor, args: argparse.Namespace, setup: Setup, score) -> list:
+    """``score`` of two Learned + TTA predictions of one scan, K = :func:`retest_tta_k` each, from disjoint references:
+    the scan's own draw where it holds 2·K (with K = ``--tta-k``, the first is the table's Learned + TTA), else a second
+    draw of 2·K references and α (its seed salted, so the scan's first draw, the table's and the K = 1 pair's, is
+    unchanged)."""
+    k = retest_tta_k(args, len(setup.by_id))
+    if len(learned) < 2 * k:
+        learned = predict_scan(rec, 2 * k, args, setup, salt="tta-retest")[4]
+    return [score(learned[:k].float().mean(0)), score(learned[k : 2 * k].float().mean(0))]
+
+
+def icc_rows(pairs: dict[str, list], classes: dict[int, str]) -> dict[str, dict]:
+    """ICC(C,1) per class (with its 95 % CI and the two variance components) of each scan's pair of per-class Dice."""
+    out = {}
+    for c, name in classes.items():
+        ratings = np.array([[pair[0][c], pair[1][c]] for pair in pairs.values()])
+        r = icc_c1(ratings)
+        target_sd, reference_sd = icc_variance_components(ratings)
+        out[name] = {"icc": round(float(r.icc), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)], "n": r.n,
+                     "scan_sd": round(target_sd, 4), "reference_sd": round(reference_sd, 4)}
+    return out
 
 
 def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
@@ -271,6 +306,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     dice_names: list[str] = []  # the Dice volumes' scans, in the order of each method's rows
     curves: dict[str, list[list[float]]] = {"naive": [], "learned": []}
     single_dice: dict[str, list[tuple[float, float]]] = {}  # scan → Dice of two single predictions, per class
+    tta_dice: dict[str, list] = {}  # scan → Dice of two Learned + TTA predictions, per class
     figure_case = None
     classes = setup.classes
     row = lambda pred, truth: dice_row(pred, truth, classes)  # noqa: E731
@@ -282,6 +318,8 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
             dice_per_class(lab(learned[j]), vol.labels, list(classes)) for j in (0, 1)
         ]
+        tta_dice[rec.name] = retest_tta_pair(rec, learned, args, setup,
+                                             lambda probs: dice_per_class(lab(probs), vol.labels, list(classes)))
         if in_dice:
             base_pred = baseline_labels(setup.base, vol, brain)
             dice_names.append(rec.name)
@@ -298,13 +336,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                 figure_case = _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k, lab)
         print(f"[{time.perf_counter() - t0:6.0f} s] {rec.name}: learned {single_dice[rec.name][0]}", flush=True)
 
-    icc = {}
-    for c, name in classes.items():
-        ratings = np.array([[d[0][c], d[1][c]] for d in single_dice.values()])
-        r = icc_c1(ratings)
-        target_sd, reference_sd = icc_variance_components(ratings)
-        icc[name] = {"icc": round(float(r.icc), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)], "n": r.n,
-                     "scan_sd": round(target_sd, 4), "reference_sd": round(reference_sd, 4)}
+    icc = icc_rows(single_dice, classes)
     dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
     doc = {
         "command": command_line("training.evaluate", argv),
@@ -320,6 +352,10 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "icc": icc,
         "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
                         for scan, d in single_dice.items()},
+        "icc_tta": icc_rows(tta_dice, classes),
+        "icc_tta_k": retest_tta_k(args, len(setup.by_id)),
+        "retest_tta_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
+                            for scan, d in tta_dice.items()},
         "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
     }

@@ -92,23 +92,10 @@ def utility(eval_args: argparse.Namespace, setup: evaluate.Setup) -> tuple[dict,
     for choice in CHOICES:
         means = {m: evaluate.mean_rows(r) for m, r in rows[choice].items()}
         out[choice] = {**means, "tta_over_baseline": round(means["learned_tta"]["avg"] / base["avg"], 4),
-                       "icc": icc_rows(singles[choice], setup.classes)}
+                       "icc": evaluate.icc_rows({scan: [{c: d[name] for c, name in setup.classes.items()} for d in pair]
+                                                 for scan, pair in singles[choice].items()}, setup.classes)}
     out["learned_tta_gain"] = round(out["similar"]["learned_tta"]["avg"] - out["random"]["learned_tta"]["avg"], 4)
     return out, similar_ids
-
-
-def icc_rows(singles: dict[str, list[dict[str, float]]], classes: dict[int, str]) -> dict:
-    """ICC(C,1) per class of the two single predictions of each scan, with its variance components."""
-    from mixdemo.metrics import icc_c1, icc_variance_components
-
-    out = {}
-    for name in classes.values():
-        ratings = np.array([[pair[0][name], pair[1][name]] for pair in singles.values()])
-        r = icc_c1(ratings)
-        scan_sd, reference_sd = icc_variance_components(ratings)
-        out[name] = {"icc": round(float(r.icc), 4), "ci95": [round(float(r.ci_low), 4), round(float(r.ci_high), 4)],
-                     "n": r.n, "scan_sd": round(scan_sd, 4), "reference_sd": round(reference_sd, 4)}
-    return out
 
 
 def privacy(eval_args: argparse.Namespace, setup: evaluate.Setup, similar_ids: dict[str, list[str]], args: argparse.Namespace) -> dict:

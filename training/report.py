@@ -75,12 +75,27 @@ def segmentation_md(doc: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(_f(icc[c][key]) for c in ("GM", "WM", "CSF")) + " |")
     lines.append(f"\n(ICC of the per-scan Dice of two learned predictions with disjoint references, n = {doc['n_icc_scans']} scans"
                  + ("; ICC = s² / (s² + r²).)" if components else ".)"))
+    if "icc_tta" in doc:
+        lines += ["", *icc_tta_md(doc)]
     curve = {m: dict(map(tuple, doc["dice_vs_k"][m])) for m in ("naive", "learned")}
     ks = [k for k in (1, 2, 5, 10, 15, 20, 30) if k in curve["naive"]]
     lines += ["", "| K (Fig. 3) | " + " | ".join(str(k) for k in ks) + " |", "| --- |" + " --- |" * len(ks)]
     for m in ("naive", "learned"):
         lines.append(f"| {m.capitalize()} + TTA | " + " | ".join(_f(curve[m][k]) for k in ks) + " |")
     return "\n".join(lines)
+
+
+def icc_tta_md(doc: dict) -> list[str]:
+    """The test–retest ICC of the deployed output: two Learned + TTA predictions of each scan (``icc_tta``)."""
+    icc, k = doc["icc_tta"], doc["icc_tta_k"]
+    lines = [f"The same for what the client keeps, Learned + TTA: two predictions of each scan with K = {k} references "
+             "each, disjoint (not the paper's measure, which is the one above, of single predictions):", "",
+             f"| test–retest ICC(C,1), Learned + TTA (K = {k} each) | GM | WM | CSF |", "| --- | --- | --- | --- |",
+             "| ICC [95 % CI] | " + " | ".join(f"{_f(icc[c]['icc'])} [{_f(icc[c]['ci95'][0], 2)}, {_f(icc[c]['ci95'][1], 2)}]"
+                                             for c in ("GM", "WM", "CSF")) + " |"]
+    for key, label in (("scan_sd", "SD of Dice between scans (s)"), ("reference_sd", "SD of Dice between reference sets (r)")):
+        lines.append(f"| {label} | " + " | ".join(_f(icc[c][key]) for c in ("GM", "WM", "CSF")) + " |")
+    return lines
 
 
 def ratio_interval(doc: dict) -> str:
@@ -625,6 +640,32 @@ def d_ensembles_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def reference_choice_md(doc: dict) -> str:
+    """Random references against the client's most similar ones, utility and privacy (``results/reference_choice.json``)."""
+    proto, priv = doc["protocol"], doc["privacy"]
+    lines = [f"Measured by `{doc['command']}` ({doc['date']}, {doc['seconds'] / 60:.0f} min): the D designs' protocol "
+             f"({proto['n_volumes']} test volumes, K = {proto['tta_k']}, each scan's α from the evaluation's per-scan "
+             f"seed), the ICC over {proto['n_icc_scans']} test scans; the privacy rows on the attack lab's scans downsampled "
+             f"×2, α ~ U({priv['alpha_range'][0]}, {priv['alpha_range'][1]}), {priv['reid_draws']} draws. "
+             "**MNI152-derived phantoms, not patients.**", "",
+             "| references | Learned | Naive + TTA | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF | "
+             "re-id mAP, one proxy | averaging attack (K proxies): MS-SSIM | its re-id mAP |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for choice, label in (("random", "random (the paper's)"), ("similar", "most similar to the target")):
+        row, icc, p = doc[choice], doc[choice]["icc"], priv[choice]
+        lines.append(f"| {label} | {_f(row['learned']['avg'])} | {_f(row['naive_tta']['avg'])} | "
+                     f"{_f(row['learned_tta']['avg'])} | {_f(row['tta_over_baseline'])} | "
+                     + " | ".join(f"{_f(icc[c]['icc'])} [{_f(icc[c]['ci95'][0], 2)}, {_f(icc[c]['ci95'][1], 2)}]"
+                                  for c in ("GM", "WM", "CSF"))
+                     + f" | {_f(p['single_proxy_reid_map'])} ± {_f(p['single_proxy_reid_map_std'])} | "
+                     f"{_f(p['averaging_attack_msssim'])} | {_f(p['averaging_attack_reid_map'])} |")
+    verdict = "passes" if doc["passes_rule"] else "does not pass"
+    lines += ["", f"Learned + TTA moves by {doc['learned_tta_gain']:+.4f} with the most similar references, so the choice "
+                  f"{verdict} its rule ({doc['rule']}); baseline {_f(doc['baseline']['avg'])}, re-identification from "
+                  f"the unmixed scans {_f(priv['no_proxy_reid_map'])}."]
+    return "\n".join(lines)
+
+
 def train_throughput_md(doc: dict) -> str:
     """Training steps per second in each precision and layout (``results/train_throughput.json``), and the
     validated runs it quotes (``--runs``)."""
@@ -779,6 +820,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "d_bfloat16": d_bfloat16_md,
     "replication": replication_md,
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
+    "reference_choice": reference_choice_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
