@@ -271,6 +271,8 @@ def test_reference_choice_scores_random_and_similar_references_on_one_protocol(s
             assert 0 <= value <= 1, metric
     assert doc["learned_tta_gain"] == round(doc["similar"]["learned_tta"]["avg"] - doc["random"]["learned_tta"]["avg"], 4)
     assert doc["passes_rule"] == (doc["learned_tta_gain"] >= 0.003)
+    assert doc["privacy"]["k"] == doc["protocol"]["tta_k"]  # the attack on one request's K proxies, every scan
+    assert {len(ids) for ids in doc["similar_references"].values()} == {doc["protocol"]["k_max"]}
     # the similar references: training scans only, ranked as the client ranks them (on the quick run's crop)
     bank = [Reference(v.name, v.image, v.labels) for v in train]
     test_subjects = {r.subject for r in test}

@@ -72,8 +72,9 @@ def utility(eval_args: argparse.Namespace, setup: evaluate.Setup) -> tuple[dict,
         in_dice = rec in setup.dice_records
         k = eval_args.k_max if in_dice else 2
         vol, random_refs, alphas, brain = evaluate.scan_draw(rec, k, eval_args, setup)
-        similar = most_similar_references(vol.image, bank, k)
-        similar_ids[rec.name] = [r.ref_id for r in similar]
+        ranking = most_similar_references(vol.image, bank, eval_args.k_max)  # every scan's, for the attacks' K proxies
+        similar_ids[rec.name] = [r.ref_id for r in ranking]
+        similar = ranking[:k]
         score = lambda probs: evaluate.dice_row(evaluate.masked(hard_labels(probs.float()).numpy(), brain),  # noqa: E731
                                                 vol.labels, setup.classes)
         for choice, refs in zip(CHOICES, (random_refs, similar)):
@@ -112,7 +113,7 @@ def privacy(eval_args: argparse.Namespace, setup: evaluate.Setup, similar_ids: d
     pool = reid.downsample(np.stack([setup.by_id[i].image for i in ids]))
     template = reid.downsample(central_cube(tta.template_brain(), eval_args.crop))
     identities = [v.subject for v in test]
-    k = min(args.k, *(len(r) for r in ranked))
+    k = eval_args.tta_k  # the averaging attack sees the K proxies of one Learned + TTA request
     rng = np.random.default_rng(args.seed)
     lo, hi = ALPHA_RANGE_ATTACKS
     single = {c: [] for c in CHOICES}

@@ -649,7 +649,7 @@ def reference_choice_md(doc: dict) -> str:
              f"×2, α ~ U({priv['alpha_range'][0]}, {priv['alpha_range'][1]}), {priv['reid_draws']} draws. "
              "**MNI152-derived phantoms, not patients.**", "",
              "| references | Learned | Naive + TTA | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF | "
-             "re-id mAP, one proxy | averaging attack (K proxies): MS-SSIM | its re-id mAP |",
+             f"re-id mAP, one proxy | averaging attack (K = {priv['k']} proxies): MS-SSIM | its re-id mAP |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for choice, label in (("random", "random (the paper's)"), ("similar", "most similar to the target")):
         row, icc, p = doc[choice], doc[choice]["icc"], priv[choice]
