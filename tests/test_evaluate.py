@@ -251,7 +251,7 @@ def test_the_tta_retest_pair_uses_the_scans_draw_or_a_second_salted_one(monkeypa
 def test_reference_choice_scores_random_and_similar_references_on_one_protocol(small_cohort, model_dir, tmp_path):
     from mixdemo.data import load_cohort, load_volumes
     from mixdemo.pipeline import Reference, most_similar_references
-    from training import reference_choice
+    from training import evaluate, reference_choice
 
     out = tmp_path / "choice.json"
     doc = reference_choice.main(["--data", str(small_cohort), "--quick", "--threads", "1", "--reid-draws", "2",
@@ -276,7 +276,7 @@ def test_reference_choice_scores_random_and_similar_references_on_one_protocol(s
     # the similar references: training scans only, ranked as the client ranks them (on the quick run's crop)
     bank = [Reference(v.name, v.image, v.labels) for v in train]
     test_subjects = {r.subject for r in test}
-    crop = reference_choice.central_cube
+    crop = evaluate.central_cube
     first = sorted(doc["similar_references"])[0]
     target = crop(load_volumes([r for r in test if r.name == first])[0].image, 64)
     cropped = [Reference(r.ref_id, crop(r.image, 64), r.labels) for r in bank]

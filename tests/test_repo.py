@@ -644,3 +644,22 @@ def test_the_gpu_follow_up_scored_the_gpus_s_its_d_trained_on_and_the_shipped_ba
     for name, record in (("segmentation", gpu_s), ("unmixing-p2-96-a35", gpu_d), (d_name, d)):  # committed, to redo it
         assert sha256_file(folder / "weights" / name / "model.safetensors") == record["sha256"]
         assert json.loads((folder / "weights" / name / "training.json").read_text()) == record
+
+
+def test_the_reference_choice_record_scores_the_shipped_networks_by_its_rule_and_the_readme_quotes_it():
+    """results/reference_choice.json: its random references are the D designs' protocol's (its row is the default D's
+    row there, same weights), its verdict follows its rule, and the README shows it."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    record = json.loads((REPO / "results/reference_choice.json").read_text())
+    deployment = json.loads((REPO / "results/d_p2_96_alpha_deployment.json").read_text())["after"]
+    assert deployment["model"] == DEFAULT_UNMIXING
+    assert record["random"]["learned_tta"] == deployment["learned_tta"] and record["random"]["learned"] == deployment["learned"]
+    assert record["weights_sha256"][DEFAULT_UNMIXING] == deployment["weights_sha256"]
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    for name in ("segmentation", "baseline"):
+        assert record["weights_sha256"][name] == seg["weights_sha256"][name]
+    gain = round(record["similar"]["learned_tta"]["avg"] - record["random"]["learned_tta"]["avg"], 4)
+    assert record["learned_tta_gain"] == gain and record["passes_rule"] == (gain >= 0.003)
+    assert record["command"].startswith("python -m training.reference_choice")
+    assert "<!-- results:reference_choice -->" in (REPO / "README.md").read_text()

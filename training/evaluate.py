@@ -92,12 +92,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def central_cube(volume: np.ndarray, side: int) -> np.ndarray:
+    """The central cube of ``side`` voxels of an array (a view; ``side=0``: the whole array)."""
+    if not side:
+        return volume
+    return volume[tuple(slice(max(0, n // 2 - side // 2), max(0, n // 2 - side // 2) + side) for n in volume.shape)]
+
+
 def crop_volume(vol: Volume, side: int) -> Volume:
     """Central cube of ``side`` voxels (multiple of 16) around the grid centre; ``side=0``: unchanged."""
     if not side:
         return vol
-    sl = tuple(slice(max(0, n // 2 - side // 2), max(0, n // 2 - side // 2) + side) for n in vol.image.shape)
-    return Volume(vol.name, vol.subject, vol.image[sl].copy(), vol.labels[sl].copy(), vol.affine)
+    return Volume(vol.name, vol.subject, central_cube(vol.image, side).copy(), central_cube(vol.labels, side).copy(), vol.affine)
 
 
 def dice_row(pred: np.ndarray, truth: np.ndarray, classes: dict[int, str] = CLASSES) -> dict[str, float]:

@@ -111,7 +111,7 @@ def privacy(eval_args: argparse.Namespace, setup: evaluate.Setup, similar_ids: d
     ranked = [[ids.index(r) for r in similar_ids[v.name]] for v in test]
     targets = reid.downsample(np.stack([v.image for v in test]))
     pool = reid.downsample(np.stack([setup.by_id[i].image for i in ids]))
-    template = reid.downsample(central_cube(tta.template_brain(), eval_args.crop))
+    template = reid.downsample(evaluate.central_cube(tta.template_brain(), eval_args.crop))
     identities = [v.subject for v in test]
     k = eval_args.tta_k  # the averaging attack sees the K proxies of one Learned + TTA request
     rng = np.random.default_rng(args.seed)
@@ -137,13 +137,6 @@ def privacy(eval_args: argparse.Namespace, setup: evaluate.Setup, similar_ids: d
                   "averaging_attack_msssim": round(float(msssim_3d_batch(estimates, targets, data_range=1.0).mean()), 4),
                   "averaging_attack_reid_map": round(reid.retrieval(estimates, identities).map, 4)}
     return out
-
-
-def central_cube(volume: np.ndarray, side: int) -> np.ndarray:
-    """The central cube :func:`training.evaluate.crop_volume` takes (``side=0``: the whole volume)."""
-    if not side:
-        return volume
-    return volume[tuple(slice(max(0, n // 2 - side // 2), max(0, n // 2 - side // 2) + side) for n in volume.shape)]
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mixdemo.data import subject_of
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.weights import DEFAULT_UNMIXING, read_training_record, write_model_card
 from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
@@ -660,9 +661,12 @@ def reference_choice_md(doc: dict) -> str:
                      + f" | {_f(p['single_proxy_reid_map'])} ± {_f(p['single_proxy_reid_map_std'])} | "
                      f"{_f(p['averaging_attack_msssim'])} | {_f(p['averaging_attack_reid_map'])} |")
     verdict = "passes" if doc["passes_rule"] else "does not pass"
+    k = proto["tta_k"]
+    twins = sum(len({subject_of(r) for r in ranking[:k]}) < len(ranking[:k]) for ranking in doc["similar_references"].values())
     lines += ["", f"Learned + TTA moves by {doc['learned_tta_gain']:+.4f} with the most similar references, so the choice "
-                  f"{verdict} its rule ({doc['rule']}); baseline {_f(doc['baseline']['avg'])}, re-identification from "
-                  f"the unmixed scans {_f(priv['no_proxy_reid_map'])}."]
+                  f"{verdict} its rule, {doc['rule']}. Baseline {_f(doc['baseline']['avg'])}; re-identification from "
+                  f"the unmixed scans {_f(priv['no_proxy_reid_map'])}. For {twins} of the {len(doc['similar_references'])} "
+                  f"test scans the K = {k} most similar references include both scans of one training subject."]
     return "\n".join(lines)
 
 
@@ -746,6 +750,10 @@ the CUDA tests' log, each as the machine wrote it."""
 GPU_MODELS = ("segmentation", "baseline", "unmixing-p2", "unmixing-p2-96-a35")
 
 
+GPU_RUN_PREDATES = (", which includes the test–retest pairs of Learned + TTA that the GPU's run predates: 20 more "
+                    "proxies for each scan outside the Dice volumes")
+
+
 def gpu_run_md(doc: dict) -> str:
     """The recipe's run on a GPU (``results/gpu-h200/``): its training, its evaluation beside the shipped weights'
     (``results/segmentation.json``), and the CUDA tests' summary line."""
@@ -768,7 +776,8 @@ def gpu_run_md(doc: dict) -> str:
     lines += ["", f"Evaluated on that GPU by `MIXDEMO_WEIGHTS_DIR=/tmp/gpu {doc['command']}` (the recipe's OUT; "
               f"{doc['seconds'] / 60:.1f} min; the calibration stage "
               "was cut by the call's time limit, so D is the uncalibrated one), beside the shipped weights' evaluation "
-              f"on 2 CPU cores ({shipped['seconds'] / 60:.0f} min). Same protocol, same volumes. "
+              f"on 2 CPU cores ({shipped['seconds'] / 60:.0f} min{GPU_RUN_PREDATES if 'icc_tta' in shipped and 'icc_tta' not in doc else ''}). "
+              "Same table protocol, same volumes. "
               "**MNI152-derived phantoms, not patients.**", "",
               "| average Dice | Baseline | Naive | Naive + TTA | Learned | Learned + TTA | Learned + TTA / Baseline | ICC GM | WM | CSF |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
