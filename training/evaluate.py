@@ -303,6 +303,12 @@ def icc_rows(pairs: dict[str, list], classes: dict[int, str]) -> dict[str, dict]
     return out
 
 
+def rounded_pairs(pairs: dict[str, list], classes: dict[int, str]) -> dict[str, dict[str, list[float]]]:
+    """Each scan's pair of per-class Dice as the JSON records it: {scan: {class name: [first, second]}}, 4 decimals."""
+    return {scan: {name: [round(float(pair[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
+            for scan, pair in pairs.items()}
+
+
 def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Run the protocol; returns the JSON document (its command from ``argv``, else the process's)."""
     t0 = time.perf_counter()
@@ -356,12 +362,10 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "dice_per_volume": {scan: {m: round(rows[m][i]["avg"], 4) for m in METHODS} for i, scan in enumerate(dice_names)},
         "dice_vs_k": dice_vs_k,
         "icc": icc,
-        "retest_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
-                        for scan, d in single_dice.items()},
+        "retest_dice": rounded_pairs(single_dice, classes),
         "icc_tta": icc_rows(tta_dice, classes),
         "icc_tta_k": retest_tta_k(args, len(setup.by_id)),
-        "retest_tta_dice": {scan: {name: [round(float(d[j][c]), 4) for j in (0, 1)] for c, name in classes.items()}
-                            for scan, d in tta_dice.items()},
+        "retest_tta_dice": rounded_pairs(tta_dice, classes),
         "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
     }
