@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mixdemo.attacks.reid import DOWNSAMPLE as REID_DOWNSAMPLE  # reference_choice's factor
 from mixdemo.mixing import TRAIN_ALPHA_RANGE
 from mixdemo.weights import DEFAULT_UNMIXING, read_training_record, write_model_card
 from mixdemo.weights import unmixing_where as d_where  # the tables' words for where a D's blocks run
@@ -65,14 +66,9 @@ def segmentation_md(doc: dict) -> str:
     base, ltta = doc["dice"]["baseline"]["avg"], doc["dice"]["learned_tta"]["avg"]
     lines += ["", f"Learned + TTA reaches {ltta / base:.3f} × the baseline's average Dice (paper: 0.992 ×)"
               + ratio_interval(doc) + ".", ""]
-    lines += ["| test–retest ICC(C,1) | GM | WM | CSF |", "| --- | --- | --- | --- |"]
     icc = doc["icc"]
-    lines.append("| ICC [95 % CI] | " + " | ".join(
-        f"{_f(icc[c]['icc'])} [{_f(icc[c]['ci95'][0], 2)}, {_f(icc[c]['ci95'][1], 2)}]" for c in ("GM", "WM", "CSF")) + " |")
     components = all("scan_sd" in icc[c] for c in ("GM", "WM", "CSF"))
-    if components:
-        for key, label in (("scan_sd", "SD of Dice between scans (s)"), ("reference_sd", "SD of Dice between references (r)")):
-            lines.append(f"| {label} | " + " | ".join(_f(icc[c][key]) for c in ("GM", "WM", "CSF")) + " |")
+    lines += icc_table(icc, "test–retest ICC(C,1)", "references" if components else None)
     lines.append(f"\n(ICC of the per-scan Dice of two learned predictions with disjoint references, n = {doc['n_icc_scans']} scans"
                  + ("; ICC = s² / (s² + r²).)" if components else ".)"))
     if "icc_tta" in doc:
@@ -88,13 +84,25 @@ def segmentation_md(doc: dict) -> str:
 def icc_tta_md(doc: dict) -> list[str]:
     """The test–retest ICC of the deployed output: two Learned + TTA predictions of each scan (``icc_tta``)."""
     icc, k = doc["icc_tta"], doc["icc_tta_k"]
-    lines = [f"The same for what the client keeps, Learned + TTA: two predictions of each scan with K = {k} references "
-             "each, disjoint (not the paper's measure, which is the one above, of single predictions):", "",
-             f"| test–retest ICC(C,1), Learned + TTA (K = {k} each) | GM | WM | CSF |", "| --- | --- | --- | --- |",
-             "| ICC [95 % CI] | " + " | ".join(f"{_f(icc[c]['icc'])} [{_f(icc[c]['ci95'][0], 2)}, {_f(icc[c]['ci95'][1], 2)}]"
-                                             for c in ("GM", "WM", "CSF")) + " |"]
-    for key, label in (("scan_sd", "SD of Dice between scans (s)"), ("reference_sd", "SD of Dice between reference sets (r)")):
-        lines.append(f"| {label} | " + " | ".join(_f(icc[c][key]) for c in ("GM", "WM", "CSF")) + " |")
+    return [f"The same for what the client keeps, Learned + TTA: two predictions of each scan with K = {k} references "
+            "each, disjoint (not the paper's measure, which is the one above, of single predictions):", "",
+            *icc_table(icc, f"test–retest ICC(C,1), Learned + TTA (K = {k} each)", "reference sets")]
+
+
+def icc_cell(entry: dict) -> str:
+    """One class's ICC with its 95 % interval, as every ICC table shows it."""
+    return f"{_f(entry['icc'])} [{_f(entry['ci95'][0], 2)}, {_f(entry['ci95'][1], 2)}]"
+
+
+def icc_table(icc: dict, title: str, varied: str | None) -> list[str]:
+    """An ICC table per class: the ICC row, then (``varied`` naming what differs between a scan's two predictions)
+    the two SD rows of its variance components."""
+    classes = ("GM", "WM", "CSF")
+    lines = [f"| {title} | GM | WM | CSF |", "| --- | --- | --- | --- |",
+             "| ICC [95 % CI] | " + " | ".join(icc_cell(icc[c]) for c in classes) + " |"]
+    if varied:
+        for key, label in (("scan_sd", "SD of Dice between scans (s)"), ("reference_sd", f"SD of Dice between {varied} (r)")):
+            lines.append(f"| {label} | " + " | ".join(_f(icc[c][key]) for c in classes) + " |")
     return lines
 
 
@@ -646,7 +654,7 @@ def reference_choice_md(doc: dict) -> str:
     lines = [f"Measured by `{doc['command']}` ({doc['date']}, {doc['seconds'] / 60:.0f} min): the D designs' protocol "
              f"({proto['n_volumes']} test volumes, K = {proto['tta_k']}, each scan's α from the evaluation's per-scan "
              f"seed), the ICC over {proto['n_icc_scans']} test scans; the privacy rows on the attack lab's scans downsampled "
-             f"×2, α ~ U({priv['alpha_range'][0]}, {priv['alpha_range'][1]}), {priv['reid_draws']} draws. "
+             f"×{REID_DOWNSAMPLE}, α ~ U({priv['alpha_range'][0]}, {priv['alpha_range'][1]}), {priv['reid_draws']} draws. "
              "**MNI152-derived phantoms, not patients.**", "",
              "| references | Learned | Naive + TTA | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF | "
              f"re-id mAP, one proxy | averaging attack (K = {priv['k']} proxies): MS-SSIM | its re-id mAP |",
@@ -655,8 +663,7 @@ def reference_choice_md(doc: dict) -> str:
         row, icc, p = doc[choice], doc[choice]["icc"], priv[choice]
         lines.append(f"| {label} | {_f(row['learned']['avg'])} | {_f(row['naive_tta']['avg'])} | "
                      f"{_f(row['learned_tta']['avg'])} | {_f(row['tta_over_baseline'])} | "
-                     + " | ".join(f"{_f(icc[c]['icc'])} [{_f(icc[c]['ci95'][0], 2)}, {_f(icc[c]['ci95'][1], 2)}]"
-                                  for c in ("GM", "WM", "CSF"))
+                     + " | ".join(icc_cell(icc[c]) for c in ("GM", "WM", "CSF"))
                      + f" | {_f(p['single_proxy_reid_map'])} ± {_f(p['single_proxy_reid_map_std'])} | "
                      f"{_f(p['averaging_attack_msssim'])} | {_f(p['averaging_attack_reid_map'])} |")
     verdict = "passes" if doc["passes_rule"] else "does not pass"
