@@ -48,6 +48,27 @@ S_SLAB_BUDGET_MB = 1200
 phantom grid)."""
 
 
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+"""The instruction sets that decide S's and D's speed here (Linux ``/proc/cpuinfo`` flag → name): oneDNN runs
+bfloat16 natively with AVX512-BF16 or AMX and emulates it (slowly) without them."""
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict:
+    """This CPU's model name and which of :data:`CPU_FEATURES` it has (from ``/proc/cpuinfo``; the platform's
+    machine name and no features where that file is absent, as off Linux). Timings only compare across runs
+    on the same kind of CPU."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
+            "features": [name for flag, name in CPU_FEATURES.items() if flag in flags]}
+
+
 def wall_seconds(fn: Callable[[], object]) -> float:
     """Wall time of one call of ``fn``."""
     t0 = time.perf_counter()
@@ -256,10 +277,12 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
                     refs: list[Reference], reps: int, untrained: bool) -> list[dict]:
     """S and the baseline in float32 and in bfloat16 (``$MIXDEMO_PRECISION``), the same D: per precision the
     baseline's and the private K = 1 run's median seconds (interleaved, as the headline's), the privacy tax
-    and client share, and the brain-masked Dice of the baseline's and of the private run's labels."""
+    and client share, and the brain-masked Dice of the baseline's and of the private run's labels. Float32
+    only where the CPU has no bfloat16 instructions: emulated, S's bfloat16 pass takes on the order of a hundred
+    times longer (hours on the whole volume), and no one would run it."""
     brain = target > 0
     rows = []
-    for precision in ("float32", "bfloat16"):
+    for precision in ("float32", "bfloat16") if native_bfloat16() else ("float32",):
         if untrained:
             seg, base = (untrained_s().use_bfloat16() if precision == "bfloat16" else untrained_s() for _ in range(2))
         else:
@@ -609,10 +632,12 @@ def run(args: argparse.Namespace) -> dict:
         row["private_k1_s"] = round(statistics.median(t for t, _ in runs), 3)
         row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
         row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
+    cpu = cpu_description()
     doc = {
         "command": " ".join(["python -m mixdemo.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu["model"],
+        "cpu_features": cpu["features"],
         "device": "cpu",
         "s_precision": s_precision("cpu"),
         "unmixing_precision": str(getattr(unmix, "compute_dtype", torch.float32)).removeprefix("torch."),
@@ -650,7 +675,7 @@ def run(args: argparse.Namespace) -> dict:
                                 f"{s_precision('cpu')}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "
                                 "client share, and brain-masked Dice of the baseline's and the private run's labels on "
                                 "the benchmark's volume; bfloat16_native: whether this CPU has bfloat16 instructions "
-                                "(without them bfloat16 is emulated, slowly)",
+                                "(without them bfloat16 is emulated, slowly, and only float32 is measured)",
             "bfloat16_native": native_bfloat16(),
             "d_precision": sorted(d_precision_rows, key=lambda r: r["precision"] != "float32"),
             "d_precision_note": "the client's D with its four blocks in float32 and in bfloat16 "

@@ -231,6 +231,18 @@ def patch_floor(doc: dict) -> str:
     return f" (S's and D's arithmetic: {gflop:.0f} GFLOP, {seconds:.2f} s at the convolution peak below)"
 
 
+def cpu_md(doc: dict) -> str:
+    """The benchmark's CPU in words: its model and the instruction sets that set S's and D's speed (runs before
+    ``cpu_features`` was recorded: whether it had native bfloat16, from the precision levers)."""
+    features = doc.get("cpu_features")
+    if features is None:
+        native = (doc.get("levers") or {}).get("bfloat16_native")
+        return doc["cpu"] if native is None else f"{doc['cpu']} ({'with' if native else 'without'} bfloat16 instructions)"
+    bfloat16 = any(name.endswith("BF16") for name in features)
+    return (f"{doc['cpu']} ({', '.join(features) or 'neither AVX2 nor AVX-512'}; "
+            f"{'with' if bfloat16 else 'without'} bfloat16 instructions)")
+
+
 def bench_md(doc: dict) -> str:
     """The performance table, each figure beside its target (met or missed)."""
 
@@ -343,7 +355,7 @@ def bench_md(doc: dict) -> str:
     if host and host.get("tta10_over_k1_runs"):
         spread += (" K = 10 over K = 1 divides each K = 10 run by the mean of the K = 1 runs just before and "
                    "after it (" + ", ".join(f"{r:.2f}" for r in host["tta10_over_k1_runs"]) + ").")
-    return "\n".join([f"Measured by `{doc['command'].strip()}` on {doc['cpu']}, {doc['threads']} threads, volume "
+    return "\n".join([f"Measured by `{doc['command'].strip()}` on {cpu_md(doc)}, {doc['threads']} threads, volume "
                       f"{'×'.join(map(str, doc['volume_shape']))}, median of {doc['reps']}, {doc['date']}.{busy}{spread}", "",
                       "| what | figure | target |", "| --- | --- | --- |", *[f"| {a} | {b} | {c} |" for a, b, c in rows]])
 
