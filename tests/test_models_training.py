@@ -280,6 +280,22 @@ def test_precision_setting_picks_s_precision_and_refuses_unknown_values(monkeypa
         weights.s_precision("cpu")
 
 
+def test_bfloat16_asked_for_on_a_cpu_without_it_is_kept_with_a_warning(monkeypatch, caplog):
+    """Forced bfloat16 stays what was asked for, but where the CPU would emulate it the log says how slow that is
+    (and 'auto' picks float32); on a CPU that has it, or for CUDA, nothing is said."""
+    monkeypatch.setenv(weights.UNMIXING_PRECISION_ENV, "bfloat16")
+    monkeypatch.setattr(weights, "native_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger="mixdemo.weights"):
+        assert weights.unmixing_precision("cpu") == "bfloat16"
+    assert "emulated" in caplog.text and weights.UNMIXING_PRECISION_ENV in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(weights, "native_bfloat16", lambda: True)
+    with caplog.at_level("WARNING", logger="mixdemo.weights"):
+        assert weights.unmixing_precision("cpu") == "bfloat16"
+        assert weights.unmixing_precision("cuda") == "bfloat16"
+    assert caplog.text == ""
+
+
 def test_load_model_casts_s_and_d_each_to_its_own_precision_setting(tmp_path, monkeypatch):
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
     _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
