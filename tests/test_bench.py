@@ -247,3 +247,26 @@ def test_allocator_rule_pools_each_allocations_processes():
                             "processes": 2}
     assert rule["as_it_comes"]["seconds"] == 42.0 and rule["as_it_comes"]["rss_after_mb"] == 800.0
     assert rule["held"] is True  # 31.5 ≤ 0.9 × 42; 3.0 ≤ 1.02 × 3.0; 4000 ≤ 4096; 870 ≤ 1.1 × 800
+
+
+def test_report_puts_each_cpus_headline_figures_side_by_side_against_the_targets():
+    """One column per benchmark record, named by its CPU and precisions; each figure with a target says met or
+    missed by that target's own test, and a record without a figure shows a dash."""
+    from training.report import bench_cpus_md, cpu_md
+
+    fast = {"cpu": "CPU A", "cpu_features": ["AVX2", "AVX-512", "AVX512-BF16"], "s_precision": "bfloat16",
+            "unmixing_precision": "bfloat16", "date": "2026-12-01", "baseline_s": 5.0, "private_k1_s": 5.2,
+            "private_k10_s": 52.0, "patch_k10_s": 0.4, "privacy_tax": 1.04, "tta10_over_k1": 10.2,
+            "client_share": 0.09, "flop_efficiency": 0.66, "peak_rss_mb": 2900.0}
+    slow = {**fast, "cpu": "CPU B", "cpu_features": ["AVX2"], "s_precision": "float32", "unmixing_precision": "float32",
+            "private_k1_s": 21.0, "tta10_over_k1": 9.5, "patch_k10_s": None}
+    lines = bench_cpus_md([fast, slow]).splitlines()
+    assert "CPU A (AVX2, AVX-512, AVX512-BF16; with bfloat16 instructions): S and D in bfloat16" in lines[0]
+    assert "CPU B (AVX2; without bfloat16 instructions): S and D in float32" in lines[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["private, K = 1"] == ["≤ 20 s", "5.2 s (met)", "21.0 s (**missed**) |"]
+    assert rows["K = 10 over K = 1"] == ["≤ 10", "10.20 (**missed**)", "9.50 (met) |"]
+    assert rows["patch mode (32³), K = 10"][2] == "— |"
+    assert rows["baseline whole brain"] == ["", "5.0 s", "5.0 s |"]  # no target
+    assert cpu_md({"cpu": "x86_64", "levers": {"bfloat16_native": True}}) == "x86_64 (with bfloat16 instructions)"
+    assert cpu_md({"cpu": "x86_64"}) == "x86_64"  # older records say neither

@@ -361,6 +361,47 @@ def bench_md(doc: dict) -> str:
 
 
 
+BENCH_RECORDS = ("bench", "bench-avx2")
+"""The benchmark's records, one per kind of CPU it was run on (``python -m mixdemo.bench --out``): the headline's
+first, then an AVX2-only CPU's (no bfloat16 instructions: S and D in float32)."""
+
+BENCH_HEADLINE = (("baseline whole brain", "baseline_s", "{:.1f} s"), ("private, K = 1", "private_k1_s", "{:.1f} s"),
+                  ("private, K = 10", "private_k10_s", "{:.1f} s"), ("patch mode (32³), K = 10", "patch_k10_s", "{:.2f} s"),
+                  ("privacy tax", "privacy_tax", "{:.2f}"), ("K = 10 over K = 1", "tta10_over_k1", "{:.2f}"),
+                  ("client share (mixing + D)", "client_share", "{:.3f}"),
+                  ("S's FLOP efficiency (of the GEMM peak in S's precision)", "flop_efficiency", "{:.2f}"),
+                  ("peak memory", "peak_rss_mb", "{:.0f} MB"))
+
+
+def bench_cpus_md(docs: list[dict]) -> str:
+    """The headline figures of each benchmark record side by side, each against its target (met or missed), one
+    column per CPU: how much of the performance table holds where bfloat16 is not available."""
+    def cell(doc: dict, key: str, fmt: str) -> str:
+        if doc.get(key) is None:
+            return "—"
+        ok = BENCH_TARGETS[key][1](doc[key]) if key in BENCH_TARGETS else None
+        return fmt.format(doc[key]) + ("" if ok is None else " (met)" if ok else " (**missed**)")
+
+    def precisions(doc: dict) -> str:
+        s, d = doc.get("s_precision", "float32"), doc.get("unmixing_precision", "float32")
+        return f"S and D in {s}" if s == d else f"S in {s}, D in {d}"
+
+    head = [f"{cpu_md(d)}: {precisions(d)}, {d['date']}" for d in docs]
+    lines = ["| figure | target | " + " | ".join(head) + " |", "| --- | --- |" + " --- |" * len(docs)]
+    for label, key, fmt in BENCH_HEADLINE:
+        target = BENCH_TARGETS[key][0] if key in BENCH_TARGETS else ""
+        lines.append(f"| {label} | {target} | " + " | ".join(cell(d, key, fmt) for d in docs) + " |")
+    return "\n".join(lines)
+
+
+def bench_cpus_block(_: dict) -> str:
+    """The README's block of :func:`bench_cpus_md` over every record of :data:`BENCH_RECORDS` present."""
+    docs = [doc for doc in map(_load, BENCH_RECORDS) if doc is not None]
+    commands = "; ".join(f"`{d['command'].strip()}`" for d in docs)
+    return (f"Measured by {commands}, each on its own machine (2 cores, {', '.join(str(d['threads']) for d in docs)} "
+            "threads), the same volume and weights. **MNI152-derived phantoms, not patients.**\n\n" + bench_cpus_md(docs))
+
+
 RUNTIME_WORKLOADS = {"s_patches": "S, patch mode ({k} × 32³)", "s_volume": "S, whole volume",
                      "d_volume": "D, whole volume, K = 1"}
 
@@ -844,11 +885,12 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "d_alpha_outside": d_alpha_outside_md, "s_bfloat16": s_bfloat16_md, "d_bfloat16": d_bfloat16_md,
     "replication": replication_md,
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
-    "reference_choice": reference_choice_md,
+    "reference_choice": reference_choice_md, "bench_cpus": bench_cpus_block, "bench_avx2": bench_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
-                 "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation"}
+                 "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation", "bench_cpus": "bench",
+                 "bench_avx2": "bench-avx2"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
