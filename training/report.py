@@ -202,6 +202,11 @@ BENCH_TARGETS = {  # key: (target text, test) — the performance issue's target
 }
 
 
+def target_verdict(key: str, value: float) -> str:
+    """'met' or '**missed**': ``value`` against the benchmark target of ``key`` (:data:`BENCH_TARGETS`)."""
+    return "met" if BENCH_TARGETS[key][1](value) else "**missed**"
+
+
 def allocation(row: dict, kept_by_default: bool | None = None) -> tuple[str, bool]:
     """How a bench row's process allocated, in words, and whether that is the default. ``kept_by_default``:
     the run's own default (its ``keeps_freed_memory``; runs since freed memory is handed back after each pass
@@ -247,10 +252,7 @@ def bench_md(doc: dict) -> str:
     """The performance table, each figure beside its target (met or missed)."""
 
     def target(key: str) -> str:
-        if key not in BENCH_TARGETS:
-            return ""
-        text, ok = BENCH_TARGETS[key]
-        return f"{text}: {'met' if ok(doc[key]) else '**missed**'}"
+        return f"{BENCH_TARGETS[key][0]}: {target_verdict(key, doc[key])}" if key in BENCH_TARGETS else ""
 
     peak_in = f", both in {doc['peak_dtype']}" if doc.get("peak_dtype", "float32") != "float32" else ""
     rows = [
@@ -379,8 +381,7 @@ def bench_cpus_md(docs: list[dict]) -> str:
     def cell(doc: dict, key: str, fmt: str) -> str:
         if doc.get(key) is None:
             return "—"
-        ok = BENCH_TARGETS[key][1](doc[key]) if key in BENCH_TARGETS else None
-        return fmt.format(doc[key]) + ("" if ok is None else " (met)" if ok else " (**missed**)")
+        return fmt.format(doc[key]) + (f" ({target_verdict(key, doc[key])})" if key in BENCH_TARGETS else "")
 
     def precisions(doc: dict) -> str:
         s, d = doc.get("s_precision", "float32"), doc.get("unmixing_precision", "float32")
@@ -398,8 +399,8 @@ def bench_cpus_block(_: dict) -> str:
     """The README's block of :func:`bench_cpus_md` over every record of :data:`BENCH_RECORDS` present."""
     docs = [doc for doc in map(_load, BENCH_RECORDS) if doc is not None]
     commands = "; ".join(f"`{d['command'].strip()}`" for d in docs)
-    return (f"Measured by {commands}, each on its own machine (2 cores, {', '.join(str(d['threads']) for d in docs)} "
-            "threads), the same volume and weights. **MNI152-derived phantoms, not patients.**\n\n" + bench_cpus_md(docs))
+    return (f"Measured by {commands}, each on its own machine with {' and '.join(str(d['threads']) for d in docs)} "
+            "threads, the same volume and weights. **MNI152-derived phantoms, not patients.**\n\n" + bench_cpus_md(docs))
 
 
 RUNTIME_WORKLOADS = {"s_patches": "S, patch mode ({k} × 32³)", "s_volume": "S, whole volume",
@@ -889,8 +890,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
-                 "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation", "bench_cpus": "bench",
-                 "bench_avx2": "bench-avx2"}
+                 "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation", "bench_cpus": BENCH_RECORDS[0],
+                 "bench_avx2": BENCH_RECORDS[1]}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
