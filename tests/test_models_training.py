@@ -17,6 +17,7 @@ from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.io import save_volume
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 from mixdemo.models import SegmentationNet, UnmixingNet, count_parameters
+from mixdemo.weights import native_bfloat16
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = "4,4,8,8,16,4"
@@ -450,7 +451,10 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
 
 
-@pytest.mark.parametrize("precision, channels_last", [("float32", False), ("bfloat16", True)])
+@pytest.mark.parametrize("precision, channels_last", [
+    ("float32", False), ("float32", True), ("bfloat16", False),
+    # the layout of a bfloat16 convolution's output is oneDNN's choice: an emulating CPU returns it contiguous
+    pytest.param("bfloat16", True, marks=pytest.mark.skipif(not native_bfloat16(), reason="no bfloat16 instructions"))])
 def test_training_step_runs_the_forward_in_the_precision_and_layout_asked_for(tiny_cohort, precision, channels_last):
     from training.train import EndToEnd, training_step
 
@@ -523,14 +527,25 @@ def test_throughput_times_every_precision_and_layout_with_the_training_step(tiny
     doc = throughput.main(["--data", str(tiny_cohort), "--quick", "--threads", "1", "--check-gradients", "1",
                            "--out", str(tmp_path / "tp.json")])
     assert json.loads((tmp_path / "tp.json").read_text()) == doc and doc["command"].startswith("python -m training.throughput")
+    timed = throughput.configurations(torch.device("cpu"))  # the bfloat16 ones where the CPU has the instructions
     configs = [(r["precision"], r["channels_last"]) for r in doc["rows"]]
-    assert [r["mode"] for r in doc["rows"]] == ["private"] * 4 + ["baseline"] * 4
-    assert configs == list(throughput.CONFIGS) * 2 and doc["rows"][0]["speedup"] == 1.0
+    assert [r["mode"] for r in doc["rows"]] == ["private"] * len(timed) + ["baseline"] * len(timed)
+    assert configs == list(timed) * 2 and doc["rows"][0]["speedup"] == 1.0
     assert all(r["steps_per_second"] > 0 and len(r["runs"]) == 1 for r in doc["rows"])
-    assert calls == [c for c in throughput.CONFIGS for _ in range(3)] * 2  # 1 warm-up + 2 timed steps each
+    assert calls == [c for c in timed for _ in range(3)] * 2  # 1 warm-up + 2 timed steps each
     checks = doc["gradient_check"]
     assert [(r["in_channels"], r["out_channels"], r["grid"]) for r in checks[::2]] == list(throughput.GRADIENT_CASES)
     assert all(set(r["bad_weight_gradients"]) == {"autocast", "training_train"} and r["iterations"] == 1 for r in checks)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_throughput_times_bfloat16_only_where_the_device_has_it(monkeypatch, native):
+    from training import throughput
+
+    monkeypatch.setattr(throughput, "native_bfloat16", lambda: native)
+    on_cpu = throughput.configurations(torch.device("cpu"))
+    assert on_cpu == (throughput.CONFIGS if native else (("float32", False), ("float32", True)))
+    assert throughput.configurations(torch.device("cuda")) == throughput.CONFIGS
 
 
 def test_throughput_quotes_each_runs_record_and_refuses_a_run_without_validation(tiny_cohort, tmp_path):

@@ -8,7 +8,8 @@ the optimiser steps of :func:`training.train.training_step` (the one ``training.
 networks ``training.train`` builds by default (random weights: a step's cost does not depend on them),
 on batches drawn from the cohort's training scans as training draws them, in four configurations:
 float32 (the default, which trained the shipped weights), float32 in channels-last 3D, bfloat16 mixed
-precision, and both (``--precision bfloat16 --channels-last``). ``--check-gradients N`` also counts how often
+precision, and both (``--precision bfloat16 --channels-last``); the bfloat16 ones only where the device has
+bfloat16 arithmetic (a GPU, or a CPU with AVX512-BF16 or AMX: :func:`configurations`). ``--check-gradients N`` also counts how often
 bfloat16 convolutions return broken weight gradients (:func:`gradient_check`), the reason ``training.train``
 runs convolutions on grids smaller than their kernel in float32. The configurations are interleaved over
 ``--reps`` repetitions, each after warm-up steps, and the medians are kept, so a host whose speed
@@ -37,6 +38,15 @@ from training.train import EndToEnd, set_up_for, tiny_grid_convolutions_in_float
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
 """(precision, channels-last) of each configuration timed, the default first."""
+
+
+def configurations(device: torch.device) -> tuple[tuple[str, bool], ...]:
+    """The configurations timed on ``device``: :data:`CONFIGS`, less the bfloat16 ones on a CPU without bfloat16
+    instructions, where oneDNN emulates them about a hundred times slower (``training.train --precision bfloat16``
+    warns there)."""
+    if device.type == "cpu" and not native_bfloat16():
+        return tuple(c for c in CONFIGS if c[0] != "bfloat16")
+    return CONFIGS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,18 +143,21 @@ def measure(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     ensure_default_cohort(args.data)
     cohort = load_cohort(args.data)
     volumes = load_volumes(cohort.split("train")[: args.scans])
+    configs = configurations(device)
+    if configs != CONFIGS:
+        print("no bfloat16 instructions on this CPU: timing float32 only", flush=True)
     rows = []
     for mode in args.modes:
         sampler = MixedPatchSampler(volumes, patch_size=args.patch_size, mixed=mode != "baseline",
                                     patch_centres=cohort.layout.patch_centres, seed=0)
-        seconds: dict[tuple[str, bool], list[float]] = {c: [] for c in CONFIGS}
+        seconds: dict[tuple[str, bool], list[float]] = {c: [] for c in configs}
         for _ in range(args.reps):
-            for precision, channels_last in CONFIGS:
+            for precision, channels_last in configs:
                 model = build_model(mode, device, precision, channels_last)
                 seconds[(precision, channels_last)].append(time_steps(model, sampler, args, device, precision, channels_last))
                 print(f"{mode} {precision}{' channels-last' if channels_last else ''}: "
                       f"{seconds[(precision, channels_last)][-1]:.3f} s/step", flush=True)
-        base = statistics.median(seconds[CONFIGS[0]])
+        base = statistics.median(seconds[configs[0]])
         for (precision, channels_last), runs in seconds.items():
             median = statistics.median(runs)
             rows.append({"mode": mode, "precision": precision, "channels_last": channels_last,
