@@ -21,10 +21,20 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with torch's own thread count: a command run in-process with ``--threads`` sets it for the
+    whole process, and would otherwise slow (or speed) every test after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _has_weights(folder: Path) -> bool:

@@ -374,8 +374,8 @@ def test_patch_study_two_references_matches_one_when_the_references_coincide() -
 @pytest.mark.slow
 def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
     out = tmp_path / "privacy.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "training.evaluate_privacy", "--smoke", "--threads", "1", "--out", str(out),
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "training.evaluate_privacy", "--smoke", "--out", str(out),
                     "--data", str(small_cohort)],
                    cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     d = json.loads(out.read_text())
@@ -445,7 +445,7 @@ def test_max_sigma_skips_high_levels() -> None:
 def test_train_score_smoke_exports_hub_folder(tmp_path: Path, small_cohort: Path) -> None:
     from training import train_score
 
-    info = train_score.main(["--data", str(small_cohort), "--steps", "3", "--batch-size", "2", "--max-subjects", "1", "--threads", "1",
+    info = train_score.main(["--data", str(small_cohort), "--steps", "3", "--batch-size", "2", "--max-subjects", "1",
                              "--features", ",".join(map(str, TINY)), "--out", str(tmp_path / "w"),
                              "--run-dir", str(tmp_path / "run"), "--device", "cpu"])
     folder = tmp_path / "w" / "score"

@@ -15,7 +15,7 @@ def test_quick_bench_writes_results(tmp_path):
     from mixdemo import bench
 
     out = tmp_path / "bench.json"
-    bench.main(["--quick", "--out", str(out), "--untrained", "--threads", "1"])
+    bench.main(["--quick", "--out", str(out), "--untrained"])
     doc = json.loads(out.read_text())
     assert KEYS <= set(doc)
     assert doc["volume_shape"] == [48, 48, 48]

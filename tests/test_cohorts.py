@@ -176,7 +176,7 @@ def test_training_and_evaluation_run_on_a_brats_folder(brats_2021, tmp_path, mon
 
     out = tmp_path / "w"
     common = ["--data", str(brats_2021), "--steps", "2", "--batch-size", "2", "--patch-size", "16", "--features", TINY,
-              "--out", str(out), "--threads", "1", "--modality", "flair"]
+              "--out", str(out), "--modality", "flair"]
     train.main([*common, "--run-dir", str(tmp_path / "run_private")])
     train.main([*common, "--mode", "baseline", "--run-dir", str(tmp_path / "run_baseline")])
     record = json.loads((out / "segmentation" / "training.json").read_text())
@@ -185,7 +185,7 @@ def test_training_and_evaluation_run_on_a_brats_folder(brats_2021, tmp_path, mon
 
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(out))
     doc = evaluate.main(["--data", str(brats_2021), "--quick", "--unmixing", "unmixing", "--out", str(tmp_path / "e.json"),
-                         "--threads", "1", "--volume-cache", str(tmp_path / "cache")])  # references memory-mapped
+                         "--volume-cache", str(tmp_path / "cache")])  # references memory-mapped
     assert doc["classes"] == ["NCR", "ED", "ET"] and set(doc["icc"]) == {"NCR", "ED", "ET"}
     assert set(doc["dice"]["learned_tta"]) == {"NCR", "ED", "ET", "avg"}
     assert "brats layout, flair" in doc["data"] and "phantom" not in doc["data"]
@@ -355,7 +355,7 @@ def test_training_reads_a_cohort_through_the_volume_cache(brats_2021, tmp_path):
     from training import train
 
     train.main(["--data", str(brats_2021), "--steps", "2", "--batch-size", "2", "--patch-size", "16",
-                "--features", TINY, "--out", str(tmp_path / "w"), "--threads", "1", "--run-dir", str(tmp_path / "run"),
+                "--features", TINY, "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "run"),
                 "--volume-cache", str(tmp_path / "cache")])
     assert (tmp_path / "w" / "segmentation" / "model.safetensors").exists()
     assert len(list((tmp_path / "cache").glob("*.image.npy"))) == 6  # the training cases

@@ -37,7 +37,7 @@ def quick_evaluation(small_cohort, model_dir, tmp_path_factory):
     from training import evaluate
 
     out = tmp_path_factory.mktemp("quick") / "seg.json"
-    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--out", str(out), "--threads", "1"])
+    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--out", str(out)])
     return out, doc
 
 
@@ -105,7 +105,7 @@ def test_figures_only_redraws_the_figures_of_an_evaluation_and_refuses_other_set
     out, _ = quick_evaluation
     copy = tmp_path / "seg.json"
     shutil.copy(out, copy)
-    argv = ["--data", str(small_cohort), "--quick", "--out", str(copy), "--threads", "1"]
+    argv = ["--data", str(small_cohort), "--quick", "--out", str(copy)]
     evaluate.main([*argv, "--figures-only"])
     for suffix in ("_dice_vs_k.png", "_panels.png"):
         assert np.array_equal(imread(copy.with_name("seg" + suffix)), imread(out.with_name("seg" + suffix))), suffix
@@ -113,7 +113,7 @@ def test_figures_only_redraws_the_figures_of_an_evaluation_and_refuses_other_set
     with pytest.raises(SystemExit, match="seed"):
         evaluate.main([*argv, "--figures-only", "--seed", "1"])
     with pytest.raises(SystemExit, match="does not exist"):
-        evaluate.main([*argv[:-3], str(tmp_path / "none.json"), "--threads", "1", "--figures-only"])
+        evaluate.main([*argv[:-1], str(tmp_path / "none.json"), "--figures-only"])
     older = {k: v for k, v in json.loads(copy.read_text()).items() if k != "models"}  # before `models` was recorded
     copy.write_text(json.dumps(older))
     with pytest.raises(SystemExit, match="does not record its models"):
@@ -137,7 +137,7 @@ def test_the_weights_record_is_read_when_the_networks_are_loaded(small_cohort, m
         return predict_scan(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "predict_scan", remove_d_then_predict)
-    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--no-figures", "--threads", "1",
+    doc = evaluate.main(["--data", str(small_cohort), "--quick", "--no-figures",
                          "--out", str(tmp_path / "seg.json")])
     assert doc["weights_sha256"] == loaded and not (tmp_path / "w" / weights.DEFAULT_UNMIXING).exists()
 
@@ -211,7 +211,7 @@ def test_compare_unmixing_evaluates_each_d_on_the_same_proxies(small_cohort, mod
     names = [n for n in compare_unmixing.DEFAULT_MODELS[1:] if (model_dir / n / "model.safetensors").exists()]
     assert len(names) == 2
     out = tmp_path / "d.json"
-    doc = compare_unmixing.main(["--data", str(small_cohort), "--quick", "--threads", "1", "--models", *names,
+    doc = compare_unmixing.main(["--data", str(small_cohort), "--quick", "--models", *names,
                                  "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert [r["model"] for r in doc["rows"]] == names and doc["command"].startswith("python -m training.compare_unmixing")
@@ -256,7 +256,7 @@ def test_reference_choice_scores_random_and_similar_references_on_one_protocol(s
     from training import evaluate, reference_choice
 
     out = tmp_path / "choice.json"
-    doc = reference_choice.main(["--data", str(small_cohort), "--quick", "--threads", "1", "--reid-draws", "2",
+    doc = reference_choice.main(["--data", str(small_cohort), "--quick", "--reid-draws", "2",
                                  "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert doc["command"].startswith("python -m training.reference_choice")
@@ -300,13 +300,13 @@ def test_compare_unmixing_ensembles_scores_each_d_as_the_evaluation_does(small_c
     with pytest.raises(SystemExit):
         compare_unmixing.parse_args(["--ensembles", "--models", names[0], names[0]])
     out = tmp_path / "ens.json"
-    doc = compare_unmixing.main(["--ensembles", "--data", str(small_cohort), "--quick", "--threads", "1",
+    doc = compare_unmixing.main(["--ensembles", "--data", str(small_cohort), "--quick",
                                  "--models", *names, "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     rows = {"+".join(r["models"]): r for r in doc["rows"]}
     assert set(rows) == {*names, "+".join(names)}
     for name in names:
-        single = evaluate.main(["--data", str(small_cohort), "--quick", "--brain-mask", "--threads", "1",
+        single = evaluate.main(["--data", str(small_cohort), "--quick", "--brain-mask",
                                 "--no-figures", "--unmixing", name, "--out", str(tmp_path / f"{name}.json")])
         assert rows[name]["learned_tta"] == single["dice"]["learned_tta"]
         assert doc["baseline"] == single["dice"]["baseline"]
@@ -331,10 +331,10 @@ def test_refresh_baseline_rewrites_the_rows_the_evaluation_would(quick_evaluatio
     no_protocol = tmp_path / "other.json"
     no_protocol.write_text(json.dumps({"rows": [row]}))
     with pytest.raises(SystemExit, match="no training.evaluate command"):  # and nothing is written
-        refresh_baseline.main([str(out), str(no_protocol), "--threads", "1"])
+        refresh_baseline.main([str(out), str(no_protocol)])
     assert json.loads(out.read_text()) == stale
 
-    refresh_baseline.main([str(out), str(compared), "--threads", "1"])
+    refresh_baseline.main([str(out), str(compared)])
     refreshed = json.loads(out.read_text())
     assert refreshed.pop("baseline_refresh")["command"].startswith("python -m training.refresh_baseline")
     assert refreshed == full

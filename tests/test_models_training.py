@@ -190,6 +190,37 @@ def test_fused_segmentation_net_computes_monais_forward(channels_last):
         SegmentationNet(features=(4, 4, 8, 8, 16, 4)).fuse_for_inference()
 
 
+def _convolution_kernels(fn) -> set[str]:
+    """The convolution kernels ``fn()`` runs: oneDNN's, or PyTorch's own (``slow_conv3d``)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key in ("aten::mkldnn_convolution", "aten::slow_conv3d_forward")}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a torch build without oneDNN")
+def test_inference_on_the_cpu_sends_every_convolution_to_onednn_with_the_same_outputs():
+    """PyTorch gives a one-sample float32 convolution of a small grid to its own kernel, several times slower
+    in 3D; the fast path (use_channels_last, as load_model sets it up on the CPU) sends each to oneDNN, for S
+    (its fused path included) and D, and training keeps PyTorch's choice."""
+    import copy
+
+    torch.manual_seed(0)
+    net = _with_batch_norm_statistics(SegmentationNet(features=(4, 4, 8, 8, 16, 4)))
+    unmix = UnmixingNet(features=(4, 8)).eval()
+    fast_s, fast_d = copy.deepcopy(net).use_channels_last().fuse_for_inference(), copy.deepcopy(unmix).use_channels_last()
+    x = torch.randn(1, 1, 16, 16, 16)
+    d_in = (torch.softmax(torch.randn(1, 4, 16, 16, 16), 1), torch.zeros(1, 4, 16, 16, 16), torch.tensor([0.4]))
+    with torch.inference_mode():
+        assert "aten::slow_conv3d_forward" in _convolution_kernels(lambda: net(x))  # PyTorch's choice
+        assert _convolution_kernels(lambda: fast_s(x)) == {"aten::mkldnn_convolution"}
+        assert _convolution_kernels(lambda: fast_d(*d_in)) == {"aten::mkldnn_convolution"}
+        torch.testing.assert_close(fast_s(x), net(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast_d(*d_in), unmix(*d_in), rtol=0, atol=1e-5)
+    trained = copy.deepcopy(unmix).use_channels_last().train()
+    assert "aten::slow_conv3d_forward" in _convolution_kernels(lambda: trained(*d_in).sum().backward())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained.parameters() if p.requires_grad)
+
+
 def test_bfloat16_segmentation_net_returns_float32_logits_close_to_float32s():
     import copy
 
@@ -433,7 +464,7 @@ def test_sampler_mixes_target_and_reference_of_other_subjects(tiny_cohort):
 
 def _train_cmd(cohort: Path, out: Path, run: Path, steps: int, extra: list[str] = ()) -> list[str]:
     return ["--data", str(cohort), "--steps", str(steps), "--batch-size", "2", "--patch-size", "16",
-            "--features", TINY, "--out", str(out), "--run-dir", str(run), "--ckpt-every", "2", "--threads", "1", *extra]
+            "--features", TINY, "--out", str(out), "--run-dir", str(run), "--ckpt-every", "2", *extra]
 
 
 def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
@@ -524,7 +555,7 @@ def test_throughput_times_every_precision_and_layout_with_the_training_step(tiny
     calls = []
     real_step = throughput.training_step
     monkeypatch.setattr(throughput, "training_step", lambda *a: calls.append(a[-2:]) or real_step(*a))
-    doc = throughput.main(["--data", str(tiny_cohort), "--quick", "--threads", "1", "--check-gradients", "1",
+    doc = throughput.main(["--data", str(tiny_cohort), "--quick", "--check-gradients", "1",
                            "--out", str(tmp_path / "tp.json")])
     assert json.loads((tmp_path / "tp.json").read_text()) == doc and doc["command"].startswith("python -m training.throughput")
     timed = throughput.configurations(torch.device("cpu"))  # the bfloat16 ones where the CPU has the instructions
@@ -555,7 +586,7 @@ def test_throughput_quotes_each_runs_record_and_refuses_a_run_without_validation
                                            ["--mode", "baseline", "--val-subjects", "1", "--val-every", "1",
                                             "--precision", "bfloat16"]))["segmentation"])
     plain = Path(train.main(_train_cmd(tiny_cohort, tmp_path / "p", tmp_path / "run-p", 1, ["--mode", "baseline"]))["segmentation"])
-    common = ["--data", str(tiny_cohort), "--quick", "--modes", "baseline", "--threads", "1"]
+    common = ["--data", str(tiny_cohort), "--quick", "--modes", "baseline"]
     doc = throughput.main([*common, "--out", str(tmp_path / "tp.json"), "--runs", str(validated)])
     record = json.loads((validated / "training.json").read_text())
     (run,) = doc["runs"]
@@ -676,7 +707,7 @@ def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics
     train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 2, ["--mode", "baseline"]))
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
     out = precise_bn.main(["--model", "baseline", "--data", str(tiny_cohort), "--batches", "3", "--out", str(tmp_path / "p"),
-                           "--patch-size", "32", "--threads", "1"])
+                           "--patch-size", "32"])
     before, after = load_file(start / "baseline" / "model.safetensors"), load_file(out / "model.safetensors")
     stats = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert stats and before.keys() == after.keys()
@@ -765,7 +796,7 @@ def test_calibrate_writes_a_baseline_whose_final_bias_carries_the_offsets(tiny_c
     train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 2, ["--mode", "baseline"]))
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
     out = calibrate.main(["--model", "baseline", "--data", str(tiny_cohort), "--scans", "2", "--grid", "-0.4", "0.4", "0.2",
-                          "--rounds", "1", "--out", str(tmp_path / "c"), "--threads", "1"])
+                          "--rounds", "1", "--out", str(tmp_path / "c")])
     record = json.loads((out / "training.json").read_text())
     cal = record["calibration"]
     assert cal["scans"] == ["s1_scan-0", "s2_scan-0"] and cal["offsets"][0] == 0.0 and record["mode"] == "baseline"
@@ -791,7 +822,7 @@ def test_calibrate_fits_d_on_the_client_labels_after_tta(tiny_cohort, tmp_path, 
     train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 1))  # S and D trained together
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
     out = calibrate.main(["--model", "unmixing", "--data", str(tiny_cohort), "--scans", "2", "--tta-k", "2",
-                          "--grid", "-0.4", "0.4", "0.2", "--rounds", "1", "--out", str(tmp_path / "c"), "--threads", "1",
+                          "--grid", "-0.4", "0.4", "0.2", "--rounds", "1", "--out", str(tmp_path / "c"),
                           "--name", "unmixing-cal"])
     assert out == tmp_path / "c" / "unmixing-cal"
     cal = json.loads((out / "training.json").read_text())["calibration"]

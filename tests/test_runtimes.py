@@ -37,7 +37,7 @@ def test_quick_runtimes_compare_each_runtime_with_the_fast_path(tmp_path):
     from mixdemo import runtimes
 
     out = tmp_path / "runtimes.json"
-    runtimes.main(["--quick", "--out", str(out), "--threads", "1"])
+    runtimes.main(["--quick", "--out", str(out)])
     doc = json.loads(out.read_text())
     assert doc["volume_shape"] == [48, 48, 48] and doc["patches"][0] == 2
     rows = {(r["workload"], r["runtime"]): r for r in doc["rows"]}
