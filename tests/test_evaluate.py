@@ -43,6 +43,8 @@ def quick_evaluation(small_cohort, model_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluation):
+    from training import evaluate
+
     out, doc = quick_evaluation
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(doc))
@@ -67,7 +69,7 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
         assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
         assert tta["icc"] == pytest.approx(icc_c1(tta_pairs).icc, abs=5e-3)
     assert 1 <= saved["icc_tta_k"] <= saved["tta_k"]
-    assert saved["n_volumes"] == 2 and saved["crop"] == 64
+    assert saved["n_volumes"] == 2 and saved["crop"] == evaluate.QUICK_CROP
     per_volume = saved["dice_per_volume"]  # the table is the mean of these rows, and each ratio their quotient
     assert len(per_volume) == saved["n_volumes"]
     for method in ("baseline", "learned_tta"):
@@ -280,8 +282,9 @@ def test_reference_choice_scores_random_and_similar_references_on_one_protocol(s
     test_subjects = {r.subject for r in test}
     crop = evaluate.central_cube
     first = sorted(doc["similar_references"])[0]
-    target = crop(load_volumes([r for r in test if r.name == first])[0].image, 64)
-    cropped = [Reference(r.ref_id, crop(r.image, 64), r.labels) for r in bank]
+    side = doc["protocol"]["crop"]
+    target = crop(load_volumes([r for r in test if r.name == first])[0].image, side)
+    cropped = [Reference(r.ref_id, crop(r.image, side), r.labels) for r in bank]
     ranked = [r.ref_id for r in most_similar_references(target, cropped, len(doc["similar_references"][first]))]
     assert doc["similar_references"][first] == ranked
     assert not {i for ids in doc["similar_references"].values() for i in ids} & {v.name for v in test}

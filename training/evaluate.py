@@ -2,7 +2,7 @@
 :mod:`mixdemo.data`, BraTS's included): Table 1 (Dice, ICC) and Fig. 2-3.
 
     python -m training.evaluate            # full run, writes results/segmentation.json + figures
-    python -m training.evaluate --quick    # 2 test volumes, K ≤ 5: a smoke run of a few minutes
+    python -m training.evaluate --quick    # 2 test volumes, K ≤ 5, a central 32³ cube: a smoke run of about a minute
     python -m training.evaluate --figures-only   # the figures of results/segmentation.json, from it and one volume
 
 Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
@@ -44,6 +44,10 @@ CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
 
 
+QUICK_CROP = 32
+"""The side of the central cube a ``--quick`` run evaluates (a smoke run: the pipeline, not the figures)."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)
@@ -75,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "two K = 1 predictions per extra scan")
     p.add_argument("--crop", type=int, default=0, help="evaluate a central cube of this side (0: whole volume)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central 64³ crop")
+                   help=f"smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central {QUICK_CROP}³ cube (--crop overrides it)")
     p.add_argument("--no-figures", action="store_true")
     p.add_argument("--figures-only", action="store_true",
                    help="draw the figures of the JSON at --out, made by this command without --figures-only and "
@@ -86,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--figures-only and --no-figures exclude each other")
     if args.quick:
         args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
-        args.crop = args.crop or 64
+        args.crop = args.crop or QUICK_CROP
     if args.tta_k > args.k_max:
         p.error("--tta-k must not exceed --k-max")
     return args

@@ -2,7 +2,7 @@
 utility and to privacy.
 
     python -m training.reference_choice            # → results/reference_choice.json
-    python -m training.reference_choice --quick    # smoke run (a few minutes; the test's)
+    python -m training.reference_choice --quick    # smoke run (about a minute; the test's)
 
 The client holds the target and its reference bank, so instead of K random references (the paper's
 protocol, :func:`mixdemo.mixing.sample_key`) it could take the K whose scans correlate best with the target
