@@ -1,7 +1,7 @@
 """One-run benchmark of the inference path on this machine.
 
     python -m mixdemo.bench             # whole phantom volume, 3 repetitions → results/bench.json
-    python -m mixdemo.bench --quick     # a 48³ cube, 1 repetition, fewer levers: a smoke run under a minute
+    python -m mixdemo.bench --quick     # a 32³ cube, 1 repetition, fewer levers: a smoke run (about a minute)
 
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
@@ -422,6 +422,9 @@ def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, t
     return time.perf_counter() - t0, t_mix + t_unmix
 
 
+QUICK_CROP = 32
+"""The side of the central cube ``--quick`` times (a smoke run of the benchmark, not its figures)."""
+
 PROBE_REQUESTS = (10, 1, 10, 1, 1)
 """The K of each private request :func:`private_probe`'s fresh process serves, one after the other, as a
 client would send them."""
@@ -725,7 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--crop", type=int, default=0, help="time a central cube of this side instead of the whole grid")
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
-    p.add_argument("--quick", action="store_true", help="48³ cube, 1 repetition, fewer levers")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, 1 repetition, fewer levers")
     p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
@@ -738,7 +741,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     if args.quick:
-        args.crop, args.reps = args.crop or 48, 1
+        args.crop, args.reps = args.crop or QUICK_CROP, 1
     doc = run(args)
     print(json.dumps(doc, indent=1))
     return doc

@@ -18,7 +18,7 @@ def test_quick_bench_writes_results(tmp_path):
     bench.main(["--quick", "--out", str(out), "--untrained"])
     doc = json.loads(out.read_text())
     assert KEYS <= set(doc)
-    assert doc["volume_shape"] == [48, 48, 48]
+    assert doc["volume_shape"] == [bench.QUICK_CROP] * 3
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
     fresh = doc["levers"]["private_k10_memory"]  # the headline peak: a fresh process serving K = 10 and 1
