@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from filelock import FileLock
 
 if TYPE_CHECKING:  # torch and MONAI load lazily: the app's first page must not wait for them
     from mixdemo.pipeline import Reference
@@ -129,8 +130,10 @@ def _ensure(kind: str, subjects: list[str], progress: ProgressFn | None, scan: i
     folders = [base / s for s in subjects]
     missing = [f for f in folders if not ((f / "t1.nii.gz").exists() and (f / "seg.nii.gz").exists())]
     if missing:
-        with _LOCK:
-            base.mkdir(parents=True, exist_ok=True)
+        base.mkdir(parents=True, exist_ok=True)
+        # one writer at a time, across threads and processes (an app and a client CLI, test workers): another
+        # writer's finished folder is then seen as present, never replaced while it is being read
+        with _LOCK, FileLock(str(cache_root() / ".write.lock")):
             for i, folder in enumerate(missing):
                 if progress:
                     progress(i / len(missing), f"preparing phantom {kind} {i + 1}/{len(missing)} (first use only)")

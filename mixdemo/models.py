@@ -152,8 +152,8 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     """``torch.nn.functional.conv3d``, sent to oneDNN for inference on the CPU in float32. PyTorch sends a
     convolution of one sample whose channels × first two sides are at most 20480 to its native kernel instead
     (the deep levels of a crop or a patch, and D's second level on 4³ patches of a whole volume), which in 3D
-    runs several times slower than oneDNN's (7× for 16 channels on 32³ on an AVX2 CPU); the same outputs
-    to float rounding. Gradients, other dtypes, devices and graph capture take PyTorch's own choice."""
+    runs several times slower than oneDNN's (``tests/test_models_training.py`` checks which kernel runs); the
+    same outputs to float rounding. Gradients, other dtypes, devices and graph capture take PyTorch's own choice."""
     if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and not isinstance(padding, str) and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()):

@@ -22,6 +22,9 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist (pytest.ini: -n 2): the cores shared out among workers,
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])  # read by torch at its import and by the commands run
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 
 REPO = Path(__file__).resolve().parent.parent
 
