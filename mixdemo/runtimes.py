@@ -1,7 +1,7 @@
 """Other inference runtimes for S and D, measured against the PyTorch fast path on the same inputs.
 
     python -m mixdemo.runtimes           # the phantom grid → results/runtimes.json (13 minutes on 2 cores)
-    python -m mixdemo.runtimes --quick   # a 48³ cube, K = 2 patches, no torch.compile: a smoke run
+    python -m mixdemo.runtimes --quick   # a 32³ cube, K = 2 patches, no torch.compile: a smoke run
 
 The levers the performance issue names besides PyTorch's own: ``torch.compile`` (inductor; it needs a
 C++ compiler at run time), ONNX Runtime and OpenVINO. The last two are optional packages
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.bench import json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
+from mixdemo.bench import QUICK_CROP, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
 from mixdemo.mixing import MixKey
 from mixdemo.models import UnmixingNet
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k-patches", type=int, default=10, help="proxies in the patch-mode batch")
     p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None,
                    help="the runtimes to measure (default: all; pytorch, the reference, always runs)")
-    p.add_argument("--quick", action="store_true", help="48³ cube, K = 2 patches, 1 timed call, no torch.compile")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, K = 2 patches, 1 timed call, no torch.compile")
     p.add_argument("--child", nargs=4, metavar=("RUNTIME", "WORKLOAD", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(row))
         return row
     if args.quick:
-        args.crop, args.k_patches, args.reps = args.crop or 48, 2, 1
+        args.crop, args.k_patches, args.reps = args.crop or QUICK_CROP, 2, 1
     doc = run(args)
     return doc
 

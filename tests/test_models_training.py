@@ -907,7 +907,8 @@ def test_private_mode_can_start_from_a_named_d(tiny_cohort, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    not native_bfloat16(), reason="no bfloat16 instructions: emulated, training.train warns against it there"))])
 def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path, precision):
     """Two processes train together; both read the scans through one volume cache, which they build at once.
     DDP also runs with mixed precision and channels-last networks (the options a GPU user would add)."""

@@ -39,7 +39,7 @@ def test_quick_runtimes_compare_each_runtime_with_the_fast_path(tmp_path):
     out = tmp_path / "runtimes.json"
     runtimes.main(["--quick", "--out", str(out)])
     doc = json.loads(out.read_text())
-    assert doc["volume_shape"] == [48, 48, 48] and doc["patches"][0] == 2
+    assert doc["volume_shape"] == [runtimes.QUICK_CROP] * 3 and doc["patches"][0] == 2
     rows = {(r["workload"], r["runtime"]): r for r in doc["rows"]}
     assert {w for w, _ in rows} == set(runtimes.WORKLOADS)
     assert "torch.compile" not in {r for _, r in rows}  # --quick skips compilation
