@@ -114,9 +114,18 @@ def example(app_weights):
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-subject phantom cohort (half of them test subjects), generated once per session."""
+    """A 4-subject phantom cohort (half of them test subjects), generated once per session (once for all the
+    workers of a pytest-xdist session). Tests read it and write nothing into it."""
     from mixdemo import phantoms
 
-    root = tmp_path_factory.mktemp("cohort4")
-    phantoms.generate_cohort(root, n_subjects=4, n_scans=2, seed=11, test_fraction=0.5)
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one cohort for all the xdist workers: their temp roots' parent
+        shared = shared.parent
+    root, done = shared / "cohort4", shared / "cohort4.done"
+    with FileLock(str(shared / "cohort4.lock")):
+        if not done.exists():
+            phantoms.generate_cohort(root, n_subjects=4, n_scans=2, seed=11, test_fraction=0.5)
+            done.touch()
     return root
