@@ -423,7 +423,8 @@ def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, t
 
 
 QUICK_CROP = 32
-"""The side of the central cube ``--quick`` times (a smoke run of the benchmark, not its figures)."""
+"""The side of the central cube of every ``--quick`` smoke run: this benchmark's, ``mixdemo.runtimes``' and
+``training.evaluate``'s (its pipeline runs end to end; its figures are not the protocol's)."""
 
 PROBE_REQUESTS = (10, 1, 10, 1, 1)
 """The K of each private request :func:`private_probe`'s fresh process serves, one after the other, as a

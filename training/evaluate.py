@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixdemo.bench import QUICK_CROP
 from mixdemo.data import Volume, first_scans, load_cohort, load_volumes, trained_modality
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components, ratio_of_means_ci
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
@@ -42,10 +43,6 @@ from training import DATA_HELP, add_device_option, command_line, user_errors
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
-
-
-QUICK_CROP = 32
-"""The side of the central cube a ``--quick`` run evaluates (a smoke run: the pipeline, not the figures)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
