@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, huge_pages, keep_freed_memory
+from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed_memory_kept_by_choice, huge_pages,
+                               keep_freed_memory)
 from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
@@ -310,12 +311,17 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
 
 
 class Allocation(NamedTuple):
-    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`) and glibc keeping
-    freed memory within a pass and handing it back after it (:func:`~mixdemo.inference.keep_freed_memory`);
-    both are the default."""
+    """How a fresh process allocates: PyTorch's huge pages (:data:`~mixdemo.HUGE_PAGES_ENV`, the default) and glibc
+    keeping freed memory within a pass and handing it back after it (:func:`~mixdemo.inference.keep_freed_memory`;
+    the default where S runs in bfloat16: :func:`default`)."""
 
     huge_pages: bool = True
     keep_freed: bool = True
+
+    @classmethod
+    def default(cls) -> Allocation:
+        """This process's own allocation, as a fresh process asks for it by default."""
+        return cls(keep_freed=freed_memory_kept_by_choice())
 
     def env(self) -> dict[str, str | None]:
         """The environment variables that ask a fresh process for it."""
@@ -328,7 +334,7 @@ class SProbe(NamedTuple):
 
     fused: bool = True
     budget_mb: int | None = None
-    allocation: Allocation = Allocation()
+    allocation: Allocation = Allocation()  # the benchmark passes Allocation.default()
 
 
 def s_budget_probe(target: np.ndarray, truth: np.ndarray, threads: int, probe: SProbe = SProbe()) -> dict:
@@ -364,21 +370,25 @@ def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, e
                                child_env)
 
 
-def s_probe_settings(quick: bool) -> list[SProbe]:
-    """Each :func:`s_budget_probe`: the default path, MONAI's forward, Z-slabs under a smaller budget, the
-    allocator as it comes, and without huge pages (``quick``: none; its fresh processes are :func:`private_probe`'s)."""
-    settings = [SProbe(), SProbe(fused=False), SProbe(budget_mb=S_SLAB_BUDGET_MB),
-                SProbe(allocation=Allocation(keep_freed=False)), SProbe(allocation=Allocation(huge_pages=False))]
+def s_probe_settings(quick: bool, default: Allocation) -> list[SProbe]:
+    """Each :func:`s_budget_probe`, with the ``default`` allocation unless it says otherwise: the default path,
+    MONAI's forward, Z-slabs under a smaller budget, the other choice of keeping freed memory, and without huge
+    pages (``quick``: none; its fresh processes are :func:`private_probe`'s)."""
+    settings = [SProbe(allocation=default), SProbe(fused=False, allocation=default),
+                SProbe(budget_mb=S_SLAB_BUDGET_MB, allocation=default),
+                SProbe(allocation=default._replace(keep_freed=not default.keep_freed)),
+                SProbe(allocation=default._replace(huge_pages=False))]
     return [] if quick else settings
 
 
-def private_probe_settings(quick: bool) -> list[Allocation]:
+def private_probe_settings(quick: bool, default: Allocation) -> list[Allocation]:
     """The allocations of :func:`private_probe`'s fresh processes, in order: freed memory kept within a pass and
-    the allocator as it comes, twice, alternating (the allocator rule pools each one's two processes), then
-    without huge pages (``quick``: one process with the default allocation, for the headline's peak memory; each
-    fresh process pays ~10 s of imports on 2 cores, and a one-repetition smoke run cannot judge the allocator)."""
+    the allocator as it comes, twice, alternating (the allocator rule pools each one's two processes), then the
+    ``default`` without huge pages (``quick``: one process with the default allocation, for the headline's peak
+    memory; each fresh process pays ~10 s of imports on 2 cores, and a one-repetition smoke run cannot judge the
+    allocator)."""
     kept, as_it_comes = Allocation(keep_freed=True), Allocation(keep_freed=False)
-    return [Allocation()] if quick else [kept, as_it_comes, kept, as_it_comes, Allocation(huge_pages=False)]
+    return [default] if quick else [kept, as_it_comes, kept, as_it_comes, default._replace(huge_pages=False)]
 
 
 def _probe_s(path: Path, fused: bool) -> dict:
@@ -610,10 +620,11 @@ def run(args: argparse.Namespace) -> dict:
     d_precision_rows = unmix_net_study(d_precisions, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
     precision_rows = precision_study(unmix, key1, target, target_labels, refs, reps, args.untrained)
+    default_allocation = Allocation.default()
     budget_study = [s_budget_probe(target, target_labels, torch.get_num_threads(), probe)
-                    for probe in s_probe_settings(args.quick)]
+                    for probe in s_probe_settings(args.quick, default_allocation)]
     memory_study = [private_probe(target, refs, torch.get_num_threads(), args.untrained, allocation)
-                    for allocation in private_probe_settings(args.quick)]
+                    for allocation in private_probe_settings(args.quick, default_allocation)]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak_end = matmul_peak_gflops(gemm_sizes)
@@ -697,14 +708,16 @@ def run(args: argparse.Namespace) -> dict:
                                        "its resident size after the last request; two processes each, alternating, with "
                                        "freed memory kept within each pass and handed back after it "
                                        "(MIXDEMO_KEEP_FREED_MEMORY=1) and with the allocator as it comes "
-                                       "(MIXDEMO_KEEP_FREED_MEMORY=0), then one without huge pages (THP_MEM_ALLOC_ENABLE=0); "
+                                       "(MIXDEMO_KEEP_FREED_MEMORY=0), then one with the default allocation without huge pages "
+                                       "(THP_MEM_ALLOC_ENABLE=0); "
                                        "--quick: one process with the default allocation",
             "allocator_rule": allocator_rule(memory_study),
             "s_memory_budget": budget_study,
             "s_memory_budget_note": "baseline S on the target in a fresh process: fused (default) and MONAI's forward "
                                     f"(reference) in one pass, fused with MIXDEMO_S_MEMORY_MB={S_SLAB_BUDGET_MB} "
-                                    "(Z-slabs), fused with the allocator as it comes (MIXDEMO_KEEP_FREED_MEMORY=0) and fused "
-                                    "without huge pages (THP_MEM_ALLOC_ENABLE=0); peak RSS of that process and the "
+                                    "(Z-slabs), each with this CPU's default allocation (keeps_freed_memory), then fused with the "
+                                    "other choice of MIXDEMO_KEEP_FREED_MEMORY and fused without huge pages "
+                                    "(THP_MEM_ALLOC_ENABLE=0); peak RSS of that process and the "
                                     "minor page faults of the timed pass",
         },
         "host": {

@@ -58,8 +58,9 @@ SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
 KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
-"""Environment variable for :func:`keep_freed_memory`: unset or ``1``, freed memory is kept within a step and
-handed back after it (the default); ``0``, the C library's allocator as it comes."""
+"""Environment variable for :func:`keep_freed_memory`: ``1``, freed memory is kept within a step and handed back
+after it; ``0``, the C library's allocator as it comes; unset or ``auto`` (the default), the first where S runs in
+bfloat16 on the CPU and the second where it runs in float32 (:func:`freed_memory_kept_by_choice`)."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
@@ -96,12 +97,29 @@ def _c_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defi
         return None
 
 
+def freed_memory_kept_by_choice() -> bool:
+    """Whether this process asks to keep freed memory within each step (:func:`keep_freed_memory`):
+    ``$MIXDEMO_KEEP_FREED_MEMORY`` ``1`` or ``0``; unset or ``auto``, where S runs in bfloat16 on the CPU
+    (:func:`mixdemo.weights.s_precision`). The allocator rule (``python -m mixdemo.bench``,
+    ``levers.allocator_rule``) held for S in bfloat16 in its deciding trial; with S in float32, on an AVX2-only
+    CPU, it did not (K = 1 slower, a peak over 4 GB: twice the activation bytes, kept)."""
+    choice = os.environ.get(KEEP_FREED_ENV, "auto").strip().lower() or "auto"
+    if choice != "auto":
+        return choice in ("1", "true", "yes", "on")
+    from mixdemo.weights import WeightsError, s_precision
+
+    try:
+        return s_precision("cpu") == "bfloat16"
+    except WeightsError:  # an unknown $MIXDEMO_PRECISION: load_model says so; the allocator stays as it comes
+        return False
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep the memory that tensors free in the process for the next ones (no ``mmap``
     per large block, no trimming below 2 GiB, one arena) instead of handing each block back to the kernel
     as it is freed; :func:`reusing_freed_memory` hands it back after each pass of S and each step of D.
-    On by default (``$MIXDEMO_KEEP_FREED_MEMORY`` unset or ``1``; ``0``: the allocator as it comes). Returns
+    Asked for as :func:`freed_memory_kept_by_choice` says (by default where S runs in bfloat16). Returns
     whether it applied; once per process. Linux with glibc only (elsewhere, and on musl, whose ``mallopt`` is a
     stub, nothing changes).
 
@@ -113,8 +131,7 @@ def keep_freed_memory() -> bool:
     (``levers.allocator_rule``; the README's performance section says how it has fared). Process-wide, hence applied by
     :func:`mixdemo.weights.load_model` (fast path) and by the steps themselves, not on import.
     """
-    choice = os.environ.get(KEEP_FREED_ENV, "1").strip().lower()
-    if choice not in ("1", "true", "yes", "on") or not sys.platform.startswith("linux"):
+    if not freed_memory_kept_by_choice() or not sys.platform.startswith("linux"):
         return False
     mallopt = _c_function("mallopt")
     if mallopt is None:

@@ -22,7 +22,8 @@ def test_quick_bench_writes_results(tmp_path):
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
     fresh = doc["levers"]["private_k10_memory"]  # the headline peak: a fresh process serving K = 10 and 1
-    assert [(r["k"], r["keeps_freed_memory"]) for r in fresh] == [(10, True)]  # one process, the default allocation
+    assert [r["k"] for r in fresh] == [10]  # one process, with the default allocation
+    assert [r["keeps_freed_memory"] for r in fresh] == [doc["keeps_freed_memory"]]
     default = [r for r in fresh if r["keeps_freed_memory"] == doc["keeps_freed_memory"]]
     assert max(r["peak_rss_mb"] for r in default) == doc["peak_rss_mb"] > 0
     assert all(len(r["k10_runs"]) == 2 and len(r["k1_runs"]) == 3 for r in fresh)
@@ -167,21 +168,44 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
 
 
 def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
-    """The full bench runs S as by default (huge pages, freed memory kept within a pass), with the allocator as it
-    comes and without huge pages, and the private requests in two processes of each of the first two allocations,
-    alternating, then one without huge pages; --quick runs no S probe and one private process of each of the first
-    two (the allocator rule's rows)."""
+    """The full bench runs S with the default allocation (huge pages; freed memory kept within a pass where S runs in
+    bfloat16), with the other choice of keeping freed memory and without huge pages, and the private requests in
+    two processes of each of kept and as it comes, alternating, then one of the default without huge pages;
+    --quick runs no S probe and one private process with the default allocation."""
     from mixdemo.bench import Allocation, SProbe, private_probe_settings, s_probe_settings
     from mixdemo.inference import HUGE_PAGES_ENV, KEEP_FREED_ENV
 
     assert Allocation().env() == {HUGE_PAGES_ENV: "1", KEEP_FREED_ENV: "1"}
     assert Allocation(huge_pages=False, keep_freed=False).env() == {HUGE_PAGES_ENV: "0", KEEP_FREED_ENV: "0"}
-    full = s_probe_settings(quick=False)
-    assert full[0] == SProbe() and len(set(full)) == len(full)
     kept, as_it_comes = Allocation(), Allocation(keep_freed=False)
-    assert {p.allocation for p in full} == {kept, as_it_comes, Allocation(huge_pages=False)}
-    assert private_probe_settings(quick=False) == [kept, as_it_comes, kept, as_it_comes, Allocation(huge_pages=False)]
-    assert s_probe_settings(quick=True) == [] and private_probe_settings(quick=True) == [Allocation()]
+    for default, other in [(kept, as_it_comes), (as_it_comes, kept)]:
+        full = s_probe_settings(False, default)
+        assert full[0] == SProbe(allocation=default) and len(set(full)) == len(full)
+        assert [p.allocation for p in full] == [default, default, default, other, default._replace(huge_pages=False)]
+        assert private_probe_settings(False, default) == [kept, as_it_comes, kept, as_it_comes,
+                                                          default._replace(huge_pages=False)]
+        assert s_probe_settings(True, default) == [] and private_probe_settings(True, default) == [default]
+
+
+def test_the_default_allocation_keeps_freed_memory_where_s_runs_in_bfloat16(monkeypatch):
+    """Unset or auto: freed memory kept where S runs in bfloat16 (the allocator rule held there), the allocator as it
+    comes where S runs in float32 (it did not); 1 and 0 whatever the precision."""
+    from mixdemo import inference
+    from mixdemo.bench import Allocation
+    from mixdemo.weights import PRECISION_ENV
+
+    for precision, kept in [("bfloat16", True), ("float32", False), ("no-such-precision", False)]:
+        monkeypatch.setenv(PRECISION_ENV, precision)
+        for choice in (None, "auto"):
+            if choice is None:
+                monkeypatch.delenv(inference.KEEP_FREED_ENV, raising=False)
+            else:
+                monkeypatch.setenv(inference.KEEP_FREED_ENV, choice)
+            assert inference.freed_memory_kept_by_choice() is kept, (precision, choice)
+            assert Allocation.default() == Allocation(keep_freed=kept)
+        for choice, chosen in [("1", True), ("0", False)]:
+            monkeypatch.setenv(inference.KEEP_FREED_ENV, choice)
+            assert inference.freed_memory_kept_by_choice() is chosen
 
 
 def test_report_names_each_rows_allocation_and_which_is_the_default():

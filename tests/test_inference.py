@@ -111,11 +111,11 @@ def _run_in_fresh_process(script: str, env: dict[str, str | None]) -> tuple[str,
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_kept_freed_memory_serves_the_next_tensor_without_page_faults():
-    """With keep_freed_memory (the default: $MIXDEMO_KEEP_FREED_MEMORY unset) a freed 100 MB block is reused as it
+    """With keep_freed_memory ($MIXDEMO_KEEP_FREED_MEMORY=1) a freed 100 MB block is reused as it
     is (once the heap has settled); with 0, the allocator as it comes (a fresh mapping, faulted in page by page).
     Each in a fresh process, it being process-wide, and without huge pages, which would hide the difference."""
     no_huge_pages = {inference.HUGE_PAGES_ENV: "0"}
-    kept, faults_kept = _run_in_fresh_process(_REALLOC_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: None})
+    kept, faults_kept = _run_in_fresh_process(_REALLOC_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: "1"})
     off, faults_off = _run_in_fresh_process(_REALLOC_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: "0"})
     assert (kept, off) == ("True", "False")
     assert faults_kept < 100_000_000 / 4096 / 10  # under a tenth of the block's pages
@@ -123,8 +123,8 @@ def test_kept_freed_memory_serves_the_next_tensor_without_page_faults():
 
 
 def test_freed_memory_is_not_kept_when_turned_off(monkeypatch):
-    """0 (or off, no): nothing is asked of the allocator, whatever the machine's memory (the default, in a fresh
-    process: the test above; here it would change this process's allocator)."""
+    """0 (or off, no): nothing is asked of the allocator, whatever the machine's memory (1, in a fresh process: the
+    test above; here it would change this process's allocator; the default: tests/test_bench.py)."""
     decide = inference.keep_freed_memory.__wrapped__  # the uncached decision
     for off in ("0", "off", "no"):
         monkeypatch.setenv(inference.KEEP_FREED_ENV, off)
@@ -149,7 +149,7 @@ def test_a_step_keeps_freed_memory_while_it_runs_and_hands_it_back_after():
     when the step ends the resident size falls by about as much. With the allocator as it comes the block is
     returned when it is freed, so the step's end has nothing left to hand back."""
     no_huge_pages = {inference.HUGE_PAGES_ENV: "0"}
-    kept, fell_kept = _run_in_fresh_process(_HAND_BACK_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: None})
+    kept, fell_kept = _run_in_fresh_process(_HAND_BACK_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: "1"})
     off, fell_off = _run_in_fresh_process(_HAND_BACK_SCRIPT, {**no_huge_pages, inference.KEEP_FREED_ENV: "0"})
     assert (kept, off) == ("True", "False")
     assert fell_kept > 150
