@@ -148,10 +148,24 @@ def conv_peak_gflops(channels: int = 128, side: int = 32, reps: int = 3, dtype: 
         return best_gflops(lambda: conv(x), 2 * 27 * channels**2 * side**3, reps)
 
 
+def _onednn_convolution_flop(x_shape: list[int], w_shape: list[int], _bias: object, _padding: object,
+                             _stride: object, _dilation: object, _groups: int, *, out_shape: list[int], **_: object) -> int:
+    """FLOPs of ``aten.mkldnn_convolution``, where the CPU fast path sends S's and D's convolutions
+    (:func:`mixdemo.models.conv3d`), which ``FlopCounterMode`` does not count on its own."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent ``FlopCounterMode`` that also counts the oneDNN convolutions of the CPU fast path."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.mkldnn_convolution: _onednn_convolution_flop})
+
+
 def flops_per_voxel(model: torch.nn.Module) -> float:
     """Forward FLOPs of ``model`` per input voxel (convolutions are linear in the voxel count)."""
     x = torch.zeros(1, 1, 32, 32, 32)
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+    with flop_counter() as counter, torch.inference_mode():
         model(x)
     return counter.get_total_flops() / x.numel()
 
@@ -159,7 +173,7 @@ def flops_per_voxel(model: torch.nn.Module) -> float:
 def d_flops_per_voxel(unmix: torch.nn.Module) -> float:
     """Forward FLOPs of a client network D per voxel (its convolutions and matrix products; on a 32³ cube)."""
     side, c = 32, unmix.num_classes
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+    with flop_counter() as counter, torch.inference_mode():
         unmix(torch.zeros(1, c, side, side, side), torch.zeros(1, c * unmix.n_references, side, side, side),
               torch.tensor([0.5]))
     return counter.get_total_flops() / side**3

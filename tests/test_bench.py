@@ -76,6 +76,23 @@ def test_flops_per_voxel_counts_the_convolutions():
     assert 3 < big / small < 5
 
 
+def test_flops_of_the_cpu_fast_path_count_its_onednn_convolutions():
+    """S and D prepared as load_model prepares them on the CPU (their convolutions sent to
+    aten.mkldnn_convolution) count the FLOPs of the same modules on PyTorch's own convolutions."""
+    import copy
+
+    from mixdemo.bench import d_flops_per_voxel, flops_per_voxel
+    from mixdemo.models import SegmentationNet, UnmixingNet
+
+    seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    fast_seg = copy.deepcopy(seg).use_channels_last()
+    assert flops_per_voxel(fast_seg) == pytest.approx(flops_per_voxel(seg), rel=1e-6) and flops_per_voxel(seg) > 0
+    unmix = UnmixingNet().eval()
+    fast_unmix = copy.deepcopy(unmix).use_channels_last()
+    # D's fast path runs a few of its products as batched matrix products (aten.bmm), a little more arithmetic
+    assert d_flops_per_voxel(unmix) <= d_flops_per_voxel(fast_unmix) < 1.1 * d_flops_per_voxel(unmix)
+
+
 def test_d_flops_per_voxel_counts_the_patch_ds_smaller_arithmetic():
     """D on 2³ patches runs its blocks on an eighth of the voxels: several times fewer FLOPs per voxel
     than the full-resolution D (the bench's floor under each D's time, ``seconds_at_gemm_peak``)."""
