@@ -102,7 +102,7 @@ def freed_memory_kept_by_choice() -> bool:
     ``$MIXDEMO_KEEP_FREED_MEMORY`` ``1`` or ``0``; unset or ``auto``, where S runs in bfloat16 on the CPU
     (:func:`mixdemo.weights.s_precision`). The allocator rule (``python -m mixdemo.bench``,
     ``levers.allocator_rule``) held for S in bfloat16 in its deciding trial; with S in float32, on an AVX2-only
-    CPU, it did not (K = 1 slower, a peak over 4 GB: twice the activation bytes, kept)."""
+    CPU, it did not, in either of two trials (peaks over 4 GB: twice the activation bytes, kept)."""
     choice = os.environ.get(KEEP_FREED_ENV, "auto").strip().lower() or "auto"
     if choice != "auto":
         return choice in ("1", "true", "yes", "on")
