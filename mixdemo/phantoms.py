@@ -259,11 +259,13 @@ def _bias_field(scan: ScanParams, shape: tuple[int, int, int]) -> torch.Tensor:
 
 def synthesize_scan(template: Template, subject: SubjectParams, scan: ScanParams) -> tuple[np.ndarray, np.ndarray]:
     """Render one scan: returns (image float32 in [0, ~1.2], labels uint8) on GRID_SHAPE."""
+    from mixdemo.mixing import hard_labels  # here: the server imports this module, and mixing is the client's
+
     shape = tuple(template.probs.shape[1:])
     tissue = subject_tissue(template, subject)
     coords = scan_sampling_coords(template, subject, scan)
     probs = _sample_field(tissue[None], _to_norm(coords, shape))  # type: ignore[arg-type]
-    labels = probs.argmax(0).to(torch.uint8)
+    labels = hard_labels(probs)  # probs.argmax(0), ten times faster
     means = torch.tensor((0.0, *scan.tissue_means)).view(4, 1, 1, 1)
     image = (probs * means).sum(0) * _bias_field(scan, shape)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(scan.seed * 32452843 + 7)

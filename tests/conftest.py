@@ -3,8 +3,9 @@
 * ``app_weights`` — ``MIXDEMO_WEIGHTS_DIR``: the committed ``weights/`` when they hold the
   segmentation and unmixing models, else untrained models saved to a temporary folder, so that
   the tests never need the network.
-* ``small_cohort`` — a 4-subject phantom cohort (2 training, 2 test subjects, 2 scans each) in a temporary
-  folder, for the scripts that read a cohort (``--data``).
+* ``small_cohort`` — a 4-subject phantom cohort (2 training, 2 test subjects, 2 scans each, seed 11) in a temporary
+  folder, written by the phantoms CLI (``tests/test_phantoms.py`` checks what it wrote), for the scripts that read
+  a cohort (``--data``).
 * ``app_url`` — the Gradio app launched in this process (a thread) on a free port. In-process,
   so that tests can observe what the server endpoint receives (``mixdemo.server.add_observer``).
 
@@ -126,6 +127,7 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root, done = shared / "cohort4", shared / "cohort4.done"
     with FileLock(str(shared / "cohort4.lock")):
         if not done.exists():
-            phantoms.generate_cohort(root, n_subjects=4, n_scans=2, seed=11, test_fraction=0.5)
+            phantoms.main(["--out", str(root), "--subjects", "4", "--scans", "2", "--seed", "11",
+                           "--test-fraction", "0.5"])
             done.touch()
     return root

@@ -415,3 +415,34 @@ def test_the_client_follows_the_request_limits_the_server_reports(app_url):
         assert remote.per_request((240, 240, 155)) == server.MAX_REQUEST_VOXELS // (240 * 240 * 155)
     finally:
         remote.close()
+
+
+@pytest.mark.slow
+def test_closing_stops_the_heartbeat_without_waiting_for_it(app_url, monkeypatch):
+    """close() asks gradio_client's heartbeat thread to stop and does not wait for it (``Client.close`` waits up to
+    1 s for a thread that sees the request only at the server's next message); the downloads folder goes."""
+    from mixdemo.client import RemoteServer
+
+    remote = RemoteServer(app_url)
+    heartbeat = remote._client.heartbeat
+    assert heartbeat.is_alive()  # the app keeps per-session state, so gradio_client keeps a heartbeat open
+    monkeypatch.setattr(heartbeat, "join", lambda *a, **k: pytest.fail("close() waited for the heartbeat thread"))
+    remote.close()
+    assert remote._client._kill_heartbeat.is_set()
+    assert not Path(remote._download).exists()
+
+
+def test_close_client_falls_back_to_close_and_never_raises():
+    """A Client without gradio_client 2's heartbeat event is closed with its own close(); a failing close is
+    swallowed (closing never fails the caller)."""
+    from mixdemo.client import close_client
+
+    class Plain:
+        closed = 0
+
+        def close(self):
+            Plain.closed += 1
+            raise RuntimeError("already closed")
+
+    close_client(Plain())
+    assert Plain.closed == 1

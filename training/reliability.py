@@ -417,6 +417,8 @@ def check_app_api(app: AppProcess, files: Sequence[tuple[BadInput, Path]], repor
     (raw HTTP, with the hostile upload name); then a good request must succeed."""
     from gradio_client import Client
 
+    from mixdemo.client import close_client
+
     client = Client(app.url, verbose=False, analytics_enabled=False, download_files=str(app.workdir / "dl"))
     upload_fn = fn_index(app.url, "load_upload")
     try:
@@ -426,7 +428,7 @@ def check_app_api(app: AppProcess, files: Sequence[tuple[BadInput, Path]], repor
                 _api_upload(app, upload_fn, item, report)
         report.served_after = good_request(client) and bool(client.predict(api_name="/server_info"))
     finally:
-        client.close()
+        close_client(client)
 
 
 def _api_segment_proxy(client, app: AppProcess, item: BadInput, path: Path, report: CorpusReport) -> None:  # noqa: ANN001
@@ -662,6 +664,8 @@ def fault_client_killed(app: AppProcess, sides: int = 96, k: int = 3) -> str:
     """Kill a client (SIGKILL) while its request is being computed; a new request must succeed."""
     from gradio_client import Client
 
+    from mixdemo.client import close_client
+
     req = app.workdir / "kill" / "proxy.npy"
     req.parent.mkdir(exist_ok=True)
     np.save(req, np.random.default_rng(0).uniform(0, 1, (k, sides, sides, sides)).astype(np.float16))
@@ -683,7 +687,7 @@ def fault_client_killed(app: AppProcess, sides: int = 96, k: int = 3) -> str:
         ok = good_request(client, seed=7)
         waited = time.time() - t1
     finally:
-        client.close()
+        close_client(client)
     alive = app.proc is not None and app.proc.poll() is None
     leftover = [p.name for p in app.gradio_tmp.rglob("proxy.npy")]
     if not (mid and ok and alive):
@@ -695,6 +699,8 @@ def fault_client_killed(app: AppProcess, sides: int = 96, k: int = 3) -> str:
 def fault_app_restarted(app: AppProcess) -> str:
     """Stop and start the app on the same port: a client made before and a new client both work."""
     from gradio_client import Client
+
+    from mixdemo.client import close_client
 
     dl = str(app.workdir / "dl")
     old = Client(app.url, verbose=False, analytics_enabled=False, download_files=dl)
@@ -714,8 +720,8 @@ def fault_app_restarted(app: AppProcess) -> str:
         except Exception:  # noqa: BLE001
             ok_old = False
     finally:
-        new.close()
-        old.close()
+        close_client(new)
+        close_client(old)
     if not (ok_before and ok_new):
         return f"FAILED: before={ok_before}, new client after restart={ok_new}"
     return (f"ok: while down a call failed ({down_msg or 'no error'}); restarted in {secs:.1f} s; a new client's "
@@ -802,6 +808,8 @@ def fault_weights_via_app(workdir: Path) -> str:
     """An app launched with no weights at all: it starts, and segment_proxy says so clearly."""
     from gradio_client import Client
 
+    from mixdemo.client import close_client
+
     app = AppProcess(workdir / "app_noweights", env={"MIXDEMO_WEIGHTS_DIR": str(workdir / "weights_missing"),
                                                     "MIXDEMO_HUB_REPO": "mixup-privacy-lab/no-such-repo"})
     with app:
@@ -813,7 +821,7 @@ def fault_weights_via_app(workdir: Path) -> str:
             msg = str(exc)
             return f"ok: clear API error: {msg}" if "No weights" in msg and "Traceback" not in msg else f"FAILED: {msg}"
         finally:
-            client.close()
+            close_client(client)
 
 
 # ------------------------------------------------------------------------------ privacy hygiene
