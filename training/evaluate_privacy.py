@@ -77,8 +77,8 @@ class Config:
 FULL = Config()
 QUICK = Config(bss_known=3, bss_unknown=2, n_init=2, n_init_unknown=1, steps_per_level=3, reid_draws=2, sweep_reid_draws=1, tta_max_k=10,
                patches=16, tta_k=3, sweep_bss=2, defence_k=6, downsample=3, sweep_ranges=((0.1, 0.3), (0.3, 0.7), (0.7, 0.9)))
-SMOKE = Config(bss_known=2, bss_unknown=1, n_init=2, n_init_unknown=1, steps_per_level=1, reid_draws=1, sweep_reid_draws=1, tta_max_k=3,
-               patches=4, tta_k=2, sweep_bss=1, defence_k=3, downsample=4, max_test_scans=6, max_ref_scans=6,
+SMOKE = Config(bss_known=1, bss_unknown=1, n_init=2, n_init_unknown=1, steps_per_level=1, reid_draws=1, sweep_reid_draws=1, tta_max_k=3,
+               patches=2, tta_k=2, sweep_bss=1, defence_k=3, downsample=4, max_test_scans=6, max_ref_scans=6,
                sweep_ranges=((0.1, 0.3), (0.7, 0.9)))
 TWO_REF_SEG, TWO_REF_UNMIX = "segmentation-2ref", "unmixing-2ref"
 """Model folders of S and D trained on three-source proxies (``training.train --n-references 2``)."""
