@@ -1,7 +1,7 @@
 """One-run benchmark of the inference path on this machine.
 
     python -m mixdemo.bench             # whole phantom volume, 3 repetitions → results/bench.json
-    python -m mixdemo.bench --quick     # a 32³ cube, 1 repetition, fewer levers: a smoke run (about a minute)
+    python -m mixdemo.bench --quick     # a 32³ cube, 1 repetition, fewer levers: a smoke run (under a minute on 2 cores)
 
 Measures on the same volume: baseline whole-brain segmentation; private segmentation with
 learned unmixing at K = 1 and K = 10; patch mode (one 32³ patch, K = 10) and the app's patch-mode
@@ -25,7 +25,9 @@ import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -355,33 +357,73 @@ def s_budget_probe(target: np.ndarray, truth: np.ndarray, threads: int, probe: S
     """The baseline S on the whole target in a fresh process, as ``probe`` says: seconds of one pass (after a
     warm-up pass), the minor page faults of that pass, the process's peak RSS, and the brain-masked Dice."""
     env = {MEMORY_ENV: None if probe.budget_mb is None else str(probe.budget_mb), **probe.allocation.env()}
-    row = _in_fresh_process("--probe-s", {"image": target, "labels": truth}, threads, env,
-                            [] if probe.fused else ["--probe-unfused"])
+    process = FreshProcess("--probe-s", threads, env, [] if probe.fused else ["--probe-unfused"])
+    row = process.result({"image": target, "labels": truth})
     return {"path": "fused" if probe.fused else "reference (MONAI forward)", "budget_mb": probe.budget_mb, **row}
 
 
 def json_from_child(args: list[str], env: dict[str, str] | None = None) -> dict:
     """Run ``python ARGS`` in a fresh process (``env``: its whole environment; None: this one's) and return the
     JSON document its last line prints; ``subprocess.CalledProcessError``, with the child's stderr, if it fails."""
-    import subprocess
-
     out = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _in_fresh_process(probe: str, arrays: dict[str, np.ndarray], threads: int, env: dict[str, str | None],
-                      extra: list[str] | None = None) -> dict:
-    """Run ``python -m mixdemo.bench PROBE ARRAYS.npz [EXTRA] --threads N`` in a fresh process (``env``: variables
-    to set, or with None to unset) and return the JSON document its last line prints."""
-    import tempfile
+class FreshProcess:
+    """``python -m mixdemo.bench PROBE ARRAYS.npz [EXTRA] --threads N`` started ahead of its volumes: the child
+    pays its imports (~10 s on 2 cores) while this process does untimed work (synthesising the volumes), says it
+    is ready, and waits, idle, until :meth:`result` hands it the volumes; ``env``: variables to set, or with
+    None to unset. A child whose parent goes away before that exits without measuring."""
 
-    child_env = {k: v for k, v in os.environ.items() if k not in env}
-    child_env.update({k: v for k, v in env.items() if v is not None})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "volumes.npz"
-        np.savez(path, **arrays)
-        return json_from_child(["-m", "mixdemo.bench", probe, str(path), *(extra or []), "--threads", str(threads)],
-                               child_env)
+    def __init__(self, probe: str, threads: int, env: dict[str, str | None], extra: list[str] | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self._path = Path(self._tmp.name) / "volumes.npz"
+        child_env = {k: v for k, v in os.environ.items() if k not in env}
+        child_env.update({k: v for k, v in env.items() if v is not None})
+        self._args = [sys.executable, "-m", "mixdemo.bench", probe, str(self._path), *(extra or []),
+                      "--threads", str(threads)]
+        self._child = subprocess.Popen(self._args, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+        self._ready = False
+
+    def wait_ready(self) -> None:
+        """Block until the child has imported everything (so it no longer competes for the CPU with timed
+        work here; at once if it said so already); ``subprocess.CalledProcessError``, with its stderr, if it
+        died instead."""
+        while not self._ready:
+            line = self._child.stdout.readline()
+            if not line:
+                self._failed("")
+            self._ready = line.strip() == CHILD_READY
+
+    def result(self, arrays: dict[str, np.ndarray]) -> dict:
+        """Hand the child ``arrays``, wait for it and return the JSON document its last line prints."""
+        self.wait_ready()
+        np.savez(self._path, **arrays)
+        try:
+            out, err = self._child.communicate(input="go\n")
+        finally:
+            self._tmp.cleanup()
+        if self._child.returncode != 0:
+            self._failed(out, err)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def _failed(self, out: str, err: str | None = None) -> None:
+        if err is None:
+            out, err = self._child.communicate()
+        self._tmp.cleanup()
+        raise subprocess.CalledProcessError(self._child.wait(), self._args, out, err)
+
+
+CHILD_READY = "ready"
+"""What a :class:`FreshProcess` child prints once its imports are done."""
+
+
+def _await_volumes() -> bool:
+    """The child side of :class:`FreshProcess`: say it is ready, then wait for the volumes (False: the parent
+    went away without handing any)."""
+    print(CHILD_READY, flush=True)
+    return bool(sys.stdin.readline())
 
 
 def s_probe_settings(quick: bool, default: Allocation) -> list[SProbe]:
@@ -491,14 +533,17 @@ def allocator_rule(rows: list[dict]) -> dict | None:
             "held": all(checks.values())}
 
 
-def private_probe(target: np.ndarray, refs: list[Reference], threads: int, untrained: bool,
-                  allocation: Allocation = Allocation()) -> dict:
-    """A fresh process (its peak memory is its own, not the benchmark's) with ``allocation`` serves the private
-    requests of :data:`PROBE_REQUESTS` (K = 10 with ``refs``, K = 1 with the first): the median seconds of each
-    K, its peak RSS, its resident size after the last request, huge pages and kept memory as it saw them."""
+def start_private_probe(threads: int, untrained: bool, allocation: Allocation = Allocation()) -> FreshProcess:
+    """The fresh process of one :func:`private_probe` with ``allocation``, started ahead of its volumes."""
+    return FreshProcess("--probe-private", threads, allocation.env(), ["--untrained"] if untrained else [])
+
+
+def private_probe(target: np.ndarray, refs: list[Reference], process: FreshProcess) -> dict:
+    """A fresh process (its peak memory is its own, not the benchmark's; :func:`start_private_probe`) serves the
+    private requests of :data:`PROBE_REQUESTS` (K = 10 with ``refs``, K = 1 with the first): the median seconds
+    of each K, its peak RSS, its resident size after the last request, huge pages and kept memory as it saw them."""
     arrays = {"target": target, "images": np.stack([r.image for r in refs]), "labels": np.stack([r.labels for r in refs])}
-    row = _in_fresh_process("--probe-private", arrays, threads, allocation.env(), ["--untrained"] if untrained else [])
-    return {"k": len(refs), **row}
+    return {"k": len(refs), **process.result(arrays)}
 
 
 def _probe_private(path: Path, untrained: bool) -> dict:
@@ -597,9 +642,14 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as load_model's fast path does (when asked for), trained weights or not
+    threads = torch.get_num_threads()
+    default_allocation = Allocation.default()
+    private_allocations = private_probe_settings(args.quick, default_allocation)
+    first_private = start_private_probe(threads, args.untrained, private_allocations[0])  # imports meanwhile
     seg, unmix, base = load_models(not args.untrained)
     k_max = 10
     target, refs, target_labels = phantom_volumes(k_max, args.crop, distinct=not args.quick)
+    first_private.wait_ready()  # idle from here on: nothing timed below shares the CPU with its imports
     key10 = MixKey(tuple(r.ref_id for r in refs), (0.5,) * k_max)
     key1 = MixKey(key10.reference_ids[:1], (0.5,))
 
@@ -634,11 +684,11 @@ def run(args: argparse.Namespace) -> dict:
     d_precision_rows = unmix_net_study(d_precisions, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
     precision_rows = precision_study(unmix, key1, target, target_labels, refs, reps, args.untrained)
-    default_allocation = Allocation.default()
-    budget_study = [s_budget_probe(target, target_labels, torch.get_num_threads(), probe)
+    budget_study = [s_budget_probe(target, target_labels, threads, probe)
                     for probe in s_probe_settings(args.quick, default_allocation)]
-    memory_study = [private_probe(target, refs, torch.get_num_threads(), args.untrained, allocation)
-                    for allocation in private_probe_settings(args.quick, default_allocation)]
+    memory_study = [private_probe(target, refs, first_private)]
+    memory_study += [private_probe(target, refs, start_private_probe(threads, args.untrained, allocation))
+                     for allocation in private_allocations[1:]]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak_end = matmul_peak_gflops(gemm_sizes)
@@ -763,7 +813,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
     args = p.parse_args(argv)
-    if args.probe_private is not None or args.probe_s is not None:  # a child of _in_fresh_process
+    if args.probe_private is not None or args.probe_s is not None:  # a child of FreshProcess
+        if not _await_volumes():
+            return {}
         if args.threads:
             torch.set_num_threads(args.threads)
         result = (_probe_private(args.probe_private, args.untrained) if args.probe_private is not None

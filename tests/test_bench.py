@@ -184,6 +184,19 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
     assert isinstance(row["keeps_freed_memory"], bool) and isinstance(row["huge_pages"], bool)
 
 
+def test_a_fresh_process_that_dies_before_it_is_ready_raises_with_its_stderr():
+    """A probe child that fails while starting (here: an argument it does not know) raises at once with what it
+    said, instead of leaving the benchmark waiting for a "ready" that never comes."""
+    import subprocess
+
+    from mixdemo.bench import FreshProcess
+
+    process = FreshProcess("--probe-private", 1, {}, ["--no-such-flag"])
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        process.wait_ready()
+    assert failure.value.returncode == 2 and "--no-such-flag" in failure.value.stderr
+
+
 def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
     """The full bench runs S with the default allocation (huge pages; freed memory kept within a pass where S runs in
     bfloat16), with the other choice of keeping freed memory and without huge pages, and the private requests in
