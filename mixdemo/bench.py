@@ -375,12 +375,15 @@ class FreshProcess:
     is ready, and waits, idle, until :meth:`result` hands it the volumes; ``env``: variables to set, or with
     None to unset. A child whose parent goes away before that exits without measuring."""
 
+    module = "mixdemo.bench"
+    """The module the child runs (this one: its ``main`` takes the probe flags)."""
+
     def __init__(self, probe: str, threads: int, env: dict[str, str | None], extra: list[str] | None = None) -> None:
         self._tmp = tempfile.TemporaryDirectory()
         self._path = Path(self._tmp.name) / "volumes.npz"
         child_env = {k: v for k, v in os.environ.items() if k not in env}
         child_env.update({k: v for k, v in env.items() if v is not None})
-        self._args = [sys.executable, "-m", "mixdemo.bench", probe, str(self._path), *(extra or []),
+        self._args = [sys.executable, "-m", self.module, probe, str(self._path), *(extra or []),
                       "--threads", str(threads)]
         self._child = subprocess.Popen(self._args, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
