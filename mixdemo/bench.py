@@ -500,6 +500,9 @@ PROBE_REQUESTS = (10, 1, 10, 1, 1)
 """The K of each private request :func:`private_probe`'s fresh process serves, one after the other, as a
 client would send them."""
 
+QUICK_PROBE_REQUESTS = (10, 1)
+"""``--quick``'s: one request of each K, as its other timings run once."""
+
 ALLOCATOR_RULE = (
     "set before the measurement: freed memory kept within each pass and handed back after it is the default "
     "if, against the allocator as it comes (fresh processes with huge pages serving the probe's requests, "
@@ -536,9 +539,12 @@ def allocator_rule(rows: list[dict]) -> dict | None:
             "held": all(checks.values())}
 
 
-def start_private_probe(threads: int, untrained: bool, allocation: Allocation = Allocation()) -> FreshProcess:
-    """The fresh process of one :func:`private_probe` with ``allocation``, started ahead of its volumes."""
-    return FreshProcess("--probe-private", threads, allocation.env(), ["--untrained"] if untrained else [])
+def start_private_probe(threads: int, untrained: bool, allocation: Allocation = Allocation(),
+                        quick: bool = False) -> FreshProcess:
+    """The fresh process of one :func:`private_probe` with ``allocation``, started ahead of its volumes
+    (``quick``: it serves :data:`QUICK_PROBE_REQUESTS`)."""
+    extra = [*(["--untrained"] if untrained else []), *(["--quick"] if quick else [])]
+    return FreshProcess("--probe-private", threads, allocation.env(), extra)
 
 
 def private_probe(target: np.ndarray, refs: list[Reference], process: FreshProcess) -> dict:
@@ -549,14 +555,14 @@ def private_probe(target: np.ndarray, refs: list[Reference], process: FreshProce
     return {"k": len(refs), **process.result(arrays)}
 
 
-def _probe_private(path: Path, untrained: bool) -> dict:
+def _probe_private(path: Path, untrained: bool, requests: Sequence[int] = PROBE_REQUESTS) -> dict:
     """The child side of :func:`private_probe`."""
     kept = keep_freed_memory()
     seg, unmix, _ = load_models(not untrained)
     data = np.load(path)
     refs = [Reference(f"ref{i}", image, labels) for i, (image, labels) in enumerate(zip(data["images"], data["labels"]))]
     seconds: dict[int, list[float]] = {}
-    for k in PROBE_REQUESTS:
+    for k in requests:
         key = MixKey(tuple(r.ref_id for r in refs[:k]), (0.5,) * k)
         seconds.setdefault(k, []).append(private_seconds(seg, unmix, key, data["target"], refs[:k])[0])
     return {"huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(statistics.median(seconds[10]), 3),
@@ -648,7 +654,7 @@ def run(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     default_allocation = Allocation.default()
     private_allocations = private_probe_settings(args.quick, default_allocation)
-    first_private = start_private_probe(threads, args.untrained, private_allocations[0])  # imports meanwhile
+    first_private = start_private_probe(threads, args.untrained, private_allocations[0], args.quick)  # imports meanwhile
     seg, unmix, base = load_models(not args.untrained)
     k_max = 10
     target, refs, target_labels = phantom_volumes(k_max, args.crop, distinct=not args.quick)
@@ -690,7 +696,7 @@ def run(args: argparse.Namespace) -> dict:
     budget_study = [s_budget_probe(target, target_labels, threads, probe)
                     for probe in s_probe_settings(args.quick, default_allocation)]
     memory_study = [private_probe(target, refs, first_private)]
-    memory_study += [private_probe(target, refs, start_private_probe(threads, args.untrained, allocation))
+    memory_study += [private_probe(target, refs, start_private_probe(threads, args.untrained, allocation, args.quick))
                      for allocation in private_allocations[1:]]
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
@@ -769,7 +775,8 @@ def run(args: argparse.Namespace) -> dict:
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "a fresh process serves private requests on the whole target (mix, S, D with "
                                        "Eq. 6 as a running sum, labels) with K = "
-                                       f"{', '.join(map(str, PROBE_REQUESTS))} in turn: the median seconds at K = 10 "
+                                       f"{', '.join(map(str, QUICK_PROBE_REQUESTS if args.quick else PROBE_REQUESTS))} "
+                                       "in turn: the median seconds at K = 10 "
                                        "(seconds) and K = 1 (k1_seconds), each request's seconds (k10_runs, k1_runs), its "
                                        "peak RSS (the headline peak_rss_mb is the largest of the default allocation's) and "
                                        "its resident size after the last request; two processes each, alternating, with "
@@ -821,7 +828,8 @@ def main(argv: list[str] | None = None) -> dict:
             return {}
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = (_probe_private(args.probe_private, args.untrained) if args.probe_private is not None
+        requests = QUICK_PROBE_REQUESTS if args.quick else PROBE_REQUESTS
+        result = (_probe_private(args.probe_private, args.untrained, requests) if args.probe_private is not None
                   else _probe_s(args.probe_s, fused=not args.probe_unfused))
         print(json.dumps(result))
         return result
