@@ -203,7 +203,11 @@ def _pyramid(x: torch.Tensor, n_scales: int) -> list[torch.Tensor]:
 
 def _as_volumes(x: ArrayLike, name: str, ndim: int) -> torch.Tensor:
     """Converts to a float64 tensor (keeping a torch tensor's device) and checks shape/finiteness."""
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(_to_numpy(x, name))
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:  # a read-only array (a memory map, a broadcast view) is copied: torch warns on one, and float64 copies anyway
+        arr = _to_numpy(x, name)
+        t = torch.as_tensor(arr if arr.flags.writeable else arr.astype(np.float64))
     if t.ndim != ndim:
         want = "(X, Y, Z) (use msssim_3d_batch for batches)" if ndim == 3 else "(N, X, Y, Z)"
         raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")

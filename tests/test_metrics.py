@@ -208,6 +208,22 @@ def test_msssim_data_range_default_is_joint_range() -> None:
     assert msssim_3d(a, b, data_range=10 * joint) > msssim_3d(a, b)  # larger C1, C2 -> more similar
 
 
+def test_msssim_takes_read_only_arrays_without_a_warning() -> None:
+    """A read-only array (a memory-mapped volume, a broadcast view) is scored without torch's non-writable
+    warning. In a fresh process with warnings as errors: torch warns once per process, so an earlier test in
+    this one could hide it."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np\n"
+              "from mixdemo.metrics import msssim_3d, msssim_3d_batch\n"
+              "a = np.random.default_rng(0).random((32, 32, 32)); a.setflags(write=False)\n"
+              "assert abs(msssim_3d(a, a) - 1) < 1e-9\n"
+              "assert msssim_3d_batch(np.broadcast_to(a, (2, 32, 32, 32)), np.stack([a, a])).shape == (2,)\n")
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_msssim_torch_input_and_batch_consistency() -> None:
     vols = np.stack([smooth_volume((32, 32, 32), s) for s in range(4)])
     other = vols[::-1].copy() + 0.05
