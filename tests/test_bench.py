@@ -199,6 +199,20 @@ def test_a_fresh_process_that_dies_before_it_is_ready_raises_with_its_stderr(mon
     assert failure.value.returncode != 0 and "mixdemo.no_such_probe" in failure.value.stderr
 
 
+def test_a_probe_child_says_ready_and_measures_nothing_if_its_parent_goes_away(tmp_path, monkeypatch, capsys):
+    """The child side of FreshProcess: it prints "ready" and waits on stdin; at end of input (its parent gone)
+    it returns without reading any volumes; given a line, it goes on."""
+    import io
+
+    from mixdemo import bench
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert bench.main(["--probe-private", str(tmp_path / "never-written.npz")]) == {}
+    assert capsys.readouterr().out.splitlines() == [bench.CHILD_READY]
+    monkeypatch.setattr("sys.stdin", io.StringIO("go\n"))
+    assert bench._await_volumes() and capsys.readouterr().out.splitlines() == [bench.CHILD_READY]
+
+
 def test_probes_compare_each_allocation_with_the_default_and_quick_runs_only_the_default():
     """The full bench runs S with the default allocation (huge pages; freed memory kept within a pass where S runs in
     bfloat16), with the other choice of keeping freed memory and without huge pages, and the private requests in
