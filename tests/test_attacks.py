@@ -368,12 +368,12 @@ def test_patch_study_two_references_matches_one_when_the_references_coincide() -
 
 
 @pytest.mark.slow
-def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
     """Every section of the attack evaluation on a small cohort, run in this process (the command line's own
-    path is the same ``main``; a fresh process would pay ~8 s of imports)."""
+    path is the same ``main``; a fresh process would pay ~8 s of imports). ``--smoke`` never asks the Hub for
+    weights (``load_models(allow_hub=False)``)."""
     from training import evaluate_privacy
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "privacy.json"
     evaluate_privacy.main(["--smoke", "--out", str(out), "--data", str(small_cohort)])
     d = json.loads(out.read_text())
