@@ -494,11 +494,13 @@ def main(argv: list[str] | None = None) -> int:
                         "<scan name>_seg.nii.gz for each")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
-    p.add_argument("--tta", type=int, default=1, metavar="K", help="number of references (Eq. 5-6)")
+    p.add_argument("--tta", type=int, default=1, metavar="K",
+                   help="number of references, the K of Eq. 5-6 (default: 1; each adds one proxy for the server to "
+                        "segment; the README's tables use K = 10, which lifts Dice)")
     p.add_argument("--references", default=None,
                    help="folder of <id>/t1.nii.gz + seg.nii.gz, or of BraTS case folders for models trained on "
                         "BraTS (default: the phantom bank)")
-    p.add_argument("--mode", choices=MODES, default="whole", help="whole volume, or one 32³ patch")
+    p.add_argument("--mode", choices=MODES, default="whole", help="whole volume (default), or one 32³ patch")
     p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
     p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
     p.add_argument("--unmixing", default=None, metavar="NAME",
