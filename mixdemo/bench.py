@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import numpy as np
 import torch
@@ -411,7 +411,7 @@ class FreshProcess:
             self._failed(out, err)
         return json.loads(out.strip().splitlines()[-1])
 
-    def _failed(self, out: str, err: str | None = None) -> None:
+    def _failed(self, out: str, err: str | None = None) -> NoReturn:
         if err is None:
             out, err = self._child.communicate()
         self._tmp.cleanup()
@@ -503,6 +503,11 @@ client would send them."""
 QUICK_PROBE_REQUESTS = (10, 1)
 """``--quick``'s: one request of each K, as its other timings run once."""
 
+
+def probe_requests(quick: bool) -> tuple[int, ...]:
+    """The K of each request a :func:`private_probe` process serves in this mode."""
+    return QUICK_PROBE_REQUESTS if quick else PROBE_REQUESTS
+
 ALLOCATOR_RULE = (
     "set before the measurement: freed memory kept within each pass and handed back after it is the default "
     "if, against the allocator as it comes (fresh processes with huge pages serving the probe's requests, "
@@ -549,7 +554,7 @@ def start_private_probe(threads: int, untrained: bool, allocation: Allocation = 
 
 def private_probe(target: np.ndarray, refs: list[Reference], process: FreshProcess) -> dict:
     """A fresh process (its peak memory is its own, not the benchmark's; :func:`start_private_probe`) serves the
-    private requests of :data:`PROBE_REQUESTS` (K = 10 with ``refs``, K = 1 with the first): the median seconds
+    private requests of :func:`probe_requests` (K = 10 with ``refs``, K = 1 with the first): the median seconds
     of each K, its peak RSS, its resident size after the last request, huge pages and kept memory as it saw them."""
     arrays = {"target": target, "images": np.stack([r.image for r in refs]), "labels": np.stack([r.labels for r in refs])}
     return {"k": len(refs), **process.result(arrays)}
@@ -775,7 +780,7 @@ def run(args: argparse.Namespace) -> dict:
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "a fresh process serves private requests on the whole target (mix, S, D with "
                                        "Eq. 6 as a running sum, labels) with K = "
-                                       f"{', '.join(map(str, QUICK_PROBE_REQUESTS if args.quick else PROBE_REQUESTS))} "
+                                       f"{', '.join(map(str, probe_requests(args.quick)))} "
                                        "in turn: the median seconds at K = 10 "
                                        "(seconds) and K = 1 (k1_seconds), each request's seconds (k10_runs, k1_runs), its "
                                        "peak RSS (the headline peak_rss_mb is the largest of the default allocation's) and "
@@ -828,8 +833,8 @@ def main(argv: list[str] | None = None) -> dict:
             return {}
         if args.threads:
             torch.set_num_threads(args.threads)
-        requests = QUICK_PROBE_REQUESTS if args.quick else PROBE_REQUESTS
-        result = (_probe_private(args.probe_private, args.untrained, requests) if args.probe_private is not None
+        result = (_probe_private(args.probe_private, args.untrained, probe_requests(args.quick))
+                  if args.probe_private is not None
                   else _probe_s(args.probe_s, fused=not args.probe_unfused))
         print(json.dumps(result))
         return result

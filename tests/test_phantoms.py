@@ -87,8 +87,8 @@ def test_subjects_differ_in_anatomy(volumes):
 
 
 def test_generation_is_deterministic(small_cohort, tmp_path):
-    """A scan written again, in another process, is the one the CLI wrote, bit for bit (scan 1 of subject 2 of
-    the seed-11 cohort)."""
+    """A scan written again here is the one the phantoms CLI wrote for ``small_cohort``, bit for bit (scan 1 of
+    subject 2 of the seed-11 cohort)."""
     import nibabel as nib
 
     name, _ = phantoms.write_scan(tmp_path, 2, 1, 11)
