@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MixKey, check_alpha, sample_key
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT, MixKey, alternate_mirroring, check_alpha, sample_key
 from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_segment
 from mixdemo.weights import DEFAULT_UNMIXING, unmixing_name
 
@@ -196,8 +196,10 @@ def make_key(
     alpha: float | None = None,
     reference_ids: Sequence[str] | None = None,
     seed: int | None = None,
+    mirror: bool = MIRROR_BY_DEFAULT,
 ) -> MixKey:
-    """The client's secret: given references or K random ones; α fixed or ~ U(DEFAULT_ALPHA_RANGE)."""
+    """The client's secret: given references or K random ones; α fixed or ~ U(DEFAULT_ALPHA_RANGE); with ``mirror``
+    the target mirrored in every second mix (:func:`mixdemo.mixing.alternate_mirroring`)."""
     if alpha is not None:
         check_alpha(alpha)
     if reference_ids:
@@ -205,11 +207,12 @@ def make_key(
         if unknown:
             raise ClientError(f"Unknown reference(s): {', '.join(unknown)}.")
         a = alpha if alpha is not None else float(np.random.default_rng(seed).uniform(*DEFAULT_ALPHA_RANGE))
-        return MixKey(tuple(reference_ids), (float(a),) * len(reference_ids), seed or 0)
+        return MixKey(tuple(reference_ids), (float(a),) * len(reference_ids), seed or 0,
+                      mirrored=alternate_mirroring(len(reference_ids)) if mirror else ())
     if not 1 <= k <= len(pool):
         raise ClientError(f"K must be between 1 and the number of references ({len(pool)}); got {k}.")
     rng = (alpha, alpha) if alpha is not None else DEFAULT_ALPHA_RANGE
-    return sample_key(list(pool), k, alpha_range=rng, seed=seed)
+    return sample_key(list(pool), k, alpha_range=rng, seed=seed, mirror=mirror)
 
 
 def run_private(
@@ -447,6 +450,7 @@ def segment_file(
     mode: str = "whole",
     centre: Sequence[int] | None = None,
     seed: int | None = None,
+    mirror: bool = MIRROR_BY_DEFAULT,
     unmix_model: torch.nn.Module | None = None,
     progress: ProgressFn | None = None,
 ) -> MixKey:
@@ -460,7 +464,7 @@ def segment_file(
     if mode == "patch" and centre is not None and not all(0 <= c < n for c, n in zip(centre, target.image.shape)):
         raise ClientError(f"The patch centre {','.join(map(str, centre))} lies outside the "
                           f"{_shape_text(target.image.shape)} grid.")
-    key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed)
+    key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed, mirror=mirror)
     labels = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
                                 progress=progress)
     target.save_labels(labels, out_path)
@@ -497,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", type=int, default=1, metavar="K",
                    help="number of references, the K of Eq. 5-6 (default: 1; each adds one proxy for the server to "
                         "segment; the README's tables use K = 10, which lifts Dice)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=MIRROR_BY_DEFAULT,
+                   help="mirror the scan left-right in every second mix and its answer back (a test-time augmentation "
+                        "at no extra server cost; the README's mirroring section measures it; default: "
+                        f"{'on' if MIRROR_BY_DEFAULT else 'off'})")
     p.add_argument("--references", default=None,
                    help="folder of <id>/t1.nii.gz + seg.nii.gz, or of BraTS case folders for models trained on "
                         "BraTS (default: the phantom bank)")
@@ -570,7 +578,7 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
             key = segment_file(
                 scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
                 centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
-                unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
+                mirror=args.mirror, unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
             )
         except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
             print(f"error: {tag}{exc}", file=sys.stderr)

@@ -32,6 +32,13 @@ still says so."""
 MIN_ALPHA = 0.05
 """Eq. 4 divides by α: no key may use a smaller target weight."""
 
+MIRROR_AXIS = 0
+"""The left–right axis of an image ``(X, Y, Z)`` on the common grid (RAS; the MNI152 grid, symmetric about x = 0)."""
+
+MIRROR_BY_DEFAULT = False
+"""Whether the app and the command-line client mirror the target in every second mix of their TTA unless told
+otherwise (:func:`alternate_mirroring`); set by the rule of ``python -m training.mirror_tta`` (README)."""
+
 
 @dataclass(frozen=True)
 class MixKey:
@@ -41,12 +48,15 @@ class MixKey:
         reference_ids: one reference id per mix (K mixes for TTA, Eq. 5).
         alphas: the target's weight α of each mix (Eq. 2), one per reference.
         seed: seed the key was drawn from (patch positions, shuffling).
+        mirrored: for each mix, whether the client mirrors the target left–right before mixing it
+            (:func:`mirror`; a test-time augmentation the client undoes on the answer); empty: none is.
     """
 
     reference_ids: tuple[str, ...]
     alphas: tuple[float, ...]
     seed: int = 0
     meta: dict = field(default_factory=dict, compare=False, repr=False)
+    mirrored: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.reference_ids) != len(self.alphas):
@@ -56,6 +66,10 @@ class MixKey:
             )
         if not self.reference_ids:
             raise ValueError("A key needs at least one reference.")
+        object.__setattr__(self, "mirrored", tuple(bool(f) for f in self.mirrored) if any(self.mirrored) else ())
+        if self.mirrored and len(self.mirrored) != len(self.reference_ids):
+            raise ValueError(f"A key says for every mix or for none whether it is mirrored: got {len(self.mirrored)} "
+                             f"flags for {len(self.reference_ids)} references.")
         for a in self.alphas:
             check_alpha(a)
 
@@ -63,6 +77,30 @@ class MixKey:
     def k(self) -> int:
         """Number of mixes (TTA augmentations)."""
         return len(self.reference_ids)
+
+    @property
+    def mirrored_mixes(self) -> list[int]:
+        """The indices of the mixes whose target is mirrored."""
+        return [k for k, flag in enumerate(self.mirrored) if flag]
+
+    def part(self, start: int, stop: int) -> MixKey:
+        """The key of mixes ``start`` to ``stop`` (one request's share of them)."""
+        return MixKey(self.reference_ids[start:stop], self.alphas[start:stop], self.seed,
+                      mirrored=self.mirrored[start:stop])
+
+
+def alternate_mirroring(k: int) -> tuple[bool, ...]:
+    """Mirror every second of ``k`` mixes (the first is never mirrored, so K = 1 is the paper's TTA-free mix)."""
+    return tuple(i % 2 == 1 for i in range(k))
+
+
+def mirror(volume: Array) -> Array:
+    """The left–right mirror image of a volume ``(..., X, Y, Z)`` or of per-class maps ``(..., C, X, Y, Z)``
+    (:data:`MIRROR_AXIS`); its own inverse. A copy for arrays, as for tensors."""
+    axis = MIRROR_AXIS - 3
+    if isinstance(volume, torch.Tensor):
+        return volume.flip(axis)
+    return np.flip(volume, axis).copy()
 
 
 def check_alpha(alpha: float) -> float:
@@ -90,6 +128,7 @@ def sample_key(
     seed: int | None = None,
     fresh_alpha_per_mix: bool = False,
     exclude: Sequence[str] = (),
+    mirror: bool = False,
 ) -> MixKey:
     """Draw a key: K distinct references from ``pool`` and α ~ U(alpha_range).
 
@@ -101,6 +140,7 @@ def sample_key(
         fresh_alpha_per_mix: one α per mix (a defence) instead of one α shared by all K
             mixes (Eq. 5 uses one α).
         exclude: ids never to use (e.g. the target's own subject).
+        mirror: mirror the target in every second mix (:func:`alternate_mirroring`).
     """
     lo, hi = check_alpha_range(alpha_range)
     candidates = [p for p in pool if p not in set(exclude)]
@@ -116,7 +156,8 @@ def sample_key(
     alphas = rng.uniform(lo, hi, size=n_alpha)
     if not fresh_alpha_per_mix:
         alphas = np.repeat(alphas, k)
-    return MixKey(reference_ids=tuple(chosen), alphas=tuple(float(a) for a in alphas), seed=seed)
+    return MixKey(reference_ids=tuple(chosen), alphas=tuple(float(a) for a in alphas), seed=seed,
+                  mirrored=alternate_mirroring(k) if mirror else ())
 
 
 def _weights_like(alpha: float | Sequence[float] | Array, like: Array, trailing_dims: int) -> Array:

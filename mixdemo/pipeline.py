@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, segment_proxies, window_slices
-from mixdemo.mixing import MixKey, hard_labels, mix, naive_unmix, one_hot, tta_average, tta_variance
+from mixdemo.mixing import MixKey, hard_labels, mirror, mix, naive_unmix, one_hot, tta_average, tta_variance
 from mixdemo.phantoms import NUM_CLASSES
 
 ProgressFn = Callable[[float, str], None]
@@ -60,11 +60,27 @@ def most_similar_references(target: np.ndarray, references: Sequence[Reference],
 
 
 def make_proxies(target: np.ndarray, references: Sequence[Reference], key: MixKey) -> np.ndarray:
-    """Client: K proxies x_mix^k = α_k·x + (1 − α_k)·x_ref^k (Eq. 2 and 5) as (K, X, Y, Z) float32."""
+    """Client: K proxies x_mix^k = α_k·x + (1 − α_k)·x_ref^k (Eq. 2 and 5) as (K, X, Y, Z) float32; in the key's
+    mirrored mixes x is the target's mirror image (:func:`mixdemo.mixing.mirror`)."""
     refs = np.stack([r.image for r in references]).astype(np.float32)
     if refs.shape[1:] != target.shape:
         raise ValueError(f"References {refs.shape[1:]} and target {target.shape} must share one grid.")
-    return mix(target.astype(np.float32), refs, np.asarray(key.alphas, dtype=np.float32)).astype(np.float32)
+    target = target.astype(np.float32)
+    alphas = np.asarray(key.alphas, dtype=np.float32)
+    proxies = mix(target, refs, alphas).astype(np.float32)
+    if key.mirrored_mixes:
+        mirrored = mirror(target)
+        for k in key.mirrored_mixes:
+            proxies[k] = mix(mirrored, refs[k], alphas[k])
+    return proxies
+
+
+def unmirror_(answers: torch.Tensor, key: MixKey) -> torch.Tensor:
+    """Client: the (K, C, X, Y, Z) answers of the key's mirrored mixes mirrored back, in place, so that every mix's
+    answer is the target's (Eq. 6 then averages like with like)."""
+    for k in key.mirrored_mixes:
+        answers[k] = mirror(answers[k])
+    return answers
 
 
 def reference_onehots(references: Sequence[Reference], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -288,12 +304,16 @@ def private_segment(
     brain = target > 0
     mixed = server(proxies)
     ref_oh = reference_onehots(references, torch.uint8)
-    naive = unmix_naive(mixed, ref_oh, key.alphas)
-    learned = None
-    if unmix_model is not None:
-        if progress:
-            progress(0.9, "client: learned unmixing")
-        learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas, brain_mask=brain)
+    with torch.inference_mode():  # the answers may be inference tensors: mirrored back in place
+        naive = unmirror_(unmix_naive(mixed, ref_oh, key.alphas), key)
+        learned = None
+        if unmix_model is not None:
+            if progress:
+                progress(0.9, "client: learned unmixing")
+            # the brain mask is the target's, so it applies once every answer is in the target's orientation
+            learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas, brain_mask=None if key.mirrored else brain)
+            if key.mirrored:
+                _background_where(unmirror_(learned, key), torch.from_numpy(~brain))
     return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=brain)
 
 
@@ -320,7 +340,7 @@ def private_labels(
     brain = target > 0
     total: torch.Tensor | None = None
     for start in range(0, key.k, max(1, per_call)):
-        part_key = MixKey(key.reference_ids[start : start + per_call], key.alphas[start : start + per_call])
+        part_key = key.part(start, start + per_call)
         part_refs = references[start : start + per_call]
         if progress:
             progress(start / key.k, f"client: mixing {start + 1}-{start + part_key.k} of {key.k}")
@@ -328,12 +348,31 @@ def private_labels(
         ref_oh = reference_onehots(part_refs, torch.uint8)
         if progress:
             progress((start + part_key.k) / key.k, "client: unmixing")
-        if unmix_model is None:
-            part = unmix_naive(mixed, ref_oh, part_key.alphas).sum(0)
-        else:
-            part = unmix_learned_tta(unmix_model, mixed, ref_oh, part_key.alphas).mul_(part_key.k)
+        part = _unmixed_sum(unmix_model, mixed, ref_oh, part_key)
         del mixed
         total = part if total is None else total.add_(part)
     assert total is not None  # K >= 1
     labels = hard_labels(total.div_(key.k)).numpy()
     return np.where(brain, labels, 0).astype(np.uint8)
+
+
+def _unmixed_sum(unmix_model: torch.nn.Module | None, mixed: torch.Tensor, ref_onehot: torch.Tensor,
+                 key: MixKey) -> torch.Tensor:
+    """The sum over the key's mixes of their unmixed answers (D's, or Eq. 4's without D), (C, X, Y, Z), each in the
+    target's orientation: the mirrored mixes are summed apart and their sum mirrored back (the mirror is linear)."""
+    total: torch.Tensor | None = None
+    mirrored = set(key.mirrored_mixes)
+    for group, flip in (([k for k in range(key.k) if k not in mirrored], False), (sorted(mirrored), True)):
+        if not group:
+            continue
+        whole = len(group) == key.k  # no copy of the answers when one group holds them all
+        part_mixed, part_refs = (mixed, ref_onehot) if whole else (mixed[group], ref_onehot[group])
+        alphas = [key.alphas[k] for k in group]
+        if unmix_model is None:
+            part = unmix_naive(part_mixed, part_refs, alphas).sum(0)
+        else:
+            part = unmix_learned_tta(unmix_model, part_mixed, part_refs, alphas).mul_(len(group))
+        part = mirror(part) if flip else part
+        total = part if total is None else total.add_(part)
+    assert total is not None  # K >= 1
+    return total

@@ -38,6 +38,8 @@ WHOLE_SCALE = 2
 ALPHA_MIN, ALPHA_MAX = 0.1, 0.9
 DEFAULT_ALPHA_RANGE = (0.3, 0.5)
 """``mixing.DEFAULT_ALPHA_RANGE`` (restated: torch loads lazily; a test checks they agree)."""
+MIRROR_BY_DEFAULT = False
+"""``mixing.MIRROR_BY_DEFAULT`` (restated likewise)."""
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 _CANCEL: dict[str, threading.Event] = {}  # session hash → cancel flag of its running attack (no user data)
 
@@ -256,19 +258,22 @@ def run_segmentation(
     mode: str,
     opacity: float,
     unmixing: str | None = None,
+    mirror: bool | None = None,
     progress: gr.Progress = gr.Progress(),
 ):
     """Segment the current target privately (the client and the in-process server) with the client
-    network D ``unmixing`` (a model folder; None: :func:`mixdemo.weights.unmixing_name`). One step of
+    network D ``unmixing`` (a model folder; None: :func:`mixdemo.weights.unmixing_name`), the target mirrored in every
+    second mix with ``mirror`` (None: :data:`mixdemo.mixing.MIRROR_BY_DEFAULT`). One step of
     :func:`mixdemo.inference.reusing_freed_memory`: the memory the run freed is handed back once it is answered."""
     from mixdemo.inference import reusing_freed_memory  # torch loads lazily
 
     with reusing_freed_memory():
-        return _segmentation(sess, ref_ids, k, alpha, random_alpha, mode, opacity, unmixing, progress)
+        return _segmentation(sess, ref_ids, k, alpha, random_alpha, mode, opacity, unmixing,
+                             MIRROR_BY_DEFAULT if mirror is None else bool(mirror), progress)
 
 
 def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alpha: float, random_alpha: bool,
-                  mode: str, opacity: float, unmixing: str | None, progress: gr.Progress):
+                  mode: str, opacity: float, unmixing: str | None, mirror: bool, progress: gr.Progress):
     """:func:`run_segmentation`'s work."""
     from mixdemo.client import ClientError, make_key, run_private, unmixing_model
     from mixdemo.weights import WeightsError, unmixing_name
@@ -279,14 +284,14 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
     try:
         alpha_value = None if random_alpha else float(np.clip(alpha, ALPHA_MIN, ALPHA_MAX))
         bank = examples.reference_bank(pfn)
-        key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None)
+        key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None, mirror=mirror)
         unmix = unmixing_model(name=unmixing or None)
         serve = lambda proxies: server.segment(proxies, lambda f, m: pfn(0.05 + 0.8 * f, m))  # noqa: E731
         run = run_private(sess.image, bank, key, serve, unmix, mode=mode, centre=sess.centre, progress=pfn)
     except (ClientError, ValueError, WeightsError) as exc:
         raise _err(exc) from None
     res, region = run.result, run.region
-    log.info("private segmentation: mode=%s, K=%d", mode, key.k)  # no voxel data, no file names
+    log.info("private segmentation: mode=%s, K=%d, mirrored mixes %d", mode, key.k, len(key.mirrored_mixes))  # no voxel data, no file names
     by_id = {r.ref_id: r for r in bank}
     first = by_id[key.reference_ids[0]]
     tta_labels = res.labels("learned_tta" if res.learned is not None else "naive_tta")
@@ -315,8 +320,8 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
     alphas = ", ".join(f"{a:.2f}" for a in sorted(set(key.alphas)))
     what = f"learned D (`{unmixing or unmixing_name()}`)" if res.learned is not None else "naive Eq. 4 (no unmixing weights found)"
     summary = (
-        f"**Done** — {mode} mode, K = {key.k} reference(s) ({', '.join(key.reference_ids)}), α = {alphas}; "
-        f"TTA with {what}. The server received {key.k} proxy array(s) of shape {tuple(res.proxies.shape[1:])}."
+        f"**Done** — {mode} mode, K = {key.k} reference(s) ({', '.join(key.reference_ids)}), α = {alphas}"
+        f"{_mirrored_text(key)}; TTA with {what}. The server received {key.k} proxy array(s) of shape {tuple(res.proxies.shape[1:])}."
     )
     if truth is not None:
         preds = {"naive (Eq. 4), 1 ref": res.labels("naive"), "naive TTA": res.labels("naive_tta")}
@@ -329,6 +334,14 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
     fig = viz.dice_vs_k_figure(curves)
     panels = render(sess, opacity, mode)
     return (sess, *panels, dice_md, fig, str(out_path), summary, _mix_gallery(sess, bank, key, res.proxies, opacity))
+
+
+def _mirrored_text(key) -> str:  # noqa: ANN001 - a MixKey
+    """What the summary says of the key's mirrored mixes (nothing when none is)."""
+    mixes = key.mirrored_mixes
+    if not mixes:
+        return ""
+    return f", the target mirrored in mix{'es' if len(mixes) > 1 else ''} {', '.join(str(k + 1) for k in mixes)}"
 
 
 def _mix_gallery(sess: Session, bank, key, proxies: np.ndarray, opacity: float) -> list[tuple[np.ndarray, str]]:
@@ -344,7 +357,8 @@ def _mix_gallery(sess: Session, bank, key, proxies: np.ndarray, opacity: float) 
         ref = by_id[ref_id]
         items.append((viz.montage(ref.image[region], centre, overlay=ref.labels[region], opacity=opacity, scale=scale,
                                   grid=True), f"reference {k + 1}: {ref_id}"))
-        items.append((viz.montage(proxies[k], centre, scale=scale, grid=True), f"proxy {k + 1} (α = {a:.2f}) — sent"))
+        mirrored = ", target mirrored" if k in key.mirrored_mixes else ""
+        items.append((viz.montage(proxies[k], centre, scale=scale, grid=True), f"proxy {k + 1} (α = {a:.2f}{mirrored}) — sent"))
     return items
 
 
@@ -770,6 +784,8 @@ def build_demo() -> gr.Blocks:
                         k = gr.Slider(1, len(ref_choices), value=3, step=1, label="K references for TTA (used when none is picked)")
                         alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=a_default, step=0.05, label="α, the target's weight in the mix")
                         random_alpha = gr.Checkbox(False, label=f"draw α at random in [{DEFAULT_ALPHA_RANGE[0]}, {DEFAULT_ALPHA_RANGE[1]}] instead")
+                        mirror = gr.Checkbox(MIRROR_BY_DEFAULT, label="mirror the target left–right in every second mix "
+                                                                      "(TTA; the answer is mirrored back; no extra server work)")
                         mode = gr.Radio(["patch", "whole"], value="patch", label="3 · Mode: one 32³ patch (fast) or the whole brain")
                         d_choices = unmixing_choices()
                         unmixing = gr.Dropdown([(f"{n} — {w}" if w else n, n) for n, w in d_choices], value=d_choices[0][0],
@@ -829,7 +845,7 @@ def build_demo() -> gr.Blocks:
                             show_progress="hidden", **private)
                 loc.select(on_click, [sess, opacity, mode], [sess, cx, cy, cz, *panels], api_name="click_centre",
                            concurrency_limit=4, show_progress="hidden", **private)
-                run.click(run_segmentation, [sess, refs, k, alpha, random_alpha, mode, opacity, unmixing],
+                run.click(run_segmentation, [sess, refs, k, alpha, random_alpha, mode, opacity, unmixing, mirror],
                           [sess, *panels, dice, plot, seg_file, status, mixes], api_name="segment",
                           concurrency_limit=1, concurrency_id="compute", **private)
 

@@ -116,7 +116,11 @@ def test_ui_patch_round_trip(app_weights, example):
     sess, *panels = ui.on_centre(sess, 60, 100, 70, 0.3, "patch")
     assert sess.centre == (60, 100, 70) and panels[0] is not None
     out = ui.run_segmentation(sess, ["sub-003"], 5, 0.4, False, "patch", 0.5, progress=_Progress())
-    assert "sub-003" in out[-2] and "K = 1" in out[-2]
+    assert "sub-003" in out[-2] and "K = 1" in out[-2] and "mirrored" not in out[-2]
+    # mirroring: the second mix's target is mirrored, and the summary and the gallery say so
+    out = ui.run_segmentation(sess, [], 2, 0.4, False, "patch", 0.5, None, True, progress=_Progress())
+    assert "the target mirrored in mix 2;" in out[-2]
+    assert [caption for _, caption in out[-1]][1::2] == ["proxy 1 (α = 0.40) — sent", "proxy 2 (α = 0.40, target mirrored) — sent"]
 
 
 def test_ui_runs_the_chosen_client_network_d(app_weights, example):
@@ -176,11 +180,12 @@ def test_ui_errors_are_readable(app_weights, tmp_path):
 
 def test_constants_restated_for_fast_start_agree():
     from mixdemo import examples, ui
-    from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+    from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT
     from mixdemo.phantoms import GRID_SHAPE, split_subjects, subject_id
 
     assert ui.GRID_SHAPE == GRID_SHAPE
     assert ui.DEFAULT_ALPHA_RANGE == DEFAULT_ALPHA_RANGE
+    assert ui.MIRROR_BY_DEFAULT == MIRROR_BY_DEFAULT
     split = split_subjects([subject_id(i) for i in range(examples.COHORT_SUBJECTS)],
                            examples.COHORT_TEST_FRACTION, examples.COHORT_SEED)
     assert examples._split() == split

@@ -80,14 +80,31 @@ def test_server_receives_only_proxies(app_url, example):
 
 @pytest.mark.slow
 def test_cli_writes_segmentation_in_input_space(app_url, example, tmp_path, capsys):
-    from mixdemo.client import main
+    """... and with ``--mirror`` the second of its two proxies mixes the target's mirror image."""
+    from mixdemo import server
+    from mixdemo.client import default_centre, load_target, main, make_key, patch_region
     from mixdemo.io import load_labels, load_scan
+    from mixdemo.mixing import mirror
 
-    folder, _ = example
+    folder, bank = example
     out = tmp_path / "seg.nii.gz"
-    code = main([str(folder / "t1.nii.gz"), "-o", str(out), "--server", app_url, "--mode", "patch",
-                 "--tta", "2", "--alpha", "0.5", "--seed", "3"])
+    received: list[np.ndarray] = []
+    server.add_observer(received.append)
+    try:
+        code = main([str(folder / "t1.nii.gz"), "-o", str(out), "--server", app_url, "--mode", "patch",
+                     "--tta", "2", "--alpha", "0.4", "--seed", "3", "--mirror"])
+    finally:
+        server.remove_observer(received.append)
     assert code == 0, capsys.readouterr().err
+    key = make_key([r.ref_id for r in bank], 2, alpha=0.4, seed=3, mirror=True)  # the CLI's key for its first scan
+    target = load_target(folder / "t1.nii.gz").image
+    region = patch_region(default_centre(target), target.shape)
+    by_id = {r.ref_id: r for r in bank}
+    sent = np.concatenate(received)
+    assert key.mirrored == (False, True) and sent.shape == (2, 32, 32, 32)
+    for proxy, ref_id, flag in zip(sent, key.reference_ids, key.mirrored):
+        raw = target[region]
+        np.testing.assert_allclose(proxy, 0.4 * (mirror(raw) if flag else raw) + 0.6 * by_id[ref_id].image[region], atol=2e-3)
     labels = load_labels(out)
     assert labels.shape == load_scan(folder / "t1.nii.gz").source_shape
     assert set(np.unique(labels)) <= {0, 1, 2, 3}
@@ -446,3 +463,13 @@ def test_close_client_falls_back_to_close_and_never_raises():
 
     close_client(Plain())
     assert Plain.closed == 1
+
+
+def test_make_key_mirrors_every_second_mix_when_asked_with_random_or_given_references():
+    from mixdemo.client import make_key
+
+    pool = [f"r{i}" for i in range(5)]
+    assert make_key(pool, 3, seed=1, mirror=True).mirrored == (False, True, False)
+    assert make_key(pool, 3, reference_ids=["r0", "r2"], alpha=0.4, mirror=True).mirrored == (False, True)
+    assert make_key(pool, 3, seed=1, mirror=False).mirrored == make_key(pool, 1, seed=1, mirror=True).mirrored == ()
+    assert make_key(pool, 3, seed=1, mirror=True).reference_ids == make_key(pool, 3, seed=1).reference_ids

@@ -251,6 +251,73 @@ def test_the_tta_retest_pair_uses_the_scans_draw_or_a_second_salted_one(monkeypa
     assert evaluate.retest_tta_pair("scan", learned[:3], args, setup, score) == [0.0, 1.0]
 
 
+def test_the_evaluations_mirrored_mixes_are_the_clients():
+    """``training.evaluate --mirror`` scores what the client computes with a key that mirrors every second mix
+    (:func:`mixdemo.pipeline.private_segment`): the same proxies, and each mix's naive and learned answers."""
+    import torch
+
+    from mixdemo.data import Volume
+    from mixdemo.mixing import MixKey, alternate_mirroring
+    from mixdemo.pipeline import Reference, private_segment, segment_proxies
+    from training import evaluate
+
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 4, (16, 32, 16)).astype(np.uint8) for _ in range(4)]
+    images = [np.choose(lab, [0.0, 0.6, 1.0, 0.2]).astype(np.float32) for lab in labels]
+    images[0][:3] = 0  # the target's brain ends on one side only
+    target = Volume("t", "s", images[0], labels[0], np.eye(4))
+    refs = [Reference(f"r{i}", images[i], labels[i]) for i in (1, 2, 3)]
+    torch.manual_seed(0)
+    seg, d = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval(), UnmixingNet(patch=2).eval()
+    naive, learned, proxies = evaluate.predict_k(target, refs, (0.4,) * 3, seg, d, target.image > 0, mirror=True)
+    key = MixKey(tuple(r.ref_id for r in refs), (0.4,) * 3, mirrored=alternate_mirroring(3))
+    client = private_segment(target.image, refs, key, lambda p: segment_proxies(seg, p), d)
+    np.testing.assert_allclose(proxies, client.proxies)
+    torch.testing.assert_close(learned.float(), client.learned, atol=2e-3, rtol=0)  # float16 in the evaluation
+    torch.testing.assert_close(naive.float(), client.naive, atol=5e-3, rtol=2e-3)
+
+
+def test_mirror_tta_flips_each_mirrored_answer_back_and_uses_the_tables_draws(small_cohort, model_dir, tmp_path, monkeypatch):
+    """With stand-in networks that answer voxel by voxel (so a mirrored target's answers, flipped back, are the target's
+    own), every mirrored row equals its unmirrored one, which it does not where an answer is left unflipped; each
+    scan is mixed with the first K references and α of the segmentation table's draw."""
+    import torch
+
+    from mixdemo import inference
+    from mixdemo.mixing import one_hot
+    from training import evaluate, mirror_tta
+
+    drawn = []
+
+    def voxelwise(volume, refs, alphas, seg, unmix, brain=None):
+        drawn.append((volume.name, [r.ref_id for r in refs], tuple(alphas)))
+        image = torch.from_numpy(volume.image)[None, None]
+        ks = torch.arange(len(refs), dtype=torch.float32).view(-1, 1, 1, 1, 1)
+        learned = torch.softmax(2 * one_hot(torch.from_numpy(volume.labels), 4)[None] + ks * image, 1)
+        return learned.flip(1), learned, np.zeros(1)
+
+    monkeypatch.setattr(evaluate, "predict_k", voxelwise)
+    monkeypatch.setattr(inference, "segment_proxies", lambda model, images: torch.softmax(
+        torch.from_numpy(np.stack([images, -images, images ** 2, 1 - images], 1)), 1))
+    doc = mirror_tta.main(["--data", str(small_cohort), "--quick", "--out", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(doc))
+    for scan, rows in doc["dice_per_volume"].items():
+        assert rows["learned_tta_mirror_half"] == rows["learned_tta_mirror_all"] == rows["learned_tta"]
+        assert rows["naive_tta_mirror_half"] == rows["naive_tta"] and rows["baseline_mirror"] == rows["baseline"]
+        assert rows["learned_mirrored"] == rows["learned"]
+    assert doc["learned_tta_gain"] == 0 and not doc["passes_rule"]
+    args = mirror_tta.eval_arguments(mirror_tta.parse_args(["--data", str(small_cohort), "--quick"]))
+    setup = evaluate.set_up(args)
+    k = doc["protocol"]["tta_k"]
+    for rec in setup.dice_records:  # the table's draw of K = 1…k_max, of which its Learned + TTA takes the first K
+        _, refs, alphas, _ = evaluate.scan_draw(rec, args.k_max, args, setup)
+        assert (rec.name, [r.ref_id for r in refs[:k]], tuple(alphas[:k])) in drawn
+
+    monkeypatch.setattr(mirror_tta, "unflip", lambda probs: probs)  # the mirrored answers left as they came
+    doc = mirror_tta.main(["--data", str(small_cohort), "--quick", "--out", str(tmp_path / "m.json")])
+    assert any(rows["learned_tta_mirror_all"] != rows["learned_tta"] for rows in doc["dice_per_volume"].values())
+
+
 @pytest.mark.slow
 def test_reference_choice_scores_random_and_similar_references_on_one_protocol(small_cohort, model_dir, tmp_path):
     from mixdemo.data import load_cohort, load_volumes

@@ -124,3 +124,27 @@ def test_hard_labels_is_argmax_ties_included(seed, dim, quantised):
     labels = mixing.hard_labels(probs, dim)
     assert labels.dtype == torch.uint8
     assert torch.equal(labels.long(), probs.argmax(dim))
+
+
+def test_mirror_flips_the_left_right_axis_of_images_and_class_maps_and_is_its_own_inverse():
+    image = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    assert np.array_equal(mixing.mirror(image), image[::-1]) and np.array_equal(mixing.mirror(mixing.mirror(image)), image)
+    maps = torch.arange(5 * 2 * 3 * 4, dtype=torch.float32).reshape(5, 2, 3, 4)  # (C, X, Y, Z): C stays as it is
+    assert torch.equal(mixing.mirror(maps), maps.flip(1)) and torch.equal(mixing.mirror(mixing.mirror(maps)), maps)
+    stacked = np.stack([image, 2 * image])  # (K, X, Y, Z)
+    assert np.array_equal(mixing.mirror(stacked)[1], 2 * image[::-1])
+    assert mixing.mirror(image).flags.writeable and mixing.mirror(image).base is None  # a copy, not a view
+
+
+def test_a_key_mirrors_every_second_mix_when_asked_and_says_so_for_every_mix_or_none():
+    pool = [f"r{i}" for i in range(6)]
+    plain, mirrored = sample_key(pool, 5, seed=3), sample_key(pool, 5, seed=3, mirror=True)
+    assert plain.mirrored == () and plain.mirrored_mixes == []
+    assert mirrored.mirrored == (False, True, False, True, False) and mirrored.mirrored_mixes == [1, 3]
+    assert (mirrored.reference_ids, mirrored.alphas) == (plain.reference_ids, plain.alphas)  # the same draw
+    assert sample_key(pool, 1, seed=3, mirror=True).mirrored == ()  # K = 1: the one mix is never mirrored
+    assert MixKey(("a", "b"), (0.4, 0.4), mirrored=(False, False)) == MixKey(("a", "b"), (0.4, 0.4))
+    part = mirrored.part(1, 4)
+    assert (part.reference_ids, part.mirrored) == (mirrored.reference_ids[1:4], (True, False, True))
+    with pytest.raises(ValueError, match="every mix or for none"):
+        MixKey(("a", "b"), (0.4, 0.4), mirrored=(True,))

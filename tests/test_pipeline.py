@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixdemo.mixing import MixKey, one_hot
+from mixdemo.mixing import MixKey, hard_labels, mirror, one_hot
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.pipeline import (UNMIX_ROI, Reference, image_correlation, make_proxies, most_similar_references, private_segment,
                               segment_proxies, unmix_learned)
@@ -153,19 +153,54 @@ def test_round_trip_checks_the_key_against_the_references():
         private_segment(target.image, refs, MixKey(("a", "b"), (0.5, 0.5)), lambda p: None, None)
 
 
-def test_labels_stay_inside_the_targets_own_brain():
-    target, refs = _volume(0), [_volume(1)]
+@pytest.mark.parametrize("mirrored", [(), (False, True)])
+def test_labels_stay_inside_the_targets_own_brain(mirrored):
+    """Also where a mix is mirrored: its answer comes back to the target's orientation before the target's brain
+    bounds it (the border below is on one side only)."""
+    target, refs = _volume(0), [_volume(1), _volume(2)]
     target.image[:4] = 0  # a skull-stripped border: background the client knows about
-    key = MixKey(("r1",), (0.5,))
+    key = MixKey(("r1", "r2"), (0.5, 0.5), mirrored=mirrored)
 
     def server_claiming_tissue_everywhere(proxies: np.ndarray) -> torch.Tensor:
-        probs = torch.zeros(1, 4, *proxies.shape[1:])
+        probs = torch.zeros(len(proxies), 4, *proxies.shape[1:])
         probs[:, 2] = 1.0  # "white matter" even where there is no brain
         return probs
 
-    result = private_segment(target.image, refs, key, server_claiming_tissue_everywhere, UnmixingNet().eval())
+    d = UnmixingNet().eval()
+    with torch.no_grad():
+        d.out.bias[2] += 50.0  # a D that answers "white matter" everywhere: only the brain mask makes background
+    result = private_segment(target.image, refs, key, server_claiming_tissue_everywhere, d)
     for which in ("naive", "naive_tta", "learned", "learned_tta"):
         assert np.all(result.labels(which)[:4] == 0)
+    for answer in result.learned:  # each mix's own answer, the mirrored one's included
+        assert np.array_equal(hard_labels(answer).numpy(), np.where(target.image > 0, 2, 0))
+
+
+def test_mirrored_mixes_carry_the_mirrored_target_and_their_answers_come_back_in_the_targets_orientation():
+    """A key that mirrors every second mix: those proxies hold the target's mirror image, and with a perfect S
+    (the exact mixed labels of what it is sent) Eq. 4 still recovers the target's own labels in every mix; D's answer
+    to a mirrored mix is its answer to that proxy, mirrored back."""
+    target, refs = _volume(0), [_volume(s) for s in (1, 2, 3)]
+    key = MixKey(tuple(r.ref_id for r in refs), (0.4, 0.4, 0.4), mirrored=(False, True, False))
+    received = []
+
+    def oracle_server(proxies: np.ndarray) -> torch.Tensor:
+        received.append(proxies.copy())
+        mixed = [0.4 * one_hot(mirror(target.labels) if flag else target.labels, 4) + 0.6 * one_hot(r.labels, 4)
+                 for r, flag in zip(refs, key.mirrored)]
+        return torch.from_numpy(np.stack(mixed))
+
+    torch.manual_seed(0)
+    d = UnmixingNet(patch=2).eval()
+    result = private_segment(target.image, refs, key, oracle_server, d)
+    sent = received[0]
+    np.testing.assert_allclose(sent[1], 0.4 * target.image[::-1] + 0.6 * refs[1].image, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sent[[0, 2]], make_proxies(target.image, [refs[0], refs[2]], MixKey(("r1", "r3"), (0.4, 0.4))))
+    for k in range(3):
+        assert np.array_equal(hard_labels(result.naive[k]).numpy(), target.labels)
+    alone = unmix_learned(d, oracle_server(sent)[1:2], one_hot(torch.from_numpy(refs[1].labels[None]), 4), (0.4,),
+                          brain_mask=target.image[::-1] > 0)
+    torch.testing.assert_close(result.learned[1], mirror(alone[0]))
 
 
 def test_whole_volume_unmixing_is_d_on_the_whole_grid_one_mix_at_a_time():
@@ -226,9 +261,11 @@ def test_streamed_tta_equals_the_mean_of_the_stacked_mixes(monkeypatch, batch_vo
     torch.testing.assert_close(unmix_learned_tta(d, mixed[:1], ref[:1], alphas[:1]), unmix_learned(d, mixed[:1], ref[:1], alphas[:1])[0])
 
 
-@pytest.mark.parametrize("per_call", [1, 2, 5])
-def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call):
-    """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without."""
+@pytest.mark.parametrize("per_call, mirrored", [(1, ()), (2, ()), (5, ()), (2, (False, True) * 2 + (False,)),
+                                               (5, (True, False, False, True, True))])
+def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call, mirrored):
+    """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without,
+    with mirrored mixes too (a request holding mirrored and unmirrored mixes, or only one kind)."""
     from mixdemo.pipeline import private_labels
 
     torch.manual_seed(0)
@@ -236,7 +273,7 @@ def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_
     unmix = UnmixingNet(patch=2).eval()
     target, refs = _volume(0), [_volume(s) for s in range(1, 6)]
     target.image[:2] = 0  # some background outside the brain
-    key = MixKey(tuple(r.ref_id for r in refs), (0.3, 0.35, 0.4, 0.45, 0.5))
+    key = MixKey(tuple(r.ref_id for r in refs), (0.3, 0.35, 0.4, 0.45, 0.5), mirrored=mirrored)
     calls = []
 
     def server(proxies: np.ndarray) -> torch.Tensor:

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unmixing", default=DEFAULT_UNMIXING,
                    help=f"the D model folder to evaluate (default {DEFAULT_UNMIXING}; e.g. unmixing-p2, the cheaper "
                         "D on 2³ patches, or unmixing, the D trained end-to-end on 32³ patches)")
+    p.add_argument("--mirror", action="store_true",
+                   help="mirror the target left-right in every second mix of each scan's draw, as the client's "
+                        "--mirror does (the answers mirrored back); default: the paper's TTA, no mix mirrored")
     p.add_argument("--icc-all", action="store_true",
                    help="test-retest ICC over every test scan (default: the scans of the --volumes subjects); "
                         "two K = 1 predictions per extra scan")
@@ -149,29 +152,35 @@ def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray,
 
 
 def unmix_each(volume: Volume, refs: list[Reference], alphas, seg, unmixers: list[torch.nn.Module],
-               brain: np.ndarray | None = None) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray]:
+               brain: np.ndarray | None = None, mirror: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], np.ndarray]:
     """K proxies of one target through S once, then naive (Eq. 4) and each D's learned unmixing, as float16.
 
-    With ``brain`` (the target's own brain) D's output is background outside it, as the client's is.
+    With ``brain`` (the target's own brain) D's output is background outside it, as the client's is. With ``mirror``
+    every second mix holds the mirrored target (:func:`mixdemo.mixing.alternate_mirroring`) and its answers are
+    mirrored back, as the client's are.
     """
-    from mixdemo.mixing import MixKey
+    from mixdemo.mixing import MixKey, alternate_mirroring
+    from mixdemo.mixing import mirror as mirrored
 
-    key = MixKey(tuple(r.ref_id for r in refs), tuple(alphas))
+    key = MixKey(tuple(r.ref_id for r in refs), tuple(alphas), mirrored=alternate_mirroring(len(refs)) if mirror else ())
     proxies = make_proxies(volume.image, refs, key)
     naive, learned = [], [[] for _ in unmixers]
     for k in range(key.k):  # one proxy at a time keeps memory flat
+        flip = k in key.mirrored_mixes
+        back = mirrored if flip else (lambda answer: answer)
         mixed = segment_proxies(seg, proxies[k : k + 1])
         ref_oh = reference_onehots(refs[k : k + 1])
-        naive.append(unmix_naive(mixed, ref_oh, key.alphas[k : k + 1])[0].half())
+        naive.append(back(unmix_naive(mixed, ref_oh, key.alphas[k : k + 1])[0]).half())
+        mix_brain = mirrored(brain) if flip and brain is not None else brain  # the mix's target's brain
         for unmix, outputs in zip(unmixers, learned):
-            outputs.append(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1], brain_mask=brain)[0].half())
+            outputs.append(back(unmix_learned(unmix, mixed, ref_oh, key.alphas[k : k + 1], brain_mask=mix_brain)[0]).half())
     return torch.stack(naive), [torch.stack(outputs) for outputs in learned], proxies
 
 
 def predict_k(volume: Volume, refs: list[Reference], alphas, seg, unmix,
-              brain: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+              brain: np.ndarray | None = None, mirror: bool = False) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """:func:`unmix_each` with one D: (naive, learned, proxies)."""
-    naive, (learned,), proxies = unmix_each(volume, refs, alphas, seg, [unmix], brain)
+    naive, (learned,), proxies = unmix_each(volume, refs, alphas, seg, [unmix], brain, mirror)
     return naive, learned, proxies
 
 
@@ -206,7 +215,7 @@ def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
     """The settings that fix an evaluation's volumes, references, α and networks (recorded in its JSON)."""
     return {"seed": args.seed, "alpha_range": list(args.alpha_range), "tta_k": args.tta_k, "k_max": args.k_max,
             "draws": args.draws, "n_volumes": n_volumes, "crop": args.crop or None, "brain_mask": args.brain_mask,
-            "reference_pool": pool,
+            "reference_pool": pool, **({"mirror": True} if getattr(args, "mirror", False) else {}),
             "models": {"segmentation": args.segmentation, "unmixing": args.unmixing, "baseline": "baseline"},
             **precision_record(str(pick_device(args.device)))}
 
@@ -272,7 +281,7 @@ def predict_scan(rec, k: int, args: argparse.Namespace, setup: Setup, salt: str 
     """One test scan through :func:`scan_draw` and :func:`predict_k`: (volume, references, brain mask, naive,
     learned, proxies)."""
     vol, refs, alphas, brain = scan_draw(rec, k, args, setup, salt)
-    return (vol, refs, brain, *predict_k(vol, refs, alphas, setup.seg, setup.unmix, brain))
+    return (vol, refs, brain, *predict_k(vol, refs, alphas, setup.seg, setup.unmix, brain, getattr(args, "mirror", False)))
 
 
 def retest_tta_k(args: argparse.Namespace, pool: int) -> int:

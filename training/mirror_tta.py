@@ -1,0 +1,164 @@
+"""Mirrored targets in the client's test-time augmentation: does flipping the target left–right in half of the K
+mixes lift Learned + TTA at the same server cost?
+
+    python -m training.mirror_tta            # → results/mirror_tta.json (the table's 6 Dice volumes, K = 10)
+    python -m training.mirror_tta --quick    # smoke run (the test's)
+
+The paper's TTA (Eq. 5–6) varies the reference and α of each mix. Mirroring, the usual TTA of segmentation
+networks, is a variation the client can add for free: it mixes the mirrored target, x_mix = α·flip(x) + (1 − α)·x_ref,
+unmixes as usual with the reference's labels, and flips D's answer back before the average of Eq. 6. The server sees
+one proxy per mix as before; flipping that proxy (public) gives α·x + (1 − α)·flip(x_ref), a mix of the unflipped target
+with a mirrored reference, so to the server mirroring is a reference bank that also holds each reference's mirror
+image. The phantoms' template (MNI152, symmetric) is its own mirror image about its midline (:data:`MIRROR_AXIS`),
+so a mirrored phantom is a phantom seen one voxel off centre.
+
+Each Dice volume of the segmentation table (``training.evaluate``'s protocol: its scans, references, α and networks)
+goes through the server twice per reference, as it is and mirrored, which gives, on the same draws:
+
+* ``learned_tta``: the table's Learned + TTA (K mixes, none mirrored);
+* ``learned_tta_mirror_half``: K mixes of which every second one is mirrored (the same server cost);
+* ``learned_tta_mirror_all``: K mixes, all mirrored (does a mirrored target do as well as the target?);
+* ``learned_tta_2k``: all 2·K mixes (twice the server's work: what more mixes of either kind give);
+* the naive rows likewise, the first mix alone (``learned``, ``learned_mirrored``), and the baseline, alone and
+  with its own mirroring TTA (``baseline_mirror``: the mean of its probabilities on the scan and its mirror image).
+
+The rule, set before the first full run: mirroring half the mixes would be worth the client's default only if
+Learned + TTA rises by at least 0.003 (average Dice) on the Dice volumes; the ratio to the baseline is given against
+both baseline rows, since the baseline could be mirrored too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixdemo.phantoms import DEFAULT_COHORT
+from training import command_line, evaluate, user_errors
+
+MIRROR_AXIS = 0
+"""The left–right axis of the common grid (RAS; the phantoms' grid is the MNI152 template's, symmetric about x = 0)."""
+
+LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
+                "learned_tta_2k")
+NAIVE_ROWS = ("naive_tta", "naive_tta_mirror_half")
+BASELINE_ROWS = ("baseline", "baseline_mirror")
+ROWS = BASELINE_ROWS + NAIVE_ROWS + LEARNED_ROWS
+GAIN_NEEDED = 0.003
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
+    p.add_argument("--volumes", type=int, default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
+    p.add_argument("--k", type=int, default=10, help="K of Learned + TTA (the table's)")
+    p.add_argument("--unmixing", default=None, help="D's model folder (default: the evaluation's default D)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
+    p.add_argument("--out", type=Path, default=Path("results/mirror_tta.json"))
+    return p.parse_args(argv)
+
+
+def eval_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """The segmentation table's arguments (its brain mask, volumes, K, seed, and the K = 1…30 draw whose first K mixes
+    make its Learned + TTA)."""
+    return evaluate.parse_args(["--data", str(args.data), "--brain-mask", "--volumes", str(args.volumes),
+                                "--tta-k", str(args.k), "--draws", "1", "--no-figures", "--seed", str(args.seed),
+                                "--threads", str(args.threads)] + (["--unmixing", args.unmixing] if args.unmixing else [])
+                               + (["--quick"] if args.quick else []))
+
+
+def mirrored_volume(vol: evaluate.Volume) -> evaluate.Volume:
+    """The scan and its labels flipped left–right."""
+    return dataclasses.replace(vol, image=np.flip(vol.image, MIRROR_AXIS).copy(), labels=np.flip(vol.labels, MIRROR_AXIS).copy())
+
+
+def unflip(probs: torch.Tensor) -> torch.Tensor:
+    """(K, C, X, Y, Z) answers for the mirrored target, back in the target's orientation."""
+    return probs.flip(2 + MIRROR_AXIS)
+
+
+def scan_rows(rec, eval_args: argparse.Namespace, setup: evaluate.Setup) -> dict[str, dict[str, float]]:
+    """Every row's Dice for one scan, each mix through the server as it is and mirrored."""
+    from mixdemo.inference import segment_proxies
+    from mixdemo.mixing import hard_labels
+
+    k = eval_args.tta_k
+    vol, refs, alphas, brain = evaluate.scan_draw(rec, eval_args.k_max, eval_args, setup)  # the table's draw,
+    refs, alphas = refs[:k], alphas[:k]  # of which its Learned + TTA takes the first K
+    naive, learned, _ = evaluate.predict_k(vol, refs, alphas, setup.seg, setup.unmix, brain)
+    mirror_brain = None if brain is None else np.flip(brain, MIRROR_AXIS).copy()
+    m_naive, m_learned, _ = evaluate.predict_k(mirrored_volume(vol), refs, alphas, setup.seg, setup.unmix, mirror_brain)
+    m_naive, m_learned = unflip(m_naive), unflip(m_learned)
+    half = lambda plain, mirrored: torch.stack([plain[i] if i % 2 == 0 else mirrored[i] for i in range(k)])  # noqa: E731
+    base = segment_proxies(setup.base, vol.image[None])[0].float()
+    base_mirror = unflip(segment_proxies(setup.base, mirrored_volume(vol).image[None]))[0].float()
+    probs = {
+        "baseline": base, "baseline_mirror": (base + base_mirror) / 2,
+        "naive_tta": naive[:k].float().mean(0), "naive_tta_mirror_half": half(naive, m_naive).float().mean(0),
+        "learned": learned[0].float(), "learned_mirrored": m_learned[0].float(),
+        "learned_tta": learned[:k].float().mean(0), "learned_tta_mirror_half": half(learned, m_learned).float().mean(0),
+        "learned_tta_mirror_all": m_learned[:k].float().mean(0),
+        "learned_tta_2k": torch.cat([learned[:k], m_learned[:k]]).float().mean(0),
+    }
+    return {row: evaluate.dice_row(evaluate.masked(hard_labels(p).numpy(), brain), vol.labels, setup.classes)
+            for row, p in probs.items()}
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Every row on the table's Dice volumes; returns the JSON document."""
+    t0 = time.perf_counter()
+    eval_args = eval_arguments(args)
+    setup = evaluate.set_up(eval_args)
+    per_scan: dict[str, dict[str, dict[str, float]]] = {}
+    for rec in sorted(setup.dice_records, key=lambda r: r.name):
+        per_scan[rec.name] = scan_rows(rec, eval_args, setup)
+        rows = per_scan[rec.name]
+        print(f"[{time.perf_counter() - t0:5.0f} s] {rec.name}: " + ", ".join(f"{r} {rows[r]['avg']:.4f}" for r in ROWS), flush=True)
+    dice = {row: evaluate.mean_rows([scan[row] for scan in per_scan.values()]) for row in ROWS}
+    gains = [scan["learned_tta_mirror_half"]["avg"] - scan["learned_tta"]["avg"] for scan in per_scan.values()]
+    gain = round(dice["learned_tta_mirror_half"]["avg"] - dice["learned_tta"]["avg"], 4)
+    ratio = lambda row, base: round(dice[row]["avg"] / dice[base]["avg"], 4)  # noqa: E731
+    doc = {
+        "command": command_line("training.mirror_tta", argv),
+        "question": "Does mirroring the target left-right in every second mix of the client's TTA lift Learned + TTA "
+                    "at the same server cost?",
+        "rule": f"set before the first full run: worth the client's default only if Learned + TTA rises by at least "
+                f"{GAIN_NEEDED} (average Dice) on the Dice volumes",
+        "protocol": evaluate.protocol(eval_args, len(per_scan), len(setup.by_id)),
+        "data": setup.data,
+        "date": time.strftime("%Y-%m-%d"),
+        "classes": list(setup.classes.values()),
+        "dice": dice,
+        "learned_tta_gain": gain,
+        "learned_tta_gain_per_volume": [round(g, 4) for g in gains],
+        "passes_rule": gain >= GAIN_NEEDED,
+        "ratio_to_baseline": {row: {"baseline": ratio(row, "baseline"), "baseline_mirror": ratio(row, "baseline_mirror")}
+                              for row in ("learned_tta", "learned_tta_mirror_half", "learned_tta_2k")},
+        "dice_per_volume": {scan: {row: round(r[row]["avg"], 4) for row in ROWS} for scan, r in per_scan.items()},
+        "weights_sha256": setup.weights_sha256,
+        "seconds": round(time.perf_counter() - t0),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    doc = run(args, argv)
+    print(json.dumps({"dice": {r: v["avg"] for r, v in doc["dice"].items()}, "gain": doc["learned_tta_gain"],
+                      "passes_rule": doc["passes_rule"], "ratio_to_baseline": doc["ratio_to_baseline"]}, indent=1))
+    print(f"wrote {args.out}")
+    return doc
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main()
