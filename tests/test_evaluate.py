@@ -284,6 +284,7 @@ def test_mirror_tta_flips_each_mirrored_answer_back_and_uses_the_tables_draws(sm
     import torch
 
     from mixdemo import inference
+    from mixdemo.data import load_cohort
     from mixdemo.mixing import one_hot
     from training import evaluate, mirror_tta
 
@@ -313,8 +314,18 @@ def test_mirror_tta_flips_each_mirrored_answer_back_and_uses_the_tables_draws(sm
         _, refs, alphas, _ = evaluate.scan_draw(rec, args.k_max, args, setup)
         assert (rec.name, [r.ref_id for r in refs[:k]], tuple(alphas[:k])) in drawn
 
+    privacy = doc["privacy"]  # the averaging attack on every test scan's K proxies, for each attacker
+    assert privacy["n_scans"] == len(load_cohort(small_cohort).split("test")) and privacy["k"] == k
+    for attacker in mirror_tta.ATTACKERS:
+        assert all(0 <= v <= 1 for v in privacy[attacker].values())
+    rows_before = json.loads((tmp_path / "m.json").read_text())
+    again = mirror_tta.main(["--data", str(small_cohort), "--quick", "--part", "privacy", "--attack-draws", "1",
+                             "--out", str(tmp_path / "m.json")])  # the privacy rows anew, the Dice rows kept
+    assert again["privacy"]["draws"] == 1 and "--part privacy" in again["privacy"]["command"]
+    assert {key: v for key, v in again.items() if key != "privacy"} == {key: v for key, v in rows_before.items() if key != "privacy"}
+
     monkeypatch.setattr(mirror_tta, "unflip", lambda probs: probs)  # the mirrored answers left as they came
-    doc = mirror_tta.main(["--data", str(small_cohort), "--quick", "--out", str(tmp_path / "m.json")])
+    doc = mirror_tta.main(["--data", str(small_cohort), "--quick", "--part", "utility", "--out", str(tmp_path / "m.json")])
     assert any(rows["learned_tta_mirror_all"] != rows["learned_tta"] for rows in doc["dice_per_volume"].values())
 
 

@@ -25,6 +25,12 @@ goes through the server twice per reference, as it is and mirrored, which gives,
 The rule, set before the first full run: mirroring half the mixes would be worth the client's default only if
 Learned + TTA rises by at least 0.003 (average Dice) on the Dice volumes; the ratio to the baseline is given against
 both baseline rows, since the baseline could be mirrored too.
+
+``--part privacy`` (added after that run, and written into the same file beside its rows) measures what mirroring
+changes for the attack lab's averaging attack on one request's K proxies (``mixdemo.attacks.tta_average``), on every
+test scan downsampled ×2 with K random references and α ~ U(0.3, 0.5): the paper's proxies; half of them mirrored,
+against an attacker who averages them as they come; and against one who knows the scheme (it is public) and mirrors
+every second proxy back before averaging, which leaves mixes of the target with mirrored references.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ NAIVE_ROWS = ("naive_tta", "naive_tta_mirror_half")
 BASELINE_ROWS = ("baseline", "baseline_mirror")
 ROWS = BASELINE_ROWS + NAIVE_ROWS + LEARNED_ROWS
 GAIN_NEEDED = 0.003
+PARTS = ("all", "utility", "privacy")
+ATTACKERS = ("plain", "mirrored_unaware", "mirrored_aware")
+ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_ALPHA_RANGE)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,6 +70,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
+    p.add_argument("--part", choices=PARTS, default="all",
+                   help="utility (the Dice rows), privacy (the averaging attack; kept beside the Dice rows of an "
+                        "existing --out) or all")
+    p.add_argument("--attack-draws", type=int, default=5, help="draws of references and α for the privacy rows")
     p.add_argument("--out", type=Path, default=Path("results/mirror_tta.json"))
     return p.parse_args(argv)
 
@@ -111,11 +124,72 @@ def scan_rows(rec, eval_args: argparse.Namespace, setup: evaluate.Setup) -> dict
             for row, p in probs.items()}
 
 
-def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
-    """Every row on the table's Dice volumes; returns the JSON document."""
+def privacy(args: argparse.Namespace, eval_args: argparse.Namespace, setup: evaluate.Setup, argv: list[str] | None) -> dict:
+    """The averaging attack on one request's K proxies of each test scan, for each attacker (:data:`ATTACKERS`)."""
+    from mixdemo.attacks import reid
+    from mixdemo.attacks import tta_average as tta
+    from mixdemo.data import load_cohort, load_volumes
+    from mixdemo.metrics import msssim_3d_batch
+    from mixdemo.mixing import alternate_mirroring
+
     t0 = time.perf_counter()
+    test = [evaluate.crop_volume(v, eval_args.crop) for v in load_volumes(load_cohort(eval_args.data).split("test"))]
+    targets = reid.downsample(np.stack([v.image for v in test]))
+    pool = reid.downsample(np.stack([r.image for r in setup.by_id.values()]))
+    template = reid.downsample(evaluate.central_cube(tta.template_brain(), eval_args.crop))
+    identities = [v.subject for v in test]
+    k = min(eval_args.tta_k, len(pool))
+    flags = np.array(alternate_mirroring(k))
+    lo, hi = ALPHA_RANGE_ATTACKS
+    guess = float(np.mean(ALPHA_RANGE_ATTACKS))
+    rng = np.random.default_rng(args.seed)
+    scores: dict[str, dict[str, list[float]]] = {a: {"msssim": [], "reid_map": []} for a in ATTACKERS}
+    for _ in range(args.attack_draws):
+        estimates: dict[str, list[np.ndarray]] = {a: [] for a in ATTACKERS}
+        for target in targets:
+            refs = pool[rng.choice(len(pool), size=k, replace=False)]
+            alpha = np.float32(rng.uniform(lo, hi))
+            plain = alpha * target[None] + (1 - alpha) * refs
+            mirrored = plain.copy()
+            mirrored[flags] = alpha * np.flip(target, MIRROR_AXIS)[None] + (1 - alpha) * refs[flags]
+            aware = mirrored.copy()
+            aware[flags] = np.flip(mirrored[flags], 1 + MIRROR_AXIS)  # every second proxy mirrored back
+            for attacker, proxies in zip(ATTACKERS, (plain, mirrored, aware)):
+                estimates[attacker].append(tta.running_tta_estimates(proxies, template, guess, [k])[k])
+        for attacker, est in estimates.items():
+            est = np.stack(est)
+            scores[attacker]["msssim"].append(float(msssim_3d_batch(est, targets, data_range=1.0).mean()))
+            scores[attacker]["reid_map"].append(reid.retrieval(est, identities).map)
+    return {"command": command_line("training.mirror_tta", argv), "date": time.strftime("%Y-%m-%d"),
+            "alpha_range": [lo, hi], "k": k, "n_scans": len(targets), "draws": args.attack_draws,
+            "downsample": reid.DOWNSAMPLE,
+            **{a: {f"averaging_attack_{m}": round(float(np.mean(v)), 4) for m, v in scores[a].items()}
+               | {f"averaging_attack_{m}_std": round(float(np.std(v)), 4) for m, v in scores[a].items()}
+               for a in ATTACKERS},
+            "seconds": round(time.perf_counter() - t0)}
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """The parts asked for; returns the JSON document (with ``--part privacy``, the existing one with its privacy
+    rows replaced)."""
     eval_args = eval_arguments(args)
     setup = evaluate.set_up(eval_args)
+    if args.part == "privacy":
+        if not args.out.exists():
+            raise SystemExit(f"--part privacy adds its rows to {args.out}, which does not exist: run --part utility first.")
+        doc = json.loads(args.out.read_text())
+    else:
+        doc = utility(args, eval_args, setup, argv)
+    if args.part != "utility":
+        doc["privacy"] = privacy(args, eval_args, setup, argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def utility(args: argparse.Namespace, eval_args: argparse.Namespace, setup: evaluate.Setup, argv: list[str] | None) -> dict:
+    """Every Dice row on the table's Dice volumes."""
+    t0 = time.perf_counter()
     per_scan: dict[str, dict[str, dict[str, float]]] = {}
     for rec in sorted(setup.dice_records, key=lambda r: r.name):
         per_scan[rec.name] = scan_rows(rec, eval_args, setup)
@@ -145,8 +219,6 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
     return doc
 
 
@@ -154,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     doc = run(args, argv)
     print(json.dumps({"dice": {r: v["avg"] for r, v in doc["dice"].items()}, "gain": doc["learned_tta_gain"],
-                      "passes_rule": doc["passes_rule"], "ratio_to_baseline": doc["ratio_to_baseline"]}, indent=1))
+                      "passes_rule": doc["passes_rule"], "ratio_to_baseline": doc["ratio_to_baseline"],
+                      **({"privacy": {a: doc["privacy"][a] for a in ATTACKERS}} if "privacy" in doc else {})}, indent=1))
     print(f"wrote {args.out}")
     return doc
 
