@@ -247,9 +247,9 @@ class PrivateResult:
     """Everything the client holds after one private segmentation (K mixes)."""
 
     proxies: np.ndarray  # (K, X, Y, Z) — the only thing the server received
-    mixed_probs: torch.Tensor  # (K, C, X, Y, Z) — what the server returned
-    naive: torch.Tensor  # (K, C, X, Y, Z) Eq. 4 scores
-    learned: torch.Tensor | None  # (K, C, X, Y, Z) D's probabilities
+    mixed_probs: torch.Tensor  # (K, C, X, Y, Z) — what the server returned (a mirrored mix's: of its mirrored target)
+    naive: torch.Tensor  # (K, C, X, Y, Z) Eq. 4 scores, every mix's in the target's orientation
+    learned: torch.Tensor | None  # (K, C, X, Y, Z) D's probabilities, likewise
     brain_mask: np.ndarray | None = None  # the target's own brain (x > 0): known to the client only
 
     @functools.cached_property
@@ -359,20 +359,28 @@ def private_labels(
 def _unmixed_sum(unmix_model: torch.nn.Module | None, mixed: torch.Tensor, ref_onehot: torch.Tensor,
                  key: MixKey) -> torch.Tensor:
     """The sum over the key's mixes of their unmixed answers (D's, or Eq. 4's without D), (C, X, Y, Z), each in the
-    target's orientation: the mirrored mixes are summed apart and their sum mirrored back (the mirror is linear)."""
+    target's orientation: each run of consecutive mixes mirrored alike is summed as a view of the answers (no copy
+    of them) and a mirrored run's sum mirrored back (the mirror is linear)."""
     total: torch.Tensor | None = None
-    mirrored = set(key.mirrored_mixes)
-    for group, flip in (([k for k in range(key.k) if k not in mirrored], False), (sorted(mirrored), True)):
-        if not group:
-            continue
-        whole = len(group) == key.k  # no copy of the answers when one group holds them all
-        part_mixed, part_refs = (mixed, ref_onehot) if whole else (mixed[group], ref_onehot[group])
-        alphas = [key.alphas[k] for k in group]
+    for start, stop, flip in _mirroring_runs(key):
+        alphas = key.alphas[start:stop]
         if unmix_model is None:
-            part = unmix_naive(part_mixed, part_refs, alphas).sum(0)
+            part = unmix_naive(mixed[start:stop], ref_onehot[start:stop], alphas).sum(0)
         else:
-            part = unmix_learned_tta(unmix_model, part_mixed, part_refs, alphas).mul_(len(group))
+            part = unmix_learned_tta(unmix_model, mixed[start:stop], ref_onehot[start:stop], alphas).mul_(stop - start)
         part = mirror(part) if flip else part
         total = part if total is None else total.add_(part)
     assert total is not None  # K >= 1
     return total
+
+
+def _mirroring_runs(key: MixKey) -> list[tuple[int, int, bool]]:
+    """(start, stop, mirrored) of each maximal run of consecutive mixes that the key mirrors alike."""
+    flags = [k in key.mirrored_mixes for k in range(key.k)]
+    runs: list[tuple[int, int, bool]] = []
+    for k, flag in enumerate(flags):
+        if runs and runs[-1][2] == flag:
+            runs[-1] = (runs[-1][0], k + 1, flag)
+        else:
+            runs.append((k, k + 1, flag))
+    return runs

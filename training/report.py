@@ -727,6 +727,57 @@ def reference_choice_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+MIRROR_ROWS = (  # (row, what it is, proxies the server segments per scan: "K", "2K", "1" or "2" plain scans)
+    ("baseline", "Baseline (the scan itself, not private)", "1 scan"),
+    ("baseline_mirror", "Baseline, mirroring TTA (scan and mirror image, not private)", "2 scans"),
+    ("naive_tta", "Naive + TTA", "K"),
+    ("naive_tta_mirror_half", "Naive + TTA, every second mix mirrored", "K"),
+    ("learned", "Learned, the first mix", "1"),
+    ("learned_mirrored", "Learned, the first mix mirrored", "1"),
+    ("learned_tta", "Learned + TTA (the table's)", "K"),
+    ("learned_tta_mirror_half", "Learned + TTA, every second mix mirrored", "K"),
+    ("learned_tta_mirror_all", "Learned + TTA, every mix mirrored", "K"),
+    ("learned_tta_2k", "Learned + TTA over both: the K mixes and their K mirrored ones", "2K"),
+)
+MIRROR_ATTACKERS = (("plain", "the paper's proxies"), ("mirrored_unaware", "every second mirrored, averaged as they come"),
+                    ("mirrored_aware", "every second mirrored, mirrored back by an attacker who knows the scheme"))
+
+
+def mirror_tta_md(doc: dict) -> str:
+    """Mirrored targets in the client's TTA: the Dice rows on the table's draws and the averaging attack
+    (``results/mirror_tta.json``)."""
+    k = doc["protocol"]["tta_k"]
+    lines = [f"Measured by `{doc['command']}` ({doc['date']}, {doc['seconds'] / 60:.0f} min): the segmentation table's "
+             f"protocol and networks ({doc['protocol']['n_volumes']} test volumes, each with the first K = {k} references "
+             "and α of its draw), each mix through S as it is and with the target mirrored. "
+             "**MNI152-derived phantoms, not patients.**", "",
+             "| row | server segments, per scan | average Dice | GM | WM | CSF | × baseline | × mirrored baseline |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base, base_mirror = doc["dice"]["baseline"]["avg"], doc["dice"]["baseline_mirror"]["avg"]
+    for row, label, cost in MIRROR_ROWS:
+        d = doc["dice"][row]
+        proxies = {"K": f"{k} proxies", "2K": f"{2 * k} proxies", "1": "1 proxy"}.get(cost, cost)
+        lines.append(f"| {label} | {proxies} | {_f(d['avg'])} | {_f(d['GM'])} | {_f(d['WM'])} | {_f(d['CSF'])} | "
+                     f"{_f(d['avg'] / base)} | {_f(d['avg'] / base_mirror)} |")
+    verdict = "passes" if doc["passes_rule"] else "does not pass"
+    per_volume = ", ".join(f"{g:+.4f}" for g in doc["learned_tta_gain_per_volume"])
+    lines += ["", f"Learned + TTA moves by {doc['learned_tta_gain']:+.4f} with every second mix mirrored (per volume: "
+                  f"{per_volume}), so mirroring {verdict} its rule, {doc['rule']}."]
+    priv = doc.get("privacy")
+    if priv:
+        lines += ["", f"The averaging attack on one request's K = {priv['k']} proxies of each of {priv['n_scans']} test "
+                      f"scans, downsampled ×{priv['downsample']}, α ~ U({priv['alpha_range'][0]}, "
+                      f"{priv['alpha_range'][1]}), mean ± SD over {priv['draws']} draw{'s' if priv['draws'] != 1 else ''} of references and α "
+                      f"(`{priv['command']}`, {priv['date']}):", "",
+                  "| proxies | MS-SSIM of the estimate to the target | re-identification mAP of the estimates |",
+                  "| --- | --- | --- |"]
+        for attacker, label in MIRROR_ATTACKERS:
+            a = priv[attacker]
+            lines.append(f"| {label} | {_f(a['averaging_attack_msssim'])} ± {_f(a['averaging_attack_msssim_std'])} | "
+                         f"{_f(a['averaging_attack_reid_map'])} ± {_f(a['averaging_attack_reid_map_std'])} |")
+    return "\n".join(lines)
+
+
 def train_throughput_md(doc: dict) -> str:
     """Training steps per second in each precision and layout (``results/train_throughput.json``), and the
     validated runs it quotes (``--runs``)."""
@@ -887,6 +938,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "replication": replication_md,
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
     "reference_choice": reference_choice_md, "bench_cpus": bench_cpus_block, "bench_avx2": bench_md,
+    "mirror_tta": mirror_tta_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
