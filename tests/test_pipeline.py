@@ -261,11 +261,10 @@ def test_streamed_tta_equals_the_mean_of_the_stacked_mixes(monkeypatch, batch_vo
     torch.testing.assert_close(unmix_learned_tta(d, mixed[:1], ref[:1], alphas[:1]), unmix_learned(d, mixed[:1], ref[:1], alphas[:1])[0])
 
 
-@pytest.mark.parametrize("per_call, mirrored", [(1, ()), (2, ()), (5, ()), (2, (False, True) * 2 + (False,)),
-                                               (5, (True, False, False, True, True))])
+@pytest.mark.parametrize("per_call, mirrored", [(1, ()), (2, ()), (5, ()), (3, (True, False, False, True, True))])
 def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call, mirrored):
     """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without,
-    with mirrored mixes too (a request holding mirrored and unmirrored mixes, or only one kind)."""
+    with mirrored mixes too (requests of 3 mixes: one mirrored then two not, then two mirrored)."""
     from mixdemo.pipeline import private_labels
 
     torch.manual_seed(0)
