@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                         "segment; the README's tables use K = 10, which lifts Dice)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=MIRROR_BY_DEFAULT,
                    help="mirror the scan left-right in every second mix and its answer back (a test-time augmentation "
-                        "at no extra server cost; the README's mirroring section measures it; default: "
+                        "at no extra server cost; the README's privacy section measures it; default: "
                         f"{'on' if MIRROR_BY_DEFAULT else 'off'})")
     p.add_argument("--references", default=None,
                    help="folder of <id>/t1.nii.gz + seg.nii.gz, or of BraTS case folders for models trained on "

@@ -758,7 +758,7 @@ def mirror_tta_md(doc: dict) -> str:
         d = doc["dice"][row]
         proxies = {"K": f"{k} proxies", "2K": f"{2 * k} proxies", "1": "1 proxy"}.get(cost, cost)
         lines.append(f"| {label} | {proxies} | {_f(d['avg'])} | {_f(d['GM'])} | {_f(d['WM'])} | {_f(d['CSF'])} | "
-                     f"{_f(d['avg'] / base)} | {_f(d['avg'] / base_mirror)} |")
+                     f"{_f(d['avg'] / base, 4)} | {_f(d['avg'] / base_mirror, 4)} |")
     verdict = "passes" if doc["passes_rule"] else "does not pass"
     per_volume = ", ".join(f"{g:+.4f}" for g in doc["learned_tta_gain_per_volume"])
     lines += ["", f"Learned + TTA moves by {doc['learned_tta_gain']:+.4f} with every second mix mirrored (per volume: "
