@@ -9,8 +9,8 @@ networks, is a variation the client can add for free: it mixes the mirrored targ
 unmixes as usual with the reference's labels, and flips D's answer back before the average of Eq. 6. The server sees
 one proxy per mix as before; flipping that proxy (public) gives α·x + (1 − α)·flip(x_ref), a mix of the unflipped target
 with a mirrored reference, so to the server mirroring is a reference bank that also holds each reference's mirror
-image. The phantoms' template (MNI152, symmetric) is its own mirror image about its midline (:data:`MIRROR_AXIS`),
-so a mirrored phantom is a phantom seen one voxel off centre.
+image. The phantoms' template (MNI152, symmetric) is its own mirror image about its midline
+(:data:`mixdemo.mixing.MIRROR_AXIS`), so a mirrored phantom is a phantom seen one voxel off centre.
 
 Each Dice volume of the segmentation table (``training.evaluate``'s protocol: its scans, references, α and networks)
 goes through the server twice per reference, as it is and mirrored, which gives, on the same draws:
@@ -44,11 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixdemo.mixing import mirror
 from mixdemo.phantoms import DEFAULT_COHORT
 from training import command_line, evaluate, user_errors
-
-MIRROR_AXIS = 0
-"""The left–right axis of the common grid (RAS; the phantoms' grid is the MNI152 template's, symmetric about x = 0)."""
 
 LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
                 "learned_tta_2k")
@@ -88,13 +86,13 @@ def eval_arguments(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def mirrored_volume(vol: evaluate.Volume) -> evaluate.Volume:
-    """The scan and its labels flipped left–right."""
-    return dataclasses.replace(vol, image=np.flip(vol.image, MIRROR_AXIS).copy(), labels=np.flip(vol.labels, MIRROR_AXIS).copy())
+    """The scan and its labels mirrored left–right (:func:`mixdemo.mixing.mirror`)."""
+    return dataclasses.replace(vol, image=mirror(vol.image), labels=mirror(vol.labels))
 
 
 def unflip(probs: torch.Tensor) -> torch.Tensor:
     """(K, C, X, Y, Z) answers for the mirrored target, back in the target's orientation."""
-    return probs.flip(2 + MIRROR_AXIS)
+    return mirror(probs)
 
 
 def scan_rows(rec, eval_args: argparse.Namespace, setup: evaluate.Setup) -> dict[str, dict[str, float]]:
@@ -106,7 +104,7 @@ def scan_rows(rec, eval_args: argparse.Namespace, setup: evaluate.Setup) -> dict
     vol, refs, alphas, brain = evaluate.scan_draw(rec, eval_args.k_max, eval_args, setup)  # the table's draw,
     refs, alphas = refs[:k], alphas[:k]  # of which its Learned + TTA takes the first K
     naive, learned, _ = evaluate.predict_k(vol, refs, alphas, setup.seg, setup.unmix, brain)
-    mirror_brain = None if brain is None else np.flip(brain, MIRROR_AXIS).copy()
+    mirror_brain = None if brain is None else mirror(brain)
     m_naive, m_learned, _ = evaluate.predict_k(mirrored_volume(vol), refs, alphas, setup.seg, setup.unmix, mirror_brain)
     m_naive, m_learned = unflip(m_naive), unflip(m_learned)
     half = lambda plain, mirrored: torch.stack([plain[i] if i % 2 == 0 else mirrored[i] for i in range(k)])  # noqa: E731
@@ -151,9 +149,9 @@ def privacy(args: argparse.Namespace, eval_args: argparse.Namespace, setup: eval
             alpha = np.float32(rng.uniform(lo, hi))
             plain = alpha * target[None] + (1 - alpha) * refs
             mirrored = plain.copy()
-            mirrored[flags] = alpha * np.flip(target, MIRROR_AXIS)[None] + (1 - alpha) * refs[flags]
+            mirrored[flags] = alpha * mirror(target)[None] + (1 - alpha) * refs[flags]
             aware = mirrored.copy()
-            aware[flags] = np.flip(mirrored[flags], 1 + MIRROR_AXIS)  # every second proxy mirrored back
+            aware[flags] = mirror(mirrored[flags])  # every second proxy mirrored back
             for attacker, proxies in zip(ATTACKERS, (plain, mirrored, aware)):
                 estimates[attacker].append(tta.running_tta_estimates(proxies, template, guess, [k])[k])
         for attacker, est in estimates.items():
