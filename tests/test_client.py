@@ -325,7 +325,8 @@ def test_a_segmentation_that_cannot_be_written_is_a_message_and_the_next_scan_go
     scans = [tmp_path / "private_name_a.nii.gz", tmp_path / "private_name_b.nii.gz"]
     for scan in scans:
         scan.write_bytes(b"")
-    args = argparse.Namespace(scan=[str(s) for s in scans], alpha=None, tta=1, mode="whole", centre=None, seed=None)
+    args = argparse.Namespace(scan=[str(s) for s in scans], alpha=None, tta=1, mode="whole", centre=None, seed=None,
+                              mirror=False)
     failed = client._segment_scans(args, [tmp_path / "a_seg.nii.gz", tmp_path / "b_seg.nii.gz"], None, [], None)
     err = capsys.readouterr().err
     assert failed == [1] and len(calls) == 2

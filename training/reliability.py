@@ -968,7 +968,7 @@ def check_ui_download(app: AppProcess) -> dict:
 
     sh = secrets.token_hex(8)
     loaded = call_raw(app.url, fn_index(app.url, "load_example"), [examples.example_names()[0]], session_hash=sh)
-    done = call_raw(app.url, fn_index(app.url, "segment"), [None, [], 1, 0.5, False, "patch", 0.5, None], session_hash=sh)
+    done = call_raw(app.url, fn_index(app.url, "segment"), [None, [], 1, 0.5, False, "patch", 0.5, None, False], session_hash=sh)
     if not (loaded.get("success") and done.get("success")):
         return {"ok": False, "error": _error_text(done) or _error_text(loaded), "leaks": 1}
     seg = done["output"]["data"][13]
@@ -976,7 +976,7 @@ def check_ui_download(app: AppProcess) -> dict:
     url = seg.get("url") or f"{app.url}/gradio_api/file={path}"
     with httpx.Client(timeout=30) as user_b:
         b_live = user_b.get(url).status_code
-    done2 = call_raw(app.url, fn_index(app.url, "segment"), [None, [], 1, 0.6, False, "patch", 0.5, None], session_hash=sh)
+    done2 = call_raw(app.url, fn_index(app.url, "segment"), [None, [], 1, 0.6, False, "patch", 0.5, None, False], session_hash=sh)
     with httpx.Client(timeout=30) as user_b:
         b_after_next_run = user_b.get(url).status_code
     copies = [p for p in app.gradio_tmp.rglob(Path(path).name) if p.is_file()]
