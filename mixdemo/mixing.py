@@ -83,6 +83,10 @@ class MixKey:
         """The indices of the mixes whose target is mirrored."""
         return [k for k, flag in enumerate(self.mirrored) if flag]
 
+    def is_mirrored(self, k: int) -> bool:
+        """Whether mix ``k``'s target is mirrored."""
+        return bool(self.mirrored) and self.mirrored[k]
+
     def part(self, start: int, stop: int) -> MixKey:
         """The key of mixes ``start`` to ``stop`` (one request's share of them)."""
         return MixKey(self.reference_ids[start:stop], self.alphas[start:stop], self.seed,

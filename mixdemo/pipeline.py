@@ -311,9 +311,8 @@ def private_segment(
             if progress:
                 progress(0.9, "client: learned unmixing")
             # the brain mask is the target's, so it applies once every answer is in the target's orientation
-            learned = unmix_learned(unmix_model, mixed, ref_oh, key.alphas, brain_mask=None if key.mirrored else brain)
-            if key.mirrored:
-                _background_where(unmirror_(learned, key), torch.from_numpy(~brain))
+            learned = unmirror_(unmix_learned(unmix_model, mixed, ref_oh, key.alphas), key)
+            _background_where(learned, torch.from_numpy(~brain))
     return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=brain)
 
 
@@ -376,9 +375,9 @@ def _unmixed_sum(unmix_model: torch.nn.Module | None, mixed: torch.Tensor, ref_o
 
 def _mirroring_runs(key: MixKey) -> list[tuple[int, int, bool]]:
     """(start, stop, mirrored) of each maximal run of consecutive mixes that the key mirrors alike."""
-    flags = [k in key.mirrored_mixes for k in range(key.k)]
     runs: list[tuple[int, int, bool]] = []
-    for k, flag in enumerate(flags):
+    for k in range(key.k):
+        flag = key.is_mirrored(k)
         if runs and runs[-1][2] == flag:
             runs[-1] = (runs[-1][0], k + 1, flag)
         else:

@@ -291,7 +291,8 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
     except (ClientError, ValueError, WeightsError) as exc:
         raise _err(exc) from None
     res, region = run.result, run.region
-    log.info("private segmentation: mode=%s, K=%d, mirrored mixes %d", mode, key.k, len(key.mirrored_mixes))  # no voxel data, no file names
+    log.info("private segmentation: mode=%s, K=%d, mirrored mixes %d",  # no voxel data, no file names
+             mode, key.k, len(key.mirrored_mixes))
     by_id = {r.ref_id: r for r in bank}
     first = by_id[key.reference_ids[0]]
     tta_labels = res.labels("learned_tta" if res.learned is not None else "naive_tta")
@@ -357,7 +358,7 @@ def _mix_gallery(sess: Session, bank, key, proxies: np.ndarray, opacity: float) 
         ref = by_id[ref_id]
         items.append((viz.montage(ref.image[region], centre, overlay=ref.labels[region], opacity=opacity, scale=scale,
                                   grid=True), f"reference {k + 1}: {ref_id}"))
-        mirrored = ", target mirrored" if k in key.mirrored_mixes else ""
+        mirrored = ", target mirrored" if key.is_mirrored(k) else ""
         items.append((viz.montage(proxies[k], centre, scale=scale, grid=True), f"proxy {k + 1} (α = {a:.2f}{mirrored}) — sent"))
     return items
 

@@ -141,6 +141,7 @@ def test_a_key_mirrors_every_second_mix_when_asked_and_says_so_for_every_mix_or_
     plain, mirrored = sample_key(pool, 5, seed=3), sample_key(pool, 5, seed=3, mirror=True)
     assert plain.mirrored == () and plain.mirrored_mixes == []
     assert mirrored.mirrored == (False, True, False, True, False) and mirrored.mirrored_mixes == [1, 3]
+    assert [mirrored.is_mirrored(k) for k in range(5)] == list(mirrored.mirrored) and not plain.is_mirrored(1)
     assert (mirrored.reference_ids, mirrored.alphas) == (plain.reference_ids, plain.alphas)  # the same draw
     assert sample_key(pool, 1, seed=3, mirror=True).mirrored == ()  # K = 1: the one mix is never mirrored
     assert MixKey(("a", "b"), (0.4, 0.4), mirrored=(False, False)) == MixKey(("a", "b"), (0.4, 0.4))

@@ -166,7 +166,7 @@ def unmix_each(volume: Volume, refs: list[Reference], alphas, seg, unmixers: lis
     proxies = make_proxies(volume.image, refs, key)
     naive, learned = [], [[] for _ in unmixers]
     for k in range(key.k):  # one proxy at a time keeps memory flat
-        flip = k in key.mirrored_mixes
+        flip = key.is_mirrored(k)
         back = mirrored if flip else (lambda answer: answer)
         mixed = segment_proxies(seg, proxies[k : k + 1])
         ref_oh = reference_onehots(refs[k : k + 1])
