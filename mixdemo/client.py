@@ -304,10 +304,10 @@ def pairing_warning(d_name: str, server_s_sha256: str | None) -> str | None:
     """A warning when the local D ``d_name`` was trained with another S than the one the server says it
     serves (its ``server_info`` checksum): D then unmixes outputs it never saw. None when they pair, or
     when the D's record or the server does not say."""
-    from mixdemo.weights import paired_segmentation_sha256, read_training_record, weights_dir
+    from mixdemo.weights import other_segmentation, read_training_record, weights_dir
 
-    paired = paired_segmentation_sha256(read_training_record(weights_dir() / d_name))
-    if not paired or not server_s_sha256 or paired == server_s_sha256:
+    paired = other_segmentation(read_training_record(weights_dir() / d_name), server_s_sha256)
+    if paired is None:
         return None
     return (f"the client network D {d_name!r} was trained with the S {paired[:12]}…, but the server serves "
             f"{server_s_sha256[:12]}…: its unmixing may be off; pass --unmixing with a D trained for that server's S.")

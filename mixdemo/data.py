@@ -281,11 +281,15 @@ def load_volumes(records: Sequence[ScanRecord], cache: str | Path | None = None)
     files change (size or modification time).
     """
     volumes = [_load_named(r, cache) for r in records]
-    shapes = {v.image.shape for v in volumes}
-    if len(shapes) > 1:
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for volume in volumes:
+        by_shape.setdefault(volume.image.shape, []).append(volume.name)
+    if len(by_shape) > 1:
+        found = "; ".join(f"{shape}: {len(names)} scan(s), e.g. {', '.join(names[:3])}"
+                          for shape, names in sorted(by_shape.items(), key=lambda item: -len(item[1])))
         raise CohortError(
-            f"Scans must share one grid to be mixed, found shapes {sorted(shapes)}; "
-            "register them to MNI space first (mixdemo.preprocess)."
+            f"Scans must share one grid to be mixed; found {found}. Register them to MNI space first "
+            "(python -m training.prepare_cohort, mixdemo.preprocess)."
         )
     return volumes
 

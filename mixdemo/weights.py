@@ -74,8 +74,7 @@ def unmixing_choices() -> list[tuple[str, str]]:
         record = read_training_record(folder)
         if not str(record.get("model_class", "")).endswith("UnmixingNet"):
             continue
-        paired = paired_segmentation_sha256(record)
-        if paired and server_s and paired != server_s:  # trained with another S: wrong for this server's outputs
+        if other_segmentation(record, server_s):  # trained with another S: wrong for this server's outputs
             continue
         try:
             config = json.loads((folder / "config.json").read_text())
@@ -135,6 +134,13 @@ def paired_segmentation_sha256(record: dict) -> str | None:
     if record.get("mode") == "unmixing":
         return (record.get("init_from_sha256") or {}).get("segmentation")
     return None
+
+
+def other_segmentation(record: dict, s_sha256: str | None) -> str | None:
+    """The checksum of the S a D was trained with (its training ``record``) when that is not the S ``s_sha256``:
+    the D would unmix outputs it never saw. None when they pair, or when the record or the S does not say."""
+    paired = paired_segmentation_sha256(record)
+    return paired if paired and s_sha256 and paired != s_sha256 else None
 
 
 def unmixing_where(patch: int, voxel_hidden: int = 0) -> str:

@@ -156,6 +156,45 @@ def test_icc_scans_are_the_dice_subjects_scans_or_every_test_scan(small_cohort):
     assert dice_all == dice and retest_all == test and len(test) > len(retest)
 
 
+def test_the_icc_is_left_out_with_fewer_than_two_scans():
+    from training import evaluate
+
+    pairs = {"a_scan-0": [{1: 0.90}, {1: 0.80}]}
+    assert evaluate.icc_rows(pairs, {1: "GM"}) == {}  # ICC(C,1) of one target is not defined
+    pairs["b_scan-0"] = [{1: 0.70}, {1: 0.75}]
+    assert evaluate.icc_rows(pairs, {1: "GM"})["GM"]["n"] == 2
+
+
+def test_an_empty_test_split_ends_the_evaluation_before_any_work(small_cohort, model_dir, tmp_path):
+    from mixdemo.data import CohortError, load_cohort
+    from training import evaluate
+
+    cohort = load_cohort(small_cohort)
+    root = tmp_path / "no-test"
+    root.mkdir()
+    for record in cohort.split("train"):  # the training scans only, linked
+        (root / record.image_path.parent.name).symlink_to(record.image_path.parent, target_is_directory=True)
+    (root / "split.json").write_text(json.dumps({"train": list(cohort.train_subjects), "test": []}))
+    with pytest.raises(CohortError, match="test split of .* holds no scans"):
+        evaluate.main(["--data", str(root), "--quick", "--no-figures", "--out", str(tmp_path / "e.json")])
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_an_evaluation_warns_of_a_d_trained_with_another_s(tmp_path, monkeypatch):
+    """As the client does against a server: a D whose record names another S than the one evaluated."""
+    from training import evaluate
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    for name, record in {"d-a": {"mode": "private", "segmentation_sha256": "a" * 64},
+                         "d-old": {"mode": "private"}}.items():
+        UnmixingNet().save_pretrained(tmp_path / name)
+        weights.write_training_record(tmp_path / name, record, "mixdemo.models.UnmixingNet")
+    assert evaluate.pairing_mismatch("d-a", "segmentation", "a" * 64) is None
+    assert evaluate.pairing_mismatch("d-old", "segmentation", "b" * 64) is None  # its record does not say
+    warning = evaluate.pairing_mismatch("d-a", "segmentation-b", "b" * 64)
+    assert "'d-a'" in warning and "'segmentation-b'" in warning and "aaaaaaaaaaaa" in warning
+
+
 @pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
     not weights.native_bfloat16(), reason="no bfloat16 instructions: emulated, S on this crop outlasts the test "
     "timeout, and 'auto' never picks bfloat16 on such a CPU"))])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from mixdemo import weights
-from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.io import save_volume
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 from mixdemo.models import SegmentationNet, UnmixingNet, count_parameters
@@ -480,6 +481,53 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
     train.main(_train_cmd(tiny_cohort, out, run, 5))  # resumes at step 3, runs 2 more
     assert (run / "train.log").read_text().splitlines()[-1].startswith("5\t")
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_cohort, tmp_path):
+    """Another cohort, other widths, or fewer --steps than the checkpoint has run end the command with a message
+    naming why; the checkpoint is left as it was."""
+    from training import train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    train.main(_train_cmd(tiny_cohort, out, run, 2))
+    other = tmp_path / "other"
+    shutil.copytree(tiny_cohort, other)
+    with pytest.raises(SystemExit, match="data: .*other"):
+        train.main(_train_cmd(other, out, run, 4))
+    with pytest.raises(SystemExit, match="unmix_features: \\[16, 32\\] → \\[4, 8\\]"):
+        train.main(_train_cmd(tiny_cohort, out, run, 4, ["--unmix-features", "4,8"]))
+    with pytest.raises(SystemExit, match="at step 2, past --steps 1"):
+        train.main(_train_cmd(tiny_cohort, out, run, 1))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2
+    del state["settings"]  # a checkpoint from before settings were recorded: its networks' shapes still are checked
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="networks of another shape"):
+        train.main(_train_cmd(tiny_cohort, out, run, 4, ["--unmix-features", "4,8"]))
+
+
+def test_scans_on_other_grids_are_named(tiny_cohort, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_cohort, mixed)
+    folder = mixed / "s9_scan-0"
+    folder.mkdir()
+    labels = np.zeros((30, 32, 32), np.uint8)
+    labels[8:20, 8:24, 8:24] = 2
+    save_volume(labels.astype(np.float32), np.eye(4), folder / "t1.nii.gz")
+    save_volume(labels, np.eye(4), folder / "seg.nii.gz", dtype=np.uint8)
+    with pytest.raises(CohortError, match=r"\(32, 32, 32\): 3 scan\(s\), e\.g\. s0_scan-0.*\(30, 32, 32\): 1 scan\(s\), e\.g\. s9_scan-0"):
+        load_volumes(load_cohort(mixed).records)
+
+
+@pytest.mark.parametrize("mode, train_subjects", [("private", ["s0"]), ("baseline", [])])
+def test_a_training_split_too_small_to_train_is_a_cohort_error(tiny_cohort, tmp_path, mode, train_subjects):
+    from training import train
+
+    small = tmp_path / "small"
+    shutil.copytree(tiny_cohort, small)
+    (small / "split.json").write_text(json.dumps({"train": train_subjects, "test": ["s2"]}))
+    with pytest.raises(CohortError, match=f"holds {len(train_subjects)} subject.*training needs"):
+        train.main(_train_cmd(small, tmp_path / "w", tmp_path / "run", 2, ["--mode", mode]))
 
 
 @pytest.mark.parametrize("precision, channels_last", [

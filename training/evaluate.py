@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -30,14 +31,14 @@ import numpy as np
 import torch
 
 from mixdemo.bench import QUICK_CROP
-from mixdemo.data import Volume, first_scans, load_cohort, load_volumes, trained_modality
+from mixdemo.data import CohortError, Volume, first_scans, load_cohort, load_volumes, trained_modality
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components, ratio_of_means_ci
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.models import pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
-from mixdemo.weights import (DEFAULT_UNMIXING, load_model, read_training_record, resolve_model_dir, s_precision,
-                             unmixing_precision)
+from mixdemo.weights import (DEFAULT_UNMIXING, load_model, other_segmentation, read_training_record,
+                             resolve_model_dir, s_precision, unmixing_precision)
 from training import DATA_HELP, add_device_option, command_line, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
@@ -253,6 +254,12 @@ def set_up(args: argparse.Namespace) -> Setup:
     modality = args.modality or trained_modality(read_training_record(resolve_model_dir(args.segmentation)))
     cohort = load_cohort(ensure_default_cohort(args.data), modality)
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
+    if not dice_records:
+        raise CohortError(f"The test split of {cohort.root} holds no scans: the evaluation scores the test subjects "
+                          "(list some under \"test\" in its split.json).")
+    if len(retest_records) < 2:
+        print(f"note: {len(retest_records)} test scan; the test–retest ICC needs 2 or more, so it is left out",
+              file=sys.stderr, flush=True)
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"), cache=args.volume_cache)]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
     if args.k_max > len(bank):
@@ -261,6 +268,8 @@ def set_up(args: argparse.Namespace) -> Setup:
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     names = [args.segmentation, args.unmixing, "baseline"]
     record = weights_record(names)
+    if warning := pairing_mismatch(args.unmixing, args.segmentation, record[args.segmentation]):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     device = str(pick_device(args.device))
     return Setup(dice_records, retest_records, {r.ref_id: r for r in bank}, *(load_model(n, device=device) for n in names), record,
                  cohort.foreground_classes, cohort.description)
@@ -301,9 +310,22 @@ def retest_tta_pair(rec, learned: torch.Tensor, args: argparse.Namespace, setup:
     return [score(learned[:k].float().mean(0)), score(learned[k : 2 * k].float().mean(0))]
 
 
+def pairing_mismatch(d_name: str, s_name: str, s_sha256: str | None) -> str | None:
+    """Why the D ``d_name`` does not fit the S ``s_name`` (checksum ``s_sha256``), when its training record names
+    another S (:func:`mixdemo.weights.other_segmentation`); None when they pair or a record does not say."""
+    paired = other_segmentation(read_training_record(resolve_model_dir(d_name)), s_sha256)
+    if paired is None:
+        return None
+    return (f"the D {d_name!r} was trained with the S {paired[:12]}…, not with {s_name!r} ({s_sha256[:12]}…): its "
+            "learned rows measure a D on outputs it never saw; give --unmixing a D trained with this S")
+
+
 def icc_rows(pairs: dict[str, list], classes: dict[int, str]) -> dict[str, dict]:
-    """ICC(C,1) per class (with its 95 % CI and the two variance components) of each scan's pair of per-class Dice."""
+    """ICC(C,1) per class (with its 95 % CI and the two variance components) of each scan's pair of per-class Dice;
+    empty with fewer than 2 scans, where it is not defined."""
     out = {}
+    if len(pairs) < 2:
+        return out
     for c, name in classes.items():
         ratings = np.array([[pair[0][c], pair[1][c]] for pair in pairs.values()])
         r = icc_c1(ratings)

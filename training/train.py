@@ -43,7 +43,7 @@ from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mixdemo.data import Cohort, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
@@ -89,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
-    p.add_argument("--run-dir", type=Path, default=None, help="checkpoints and log (default runs/<name>)")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="checkpoints and log (default runs/<name>); a run resumes from its checkpoint there only with "
+                        "the same settings (RUN_SETTINGS: data, widths, seed, ...): give another folder for a new run")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--val-subjects", type=int, default=0,
                    help="hold the last N training subjects out as a validation set: their whole-volume Dice, every "
@@ -267,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         dist.barrier()
 
     cohort = load_cohort(args.data, args.modality)
+    check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records, cache=args.volume_cache)
     mixed = args.mode != "baseline"
@@ -300,9 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     ckpt_path = run_dir / "checkpoint.pt"
     step, elapsed = 0, 0.0
+    settings = run_settings(args)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        check_resumable(state, settings, args.steps, ckpt_path)
+        load_checkpoint_weights(model, state["model"], ckpt_path)
         optim.load_state_dict(state["optim"])
         sampler.rng = np.random.default_rng(state["seed_state"] + rank)
         step, elapsed = state["step"], state.get("elapsed", 0.0)
@@ -311,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
             group["initial_lr"] = args.lr
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor, last_epoch=step - 1)
         if rank == 0:
-            print(f"resumed from step {step}", flush=True)
+            print(f"resumed from step {step} ({ckpt_path}; a new run needs another --run-dir)", flush=True)
     # U-Net++ without deep supervision leaves its intermediate heads unused
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
@@ -340,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
             torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
                         "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0,
-                        "validation": history}, ckpt_path)
+                        "validation": history, "settings": settings}, ckpt_path)
     bar.close()
     info = {}
     if rank == 0:
@@ -358,6 +363,58 @@ def main(argv: list[str] | None = None) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return info
+
+
+RUN_SETTINGS = ("mode", "data", "modality", "features", "unmix_features", "unmix_patch", "unmix_hidden",
+                "n_references", "alpha_range", "augment", "seed", "init_from", "init_unmixing", "val_subjects")
+"""The options that make a run this run: a checkpoint resumes only under the same ones. The others may change
+between legs (``--steps``, as the shipped weights' legs did; batch size, learning rate, precision, threads,
+the number of processes)."""
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The values of :data:`RUN_SETTINGS` as a checkpoint records them (paths resolved, widths expanded)."""
+    path = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
+    return {"mode": args.mode, "data": path(args.data), "modality": args.modality,
+            "features": list(resolve_features(args.features)), "unmix_features": list(resolve_widths(args.unmix_features)),
+            "unmix_patch": args.unmix_patch, "unmix_hidden": args.unmix_hidden, "n_references": args.n_references,
+            "alpha_range": [float(a) for a in args.alpha_range], "augment": args.augment, "seed": args.seed,
+            "init_from": path(args.init_from), "init_unmixing": args.init_unmixing, "val_subjects": args.val_subjects}
+
+
+def check_resumable(state: dict, settings: dict, steps: int, ckpt_path: Path) -> None:
+    """SystemExit unless the checkpoint ``state`` continues this run: recorded with the same settings (a
+    checkpoint from before they were recorded is trusted) and not already past ``--steps``."""
+    new_run = f"give another --run-dir for a new run, or remove {ckpt_path.parent}"
+    saved = state.get("settings")
+    if saved is not None:
+        changed = [f"{k}: {saved.get(k)!r} → {settings[k]!r}" for k in settings if saved.get(k) != settings[k]]
+        if changed:
+            raise SystemExit(f"{ckpt_path} is a run with other settings ({'; '.join(changed)}); resuming it would mix "
+                             f"two runs: {new_run}.")
+    if state["step"] > steps:
+        raise SystemExit(f"{ckpt_path} is at step {state['step']}, past --steps {steps}: give --steps "
+                         f"{state['step']} or more to continue it, or {new_run}.")
+
+
+def load_checkpoint_weights(model: torch.nn.Module, weights: dict, ckpt_path: Path) -> None:
+    """Load a checkpoint's weights; a checkpoint of other networks is a SystemExit naming it, not a traceback."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise SystemExit(f"{ckpt_path} holds networks of another shape than this command's ({str(exc).splitlines()[0]}); "
+                         f"give another --run-dir for a new run, or remove {ckpt_path.parent}.") from None
+
+
+def check_training_split(cohort: Cohort, mixed: bool, n_references: int = 1) -> None:
+    """CohortError unless the cohort's training split can train: a scan at least, and for mixed training the scans
+    of 1 + ``n_references`` subjects (each mix's references come from subjects other than its target's)."""
+    subjects = sorted({r.subject for r in cohort.split("train")})
+    needed = 1 + n_references if mixed else 1
+    if len(subjects) < needed:
+        why = f"a mix needs {n_references} reference(s) from subjects other than its target's" if mixed else "it trains on them"
+        raise CohortError(f"The training split of {cohort.root} holds {len(subjects)} subject(s) ({', '.join(subjects) or 'none'}); "
+                          f"training needs {needed}: {why}. List more subjects under \"train\" in its split.json.")
 
 
 LOSS_MIX = DiceCELoss(softmax=True)

@@ -24,8 +24,9 @@ def hold_out(records: Sequence[ScanRecord], n_subjects: int) -> tuple[list[ScanR
     another subject)."""
     subjects = sorted({r.subject for r in records})
     if n_subjects < 0 or (n_subjects and n_subjects > len(subjects) - 2):
+        choice = f"choose 0 to {len(subjects) - 2}" if len(subjects) > 2 else "none can be held out"
         raise SystemExit(f"--val-subjects {n_subjects}: the training split has {len(subjects)} subjects and at least 2 "
-                         f"must stay for training (choose 0 to {max(len(subjects) - 2, 0)}).")
+                         f"must stay for training ({choice}).")
     held = set(subjects[len(subjects) - n_subjects:])
     return [r for r in records if r.subject not in held], [r for r in records if r.subject in held]
 
