@@ -306,9 +306,11 @@ def _load_named(record: ScanRecord, cache: str | Path | None) -> Volume:
 
 def cached_volume(record: ScanRecord, cache: Path) -> Volume:
     """:func:`load_volume` through the memory-mapped cache of :func:`load_volumes`."""
+    from mixdemo.io import file_stamp
+
     stamp = {"layout": record.layout.name, **{
-        name: [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
-        for name, path in (("image", record.image_path), ("labels", record.label_path)) if path is not None}}
+        name: file_stamp(path) for name, path in (("image", record.image_path), ("labels", record.label_path))
+        if path is not None}}
     base = cache / record.name
     files = {k: base.with_name(f"{record.name}.{k}.npy") for k in ("image", "labels", "affine")}
     meta = base.with_name(f"{record.name}.json")

@@ -51,6 +51,7 @@ __all__ = [
     "normalize_intensity",
     "save_labels",
     "save_volume",
+    "file_stamp",
 ]
 
 MAX_FILE_BYTES = 1 << 30
@@ -308,6 +309,13 @@ def save_volume(
         except FileNotFoundError:
             pass
         raise
+
+
+def file_stamp(path: str | os.PathLike) -> list:
+    """``[resolved path, size in bytes, modification time in ns]`` of a file, JSON-ready: what a result derived
+    from it records, to be redone once the file is another or has changed."""
+    stat = os.stat(path)
+    return [os.path.realpath(path), stat.st_size, stat.st_mtime_ns]
 
 
 # --------------------------------------------------------------------------- file checks

@@ -288,6 +288,135 @@ def test_prepare_cohort_registers_raw_scans_and_freesurfer_subjects_with_their_l
         assert dice[1] >= 0.85 and dice[2] >= 0.85 and np.mean(list(dice.values())) >= 0.85, (vol.name, dice)
 
 
+def write_raw_scan(src: Path, name: str, label: int = 1, files: tuple[str, ...] = ("t1.nii.gz", "seg.nii.gz")) -> None:
+    """A tiny raw scan folder of ``training.prepare_cohort``'s source (8³ voxels): a T1 and its labels, all ``label``."""
+    (src / name).mkdir(parents=True, exist_ok=True)
+    if "t1.nii.gz" in files:
+        save_volume(np.random.default_rng(0).random((8, 8, 8), np.float32), np.eye(4), src / name / "t1.nii.gz")
+    if "seg.nii.gz" in files:
+        save_volume(np.full((8, 8, 8), label, np.uint8), np.eye(4), src / name / "seg.nii.gz", dtype=np.uint8)
+
+
+@pytest.fixture
+def quick_prepare(monkeypatch):
+    """``training.prepare_cohort`` whose ``prepare_scan`` writes a scan's own volumes, changed as a registration
+    changes them (the T1's intensities shifted), without registering them (milliseconds, not a minute)."""
+    import nibabel as nib
+
+    from training import prepare_cohort
+
+    def prepare_scan(scan, out, threads=None):
+        image, labels = (np.asanyarray(nib.load(str(f)).dataobj) for f in (scan.image, scan.labels))
+        if labels.max() > 3:
+            raise ValueError(f"labels {[int(v) for v in np.unique(labels) if v > 3]} are not tissue classes")
+        (out / scan.name).mkdir(parents=True, exist_ok=True)
+        save_volume(image + 1, np.eye(4), out / scan.name / "t1.nii.gz")
+        save_volume(labels, np.eye(4), out / scan.name / "seg.nii.gz", dtype=np.uint8)
+        return {"name": scan.name, "labels": scan.kind, "image": scan.image.name, "registered": True,
+                "similarity": 0.9, "warning": None, "labels_kept": 1.0, "seconds": 0.0}
+
+    monkeypatch.setattr(prepare_cohort, "prepare_scan", prepare_scan)
+    return prepare_cohort
+
+
+def test_prepare_cohort_refuses_an_out_folder_that_is_holds_or_lies_inside_the_source(quick_prepare, tmp_path):
+    """--out as the source folder would overwrite its raw t1.nii.gz: refused before any work, as --out inside the
+    source or holding it (resolved paths), with one line and exit status 1."""
+    src = tmp_path / "src"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+    raw = {f: f.read_bytes() for f in sorted(src.rglob("*.nii.gz"))}
+    for out, where in ((src, "is"), (src / ".." / "src", "is"), (src / "cohort", "lies inside"), (tmp_path, "holds")):
+        with pytest.raises(SystemExit) as refused:
+            quick_prepare.main([str(src), "--out", str(out)])
+        message = str(refused.value.code)  # a message, not a number: exit status 1
+        assert message.startswith(f"error: --out {out} {where} the source folder") and "\n" not in message
+    assert {f: f.read_bytes() for f in sorted(src.rglob("*.nii.gz"))} == raw and not (tmp_path / "split.json").exists()
+
+
+def test_prepare_cohort_prepares_again_a_scan_whose_source_changed(quick_prepare, tmp_path, capsys):
+    """A scan prepared earlier is kept only while its T1 and labels are unchanged (size, modification time): an
+    edited seg.nii.gz is prepared again, and a scan that fails now leaves no stale output behind."""
+    import os
+
+    import nibabel as nib
+
+    src, out = tmp_path / "src", tmp_path / "cohort"
+    for name in ("a_1", "b_1", "c_1", "d_1"):
+        write_raw_scan(src, name)
+    quick_prepare.main([str(src), "--out", str(out)])
+    for name, label in (("b_1", 2), ("c_1", 9)):  # labels corrected; labels broken
+        write_raw_scan(src, name, label, files=("seg.nii.gz",))
+        stat = (src / name / "seg.nii.gz").stat()  # a later modification time, whatever the file system's clock
+        os.utime(src / name / "seg.nii.gz", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    capsys.readouterr()
+    quick_prepare.main([str(src), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert np.unique(nib.load(out / "b_1" / "seg.nii.gz").get_fdata()).tolist() == [2]
+    assert "kept 2 scan(s) prepared by an earlier run (sources unchanged): a_1, d_1" in printed
+    assert "b_1: its source changed since the earlier run: similarity" in printed
+    assert "c_1: its source changed since the earlier run: skipped: labels [9]" in printed
+    assert not (out / "c_1" / "seg.nii.gz").exists() and "c_1" not in {r.name for r in load_cohort(out).records}
+
+
+def test_prepare_cohort_lists_the_folders_it_ignores_and_why(quick_prepare, tmp_path, capsys):
+    """A folder of neither form (no seg.nii.gz; aseg.nii.gz instead of it; nothing) is named with what it lacks."""
+    src = tmp_path / "src"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+    write_raw_scan(src, "c_1", files=("t1.nii.gz",))
+    write_raw_scan(src, "d_1", files=("t1.nii.gz",))
+    save_volume(np.ones((8, 8, 8), np.uint8), np.eye(4), src / "d_1" / "aseg.nii.gz", dtype=np.uint8)
+    (src / "notes").mkdir()
+    quick_prepare.main([str(src), "--out", str(tmp_path / "cohort")])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:4] == [f"ignored 3 of the 5 folders of {src}, not scans:",
+                           "  c_1: t1.nii.gz without seg.nii.gz (tissue labels 0-3); holds t1.nii.gz",
+                           "  d_1: t1.nii.gz without seg.nii.gz (tissue labels 0-3); holds aseg.nii.gz, t1.nii.gz",
+                           "  notes: neither t1.nii.gz + seg.nii.gz nor mri/orig.mgz + mri/aseg.mgz; empty"]
+    assert printed[-1].startswith("wrote 2 scans of 2 subjects") and f"ignored 3 folder(s) of {src}" in printed[-1]
+
+
+def test_prepare_cohort_refuses_to_write_into_a_cohort_it_did_not_prepare(quick_prepare, tmp_path):
+    """An existing cohort keeps its split.json and scans: refused unless prepared by this command from the same
+    source folder (then a rerun)."""
+    src, phantoms = tmp_path / "src", tmp_path / "phantoms"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+    for name in ("p1_1", "p2_1"):
+        write_raw_scan(phantoms, name)
+    split = json.dumps({"dataset": "MNI152-phantom", "train": ["p1"], "test": ["p2"]})
+    (phantoms / "split.json").write_text(split)
+    with pytest.raises(SystemExit, match=r"already holds a cohort that training.prepare_cohort did not write "
+                                         r"\(split.json and 2 scan folder\(s\)\)"):
+        quick_prepare.main([str(src), "--out", str(phantoms)])
+    assert (phantoms / "split.json").read_text() == split and sorted(p.name for p in phantoms.iterdir()) == [
+        "p1_1", "p2_1", "split.json"]
+    mine = quick_prepare.main([str(src), "--out", str(tmp_path / "mine")])
+    other = tmp_path / "other"
+    write_raw_scan(other, "x_1")
+    with pytest.raises(SystemExit, match=f"holds a cohort prepared from another folder \\({src}\\)"):
+        quick_prepare.main([str(other), "--out", str(mine)])
+    assert quick_prepare.main([str(src), "--out", str(mine)]) == mine  # the same source: a rerun
+
+
+def test_prepare_cohort_warns_of_a_split_too_small_to_train_or_evaluate(quick_prepare, tmp_path, capsys):
+    """One subject: an empty test split and one training subject, each named in a warning with what needs more;
+    three subjects of one scan each: a test split of one scan (no test-retest ICC)."""
+    src = tmp_path / "src"
+    for name in ("pat01_1", "pat01_2"):
+        write_raw_scan(src, name)
+    quick_prepare.main([str(src), "--out", str(tmp_path / "one")])
+    warned = capsys.readouterr().err
+    assert "warning: the training split holds 1 subject(s) (pat01); training (training.train) needs at least 2" in warned
+    assert "warning: the test split is empty; evaluation (training.evaluate) needs test scans" in warned
+    for name in ("pat02_1", "pat03_1"):
+        write_raw_scan(src, name)
+    quick_prepare.main([str(src), "--out", str(tmp_path / "three")])
+    warned = capsys.readouterr().err
+    assert "training split" not in warned and "warning: the test split holds 1 scan (pat0" in warned
+
+
 def test_freesurfer_labels_become_the_three_tissues():
     from mixdemo.data import freesurfer_tissue
 

@@ -18,14 +18,24 @@ through the same transform (nearest neighbour), kept inside the extracted brain.
 layout (:mod:`mixdemo.data`) with a ``split.json`` (by subject) and ``prepare.json``: per scan, the
 registration's similarity to the template, its warning if any, and the share of labelled voxels kept inside
 the extracted brain, to check before training. A scan that cannot be used (an unreadable file, labels
-outside 0-3, a failed registration) is skipped with its reason in ``prepare.json``; scans already written
-by an earlier run into ``--out`` are kept, so an interrupted run goes on where it stopped.
+outside 0-3, a failed registration) is skipped with its reason in ``prepare.json``, and a folder of
+neither form is listed with what it lacks. Scans already written by an earlier run into ``--out`` are kept
+while their source files (T1 and labels: path, size, modification time) are unchanged, and prepared again
+otherwise, so an interrupted run goes on where it stopped and an edited scan is not left stale.
+
+``--out`` must lie apart from ``SRC`` (neither the same folder nor inside the other), and be a new folder or
+one this command prepared from the same ``SRC``: a cohort it did not write is refused, its ``split.json``
+and scans left as they are. A split with fewer than 2 training subjects (training mixes a target with
+another subject's scan) or 2 test scans (evaluation scores them; its test-retest ICC needs 2) is written
+all the same, with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +50,12 @@ from training import command_line, user_errors
 FREESURFER_IMAGES = ("orig.mgz", "T1.mgz", "brain.mgz")
 """The FreeSurfer image used, first present first: the conformed raw T1 (skull included) is what a client's
 raw scan looks like."""
+T1_NAMES = ("t1.nii.gz", "t1.nii")
+SEG_NAMES = ("seg.nii.gz", "seg.nii")
+OUTPUTS = ("t1.nii.gz", "seg.nii.gz")
+"""The files :func:`prepare_scan` writes in ``<out>/<name>/``."""
+LISTED = 10
+"""Most names a message lists (folders ignored, scans kept) before ``... and N more``."""
 
 
 @dataclass(frozen=True)
@@ -52,26 +68,95 @@ class RawScan:
     kind: str  # "tissue" (0-3) or "freesurfer" (aseg)
 
 
-def find_scans(src: Path) -> list[RawScan]:
-    """The scans of ``src`` in either form (module docstring); SystemExit naming both if there is none."""
-    scans = []
+def find_scans(src: Path) -> tuple[list[RawScan], dict[str, str]]:
+    """The scans of ``src`` in either form (module docstring), and its other folders with why each is none;
+    SystemExit naming both forms (and the folders ignored) if there is no scan."""
+    scans, ignored = [], {}
     for folder in sorted(p for p in src.iterdir() if p.is_dir()):
-        t1 = _first(folder, ("t1.nii.gz", "t1.nii"))
-        seg = _first(folder, ("seg.nii.gz", "seg.nii"))
-        fs_image = _first(folder / "mri", FREESURFER_IMAGES)
-        aseg = _first(folder / "mri", ("aseg.mgz",))
+        t1, seg = _first(folder, T1_NAMES), _first(folder, SEG_NAMES)
+        fs_image, aseg = _first(folder / "mri", FREESURFER_IMAGES), _first(folder / "mri", ("aseg.mgz",))
         if t1 and seg:
             scans.append(RawScan(folder.name, t1, seg, "tissue"))
         elif fs_image and aseg:
             scans.append(RawScan(folder.name, fs_image, aseg, "freesurfer"))
+        else:
+            ignored[folder.name] = why_not_a_scan(folder, t1 or seg, fs_image or aseg)
     if not scans:
         raise SystemExit(f"{src} holds no <name>/t1.nii.gz + seg.nii.gz folders nor FreeSurfer subjects "
-                         "(<name>/mri/orig.mgz + mri/aseg.mgz).")
-    return scans
+                         f"(<name>/mri/orig.mgz + mri/aseg.mgz); its folders: {first_few(list(ignored))}.")
+    return scans, ignored
+
+
+def why_not_a_scan(folder: Path, half: Path | None, fs_half: Path | None) -> str:
+    """What ``folder`` lacks of either form, given the one file of a pair it holds (``half``, ``fs_half``), and
+    the files it holds when it holds no such file (labels under another name, as ``aseg.nii.gz``)."""
+    if half is not None:
+        lacking = "seg.nii.gz (tissue labels 0-3)" if half.name in T1_NAMES else "t1.nii.gz"
+        return f"{half.name} without {lacking}{_holding(folder)}"
+    if fs_half is not None:
+        lacking = "mri/aseg.mgz" if fs_half.name != "aseg.mgz" else "mri/orig.mgz (or T1.mgz, brain.mgz)"
+        return f"mri/{fs_half.name} without {lacking}"
+    return "neither t1.nii.gz + seg.nii.gz nor mri/orig.mgz + mri/aseg.mgz" + (_holding(folder) or "; empty")
+
+
+def _holding(folder: Path) -> str:
+    files = sorted(p.name for p in folder.iterdir())
+    return f"; holds {', '.join(files[:4])}{', ...' if len(files) > 4 else ''}" if files else ""
+
+
+def first_few(names: list[str]) -> str:
+    """The first :data:`LISTED` of ``names``, then how many more."""
+    return ", ".join(names[:LISTED]) + (f" ... and {len(names) - LISTED} more" if len(names) > LISTED else "")
+
+
+def print_ignored(ignored: dict[str, str], src: Path, n_folders: int) -> None:
+    """The folders of ``src`` that are not scans, one line each with why (the first :data:`LISTED`)."""
+    if ignored:
+        print(f"ignored {len(ignored)} of the {n_folders} folders of {src}, not scans:")
+        for name, why in list(ignored.items())[:LISTED]:
+            print(f"  {name}: {why}")
+        if len(ignored) > LISTED:
+            print(f"  ... and {len(ignored) - LISTED} more")
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
     return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def check_apart(src: Path, out: Path) -> None:
+    """SystemExit unless ``out`` lies apart from ``src`` (resolved): the same folder would have its raw scans
+    overwritten, one inside the other mixes prepared scans with raw ones."""
+    s, o = src.resolve(), out.resolve()
+    where = "is" if o == s else "lies inside" if o.is_relative_to(s) else "holds" if s.is_relative_to(o) else None
+    if where:
+        raise SystemExit(f"error: --out {out} {where} the source folder {src}: its raw scans would be overwritten or "
+                         "mixed with the prepared ones; give --out a folder outside it.")
+
+
+def check_out_folder(out: Path, src: Path) -> None:
+    """SystemExit if ``out`` holds a cohort (``split.json`` or scan folders) that this command did not prepare
+    from ``src``: its split would be replaced and its scans left in neither split."""
+    if not out.is_dir():
+        return
+    meta = {**_json_of(out / "split.json"), **_json_of(out / "prepare.json")}  # prepare.json's source: resolved
+    if "training.prepare_cohort" in str(meta.get("command", "")):
+        if meta.get("source") is None or Path(meta["source"]).resolve() == src.resolve():
+            return
+        raise SystemExit(f"error: --out {out} holds a cohort prepared from another folder ({meta['source']}), not "
+                         f"{src}; give --out a new folder (a cohort is prepared from one source folder).")
+    scans = [p for p in out.iterdir() if p.is_dir() and _first(p, T1_NAMES)]
+    held = ["split.json"] * (out / "split.json").exists() + [f"{len(scans)} scan folder(s)"] * bool(scans)
+    if held:
+        raise SystemExit(f"error: --out {out} already holds a cohort that training.prepare_cohort did not write "
+                         f"({' and '.join(held)}); its split would be replaced, leaving its scans in neither split. "
+                         "Give --out a new folder.")
+
+
+def _json_of(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def as_nifti(path: Path, tmp: Path, labels: str | None = None) -> Path:
@@ -122,7 +207,8 @@ def prepare_scan(scan: RawScan, out: Path, threads: int | None = None) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="folder of scan folders (module docstring)")
-    p.add_argument("--out", type=Path, required=True, help="the cohort folder to write (mixdemo layout)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="the cohort folder to write (mixdemo layout): a new one, or one this command wrote from SRC")
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects held out for testing")
     p.add_argument("--seed", type=int, default=0, help="seed of the split by subject")
     p.add_argument("--threads", type=int, default=None, help="threads of the registration (SimpleITK)")
@@ -134,43 +220,107 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
+def source_stamp(scan: RawScan) -> dict:
+    """What a prepared scan records of its source files, to tell when they changed (:func:`mixdemo.io.file_stamp`)."""
+    from mixdemo.io import file_stamp
+
+    return {"image": file_stamp(scan.image), "labels": file_stamp(scan.labels)}
+
+
+def still_valid(done: dict | None, scan: RawScan, out: Path) -> bool:
+    """Whether an earlier run's record ``done`` of ``scan`` stands: prepared without error from the same source
+    files (:func:`source_stamp`), its output still on disk."""
+    return (bool(done) and "error" not in done and done.get("source") == source_stamp(scan)
+            and all((out / scan.name / f).is_file() for f in OUTPUTS))
+
+
+def prepare_or_skip(scan: RawScan, out: Path, threads: int | None) -> dict:
+    """:func:`prepare_scan`'s record with the source's :func:`source_stamp`, or the scan's error record if it is
+    unusable. An earlier output of the scan is removed first: it must not outlive a failure now."""
     from mixdemo.io import ScanError
 
-    scans = find_scans(args.src)
+    for f in OUTPUTS:
+        (out / scan.name / f).unlink(missing_ok=True)
+    stamp = source_stamp(scan)
+    try:
+        return {**prepare_scan(scan, out, threads), "source": stamp}
+    except (ScanError, ValueError) as exc:  # this scan is unusable; the others go on
+        return {"name": scan.name, "error": str(exc)}
+
+
+def outcome(record: dict) -> str:
+    """A scan's line of progress: why it was skipped, or its registration's quality."""
+    if "error" in record:
+        return f"skipped: {record['error']}"
+    note = f"; warning: {record['warning']}" if record["warning"] else ""
+    return f"similarity {record['similarity']}, labels kept {record['labels_kept']}{note}"
+
+
+def write_report(path: Path, command: str, src: Path, records: list[dict]) -> None:
+    """``prepare.json``, atomically: the command, the source folder (resolved) and each scan's record."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"command": command, "source": str(src.resolve()), "scans": records}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def warn_thin_split(split: dict[str, list[str]], written: list[str]) -> None:
+    """A warning on stderr for each split too small for what reads it (the cohort is written all the same: the
+    scans prepared are kept, so a rerun with more subjects in SRC only prepares those)."""
+    train, test_scans = split["train"], [n for n in written if subject_of(n) in split["test"]]
+    more = "add scans of more subjects to SRC and run again (the scans prepared are kept)"
+    if len(train) < 2:
+        print(f"warning: the training split holds {len(train)} subject(s) ({', '.join(train) or 'none'}); training "
+              "(training.train) needs at least 2 training subjects to mix (a target's reference comes from another "
+              f"subject): {more}.", file=sys.stderr)
+    if not test_scans:
+        print("warning: the test split is empty; evaluation (training.evaluate) needs test scans to score (2 or more "
+              f"for its test-retest ICC): {more}.", file=sys.stderr)
+    elif len(test_scans) < 2:
+        print(f"warning: the test split holds 1 scan ({test_scans[0]}); evaluation (training.evaluate) leaves its "
+              f"test-retest ICC out below 2 test scans: {more}.", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    check_apart(args.src, args.out)
+    check_out_folder(args.out, args.src)
+    scans, ignored = find_scans(args.src)
+    print_ignored(ignored, args.src, len(scans) + len(ignored))
     args.out.mkdir(parents=True, exist_ok=True)
-    report_file = args.out / "prepare.json"
-    earlier = {r["name"]: r for r in json.loads(report_file.read_text())["scans"]} if report_file.exists() else {}
-    records, failed = [], []
+    report_file, command = args.out / "prepare.json", command_line("training.prepare_cohort", argv)
+    earlier = {r["name"]: r for r in _json_of(report_file).get("scans", [])}
+    kept = [s.name for s in scans if still_valid(earlier.get(s.name), s, args.out)]
+    if kept:
+        print(f"kept {len(kept)} scan(s) prepared by an earlier run (sources unchanged): {first_few(kept)}", flush=True)
+    records = {s.name: earlier[s.name] for s in scans if s.name in earlier}  # each scan's latest record
+    write_report(report_file, command, args.src, list(records.values()))  # from now on --out is this command's
     for i, scan in enumerate(scans, start=1):
-        done = earlier.get(scan.name)
-        if done and "error" not in done and all((args.out / scan.name / f).is_file() for f in ("t1.nii.gz", "seg.nii.gz")):
-            records.append(done)  # prepared by an earlier run of this command: kept
+        if scan.name in kept:
             continue
-        try:
-            records.append(prepare_scan(scan, args.out, args.threads))
-        except (ScanError, ValueError) as exc:  # this scan is unusable; the others go on
-            records.append({"name": scan.name, "error": str(exc)})
-            failed.append(scan.name)
-            print(f"[{i}/{len(scans)}] {scan.name}: skipped: {exc}", flush=True)
-            continue
-        note = f"; warning: {records[-1]['warning']}" if records[-1]["warning"] else ""
-        print(f"[{i}/{len(scans)}] {scan.name}: similarity {records[-1]['similarity']}, labels kept "
-              f"{records[-1]['labels_kept']}{note}", flush=True)
-    command = command_line("training.prepare_cohort", argv)
-    report_file.write_text(json.dumps({"command": command, "scans": records}, indent=2) + "\n")
-    written = [r["name"] for r in records if "error" not in r]
+        done = records.get(scan.name)
+        again = "its source changed since the earlier run: " if done and "source" in done and "error" not in done else ""
+        records[scan.name] = prepare_or_skip(scan, args.out, args.threads)
+        write_report(report_file, command, args.src, [records[s.name] for s in scans if s.name in records])
+        print(f"[{i}/{len(scans)}] {scan.name}: {again}{outcome(records[scan.name])}", flush=True)
+    written = [s.name for s in scans if "error" not in records[s.name]]
+    failed = [s.name for s in scans if "error" in records[s.name]]
     if not written:
         raise SystemExit(f"No scan of {args.src} could be prepared (prepare.json says why).")
     subjects = sorted({subject_of(name) for name in written})
     split = split_subjects(subjects, args.test_fraction, args.seed) if len(subjects) > 1 else {"train": subjects, "test": []}
     meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(CLASS_NAMES), **split}
     (args.out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
-    flagged = [r["name"] for r in records if r.get("warning")]
+    flagged = [r["name"] for r in records.values() if r.get("warning")]
     print(f"wrote {len(written)} scans of {len(subjects)} subjects to {args.out}"
+          + (f" ({len(kept)} kept from an earlier run)" if kept else "")
           + (f"; skipped {', '.join(failed)}" if failed else "")
+          + (f"; ignored {len(ignored)} folder(s) of {args.src} (listed above)" if ignored else "")
           + (f"; check {', '.join(flagged)} (registration warnings in prepare.json)" if flagged else ""))
+    warn_thin_split(split, written)
+    stray = [p.name for p in sorted(args.out.iterdir()) if p.is_dir() and _first(p, T1_NAMES) and p.name not in written]
+    if stray:
+        print(f"warning: {args.out} also holds {len(stray)} scan folder(s) whose source is not in {args.src} any more, "
+              f"in neither split: {first_few(stray)}", file=sys.stderr)
     return args.out
 
 
