@@ -12,7 +12,7 @@ Wire format of the ``segment_proxy`` endpoint (version :data:`WIRE_FORMAT`):
 * response: one ``.npy`` file with float16 softmax probabilities ŷ_mix of shape ``(K, C, X, Y, Z)``
   (C = 4: background, GM, WM, CSF).
 
-The uploaded file is deleted as soon as it has been read.
+The uploaded file (and the folder Gradio made for it) is deleted as soon as it has been read.
 """
 
 from __future__ import annotations
@@ -196,10 +196,20 @@ def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None]
 
 
 def _delete(path: str | os.PathLike) -> None:
+    """Delete a request file, and the folder Gradio made for its upload (one per upload in Gradio's cache,
+    named by the content's hash) once that is left empty."""
     try:
         os.unlink(path)
     except OSError:
         pass
+    from mixdemo.oneshot import gradio_cache_dir
+
+    folder = Path(path).resolve().parent
+    if folder.parent == gradio_cache_dir():
+        try:
+            folder.rmdir()  # only if empty: never another upload's file
+        except OSError:
+            pass
 
 
 def _answer(path: str | os.PathLike, progress: Callable[[float, str], None] | None) -> str:

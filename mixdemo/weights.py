@@ -190,11 +190,20 @@ def resolve_model_dir(name: str) -> Path:
         paths = [hf_hub_download(repo_id, f"{name}/{f}") for f in MODEL_FILES]
         return Path(paths[0]).parent
     except Exception as exc:  # offline, missing repo, missing file: one clear message
+        here = local_model_names()
         raise WeightsError(
-            f"No weights for '{name}': not in the local folder {local} and not downloadable from the "
-            f"Hugging Face Hub repo '{repo_id}' (set ${HUB_REPO_ENV} to another repo, or train them with "
+            f"No weights for '{name}': not in the local folder {local.parent} "
+            f"({'which holds ' + ', '.join(here) if here else 'which holds no model folder'}) and not downloadable "
+            f"from the Hugging Face Hub repo '{repo_id}' (set ${HUB_REPO_ENV} to another repo, or train them with "
             f"python -m training.train). Cause: {type(exc).__name__}."
         ) from None
+
+
+def local_model_names() -> list[str]:
+    """The model folders (``config.json`` + ``model.safetensors``) in the local weights folder, by name."""
+    root = weights_dir()
+    return sorted(p.name for p in root.iterdir()
+                  if (p / "model.safetensors").exists() and (p / "config.json").exists()) if root.is_dir() else []
 
 
 def verify_checksum(folder: Path) -> None:

@@ -284,6 +284,28 @@ def test_server_deletes_the_request_and_writes_float16(app_weights, tmp_path):
 
 
 
+def test_server_deletes_the_folder_gradio_made_for_the_upload_once_empty(app_weights, tmp_path, monkeypatch):
+    """Gradio saves each upload as <cache>/<content hash>/<name>: that folder goes with the request, unless it
+    holds another file; a request outside Gradio's cache leaves its folder alone."""
+    from mixdemo import server
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    upload, shared = tmp_path / "cache" / "0a1b", tmp_path / "cache" / "2c3d"
+    for folder in (upload, shared):
+        folder.mkdir(parents=True)
+        _write_request(folder / "proxy.npy")
+    (shared / "other.npy").write_bytes(b"another upload")
+    for folder in (upload, shared):
+        np.load(server.segment_file(folder / "proxy.npy"))
+    assert not upload.exists() and (tmp_path / "cache").is_dir()
+    assert not (shared / "proxy.npy").exists() and (shared / "other.npy").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _write_request(elsewhere / "proxy.npy")
+    server.segment_file(elsewhere / "proxy.npy")
+    assert elsewhere.is_dir()
+
+
 def test_server_refuses_a_request_by_its_declared_size_before_loading_it(tmp_path):
     """A .npy header may declare petabytes in a few bytes: refused from the header, never allocated."""
     from mixdemo import server

@@ -429,6 +429,10 @@ def test_missing_weights_offline_name_both_places(tmp_path, monkeypatch):
     with pytest.raises(weights.WeightsError) as err:
         weights.resolve_model_dir("segmentation")
     assert str(tmp_path) in str(err.value) and "nobody/nothing-here" in str(err.value)
+    assert "holds no model folder" in str(err.value)
+    UnmixingNet().save_pretrained(tmp_path / "unmixing-mine")  # a misspelt name: the message lists what is there
+    with pytest.raises(weights.WeightsError, match="which holds unmixing-mine\\)"):
+        weights.resolve_model_dir("unmixing-mnie")
 
 
 @pytest.fixture(scope="module")
