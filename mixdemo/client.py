@@ -20,6 +20,8 @@ segmentation is written back in the input file's own space.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import functools
 import os
 import re
@@ -124,7 +126,7 @@ class Target:
 
 
 def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
-                grid: Sequence[int] | None = None) -> Target:
+                grid: Sequence[int] | None = None, grid_confirmed: bool = False) -> Target:
     """Load a scan and bring it onto the models' grid, on the client.
 
     A scan already in model space (on the 144×192×160 MNI grid and skull-stripped, e.g. the
@@ -132,7 +134,8 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     to MNI space with :func:`mixdemo.preprocess.to_model_space` (skull-stripped and normalised there).
     ``grid``: the references' grid when it is not that one (models retrained on other data, e.g. BraTS
     on its 240×240×155 grid): the scan must then already lie on it, as the references do (registered
-    and skull-stripped by the user), and is used as it is.
+    and skull-stripped by the user), and is used as it is. ``grid_confirmed``: the server said its model works on
+    ``grid`` too, so a scan off it is the one to register.
     """
     from mixdemo.io import load_scan
     from mixdemo.phantoms import GRID_SHAPE
@@ -142,8 +145,7 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     scan = load_scan(path)
     if grid is not None and tuple(grid) != GRID_SHAPE:
         if scan.data.shape != tuple(grid):
-            raise ClientError(f"The scan's grid {_shape_text(scan.data.shape)} is not the references' "
-                              f"{_shape_text(grid)}; register it to their space first.")
+            raise ClientError(_grid_mismatch(scan.data.shape, grid, grid_confirmed))
         image, fit = conform_to_grid(scan.data, tuple(grid))
         return Target(image=image, scan=scan, fit=fit)
     if scan.data.shape == GRID_SHAPE and is_model_space(scan):
@@ -152,6 +154,24 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     raw = load_scan(path, normalize=False)
     prepared = to_model_space(raw, progress=progress)
     return Target(image=prepared.image, scan=raw, prepared=prepared, warning=prepared.warning)
+
+
+def _grid_mismatch(scan_shape: Sequence[int], ref_shape: Sequence[int], confirmed: bool) -> str:
+    """Why a scan and the references cannot be mixed: the scan's fault once the server has confirmed the references'
+    grid, else without presuming which side is off the model's grid."""
+    if confirmed:
+        return (f"The scan's grid {_shape_text(scan_shape)} is not the references' and the server model's "
+                f"{_shape_text(ref_shape)}; register the scan to their space first.")
+    return (f"The scan's grid {_shape_text(scan_shape)} is not the references' {_shape_text(ref_shape)}; both must lie "
+            "on the server model's grid: register whichever is off it (the scan or the references).")
+
+
+def check_reference_grid(ref_shape: Sequence[int], server_grid: Sequence[int] | None) -> None:
+    """A :class:`ClientError` when the references do not lie on the grid the server says its model works on."""
+    if server_grid is not None and tuple(ref_shape) != tuple(server_grid):
+        raise ClientError(f"The references lie on a {_shape_text(ref_shape)} grid, but the server's model works on "
+                          f"{_shape_text(server_grid)}; register the references to its space (or use references "
+                          "made for this server) first.")
 
 
 def default_centre(volume: np.ndarray) -> tuple[int, int, int]:
@@ -189,6 +209,15 @@ class ClientRun:
         return out
 
 
+def check_k(k: int, n_references: int | None = None) -> None:
+    """A :class:`ClientError` unless 1 ≤ ``k`` ≤ ``n_references`` (the bank's size, when known)."""
+    if n_references is None:
+        if k < 1:
+            raise ClientError(f"K (--tta) must be at least 1; got {k}.")
+    elif not 1 <= k <= n_references:
+        raise ClientError(f"K must be between 1 and the number of references ({n_references}); got {k}.")
+
+
 def make_key(
     pool: Sequence[str],
     k: int,
@@ -209,8 +238,7 @@ def make_key(
         a = alpha if alpha is not None else float(np.random.default_rng(seed).uniform(*DEFAULT_ALPHA_RANGE))
         return MixKey(tuple(reference_ids), (float(a),) * len(reference_ids), seed or 0,
                       mirrored=alternate_mirroring(len(reference_ids)) if mirror else ())
-    if not 1 <= k <= len(pool):
-        raise ClientError(f"K must be between 1 and the number of references ({len(pool)}); got {k}.")
+    check_k(k, len(pool))
     rng = (alpha, alpha) if alpha is not None else DEFAULT_ALPHA_RANGE
     return sample_key(list(pool), k, alpha_range=rng, seed=seed, mirror=mirror)
 
@@ -282,13 +310,18 @@ def _unmixing(weights_root: str, name: str) -> torch.nn.Module:
     model = load_model(name, device=str(pick_device()))
     if not isinstance(model, UnmixingNet):
         raise WeightsError(f"The model folder {name!r} holds a {type(model).__name__}, not an unmixing network D.")
+    if model.n_references != 1:  # a ClientError, not a WeightsError: never the silent naive fallback
+        raise ClientError(f"The client network D {name!r} unmixes mixes of {model.n_references} references, but this "
+                          "client mixes each proxy with one; choose a one-reference D, e.g. "
+                          f"{DEFAULT_UNMIXING}.")
     return model
 
 
 def unmixing_model(required: bool = False, name: str | None = None) -> torch.nn.Module | None:
     """The client's D from local weights: ``name``, else :func:`mixdemo.weights.unmixing_name`
     (``$MIXDEMO_UNMIXING`` or ``unmixing-p2-96-a35-cal``). None when the default D is absent, unless
-    ``required``; a D named by ``name`` or the variable must exist (a WeightsError says so)."""
+    ``required``; a D named by ``name`` or the variable must exist (a WeightsError says so). A D for more than one
+    reference per mix is refused (a ClientError), before any request."""
     from mixdemo.weights import UNMIXING_ENV, WeightsError, unmixing_name, weights_dir
 
     chosen = bool(name or os.environ.get(UNMIXING_ENV))
@@ -366,9 +399,18 @@ class RemoteServer:
         """``server_info``, asked once ({} from a server without the endpoint, which still segments)."""
         try:
             info = self.info()
-        except Exception:  # noqa: BLE001
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - a lost connection shows at the request itself
             return {}
         return info if isinstance(info, dict) else {}
+
+    def grid_shape(self) -> tuple[int, ...] | None:
+        """The grid the server says its model works on (None if it does not say, or not as three sides)."""
+        grid = self._reported.get("grid_shape")
+        try:
+            sides = tuple(int(n) for n in grid)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            return None
+        return sides if len(sides) == 3 and min(sides) > 0 else None
 
     def model_sha256(self) -> str | None:
         """The checksum of the S the server says it serves (None if it does not say)."""
@@ -401,9 +443,8 @@ class RemoteServer:
             np.save(path, np.ascontiguousarray(proxies, dtype=np.float16), allow_pickle=False)
             try:
                 out = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
-            except Exception as exc:  # noqa: BLE001 - AppError carries the server's message
-                msg = str(exc).strip() or type(exc).__name__
-                raise ClientError(f"The server refused or failed the request: {msg}") from None
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - AppError carries the server's message
+                raise ClientError(request_failure(exc)) from None
         try:
             with open(out, "rb") as fh:
                 probs = np.load(fh, allow_pickle=False)
@@ -418,6 +459,35 @@ class RemoteServer:
         """Remove downloaded files and let go of the connection (at once: see :func:`close_client`)."""
         shutil.rmtree(self._download, ignore_errors=True)
         close_client(self._client)
+
+
+CONNECTION_LOST = ("The connection to the server was lost (it stopped, restarted or the network dropped); "
+                   "try again.")
+
+
+def _lost_connection(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, means the connection went, not a refusal (an
+    ``AppError``, the server's own message, never does)."""
+    import httpx
+    from gradio_client.exceptions import AppError
+
+    lost = (concurrent.futures.CancelledError, asyncio.CancelledError, httpx.NetworkError, httpx.RemoteProtocolError,
+            ConnectionError)
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and not isinstance(exc, AppError):
+        if isinstance(exc, lost) or str(exc) == "Server stopped.":  # gradio_client's word for a server shut down
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def request_failure(exc: BaseException) -> str:
+    """One plain sentence for a failed request: a lost connection as such, else the server's message."""
+    if _lost_connection(exc):
+        return CONNECTION_LOST
+    msg = str(exc).strip() or type(exc).__name__
+    return f"The server refused or failed the request: {msg}"
 
 
 def close_client(client) -> None:  # noqa: ANN001 - a gradio_client.Client
@@ -453,10 +523,12 @@ def segment_file(
     mirror: bool = MIRROR_BY_DEFAULT,
     unmix_model: torch.nn.Module | None = None,
     progress: ProgressFn | None = None,
+    grid_confirmed: bool = False,
 ) -> MixKey:
     """Segment a NIfTI privately with ``server`` and write the labels in the input's space; returns the key used.
-    The client keeps only what one request needs at a time (:func:`run_private_labels`)."""
-    target = load_target(scan_path, progress=progress, grid=references[0].image.shape)
+    The client keeps only what one request needs at a time (:func:`run_private_labels`). ``grid_confirmed``: the
+    server said its model works on the references' grid."""
+    target = load_target(scan_path, progress=progress, grid=references[0].image.shape, grid_confirmed=grid_confirmed)
     if target.warning and progress:
         progress(0.0, f"warning: {target.warning}")
     if target.image.shape != references[0].image.shape:
@@ -501,11 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", type=int, default=1, metavar="K",
                    help="number of references, the K of Eq. 5-6 (default: 1; each adds one proxy for the server to "
                         "segment; the README's tables use K = 10, which lifts Dice)")
-    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=MIRROR_BY_DEFAULT,
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror the scan left-right in every second mix and its answer back (a test-time augmentation "
                         "at no extra server cost; the README's privacy section measures it; default: "
                         f"{'on' if MIRROR_BY_DEFAULT else 'off'})")
-    p.add_argument("--references", default=None,
+    p.add_argument("--references", default=None, metavar="DIR",
                    help="folder of <id>/t1.nii.gz + seg.nii.gz, or of BraTS case folders for models trained on "
                         "BraTS (default: the phantom bank)")
     p.add_argument("--mode", choices=MODES, default="whole", help="whole volume (default), or one 32³ patch")
@@ -527,20 +599,10 @@ def main(argv: list[str] | None = None) -> int:
 
     remote = None
     try:
-        outputs = output_paths(args.scan, args.output)
-        if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
-            raise ClientError("--alpha must lie between 0.05 and 0.95.")
-        if args.centre is not None and args.mode != "patch":
-            raise ClientError("--centre places the patch of --mode patch; the whole mode segments the whole volume.")
-        from mixdemo import examples
-
-        refs = (
-            examples.load_reference_dir(args.references)
-            if args.references
-            else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
-        )
+        outputs, refs, unmix = _prepare(args)
         remote = RemoteServer(args.server, separate_requests=args.separate_requests, send_hf_token=args.send_hf_token)
-        unmix = unmixing_model(name=args.unmixing)
+        server_grid = remote.grid_shape()
+        check_reference_grid(refs[0].image.shape, server_grid)
         if unmix is None:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
         elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
@@ -551,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             remote.close()
         return 2
     try:
-        failed = _segment_scans(args, outputs, remote, refs, unmix)
+        failed = _segment_scans(args, outputs, remote, refs, unmix, grid_confirmed=server_grid is not None)
     finally:
         remote.close()
     if failed and len(outputs) > 1:
@@ -560,10 +622,49 @@ def main(argv: list[str] | None = None) -> int:
     return 2 if failed else 0
 
 
+def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], torch.nn.Module | None]:
+    """What main() checks and loads before it connects, cheapest first, so that a mistake in the command line is
+    one message before the reference bank's load: the outputs, the references and the client's D."""
+    check_server_address(args.server)
+    outputs = output_paths(args.scan, args.output)
+    if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
+        raise ClientError("--alpha must lie between 0.05 and 0.95.")
+    if args.centre is not None and args.mode != "patch":
+        raise ClientError("--centre places the patch of --mode patch; the whole mode segments the whole volume.")
+    _parse_centre(args.centre)
+    from mixdemo import examples
+
+    check_k(args.tta, None if args.references else len(examples.reference_ids()))
+    if args.mirror and args.tta == 1:
+        print("note: --mirror mirrors every second mix, and K = 1 makes only one: nothing is mirrored.", file=sys.stderr)
+    args.mirror = MIRROR_BY_DEFAULT if args.mirror is None else args.mirror
+    unmix = unmixing_model(name=args.unmixing)  # before any request: a D for several references is refused here
+    refs = (
+        examples.load_reference_dir(args.references)
+        if args.references
+        else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
+    )
+    check_k(args.tta, len(refs))
+    return outputs, refs, unmix
+
+
+def check_server_address(url: str) -> None:
+    """A :class:`ClientError` unless ``url`` is an http(s) address with a host, or a Hugging Face Space id
+    (``owner/name``, which ``gradio_client`` also takes)."""
+    if re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", url):  # lower case: gradio_client takes no other
+        return
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", url):
+        return
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        raise ClientError("The server address must start with http:// or https:// and name a host.")
+    raise ClientError(f"The server address needs a scheme (http:// or https://): try http://{url}")
+
+
 def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: ServerFn, refs: Sequence[Reference],
-                   unmix: torch.nn.Module | None) -> list[int]:
+                   unmix: torch.nn.Module | None, *, grid_confirmed: bool = False) -> list[int]:
     """Each scan of the command line in turn, each with its own key; returns the positions of those that failed
-    (reported by position, never by file name)."""
+    (reported by position, never by file name). ``grid_confirmed``: the server said it works on the references'
+    grid."""
     from mixdemo.io import ScanError
     from mixdemo.weights import WeightsError
 
@@ -579,6 +680,7 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
                 scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
                 centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
                 mirror=args.mirror, unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
+                grid_confirmed=grid_confirmed,
             )
         except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
             print(f"error: {tag}{exc}", file=sys.stderr)
@@ -615,15 +717,20 @@ def output_paths(scans: Sequence[str], output: str) -> list[Path]:
 
 
 def writable_folder(folder: Path) -> None:
-    """Make ``folder`` (and its parents) if missing; a :class:`ClientError` if that fails or it cannot be written."""
+    """Make ``folder`` (and its parents) if missing; a :class:`ClientError` if that fails or it cannot be written
+    (found out by making and removing a file there)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ClientError("The output folder could not be made: a file stands where a folder is needed.") from None
     except OSError as exc:
         raise ClientError(f"The output folder could not be made ({exc.strerror or type(exc).__name__}).") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ClientError("The output folder cannot be written to.")
+    try:  # a real write: os.access says yes to root everywhere, and to special filesystems such as /proc
+        fd, probe = tempfile.mkstemp(prefix=".mixdemo-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        raise ClientError("The output folder cannot be written to.") from None
 
 
 if __name__ == "__main__":

@@ -302,6 +302,7 @@ def save_volume(
         img.to_filename(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        _honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -309,6 +310,50 @@ def save_volume(
         except FileNotFoundError:
             pass
         raise
+
+
+_PROC_STATUS = "/proc/self/status"
+
+
+def _proc_umask() -> int | None:
+    """The process's umask from ``/proc/self/status`` (Linux 4.7+): current and thread-safe, unlike ``os.umask``,
+    which reads it only by setting it. None where there is no such line."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8) & 0o777
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    """The umask at import: from /proc, else by ``os.umask`` swapped once (to the strictest mask, so a file another
+    thread makes in that instant gets fewer rights, not more) and put back at once."""
+    found = _proc_umask()
+    if found is None:
+        found = os.umask(0o077)
+        os.umask(found)
+    return found
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def _current_umask() -> int:
+    """The umask now (/proc), else the one at import (a later change is then missed)."""
+    found = _proc_umask()
+    return _UMASK_AT_IMPORT if found is None else found
+
+
+def _honour_umask(path: str) -> None:
+    """Give a ``mkstemp`` file (always 0600) the mode a plain ``open`` would: 0666 less the umask. Best effort:
+    a filesystem that refuses ``chmod`` keeps the owner-only file rather than losing the write."""
+    try:
+        os.chmod(path, 0o666 & ~_current_umask())
+    except OSError:
+        pass
 
 
 def file_stamp(path: str | os.PathLike) -> list:

@@ -474,3 +474,274 @@ def test_make_key_mirrors_every_second_mix_when_asked_with_random_or_given_refer
     assert make_key(pool, 3, reference_ids=["r0", "r2"], alpha=0.4, mirror=True).mirrored == (False, True)
     assert make_key(pool, 3, seed=1, mirror=False).mirrored == make_key(pool, 1, seed=1, mirror=True).mirrored == ()
     assert make_key(pool, 3, seed=1, mirror=True).reference_ids == make_key(pool, 3, seed=1).reference_ids
+
+
+# ------------------------------------------------------------------------------ main() against a fake server
+GRID = (24, 24, 24)  # not the MNI grid: a scan on the references' grid is used as it is, without registration
+
+
+class FakeRemote:
+    """Stands in for RemoteServer in main(): records what was asked of it, answers random probabilities."""
+
+    made: list[str] = []
+    requests: list[tuple[int, ...]] = []
+    grid: tuple[int, ...] | None = None
+
+    def __init__(self, url, **kwargs):
+        FakeRemote.made.append(url)
+
+    def new_session(self):
+        pass
+
+    def grid_shape(self):
+        return FakeRemote.grid
+
+    def model_sha256(self):
+        return None
+
+    def per_request(self, shape):
+        return 8
+
+    def __call__(self, proxies):
+        import torch
+
+        FakeRemote.requests.append(proxies.shape)
+        return torch.softmax(torch.randn(len(proxies), 4, *proxies.shape[1:]), dim=1)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_main(tmp_path, monkeypatch):
+    """main() with a fake server, a bank of three small references on ``GRID`` (counting its loads), no D (naive
+    unmixing) and two scans on that grid named like patients; returns the scans, the bank loads and the outputs."""
+    import nibabel as nib
+
+    from mixdemo import client, examples
+    from mixdemo.pipeline import Reference
+    from mixdemo.weights import UNMIXING_ENV, WEIGHTS_DIR_ENV
+
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "weights"))
+    monkeypatch.delenv(UNMIXING_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    bank = [Reference(f"r{i}", rng.random(GRID).astype(np.float32), rng.integers(0, 4, GRID).astype(np.uint8))
+            for i in range(3)]
+    loads: list[str] = []
+    monkeypatch.setattr(examples, "reference_ids", lambda: [r.ref_id for r in bank])
+    monkeypatch.setattr(examples, "reference_bank", lambda progress=None: loads.append("bank") or list(bank))
+    monkeypatch.setattr(examples, "load_reference_dir", lambda folder, ids=None: loads.append("dir") or list(bank))
+    monkeypatch.setattr(FakeRemote, "made", [])
+    monkeypatch.setattr(FakeRemote, "requests", [])
+    monkeypatch.setattr(FakeRemote, "grid", None)
+    monkeypatch.setattr(client, "RemoteServer", FakeRemote)
+    scans = []
+    for name in ("private_name_a", "private_name_b"):
+        scans.append(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(rng.random(GRID).astype(np.float32) + 0.5, np.eye(4)), scans[-1])
+    return [str(s) for s in scans], loads, tmp_path / "segs"
+
+
+def _run_main(argv, capsys) -> tuple[int, str]:
+    from mixdemo.client import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "private_name" not in err and "Traceback" not in err  # never a file name, never a traceback
+    return code, err
+
+
+def test_fake_main_segments_both_scans(fake_main, capsys):
+    """The fixture's control: with nothing wrong, main() segments and writes each scan."""
+    scans, loads, out = fake_main
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--tta", "2"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["private_name_a_seg.nii.gz", "private_name_b_seg.nii.gz"]
+    assert loads == ["bank"] and len(FakeRemote.made) == 1 and FakeRemote.requests
+
+
+@pytest.mark.parametrize("k, refs, before_the_bank", [("0", None, True), ("4", None, True), ("0", "DIR", True),
+                                                      ("4", "DIR", False)])
+def test_a_bad_k_fails_once_before_the_connection(fake_main, capsys, tmp_path, k, refs, before_the_bank):
+    """--tta 0, or a K beyond the bank, is one message for a run of two scans, before the connection (and before
+    the bank's load where the bank's size is known without it); no scan is tried."""
+    scans, loads, out = fake_main
+    extra = ["--references", str(tmp_path)] if refs else []
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--tta", k, *extra], capsys)
+    assert code == 2 and err.count("error:") == 1 and "got " + k in err
+    assert FakeRemote.made == [] and FakeRemote.requests == []
+    assert loads == ([] if before_the_bank else ["dir"])
+
+
+def test_a_d_for_two_references_is_refused_before_any_request(fake_main, capsys, tmp_path):
+    from mixdemo.models import UnmixingNet
+    from mixdemo.weights import write_training_record
+
+    scans, loads, out = fake_main
+    UnmixingNet(n_references=2).save_pretrained(tmp_path / "weights" / "unmixing-2ref")
+    write_training_record(tmp_path / "weights" / "unmixing-2ref", {"note": "test"}, "mixdemo.models.UnmixingNet")
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880",
+                           "--unmixing", "unmixing-2ref"], capsys)
+    assert code == 2 and "'unmixing-2ref' unmixes mixes of 2 references" in err and "one-reference D" in err
+    assert FakeRemote.made == [] and FakeRemote.requests == []
+
+
+def test_references_off_the_server_grid_are_blamed_before_any_request(fake_main, capsys):
+    """The server reports its model's grid: references off it are named as the fault (the grid expected and the
+    one found), before any scan is sent."""
+    scans, loads, out = fake_main
+    FakeRemote.grid = (25, 24, 24)
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and err.count("error:") == 1
+    assert "The references lie on a 24×24×24 grid, but the server's model works on 25×24×24" in err
+    assert FakeRemote.requests == [] and list(out.iterdir()) == []
+
+
+def test_a_scan_off_the_references_grid_is_worded_by_what_the_server_said(tmp_path):
+    """Without the server's grid the message does not presume which side is off it; with it, it names the scan."""
+    import nibabel as nib
+
+    from mixdemo.client import load_target
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((20, 24, 24)).astype(np.float32), np.eye(4)),
+             tmp_path / "scan.nii.gz")
+    with pytest.raises(ClientError) as unsure:
+        load_target(tmp_path / "scan.nii.gz", grid=GRID)
+    assert "20×24×24 is not the references' 24×24×24; both must lie on the server model's grid" in str(unsure.value)
+    assert "register it to" not in str(unsure.value)
+    with pytest.raises(ClientError, match="register the scan"):
+        load_target(tmp_path / "scan.nii.gz", grid=GRID, grid_confirmed=True)
+
+
+def test_a_server_address_without_scheme_is_refused_up_front(fake_main, capsys):
+    from mixdemo.client import check_server_address
+
+    scans, loads, out = fake_main
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "127.0.0.1:7871"], capsys)
+    assert code == 2 and "try http://127.0.0.1:7871" in err and "HFValidationError" not in err
+    assert loads == [] and FakeRemote.made == []
+    for fine in ("http://127.0.0.1:7880", "https://example.org/app/", "owner/a-space"):
+        check_server_address(fine)
+    for bad, fragment in (("localhost:7860", "try http://localhost:7860"), ("ftp://host", "http:// or https://"),
+                          ("http://", "http:// or https://")):
+        with pytest.raises(ClientError, match=fragment):
+            check_server_address(bad)
+
+
+def test_help_names_the_references_folder_dir(capsys):
+    from mixdemo.client import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--references DIR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, noted", [(["--mirror", "--tta", "1"], True), (["--mirror", "--tta", "2"], False),
+                                          (["--tta", "1"], False), (["--no-mirror"], False)])
+def test_mirror_with_one_mix_is_noted(fake_main, capsys, flags, noted):
+    scans, loads, out = fake_main
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880", *flags], capsys)
+    assert code == 0, err
+    assert ("note: --mirror mirrors every second mix" in err) is noted
+    assert err.count("note: --mirror") <= 1
+
+
+# ------------------------------------------------------------------------------ RemoteServer without a server
+class _FailingClient:
+    """A gradio_client Client whose requests raise ``error``."""
+
+    error: BaseException = RuntimeError()
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def predict(self, *args, **kwargs):
+        raise _FailingClient.error
+
+
+def _lost(cls):
+    import httpx
+
+    try:
+        raise httpx.ReadError("peer closed")
+    except httpx.ReadError as exc:
+        raise cls("wrapped") from exc
+
+
+@pytest.mark.parametrize("make_error", [
+    lambda: __import__("concurrent.futures").futures.CancelledError(),
+    lambda: __import__("asyncio").CancelledError(),
+    lambda: __import__("httpx").ConnectError("All connection attempts failed"),
+    lambda: __import__("httpx").RemoteProtocolError("peer closed connection without sending complete message body"),
+    lambda: __import__("httpx").ReadError(""),
+    lambda: ConnectionResetError(104, "Connection reset by peer"),
+    lambda: ValueError("Server stopped."),
+])
+def test_a_lost_connection_is_said_plainly(monkeypatch, make_error):
+    import gradio_client
+
+    from mixdemo.client import CONNECTION_LOST, RemoteServer
+
+    monkeypatch.setattr(gradio_client, "Client", _FailingClient)
+    monkeypatch.setattr(_FailingClient, "error", make_error())
+    remote = RemoteServer("http://127.0.0.1:7880")
+    try:
+        with pytest.raises(ClientError) as caught:
+            remote(np.zeros((1, 8, 8, 8), np.float32))
+    finally:
+        remote.close()
+    assert str(caught.value) == CONNECTION_LOST
+    assert "connection to the server was lost" in CONNECTION_LOST and "try again" in CONNECTION_LOST
+
+
+def test_a_refusal_keeps_the_server_s_message(monkeypatch):
+    """The control: the server's own error (an AppError), or any other, keeps its words; one raised from a lost
+    connection reads as that."""
+    import gradio_client
+    from gradio_client.exceptions import AppError
+
+    from mixdemo.client import CONNECTION_LOST, RemoteServer
+
+    monkeypatch.setattr(gradio_client, "Client", _FailingClient)
+    remote = RemoteServer("http://127.0.0.1:7880")
+    try:
+        for error, said in ((AppError("The request holds too many voxels."),
+                             "The server refused or failed the request: The request holds too many voxels."),
+                            (RuntimeError(), "The server refused or failed the request: RuntimeError")):
+            monkeypatch.setattr(_FailingClient, "error", error)
+            with pytest.raises(ClientError) as caught:
+                remote(np.zeros((1, 8, 8, 8), np.float32))
+            assert str(caught.value) == said
+        try:
+            _lost(RuntimeError)
+        except RuntimeError as wrapped:
+            monkeypatch.setattr(_FailingClient, "error", wrapped)
+        with pytest.raises(ClientError, match=CONNECTION_LOST[:30]):
+            remote(np.zeros((1, 8, 8, 8), np.float32))
+    finally:
+        remote.close()
+
+
+# ------------------------------------------------------------------------------ the output folder's check
+def test_the_output_folder_is_checked_by_a_real_write(tmp_path, monkeypatch):
+    """writable_folder makes and removes a file (os.access says yes to root everywhere, and to /proc); a failure
+    is the clear message, before any work, and a good folder is left as it was."""
+    import tempfile
+
+    from mixdemo.client import writable_folder
+
+    writable_folder(tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkstemp", refused)
+        with pytest.raises(ClientError, match="cannot be written to"):
+            writable_folder(tmp_path / "out")
+    if Path("/proc/self").is_dir():
+        with pytest.raises(ClientError, match="cannot be written to"):
+            writable_folder(Path("/proc"))

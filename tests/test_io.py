@@ -230,6 +230,33 @@ def test_failed_write_removes_temp_and_keeps_old_file(tmp_path, monkeypatch):
     assert (out_dir / "seg.nii.gz").read_bytes() == b"previous result"
 
 
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    """An atomic write gets the mode a plain open would (0666 less the umask), not mkstemp's owner-only 0600,
+    also where it replaces an existing file."""
+    old = os.umask(umask)
+    try:
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+        save_volume(_phantom(), RAS_1MM, tmp_path / "vol.nii.gz")
+        (tmp_path / "old.nii").write_bytes(b"previous")
+        os.chmod(tmp_path / "old.nii", 0o600)
+        save_volume(_phantom(), RAS_1MM, tmp_path / "old.nii")
+    finally:
+        os.umask(old)
+    assert plain.stat().st_mode & 0o777 == mode
+    assert (tmp_path / "vol.nii.gz").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "old.nii").stat().st_mode & 0o777 == mode
+
+
+def test_umask_falls_back_to_the_one_at_import_without_proc(tmp_path, monkeypatch):
+    monkeypatch.setattr(mio, "_PROC_STATUS", str(tmp_path / "no-such-status"))
+    assert mio._current_umask() == mio._UMASK_AT_IMPORT
+    save_volume(_phantom(), RAS_1MM, tmp_path / "vol.nii")
+    assert (tmp_path / "vol.nii").stat().st_mode & 0o777 == 0o666 & ~mio._UMASK_AT_IMPORT
+
+
 # --------------------------------------------------------------------------- normalisation
 def test_normalize_properties():
     rng = np.random.default_rng(4)
