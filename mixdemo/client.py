@@ -23,9 +23,9 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import io
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -368,19 +368,17 @@ class RemoteServer:
 
         self.url = url
         self.separate_requests = separate_requests
-        self._download = tempfile.mkdtemp(prefix="mixdemo-client-")
         try:
             self._client = Client(
                 url,
                 token=None if send_hf_token else False,  # None: gradio_client's default, the saved token
                 headers={"user-agent": "mixdemo-client"},  # not the Python and library versions
                 verbose=False,
-                download_files=self._download,
+                download_files=False,  # the answer is fetched into memory by _fetch: nothing of it on disk
                 analytics_enabled=False,
                 httpx_kwargs={"timeout": timeout_s},
             )
         except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
-            shutil.rmtree(self._download, ignore_errors=True)
             raise ClientError(
                 f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
                 "check the address and that the server is running."
@@ -442,23 +440,53 @@ class RemoteServer:
             path = Path(tmp) / "proxy.npy"  # neutral name: nothing of the input's name or header
             np.save(path, np.ascontiguousarray(proxies, dtype=np.float16), allow_pickle=False)
             try:
-                out = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
+                answer = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
+                probs = self._fetch(answer)
+            except ClientError:
+                raise
             except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - AppError carries the server's message
                 raise ClientError(request_failure(exc)) from None
-        try:
-            with open(out, "rb") as fh:
-                probs = np.load(fh, allow_pickle=False)
-        finally:
-            shutil.rmtree(Path(out).parent, ignore_errors=True)
         expected = (proxies.shape[0], 4, *proxies.shape[1:])
         if probs.shape != expected:
             raise ClientError(f"The server answered with shape {probs.shape}; expected {expected}.")
         return torch.from_numpy(probs.astype(np.float32))
 
+    def _fetch(self, answer: object) -> np.ndarray:
+        """The answer file the endpoint names, fetched once into memory (the server deletes it after the first
+        fetch) from this server's own file route, whatever URL the answer gives: nothing of it is written to disk,
+        and ``gradio_client``'s download, which leaves an empty folder in the temporary directory per answer, is
+        not used."""
+        import httpx
+        from gradio_client.utils import encode_file_path
+
+        path = answer.get("path") if isinstance(answer, dict) else None
+        if not isinstance(path, str):
+            raise ClientError("The server answered without a file; is it a Mixup-Privacy server?")
+        client = self._client
+        with httpx.Client(headers=client.headers, cookies=client.cookies, verify=client.ssl_verify,
+                          follow_redirects=True, **client.httpx_kwargs) as http:
+            response = http.get(client.src_prefixed + "file=" + encode_file_path(path))
+            response.raise_for_status()
+        return npy_from_bytes(response.content)
+
     def close(self) -> None:
-        """Remove downloaded files and let go of the connection (at once: see :func:`close_client`)."""
-        shutil.rmtree(self._download, ignore_errors=True)
+        """Let go of the connection (at once: see :func:`close_client`)."""
         close_client(self._client)
+
+
+def npy_from_bytes(content: bytes) -> np.ndarray:
+    """A ``.npy`` file's array from its bytes, without a copy (read-only) and never unpickling."""
+    buffer = io.BytesIO(content)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    reader = readers.get(np.lib.format.read_magic(buffer))
+    if reader is None:
+        raise ClientError("The server answered with a .npy file of a format this client does not read.")
+    shape, fortran_order, dtype = reader(buffer)
+    if dtype.hasobject:
+        raise ClientError("The server answered with an object array; expected numbers.")
+    count = int(np.prod(shape, dtype=np.int64))
+    array = np.frombuffer(content, dtype=dtype, count=count, offset=buffer.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 CONNECTION_LOST = ("The connection to the server was lost (it stopped, restarted or the network dropped); "

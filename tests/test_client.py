@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mixdemo.client import ClientError, conform_to_grid, make_key, patch_region
 
@@ -423,6 +424,41 @@ def test_separate_requests_each_go_in_a_new_session(app_url, monkeypatch):
     assert len(sessions) == 4 and len(set(sessions)) == 4  # the connection's, then one per request
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_the_answer_is_fetched_into_memory_not_through_gradio_clients_download(app_url, monkeypatch):
+    """gradio_client's download stages each answer in a new folder of the temporary directory and leaves it there,
+    empty: the client fetches the answer itself, into memory, from the server's own file route."""
+    from gradio_client import client as gradio_client_module
+
+    from mixdemo.client import RemoteServer
+
+    monkeypatch.setattr(gradio_client_module.Endpoint, "_download_file",
+                        lambda *a, **k: pytest.fail("the answer went through gradio_client's download"))
+    remote = RemoteServer(app_url)
+    try:
+        proxies = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 16)).astype(np.float32)
+        answer = remote(proxies)
+    finally:
+        remote.close()
+    assert answer.shape == (2, 4, 16, 16, 16) and answer.dtype == torch.float32
+    torch.testing.assert_close(answer.sum(1), torch.ones(2, 16, 16, 16), atol=1e-2, rtol=0)  # probabilities
+
+
+def test_an_npy_answer_is_read_without_unpickling():
+    import io
+
+    from mixdemo.client import ClientError, npy_from_bytes
+
+    for array in (np.arange(24, dtype=np.float16).reshape(2, 3, 4), np.asfortranarray(np.arange(6.0).reshape(2, 3))):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        np.testing.assert_array_equal(npy_from_bytes(buffer.getvalue()), array)
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ClientError, match="object array"):
+        npy_from_bytes(buffer.getvalue())
+
+
 def test_the_client_follows_the_request_limits_the_server_reports(app_url):
     from mixdemo import server
     from mixdemo.client import RemoteServer
@@ -438,7 +474,7 @@ def test_the_client_follows_the_request_limits_the_server_reports(app_url):
 @pytest.mark.slow
 def test_closing_stops_the_heartbeat_without_waiting_for_it(app_url, monkeypatch):
     """close() asks gradio_client's heartbeat thread to stop and does not wait for it (``Client.close`` waits up to
-    1 s for a thread that sees the request only at the server's next message); the downloads folder goes."""
+    1 s for a thread that sees the request only at the server's next message)."""
     from mixdemo.client import RemoteServer
 
     remote = RemoteServer(app_url)
@@ -447,7 +483,6 @@ def test_closing_stops_the_heartbeat_without_waiting_for_it(app_url, monkeypatch
     monkeypatch.setattr(heartbeat, "join", lambda *a, **k: pytest.fail("close() waited for the heartbeat thread"))
     remote.close()
     assert remote._client._kill_heartbeat.is_set()
-    assert not Path(remote._download).exists()
 
 
 def test_close_client_falls_back_to_close_and_never_raises():
