@@ -534,6 +534,15 @@ def test_a_training_split_too_small_to_train_is_a_cohort_error(tiny_cohort, tmp_
         train.main(_train_cmd(small, tmp_path / "w", tmp_path / "run", 2, ["--mode", mode]))
 
 
+def test_a_patch_larger_than_the_grid_is_refused_with_the_largest_that_fits(tiny_cohort, tmp_path):
+    from training import train
+
+    argv = _train_cmd(tiny_cohort, tmp_path / "w", tmp_path / "run", 1)
+    argv[argv.index("--patch-size") + 1] = "48"
+    with pytest.raises(SystemExit, match="--patch-size 48 does not fit the cohort's grid 32×32×32: give 32 or less"):
+        train.main(argv)
+
+
 @pytest.mark.parametrize("precision, channels_last", [
     ("float32", False), ("float32", True), ("bfloat16", False),
     # the layout of a bfloat16 convolution's output is oneDNN's choice: an emulating CPU returns it contiguous

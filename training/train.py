@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records, cache=args.volume_cache)
+    if args.patch_size > min(volumes[0].image.shape):
+        raise SystemExit(f"--patch-size {args.patch_size} does not fit the cohort's grid "
+                         f"{'×'.join(map(str, volumes[0].image.shape))}: give {min(volumes[0].image.shape)} or less.")
     mixed = args.mode != "baseline"
     val = (make_validation(load_volumes(val_records, cache=args.volume_cache), volumes, DEFAULT_ALPHA_RANGE, args.seed)  # α as the client draws it
            if val_records and rank == 0 else None)
