@@ -476,6 +476,25 @@ def test_a_recorded_command_is_the_one_given_else_the_processs(monkeypatch):
     assert command_line("training.evaluate", None) == "python -m training.evaluate --quick"
 
 
+def test_a_quick_run_writes_under_results_quick_and_a_full_run_the_committed_file():
+    """A smoke run without ``--out`` must not overwrite a committed results file (the README's tables come from
+    them): every training command with ``--quick``, found by scanning training/ so that a new one is covered,
+    parses ``--quick`` to ``results/quick/<name>`` (git-ignored) and no arguments to the committed ``results/<name>``."""
+    import importlib
+
+    modules = sorted(p.stem for p in (REPO / "training").glob("*.py") if '"--quick"' in p.read_text())
+    assert {"evaluate", "evaluate_privacy", "mirror_tta", "reference_choice", "reliability", "throughput",
+            "compare_unmixing"} <= set(modules)
+    assert "/results/quick/" in (REPO / ".gitignore").read_text().splitlines()
+    in_repo = lambda path: path.relative_to(REPO) if path.is_absolute() else path  # noqa: E731 - reliability's
+    for module in modules:
+        parse = importlib.import_module(f"training.{module}").parse_args
+        full, quick = in_repo(parse([]).out), in_repo(parse(["--quick"]).out)
+        assert full.parent == Path("results") and (REPO / full).is_file(), f"{module}: --out defaults to {full}"
+        assert quick == Path("results", "quick", full.name), f"{module} --quick: --out defaults to {quick}"
+        assert parse(["--quick", "--out", "x.json"]).out == Path("x.json"), module
+
+
 def test_the_bfloat16_record_compares_the_shipped_table_and_sets_the_default_precision():
     """results/s_bfloat16.json (the segmentation table's protocol with S and the baseline in bfloat16): its float32
     side is the shipped table, the bfloat16 run used the same weights, its decision follows its rule (every average

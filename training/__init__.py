@@ -25,6 +25,14 @@ DATA_HELP = ("cohort folder: the mixdemo layout or BraTS case folders (mixdemo.d
 """The help of the ``--data`` option of the commands that read a cohort."""
 
 
+def default_out(name: str, quick: bool) -> Path:
+    """The default ``--out`` of a command with a ``--quick`` smoke mode: ``results/<name>`` for a full run, the
+    committed file the README's tables are generated from (``training.report``), and ``results/quick/<name>``
+    (git-ignored) for a quick one, so that a smoke run's figures never overwrite the committed ones. Relative, as
+    the commands' other defaults: the caller anchors it (``training.reliability``: at the repository root)."""
+    return Path("results", "quick", name) if quick else Path("results", name)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Around a command's ``main()`` when run from the shell: an error in what the user gave (a cohort folder,

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, evaluate, user_errors
+from training import command_line, default_out, evaluate, user_errors
 
 DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")  # the designs, each trained on 32³ patches
 
@@ -52,12 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "not used there)")
     p.add_argument("--quick", action="store_true", help="smoke run (evaluate --quick for each D)")
     p.add_argument("--out", type=Path, default=None,
-                   help="the JSON written (default results/d_designs.json; results/d_ensembles.json with --ensembles)")
+                   help="the JSON written (default results/d_designs.json; results/d_ensembles.json with --ensembles; "
+                        "under results/quick/ with --quick)")
     args = p.parse_args(argv)
     if args.volumes is None:
         args.volumes = 6 if args.ensembles else 3
     if args.out is None:
-        args.out = Path("results/d_ensembles.json" if args.ensembles else "results/d_designs.json")
+        args.out = default_out("d_ensembles.json" if args.ensembles else "d_designs.json", args.quick)
     if args.ensembles and len(set(args.models)) < 2:
         p.error("--ensembles needs at least two --models")
     if len(set(args.models)) < len(args.models):
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = ensembles(args, argv)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
         return result
     t0 = time.perf_counter()
     rows = []
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return result
 
 

@@ -2,7 +2,8 @@
 :mod:`mixdemo.data`, BraTS's included): Table 1 (Dice, ICC) and Fig. 2-3.
 
     python -m training.evaluate            # full run, writes results/segmentation.json + figures
-    python -m training.evaluate --quick    # 2 test volumes, K ≤ 5, a central 32³ cube: a smoke run of about a minute
+    python -m training.evaluate --quick    # 2 test volumes, K ≤ 5, a central 32³ cube: a smoke run of about a minute,
+                                           # writes results/quick/segmentation.json + figures
     python -m training.evaluate --figures-only   # the figures of results/segmentation.json, from it and one volume
 
 Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
@@ -39,7 +40,7 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import DATA_HELP, add_device_option, command_line, user_errors
+from training import DATA_HELP, add_device_option, command_line, default_out, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -54,7 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="read the reference pool (the training scans) memory-mapped from DIR, written once "
                         "(mixdemo.data.load_volumes): for cohorts larger than the memory")
-    p.add_argument("--out", type=Path, default=Path("results/segmentation.json"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON written (and read by --figures-only); figures go beside it (default "
+                        "results/segmentation.json; results/quick/segmentation.json with --quick)")
     p.add_argument("--volumes", type=int, default=6,
                    help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
     p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
@@ -89,6 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.figures_only and args.no_figures:
         p.error("--figures-only and --no-figures exclude each other")
+    if args.out is None:
+        args.out = default_out("segmentation.json", args.quick)
     if args.quick:
         args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or QUICK_CROP
@@ -467,6 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
         return figures_only(args)
     doc = evaluate(args, argv)
     print(json.dumps({"dice": doc["dice"], "icc": doc["icc"]}, indent=1))
+    print(f"wrote {args.out}")
     return doc
 
 

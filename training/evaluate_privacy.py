@@ -43,7 +43,7 @@ from mixdemo.metrics import msssim_3d_batch
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import add_device_option, command_line, user_errors
+from training import add_device_option, command_line, default_out, user_errors
 
 SECTIONS = ("bss", "reid", "tta", "reuse", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
@@ -90,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller run (< 5 min on 2 cores)")
     p.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds; numbers meaningless)")
-    p.add_argument("--out", type=Path, default=Path("results/privacy.json"), help="JSON path; figures go next to it")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path; figures go next to it (default results/privacy.json; results/quick/privacy.json "
+                        "with --quick or --smoke)")
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--merge", action="store_true", help="update the keys of an existing --out JSON")
@@ -105,7 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unmixing", default=None,
                    help="the one-reference D model folder of the sections that unmix (leakage, defences, sweep); "
                         "default: the client's default D (mixdemo.weights.DEFAULT_UNMIXING)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = default_out("privacy.json", args.quick or args.smoke)
+    return args
 
 
 # ------------------------------------------------------------------------------------------ setup

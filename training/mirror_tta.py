@@ -2,7 +2,7 @@
 mixes lift Learned + TTA at the same server cost?
 
     python -m training.mirror_tta            # → results/mirror_tta.json (the table's 6 Dice volumes, K = 10)
-    python -m training.mirror_tta --quick    # smoke run (the test's)
+    python -m training.mirror_tta --quick    # smoke run (the test's) → results/quick/mirror_tta.json
 
 The paper's TTA (Eq. 5–6) varies the reference and α of each mix. Mirroring, the usual TTA of segmentation
 networks, is a variation the client can add for free: it mixes the mirrored target, x_mix = α·flip(x) + (1 − α)·x_ref,
@@ -46,7 +46,7 @@ import torch
 
 from mixdemo.mixing import mirror
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, evaluate, user_errors
+from training import command_line, default_out, evaluate, user_errors
 
 LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
                 "learned_tta_2k")
@@ -72,8 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="utility (the Dice rows), privacy (the averaging attack; kept beside the Dice rows of an "
                         "existing --out) or all")
     p.add_argument("--attack-draws", type=int, default=5, help="draws of references and α for the privacy rows")
-    p.add_argument("--out", type=Path, default=Path("results/mirror_tta.json"))
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON written (default results/mirror_tta.json; results/quick/mirror_tta.json with --quick)")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = default_out("mirror_tta.json", args.quick)
+    return args
 
 
 def eval_arguments(args: argparse.Namespace) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 utility and to privacy.
 
     python -m training.reference_choice            # → results/reference_choice.json
-    python -m training.reference_choice --quick    # smoke run (about a minute; the test's)
+    python -m training.reference_choice --quick    # smoke run (about a minute; the test's) → results/quick/
 
 The client holds the target and its reference bank, so instead of K random references (the paper's
 protocol, :func:`mixdemo.mixing.sample_key`) it could take the K whose scans correlate best with the target
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, evaluate, user_errors
+from training import command_line, default_out, evaluate, user_errors
 
 CHOICES = ("random", "similar")
 ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_ALPHA_RANGE) for the attacks
@@ -47,8 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
-    p.add_argument("--out", type=Path, default=Path("results/reference_choice.json"))
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON written (default results/reference_choice.json; "
+                        "results/quick/reference_choice.json with --quick)")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = default_out("reference_choice.json", args.quick)
+    return args
 
 
 def eval_arguments(args: argparse.Namespace) -> argparse.Namespace:

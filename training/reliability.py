@@ -1,6 +1,6 @@
 """Reliability and privacy hygiene: hostile input, load, faults, leaks.
 
-    python -m training.reliability [--quick] [--out results/reliability.json]
+    python -m training.reliability [--quick] [--out results/reliability.json]   # --quick: results/quick/ by default
 
 Runs the generated corpus of malformed inputs (:mod:`mixdemo.badinputs`) through three surfaces —
 the library loader, the CLI client (``python -m mixdemo.client``) and the launched app's API
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.badinputs import PATIENT_LIKE_NAME, BadInput, nifti_corpus, proxy_corpus, valid_nifti_bytes
+from training import default_out
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENT_USERS = 8
@@ -1150,16 +1151,26 @@ def run(quick: bool = False, out: Path | None = None, workdir: Path | None = Non
     return doc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: run and write the JSON; exit 1 if anything crashed, crossed or leaked."""
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.reliability", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer inputs and requests (about 2 minutes)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "reliability.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON written (default results/reliability.json; results/quick/reliability.json with "
+                        "--quick; both in the repository)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / default_out("reliability.json", args.quick)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: run and write the JSON; exit 1 if anything crashed, crossed or leaked."""
+    args = parse_args(argv)
     doc = run(quick=args.quick, out=args.out)
     keys = ("inputs_tried", "crashes", "clear_messages", "partial_outputs", "requests_served_under_load",
             "users_crossed", "peak_rss_mb", "leaks_found", "seconds")
     print(json.dumps({k: doc[k] for k in keys}, indent=1))
+    print(f"wrote {args.out}")
     bad = doc["crashes"] or doc["users_crossed"] or doc["leaks_found"] or doc["partial_outputs"]
     bad = bad or any(str(v).startswith("FAILED") for v in doc["faults"].values())
     return 1 if bad else 0
