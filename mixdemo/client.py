@@ -259,7 +259,8 @@ def run_private(
     In ``patch`` mode only the 32³ patch at ``centre`` of the target and of each reference is mixed.
     """
     region, refs = _region_and_references(target, references, key, mode, centre)
-    result = private_segment(target[region], refs, key, server, unmix_model, progress=progress)
+    result = private_segment(target[region], refs, key, in_requests(server, target[region].shape), unmix_model,
+                             progress=progress)
     return ClientRun(key=key, region=region, grid_shape=tuple(target.shape), result=result)  # type: ignore[arg-type]
 
 
@@ -278,12 +279,26 @@ def run_private_labels(
     region, computed as :func:`mixdemo.pipeline.private_labels` does: one request's proxies at a time, so the
     client holds what one request needs, not K of everything."""
     region, refs = _region_and_references(target, references, key, mode, centre)
-    shape = target[region].shape
-    per_call = server.per_request(shape) if isinstance(server, RemoteServer) else proxies_per_request(shape)
+    per_call = per_request(server, target[region].shape)
     part = private_labels(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
     out = np.zeros(target.shape, dtype=np.uint8)
     out[region] = part
     return out
+
+
+def per_request(server: ServerFn, shape: Sequence[int]) -> int:
+    """How many proxies of ``shape`` one call of ``server`` may carry: what a remote server reports, else the
+    limits of this package's server (:func:`proxies_per_request`)."""
+    return server.per_request(shape) if isinstance(server, RemoteServer) else proxies_per_request(shape)
+
+
+def in_requests(server: ServerFn, shape: Sequence[int]) -> ServerFn:
+    """``server`` called with at most one request's proxies of ``shape`` at a time (:func:`per_request`), the
+    answers concatenated: K may exceed what one request holds (a :class:`RemoteServer` splits them itself)."""
+    if isinstance(server, RemoteServer):
+        return server
+    step = per_request(server, shape)
+    return lambda proxies: torch.cat([server(proxies[i : i + step]) for i in range(0, len(proxies), step)])
 
 
 def _region_and_references(target: np.ndarray, references: Sequence[Reference], key: MixKey, mode: str,

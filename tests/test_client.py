@@ -48,6 +48,29 @@ def test_make_key():
         make_key(pool, 1, reference_ids=["zz"])
 
 
+def test_k_above_one_requests_worth_is_sent_in_several_requests():
+    """The app calls the server in-process: K = 10 patches go as 8 + 2, within the server's own limit (a request
+    of 9 was refused)."""
+    from mixdemo import server
+    from mixdemo.client import run_private
+    from mixdemo.pipeline import Reference
+
+    rng = np.random.default_rng(0)
+    grid = (40, 40, 40)
+    target = rng.uniform(0, 1, grid).astype(np.float32)
+    bank = [Reference(f"r{i}", rng.uniform(0, 1, grid).astype(np.float32), rng.integers(0, 4, grid).astype(np.uint8))
+            for i in range(10)]
+    calls: list[int] = []
+
+    def in_process(proxies: np.ndarray) -> torch.Tensor:
+        calls.append(len(server.check_proxies(proxies)))  # the server's own limits
+        return torch.softmax(torch.zeros(len(proxies), 4, *proxies.shape[1:]), 1)
+
+    run = run_private(target, bank, make_key([r.ref_id for r in bank], 10, alpha=0.4, seed=0), in_process, None,
+                      mode="patch")
+    assert calls == [server.MAX_K, 10 - server.MAX_K] and run.result.naive.shape[0] == 10
+
+
 # ------------------------------------------------------------------------------ against the app
 @pytest.mark.slow
 def test_server_receives_only_proxies(app_url, example):
