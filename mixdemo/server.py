@@ -192,12 +192,12 @@ def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None]
         with reusing_freed_memory():
             return _answer(path, progress)
     finally:
-        _delete(path)  # whatever failed: the request does not outlive its answer
+        delete_upload(path)  # whatever failed: the request does not outlive its answer
 
 
-def _delete(path: str | os.PathLike) -> None:
-    """Delete a request file, and the folder Gradio made for its upload (one per upload in Gradio's cache,
-    named by the content's hash) once that is left empty."""
+def delete_upload(path: str | os.PathLike) -> None:
+    """Delete an uploaded file (a request, or a scan uploaded to the app), and the folder Gradio made for it (one
+    per upload in Gradio's cache, named by the content's hash) once that is left empty."""
     try:
         os.unlink(path)
     except OSError:
@@ -218,7 +218,7 @@ def _answer(path: str | os.PathLike, progress: Callable[[float, str], None] | No
     try:
         arr = read_proxy_file(path)
     finally:
-        _delete(path)  # as soon as it is read
+        delete_upload(path)  # as soon as it is read
     probs = segment(arr, progress).numpy().astype(np.float16)
     out = response_dir() / "mixed_probs.npy"
     try:

@@ -98,10 +98,19 @@ def _progress_fn(progress: gr.Progress):
 
 def _delete_upload(path: str | None) -> None:
     if path:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        server.delete_upload(path)
+
+
+UPLOAD_REFUSED = "Could not load this file"
+"""How the status line begins when an upload is refused."""
+
+
+def _refused_upload(message: str, outputs_before: int):
+    """A refused upload: a warning and the status line say why, the upload box is emptied for the next try (an
+    error would leave it stuck on a file already deleted), and ``outputs_before`` outputs (the session, and
+    whatever shows the scan loaded before) are left as they are."""
+    gr.Warning(message)
+    return (*[gr.skip()] * outputs_before, f"**{UPLOAD_REFUSED}:** {message}", None)
 
 
 # ------------------------------------------------------------------------------ loading targets
@@ -128,14 +137,14 @@ def load_example(name: str | None, progress: gr.Progress = gr.Progress()):
 def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
     """Load an uploaded NIfTI (registered to MNI if needed; deleted right after reading; its name is never used)."""
     if not path:
-        raise gr.Error("Upload a .nii or .nii.gz file.", print_exception=False)
+        return _refused_upload("Upload a .nii or .nii.gz file.", 5)
     from mixdemo.client import ClientError
     from mixdemo.io import ScanError
 
     try:
         sess = _session_from_files(path, None, "upload", _progress_fn(progress))
     except (ScanError, ClientError, ValueError) as exc:
-        raise _err(exc) from None
+        return _refused_upload(str(exc) or type(exc).__name__, 5)
     finally:
         _delete_upload(path)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
@@ -152,10 +161,10 @@ def load_upload_labels(path: str | None, sess: Session | None):
 
     try:
         if sess is None:
-            raise gr.Error("Load a scan first, then its labels.", print_exception=False)
+            return _refused_upload("Load a scan first, then its labels.", 1)
         sess.truth = sess.target.truth_from_file(path)  # type: ignore[attr-defined]
     except (ScanError, ClientError, ValueError) as exc:
-        raise _err(exc) from None
+        return _refused_upload(str(exc) or type(exc).__name__, 1)
     finally:
         _delete_upload(path)
     return sess, "Labels attached: Dice will be shown after the next run.", None

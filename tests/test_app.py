@@ -173,9 +173,13 @@ def test_ui_errors_are_readable(app_weights, tmp_path):
         ui.run_segmentation(None, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"not a nifti at all")
-    with pytest.raises(gr.Error, match="gzip"):
-        ui.load_upload(str(bad), progress=_Progress())
+    with pytest.warns(UserWarning, match="gzip"):  # gr.Warning outside an event: a warning, in the app a toast
+        out = ui.load_upload(str(bad), progress=_Progress())
     assert not bad.exists()  # uploads are deleted after use
+    *kept, status, upload_box = out  # the session and the scan's panels as they were; the upload box emptied
+    assert all(isinstance(o, type(gr.skip())) and o == gr.skip() for o in kept) and upload_box is None
+    assert status.startswith(f"**{ui.UPLOAD_REFUSED}:**") and "gzip" in status
+    assert ui.load_upload_labels(str(bad), None)[-2].endswith("Load a scan first, then its labels.")
 
 
 def test_constants_restated_for_fast_start_agree():

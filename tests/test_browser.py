@@ -101,3 +101,20 @@ def test_attack_and_about_tabs(page, shots, app_weights):
     expect(page.get_by_text("What this demo cannot promise")).to_be_visible()
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "screenshot_about.png"), full_page=True)
+
+
+def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, example, tmp_path):
+    """A file the app cannot read is refused with its reason in the status line, and the upload box is empty again
+    (an error used to leave it showing the refused file, already deleted, with no drop zone)."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Segment").click()
+    page.get_by_text("…or upload your own T1 NIfTI").click()
+    bad = tmp_path / "scan.nii.gz"
+    bad.write_bytes(b"not a scan")
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    expect(page.locator("#status")).to_contain_text("Could not load this file", timeout=60_000)
+    expect(page.get_by_text("Drop File Here").first).to_be_visible()
+    folder, _ = example
+    page.locator("input[type=file]").first.set_input_files(str(folder / "t1.nii.gz"))
+    expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)

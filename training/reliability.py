@@ -360,8 +360,17 @@ def _file_data(path: str, name: str) -> dict:
 def _error_text(msg: dict) -> str | None:
     out = msg.get("output") or {}
     if msg.get("success"):
-        return None
+        return _refused_upload_text(out.get("data") or [])
     return str(out.get("error") or out.get("title") or "")
+
+
+def _refused_upload_text(outputs: list) -> str | None:
+    """The status line of an upload the app refused (it answers with the reason and an emptied upload box rather
+    than an error, :func:`mixdemo.ui.load_upload`), else None."""
+    from mixdemo.ui import UPLOAD_REFUSED
+
+    refused = f"**{UPLOAD_REFUSED}:** "
+    return next((o[len(refused):] for o in outputs if isinstance(o, str) and o.startswith(refused)), None)
 
 
 # ------------------------------------------------------------------------------ surface 2: the CLI
@@ -994,8 +1003,9 @@ def check_upload_hygiene(app: AppProcess, folder: Path) -> dict:
     fn = fn_index(app.url, "load_upload")
     path = upload_raw(app.url, scan.name, scan.read_bytes())
     msg = call_raw(app.url, fn, [_file_data(path, scan.name)])
-    return {"loaded": bool(msg.get("success")), "upload_deleted": not Path(path).exists(),
-            "leaks": int(Path(path).exists()) + int(not msg.get("success"))}
+    loaded = _error_text(msg) is None
+    return {"loaded": loaded, "upload_deleted": not Path(path).exists(),
+            "leaks": int(Path(path).exists()) + int(not loaded)}
 
 
 def check_temp_dirs(app: AppProcess, client_tmp_before: set[str]) -> dict:
