@@ -33,6 +33,13 @@ def default_out(name: str, quick: bool) -> Path:
     return Path("results", "quick", name) if quick else Path("results", name)
 
 
+def add_out_option(parser, name: str, note: str = "") -> None:  # noqa: ANN001 - an argparse parser
+    """``--out`` of a command with ``--quick``: None unless given, for the command to resolve with
+    :func:`default_out` once ``--quick`` is known. ``note``: what else the help should say about the file."""
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"the JSON written{note} (default results/{name}; results/quick/{name} with --quick)")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Around a command's ``main()`` when run from the shell: an error in what the user gave (a cohort folder,

@@ -40,7 +40,7 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import DATA_HELP, add_device_option, command_line, default_out, user_errors
+from training import DATA_HELP, add_device_option, add_out_option, command_line, default_out, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -55,9 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="read the reference pool (the training scans) memory-mapped from DIR, written once "
                         "(mixdemo.data.load_volumes): for cohorts larger than the memory")
-    p.add_argument("--out", type=Path, default=None,
-                   help="the JSON written (and read by --figures-only); figures go beside it (default "
-                        "results/segmentation.json; results/quick/segmentation.json with --quick)")
+    add_out_option(p, "segmentation.json", " (and read by --figures-only; figures go beside it)")
     p.add_argument("--volumes", type=int, default=6,
                    help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
     p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
