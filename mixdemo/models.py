@@ -63,6 +63,10 @@ class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", t
         dropout: dropout rate.
     """
 
+    POOLINGS = 4
+    """Halvings of the grid down to U-Net++'s deepest level (MONAI's ``BasicUNetPlusPlus``): a patch's sides must
+    be multiples of 2⁴ = 16."""
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -541,6 +541,9 @@ def test_a_patch_larger_than_the_grid_is_refused_with_the_largest_that_fits(tiny
     argv[argv.index("--patch-size") + 1] = "48"
     with pytest.raises(SystemExit, match="--patch-size 48 does not fit the cohort's grid 32×32×32: give 32 or less"):
         train.main(argv)
+    argv[argv.index("--patch-size") + 1], argv[argv.index("--batch-size") + 1] = "16", "1"
+    with pytest.raises(SystemExit, match="leaves 1 voxel.*--batch-size 2 or more, or --patch-size 32 or more"):
+        train.main(argv)  # batch norm would raise deep in the first step
 
 
 @pytest.mark.parametrize("precision, channels_last", [

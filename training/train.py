@@ -258,6 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--init-unmixing starts a D; --mode baseline trains no D.")
     if args.val_subjects and args.n_references != 1 and args.mode != "baseline":
         raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
+    deepest = (args.patch_size // 2 ** SegmentationNet.POOLINGS) ** 3  # voxels a patch keeps at U-Net++'s last level
+    if args.batch_size * deepest < 2:
+        raise SystemExit(f"--patch-size {args.patch_size} leaves {deepest} voxel(s) at U-Net++'s deepest level, and batch "
+                         f"normalisation needs 2 or more values per batch there: give --batch-size 2 or more, or "
+                         f"--patch-size {2 ** (SegmentationNet.POOLINGS + 1)} or more.")
     if args.init_from is not None:  # before the cohort loads: a wrong folder costs no time
         check_start_folders(args.init_from, args.mode, args.init_unmixing)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
