@@ -919,6 +919,11 @@ def test_unmixing_mode_trains_a_new_d_on_a_frozen_s(tiny_cohort, tmp_path):
     assert float((tmp_path / "run1" / "train.log").read_text().splitlines()[-1].split("\t")[3]) > 0  # D's loss
     with pytest.raises(SystemExit, match="init-from"):
         train.main(_train_cmd(tiny_cohort, out, tmp_path / "run2", 1, ["--mode", "unmixing"]))
+    record = json.loads((start / "segmentation" / "training.json").read_text())
+    (start / "segmentation" / "training.json").write_text(json.dumps({**record, "classes": ["background", "NCR", "ED", "ET"]}))
+    with pytest.raises(SystemExit, match=r"trained on the classes \['background', 'NCR', 'ED', 'ET'\].*"
+                                         r"\['background', 'GM', 'WM', 'CSF'\]"):  # a BraTS S for a tissue cohort
+        train.main(_train_cmd(tiny_cohort, out, tmp_path / "run3", 1, ["--mode", "unmixing", "--init-from", str(start)]))
 
 
 def test_unmixing_mode_can_train_on_a_saved_d(tiny_cohort, tmp_path):

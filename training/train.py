@@ -43,7 +43,7 @@ from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mixdemo.data import Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import CLASS_NAMES, Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
@@ -182,6 +182,19 @@ def check_start_folders(folder: Path, mode: str, init_unmixing: str | None) -> N
                              "model.safetensors, as training writes under --out).")
 
 
+def check_start_classes(folder: Path, mode: str, cohort: Cohort) -> None:
+    """SystemExit when the S a warm start begins from was trained on other classes than the cohort's (a BraTS S
+    and a tissue cohort); a record that names none is the phantoms' (:func:`mixdemo.server.model_info` reads it so)."""
+    from mixdemo.weights import read_training_record
+
+    s_name, _ = start_folders(mode, None)
+    trained = list(read_training_record(folder / s_name).get("classes", CLASS_NAMES))
+    if trained != list(cohort.class_names):
+        raise SystemExit(f"--init-from: the S in {folder / s_name} was trained on the classes {trained}, but the cohort "
+                         f"{cohort.root} has {list(cohort.class_names)}: start from an S trained on such data, or "
+                         "without --init-from.")
+
+
 def warm_start(folder: Path, mode: str, n_references: int, features: tuple[int, ...],
                init_unmixing: str | None = None):
     """(S, D) loaded from the Hub-format model folders under ``folder`` (D widened to ``n_references``;
@@ -275,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     cohort = load_cohort(args.data, args.modality)
     check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references)
+    if args.init_from is not None:
+        check_start_classes(args.init_from, args.mode, cohort)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records, cache=args.volume_cache)
     if args.patch_size > min(volumes[0].image.shape):
