@@ -341,9 +341,10 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         curves = _dice_curves(res, truth)
     else:
         dice_md, curves = "_No ground truth: Dice is shown for the examples or when you upload labels._", {}
-    fig = viz.dice_vs_k_figure(curves)
+    # no labels, no curves: the plot is hidden rather than drawn as empty axes
+    plot = gr.update(value=viz.dice_vs_k_figure(curves), visible=True) if curves else gr.update(value=None, visible=False)
     panels = render(sess, opacity, mode)
-    return (sess, *panels, dice_md, fig, str(out_path), summary, _mix_gallery(sess, bank, key, res.proxies, opacity))
+    return (sess, *panels, dice_md, plot, str(out_path), summary, _mix_gallery(sess, bank, key, res.proxies, opacity))
 
 
 def _mirrored_text(key) -> str:  # noqa: ANN001 - a MixKey
@@ -675,32 +676,115 @@ def _weights_dir() -> Path:
     return Path(os.environ.get("MIXDEMO_WEIGHTS_DIR") or Path(__file__).resolve().parent.parent / "weights")
 
 
+_BLANK = ""
+"""What a table cell shows where the file has no value to show (a missing key, null, a nested value)."""
+
+
 def _fmt(v: object) -> str:
-    if isinstance(v, bool) or v is None:
+    """One table cell: a number, a flag, a mean ± std, a short list of those; :data:`_BLANK` for anything else
+    (a missing key, null, a nested value: the raw JSON below the tables holds it)."""
+    if isinstance(v, bool):
         return str(v)
     if isinstance(v, (int, float)):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    if isinstance(v, dict) and "mean" in v:
+        if isinstance(v, float):
+            return f"{v:.3f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.2e}"  # not 0.000 for a small value
+        return str(v)
+    if isinstance(v, dict) and isinstance(v.get("mean"), (int, float)):
         return f"{v['mean']:.3f}" + (f" ± {v['std']:.3f}" if isinstance(v.get("std"), (int, float)) else "")
-    if isinstance(v, (list, tuple)) and len(v) <= 4:
-        return ", ".join(_fmt(x) for x in v)
-    return "…"
+    if isinstance(v, (list, tuple)) and 0 < len(v) <= 4:
+        cells = [_fmt(x) for x in v]
+        return _BLANK if _BLANK in cells else ", ".join(cells)
+    return _BLANK
 
 
 def _table(rows: dict) -> str:
-    """Markdown table of ``{row: {column: value}}``."""
-    rows = {k: v for k, v in rows.items() if isinstance(v, dict)}
-    if not rows:
+    """Markdown table of ``{row: {column: value}}``, without the rows and columns that would hold no value; a wide
+    table that would be mostly blank (rows of different measurements) as a list of rows instead."""
+    cells = {name: {c: _fmt(v) for c, v in r.items()} for name, r in rows.items() if isinstance(r, dict)}
+    cells = {name: r for name, r in cells.items() if any(x != _BLANK for x in r.values())}
+    cols = [c for c in dict.fromkeys(c for r in cells.values() for c in r)
+            if any(r.get(c, _BLANK) != _BLANK for r in cells.values())]
+    if not cols:
         return ""
-    cols = list(dict.fromkeys(c for r in rows.values() for c in r))
-    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for name, r in rows.items()]
+    blank = sum(r.get(c, _BLANK) == _BLANK for r in cells.values() for c in cols)
+    if len(cols) > 8 and 2 * blank > len(cols) * len(cells):
+        return "\n".join(f"- **{name}**: " + " · ".join(f"{c} {r[c]}" for c in cols if r.get(c, _BLANK) != _BLANK)
+                         for name, r in cells.items())
+    lines = ["| | " + " | ".join(map(str, cols)) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(r.get(c, _BLANK) for c in cols) + " |" for name, r in cells.items()]
     return "\n".join(lines)
 
 
-def about_results() -> tuple[str, list[tuple[str, object]], list[tuple[str, str]], dict[str, dict]]:
-    """What the About tab shows of ``results/``: markdown (tables, commands, model cards), plotly
-    figures, PNG figures (``(path, caption)``) and the raw JSON documents."""
+MAIN_RESULTS = ("segmentation", "privacy", "bench")
+"""The results the About tab shows first, in this order (the segmentation table, the attacks, the benchmark);
+every other ``results/*.json`` goes, in name order, into one closed accordion."""
+
+
+@dataclass
+class AboutResults:
+    """What the About tab shows of ``results/``."""
+
+    md: str
+    """The main results (:data:`MAIN_RESULTS`): tables and commands."""
+    figs: list[tuple[str, object]]
+    """The main results' Dice-against-K figures (plotly)."""
+    other_md: str
+    """Every other result, for a closed accordion ("" when none)."""
+    other_figs: list[tuple[str, object]]
+    """Their Dice-against-K figures."""
+    pngs: list[tuple[str, str]]
+    """PNG figures in ``results/`` as ``(path, caption)``, screenshots left out."""
+    docs: dict[str, dict]
+    """The raw JSON documents, the main ones first."""
+    cards_md: str
+    """The model cards, each in a closed ``<details>``."""
+
+
+def _result_md(name: str, data: dict) -> str:
+    """One ``results/<name>.json`` as markdown: its command, data, top-level numbers and tables."""
+    parts = [f"### `results/{name}.json`"]
+    if data.get("command"):
+        seed = f" · seed {data['seed']}" if isinstance(data.get("seed"), (int, str)) else ""
+        date = f" · {data['date']}" if data.get("date") else ""
+        parts.append(f"Command: `{data['command']}`{seed}{date}")
+    if data.get("data"):
+        parts.append(f"Data: {data['data']}")
+    values = {k: {"value": v} for k, v in data.items()
+              if k != "seed" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if values:
+        parts.append("**Values**\n\n" + _table(values))
+    for key in ("dice", "icc"):
+        if isinstance(data.get(key), dict):
+            table = _table(data[key])
+            if table:
+                parts.append(f"**{key.upper() if key == 'icc' else 'Dice'}**\n\n" + table)
+    for key, val in data.items():
+        if key in ("dice", "icc") or not isinstance(val, dict):
+            continue
+        table = _table({k: v for k, v in val.items() if isinstance(v, dict)})
+        if table:
+            parts.append(f"**{key}**\n\n{table}")
+    return "\n\n".join(parts)
+
+
+def _result_fig(name: str, data: dict) -> tuple[str, object] | None:
+    curves = data.get("dice_vs_k")
+    if not isinstance(curves, dict) or not curves:
+        return None
+    try:
+        return (f"{name}: Dice against K", viz.dice_vs_k_figure(
+            {m: [float(v[1]) if isinstance(v, (list, tuple)) else float(v) for v in vals] for m, vals in curves.items()},
+            title=f"Dice against K ({name}.json)"))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+BLANK_NOTE = ("_Blank cells and left-out rows or columns: no value in the file, or a nested one "
+              "(the raw JSON at the end of this tab holds every value)._")
+
+
+def about_results() -> AboutResults:
+    """What the About tab shows of ``results/``: the main results (:data:`MAIN_RESULTS`) first, the others apart."""
     loaded: dict[str, dict] = {}
     for path in sorted(RESULTS_DIR.glob("*.json")):
         try:
@@ -709,33 +793,17 @@ def about_results() -> tuple[str, list[tuple[str, object]], list[tuple[str, str]
             continue
         if isinstance(data, dict):
             loaded[path.stem] = data
-    parts, figs = [], []
+    main = [n for n in MAIN_RESULTS if n in loaded]
+    docs = {n: loaded[n] for n in main} | {n: d for n, d in loaded.items() if n not in main}
     if not loaded:
-        parts.append("_No results yet: `results/*.json` appear once `python -m training.evaluate` and "
-                     "`python -m training.evaluate_privacy` have run._")
-    for name, data in loaded.items():
-        parts.append(f"### `results/{name}.json`")
-        if data.get("command"):
-            parts.append(f"Command: `{data['command']}` · seed {data.get('seed', '?')} · {data.get('date', '')}")
-        if data.get("data"):
-            parts.append(f"Data: {data['data']}")
-        for key in ("dice", "icc"):
-            if isinstance(data.get(key), dict):
-                parts.append(f"**{key.upper() if key == 'icc' else 'Dice'}**\n\n" + _table(data[key]))
-        for key, val in data.items():
-            if key in ("dice", "icc") or not isinstance(val, dict):
-                continue
-            table = _table({k: v for k, v in val.items() if isinstance(v, dict)})
-            if table:
-                parts.append(f"**{key}**\n\n{table}")
-        curves = data.get("dice_vs_k")
-        if isinstance(curves, dict) and curves:
-            try:
-                figs.append((f"{name}: Dice against K", viz.dice_vs_k_figure(
-                    {m: [float(v[1]) if isinstance(v, (list, tuple)) else float(v) for v in vals] for m, vals in curves.items()},
-                    title=f"Dice against K ({name}.json)")))
-            except (TypeError, ValueError, IndexError):
-                pass
+        md = ("## Results\n_No results yet: `results/*.json` appear once `python -m training.evaluate` and "
+              "`python -m training.evaluate_privacy` have run._")
+    else:
+        md = "## Results\n" + "\n\n".join([BLANK_NOTE, *(_result_md(n, loaded[n]) for n in main)])
+    others = [n for n in docs if n not in main]
+    other_md = "\n\n".join(_result_md(n, docs[n]) for n in others)
+    figs = [f for f in (_result_fig(n, loaded[n]) for n in main) if f is not None]
+    other_figs = [f for f in (_result_fig(n, docs[n]) for n in others) if f is not None]
     pngs = [(str(p), p.stem.replace("_", " ")) for p in sorted(RESULTS_DIR.glob("*.png")) if not p.stem.startswith("screenshot")]
     cards = []
     from mixdemo.weights import unmixing_name  # torch-free
@@ -747,8 +815,8 @@ def about_results() -> tuple[str, list[tuple[str, object]], list[tuple[str, str]
             if text.startswith("---"):
                 text = text.split("---", 2)[-1]
             cards.append(f"<details><summary>Model card: <b>{name}</b></summary>\n\n{text}\n</details>")
-    md = "## Results\n" + "\n\n".join(parts) + "\n\n## Model cards\n" + ("\n".join(cards) or "_No model cards yet._")
-    return md, figs, pngs, loaded
+    cards_md = "## Model cards\n" + ("\n".join(cards) or "_No model cards yet._")
+    return AboutResults(md, figs, other_md, other_figs, pngs, docs, cards_md)
 
 
 # ------------------------------------------------------------------------------ the app
@@ -782,7 +850,7 @@ def build_demo() -> gr.Blocks:
             # ---------------------------------------------------------------- Segment
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():
-                    with gr.Column(scale=1, min_width=300):
+                    with gr.Column(scale=1, min_width=340):  # wide enough for the D menu's value
                         example = gr.Dropdown(examples.example_names(), value=None, label="1 · Example target (phantom with labels)")
                         with gr.Accordion("…or upload your own T1 NIfTI", open=False):
                             upload = gr.File(label="T1 scan (.nii / .nii.gz); registered to MNI if needed",  # no file_types: Gradio's
@@ -798,9 +866,7 @@ def build_demo() -> gr.Blocks:
                                                                       "(TTA; the answer is mirrored back; no extra server work)")
                         mode = gr.Radio(["patch", "whole"], value="patch", label="3 · Mode: one 32³ patch (fast) or the whole brain")
                         d_choices = unmixing_choices()
-                        unmixing = gr.Dropdown([(f"{n} — {w}" if w else n, n) for n, w in d_choices], value=d_choices[0][0],
-                                               label="Client network D (learned unmixing): the default first; the "
-                                                     "others trade the client's time for Dice (README: performance)",
+                        unmixing = gr.Dropdown(d_menu(d_choices), value=d_choices[0][0], label=D_LABEL, info=D_INFO,
                                                elem_id="unmixing")
                         with gr.Accordion("Patch centre / slice position (or click the target)", open=False):
                             cx = gr.Slider(0, GRID_SHAPE[0] - 1, value=72, step=1, label="x (right)")
@@ -836,14 +902,16 @@ def build_demo() -> gr.Blocks:
                             with gr.Column():
                                 dice = gr.Markdown("_Dice appears here after a run._", elem_id="dice")
                                 seg_file = gr.File(label="Segmentation (NIfTI, in the input's space)", interactive=False)
-                            plot = gr.Plot(label="Dice against K", elem_id="dice-plot")
+                            plot = gr.Plot(label="Dice against K", elem_id="dice-plot", visible=False)  # shown by a
+                            # run with labels (run_segmentation)
                 panels = [loc, im_target, im_ref, im_proxy, im_mixed, im_naive, im_learned, im_tta, im_unc, im_truth]
                 private = dict(api_visibility="private")
 
+                # the long events show their progress on the status line only, not on each of their outputs
                 example.change(load_example, [example], [sess, cx, cy, cz, loc, status], api_name="load_example",
-                               concurrency_limit=2, **private)
+                               concurrency_limit=2, show_progress_on=[status], **private)
                 upload.upload(load_upload, [upload], [sess, cx, cy, cz, loc, status, upload], api_name="load_upload",
-                              concurrency_limit=2, **private)
+                              concurrency_limit=2, show_progress_on=[status], **private)
                 upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",
                                      concurrency_limit=2, **private)
                 for c in (cx, cy, cz):
@@ -857,7 +925,7 @@ def build_demo() -> gr.Blocks:
                            concurrency_limit=4, show_progress="hidden", **private)
                 run.click(run_segmentation, [sess, refs, k, alpha, random_alpha, mode, opacity, unmixing, mirror],
                           [sess, *panels, dice, plot, seg_file, status, mixes], api_name="segment",
-                          concurrency_limit=1, concurrency_id="compute", **private)
+                          concurrency_limit=1, concurrency_id="compute", show_progress_on=[status], **private)
 
             # ---------------------------------------------------------------- Attack lab
             with gr.Tab("Attack lab", id="attack"):
@@ -866,16 +934,26 @@ def build_demo() -> gr.Blocks:
             # ---------------------------------------------------------------- About
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT)
-                md, figs, pngs, docs = about_results()
-                gr.Markdown(md)
-                for name, fig in figs[:4]:
+                res = about_results()
+                gr.Markdown(res.md, elem_id="about-results")
+                for name, fig in res.figs:
                     gr.Plot(fig, label=name)
-                if pngs:
-                    gr.Gallery(pngs, label="figures in results/ (click to enlarge)", columns=3, height=380,
+                if res.other_md or res.other_figs:
+                    n_other = sum(name not in MAIN_RESULTS for name in res.docs)
+                    with gr.Accordion(f"Other results: {n_other} more files in results/ (the README quotes them)",
+                                      open=False, elem_id="other-results"):
+                        gr.Markdown(res.other_md)
+                        for name, fig in res.other_figs:
+                            gr.Plot(fig, label=name)
+                if res.pngs:
+                    gr.Gallery(res.pngs, label="figures in results/ (click to enlarge)", columns=3, height=380,
                                object_fit="contain", preview=False)
-                for name, doc in docs.items():
-                    with gr.Accordion(f"results/{name}.json (raw)", open=False):
-                        gr.JSON(doc)
+                gr.Markdown(res.cards_md)
+                if res.docs:
+                    with gr.Accordion(f"Raw JSON of results/ ({len(res.docs)} files)", open=False, elem_id="raw-results"):
+                        for name, doc in res.docs.items():
+                            with gr.Accordion(f"results/{name}.json", open=False):
+                                gr.JSON(doc)
                 gr.Markdown(SERVER_API_MD)
                 with gr.Row():
                     proxy_in = gr.File(label="proxy .npy", type="filepath")  # no file_types: the server checks and deletes
@@ -889,6 +967,25 @@ def build_demo() -> gr.Blocks:
                 info_btn.click(_server_info, None, [info], api_name="server_info", concurrency_limit=4)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
+
+
+D_LABEL = "4 · Client network D (learned unmixing): the default measured the best Dice"
+D_INFO = ("Every other D measured scored a lower Dice: those on 2³ or 4³ patches take about the same client time "
+          "(4³ a little less), those at full resolution several times more (README: performance).")
+
+
+def d_menu(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The D menu's ``(shown, name)`` pairs for :func:`mixdemo.weights.unmixing_choices`: each name with where its
+    blocks run (the name tells the patches it was trained on), short enough to show whole in the menu's box;
+    ``mixdemo.weights.DEFAULT_UNMIXING`` marked as the default instead."""
+    from mixdemo.weights import DEFAULT_UNMIXING  # torch-free
+
+    menu = []
+    for name, where in choices:
+        short = where.split(",")[0].removeprefix("on ").removeprefix("at ")
+        shown = f"{name} (default)" if name == DEFAULT_UNMIXING else f"{name} · {short}" if short else name
+        menu.append((shown, name))
+    return menu
 
 
 def _panel(caption: str, elem_id: str | None = None, proxy: bool = False) -> gr.Image:
@@ -916,9 +1013,9 @@ def _attack_tab(sess: gr.State) -> None:
         with gr.Row():
             rec_r = gr.Image(label="recovered reference", format="png", interactive=False)
             true_r = gr.Image(label="true reference", format="png", interactive=False)
-        sep_md = gr.Markdown(elem_id="separation-status")
+        sep_md = gr.Markdown("_The separation's result appears here._", elem_id="separation-status")
         go.click(run_separation, [sess, steps, known], [rec_t, true_t, rec_r, true_r, sep_md], api_name="attack_separation",
-                      concurrency_limit=1, concurrency_id="compute", api_visibility="private")
+                 concurrency_limit=1, concurrency_id="compute", show_progress_on=[sep_md], api_visibility="private")
         stop.click(cancel_attack, None, [sep_md], api_name="attack_cancel", concurrency_limit=None,
                    api_visibility="private")
     with gr.Accordion("2 · Re-identification: can the server tell whose scan a proxy is?", open=True):

@@ -103,8 +103,10 @@ def test_ui_patch_round_trip(app_weights, example):
     assert sess.truth is not None and loc.ndim == 3 and "Loaded" in status
     out = ui.run_segmentation(sess, [], 2, 0.5, False, "patch", 0.5, progress=_Progress())
     sess, panels = out[0], out[1:11]
-    dice_md, fig, seg_path, summary, mixes = out[11:]
+    dice_md, plot, seg_path, summary, mixes = out[11:]
     assert len(mixes) == 4 and "proxy 2" in mixes[3][1]
+    assert plot["visible"] is True  # labels: the Dice-against-K plot is shown
+    fig = plot["value"]
     assert all(p is not None and p.dtype == np.uint8 and p.ndim == 3 for p in panels)
     assert "| learned TTA |" in dice_md and "K = 2" in summary
     assert len(fig.data) == 2 and len(fig.data[0].y) == 2  # Dice against K for K = 1, 2
@@ -224,6 +226,10 @@ def test_ui_whole_mode_with_a_fast_stand_in_server(app_weights, example, monkeyp
     assert panels[6] is None  # no learned unmixing without D
     assert sess.view["tta"].shape == (144, 192, 160)
     assert "| naive TTA |" in out[11]
+    sess.truth = None  # no labels: no Dice, and the Dice-against-K plot is hidden, not drawn as empty axes
+    out = ui.run_segmentation(sess, ["sub-000"], 1, 0.6, False, "patch", 0.5, progress=_Progress())
+    assert len(out) == 16 and "No ground truth" in out[11]
+    assert out[12]["visible"] is False and out[12]["value"] is None
 
 
 def test_attack_lab_handlers(app_weights, example):
@@ -261,11 +267,100 @@ def test_about_shows_results_and_cards(tmp_path, monkeypatch):
     (tmp_path / "fig_dice.png").write_bytes(b"\x89PNG")
     (tmp_path / "screenshot_segment.png").write_bytes(b"\x89PNG")
     monkeypatch.setattr(ui, "RESULTS_DIR", tmp_path)
-    md, figs, pngs, docs = ui.about_results()
-    assert "python -m training.evaluate" in md and "| learned_tta | 0.900" in md and "0.900" in md
-    assert len(figs) == 1 and list(docs) == ["segmentation"]
-    assert [Path(p).name for p, _ in pngs] == ["fig_dice.png"]
+    res = ui.about_results()
+    assert "python -m training.evaluate" in res.md and "| learned_tta | 0.900" in res.md and "0.900" in res.md
+    assert len(res.figs) == 1 and list(res.docs) == ["segmentation"] and not res.other_md and not res.other_figs
+    assert [Path(p).name for p, _ in res.pngs] == ["fig_dice.png"]
+    assert res.cards_md.startswith("## Model cards")
 
+
+def test_about_shows_the_main_results_first_and_the_others_apart(tmp_path, monkeypatch):
+    """segmentation, privacy, bench come first, in that order, whatever their names sort as; every other file goes
+    to the closed accordion; no cell shows a placeholder ("None", "…", "seed ?") for a value the file lacks."""
+    import json
+
+    from mixdemo import ui
+
+    docs = {
+        "aaa_side_study": {"command": "python -m x", "date": "2026-12-01",  # no seed
+                           "dice": {"learned": {"GM": 0.8, "WM": None}, "nested": {"GM": {"a": [1, 2]}}},
+                           "dice_vs_k": {"learned": [[1, 0.8], [2, 0.82]]}},
+        "bench": {"command": "python -m mixdemo.bench", "date": "2026-12-04", "baseline_s": 4.947,
+                  "levers": {"rule": {"rule": {"deep": 1}, "held": False}}},
+        "privacy": {"command": "python -m training.evaluate_privacy", "seed": 0,
+                    "reid": {"no_proxy": {"map": 1.0, "map_std": None}, "mixup": {"map": 0.536, "map_std": 0.13}}},
+        "segmentation": {"command": "python -m training.evaluate", "seed": 0,
+                         "dice": {"learned_tta": {"GM": 0.928, "avg": 0.899}},
+                         "dice_vs_k": {"learned": [[1, 0.85], [2, 0.87]]}},
+    }
+    for name, doc in docs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(ui, "RESULTS_DIR", tmp_path)
+    res = ui.about_results()
+    assert list(res.docs) == ["segmentation", "privacy", "bench", "aaa_side_study"]
+    heads = [res.md.index(f"### `results/{n}.json`") for n in ("segmentation", "privacy", "bench")]
+    assert heads == sorted(heads) and "aaa_side_study" not in res.md
+    assert "### `results/aaa_side_study.json`" in res.other_md
+    assert [name for name, _ in res.figs] == ["segmentation: Dice against K"]
+    assert [name for name, _ in res.other_figs] == ["aaa_side_study: Dice against K"]
+    assert "| learned_tta | 0.928 | 0.899 |" in res.md and "| baseline_s | 4.947 |" in res.md
+    assert "| no_proxy | 1.000 |  |" in res.md  # a null cell is left blank
+    assert "| | held |\n|---|---|\n| rule | False |" in res.md  # the nested column is left out
+    assert "| learned | 0.800 |" in res.other_md and "nested" not in res.other_md  # a row of nested values: left out
+    wide = {f"run{i}": {f"measure{j}": 0.5 for j in range(3 * i, 3 * i + 3)} for i in range(4)}  # 12 columns, 3/4 blank
+    assert ui._table(wide).splitlines()[1] == "- **run1**: measure3 0.500 · measure4 0.500 · measure5 0.500"
+    for text in (res.md, res.other_md):
+        assert "None" not in text and "…" not in text and "seed ?" not in text
+
+
+def test_the_about_tab_folds_the_other_results_and_the_raw_json():
+    """Built app: the main results' markdown is open, the other results and the raw JSON sit in closed accordions."""
+    import gradio as gr
+
+    from mixdemo import ui
+
+    demo = ui.build_demo()
+    blocks = demo.blocks.values()
+    by_id = {b.elem_id: b for b in blocks if getattr(b, "elem_id", None)}
+    assert "results/segmentation.json" in by_id["about-results"].value
+    for elem in ("other-results", "raw-results"):
+        assert isinstance(by_id[elem], gr.Accordion) and by_id[elem].open is False
+    assert "### `results/" in next(b.value for b in by_id["other-results"].children if isinstance(b, gr.Markdown))
+
+
+def test_long_events_show_their_progress_on_the_status_line_only():
+    """Loading a scan, segmenting and the separation show one progress bar, on their status line, not one on each of
+    their many outputs (whole-brain mode drew eleven)."""
+    from mixdemo import ui
+
+    demo = ui.build_demo()
+    ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
+    deps = {d["api_name"]: d for d in demo.config["dependencies"]}
+    for name, status in (("segment", "status"), ("load_example", "status"), ("load_upload", "status"),
+                         ("attack_separation", "separation-status")):
+        assert deps[name]["show_progress_on"] == [ids[status]], name
+        assert ids[status] in deps[name]["outputs"]
+    assert len(deps["segment"]["outputs"]) == 16
+
+
+def test_the_d_menu_shows_short_choices_and_says_which_is_best():
+    """The D menu's shown values fit its box (the long 'where' text was cut off) and its label says the default
+    measured the best Dice."""
+    from mixdemo import ui
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    choices = [(DEFAULT_UNMIXING, "on 2³ patches, trained on 96³ patches"), ("unmixing-96", "at full resolution, "
+               "trained on 96³ patches"), ("unmixing-p4-96", "on 4³ patches, a per-voxel MLP (16 channels), trained on "
+               "96³ patches"), ("unmixing-x", "")]
+    menu = ui.d_menu(choices)
+    assert [value for _, value in menu] == [name for name, _ in choices]
+    assert [shown for shown, _ in menu] == [f"{DEFAULT_UNMIXING} (default)", "unmixing-96 · full resolution",
+                                            "unmixing-p4-96 · 4³ patches", "unmixing-x"]
+    assert all(len(shown) <= 34 for shown, _ in menu)
+    demo = ui.build_demo()
+    d = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "unmixing")
+    assert "default measured the best Dice" in d.label and "lower Dice" in d.info and "client time" in d.info
+    assert all(len(shown) <= 34 for shown, _ in d.choices)
 
 
 def _write_request(path: Path) -> None:

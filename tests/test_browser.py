@@ -63,6 +63,10 @@ def test_segment_patch_mode(page, shots):
     page.get_by_role("option").first.click()
     expect(page.locator("#status")).to_contain_text("Loaded", timeout=120_000)
     _wait_image(page, "locator")
+    expect(page.locator("#dice-plot")).to_be_hidden()  # no run yet: no empty axes
+    # the D menu's value shows whole in its box
+    assert page.locator("#unmixing input").evaluate("el => el.scrollWidth <= el.clientWidth"), \
+        page.locator("#unmixing input").input_value()
     page.locator("#run-btn").click()
     expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
     for elem in ("locator", "proxy", "tta"):
@@ -99,6 +103,11 @@ def test_attack_and_about_tabs(page, shots, app_weights):
     page.screenshot(path=str(shots / "screenshot_attack.png"), full_page=True)
     page.get_by_role("tab", name="About").click()
     expect(page.get_by_text("What this demo cannot promise")).to_be_visible()
+    # the main results are open, the other files and the raw JSON folded away (the tab was ~37,000 px tall)
+    expect(page.locator("#about-results")).to_contain_text("results/segmentation.json")
+    expect(page.get_by_text("results/d_designs.json").first).to_be_hidden()
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 12_000, height
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "screenshot_about.png"), full_page=True)
 
