@@ -184,6 +184,14 @@ def test_ui_errors_are_readable(app_weights, tmp_path):
     assert ui.load_upload_labels(str(bad), None)[-2].endswith("Load a scan first, then its labels.")
 
 
+def test_the_averaging_attack_says_whether_it_beat_the_public_template():
+    from mixdemo import ui
+
+    assert ui.tta_verdict(0.021).startswith("**The attack beats the public template** (+0.021)")
+    assert ui.tta_verdict(-0.002).startswith("**The attack does not beat the public template** (-0.002)")
+    assert ui.tta_verdict(0.0).startswith("**The attack does not beat")
+
+
 def test_constants_restated_for_fast_start_agree():
     from mixdemo import examples, ui
     from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT
@@ -242,6 +250,7 @@ def test_attack_lab_handlers(app_weights, example):
     assert fig is not None and len(fig.data) == 2 and len(gallery) == 4 and "mAP" in md
     img, fig, md = ui.tta_report(3, True, True, None, progress=_Progress())
     assert img is not None and img.dtype == np.uint8 and "MS-SSIM" in md and "re-linked" in md
+    assert "first example target (no scan is loaded)" in md and "beat the public template" in md.replace("beats", "beat")
     with pytest.raises(gr.Error, match="segmentation first"):
         ui.run_separation(None, 1, True, None, progress=_Progress())
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
