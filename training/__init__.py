@@ -33,11 +33,15 @@ def default_out(name: str, quick: bool) -> Path:
     return Path("results", "quick", name) if quick else Path("results", name)
 
 
-def add_out_option(parser, name: str, note: str = "") -> None:  # noqa: ANN001 - an argparse parser
-    """``--out`` of a command with ``--quick``: None unless given, for the command to resolve with
-    :func:`default_out` once ``--quick`` is known. ``note``: what else the help should say about the file."""
+def parse_with_out(parser, argv: list[str] | None, name: str, note: str = ""):  # noqa: ANN001, ANN201 - argparse
+    """Parse ``argv`` with ``parser`` and an ``--out`` option added last: the JSON written, by default
+    :func:`default_out` of ``name`` (under ``results/quick/`` with ``--quick``). ``note``: what else its help says."""
     parser.add_argument("--out", type=Path, default=None,
                         help=f"the JSON written{note} (default results/{name}; results/quick/{name} with --quick)")
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = default_out(name, args.quick)
+    return args
 
 
 @contextmanager

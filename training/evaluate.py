@@ -40,7 +40,7 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import DATA_HELP, add_device_option, add_out_option, command_line, default_out, user_errors
+from training import DATA_HELP, add_device_option, command_line, parse_with_out, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -55,7 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="read the reference pool (the training scans) memory-mapped from DIR, written once "
                         "(mixdemo.data.load_volumes): for cohorts larger than the memory")
-    add_out_option(p, "segmentation.json", " (and read by --figures-only; figures go beside it)")
     p.add_argument("--volumes", type=int, default=6,
                    help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
     p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
@@ -87,11 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="draw the figures of the JSON at --out, made by this command without --figures-only and "
                         "with the same weights, without re-running its protocol: the Dice-against-K curve from the "
                         "JSON, the panels from its first volume predicted again with the same references and α")
-    args = p.parse_args(argv)
+    args = parse_with_out(p, argv, "segmentation.json", " (and read by --figures-only; figures go beside it)")
     if args.figures_only and args.no_figures:
         p.error("--figures-only and --no-figures exclude each other")
-    if args.out is None:
-        args.out = default_out("segmentation.json", args.quick)
     if args.quick:
         args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or QUICK_CROP

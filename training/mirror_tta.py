@@ -46,7 +46,7 @@ import torch
 
 from mixdemo.mixing import mirror
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import add_out_option, command_line, default_out, evaluate, user_errors
+from training import command_line, evaluate, parse_with_out, user_errors
 
 LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
                 "learned_tta_2k")
@@ -72,10 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="utility (the Dice rows), privacy (the averaging attack; kept beside the Dice rows of an "
                         "existing --out) or all")
     p.add_argument("--attack-draws", type=int, default=5, help="draws of references and α for the privacy rows")
-    add_out_option(p, "mirror_tta.json")
-    args = p.parse_args(argv)
-    if args.out is None:
-        args.out = default_out("mirror_tta.json", args.quick)
+    args = parse_with_out(p, argv, "mirror_tta.json")
     return args
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import add_out_option, command_line, default_out, evaluate, user_errors
+from training import command_line, evaluate, parse_with_out, user_errors
 
 CHOICES = ("random", "similar")
 ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_ALPHA_RANGE) for the attacks
@@ -47,10 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
-    add_out_option(p, "reference_choice.json")
-    args = p.parse_args(argv)
-    if args.out is None:
-        args.out = default_out("reference_choice.json", args.quick)
+    args = parse_with_out(p, argv, "reference_choice.json")
     return args
 
 

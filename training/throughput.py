@@ -33,7 +33,7 @@ from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, add_device_option, add_out_option, command_line, default_out, user_errors
+from training import DATA_HELP, add_device_option, command_line, parse_with_out, user_errors
 from training.train import EndToEnd, set_up_for, tiny_grid_convolutions_in_float32, training_step
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
@@ -69,10 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="model folders written by training.train with --val-subjects (e.g. one run in each "
                         "precision): their commands, precision, time and validation Dice go into the JSON beside "
                         "the throughput, so that how each precision trained is quoted from its record")
-    add_out_option(p, "train_throughput.json")
-    args = p.parse_args(argv)
-    if args.out is None:
-        args.out = default_out("train_throughput.json", args.quick)
+    args = parse_with_out(p, argv, "train_throughput.json")
     if args.quick:
         args.steps, args.warmup, args.reps, args.patch_size, args.scans = 2, 1, 1, 16, 3
     return args
