@@ -482,9 +482,12 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
     assert record["steps"] == 3 and record["sha256"]
     log = (run / "train.log").read_text().splitlines()
     assert log[0].startswith("step\tloss") and log[-1].startswith("3\t")
-    train.main(_train_cmd(tiny_cohort, out, run, 5))  # resumes at step 3, runs 2 more
+    train.main(_train_cmd(tiny_cohort, out, run, 5, ["--batch-size", "3"]))  # resumes at step 3, runs 2 more
     assert (run / "train.log").read_text().splitlines()[-1].startswith("5\t")
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
+    sessions = json.loads((out / "segmentation" / "training.json").read_text())["sessions"]
+    assert [(s["from_step"], s["to_step"], s["batch_size"]) for s in sessions] == [(0, 3, 2), (3, 5, 3)]  # both legs
+    assert "--batch-size 3" in sessions[1]["command"]
 
 
 def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_cohort, tmp_path):

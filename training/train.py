@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     ckpt_path = run_dir / "checkpoint.pt"
     step, elapsed = 0, 0.0
     settings = run_settings(args)
+    sessions: list[dict] = []  # one per process start of this run (a resume adds one): what trained which steps
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         check_resumable(state, settings, args.steps, ckpt_path)
@@ -335,11 +336,13 @@ def main(argv: list[str] | None = None) -> dict:
         sampler.rng = np.random.default_rng(state["seed_state"] + rank)
         step, elapsed = state["step"], state.get("elapsed", 0.0)
         history = state.get("validation", [])
+        sessions = state.get("sessions", [])
         for group in optim.param_groups:  # the schedule follows --steps, even if it changed since
             group["initial_lr"] = args.lr
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor, last_epoch=step - 1)
         if rank == 0:
             print(f"resumed from step {step} ({ckpt_path}; a new run needs another --run-dir)", flush=True)
+    sessions = [*sessions, session_record(args, world, device, command_line("training.train", argv), step)]
     # U-Net++ without deep supervision leaves its intermediate heads unused
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
@@ -366,9 +369,10 @@ def main(argv: list[str] | None = None) -> dict:
         if val is not None and (step % val_every == 0 or step == args.steps):
             history = validate_step(model, val, step, history, run_dir)
         if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
+            sessions[-1] |= {"to_step": step, "seconds": round(time.perf_counter() - t0)}
             torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
                         "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0,
-                        "validation": history, "settings": settings}, ckpt_path)
+                        "validation": history, "settings": settings, "sessions": sessions}, ckpt_path)
     bar.close()
     info = {}
     if rank == 0:
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "note": "the weights are those of exported_step, the best mean Dice on the held-out "
                                   "subjects' scans (training.validate)"}
         info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device,
-                      command_line("training.train", argv), validation, data_record(cohort, volumes))
+                      command_line("training.train", argv), validation, data_record(cohort, volumes), sessions)
     if world > 1:
         dist.destroy_process_group()
     return info
@@ -525,6 +529,14 @@ def validate_step(model: EndToEnd, val, step: int, history: list[list[float]], r
     return [*history, [step, dice]]
 
 
+def session_record(args: argparse.Namespace, world: int, device: torch.device, command: str, start: int) -> dict:
+    """What one process start of a run trains with: the options a resume may change (:data:`RUN_SETTINGS` names
+    those it may not), from step ``start``; its checkpoints add ``to_step`` and ``seconds``."""
+    return {"command": command, "from_step": start, "to_step": start, "seconds": 0, "processes": world,
+            "device": str(device), "batch_size": args.batch_size * world, "lr": args.lr, "precision": args.precision,
+            "channels_last": args.channels_last, "threads": torch.get_num_threads()}
+
+
 def data_record(cohort: Cohort, volumes: list) -> dict:
     """What the models were trained on, for their training record: the server reports the classes and the grid."""
     return {"data_layout": cohort.layout.name, "modality": cohort.modality, "classes": list(cohort.class_names),
@@ -532,8 +544,10 @@ def data_record(cohort: Cohort, volumes: list) -> dict:
 
 
 def export(model: EndToEnd, args: argparse.Namespace, features, name: str, seconds: float, world: int,
-           device: torch.device, command: str, validation: dict | None = None, data: dict | None = None) -> dict:
-    """Write the Hub-format model folders and a training record next to them."""
+           device: torch.device, command: str, validation: dict | None = None, data: dict | None = None,
+           sessions: list[dict] | None = None) -> dict:
+    """Write the Hub-format model folders and a training record next to them. The record's top-level command,
+    batch size, processes, ... are the last session's; ``sessions`` lists each (a resumed run has several)."""
     from mixdemo.weights import write_training_record
 
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
@@ -551,6 +565,8 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
     training |= data or {}
+    if sessions:
+        training["sessions"] = sessions
     if validation:
         training["validation"] = validation
     training["unmix_features"], training["unmix_patch"] = resolve_widths(args.unmix_features), args.unmix_patch
