@@ -80,6 +80,11 @@ class Session:
 SESSION_TTL_S = 2 * 3600
 """A session's volumes are dropped this long after its last update."""
 
+RENDERINGS_MAX_AGE_S, RENDERINGS_SWEEP_S = 900, 300
+"""Gradio writes each view it serves (the PNG slices of a scan, its proxies and segmentations) into its cache;
+every ``RENDERINGS_SWEEP_S`` it deletes those older than ``RENDERINGS_MAX_AGE_S``, so a view of an uploaded scan
+stays on the server 15 to 20 minutes, long after the page has loaded it (the page's own defaults are kept)."""
+
 
 def _drop_session(sess: Session | None) -> None:
     """When Gradio deletes a session's state: remove its downloadable output too."""
@@ -854,7 +859,7 @@ def build_demo() -> gr.Blocks:
 
     ref_choices = examples.reference_ids()
     a_default = round(sum(DEFAULT_ALPHA_RANGE) / 2, 2)
-    with gr.Blocks(title="Mixup-Privacy Lab", delete_cache=(900, 3600)) as demo:
+    with gr.Blocks(title="Mixup-Privacy Lab", delete_cache=(RENDERINGS_SWEEP_S, RENDERINGS_MAX_AGE_S)) as demo:
         sess = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=_drop_session)
         gr.Markdown(INTRO)
         with gr.Tabs():

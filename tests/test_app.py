@@ -337,6 +337,16 @@ def test_the_about_tab_folds_the_other_results_and_the_raw_json():
     assert "### `results/" in next(b.value for b in by_id["other-results"].children if isinstance(b, gr.Markdown))
 
 
+def test_views_of_a_scan_leave_gradios_cache_within_twenty_minutes():
+    """The app's PNG views of an uploaded scan are swept from Gradio's cache (they stayed an hour, README's
+    "In the browser" promises 20 minutes at most)."""
+    from mixdemo import ui
+
+    demo = ui.build_demo()
+    assert demo.delete_cache == (ui.RENDERINGS_SWEEP_S, ui.RENDERINGS_MAX_AGE_S)
+    assert ui.RENDERINGS_MAX_AGE_S + ui.RENDERINGS_SWEEP_S <= 20 * 60
+
+
 def test_long_events_show_their_progress_on_the_status_line_only():
     """Loading a scan, segmenting and the separation show one progress bar, on their status line, not one on each of
     their many outputs (whole-brain mode drew eleven)."""
