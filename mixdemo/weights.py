@@ -6,8 +6,8 @@ hardware, steps, and the SHA-256 of the weights) and a ``README.md`` model card.
 
 Resolution order for :func:`load_model`: the local ``weights/<name>`` folder (or
 ``$MIXDEMO_WEIGHTS_DIR/<name>``), then the Hub repo ``$MIXDEMO_HUB_REPO`` (subfolder
-``<name>``) through ``hf_hub_download``; offline with neither, a :class:`WeightsError`
-naming both places.
+``<name>``) through ``hf_hub_download`` (its local cache only when the Hub does not answer,
+:func:`hub_reachable`); offline with neither, a :class:`WeightsError` naming both places.
 """
 
 from __future__ import annotations
@@ -184,19 +184,40 @@ def resolve_model_dir(name: str) -> Path:
     if (local / "model.safetensors").exists() and (local / "config.json").exists():
         return local
     repo_id = os.environ.get(HUB_REPO_ENV, DEFAULT_HUB_REPO)
+    reachable = hub_reachable()
     try:
         from huggingface_hub import hf_hub_download
 
-        paths = [hf_hub_download(repo_id, f"{name}/{f}") for f in MODEL_FILES]
+        # unreachable: the Hub's local cache only (huggingface_hub would retry for ~25 s before failing)
+        paths = [hf_hub_download(repo_id, f"{name}/{f}", local_files_only=not reachable) for f in MODEL_FILES]
         return Path(paths[0]).parent
     except Exception as exc:  # offline, missing repo, missing file: one clear message
         here = local_model_names()
+        cause = type(exc).__name__ if reachable else "the Hub could not be reached, nor were they in its local cache"
         raise WeightsError(
             f"No weights for '{name}': not in the local folder {local.parent} "
             f"({'which holds ' + ', '.join(here) if here else 'which holds no model folder'}) and not downloadable "
             f"from the Hugging Face Hub repo '{repo_id}' (set ${HUB_REPO_ENV} to another repo, or train them with "
-            f"python -m training.train). Cause: {type(exc).__name__}."
+            f"python -m training.train). Cause: {cause}."
         ) from None
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``$HF_ENDPOINT``) answers a TCP connection within ``timeout_s``; False
+    under ``HF_HUB_OFFLINE=1`` without trying."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def local_model_names() -> list[str]:

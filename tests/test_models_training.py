@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -433,6 +434,37 @@ def test_missing_weights_offline_name_both_places(tmp_path, monkeypatch):
     UnmixingNet().save_pretrained(tmp_path / "unmixing-mine")  # a misspelt name: the message lists what is there
     with pytest.raises(weights.WeightsError, match="which holds unmixing-mine\\)"):
         weights.resolve_model_dir("unmixing-mnie")
+
+
+def test_an_unreachable_hub_is_not_retried(tmp_path, monkeypatch):
+    """Online but with the Hub unreachable, the weights come from the Hub's local cache only (huggingface_hub
+    retried for ~25 s before failing) and the message says the Hub could not be reached; a reachable Hub is asked."""
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    asked: list[bool] = []
+
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        asked.append(local_files_only)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+    def refused(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    with pytest.raises(weights.WeightsError, match="Hub could not be reached"):
+        weights.resolve_model_dir("segmentation")
+    assert asked == [True]
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: io.BytesIO())  # answers (closed at once)
+    with pytest.raises(weights.WeightsError, match="LocalEntryNotFoundError"):
+        weights.resolve_model_dir("segmentation")
+    assert asked == [True, False]
 
 
 @pytest.fixture(scope="module")
