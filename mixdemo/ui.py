@@ -513,6 +513,10 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     c = tuple(n // 2 for n in target.shape)
     m = lambda vol: viz.montage(vol, c, scale=PATCH_SCALE, vmax=1.0, grid=True)  # noqa: E731
     note = "" if res.completed else " (cancelled early: partial result)"
+    default_steps = config_cls().steps_per_level
+    if steps < default_steps:
+        note += (f". Fewer steps per level than the sampler's default {default_steps} leave its chains shorter, so a "
+                 f"poor recovery here may understate the attack")
     md = (
         f"**MS-SSIM, recovered vs true target: {ms_t:.3f}**; recovered vs true reference: {ms_r:.3f}; "
         f"for comparison, the proxy itself vs the target: {ms_proxy:.3f}. "

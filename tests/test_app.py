@@ -564,6 +564,7 @@ def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypat
     sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
     out = ui.run_separation(sess, 1, True, None, progress=_Progress())
     assert all(o.dtype == np.uint8 for o in out[:4]) and "MS-SSIM, recovered vs true target" in out[4]
+    assert "may understate the attack" in out[4]  # 1 step per level, not the sampler's default 20
     cancelled = threading.Event()
     cancelled.set()
     assert "cancelled early" in ui._separation(sess, 2, _Progress(), cancelled, False)[4]
