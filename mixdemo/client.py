@@ -117,12 +117,16 @@ class Target:
             save_labels(self.fit.restore(labels), self.scan, path)  # type: ignore[union-attr]
 
     def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
-        """Ground-truth labels of this target on the grid (only for scans that needed no registration)."""
+        """Ground-truth labels of this target on the grid, from a label file on the input scan's grid: cropped
+        or padded as the scan was, or for a registered scan carried by the scan's own transform (nearest neighbour)."""
         from mixdemo.io import load_labels
 
-        if self.fit is None:
-            raise ClientError("Labels can be attached only to scans already on the 144×192×160 MNI grid.")
-        return conform_to_grid(load_labels(path, like=self.scan), self.image.shape)[0]  # type: ignore[arg-type]
+        labels = load_labels(path, like=self.scan)  # type: ignore[arg-type]
+        if self.prepared is not None:
+            from mixdemo.preprocess import labels_to_model_grid
+
+            return labels_to_model_grid(labels, self.prepared, self.scan)  # type: ignore[arg-type]
+        return conform_to_grid(labels, self.image.shape)[0]
 
 
 def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,

@@ -876,7 +876,7 @@ def build_demo() -> gr.Blocks:
                             upload = gr.File(label="T1 scan (.nii / .nii.gz); registered to MNI if needed",  # no file_types: Gradio's
                                              # type check would refuse before load_upload and leave the upload on disk
                                              type="filepath", height=120)
-                            upload_labels = gr.File(label="optional: its labels, for Dice",
+                            upload_labels = gr.File(label="optional: its labels (on the scan's own grid), for Dice",
                                                     type="filepath", height=120)
                         refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (client's private bank) — empty: K random")
                         k = gr.Slider(1, len(ref_choices), value=3, step=1, label="K references for TTA (used when none is picked)")

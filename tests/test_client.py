@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mixdemo.client import ClientError, conform_to_grid, make_key, patch_region
+from mixdemo.io import ScanError
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -225,7 +226,20 @@ def test_load_target_off_grid_goes_through_preprocess(example, tmp_path):
     assert target.image.shape == (144, 192, 160) and target.prepared is not None
     target.save_labels(np.ones((144, 192, 160), np.uint8), tmp_path / "seg.nii.gz")
     assert nib.load(tmp_path / "seg.nii.gz").shape == (140, 184, 152)
-    with pytest.raises(ClientError, match="already on the"):
+    # its labels, cropped as the scan was, follow the scan's registration onto the grid
+    seg = nib.load(folder / "seg.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(seg.dataobj)[2:-2, 4:-4, :-8], seg.affine), tmp_path / "crop_seg.nii.gz")
+    truth = target.truth_from_file(tmp_path / "crop_seg.nii.gz")
+    unregistered = np.asarray(seg.dataobj).astype(np.uint8)  # the labels as they lay before the scan was shifted
+    assert truth.shape == unregistered.shape == target.image.shape
+
+    def spread(labels: np.ndarray) -> list[float]:  # each tissue's intensity spread in the registered image
+        return [float(target.image[labels == c].std()) for c in (1, 2, 3)]
+
+    assert all(t < 0.6 * u for t, u in zip(spread(truth), spread(unregistered)))  # they lie on the tissues they name
+    means = [float(target.image[truth == c].mean()) for c in (3, 1, 2)]
+    assert means == sorted(means)  # CSF darker than GM, darker than WM: a T1's order
+    with pytest.raises(ScanError, match="do not match the scan"):  # labels of another grid
         target.truth_from_file(folder / "seg.nii.gz")
 
 
