@@ -50,6 +50,9 @@ CSS = """
 .proxy-panel {border: 3px solid #d62728; border-radius: 10px; padding: 4px;}
 .proxy-panel .panel-caption {color: #d62728;}
 footer {display: none !important;}
+#dice table {font-size: 0.85rem;}
+#dice th, #dice td {padding: 4px 6px !important;}
+#dice th:not(:first-child), #dice td:not(:first-child) {white-space: nowrap;}
 """
 
 INTRO = """# Mixup-Privacy Lab

@@ -72,6 +72,12 @@ def test_segment_patch_mode(page, shots):
     for elem in ("locator", "proxy", "tta"):
         _wait_image(page, elem)
     expect(page.locator("#dice")).to_contain_text("learned TTA")
+    # the Dice table's numbers and headers keep to one line each ("0.70" over "0" read as two numbers)
+    wrapped = page.locator("#dice td:not(:first-child), #dice th:not(:first-child)").evaluate_all(
+        "cells => cells.filter(c => { const r = document.createRange(); r.selectNodeContents(c);"
+        " return new Set([...r.getClientRects()].map(b => Math.round(b.bottom))).size > 1; })"
+        ".map(c => c.textContent)")
+    assert wrapped == [], wrapped
     page.locator("#dice-plot .js-plotly-plot").first.wait_for()
     assert page.locator("#dice-plot .js-plotly-plot .scatterlayer .trace").count() >= 1
     expect(page.get_by_text("the only thing the server receives")).to_be_visible()
@@ -119,6 +125,7 @@ def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, ex
 
     page.get_by_role("tab", name="Segment").click()
     page.get_by_text("…or upload your own T1 NIfTI").click()
+    expect(page.get_by_text("Drop File Here").first).to_be_visible()  # the box is open and ready for a file
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"not a scan")
     page.locator("input[type=file]").first.set_input_files(str(bad))
