@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{'on' if MIRROR_BY_DEFAULT else 'off'})")
     p.add_argument("--references", default=None, metavar="DIR",
                    help="folder of <id>/t1.nii.gz + seg.nii.gz, or of BraTS case folders for models trained on "
-                        "BraTS (default: the phantom bank)")
+                        "BraTS (default: the public phantom bank, which a server can know: a demo, not privacy)")
     p.add_argument("--mode", choices=MODES, default="whole", help="whole volume (default), or one 32³ patch")
     p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
     p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
@@ -669,6 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2 if failed else 0
 
 
+PUBLIC_BANK_WARNING = (
+    "warning: without --references the scan is mixed with the public phantom bank, which a server can know: it can "
+    "then try each bank scan and α and undo the mix (the README's privacy section, 'known bank'). Keep a private "
+    "bank and pass it with --references DIR for privacy.")
+
+
 def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], torch.nn.Module | None]:
     """What main() checks and loads before it connects, cheapest first, so that a mistake in the command line is
     one message before the reference bank's load: the outputs, the references and the client's D."""
@@ -686,6 +692,8 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], tor
         print("note: --mirror mirrors every second mix, and K = 1 makes only one: nothing is mirrored.", file=sys.stderr)
     args.mirror = MIRROR_BY_DEFAULT if args.mirror is None else args.mirror
     unmix = unmixing_model(name=args.unmixing)  # before any request: a D for several references is refused here
+    if not args.references:
+        print(PUBLIC_BANK_WARNING, file=sys.stderr)
     refs = (
         examples.load_reference_dir(args.references)
         if args.references

@@ -583,7 +583,7 @@ def tta_report(k: float, fresh: bool, split: bool, sess: Session | None = None, 
     try:
         tta = _attack("tta_average", ("running_tta_estimates",))
         from mixdemo.attacks.reid import downsample
-        from mixdemo.attacks.tta_average import link_requests, template_brain
+        from mixdemo.attacks.tta_average import deviation_correlations, link_requests, template_brain
         from mixdemo.metrics import msssim_3d
     except AttackUnavailable as exc:
         return _unavailable(exc, 2)
@@ -632,21 +632,25 @@ def tta_report(k: float, fresh: bool, split: bool, sess: Session | None = None, 
     fig.update_xaxes(dtick=1)
     c = tuple(n // 2 for n in tgt.shape)
     side = np.concatenate([viz.montage(est[k], c, scale=2, vmax=1.0), viz.montage(tgt, c, scale=2)], axis=0)
+    r_target, *r_others = deviation_correlations(est[k], np.stack([tgt, *(downsample(o) for o in others)]), mu)
     which = "the scan loaded in the Segment tab" if sess is not None else "the first example target (no scan is loaded)"
-    md = (f"Target: {which}. Estimate after averaging K = {k} proxies: MS-SSIM {curve[-1]:.3f} to the target, against "
-          f"{floor:.3f} for the public template alone. {tta_verdict(curve[-1] - floor)} "
-          f"{'A fresh α per mix' if fresh else 'One α shared by the K mixes (Eq. 5)'}; "
+    md = (f"Target: {which}, mixed afresh here with K = {k} references of the bank (not the Segment tab's own "
+          f"proxies). {tta_verdict(r_target, max(r_others), len(r_others))} MS-SSIM of the estimate to the target: "
+          f"{curve[-1]:.3f}, against {floor:.3f} for the public template alone (MS-SSIM is dominated by what every "
+          f"brain shares). {'A fresh α per mix' if fresh else 'One α shared by the K mixes (Eq. 5)'}; "
           f"attacker's α̂ = {alpha_guess:.2f}; top: estimate, bottom: target (2× pooled).{note}")
     return side, fig, md
 
 
-def tta_verdict(gain: float) -> str:
-    """What the averaging attack's MS-SSIM over the public template's (``gain``) means, in one sentence."""
-    if gain > 0:
-        return (f"**The attack beats the public template** (+{gain:.3f}): averaging the proxies reveals something of "
-                "this target beyond what anyone can download.")
-    return (f"**The attack does not beat the public template** ({gain:+.3f}): averaging these proxies revealed "
-            "nothing of this target beyond what anyone can download.")
+def tta_verdict(r_target: float, r_others: float, n_others: int) -> str:
+    """Whether the averaging attack's estimate singles out its target, in one sentence: its deviation from the
+    public template correlates ``r_target`` with the target's and at most ``r_others`` with ``n_others`` other
+    subjects' (:func:`mixdemo.attacks.tta_average.deviation_correlations`)."""
+    measured = (f"its deviation from the public template correlates r = {r_target:.2f} with this target's, at most "
+                f"{r_others:.2f} with {n_others} other subjects'")
+    if r_target > r_others:
+        return f"**The estimate singles out this target**: {measured}; averaging the proxies reveals this person's own anatomy."
+    return f"**The estimate does not single out this target**: {measured}."
 
 
 # ------------------------------------------------------------------------------ about
@@ -677,7 +681,8 @@ from. Both are generated on first use and cached in `$MIXDEMO_CACHE` (default `~
 - **In this browser demo the raw scan reaches the app's process**: client and server run in one process here, so the
   operator of this app could see your scan. Real privacy means running the client **on your own machine** and sending
   only proxies: `python -m mixdemo.client --server URL scan.nii.gz -o seg.nii.gz --tta 3`.
-- The reference bank of this demo is public (phantoms), so here the key is not secret.
+- The reference bank of this demo is public (phantoms), so here the key is not secret: a server that knows the bank
+  tries each of its scans and α on a proxy and undoes the mix (README, privacy section: *known bank*).
 - Models are trained on **synthetic phantoms** from the MNI152 template, not on patients; inputs must be skull-stripped
   T1 scans registered to 1 mm MNI space (144×192×160 grid).
 """
@@ -881,7 +886,7 @@ def build_demo() -> gr.Blocks:
                                              type="filepath", height=120)
                             upload_labels = gr.File(label="optional: its labels (on the scan's own grid), for Dice",
                                                     type="filepath", height=120)
-                        refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (client's private bank) — empty: K random")
+                        refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (the demo's public bank: no secret) — empty: K random")
                         k = gr.Slider(1, len(ref_choices), value=3, step=1, label="K references for TTA (used when none is picked)")
                         alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=a_default, step=0.05, label="α, the target's weight in the mix")
                         random_alpha = gr.Checkbox(False, label=f"draw α at random in [{DEFAULT_ALPHA_RANGE[0]}, {DEFAULT_ALPHA_RANGE[1]}] instead")
@@ -1056,7 +1061,7 @@ def _attack_tab(sess: gr.State) -> None:
         with gr.Row():
             fresh = gr.Checkbox(False, label="defence: a fresh α per mix")
             split = gr.Checkbox(False, label="defence: split the K proxies over separate requests")
-            kk = gr.Slider(2, 6, value=4, step=1, label="K")
+            kk = gr.Slider(2, len(examples.reference_ids()), value=4, step=1, label="K")
         tta_btn = gr.Button("Run the TTA-averaging attack")
         with gr.Row():
             tta_img = gr.Image(label="average of the K proxies vs the target", format="png", interactive=False)

@@ -251,6 +251,35 @@ def test_reid_positive_control_no_proxy() -> None:
     assert out["n_scans"] == 10
 
 
+def test_reid_chance_levels_are_those_of_a_random_ranking() -> None:
+    """With one other scan per subject among N − 1, a random ranking's AP averages H(N−1)/(N−1) (12 scans: 0.27)."""
+    ids = [i // 2 for i in range(12)]
+    chance = reid.chance_levels(ids, n_rankings=4000, seed=1)
+    expected = sum(1 / r for r in range(1, 12)) / 11
+    assert chance["map"] == pytest.approx(expected, abs=0.01)
+    assert chance["top1"] == pytest.approx(1 / 11, abs=0.01)
+
+
+def test_known_bank_inversion_finds_the_reference_and_alpha() -> None:
+    """A bank known to the attacker: each proxy's reference is found among the bank's scans, α to 0.02, and the
+    estimate is the target, far closer to it than the proxy; a wrong (reference, α) is not chosen."""
+    from mixdemo.attacks.known_bank import KnownBank, known_bank_experiment
+
+    cohort, subjects = synthetic_cohort(10, seed=7)  # one population: targets and bank share its template
+    targets, ids, bank = cohort[:6], subjects[:6], cohort[6::2]  # 3 subjects × 2 scans; 7 others, one scan each
+    attacker = KnownBank(bank)
+    for t, (j, alpha) in enumerate([(0, 0.35), (3, 0.45), (5, 0.3)]):
+        proxy = alpha * targets[t] + (1 - alpha) * bank[j]
+        found = attacker.invert(proxy)
+        assert found.reference == j and found.alpha == pytest.approx(alpha, abs=0.02)
+        ms_est, ms_proxy = msssim_3d_batch(np.stack([found.estimate, proxy]), np.stack([targets[t]] * 2), data_range=1.0)
+        assert ms_est > 0.97 and ms_est > ms_proxy
+    out = known_bank_experiment(targets, ids, bank, alpha_range=(0.3, 0.5), n_draws=2, seed=0)
+    assert out["reference_hit_rate"] >= 0.9 and out["estimate_reid_map"] >= out["proxy_reid_map"]
+    with pytest.raises(ValueError, match="bank of 2 or more"):
+        KnownBank(bank[:1])
+
+
 def test_downsample_average_pools() -> None:
     v = np.arange(4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
     d = reid.downsample(v, 2)
@@ -378,7 +407,7 @@ def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
     evaluate_privacy.main(["--smoke", "--out", str(out), "--data", str(small_cohort)])
     d = json.loads(out.read_text())
     for key in ("command", "seed", "date", "weights_sha256", "data", "bss", "reid", "tta_average", "output_leakage",
-                "reference_reuse", "defences", "alpha_sweep"):
+                "reference_reuse", "known_bank", "defences", "alpha_sweep"):
         assert key in d
     assert d["data"] == "MNI152 phantoms (no patient data)"
     from mixdemo.weights import DEFAULT_UNMIXING
@@ -387,12 +416,27 @@ def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
         assert set(d["bss"][k]) >= {"msssim_mean", "msssim_std", "n"}
     assert d["bss"]["control"]["exact_inverse_msssim_mean"] >= 0.85
     assert d["reid"]["no_proxy"]["map"] >= 0.95  # positive control on the phantoms
+    assert 0 < d["reid"]["chance"]["map"] < d["reid"]["no_proxy"]["map"]
+    assert {"reference_hit_rate", "alpha_abs_error_mean", "estimate_msssim_mean", "estimate_reid_map"} <= set(d["known_bank"])
+    assert set(d["sections_run"]) == set(evaluate_privacy.SECTIONS)  # which command measured each section
+    assert {run["command"] for run in d["sections_run"].values()} == {d["command"]}
     assert [row[0] for row in d["tta_average"]] == list(range(1, len(d["tta_average"]) + 1))
     assert set(d["defences"]) >= {"fresh_alpha", "separate_shuffled_requests", "restricted_alpha", "two_references"}
     assert {"attack_msssim", "reid_map", "dice_avg", "bss_weights_known_msssim", "reid_single_proxy_map"} <= set(d["defences"]["two_references"])
     assert {"alpha_range", "dice_learned_tta", "reid_map", "bss_msssim", "output_leakage_dice"} <= set(d["alpha_sweep"][0])
     for fig in ("bss_examples.png", "reid.png", "privacy_utility.png"):
         assert (tmp_path / fig).stat().st_size > 0
+
+
+def test_evaluate_privacy_keeps_the_other_sections_of_an_existing_file(tmp_path: Path) -> None:
+    """Some sections into an existing results file need --merge: without it they replaced the whole file."""
+    from training import evaluate_privacy
+
+    out = tmp_path / "privacy.json"
+    out.write_text('{"bss": {}}')
+    with pytest.raises(SystemExit, match="add --merge"):
+        evaluate_privacy.main(["--smoke", "--sections", "reid", "--out", str(out)])
+    assert out.read_text() == '{"bss": {}}'
 
 
 def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:

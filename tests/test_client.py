@@ -136,6 +136,7 @@ def test_cli_writes_segmentation_in_input_space(app_url, example, tmp_path, caps
     err = capsys.readouterr().err
     assert "t1.nii.gz" not in err  # no file name in the client's messages
     assert "trained with the S" not in err  # the shipped D pairs with the shipped S
+    assert "public phantom bank" in err and "--references" in err  # no private bank given: the CLI says so
 
 
 def test_pairing_warning_names_a_d_trained_with_another_s(tmp_path, monkeypatch):
@@ -157,7 +158,7 @@ def test_pairing_warning_names_a_d_trained_with_another_s(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_cli_references_dir(app_url, example, tmp_path):
+def test_cli_references_dir(app_url, example, tmp_path, capsys):
     from mixdemo import examples, server
     from mixdemo.client import main
 
@@ -172,6 +173,7 @@ def test_cli_references_dir(app_url, example, tmp_path):
         server.remove_observer(received.append)
     assert code == 0 and (tmp_path / "s.nii").exists()
     assert [r.shape for r in received] == [(1, 32, 32, 32)] * 2  # one proxy per request
+    assert "public phantom bank" not in capsys.readouterr().err  # its own bank: no warning
 
 
 @pytest.mark.slow

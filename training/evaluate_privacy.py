@@ -13,6 +13,8 @@ Sections (``--sections``, default all; ``--merge`` updates an existing JSON in p
 * ``reid`` — re-identification by MS-SSIM retrieval (Kim et al. Table 2), no proxy vs mixup.
 * ``tta`` — averaging the K TTA proxies of one target (K = 1…20).
 * ``reuse`` — a small reference bank reused for many targets.
+* ``known_bank`` — the client's bank known to the server (public, as the demo's, or leaked): each single proxy
+  inverted by trying every bank scan and α (:mod:`mixdemo.attacks.known_bank`).
 * ``leakage`` — arg-max of the server's own ŷ_mix against the target's labels (trained S).
 * ``defences`` — fresh α per mix, separate shuffled requests, restricted α range.
 * ``sweep`` — α range sweep: Learned+TTA Dice against each attack (privacy–utility figure).
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.attacks import bss, leakage, reid
+from mixdemo.attacks import bss, known_bank, leakage, reid
 from mixdemo.attacks import tta_average as tta
 from mixdemo.attacks.score import ScoreNet, tweedie_denoise
 from mixdemo.data import load_cohort, load_volumes
@@ -45,7 +47,7 @@ from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from training import add_device_option, command_line, default_out, user_errors
 
-SECTIONS = ("bss", "reid", "tta", "reuse", "leakage", "defences", "sweep")
+SECTIONS = ("bss", "reid", "tta", "reuse", "known_bank", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
 
 
@@ -388,6 +390,15 @@ def run_reuse(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
     }
 
 
+def run_known_bank(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
+    """The known-bank inversion on single proxies of every test scan; the bank holds one scan per training
+    subject (a client's bank holds distinct people, as the demo's: scan 0 of ten training subjects)."""
+    subjects = [v.subject for v in c.train]
+    first_scans = [subjects.index(s) for s in sorted(set(subjects))]
+    return known_bank.known_bank_experiment(c.test_small, c.identities, c.train_small[first_scans],
+                                            alpha_range=alpha_range, n_draws=cfg.reid_draws, seed=seed)
+
+
 def patch_dice(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int, *, fresh_alpha: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     patches = leakage.sample_patch_set(c.test, c.train, cfg.patches, cfg.tta_k, rng)
@@ -614,9 +625,12 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
+    out_path: Path = args.out
+    if set(sections) != set(SECTIONS) and out_path.exists() and not args.merge:
+        raise SystemExit(f"--sections {args.sections} would replace {out_path}, and the results of the other sections "
+                         f"with it: add --merge to update those sections in it, or give another --out.")
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    out_path: Path = args.out
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig_dir = out_path.parent
     t0 = time.perf_counter()
@@ -637,6 +651,9 @@ def main(argv: list[str] | None = None) -> dict:
     names = model_names(need_seg, args.unmixing)
     result["models"] = names if need_seg else {**result.get("models", {}), **names}
     timings = result.setdefault("seconds", {})
+    ran = result.setdefault("sections_run", {})  # section → the command and date of its numbers (a merge keeps others')
+    for name in sections:
+        ran[name] = {"command": command, "date": result["date"]}
 
     def step(name: str, fn):
         t = time.perf_counter()
@@ -659,6 +676,8 @@ def main(argv: list[str] | None = None) -> dict:
                                       "columns": ["K", "msssim_vs_target", "reid_map"]}
     if "reuse" in sections:
         result["reference_reuse"] = step("reuse", lambda: run_reuse(c, cfg, ar, args.seed))
+    if "known_bank" in sections:
+        result["known_bank"] = step("known_bank", lambda: run_known_bank(c, cfg, ar, args.seed))
     if "leakage" in sections:
         base_dice = step("leakage_dice", lambda: patch_dice(models, c, cfg, ar, args.seed))
         result["output_leakage"] = {"dice_vs_target": base_dice["output_leakage_dice"],

@@ -150,9 +150,18 @@ def privacy_md(doc: dict) -> str:
         lines += ["", "Paper (PPMI): 0.602 ± 0.104.", ""]
     if reid:
         lines += ["| Re-identification | F1 | mAP | paper mAP |", "| --- | --- | --- | --- |"]
-        for key, label, paper in (("no_proxy", "No proxy", 0.998), ("mixup", "Mixup proxy", 0.352)):
+        for key, label, paper in (("no_proxy", "No proxy", "0.998"), ("mixup", "Mixup proxy", "0.352"),
+                                  ("chance", "Chance (a random ranking of this gallery)", "—")):
             if key in reid:
-                lines.append(f"| {label} | {_f(reid[key].get('f1'))} | {_f(reid[key].get('map'))} | {paper:.3f} |")
+                lines.append(f"| {label} | {_f(reid[key].get('f1'))} | {_f(reid[key].get('map'))} | {paper} |")
+        if "chance" in reid and "mixup" in reid:
+            paper_chance = sum(1 / r for r in range(1, 181)) / 180  # 181 test images, one other scan each, at best
+            kept = (reid["mixup"]["map"] - reid["chance"]["map"]) / (1 - reid["chance"]["map"])
+            lines += ["", f"Chance falls as the gallery grows: {reid.get('n_scans')} scans here; the paper encoded "
+                      f"PPMI's 181 test images (or all 773), where a random ranking's mAP is {paper_chance:.2f} or "
+                      f"less. Measured from chance (mAP − chance) / (1 − chance), the mixup proxies keep "
+                      f"{kept:.2f} of the way to perfect re-identification here, the paper's "
+                      f"{(0.352 - paper_chance) / (1 - paper_chance):.2f}."]
         lines.append("")
     if doc.get("tta_average"):
         pts = doc["tta_average"]
@@ -169,6 +178,14 @@ def privacy_md(doc: dict) -> str:
                   f"averaging the proxies that share a reference recovers it with MS-SSIM "
                   f"{_f(reuse.get('reference_msssim_mean'))}; subtracting it recovers targets with MS-SSIM "
                   f"{_f(reuse.get('target_msssim_mean'))} and re-identification mAP {_f(reuse.get('target_reid_map'))}.", ""]
+    bank = doc.get("known_bank")
+    if isinstance(bank, dict):
+        lines += [f"Known bank: a server that knows the client's bank of {bank['bank_size']} references (public, as the "
+                  f"demo's, or leaked) but neither which one nor α inverts each single proxy: it finds the reference in "
+                  f"{bank['reference_hit_rate']:.0%} of {bank['n_targets'] * bank['n_draws']} proxies, α to "
+                  f"{_f(bank['alpha_abs_error_mean'])} on average, and recovers the target with MS-SSIM "
+                  f"{_f(bank['estimate_msssim_mean'])} (the proxy itself: {_f(bank['proxy_msssim_mean'])}) and "
+                  f"re-identification mAP {_f(bank['estimate_reid_map'])} (the proxies: {_f(bank['proxy_reid_map'])}).", ""]
     if doc.get("alpha_sweep"):
         lines += ["| α range | Learned+TTA Dice | re-id mAP | BSS MS-SSIM | output-leakage Dice |", "| --- | --- | --- | --- | --- |"]
         for row in doc["alpha_sweep"]:
@@ -1027,13 +1044,20 @@ CARDS = {
 }
 
 
+def section_run(doc: dict, section: str) -> dict:
+    """The command and date that measured one section of ``results/privacy.json`` (``sections_run``; a file
+    from before it was recorded: its last command and date)."""
+    return doc.get("sections_run", {}).get(section) or {"command": doc.get("command", "?"), "date": doc.get("date", "?")}
+
+
 def two_references_md(doc: dict, header: bool = True) -> str:
     """The two-reference defence, measured against one reference on the same patches."""
     row = (doc.get("defences") or {}).get("two_references")
     if not isinstance(row, dict):
         return "Not measured yet: run `python -m training.evaluate_privacy --sections defences --merge`."
     one = row.get("one_reference_same_patches", {})
-    head = (f"Measured by `{doc.get('command', '?')}` ({doc.get('date', '?')}), " if header else "") + (
+    ran = section_run(doc, "defences")
+    head = (f"Measured by `{ran['command']}` ({ran['date']}), " if header else "") + (
         f"α ~ U{tuple(row.get('alpha_range', []))}, {row.get('n_patches')} test patches of 32³, TTA over "
         f"{row.get('tta_k')} mixes; re-identification on whole scans; separation on {row.get('n_bss_proxies')} patches, 1 chain each."
         + (" **MNI152-derived phantoms, not patients.**" if header else ""))
