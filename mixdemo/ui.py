@@ -327,6 +327,7 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         "uncertainty": res.uncertainty().astype(np.float32),
         "truth": truth,
         "alpha": float(key.alphas[0]),
+        "reference_id": first.ref_id,
     }
     # the download: the TTA labels on the whole grid, written back into the input's space
     if sess.out_dir:
@@ -436,13 +437,17 @@ def cancel_attack(request: gr.Request):
 
 ATTACK_INTRO = """## What could an honest-but-curious server do with what it receives?
 Each panel runs an attack on proxies of the kind the server sees, with the truth beside it so that you can judge.
-Mixing is not encryption: these attacks are the evidence (the paper's two, plus averaging the K TTA proxies)."""
+Mixing is not encryption: these attacks are the evidence (the paper's two, plus averaging the K TTA proxies and
+undoing the mix with a bank the server knows)."""
 SEPARATION_MD = """Blind source separation by annealed Langevin dynamics with a score-based prior of 32³ brain patches
 (Jayaram & Thickstun 2020): from the **proxy of your last patch-mode run** alone, the server tries to recover both
 the target and the reference. MS-SSIM 1 = perfect recovery. The chains anneal from the prior's largest noise level;
 above σ = 3 its score is the Gaussian that brain patches blur into (mean and variance of the reference bank's)."""
 REID_MD = """The server keeps a gallery of scans it has seen and ranks them by MS-SSIM to a query: does the query's
 subject (another scan of the same phantom) come first? Without proxies vs with mixup proxies (F1 and mAP)."""
+KNOWN_BANK_MD = """The key is the reference. This demo's bank is public, so a server can hold it too: it tries each
+bank scan and α on the **proxy of your last run** and keeps the pair whose unmixed image x̂ = (x_mix − (1−α)·r)/α looks
+least like a bank scan's deviation from the bank's mean (`mixdemo.attacks.known_bank`). A private bank defeats it."""
 TTA_MD = """With TTA the server receives K proxies of **one** target in one request: averaging them cancels the
 references in part (x̄ = α·x + (1−α)·mean(x_ref)). Defences: a fresh α per mix, or separate requests."""
 
@@ -576,6 +581,35 @@ def reid_report(progress: gr.Progress = gr.Progress()):
           f"with mAP {out['no_proxy']['map']:.2f}; with mixup proxies, mAP {out['mixup']['map']:.2f}. "
           "A tiny gallery: see results/ for the full evaluation.")
     return fig, gallery, md
+
+
+def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress()):
+    """The known-bank attack on the proxy of the session's last run (its first mix): estimate beside the target."""
+    if sess is None or sess.view is None:
+        raise gr.Error("Run a segmentation first: the attack inverts the proxy it sent.", print_exception=False)
+    try:
+        invert = _attack("known_bank", ("invert_downsampled",))
+    except AttackUnavailable as exc:
+        return _unavailable(exc, 1)
+    from mixdemo.metrics import msssim_3d
+
+    pfn = _progress_fn(progress)
+    v = sess.view
+    bank = examples.reference_bank(pfn)
+    pfn(0.5, "trying every bank scan and α")
+    found = invert(v["proxy"], np.stack([r.image[v["region"]] for r in bank]))
+    target = sess.image[v["region"]]
+    ms_est, ms_proxy = msssim_3d(found.estimate, target), msssim_3d(v["proxy"], target)
+    c = tuple(n // 2 for n in target.shape)
+    scale = PATCH_SCALE if v["mode"] == "patch" else WHOLE_SCALE
+    side = np.concatenate([viz.montage(found.estimate, c, scale=scale, vmax=1.0),
+                           viz.montage(target, c, scale=scale, vmax=1.0)], axis=0)
+    taken = bank[found.reference].ref_id
+    verdict = ("found the reference this proxy was mixed with" if taken == v["reference_id"]
+               else f"took {taken}, not the reference used ({v['reference_id']})")
+    md = (f"**The server {verdict}**, and α̂ = {found.alpha:.3f} (α = {v['alpha']:.3f}). MS-SSIM of x̂ to the target: "
+          f"**{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy itself. Top: x̂, bottom: the target.")
+    return side, md
 
 
 def tta_report(k: float, fresh: bool, split: bool, sess: Session | None = None, progress: gr.Progress = gr.Progress()):
@@ -1069,6 +1103,13 @@ def _attack_tab(sess: gr.State) -> None:
         tta_md = gr.Markdown(elem_id="tta-status")
         tta_btn.click(tta_report, [kk, fresh, split, sess], [tta_img, tta_plot, tta_md], api_name="attack_tta",
                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
+    with gr.Accordion("4 · Known bank: undoing the mix with the public reference bank", open=True):
+        gr.Markdown(KNOWN_BANK_MD)
+        bank_btn = gr.Button("Run the known-bank attack on the last proxy")
+        bank_img = gr.Image(label="x̂ from the proxy (top) vs the target (bottom)", format="png", interactive=False)
+        bank_md = gr.Markdown(elem_id="known-bank-status")
+        bank_btn.click(known_bank_report, [sess], [bank_img, bank_md], api_name="attack_known_bank",
+                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
 
 
 def launch_kwargs() -> dict:

@@ -267,8 +267,12 @@ def test_attack_lab_handlers(app_weights, example):
     assert "first example target (no scan is loaded)" in md and "single out this target" in md.replace("singles", "single")
     with pytest.raises(gr.Error, match="segmentation first"):
         ui.run_separation(None, 1, True, None, progress=_Progress())
+    with pytest.raises(gr.Error, match="segmentation first"):
+        ui.known_bank_report(None, progress=_Progress())
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
     sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
+    img, md = ui.known_bank_report(sess, progress=_Progress())  # the public bank undoes the mix it made
+    assert img.dtype == np.uint8 and md.startswith("**The server found the reference this proxy was mixed with**")
     out = ui.run_separation(sess, 1, True, None, progress=_Progress())
     assert len(out) == 5 and isinstance(out[-1], str)
     if (app_weights / "score" / "model.safetensors").exists():  # the committed score prior: the separation runs
@@ -574,8 +578,12 @@ def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypat
     assert callable(bss.separate)
     torch.manual_seed(0)
     monkeypatch.setattr(ui, "_score_model", lambda: score_mod.ScoreNet().eval())
+    with pytest.raises(gr.Error, match="segmentation first"):
+        ui.known_bank_report(None, progress=_Progress())
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
     sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
+    img, md = ui.known_bank_report(sess, progress=_Progress())  # the public bank undoes the mix it made
+    assert img.dtype == np.uint8 and md.startswith("**The server found the reference this proxy was mixed with**")
     out = ui.run_separation(sess, 1, True, None, progress=_Progress())
     assert all(o.dtype == np.uint8 for o in out[:4]) and "MS-SSIM, recovered vs true target" in out[4]
     assert "may understate the attack" in out[4]  # 1 step per level, not the sampler's default 20

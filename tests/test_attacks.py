@@ -280,6 +280,19 @@ def test_known_bank_inversion_finds_the_reference_and_alpha() -> None:
         KnownBank(bank[:1])
 
 
+def test_known_bank_on_large_volumes_searches_pooled_copies_and_unmixes_at_full_resolution() -> None:
+    from mixdemo.attacks.known_bank import invert_downsampled
+
+    cohort, _ = synthetic_cohort(8, scans=1, seed=9)
+    target, bank = cohort[0], cohort[1:]
+    proxy = 0.4 * target + 0.6 * bank[2]
+    found = invert_downsampled(proxy, bank, max_voxels=16**3)  # 32³ volumes: searched at 16³
+    assert found.reference == 2 and found.estimate.shape == target.shape
+    assert found.alpha == pytest.approx(0.4, abs=0.03)
+    np.testing.assert_allclose(found.estimate, np.clip((proxy - (1 - found.alpha) * bank[2]) / found.alpha, 0, 1),
+                               atol=1e-6)
+
+
 def test_downsample_average_pools() -> None:
     v = np.arange(4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
     d = reid.downsample(v, 2)

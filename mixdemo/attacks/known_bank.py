@@ -88,6 +88,21 @@ class KnownBank:
         return float(min(roots, key=lambda a: abs(a - near))) if roots else near
 
 
+def invert_downsampled(proxy: np.ndarray, bank: np.ndarray, max_voxels: int = 64**3) -> BankInversion:
+    """:meth:`KnownBank.invert` on volumes of any size: the search on copies average-pooled to ``max_voxels`` or
+    fewer (a whole brain: 2×), the estimate at full resolution with the (reference, α) found."""
+    from mixdemo.attacks.reid import downsample
+
+    factor = 1
+    while np.prod([n // factor for n in proxy.shape]) > max_voxels:
+        factor += 1
+    found = KnownBank(downsample(bank, factor)).invert(downsample(proxy, factor))
+    if factor == 1:
+        return found
+    estimate = np.clip((proxy - (1 - found.alpha) * bank[found.reference]) / found.alpha, 0, 1).astype(np.float32)
+    return BankInversion(found.reference, found.alpha, estimate, found.max_correlation)
+
+
 def _centred(rows: np.ndarray) -> np.ndarray:
     """Each row less its own mean."""
     return rows - rows.mean(1, keepdims=True)
