@@ -1037,10 +1037,12 @@ def test_publish_dry_run_builds_the_upload(tmp_path):
 
     src = tmp_path / "weights"
     _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    (src / "segmentation" / "TRAINING_NOTE.md").write_text("How it was trained.")  # cards point to their note
     (src / "incomplete").mkdir()
     staging = publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
     assert sorted(p.name for p in staging.iterdir()) == ["README.md", "segmentation"]
-    assert {p.name for p in (staging / "segmentation").iterdir()} == {"config.json", "model.safetensors", "training.json", "README.md"}
+    assert {p.name for p in (staging / "segmentation").iterdir()} == {"config.json", "model.safetensors", "training.json",
+                                                                     "README.md", "TRAINING_NOTE.md"}
     assert "me/mixup" in (staging / "README.md").read_text()
     (src / "segmentation" / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(weights.WeightsError, match="checksum"):

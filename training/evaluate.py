@@ -6,7 +6,7 @@
                                            # writes results/quick/segmentation.json + figures
     python -m training.evaluate --figures-only   # the figures of results/segmentation.json, from it and one volume
 
-Protocol (../shared/DESIGN.md): test subjects are never references; the reference pool is the
+Protocol: test subjects are never references; the reference pool is the
 training scans; whole-volume 3D Dice per class (the cohort's: GM, WM, CSF for the phantoms) then the mean
 over volumes, one scan a subject (its first by name); α drawn
 from ``--alpha-range`` with a fixed seed; Dice against K averaged over ``--draws`` random orders

@@ -17,7 +17,7 @@ from pathlib import Path
 from mixdemo.weights import MODEL_FILES, verify_checksum, weights_dir
 from training import user_errors
 
-CARD_FILES = (*MODEL_FILES, "README.md")
+CARD_FILES = (*MODEL_FILES, "README.md", "TRAINING_NOTE.md")  # the card points to its note
 
 
 def stage(repo_id: str, source: Path, staging: Path) -> list[Path]:

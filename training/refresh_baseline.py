@@ -6,7 +6,7 @@ The baseline (a U-Net++ of S's shape trained on unmixed scans) enters the segmen
 through its own Dice row and the "× baseline" ratios, and its prediction depends on nothing but the
 scan: not on the private S, D, the references or α. So when only the baseline's weights change, its
 rows can be re-measured alone, on each file's own protocol (its test scans, brain mask and crop),
-instead of re-running each file's command (70 min for the main table). What this writes is what those commands
+instead of re-running each file's command (the main table's took 47 min). What this writes is what those commands
 would write: ``tests/test_evaluate.py`` checks it against a quick evaluation. Each file it touches
 records the refresh (``baseline_refresh``: this command, the date, the baseline's SHA-256).
 
