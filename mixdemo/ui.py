@@ -445,6 +445,9 @@ the target and the reference. MS-SSIM 1 = perfect recovery. The chains anneal fr
 above σ = 3 its score is the Gaussian that brain patches blur into (mean and variance of the reference bank's)."""
 REID_MD = """The server keeps a gallery of scans it has seen and ranks them by MS-SSIM to a query: does the query's
 subject (another scan of the same phantom) come first? Without proxies vs with mixup proxies (F1 and mAP)."""
+SEPARATION_STEPS = 10
+"""The separation panel's Langevin steps per noise level: those of the privacy evaluation's tables
+(``training.evaluate_privacy``, ``Config.steps_per_level``)."""
 KNOWN_BANK_MD = """The key is the reference. This demo's bank is public, so a server can hold it too: it tries each
 bank scan and α on the **proxy of your last run** and keeps the pair whose unmixed image x̂ = (x_mix − (1−α)·r)/α looks
 least like a bank scan's deviation from the bank's mean (`mixdemo.attacks.known_bank`). A private bank defeats it."""
@@ -521,9 +524,8 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     c = tuple(n // 2 for n in target.shape)
     m = lambda vol: viz.montage(vol, c, scale=PATCH_SCALE, vmax=1.0, grid=True)  # noqa: E731
     note = "" if res.completed else " (cancelled early: partial result)"
-    default_steps = config_cls().steps_per_level
-    if steps < default_steps:
-        note += (f". Fewer steps per level than the sampler's default {default_steps} leave its chains shorter, so a "
+    if steps < SEPARATION_STEPS:
+        note += (f". Fewer steps per level than the evaluation's {SEPARATION_STEPS} leave the chains shorter, so a "
                  f"poor recovery here may understate the attack")
     md = (
         f"**MS-SSIM, recovered vs true target: {ms_t:.3f}**; recovered vs true reference: {ms_r:.3f}; "
@@ -1064,8 +1066,8 @@ def _attack_tab(sess: gr.State) -> None:
     with gr.Accordion("1 · Langevin source separation of the current proxy", open=True):
         gr.Markdown(SEPARATION_MD)
         with gr.Row():
-            steps = gr.Slider(1, 50, value=20, step=1, label="Langevin steps per noise level (20: the attack's default)",
-                              scale=2)
+            steps = gr.Slider(1, 50, value=SEPARATION_STEPS, step=1, scale=2,
+                              label=f"Langevin steps per noise level ({SEPARATION_STEPS}: as in results/privacy.json)")
             known = gr.Checkbox(True, label="the attacker knows α (upper bound)", scale=1)
             go = gr.Button("Run the separation", variant="primary", scale=1)
             stop = gr.Button("Cancel", variant="stop", scale=1)

@@ -365,6 +365,13 @@ def test_views_of_a_scan_leave_gradios_cache_within_twenty_minutes():
     assert ui.RENDERINGS_MAX_AGE_S + ui.RENDERINGS_SWEEP_S <= 20 * 60
 
 
+def test_the_separation_panel_runs_as_many_steps_as_the_privacy_tables():
+    from mixdemo import ui
+    from training.evaluate_privacy import FULL
+
+    assert ui.SEPARATION_STEPS == FULL.steps_per_level
+
+
 def test_long_events_show_their_progress_on_the_status_line_only():
     """Loading a scan, segmenting and the separation show one progress bar, on their status line, not one on each of
     their many outputs (whole-brain mode drew eleven)."""
@@ -578,15 +585,11 @@ def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypat
     assert callable(bss.separate)
     torch.manual_seed(0)
     monkeypatch.setattr(ui, "_score_model", lambda: score_mod.ScoreNet().eval())
-    with pytest.raises(gr.Error, match="segmentation first"):
-        ui.known_bank_report(None, progress=_Progress())
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
     sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
-    img, md = ui.known_bank_report(sess, progress=_Progress())  # the public bank undoes the mix it made
-    assert img.dtype == np.uint8 and md.startswith("**The server found the reference this proxy was mixed with**")
     out = ui.run_separation(sess, 1, True, None, progress=_Progress())
     assert all(o.dtype == np.uint8 for o in out[:4]) and "MS-SSIM, recovered vs true target" in out[4]
-    assert "may understate the attack" in out[4]  # 1 step per level, not the sampler's default 20
+    assert "may understate the attack" in out[4]  # 1 step per level, not the evaluation's 10
     cancelled = threading.Event()
     cancelled.set()
     assert "cancelled early" in ui._separation(sess, 2, _Progress(), cancelled, False)[4]

@@ -136,7 +136,8 @@ def privacy_md(doc: dict) -> str:
             if key in bss:
                 b = bss[key]
                 sd = f" ± {_f(b.get('msssim_std'))}" if b.get("msssim_std") is not None else ""
-                lines.append(f"| {label} | {_f(b.get('msssim_mean'))}{sd} | {b.get('n', '—')} |")
+                n = f"{b['n_proxies']} proxies × {b['n_init']} chains" if "n_proxies" in b and "n_init" in b else b.get("n", "—")
+                lines.append(f"| {label} | {_f(b.get('msssim_mean'))}{sd} | {n} |")
         chance = bss.get("chance", {})
         if chance:
             lines += ["", f"Chance levels: the proxy itself has MS-SSIM {_f(chance.get('proxy_vs_target_msssim_mean'))} "
@@ -201,6 +202,12 @@ def privacy_md(doc: dict) -> str:
                     lines.append(f"| {name.replace('_', ' ')} | {row} | | |")
                 continue
             lines.append(f"| {name.replace('_', ' ')} | {_f(row.get('attack_msssim'))} | {_f(row.get('reid_map'))} | {_f(row.get('dice_avg'))} |")
+        shuffled = doc["defences"].get("separate_shuffled_requests")
+        if reid.get("mixup") and isinstance(shuffled, dict):
+            lines += ["", f"Separate shuffled requests stop the server linking the K proxies (re-id mAP "
+                      f"{_f(shuffled.get('reid_map'))} by averaging the proxies it links), but each proxy is still there "
+                      f"on its own: single proxies are re-identified with mAP {_f(reid['mixup']['map'])} at the same α "
+                      f"range (the re-identification table), which is what this defence leaves a server."]
         if isinstance(doc["defences"].get("two_references"), dict):
             lines += ["", "Two references per mix (three sources, S and D trained for it) against one reference, same "
                       "targets, references and α:", "", two_references_md(doc, header=False)]
