@@ -522,3 +522,31 @@ def test_ratio_of_means_ci_refuses_unpaired_or_bad_input_and_leaves_one_volume_o
         ratio_of_means_ci([0.9, 0.8], [0.0, 0.0])
     ratio, lo, hi = ratio_of_means_ci([0.9], [0.92])
     assert ratio == pytest.approx(0.9 / 0.92) and np.isnan(lo) and np.isnan(hi)
+
+
+def test_score_command_reads_files_and_folders(tmp_path, capsys) -> None:
+    """``python -m mixdemo.score``: Dice per class of two label files, a folder of the client's outputs against a
+    folder of labels (with the mean), and a clear message for files on different grids."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:6], truth[6:9], truth[9:11] = 1, 2, 3
+    pred = truth.copy()
+    pred[2:4] = 0  # half of GM missed: Dice 2/3
+    (tmp_path / "segs").mkdir()
+    (tmp_path / "labels").mkdir()
+    for folder, volume in (("segs", pred), ("labels", truth)):
+        for name in ("a_seg", "b_seg"):
+            save_volume(volume, np.eye(4), tmp_path / folder / f"{name}.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "segs" / "a_seg.nii.gz"), str(tmp_path / "labels" / "a_seg.nii.gz"), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["a_seg"]
+    assert row["GM"] == pytest.approx(2 / 3, abs=1e-4) and row["WM"] == row["CSF"] == 1.0
+    assert main([str(tmp_path / "segs"), str(tmp_path / "labels")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| a", "| b", "| mean"]
+    save_volume(truth[:10], np.eye(4), tmp_path / "small.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "segs" / "a_seg.nii.gz"), str(tmp_path / "small.nii.gz")]) == 2
+    assert "grid" in capsys.readouterr().err

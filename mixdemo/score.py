@@ -1,0 +1,97 @@
+"""Score segmentations against labels: Dice per class and their mean, as the README's tables report them.
+
+::
+
+    python -m mixdemo.score seg.nii.gz scans/labels/sub-002_seg.nii.gz
+    python -m mixdemo.score segs/ scans/labels/            # each segs/<name>_seg.nii.gz against labels/<name>_seg.nii.gz
+
+Both files must lie on the same grid (the client writes its segmentation on the input scan's own grid, and
+``python -m mixdemo.examples`` writes the labels of its scans on theirs). Prints one row per pair and, for
+several, their mean; ``--json`` prints the numbers as JSON instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mixdemo.metrics import dice_per_class, mean_dice
+from mixdemo.phantoms import CLASS_NAMES
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+class ScoreError(ValueError):
+    """Files that cannot be scored against each other; the message says why."""
+
+
+def score_pair(segmentation: Path, labels: Path, classes: dict[int, str]) -> dict[str, float]:
+    """Dice of each class of ``classes`` ({label value: name}) and their mean (``avg``)."""
+    from mixdemo.io import load_labels
+
+    pred, truth = load_labels(segmentation), load_labels(labels)
+    if pred.shape != truth.shape:
+        raise ScoreError(f"{segmentation.name} is on a {'×'.join(map(str, pred.shape))} grid and {labels.name} on "
+                         f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
+    dice = dice_per_class(pred, truth, list(classes))
+    return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
+
+
+def pairs_of(segmentations: Path, labels: Path) -> list[tuple[str, Path, Path]]:
+    """(name, segmentation, labels): two files, or each ``<name>_seg.nii.gz`` of a folder against the labels
+    folder's file of the same name (the client's and ``mixdemo.examples``' naming)."""
+    if segmentations.is_file() and labels.is_file():
+        return [(_stem(segmentations), segmentations, labels)]
+    if not (segmentations.is_dir() and labels.is_dir()):
+        raise ScoreError("Give two files (a segmentation and its labels) or two folders.")
+    pairs = []
+    for seg in sorted(p for p in segmentations.iterdir() if p.name.endswith(NIFTI_SUFFIXES)):
+        match = [labels / (_stem(seg) + suffix) for suffix in NIFTI_SUFFIXES if (labels / (_stem(seg) + suffix)).exists()]
+        if match:
+            pairs.append((_stem(seg).removesuffix("_seg"), seg, match[0]))
+    if not pairs:
+        raise ScoreError(f"No segmentation in {segmentations} has a labels file of the same name in {labels}.")
+    return pairs
+
+
+def _stem(path: Path) -> str:
+    """The file name without its NIfTI suffix."""
+    return next((path.name[: -len(s)] for s in NIFTI_SUFFIXES if path.name.endswith(s)), path.stem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mixdemo.score", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("segmentation", type=Path, help="a segmentation NIfTI, or a folder of <name>_seg.nii.gz")
+    p.add_argument("labels", type=Path, help="its labels NIfTI, or a folder of labels of the same names")
+    p.add_argument("--classes", default=",".join(CLASS_NAMES[1:]),
+                   help="names of label values 1, 2, ... (default: the phantoms' GM,WM,CSF)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    from mixdemo.io import ScanError
+
+    classes = dict(enumerate((c.strip() for c in args.classes.split(",") if c.strip()), start=1))
+    try:
+        rows = {name: score_pair(seg, lab, classes) for name, seg, lab in pairs_of(args.segmentation, args.labels)}
+    except (ScoreError, ScanError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(rows) > 1:
+        rows["mean"] = {k: round(float(np.mean([r[k] for r in rows.values()])), 4) for k in [*classes.values(), "avg"]}
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = [*classes.values(), "avg"]
+    print("| scan | " + " | ".join(columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
