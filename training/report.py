@@ -142,6 +142,14 @@ def privacy_md(doc: dict) -> str:
         if chance:
             lines += ["", f"Chance levels: the proxy itself has MS-SSIM {_f(chance.get('proxy_vs_target_msssim_mean'))} "
                       f"to the target, another subject's patch {_f(chance.get('other_subject_vs_target_msssim_mean'))}."]
+        denoise = bss.get("control", {}).get("denoise")
+        if denoise:
+            verdict = ("denoises" if denoise["msssim_langevin_denoised"] > denoise["msssim_noisy"]
+                       else "does not denoise")
+            lines += ["", f"The prior alone, on test patches with noise σ = {_f(denoise['sigma'], 2)} (MS-SSIM "
+                      f"{_f(denoise['msssim_noisy'])} to the clean patch): one Tweedie step gives "
+                      f"{_f(denoise['msssim_tweedie_denoised'])}, annealed Langevin from the noisy patch "
+                      f"{_f(denoise['msssim_langevin_denoised'])}: the chain {verdict}."]
         lang = bss.get("langevin", {})
         if lang.get("tail"):
             lines += ["", f"Langevin: {lang.get('levels_run')} levels from σ_1 = {_f(lang.get('sigma_1'), 1)} to σ_L = "

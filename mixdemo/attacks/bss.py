@@ -25,8 +25,9 @@ Settings:
 * Scored by 3D MS-SSIM of the recovered target under the best assignment of the two sources.
 
 Positive controls (:func:`known_reference_recovery`, ``fixed_reference=`` and α = 1) show the
-machinery recovers a target whenever the problem is determined, and :func:`langevin_denoise`
-that the prior alone denoises.
+machinery recovers a target whenever the problem is determined; :func:`langevin_denoise` checks the prior
+alone on noisy patches. With the shipped prior its Tweedie step denoises but the annealed chain from the noisy
+patch does not (``results/privacy.json``, ``bss.control.denoise``; the README quotes both).
 """
 
 from __future__ import annotations
