@@ -439,10 +439,17 @@ def figures_only(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{args.out} was made with other {', '.join(differ)} than these arguments and weights: "
                          "its figures cannot be drawn without re-running it.")
     rec = min(setup.dice_records, key=lambda r: r.name)
+    say = lambda text: print(f"[figures-only] {text}", flush=True)  # noqa: E731 - minutes pass between the steps
+    say(f"predicting one volume again with its K = {args.k_max} references and α, naive and learned "
+        f"(S and D on {args.k_max} whole-volume proxies: several minutes on 2 CPU cores) ...")
+    t0 = time.perf_counter()
     vol, refs, brain, naive, learned, proxies = predict_scan(rec, args.k_max, args, setup)
     lab = lambda probs: masked(hard_labels(probs.float()).numpy(), brain)  # noqa: E731
+    say(f"predicted in {time.perf_counter() - t0:.0f} s; the baseline on it ...")
     base_pred = baseline_labels(setup.base, vol, brain)
+    say("drawing the figures ...")
     draw_figures(doc, _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k, lab), args.out)
+    say(f"wrote the figures beside {args.out}")
     return doc
 
 
