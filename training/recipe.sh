@@ -6,7 +6,8 @@
 #   3. the baseline's leg on 64³ patches, one a step [650], beside
 #   4. the default D's design on the frozen S: 2³ patches on 32³ windows [5000, batch 8], then on 96³ windows with
 #      α ~ U(0.3, 0.5) (the shipped D had a leg at α ~ U(0.1, 0.9) between: [320 + 320, batch 1]),
-#   5. its calibration (training.calibrate), 6. the evaluation of the three (training.evaluate) into OUT/segmentation.json.
+#   5. the calibrations (training.calibrate) of the baseline, in place as the shipped one, and of D,
+#   6. the evaluation of the three (training.evaluate) into OUT/segmentation.json.
 # Every stage writes its model folders into OUT and its log to OUT/logs; evaluate them later with
 #   MIXDEMO_WEIGHTS_DIR=OUT python -m training.evaluate --brain-mask --unmixing unmixing-p2-96-a35-cal
 #
@@ -54,7 +55,9 @@ python -m training.train --mode unmixing --data "$data" --init-from "$out" --ini
 
 if (( b64_steps > 0 )); then wait "$baseline64" || { tail -5 "$out/logs/baseline-64.log"; exit 1; }; fi
 
-stage calibration
+stage calibrations
+MIXDEMO_WEIGHTS_DIR="$out" python -m training.calibrate --model baseline --data "$data" "${cal_args[@]}" \
+  --out "$out" > "$out/logs/calibrate-baseline.log" 2>&1
 MIXDEMO_WEIGHTS_DIR="$out" python -m training.calibrate --model unmixing-p2-96-a35 --data "$data" "${cal_args[@]}" \
   --out "$out" --name unmixing-p2-96-a35-cal > "$out/logs/calibrate.log" 2>&1
 
