@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from mixdemo.ui import SEPARATION_STEPS
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -90,8 +92,8 @@ def test_attack_and_about_tabs(page, shots, app_weights):
 
     page.get_by_role("tab", name="Attack lab").click()
     expect(page.get_by_text("Langevin source separation of the current proxy")).to_be_visible()
-    # the steps slider's own box: a plain run uses 3 steps per noise level; the README's screenshot, the default 20
-    steps = "20" if os.environ.get("MIXDEMO_SCREENSHOTS") else "3"
+    # the steps slider's own box: a plain run uses 3 steps per noise level; the README's screenshot, the default
+    steps = str(SEPARATION_STEPS) if os.environ.get("MIXDEMO_SCREENSHOTS") else "3"
     box = page.get_by_label("number input for Langevin steps per noise level", exact=False)
     box.fill(steps)
     box.press("Enter")
@@ -105,6 +107,8 @@ def test_attack_and_about_tabs(page, shots, app_weights):
     expect(page.locator("#reid-status")).to_contain_text("mAP", timeout=180_000)
     page.get_by_role("button", name="Run the TTA-averaging attack").click()
     expect(page.locator("#tta-status")).to_contain_text("MS-SSIM", timeout=180_000)
+    page.get_by_role("button", name="Run the known-bank attack on the last proxy").click()
+    expect(page.locator("#known-bank-status")).to_contain_text("MS-SSIM of x̂ to the target", timeout=180_000)
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots / "screenshot_attack.png"), full_page=True)
     page.get_by_role("tab", name="About").click()
