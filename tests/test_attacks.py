@@ -22,6 +22,7 @@ from mixdemo.attacks import bss, leakage, reid
 from mixdemo.attacks import tta_average as tta
 from mixdemo.attacks.score import ScoreNet, dsm_loss, max_pairwise_distance, sample_brain_patches, sigmas
 from mixdemo.metrics import msssim_3d_batch
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 from mixdemo.models import SegmentationNet, UnmixingNet
 
 TINY = (4, 4, 8, 8, 16, 4)
@@ -158,6 +159,13 @@ def test_separate_api_shapes_progress_and_cancel() -> None:
         bss.separate(score, np.zeros((20, 20, 20), np.float32), 0.5)
     with pytest.raises(ValueError, match="n_init"):
         bss.separate(score, proxies, 0.5, n_init=0)
+
+
+def test_the_alpha_grid_is_the_public_range_folded() -> None:
+    """α unknown: the attacker searches the client's public α range, folded to α ≥ 0.5 (α and 1 − α swap sources)."""
+    assert bss.ALPHA_GRID == bss.folded_alpha_grid(DEFAULT_ALPHA_RANGE) == (0.5, 0.55, 0.6, 0.65, 0.7)
+    assert bss.folded_alpha_grid((0.1, 0.9)) == (0.5, 0.6, 0.7, 0.8, 0.9)  # straddling 0.5
+    assert bss.folded_alpha_grid((0.6, 0.8), n=3) == (0.6, 0.7, 0.8)
 
 
 def test_positive_control_known_reference_exact() -> None:

@@ -232,9 +232,11 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
     # 1. α known: upper bound on the attacker
     known = bss.separate(score, p["proxy"], p["alpha"], n_init=cfg.n_init, config=lc, seed=seed)
     s_known = bss.best_assignment_msssim(known.sources, p["target"], p["ref"])
-    # 2. α unknown: grid search, selection by prior energy
+    # 2. α unknown: grid search over the client's public α range (folded), selection by prior energy
     nu = cfg.bss_unknown
-    unknown = bss.separate(score, p["proxy"][:nu], None, n_init=cfg.n_init_unknown, config=lc, seed=seed + 1)
+    grid = bss.folded_alpha_grid(alpha_range)
+    unknown = bss.separate(score, p["proxy"][:nu], None, n_init=cfg.n_init_unknown, config=lc, seed=seed + 1,
+                           alpha_grid=grid)
     s_unknown = bss.best_assignment_msssim(unknown.sources, p["target"][:nu], p["ref"][:nu])
     true_fold = np.maximum(p["alpha"][:nu], 1 - p["alpha"][:nu])[:, None]
     # 3. positive controls: reference known (exact Eq. 2 inverse, and the same Langevin with x_ref clamped); α = 1
@@ -266,7 +268,7 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
         "alpha_known": {**_stats(s_known), "best_of_inits_mean": float(s_known.max(1).mean()), "n_proxies": len(s_known),
                         "n_init": cfg.n_init, "consistency_rms": float(known.consistency.mean())},
         "alpha_unknown": {**_stats(s_unknown), "n_proxies": nu, "n_init": cfg.n_init_unknown,
-                          "alpha_grid": list(bss.ALPHA_GRID), "alpha_abs_error": float(np.abs(unknown.alphas - true_fold).mean())},
+                          "alpha_grid": list(grid), "alpha_abs_error": float(np.abs(unknown.alphas - true_fold).mean())},
         "control": {
             "msssim_mean": float(msssim_3d_batch(langevin_ref, p["target"], data_range=1.0).mean()),
             "what": "Langevin with the reference known (source 2 clamped to x_ref), α known",

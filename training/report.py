@@ -135,6 +135,8 @@ def privacy_md(doc: dict) -> str:
                            ("alpha_known_skip_high_levels", "ablation: levels above σ = 3 skipped")):
             if key in bss:
                 b = bss[key]
+                if b.get("alpha_grid"):  # α unknown: the α the attacker searched
+                    label += f" (searched over α ∈ [{min(b['alpha_grid']):.2f}, {max(b['alpha_grid']):.2f}])"
                 sd = f" ± {_f(b.get('msssim_std'))}" if b.get("msssim_std") is not None else ""
                 n = f"{b['n_proxies']} proxies × {b['n_init']} chains" if "n_proxies" in b and "n_init" in b else b.get("n", "—")
                 lines.append(f"| {label} | {_f(b.get('msssim_mean'))}{sd} | {n} |")

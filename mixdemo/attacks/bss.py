@@ -19,7 +19,8 @@ evaluation records that ablation and the one that skips those levels.
 
 Settings:
 * ``alpha`` known (an upper bound on the attacker), or unknown: the same sampler is run on a
-  grid of α ∈ [0.5, 0.9] (α and 1 − α are the same problem with the sources swapped) and each
+  grid over the client's public α range folded to α ≥ 0.5 (α and 1 − α are the same problem with the
+  sources swapped; :data:`ALPHA_GRID`) and each
   chain keeps the α whose sources the prior finds most plausible (:func:`prior_energy`).
 * Several random initialisations per proxy (the paper's Fig. 4).
 * Scored by 3D MS-SSIM of the recovered target under the best assignment of the two sources.
@@ -42,11 +43,21 @@ import torch
 from torch import nn
 
 from mixdemo.metrics import msssim_3d_batch
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 
 ProgressFn = Callable[[float, str], None]
 
-ALPHA_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
-"""α values tried when the attacker does not know α (α ≥ 0.5 without loss of generality)."""
+def folded_alpha_grid(alpha_range: tuple[float, float], n: int = 5) -> tuple[float, ...]:
+    """``n`` α evenly over ``alpha_range`` folded to α ≥ 0.5 (α and 1 − α are one problem, the sources swapped)."""
+    folded = [max(a, 1 - a) for a in alpha_range]
+    lo = 0.5 if min(alpha_range) < 0.5 < max(alpha_range) else min(folded)
+    return tuple(float(a) for a in np.round(np.linspace(lo, max(folded), n), 4))
+
+
+ALPHA_GRID: tuple[float, ...] = folded_alpha_grid(DEFAULT_ALPHA_RANGE)
+"""α values tried when the attacker does not know α: the client's α range is public (the code's
+``DEFAULT_ALPHA_RANGE``, U(0.3, 0.5)), folded to α ≥ 0.5, so the attacker searches [0.5, 0.7]. A grid up to 0.9
+made the choice by :func:`prior_energy`, which falls as α rises, take the largest α most of the time."""
 
 
 @dataclass(frozen=True)
