@@ -389,6 +389,11 @@ def test_patch_study_and_output_leakage_with_untrained_models() -> None:
     assert out["output_leakage_dice"] < 1.0  # mixed with the references, the output no longer is the target's
     with pytest.raises(ValueError, match="alphas"):
         leakage.patch_study(seg, unmix, patches, np.full((3, 1), 0.6))
+    # a public label map cut at the same places gives the chance level that needs no scan: the truth itself scores 1
+    truth_map = vols[0].labels
+    with_public = leakage.sample_patch_set(vols[:1], vols[2:], 3, 2, np.random.default_rng(1), public_labels=truth_map)
+    out = leakage.patch_study(seg, unmix, with_public, np.full((3, 2), 0.6))
+    assert out["chance_dice_template"] == 1.0 and "chance_dice_template" not in leakage.patch_study(seg, unmix, patches, np.full((3, 2), 0.6))
 
 
 def test_patch_study_two_references_matches_one_when_the_references_coincide() -> None:

@@ -401,9 +401,17 @@ def run_known_bank(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
                                             alpha_range=alpha_range, n_draws=cfg.reid_draws, seed=seed)
 
 
+def public_labels(shape: tuple[int, ...]) -> np.ndarray | None:
+    """The template's labels (:func:`mixdemo.attacks.tta_average.template_labels`) when the cohort lies on its grid
+    (the phantoms; a cohort on another grid, e.g. BraTS's, has no such chance level here)."""
+    labels = tta.template_labels()
+    return labels if labels.shape == tuple(shape) else None
+
+
 def patch_dice(models: dict, c: Cohort, cfg: Config, alpha_range, seed: int, *, fresh_alpha: bool = False) -> dict:
     rng = np.random.default_rng(seed)
-    patches = leakage.sample_patch_set(c.test, c.train, cfg.patches, cfg.tta_k, rng)
+    patches = leakage.sample_patch_set(c.test, c.train, cfg.patches, cfg.tta_k, rng,
+                                       public_labels=public_labels(c.test[0].labels.shape))
     n, k = cfg.patches, cfg.tta_k
     alphas = rng.uniform(*alpha_range, size=(n, k) if fresh_alpha else (n, 1))
     alphas = np.broadcast_to(alphas, (n, k)).copy()
@@ -688,6 +696,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     "client_dice_learned": base_dice["dice_learned"],
                                     "client_dice_naive_tta": base_dice["dice_naive_tta"],
                                     "chance_dice_other_subject": base_dice["chance_dice_other_subject"],
+                                    "chance_dice_template": base_dice.get("chance_dice_template"),
                                     "alpha_range": list(ar), "n_patches": base_dice["n_patches"], "k": base_dice["k"],
                                     "what": "arg-max of S(x_mix) (first mix) vs the target's labels, 32³ test patches"}
     if "defences" in sections:

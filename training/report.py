@@ -181,8 +181,14 @@ def privacy_md(doc: dict) -> str:
                   "| MS-SSIM to target | " + " | ".join(_f(p[1]) for p in pts) + " |",
                   "| re-id mAP | " + " | ".join(_f(p[2]) for p in pts) + " |", ""]
     if doc.get("output_leakage"):
+        leak = doc["output_leakage"]
+        chance = ""
+        if leak.get("chance_dice_template") is not None:
+            chance = (f" Without any proxy, the public template's labels at the same places score "
+                      f"{_f(leak['chance_dice_template'])} and another subject's {_f(leak.get('chance_dice_other_subject'))}: "
+                      f"the output adds {leak['dice_vs_target'] - leak['chance_dice_template']:+.3f} over what is public.")
         lines += [f"Output leakage: the arg-max of the server's own mixed segmentation matches the target's labels "
-                  f"with Dice {_f(doc['output_leakage'].get('dice_vs_target'))}.", ""]
+                  f"with Dice {_f(leak.get('dice_vs_target'))}.{chance}", ""]
     reuse = doc.get("reference_reuse")
     if isinstance(reuse, dict) and "reference_msssim_mean" in reuse:
         lines += [f"Reference reuse: with a bank of {reuse.get('bank_size')} references and {reuse.get('n_targets')} targets, "

@@ -35,22 +35,26 @@ class PatchSet:
         target_labels: (N, P, P, P) target labels.
         refs: (N, K, P, P, P) reference images (distinct training scans per target).
         ref_labels: (N, K, P, P, P) reference labels.
+        public_labels: (N, P, P, P) the public template's labels at the same coordinates, when given.
     """
 
     target: np.ndarray
     target_labels: np.ndarray
     refs: np.ndarray
     ref_labels: np.ndarray
+    public_labels: np.ndarray | None = None
 
 
 def sample_patch_set(
-    targets: Sequence, references: Sequence, n: int, k: int, rng: np.random.Generator, size: int = 32
+    targets: Sequence, references: Sequence, n: int, k: int, rng: np.random.Generator, size: int = 32,
+    public_labels: np.ndarray | None = None,
 ) -> PatchSet:
-    """``n`` brain-centred patches of random ``targets`` (Volumes), each with ``k`` distinct references."""
+    """``n`` brain-centred patches of random ``targets`` (Volumes), each with ``k`` distinct references (and the
+    patches of ``public_labels``, a label volume on the same grid, e.g. the template's)."""
     if k > len(references):
         raise ValueError(f"Asked for {k} distinct references per patch; the pool holds {len(references)}.")
     fg = [np.argwhere(v.labels > 0) for v in targets]
-    tx, ty, rx, ry = [], [], [], []
+    tx, ty, rx, ry, py = [], [], [], [], []
     for _ in range(n):
         t = int(rng.integers(len(targets)))
         sl = patch_slices(sample_patch_corner(targets[t].image.shape, size, rng, fg[t]), size)
@@ -59,7 +63,9 @@ def sample_patch_set(
         ty.append(targets[t].labels[sl])
         rx.append(np.stack([references[r].image[sl] for r in chosen]))
         ry.append(np.stack([references[r].labels[sl] for r in chosen]))
-    return PatchSet(np.stack(tx), np.stack(ty), np.stack(rx), np.stack(ry))
+        if public_labels is not None:
+            py.append(public_labels[sl])
+    return PatchSet(np.stack(tx), np.stack(ty), np.stack(rx), np.stack(ry), np.stack(py) if py else None)
 
 
 def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> dict[int, float]:
@@ -136,5 +142,7 @@ def patch_study(seg: nn.Module, unmix: nn.Module, patches: PatchSet, alphas: np.
         out[f"per_class_{name}"] = {str(c): v for c, v in per.items()}
     # chance: another subject's labels at the same coordinates (what any MNI-space brain gives away)
     out["chance_dice_other_subject"] = mean_dice(pooled_dice(patches.ref_labels[:, 0], patches.target_labels))
+    if patches.public_labels is not None:  # and the public template's, which needs no scan at all
+        out["chance_dice_template"] = mean_dice(pooled_dice(patches.public_labels, patches.target_labels))
     out.update({"k": k, "n_patches": n})
     return out

@@ -49,6 +49,14 @@ def template_brain() -> np.ndarray:
     return normalize_intensity(image)
 
 
+def template_labels() -> np.ndarray:
+    """The public template's tissue labels on the common grid (the arg-max of the MNI152 2009a maps: 0 background,
+    1 GM, 2 WM, 3 CSF): what anyone can say of a brain in MNI space without seeing it."""
+    from mixdemo.phantoms import load_template
+
+    return load_template().probs.numpy().argmax(0).astype(np.uint8)
+
+
 def rescale(estimate: np.ndarray) -> np.ndarray:
     """Rescale an estimate of α·x to a scan's [0, 1] range (robust 99.5th percentile), per volume."""
     est = np.asarray(estimate, np.float32)
