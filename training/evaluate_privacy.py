@@ -304,6 +304,8 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
 def run_reid(c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path | None) -> dict:
     out = reid.reid_experiment(c.test_small, c.identities, c.train_small, alpha_range=alpha_range,
                                n_draws=cfg.reid_draws, seed=seed)
+    out["proxy_vs_raw_scans"] = reid.proxy_to_scan_experiment(c.test_small, c.identities, c.train_small, c.template_small,
+                                                              alpha_range=alpha_range, n_draws=cfg.reid_draws, seed=seed)
     out["downsample"] = cfg.downsample
     if figure is not None:
         plot_reid(figure, out)

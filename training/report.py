@@ -162,6 +162,8 @@ def privacy_md(doc: dict) -> str:
     if reid:
         lines += ["| Re-identification | F1 | mAP | paper mAP |", "| --- | --- | --- | --- |"]
         for key, label, paper in (("no_proxy", "No proxy", "0.998"), ("mixup", "Mixup proxy", "0.352"),
+                                  ("proxy_vs_raw_scans", "Mixup proxy against identified raw scans (a server that "
+                                   "holds earlier visits; deviations from the template correlated)", "—"),
                                   ("chance", "Chance (a random ranking of this gallery)", "—")):
             if key in reid:
                 lines.append(f"| {label} | {_f(reid[key].get('f1'))} | {_f(reid[key].get('map'))} | {paper} |")

@@ -47,6 +47,46 @@ def retrieval(volumes: np.ndarray, identities: Sequence[Hashable]) -> ReidResult
     return reid_metrics(msssim_matrix(volumes), list(identities))
 
 
+def deviation_similarity(queries: np.ndarray, gallery: np.ndarray, population_mean: np.ndarray) -> np.ndarray:
+    """(Q, G) Pearson correlations of each query's deviation from the population mean with each gallery scan's:
+    the anatomy that is one person's own. A proxy carries α of its target's deviation and (1 − α) of its
+    reference's, so it still correlates with its target's other scans."""
+    def unit(v: np.ndarray) -> np.ndarray:
+        flat = (np.asarray(v, np.float64) - population_mean).reshape(len(v), -1)
+        flat -= flat.mean(1, keepdims=True)
+        return flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-12)
+
+    return unit(queries) @ unit(gallery).T
+
+
+def proxy_to_scan_experiment(
+    targets: np.ndarray,
+    identities: Sequence[Hashable],
+    references: np.ndarray,
+    population_mean: np.ndarray,
+    *,
+    alpha_range: tuple[float, float],
+    n_draws: int = 5,
+    seed: int = 0,
+) -> dict:
+    """A server that already holds identified raw scans (a patient's earlier visit) matches each proxy against them.
+
+    Query i is a proxy of scan i (Eq. 2, a random reference, α ~ U(alpha_range)); the gallery is every raw scan but
+    scan i itself, so the right answer is the subject's other scan. Similarity: :func:`deviation_similarity`. Scored
+    with :func:`mixdemo.metrics.reid_metrics` like Table 2 (row i of an (N, N) matrix, the diagonal ignored), so it
+    reads against the proxy-to-proxy retrieval and its chance level.
+    """
+    rng = np.random.default_rng(seed)
+    runs = []
+    for _ in range(n_draws):
+        proxies = encode_with_random_references(targets, references, alpha_range, rng)[0]
+        runs.append(reid_metrics(deviation_similarity(proxies, targets, population_mean), list(identities)))
+    return {"f1": float(np.mean([r.f1 for r in runs])), "map": float(np.mean([r.map for r in runs])),
+            "top1": float(np.mean([r.top1_accuracy for r in runs])), "map_std": float(np.std([r.map for r in runs])),
+            "n_draws": n_draws, "similarity": "correlation of deviations from the public template",
+            "what": "proxies against a gallery of identified raw scans (each subject's other scan among them)"}
+
+
 def chance_levels(identities: Sequence[Hashable], n_rankings: int = 2000, seed: int = 0) -> dict:
     """F1, mAP and top-1 of a retrieval that ranks at random (i.i.d. similarities), averaged over ``n_rankings``:
     what the protocol scores with no information, which grows as the gallery shrinks (12 scans: mAP ≈ 0.27)."""
