@@ -66,6 +66,7 @@ class Config:
     sweep_reid_draws: int = 3
     tta_max_k: int = 20
     reuse_bank: int = 2
+    reuse_bank_larger: int = 10  # the reuse attack again with the demo client's bank size
     patches: int = 32  # 32³ test patches for Dice / leakage
     tta_k: int = 4  # TTA mixes per patch for Dice
     sweep_bss: int = 4  # proxies per α range for the sweep's BSS (α known, 1 init)
@@ -362,11 +363,12 @@ def chance_baselines(c: Cohort) -> dict:
             "downsample": None}
 
 
-def run_reuse(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
-    """A bank of ``reuse_bank`` references used for every target: test scans + other training subjects' scans."""
+def run_reuse(c: Cohort, cfg: Config, alpha_range, seed: int, bank_size: int | None = None) -> dict:
+    """A bank of ``bank_size`` (default ``cfg.reuse_bank``) references used for every target: test scans + other
+    training subjects' scans."""
     rng = np.random.default_rng(seed)
     train_ids = [v.subject for v in c.train]
-    bank_subjects = list(rng.choice(sorted(set(train_ids)), size=cfg.reuse_bank, replace=False))
+    bank_subjects = list(rng.choice(sorted(set(train_ids)), size=bank_size or cfg.reuse_bank, replace=False))
     bank_idx = [train_ids.index(s) for s in bank_subjects]
     keep = [i for i, s in enumerate(train_ids) if s not in bank_subjects]
     targets = np.concatenate([c.test_small, c.train_small[keep]])
@@ -688,6 +690,9 @@ def main(argv: list[str] | None = None) -> dict:
                                       "columns": ["K", "msssim_vs_target", "reid_map"]}
     if "reuse" in sections:
         result["reference_reuse"] = step("reuse", lambda: run_reuse(c, cfg, ar, args.seed))
+        larger = min(cfg.reuse_bank_larger, len({v.subject for v in c.train}) - 1)  # subjects outside the bank stay
+        if larger > cfg.reuse_bank:
+            result["reference_reuse_larger_bank"] = step("reuse_larger", lambda: run_reuse(c, cfg, ar, args.seed, larger))
     if "known_bank" in sections:
         result["known_bank"] = step("known_bank", lambda: run_known_bank(c, cfg, ar, args.seed))
     if "leakage" in sections:

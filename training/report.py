@@ -196,7 +196,14 @@ def privacy_md(doc: dict) -> str:
         lines += [f"Reference reuse: with a bank of {reuse.get('bank_size')} references and {reuse.get('n_targets')} targets, "
                   f"averaging the proxies that share a reference recovers it with MS-SSIM "
                   f"{_f(reuse.get('reference_msssim_mean'))}; subtracting it recovers targets with MS-SSIM "
-                  f"{_f(reuse.get('target_msssim_mean'))} and re-identification mAP {_f(reuse.get('target_reid_map'))}.", ""]
+                  f"{_f(reuse.get('target_msssim_mean'))} and re-identification mAP {_f(reuse.get('target_reid_map'))}"
+                  f" (the proxies themselves: {_f(reuse.get('baseline_proxy_reid_map'))}).", ""]
+        larger = doc.get("reference_reuse_larger_bank")
+        if isinstance(larger, dict):
+            lines[-1:-1] = [f"With a bank of {larger['bank_size']} (the demo client's size) the same attack recovers "
+                            f"references with MS-SSIM {_f(larger.get('reference_msssim_mean'))} and targets with "
+                            f"re-identification mAP {_f(larger.get('target_reid_map'))} (the proxies: "
+                            f"{_f(larger.get('baseline_proxy_reid_map'))})."]
     bank = doc.get("known_bank")
     if isinstance(bank, dict):
         lines += [f"Known bank: a server that knows the client's bank of {bank['bank_size']} references (public, as the "
