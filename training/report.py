@@ -721,7 +721,8 @@ def _precision_md(doc: dict, against: str, against_ran: str) -> str:
     f32, b16 = doc["float32"], doc["bfloat16"]
     assembled = f"; the record written by `{doc['commands'][1]}`" if len(doc["commands"]) > 1 else ""
     lines = [f"Measured by `{doc['commands'][0]}` ({doc['date']}, {b16['seconds'] / 60:.0f} min) against "
-             f"{against} ({against_ran}, {f32['seconds'] / 60:.0f} min): the same weights, volumes, α and "
+             f"{against} ({against_ran}, {f32['seconds'] / 60:.0f} min, as it stood when this record was made): the "
+             f"same weights, volumes, α and "
              f"references{assembled}. **MNI152-derived phantoms, not patients.**", "",
              "| average Dice | float32 | bfloat16 | difference |", "| --- | --- | --- | --- |"]
     for key, label in LABELS.items():
