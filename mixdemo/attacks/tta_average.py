@@ -102,12 +102,9 @@ def deviation_correlations(estimate: np.ndarray, scans: np.ndarray, population_m
     """Pearson correlation of the estimate's deviation from the population mean with each scan's (N, X, Y, Z):
     whether an attack's estimate carries one person's own anatomy. Its MS-SSIM to the target cannot say: that is
     dominated by what every brain shares, so a template alone scores high."""
-    def unit(v: np.ndarray) -> np.ndarray:
-        flat = (v - population_mean).reshape(len(v), -1).astype(np.float64)
-        flat -= flat.mean(1, keepdims=True)
-        return flat / (np.linalg.norm(flat, axis=1, keepdims=True) + 1e-12)
+    from mixdemo.attacks.reid import deviation_similarity
 
-    return unit(np.asarray(scans)) @ unit(np.asarray(estimate)[None])[0]
+    return deviation_similarity(np.asarray(estimate)[None], np.asarray(scans), population_mean)[0]
 
 
 def link_requests(proxies: np.ndarray, population_mean: np.ndarray, group_size: int) -> np.ndarray:
