@@ -116,10 +116,9 @@ def link_requests(proxies: np.ndarray, population_mean: np.ndarray, group_size: 
     Returns:
         (N, group_size) indices, each row starting with the query itself.
     """
-    flat = (proxies - population_mean[None]).reshape(len(proxies), -1).astype(np.float32)
-    flat -= flat.mean(1, keepdims=True)
-    flat /= np.linalg.norm(flat, axis=1, keepdims=True) + 1e-12
-    corr = flat @ flat.T
+    from mixdemo.attacks.reid import deviation_similarity
+
+    corr = deviation_similarity(proxies, proxies, population_mean)
     np.fill_diagonal(corr, np.inf)
     return np.argsort(-corr, axis=1)[:, :group_size]
 
