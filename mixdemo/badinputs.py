@@ -3,8 +3,8 @@
 Every entry is built by code (nothing is committed): broken gzip streams, other formats renamed
 ``.nii``, NIfTI files with impossible shapes, values, data types or geometry, names that try
 ``../`` or carry patient-like identifiers. :func:`nifti_corpus` targets the scan loader (and
-everything that uses it: the CLI client, the app's upload); :func:`proxy_corpus` targets the
-server endpoint ``segment_proxy`` (``.npy`` proxies).
+everything that uses it: the CLI client, the app's upload), and includes :func:`dicom_corpus` (DICOM
+archives and slices); :func:`proxy_corpus` targets the server endpoint ``segment_proxy`` (``.npy`` proxies).
 
 Each entry is a :class:`BadInput`; ``write`` puts its bytes into a folder under a *safe* file
 name (``stored_name``) while ``upload_name`` keeps the hostile name for transport-level tests.
@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["BadInput", "nifti_corpus", "proxy_corpus", "valid_nifti_bytes", "gzip_bomb", "PATIENT_LIKE_NAME"]
+__all__ = ["BadInput", "nifti_corpus", "dicom_corpus", "proxy_corpus", "valid_nifti_bytes", "gzip_bomb", "PATIENT_LIKE_NAME"]
 
 PATIENT_LIKE_NAME = "Doe_Jane_1970-01-01_MRN424242"
 """A distinctive, identifying-looking file stem: must never appear in messages or logs."""
@@ -42,7 +42,7 @@ class BadInput:
     def stored_name(self) -> str:
         """A safe local file name keeping the upload name's extension (so the loader sees it)."""
         name = self.upload_name.replace("\\", "/").rsplit("/", 1)[-1]
-        for ext in (".nii.gz", ".NII.GZ", ".nii", ".npy", ".npz", ".gz", ".txt", ".png", ".dcm"):
+        for ext in (".nii.gz", ".NII.GZ", ".nii", ".npy", ".npz", ".gz", ".txt", ".png", ".dcm", ".zip"):
             if name.endswith(ext):
                 return f"{self.key}{ext}"
         return self.key
@@ -127,6 +127,57 @@ def _dicom_bytes() -> bytes:
     return b"\x00" * 128 + b"DICM" + body + bytes(range(256)) * 4
 
 
+def _dicom_slices(n: int, shape: tuple[int, int] = (16, 16)) -> list[tuple[str, bytes]]:
+    """``n`` real DICOM slices of a small series (SimpleITK), named ``IM<k>``, with the patient-like name in their
+    header: what a refusal must not repeat."""
+    import tempfile
+
+    from mixdemo.dicom import write_series
+
+    with tempfile.TemporaryDirectory(prefix="mixdemo-badinputs-") as tmp:
+        files = write_series(_phantom((*shape, n)), np.eye(4), tmp, patient_name=PATIENT_LIKE_NAME)
+        return [(f"IM{k}", f.read_bytes()) for k, f in enumerate(files)]
+
+
+def _zip(members: list[tuple[str, bytes]], encrypted_flag: bool = False) -> bytes:
+    """A zip archive of ``members`` (names as given, ``../`` included); with ``encrypted_flag`` every member is
+    marked password-protected, as an encrypted archive's are."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    out = bytearray(buf.getvalue())
+    if encrypted_flag:
+        for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            start = 0
+            while (start := out.find(signature, start)) >= 0:
+                out[start + flag_at] |= 0x1
+                start += 4
+    return bytes(out)
+
+
+def dicom_corpus() -> list[BadInput]:
+    """Malformed DICOM inputs: archives that are not one readable 3D series, a single slice, hostile member names."""
+    slices = _dicom_slices(12)
+    series = _zip(slices)
+    items = [
+        ("zip_not_dicom", _zip([("notes.txt", b"not an image")]), "scan.zip", "a zip without DICOM"),
+        ("zip_truncated", series[: len(series) // 2], "scan.zip", "a zip cut in half"),
+        ("zip_empty", _zip([]), "scan.zip", "an empty zip"),
+        ("zip_text", b"this is not an archive", "scan.zip", "text named .zip"),
+        ("zip_encrypted", _zip(slices, encrypted_flag=True), "scan.zip", "a password-protected zip"),
+        ("zip_gap", _zip(slices[:5] + slices[6:]), "scan.zip", "a series with a slice missing"),
+        ("zip_thin", _zip(slices[:3]), "scan.zip", "a series of 3 slices"),
+        ("zip_slip", _zip([(f"../../evil/{n}", d) for n, d in slices[:3]] + [(f"/abs/{n}", d) for n, d in slices[3:6]]),
+         "scan.zip", "members named ../ and /abs (6 slices: too few)"),
+        ("dicom_one_slice", slices[0][1], "scan.dcm", "a single DICOM slice"),
+        ("zip_patient_name", _zip(slices[:2]), f"{PATIENT_LIKE_NAME}.zip", "a patient-named zip of 2 slices"),
+    ]
+    return [BadInput(k, d, n, w) for k, d, n, w in items]
+
+
 def gzip_bomb(decompressed_bytes: int = (1 << 30) + (8 << 20)) -> bytes:
     """A small .nii.gz whose stream inflates past the loader's 1 GiB cap (header + zeros)."""
     header = _nifti_bytes(_phantom((8, 8, 8)))[:352]
@@ -206,7 +257,7 @@ def nifti_corpus(include_bomb: bool = False) -> list[BadInput]:
     ]
     if include_bomb:
         items.append(("gzip_bomb", gzip_bomb(), "scan.nii.gz", "a gzip bomb (> 1 GiB inflated)"))
-    return [BadInput(k, d, n, w) for k, d, n, w in items]
+    return [BadInput(k, d, n, w) for k, d, n, w in items] + dicom_corpus()
 
 
 def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
@@ -226,6 +277,7 @@ def proxy_corpus() -> list[BadInput]:
         ("npy_text", b"this is not an array", "text"),
         ("npy_pickle", _npy(np.array([{"a": 1}], dtype=object), allow_pickle=True), "a pickled object array"),
         ("npy_npz", npz.getvalue(), "an .npz archive"),
+        ("npy_npz_truncated", npz.getvalue()[: len(npz.getvalue()) // 2], "an .npz archive cut in half"),
         ("npy_truncated", _npy(ok)[:-100], "a truncated .npy"),
         ("npy_int", _npy(np.ones((16, 16, 16), np.int32)), "integer proxies"),
         ("npy_bool", _npy(np.ones((16, 16, 16), bool)), "boolean proxies"),

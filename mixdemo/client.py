@@ -611,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Privacy-preserving segmentation: mix locally, send only proxies, unmix locally.",
     )
     p.add_argument("scan", nargs="+",
-                   help="input T1 NIfTI (.nii/.nii.gz), or several; registered to MNI locally unless already on the grid")
+                   help="input T1 scan, or several: a NIfTI (.nii/.nii.gz) or a DICOM series (a .zip of its files, or "
+                        "their folder); registered to MNI locally unless already on the grid")
     p.add_argument("-o", "--output", required=True,
                    help="output label NIfTI, written in the input's space; with several scans a folder, which gets "
                         "<scan name>_seg.nii.gz for each")
@@ -729,7 +730,7 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
         if isinstance(remote, RemoteServer):
             remote.new_session()  # each scan's requests in a session of their own
         try:
-            if not Path(scan).is_file():
+            if not (Path(scan).is_file() or Path(scan).is_dir()):  # a DICOM series may be a folder
                 raise ClientError("The input scan could not be found.")
             key = segment_file(
                 scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
@@ -763,12 +764,18 @@ def output_paths(scans: Sequence[str], output: str) -> list[Path]:
         return [Path(output)]
     if str(output).lower().endswith((".nii", ".nii.gz")):
         raise ClientError("With several scans the output is a folder, not a .nii/.nii.gz file.")
-    names = [re.sub(r"\.nii(\.gz)?$", "", Path(s).name, flags=re.IGNORECASE) for s in scans]
+    names = [scan_stem(s) for s in scans]
     if len(set(names)) < len(names):
         raise ClientError("Two input scans share a file name; their segmentations would overwrite each other.")
     folder = Path(output)
     writable_folder(folder)
     return [folder / f"{n}_seg.nii.gz" for n in names]
+
+
+def scan_stem(scan: str | os.PathLike) -> str:
+    """A scan's name without its format's suffix: ``.nii``, ``.nii.gz``, a DICOM series' ``.zip`` or ``.dcm``, or
+    nothing for a series' folder."""
+    return re.sub(r"(\.nii(\.gz)?|\.zip|\.dcm)$", "", Path(scan).name, flags=re.IGNORECASE)
 
 
 def writable_folder(folder: Path) -> None:

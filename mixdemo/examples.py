@@ -223,16 +223,32 @@ def reference_ids() -> list[str]:
     return reference_subjects()
 
 
-def write_examples(out: Path, progress: ProgressFn | None = None) -> list[Path]:
+def write_examples(out: Path, progress: ProgressFn | None = None, *, dicom: bool = False) -> list[Path]:
     """Copy the example targets (test subjects, never references) to ``out/<subject>.nii.gz`` and their labels to
-    ``out/labels/<subject>_seg.nii.gz``; returns the scans written."""
+    ``out/labels/<subject>_seg.nii.gz``; with ``dicom``, each scan also as a zipped DICOM series,
+    ``out/dicom/<subject>.zip`` (:func:`mixdemo.dicom.write_series`, on the same grid). Returns the scans written."""
     (out / "labels").mkdir(parents=True, exist_ok=True)
     written = []
     for folder in example_folders(progress).values():
         shutil.copyfile(folder / "seg.nii.gz", out / "labels" / f"{folder.name}_seg.nii.gz")
         shutil.copyfile(folder / "t1.nii.gz", out / f"{folder.name}.nii.gz")
         written.append(out / f"{folder.name}.nii.gz")
+        if dicom:
+            written.append(_write_dicom_example(folder / "t1.nii.gz", out / "dicom" / f"{folder.name}.zip"))
     return written
+
+
+def _write_dicom_example(nifti: Path, archive: Path) -> Path:
+    """A phantom scan as a zipped DICOM series (on its NIfTI grid), written through a temporary folder."""
+    import nibabel as nib
+
+    from mixdemo.dicom import write_series, zip_series
+
+    image = nib.load(nifti)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mixdemo-dicom-example-") as tmp:
+        files = write_series(np.asarray(image.dataobj, dtype=np.float32), image.affine, tmp)
+        return zip_series(files, archive)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                                             "to a folder: scans to try the command-line client on. No patient data.")
     p.add_argument("--out", type=Path, required=True,
                    help="folder that receives <subject>.nii.gz, and labels/<subject>_seg.nii.gz")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write each scan as a zipped DICOM series, dicom/<subject>.zip, to try the DICOM input")
     args = p.parse_args(argv)
     try:
-        scans = write_examples(args.out, lambda f, m: print(m, file=sys.stderr))
+        scans = write_examples(args.out, lambda f, m: print(m, file=sys.stderr), dicom=args.dicom)
     except OSError as exc:
         print(f"error: the examples could not be written ({exc.strerror or type(exc).__name__}).", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Loading and saving NIfTI scans, with clear, privacy-safe errors.
+"""Loading and saving NIfTI scans (and reading DICOM series), with clear, privacy-safe errors.
 
 Every problem with an input file raises a :class:`ScanError` (a ``ValueError``)
 whose message is one plain sentence a clinician can act on. Messages never
@@ -6,7 +6,9 @@ contain the file's path or name, because file names can identify patients.
 
 Scans are returned as :class:`Scan`: a float32 volume in RAS+ orientation with
 1 mm isotropic voxels, plus the input file's own grid so that results (label
-maps) can be written back onto it with :func:`save_labels`.
+maps) can be written back onto it with :func:`save_labels`. :func:`load_scan` also takes a DICOM
+series (a ``.zip`` of one series, or a folder), read by :mod:`mixdemo.dicom`; results are written as
+NIfTI on the series' grid.
 
 All limits are checked on the header before any voxel data are allocated.
 """
@@ -149,10 +151,11 @@ class Scan:
 
 # --------------------------------------------------------------------------- public API
 def load_scan(path: str | os.PathLike, *, normalize: bool = True) -> Scan:
-    """Load a NIfTI scan, checked, as float32 on a 1 mm isotropic RAS+ grid.
+    """Load a NIfTI scan or a DICOM series, checked, as float32 on a 1 mm isotropic RAS+ grid.
 
     Args:
-        path: A ``.nii`` or ``.nii.gz`` file (extension case-insensitive).
+        path: A ``.nii`` or ``.nii.gz`` file (extension case-insensitive), or a DICOM series: a ``.zip``
+            of one series or a folder holding one (:func:`mixdemo.dicom.read_series`).
         normalize: Apply :func:`normalize_intensity` (as in training).
 
     Returns:
@@ -161,7 +164,12 @@ def load_scan(path: str | os.PathLike, *, normalize: bool = True) -> Scan:
     Raises:
         ScanError: A subclass describing the problem, for any unusable file.
     """
-    array, source_affine = _load_checked(path)
+    if _is_series(path):
+        from mixdemo.dicom import read_series
+
+        array, source_affine = read_series(path)
+    else:
+        array, source_affine = _load_checked(path)
     data = _as_finite_float32(array)
     del array
     if float(data.min()) == float(data.max()):
@@ -223,7 +231,7 @@ def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
         ScanError: Unusable file (same checks as :func:`load_scan`), labels
             that are not whole numbers in 0-255, or dimensions not matching ``like``.
     """
-    array, affine = _load_checked(path)
+    array, affine = _load_checked(path, series_too=False)
     labels = _as_label_uint8(array)
     del array
     if like is None:
@@ -375,13 +383,15 @@ class _Header(NamedTuple):
     data_offset: int
 
 
-def _load_checked(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def _load_checked(path: str | os.PathLike, *, series_too: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Run every file and header check, then read the voxels.
+
+    ``series_too``: whether the caller also takes a DICOM series (only said in the message for other formats).
 
     Returns:
         (3D voxel array with scaling applied, affine of the file's grid).
     """
-    payload, size = _read_payload(path)
+    payload, size = _read_payload(path, series_too=series_too)
     header = _parse_header(payload)
     shape3 = _check_dims(header.shape)
     _check_dtype(header.dtype, header.datatype_code)
@@ -401,7 +411,7 @@ def _load_checked(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(array).reshape(shape3), header.affine
 
 
-def _read_payload(path: str | os.PathLike) -> tuple[io.BytesIO, int]:
+def _read_payload(path: str | os.PathLike, *, series_too: bool = True) -> tuple[io.BytesIO, int]:
     """Check existence, size and extension; return the (decompressed) bytes and size."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -419,6 +429,8 @@ def _read_payload(path: str | os.PathLike) -> tuple[io.BytesIO, int]:
         )
     suffix = _nifti_suffix(path)
     if suffix is None:
+        if series_too:
+            raise NotNiftiError("The file is not a NIfTI image (.nii or .nii.gz) or a .zip of one DICOM series.")
         raise NotNiftiError("The file is not a NIfTI image (.nii or .nii.gz).")
     try:
         with open(path, "rb") as fh:
@@ -631,6 +643,13 @@ def _resample_nearest(
 
 
 # --------------------------------------------------------------------------- small helpers
+def _is_series(path: str | os.PathLike) -> bool:
+    """A DICOM series input (a folder, or a ``.zip``): see :func:`mixdemo.dicom.is_series_input`."""
+    from mixdemo.dicom import is_series_input
+
+    return is_series_input(path)
+
+
 def _nifti_suffix(path: str) -> str | None:
     """Return '.nii' or '.nii.gz' (lower case) if the name has one, else None."""
     name = os.path.basename(path).lower()

@@ -138,6 +138,9 @@ def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
     header before any of it is loaded."""
     try:
         with open(path, "rb") as fh:
+            if fh.read(2) == b"PK":  # a zip (.npz or other): refused before numpy opens it, damaged or not
+                raise ProxyError("The request must hold one array, not an archive.")
+            fh.seek(0)
             _check_declared_size(fh)
             fh.seek(0)
             arr = np.load(fh, allow_pickle=False)

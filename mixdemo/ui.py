@@ -143,9 +143,10 @@ def load_example(name: str | None, progress: gr.Progress = gr.Progress()):
 
 
 def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
-    """Load an uploaded NIfTI (registered to MNI if needed; deleted right after reading; its name is never used)."""
+    """Load an uploaded NIfTI or zipped DICOM series (registered to MNI if needed; deleted right after reading; its
+    name is never used, nor any DICOM header field)."""
     if not path:
-        return _refused_upload("Upload a .nii or .nii.gz file.", 5)
+        return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5)
     from mixdemo.client import ClientError
     from mixdemo.io import ScanError
 
@@ -916,8 +917,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=340):  # wide enough for the D menu's value
                         example = gr.Dropdown(examples.example_names(), value=None, label="1 · Example target (phantom with labels)")
-                        with gr.Accordion("…or upload your own T1 NIfTI", open=False):
-                            upload = gr.File(label="T1 scan (.nii / .nii.gz); registered to MNI if needed",  # no file_types: Gradio's
+                        with gr.Accordion("…or upload your own T1 (NIfTI or DICOM)", open=False):
+                            upload = gr.File(label="T1 scan: .nii / .nii.gz, or a .zip of one DICOM series; registered to MNI if needed",  # no file_types: Gradio's
                                              # type check would refuse before load_upload and leave the upload on disk
                                              type="filepath", height=120)
                             upload_labels = gr.File(label="optional: its labels (on the scan's own grid), for Dice",

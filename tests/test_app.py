@@ -184,6 +184,20 @@ def test_ui_errors_are_readable(app_weights, tmp_path):
     assert ui.load_upload_labels(str(bad), None)[-2].endswith("Load a scan first, then its labels.")
 
 
+def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, tmp_path):
+    """A clinician's export (a .zip of one DICOM series) loads into the same session image as the NIfTI it was
+    written from, and the upload is deleted after reading."""
+    from mixdemo import examples, ui
+
+    folder, _ = example
+    archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "Doe_Jane.zip")
+    out = ui.load_upload(str(archive), progress=_Progress())
+    sess, status = out[0], out[-2]
+    assert status.startswith("Loaded your scan") and not archive.exists()
+    expected = ui._session_from_files(str(folder / "t1.nii.gz"), None, "upload")
+    np.testing.assert_allclose(sess.target.image, expected.target.image, atol=1e-3)  # int16 storage rounds
+
+
 def test_the_averaging_attack_says_whether_it_singles_out_its_target():
     """The verdict rests on the target's own anatomy, not on MS-SSIM against the template (which said "revealed
     nothing" for estimates that re-identify their subjects)."""

@@ -128,7 +128,7 @@ def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, ex
     from playwright.sync_api import expect
 
     page.get_by_role("tab", name="Segment").click()
-    page.get_by_text("…or upload your own T1 NIfTI").click()
+    page.get_by_text("…or upload your own T1 (NIfTI or DICOM)").click()
     expect(page.get_by_text("Drop File Here").first).to_be_visible()  # the box is open and ready for a file
     bad = tmp_path / "scan.nii.gz"
     bad.write_bytes(b"not a scan")

@@ -636,6 +636,26 @@ def test_fake_main_segments_both_scans(fake_main, capsys):
     assert loads == ["bank"] and len(FakeRemote.made) == 1 and FakeRemote.requests
 
 
+def test_a_zipped_dicom_series_is_segmented_like_a_nifti(fake_main, capsys, tmp_path):
+    """A DICOM series (a .zip, or its folder) goes in where a NIfTI does; its segmentation is named after it and lies
+    on its grid; no file name and no header field (the patient's name) reaches the messages."""
+    import nibabel as nib
+
+    from mixdemo.dicom import write_series, zip_series
+
+    scans, _, out = fake_main
+    image = nib.load(scans[0])
+    files = write_series(np.asarray(image.dataobj), image.affine, tmp_path / "private_name_c", patient_name="private_name")
+    archive = zip_series(files, tmp_path / "private_name_d.zip")
+    code, err = _run_main([str(archive), str(tmp_path / "private_name_c"), "-o", str(out), "--server",
+                           "http://127.0.0.1:7880"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["private_name_c_seg.nii.gz", "private_name_d_seg.nii.gz"]
+    for seg in out.iterdir():
+        written = nib.load(seg)
+        assert written.shape == image.shape and np.allclose(written.affine, image.affine, atol=1e-4)
+
+
 @pytest.mark.parametrize("k, refs, before_the_bank", [("0", None, True), ("4", None, True), ("0", "DIR", True),
                                                       ("4", "DIR", False)])
 def test_a_bad_k_fails_once_before_the_connection(fake_main, capsys, tmp_path, k, refs, before_the_bank):

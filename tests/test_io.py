@@ -312,8 +312,8 @@ def test_normalize_range_and_scale_invariance(values, scale):
 def test_missing_file(tmp_path):
     with pytest.raises(MissingFileError, match="could not be found"):
         load_scan(tmp_path / "nope.nii.gz")
-    with pytest.raises(MissingFileError, match="could not be found"):
-        load_scan(tmp_path)  # a folder is not a file
+    with pytest.raises(NotNiftiError, match="No DICOM images were found"):
+        load_scan(tmp_path)  # a folder is read as a DICOM series (tests/test_dicom.py); this one holds none
 
 
 def test_empty_file(tmp_path):
@@ -339,7 +339,7 @@ def test_gzip_bomb_is_capped(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["scan.png", "scan.txt", "scan.nii.zip", "scan.hdr", "scan", ".nii"]
+    "name", ["scan.png", "scan.txt", "scan.hdr", "scan", ".nii"]  # a .zip is read as a DICOM series
 )
 def test_wrong_extension(tmp_path, name):
     path = tmp_path / "x" / name
