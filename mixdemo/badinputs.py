@@ -158,6 +158,19 @@ def _zip(members: list[tuple[str, bytes]], encrypted_flag: bool = False) -> byte
     return bytes(out)
 
 
+def _multi_frame(slices: list[tuple[str, bytes]]) -> bytes:
+    """The slices as one multi-frame file (pydicom): the first image's header over every frame's pixels."""
+    import pydicom
+
+    images = [pydicom.dcmread(io.BytesIO(data)) for _, data in slices]
+    volume = images[0]
+    volume.NumberOfFrames = len(images)
+    volume.PixelData = b"".join(i.PixelData for i in images)
+    buf = io.BytesIO()
+    volume.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 def dicom_corpus() -> list[BadInput]:
     """Malformed DICOM inputs: archives that are not one readable 3D series, a single slice, hostile member names."""
     slices = _dicom_slices(12)
@@ -173,6 +186,7 @@ def dicom_corpus() -> list[BadInput]:
         ("zip_slip", _zip([(f"../../evil/{n}", d) for n, d in slices[:3]] + [(f"/abs/{n}", d) for n, d in slices[3:6]]),
          "scan.zip", "members named ../ and /abs (6 slices: too few)"),
         ("dicom_one_slice", slices[0][1], "scan.dcm", "a single DICOM slice"),
+        ("dicom_multi_frame", _multi_frame(slices), "scan.dcm", "a multi-frame DICOM file"),
         ("zip_patient_name", _zip(slices[:2]), f"{PATIENT_LIKE_NAME}.zip", "a patient-named zip of 2 slices"),
     ]
     return [BadInput(k, d, n, w) for k, d, n, w in items]

@@ -1,27 +1,33 @@
-"""DICOM series in: a ``.zip`` of one series, or a folder of its files, read as voxels and a RAS+ affine.
+"""DICOM series in: a ``.zip`` of one series, a folder of its files, or a single DICOM file, read as voxels and a
+RAS+ affine.
 
-Scanners and PACS export DICOM; :func:`mixdemo.io.load_scan` calls :func:`read_series` for a ``.zip``
-or a folder, so the app's upload, the command-line client and :mod:`mixdemo.preprocess` take a series
-as they take a NIfTI file. Only the pixel data and the geometry (position, orientation, spacing) are
-read. No header field (the patient's name, dates, identifiers) is kept, returned, logged or put into a
-message. The archive's member names are never used either: each member is written to a temporary
-folder under a number, so a hostile name (``../``) cannot write elsewhere. The folder is deleted after
-reading.
+Scanners and PACS export DICOM; :func:`mixdemo.io.load_scan` calls :func:`read_series` for a ``.zip``, a folder or
+a DICOM file, so the app's upload, the command-line client and :mod:`mixdemo.preprocess` take a series as they
+take a NIfTI file. SimpleITK (GDCM) decodes the pixels (compressed transfer syntaxes included) and applies each
+image's rescale slope and intercept. The geometry comes from each image's own tags, Image Position, Image
+Orientation and Pixel Spacing, checked here (GDCM silently replaces an orientation it finds invalid by the
+identity, and a missing spacing by 1 mm). No other header field (the patient's name, dates, identifiers) is
+kept, returned, logged or put into a message. The archive's member names are never used: each member is written
+to a temporary folder under a number, so a hostile name (``../``) cannot write elsewhere; the folder is deleted
+after reading.
 
-The series must be one 3D volume: a single series (by SeriesInstanceUID), one image per slice position,
-evenly spaced, all slices the same size and orientation. Anything else is a :class:`mixdemo.io.ScanError`
-whose message says what was found and what is expected, without any path or header value.
-:func:`write_series` writes a volume as such a series; it makes the examples and the tests' inputs.
+The series must be one 3D volume of classic single-frame images: one series (by SeriesInstanceUID), one time
+point and echo, one image per slice position, positions evenly spaced on one line, every image the same size,
+orientation and pixel spacing. A stack whose slices step off the normal (a gantry tilt) keeps that step as its
+third axis. Multi-frame files are refused: their per-frame geometry and scaling are not visible through
+SimpleITK, which reads them wrongly without a word. Anything else is a :class:`mixdemo.io.ScanError` whose message
+says what was found and what is expected, without any path or header value beyond the geometry.
+:func:`write_series` writes a volume as such a series (pydicom); it makes the examples and the tests' inputs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import locale
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,65 +39,96 @@ MAX_FILES = 4096
 """Most files in one archive or folder (a 1 mm whole-head series has a few hundred)."""
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_SPACING_RTOL = 0.01  # slice gaps may differ from their median by 1 % (plus _SPACING_ATOL) before refusal
+_SPACING_RTOL = 0.01  # slice gaps (and in-plane drift) may differ by 1 % of the step, plus _SPACING_ATOL_MM
 _SPACING_ATOL_MM = 0.01
-_DIRECTION_ATOL = 1e-3
+_ORIENTATION_TOL = 1e-2  # row/column direction cosines: unit length and orthogonal to this; then orthonormalised
+_SAME_TOL = 1e-4  # orientation and pixel spacing shared by every image of the series
+_DICM_AT = 128
 _CHUNK = 1 << 20
-_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-_UID_ROOT = "2.25."  # a UUID-derived UID needs no registered root
+_POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
+_FRAMES, _TEMPORAL_POSITION, _ECHO = "0028|0008", "0020|0100", "0018|0086"
+
+_warnings_lock = threading.Lock()
+_warnings_off_count = 0  # reads in progress that turned ITK's process-wide warning display off
 
 
 class _Slice(NamedTuple):
-    """One file's image information (no header field beyond the geometry)."""
+    """One image's geometry (LPS, mm) and the tags that tell one volume from several (no identifying field)."""
 
     path: str
-    size: tuple[int, int, int]
-    spacing: tuple[float, float]
-    origin: np.ndarray  # LPS, mm
-    direction: np.ndarray  # 3x3, LPS; columns: row, column and normal directions
+    size: tuple[int, int]  # columns (along the row direction), rows
+    spacing: tuple[float, float]  # mm between columns, between rows
+    origin: np.ndarray
+    direction: np.ndarray  # 3x3 orthonormal; columns: row direction, column direction, their normal
+    stack: tuple[str, str]  # temporal position, echo number ("" when absent)
 
 
 def is_series_input(path: str | os.PathLike) -> bool:
-    """True for what :func:`read_series` reads: a folder, or a file whose name ends in ``.zip`` or ``.dcm``."""
-    return os.path.isdir(path) or os.fspath(path).lower().endswith((".zip", ".dcm"))
+    """True for what :func:`read_series` reads: a folder, a ``.zip`` or ``.dcm`` file, or any other file that is not
+    named as NIfTI and carries the DICOM marker (``DICM`` at byte 128; exports often name images ``IM_0001``)."""
+    name = os.fspath(path).lower()
+    if os.path.isdir(path) or name.endswith((".zip", ".dcm")):
+        return True
+    if name.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICM_AT)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read one DICOM series as a 3D float32 array (voxel axes i, j, k) and its RAS+ voxel-to-mm affine.
 
     Args:
-        path: A ``.zip`` archive holding one series, a folder (searched recursively) holding one, or a
-            single ``.dcm`` file (a multi-frame volume; a file of one slice is refused with advice).
+        path: A ``.zip`` archive holding one series, a folder (searched recursively, links followed) holding one,
+            or one DICOM file (one slice is refused with advice).
 
     Returns:
-        ``(data, affine)``, as :func:`mixdemo.io.load_scan` takes them from a NIfTI file: rescale
-        slope and intercept applied, axis 0 along the rows, axis 1 down the columns, axis 2 across slices.
+        ``(data, affine)``, as :func:`mixdemo.io.load_scan` takes them from a NIfTI file: rescale slope and
+        intercept applied, axis 0 along the image rows, axis 1 down the columns, axis 2 across slices.
 
     Raises:
         mixdemo.io.ScanError: A subclass saying why the input is not one readable 3D series.
     """
-    import SimpleITK as sitk
-
     from mixdemo import io as mio
 
-    warnings_were_on = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's warnings name files; messages here name none
+    with _itk_warnings_off(), tempfile.TemporaryDirectory(prefix="mixdemo-dicom-") as flat:
+        if os.path.isdir(path):
+            _link_folder(Path(path), Path(flat))
+        elif zipfile.is_zipfile(path) or os.fspath(path).lower().endswith(".zip"):
+            _unpack_zip(path, Path(flat))
+        else:
+            _link_file(Path(path), Path(flat))
+        slices = _series_slices(flat)
+        shape = (slices[0].size[0], slices[0].size[1], len(slices))
+        mio._check_dims(shape)
+        affine = _affine(slices)
+        mio._check_geometry(shape, affine)
+        return _voxels(slices, shape), affine
+
+
+@contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """ITK's warnings off while any read runs (they would name the numbered temporary files, and say nothing a
+    message here does not); the flag is process-wide, so concurrent reads count themselves in and out."""
+    import SimpleITK as sitk
+
+    global _warnings_off_count
+    with _warnings_lock:
+        if _warnings_off_count == 0:
+            _itk_warnings_off.was_on = sitk.ProcessObject.GetGlobalWarningDisplay()  # type: ignore[attr-defined]
+            sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        _warnings_off_count += 1
     try:
-        with tempfile.TemporaryDirectory(prefix="mixdemo-dicom-") as flat:
-            if os.path.isdir(path):
-                _link_folder(Path(path), Path(flat))
-            elif os.fspath(path).lower().endswith(".dcm"):
-                _link_file(Path(path), Path(flat))
-            else:
-                _unpack_zip(path, Path(flat))
-            slices = _series_slices(flat)
-            shape = (slices[0].size[0], slices[0].size[1], sum(s.size[2] for s in slices))
-            mio._check_dims(shape)
-            affine = _affine(slices)
-            mio._check_geometry(shape, affine)
-            return _voxels(slices, shape), affine
+        yield
     finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_were_on)
+        with _warnings_lock:
+            _warnings_off_count -= 1
+            if _warnings_off_count == 0:
+                sitk.ProcessObject.SetGlobalWarningDisplay(_itk_warnings_off.was_on)  # type: ignore[attr-defined]
 
 
 # ----------------------------------------------------------------------------------------- gathering the files
@@ -118,9 +155,9 @@ def _unpack_zip(path: str | os.PathLike, flat: Path) -> None:
                                 "limit once unpacked."
                             )
                         dst.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, ValueError) as exc:
-        if isinstance(exc, mio.ScanError):
-            raise
+    except mio.ScanError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, ValueError):
         raise mio.CorruptFileError(
             "The .zip archive is damaged, or not a zip archive, or uses an unsupported compression."
         ) from None
@@ -130,11 +167,17 @@ def _unpack_zip(path: str | os.PathLike, flat: Path) -> None:
 
 
 def _link_folder(folder: Path, flat: Path) -> None:
-    """Link each regular file under ``folder`` (recursively) into ``flat/<n>``, within the file-count limit."""
+    """Link each regular file under ``folder`` (recursively, following links, each folder once) into
+    ``flat/<n>``, within the file-count limit."""
     from mixdemo import io as mio
 
-    files = []
-    for root, _dirs, names in os.walk(folder):
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree
+            dirs.clear()
+            continue
+        seen.add(real)
         for name in names:
             candidate = os.path.join(root, name)
             if os.path.isfile(candidate):
@@ -148,7 +191,7 @@ def _link_folder(folder: Path, flat: Path) -> None:
 
 
 def _link_file(path: Path, flat: Path) -> None:
-    """Link one ``.dcm`` file into ``flat``."""
+    """Link one DICOM file into ``flat``."""
     from mixdemo import io as mio
 
     if not path.is_file():
@@ -165,52 +208,61 @@ def _check_count(n: int, where: str) -> None:
 
 # ----------------------------------------------------------------------------------------- the series
 def _series_slices(flat: str) -> list[_Slice]:
-    """The series' slices in order along the slice normal, checked to form one evenly spaced volume."""
+    """The series' images in order along the slice normal, checked to form one regular 3D volume."""
     import SimpleITK as sitk
 
     from mixdemo import io as mio
 
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(flat)
     if not series:
-        raise mio.NotNiftiError(
-            "No DICOM images were found: a .zip (or folder) of one DICOM series, or a .nii/.nii.gz file, is expected."
-        )
-    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in series}
+        raise mio.NotNiftiError(_nothing_found(flat))
+    files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in series]
     if len(files) > 1:
-        counts = ", ".join(str(len(f)) for f in sorted(files.values(), key=len, reverse=True))
-        raise mio.ShapeError(
-            f"The input holds {len(files)} DICOM series (of {counts} images); one series, the T1 scan, is expected: "
-            "zip only its files."
-        )
-    slices = [_slice_info(f) for f in next(iter(files.values()))]
-    first = slices[0]
-    if any(s.size[:2] != first.size[:2] for s in slices):
-        raise mio.ShapeError("The series' images differ in size; one 3D volume is expected.")
-    if any(not np.allclose(s.direction, first.direction, atol=_DIRECTION_ATOL) for s in slices):
-        raise mio.GeometryError("The series' images differ in orientation; one 3D volume is expected.")
+        raise mio.ShapeError(_several_series(files))
+    slices = [_slice_info(f) for f in files[0]]
     if len(slices) == 1:
-        if first.size[2] == 1:
-            raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: "
-                                 "upload a .zip of all the series' files.")
-        return slices  # one multi-frame file: its own geometry spans the volume
-    if any(s.size[2] != 1 for s in slices):
-        raise mio.ShapeError("The series mixes multi-frame and single-image files; one 3D volume is expected.")
-    normal = first.direction[:, 2]
-    slices.sort(key=lambda s: float(s.origin @ normal))  # GDCM sorts so too, unless positions were missing
-    gaps = np.diff([float(s.origin @ normal) for s in slices])
-    step = float(np.median(gaps))
-    if gaps.min() < _SPACING_ATOL_MM:
-        raise mio.ShapeError(
-            "Several images of the series share a slice position (repeated acquisitions, echoes or time points?); "
-            "one 3D volume is expected."
-        )
-    if np.abs(gaps - step).max() > _SPACING_RTOL * step + _SPACING_ATOL_MM:
-        raise mio.GeometryError("The series' slices are unevenly spaced, or some are missing; a complete, evenly "
-                                "spaced 3D series is expected.")
-    return slices
+        raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
+                             ".zip of all the series' files (or give the client their folder).")
+    _check_alike(slices)
+    return _ordered(slices)
+
+
+def _nothing_found(flat: str) -> str:
+    """Why no DICOM image was found, with advice for an archive inside the archive."""
+    for name in os.listdir(flat):
+        try:
+            with open(os.path.join(flat, name), "rb") as fh:
+                if fh.read(4) == b"PK\x03\x04":
+                    return ("The input holds another archive (.zip) and no DICOM images: unzip the inner archive and "
+                            "give its series.")
+        except OSError:
+            continue
+    return "No DICOM images were found: a .zip (or folder) of one DICOM series, or a .nii/.nii.gz file, is expected."
+
+
+def _several_series(files: Sequence[Sequence[str]]) -> str:
+    """A refusal that tells the series apart by their geometry alone (no description or identifier)."""
+    described = []
+    for names in sorted(files, key=len, reverse=True):
+        try:
+            first = _slice_info(names[0])
+            view = _view(first.direction[:, 2])
+            described.append(f"{len(names)} {view} images of {first.size[0]}×{first.size[1]} at "
+                             f"{first.spacing[0]:.3g}×{first.spacing[1]:.3g} mm")
+        except (ValueError, RuntimeError):
+            described.append(f"{len(names)} images")
+    return (f"The input holds {len(files)} DICOM series ({'; '.join(described)}); one series, the T1 scan, is "
+            "expected: give only its files (a .zip of them, or their folder).")
+
+
+def _view(normal: np.ndarray) -> str:
+    """The plane a slice normal (LPS) belongs to: sagittal, coronal, axial, or oblique."""
+    axis = int(np.argmax(np.abs(normal)))
+    return ("sagittal", "coronal", "axial")[axis] if abs(normal[axis]) > 0.9 else "oblique"
 
 
 def _slice_info(path: str) -> _Slice:
+    """One image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
     import SimpleITK as sitk
 
     from mixdemo import io as mio
@@ -223,30 +275,107 @@ def _slice_info(path: str) -> _Slice:
         raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
     if reader.GetNumberOfComponents() != 1:
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
-    size = tuple(int(v) for v in reader.GetSize()) + (1,) * (3 - reader.GetDimension())
+    frames = _numbers(reader, _FRAMES)
+    if (frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1):
+        raise mio.ShapeError("The input is a multi-frame DICOM file, which is not read (its frames' geometry and "
+                             "scaling are not checked): export the series as single-frame images, one file per "
+                             "slice, or convert it to NIfTI (e.g. with dcm2niix).")
+    position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
+    if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
+        raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
+                                "series as the scanner exports it is expected (not screenshots or secondary captures).")
     return _Slice(
         path=path,
-        size=size[:3],  # type: ignore[arg-type]
-        spacing=(float(reader.GetSpacing()[0]), float(reader.GetSpacing()[1])),
-        origin=np.array(reader.GetOrigin()[:3], dtype=np.float64),
-        direction=np.array(reader.GetDirection(), dtype=np.float64).reshape(3, 3),
+        size=(int(reader.GetSize()[0]), int(reader.GetSize()[1])),
+        spacing=(pixel_spacing[1], pixel_spacing[0]),  # the tag lists the row spacing (between rows) first
+        origin=np.array(position),
+        direction=_direction(orientation),
+        stack=(_text(reader, _TEMPORAL_POSITION), _text(reader, _ECHO)),
     )
 
 
-def _affine(slices: Sequence[_Slice]) -> np.ndarray:
-    """RAS+ voxel-to-mm affine: columns along the rows, down the columns and across slices (in that order)."""
-    import SimpleITK as sitk
+def _numbers(reader, tag: str) -> list[float]:  # noqa: ANN001 - a SimpleITK ImageFileReader
+    """A numeric tag's values (empty when absent or not numbers)."""
+    text = _text(reader, tag)
+    try:
+        values = [float(v) for v in text.split("\\") if v.strip()]
+    except ValueError:
+        return []
+    return values if all(np.isfinite(values)) else []
+
+
+def _text(reader, tag: str) -> str:  # noqa: ANN001 - a SimpleITK ImageFileReader
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+
+def _direction(orientation: Sequence[float]) -> np.ndarray:
+    """Orthonormal LPS axes (row, column, normal) from Image Orientation; a GeometryError if it is not close to a
+    pair of orthogonal unit vectors (small rounding by an exporter is corrected, not refused)."""
+    from mixdemo import io as mio
+
+    row, col = np.array(orientation[:3]), np.array(orientation[3:])
+    if (abs(np.linalg.norm(row) - 1) > _ORIENTATION_TOL or abs(np.linalg.norm(col) - 1) > _ORIENTATION_TOL
+            or abs(float(row @ col)) > _ORIENTATION_TOL):
+        raise mio.GeometryError("The images' orientation (Image Orientation) is not a pair of perpendicular unit "
+                                "directions: the file may be damaged.")
+    row = row / np.linalg.norm(row)
+    col = col - (col @ row) * row
+    col = col / np.linalg.norm(col)
+    return np.column_stack([row, col, np.cross(row, col)])
+
+
+def _check_alike(slices: Sequence[_Slice]) -> None:
+    """Every image the same size, orientation, pixel spacing, time point and echo."""
+    from mixdemo import io as mio
 
     first = slices[0]
-    if len(slices) > 1:
-        step = float(np.median(np.diff([float(s.origin @ first.direction[:, 2]) for s in slices])))
-    else:  # a multi-frame file: ITK gives its slice spacing
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(first.path)
-        reader.ReadImageInformation()
-        step = float(reader.GetSpacing()[2])
+    if any(s.size != first.size for s in slices):
+        raise mio.ShapeError("The series' images differ in size; one 3D volume is expected.")
+    if any(not np.allclose(s.direction, first.direction, atol=_SAME_TOL) for s in slices):
+        raise mio.GeometryError("The series' images differ in orientation; one 3D volume is expected.")
+    if any(not np.allclose(s.spacing, first.spacing, rtol=_SAME_TOL) for s in slices):
+        raise mio.GeometryError("The series' images differ in pixel spacing; one 3D volume is expected.")
+    stacks = {s.stack for s in slices}
+    if len(stacks) > 1:
+        raise mio.ShapeError(f"The series holds {len(stacks)} time points or echoes; one 3D volume is expected: "
+                             "export one of them as its own series.")
+
+
+def _ordered(slices: list[_Slice]) -> list[_Slice]:
+    """The images sorted along the normal, checked to be evenly spaced and on one line."""
+    from mixdemo import io as mio
+
+    normal = slices[0].direction[:, 2]
+    slices = sorted(slices, key=lambda s: float(s.origin @ normal))
+    gaps = np.diff([float(s.origin @ normal) for s in slices])
+    step = float(np.median(gaps))
+    if gaps.min() < _SPACING_ATOL_MM:
+        raise mio.ShapeError(
+            "Several images of the series share a slice position (repeated acquisitions, echoes or time points?); "
+            "one 3D volume is expected."
+        )
+    tolerance = _SPACING_RTOL * step + _SPACING_ATOL_MM
+    if np.abs(gaps - step).max() > tolerance:
+        raise mio.GeometryError("The series' slices are unevenly spaced, or some are missing or damaged; a "
+                                "complete, evenly spaced 3D series is expected.")
+    origins = np.array([s.origin for s in slices])
+    stride = (origins[-1] - origins[0]) / (len(slices) - 1)
+    drift = origins - origins[0] - np.arange(len(slices))[:, None] * stride
+    if np.linalg.norm(drift, axis=1).max() > tolerance:
+        raise mio.GeometryError("The series' slice positions do not lie on one line (slices shifted in-plane?); a "
+                                "regular 3D series is expected.")
+    return slices
+
+
+def _affine(slices: Sequence[_Slice]) -> np.ndarray:
+    """RAS+ voxel-to-mm affine: along the rows, down the columns, then the step from slice to slice (along the
+    normal, or off it for a tilted stack)."""
+    first = slices[0]
+    stride = (slices[-1].origin - first.origin) / (len(slices) - 1)
     lps = np.eye(4)
-    lps[:3, :3] = first.direction @ np.diag([first.spacing[0], first.spacing[1], step])
+    lps[:3, 0] = first.direction[:, 0] * first.spacing[0]
+    lps[:3, 1] = first.direction[:, 1] * first.spacing[1]
+    lps[:3, 2] = stride
     lps[:3, 3] = first.origin
     return _LPS_TO_RAS @ lps
 
@@ -258,102 +387,83 @@ def _voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray
     from mixdemo import io as mio
 
     out = np.empty(shape, dtype=np.float32)
-    k = 0
-    for s in slices:
+    for k, s in enumerate(slices):
         try:
             image = sitk.ReadImage(s.path)
         except RuntimeError:
             raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
         if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
             raise mio.DataTypeError("The series stores complex numbers; real-valued intensities are expected.")
-        block = sitk.GetArrayViewFromImage(image)  # (frames, rows, columns), or (rows, columns)
-        block = block.reshape((-1, *block.shape[-2:]))
+        plane = sitk.GetArrayViewFromImage(image).reshape(shape[1], shape[0])  # (rows, columns)
         with np.errstate(all="ignore"):
-            out[:, :, k:k + block.shape[0]] = np.transpose(block, (2, 1, 0))
-        k += block.shape[0]
+            out[:, :, k] = plane.T
     return out
 
 
 # ----------------------------------------------------------------------------------------- writing (examples, tests)
 def write_series(volume: np.ndarray, affine: np.ndarray, folder: str | os.PathLike, *,
                  patient_name: str = "PHANTOM^MNI152", max_value: int = 4095) -> list[Path]:
-    """Write a 3D volume as an MR DICOM series, one file per slice along axis 2, into ``folder``.
+    """Write a 3D volume as an MR DICOM series (pydicom), one classic image per slice along axis 2, into ``folder``.
 
-    Intensities are scaled to 0..``max_value`` and stored as int16 (no rescale tags), so a series read
-    back matches ``volume`` up to that scale and rounding. The geometry tags carry ``affine`` (RAS+,
-    converted to DICOM's LPS). New UIDs are made each call. Meant for the examples and the tests: it
-    writes a phantom's name, never a patient's.
+    Intensities are scaled to 0..``max_value`` and stored as int16 (no rescale tags), so a series read back
+    matches ``volume`` up to that scale and rounding. The geometry tags carry ``affine`` (RAS+, converted to
+    DICOM's LPS; its third column is the step between slices). New UIDs are made each call. Meant for the
+    examples and the tests: it writes a phantom's name, never a patient's.
 
     Returns:
         The files written, in slice order.
     """
-    import uuid
-
-    import SimpleITK as sitk
+    from pydicom.uid import generate_uid
 
     data = np.asarray(volume, dtype=np.float64)
     if data.ndim != 3:
         raise ValueError("write_series takes a 3D volume.")
     peak = float(data.max()) if data.size and data.max() > 0 else 1.0
-    scaled = np.clip(np.rint(data / peak * max_value), -32768, 32767).astype(np.int16)
+    stored = np.clip(np.rint(data / peak * max_value), -32768, 32767).astype(np.int16)
     lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
-    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
-    direction = lps[:3, :3] / spacing
-    study, series = (_UID_ROOT + str(uuid.uuid4().int) for _ in range(2))
+    spacing = np.linalg.norm(lps[:3, :2], axis=0)
+    orientation = [*(lps[:3, 0] / spacing[0]), *(lps[:3, 1] / spacing[1])]
+    uids = {"study": generate_uid(), "series": generate_uid()}
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
     written = []
-    with _locale_kept():
-        for k in range(scaled.shape[2]):
-            position = (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
-            tags = _slice_tags(k, position, direction, spacing, study, series, patient_name)
-            written.append(_write_slice(writer, scaled[:, :, k], spacing, tags, out / f"slice{k:04d}.dcm"))
+    for k in range(stored.shape[2]):
+        position = (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
+        dataset = _mr_image(stored[:, :, k], position, orientation, spacing, k, uids, patient_name)
+        path = out / f"slice{k:04d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        written.append(path)
     return written
 
 
-@contextlib.contextmanager
-def _locale_kept() -> Iterator[None]:
-    """Restore the process's locale afterwards: GDCM's writer leaves it at "C", and Python then decodes
-    subprocess output and files as ASCII."""
-    saved = locale.setlocale(locale.LC_ALL, None)
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
+def _mr_image(plane: np.ndarray, position: np.ndarray, orientation: Sequence[float], spacing: np.ndarray, k: int,
+              uids: dict[str, str], patient_name: str):  # noqa: ANN202 - a pydicom Dataset
+    """One classic MR image (explicit VR little endian) of ``plane`` (voxel axes i, j)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+    def ds_values(values: Sequence[float]) -> list[str]:
+        return [f"{float(v):.6f}"[:16] for v in values]
 
-def _write_slice(writer, plane: np.ndarray, spacing: np.ndarray, tags: Iterator[tuple[str, str]],  # noqa: ANN001
-                 path: Path) -> Path:
-    """One slice (voxel axes i, j) as a DICOM file with the given header tags."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.ascontiguousarray(plane.T))
-    image.SetSpacing((float(spacing[0]), float(spacing[1])))
-    for tag, value in tags:
-        image.SetMetaData(tag, value)
-    writer.SetFileName(str(path))
-    writer.Execute(image)
-    return path
-
-
-def _slice_tags(k: int, position: np.ndarray, direction: np.ndarray, spacing: np.ndarray, study: str,
-                series: str, patient_name: str) -> Iterator[tuple[str, str]]:
-    def numbers(values: Sequence[float]) -> str:
-        return "\\".join(f"{v:.6f}" for v in values)
-
-    yield "0008|0016", _MR_IMAGE_STORAGE
-    yield "0008|0018", f"{series}.{k + 1}"
-    yield "0008|0060", "MR"
-    yield "0010|0010", patient_name
-    yield "0020|000d", study
-    yield "0020|000e", series
-    yield "0020|0013", str(k + 1)
-    yield "0020|0032", numbers(position)
-    yield "0020|0037", numbers([*direction[:, 0], *direction[:, 1]])
-    yield "0018|0050", f"{spacing[2]:.6f}"
-    yield "0028|0030", numbers([spacing[1], spacing[0]])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    image = Dataset()
+    image.file_meta = meta
+    image.SOPClassUID, image.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    image.Modality, image.PatientName = "MR", patient_name
+    image.StudyInstanceUID, image.SeriesInstanceUID = uids["study"], uids["series"]
+    image.InstanceNumber = k + 1
+    image.ImagePositionPatient = ds_values(position)
+    image.ImageOrientationPatient = ds_values(orientation)
+    image.PixelSpacing = ds_values([spacing[1], spacing[0]])  # between rows, then between columns
+    rows = np.ascontiguousarray(plane.T)  # (rows, columns)
+    image.Rows, image.Columns = rows.shape
+    image.SamplesPerPixel, image.PhotometricInterpretation = 1, "MONOCHROME2"
+    image.BitsAllocated, image.BitsStored, image.HighBit, image.PixelRepresentation = 16, 16, 15, 1
+    image.PixelData = rows.astype("<i2").tobytes()
+    return image
 
 
 def zip_series(files: Sequence[Path], archive: str | os.PathLike) -> Path:

@@ -115,18 +115,127 @@ def test_a_nested_folder_and_member_names_are_ignored(tmp_path):
     assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "escaped").exists()
 
 
-def test_a_single_multi_frame_file_is_a_volume(tmp_path):
-    """An enhanced (multi-frame) file holds the whole volume; ITK reads its geometry."""
+def _edit(files, change) -> None:
+    """Rewrite each file of a series after ``change(dataset, k)`` (pydicom): the tags real exports vary."""
+    import pydicom
+
+    for k, f in enumerate(files):
+        dataset = pydicom.dcmread(f)
+        change(dataset, k)
+        dataset.save_as(f, enforce_file_format=True)
+
+
+def test_a_tilted_stack_keeps_its_step_as_the_third_axis(tmp_path):
+    """A gantry tilt: slices step off their normal. The affine's third column is that step (a sheared grid), so
+    every voxel lies where the scanner put it (reading only the step along the normal misplaced the last slice
+    of a 20° tilt by 6 mm)."""
+    aff = _affine(zooms=(1.0, 1.0, 1.5))
+    aff[:3, 2] = [0.0, np.tan(np.deg2rad(20)) * 1.5, 1.5]
+    files = _series(tmp_path, aff=aff)
+    data, affine = dicom.read_series(tmp_path / "series")
+    np.testing.assert_allclose(affine, aff, atol=1e-5)
+    scan = load_scan(dicom.zip_series(files, tmp_path / "s.zip"))
+    nib.save(nib.Nifti1Image(_volume(), aff), tmp_path / "twin.nii.gz")
+    np.testing.assert_allclose(scan.data, load_scan(tmp_path / "twin.nii.gz").data, atol=2e-3)
+
+
+def test_rescale_slope_and_intercept_are_applied_per_image(tmp_path):
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: setattr(d, "RescaleSlope", f"{0.5 + 0.25 * k:g}") or setattr(d, "RescaleIntercept", f"{10 * k}"))
+    data, _ = dicom.read_series(tmp_path / "series")
+    stored, _ = dicom.read_series(dicom.zip_series(_series(tmp_path, name="plain"), tmp_path / "plain.zip"))
+    expected = stored * (0.5 + 0.25 * np.arange(SHAPE[2])) + 10 * np.arange(SHAPE[2])
+    np.testing.assert_allclose(data, expected, atol=1e-3)
+
+
+def test_a_slightly_off_orthogonal_orientation_is_corrected_and_a_bad_one_refused(tmp_path):
+    """Exporters round Image Orientation; GDCM then replaced an oblique orientation by the identity (axial)
+    without a word. Close to perpendicular unit vectors, it is used; far from it, refused."""
+    aff = _affine(rotation_deg=17.0)
+    files = _series(tmp_path, aff=aff)
+    _edit(files, lambda d, k: setattr(d, "ImageOrientationPatient",
+                                      [f"{v + (0.003 if i == 4 else 0):.6f}" for i, v in enumerate(d.ImageOrientationPatient)]))
+    _, affine = dicom.read_series(tmp_path / "series")
+    np.testing.assert_allclose(affine[:3, :3], aff[:3, :3], atol=5e-3)
+    _edit(files, lambda d, k: setattr(d, "ImageOrientationPatient", ["1", "0", "0", "0.2", "1", "0"]))
+    _refusal(tmp_path, tmp_path / "series", GeometryError, "not a pair of perpendicular unit directions")
+
+
+def test_images_without_geometry_are_refused(tmp_path):
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: delattr(d, "ImagePositionPatient"))
+    _refusal(tmp_path, tmp_path / "series", GeometryError, "no valid slice position")
+
+
+def test_a_slice_shifted_in_plane_is_refused(tmp_path):
+    files = _series(tmp_path)
+    _edit(files[5:6], lambda d, k: setattr(d, "ImagePositionPatient",
+                                           [f"{float(v) + (5.0 if i == 0 else 0):.6f}" for i, v in enumerate(d.ImagePositionPatient)]))
+    _refusal(tmp_path, tmp_path / "series", GeometryError, "do not lie on one line")
+
+
+def test_images_with_another_pixel_spacing_are_refused(tmp_path):
+    files = _series(tmp_path)
+    _edit(files[::2], lambda d, k: setattr(d, "PixelSpacing", ["0.55", "0.45"]))
+    _refusal(tmp_path, tmp_path / "series", GeometryError, "differ in pixel spacing")
+
+
+def test_time_points_under_one_series_are_refused(tmp_path):
+    """Two time points interleaved at distinct positions looked like one volume of twice the slices."""
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: setattr(d, "TemporalPositionIdentifier", 1 + k % 2))
+    _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points or echoes")
+
+
+def test_a_multi_frame_file_is_refused_with_advice(tmp_path):
+    """SimpleITK reads a multi-frame file's first frame's scaling and geometry for all frames, silently: refused."""
+    import pydicom
+
+    files = _series(tmp_path)
+    frames = [pydicom.dcmread(f) for f in files]
+    volume = frames[0]
+    volume.NumberOfFrames = len(frames)
+    volume.PixelData = b"".join(f.PixelData for f in frames)
+    volume.save_as(tmp_path / "volume.dcm", enforce_file_format=True)
+    _refusal(tmp_path, tmp_path / "volume.dcm", ShapeError, "multi-frame DICOM file.*dcm2niix")
+
+
+def test_a_dicom_file_without_extension_is_recognised(tmp_path):
+    """Exports name images IM_0001 or 1.2.840...: the DICM marker routes them to the DICOM reader, which gives the
+    one-slice advice instead of 'not a NIfTI image'."""
+    files = _series(tmp_path)
+    files[0].rename(tmp_path / "IM_0001")
+    _refusal(tmp_path, tmp_path / "IM_0001", ShapeError, "single 2D DICOM image")
+
+
+def test_an_archive_inside_the_archive_is_named(tmp_path):
+    inner = dicom.zip_series(_series(tmp_path), tmp_path / "inner.zip")
+    with zipfile.ZipFile(tmp_path / "outer.zip", "w") as z:
+        z.write(inner, arcname="inner.zip")
+    _refusal(tmp_path, tmp_path / "outer.zip", NotNiftiError, "another archive")
+
+
+def test_a_linked_subfolder_is_followed_once(tmp_path):
+    _series(tmp_path, name="real")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "t1").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "loop").symlink_to(tmp_path / "export")  # a link back up: read once, no endless walk
+    assert load_scan(tmp_path / "export").source_shape == SHAPE
+
+
+def test_concurrent_reads_give_itk_its_warnings_back(tmp_path):
+    """ITK's warning switch is process-wide; reads in threads count themselves in and out (it stayed off)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import SimpleITK as sitk
 
-    vol = (_volume() * 1000).astype(np.uint16)  # GDCM writes 3D uint16, not 3D int16
-    image = sitk.GetImageFromArray(np.transpose(vol, (2, 1, 0)).copy())
-    image.SetSpacing((1.0, 1.0, 2.0))
-    with dicom._locale_kept():  # GDCM's writer leaves the process's locale at "C"
-        sitk.WriteImage(image, str(tmp_path / "volume.dcm"))
-    scan = load_scan(tmp_path / "volume.dcm", normalize=False)
-    assert scan.source_shape == SHAPE
-    np.testing.assert_allclose(np.linalg.norm(scan.source_affine[:3, :3], axis=0), [1.0, 1.0, 2.0], atol=1e-6)
+    archive = dicom.zip_series(_series(tmp_path), tmp_path / "s.zip")
+    expected = dicom.read_series(archive)[0]
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: dicom.read_series(archive)[0], range(18)))
+    assert all(np.array_equal(r, expected) for r in results)
+    assert sitk.ProcessObject.GetGlobalWarningDisplay() == before
 
 
 def _refusal(tmp_path: Path, path: Path, error: type[ScanError], match: str) -> str:
@@ -158,7 +267,7 @@ def test_two_series_are_refused_with_their_sizes(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for f in _series(tmp_path, name="a") + _series(tmp_path, vol=_volume((18, 22, 9)), name="b"):
             z.write(f, arcname=f"{f.parent.name}/{f.name}")
-    _refusal(tmp_path, archive, ShapeError, r"2 DICOM series \(of 14, 9 images\)")
+    _refusal(tmp_path, archive, ShapeError, r"2 DICOM series \(14 axial images of 18×22 at 0.9×1.1 mm; 9 axial")
 
 
 def test_a_missing_slice_is_refused(tmp_path):
@@ -250,8 +359,9 @@ def test_labels_are_nifti_only(tmp_path):
 
 
 def test_writing_and_reading_leave_the_process_locale_as_it_was(tmp_path):
-    """GDCM's writer sets the C locale, after which Python decodes subprocess output as ASCII (the reliability
-    harness's client subprocess failed on an α); write_series restores it, and reading never changes it."""
+    """GDCM's writer set the C locale, after which Python decodes subprocess output as ASCII (the reliability
+    harness's client subprocess failed on an α); write_series now writes with pydicom, and reading never changes
+    the locale."""
     import locale
 
     try:
