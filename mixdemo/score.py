@@ -7,7 +7,10 @@
 
 Both files must lie on the same grid (the client writes its segmentation on the input scan's own grid, and
 ``python -m mixdemo.examples`` writes the labels of its scans on theirs). Prints one row per pair and, for
-several, their mean; ``--json`` prints the numbers as JSON instead.
+several, their mean; ``--json`` prints the numbers as JSON instead. A patch-mode segmentation labels one block
+and leaves the rest 0: scored over the whole grid, the rest of the brain counts as missed, which a note says;
+``--in-box`` scores inside the block the segmentation labels (its labelled voxels' bounding box; the app's Dice
+table in patch mode scores the whole patch, which may reach a little further).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +33,42 @@ class ScoreError(ValueError):
     """Files that cannot be scored against each other; the message says why."""
 
 
-def score_pair(segmentation: Path, labels: Path, classes: dict[int, str]) -> dict[str, float]:
-    """Dice of each class of ``classes`` ({label value: name}) and their mean (``avg``)."""
+PARTIAL_BOX = 0.25
+"""A segmentation whose labelled box is under this fraction of the labels' box is noted as partial (patch mode)."""
+
+
+def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_box: bool = False,
+               note: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Dice of each class of ``classes`` ({label value: name}) and their mean (``avg``); with ``in_box``, inside the
+    bounding box of the segmentation's labelled voxels. ``note`` hears of a segmentation that labels only part of
+    the labels' extent (a patch)."""
     from mixdemo.io import load_labels
 
     pred, truth = load_labels(segmentation), load_labels(labels)
     if pred.shape != truth.shape:
         raise ScoreError(f"{segmentation.name} is on a {'×'.join(map(str, pred.shape))} grid and {labels.name} on "
                          f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
+    box = labelled_box(pred)
+    if box is not None and in_box:
+        pred, truth = pred[box], truth[box]
+    elif box is not None and note is not None and _volume(box) < PARTIAL_BOX * _volume(labelled_box(truth) or box):
+        sides = "×".join(str(s.stop - s.start) for s in box)
+        note(f"{segmentation.name} labels only a {sides} block (patch mode?): scored over the whole grid, the rest "
+             "counts as missed; --in-box scores inside that block.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
+
+
+def labelled_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the non-zero voxels (None if there are none)."""
+    nonzero = np.nonzero(labels)
+    if not nonzero[0].size:
+        return None
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in nonzero)
+
+
+def _volume(box: tuple[slice, ...]) -> int:
+    return int(np.prod([s.stop - s.start for s in box]))
 
 
 def pairs_of(segmentations: Path, labels: Path) -> list[tuple[str, Path, Path]]:
@@ -71,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", default=",".join(CLASS_NAMES[1:]),
                    help="names of label values 1, 2, ... (default: the phantoms' GM,WM,CSF)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--in-box", action="store_true",
+                   help="score inside the block the segmentation labels (a patch-mode answer), not the whole grid")
     args = p.parse_args(argv)
     from mixdemo.io import ScanError
 
     classes = dict(enumerate((c.strip() for c in args.classes.split(",") if c.strip()), start=1))
     try:
-        rows = {name: score_pair(seg, lab, classes) for name, seg, lab in pairs_of(args.segmentation, args.labels)}
+        rows = {name: score_pair(seg, lab, classes, in_box=args.in_box, note=lambda m: print(f"note: {m}", file=sys.stderr))
+                for name, seg, lab in pairs_of(args.segmentation, args.labels)}
     except (ScoreError, ScanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

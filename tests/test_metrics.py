@@ -550,3 +550,28 @@ def test_score_command_reads_files_and_folders(tmp_path, capsys) -> None:
     save_volume(truth[:10], np.eye(4), tmp_path / "small.nii.gz", dtype=np.uint8)
     assert main([str(tmp_path / "segs" / "a_seg.nii.gz"), str(tmp_path / "small.nii.gz")]) == 2
     assert "grid" in capsys.readouterr().err
+
+
+def test_score_notes_a_patch_answer_and_scores_inside_its_block_when_asked(tmp_path, capsys) -> None:
+    """A patch-mode segmentation labels one block and leaves the rest 0: over the whole grid the rest counts as
+    missed (a note says so); ``--in-box`` scores inside the block the segmentation labels."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(1, 4, (32, 32, 32)).astype(np.uint8)
+    patch = np.zeros_like(truth)
+    patch[8:16, 8:16, 8:16] = truth[8:16, 8:16, 8:16]  # right inside its block, nothing outside
+    save_volume(truth, np.eye(4), tmp_path / "labels.nii.gz", dtype=np.uint8)
+    save_volume(patch, np.eye(4), tmp_path / "patch.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "patch.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["patch"]["avg"] < 0.1
+    assert "labels only a 8×8×8 block" in captured.err and "--in-box" in captured.err
+    assert main([str(tmp_path / "patch.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json", "--in-box"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["patch"]["avg"] == 1.0 and captured.err == ""
+    assert main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz")]) == 0
+    assert "note" not in capsys.readouterr().err  # a whole answer: no note
