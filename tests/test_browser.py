@@ -124,8 +124,11 @@ def test_attack_and_about_tabs(page, shots, app_weights):
 
 def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, example, tmp_path):
     """A file the app cannot read is refused with its reason in the status line, and the upload box is empty again
-    (an error used to leave it showing the refused file, already deleted, with no drop zone)."""
+    (an error used to leave it showing the refused file, already deleted, with no drop zone); a zipped DICOM
+    series then loads."""
     from playwright.sync_api import expect
+
+    from mixdemo import examples
 
     page.get_by_role("tab", name="Segment").click()
     page.get_by_text("…or upload your own T1 (NIfTI or DICOM)").click()
@@ -135,6 +138,7 @@ def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, ex
     page.locator("input[type=file]").first.set_input_files(str(bad))
     expect(page.locator("#status")).to_contain_text("Could not load this file", timeout=60_000)
     expect(page.get_by_text("Drop File Here").first).to_be_visible()
-    folder, _ = example
-    page.locator("input[type=file]").first.set_input_files(str(folder / "t1.nii.gz"))
+    folder, _ = example  # the next file: a clinician's export, a zipped DICOM series (tests/test_app.py: NIfTI)
+    archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "series.zip")
+    page.locator("input[type=file]").first.set_input_files(str(archive))
     expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)
