@@ -382,3 +382,31 @@ def test_write_series_keeps_the_volume_up_to_its_storage_scale(tmp_path):
     data, affine = dicom.read_series(dicom.zip_series(_series(tmp_path, vol), tmp_path / "s.zip"))
     np.testing.assert_allclose(data / 4095.0, vol / vol.max(), atol=1.5e-4)
     np.testing.assert_allclose(affine, _affine(), atol=1e-5)
+
+
+def test_a_compressed_series_loads_as_the_uncompressed_one(tmp_path):
+    """GDCM decodes compressed transfer syntaxes (here JPEG 2000 lossless, as SimpleITK's writer compresses)."""
+    import locale
+
+    import SimpleITK as sitk
+
+    import pydicom
+
+    files = _series(tmp_path)
+    (tmp_path / "compressed").mkdir()
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:  # GDCM's writer leaves the process's locale at "C"
+        for f in files:
+            writer = sitk.ImageFileWriter()
+            writer.KeepOriginalImageUIDOn()
+            writer.SetUseCompression(True)
+            writer.SetFileName(str(tmp_path / "compressed" / f.name))
+            writer.Execute(sitk.ReadImage(str(f)))
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    syntax = pydicom.dcmread(tmp_path / "compressed" / files[0].name, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    assert syntax.is_compressed
+    compressed, affine = dicom.read_series(tmp_path / "compressed")
+    plain, plain_affine = dicom.read_series(tmp_path / "series")
+    np.testing.assert_array_equal(compressed, plain)
+    np.testing.assert_allclose(affine, plain_affine, atol=1e-6)
