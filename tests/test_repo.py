@@ -682,3 +682,14 @@ def test_the_reference_choice_record_scores_the_shipped_networks_by_its_rule_and
     assert record["learned_tta_gain"] == gain and record["passes_rule"] == (gain >= 0.003)
     assert record["command"].startswith("python -m training.reference_choice")
     assert "<!-- results:reference_choice -->" in (REPO / "README.md").read_text()
+
+
+def test_records_that_linked_a_now_shipped_folder_into_weights_say_to_drop_the_link():
+    """``ln -s /tmp/x/NAME weights/ && …`` fails once ``weights/NAME`` ships; the README says so where it quotes it."""
+    from training.report import linked_folders_note
+
+    shipped = "ln -s /tmp/cal3/unmixing-p2-96-a35-cal weights/ && python -m training.evaluate --unmixing unmixing-p2-96-a35-cal"
+    scratch = "ln -s /tmp/cal2/unmixing-p2-96-2-cal weights/ && python -m training.compare_unmixing"
+    assert "`weights/unmixing-p2-96-a35-cal` ship now" in linked_folders_note([shipped, scratch])
+    assert "unmixing-p2-96-2-cal" not in linked_folders_note([shipped, scratch])
+    assert linked_folders_note([scratch]) == ""

@@ -683,6 +683,18 @@ def d_made_by(name: str) -> str:
     return f"{record['patch_size']}³ patches{on_alphas}" if record.get("patch_size") else "?"
 
 
+def linked_folders_note(commands: list[str]) -> str:
+    """A sentence for records whose commands linked a scratch folder into ``weights/`` (``ln -s /tmp/x/NAME
+    weights/``) that has shipped there since: the link now fails, and the command runs without it."""
+    shipped = sorted({m.group(1) for c in commands for m in re.finditer(r"ln -s \S+/([\w.-]+) weights/ &&", c)
+                      if (REPO / "weights" / m.group(1)).is_dir()})
+    if not shipped:
+        return ""
+    names = ", ".join(f"`weights/{n}`" for n in shipped)
+    return (f"The `ln -s … weights/ &&` steps linked scratch folders in before they shipped; {names} ship now, so "
+            "run those commands without them. ")
+
+
 def d_alpha_outside_md(doc: dict) -> str:
     """A D trained on a narrower α range against the D it would replace: on the full protocol at the client's α and on
     the D designs' volumes at α outside that range (``outside_deployment_range`` of its record)."""
@@ -692,7 +704,7 @@ def d_alpha_outside_md(doc: dict) -> str:
     full_cmd = next(c for c in doc["commands"] if "-m training.evaluate " in c)
     lines = [f"Full protocol: `{full_cmd}` against `results/segmentation-{old}.json` (the same draws); outside the "
              f"range: `{outside['command']}` (3 volumes, the same proxies for both Ds in each range). "
-             "**MNI152-derived phantoms, not patients.**", "",
+             + linked_folders_note(doc["commands"]) + "**MNI152-derived phantoms, not patients.**", "",
              f"| α | volumes | Learned: `{old}` | `{new}` | Learned + TTA: `{old}` | `{new}` | difference |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     rows = [(f"U({lo:g}, {hi:g}), trained on", "6 (full protocol)", full["default"], full["candidate"])]
@@ -890,7 +902,8 @@ def d_large_patches_md(doc: dict) -> str:
         if doc.get("calibration"):  # trained, then calibrated: the second command
             made += f", calibrated by `{doc['commands'][1]}` ({calibrated_how(doc['calibration'])})"
     lines = [f"{made}; compared by `{compare_command(doc)}` ({doc['date']}), the D designs' protocol: "
-             f"`{doc['protocol']}`. " + refreshed(doc) + "**MNI152-derived phantoms, not patients.**", "",
+             f"`{doc['protocol']}`. " + refreshed(doc) + linked_folders_note(doc["commands"])
+             + "**MNI152-derived phantoms, not patients.**", "",
              "| D | made by | Learned | Learned + TTA | + TTA: GM | WM | CSF | × baseline |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in (doc["before"], doc["after"]):
