@@ -141,12 +141,15 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     and skull-stripped by the user), and is used as it is. ``grid_confirmed``: the server said its model works on
     ``grid`` too, so a scan off it is the one to register.
     """
-    from mixdemo.io import load_scan
+    from dataclasses import replace
+
+    from mixdemo.io import load_scan, normalize_intensity
     from mixdemo.phantoms import GRID_SHAPE
 
     from mixdemo.preprocess import is_model_space, to_model_space
 
-    scan = load_scan(path)
+    raw = load_scan(path, normalize=False)  # read once (a DICOM series is unpacked once), normalised below
+    scan = replace(raw, data=normalize_intensity(raw.data))
     if grid is not None and tuple(grid) != GRID_SHAPE:
         if scan.data.shape != tuple(grid):
             raise ClientError(_grid_mismatch(scan.data.shape, grid, grid_confirmed))
@@ -155,7 +158,6 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     if scan.data.shape == GRID_SHAPE and is_model_space(scan):
         image, fit = conform_to_grid(scan.data, GRID_SHAPE)
         return Target(image=image, scan=scan, fit=fit)
-    raw = load_scan(path, normalize=False)
     prepared = to_model_space(raw, progress=progress)
     return Target(image=prepared.image, scan=raw, prepared=prepared, warning=prepared.warning)
 

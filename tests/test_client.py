@@ -215,17 +215,22 @@ def test_cli_unreachable_server(example, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_load_target_off_grid_goes_through_preprocess(example, tmp_path):
-    """A scan not on the 144×192×160 grid is brought onto it by mixdemo.preprocess, and labels go back."""
+def test_load_target_off_grid_goes_through_preprocess(example, tmp_path, monkeypatch):
+    """A scan not on the 144×192×160 grid is brought onto it by mixdemo.preprocess, and labels go back. The file
+    is read once (a DICOM series is unpacked once; it was read twice, normalised and raw)."""
     import nibabel as nib
 
+    from mixdemo import io as mio
     from mixdemo.client import load_target
 
     folder, _ = example
     img = nib.load(folder / "t1.nii.gz")
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[2:-2, 4:-4, :-8], img.affine), tmp_path / "crop.nii.gz")
+    reads: list[str] = []
+    load_scan = mio.load_scan
+    monkeypatch.setattr(mio, "load_scan", lambda path, **kw: reads.append("read") or load_scan(path, **kw))
     target = load_target(tmp_path / "crop.nii.gz")
-    assert target.image.shape == (144, 192, 160) and target.prepared is not None
+    assert target.image.shape == (144, 192, 160) and target.prepared is not None and reads == ["read"]
     target.save_labels(np.ones((144, 192, 160), np.uint8), tmp_path / "seg.nii.gz")
     assert nib.load(tmp_path / "seg.nii.gz").shape == (140, 184, 152)
     # its labels, cropped as the scan was, follow the scan's registration onto the grid
