@@ -128,8 +128,8 @@ def _dicom_bytes() -> bytes:
 
 
 def _dicom_slices(n: int, shape: tuple[int, int] = (16, 16)) -> list[tuple[str, bytes]]:
-    """``n`` real DICOM slices of a small series (SimpleITK), named ``IM<k>``, with the patient-like name in their
-    header: what a refusal must not repeat."""
+    """``n`` real DICOM slices of a small series (:func:`mixdemo.dicom.write_series`), named ``IM<k>``, with the
+    patient-like name in their header: what a refusal must not repeat."""
     import tempfile
 
     from mixdemo.dicom import write_series
@@ -171,6 +171,16 @@ def _multi_frame(slices: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
+def _damage_member(archive: bytes, index: int) -> bytes:
+    """``archive`` with 50 bytes of one member's compressed data zeroed (its deflate stream then fails)."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(archive)) as z:
+        info = z.infolist()[index]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 20
+    return archive[:start] + bytes(50) + archive[start + 50:]
+
+
 def dicom_corpus() -> list[BadInput]:
     """Malformed DICOM inputs: archives that are not one readable 3D series, a single slice, hostile member names."""
     slices = _dicom_slices(12)
@@ -178,6 +188,7 @@ def dicom_corpus() -> list[BadInput]:
     items = [
         ("zip_not_dicom", _zip([("notes.txt", b"not an image")]), "scan.zip", "a zip without DICOM"),
         ("zip_truncated", series[: len(series) // 2], "scan.zip", "a zip cut in half"),
+        ("zip_damaged_member", _damage_member(series, 4), "scan.zip", "a zip whose 5th member's deflate data are zeroed"),
         ("zip_empty", _zip([]), "scan.zip", "an empty zip"),
         ("zip_text", b"this is not an archive", "scan.zip", "text named .zip"),
         ("zip_encrypted", _zip(slices, encrypted_flag=True), "scan.zip", "a password-protected zip"),

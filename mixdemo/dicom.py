@@ -22,16 +22,23 @@ says what was found and what is expected, without any path or header value beyon
 
 from __future__ import annotations
 
+import lzma
 import os
+import shutil
+import struct
 import tempfile
 import threading
+import time
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from mixdemo import io as mio  # io imports this module only inside its functions
 
 __all__ = ["MAX_FILES", "is_series_input", "read_series", "write_series", "zip_series"]
 
@@ -45,11 +52,11 @@ _ORIENTATION_TOL = 1e-2  # row/column direction cosines: unit length and orthogo
 _SAME_TOL = 1e-4  # orientation and pixel spacing shared by every image of the series
 _DICM_AT = 128
 _CHUNK = 1 << 20
+_MAX_DIRECTORY_BYTES = MAX_FILES * 1024  # a zip's central directory: ~50 bytes an entry plus its name
+_TEMP_PREFIX = "mixdemo-dicom-"
+_STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _FRAMES, _TEMPORAL_POSITION, _ECHO = "0028|0008", "0020|0100", "0018|0086"
-
-_warnings_lock = threading.Lock()
-_warnings_off_count = 0  # reads in progress that turned ITK's process-wide warning display off
 
 
 class _Slice(NamedTuple):
@@ -93,51 +100,90 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         mixdemo.io.ScanError: A subclass saying why the input is not one readable 3D series.
     """
-    from mixdemo import io as mio
-
-    with _itk_warnings_off(), tempfile.TemporaryDirectory(prefix="mixdemo-dicom-") as flat:
-        if os.path.isdir(path):
-            _link_folder(Path(path), Path(flat))
-        elif zipfile.is_zipfile(path) or os.fspath(path).lower().endswith(".zip"):
-            _unpack_zip(path, Path(flat))
-        else:
-            _link_file(Path(path), Path(flat))
-        slices = _series_slices(flat)
-        shape = (slices[0].size[0], slices[0].size[1], len(slices))
-        mio._check_dims(shape)
-        affine = _affine(slices)
-        mio._check_geometry(shape, affine)
-        return _voxels(slices, shape), affine
-
-
-@contextmanager
-def _itk_warnings_off() -> Iterator[None]:
-    """ITK's warnings off while any read runs (they would name the numbered temporary files, and say nothing a
-    message here does not); the flag is process-wide, so concurrent reads count themselves in and out."""
-    import SimpleITK as sitk
-
-    global _warnings_off_count
-    with _warnings_lock:
-        if _warnings_off_count == 0:
-            _itk_warnings_off.was_on = sitk.ProcessObject.GetGlobalWarningDisplay()  # type: ignore[attr-defined]
-            sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        _warnings_off_count += 1
+    if not (os.path.isdir(path) or os.path.isfile(path)):  # a FIFO or a device is neither: never opened
+        raise mio.MissingFileError("The file could not be found: it may have been moved or deleted.")
+    _remove_stale_folders()
     try:
-        yield
-    finally:
-        with _warnings_lock:
-            _warnings_off_count -= 1
-            if _warnings_off_count == 0:
-                sitk.ProcessObject.SetGlobalWarningDisplay(_itk_warnings_off.was_on)  # type: ignore[attr-defined]
+        with _itk_warnings.off(), tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX) as flat:
+            if os.path.isdir(path):
+                _link_folder(Path(path), Path(flat))
+            elif _is_zip(path):
+                _unpack_zip(path, Path(flat))
+            else:
+                _place(Path(path).resolve(), Path(flat) / "00000")
+            slices = _series_slices(flat)
+            shape = (slices[0].size[0], slices[0].size[1], len(slices))
+            mio._check_dims(shape)
+            affine = _affine(slices)
+            mio._check_geometry(shape, affine)
+            return _untilted(_voxels(slices, shape), affine)
+    except OSError:
+        raise mio.UnreadableFileError("The DICOM input could not be read or unpacked: access or disk space may be "
+                                      "lacking.") from None
+
+
+def _is_zip(path: str | os.PathLike) -> bool:
+    """A ``.zip`` name, or a file that starts as a zip does (a DICOM file never does: 128 bytes, then ``DICM``)."""
+    if os.fspath(path).lower().endswith(".zip"):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def _remove_stale_folders() -> None:
+    """Remove temporary folders of reads that never finished (a killed process): they hold the series' files,
+    headers included."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(_TEMP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            if time.time() - os.stat(folder).st_mtime > _STALE_AFTER_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+
+
+class _WarningSwitch:
+    """ITK's process-wide warning display, off while any read runs: its warnings would name the numbered temporary
+    files and say nothing a message here does not. Concurrent reads count themselves in and out, and the first
+    one in keeps the setting the last one out restores (meanwhile other threads' ITK warnings, a registration's
+    say, are off too)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads = 0
+        self._was_on = True
+
+    @contextmanager
+    def off(self) -> Iterator[None]:
+        import SimpleITK as sitk
+
+        with self._lock:
+            if self._reads == 0:
+                self._was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+                sitk.ProcessObject.SetGlobalWarningDisplay(False)
+            self._reads += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reads -= 1
+                if self._reads == 0:
+                    sitk.ProcessObject.SetGlobalWarningDisplay(self._was_on)
+
+
+_itk_warnings = _WarningSwitch()
 
 
 # ----------------------------------------------------------------------------------------- gathering the files
 def _unpack_zip(path: str | os.PathLike, flat: Path) -> None:
-    """Write each regular member of the archive to ``flat/<n>``, within the file-count and size limits."""
-    from mixdemo import io as mio
-
-    if not os.path.isfile(path):
-        raise mio.MissingFileError("The file could not be found: it may have been moved or deleted.")
+    """Write each regular member of the archive to ``flat/<n>``, within the file-count and size limits (the count
+    is read from the archive's end record before its directory is parsed)."""
+    _check_zip_directory(path)
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
@@ -146,31 +192,53 @@ def _unpack_zip(path: str | os.PathLike, flat: Path) -> None:
                 raise mio.UnreadableFileError("The archive is password-protected; upload an unencrypted .zip.")
             total = 0
             for n, member in enumerate(members):
-                with archive.open(member) as src, open(flat / f"{n:05d}", "wb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        total += len(chunk)
-                        if total > mio.MAX_FILE_BYTES:
-                            raise mio.TooLargeError(
-                                f"The archive's files are larger than the {mio.MAX_FILE_BYTES / (1 << 30):g} GiB "
-                                "limit once unpacked."
-                            )
-                        dst.write(chunk)
+                total = _copy_member(archive, member, flat / f"{n:05d}", total)
     except mio.ScanError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, ValueError):
         raise mio.CorruptFileError(
             "The .zip archive is damaged, or not a zip archive, or uses an unsupported compression."
         ) from None
-    except OSError:
-        raise mio.UnreadableFileError("The archive could not be read or unpacked: access or disk space may be "
-                                      "lacking.") from None
+
+
+def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, total: int) -> int:
+    """Inflate one member into ``target``; the running total of bytes unpacked is checked and returned."""
+    with archive.open(member) as src, open(target, "wb") as dst:
+        while True:
+            try:
+                chunk = src.read(_CHUNK)
+            except (zlib.error, lzma.LZMAError, OSError, EOFError):
+                raise mio.CorruptFileError("A file in the .zip archive is damaged: its compressed data cannot be "
+                                           "read.") from None
+            if not chunk:
+                return total
+            total += len(chunk)
+            if total > mio.MAX_FILE_BYTES:
+                raise mio.TooLargeError(f"The archive's files are larger than the {mio.MAX_FILE_BYTES / (1 << 30):g} "
+                                        "GiB limit once unpacked.")
+            dst.write(chunk)
+
+
+def _check_zip_directory(path: str | os.PathLike) -> None:
+    """Refuse an archive whose end record declares more entries than :data:`MAX_FILES`, or a larger directory
+    than they need, before ``zipfile`` parses that directory into memory (400,000 empty entries took 340 MB)."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - (1 << 16) - 22))
+        tail = fh.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise mio.CorruptFileError("The .zip archive is damaged, or not a zip archive, or uses an unsupported "
+                                   "compression.")
+    entries, directory_bytes = struct.unpack("<HI", tail[at + 10:at + 16])
+    if entries > MAX_FILES or directory_bytes > _MAX_DIRECTORY_BYTES:  # zip64 (0xFFFF entries) included
+        raise mio.TooLargeError(f"The archive holds more than {MAX_FILES} files; one DICOM series is expected.")
 
 
 def _link_folder(folder: Path, flat: Path) -> None:
     """Link each regular file under ``folder`` (recursively, following links, each folder once) into
     ``flat/<n>``, within the file-count limit."""
-    from mixdemo import io as mio
-
     files, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -184,24 +252,18 @@ def _link_folder(folder: Path, flat: Path) -> None:
                 files.append(candidate)
                 _check_count(len(files), "folder")
     for n, candidate in enumerate(sorted(files)):
-        try:
-            os.symlink(os.path.abspath(candidate), flat / f"{n:05d}")
-        except OSError:
-            raise mio.UnreadableFileError("The folder's files could not be read.") from None
+        _place(Path(os.path.abspath(candidate)), flat / f"{n:05d}")
 
 
-def _link_file(path: Path, flat: Path) -> None:
-    """Link one DICOM file into ``flat``."""
-    from mixdemo import io as mio
-
-    if not path.is_file():
-        raise mio.MissingFileError("The file could not be found: it may have been moved or deleted.")
-    os.symlink(path.resolve(), flat / "00000")
+def _place(source: Path, target: Path) -> None:
+    """Link ``source`` in as ``target``, or copy it where links are not allowed (Windows without the right)."""
+    try:
+        os.symlink(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _check_count(n: int, where: str) -> None:
-    from mixdemo import io as mio
-
     if n > MAX_FILES:
         raise mio.TooLargeError(f"The {where} holds more than {MAX_FILES} files; one DICOM series is expected.")
 
@@ -211,20 +273,41 @@ def _series_slices(flat: str) -> list[_Slice]:
     """The series' images in order along the slice normal, checked to form one regular 3D volume."""
     import SimpleITK as sitk
 
-    from mixdemo import io as mio
-
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(flat)
     if not series:
         raise mio.NotNiftiError(_nothing_found(flat))
     files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in series]
     if len(files) > 1:
         raise mio.ShapeError(_several_series(files))
+    _check_none_left_out(flat, series[0], files[0])
     slices = [_slice_info(f) for f in files[0]]
     if len(slices) == 1:
         raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
                              ".zip of all the series' files (or give the client their folder).")
     _check_alike(slices)
     return _ordered(slices)
+
+
+def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str]) -> None:
+    """A CorruptFileError if a DICOM file GDCM left out of the series cannot be parsed, or is an image of this
+    series (or one cut short before its series UID): GDCM skips files it cannot parse, and a damaged first or
+    last slice left no gap to notice. Other objects of an export (a DICOMDIR, a report) are left out rightly."""
+    import pydicom
+
+    kept = {os.path.basename(f) for f in listed}
+    for name in sorted(set(os.listdir(flat)) - kept):
+        path = os.path.join(flat, name)
+        with open(path, "rb") as fh:
+            fh.seek(_DICM_AT)
+            if fh.read(4) != b"DICM":
+                continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+            is_image = "Image Storage" in header.file_meta.MediaStorageSOPClassUID.name
+        except Exception:  # noqa: BLE001 - untrusted input: any parse failure means a damaged file
+            raise mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.") from None
+        if is_image and header.get("SeriesInstanceUID", series_uid) == series_uid:  # ours, or cut before its UID
+            raise mio.CorruptFileError("An image of the series could not be read: it may be damaged.")
 
 
 def _nothing_found(flat: str) -> str:
@@ -264,8 +347,6 @@ def _view(normal: np.ndarray) -> str:
 def _slice_info(path: str) -> _Slice:
     """One image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
     import SimpleITK as sitk
-
-    from mixdemo import io as mio
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
@@ -311,8 +392,6 @@ def _text(reader, tag: str) -> str:  # noqa: ANN001 - a SimpleITK ImageFileReade
 def _direction(orientation: Sequence[float]) -> np.ndarray:
     """Orthonormal LPS axes (row, column, normal) from Image Orientation; a GeometryError if it is not close to a
     pair of orthogonal unit vectors (small rounding by an exporter is corrected, not refused)."""
-    from mixdemo import io as mio
-
     row, col = np.array(orientation[:3]), np.array(orientation[3:])
     if (abs(np.linalg.norm(row) - 1) > _ORIENTATION_TOL or abs(np.linalg.norm(col) - 1) > _ORIENTATION_TOL
             or abs(float(row @ col)) > _ORIENTATION_TOL):
@@ -326,8 +405,6 @@ def _direction(orientation: Sequence[float]) -> np.ndarray:
 
 def _check_alike(slices: Sequence[_Slice]) -> None:
     """Every image the same size, orientation, pixel spacing, time point and echo."""
-    from mixdemo import io as mio
-
     first = slices[0]
     if any(s.size != first.size for s in slices):
         raise mio.ShapeError("The series' images differ in size; one 3D volume is expected.")
@@ -343,8 +420,6 @@ def _check_alike(slices: Sequence[_Slice]) -> None:
 
 def _ordered(slices: list[_Slice]) -> list[_Slice]:
     """The images sorted along the normal, checked to be evenly spaced and on one line."""
-    from mixdemo import io as mio
-
     normal = slices[0].direction[:, 2]
     slices = sorted(slices, key=lambda s: float(s.origin @ normal))
     gaps = np.diff([float(s.origin @ normal) for s in slices])
@@ -380,11 +455,29 @@ def _affine(slices: Sequence[_Slice]) -> np.ndarray:
     return _LPS_TO_RAS @ lps
 
 
+def _untilted(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A tilted stack (gantry tilt: slices step off their normal) resampled onto slices stacked along the normal,
+    the same size and spacing along it, as dcm2niix does: a NIfTI's qform cannot hold the sheared grid, and
+    ITK-based viewers would misplace a segmentation written on it. Other stacks are returned as they are."""
+    from scipy.ndimage import affine_transform
+
+    in_plane = affine[:3, :2]
+    normal = np.cross(in_plane[:, 0], in_plane[:, 1])
+    normal /= np.linalg.norm(normal)
+    stride = affine[:3, 2]
+    along = float(stride @ normal) * normal
+    if np.linalg.norm(stride - along) <= _SPACING_ATOL_MM:
+        return data, affine
+    straight = affine.copy()
+    straight[:3, 2] = along
+    to_source = np.linalg.inv(affine) @ straight  # a voxel of the straight grid -> the tilted one's
+    out = affine_transform(data, to_source[:3, :3], offset=to_source[:3, 3], order=1, mode="constant", cval=0.0)
+    return out.astype(np.float32, copy=False), straight
+
+
 def _voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray:
     """The series' voxels as float32 (i, j, k), read one file at a time into one array."""
     import SimpleITK as sitk
-
-    from mixdemo import io as mio
 
     out = np.empty(shape, dtype=np.float32)
     for k, s in enumerate(slices):

@@ -50,6 +50,7 @@ __all__ = [
     "Scan",
     "load_scan",
     "load_labels",
+    "load_labels_with_affine",
     "normalize_intensity",
     "save_labels",
     "save_volume",
@@ -212,6 +213,14 @@ def normalize_intensity(data: np.ndarray) -> np.ndarray:
     if not p > 0:
         raise ValueRangeError("The image has no positive intensities, so it cannot be normalised.")
     return np.clip(clipped / np.float32(p), 0, 1).astype(np.float32)
+
+
+def load_labels_with_affine(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_labels` without ``like``, with the affine of the 1 mm RAS+ grid it returns the labels on."""
+    array, affine = _load_checked(path, series_too=False)
+    labels = _as_label_uint8(array)
+    del array
+    return _to_ras_1mm(labels, affine, order=0)
 
 
 def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray:

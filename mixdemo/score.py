@@ -42,12 +42,15 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
     """Dice of each class of ``classes`` ({label value: name}) and their mean (``avg``); with ``in_box``, inside the
     bounding box of the segmentation's labelled voxels. ``note`` hears of a segmentation that labels only part of
     the labels' extent (a patch)."""
-    from mixdemo.io import load_labels
+    from mixdemo.io import load_labels_with_affine
 
-    pred, truth = load_labels(segmentation), load_labels(labels)
+    (pred, pred_affine), (truth, truth_affine) = load_labels_with_affine(segmentation), load_labels_with_affine(labels)
     if pred.shape != truth.shape:
         raise ScoreError(f"{segmentation.name} is on a {'×'.join(map(str, pred.shape))} grid and {labels.name} on "
                          f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
+    if not np.allclose(pred_affine, truth_affine, atol=1e-3):
+        raise ScoreError(f"{segmentation.name} and {labels.name} have grids of the same size in different places "
+                         "(their affines differ): score a segmentation against labels on its own grid.")
     box = labelled_box(pred)
     if box is not None and in_box:
         pred, truth = pred[box], truth[box]

@@ -148,14 +148,12 @@ def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise ProxyError("The request is not a NumPy .npy array file (pickled objects are refused).") from exc
-    if not isinstance(arr, np.ndarray):
-        raise ProxyError("The request must hold one array, not an archive.")
     return check_proxies(arr)
 
 
 def _check_declared_size(fh) -> None:  # noqa: ANN001 - an open binary file
     """ProxyError if a .npy header declares more voxels than a request may hold (numpy would try to allocate
-    them); a file that is not a .npy (or is an archive) is left to ``np.load`` to refuse."""
+    them); a file that is not a .npy is left to ``np.load`` to refuse (archives were refused before)."""
     start = fh.read(6)
     fh.seek(0)
     if start != b"\x93NUMPY":

@@ -550,6 +550,11 @@ def test_score_command_reads_files_and_folders(tmp_path, capsys) -> None:
     save_volume(truth[:10], np.eye(4), tmp_path / "small.nii.gz", dtype=np.uint8)
     assert main([str(tmp_path / "segs" / "a_seg.nii.gz"), str(tmp_path / "small.nii.gz")]) == 2
     assert "grid" in capsys.readouterr().err
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0, 0, 5]  # the same size, 5 mm away: the voxels do not match, and the score would lie
+    save_volume(truth, shifted, tmp_path / "shifted.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "segs" / "a_seg.nii.gz"), str(tmp_path / "shifted.nii.gz")]) == 2
+    assert "affines differ" in capsys.readouterr().err
 
 
 def test_score_notes_a_patch_answer_and_scores_inside_its_block_when_asked(tmp_path, capsys) -> None:
