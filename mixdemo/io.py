@@ -496,6 +496,10 @@ def _parse_header(payload: io.BytesIO) -> _Header:
         magic = head[4:12]
         klass, single, pair = nib.Nifti2Image, _N2_SINGLE, _N2_PAIR
     else:
+        payload.seek(128)
+        if payload.read(4) == b"DICM":  # a DICOM file's preamble, then its marker
+            raise NotNiftiError("The file is a DICOM image named as NIfTI: give a DICOM series as a .zip of its "
+                                "files (or, to the client, their folder) under its own name.")
         raise NotNiftiError(not_nifti)
     payload.seek(0)
     if magic == pair:

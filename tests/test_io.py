@@ -363,7 +363,7 @@ def test_png_renamed_nii(tmp_path):
 def test_dicom_renamed_nii(tmp_path):
     dicom = b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL" + b"\x07" * 600
     (tmp_path / "scan.nii").write_bytes(dicom)
-    with pytest.raises(NotNiftiError, match="not a valid NIfTI"):
+    with pytest.raises(NotNiftiError, match="DICOM image named as NIfTI: give a DICOM series as a .zip"):
         load_scan(tmp_path / "scan.nii")
 
 
