@@ -157,8 +157,19 @@ def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
     finally:
         _delete_upload(path)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
-    status = "Loaded your scan (its upload is deleted; no labels yet, so no Dice)." + note
+    status = (f"Loaded your scan: {what_was_read(sess.target)} (its upload is deleted; no labels yet, so no Dice)."  # type: ignore[arg-type]
+              + note)
     return (sess, *_centre_updates(sess), locator(sess, None), status, None)
+
+
+def what_was_read(target) -> str:  # noqa: ANN001 - a mixdemo.client.Target
+    """The grid a scan was read on and what became of it, so a user can check the file (or the DICOM series)
+    was the one meant: e.g. "a 176×256×256 grid of 1.2×1×1 mm voxels, registered to the models' grid"."""
+    zooms = np.linalg.norm(np.asarray(target.scan.source_affine)[:3, :3], axis=0)
+    grid = "×".join(str(int(n)) for n in target.scan.source_shape)
+    size = "×".join(f"{z:.3g}" for z in zooms)
+    fate = "registered to the models' MNI grid" if target.prepared is not None else "already on the models' grid"
+    return f"a {grid} grid of {size} mm voxels, {fate}"
 
 
 def load_upload_labels(path: str | None, sess: Session | None):

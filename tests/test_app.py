@@ -193,7 +193,8 @@ def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, t
     archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "Doe_Jane.zip")
     out = ui.load_upload(str(archive), progress=_Progress())
     sess, status = out[0], out[-2]
-    assert status.startswith("Loaded your scan") and not archive.exists()
+    assert status.startswith("Loaded your scan: a 144×192×160 grid of 1×1×1 mm voxels, already on the models' grid")
+    assert not archive.exists()
     expected = ui._session_from_files(str(folder / "t1.nii.gz"), None, "upload")
     np.testing.assert_allclose(sess.target.image, expected.target.image, atol=1e-3)  # int16 storage rounds
 

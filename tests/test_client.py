@@ -231,6 +231,9 @@ def test_load_target_off_grid_goes_through_preprocess(example, tmp_path, monkeyp
     monkeypatch.setattr(mio, "load_scan", lambda path, **kw: reads.append("read") or load_scan(path, **kw))
     target = load_target(tmp_path / "crop.nii.gz")
     assert target.image.shape == (144, 192, 160) and target.prepared is not None and reads == ["read"]
+    from mixdemo.ui import what_was_read  # what the app's status line says of an upload
+
+    assert what_was_read(target) == "a 140×184×152 grid of 1×1×1 mm voxels, registered to the models' MNI grid"
     target.save_labels(np.ones((144, 192, 160), np.uint8), tmp_path / "seg.nii.gz")
     assert nib.load(tmp_path / "seg.nii.gz").shape == (140, 184, 152)
     # its labels, cropped as the scan was, follow the scan's registration onto the grid
