@@ -9,12 +9,12 @@ Orientation and Pixel Spacing, checked here (GDCM silently replaces an orientati
 identity, and a missing spacing by 1 mm). No other header field (the patient's name, dates, identifiers) is
 kept, returned, logged or put into a message. The archive's member names are never used: each member is written
 to a temporary folder under a number, so a hostile name (``../``) cannot write elsewhere; the folder is deleted
-after reading.
+after reading, or by the next read if the process was killed during this one.
 
 The series must be one 3D volume of classic single-frame images: one series (by SeriesInstanceUID), one time
 point and echo, one image per slice position, positions evenly spaced on one line, every image the same size,
-orientation and pixel spacing. A stack whose slices step off the normal (a gantry tilt) keeps that step as its
-third axis. Multi-frame files are refused: their per-frame geometry and scaling are not visible through
+orientation and pixel spacing. A stack whose slices step off the normal (a gantry tilt) is resampled onto
+slices along the normal, as dcm2niix does. A damaged image is refused, not left out. Multi-frame files are refused: their per-frame geometry and scaling are not visible through
 SimpleITK, which reads them wrongly without a word. Anything else is a :class:`mixdemo.io.ScanError` whose message
 says what was found and what is expected, without any path or header value beyond the geometry.
 :func:`write_series` writes a volume as such a series (pydicom); it makes the examples and the tests' inputs.
