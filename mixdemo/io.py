@@ -240,11 +240,11 @@ def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
         ScanError: Unusable file (same checks as :func:`load_scan`), labels
             that are not whole numbers in 0-255, or dimensions not matching ``like``.
     """
+    if like is None:
+        return load_labels_with_affine(path)[0]
     array, affine = _load_checked(path, series_too=False)
     labels = _as_label_uint8(array)
     del array
-    if like is None:
-        return _to_ras_1mm(labels, affine, order=0)[0]
     if labels.shape not in (tuple(like.source_shape), like.data.shape):
         raise ShapeError(
             f"The label map's dimensions ({_fmt_shape(labels.shape)}) do not match the scan "
