@@ -11,11 +11,13 @@ kept, returned, logged or put into a message. The archive's member names are nev
 to a temporary folder under a number, so a hostile name (``../``) cannot write elsewhere; the folder is deleted
 after reading, or by the next read if the process was killed during this one.
 
-The series must be one 3D volume of classic single-frame images: one series (by SeriesInstanceUID), one time
-point and echo, one image per slice position, positions evenly spaced on one line, every image the same size,
-orientation and pixel spacing. A stack whose slices step off the normal (a gantry tilt) is resampled onto
-slices along the normal, as dcm2niix does. A damaged image is refused, not left out. Multi-frame files are refused: their per-frame geometry and scaling are not visible through
-SimpleITK, which reads them wrongly without a word. Anything else is a :class:`mixdemo.io.ScanError` whose message
+The series must be one 3D volume: one series (by SeriesInstanceUID), one time point and echo, one image per slice
+position, positions evenly spaced on one line, every image the same size, orientation and pixel spacing. A stack
+whose slices step off the normal (a gantry tilt) is resampled onto slices along the normal, as dcm2niix does. A
+damaged image is refused, not left out. An enhanced multi-frame file is a series in one file whose frames carry
+their own position and rescale (functional groups, read with pydicom): SimpleITK alone stacks the frames in file
+order at 1 mm with the first frame's rescale, so it only decodes what pydicom cannot, and its rescale is undone. A
+legacy multi-frame file, whose frames carry no position of their own, is refused. Anything else is a :class:`mixdemo.io.ScanError` whose message
 says what was found and what is expected, without any path or header value beyond the geometry.
 :func:`write_series` writes a volume as such a series (pydicom); it makes the examples and the tests' inputs.
 """
@@ -67,7 +69,9 @@ class _Slice(NamedTuple):
     spacing: tuple[float, float]  # mm between columns, between rows
     origin: np.ndarray
     direction: np.ndarray  # 3x3 orthonormal; columns: row direction, column direction, their normal
-    stack: tuple[str, str]  # temporal position, echo number ("" when absent)
+    stack: tuple[str, ...]  # temporal position, echo (and stack, of a multi-frame file); "" when absent
+    frame: int = -1  # the frame of a multi-frame file (its position in the file), -1 for a single-frame file
+    rescale: tuple[float, float] = (1.0, 0.0)  # a multi-frame file's frame's slope and intercept
 
 
 def is_series_input(path: str | os.PathLike) -> bool:
@@ -91,7 +95,7 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
         path: A ``.zip`` archive holding one series, a folder (searched recursively, links followed) holding one,
-            or one DICOM file (one slice is refused with advice).
+            or one DICOM file (an enhanced multi-frame volume; one slice is refused with advice).
 
     Returns:
         ``(data, affine)``, as :func:`mixdemo.io.load_scan` takes them from a NIfTI file: rescale slope and
@@ -280,7 +284,8 @@ def _series_slices(flat: str) -> list[_Slice]:
     if len(files) > 1:
         raise mio.ShapeError(_several_series(files))
     _check_none_left_out(flat, series[0], files[0])
-    slices = [_slice_info(f) for f in files[0]]
+    slices = _frames(files[0][0]) if len(files[0]) == 1 and _is_multi_frame(files[0][0]) else [
+        _slice_info(f) for f in files[0]]
     if len(slices) == 1:
         raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
                              ".zip of all the series' files (or give the client their folder).")
@@ -358,9 +363,7 @@ def _slice_info(path: str) -> _Slice:
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
     frames = _numbers(reader, _FRAMES)
     if (frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1):
-        raise mio.ShapeError("The input is a multi-frame DICOM file, which is not read (its frames' geometry and "
-                             "scaling are not checked): export the series as single-frame images, one file per "
-                             "slice, or convert it to NIfTI (e.g. with dcm2niix).")
+        raise mio.ShapeError("The series mixes multi-frame and single-frame files; one 3D volume is expected.")
     position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
     if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
         raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
@@ -372,6 +375,76 @@ def _slice_info(path: str) -> _Slice:
         origin=np.array(position),
         direction=_direction(orientation),
         stack=(_text(reader, _TEMPORAL_POSITION), _text(reader, _ECHO)),
+    )
+
+
+def _is_multi_frame(path: str) -> bool:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
+    frames = _numbers(reader, _FRAMES)
+    return bool(frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1)
+
+
+def _frames(path: str) -> list[_Slice]:
+    """A multi-frame (enhanced) file's frames, each with its own geometry and rescale from the functional groups
+    (per-frame first, then shared), checked as single-frame images are. A file whose frames carry no geometry of
+    their own (a legacy multi-frame file) is refused: SimpleITK would stack them at 1 mm without a word."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        n = int(header.NumberOfFrames)
+        per_frame = header.get("PerFrameFunctionalGroupsSequence")
+        shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
+        size = (int(header.Columns), int(header.Rows))
+        if int(header.get("SamplesPerPixel", 1)) != 1:
+            raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
+        if per_frame is None or len(per_frame) != n:
+            raise mio.ShapeError("The input is a multi-frame DICOM file whose frames carry no position of their own "
+                                 "(a legacy export): export the series as single-frame images, one file per slice, "
+                                 "or convert it to NIfTI (e.g. with dcm2niix).")
+        return [_frame_info(path, f, per_frame[f], shared, size) for f in range(n)]
+    except mio.ScanError:
+        raise
+    except Exception:  # noqa: BLE001 - untrusted input: a header pydicom cannot follow is a damaged file
+        raise mio.CorruptFileError("The multi-frame DICOM file's header could not be read: it may be damaged.") from None
+
+
+def _frame_info(path: str, f: int, own, shared, size: tuple[int, int]) -> _Slice:  # noqa: ANN001 - pydicom Datasets
+    """Frame ``f``'s geometry, rescale and stack keys from its functional groups (``own``, then ``shared``)."""
+    def value(sequence: str, keyword: str):  # noqa: ANN202
+        for group in (own, shared):
+            if group is not None and sequence in group and len(group[sequence].value) and \
+                    keyword in group[sequence].value[0]:
+                return group[sequence].value[0][keyword].value
+        return None
+
+    position = value("PlanePositionSequence", "ImagePositionPatient")
+    orientation = value("PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = value("PixelMeasuresSequence", "PixelSpacing")
+    if position is None or orientation is None or spacing is None or len(position) != 3 or len(orientation) != 6 \
+            or len(spacing) != 2 or min(float(v) for v in spacing) <= 0:
+        raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
+                                "series as the scanner exports it is expected (not screenshots or secondary captures).")
+    slope, intercept = value("PixelValueTransformationSequence", "RescaleSlope"), \
+        value("PixelValueTransformationSequence", "RescaleIntercept")
+    keys = (value("FrameContentSequence", "TemporalPositionIndex"), value("MREchoSequence", "EffectiveEchoTime"),
+            value("FrameContentSequence", "StackID"))
+    return _Slice(
+        path=path,
+        size=size,
+        spacing=(float(spacing[1]), float(spacing[0])),  # the row spacing (between rows) first, as in the tag
+        origin=np.array([float(v) for v in position]),
+        direction=_direction([float(v) for v in orientation]),
+        stack=tuple("" if k is None else str(k) for k in keys),
+        frame=f,
+        rescale=(1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)),
     )
 
 
@@ -479,6 +552,8 @@ def _voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray
     """The series' voxels as float32 (i, j, k), read one file at a time into one array."""
     import SimpleITK as sitk
 
+    if slices[0].frame >= 0:
+        return _frame_voxels(slices, shape)
     out = np.empty(shape, dtype=np.float32)
     for k, s in enumerate(slices):
         try:
@@ -490,6 +565,38 @@ def _voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray
         plane = sitk.GetArrayViewFromImage(image).reshape(shape[1], shape[0])  # (rows, columns)
         with np.errstate(all="ignore"):
             out[:, :, k] = plane.T
+    return out
+
+
+def _frame_voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray:
+    """A multi-frame file's voxels, frames in ``slices``' order, each with its own rescale. The stored values come
+    from pydicom (uncompressed data), else from GDCM, which applies the first frame's rescale to every frame and
+    is undone here."""
+    import SimpleITK as sitk
+
+    path = slices[0].path
+    by_frame = sorted(slices, key=lambda s: s.frame)
+    try:
+        import pydicom
+
+        stored = np.asarray(pydicom.dcmread(path).pixel_array, dtype=np.float64)
+    except Exception:  # noqa: BLE001 - compressed without a pydicom decoder, or unreadable: GDCM decodes
+        try:
+            stored = sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float64)
+        except RuntimeError:
+            raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
+        slope, intercept = by_frame[0].rescale
+        if slope == 0:
+            raise mio.ValueRangeError("The multi-frame file's first frame has a rescale slope of 0.")
+        stored = (stored - intercept) / slope
+    if stored.size != len(by_frame) * shape[0] * shape[1]:
+        raise mio.CorruptFileError("The multi-frame DICOM file holds fewer pixels than its frames need: it may be "
+                                   "damaged.")
+    stored = stored.reshape(len(by_frame), shape[1], shape[0])  # (frames, rows, columns)
+    out = np.empty(shape, dtype=np.float32)
+    for k, s in enumerate(slices):
+        with np.errstate(all="ignore"):
+            out[:, :, k] = (stored[s.frame] * s.rescale[0] + s.rescale[1]).T
     return out
 
 

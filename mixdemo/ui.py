@@ -929,7 +929,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=1, min_width=340):  # wide enough for the D menu's value
                         example = gr.Dropdown(examples.example_names(), value=None, label="1 · Example target (phantom with labels)")
                         with gr.Accordion("…or upload your own T1 (NIfTI or DICOM)", open=False):
-                            upload = gr.File(label="T1 scan: .nii / .nii.gz, or a .zip of one DICOM series; registered to MNI if needed",  # no file_types: Gradio's
+                            upload = gr.File(label="T1 scan: .nii / .nii.gz, or a DICOM series (a .zip of its files, or one enhanced .dcm); registered to MNI if needed",  # no file_types: Gradio's
                                              # type check would refuse before load_upload and leave the upload on disk
                                              type="filepath", height=120)
                             upload_labels = gr.File(label="optional: its labels (on the scan's own grid), for Dice",

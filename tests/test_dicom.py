@@ -225,8 +225,94 @@ def test_time_points_under_one_series_are_refused(tmp_path):
     _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points or echoes")
 
 
+def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slopes=None, intercepts=None,
+              temporal=None) -> Path:
+    """``vol`` as one Enhanced MR file (pydicom): geometry and rescale in functional groups (orientation and
+    spacing shared, position and rescale per frame), frames stored in ``order``; stored values are ``vol``
+    rounded, and each frame's rescale maps them to ``stored * slope + intercept``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    n = vol.shape[2]
+    order = list(range(n)) if order is None else order
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName = "MR", PATIENT
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.NumberOfFrames, ds.Rows, ds.Columns = len(order), vol.shape[1], vol.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    shared = Dataset()
+    plane = Dataset()
+    plane.ImageOrientationPatient = [f"{v:.6f}" for v in [*lps[:3, 0] / spacing[0], *lps[:3, 1] / spacing[1]]]
+    shared.PlaneOrientationSequence = Sequence([plane])
+    measures = Dataset()
+    measures.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for f, k in enumerate(order):
+        frame = Dataset()
+        position = Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in (lps @ [0, 0, k, 1])[:3]]
+        frame.PlanePositionSequence = Sequence([position])
+        rescale = Dataset()
+        rescale.RescaleSlope, rescale.RescaleIntercept = (f"{(slopes or [1.0] * n)[k]:g}",
+                                                          f"{(intercepts or [0.0] * n)[k]:g}")
+        rescale.RescaleType = "US"
+        frame.PixelValueTransformationSequence = Sequence([rescale])
+        if temporal is not None:
+            content = Dataset()
+            content.TemporalPositionIndex = temporal[f]
+            frame.FrameContentSequence = Sequence([content])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stored = np.rint(vol).astype("<i2")
+    ds.PixelData = b"".join(np.ascontiguousarray(stored[:, :, k].T).tobytes() for k in order)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("aff", [_affine(rotation_deg=17.0), _affine(axes=(1, 2, 0))], ids=["oblique", "sagittal"])
+@pytest.mark.parametrize("decoder", ["pydicom", "gdcm"])
+def test_an_enhanced_multi_frame_file_reads_as_its_classic_series(tmp_path, monkeypatch, aff, decoder):
+    """An Enhanced MR file, frames stored out of order, each with its own rescale (GDCM applied the first frame's
+    to all, and stacked the frames in file order at 1 mm): the same voxels and affine as the classic series,
+    whether pydicom decodes the pixels or GDCM does (compressed data pydicom has no decoder for)."""
+    import pydicom
+
+    if decoder == "gdcm":
+        monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array",
+                            property(lambda self: (_ for _ in ()).throw(RuntimeError("no decoder"))))
+    vol = _volume() * 1000
+    slopes, intercepts = [0.5 + 0.25 * k for k in range(SHAPE[2])], [10.0 * k for k in range(SHAPE[2])]
+    order = list(np.random.default_rng(1).permutation(SHAPE[2]))
+    data, affine = dicom.read_series(_enhanced(vol, aff, tmp_path / "volume.dcm", order=order, slopes=slopes,
+                                               intercepts=intercepts))
+    expected = np.rint(vol) * np.array(slopes) + np.array(intercepts)
+    np.testing.assert_allclose(affine, aff, atol=1e-5)
+    np.testing.assert_allclose(data, expected, rtol=1e-6, atol=1e-3)
+    classic, classic_affine = dicom.read_series(dicom.zip_series(_series(tmp_path, vol, aff), tmp_path / "s.zip"))
+    np.testing.assert_allclose(affine, classic_affine, atol=1e-5)
+
+
+def test_an_enhanced_file_of_two_time_points_is_refused(tmp_path):
+    """Two time points interleaved at distinct positions in one file looked like one volume."""
+    path = _enhanced(_volume() * 1000, _affine(), tmp_path / "dynamic.dcm", temporal=[1 + f % 2 for f in range(SHAPE[2])])
+    _refusal(tmp_path, path, ShapeError, "2 time points or echoes")
+
+
 def test_a_multi_frame_file_is_refused_with_advice(tmp_path):
-    """SimpleITK reads a multi-frame file's first frame's scaling and geometry for all frames, silently: refused."""
+    """A legacy multi-frame file: its frames carry no position of their own, and SimpleITK stacked them at 1 mm
+    with the first frame's scaling, silently: refused."""
     import pydicom
 
     files = _series(tmp_path)
