@@ -277,10 +277,13 @@ def _series_slices(flat: str) -> list[_Slice]:
     """The series' images in order along the slice normal, checked to form one regular 3D volume."""
     import SimpleITK as sitk
 
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(flat)
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(flat)
+        files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in series]
+    except RuntimeError:  # GDCM gives up on some malformed sequences
+        raise mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.") from None
     if not series:
         raise mio.NotNiftiError(_nothing_found(flat))
-    files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in series]
     if len(files) > 1:
         raise mio.ShapeError(_several_series(files))
     _check_none_left_out(flat, series[0], files[0])
@@ -405,19 +408,25 @@ def _frames(path: str) -> list[_Slice]:
         size = (int(header.Columns), int(header.Rows))
         if int(header.get("SamplesPerPixel", 1)) != 1:
             raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
-        if per_frame is None or len(per_frame) != n:
+        if per_frame is None:
             raise mio.ShapeError("The input is a multi-frame DICOM file whose frames carry no position of their own "
                                  "(a legacy export): export the series as single-frame images, one file per slice, "
                                  "or convert it to NIfTI (e.g. with dcm2niix).")
-        return [_frame_info(path, f, per_frame[f], shared, size) for f in range(n)]
+        if len(per_frame) != n:
+            raise mio.CorruptFileError(f"The multi-frame DICOM file describes {len(per_frame)} frames but holds {n}: "
+                                       "it may be damaged.")
+        top_rescale = (header.get("RescaleSlope"), header.get("RescaleIntercept"))  # outside the standard's place
+        return [_frame_info(path, f, per_frame[f], shared, size, top_rescale) for f in range(n)]
     except mio.ScanError:
         raise
     except Exception:  # noqa: BLE001 - untrusted input: a header pydicom cannot follow is a damaged file
         raise mio.CorruptFileError("The multi-frame DICOM file's header could not be read: it may be damaged.") from None
 
 
-def _frame_info(path: str, f: int, own, shared, size: tuple[int, int]) -> _Slice:  # noqa: ANN001 - pydicom Datasets
-    """Frame ``f``'s geometry, rescale and stack keys from its functional groups (``own``, then ``shared``)."""
+def _frame_info(path: str, f: int, own, shared, size: tuple[int, int],  # noqa: ANN001 - pydicom Datasets
+                top_rescale: tuple = (None, None)) -> _Slice:
+    """Frame ``f``'s geometry, rescale and stack keys from its functional groups (``own``, then ``shared``; the
+    rescale last from the file's top level, as GDCM takes it), all finite or a ScanError."""
     def value(sequence: str, keyword: str):  # noqa: ANN202
         for group in (own, shared):
             if group is not None and sequence in group and len(group[sequence].value) and \
@@ -428,12 +437,18 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int]) -> _Slice
     position = value("PlanePositionSequence", "ImagePositionPatient")
     orientation = value("PlaneOrientationSequence", "ImageOrientationPatient")
     spacing = value("PixelMeasuresSequence", "PixelSpacing")
+    geometry = [float(v) for v in [*(position or []), *(orientation or []), *(spacing or [])]]
     if position is None or orientation is None or spacing is None or len(position) != 3 or len(orientation) != 6 \
-            or len(spacing) != 2 or min(float(v) for v in spacing) <= 0:
+            or len(spacing) != 2 or not np.isfinite(geometry).all() or min(float(v) for v in spacing) <= 0:
         raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
                                 "series as the scanner exports it is expected (not screenshots or secondary captures).")
     slope, intercept = value("PixelValueTransformationSequence", "RescaleSlope"), \
         value("PixelValueTransformationSequence", "RescaleIntercept")
+    if slope is None and intercept is None:
+        slope, intercept = top_rescale
+    slope, intercept = 1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)
+    if not (np.isfinite([slope, intercept]).all() and slope != 0):
+        raise mio.ValueRangeError("A frame's rescale slope or intercept is invalid (zero, or not a number).")
     keys = (value("FrameContentSequence", "TemporalPositionIndex"), value("MREchoSequence", "EffectiveEchoTime"),
             value("FrameContentSequence", "StackID"))
     return _Slice(
@@ -444,7 +459,7 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int]) -> _Slice
         direction=_direction([float(v) for v in orientation]),
         stack=tuple("" if k is None else str(k) for k in keys),
         frame=f,
-        rescale=(1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)),
+        rescale=(slope, intercept),
     )
 
 
@@ -487,8 +502,8 @@ def _check_alike(slices: Sequence[_Slice]) -> None:
         raise mio.GeometryError("The series' images differ in pixel spacing; one 3D volume is expected.")
     stacks = {s.stack for s in slices}
     if len(stacks) > 1:
-        raise mio.ShapeError(f"The series holds {len(stacks)} time points or echoes; one 3D volume is expected: "
-                             "export one of them as its own series.")
+        raise mio.ShapeError(f"The series holds {len(stacks)} time points, echoes or stacks; one 3D volume is "
+                             "expected: export one of them as its own series.")
 
 
 def _ordered(slices: list[_Slice]) -> list[_Slice]:
@@ -496,6 +511,9 @@ def _ordered(slices: list[_Slice]) -> list[_Slice]:
     normal = slices[0].direction[:, 2]
     slices = sorted(slices, key=lambda s: float(s.origin @ normal))
     gaps = np.diff([float(s.origin @ normal) for s in slices])
+    if not np.isfinite(gaps).all():
+        raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
+                                "series as the scanner exports it is expected (not screenshots or secondary captures).")
     step = float(np.median(gaps))
     if gaps.min() < _SPACING_ATOL_MM:
         raise mio.ShapeError(
@@ -569,34 +587,34 @@ def _voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray
 
 
 def _frame_voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray:
-    """A multi-frame file's voxels, frames in ``slices``' order, each with its own rescale. The stored values come
-    from pydicom (uncompressed data), else from GDCM, which applies the first frame's rescale to every frame and
-    is undone here."""
+    """A multi-frame file's voxels, frames in ``slices``' order, each with its own rescale, converted frame by frame
+    (no float64 copy of the whole file). The stored values come from pydicom, else from GDCM, which applies the
+    first frame's rescale to every frame: undone here."""
     import SimpleITK as sitk
 
     path = slices[0].path
-    by_frame = sorted(slices, key=lambda s: s.frame)
+    n = len(slices)
+    undo = (1.0, 0.0)
     try:
         import pydicom
 
-        stored = np.asarray(pydicom.dcmread(path).pixel_array, dtype=np.float64)
+        stored = pydicom.dcmread(path).pixel_array
     except Exception:  # noqa: BLE001 - compressed without a pydicom decoder, or unreadable: GDCM decodes
         try:
-            stored = sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float64)
+            image = sitk.ReadImage(path)
         except RuntimeError:
             raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
-        slope, intercept = by_frame[0].rescale
-        if slope == 0:
-            raise mio.ValueRangeError("The multi-frame file's first frame has a rescale slope of 0.")
-        stored = (stored - intercept) / slope
-    if stored.size != len(by_frame) * shape[0] * shape[1]:
+        stored = sitk.GetArrayViewFromImage(image)
+        undo = min(slices, key=lambda s: s.frame).rescale
+    if stored.size != n * shape[0] * shape[1]:
         raise mio.CorruptFileError("The multi-frame DICOM file holds fewer pixels than its frames need: it may be "
                                    "damaged.")
-    stored = stored.reshape(len(by_frame), shape[1], shape[0])  # (frames, rows, columns)
+    stored = stored.reshape(n, shape[1], shape[0])  # (frames, rows, columns)
     out = np.empty(shape, dtype=np.float32)
     for k, s in enumerate(slices):
+        frame = (stored[s.frame].astype(np.float64) - undo[1]) / undo[0]
         with np.errstate(all="ignore"):
-            out[:, :, k] = (stored[s.frame] * s.rescale[0] + s.rescale[1]).T
+            out[:, :, k] = (frame * s.rescale[0] + s.rescale[1]).T
     return out
 
 

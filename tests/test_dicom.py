@@ -222,7 +222,7 @@ def test_time_points_under_one_series_are_refused(tmp_path):
     """Two time points interleaved at distinct positions looked like one volume of twice the slices."""
     files = _series(tmp_path)
     _edit(files, lambda d, k: setattr(d, "TemporalPositionIdentifier", 1 + k % 2))
-    _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points or echoes")
+    _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points, echoes or stacks")
 
 
 def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slopes=None, intercepts=None,
@@ -307,7 +307,67 @@ def test_an_enhanced_multi_frame_file_reads_as_its_classic_series(tmp_path, monk
 def test_an_enhanced_file_of_two_time_points_is_refused(tmp_path):
     """Two time points interleaved at distinct positions in one file looked like one volume."""
     path = _enhanced(_volume() * 1000, _affine(), tmp_path / "dynamic.dcm", temporal=[1 + f % 2 for f in range(SHAPE[2])])
-    _refusal(tmp_path, path, ShapeError, "2 time points or echoes")
+    _refusal(tmp_path, path, ShapeError, "2 time points, echoes or stacks")
+
+
+def _edit_frames(path: Path, change) -> Path:
+    """Rewrite an enhanced file after ``change(dataset)`` (pydicom)."""
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    change(dataset)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_an_enhanced_file_s_damaged_values_are_refused(tmp_path):
+    """A NaN position sorted unordered and passed every spacing check: slices misplaced and the affine 1.5 mm off,
+    silently. A zero slope made a frame constant; an empty sequence made GDCM raise a RuntimeError past the
+    handlers; a frame count that disagrees with the frames described is damage, not a legacy export."""
+    from pydicom.sequence import Sequence
+
+    order = list(np.random.default_rng(1).permutation(SHAPE[2]))
+
+    def fresh(name: str) -> Path:
+        return _enhanced(_volume() * 1000, _affine(), tmp_path / name, order=order)
+
+    def nan_position(ds):
+        ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient[2] = "NaN"
+
+    def zero_slope(ds):
+        ds.PerFrameFunctionalGroupsSequence[3].PixelValueTransformationSequence[0].RescaleSlope = "0"
+
+    def empty_position(ds):
+        ds.PerFrameFunctionalGroupsSequence[5].PlanePositionSequence = Sequence([])
+
+    def fewer_frames(ds):
+        ds.NumberOfFrames = SHAPE[2] - 1
+
+    _refusal(tmp_path, _edit_frames(fresh("nan.dcm"), nan_position), GeometryError, "no valid slice position")
+    _refusal(tmp_path, _edit_frames(fresh("slope.dcm"), zero_slope), mio.ValueRangeError, "rescale slope")
+    _refusal(tmp_path, _edit_frames(fresh("empty.dcm"), empty_position), CorruptFileError, "could not be read")
+    _refusal(tmp_path, _edit_frames(fresh("count.dcm"), fewer_frames), CorruptFileError, "describes 14 frames but holds 13")
+
+
+def test_a_top_level_rescale_is_used_by_either_decoder(tmp_path, monkeypatch):
+    """Outside the functional groups (not the standard's place) a rescale was applied by GDCM and ignored by the
+    pydicom path: the same file read differently by decoder."""
+    import pydicom
+
+    vol = _volume() * 1000
+
+    def top_level(ds):
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            del frame.PixelValueTransformationSequence
+        ds.RescaleSlope, ds.RescaleIntercept = "2", "5"
+
+    path = _edit_frames(_enhanced(vol, _affine(), tmp_path / "top.dcm"), top_level)
+    by_pydicom = dicom.read_series(path)[0]
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array",
+                        property(lambda self: (_ for _ in ()).throw(RuntimeError("no decoder"))))
+    by_gdcm = dicom.read_series(path)[0]
+    np.testing.assert_allclose(by_pydicom, np.rint(vol) * 2 + 5, atol=1e-3)
+    np.testing.assert_allclose(by_gdcm, by_pydicom, atol=1e-3)
 
 
 def test_a_multi_frame_file_is_refused_with_advice(tmp_path):
