@@ -59,6 +59,8 @@ _TEMP_PREFIX = "mixdemo-dicom-"
 _STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _FRAMES, _TEMPORAL_POSITION, _ECHO = "0028|0008", "0020|0100", "0018|0086"
+_NO_GEOMETRY = ("The images carry no valid slice position, orientation or pixel spacing; an MR series as the scanner "
+                "exports it is expected (not screenshots or secondary captures).")
 
 
 class _Slice(NamedTuple):
@@ -354,23 +356,14 @@ def _view(normal: np.ndarray) -> str:
 
 def _slice_info(path: str) -> _Slice:
     """One image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
+    reader = _image_information(path)
     if reader.GetNumberOfComponents() != 1:
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
-    frames = _numbers(reader, _FRAMES)
-    if (frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1):
+    if _holds_frames(reader):
         raise mio.ShapeError("The series mixes multi-frame and single-frame files; one 3D volume is expected.")
     position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
     if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
-        raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
-                                "series as the scanner exports it is expected (not screenshots or secondary captures).")
+        raise mio.GeometryError(_NO_GEOMETRY)
     return _Slice(
         path=path,
         size=(int(reader.GetSize()[0]), int(reader.GetSize()[1])),
@@ -381,7 +374,8 @@ def _slice_info(path: str) -> _Slice:
     )
 
 
-def _is_multi_frame(path: str) -> bool:
+def _image_information(path: str):  # noqa: ANN202 - a SimpleITK ImageFileReader
+    """A reader holding ``path``'s header (no pixels read); a CorruptFileError if GDCM cannot parse it."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -390,8 +384,16 @@ def _is_multi_frame(path: str) -> bool:
         reader.ReadImageInformation()
     except RuntimeError:
         raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
+    return reader
+
+
+def _holds_frames(reader) -> bool:  # noqa: ANN001 - a SimpleITK ImageFileReader
     frames = _numbers(reader, _FRAMES)
     return bool(frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1)
+
+
+def _is_multi_frame(path: str) -> bool:
+    return _holds_frames(_image_information(path))
 
 
 def _frames(path: str) -> list[_Slice]:
@@ -440,8 +442,7 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int],  # noqa: 
     geometry = [float(v) for v in [*(position or []), *(orientation or []), *(spacing or [])]]
     if position is None or orientation is None or spacing is None or len(position) != 3 or len(orientation) != 6 \
             or len(spacing) != 2 or not np.isfinite(geometry).all() or min(float(v) for v in spacing) <= 0:
-        raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
-                                "series as the scanner exports it is expected (not screenshots or secondary captures).")
+        raise mio.GeometryError(_NO_GEOMETRY)
     slope, intercept = value("PixelValueTransformationSequence", "RescaleSlope"), \
         value("PixelValueTransformationSequence", "RescaleIntercept")
     if slope is None and intercept is None:
@@ -512,8 +513,7 @@ def _ordered(slices: list[_Slice]) -> list[_Slice]:
     slices = sorted(slices, key=lambda s: float(s.origin @ normal))
     gaps = np.diff([float(s.origin @ normal) for s in slices])
     if not np.isfinite(gaps).all():
-        raise mio.GeometryError("The images carry no valid slice position, orientation or pixel spacing; an MR "
-                                "series as the scanner exports it is expected (not screenshots or secondary captures).")
+        raise mio.GeometryError(_NO_GEOMETRY)
     step = float(np.median(gaps))
     if gaps.min() < _SPACING_ATOL_MM:
         raise mio.ShapeError(
