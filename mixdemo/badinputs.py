@@ -23,7 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["BadInput", "nifti_corpus", "dicom_corpus", "proxy_corpus", "valid_nifti_bytes", "gzip_bomb", "PATIENT_LIKE_NAME"]
+__all__ = ["BadInput", "nifti_corpus", "dicom_corpus", "proxy_corpus", "valid_nifti_bytes", "gzip_bomb", "mark_encrypted",
+           "damage_member", "PATIENT_LIKE_NAME"]
 
 PATIENT_LIKE_NAME = "Doe_Jane_1970-01-01_MRN424242"
 """A distinctive, identifying-looking file stem: must never appear in messages or logs."""
@@ -148,13 +149,18 @@ def _zip(members: list[tuple[str, bytes]], encrypted_flag: bool = False) -> byte
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, data in members:
             z.writestr(name, data)
-    out = bytearray(buf.getvalue())
-    if encrypted_flag:
-        for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-            start = 0
-            while (start := out.find(signature, start)) >= 0:
-                out[start + flag_at] |= 0x1
-                start += 4
+    return mark_encrypted(buf.getvalue()) if encrypted_flag else buf.getvalue()
+
+
+def mark_encrypted(archive: bytes) -> bytes:
+    """``archive`` with every member flagged password-protected (zipfile cannot write encryption; the flag bit, in
+    each local header and central directory entry, is what an encrypted archive's readers see)."""
+    out = bytearray(archive)
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (start := out.find(signature, start)) >= 0:
+            out[start + flag_at] |= 0x1
+            start += 4
     return bytes(out)
 
 
@@ -171,7 +177,7 @@ def _multi_frame(slices: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def _damage_member(archive: bytes, index: int) -> bytes:
+def damage_member(archive: bytes, index: int) -> bytes:
     """``archive`` with 50 bytes of one member's compressed data zeroed (its deflate stream then fails)."""
     import zipfile
 
@@ -188,7 +194,7 @@ def dicom_corpus() -> list[BadInput]:
     items = [
         ("zip_not_dicom", _zip([("notes.txt", b"not an image")]), "scan.zip", "a zip without DICOM"),
         ("zip_truncated", series[: len(series) // 2], "scan.zip", "a zip cut in half"),
-        ("zip_damaged_member", _damage_member(series, 4), "scan.zip", "a zip whose 5th member's deflate data are zeroed"),
+        ("zip_damaged_member", damage_member(series, 4), "scan.zip", "a zip whose 5th member's deflate data are zeroed"),
         ("zip_empty", _zip([]), "scan.zip", "an empty zip"),
         ("zip_text", b"this is not an archive", "scan.zip", "text named .zip"),
         ("zip_encrypted", _zip(slices, encrypted_flag=True), "scan.zip", "a password-protected zip"),

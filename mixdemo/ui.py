@@ -165,7 +165,9 @@ def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
 def what_was_read(target) -> str:  # noqa: ANN001 - a mixdemo.client.Target
     """The grid a scan was read on and what became of it, so a user can check the file (or the DICOM series)
     was the one meant: e.g. "a 176×256×256 grid of 1.2×1×1 mm voxels, registered to the models' grid"."""
-    zooms = np.linalg.norm(np.asarray(target.scan.source_affine)[:3, :3], axis=0)
+    from nibabel.affines import voxel_sizes
+
+    zooms = voxel_sizes(np.asarray(target.scan.source_affine))
     grid = "×".join(str(int(n)) for n in target.scan.source_shape)
     size = "×".join(f"{z:.3g}" for z in zooms)
     fate = "registered to the models' MNI grid" if target.prepared is not None else "already on the models' grid"

@@ -424,10 +424,10 @@ def test_concurrent_reads_give_itk_its_warnings_back(tmp_path):
 
 def test_a_damaged_member_of_the_archive_is_refused(tmp_path):
     """A corrupt deflate stream raised zlib.error past every handler (the client stopped with a traceback)."""
-    from mixdemo.badinputs import _damage_member
+    from mixdemo.badinputs import damage_member
 
     archive = dicom.zip_series(_series(tmp_path), tmp_path / "s.zip")
-    (tmp_path / "bad.zip").write_bytes(_damage_member(archive.read_bytes(), 4))
+    (tmp_path / "bad.zip").write_bytes(damage_member(archive.read_bytes(), 4))
     _refusal(tmp_path, tmp_path / "bad.zip", CorruptFileError, "A file in the .zip archive is damaged")
 
 
@@ -571,14 +571,10 @@ def test_a_damaged_archive_is_refused(tmp_path):
 
 def test_a_password_protected_archive_is_refused(tmp_path):
     """zipfile cannot write encryption; setting the flag bit is what an encrypted archive's readers see."""
+    from mixdemo.badinputs import mark_encrypted
+
     archive = dicom.zip_series(_series(tmp_path)[:2], tmp_path / "s.zip")
-    data = bytearray(archive.read_bytes())
-    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
-        start = 0
-        while (start := data.find(signature, start)) >= 0:
-            data[start + flag_at] |= 0x1
-            start += 4
-    (tmp_path / "locked.zip").write_bytes(bytes(data))
+    (tmp_path / "locked.zip").write_bytes(mark_encrypted(archive.read_bytes()))
     _refusal(tmp_path, tmp_path / "locked.zip", UnreadableFileError, "password-protected")
 
 
