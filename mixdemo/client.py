@@ -105,16 +105,22 @@ class Target:
     prepared: object | None = None  # mixdemo.preprocess.Prepared (registered scans)
     warning: str | None = None
 
+    def labels_on_input(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid labels carried onto the input file's own grid (nearest neighbour): uint8 labels and their RAS+
+        affine."""
+        if self.prepared is not None:
+            from mixdemo.preprocess import labels_to_source_grid
+
+            return labels_to_source_grid(labels, self.prepared, self.scan), self.prepared.source_affine
+        from mixdemo.io import labels_on_source_grid
+
+        return labels_on_source_grid(self.fit.restore(labels), self.scan), self.scan.source_affine  # type: ignore
+
     def save_labels(self, labels: np.ndarray, path: str | os.PathLike) -> None:
         """Write grid labels as NIfTI on the input file's own grid (atomic)."""
-        from mixdemo.io import save_labels
+        from mixdemo.io import save_volume
 
-        if self.prepared is not None:
-            from mixdemo.preprocess import save_segmentation
-
-            save_segmentation(labels, self.prepared, self.scan, path)
-        else:
-            save_labels(self.fit.restore(labels), self.scan, path)  # type: ignore[union-attr]
+        save_volume(*self.labels_on_input(labels), path, dtype=np.uint8)
 
     def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
         """Ground-truth labels of this target on the grid, from a label file on the input scan's grid: cropped
@@ -431,6 +437,13 @@ class RemoteServer:
             return None
         return sides if len(sides) == 3 and min(sides) > 0 else None
 
+    def classes(self) -> list[str] | None:
+        """The class names the server says its model gives, background first (None if it does not say)."""
+        names = self._reported.get("classes")
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            return None
+        return names
+
     def model_sha256(self) -> str | None:
         """The checksum of the S the server says it serves (None if it does not say)."""
         return self._reported.get("model_sha256")
@@ -573,10 +586,16 @@ def segment_file(
     unmix_model: torch.nn.Module | None = None,
     progress: ProgressFn | None = None,
     grid_confirmed: bool = False,
+    class_names: Sequence[str] | None = None,
+    software_version: str = "",
 ) -> MixKey:
-    """Segment a NIfTI privately with ``server`` and write the labels in the input's space; returns the key used.
+    """Segment a scan privately with ``server`` and write the labels in the input's space; returns the key used.
     The client keeps only what one request needs at a time (:func:`run_private_labels`). ``grid_confirmed``: the
-    server said its model works on the references' grid."""
+    server said its model works on the references' grid. An ``out_path`` ending in ``.dcm`` gets a DICOM SEG of
+    the input series (:mod:`mixdemo.dicomseg`; its headers are read before any request, so a series that cannot
+    carry one costs no server time), its segments named by ``class_names`` (the server's; default the
+    phantoms'), ``software_version`` recorded in it."""
+    seg_source = _seg_source(scan_path) if is_dicom_seg(out_path) else None
     target = load_target(scan_path, progress=progress, grid=references[0].image.shape, grid_confirmed=grid_confirmed)
     if target.warning and progress:
         progress(0.0, f"warning: {target.warning}")
@@ -588,8 +607,37 @@ def segment_file(
     key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed, mirror=mirror)
     labels = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
                                 progress=progress)
-    target.save_labels(labels, out_path)
+    if seg_source is None:
+        target.save_labels(labels, out_path)
+        return key
+    from mixdemo.dicomseg import SegmentationError, write_segmentation
+    from mixdemo.phantoms import CLASS_NAMES
+
+    try:
+        write_segmentation(*target.labels_on_input(labels), seg_source, out_path, class_names or CLASS_NAMES,
+                           software_version=software_version)
+    except SegmentationError as exc:  # the server's work is kept: NIfTI beside it
+        target.save_labels(labels, nifti_beside(out_path))
+        raise ClientError(f"{exc} The segmentation was written as NIfTI instead, under the same name ending in "
+                          ".nii.gz.") from None
     return key
+
+
+def nifti_beside(path: str | os.PathLike) -> Path:
+    """``path`` with its ``.dcm`` suffix replaced by ``.nii.gz``."""
+    return Path(re.sub(r"\.dcm$", ".nii.gz", os.fspath(path), flags=re.IGNORECASE))
+
+
+def is_dicom_seg(path: str | os.PathLike) -> bool:
+    """Whether an output path asks for a DICOM SEG (a ``.dcm`` name) rather than NIfTI."""
+    return os.fspath(path).lower().endswith(".dcm")
+
+
+def _seg_source(scan_path: str | os.PathLike):  # noqa: ANN202 - a mixdemo.dicomseg.SeriesReference
+    from mixdemo.dicomseg import series_reference
+
+    _check_dicom_inputs([scan_path])
+    return series_reference(scan_path)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -616,8 +664,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="input T1 scan, or several: a NIfTI (.nii/.nii.gz) or a DICOM series (a .zip of its files, or "
                         "their folder); registered to MNI locally unless already on the grid")
     p.add_argument("-o", "--output", required=True,
-                   help="output label NIfTI, written in the input's space; with several scans a folder, which gets "
-                        "<scan name>_seg.nii.gz for each")
+                   help="output label NIfTI, written in the input's space (a name ending in .dcm: a DICOM SEG of the "
+                        "input series); with several scans a folder, which gets <scan name>_seg.nii.gz for each "
+                        "(<scan name>_seg.dcm with --dicom-seg)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="write DICOM SEG objects (.dcm) that refer to the input DICOM series, for a PACS or a DICOM "
+                        "viewer, instead of NIfTI (DICOM inputs only; implied by -o NAME.dcm). A SEG carries the "
+                        "series' patient and study fields, as the standard requires; it is written here, never sent")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
     p.add_argument("--tta", type=int, default=1, metavar="K",
@@ -682,7 +735,9 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], tor
     """What main() checks and loads before it connects, cheapest first, so that a mistake in the command line is
     one message before the reference bank's load: the outputs, the references and the client's D."""
     check_server_address(args.server)
-    outputs = output_paths(args.scan, args.output)
+    outputs = output_paths(args.scan, args.output, dicom_seg=args.dicom_seg)
+    if any(is_dicom_seg(o) for o in outputs):
+        _check_dicom_inputs(args.scan)
     if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
         raise ClientError("--alpha must lie between 0.05 and 0.95.")
     if args.centre is not None and args.mode != "patch":
@@ -738,7 +793,7 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
                 scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
                 centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
                 mirror=args.mirror, unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
-                grid_confirmed=grid_confirmed,
+                grid_confirmed=grid_confirmed, **(_seg_naming(remote, args) if is_dicom_seg(out) else {}),
             )
         except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
             print(f"error: {tag}{exc}", file=sys.stderr)
@@ -753,25 +808,51 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
     return failed
 
 
-def output_paths(scans: Sequence[str], output: str) -> list[Path]:
-    """Where each scan's segmentation goes: ``output`` itself for one scan (a .nii/.nii.gz name), else
-    ``<output>/<scan name>_seg.nii.gz`` (two scans may not share a name). The folder that receives them is
-    made and checked for writing here, before any scan is segmented, so a bad ``-o`` loses no work."""
+def _seg_naming(remote: ServerFn, args: argparse.Namespace) -> dict:
+    """What a DICOM SEG records of the models: the server's class names and a version naming S (its checksum)
+    and the client's D."""
+    if not isinstance(remote, RemoteServer):
+        return {}
+    sha = remote.model_sha256()
+    version = f"S {sha[:12] if isinstance(sha, str) else 'unknown'}; D {args.unmixing or unmixing_name()}"
+    return {"class_names": remote.classes(), "software_version": version[:64]}
+
+
+def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) -> list[Path]:
+    """Where each scan's segmentation goes: ``output`` itself for one scan (a .nii/.nii.gz name, or .dcm for a
+    DICOM SEG), else ``<output>/<scan name>_seg.nii.gz`` (``_seg.dcm`` with ``dicom_seg``; two scans may not share
+    a name). The folder that receives them is made and checked for writing here, before any scan is segmented, so
+    a bad ``-o`` loses no work."""
+    file_suffixes = (".nii", ".nii.gz", ".dcm")
     if len(scans) == 1:
-        if not str(output).lower().endswith((".nii", ".nii.gz")):
-            raise ClientError("The output file name must end in .nii or .nii.gz.")
+        if not str(output).lower().endswith(file_suffixes):
+            raise ClientError("The output file name must end in .nii or .nii.gz (or .dcm for a DICOM SEG).")
+        if dicom_seg and not is_dicom_seg(output):
+            raise ClientError("--dicom-seg writes a DICOM SEG: give an output name ending in .dcm.")
         if Path(output).is_dir():
             raise ClientError("The output names a folder; give a .nii or .nii.gz file name.")
         writable_folder(Path(output).parent)
         return [Path(output)]
-    if str(output).lower().endswith((".nii", ".nii.gz")):
-        raise ClientError("With several scans the output is a folder, not a .nii/.nii.gz file.")
+    if str(output).lower().endswith(file_suffixes):
+        raise ClientError("With several scans the output is a folder, not a file.")
     names = [scan_stem(s) for s in scans]
     if len(set(names)) < len(names):
         raise ClientError("Two input scans share a file name; their segmentations would overwrite each other.")
     folder = Path(output)
     writable_folder(folder)
-    return [folder / f"{n}_seg.nii.gz" for n in names]
+    return [folder / f"{n}_seg.{'dcm' if dicom_seg else 'nii.gz'}" for n in names]
+
+
+def _check_dicom_inputs(scans: Sequence[str | os.PathLike]) -> None:
+    """A ClientError, before any request, if a DICOM SEG is asked for a scan that is not a DICOM series (named by
+    its position, never its file name)."""
+    from mixdemo.dicom import is_series_input
+
+    nifti = [i + 1 for i, s in enumerate(scans) if not is_series_input(s)]
+    if nifti:
+        which = "the input is" if len(scans) == 1 else f"scan {', '.join(map(str, nifti))} of {len(scans)} is"
+        raise ClientError(f"A DICOM SEG refers to the DICOM series it segments, and {which} a NIfTI file: write NIfTI "
+                          "(.nii.gz) instead.")
 
 
 def scan_stem(scan: str | os.PathLike) -> str:

@@ -24,6 +24,8 @@ says what was found and what is expected, without any path or header value beyon
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import lzma
 import os
 import shutil
@@ -31,6 +33,7 @@ import struct
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -42,7 +45,8 @@ import numpy as np
 
 from mixdemo import io as mio  # io imports this module only inside its functions
 
-__all__ = ["MAX_FILES", "is_series_input", "read_series", "write_series", "zip_series"]
+__all__ = ["MAX_FILES", "diagnostics_off", "is_series_input", "read_series", "series_images", "write_series",
+           "zip_series"]
 
 MAX_FILES = 4096
 """Most files in one archive or folder (a 1 mm whole-head series has a few hundred)."""
@@ -106,23 +110,36 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         mixdemo.io.ScanError: A subclass saying why the input is not one readable 3D series.
     """
+    with series_images(path) as slices:
+        shape = (slices[0].size[0], slices[0].size[1], len(slices))
+        mio._check_dims(shape)
+        affine = _affine(slices)
+        mio._check_geometry(shape, affine)
+        return _untilted(_voxels(slices, shape), affine)
+
+
+@contextmanager
+def series_images(path: str | os.PathLike) -> Iterator[list[_Slice]]:
+    """The series' images (or an enhanced file's frames) in order along the slice normal, checked to form one
+    regular 3D volume, while their files exist: unpacked from a ``.zip`` (or linked from a folder) into a temporary
+    folder deleted on leaving. :func:`read_series` reads its voxels from them; :mod:`mixdemo.dicomseg` reads the
+    headers a DICOM SEG refers to.
+
+    Raises:
+        mixdemo.io.ScanError: As :func:`read_series` does.
+    """
     if not (os.path.isdir(path) or os.path.isfile(path)):  # a FIFO or a device is neither: never opened
         raise mio.MissingFileError("The file could not be found: it may have been moved or deleted.")
     _remove_stale_folders()
     try:
-        with _itk_warnings.off(), tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX) as flat:
+        with diagnostics_off(), tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX) as flat:
             if os.path.isdir(path):
                 _link_folder(Path(path), Path(flat))
             elif _is_zip(path):
                 _unpack_zip(path, Path(flat))
             else:
                 _place(Path(path).resolve(), Path(flat) / "00000")
-            slices = _series_slices(flat)
-            shape = (slices[0].size[0], slices[0].size[1], len(slices))
-            mio._check_dims(shape)
-            affine = _affine(slices)
-            mio._check_geometry(shape, affine)
-            return _untilted(_voxels(slices, shape), affine)
+            yield _series_slices(flat)
     except OSError:
         raise mio.UnreadableFileError("The DICOM input could not be read or unpacked: access or disk space may be "
                                       "lacking.") from None
@@ -153,36 +170,70 @@ def _remove_stale_folders() -> None:
             continue
 
 
-class _WarningSwitch:
-    """ITK's process-wide warning display, off while any read runs: its warnings would name the numbered temporary
-    files and say nothing a message here does not. Concurrent reads count themselves in and out, and the first
-    one in keeps the setting the last one out restores (meanwhile other threads' ITK warnings, a registration's
-    say, are off too)."""
+class _Diagnostics:
+    """The DICOM libraries' process-wide diagnostics, off while any read (or SEG write) runs: ITK's warning display,
+    whose warnings name the numbered temporary files, and pydicom's and highdicom's Python warnings and log
+    records, which quote header values (a patient's name that is "unlikely to represent a person name", a date
+    that is not one). Concurrent users count themselves in and out; the first one in keeps the settings the last
+    one out restores (meanwhile other threads' diagnostics from these libraries are off too).
+    ``warnings.catch_warnings`` would not do: two threads leaving it out of order restore each other's filters."""
+
+    _LOGGERS = ("pydicom", "highdicom")
+    _MODULES = r"(pydicom|highdicom|mixdemo\.dicom|mixdemo\.dicomseg)(\.|$)"  # also what they attribute to their caller
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._reads = 0
-        self._was_on = True
+        self._users = 0
+        self._itk_was_on = True
+        self._propagated: dict[str, bool] = {}
+        self._filter: tuple | None = None
 
     @contextmanager
     def off(self) -> Iterator[None]:
-        import SimpleITK as sitk
-
         with self._lock:
-            if self._reads == 0:
-                self._was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
-                sitk.ProcessObject.SetGlobalWarningDisplay(False)
-            self._reads += 1
+            if self._users == 0:
+                self._switch_off()
+            self._users += 1
         try:
             yield
         finally:
             with self._lock:
-                self._reads -= 1
-                if self._reads == 0:
-                    sitk.ProcessObject.SetGlobalWarningDisplay(self._was_on)
+                self._users -= 1
+                if self._users == 0:
+                    self._switch_back()
+
+    def _switch_off(self) -> None:
+        import SimpleITK as sitk
+
+        self._itk_was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        warnings.filterwarnings("ignore", module=self._MODULES)
+        self._filter = warnings.filters[0]  # the entry just made, taken out again by _switch_back
+        for name in self._LOGGERS:
+            logger = logging.getLogger(name)
+            self._propagated[name] = logger.propagate
+            logger.propagate = False  # and a NullHandler, so that logging's last resort prints nothing either
+            logger.addHandler(_NULL_HANDLER)
+
+    def _switch_back(self) -> None:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(self._itk_was_on)
+        if self._filter in warnings.filters:
+            warnings.filters.remove(self._filter)
+        for name in self._LOGGERS:
+            logger = logging.getLogger(name)
+            logger.propagate = self._propagated.get(name, True)
+            logger.removeHandler(_NULL_HANDLER)
 
 
-_itk_warnings = _WarningSwitch()
+_NULL_HANDLER = logging.NullHandler()
+_diagnostics = _Diagnostics()
+
+
+def diagnostics_off() -> contextlib.AbstractContextManager[None]:
+    """A context in which the DICOM libraries print and log nothing (:class:`_Diagnostics`); safe across threads."""
+    return _diagnostics.off()
 
 
 # ----------------------------------------------------------------------------------------- gathering the files
@@ -641,13 +692,15 @@ def write_series(volume: np.ndarray, affine: np.ndarray, folder: str | os.PathLi
     lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(lps[:3, :2], axis=0)
     orientation = [*(lps[:3, 0] / spacing[0]), *(lps[:3, 1] / spacing[1])]
-    uids = {"study": generate_uid(), "series": generate_uid()}
+    uids = {"study": generate_uid(), "series": generate_uid(), "frame_of_reference": generate_uid()}
+    thickness = float(np.linalg.norm(lps[:3, 2]))
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for k in range(stored.shape[2]):
         position = (lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
         dataset = _mr_image(stored[:, :, k], position, orientation, spacing, k, uids, patient_name)
+        dataset.SliceThickness = f"{thickness:.6f}"[:16]
         path = out / f"slice{k:04d}.dcm"
         dataset.save_as(path, enforce_file_format=True)
         written.append(path)
@@ -670,8 +723,11 @@ def _mr_image(plane: np.ndarray, position: np.ndarray, orientation: Sequence[flo
     image = Dataset()
     image.file_meta = meta
     image.SOPClassUID, image.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    image.Modality, image.PatientName = "MR", patient_name
+    image.Modality, image.PatientName, image.PatientID = "MR", patient_name, "PHANTOM"
+    image.PatientBirthDate = image.PatientSex = image.ReferringPhysicianName = image.AccessionNumber = ""
+    image.StudyDate, image.StudyTime, image.StudyID = "20260101", "120000", "1"
     image.StudyInstanceUID, image.SeriesInstanceUID = uids["study"], uids["series"]
+    image.FrameOfReferenceUID, image.SeriesNumber = uids["frame_of_reference"], 1
     image.InstanceNumber = k + 1
     image.ImagePositionPatient = ds_values(position)
     image.ImageOrientationPatient = ds_values(orientation)

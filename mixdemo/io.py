@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -217,9 +218,19 @@ def normalize_intensity(data: np.ndarray) -> np.ndarray:
 
 def load_labels_with_affine(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """:func:`load_labels` without ``like``, with the affine of the 1 mm RAS+ grid it returns the labels on."""
+    return conform_labels(*load_labels_on_file_grid(path))
+
+
+def load_labels_on_file_grid(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A label file's labels (uint8) on its own grid, and that grid's affine: checked as :func:`load_labels` checks
+    them, not yet reoriented or resampled (:func:`conform_labels` does that)."""
     array, affine = _load_checked(path, series_too=False)
-    labels = _as_label_uint8(array)
-    del array
+    return _as_label_uint8(array), affine
+
+
+def conform_labels(labels: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels reoriented to RAS+ and, if needed, carried onto an axis-aligned 1 mm grid (nearest neighbour), as
+    :func:`load_labels` returns them, with that grid's affine."""
     return _to_ras_1mm(labels, affine, order=0)
 
 
@@ -250,7 +261,7 @@ def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
             f"The label map's dimensions ({_fmt_shape(labels.shape)}) do not match the scan "
             f"({_fmt_shape(like.source_shape)})."
         )
-    return _resample_nearest(labels, affine, like.data.shape, like.affine)
+    return resample_labels(labels, affine, like.data.shape, like.affine)
 
 
 def save_labels(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> None:
@@ -264,6 +275,13 @@ def save_labels(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> None
     Raises:
         ValueError: Wrong shape, non-integer type, or values outside 0-255.
     """
+    save_volume(labels_on_source_grid(labels, scan), scan.source_affine, path, dtype=np.uint8)
+
+
+def labels_on_source_grid(labels: np.ndarray, scan: Scan) -> np.ndarray:
+    """A label map on ``scan.data``'s grid carried onto the input file's own grid (``scan.source_shape`` and
+    ``scan.source_affine``), nearest neighbour, as uint8; a ValueError for a wrong shape, a non-integer type or
+    values outside 0-255."""
     labels = np.asarray(labels)
     if labels.shape != scan.data.shape:
         raise ValueError(
@@ -273,10 +291,9 @@ def save_labels(labels: np.ndarray, scan: Scan, path: str | os.PathLike) -> None
         raise ValueError("Labels must be an integer array.")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 255):
         raise ValueError("Labels must lie between 0 and 255.")
-    out = _resample_nearest(
+    return resample_labels(
         labels.astype(np.uint8), scan.affine, tuple(scan.source_shape), scan.source_affine
     )
-    save_volume(out, scan.source_affine, path, dtype=np.uint8)
 
 
 def save_volume(
@@ -312,11 +329,17 @@ def save_volume(
     img.set_qform(affine, code="scanner")
     img.set_sform(affine, code="scanner")
     img.header.set_xyzt_units("mm", "sec")
+    write_atomically(path, suffix, img.to_filename)
+
+
+def write_atomically(path: str | os.PathLike, suffix: str, write: Callable[[str], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path`` (named with ``suffix``), flush it to disk, and only then
+    move it onto ``path``: nothing is left behind if writing fails, and an existing file is replaced only whole."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
         os.close(fd)
-        img.to_filename(tmp)
+        write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         _honour_umask(tmp)
@@ -641,16 +664,22 @@ def _to_ras_1mm(data: np.ndarray, affine: np.ndarray, order: int) -> tuple[np.nd
     return out, np.array(img.affine, dtype=np.float64)
 
 
-def _resample_nearest(
+def resample_labels(
     data: np.ndarray,
     affine: np.ndarray,
     to_shape: tuple[int, ...],
     to_affine: np.ndarray,
 ) -> np.ndarray:
-    """Nearest-neighbour resampling onto another grid (a copy if grids match)."""
+    """Nearest-neighbour resampling onto another grid (a copy if grids match).
+
+    The data are padded by one voxel of zeros first, so that a target voxel centre within half a voxel outside the
+    source (a rounding error away from its first or last plane, as on a grid in the other slice order) takes the
+    edge voxel's value: SciPy's constant mode gave it 0 and lost a whole edge plane of labels."""
     if data.shape == tuple(to_shape) and np.allclose(affine, to_affine, rtol=0, atol=1e-6):
         return data.copy()
-    img = nib.Nifti1Image(data, affine)
+    one_voxel_back = np.eye(4)
+    one_voxel_back[:3, 3] = -1.0
+    img = nib.Nifti1Image(np.pad(data, 1), np.asarray(affine, dtype=np.float64) @ one_voxel_back)
     out = resample_from_to(img, (tuple(to_shape), np.asarray(to_affine)), order=0)
     return np.asarray(out.dataobj, dtype=data.dtype)
 

@@ -6,7 +6,8 @@
     python -m mixdemo.score segs/ scans/labels/            # each segs/<name>_seg.nii.gz against labels/<name>_seg.nii.gz
 
 Both files must lie on the same grid (the client writes its segmentation on the input scan's own grid, and
-``python -m mixdemo.examples`` writes the labels of its scans on theirs). Prints one row per pair and, for
+``python -m mixdemo.examples`` writes the labels of its scans on theirs). A DICOM SEG (``.dcm``, the client's
+``--dicom-seg``) lies on its series' images and is carried onto the labels' grid (nearest neighbour). Prints one row per pair and, for
 several, their mean; ``--json`` prints the numbers as JSON instead. A patch-mode segmentation labels one block
 and leaves the rest 0: scored over the whole grid, the rest of the brain counts as missed, which a note says;
 ``--in-box`` scores inside the block the segmentation labels (its labelled voxels' bounding box; the app's Dice
@@ -27,6 +28,8 @@ from mixdemo.metrics import dice_per_class, mean_dice
 from mixdemo.phantoms import CLASS_NAMES
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SEGMENTATION_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")
+"""A segmentation is NIfTI, or a DICOM SEG the client wrote (``--dicom-seg``); labels are NIfTI."""
 
 
 class ScoreError(ValueError):
@@ -42,9 +45,14 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
     """Dice of each class of ``classes`` ({label value: name}) and their mean (``avg``); with ``in_box``, inside the
     bounding box of the segmentation's labelled voxels. ``note`` hears of a segmentation that labels only part of
     the labels' extent (a patch)."""
-    from mixdemo.io import load_labels_with_affine
+    from mixdemo.io import conform_labels, load_labels_on_file_grid, load_labels_with_affine
 
-    (pred, pred_affine), (truth, truth_affine) = load_labels_with_affine(segmentation), load_labels_with_affine(labels)
+    on_file_grid, file_affine = load_labels_on_file_grid(labels)
+    truth, truth_affine = conform_labels(on_file_grid, file_affine)
+    if segmentation.name.lower().endswith(".dcm"):  # onto the labels file's grid, then as the labels go
+        pred, pred_affine = conform_labels(_seg_on_grid(segmentation, on_file_grid.shape, file_affine), file_affine)
+    else:
+        pred, pred_affine = load_labels_with_affine(segmentation)
     if pred.shape != truth.shape:
         raise ScoreError(f"{segmentation.name} is on a {'×'.join(map(str, pred.shape))} grid and {labels.name} on "
                          f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
@@ -62,6 +70,16 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
 
 
+def _seg_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """A DICOM SEG carried onto a label file's grid (nearest neighbour): a SEG lies on its series' images, whose
+    grid is the labels' only up to the order of axes and slices."""
+    from mixdemo.dicomseg import read_segmentation
+    from mixdemo.io import resample_labels
+
+    seg, seg_affine = read_segmentation(path)
+    return resample_labels(seg, seg_affine, tuple(shape), affine)
+
+
 def labelled_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     """The bounding box of the non-zero voxels (None if there are none)."""
     nonzero = np.nonzero(labels)
@@ -75,14 +93,15 @@ def _volume(box: tuple[slice, ...]) -> int:
 
 
 def pairs_of(segmentations: Path, labels: Path) -> list[tuple[str, Path, Path]]:
-    """(name, segmentation, labels): two files, or each ``<name>_seg.nii.gz`` of a folder against the labels
-    folder's file of the same name (the client's and ``mixdemo.examples``' naming)."""
+    """(name, segmentation, labels): two files, or each ``<name>_seg.nii.gz`` (or the client's ``<name>_seg.dcm``,
+    a DICOM SEG) of a folder against the labels folder's NIfTI file of the same name (the client's and
+    ``mixdemo.examples``' naming)."""
     if segmentations.is_file() and labels.is_file():
         return [(_stem(segmentations), segmentations, labels)]
     if not (segmentations.is_dir() and labels.is_dir()):
         raise ScoreError("Give two files (a segmentation and its labels) or two folders.")
     pairs = []
-    for seg in sorted(p for p in segmentations.iterdir() if p.name.endswith(NIFTI_SUFFIXES)):
+    for seg in sorted(p for p in segmentations.iterdir() if p.name.lower().endswith(SEGMENTATION_SUFFIXES)):
         match = [labels / (_stem(seg) + suffix) for suffix in NIFTI_SUFFIXES if (labels / (_stem(seg) + suffix)).exists()]
         if match:
             pairs.append((_stem(seg).removesuffix("_seg"), seg, match[0]))
@@ -92,14 +111,16 @@ def pairs_of(segmentations: Path, labels: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _stem(path: Path) -> str:
-    """The file name without its NIfTI suffix."""
-    return next((path.name[: -len(s)] for s in NIFTI_SUFFIXES if path.name.endswith(s)), path.stem)
+    """The file name without its NIfTI (or DICOM SEG) suffix."""
+    return next((path.name[: -len(s)] for s in SEGMENTATION_SUFFIXES if path.name.lower().endswith(s)), path.stem)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mixdemo.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("segmentation", type=Path, help="a segmentation NIfTI, or a folder of <name>_seg.nii.gz")
+    p.add_argument("segmentation", type=Path,
+                   help="a segmentation NIfTI (or a DICOM SEG the client wrote, .dcm), or a folder of <name>_seg.nii.gz "
+                        "(or <name>_seg.dcm)")
     p.add_argument("labels", type=Path, help="its labels NIfTI, or a folder of labels of the same names")
     p.add_argument("--classes", default=",".join(CLASS_NAMES[1:]),
                    help="names of label values 1, 2, ... (default: the phantoms' GM,WM,CSF)")

@@ -330,6 +330,11 @@ def test_output_paths_one_file_or_a_folder_of_named_segmentations(tmp_path):
     assert output_paths(["a/scan.nii.gz"], "seg.nii.gz") == [Path("seg.nii.gz")]
     assert output_paths(["a/x.nii.gz", "b/Y.NII"], str(tmp_path / "out")) == [tmp_path / "out" / "x_seg.nii.gz",
                                                                            tmp_path / "out" / "Y_seg.nii.gz"]
+    assert output_paths(["a/scan.zip"], "seg.dcm") == [Path("seg.dcm")]
+    assert output_paths(["a/x.zip", "b/y"], str(tmp_path / "dcm"), dicom_seg=True) == [tmp_path / "dcm" / "x_seg.dcm",
+                                                                                        tmp_path / "dcm" / "y_seg.dcm"]
+    with pytest.raises(ClientError, match="ending in .dcm"):
+        output_paths(["a/scan.zip"], "seg.nii.gz", dicom_seg=True)
     with pytest.raises(ClientError, match="must end in .nii"):
         output_paths(["a/scan.nii.gz"], "seg.txt")
     with pytest.raises(ClientError, match="a folder"):
@@ -581,6 +586,9 @@ class FakeRemote:
     def model_sha256(self):
         return None
 
+    def classes(self):
+        return ["background", "GM", "WM", "CSF"]
+
     def per_request(self, shape):
         return 8
 
@@ -662,6 +670,79 @@ def test_a_zipped_dicom_series_is_segmented_like_a_nifti(fake_main, capsys, tmp_
     for seg in out.iterdir():
         written = nib.load(seg)
         assert written.shape == image.shape and np.allclose(written.affine, image.affine, atol=1e-4)
+
+
+def _dicom_scans(scans, tmp_path, *, drop_frame_of_reference=False, character_set=None):
+    """The fixture's first scan as a series: its files (a folder named like a patient) and their zip."""
+    import nibabel as nib
+    import pydicom
+
+    from mixdemo.dicom import write_series, zip_series
+
+    image = nib.load(scans[0])
+    files = write_series(np.asarray(image.dataobj), image.affine, tmp_path / "private_name_c", patient_name="private_name")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        if drop_frame_of_reference:
+            del ds.FrameOfReferenceUID
+        if character_set:
+            ds.SpecificCharacterSet = character_set
+        ds.save_as(f, enforce_file_format=True)
+    return files, zip_series(files, tmp_path / "private_name_d.zip")
+
+
+def test_a_dicom_series_gets_a_dicom_seg_when_asked(fake_main, capsys, tmp_path):
+    """``-o NAME.dcm`` for one series, ``--dicom-seg`` for several: DICOM SEGs that refer to their series' images,
+    their segments named by the server's classes; no file name or header field in the messages."""
+    import pydicom
+
+    scans, _, out = fake_main
+    files, archive = _dicom_scans(scans, tmp_path)
+    code, err = _run_main([str(archive), "-o", str(tmp_path / "one.dcm"), "--server", "http://127.0.0.1:7880"],
+                          capsys)
+    assert code == 0, err
+    code, err = _run_main([str(archive), str(tmp_path / "private_name_c"), "-o", str(out), "--dicom-seg",
+                           "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["private_name_c_seg.dcm", "private_name_d_seg.dcm"]
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    for seg_path in [tmp_path / "one.dcm", *out.iterdir()]:
+        seg = pydicom.dcmread(seg_path)
+        assert seg.Modality == "SEG" and [s.SegmentLabel for s in seg.SegmentSequence] == ["GM", "WM", "CSF"]
+        referred = {g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                    for g in seg.PerFrameFunctionalGroupsSequence}
+        assert referred <= sources and len(referred) > len(sources) // 2
+
+
+def test_a_dicom_seg_for_a_nifti_input_is_refused_before_any_request(fake_main, capsys, tmp_path):
+    scans, _, out = fake_main
+    _, archive = _dicom_scans(scans, tmp_path)
+    code, err = _run_main([str(archive), scans[1], "-o", str(out), "--dicom-seg", "--server",
+                           "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "scan 2 of 2 is a NIfTI file" in err
+    assert not FakeRemote.made and not FakeRemote.requests
+
+
+def test_a_series_that_cannot_carry_a_seg_costs_no_request(fake_main, capsys, tmp_path):
+    """No Frame of Reference: refused before the scan's requests, the message saying to write NIfTI."""
+    scans, _, out = fake_main
+    _, archive = _dicom_scans(scans, tmp_path, drop_frame_of_reference=True)
+    code, err = _run_main([str(archive), "-o", str(tmp_path / "seg.dcm"), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "Frame of Reference" in err and "NIfTI" in err
+    assert not FakeRemote.requests and not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_seg_refused_after_the_work_keeps_it_as_nifti(fake_main, capsys, tmp_path):
+    """Headers highdicom refuses only when it builds the SEG (an unknown character set): the segmentation the
+    server's work made is written as NIfTI under the same name, and the message says so."""
+    import nibabel as nib
+
+    scans, _, out = fake_main
+    _, archive = _dicom_scans(scans, tmp_path, character_set="ISO_IR 999")
+    code, err = _run_main([str(archive), "-o", str(tmp_path / "seg.dcm"), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "written as NIfTI instead" in err and FakeRemote.requests
+    assert not (tmp_path / "seg.dcm").exists()
+    assert nib.load(tmp_path / "seg.nii.gz").shape == nib.load(scans[0]).shape
 
 
 @pytest.mark.parametrize("k, refs, before_the_bank", [("0", None, True), ("4", None, True), ("0", "DIR", True),

@@ -246,7 +246,7 @@ def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slope
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.PatientName = "MR", PATIENT
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
     ds.NumberOfFrames, ds.Rows, ds.Columns = len(order), vol.shape[1], vol.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -407,19 +407,24 @@ def test_a_linked_subfolder_is_followed_once(tmp_path):
     assert load_scan(tmp_path / "export").source_shape == SHAPE
 
 
-def test_concurrent_reads_give_itk_its_warnings_back(tmp_path):
-    """ITK's warning switch is process-wide; reads in threads count themselves in and out (it stayed off)."""
+def test_concurrent_reads_give_the_libraries_their_diagnostics_back(tmp_path):
+    """ITK's warning switch, the warning filters and pydicom's logger are process-wide; reads in threads count
+    themselves in and out (ITK's stayed off)."""
+    import logging
+    import warnings
     from concurrent.futures import ThreadPoolExecutor
 
     import SimpleITK as sitk
 
     archive = dicom.zip_series(_series(tmp_path), tmp_path / "s.zip")
     expected = dicom.read_series(archive)[0]
-    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    before = (sitk.ProcessObject.GetGlobalWarningDisplay(), list(warnings.filters),
+              logging.getLogger("pydicom").propagate, list(logging.getLogger("pydicom").handlers))
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: dicom.read_series(archive)[0], range(18)))
     assert all(np.array_equal(r, expected) for r in results)
-    assert sitk.ProcessObject.GetGlobalWarningDisplay() == before
+    assert (sitk.ProcessObject.GetGlobalWarningDisplay(), list(warnings.filters),
+            logging.getLogger("pydicom").propagate, list(logging.getLogger("pydicom").handlers)) == before
 
 
 def test_a_damaged_member_of_the_archive_is_refused(tmp_path):

@@ -646,3 +646,17 @@ def test_fuzz_mutated_header(tmp_path, edits, compress):
     path = tmp_path / ("m.nii.gz" if compress else "m.nii")
     path.write_bytes(gzip.compress(bytes(raw)) if compress else bytes(raw))
     _load_or_scan_error(path)
+
+
+def test_labels_resampled_onto_the_same_grid_in_the_other_slice_order_keep_their_edge_planes():
+    """A grid in the other slice order (a left-handed DICOM series, a SEG read back) places the first plane a
+    rounding error outside the source: SciPy's constant mode gave it 0, and a whole plane of labels was lost."""
+    from mixdemo.io import resample_labels
+
+    affine = np.array([[0.9, 0.0, 0.0, -8.0], [0.0, 1.1, 0.0, 11.0], [0.0, 0.0, -1.5, 4.0], [0.0, 0.0, 0.0, 1.0]])
+    labels = np.random.default_rng(0).integers(1, 4, (6, 7, 14)).astype(np.uint8)
+    reversed_order = affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 13], [0, 0, 0, 1.0]])
+    np.testing.assert_array_equal(resample_labels(labels, affine, labels.shape, reversed_order), labels[:, :, ::-1])
+    shifted = affine.copy()
+    shifted[:3, 3] += [0.0, 0.0, -3.0]  # two planes beyond the source's end: nothing there, 0
+    assert not resample_labels(labels, affine, labels.shape, shifted)[:, :, -2:].any()

@@ -1,0 +1,216 @@
+"""A segmentation out as a DICOM Segmentation object (SEG) that refers to the series it segments.
+
+PACS and DICOM viewers (OHIF, 3D Slicer, a scanner's console) file a SEG beside its series and overlay it; a NIfTI
+label map they do not take. :func:`series_reference` reads, on the client, the headers of the series the scan came
+from (pixel data not read); :func:`write_segmentation` samples the label map at the centre of each of the series'
+pixels and writes a BINARY SEG (one bit-packed frame per segment and slice that holds it) with highdicom. The SEG
+carries the series' patient and study fields and its Frame of Reference, as the standard requires for it to be
+filed with the series: it is written on the machine that holds the series and is never sent anywhere.
+
+Frames are sampled at the series' own pixel positions, so a SEG refers to each image whatever grid the labels lie
+on (a tilted stack is read resampled onto slices along its normal; its SEG is back on the tilted images).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mixdemo import dicom
+from mixdemo import io as mio
+
+__all__ = ["SeriesReference", "read_segmentation", "series_reference", "segmentation_frames", "write_segmentation"]
+
+_TYPE_2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+           "StudyTime", "ReferringPhysicianName")
+"""Fields a SEG copies from its series and the standard lets be empty: filled with "" where an export omits them."""
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SERIES_NUMBER = 9901
+"""The SEG's series number (a viewer lists it beside the scan's series; any free number would do)."""
+
+
+class SegmentationError(mio.ScanError):
+    """The series cannot carry a DICOM SEG (the message says why and what to write instead)."""
+
+
+@dataclass(frozen=True)
+class SeriesReference:
+    """What a SEG needs of its series, read on the client: the headers (no pixel data) and each frame's geometry,
+    in the order of the source images (a multi-frame file: its frames' order)."""
+
+    headers: list  # pydicom Datasets: one per image, or the one enhanced file
+    planes: list  # mixdemo.dicom._Slice of each source frame, in that order
+
+
+def series_reference(path: str | os.PathLike) -> SeriesReference:
+    """The headers and frame geometry of the series at ``path`` (a ``.zip``, a folder or an enhanced file), as
+    :func:`mixdemo.dicom.read_series` reads and checks it.
+
+    Raises:
+        SegmentationError: The series has no Frame of Reference UID, which a SEG must share with it.
+        mixdemo.io.ScanError: As :func:`mixdemo.dicom.read_series`.
+    """
+    import pydicom
+
+    with dicom.series_images(path) as slices:
+        planes = sorted(slices, key=lambda s: s.frame) if slices[0].frame >= 0 else list(slices)
+        files = [planes[0].path] if planes[0].frame >= 0 else [s.path for s in planes]
+        try:
+            headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        except Exception:  # noqa: BLE001 - untrusted input: pydicom failing on a header GDCM read is damage
+            raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
+    if any(not h.get("FrameOfReferenceUID") for h in headers):
+        raise SegmentationError("The series carries no Frame of Reference UID, which a DICOM SEG must share with "
+                                "it: write the segmentation as NIfTI (.nii.gz) instead.")
+    return SeriesReference(headers=headers, planes=planes)
+
+
+def segmentation_frames(labels: np.ndarray, affine: np.ndarray, planes: Sequence) -> np.ndarray:
+    """The label map sampled at every pixel centre of each plane (nearest voxel; 0 outside the map).
+
+    Args:
+        labels: Integer labels on a grid whose RAS+ voxel-to-mm affine is ``affine``.
+        planes: Each frame's geometry (LPS origin, direction, spacing, size), as :class:`SeriesReference` holds.
+
+    Returns:
+        uint8 frames shaped (planes, rows, columns).
+    """
+    labels = np.asarray(labels)
+    to_voxel = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ _LPS_TO_RAS
+    columns, rows = planes[0].size
+    r, c = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(columns, dtype=np.float64), indexing="ij")
+    out = np.zeros((len(planes), rows, columns), dtype=np.uint8)
+    for n, plane in enumerate(planes):
+        lps = (plane.origin[:, None, None] + plane.direction[:, 0, None, None] * (c * plane.spacing[0])
+               + plane.direction[:, 1, None, None] * (r * plane.spacing[1]))
+        voxel = np.rint(np.einsum("ij,jrc->irc", to_voxel[:3, :3], lps) + to_voxel[:3, 3, None, None]).astype(np.int64)
+        inside = np.all((voxel >= 0) & (voxel < np.array(labels.shape)[:, None, None]), axis=0)
+        out[n][inside] = labels[voxel[0][inside], voxel[1][inside], voxel[2][inside]]
+    return out
+
+
+def write_segmentation(labels: np.ndarray, affine: np.ndarray, reference: SeriesReference,
+                       path: str | os.PathLike, class_names: Sequence[str], *, software_version: str = "") -> None:
+    """Write ``labels`` (classes 1.. of ``class_names``; 0 background) as a BINARY DICOM SEG of the series, atomically.
+
+    Args:
+        labels: The label map on the grid the series was read onto (``affine``: RAS+, as
+            :func:`mixdemo.dicom.read_series` returns it).
+        reference: The series' headers and geometry (:func:`series_reference`).
+        path: The ``.dcm`` file to write.
+        class_names: Background first, then one name per label value (the server's ``classes``).
+    """
+    frames = segmentation_frames(labels, affine, reference.planes)
+    if frames.max(initial=0) >= len(class_names):
+        raise ValueError(f"The labels reach {int(frames.max())}, but {len(class_names) - 1} classes are named.")
+    with dicom.diagnostics_off():  # highdicom's and pydicom's warnings quote header values
+        try:
+            seg = _segmentation(reference, frames, class_names, software_version)
+        except Exception as exc:  # noqa: BLE001 - highdicom refusing an export's header; its words may quote values
+            raise SegmentationError(f"The series' headers do not make a valid DICOM SEG (highdicom: "
+                                    f"{type(exc).__name__}).") from None
+        mio.write_atomically(path, ".dcm", lambda tmp: seg.save_as(tmp, enforce_file_format=True))
+
+
+def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: Sequence[str],
+                  software_version: str):  # noqa: ANN202 - a highdicom Segmentation
+    import highdicom as hd
+
+    return hd.seg.Segmentation(
+        source_images=[_complete(h, reference.planes) for h in reference.headers],
+        pixel_array=frames,  # one per source image, or per frame of the one enhanced file, in their order
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_segment_descriptions(class_names, software_version),
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="Mixup-Privacy Lab",
+        manufacturer_model_name="mixdemo private segmentation",
+        software_versions=software_version or "unknown",
+        device_serial_number="none",
+        series_description="Private segmentation (mixdemo)",
+        content_label="SEGMENTATION",
+        content_description="Segmented from a mixed proxy; research use only",
+    )
+
+
+def _complete(header, planes: Sequence):  # noqa: ANN001, ANN202 - pydicom Datasets
+    """A copy of a source header with what highdicom reads and an export may omit or misspell: empty type-2
+    patient and study fields where absent, or where a sex, date or time is not one the standard allows (exports
+    write "U" for an unknown sex; a SEG with it would be invalid), and a slice thickness (the slice step) where
+    none is given."""
+    import copy
+
+    from pydicom.valuerep import DA, TM
+
+    header = copy.deepcopy(header)
+    for keyword in _TYPE_2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    if header.PatientSex not in ("M", "F", "O"):
+        header.PatientSex = ""
+    for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        try:
+            kind(header.get(keyword))
+        except (ValueError, TypeError):
+            setattr(header, keyword, "")
+    if "NumberOfFrames" not in header and not header.get("SliceThickness"):
+        step = np.linalg.norm(planes[-1].origin - planes[0].origin) / max(len(planes) - 1, 1)
+        header.SliceThickness = f"{step:.6f}"[:16]
+    return header
+
+
+_CODED = {  # a class name -> SNOMED CT category and type (DICOM CID 7150 and 7151)
+    "GM": ("Tissue", "GrayMatter"),
+    "WM": ("Tissue", "WhiteMatter"),
+    "CSF": ("BodySubstance", "CerebrospinalFluid"),
+    "NCR": ("MorphologicallyAbnormalStructure", "Necrosis"),
+    "ED": ("MorphologicallyAbnormalStructure", "Edema"),
+    "ET": ("MorphologicallyAbnormalStructure", "Neoplasm"),
+}
+
+
+def _segment_descriptions(class_names: Sequence[str], software_version: str) -> list:
+    """One segment per class (numbered as its label value), coded where the class is known, else as tissue."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="mixdemo U-Net++ with learned unmixing", version=software_version or "unknown",
+        family=codes.cid7162.ArtificialIntelligence)
+    out = []
+    for number, name in enumerate(class_names[1:], start=1):
+        category, kind = _CODED.get(str(name), ("Tissue", "Tissue"))
+        out.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=str(name)[:64],
+            segmented_property_category=getattr(codes.SCT, category),
+            segmented_property_type=getattr(codes.SCT, kind),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm))
+    return out
+
+
+def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A SEG as a label map and its RAS+ affine (voxel axes along its rows, down its columns, across its frames'
+    planes, as :func:`mixdemo.dicom.read_series` orders a series): each voxel the number of the segment set there,
+    which for a SEG :func:`write_segmentation` wrote is the class's label value. Planes it leaves out (no segment
+    there) are 0 within its span. For :mod:`mixdemo.score`.
+
+    Raises:
+        SegmentationError: Not a SEG, or its frames do not form one regular volume.
+    """
+    import highdicom as hd
+
+    with dicom.diagnostics_off():
+        try:
+            volume = hd.seg.segread(path).get_volume(combine_segments=True)
+        except Exception as exc:  # noqa: BLE001 - a file that is not a readable SEG, or frames off one volume
+            raise SegmentationError(f"The file is not a DICOM SEG of one regular volume ({type(exc).__name__}).") \
+                from None
+    array = np.asarray(volume.array)  # (planes, rows, columns)
+    to_lps = np.asarray(volume.affine, dtype=np.float64)
+    return np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.uint8), _LPS_TO_RAS @ to_lps[:, [2, 1, 0, 3]]

@@ -1,0 +1,270 @@
+"""Tests for mixdemo.dicomseg: a label map out as a DICOM SEG whose frames lie on the series' own images and refer
+to them, read back with highdicom (by each frame's reference, not by our own geometry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mixdemo import dicom, dicomseg
+from tests.test_dicom import PATIENT, SHAPE, _affine, _enhanced, _series, _volume
+
+CLASSES = ("background", "GM", "WM", "CSF")
+
+
+def _labels(shape=SHAPE) -> np.ndarray:
+    """Blocky labels 0..3 with an asymmetric corner, so that a flip or a shift of any axis shows."""
+    vol = _volume(shape)
+    labels = np.digitize(vol, [0.2, 0.5, 0.8]).astype(np.uint8)
+    labels[:2, :4, :3] = 3
+    return labels
+
+
+def _planes_by_source(path: Path) -> dict:
+    """Each source image's (or frame's) label plane as the SEG describes it: the segment number where a segment's
+    frame that refers to that source is set. Keys: the source SOP Instance UID, or (UID, frame number)."""
+    import pydicom
+
+    seg = pydicom.dcmread(path)
+    bits = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    out: dict = {}
+    for frame, groups in zip(bits, seg.PerFrameFunctionalGroupsSequence):
+        number = int(groups.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = groups.DerivationImageSequence[0].SourceImageSequence[0]
+        key = (source.ReferencedSOPInstanceUID, int(source.ReferencedFrameNumber)) \
+            if "ReferencedFrameNumber" in source else source.ReferencedSOPInstanceUID
+        plane = out.setdefault(key, np.zeros((seg.Rows, seg.Columns), dtype=np.uint8))
+        assert not plane[frame > 0].any()  # segments never overlap
+        plane[frame > 0] = number
+    return out
+
+
+@pytest.mark.parametrize("aff", [_affine(), _affine(rotation_deg=17.0), _affine(axes=(1, 2, 0)), _affine(flip_k=True)],
+                         ids=["axial", "oblique", "sagittal", "left-handed"])
+def test_each_frame_refers_to_the_image_it_lies_on(tmp_path, aff):
+    """The SEG of a label map on the series' grid: every source image's plane holds exactly that image's labels,
+    however the series is oriented, and the SEG belongs to the series (study, frame of reference, patient)."""
+    import pydicom
+
+    files = _series(tmp_path, aff=aff)
+    _, affine = dicom.read_series(tmp_path / "series")
+    labels = _labels()
+    reference = dicomseg.series_reference(dicom.zip_series(files, tmp_path / "s.zip"))
+    dicomseg.write_segmentation(labels, affine, reference, tmp_path / "seg.dcm", CLASSES)
+    planes = _planes_by_source(tmp_path / "seg.dcm")
+    for f in files:  # each file's first pixel is voxel (0, 0, k) of the grid read, its rows along axis 1
+        header = pydicom.dcmread(f, stop_before_pixels=True)
+        i, j, k = np.rint(np.linalg.inv(affine) @ [*(np.array([-1, -1, 1]) * header.ImagePositionPatient), 1])[:3]
+        assert (i, j) == (0, 0)
+        uid, expected = header.SOPInstanceUID, labels[:, :, int(k)].T
+        np.testing.assert_array_equal(planes.get(uid, np.zeros_like(expected)), expected)
+    seg, source = pydicom.dcmread(tmp_path / "seg.dcm"), pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID, str(seg.PatientName)) == (
+        source.StudyInstanceUID, source.FrameOfReferenceUID, PATIENT)
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["GM", "WM", "CSF"]
+    assert seg.SegmentSequence[2].SegmentedPropertyTypeCodeSequence[0].CodeValue == "65216001"  # SNOMED: CSF
+
+
+def test_a_highdicom_volume_of_the_seg_lies_where_the_labels_do(tmp_path):
+    """Independently of the per-frame references: highdicom's own volume of the SEG, carried into our grid's
+    voxel indices through both affines, holds the labels (an oblique series)."""
+    import highdicom as hd
+
+    aff = _affine(rotation_deg=17.0)
+    _series(tmp_path, aff=aff)
+    _, affine = dicom.read_series(tmp_path / "series")
+    labels = _labels()
+    dicomseg.write_segmentation(labels, affine, dicomseg.series_reference(tmp_path / "series"), tmp_path / "seg.dcm",
+                                CLASSES)
+    volume = hd.seg.segread(tmp_path / "seg.dcm").get_volume(combine_segments=True)
+    array, to_lps = np.asarray(volume.array), np.asarray(volume.affine)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in array.shape], indexing="ij"), -1).reshape(-1, 3)
+    ras = (index @ to_lps[:3, :3].T + to_lps[:3, 3]) * [-1, -1, 1]
+    ours = np.rint((ras - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
+    np.testing.assert_array_equal(labels[tuple(ours.T)], array.reshape(-1))
+
+
+def test_an_enhanced_file_s_seg_refers_to_its_frames(tmp_path):
+    """An enhanced multi-frame source with frames stored out of order: each SEG frame refers to the source frame
+    (by number) it lies on."""
+    import pydicom
+
+    aff = _affine(axes=(1, 2, 0))
+    order = list(np.random.default_rng(2).permutation(SHAPE[2]))
+    path = _enhanced(_volume() * 1000, aff, tmp_path / "volume.dcm", order=order)
+    _, affine = dicom.read_series(path)
+    labels = _labels()
+    dicomseg.write_segmentation(labels, affine, dicomseg.series_reference(path), tmp_path / "seg.dcm", CLASSES)
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    planes = _planes_by_source(tmp_path / "seg.dcm")
+    for number, k in enumerate(order, start=1):  # frame `number` of the file holds slice k
+        expected = labels[:, :, k].T
+        np.testing.assert_array_equal(planes.get((uid, number), np.zeros_like(expected)), expected)
+
+
+def test_a_tilted_stack_s_seg_lies_on_the_tilted_images(tmp_path):
+    """A gantry-tilted series is read onto slices along its normal, and its labels come back on that straight grid;
+    the SEG samples them at the tilted images' own pixels, so each image's plane agrees with labels drawn on the
+    tilted grid (up to the two nearest-neighbour resamplings at the edges)."""
+    import nibabel as nib
+    import pydicom
+    from nibabel.processing import resample_from_to
+
+    aff = _affine(zooms=(1.0, 1.0, 1.5))
+    aff[:3, 2] = [0.0, np.tan(np.deg2rad(20)) * 1.5, 1.5]
+    files = _series(tmp_path, aff=aff)
+    data, straight = dicom.read_series(tmp_path / "series")
+    tilted_labels = _labels()
+    on_straight = np.asarray(resample_from_to(nib.Nifti1Image(tilted_labels, aff), (data.shape, straight),
+                                              order=0).dataobj).astype(np.uint8)
+    dicomseg.write_segmentation(on_straight, straight, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "seg.dcm", CLASSES)
+    planes = _planes_by_source(tmp_path / "seg.dcm")
+    agree = total = 0
+    for k in range(2, len(files) - 2):  # the straight grid loses the outer slices' corners
+        uid = pydicom.dcmread(files[k], stop_before_pixels=True).SOPInstanceUID
+        expected = tilted_labels[:, :, k].T
+        agree += int((planes.get(uid, np.zeros_like(expected)) == expected).sum())
+        total += expected.size
+    assert agree / total > 0.93
+
+
+def test_a_series_without_frame_of_reference_is_refused_before_any_work(tmp_path):
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+    _edit(files, lambda ds, k: delattr(ds, "FrameOfReferenceUID"))
+    with pytest.raises(dicomseg.SegmentationError, match="Frame of Reference"):
+        dicomseg.series_reference(tmp_path / "series")
+
+
+def test_an_export_without_optional_patient_fields_or_thickness_still_makes_a_seg(tmp_path):
+    """Type-2 fields an export may leave out (patient ID, dates, accession) and the slice thickness: the SEG is made,
+    with those fields empty."""
+    import pydicom
+
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+
+    def strip(ds, k):
+        for keyword in ("PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                        "AccessionNumber", "ReferringPhysicianName", "SliceThickness"):
+            if keyword in ds:
+                delattr(ds, keyword)
+
+    _edit(files, strip)
+    _, affine = dicom.read_series(tmp_path / "series")
+    dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "seg.dcm", CLASSES)
+    assert pydicom.dcmread(tmp_path / "seg.dcm").PatientID == ""
+
+
+def test_labels_beyond_the_named_classes_are_refused_and_nothing_is_written(tmp_path):
+    _series(tmp_path)
+    _, affine = dicom.read_series(tmp_path / "series")
+    with pytest.raises(ValueError, match="2 classes"):
+        dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(tmp_path / "series"),
+                                    tmp_path / "seg.dcm", ("background", "GM", "WM"))
+    assert not list(tmp_path.glob("*.dcm")) and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_sex_date_or_time_off_the_standard_is_left_empty_in_the_seg(tmp_path):
+    """Exports write "U" for an unknown sex, and damaged dates: the SEG is made, with those fields empty (highdicom
+    refused the whole SEG for either)."""
+    import pydicom
+
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+
+    def misspell(ds, k):
+        ds.PatientSex, ds.StudyDate, ds.StudyTime, ds.PatientBirthDate = "U", "2026-13-45", "99", "unknown"
+
+    _edit(files, misspell)
+    _, affine = dicom.read_series(tmp_path / "series")
+    dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "seg.dcm", CLASSES)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert (seg.PatientSex, seg.StudyDate, seg.StudyTime, seg.PatientBirthDate) == ("", "", "", "")
+
+
+def test_headers_highdicom_refuses_are_a_segmentation_error_without_their_values(tmp_path):
+    """A header value the SEG cannot carry (here an unknown character set) is a SegmentationError whose message
+    quotes no header value, and nothing is written."""
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+    _edit(files, lambda ds, k: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"))
+    _, affine = dicom.read_series(tmp_path / "series")
+    reference = dicomseg.series_reference(tmp_path / "series")
+    with pytest.raises(dicomseg.SegmentationError) as caught:
+        dicomseg.write_segmentation(_labels(), affine, reference, tmp_path / "seg.dcm", CLASSES)
+    assert "999" not in str(caught.value) and PATIENT not in str(caught.value)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_unknown_class_names_are_coded_as_tissue_and_named():
+    descriptions = dicomseg._segment_descriptions(("background", "lesion", "GM"), "v")
+    assert [d.SegmentLabel for d in descriptions] == ["lesion", "GM"]
+    assert descriptions[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # SNOMED: tissue
+    assert descriptions[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "389081007"  # SNOMED: grey matter
+
+
+def test_no_header_value_reaches_stderr_warnings_or_logs(tmp_path, capfd, caplog):
+    """highdicom warns that a one-part patient name is "unlikely to represent the intended person name", quoting
+    it, and pydicom that a date is not one, quoting it: nothing of either is printed, warned or logged while a
+    series is read and its SEG written, and the filters and loggers are as before afterwards."""
+    import logging
+    import warnings
+
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+    _edit(files, lambda ds, k: (setattr(ds, "PatientName", "Oneword"), setattr(ds, "StudyDate", "2026-13-45")))
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        _, affine = dicom.read_series(tmp_path / "series")
+        dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(tmp_path / "series"),
+                                    tmp_path / "seg.dcm", CLASSES)
+    printed = capfd.readouterr()
+    assert "Oneword" not in printed.out + printed.err + caplog.text
+    assert not [w for w in caught if "Oneword" in str(w.message) or "2026-13-45" in str(w.message)]
+    assert warnings.filters == filters
+    assert logging.getLogger("pydicom").propagate and logging.getLogger("highdicom").propagate
+
+
+@pytest.mark.parametrize("aff", [_affine(rotation_deg=17.0), _affine(flip_k=True)], ids=["oblique", "left-handed"])
+def test_the_score_command_carries_a_seg_onto_the_labels_grid(tmp_path, capsys, aff):
+    """``python -m mixdemo.score`` scores a SEG as it scores the NIfTI of the same labels (a left-handed series is
+    read, and its SEG laid, in the other slice order than the labels' file), and refuses a DICOM file that is no
+    SEG with a message."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = _labels()
+    pred = truth.copy()
+    pred[pred == 1] = 0  # GM missed: Dice 0 for GM, 1 for the others
+    pred[5:9, 5:9, 4:8] = 2
+    save_volume(truth, aff, tmp_path / "labels.nii.gz", dtype=np.uint8)
+    save_volume(pred, aff, tmp_path / "pred.nii.gz", dtype=np.uint8)
+    files = _series(tmp_path, aff=aff)
+    data, affine = dicom.read_series(tmp_path / "series")
+    from mixdemo.io import resample_labels
+
+    on_series = resample_labels(pred, aff, data.shape, affine)  # the client's labels on the series' grid
+    dicomseg.write_segmentation(on_series, affine, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "pred_seg.dcm", CLASSES)
+    assert main([str(tmp_path / "pred.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["pred"]
+    assert main([str(tmp_path / "pred_seg.dcm"), str(tmp_path / "labels.nii.gz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pred_seg"] == expected
+    assert main([str(files[0]), str(tmp_path / "labels.nii.gz")]) == 2
+    assert "not a DICOM SEG" in capsys.readouterr().err
