@@ -14,8 +14,8 @@ after reading, or by the next read if the process was killed during this one.
 The series must be one 3D volume: one series (by SeriesInstanceUID), one time point and echo, one image per slice
 position, positions evenly spaced on one line, every image the same size, orientation and pixel spacing. A stack
 whose slices step off the normal (a gantry tilt) is resampled onto slices along the normal, as dcm2niix does. A
-damaged image is refused, not left out. An enhanced multi-frame file is a series in one file whose frames carry
-their own position and rescale (functional groups, read with pydicom): SimpleITK alone stacks the frames in file
+damaged image is refused, not left out. An enhanced multi-frame file is a series in one file (or in several: one
+frame each, or part of the frames each) whose frames carry their own position and rescale (functional groups, read with pydicom): SimpleITK alone stacks the frames in file
 order at 1 mm with the first frame's rescale, so it only decodes what pydicom cannot, and its rescale is undone. A
 legacy multi-frame file, whose frames carry no position of their own, is refused. Anything else is a :class:`mixdemo.io.ScanError` whose message
 says what was found and what is expected, without any path or header value beyond the geometry.
@@ -340,8 +340,11 @@ def _series_slices(flat: str) -> list[_Slice]:
     if len(files) > 1:
         raise mio.ShapeError(_several_series(files))
     _check_none_left_out(flat, series[0], files[0])
-    slices = _frames(files[0][0]) if len(files[0]) == 1 and _is_multi_frame(files[0][0]) else [
-        _slice_info(f) for f in files[0]]
+    per_file = [_file_slices(f) for f in files[0]]
+    if len({group[0].frame >= 0 for group in per_file}) > 1:
+        raise mio.ShapeError("The series mixes multi-frame (enhanced) and single-frame files; one 3D volume is "
+                             "expected.")
+    slices = [s for group in per_file for s in group]
     if len(slices) == 1:
         raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
                              ".zip of all the series' files (or give the client their folder).")
@@ -389,9 +392,11 @@ def _several_series(files: Sequence[Sequence[str]]) -> str:
     described = []
     for names in sorted(files, key=len, reverse=True):
         try:
-            first = _slice_info(names[0])
-            view = _view(first.direction[:, 2])
-            described.append(f"{len(names)} {view} images of {first.size[0]}×{first.size[1]} at "
+            group = _file_slices(names[0])
+            first, view = group[0], _view(group[0].direction[:, 2])
+            what = f"a {view} multi-frame file of {len(group)} frames" if len(names) == 1 and len(group) > 1 else \
+                f"{len(names)} {view} images"
+            described.append(f"{what} of {first.size[0]}×{first.size[1]} at "
                              f"{first.spacing[0]:.3g}×{first.spacing[1]:.3g} mm")
         except (ValueError, RuntimeError):
             described.append(f"{len(names)} images")
@@ -405,13 +410,19 @@ def _view(normal: np.ndarray) -> str:
     return ("sagittal", "coronal", "axial")[axis] if abs(normal[axis]) > 0.9 else "oblique"
 
 
-def _slice_info(path: str) -> _Slice:
-    """One image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
+def _file_slices(path: str) -> list[_Slice]:
+    """A file's images: its frames for a multi-frame (enhanced) file, however many it holds (one, or part of a
+    series split over several files), else the one image; each with its geometry, checked."""
     reader = _image_information(path)
+    if _is_multi_frame_file(reader):
+        return _frames(path)
+    return [_slice_info(path, reader)]
+
+
+def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK ImageFileReader holding its header
+    """One single-frame image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
     if reader.GetNumberOfComponents() != 1:
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
-    if _holds_frames(reader):
-        raise mio.ShapeError("The series mixes multi-frame and single-frame files; one 3D volume is expected.")
     position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
     if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
         raise mio.GeometryError(_NO_GEOMETRY)
@@ -438,13 +449,10 @@ def _image_information(path: str):  # noqa: ANN202 - a SimpleITK ImageFileReader
     return reader
 
 
-def _holds_frames(reader) -> bool:  # noqa: ANN001 - a SimpleITK ImageFileReader
-    frames = _numbers(reader, _FRAMES)
-    return bool(frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1)
-
-
-def _is_multi_frame(path: str) -> bool:
-    return _holds_frames(_image_information(path))
+def _is_multi_frame_file(reader) -> bool:  # noqa: ANN001 - a SimpleITK ImageFileReader
+    """A file of a multi-frame IOD (enhanced or legacy): it states its number of frames, even when it is one (an
+    enhanced export may write one frame per file, with the geometry in functional groups only)."""
+    return bool(_numbers(reader, _FRAMES)) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1)
 
 
 def _frames(path: str) -> list[_Slice]:
@@ -638,13 +646,27 @@ def _voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray
 
 
 def _frame_voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.ndarray:
-    """A multi-frame file's voxels, frames in ``slices``' order, each with its own rescale, converted frame by frame
-    (no float64 copy of the whole file). The stored values come from pydicom, else from GDCM, which applies the
-    first frame's rescale to every frame: undone here."""
+    """Multi-frame files' voxels, frames in ``slices``' order, each with its own rescale, converted frame by frame
+    (no float64 copy of a whole file), one file decoded at a time."""
+    out = np.empty(shape, dtype=np.float32)
+    by_file: dict[str, list[tuple[int, _Slice]]] = {}
+    for k, s in enumerate(slices):
+        by_file.setdefault(s.path, []).append((k, s))
+    for path, members in by_file.items():
+        stored, undo = _stored_frames(path, [s for _, s in members], shape)
+        for k, s in members:
+            frame = (stored[s.frame].astype(np.float64) - undo[1]) / undo[0]
+            with np.errstate(all="ignore"):
+                out[:, :, k] = (frame * s.rescale[0] + s.rescale[1]).T
+    return out
+
+
+def _stored_frames(path: str, frames: Sequence[_Slice], shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple]:
+    """One multi-frame file's stored values, (frames, rows, columns), and the rescale to undo on them: they come
+    from pydicom, else from GDCM, which applies the first frame's rescale to every frame."""
     import SimpleITK as sitk
 
-    path = slices[0].path
-    n = len(slices)
+    n = len(frames)
     undo = (1.0, 0.0)
     try:
         import pydicom
@@ -656,17 +678,11 @@ def _frame_voxels(slices: Sequence[_Slice], shape: tuple[int, int, int]) -> np.n
         except RuntimeError:
             raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
         stored = sitk.GetArrayViewFromImage(image)
-        undo = min(slices, key=lambda s: s.frame).rescale
+        undo = min(frames, key=lambda s: s.frame).rescale
     if stored.size != n * shape[0] * shape[1]:
         raise mio.CorruptFileError("The multi-frame DICOM file holds fewer pixels than its frames need: it may be "
                                    "damaged.")
-    stored = stored.reshape(n, shape[1], shape[0])  # (frames, rows, columns)
-    out = np.empty(shape, dtype=np.float32)
-    for k, s in enumerate(slices):
-        frame = (stored[s.frame].astype(np.float64) - undo[1]) / undo[0]
-        with np.errstate(all="ignore"):
-            out[:, :, k] = (frame * s.rescale[0] + s.rescale[1]).T
-    return out
+    return stored.reshape(n, shape[1], shape[0]), undo
 
 
 # ----------------------------------------------------------------------------------------- writing (examples, tests)

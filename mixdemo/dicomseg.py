@@ -50,14 +50,19 @@ def series_reference(path: str | os.PathLike) -> SeriesReference:
     :func:`mixdemo.dicom.read_series` reads and checks it.
 
     Raises:
-        SegmentationError: The series has no Frame of Reference UID, which a SEG must share with it.
+        SegmentationError: The series has no Frame of Reference UID, which a SEG must share with it, or is split
+            over several multi-frame files (highdicom takes one multi-frame source).
         mixdemo.io.ScanError: As :func:`mixdemo.dicom.read_series`.
     """
     import pydicom
 
     with dicom.series_images(path) as slices:
-        planes = sorted(slices, key=lambda s: s.frame) if slices[0].frame >= 0 else list(slices)
-        files = [planes[0].path] if planes[0].frame >= 0 else [s.path for s in planes]
+        multi_frame = slices[0].frame >= 0
+        if multi_frame and len({s.path for s in slices}) > 1:
+            raise SegmentationError("The series is split over several multi-frame (enhanced) files, and a DICOM SEG "
+                                    "here refers to one: write the segmentation as NIfTI (.nii.gz) instead.")
+        planes = sorted(slices, key=lambda s: s.frame) if multi_frame else list(slices)
+        files = [planes[0].path] if multi_frame else [s.path for s in planes]
         try:
             headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         except Exception:  # noqa: BLE001 - untrusted input: pydicom failing on a header GDCM read is damage

@@ -304,6 +304,52 @@ def test_an_enhanced_multi_frame_file_reads_as_its_classic_series(tmp_path, monk
     np.testing.assert_allclose(affine, classic_affine, atol=1e-5)
 
 
+def _enhanced_files(tmp_path: Path, vol, aff, frames_per_file) -> Path:
+    """``vol`` as one series of enhanced files, each holding consecutive frames (``frames_per_file`` each): a series
+    split over files, or one frame per file, as some exports write them. Returns their folder."""
+    import pydicom
+
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    first = None
+    for n, start in enumerate(range(0, vol.shape[2], frames_per_file)):
+        path = _enhanced(vol, aff, folder / f"part{n}.dcm", order=list(range(start, min(start + frames_per_file,
+                                                                                             vol.shape[2]))))
+        ds = pydicom.dcmread(path)
+        first = first or ds
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
+        ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+        ds.save_as(path, enforce_file_format=True)
+    return folder
+
+
+@pytest.mark.parametrize("frames_per_file", [1, 7], ids=["one frame per file", "split over two files"])
+def test_a_series_of_several_enhanced_files_reads_as_its_classic_series(tmp_path, frames_per_file):
+    """Enhanced files of one series, one frame each or part of the frames each: read as the classic series (one
+    frame per file was refused for want of geometry, which such files keep in functional groups only; two files
+    were "mixed multi-frame and single-frame")."""
+    vol, aff = _volume() * 1000, _affine(rotation_deg=17.0)
+    data, affine = dicom.read_series(_enhanced_files(tmp_path, vol, aff, frames_per_file))
+    np.testing.assert_allclose(affine, aff, atol=1e-5)
+    np.testing.assert_allclose(data, np.rint(vol), atol=1e-3)
+
+
+def test_a_series_mixing_enhanced_and_classic_files_is_refused(tmp_path):
+    import pydicom
+
+    vol, aff = _volume() * 1000, _affine()
+    folder = _enhanced_files(tmp_path, vol, aff, 7)
+    classic = _series(tmp_path, vol, aff)
+    uids = pydicom.dcmread(folder / "part0.dcm", stop_before_pixels=True)
+    (folder / "part1.dcm").unlink()
+    for k in range(7, SHAPE[2]):  # the second half as classic images of the same series
+        ds = pydicom.dcmread(classic[k])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uids.StudyInstanceUID, uids.SeriesInstanceUID
+        ds.save_as(folder / f"classic{k}.dcm", enforce_file_format=True)
+    with pytest.raises(ShapeError, match="mixes multi-frame"):
+        dicom.read_series(folder)
+
+
 def test_an_enhanced_file_of_two_time_points_is_refused(tmp_path):
     """Two time points interleaved at distinct positions in one file looked like one volume."""
     path = _enhanced(_volume() * 1000, _affine(), tmp_path / "dynamic.dcm", temporal=[1 + f % 2 for f in range(SHAPE[2])])
@@ -673,3 +719,12 @@ def test_a_compressed_series_loads_as_the_uncompressed_one(tmp_path):
     plain, plain_affine = dicom.read_series(tmp_path / "series")
     np.testing.assert_array_equal(compressed, plain)
     np.testing.assert_allclose(affine, plain_affine, atol=1e-6)
+
+
+def test_an_enhanced_file_beside_another_series_is_described_by_its_frames(tmp_path):
+    (tmp_path / "export").mkdir()
+    _enhanced(_volume() * 1000, _affine(axes=(1, 2, 0)), tmp_path / "export" / "volume.dcm")
+    _series(tmp_path / "export", name="classic")
+    with pytest.raises(ShapeError, match="14 axial images of 18×22 at 0.9×1.1 mm; a sagittal multi-frame file of 14 "
+                                         "frames"):
+        dicom.read_series(tmp_path / "export")

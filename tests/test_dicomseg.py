@@ -268,3 +268,11 @@ def test_the_score_command_carries_a_seg_onto_the_labels_grid(tmp_path, capsys, 
     assert json.loads(capsys.readouterr().out)["pred_seg"] == expected
     assert main([str(files[0]), str(tmp_path / "labels.nii.gz")]) == 2
     assert "not a DICOM SEG" in capsys.readouterr().err
+
+
+def test_a_series_split_over_enhanced_files_is_refused_a_seg_before_any_work(tmp_path):
+    from tests.test_dicom import _enhanced_files
+
+    folder = _enhanced_files(tmp_path, _volume() * 1000, _affine(), 7)
+    with pytest.raises(dicomseg.SegmentationError, match="several multi-frame"):
+        dicomseg.series_reference(folder)
