@@ -616,7 +616,7 @@ def segment_file(
     try:
         write_segmentation(*target.labels_on_input(labels), seg_source, out_path, class_names or CLASS_NAMES,
                            software_version=software_version)
-    except SegmentationError as exc:  # the server's work is kept: NIfTI beside it
+    except (SegmentationError, ValueError) as exc:  # the server's work is kept: NIfTI beside it
         target.save_labels(labels, nifti_beside(out_path))
         raise ClientError(f"{exc} The segmentation was written as NIfTI instead, under the same name ending in "
                           ".nii.gz.") from None
@@ -814,7 +814,8 @@ def _seg_naming(remote: ServerFn, args: argparse.Namespace) -> dict:
     if not isinstance(remote, RemoteServer):
         return {}
     sha = remote.model_sha256()
-    version = f"S {sha[:12] if isinstance(sha, str) else 'unknown'}; D {args.unmixing or unmixing_name()}"
+    d_name = Path(args.unmixing or unmixing_name()).name  # a folder's name, never the path to it on this machine
+    version = f"S {sha[:12] if isinstance(sha, str) else 'unknown'}; D {d_name}"
     return {"class_names": remote.classes(), "software_version": version[:64]}
 
 
@@ -848,7 +849,8 @@ def _check_dicom_inputs(scans: Sequence[str | os.PathLike]) -> None:
     its position, never its file name)."""
     from mixdemo.dicom import is_series_input
 
-    nifti = [i + 1 for i, s in enumerate(scans) if not is_series_input(s)]
+    nifti = [i + 1 for i, s in enumerate(scans) if Path(s).exists() and not is_series_input(s)]  # a missing one
+    # is said where its turn comes, and the others go on
     if nifti:
         which = "the input is" if len(scans) == 1 else f"scan {', '.join(map(str, nifti))} of {len(scans)} is"
         raise ClientError(f"A DICOM SEG refers to the DICOM series it segments, and {which} a NIfTI file: write NIfTI "
@@ -878,5 +880,14 @@ def writable_folder(folder: Path) -> None:
         raise ClientError("The output folder cannot be written to.") from None
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a scheduler's stop) leave as an exception does, so that cleanups run: the half-written
+    output's temporary file (a DICOM SEG's holds the patient's name) and a series' unpacked copy are deleted."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -33,7 +33,6 @@ import struct
 import tempfile
 import threading
 import time
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -172,21 +171,22 @@ def _remove_stale_folders() -> None:
 
 class _Diagnostics:
     """The DICOM libraries' process-wide diagnostics, off while any read (or SEG write) runs: ITK's warning display,
-    whose warnings name the numbered temporary files, and pydicom's and highdicom's Python warnings and log
-    records, which quote header values (a patient's name that is "unlikely to represent a person name", a date
-    that is not one). Concurrent users count themselves in and out; the first one in keeps the settings the last
-    one out restores (meanwhile other threads' diagnostics from these libraries are off too).
-    ``warnings.catch_warnings`` would not do: two threads leaving it out of order restore each other's filters."""
+    whose warnings name the numbered temporary files; pydicom's value validation, whose warnings quote header
+    values (a date that is not one); and pydicom's and highdicom's log records. Concurrent users count themselves
+    in and out; the first one in keeps the settings the last one out restores (meanwhile other threads'
+    diagnostics from these libraries are off too). Python's warning filters are left alone: another thread's
+    ``warnings.catch_warnings`` replaces the whole list when it leaves, which would drop or strand a filter put
+    there. highdicom's one warning that quotes a value (a one-part patient name) is avoided where the SEG is built
+    (:mod:`mixdemo.dicomseg`)."""
 
     _LOGGERS = ("pydicom", "highdicom")
-    _MODULES = r"(pydicom|highdicom|mixdemo\.dicom|mixdemo\.dicomseg)(\.|$)"  # also what they attribute to their caller
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
         self._itk_was_on = True
+        self._validation: tuple[int, int] = (1, 1)
         self._propagated: dict[str, bool] = {}
-        self._filter: tuple | None = None
 
     @contextmanager
     def off(self) -> Iterator[None]:
@@ -204,11 +204,12 @@ class _Diagnostics:
 
     def _switch_off(self) -> None:
         import SimpleITK as sitk
+        from pydicom import config
 
         self._itk_was_on = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        warnings.filterwarnings("ignore", module=self._MODULES)
-        self._filter = warnings.filters[0]  # the entry just made, taken out again by _switch_back
+        self._validation = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+        config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
         for name in self._LOGGERS:
             logger = logging.getLogger(name)
             self._propagated[name] = logger.propagate
@@ -217,10 +218,10 @@ class _Diagnostics:
 
     def _switch_back(self) -> None:
         import SimpleITK as sitk
+        from pydicom import config
 
         sitk.ProcessObject.SetGlobalWarningDisplay(self._itk_was_on)
-        if self._filter in warnings.filters:
-            warnings.filters.remove(self._filter)
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = self._validation
         for name in self._LOGGERS:
             logger = logging.getLogger(name)
             logger.propagate = self._propagated.get(name, True)
@@ -677,7 +678,7 @@ def _stored_frames(path: str, frames: Sequence[_Slice], shape: tuple[int, int, i
             image = sitk.ReadImage(path)
         except RuntimeError:
             raise mio.CorruptFileError("A file of the series could not be read: it may be damaged.") from None
-        stored = sitk.GetArrayViewFromImage(image)
+        stored = sitk.GetArrayFromImage(image)  # a copy: a view dies with the image when this function returns
         undo = min(frames, key=lambda s: s.frame).rescale
     if stored.size != n * shape[0] * shape[1]:
         raise mio.CorruptFileError("The multi-frame DICOM file holds fewer pixels than its frames need: it may be "

@@ -5,7 +5,9 @@ label map they do not take. :func:`series_reference` reads, on the client, the h
 from (pixel data not read); :func:`write_segmentation` samples the label map at the centre of each of the series'
 pixels and writes a BINARY SEG (one bit-packed frame per segment and slice that holds it) with highdicom. The SEG
 carries the series' patient and study fields and its Frame of Reference, as the standard requires for it to be
-filed with the series: it is written on the machine that holds the series and is never sent anywhere.
+filed with the series: it is written on the machine that holds the series and is never sent anywhere. Its text is
+UTF-8; fields the standard would refuse are left empty, identifiers copied as they are; its geometry is the one
+:mod:`mixdemo.dicom` checked. The standard's checker (dicom3tools' ``dciodvfy``) finds no error in it (tests).
 
 Frames are sampled at the series' own pixel positions, so a SEG refers to each image whatever grid the labels lie
 on (a tilted stack is read resampled onto slices along its normal; its SEG is back on the tilted images).
@@ -14,6 +16,7 @@ on (a tilted stack is read resampled onto slices along its normal; its SEG is ba
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,10 +125,17 @@ def write_segmentation(labels: np.ndarray, affine: np.ndarray, reference: Series
 
 def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: Sequence[str],
                   software_version: str):  # noqa: ANN202 - a highdicom Segmentation
+    """The SEG, its geometry given from the checked planes (highdicom would take it from the source's tags, and
+    refuses an enhanced file whose orientation or pixel spacing is per frame, or whose thickness is absent), and
+    its text in UTF-8 (highdicom refuses some character sets, e.g. the Japanese ones, and the source's names are
+    decoded text by then)."""
     import highdicom as hd
 
+    first = reference.planes[0]
+    normal = first.direction[:, 2]
+    step = abs(float((reference.planes[-1].origin - first.origin) @ normal)) / max(len(reference.planes) - 1, 1)
     return hd.seg.Segmentation(
-        source_images=[_complete(h, reference.planes) for h in reference.headers],
+        source_images=_sources(reference.headers, step),
         pixel_array=frames,  # one per source image, or per frame of the one enhanced file, in their order
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(class_names, software_version),
@@ -135,22 +145,65 @@ def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: S
         instance_number=1,
         manufacturer="Mixup-Privacy Lab",
         manufacturer_model_name="mixdemo private segmentation",
-        software_versions=software_version or "unknown",
+        software_versions=_text(software_version) or "unknown",
         device_serial_number="none",
         series_description="Private segmentation (mixdemo)",
         content_label="SEGMENTATION",
         content_description="Segmented from a mixed proxy; research use only",
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=[first.spacing[1], first.spacing[0]],  # rows first
+                                                slice_thickness=step or None),
+        plane_orientation=hd.PlaneOrientationSequence(coordinate_system="PATIENT",
+                                                      image_orientation=[*first.direction[:, 0], *first.direction[:, 1]]),
+        plane_positions=[hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=list(p.origin))
+                         for p in reference.planes],
+        specific_character_set="ISO_IR 192",
     )
 
 
-def _complete(header, planes: Sequence):  # noqa: ANN001, ANN202 - pydicom Datasets
+def _sources(headers: Sequence, step: float) -> list:
+    """Copies of the source headers as highdicom reads them (:func:`_complete`), with the geometry it takes from
+    them made explicit where an export leaves it implicit, all within the tolerances :mod:`mixdemo.dicom` checked:
+    every classic image the first one's orientation string (highdicom compares them as strings), a slice thickness
+    where none is given (the step along the normal), and an enhanced file's orientation and pixel measures in its
+    shared functional groups (highdicom reads them there only)."""
+    out = [_complete(h) for h in headers]
+    if "NumberOfFrames" in out[0]:
+        _share_frame_geometry(out[0], step)
+        return out
+    for header in out:
+        header.ImageOrientationPatient = list(out[0].ImageOrientationPatient)
+        if not header.get("SliceThickness"):
+            header.SliceThickness = f"{step:.6f}"[:16]
+    return out
+
+
+def _share_frame_geometry(header, step: float) -> None:  # noqa: ANN001 - a pydicom Dataset
+    """Put the first frame's orientation and pixel measures (with a thickness) into the shared functional groups
+    where they are per frame or missing there."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    if "SharedFunctionalGroupsSequence" not in header or not len(header.SharedFunctionalGroupsSequence):
+        header.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+    shared, first = header.SharedFunctionalGroupsSequence[0], header.PerFrameFunctionalGroupsSequence[0]
+    for sequence in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+        if sequence not in shared and sequence in first:
+            setattr(shared, sequence, DicomSequence([Dataset(first[sequence].value[0])]))
+    measures = shared.PixelMeasuresSequence[0]
+    if not measures.get("SliceThickness"):
+        measures.SliceThickness = f"{step:.6f}"[:16]
+
+
+_DATE, _TIME = re.compile(r"\d{8}"), re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+
+
+def _complete(header):  # noqa: ANN001, ANN202 - pydicom Datasets
     """A copy of a source header with what highdicom reads and an export may omit or misspell: empty type-2
     patient and study fields where absent, or where a sex, date or time is not one the standard allows (exports
-    write "U" for an unknown sex; a SEG with it would be invalid), and a slice thickness (the slice step) where
-    none is given."""
+    write "U" for an unknown sex, and dates as 1970.05.06; a SEG with either is invalid), and a one-part patient
+    name with its trailing caret (highdicom warns of it, quoting it). Identifiers are copied as they are: the SEG
+    must match its study in a PACS."""
     import copy
-
-    from pydicom.valuerep import DA, TM
 
     header = copy.deepcopy(header)
     for keyword in _TYPE_2:
@@ -158,15 +211,33 @@ def _complete(header, planes: Sequence):  # noqa: ANN001, ANN202 - pydicom Datas
             setattr(header, keyword, "")
     if header.PatientSex not in ("M", "F", "O"):
         header.PatientSex = ""
-    for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
-        try:
-            kind(header.get(keyword))
-        except (ValueError, TypeError):
+    for keyword, form in (("PatientBirthDate", _DATE), ("StudyDate", _DATE), ("StudyTime", _TIME)):
+        if not _is_date_or_time(str(header.get(keyword) or ""), form):
             setattr(header, keyword, "")
-    if "NumberOfFrames" not in header and not header.get("SliceThickness"):
-        step = np.linalg.norm(planes[-1].origin - planes[0].origin) / max(len(planes) - 1, 1)
-        header.SliceThickness = f"{step:.6f}"[:16]
+    name = str(header.PatientName or "")
+    if name and "^" not in name:
+        groups = name.split("=")
+        header.PatientName = "=".join([groups[0] + "^", *groups[1:]])
     return header
+
+
+def _is_date_or_time(value: str, form: re.Pattern) -> bool:
+    """``value`` written as the standard's DA or TM form requires, and a real date or time (pydicom parses it)."""
+    from pydicom.valuerep import DA, TM
+
+    if not value:
+        return True
+    try:
+        (DA if form is _DATE else TM)(value)
+    except ValueError:
+        return False
+    return bool(form.fullmatch(value))
+
+
+def _text(value: str, limit: int = 64) -> str:
+    """A value for a DICOM text attribute of one value: no backslash (it separates values), no control
+    characters, at most ``limit`` characters."""
+    return "".join(c for c in str(value).replace("\\", "/") if c.isprintable())[:limit].strip()
 
 
 _CODED = {  # a class name -> SNOMED CT category and type (DICOM CID 7150 and 7151)
@@ -185,13 +256,13 @@ def _segment_descriptions(class_names: Sequence[str], software_version: str) -> 
     from pydicom.sr.codedict import codes
 
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="mixdemo U-Net++ with learned unmixing", version=software_version or "unknown",
+        name="mixdemo U-Net++ with learned unmixing", version=_text(software_version) or "unknown",
         family=codes.cid7162.ArtificialIntelligence)
     out = []
     for number, name in enumerate(class_names[1:], start=1):
         category, kind = _CODED.get(str(name), ("Tissue", "Tissue"))
         out.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=str(name)[:64],
+            segment_number=number, segment_label=_text(name) or f"class {number}",
             segmented_property_category=getattr(codes.SCT, category),
             segmented_property_type=getattr(codes.SCT, kind),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -214,8 +285,8 @@ def read_segmentation(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         try:
             volume = hd.seg.segread(path).get_volume(combine_segments=True)
         except Exception as exc:  # noqa: BLE001 - a file that is not a readable SEG, or frames off one volume
-            raise SegmentationError(f"The file is not a DICOM SEG of one regular volume ({type(exc).__name__}).") \
-                from None
+            raise SegmentationError(f"The file is not a DICOM SEG whose frames form one regular volume (a SEG of a "
+                                    f"tilted stack is not read back here; {type(exc).__name__}).") from None
     array = np.asarray(volume.array)  # (planes, rows, columns)
     to_lps = np.asarray(volume.affine, dtype=np.float64)
     return np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.uint8), _LPS_TO_RAS @ to_lps[:, [2, 1, 0, 3]]

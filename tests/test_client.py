@@ -672,7 +672,7 @@ def test_a_zipped_dicom_series_is_segmented_like_a_nifti(fake_main, capsys, tmp_
         assert written.shape == image.shape and np.allclose(written.affine, image.affine, atol=1e-4)
 
 
-def _dicom_scans(scans, tmp_path, *, drop_frame_of_reference=False, character_set=None):
+def _dicom_scans(scans, tmp_path, *, drop_frame_of_reference=False):
     """The fixture's first scan as a series: its files (a folder named like a patient) and their zip."""
     import nibabel as nib
     import pydicom
@@ -685,8 +685,6 @@ def _dicom_scans(scans, tmp_path, *, drop_frame_of_reference=False, character_se
         ds = pydicom.dcmread(f)
         if drop_frame_of_reference:
             del ds.FrameOfReferenceUID
-        if character_set:
-            ds.SpecificCharacterSet = character_set
         ds.save_as(f, enforce_file_format=True)
     return files, zip_series(files, tmp_path / "private_name_d.zip")
 
@@ -714,13 +712,31 @@ def test_a_dicom_series_gets_a_dicom_seg_when_asked(fake_main, capsys, tmp_path)
         assert referred <= sources and len(referred) > len(sources) // 2
 
 
+def test_a_seg_records_the_d_by_its_folder_name_not_the_path_it_was_given_by(monkeypatch):
+    """The version a SEG records names S by its checksum and D by its folder's name: the path a user gave
+    ``--unmixing`` (their home folder's name) does not go to the PACS."""
+    import argparse
+
+    from mixdemo import client
+
+    monkeypatch.setattr(client, "RemoteServer", FakeRemote)
+    naming = client._seg_naming(FakeRemote("x"), argparse.Namespace(unmixing="/home/alice.smith/private/unmixing-p4"))
+    assert naming["software_version"] == "S unknown; D unmixing-p4"
+    assert naming["class_names"] == ["background", "GM", "WM", "CSF"]
+
+
 def test_a_dicom_seg_for_a_nifti_input_is_refused_before_any_request(fake_main, capsys, tmp_path):
+    """... while a missing input is said in its turn, and the others go on (it was called a NIfTI file)."""
     scans, _, out = fake_main
     _, archive = _dicom_scans(scans, tmp_path)
     code, err = _run_main([str(archive), scans[1], "-o", str(out), "--dicom-seg", "--server",
                            "http://127.0.0.1:7880"], capsys)
     assert code == 2 and "scan 2 of 2 is a NIfTI file" in err
     assert not FakeRemote.made and not FakeRemote.requests
+    code, err = _run_main([str(tmp_path / "private_name_typo"), str(archive), "-o", str(out), "--dicom-seg",
+                           "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "scan 1 of 2: The input scan could not be found" in err and "NIfTI" not in err
+    assert [p.name for p in out.iterdir()] == ["private_name_d_seg.dcm"]
 
 
 def test_a_series_that_cannot_carry_a_seg_costs_no_request(fake_main, capsys, tmp_path):
@@ -732,13 +748,18 @@ def test_a_series_that_cannot_carry_a_seg_costs_no_request(fake_main, capsys, tm
     assert not FakeRemote.requests and not (tmp_path / "seg.dcm").exists()
 
 
-def test_a_seg_refused_after_the_work_keeps_it_as_nifti(fake_main, capsys, tmp_path):
-    """Headers highdicom refuses only when it builds the SEG (an unknown character set): the segmentation the
-    server's work made is written as NIfTI under the same name, and the message says so."""
+def test_a_seg_refused_after_the_work_keeps_it_as_nifti(fake_main, capsys, tmp_path, monkeypatch):
+    """A SEG highdicom refuses to build once the server's work is done (simulated: no header met here makes it
+    refuse now): the segmentation is written as NIfTI under the same name, and the message says so."""
+    import highdicom as hd
     import nibabel as nib
 
+    def refuse(*args, **kwargs):
+        raise ValueError("refused")
+
     scans, _, out = fake_main
-    _, archive = _dicom_scans(scans, tmp_path, character_set="ISO_IR 999")
+    _, archive = _dicom_scans(scans, tmp_path)
+    monkeypatch.setattr(hd.seg, "Segmentation", refuse)
     code, err = _run_main([str(archive), "-o", str(tmp_path / "seg.dcm"), "--server", "http://127.0.0.1:7880"], capsys)
     assert code == 2 and "written as NIfTI instead" in err and FakeRemote.requests
     assert not (tmp_path / "seg.dcm").exists()

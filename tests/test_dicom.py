@@ -226,10 +226,11 @@ def test_time_points_under_one_series_are_refused(tmp_path):
 
 
 def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slopes=None, intercepts=None,
-              temporal=None) -> Path:
+              temporal=None, shared_geometry: bool = True) -> Path:
     """``vol`` as one Enhanced MR file (pydicom): geometry and rescale in functional groups (orientation and
-    spacing shared, position and rescale per frame), frames stored in ``order``; stored values are ``vol``
-    rounded, and each frame's rescale maps them to ``stored * slope + intercept``."""
+    spacing shared, or per frame without ``shared_geometry``; position and rescale per frame; no slice thickness),
+    frames stored in ``order``; stored values are ``vol`` rounded, and each frame's rescale maps them to
+    ``stored * slope + intercept``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -253,10 +254,11 @@ def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slope
     shared = Dataset()
     plane = Dataset()
     plane.ImageOrientationPatient = [f"{v:.6f}" for v in [*lps[:3, 0] / spacing[0], *lps[:3, 1] / spacing[1]]]
-    shared.PlaneOrientationSequence = Sequence([plane])
     measures = Dataset()
     measures.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
-    shared.PixelMeasuresSequence = Sequence([measures])
+    if shared_geometry:
+        shared.PlaneOrientationSequence = Sequence([plane])
+        shared.PixelMeasuresSequence = Sequence([measures])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames = []
     for f, k in enumerate(order):
@@ -264,6 +266,9 @@ def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slope
         position = Dataset()
         position.ImagePositionPatient = [f"{v:.6f}" for v in (lps @ [0, 0, k, 1])[:3]]
         frame.PlanePositionSequence = Sequence([position])
+        if not shared_geometry:
+            frame.PlaneOrientationSequence = Sequence([Dataset(plane)])
+            frame.PixelMeasuresSequence = Sequence([Dataset(measures)])
         rescale = Dataset()
         rescale.RescaleSlope, rescale.RescaleIntercept = (f"{(slopes or [1.0] * n)[k]:g}",
                                                           f"{(intercepts or [0.0] * n)[k]:g}")
@@ -454,8 +459,8 @@ def test_a_linked_subfolder_is_followed_once(tmp_path):
 
 
 def test_concurrent_reads_give_the_libraries_their_diagnostics_back(tmp_path):
-    """ITK's warning switch, the warning filters and pydicom's logger are process-wide; reads in threads count
-    themselves in and out (ITK's stayed off)."""
+    """ITK's warning switch, pydicom's validation settings and logger are process-wide; reads in threads count
+    themselves in and out (ITK's stayed off), and Python's warning filters are not touched."""
     import logging
     import warnings
     from concurrent.futures import ThreadPoolExecutor
@@ -464,13 +469,18 @@ def test_concurrent_reads_give_the_libraries_their_diagnostics_back(tmp_path):
 
     archive = dicom.zip_series(_series(tmp_path), tmp_path / "s.zip")
     expected = dicom.read_series(archive)[0]
-    before = (sitk.ProcessObject.GetGlobalWarningDisplay(), list(warnings.filters),
-              logging.getLogger("pydicom").propagate, list(logging.getLogger("pydicom").handlers))
+    from pydicom import config
+
+    def state():
+        return (sitk.ProcessObject.GetGlobalWarningDisplay(), list(warnings.filters),
+                config.settings.reading_validation_mode, config.settings.writing_validation_mode,
+                logging.getLogger("pydicom").propagate, list(logging.getLogger("pydicom").handlers))
+
+    before = state()
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: dicom.read_series(archive)[0], range(18)))
     assert all(np.array_equal(r, expected) for r in results)
-    assert (sitk.ProcessObject.GetGlobalWarningDisplay(), list(warnings.filters),
-            logging.getLogger("pydicom").propagate, list(logging.getLogger("pydicom").handlers)) == before
+    assert state() == before
 
 
 def test_a_damaged_member_of_the_archive_is_refused(tmp_path):

@@ -3,6 +3,7 @@ to them, read back with highdicom (by each frame's reference, not by our own geo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -88,14 +89,17 @@ def test_a_highdicom_volume_of_the_seg_lies_where_the_labels_do(tmp_path):
     np.testing.assert_array_equal(labels[tuple(ours.T)], array.reshape(-1))
 
 
-def test_an_enhanced_file_s_seg_refers_to_its_frames(tmp_path):
-    """An enhanced multi-frame source with frames stored out of order: each SEG frame refers to the source frame
-    (by number) it lies on."""
+@pytest.mark.parametrize("shared", [True, False], ids=["shared geometry", "per-frame geometry"])
+def test_an_enhanced_file_s_seg_refers_to_its_frames(tmp_path, shared):
+    """An enhanced multi-frame source with frames stored out of order, no slice thickness, its orientation and
+    pixel spacing shared or per frame: each SEG frame refers to the source frame (by number) it lies on, and
+    highdicom reads the SEG back as a volume (without a thickness it could not; with per-frame geometry it refused
+    to write one)."""
     import pydicom
 
     aff = _affine(axes=(1, 2, 0))
     order = list(np.random.default_rng(2).permutation(SHAPE[2]))
-    path = _enhanced(_volume() * 1000, aff, tmp_path / "volume.dcm", order=order)
+    path = _enhanced(_volume() * 1000, aff, tmp_path / "volume.dcm", order=order, shared_geometry=shared)
     _, affine = dicom.read_series(path)
     labels = _labels()
     dicomseg.write_segmentation(labels, affine, dicomseg.series_reference(path), tmp_path / "seg.dcm", CLASSES)
@@ -104,6 +108,10 @@ def test_an_enhanced_file_s_seg_refers_to_its_frames(tmp_path):
     for number, k in enumerate(order, start=1):  # frame `number` of the file holds slice k
         expected = labels[:, :, k].T
         np.testing.assert_array_equal(planes.get((uid, number), np.zeros_like(expected)), expected)
+    seg, seg_affine = dicomseg.read_segmentation(tmp_path / "seg.dcm")
+    from mixdemo.io import resample_labels
+
+    np.testing.assert_array_equal(resample_labels(seg, seg_affine, labels.shape, affine), labels)
 
 
 def test_a_tilted_stack_s_seg_lies_on_the_tilted_images(tmp_path):
@@ -193,19 +201,66 @@ def test_a_sex_date_or_time_off_the_standard_is_left_empty_in_the_seg(tmp_path):
     assert (seg.PatientSex, seg.StudyDate, seg.StudyTime, seg.PatientBirthDate) == ("", "", "", "")
 
 
-def test_headers_highdicom_refuses_are_a_segmentation_error_without_their_values(tmp_path):
-    """A header value the SEG cannot carry (here an unknown character set) is a SegmentationError whose message
-    quotes no header value, and nothing is written."""
+def test_headers_highdicom_refuses_are_a_segmentation_error_without_their_values(tmp_path, monkeypatch):
+    """highdicom refusing a header value (its message may quote it) is a SegmentationError whose message quotes no
+    header value, and nothing is written. No header met here makes it refuse since they are completed and the SEG
+    is written in UTF-8, so its refusal is simulated."""
+    import highdicom as hd
+
+    def refuse(*args, **kwargs):
+        raise ValueError(f"Value {PATIENT!r} is not allowed")
+
+    _series(tmp_path)
+    _, affine = dicom.read_series(tmp_path / "series")
+    reference = dicomseg.series_reference(tmp_path / "series")
+    monkeypatch.setattr(hd.seg, "Segmentation", refuse)
+    with pytest.raises(dicomseg.SegmentationError) as caught:
+        dicomseg.write_segmentation(_labels(), affine, reference, tmp_path / "seg.dcm", CLASSES)
+    assert PATIENT not in str(caught.value) and "ValueError" in str(caught.value)
+    assert not list(tmp_path.glob("*.dcm")) and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("character_set, name", [("ISO_IR 100", "Müller^Jürgen"),
+                                                 ("\\ISO 2022 IR 87", "Yamada^Tarou=山田^太郎"),
+                                                 ("ISO_IR 192", "Ødegård^Åse")], ids=["latin-1", "japanese", "utf-8"])
+def test_a_series_in_any_character_set_gets_a_seg_with_its_names_in_utf8(tmp_path, character_set, name):
+    """highdicom refused the Japanese character sets (the CLI fell back to NIfTI after the server's work); the SEG
+    is written in UTF-8, its patient name the series' text."""
+    import pydicom
+
     from tests.test_dicom import _edit
 
     files = _series(tmp_path)
-    _edit(files, lambda ds, k: setattr(ds, "SpecificCharacterSet", "ISO_IR 999"))
+    _edit(files, lambda ds, k: (setattr(ds, "SpecificCharacterSet", character_set), setattr(ds, "PatientName", name)))
+    _, affine = dicom.read_series(tmp_path / "series")
+    dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "seg.dcm", CLASSES)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.SpecificCharacterSet == "ISO_IR 192" and str(seg.PatientName) == name
+
+
+def test_a_one_part_patient_name_gets_its_trailing_caret_and_no_warning(tmp_path):
+    import pydicom
+    import warnings
+
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+    _edit(files, lambda ds, k: setattr(ds, "PatientName", "Oneword"))
     _, affine = dicom.read_series(tmp_path / "series")
     reference = dicomseg.series_reference(tmp_path / "series")
-    with pytest.raises(dicomseg.SegmentationError) as caught:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # highdicom warned, quoting the name
         dicomseg.write_segmentation(_labels(), affine, reference, tmp_path / "seg.dcm", CLASSES)
-    assert "999" not in str(caught.value) and PATIENT not in str(caught.value)
-    assert not (tmp_path / "seg.dcm").exists()
+    assert str(pydicom.dcmread(tmp_path / "seg.dcm").PatientName) == "Oneword^"
+
+
+def test_class_names_and_versions_are_made_single_dicom_values():
+    """Class names come from the server: a backslash (DICOM's value separator), an empty name or a control
+    character made an invalid SEG, and a Windows path in the version one highdicom refused."""
+    descriptions = dicomseg._segment_descriptions(("background", "GM\\x", "", "Ödem\n"), "D C:\\Users\\a")
+    assert [d.SegmentLabel for d in descriptions] == ["GM/x", "class 2", "Ödem"]
+    assert descriptions[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "D C:/Users/a"
 
 
 def test_unknown_class_names_are_coded_as_tissue_and_named():
@@ -276,3 +331,73 @@ def test_a_series_split_over_enhanced_files_is_refused_a_seg_before_any_work(tmp
     folder = _enhanced_files(tmp_path, _volume() * 1000, _affine(), 7)
     with pytest.raises(dicomseg.SegmentationError, match="several multi-frame"):
         dicomseg.series_reference(folder)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+@pytest.mark.parametrize("source", ["classic", "enhanced shared", "enhanced per frame"])
+def test_dciodvfy_finds_no_error_in_the_seg(tmp_path, source):
+    """The standard's own checker (dicom3tools' dciodvfy, installed by .ci/run) finds no error in a SEG of a classic
+    series or of an enhanced file (it found the enhanced SEG's Pixel Measures without the slice thickness the
+    standard requires)."""
+    import subprocess
+
+    aff = _affine(rotation_deg=17.0)
+    if source == "classic":
+        _series(tmp_path, aff=aff)
+        path = tmp_path / "series"
+    else:
+        path = _enhanced(_volume() * 1000, aff, tmp_path / "volume.dcm", shared_geometry=source == "enhanced shared")
+    _, affine = dicom.read_series(path)
+    dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(path), tmp_path / "seg.dcm", CLASSES)
+    checked = subprocess.run(["dciodvfy", "-new", str(tmp_path / "seg.dcm")], capture_output=True, text=True)
+    errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+    assert not errors
+
+
+def test_a_tilted_stack_s_seg_is_refused_by_the_score_with_a_reason(tmp_path, capsys):
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    aff = _affine(zooms=(1.0, 1.0, 1.5))
+    aff[:3, 2] = [0.0, np.tan(np.deg2rad(20)) * 1.5, 1.5]
+    _series(tmp_path, aff=aff)
+    data, straight = dicom.read_series(tmp_path / "series")
+    labels = np.zeros(data.shape, np.uint8)
+    labels[4:10, 4:10, 4:10] = 2
+    dicomseg.write_segmentation(labels, straight, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "s_seg.dcm", CLASSES)
+    save_volume(labels, straight, tmp_path / "labels.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "s_seg.dcm"), str(tmp_path / "labels.nii.gz")]) == 2
+    assert "tilted" in capsys.readouterr().err
+
+
+def test_the_score_refuses_a_folder_with_both_kinds_of_one_scan(tmp_path, capsys):
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    for folder in ("segs", "labels"):
+        (tmp_path / folder).mkdir()
+    save_volume(_labels(), np.eye(4), tmp_path / "labels" / "x_seg.nii.gz", dtype=np.uint8)
+    save_volume(_labels(), np.eye(4), tmp_path / "segs" / "x_seg.nii.gz", dtype=np.uint8)
+    (tmp_path / "segs" / "x_seg.dcm").write_bytes(b"")
+    assert main([str(tmp_path / "segs"), str(tmp_path / "labels")]) == 2
+    assert "count it twice" in capsys.readouterr().err
+
+
+def test_a_terminated_client_leaves_no_half_written_seg(tmp_path):
+    """SIGTERM while the SEG is written (its temporary file holds the patient's name): the client's handler makes
+    it leave as an exception does, and the temporary file is deleted (it was left, hidden, for good)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("from mixdemo.client import exit_on_sigterm; exit_on_sigterm()\n"
+            "import time\nfrom mixdemo.io import write_atomically\n"
+            "def slow(tmp):\n    open(tmp, 'w').write('Doe^Jane')\n    print('ready', flush=True)\n    time.sleep(60)\n"
+            f"write_atomically({str(tmp_path / 'seg.dcm')!r}, '.dcm', slow)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
