@@ -150,7 +150,10 @@ def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
     from mixdemo.client import ClientError
     from mixdemo.io import ScanError
 
+    from mixdemo.dicom import is_series_input
+
     try:
+        series = is_series_input(path)
         sess = _session_from_files(path, None, "upload", _progress_fn(progress))
     except (ScanError, ClientError, ValueError) as exc:
         return _refused_upload(str(exc) or type(exc).__name__, 5)
@@ -158,8 +161,12 @@ def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
         _delete_upload(path)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
     status = (f"Loaded your scan: {what_was_read(sess.target)} (its upload is deleted; no labels yet, so no Dice)."  # type: ignore[arg-type]
-              + note)
+              + (DICOM_SEG_NOTE if series else "") + note)
     return (sess, *_centre_updates(sess), locator(sess, None), status, None)
+
+
+DICOM_SEG_NOTE = (" Its segmentation downloads as NIfTI: the app keeps no header field of a series, and a DICOM SEG "
+                  "needs them; the command-line client writes one on your machine (`-o seg.dcm`).")
 
 
 def what_was_read(target) -> str:  # noqa: ANN001 - a mixdemo.client.Target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,9 +195,13 @@ def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, t
     out = ui.load_upload(str(archive), progress=_Progress())
     sess, status = out[0], out[-2]
     assert status.startswith("Loaded your scan: a 144×192×160 grid of 1×1×1 mm voxels, already on the models' grid")
+    assert ui.DICOM_SEG_NOTE in status  # where its DICOM SEG comes from (not from the app)
     assert not archive.exists()
     expected = ui._session_from_files(str(folder / "t1.nii.gz"), None, "upload")
     np.testing.assert_allclose(sess.target.image, expected.target.image, atol=1e-3)  # int16 storage rounds
+    nifti = tmp_path / "upload.nii.gz"
+    shutil.copy(folder / "t1.nii.gz", nifti)
+    assert ui.DICOM_SEG_NOTE not in ui.load_upload(str(nifti), progress=_Progress())[-2]
 
 
 def test_the_averaging_attack_says_whether_it_singles_out_its_target():
