@@ -15,10 +15,11 @@ The series must be one 3D volume: one series (by SeriesInstanceUID), one time po
 position, positions evenly spaced on one line, every image the same size, orientation and pixel spacing. A stack
 whose slices step off the normal (a gantry tilt) is resampled onto slices along the normal, as dcm2niix does. A
 damaged image is refused, not left out. An enhanced multi-frame file is a series in one file (or in several: one
-frame each, or part of the frames each) whose frames carry their own position and rescale (functional groups, read with pydicom): SimpleITK alone stacks the frames in file
-order at 1 mm with the first frame's rescale, so it only decodes what pydicom cannot, and its rescale is undone. A
-legacy multi-frame file, whose frames carry no position of their own, is refused. Anything else is a :class:`mixdemo.io.ScanError` whose message
-says what was found and what is expected, without any path or header value beyond the geometry.
+frame each, or part of the frames each) whose frames carry their own position and rescale (functional groups,
+read with pydicom): SimpleITK alone stacks the frames in file order at 1 mm with the first frame's rescale, so it
+only decodes what pydicom cannot, and its rescale is undone. A legacy multi-frame file, whose frames carry no
+position of their own, is refused. Anything else is a :class:`mixdemo.io.ScanError` whose message says what was
+found and what is expected, without any path or header value beyond the geometry.
 :func:`write_series` writes a volume as such a series (pydicom); it makes the examples and the tests' inputs.
 """
 
@@ -61,7 +62,7 @@ _MAX_DIRECTORY_BYTES = MAX_FILES * 1024  # a zip's central directory: ~50 bytes 
 _TEMP_PREFIX = "mixdemo-dicom-"
 _STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
-_FRAMES, _TEMPORAL_POSITION, _ECHO = "0028|0008", "0020|0100", "0018|0086"
+_FRAMES, _TEMPORAL_POSITION, _ECHO, _SOP_CLASS = "0028|0008", "0020|0100", "0018|0086", "0008|0016"
 _NO_GEOMETRY = ("The images carry no valid slice position, orientation or pixel spacing; an MR series as the scanner "
                 "exports it is expected (not screenshots or secondary captures).")
 
@@ -77,6 +78,7 @@ class _Slice(NamedTuple):
     stack: tuple[str, ...]  # temporal position, echo (and stack, of a multi-frame file); "" when absent
     frame: int = -1  # the frame of a multi-frame file (its position in the file), -1 for a single-frame file
     rescale: tuple[float, float] = (1.0, 0.0)  # a multi-frame file's frame's slope and intercept
+    in_stack: int = 0  # a multi-frame file's frame's In-Stack Position Number (1 to n along the stack), 0 if absent
 
 
 def is_series_input(path: str | os.PathLike) -> bool:
@@ -350,7 +352,18 @@ def _series_slices(flat: str) -> list[_Slice]:
         raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
                              ".zip of all the series' files (or give the client their folder).")
     _check_alike(slices)
+    _check_stack_complete(slices)
     return _ordered(slices)
+
+
+def _check_stack_complete(slices: Sequence[_Slice]) -> None:
+    """Frames numbered in their stack (In-Stack Position Number, 1 to n) must all be there: a file missing from a
+    series split over several files takes a block off one end, which the spacing checks cannot see."""
+    numbers = sorted(s.in_stack for s in slices)
+    if slices[0].frame >= 0 and numbers[0] > 0 and numbers != list(range(1, len(numbers) + 1)):
+        raise mio.GeometryError(f"The series' frames are numbered {numbers[0]} to {numbers[-1]} in their stack but "
+                                f"{len(numbers)} are here: some are missing (a file of the series left out?); the "
+                                "complete series is expected.")
 
 
 def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str]) -> None:
@@ -395,12 +408,14 @@ def _several_series(files: Sequence[Sequence[str]]) -> str:
         try:
             group = _file_slices(names[0])
             first, view = group[0], _view(group[0].direction[:, 2])
-            what = f"a {view} multi-frame file of {len(group)} frames" if len(names) == 1 and len(group) > 1 else \
-                f"{len(names)} {view} images"
+            article = "an" if view[0] in "aeiou" else "a"
+            what = (f"{len(names)} {view} image{'s' * (len(names) > 1)}" if first.frame < 0 else
+                    f"{article} {view} multi-frame file of {len(group)} frames" if len(names) == 1 else
+                    f"{len(names)} {view} multi-frame files")
             described.append(f"{what} of {first.size[0]}×{first.size[1]} at "
                              f"{first.spacing[0]:.3g}×{first.spacing[1]:.3g} mm")
         except (ValueError, RuntimeError):
-            described.append(f"{len(names)} images")
+            described.append(f"{len(names)} file{'s' * (len(names) > 1)}")
     return (f"The input holds {len(files)} DICOM series ({'; '.join(described)}); one series, the T1 scan, is "
             "expected: give only its files (a .zip of them, or their folder).")
 
@@ -450,10 +465,21 @@ def _image_information(path: str):  # noqa: ANN202 - a SimpleITK ImageFileReader
     return reader
 
 
+_MULTI_FRAME_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4",  # MR
+    "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1",  # PET
+})
+"""SOP classes of the enhanced and legacy-converted enhanced images: multi-frame even when a file holds one frame."""
+
+
 def _is_multi_frame_file(reader) -> bool:  # noqa: ANN001 - a SimpleITK ImageFileReader
-    """A file of a multi-frame IOD (enhanced or legacy): it states its number of frames, even when it is one (an
-    enhanced export may write one frame per file, with the geometry in functional groups only)."""
-    return bool(_numbers(reader, _FRAMES)) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1)
+    """A file of several frames, or of a multi-frame SOP class (an enhanced export may write one frame per file,
+    its geometry in functional groups only). A classic image is single-frame even if it states one frame (some
+    exporters and anonymisers write Number of Frames 1 into every image)."""
+    frames = _numbers(reader, _FRAMES)
+    return bool(frames and frames[0] > 1) or (reader.GetDimension() > 2 and reader.GetSize()[2] > 1) or \
+        _text(reader, _SOP_CLASS).strip("\x00 ") in _MULTI_FRAME_CLASSES
 
 
 def _frames(path: str) -> list[_Slice]:
@@ -512,6 +538,7 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int],  # noqa: 
         raise mio.ValueRangeError("A frame's rescale slope or intercept is invalid (zero, or not a number).")
     keys = (value("FrameContentSequence", "TemporalPositionIndex"), value("MREchoSequence", "EffectiveEchoTime"),
             value("FrameContentSequence", "StackID"))
+    in_stack = value("FrameContentSequence", "InStackPositionNumber")
     return _Slice(
         path=path,
         size=size,
@@ -521,6 +548,7 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int],  # noqa: 
         stack=tuple("" if k is None else str(k) for k in keys),
         frame=f,
         rescale=(slope, intercept),
+        in_stack=int(in_stack) if isinstance(in_stack, int) and in_stack > 0 else 0,
     )
 
 

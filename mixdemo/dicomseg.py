@@ -6,8 +6,11 @@ from (pixel data not read); :func:`write_segmentation` samples the label map at 
 pixels and writes a BINARY SEG (one bit-packed frame per segment and slice that holds it) with highdicom. The SEG
 carries the series' patient and study fields and its Frame of Reference, as the standard requires for it to be
 filed with the series: it is written on the machine that holds the series and is never sent anywhere. Its text is
-UTF-8; fields the standard would refuse are left empty, identifiers copied as they are; its geometry is the one
-:mod:`mixdemo.dicom` checked. The standard's checker (dicom3tools' ``dciodvfy``) finds no error in it (tests).
+UTF-8; a sex, date or time the standard would refuse is left empty, identifiers are copied as they are (an
+over-long accession number stays over-long); its geometry is the one :mod:`mixdemo.dicom` checked (given to
+highdicom cleaned, so a source whose orientation is written to a few decimals gets Spatial Locations Preserved
+NO, its frames' references intact). The standard's checker (dicom3tools' ``dciodvfy``) finds no error in the SEG
+of a series whose own identifiers are valid (tests).
 
 Frames are sampled at the series' own pixel positions, so a SEG refers to each image whatever grid the labels lie
 on (a tilted stack is read resampled onto slices along its normal; its SEG is back on the tilted images).
@@ -132,10 +135,10 @@ def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: S
     import highdicom as hd
 
     first = reference.planes[0]
-    normal = first.direction[:, 2]
-    step = abs(float((reference.planes[-1].origin - first.origin) @ normal)) / max(len(reference.planes) - 1, 1)
+    along = [float(p.origin @ first.direction[:, 2]) for p in reference.planes]  # the planes, in any order
+    step = (max(along) - min(along)) / max(len(along) - 1, 1)
     return hd.seg.Segmentation(
-        source_images=_sources(reference.headers, step),
+        source_images=_sources(reference.headers, step, multi_frame=first.frame >= 0),
         pixel_array=frames,  # one per source image, or per frame of the one enhanced file, in their order
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(class_names, software_version),
@@ -160,14 +163,14 @@ def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: S
     )
 
 
-def _sources(headers: Sequence, step: float) -> list:
+def _sources(headers: Sequence, step: float, *, multi_frame: bool) -> list:
     """Copies of the source headers as highdicom reads them (:func:`_complete`), with the geometry it takes from
     them made explicit where an export leaves it implicit, all within the tolerances :mod:`mixdemo.dicom` checked:
     every classic image the first one's orientation string (highdicom compares them as strings), a slice thickness
     where none is given (the step along the normal), and an enhanced file's orientation and pixel measures in its
     shared functional groups (highdicom reads them there only)."""
     out = [_complete(h) for h in headers]
-    if "NumberOfFrames" in out[0]:
+    if multi_frame:
         _share_frame_geometry(out[0], step)
         return out
     for header in out:
@@ -205,6 +208,8 @@ def _complete(header):  # noqa: ANN001, ANN202 - pydicom Datasets
     must match its study in a PACS."""
     import copy
 
+    from pydicom.multival import MultiValue
+
     header = copy.deepcopy(header)
     for keyword in _TYPE_2:
         if keyword not in header:
@@ -214,6 +219,8 @@ def _complete(header):  # noqa: ANN001, ANN202 - pydicom Datasets
     for keyword, form in (("PatientBirthDate", _DATE), ("StudyDate", _DATE), ("StudyTime", _TIME)):
         if not _is_date_or_time(str(header.get(keyword) or ""), form):
             setattr(header, keyword, "")
+    if isinstance(header.PatientName, MultiValue):  # one name, by the standard; highdicom refused several
+        header.PatientName = header.PatientName[0] if len(header.PatientName) else ""
     name = str(header.PatientName or "")
     if name and "^" not in name:
         groups = name.split("=")

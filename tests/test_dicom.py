@@ -226,11 +226,11 @@ def test_time_points_under_one_series_are_refused(tmp_path):
 
 
 def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slopes=None, intercepts=None,
-              temporal=None, shared_geometry: bool = True) -> Path:
+              temporal=None, shared_geometry: bool = True, in_stack: bool = False) -> Path:
     """``vol`` as one Enhanced MR file (pydicom): geometry and rescale in functional groups (orientation and
     spacing shared, or per frame without ``shared_geometry``; position and rescale per frame; no slice thickness),
     frames stored in ``order``; stored values are ``vol`` rounded, and each frame's rescale maps them to
-    ``stored * slope + intercept``."""
+    ``stored * slope + intercept``; with ``in_stack``, each frame's In-Stack Position Number is its slice's, 1 to n."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -274,9 +274,12 @@ def _enhanced(vol: np.ndarray, aff: np.ndarray, path: Path, *, order=None, slope
                                                           f"{(intercepts or [0.0] * n)[k]:g}")
         rescale.RescaleType = "US"
         frame.PixelValueTransformationSequence = Sequence([rescale])
-        if temporal is not None:
+        if temporal is not None or in_stack:
             content = Dataset()
-            content.TemporalPositionIndex = temporal[f]
+            if temporal is not None:
+                content.TemporalPositionIndex = temporal[f]
+            if in_stack:
+                content.InStackPositionNumber = int(k) + 1
             frame.FrameContentSequence = Sequence([content])
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
@@ -309,7 +312,7 @@ def test_an_enhanced_multi_frame_file_reads_as_its_classic_series(tmp_path, monk
     np.testing.assert_allclose(affine, classic_affine, atol=1e-5)
 
 
-def _enhanced_files(tmp_path: Path, vol, aff, frames_per_file) -> Path:
+def _enhanced_files(tmp_path: Path, vol, aff, frames_per_file, in_stack: bool = False) -> Path:
     """``vol`` as one series of enhanced files, each holding consecutive frames (``frames_per_file`` each): a series
     split over files, or one frame per file, as some exports write them. Returns their folder."""
     import pydicom
@@ -319,7 +322,8 @@ def _enhanced_files(tmp_path: Path, vol, aff, frames_per_file) -> Path:
     first = None
     for n, start in enumerate(range(0, vol.shape[2], frames_per_file)):
         path = _enhanced(vol, aff, folder / f"part{n}.dcm", order=list(range(start, min(start + frames_per_file,
-                                                                                             vol.shape[2]))))
+                                                                                             vol.shape[2]))),
+                         in_stack=in_stack)
         ds = pydicom.dcmread(path)
         first = first or ds
         ds.StudyInstanceUID, ds.SeriesInstanceUID = first.StudyInstanceUID, first.SeriesInstanceUID
@@ -337,6 +341,28 @@ def test_a_series_of_several_enhanced_files_reads_as_its_classic_series(tmp_path
     data, affine = dicom.read_series(_enhanced_files(tmp_path, vol, aff, frames_per_file))
     np.testing.assert_allclose(affine, aff, atol=1e-5)
     np.testing.assert_allclose(data, np.rint(vol), atol=1e-3)
+
+
+def test_a_series_split_over_enhanced_files_with_one_missing_is_refused(tmp_path):
+    """Frames numbered in their stack: a file left out takes a block off one end, evenly spaced all the same (it
+    read as half the volume)."""
+    folder = _enhanced_files(tmp_path, _volume() * 1000, _affine(), 7, in_stack=True)
+    assert dicom.read_series(folder)[0].shape == SHAPE
+    (folder / "part0.dcm").unlink()
+    with pytest.raises(GeometryError, match="numbered 8 to 14 in their stack but 7 are here"):
+        dicom.read_series(folder)
+
+
+def test_classic_images_stating_one_frame_are_a_classic_series(tmp_path):
+    """Some exporters and anonymisers write Number of Frames 1 into classic images: still single-frame images (they
+    were taken for legacy multi-frame files and refused)."""
+    vol, aff = _volume(), _affine()
+    files = _series(tmp_path, vol, aff)
+    expected = dicom.read_series(tmp_path / "series")
+    _edit(files, lambda ds, k: setattr(ds, "NumberOfFrames", 1))
+    data, affine = dicom.read_series(tmp_path / "series")
+    np.testing.assert_array_equal(data, expected[0])
+    np.testing.assert_allclose(affine, expected[1])
 
 
 def test_a_series_mixing_enhanced_and_classic_files_is_refused(tmp_path):

@@ -108,6 +108,8 @@ def test_an_enhanced_file_s_seg_refers_to_its_frames(tmp_path, shared):
     for number, k in enumerate(order, start=1):  # frame `number` of the file holds slice k
         expected = labels[:, :, k].T
         np.testing.assert_array_equal(planes.get((uid, number), np.zeros_like(expected)), expected)
+    assert float(pydicom.dcmread(tmp_path / "seg.dcm").SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+                 .SliceThickness) == pytest.approx(1.5)  # the step (frames shuffled: first to last gave 0.115)
     seg, seg_affine = dicomseg.read_segmentation(tmp_path / "seg.dcm")
     from mixdemo.io import resample_labels
 
@@ -237,6 +239,21 @@ def test_a_series_in_any_character_set_gets_a_seg_with_its_names_in_utf8(tmp_pat
                                 tmp_path / "seg.dcm", CLASSES)
     seg = pydicom.dcmread(tmp_path / "seg.dcm")
     assert seg.SpecificCharacterSet == "ISO_IR 192" and str(seg.PatientName) == name
+
+
+def test_a_patient_name_of_several_values_keeps_its_first(tmp_path):
+    """The standard allows one; an export with two made highdicom refuse the SEG, then its text came out
+    garbled as "[Doe, Jane]^"."""
+    import pydicom
+
+    from tests.test_dicom import _edit
+
+    files = _series(tmp_path)
+    _edit(files, lambda ds, k: setattr(ds, "PatientName", ["Doe^John", "Doe^Jane"]))
+    _, affine = dicom.read_series(tmp_path / "series")
+    dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(tmp_path / "series"),
+                                tmp_path / "seg.dcm", CLASSES)
+    assert str(pydicom.dcmread(tmp_path / "seg.dcm").PatientName) == "Doe^John"
 
 
 def test_a_one_part_patient_name_gets_its_trailing_caret_and_no_warning(tmp_path):
