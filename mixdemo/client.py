@@ -136,7 +136,7 @@ class Target:
 
 
 def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
-                grid: Sequence[int] | None = None, grid_confirmed: bool = False) -> Target:
+                grid: Sequence[int] | None = None, grid_confirmed: bool = False, series: int | None = None) -> Target:
     """Load a scan and bring it onto the models' grid, on the client.
 
     A scan already in model space (on the 144×192×160 MNI grid and skull-stripped, e.g. the
@@ -145,7 +145,8 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     ``grid``: the references' grid when it is not that one (models retrained on other data, e.g. BraTS
     on its 240×240×155 grid): the scan must then already lie on it, as the references do (registered
     and skull-stripped by the user), and is used as it is. ``grid_confirmed``: the server said its model works on
-    ``grid`` too, so a scan off it is the one to register.
+    ``grid`` too, so a scan off it is the one to register. ``series``: of a DICOM input holding several, which
+    (:func:`mixdemo.dicom.read_series`).
     """
     from dataclasses import replace
 
@@ -154,7 +155,7 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
 
     from mixdemo.preprocess import is_model_space, to_model_space
 
-    raw = load_scan(path, normalize=False)  # read once (a DICOM series is unpacked once), normalised below
+    raw = load_scan(path, normalize=False, series=series)  # read once (a DICOM series is unpacked once), normalised below
     scan = replace(raw, data=normalize_intensity(raw.data))
     if grid is not None and tuple(grid) != GRID_SHAPE:
         if scan.data.shape != tuple(grid):
@@ -588,15 +589,17 @@ def segment_file(
     grid_confirmed: bool = False,
     class_names: Sequence[str] | None = None,
     software_version: str = "",
+    series: int | None = None,
 ) -> MixKey:
     """Segment a scan privately with ``server`` and write the labels in the input's space; returns the key used.
     The client keeps only what one request needs at a time (:func:`run_private_labels`). ``grid_confirmed``: the
     server said its model works on the references' grid. An ``out_path`` ending in ``.dcm`` gets a DICOM SEG of
     the input series (:mod:`mixdemo.dicomseg`; its headers are read before any request, so a series that cannot
     carry one costs no server time), its segments named by ``class_names`` (the server's; default the
-    phantoms'), ``software_version`` recorded in it."""
-    seg_source = _seg_source(scan_path) if is_dicom_seg(out_path) else None
-    target = load_target(scan_path, progress=progress, grid=references[0].image.shape, grid_confirmed=grid_confirmed)
+    phantoms'), ``software_version`` recorded in it. ``series``: of a DICOM input holding several, which."""
+    seg_source = _seg_source(scan_path, series) if is_dicom_seg(out_path) else None
+    target = load_target(scan_path, progress=progress, grid=references[0].image.shape, grid_confirmed=grid_confirmed,
+                         series=series)
     if target.warning and progress:
         progress(0.0, f"warning: {target.warning}")
     if target.image.shape != references[0].image.shape:
@@ -633,11 +636,11 @@ def is_dicom_seg(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith(".dcm")
 
 
-def _seg_source(scan_path: str | os.PathLike):  # noqa: ANN202 - a mixdemo.dicomseg.SeriesReference
+def _seg_source(scan_path: str | os.PathLike, series: int | None = None):  # noqa: ANN202 - a SeriesReference
     from mixdemo.dicomseg import series_reference
 
-    _check_dicom_inputs([scan_path])
-    return series_reference(scan_path)
+    _check_dicom_inputs([scan_path], SEG_NEEDS_DICOM)
+    return series_reference(scan_path, series)
 
 
 def _shape_text(shape: Sequence[int]) -> str:
@@ -671,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="write DICOM SEG objects (.dcm) that refer to the input DICOM series, for a PACS or a DICOM "
                         "viewer, instead of NIfTI (DICOM inputs only; implied by -o NAME.dcm). A SEG carries the "
                         "series' patient and study fields, as the standard requires; it is written here, never sent")
+    p.add_argument("--series", type=int, default=None, metavar="N",
+                   help="of a DICOM input holding several series (a whole study's export), the one numbered N in the "
+                        "list the client prints when it refuses such an input (the series with most images first)")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
     p.add_argument("--tta", type=int, default=1, metavar="K",
@@ -737,7 +743,11 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], tor
     check_server_address(args.server)
     outputs = output_paths(args.scan, args.output, dicom_seg=args.dicom_seg)
     if any(is_dicom_seg(o) for o in outputs):
-        _check_dicom_inputs(args.scan)
+        _check_dicom_inputs(args.scan, SEG_NEEDS_DICOM)
+    if args.series is not None:
+        if args.series < 1:
+            raise ClientError("--series counts from 1 (the first series an input's refusal lists).")
+        _check_dicom_inputs(args.scan, SERIES_NEEDS_DICOM)
     if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
         raise ClientError("--alpha must lie between 0.05 and 0.95.")
     if args.centre is not None and args.mode != "patch":
@@ -793,7 +803,8 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
                 scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
                 centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
                 mirror=args.mirror, unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
-                grid_confirmed=grid_confirmed, **(_seg_naming(remote, args) if is_dicom_seg(out) else {}),
+                grid_confirmed=grid_confirmed, series=args.series,
+                **(_seg_naming(remote, args) if is_dicom_seg(out) else {}),
             )
         except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
             print(f"error: {tag}{exc}", file=sys.stderr)
@@ -844,17 +855,21 @@ def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) 
     return [folder / f"{n}_seg.{'dcm' if dicom_seg else 'nii.gz'}" for n in names]
 
 
-def _check_dicom_inputs(scans: Sequence[str | os.PathLike]) -> None:
-    """A ClientError, before any request, if a DICOM SEG is asked for a scan that is not a DICOM series (named by
-    its position, never its file name)."""
+SEG_NEEDS_DICOM = "A DICOM SEG refers to the DICOM series it segments"
+SERIES_NEEDS_DICOM = "--series picks one series of a DICOM input"
+
+
+def _check_dicom_inputs(scans: Sequence[str | os.PathLike], why: str) -> None:
+    """A ClientError, before any request, if something only a DICOM input has (``why`` says what) is asked of a
+    scan that is not a DICOM series (named by its position, never its file name)."""
     from mixdemo.dicom import is_series_input
 
     nifti = [i + 1 for i, s in enumerate(scans) if Path(s).exists() and not is_series_input(s)]  # a missing one
     # is said where its turn comes, and the others go on
     if nifti:
         which = "the input is" if len(scans) == 1 else f"scan {', '.join(map(str, nifti))} of {len(scans)} is"
-        raise ClientError(f"A DICOM SEG refers to the DICOM series it segments, and {which} a NIfTI file: write NIfTI "
-                          "(.nii.gz) instead.")
+        raise ClientError(f"{why}, and {which} a NIfTI file" + (": write NIfTI (.nii.gz) instead."
+                                                                if why == SEG_NEEDS_DICOM else "."))
 
 
 def scan_stem(scan: str | os.PathLike) -> str:

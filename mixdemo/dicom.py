@@ -97,12 +97,15 @@ def is_series_input(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_series(path: str | os.PathLike, series: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read one DICOM series as a 3D float32 array (voxel axes i, j, k) and its RAS+ voxel-to-mm affine.
 
     Args:
         path: A ``.zip`` archive holding one series, a folder (searched recursively, links followed) holding one,
             or one DICOM file (an enhanced multi-frame volume; one slice is refused with advice).
+        series: Which series of an input that holds several (a whole study's export), numbered from 1 as the
+            refusal of such an input lists them (by their number of images, most first); None: the input must
+            hold one.
 
     Returns:
         ``(data, affine)``, as :func:`mixdemo.io.load_scan` takes them from a NIfTI file: rescale slope and
@@ -111,7 +114,7 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         mixdemo.io.ScanError: A subclass saying why the input is not one readable 3D series.
     """
-    with series_images(path) as slices:
+    with series_images(path, series) as slices:
         shape = (slices[0].size[0], slices[0].size[1], len(slices))
         mio._check_dims(shape)
         affine = _affine(slices)
@@ -120,7 +123,7 @@ def read_series(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextmanager
-def series_images(path: str | os.PathLike) -> Iterator[list[_Slice]]:
+def series_images(path: str | os.PathLike, series: int | None = None) -> Iterator[list[_Slice]]:
     """The series' images (or an enhanced file's frames) in order along the slice normal, checked to form one
     regular 3D volume, while their files exist: unpacked from a ``.zip`` (or linked from a folder) into a temporary
     folder deleted on leaving. :func:`read_series` reads its voxels from them; :mod:`mixdemo.dicomseg` reads the
@@ -140,7 +143,7 @@ def series_images(path: str | os.PathLike) -> Iterator[list[_Slice]]:
                 _unpack_zip(path, Path(flat))
             else:
                 _place(Path(path).resolve(), Path(flat) / "00000")
-            yield _series_slices(flat)
+            yield _series_slices(flat, series)
     except OSError:
         raise mio.UnreadableFileError("The DICOM input could not be read or unpacked: access or disk space may be "
                                       "lacking.") from None
@@ -329,21 +332,27 @@ def _check_count(n: int, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- the series
-def _series_slices(flat: str) -> list[_Slice]:
-    """The series' images in order along the slice normal, checked to form one regular 3D volume."""
+def _series_slices(flat: str, series: int | None = None) -> list[_Slice]:
+    """The series' images (``series``: the one of that number, see :func:`read_series`) in order along the slice
+    normal, checked to form one regular 3D volume."""
     import SimpleITK as sitk
 
     try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(flat)
-        files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in series]
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(flat)
+        files = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(flat, uid) for uid in uids]
     except RuntimeError:  # GDCM gives up on some malformed sequences
         raise mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.") from None
-    if not series:
+    if not uids:
         raise mio.NotNiftiError(_nothing_found(flat))
-    if len(files) > 1:
-        raise mio.ShapeError(_several_series(files))
-    _check_none_left_out(flat, series[0], files[0])
-    per_file = [_file_slices(f) for f in files[0]]
+    numbered = sorted(zip(uids, files), key=lambda pair: len(pair[1]), reverse=True)  # stable: GDCM's order in ties
+    if series is None and len(numbered) > 1:
+        raise mio.ShapeError(_several_series([names for _, names in numbered]))
+    if series is not None and not 1 <= series <= len(numbered):
+        raise mio.ShapeError(f"Series {series} was asked for, but the input holds {len(numbered)} DICOM series"
+                             f"{'' if len(numbered) == 1 else ' (numbered 1 to ' + str(len(numbered)) + ')'}.")
+    uid, names = numbered[0 if series is None else series - 1]
+    _check_none_left_out(flat, uid, names)
+    per_file = [_file_slices(f) for f in names]
     if len({group[0].frame >= 0 for group in per_file}) > 1:
         raise mio.ShapeError("The series mixes multi-frame (enhanced) and single-frame files; one 3D volume is "
                              "expected.")
@@ -402,9 +411,10 @@ def _nothing_found(flat: str) -> str:
 
 
 def _several_series(files: Sequence[Sequence[str]]) -> str:
-    """A refusal that tells the series apart by their geometry alone (no description or identifier)."""
+    """A refusal that tells the series apart by their geometry alone (no description or identifier), numbered in
+    the order given (``--series N`` of the client picks one)."""
     described = []
-    for names in sorted(files, key=len, reverse=True):
+    for number, names in enumerate(files, start=1):
         try:
             group = _file_slices(names[0])
             first, view = group[0], _view(group[0].direction[:, 2])
@@ -412,12 +422,13 @@ def _several_series(files: Sequence[Sequence[str]]) -> str:
             what = (f"{len(names)} {view} image{'s' * (len(names) > 1)}" if first.frame < 0 else
                     f"{article} {view} multi-frame file of {len(group)} frames" if len(names) == 1 else
                     f"{len(names)} {view} multi-frame files")
-            described.append(f"{what} of {first.size[0]}×{first.size[1]} at "
+            described.append(f"{number}: {what} of {first.size[0]}×{first.size[1]} at "
                              f"{first.spacing[0]:.3g}×{first.spacing[1]:.3g} mm")
         except (ValueError, RuntimeError):
-            described.append(f"{len(names)} file{'s' * (len(names) > 1)}")
+            described.append(f"{number}: {len(names)} file{'s' * (len(names) > 1)}")
     return (f"The input holds {len(files)} DICOM series ({'; '.join(described)}); one series, the T1 scan, is "
-            "expected: give only its files (a .zip of them, or their folder).")
+            "expected: give only its files (a .zip of them, or their folder), or pick it by its number with the "
+            "command-line client's --series.")
 
 
 def _view(normal: np.ndarray) -> str:

@@ -51,9 +51,9 @@ class SeriesReference:
     planes: list  # mixdemo.dicom._Slice of each source frame, in that order
 
 
-def series_reference(path: str | os.PathLike) -> SeriesReference:
-    """The headers and frame geometry of the series at ``path`` (a ``.zip``, a folder or an enhanced file), as
-    :func:`mixdemo.dicom.read_series` reads and checks it.
+def series_reference(path: str | os.PathLike, series: int | None = None) -> SeriesReference:
+    """The headers and frame geometry of the series at ``path`` (a ``.zip``, a folder or an enhanced file; of an
+    input holding several, the one numbered ``series``), as :func:`mixdemo.dicom.read_series` reads and checks it.
 
     Raises:
         SegmentationError: The series has no Frame of Reference UID, which a SEG must share with it, or is split
@@ -62,7 +62,7 @@ def series_reference(path: str | os.PathLike) -> SeriesReference:
     """
     import pydicom
 
-    with dicom.series_images(path) as slices:
+    with dicom.series_images(path, series) as slices:
         multi_frame = slices[0].frame >= 0
         if multi_frame and len({s.path for s in slices}) > 1:
             raise SegmentationError("The series is split over several multi-frame (enhanced) files, and a DICOM SEG "

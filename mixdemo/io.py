@@ -152,13 +152,15 @@ class Scan:
 
 
 # --------------------------------------------------------------------------- public API
-def load_scan(path: str | os.PathLike, *, normalize: bool = True) -> Scan:
+def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | None = None) -> Scan:
     """Load a NIfTI scan or a DICOM series, checked, as float32 on a 1 mm isotropic RAS+ grid.
 
     Args:
         path: A ``.nii`` or ``.nii.gz`` file (extension case-insensitive), or a DICOM series: a ``.zip``
             of one series or a folder holding one (:func:`mixdemo.dicom.read_series`).
         normalize: Apply :func:`normalize_intensity` (as in training).
+        series: For a DICOM input holding several series, which one (numbered from 1 as their refusal lists
+            them); ignored for NIfTI.
 
     Returns:
         The checked, reoriented and resampled :class:`Scan`.
@@ -169,7 +171,7 @@ def load_scan(path: str | os.PathLike, *, normalize: bool = True) -> Scan:
     if _is_series(path):
         from mixdemo.dicom import read_series
 
-        array, source_affine = read_series(path)
+        array, source_affine = read_series(path, series)
     else:
         array, source_affine = _load_checked(path)
     data = _as_finite_float32(array)

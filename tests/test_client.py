@@ -378,8 +378,8 @@ def test_a_segmentation_that_cannot_be_written_is_a_message_and_the_next_scan_go
     scans = [tmp_path / "private_name_a.nii.gz", tmp_path / "private_name_b.nii.gz"]
     for scan in scans:
         scan.write_bytes(b"")
-    args = argparse.Namespace(scan=[str(s) for s in scans], alpha=None, tta=1, mode="whole", centre=None, seed=None,
-                              mirror=False)
+    args = argparse.Namespace(scan=[str(s) for s in scans], series=None, alpha=None, tta=1, mode="whole",
+                              centre=None, seed=None, mirror=False)
     failed = client._segment_scans(args, [tmp_path / "a_seg.nii.gz", tmp_path / "b_seg.nii.gz"], None, [], None)
     err = capsys.readouterr().err
     assert failed == [1] and len(calls) == 2
@@ -710,6 +710,42 @@ def test_a_dicom_series_gets_a_dicom_seg_when_asked(fake_main, capsys, tmp_path)
         referred = {g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
                     for g in seg.PerFrameFunctionalGroupsSequence}
         assert referred <= sources and len(referred) > len(sources) // 2
+
+
+def test_series_picks_one_series_of_a_study_for_the_segmentation_and_its_seg(fake_main, capsys, tmp_path):
+    """A study's export holding the scan and a smaller series: refused with the numbered list, then ``--series 1``
+    segments the scan (its NIfTI on the scan's grid, its SEG referring to the scan's images, not the other's);
+    --series with a NIfTI input, or 0, is refused before any request."""
+    import nibabel as nib
+    import pydicom
+
+    from mixdemo.dicom import write_series
+
+    scans, _, out = fake_main
+    files, _ = _dicom_scans(scans, tmp_path)
+    image = nib.load(scans[0])
+    other = write_series(np.asarray(image.dataobj)[:, :, :10], image.affine, tmp_path / "private_name_c" / "loc",
+                         patient_name="private_name")
+    server = ["--server", "http://127.0.0.1:7880"]
+    code, err = _run_main([str(tmp_path / "private_name_c"), "-o", str(tmp_path / "seg.nii.gz"), *server], capsys)
+    assert code == 2 and "1: 24 axial images" in err and "2: 10 axial images" in err and "--series" in err
+    code, err = _run_main([str(tmp_path / "private_name_c"), "-o", str(tmp_path / "seg.nii.gz"), "--series", "1",
+                           *server], capsys)
+    assert code == 0, err
+    assert nib.load(tmp_path / "seg.nii.gz").shape == image.shape
+    code, err = _run_main([str(tmp_path / "private_name_c"), "-o", str(tmp_path / "seg.dcm"), "--series", "1",
+                           *server], capsys)
+    assert code == 0, err
+    referred = {g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                for g in pydicom.dcmread(tmp_path / "seg.dcm").PerFrameFunctionalGroupsSequence}
+    assert referred <= {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    assert not referred & {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in other}
+    requests = len(FakeRemote.requests)
+    code, err = _run_main([scans[1], "-o", str(tmp_path / "n.nii.gz"), "--series", "1", *server], capsys)
+    assert code == 2 and "--series picks one series of a DICOM input" in err
+    code, err = _run_main([str(tmp_path / "private_name_c"), "-o", str(tmp_path / "n.nii.gz"), "--series", "0",
+                           *server], capsys)
+    assert code == 2 and "counts from 1" in err and len(FakeRemote.requests) == requests
 
 
 def test_a_seg_records_the_d_by_its_folder_name_not_the_path_it_was_given_by(monkeypatch):

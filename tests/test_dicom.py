@@ -117,8 +117,8 @@ def test_a_nested_folder_and_member_names_are_ignored(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     seen: list[list[str]] = []
     series_slices = dicom._series_slices
-    monkeypatch.setattr(dicom, "_series_slices", lambda flat: seen.append(sorted(os.listdir(flat)))
-                        or series_slices(flat))
+    monkeypatch.setattr(dicom, "_series_slices", lambda flat, series=None: seen.append(sorted(os.listdir(flat)))
+                        or series_slices(flat, series))
     assert load_scan(archive).source_shape == SHAPE
     assert seen == [[f"{n:05d}" for n in range(len(files) + 2)]]  # numbers only, all in the read's folder
     assert os.listdir(scratch) == []  # and that folder is gone
@@ -580,8 +580,8 @@ def test_itk_warnings_are_off_during_a_read_and_given_back_after(tmp_path, monke
     files = _series(tmp_path)
     during: list[bool] = []
     series_slices = dicom._series_slices
-    monkeypatch.setattr(dicom, "_series_slices", lambda flat: during.append(
-        sitk.ProcessObject.GetGlobalWarningDisplay()) or series_slices(flat))
+    monkeypatch.setattr(dicom, "_series_slices", lambda flat, series=None: during.append(
+        sitk.ProcessObject.GetGlobalWarningDisplay()) or series_slices(flat, series))
     before = sitk.ProcessObject.GetGlobalWarningDisplay()
     load_scan(dicom.zip_series(files, tmp_path / "s.zip"))
     assert during == [False] and sitk.ProcessObject.GetGlobalWarningDisplay() == before
@@ -616,7 +616,23 @@ def test_two_series_are_refused_with_their_sizes(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for f in _series(tmp_path, name="a") + _series(tmp_path, vol=_volume((18, 22, 9)), name="b"):
             z.write(f, arcname=f"{f.parent.name}/{f.name}")
-    _refusal(tmp_path, archive, ShapeError, r"2 DICOM series \(14 axial images of 18×22 at 0.9×1.1 mm; 9 axial")
+    _refusal(tmp_path, archive, ShapeError, r"2 DICOM series \(1: 14 axial images of 18×22 at 0.9×1.1 mm; 2: 9 axial")
+
+
+def test_a_series_of_a_study_is_picked_by_its_number(tmp_path):
+    """A whole study's export (here a 14-slice volume and a 9-slice one): ``series`` N reads the one listed N-th
+    in the refusal; a number beyond them is refused with how many there are."""
+    archive = tmp_path / "study.zip"
+    small = _volume((18, 22, 9)) * 2
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in _series(tmp_path, name="a") + _series(tmp_path, vol=small, name="b"):
+            z.write(f, arcname=f"{f.parent.name}/{f.name}")
+    assert dicom.read_series(archive, series=1)[0].shape == SHAPE
+    data, _ = dicom.read_series(archive, series=2)
+    np.testing.assert_allclose(data, dicom.read_series(tmp_path / "b")[0])
+    with pytest.raises(ShapeError, match="Series 3 was asked for, but the input holds 2 DICOM series"):
+        dicom.read_series(archive, series=3)
+    assert load_scan(archive, series=2).source_shape == (18, 22, 9)
 
 
 def test_a_missing_slice_is_refused(tmp_path):
@@ -761,6 +777,6 @@ def test_an_enhanced_file_beside_another_series_is_described_by_its_frames(tmp_p
     (tmp_path / "export").mkdir()
     _enhanced(_volume() * 1000, _affine(axes=(1, 2, 0)), tmp_path / "export" / "volume.dcm")
     _series(tmp_path / "export", name="classic")
-    with pytest.raises(ShapeError, match="14 axial images of 18×22 at 0.9×1.1 mm; a sagittal multi-frame file of 14 "
+    with pytest.raises(ShapeError, match="14 axial images of 18×22 at 0.9×1.1 mm; 2: a sagittal multi-frame file of 14 "
                                          "frames"):
         dicom.read_series(tmp_path / "export")
