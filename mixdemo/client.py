@@ -675,8 +675,9 @@ def main(argv: list[str] | None = None) -> int:
                         "viewer, instead of NIfTI (DICOM inputs only; implied by -o NAME.dcm). A SEG carries the "
                         "series' patient and study fields, as the standard requires; it is written here, never sent")
     p.add_argument("--series", type=int, default=None, metavar="N",
-                   help="of a DICOM input holding several series (a whole study's export), the one numbered N in the "
-                        "list the client prints when it refuses such an input (the series with most images first)")
+                   help="for one DICOM input holding several series (a whole study's export): segment series N of the "
+                        "numbered list the client prints when run without --series (most files first; an enhanced "
+                        "multi-frame file counts as one). Series that read alike are refused: export that one alone")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
     p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
     p.add_argument("--tta", type=int, default=1, metavar="K",
@@ -747,6 +748,9 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], tor
     if args.series is not None:
         if args.series < 1:
             raise ClientError("--series counts from 1 (the first series an input's refusal lists).")
+        if len(args.scan) > 1:
+            raise ClientError("--series picks a series of one input (each study numbers its own series): give one "
+                              "input with it.")
         _check_dicom_inputs(args.scan, SERIES_NEEDS_DICOM)
     if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
         raise ClientError("--alpha must lie between 0.05 and 0.95.")
@@ -868,8 +872,8 @@ def _check_dicom_inputs(scans: Sequence[str | os.PathLike], why: str) -> None:
     # is said where its turn comes, and the others go on
     if nifti:
         which = "the input is" if len(scans) == 1 else f"scan {', '.join(map(str, nifti))} of {len(scans)} is"
-        raise ClientError(f"{why}, and {which} a NIfTI file" + (": write NIfTI (.nii.gz) instead."
-                                                                if why == SEG_NEEDS_DICOM else "."))
+        raise ClientError(f"{why}, and {which} not a DICOM series" + (": write NIfTI (.nii.gz) instead."
+                                                                      if why == SEG_NEEDS_DICOM else "."))
 
 
 def scan_stem(scan: str | os.PathLike) -> str:

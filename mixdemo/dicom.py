@@ -63,6 +63,8 @@ _TEMP_PREFIX = "mixdemo-dicom-"
 _STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _FRAMES, _TEMPORAL_POSITION, _ECHO, _SOP_CLASS = "0028|0008", "0020|0100", "0018|0086", "0008|0016"
+_TOO_MANY = ("The {where} holds more than {limit} files; one DICOM series is expected (a whole study's export is "
+             "often larger: export the T1 series on its own).")
 _NO_GEOMETRY = ("The images carry no valid slice position, orientation or pixel spacing; an MR series as the scanner "
                 "exports it is expected (not screenshots or secondary captures).")
 
@@ -104,8 +106,8 @@ def read_series(path: str | os.PathLike, series: int | None = None) -> tuple[np.
         path: A ``.zip`` archive holding one series, a folder (searched recursively, links followed) holding one,
             or one DICOM file (an enhanced multi-frame volume; one slice is refused with advice).
         series: Which series of an input that holds several (a whole study's export), numbered from 1 as the
-            refusal of such an input lists them (by their number of images, most first); None: the input must
-            hold one.
+            refusal of such an input lists them (most files first; an enhanced file counts as one); None: the input
+            must hold one. One that reads as another does (the same geometry) is refused: its number is a guess.
 
     Returns:
         ``(data, affine)``, as :func:`mixdemo.io.load_scan` takes them from a NIfTI file: rescale slope and
@@ -296,7 +298,7 @@ def _check_zip_directory(path: str | os.PathLike) -> None:
                                    "compression.")
     entries, directory_bytes = struct.unpack("<HI", tail[at + 10:at + 16])
     if entries > MAX_FILES or directory_bytes > _MAX_DIRECTORY_BYTES:  # zip64 (0xFFFF entries) included
-        raise mio.TooLargeError(f"The archive holds more than {MAX_FILES} files; one DICOM series is expected.")
+        raise mio.TooLargeError(_TOO_MANY.format(where="archive", limit=MAX_FILES))
 
 
 def _link_folder(folder: Path, flat: Path) -> None:
@@ -328,7 +330,7 @@ def _place(source: Path, target: Path) -> None:
 
 def _check_count(n: int, where: str) -> None:
     if n > MAX_FILES:
-        raise mio.TooLargeError(f"The {where} holds more than {MAX_FILES} files; one DICOM series is expected.")
+        raise mio.TooLargeError(_TOO_MANY.format(where=where, limit=MAX_FILES))
 
 
 # ----------------------------------------------------------------------------------------- the series
@@ -344,7 +346,9 @@ def _series_slices(flat: str, series: int | None = None) -> list[_Slice]:
         raise mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.") from None
     if not uids:
         raise mio.NotNiftiError(_nothing_found(flat))
-    numbered = sorted(zip(uids, files), key=lambda pair: len(pair[1]), reverse=True)  # stable: GDCM's order in ties
+    numbered = sorted(zip(uids, files), key=lambda pair: (-len(pair[1]), pair[0]))  # most files first, then by UID
+    if len(numbered) > 1 and series is not None:
+        _check_told_apart(series, [names for _, names in numbered])
     if series is None and len(numbered) > 1:
         raise mio.ShapeError(_several_series([names for _, names in numbered]))
     if series is not None and not 1 <= series <= len(numbered):
@@ -412,9 +416,29 @@ def _nothing_found(flat: str) -> str:
 
 def _several_series(files: Sequence[Sequence[str]]) -> str:
     """A refusal that tells the series apart by their geometry alone (no description or identifier), numbered in
-    the order given (``--series N`` of the client picks one)."""
+    the order given (``--series N`` of the client picks one); series that read alike are said to."""
+    described = _series_descriptions(files)
+    alike = len(set(described)) < len(described)
+    listed = "; ".join(f"{n}: {d}" for n, d in enumerate(described, start=1))
+    return (f"The input holds {len(files)} DICOM series ({listed}); one series, the T1 scan, is expected: give only "
+            "its files (a .zip of them, or their folder), or pick it by its number with the command-line client's "
+            "--series" + (". Some series here read alike (the same geometry, as a scan before and after contrast): "
+                          "export the one you want on its own." if alike else "."))
+
+
+def _check_told_apart(series: int, files: Sequence[Sequence[str]]) -> None:
+    """Refuse to pick a series that reads as another does: its number would be a guess."""
+    described = _series_descriptions(files)
+    if 1 <= series <= len(described) and described.count(described[series - 1]) > 1:
+        raise mio.ShapeError(f"Series {series} of the input reads as another does ({described[series - 1]}: the same "
+                             "geometry, as a scan before and after contrast), so its number cannot tell which is "
+                             "meant: export the one you want on its own.")
+
+
+def _series_descriptions(files: Sequence[Sequence[str]]) -> list[str]:
+    """Each series by its geometry alone: plane, number of images (or frames), matrix and pixel spacing."""
     described = []
-    for number, names in enumerate(files, start=1):
+    for names in files:
         try:
             group = _file_slices(names[0])
             first, view = group[0], _view(group[0].direction[:, 2])
@@ -422,13 +446,11 @@ def _several_series(files: Sequence[Sequence[str]]) -> str:
             what = (f"{len(names)} {view} image{'s' * (len(names) > 1)}" if first.frame < 0 else
                     f"{article} {view} multi-frame file of {len(group)} frames" if len(names) == 1 else
                     f"{len(names)} {view} multi-frame files")
-            described.append(f"{number}: {what} of {first.size[0]}×{first.size[1]} at "
+            described.append(f"{what} of {first.size[0]}×{first.size[1]} at "
                              f"{first.spacing[0]:.3g}×{first.spacing[1]:.3g} mm")
         except (ValueError, RuntimeError):
-            described.append(f"{number}: {len(names)} file{'s' * (len(names) > 1)}")
-    return (f"The input holds {len(files)} DICOM series ({'; '.join(described)}); one series, the T1 scan, is "
-            "expected: give only its files (a .zip of them, or their folder), or pick it by its number with the "
-            "command-line client's --series.")
+            described.append(f"{len(names)} file{'s' * (len(names) > 1)}")
+    return described
 
 
 def _view(normal: np.ndarray) -> str:

@@ -746,6 +746,9 @@ def test_series_picks_one_series_of_a_study_for_the_segmentation_and_its_seg(fak
     code, err = _run_main([str(tmp_path / "private_name_c"), "-o", str(tmp_path / "n.nii.gz"), "--series", "0",
                            *server], capsys)
     assert code == 2 and "counts from 1" in err and len(FakeRemote.requests) == requests
+    code, err = _run_main([str(tmp_path / "private_name_c"), str(tmp_path / "private_name_d.zip"), "-o", str(out),
+                           "--series", "1", *server], capsys)  # each study numbers its own series: one input only
+    assert code == 2 and "give one input with it" in err and len(FakeRemote.requests) == requests
 
 
 def test_a_seg_records_the_d_by_its_folder_name_not_the_path_it_was_given_by(monkeypatch):
@@ -767,7 +770,7 @@ def test_a_dicom_seg_for_a_nifti_input_is_refused_before_any_request(fake_main, 
     _, archive = _dicom_scans(scans, tmp_path)
     code, err = _run_main([str(archive), scans[1], "-o", str(out), "--dicom-seg", "--server",
                            "http://127.0.0.1:7880"], capsys)
-    assert code == 2 and "scan 2 of 2 is a NIfTI file" in err
+    assert code == 2 and "scan 2 of 2 is not a DICOM series" in err
     assert not FakeRemote.made and not FakeRemote.requests
     code, err = _run_main([str(tmp_path / "private_name_typo"), str(archive), "-o", str(out), "--dicom-seg",
                            "--server", "http://127.0.0.1:7880"], capsys)

@@ -635,6 +635,22 @@ def test_a_series_of_a_study_is_picked_by_its_number(tmp_path):
     assert load_scan(archive, series=2).source_shape == (18, 22, 9)
 
 
+def test_series_that_read_alike_are_said_to_and_not_picked_by_number(tmp_path):
+    """A scan before and after contrast: the same geometry, so the list cannot tell them apart; the refusal says so,
+    and a number picking either is refused (it would be a guess). Their numbering follows their UIDs, not the
+    order of the files."""
+    (tmp_path / "study").mkdir()
+    _series(tmp_path / "study", name="pre")
+    _series(tmp_path / "study", vol=_volume() * 3, name="post")
+    _series(tmp_path / "study", vol=_volume((18, 22, 9)), name="localizer")
+    with pytest.raises(ShapeError, match="Some series here read alike"):
+        dicom.read_series(tmp_path / "study")
+    for n in (1, 2):
+        with pytest.raises(ShapeError, match=f"Series {n} of the input reads as another does"):
+            dicom.read_series(tmp_path / "study", series=n)
+    assert dicom.read_series(tmp_path / "study", series=3)[0].shape == (18, 22, 9)
+
+
 def test_a_missing_slice_is_refused(tmp_path):
     files = _series(tmp_path)
     archive = dicom.zip_series(files[:6] + files[7:], tmp_path / "gap.zip")
