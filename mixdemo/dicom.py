@@ -355,7 +355,7 @@ def _series_slices(flat: str, series: int | None = None) -> list[_Slice]:
         raise mio.ShapeError(f"Series {series} was asked for, but the input holds {len(numbered)} DICOM series"
                              f"{'' if len(numbered) == 1 else ' (numbered 1 to ' + str(len(numbered)) + ')'}.")
     uid, names = numbered[0 if series is None else series - 1]
-    _check_none_left_out(flat, uid, names)
+    _check_none_left_out(flat, uid, names, among_several=len(numbered) > 1)
     per_file = [_file_slices(f) for f in names]
     if len({group[0].frame >= 0 for group in per_file}) > 1:
         raise mio.ShapeError("The series mixes multi-frame (enhanced) and single-frame files; one 3D volume is "
@@ -379,10 +379,11 @@ def _check_stack_complete(slices: Sequence[_Slice]) -> None:
                                 "complete series is expected.")
 
 
-def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str]) -> None:
+def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str], *, among_several: bool = False) -> None:
     """A CorruptFileError if a DICOM file GDCM left out of the series cannot be parsed, or is an image of this
     series (or one cut short before its series UID): GDCM skips files it cannot parse, and a damaged first or
-    last slice left no gap to notice. Other objects of an export (a DICOMDIR, a report) are left out rightly."""
+    last slice left no gap to notice. Other objects of an export (a DICOMDIR, a report) are left out rightly.
+    ``among_several``: the series was picked from several, so a file cut before its UID may be another's (said)."""
     import pydicom
 
     kept = {os.path.basename(f) for f in listed}
@@ -397,6 +398,9 @@ def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str]) -> N
             is_image = "Image Storage" in header.file_meta.MediaStorageSOPClassUID.name
         except Exception:  # noqa: BLE001 - untrusted input: any parse failure means a damaged file
             raise mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.") from None
+        if is_image and among_several and "SeriesInstanceUID" not in header:
+            raise mio.CorruptFileError("An image of the input is damaged, cut short before it says which series it "
+                                       "belongs to (this one or another): export the series you want on its own.")
         if is_image and header.get("SeriesInstanceUID", series_uid) == series_uid:  # ours, or cut before its UID
             raise mio.CorruptFileError("An image of the series could not be read: it may be damaged.")
 

@@ -635,6 +635,17 @@ def test_a_series_of_a_study_is_picked_by_its_number(tmp_path):
     assert load_scan(archive, series=2).source_shape == (18, 22, 9)
 
 
+def test_a_damaged_image_of_a_study_that_may_be_another_series_is_said_to_be(tmp_path):
+    """A study's file cut short before its series UID: it may belong to the series picked or to another, and the
+    refusal says so (it blamed the picked series, intact)."""
+    (tmp_path / "study").mkdir()
+    _series(tmp_path / "study", name="t1")
+    other = _series(tmp_path / "study", vol=_volume((18, 22, 9)), name="localizer")
+    other[3].write_bytes(other[3].read_bytes()[:400])
+    with pytest.raises(CorruptFileError, match="this one or another"):
+        dicom.read_series(tmp_path / "study", series=1)
+
+
 def test_series_that_read_alike_are_said_to_and_not_picked_by_number(tmp_path):
     """A scan before and after contrast: the same geometry, so the list cannot tell them apart; the refusal says so,
     and a number picking either is refused (it would be a guess). Their numbering follows their UIDs, not the
