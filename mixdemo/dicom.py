@@ -425,8 +425,8 @@ def _several_series(files: Sequence[Sequence[str]]) -> str:
     alike = len(set(described)) < len(described)
     listed = "; ".join(f"{n}: {d}" for n, d in enumerate(described, start=1))
     return (f"The input holds {len(files)} DICOM series ({listed}); one series, the T1 scan, is expected: give only "
-            "its files (a .zip of them, or their folder), or pick it by its number with the command-line client's "
-            "--series" + (". Some series here read alike (the same geometry, as a scan before and after contrast): "
+            "its files (a .zip of them, or their folder), or pick it by its number (the app's DICOM series field, "
+            "the command-line client's --series)" + (". Some series here read alike (the same geometry, as a scan before and after contrast): "
                           "export the one you want on its own." if alike else "."))
 
 

@@ -122,10 +122,10 @@ def _refused_upload(message: str, outputs_before: int):
 
 
 # ------------------------------------------------------------------------------ loading targets
-def _session_from_files(t1: str, seg: str | None, source: str, progress=None) -> Session:
+def _session_from_files(t1: str, seg: str | None, source: str, progress=None, series: int | None = None) -> Session:
     from mixdemo.client import default_centre, load_target
 
-    target = load_target(t1, progress=progress)
+    target = load_target(t1, progress=progress, series=series)
     truth = None if seg is None else target.truth_from_file(seg)
     return Session(target=target, truth=truth, source=source, centre=default_centre(target.image))
 
@@ -142,9 +142,10 @@ def load_example(name: str | None, progress: gr.Progress = gr.Progress()):
     return (sess, *_centre_updates(sess), locator(sess, None), f"Loaded **{name}** (with ground-truth labels).")
 
 
-def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
+def load_upload(path: str | None, series: float | None = 0, progress: gr.Progress = gr.Progress()):
     """Load an uploaded NIfTI or zipped DICOM series (registered to MNI if needed; deleted right after reading; its
-    name is never used, nor any DICOM header field)."""
+    name is never used, nor any DICOM header field); ``series`` (1, 2, ...): which series of a whole study's
+    export, as its refusal numbers them (0 or None: the upload holds one)."""
     if not path:
         return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5)
     from mixdemo.client import ClientError
@@ -153,15 +154,19 @@ def load_upload(path: str | None, progress: gr.Progress = gr.Progress()):
     from mixdemo.dicom import is_series_input
 
     try:
-        series = is_series_input(path)
-        sess = _session_from_files(path, None, "upload", _progress_fn(progress))
+        is_dicom = is_series_input(path)
+        number = int(series) if series else None
+        if number is not None and not is_dicom:
+            raise ClientError("The DICOM series number applies to a DICOM upload (a .zip of a study's export); set it "
+                              "to 0 for a NIfTI file.")
+        sess = _session_from_files(path, None, "upload", _progress_fn(progress), series=number)
     except (ScanError, ClientError, ValueError) as exc:
         return _refused_upload(str(exc) or type(exc).__name__, 5)
     finally:
         _delete_upload(path)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
     status = (f"Loaded your scan: {what_was_read(sess.target)} (its upload is deleted; no labels yet, so no Dice)."  # type: ignore[arg-type]
-              + (DICOM_SEG_NOTE if series else "") + note)
+              + (DICOM_SEG_NOTE if is_dicom else "") + note)
     return (sess, *_centre_updates(sess), locator(sess, None), status, None)
 
 
@@ -941,6 +946,11 @@ def build_demo() -> gr.Blocks:
                             upload = gr.File(label="T1 scan: .nii / .nii.gz, or a DICOM series (a .zip of its files, or one enhanced .dcm); registered to MNI if needed",  # no file_types: Gradio's
                                              # type check would refuse before load_upload and leave the upload on disk
                                              type="filepath", height=120)
+                            upload_series = gr.Number(0, precision=0, minimum=0, label="DICOM series",
+                                                      info="0: the upload holds one series. A whole study's export is "
+                                                           "refused with a numbered list of its series: set the T1's "
+                                                           "number here and upload it again.",
+                                                      elem_id="upload-series")
                             upload_labels = gr.File(label="optional: its labels (on the scan's own grid), for Dice",
                                                     type="filepath", height=120)
                         refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (the demo's public bank: no secret) — empty: K random")
@@ -995,7 +1005,8 @@ def build_demo() -> gr.Blocks:
                 # the long events show their progress on the status line only, not on each of their outputs
                 example.change(load_example, [example], [sess, cx, cy, cz, loc, status], api_name="load_example",
                                concurrency_limit=2, show_progress_on=[status], **private)
-                upload.upload(load_upload, [upload], [sess, cx, cy, cz, loc, status, upload], api_name="load_upload",
+                upload.upload(load_upload, [upload, upload_series], [sess, cx, cy, cz, loc, status, upload],
+                              api_name="load_upload",
                               concurrency_limit=2, show_progress_on=[status], **private)
                 upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",
                                      concurrency_limit=2, **private)

@@ -204,6 +204,41 @@ def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, t
     assert ui.DICOM_SEG_NOTE not in ui.load_upload(str(nifti), progress=_Progress())[-2]
 
 
+def test_a_study_upload_is_refused_with_its_series_and_loads_the_one_numbered(app_weights, example, tmp_path):
+    """A whole study's export: refused with the numbered list, which names the app's series field; with the T1's
+    number the upload loads as the series alone does; a number with a NIfTI upload is refused. Every upload is
+    deleted."""
+    import zipfile
+
+    import nibabel as nib
+
+    from mixdemo import ui
+    from mixdemo.dicom import write_series
+
+    folder, _ = example
+    image = nib.load(folder / "t1.nii.gz")
+    t1 = write_series(np.asarray(image.dataobj), image.affine, tmp_path / "t1")
+    localizer = write_series(np.asarray(image.dataobj)[:, :, 70:73], image.affine, tmp_path / "loc")
+
+    def study() -> Path:
+        with zipfile.ZipFile(tmp_path / "Doe_Jane_study.zip", "w") as z:
+            for f in t1 + localizer:
+                z.write(f, arcname=f"{f.parent.name}/{f.name}")
+        return tmp_path / "Doe_Jane_study.zip"
+
+    status = ui.load_upload(str(study()), 0, progress=_Progress())[-2]
+    assert "2 DICOM series (1: 160 axial images" in status and "the app's DICOM series field" in status
+    assert not (tmp_path / "Doe_Jane_study.zip").exists()
+    out = ui.load_upload(str(study()), 1, progress=_Progress())
+    assert out[-2].startswith("Loaded your scan: a 144×192×160 grid") and not (tmp_path / "Doe_Jane_study.zip").exists()
+    expected = ui._session_from_files(str(folder / "t1.nii.gz"), None, "upload")
+    np.testing.assert_allclose(out[0].target.image, expected.target.image, atol=1e-3)
+    nifti = tmp_path / "upload.nii.gz"
+    shutil.copy(folder / "t1.nii.gz", nifti)
+    assert "applies to a DICOM upload" in ui.load_upload(str(nifti), 2, progress=_Progress())[-2]
+    assert not nifti.exists()
+
+
 def test_the_averaging_attack_says_whether_it_singles_out_its_target():
     """The verdict rests on the target's own anatomy, not on MS-SSIM against the template (which said "revealed
     nothing" for estimates that re-identify their subjects)."""

@@ -469,7 +469,7 @@ def _api_upload(app: AppProcess, fn: int, item: BadInput, report: CorpusReport) 
         report.add(Outcome("app_upload", item.key, f"upload refused: {type(exc).__name__}", False, True))
         return
     contained = Path(server_path).resolve().is_relative_to(app.gradio_tmp.resolve())
-    msg = call_raw(app.url, fn, [_file_data(server_path, item.upload_name)])
+    msg = call_raw(app.url, fn, [_file_data(server_path, item.upload_name), 0])  # the scan, its DICOM series (0: one)
     err = _error_text(msg)
     left = Path(server_path).exists()
     if err is None:
@@ -1002,7 +1002,7 @@ def check_upload_hygiene(app: AppProcess, folder: Path) -> dict:
     scan = distinctive_scan(folder)
     fn = fn_index(app.url, "load_upload")
     path = upload_raw(app.url, scan.name, scan.read_bytes())
-    msg = call_raw(app.url, fn, [_file_data(path, scan.name)])
+    msg = call_raw(app.url, fn, [_file_data(path, scan.name), 0])
     loaded = _error_text(msg) is None
     return {"loaded": loaded, "upload_deleted": not Path(path).exists(),
             "leaks": int(Path(path).exists()) + int(not loaded)}
