@@ -142,3 +142,38 @@ def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, ex
     archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "series.zip")
     page.locator("input[type=file]").first.set_input_files(str(archive))
     expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)
+
+
+def test_a_study_upload_lists_its_series_and_the_series_field_picks_one(page, example, tmp_path):
+    """A whole study's export through the page: refused with its numbered series, then loaded with the T1's number
+    typed into the upload's DICOM series field (the field reaches the handler)."""
+    import zipfile
+
+    import nibabel as nib
+    import numpy as np
+    from playwright.sync_api import expect
+
+    from mixdemo.dicom import write_series
+
+    folder, _ = example
+    image = nib.load(folder / "t1.nii.gz")
+    files = write_series(np.asarray(image.dataobj), image.affine, tmp_path / "t1") + write_series(
+        np.asarray(image.dataobj)[:, :, 70:73], image.affine, tmp_path / "loc")
+    study = tmp_path / "study.zip"
+
+    def upload_study() -> None:
+        with zipfile.ZipFile(study, "w") as z:
+            for f in files:
+                z.write(f, arcname=f"{f.parent.name}/{f.name}")
+        page.locator("input[type=file]").first.set_input_files(str(study))
+
+    page.get_by_role("tab", name="Segment").click()
+    page.get_by_text("…or upload your own T1 (NIfTI or DICOM)").click()
+    expect(page.get_by_text("Drop File Here").first).to_be_visible()
+    upload_study()
+    expect(page.locator("#status")).to_contain_text("1: 160 axial images", timeout=120_000)
+    expect(page.get_by_text("Drop File Here").first).to_be_visible()
+    page.locator("#upload-series input").fill("1")
+    page.locator("#upload-series input").press("Enter")
+    upload_study()
+    expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)
