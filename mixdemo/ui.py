@@ -149,9 +149,8 @@ def load_upload(path: str | None, series: float | None = 0, progress: gr.Progres
     if not path:
         return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5)
     from mixdemo.client import ClientError
-    from mixdemo.io import ScanError
-
     from mixdemo.dicom import is_series_input
+    from mixdemo.io import ScanError
 
     try:
         is_dicom = is_series_input(path)
