@@ -216,8 +216,8 @@ def unmix_window_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor,
     rows = []
     for roi, overlap in ((None, None), (UNMIX_ROI, 0.25), (UNMIX_ROI, 0.0)):
         t0 = time.perf_counter()
-        probs = unmix_learned(unmix, mixed, reference_onehots([ref]), key.alphas, brain_mask=brain, roi_size=roi,
-                              overlap=overlap or 0.0)
+        ref_oh = reference_onehots([ref], num_classes=mixed.shape[1])
+        probs = unmix_learned(unmix, mixed, ref_oh, key.alphas, brain_mask=brain, roi_size=roi, overlap=overlap or 0.0)
         seconds = time.perf_counter() - t0
         labels = np.where(brain, hard_labels(probs[0]).numpy(), 0)
         dice = dice_per_class(labels, truth, [1, 2, 3])
@@ -257,7 +257,8 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
     for name, unmix in nets.items():
 
         def run_d() -> torch.Tensor:
-            return unmix_learned(unmix, mixed, reference_onehots([ref], torch.uint8), key.alphas, brain_mask=brain)
+            ref_oh = reference_onehots([ref], torch.uint8, num_classes=mixed.shape[1])
+            return unmix_learned(unmix, mixed, ref_oh, key.alphas, brain_mask=brain)
 
         seconds = median_seconds(run_d, reps)
         labels = np.where(brain, hard_labels(run_d()[0]).numpy(), 0)
@@ -310,8 +311,8 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
 
         def private_labels() -> np.ndarray:
             mixed = segment_proxies(seg, make_proxies(target, refs[: key.k], key))
-            return hard_labels(unmix_learned_tta(unmix, mixed, reference_onehots(refs[: key.k], torch.uint8),
-                                                 key.alphas, brain_mask=brain)).numpy()
+            ref_oh = reference_onehots(refs[: key.k], torch.uint8, num_classes=mixed.shape[1])
+            return hard_labels(unmix_learned_tta(unmix, mixed, ref_oh, key.alphas, brain_mask=brain)).numpy()
 
         base_times, runs = interleaved_runs(baseline_labels, lambda _: private_seconds(seg, unmix, key, target, refs),
                                             ["private"], reps)
@@ -485,8 +486,8 @@ def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, t
     mixed = segment_proxies(seg, proxies)
     del proxies  # sent: the client no longer needs them
     t1 = time.perf_counter()
-    hard_labels(unmix_learned_tta(unmix, mixed, reference_onehots(references[: key.k], torch.uint8), key.alphas,
-                                  brain_mask=target > 0))
+    ref_oh = reference_onehots(references[: key.k], torch.uint8, num_classes=mixed.shape[1])
+    hard_labels(unmix_learned_tta(unmix, mixed, ref_oh, key.alphas, brain_mask=target > 0))
     t_unmix = time.perf_counter() - t1
     return time.perf_counter() - t0, t_mix + t_unmix
 

@@ -187,6 +187,24 @@ def check_reference_grid(ref_shape: Sequence[int], server_grid: Sequence[int] | 
                           "made for this server) first.")
 
 
+def check_classes(server_classes: Sequence[str] | None, unmix: torch.nn.Module | None,
+                  references: Sequence[Reference]) -> None:
+    """A :class:`ClientError` when the client's D or its references do not fit the classes the server's S gives
+    (``None``: the server does not say; the phantoms' four are then assumed, as :meth:`RemoteServer.num_classes`
+    does)."""
+    from mixdemo.phantoms import CLASS_NAMES
+
+    names = list(server_classes or CLASS_NAMES)
+    said = f"the server's model gives {len(names)} classes ({', '.join(names)})"
+    if unmix is not None and getattr(unmix, "num_classes", len(names)) != len(names):
+        raise ClientError(f"The client's D unmixes {unmix.num_classes} classes, but {said}: use a D trained with "
+                          "this server's S (--unmixing).")
+    top = max(int(r.labels.max(initial=0)) for r in references)
+    if top >= len(names):
+        raise ClientError(f"The references' labels reach {top}, but {said}, labelled 0 to {len(names) - 1}: use "
+                          "references labelled as the server's model was trained (--references).")
+
+
 def default_centre(volume: np.ndarray) -> tuple[int, int, int]:
     """Centre of the non-zero bounding box (the grid centre for an empty volume)."""
     idx = np.argwhere(volume > 0.05 * float(volume.max() or 1))
@@ -445,6 +463,13 @@ class RemoteServer:
             return None
         return names
 
+    def num_classes(self) -> int:
+        """How many classes (background included) the server's answers hold: those it names, else the phantoms'
+        four (a server that does not say is an older one of this project)."""
+        from mixdemo.phantoms import NUM_CLASSES
+
+        return len(self.classes() or ()) or NUM_CLASSES
+
     def model_sha256(self) -> str | None:
         """The checksum of the S the server says it serves (None if it does not say)."""
         return self._reported.get("model_sha256")
@@ -460,7 +485,7 @@ class RemoteServer:
         k = len(proxies)
         if self.separate_requests:
             order = np.random.default_rng().permutation(k)
-            out = torch.empty((k, 4, *proxies.shape[1:]))
+            out = torch.empty((k, self.num_classes(), *proxies.shape[1:]))
             for i in order:
                 self.new_session()  # no session id shared by two of them
                 out[i] = self._request(proxies[i : i + 1])[0]
@@ -481,7 +506,7 @@ class RemoteServer:
                 raise
             except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - AppError carries the server's message
                 raise ClientError(request_failure(exc)) from None
-        expected = (proxies.shape[0], 4, *proxies.shape[1:])
+        expected = (proxies.shape[0], self.num_classes(), *proxies.shape[1:])
         if probs.shape != expected:
             raise ClientError(f"The server answered with shape {probs.shape}; expected {expected}.")
         return torch.from_numpy(probs.astype(np.float32))
@@ -713,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
         remote = RemoteServer(args.server, separate_requests=args.separate_requests, send_hf_token=args.send_hf_token)
         server_grid = remote.grid_shape()
         check_reference_grid(refs[0].image.shape, server_grid)
+        check_classes(remote.classes(), unmix, refs)
         if unmix is None:
             print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
         elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
@@ -767,7 +793,7 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], tor
     if not args.references:
         print(PUBLIC_BANK_WARNING, file=sys.stderr)
     refs = (
-        examples.load_reference_dir(args.references)
+        examples.load_reference_dir(args.references, num_classes=None)  # checked against the server's classes
         if args.references
         else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
     )

@@ -8,6 +8,9 @@ Two layouts are read (:func:`load_cohort` tells them apart):
     <root>/<subject>_<scan>/seg.nii.gz    labels 0 background, 1 GM, 2 WM, 3 CSF
     <root>/split.json                     {"train": [subject, ...], "test": [subject, ...]}
 
+With ``"classes"`` in ``split.json`` (background first, N names) the labels are 0 … N − 1 instead, and the
+models trained on the cohort give N classes.
+
 The subject id is the folder name up to its last underscore, so test-retest scans of one
 subject share it.
 
@@ -20,7 +23,8 @@ The modality read is T1CE (``t1ce``, or ``t1c``), the paper's, unless one is nam
 core), 2 (edema) and 4 (enhancing tumour; 3 in BraTS 2023) become classes 1, 2, 3 (NCR, ED, ET). Each
 case is one subject (BraTS 2023's ``-000`` time-point suffix stripped).
 
-Either layout may hold a ``split.json`` (optionally with ``"classes"``, four names, background first);
+Either layout may hold a ``split.json`` (optionally with ``"classes"``, background first: any number from 2 in
+the mixdemo layout, four in a BraTS folder, whose label values define four);
 without one a deterministic 75/25 split by subject is made. Scans must share one grid to be mixed.
 """
 
@@ -30,7 +34,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +59,7 @@ class Layout:
     """How a cohort folder names its scans, what its label values mean, and where training patches centre."""
 
     name: str
-    class_names: tuple[str, ...]  # background first, NUM_CLASSES names
+    class_names: tuple[str, ...]  # background first
     label_values: tuple[tuple[int, int], ...]  # (value in the label file, class)
     patch_centres: str  # "labels": on a labelled voxel; "brain_and_labels": half on the brain (x > 0), half on labels
 
@@ -64,7 +68,16 @@ class Layout:
         return ", ".join(str(v) for v, _ in self.label_values)
 
 
-MIXDEMO_LAYOUT = Layout("mixdemo", CLASS_NAMES, ((0, 0), (1, 1), (2, 2), (3, 3)), "labels")
+MAX_CLASSES = 64
+"""The most classes a cohort may name (a label map is uint8; S's output and D's inputs grow with the count)."""
+
+
+def mixdemo_layout(class_names: Sequence[str] = CLASS_NAMES) -> Layout:
+    """The mixdemo layout with these classes (background first): label value ``c`` is class ``c``."""
+    return Layout("mixdemo", tuple(class_names), tuple((c, c) for c in range(len(class_names))), "labels")
+
+
+MIXDEMO_LAYOUT = mixdemo_layout()
 BRATS_LAYOUT = Layout("brats", ("background", "NCR", "ED", "ET"), ((0, 0), (1, 1), (2, 2), (3, 3), (4, 3)),
                       "brain_and_labels")
 PHANTOM_DESCRIPTION = "MNI152-derived phantoms (python -m mixdemo.phantoms), not patients"
@@ -139,6 +152,11 @@ class Cohort:
         return f"{self.dataset or self.root.name}: {self.layout.name} layout, {self.modality}, {len(self.records)} scans"
 
     @property
+    def num_classes(self) -> int:
+        """How many classes its models give, background included."""
+        return len(self.class_names)
+
+    @property
     def foreground_classes(self) -> dict[int, str]:
         """{class: name} of the classes scored (every class but background)."""
         return dict(enumerate(self.class_names[1:], start=1))
@@ -194,10 +212,28 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
         train, test = split["train"], split["test"]
     if set(train) & set(test):
         raise CohortError(f"split.json puts subjects on both sides: {sorted(set(train) & set(test))}")
-    names = tuple(meta.get("classes", layout.class_names))
-    if len(names) != NUM_CLASSES:
-        raise CohortError(f"split.json names {len(names)} classes; the models have {NUM_CLASSES} (background first).")
+    names = cohort_classes(meta.get("classes", layout.class_names), layout)
+    if layout.name == MIXDEMO_LAYOUT.name and names != layout.class_names:
+        layout = mixdemo_layout(names)
+        records = [replace(r, layout=layout) for r in records]
     return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"))
+
+
+def cohort_classes(names: object, layout: Layout) -> tuple[str, ...]:
+    """``split.json``'s ``"classes"`` checked: distinct names, background first, from 2 to :data:`MAX_CLASSES` in
+    the mixdemo layout (label values 0 … N − 1), as many as the layout's classes in a BraTS folder."""
+    if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) and n.strip() for n in names)):
+        raise CohortError('split.json\'s "classes" must be a list of names, background first.')
+    names = tuple(names)
+    if len(set(names)) != len(names):
+        raise CohortError(f'split.json\'s "classes" names a class twice: {list(names)}.')
+    if layout.name != MIXDEMO_LAYOUT.name and len(names) != len(layout.class_names):
+        raise CohortError(f"split.json names {len(names)} classes; the {layout.name} layout's label values "
+                          f"({layout.describe_values()}) make {len(layout.class_names)} (background first).")
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise CohortError(f"split.json names {len(names)} classes; a cohort needs 2 to {MAX_CLASSES} "
+                          "(background first).")
+    return names
 
 
 def trained_modality(record: dict) -> str | None:
@@ -308,7 +344,8 @@ def cached_volume(record: ScanRecord, cache: Path) -> Volume:
     """:func:`load_volume` through the memory-mapped cache of :func:`load_volumes`."""
     from mixdemo.io import file_stamp
 
-    stamp = {"layout": record.layout.name, **{
+    custom = record.layout not in (MIXDEMO_LAYOUT, BRATS_LAYOUT)  # the classes split.json names: their values
+    stamp = {"layout": record.layout.name, **({"label_values": record.layout.label_values} if custom else {}), **{
         name: file_stamp(path) for name, path in (("image", record.image_path), ("labels", record.label_path))
         if path is not None}}
     base = cache / record.name
@@ -350,7 +387,8 @@ class MixedPatchSampler:
     ``patch_centres`` (a :class:`Layout`'s): ``"labels"`` centres each patch on a labelled voxel (tissue
     classes cover the brain); ``"brain_and_labels"`` on a brain voxel (x > 0) or a labelled one, one or the
     other at random (classes that cover a small part of the brain, as a tumour's, but the network must
-    also see the brain without them).
+    also see the brain without them). ``num_classes``: the cohort's (:attr:`Cohort.num_classes`), for the one-hot
+    labels.
     """
 
     def __init__(
@@ -363,6 +401,7 @@ class MixedPatchSampler:
         mixed: bool = True,
         augment: bool = False,
         patch_centres: str = "labels",
+        num_classes: int = NUM_CLASSES,
         seed: int = 0,
     ) -> None:
         if len({v.subject for v in volumes}) < 1 + n_references and mixed:
@@ -373,6 +412,7 @@ class MixedPatchSampler:
         self.n_references = n_references
         self.mixed = mixed
         self.augment = augment
+        self.num_classes = num_classes
         if patch_centres not in ("labels", "brain_and_labels"):
             raise ValueError(f"Unknown patch_centres {patch_centres!r}; 'labels' or 'brain_and_labels'.")
         self.rng = np.random.default_rng(seed)
@@ -411,18 +451,18 @@ class MixedPatchSampler:
 
             x_t, y_t = augment_patch(target.image, target.labels, corner, self.patch_size, sample_augmentation(self.rng))
         if not self.mixed:
-            return x_t, y_t, x_t, one_hot(y_t, NUM_CLASSES), np.zeros((0, *y_t.shape), np.float32), np.ones(1)
+            return x_t, y_t, x_t, one_hot(y_t, self.num_classes), np.zeros((0, *y_t.shape), np.float32), np.ones(1)
         others = [i for i, v in enumerate(self.volumes) if v.subject != target.subject]
         refs = self.rng.choice(others, size=self.n_references, replace=False)
         alpha = float(self.rng.uniform(*self.alpha_range))
         split = self.rng.dirichlet(np.ones(self.n_references)) if self.n_references > 1 else np.ones(1)
         weights = np.concatenate([[alpha], (1 - alpha) * split])
         x_mix = alpha * x_t
-        y_t1 = one_hot(y_t, NUM_CLASSES)
+        y_t1 = one_hot(y_t, self.num_classes)
         y_mix = alpha * y_t1
         y_refs = []
         for r, w in zip(refs, weights[1:]):
-            x_r, y_r = self.volumes[r].image[sl], one_hot(self.volumes[r].labels[sl], NUM_CLASSES)
+            x_r, y_r = self.volumes[r].image[sl], one_hot(self.volumes[r].labels[sl], self.num_classes)
             x_mix = x_mix + w * x_r
             y_mix = y_mix + w * y_r
             y_refs.append(y_r)

@@ -160,17 +160,24 @@ def reference_folder(progress: ProgressFn | None = None) -> Path:
     return cache_root() / "references"
 
 
-def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) -> list[Reference]:
+def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None, *,
+                       num_classes: int | None = 4) -> list[Reference]:
     """Load references from ``<folder>/<id>/t1.nii.gz`` + ``seg.nii.gz`` (normalised as in training), or,
     without ``ids`` and without such folders, from BraTS case folders (:func:`mixdemo.data.load_cohort`: the
     T1CE images, the tumour labels as classes 1-3), for models trained on BraTS.
 
+    ``num_classes``: the labels a ``seg.nii.gz`` may hold are 0 … ``num_classes`` − 1 (the phantoms' four classes
+    by default; ``None``: up to :data:`mixdemo.data.MAX_CLASSES` − 1, for a caller that checks them against a
+    model's classes later).
+
     Raises:
         ValueError: no usable reference in ``folder`` (the message names what is expected).
     """
-    from mixdemo.data import ScanRecord, load_volume
+    from mixdemo.data import MAX_CLASSES, ScanRecord, load_volume, mixdemo_layout
     from mixdemo.pipeline import Reference
 
+    n = MAX_CLASSES if num_classes is None else num_classes
+    layout = mixdemo_layout(("background", *(f"class {c}" for c in range(1, n))))
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError("The reference folder does not exist.")
@@ -182,7 +189,7 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None) 
         sub = folder / name
         if not (sub / "t1.nii.gz").exists() or not (sub / "seg.nii.gz").exists():
             raise ValueError(f"Reference '{name}' needs t1.nii.gz and seg.nii.gz.")
-        vol = load_volume(ScanRecord(name, name, sub / "t1.nii.gz", sub / "seg.nii.gz"))  # labels 0-3, else a ValueError
+        vol = load_volume(ScanRecord(name, name, sub / "t1.nii.gz", sub / "seg.nii.gz", layout))  # else a ValueError
         refs.append(Reference(name, vol.image, vol.labels))
     if not refs:
         raise ValueError("The reference folder holds no <id>/t1.nii.gz + seg.nii.gz pairs.")

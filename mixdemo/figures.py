@@ -15,10 +15,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from mixdemo.viz import CLASS_COLOURS  # noqa: E402  (the app's colour-blind-safe palette)
+from mixdemo.viz import class_colour  # noqa: E402  (the app's colour-blind-safe palette)
 
-LABEL_CMAP = ListedColormap([(0, 0, 0)] + [tuple(v / 255 for v in CLASS_COLOURS[c]) for c in (1, 2, 3)])
 PHANTOM_NOTE = "MNI152-derived phantoms, not patients"
+
+
+def label_cmap(num_classes: int) -> ListedColormap:
+    """Black background, then the app's colour of each class (``vmin=0, vmax=num_classes - 1``)."""
+    return ListedColormap([(0, 0, 0)] + [tuple(v / 255 for v in class_colour(c)) for c in range(1, num_classes)])
+
+
+def classes_shown(*label_maps: np.ndarray) -> int:
+    """How many classes a figure's colour map spans: the phantoms' four, or more if a label map holds more."""
+    return max(4, *(int(np.max(m)) + 1 for m in label_maps))
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -55,8 +64,10 @@ def plot_unmixing_panels_png(case: dict, path: Path, note: str = PHANTOM_NOTE) -
     """Fig. 2-style panel: target, truth, three references with their proxies, naive and learned unmixing, TTA."""
     n = len(case["references"])
     fig, axes = plt.subplots(4, n + 1, figsize=(2.2 * (n + 1), 2.4 * 4))
+    c = classes_shown(case["truth"], case["naive_tta"], case["learned_tta"], *case["naive"], *case["learned"])
     show = lambda ax, img, title, lab=False: (  # noqa: E731
-        ax.imshow(np.rot90(img), cmap=LABEL_CMAP if lab else "gray", vmin=0, vmax=3 if lab else 1, interpolation="nearest"),
+        ax.imshow(np.rot90(img), cmap=label_cmap(c) if lab else "gray", vmin=0, vmax=c - 1 if lab else 1,
+                  interpolation="nearest"),
         ax.set_title(title, fontsize=8),
         ax.axis("off"),
     )
@@ -83,7 +94,7 @@ def plot_cohort_png(images: list[np.ndarray], labels: list[np.ndarray], names: l
             axes[i, j].imshow(np.rot90(sl), cmap="gray", vmin=0, vmax=1)
             axes[i, j].set_title(f"{name} {title}", fontsize=8)
             axes[i, j].axis("off")
-        axes[i, 3].imshow(np.rot90(lab[:, :, cz]), cmap=LABEL_CMAP, vmin=0, vmax=3, interpolation="nearest")
+        axes[i, 3].imshow(np.rot90(lab[:, :, cz]), cmap=label_cmap(4), vmin=0, vmax=3, interpolation="nearest")
         axes[i, 3].set_title("labels: GM orange, WM blue, CSF green", fontsize=7)
         axes[i, 3].axis("off")
     fig.suptitle(f"Phantom cohort — {PHANTOM_NOTE}", fontsize=9)

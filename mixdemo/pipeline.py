@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, segment_proxies, window_slices
 from mixdemo.mixing import MixKey, hard_labels, mirror, mix, naive_unmix, one_hot, tta_average, tta_variance
-from mixdemo.phantoms import NUM_CLASSES
 
 ProgressFn = Callable[[float, str], None]
 __all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
@@ -83,10 +82,15 @@ def unmirror_(answers: torch.Tensor, key: MixKey) -> torch.Tensor:
     return answers
 
 
-def reference_onehots(references: Sequence[Reference], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(K, C, X, Y, Z) one-hot reference labels (``torch.uint8`` takes a quarter of the memory; the
-    unmixing functions take either)."""
-    return one_hot(torch.from_numpy(np.stack([r.labels for r in references])), NUM_CLASSES, dtype)
+def reference_onehots(references: Sequence[Reference], dtype: torch.dtype = torch.float32, *,
+                      num_classes: int) -> torch.Tensor:
+    """(K, C, X, Y, Z) one-hot reference labels, C = ``num_classes`` (S's output channels; ``torch.uint8`` takes a
+    quarter of the memory; the unmixing functions take either). A ValueError if a label is not below C."""
+    labels = np.stack([r.labels for r in references])
+    if labels.size and int(labels.max()) >= num_classes:
+        raise ValueError(f"A reference's labels reach {int(labels.max())}, but the segmentation gives {num_classes} "
+                         f"classes (0 to {num_classes - 1}): use references labelled as the server's model was trained.")
+    return one_hot(torch.from_numpy(labels), num_classes, dtype)
 
 
 def unmix_naive(mixed_probs: torch.Tensor, ref_onehot: torch.Tensor, alphas: Sequence[float]) -> torch.Tensor:
@@ -303,7 +307,7 @@ def private_segment(
     proxies = make_proxies(target, references, key)
     brain = target > 0
     mixed = server(proxies)
-    ref_oh = reference_onehots(references, torch.uint8)
+    ref_oh = reference_onehots(references, torch.uint8, num_classes=mixed.shape[1])
     with torch.inference_mode():  # the answers may be inference tensors: mirrored back in place
         naive = unmirror_(unmix_naive(mixed, ref_oh, key.alphas), key)
         learned = None
@@ -344,7 +348,7 @@ def private_labels(
         if progress:
             progress(start / key.k, f"client: mixing {start + 1}-{start + part_key.k} of {key.k}")
         mixed = server(make_proxies(target, part_refs, part_key))
-        ref_oh = reference_onehots(part_refs, torch.uint8)
+        ref_oh = reference_onehots(part_refs, torch.uint8, num_classes=mixed.shape[1])
         if progress:
             progress((start + part_key.k) / key.k, "client: unmixing")
         part = _unmixed_sum(unmix_model, mixed, ref_oh, part_key)

@@ -138,7 +138,8 @@ def workload_inputs(crop: int, k_patches: int) -> dict[str, list[np.ndarray]]:
     return {
         "s_patches": [np.ascontiguousarray(proxies[(slice(None), *centre)][:, None])],
         "s_volume": [np.ascontiguousarray(volume)],
-        "d_volume": [mixed.float().numpy(), reference_onehots(refs[:1]).numpy(), np.array([[0.5, 0.5]], np.float32)],
+        "d_volume": [mixed.float().numpy(), reference_onehots(refs[:1], num_classes=mixed.shape[1]).numpy(),
+                     np.array([[0.5, 0.5]], np.float32)],
     }
 
 

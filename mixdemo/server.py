@@ -10,7 +10,8 @@ Wire format of the ``segment_proxy`` endpoint (version :data:`WIRE_FORMAT`):
   memory order: no NIfTI header, no affine, no patient field. The client names the file
   ``proxy.npy``; the server never looks at the name.
 * response: one ``.npy`` file with float16 softmax probabilities ŷ_mix of shape ``(K, C, X, Y, Z)``
-  (C = 4: background, GM, WM, CSF).
+  (C: the classes ``server_info`` names, background first; the shipped S gives four: background, GM,
+  WM, CSF).
 
 The uploaded file (and the folder Gradio made for it) is deleted as soon as it has been read.
 """

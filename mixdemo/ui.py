@@ -751,7 +751,8 @@ from. Both are generated on first use and cached in `$MIXDEMO_CACHE` (default `~
 SERVER_API_MD = """## The server endpoint (for developers)
 `segment_proxy` receives **only a proxy** and returns mixed probabilities. Request: a `.npy` file (float16/float32,
 shape (K, X, Y, Z) or (X, Y, Z), no pickles, no NIfTI header, no names). Response: a `.npy` file of float16 softmax
-probabilities shaped (K, 4, X, Y, Z) — background, GM, WM, CSF. The upload is deleted once read.
+probabilities shaped (K, C, X, Y, Z), C the classes `server_info` names (the shipped S: background, GM, WM,
+CSF). The upload is deleted once read.
 ```python
 from gradio_client import Client, handle_file
 c = Client("http://127.0.0.1:7860")
@@ -921,6 +922,15 @@ def _server_endpoint(path: str | None, progress: gr.Progress = gr.Progress()) ->
         raise _err(exc) from None
 
 
+def served_classes() -> list[str]:
+    """The classes of the S this app serves, background first (its training record's; the phantoms' when the record
+    does not say), for the legend. Reads one small file: the page does not wait for torch."""
+    from mixdemo.weights import read_training_record, weights_dir
+
+    names = read_training_record(weights_dir() / "segmentation").get("classes")
+    return list(names) if isinstance(names, list) and len(names) >= 2 else list(server.CLASS_NAMES)
+
+
 def _server_info() -> dict:
     """API ``server_info``: the wire format and the model's checksum."""
     return server.model_info()
@@ -970,7 +980,7 @@ def build_demo() -> gr.Blocks:
                         status = gr.Markdown("Pick an example or upload a scan.", elem_id="status")
                     with gr.Column(scale=3):
                         with gr.Row():
-                            gr.HTML(viz.legend_html())
+                            gr.HTML(viz.legend_html(served_classes()))
                             opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="overlay opacity", scale=0, min_width=220)
                         gr.HTML('<div class="panel-caption">Target on the client (sagittal · coronal · axial) — '
                                 'click a slice to move the 32³ patch (yellow) and the slices</div>')

@@ -8,17 +8,35 @@ No Gradio here.
 
 from __future__ import annotations
 
+import colorsys
+import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 CLASS_NAMES = ("background", "GM", "WM", "CSF")
-CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
-    1: (230, 159, 0),  # GM: orange (Okabe-Ito, colour-blind safe)
-    2: (86, 180, 233),  # WM: sky blue
-    3: (0, 158, 115),  # CSF: bluish green
-}
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0),  # class 1 (GM): orange (Okabe-Ito, colour-blind safe)
+    (86, 180, 233),  # class 2 (WM): sky blue
+    (0, 158, 115),  # class 3 (CSF): bluish green
+    (0, 114, 178),  # blue
+    (213, 94, 0),  # vermillion
+    (204, 121, 167),  # reddish purple
+    (240, 228, 66),  # yellow
+)
+
+
+def class_colour(c: int) -> tuple[int, int, int]:
+    """The overlay colour of class ``c`` ≥ 1: Okabe-Ito's palette, then hues a golden angle apart."""
+    if c <= len(PALETTE):
+        return PALETTE[c - 1]
+    r, g, b = colorsys.hsv_to_rgb((c * 0.618034) % 1.0, 0.7, 0.9)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+CLASS_COLOURS: dict[int, tuple[int, int, int]] = {c: class_colour(c) for c in range(1, len(CLASS_NAMES))}
+"""The phantoms' classes' colours (GM, WM, CSF)."""
 PATCH_BOX_COLOUR = (255, 221, 0)
 CANVAS = (24, 24, 24)
 GAP = 4
@@ -66,16 +84,15 @@ def grey_to_rgb(img: np.ndarray, vmax: float | None = None) -> np.ndarray:
 def label_colours(labels_or_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(RGB float colour, foreground weight) of a label slice (H, W) or a probability slice (H, W, C)."""
     if labels_or_probs.ndim == 2:
-        n = max(CLASS_COLOURS) + 1
-        probs = np.eye(n, dtype=np.float32)[np.clip(labels_or_probs.astype(np.int64), 0, n - 1)]
+        labels = np.clip(labels_or_probs.astype(np.int64), 0, 255)
+        probs = np.eye(max(int(labels.max(initial=0)) + 1, len(CLASS_NAMES)), dtype=np.float32)[labels]
     else:
         probs = np.clip(labels_or_probs.astype(np.float32), 0, 1)
     colour = np.zeros(probs.shape[:2] + (3,), dtype=np.float32)
     weight = np.zeros(probs.shape[:2], dtype=np.float32)
-    for c, rgb in CLASS_COLOURS.items():
-        if c < probs.shape[-1]:
-            colour += probs[..., c, None] * np.asarray(rgb, dtype=np.float32)
-            weight += probs[..., c]
+    for c in range(1, probs.shape[-1]):
+        colour += probs[..., c, None] * np.asarray(class_colour(c), dtype=np.float32)
+        weight += probs[..., c]
     colour = colour / np.maximum(weight, 1e-6)[..., None]
     return colour, np.clip(weight, 0, 1)
 
@@ -213,12 +230,12 @@ def click_to_voxel(
 
 
 def legend_html(names: Sequence[str] = CLASS_NAMES) -> str:
-    """HTML legend of the class colours (plus the patch box)."""
+    """HTML legend of the class colours, background first in ``names`` (plus the patch box)."""
     items = [
         f'<span style="display:inline-flex;align-items:center;margin-right:14px">'
-        f'<span style="width:14px;height:14px;background:rgb{CLASS_COLOURS[c]};border-radius:3px;'
-        f'display:inline-block;margin-right:5px"></span>{names[c]}</span>'
-        for c in sorted(CLASS_COLOURS)
+        f'<span style="width:14px;height:14px;background:rgb{class_colour(c)};border-radius:3px;'
+        f'display:inline-block;margin-right:5px"></span>{html.escape(names[c])}</span>'
+        for c in range(1, len(names))
     ]
     items.append(
         f'<span style="display:inline-flex;align-items:center;margin-right:14px">'

@@ -622,7 +622,7 @@ def fake_main(tmp_path, monkeypatch):
     loads: list[str] = []
     monkeypatch.setattr(examples, "reference_ids", lambda: [r.ref_id for r in bank])
     monkeypatch.setattr(examples, "reference_bank", lambda progress=None: loads.append("bank") or list(bank))
-    monkeypatch.setattr(examples, "load_reference_dir", lambda folder, ids=None: loads.append("dir") or list(bank))
+    monkeypatch.setattr(examples, "load_reference_dir", lambda folder, ids=None, **kw: loads.append("dir") or list(bank))
     monkeypatch.setattr(FakeRemote, "made", [])
     monkeypatch.setattr(FakeRemote, "requests", [])
     monkeypatch.setattr(FakeRemote, "grid", None)
@@ -650,6 +650,15 @@ def test_fake_main_segments_both_scans(fake_main, capsys):
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["private_name_a_seg.nii.gz", "private_name_b_seg.nii.gz"]
     assert loads == ["bank"] and len(FakeRemote.made) == 1 and FakeRemote.requests
+
+
+def test_main_refuses_references_whose_labels_the_server_s_classes_do_not_reach(fake_main, capsys, monkeypatch):
+    """The bank's labels reach 3; a server that says it gives three classes is refused before any request."""
+    scans, _, out = fake_main
+    monkeypatch.setattr(FakeRemote, "classes", lambda self: ["background", "GM", "WM"])
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "labels reach 3, but the server's model gives 3 classes (background, GM, WM)" in err
+    assert not FakeRemote.requests
 
 
 def test_a_zipped_dicom_series_is_segmented_like_a_nifti(fake_main, capsys, tmp_path):

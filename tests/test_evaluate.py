@@ -227,12 +227,12 @@ def test_fast_path_keeps_the_dice_of_the_reference_path(small_cohort, model_dir,
     proxies = make_proxies(target.image, refs, key)
     brain = target.image > 0
     fast_mixed = segment_proxies(seg, proxies)
-    fast = unmix_learned(unmix, fast_mixed, reference_onehots(refs), key.alphas, brain_mask=brain)
+    fast = unmix_learned(unmix, fast_mixed, reference_onehots(refs, num_classes=fast_mixed.shape[1]), key.alphas, brain_mask=brain)
     slow = []
     for k in range(key.k):
         mixed = segment_proxies(seg_ref, proxies[k : k + 1])
-        slow.append(unmix_learned(unmix_ref, mixed, reference_onehots(refs[k : k + 1]), key.alphas[k : k + 1],
-                                  brain_mask=brain)[0])
+        ref_oh = reference_onehots(refs[k : k + 1], num_classes=mixed.shape[1])
+        slow.append(unmix_learned(unmix_ref, mixed, ref_oh, key.alphas[k : k + 1], brain_mask=brain)[0])
     for pred_fast, pred_slow in ((fast[0], slow[0]), (fast.mean(0), torch.stack(slow).mean(0))):
         d_fast = evaluate.dice_row(evaluate.masked(pred_fast.argmax(0).numpy(), brain), target.labels)
         d_slow = evaluate.dice_row(evaluate.masked(pred_slow.argmax(0).numpy(), brain), target.labels)

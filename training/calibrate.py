@@ -39,8 +39,6 @@ from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
 from training import add_device_option, command_line, save_derived_model, source_model, user_errors
 
-CLASSES = (1, 2, 3)
-"""The foreground classes whose average Dice is maximised (GM, WM, CSF)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,19 +101,25 @@ def labels_with_offsets(case: FitCase, offsets: np.ndarray) -> np.ndarray:
     return labels
 
 
+def foreground(cases: list[FitCase]) -> list[int]:
+    """The classes whose average Dice is maximised: every class of the network's output but background."""
+    return list(range(1, cases[0].probs.shape[1]))
+
+
 def mean_dice(cases: list[FitCase], offsets: np.ndarray) -> float:
-    """The mean over ``cases`` of the average Dice of :data:`CLASSES` of :func:`labels_with_offsets`."""
-    rows = [dice_per_class(labels_with_offsets(case, offsets), case.truth, list(CLASSES)) for case in cases]
+    """The mean over ``cases`` of the average Dice of the :func:`foreground` classes of :func:`labels_with_offsets`."""
+    rows = [dice_per_class(labels_with_offsets(case, offsets), case.truth, foreground(cases)) for case in cases]
     return float(np.mean([np.mean(list(r.values())) for r in rows]))
 
 
 def fit_offsets(cases: list[FitCase], grid: np.ndarray, rounds: int) -> tuple[np.ndarray, float]:
     """Coordinate search: each foreground class's offset in turn set to the grid value with the best
     :func:`mean_dice` (ties: the smallest offset in magnitude), ``rounds`` times. Returns (offsets, Dice)."""
-    offsets = np.zeros(len(CLASSES) + 1, np.float32)
+    classes = foreground(cases)
+    offsets = np.zeros(len(classes) + 1, np.float32)
     best = mean_dice(cases, offsets)
     for _ in range(rounds):
-        for c in CLASSES:
+        for c in classes:
             for value in sorted(grid, key=abs):
                 trial = offsets.copy()
                 trial[c] = value
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
         seg, unmix = (load_model(name, device=device) for name in (args.segmentation, args.model))
         names, cases = unmixing_cases(seg, unmix, args.data, args.scans, args.tta_k, tuple(args.alpha_range), args.seed,
                                       span, modality, args.volume_cache)
-    before = mean_dice(cases, np.zeros(len(CLASSES) + 1, np.float32))
+    before = mean_dice(cases, np.zeros(len(foreground(cases)) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)
     model = load_model(args.model, fast=False)  # the modules as trained: the final layer keeps its own bias
     with torch.no_grad():

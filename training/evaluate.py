@@ -143,12 +143,14 @@ def masked(labels: np.ndarray, brain: np.ndarray | None) -> np.ndarray:
 
 
 def prefix_dice_curve(preds: torch.Tensor, truth: np.ndarray, order: np.ndarray, brain: np.ndarray | None = None) -> list[float]:
-    """Average Dice of the running mean of ``preds[order[:K]]`` (Eq. 6), for K = 1 … len(order)."""
+    """Average Dice (every class but background) of the running mean of ``preds[order[:K]]`` (Eq. 6), for
+    K = 1 … len(order)."""
+    classes = {c: str(c) for c in range(1, preds.shape[1])}
     running = torch.zeros(preds.shape[1:], dtype=torch.float32)
     curve = []
     for k, idx in enumerate(order, start=1):
         running += preds[idx].float()
-        curve.append(dice_row(masked(hard_labels(running).numpy(), brain), truth)["avg"])
+        curve.append(dice_row(masked(hard_labels(running).numpy(), brain), truth, classes)["avg"])
     return curve
 
 
@@ -170,7 +172,7 @@ def unmix_each(volume: Volume, refs: list[Reference], alphas, seg, unmixers: lis
         flip = key.is_mirrored(k)
         back = mirrored if flip else (lambda answer: answer)
         mixed = segment_proxies(seg, proxies[k : k + 1])
-        ref_oh = reference_onehots(refs[k : k + 1])
+        ref_oh = reference_onehots(refs[k : k + 1], num_classes=mixed.shape[1])
         naive.append(back(unmix_naive(mixed, ref_oh, key.alphas[k : k + 1])[0]).half())
         mix_brain = mirrored(brain) if flip and brain is not None else brain  # the mix's target's brain
         for unmix, outputs in zip(unmixers, learned):

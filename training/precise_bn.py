@@ -73,7 +73,8 @@ def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: in
     volumes = load_volumes(cohort.split("train"), cache=cache)
     sampler = MixedPatchSampler(volumes, patch_size=patch_size, mixed=mixed, seed=seed,
                                 alpha_range=tuple(record.get("alpha_range", (0.1, 0.9))),
-                                n_references=record.get("n_references", 1), patch_centres=cohort.layout.patch_centres)
+                                n_references=record.get("n_references", 1), patch_centres=cohort.layout.patch_centres,
+                                num_classes=cohort.num_classes)
     for _ in range(n):
         batch = sampler.batch(1)
         yield (batch.x_mix if mixed else batch.x_target).float()

@@ -296,18 +296,20 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--patch-size {args.patch_size} does not fit the cohort's grid "
                          f"{'×'.join(map(str, volumes[0].image.shape))}: give {min(volumes[0].image.shape)} or less.")
     mixed = args.mode != "baseline"
-    val = (make_validation(load_volumes(val_records, cache=args.volume_cache), volumes, DEFAULT_ALPHA_RANGE, args.seed)  # α as the client draws it
+    val = (make_validation(load_volumes(val_records, cache=args.volume_cache), volumes, DEFAULT_ALPHA_RANGE, args.seed,
+                           cohort.foreground_classes)  # α as the client draws it
            if val_records and rank == 0 else None)
     val_every = args.val_every or args.ckpt_every
     history: list[list[float]] = []  # [step, validation Dice]
     sampler = MixedPatchSampler(
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
         n_references=args.n_references, mixed=mixed, augment=args.augment,
-        patch_centres=cohort.layout.patch_centres, seed=args.seed * 1000 + rank,
+        patch_centres=cohort.layout.patch_centres, num_classes=cohort.num_classes, seed=args.seed * 1000 + rank,
     )
     features = resolve_features(args.features)
-    seg = SegmentationNet(features=features)
-    unmix = UnmixingNet(n_references=args.n_references, features=resolve_widths(args.unmix_features),
+    seg = SegmentationNet(num_classes=cohort.num_classes, features=features)
+    unmix = UnmixingNet(num_classes=cohort.num_classes, n_references=args.n_references,
+                        features=resolve_widths(args.unmix_features),
                         patch=args.unmix_patch, voxel_hidden=args.unmix_hidden) if mixed else None
     if args.init_from is not None:
         seg, warm_unmix = warm_start(args.init_from, args.mode, args.n_references, features, args.init_unmixing)

@@ -39,22 +39,23 @@ class Validation:
     references: list[Reference]
     alphas: list[float]
     subjects: list[str]
+    classes: dict[int, str]  # the cohort's scored classes (Cohort.foreground_classes)
 
 
 def make_validation(val_volumes: list[Volume], train_volumes: list[Volume], alpha_range: tuple[float, float],
-                    seed: int) -> Validation:
+                    seed: int, classes: dict[int, str]) -> Validation:
     """The same references and α at every validation, drawn once from ``seed`` (``alpha_range``: the client's,
     as ``training.evaluate`` draws it, not the wider training range)."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(train_volumes), size=len(val_volumes))
     refs = [Reference(train_volumes[i].name, train_volumes[i].image, train_volumes[i].labels) for i in picks]
     alphas = [float(a) for a in rng.uniform(*alpha_range, size=len(val_volumes))]
-    return Validation(val_volumes, refs, alphas, sorted({v.subject for v in val_volumes}))
+    return Validation(val_volumes, refs, alphas, sorted({v.subject for v in val_volumes}), dict(classes))
 
 
 @torch.inference_mode()
 def validation_dice(seg: torch.nn.Module, unmix: torch.nn.Module | None, val: Validation) -> float:
-    """Mean Dice (GM, WM, CSF) over the held-out scans, inside each scan's brain, as ``training.evaluate`` predicts
+    """Mean Dice (the cohort's classes but background) over the held-out scans, inside each scan's brain, as ``training.evaluate`` predicts
     them: without a D, S's labels of the scan itself (the baseline); with one, D's labels of one proxy per scan
     (Eq. 2, then S, then D; K = 1)."""
     rows = []
@@ -65,5 +66,5 @@ def validation_dice(seg: torch.nn.Module, unmix: torch.nn.Module | None, val: Va
         else:
             _, learned, _ = predict_k(vol, [ref], [alpha], seg, unmix, brain)
             labels = masked(hard_labels(learned[0].float()).numpy(), brain)
-        rows.append(dice_row(labels, vol.labels)["avg"])
+        rows.append(dice_row(labels, vol.labels, val.classes)["avg"])
     return round(float(np.mean(rows)), 4)

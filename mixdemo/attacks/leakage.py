@@ -68,9 +68,9 @@ def sample_patch_set(
     return PatchSet(np.stack(tx), np.stack(ty), np.stack(rx), np.stack(ry), np.stack(py) if py else None)
 
 
-def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> dict[int, float]:
-    """Per-class Dice (classes 1…C−1) of (N, P, P, P) label patches pooled into one volume."""
-    return dice_per_class(pred.reshape(-1, *pred.shape[2:]), truth.reshape(-1, *truth.shape[2:]), range(1, NUM_CLASSES))
+def pooled_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int = NUM_CLASSES) -> dict[int, float]:
+    """Per-class Dice (classes 1…C−1, C = ``num_classes``) of (N, P, P, P) label patches pooled into one volume."""
+    return dice_per_class(pred.reshape(-1, *pred.shape[2:]), truth.reshape(-1, *truth.shape[2:]), range(1, num_classes))
 
 
 @torch.no_grad()
@@ -88,8 +88,8 @@ def output_leakage_dice(seg: nn.Module, proxies: np.ndarray, target_labels: np.n
         proxies: (N, P, P, P) proxies.
         target_labels: (N, P, P, P) true labels of the targets.
     """
-    pred = _segment(seg, proxies).argmax(1).numpy()
-    per = pooled_dice(pred, target_labels)
+    probs = _segment(seg, proxies)
+    per = pooled_dice(probs.argmax(1).numpy(), target_labels, probs.shape[1])
     return {"dice_vs_target": mean_dice(per), "per_class": {str(c): v for c, v in per.items()}, "n_patches": len(proxies)}
 
 
@@ -120,14 +120,15 @@ def patch_study(seg: nn.Module, unmix: nn.Module, patches: PatchSet, alphas: np.
     refs = patches.refs.reshape(n, k, r, *spatial)
     proxies = w[..., 0, None, None, None] * patches.target[:, None] + np.einsum("nkr,nkrxyz->nkxyz", w[..., 1:], refs)  # Eq. 2 / 5
     probs = _segment(seg, proxies.reshape(n * k, *spatial), batch)  # server: ŷ_mix
-    ref_oh = one_hot(torch.from_numpy(patches.ref_labels.reshape(n * k, r, *spatial)), NUM_CLASSES)  # (nk, r, C, ...)
-    ref_oh = ref_oh.reshape(n * k, r * NUM_CLASSES, *spatial)
+    n_classes = probs.shape[1]
+    ref_oh = one_hot(torch.from_numpy(patches.ref_labels.reshape(n * k, r, *spatial)), n_classes)  # (nk, r, C, ...)
+    ref_oh = ref_oh.reshape(n * k, r * n_classes, *spatial)
     wt = torch.from_numpy(w.reshape(n * k, n_src))
     learned = torch.cat([
         torch.softmax(unmix(probs[i : i + batch].to(device), ref_oh[i : i + batch].to(device), wt[i : i + batch].to(device)), 1).cpu()
         for i in range(0, n * k, batch)
     ])  # client: D(ŷ_mix, y_ref, α)
-    ref_part = (wt[:, 1:, None, None, None, None] * ref_oh.view(n * k, r, NUM_CLASSES, *spatial)).sum(1)
+    ref_part = (wt[:, 1:, None, None, None, None] * ref_oh.view(n * k, r, n_classes, *spatial)).sum(1)
     alpha_t = wt[:, 0].view(-1, 1, 1, 1, 1)
     naive = (probs - ref_part) / alpha_t  # Eq. 4 (each reference's share removed)
     shape = (n, k, *probs.shape[1:])
@@ -137,12 +138,12 @@ def patch_study(seg: nn.Module, unmix: nn.Module, patches: PatchSet, alphas: np.
     leak = probs.view(shape)[:, 0].argmax(1).numpy()  # server's own output, first mix, no unmixing
     out = {}
     for name, pred in (("learned_tta", learned_tta), ("learned", single), ("naive_tta", naive_tta), ("output_leakage", leak)):
-        per = pooled_dice(pred, patches.target_labels)
+        per = pooled_dice(pred, patches.target_labels, n_classes)
         out[f"dice_{name}" if name != "output_leakage" else "output_leakage_dice"] = mean_dice(per)
         out[f"per_class_{name}"] = {str(c): v for c, v in per.items()}
     # chance: another subject's labels at the same coordinates (what any MNI-space brain gives away)
-    out["chance_dice_other_subject"] = mean_dice(pooled_dice(patches.ref_labels[:, 0], patches.target_labels))
+    out["chance_dice_other_subject"] = mean_dice(pooled_dice(patches.ref_labels[:, 0], patches.target_labels, n_classes))
     if patches.public_labels is not None:  # and the public template's, which needs no scan at all
-        out["chance_dice_template"] = mean_dice(pooled_dice(patches.public_labels, patches.target_labels))
+        out["chance_dice_template"] = mean_dice(pooled_dice(patches.public_labels, patches.target_labels, n_classes))
     out.update({"k": k, "n_patches": n})
     return out
