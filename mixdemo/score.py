@@ -66,6 +66,10 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
         sides = "×".join(str(s.stop - s.start) for s in box)
         note(f"{segmentation.name} labels only a {sides} block (patch mode?): scored over the whole grid, the rest "
              "counts as missed; --in-box scores inside that block.")
+    unnamed = int(max(pred.max(initial=0), truth.max(initial=0)))
+    if unnamed > max(classes, default=0) and note is not None:
+        note(f"{segmentation.name} or its labels hold label {unnamed}, which --classes does not name: scored are "
+             f"{', '.join(classes.values())} only; name every class (e.g. --classes GM,WM,CSF,lesion) to score it.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
 

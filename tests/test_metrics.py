@@ -580,3 +580,24 @@ def test_score_notes_a_patch_answer_and_scores_inside_its_block_when_asked(tmp_p
     assert json.loads(captured.out)["patch"]["avg"] == 1.0 and captured.err == ""
     assert main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz")]) == 0
     assert "note" not in capsys.readouterr().err  # a whole answer: no note
+
+
+def test_score_says_when_a_class_it_was_not_told_of_goes_unscored(tmp_path, capsys) -> None:
+    """Labels of a cohort with a fifth class: the default --classes (the phantoms') leaves class 4 out, and a note
+    says so; naming it scores it."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:5], truth[5:8], truth[8:10], truth[10:12] = 1, 2, 3, 4
+    save_volume(truth, np.eye(4), tmp_path / "labels.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)["labels"]) == {"GM", "WM", "CSF", "avg"}
+    assert "hold label 4, which --classes does not name" in captured.err
+    assert main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json",
+                 "--classes", "GM,WM,CSF,lesion"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["labels"]["lesion"] == 1.0 and captured.err == ""
