@@ -305,10 +305,11 @@ def quick_prepare(monkeypatch):
 
     from training import prepare_cohort
 
-    def prepare_scan(scan, out, threads=None):
+    def prepare_scan(scan, out, threads=None, layout=prepare_cohort.MIXDEMO_LAYOUT):
         image, labels = (np.asanyarray(nib.load(str(f)).dataobj) for f in (scan.image, scan.labels))
-        if labels.max() > 3:
-            raise ValueError(f"labels {[int(v) for v in np.unique(labels) if v > 3]} are not tissue classes")
+        top = len(layout.class_names) - 1
+        if labels.max() > top:
+            raise ValueError(f"labels {[int(v) for v in np.unique(labels) if v > top]} are not of the classes")
         (out / scan.name).mkdir(parents=True, exist_ok=True)
         save_volume(image + 1, np.eye(4), out / scan.name / "t1.nii.gz")
         save_volume(labels, np.eye(4), out / scan.name / "seg.nii.gz", dtype=np.uint8)
@@ -354,9 +355,32 @@ def test_prepare_cohort_prepares_again_a_scan_whose_source_changed(quick_prepare
     printed = capsys.readouterr().out
     assert np.unique(nib.load(out / "b_1" / "seg.nii.gz").get_fdata()).tolist() == [2]
     assert "kept 2 scan(s) prepared by an earlier run (sources unchanged): a_1, d_1" in printed
-    assert "b_1: its source changed since the earlier run: similarity" in printed
-    assert "c_1: its source changed since the earlier run: skipped: labels [9]" in printed
+    assert "b_1: its source or the classes changed since the earlier run: similarity" in printed
+    assert "c_1: its source or the classes changed since the earlier run: skipped: labels [9]" in printed
     assert not (out / "c_1" / "seg.nii.gz").exists() and "c_1" not in {r.name for r in load_cohort(out).records}
+
+
+def test_prepare_cohort_takes_the_classes_of_the_labels_and_prepares_again_when_they_change(quick_prepare, tmp_path,
+                                                                                            capsys):
+    """--classes names the labels' classes (split.json then names them); a rerun with other classes prepares every
+    scan again, and one whose labels they do not cover is skipped; names that cannot be used are refused."""
+    src, out = tmp_path / "src", tmp_path / "cohort"
+    for name, label in (("a_1", 4), ("b_1", 2), ("c_1", 1)):
+        write_raw_scan(src, name, label)
+    five = ["background", "GM", "WM", "CSF", "lesion"]
+    quick_prepare.main([str(src), "--out", str(out), "--classes", ",".join(five)])
+    cohort = load_cohort(out)
+    assert cohort.class_names == tuple(five) and len(cohort.records) == 3
+    capsys.readouterr()
+    quick_prepare.main([str(src), "--out", str(out)])  # the phantoms' four: label 4 is not one of them
+    printed = capsys.readouterr().out
+    assert "prepared by an earlier run" not in printed
+    assert "a_1: its source or the classes changed since the earlier run: skipped" in printed
+    assert load_cohort(out).num_classes == 4 and {r.name for r in load_cohort(out).records} == {"b_1", "c_1"}
+    for bad, said in (("background", "--classes names 1 classes"), ("background,GM,GM", "--classes names a class twice")):
+        with pytest.raises(SystemExit):
+            quick_prepare.main([str(src), "--out", str(out), "--classes", bad])
+        assert said in capsys.readouterr().err
 
 
 def test_prepare_cohort_lists_the_folders_it_ignores_and_why(quick_prepare, tmp_path, capsys):

@@ -7,7 +7,8 @@ Each folder of ``SRC`` is one scan, named ``<subject>_<scan>`` (the subject is t
 underscore, so a subject's visits stay on one side of the split), holding either
 
 - ``t1.nii.gz`` (or ``.nii``) and ``seg.nii.gz`` with tissue labels 0 background, 1 GM, 2 WM, 3 CSF on the
-  T1's grid, in any space, skull included or not; or
+  T1's grid, in any space, skull included or not (with ``--classes``, labels 0 … N − 1 of the N classes named,
+  which ``split.json`` then names and the models trained on the cohort give); or
 - a FreeSurfer subject: ``mri/orig.mgz`` (else ``mri/T1.mgz``, else ``mri/brain.mgz``) and ``mri/aseg.mgz``,
   whose labels become the tissue classes as the paper's PPMI pseudo ground truth did
   (:data:`mixdemo.data.FREESURFER_TISSUE`).
@@ -18,7 +19,7 @@ through the same transform (nearest neighbour), kept inside the extracted brain.
 layout (:mod:`mixdemo.data`) with a ``split.json`` (by subject) and ``prepare.json``: per scan, the
 registration's similarity to the template, its warning if any, and the share of labelled voxels kept inside
 the extracted brain, to check before training. A scan that cannot be used (an unreadable file, labels
-outside 0-3, a failed registration) is skipped with its reason in ``prepare.json``, and a folder of
+outside the classes, a failed registration) is skipped with its reason in ``prepare.json``, and a folder of
 neither form is listed with what it lacks. Scans already written by an earlier run into ``--out`` are kept
 while their source files (T1 and labels: path, size, modification time) are unchanged, and prepared again
 otherwise, so an interrupted run goes on where it stopped and an edited scan is not left stale.
@@ -38,12 +39,14 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mixdemo.data import MIXDEMO_LAYOUT, classes_of, freesurfer_tissue, subject_of
+from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, Layout, classes_of, cohort_classes, freesurfer_tissue,
+                          mixdemo_layout, subject_of)
 from mixdemo.phantoms import CLASS_NAMES, split_subjects
 from training import command_line, user_errors
 
@@ -178,9 +181,9 @@ def as_nifti(path: Path, tmp: Path, labels: str | None = None) -> Path:
     return out
 
 
-def prepare_scan(scan: RawScan, out: Path, threads: int | None = None) -> dict:
-    """Register one scan to the model grid, carry its labels, write ``<out>/<name>/t1.nii.gz`` + ``seg.nii.gz``;
-    returns its quality record."""
+def prepare_scan(scan: RawScan, out: Path, threads: int | None = None, layout: Layout = MIXDEMO_LAYOUT) -> dict:
+    """Register one scan to the model grid, carry its labels (those of ``layout``'s classes), write
+    ``<out>/<name>/t1.nii.gz`` + ``seg.nii.gz``; returns its quality record."""
     from mixdemo import io as mio
     from mixdemo.preprocess import labels_to_model_grid, to_model_space
 
@@ -188,7 +191,7 @@ def prepare_scan(scan: RawScan, out: Path, threads: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         raw = mio.load_scan(as_nifti(scan.image, Path(tmp)), normalize=False)
         labels = mio.load_labels(as_nifti(scan.labels, Path(tmp), scan.kind), like=raw)
-    labels = classes_of(labels, MIXDEMO_LAYOUT, scan.name)  # tissue labels 0-3, or a ValueError naming others
+    labels = classes_of(labels, layout, scan.name)  # labels of the classes, or a ValueError naming others
     prepared = to_model_space(raw, threads=threads)
     on_grid = labels_to_model_grid(labels, prepared, raw)
     inside = prepared.image > 0
@@ -212,11 +215,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects held out for testing")
     p.add_argument("--seed", type=int, default=0, help="seed of the split by subject")
     p.add_argument("--threads", type=int, default=None, help="threads of the registration (SimpleITK)")
+    p.add_argument("--classes", default=",".join(CLASS_NAMES), metavar="NAMES",
+                   help="the classes of the labels, background first, comma-separated: label c is the c-th name "
+                        f"(default: {','.join(CLASS_NAMES)}; a FreeSurfer subject's labels become the first four)")
     args = p.parse_args(argv)
     if not args.src.is_dir():
         p.error(f"{args.src} is not a folder")
     if not 0 < args.test_fraction < 1:
         p.error("--test-fraction must lie between 0 and 1")
+    try:
+        args.layout = mixdemo_layout(cohort_classes([c.strip() for c in args.classes.split(",")], MIXDEMO_LAYOUT))
+    except CohortError as exc:
+        p.error(str(exc).replace("split.json names", "--classes names").replace('split.json\'s "classes"', "--classes"))
     return args
 
 
@@ -227,14 +237,16 @@ def source_stamp(scan: RawScan) -> dict:
     return {"image": file_stamp(scan.image), "labels": file_stamp(scan.labels)}
 
 
-def still_valid(done: dict | None, scan: RawScan, out: Path) -> bool:
+def still_valid(done: dict | None, scan: RawScan, out: Path, classes: Sequence[str] = CLASS_NAMES) -> bool:
     """Whether an earlier run's record ``done`` of ``scan`` stands: prepared without error from the same source
-    files (:func:`source_stamp`), its output still on disk."""
+    files (:func:`source_stamp`) with the same classes (a record without them: the phantoms'), its output still
+    on disk."""
     return (bool(done) and "error" not in done and done.get("source") == source_stamp(scan)
+            and done.get("classes", list(CLASS_NAMES)) == list(classes)
             and all((out / scan.name / f).is_file() for f in OUTPUTS))
 
 
-def prepare_or_skip(scan: RawScan, out: Path, threads: int | None) -> dict:
+def prepare_or_skip(scan: RawScan, out: Path, threads: int | None, layout: Layout = MIXDEMO_LAYOUT) -> dict:
     """:func:`prepare_scan`'s record with the source's :func:`source_stamp`, or the scan's error record if it is
     unusable. An earlier output of the scan is removed first: it must not outlive a failure now."""
     from mixdemo.io import ScanError
@@ -243,7 +255,7 @@ def prepare_or_skip(scan: RawScan, out: Path, threads: int | None) -> dict:
         (out / scan.name / f).unlink(missing_ok=True)
     stamp = source_stamp(scan)
     try:
-        return {**prepare_scan(scan, out, threads), "source": stamp}
+        return {**prepare_scan(scan, out, threads, layout), "source": stamp, "classes": list(layout.class_names)}
     except (ScanError, ValueError) as exc:  # this scan is unusable; the others go on
         return {"name": scan.name, "error": str(exc)}
 
@@ -289,7 +301,8 @@ def main(argv: list[str] | None = None) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     report_file, command = args.out / "prepare.json", command_line("training.prepare_cohort", argv)
     earlier = {r["name"]: r for r in _json_of(report_file).get("scans", [])}
-    kept = [s.name for s in scans if still_valid(earlier.get(s.name), s, args.out)]
+    classes = args.layout.class_names
+    kept = [s.name for s in scans if still_valid(earlier.get(s.name), s, args.out, classes)]
     if kept:
         print(f"kept {len(kept)} scan(s) prepared by an earlier run (sources unchanged): {first_few(kept)}", flush=True)
     records = {s.name: earlier[s.name] for s in scans if s.name in earlier}  # each scan's latest record
@@ -298,8 +311,9 @@ def main(argv: list[str] | None = None) -> Path:
         if scan.name in kept:
             continue
         done = records.get(scan.name)
-        again = "its source changed since the earlier run: " if done and "source" in done and "error" not in done else ""
-        records[scan.name] = prepare_or_skip(scan, args.out, args.threads)
+        changed = done and "source" in done and "error" not in done
+        again = "its source or the classes changed since the earlier run: " if changed else ""
+        records[scan.name] = prepare_or_skip(scan, args.out, args.threads, args.layout)
         write_report(report_file, command, args.src, [records[s.name] for s in scans if s.name in records])
         print(f"[{i}/{len(scans)}] {scan.name}: {again}{outcome(records[scan.name])}", flush=True)
     written = [s.name for s in scans if "error" not in records[s.name]]
@@ -308,7 +322,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"No scan of {args.src} could be prepared (prepare.json says why).")
     subjects = sorted({subject_of(name) for name in written})
     split = split_subjects(subjects, args.test_fraction, args.seed) if len(subjects) > 1 else {"train": subjects, "test": []}
-    meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(CLASS_NAMES), **split}
+    meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(classes), **split}
     (args.out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
     flagged = [r["name"] for r in records.values() if r.get("warning")]
     print(f"wrote {len(written)} scans of {len(subjects)} subjects to {args.out}"
