@@ -203,20 +203,53 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
             f"{root} holds neither <subject>_<scan>/t1.nii.gz folders nor BraTS case folders "
             f"(<case>/<case>_{modality or 't1ce'}.nii.gz with <case>_seg.nii.gz).")
     subjects = sorted({r.subject for r in records})
-    split_file = root / "split.json"
-    meta = json.loads(split_file.read_text()) if split_file.exists() else {}
-    if "train" in meta and "test" in meta:
-        train, test = meta["train"], meta["test"]
-    else:
-        split = split_subjects(subjects, 0.25, seed=0)
-        train, test = split["train"], split["test"]
-    if set(train) & set(test):
-        raise CohortError(f"split.json puts subjects on both sides: {sorted(set(train) & set(test))}")
+    meta = read_split_file(root / "split.json")
+    train, test = cohort_split(meta, subjects)
     names = cohort_classes(meta.get("classes", layout.class_names), layout)
     if layout.name == MIXDEMO_LAYOUT.name and names != layout.class_names:
         layout = mixdemo_layout(names)
         records = [replace(r, layout=layout) for r in records]
     return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"))
+
+
+def read_split_file(path: Path) -> dict:
+    """``split.json`` as a dict ({} without one); a CohortError if it is not a JSON object."""
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CohortError(f"{path} is not readable JSON ({exc}).") from None
+    if not isinstance(meta, dict):
+        raise CohortError(f'{path} must hold a JSON object: {{"train": [subject, ...], "test": [subject, ...]}}.')
+    return meta
+
+
+def cohort_split(meta: dict, subjects: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(train, test) subjects: ``split.json``'s lists, the other side being every remaining subject when it names
+    one side only; the fixed 75/25 split by subject when it names neither. A CohortError for a list that is not
+    one of subject names, a subject named on both sides, or a name the folder holds no scan of (a typo would
+    otherwise leave that subject out, or, on the other side, put it in)."""
+    given = {side: meta[side] for side in ("train", "test") if side in meta}
+    for side, names in given.items():
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise CohortError(f'split.json\'s "{side}" must be a list of subject names.')
+    if not given:
+        split = split_subjects(list(subjects), 0.25, seed=0)
+        return split["train"], split["test"]
+    unknown = sorted({n for names in given.values() for n in names} - set(subjects))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise CohortError(f"split.json names subject(s) of which the folder holds no scan it reads: {shown} (a subject "
+                          "is a scan folder's name up to its last underscore, or a BraTS case with the modality read).")
+    train, test = given.get("train"), given.get("test")
+    if train is None:
+        train = [s for s in subjects if s not in set(test)]
+    if test is None:
+        test = [s for s in subjects if s not in set(train)]
+    if set(train) & set(test):
+        raise CohortError(f"split.json puts subjects on both sides: {sorted(set(train) & set(test))}")
+    return list(train), list(test)
 
 
 def cohort_classes(names: object, layout: Layout) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,34 @@ def test_split_json_may_name_the_classes(brats_2021, tmp_path):
         load_cohort(root)
 
 
+def test_a_split_json_naming_one_side_gives_the_other_every_remaining_subject(brats_2021, tmp_path):
+    root = tmp_path / "one_side"
+    for i in range(4):
+        write_brats_case(root, f"BraTS2021_{i:05d}", i)
+    (root / "split.json").write_text(json.dumps({"test": ["BraTS2021_00000", "BraTS2021_00002"]}))
+    cohort = load_cohort(root)
+    assert (cohort.train_subjects, cohort.test_subjects) == (("BraTS2021_00001", "BraTS2021_00003"),
+                                                             ("BraTS2021_00000", "BraTS2021_00002"))
+    (root / "split.json").write_text(json.dumps({"train": ["BraTS2021_00003"]}))
+    assert load_cohort(root).test_subjects == ("BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002")
+
+
+@pytest.mark.parametrize("content, said", [
+    ("{train: [}", "is not readable JSON"),
+    ('["BraTS2021_00000"]', "must hold a JSON object"),
+    ('{"train": "BraTS2021_00000"}', '"train" must be a list of subject names'),
+    ('{"train": ["BraTS2021_00000", "BraTS2021_99999"], "test": ["brats2021_00001"]}',
+     "holds no scan it reads: BraTS2021_99999, brats2021_00001"),
+    ('{"train": ["BraTS2021_00000"], "test": ["BraTS2021_00000"]}', "on both sides"),
+])
+def test_a_split_json_that_cannot_be_followed_is_refused_with_why(tmp_path, content, said):
+    for i in range(2):
+        write_brats_case(tmp_path, f"BraTS2021_{i:05d}", i)
+    (tmp_path / "split.json").write_text(content)
+    with pytest.raises(CohortError, match=re.escape(said)):
+        load_cohort(tmp_path)
+
+
 def test_brats_patches_centre_on_the_brain_as_well_as_on_the_tumour(brats_2021):
     volumes = load_volumes(load_cohort(brats_2021).split("train"))
     on_labels = MixedPatchSampler(volumes, patch_size=8, mixed=False, seed=0).batch(64)
@@ -195,6 +224,30 @@ def test_training_and_evaluation_run_on_a_brats_folder(brats_2021, tmp_path, mon
 
     info = server.model_info()  # the server names what its S was trained on
     assert info["classes"] == ["background", "NCR", "ED", "ET"] and info["grid_shape"] == list(SHAPE)
+
+
+def test_naming_the_default_modality_resumes_a_run_and_a_wrong_run_dir_is_refused_before_the_scans_load(
+        brats_2021, tmp_path, monkeypatch):
+    from training import train
+
+    common = ["--data", str(brats_2021), "--batch-size", "2", "--patch-size", "16", "--features", TINY,
+              "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "run")]
+    train.main([*common, "--steps", "1"])
+    train.main([*common, "--steps", "2", "--modality", "t1ce"])  # what the folder is read as without it
+    assert torch_step(tmp_path / "run") == 2
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the scans were loaded before the checkpoint's settings were checked")
+
+    monkeypatch.setattr(train, "load_volumes", no_loading)
+    with pytest.raises(SystemExit, match="modality: None → 'flair'"):
+        train.main([*common, "--steps", "3", "--modality", "flair"])
+
+
+def torch_step(run: Path) -> int:
+    import torch
+
+    return torch.load(run / "checkpoint.pt", weights_only=False)["step"]
 
 
 def test_the_client_segments_a_brats_scan_with_brats_references(brats_2021, tmp_path):

@@ -797,7 +797,10 @@ def test_recalibrate_batch_norm_sets_the_plain_average_of_the_batches_and_keeps_
         recalibrate_batch_norm(torch.nn.Conv3d(1, 1, 1), batches)
 
 
-def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics(tiny_cohort, tmp_path, monkeypatch):
+def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics(tiny_cohort, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """S trained on 16³ patches: its statistics are averaged over 32³ ones (one patch a pass leaves a 16³ patch one
+    voxel at U-Net++'s deepest level, where batch norm needs two); --patch-size 16 is refused with why."""
     from safetensors.torch import load_file
 
     from training import precise_bn, train
@@ -805,8 +808,13 @@ def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics
     start = tmp_path / "w"
     train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 2, ["--mode", "baseline"]))
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
-    out = precise_bn.main(["--model", "baseline", "--data", str(tiny_cohort), "--batches", "3", "--out", str(tmp_path / "p"),
-                           "--patch-size", "32"])
+    assert json.loads((start / "baseline" / "training.json").read_text())["patch_size"] == 16
+    with pytest.raises(SystemExit, match="--patch-size 16: each pass is one patch.*--patch-size 32 or more"):
+        precise_bn.main(["--model", "baseline", "--data", str(tiny_cohort), "--out", str(tmp_path / "p"),
+                         "--patch-size", "16"])
+    capsys.readouterr()
+    out = precise_bn.main(["--model", "baseline", "--data", str(tiny_cohort), "--batches", "3", "--out", str(tmp_path / "p")])
+    assert "trained on 16³ patches; its statistics are averaged over 32³ ones" in capsys.readouterr().out
     before, after = load_file(start / "baseline" / "model.safetensors"), load_file(out / "model.safetensors")
     stats = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     assert stats and before.keys() == after.keys()

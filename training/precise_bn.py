@@ -80,6 +80,23 @@ def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: in
         yield (batch.x_mix if mixed else batch.x_target).float()
 
 
+def precise_patch(asked: int | None, trained: int) -> int:
+    """The patch side of the passes: ``asked``, else the one S was trained on, raised to the smallest that leaves
+    U-Net++'s deepest level 2 voxels (one patch a pass: batch norm needs 2 values there); SystemExit for an asked
+    side below it."""
+    from mixdemo.models import SegmentationNet
+
+    least = 2 ** (SegmentationNet.POOLINGS + 1)
+    if asked is not None and asked < least:
+        raise SystemExit(f"--patch-size {asked}: each pass is one patch, and U-Net++'s batch norms need 2 or more voxels "
+                         f"at its deepest level, which takes --patch-size {least} or more.")
+    if asked is None and trained < least:
+        print(f"note: S was trained on {trained}³ patches; its statistics are averaged over {least}³ ones (one patch a "
+              f"pass needs {least} or more)", flush=True)
+        return least
+    return asked or trained
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     if args.batches < 1:
@@ -87,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     record = source_model(args.model, args.threads)
     if record.get("model_class", "").rsplit(".", 1)[-1] != "SegmentationNet":
         raise SystemExit(f"{args.model} is not a segmentation network (S or baseline); D has no batch norm.")
-    patch = args.patch_size or record.get("patch_size", 32)
+    patch = precise_patch(args.patch_size, record.get("patch_size", 32))
     model = load_model(args.model, fast=False)  # the batch norms as trained (the fast path folds them away)
     t0 = time.perf_counter()
     batches = training_batches(record, args.data, args.batches, patch, args.seed, args.volume_cache)

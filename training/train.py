@@ -290,6 +290,11 @@ def main(argv: list[str] | None = None) -> dict:
     check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references)
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
+    ckpt_path = run_dir / "checkpoint.pt"
+    settings = run_settings(args, recorded_modality(args, cohort))
+    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    if state is not None:  # before the scans load: a wrong --run-dir costs no time
+        check_resumable(state, settings, args.steps, ckpt_path)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records, cache=args.volume_cache)
     if args.patch_size > min(volumes[0].image.shape):
@@ -326,13 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     leg_starts = {start for _, start in args.legs or []} - {0}
 
-    ckpt_path = run_dir / "checkpoint.pt"
     step, elapsed = 0, 0.0
-    settings = run_settings(args)
     sessions: list[dict] = []  # one per process start of this run (a resume adds one): what trained which steps
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        check_resumable(state, settings, args.steps, ckpt_path)
+    if state is not None:
         load_checkpoint_weights(model, state["model"], ckpt_path)
         optim.load_state_dict(state["optim"])
         sampler.rng = np.random.default_rng(state["seed_state"] + rank)
@@ -401,10 +402,24 @@ between legs (``--steps``, as the shipped weights' legs did; batch size, learnin
 the number of processes)."""
 
 
-def run_settings(args: argparse.Namespace) -> dict:
-    """The values of :data:`RUN_SETTINGS` as a checkpoint records them (paths resolved, widths expanded)."""
+def recorded_modality(args: argparse.Namespace, cohort: Cohort) -> str | None:
+    """``--modality`` as a checkpoint's settings record it: ``None`` when it names what the cohort's folder is read as
+    without it (``--modality t1ce`` on a BraTS 2021 folder resumes a run started without it, and the other way
+    round)."""
+    if args.modality is None:
+        return None
+    try:
+        default = load_cohort(args.data).modality
+    except CohortError:  # the folder holds no scans of the default modality
+        return args.modality
+    return None if args.modality == default else args.modality
+
+
+def run_settings(args: argparse.Namespace, modality: str | None = None) -> dict:
+    """The values of :data:`RUN_SETTINGS` as a checkpoint records them (paths resolved, widths expanded; the
+    modality as :func:`recorded_modality` gives it)."""
     path = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
-    return {"mode": args.mode, "data": path(args.data), "modality": args.modality,
+    return {"mode": args.mode, "data": path(args.data), "modality": modality,
             "features": list(resolve_features(args.features)), "unmix_features": list(resolve_widths(args.unmix_features)),
             "unmix_patch": args.unmix_patch, "unmix_hidden": args.unmix_hidden, "n_references": args.n_references,
             "alpha_range": [float(a) for a in args.alpha_range], "augment": args.augment, "seed": args.seed,
