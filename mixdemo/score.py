@@ -11,7 +11,8 @@ Both files must lie on the same grid (the client writes its segmentation on the 
 several, their mean; ``--json`` prints the numbers as JSON instead. A patch-mode segmentation labels one block
 and leaves the rest 0: scored over the whole grid, the rest of the brain counts as missed, which a note says;
 ``--in-box`` scores inside the block the segmentation labels (its labelled voxels' bounding box; the app's Dice
-table in patch mode scores the whole patch, which may reach a little further).
+table in patch mode scores the whole patch, which may reach a little further). ``--brats`` reads labels files in
+BraTS's values (enhancing tumour 4 in 2021) as the client's classes 1 NCR, 2 ED, 3 ET.
 """
 
 from __future__ import annotations
@@ -41,13 +42,21 @@ PARTIAL_BOX = 0.25
 
 
 def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_box: bool = False,
-               note: Callable[[str], None] | None = None) -> dict[str, float]:
+               note: Callable[[str], None] | None = None, brats: bool = False) -> dict[str, float]:
     """Dice of each class of ``classes`` ({label value: name}) and their mean (``avg``); with ``in_box``, inside the
     bounding box of the segmentation's labelled voxels. ``note`` hears of a segmentation that labels only part of
-    the labels' extent (a patch)."""
+    the labels' extent (a patch). With ``brats`` the labels file holds BraTS's values (1 NCR, 2 ED, 4 ET in 2021,
+    3 in 2023), read as the classes 1-3 the client writes."""
     from mixdemo.io import conform_labels, load_labels_on_file_grid, load_labels_with_affine
 
     on_file_grid, file_affine = load_labels_on_file_grid(labels)
+    if brats:
+        from mixdemo.data import BRATS_LAYOUT, CohortError, classes_of
+
+        try:
+            on_file_grid = classes_of(on_file_grid, BRATS_LAYOUT, labels.name)
+        except CohortError as exc:
+            raise ScoreError(str(exc)) from None
     truth, truth_affine = conform_labels(on_file_grid, file_affine)
     if segmentation.name.lower().endswith(".dcm"):  # onto the labels file's grid, then as the labels go
         pred, pred_affine = conform_labels(_seg_on_grid(segmentation, on_file_grid.shape, file_affine), file_affine)
@@ -68,8 +77,10 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
              "counts as missed; --in-box scores inside that block.")
     unnamed = int(max(pred.max(initial=0), truth.max(initial=0)))
     if unnamed > max(classes, default=0) and note is not None:
+        brats_hint = " (or, for BraTS labels with ET as 4, --brats)" if unnamed == 4 and not brats else ""
         note(f"{segmentation.name} or its labels hold label {unnamed}, which --classes does not name: scored are "
-             f"{', '.join(classes.values())} only; name every class (e.g. --classes GM,WM,CSF,lesion) to score it.")
+             f"{', '.join(classes.values())} only; name every class (e.g. --classes GM,WM,CSF,lesion) to score it"
+             f"{brats_hint}.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
 
@@ -130,17 +141,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="a segmentation NIfTI (or a DICOM SEG the client wrote, .dcm), or a folder of <name>_seg.nii.gz "
                         "(or <name>_seg.dcm)")
     p.add_argument("labels", type=Path, help="its labels NIfTI, or a folder of labels of the same names")
-    p.add_argument("--classes", default=",".join(CLASS_NAMES[1:]),
-                   help="names of label values 1, 2, ... (default: the phantoms' GM,WM,CSF)")
+    p.add_argument("--classes", default=None,
+                   help="names of label values 1, 2, ... (default: the phantoms' GM,WM,CSF; NCR,ED,ET with --brats)")
+    p.add_argument("--brats", action="store_true",
+                   help="the labels files hold BraTS's values (1 NCR, 2 ED, 4 ET in 2021, 3 in 2023): read them as the "
+                        "client's classes 1 NCR, 2 ED, 3 ET")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--in-box", action="store_true",
                    help="score inside the block the segmentation labels (a patch-mode answer), not the whole grid")
     args = p.parse_args(argv)
     from mixdemo.io import ScanError
 
-    classes = dict(enumerate((c.strip() for c in args.classes.split(",") if c.strip()), start=1))
+    names = args.classes or ("NCR,ED,ET" if args.brats else ",".join(CLASS_NAMES[1:]))
+    classes = dict(enumerate((c.strip() for c in names.split(",") if c.strip()), start=1))
     try:
-        rows = {name: score_pair(seg, lab, classes, in_box=args.in_box, note=lambda m: print(f"note: {m}", file=sys.stderr))
+        rows = {name: score_pair(seg, lab, classes, in_box=args.in_box, brats=args.brats,
+                                 note=lambda m: print(f"note: {m}", file=sys.stderr))
                 for name, seg, lab in pairs_of(args.segmentation, args.labels)}
     except (ScoreError, ScanError) as exc:
         print(f"error: {exc}", file=sys.stderr)

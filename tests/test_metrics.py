@@ -601,3 +601,27 @@ def test_score_says_when_a_class_it_was_not_told_of_goes_unscored(tmp_path, caps
                  "--classes", "GM,WM,CSF,lesion"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["labels"]["lesion"] == 1.0 and captured.err == ""
+
+
+def test_score_reads_brats_2021_labels_with_their_enhancing_tumour_as_4(tmp_path, capsys) -> None:
+    """The client writes ET as 3; BraTS 2021's labels hold it as 4: --brats reads them as the client's classes (a
+    note points to it without), and a value BraTS does not define is refused."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    pred = np.zeros((12, 12, 12), np.uint8)
+    pred[2:5], pred[5:8], pred[8:10] = 1, 2, 3
+    truth = np.where(pred == 3, 4, pred).astype(np.uint8)
+    save_volume(pred, np.eye(4), tmp_path / "seg.nii.gz", dtype=np.uint8)
+    save_volume(truth, np.eye(4), tmp_path / "case_seg.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "case_seg.nii.gz"), "--classes", "NCR,ED,ET"]) == 0
+    captured = capsys.readouterr()
+    assert "| 1.000 | 1.000 | 0.000 |" in captured.out and "--brats" in captured.err
+    assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "case_seg.nii.gz"), "--brats", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["seg"] == {"NCR": 1.0, "ED": 1.0, "ET": 1.0, "avg": 1.0} and captured.err == ""
+    save_volume(np.full((12, 12, 12), 5, np.uint8), np.eye(4), tmp_path / "odd_seg.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "odd_seg.nii.gz"), "--brats"]) == 2
+    assert "labels hold [5], which the brats layout does not define" in capsys.readouterr().err
