@@ -737,10 +737,14 @@ def main(argv: list[str] | None = None) -> int:
         outputs, refs, unmix = _prepare(args)
         remote = RemoteServer(args.server, separate_requests=args.separate_requests, send_hf_token=args.send_hf_token)
         server_grid = remote.grid_shape()
+        if refs is None:  # the public bank: its grid is known before it is built (minutes the first time)
+            refs = _public_bank(args, server_grid)
         check_reference_grid(refs[0].image.shape, server_grid)
         check_classes(remote.classes(), unmix, refs)
         if unmix is None:
-            print("note: no unmixing weights found; using the naive unmixing (Eq. 4).", file=sys.stderr)
+            print(f"note: the default client network D ({unmixing_name()}) is not in the weights folder; using the "
+                  "naive unmixing (Eq. 4), which is less accurate: give --unmixing NAME (a D's folder there, e.g. "
+                  "'unmixing' as training.train writes it) for the learned one.", file=sys.stderr)
         elif warning := pairing_warning(args.unmixing or unmixing_name(), remote.model_sha256()):
             print(f"warning: {warning}", file=sys.stderr)
     except (ClientError, ScanError, WeightsError, ValueError) as exc:
@@ -764,9 +768,10 @@ PUBLIC_BANK_WARNING = (
     "bank and pass it with --references DIR for privacy.")
 
 
-def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], torch.nn.Module | None]:
+def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference] | None, torch.nn.Module | None]:
     """What main() checks and loads before it connects, cheapest first, so that a mistake in the command line is
-    one message before the reference bank's load: the outputs, the references and the client's D."""
+    one message before the references load: the outputs, the references of ``--references`` (None without it:
+    :func:`_public_bank` after connecting) and the client's D."""
     check_server_address(args.server)
     outputs = output_paths(args.scan, args.output, dicom_seg=args.dicom_seg)
     if any(is_dicom_seg(o) for o in outputs):
@@ -791,14 +796,22 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference], tor
     args.mirror = MIRROR_BY_DEFAULT if args.mirror is None else args.mirror
     unmix = unmixing_model(name=args.unmixing)  # before any request: a D for several references is refused here
     if not args.references:
-        print(PUBLIC_BANK_WARNING, file=sys.stderr)
-    refs = (
-        examples.load_reference_dir(args.references, num_classes=None)  # checked against the server's classes
-        if args.references
-        else examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
-    )
+        return outputs, None, unmix
+    refs = examples.load_reference_dir(args.references, num_classes=None)  # checked against the server's classes
     check_k(args.tta, len(refs))
     return outputs, refs, unmix
+
+
+def _public_bank(args: argparse.Namespace, server_grid: Sequence[int] | None) -> list[Reference]:
+    """The public phantom bank, once the server's grid is known to be its own (a ClientError before it is built
+    otherwise), with the warning that a server may know it."""
+    from mixdemo import examples
+
+    check_reference_grid(examples.reference_grid(), server_grid)
+    print(PUBLIC_BANK_WARNING, file=sys.stderr)
+    refs = examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
+    check_k(args.tta, len(refs))
+    return refs
 
 
 def check_server_address(url: str) -> None:

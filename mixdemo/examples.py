@@ -225,6 +225,12 @@ def reference_bank(progress: ProgressFn | None = None) -> list[Reference]:
     return list(_bank(str(cache_root())))
 
 
+def reference_grid() -> tuple[int, int, int]:
+    """The reference bank's grid (the phantoms' MNI grid, :data:`mixdemo.phantoms.GRID_SHAPE`), known without building
+    the bank."""
+    return (144, 192, 160)
+
+
 def reference_ids() -> list[str]:
     """Ids of the reference bank (no generation needed)."""
     return reference_subjects()

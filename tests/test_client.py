@@ -621,6 +621,7 @@ def fake_main(tmp_path, monkeypatch):
             for i in range(3)]
     loads: list[str] = []
     monkeypatch.setattr(examples, "reference_ids", lambda: [r.ref_id for r in bank])
+    monkeypatch.setattr(examples, "reference_grid", lambda: GRID)
     monkeypatch.setattr(examples, "reference_bank", lambda progress=None: loads.append("bank") or list(bank))
     monkeypatch.setattr(examples, "load_reference_dir", lambda folder, ids=None, **kw: loads.append("dir") or list(bank))
     monkeypatch.setattr(FakeRemote, "made", [])
@@ -650,6 +651,8 @@ def test_fake_main_segments_both_scans(fake_main, capsys):
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["private_name_a_seg.nii.gz", "private_name_b_seg.nii.gz"]
     assert loads == ["bank"] and len(FakeRemote.made) == 1 and FakeRemote.requests
+    assert "the default client network D (unmixing-p2-96-a35-cal) is not in the weights folder" in err  # no D here
+    assert "give --unmixing NAME" in err
 
 
 def test_main_refuses_references_whose_labels_the_server_s_classes_do_not_reach(fake_main, capsys, monkeypatch):
@@ -849,6 +852,7 @@ def test_references_off_the_server_grid_are_blamed_before_any_request(fake_main,
     assert code == 2 and err.count("error:") == 1
     assert "The references lie on a 24×24×24 grid, but the server's model works on 25×24×24" in err
     assert FakeRemote.requests == [] and list(out.iterdir()) == []
+    assert loads == []  # the public bank is not built for a server that cannot use it
 
 
 def test_a_scan_off_the_references_grid_is_worded_by_what_the_server_said(tmp_path):

@@ -244,6 +244,20 @@ def test_naming_the_default_modality_resumes_a_run_and_a_wrong_run_dir_is_refuse
         train.main([*common, "--steps", "3", "--modality", "flair"])
 
 
+def test_a_warm_start_from_an_s_trained_on_other_data_needs_data_named(brats_2021, tmp_path):
+    """Without --data, a D on the S of a BraTS folder would train on the phantom cohort: refused, naming the folder."""
+    from training import train
+
+    common = ["--batch-size", "2", "--patch-size", "16", "--features", TINY, "--steps", "1"]
+    train.main(["--data", str(brats_2021), *common, "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "r1")])
+    with pytest.raises(SystemExit, match=f"trained on {re.escape(str(brats_2021))}, and without --data.*give --data"):
+        train.main(["--mode", "unmixing", "--init-from", str(tmp_path / "w"), *common, "--out", str(tmp_path / "w2"),
+                    "--run-dir", str(tmp_path / "r2")])
+    train.main(["--mode", "unmixing", "--init-from", str(tmp_path / "w"), "--data", str(brats_2021), *common,
+                "--out", str(tmp_path / "w2"), "--run-dir", str(tmp_path / "r2")])
+    assert (tmp_path / "w2" / "unmixing" / "model.safetensors").exists()
+
+
 def torch_step(run: Path) -> int:
     import torch
 

@@ -693,3 +693,11 @@ def test_records_that_linked_a_now_shipped_folder_into_weights_say_to_drop_the_l
     assert "`weights/unmixing-p2-96-a35-cal` ship now" in linked_folders_note([shipped, scratch])
     assert "unmixing-p2-96-2-cal" not in linked_folders_note([shipped, scratch])
     assert linked_folders_note([scratch]) == ""
+
+
+def test_the_reference_bank_s_grid_is_the_phantoms():
+    """examples.reference_grid (torch-free, known before the bank is built) says what the bank is built on."""
+    from mixdemo.examples import reference_grid
+    from mixdemo.phantoms import GRID_SHAPE
+
+    assert reference_grid() == GRID_SHAPE

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["private", "baseline", "unmixing"], default="private",
                    help="private: S on proxies + D end to end; baseline: S on raw images; "
                         "unmixing: D alone (new, or --init-unmixing) on the outputs of the frozen S of --init-from")
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)
+    p.add_argument("--data", type=Path, default=None, help=DATA_HELP)
     p.add_argument("--modality", default=None,
                    help="BraTS folders: the modality read (t1ce by default, the paper's; t1, t2, flair, ...)")
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
@@ -111,7 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action="store_true",
                    help="networks and inputs in channels-last 3D (faster convolutions on CPUs, and on GPUs in "
                         "bfloat16); off by default, so the shipped weights' commands reproduce them exactly")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.data_given = args.data is not None
+    args.data = DEFAULT_COHORT if args.data is None else args.data
+    return args
 
 
 def resolve_widths(spec: str) -> tuple[int, ...]:
@@ -180,6 +183,22 @@ def check_start_folders(folder: Path, mode: str, init_unmixing: str | None) -> N
         if not (folder / name / "model.safetensors").is_file():
             raise SystemExit(f"--init-from: no saved model {name!r} in {folder} (a model folder with config.json and "
                              "model.safetensors, as training writes under --out).")
+
+
+def check_start_data(folder: Path, mode: str, data_given: bool) -> None:
+    """SystemExit when a warm start's S was trained on a cohort other than the phantoms and ``--data`` is not given:
+    the run would otherwise build and train on the phantom cohort (the default) without a word."""
+    from mixdemo.weights import read_training_record
+
+    s_name, _ = start_folders(mode, None)
+    trained_on = read_training_record(folder / s_name).get("data")
+    if data_given or not trained_on or trained_on == str(DEFAULT_COHORT):
+        return
+    if Path(trained_on).resolve() == Path(DEFAULT_COHORT).resolve():
+        return
+    raise SystemExit(f"--init-from: the S in {folder / s_name} was trained on {trained_on}, and without --data this run "
+                     f"would train on the phantom cohort ({DEFAULT_COHORT}): give --data {trained_on} (or the cohort "
+                     "you mean).")
 
 
 def check_start_classes(folder: Path, mode: str, cohort: Cohort) -> None:
@@ -278,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"--patch-size {2 ** (SegmentationNet.POOLINGS + 1)} or more.")
     if args.init_from is not None:  # before the cohort loads: a wrong folder costs no time
         check_start_folders(args.init_from, args.mode, args.init_unmixing)
+        check_start_data(args.init_from, args.mode, args.data_given)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
