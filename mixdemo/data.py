@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from mixdemo.mixing import TRAIN_ALPHA_RANGE, corner_around, mix, one_hot, patch_slices, sample_patch_corner
-from mixdemo.phantoms import CLASS_NAMES, NUM_CLASSES, split_subjects
+from mixdemo.phantoms import CLASS_NAMES, DEFAULT_COHORT, NUM_CLASSES, split_subjects
 from mixdemo.phantoms import DATASET as PHANTOM_DATASET
 
 
@@ -130,6 +130,15 @@ class Cohort:
     layout: Layout = MIXDEMO_LAYOUT
     class_names: tuple[str, ...] = CLASS_NAMES
     dataset: str | None = None  # split.json's "dataset" ("MNI152-phantom" for the phantoms)
+    left_out: tuple[str, ...] = ()  # its folders that hold no scan of the layout read (a BraTS case without the modality)
+
+    def left_out_note(self) -> str | None:
+        """A line naming the folders left out (None if none), for the commands that read the cohort to print."""
+        if not self.left_out:
+            return None
+        what = f"a {self.modality} image" if self.layout.name != MIXDEMO_LAYOUT.name else "t1.nii.gz"
+        shown = ", ".join(self.left_out[:5]) + (f" and {len(self.left_out) - 5} more" if len(self.left_out) > 5 else "")
+        return f"note: {len(self.left_out)} folder(s) of {self.root} hold no {what} and are left out: {shown}"
 
     def split(self, which: str) -> list[ScanRecord]:
         """Records of the ``"train"`` or ``"test"`` subjects."""
@@ -190,7 +199,9 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
     """
     root = Path(root)
     if not root.is_dir():
-        raise CohortNotFoundError(f"No cohort folder at {root}; generate one with python -m mixdemo.phantoms --out {root}")
+        hint = (f"; generate one with python -m mixdemo.phantoms --out {root}" if root == Path(DEFAULT_COHORT)
+                else " (check the path)")
+        raise CohortNotFoundError(f"No cohort folder at {root}{hint}.")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     records = _mixdemo_records(folders)
     layout = MIXDEMO_LAYOUT
@@ -209,7 +220,9 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
     if layout.name == MIXDEMO_LAYOUT.name and names != layout.class_names:
         layout = mixdemo_layout(names)
         records = [replace(r, layout=layout) for r in records]
-    return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"))
+    read = {r.image_path.parent for r in records}
+    left_out = tuple(f.name for f in folders if f not in read and not f.name.startswith("."))
+    return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"), left_out)
 
 
 def read_split_file(path: Path) -> dict:
@@ -356,9 +369,11 @@ def load_volumes(records: Sequence[ScanRecord], cache: str | Path | None = None)
     if len(by_shape) > 1:
         found = "; ".join(f"{shape}: {len(names)} scan(s), e.g. {', '.join(names[:3])}"
                           for shape, names in sorted(by_shape.items(), key=lambda item: -len(item[1])))
+        advice = ("BraTS cases share one 240×240×155 grid as the challenge distributes them: resample the others "
+                  "onto it" if records and records[0].layout.name == BRATS_LAYOUT.name else
+                  "Register them to MNI space first (python -m training.prepare_cohort, mixdemo.preprocess)")
         raise CohortError(
-            f"Scans must share one grid to be mixed; found {found}. Register them to MNI space first "
-            "(python -m training.prepare_cohort, mixdemo.preprocess)."
+            f"Scans must share one grid to be mixed; found {found}. {advice}."
         )
     return volumes
 

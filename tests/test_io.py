@@ -660,3 +660,23 @@ def test_labels_resampled_onto_the_same_grid_in_the_other_slice_order_keep_their
     shifted = affine.copy()
     shifted[:3, 3] += [0.0, 0.0, -3.0]  # two planes beyond the source's end: nothing there, 0
     assert not resample_labels(labels, affine, labels.shape, shifted)[:, :, -2:].any()
+
+
+def test_a_label_map_of_the_scan_s_dimensions_placed_elsewhere_by_its_header_is_refused(tmp_path):
+    """Same dimensions, origin 10 mm away: resampled by its header the labels would lie off the anatomy; refused. A
+    shift under half a voxel (header rounding) is taken."""
+    from mixdemo.io import GeometryError, load_labels, load_scan, save_volume
+
+    rng = np.random.default_rng(0)
+    save_volume(rng.random((20, 24, 22)).astype(np.float32), np.eye(4), tmp_path / "t1.nii.gz")
+    labels = rng.integers(0, 4, (20, 24, 22)).astype(np.uint8)
+    scan = load_scan(tmp_path / "t1.nii.gz")
+    for shift, refused in ((10.0, True), (0.3, False), (0.0, False)):
+        moved = np.eye(4)
+        moved[2, 3] = shift
+        save_volume(labels, moved, tmp_path / "seg.nii.gz", dtype=np.uint8)
+        if refused:
+            with pytest.raises(GeometryError, match="places it 10.0 mm away from the scan"):
+                load_labels(tmp_path / "seg.nii.gz", like=scan)
+        else:
+            assert np.array_equal(load_labels(tmp_path / "seg.nii.gz", like=scan), labels)

@@ -255,6 +255,8 @@ def set_up(args: argparse.Namespace) -> Setup:
         torch.set_num_threads(args.threads)
     modality = args.modality or trained_modality(read_training_record(resolve_model_dir(args.segmentation)))
     cohort = load_cohort(ensure_default_cohort(args.data), modality)
+    if note := cohort.left_out_note():
+        print(note, flush=True)
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
     if not dice_records:
         raise CohortError(f"The test split of {cohort.root} holds no scans: the evaluation scores the test subjects "

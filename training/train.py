@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
         dist.barrier()
 
     cohort = load_cohort(args.data, args.modality)
+    if rank == 0 and (note := cohort.left_out_note()):
+        print(note, flush=True)
     check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references)
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
@@ -571,7 +573,7 @@ def session_record(args: argparse.Namespace, world: int, device: torch.device, c
     those it may not), from step ``start``; its checkpoints add ``to_step`` and ``seconds``."""
     return {"command": command, "from_step": start, "to_step": start, "seconds": 0, "processes": world,
             "device": str(device), "batch_size": args.batch_size * world, "lr": args.lr, "precision": args.precision,
-            "channels_last": args.channels_last, "threads": torch.get_num_threads()}
+            "channels_last": args.channels_last, "threads": torch.get_num_threads(), "patch_size": args.patch_size}
 
 
 def data_record(cohort: Cohort, volumes: list) -> dict:
