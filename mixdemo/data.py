@@ -136,7 +136,7 @@ class Cohort:
         """A line naming the folders left out (None if none), for the commands that read the cohort to print."""
         if not self.left_out:
             return None
-        what = f"a {self.modality} image" if self.layout.name != MIXDEMO_LAYOUT.name else "t1.nii.gz"
+        what = f"{self.modality} image" if self.layout.name != MIXDEMO_LAYOUT.name else "t1.nii.gz"
         shown = ", ".join(self.left_out[:5]) + (f" and {len(self.left_out) - 5} more" if len(self.left_out) > 5 else "")
         return f"note: {len(self.left_out)} folder(s) of {self.root} hold no {what} and are left out: {shown}"
 

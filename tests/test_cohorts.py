@@ -113,8 +113,20 @@ def test_a_folder_of_neither_layout_says_what_both_expect(tmp_path):
     (tmp_path / "case" / "scan.nii.gz").write_bytes(b"")
     with pytest.raises(CohortNotFoundError, match=r"t1\.nii\.gz.*BraTS"):
         load_cohort(tmp_path)
-    with pytest.raises(FileNotFoundError, match="No cohort folder"):  # still a FileNotFoundError to callers
-        load_cohort(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match=r"No cohort folder at .*absent \(check the path\)\.$"):
+        load_cohort(tmp_path / "absent")  # still a FileNotFoundError to callers; not told to generate phantoms there
+
+
+def test_folders_a_cohort_leaves_out_are_named(tmp_path, capsys):
+    """A BraTS case without the modality read, and a folder of no layout, are left out, and training says so."""
+    for i in range(4):
+        write_brats_case(tmp_path, f"BraTS2021_{i:05d}", i, modalities=("t1", "t1ce") if i else ("t1",))
+    (tmp_path / "notes").mkdir()
+    cohort = load_cohort(tmp_path)
+    assert cohort.left_out == ("BraTS2021_00000", "notes") and len(cohort.records) == 3
+    assert cohort.left_out_note() == f"note: 2 folder(s) of {tmp_path} hold no t1ce image and are left out: " \
+                                     "BraTS2021_00000, notes"
+    assert load_cohort(tmp_path, "t1").left_out == ("notes",)
 
 
 def test_an_unreadable_scan_of_a_cohort_is_named(tmp_path):
