@@ -701,3 +701,17 @@ def test_the_reference_bank_s_grid_is_the_phantoms():
     from mixdemo.phantoms import GRID_SHAPE
 
     assert reference_grid() == GRID_SHAPE
+
+
+def test_what_the_readme_s_client_commands_write_is_git_ignored():
+    """A segmentation holds the patient's anatomy (a DICOM SEG their header fields too): each output the README's
+    client commands write at the repository root is git-ignored, so that a Space upload of the folder (`hf upload
+    spaces/USER/NAME . .`, which skips ignored files) does not publish it."""
+    import subprocess
+
+    outputs = set(re.findall(r"mixdemo\.client [^`\n]*? -o ([^\s`]+)", (REPO / "README.md").read_text()))
+    assert {"seg.nii.gz", "seg.dcm", "segs/", "segs-dicom/"} <= outputs
+    for out in sorted(outputs):
+        probe = out + "x_seg.nii.gz" if out.endswith("/") else out  # a file inside a folder output
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", probe], cwd=REPO).returncode == 0
+        assert ignored, f"{out} (written by a README client command) is not git-ignored"
