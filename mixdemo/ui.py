@@ -113,12 +113,12 @@ UPLOAD_REFUSED = "Could not load this file"
 """How the status line begins when an upload is refused."""
 
 
-def _refused_upload(message: str, outputs_before: int):
+def _refused_upload(message: str, outputs_before: int, outputs_after: int = 0):
     """A refused upload: a warning and the status line say why, the upload box is emptied for the next try (an
     error would leave it stuck on a file already deleted), and ``outputs_before`` outputs (the session, and
-    whatever shows the scan loaded before) are left as they are."""
+    whatever shows the scan loaded before) and ``outputs_after`` (the series field) are left as they are."""
     gr.Warning(message)
-    return (*[gr.skip()] * outputs_before, f"**{UPLOAD_REFUSED}:** {message}", None)
+    return (*[gr.skip()] * outputs_before, f"**{UPLOAD_REFUSED}:** {message}", None, *[gr.skip()] * outputs_after)
 
 
 # ------------------------------------------------------------------------------ loading targets
@@ -145,28 +145,26 @@ def load_example(name: str | None, progress: gr.Progress = gr.Progress()):
 def load_upload(path: str | None, series: float | None = 0, progress: gr.Progress = gr.Progress()):
     """Load an uploaded NIfTI or zipped DICOM series (registered to MNI if needed; deleted right after reading; its
     name is never used, nor any DICOM header field); ``series`` (1, 2, ...): which series of a whole study's
-    export, as its refusal numbers them (0 or None: the upload holds one)."""
+    export, as its refusal numbers them (0 or None: the upload holds one; a NIfTI upload ignores it). A scan loaded
+    sets the series field back to 0, so that a number picked for one study does not refuse the next upload."""
     if not path:
-        return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5)
+        return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5, 1)
     from mixdemo.client import ClientError
     from mixdemo.dicom import is_series_input
     from mixdemo.io import ScanError
 
     try:
         is_dicom = is_series_input(path)
-        number = int(series) if series else None
-        if number is not None and not is_dicom:
-            raise ClientError("The DICOM series number applies to a DICOM upload (a .zip of a study's export); set it "
-                              "to 0 for a NIfTI file.")
+        number = int(series) if series and is_dicom else None
         sess = _session_from_files(path, None, "upload", _progress_fn(progress), series=number)
     except (ScanError, ClientError, ValueError) as exc:
-        return _refused_upload(str(exc) or type(exc).__name__, 5)
+        return _refused_upload(str(exc) or type(exc).__name__, 5, 1)
     finally:
         _delete_upload(path)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
     status = (f"Loaded your scan: {what_was_read(sess.target)} (its upload is deleted; no labels yet, so no Dice)."  # type: ignore[arg-type]
               + (DICOM_SEG_NOTE if is_dicom else "") + note)
-    return (sess, *_centre_updates(sess), locator(sess, None), status, None)
+    return (sess, *_centre_updates(sess), locator(sess, None), status, None, 0)
 
 
 DICOM_SEG_NOTE = (" Its segmentation downloads as NIfTI: the app keeps no header field of a series, and a DICOM SEG "
@@ -1014,7 +1012,7 @@ def build_demo() -> gr.Blocks:
                 # the long events show their progress on the status line only, not on each of their outputs
                 example.change(load_example, [example], [sess, cx, cy, cz, loc, status], api_name="load_example",
                                concurrency_limit=2, show_progress_on=[status], **private)
-                upload.upload(load_upload, [upload, upload_series], [sess, cx, cy, cz, loc, status, upload],
+                upload.upload(load_upload, [upload, upload_series], [sess, cx, cy, cz, loc, status, upload, upload_series],
                               api_name="load_upload",
                               concurrency_limit=2, show_progress_on=[status], **private)
                 upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",

@@ -179,8 +179,8 @@ def test_ui_errors_are_readable(app_weights, tmp_path):
     with pytest.warns(UserWarning, match="gzip"):  # gr.Warning outside an event: a warning, in the app a toast
         out = ui.load_upload(str(bad), progress=_Progress())
     assert not bad.exists()  # uploads are deleted after use
-    *kept, status, upload_box = out  # the session and the scan's panels as they were; the upload box emptied
-    assert all(isinstance(o, type(gr.skip())) and o == gr.skip() for o in kept) and upload_box is None
+    *kept, status, upload_box, series = out  # the session and the scan's panels as they were; the upload box emptied
+    assert all(isinstance(o, type(gr.skip())) and o == gr.skip() for o in [*kept, series]) and upload_box is None
     assert status.startswith(f"**{ui.UPLOAD_REFUSED}:**") and "gzip" in status
     assert ui.load_upload_labels(str(bad), None)[-2].endswith("Load a scan first, then its labels.")
 
@@ -193,7 +193,7 @@ def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, t
     folder, _ = example
     archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "Doe_Jane.zip")
     out = ui.load_upload(str(archive), progress=_Progress())
-    sess, status = out[0], out[-2]
+    sess, status = out[0], out[5]
     assert status.startswith("Loaded your scan: a 144×192×160 grid of 1×1×1 mm voxels, already on the models' grid")
     assert ui.DICOM_SEG_NOTE in status  # where its DICOM SEG comes from (not from the app)
     assert not archive.exists()
@@ -201,15 +201,16 @@ def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, t
     np.testing.assert_allclose(sess.target.image, expected.target.image, atol=1e-3)  # int16 storage rounds
     nifti = tmp_path / "upload.nii.gz"
     shutil.copy(folder / "t1.nii.gz", nifti)
-    assert ui.DICOM_SEG_NOTE not in ui.load_upload(str(nifti), progress=_Progress())[-2]
+    assert ui.DICOM_SEG_NOTE not in ui.load_upload(str(nifti), progress=_Progress())[5]
 
 
 def test_a_study_upload_is_refused_with_its_series_and_loads_the_one_numbered(app_weights, example, tmp_path):
     """A whole study's export: refused with the numbered list, which names the app's series field; with the T1's
-    number the upload loads as the series alone does; a number with a NIfTI upload is refused. Every upload is
-    deleted."""
+    number the upload loads as the series alone does, and the series field goes back to 0; a NIfTI upload ignores a
+    number left in the field. Every upload is deleted."""
     import zipfile
 
+    import gradio as gr
     import nibabel as nib
 
     from mixdemo import ui
@@ -226,17 +227,20 @@ def test_a_study_upload_is_refused_with_its_series_and_loads_the_one_numbered(ap
                 z.write(f, arcname=f"{f.parent.name}/{f.name}")
         return tmp_path / "Doe_Jane_study.zip"
 
-    status = ui.load_upload(str(study()), 0, progress=_Progress())[-2]
+    refused = ui.load_upload(str(study()), 0, progress=_Progress())
+    status = refused[5]
+    assert refused[-1] == gr.skip()  # the field is left for the number to be typed
     assert "2 DICOM series (1: 160 axial images" in status and "the app's DICOM series field" in status
     assert not (tmp_path / "Doe_Jane_study.zip").exists()
     out = ui.load_upload(str(study()), 1, progress=_Progress())
-    assert out[-2].startswith("Loaded your scan: a 144×192×160 grid") and not (tmp_path / "Doe_Jane_study.zip").exists()
+    assert out[5].startswith("Loaded your scan: a 144×192×160 grid") and not (tmp_path / "Doe_Jane_study.zip").exists()
+    assert out[-1] == 0
     expected = ui._session_from_files(str(folder / "t1.nii.gz"), None, "upload")
     np.testing.assert_allclose(out[0].target.image, expected.target.image, atol=1e-3)
     nifti = tmp_path / "upload.nii.gz"
     shutil.copy(folder / "t1.nii.gz", nifti)
-    assert "applies to a DICOM upload" in ui.load_upload(str(nifti), 2, progress=_Progress())[-2]
-    assert not nifti.exists()
+    out = ui.load_upload(str(nifti), 2, progress=_Progress())
+    assert out[5].startswith("Loaded your scan") and out[-1] == 0 and not nifti.exists()
 
 
 def test_the_averaging_attack_says_whether_it_singles_out_its_target():

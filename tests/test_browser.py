@@ -178,3 +178,4 @@ def test_a_study_upload_lists_its_series_and_the_series_field_picks_one(page, ex
     page.locator("#upload-series input").press("Enter")
     upload_study()
     expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)
+    expect(page.locator("#upload-series input")).to_have_value("0")  # back to 0: the next upload is not refused
