@@ -946,6 +946,17 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m mixdemo.client``: :func:`main`, with SIGTERM leaving as an exception does and Ctrl-C said in one
+    line (exit status 130), not as a traceback out of gradio_client's wait."""
     exit_on_sigterm()
-    sys.exit(main())
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted: no further request is sent, and a segmentation not yet written is not written.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -12,6 +12,7 @@ Both use :class:`huggingface_hub.PyTorchModelHubMixin`, so a model folder is
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,20 @@ PAPER_FEATURES: tuple[int, ...] = (32, 32, 64, 128, 256, 32)
 """MONAI's default U-Net++ widths (7.0 M parameters): the paper-size configuration for GPUs."""
 
 HUB_TAGS = ["mixup-privacy", "medical-imaging", "brain-mri", "segmentation", "monai"]
+_HUB_DOWNLOAD_OPTIONS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+
+
+class QuietHubMixin(PyTorchModelHubMixin):
+    """:class:`~huggingface_hub.PyTorchModelHubMixin` whose load from a local folder prints nothing (the mixin prints
+    "Loading weights from local directory" to stdout, where the client writes nothing of its own and which a
+    server's log need not hold); a Hub repo id loads as the mixin loads it."""
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = False, **kwargs):
+        if not os.path.isdir(model_id):
+            return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=strict, **kwargs)
+        model = cls(**{k: v for k, v in kwargs.items() if k not in _HUB_DOWNLOAD_OPTIONS})
+        return cls._load_as_safetensor(model, os.path.join(model_id, "model.safetensors"), map_location, strict)
 
 
 class DeviceUnavailable(ValueError):
@@ -48,7 +63,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return device
 
 
-class SegmentationNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=HUB_TAGS):
+class SegmentationNet(nn.Module, QuietHubMixin, library_name="mixdemo", tags=HUB_TAGS):
     """Server-side S: 3D U-Net++ (Zhou et al. 2018) returning per-class logits.
 
     Batch norm (not MONAI's default instance norm) makes the network a fixed per-voxel
@@ -323,7 +338,7 @@ class ConvBlock(nn.Module):
         return self.act(self.norm2(self.conv2(x), cond, inplace))
 
 
-class UnmixingNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=HUB_TAGS):
+class UnmixingNet(nn.Module, QuietHubMixin, library_name="mixdemo", tags=HUB_TAGS):
     """Client-side D(ŷ_mix, y_ref, α): a four-block U-Net with AdaIN on the mixing weights.
 
     Args:

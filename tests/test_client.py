@@ -1001,3 +1001,17 @@ def test_the_output_folder_is_checked_by_a_real_write(tmp_path, monkeypatch):
     if Path("/proc/self").is_dir():
         with pytest.raises(ClientError, match="cannot be written to"):
             writable_folder(Path("/proc"))
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """Ctrl-C while the client waits for the server: a line and exit status 130."""
+    from mixdemo import client
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "main", interrupted)
+    monkeypatch.setattr(client, "exit_on_sigterm", lambda: None)
+    assert client.cli([]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().startswith("interrupted:") and "Traceback" not in err

@@ -1158,3 +1158,20 @@ def test_every_training_command_refuses_a_device_it_cannot_use_in_one_line(modul
     assert "this machine has" in str(stop.value) and "--device cpu" in str(stop.value)
     with pytest.raises(DeviceUnavailable):
         pick_device(missing)
+
+
+def test_loading_a_model_folder_prints_nothing_to_stdout(tmp_path, capsys):
+    """huggingface_hub's mixin prints "Loading weights from local directory" to stdout; the client writes nothing of
+    its own there, so the models load quietly, with the weights saved."""
+    from mixdemo.attacks.score import ScoreNet
+    from mixdemo.models import SegmentationNet, UnmixingNet
+
+    for cls, kwargs in ((SegmentationNet, {"features": (4, 4, 8, 8, 16, 4), "num_classes": 5}),
+                        (UnmixingNet, {"num_classes": 5, "patch": 2}), (ScoreNet, {})):
+        model = cls(**kwargs)
+        model.save_pretrained(tmp_path / cls.__name__)
+        capsys.readouterr()
+        loaded = cls.from_pretrained(tmp_path / cls.__name__)
+        assert capsys.readouterr().out == ""
+        assert json.loads(json.dumps(loaded._hub_mixin_config)) == json.loads(json.dumps(model._hub_mixin_config))
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))

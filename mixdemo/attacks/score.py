@@ -19,11 +19,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from monai.networks.nets import BasicUNet
 from torch import nn
 
 from mixdemo.mixing import patch_slices, sample_patch_corner
+from mixdemo.models import QuietHubMixin
 
 SCORE_FEATURES: tuple[int, ...] = (8, 16, 32, 64, 128, 8)
 """BasicUNet widths of the shipped score network (trains in ~30 min on one CPU thread)."""
@@ -92,7 +92,7 @@ def sample_brain_patches(
     return out
 
 
-class ScoreNet(nn.Module, PyTorchModelHubMixin, library_name="mixdemo", tags=SCORE_TAGS):
+class ScoreNet(nn.Module, QuietHubMixin, library_name="mixdemo", tags=SCORE_TAGS):
     """s_θ(x, σ) = f_θ(x) / σ with f_θ a small 3D U-Net (NCSNv2, technique 3).
 
     The network is not told σ; dividing its output by σ gives the right 1/σ scale of the
