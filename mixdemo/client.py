@@ -429,6 +429,18 @@ class RemoteServer:
                 f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
                 "check the address and that the server is running."
             ) from None
+        endpoints = self._endpoints()
+        if endpoints is not None and "/segment_proxy" not in endpoints:
+            self.close()
+            raise ClientError(f"The app at {url} has no segment_proxy endpoint: it is not a Mixup-Privacy server "
+                              "(python app.py serves one); check the address.")
+
+    def _endpoints(self) -> set[str] | None:
+        """The named endpoints of the app (None if its API cannot be listed: the first request then tells)."""
+        try:
+            return set(self._client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        except Exception:  # noqa: BLE001 - an API that cannot be listed is not refused here
+            return None
 
     def new_session(self) -> None:
         """Later requests carry a new Gradio session id, so the server cannot link them to earlier ones by it."""

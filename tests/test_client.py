@@ -1015,3 +1015,20 @@ def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, capsys):
     assert client.cli([]) == 130
     err = capsys.readouterr().err
     assert err.strip().startswith("interrupted:") and "Traceback" not in err
+
+
+def test_a_gradio_app_that_is_not_this_server_is_refused_before_any_work():
+    """Another Gradio app at the address: said when the client connects, not after the scan was mixed and sent."""
+    import gradio as gr
+
+    from mixdemo.client import RemoteServer
+
+    from .conftest import free_port
+
+    other = gr.Interface(lambda text: text, "text", "text")
+    other.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with pytest.raises(ClientError, match="has no segment_proxy endpoint: it is not a Mixup-Privacy server"):
+            RemoteServer(other.local_url.rstrip("/"))
+    finally:
+        other.close()
