@@ -8,11 +8,14 @@ Host and port also come from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``. Ru
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come from weights/ (HF_HUB_OFFLINE=0 allows the Hub)
+
+from mixdemo.launch import check_port_variable, parse_app_args  # noqa: E402  (no Gradio: before it)
+
+check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 
 from mixdemo.ui import build_demo, launch_kwargs  # noqa: E402
 
@@ -21,10 +24,7 @@ demo = build_demo()
 
 def main(argv: list[str] | None = None) -> None:
     """Parse host/port and launch."""
-    p = argparse.ArgumentParser(description="Mixup-Privacy Lab (Gradio app)")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    args = p.parse_args(argv)
+    args = parse_app_args(argv)
     try:
         demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal

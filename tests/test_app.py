@@ -705,3 +705,21 @@ def test_every_network_the_app_loads_goes_to_the_picked_device(app_weights, monk
     finally:
         for cache in (server._load, client._unmixing):
             cache.cache_clear()
+
+
+def test_a_port_that_is_not_one_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
+    """--port 99999 and GRADIO_SERVER_PORT=abc (which Gradio parses when imported) are refused in one line."""
+    from mixdemo.launch import check_port_variable, parse_app_args
+
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    assert parse_app_args([]).port == 7860 and parse_app_args(["--port", "7871"]).port == 7871
+    for bad in ("99999", "0", "http"):
+        with pytest.raises(SystemExit) as usage:
+            parse_app_args(["--port", bad])
+        assert usage.value.code == 2 and "is not a port number (1-65535)" in capsys.readouterr().err
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "abc")
+    with pytest.raises(SystemExit, match="GRADIO_SERVER_PORT: 'abc' is not a port number"):
+        check_port_variable()
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    check_port_variable()
+    assert parse_app_args([]).port == 7999
