@@ -138,7 +138,8 @@ def check_library(files: Sequence[tuple[BadInput, Path]], report: CorpusReport) 
             arg = path.parent / "sub" / ".." / path.name
         try:
             if is_proxy:
-                read_proxy_file(_copy(path))
+                with _throwaway_copy(path) as copy:
+                    read_proxy_file(copy)
             else:
                 load_scan(arg)
             report.add(Outcome("library", item.key, "accepted", False, False, accepted=True))
@@ -149,11 +150,14 @@ def check_library(files: Sequence[tuple[BadInput, Path]], report: CorpusReport) 
             report.add(Outcome("library", item.key, f"{type(exc).__name__}: {exc}", False, True))
 
 
-def _copy(path: Path) -> Path:
-    """A throw-away copy (the server deletes what it reads)."""
-    tmp = Path(tempfile.mkdtemp(prefix="mixdemo-rel-")) / "proxy.npy"
-    shutil.copyfile(path, tmp)
-    return tmp
+@contextlib.contextmanager
+def _throwaway_copy(path: Path) -> Iterator[Path]:
+    """A copy of ``path`` in a temporary folder removed afterwards (the server deletes the file it reads, not the
+    folder)."""
+    with tempfile.TemporaryDirectory(prefix="mixdemo-rel-") as tmp:
+        copy = Path(tmp) / "proxy.npy"
+        shutil.copyfile(path, copy)
+        yield copy
 
 
 # ------------------------------------------------------------------------------ hypothesis fuzz
@@ -763,9 +767,10 @@ def _serve_once(folder: Path) -> str:
 
     from mixdemo import ui
 
-    req = Path(tempfile.mkdtemp(prefix="mixdemo-rel-")) / "proxy.npy"
-    np.save(req, np.random.default_rng(0).uniform(0, 1, (1, 16, 16, 16)).astype(np.float16))
-    with _env(MIXDEMO_WEIGHTS_DIR=str(folder), HF_HUB_OFFLINE="1", MIXDEMO_HUB_REPO="mixup-privacy-lab/no-such-repo"):
+    with (tempfile.TemporaryDirectory(prefix="mixdemo-rel-") as tmp,
+          _env(MIXDEMO_WEIGHTS_DIR=str(folder), HF_HUB_OFFLINE="1", MIXDEMO_HUB_REPO="mixup-privacy-lab/no-such-repo")):
+        req = Path(tmp) / "proxy.npy"
+        np.save(req, np.random.default_rng(0).uniform(0, 1, (1, 16, 16, 16)).astype(np.float16))
         try:
             out = ui._server_endpoint(str(req), progress=lambda *a, **k: None)
             ok = np.load(out).shape == (1, 4, 16, 16, 16)
