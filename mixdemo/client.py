@@ -627,17 +627,21 @@ def segment_file(
     class_names: Sequence[str] | None = None,
     software_version: str = "",
     series: int | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> MixKey:
     """Segment a scan privately with ``server`` and write the labels in the input's space; returns the key used.
     The client keeps only what one request needs at a time (:func:`run_private_labels`). ``grid_confirmed``: the
     server said its model works on the references' grid. An ``out_path`` ending in ``.dcm`` gets a DICOM SEG of
     the input series (:mod:`mixdemo.dicomseg`; its headers are read before any request, so a series that cannot
     carry one costs no server time), its segments named by ``class_names`` (the server's; default the
-    phantoms'), ``software_version`` recorded in it. ``series``: of a DICOM input holding several, which."""
+    phantoms'), ``software_version`` recorded in it. ``series``: of a DICOM input holding several, which.
+    ``on_warning`` hears a registration that looks poor (without it, ``progress`` does)."""
     seg_source = _seg_source(scan_path, series) if is_dicom_seg(out_path) else None
     target = load_target(scan_path, progress=progress, grid=references[0].image.shape, grid_confirmed=grid_confirmed,
                          series=series)
-    if target.warning and progress:
+    if target.warning and on_warning:
+        on_warning(target.warning)
+    elif target.warning and progress:
         progress(0.0, f"warning: {target.warning}")
     if target.image.shape != references[0].image.shape:
         raise ClientError("The references are not on the models' 144×192×160 grid.")
@@ -846,9 +850,15 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
     from mixdemo.io import ScanError
     from mixdemo.weights import WeightsError
 
-    failed = []
+    failed, warned = [], []
     for i, (scan, out) in enumerate(zip(args.scan, outputs)):
         tag = f"scan {i + 1} of {len(outputs)}: " if len(outputs) > 1 else ""
+        warnings: list[str] = []
+
+        def warn(message: str, tag: str = tag, warnings: list[str] = warnings) -> None:
+            warnings.append(message)
+            print(f"warning: {tag}{message}", file=sys.stderr)
+
         if isinstance(remote, RemoteServer):
             remote.new_session()  # each scan's requests in a session of their own
         try:
@@ -858,7 +868,7 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
                 scan, out, remote, references=refs, alpha=args.alpha, k=args.tta, mode=args.mode,
                 centre=_parse_centre(args.centre), seed=None if args.seed is None else args.seed + i,
                 mirror=args.mirror, unmix_model=unmix, progress=lambda f, m, tag=tag: print(f"[{f:4.0%}] {tag}{m}", file=sys.stderr),
-                grid_confirmed=grid_confirmed, series=args.series,
+                grid_confirmed=grid_confirmed, series=args.series, on_warning=warn,
                 **(_seg_naming(remote, args) if is_dicom_seg(out) else {}),
             )
         except (ClientError, ScanError, WeightsError, ValueError) as exc:  # this scan; the others go on
@@ -870,7 +880,13 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
                   file=sys.stderr)
             failed.append(i + 1)
             continue
-        print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode})", file=sys.stderr)
+        check = "; check it before use: its registration warned (above)" if warnings else ""
+        print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode}){check}", file=sys.stderr)
+        if warnings:
+            warned.append(i + 1)
+    if warned and len(outputs) > 1:
+        print(f"warning: the registration of scan {', '.join(map(str, warned))} warned: check "
+              f"{'their segmentations' if len(warned) > 1 else 'its segmentation'} before use", file=sys.stderr)
     return failed
 
 

@@ -124,8 +124,9 @@ def pairs_of(segmentations: Path, labels: Path) -> list[tuple[str, Path, Path]]:
         raise ScoreError(f"No segmentation in {segmentations} has a labels file of the same name in {labels}.")
     names = [name for name, _, _ in pairs]
     if twice := sorted({n for n in names if names.count(n) > 1}):
-        raise ScoreError(f"{', '.join(twice)} has both a NIfTI and a DICOM SEG segmentation in {segmentations}; their "
-                         "mean would count it twice: score a folder of one kind.")
+        verb, it = ("have", "them") if len(twice) > 1 else ("has", "it")
+        raise ScoreError(f"{', '.join(twice)} {verb} both a NIfTI and a DICOM SEG segmentation in {segmentations}; "
+                         f"their mean would count {it} twice: score a folder of one kind.")
     return pairs
 
 

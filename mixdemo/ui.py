@@ -365,6 +365,8 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         f"**Done** — {mode} mode, K = {key.k} reference(s) ({', '.join(key.reference_ids)}), α = {alphas}"
         f"{_mirrored_text(key)}; TTA with {what}. The server received {key.k} proxy array(s) of shape {tuple(res.proxies.shape[1:])}."
     )
+    if warning := getattr(getattr(sess, "target", None), "warning", None):  # the upload's, kept beside its result
+        summary += f" **Warning:** {warning}"
     if truth is not None:
         preds = {"naive (Eq. 4), 1 ref": res.labels("naive"), "naive TTA": res.labels("naive_tta")}
         if res.learned is not None:

@@ -311,6 +311,12 @@ def test_ui_whole_mode_with_a_fast_stand_in_server(app_weights, example, monkeyp
     out = ui.run_segmentation(sess, ["sub-000"], 1, 0.6, False, "patch", 0.5, progress=_Progress())
     assert len(out) == 16 and "No ground truth" in out[11]
     assert out[12]["visible"] is False and out[12]["value"] is None
+    assert "Warning" not in out[-2]
+    import dataclasses
+
+    sess.target = dataclasses.replace(sess.target, warning="The registration looks poor.")  # an upload's warning
+    out = ui.run_segmentation(sess, ["sub-000"], 1, 0.6, False, "patch", 0.5, progress=_Progress())
+    assert out[-2].startswith("**Done**") and out[-2].endswith("**Warning:** The registration looks poor.")
 
 
 def test_attack_lab_handlers(app_weights, example):

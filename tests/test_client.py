@@ -1032,3 +1032,27 @@ def test_a_gradio_app_that_is_not_this_server_is_refused_before_any_work():
             RemoteServer(other.local_url.rstrip("/"))
     finally:
         other.close()
+
+
+def test_a_registration_warning_is_its_own_line_and_the_batch_names_the_scan(fake_main, capsys, monkeypatch):
+    """A poor registration's warning is printed on its own line (not as a progress line), the scan's last line says
+    to check its segmentation, and a batch ends naming the scans that warned."""
+    import dataclasses
+
+    from mixdemo import client
+
+    scans, _, out = fake_main
+    load_target = client.load_target
+
+    def warned_first(path, **kwargs):
+        target = load_target(path, **kwargs)
+        return dataclasses.replace(target, warning="the registration looks poor") if "name_a" in str(path) else target
+
+    monkeypatch.setattr(client, "load_target", warned_first)
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 0
+    lines = err.splitlines()
+    assert "warning: scan 1 of 2: the registration looks poor" in lines
+    assert any(line.startswith("scan 1 of 2: wrote the segmentation") and "check it before use" in line for line in lines)
+    assert any(line.startswith("scan 2 of 2: wrote the segmentation") and "check" not in line for line in lines)
+    assert lines[-1] == "warning: the registration of scan 1 warned: check its segmentation before use"
