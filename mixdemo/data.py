@@ -214,14 +214,15 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
             f"{root} holds neither <subject>_<scan>/t1.nii.gz folders nor BraTS case folders "
             f"(<case>/<case>_{modality or 't1ce'}.nii.gz with <case>_seg.nii.gz).")
     subjects = sorted({r.subject for r in records})
+    read = {r.image_path.parent for r in records}
+    left_out = tuple(f.name for f in folders if f not in read and not f.name.startswith("."))
+    subject_of_folder = brats_subject if layout.name == BRATS_LAYOUT.name else subject_of
     meta = read_split_file(root / "split.json")
-    train, test = cohort_split(meta, subjects)
+    train, test = cohort_split(meta, subjects, {subject_of_folder(name) for name in left_out})
     names = cohort_classes(meta.get("classes", layout.class_names), layout)
     if layout.name == MIXDEMO_LAYOUT.name and names != layout.class_names:
         layout = mixdemo_layout(names)
         records = [replace(r, layout=layout) for r in records]
-    read = {r.image_path.parent for r in records}
-    left_out = tuple(f.name for f in folders if f not in read and not f.name.startswith("."))
     return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"), left_out)
 
 
@@ -238,11 +239,13 @@ def read_split_file(path: Path) -> dict:
     return meta
 
 
-def cohort_split(meta: dict, subjects: Sequence[str]) -> tuple[list[str], list[str]]:
+def cohort_split(meta: dict, subjects: Sequence[str], left_out: set[str] = frozenset()) -> tuple[list[str], list[str]]:
     """(train, test) subjects: ``split.json``'s lists, the other side being every remaining subject when it names
-    one side only; the fixed 75/25 split by subject when it names neither. A CohortError for a list that is not
-    one of subject names, a subject named on both sides, or a name the folder holds no scan of (a typo would
-    otherwise leave that subject out, or, on the other side, put it in)."""
+    one side only; the fixed 75/25 split by subject when it names neither. Subjects of ``left_out`` (folders that
+    hold no scan of the layout read: a BraTS case without the modality) drop out of the lists (the cohort names
+    those folders). A CohortError for a list that is not one of subject names, a subject named on both sides, or
+    a name the folder holds no folder of (a typo would otherwise leave that subject out, or, on the other side,
+    put it in)."""
     given = {side: meta[side] for side in ("train", "test") if side in meta}
     for side, names in given.items():
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
@@ -250,11 +253,12 @@ def cohort_split(meta: dict, subjects: Sequence[str]) -> tuple[list[str], list[s
     if not given:
         split = split_subjects(list(subjects), 0.25, seed=0)
         return split["train"], split["test"]
+    given = {side: [n for n in names if n not in left_out or n in subjects] for side, names in given.items()}
     unknown = sorted({n for names in given.values() for n in names} - set(subjects))
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise CohortError(f"split.json names subject(s) of which the folder holds no scan it reads: {shown} (a subject "
-                          "is a scan folder's name up to its last underscore, or a BraTS case with the modality read).")
+        raise CohortError(f"split.json names subject(s) the folder holds no scan folder of: {shown} (a subject is a "
+                          "scan folder's name up to its last underscore, or a BraTS case).")
     train, test = given.get("train"), given.get("test")
     if train is None:
         train = [s for s in subjects if s not in set(test)]
@@ -393,7 +397,8 @@ def cached_volume(record: ScanRecord, cache: Path) -> Volume:
     from mixdemo.io import file_stamp
 
     custom = record.layout not in (MIXDEMO_LAYOUT, BRATS_LAYOUT)  # the classes split.json names: their values
-    stamp = {"layout": record.layout.name, **({"label_values": record.layout.label_values} if custom else {}), **{
+    label_values = [list(pair) for pair in record.layout.label_values]  # as JSON reads them back, to compare
+    stamp = {"layout": record.layout.name, **({"label_values": label_values} if custom else {}), **{
         name: file_stamp(path) for name, path in (("image", record.image_path), ("labels", record.label_path))
         if path is not None}}
     base = cache / record.name

@@ -269,12 +269,14 @@ def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
 
 def _check_labels_in_place(shape: tuple[int, ...], affine: np.ndarray, like: Scan) -> None:
     """A GeometryError when a label map with a grid of the scan's dimensions is placed elsewhere by its header: a
-    corner of its grid half a voxel or more from where the scan's grid (of those dimensions) puts it. Resampled by
-    its header, it would lie off the anatomy it labels."""
+    corner of its grid in the world half a voxel or more from every corner of the scan's grid (of those dimensions;
+    the corners as a set, so a grid stored in another voxel order over the same box is in place). Resampled by its
+    header, it would lie off the anatomy it labels."""
     corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
     spacing = float(np.linalg.norm(affine[:3, :3], axis=0).min())
     grids = [a for s, a in ((tuple(like.source_shape), like.source_affine), (like.data.shape, like.affine)) if s == shape]
-    offsets = [float(np.linalg.norm((corners @ (affine - a).T)[:, :3], axis=1).max()) for a in grids]
+    placed = (corners @ affine.T)[:, :3]
+    offsets = [float(np.linalg.norm(placed[:, None] - (corners @ a.T)[None, :, :3], axis=2).min(1).max()) for a in grids]
     if offsets and min(offsets) >= 0.5 * spacing:
         raise GeometryError(
             f"The label map has the scan's dimensions, but its header places it {min(offsets):.1f} mm away from the "

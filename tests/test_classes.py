@@ -73,6 +73,20 @@ def test_split_json_classes_that_cannot_be_used_are_refused_with_why(tmp_path, c
         load_cohort(tmp_path)
 
 
+def test_a_volume_cache_of_a_cohort_with_its_own_classes_is_read_back(five_classes, tmp_path, monkeypatch):
+    """Written once, then memory-mapped: the second pass reads no scan file."""
+    from mixdemo import data
+
+    cache, loads = tmp_path / "cache", []
+    load_volume = data.load_volume
+    monkeypatch.setattr(data, "load_volume", lambda record: loads.append(record.name) or load_volume(record))
+    records = load_cohort(five_classes).records
+    first = load_volumes(records, cache=cache)
+    assert len(loads) == len(records)
+    second = load_volumes(records, cache=cache)
+    assert len(loads) == len(records) and np.array_equal(first[0].labels, second[0].labels)
+
+
 def test_a_volume_cache_keeps_apart_the_same_scan_read_with_other_classes(five_classes, tmp_path):
     """A scan cached under four classes is read again, and checked, when split.json names others."""
     root = tmp_path / "c"

@@ -127,6 +127,10 @@ def test_folders_a_cohort_leaves_out_are_named(tmp_path, capsys):
     assert cohort.left_out_note() == f"note: 2 folder(s) of {tmp_path} hold no t1ce image and are left out: " \
                                      "BraTS2021_00000, notes"
     assert load_cohort(tmp_path, "t1").left_out == ("notes",)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"],
+                                                    "test": ["BraTS2021_00003"]}))
+    cohort = load_cohort(tmp_path)  # the case without t1ce drops out of the split; the note names it
+    assert cohort.train_subjects == ("BraTS2021_00001", "BraTS2021_00002") and "BraTS2021_00000" in cohort.left_out
 
 
 def test_an_unreadable_scan_of_a_cohort_is_named(tmp_path):
@@ -186,7 +190,7 @@ def test_a_split_json_naming_one_side_gives_the_other_every_remaining_subject(br
     ('["BraTS2021_00000"]', "must hold a JSON object"),
     ('{"train": "BraTS2021_00000"}', '"train" must be a list of subject names'),
     ('{"train": ["BraTS2021_00000", "BraTS2021_99999"], "test": ["brats2021_00001"]}',
-     "holds no scan it reads: BraTS2021_99999, brats2021_00001"),
+     "holds no scan folder of: BraTS2021_99999, brats2021_00001"),
     ('{"train": ["BraTS2021_00000"], "test": ["BraTS2021_00000"]}', "on both sides"),
 ])
 def test_a_split_json_that_cannot_be_followed_is_refused_with_why(tmp_path, content, said):
@@ -247,13 +251,20 @@ def test_naming_the_default_modality_resumes_a_run_and_a_wrong_run_dir_is_refuse
     train.main([*common, "--steps", "1"])
     train.main([*common, "--steps", "2", "--modality", "t1ce"])  # what the folder is read as without it
     assert torch_step(tmp_path / "run") == 2
+    import torch
+
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state["settings"]["modality"] = "t1ce"  # as a run given --modality t1ce saved it before the default was None
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    train.main([*common, "--steps", "3"])
+    assert torch_step(tmp_path / "run") == 3
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the scans were loaded before the checkpoint's settings were checked")
 
     monkeypatch.setattr(train, "load_volumes", no_loading)
     with pytest.raises(SystemExit, match="modality: None → 'flair'"):
-        train.main([*common, "--steps", "3", "--modality", "flair"])
+        train.main([*common, "--steps", "4", "--modality", "flair"])
 
 
 def test_a_warm_start_from_an_s_trained_on_other_data_needs_data_named(brats_2021, tmp_path):

@@ -680,3 +680,24 @@ def test_a_label_map_of_the_scan_s_dimensions_placed_elsewhere_by_its_header_is_
                 load_labels(tmp_path / "seg.nii.gz", like=scan)
         else:
             assert np.array_equal(load_labels(tmp_path / "seg.nii.gz", like=scan), labels)
+
+
+def test_a_label_map_stored_in_another_voxel_order_over_the_same_box_is_in_place(tmp_path):
+    """A LAS scan at 1.2 mm with equal sides, its labels stored RAS (nibabel's as_closest_canonical): the same place,
+    another voxel order; taken, and carried onto the scan's voxels."""
+    import nibabel as nib
+
+    from mixdemo.io import load_labels, load_scan, save_volume
+
+    affine = np.diag([-1.2, 1.2, 1.2, 1.0])
+    affine[:3, 3] = [40, -30, -20]
+    rng = np.random.default_rng(0)
+    save_volume(rng.random((20, 20, 20)).astype(np.float32), affine, tmp_path / "t1.nii.gz")
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:9, 5:15, 4:12] = 2
+    ras = nib.as_closest_canonical(nib.Nifti1Image(labels, affine))
+    nib.save(nib.Nifti1Image(np.asarray(ras.dataobj).astype(np.uint8), ras.affine), tmp_path / "seg.nii.gz")
+    scan = load_scan(tmp_path / "t1.nii.gz")
+    direct = load_labels(tmp_path / "seg.nii.gz", like=scan)
+    save_volume(labels, affine, tmp_path / "seg_las.nii.gz", dtype=np.uint8)
+    assert np.array_equal(direct, load_labels(tmp_path / "seg_las.nii.gz", like=scan))

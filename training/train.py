@@ -313,9 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
     ckpt_path = run_dir / "checkpoint.pt"
-    settings = run_settings(args, recorded_modality(args, cohort))
+    default = default_modality(args.data)
+    settings = run_settings(args, recorded_modality(args.modality, default))
     state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     if state is not None:  # before the scans load: a wrong --run-dir costs no time
+        if isinstance(state.get("settings"), dict):  # one saved before the default was recorded as None, too
+            state["settings"]["modality"] = recorded_modality(state["settings"].get("modality"), default)
         check_resumable(state, settings, args.steps, ckpt_path)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
     volumes = load_volumes(train_records, cache=args.volume_cache)
@@ -424,17 +427,19 @@ between legs (``--steps``, as the shipped weights' legs did; batch size, learnin
 the number of processes)."""
 
 
-def recorded_modality(args: argparse.Namespace, cohort: Cohort) -> str | None:
-    """``--modality`` as a checkpoint's settings record it: ``None`` when it names what the cohort's folder is read as
-    without it (``--modality t1ce`` on a BraTS 2021 folder resumes a run started without it, and the other way
-    round)."""
-    if args.modality is None:
-        return None
+def default_modality(data: Path) -> str | None:
+    """What a cohort folder is read as without ``--modality`` (None if it cannot be read so)."""
     try:
-        default = load_cohort(args.data).modality
+        return load_cohort(data).modality
     except CohortError:  # the folder holds no scans of the default modality
-        return args.modality
-    return None if args.modality == default else args.modality
+        return None
+
+
+def recorded_modality(modality: str | None, default: str | None) -> str | None:
+    """A modality as a checkpoint's settings record it: ``None`` when it is what the folder is read as without
+    ``--modality`` (``--modality t1ce`` on a BraTS 2021 folder resumes a run started without it, and the other way
+    round)."""
+    return None if modality in (None, default) else modality
 
 
 def run_settings(args: argparse.Namespace, modality: str | None = None) -> dict:
