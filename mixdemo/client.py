@@ -199,7 +199,7 @@ def check_classes(server_classes: Sequence[str] | None, unmix: torch.nn.Module |
     if unmix is not None and getattr(unmix, "num_classes", len(names)) != len(names):
         raise ClientError(f"The client's D unmixes {unmix.num_classes} classes, but {said}: use a D trained with "
                           "this server's S (--unmixing).")
-    top = max(int(r.labels.max(initial=0)) for r in references)
+    top = max((int(r.labels.max(initial=0)) for r in references), default=0)
     if top >= len(names):
         raise ClientError(f"The references' labels reach {top}, but {said}, labelled 0 to {len(names) - 1}: use "
                           "references labelled as the server's model was trained (--references).")
@@ -753,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs, refs, unmix = _prepare(args)
         remote = RemoteServer(args.server, separate_requests=args.separate_requests, send_hf_token=args.send_hf_token)
         server_grid = remote.grid_shape()
+        check_classes(remote.classes(), unmix, refs or [])  # the D's, before the public bank is built
         if refs is None:  # the public bank: its grid is known before it is built (minutes the first time)
             refs = _public_bank(args, server_grid)
         check_reference_grid(refs[0].image.shape, server_grid)

@@ -315,7 +315,7 @@ def run_segmentation(
 def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alpha: float, random_alpha: bool,
                   mode: str, opacity: float, unmixing: str | None, mirror: bool, progress: gr.Progress):
     """:func:`run_segmentation`'s work."""
-    from mixdemo.client import ClientError, make_key, run_private, unmixing_model
+    from mixdemo.client import ClientError, check_classes, make_key, run_private, unmixing_model
     from mixdemo.weights import WeightsError, unmixing_name
 
     if sess is None:
@@ -326,6 +326,7 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         bank = examples.reference_bank(pfn)
         key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None, mirror=mirror)
         unmix = unmixing_model(name=unmixing or None)
+        check_classes(served_classes(), unmix, bank)  # a D trained for another S's classes: said, not a shape error
         serve = lambda proxies: server.segment(proxies, lambda f, m: pfn(0.05 + 0.8 * f, m))  # noqa: E731
         run = run_private(sess.image, bank, key, serve, unmix, mode=mode, centre=sess.centre, progress=pfn)
     except (ClientError, ValueError, WeightsError) as exc:

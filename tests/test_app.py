@@ -143,6 +143,18 @@ def test_ui_runs_the_chosen_client_network_d(app_weights, example):
     assert "Done" in ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, None, progress=_Progress())[-2]
 
 
+def test_ui_says_when_the_d_does_not_fit_the_served_s_classes(app_weights, example, monkeypatch):
+    """Weights whose S gives five classes beside a four-class D: a readable error, not a shape error."""
+    import gradio as gr
+
+    from mixdemo import examples, ui
+
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    monkeypatch.setattr(ui, "served_classes", lambda: ["background", "GM", "WM", "CSF", "lesion"])
+    with pytest.raises(gr.Error, match="D unmixes 4 classes, but the server's model gives 5"):
+        ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, None, progress=_Progress())
+
+
 def test_ui_segmentation_hands_its_memory_back_when_answered_or_refused(monkeypatch):
     """The Segment tab's run is one step of reusing_freed_memory: memory is handed back after the run's work,
     answered or refused."""

@@ -193,10 +193,18 @@ def test_five_classes_train_evaluate_calibrate_serve_and_come_back_to_the_client
                          str(tmp_path / "e.json"), "--no-figures"])
     assert doc["classes"] == FIVE[1:] and set(doc["dice"]["learned_tta"]) == {*FIVE[1:], "avg"}
     assert set(doc["icc"]) == set(FIVE[1:])
-    calibrated = calibrate.main(["--model", "baseline", "--data", str(five_classes), "--scans", "1", "--rounds", "1",
+    calibrated = calibrate.main(["--model", "baseline", "--scans", "1", "--rounds", "1",  # --data: the record's
                                  "--grid", "-0.5", "0.5", "0.5", "--out", str(tmp_path / "cal")])
     assert len(json.loads((calibrated / "training.json").read_text())["calibration"]["offsets"]) == 5
+    from training import precise_bn
+
+    precise = precise_bn.main(["--model", "segmentation", "--batches", "2", "--out", str(tmp_path / "pbn")])
+    assert json.loads((precise / "training.json").read_text())["precise_bn"]["data"] == str(five_classes)
     assert server.model_info()["classes"] == FIVE
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(Path(__file__).resolve().parent.parent / "weights"))
+    with pytest.raises(CohortError, match=r"segmentation gives 4 classes, but the cohort .* names 5 \(background, GM"):
+        evaluate.main(["--data", str(five_classes), "--quick", "--out", str(tmp_path / "e4.json"), "--no-figures"])
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(out))
 
     refs = load_reference_dir(five_classes, num_classes=5)
     seg, unmix = weights.load_model("segmentation"), weights.load_model("unmixing")

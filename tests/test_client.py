@@ -1056,3 +1056,15 @@ def test_a_registration_warning_is_its_own_line_and_the_batch_names_the_scan(fak
     assert any(line.startswith("scan 1 of 2: wrote the segmentation") and "check it before use" in line for line in lines)
     assert any(line.startswith("scan 2 of 2: wrote the segmentation") and "check" not in line for line in lines)
     assert lines[-1] == "warning: the registration of scan 1 warned: check its segmentation before use"
+
+
+def test_a_d_for_other_classes_is_refused_before_the_public_bank_is_built(fake_main, capsys, monkeypatch):
+    from mixdemo import client
+    from mixdemo.models import UnmixingNet
+
+    scans, loads, out = fake_main
+    monkeypatch.setattr(client, "unmixing_model", lambda required=False, name=None: UnmixingNet())
+    monkeypatch.setattr(FakeRemote, "classes", lambda self: ["background", "GM", "WM", "CSF", "lesion"])
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "The client's D unmixes 4 classes, but the server's model gives 5 classes" in err
+    assert loads == [] and not FakeRemote.requests

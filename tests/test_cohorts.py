@@ -467,6 +467,8 @@ def test_prepare_cohort_takes_the_classes_of_the_labels_and_prepares_again_when_
     assert "prepared by an earlier run" not in printed
     assert "a_1: its source or the classes changed since the earlier run: skipped" in printed
     assert load_cohort(out).num_classes == 4 and {r.name for r in load_cohort(out).records} == {"b_1", "c_1"}
+    quick_prepare.main([str(src), "--out", str(tmp_path / "other"), "--classes", "GM,WM,CSF,lesion,x"])
+    assert "note: --classes names label 0 'GM': its first name is the background's" in capsys.readouterr().err
     for bad, said in (("background", "--classes names 1 classes"), ("background,GM,GM", "--classes names a class twice")):
         with pytest.raises(SystemExit):
             quick_prepare.main([str(src), "--out", str(out), "--classes", bad])

@@ -81,6 +81,29 @@ def source_model(name: str, threads: int) -> dict:
     return read_training_record(resolve_model_dir(name))
 
 
+def trained_data(record: dict) -> Path:
+    """The cohort a model's training record names, where it still is; else the phantom cohort (the default of the
+    commands that derive a model from another: ``--data`` not given)."""
+    data = record.get("data")
+    return Path(data) if data and Path(data).is_dir() else Path("data/phantoms")  # mixdemo.phantoms.DEFAULT_COHORT
+
+
+def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a mixdemo.data.Cohort
+    """A CohortError when a model folder gives another number of classes (its ``config.json``; older folders: the
+    phantoms' four) than the cohort names: scored or fitted on it, a class would go missing or a shape would not fit."""
+    import json
+
+    from mixdemo.data import CohortError
+    from mixdemo.weights import resolve_model_dir
+
+    for name in dict.fromkeys(names):
+        count = int(json.loads((resolve_model_dir(name) / "config.json").read_text()).get("num_classes", 4))
+        if count != cohort.num_classes:
+            raise CohortError(f"The model {name} gives {count} classes, but the cohort {cohort.root} names "
+                              f"{cohort.num_classes} ({', '.join(cohort.class_names)}): give the cohort it was trained "
+                              "on (--data), or models trained on this one (MIXDEMO_WEIGHTS_DIR).")
+
+
 def save_derived_model(model, out: Path, record: dict, key: str, entry: dict) -> Path:
     """Save ``model`` as ``out`` with the training record it came from, less that record's checksum (the
     new folder gets its own), plus ``key: entry`` saying how it was derived."""

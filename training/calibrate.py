@@ -37,14 +37,17 @@ from mixdemo.metrics import dice_per_class
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
-from training import add_device_option, command_line, save_derived_model, source_model, user_errors
+from training import (add_device_option, check_model_classes, command_line, save_derived_model, source_model,
+                      trained_data, user_errors)
 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="baseline", help="the baseline (a network on raw scans) or a D")
-    p.add_argument("--data", type=Path, default=Path("data/phantoms"), help="cohort whose training split is used")
+    p.add_argument("--data", type=Path, default=None,
+                   help="cohort whose training split is used (default: the one the model's record names, else "
+                        "data/phantoms)")
     p.add_argument("--scans", type=int, default=6, help="training scans fitted on (first scans of the last subjects)")
     p.add_argument("--grid", type=float, nargs=3, default=(-1.0, 1.0, 0.1), metavar=("LO", "HI", "STEP"),
                    help="offsets tried per class")
@@ -203,6 +206,9 @@ def main(argv: list[str] | None = None) -> Path:
     grid = np.round(np.arange(lo, hi + step / 2, step), 6)
     span = max(hi, 0.0) - min(lo, 0.0)  # background's offset stays 0
     modality = trained_modality(record)  # a BraTS folder: the modality the model was trained on
+    args.data = args.data or trained_data(record)
+    check_model_classes([args.model] + ([args.segmentation] if kind == "unmixing" else []),
+                        load_cohort(args.data, modality))
     device = str(pick_device(args.device))
     if kind == "baseline":
         names, cases = baseline_cases(load_model(args.model, device=device), args.data, args.scans, span, modality)

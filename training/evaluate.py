@@ -40,7 +40,7 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import DATA_HELP, add_device_option, command_line, parse_with_out, user_errors
+from training import DATA_HELP, add_device_option, check_model_classes, command_line, parse_with_out, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -257,6 +257,8 @@ def set_up(args: argparse.Namespace) -> Setup:
     cohort = load_cohort(ensure_default_cohort(args.data), modality)
     if note := cohort.left_out_note():
         print(note, flush=True)
+    names = [args.segmentation, args.unmixing, "baseline"]
+    check_model_classes(names, cohort)
     dice_records, retest_records = select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
     if not dice_records:
         raise CohortError(f"The test split of {cohort.root} holds no scans: the evaluation scores the test subjects "
@@ -270,7 +272,6 @@ def set_up(args: argparse.Namespace) -> Setup:
         if not args.quick:
             raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
-    names = [args.segmentation, args.unmixing, "baseline"]
     record = weights_record(names)
     if warning := pairing_mismatch(args.unmixing, args.segmentation, record[args.segmentation]):
         print(f"warning: {warning}", file=sys.stderr, flush=True)

@@ -22,13 +22,15 @@ import torch
 
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes, trained_modality
 from mixdemo.weights import load_model
-from training import command_line, save_derived_model, source_model, user_errors
+from training import check_model_classes, command_line, save_derived_model, source_model, trained_data, user_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="baseline", help="model folder name: baseline or a segmentation S")
-    p.add_argument("--data", type=Path, default=Path("data/phantoms"), help="cohort whose training split is sampled")
+    p.add_argument("--data", type=Path, default=None,
+                   help="cohort whose training split is sampled (default: the one the model's record names, else "
+                        "data/phantoms)")
     p.add_argument("--batches", type=int, default=200, help="patches averaged (one per forward pass)")
     p.add_argument("--patch-size", type=int, default=None, help="default: the patch size S was trained on")
     p.add_argument("--seed", type=int, default=0)
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> Path:
     if record.get("model_class", "").rsplit(".", 1)[-1] != "SegmentationNet":
         raise SystemExit(f"{args.model} is not a segmentation network (S or baseline); D has no batch norm.")
     patch = precise_patch(args.patch_size, record.get("patch_size", 32))
+    args.data = args.data or trained_data(record)
+    check_model_classes([args.model], load_cohort(args.data, trained_modality(record)))
     model = load_model(args.model, fast=False)  # the batch norms as trained (the fast path folds them away)
     t0 = time.perf_counter()
     batches = training_batches(record, args.data, args.batches, patch, args.seed, args.volume_cache)

@@ -207,6 +207,10 @@ def prepare_scan(scan: RawScan, out: Path, threads: int | None = None, layout: L
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+BACKGROUND_NAMES = ("background", "bg", "unlabelled", "unlabeled", "none", "other", "void", "0")
+"""First names of ``--classes`` taken as the background's without a note."""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="folder of scan folders (module docstring)")
@@ -227,6 +231,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.layout = mixdemo_layout(cohort_classes([c.strip() for c in args.classes.split(",")], MIXDEMO_LAYOUT))
     except CohortError as exc:
         p.error(str(exc).replace("split.json names", "--classes names").replace('split.json\'s "classes"', "--classes"))
+    first = args.layout.class_names[0]
+    if first.lower() not in BACKGROUND_NAMES:
+        print(f"note: --classes names label 0 {first!r}: its first name is the background's (unlike mixdemo.score's "
+              "--classes, which starts at label 1)", file=sys.stderr)
     return args
 
 
