@@ -167,6 +167,9 @@ def load_upload(path: str | None, series: float | None = 0, progress: gr.Progres
     return (sess, *_centre_updates(sess), locator(sess, None), status, None, 0)
 
 
+UPLOAD_LOADING = "Reading your upload…"
+"""The status line while an upload loads (set in the browser, before the server answers)."""
+
 DICOM_SEG_NOTE = (" Its segmentation downloads as NIfTI: the app keeps no header field of a series, and a DICOM SEG "
                   "needs them; the command-line client writes one on your machine (`-o seg.dcm`).")
 
@@ -1015,6 +1018,9 @@ def build_demo() -> gr.Blocks:
                 # the long events show their progress on the status line only, not on each of their outputs
                 example.change(load_example, [example], [sess, cx, cy, cz, loc, status], api_name="load_example",
                                concurrency_limit=2, show_progress_on=[status], **private)
+                # in the browser, at once: the last upload's refusal does not stay on the line while this one loads
+                upload.upload(None, None, status, js=f"() => {json.dumps(UPLOAD_LOADING, ensure_ascii=False)}", queue=False,
+                              show_progress="hidden", api_name="upload_started", **private)
                 upload.upload(load_upload, [upload, upload_series], [sess, cx, cy, cz, loc, status, upload, upload_series],
                               api_name="load_upload",
                               concurrency_limit=2, show_progress_on=[status], **private)

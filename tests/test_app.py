@@ -465,6 +465,9 @@ def test_long_events_show_their_progress_on_the_status_line_only():
         assert deps[name]["show_progress_on"] == [ids[status]], name
         assert ids[status] in deps[name]["outputs"]
     assert len(deps["segment"]["outputs"]) == 16
+    started = deps["upload_started"]  # the upload's status line is reset in the browser while the scan loads
+    assert started["outputs"] == [ids["status"]] and ui.UPLOAD_LOADING in started["js"] and started["backend_fn"] is False
+    assert started["targets"] == deps["load_upload"]["targets"]
 
 
 def test_the_d_menu_shows_short_choices_and_says_which_is_best():

@@ -141,6 +141,8 @@ def test_a_refused_upload_leaves_the_upload_box_ready_for_the_next_file(page, ex
     folder, _ = example  # the next file: a clinician's export, a zipped DICOM series (tests/test_app.py: NIfTI)
     archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "series.zip")
     page.locator("input[type=file]").first.set_input_files(str(archive))
+    # the refusal leaves the line as the next upload starts, not when it has loaded (seconds later)
+    expect(page.locator("#status")).not_to_contain_text("Could not load this file", timeout=1_500)
     expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)
 
 
