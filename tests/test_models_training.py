@@ -696,11 +696,13 @@ def test_throughput_quotes_each_runs_record_and_refuses_a_run_without_validation
     assert not (tmp_path / "never.json").exists()
 
 
-def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path):
+def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path, capsys):
     from training import train
 
     folders = train.main(_train_cmd(tiny_cohort, tmp_path / "w", tmp_path / "run", 2, ["--mode", "baseline"]))
     assert set(folders) == {"segmentation"} and Path(folders["segmentation"]).name == "baseline"
+    saved = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["saved"]
+    assert saved == {"baseline": folders["segmentation"]}  # the line says which network it saved
 
 
 def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(tiny_cohort):
