@@ -266,13 +266,15 @@ def _output_dir() -> str:
     return str(oneshot.fresh_subdir(oneshot.gradio_cache_dir() / "mixdemo-outputs", OUTPUT_MAX_AGE_S))
 
 
-def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray]) -> str:
+def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray], class_names: list[str]) -> str:
+    """A Markdown table of each prediction's Dice per class (``class_names``, background first) and their mean."""
     from mixdemo.metrics import dice_per_class, mean_dice
 
-    rows = ["| unmixing | GM | WM | CSF | mean |", "| --- | --- | --- | --- | --- |"]
+    classes = list(range(1, len(class_names)))
+    rows = ["| unmixing | " + " | ".join(class_names[1:]) + " | mean |", "| --- |" + " --- |" * (len(classes) + 1)]
     for name, pred in preds.items():
-        d = dice_per_class(pred, truth, [1, 2, 3])
-        rows.append(f"| {name} | " + " | ".join(f"{d[c]:.3f}" for c in (1, 2, 3)) + f" | **{mean_dice(d):.3f}** |")
+        d = dice_per_class(pred, truth, classes)
+        rows.append(f"| {name} | " + " | ".join(f"{d[c]:.3f}" for c in classes) + f" | **{mean_dice(d):.3f}** |")
     return "\n".join(rows)
 
 
@@ -285,8 +287,9 @@ def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
         if stack is None:
             continue
         csum = stack.cumsum(0)
+        classes = list(range(1, stack.shape[1]))  # every class of the answers but background
         curves[name] = [
-            mean_dice(dice_per_class(hard_labels(csum[k] / (k + 1)).numpy(), truth, [1, 2, 3]))
+            mean_dice(dice_per_class(hard_labels(csum[k] / (k + 1)).numpy(), truth, classes))
             for k in range(stack.shape[0])
         ]
     return curves
@@ -375,7 +378,7 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         preds = {"naive (Eq. 4), 1 ref": res.labels("naive"), "naive TTA": res.labels("naive_tta")}
         if res.learned is not None:
             preds.update({"learned D, 1 ref": res.labels("learned"), "learned TTA": res.labels("learned_tta")})
-        dice_md = _dice_rows(truth, preds)
+        dice_md = _dice_rows(truth, preds, served_classes())
         curves = _dice_curves(res, truth)
     else:
         dice_md, curves = "_No ground truth: Dice is shown for the examples or when you upload labels._", {}

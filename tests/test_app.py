@@ -318,7 +318,7 @@ def test_ui_whole_mode_with_a_fast_stand_in_server(app_weights, example, monkeyp
     assert "whole mode" in summary and "naive Eq. 4" in summary
     assert panels[6] is None  # no learned unmixing without D
     assert sess.view["tta"].shape == (144, 192, 160)
-    assert "| naive TTA |" in out[11]
+    assert "| naive TTA |" in out[11] and out[11].startswith("| unmixing | GM | WM | CSF | mean |")
     sess.truth = None  # no labels: no Dice, and the Dice-against-K plot is hidden, not drawn as empty axes
     out = ui.run_segmentation(sess, ["sub-000"], 1, 0.6, False, "patch", 0.5, progress=_Progress())
     assert len(out) == 16 and "No ground truth" in out[11]
@@ -744,3 +744,13 @@ def test_a_port_that_is_not_one_is_a_usage_error_not_a_traceback(monkeypatch, ca
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
     check_port_variable()
     assert parse_app_args([]).port == 7999
+
+
+def test_the_dice_table_has_a_column_for_each_class_the_s_gives():
+    from mixdemo import ui
+
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[:2], truth[2:4], truth[4:6], truth[6:] = 1, 2, 3, 4
+    table = ui._dice_rows(truth, {"learned TTA": truth}, ["background", "GM", "WM", "CSF", "lesion"])
+    assert table.splitlines() == ["| unmixing | GM | WM | CSF | lesion | mean |", "| --- | --- | --- | --- | --- | --- |",
+                                  "| learned TTA | 1.000 | 1.000 | 1.000 | 1.000 | **1.000** |"]
