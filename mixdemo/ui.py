@@ -383,7 +383,7 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
     else:
         dice_md, curves = "_No ground truth: Dice is shown for the examples or when you upload labels._", {}
     # no labels, no curves: the plot is hidden rather than drawn as empty axes
-    plot = gr.update(value=viz.dice_vs_k_figure(curves), visible=True) if curves else gr.update(value=None, visible=False)
+    plot = gr.update(value=viz.dice_vs_k_figure(curves, class_names=served_classes()), visible=True) if curves else gr.update(value=None, visible=False)
     panels = render(sess, opacity, mode)
     return (sess, *panels, dice_md, plot, str(out_path), summary, _mix_gallery(sess, bank, key, res.proxies, opacity))
 
@@ -871,7 +871,8 @@ def _result_fig(name: str, data: dict) -> tuple[str, object] | None:
     try:
         return (f"{name}: Dice against K", viz.dice_vs_k_figure(
             {m: [float(v[1]) if isinstance(v, (list, tuple)) else float(v) for v in vals] for m, vals in curves.items()},
-            title=f"Dice against K ({name}.json)"))
+            title=f"Dice against K ({name}.json)",
+            class_names=["background", *map(str, data.get("classes") or ("GM", "WM", "CSF"))]))
     except (TypeError, ValueError, IndexError):
         return None
 

@@ -246,8 +246,10 @@ def legend_html(names: Sequence[str] = CLASS_NAMES) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-def dice_vs_k_figure(curves: Mapping[str, Sequence[float]], title: str = "Dice against K (TTA, Eq. 6)"):
-    """Plotly figure of mean foreground Dice against the number of references K, one line per method."""
+def dice_vs_k_figure(curves: Mapping[str, Sequence[float]], title: str = "Dice against K (TTA, Eq. 6)",
+                     class_names: Sequence[str] = CLASS_NAMES):
+    """Plotly figure of mean foreground Dice (the classes of ``class_names`` but background) against the number of
+    references K, one line per method."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -255,7 +257,7 @@ def dice_vs_k_figure(curves: Mapping[str, Sequence[float]], title: str = "Dice a
         ks = list(range(1, len(values) + 1))
         fig.add_trace(go.Scatter(x=ks, y=list(values), mode="lines+markers", name=name))
     fig.update_layout(
-        title=title, xaxis_title="K (references averaged)", yaxis_title="mean Dice (GM, WM, CSF)",
+        title=title, xaxis_title="K (references averaged)", yaxis_title=f"mean Dice ({', '.join(class_names[1:])})",
         height=320, margin=dict(l=50, r=20, t=50, b=45), template="plotly_white",
         legend=dict(orientation="h", y=-0.25),
     )

@@ -72,7 +72,9 @@ def test_legend_and_figures():
     html = viz.legend_html()
     assert all(name in html for name in ("GM", "WM", "CSF"))
     fig = viz.dice_vs_k_figure({"learned TTA": [0.8, 0.85, 0.86]})
-    assert list(fig.data[0].x) == [1, 2, 3]
+    assert list(fig.data[0].x) == [1, 2, 3] and fig.layout.yaxis.title.text == "mean Dice (GM, WM, CSF)"
+    five = viz.dice_vs_k_figure({"learned TTA": [0.8]}, class_names=["background", "GM", "WM", "CSF", "lesion"])
+    assert five.layout.yaxis.title.text == "mean Dice (GM, WM, CSF, lesion)"
     empty = viz.dice_vs_k_figure({})
     assert empty.layout.annotations
     bars = viz.bar_figure({"no proxy": {"F1": 0.9, "mAP": 0.95}, "mixup": {"F1": 0.1, "mAP": 0.2}}, "reid")
