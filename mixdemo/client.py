@@ -757,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         if refs is None:  # the public bank: its grid is known before it is built (minutes the first time)
             refs = _public_bank(args, server_grid)
         check_reference_grid(refs[0].image.shape, server_grid)
-        check_classes(remote.classes(), unmix, refs)
+        check_classes(remote.classes(), None, refs)  # the references' labels (the D was checked above)
         if unmix is None:
             print(f"note: the default client network D ({unmixing_name()}) is not in the weights folder; using the "
                   "naive unmixing (Eq. 4), which is less accurate: give --unmixing NAME (a D's folder there, e.g. "

@@ -269,19 +269,20 @@ def cohort_split(meta: dict, subjects: Sequence[str], left_out: set[str] = froze
     return list(train), list(test)
 
 
-def cohort_classes(names: object, layout: Layout) -> tuple[str, ...]:
-    """``split.json``'s ``"classes"`` checked: distinct names, background first, from 2 to :data:`MAX_CLASSES` in
-    the mixdemo layout (label values 0 … N − 1), as many as the layout's classes in a BraTS folder."""
+def cohort_classes(names: object, layout: Layout, source: str = 'split.json\'s "classes"') -> tuple[str, ...]:
+    """Class names checked: distinct, background first, from 2 to :data:`MAX_CLASSES` in the mixdemo layout (label
+    values 0 … N − 1), as many as the layout's classes in a BraTS folder. ``source`` names where they came from in
+    the messages (``--classes`` for ``training.prepare_cohort``)."""
     if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) and n.strip() for n in names)):
-        raise CohortError('split.json\'s "classes" must be a list of names, background first.')
+        raise CohortError(f"{source} must be a list of names, background first.")
     names = tuple(names)
     if len(set(names)) != len(names):
-        raise CohortError(f'split.json\'s "classes" names a class twice: {list(names)}.')
+        raise CohortError(f"{source} names a class twice: {list(names)}.")
     if layout.name != MIXDEMO_LAYOUT.name and len(names) != len(layout.class_names):
-        raise CohortError(f"split.json names {len(names)} classes; the {layout.name} layout's label values "
+        raise CohortError(f"{source} names {len(names)} classes; the {layout.name} layout's label values "
                           f"({layout.describe_values()}) make {len(layout.class_names)} (background first).")
     if not 2 <= len(names) <= MAX_CLASSES:
-        raise CohortError(f"split.json names {len(names)} classes; a cohort needs 2 to {MAX_CLASSES} "
+        raise CohortError(f"{source} names {len(names)} classes; a cohort needs 2 to {MAX_CLASSES} "
                           "(background first).")
     return names
 

@@ -226,9 +226,10 @@ def reference_bank(progress: ProgressFn | None = None) -> list[Reference]:
 
 
 def reference_grid() -> tuple[int, int, int]:
-    """The reference bank's grid (the phantoms' MNI grid, :data:`mixdemo.phantoms.GRID_SHAPE`), known without building
-    the bank."""
-    return (144, 192, 160)
+    """The reference bank's grid (the phantoms' MNI grid), known without building the bank."""
+    from mixdemo.phantoms import GRID_SHAPE  # imported here: this module loads without torch
+
+    return GRID_SHAPE
 
 
 def reference_ids() -> list[str]:

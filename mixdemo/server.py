@@ -77,6 +77,17 @@ def segmentation_model() -> torch.nn.Module:
         return _load(str(weights_dir()))
 
 
+def model_classes(record: dict | None = None) -> list[str]:
+    """The classes the served S gives, background first: its training ``record``'s (read when not given; older
+    records, which name none: the phantoms'). Reads one small file (no torch)."""
+    from mixdemo.weights import read_training_record, weights_dir
+
+    if record is None:
+        record = read_training_record(weights_dir() / "segmentation")
+    names = record.get("classes")
+    return list(names) if isinstance(names, list) and len(names) >= 2 else list(CLASS_NAMES)
+
+
 def model_info() -> dict:
     """What the server can tell about itself (no user data)."""
     from mixdemo.models import pick_device
@@ -85,7 +96,7 @@ def model_info() -> dict:
     record = read_training_record(weights_dir() / "segmentation")
     return {
         "format": WIRE_FORMAT,
-        "classes": record.get("classes", list(CLASS_NAMES)),  # those S was trained on (older records: the phantoms')
+        "classes": model_classes(record),  # those S was trained on
         "grid_shape": record.get("grid_shape", [144, 192, 160]),
         "max_k": MAX_K,
         "max_request_voxels": MAX_REQUEST_VOXELS,

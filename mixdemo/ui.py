@@ -332,7 +332,8 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         bank = examples.reference_bank(pfn)
         key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None, mirror=mirror)
         unmix = unmixing_model(name=unmixing or None)
-        check_classes(served_classes(), unmix, bank)  # a D trained for another S's classes: said, not a shape error
+        class_names = server.model_classes()
+        check_classes(class_names, unmix, bank)  # a D trained for another S's classes: said, not a shape error
         serve = lambda proxies: server.segment(proxies, lambda f, m: pfn(0.05 + 0.8 * f, m))  # noqa: E731
         run = run_private(sess.image, bank, key, serve, unmix, mode=mode, centre=sess.centre, progress=pfn)
     except (ClientError, ValueError, WeightsError) as exc:
@@ -378,12 +379,12 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         preds = {"naive (Eq. 4), 1 ref": res.labels("naive"), "naive TTA": res.labels("naive_tta")}
         if res.learned is not None:
             preds.update({"learned D, 1 ref": res.labels("learned"), "learned TTA": res.labels("learned_tta")})
-        dice_md = _dice_rows(truth, preds, served_classes())
+        dice_md = _dice_rows(truth, preds, class_names)
         curves = _dice_curves(res, truth)
     else:
         dice_md, curves = "_No ground truth: Dice is shown for the examples or when you upload labels._", {}
     # no labels, no curves: the plot is hidden rather than drawn as empty axes
-    plot = gr.update(value=viz.dice_vs_k_figure(curves, class_names=served_classes()), visible=True) if curves else gr.update(value=None, visible=False)
+    plot = gr.update(value=viz.dice_vs_k_figure(curves, class_names=class_names), visible=True) if curves else gr.update(value=None, visible=False)
     panels = render(sess, opacity, mode)
     return (sess, *panels, dice_md, plot, str(out_path), summary, _mix_gallery(sess, bank, key, res.proxies, opacity))
 
@@ -930,15 +931,6 @@ def _server_endpoint(path: str | None, progress: gr.Progress = gr.Progress()) ->
         raise _err(exc) from None
 
 
-def served_classes() -> list[str]:
-    """The classes of the S this app serves, background first (its training record's; the phantoms' when the record
-    does not say), for the legend. Reads one small file: the page does not wait for torch."""
-    from mixdemo.weights import read_training_record, weights_dir
-
-    names = read_training_record(weights_dir() / "segmentation").get("classes")
-    return list(names) if isinstance(names, list) and len(names) >= 2 else list(server.CLASS_NAMES)
-
-
 def _server_info() -> dict:
     """API ``server_info``: the wire format and the model's checksum."""
     return server.model_info()
@@ -988,7 +980,7 @@ def build_demo() -> gr.Blocks:
                         status = gr.Markdown("Pick an example or upload a scan.", elem_id="status")
                     with gr.Column(scale=3):
                         with gr.Row():
-                            gr.HTML(viz.legend_html(served_classes()))
+                            gr.HTML(viz.legend_html(server.model_classes()))
                             opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="overlay opacity", scale=0, min_width=220)
                         gr.HTML('<div class="panel-caption">Target on the client (sagittal · coronal · axial) — '
                                 'click a slice to move the 32³ patch (yellow) and the slices</div>')

@@ -150,7 +150,7 @@ def test_ui_says_when_the_d_does_not_fit_the_served_s_classes(app_weights, examp
     from mixdemo import examples, ui
 
     sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
-    monkeypatch.setattr(ui, "served_classes", lambda: ["background", "GM", "WM", "CSF", "lesion"])
+    monkeypatch.setattr(ui.server, "model_classes", lambda: ["background", "GM", "WM", "CSF", "lesion"])
     with pytest.raises(gr.Error, match="D unmixes 4 classes, but the server's model gives 5"):
         ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, None, progress=_Progress())
 

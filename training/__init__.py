@@ -84,8 +84,10 @@ def source_model(name: str, threads: int) -> dict:
 def trained_data(record: dict) -> Path:
     """The cohort a model's training record names, where it still is; else the phantom cohort (the default of the
     commands that derive a model from another: ``--data`` not given)."""
+    from mixdemo.phantoms import DEFAULT_COHORT  # here: this package loads without torch
+
     data = record.get("data")
-    return Path(data) if data and Path(data).is_dir() else Path("data/phantoms")  # mixdemo.phantoms.DEFAULT_COHORT
+    return Path(data) if data and Path(data).is_dir() else DEFAULT_COHORT
 
 
 def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a mixdemo.data.Cohort

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.data import first_scans, load_cohort, load_volumes, trained_modality
+from mixdemo.data import Cohort, first_scans, load_cohort, load_volumes, trained_modality
 from mixdemo.inference import segment_proxies
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, sample_key
 from mixdemo.metrics import dice_per_class
@@ -141,18 +141,17 @@ def final_bias(model: torch.nn.Module) -> torch.Tensor:
     raise TypeError(f"No known final layer in {type(model).__name__}.")
 
 
-def fitting_scans(data: Path, n_scans: int, modality: str | None = None) -> tuple[list, list]:
-    """(chosen, training records): the first scan of each of the last ``n_scans`` training subjects (``modality``:
-    of a BraTS folder, the one the model was trained on)."""
-    records = load_cohort(data, modality).split("train")
+def fitting_scans(cohort: Cohort, n_scans: int) -> tuple[list, list]:
+    """(chosen, training records): the first scan of each of the last ``n_scans`` training subjects of ``cohort``
+    (read with the modality the model was trained on)."""
+    records = cohort.split("train")
     first = first_scans(records)
     return first[-n_scans:], records
 
 
-def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float,
-                   modality: str | None = None) -> tuple[list[str], list[FitCase]]:
+def baseline_cases(model: torch.nn.Module, cohort: Cohort, n_scans: int, span: float) -> tuple[list[str], list[FitCase]]:
     """(scan names, cases): the baseline's probabilities on each chosen scan."""
-    chosen, _ = fitting_scans(data, n_scans, modality)
+    chosen, _ = fitting_scans(cohort, n_scans)
     cases = []
     for vol in load_volumes(chosen):
         brain = vol.image > 0
@@ -161,14 +160,14 @@ def baseline_cases(model: torch.nn.Module, data: Path, n_scans: int, span: float
     return [r.name for r in chosen], cases
 
 
-def unmixing_cases(seg: torch.nn.Module, unmix: torch.nn.Module, data: Path, n_scans: int, k: int,
+def unmixing_cases(seg: torch.nn.Module, unmix: torch.nn.Module, cohort: Cohort, n_scans: int, k: int,
                    alpha_range: tuple[float, float], seed: int, span: float,
-                   modality: str | None = None, cache: Path | None = None) -> tuple[list[str], list[FitCase]]:
+                   cache: Path | None = None) -> tuple[list[str], list[FitCase]]:
     """(scan names, cases): D's probabilities for K mixes of each chosen scan, with references from the
     other training subjects and α drawn as ``training.evaluate`` draws them for a scan."""
     from training.evaluate import predict_k, scan_seed
 
-    chosen, records = fitting_scans(data, n_scans, modality)
+    chosen, records = fitting_scans(cohort, n_scans)
     volumes = {v.name: v for v in load_volumes(records, cache=cache)}
     bank = {v.name: Reference(v.name, v.image, v.labels) for v in volumes.values()}
     subject_of = {r.name: r.subject for r in records}
@@ -207,15 +206,15 @@ def main(argv: list[str] | None = None) -> Path:
     span = max(hi, 0.0) - min(lo, 0.0)  # background's offset stays 0
     modality = trained_modality(record)  # a BraTS folder: the modality the model was trained on
     args.data = args.data or trained_data(record)
-    check_model_classes([args.model] + ([args.segmentation] if kind == "unmixing" else []),
-                        load_cohort(args.data, modality))
+    cohort = load_cohort(args.data, modality)
+    check_model_classes([args.model] + ([args.segmentation] if kind == "unmixing" else []), cohort)
     device = str(pick_device(args.device))
     if kind == "baseline":
-        names, cases = baseline_cases(load_model(args.model, device=device), args.data, args.scans, span, modality)
+        names, cases = baseline_cases(load_model(args.model, device=device), cohort, args.scans, span)
     else:
         seg, unmix = (load_model(name, device=device) for name in (args.segmentation, args.model))
-        names, cases = unmixing_cases(seg, unmix, args.data, args.scans, args.tta_k, tuple(args.alpha_range), args.seed,
-                                      span, modality, args.volume_cache)
+        names, cases = unmixing_cases(seg, unmix, cohort, args.scans, args.tta_k, tuple(args.alpha_range), args.seed,
+                                      span, args.volume_cache)
     before = mean_dice(cases, np.zeros(len(foreground(cases)) + 1, np.float32))
     offsets, after = fit_offsets(cases, grid, args.rounds)
     model = load_model(args.model, fast=False)  # the modules as trained: the final layer keeps its own bias

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes, trained_modality
+from mixdemo.data import Cohort, MixedPatchSampler, load_cohort, load_volumes, trained_modality
 from mixdemo.weights import load_model
 from training import check_model_classes, command_line, save_derived_model, source_model, trained_data, user_errors
 
@@ -66,12 +66,11 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tenso
     return len(norms)
 
 
-def training_batches(record: dict, data: Path, n: int, patch_size: int, seed: int,
+def training_batches(record: dict, cohort: Cohort, n: int, patch_size: int, seed: int,
                      cache: Path | None = None) -> Iterable[torch.Tensor]:
     """``n`` single-patch inputs drawn as ``training.train`` draws them for this model (its mode, α range and
-    references), from the training split of ``data``."""
+    references), from the training split of ``cohort``."""
     mixed = record.get("mode", "baseline") != "baseline"
-    cohort = load_cohort(data, trained_modality(record))
     volumes = load_volumes(cohort.split("train"), cache=cache)
     sampler = MixedPatchSampler(volumes, patch_size=patch_size, mixed=mixed, seed=seed,
                                 alpha_range=tuple(record.get("alpha_range", (0.1, 0.9))),
@@ -108,10 +107,11 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"{args.model} is not a segmentation network (S or baseline); D has no batch norm.")
     patch = precise_patch(args.patch_size, record.get("patch_size", 32))
     args.data = args.data or trained_data(record)
-    check_model_classes([args.model], load_cohort(args.data, trained_modality(record)))
+    cohort = load_cohort(args.data, trained_modality(record))
+    check_model_classes([args.model], cohort)
     model = load_model(args.model, fast=False)  # the batch norms as trained (the fast path folds them away)
     t0 = time.perf_counter()
-    batches = training_batches(record, args.data, args.batches, patch, args.seed, args.volume_cache)
+    batches = training_batches(record, cohort, args.batches, patch, args.seed, args.volume_cache)
     n_norms = recalibrate_batch_norm(model, batches)
     precise = {"command": command_line("training.precise_bn", argv), "batches": args.batches, "patch_size": patch,
                "seed": args.seed, "data": str(args.data), "batch_norms": n_norms, "from_sha256": record.get("sha256"),

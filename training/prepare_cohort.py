@@ -228,9 +228,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 0 < args.test_fraction < 1:
         p.error("--test-fraction must lie between 0 and 1")
     try:
-        args.layout = mixdemo_layout(cohort_classes([c.strip() for c in args.classes.split(",")], MIXDEMO_LAYOUT))
+        args.layout = mixdemo_layout(cohort_classes([c.strip() for c in args.classes.split(",")], MIXDEMO_LAYOUT,
+                                                    "--classes"))
     except CohortError as exc:
-        p.error(str(exc).replace("split.json names", "--classes names").replace('split.json\'s "classes"', "--classes"))
+        p.error(str(exc))
     first = args.layout.class_names[0]
     if first.lower() not in BACKGROUND_NAMES:
         print(f"note: --classes names label 0 {first!r}: its first name is the background's (unlike mixdemo.score's "

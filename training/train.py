@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
     ckpt_path = run_dir / "checkpoint.pt"
-    default = default_modality(args.data)
+    default = cohort.modality if args.modality is None else default_modality(args.data)  # read without --modality
     settings = run_settings(args, recorded_modality(args.modality, default))
     state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     if state is not None:  # before the scans load: a wrong --run-dir costs no time
