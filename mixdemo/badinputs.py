@@ -177,6 +177,21 @@ def _multi_frame(slices: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
+def _retagged(slices: list[tuple[str, bytes]], **tags: str) -> list[tuple[str, bytes]]:
+    """The slices with header ``tags`` set (pydicom keywords), e.g. ``Modality="CT"``."""
+    import pydicom
+
+    retagged = []
+    for name, data in slices:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        for keyword, value in tags.items():
+            setattr(dataset, keyword, value)
+        out = io.BytesIO()
+        dataset.save_as(out, enforce_file_format=True)
+        retagged.append((name, out.getvalue()))
+    return retagged
+
+
 def damage_member(archive: bytes, index: int) -> bytes:
     """``archive`` with 50 bytes of one member's compressed data zeroed (its deflate stream then fails)."""
     import zipfile
@@ -204,6 +219,7 @@ def dicom_corpus() -> list[BadInput]:
          "scan.zip", "members named ../ and /abs (6 slices: too few)"),
         ("dicom_one_slice", slices[0][1], "scan.dcm", "a single DICOM slice"),
         ("dicom_multi_frame", _multi_frame(slices), "scan.dcm", "a multi-frame DICOM file"),
+        ("zip_ct_series", _zip(_retagged(slices, Modality="CT")), "scan.zip", "a CT series (DICOM Modality CT)"),
         ("zip_patient_name", _zip(slices[:2]), f"{PATIENT_LIKE_NAME}.zip", "a patient-named zip of 2 slices"),
     ]
     return [BadInput(k, d, n, w) for k, d, n, w in items]

@@ -18,8 +18,9 @@ damaged image is refused, not left out. An enhanced multi-frame file is a series
 frame each, or part of the frames each) whose frames carry their own position and rescale (functional groups,
 read with pydicom): SimpleITK alone stacks the frames in file order at 1 mm with the first frame's rescale, so it
 only decodes what pydicom cannot, and its rescale is undone. A legacy multi-frame file, whose frames carry no
-position of their own, is refused. Anything else is a :class:`mixdemo.io.ScanError` whose message says what was
-found and what is expected, without any path or header value beyond the geometry.
+position of their own, is refused. So is a series whose Modality says it is not MR (a CT, a dose grid, a DICOM
+SEG): the networks were trained on MR only. Anything else is a :class:`mixdemo.io.ScanError` whose message says what was
+found and what is expected, without any path or header value beyond the geometry and the modality.
 :func:`write_series` writes a volume as such a series (pydicom); it makes the examples and the tests' inputs.
 """
 
@@ -29,6 +30,7 @@ import contextlib
 import logging
 import lzma
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -36,7 +38,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -63,6 +65,15 @@ _TEMP_PREFIX = "mixdemo-dicom-"
 _STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _FRAMES, _TEMPORAL_POSITION, _ECHO, _SOP_CLASS = "0028|0008", "0020|0100", "0018|0086", "0008|0016"
+_MODALITY = "0008|0060"
+_MR_OR_UNSTATED = frozenset({"MR", "OT", ""})  # OT ("other"): what some research converters write for an MR volume
+_MODALITY_NAMES = {
+    "CT": "a CT scan", "PT": "a PET scan", "NM": "a nuclear-medicine image", "US": "an ultrasound image",
+    "CR": "a radiograph", "DX": "a radiograph", "MG": "a mammogram", "XA": "an X-ray angiogram",
+    "RF": "a fluoroscopy image", "RTDOSE": "a radiotherapy dose grid", "RTIMAGE": "a radiotherapy image",
+    "SEG": "a segmentation", "SM": "a microscopy slide", "OP": "an eye photograph", "OPT": "an OCT scan",
+}
+"""Plain names of the DICOM Modality codes (PS3.3 C.7.3.1.1.1) an upload meant for MR may carry by mistake."""
 _TOO_MANY = ("The {where} holds more than {limit} files; one DICOM series is expected (a whole study's export is "
              "often larger: export the T1 series on its own).")
 _NO_GEOMETRY = ("The images carry no valid slice position, orientation or pixel spacing; an MR series as the scanner "
@@ -81,6 +92,7 @@ class _Slice(NamedTuple):
     frame: int = -1  # the frame of a multi-frame file (its position in the file), -1 for a single-frame file
     rescale: tuple[float, float] = (1.0, 0.0)  # a multi-frame file's frame's slope and intercept
     in_stack: int = 0  # a multi-frame file's frame's In-Stack Position Number (1 to n along the stack), 0 if absent
+    modality: str = ""  # the image's Modality code (MR, CT...), "" when absent
 
 
 def is_series_input(path: str | os.PathLike) -> bool:
@@ -361,6 +373,7 @@ def _series_slices(flat: str, series: int | None = None) -> list[_Slice]:
         raise mio.ShapeError("The series mixes multi-frame (enhanced) and single-frame files; one 3D volume is "
                              "expected.")
     slices = [s for group in per_file for s in group]
+    _check_modality(s.modality for s in slices)
     if len(slices) == 1:
         raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
                              ".zip of all the series' files (or give the client their folder).")
@@ -440,21 +453,37 @@ def _check_told_apart(series: int, files: Sequence[Sequence[str]]) -> None:
 
 
 def _series_descriptions(files: Sequence[Sequence[str]]) -> list[str]:
-    """Each series by its geometry alone: plane, number of images (or frames), matrix and pixel spacing."""
+    """Each series by its geometry alone: plane, number of images (or frames), matrix and pixel spacing; its
+    modality where it is not MR; "in several orientations" where its first, middle and last images differ."""
     described = []
     for names in files:
         try:
             group = _file_slices(names[0])
             first, view = group[0], _view(group[0].direction[:, 2])
+            sampled = [first, *(_file_slices(names[i])[0] for i in sorted({len(names) // 2, len(names) - 1} - {0}))]
+            if first.frame < 0 and _several_orientations(sampled):
+                view = "in several orientations (a scout or localizer)"
+            code = _modality_code(s.modality for s in sampled)
+            kind = "" if code is None else f" {code}"
             article = "an" if view[0] in "aeiou" else "a"
-            what = (f"{len(names)} {view} image{'s' * (len(names) > 1)}" if first.frame < 0 else
-                    f"{article} {view} multi-frame file of {len(group)} frames" if len(names) == 1 else
-                    f"{len(names)} {view} multi-frame files")
+            what = (f"{len(names)}{kind} image{'s' * (len(names) > 1)} {view}" if view.startswith("in ") else
+                    f"{len(names)} {view}{kind} image{'s' * (len(names) > 1)}" if first.frame < 0 else
+                    f"{article} {view}{kind} multi-frame file of {len(group)} frames" if len(names) == 1 else
+                    f"{len(names)} {view}{kind} multi-frame files")
             described.append(f"{what} of {first.size[0]}×{first.size[1]} at "
                              f"{first.spacing[0]:.3g}×{first.spacing[1]:.3g} mm")
         except (ValueError, RuntimeError):
-            described.append(f"{len(names)} file{'s' * (len(names) > 1)}")
+            code = _file_modality(names[0])
+            described.append(f"{len(names)}{'' if code is None else ' ' + code} file{'s' * (len(names) > 1)}")
     return described
+
+
+def _file_modality(path: str) -> str | None:
+    """A file's Modality code where it is not MR (as :func:`_modality_code`), None otherwise or unreadable."""
+    try:
+        return _modality_code([_text(_image_information(path), _MODALITY).upper()])
+    except mio.ScanError:
+        return None
 
 
 def _view(normal: np.ndarray) -> str:
@@ -474,10 +503,13 @@ def _file_slices(path: str) -> list[_Slice]:
 
 def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK ImageFileReader holding its header
     """One single-frame image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
+    modality = _text(reader, _MODALITY).upper()
     if reader.GetNumberOfComponents() != 1:
+        _check_modality([modality])  # a colour photograph or a fused PET-CT capture: say what it is instead
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
     position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
     if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
+        _check_modality([modality])  # a radiograph has no 3D geometry: say what it is instead
         raise mio.GeometryError(_NO_GEOMETRY)
     return _Slice(
         path=path,
@@ -486,6 +518,7 @@ def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK Imag
         origin=np.array(position),
         direction=_direction(orientation),
         stack=(_text(reader, _TEMPORAL_POSITION), _text(reader, _ECHO)),
+        modality=modality,
     )
 
 
@@ -530,6 +563,8 @@ def _frames(path: str) -> list[_Slice]:
         n = int(header.NumberOfFrames)
         per_frame = header.get("PerFrameFunctionalGroupsSequence")
         shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
+        modality = str(header.get("Modality", "") or "").strip().upper()
+        _check_modality([modality])  # before the checks of an MR export's layout: a dose grid is not one
         size = (int(header.Columns), int(header.Rows))
         if int(header.get("SamplesPerPixel", 1)) != 1:
             raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
@@ -541,7 +576,8 @@ def _frames(path: str) -> list[_Slice]:
             raise mio.CorruptFileError(f"The multi-frame DICOM file describes {len(per_frame)} frames but holds {n}: "
                                        "it may be damaged.")
         top_rescale = (header.get("RescaleSlope"), header.get("RescaleIntercept"))  # outside the standard's place
-        return [_frame_info(path, f, per_frame[f], shared, size, top_rescale) for f in range(n)]
+        return [_frame_info(path, f, per_frame[f], shared, size, top_rescale)._replace(modality=modality)
+                for f in range(n)]
     except mio.ScanError:
         raise
     except Exception:  # noqa: BLE001 - untrusted input: a header pydicom cannot follow is a damaged file
@@ -617,13 +653,38 @@ def _direction(orientation: Sequence[float]) -> np.ndarray:
     return np.column_stack([row, col, np.cross(row, col)])
 
 
+def _modality_code(codes: Iterable[str]) -> str | None:
+    """The images' Modality code if it is not MR (nor unstated, nor OT), else None; a code that is not a plain
+    DICOM code string (letters, digits, underscores, up to 16) reads as "?"."""
+    other = sorted(set(codes) - _MR_OR_UNSTATED)
+    if not other:
+        return None
+    return other[0] if re.fullmatch(r"[A-Z0-9_]{1,16}", other[0]) else "?"
+
+
+def _check_modality(codes: Iterable[str]) -> None:
+    """A ModalityError for images whose Modality codes say they are not MR (a CT or PET series, a dose grid, a
+    DICOM SEG): the networks were trained on T1-weighted MR, and their answer on another modality means nothing."""
+    code = _modality_code(codes)
+    if code is not None:
+        what = _MODALITY_NAMES.get(code, "not an MR scan")
+        raise mio.ModalityError(f"The series is {what} (DICOM Modality {code}); an MR scan (the T1-weighted "
+                                "series) is expected: the networks were trained on MR only.")
+
+
+def _several_orientations(slices: Sequence[_Slice]) -> bool:
+    """Whether the images' orientations differ (a scout or localizer: three planes, or radial slices)."""
+    return any(not np.allclose(s.direction, slices[0].direction, atol=_SAME_TOL) for s in slices)
+
+
 def _check_alike(slices: Sequence[_Slice]) -> None:
     """Every image the same size, orientation, pixel spacing, time point and echo."""
     first = slices[0]
     if any(s.size != first.size for s in slices):
         raise mio.ShapeError("The series' images differ in size; one 3D volume is expected.")
-    if any(not np.allclose(s.direction, first.direction, atol=_SAME_TOL) for s in slices):
-        raise mio.GeometryError("The series' images differ in orientation; one 3D volume is expected.")
+    if _several_orientations(slices):
+        raise mio.GeometryError("The series' images differ in orientation (a scout or localizer?); one 3D volume is "
+                                "expected.")
     if any(not np.allclose(s.spacing, first.spacing, rtol=_SAME_TOL) for s in slices):
         raise mio.GeometryError("The series' images differ in pixel spacing; one 3D volume is expected.")
     stacks = {s.stack for s in slices}

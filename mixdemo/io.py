@@ -48,6 +48,7 @@ __all__ = [
     "DataTypeError",
     "GeometryError",
     "ValueRangeError",
+    "ModalityError",
     "Scan",
     "load_scan",
     "load_labels",
@@ -121,6 +122,10 @@ class GeometryError(ScanError):
 
 class ValueRangeError(ScanError):
     """The voxel values are unusable (NaN/Inf, constant, out of range)."""
+
+
+class ModalityError(ScanError):
+    """The DICOM series is not an MR scan (a CT, a PET scan, a dose grid...): the models were trained on MR."""
 
 
 # --------------------------------------------------------------------------- Scan

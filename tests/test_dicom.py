@@ -4,6 +4,7 @@ way a series can be unusable refused with a message that names no file and no he
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -807,3 +808,102 @@ def test_an_enhanced_file_beside_another_series_is_described_by_its_frames(tmp_p
     with pytest.raises(ShapeError, match="14 axial images of 18×22 at 0.9×1.1 mm; 2: a sagittal multi-frame file of 14 "
                                          "frames"):
         dicom.read_series(tmp_path / "export")
+
+
+# ---------------------------------------------------------------- a scanner's own files, as pydicom ships them
+_PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
+"""Files exported by scanners and planning systems (anonymised, downsized), in the pinned pydicom wheel: its README
+names their sources (MR_small.dcm: NEMA's WG04 MR1 image; dicomdirtests: a DICOMDIR export of three patients' CT,
+CR and MR series). No download: they come with ``pip install -r requirements.txt``."""
+
+_MR_SMALL_ENCODINGS = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
+                       "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+                       "MR_small_padded.dcm", "MR_small_expb.dcm"]
+
+
+def _scanner_file(name: str) -> Path:
+    path = _PYDICOM_FILES / name
+    if not path.exists():
+        pytest.skip(f"pydicom's test file {name} is not in this pydicom wheel (requirements.txt pins one that has it)")
+    return path
+
+
+def _stack_of(image: Path, folder: Path, slices: int = 8, step_mm: float = 5.0) -> Path:
+    """A series made of one scanner image repeated along its normal (new UIDs, positions ``step_mm`` apart), every
+    other tag and the pixel data's encoding as the scanner (or converter) wrote them."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder.mkdir()
+    series_uid = generate_uid()
+    for k in range(slices):
+        dataset = pydicom.dcmread(image)
+        orientation = np.array(dataset.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        dataset.ImagePositionPatient = [f"{v:.4f}" for v in np.array(dataset.ImagePositionPatient, float) + k * step_mm * normal]
+        dataset.SOPInstanceUID, dataset.SeriesInstanceUID, dataset.InstanceNumber = generate_uid(), series_uid, k + 1
+        dataset.save_as(folder / f"{k:03d}.dcm")
+    return folder
+
+
+@pytest.mark.parametrize("encoding", _MR_SMALL_ENCODINGS)
+def test_a_scanner_s_mr_image_reads_the_same_in_every_transfer_syntax(tmp_path, encoding):
+    """NEMA's MR image as exported (explicit VR) and as converted to RLE, JPEG 2000 and JPEG-LS lossless, big endian,
+    implicit VR, padded: every slice of the stack is the image's pixels, and the affine is its header's geometry."""
+    import pydicom
+
+    original = pydicom.dcmread(_scanner_file("MR_small.dcm"))
+    volume, affine = dicom.read_series(_stack_of(_scanner_file(encoding), tmp_path / "stack"))
+    pixels = original.pixel_array.astype(np.float32)  # rows × columns; no rescale tags in this image
+    assert volume.shape == (original.Columns, original.Rows, 8)
+    for k in range(8):
+        np.testing.assert_array_equal(volume[..., k], pixels.T)
+    orientation = np.array(original.ImageOrientationPatient, dtype=float)
+    row_mm, column_mm = (float(v) for v in original.PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1] = orientation[:3] * column_mm, orientation[3:] * row_mm
+    lps[:3, 2] = np.cross(orientation[:3], orientation[3:]) * 5.0
+    lps[:3, 3] = np.array(original.ImagePositionPatient, dtype=float)
+    np.testing.assert_allclose(affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-3)
+
+
+@pytest.mark.parametrize("name, what", [
+    ("CT_small.dcm", "a CT scan (DICOM Modality CT)"),
+    ("dicomdirtests/98892001/CT5N", "a CT scan (DICOM Modality CT)"),  # a 5-slice CT series
+    ("dicomdirtests/77654033/CR1", "a radiograph (DICOM Modality CR)"),  # no 3D geometry: named, not "no geometry"
+    ("rtdose.dcm", "a radiotherapy dose grid (DICOM Modality RTDOSE)"),  # a legacy multi-frame file
+    ("liver_1frame.dcm", "a segmentation (DICOM Modality SEG)"),  # a DICOM SEG given as the scan
+    ("examples_rgb_color.dcm", "an ultrasound image (DICOM Modality US)"),  # colour: named, not "RGB"
+], ids=["ct-image", "ct-series", "radiograph", "dose-grid", "seg", "ultrasound"])
+def test_a_series_of_another_modality_is_refused_as_such(name, what):
+    """A CT series segmented as a T1 MR scan gave a confident, meaningless answer; a dose grid was called a legacy
+    MR export, a radiograph an image without geometry, an ultrasound clip a colour volume."""
+    with pytest.raises(mio.ModalityError, match=re.escape(what) + r"; an MR scan \(the T1-weighted series\) is expected"):
+        load_scan(_scanner_file(name))
+
+
+def test_a_series_stating_no_modality_or_ot_is_read(tmp_path):
+    """Research converters leave Modality out or write OT ("other"): the series is read as MR."""
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: setattr(d, "Modality", "OT") if k % 2 else delattr(d, "Modality"))
+    volume, _ = dicom.read_series(tmp_path / "series")
+    assert volume.shape == SHAPE
+
+
+def test_a_study_export_describes_its_localizers_and_its_ct_series():
+    """A three-plane localizer was listed as "3 sagittal images" (its first file's plane), a radial scout as "7
+    sagittal images", and a CT series as if it were MR: the list a user picks a series number from misled."""
+    with pytest.raises(ShapeError) as info:
+        dicom.read_series(_scanner_file("dicomdirtests"))
+    listed = str(info.value)
+    assert "1: 7 images in several orientations (a scout or localizer) of 16×16 at 0.391×0.391 mm" in listed
+    assert "2: 5 axial CT images of 16×16 at 0.488×0.488 mm" in listed
+    assert "4: 3 images in several orientations (a scout or localizer) of 16×16 at 1.17×1.17 mm" in listed
+    assert "7: 1 CR file" in listed
+    assert "sagittal image of 16×16 at 1.37×1.37 mm" in listed  # the single MR images keep their plane
+    with pytest.raises(GeometryError, match=r"differ in orientation \(a scout or localizer\?\)"):
+        dicom.read_series(_scanner_file("dicomdirtests"), series=1)
+    with pytest.raises(mio.ModalityError, match="a CT scan"):
+        dicom.read_series(_scanner_file("dicomdirtests"), series=2)
+    for forbidden in ("98892", "77654", "TINY", "^"):  # no folder name or patient field in the listing
+        assert forbidden not in listed
