@@ -418,3 +418,34 @@ def test_a_terminated_client_leaves_no_half_written_seg(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("encoding", ["MR_small.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm",
+                                      "MR_small_implicit.dcm"])
+def test_a_seg_of_a_scanner_s_series_is_valid_and_lies_where_its_labels_do(tmp_path, encoding):
+    """A SEG built from a scanner's own headers (NEMA's MR image, stacked into a series as
+    tests/test_dicom.py does, in four transfer syntaxes): dciodvfy finds no error where installed, it carries the
+    series' patient and study, and read back its labels lie where the client's did (highdicom may read its planes
+    in the other order: the affines say so)."""
+    import subprocess
+
+    import pydicom
+
+    from tests.test_dicom import _scanner_file, _stack_of
+
+    stack = _stack_of(_scanner_file(encoding), tmp_path / "stack")
+    data, affine = dicom.read_series(stack)
+    labels = np.digitize(data, np.quantile(data, [0.5, 0.7, 0.9])).astype(np.uint8)
+    labels[:4, :4, :] = np.arange(data.shape[2]) % 4  # a corner that tells the slices apart
+    dicomseg.write_segmentation(labels, affine, dicomseg.series_reference(stack), tmp_path / "seg.dcm", CLASSES)
+    back, back_affine = dicomseg.read_segmentation(tmp_path / "seg.dcm")
+    voxels = np.stack(np.meshgrid(*[np.arange(n) for n in back.shape], indexing="ij"), -1).reshape(-1, 3)
+    world = voxels @ back_affine[:3, :3].T + back_affine[:3, 3]
+    in_labels = np.rint((world - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T).astype(int)
+    np.testing.assert_array_equal(back[tuple(voxels.T)], labels[tuple(in_labels.T)])
+    seg, image = (pydicom.dcmread(f, stop_before_pixels=True) for f in (tmp_path / "seg.dcm", stack / "000.dcm"))
+    assert (seg.PatientName, seg.StudyInstanceUID, seg.FrameOfReferenceUID) == \
+        (image.PatientName, image.StudyInstanceUID, image.FrameOfReferenceUID)
+    if shutil.which("dciodvfy") is not None:
+        checked = subprocess.run(["dciodvfy", "-new", str(tmp_path / "seg.dcm")], capture_output=True, text=True)
+        assert not [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
