@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CLASS_NAMES: tuple[str, ...] = ("background", "GM", "WM", "CSF")
-NUM_CLASSES = len(CLASS_NAMES)
+from mixdemo.classes import CLASS_NAMES, NUM_CLASSES
+
 DATASET = "MNI152-phantom"
 """The phantom cohort's ``dataset`` in its split.json."""
 GRID_SHAPE: tuple[int, int, int] = (144, 192, 160)

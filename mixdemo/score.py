@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mixdemo.classes import CLASS_NAMES
 from mixdemo.metrics import dice_per_class, mean_dice
-from mixdemo.phantoms import CLASS_NAMES
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SEGMENTATION_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")

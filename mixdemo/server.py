@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mixdemo.classes import CLASS_NAMES
+
 if TYPE_CHECKING:  # torch loads lazily (first page fast)
     import torch
 
@@ -39,7 +41,6 @@ MAX_K = 8
 MAX_SIDE = 256
 MIN_SIDE = 8
 MAX_REQUEST_VOXELS = MAX_K * 144 * 192 * 160
-CLASS_NAMES = ("background", "GM", "WM", "CSF")
 log = logging.getLogger(__name__)
 _OBSERVERS: list[Callable[[np.ndarray], None]] = []  # audit hooks (callables only, never data)
 _MODEL_LOCK = threading.Lock()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CLASS_NAMES = ("background", "GM", "WM", "CSF")
+from mixdemo.classes import CLASS_NAMES
+
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 159, 0),  # class 1 (GM): orange (Okabe-Ito, colour-blind safe)
     (86, 180, 233),  # class 2 (WM): sky blue

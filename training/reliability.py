@@ -102,6 +102,14 @@ class CorpusReport:
         return [asdict(o) for o in self.outcomes if o.crash or not o.clear or o.partial_output or o.accepted]
 
 
+def served_classes() -> int:
+    """How many classes the served S gives (its training record's, as the server tells clients): the channel count
+    every answer the harness checks must have, whatever weights it runs on."""
+    from mixdemo.server import model_classes
+
+    return len(model_classes())
+
+
 def _names(item: BadInput, stored: Path | None = None) -> list[str]:
     """File names a message must not contain."""
     base = item.upload_name.replace("\\", "/").rsplit("/", 1)[-1]
@@ -493,7 +501,7 @@ def good_request(client, seed: int = 0) -> bool:  # noqa: ANN001
         out = client.predict(handle_file(str(req)), api_name="/segment_proxy")
     probs = np.load(out)
     shutil.rmtree(Path(out).parent, ignore_errors=True)
-    return probs.shape == (1, 4, 16, 16, 16) and bool(np.allclose(probs.astype(np.float32).sum(1), 1, atol=2e-2))
+    return probs.shape == (1, served_classes(), 16, 16, 16) and bool(np.allclose(probs.astype(np.float32).sum(1), 1, atol=2e-2))
 
 
 def run_corpus(app: AppProcess, folder: Path, *, include_bomb: bool = False, every: int = 1,
@@ -586,7 +594,7 @@ def load_test(url: str, *, users: int = CONCURRENT_USERS, rounds: int = 1, whole
             key = type(key)(key.reference_ids[:1], key.alphas[:1], key.seed)
             run = run_private(targets[0].image, bank, key, remote, None, mode="whole")  # naive Eq. 4: bounded time
             probs = run.result.mixed_probs
-            if tuple(probs.shape) == (1, 4, *targets[0].image.shape):
+            if tuple(probs.shape) == (1, served_classes(), *targets[0].image.shape):
                 whole.ok += 1
             else:
                 whole.crossed += 1
@@ -773,7 +781,7 @@ def _serve_once(folder: Path) -> str:
         np.save(req, np.random.default_rng(0).uniform(0, 1, (1, 16, 16, 16)).astype(np.float16))
         try:
             out = ui._server_endpoint(str(req), progress=lambda *a, **k: None)
-            ok = np.load(out).shape == (1, 4, 16, 16, 16)
+            ok = np.load(out).shape == (1, served_classes(), 16, 16, 16)
             shutil.rmtree(Path(out).parent, ignore_errors=True)
             return "ok" if ok else "wrong shape"
         except gr.Error as exc:
@@ -951,7 +959,7 @@ def check_url_isolation(app: AppProcess) -> dict:
         b_upload = user_b.get(upload_url).status_code
     with httpx.Client(timeout=30) as user_a:
         a_first = user_a.get(file_url)
-        a_ok = a_first.status_code == 200 and np.load(io.BytesIO(a_first.content)).shape == (1, 4, 16, 16, 16)
+        a_ok = a_first.status_code == 200 and np.load(io.BytesIO(a_first.content)).shape == (1, served_classes(), 16, 16, 16)
     with httpx.Client(timeout=30) as user_b:
         b_output = user_b.get(file_url).status_code
     with httpx.Client(timeout=30) as user_a:
@@ -1087,7 +1095,7 @@ def check_server_without_client(folder: Path) -> dict:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         return {"ok": False, "stderr_tail": proc.stderr[-500:], "leaks": 1}
-    ok = res["blocked"] and res["shape"] == [2, 4, 32, 32, 32] and not res["client_modules_loaded"]
+    ok = res["blocked"] and res["shape"] == [2, served_classes(), 32, 32, 32] and not res["client_modules_loaded"]
     return {**res, "ok": ok, "leaks": int(not ok)}
 
 
