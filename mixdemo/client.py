@@ -192,7 +192,7 @@ def check_classes(server_classes: Sequence[str] | None, unmix: torch.nn.Module |
     """A :class:`ClientError` when the client's D or its references do not fit the classes the server's S gives
     (``None``: the server does not say; the phantoms' four are then assumed, as :meth:`RemoteServer.num_classes`
     does)."""
-    from mixdemo.phantoms import CLASS_NAMES
+    from mixdemo.classes import CLASS_NAMES
 
     names = list(server_classes or CLASS_NAMES)
     said = f"the server's model gives {len(names)} classes ({', '.join(names)})"
@@ -478,7 +478,7 @@ class RemoteServer:
     def num_classes(self) -> int:
         """How many classes (background included) the server's answers hold: those it names, else the phantoms'
         four (a server that does not say is an older one of this project)."""
-        from mixdemo.phantoms import NUM_CLASSES
+        from mixdemo.classes import NUM_CLASSES
 
         return len(self.classes() or ()) or NUM_CLASSES
 
@@ -655,7 +655,7 @@ def segment_file(
         target.save_labels(labels, out_path)
         return key
     from mixdemo.dicomseg import SegmentationError, write_segmentation
-    from mixdemo.phantoms import CLASS_NAMES
+    from mixdemo.classes import CLASS_NAMES
 
     try:
         write_segmentation(*target.labels_on_input(labels), seg_source, out_path, class_names or CLASS_NAMES,

@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixdemo.classes import CLASS_NAMES, NUM_CLASSES
 from mixdemo.mixing import TRAIN_ALPHA_RANGE, corner_around, mix, one_hot, patch_slices, sample_patch_corner
-from mixdemo.phantoms import CLASS_NAMES, DEFAULT_COHORT, NUM_CLASSES, split_subjects
+from mixdemo.phantoms import DEFAULT_COHORT, split_subjects
 from mixdemo.phantoms import DATASET as PHANTOM_DATASET
 
 

@@ -20,7 +20,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from monai.networks.nets import BasicUNetPlusPlus
 from torch import nn
 
-from mixdemo.phantoms import NUM_CLASSES
+from mixdemo.classes import NUM_CLASSES
 
 SMALL_FEATURES: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
 """U-Net++ widths of the shipped weights (1.75 M parameters; trains on 2 CPU cores)."""

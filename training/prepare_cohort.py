@@ -47,7 +47,8 @@ import numpy as np
 
 from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, Layout, classes_of, cohort_classes, freesurfer_tissue,
                           mixdemo_layout, subject_of)
-from mixdemo.phantoms import CLASS_NAMES, split_subjects
+from mixdemo.classes import CLASS_NAMES
+from mixdemo.phantoms import split_subjects
 from training import command_line, user_errors
 
 FREESURFER_IMAGES = ("orig.mgz", "T1.mgz", "brain.mgz")

@@ -43,7 +43,8 @@ from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mixdemo.data import CLASS_NAMES, Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.classes import CLASS_NAMES
+from mixdemo.data import Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)

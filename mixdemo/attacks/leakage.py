@@ -23,7 +23,7 @@ from torch import nn
 
 from mixdemo.mixing import one_hot, patch_slices, sample_patch_corner
 from mixdemo.metrics import dice_per_class, mean_dice
-from mixdemo.phantoms import NUM_CLASSES
+from mixdemo.classes import NUM_CLASSES
 
 
 @dataclass
