@@ -19,7 +19,8 @@ frame each, or part of the frames each) whose frames carry their own position an
 read with pydicom): SimpleITK alone stacks the frames in file order at 1 mm with the first frame's rescale, so it
 only decodes what pydicom cannot, and its rescale is undone. A legacy multi-frame file, whose frames carry no
 position of their own, is refused. So is a series whose Modality says it is not MR (a CT, a dose grid, a DICOM
-SEG): the networks were trained on MR only. Anything else is a :class:`mixdemo.io.ScanError` whose message says what was
+SEG): the networks were trained on MR only; and one stored inverted for display (MONOCHROME1), whose values GDCM
+inverts and pydicom does not. Anything else is a :class:`mixdemo.io.ScanError` whose message says what was
 found and what is expected, without any path or header value beyond the geometry and the modality.
 :func:`write_series` writes a volume as such a series (pydicom); it makes the examples and the tests' inputs.
 """
@@ -55,9 +56,11 @@ MAX_FILES = 4096
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SPACING_RTOL = 0.01  # slice gaps (and in-plane drift) may differ by 1 % of the step, plus _SPACING_ATOL_MM
-_SPACING_ATOL_MM = 0.01
+_SPACING_ATOL_MM = 0.1  # positions as some exporters print them, to 0.1 mm: a missing slice is a whole step off
+_TILT_ATOL_MM = 0.01  # a stride this far off the slice normal, or more, is a tilted stack (resampled)
 _ORIENTATION_TOL = 1e-2  # row/column direction cosines: unit length and orthogonal to this; then orthonormalised
-_SAME_TOL = 1e-4  # orientation and pixel spacing shared by every image of the series
+_SAME_TOL = 1e-4  # pixel spacing shared by every image of the series (relative)
+_SAME_DIRECTION_TOL = 1e-3  # orientation shared by every image (direction cosines; 4-decimal exports differ by 1e-4)
 _DICM_AT = 128
 _CHUNK = 1 << 20
 _MAX_DIRECTORY_BYTES = MAX_FILES * 1024  # a zip's central directory: ~50 bytes an entry plus its name
@@ -65,7 +68,9 @@ _TEMP_PREFIX = "mixdemo-dicom-"
 _STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _FRAMES, _TEMPORAL_POSITION, _ECHO, _SOP_CLASS = "0028|0008", "0020|0100", "0018|0086", "0008|0016"
-_MODALITY = "0008|0060"
+_MODALITY, _PHOTOMETRIC = "0008|0060", "0028|0004"
+_INVERTED = ("The series stores its intensities inverted for display (MONOCHROME1), which MR scanners do not write "
+             "and whose decoders disagree on the values; an MR series as MONOCHROME2 is expected: export it so.")
 _MR_OR_UNSTATED = frozenset({"MR", "OT", ""})  # OT ("other"): what some research converters write for an MR volume
 _MODALITY_NAMES = {
     "CT": "a CT scan", "PT": "a PET scan", "NM": "a nuclear-medicine image", "US": "an ultrasound image",
@@ -507,6 +512,9 @@ def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK Imag
     if reader.GetNumberOfComponents() != 1:
         _check_modality([modality])  # a colour photograph or a fused PET-CT capture: say what it is instead
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
+    if _text(reader, _PHOTOMETRIC).upper() == "MONOCHROME1":  # GDCM would invert it, pydicom would not
+        _check_modality([modality])
+        raise mio.DataTypeError(_INVERTED)
     position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
     if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
         _check_modality([modality])  # a radiograph has no 3D geometry: say what it is instead
@@ -517,7 +525,7 @@ def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK Imag
         spacing=(pixel_spacing[1], pixel_spacing[0]),  # the tag lists the row spacing (between rows) first
         origin=np.array(position),
         direction=_direction(orientation),
-        stack=(_text(reader, _TEMPORAL_POSITION), _text(reader, _ECHO)),
+        stack=(_stack_key(_text(reader, _TEMPORAL_POSITION)), _stack_key(_text(reader, _ECHO))),
         modality=modality,
     )
 
@@ -568,6 +576,8 @@ def _frames(path: str) -> list[_Slice]:
         size = (int(header.Columns), int(header.Rows))
         if int(header.get("SamplesPerPixel", 1)) != 1:
             raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
+        if str(header.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+            raise mio.DataTypeError(_INVERTED)
         if per_frame is None:
             raise mio.ShapeError("The input is a multi-frame DICOM file whose frames carry no position of their own "
                                  "(a legacy export): export the series as single-frame images, one file per slice, "
@@ -618,11 +628,19 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int],  # noqa: 
         spacing=(float(spacing[1]), float(spacing[0])),  # the row spacing (between rows) first, as in the tag
         origin=np.array([float(v) for v in position]),
         direction=_direction([float(v) for v in orientation]),
-        stack=tuple("" if k is None else str(k) for k in keys),
+        stack=tuple("" if k is None else _stack_key(str(k)) for k in keys),
         frame=f,
         rescale=(slope, intercept),
         in_stack=int(in_stack) if isinstance(in_stack, int) and in_stack > 0 else 0,
     )
+
+
+def _stack_key(text: str) -> str:
+    """A time point's or echo's key: the number it states where it is one ("01" and "1" are one echo), else the text."""
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
 
 
 def _numbers(reader, tag: str) -> list[float]:  # noqa: ANN001 - a SimpleITK ImageFileReader
@@ -674,7 +692,7 @@ def _check_modality(codes: Iterable[str]) -> None:
 
 def _several_orientations(slices: Sequence[_Slice]) -> bool:
     """Whether the images' orientations differ (a scout or localizer: three planes, or radial slices)."""
-    return any(not np.allclose(s.direction, slices[0].direction, atol=_SAME_TOL) for s in slices)
+    return any(np.abs(s.direction - slices[0].direction).max() > _SAME_DIRECTION_TOL for s in slices)
 
 
 def _check_alike(slices: Sequence[_Slice]) -> None:
@@ -743,7 +761,7 @@ def _untilted(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     normal /= np.linalg.norm(normal)
     stride = affine[:3, 2]
     along = float(stride @ normal) * normal
-    if np.linalg.norm(stride - along) <= _SPACING_ATOL_MM:
+    if np.linalg.norm(stride - along) <= _TILT_ATOL_MM:
         return data, affine
     straight = affine.copy()
     straight[:3, 2] = along

@@ -907,3 +907,58 @@ def test_a_study_export_describes_its_localizers_and_its_ct_series():
         dicom.read_series(_scanner_file("dicomdirtests"), series=2)
     for forbidden in ("98892", "77654", "TINY", "^"):  # no folder name or patient field in the listing
         assert forbidden not in listed
+
+
+# ---------------------------------------------------------------- found by an audit with vendor-like exports
+def test_a_series_stored_inverted_for_display_is_refused(tmp_path):
+    """MONOCHROME1: GDCM returned display-inverted values (65535 − v, or −v − 1 for signed pixels) and pydicom the
+    stored ones, so a scan's contrast depended on its container; normalised, the networks saw it reversed."""
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: setattr(d, "PhotometricInterpretation", "MONOCHROME1"))
+    _refusal(tmp_path, tmp_path / "series", mio.DataTypeError, r"inverted for display \(MONOCHROME1\)")
+    enhanced = _edit_frames(_enhanced(_volume() * 1000, _affine(), tmp_path / "volume.dcm"),
+                            lambda d: setattr(d, "PhotometricInterpretation", "MONOCHROME1"))
+    with pytest.raises(mio.DataTypeError, match="MONOCHROME1"):
+        dicom.read_series(enhanced)
+
+
+def test_orientations_printed_to_four_decimals_that_differ_by_rounding_are_one_volume(tmp_path):
+    """An oblique export printing its direction cosines to 4 decimals, one of them 0.0001 off on every other
+    image, was refused as "a scout or localizer"."""
+    files = _series(tmp_path, aff=_affine(rotation_deg=15.0))  # printed: 0.9659 0.2588, a row just short of unit length
+
+    def rounded(d, k):
+        values = [float(v) for v in d.ImageOrientationPatient]
+        values[2] += 1e-4 if k % 2 else 0.0
+        d.ImageOrientationPatient = [f"{v:.4f}" for v in values]
+
+    _edit(files, rounded)
+    volume, affine = dicom.read_series(tmp_path / "series")
+    assert volume.shape == SHAPE
+    np.testing.assert_allclose(affine[:3, :2], _affine(rotation_deg=15.0)[:3, :2], atol=1e-3)
+
+
+def test_positions_printed_to_a_tenth_of_a_millimetre_are_one_volume(tmp_path):
+    """Positions written to 0.1 mm make gaps of 1.1 and 1.2 mm for a 1.17 mm step: they were refused as "unevenly
+    spaced, or some are missing"; a slice truly missing still is."""
+    aff = _affine(zooms=(0.9, 1.1, 1.17))
+    files = _series(tmp_path, aff=aff)
+    _edit(files, lambda d, k: setattr(d, "ImagePositionPatient", [f"{float(v):.1f}" for v in d.ImagePositionPatient]))
+    volume, affine = dicom.read_series(tmp_path / "series")
+    assert volume.shape == SHAPE
+    np.testing.assert_allclose(affine[:3, 2], aff[:3, 2], atol=0.02)
+    archive = dicom.zip_series(files[:6] + files[7:], tmp_path / "gap.zip")
+    _refusal(tmp_path, archive, GeometryError, "unevenly spaced, or some are missing")
+
+
+def test_an_echo_number_written_01_or_1_is_one_echo(tmp_path):
+    """The stack keys were compared as text: "01" and "1" made "2 time points, echoes or stacks"."""
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: setattr(d, "EchoNumbers", "01" if k % 2 else "1"))
+    import pydicom
+
+    assert {pydicom.dcmread(f, stop_before_pixels=True)["EchoNumbers"].value.original_string for f in files[:2]} \
+        == {"1", "01"}
+    assert dicom.read_series(tmp_path / "series")[0].shape == SHAPE
+    _edit(files, lambda d, k: setattr(d, "EchoNumbers", str(1 + k % 2)))
+    _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points, echoes or stacks")
