@@ -32,6 +32,12 @@ from mixdemo.classes import CLASS_NAMES, NUM_CLASSES
 
 DATASET = "MNI152-phantom"
 """The phantom cohort's ``dataset`` in its split.json."""
+LESION_CLASS = "lesion"
+"""The fifth class of a cohort written with lesions (``--lesions N``): label 4."""
+LESION_RADIUS_MM = (3.0, 8.0)
+"""Range of a lesion ellipsoid's semi-axes."""
+LESION_MEAN = (0.35, 0.5)
+"""Range of a lesion's mean T1 intensity (WM about 1, GM about 0.6, CSF about 0.2): hypointense, as MS lesions."""
 GRID_SHAPE: tuple[int, int, int] = (144, 192, 160)
 """Common 1 mm grid around the brain (the paper's PPMI size); every side divisible by 16."""
 
@@ -257,16 +263,48 @@ def _bias_field(scan: ScanParams, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.exp(scan.bias_strength * _sample_field(_smooth_field(gen, 1, (4, 4, 4)), coords)[0])
 
 
-def synthesize_scan(template: Template, subject: SubjectParams, scan: ScanParams) -> tuple[np.ndarray, np.ndarray]:
-    """Render one scan: returns (image float32 in [0, ~1.2], labels uint8) on GRID_SHAPE."""
+def lesion_map(template: Template, subject: SubjectParams, count: int) -> torch.Tensor:
+    """A subject's white-matter lesions in template space, (X, Y, Z) in [0, 1]: ``count`` ellipsoids (semi-axes
+    :data:`LESION_RADIUS_MM`, random orientation, a soft edge about 0.5 mm wide) centred on voxels of nearly pure
+    WM, deterministic from the subject's seed, so both scans of a subject show the same lesions (test-retest)."""
+    shape = tuple(template.probs.shape[1:])
+    rng = np.random.default_rng([subject.seed, 3])
+    pure_wm = (template.probs[2] > 0.95).nonzero().numpy()
+    grid = _voxel_grid(shape)  # type: ignore[arg-type]
+    lesions = torch.zeros(shape)
+    for _ in range(count):
+        centre = torch.tensor(pure_wm[rng.integers(len(pure_wm))], dtype=torch.float32)
+        radii = torch.tensor(rng.uniform(*LESION_RADIUS_MM, 3), dtype=torch.float32)
+        axes = _rotation(tuple(float(a) for a in rng.uniform(-180.0, 180.0, 3)))
+        reach = int(LESION_RADIUS_MM[1]) + 2
+        box = tuple(slice(max(0, int(c) - reach), min(n, int(c) + reach + 1)) for c, n in zip(centre.tolist(), shape))
+        local = (grid[box] - centre) @ axes / radii  # in units of the semi-axes
+        inside = torch.sigmoid((1.0 - local.norm(dim=-1)) * 8.0)
+        lesions[box] = torch.maximum(lesions[box], inside)
+    return lesions
+
+
+def with_lesions(tissue: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
+    """Tissue probabilities (4, X, Y, Z) with a fifth channel, lesion, taken out of the white matter."""
+    lesion = tissue[2] * lesions
+    return torch.cat([tissue[:2], (tissue[2] - lesion)[None], tissue[3:], lesion[None]])
+
+
+def synthesize_scan(template: Template, subject: SubjectParams, scan: ScanParams,
+                    lesions: torch.Tensor | None = None, lesion_mean: float = 0.42) -> tuple[np.ndarray, np.ndarray]:
+    """Render one scan: returns (image float32 in [0, ~1.2], labels uint8) on GRID_SHAPE. With ``lesions`` (a
+    :func:`lesion_map`), white matter under it becomes label 4 at intensity ``lesion_mean``."""
     from mixdemo.mixing import hard_labels  # here: the server imports this module, and mixing is the client's
 
     shape = tuple(template.probs.shape[1:])
     tissue = subject_tissue(template, subject)
+    if lesions is not None:
+        tissue = with_lesions(tissue, lesions)
     coords = scan_sampling_coords(template, subject, scan)
     probs = _sample_field(tissue[None], _to_norm(coords, shape))  # type: ignore[arg-type]
     labels = hard_labels(probs)  # probs.argmax(0), ten times faster
-    means = torch.tensor((0.0, *scan.tissue_means)).view(4, 1, 1, 1)
+    extra = () if lesions is None else (lesion_mean,)
+    means = torch.tensor((0.0, *scan.tissue_means, *extra)).view(-1, 1, 1, 1)
     image = (probs * means).sum(0) * _bias_field(scan, shape)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(scan.seed * 32452843 + 7)
     n1 = torch.randn(image.shape, generator=gen) * scan.noise_sigma
@@ -325,23 +363,28 @@ def generate_cohort(
     test_fraction: float = 0.25,
     progress: bool = False,
     jobs: int = 1,
+    lesions: int = 0,
 ) -> Path:
     """Write ``<root>/<subject>_<scan>/t1.nii.gz`` + ``seg.nii.gz`` and ``<root>/split.json``.
 
     Deterministic from ``seed``: each scan has its own seed, so ``jobs`` worker processes (one torch
     thread each) write the same files as one. Existing scans with the same parameters are kept.
+    ``lesions`` > 0 gives each subject that many white-matter lesions (:func:`lesion_map`), a fifth class
+    named in split.json: a cohort with its own classes, as a user's would be (not the default cohort).
     """
     if n_subjects < 2 or n_scans < 1:
         raise ValueError("A cohort needs at least 2 subjects and 1 scan per subject.")
     if jobs < 1:
         raise ValueError("jobs must be at least 1.")
+    if lesions < 0:
+        raise ValueError("lesions must be 0 or more.")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     subjects = [subject_id(i) for i in range(n_subjects)]
     pending = [(i, s) for i in range(n_subjects) for s in range(n_scans)
                if not _scan_written(root / scan_dir_name(subjects[i], s))]
     if jobs == 1 or len(pending) < 2:
-        done = (write_scan(root, i, s, seed) for i, s in pending)
+        done = (write_scan(root, i, s, seed, lesions) for i, s in pending)
         _report(done, progress)
     else:
         import multiprocessing
@@ -350,14 +393,15 @@ def generate_cohort(
         # spawn, not fork: a forked child of a process whose OpenMP pool has started can hang
         with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            _report(pool.map(write_scan, *zip(*[(root, i, s, seed) for i, s in pending])), progress)
+            _report(pool.map(write_scan, *zip(*[(root, i, s, seed, lesions) for i, s in pending])), progress)
     split = split_subjects(subjects, test_fraction, seed)
     meta = {
         "dataset": DATASET,
         "note": "Synthetic phantoms from the MNI152 2009a template (nilearn); no patient data.",
         "seed": seed,
         "n_scans": n_scans,
-        "classes": list(CLASS_NAMES),
+        **({"lesions_per_subject": lesions} if lesions else {}),
+        "classes": [*CLASS_NAMES, *([LESION_CLASS] if lesions else [])],
         **split,
     }
     (root / "split.json").write_text(json.dumps(meta, indent=2))
@@ -375,15 +419,20 @@ def _report(done: Iterable[tuple[str, float]], progress: bool) -> None:
             print(f"{name}: {seconds:.1f} s", flush=True)
 
 
-def write_scan(root: Path, subject_index: int, scan: int, seed: int) -> tuple[str, float]:
-    """Synthesise scan ``scan`` of subject ``subject_index`` of the cohort of ``seed`` into ``root``;
-    returns (its folder name, seconds taken)."""
+def write_scan(root: Path, subject_index: int, scan: int, seed: int, lesions: int = 0) -> tuple[str, float]:
+    """Synthesise scan ``scan`` of subject ``subject_index`` of the cohort of ``seed`` into ``root`` (with
+    ``lesions`` white-matter lesions); returns (its folder name, seconds taken)."""
     from mixdemo.io import save_volume
 
     t0 = time.perf_counter()
     template = load_template()
     base = seed * 100003 + subject_index
-    image, labels = synthesize_scan(template, sample_subject(base), sample_scan(base * 16 + scan))
+    subject = sample_subject(base)
+    lesion_args = {}
+    if lesions:
+        lesion_mean = float(np.random.default_rng([base * 16 + scan, 4]).uniform(*LESION_MEAN))
+        lesion_args = {"lesions": lesion_map(template, subject, lesions), "lesion_mean": lesion_mean}
+    image, labels = synthesize_scan(template, subject, sample_scan(base * 16 + scan), **lesion_args)
     folder = Path(root) / scan_dir_name(subject_id(subject_index), scan)
     folder.mkdir(exist_ok=True)
     save_volume(labels, template.affine, folder / "seg.nii.gz", dtype=np.uint8)
@@ -402,7 +451,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes, one scan each at a time (same files as one process)")
     parser.add_argument("--figure", default=None, help="also draw a PNG of three subjects (test-retest of the first)")
+    parser.add_argument("--lesions", type=int, default=0,
+                        help="white-matter lesions per subject, a fifth class 'lesion' (default 0: the default "
+                             "cohort's four classes)")
     args = parser.parse_args(argv)
+    if args.lesions < 0:
+        parser.error("--lesions must be 0 or more")
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -415,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         test_fraction=args.test_fraction,
         progress=True,
         jobs=args.jobs,
+        lesions=args.lesions,
     )
     print(f"wrote {root}")
     if args.figure:

@@ -146,3 +146,36 @@ def test_worker_processes_write_the_same_scans_as_one_process(small_cohort, tmp_
 def test_cohort_refuses_zero_jobs(tmp_path):
     with pytest.raises(ValueError, match="jobs"):
         phantoms.generate_cohort(tmp_path, n_subjects=2, jobs=0)
+
+
+def test_a_cohort_with_lesions_names_a_fifth_class_and_draws_it_in_white_matter(tmp_path):
+    """``--lesions N``: each subject's lesions lie in its white matter, hypointense, the same in both of its scans,
+    and split.json names the class, so the cohort trains and evaluates with five classes."""
+    phantoms.main(["--out", str(tmp_path / "c"), "--subjects", "2", "--scans", "2", "--lesions", "6"])
+    meta = json.loads((tmp_path / "c" / "split.json").read_text())
+    assert meta["classes"] == ["background", "GM", "WM", "CSF", "lesion"] and meta["lesions_per_subject"] == 6
+    cohort = load_cohort(tmp_path / "c")
+    assert cohort.num_classes == 5
+    records = [r for r in cohort.records if r.subject == cohort.records[0].subject]
+    first, second = load_volumes(records[:2])
+    for volume in (first, second):
+        lesion = volume.labels == 4
+        assert 1000 < lesion.sum() < 30000  # six ellipsoids of 3-8 mm semi-axes, partly cut by the WM
+        assert volume.image[lesion].mean() < 0.8 * volume.image[volume.labels == 2].mean()
+    template = phantoms.load_template()
+    subject = phantoms.sample_subject(0)
+    lesions = phantoms.lesion_map(template, subject, 6)
+    assert torch.equal(lesions, phantoms.lesion_map(template, subject, 6))  # deterministic: both scans share it
+    carved = phantoms.with_lesions(template.probs, lesions)
+    assert float((carved[4] - template.probs[2]).max()) <= 0.0  # taken out of the white matter only
+    torch.testing.assert_close(carved.sum(0), template.probs.sum(0))
+    assert float(carved[4].sum()) > 0.5 * float(lesions.sum())  # centred in WM: most of each ellipsoid is lesion
+    with_none = phantoms.with_lesions(template.probs, torch.zeros_like(lesions))
+    assert torch.equal(with_none[:4], template.probs) and float(with_none[4].abs().max()) == 0.0
+
+
+def test_the_default_cohort_has_no_lesions(small_cohort):
+    meta = json.loads((Path(small_cohort) / "split.json").read_text())
+    assert meta["classes"] == ["background", "GM", "WM", "CSF"] and "lesions_per_subject" not in meta
+    with pytest.raises(SystemExit):
+        phantoms.main(["--out", "unused", "--lesions", "-1"])
