@@ -55,8 +55,10 @@ MAX_FILES = 4096
 """Most files in one archive or folder (a 1 mm whole-head series has a few hundred)."""
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_SPACING_RTOL = 0.01  # slice gaps (and in-plane drift) may differ by 1 % of the step, plus _SPACING_ATOL_MM
-_SPACING_ATOL_MM = 0.1  # positions as some exporters print them, to 0.1 mm: a missing slice is a whole step off
+_SPACING_RTOL = 0.01  # slice gaps (and in-plane drift) may differ by 1 % of the step, plus _position_slack(step)
+_ROUNDING_MM = 0.2  # positions printed to 0.1 mm, oblique: each gap or drift off by up to 2·0.05·√3 mm
+_ROUNDING_SHARE = 0.25  # ...but never more than a quarter of the step, so a missing slice (a whole step) shows
+_SAME_POSITION_MM = 0.01  # two images nearer than this along the normal share a position
 _TILT_ATOL_MM = 0.01  # a stride this far off the slice normal, or more, is a tilted stack (resampled)
 _ORIENTATION_TOL = 1e-2  # row/column direction cosines: unit length and orthogonal to this; then orthonormalised
 _SAME_TOL = 1e-4  # pixel spacing shared by every image of the series (relative)
@@ -79,6 +81,12 @@ _MODALITY_NAMES = {
     "SEG": "a segmentation", "SM": "a microscopy slide", "OP": "an eye photograph", "OPT": "an OCT scan",
 }
 """Plain names of the DICOM Modality codes (PS3.3 C.7.3.1.1.1) an upload meant for MR may carry by mistake."""
+_DEFINED_MODALITIES = frozenset(
+    "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT IVUS KER KO "
+    "LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE "
+    "RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA "
+    "XAPROTOCOL XC".split())
+"""The Modality defined terms of PS3.3 C.7.3.1.1.1 (and retired ones still met): the codes a message may name."""
 _TOO_MANY = ("The {where} holds more than {limit} files; one DICOM series is expected (a whole study's export is "
              "often larger: export the T1 series on its own).")
 _NO_GEOMETRY = ("The images carry no valid slice position, orientation or pixel spacing; an MR series as the scanner "
@@ -469,7 +477,7 @@ def _series_descriptions(files: Sequence[Sequence[str]]) -> list[str]:
             if first.frame < 0 and _several_orientations(sampled):
                 view = "in several orientations (a scout or localizer)"
             code = _modality_code(s.modality for s in sampled)
-            kind = "" if code is None else f" {code}"
+            kind = "" if code is None else " non-MR" if code == "other" else f" {code}"
             article = "an" if view[0] in "aeiou" else "a"
             what = (f"{len(names)}{kind} image{'s' * (len(names) > 1)} {view}" if view.startswith("in ") else
                     f"{len(names)} {view}{kind} image{'s' * (len(names) > 1)}" if first.frame < 0 else
@@ -525,7 +533,7 @@ def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK Imag
         spacing=(pixel_spacing[1], pixel_spacing[0]),  # the tag lists the row spacing (between rows) first
         origin=np.array(position),
         direction=_direction(orientation),
-        stack=(_stack_key(_text(reader, _TEMPORAL_POSITION)), _stack_key(_text(reader, _ECHO))),
+        stack=(_integer_key(_text(reader, _TEMPORAL_POSITION)), _integer_key(_text(reader, _ECHO))),
         modality=modality,
     )
 
@@ -628,19 +636,17 @@ def _frame_info(path: str, f: int, own, shared, size: tuple[int, int],  # noqa: 
         spacing=(float(spacing[1]), float(spacing[0])),  # the row spacing (between rows) first, as in the tag
         origin=np.array([float(v) for v in position]),
         direction=_direction([float(v) for v in orientation]),
-        stack=tuple("" if k is None else _stack_key(str(k)) for k in keys),
+        stack=tuple("" if k is None else str(k) for k in keys),
         frame=f,
         rescale=(slope, intercept),
         in_stack=int(in_stack) if isinstance(in_stack, int) and in_stack > 0 else 0,
     )
 
 
-def _stack_key(text: str) -> str:
-    """A time point's or echo's key: the number it states where it is one ("01" and "1" are one echo), else the text."""
-    try:
-        return repr(float(text))
-    except ValueError:
-        return text
+def _integer_key(text: str) -> str:
+    """An integer string tag's key (Echo Numbers, Temporal Position Identifier): "01" and "1" are one echo; any
+    other text (several values, a fraction) is its own key."""
+    return str(int(text)) if re.fullmatch(r"[+-]?[0-9]+", text.strip()) else text
 
 
 def _numbers(reader, tag: str) -> list[float]:  # noqa: ANN001 - a SimpleITK ImageFileReader
@@ -672,12 +678,13 @@ def _direction(orientation: Sequence[float]) -> np.ndarray:
 
 
 def _modality_code(codes: Iterable[str]) -> str | None:
-    """The images' Modality code if it is not MR (nor unstated, nor OT), else None; a code that is not a plain
-    DICOM code string (letters, digits, underscores, up to 16) reads as "?"."""
+    """The images' Modality if it is not MR (nor unstated, nor OT), else None: a defined term of the standard
+    (:data:`_DEFINED_MODALITIES`) as it is, anything else as ``"other"`` (the field's text is never repeated: a
+    misused field could hold a name)."""
     other = sorted(set(codes) - _MR_OR_UNSTATED)
     if not other:
         return None
-    return other[0] if re.fullmatch(r"[A-Z0-9_]{1,16}", other[0]) else "?"
+    return other[0] if other[0] in _DEFINED_MODALITIES else "other"
 
 
 def _check_modality(codes: Iterable[str]) -> None:
@@ -686,8 +693,9 @@ def _check_modality(codes: Iterable[str]) -> None:
     code = _modality_code(codes)
     if code is not None:
         what = _MODALITY_NAMES.get(code, "not an MR scan")
-        raise mio.ModalityError(f"The series is {what} (DICOM Modality {code}); an MR scan (the T1-weighted "
-                                "series) is expected: the networks were trained on MR only.")
+        said = "its DICOM Modality is not MR" if code == "other" else f"DICOM Modality {code}"
+        raise mio.ModalityError(f"The series is {what} ({said}); an MR scan (the T1-weighted series) is expected: "
+                                "the networks were trained on MR only.")
 
 
 def _several_orientations(slices: Sequence[_Slice]) -> bool:
@@ -719,12 +727,12 @@ def _ordered(slices: list[_Slice]) -> list[_Slice]:
     if not np.isfinite(gaps).all():
         raise mio.GeometryError(_NO_GEOMETRY)
     step = float(np.median(gaps))
-    if gaps.min() < _SPACING_ATOL_MM:
+    if gaps.min() < _SAME_POSITION_MM:
         raise mio.ShapeError(
             "Several images of the series share a slice position (repeated acquisitions, echoes or time points?); "
             "one 3D volume is expected."
         )
-    tolerance = _SPACING_RTOL * step + _SPACING_ATOL_MM
+    tolerance = _SPACING_RTOL * step + min(_ROUNDING_MM, _ROUNDING_SHARE * step)
     if np.abs(gaps - step).max() > tolerance:
         raise mio.GeometryError("The series' slices are unevenly spaced, or some are missing or damaged; a "
                                 "complete, evenly spaced 3D series is expected.")

@@ -265,8 +265,11 @@ def _bias_field(scan: ScanParams, shape: tuple[int, int, int]) -> torch.Tensor:
 
 def lesion_map(template: Template, subject: SubjectParams, count: int) -> torch.Tensor:
     """A subject's white-matter lesions in template space, (X, Y, Z) in [0, 1]: ``count`` ellipsoids (semi-axes
-    :data:`LESION_RADIUS_MM`, random orientation, a soft edge about 0.5 mm wide) centred on voxels of nearly pure
-    WM, deterministic from the subject's seed, so both scans of a subject show the same lesions (test-retest)."""
+    :data:`LESION_RADIUS_MM`, random orientation) centred on voxels of nearly pure WM, deterministic from the
+    subject's seed, so both scans of a subject show the same lesions (test-retest). Each is a logistic of the
+    distance from its centre in semi-axes (10 % to 90 % over about half a semi-axis), set within a box reaching
+    10 voxels from the centre: past 8 mm it is clipped where it is still about 0.1, which the labels (above 0.5,
+    within the semi-axes) do not reach, but the intensity does, slightly."""
     shape = tuple(template.probs.shape[1:])
     rng = np.random.default_rng([subject.seed, 3])
     pure_wm = (template.probs[2] > 0.95).nonzero().numpy()
@@ -379,6 +382,7 @@ def generate_cohort(
     if lesions < 0:
         raise ValueError("lesions must be 0 or more.")
     root = Path(root)
+    _check_same_cohort(root, seed, lesions)
     root.mkdir(parents=True, exist_ok=True)
     subjects = [subject_id(i) for i in range(n_subjects)]
     pending = [(i, s) for i in range(n_subjects) for s in range(n_scans)
@@ -406,6 +410,21 @@ def generate_cohort(
     }
     (root / "split.json").write_text(json.dumps(meta, indent=2))
     return root
+
+
+def _check_same_cohort(root: Path, seed: int, lesions: int) -> None:
+    """A ValueError if ``root`` holds a cohort made with another seed or lesion count: its scans, kept, would be
+    mixed with this one's under one split.json."""
+    try:
+        meta = json.loads((root / "split.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(meta, dict):
+        return
+    made = (meta.get("seed", seed), meta.get("lesions_per_subject", 0))
+    if made != (seed, lesions):
+        raise ValueError(f"The folder holds a phantom cohort made with seed {made[0]} and {made[1]} lesions per "
+                         f"subject, not seed {seed} and {lesions}: write this one to a new folder.")
 
 
 def _scan_written(folder: Path) -> bool:
@@ -461,16 +480,19 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         parser.error(f"--out: the folder could not be made ({exc.strerror or type(exc).__name__})")
-    root = generate_cohort(
-        args.out,
-        n_subjects=args.subjects,
-        n_scans=args.scans,
-        seed=args.seed,
-        test_fraction=args.test_fraction,
-        progress=True,
-        jobs=args.jobs,
-        lesions=args.lesions,
-    )
+    try:
+        root = generate_cohort(
+            args.out,
+            n_subjects=args.subjects,
+            n_scans=args.scans,
+            seed=args.seed,
+            test_fraction=args.test_fraction,
+            progress=True,
+            jobs=args.jobs,
+            lesions=args.lesions,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     print(f"wrote {root}")
     if args.figure:
         print(f"wrote {draw_cohort_figure(root, args.figure)}")

@@ -882,6 +882,18 @@ def test_a_series_of_another_modality_is_refused_as_such(name, what):
         load_scan(_scanner_file(name))
 
 
+def test_a_modality_that_is_no_defined_term_is_refused_without_its_text(tmp_path):
+    """A misused Modality field (a name in a de-identified export) was repeated in the refusal and the series list."""
+    files = _series(tmp_path)
+    _edit(files, lambda d, k: setattr(d, "Modality", "DOEJANE"))
+    message = _refusal(tmp_path, tmp_path / "series", mio.ModalityError, r"not an MR scan \(its DICOM Modality is not MR\)")
+    assert "DOEJANE" not in message
+    _series(tmp_path, name="other")
+    with pytest.raises(ShapeError) as info:
+        dicom.read_series(tmp_path)
+    assert "axial non-MR images" in str(info.value) and "DOEJANE" not in str(info.value)
+
+
 def test_a_series_stating_no_modality_or_ot_is_read(tmp_path):
     """Research converters leave Modality out or write OT ("other"): the series is read as MR."""
     files = _series(tmp_path)
@@ -938,15 +950,27 @@ def test_orientations_printed_to_four_decimals_that_differ_by_rounding_are_one_v
     np.testing.assert_allclose(affine[:3, :2], _affine(rotation_deg=15.0)[:3, :2], atol=1e-3)
 
 
-def test_positions_printed_to_a_tenth_of_a_millimetre_are_one_volume(tmp_path):
-    """Positions written to 0.1 mm make gaps of 1.1 and 1.2 mm for a 1.17 mm step: they were refused as "unevenly
-    spaced, or some are missing"; a slice truly missing still is."""
-    aff = _affine(zooms=(0.9, 1.1, 1.17))
+@pytest.mark.parametrize("aff", [_affine(zooms=(0.9, 1.1, 1.17)),
+                                 _affine(rotation_deg=45.0, axes=(1, 2, 0), zooms=(0.9, 1.1, 1.17))],
+                         ids=["axial", "oblique-sagittal"])
+def test_positions_printed_to_a_tenth_of_a_millimetre_are_one_volume(tmp_path, aff):
+    """Positions written to 0.1 mm make gaps of 1.1 and 1.2 mm for a 1.17 mm step, and an oblique stack's positions
+    drift off its line by up to 0.17 mm: they were refused as "unevenly spaced, or some are missing" and as "do not
+    lie on one line"; a slice truly missing still is."""
     files = _series(tmp_path, aff=aff)
     _edit(files, lambda d, k: setattr(d, "ImagePositionPatient", [f"{float(v):.1f}" for v in d.ImagePositionPatient]))
     volume, affine = dicom.read_series(tmp_path / "series")
     assert volume.shape == SHAPE
-    np.testing.assert_allclose(affine[:3, 2], aff[:3, 2], atol=0.02)
+    np.testing.assert_allclose(affine[:3, 2], aff[:3, 2], atol=0.03)
+    archive = dicom.zip_series(files[:6] + files[7:], tmp_path / "gap.zip")
+    _refusal(tmp_path, archive, GeometryError, "unevenly spaced, or some are missing")
+
+
+def test_a_series_of_fine_slices_is_read_and_a_missing_one_still_refused(tmp_path):
+    """The slack for printed positions is at most a quarter of the step: 0.2 mm slices are one volume, not "images
+    sharing a slice position" (0.1 mm, the slack, was the threshold for that), and one of them missing is seen."""
+    files = _series(tmp_path, aff=_affine(zooms=(0.9, 1.1, 0.2)))
+    assert dicom.read_series(tmp_path / "series")[0].shape == SHAPE
     archive = dicom.zip_series(files[:6] + files[7:], tmp_path / "gap.zip")
     _refusal(tmp_path, archive, GeometryError, "unevenly spaced, or some are missing")
 
@@ -960,5 +984,6 @@ def test_an_echo_number_written_01_or_1_is_one_echo(tmp_path):
     assert {pydicom.dcmread(f, stop_before_pixels=True)["EchoNumbers"].value.original_string for f in files[:2]} \
         == {"1", "01"}
     assert dicom.read_series(tmp_path / "series")[0].shape == SHAPE
-    _edit(files, lambda d, k: setattr(d, "EchoNumbers", str(1 + k % 2)))
-    _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points, echoes or stacks")
+    for first, second in (("1", "2"), ("1_0", "10"), ("1\\2", "01\\2")):  # not integers: compared as written
+        _edit(files, lambda d, k, a=first, b=second: setattr(d, "EchoNumbers", a if k % 2 else b))
+        _refusal(tmp_path, tmp_path / "series", ShapeError, "2 time points, echoes or stacks")

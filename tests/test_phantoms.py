@@ -148,14 +148,18 @@ def test_cohort_refuses_zero_jobs(tmp_path):
         phantoms.generate_cohort(tmp_path, n_subjects=2, jobs=0)
 
 
-def test_a_cohort_with_lesions_names_a_fifth_class_and_draws_it_in_white_matter(tmp_path):
+def test_a_cohort_with_lesions_names_a_fifth_class_and_draws_it_in_white_matter(tmp_path, monkeypatch, capsys):
     """``--lesions N``: each subject's lesions lie in its white matter, hypointense, the same in both of its scans,
     and split.json names the class, so the cohort trains and evaluates with five classes."""
-    phantoms.main(["--out", str(tmp_path / "c"), "--subjects", "2", "--scans", "2", "--lesions", "6"])
+    drawn: list[tuple[int, int]] = []  # (subject seed, lesion count) of each scan's lesion map
+    real_map = phantoms.lesion_map
+    monkeypatch.setattr(phantoms, "lesion_map", lambda t, subject, n: drawn.append((subject.seed, n)) or real_map(t, subject, n))
+    phantoms.main(["--out", str(tmp_path / "c"), "--subjects", "2", "--scans", "2", "--lesions", "6", "--seed", "3"])
+    assert len(drawn) == 4 and drawn[0] == drawn[1] and drawn[2] == drawn[3] and drawn[0] != drawn[2]
     meta = json.loads((tmp_path / "c" / "split.json").read_text())
     assert meta["classes"] == ["background", "GM", "WM", "CSF", "lesion"] and meta["lesions_per_subject"] == 6
     cohort = load_cohort(tmp_path / "c")
-    assert cohort.num_classes == 5
+    assert cohort.num_classes == 5 and json.loads((tmp_path / "c" / "split.json").read_text())["seed"] == 3
     records = [r for r in cohort.records if r.subject == cohort.records[0].subject]
     first, second = load_volumes(records[:2])
     for volume in (first, second):
@@ -163,7 +167,7 @@ def test_a_cohort_with_lesions_names_a_fifth_class_and_draws_it_in_white_matter(
         assert 1000 < lesion.sum() < 30000  # six ellipsoids of 3-8 mm semi-axes, partly cut by the WM
         assert volume.image[lesion].mean() < 0.8 * volume.image[volume.labels == 2].mean()
     template = phantoms.load_template()
-    subject = phantoms.sample_subject(0)
+    subject = phantoms.sample_subject(drawn[0][0])
     lesions = phantoms.lesion_map(template, subject, 6)
     assert torch.equal(lesions, phantoms.lesion_map(template, subject, 6))  # deterministic: both scans share it
     carved = phantoms.with_lesions(template.probs, lesions)
@@ -172,6 +176,10 @@ def test_a_cohort_with_lesions_names_a_fifth_class_and_draws_it_in_white_matter(
     assert float(carved[4].sum()) > 0.5 * float(lesions.sum())  # centred in WM: most of each ellipsoid is lesion
     with_none = phantoms.with_lesions(template.probs, torch.zeros_like(lesions))
     assert torch.equal(with_none[:4], template.probs) and float(with_none[4].abs().max()) == 0.0
+    for other in (["--lesions", "0", "--seed", "3"], ["--lesions", "6", "--seed", "0"]):  # its scans would be kept
+        with pytest.raises(SystemExit):
+            phantoms.main(["--out", str(tmp_path / "c"), "--subjects", "2", "--scans", "2", *other])
+        assert "made with seed 3 and 6 lesions per subject" in capsys.readouterr().err
 
 
 def test_the_default_cohort_has_no_lesions(small_cohort):

@@ -45,17 +45,21 @@ def refreshed(doc: dict) -> str:
             "the command(s) above reproduce them. ") if r else ""
 
 
-def segmentation_md(doc: dict) -> str:
-    """Table 1 (Dice and ICC) and the Fig. 3 summary."""
+def evaluation_protocol(doc: dict, volumes: str = "phantom test volumes") -> str:
+    """How a ``training.evaluate`` JSON was measured: its command, volumes and their extent, α, TTA, seed, date."""
     extent = f"central {doc['crop']}³ crop" if doc.get("crop") else "whole volumes"
     if doc.get("brain_mask"):
         extent += ", predictions restricted to the target's own brain"
+    return (f"measured by `{doc['command']}` on {doc['n_volumes']} held-out {volumes} ({extent}), "
+            f"α ~ U{tuple(doc['alpha_range'])}, TTA with K = {doc['tta_k']} references from a pool of "
+            f"{doc['reference_pool']} training scans, seed {doc['seed']}, {doc['date']}"
+            + (f" ({doc['seconds'] / 60:.0f} min)" if "seconds" in doc else "") + ". " + refreshed(doc))
+
+
+def segmentation_md(doc: dict) -> str:
+    """Table 1 (Dice and ICC) and the Fig. 3 summary."""
     lines = [
-        f"Measured by `{doc['command']}` on {doc['n_volumes']} held-out phantom test volumes ({extent}), "
-        f"α ~ U{tuple(doc['alpha_range'])}, TTA with K = {doc['tta_k']} references from a pool of "
-        f"{doc['reference_pool']} training scans, seed {doc['seed']}, {doc['date']}"
-        + (f" ({doc['seconds'] / 60:.0f} min)" if "seconds" in doc else "") + ". " + refreshed(doc)
-        + "**MNI152-derived phantoms, not patients.**",
+        "M" + evaluation_protocol(doc)[1:] + "**MNI152-derived phantoms, not patients.**",
         "",
         "| Dice | GM | WM | CSF | Avg | paper (PPMI) Avg |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -78,6 +82,41 @@ def segmentation_md(doc: dict) -> str:
     lines += ["", "| K (Fig. 3) | " + " | ".join(str(k) for k in ks) + " |", "| --- |" + " --- |" * len(ks)]
     for m in ("naive", "learned"):
         lines.append(f"| {m.capitalize()} + TTA | " + " | ".join(_f(curve[m][k]) for k in ks) + " |")
+    return "\n".join(lines)
+
+
+LESION_TRAINING = (
+    "python -m mixdemo.phantoms --out data/phantoms-lesions --lesions 15 --jobs 2",
+    "python -m training.train --mode private --data data/phantoms-lesions --steps 2400 --lr 1.5e-3 --unmix-patch 2 "
+    "--precision bfloat16 --channels-last --threads 2 --seed 0 --out /tmp/lesions/weights "
+    "--run-dir /tmp/lesions/runs/private",
+    "python -m training.train --mode baseline --data data/phantoms-lesions --steps 2000 --lr 1.5e-3 "
+    "--precision bfloat16 --channels-last --threads 2 --seed 0 --out /tmp/lesions/weights "
+    "--run-dir /tmp/lesions/runs/baseline",
+)
+"""The cohort and the three networks the lesion block's evaluation scored (its own command, with
+``MIXDEMO_WEIGHTS_DIR=/tmp/lesions/weights``, is in its JSON)."""
+
+
+def lesions_md(doc: dict) -> str:
+    """A cohort with its own classes, trained: every class's Dice (the evaluation's five rows) and test-retest ICC."""
+    classes = list(doc["classes"])
+    lines = [
+        "Made by " + "; ".join(f"`{c}`" for c in LESION_TRAINING) + "; with `MIXDEMO_WEIGHTS_DIR=/tmp/lesions/weights`, "
+        + evaluation_protocol(doc, "test volumes of that cohort") + "**MNI152-derived phantoms with synthetic "
+        "lesions, not patients.**",
+        "",
+        "| Dice | " + " | ".join(classes) + " | Avg |",
+        "| --- |" + " --- |" * (len(classes) + 1),
+    ]
+    for key, label in LABELS.items():
+        row = doc["dice"][key]
+        lines.append(f"| {label} | " + " | ".join(_f(row[c]) for c in classes) + f" | **{_f(row['avg'])}** |")
+    base, ltta = doc["dice"]["baseline"]["avg"], doc["dice"]["learned_tta"]["avg"]
+    lines += ["", f"Learned + TTA reaches {ltta / base:.3f} × the baseline's average Dice" + ratio_interval(doc) + ".",
+              "", f"| test–retest ICC(C,1), n = {doc['n_icc_scans']} scans | " + " | ".join(classes) + " |",
+              "| --- |" + " --- |" * len(classes),
+              "| ICC [95 % CI] | " + " | ".join(icc_cell(doc["icc"][c]) for c in classes) + " |"]
     return "\n".join(lines)
 
 
@@ -1001,12 +1040,12 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "replication": replication_md,
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
     "reference_choice": reference_choice_md, "bench_cpus": bench_cpus_block, "bench_avx2": bench_md,
-    "mirror_tta": mirror_tta_md,
+    "mirror_tta": mirror_tta_md, "segmentation_lesions": lesions_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
                  "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation", "bench_cpus": BENCH_RECORDS[0],
-                 "bench_avx2": BENCH_RECORDS[1]}
+                 "bench_avx2": BENCH_RECORDS[1], "segmentation_lesions": "lesion_cohort"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
