@@ -507,25 +507,25 @@ def _view(normal: np.ndarray) -> str:
 
 def _file_slices(path: str) -> list[_Slice]:
     """A file's images: its frames for a multi-frame (enhanced) file, however many it holds (one, or part of a
-    series split over several files), else the one image; each with its geometry, checked."""
+    series split over several files), else the one image; each with its geometry, checked. A file that cannot be
+    used and is not MR is refused for its modality (a radiograph lacks a 3D geometry, a dose grid is a legacy
+    multi-frame file, an ultrasound clip is colour: what it is says more than what it lacks)."""
     reader = _image_information(path)
-    if _is_multi_frame_file(reader):
-        return _frames(path)
-    return [_slice_info(path, reader)]
+    try:
+        return _frames(path) if _is_multi_frame_file(reader) else [_slice_info(path, reader)]
+    except mio.ScanError:
+        _check_modality([_text(reader, _MODALITY).upper()])
+        raise
 
 
 def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK ImageFileReader holding its header
     """One single-frame image's geometry from its own tags, checked; a :class:`mixdemo.io.ScanError` if unusable."""
-    modality = _text(reader, _MODALITY).upper()
     if reader.GetNumberOfComponents() != 1:
-        _check_modality([modality])  # a colour photograph or a fused PET-CT capture: say what it is instead
         raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
     if _text(reader, _PHOTOMETRIC).upper() == "MONOCHROME1":  # GDCM would invert it, pydicom would not
-        _check_modality([modality])
         raise mio.DataTypeError(_INVERTED)
     position, orientation, pixel_spacing = (_numbers(reader, t) for t in (_POSITION, _ORIENTATION, _PIXEL_SPACING))
     if len(position) != 3 or len(orientation) != 6 or len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
-        _check_modality([modality])  # a radiograph has no 3D geometry: say what it is instead
         raise mio.GeometryError(_NO_GEOMETRY)
     return _Slice(
         path=path,
@@ -534,7 +534,7 @@ def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK Imag
         origin=np.array(position),
         direction=_direction(orientation),
         stack=(_integer_key(_text(reader, _TEMPORAL_POSITION)), _integer_key(_text(reader, _ECHO))),
-        modality=modality,
+        modality=_text(reader, _MODALITY).upper(),
     )
 
 
@@ -580,7 +580,6 @@ def _frames(path: str) -> list[_Slice]:
         per_frame = header.get("PerFrameFunctionalGroupsSequence")
         shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
         modality = str(header.get("Modality", "") or "").strip().upper()
-        _check_modality([modality])  # before the checks of an MR export's layout: a dose grid is not one
         size = (int(header.Columns), int(header.Rows))
         if int(header.get("SamplesPerPixel", 1)) != 1:
             raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
