@@ -62,12 +62,15 @@ class Layout:
     name: str
     class_names: tuple[str, ...]  # background first
     label_values: tuple[tuple[int, int], ...]  # (value in the label file, class)
-    patch_centres: str  # "labels": on a labelled voxel; "brain_and_labels": half on the brain (x > 0), half on labels
+    patch_centres: str  # one of PATCH_CENTRES (MixedPatchSampler's docstring says what each does)
 
     def describe_values(self) -> str:
         """The label values this layout defines, for error messages."""
         return ", ".join(str(v) for v, _ in self.label_values)
 
+
+PATCH_CENTRES = ("labels", "brain_and_labels", "classes")
+"""Where training patches may centre (:class:`MixedPatchSampler`'s ``patch_centres``)."""
 
 MAX_CLASSES = 64
 """The most classes a cohort may name (a label map is uint8; S's output and D's inputs grow with the count)."""
@@ -421,6 +424,20 @@ def cached_volume(record: ScanRecord, cache: Path) -> Volume:
     return Volume(record.name, record.subject, image, labels, np.load(files["affine"]))
 
 
+def _voxels_by_class(labels: np.ndarray, sort: bool = True) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The flat indices of a label map's labelled voxels (int32), sorted by class, and each present class's
+    span ``(start, stop)`` in them (``sort=False``: in flat order, one span over all)."""
+    voxels = np.flatnonzero(labels).astype(np.int32)
+    if not sort:
+        return voxels, [(0, len(voxels))]
+    classes = np.asarray(labels).reshape(-1)[voxels]
+    order = np.argsort(classes, kind="stable")
+    voxels, classes = voxels[order], classes[order]
+    starts = np.flatnonzero(np.diff(classes, prepend=-1)) if len(classes) else np.zeros(0, int)
+    stops = np.append(starts[1:], len(classes))
+    return voxels, [(int(a), int(b)) for a, b in zip(starts, stops)]
+
+
 @dataclass
 class Batch:
     """One training batch of mixed patches (B, …)."""
@@ -442,8 +459,9 @@ class MixedPatchSampler:
     ``patch_centres`` (a :class:`Layout`'s): ``"labels"`` centres each patch on a labelled voxel (tissue
     classes cover the brain); ``"brain_and_labels"`` on a brain voxel (x > 0) or a labelled one, one or the
     other at random (classes that cover a small part of the brain, as a tumour's, but the network must
-    also see the brain without them). ``num_classes``: the cohort's (:attr:`Cohort.num_classes`), for the one-hot
-    labels.
+    also see the brain without them); ``"classes"`` on a voxel of a class drawn uniformly from those the target
+    holds (class-balanced: a class of a few hundred voxels, as small lesions, is centred as often as one that
+    fills the brain). ``num_classes``: the cohort's (:attr:`Cohort.num_classes`), for the one-hot labels.
     """
 
     def __init__(
@@ -468,11 +486,16 @@ class MixedPatchSampler:
         self.mixed = mixed
         self.augment = augment
         self.num_classes = num_classes
-        if patch_centres not in ("labels", "brain_and_labels"):
-            raise ValueError(f"Unknown patch_centres {patch_centres!r}; 'labels' or 'brain_and_labels'.")
+        if patch_centres not in PATCH_CENTRES:
+            raise ValueError(f"Unknown patch_centres {patch_centres!r}; one of {', '.join(map(repr, PATCH_CENTRES))}.")
         self.rng = np.random.default_rng(seed)
-        # flat indices (4 bytes a labelled voxel, not argwhere's 24): a large cohort's centres fit in memory
-        self._foreground = [np.flatnonzero(v.labels).astype(np.int32) for v in self.volumes]
+        # flat indices (4 bytes a labelled voxel, not argwhere's 24): a large cohort's centres fit in memory.
+        # Class-balanced centres sort them by class and keep each class's span; the others keep the flat order
+        # (the draws that trained the shipped weights).
+        self._balanced = patch_centres == "classes"
+        by_class = [_voxels_by_class(v.labels, sort=self._balanced) for v in self.volumes]
+        self._foreground = [voxels for voxels, _ in by_class]
+        self._class_spans = [spans for _, spans in by_class]
         self._brain_centres = patch_centres == "brain_and_labels"
 
     def _corner(self, t: int) -> tuple[int, int, int]:
@@ -483,7 +506,12 @@ class MixedPatchSampler:
                 return corner_around(centre, shape, self.patch_size)
         if not len(labelled):
             return sample_patch_corner(shape, self.patch_size, self.rng)
-        return corner_around(np.unravel_index(labelled[self.rng.integers(len(labelled))], shape), shape, self.patch_size)
+        start, stop = (0, len(labelled))
+        if self._balanced:
+            spans = self._class_spans[t]
+            start, stop = spans[int(self.rng.integers(len(spans)))]
+        voxel = labelled[int(self.rng.integers(start, stop))]
+        return corner_around(np.unravel_index(voxel, shape), shape, self.patch_size)
 
     def _brain_voxel(self, t: int, tries: int = 1000) -> tuple[int, ...] | None:
         """A uniform voxel of the target's brain (x > 0), by rejection: no index of the brain is kept, and a

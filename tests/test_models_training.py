@@ -17,7 +17,7 @@ import torch
 from mixdemo import weights
 from mixdemo.data import CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.io import save_volume
-from mixdemo.mixing import DEFAULT_ALPHA_RANGE
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, corner_around
 from mixdemo.models import SegmentationNet, UnmixingNet, count_parameters
 from mixdemo.weights import native_bfloat16
 
@@ -520,6 +520,58 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
     sessions = json.loads((out / "segmentation" / "training.json").read_text())["sessions"]
     assert [(s["from_step"], s["to_step"], s["batch_size"]) for s in sessions] == [(0, 3, 2), (3, 5, 3)]  # both legs
     assert "--batch-size 3" in sessions[1]["command"]
+
+
+def _lesioned_volumes(n: int = 3) -> list:
+    """Volumes whose label maps are mostly class 1 with a 2³ block of class 2 (a small lesion)."""
+    from mixdemo.data import Volume
+
+    volumes = []
+    for s in range(n):
+        labels = np.zeros((24, 24, 24), np.uint8)
+        labels[2:22, 2:22, 2:22] = 1
+        labels[4 + s : 6 + s, 10:12, 10:12] = 2
+        volumes.append(Volume(f"s{s}", f"s{s}", labels.astype(np.float32), labels, np.eye(4)))
+    return volumes
+
+
+def test_class_balanced_patches_centre_on_a_small_class_as_often_as_on_a_large_one():
+    volumes = _lesioned_volumes()
+    lesion_share = {}
+    for centres in ("labels", "classes"):
+        sampler = MixedPatchSampler(volumes, patch_size=4, mixed=False, patch_centres=centres, seed=0)
+        centred = [sampler.batch(1).y_target[0, 2, 2, 2].item() for _ in range(400)]  # the voxel each patch centres on
+        lesion_share[centres] = centred.count(2) / len(centred)
+        assert set(centred) <= {1, 2}
+    assert lesion_share["labels"] < 0.02  # 8 of 8,008 labelled voxels
+    assert 0.4 < lesion_share["classes"] < 0.6  # one class of two
+
+
+def test_label_centred_patches_draw_as_they_did_before_class_balance():
+    """The default centring draws the voxels it drew when the shipped weights were trained (flat order): the
+    same seed gives the same corners as an index of every labelled voxel in flat order."""
+    volumes = _lesioned_volumes()
+    sampler = MixedPatchSampler(volumes, patch_size=4, mixed=False, seed=3)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        t = int(rng.integers(len(volumes)))
+        labelled = np.flatnonzero(volumes[t].labels)
+        expected = corner_around(np.unravel_index(labelled[rng.integers(len(labelled))], (24,) * 3), (24,) * 3, 4)
+        assert sampler._corner(int(sampler.rng.integers(len(volumes)))) == expected
+
+
+def test_patch_centres_are_recorded_and_a_run_resumes_only_with_its_own(tiny_cohort, tmp_path):
+    from training import train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    train.main(_train_cmd(tiny_cohort, out, run, 2, ["--mode", "baseline", "--patch-centres", "classes"]))
+    assert json.loads((out / "baseline" / "training.json").read_text())["patch_centres"] == "classes"
+    with pytest.raises(SystemExit, match="patch_centres: 'classes' → None"):
+        train.main(_train_cmd(tiny_cohort, out, run, 3, ["--mode", "baseline"]))
+    plain = tmp_path / "plain"
+    train.main(_train_cmd(tiny_cohort, out, plain, 2, ["--mode", "baseline"]))
+    assert json.loads((out / "baseline" / "training.json").read_text())["patch_centres"] == "labels"
+    train.main(_train_cmd(tiny_cohort, out, plain, 3, ["--mode", "baseline", "--patch-centres", "labels"]))  # the default
 
 
 def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_cohort, tmp_path):

@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mixdemo.classes import CLASS_NAMES
-from mixdemo.data import Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import PATCH_CENTRES, Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
@@ -87,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "new D (--mode unmixing: trained on against the frozen S) or its 'unmixing' (--mode private)")
     p.add_argument("--augment", action="store_true",
                    help="augment targets for real scans (residual misregistration, contrast); off for the shipped weights")
+    p.add_argument("--patch-centres", choices=PATCH_CENTRES, default=None,
+                   help="where training patches centre: 'labels' (a labelled voxel; the phantoms' default), "
+                        "'brain_and_labels' (half on the brain, half on labels; BraTS's default) or 'classes' "
+                        "(class-balanced: a class drawn uniformly, then one of its voxels; for small classes such "
+                        "as lesions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
@@ -315,7 +320,9 @@ def main(argv: list[str] | None = None) -> dict:
         check_start_classes(args.init_from, args.mode, cohort)
     ckpt_path = run_dir / "checkpoint.pt"
     default = cohort.modality if args.modality is None else default_modality(args.data)  # read without --modality
-    settings = run_settings(args, recorded_modality(args.modality, default))
+    patch_centres = args.patch_centres or cohort.layout.patch_centres
+    settings = run_settings(args, recorded_modality(args.modality, default),
+                            None if patch_centres == cohort.layout.patch_centres else patch_centres)
     state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
     if state is not None:  # before the scans load: a wrong --run-dir costs no time
         if isinstance(state.get("settings"), dict):  # one saved before the default was recorded as None, too
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = MixedPatchSampler(
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
         n_references=args.n_references, mixed=mixed, augment=args.augment,
-        patch_centres=cohort.layout.patch_centres, num_classes=cohort.num_classes, seed=args.seed * 1000 + rank,
+        patch_centres=patch_centres, num_classes=cohort.num_classes, seed=args.seed * 1000 + rank,
     )
     features = resolve_features(args.features)
     seg = SegmentationNet(num_classes=cohort.num_classes, features=features)
@@ -415,14 +422,16 @@ def main(argv: list[str] | None = None) -> dict:
                           "note": "the weights are those of exported_step, the best mean Dice on the held-out "
                                   "subjects' scans (training.validate)"}
         info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device,
-                      command_line("training.train", argv), validation, data_record(cohort, volumes), sessions)
+                      command_line("training.train", argv), validation, data_record(cohort, volumes, patch_centres),
+                      sessions)
     if world > 1:
         dist.destroy_process_group()
     return info
 
 
 RUN_SETTINGS = ("mode", "data", "modality", "features", "unmix_features", "unmix_patch", "unmix_hidden",
-                "n_references", "alpha_range", "augment", "seed", "init_from", "init_unmixing", "val_subjects")
+                "n_references", "alpha_range", "augment", "patch_centres", "seed", "init_from", "init_unmixing",
+                "val_subjects")
 """The options that make a run this run: a checkpoint resumes only under the same ones. The others may change
 between legs (``--steps``, as the shipped weights' legs did; batch size, learning rate, precision, threads,
 the number of processes)."""
@@ -443,14 +452,16 @@ def recorded_modality(modality: str | None, default: str | None) -> str | None:
     return None if modality in (None, default) else modality
 
 
-def run_settings(args: argparse.Namespace, modality: str | None = None) -> dict:
+def run_settings(args: argparse.Namespace, modality: str | None = None, patch_centres: str | None = None) -> dict:
     """The values of :data:`RUN_SETTINGS` as a checkpoint records them (paths resolved, widths expanded; the
-    modality as :func:`recorded_modality` gives it)."""
+    modality as :func:`recorded_modality` gives it; ``patch_centres`` None where it is the cohort layout's, as a
+    checkpoint saved before it was recorded reads)."""
     path = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
     return {"mode": args.mode, "data": path(args.data), "modality": modality,
             "features": list(resolve_features(args.features)), "unmix_features": list(resolve_widths(args.unmix_features)),
             "unmix_patch": args.unmix_patch, "unmix_hidden": args.unmix_hidden, "n_references": args.n_references,
-            "alpha_range": [float(a) for a in args.alpha_range], "augment": args.augment, "seed": args.seed,
+            "alpha_range": [float(a) for a in args.alpha_range], "augment": args.augment,
+            "patch_centres": patch_centres, "seed": args.seed,
             "init_from": path(args.init_from), "init_unmixing": args.init_unmixing, "val_subjects": args.val_subjects}
 
 
@@ -582,10 +593,10 @@ def session_record(args: argparse.Namespace, world: int, device: torch.device, c
             "channels_last": args.channels_last, "threads": torch.get_num_threads(), "patch_size": args.patch_size}
 
 
-def data_record(cohort: Cohort, volumes: list) -> dict:
+def data_record(cohort: Cohort, volumes: list, patch_centres: str) -> dict:
     """What the models were trained on, for their training record: the server reports the classes and the grid."""
     return {"data_layout": cohort.layout.name, "modality": cohort.modality, "classes": list(cohort.class_names),
-            "grid_shape": list(volumes[0].image.shape)}
+            "grid_shape": list(volumes[0].image.shape), "patch_centres": patch_centres}
 
 
 def export(model: EndToEnd, args: argparse.Namespace, features, name: str, seconds: float, world: int,
