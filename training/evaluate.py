@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import zlib
@@ -38,7 +39,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.models import pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
-from mixdemo.weights import (DEFAULT_UNMIXING, load_model, other_segmentation, read_training_record,
+from mixdemo.weights import (DEFAULT_UNMIXING, WEIGHTS_DIR_ENV, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
 from training import DATA_HELP, add_device_option, check_model_classes, command_line, parse_with_out, user_errors
 
@@ -212,6 +213,14 @@ def select_scans(test_records: list, volumes: int, icc_all: bool, quick: bool) -
 def weights_record(names: list[str]) -> dict[str, str | None]:
     """The sha256 of each named model folder's weights, as its training record gives it."""
     return {n: read_training_record(resolve_model_dir(n)).get("sha256") for n in names}
+
+
+def weights_dir_record() -> dict[str, str]:
+    """``{"weights_dir": ...}`` when ``$MIXDEMO_WEIGHTS_DIR`` chose the model folders scored (they are not the
+    repository's ``weights/``), else nothing: with :attr:`weights_sha256 <Setup.weights_sha256>`, what a
+    results file needs to name the networks it scored."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    return {"weights_dir": folder} if folder else {}
 
 
 def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
@@ -404,6 +413,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "icc_tta_k": retest_tta_k(args, len(setup.by_id)),
         "retest_tta_dice": rounded_pairs(tta_dice, classes),
         "weights_sha256": setup.weights_sha256,
+        **weights_dir_record(),
         "seconds": round(time.perf_counter() - t0),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
