@@ -715,3 +715,24 @@ def test_what_the_readme_s_client_commands_write_is_git_ignored():
         probe = out + "x_seg.nii.gz" if out.endswith("/") else out  # a file inside a folder output
         ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", probe], cwd=REPO).returncode == 0
         assert ignored, f"{out} (written by a README client command) is not git-ignored"
+
+
+def test_the_class_balanced_lesion_block_sets_each_row_beside_the_label_centred_run(tmp_path, monkeypatch):
+    """Each Dice of the class-balanced run beside the label-centred one's, and the better private run of the two
+    against the baseline that learned lesions; without the other run's file, the block is its own table alone."""
+    from training import report
+
+    balanced = json.loads((REPO / "results/lesion_cohort_balanced.json").read_text())
+    labelled = json.loads(json.dumps(balanced))
+    for row in labelled["dice"].values():
+        row.update({c: round(v / 2, 4) for c, v in row.items()})
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    alone = report.lesions_balanced_md(balanced)
+    assert "→" not in alone and "--patch-centres classes" in alone
+    (tmp_path / "lesion_cohort.json").write_text(json.dumps(labelled))
+    text = report.lesions_balanced_md(balanced)
+    assert text.startswith(alone)
+    lesion = balanced["dice"]["learned_tta"]["lesion"]
+    assert f"{lesion / 2:.3f} → {lesion:.3f}" in text
+    ratio = balanced["dice"]["learned_tta"]["avg"] / balanced["dice"]["baseline"]["avg"]
+    assert f"The better Learned + TTA of the two (class-balanced patches) reaches {ratio:.3f} ×" in text

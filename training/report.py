@@ -85,24 +85,34 @@ def segmentation_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
-LESION_TRAINING = (
-    "python -m mixdemo.phantoms --out data/phantoms-lesions --lesions 15 --jobs 2",
-    "python -m training.train --mode private --data data/phantoms-lesions --steps 2400 --lr 1.5e-3 --unmix-patch 2 "
-    "--precision bfloat16 --channels-last --threads 2 --seed 0 --out /tmp/lesions/weights "
-    "--run-dir /tmp/lesions/runs/private",
-    "python -m training.train --mode baseline --data data/phantoms-lesions --steps 2000 --lr 1.5e-3 "
-    "--precision bfloat16 --channels-last --threads 2 --seed 0 --out /tmp/lesions/weights "
-    "--run-dir /tmp/lesions/runs/baseline",
-)
-"""The cohort and the three networks the lesion block's evaluation scored (its own command, with
-``MIXDEMO_WEIGHTS_DIR=/tmp/lesions/weights``, is in its JSON)."""
+LESION_COHORT = "python -m mixdemo.phantoms --out data/phantoms-lesions --lesions 15 --jobs 2"
 
 
-def lesions_md(doc: dict) -> str:
+def _lesion_training(out: str, centres: str = "") -> tuple[str, ...]:
+    """The commands that trained a lesion block's three networks into ``out`` (``centres``: the
+    ``--patch-centres`` option they were given, if any)."""
+    option = f" --patch-centres {centres}" if centres else ""
+    return (f"python -m training.train --mode private --data data/phantoms-lesions{option} --steps 2400 --lr 1.5e-3 "
+            f"--unmix-patch 2 --precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
+            f"--run-dir {out}/runs/private",
+            f"python -m training.train --mode baseline --data data/phantoms-lesions{option} --steps 2000 --lr 1.5e-3 "
+            f"--precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
+            f"--run-dir {out}/runs/baseline")
+
+
+LESION_RUNS = {"lesion_cohort": (_lesion_training("/tmp/lesions"), "/tmp/lesions/weights"),
+               "lesion_cohort_balanced": (_lesion_training("/tmp/lb", "classes"), "/tmp/lb/weights")}
+"""Each lesion block's results file: the commands that trained the networks its evaluation scored, and the
+weights folder they wrote (``MIXDEMO_WEIGHTS_DIR`` of the evaluation, whose own command is in the JSON)."""
+
+
+def lesions_md(doc: dict, run: str = "lesion_cohort") -> str:
     """A cohort with its own classes, trained: every class's Dice (the evaluation's five rows) and test-retest ICC."""
     classes = list(doc["classes"])
+    training, weights_dir = LESION_RUNS[run]
     lines = [
-        "Made by " + "; ".join(f"`{c}`" for c in LESION_TRAINING) + "; with `MIXDEMO_WEIGHTS_DIR=/tmp/lesions/weights`, "
+        "Made by " + "; ".join(f"`{c}`" for c in (LESION_COHORT, *training))
+        + f"; with `MIXDEMO_WEIGHTS_DIR={doc.get('weights_dir', weights_dir)}`, "
         + evaluation_protocol(doc, "test volumes of that cohort") + "**MNI152-derived phantoms with synthetic "
         "lesions, not patients.**",
         "",
@@ -127,6 +137,27 @@ def lesions_md(doc: dict) -> str:
               "| --- |" + " --- |" * len(classes),
               "| ICC [95 % CI] | " + " | ".join(icc_cell(doc["icc"][c]) for c in classes) + " |"]
     return "\n".join(lines)
+
+
+def lesions_balanced_md(doc: dict) -> str:
+    """The lesion cohort trained on class-balanced patches, and each row's Dice beside the label-centred run's."""
+    text = lesions_md(doc, "lesion_cohort_balanced")
+    labelled = _load("lesion_cohort")
+    if labelled is None or labelled["classes"] != doc["classes"]:
+        return text
+    classes = list(doc["classes"])
+    lines = ["", "| Dice, label-centred → class-balanced patches | " + " | ".join(classes) + " | Avg |",
+             "| --- |" + " --- |" * (len(classes) + 1)]
+    for key, label in LABELS.items():
+        pairs = [(labelled["dice"][key][c], doc["dice"][key][c]) for c in (*classes, "avg")]
+        lines.append(f"| {label} | " + " | ".join(f"{_f(a)} → {_f(b)}" for a, b in pairs) + " |")
+    runs = {"label-centred": labelled["dice"]["learned_tta"], "class-balanced": doc["dice"]["learned_tta"]}
+    better = max(runs, key=lambda run: runs[run]["avg"])
+    best, base = runs[better], doc["dice"]["baseline"]
+    lines += ["", f"The better Learned + TTA of the two ({better} patches) reaches {best['avg'] / base['avg']:.3f} × "
+              "this baseline's average Dice, class by class "
+              + ", ".join(f"{c} {best[c] / base[c]:.3f} ×" for c in classes if base[c] > 0) + "."]
+    return text + "\n" + "\n".join(lines)
 
 
 def icc_tta_md(doc: dict) -> list[str]:
@@ -1050,11 +1081,13 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
     "reference_choice": reference_choice_md, "bench_cpus": bench_cpus_block, "bench_avx2": bench_md,
     "mirror_tta": mirror_tta_md, "segmentation_lesions": lesions_md,
+    "segmentation_lesions_balanced": lesions_balanced_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
                  "replication": "segmentation", "gpu_run": f"{GPU_RUN}/segmentation", "bench_cpus": BENCH_RECORDS[0],
-                 "bench_avx2": BENCH_RECORDS[1], "segmentation_lesions": "lesion_cohort"}
+                 "bench_avx2": BENCH_RECORDS[1], "segmentation_lesions": "lesion_cohort",
+                 "segmentation_lesions_balanced": "lesion_cohort_balanced"}
 
 
 def renderers() -> dict[str, Callable[[dict], str]]:
