@@ -459,9 +459,9 @@ class MixedPatchSampler:
     ``patch_centres`` (a :class:`Layout`'s): ``"labels"`` centres each patch on a labelled voxel (tissue
     classes cover the brain); ``"brain_and_labels"`` on a brain voxel (x > 0) or a labelled one, one or the
     other at random (classes that cover a small part of the brain, as a tumour's, but the network must
-    also see the brain without them); ``"classes"`` on a voxel of a class drawn uniformly from those the target
-    holds (class-balanced: a class of a few hundred voxels, as small lesions, is centred as often as one that
-    fills the brain). ``num_classes``: the cohort's (:attr:`Cohort.num_classes`), for the one-hot labels.
+    also see the brain without them); ``"classes"`` on a voxel of a class drawn uniformly from the labelled
+    (not background) classes the target holds (class-balanced: a class of ~1 % of white matter's voxels, as the
+    lesion phantoms', is centred on as often as white matter). ``num_classes``: the cohort's (:attr:`Cohort.num_classes`), for the one-hot labels.
     """
 
     def __init__(

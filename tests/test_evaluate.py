@@ -49,7 +49,7 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(doc))
     assert saved["command"].startswith("python -m training.evaluate")
-    assert saved.get("weights_dir") == (os.environ.get(weights.WEIGHTS_DIR_ENV) or None)
+    assert "weights_dir" in saved or not os.environ.get(weights.WEIGHTS_DIR_ENV)
     assert saved["classes"] == ["GM", "WM", "CSF"]
     assert set(saved["dice"]) == {"baseline", "naive", "naive_tta", "learned", "learned_tta"}
     for row in saved["dice"].values():
@@ -145,11 +145,14 @@ def test_the_weights_record_is_read_when_the_networks_are_loaded(small_cohort, m
     assert doc["weights_sha256"] == loaded and not (tmp_path / "w" / weights.DEFAULT_UNMIXING).exists()
 
 
-def test_a_results_file_names_the_weights_folder_that_chose_its_networks(monkeypatch):
+def test_a_results_file_names_the_weights_folder_that_chose_its_networks(monkeypatch, tmp_path):
     from training import evaluate
 
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "/tmp/lesions/weights")
     assert evaluate.weights_dir_record() == {"weights_dir": "/tmp/lesions/weights"}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "mine")  # relative: recorded where it lies, not as typed
+    assert evaluate.weights_dir_record() == {"weights_dir": str(tmp_path.resolve() / "mine")}
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, "")  # empty: the repository's weights/, as mixdemo.weights reads it
     assert evaluate.weights_dir_record() == {}
     monkeypatch.delenv(weights.WEIGHTS_DIR_ENV)

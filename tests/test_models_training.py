@@ -543,7 +543,7 @@ def test_class_balanced_patches_centre_on_a_small_class_as_often_as_on_a_large_o
         centred = [sampler.batch(1).y_target[0, 2, 2, 2].item() for _ in range(400)]  # the voxel each patch centres on
         lesion_share[centres] = centred.count(2) / len(centred)
         assert set(centred) <= {1, 2}
-    assert lesion_share["labels"] < 0.02  # 8 of 8,008 labelled voxels
+    assert lesion_share["labels"] < 0.02  # 8 of 8,000 labelled voxels
     assert 0.4 < lesion_share["classes"] < 0.6  # one class of two
 
 
@@ -572,6 +572,24 @@ def test_patch_centres_are_recorded_and_a_run_resumes_only_with_its_own(tiny_coh
     train.main(_train_cmd(tiny_cohort, out, plain, 2, ["--mode", "baseline"]))
     assert json.loads((out / "baseline" / "training.json").read_text())["patch_centres"] == "labels"
     train.main(_train_cmd(tiny_cohort, out, plain, 3, ["--mode", "baseline", "--patch-centres", "labels"]))  # the default
+    state = torch.load(plain / "checkpoint.pt", weights_only=False)
+    del state["settings"]["patch_centres"]  # saved before the centres were recorded: read as the layout's
+    torch.save(state, plain / "checkpoint.pt")
+    train.main(_train_cmd(tiny_cohort, out, plain, 4, ["--mode", "baseline"]))
+    assert torch.load(plain / "checkpoint.pt", weights_only=False)["step"] == 4
+
+
+def test_precise_bn_draws_patches_centred_as_the_model_was_trained(tiny_cohort, monkeypatch):
+    """training.precise_bn's patches follow the training record's centres (the layout's for an older record)."""
+    from training import precise_bn
+
+    seen = []
+    real = precise_bn.MixedPatchSampler
+    monkeypatch.setattr(precise_bn, "MixedPatchSampler", lambda *a, **kw: seen.append(kw["patch_centres"]) or real(*a, **kw))
+    cohort = load_cohort(tiny_cohort)
+    for record in ({"mode": "baseline", "patch_centres": "classes"}, {"mode": "baseline"}):
+        assert len(list(precise_bn.training_batches(record, cohort, 2, 16, seed=0))) == 2
+    assert seen == ["classes", "labels"]
 
 
 def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_cohort, tmp_path):

@@ -736,3 +736,5 @@ def test_the_class_balanced_lesion_block_sets_each_row_beside_the_label_centred_
     assert f"{lesion / 2:.3f} → {lesion:.3f}" in text
     ratio = balanced["dice"]["learned_tta"]["avg"] / balanced["dice"]["baseline"]["avg"]
     assert f"The better Learned + TTA of the two (class-balanced patches) reaches {ratio:.3f} ×" in text
+    with pytest.raises(ValueError, match="name the commands that trained them there"):  # a run the block does not name
+        report.lesions_balanced_md({**balanced, "weights_dir": "/elsewhere/weights"})

@@ -216,11 +216,10 @@ def weights_record(names: list[str]) -> dict[str, str | None]:
 
 
 def weights_dir_record() -> dict[str, str]:
-    """``{"weights_dir": ...}`` when ``$MIXDEMO_WEIGHTS_DIR`` chose the model folders scored (they are not the
-    repository's ``weights/``), else nothing: with :attr:`weights_sha256 <Setup.weights_sha256>`, what a
-    results file needs to name the networks it scored."""
+    """``{"weights_dir": ...}``, the ``$MIXDEMO_WEIGHTS_DIR`` the networks were looked up in (resolved), when it is
+    set, else nothing. :attr:`weights_sha256 <Setup.weights_sha256>` identifies the networks themselves."""
     folder = os.environ.get(WEIGHTS_DIR_ENV)
-    return {"weights_dir": folder} if folder else {}
+    return {"weights_dir": str(Path(folder).resolve())} if folder else {}
 
 
 def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:

@@ -68,13 +68,15 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tenso
 
 def training_batches(record: dict, cohort: Cohort, n: int, patch_size: int, seed: int,
                      cache: Path | None = None) -> Iterable[torch.Tensor]:
-    """``n`` single-patch inputs drawn as ``training.train`` draws them for this model (its mode, α range and
-    references), from the training split of ``cohort``."""
+    """``n`` single-patch inputs drawn as ``training.train`` draws them for this model (its mode, α range,
+    references and patch centres; a record from before the centres were recorded: the layout's), from the
+    training split of ``cohort``."""
     mixed = record.get("mode", "baseline") != "baseline"
     volumes = load_volumes(cohort.split("train"), cache=cache)
     sampler = MixedPatchSampler(volumes, patch_size=patch_size, mixed=mixed, seed=seed,
                                 alpha_range=tuple(record.get("alpha_range", (0.1, 0.9))),
-                                n_references=record.get("n_references", 1), patch_centres=cohort.layout.patch_centres,
+                                n_references=record.get("n_references", 1),
+                                patch_centres=record.get("patch_centres", cohort.layout.patch_centres),
                                 num_classes=cohort.num_classes)
     for _ in range(n):
         batch = sampler.batch(1)

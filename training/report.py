@@ -88,31 +88,38 @@ def segmentation_md(doc: dict) -> str:
 LESION_COHORT = "python -m mixdemo.phantoms --out data/phantoms-lesions --lesions 15 --jobs 2"
 
 
-def _lesion_training(out: str, centres: str = "") -> tuple[str, ...]:
-    """The commands that trained a lesion block's three networks into ``out`` (``centres``: the
-    ``--patch-centres`` option they were given, if any)."""
+def _lesion_training(out: str, centres: str = "") -> tuple[tuple[str, ...], str]:
+    """The commands that trained a lesion block's three networks under ``out`` (``centres``: the
+    ``--patch-centres`` option they were given, if any), and the weights folder they wrote."""
     option = f" --patch-centres {centres}" if centres else ""
-    return (f"python -m training.train --mode private --data data/phantoms-lesions{option} --steps 2400 --lr 1.5e-3 "
-            f"--unmix-patch 2 --precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
-            f"--run-dir {out}/runs/private",
-            f"python -m training.train --mode baseline --data data/phantoms-lesions{option} --steps 2000 --lr 1.5e-3 "
-            f"--precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
-            f"--run-dir {out}/runs/baseline")
+    return ((f"python -m training.train --mode private --data data/phantoms-lesions{option} --steps 2400 --lr 1.5e-3 "
+             f"--unmix-patch 2 --precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
+             f"--run-dir {out}/runs/private",
+             f"python -m training.train --mode baseline --data data/phantoms-lesions{option} --steps 2000 --lr 1.5e-3 "
+             f"--precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
+             f"--run-dir {out}/runs/baseline"),
+            f"{out}/weights")
 
 
-LESION_RUNS = {"lesion_cohort": (_lesion_training("/tmp/lesions"), "/tmp/lesions/weights"),
-               "lesion_cohort_balanced": (_lesion_training("/tmp/lb", "classes"), "/tmp/lb/weights")}
+LESION_RUNS = {"lesion_cohort": _lesion_training("/tmp/lesions"),
+               "lesion_cohort_balanced": _lesion_training("/tmp/lb", "classes")}
 """Each lesion block's results file: the commands that trained the networks its evaluation scored, and the
 weights folder they wrote (``MIXDEMO_WEIGHTS_DIR`` of the evaluation, whose own command is in the JSON)."""
+
+MISSED_DICE = 0.05
+"""A class whose baseline Dice is below this the baseline does not find: no ratio to it is given."""
 
 
 def lesions_md(doc: dict, run: str = "lesion_cohort") -> str:
     """A cohort with its own classes, trained: every class's Dice (the evaluation's five rows) and test-retest ICC."""
     classes = list(doc["classes"])
     training, weights_dir = LESION_RUNS[run]
+    if doc.get("weights_dir", weights_dir) != weights_dir:
+        raise ValueError(f"results/{run}.json scored the networks in {doc['weights_dir']}, not in {weights_dir}, "
+                         "which LESION_RUNS's commands wrote: name the commands that trained them there.")
     lines = [
         "Made by " + "; ".join(f"`{c}`" for c in (LESION_COHORT, *training))
-        + f"; with `MIXDEMO_WEIGHTS_DIR={doc.get('weights_dir', weights_dir)}`, "
+        + f"; with `MIXDEMO_WEIGHTS_DIR={weights_dir}`, "
         + evaluation_protocol(doc, "test volumes of that cohort") + "**MNI152-derived phantoms with synthetic "
         "lesions, not patients.**",
         "",
@@ -124,12 +131,12 @@ def lesions_md(doc: dict, run: str = "lesion_cohort") -> str:
         lines.append(f"| {label} | " + " | ".join(_f(row[c]) for c in classes) + f" | **{_f(row['avg'])}** |")
     base, ltta = doc["dice"]["baseline"]["avg"], doc["dice"]["learned_tta"]["avg"]
     lines += ["", f"Learned + TTA reaches {ltta / base:.3f} × the baseline's average Dice" + ratio_interval(doc) + "."]
-    missed = [c for c in classes if doc["dice"]["baseline"][c] < 0.05]
+    missed = [c for c in classes if doc["dice"]["baseline"][c] < MISSED_DICE]
     if missed:
         found = [c for c in classes if c not in missed]
         mean = lambda key: sum(doc["dice"][key][c] for c in found) / len(found)  # noqa: E731
         lines[-1] += (f" That ratio says nothing about what privacy costs: the baseline, trained as briefly, labels "
-                      f"almost none of the {', '.join(missed)} voxels (Dice below 0.05), where Learned + TTA scores "
+                      f"almost none of the {', '.join(missed)} voxels (Dice below {MISSED_DICE}), where Learned + TTA scores "
                       + ", ".join(_f(doc["dice"]["learned_tta"][c]) for c in missed)
                       + f". Over the other classes ({', '.join(found)}) Learned + TTA reaches "
                       f"{mean('learned_tta') / mean('baseline'):.3f} × the baseline.")
@@ -151,12 +158,15 @@ def lesions_balanced_md(doc: dict) -> str:
     for key, label in LABELS.items():
         pairs = [(labelled["dice"][key][c], doc["dice"][key][c]) for c in (*classes, "avg")]
         lines.append(f"| {label} | " + " | ".join(f"{_f(a)} → {_f(b)}" for a, b in pairs) + " |")
-    runs = {"label-centred": labelled["dice"]["learned_tta"], "class-balanced": doc["dice"]["learned_tta"]}
-    better = max(runs, key=lambda run: runs[run]["avg"])
-    best, base = runs[better], doc["dice"]["baseline"]
+    runs = {"label-centred": labelled, "class-balanced": doc}
+    better = max(runs, key=lambda run: runs[run]["dice"]["learned_tta"]["avg"])
+    best, base = runs[better]["dice"]["learned_tta"], doc["dice"]["baseline"]
+    per_volume = [runs[better]["dice_per_volume"][scan]["learned_tta"] / doc["dice_per_volume"][scan]["baseline"]
+                  for scan in sorted(doc["dice_per_volume"]) if scan in runs[better]["dice_per_volume"]]
     lines += ["", f"The better Learned + TTA of the two ({better} patches) reaches {best['avg'] / base['avg']:.3f} × "
-              "this baseline's average Dice, class by class "
-              + ", ".join(f"{c} {best[c] / base[c]:.3f} ×" for c in classes if base[c] > 0) + "."]
+              "the class-balanced baseline's average Dice (each volume's own ratio: "
+              + ", ".join(f"{r:.3f}" for r in per_volume) + "), class by class "
+              + ", ".join(f"{c} {best[c] / base[c]:.3f} ×" for c in classes if base[c] >= MISSED_DICE) + "."]
     return text + "\n" + "\n".join(lines)
 
 

@@ -88,10 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--augment", action="store_true",
                    help="augment targets for real scans (residual misregistration, contrast); off for the shipped weights")
     p.add_argument("--patch-centres", choices=PATCH_CENTRES, default=None,
-                   help="where training patches centre: 'labels' (a labelled voxel; the phantoms' default), "
-                        "'brain_and_labels' (half on the brain, half on labels; BraTS's default) or 'classes' "
-                        "(class-balanced: a class drawn uniformly, then one of its voxels; for small classes such "
-                        "as lesions)")
+                   help="where training patches centre: 'labels' (a labelled voxel; the PPMI-like layout's "
+                        "default), 'brain_and_labels' (half on the brain, half on labels; BraTS's default) or "
+                        "'classes' (class-balanced: a labelled class drawn uniformly, then one of its voxels; for "
+                        "small classes such as lesions)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
