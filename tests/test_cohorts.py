@@ -263,7 +263,7 @@ def test_naming_the_default_modality_resumes_a_run_and_a_wrong_run_dir_is_refuse
         raise AssertionError("the scans were loaded before the checkpoint's settings were checked")
 
     monkeypatch.setattr(train, "load_volumes", no_loading)
-    with pytest.raises(SystemExit, match="modality: None → 'flair'"):
+    with pytest.raises(SystemExit, match="modality: the cohort's default → 'flair'"):
         train.main([*common, "--steps", "4", "--modality", "flair"])
 
 

@@ -566,7 +566,7 @@ def test_patch_centres_are_recorded_and_a_run_resumes_only_with_its_own(tiny_coh
     out, run = tmp_path / "w", tmp_path / "run"
     train.main(_train_cmd(tiny_cohort, out, run, 2, ["--mode", "baseline", "--patch-centres", "classes"]))
     assert json.loads((out / "baseline" / "training.json").read_text())["patch_centres"] == "classes"
-    with pytest.raises(SystemExit, match="patch_centres: 'classes' → None"):
+    with pytest.raises(SystemExit, match="patch_centres: 'classes' → the cohort's default"):
         train.main(_train_cmd(tiny_cohort, out, run, 3, ["--mode", "baseline"]))
     plain = tmp_path / "plain"
     train.main(_train_cmd(tiny_cohort, out, plain, 2, ["--mode", "baseline"]))

@@ -437,6 +437,10 @@ between legs (``--steps``, as the shipped weights' legs did; batch size, learnin
 the number of processes)."""
 
 
+DEFAULTED_SETTINGS = ("modality", "patch_centres")
+"""The settings a checkpoint records as None where they are what the cohort gives without the option."""
+
+
 def default_modality(data: Path) -> str | None:
     """What a cohort folder is read as without ``--modality`` (None if it cannot be read so)."""
     try:
@@ -471,7 +475,9 @@ def check_resumable(state: dict, settings: dict, steps: int, ckpt_path: Path) ->
     new_run = f"give another --run-dir for a new run, or remove {ckpt_path.parent}"
     saved = state.get("settings")
     if saved is not None:
-        changed = [f"{k}: {saved.get(k)!r} → {settings[k]!r}" for k in settings if saved.get(k) != settings[k]]
+        shown = lambda k, v: "the cohort's default" if v is None and k in DEFAULTED_SETTINGS else repr(v)  # noqa: E731
+        changed = [f"{k}: {shown(k, saved.get(k))} → {shown(k, settings[k])}" for k in settings
+                   if saved.get(k) != settings[k]]
         if changed:
             raise SystemExit(f"{ckpt_path} is a run with other settings ({'; '.join(changed)}); resuming it would mix "
                              f"two runs: {new_run}.")
