@@ -738,3 +738,17 @@ def test_the_class_balanced_lesion_block_sets_each_row_beside_the_label_centred_
     assert f"The better Learned + TTA of the two (class-balanced patches) reaches {ratio:.3f} ×" in text
     with pytest.raises(ValueError, match="name the commands that trained them there"):  # a run the block does not name
         report.lesions_balanced_md({**balanced, "weights_dir": "/elsewhere/weights"})
+
+
+def test_the_second_seed_of_the_class_balanced_run_is_set_beside_the_first_and_must_share_its_baseline():
+    from training import report
+
+    balanced = json.loads((REPO / "results/lesion_cohort_balanced.json").read_text())
+    seed = json.loads((REPO / f"results/{report.LESION_SEED_RUN[0]}.json").read_text())
+    lines = report.lesion_seed_lines(balanced)
+    ltta = [line for line in lines if line.startswith("| Learned + TTA |")]
+    assert ltta and f"{balanced['dice']['learned_tta']['lesion']:.3f} → {seed['dice']['learned_tta']['lesion']:.3f}" in ltta[0]
+    assert not any(line.startswith("| Baseline") for line in lines)  # one baseline, the first run's
+    other = {**balanced, "weights_sha256": {**balanced["weights_sha256"], "baseline": "0" * 64}}
+    with pytest.raises(ValueError, match="its baseline: the class-balanced run's"):
+        report.lesion_seed_lines(other)

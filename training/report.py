@@ -103,6 +103,10 @@ def _lesion_training(out: str, centres: str = "") -> tuple[tuple[str, ...], str]
 
 LESION_RUNS = {"lesion_cohort": _lesion_training("/tmp/lesions"),
                "lesion_cohort_balanced": _lesion_training("/tmp/lb", "classes")}
+LESION_SEED_RUN = ("lesion_cohort_balanced_seed1",
+                   _lesion_training("/tmp/lb1", "classes")[0][0].replace("--seed 0", "--seed 1"), "/tmp/lb1/weights")
+"""The class-balanced S + D again with another seed (its results file, training command and weights folder, where
+``baseline`` links to the class-balanced run's): evaluated as the lesion blocks are."""
 """Each lesion block's results file: the commands that trained the networks its evaluation scored, and the
 weights folder they wrote (``MIXDEMO_WEIGHTS_DIR`` of the evaluation, whose own command is in the JSON)."""
 
@@ -167,7 +171,29 @@ def lesions_balanced_md(doc: dict) -> str:
               "the class-balanced baseline's average Dice (each volume's own ratio: "
               + ", ".join(f"{r:.3f}" for r in per_volume) + "), class by class "
               + ", ".join(f"{c} {best[c] / base[c]:.3f} ×" for c in classes if base[c] >= MISSED_DICE) + "."]
-    return text + "\n" + "\n".join(lines)
+    return text + "\n" + "\n".join(lines + lesion_seed_lines(doc))
+
+
+def lesion_seed_lines(doc: dict) -> list[str]:
+    """The class-balanced S + D of :data:`LESION_SEED_RUN` (another seed) beside ``doc``'s, row by row."""
+    name, command, weights_dir = LESION_SEED_RUN
+    seed = _load(name)
+    if seed is None:
+        return []
+    if (seed.get("weights_dir") != weights_dir or seed["classes"] != doc["classes"]
+            or seed["weights_sha256"]["baseline"] != doc["weights_sha256"]["baseline"]):
+        raise ValueError(f"results/{name}.json scored other networks or classes than LESION_SEED_RUN names "
+                         "(its baseline: the class-balanced run's).")
+    classes = list(doc["classes"])
+    lines = ["", f"Another seed of the class-balanced S + D, `{command}` (the same baseline, linked into "
+             f"`{weights_dir}`), measured by `{seed['command']}` with `MIXDEMO_WEIGHTS_DIR={weights_dir}`:", "",
+             "| Dice, class-balanced S + D: seed 0 → seed 1 | " + " | ".join(classes) + " | Avg |",
+             "| --- |" + " --- |" * (len(classes) + 1)]
+    for key, label in LABELS.items():
+        if key != "baseline":
+            pairs = [(doc["dice"][key][c], seed["dice"][key][c]) for c in (*classes, "avg")]
+            lines.append(f"| {label} | " + " | ".join(f"{_f(a)} → {_f(b)}" for a, b in pairs) + " |")
+    return lines
 
 
 def icc_tta_md(doc: dict) -> list[str]:
