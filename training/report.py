@@ -88,23 +88,22 @@ def segmentation_md(doc: dict) -> str:
 LESION_COHORT = "python -m mixdemo.phantoms --out data/phantoms-lesions --lesions 15 --jobs 2"
 
 
-def _lesion_training(out: str, centres: str = "") -> tuple[tuple[str, ...], str]:
+def _lesion_training(out: str, centres: str = "", seed: int = 0) -> tuple[tuple[str, ...], str]:
     """The commands that trained a lesion block's three networks under ``out`` (``centres``: the
     ``--patch-centres`` option they were given, if any), and the weights folder they wrote."""
     option = f" --patch-centres {centres}" if centres else ""
     return ((f"python -m training.train --mode private --data data/phantoms-lesions{option} --steps 2400 --lr 1.5e-3 "
-             f"--unmix-patch 2 --precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
+             f"--unmix-patch 2 --precision bfloat16 --channels-last --threads 2 --seed {seed} --out {out}/weights "
              f"--run-dir {out}/runs/private",
              f"python -m training.train --mode baseline --data data/phantoms-lesions{option} --steps 2000 --lr 1.5e-3 "
-             f"--precision bfloat16 --channels-last --threads 2 --seed 0 --out {out}/weights "
+             f"--precision bfloat16 --channels-last --threads 2 --seed {seed} --out {out}/weights "
              f"--run-dir {out}/runs/baseline"),
             f"{out}/weights")
 
 
 LESION_RUNS = {"lesion_cohort": _lesion_training("/tmp/lesions"),
                "lesion_cohort_balanced": _lesion_training("/tmp/lb", "classes")}
-LESION_SEED_RUN = ("lesion_cohort_balanced_seed1",
-                   _lesion_training("/tmp/lb1", "classes")[0][0].replace("--seed 0", "--seed 1"), "/tmp/lb1/weights")
+LESION_SEED_RUN = ("lesion_cohort_balanced_seed1", *_lesion_training("/tmp/lb1", "classes", seed=1))
 """The class-balanced S + D again with another seed (its results file, training command and weights folder, where
 ``baseline`` links to the class-balanced run's): evaluated as the lesion blocks are."""
 """Each lesion block's results file: the commands that trained the networks its evaluation scored, and the
@@ -176,7 +175,7 @@ def lesions_balanced_md(doc: dict) -> str:
 
 def lesion_seed_lines(doc: dict) -> list[str]:
     """The class-balanced S + D of :data:`LESION_SEED_RUN` (another seed) beside ``doc``'s, row by row."""
-    name, command, weights_dir = LESION_SEED_RUN
+    name, (command, _), weights_dir = LESION_SEED_RUN  # its S + D (the baseline is the class-balanced run's)
     seed = _load(name)
     if seed is None:
         return []
