@@ -462,6 +462,10 @@ class MixedPatchSampler:
     also see the brain without them); ``"classes"`` on a voxel of a class drawn uniformly from the labelled
     (not background) classes the target holds (class-balanced: a class of ~1 % of white matter's voxels, as the
     lesion phantoms', is centred on as often as white matter). ``num_classes``: the cohort's (:attr:`Cohort.num_classes`), for the one-hot labels.
+    ``views=2`` mixes each target patch twice, with the same α and references disjoint from the first mix's
+    (consecutive in the batch, which then holds 2 × ``batch_size`` samples): D's two predictions of one
+    target, for a consistency loss (``training.train --consistency``). The first mix of each pair is drawn
+    exactly as with ``views=1``; the second's references are drawn after it.
     """
 
     def __init__(
@@ -476,9 +480,15 @@ class MixedPatchSampler:
         patch_centres: str = "labels",
         num_classes: int = NUM_CLASSES,
         seed: int = 0,
+        views: int = 1,
     ) -> None:
         if len({v.subject for v in volumes}) < 1 + n_references and mixed:
             raise ValueError("Mixing needs references from subjects other than the target's.")
+        if views not in (1, 2) or (views == 2 and not mixed):
+            raise ValueError(f"views is 1, or 2 for mixed patches (got {views}{'' if mixed else ', unmixed'}).")
+        if views == 2 and len({v.subject for v in volumes}) < 1 + 2 * n_references:
+            raise ValueError(f"Two mixes with disjoint references need {1 + 2 * n_references} subjects or more.")
+        self.views = views
         self.volumes = list(volumes)
         self.patch_size = patch_size
         self.alpha_range = alpha_range
@@ -523,7 +533,8 @@ class MixedPatchSampler:
                 return voxel
         return None
 
-    def _draw(self) -> tuple[np.ndarray, ...]:
+    def _draw(self) -> list[tuple[np.ndarray, ...]]:
+        """One target patch: its ``views`` mixes (one plain patch if not ``mixed``)."""
         t = int(self.rng.integers(len(self.volumes)))
         target = self.volumes[t]
         corner = self._corner(t)
@@ -534,10 +545,20 @@ class MixedPatchSampler:
 
             x_t, y_t = augment_patch(target.image, target.labels, corner, self.patch_size, sample_augmentation(self.rng))
         if not self.mixed:
-            return x_t, y_t, x_t, one_hot(y_t, self.num_classes), np.zeros((0, *y_t.shape), np.float32), np.ones(1)
+            return [(x_t, y_t, x_t, one_hot(y_t, self.num_classes), np.zeros((0, *y_t.shape), np.float32), np.ones(1))]
         others = [i for i, v in enumerate(self.volumes) if v.subject != target.subject]
         refs = self.rng.choice(others, size=self.n_references, replace=False)
         alpha = float(self.rng.uniform(*self.alpha_range))
+        views = [self._mix(x_t, y_t, sl, refs, alpha)]
+        if self.views == 2:  # the same target and α; references of subjects neither the target nor the first mix's
+            taken = {self.volumes[r].subject for r in refs}
+            rest = [i for i in others if self.volumes[i].subject not in taken]
+            views.append(self._mix(x_t, y_t, sl, self.rng.choice(rest, size=self.n_references, replace=False), alpha))
+        return views
+
+    def _mix(self, x_t: np.ndarray, y_t: np.ndarray, sl: tuple[slice, ...], refs: np.ndarray,
+             alpha: float) -> tuple[np.ndarray, ...]:
+        """The target patch mixed with the references' patches at ``sl`` (Eq. 2 and 3)."""
         split = self.rng.dirichlet(np.ones(self.n_references)) if self.n_references > 1 else np.ones(1)
         weights = np.concatenate([[alpha], (1 - alpha) * split])
         x_mix = alpha * x_t
@@ -554,8 +575,8 @@ class MixedPatchSampler:
         return x_mix, y_t, x_t, y_mix, np.concatenate(y_refs), weights
 
     def batch(self, batch_size: int) -> Batch:
-        """Draw ``batch_size`` samples."""
-        items = [self._draw() for _ in range(batch_size)]
+        """Draw ``batch_size`` target patches (each as ``views`` consecutive samples)."""
+        items = [view for _ in range(batch_size) for view in self._draw()]
         x_mix, y_t, x_t, y_mix, y_ref, w = (np.stack(col) for col in zip(*items))
         return Batch(
             x_mix=torch.from_numpy(x_mix[:, None].astype(np.float32)),

@@ -579,6 +579,62 @@ def test_patch_centres_are_recorded_and_a_run_resumes_only_with_its_own(tiny_coh
     assert torch.load(plain / "checkpoint.pt", weights_only=False)["step"] == 4
 
 
+def test_paired_views_mix_one_target_twice_with_one_alpha_and_disjoint_references(tiny_cohort):
+    vols = load_volumes(load_cohort(tiny_cohort).split("train"))
+    paired = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.7), seed=4, views=2).batch(3)
+    assert paired.x_mix.shape == (6, 1, 16, 16, 16)
+    for first, second in ((0, 1), (2, 3), (4, 5)):
+        torch.testing.assert_close(paired.x_target[first], paired.x_target[second])
+        assert torch.equal(paired.y_target[first], paired.y_target[second])
+        assert paired.weights[first, 0] == paired.weights[second, 0]  # one α
+        alpha = paired.weights[first, 0]
+        refs = [(paired.x_mix[i] - alpha * paired.x_target[i]) / (1 - alpha) for i in (first, second)]  # Eq. 2
+        for ref in refs:  # each the patch of another subject than the target (its own noise)
+            assert (ref - paired.x_target[first]).abs().max() > 0.02
+        assert (refs[0] - refs[1]).abs().max() > 0.02  # and of two different ones
+    single = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.7), seed=4).batch(1)
+    torch.testing.assert_close(paired.x_mix[0], single.x_mix[0])  # the first mix is drawn as without pairs
+    with pytest.raises(ValueError, match="3 subjects or more"):
+        MixedPatchSampler(vols[:2], patch_size=16, seed=0, views=2)
+    with pytest.raises(ValueError, match="unmixed"):
+        MixedPatchSampler(vols, patch_size=16, mixed=False, seed=0, views=2)
+
+
+def test_consistency_loss_is_the_squared_distance_of_paired_probabilities():
+    from training.train import consistency_loss
+
+    logits = torch.randn(2, 4, 3, 3, 3)
+    assert consistency_loss(torch.cat([logits[:1], logits[:1]])).item() == 0.0
+    probs = torch.softmax(logits, dim=1)
+    expected = ((probs[0] - probs[1]) ** 2).sum(0).mean()
+    torch.testing.assert_close(consistency_loss(logits), expected)
+    far = torch.zeros(2, 4, 1, 1, 1)
+    far[0, 0], far[1, 1] = 50.0, 50.0  # certain of two different classes: distance 1² + 1²
+    torch.testing.assert_close(consistency_loss(far), torch.tensor(2.0))
+
+
+def test_consistency_trains_on_pairs_logs_its_term_and_resumes_only_with_its_weight(tiny_cohort, tmp_path):
+    from training import train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    train.main(_train_cmd(tiny_cohort, out, run, 2, ["--consistency", "2"]))
+    assert json.loads((out / "unmixing" / "training.json").read_text())["consistency"] == 2.0
+    header, *rows = (run / "train.log").read_text().splitlines()
+    assert header.split("\t")[4] == "loss_consistency" and float(rows[-1].split("\t")[4]) > 0
+    with pytest.raises(SystemExit, match="consistency: 2.0 → off"):
+        train.main(_train_cmd(tiny_cohort, out, run, 3))
+    with pytest.raises(SystemExit, match="--mode baseline trains no D"):
+        train.main(_train_cmd(tiny_cohort, out, tmp_path / "b", 1, ["--mode", "baseline", "--consistency", "1"]))
+    plain = tmp_path / "plain"
+    train.main(_train_cmd(tiny_cohort, out, plain, 2))
+    assert json.loads((out / "unmixing" / "training.json").read_text())["consistency"] == 0.0
+    state = torch.load(plain / "checkpoint.pt", weights_only=False)
+    del state["settings"]["consistency"]  # saved before the option existed: read as off
+    torch.save(state, plain / "checkpoint.pt")
+    train.main(_train_cmd(tiny_cohort, out, plain, 3))
+    assert torch.load(plain / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
 def test_precise_bn_draws_patches_centred_as_the_model_was_trained(tiny_cohort, monkeypatch):
     """training.precise_bn's patches follow the training record's centres (the layout's for an older record)."""
     from training import precise_bn
@@ -669,7 +725,7 @@ def test_training_step_runs_the_forward_in_the_precision_and_layout_asked_for(ti
         dtype=o.dtype, channels_last=o.is_contiguous(memory_format=torch.channels_last_3d) and not o.is_contiguous()))
     before = [p.detach().clone() for p in model.parameters()]
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss, l_seg, l_unmix = training_step(model, optim, batch, torch.device("cpu"), precision, channels_last)
+    loss, l_seg, l_unmix, _ = training_step(model, optim, batch, torch.device("cpu"), precision, channels_last)
     assert seen == {"dtype": getattr(torch, precision), "channels_last": channels_last}
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isclose(loss, l_seg + l_unmix)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision: the weights stay float32

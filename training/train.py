@@ -92,6 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default), 'brain_and_labels' (half on the brain, half on labels; BraTS's default) or "
                         "'classes' (class-balanced: a labelled class drawn uniformly, then one of its voxels; for "
                         "small classes such as lesions)")
+    p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
+                   help="with a D (private, unmixing): mix each target patch twice, with the same α and disjoint "
+                        "references, and add WEIGHT × the mean squared difference of D's two predicted probability "
+                        "maps to the loss, so that D's output depends on the target rather than on the reference "
+                        "(the test–retest ICC); each step then unmixes 2 × --batch-size mixes. 0 (default): off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
@@ -294,6 +299,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--init-unmixing names a model folder under --init-from: give --init-from (e.g. weights).")
     if args.init_unmixing and args.mode == "baseline":
         raise SystemExit("--init-unmixing starts a D; --mode baseline trains no D.")
+    if args.consistency < 0:
+        raise SystemExit(f"--consistency is a loss weight, 0 or more (got {args.consistency}).")
+    if args.consistency and args.mode == "baseline":
+        raise SystemExit("--consistency pulls D's predictions of two mixes together; --mode baseline trains no D.")
     if args.val_subjects and args.n_references != 1 and args.mode != "baseline":
         raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
     deepest = (args.patch_size // 2 ** SegmentationNet.POOLINGS) ** 3  # voxels a patch keeps at U-Net++'s last level
@@ -343,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
         n_references=args.n_references, mixed=mixed, augment=args.augment,
         patch_centres=patch_centres, num_classes=cohort.num_classes, seed=args.seed * 1000 + rank,
+        views=2 if args.consistency else 1,
     )
     features = resolve_features(args.features)
     seg = SegmentationNet(num_classes=cohort.num_classes, features=features)
@@ -384,7 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     log = open(run_dir / "train.log", "a") if rank == 0 else None
     if log is not None and step == 0:
-        log.write("step\tloss\tloss_seg\tloss_unmix\tlr\tseconds\n")
+        log.write("step\tloss\tloss_seg\tloss_unmix\t" + ("loss_consistency\t" if args.consistency else "")
+                  + "lr\tseconds\n")
     if val is not None and args.init_from is not None and step == 0 and not history:
         history = validate_step(model, val, 0, history, run_dir)  # the starting weights: training must beat them
     bar = tqdm(total=args.steps, initial=step, disable=rank != 0, desc=name, mininterval=5)
@@ -393,13 +404,16 @@ def main(argv: list[str] | None = None) -> dict:
         if step in leg_starts:  # as the resume that started this leg did (idempotent if we just resumed here)
             sampler.rng = np.random.default_rng(args.seed * 7 + step + rank)
         batch = sampler.batch(args.batch_size)
-        loss, l_seg, l_unmix = training_step(ddp, optim, batch, device, args.precision, args.channels_last)
+        loss, l_seg, l_unmix, l_cons = training_step(ddp, optim, batch, device, args.precision, args.channels_last,
+                                                     args.consistency)
         sched.step()
         step += 1
         bar.update(1)
         if log is not None and (step % 10 == 0 or step == args.steps):
             secs = elapsed + time.perf_counter() - t0
-            log.write(f"{step}\t{loss.item():.4f}\t{l_seg.item():.4f}\t{l_unmix.item():.4f}\t{sched.get_last_lr()[0]:.2e}\t{secs:.0f}\n")
+            cons = f"{l_cons.item():.4f}\t" if args.consistency else ""
+            log.write(f"{step}\t{loss.item():.4f}\t{l_seg.item():.4f}\t{l_unmix.item():.4f}\t{cons}"
+                      f"{sched.get_last_lr()[0]:.2e}\t{secs:.0f}\n")
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if val is not None and (step % val_every == 0 or step == args.steps):
@@ -430,15 +444,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 RUN_SETTINGS = ("mode", "data", "modality", "features", "unmix_features", "unmix_patch", "unmix_hidden",
-                "n_references", "alpha_range", "augment", "patch_centres", "seed", "init_from", "init_unmixing",
-                "val_subjects")
+                "n_references", "alpha_range", "augment", "patch_centres", "consistency", "seed", "init_from",
+                "init_unmixing", "val_subjects")
 """The options that make a run this run: a checkpoint resumes only under the same ones. The others may change
 between legs (``--steps``, as the shipped weights' legs did; batch size, learning rate, precision, threads,
 the number of processes)."""
 
 
-DEFAULTED_SETTINGS = ("modality", "patch_centres")
-"""The settings a checkpoint records as None where they are what the cohort gives without the option."""
+DEFAULTED_SETTINGS = {"modality": "the cohort's default", "patch_centres": "the cohort's default", "consistency": "off"}
+"""The settings a checkpoint records as None where they are what the run does without the option (as a
+checkpoint saved before the option existed reads), and how a refused resume names that."""
 
 
 def default_modality(data: Path) -> str | None:
@@ -465,7 +480,7 @@ def run_settings(args: argparse.Namespace, modality: str | None = None, patch_ce
             "features": list(resolve_features(args.features)), "unmix_features": list(resolve_widths(args.unmix_features)),
             "unmix_patch": args.unmix_patch, "unmix_hidden": args.unmix_hidden, "n_references": args.n_references,
             "alpha_range": [float(a) for a in args.alpha_range], "augment": args.augment,
-            "patch_centres": patch_centres, "seed": args.seed,
+            "patch_centres": patch_centres, "consistency": args.consistency or None, "seed": args.seed,
             "init_from": path(args.init_from), "init_unmixing": args.init_unmixing, "val_subjects": args.val_subjects}
 
 
@@ -475,7 +490,7 @@ def check_resumable(state: dict, settings: dict, steps: int, ckpt_path: Path) ->
     new_run = f"give another --run-dir for a new run, or remove {ckpt_path.parent}"
     saved = state.get("settings")
     if saved is not None:
-        shown = lambda k, v: "the cohort's default" if v is None and k in DEFAULTED_SETTINGS else repr(v)  # noqa: E731
+        shown = lambda k, v: DEFAULTED_SETTINGS[k] if v is None and k in DEFAULTED_SETTINGS else repr(v)  # noqa: E731
         changed = [f"{k}: {shown(k, saved.get(k))} → {shown(k, settings[k])}" for k in settings
                    if saved.get(k) != settings[k]]
         if changed:
@@ -512,11 +527,22 @@ LOSS_TARGET = DiceCELoss(softmax=True, to_onehot_y=True)
 """D's loss against the target's labels."""
 
 
+def consistency_loss(logits_target: torch.Tensor) -> torch.Tensor:
+    """The mean over voxels of the squared distance between the probability maps of consecutive pairs of D's
+    predictions (a batch of ``views=2`` mixes: one target, two disjoint references, one α)."""
+    probs = torch.softmax(logits_target.float(), dim=1)
+    first, second = probs[0::2], probs[1::2]
+    return (first - second).pow(2).sum(dim=1).mean()
+
+
 def training_step(ddp: torch.nn.Module, optim: torch.optim.Optimizer, batch, device: torch.device,
-                  precision: str = "float32", channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  precision: str = "float32", channels_last: bool = False,
+                  consistency: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on ``batch`` (a :class:`mixdemo.data.MixedPatchSampler` batch) of ``ddp`` (an
     :class:`EndToEnd`, DDP-wrapped or not): S's loss on the proxies (Eq. 3; on the raw images for the
-    baseline) plus D's on the target's labels, or D's alone when S is frozen. Returns (loss, S's, D's)."""
+    baseline) plus D's on the target's labels, or D's alone when S is frozen; with ``consistency`` > 0 (a
+    ``views=2`` batch) plus that weight × :func:`consistency_loss`. Returns (loss, S's, D's, the consistency
+    term unweighted)."""
     model = getattr(ddp, "module", ddp)
     mixed = model.unmix is not None
     x_in = batch.x_mix if mixed else batch.x_target
@@ -526,11 +552,12 @@ def training_step(ddp: torch.nn.Module, optim: torch.optim.Optimizer, batch, dev
     l_seg = LOSS_MIX(logits_mix.float(), batch.y_mix.to(device))
     l_unmix = (LOSS_TARGET(logits_target.float(), batch.y_target[:, None].to(device)) if mixed
                else torch.zeros((), device=device))
-    loss = l_unmix if model.freeze_seg else l_seg + l_unmix
+    l_cons = consistency_loss(logits_target) if consistency and mixed else torch.zeros((), device=device)
+    loss = (l_unmix if model.freeze_seg else l_seg + l_unmix) + consistency * l_cons
     optim.zero_grad(set_to_none=True)
     loss.backward()
     optim.step()
-    return loss, l_seg, l_unmix
+    return loss, l_seg, l_unmix, l_cons
 
 
 def set_up_for(model: EndToEnd, precision: str, channels_last: bool) -> EndToEnd:
@@ -616,7 +643,8 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
     training = {
         "command": command,
         "mode": args.mode, "steps": args.steps, "batch_size": args.batch_size * world, "patch_size": args.patch_size,
-        "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range), "n_references": args.n_references, "seed": args.seed,
+        "lr": args.lr, "legs": args.legs, "augment": args.augment, "alpha_range": list(args.alpha_range),
+        "n_references": args.n_references, "consistency": args.consistency, "seed": args.seed,
         "init_from": str(args.init_from) if args.init_from else None,
         "init_from_sha256": init_shas(args.init_from, args.mode, args.init_unmixing) if args.init_from else None,
         "init_unmixing": args.init_unmixing,
