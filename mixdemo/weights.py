@@ -324,7 +324,9 @@ def write_model_card(
             f"- Command: `{record.get('command', '?')}`",
             f"- Steps: {record.get('steps', '?')} × batch {record.get('batch_size', '?')} "
             f"({record.get('patch_size', '?')}³ patches)"
-            + (f", α ~ U{tuple(record['alpha_range'])}" if record.get("alpha_range") else ""),
+            + (f", α ~ U{tuple(record['alpha_range'])}" if record.get("alpha_range") else "")
+            + (f"; consistency weight {record['consistency']:g} (each target mixed twice, so 2 × {record['batch_size']}"
+               " mixes a step)" if record.get("consistency") else ""),
             f"- Hardware: {record.get('hardware', '?')}; {record.get('train_seconds', '?')} s; {record.get('date', '?')}"
             + ("; mixed precision (bfloat16 forward)" if record.get("precision") == "bfloat16" else ""),
             f"- SHA-256 of model.safetensors: `{record.get('sha256', '?')}`",

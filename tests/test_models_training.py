@@ -596,8 +596,23 @@ def test_paired_views_mix_one_target_twice_with_one_alpha_and_disjoint_reference
     torch.testing.assert_close(paired.x_mix[0], single.x_mix[0])  # the first mix is drawn as without pairs
     with pytest.raises(ValueError, match="3 subjects or more"):
         MixedPatchSampler(vols[:2], patch_size=16, seed=0, views=2)
+def test_paired_views_take_their_references_from_subjects_neither_the_target_nor_the_other_mix_holds():
+    """Scans, not subjects, are drawn: a subject's second scan is never the other mix's reference."""
+    from mixdemo.data import Volume
+
+    subjects = ["a", "a", "b", "c", "c", "d"]  # a and c have two scans each
+    volumes = [Volume(f"{s}_{i}", s, np.full((8, 8, 8), i + 1.0, np.float32), np.ones((8, 8, 8), np.uint8), np.eye(4))
+               for i, s in enumerate(subjects)]
+    sampler = MixedPatchSampler(volumes, patch_size=8, alpha_range=(0.3, 0.5), seed=0, views=2)
+    for _ in range(100):
+        batch = sampler.batch(1)
+        alpha = batch.weights[0, 0].item()
+        target = subjects[round(batch.x_target[0].mean().item()) - 1]
+        refs = [subjects[round(((batch.x_mix[i] - alpha * batch.x_target[i]) / (1 - alpha)).mean().item()) - 1]
+                for i in (0, 1)]  # each reference's scan from its constant value (Eq. 2)
+        assert target not in refs and refs[0] != refs[1]
     with pytest.raises(ValueError, match="unmixed"):
-        MixedPatchSampler(vols, patch_size=16, mixed=False, seed=0, views=2)
+        MixedPatchSampler(volumes, patch_size=8, mixed=False, seed=0, views=2)
 
 
 def test_consistency_loss_is_the_squared_distance_of_paired_probabilities():
@@ -611,20 +626,36 @@ def test_consistency_loss_is_the_squared_distance_of_paired_probabilities():
     far = torch.zeros(2, 4, 1, 1, 1)
     far[0, 0], far[1, 1] = 50.0, 50.0  # certain of two different classes: distance 1² + 1²
     torch.testing.assert_close(consistency_loss(far), torch.tensor(2.0))
+    a, b = logits[:1], logits[1:]
+    assert consistency_loss(torch.cat([a, a, b, b])).item() == 0.0  # pairs are consecutive samples,
+    assert consistency_loss(torch.cat([a, b, a, b])).item() > 0.1  # not the two halves of the batch
 
 
-def test_consistency_trains_on_pairs_logs_its_term_and_resumes_only_with_its_weight(tiny_cohort, tmp_path):
+def test_consistency_trains_on_pairs_logs_its_term_and_resumes_only_with_its_weight(tiny_cohort, tmp_path, monkeypatch):
     from training import train
 
     out, run = tmp_path / "w", tmp_path / "run"
+    seen = []
+    real_step = train.training_step
+    monkeypatch.setattr(train, "training_step", lambda ddp, optim, batch, *a: seen.append((batch, a)) or
+                        real_step(ddp, optim, batch, *a))
     train.main(_train_cmd(tiny_cohort, out, run, 2, ["--consistency", "2"]))
+    for batch, (*_, weight) in seen:  # --batch-size 2: two targets, each mixed twice, consecutively
+        assert weight == 2.0 and batch.x_mix.shape[0] == 4
+        assert torch.equal(batch.x_target[0::2], batch.x_target[1::2]) and not torch.equal(batch.x_mix[0::2], batch.x_mix[1::2])
     assert json.loads((out / "unmixing" / "training.json").read_text())["consistency"] == 2.0
+    card = weights.write_model_card(out / "unmixing", title="t", summary="s", sections={})
+    assert "consistency weight 2 (each target mixed twice, so 2 × 2 mixes a step)" in card.read_text()
     header, *rows = (run / "train.log").read_text().splitlines()
     assert header.split("\t")[4] == "loss_consistency" and float(rows[-1].split("\t")[4]) > 0
     with pytest.raises(SystemExit, match="consistency: 2.0 → off"):
         train.main(_train_cmd(tiny_cohort, out, run, 3))
     with pytest.raises(SystemExit, match="--mode baseline trains no D"):
         train.main(_train_cmd(tiny_cohort, out, tmp_path / "b", 1, ["--mode", "baseline", "--consistency", "1"]))
+    with pytest.raises(SystemExit, match="a finite number 0 or more"):
+        train.main(_train_cmd(tiny_cohort, out, tmp_path / "b", 1, ["--consistency", "nan"]))
+    with pytest.raises(CohortError, match="holds 3 subject.*needs 5: --consistency mixes each target twice"):
+        train.main(_train_cmd(tiny_cohort, out, tmp_path / "b", 1, ["--consistency", "1", "--n-references", "2"]))
     plain = tmp_path / "plain"
     train.main(_train_cmd(tiny_cohort, out, plain, 2))
     assert json.loads((out / "unmixing" / "training.json").read_text())["consistency"] == 0.0
@@ -728,6 +759,9 @@ def test_training_step_runs_the_forward_in_the_precision_and_layout_asked_for(ti
     loss, l_seg, l_unmix, _ = training_step(model, optim, batch, torch.device("cpu"), precision, channels_last)
     assert seen == {"dtype": getattr(torch, precision), "channels_last": channels_last}
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isclose(loss, l_seg + l_unmix)
+    pairs = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.5), seed=0, views=2).batch(1)
+    loss, l_seg, l_unmix, l_cons = training_step(model, optim, pairs, torch.device("cpu"), precision, channels_last, 1.5)
+    assert l_cons.dtype == torch.float32 and l_cons > 0 and torch.isclose(loss, l_seg + l_unmix + 1.5 * l_cons)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision: the weights stay float32
     assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2  # S and D both stepped
 

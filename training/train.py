@@ -9,7 +9,8 @@ Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
     torchrun --nproc_per_node=4 -m training.train --mode private --steps 3000 --features paper
 
 Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
-the target's labels, summed, as in the paper. Checkpoints every ``--ckpt-every`` steps and
+the target's labels, summed, as in the paper; ``--consistency W`` adds W × the distance between D's
+predictions of one target mixed with two disjoint sets of references (not in the paper). Checkpoints every ``--ckpt-every`` steps and
 resumes from the last one; losses go to ``<run>/train.log`` (tab-separated). ``--val-subjects N`` holds
 the last N training subjects out and exports the step with the best whole-volume Dice on their scans
 (``training.validate``; ``<run>/validation.log``); with ``--init-from`` the starting weights are validated
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -93,10 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "'classes' (class-balanced: a labelled class drawn uniformly, then one of its voxels; for "
                         "small classes such as lesions)")
     p.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
-                   help="with a D (private, unmixing): mix each target patch twice, with the same α and disjoint "
-                        "references, and add WEIGHT × the mean squared difference of D's two predicted probability "
-                        "maps to the loss, so that D's output depends on the target rather than on the reference "
-                        "(the test–retest ICC); each step then unmixes 2 × --batch-size mixes. 0 (default): off")
+                   help="with a D (private, unmixing): mix each target patch twice, with the same α and references "
+                        "of disjoint subjects, and add WEIGHT × the squared distance between D's two class-probability "
+                        "vectors, averaged over voxels (0 to 2), to the loss (S's too in --mode private), so that D's "
+                        "output depends on the target more than on the reference: it aims at the spread between "
+                        "references that the test-retest ICC measures. S and D then run on 2 × --batch-size mixes a "
+                        "step (about twice the time and memory). 0 (default): off")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
@@ -299,14 +303,14 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--init-unmixing names a model folder under --init-from: give --init-from (e.g. weights).")
     if args.init_unmixing and args.mode == "baseline":
         raise SystemExit("--init-unmixing starts a D; --mode baseline trains no D.")
-    if args.consistency < 0:
-        raise SystemExit(f"--consistency is a loss weight, 0 or more (got {args.consistency}).")
+    if not math.isfinite(args.consistency) or args.consistency < 0:
+        raise SystemExit(f"--consistency is a loss weight, a finite number 0 or more (got {args.consistency}).")
     if args.consistency and args.mode == "baseline":
         raise SystemExit("--consistency pulls D's predictions of two mixes together; --mode baseline trains no D.")
     if args.val_subjects and args.n_references != 1 and args.mode != "baseline":
         raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
     deepest = (args.patch_size // 2 ** SegmentationNet.POOLINGS) ** 3  # voxels a patch keeps at U-Net++'s last level
-    if args.batch_size * deepest < 2:
+    if args.batch_size * (2 if args.consistency else 1) * deepest < 2:  # --consistency: two mixes a target
         raise SystemExit(f"--patch-size {args.patch_size} leaves {deepest} voxel(s) at U-Net++'s deepest level, and batch "
                          f"normalisation needs 2 or more values per batch there: give --batch-size 2 or more, or "
                          f"--patch-size {2 ** (SegmentationNet.POOLINGS + 1)} or more.")
@@ -324,7 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
     cohort = load_cohort(args.data, args.modality)
     if rank == 0 and (note := cohort.left_out_note()):
         print(note, flush=True)
-    check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references)
+    check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references,
+                         views=2 if args.consistency else 1)
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -510,13 +515,18 @@ def load_checkpoint_weights(model: torch.nn.Module, weights: dict, ckpt_path: Pa
                          f"give another --run-dir for a new run, or remove {ckpt_path.parent}.") from None
 
 
-def check_training_split(cohort: Cohort, mixed: bool, n_references: int = 1) -> None:
+def check_training_split(cohort: Cohort, mixed: bool, n_references: int = 1, views: int = 1) -> None:
     """CohortError unless the cohort's training split can train: a scan at least, and for mixed training the scans
-    of 1 + ``n_references`` subjects (each mix's references come from subjects other than its target's)."""
+    of 1 + ``n_references`` subjects (each mix's references come from subjects other than its target's), or of
+    1 + 2 × ``n_references`` with ``views=2`` (``--consistency``: a second mix with references disjoint from the
+    first's)."""
     subjects = sorted({r.subject for r in cohort.split("train")})
-    needed = 1 + n_references if mixed else 1
+    needed = 1 + views * n_references if mixed else 1
     if len(subjects) < needed:
-        why = f"a mix needs {n_references} reference(s) from subjects other than its target's" if mixed else "it trains on them"
+        why = ("--consistency mixes each target twice, with references of disjoint subjects, none the target's"
+               if mixed and views == 2 else
+               f"a mix needs {n_references} reference(s) from subjects other than its target's" if mixed
+               else "it trains on them")
         raise CohortError(f"The training split of {cohort.root} holds {len(subjects)} subject(s) ({', '.join(subjects) or 'none'}); "
                           f"training needs {needed}: {why}. List more subjects under \"train\" in its split.json.")
 
