@@ -598,3 +598,34 @@ def test_d_precision_record_applies_its_rule_and_refuses_a_run_not_in_bfloat16()
         rec.assemble({**evaluation, "unmixing_precision": "float32"}, float32_run, True, "c")
     with pytest.raises(SystemExit, match="other weights"):
         rec.assemble({**evaluation, "weights_sha256": {"unmixing-x": "b"}}, float32_run, True, "c")
+
+
+def test_the_consistency_record_keeps_its_evaluation_and_refuses_one_of_another_d(tmp_path):
+    """training.record_consistency: the gates are the default's figures, the candidate's training and calibration
+    records are kept apart, and an evaluation of another D or of other weights is refused; the report's verdict
+    follows the gates."""
+    from training.record_consistency import assemble
+    from training.report import consistency_gates
+
+    folder = tmp_path / "cand-cal"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    weights.write_training_record(folder, {"command": "python -m training.train --consistency 2", "train_seconds": 60,
+                                           "calibration": {"command": "python -m training.calibrate", "offsets": [0, 0, 0, 0]}})
+    row = lambda avg, csf, other: {"dice": {"learned_tta": {"avg": avg}},  # noqa: E731
+                                   "icc": {"GM": {"icc": other}, "WM": {"icc": other}, "CSF": {"icc": csf}}}
+    default = {**row(0.90, 0.33, 0.76), "models": {"unmixing": "default-d"}}
+    evaluation = {**row(0.91, 0.80, 0.77), "models": {"unmixing": "cand-cal"},
+                  "weights_sha256": {"cand-cal": weights.sha256_file(folder / "model.safetensors")}}
+    doc = assemble(folder, evaluation, default)
+    assert doc["gates"] == {"learned_tta_avg_at_least": 0.90, "csf_icc_above": 0.33, "other_icc_at_least": 0.75,
+                            "default": "default-d"}
+    assert doc["evaluation"] is evaluation and "calibration" not in doc["training"]
+    assert doc["calibration"]["command"] == "python -m training.calibrate"
+    assert consistency_gates(doc) == {"learned_tta": True, "csf_icc": True, "other_icc": True}
+    evaluation["icc"]["WM"]["icc"] = 0.74
+    assert consistency_gates(doc)["other_icc"] is False
+    with pytest.raises(SystemExit, match="not the D the evaluation scored"):
+        assemble(folder, {**evaluation, "models": {"unmixing": "other"}}, default)
+    with pytest.raises(SystemExit, match="other weights"):
+        assemble(folder, {**evaluation, "weights_sha256": {"cand-cal": "0" * 64}}, default)

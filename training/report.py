@@ -954,6 +954,51 @@ def mirror_tta_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+CONSISTENCY_RECORD = "d_consistency"
+"""A D trained on with ``training.train --consistency``, judged against the default by a rule set before it trained."""
+
+
+def consistency_gates(doc: dict) -> dict[str, bool]:
+    """Each gate of ``doc``'s rule (``results/d_consistency.json``), held or not by its evaluation."""
+    gates, ev = doc["gates"], doc["evaluation"]
+    return {"learned_tta": ev["dice"]["learned_tta"]["avg"] >= gates["learned_tta_avg_at_least"],
+            "csf_icc": ev["icc"]["CSF"]["icc"] > gates["csf_icc_above"],
+            "other_icc": all(ev["icc"][c]["icc"] >= gates["other_icc_at_least"] for c in ("GM", "WM"))}
+
+
+def d_consistency_md(doc: dict) -> str:
+    """The D trained on with a consistency loss beside the default, on the segmentation table's protocol and draws,
+    and its rule's verdict (``results/d_consistency.json``)."""
+    ev, t, cal = doc["evaluation"], doc["training"], doc["calibration"]
+    default = _load("segmentation")
+    rows = [(f"`{_d_name(default)}` (default)", default), (f"`{_d_name(ev)}`", ev)]
+    lines = [f"Trained by `{t['command']}` ({t['train_seconds'] / 60:.0f} min), calibrated by `{cal['command']}` "
+             f"({calibrated_how(cal)}), measured by `{ev['command']}` ({ev['date']}, {ev['seconds'] / 60:.0f} min) with "
+             "`MIXDEMO_WEIGHTS_DIR` a folder of links to the shipped models and these two: the segmentation table's "
+             f"{ev['n_volumes']} volumes, α and references, and its {ev['n_icc_scans']} scans for the ICC. "
+             "**MNI152-derived phantoms, not patients.**", "",
+             "| D | Learned | Learned + TTA | × baseline | ICC GM | ICC WM | ICC CSF | r GM | r WM | r CSF |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, d in rows:
+        icc = d["icc"]
+        lines.append(f"| {label} | {_f(d['dice']['learned']['avg'])} | {_f(d['dice']['learned_tta']['avg'])} | "
+                     f"{_f(d['ratio_to_baseline']['learned_tta']['ratio'])} | "
+                     + " | ".join(_f(icc[c]["icc"]) for c in ("GM", "WM", "CSF")) + " | "
+                     + " | ".join(_f(icc[c]["reference_sd"]) for c in ("GM", "WM", "CSF")) + " |")
+    held = consistency_gates(doc)
+    said = lambda ok: "held" if ok else "**not held**"  # noqa: E731
+    g = doc["gates"]
+    lines += ["", f"r: the SD of a single prediction's Dice between references (the ICC table's second SD row). The rule, "
+                  f"set before the candidate trained: it becomes the default D only if Learned + TTA is at least the "
+                  f"default's {g['learned_tta_avg_at_least']:.4f} ({said(held['learned_tta'])}: "
+                  f"{ev['dice']['learned_tta']['avg']:.4f}), CSF's ICC is above the default's {g['csf_icc_above']:.4f} "
+                  f"({said(held['csf_icc'])}: {ev['icc']['CSF']['icc']:.4f}), and GM's and WM's stay at "
+                  f"{g['other_icc_at_least']} or more ({said(held['other_icc'])}). "
+                  + ("So it is the default D." if all(held.values()) else
+                     "So it is not the default; its weights are not shipped.")]
+    return "\n".join(lines)
+
+
 def train_throughput_md(doc: dict) -> str:
     """Training steps per second in each precision and layout (``results/train_throughput.json``), and the
     validated runs it quotes (``--runs``)."""
@@ -1116,7 +1161,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "train_throughput": train_throughput_md, "d_ensembles": d_ensembles_md, "gpu_run": gpu_run_md,
     "reference_choice": reference_choice_md, "bench_cpus": bench_cpus_block, "bench_avx2": bench_md,
     "mirror_tta": mirror_tta_md, "segmentation_lesions": lesions_md,
-    "segmentation_lesions_balanced": lesions_balanced_md,
+    "segmentation_lesions_balanced": lesions_balanced_md, CONSISTENCY_RECORD: d_consistency_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
