@@ -504,7 +504,7 @@ def _train_cmd(cohort: Path, out: Path, run: Path, steps: int, extra: list[str] 
             "--features", TINY, "--out", str(out), "--run-dir", str(run), "--ckpt-every", "2", *extra]
 
 
-def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
+def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path, capsys):
     from training import train
 
     out, run = tmp_path / "w", tmp_path / "run"
@@ -520,6 +520,10 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path):
     sessions = json.loads((out / "segmentation" / "training.json").read_text())["sessions"]
     assert [(s["from_step"], s["to_step"], s["batch_size"]) for s in sessions] == [(0, 3, 2), (3, 5, 3)]  # both legs
     assert "--batch-size 3" in sessions[1]["command"]
+    capsys.readouterr()
+    train.main(_train_cmd(tiny_cohort, out, run, 5))  # a finished run: nothing to train, and it says so
+    assert "has run all --steps 5: nothing to train" in capsys.readouterr().out
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
 
 
 def _lesioned_volumes(n: int = 3) -> list:

@@ -706,7 +706,7 @@ def test_the_reference_bank_s_grid_is_the_phantoms():
 def test_what_the_readme_s_client_commands_write_is_git_ignored():
     """A segmentation holds the patient's anatomy (a DICOM SEG their header fields too): each output the README's
     client commands write at the repository root is git-ignored, so that a Space upload of the folder (`hf upload
-    spaces/USER/NAME . .`, which skips ignored files) does not publish it."""
+    USER/NAME . . --repo-type space`, which skips ignored files) does not publish it."""
     import subprocess
 
     outputs = set(re.findall(r"mixdemo\.client [^`\n]*? -o ([^\s`]+)", (REPO / "README.md").read_text()))

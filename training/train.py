@@ -393,6 +393,9 @@ def main(argv: list[str] | None = None) -> dict:
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor, last_epoch=step - 1)
         if rank == 0:
             print(f"resumed from step {step} ({ckpt_path}; a new run needs another --run-dir)", flush=True)
+            if step >= args.steps:
+                print(f"its checkpoint has run all --steps {args.steps}: nothing to train; its weights are exported "
+                      "again (a larger --steps trains on)", flush=True)
     sessions = [*sessions, session_record(args, world, device, command_line("training.train", argv), step)]
     # U-Net++ without deep supervision leaves its intermediate heads unused
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
