@@ -200,6 +200,16 @@ def test_msssim_matches_monai(shape: tuple[int, int, int], sigma: float) -> None
     assert msssim_3d(a, b) == pytest.approx(ref, abs=1e-4)  # MONAI computes in float32
 
 
+def test_msssim_weights_are_the_published_ones_and_monai_s_defaults():
+    """Wang et al. 2003's five scale weights, independently of the library's constant: MONAI's defaults."""
+    import inspect
+
+    from monai.metrics import MultiScaleSSIMMetric
+
+    assert MSSSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    assert MSSSIM_WEIGHTS == inspect.signature(MultiScaleSSIMMetric).parameters["weights"].default
+
+
 def test_msssim_data_range_default_is_joint_range() -> None:
     a = smooth_volume((32, 32, 32), 8) * 200
     b = a + 20 * np.random.default_rng(9).normal(size=a.shape) + 10
@@ -247,6 +257,16 @@ def test_msssim_matrix_properties() -> None:
     assert np.argmax(sim[0] - np.eye(5)[0] * 2) == 3  # the near-duplicate is the best match
     fixed = msssim_matrix(vols, data_range=1.0)
     assert fixed[1, 2] == pytest.approx(msssim_3d(vols[1], vols[2], data_range=1.0), abs=1e-10)
+
+
+def test_msssim_matrix_is_the_same_in_chunks_of_a_few_pairs(monkeypatch) -> None:
+    """Pairs split over several chunks (a large cohort) give every pair's value, none skipped or doubled."""
+    from mixdemo import metrics
+
+    vols = np.stack([smooth_volume((32, 32, 32), s) for s in range(5)])
+    whole = msssim_matrix(vols)
+    monkeypatch.setattr(metrics, "_PAIR_CHUNK_VOXELS", 3 * 32**3)  # 3 pairs a chunk: 10 pairs in 4 chunks
+    np.testing.assert_allclose(msssim_matrix(vols), whole, atol=1e-12)
 
 
 def test_msssim_bad_inputs_raise() -> None:

@@ -27,6 +27,15 @@ def test_naive_unmix_of_exact_mixed_labels_returns_target(alpha, seed):
     assert np.array_equal(recovered.argmax(0), y_t)
 
 
+def test_mixed_labels_and_naive_unmixing_are_eq3_and_eq4_written_out():
+    """Hand-computed values, so that α and 1 − α swapped in both equations at once cannot pass."""
+    y_t = np.array([[1.0, 0.0], [0.0, 1.0]])  # two classes (C, N): target voxel 0 is class 0, voxel 1 class 1
+    y_r = np.array([[0.0, 0.0], [1.0, 1.0]])  # the reference is class 1 at both voxels
+    np.testing.assert_allclose(mix_labels(y_t, y_r, 0.25), [[0.25, 0.0], [0.75, 1.0]])  # α·y + (1 − α)·y_ref
+    y_mix = np.array([[0.4, 0.1], [0.6, 0.9]])
+    np.testing.assert_allclose(naive_unmix(y_mix, y_r, 0.25), [[1.6, 0.4], [-0.6, 0.6]])  # (ŷ − 0.75·y_ref) / 0.25
+
+
 @settings(max_examples=50, deadline=None)
 @given(alpha=alphas)
 def test_naive_unmix_torch_and_numpy_agree(alpha):
@@ -77,9 +86,9 @@ def test_sample_key_errors_say_what_is_wrong():
 
 def test_tta_averages_any_unmixer():
     preds = [np.full((2, 2), v, np.float32) for v in (1.0, 3.0)]
-    refs = [np.zeros((2, 2), np.float32)] * 2
-    out = tta(lambda p, r, a: p * a, preds, refs, [1.0, 0.5])
-    np.testing.assert_allclose(out, (1.0 + 1.5) / 2)
+    refs = [np.full((2, 2), v, np.float32) for v in (10.0, 20.0)]
+    out = tta(lambda p, r, a: p * a - r, preds, refs, [1.0, 0.5])  # each mix unmixed with its own reference and α
+    np.testing.assert_allclose(out, ((1.0 - 10.0) + (1.5 - 20.0)) / 2)
     np.testing.assert_allclose(tta_average(np.stack(preds)), 2.0)
     one = torch.rand(1, 4, 3, 3, 3)
     assert torch.equal(tta_average(one), one.mean(0))  # K = 1: the prediction itself, without a copy
@@ -88,19 +97,26 @@ def test_tta_averages_any_unmixer():
         tta(lambda p, r, a: p, preds, refs, [0.5])
 
 
-def test_tta_variance_is_zero_for_identical_predictions():
+def test_tta_variance_is_the_population_variance_over_the_k_predictions():
     p = torch.rand(3, 4, 2, 2, 2)
     assert torch.all(mixing.tta_variance(p[:1].expand(3, -1, -1, -1, -1)) == 0)
-    assert torch.all(mixing.tta_variance(p) >= 0)
+    expected = np.var(p.numpy(), axis=0)  # ddof 0: the spread of these K maps, not an estimate of a population's
+    np.testing.assert_allclose(mixing.tta_variance(p).numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mixing.tta_variance(p.numpy()), expected, rtol=1e-5, atol=1e-7)
+    assert torch.all(mixing.tta_variance(p[:1]) == 0)
 
 
-def test_patches_cut_target_and_reference_at_the_same_place():
+def test_patches_centre_on_a_foreground_voxel_or_fall_anywhere_inside_the_volume():
     rng = np.random.default_rng(0)
-    fg = np.argwhere(np.ones((40, 40, 40)))
-    for _ in range(20):
+    fg = np.array([[30, 5, 20]])  # one foreground voxel: every patch holds it, as near its centre as fits
+    for _ in range(5):
         corner = mixing.sample_patch_corner((40, 40, 40), 16, rng, fg)
+        assert corner == (22, 0, 12)
         sl = mixing.patch_slices(corner, 16)
         assert all(0 <= s.start and s.stop <= 40 and s.stop - s.start == 16 for s in sl)
+        assert all(s.start <= v < s.stop for s, v in zip(sl, fg[0]))
+    corners = {mixing.sample_patch_corner((20, 20, 20), 16, rng)[0] for _ in range(200)}  # no foreground: uniform
+    assert corners == set(range(5))  # every corner 0 … n − s comes up
     with pytest.raises(ValueError, match="does not fit"):
         mixing.sample_patch_corner((8, 8, 8), 16, rng)
 

@@ -71,6 +71,8 @@ def test_round_trip_sends_only_proxies_and_recovers_target_with_an_oracle_server
         np.testing.assert_allclose(proxy, 0.4 * target.image + 0.6 * ref.image, rtol=1e-6, atol=1e-6)
     assert not any(np.allclose(p, target.image) for p in sent)  # the raw target never reaches the server
     assert np.array_equal(result.labels("naive"), target.labels)  # Eq. 4 inverts Eq. 3 exactly
+    exact = np.broadcast_to(one_hot(target.labels, 4), result.naive.shape)  # scores, not just their arg-max:
+    np.testing.assert_allclose(np.asarray(result.naive), exact, atol=1e-5)  # α and 1 − α swapped would not be 0/1
     assert np.array_equal(result.labels("naive_tta"), target.labels)
     assert result.learned is not None and result.learned.shape == (3, 4, 16, 32, 16)
     assert result.uncertainty().shape == target.image.shape
