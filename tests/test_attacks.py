@@ -108,6 +108,23 @@ def test_score_net_divides_by_sigma_and_roundtrips(tmp_path: Path) -> None:
         m(torch.rand(2, 16, 16, 16), 1.0)
 
 
+def test_dsm_loss_of_the_exact_score_is_its_closed_form() -> None:
+    """Data N(μ, τ²) per voxel: the exact score of the noised data, −(x̃ − μ)/(τ² + σ²), leaves the residual
+    ½ E‖σ s + z‖² = ½ τ²/(τ² + σ²); a perturbation x − σz, or the score's sign flipped, is far from it."""
+    gen = torch.Generator().manual_seed(0)
+    exact = GaussianScore(mu=0.5, tau=0.3)
+    x = 0.5 + 0.3 * torch.randn(8, 1, 16, 16, 16, generator=gen)
+    level = torch.tensor([0.5])
+    loss = dsm_loss(exact, x, level, generator=torch.Generator().manual_seed(1)).item()
+    assert loss == pytest.approx(0.5 * 0.09 / (0.09 + 0.25), rel=0.03)
+
+    class Negated(nn.Module):
+        def forward(self, x, sigma):
+            return -exact(x, sigma)
+
+    assert dsm_loss(Negated(), x, level, generator=torch.Generator().manual_seed(1)).item() > 3 * loss
+
+
 def test_dsm_loss_finite_and_decreasing_on_tiny_overfit() -> None:
     torch.manual_seed(0)
     m = ScoreNet(sigma_1=2.0, sigma_L=0.05, n_levels=4, features=TINY)
@@ -161,6 +178,24 @@ def test_separate_api_shapes_progress_and_cancel() -> None:
         bss.separate(score, proxies, 0.5, n_init=0)
 
 
+def test_alpha_unknown_keeps_each_chain_s_lowest_energy_candidate(monkeypatch) -> None:
+    """Each (proxy, initialisation) keeps the α candidate whose sources the prior finds most plausible: an energy
+    lowest at α = 0.6 for the first proxy and 0.7 for the second picks those, whatever the chains' order."""
+    score = ScoreNet(sigma_1=5.0, features=TINY).eval()
+    x, r = smooth_volumes(2, 16, seed=1), smooth_volumes(2, 16, seed=2)
+    proxies = 0.6 * x + 0.4 * r
+    grid, n_init = (0.5, 0.6, 0.7), 2
+    # chains are (proxy, α candidate, initialisation), as separate() documents; the energy of each chain
+    best = np.array([0.6, 0.7])
+    chain_alpha = np.tile(np.repeat(grid, n_init), 2)
+    chain_best = np.repeat(best, len(grid) * n_init)
+    monkeypatch.setattr(bss, "prior_energy", lambda *a, **k: torch.as_tensor(np.abs(chain_alpha - chain_best) + 0.1,
+                                                                             dtype=torch.float32))
+    res = bss.separate(score, proxies, None, n_init=n_init, alpha_grid=grid, config=bss.LangevinConfig(steps_per_level=1))
+    np.testing.assert_allclose(res.alphas, [[0.6, 0.6], [0.7, 0.7]], atol=1e-6)
+    np.testing.assert_allclose(res.energy, 0.1, atol=1e-6)
+
+
 def test_the_alpha_grid_is_the_public_range_folded() -> None:
     """α unknown: the attacker searches the client's public α range, folded to α ≥ 0.5 (α and 1 − α swap sources)."""
     assert bss.ALPHA_GRID == bss.folded_alpha_grid(DEFAULT_ALPHA_RANGE) == (0.5, 0.55, 0.6, 0.65, 0.7)
@@ -173,7 +208,22 @@ def test_positive_control_known_reference_exact() -> None:
     alpha = np.array([0.3, 0.5, 0.7], np.float32)[:, None, None, None]
     m = alpha * x + (1 - alpha) * r
     rec = bss.known_reference_recovery(m, r, alpha)
-    assert msssim_3d_batch(rec, x, data_range=1.0).min() >= 0.85
+    np.testing.assert_allclose(rec, x, atol=1e-5)  # Eq. 2 inverted exactly
+    assert msssim_3d_batch(rec, x, data_range=1.0).min() >= 0.999
+
+
+def test_langevin_samples_the_prior_with_the_noise_of_its_step() -> None:
+    """With no mixture term (weights 0), the chains sample the prior N(μ, τ² + σ_L²) at the last level: the
+    discretised step x + η s + √(2η) z leaves the variance v / (1 − η / 2v); without the noise, or with another
+    scale, the variance is far from it."""
+    prior = GaussianScore(mu=0.5, tau=0.3, sigma_1=0.02, levels=2)  # levels 0.02, 0.01
+    config = bss.LangevinConfig(steps_per_level=150, delta=0.02, clip=False)  # η = δ at the last level
+    chains = torch.zeros(8, 16, 16, 16)
+    x, completed = bss.annealed_langevin(prior, chains, torch.zeros(8, 2), config=config,
+                                         generator=torch.Generator().manual_seed(0))
+    v = 0.3**2 + 0.01**2
+    assert completed and x.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert x.var().item() == pytest.approx(v / (1 - 0.02 / (2 * v)), rel=0.05)
 
 
 def test_positive_control_known_reference_langevin() -> None:
@@ -257,6 +307,9 @@ def test_reid_positive_control_no_proxy() -> None:
     assert out["no_proxy"]["map"] >= 0.95
     assert 0.0 <= out["mixup"]["map"] <= 1.0 and 0.0 <= out["mixup"]["f1"] <= 1.0
     assert out["n_scans"] == 10
+    unmixed = reid.reid_experiment(vols, ids, refs, alpha_range=(1.0, 1.0), n_draws=1, seed=0)  # α = 1: the raw scans
+    assert unmixed["mixup"]["map"] == pytest.approx(unmixed["no_proxy"]["map"])
+    assert out["mixup"]["map"] < out["no_proxy"]["map"]  # the proxies, not the raw scans, are retrieved
 
 
 def test_proxies_match_their_subjects_other_scan_in_a_gallery_of_raw_scans() -> None:

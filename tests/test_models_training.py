@@ -45,6 +45,9 @@ def test_unmixing_net_is_conditioned_on_alpha():
     b = net(y, r, torch.tensor([0.8]))
     assert a.shape == (1, 4, 8, 8, 8)
     assert not torch.allclose(a, b)
+    both = net(y.expand(2, -1, -1, -1, -1), r.expand(2, -1, -1, -1, -1), torch.tensor([0.2, 0.8]))  # one batch:
+    torch.testing.assert_close(both[0], a[0], atol=1e-5, rtol=1e-5)  # each sample with its own α, as alone
+    torch.testing.assert_close(both[1], b[0], atol=1e-5, rtol=1e-5)
     assert count_parameters(net) < 200_000  # "small" U-Net
     with pytest.raises(ValueError, match="mixing weights"):
         net(y, r, torch.tensor([[0.2, 0.4, 0.4]]))
@@ -495,8 +498,30 @@ def test_sampler_mixes_target_and_reference_of_other_subjects(tiny_cohort):
     alpha = batch.weights[:, 0]
     assert torch.all((alpha >= 0.3) & (alpha <= 0.7))
     torch.testing.assert_close(batch.weights.sum(1), torch.ones(3))
+    a = alpha.view(3, 1, 1, 1, 1)
+    y_target = torch.nn.functional.one_hot(batch.y_target, 4).permute(0, 4, 1, 2, 3).float()
+    torch.testing.assert_close(batch.y_mix, a * y_target + (1 - a) * batch.y_ref)  # Eq. 3: α on the target's labels
+    assert not torch.allclose(batch.y_mix, (1 - a) * y_target + a * batch.y_ref)  # α ≠ 0.5: swapped weights differ
     plain = MixedPatchSampler(vols, patch_size=16, mixed=False, seed=0).batch(2)
     torch.testing.assert_close(plain.x_mix, plain.x_target)
+
+
+def test_sampler_references_come_from_other_subjects_than_the_target_s():
+    """A subject's other scan is never its reference (scans of one subject look alike), and Eq. 2 weighs the
+    target by α: each reference recovered from the proxy is a scan of another subject."""
+    from mixdemo.data import Volume
+
+    subjects = ["a", "a", "b", "b", "c"]
+    volumes = [Volume(f"{s}_{i}", s, np.full((8, 8, 8), i + 1.0, np.float32), np.ones((8, 8, 8), np.uint8), np.eye(4))
+               for i, s in enumerate(subjects)]
+    sampler = MixedPatchSampler(volumes, patch_size=8, alpha_range=(0.3, 0.5), seed=1)
+    for _ in range(100):
+        batch = sampler.batch(1)
+        alpha = batch.weights[0, 0].item()
+        target = round(batch.x_target[0].mean().item()) - 1
+        reference = (batch.x_mix[0] - alpha * batch.x_target[0]) / (1 - alpha)  # Eq. 2 solved for the reference
+        assert torch.allclose(reference, reference.mean(), atol=1e-4)  # one scan's constant: the weights are right
+        assert subjects[round(reference.mean().item()) - 1] != subjects[target]
 
 
 def _train_cmd(cohort: Path, out: Path, run: Path, steps: int, extra: list[str] = ()) -> list[str]:
