@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixdemo.client import ClientError, conform_to_grid, make_key, patch_region
+from mixdemo.client import ClientError, RemoteServer, conform_to_grid, make_key, patch_region
 from mixdemo.io import ScanError
 
 
@@ -31,6 +31,18 @@ def test_patch_region_stays_inside():
         assert all(s.stop - s.start == 32 and s.start >= 0 and s.stop <= n for s, n in zip(region, (144, 192, 160)))
     with pytest.raises(ClientError):
         patch_region((5, 5, 5), (16, 64, 64))
+    assert patch_region((72, 96, 80), (144, 192, 160)) == (slice(56, 88), slice(80, 112), slice(64, 96))  # centred
+    assert patch_region((0, 191, 20), (144, 192, 160)) == (slice(0, 32), slice(160, 192), slice(4, 36))  # clamped
+
+
+def test_the_default_centre_is_the_middle_of_the_bright_voxels_box():
+    from mixdemo.client import default_centre
+
+    volume = np.zeros((40, 50, 60), np.float32)
+    volume[10:21, 5:16, 30:41] = 1.0
+    volume[0, 0, 0] = 0.01  # below 5 % of the maximum: not part of the box
+    assert default_centre(volume) == (15, 10, 35)
+    assert default_centre(np.zeros((40, 50, 60), np.float32)) == (20, 25, 30)
 
 
 def test_make_key():
@@ -476,7 +488,6 @@ def test_separate_requests_each_go_in_a_new_session(app_url, monkeypatch):
     assert len(sessions) == 4 and len(set(sessions)) == 4  # the connection's, then one per request
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_the_answer_is_fetched_into_memory_not_through_gradio_clients_download(app_url, monkeypatch):
     """gradio_client's download stages each answer in a new folder of the temporary directory and leaves it there,
     empty: the client fetches the answer itself, into memory, from the server's own file route."""
@@ -653,6 +664,123 @@ def test_fake_main_segments_both_scans(fake_main, capsys):
     assert loads == ["bank"] and len(FakeRemote.made) == 1 and FakeRemote.requests
     assert "the default client network D (unmixing-p2-96-a35-cal) is not in the weights folder" in err  # no D here
     assert "give --unmixing NAME" in err
+
+
+class OracleRemote(FakeRemote):
+    """A perfect S for the test's scan: each proxy matched to the bank reference it mixes (Eq. 2 with the test's α,
+    whatever the order of the proxies), answered with the exact mixed labels of Eq. 3 for the test's truth."""
+
+    target: np.ndarray | None = None  # the scan as the client normalises it, on the grid
+    truth: np.ndarray | None = None
+    bank: list = []
+    alpha = 0.4
+    sent: list[np.ndarray] = []
+
+    def __call__(self, proxies):
+        return self.answer(proxies)
+
+    def answer(self, proxies):
+        import torch
+
+        from mixdemo.mixing import one_hot
+
+        answers = []
+        for proxy in proxies:
+            OracleRemote.sent.append(np.array(proxy))
+            misfit = [np.abs(proxy - (self.alpha * self.target + (1 - self.alpha) * r.image)).max() for r in self.bank]
+            assert min(misfit) < 1e-4, "a request held something else than a proxy of the scan and a bank reference"
+            ref = self.bank[int(np.argmin(misfit))]
+            answers.append(self.alpha * one_hot(self.truth, 4) + (1 - self.alpha) * one_hot(ref.labels, 4))
+        return torch.from_numpy(np.stack(answers).astype(np.float32))
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_the_client_writes_the_segmentation_a_perfect_server_implies(fake_main, capsys, monkeypatch, tmp_path, separate):
+    """Against a perfect S, naive unmixing (Eq. 4) with each proxy's own reference and α, averaged over K (Eq. 6),
+    gives the truth exactly, written voxel for voxel on the input's grid: for a NIfTI and for the same scan as a
+    zipped DICOM series, and with each proxy sent alone in shuffled order (``--separate-requests``). Every request
+    holds proxies of the scan, never the scan itself."""
+    import nibabel as nib
+
+    from mixdemo import client, examples
+    from mixdemo.io import normalize_intensity
+
+    scans, _, out = fake_main
+    image = nib.load(scans[0])
+    truth = np.random.default_rng(5).integers(0, 4, GRID).astype(np.uint8)  # no symmetry: a flip or shift shows
+    monkeypatch.setattr(OracleRemote, "target", normalize_intensity(np.asarray(image.dataobj, np.float32)))
+    monkeypatch.setattr(OracleRemote, "truth", truth)
+    monkeypatch.setattr(OracleRemote, "bank", examples.reference_bank())
+    monkeypatch.setattr(OracleRemote, "sent", [])
+    monkeypatch.setattr(client, "RemoteServer", OracleRemote)
+    if separate:  # the real client's shuffled single-proxy requests, each answered by the oracle
+        monkeypatch.setattr(OracleRemote, "__call__", lambda self, p: client_separately(self, p))
+    _, archive = _dicom_scans(scans, tmp_path)
+    code, err = _run_main([scans[0], str(archive), "-o", str(out), "--server", "http://127.0.0.1:7880",
+                           "--alpha", "0.4", "--tta", "3"], capsys)
+    assert code == 0, err
+    for name in ("private_name_a_seg.nii.gz", "private_name_d_seg.nii.gz"):
+        written = nib.load(out / name)
+        assert np.array_equal(np.asarray(written.dataobj), truth), name
+        assert np.allclose(written.affine, image.affine, atol=1e-4)
+    assert len(OracleRemote.sent) == 6  # three proxies a scan
+    assert all(np.abs(p - OracleRemote.target).max() > 0.1 for p in OracleRemote.sent)
+
+
+def test_separate_requests_put_each_answer_back_at_its_proxy_and_send_in_a_shuffled_order():
+    """Each proxy goes alone, in a new session, in an order drawn afresh per call; its answer lands at its own index
+    (naive unmixing averages the same whatever the order, so only this shows an answer put at the wrong proxy)."""
+    from types import SimpleNamespace
+
+    proxies = np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones((8, 2, 2, 2), np.float32)
+    orders, sessions = [], []
+
+    def request(one):
+        orders[-1].append(int(one[0, 0, 0, 0]))
+        return torch.full((1, 4, 2, 2, 2), float(one[0, 0, 0, 0]))  # the answer names its proxy
+
+    shim = SimpleNamespace(separate_requests=True, num_classes=lambda: 4, new_session=lambda: sessions.append(1),
+                           _request=request)
+    for _ in range(5):
+        orders.append([])
+        out = RemoteServer.__call__(shim, proxies)
+        assert torch.equal(out[:, 0, 0, 0, 0], torch.arange(8, dtype=torch.float32))
+        assert sorted(orders[-1]) == list(range(8))
+    assert len(sessions) == 40 and len({tuple(o) for o in orders}) > 1 and any(o != sorted(o) for o in orders)
+
+
+def test_a_request_uploads_only_the_proxies_as_float16_under_a_neutral_name_and_leaves_no_file():
+    """What leaves the client in one request: a file named ``proxy.npy`` holding exactly the float16 proxies (no
+    pickle, no header but NumPy's), in a temporary folder removed once the answer is in."""
+    import io
+    from types import SimpleNamespace
+
+    proxies = np.random.default_rng(0).random((2, 16, 16, 16)).astype(np.float32)
+    uploaded = {}
+
+    def predict(file, api_name):
+        path = Path(file["path"])
+        uploaded.update(name=path.name, folder=path.parent, data=path.read_bytes(), api=api_name)
+        return "answer"
+
+    shim = SimpleNamespace(_client=SimpleNamespace(predict=predict), num_classes=lambda: 4,
+                           _fetch=lambda answer: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
+    answer = RemoteServer._request(shim, proxies)
+    assert answer.shape == (2, 4, 16, 16, 16) and uploaded["api"] == "/segment_proxy"
+    assert uploaded["name"] == "proxy.npy" and not uploaded["folder"].exists()
+    expected = io.BytesIO()
+    np.save(expected, proxies.astype(np.float16), allow_pickle=False)
+    assert uploaded["data"] == expected.getvalue()
+
+
+def client_separately(oracle: OracleRemote, proxies: np.ndarray):
+    """``RemoteServer.__call__`` with separate requests (each proxy alone, in a shuffled order), its requests
+    answered by ``oracle``."""
+    from types import SimpleNamespace
+
+    shim = SimpleNamespace(separate_requests=True, num_classes=lambda: 4, new_session=lambda: None,
+                           _request=oracle.answer)
+    return RemoteServer.__call__(shim, proxies)  # the class itself: main()'s is the fixture's stand-in
 
 
 def test_main_refuses_references_whose_labels_the_server_s_classes_do_not_reach(fake_main, capsys, monkeypatch):
