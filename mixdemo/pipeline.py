@@ -275,9 +275,13 @@ class PrivateResult:
         probs = getters[which]()
         if probs is None:
             raise ValueError("No learned unmixing in this result.")
+        return self.labels_of(probs)
+
+    def labels_of(self, probs: torch.Tensor) -> np.ndarray:
+        """The arg-max label map of (C, X, Y, Z) scores, background outside the target's brain: D was trained on
+        patches around the brain, and outside the target's own (skull-stripped) brain, which the client knows,
+        the answer is background whatever the unmixer says."""
         labels = hard_labels(probs).numpy()
-        # D was trained on patches around the brain; outside the target's own (skull-stripped) brain,
-        # which the client knows, the answer is background whatever the unmixer says.
         return labels if self.brain_mask is None else np.where(self.brain_mask, labels, 0).astype(np.uint8)
 
     def uncertainty(self) -> np.ndarray:

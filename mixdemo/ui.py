@@ -279,8 +279,9 @@ def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray], class_names: lis
 
 
 def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
+    """Mean Dice of the TTA average over the first k mixes, k = 1 … K, labelled as the table's rows are (background
+    outside the target's brain), so the curve ends at the table's TTA row and starts at its one-reference row."""
     from mixdemo.metrics import dice_per_class, mean_dice
-    from mixdemo.mixing import hard_labels
 
     curves: dict[str, list[float]] = {}
     for name, stack in (("naive TTA", result.naive), ("learned TTA", result.learned)):
@@ -288,10 +289,8 @@ def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
             continue
         csum = stack.cumsum(0)
         classes = list(range(1, stack.shape[1]))  # every class of the answers but background
-        curves[name] = [
-            mean_dice(dice_per_class(hard_labels(csum[k] / (k + 1)).numpy(), truth, classes))
-            for k in range(stack.shape[0])
-        ]
+        curves[name] = [mean_dice(dice_per_class(result.labels_of(csum[k] / (k + 1)), truth, classes))
+                        for k in range(stack.shape[0])]
     return curves
 
 

@@ -318,3 +318,22 @@ def test_most_similar_references_ranks_the_bank_by_correlation_with_the_target()
     for k in (0, 5):
         with pytest.raises(ValueError, match="k must be between 1 and the number of references"):
             most_similar_references(target, bank, k)
+
+
+def test_the_apps_dice_against_k_curve_ends_at_the_tables_tta_row_and_starts_at_its_one_reference_row():
+    """The curve labels each TTA average as the table does (background outside the target's brain)."""
+    from mixdemo.metrics import dice_per_class, mean_dice
+    from mixdemo.pipeline import PrivateResult
+    from mixdemo.ui import _dice_curves
+
+    rng = np.random.default_rng(0)
+    naive = torch.softmax(torch.from_numpy(rng.normal(size=(3, 4, 8, 8, 8)).astype(np.float32)), 1)
+    brain = np.zeros((8, 8, 8), bool)
+    brain[1:7, 1:7, 2:6] = True
+    truth = np.where(brain, rng.integers(1, 4, (8, 8, 8)), 0).astype(np.uint8)
+    result = PrivateResult(proxies=np.zeros((3, 8, 8, 8), np.float32), mixed_probs=naive, naive=naive, learned=None,
+                           brain_mask=brain)
+    curve = _dice_curves(result, truth)["naive TTA"]
+    row = lambda which: mean_dice(dice_per_class(result.labels(which), truth, [1, 2, 3]))  # noqa: E731
+    assert len(curve) == 3
+    assert curve[0] == pytest.approx(row("naive")) and curve[-1] == pytest.approx(row("naive_tta"))
