@@ -111,10 +111,20 @@ def test_ui_patch_round_trip(app_weights, example):
     assert all(p is not None and p.dtype == np.uint8 and p.ndim == 3 for p in panels)
     assert "| learned TTA |" in dice_md and "K = 2" in summary
     assert len(fig.data) == 2 and len(fig.data[0].y) == 2  # Dice against K for K = 1, 2
+    rows = {line.split("|")[1].strip(): float(line.split("**")[-2]) for line in dice_md.splitlines() if "**" in line}
+    curves = {trace.name: list(trace.y) for trace in fig.data}
+    for curve, one, tta in (("naive TTA", "naive (Eq. 4), 1 ref", "naive TTA"), ("learned TTA", "learned D, 1 ref", "learned TTA")):
+        assert curves[curve][0] == pytest.approx(rows[one], abs=5e-4)  # the curve starts at the table's one-mix row
+        assert curves[curve][-1] == pytest.approx(rows[tta], abs=5e-4)  # and ends at its TTA row
+    view, region = sess.view, sess.view["region"]
+    proxy = view["alpha"] * sess.image[region] + (1 - view["alpha"]) * view["reference"]  # Eq. 2: the first mix
+    assert np.allclose(view["proxy"], proxy, atol=1e-6) and not np.allclose(view["proxy"], sess.image[region])
+    assert not np.array_equal(view["naive"], view["learned"])  # two unmixings shown, not one twice
     folder = examples.example_folders()[name]
     labels = load_labels(seg_path)
     assert labels.shape == load_scan(folder / "t1.nii.gz").source_shape
     assert labels.max() <= 3 and (labels > 0).sum() <= 32**3  # only the patch is segmented
+    assert np.array_equal(labels[region], view["tta"]) and (labels > 0).sum() == (view["tta"] > 0).sum()  # the TTA labels
     # moving the centre re-renders, and a chosen reference list is honoured
     sess, *panels = ui.on_centre(sess, 60, 100, 70, 0.3, "patch")
     assert sess.centre == (60, 100, 70) and panels[0] is not None
