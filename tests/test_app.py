@@ -189,6 +189,26 @@ def test_ui_segmentation_hands_its_memory_back_when_answered_or_refused(monkeypa
     assert events == ["run", "hand back"]
 
 
+def test_uploaded_labels_are_attached_and_deleted_on_every_path(app_weights, example, tmp_path):
+    """Labels for the current scan: read onto its grid and deleted; refused without a scan, and deleted too."""
+    from mixdemo import examples, ui
+    from mixdemo.phantoms import GRID_SHAPE
+
+    name = examples.example_names()[0]
+    sess, *_ = ui.load_example(name, progress=_Progress())
+    source = examples.example_folders()[name] / "seg.nii.gz"
+    upload = tmp_path / "labels.nii.gz"
+    shutil.copy(source, upload)
+    sess.truth = None
+    sess, status, _ = ui.load_upload_labels(str(upload), sess)
+    assert not upload.exists() and "Labels attached" in status
+    assert sess.truth.shape == GRID_SHAPE and sess.truth.max() == 3
+    shutil.copy(source, upload)
+    with pytest.warns(UserWarning, match="Load a scan first"):  # no scan yet: refused (a Gradio warning) ...
+        ui.load_upload_labels(str(upload), None)
+    assert not upload.exists()  # ... and the file still goes
+
+
 def test_ui_errors_are_readable(app_weights, tmp_path):
     import gradio as gr
 
@@ -717,6 +737,38 @@ def test_server_runs_the_pipelines_s_inference(app_weights):
     ref = segment_proxies(server.segmentation_model(), proxies)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     assert seen and seen[-1] == pytest.approx(1.0)
+
+
+def test_the_endpoint_answers_each_proxy_in_its_place_and_keeps_nothing_of_the_request(app_weights, tmp_path):
+    """Three different proxies in one request: answer k is S's answer to proxy k alone. Once answered, the request
+    file is gone and nothing holds its array (no module-level state keeps user data)."""
+    import gc
+    import weakref
+
+    import torch
+
+    from mixdemo import server
+
+    rng = np.random.default_rng(3)
+    patch = rng.uniform(0, 1, (32, 32, 32)).astype(np.float32)
+    proxies = np.stack([np.zeros_like(patch), patch, patch[::-1, :, ::-1]]).astype(np.float16)
+    path = tmp_path / "proxy.npy"
+    np.save(path, proxies)
+    held = []
+    observer = lambda arr: held.append(weakref.ref(arr))  # noqa: E731
+    server.add_observer(observer)
+    try:
+        answer = np.load(server.segment_file(path)).astype(np.float32)
+    finally:
+        server.remove_observer(observer)
+    assert not path.exists()
+    gc.collect()
+    assert held and held[0]() is None  # the request's array was released
+    alone = [server.segment(proxies[k : k + 1].astype(np.float32))[0].numpy() for k in range(3)]
+    assert not np.allclose(alone[0], alone[1], atol=1e-2)  # the three answers differ, so an order shows
+    for k in range(3):
+        np.testing.assert_allclose(answer[k], alone[k], atol=2e-2)  # float16 answers
+    assert not any(isinstance(v, (np.ndarray, torch.Tensor)) for v in vars(server).values())
 
 
 def test_every_network_the_app_loads_goes_to_the_picked_device(app_weights, monkeypatch):
