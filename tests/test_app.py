@@ -209,6 +209,25 @@ def test_uploaded_labels_are_attached_and_deleted_on_every_path(app_weights, exa
     assert not upload.exists()  # ... and the file still goes
 
 
+def test_no_log_line_holds_an_uploaded_file_s_name_or_its_values(app_weights, example, tmp_path, caplog):
+    """Every logger at DEBUG while a request named like a patient and a scan so named are served: no name, no
+    voxel value (the request is filled with 0.123456, the scan's are printed as NumPy prints arrays)."""
+    import logging
+
+    from mixdemo import examples, server, ui
+
+    caplog.set_level(logging.DEBUG)
+    request = tmp_path / "Doe_Jane_1970-01-01.npy"
+    np.save(request, np.full((1, 32, 32, 32), 0.123456, np.float16))
+    server.segment_file(request)
+    scan = tmp_path / "Doe_Jane_1970-01-01_t1.nii.gz"
+    shutil.copy(examples.example_folders()[examples.example_names()[0]] / "t1.nii.gz", scan)
+    ui.load_upload(str(scan), progress=_Progress())
+    text = caplog.text
+    assert caplog.records and "Doe" not in text and "1970" not in text
+    assert "0.1234" not in text and "[[" not in text and "..." not in text
+
+
 def test_ui_errors_are_readable(app_weights, tmp_path):
     import gradio as gr
 
