@@ -68,6 +68,23 @@ def test_box_and_heat():
     assert heat.mean() > 0
 
 
+def test_the_box_is_drawn_where_the_region_is_in_every_view():
+    """Each box pixel, mapped back to a voxel as a click would be, lies on the region's outline: its extent on the
+    view's two axes is the region's, so a flipped or shifted box shows."""
+    region = (slice(2, 10), slice(5, 15), slice(4, 12))
+    centre = (5, 8, 6)
+    img = viz.montage(np.zeros(SHAPE, np.float32), centre, box=region, scale=1)
+    for panel in viz.layout(SHAPE):
+        block = img[panel.y0 : panel.y0 + panel.height, panel.x0 : panel.x0 + panel.width]
+        rows, cols = np.nonzero((block == viz.PATCH_BOX_COLOUR).all(-1))
+        assert len(rows), panel.view
+        voxels = np.array([viz.click_to_voxel(SHAPE, centre, panel.x0 + c, panel.y0 + r, scale=1)
+                           for r, c in zip(rows, cols)])
+        col_axis, row_axis = viz._view_axes(panel.view)
+        for axis in (col_axis, row_axis):
+            assert (voxels[:, axis].min(), voxels[:, axis].max()) == (region[axis].start, region[axis].stop - 1), panel.view
+
+
 def test_legend_and_figures():
     html = viz.legend_html()
     assert all(name in html for name in ("GM", "WM", "CSF"))
