@@ -42,7 +42,7 @@ def quick_evaluation(small_cohort, model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluation):
+def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluation, small_cohort):
     from training import evaluate
 
     out, doc = quick_evaluation
@@ -69,7 +69,11 @@ def test_quick_evaluation_writes_the_table_curve_icc_and_figures(quick_evaluatio
         # with a spread of ~0.01 by up to a few 1e-3
         assert icc["icc"] == pytest.approx(icc_c1(pairs).icc, abs=5e-3)
         assert tta["icc"] == pytest.approx(icc_c1(tta_pairs).icc, abs=5e-3)
+        assert icc["reference_sd"] > 0 and any(a != b for a, b in pairs)  # two predictions, not one scored twice
     assert 1 <= saved["icc_tta_k"] <= saved["tta_k"]
+    from mixdemo.data import load_cohort
+
+    assert saved["reference_pool"] == len(load_cohort(small_cohort).split("train"))  # training scans only
     assert saved["n_volumes"] == 2 and saved["crop"] == evaluate.QUICK_CROP
     per_volume = saved["dice_per_volume"]  # the table is the mean of these rows, and each ratio their quotient
     assert len(per_volume) == saved["n_volumes"]
@@ -598,6 +602,35 @@ def test_d_precision_record_applies_its_rule_and_refuses_a_run_not_in_bfloat16()
         rec.assemble({**evaluation, "unmixing_precision": "float32"}, float32_run, True, "c")
     with pytest.raises(SystemExit, match="other weights"):
         rec.assemble({**evaluation, "weights_sha256": {"unmixing-x": "b"}}, float32_run, True, "c")
+
+
+def test_the_dice_against_k_curve_is_the_dice_of_the_running_mean_in_the_draw_s_order():
+    import torch
+
+    from mixdemo.mixing import hard_labels
+    from training.evaluate import dice_row, prefix_dice_curve
+
+    rng = np.random.default_rng(0)
+    preds = torch.softmax(torch.from_numpy(rng.normal(size=(4, 4, 6, 6, 6)).astype(np.float32)), 1)
+    truth = rng.integers(0, 4, (6, 6, 6))
+    order = np.array([2, 0, 3, 1])
+    curve = prefix_dice_curve(preds, truth, order)
+    classes = {1: "1", 2: "2", 3: "3"}
+    for k in range(1, 5):
+        expected = dice_row(hard_labels(preds[order[:k]].mean(0)).numpy(), truth, classes)["avg"]
+        assert curve[k - 1] == pytest.approx(expected)
+    assert curve[0] != pytest.approx(prefix_dice_curve(preds, truth, np.array([0, 1, 2, 3]))[0])  # the order counts
+
+
+def test_the_ratio_to_the_baseline_pairs_each_volume_with_its_own_baseline():
+    """Every volume at 0.99 × its own baseline, over baselines that differ: a paired bootstrap gives 0.99 exactly."""
+    from training.evaluate import ratios_to_baseline
+
+    base = [0.80, 0.85, 0.90, 0.95, 0.70]
+    rows = {"baseline": [{"avg": b} for b in base]}
+    rows |= {m: [{"avg": 0.99 * b} for b in base] for m in ("naive", "naive_tta", "learned", "learned_tta")}
+    for entry in ratios_to_baseline(rows).values():
+        assert entry == {"ratio": 0.99, "ci95": [0.99, 0.99]}
 
 
 def test_the_consistency_record_keeps_its_evaluation_and_refuses_one_of_another_d(tmp_path):
