@@ -195,7 +195,10 @@ def test_five_classes_train_evaluate_calibrate_serve_and_come_back_to_the_client
     assert set(doc["icc"]) == set(FIVE[1:])
     calibrated = calibrate.main(["--model", "baseline", "--scans", "1", "--rounds", "1",  # --data: the record's
                                  "--grid", "-0.5", "0.5", "0.5", "--out", str(tmp_path / "cal")])
-    assert len(json.loads((calibrated / "training.json").read_text())["calibration"]["offsets"]) == 5
+    calibration = json.loads((calibrated / "training.json").read_text())["calibration"]
+    assert len(calibration["offsets"]) == 5
+    cohort = load_cohort(five_classes)  # fitted on training scans, never on a test scan
+    assert calibration["scans"] and set(calibration["scans"]) <= {r.name for r in cohort.split("train")}
     from training import precise_bn
 
     precise = precise_bn.main(["--model", "segmentation", "--batches", "2", "--out", str(tmp_path / "pbn")])
