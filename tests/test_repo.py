@@ -752,3 +752,34 @@ def test_the_second_seed_of_the_class_balanced_run_is_set_beside_the_first_and_m
     other = {**balanced, "weights_sha256": {**balanced["weights_sha256"], "baseline": "0" * 64}}
     with pytest.raises(ValueError, match="its baseline: the class-balanced run's"):
         report.lesion_seed_lines(other)
+
+
+def test_the_consistency_record_is_judged_on_the_table_s_draws_and_its_rule_decides_the_default():
+    """results/d_consistency.json (a D trained on with --consistency): the evaluation is the segmentation table's
+    protocol with the same S, baseline, proxies and references (its baseline and naive rows are the table's), the
+    gates are the default's figures, its training used the consistency loss from the default's start, and the
+    default D is the candidate exactly when every gate held; the README renders it."""
+    from mixdemo.weights import DEFAULT_UNMIXING
+    from training.report import PROTOCOL_KEYS, consistency_gates
+
+    record = json.loads((REPO / "results/d_consistency.json").read_text())
+    seg = json.loads((REPO / "results/segmentation.json").read_text())
+    ev = record["evaluation"]
+    assert {k: ev[k] for k in PROTOCOL_KEYS} == {k: seg[k] for k in PROTOCOL_KEYS}
+    for row in ("baseline", "naive", "naive_tta"):  # S, proxies, references and α: the table's
+        assert ev["dice"][row] == seg["dice"][row]
+    for model in ("segmentation", "baseline"):
+        assert ev["weights_sha256"][model] == seg["weights_sha256"][model]
+    gates = record["gates"]
+    assert gates["default"] == seg["models"]["unmixing"] or gates["default"] == DEFAULT_UNMIXING
+    assert record["training"]["consistency"] == 2.0 and record["training"]["init_unmixing"] == "unmixing-p2-96-a35"
+    assert record["calibration"]["from_model"] == "unmixing-p2-96-a35-cons"
+    candidate = ev["models"]["unmixing"]
+    adopted = all(consistency_gates(record).values())
+    assert (DEFAULT_UNMIXING == candidate) == adopted
+    assert (REPO / "weights" / candidate).exists() == adopted
+    if not adopted:
+        assert gates["learned_tta_avg_at_least"] == seg["dice"]["learned_tta"]["avg"]
+        assert gates["csf_icc_above"] == seg["icc"]["CSF"]["icc"]
+    readme = (REPO / "README.md").read_text()
+    assert "<!-- results:d_consistency -->" in readme and "`results/d_consistency.json`" in readme
