@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -784,12 +785,14 @@ def test_training_step_runs_the_forward_in_the_precision_and_layout_asked_for(ti
     first_conv.register_forward_hook(lambda m, i, o: seen.update(
         dtype=o.dtype, channels_last=o.is_contiguous(memory_format=torch.channels_last_3d) and not o.is_contiguous()))
     before = [p.detach().clone() for p in model.parameters()]
+    untrained = copy.deepcopy(model)  # for the consistency step below: a first step's weights, not this one's
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss, l_seg, l_unmix, _ = training_step(model, optim, batch, torch.device("cpu"), precision, channels_last)
     assert seen == {"dtype": getattr(torch, precision), "channels_last": channels_last}
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isclose(loss, l_seg + l_unmix)
     pairs = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.5), seed=0, views=2).batch(1)
-    loss, l_seg, l_unmix, l_cons = training_step(model, optim, pairs, torch.device("cpu"), precision, channels_last, 1.5)
+    loss, l_seg, l_unmix, l_cons = training_step(untrained, torch.optim.Adam(untrained.parameters(), lr=1e-3), pairs,
+                                                 torch.device("cpu"), precision, channels_last, 1.5)
     assert l_cons.dtype == torch.float32 and l_cons > 0 and torch.isclose(loss, l_seg + l_unmix + 1.5 * l_cons)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision: the weights stay float32
     assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2  # S and D both stepped
