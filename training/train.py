@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.val_subjects and args.n_references != 1 and args.mode != "baseline":
         raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
     deepest = (args.patch_size // 2 ** SegmentationNet.POOLINGS) ** 3  # voxels a patch keeps at U-Net++'s last level
-    if args.batch_size * (2 if args.consistency else 1) * deepest < 2:  # --consistency: two mixes a target
+    views = 2 if args.consistency else 1  # --consistency: each target patch mixed twice (MixedPatchSampler views)
+    if args.batch_size * views * deepest < 2:
         raise SystemExit(f"--patch-size {args.patch_size} leaves {deepest} voxel(s) at U-Net++'s deepest level, and batch "
                          f"normalisation needs 2 or more values per batch there: give --batch-size 2 or more, or "
                          f"--patch-size {2 ** (SegmentationNet.POOLINGS + 1)} or more.")
@@ -328,8 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     cohort = load_cohort(args.data, args.modality)
     if rank == 0 and (note := cohort.left_out_note()):
         print(note, flush=True)
-    check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references,
-                         views=2 if args.consistency else 1)
+    check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references, views=views)
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
         volumes, patch_size=args.patch_size, alpha_range=tuple(args.alpha_range),
         n_references=args.n_references, mixed=mixed, augment=args.augment,
         patch_centres=patch_centres, num_classes=cohort.num_classes, seed=args.seed * 1000 + rank,
-        views=2 if args.consistency else 1,
+        views=views,
     )
     features = resolve_features(args.features)
     seg = SegmentationNet(num_classes=cohort.num_classes, features=features)
