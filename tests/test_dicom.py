@@ -448,6 +448,24 @@ def test_a_top_level_rescale_is_used_by_either_decoder(tmp_path, monkeypatch):
     np.testing.assert_allclose(by_gdcm, by_pydicom, atol=1e-3)
 
 
+def test_each_frame_s_own_rescale_wins_over_a_top_level_one_with_either_decoder(tmp_path, monkeypatch):
+    """A converter may leave a top-level rescale beside the functional groups' (the standard's place): each frame's
+    own slope and intercept are applied, whichever decoder reads the pixels."""
+    import pydicom
+
+    vol = _volume() * 1000
+    slopes, intercepts = [0.5 + 0.25 * k for k in range(SHAPE[2])], [10.0 * k + 3 for k in range(SHAPE[2])]
+    order = list(np.random.default_rng(1).permutation(SHAPE[2]))
+    path = _edit_frames(_enhanced(vol, _affine(), tmp_path / "both.dcm", order=order, slopes=slopes,
+                                  intercepts=intercepts),
+                        lambda ds: (setattr(ds, "RescaleSlope", "2"), setattr(ds, "RescaleIntercept", "5")))
+    expected = np.rint(vol) * np.array(slopes) + np.array(intercepts)
+    np.testing.assert_allclose(dicom.read_series(path)[0], expected, rtol=1e-6, atol=1e-3)
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array",
+                        property(lambda self: (_ for _ in ()).throw(RuntimeError("no decoder"))))
+    np.testing.assert_allclose(dicom.read_series(path)[0], expected, rtol=1e-6, atol=1e-3)
+
+
 def test_a_multi_frame_file_is_refused_with_advice(tmp_path):
     """A legacy multi-frame file: its frames carry no position of their own, and SimpleITK stacked them at 1 mm
     with the first frame's scaling, silently: refused."""

@@ -290,9 +290,12 @@ def test_unknown_class_names_are_coded_as_tissue_and_named():
 def test_no_header_value_reaches_stderr_warnings_or_logs(tmp_path, capfd, caplog):
     """highdicom warns that a one-part patient name is "unlikely to represent the intended person name", quoting
     it, and pydicom that a date is not one, quoting it: nothing of either is printed, warned or logged while a
-    series is read and its SEG written, and the filters and loggers are as before afterwards."""
+    series is read and its SEG written (nor the source's UIDs, which highdicom logs as it copies from it), and the
+    filters and loggers are as before afterwards."""
     import logging
     import warnings
+
+    import pydicom
 
     from tests.test_dicom import _edit
 
@@ -306,6 +309,8 @@ def test_no_header_value_reaches_stderr_warnings_or_logs(tmp_path, capfd, caplog
                                     tmp_path / "seg.dcm", CLASSES)
     printed = capfd.readouterr()
     assert "Oneword" not in printed.out + printed.err + caplog.text
+    source = pydicom.dcmread(files[0], stop_before_pixels=True)  # highdicom logs the UIDs it copies from
+    assert source.SOPInstanceUID not in caplog.text and source.StudyInstanceUID not in caplog.text
     assert not [w for w in caught if "Oneword" in str(w.message) or "2026-13-45" in str(w.message)]
     assert warnings.filters == filters
     assert logging.getLogger("pydicom").propagate and logging.getLogger("highdicom").propagate
@@ -342,11 +347,13 @@ def test_the_score_command_carries_a_seg_onto_the_labels_grid(tmp_path, capsys, 
     assert "not a DICOM SEG" in capsys.readouterr().err
 
 
-def test_a_series_split_over_enhanced_files_is_refused_a_seg_before_any_work(tmp_path):
+@pytest.mark.parametrize("frames_per_file", [1, 7], ids=["one frame per file", "split over two files"])
+def test_a_series_split_over_enhanced_files_is_refused_a_seg_before_any_work(tmp_path, frames_per_file):
+    """The series reads (tests/test_dicom.py), but highdicom takes one multi-frame source: refused with advice."""
     from tests.test_dicom import _enhanced_files
 
-    folder = _enhanced_files(tmp_path, _volume() * 1000, _affine(), 7)
-    with pytest.raises(dicomseg.SegmentationError, match="several multi-frame"):
+    folder = _enhanced_files(tmp_path, _volume() * 1000, _affine(), frames_per_file)
+    with pytest.raises(dicomseg.SegmentationError, match="several multi-frame.*as NIfTI"):
         dicomseg.series_reference(folder)
 
 

@@ -155,6 +155,18 @@ def test_4d_with_one_volume_is_accepted(tmp_path):
     assert scan.data.shape == SHAPE and scan.source_shape == SHAPE
 
 
+def test_the_header_s_scaling_slope_and_intercept_are_applied(tmp_path):
+    """A NIfTI's stored values mean ``stored * scl_slope + scl_inter`` (scanners' int16 exports): read with both, as
+    the DICOM reader applies a series' rescale slope and intercept."""
+    stored = (_phantom() * 10).astype(np.int16)
+    path = _write(tmp_path / "scaled.nii", stored)
+    raw = bytearray(path.read_bytes())
+    raw[112:120] = struct.pack("<ff", 2.5, -100.0)  # scl_slope, scl_inter of the NIfTI-1 header
+    path.write_bytes(bytes(raw))
+    scan = load_scan(path, normalize=False)
+    np.testing.assert_allclose(scan.data, stored * 2.5 - 100.0, rtol=1e-6)
+
+
 def test_nifti2_is_accepted(tmp_path):
     path = tmp_path / "n2.nii"
     nib.save(nib.Nifti2Image(_phantom(), RAS_1MM), str(path))
@@ -210,6 +222,9 @@ def test_save_labels_wrong_shape_leaves_nothing(tmp_path):
         save_labels(np.zeros((4, 4, 4), np.uint8), scan, out_dir / "seg.nii.gz")
     with pytest.raises(ValueError, match="integer"):
         save_labels(np.zeros(SHAPE, np.float32), scan, out_dir / "seg.nii.gz")
+    for beyond in (256, -1):  # as uint8 they would wrap to 0 and 255: labels lost or made up, silently
+        with pytest.raises(ValueError, match="between 0 and 255"):
+            save_labels(np.full(SHAPE, beyond, np.int16), scan, out_dir / "seg.nii.gz")
     assert os.listdir(out_dir) == []
 
 
@@ -276,6 +291,15 @@ def test_normalize_properties():
     data32 = data.astype(np.float32)  # already the output's dtype: a lazy implementation could work in place
     before = data32.copy()
     assert normalize_intensity(data32) is not data32 and np.array_equal(data32, before)
+
+
+def test_normalize_divides_by_the_99_5th_percentile_of_the_positive_voxels_only():
+    """The background's zeros (most of a head's grid) do not count: with them, the percentile of the same head moved
+    with the size of the field of view."""
+    data = np.zeros((20, 20, 20), np.float32)
+    data[:, :, :10] = np.random.default_rng(5).gamma(4.0, 25.0, (20, 20, 10))  # half the grid is background
+    p = float(np.percentile(data[data > 0], 99.5))
+    np.testing.assert_allclose(normalize_intensity(data), np.clip(data / p, 0, 1), rtol=1e-6)
 
 
 def test_normalize_rejects_unusable_input():
