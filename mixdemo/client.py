@@ -139,8 +139,8 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
                 grid: Sequence[int] | None = None, grid_confirmed: bool = False, series: int | None = None) -> Target:
     """Load a scan and bring it onto the models' grid, on the client.
 
-    A scan already in model space (on the 144×192×160 MNI grid and skull-stripped, e.g. the
-    phantoms; :func:`mixdemo.preprocess.is_model_space`) is used as it is; any other is registered
+    A scan already in model space (on the 144×192×160 MNI grid, its header's affine the grid's, and skull-stripped,
+    e.g. the phantoms; :func:`mixdemo.preprocess.check_model_space`) is used as it is; any other is registered
     to MNI space with :func:`mixdemo.preprocess.to_model_space` (skull-stripped and normalised there).
     ``grid``: the references' grid when it is not that one (models retrained on other data, e.g. BraTS
     on its 240×240×155 grid): the scan must then already lie on it, as the references do (registered
@@ -153,7 +153,7 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
     from mixdemo.io import load_scan, normalize_intensity
     from mixdemo.phantoms import GRID_SHAPE
 
-    from mixdemo.preprocess import is_model_space, to_model_space
+    from mixdemo.preprocess import check_model_space, to_model_space
 
     raw = load_scan(path, normalize=False, series=series)  # read once (a DICOM series is unpacked once), normalised below
     scan = replace(raw, data=normalize_intensity(raw.data))
@@ -162,7 +162,9 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
             raise ClientError(_grid_mismatch(scan.data.shape, grid, grid_confirmed))
         image, fit = conform_to_grid(scan.data, tuple(grid))
         return Target(image=image, scan=scan, fit=fit)
-    if scan.data.shape == GRID_SHAPE and is_model_space(scan):
+    # used as it is only if its voxels are the grid's: one of the grid's shape placed elsewhere by its header (in MNI
+    # space all the same) is resampled onto the grid by to_model_space, not taken voxels-off against the references
+    if scan.data.shape == GRID_SHAPE and (check := check_model_space(scan)).ok and check.on_grid:
         image, fit = conform_to_grid(scan.data, GRID_SHAPE)
         return Target(image=image, scan=scan, fit=fit)
     prepared = to_model_space(raw, progress=progress)

@@ -214,6 +214,12 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
     if not records:
         records, layout = _brats_records(folders, modality), BRATS_LAYOUT
     if not records:
+        if cases := [f for f in folders if _case_file(f, "seg") is not None]:  # BraTS cases, none with the modality
+            files = (f"<case>_{modality}.nii.gz or <case>-{modality}.nii.gz" if modality else
+                     "<case>_t1ce.nii.gz, or BraTS 2023's <case>-t1c.nii.gz")
+            raise CohortNotFoundError(
+                f"{root}'s {len(cases)} BraTS case folder(s) hold no {modality or 'T1CE'} image ({files}): name a "
+                "modality they hold (BraTS 2021: t1, t1ce, t2, flair; BraTS 2023: t1n, t1c, t2w, t2f).")
         raise CohortNotFoundError(
             f"{root} holds neither <subject>_<scan>/t1.nii.gz folders nor BraTS case folders "
             f"(<case>/<case>_{modality or 't1ce'}.nii.gz with <case>_seg.nii.gz).")
@@ -262,7 +268,8 @@ def cohort_split(meta: dict, subjects: Sequence[str], left_out: set[str] = froze
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise CohortError(f"split.json names subject(s) the folder holds no scan folder of: {shown} (a subject is a "
-                          "scan folder's name up to its last underscore, or a BraTS case).")
+                          "scan folder's name up to its last underscore, or a BraTS case: in BraTS 2023 without its "
+                          "time point, BraTS-GLI-00000 for BraTS-GLI-00000-000).")
     train, test = given.get("train"), given.get("test")
     if train is None:
         train = [s for s in subjects if s not in set(test)]

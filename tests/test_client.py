@@ -265,6 +265,33 @@ def test_load_target_off_grid_goes_through_preprocess(example, tmp_path, monkeyp
         target.truth_from_file(folder / "seg.nii.gz")
 
 
+def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_onto_it(example, tmp_path):
+    """A skull-stripped MNI scan of 144×192×160 voxels whose header puts its first voxel 6 mm off the grid's (MNI
+    space all the same: the brain where it belongs) is resampled onto the grid, not taken voxels-off as it is;
+    its labels go back onto its own voxels."""
+    import nibabel as nib
+
+    from mixdemo.client import load_target
+    from mixdemo.io import normalize_intensity
+
+    folder, _ = example
+    img = nib.load(folder / "t1.nii.gz")
+    on_grid = load_target(folder / "t1.nii.gz")
+    assert on_grid.prepared is None  # the file itself: used as it is
+    shifted = np.zeros(img.shape, np.float32)
+    shifted[6:] = np.asarray(img.dataobj, np.float32)[:-6]  # voxel i + 6 holds what voxel i held ...
+    affine = img.affine.copy()
+    affine[:3, 3] -= 6 * img.affine[:3, 0]  # ... and lies where it lay
+    nib.save(nib.Nifti1Image(shifted, affine), tmp_path / "shifted.nii.gz")
+    target = load_target(tmp_path / "shifted.nii.gz")
+    assert target.prepared is not None and not target.prepared.registered and target.warning is None
+    kept = np.asarray(img.dataobj, np.float32).copy()
+    kept[-6:] = 0  # the planes the shift pushed out of the file
+    np.testing.assert_allclose(target.image, normalize_intensity(kept), atol=1e-6)
+    target.save_labels((kept > 0).astype(np.uint8), tmp_path / "seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj), shifted > 0)
+
+
 def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatch):
     """The client's D: ``DEFAULT_UNMIXING`` by default, another folder by name or $MIXDEMO_UNMIXING; a D
     chosen by name must exist and be a D, while a missing default falls back to None (naive)."""

@@ -133,6 +133,79 @@ def test_folders_a_cohort_leaves_out_are_named(tmp_path, capsys):
     assert cohort.train_subjects == ("BraTS2021_00001", "BraTS2021_00002") and "BraTS2021_00000" in cohort.left_out
 
 
+BRATS_2023_TIME_POINTS = {  # case: its modalities (00001's second time point and 00003's only one lack t1c)
+    "BraTS-GLI-00001-000": ("t1n", "t1c"), "BraTS-GLI-00001-001": ("t1n",), "BraTS-GLI-00002-000": ("t1n", "t1c"),
+    "BraTS-GLI-00003-000": ("t1n",), "BraTS-GLI-00004-000": ("t1n", "t1c"), "BraTS-GLI-00004-001": ("t1n", "t1c"),
+    "BraTS-GLI-00005-000": ("t1n", "t1c")}
+
+
+@pytest.fixture
+def brats_2023_time_points(tmp_path) -> Path:
+    """BraTS 2023 case folders, some subjects with two time points, two folders without the T1CE image (t1c)."""
+    for i, (case, modalities) in enumerate(BRATS_2023_TIME_POINTS.items()):
+        write_brats_case(tmp_path, case, i, sep="-", et_value=3, modalities=modalities)
+    return tmp_path
+
+
+def test_a_time_point_without_the_modality_leaves_only_itself_out(brats_2023_time_points):
+    """A BraTS 2023 time point without t1c drops out alone: its subject's other time points stay on the side
+    split.json names, a subject with none left drops out of the split, and no subject is on both sides."""
+    root = brats_2023_time_points
+    (root / "split.json").write_text(json.dumps({"train": ["BraTS-GLI-00001", "BraTS-GLI-00003", "BraTS-GLI-00004"],
+                                                 "test": ["BraTS-GLI-00002", "BraTS-GLI-00005"]}))
+    cohort = load_cohort(root)
+    assert cohort.left_out == ("BraTS-GLI-00001-001", "BraTS-GLI-00003-000")
+    assert cohort.train_subjects == ("BraTS-GLI-00001", "BraTS-GLI-00004")
+    assert [r.name for r in cohort.split("train")] == ["BraTS-GLI-00001-000", "BraTS-GLI-00004-000",
+                                                      "BraTS-GLI-00004-001"]
+    assert [r.name for r in cohort.split("test")] == ["BraTS-GLI-00002-000", "BraTS-GLI-00005-000"]
+    assert load_cohort(root, "t1n").train_subjects == ("BraTS-GLI-00001", "BraTS-GLI-00003", "BraTS-GLI-00004")
+    (root / "split.json").write_text(json.dumps({"train": ["BraTS-GLI-00001", "BraTS-GLI-00002", "BraTS-GLI-00004",
+                                                           "BraTS-GLI-00005"], "test": ["BraTS-GLI-00003"]}))
+    cohort = load_cohort(root)  # nothing of the test side is left: empty, the note names why
+    assert cohort.test_subjects == () and cohort.split("test") == []
+    assert "hold no t1c image and are left out: BraTS-GLI-00001-001, BraTS-GLI-00003-000" in cohort.left_out_note()
+    (root / "split.json").write_text(json.dumps({"train": ["BraTS-GLI-00001-000"]}))
+    with pytest.raises(CohortError, match=r"holds no scan folder of: BraTS-GLI-00001-000 .*time point"):
+        load_cohort(root)  # a time point is not a subject
+
+
+def test_the_default_split_keeps_each_subject_s_scans_on_one_side(brats_2023_time_points, tmp_path):
+    """Without split.json, the 75/25 split is by subject: every scan on one side, a subject's scans (test-retest
+    scans, BraTS 2023 time points) together."""
+    mixdemo = tmp_path / "mixdemo"
+    mixdemo.mkdir()
+    for subject in range(8):
+        for scan in range(2):
+            write_cube_scan(mixdemo / f"sub-{subject:02d}_ses-{scan}", 1)
+    brats = ["BraTS-GLI-00001", "BraTS-GLI-00002", "BraTS-GLI-00004", "BraTS-GLI-00005"]
+    for root, subjects in ((mixdemo, [f"sub-{s:02d}" for s in range(8)]), (brats_2023_time_points, brats)):
+        cohort = load_cohort(root)
+        assert sorted(cohort.train_subjects + cohort.test_subjects) == subjects
+        assert len(cohort.test_subjects) == len(subjects) // 4
+        train, test = cohort.split("train"), cohort.split("test")
+        assert sorted(r.name for r in train + test) == sorted(r.name for r in cohort.records)
+        assert {r.subject for r in train}.isdisjoint(r.subject for r in test)
+
+
+def test_every_case_folder_without_the_modality_is_named_as_such(brats_2023_time_points):
+    """A BraTS folder none of whose cases holds the modality read says so, not that it holds no case folders."""
+    with pytest.raises(CohortNotFoundError, match=r"7 BraTS case folder\(s\) hold no flair image"):
+        load_cohort(brats_2023_time_points, "flair")
+
+
+def test_scans_of_different_grids_are_refused_naming_them(tmp_path):
+    write_cube_scan(tmp_path / "s0_scan-0", 1)
+    write_cube_scan(tmp_path / "s1_scan-0", 1)
+    labels = np.zeros((32, 32, 30), np.uint8)
+    labels[8:24, 8:24, 8:22] = 1
+    save_volume(labels.astype(np.float32), np.eye(4), tmp_path / "s1_scan-0" / "t1.nii.gz")
+    save_volume(labels, np.eye(4), tmp_path / "s1_scan-0" / "seg.nii.gz", dtype=np.uint8)
+    with pytest.raises(CohortError, match=r"share one grid.*\(32, 32, 32\): 1 scan\(s\), e\.g\. s0_scan-0.*"
+                                          r"\(32, 32, 30\): 1 scan\(s\), e\.g\. s1_scan-0.*MNI space"):
+        load_volumes(load_cohort(tmp_path).records)
+
+
 def test_an_unreadable_scan_of_a_cohort_is_named(tmp_path):
     write_cube_scan(tmp_path / "s0_scan-0", 1)
     (tmp_path / "s0_scan-0" / "t1.nii.gz").write_bytes(b"not a scan")
@@ -410,6 +483,37 @@ def quick_prepare(monkeypatch):
     return prepare_cohort
 
 
+def test_prepare_scan_keeps_the_labels_inside_the_extracted_brain(tmp_path, monkeypatch):
+    """Labels carried onto the model grid are kept where the prepared (skull-stripped) image is not 0, and the
+    record's share of labelled voxels kept says how many were dropped (a registration stubbed: milliseconds)."""
+    import nibabel as nib
+
+    from mixdemo import phantoms
+    from mixdemo import preprocess as pp
+    from mixdemo.io import normalize_intensity
+    from training.prepare_cohort import RawScan, prepare_scan
+
+    grid = phantoms.load_template().affine
+    brain = np.zeros(phantoms.GRID_SHAPE, bool)
+    brain[20:120, 30:160, 20:140] = True
+
+    def stripped(scan, threads=None):  # registered as the identity; the brain a box
+        image = np.where(brain, normalize_intensity(scan.data), 0).astype(np.float32)
+        return pp.Prepared(image=image, brain_mask=brain, affine=grid, model_to_input=np.eye(4), similarity=0.9,
+                           metric_value=-0.5, registered=True, warning=None, seconds=0.0, scan_shape=scan.data.shape,
+                           scan_affine=scan.affine, source_shape=scan.source_shape, source_affine=scan.source_affine)
+
+    monkeypatch.setattr(pp, "to_model_space", stripped)
+    save_volume(np.indices(phantoms.GRID_SHAPE).sum(0).astype(np.float32) + 1, grid, tmp_path / "t1.nii")
+    labels = np.zeros(phantoms.GRID_SHAPE, np.uint8)
+    labels[10:60, 40:100, 30:90], labels[60:130, 40:100, 30:90] = 1, 3  # both partly outside the brain
+    save_volume(labels, grid, tmp_path / "seg.nii", dtype=np.uint8)
+    record = prepare_scan(RawScan("a_1", tmp_path / "t1.nii", tmp_path / "seg.nii", "tissue"), tmp_path / "out")
+    written = np.asarray(nib.load(tmp_path / "out" / "a_1" / "seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(written, np.where(brain, labels, 0))
+    assert record["labels_kept"] == round(float((brain & (labels > 0)).sum() / (labels > 0).sum()), 4) < 1
+
+
 def test_prepare_cohort_refuses_an_out_folder_that_is_holds_or_lies_inside_the_source(quick_prepare, tmp_path):
     """--out as the source folder would overwrite its raw t1.nii.gz: refused before any work, as --out inside the
     source or holding it (resolved paths), with one line and exit status 1."""
@@ -531,6 +635,25 @@ def test_prepare_cohort_warns_of_a_split_too_small_to_train_or_evaluate(quick_pr
     quick_prepare.main([str(src), "--out", str(tmp_path / "three")])
     warned = capsys.readouterr().err
     assert "training split" not in warned and "warning: the test split holds 1 scan (pat0" in warned
+
+
+def test_prepare_cohort_warns_when_a_rerun_moves_subjects_between_train_and_test(quick_prepare, tmp_path, capsys):
+    """The split is drawn anew over all subjects: a ninth subject moves earlier test subjects into training, which
+    a warning names; a rerun over the same subjects keeps the split and warns of nothing."""
+    src, out = tmp_path / "src", tmp_path / "cohort"
+    for i in range(8):
+        write_raw_scan(src, f"p{i}_1")
+    quick_prepare.main([str(src), "--out", str(out)])
+    first = json.loads((out / "split.json").read_text())
+    quick_prepare.main([str(src), "--out", str(out)])
+    assert "changed sides" not in capsys.readouterr().err
+    write_raw_scan(src, "p8_1")
+    quick_prepare.main([str(src), "--out", str(out)])
+    second = json.loads((out / "split.json").read_text())
+    moved = sorted(set(first["test"]) & set(second["train"]) | set(first["train"]) & set(second["test"]))
+    assert moved  # the premise: this draw moves some
+    assert f"warning: {len(moved)} subject(s) changed sides since the earlier split.json ({', '.join(moved)})" \
+        in capsys.readouterr().err
 
 
 def test_freesurfer_labels_become_the_three_tissues():

@@ -377,3 +377,64 @@ def test_bad_label_maps_are_refused(labels, message):
 def test_unknown_initializer_is_refused():
     with pytest.raises(ValueError, match="initializer"):
         pp.to_model_space(_scan(np.ones((8, 8, 8)), np.eye(4)), initializer="magic")
+
+
+def _world_points(labels: np.ndarray, affine: np.ndarray, value: int) -> np.ndarray:
+    """World (RAS mm) points of the voxels of ``labels`` holding ``value``, sorted row by row."""
+    points = affine[:3, :3] @ np.argwhere(labels == value).T + affine[:3, 3:4]
+    return points.T[np.lexsort(points[::-1])]
+
+
+def test_labels_and_image_follow_the_transform_in_its_direction():
+    """model_to_input maps MNI to the scan's world: a label block at MNI p lies at model_to_input(p) on the scan's
+    grid, the image and labels come back from there, and the source grid's labels are the scan grid's."""
+    m = np.diag([-1.0, 1.0, 1.0, 1.0])  # a mirror (not its own inverse once shifted), then a shift
+    m[:3, 3] = (10.0, 7.0, -5.0)
+    prepared = replace(_identity_prepared(), model_to_input=m)
+    labels = np.zeros(GRID, np.uint8)
+    labels[20:30, 40:55, 60:66] = 5
+    on_scan = pp.labels_to_scan_grid(labels, prepared)
+    grid = prepared.affine
+    expected = m[:3, :3] @ _world_points(labels, grid, 5).T + m[:3, 3:4]
+    expected = expected.T[np.lexsort(expected[::-1])]
+    np.testing.assert_array_equal(_world_points(on_scan, grid, 5), expected)
+    np.testing.assert_array_equal(pp.labels_to_source_grid(labels, prepared), on_scan)
+    np.testing.assert_array_equal(pp.labels_to_model_grid(on_scan, prepared), labels)
+    np.testing.assert_array_equal(pp._resample_to_model_grid(_scan(on_scan, grid), m)[0], labels)
+
+
+def test_a_scan_grid_in_another_voxel_order_is_read_and_written_in_place(tmp_path):
+    """A scan whose voxels run P→A, S→I, L→R... (axes permuted and flipped) over the model grid's box: loading
+    reorients it onto the model grid exactly, and labels and image map between the two grids voxel for voxel."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 4, GRID, dtype=np.uint8)
+    on_scan = np.flip(np.transpose(labels, (1, 2, 0)), axis=0)  # scan voxel (a, b, c) is model voxel (c, 191-a, b)
+    to_model = np.array([[0, 0, 1, 0], [-1, 0, 0, GRID[1] - 1], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
+    scan_affine = phantoms.load_template().affine @ to_model
+    prepared = _identity_prepared(on_scan.shape, scan_affine)
+    np.testing.assert_array_equal(pp.labels_to_scan_grid(labels, prepared), on_scan)
+    np.testing.assert_array_equal(pp.labels_to_source_grid(labels, prepared), on_scan)
+    np.testing.assert_array_equal(pp.labels_to_model_grid(on_scan, prepared), labels)
+    image, inside = pp._resample_to_model_grid(_scan(on_scan, scan_affine), np.eye(4))
+    assert inside.all()
+    np.testing.assert_array_equal(image, labels)
+    nib.save(nib.Nifti1Image(on_scan.astype(np.float32) + 1, scan_affine), str(tmp_path / "t1.nii.gz"))
+    scan = mio.load_scan(tmp_path / "t1.nii.gz", normalize=False)
+    assert np.allclose(scan.affine, phantoms.load_template().affine) and scan.source_shape == on_scan.shape
+    np.testing.assert_array_equal(scan.data, labels + 1)
+
+
+def test_labels_are_resampled_by_nearest_neighbour():
+    """Under a transform that falls between voxels (scaled, shifted by fractions of a millimetre) labels keep their
+    values, on every grid: never a blend of two labels."""
+    m = np.diag([1.13, 0.91, 1.07, 1.0])
+    m[:3, 3] = (0.4, -0.3, 0.45)
+    source = np.diag([1.5, 1.2, 1.3, 1.0])
+    source[:3, 3] = (-70.0, -110.0, -70.0)
+    prepared = replace(_identity_prepared((90, 150, 110), source), model_to_input=m)
+    labels = np.zeros(GRID, np.uint8)
+    labels[::2] = 7
+    labels[:, ::3] = 200
+    for out in (pp.labels_to_scan_grid(labels, prepared), pp.labels_to_source_grid(labels, prepared),
+                pp.labels_to_model_grid(np.resize(labels, (90, 150, 110)), prepared)):
+        assert set(np.unique(out)) == {0, 7, 200}

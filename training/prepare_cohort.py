@@ -28,7 +28,8 @@ otherwise, so an interrupted run goes on where it stopped and an edited scan is 
 one this command prepared from the same ``SRC``: a cohort it did not write is refused, its ``split.json``
 and scans left as they are. A split with fewer than 2 training subjects (training mixes a target with
 another subject's scan) or 2 test scans (evaluation scores them; its test-retest ICC needs 2) is written
-all the same, with a warning.
+all the same, with a warning. Each run draws the split anew over all its subjects: a warning names the subjects
+that changed sides since the earlier run's (one subject more can move test subjects into training).
 """
 
 from __future__ import annotations
@@ -302,6 +303,18 @@ def warn_thin_split(split: dict[str, list[str]], written: list[str]) -> None:
               f"test-retest ICC out below 2 test scans: {more}.", file=sys.stderr)
 
 
+def warn_moved_subjects(earlier: dict, split: dict[str, list[str]]) -> None:
+    """A warning on stderr when subjects of the earlier run's split (``earlier``: its ``split.json``) changed sides:
+    the split is drawn anew over all subjects, so one more subject can move earlier test subjects into training, and
+    weights trained on the earlier split would then be scored on scans they trained on."""
+    moved = sorted(s for side, other in (("train", "test"), ("test", "train"))
+                   for s in set(earlier.get(side) or ()) & set(split[other]))
+    if moved:
+        print(f"warning: {len(moved)} subject(s) changed sides since the earlier split.json ({first_few(moved)}): "
+              "models trained or scores measured on the earlier split do not hold on this one; train and evaluate "
+              "again on it.", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     check_apart(args.src, args.out)
@@ -333,6 +346,7 @@ def main(argv: list[str] | None = None) -> Path:
     subjects = sorted({subject_of(name) for name in written})
     split = split_subjects(subjects, args.test_fraction, args.seed) if len(subjects) > 1 else {"train": subjects, "test": []}
     meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(classes), **split}
+    earlier_split = _json_of(args.out / "split.json")  # an earlier run's (check_out_folder refused any other)
     (args.out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
     flagged = [r["name"] for r in records.values() if r.get("warning")]
     print(f"wrote {len(written)} scans of {len(subjects)} subjects to {args.out}"
@@ -341,6 +355,7 @@ def main(argv: list[str] | None = None) -> Path:
           + (f"; ignored {len(ignored)} folder(s) of {args.src} (listed above)" if ignored else "")
           + (f"; check {', '.join(flagged)} (registration warnings in prepare.json)" if flagged else ""))
     warn_thin_split(split, written)
+    warn_moved_subjects(earlier_split, split)
     stray = [p.name for p in sorted(args.out.iterdir()) if p.is_dir() and _first(p, T1_NAMES) and p.name not in written]
     if stray:
         print(f"warning: {args.out} also holds {len(stray)} scan folder(s) whose source is not in {args.src} any more, "
