@@ -165,17 +165,20 @@ def read_proxy_file(path: str | os.PathLike) -> np.ndarray:
 
 
 def _check_declared_size(fh) -> None:  # noqa: ANN001 - an open binary file
-    """ProxyError if a .npy header declares more voxels than a request may hold (numpy would try to allocate
-    them); a file that is not a .npy is left to ``np.load`` to refuse (archives were refused before)."""
+    """ProxyError if a .npy header declares more voxels than a request may hold, or items that are not floating-point
+    numbers (a few bytes of header may declare gigabytes per item: numpy would try to allocate them); a file that is
+    not a .npy is left to ``np.load`` to refuse (archives were refused before, object arrays are refused there)."""
     start = fh.read(6)
     fh.seek(0)
     if start != b"\x93NUMPY":
         return
     version = np.lib.format.read_magic(fh)
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, _ = read_header(fh)
+    shape, _, dtype = read_header(fh)
     if math.prod(shape) > MAX_REQUEST_VOXELS:
         raise ProxyError("The request is too large: send fewer proxies per request.")
+    if dtype.kind != "f" and not dtype.hasobject:
+        raise ProxyError(f"Proxies must be floating-point numbers; got the data type {dtype}.")
 
 
 @_gpu

@@ -183,7 +183,7 @@ def resolve_model_dir(name: str) -> Path:
     local = weights_dir() / name
     if (local / "model.safetensors").exists() and (local / "config.json").exists():
         return local
-    repo_id = os.environ.get(HUB_REPO_ENV, DEFAULT_HUB_REPO)
+    repo_id = os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO  # set and not empty, as $MIXDEMO_WEIGHTS_DIR
     reachable = hub_reachable()
     try:
         from huggingface_hub import hf_hub_download

@@ -594,6 +594,108 @@ def test_server_refuses_a_request_by_its_declared_size_before_loading_it(tmp_pat
     assert not req.exists()
 
 
+def test_server_refuses_a_request_by_its_declared_data_type_before_loading_it(tmp_path, monkeypatch):
+    """A .npy header may declare items of gigabytes each (a few bytes of file): refused from the header as not
+    floating-point, never allocated; an object array is still refused as pickled."""
+    from mixdemo import server
+
+    req = tmp_path / "proxy.npy"
+    with open(req, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|V2000000000", "fortran_order": False, "shape": (100,)})
+        fh.write(b"\0" * 64)
+    monkeypatch.setattr(server.np, "load", lambda *a, **k: pytest.fail("np.load ran on a refused header"))
+    with pytest.raises(server.ProxyError, match="floating-point numbers; got the data type"):
+        server.read_proxy_file(req)
+    monkeypatch.undo()
+    np.save(req, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(server.ProxyError, match="pickled objects are refused"):
+        server.read_proxy_file(req)
+
+
+def test_server_checks_each_request_limit_at_its_bound():
+    """K from 1 to MAX_K, sides from MIN_SIDE to MAX_SIDE, values in [-1, 4] (float16 or float32, one proxy given
+    as (X, Y, Z)) are accepted as float32 (K, X, Y, Z); one step beyond each bound is refused. The voxel cap holds
+    for arrays given in-process too (a broadcast view: nothing allocated)."""
+    from mixdemo import server
+
+    lo, hi = server.MIN_SIDE, server.MAX_SIDE
+    for shape in ((server.MAX_K, lo, lo, lo), (1, hi, lo, lo), (1, lo, lo, hi)):
+        assert server.check_proxies(np.zeros(shape, np.float16)).shape == shape
+    one = server.check_proxies(np.linspace(-1.0, 4.0, lo**3, dtype=np.float32).reshape(lo, lo, lo))
+    assert one.shape == (1, lo, lo, lo) and one.dtype == np.float32 and one.min() == -1.0 and one.max() == 4.0
+    for shape, says in (((server.MAX_K + 1, lo, lo, lo), "proxies"), ((0, lo, lo, lo), "proxies"),
+                        ((1, lo - 1, lo, lo), "voxels"), ((1, lo, lo, hi + 1), "voxels")):
+        with pytest.raises(server.ProxyError, match=says):
+            server.check_proxies(np.zeros(shape, np.float32))
+    for value in (-1.01, 4.01):
+        with pytest.raises(server.ProxyError, match="out of range"):
+            server.check_proxies(np.full((lo, lo, lo), value, np.float32))
+    with pytest.raises(server.ProxyError, match="too large"):
+        server.check_proxies(np.broadcast_to(np.float16(0.5), (server.MAX_K, hi, hi, hi)))
+
+
+def test_server_deletes_the_request_before_segmenting_it(app_weights, tmp_path):
+    """The request file is gone once read: S never runs while it is on disk."""
+    from mixdemo import server
+
+    req = tmp_path / "proxy.npy"
+    _write_request(req)
+    on_disk: list[bool] = []
+    observer = lambda arr: on_disk.append(req.exists())  # noqa: E731
+    server.add_observer(observer)
+    try:
+        server.segment_file(req)
+    finally:
+        server.remove_observer(observer)
+    assert on_disk == [False]
+
+
+def test_a_response_is_served_once_then_its_folder_is_deleted(tmp_path, monkeypatch):
+    """The one-shot middleware deletes a response's folder after one complete 200 GET of its .npy; a partial or
+    refused send, another file of Gradio's cache, or a response fetched by HEAD keeps it."""
+    import asyncio
+
+    from mixdemo import oneshot, server
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+
+    def response() -> Path:
+        out = server.response_dir() / "mixed_probs.npy"
+        out.write_bytes(b"answer")
+        return out
+
+    def fetch(path: Path, status: int = 200, method: str = "GET", more_body: bool = False) -> None:
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status})
+            await send({"type": "http.response.body", "body": b"answer", "more_body": more_body})
+
+        async def send(message):
+            pass
+
+        scope = {"type": "http", "method": method, "path": f"{oneshot.FILE_ROUTE}{path}"}
+        asyncio.run(oneshot.OneShotResponses(app)(scope, None, send))
+
+    served = response()
+    assert served.parent.parent == oneshot.response_root()
+    for kept in ({"status": 404}, {"method": "HEAD"}, {"more_body": True}):
+        fetch(served, **kept)
+        assert served.exists(), kept
+    fetch(served)
+    assert not served.parent.exists() and oneshot.response_root().is_dir()
+    upload = tmp_path / "cache" / "0a1b" / "proxy.npy"  # an upload: not a response
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"request")
+    fetch(upload)
+    nested = oneshot.response_root() / "x" / "y" / "mixed_probs.npy"  # deeper than a response folder
+    loose = oneshot.response_root() / "mixed_probs.npy"  # its folder would be every response's
+    not_npy = response().with_name("notes.txt")
+    for other in (nested, loose, not_npy):
+        other.parent.mkdir(parents=True, exist_ok=True)
+        other.write_bytes(b"answer")
+        fetch(other)
+    assert upload.exists() and nested.exists() and loose.exists() and not_npy.exists()
+
+
 def test_server_deletes_the_request_and_a_partial_response_whatever_fails(app_weights, tmp_path, monkeypatch):
     from mixdemo import inference, server
 
@@ -848,6 +950,10 @@ def test_a_port_that_is_not_one_is_a_usage_error_not_a_traceback(monkeypatch, ca
     monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
     check_port_variable()
     assert parse_app_args([]).port == 7999
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    assert parse_app_args([]).host == "127.0.0.1"  # this machine only, unless asked
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    assert parse_app_args([]).host == "0.0.0.0" and parse_app_args(["--host", "::1"]).host == "::1"
 
 
 def test_the_dice_table_has_a_column_for_each_class_the_s_gives():

@@ -471,6 +471,41 @@ def test_an_unreachable_hub_is_not_retried(tmp_path, monkeypatch):
     assert asked == [True, False]
 
 
+def test_weights_come_from_the_local_folder_first_then_from_the_hub_repo_the_environment_names(tmp_path, monkeypatch):
+    """No local folder: each of the model's files from ``$MIXDEMO_HUB_REPO`` (its ``<name>/`` subfolder, the layout
+    ``training.publish`` uploads; the default repo when the variable is empty), loaded from the folder they land in.
+    A local folder wins: the Hub is not asked. Here the Hub is a stand-in: nothing is downloaded."""
+    import huggingface_hub
+
+    net = SegmentationNet(features=(4, 4, 8, 8, 16, 4))
+    _save(net, tmp_path / "hub" / "segmentation", "mixdemo.models.SegmentationNet")
+    asked: list[tuple[str, str]] = []
+
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        asked.append((repo_id, filename))
+        cached = tmp_path / "snapshot" / filename
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tmp_path / "hub" / filename, cached)
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "local"))
+    monkeypatch.setenv(weights.HUB_REPO_ENV, "someone/their-weights")
+    loaded = weights.load_model("segmentation", fast=False)
+    assert asked == [("someone/their-weights", f"segmentation/{f}") for f in weights.MODEL_FILES]
+    for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert weights.resolve_model_dir("segmentation") == tmp_path / "snapshot" / "segmentation"
+    monkeypatch.setenv(weights.HUB_REPO_ENV, "")
+    asked.clear()
+    weights.resolve_model_dir("segmentation")
+    assert {repo for repo, _ in asked} == {weights.DEFAULT_HUB_REPO}
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "local" / "segmentation",
+          "mixdemo.models.SegmentationNet")
+    asked.clear()
+    assert weights.resolve_model_dir("segmentation") == tmp_path / "local" / "segmentation" and asked == []
+
+
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory) -> Path:
     """Three subjects of 32³ blocky volumes in the cohort layout."""
@@ -1234,18 +1269,42 @@ def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path, precision):
         f"s{i}_scan-0.{ext}" for i in range(3) for ext in ("image.npy", "labels.npy", "affine.npy", "json"))
 
 
-def test_publish_dry_run_builds_the_upload(tmp_path):
+def test_publish_dry_run_builds_the_upload(tmp_path, monkeypatch):
+    import huggingface_hub
+
     from training import publish
 
     src = tmp_path / "weights"
     _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
     (src / "segmentation" / "TRAINING_NOTE.md").write_text("How it was trained.")  # cards point to their note
+    (src / "segmentation" / "checkpoint.pt").write_bytes(b"optimizer state")  # not part of a model folder
     (src / "incomplete").mkdir()
+    shutil.copytree(src / "segmentation", src / "no-record", ignore=shutil.ignore_patterns("training.json"))
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: pytest.fail("--dry-run asked the Hub"))
     staging = publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
     assert sorted(p.name for p in staging.iterdir()) == ["README.md", "segmentation"]
     assert {p.name for p in (staging / "segmentation").iterdir()} == {"config.json", "model.safetensors", "training.json",
                                                                      "README.md", "TRAINING_NOTE.md"}
     assert "me/mixup" in (staging / "README.md").read_text()
+    assert "- [`segmentation/`](segmentation/README.md)" in (staging / "README.md").read_text().splitlines()
+    uploads: list[tuple[str, dict]] = []
+
+    class Api:  # a stand-in: nothing leaves this machine
+        def create_repo(self, repo_id, **kwargs):
+            uploads.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+        def upload_folder(self, **kwargs):
+            uploads.append(("upload_folder", kwargs))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")])
+    assert [what for what, _ in uploads] == ["create_repo", "upload_folder"]
+    assert uploads[0][1]["repo_id"] == uploads[1][1]["repo_id"] == "me/mixup"
+    assert uploads[1][1]["folder_path"] == str(tmp_path / "st")
+    for staging_arg in (src, tmp_path):  # emptied before staging: the weights would be deleted
+        with pytest.raises(SystemExit):
+            publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(staging_arg), "--dry-run"])
+    assert (src / "segmentation" / "model.safetensors").exists()
     (src / "segmentation" / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(weights.WeightsError, match="checksum"):
         publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
@@ -1352,6 +1411,22 @@ def test_every_training_command_refuses_a_device_it_cannot_use_in_one_line(modul
     assert "this machine has" in str(stop.value) and "--device cpu" in str(stop.value)
     with pytest.raises(DeviceUnavailable):
         pick_device(missing)
+
+
+def test_the_device_is_cuda_when_present_else_the_cpu_and_s_keeps_float32_on_cuda(monkeypatch):
+    """``pick_device`` follows ``torch.cuda.is_available`` (a stand-in here: no GPU is needed); on CUDA ``auto``
+    keeps S and D in float32 even where the CPU has bfloat16."""
+    from mixdemo.models import pick_device
+
+    monkeypatch.delenv(weights.PRECISION_ENV, raising=False)
+    monkeypatch.delenv(weights.UNMIXING_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(weights, "native_bfloat16", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device().type == "cuda" and pick_device("cpu").type == "cpu"
+    assert weights.s_precision(pick_device()) == weights.unmixing_precision(pick_device()) == "float32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device().type == "cpu"
+    assert weights.s_precision(pick_device()) == weights.unmixing_precision(pick_device()) == "bfloat16"
 
 
 def test_loading_a_model_folder_prints_nothing_to_stdout(tmp_path, capsys):

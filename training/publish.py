@@ -55,9 +55,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--dry-run", action="store_true", help="assemble only; upload nothing")
     p.add_argument("--private", action="store_true")
     args = p.parse_args(argv)
+    source = args.weights or weights_dir()
+    if source.resolve().is_relative_to(args.staging.resolve()):  # emptied before staging: the weights would go
+        p.error(f"--staging {args.staging} holds the weights it would stage ({source}): name another folder")
     if args.staging.exists():
         shutil.rmtree(args.staging)
-    copied = stage(args.repo_id, args.weights or weights_dir(), args.staging)
+    copied = stage(args.repo_id, source, args.staging)
     print(f"staged {len(copied)} model folders in {args.staging}: {', '.join(c.name for c in copied)}")
     if not args.dry_run:
         from huggingface_hub import HfApi
