@@ -637,20 +637,32 @@ def test_prepare_cohort_warns_of_a_split_too_small_to_train_or_evaluate(quick_pr
     assert "training split" not in warned and "warning: the test split holds 1 scan (pat0" in warned
 
 
-def test_prepare_cohort_warns_when_a_rerun_moves_subjects_between_train_and_test(quick_prepare, tmp_path, capsys):
-    """The split is drawn anew over all subjects: a ninth subject moves earlier test subjects into training, which
-    a warning names; a rerun over the same subjects keeps the split and warns of nothing."""
+def test_a_rerun_with_more_subjects_keeps_each_earlier_subject_on_its_side(quick_prepare, tmp_path, capsys):
+    """Adding subjects and running again keeps the earlier split's sides (weights trained on it are not then scored on
+    scans they trained on) and draws sides for the new subjects only, towards the test fraction; another --seed draws
+    the split anew, and a warning names the subjects that changed sides."""
+    from mixdemo.phantoms import split_subjects
+
     src, out = tmp_path / "src", tmp_path / "cohort"
     for i in range(8):
         write_raw_scan(src, f"p{i}_1")
     quick_prepare.main([str(src), "--out", str(out)])
     first = json.loads((out / "split.json").read_text())
-    quick_prepare.main([str(src), "--out", str(out)])
-    assert "changed sides" not in capsys.readouterr().err
-    write_raw_scan(src, "p8_1")
+    assert (first["test_fraction"], first["seed"]) == (0.25, 0) and len(first["test"]) == 2
+    for i in range(8, 12):
+        write_raw_scan(src, f"p{i}_1")
+    subjects = sorted(f"p{i}" for i in range(12))  # as the command lists them
+    fresh = split_subjects(subjects, 0.25, 0)
+    assert set(first["test"]) & set(fresh["train"])  # the premise: a fresh draw would move a test subject
     quick_prepare.main([str(src), "--out", str(out)])
     second = json.loads((out / "split.json").read_text())
-    moved = sorted(set(first["test"]) & set(second["train"]) | set(first["train"]) & set(second["test"]))
+    assert set(first["test"]) <= set(second["test"]) and set(first["train"]) <= set(second["train"])
+    assert len(second["test"]) == 3 and sorted(second["train"] + second["test"]) == sorted(subjects)
+    assert "changed sides" not in capsys.readouterr().err
+    quick_prepare.main([str(src), "--out", str(out), "--seed", "1"])
+    third = json.loads((out / "split.json").read_text())
+    assert {k: third[k] for k in ("train", "test")} == split_subjects(subjects, 0.25, 1)
+    moved = sorted(set(second["test"]) & set(third["train"]) | set(second["train"]) & set(third["test"]))
     assert moved  # the premise: this draw moves some
     assert f"warning: {len(moved)} subject(s) changed sides since the earlier split.json ({', '.join(moved)})" \
         in capsys.readouterr().err

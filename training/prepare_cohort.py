@@ -28,8 +28,10 @@ otherwise, so an interrupted run goes on where it stopped and an edited scan is 
 one this command prepared from the same ``SRC``: a cohort it did not write is refused, its ``split.json``
 and scans left as they are. A split with fewer than 2 training subjects (training mixes a target with
 another subject's scan) or 2 test scans (evaluation scores them; its test-retest ICC needs 2) is written
-all the same, with a warning. Each run draws the split anew over all its subjects: a warning names the subjects
-that changed sides since the earlier run's (one subject more can move test subjects into training).
+all the same, with a warning. A rerun with the same ``--test-fraction`` and ``--seed`` keeps each subject of the
+earlier run's split on its side and draws sides for new subjects only (so adding subjects never moves a test subject
+into training, where weights trained before would be scored on scans they trained on); with others it draws the
+split anew, and a warning names the subjects that changed sides.
 """
 
 from __future__ import annotations
@@ -303,10 +305,30 @@ def warn_thin_split(split: dict[str, list[str]], written: list[str]) -> None:
               f"test-retest ICC out below 2 test scans: {more}.", file=sys.stderr)
 
 
+def split_keeping_earlier_sides(earlier: dict, subjects: list[str], test_fraction: float,
+                                seed: int) -> dict[str, list[str]]:
+    """The split of ``subjects`` by subject. Where ``earlier`` (an earlier run's ``split.json``) was drawn with this
+    ``test_fraction`` and ``seed``, its subjects keep their sides and the new ones are drawn (seeded) to bring the
+    test side to the fraction's share of all subjects, none taken from training; otherwise a fresh draw
+    (:func:`mixdemo.phantoms.split_subjects`)."""
+    if len(subjects) < 2:
+        return {"train": list(subjects), "test": []}
+    if earlier.get("test_fraction") != test_fraction or earlier.get("seed") != seed:
+        return split_subjects(subjects, test_fraction, seed)
+    sides = {s: side for side in ("train", "test") for s in earlier.get(side) or ()}
+    new = sorted(s for s in subjects if s not in sides)
+    test = [s for s in subjects if sides.get(s) == "test"]
+    wanted = max(1, int(round(len(subjects) * test_fraction))) - len(test)
+    order = np.random.default_rng([seed, 3, len(subjects)]).permutation(len(new))
+    test += [new[i] for i in order[: max(0, wanted)]]
+    return {"train": sorted(s for s in subjects if s not in set(test)), "test": sorted(test)}
+
+
 def warn_moved_subjects(earlier: dict, split: dict[str, list[str]]) -> None:
     """A warning on stderr when subjects of the earlier run's split (``earlier``: its ``split.json``) changed sides:
-    the split is drawn anew over all subjects, so one more subject can move earlier test subjects into training, and
-    weights trained on the earlier split would then be scored on scans they trained on."""
+    a split drawn anew (another ``--test-fraction`` or ``--seed``, or a split.json written before these were recorded)
+    can move earlier test subjects into training, and weights trained on the earlier split would then be scored on
+    scans they trained on."""
     moved = sorted(s for side, other in (("train", "test"), ("test", "train"))
                    for s in set(earlier.get(side) or ()) & set(split[other]))
     if moved:
@@ -344,9 +366,10 @@ def main(argv: list[str] | None = None) -> Path:
     if not written:
         raise SystemExit(f"No scan of {args.src} could be prepared (prepare.json says why).")
     subjects = sorted({subject_of(name) for name in written})
-    split = split_subjects(subjects, args.test_fraction, args.seed) if len(subjects) > 1 else {"train": subjects, "test": []}
-    meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(classes), **split}
     earlier_split = _json_of(args.out / "split.json")  # an earlier run's (check_out_folder refused any other)
+    split = split_keeping_earlier_sides(earlier_split, subjects, args.test_fraction, args.seed)
+    meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(classes),
+            "test_fraction": args.test_fraction, "seed": args.seed, **split}
     (args.out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
     flagged = [r["name"] for r in records.values() if r.get("warning")]
     print(f"wrote {len(written)} scans of {len(subjects)} subjects to {args.out}"
