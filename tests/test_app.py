@@ -410,6 +410,138 @@ def test_attack_lab_handlers(app_weights, example):
         assert "weights/score" in out[-1]
 
 
+def _textures(n: int, seed: int, side: int = 32) -> np.ndarray:
+    """n smooth random volumes in [0, 1] (tiny stand-ins for scans)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    vols = np.stack([gaussian_filter(rng.standard_normal((side,) * 3), 2.0) for _ in range(n)])
+    vols -= vols.min(axis=(1, 2, 3), keepdims=True)
+    return (vols / vols.max(axis=(1, 2, 3), keepdims=True)).astype(np.float32)
+
+
+def _tiny_attack_lab(monkeypatch, scans: np.ndarray, retests: np.ndarray, bank: np.ndarray,
+                     template: np.ndarray | None = None) -> list[str]:
+    """Point the attack tab at tiny volumes: example targets ``scans``, their ``retests`` (same subjects), a reference
+    ``bank`` and the public template; returns the subject ids (``sub-0``, ``sub-1``, ...)."""
+    from types import SimpleNamespace
+
+    from mixdemo import examples, ui
+    from mixdemo.attacks import tta_average
+
+    ids = [f"sub-{i}" for i in range(len(scans))]
+    monkeypatch.setattr(ui, "_examples_on_grid", lambda progress: ([*scans, *retests], ids + ids))
+    monkeypatch.setattr(examples, "example_subjects", lambda: ids)
+    monkeypatch.setattr(examples, "reference_bank", lambda progress=None: [
+        SimpleNamespace(image=b, ref_id=f"ref-{j}") for j, b in enumerate(bank)])
+    if template is not None:
+        monkeypatch.setattr(tta_average, "template_brain", lambda: template)
+    return ids
+
+
+def test_the_reid_panel_shows_the_retrieval_it_computed(monkeypatch):
+    """Re-identification panel on 3 tiny subjects × test–retest. References that carry nothing (zeros): every proxy
+    is α·x, so the query's first match must be its subject's other scan; the gallery shows the proxies it names, in
+    the order of their MS-SSIM, never the query itself. References that dominate: the bars are the experiment's own
+    numbers, no proxy apart from mixup."""
+    from mixdemo import ui, viz
+    from mixdemo.attacks.reid import downsample, reid_experiment
+
+    scans = _textures(3, seed=1)
+    retests = np.clip(scans + 0.02 * _textures(3, seed=2), 0, 1)
+    ids = _tiny_attack_lab(monkeypatch, scans, retests, np.zeros((2, 32, 32, 32), np.float32))
+    fig, gallery, md = ui.reid_report(progress=_Progress())
+    assert [t.name for t in fig.data] == ["no proxy (raw scans)", "mixup proxies"]
+    assert all(list(t.x) == ["F1", "mAP"] and list(t.y) == [1.0, 1.0] for t in fig.data)  # positive control
+    assert len(gallery) == 4 and gallery[0][1] == f"query: proxy of {ids[0]}"
+    captions = [caption for _, caption in gallery[1:]]
+    assert captions[0].startswith(f"#1: {ids[0]} (same subject)")
+    assert [c.startswith(f"#{r}: ") for r, c in enumerate(captions, 1)] == [True] * 3
+    assert sum("same subject" in c for c in captions) == 1  # the query is not among its own matches
+    scores = [float(c.rsplit("MS-SSIM ", 1)[1]) for c in captions]
+    assert 0.9995 > scores[0] > scores[1] >= scores[2]  # each match's own MS-SSIM, the best first
+    pictures = [viz.montage(downsample(v), (8, 8, 8), scale=2, grid=True).astype(int) for v in scans]
+    for (img, caption) in gallery:  # a proxy α·x is drawn as x is (each picture scaled to its own range)
+        shown = int(np.argmin([np.abs(img.astype(int) - p).mean() for p in pictures]))
+        assert ids[shown] in caption
+    assert np.abs(gallery[1][0].astype(int) - gallery[0][0].astype(int)).mean() > 0  # the retest, not the query
+
+    common = _textures(1, seed=3)[0]
+    scans = np.clip(0.8 * common + 0.2 * _textures(3, seed=4), 0, 1)  # subjects differ a little
+    retests = np.clip(scans + 0.01 * _textures(3, seed=5), 0, 1)
+    bank = _textures(3, seed=6)  # references differ a lot
+    ids = _tiny_attack_lab(monkeypatch, scans, retests, bank)
+    fig, _, md = ui.reid_report(progress=_Progress())
+    out = reid_experiment(downsample(np.concatenate([scans, retests])), ids + ids, downsample(bank),
+                          alpha_range=ui.DEFAULT_ALPHA_RANGE, n_draws=3, seed=0)
+    assert out["no_proxy"]["map"] == 1.0 > out["mixup"]["map"]
+    shown = {t.name: list(t.y) for t in fig.data}
+    assert shown == {"no proxy (raw scans)": [out["no_proxy"]["f1"], out["no_proxy"]["map"]],
+                     "mixup proxies": [out["mixup"]["f1"], out["mixup"]["map"]]}
+    assert f"with mixup proxies, mAP {out['mixup']['map']:.2f}" in md and "6 scans (3 phantom subjects" in md
+
+
+def test_the_averaging_panel_shows_the_estimate_of_the_proxies_it_averaged(monkeypatch):
+    """TTA-averaging panel on tiny volumes: each proxy the attack averages is read back as α·x + (1 − α)·x_ref (the
+    subject, bank scan and α that fit it exactly). The panel mixes the target with K distinct bank scans and one α of
+    the public range (a fresh α per mix with the defence), and shows for every K the estimate of the first K proxies,
+    rescale(mean m − (1 − α̂)·μ), its MS-SSIM to the target, and whether it singles the target out. Sent as
+    separate requests among other targets' proxies, the server re-links from this target's own proxy, and says how
+    many of its K it found."""
+    from mixdemo import ui, viz
+    from mixdemo.attacks import tta_average
+    from mixdemo.attacks.reid import downsample
+    from mixdemo.metrics import msssim_3d
+
+    common = _textures(1, seed=7)[0]
+    scans = 0.6 * common + 0.4 * _textures(3, seed=8)
+    bank = 0.6 * common + 0.4 * _textures(6, seed=9)
+    template = 0.6 * common + 0.4 * _textures(40, seed=10).mean(0)  # the population's mean brain
+    _tiny_attack_lab(monkeypatch, scans, scans, bank, template)
+    seen: list = []
+    real = tta_average.running_tta_estimates
+    monkeypatch.setattr(tta_average, "running_tta_estimates",
+                        lambda proxies, *args: seen.append((proxies, real(proxies, *args))) or seen[-1][1])
+    small_scans, small_bank, mu = downsample(scans), downsample(bank), downsample(template)
+    tgt = small_scans[0]
+
+    def source(proxy: np.ndarray) -> tuple[int, int, float]:
+        """(subject, bank scan, α) of the mix α·x + (1 − α)·x_ref that gives ``proxy`` (least squares)."""
+        fits = []
+        for s, x in enumerate(small_scans):
+            for j, r in enumerate(small_bank):
+                a = float(np.sum((proxy - r) * (x - r)) / np.sum((x - r) ** 2))
+                fits.append((float(np.abs(proxy - (a * x + (1 - a) * r)).max()), s, j, a))
+        err, s, j, a = min(fits)
+        assert err < 1e-5
+        return s, j, a
+
+    for k, fresh, split in ((4, False, False), (4, True, False), (4, False, True), (3, True, True), (5, False, True)):
+        seen.clear()
+        img, fig, md = ui.tta_report(k, fresh, split, None, progress=_Progress())
+        (proxies, est), = seen
+        subjects, refs, alphas = map(np.array, zip(*(source(p) for p in proxies)))
+        assert len(proxies) == k and subjects[0] == 0  # the target's own proxy first (the query, when split)
+        if split:
+            assert f"re-linked {int(np.sum(subjects == 0))}/{k} of this target's proxies among {3 * k}" in md
+        else:
+            assert (subjects == 0).all() and len(set(refs)) == k and ((0.3 <= alphas) & (alphas <= 0.5)).all()
+            assert (np.ptp(alphas) > 0.01) == fresh  # one α for the K mixes (Eq. 5) unless the defence draws each
+        for n in range(1, k + 1):  # the estimate of the first n proxies, in closed form
+            np.testing.assert_allclose(est[n], tta_average.rescale(proxies[:n].mean(0) - 0.6 * mu), atol=1e-5)
+        curve = list(fig.data[0].y)
+        assert list(fig.data[0].x) == list(range(1, k + 1))
+        assert curve == pytest.approx([msssim_3d(est[n], tgt) for n in range(1, k + 1)])
+        assert list(fig.data[1].y) == pytest.approx([msssim_3d(mu, tgt)] * 2)
+        c = (8, 8, 8)
+        assert np.array_equal(img, np.concatenate([viz.montage(est[k], c, scale=2, vmax=1.0),
+                                                    viz.montage(tgt, c, scale=2)], axis=0))
+        r = tta_average.deviation_correlations(est[k], small_scans, mu)
+        assert f"correlates r = {r[0]:.2f} with this target's, at most {r[1:].max():.2f} with 2 other" in md
+        assert r[0] > r[1:].max() and "**The estimate singles out this target**" in md
+        assert f"target: {curve[-1]:.3f}, against {msssim_3d(mu, tgt):.3f}" in md
+
+
 def test_about_shows_results_and_cards(tmp_path, monkeypatch):
     import json
 

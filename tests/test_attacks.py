@@ -353,6 +353,51 @@ def test_known_bank_inversion_finds_the_reference_and_alpha() -> None:
         KnownBank(bank[:1])
 
 
+def test_the_known_bank_criterion_is_the_correlation_it_names() -> None:
+    """Brute force on a tiny bank: for every bank scan j and α of the grid, x̂ = (m − (1 − α)·x_j)/α and the largest
+    |Pearson r| of x̂ − mean(bank) with any bank scan's deviation; the inversion keeps the (j, α) where it is least."""
+    from mixdemo.attacks.known_bank import ALPHA_GRID, KnownBank
+
+    rng = np.random.default_rng(3)
+    bank, target = rng.random((4, 8, 8, 8)), rng.random((8, 8, 8))
+    proxy = 0.4 * target + 0.6 * bank[1]
+    deviations = (bank - bank.mean(0)).reshape(4, -1)
+
+    def largest_correlation(estimate: np.ndarray) -> float:
+        v = (estimate - bank.mean(0)).ravel()
+        return max(abs(np.corrcoef(v, d)[0, 1]) for d in deviations)
+
+    criterion = np.array([[largest_correlation((proxy - (1 - a) * bank[j]) / a) for j in range(4)] for a in ALPHA_GRID])
+    ai, j = np.unravel_index(criterion.argmin(), criterion.shape)
+    found = KnownBank(bank).invert(proxy)
+    assert found.reference == j == 1 and found.max_correlation == pytest.approx(criterion[ai, j], rel=1e-6)
+    assert found.alpha == pytest.approx(0.4, abs=0.02)
+
+
+def test_known_bank_experiment_reports_the_quantities_its_fields_name() -> None:
+    """Each field against its own computation on the same draw (α range where one reference is missed, and one where
+    the estimates re-identify better than the proxies)."""
+    from mixdemo.attacks.known_bank import KnownBank, known_bank_experiment
+
+    cohort, subjects = synthetic_cohort(10, seed=7)
+    targets, ids, bank = cohort[:6], subjects[:6], cohort[6::2]
+    for alpha_range in ((0.6, 0.9), (0.3, 0.5)):
+        out = known_bank_experiment(targets, ids, bank, alpha_range=alpha_range, n_draws=1, seed=0)
+        proxies, refs, alphas = reid.encode_with_random_references(targets, bank, alpha_range, np.random.default_rng(0))
+        found = [KnownBank(bank).invert(p) for p in proxies]
+        est = np.stack([f.estimate for f in found])
+        ms_est = msssim_3d_batch(est, targets, data_range=1.0)
+        assert out["reference_hit_rate"] == pytest.approx(np.mean([f.reference == r for f, r in zip(found, refs)]))
+        assert out["alpha_abs_error_mean"] == pytest.approx(np.mean([abs(f.alpha - a) for f, a in zip(found, alphas)]))
+        assert out["estimate_msssim_mean"] == pytest.approx(ms_est.mean()) and out["estimate_msssim_min"] == pytest.approx(ms_est.min())
+        assert out["proxy_msssim_mean"] == pytest.approx(msssim_3d_batch(proxies, targets, data_range=1.0).mean())
+        assert out["estimate_reid_map"] == pytest.approx(reid.retrieval(est, ids).map)
+        assert out["proxy_reid_map"] == pytest.approx(reid.retrieval(proxies, ids).map)
+        assert out["alpha_abs_error_mean"] < 0.03 and out["estimate_msssim_mean"] > out["proxy_msssim_mean"]
+    assert out["estimate_reid_map"] > out["proxy_reid_map"]
+    assert known_bank_experiment(targets, ids, bank, alpha_range=(0.6, 0.9), n_draws=1)["reference_hit_rate"] < 1
+
+
 def test_known_bank_on_large_volumes_searches_pooled_copies_and_unmixes_at_full_resolution() -> None:
     from mixdemo.attacks.known_bank import invert_downsampled
 
@@ -459,6 +504,33 @@ def test_patch_study_and_output_leakage_with_untrained_models() -> None:
     with_public = leakage.sample_patch_set(vols[:1], vols[2:], 3, 2, np.random.default_rng(1), public_labels=truth_map)
     out = leakage.patch_study(seg, unmix, with_public, np.full((3, 2), 0.6))
     assert out["chance_dice_template"] == 1.0 and "chance_dice_template" not in leakage.patch_study(seg, unmix, patches, np.full((3, 2), 0.6))
+
+
+def test_patch_study_scores_the_first_mix_eq_4_with_fresh_alphas_and_another_subject_in_closed_form() -> None:
+    """A server that reads labels off the image (S(x) = one-hot round(3x)) on label images, α fresh per mix: the
+    output leakage is the first mix's arg-max, Eq. 4 removes each mix's (1 − α)·y_ref and divides by its α before the
+    K mixes are averaged, and the chance level is the first reference's labels, all against the target's labels."""
+    from mixdemo.metrics import dice_per_class, mean_dice
+
+    rng = np.random.default_rng(4)
+    n, k, side = 3, 2, 16
+    truth = rng.integers(0, 4, (n, side, side, side)).astype(np.uint8)
+    ref_labels = rng.integers(0, 4, (n, k, side, side, side)).astype(np.uint8)
+    patches = leakage.PatchSet(truth / 3, truth, ref_labels / 3, ref_labels)
+    alphas = np.array([[0.6, 0.9], [0.9, 0.6], [0.75, 0.55]])
+    out = leakage.patch_study(_LabelReader(), UnmixingNet(features=(4, 8)).eval(), patches, alphas)
+
+    def dice(pred: np.ndarray) -> float:
+        return mean_dice(dice_per_class(pred.reshape(-1, side, side), truth.reshape(-1, side, side), [1, 2, 3]))
+
+    a = alphas[..., None, None, None]
+    read = np.clip(np.round(a * truth[:, None] + (1 - a) * ref_labels), 0, 3).astype(int)  # (n, k, ...) the server's labels
+    one_hot = np.eye(4)[read]  # (n, k, X, Y, Z, C)
+    naive = (one_hot - (1 - a)[..., None] * np.eye(4)[ref_labels]) / a[..., None]
+    assert out["output_leakage_dice"] == pytest.approx(dice(read[:, 0]))
+    assert out["dice_naive_tta"] == pytest.approx(dice(naive.mean(1).argmax(-1)))
+    assert out["chance_dice_other_subject"] == pytest.approx(dice(ref_labels[:, 0]))
+    assert len({out["output_leakage_dice"], dice(read[:, 1]), out["chance_dice_other_subject"]}) == 3
 
 
 def test_patch_study_two_references_matches_one_when_the_references_coincide() -> None:
