@@ -466,6 +466,21 @@ def test_reference_reuse_recovers_the_bank() -> None:
 
 
 
+def test_reference_reuse_inverts_eq_2_with_alpha_guess_in_closed_form(monkeypatch) -> None:
+    """With α̂ ≠ 0.5 (where α̂ and 1 − α̂ coincide) and the clusters given: each reference is (group mean − α̂μ)/(1 − α̂)
+    and each target (m − (1 − α̂)·x̂_ref)/α̂, clipped at 0 and rescaled."""
+    rng = np.random.default_rng(2)
+    proxies, mu = rng.random((6, 8, 8, 8)).astype(np.float32), rng.random((8, 8, 8)).astype(np.float32)
+    which = np.array([0, 1, 1, 0, 1, 0])
+    monkeypatch.setattr(tta, "cluster_by_reference", lambda p, n, seed=0: which)
+    labels, refs_hat, targets_hat = tta.reference_reuse_attack(proxies, mu, 2, alpha_guess=0.3)
+    refs_raw = np.stack([np.clip((proxies[which == c].mean(0) - 0.3 * mu) / 0.7, 0, None) for c in range(2)])
+    expected = np.clip((proxies - 0.7 * refs_raw[which]) / 0.3, 0, None)
+    assert (labels == which).all()
+    np.testing.assert_allclose(refs_hat, tta.rescale(refs_raw), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(targets_hat, tta.rescale(expected.astype(np.float32)), rtol=1e-5, atol=1e-6)
+
+
 class _LabelReader(torch.nn.Module):
     """A stand-in S for images that are labels / 3: one-hot logits of round(3x), the labels themselves."""
 
