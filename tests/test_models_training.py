@@ -18,6 +18,7 @@ import torch
 from mixdemo import weights
 from mixdemo.data import CohortError, MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.io import save_volume
+from mixdemo.metrics import dice_per_class
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, corner_around
 from mixdemo.models import SegmentationNet, UnmixingNet, count_parameters
 from mixdemo.weights import native_bfloat16
@@ -587,6 +588,39 @@ def test_training_writes_hub_folders_and_resumes(tiny_cohort, tmp_path, capsys):
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 5
 
 
+def test_a_stopped_run_resumes_with_the_logs_and_the_validations_of_its_checkpoint(tiny_cohort, tmp_path, monkeypatch):
+    """A run stopped after its last checkpoint: each validation checkpoints too (best.pt may hold that step's weights,
+    and the resume must know it), and the resume drops the log rows past its checkpoint, whose steps it trains
+    again; a new run (no checkpoint) starts both logs afresh."""
+    from training import train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    run.mkdir()
+    for name in ("train.log", "validation.log"):  # left by an attempt stopped before its first checkpoint
+        (run / name).write_text("step\tloss\n5\t9.9\n")
+    argv = _train_cmd(tiny_cohort, out, run, 12, ["--mode", "baseline", "--val-subjects", "1", "--val-every", "3",
+                                                  "--ckpt-every", "100"])
+    real_step, calls = train.training_step, []
+
+    def stopped_in_step_11(*args):
+        calls.append(args)
+        if len(calls) == 11:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "training_step", stopped_in_step_11)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv)
+    first_column = lambda name: [line.split("\t")[0] for line in (run / name).read_text().splitlines()]  # noqa: E731
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 9 and [h[0] for h in state["validation"]] == [3, 6, 9]
+    assert first_column("validation.log") == ["step", "3", "6", "9"] and first_column("train.log") == ["step", "10"]
+    monkeypatch.setattr(train, "training_step", real_step)
+    train.main(argv)  # resumes at step 9
+    assert first_column("train.log") == ["step", "10", "12"]  # step 10 once, as trained by the resume
+    assert first_column("validation.log") == ["step", "3", "6", "9", "12"]
+
+
 def _lesioned_volumes(n: int = 3) -> list:
     """Volumes whose label maps are mostly class 1 with a 2³ block of class 2 (a small lesion)."""
     from mixdemo.data import Volume
@@ -833,6 +867,54 @@ def test_training_step_runs_the_forward_in_the_precision_and_layout_asked_for(ti
     assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2  # S and D both stepped
 
 
+def test_training_step_trains_s_on_the_mixed_labels_and_d_on_the_targets_labels(tiny_cohort):
+    """Eq. 3: S sees the proxies and its loss is against their mixed one-hot labels, never the target's own; D's
+    loss is against the target's labels. A frozen S (``--mode unmixing``) leaves D's loss alone."""
+    from monai.losses import DiceCELoss
+
+    from training.train import EndToEnd, training_step
+
+    vols = load_volumes(load_cohort(tiny_cohort).split("train"))
+    batch = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.2, 0.4), seed=0).batch(2)
+    torch.manual_seed(0)
+    for frozen in (False, True):
+        model = EndToEnd(SegmentationNet(features=[int(v) for v in TINY.split(",")]), UnmixingNet(features=(4, 8)),
+                         freeze_seg=frozen).train()
+        with torch.no_grad():  # the same weights and batch statistics as the step's forward
+            logits_mix, logits_target = copy.deepcopy(model)(batch.x_mix, batch.y_ref, batch.weights)
+        seen = []
+        model.seg.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].clone()))
+        optim = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        loss, l_seg, l_unmix, _ = training_step(model, optim, batch, torch.device("cpu"))
+        assert torch.equal(seen[0], batch.x_mix)
+        y_target = torch.nn.functional.one_hot(batch.y_target, 4).permute(0, 4, 1, 2, 3).float()
+        dice_ce = DiceCELoss(softmax=True)
+        torch.testing.assert_close(l_seg, dice_ce(logits_mix, batch.y_mix))
+        torch.testing.assert_close(l_unmix, dice_ce(logits_target, y_target))
+        assert abs(l_seg - dice_ce(logits_mix, y_target)) > 1e-4  # the two label maps give other losses
+        assert abs(l_unmix - dice_ce(logits_target, batch.y_mix)) > 1e-4
+        torch.testing.assert_close(loss, l_unmix if frozen else l_seg + l_unmix)
+
+
+def test_the_consistency_weight_scales_the_gradient_of_its_term(tiny_cohort):
+    """--consistency W adds W × the term to what is back-propagated: D's gradient moves linearly in W."""
+    from training.train import EndToEnd, training_step
+
+    vols = load_volumes(load_cohort(tiny_cohort).split("train"))
+    pairs = MixedPatchSampler(vols, patch_size=16, alpha_range=(0.3, 0.5), seed=0, views=2).batch(1)
+    torch.manual_seed(0)
+    model = EndToEnd(SegmentationNet(features=[int(v) for v in TINY.split(",")]), UnmixingNet(features=(4, 8))).train()
+    grads = {}
+    for weight in (0.0, 1.0, 2.0):
+        trained = copy.deepcopy(model)
+        optim = torch.optim.SGD(trained.parameters(), lr=0.0)
+        training_step(trained, optim, pairs, torch.device("cpu"), consistency=weight)
+        grads[weight] = torch.cat([p.grad.flatten() for p in trained.unmix.parameters()])
+    step = grads[1.0] - grads[0.0]
+    assert step.abs().max() > 1e-5  # the term reaches D's weights
+    torch.testing.assert_close(grads[2.0] - grads[0.0], 2 * step, rtol=0, atol=1e-2 * step.abs().max().item())
+
+
 def test_convolutions_on_grids_smaller_than_their_kernel_train_in_float32_with_finite_gradients():
     """CPU bfloat16 convolutions on 2³ grids return broken weight gradients about every other step here (torch 2.13,
     oneDNN); training.train runs those in float32 and leaves the others to autocast."""
@@ -930,6 +1012,9 @@ def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path, capsys):
     assert set(folders) == {"segmentation"} and Path(folders["segmentation"]).name == "baseline"
     saved = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["saved"]
     assert saved == {"baseline": folders["segmentation"]}  # the line says which network it saved
+    header, *rows = (tmp_path / "run" / "train.log").read_text().splitlines()
+    row = dict(zip(header.split("\t"), rows[-1].split("\t")))  # the loss is S's alone, in its own column
+    assert row["step"] == "2" and float(row["loss_unmix"]) == 0 and row["loss"] == row["loss_seg"] != "0.0000"
 
 
 def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(tiny_cohort):
@@ -948,6 +1033,24 @@ def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(ti
 
     with pytest.raises(SystemExit, match="one reference"):
         train.main(["--data", str(tiny_cohort), "--n-references", "2", "--val-subjects", "1", "--steps", "1"])
+
+
+def test_validation_scores_a_baselines_labels_inside_the_held_out_brains(tiny_cohort):
+    """Without a D, the validation Dice is the average over the cohort's classes but background of S's labels of each
+    held-out scan, background outside its brain (x > 0): 1 for S's labels equal to the truth."""
+    from training.validate import make_validation, validation_dice
+
+    cohort = load_cohort(tiny_cohort)
+    vols = load_volumes(cohort.split("train"))
+    val = make_validation(vols[2:], vols[:2], DEFAULT_ALPHA_RANGE, 0, cohort.foreground_classes)
+    net = SegmentationNet(features=[int(v) for v in TINY.split(",")])
+    levels = torch.tensor([0.0, 0.6, 1.0, 0.2]).view(1, 4, 1, 1, 1)  # tiny_cohort's intensity of each class
+    net.forward = lambda x: -100 * (x - levels) ** 2  # the class of the nearest intensity: the truth
+    assert validation_dice(net, None, val) == 1.0
+    net.forward = lambda x: torch.zeros_like(x).repeat(1, 4, 1, 1, 1) + levels  # WM everywhere: inside the brain
+    truth, brain = vols[2].labels, vols[2].image > 0
+    wm = 2 * (truth == 2).sum() / (brain.sum() + (truth == 2).sum())
+    assert validation_dice(net, None, val) == round(float(wm) / 3, 4)  # GM and CSF: never found, Dice 0
 
 
 @pytest.mark.parametrize("mode", ["baseline", "private"])
@@ -1074,6 +1177,42 @@ def test_fit_offsets_finds_the_smallest_offset_that_undoes_a_class_bias():
     assert (labels_with_offsets(case, offsets) == truth).all()
 
 
+def test_fit_offsets_reaches_the_best_offsets_of_a_brute_force_search():
+    """Where each voxel hesitates between background and one class, each class's Dice depends on its own offset
+    alone: one round of the coordinate search must reach the best mean Dice of every combination on the grid."""
+    import itertools
+
+    from training.calibrate import fit_case, fit_offsets, mean_dice
+
+    rng = np.random.default_rng(2)
+    n = 600
+    own = rng.integers(1, 4, n)  # the one class each voxel may be
+    truth = np.where(rng.random(n) < 0.6, own, 0).astype(np.uint8)
+    p_own = np.clip(rng.normal(np.where(truth > 0, 0.45, 0.3), 0.12), 0.01, 0.99)  # every class under-called ...
+    p_own[own == 2] = np.clip(p_own[own == 2] + 0.3, 0.01, 0.99)  # ... but GM, over-called
+    probs = torch.zeros(1, 4, n)
+    probs[0, 0] = torch.from_numpy(1 - p_own).float()
+    probs[0, torch.from_numpy(own), torch.arange(n)] = torch.from_numpy(p_own).float()
+    case = fit_case(probs, truth.reshape(6, 10, 10), np.ones((6, 10, 10), bool))
+    grid = np.round(np.arange(-1.0, 1.05, 0.25), 6)
+    best = max(mean_dice([case], np.array([0.0, *trial], np.float32)) for trial in itertools.product(grid, repeat=3))
+    offsets, dice = fit_offsets([case], grid, rounds=1)
+    assert dice == pytest.approx(best, abs=1e-9) and dice == pytest.approx(mean_dice([case], offsets), abs=1e-9)
+    assert dice > mean_dice([case], np.zeros(4, np.float32)) + 0.01  # the case needs calibrating
+    assert offsets[1] > 0 and offsets[2] < 0 and offsets[3] > 0  # the under-called classes up, GM down
+
+
+def _baseline_train_dice(folder: Path, cohort: Path, scans: list[str]) -> float:
+    """The mean over ``scans`` of the average Dice (classes but background) of the baseline saved in ``folder``,
+    its labels inside each scan's brain: what training.calibrate reports, measured from the weights it wrote."""
+    from training.evaluate import baseline_labels
+
+    model = SegmentationNet.from_pretrained(folder).eval()
+    volumes = [v for v in load_volumes(load_cohort(cohort).split("train")) if v.name in scans]
+    rows = [dice_per_class(baseline_labels(model, v, v.image > 0), v.labels, [1, 2, 3]) for v in volumes]
+    return float(np.mean([np.mean(list(r.values())) for r in rows]))
+
+
 def test_offsets_shift_each_mix_before_the_tta_mean():
     from training.calibrate import fit_case, labels_with_offsets
 
@@ -1136,7 +1275,10 @@ def test_calibrate_writes_a_baseline_whose_final_bias_carries_the_offsets(tiny_c
     record = json.loads((out / "training.json").read_text())
     cal = record["calibration"]
     assert cal["scans"] == ["s1_scan-0", "s2_scan-0"] and cal["offsets"][0] == 0.0 and record["mode"] == "baseline"
-    assert cal["train_dice_after"] >= cal["train_dice_before"] and cal["command"].startswith("python -m training.calibrate")
+    assert cal["command"].startswith("python -m training.calibrate")
+    # the Dice it reports, before and after, is that of the weights it started from and of those it wrote
+    measured = [_baseline_train_dice(folder, tiny_cohort, cal["scans"]) for folder in (start / "baseline", out)]
+    assert [cal["train_dice_before"], cal["train_dice_after"]] == pytest.approx(measured, abs=2e-4)
     before, after = load_file(start / "baseline" / "model.safetensors"), load_file(out / "model.safetensors")
     bias = "net.final_conv_0_4.bias"
     assert torch.allclose(after[bias] - before[bias], torch.tensor(cal["offsets"]), atol=1e-6)
@@ -1157,13 +1299,19 @@ def test_calibrate_fits_d_on_the_client_labels_after_tta(tiny_cohort, tmp_path, 
     start = tmp_path / "w"
     train.main(_train_cmd(tiny_cohort, start, tmp_path / "run", 1))  # S and D trained together
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(start))
+    fitted = []
+    real_cases = calibrate.unmixing_cases
+    monkeypatch.setattr(calibrate, "unmixing_cases", lambda *a, **kw: fitted.append(real_cases(*a, **kw)) or fitted[-1])
     out = calibrate.main(["--model", "unmixing", "--data", str(tiny_cohort), "--scans", "2", "--tta-k", "2",
                           "--grid", "-0.4", "0.4", "0.2", "--rounds", "1", "--out", str(tmp_path / "c"),
                           "--name", "unmixing-cal"])
     assert out == tmp_path / "c" / "unmixing-cal"
     cal = json.loads((out / "training.json").read_text())["calibration"]
     assert cal["scans"] == ["s1_scan-0", "s2_scan-0"] and cal["tta_k"] == 2 and cal["segmentation"] == "segmentation"
-    assert cal["train_dice_after"] >= cal["train_dice_before"]
+    (names, cases), = fitted  # the Dice it reports is that of the offsets it reports, on the scans it names
+    assert names == cal["scans"] and len(cases) == 2 and cases[0].probs.shape[0] == 2
+    assert cal["train_dice_before"] == round(calibrate.mean_dice(cases, np.zeros(4, np.float32)), 4)
+    assert cal["train_dice_after"] == round(calibrate.mean_dice(cases, np.array(cal["offsets"], np.float32)), 4)
     before, after = load_file(start / "unmixing" / "model.safetensors"), load_file(out / "model.safetensors")
     assert torch.allclose(after["out.bias"] - before["out.bias"], torch.tensor(cal["offsets"]), atol=1e-6)
     assert all(torch.equal(before[k], after[k]) for k in before if k != "out.bias")
@@ -1267,6 +1415,43 @@ def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path, precision):
     assert (out / "unmixing" / "model.safetensors").exists()
     assert sorted(f.name for f in (tmp_path / "cache").iterdir()) == sorted(  # no temporary file left behind
         f"s{i}_scan-0.{ext}" for i in range(3) for ext in ("image.npy", "labels.npy", "affine.npy", "json"))
+
+
+def test_each_ddp_rank_draws_its_own_patches_and_only_rank_0_writes(tiny_cohort, tmp_path, monkeypatch):
+    """Under torchrun each rank seeds its own patch stream (from the start and on a resume), draws α from
+    --alpha-range, and only rank 0 writes the log, checkpoints, validation and model folders. The ranks run here
+    one after the other in this process, the process group stubbed (test_torchrun_two_cpu_processes runs two)."""
+    from training import train
+
+    monkeypatch.setattr(train.dist, "barrier", lambda: None)
+    monkeypatch.setattr(train.dist, "destroy_process_group", lambda: None)
+    monkeypatch.setattr(train, "DistributedDataParallel", lambda model, **kwargs: model)
+    batches: list = []
+    real_step = train.training_step
+    monkeypatch.setattr(train, "training_step", lambda ddp, optim, batch, *a: batches.append(batch) or
+                        real_step(ddp, optim, batch, *a))
+
+    def first_batch_as(rank: int, out: Path, run: Path, steps: int):
+        monkeypatch.setattr(train, "init_distributed", lambda device: (rank, 2, torch.device("cpu")))
+        batches.clear()
+        train.main(_train_cmd(tiny_cohort, out, run, steps, ["--val-subjects", "1", "--val-every", "2",
+                                                             "--alpha-range", "0.6", "0.7"]))
+        assert all(0.6 <= a <= 0.7 for b in batches for a in b.weights[:, 0].tolist())
+        return batches[0]
+
+    run0, run1 = tmp_path / "run0", tmp_path / "run1"
+    run1.mkdir()  # rank 0 makes the folder in a real run
+    first0 = first_batch_as(0, tmp_path / "w0", run0, 2)
+    first1 = first_batch_as(1, tmp_path / "w1", run1, 2)
+    assert not torch.equal(first0.x_mix, first1.x_mix)
+    assert list(run1.iterdir()) == [] and not (tmp_path / "w1").exists()
+    assert {"checkpoint.pt", "train.log", "validation.log", "best.pt"} <= {p.name for p in run0.iterdir()}
+    shutil.copytree(run0, tmp_path / "run0-copy")
+    written = {p.name: p.read_bytes() for p in run0.iterdir()}
+    resumed1 = first_batch_as(1, tmp_path / "w1", run0, 3)  # both resume from step 2
+    assert {p.name: p.read_bytes() for p in run0.iterdir()} == written  # rank 1 left the run as it was
+    resumed0 = first_batch_as(0, tmp_path / "w0", tmp_path / "run0-copy", 3)
+    assert not torch.equal(resumed0.x_mix, resumed1.x_mix)
 
 
 def test_publish_dry_run_builds_the_upload(tmp_path, monkeypatch):

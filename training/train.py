@@ -10,8 +10,9 @@ Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
 
 Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
 the target's labels, summed, as in the paper; ``--consistency W`` adds W × the distance between D's
-predictions of one target mixed with two disjoint sets of references (not in the paper). Checkpoints every ``--ckpt-every`` steps and
-resumes from the last one; losses go to ``<run>/train.log`` (tab-separated). ``--val-subjects N`` holds
+predictions of one target mixed with two disjoint sets of references (not in the paper). Checkpoints every ``--ckpt-every`` steps
+(and at each validation) and resumes from the last one; losses go to ``<run>/train.log`` (tab-separated; a resume drops
+the rows past its checkpoint, whose steps it trains again). ``--val-subjects N`` holds
 the last N training subjects out and exports the step with the best whole-volume Dice on their scans
 (``training.validate``; ``<run>/validation.log``); with ``--init-from`` the starting weights are validated
 as step 0, so a run that never beats them exports them unchanged.
@@ -112,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="hold the last N training subjects out as a validation set: their whole-volume Dice, every "
                         "--val-every steps, picks the step whose weights are exported (training.validate); with "
                         "--init-from, step 0 (the starting weights) is one of the candidates")
-    p.add_argument("--val-every", type=int, default=0, help="steps between validations (default: --ckpt-every)")
+    p.add_argument("--val-every", type=int, default=0,
+                   help="steps between validations (default: --ckpt-every); each also writes a checkpoint, so that a "
+                        "resume knows every step whose weights <run>/best.pt may hold")
     p.add_argument("--legs", type=parse_legs, default=None,
                    help="replay a run that was resumed with changed --steps: comma-separated TOTAL:START legs "
                         "(the learning rate follows the cosine of TOTAL from step START on, and the data stream "
@@ -400,6 +403,9 @@ def main(argv: list[str] | None = None) -> dict:
     # U-Net++ without deep supervision leaves its intermediate heads unused
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
+    if rank == 0:  # what a run stopped after its last checkpoint logged: steps trained again from here
+        for log_name in ("train.log", "validation.log"):
+            trim_log(run_dir / log_name, step)
     log = open(run_dir / "train.log", "a") if rank == 0 else None
     if log is not None and step == 0:
         log.write("step\tloss\tloss_seg\tloss_unmix\t" + ("loss_consistency\t" if args.consistency else "")
@@ -424,9 +430,10 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{sched.get_last_lr()[0]:.2e}\t{secs:.0f}\n")
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if val is not None and (step % val_every == 0 or step == args.steps):
+        validated = val is not None and (step % val_every == 0 or step == args.steps)
+        if validated:  # best.pt may now hold this step's weights: the checkpoint below names the step
             history = validate_step(model, val, step, history, run_dir)
-        if rank == 0 and (step % args.ckpt_every == 0 or step == args.steps):
+        if rank == 0 and (validated or step % args.ckpt_every == 0 or step == args.steps):
             sessions[-1] |= {"to_step": step, "seconds": round(time.perf_counter() - t0)}
             torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
                         "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0,
@@ -629,6 +636,17 @@ def validate_step(model: EndToEnd, val, step: int, history: list[list[float]], r
     with log.open("a") as f:
         f.write(f"{header}{step}\t{dice:.4f}\n")
     return [*history, [step, dice]]
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop the rows of the tab-separated log ``path`` past ``step``, the whole file at step 0 (a new run): what a
+    run stopped after its last checkpoint logged of steps that its resume trains again."""
+    if step == 0:
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        header, *rows = path.read_text().splitlines(keepends=True) or [""]
+        past = lambda row: row.split("\t", 1)[0].isdigit() and int(row.split("\t", 1)[0]) > step  # noqa: E731
+        path.write_text(header + "".join(row for row in rows if not past(row)))
 
 
 def session_record(args: argparse.Namespace, world: int, device: torch.device, command: str, start: int) -> dict:
