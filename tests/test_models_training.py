@@ -1629,3 +1629,17 @@ def test_loading_a_model_folder_prints_nothing_to_stdout(tmp_path, capsys):
         assert capsys.readouterr().out == ""
         assert json.loads(json.dumps(loaded._hub_mixin_config)) == json.loads(json.dumps(model._hub_mixin_config))
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+@pytest.mark.parametrize("option, bad, says", [("--seed", "-1", "-1 is less than 0"), ("--ckpt-every", "0", "0 is less than 1"),
+                                               ("--steps", "1e3", "'1e3' is not a whole number"),
+                                               ("--val-every", "-5", "-5 is less than 0")])
+def test_training_refuses_a_count_out_of_range_when_parsed(option, bad, says, capsys):
+    """A negative seed (NumPy refuses it at the first patch) or a zero checkpoint interval (a modulo by zero after the
+    first step) is a usage error naming the option, before any data is read."""
+    from training.train import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args([option, bad])
+    assert stop.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err
+    assert getattr(parse_args([option, "7"]), option[2:].replace("-", "_")) == 7

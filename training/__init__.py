@@ -137,3 +137,21 @@ def device_name(text: str) -> str:
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda are supported")
     return text
+
+
+def count(smallest: int):  # noqa: ANN201 - an argparse type
+    """An argparse type: a whole number ``smallest`` or more (steps, seeds, intervals), else an error that says so
+    when the command line is parsed, not a traceback steps later."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"{value} is less than {smallest}")
+        return value
+
+    parse.__name__ = f"whole number from {smallest}"
+    return parse

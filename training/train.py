@@ -53,7 +53,7 @@ from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, Unm
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, add_device_option, command_line, user_errors
+from training import DATA_HELP, add_device_option, command_line, count, user_errors
 from training.validate import hold_out, make_validation, validation_dice
 
 
@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="write each training scan once to DIR as .npy and read it memory-mapped: for cohorts larger "
                         "than the memory (BraTS); default: every scan in memory")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=count(1), default=3000)
+    p.add_argument("--batch-size", type=count(1), default=4)
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
@@ -102,25 +102,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "output depends on the target more than on the reference: it aims at the spread between "
                         "references that the test-retest ICC measures. S and D then run on 2 × --batch-size mixes a "
                         "step (about twice the time and memory). 0 (default): off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="where model folders are written")
     p.add_argument("--name", default=None, help="model folder name (default by mode)")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="checkpoints and log (default runs/<name>); a run resumes from its checkpoint there only with "
                         "the same settings (RUN_SETTINGS: data, widths, seed, ...): give another folder for a new run")
-    p.add_argument("--ckpt-every", type=int, default=100)
-    p.add_argument("--val-subjects", type=int, default=0,
+    p.add_argument("--ckpt-every", type=count(1), default=100)
+    p.add_argument("--val-subjects", type=count(0), default=0,
                    help="hold the last N training subjects out as a validation set: their whole-volume Dice, every "
                         "--val-every steps, picks the step whose weights are exported (training.validate); with "
                         "--init-from, step 0 (the starting weights) is one of the candidates")
-    p.add_argument("--val-every", type=int, default=0,
+    p.add_argument("--val-every", type=count(0), default=0,
                    help="steps between validations (default: --ckpt-every); each also writes a checkpoint, so that a "
                         "resume knows every step whose weights <run>/best.pt may hold")
     p.add_argument("--legs", type=parse_legs, default=None,
                    help="replay a run that was resumed with changed --steps: comma-separated TOTAL:START legs "
                         "(the learning rate follows the cosine of TOTAL from step START on, and the data stream "
                         "is reseeded at each START as a resume does); the shipped weights' training.json names theirs")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: leave torch's default)")
     add_device_option(p)
     p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                    help="bfloat16: mixed precision, the forward pass under torch.autocast in bfloat16 (weights, "
