@@ -182,7 +182,12 @@ def what_was_read(target) -> str:  # noqa: ANN001 - a mixdemo.client.Target
     zooms = voxel_sizes(np.asarray(target.scan.source_affine))
     grid = "×".join(str(int(n)) for n in target.scan.source_shape)
     size = "×".join(f"{z:.3g}" for z in zooms)
-    fate = "registered to the models' MNI grid" if target.prepared is not None else "already on the models' grid"
+    if target.prepared is None:
+        fate = "already on the models' grid"
+    elif target.prepared.registered:
+        fate = "registered to the models' MNI grid"
+    else:  # in MNI space already, its voxels elsewhere: resampled by its header's affine, no registration
+        fate = "in MNI space, resampled onto the models' grid"
     return f"a {grid} grid of {size} mm voxels, {fate}"
 
 

@@ -285,6 +285,10 @@ def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_ont
     nib.save(nib.Nifti1Image(shifted, affine), tmp_path / "shifted.nii.gz")
     target = load_target(tmp_path / "shifted.nii.gz")
     assert target.prepared is not None and not target.prepared.registered and target.warning is None
+    from mixdemo.ui import what_was_read  # the app's status line: not "registered"
+
+    assert what_was_read(target).endswith("1×1×1 mm voxels, in MNI space, resampled onto the models' grid")
+    assert what_was_read(on_grid).endswith("already on the models' grid")
     kept = np.asarray(img.dataobj, np.float32).copy()
     kept[-6:] = 0  # the planes the shift pushed out of the file
     np.testing.assert_allclose(target.image, normalize_intensity(kept), atol=1e-6)
