@@ -19,6 +19,7 @@ import argparse
 import functools
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ LESION_RADIUS_MM = (3.0, 8.0)
 """Range of a lesion ellipsoid's semi-axes."""
 LESION_MEAN = (0.35, 0.5)
 """Range of a lesion's mean T1 intensity (WM about 1, GM about 0.6, CSF about 0.2): hypointense, as MS lesions."""
+MAX_SCANS = 16
+"""Scans per subject at most: scan ``k`` of subject ``i`` is drawn from seed ``base(i) * 16 + k``."""
 GRID_SHAPE: tuple[int, int, int] = (144, 192, 160)
 """Common 1 mm grid around the brain (the paper's PPMI size); every side divisible by 16."""
 
@@ -342,6 +345,34 @@ def split_subjects(subjects: list[str], test_fraction: float, seed: int) -> dict
     return {"train": train, "test": test}
 
 
+def split_keeping_earlier_sides(earlier: dict, subjects: list[str], test_fraction: float,
+                                seed: int) -> dict[str, list[str]]:
+    """:func:`split_subjects`, except on a rerun: the subjects of ``earlier`` (the folder's split.json) keep their
+    sides when it was drawn with this ``test_fraction`` (or does not record one) and ``seed``, and new subjects alone
+    are drawn to bring the test side to the fraction's share (one subject more would otherwise move test subjects
+    into training, where weights trained before would be scored on scans they trained on). A fresh draw without an
+    earlier split, when the fraction or seed changed, or when keeping the sides would leave one empty."""
+    fresh = split_subjects(subjects, test_fraction, seed)
+    if earlier.get("test_fraction", test_fraction) != test_fraction or earlier.get("seed", seed) != seed:
+        return fresh
+    sides = {s: side for side in ("train", "test") for s in earlier.get(side) or () if s in subjects}
+    if not sides:
+        return fresh
+    new = sorted(s for s in subjects if s not in sides)
+    test = [s for s in subjects if sides.get(s) == "test"]
+    wanted = max(1, int(round(len(subjects) * test_fraction))) - len(test)
+    order = np.random.default_rng([seed, 3, len(subjects)]).permutation(len(new))
+    test += [new[i] for i in order[: max(0, wanted)]]
+    train = sorted(s for s in subjects if s not in set(test))
+    return {"train": train, "test": sorted(test)} if train and test else fresh
+
+
+def moved_subjects(earlier: dict, split: dict[str, list[str]]) -> list[str]:
+    """The subjects on the other side of ``split`` than in ``earlier`` (an earlier split.json), sorted."""
+    return sorted(s for side, other in (("train", "test"), ("test", "train"))
+                  for s in set(earlier.get(side) or ()) & set(split[other]))
+
+
 DEFAULT_COHORT = Path("data/phantoms")
 """The default cohort folder of training and evaluation (relative to the working directory)."""
 
@@ -371,7 +402,8 @@ def generate_cohort(
     """Write ``<root>/<subject>_<scan>/t1.nii.gz`` + ``seg.nii.gz`` and ``<root>/split.json``.
 
     Deterministic from ``seed``: each scan has its own seed, so ``jobs`` worker processes (one torch
-    thread each) write the same files as one. Existing scans with the same parameters are kept.
+    thread each) write the same files as one. Existing scans with the same parameters are kept, and so are the
+    sides of the subjects of an earlier split.json (:func:`split_keeping_earlier_sides`).
     ``lesions`` > 0 gives each subject that many white-matter lesions (:func:`lesion_map`), a fifth class
     named in split.json: a cohort with its own classes, as a user's would be (not the default cohort).
     """
@@ -379,12 +411,25 @@ def generate_cohort(
         raise ValueError("A cohort needs at least 2 subjects and 1 scan per subject.")
     if jobs < 1:
         raise ValueError("jobs must be at least 1.")
+    if n_scans > MAX_SCANS:
+        raise ValueError(f"At most {MAX_SCANS} scans per subject (more would repeat another subject's acquisitions).")
     if lesions < 0:
         raise ValueError("lesions must be 0 or more.")
+    if seed < 0:
+        raise ValueError("seed must be 0 or more.")
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must lie between 0 and 1 (both excluded).")
     root = Path(root)
     _check_same_cohort(root, seed, lesions)
-    root.mkdir(parents=True, exist_ok=True)
     subjects = [subject_id(i) for i in range(n_subjects)]
+    earlier = _split_json(root)
+    split = split_keeping_earlier_sides(earlier, subjects, test_fraction, seed)
+    if not split["train"]:
+        raise ValueError(f"A test fraction of {test_fraction} leaves none of the {n_subjects} subjects for training.")
+    if moved := moved_subjects(earlier, split):
+        print(f"warning: the split is drawn anew: {', '.join(moved)} changed sides since the folder's earlier "
+              "split.json; weights trained on that split would be scored on scans they trained on.", file=sys.stderr)
+    root.mkdir(parents=True, exist_ok=True)
     pending = [(i, s) for i in range(n_subjects) for s in range(n_scans)
                if not _scan_written(root / scan_dir_name(subjects[i], s))]
     if jobs == 1 or len(pending) < 2:
@@ -398,11 +443,11 @@ def generate_cohort(
         with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             _report(pool.map(write_scan, *zip(*[(root, i, s, seed, lesions) for i, s in pending])), progress)
-    split = split_subjects(subjects, test_fraction, seed)
     meta = {
         "dataset": DATASET,
         "note": "Synthetic phantoms from the MNI152 2009a template (nilearn); no patient data.",
         "seed": seed,
+        "test_fraction": test_fraction,
         "n_scans": n_scans,
         **({"lesions_per_subject": lesions} if lesions else {}),
         "classes": [*CLASS_NAMES, *([LESION_CLASS] if lesions else [])],
@@ -412,14 +457,20 @@ def generate_cohort(
     return root
 
 
-def _check_same_cohort(root: Path, seed: int, lesions: int) -> None:
-    """A ValueError if ``root`` holds a cohort made with another seed or lesion count: its scans, kept, would be
-    mixed with this one's under one split.json."""
+def _split_json(root: Path) -> dict:
+    """``root``'s split.json ({} if there is none, or none that reads as an object)."""
     try:
         meta = json.loads((root / "split.json").read_text())
     except (OSError, ValueError):
-        return
-    if not isinstance(meta, dict):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _check_same_cohort(root: Path, seed: int, lesions: int) -> None:
+    """A ValueError if ``root`` holds a cohort made with another seed or lesion count: its scans, kept, would be
+    mixed with this one's under one split.json."""
+    meta = _split_json(root)
+    if not meta:
         return
     made = (meta.get("seed", seed), meta.get("lesions_per_subject", 0))
     if made != (seed, lesions):
@@ -449,9 +500,9 @@ def write_scan(root: Path, subject_index: int, scan: int, seed: int, lesions: in
     subject = sample_subject(base)
     lesion_args = {}
     if lesions:
-        lesion_mean = float(np.random.default_rng([base * 16 + scan, 4]).uniform(*LESION_MEAN))
+        lesion_mean = float(np.random.default_rng([base * MAX_SCANS + scan, 4]).uniform(*LESION_MEAN))
         lesion_args = {"lesions": lesion_map(template, subject, lesions), "lesion_mean": lesion_mean}
-    image, labels = synthesize_scan(template, subject, sample_scan(base * 16 + scan), **lesion_args)
+    image, labels = synthesize_scan(template, subject, sample_scan(base * MAX_SCANS + scan), **lesion_args)
     folder = Path(root) / scan_dir_name(subject_id(subject_index), scan)
     folder.mkdir(exist_ok=True)
     save_volume(labels, template.affine, folder / "seg.nii.gz", dtype=np.uint8)

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(or <name>_seg.dcm)")
     p.add_argument("labels", type=Path, help="its labels NIfTI, or a folder of labels of the same names")
     p.add_argument("--classes", default=None,
-                   help="names of label values 1, 2, ... (default: the phantoms' GM,WM,CSF; NCR,ED,ET with --brats)")
+                   help="names of label values 1, 2, ..., background (0) left out (default: the phantoms' GM,WM,CSF; "
+                        "NCR,ED,ET with --brats)")
     p.add_argument("--brats", action="store_true",
                    help="the labels files hold BraTS's values (1 NCR, 2 ED, 4 ET in 2021, 3 in 2023): read them as the "
                         "client's classes 1 NCR, 2 ED, 3 ET")
@@ -153,8 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from mixdemo.io import ScanError
 
-    names = args.classes or ("NCR,ED,ET" if args.brats else ",".join(CLASS_NAMES[1:]))
-    classes = dict(enumerate((c.strip() for c in names.split(",") if c.strip()), start=1))
+    names = [c.strip() for c in (args.classes or ("NCR,ED,ET" if args.brats else ",".join(CLASS_NAMES[1:]))).split(",")]
+    if not all(names):
+        p.error("--classes: a name is empty (it names label values 1, 2, ... in order, one each)")
+    if len(set(names)) != len(names):
+        p.error("--classes names a class twice (each column of the table would not be its own class)")
+    if names[0].lower() == CLASS_NAMES[0]:
+        p.error(f"--classes names label values 1, 2, ...: leave out {names[0]} (label 0 is never scored), or each "
+                "class's Dice would be shown under the name before its own")
+    classes = dict(enumerate(names, start=1))
     try:
         rows = {name: score_pair(seg, lab, classes, in_box=args.in_box, brats=args.brats,
                                  note=lambda m: print(f"note: {m}", file=sys.stderr))

@@ -93,3 +93,43 @@ def test_bad_inputs_are_refused():
         augment_volume(image, labels.astype(np.float32), AugmentParams())
     with pytest.raises(ValueError, match="gamma_range"):
         sample_augmentation(np.random.default_rng(0), gamma_range=(0.0, 1.0))
+
+
+def test_labels_take_the_image_s_geometry_voxel_by_voxel():
+    """A rotation, scale and shift well beyond the sampled ranges: wherever the trilinear image still shows one
+    class's value unblended (the class all around the source point), the nearest-neighbour labels name that class."""
+    image, labels = _volume()
+    values = (0.0, 0.6, 1.0, 0.2)
+    image = np.choose(labels, values).astype(np.float32)  # no noise: a voxel's value tells its class
+    params = AugmentParams(rotation_deg=(12.0, -9.0, 7.0), scale=(1.1, 0.9, 1.05), shift_mm=(1.5, -2.5, 0.5))
+    out_img, out_lab = augment_volume(image, labels, params)
+    assert not np.array_equal(out_lab, labels)
+    for c, value in enumerate(values):
+        pure = np.abs(out_img - value) < 1e-5
+        assert pure.sum() > 500 and (out_lab[pure] == c).mean() > 0.995, c
+
+
+def test_scale_stretches_the_axis_it_names():
+    """``scale[i]`` stretches the content along axis i (about the centre), the other axes untouched."""
+    image, labels = _volume()
+    out_img, out_lab = augment_volume(image, labels, AugmentParams(scale=(1.25, 1.0, 1.0)))
+
+    def extent(lab: np.ndarray, axis: int) -> int:
+        return int(np.any(lab > 0, axis=tuple(a for a in range(3) if a != axis)).sum())
+
+    assert extent(out_lab, 0) >= extent(labels, 0) + 6
+    assert extent(out_lab, 1) == extent(labels, 1) and extent(out_lab, 2) == extent(labels, 2)
+    assert extent(out_img, 0) == extent(out_lab, 0)
+
+
+def test_intensity_changes_never_touch_the_labels():
+    """The same geometry with and without gamma, bias and noise gives the same labels, even where a labelled
+    tissue is nearly black (a dark class is not background)."""
+    image, labels = _volume()
+    image = np.where(labels == 3, 0.02, image).astype(np.float32)  # CSF nearly black
+    spatial = replace(sample_augmentation(np.random.default_rng(4)), gamma=1.0, bias_strength=0.0, noise_sigma=0.0)
+    full = replace(spatial, gamma=1.25, bias_strength=0.15, noise_sigma=0.02, seed=9)
+    _, plain = augment_volume(image, labels, spatial)
+    out_img, out_lab = augment_volume(image, labels, full)
+    assert np.array_equal(out_lab, plain)
+    assert (out_lab == 3).sum() > 1000 and not np.array_equal(out_img, augment_volume(image, labels, spatial)[0])

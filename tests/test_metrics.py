@@ -577,6 +577,51 @@ def test_score_command_reads_files_and_folders(tmp_path, capsys) -> None:
     assert "affines differ" in capsys.readouterr().err
 
 
+def test_score_averages_the_named_classes_without_background_and_the_scans_in_the_mean_row(tmp_path, capsys) -> None:
+    """``avg`` is the mean Dice of the classes named (background, whose Dice here differs, left out); ``mean``, of
+    the scans' rows, column by column."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.metrics import dice_per_class
+    from mixdemo.score import main
+
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:6], truth[6:9], truth[9:11] = 1, 2, 3
+    a, b = truth.copy(), truth.copy()
+    a[2:4] = 0  # GM half missed: GM 2/3
+    b[6:9] = 3  # WM called CSF: WM 0, CSF 2·2/(5 + 2)
+    for folder, volumes in (("segs", (a, b)), ("labels", (truth, truth))):
+        (tmp_path / folder).mkdir()
+        for name, volume in zip(("a_seg", "b_seg"), volumes):
+            save_volume(volume, np.eye(4), tmp_path / folder / f"{name}.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "segs"), str(tmp_path / "labels"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["a"] == {"GM": 0.6667, "WM": 1.0, "CSF": 1.0, "avg": pytest.approx(8 / 9, abs=1e-4)}
+    assert rows["b"] == {"GM": 1.0, "WM": 0.0, "CSF": 0.5714, "avg": pytest.approx((1 + 4 / 7) / 3, abs=1e-4)}
+    assert dice_per_class(a, truth, [0])[0] != pytest.approx(1.0)  # background counted would move a's avg
+    for column in ("GM", "WM", "CSF", "avg"):
+        assert rows["mean"][column] == pytest.approx((rows["a"][column] + rows["b"][column]) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("classes, said", [
+    ("background,GM,WM,CSF", "leave out background"),
+    ("GM,GM,CSF", "names a class twice"),
+    ("GM,,CSF", "a name is empty"),
+    (",", "a name is empty"),
+])
+def test_score_refuses_class_names_that_would_mislabel_its_columns(tmp_path, capsys, classes, said) -> None:
+    """split.json's list (background first) would show each class's Dice under the name before its own; a name
+    twice, one column's under the other's; an empty name shifts the values after it (or leaves none)."""
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    save_volume(np.ones((4, 4, 4), np.uint8), np.eye(4), tmp_path / "labels.nii.gz", dtype=np.uint8)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz"), "--classes", classes])
+    assert stop.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_score_notes_a_patch_answer_and_scores_inside_its_block_when_asked(tmp_path, capsys) -> None:
     """A patch-mode segmentation labels one block and leaves the rest 0: over the whole grid the rest counts as
     missed (a note says so); ``--in-box`` scores inside the block the segmentation labels."""

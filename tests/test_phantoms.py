@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,64 @@ def test_scans_of_one_subject_are_more_alike_than_scans_of_two(volumes):
     assert min(same) > max(diff), (same, diff)
 
 
+def test_each_image_lines_up_with_its_labels(volumes):
+    """Classing each voxel by the nearest of its scan's tissue means agrees with the labels, and better than with
+    the labels moved one voxel along any axis (or mirrored): the labels were written on the image's own grid."""
+
+    def agreement(image: np.ndarray, labels: np.ndarray) -> float:
+        means = np.array([0.0, *(image[labels == c].mean() for c in (1, 2, 3))])
+        brain = (labels > 0) | (image > 0)
+        return float((np.abs(image[brain][:, None] - means).argmin(1) == labels[brain]).mean())
+
+    for v in volumes.values():
+        assert agreement(v.image, v.labels) > 0.85, v.name
+    v = volumes["sub-000_scan-0"]
+    aligned = agreement(v.image, v.labels)
+    moved = [agreement(v.image, np.roll(v.labels, step, axis)) for axis in range(3) for step in (1, -1)]
+    assert aligned > max(moved) + 0.02, (aligned, moved)
+    assert aligned > agreement(v.image, v.labels[::-1]) + 0.1
+
+
+def test_the_scans_of_a_subject_are_two_acquisitions(volumes):
+    """Test-retest: the second scan of a subject has its own motion, contrast and noise (not the first again)."""
+    for subject in ("sub-000", "sub-001"):
+        a, b = volumes[f"{subject}_scan-0"], volumes[f"{subject}_scan-1"]
+        assert not np.array_equal(a.labels, b.labels) and not np.allclose(a.image, b.image, atol=1e-3)
+
+
+def _tiny_template(n: int = 24) -> phantoms.Template:
+    """Nested soft spheres (CSF core, WM, GM shell) on an n³ grid: the phantom maps at a few ms a scan."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    inside, wm_in, csf = (1 / (1 + np.exp(-20 * (edge - r))) for edge in (0.85, 0.6, 0.25))
+    probs = np.stack([1 - inside, inside - wm_in, wm_in - csf, csf]).astype(np.float32)
+    return phantoms.Template(probs=torch.from_numpy(probs), affine=np.eye(4))
+
+
+def test_every_random_part_of_a_phantom_follows_its_own_seed():
+    """The same parameters give the same scan; another subject seed alone changes its local anatomy and its warp,
+    another scan seed alone its noise and its bias field (and never its labels)."""
+    template = _tiny_template()
+    subject, scan = phantoms.sample_subject(5), phantoms.sample_scan(7)
+    other_subject = replace(subject, seed=6)
+    assert phantoms.sample_subject(5) == subject and replace(phantoms.sample_subject(6), seed=5) != subject
+    assert replace(phantoms.sample_scan(8), seed=7) != scan
+    tissue = phantoms.subject_tissue(template, subject)
+    assert torch.equal(tissue, phantoms.subject_tissue(template, subject))
+    assert not torch.allclose(tissue, phantoms.subject_tissue(template, other_subject), atol=1e-4)
+    coords = phantoms.scan_sampling_coords(template, subject, scan)
+    assert torch.equal(coords, phantoms.scan_sampling_coords(template, subject, scan))
+    assert not torch.allclose(coords, phantoms.scan_sampling_coords(template, other_subject, scan), atol=1e-3)
+    image, labels = phantoms.synthesize_scan(template, subject, scan)
+    again = phantoms.synthesize_scan(template, subject, scan)
+    assert np.array_equal(image, again[0]) and np.array_equal(labels, again[1])
+    for part in ({"bias_strength": 0.0}, {"noise_sigma": 0.0}):  # the noise alone, then the bias field alone
+        one = replace(scan, **part)
+        image_a, labels_a = phantoms.synthesize_scan(template, subject, one)
+        image_b, labels_b = phantoms.synthesize_scan(template, subject, replace(one, seed=one.seed + 1))
+        assert np.array_equal(labels_a, labels_b) and not np.allclose(image_a, image_b, atol=1e-4), part
+
+
 def test_subjects_differ_in_anatomy(volumes):
     a, b = volumes["sub-000_scan-0"], volumes["sub-001_scan-0"]
     brain_a, brain_b = a.labels > 0, b.labels > 0
@@ -102,6 +161,54 @@ def test_split_never_puts_a_subject_on_both_sides():
     split = phantoms.split_subjects(ids, 0.25, seed=1)
     assert set(split["train"]).isdisjoint(split["test"])
     assert len(split["test"]) == 5 and len(split["train"]) == 15
+
+
+def _write_no_scan(root, subject_index: int, scan: int, seed: int, lesions: int = 0) -> tuple[str, float]:
+    """``write_scan``'s stand-in: empty files where the scan would be (the split is under test)."""
+    folder = Path(root) / phantoms.scan_dir_name(phantoms.subject_id(subject_index), scan)
+    folder.mkdir(exist_ok=True)
+    for name in ("t1.nii.gz", "seg.nii.gz"):
+        (folder / name).write_bytes(b"")
+    return folder.name, 0.0
+
+
+def test_a_rerun_with_more_subjects_keeps_each_earlier_subject_on_its_side(tmp_path, monkeypatch, capsys):
+    """Growing a cohort in its folder draws sides for the new subjects only: a test subject moved into training would
+    be scored, by weights trained before, on scans they trained on. Another test fraction draws anew, with a warning."""
+    monkeypatch.setattr(phantoms, "write_scan", _write_no_scan)
+    ids = [phantoms.subject_id(i) for i in range(32)]
+
+    def split_of() -> dict[str, list[str]]:
+        meta = json.loads((tmp_path / "split.json").read_text())
+        return {"train": meta["train"], "test": meta["test"]}
+
+    phantoms.generate_cohort(tmp_path, n_subjects=24, n_scans=1, seed=0)
+    first = split_of()
+    assert first == phantoms.split_subjects(ids[:24], 0.25, 0)  # a fresh folder: the plain draw (examples.py's)
+    assert set(first["test"]) & set(phantoms.split_subjects(ids, 0.25, 0)["train"])  # the premise: a fresh draw moves
+    phantoms.generate_cohort(tmp_path, n_subjects=32, n_scans=1, seed=0)
+    grown = split_of()
+    assert set(first["test"]) <= set(grown["test"]) and set(first["train"]) <= set(grown["train"])
+    assert len(grown["test"]) == 8 and sorted(grown["train"] + grown["test"]) == ids
+    phantoms.generate_cohort(tmp_path, n_subjects=32, n_scans=1, seed=0)
+    assert split_of() == grown and capsys.readouterr().err == ""
+    phantoms.generate_cohort(tmp_path, n_subjects=32, n_scans=1, seed=0, test_fraction=0.5)
+    assert split_of() == phantoms.split_subjects(ids, 0.5, 0)
+    assert "changed sides" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, said", [
+    ({"test_fraction": 1.0}, "test_fraction"),
+    ({"test_fraction": 0.0}, "test_fraction"),
+    ({"n_subjects": 2, "test_fraction": 0.8}, "none of the 2 subjects for training"),
+    ({"n_scans": 17}, "At most 16 scans"),
+    ({"seed": -1}, "seed"),
+])
+def test_a_cohort_that_cannot_be_drawn_is_refused_before_any_scan(tmp_path, monkeypatch, arguments, said):
+    monkeypatch.setattr(phantoms, "write_scan", lambda *a, **k: pytest.fail("a scan was written"))
+    with pytest.raises(ValueError, match=said):
+        phantoms.generate_cohort(tmp_path / "c", **{"n_subjects": 4, **arguments})
+    assert not (tmp_path / "c").exists()
 
 
 def test_cohort_needs_two_subjects(tmp_path):

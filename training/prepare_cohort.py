@@ -51,7 +51,7 @@ import numpy as np
 from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, Layout, classes_of, cohort_classes, freesurfer_tissue,
                           mixdemo_layout, subject_of)
 from mixdemo.classes import CLASS_NAMES
-from mixdemo.phantoms import split_subjects
+from mixdemo.phantoms import moved_subjects, split_keeping_earlier_sides
 from training import command_line, user_errors
 
 FREESURFER_IMAGES = ("orig.mgz", "T1.mgz", "brain.mgz")
@@ -305,33 +305,12 @@ def warn_thin_split(split: dict[str, list[str]], written: list[str]) -> None:
               f"test-retest ICC out below 2 test scans: {more}.", file=sys.stderr)
 
 
-def split_keeping_earlier_sides(earlier: dict, subjects: list[str], test_fraction: float,
-                                seed: int) -> dict[str, list[str]]:
-    """The split of ``subjects`` by subject. Where ``earlier`` (an earlier run's ``split.json``) was drawn with this
-    ``test_fraction`` and ``seed``, its subjects keep their sides and the new ones are drawn (seeded) to bring the
-    test side to the fraction's share of all subjects, none taken from training; otherwise a fresh draw
-    (:func:`mixdemo.phantoms.split_subjects`)."""
-    if len(subjects) < 2:
-        return {"train": list(subjects), "test": []}
-    if earlier.get("test_fraction") != test_fraction or earlier.get("seed") != seed:
-        return split_subjects(subjects, test_fraction, seed)
-    sides = {s: side for side in ("train", "test") for s in earlier.get(side) or ()}
-    new = sorted(s for s in subjects if s not in sides)
-    test = [s for s in subjects if sides.get(s) == "test"]
-    wanted = max(1, int(round(len(subjects) * test_fraction))) - len(test)
-    order = np.random.default_rng([seed, 3, len(subjects)]).permutation(len(new))
-    test += [new[i] for i in order[: max(0, wanted)]]
-    return {"train": sorted(s for s in subjects if s not in set(test)), "test": sorted(test)}
-
-
 def warn_moved_subjects(earlier: dict, split: dict[str, list[str]]) -> None:
     """A warning on stderr when subjects of the earlier run's split (``earlier``: its ``split.json``) changed sides:
     a split drawn anew (another ``--test-fraction`` or ``--seed``, or a split.json written before these were recorded)
     can move earlier test subjects into training, and weights trained on the earlier split would then be scored on
     scans they trained on."""
-    moved = sorted(s for side, other in (("train", "test"), ("test", "train"))
-                   for s in set(earlier.get(side) or ()) & set(split[other]))
-    if moved:
+    if moved := moved_subjects(earlier, split):
         print(f"warning: {len(moved)} subject(s) changed sides since the earlier split.json ({first_few(moved)}): "
               "models trained or scores measured on the earlier split do not hold on this one; train and evaluate "
               "again on it.", file=sys.stderr)
@@ -367,7 +346,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"No scan of {args.src} could be prepared (prepare.json says why).")
     subjects = sorted({subject_of(name) for name in written})
     earlier_split = _json_of(args.out / "split.json")  # an earlier run's (check_out_folder refused any other)
-    split = split_keeping_earlier_sides(earlier_split, subjects, args.test_fraction, args.seed)
+    split = (split_keeping_earlier_sides(earlier_split, subjects, args.test_fraction, args.seed) if len(subjects) > 1
+             else {"train": subjects, "test": []})
     meta = {"dataset": args.out.name, "source": str(args.src), "command": command, "classes": list(classes),
             "test_fraction": args.test_fraction, "seed": args.seed, **split}
     (args.out / "split.json").write_text(json.dumps(meta, indent=2) + "\n")
