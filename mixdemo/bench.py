@@ -686,7 +686,7 @@ def run(args: argparse.Namespace) -> dict:
     k10_times, k10_ratios = bracketed_runs(lambda: private(key10, target, refs), lambda: private(key1, target, refs),
                                            max(1, reps - 1) if not args.quick else 1)
     private_k10_s = statistics.median(k10_times)
-    sl = tuple(slice(s // 2 - 16, s // 2 + 16) for s in target.shape)
+    sl = tuple(slice(max(0, s // 2 - 16), s // 2 + 16) for s in target.shape)  # all of a side under 32
     patch_refs = [Reference(r.ref_id, r.image[sl], r.labels[sl]) for r in refs]
     patch_k10_s = median_seconds(lambda: private(key10, target[sl], patch_refs), reps)
 
@@ -754,8 +754,8 @@ def run(args: argparse.Namespace) -> dict:
         "matmul_peak_gflops_float32": round(peak, 1),
         "conv_peak_gflops": round(conv_peak, 1),
         "s_over_conv_peak": round(s_gflops / conv_peak, 3),
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in memory_study  # the default allocation's processes
-                           if r["huge_pages"] and r["keeps_freed_memory"] == keep_freed_memory()),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r, allocation in zip(memory_study, private_allocations)
+                           if allocation == default_allocation),  # as asked: a kernel may grant no huge pages
         "levers": {
             "s_channels_last_speedup": None if cl_speedup is None else round(cl_speedup, 3),
             "unmix_windows": window_study,

@@ -339,3 +339,276 @@ def test_report_puts_each_cpus_headline_figures_side_by_side_against_the_targets
     assert rows["baseline whole brain"] == ["", "5.0 s", "5.0 s |"]  # no target
     assert cpu_md({"cpu": "x86_64", "levers": {"bfloat16_native": True}}) == "x86_64 (with bfloat16 instructions)"
     assert cpu_md({"cpu": "x86_64"}) == "x86_64"  # older records say neither
+
+
+def _stand_in_run(monkeypatch, tmp_path, s_dtype, huge_pages: bool = True, shape: tuple[int, ...] = (10, 10, 10),
+                  timed_shapes: list | None = None) -> dict:
+    """``bench.run`` with every measurement a stand-in of known figures (nothing is timed): S in ``s_dtype``, the
+    default D (in bfloat16), one other shipped D and the default D's float32 twin, on a target of ``shape``; the fresh
+    processes report ``huge_pages`` as they saw them; ``timed_shapes``: the target and reference shapes of each
+    private run the patch-mode figure times."""
+    import argparse
+    import types
+
+    import numpy as np
+    import torch
+
+    from mixdemo import bench
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    seg = types.SimpleNamespace(compute_dtype=s_dtype)  # no use_channels_last: no layout lever
+    default_d, other_d, float32_d = types.SimpleNamespace(), types.SimpleNamespace(), types.SimpleNamespace()
+
+    def volumes(n: int, crop: int, distinct: bool = True):
+        refs = [bench.Reference(f"ref{i}", np.zeros(shape, np.float32), np.zeros(shape, np.uint8)) for i in range(n)]
+        return np.zeros(shape, np.float32), refs, np.zeros(shape, np.uint8)
+
+    def interleaved(baseline, private, names, reps):
+        assert names == [DEFAULT_UNMIXING, "unmixing-p4", "D in float32"]
+        return [10.0, 12.0, 30.0], {DEFAULT_UNMIXING: [(13.0, 1.0), (15.0, 3.0), (40.0, 2.0)],
+                                    "unmixing-p4": [(11.0, 0.5), (14.0, 0.7), (20.0, 2.0)],
+                                    "D in float32": [(16.0, 4.0), (18.0, 3.6), (19.0, 1.0)]}
+
+    def private_seconds(seg, d, key, target, refs):
+        if timed_shapes is not None:
+            timed_shapes.append([target.shape, *(r.image.shape for r in refs)])
+        return 1.0, 0.1
+
+    float32_peaks = iter([150.0, 200.0])  # the GEMM peak at the start and at the end of the run
+
+    def matmul_peak(sizes, reps=3, dtype=torch.float32):
+        return 400.0 if dtype == torch.bfloat16 else next(float32_peaks)
+
+    peaks = iter([3000.0, 5000.0, 3500.0, 2000.0, 9000.0])  # each fresh process's, in private_probe_settings' order
+
+    def probe(target, refs, process):
+        allocation = process.allocation
+        return {"k": len(refs), "huge_pages": huge_pages and allocation.huge_pages,
+                "keeps_freed_memory": allocation.keep_freed, "seconds": 1.0, "k1_seconds": 0.1,
+                "peak_rss_mb": next(peaks), "rss_after_mb": 900.0, "k10_runs": [1.0], "k1_runs": [0.1]}
+
+    stand_ins = {
+        "keep_freed_memory": lambda: True, "freed_memory_kept_by_choice": lambda: True,
+        "start_private_probe": lambda threads, untrained, allocation, quick: types.SimpleNamespace(
+            allocation=allocation, wait_ready=lambda: None),
+        "private_probe": probe, "load_models": lambda trained: (seg, default_d, "the baseline"),
+        "phantom_volumes": volumes, "matmul_peak_gflops": matmul_peak,
+        "shipped_ds": lambda unmix: {DEFAULT_UNMIXING: unmix, "unmixing-p4": other_d},
+        "d_in_each_precision": lambda unmix, untrained: {"bfloat16": unmix, "float32": float32_d},
+        "interleaved_runs": interleaved, "private_seconds": private_seconds,
+        "bracketed_runs": lambda long, short, reps: ([100.0, 130.0, 400.0], [9.0, 10.0, 14.0]),
+        "median_seconds": lambda fn, reps: (fn(), 0.5)[1], "app_patch_seconds": lambda k, reps: 0.3,
+        "d_study_input": lambda seg, target, ref: (None, None), "unmix_window_study": lambda *a: [],
+        "unmix_net_study": lambda nets, *a: [{"model": n, "seconds": 1.0, "dice_avg": 0.9} for n in nets],
+        "precision_study": lambda *a: [], "s_probe_settings": lambda quick, default: [],
+        "flops_per_voxel": lambda model: 1.2e9,  # 1200 GFLOP on the volume
+        "d_flops_per_voxel": lambda d: 0.06e9 if d is default_d else 0.012e9,
+        "conv_peak_gflops": lambda dtype=torch.float32: 500.0 if dtype == torch.bfloat16 else 250.0,
+    }
+    for name, stand_in in stand_ins.items():
+        monkeypatch.setattr(bench, name, stand_in)
+    args = argparse.Namespace(threads=0, untrained=False, quick=False, crop=0, reps=3, out=tmp_path / "bench.json")
+    doc = bench.run(args)
+    assert json.loads(args.out.read_text()) == doc
+    return doc
+
+
+@pytest.mark.parametrize("s_dtype, peak, efficiency, conv_peak", [("bfloat16", 400.0, 0.25, 500.0),
+                                                                   ("float32", 200.0, 0.5, 250.0)])
+def test_run_derives_the_headline_figures_from_the_measurements(tmp_path, monkeypatch, s_dtype, peak, efficiency,
+                                                                conv_peak):
+    """Medians of the interleaved repetitions; the privacy tax is private K = 1 over the baseline; the client share
+    the median of each run's client seconds over its own total; K = 10 over K = 1 the median of the bracketed
+    ratios; S's GFLOP/s its FLOPs over the baseline's seconds, against the larger GEMM peak (start, end) in S's own
+    precision; the peak memory the largest of the default allocation's fresh processes; each shipped D's row and
+    each precision's of D from its own interleaved runs, D's arithmetic against the float32 GEMM peak."""
+    import torch
+
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    doc = _stand_in_run(monkeypatch, tmp_path, getattr(torch, s_dtype))
+    assert (doc["baseline_s"], doc["private_k1_s"], doc["privacy_tax"]) == (12.0, 15.0, 1.25)
+    assert doc["client_share"] == 0.077  # median of 1/13, 3/15, 2/40 (not 2/15, nor S's share)
+    assert (doc["private_k10_s"], doc["tta10_over_k1"]) == (130.0, 10.0)
+    assert (doc["patch_k10_s"], doc["app_patch_k3_s"]) == (0.5, 0.3)
+    assert doc["s_gflops"] == 100.0  # 1200 GFLOP in 12 s
+    assert (doc["matmul_peak_gflops"], doc["flop_efficiency"], doc["peak_dtype"]) == (peak, efficiency, s_dtype)
+    assert doc["matmul_peak_gflops_float32"] == 200.0 and doc["host"]["matmul_peak_gflops_start_end"] == [150.0, 200.0]
+    assert (doc["conv_peak_gflops"], doc["s_over_conv_peak"]) == (conv_peak, round(100.0 / conv_peak, 3))
+    assert doc["peak_rss_mb"] == 3500.0  # the two processes with the default allocation (kept, huge pages)
+    assert doc["host"]["baseline_s_min_max"] == [10.0, 30.0] and doc["host"]["private_k1_s_min_max"] == [13.0, 40.0]
+    assert doc["host"]["tta10_over_k1_runs"] == [9.0, 10.0, 14.0]
+    rows = {r["model"]: r for r in doc["levers"]["unmix_nets"]}
+    assert {k: rows[DEFAULT_UNMIXING][k] for k in ("private_k1_s", "privacy_tax", "client_share")} == {
+        "private_k1_s": 15.0, "privacy_tax": 1.25, "client_share": 0.077}
+    p4 = rows["unmixing-p4"]
+    assert (p4["private_k1_s"], p4["privacy_tax"], p4["client_share"]) == (14.0, 1.167, 0.05)
+    assert (p4["gflop"], p4["seconds_at_gemm_peak"], p4["privacy_tax_at_gemm_peak"]) == (12.0, 0.06, 1.005)
+    assert (rows[DEFAULT_UNMIXING]["gflop"], rows[DEFAULT_UNMIXING]["privacy_tax_at_gemm_peak"]) == (60.0, 1.025)
+    precisions = [{k: r[k] for k in ("precision", "private_k1_s", "privacy_tax", "client_share")}
+                  for r in doc["levers"]["d_precision"]]
+    assert precisions == [{"precision": "float32", "private_k1_s": 18.0, "privacy_tax": 1.5, "client_share": 0.2},
+                          {"precision": "bfloat16", "private_k1_s": 15.0, "privacy_tax": 1.25, "client_share": 0.077}]
+
+
+def test_run_times_patch_mode_on_a_central_cube_of_at_most_32_per_side(tmp_path, monkeypatch):
+    """A volume thinner than 32 along an axis (``--crop 24``) gives the patch all of that axis, not its far edge."""
+    import torch
+
+    shapes: list = []
+    _stand_in_run(monkeypatch, tmp_path, torch.float32, shape=(24, 24, 48), timed_shapes=shapes)
+    assert shapes == [[(24, 24, 32)] * 11]  # the target and its 10 references
+
+
+def test_run_reports_the_default_allocations_peak_where_the_kernel_grants_no_huge_pages(tmp_path, monkeypatch):
+    """Where the kernel's transparent huge pages are off (or off Linux) no fresh process sees huge pages: the
+    headline peak is still the largest of the processes started with the default allocation."""
+    import torch
+
+    doc = _stand_in_run(monkeypatch, tmp_path, torch.float32, huge_pages=False)
+    assert doc["peak_rss_mb"] == 3500.0 and doc["levers"]["allocator_rule"] is None
+
+
+def test_private_seconds_counts_mixing_and_d_as_the_clients_time_and_s_as_the_servers(monkeypatch):
+    """Total: mix, S, D, labels; the client's share of it: mixing, D and labels, never S's time."""
+    import numpy as np
+    import torch
+
+    from mixdemo import bench
+    from mixdemo.mixing import MixKey
+
+    clock = [0.0]
+
+    def spends(seconds: float, result: object = None):
+        def step(*args, **kwargs):
+            clock[0] += seconds
+            return result
+        return step
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench, "make_proxies", spends(1.0, np.zeros((1, 2, 2, 2), np.float32)))
+    monkeypatch.setattr(bench, "segment_proxies", spends(10.0, torch.zeros(1, 4, 2, 2, 2)))
+    monkeypatch.setattr(bench, "reference_onehots", spends(0.5))
+    monkeypatch.setattr(bench, "unmix_learned_tta", spends(2.0))
+    monkeypatch.setattr(bench, "hard_labels", spends(0.25))
+    ref = bench.Reference("ref0", np.zeros((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.uint8))
+    total, client = bench.private_seconds(None, None, MixKey(("ref0",), (0.5,)), np.zeros((2, 2, 2)), [ref])
+    assert (total, client) == (13.75, 3.75)
+
+
+def test_timing_helpers_take_the_median_and_peaks_the_fastest_call(monkeypatch):
+    """``median_seconds``: the median of its runs; ``best_gflops``: the FLOPs over the fastest timed call (the
+    warm-up call not timed)."""
+    from mixdemo import bench
+
+    monkeypatch.setattr(bench, "wall_seconds", lambda fn, times=iter([5.0, 1.0, 2.0]): next(times))
+    assert bench.median_seconds(lambda: None, 3) == 2.0
+    calls: list[int] = []
+    monkeypatch.setattr(bench, "wall_seconds", lambda fn, times=iter([2.0, 1.0, 4.0]): (fn(), next(times))[1])
+    assert bench.best_gflops(lambda: calls.append(1), 8e9, 3) == 8.0 and len(calls) == 4
+
+
+def test_gemm_and_convolution_peaks_count_two_flops_per_multiply_add_in_the_precision_asked(monkeypatch):
+    """The GEMM peak is the best over its sizes, each n × n product counted as 2n³ FLOPs and run in the dtype
+    asked; the convolution's 2 · 27 · C² FLOPs per voxel, in that dtype too."""
+    import torch
+
+    from mixdemo import bench
+
+    seen: list[tuple[float, torch.dtype]] = []
+
+    def best(fn, flop, reps):
+        seen.append((flop, fn().dtype))
+        return {2 * 4**3: 3.0, 2 * 8**3: 2.0}.get(flop, 1.0)
+
+    monkeypatch.setattr(bench, "best_gflops", best)
+    assert bench.matmul_peak_gflops((4, 8), dtype=torch.bfloat16) == 3.0
+    assert seen == [(2 * 4**3, torch.bfloat16), (2 * 8**3, torch.bfloat16)]
+    seen.clear()
+    bench.conv_peak_gflops(channels=2, side=4, reps=1, dtype=torch.bfloat16)
+    assert seen == [(2 * 27 * 2**2 * 4**3, torch.bfloat16)]
+
+
+def test_bracketed_runs_divide_by_the_mean_of_both_short_runs_not_either_one(monkeypatch):
+    from mixdemo import bench
+
+    clock = iter([0.0, 1.0, 1.0, 11.0, 11.0, 14.0])  # short 1 s, long 10 s, short 3 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    assert bench.bracketed_runs(lambda: None, lambda: None, reps=1) == ([10.0], [5.0])
+
+
+@pytest.mark.parametrize("key, limit, met_at_limit", [
+    ("private_k1_s", 20, True), ("patch_k10_s", 1, True), ("app_patch_k3_s", 2, False), ("privacy_tax", 1.10, True),
+    ("tta10_over_k1", 10, True), ("client_share", 0.05, True), ("peak_rss_mb", 4096, True)])
+def test_each_upper_target_is_met_below_its_limit_and_at_it_as_its_text_says(key, limit, met_at_limit):
+    """'≤' targets are met at the limit, '<' ones are not; above the limit every one is missed."""
+    from training.report import BENCH_TARGETS, target_verdict
+
+    assert BENCH_TARGETS[key][0].startswith("≤" if met_at_limit else "<")
+    assert target_verdict(key, limit * 0.99) == "met"
+    assert target_verdict(key, limit) == ("met" if met_at_limit else "**missed**")
+    assert target_verdict(key, limit * 1.01) == "**missed**"
+
+
+def test_the_flop_efficiency_target_is_met_at_and_above_half_the_peak():
+    from training.report import BENCH_TARGETS, target_verdict
+
+    assert BENCH_TARGETS["flop_efficiency"][0] == "≥ 0.5"
+    assert [target_verdict("flop_efficiency", v) for v in (0.49, 0.5, 0.97)] == ["**missed**", "met", "met"]
+
+
+def test_precision_study_rows_are_the_medians_of_each_precisions_interleaved_runs(monkeypatch):
+    """Per precision (float32, then bfloat16 where native): the medians of its own interleaved baseline and private
+    runs, the privacy tax of those and the median of each run's client share."""
+    import numpy as np
+    import torch
+
+    from mixdemo import bench
+    from mixdemo.mixing import MixKey
+
+    class StandInS:
+        def use_bfloat16(self) -> StandInS:
+            return self
+
+    timings = iter([([10.0, 12.0, 30.0], {"private": [(13.0, 1.0), (15.0, 3.0), (40.0, 2.0)]}),  # float32
+                    ([5.0, 6.0, 7.0], {"private": [(6.0, 0.6), (6.6, 0.66), (9.0, 0.1)]})])  # bfloat16
+    monkeypatch.setattr(bench, "native_bfloat16", lambda: True)
+    monkeypatch.setattr(bench, "untrained_s", StandInS)
+    monkeypatch.setattr(bench, "interleaved_runs", lambda baseline, private, names, reps: next(timings))
+    for name, result in [("make_proxies", None), ("segment_proxies", torch.zeros(1, 4, 2, 2, 2)),
+                         ("reference_onehots", None), ("unmix_learned_tta", None),
+                         ("hard_labels", torch.zeros(2, 2, 2, dtype=torch.uint8))]:
+        monkeypatch.setattr(bench, name, lambda *a, result=result, **k: result)
+    monkeypatch.setattr(bench, "masked_dice_avg", lambda labels, truth, brain: 0.9)
+    ref = bench.Reference("ref0", np.zeros((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.uint8))
+    rows = bench.precision_study(None, MixKey(("ref0",), (0.5,)), np.zeros((2, 2, 2), np.float32),
+                                 np.zeros((2, 2, 2), np.uint8), [ref], 3, untrained=True)
+    figures = [(r["precision"], r["baseline_s"], r["private_k1_s"], r["privacy_tax"], r["client_share"]) for r in rows]
+    assert figures == [("float32", 12.0, 15.0, 1.25, 0.077), ("bfloat16", 6.0, 6.6, 1.1, 0.1)]
+
+
+def test_the_private_probe_child_serves_each_request_with_its_first_k_references(tmp_path, monkeypatch):
+    """The child side of the fresh-process probe: requests in the order given, each with the first K references,
+    the median seconds of each K and every request's seconds."""
+    import numpy as np
+
+    from mixdemo import bench
+
+    seconds = {10: iter([30.0, 50.0]), 1: iter([3.0, 1.0, 2.0])}
+    served: list[list[str]] = []
+
+    def private_seconds(seg, unmix, key, target, refs):
+        assert list(key.reference_ids) == [r.ref_id for r in refs]
+        served.append([r.ref_id for r in refs])
+        return next(seconds[key.k]), 0.0
+
+    monkeypatch.setattr(bench, "load_models", lambda trained: (None, None, None))
+    monkeypatch.setattr(bench, "private_seconds", private_seconds)
+    path = tmp_path / "volumes.npz"
+    np.savez(path, target=np.zeros((2, 2, 2), np.float32), images=np.zeros((10, 2, 2, 2), np.float32),
+             labels=np.zeros((10, 2, 2, 2), np.uint8))
+    row = bench._probe_private(path, untrained=True, requests=(10, 1, 10, 1, 1))
+    everything, first = [f"ref{i}" for i in range(10)], ["ref0"]
+    assert served == [everything, first, everything, first, first]
+    assert (row["seconds"], row["k1_seconds"], row["k10_runs"], row["k1_runs"]) == (40.0, 2.0, [30.0, 50.0],
+                                                                                  [3.0, 1.0, 2.0])

@@ -41,6 +41,26 @@ def test_readme_figures_are_generated_from_results_json():
     assert report.main(["--check"]) == 0, "run python -m training.report"
 
 
+def test_report_check_fails_on_a_readme_whose_block_differs_or_lost_a_marker_and_writes_nothing(tmp_path, monkeypatch):
+    """--check passes the README as rendered; a block with a figure changed, a block with only its spacing changed,
+    and a block whose closing marker was lost (nothing would render it again) fail it, and it rewrites none."""
+    from training import report
+
+    readme = (REPO / "README.md").read_text()
+    monkeypatch.setattr(report, "REPO", tmp_path)  # results/ stay the committed ones
+    (tmp_path / "weights").symlink_to(REPO / "weights")  # the blocks that read the shipped models' records
+    (tmp_path / "README.md").write_text(readme)
+    assert report.main(["--check"]) == 0
+    start, end = "<!-- results:bench -->\n", "<!-- /results:bench -->"
+    block = readme[readme.index(start):readme.index(end) + len(end)]
+    assert "median of 3" in block and " |\n" in block
+    for stale in (block.replace("median of 3", "median of 4"), block.replace(" |\n", " | \n", 1),
+                  block.replace(end, "")):
+        (tmp_path / "README.md").write_text(readme.replace(block, stale))
+        assert report.main(["--check"]) == 1
+        assert (tmp_path / "README.md").read_text() == readme.replace(block, stale)
+
+
 def test_every_image_the_readme_shows_is_committed():
     import re
 

@@ -106,3 +106,27 @@ def test_a_runtime_that_fails_in_its_child_gets_a_row_saying_why(tmp_path):
 
     row = measure("no-such-runtime", "s_patches", [np.zeros((1, 1, 16, 16, 16), np.float32)], 1, 1, tmp_path)
     assert row["available"] is False and row["reason"].startswith("failed: ValueError: Unknown runtime")
+
+
+def test_the_child_times_preparation_the_first_call_and_the_median_of_the_others(tmp_path, monkeypatch):
+    """Preparation, the first call (where torch.compile compiles) apart, then the median and range of the timed
+    calls; the last output saved for the comparison."""
+    from mixdemo import runtimes
+
+    clock = [0.0]
+    calls = iter([4.0, 3.0, 1.0, 2.0])  # the first call, then three timed ones
+
+    def call() -> np.ndarray:
+        clock[0] += next(calls)
+        return np.full((1, 2, 1, 1, 1), clock[0], np.float32)
+
+    def prepare(runtime, workload, inputs, threads, tmp):
+        clock[0] += 5.0
+        return call
+
+    monkeypatch.setattr(runtimes.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(runtimes, "_runner", prepare)
+    np.savez(tmp_path / "in.npz", in0=np.zeros((1, 1, 2, 2, 2), np.float32))
+    row = runtimes._child("pytorch", "s_volume", tmp_path / "in.npz", tmp_path / "out.npy", reps=3, threads=1)
+    assert (row["prepare_s"], row["first_call_s"], row["seconds"], row["seconds_min_max"]) == (5.0, 4.0, 2.0, [1.0, 3.0])
+    assert np.load(tmp_path / "out.npy").max() == 15.0  # the last call's output

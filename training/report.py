@@ -1,7 +1,7 @@
 """Render the figures of ``results/*.json`` into the README and the model cards.
 
     python -m training.report            # rewrite the marked README sections and weights/*/README.md
-    python -m training.report --check    # exit 1 if the README is out of date with results/
+    python -m training.report --check    # exit 1 if the README is out of date with results/ (or lost a block's marker)
 
 The README holds blocks between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``; each
 is generated here from the JSON that a committed command wrote, so no number is typed by hand.
@@ -1175,15 +1175,26 @@ def renderers() -> dict[str, Callable[[dict], str]]:
     return {**RENDERERS, **{record: d_large_patches_md for record in D_TRAINED_ON.values()}}
 
 
+def _block(name: str) -> re.Pattern:
+    """The README block ``name``: its opening marker, its lines, its closing marker."""
+    return re.compile(rf"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
+
+
 def render_readme(text: str) -> str:
     """Replace every marked block whose JSON exists."""
     for name, render in renderers().items():
         doc = _load(BLOCK_SOURCES.get(name, name))
         if doc is None:
             continue
-        pattern = re.compile(rf"(<!-- results:{name} -->)\n(?:.*?\n)?(<!-- /results:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + "\n" + render(doc) + "\n" + m.group(2), text)
+        text = _block(name).sub(lambda m: m.group(1) + "\n" + render(doc) + "\n" + m.group(2), text)
     return text
+
+
+def unmarked_blocks(text: str) -> list[str]:
+    """The blocks whose JSON exists but which ``text`` does not mark (a marker lost in an edit): nothing renders
+    them, so their figures would go stale unseen."""
+    return [name for name in renderers()
+            if _load(BLOCK_SOURCES.get(name, name)) is not None and not _block(name).search(text)]
 
 
 CARDS = {
@@ -1402,8 +1413,12 @@ def main(argv: list[str] | None = None) -> int:
     readme = REPO / "README.md"
     current = readme.read_text()
     fresh = render_readme(current)
+    unmarked = unmarked_blocks(current)
+    if unmarked:
+        print(f"README.md lacks the markers of block(s) {', '.join(unmarked)}: <!-- results:NAME --> and "
+              "<!-- /results:NAME -->", file=sys.stderr)
     if args.check:
-        if fresh != current:
+        if fresh != current or unmarked:
             print("README.md is out of date with results/: run python -m training.report", file=sys.stderr)
             return 1
         print("README.md is up to date with results/")
