@@ -706,9 +706,10 @@ def run(args: argparse.Namespace) -> dict:
     voxels = int(np.prod(target.shape))
     s_gflops = flops_per_voxel(seg) * voxels / baseline_s / 1e9
     peak_end = matmul_peak_gflops(gemm_sizes)
-    peak = max(peak_start, peak_end)  # float32, D's precision
+    peak = max(peak_start, peak_end)  # float32
     s_dtype = getattr(seg, "compute_dtype", torch.float32)  # S's throughput against peaks in its own precision
     s_peak = peak if s_dtype == torch.float32 else matmul_peak_gflops(gemm_sizes, dtype=s_dtype)
+    peaks_by_dtype = {torch.float32: peak, s_dtype: s_peak}  # each D's arithmetic against the peak in its blocks' dtype
     conv_peak = conv_peak_gflops(dtype=s_dtype)
     for row in d_study:  # the headline figures again with each D as the client's network, and D's arithmetic
         d_net = d_nets[row["model"]]
@@ -717,7 +718,11 @@ def run(args: argparse.Namespace) -> dict:
         row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
         row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
         row["gflop"] = round(d_flops_per_voxel(d_net) * voxels / 1e9, 1)
-        row["seconds_at_gemm_peak"] = round(row["gflop"] / peak, 3)
+        d_dtype = getattr(d_net, "compute_dtype", torch.float32)
+        if d_dtype not in peaks_by_dtype:
+            peaks_by_dtype[d_dtype] = matmul_peak_gflops(gemm_sizes, dtype=d_dtype)
+        row["gemm_peak_dtype"] = str(d_dtype).removeprefix("torch.")
+        row["seconds_at_gemm_peak"] = round(row["gflop"] / peaks_by_dtype[d_dtype], 3)
         row["privacy_tax_at_gemm_peak"] = round(1 + row["seconds_at_gemm_peak"] / baseline_s, 3)
     for row in d_precision_rows:  # the headline's K = 1 figures with D in each precision (interleaved with them)
         precision = row.pop("model")
@@ -763,7 +768,8 @@ def run(args: argparse.Namespace) -> dict:
             "unmix_nets": d_study,
             "unmix_nets_note": f"each shipped D on the whole volume, K = 1, α = 0.5 ('{DEFAULT_UNMIXING}' is the default), "
                                "and the private K = 1 run, privacy tax and client share with it as the client's D; gflop: D's "
-                               "arithmetic on the volume, and the privacy tax if D ran at the GEMM peak with S as measured",
+                               "arithmetic on the volume, and the seconds and privacy tax if D ran at the GEMM peak in its blocks' "
+                               "precision (gemm_peak_dtype; records without it: the float32 peak) with S as measured",
             "s_precision": precision_rows,
             "s_precision_note": "S and the baseline in float32 and in bfloat16 ($MIXDEMO_PRECISION; the headline's is "
                                 f"{s_precision('cpu')}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "

@@ -357,7 +357,8 @@ def _stand_in_run(monkeypatch, tmp_path, s_dtype, huge_pages: bool = True, shape
     from mixdemo.weights import DEFAULT_UNMIXING
 
     seg = types.SimpleNamespace(compute_dtype=s_dtype)  # no use_channels_last: no layout lever
-    default_d, other_d, float32_d = types.SimpleNamespace(), types.SimpleNamespace(), types.SimpleNamespace()
+    default_d = types.SimpleNamespace(compute_dtype=torch.bfloat16)  # the default D's blocks run in bfloat16
+    other_d, float32_d = types.SimpleNamespace(), types.SimpleNamespace()
 
     def volumes(n: int, crop: int, distinct: bool = True):
         refs = [bench.Reference(f"ref{i}", np.zeros(shape, np.float32), np.zeros(shape, np.uint8)) for i in range(n)]
@@ -421,7 +422,7 @@ def test_run_derives_the_headline_figures_from_the_measurements(tmp_path, monkey
     the median of each run's client seconds over its own total; K = 10 over K = 1 the median of the bracketed
     ratios; S's GFLOP/s its FLOPs over the baseline's seconds, against the larger GEMM peak (start, end) in S's own
     precision; the peak memory the largest of the default allocation's fresh processes; each shipped D's row and
-    each precision's of D from its own interleaved runs, D's arithmetic against the float32 GEMM peak."""
+    each precision's of D from its own interleaved runs, D's arithmetic against the GEMM peak in D's precision."""
     import torch
 
     from mixdemo.weights import DEFAULT_UNMIXING
@@ -444,7 +445,10 @@ def test_run_derives_the_headline_figures_from_the_measurements(tmp_path, monkey
     p4 = rows["unmixing-p4"]
     assert (p4["private_k1_s"], p4["privacy_tax"], p4["client_share"]) == (14.0, 1.167, 0.05)
     assert (p4["gflop"], p4["seconds_at_gemm_peak"], p4["privacy_tax_at_gemm_peak"]) == (12.0, 0.06, 1.005)
-    assert (rows[DEFAULT_UNMIXING]["gflop"], rows[DEFAULT_UNMIXING]["privacy_tax_at_gemm_peak"]) == (60.0, 1.025)
+    assert p4["gemm_peak_dtype"] == "float32"  # a D in float32 against the float32 peak (the larger of start and end)
+    default = rows[DEFAULT_UNMIXING]  # a D in bfloat16 against the bfloat16 peak, not the float32 one
+    assert (default["gflop"], default["gemm_peak_dtype"], default["seconds_at_gemm_peak"]) == (60.0, "bfloat16", 0.15)
+    assert default["privacy_tax_at_gemm_peak"] == round(1 + 0.15 / 12.0, 3)
     precisions = [{k: r[k] for k in ("precision", "private_k1_s", "privacy_tax", "client_share")}
                   for r in doc["levers"]["d_precision"]]
     assert precisions == [{"precision": "float32", "private_k1_s": 18.0, "privacy_tax": 1.5, "client_share": 0.2},

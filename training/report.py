@@ -504,7 +504,8 @@ def bench_md(doc: dict) -> str:
         with_it = (f"; with it, privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f}"
                    if "privacy_tax" in row else "")
         if "gflop" in row:
-            with_it += (f"; {row['gflop']:.0f} GFLOP, {row['seconds_at_gemm_peak']:.2f} s even at the GEMM peak "
+            with_it += (f"; {row['gflop']:.0f} GFLOP, {row['seconds_at_gemm_peak']:.2f} s even at the "
+                        f"{row.get('gemm_peak_dtype', 'float32')} GEMM peak "
                         f"(privacy tax {row['privacy_tax_at_gemm_peak']:.2f} then)")
         rows.append((f"lever: D `{row['model']}`, its blocks {where}, {row['parameters'] / 1e3:.0f} k parameters ({state}), K = 1",
                      f"{row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}{with_it}", ""))
