@@ -245,7 +245,9 @@ def test_load_target_off_grid_goes_through_preprocess(example, tmp_path, monkeyp
     assert target.image.shape == (144, 192, 160) and target.prepared is not None and reads == ["read"]
     from mixdemo.ui import what_was_read  # what the app's status line says of an upload
 
-    assert what_was_read(target) == "a 140×184×152 grid of 1×1×1 mm voxels, registered to the models' MNI grid"
+    # cropped, the scan is still in MNI space by its header: resampled onto the grid, not registered
+    assert not target.prepared.registered
+    assert what_was_read(target) == "a 140×184×152 grid of 1×1×1 mm voxels, in MNI space, resampled onto the models' grid"
     target.save_labels(np.ones((144, 192, 160), np.uint8), tmp_path / "seg.nii.gz")
     assert nib.load(tmp_path / "seg.nii.gz").shape == (140, 184, 152)
     # its labels, cropped as the scan was, follow the scan's registration onto the grid
@@ -294,6 +296,20 @@ def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_ont
     np.testing.assert_allclose(target.image, normalize_intensity(kept), atol=1e-6)
     target.save_labels((kept > 0).astype(np.uint8), tmp_path / "seg.nii.gz")
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj), shifted > 0)
+
+
+def test_the_status_line_says_what_became_of_the_scan():
+    """Registered, resampled by its header (in MNI space, voxels elsewhere) or used as it is, with its own grid."""
+    from types import SimpleNamespace
+
+    from mixdemo.ui import what_was_read
+
+    scan = SimpleNamespace(source_shape=(176, 256, 256), source_affine=np.diag([1.2, 1.0, 1.0, 1.0]))
+    says = {registered: what_was_read(SimpleNamespace(scan=scan, prepared=SimpleNamespace(registered=registered)))
+            for registered in (True, False)}
+    assert says[True] == "a 176×256×256 grid of 1.2×1×1 mm voxels, registered to the models' MNI grid"
+    assert says[False] == "a 176×256×256 grid of 1.2×1×1 mm voxels, in MNI space, resampled onto the models' grid"
+    assert what_was_read(SimpleNamespace(scan=scan, prepared=None)).endswith("voxels, already on the models' grid")
 
 
 def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatch):
