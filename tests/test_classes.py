@@ -100,6 +100,22 @@ def test_a_volume_cache_keeps_apart_the_same_scan_read_with_other_classes(five_c
         load_volumes(load_cohort(root).records, cache=cache)
 
 
+def test_refresh_baseline_scores_the_baseline_on_the_cohorts_own_classes(five_classes, monkeypatch):
+    """training.refresh_baseline's rows have the classes training.evaluate's have (a lesion class too), so a
+    refreshed average is over the same classes as the file's other rows."""
+    from types import SimpleNamespace
+
+    from training import evaluate, refresh_baseline
+
+    monkeypatch.setattr(evaluate, "baseline_labels", lambda model, vol, brain: vol.labels)  # a perfect baseline
+    measured = refresh_baseline.BaselineRows.__new__(refresh_baseline.BaselineRows)  # no network loaded
+    measured.model, measured._rows = None, {}
+    args = SimpleNamespace(data=five_classes, volumes=0, icc_all=False, quick=False, crop=0, brain_mask=True)
+    rows = measured.rows(args)
+    assert set(rows) == {r.name for r in load_cohort(five_classes).split("test")}
+    assert all(row == {"GM": 1.0, "WM": 1.0, "CSF": 1.0, "lesion": 1.0, "avg": 1.0} for row in rows.values())
+
+
 def test_reference_one_hots_refuse_labels_the_segmentation_does_not_give():
     from mixdemo.pipeline import Reference, reference_onehots
 

@@ -387,6 +387,63 @@ def test_mirror_tta_flips_each_mirrored_answer_back_and_uses_the_tables_draws(sm
     assert any(rows["learned_tta_mirror_all"] != rows["learned_tta"] for rows in doc["dice_per_volume"].values())
 
 
+def test_mirror_tta_rows_average_the_mixes_their_names_say(monkeypatch):
+    """Each row of training.mirror_tta averages its own mixes: with stand-ins whose every answer is a constant that
+    names the mix (plain mix i: i + 1, its mirrored twin: 10·(i + 1)) and a Dice that is the answer's mean, each row
+    is the mean of the mixes it names (every second mirrored: mixes 1 and 3 of 4, the first plain)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mixdemo import inference, mixing
+    from mixdemo.data import Volume
+    from training import evaluate, mirror_tta
+
+    image = np.broadcast_to(np.arange(4, dtype=np.float32).reshape(4, 1, 1), (4, 2, 2)).copy()
+    vol = Volume("t", "s", image, np.zeros((4, 2, 2), np.uint8), np.eye(4))
+    is_mirrored = lambda volume: volume.image[0, 0, 0] > 0  # noqa: E731 - the mirror image starts at the far end
+    const = lambda values: torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1, 1).expand(-1, 2, 4, 2, 2)  # noqa: E731
+
+    def answers(volume, refs, alphas, seg, unmix, brain=None):
+        scale = 10.0 if is_mirrored(volume) else 1.0
+        return const([100 * scale + i for i in range(len(refs))]), const([scale * (i + 1) for i in range(len(refs))]), None
+
+    monkeypatch.setattr(evaluate, "scan_draw", lambda rec, k, args, setup: (vol, list(range(k)), (0.4,) * k, None))
+    monkeypatch.setattr(evaluate, "predict_k", answers)
+    monkeypatch.setattr(inference, "segment_proxies", lambda model, images: const([3.0 if images[0, 0, 0, 0] > 0 else 1.0]))
+    monkeypatch.setattr(mixing, "hard_labels", lambda probs: probs)
+    monkeypatch.setattr(evaluate, "dice_row", lambda pred, truth, classes: {"avg": float(pred.mean())})
+    rows = mirror_tta.scan_rows(None, SimpleNamespace(tta_k=4, k_max=6), SimpleNamespace(seg=None, unmix=None, base=None,
+                                                                                        classes={}))
+    assert {row: value["avg"] for row, value in rows.items()} == pytest.approx({
+        "baseline": 1.0, "baseline_mirror": 2.0, "naive_tta": 101.5, "naive_tta_mirror_half": 551.5,
+        "learned": 1.0, "learned_mirrored": 10.0, "learned_tta": 2.5, "learned_tta_mirror_half": 16.0,
+        "learned_tta_mirror_all": 25.0, "learned_tta_2k": 13.75})
+
+
+def test_mirror_tta_gain_ratios_and_rule_compare_the_right_rows(monkeypatch):
+    """training.mirror_tta's gain is every-second-mirrored minus the table's Learned + TTA (per volume too), the rule
+    passes at a gain of exactly 0.003, and each ratio is a row over the named baseline."""
+    from types import SimpleNamespace
+
+    from training import mirror_tta
+
+    per_scan = {"a": {"learned_tta": 0.90, "learned_tta_mirror_half": 0.905, "baseline": 0.95, "baseline_mirror": 1.0},
+                "b": {"learned_tta": 0.80, "learned_tta_mirror_half": 0.801, "baseline": 0.85, "baseline_mirror": 0.9}}
+    for rows in per_scan.values():
+        rows.update({r: {"avg": rows.get(r, 0.5)} for r in mirror_tta.ROWS})
+    monkeypatch.setattr(mirror_tta, "scan_rows", lambda rec, eval_args, setup: per_scan[rec.name])
+    args = mirror_tta.parse_args([])
+    setup = SimpleNamespace(dice_records=[SimpleNamespace(name=n) for n in ("b", "a")], by_id={}, data="x",
+                            weights_sha256={}, classes={1: "GM"})
+    doc = mirror_tta.utility(args, mirror_tta.eval_arguments(args), setup, [])
+    assert doc["learned_tta_gain"] == 0.003 and doc["passes_rule"]
+    assert doc["learned_tta_gain_per_volume"] == [0.005, 0.001]  # in the order of dice_per_volume: a, b
+    assert list(doc["dice_per_volume"]) == ["a", "b"]
+    assert doc["ratio_to_baseline"]["learned_tta"] == {"baseline": round(0.85 / 0.90, 4),
+                                                       "baseline_mirror": round(0.85 / 0.95, 4)}
+
+
 @pytest.mark.slow
 def test_reference_choice_scores_random_and_similar_references_on_one_protocol(small_cohort, model_dir, tmp_path):
     from mixdemo.data import load_cohort, load_volumes
@@ -480,6 +537,37 @@ def test_refresh_baseline_rewrites_the_rows_the_evaluation_would(quick_evaluatio
     (row,) = json.loads(compared.read_text())["rows"]
     assert row["baseline"] == full["dice"]["baseline"]
     assert row["tta_over_baseline"] == round(full["dice"]["learned_tta"]["avg"] / full["dice"]["baseline"]["avg"], 4)
+
+
+def test_refresh_baseline_rewrites_an_evaluations_per_volume_baseline_and_its_ratios():
+    """An evaluation's per-volume baseline and its ratios to the baseline follow the re-measured rows (they stay as
+    they were where the baseline did not change), and a file of another script's protocol (mirror_tta's: a dict) is
+    neither among the default files nor refreshed by a crash."""
+    from training import evaluate, refresh_baseline
+
+    scans = ["sub-1_scan-0", "sub-2_scan-0", "sub-3_scan-0"]
+    private = {m: [0.70, 0.80, 0.75] for m in evaluate.METHODS if m != "baseline"}
+    old = [0.90, 0.91, 0.92]
+    doc = {"command": "python -m training.evaluate --brain-mask", "dice": {"baseline": {"avg": 0.91}},
+           "dice_per_volume": {s: {"baseline": b, **{m: v[i] for m, v in private.items()}}
+                               for i, (s, b) in enumerate(zip(scans, old))},
+           "ratio_to_baseline": evaluate.ratios_to_baseline({"baseline": [{"avg": b} for b in old],
+                                                             **{m: [{"avg": x} for x in v] for m, v in private.items()}})}
+    unchanged = json.loads(json.dumps(doc))
+    assert refresh_baseline.refresh(doc, {s: {"GM": b, "avg": b} for s, b in zip(scans, old)}) == 1
+    assert doc["ratio_to_baseline"] == unchanged["ratio_to_baseline"]
+    new = [0.80, 0.95, 0.85]
+    assert refresh_baseline.refresh(doc, {s: {"GM": b, "avg": b} for s, b in zip(scans, new)}) == 1
+    assert doc["dice"]["baseline"] == {"GM": 0.8667, "avg": 0.8667}
+    assert [doc["dice_per_volume"][s]["baseline"] for s in scans] == new
+    assert doc["ratio_to_baseline"] == evaluate.ratios_to_baseline(
+        {"baseline": [{"avg": b} for b in new], **{m: [{"avg": x} for x in v] for m, v in private.items()}})
+
+    mirror = {"command": "python -m training.mirror_tta --threads 2", "protocol": {"seed": 0}, "dice": {"baseline": {}}}
+    assert not refresh_baseline.has_baseline_rows(mirror)
+    with pytest.raises(SystemExit, match="no training.evaluate command"):
+        refresh_baseline.protocol_args(mirror)
+    assert refresh_baseline.has_baseline_rows(doc)
 
 
 @pytest.mark.parametrize("record, says", [
@@ -596,6 +684,8 @@ def test_d_precision_record_applies_its_rule_and_refuses_a_run_not_in_bfloat16()
     assert record["within_0_001"] and "'auto'" in record["decision"]
     assert record["commands"] == [rec.ENV + evaluation["command"], "python -m training.d_precision_record --evaluation x.json"]
     assert record["float32"]["dice"] == rows and record["bfloat16"]["dice"] == evaluation["dice"]
+    evaluation["dice"]["learned"]["avg"] = 0.851  # 0.001 above, within (not 0.0010000000000000009 > 0.001)
+    assert rec.assemble(evaluation, float32_run, True, "c")["within_0_001"]
     evaluation["dice"]["learned"]["avg"] = 0.8489  # 0.0011 below
     assert not rec.assemble(evaluation, float32_run, True, "c")["within_0_001"]
     with pytest.raises(SystemExit, match="bfloat16"):
@@ -658,6 +748,10 @@ def test_the_consistency_record_keeps_its_evaluation_and_refuses_one_of_another_
     assert consistency_gates(doc) == {"learned_tta": True, "csf_icc": True, "other_icc": True}
     evaluation["icc"]["WM"]["icc"] = 0.74
     assert consistency_gates(doc)["other_icc"] is False
+    # the rule's own words at its edges: Learned + TTA "at least" the default's, CSF ICC "above", GM and WM "0.75 or more"
+    evaluation["dice"]["learned_tta"]["avg"], evaluation["icc"]["CSF"]["icc"] = 0.90, 0.33
+    evaluation["icc"]["GM"]["icc"] = evaluation["icc"]["WM"]["icc"] = 0.75
+    assert consistency_gates(doc) == {"learned_tta": True, "csf_icc": False, "other_icc": True}
     with pytest.raises(SystemExit, match="not the D the evaluation scored"):
         assemble(folder, {**evaluation, "models": {"unmixing": "other"}}, default)
     with pytest.raises(SystemExit, match="other weights"):

@@ -977,6 +977,23 @@ def test_throughput_times_every_precision_and_layout_with_the_training_step(tiny
     assert all(set(r["bad_weight_gradients"]) == {"autocast", "training_train"} and r["iterations"] == 1 for r in checks)
 
 
+def test_throughput_keeps_the_median_of_the_repetitions_and_the_speedup_over_the_default(tiny_cohort, monkeypatch):
+    """Each row's seconds are the median of its interleaved repetitions, and its speedup is the default's median
+    over its own (above 1: faster than float32)."""
+    from training import throughput
+
+    timings = {("float32", False): iter([0.2, 0.3, 0.7]), ("float32", True): iter([0.1, 0.5, 0.15])}
+    monkeypatch.setattr(throughput, "configurations", lambda device: tuple(timings))
+    monkeypatch.setattr(throughput, "build_model", lambda *a: None)
+    monkeypatch.setattr(throughput, "time_steps", lambda model, sampler, args, device, precision, channels_last:
+                        next(timings[(precision, channels_last)]))
+    args = throughput.parse_args(["--data", str(tiny_cohort), "--modes", "baseline", "--reps", "3", "--scans", "1"])
+    default, channels_last = throughput.measure(args)["rows"]
+    assert default["seconds_per_step"] == 0.3 and default["speedup"] == 1.0 and default["runs"] == [0.2, 0.3, 0.7]
+    assert channels_last["seconds_per_step"] == 0.15 and channels_last["steps_per_second"] == round(1 / 0.15, 3)
+    assert channels_last["speedup"] == 2.0
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_throughput_times_bfloat16_only_where_the_device_has_it(monkeypatch, native):
     from training import throughput

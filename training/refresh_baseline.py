@@ -10,8 +10,10 @@ instead of re-running each file's command (the main table's took 47 min). What t
 would write: ``tests/test_evaluate.py`` checks it against a quick evaluation. Each file it touches
 records the refresh (``baseline_refresh``: this command, the date, the baseline's SHA-256).
 
-Files: ``training.evaluate`` outputs (``dice.baseline``) and the ``training.compare_unmixing``-protocol
-files (every row with a ``baseline`` and a ``tta_over_baseline``).
+Files: ``training.evaluate`` outputs (``dice.baseline``, the per-volume baseline and ``ratio_to_baseline``) and the
+``training.compare_unmixing``-protocol files (every row with a ``baseline`` and a ``tta_over_baseline``). Files other
+scripts measured on their own protocol (``training.mirror_tta``'s, ``training.reference_choice``'s, ``--ensembles``')
+are not among them: their own commands re-measure them.
 """
 
 from __future__ import annotations
@@ -39,8 +41,20 @@ def comparison_rows(doc: dict) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and "baseline" in r and "learned_tta" in r]
 
 
+def evaluate_line(doc: dict) -> str | None:
+    """The ``training.evaluate`` command (or compare_unmixing's protocol) ``doc`` was measured with; None for a file
+    another script measured on its own protocol (e.g. ``training.mirror_tta``'s: its command re-measures it)."""
+    for line in (doc.get("command"), doc.get("protocol")):
+        if isinstance(line, str) and line.startswith("python -m training.evaluate"):
+            return line
+    return None
+
+
 def has_baseline_rows(doc: dict) -> bool:
-    """Whether ``doc`` quotes the baseline beside private networks: a ``training.evaluate`` output or a comparison."""
+    """Whether ``doc`` quotes the baseline beside private networks on a ``training.evaluate`` protocol: an output of
+    ``training.evaluate`` or a comparison."""
+    if evaluate_line(doc) is None:
+        return False
     return (isinstance(doc.get("dice"), dict) and "baseline" in doc["dice"]) or bool(comparison_rows(doc))
 
 
@@ -59,8 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def protocol_args(doc: dict) -> argparse.Namespace:
     """The ``training.evaluate`` arguments a results file was measured with (its command or protocol)."""
-    line = doc["command"] if doc.get("command", "").startswith("python -m training.evaluate") else doc.get("protocol")
-    if not line or not line.startswith("python -m training.evaluate"):
+    line = evaluate_line(doc)
+    if line is None:
         raise SystemExit("no training.evaluate command or protocol in this file; its baseline rows cannot be re-measured")
     words = shlex.split(line.replace("<model>", "unused"))[3:]
     return evaluate.parse_args(words)
@@ -73,25 +87,44 @@ class BaselineRows:
         self.model = load_model("baseline", device=str(pick_device()))  # where training.evaluate runs it
         self._rows: dict[tuple, dict[str, float]] = {}
 
-    def row(self, args: argparse.Namespace) -> dict[str, float]:
-        """The baseline row of the protocol ``args``: the mean over its Dice scans, as ``training.evaluate``."""
+    def rows(self, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+        """The baseline's Dice row of each Dice scan of the protocol ``args`` (by scan name), scored on the cohort's
+        classes as ``training.evaluate`` scores them."""
         cohort = load_cohort(args.data)
         dice_records, _ = evaluate.select_scans(cohort.split("test"), args.volumes, args.icc_all, args.quick)
-        rows = []
+        rows = {}
         for rec in dice_records:
             key = (str(args.data), rec.name, args.crop, args.brain_mask)
             if key not in self._rows:
                 vol = evaluate.crop_volume(load_volumes([rec])[0], args.crop)
                 brain = vol.image > 0 if args.brain_mask else None
-                self._rows[key] = evaluate.dice_row(evaluate.baseline_labels(self.model, vol, brain), vol.labels)
-            rows.append(self._rows[key])
-        return evaluate.mean_rows(rows)
+                self._rows[key] = evaluate.dice_row(evaluate.baseline_labels(self.model, vol, brain), vol.labels,
+                                                    cohort.foreground_classes)
+            rows[rec.name] = self._rows[key]
+        return rows
+
+    def row(self, args: argparse.Namespace) -> dict[str, float]:
+        """The baseline row of the protocol ``args``: the mean over its Dice scans, as ``training.evaluate``."""
+        return evaluate.mean_rows(list(self.rows(args).values()))
 
 
-def refresh(doc: dict, baseline: dict[str, float]) -> int:
-    """Replace every baseline row of ``doc`` (and the ratios made with it); returns how many."""
+def refresh(doc: dict, per_scan: dict[str, dict[str, float]]) -> int:
+    """Replace every baseline row of ``doc`` by the mean of ``per_scan`` (the baseline's row of each Dice scan), and
+    what is made with them: compare_unmixing's ratios, an evaluation's per-volume baseline and its ratios to the
+    baseline where it changed (from the per-volume averages it records, 4 decimals: within 0.0001 of the command's);
+    returns how many rows."""
+    baseline = evaluate.mean_rows(list(per_scan.values()))
     if isinstance(doc.get("dice"), dict) and "baseline" in doc["dice"]:
         doc["dice"]["baseline"] = baseline
+        volumes = doc.get("dice_per_volume") or {}
+        changed = False
+        for scan, row in volumes.items():
+            new = round(per_scan[scan]["avg"], 4)
+            changed |= row["baseline"] != new
+            row["baseline"] = new
+        if changed and "ratio_to_baseline" in doc:
+            methods = {m: [{"avg": row[m]} for row in volumes.values()] for m in evaluate.METHODS}
+            doc["ratio_to_baseline"] = evaluate.ratios_to_baseline(methods)
         return 1
     rows = comparison_rows(doc)
     for row in rows:
@@ -111,8 +144,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for path in args.files or default_files():
         doc = json.loads(path.read_text())
         t0 = time.perf_counter()
-        row = measured.row(protocol_args(doc))
-        if not refresh(doc, row):
+        per_scan = measured.rows(protocol_args(doc))
+        row = evaluate.mean_rows(list(per_scan.values()))
+        if not refresh(doc, per_scan):
             raise SystemExit(f"{path}: no baseline rows")
         if isinstance(doc.get("weights_sha256"), dict) and "baseline" in doc["weights_sha256"]:
             doc["weights_sha256"]["baseline"] = sha
