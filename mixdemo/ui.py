@@ -875,7 +875,8 @@ def _result_fig(name: str, data: dict) -> tuple[str, object] | None:
         return None
     try:
         return (f"{name}: Dice against K", viz.dice_vs_k_figure(
-            {m: [float(v[1]) if isinstance(v, (list, tuple)) else float(v) for v in vals] for m, vals in curves.items()},
+            {m: [(int(v[0]), float(v[1])) if isinstance(v, (list, tuple)) else float(v) for v in vals]
+             for m, vals in curves.items()},  # the file's (K, Dice) pairs: each point at its own K
             title=f"Dice against K ({name}.json)",
             class_names=["background", *map(str, data.get("classes") or ("GM", "WM", "CSF"))]))
     except (TypeError, ValueError, IndexError):

@@ -247,16 +247,17 @@ def legend_html(names: Sequence[str] = CLASS_NAMES) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-def dice_vs_k_figure(curves: Mapping[str, Sequence[float]], title: str = "Dice against K (TTA, Eq. 6)",
-                     class_names: Sequence[str] = CLASS_NAMES):
+def dice_vs_k_figure(curves: Mapping[str, Sequence[float] | Sequence[tuple[int, float]]],
+                     title: str = "Dice against K (TTA, Eq. 6)", class_names: Sequence[str] = CLASS_NAMES):
     """Plotly figure of mean foreground Dice (the classes of ``class_names`` but background) against the number of
-    references K, one line per method."""
+    references K, one line per method: each curve the Dice at K = 1, 2, … or a list of (K, Dice) pairs."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for name, values in curves.items():
-        ks = list(range(1, len(values) + 1))
-        fig.add_trace(go.Scatter(x=ks, y=list(values), mode="lines+markers", name=name))
+        pairs = [(int(v[0]), v[1]) if isinstance(v, (list, tuple)) else (k + 1, v) for k, v in enumerate(values)]
+        ks, dice = [k for k, _ in pairs], [d for _, d in pairs]
+        fig.add_trace(go.Scatter(x=ks, y=dice, mode="lines+markers", name=name))
     fig.update_layout(
         title=title, xaxis_title="K (references averaged)", yaxis_title=f"mean Dice ({', '.join(class_names[1:])})",
         height=320, margin=dict(l=50, r=20, t=50, b=45), template="plotly_white",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
 import sys
@@ -906,6 +907,33 @@ def test_examples_are_generated_once_into_the_cache(tmp_path, monkeypatch):
 
 
 
+def test_examples_copied_from_the_default_cohort_keep_each_scan_with_its_own_labels(tmp_path, monkeypatch):
+    """Where data/phantoms is the default cohort, each example is its subject's scan 0 and each retest its scan 1,
+    the labels copied from the same scan as the image; nothing is synthesised."""
+    from mixdemo import examples
+
+    split = examples._split()
+    cohort = tmp_path / "repo" / "data" / "phantoms"
+    cohort.mkdir(parents=True)
+    (cohort / "split.json").write_text(json.dumps({"seed": examples.COHORT_SEED, **split}))
+    for subject in examples.example_subjects():
+        for scan in (0, 1):
+            folder = cohort / f"{subject}_scan-{scan}"
+            folder.mkdir()
+            (folder / "t1.nii.gz").write_text(f"image of {subject} scan {scan}")
+            (folder / "seg.nii.gz").write_text(f"labels of {subject} scan {scan}")
+    monkeypatch.setenv("MIXDEMO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(examples, "_REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(examples, "_synth", lambda *a: pytest.fail("synthesised although the cohort is there"))
+    for (name, folder), subject in zip(examples.example_folders().items(), examples.example_subjects()):
+        assert subject in name and folder.name == subject
+        assert (folder / "t1.nii.gz").read_text() == f"image of {subject} scan 0"
+        assert (folder / "seg.nii.gz").read_text() == f"labels of {subject} scan 0"
+    for subject, folder in examples.retest_folders().items():
+        assert (folder / "t1.nii.gz").read_text() == f"image of {subject} scan 1"
+        assert (folder / "seg.nii.gz").read_text() == f"labels of {subject} scan 1"
+
+
 @pytest.mark.slow
 def test_app_on_a_taken_port_says_so_without_a_traceback():
     import socket
@@ -1096,3 +1124,73 @@ def test_the_dice_table_has_a_column_for_each_class_the_s_gives():
     table = ui._dice_rows(truth, {"learned TTA": truth}, ["background", "GM", "WM", "CSF", "lesion"])
     assert table.splitlines() == ["| unmixing | GM | WM | CSF | lesion | mean |", "| --- | --- | --- | --- | --- | --- |",
                                   "| learned TTA | 1.000 | 1.000 | 1.000 | 1.000 | **1.000** |"]
+
+
+def _shows(img: np.ndarray, rgb) -> int:
+    """How many pixels of a panel are exactly ``rgb``."""
+    return int((img.reshape(-1, 3) == np.asarray(rgb, np.uint8)).all(1).sum())
+
+
+def test_each_result_panel_shows_its_own_volume_through_the_region_s_centre():
+    """The Segment tab's panels, each from a view whose volumes mark one voxel with one class of their own: each panel
+    shows its volume's class (naive under "Naive", learned under "Learned", TTA, truth, the first reference's labels,
+    the server's answer) and the uncertainty as heat, at the region's centre in all three views (patch mode)."""
+    from types import SimpleNamespace
+
+    from mixdemo import ui, viz
+
+    shape, region = (48, 40, 44), (slice(8, 40), slice(4, 36), slice(6, 38))
+    centre = (16, 16, 16)  # of the 32³ region
+    def marked(c: int) -> np.ndarray:
+        out = np.zeros((32, 32, 32), np.uint8)
+        out[centre] = c
+        return out
+    mixed = np.zeros((8, 32, 32, 32), np.float16)
+    mixed[0], mixed[0][centre], mixed[4][centre], mixed[7][centre] = 1, 0, 0.5, 0.5  # soft: half class 4, half 7
+    soft = np.round(np.float32(0.5) * np.add(viz.class_colour(4), viz.class_colour(7), dtype=np.float32))
+    unc = np.zeros((32, 32, 32), np.float32)
+    unc[centre] = 0.2
+    sess = ui.Session(target=SimpleNamespace(image=np.full(shape, 0.5, np.float32)), centre=(24, 20, 22))
+    sess.view = {"mode": "patch", "region": region, "reference": np.full((32, 32, 32), 0.5, np.float32),
+                 "reference_labels": marked(6), "proxy": np.full((32, 32, 32), 0.5, np.float32), "mixed": mixed,
+                 "naive": marked(1), "learned": marked(2), "tta": marked(3), "uncertainty": unc, "truth": marked(5)}
+    loc, target, ref, proxy, answer, naive, learned, tta, heat, truth = ui.render(sess, 1.0, "patch")
+    voxel = ui.PATCH_SCALE**2 * 3  # the centre voxel, once in each view
+    for panel, c in ((ref, 6), (naive, 1), (learned, 2), (tta, 3), (truth, 5)):
+        assert _shows(panel, viz.class_colour(c)) == voxel, c
+        assert not any(_shows(panel, viz.class_colour(other)) for other in {1, 2, 3, 4, 5, 6, 7} - {c}), c
+    assert _shows(answer, soft) == voxel  # the server's answer in soft colours, not its arg-max
+    assert (heat != target).any(-1).sum() == voxel and _shows(heat, viz._INFERNO[-1]) == voxel  # the variance's one voxel
+    assert all(_shows(p, viz.class_colour(c)) == 0 for p in (target, proxy) for c in range(1, 8))
+    assert _shows(loc, viz.PATCH_BOX_COLOUR) > 0 and loc.shape[0] == shape[2] * ui.WHOLE_SCALE
+
+
+def test_the_mix_gallery_pairs_each_reference_with_its_own_proxy():
+    """The gallery of the K mixes: reference k (named, with its labels) beside proxy k (its α), in the key's order."""
+    from types import SimpleNamespace
+
+    from mixdemo import ui, viz
+
+    region = (slice(8, 40),) * 3
+    bank = [SimpleNamespace(ref_id=f"sub-{c}", image=np.full((48, 48, 48), 0.5, np.float32),
+                            labels=np.full((48, 48, 48), c, np.uint8)) for c in (1, 2, 3)]
+    key = SimpleNamespace(reference_ids=["sub-3", "sub-1"], alphas=[0.3, 0.45], is_mirrored=lambda k: k == 1)
+    proxies = np.stack([np.full((32, 32, 32), v, np.float32) for v in (0.2, 0.9)])
+    proxies[1, 16, 16, 16] = 0.0  # proxy 2 alone has a dark voxel at the patch's centre
+    sess = ui.Session(target=SimpleNamespace(image=np.zeros((48, 48, 48), np.float32)), centre=(30, 5, 20))
+    sess.view = {"mode": "patch", "region": region}
+    items = ui._mix_gallery(sess, bank, key, proxies, 1.0)
+    assert [caption for _, caption in items] == ["reference 1: sub-3", "proxy 1 (α = 0.30) — sent",
+                                                 "reference 2: sub-1", "proxy 2 (α = 0.45, target mirrored) — sent"]
+    assert _shows(items[0][0], viz.class_colour(3)) > 0 and _shows(items[0][0], viz.class_colour(1)) == 0
+    assert _shows(items[2][0], viz.class_colour(1)) > 0 and _shows(items[2][0], viz.class_colour(3)) == 0
+    assert _shows(items[1][0], (0, 0, 0)) == 0 and _shows(items[3][0], (0, 0, 0)) == 3 * ui.PATCH_SCALE**2
+
+
+def test_the_about_tab_plots_each_recorded_dice_at_its_k():
+    """A results file's Dice-against-K pairs are plotted at their recorded K, not at their position in the list."""
+    from mixdemo import ui
+
+    name, fig = ui._result_fig("x", {"dice_vs_k": {"learned": [[1, 0.8], [2, 0.85], [10, 0.9]]}, "classes": ["GM"]})
+    assert list(fig.data[0].x) == [1, 2, 10] and list(fig.data[0].y) == [0.8, 0.85, 0.9]
+    assert fig.layout.yaxis.title.text == "mean Dice (GM)"

@@ -8,8 +8,8 @@ import torch
 
 from mixdemo.mixing import MixKey, hard_labels, mirror, one_hot
 from mixdemo.models import SegmentationNet, UnmixingNet
-from mixdemo.pipeline import (UNMIX_ROI, Reference, image_correlation, make_proxies, most_similar_references, private_segment,
-                              segment_proxies, unmix_learned)
+from mixdemo.pipeline import (UNMIX_ROI, PrivateResult, Reference, image_correlation, make_proxies,
+                              most_similar_references, private_segment, segment_proxies, unmix_learned)
 
 
 def _volume(seed: int, shape=(16, 32, 16)) -> Reference:
@@ -337,3 +337,14 @@ def test_the_apps_dice_against_k_curve_ends_at_the_tables_tta_row_and_starts_at_
     row = lambda which: mean_dice(dice_per_class(result.labels(which), truth, [1, 2, 3]))  # noqa: E731
     assert len(curve) == 3
     assert curve[0] == pytest.approx(row("naive")) and curve[-1] == pytest.approx(row("naive_tta"))
+
+
+def test_the_uncertainty_is_the_variance_of_the_unmixing_the_tta_result_uses():
+    """PrivateResult.uncertainty: per voxel, the variance across the K predictions summed over classes, of D's
+    predictions when there are (the TTA result shown is D's), else of Eq. 4's."""
+    g = torch.Generator().manual_seed(0)
+    naive, learned = torch.rand(3, 4, 5, 6, 7, generator=g), torch.rand(3, 4, 5, 6, 7, generator=g)
+    result = PrivateResult(np.zeros((3, 5, 6, 7), np.float32), naive, naive, learned)
+    np.testing.assert_allclose(result.uncertainty(), learned.numpy().var(0).sum(0), rtol=1e-5)
+    without_d = PrivateResult(np.zeros((3, 5, 6, 7), np.float32), naive, naive, None)
+    np.testing.assert_allclose(without_d.uncertainty(), naive.numpy().var(0).sum(0), rtol=1e-5)

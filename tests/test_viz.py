@@ -96,3 +96,139 @@ def test_legend_and_figures():
     assert empty.layout.annotations
     bars = viz.bar_figure({"no proxy": {"F1": 0.9, "mAP": 0.95}, "mixup": {"F1": 0.1, "mAP": 0.2}}, "reid")
     assert len(bars.data) == 2
+
+
+def test_each_view_shows_the_plane_through_the_centre():
+    """Every pixel of every panel shows the voxel a click there would pick: the panel's plane through the centre
+    (not a neighbouring plane, nor one along another axis), the right way round."""
+    x, y, z = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij")
+    vol = ((7 * x + 13 * y + 29 * z) % 251).astype(np.float32)  # a neighbour on any axis has another value
+    centre = (6, 17, 9)
+    img = viz.montage(vol, centre, vmax=255.0, scale=1)
+    for p in viz.layout(SHAPE):
+        for row in range(p.height):
+            for col in range(p.width):
+                voxel = viz.click_to_voxel(SHAPE, centre, p.x0 + col, p.y0 + row, scale=1)
+                assert abs(int(img[p.y0 + row, p.x0 + col, 0]) - vol[voxel]) <= 1, (p.view, row, col, voxel)
+
+
+def test_the_legend_shows_the_colour_each_class_is_drawn_in():
+    """The legend's swatch of each class is the colour its voxels get in an overlay at full opacity."""
+    import re
+
+    names = ["background", "GM", "WM", "CSF", "lesion", "oedema"]
+    swatches = dict((name, tuple(map(int, rgb))) for *rgb, name in
+                    re.findall(r"background:rgb\((\d+), (\d+), (\d+)\);[^>]*></span>([^<]+)</span>", viz.legend_html(names)))
+    assert list(swatches) == names[1:]
+    for c, name in enumerate(names[1:], start=1):
+        labels = np.full(SHAPE, c, dtype=np.uint8)
+        img = viz.montage(np.zeros(SHAPE, np.float32), (10, 15, 12), overlay=labels, opacity=1.0, scale=1)
+        assert tuple(img[15, 10]) == swatches[name], name
+
+
+def test_the_heat_map_is_drawn_where_it_is_at_the_scale_asked():
+    """The 'inferno' map shows where the map is non-zero only, at full colour from ``heat_max`` up."""
+    heat = np.zeros(SHAPE, np.float32)
+    heat[10, 15, 12] = 2.0
+    grey = np.zeros(SHAPE, np.float32)
+    full = viz.montage(grey, (10, 15, 12), heat=heat, heat_max=2.0, opacity=1.0, scale=1)
+    half = viz.montage(grey, (10, 15, 12), heat=heat, heat_max=4.0, opacity=1.0, scale=1)
+    plain = viz.montage(grey, (10, 15, 12), scale=1)
+    hot = (full != plain).any(-1)
+    assert hot.sum() == 3  # the one voxel, once in each view
+    assert (full[hot] == viz._INFERNO[-1]).all()  # at heat_max: the top colour
+    assert (half[hot] != viz._INFERNO[-1]).any(-1).all() and (half[hot] > 0).any()  # half of it: a lower colour
+
+
+def test_figures_name_and_place_each_series():
+    fig = viz.dice_vs_k_figure({"naive TTA": [0.5, 0.6], "learned TTA": [0.8, 0.85]})
+    assert [(t.name, list(t.x), list(t.y)) for t in fig.data] == [("naive TTA", [1, 2], [0.5, 0.6]),
+                                                                   ("learned TTA", [1, 2], [0.8, 0.85])]
+    pairs = viz.dice_vs_k_figure({"learned": [(1, 0.8), (2, 0.85), (5, 0.9)]})  # (K, Dice) pairs: plotted at their K
+    assert list(pairs.data[0].x) == [1, 2, 5] and list(pairs.data[0].y) == [0.8, 0.85, 0.9]
+    bars = viz.bar_figure({"no proxy": {"F1": 0.9, "mAP": 0.95}, "mixup": {"F1": 0.2, "mAP": 0.1}}, "reid", "value")
+    assert [(b.name, list(b.x), list(b.y)) for b in bars.data] == [("no proxy", ["F1", "mAP"], [0.9, 0.95]),
+                                                                    ("mixup", ["F1", "mAP"], [0.2, 0.1])]
+    assert bars.layout.title.text == "reid" and bars.layout.yaxis.title.text == "value"
+
+
+# ------------------------------------------------------------------------------ the static figures of results/
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures ``mixdemo.figures`` draws, kept open instead of written."""
+    from mixdemo import figures
+
+    kept = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: kept.append(fig) or path)
+    yield kept
+    for fig in kept:
+        figures.plt.close(fig)
+
+
+def test_the_dice_against_k_figure_plots_each_method_at_its_k(drawn, tmp_path):
+    """Fig. 3: each method's curve at the recorded K (not at its position), named after it; the baseline dashed at its
+    mean Dice; the axis names the classes averaged."""
+    from mixdemo import figures
+
+    doc = {"dice_vs_k": {"naive": [[1, 0.5], [2, 0.6], [4, 0.65]], "learned": [[1, 0.8], [2, 0.85], [4, 0.9]]},
+           "dice": {"baseline": {"avg": 0.95}}, "classes": ["GM", "WM", "CSF", "lesion"]}
+    figures.plot_dice_vs_k_png(doc, tmp_path / "k.png")
+    (ax,) = drawn[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["Naive + TTA"].get_xdata()) == [1, 2, 4] and list(lines["Naive + TTA"].get_ydata()) == [0.5, 0.6, 0.65]
+    assert list(lines["Learned + TTA"].get_xdata()) == [1, 2, 4] and list(lines["Learned + TTA"].get_ydata()) == [0.8, 0.85, 0.9]
+    assert set(lines["Baseline (no mixing)"].get_ydata()) == {0.95} and lines["Baseline (no mixing)"].get_linestyle() == "--"
+    assert ax.get_ylabel() == "mean Dice (GM, WM, CSF, lesion)" and ax.get_xlabel().startswith("K ")
+
+
+def test_the_unmixing_panels_show_each_map_under_its_title_in_the_legend_s_colours(drawn, tmp_path):
+    """Fig. 2-style panels: each title over its own map (naive and learned not swapped, reference j over proxy j),
+    labels drawn in the app's class colours."""
+    from matplotlib.colors import to_rgb
+
+    from mixdemo import figures
+
+    rng = np.random.default_rng(0)
+    lab = lambda c: np.full((6, 5), c, np.uint8)  # noqa: E731 - one class per map: its colour names it
+    case = {"image": rng.random((6, 5)), "truth": lab(1), "naive_tta": lab(2), "learned_tta": lab(3), "tta_k": 7,
+            "references": [rng.random((6, 5)) for _ in range(3)], "proxies": [rng.random((6, 5)) for _ in range(3)],
+            "naive": [lab(1), lab(2), lab(3)], "learned": [lab(3), lab(1), lab(2)]}
+    figures.plot_unmixing_panels_png(case, tmp_path / "p.png")
+    shown = {ax.get_title(): ax.images[0] for ax in drawn[0].axes}
+    expected = {"target": case["image"], "ground truth": case["truth"], "Naive + TTA (K=7)": case["naive_tta"],
+                "Learned + TTA (K=7)": case["learned_tta"]}
+    for j in range(3):
+        expected.update({f"reference {j + 1}": case["references"][j], f"proxy {j + 1} (sent)": case["proxies"][j],
+                         f"Naive, ref {j + 1}": case["naive"][j], f"Learned, ref {j + 1}": case["learned"][j]})
+    assert set(shown) == set(expected)
+    for title, img in expected.items():
+        assert np.array_equal(np.asarray(shown[title].get_array()), np.rot90(img)), title  # axial: anterior up
+    for c in (1, 2, 3):  # "Naive, ref c" shows class c alone
+        panel = shown[f"Naive, ref {c}"]
+        rgba = panel.to_rgba(np.asarray(panel.get_array()))[0, 0]
+        assert np.allclose(rgba[:3], np.array(viz.class_colour(c)) / 255), (c, rgba)
+    assert figures.label_cmap(4)(0)[:3] == to_rgb("black")
+
+
+def test_the_cohort_figure_shows_each_view_through_the_centre(drawn, tmp_path):
+    """The cohort figure: axial, coronal and sagittal slices through the scan's centre (anterior / superior up),
+    and the axial labels in the class colours its caption names."""
+    from mixdemo import figures
+
+    x, y, z = np.meshgrid(*[np.arange(n) for n in (8, 10, 12)], indexing="ij")
+    img = ((7 * x + 13 * y + 29 * z) % 251 / 251).astype(np.float32)
+    lab = ((x + z) % 4).astype(np.uint8)
+    figures.plot_cohort_png([img], [lab], ["sub-x"], tmp_path / "c.png")
+    axes = drawn[0].axes
+    views = {"axial": img[:, :, 6], "coronal": img[:, 5, :], "sagittal": img[4, :, :]}
+    for ax, (view, expected) in zip(axes, views.items()):
+        assert ax.get_title() == f"sub-x {view}"
+        assert np.allclose(np.asarray(ax.images[0].get_array()), np.rot90(expected)), view
+    labels = axes[3].images[0]
+    assert np.array_equal(np.asarray(labels.get_array()), np.rot90(lab[:, :, 6]))
+    colours = {"orange": viz.class_colour(1), "blue": viz.class_colour(2), "green": viz.class_colour(3)}
+    caption = axes[3].get_title()
+    for c, name in ((1, "GM"), (2, "WM"), (3, "CSF")):
+        word = caption.split(f"{name} ")[1].split(",")[0]
+        assert colours[word] == viz.class_colour(c)
+        assert np.allclose(labels.to_rgba(np.array([[c]]))[0, 0, :3], np.array(viz.class_colour(c)) / 255)
