@@ -261,11 +261,15 @@ def _windows(
 
 
 def _to_tensor(proxies: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(proxies, np.ndarray) and (not proxies.flags.writeable or min(proxies.strides, default=0) < 0):
+        proxies = np.array(proxies, dtype=np.float32)  # a flipped view or a read-only map: torch takes neither as it is
     x = torch.as_tensor(np.asarray(proxies) if isinstance(proxies, np.ndarray) else proxies, dtype=torch.float32)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
         raise ValueError(f"Proxies must be (K, X, Y, Z) or (X, Y, Z); got shape {tuple(x.shape)}.")
+    if x.shape[0] == 0:  # nothing to segment: no (0, C, …) result to return, C being S's
+        raise ValueError("Proxies must hold at least one proxy; got none.")
     return x
 
 

@@ -66,6 +66,92 @@ def test_slabs_put_each_voxel_s_answer_in_its_place(monkeypatch):
     torch.testing.assert_close(slabs, expected.detach(), atol=1e-5, rtol=1e-5)
 
 
+def _pointwise_s() -> torch.nn.Conv3d:
+    """A voxel-wise S (no context): whichever path runs (batches, one pass, slabs, MONAI's windows), its answer at
+    each voxel of each proxy must be ``softmax(S(x))`` there; a shifted crop or padding or mixed-up proxies show."""
+    torch.manual_seed(0)
+    pointwise = torch.nn.Conv3d(1, 4, 1)
+    with torch.no_grad():
+        pointwise.weight.copy_(torch.tensor([-8.0, -2.0, 3.0, 9.0]).view(4, 1, 1, 1, 1))
+    return pointwise
+
+
+def _record_batches(model: torch.nn.Module) -> list[tuple[int, ...]]:
+    seen: list[tuple[int, ...]] = []
+    model.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    return seen
+
+
+def test_patch_batches_put_each_proxy_and_voxel_in_its_place(monkeypatch):
+    """Five odd-sized proxies (padded to 32³) in batches of 2, 2 and 1: each answer in its proxy's row, cropped back."""
+    pointwise = _pointwise_s()
+    x = torch.rand(5, 20, 18, 17)
+    one_proxy_bytes = 32**3 * inference.activation_bytes_per_voxel(pointwise)
+    monkeypatch.setenv(inference.MEMORY_ENV, str(2.5 * one_proxy_bytes / 2**20))  # two proxies per batch
+    seen = _record_batches(pointwise)
+    out = inference.segment_proxies(pointwise, x)
+    assert seen == [(2, 1, 32, 32, 32), (2, 1, 32, 32, 32), (1, 1, 32, 32, 32)]
+    torch.testing.assert_close(out, torch.softmax(pointwise(x[:, None]), 1).detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_whole_pass_puts_each_proxy_and_voxel_in_its_place(monkeypatch):
+    """Proxies too large for patch mode go one at a time in one pass when they fit the budget: padded, cropped back."""
+    pointwise = _pointwise_s()
+    x = torch.rand(2, 20, 18, 17)
+    monkeypatch.setattr(inference, "MAX_BATCH_VOXELS", 1)  # no patch mode
+    monkeypatch.setenv(inference.MEMORY_ENV, "100000")  # one pass each
+    seen = _record_batches(pointwise)
+    out = inference.segment_proxies(pointwise, x)
+    assert seen == [(1, 1, 32, 32, 32)] * 2
+    torch.testing.assert_close(out, torch.softmax(pointwise(x[:, None]), 1).detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_monais_windows_put_each_proxy_and_voxel_in_its_place():
+    """The reference path (a given ``roi_size``) on odd sizes: several windows per padded proxy, cropped back."""
+    pointwise = _pointwise_s()
+    x = torch.rand(2, 20, 18, 17)
+    seen = _record_batches(pointwise)
+    out = inference.segment_proxies(pointwise, x, roi_size=(16, 16, 16), overlap=0.25)
+    assert len(seen) == 2 * len(inference.window_slices((32, 32, 32), (16, 16, 16), 0.25)) > 2
+    torch.testing.assert_close(out, torch.softmax(pointwise(x[:, None]), 1).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_fast_path_agrees_with_monais_forward_on_odd_sizes():
+    """The fused S in patch mode against MONAI's forward of the same weights through the reference path (one
+    window over the padded volume) on proxies whose sides are not multiples of 16."""
+    import copy
+
+    torch.manual_seed(0)
+    seg = SegmentationNet(features=TINY).eval()
+    for module in seg.modules():  # batch norms that are not the identity, so that folding them is checked too
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(2, 20, 18, 17)
+    reference = inference.segment_proxies(seg, x, roi_size=(32, 32, 32))
+    fast = inference.segment_proxies(copy.deepcopy(seg).fuse_for_inference(), x)
+    assert fast.shape == reference.shape == (2, 4, 20, 18, 17)
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_flipped_views_and_read_only_arrays_are_taken(recwarn):
+    """A mirrored view (``np.flip``: negative strides, which torch refuses) and a read-only array (a memory map,
+    on which torch warns) are segmented like the same values in an ordinary array."""
+    pointwise = _pointwise_s()
+    x = np.random.default_rng(0).random((2, 16, 16, 16), dtype=np.float32)
+    expected = inference.segment_proxies(pointwise, np.flip(x, 1).copy())
+    torch.testing.assert_close(inference.segment_proxies(pointwise, np.flip(x, 1)), expected)
+    read_only = np.flip(x, 1).copy()
+    read_only.flags.writeable = False
+    torch.testing.assert_close(inference.segment_proxies(pointwise, read_only), expected)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_no_proxies_are_refused():
+    with pytest.raises(ValueError, match="at least one proxy"):
+        inference.segment_proxies(_pointwise_s(), torch.zeros(0, 8, 8, 8))
+
+
 def test_memory_budget_env_is_validated(monkeypatch):
     monkeypatch.setenv(inference.MEMORY_ENV, "lots")
     with pytest.raises(ValueError, match="megabytes"):

@@ -319,6 +319,22 @@ def test_icc_shrout_fleiss_published_example() -> None:
     assert res.ci_low == pytest.approx(0.34, abs=0.005) and res.ci_high == pytest.approx(0.95, abs=0.005)
 
 
+def test_icc_and_its_interval_by_hand_without_pingouin() -> None:
+    """Shrout & Fleiss's data by hand (pingouin is a dev extra; its tests skip without it): BMS = 11.2417 and
+    EMS = 1.0194 (their Table 2), F = BMS/EMS on (5, 15) df; with the tabulated F_.975(5, 15) = 3.57642 and
+    F_.975(15, 5) = 6.42773, McGraw & Wong's case 3A bounds are (F_L - 1)/(F_L + 3) and (F_U - 1)/(F_U + 3)."""
+    bms, ems, k = 11.241666666666667, 1.0194444444444444, 4
+    f_low, f_high = bms / ems / 3.5764153, bms / ems * 6.4277282
+    res = icc_c1(SHROUT_FLEISS)
+    assert res.icc == pytest.approx((bms - ems) / (bms + (k - 1) * ems), rel=1e-12)  # 0.7148
+    assert res.ci_low == pytest.approx((f_low - 1) / (f_low + k - 1), abs=1e-7)  # 0.3425
+    assert res.ci_high == pytest.approx((f_high - 1) / (f_high + k - 1), abs=1e-7)  # 0.9459
+    # two raters: ICC(C,1) = 2 cov(a, b) / (var a + var b), the consistency form (no rater-mean term)
+    a, b = np.array([1.0, 3, 2, 5, 4, 6]), np.array([2.0, 3, 1, 6, 5, 5]) + 10
+    expected = 2 * np.cov(a, b)[0, 1] / (np.var(a, ddof=1) + np.var(b, ddof=1))
+    assert icc_c1(np.column_stack([a, b])).icc == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize(("n", "k", "seed"), [(20, 2, 0), (15, 3, 1), (40, 5, 2)])
 def test_icc_matches_pingouin_on_random_data(n: int, k: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
