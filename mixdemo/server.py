@@ -6,7 +6,8 @@ code — no mixing, no unmixing, no reference bank — and receives nothing but 
 Wire format of the ``segment_proxy`` endpoint (version :data:`WIRE_FORMAT`):
 
 * request: one ``.npy`` file (NumPy format, ``allow_pickle=False``) holding float16 or float32
-  proxies of shape ``(K, X, Y, Z)`` or ``(X, Y, Z)``. A ``.npy`` header holds only dtype, shape and
+  proxies (float64 is read as float32; any other data type is refused from the header) of shape ``(K, X, Y, Z)`` or
+  ``(X, Y, Z)``. A ``.npy`` header holds only dtype, shape and
   memory order: no NIfTI header, no affine, no patient field. The client names the file
   ``proxy.npy``; the server never looks at the name.
 * response: one ``.npy`` file with float16 softmax probabilities ŷ_mix of shape ``(K, C, X, Y, Z)``
@@ -101,7 +102,7 @@ def model_info() -> dict:
         "grid_shape": record.get("grid_shape", [144, 192, 160]),
         "max_k": MAX_K,
         "max_request_voxels": MAX_REQUEST_VOXELS,
-        "request": "a .npy file of float16/float32 proxies shaped (K, X, Y, Z) or (X, Y, Z)",
+        "request": "a .npy file of float16/float32 proxies (float64 read as float32) shaped (K, X, Y, Z) or (X, Y, Z)",
         "response": "a .npy file of float16 probabilities shaped (K, C, X, Y, Z)",
         "model_sha256": record.get("sha256"),
         "model_steps": record.get("steps"),

@@ -745,6 +745,20 @@ def test_server_refuses_a_request_by_its_declared_data_type_before_loading_it(tm
         server.read_proxy_file(req)
 
 
+def test_server_reads_float64_proxies_as_float32_and_refuses_integers(tmp_path):
+    """As the wire format says: float16 and float32 (float64 too, read as float32); integer voxels are refused."""
+    from mixdemo import server
+
+    req = tmp_path / "proxy.npy"
+    values = np.linspace(0, 1, 2 * 16 ** 3).reshape(2, 16, 16, 16)
+    np.save(req, values)  # NumPy's default, float64
+    read = server.read_proxy_file(req)
+    assert read.dtype == np.float32 and np.array_equal(read, values.astype(np.float32))
+    np.save(req, (values * 100).astype(np.int16))
+    with pytest.raises(server.ProxyError, match="floating-point numbers; got the data type int16"):
+        server.read_proxy_file(req)
+
+
 def test_server_checks_each_request_limit_at_its_bound():
     """K from 1 to MAX_K, sides from MIN_SIDE to MAX_SIDE, values in [-1, 4] (float16 or float32, one proxy given
     as (X, Y, Z)) are accepted as float32 (K, X, Y, Z); one step beyond each bound is refused. The voxel cap holds
