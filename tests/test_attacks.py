@@ -602,8 +602,104 @@ def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
     assert set(d["defences"]) >= {"fresh_alpha", "separate_shuffled_requests", "restricted_alpha", "two_references"}
     assert {"attack_msssim", "reid_map", "dice_avg", "bss_weights_known_msssim", "reid_single_proxy_map"} <= set(d["defences"]["two_references"])
     assert {"alpha_range", "dice_learned_tta", "reid_map", "bss_msssim", "output_leakage_dice"} <= set(d["alpha_sweep"][0])
-    for fig in ("bss_examples.png", "reid.png", "privacy_utility.png"):
+    for fig in ("bss_examples.png", "reid.png", "tta_average.png", "privacy_utility.png"):
         assert (tmp_path / fig).stat().st_size > 0
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch: pytest.MonkeyPatch):
+    """The figures evaluate_privacy's plot functions draw, kept open instead of written as PNGs."""
+    from training import evaluate_privacy
+    from mixdemo.figures import plt
+
+    figs: list = []
+    monkeypatch.setattr(evaluate_privacy, "save_figure", lambda fig, path: figs.append(fig))
+    yield figs
+    for fig in figs:
+        plt.close(fig)
+
+
+def test_plot_reid_draws_f1_and_map_of_each_condition(drawn_figures: list) -> None:
+    """reid.png: F1 bars left, mAP bars right of each tick, 'No proxy' then 'Mixup', from their own JSON fields."""
+    from training.evaluate_privacy import plot_reid
+
+    r = {"no_proxy": {"f1": 0.91, "map": 0.97, "top1": 1.0}, "mixup": {"f1": 0.12, "map": 0.34, "top1": 0.2},
+         "n_scans": 7, "alpha_range": [0.3, 0.5]}
+    plot_reid(Path("unused.png"), r)
+    (ax,) = drawn_figures[0].axes
+    f1, mean_ap = ax.containers
+    assert [f1.get_label(), mean_ap.get_label()] == ["F1", "mAP"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["F1", "mAP"]
+    assert [b.get_height() for b in f1] == pytest.approx([0.91, 0.12])
+    assert [b.get_height() for b in mean_ap] == pytest.approx([0.97, 0.34])
+    ticks = list(ax.get_xticks())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["No proxy", "Mixup α~U(0.3, 0.5)"]
+    for bars, side in ((f1, -1), (mean_ap, 1)):  # each bar beside its own condition's tick
+        centres = [b.get_x() + b.get_width() / 2 for b in bars]
+        assert centres == pytest.approx([t + side * 0.2 for t in ticks])
+    assert "7 test scans" in ax.get_title()
+
+
+def test_plot_tta_draws_each_column_against_the_recorded_k(drawn_figures: list) -> None:
+    """tta_average.png: MS-SSIM and re-id mAP against the rows' own K (not their position), the template's line."""
+    from training.evaluate_privacy import plot_tta
+
+    rows = [[2, 0.41, 0.52], [5, 0.63, 0.74], [9, 0.85, 0.96]]
+    plot_tta(Path("unused.png"), rows, {"template_vs_target_msssim_mean": 0.27, "other_subject_vs_target_msssim_mean": 0.11})
+    (ax,) = drawn_figures[0].axes
+    ms, mean_ap, template = ax.get_lines()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "MS-SSIM(estimate, target)", "re-id mAP of estimates", "MS-SSIM(template, target)"]
+    assert list(ms.get_xdata()) == [2, 5, 9] and list(mean_ap.get_xdata()) == [2, 5, 9]
+    assert list(ms.get_ydata()) == pytest.approx([0.41, 0.63, 0.85])
+    assert list(mean_ap.get_ydata()) == pytest.approx([0.52, 0.74, 0.96])
+    assert list(template.get_ydata()) == pytest.approx([0.27, 0.27])
+    assert ax.get_xlabel().startswith("K proxies averaged")
+
+
+def test_plot_sweep_draws_each_attack_against_the_learned_tta_dice(drawn_figures: list) -> None:
+    """privacy_utility.png: every attack's series at its own α range's Learned+TTA Dice, labelled by that range."""
+    from training.evaluate_privacy import plot_sweep
+
+    rows = [{"alpha_range": [0.1, 0.3], "dice_learned_tta": 0.61, "dice_learned": 0.51, "reid_map": 0.21,
+             "tta_average_reid_map": 0.31, "bss_msssim": 0.41, "output_leakage_dice": 0.11},
+            {"alpha_range": [0.3, 0.5], "dice_learned_tta": 0.82, "dice_learned": 0.72, "reid_map": 0.42,
+             "tta_average_reid_map": 0.52, "bss_msssim": 0.62, "output_leakage_dice": 0.32}]
+    plot_sweep(Path("unused.png"), rows)
+    (ax,) = drawn_figures[0].axes
+    labels = ["re-id mAP (single proxy)", "re-id mAP (TTA averaging)", "BSS MS-SSIM (α known)", "output-leakage Dice"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == labels
+    assert [c.get_label() for c in ax.collections] == labels
+    for series, key in zip(ax.collections, ("reid_map", "tta_average_reid_map", "bss_msssim", "output_leakage_dice")):
+        np.testing.assert_allclose(series.get_offsets(), [[r["dice_learned_tta"], r[key]] for r in rows])
+    assert [(a.get_text(), tuple(a.xy)) for a in ax.texts] == [("0.1–0.3", (0.61, 0.21)), ("0.3–0.5", (0.82, 0.42))]
+    assert "Dice" in ax.get_xlabel() and "utility" in ax.get_xlabel() and "privacy" in ax.get_ylabel()
+
+
+def test_plot_bss_shows_each_rows_volumes_and_the_source_its_score_is_of(drawn_figures: list) -> None:
+    """bss_examples.png: target, reference, proxy (its α) and per initialisation the recovered source that
+    best_assignment_msssim scored, under that score. The shown source used to be the one nearest the target
+    alone, which under a poor separation is the reference-like one, above another source's score."""
+    from training.evaluate_privacy import plot_bss
+
+    t, ref, other = smooth_volumes(3, seed=3)
+    t2, ref2 = smooth_volumes(2, seed=4)
+    ref_like, target_like = 0.5 * ref + 0.5 * t, 0.3 * t + 0.7 * other  # ref_like is nearer t, target_like wins the assignment
+    p = {"target": np.stack([t, t2]), "ref": np.stack([ref, ref2]), "alpha": np.array([0.37, 0.44], np.float32)}
+    p["proxy"] = p["alpha"][:, None, None, None] * p["target"] + (1 - p["alpha"][:, None, None, None]) * p["ref"]
+    sources = np.stack([np.stack([[ref_like, target_like], [ref, t]]), np.stack([[t2, ref2], [ref2, t2]])])
+    scores = bss.best_assignment_msssim(sources, p["target"], p["ref"])
+    plot_bss(Path("unused.png"), p, SimpleNamespace(sources=sources), scores)
+    axes = drawn_figures[0].axes
+    mid = t.shape[-1] // 2
+    shown = [(ax.get_title(), np.asarray(ax.get_images()[0].get_array())) for ax in axes]
+    expected = [("target", t), ("reference", ref), ("proxy α=0.37", p["proxy"][0]),
+                (f"init 1: {scores[0, 0]:.2f}", target_like), (f"init 2: {scores[0, 1]:.2f}", t),
+                ("target", t2), ("reference", ref2), ("proxy α=0.44", p["proxy"][1]),
+                (f"init 1: {scores[1, 0]:.2f}", t2), (f"init 2: {scores[1, 1]:.2f}", t2)]
+    assert [title for title, _ in shown] == [title for title, _ in expected]
+    for (_, img), (_, vol) in zip(shown, expected):
+        np.testing.assert_array_equal(img, np.rot90(vol[:, :, mid]))
 
 
 def test_evaluate_privacy_keeps_the_other_sections_of_an_existing_file(tmp_path: Path) -> None:

@@ -558,7 +558,7 @@ def save_figure(fig, path: Path) -> None:  # noqa: D103 - lazy: matplotlib loads
 
 
 def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray, rows: int = 3) -> None:
-    """Fig. 4 style: target, reference, proxy, then each initialisation's recovered target (MS-SSIM)."""
+    """Fig. 4 style: target, reference, proxy, then each initialisation's recovered target (MS-SSIM ``scores``)."""
     plt = _plt()
     rows = min(rows, len(p["target"]))
     n_init = res.sources.shape[1]
@@ -567,10 +567,10 @@ def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray,
     for r in range(rows):
         panels = [(p["target"][r], "target"), (p["ref"][r], "reference"), (p["proxy"][r], f"proxy α={p['alpha'][r]:.2f}")]
         for i in range(n_init):
-            src = res.sources[r, i]
-            s0 = msssim_3d_batch(src[:1], p["target"][r : r + 1], data_range=1.0)[0]
-            s1 = msssim_3d_batch(src[1:], p["target"][r : r + 1], data_range=1.0)[0]
-            best = src[0] if s0 >= s1 else src[1]
+            src = res.sources[r, i]  # the source scored: bss.best_assignment_msssim's assignment (target + reference)
+            s_t = msssim_3d_batch(src, np.repeat(p["target"][r : r + 1], 2, axis=0), data_range=1.0)
+            s_r = msssim_3d_batch(src, np.repeat(p["ref"][r : r + 1], 2, axis=0), data_range=1.0)
+            best = src[0] if s_t[0] + s_r[1] >= s_t[1] + s_r[0] else src[1]
             panels.append((best, f"init {i + 1}: {scores[r, i]:.2f}"))
         for ax, (img, title) in zip(axes[r], panels):
             ax.imshow(np.rot90(img[:, :, mid]), cmap="gray", vmin=0, vmax=1)
