@@ -539,6 +539,30 @@ def test_refresh_baseline_rewrites_the_rows_the_evaluation_would(quick_evaluatio
     assert row["tta_over_baseline"] == round(full["dice"]["learned_tta"]["avg"] / full["dice"]["baseline"]["avg"], 4)
 
 
+def test_refresh_baseline_by_default_leaves_files_of_another_baseline(tmp_path):
+    """The default files are those measured with the baseline the table records (or recording none): a cohort
+    evaluated with its own baseline (the lesion cohorts') is not overwritten with the shipped one's rows."""
+    from training import refresh_baseline
+
+    line = "python -m training.evaluate --brain-mask --threads 2"
+    row = {"GM": 0.9, "WM": 0.9, "CSF": 0.9, "avg": 0.9}
+
+    def write(name: str, sha: str | None, refreshed_to: str | None = None) -> None:
+        doc = {"command": f"{line} --out results/{name}", "dice": {"baseline": row},
+               **({"weights_sha256": {"baseline": sha}} if sha else {}),
+               **({"baseline_refresh": {"baseline_sha256": refreshed_to}} if refreshed_to else {})}
+        (tmp_path / name).write_text(json.dumps(doc))
+
+    write("segmentation.json", "shipped")
+    write("replication.json", "shipped")
+    write("lesion_cohort.json", "its-own")
+    write("refreshed.json", "older", refreshed_to="shipped")
+    write("comparison.json", None)
+    (tmp_path / "mirror_tta.json").write_text(json.dumps({"protocol": {"mirror": True}, "dice": {"baseline": row}}))
+    assert [p.name for p in refresh_baseline.default_files(tmp_path)] == [
+        "comparison.json", "refreshed.json", "replication.json", "segmentation.json"]
+
+
 def test_refresh_baseline_rewrites_an_evaluations_per_volume_baseline_and_its_ratios():
     """An evaluation's per-volume baseline and its ratios to the baseline follow the re-measured rows (they stay as
     they were where the baseline did not change), and a file of another script's protocol (mirror_tta's: a dict) is

@@ -13,7 +13,8 @@ records the refresh (``baseline_refresh``: this command, the date, the baseline'
 Files: ``training.evaluate`` outputs (``dice.baseline``, the per-volume baseline and ``ratio_to_baseline``) and the
 ``training.compare_unmixing``-protocol files (every row with a ``baseline`` and a ``tta_over_baseline``). Files other
 scripts measured on their own protocol (``training.mirror_tta``'s, ``training.reference_choice``'s, ``--ensembles``')
-are not among them: their own commands re-measure them.
+are not among them: their own commands re-measure them; nor, by default, files measured with another baseline
+than the one the segmentation table records (the lesion cohorts', trained and evaluated in their own weights folder).
 """
 
 from __future__ import annotations
@@ -58,9 +59,27 @@ def has_baseline_rows(doc: dict) -> bool:
     return (isinstance(doc.get("dice"), dict) and "baseline" in doc["dice"]) or bool(comparison_rows(doc))
 
 
-def default_files() -> list[Path]:
-    """Every committed results JSON with baseline rows."""
-    return [p for p in sorted(RESULTS.glob("*.json")) if has_baseline_rows(json.loads(p.read_text()))]
+TABLE = "segmentation.json"
+"""The segmentation table's results: always measured with the shipped weights, so the baseline it records is theirs."""
+
+
+def recorded_baseline(doc: dict) -> str | None:
+    """The SHA-256 of the baseline ``doc``'s rows were measured with (its last refresh's, else its evaluation's);
+    None where it records none (the D comparisons, measured with the shipped weights)."""
+    refresh_record, weights = doc.get("baseline_refresh"), doc.get("weights_sha256")
+    if isinstance(refresh_record, dict) and refresh_record.get("baseline_sha256"):
+        return refresh_record["baseline_sha256"]
+    return weights.get("baseline") if isinstance(weights, dict) else None
+
+
+def default_files(results: Path = RESULTS) -> list[Path]:
+    """Every committed results JSON with baseline rows of the shipped baseline: those recording the baseline the
+    table's file records, or none. Files measured with another baseline (the lesion cohorts', from their own
+    weights folder) are left to their own commands."""
+    docs = {p: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    shipped = recorded_baseline(docs.get(results / TABLE, {}))
+    return [p for p, doc in docs.items()
+            if has_baseline_rows(doc) and recorded_baseline(doc) in (None, shipped)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
