@@ -420,9 +420,9 @@ def generate_cohort(
     if not 0 < test_fraction < 1:
         raise ValueError("test_fraction must lie between 0 and 1 (both excluded).")
     root = Path(root)
-    _check_same_cohort(root, seed, lesions)
-    subjects = [subject_id(i) for i in range(n_subjects)]
     earlier = _split_json(root)
+    _check_same_cohort(earlier, seed, lesions)
+    subjects = [subject_id(i) for i in range(n_subjects)]
     split = split_keeping_earlier_sides(earlier, subjects, test_fraction, seed)
     if not split["train"]:
         raise ValueError(f"A test fraction of {test_fraction} leaves none of the {n_subjects} subjects for training.")
@@ -466,10 +466,9 @@ def _split_json(root: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _check_same_cohort(root: Path, seed: int, lesions: int) -> None:
-    """A ValueError if ``root`` holds a cohort made with another seed or lesion count: its scans, kept, would be
-    mixed with this one's under one split.json."""
-    meta = _split_json(root)
+def _check_same_cohort(meta: dict, seed: int, lesions: int) -> None:
+    """A ValueError if ``meta`` (the folder's split.json, {} without one) is of a cohort made with another seed or
+    lesion count: its scans, kept, would be mixed with this one's under one split.json."""
     if not meta:
         return
     made = (meta.get("seed", seed), meta.get("lesions_per_subject", 0))
