@@ -307,7 +307,7 @@ def warn_thin_split(split: dict[str, list[str]], written: list[str]) -> None:
 
 def warn_moved_subjects(earlier: dict, split: dict[str, list[str]]) -> None:
     """A warning on stderr when subjects of the earlier run's split (``earlier``: its ``split.json``) changed sides:
-    a split drawn anew (another ``--test-fraction`` or ``--seed``, or a split.json written before these were recorded)
+    a split drawn anew (another ``--test-fraction`` or ``--seed``; a split.json that records neither keeps its sides)
     can move earlier test subjects into training, and weights trained on the earlier split would then be scored on
     scans they trained on."""
     if moved := moved_subjects(earlier, split):
