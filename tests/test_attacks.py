@@ -280,6 +280,8 @@ def test_best_assignment_picks_the_right_source() -> None:
     sources = np.stack([np.stack([r[0], x[0]])])[:, None]  # (1, 1, 2, P, P, P), swapped
     assert bss.best_assignment_msssim(sources, x, r)[0, 0] == pytest.approx(1.0, abs=1e-6)
     assert bss.best_assignment_msssim(sources, x)[0, 0] == pytest.approx(1.0, abs=1e-6)
+    for reference in (r, None):  # the source assigned to the target: the second, here, with or without the reference
+        assert bss.best_assignment(sources, x, reference)[1].tolist() == [[1]]
 
 
 # ---------------------------------------------------------------------------------- re-identification
@@ -688,8 +690,9 @@ def test_plot_bss_shows_each_rows_volumes_and_the_source_its_score_is_of(drawn_f
     p = {"target": np.stack([t, t2]), "ref": np.stack([ref, ref2]), "alpha": np.array([0.37, 0.44], np.float32)}
     p["proxy"] = p["alpha"][:, None, None, None] * p["target"] + (1 - p["alpha"][:, None, None, None]) * p["ref"]
     sources = np.stack([np.stack([[ref_like, target_like], [ref, t]]), np.stack([[t2, ref2], [ref2, t2]])])
-    scores = bss.best_assignment_msssim(sources, p["target"], p["ref"])
-    plot_bss(Path("unused.png"), p, SimpleNamespace(sources=sources), scores)
+    scores, shown = bss.best_assignment(sources, p["target"], p["ref"])
+    assert np.array_equal(scores, bss.best_assignment_msssim(sources, p["target"], p["ref"]))
+    plot_bss(Path("unused.png"), p, SimpleNamespace(sources=sources), scores, shown)
     axes = drawn_figures[0].axes
     mid = t.shape[-1] // 2
     shown = [(ax.get_title(), np.asarray(ax.get_images()[0].get_array())) for ax in axes]

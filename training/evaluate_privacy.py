@@ -232,7 +232,7 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
     p = bss_patches(c, cfg.bss_known, alpha_range, rng)
     # 1. α known: upper bound on the attacker
     known = bss.separate(score, p["proxy"], p["alpha"], n_init=cfg.n_init, config=lc, seed=seed)
-    s_known = bss.best_assignment_msssim(known.sources, p["target"], p["ref"])
+    s_known, shown = bss.best_assignment(known.sources, p["target"], p["ref"])
     # 2. α unknown: grid search over the client's public α range (folded), selection by prior energy
     nu = cfg.bss_unknown
     grid = bss.folded_alpha_grid(alpha_range)
@@ -298,7 +298,7 @@ def run_bss(score, c: Cohort, cfg: Config, alpha_range, seed: int, figure: Path 
         "patch_size": 32,
     }
     if figure is not None:
-        plot_bss(figure, p, known, s_known)
+        plot_bss(figure, p, known, s_known, shown)
     return out
 
 
@@ -557,8 +557,10 @@ def save_figure(fig, path: Path) -> None:  # noqa: D103 - lazy: matplotlib loads
     save_png(fig, path)
 
 
-def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray, rows: int = 3) -> None:
-    """Fig. 4 style: target, reference, proxy, then each initialisation's recovered target (MS-SSIM ``scores``)."""
+def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray, shown: np.ndarray,
+             rows: int = 3) -> None:
+    """Fig. 4 style: target, reference, proxy, then each initialisation's recovered target: source ``shown[r, i]``,
+    the one assigned to the target, under its MS-SSIM ``scores[r, i]`` (:func:`mixdemo.attacks.bss.best_assignment`)."""
     plt = _plt()
     rows = min(rows, len(p["target"]))
     n_init = res.sources.shape[1]
@@ -567,11 +569,7 @@ def plot_bss(path: Path, p: dict, res: bss.SeparationResult, scores: np.ndarray,
     for r in range(rows):
         panels = [(p["target"][r], "target"), (p["ref"][r], "reference"), (p["proxy"][r], f"proxy α={p['alpha'][r]:.2f}")]
         for i in range(n_init):
-            src = res.sources[r, i]  # the source scored: bss.best_assignment_msssim's assignment (target + reference)
-            s_t = msssim_3d_batch(src, np.repeat(p["target"][r : r + 1], 2, axis=0), data_range=1.0)
-            s_r = msssim_3d_batch(src, np.repeat(p["ref"][r : r + 1], 2, axis=0), data_range=1.0)
-            best = src[0] if s_t[0] + s_r[1] >= s_t[1] + s_r[0] else src[1]
-            panels.append((best, f"init {i + 1}: {scores[r, i]:.2f}"))
+            panels.append((res.sources[r, i, shown[r, i]], f"init {i + 1}: {scores[r, i]:.2f}"))
         for ax, (img, title) in zip(axes[r], panels):
             ax.imshow(np.rot90(img[:, :, mid]), cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=8)

@@ -449,6 +449,14 @@ def best_assignment_msssim(
     Returns:
         (B, n) MS-SSIM values (data range 1: images are normalised to [0, 1]).
     """
+    return best_assignment(sources, target, reference)[0]
+
+
+def best_assignment(
+    sources: np.ndarray, target: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_assignment_msssim`'s (B, n) MS-SSIM values and the (B, n) index of the source assigned to the
+    target (the one a figure shows above its score)."""
     if sources.ndim != 6 or sources.shape[2] < 2 or (reference is not None and sources.shape[2] != 2):
         raise ValueError(f"sources: expected (B, n, 2, P, P, P) (or S ≥ 2 sources without reference); got shape {sources.shape}.")
     b, n, n_src = sources.shape[:3]
@@ -456,8 +464,8 @@ def best_assignment_msssim(
     tgt = np.repeat(target, n * n_src, axis=0)
     s_t = msssim_3d_batch(flat, tgt, data_range=1.0).reshape(b, n, n_src)
     if reference is None:
-        return s_t.max(2)
+        return s_t.max(2), s_t.argmax(2)
     ref = np.repeat(reference, n * 2, axis=0)
     s_r = msssim_3d_batch(flat, ref, data_range=1.0).reshape(b, n, 2)
     keep = (s_t[..., 0] + s_r[..., 1]) >= (s_t[..., 1] + s_r[..., 0])
-    return np.where(keep, s_t[..., 0], s_t[..., 1])
+    return np.where(keep, s_t[..., 0], s_t[..., 1]), np.where(keep, 0, 1)
