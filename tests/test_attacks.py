@@ -640,6 +640,7 @@ def test_plot_reid_draws_f1_and_map_of_each_condition(drawn_figures: list) -> No
         centres = [b.get_x() + b.get_width() / 2 for b in bars]
         assert centres == pytest.approx([t + side * 0.2 for t in ticks])
     assert "7 test scans" in ax.get_title()
+    assert "F1" in ax.get_ylabel() and "mAP" in ax.get_ylabel()
 
 
 def test_plot_tta_draws_each_column_against_the_recorded_k(drawn_figures: list) -> None:
@@ -657,6 +658,7 @@ def test_plot_tta_draws_each_column_against_the_recorded_k(drawn_figures: list) 
     assert list(mean_ap.get_ydata()) == pytest.approx([0.52, 0.74, 0.96])
     assert list(template.get_ydata()) == pytest.approx([0.27, 0.27])
     assert ax.get_xlabel().startswith("K proxies averaged")
+    assert "MS-SSIM" in ax.get_ylabel() and "mAP" in ax.get_ylabel()
 
 
 def test_plot_sweep_draws_each_attack_against_the_learned_tta_dice(drawn_figures: list) -> None:
@@ -777,3 +779,30 @@ def test_train_score_smoke_exports_hub_folder(tmp_path: Path, small_cohort: Path
     assert log[0].startswith("step") and len(log) >= 2
     model = ScoreNet.from_pretrained(str(folder))
     assert model.sigma_1 == pytest.approx(info["sigma_1"])
+
+
+def test_known_bank_alpha_refinement_takes_the_spread_root_nearest_its_start() -> None:
+    """α refined so that x̂ = (m − (1 − α)·r)/α has a normalised scan's spread s²: with the target's deviation of
+    squared norm s² and orthogonal to the reference's, the true α is a root of ‖m − u·r‖² = (1 − u)²·s² (u = 1 − α).
+    A reference of high contrast puts the quadratic's other root in range too: the root nearest the starting α is
+    kept, and the starting α itself where no root lies in the grid's range."""
+    from mixdemo.attacks.known_bank import KnownBank
+
+    rng = np.random.default_rng(5)
+    bank = rng.random((3, 6, 6, 6))
+    bank[1] = 0.5 + 3 * (bank[1] - 0.5)  # thrice the others' contrast
+    attacker = KnownBank(bank)
+    r = attacker.scans[1]
+    x = rng.standard_normal(r.size)
+    x -= x.mean()
+    x -= (x @ r) / (r @ r) * r  # orthogonal to the reference's deviation, still centred
+    x *= np.sqrt(attacker.spread / (x @ x))  # a normalised scan's spread
+    alpha = 0.3
+    proxy = (alpha * x + (1 - alpha) * r).reshape(bank.shape[1:]) + 0.5  # any offset: the refinement centres it
+    m = proxy.ravel() - proxy.mean()
+    mm, mr, rr, s2 = m @ m, m @ r, r @ r, attacker.spread
+    roots = sorted(1 - u.real for u in np.roots([rr - s2, 2 * (s2 - mr), mm - s2]))
+    assert roots[0] == pytest.approx(alpha, abs=1e-9) and 0.6 < roots[1] < 0.8  # the construction holds
+    assert attacker._refined_alpha(proxy, 1, 0.4) == pytest.approx(alpha, abs=1e-9)
+    assert attacker._refined_alpha(proxy, 1, 0.6) == pytest.approx(roots[1], abs=1e-9)
+    assert KnownBank(bank, alpha_grid=np.array([0.35, 0.6]))._refined_alpha(proxy, 1, 0.5) == 0.5
