@@ -374,8 +374,8 @@ def load_volumes(records: Sequence[ScanRecord], cache: str | Path | None = None)
     """Load scans that must share one grid (mixing cuts them at the same coordinates).
 
     ``cache``: a folder where each scan is written once, normalised and with its classes, as ``.npy`` files,
-    then opened memory-mapped, so a cohort larger than the memory trains (BraTS 2021's 1,000 training cases
-    take about 45 GB as arrays): a patch reads only its own voxels from disk. A cached scan is rebuilt when its source
+    then opened memory-mapped, so a cohort larger than the memory trains (BraTS 2021's 1,251 training cases
+    take about 56 GB as arrays): a patch reads only its own voxels from disk. A cached scan is rebuilt when its source
     files change (size or modification time).
     """
     volumes = [_load_named(r, cache) for r in records]
