@@ -711,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
                         "their folder); registered to MNI locally unless already on the grid")
     p.add_argument("-o", "--output", required=True,
                    help="output label NIfTI, written in the input's space (a name ending in .dcm: a DICOM SEG of the "
-                        "input series); with several scans a folder, which gets <scan name>_seg.nii.gz for each "
+                        "input series); with several scans (or one, given a name ending in / or an existing folder) a "
+                        "folder, which gets <scan name>_seg.nii.gz for each "
                         "(<scan name>_seg.dcm with --dicom-seg)")
     p.add_argument("--dicom-seg", action="store_true",
                    help="write DICOM SEG objects (.dcm) that refer to the input DICOM series, for a PACS or a DICOM "
@@ -792,8 +793,9 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference] | No
     one message before the references load: the outputs, the references of ``--references`` (None without it:
     :func:`_public_bank` after connecting) and the client's D."""
     check_server_address(args.server)
-    outputs = output_paths(args.scan, args.output, dicom_seg=args.dicom_seg)
-    if any(is_dicom_seg(o) for o in outputs):
+    if len(args.scan) == 1 and not (Path(args.scan[0]).is_file() or Path(args.scan[0]).is_dir()):
+        raise ClientError("The input scan could not be found.")  # one scan: nothing to go on with, so before connecting
+    if args.dicom_seg or is_dicom_seg(args.output):
         _check_dicom_inputs(args.scan, SEG_NEEDS_DICOM)
     if args.series is not None:
         if args.series < 1:
@@ -810,6 +812,8 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference] | No
     from mixdemo import examples
 
     check_k(args.tta, None if args.references else len(examples.reference_ids()))
+    outputs = output_paths(args.scan, args.output, dicom_seg=args.dicom_seg)  # after the checks that need no
+    # folder, so that a command refused by them leaves none behind
     if args.mirror and args.tta == 1:
         print("note: --mirror mirrors every second mix, and K = 1 makes only one: nothing is mirrored.", file=sys.stderr)
     args.mirror = MIRROR_BY_DEFAULT if args.mirror is None else args.mirror
@@ -840,6 +844,9 @@ def check_server_address(url: str) -> None:
         return
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", url):
         return
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() in ("http", "https") and re.fullmatch(r"[^/\s?#]+(/\S*)?", rest):
+        raise ClientError(f"The server address's scheme must be in lower case: try {scheme.lower()}://{rest}")
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
         raise ClientError("The server address must start with http:// or https:// and name a host.")
     raise ClientError(f"The server address needs a scheme (http:// or https://): try http://{url}")
@@ -906,11 +913,14 @@ def _seg_naming(remote: ServerFn, args: argparse.Namespace) -> dict:
 
 def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) -> list[Path]:
     """Where each scan's segmentation goes: ``output`` itself for one scan (a .nii/.nii.gz name, or .dcm for a
-    DICOM SEG), else ``<output>/<scan name>_seg.nii.gz`` (``_seg.dcm`` with ``dicom_seg``; two scans may not share
-    a name). The folder that receives them is made and checked for writing here, before any scan is segmented, so
-    a bad ``-o`` loses no work."""
+    DICOM SEG), else, or for one scan when ``output`` names a folder (ends in ``/`` or is one, as a shell glob that
+    matched one scan leaves it), ``<output>/<scan name>_seg.nii.gz`` (``_seg.dcm`` with ``dicom_seg``; two scans
+    may not share a name). The folder that receives them is made and checked for writing here, before any scan is
+    segmented, so a bad ``-o`` loses no work."""
     file_suffixes = (".nii", ".nii.gz", ".dcm")
-    if len(scans) == 1:
+    names_a_file = str(output).lower().endswith(file_suffixes)
+    names_folder = not names_a_file and (str(output).endswith(("/", os.sep)) or Path(output).is_dir())
+    if len(scans) == 1 and not names_folder:
         if not str(output).lower().endswith(file_suffixes):
             raise ClientError("The output file name must end in .nii or .nii.gz (or .dcm for a DICOM SEG).")
         if dicom_seg and not is_dicom_seg(output):
@@ -941,7 +951,9 @@ def _check_dicom_inputs(scans: Sequence[str | os.PathLike], why: str) -> None:
     nifti = [i + 1 for i, s in enumerate(scans) if Path(s).exists() and not is_series_input(s)]  # a missing one
     # is said where its turn comes, and the others go on
     if nifti:
-        which = "the input is" if len(scans) == 1 else f"scan {', '.join(map(str, nifti))} of {len(scans)} is"
+        which = ("the input is" if len(scans) == 1 else
+                 f"scan{'s' if len(nifti) > 1 else ''} {', '.join(map(str, nifti))} of {len(scans)} "
+                 f"{'are' if len(nifti) > 1 else 'is'}")
         raise ClientError(f"{why}, and {which} not a DICOM series" + (": write NIfTI (.nii.gz) instead."
                                                                       if why == SEG_NEEDS_DICOM else "."))
 

@@ -107,19 +107,27 @@ def _volume(box: tuple[slice, ...]) -> int:
     return int(np.prod([s.stop - s.start for s in box]))
 
 
-def pairs_of(segmentations: Path, labels: Path) -> list[tuple[str, Path, Path]]:
+def pairs_of(segmentations: Path, labels: Path,
+             note: Callable[[str], None] | None = None) -> list[tuple[str, Path, Path]]:
     """(name, segmentation, labels): two files, or each ``<name>_seg.nii.gz`` (or the client's ``<name>_seg.dcm``,
     a DICOM SEG) of a folder against the labels folder's NIfTI file of the same name (the client's and
-    ``mixdemo.examples``' naming)."""
+    ``mixdemo.examples``' naming); ``note`` hears of a folder's segmentations that have no labels file (left out)."""
+    if missing := [str(p) for p in (segmentations, labels) if not p.exists()]:
+        raise ScoreError(f"{' and '.join(missing)} {'do' if len(missing) > 1 else 'does'} not exist.")
     if segmentations.is_file() and labels.is_file():
         return [(_stem(segmentations), segmentations, labels)]
     if not (segmentations.is_dir() and labels.is_dir()):
         raise ScoreError("Give two files (a segmentation and its labels) or two folders.")
-    pairs = []
+    pairs, unmatched = [], []
     for seg in sorted(p for p in segmentations.iterdir() if p.name.lower().endswith(SEGMENTATION_SUFFIXES)):
         match = [labels / (_stem(seg) + suffix) for suffix in NIFTI_SUFFIXES if (labels / (_stem(seg) + suffix)).exists()]
         if match:
             pairs.append((_stem(seg).removesuffix("_seg"), seg, match[0]))
+        else:
+            unmatched.append(seg.name)
+    if pairs and unmatched and note is not None:
+        note(f"{', '.join(unmatched)} in {segmentations} {'have' if len(unmatched) > 1 else 'has'} no labels file of "
+             f"the same name in {labels}: left out of the table and its mean.")
     if not pairs:
         raise ScoreError(f"No segmentation in {segmentations} has a labels file of the same name in {labels}.")
     names = [name for name, _, _ in pairs]
@@ -164,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 "class's Dice would be shown under the name before its own")
     classes = dict(enumerate(names, start=1))
     try:
-        rows = {name: score_pair(seg, lab, classes, in_box=args.in_box, brats=args.brats,
-                                 note=lambda m: print(f"note: {m}", file=sys.stderr))
-                for name, seg, lab in pairs_of(args.segmentation, args.labels)}
+        def note(message: str) -> None:
+            print(f"note: {message}", file=sys.stderr)
+
+        rows = {name: score_pair(seg, lab, classes, in_box=args.in_box, brats=args.brats, note=note)
+                for name, seg, lab in pairs_of(args.segmentation, args.labels, note)}
     except (ScoreError, ScanError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

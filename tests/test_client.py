@@ -402,6 +402,16 @@ def test_output_paths_one_file_or_a_folder_of_named_segmentations(tmp_path):
         output_paths(["a/x.nii.gz", "b/x.nii"], str(tmp_path / "out2"))
 
 
+def test_one_scan_with_a_folder_output_gets_its_named_segmentation_there(tmp_path):
+    """``scans/dicom/*.zip -o segs-dicom/`` as the README writes it, with one scan matched: the folder form
+    (a trailing slash, or a folder that exists) names the segmentation as it would for several."""
+    from mixdemo.client import output_paths
+
+    assert output_paths(["a/x.zip"], f"{tmp_path / 'new'}/") == [tmp_path / "new" / "x_seg.nii.gz"]
+    assert (tmp_path / "new").is_dir()
+    assert output_paths(["a/x.zip"], str(tmp_path / "new"), dicom_seg=True) == [tmp_path / "new" / "x_seg.dcm"]
+
+
 def test_output_paths_make_the_folder_first_or_refuse_before_any_work(tmp_path):
     from mixdemo.client import ClientError, output_paths
 
@@ -711,6 +721,20 @@ def test_fake_main_segments_both_scans(fake_main, capsys):
     assert loads == ["bank"] and len(FakeRemote.made) == 1 and FakeRemote.requests
     assert "the default client network D (unmixing-p2-96-a35-cal) is not in the weights folder" in err  # no D here
     assert "give --unmixing NAME" in err
+
+
+def test_a_refused_command_line_leaves_no_output_folder_and_one_missing_scan_is_said_before_connecting(
+        fake_main, capsys):
+    """A command refused by a check that needs no folder makes none; a single scan that is not there is said
+    before the client connects or builds the bank; several NIfTI scans asked for SEGs are named in the plural."""
+    scans, loads, out = fake_main
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--series", "1"], capsys)
+    assert code == 2 and "one input" in err and not out.exists()
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--dicom-seg"], capsys)
+    assert code == 2 and "scans 1, 2 of 2 are not a DICOM series" in err and not out.exists()
+    code, err = _run_main([scans[0] + ".missing", "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880"],
+                          capsys)
+    assert code == 2 and "could not be found" in err and FakeRemote.made == [] and loads == []
 
 
 class OracleRemote(FakeRemote):
@@ -1059,6 +1083,16 @@ def test_a_server_address_without_scheme_is_refused_up_front(fake_main, capsys):
                           ("http://", "http:// or https://")):
         with pytest.raises(ClientError, match=fragment):
             check_server_address(bad)
+
+
+def test_a_server_address_with_an_upper_case_scheme_is_told_to_write_it_in_lower_case():
+    """``HTTP://host`` does start with http:// to a reader: the message says what is wrong and the address to try."""
+    from mixdemo.client import check_server_address
+
+    with pytest.raises(ClientError, match="lower case: try http://127.0.0.1:7871/app"):
+        check_server_address("HTTP://127.0.0.1:7871/app")
+    with pytest.raises(ClientError, match="lower case: try https://example.org"):
+        check_server_address("Https://example.org")
 
 
 def test_help_names_the_references_folder_dir(capsys):

@@ -593,6 +593,24 @@ def test_score_command_reads_files_and_folders(tmp_path, capsys) -> None:
     assert "affines differ" in capsys.readouterr().err
 
 
+def test_score_notes_a_segmentation_without_labels_and_names_a_path_that_is_not_there(tmp_path, capsys) -> None:
+    """A folder's segmentation with no labels file of its name is left out of the mean, and a note says so (not
+    silently); a mistyped path is named, not answered with the two-files-or-two-folders rule."""
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:6] = 1
+    for folder, names in (("segs", ("a_seg", "extra_seg")), ("labels", ("a_seg",))):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            save_volume(truth, np.eye(4), tmp_path / folder / f"{name}.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "segs"), str(tmp_path / "labels")]) == 0
+    assert "extra_seg.nii.gz" in capsys.readouterr().err
+    assert main([str(tmp_path / "nope.nii.gz"), str(tmp_path / "labels" / "a_seg.nii.gz")]) == 2
+    assert "nope.nii.gz does not exist" in capsys.readouterr().err
+
+
 def test_score_averages_the_named_classes_without_background_and_the_scans_in_the_mean_row(tmp_path, capsys) -> None:
     """``avg`` is the mean Dice of the classes named (background, whose Dice here differs, left out); ``mean``, of
     the scans' rows, column by column."""
