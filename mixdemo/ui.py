@@ -488,6 +488,10 @@ SEPARATION_STEPS = 10
 KNOWN_BANK_MD = """The key is the reference. This demo's bank is public, so a server can hold it too: it tries each
 bank scan and α on the **proxy of your last run** and keeps the pair whose unmixed image x̂ = (x_mix − (1−α)·r)/α looks
 least like a bank scan's deviation from the bank's mean (`mixdemo.attacks.known_bank`). A private bank defeats it."""
+INVERSION_MD = """A server needs neither the bank nor α for this one: it trains a network on scans of its own, mixed as
+clients mix, to take a proxy back to its target (`mixdemo.attacks.inversion`; trained by `python -m
+training.train_inversion` on phantom subjects outside this demo's bank). It inverts the **proxy of your last run**, at
+half resolution (a whole-volume run suits it best; a 32³ patch gives it little context)."""
 TTA_MD = """With TTA the server receives K proxies of **one** target in one request: averaging them cancels the
 references in part (x̄ = α·x + (1−α)·mean(x_ref)). Defences: a fresh α per mix, or separate requests."""
 
@@ -648,6 +652,44 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
                else f"took {taken}, not the reference used ({v['reference_id']})")
     md = (f"**The server {verdict}**, and α̂ = {found.alpha:.3f} (α = {v['alpha']:.3f}). MS-SSIM of x̂ to the target: "
           f"**{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy itself. Top: x̂, bottom: the target.")
+    return side, md
+
+
+def _inversion_model():
+    """The learned inversion's network from ``weights/inversion``, on the GPU when present (AttackUnavailable when absent)."""
+    from mixdemo.models import pick_device
+    from mixdemo.weights import WeightsError, load_model
+
+    _attack("inversion", ("InversionNet",))
+    try:
+        return load_model("inversion", device=str(pick_device()))
+    except WeightsError:
+        raise AttackUnavailable("Not available yet: the learned inversion (weights/inversion) has not been trained; "
+                                "run python -m training.train_inversion.") from None
+
+
+def inversion_report(sess: Session | None, progress: gr.Progress = gr.Progress()):
+    """The learned inversion on the proxy of the session's last run (its first mix): estimate beside the target."""
+    if sess is None or sess.view is None:
+        raise gr.Error("Run a segmentation first: the attack inverts the proxy it sent.", print_exception=False)
+    try:
+        net = _inversion_model()
+        invert = _attack("inversion", ("invert_full_resolution",))
+    except AttackUnavailable as exc:
+        return _unavailable(exc, 1)
+    from mixdemo.metrics import msssim_3d
+
+    _progress_fn(progress)(0.3, "the server's network inverts the proxy")
+    v = sess.view
+    estimate = invert(net, v["proxy"])
+    target = sess.image[v["region"]]
+    ms_est, ms_proxy = msssim_3d(estimate, target), msssim_3d(v["proxy"], target)
+    c = tuple(n // 2 for n in target.shape)
+    scale = PATCH_SCALE if v["mode"] == "patch" else WHOLE_SCALE
+    side = np.concatenate([viz.montage(estimate, c, scale=scale, vmax=1.0),
+                           viz.montage(target, c, scale=scale, vmax=1.0)], axis=0)
+    md = (f"MS-SSIM of the network's estimate to the target: **{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy "
+          f"itself (α = {v['alpha']:.3f}, which the network was not told). Top: the estimate, bottom: the target.")
     return side, md
 
 
@@ -1161,6 +1203,13 @@ def _attack_tab(sess: gr.State) -> None:
         bank_md = gr.Markdown(elem_id="known-bank-status")
         bank_btn.click(known_bank_report, [sess], [bank_img, bank_md], api_name="attack_known_bank",
                        concurrency_limit=1, concurrency_id="compute", api_visibility="private")
+    with gr.Accordion("5 · Learned inversion: a network the server trained on scans of its own", open=True):
+        gr.Markdown(INVERSION_MD)
+        inv_btn = gr.Button("Run the learned inversion on the last proxy")
+        inv_img = gr.Image(label="the network's estimate (top) vs the target (bottom)", format="png", interactive=False)
+        inv_md = gr.Markdown(elem_id="inversion-status")
+        inv_btn.click(inversion_report, [sess], [inv_img, inv_md], api_name="attack_inversion",
+                      concurrency_limit=1, concurrency_id="compute", api_visibility="private")
 
 
 def launch_kwargs() -> dict:

@@ -402,6 +402,13 @@ def test_attack_lab_handlers(app_weights, example):
     # this key's among them (a fixed key: the check is deterministic)
     img, md = ui.known_bank_report(mixed, progress=_Progress())
     assert img.dtype == np.uint8 and md.startswith("**The server found the reference this proxy was mixed with**")
+    with pytest.raises(gr.Error, match="segmentation first"):
+        ui.inversion_report(None, progress=_Progress())
+    out = ui.inversion_report(mixed, progress=_Progress())
+    if (app_weights / "inversion" / "model.safetensors").exists():  # the committed network inverts the patch's proxy
+        assert out[0].dtype == np.uint8 and "MS-SSIM of the network's estimate" in out[1]
+    else:  # stand-in weights: the panel says what is missing
+        assert out[0] is None and "weights/inversion" in out[1]
     sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
     out = ui.run_separation(sess, 1, True, None, progress=_Progress())
     assert len(out) == 5 and isinstance(out[-1], str)

@@ -598,6 +598,8 @@ def test_evaluate_privacy_smoke(tmp_path: Path, small_cohort: Path) -> None:
     assert d["reid"]["no_proxy"]["map"] >= 0.95  # positive control on the phantoms
     assert 0 < d["reid"]["chance"]["map"] < d["reid"]["no_proxy"]["map"]
     assert {"reference_hit_rate", "alpha_abs_error_mean", "estimate_msssim_mean", "estimate_reid_map"} <= set(d["known_bank"])
+    assert {"estimate_msssim_mean", "estimate_reid_map", "proxy_reid_map"} <= set(d["inversion"])
+    assert not d["inversion"]["trained"] or d["inversion"]["steps"] > 0  # a stand-in where no weights/inversion
     assert set(d["sections_run"]) == set(evaluate_privacy.SECTIONS)  # which command measured each section
     assert {run["command"] for run in d["sections_run"].values()} == {d["command"]}
     assert [row[0] for row in d["tta_average"]] == list(range(1, len(d["tta_average"]) + 1))
@@ -806,3 +808,159 @@ def test_known_bank_alpha_refinement_takes_the_spread_root_nearest_its_start() -
     assert attacker._refined_alpha(proxy, 1, 0.4) == pytest.approx(alpha, abs=1e-9)
     assert attacker._refined_alpha(proxy, 1, 0.6) == pytest.approx(roots[1], abs=1e-9)
     assert KnownBank(bank, alpha_grid=np.array([0.35, 0.6]))._refined_alpha(proxy, 1, 0.5) == 0.5
+
+
+def test_inversion_training_batches_mix_a_target_with_another_subjects_scan_as_the_client_does() -> None:
+    """Each pair is Eq. 2 on one patch: proxy = α·target + (1 − α)·reference with α in the range and the reference the
+    other subject's scan (one scan each); the patch holds target brain even where brain fills a corner of the volume.
+    Pairs never take two scans of one subject, and every pair of subjects comes up."""
+    from mixdemo.attacks.inversion import subjects_apart, training_batch
+
+    values = np.array([0.2, 0.8])  # scan i is v_i in its brain
+    scans = np.zeros((2, 40, 40, 40), np.float32)
+    for i, v in enumerate(values):
+        scans[i, :12, :12, :12] = v  # brain in one corner only
+    proxies, targets = training_batch(scans, ["a", "b"], (0.3, 0.5), np.random.default_rng(0), batch=12, patch=16)
+    assert proxies.shape == targets.shape == (12, 1, 16, 16, 16)
+    alphas = []
+    for proxy, target in zip(proxies[:, 0].numpy(), targets[:, 0].numpy()):
+        brain = target > 0
+        assert brain.any()
+        t = int(np.argmin(abs(values - target[brain][0])))
+        alpha = (proxy[brain][0] - values[1 - t]) / (values[t] - values[1 - t])
+        assert 0.3 <= alpha <= 0.5
+        np.testing.assert_allclose(proxy, alpha * target + (1 - alpha) * brain * values[1 - t], atol=1e-6)
+        alphas.append(alpha)
+    assert np.ptp(alphas) > 0.05  # α drawn per pair
+    rng, subjects = np.random.default_rng(1), ["a", "a", "b", "b", "c"]
+    pairs = {subjects_apart(5, subjects, rng) for _ in range(400)}
+    assert pairs == {(t, r) for t in range(5) for r in range(5) if subjects[t] != subjects[r]}
+
+
+def test_inversion_runs_whole_volumes_or_windows_of_its_training_patches() -> None:
+    """``invert`` runs the network on the whole proxy (zero-padded to its multiple of 16, 32 at least) or on windows
+    of its training patch size, and brings the answer back onto the proxy's own voxels, clipped to [0, 1]: a network
+    that doubles its input returns 2·proxy, aligned voxel for voxel, either way; at full resolution a network on
+    pooled volumes answers on the proxy's own grid."""
+    from mixdemo.attacks.inversion import invert, invert_full_resolution, padded_to_multiple
+
+    class Doubler(torch.nn.Module):
+        patch_size, downsample = 16, 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+            self.inputs: list[tuple[int, ...]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.inputs.append(tuple(x.shape[2:]))
+            return x * self.scale
+
+    proxies = np.random.default_rng(1).random((2, 17, 20, 35)).astype(np.float32) * 0.6
+    net = Doubler()
+    np.testing.assert_allclose(invert(net, proxies), np.clip(2 * proxies, 0, 1), rtol=1e-5)
+    assert set(net.inputs) == {(32, 32, 48)}
+    net.inputs.clear()
+    np.testing.assert_allclose(invert(net, proxies, windows=True), np.clip(2 * proxies, 0, 1), rtol=1e-5)
+    assert set(net.inputs) == {(16, 16, 16)}
+    small = np.full((1, 8, 12, 20), 0.3, np.float32)
+    np.testing.assert_allclose(invert(net, small, windows=True), 0.6, rtol=1e-5)  # under a window: padded, cropped
+    flat = np.full((32, 16, 48), 0.3, np.float32)
+    np.testing.assert_allclose(invert_full_resolution(net, flat), 0.6, rtol=1e-5)  # pooled 2×, back on its grid
+    padded, crop = padded_to_multiple(torch.ones(1, 1, 17, 20, 35))
+    assert padded.shape == (1, 1, 32, 32, 48) and padded[crop].shape == (1, 1, 17, 20, 35) and padded[crop].min() == 1
+    assert padded.sum() == 17 * 20 * 35  # zeros only beyond the volume's far ends
+    assert padded_to_multiple(torch.ones(1, 1, 16, 48, 40))[0].shape == (1, 1, 32, 48, 48)  # 32 at least
+
+
+def test_inversion_training_is_seeded_and_refuses_what_it_cannot_train_on() -> None:
+    """Two runs with one seed give the same weights, another seed others; the network records its pooling and α range;
+    one subject (no reference of another) or volumes under its 32-voxel patches are refused before any step."""
+    from mixdemo.attacks.inversion import train_inversion
+
+    scans = np.random.default_rng(2).random((3, 32, 32, 32)).astype(np.float32)
+    runs = [train_inversion(scans, ["a", "b", "c"], alpha_range=(0.3, 0.5), steps=2, seed=s, batch=1, downsample=3)
+            for s in (4, 4, 5)]
+    weights = [torch.cat([p.detach().ravel() for p in net.parameters()]) for net in runs]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert not runs[0].training and runs[0].downsample == 3 and runs[0].alpha_range == (0.3, 0.5)
+    assert runs[0].patch_size == 32  # the patch it trained on, the windows it runs on
+    with pytest.raises(ValueError, match="2 subjects"):
+        train_inversion(scans, ["a", "a", "a"], alpha_range=(0.3, 0.5), steps=1)
+    with pytest.raises(ValueError, match="too small"):
+        train_inversion(scans[:, :31], ["a", "b", "c"], alpha_range=(0.3, 0.5), steps=1)
+
+
+def test_inversion_experiment_scores_estimates_as_the_proxies_are_scored() -> None:
+    """With a network that returns its input, the estimates are the proxies: the same MS-SSIM and re-identification
+    mAP on every draw, so the two columns are computed alike and on the same proxies."""
+    from mixdemo.attacks import inversion
+
+    class Identity(inversion.InversionNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    cohort, subjects = synthetic_cohort(6, seed=3)
+    out = inversion.inversion_experiment(Identity(), cohort[:4], subjects[:4], cohort[4:6], alpha_range=(0.3, 0.5),
+                                         n_draws=2, seed=1)
+    assert out["estimate_msssim_mean"] == pytest.approx(out["proxy_msssim_mean"], abs=1e-6)
+    assert out["estimate_reid_map"] == pytest.approx(out["proxy_reid_map"]) and out["estimate_reid_map_std"] >= 0
+    assert (out["reference_pool"], out["n_targets"], out["n_draws"]) == (2, 4, 2)
+    assert out["estimate_reid_map_per_draw"] == pytest.approx(out["proxy_reid_map_per_draw"])
+    assert out["on_windows"]["estimate_reid_map_per_draw"] == pytest.approx(out["proxy_reid_map_per_draw"])
+    assert np.mean(out["estimate_reid_map_per_draw"]) == pytest.approx(out["estimate_reid_map"])
+
+
+def test_the_inversion_server_never_trains_on_the_clients_bank_subjects(tmp_path: Path, small_cohort: Path) -> None:
+    """``training.train_inversion`` leaves the first --bank-subjects training subjects out (the demo client's bank),
+    records both sides, and writes a network that loads by name; too few subjects left is refused by name."""
+    from mixdemo.attacks.inversion import InversionNet, split_subjects
+    from mixdemo.weights import read_training_record
+    from training import train_inversion
+
+    assert split_subjects(["s1", "s0", "s1", "s2", "s3"], 2) == (["s1", "s0"], ["s2", "s3"])
+    with pytest.raises(ValueError, match="needs 2 at least"):
+        split_subjects(["s0", "s1", "s2"], 2)
+    train_inversion.main(["--data", str(small_cohort), "--steps", "2", "--batch-size", "1", "--bank-subjects", "0",
+                          "--downsample", "4", "--out", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    record = read_training_record(tmp_path / "inversion")
+    assert record["client_bank_subjects"] == [] and len(record["server_subjects"]) == 2 and record["server_scans"] == 4
+    assert record["model_class"] == "mixdemo.attacks.inversion.InversionNet" and record["downsample"] == 4
+    assert InversionNet.from_pretrained(str(tmp_path / "inversion")).downsample == 4
+    assert (tmp_path / "run" / "train.log").read_text().splitlines()[-1].startswith("2\t")
+    with pytest.raises(ValueError, match="needs 2 at least"):
+        train_inversion.main(["--data", str(small_cohort), "--steps", "1", "--bank-subjects", "1", "--out", str(tmp_path)])
+
+
+def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_saw(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The section's references are the scans of the subjects the network's record names as the client's bank, and
+    it says whether any of them was among the server's; targets and references are pooled as the network's training
+    scans were, whatever the run's own pooling."""
+    from training import evaluate_privacy
+
+    seen = {}
+
+    def fake_experiment(net, targets, identities, references, **kwargs):
+        seen["references"] = references
+        return {}
+
+    record = {"client_bank_subjects": ["s1", "s3"], "server_subjects": ["s0", "s2"], "steps": 7, "server_scans": 4}
+    monkeypatch.setattr(evaluate_privacy.inversion, "inversion_experiment", fake_experiment)
+    monkeypatch.setattr("mixdemo.weights.resolve_model_dir", lambda name: Path(name))
+    monkeypatch.setattr("mixdemo.weights.read_training_record", lambda folder: record)
+    subjects = ["s3", "s1", "s1", "s0", "s2", "s0", "s3", "s2"]
+    small = np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones((8, 2, 2, 2), np.float32)
+    c = SimpleNamespace(train=[SimpleNamespace(subject=s) for s in subjects], train_small=small, test_small=small[:2],
+                        identities=["t", "t"])
+    net = evaluate_privacy.inversion.InversionNet(downsample=evaluate_privacy.SMOKE.downsample)
+    out = evaluate_privacy.run_inversion(net, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)
+    assert sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]  # every scan of s1 and s3
+    assert out["references_among_server_scans"] is False and out["trained"] and out["steps"] == 7
+    record["server_subjects"] = ["s0", "s1"]
+    assert evaluate_privacy.run_inversion(net, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)["references_among_server_scans"]
+    full = SimpleNamespace(**vars(c), test=[SimpleNamespace(image=np.full((4, 4, 4), 9.0))] * 2)
+    full.train = [SimpleNamespace(subject=s, image=np.full((4, 4, 4), float(i))) for i, s in enumerate(subjects)]
+    out = evaluate_privacy.run_inversion(evaluate_privacy.inversion.InversionNet(downsample=2), full,
+                                         evaluate_privacy.SMOKE, (0.3, 0.5), 0)  # the network's own pooling, not the run's
+    assert seen["references"].shape == (4, 2, 2, 2) and sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]
+    assert out["downsample"] == 2

@@ -803,3 +803,20 @@ def test_the_consistency_record_is_judged_on_the_table_s_draws_and_its_rule_deci
         assert gates["csf_icc_above"] == seg["icc"]["CSF"]["icc"]
     readme = (REPO / "README.md").read_text()
     assert "<!-- results:d_consistency -->" in readme and "`results/d_consistency.json`" in readme
+
+
+def test_the_learned_inversion_never_trained_on_the_demo_bank_and_its_record_scored_those_weights() -> None:
+    """weights/inversion's server subjects are training subjects outside the demo client's bank, and the privacy
+    record's inversion section scored those very weights against that bank."""
+    from mixdemo import examples
+    from mixdemo.weights import read_training_record, sha256_file
+
+    record = read_training_record(REPO / "weights" / "inversion")
+    assert record["client_bank_subjects"] == examples.reference_subjects()
+    assert not set(record["server_subjects"]) & set(record["client_bank_subjects"])
+    assert set(record["server_subjects"]) <= set(examples._split()["train"])
+    privacy = json.loads((REPO / "results" / "privacy.json").read_text())
+    assert privacy["weights_sha256"]["inversion"] == sha256_file(REPO / "weights" / "inversion" / "model.safetensors")
+    section = privacy["inversion"]
+    assert section["trained"] and not section["references_among_server_scans"]
+    assert (section["steps"], section["client_bank_subjects"]) == (record["steps"], len(record["client_bank_subjects"]))

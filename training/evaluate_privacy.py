@@ -15,6 +15,9 @@ Sections (``--sections``, default all; ``--merge`` updates an existing JSON in p
 * ``reuse`` — a small reference bank reused for many targets.
 * ``known_bank`` — the client's bank known to the server (public, as the demo's, or leaked): each single proxy
   inverted by trying every bank scan and α (:mod:`mixdemo.attacks.known_bank`).
+* ``inversion`` — a network the server trained on scans of its own, mixed as the client mixes, to take a proxy
+  back to its target (:mod:`mixdemo.attacks.inversion`, ``python -m training.train_inversion``); the client's
+  references are none of its scans.
 * ``leakage`` — arg-max of the server's own ŷ_mix against the target's labels (trained S).
 * ``defences`` — fresh α per mix, separate shuffled requests, restricted α range.
 * ``sweep`` — α range sweep: Learned+TTA Dice against each attack (privacy–utility figure).
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.attacks import bss, known_bank, leakage, reid
+from mixdemo.attacks import bss, inversion, known_bank, leakage, reid
 from mixdemo.attacks import tta_average as tta
 from mixdemo.attacks.score import ScoreNet, tweedie_denoise
 from mixdemo.data import load_cohort, load_volumes
@@ -47,7 +50,7 @@ from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from training import add_device_option, command_line, default_out, user_errors
 
-SECTIONS = ("bss", "reid", "tta", "reuse", "known_bank", "leakage", "defences", "sweep")
+SECTIONS = ("bss", "reid", "tta", "reuse", "known_bank", "inversion", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
 
 
@@ -119,18 +122,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------ setup
 
 
-def model_names(need_seg: bool, unmixing: str | None = None) -> dict[str, str]:
+def model_names(need_seg: bool, unmixing: str | None = None, need_inversion: bool = False) -> dict[str, str]:
     """The weights folder each role loads: the score model, and with ``need_seg`` S, D (``unmixing``, default the
-    client's default D) and the two-reference pair. The record keeps it as ``models``."""
+    client's default D) and the two-reference pair, with ``need_inversion`` the learned inversion's network. The
+    record keeps it as ``models``."""
     from mixdemo.weights import DEFAULT_UNMIXING
 
     names = {"score": "score", "segmentation": "segmentation", "unmixing": unmixing or DEFAULT_UNMIXING,
              TWO_REF_SEG: TWO_REF_SEG, TWO_REF_UNMIX: TWO_REF_UNMIX}
-    return names if need_seg else {"score": "score"}
+    names = names if need_seg else {"score": "score"}
+    return {**names, "inversion": "inversion"} if need_inversion else names
 
 
 def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True,
-                unmixing: str | None = None) -> tuple[dict, dict]:
+                unmixing: str | None = None, need_inversion: bool = False) -> tuple[dict, dict]:
     """Trained models of :func:`model_names` when their folders exist, else untrained stand-ins (said in the
     record): (role → model, weights folder → sha256).
 
@@ -140,8 +145,9 @@ def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True,
 
     models, shas = {}, {}
     classes = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet,
-               TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2)}
-    for role, name in model_names(need_seg, unmixing).items():
+               TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2),
+               "inversion": inversion.InversionNet}
+    for role, name in model_names(need_seg, unmixing, need_inversion).items():
         cls = classes[role]
         try:
             if not allow_hub and not (weights_dir() / name / "model.safetensors").exists():
@@ -405,6 +411,37 @@ def run_known_bank(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
                                             alpha_range=alpha_range, n_draws=cfg.reid_draws, seed=seed)
 
 
+def run_inversion(net: inversion.InversionNet, c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
+    """The learned inversion (``python -m training.train_inversion``) on single proxies of every test scan, mixed with
+    references of the client's bank subjects, which its ``training.json`` says it never trained on (a stand-in without
+    that record: the first :data:`mixdemo.examples.N_REFERENCES` training subjects, as the training script leaves out)."""
+    from mixdemo.examples import N_REFERENCES
+    from mixdemo.weights import WeightsError, read_training_record, resolve_model_dir
+
+    try:
+        record = read_training_record(resolve_model_dir("inversion"))
+    except WeightsError:
+        record = {}
+    if not record:  # no trained network: an untrained stand-in on this run's pooling (the JSON says "trained": false)
+        torch.manual_seed(seed)
+        net = inversion.InversionNet(downsample=cfg.downsample)
+    train_subjects = sorted({v.subject for v in c.train})
+    client = record.get("client_bank_subjects") or train_subjects[:N_REFERENCES]
+    server = set(record.get("server_subjects", []))
+    pool = [i for i, v in enumerate(c.train) if v.subject in set(client)]
+    if net.downsample == cfg.downsample:
+        targets, references = c.test_small, c.train_small[pool]
+    else:  # the network's own pooling, for its estimates and the proxies they are compared with alike
+        targets = reid.downsample(np.stack([v.image for v in c.test]), net.downsample)
+        references = reid.downsample(np.stack([c.train[i].image for i in pool]), net.downsample)
+    out = inversion.inversion_experiment(net, targets, c.identities, references, alpha_range=alpha_range,
+                                         n_draws=cfg.reid_draws, seed=seed)
+    return {**out, "downsample": net.downsample, "steps": record.get("steps", 0), "train_seconds": record.get("train_seconds"),
+            "hardware": record.get("hardware"), "server_scans": record.get("server_scans", 0),
+            "server_subjects": len(server), "client_bank_subjects": len(set(client)),
+            "references_among_server_scans": bool(server & set(client)), "trained": bool(record)}
+
+
 def public_labels(shape: tuple[int, ...]) -> np.ndarray | None:
     """The template's labels (:func:`mixdemo.attacks.tta_average.template_labels`) when the cohort lies on its grid
     (the phantoms; a cohort on another grid, e.g. BraTS's, has no such chance level here)."""
@@ -649,7 +686,8 @@ def main(argv: list[str] | None = None) -> dict:
     fig_dir = out_path.parent
     t0 = time.perf_counter()
     need_seg = bool({"leakage", "defences", "sweep"} & set(sections))
-    models, shas = load_models(device, need_seg, allow_hub=not args.smoke, unmixing=args.unmixing)
+    models, shas = load_models(device, need_seg, allow_hub=not args.smoke, unmixing=args.unmixing,
+                               need_inversion="inversion" in sections)
     score = models["score"]
     c = load_data(args.data, cfg)
     ar = tuple(args.alpha_range)
@@ -660,10 +698,12 @@ def main(argv: list[str] | None = None) -> dict:
                    "data": DATA_NOTE, "config": "smoke" if args.smoke else "quick" if args.quick else "full"})
     if command not in result["commands"]:  # a re-run of a recorded command replaces its results
         result["commands"].append(command)
-    # the S and D sections re-run together, so their weights replace the recorded ones (no stale D left behind)
-    result["weights_sha256"] = shas if need_seg else {**result.get("weights_sha256", {}), **shas}
-    names = model_names(need_seg, args.unmixing)
-    result["models"] = names if need_seg else {**result.get("models", {}), **names}
+    # the S and D sections re-run together, so their weights replace the recorded ones (no stale D left behind);
+    # the inversion's network is recorded by its own section
+    names = model_names(need_seg, args.unmixing, "inversion" in sections)
+    for key, now in (("weights_sha256", shas), ("models", names)):
+        kept = {k: v for k, v in result.get(key, {}).items() if k == "inversion" and "inversion" not in sections}
+        result[key] = {**kept, **now} if need_seg else {**result.get(key, {}), **now}
     timings = result.setdefault("seconds", {})
     ran = result.setdefault("sections_run", {})  # section → the command and date of its numbers (a merge keeps others')
     for name in sections:
@@ -695,6 +735,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["reference_reuse_larger_bank"] = step("reuse_larger", lambda: run_reuse(c, cfg, ar, args.seed, larger))
     if "known_bank" in sections:
         result["known_bank"] = step("known_bank", lambda: run_known_bank(c, cfg, ar, args.seed))
+    if "inversion" in sections:
+        result["inversion"] = step("inversion", lambda: run_inversion(models["inversion"], c, cfg, ar, args.seed))
     if "leakage" in sections:
         base_dice = step("leakage_dice", lambda: patch_dice(models, c, cfg, ar, args.seed))
         result["output_leakage"] = {"dice_vs_target": base_dice["output_leakage_dice"],

@@ -326,6 +326,26 @@ def privacy_md(doc: dict) -> str:
                   f"{_f(bank['alpha_abs_error_mean'])} on average, and recovers the target with MS-SSIM "
                   f"{_f(bank['estimate_msssim_mean'])} (the proxy itself: {_f(bank['proxy_msssim_mean'])}) and "
                   f"re-identification mAP {_f(bank['estimate_reid_map'])} (the proxies: {_f(bank['proxy_reid_map'])}).", ""]
+    inv = doc.get("inversion")
+    if isinstance(inv, dict):
+        minutes = f", {inv['train_seconds'] / 60:.0f} minutes on {inv['hardware']}" if inv.get("train_seconds") else ""
+        trained = (f"trained on {inv['server_scans']} scans of {inv['server_subjects']} subjects of its own for "
+                   f"{inv['steps']:,} steps (`python -m training.train_inversion`{minutes})" if inv.get("trained")
+                   else "untrained (no `weights/inversion`: a stand-in, its figures say nothing)")
+        higher = sum(e > p for e, p in zip(inv.get("estimate_reid_map_per_draw", []), inv.get("proxy_reid_map_per_draw", [])))
+        seen = ("some of them among its own" if inv.get("references_among_server_scans") else "none of them among its own")
+        win = inv.get("on_windows")
+        windows = "" if not isinstance(win, dict) else (
+            f" On windows of its training patches instead: MS-SSIM {_f(win['estimate_msssim_mean'])}, mAP "
+            f"{_f(win['estimate_reid_map'])} (higher in "
+            f"{sum(e > p for e, p in zip(win['estimate_reid_map_per_draw'], inv['proxy_reid_map_per_draw']))} of "
+            f"{inv['n_draws']}).")
+        lines += [f"Learned inversion: a server's 3D U-Net that predicts the target from the proxy, {trained}, inverts "
+                  f"single proxies mixed with the client's bank ({inv['client_bank_subjects']} subjects, {seen}): it "
+                  f"recovers targets with MS-SSIM {_f(inv['estimate_msssim_mean'])} (the proxy itself: "
+                  f"{_f(inv['proxy_msssim_mean'])}) and re-identification mAP {_f(inv['estimate_reid_map'])} (the "
+                  f"proxies: {_f(inv['proxy_reid_map'])}; higher in {higher} of {inv['n_draws']} draws of the "
+                  f"{inv['n_targets']} test scans' proxies), inverting each whole volume.{windows}", ""]
     if doc.get("alpha_sweep"):
         lines += ["| α range | Learned+TTA Dice | re-id mAP | BSS MS-SSIM | output-leakage Dice |", "| --- | --- | --- | --- | --- |"]
         for row in doc["alpha_sweep"]:
