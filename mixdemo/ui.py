@@ -474,8 +474,8 @@ def cancel_attack(request: gr.Request):
 
 ATTACK_INTRO = """## What could an honest-but-curious server do with what it receives?
 Each panel runs an attack on proxies of the kind the server sees, with the truth beside it so that you can judge.
-Mixing is not encryption: these attacks are the evidence (the paper's two, plus averaging the K TTA proxies and
-undoing the mix with a bank the server knows)."""
+Mixing is not encryption: these attacks are the evidence (the paper's two, plus averaging the K TTA proxies,
+undoing the mix with a bank the server knows, and a network the server trained to invert proxies)."""
 SEPARATION_MD = """Blind source separation by annealed Langevin dynamics with a score-based prior of 32³ brain patches
 (Jayaram & Thickstun 2020): from the **proxy of your last patch-mode run** alone, the server tries to recover both
 the target and the reference. MS-SSIM 1 = perfect recovery. The chains anneal from the prior's largest noise level;

@@ -69,7 +69,7 @@ def subjects_apart(n: int, subjects: Sequence[Hashable], rng: np.random.Generato
 def training_batch(scans: np.ndarray, subjects: Sequence[Hashable], alpha_range: tuple[float, float],
                    rng: np.random.Generator, batch: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(proxies, targets), each (batch, 1, p, p, p): the server's own scans mixed as the client mixes (Eq. 2), a
-    patch of each at a place where the target has brain (the corner drawn among its brain voxels)."""
+    patch of each centred on one of the target's brain voxels (clipped to the volume)."""
     proxies, targets = [], []
     sides = np.array(scans.shape[1:])
     for _ in range(batch):
