@@ -1196,20 +1196,25 @@ def _attack_tab(sess: gr.State) -> None:
         tta_md = gr.Markdown(elem_id="tta-status")
         tta_btn.click(tta_report, [kk, fresh, split, sess], [tta_img, tta_plot, tta_md], api_name="attack_tta",
                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
-    with gr.Accordion("4 · Known bank: undoing the mix with the public reference bank", open=True):
-        gr.Markdown(KNOWN_BANK_MD)
-        bank_btn = gr.Button("Run the known-bank attack on the last proxy")
-        bank_img = gr.Image(label="x̂ from the proxy (top) vs the target (bottom)", format="png", interactive=False)
-        bank_md = gr.Markdown(elem_id="known-bank-status")
-        bank_btn.click(known_bank_report, [sess], [bank_img, bank_md], api_name="attack_known_bank",
-                       concurrency_limit=1, concurrency_id="compute", api_visibility="private")
-    with gr.Accordion("5 · Learned inversion: a network the server trained on scans of its own", open=True):
-        gr.Markdown(INVERSION_MD)
-        inv_btn = gr.Button("Run the learned inversion on the last proxy")
-        inv_img = gr.Image(label="the network's estimate (top) vs the target (bottom)", format="png", interactive=False)
-        inv_md = gr.Markdown(elem_id="inversion-status")
-        inv_btn.click(inversion_report, [sess], [inv_img, inv_md], api_name="attack_inversion",
-                      concurrency_limit=1, concurrency_id="compute", api_visibility="private")
+    _last_proxy_attack("4 · Known bank: undoing the mix with the public reference bank", KNOWN_BANK_MD,
+                       "Run the known-bank attack on the last proxy", "x̂ from the proxy (top) vs the target (bottom)",
+                       known_bank_report, sess, "known-bank-status", "attack_known_bank")
+    _last_proxy_attack("5 · Learned inversion: a network the server trained on scans of its own", INVERSION_MD,
+                       "Run the learned inversion on the last proxy", "the network's estimate (top) vs the target (bottom)",
+                       inversion_report, sess, "inversion-status", "attack_inversion")
+
+
+def _last_proxy_attack(title: str, explanation: str, button: str, image_label: str, handler, sess: gr.State,
+                       status_id: str, api_name: str) -> None:
+    """An attack panel on the proxy of the session's last run: its explanation, a button, the estimate beside the
+    target, and a status line (``#status_id``)."""
+    with gr.Accordion(title, open=True):
+        gr.Markdown(explanation)
+        btn = gr.Button(button)
+        img = gr.Image(label=image_label, format="png", interactive=False)
+        md = gr.Markdown(elem_id=status_id)
+        btn.click(handler, [sess], [img, md], api_name=api_name, concurrency_limit=1, concurrency_id="compute",
+                  api_visibility="private")
 
 
 def launch_kwargs() -> dict:
