@@ -626,6 +626,14 @@ def reid_report(progress: gr.Progress = gr.Progress()):
     return fig, gallery, md
 
 
+def _above_target(estimate: np.ndarray, target: np.ndarray, mode: str) -> np.ndarray:
+    """An attack's estimate (top) above the target (bottom), three central planes each, at the run's mode's scale."""
+    c = tuple(n // 2 for n in target.shape)
+    scale = PATCH_SCALE if mode == "patch" else WHOLE_SCALE
+    return np.concatenate([viz.montage(estimate, c, scale=scale, vmax=1.0),
+                           viz.montage(target, c, scale=scale, vmax=1.0)], axis=0)
+
+
 def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress()):
     """The known-bank attack on the proxy of the session's last run (its first mix): estimate beside the target."""
     if sess is None or sess.view is None:
@@ -643,10 +651,7 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
     found = invert(v["proxy"], np.stack([r.image[v["region"]] for r in bank]))
     target = sess.image[v["region"]]
     ms_est, ms_proxy = msssim_3d(found.estimate, target), msssim_3d(v["proxy"], target)
-    c = tuple(n // 2 for n in target.shape)
-    scale = PATCH_SCALE if v["mode"] == "patch" else WHOLE_SCALE
-    side = np.concatenate([viz.montage(found.estimate, c, scale=scale, vmax=1.0),
-                           viz.montage(target, c, scale=scale, vmax=1.0)], axis=0)
+    side = _above_target(found.estimate, target, v["mode"])
     taken = bank[found.reference].ref_id
     verdict = ("found the reference this proxy was mixed with" if taken == v["reference_id"]
                else f"took {taken}, not the reference used ({v['reference_id']})")
@@ -684,10 +689,7 @@ def inversion_report(sess: Session | None, progress: gr.Progress = gr.Progress()
     estimate = invert(net, v["proxy"])
     target = sess.image[v["region"]]
     ms_est, ms_proxy = msssim_3d(estimate, target), msssim_3d(v["proxy"], target)
-    c = tuple(n // 2 for n in target.shape)
-    scale = PATCH_SCALE if v["mode"] == "patch" else WHOLE_SCALE
-    side = np.concatenate([viz.montage(estimate, c, scale=scale, vmax=1.0),
-                           viz.montage(target, c, scale=scale, vmax=1.0)], axis=0)
+    side = _above_target(estimate, target, v["mode"])
     md = (f"MS-SSIM of the network's estimate to the target: **{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy "
           f"itself (α = {v['alpha']:.3f}, which the network was not told). Top: the estimate, bottom: the target.")
     return side, md

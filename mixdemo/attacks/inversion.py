@@ -22,6 +22,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 
 from mixdemo.metrics import msssim_3d_batch
+from mixdemo.mixing import patch_slices, sample_patch_corner
 from mixdemo.models import QuietHubMixin
 
 FEATURES = (16, 16, 32, 64, 128, 16)
@@ -69,16 +70,12 @@ def subjects_apart(n: int, subjects: Sequence[Hashable], rng: np.random.Generato
 def training_batch(scans: np.ndarray, subjects: Sequence[Hashable], alpha_range: tuple[float, float],
                    rng: np.random.Generator, batch: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(proxies, targets), each (batch, 1, p, p, p): the server's own scans mixed as the client mixes (Eq. 2), a
-    patch of each centred on one of the target's brain voxels (clipped to the volume)."""
+    patch of each centred on one of the target's brain voxels (:func:`mixdemo.mixing.sample_patch_corner`)."""
     proxies, targets = [], []
-    sides = np.array(scans.shape[1:])
     for _ in range(batch):
         t, r = subjects_apart(len(scans), subjects, rng)
         alpha = rng.uniform(*alpha_range)
-        brain = np.argwhere(scans[t] > 0)
-        centre = brain[rng.integers(len(brain))] if len(brain) else sides // 2
-        corner = np.clip(centre - patch // 2, 0, np.maximum(sides - patch, 0))
-        sl = tuple(slice(int(c), int(c) + patch) for c in corner)
+        sl = patch_slices(sample_patch_corner(scans.shape[1:], patch, rng, np.argwhere(scans[t] > 0)), patch)
         proxies.append(alpha * scans[t][sl] + (1 - alpha) * scans[r][sl])
         targets.append(scans[t][sl])
     as_tensor = lambda vols: torch.from_numpy(np.stack(vols).astype(np.float32))[:, None]  # noqa: E731
