@@ -370,12 +370,12 @@ def unmixing_model(required: bool = False, name: str | None = None) -> torch.nn.
     (``$MIXDEMO_UNMIXING`` or ``unmixing-p2-96-a35-cal``). None when the default D is absent, unless
     ``required``; a D named by ``name`` or the variable must exist (a WeightsError says so). A D for more than one
     reference per mix is refused (a ClientError), before any request."""
-    from mixdemo.weights import UNMIXING_ENV, WeightsError, unmixing_name, weights_dir
+    from mixdemo.weights import UNMIXING_ENV, WeightsNotFound, unmixing_name, weights_dir
 
     chosen = bool(name or os.environ.get(UNMIXING_ENV))
     try:
         return _unmixing(str(weights_dir()), name or unmixing_name())
-    except WeightsError:
+    except WeightsNotFound:  # absent; corrupt weights raise their WeightsError, never a silent fall-back to Eq. 4
         if required or chosen:
             raise
         return None

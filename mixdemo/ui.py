@@ -521,16 +521,18 @@ def run_separation(sess: Session | None, steps: float, known_alpha: bool, reques
 def _score_model():
     """The attack's score prior from ``weights/score``, on the GPU when present (AttackUnavailable when absent)."""
     from mixdemo.models import pick_device
-    from mixdemo.weights import WeightsError, load_model
+    from mixdemo.weights import WeightsError, WeightsNotFound, load_model
 
     _attack("score", ("ScoreNet",))
     try:
         return load_model("score", device=str(pick_device()))
-    except WeightsError:
+    except WeightsNotFound:
         raise AttackUnavailable(
             "Not available yet: the score prior (weights/score) has not been trained; "
             "run python -m training.train_score."
         ) from None
+    except WeightsError as exc:  # there but corrupt: its own message
+        raise AttackUnavailable(str(exc)) from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -663,14 +665,16 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
 def _inversion_model():
     """The learned inversion's network from ``weights/inversion``, on the GPU when present (AttackUnavailable when absent)."""
     from mixdemo.models import pick_device
-    from mixdemo.weights import WeightsError, load_model
+    from mixdemo.weights import WeightsError, WeightsNotFound, load_model
 
     _attack("inversion", ("InversionNet",))
     try:
         return load_model("inversion", device=str(pick_device()))
-    except WeightsError:
+    except WeightsNotFound:
         raise AttackUnavailable("Not available yet: the learned inversion (weights/inversion) has not been trained; "
                                 "run python -m training.train_inversion.") from None
+    except WeightsError as exc:  # there but corrupt: its own message
+        raise AttackUnavailable(str(exc)) from None
 
 
 def inversion_report(sess: Session | None, progress: gr.Progress = gr.Progress()):

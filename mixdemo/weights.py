@@ -48,6 +48,10 @@ class WeightsError(RuntimeError):
     """Weights missing, corrupt or of the wrong kind; the message says what to do."""
 
 
+class WeightsNotFound(WeightsError):
+    """No weights of that name, neither in the local folder nor on the Hub (corrupt ones raise WeightsError)."""
+
+
 def weights_dir() -> Path:
     """Local weights folder (``$MIXDEMO_WEIGHTS_DIR`` when set and not empty, else the repo's ``weights/``)."""
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or REPO_ROOT / "weights")
@@ -194,7 +198,7 @@ def resolve_model_dir(name: str) -> Path:
     except Exception as exc:  # offline, missing repo, missing file: one clear message
         here = local_model_names()
         cause = type(exc).__name__ if reachable else "the Hub could not be reached, nor were they in its local cache"
-        raise WeightsError(
+        raise WeightsNotFound(
             f"No weights for '{name}': not in the local folder {local.parent} "
             f"({'which holds ' + ', '.join(here) if here else 'which holds no model folder'}) and not downloadable "
             f"from the Hugging Face Hub repo '{repo_id}' (set ${HUB_REPO_ENV} to another repo, or train them with "

@@ -1215,3 +1215,25 @@ def test_the_about_tab_plots_each_recorded_dice_at_its_k():
     name, fig = ui._result_fig("x", {"dice_vs_k": {"learned": [[1, 0.8], [2, 0.85], [10, 0.9]]}, "classes": ["GM"]})
     assert list(fig.data[0].x) == [1, 2, 10] and list(fig.data[0].y) == [0.8, 0.85, 0.9]
     assert fig.layout.yaxis.title.text == "mean Dice (GM)"
+
+
+def test_attack_networks_say_missing_and_corrupt_weights_apart(tmp_path, monkeypatch):
+    """The attack lab's networks: absent weights read 'not available yet: train them'; weights there but failing
+    their checksum read the checksum's message (not 'has not been trained')."""
+    from mixdemo import ui
+    from mixdemo.attacks.inversion import InversionNet
+    from mixdemo.weights import WEIGHTS_DIR_ENV, write_training_record
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ui.AttackUnavailable, match="has not been trained"):
+        ui._inversion_model()
+    InversionNet(features=(4, 4, 8, 8, 16, 4)).save_pretrained(tmp_path / "inversion")
+    write_training_record(tmp_path / "inversion", {}, "mixdemo.attacks.inversion.InversionNet")
+    assert isinstance(ui._inversion_model(), InversionNet)
+    path = tmp_path / "inversion" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ui.AttackUnavailable, match="checksum"):
+        ui._inversion_model()

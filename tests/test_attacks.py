@@ -8,6 +8,7 @@ pass for a strong defence. Tiny volumes (16³–32³) and tiny or analytic model
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -720,6 +721,40 @@ def test_evaluate_privacy_keeps_the_other_sections_of_an_existing_file(tmp_path:
     assert out.read_text() == '{"bss": {}}'
 
 
+def test_the_inversion_section_scores_a_stand_in_only_when_there_are_no_weights(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without weights/inversion the section's network is an untrained stand-in on the run's pooling with an empty
+    record ("trained": false); weights that fail their checksum stop the run instead of being scored as a stand-in
+    under their record's name (the same for every model the evaluation loads)."""
+    import torch
+
+    from mixdemo.attacks.inversion import InversionNet
+    from mixdemo.weights import WEIGHTS_DIR_ENV, WeightsError, write_training_record
+    from training.evaluate_privacy import load_inversion, load_models
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    net, record, sha = load_inversion(torch.device("cpu"), 4, 0, allow_hub=False)
+    assert (net.downsample, record) == (4, {}) and sha.startswith("untrained")
+    InversionNet(features=(4, 4, 8, 8, 16, 4), downsample=2).save_pretrained(tmp_path / "inversion")
+    write_training_record(tmp_path / "inversion", {"steps": 3}, "mixdemo.attacks.inversion.InversionNet")
+    net, record, sha = load_inversion(torch.device("cpu"), 4, 0, allow_hub=False)
+    assert net.downsample == 2 and record["steps"] == 3 and len(sha) == 64
+    for folder in ("inversion", "score"):
+        if folder == "score":
+            from mixdemo.attacks.score import ScoreNet
+
+            ScoreNet().save_pretrained(tmp_path / "score")
+            write_training_record(tmp_path / "score", {}, "mixdemo.attacks.score.ScoreNet")
+        data = bytearray((tmp_path / folder / "model.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (tmp_path / folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="checksum"):
+        load_inversion(torch.device("cpu"), 4, 0, allow_hub=False)
+    with pytest.raises(WeightsError, match="checksum"):
+        load_models(torch.device("cpu"), need_seg=False, allow_hub=False)
+
+
 def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
     """``--unmixing NAME``: the sections that unmix load that D and record its checksum under its name."""
     import torch
@@ -932,6 +967,46 @@ def test_the_inversion_server_never_trains_on_the_clients_bank_subjects(tmp_path
         train_inversion.main(["--data", str(small_cohort), "--steps", "1", "--bank-subjects", "1", "--out", str(tmp_path)])
 
 
+def test_a_server_with_a_public_cohort_trains_on_every_scan_of_it(tmp_path: Path, small_cohort: Path) -> None:
+    """``--server-data``: every scan of another cohort (both splits) joins the server's own, its subjects named by their
+    folder; the cohort of ``--data`` itself is refused (its bank subjects would be trained on)."""
+    from mixdemo.weights import read_training_record
+    from training import train_inversion
+
+    public = tmp_path / "public"
+    shutil.copytree(small_cohort, public)
+    common = ["--data", str(small_cohort), "--steps", "1", "--batch-size", "1", "--bank-subjects", "0", "--downsample", "4",
+              "--out", str(tmp_path), "--run-dir", str(tmp_path / "run")]
+    train_inversion.main([*common, "--server-data", str(public)])
+    record = read_training_record(tmp_path / "inversion")
+    assert record["server_scans"] == 4 + 8 and record["server_cohorts"] == [str(small_cohort), str(public)]
+    assert sum(s.startswith("public/") for s in record["server_subjects"]) == 4 and len(record["server_subjects"]) == 6
+    with pytest.raises(ValueError, match="is --data itself"):
+        train_inversion.main([*common, "--server-data", str(small_cohort)])
+
+
+def test_inversion_variants_trains_each_variant_and_scores_it_beside_the_shipped_network(tmp_path: Path,
+                                                                                        small_cohort: Path) -> None:
+    """``training.inversion_variants``: the shipped network's row, then each variant trained by train_inversion with
+    its own arguments (the public cohort's folder substituted; --steps overriding) and scored by the privacy section."""
+    from training import inversion_variants as iv
+
+    assert iv.variant_arguments("64³ patches, batch 2, 600 steps", 3) == ["--patch-size", "64", "--batch-size", "2",
+                                                                          "--steps", "3"]
+    assert iv.variant_arguments("+ a public cohort (24 more subjects)", None, tmp_path) == ["--server-data", str(tmp_path)]
+    public = tmp_path / "public"
+    shutil.copytree(small_cohort, public)
+    doc = iv.main(["--data", str(small_cohort), "--smoke", "--steps", "1", "--bank-subjects", "0", "--public-cohort",
+                   str(public), "--variants", "seed 1", "+ a public cohort (24 more subjects)", "--out", str(tmp_path / "v.json")])
+    assert json.loads((tmp_path / "v.json").read_text()) == doc
+    shipped, seed1, public_row = doc["rows"]
+    assert shipped["variant"] == iv.SHIPPED and shipped["train_command"].startswith("python -m training.train_inversion")
+    assert seed1["seed"] == 1 and seed1["steps"] == 1 and seed1["train_command"].endswith("--seed 1 --steps 1")
+    assert public_row["server_scans"] == seed1["server_scans"] + 8
+    for r in doc["rows"]:
+        assert 0 <= r["estimate_reid_map"] <= 1 and r["higher_in_draws"] <= r["n_draws"]
+
+
 def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_saw(monkeypatch: pytest.MonkeyPatch) -> None:
     """The section's references are the scans of the subjects the network's record names as the client's bank, and
     it says whether any of them was among the server's; targets and references are pooled as the network's training
@@ -946,21 +1021,20 @@ def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_sa
 
     record = {"client_bank_subjects": ["s1", "s3"], "server_subjects": ["s0", "s2"], "steps": 7, "server_scans": 4}
     monkeypatch.setattr(evaluate_privacy.inversion, "inversion_experiment", fake_experiment)
-    monkeypatch.setattr("mixdemo.weights.resolve_model_dir", lambda name: Path(name))
-    monkeypatch.setattr("mixdemo.weights.read_training_record", lambda folder: record)
     subjects = ["s3", "s1", "s1", "s0", "s2", "s0", "s3", "s2"]
     small = np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones((8, 2, 2, 2), np.float32)
     c = SimpleNamespace(train=[SimpleNamespace(subject=s) for s in subjects], train_small=small, test_small=small[:2],
                         identities=["t", "t"])
     net = evaluate_privacy.inversion.InversionNet(downsample=evaluate_privacy.SMOKE.downsample)
-    out = evaluate_privacy.run_inversion(net, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)
+    out = evaluate_privacy.run_inversion(net, record, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)
     assert sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]  # every scan of s1 and s3
     assert out["references_among_server_scans"] is False and out["trained"] and out["steps"] == 7
     record["server_subjects"] = ["s0", "s1"]
-    assert evaluate_privacy.run_inversion(net, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)["references_among_server_scans"]
+    assert evaluate_privacy.run_inversion(net, record, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)["references_among_server_scans"]
+    assert not evaluate_privacy.run_inversion(net, {}, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)["trained"]  # a stand-in's
     full = SimpleNamespace(**vars(c), test=[SimpleNamespace(image=np.full((4, 4, 4), 9.0))] * 2)
     full.train = [SimpleNamespace(subject=s, image=np.full((4, 4, 4), float(i))) for i, s in enumerate(subjects)]
-    out = evaluate_privacy.run_inversion(evaluate_privacy.inversion.InversionNet(downsample=2), full,
+    out = evaluate_privacy.run_inversion(evaluate_privacy.inversion.InversionNet(downsample=2), record, full,
                                          evaluate_privacy.SMOKE, (0.3, 0.5), 0)  # the network's own pooling, not the run's
     assert seen["references"].shape == (4, 2, 2, 2) and sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]
     assert out["downsample"] == 2

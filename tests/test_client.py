@@ -339,6 +339,26 @@ def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatc
         unmixing_model(name="not-a-d")
 
 
+def test_a_corrupt_default_d_is_said_not_replaced_by_the_naive_unmixing(tmp_path, monkeypatch):
+    """A missing default D falls back to Eq. 4 (None); the default D there but failing its checksum raises its
+    WeightsError instead of a silent fall-back."""
+    from mixdemo.client import unmixing_model
+    from mixdemo.models import UnmixingNet
+    from mixdemo.weights import DEFAULT_UNMIXING, UNMIXING_ENV, WEIGHTS_DIR_ENV, WeightsError, write_training_record
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(UNMIXING_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / DEFAULT_UNMIXING
+    UnmixingNet(patch=2).save_pretrained(folder)
+    write_training_record(folder, {"note": "test"}, "mixdemo.models.UnmixingNet")
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="checksum"):
+        unmixing_model()
+
+
 def test_unmixing_choices_lists_the_local_one_reference_ds_the_chosen_first(tmp_path, monkeypatch):
     """The app's D menu: each local one-reference D with where its blocks run, $MIXDEMO_UNMIXING's (or
     the default's) first; not an S, not a three-source D; the chosen name alone when none is local."""

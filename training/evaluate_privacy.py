@@ -124,8 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_names(need_seg: bool, unmixing: str | None = None, need_inversion: bool = False) -> dict[str, str]:
     """The weights folder each role loads: the score model, and with ``need_seg`` S, D (``unmixing``, default the
-    client's default D) and the two-reference pair, with ``need_inversion`` the learned inversion's network. The
-    record keeps it as ``models``."""
+    client's default D) and the two-reference pair, with ``need_inversion`` the learned inversion's network
+    (:func:`load_inversion`). The record keeps it as ``models``."""
     from mixdemo.weights import DEFAULT_UNMIXING
 
     names = {"score": "score", "segmentation": "segmentation", "unmixing": unmixing or DEFAULT_UNMIXING,
@@ -134,31 +134,55 @@ def model_names(need_seg: bool, unmixing: str | None = None, need_inversion: boo
     return {**names, "inversion": "inversion"} if need_inversion else names
 
 
+def _load_trained(name: str, device: torch.device, allow_hub: bool):
+    """(model, sha256 of its weights) of a weights folder; WeightsNotFound when it is nowhere (``allow_hub=False``:
+    not in the local folder), WeightsError when it is there but corrupt or unloadable (never scored as a stand-in)."""
+    from mixdemo.weights import WeightsNotFound, load_model, resolve_model_dir, sha256_file, weights_dir
+
+    if not allow_hub and not (weights_dir() / name / "model.safetensors").exists():
+        raise WeightsNotFound(f"no local {name} weights")
+    return load_model(name, device=str(device)), sha256_file(resolve_model_dir(name) / "model.safetensors")
+
+
+def _stand_in_sha(name: str) -> str:
+    return f"untrained ({name} weights missing)"
+
+
 def load_models(device: torch.device, need_seg: bool, allow_hub: bool = True,
-                unmixing: str | None = None, need_inversion: bool = False) -> tuple[dict, dict]:
+                unmixing: str | None = None) -> tuple[dict, dict]:
     """Trained models of :func:`model_names` when their folders exist, else untrained stand-ins (said in the
-    record): (role → model, weights folder → sha256).
+    record): (role → model, weights folder → sha256). Weights that exist but fail their checksum or do not load
+    stop the run (WeightsError): they are never replaced by a stand-in.
 
     ``allow_hub=False`` skips the Hub look-up when the local folder is missing (offline tests).
     """
-    from mixdemo.weights import WeightsError, load_model, resolve_model_dir, sha256_file, weights_dir
+    from mixdemo.weights import WeightsNotFound
 
     models, shas = {}, {}
     classes = {"score": ScoreNet, "segmentation": SegmentationNet, "unmixing": UnmixingNet,
-               TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2),
-               "inversion": inversion.InversionNet}
-    for role, name in model_names(need_seg, unmixing, need_inversion).items():
-        cls = classes[role]
+               TWO_REF_SEG: SegmentationNet, TWO_REF_UNMIX: lambda: UnmixingNet(n_references=2)}
+    for role, name in model_names(need_seg, unmixing).items():
         try:
-            if not allow_hub and not (weights_dir() / name / "model.safetensors").exists():
-                raise WeightsError(f"no local {name} weights")
-            models[role] = load_model(name, device=str(device))
-            shas[name] = sha256_file(resolve_model_dir(name) / "model.safetensors")
-        except WeightsError:
+            models[role], shas[name] = _load_trained(name, device, allow_hub)
+        except WeightsNotFound:
             torch.manual_seed(0)
-            models[role] = cls().to(device).eval()
-            shas[name] = f"untrained ({name} weights missing)"
+            models[role], shas[name] = classes[role]().to(device).eval(), _stand_in_sha(name)
     return models, shas
+
+
+def load_inversion(device: torch.device, downsample: int, seed: int,
+                   allow_hub: bool = True) -> tuple[inversion.InversionNet, dict, str]:
+    """The learned inversion's network (``python -m training.train_inversion``), its ``training.json`` and the sha256
+    of its weights; without them an untrained stand-in on this run's pooling, an empty record and a note saying so
+    (the section then says ``"trained": false``). Corrupt weights stop the run, as in :func:`load_models`."""
+    from mixdemo.weights import WeightsNotFound, read_training_record, resolve_model_dir
+
+    try:
+        net, sha = _load_trained("inversion", device, allow_hub)
+    except WeightsNotFound:
+        torch.manual_seed(seed)
+        return inversion.InversionNet(downsample=downsample).to(device).eval(), {}, _stand_in_sha("inversion")
+    return net, read_training_record(resolve_model_dir("inversion")), sha
 
 
 @dataclass
@@ -411,20 +435,13 @@ def run_known_bank(c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
                                             alpha_range=alpha_range, n_draws=cfg.reid_draws, seed=seed)
 
 
-def run_inversion(net: inversion.InversionNet, c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
+def run_inversion(net: inversion.InversionNet, record: dict, c: Cohort, cfg: Config, alpha_range, seed: int) -> dict:
     """The learned inversion (``python -m training.train_inversion``) on single proxies of every test scan, mixed with
-    references of the client's bank subjects, which its ``training.json`` says it never trained on (a stand-in without
-    that record: the first :data:`mixdemo.examples.N_REFERENCES` training subjects, as the training script leaves out)."""
+    references of the client's bank subjects, which its ``training.json`` (``record``, :func:`load_inversion`) says it
+    never trained on (a stand-in, whose record is empty: the first :data:`mixdemo.examples.N_REFERENCES` training
+    subjects, as the training script leaves out)."""
     from mixdemo.examples import N_REFERENCES
-    from mixdemo.weights import WeightsError, read_training_record, resolve_model_dir
 
-    try:
-        record = read_training_record(resolve_model_dir("inversion"))
-    except WeightsError:
-        record = {}
-    if not record:  # no trained network: an untrained stand-in on this run's pooling (the JSON says "trained": false)
-        torch.manual_seed(seed)
-        net = inversion.InversionNet(downsample=cfg.downsample)
     train_subjects = sorted({v.subject for v in c.train})
     client = record.get("client_bank_subjects") or train_subjects[:N_REFERENCES]
     server = set(record.get("server_subjects", []))
@@ -686,8 +703,10 @@ def main(argv: list[str] | None = None) -> dict:
     fig_dir = out_path.parent
     t0 = time.perf_counter()
     need_seg = bool({"leakage", "defences", "sweep"} & set(sections))
-    models, shas = load_models(device, need_seg, allow_hub=not args.smoke, unmixing=args.unmixing,
-                               need_inversion="inversion" in sections)
+    models, shas = load_models(device, need_seg, allow_hub=not args.smoke, unmixing=args.unmixing)
+    if "inversion" in sections:
+        inverter, inversion_record, shas["inversion"] = load_inversion(device, cfg.downsample, args.seed,
+                                                                       allow_hub=not args.smoke)
     score = models["score"]
     c = load_data(args.data, cfg)
     ar = tuple(args.alpha_range)
@@ -736,7 +755,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "known_bank" in sections:
         result["known_bank"] = step("known_bank", lambda: run_known_bank(c, cfg, ar, args.seed))
     if "inversion" in sections:
-        result["inversion"] = step("inversion", lambda: run_inversion(models["inversion"], c, cfg, ar, args.seed))
+        result["inversion"] = step("inversion", lambda: run_inversion(inverter, inversion_record, c, cfg, ar, args.seed))
     if "leakage" in sections:
         base_dice = step("leakage_dice", lambda: patch_dice(models, c, cfg, ar, args.seed))
         result["output_leakage"] = {"dice_vs_target": base_dice["output_leakage_dice"],

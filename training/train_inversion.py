@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="the client's α range")
     p.add_argument("--downsample", type=count(1), default=2, help="average pooling of the volumes")
+    p.add_argument("--server-data", type=Path, nargs="+", default=[], metavar="FOLDER",
+                   help="further cohorts the server holds, every scan its own (other people than --data's: e.g. "
+                        "python -m mixdemo.phantoms --out data/phantoms-seed3 --seed 3)")
     p.add_argument("--bank-subjects", type=count(0), default=N_REFERENCES,
                    help="the first N training subjects are the client's bank, never trained on")
     p.add_argument("--seed", type=count(0), default=0)
@@ -54,13 +58,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def server_scans(data: Path, bank_subjects: int, factor: int) -> tuple[np.ndarray, list[str], list[str]]:
-    """The server's own scans (pooled ``factor``×), their subjects, and the client's bank subjects it never sees."""
+def server_scans(data: Path, bank_subjects: int, factor: int,
+                 server_data: Sequence[Path] = ()) -> tuple[np.ndarray, list[str], list[str]]:
+    """The server's own scans (pooled ``factor``×), their subjects, and the client's bank subjects it never sees: the
+    training subjects of ``data`` outside the bank, then every scan of each cohort of ``server_data`` (both splits),
+    whose subjects are named ``<folder>/<subject>`` (other people: a phantom cohort of another seed)."""
     cohort = load_cohort(ensure_default_cohort(data))
     client, own = split_subjects(sorted(cohort.train_subjects), bank_subjects)
-    records = [r for r in cohort.split("train") if r.subject in set(own)]
-    volumes = load_volumes(records)
-    return downsample(np.stack([v.image for v in volumes]), factor), [v.subject for v in volumes], client
+    volumes = load_volumes([r for r in cohort.split("train") if r.subject in set(own)])
+    subjects = [v.subject for v in volumes]
+    for folder in server_data:
+        if Path(folder).resolve() == Path(data).resolve():
+            raise ValueError(f"--server-data {folder} is --data itself, whose bank subjects the server must never see.")
+        other = load_cohort(folder)
+        extra = load_volumes(other.split("train") + other.split("test"))
+        volumes += extra
+        subjects += [f"{Path(folder).name}/{v.subject}" for v in extra]
+    return downsample(np.stack([v.image for v in volumes]), factor), subjects, client
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     run_dir = args.run_dir or Path("runs") / args.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    scans, subjects, client = server_scans(args.data, args.bank_subjects, args.downsample)
+    scans, subjects, client = server_scans(args.data, args.bank_subjects, args.downsample, args.server_data)
     print(f"server's scans: {len(scans)} of {len(set(subjects))} subjects, pooled to {scans.shape[1:]}; "
           f"the client's {len(client)} bank subjects left out", flush=True)
     t0 = time.perf_counter()
@@ -101,6 +115,7 @@ def export(net: InversionNet, args: argparse.Namespace, subjects: list[str], cli
         "lr": args.lr, "seed": args.seed, "alpha_range": list(args.alpha_range), "downsample": args.downsample,
         "features": list(FEATURES), "parameters": count_parameters(net), "device": str(device),
         "server_subjects": sorted(set(subjects)), "server_scans": len(subjects), "client_bank_subjects": client,
+        "server_cohorts": [str(args.data), *map(str, args.server_data)],
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
@@ -120,7 +135,8 @@ def export(net: InversionNet, args: argparse.Namespace, subjects: list[str], cli
             "Training": f"L1 to the target; Adam lr {args.lr} with cosine decay, batch {args.batch_size} of "
                         f"{args.patch_size}³ patches centred on target brain, {args.steps} steps, α ~ "
                         f"U({args.alpha_range[0]}, {args.alpha_range[1]}), the reference another subject's scan. Data: "
-                        f"{len(subjects)} scans of {len(set(subjects))} phantom training subjects, not the client's "
+                        f"{len(subjects)} scans of {len(set(subjects))} phantom subjects (training subjects of "
+                        f"{args.data}{''.join(f', every subject of {f}' for f in args.server_data)}), not the client's "
                         f"{len(client)} bank subjects. MNI152-derived phantoms, not patients.",
             "Use": "`from mixdemo.weights import load_model; net = load_model('inversion')`, then "
                    "`mixdemo.attacks.inversion.invert_full_resolution(net, proxy)`; its evaluation is the "
