@@ -622,7 +622,17 @@ def load_models(use_trained: bool) -> tuple[torch.nn.Module, torch.nn.Module, to
             return load_model("segmentation"), load_model(DEFAULT_UNMIXING), load_model("baseline")
         except Exception as exc:  # noqa: BLE001 - fall back to same-shape untrained models
             print(f"trained weights unavailable ({type(exc).__name__}); timing untrained models of the same shape")
-    return untrained_s(), UnmixingNet().eval().use_channels_last(), untrained_s()
+    return untrained_s(), untrained_d(), untrained_s()
+
+
+UNTRAINED_D_DESIGN = {"patch": 2}
+"""The default D's design (``weights/<DEFAULT_UNMIXING>/config.json``: its blocks on 2³ patches, the rest
+:class:`UnmixingNet`'s defaults), for the untrained D that stands in for it (a test checks they agree)."""
+
+
+def untrained_d() -> UnmixingNet:
+    """An untrained D of the default D's design, channels-last, in float32 (:func:`d_in_each_precision` casts a copy)."""
+    return UnmixingNet(**UNTRAINED_D_DESIGN).eval().use_channels_last()
 
 
 def untrained_s(fast: bool = True) -> SegmentationNet:

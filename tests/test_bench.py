@@ -616,3 +616,18 @@ def test_the_private_probe_child_serves_each_request_with_its_first_k_references
     assert served == [everything, first, everything, first, first]
     assert (row["seconds"], row["k1_seconds"], row["k10_runs"], row["k1_runs"]) == (40.0, 2.0, [30.0, 50.0],
                                                                                   [3.0, 1.0, 2.0])
+
+
+def test_the_untrained_d_has_the_default_ds_design():
+    """Without weights (``--untrained``, or none found) the benchmark times an untrained D of the default D's design
+    (its config.json), not another design's: the same parameter shapes."""
+    from pathlib import Path
+
+    from mixdemo.bench import untrained_d
+    from mixdemo.models import UnmixingNet
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    config = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_UNMIXING / "config.json"
+    default = UnmixingNet(**json.loads(config.read_text()))
+    shapes = {k: v.shape for k, v in default.state_dict().items()}
+    assert {k: v.shape for k, v in untrained_d().state_dict().items()} == shapes
