@@ -518,21 +518,25 @@ def run_separation(sess: Session | None, steps: float, known_alpha: bool, reques
         _CANCEL.pop(getattr(request, "session_hash", None) or "default", None)
 
 
-def _score_model():
-    """The attack's score prior from ``weights/score``, on the GPU when present (AttackUnavailable when absent)."""
+def _attack_network(name: str, module: str, cls: str, what: str, train_module: str):
+    """An attack's network from ``weights/<name>``, on the GPU when present: AttackUnavailable saying how to train it
+    when absent, with the weights' own message when they are there but corrupt."""
     from mixdemo.models import pick_device
     from mixdemo.weights import WeightsError, WeightsNotFound, load_model
 
-    _attack("score", ("ScoreNet",))
+    _attack(module, (cls,))
     try:
-        return load_model("score", device=str(pick_device()))
+        return load_model(name, device=str(pick_device()))
     except WeightsNotFound:
-        raise AttackUnavailable(
-            "Not available yet: the score prior (weights/score) has not been trained; "
-            "run python -m training.train_score."
-        ) from None
-    except WeightsError as exc:  # there but corrupt: its own message
+        raise AttackUnavailable(f"Not available yet: {what} (weights/{name}) has not been trained; "
+                                f"run python -m {train_module}.") from None
+    except WeightsError as exc:
         raise AttackUnavailable(str(exc)) from None
+
+
+def _score_model():
+    """The attack's score prior from ``weights/score`` (:func:`_attack_network`)."""
+    return _attack_network("score", "score", "ScoreNet", "the score prior", "training.train_score")
 
 
 @functools.lru_cache(maxsize=1)
@@ -663,18 +667,8 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
 
 
 def _inversion_model():
-    """The learned inversion's network from ``weights/inversion``, on the GPU when present (AttackUnavailable when absent)."""
-    from mixdemo.models import pick_device
-    from mixdemo.weights import WeightsError, WeightsNotFound, load_model
-
-    _attack("inversion", ("InversionNet",))
-    try:
-        return load_model("inversion", device=str(pick_device()))
-    except WeightsNotFound:
-        raise AttackUnavailable("Not available yet: the learned inversion (weights/inversion) has not been trained; "
-                                "run python -m training.train_inversion.") from None
-    except WeightsError as exc:  # there but corrupt: its own message
-        raise AttackUnavailable(str(exc)) from None
+    """The learned inversion's network from ``weights/inversion`` (:func:`_attack_network`)."""
+    return _attack_network("inversion", "inversion", "InversionNet", "the learned inversion", "training.train_inversion")
 
 
 def inversion_report(sess: Session | None, progress: gr.Progress = gr.Progress()):

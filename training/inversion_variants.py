@@ -2,7 +2,7 @@
 
 ::
 
-    python -m training.inversion_variants --threads 2     # ~45 min on 2 cores → results/inversion_variants.json
+    python -m training.inversion_variants --threads 2     # ~50 min on 2 cores → results/inversion_variants.json
 
 How much of the shipped network's score (``results/privacy.json``'s ``inversion`` section, ``weights/inversion``) is
 its recipe and how much its draw: the shipped network itself (not retrained: its section's figures again), the same
