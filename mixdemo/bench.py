@@ -268,6 +268,39 @@ def unmix_net_study(nets: dict[str, torch.nn.Module], key: MixKey, mixed: torch.
     return rows
 
 
+D_WIDTHS = ((16, 32), (8, 16))
+"""The widths of the two resolution levels of the untrained Ds of :func:`width_study`: the default D's, then half."""
+
+
+def width_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor, target: np.ndarray, ref: Reference,
+                reps: int) -> list[dict]:
+    """Untrained Ds of the default D's design (:data:`UNTRAINED_D_DESIGN`) and precision at each of
+    :data:`D_WIDTHS`, on the whole volume as the client runs them (the shared mix of :func:`d_study_input`):
+    widths, parameters, GFLOP on the volume and median seconds. Whether a D of fewer FLOPs would take less
+    time: its Dice is not measured (untrained weights; training one is hours)."""
+    from mixdemo.models import count_parameters
+
+    if not isinstance(unmix, UnmixingNet):
+        return []
+    brain, voxels = target > 0, int(np.prod(target.shape))
+    rows = []
+    for features in D_WIDTHS:
+        net = UnmixingNet(**UNTRAINED_D_DESIGN, features=features).eval().use_channels_last()
+        if unmix.compute_dtype == torch.bfloat16:
+            net.use_bfloat16()
+
+        def run_d() -> torch.Tensor:
+            ref_oh = reference_onehots([ref], torch.uint8, num_classes=mixed.shape[1])
+            return unmix_learned(net, mixed, ref_oh, key.alphas, brain_mask=brain)
+
+        run_d()  # warm-up
+        rows.append({"features": list(features), "parameters": count_parameters(net),
+                     "precision": str(net.compute_dtype).removeprefix("torch."),
+                     "gflop": round(d_flops_per_voxel(net) * voxels / 1e9, 1),
+                     "seconds": round(median_seconds(run_d, reps), 3)})
+    return rows
+
+
 def d_in_each_precision(unmix: torch.nn.Module, untrained: bool) -> dict[str, torch.nn.Module]:
     """The client's D in float32 and in bfloat16 (:meth:`UnmixingNet.use_bfloat16`): ``unmix`` itself for its own
     precision (``$MIXDEMO_UNMIXING_PRECISION``), the same weights loaded again for the other (a copy of the
@@ -706,6 +739,7 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     d_precision_rows = unmix_net_study(d_precisions, d_key, d_mixed, target, target_labels, refs[0], reps)
+    d_width_rows = [] if args.quick else width_study(unmix, d_key, d_mixed, target, refs[0], reps)
     del d_mixed
     precision_rows = precision_study(unmix, key1, target, target_labels, refs, reps, args.untrained)
     budget_study = [s_budget_probe(target, target_labels, threads, probe)
@@ -793,6 +827,11 @@ def run(args: argparse.Namespace) -> dict:
                                 "S, K = 1, α = 0.5: D's seconds and brain-masked Dice on the D levers' mix, and the "
                                 "private K = 1 run's seconds (interleaved with the headline's), privacy tax and client "
                                 "share with it; measured where the CPU has native bfloat16",
+            **({"d_widths": d_width_rows,
+                "d_widths_note": "untrained Ds of the default D's design and precision at two widths of its two "
+                                 "levels (the default's, then half): GFLOP on the volume and median seconds on the D "
+                                 "levers' mix (K = 1, α = 0.5), as the client runs them; no Dice (untrained)"}
+               if d_width_rows else {}),
             "private_k10_memory": memory_study,
             "private_k10_memory_note": "a fresh process serves private requests on the whole target (mix, S, D with "
                                        "Eq. 6 as a running sum, labels) with K = "

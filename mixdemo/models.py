@@ -503,24 +503,40 @@ class UnmixingNet(nn.Module, QuietHubMixin, library_name="mixdemo", tags=HUB_TAG
                                cond: torch.Tensor) -> torch.Tensor:
         """Inference for ``patch`` > 1, the same function as the convolutions of :meth:`forward` with
         less memory traffic at full resolution: the inputs are copied once into a channels-last
-        buffer (no concatenation, no layout copy), the per-voxel skip and the transposed output
-        convolution are matrix products, and the logits come back channels-last (as a
-        (B, C, X, Y, Z) view), the skip added in place."""
+        buffer (no concatenation, no layout copy), the per-voxel skip (:meth:`_voxel_skip_logits`) and the
+        transposed output convolution are matrix products, and the logits come back channels-last (as a
+        (B, C, X, Y, Z) view), the patches' logits added in place."""
         p, c = self.patch, self.num_classes
         b, _, *sides = mixed_prob.shape
         grid = [n // p for n in sides]
         voxels = self._channels_last_input(mixed_prob, reference_onehot)
-        logits = nn.functional.linear(voxels, self.voxel_skip.weight.reshape(c, -1), self.voxel_skip.bias)
-        logits.mul_(self.voxel_gain(cond).view(b, 1, 1, 1, c))  # the α-gated per-voxel skip, (B, X, Y, Z, C)
-        h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond)
+        logits, skip_bias = self._voxel_skip_logits(voxels, cond)  # (B, X, Y, Z, C), its bias added below
+        h = self._blocks(self.stem(voxels.permute(0, 4, 1, 2, 3)), cond).permute(0, 2, 3, 4, 1)
         del voxels
         per_patch = p**3  # the transposed convolution: each patch's features → its voxels' logits
         out_w = self.out.weight.permute(0, 2, 3, 4, 1).reshape(self.out.in_channels, per_patch * c)
-        patch_logits = nn.functional.linear(h.permute(0, 2, 3, 4, 1), out_w.t(), self.out.bias.repeat(per_patch))
-        del h
-        as_voxels = patch_logits.view(b, *grid, p, p, p, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
-        logits.view(b, grid[0], p, grid[1], p, grid[2], p, c).add_(as_voxels)
+        for i in range(b):
+            bias = (self.out.bias + skip_bias[i]).repeat(per_patch)  # each voxel gets one patch's logits: both biases
+            patch_logits = torch.addmm(bias, h[i].reshape(-1, h.shape[-1]), out_w)
+            as_voxels = patch_logits.view(*grid, p, p, p, c).permute(0, 3, 1, 4, 2, 5, 6)
+            logits[i].view(grid[0], p, grid[1], p, grid[2], p, c).add_(as_voxels)
         return logits.permute(0, 4, 1, 2, 3)
+
+    def _voxel_skip_logits(self, voxels: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The α-gated per-voxel skip of a (B, X, Y, Z, channels) input without its bias: (B, X, Y, Z, C) logits and
+        the (B, C) bias owed to them. The gain of α is folded into the weights, and each sample is one matrix product
+        that takes four consecutive voxels per row against a block-diagonal weight (the same sums; a wider product,
+        faster than one voxel per row)."""
+        b, c = voxels.shape[0], self.num_classes
+        gains = self.voxel_gain(cond)  # (B, C)
+        per_sample = voxels[0].numel() // voxels.shape[-1]
+        group = 4 if per_sample % 4 == 0 else 1
+        logits = torch.empty(*voxels.shape[:-1], c, dtype=voxels.dtype, device=voxels.device)
+        for i in range(b):
+            weight = self.voxel_skip.weight.reshape(c, -1).t() * gains[i]  # (channels, C)
+            torch.mm(voxels[i].reshape(-1, group * voxels.shape[-1]), torch.block_diag(*[weight] * group),
+                     out=logits[i].view(-1, group * c))
+        return logits, self.voxel_skip.bias * gains
 
     def _channels_last_input(self, mixed_prob: torch.Tensor, reference_onehot: torch.Tensor) -> torch.Tensor:
         """D's input channels copied once into a (B, X, Y, Z, channels) buffer (no concatenation, no layout copy)."""

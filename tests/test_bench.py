@@ -402,6 +402,8 @@ def _stand_in_run(monkeypatch, tmp_path, s_dtype, huge_pages: bool = True, shape
         "d_study_input": lambda seg, target, ref: (None, None), "unmix_window_study": lambda *a: [],
         "unmix_net_study": lambda nets, *a: [{"model": n, "seconds": 1.0, "dice_avg": 0.9} for n in nets],
         "precision_study": lambda *a: [], "s_probe_settings": lambda quick, default: [],
+        "width_study": lambda *a: [{"features": [16, 32], "parameters": 107564, "precision": "bfloat16",
+                                    "gflop": 62.0, "seconds": 0.3}],
         "flops_per_voxel": lambda model: 1.2e9,  # 1200 GFLOP on the volume
         "d_flops_per_voxel": lambda d: 0.06e9 if d is default_d else 0.012e9,
         "conv_peak_gflops": lambda dtype=torch.float32: 500.0 if dtype == torch.bfloat16 else 250.0,
@@ -453,6 +455,25 @@ def test_run_derives_the_headline_figures_from_the_measurements(tmp_path, monkey
                   for r in doc["levers"]["d_precision"]]
     assert precisions == [{"precision": "float32", "private_k1_s": 18.0, "privacy_tax": 1.5, "client_share": 0.2},
                           {"precision": "bfloat16", "private_k1_s": 15.0, "privacy_tax": 1.25, "client_share": 0.077}]
+    assert doc["levers"]["d_widths"][0]["features"] == [16, 32] and "d_widths_note" in doc["levers"]
+
+
+def test_report_gives_each_untrained_width_of_d_a_lever_row():
+    """The README's benchmark table has a row per width of ``levers.d_widths`` (none in runs before the lever)."""
+    from pathlib import Path
+
+    from training.report import bench_md
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench.json").read_text())
+    doc["levers"].pop("d_widths", None)
+    assert "untrained D" not in bench_md(doc)
+    doc["levers"]["d_widths"] = [{"features": [16, 32], "parameters": 107564, "precision": "bfloat16", "gflop": 61.8,
+                                  "seconds": 0.3}, {"features": [8, 16], "parameters": 30000, "precision": "bfloat16",
+                                                    "gflop": 16.0, "seconds": 0.28}]
+    text = bench_md(doc)
+    assert "| lever: an untrained D of the default's design, widths (16, 32), 108 k parameters, blocks in bfloat16, " \
+           "K = 1 | 0.30 s for 62 GFLOP |" in text
+    assert "widths (8, 16), 30 k parameters" in text and "0.28 s for 16 GFLOP" in text
 
 
 def test_run_times_patch_mode_on_a_central_cube_of_at_most_32_per_side(tmp_path, monkeypatch):
@@ -631,3 +652,32 @@ def test_the_untrained_d_has_the_default_ds_design():
     default = UnmixingNet(**json.loads(config.read_text()))
     shapes = {k: v.shape for k, v in default.state_dict().items()}
     assert {k: v.shape for k, v in untrained_d().state_dict().items()} == shapes
+
+
+def test_the_width_lever_times_untrained_ds_of_the_default_design_first_at_its_own_widths():
+    """``levers.d_widths``: an untrained D of the default's design at the default's widths, then at half of them, each
+    with fewer parameters and FLOPs than the last, in the given D's precision, timed on the client's path."""
+    from pathlib import Path
+
+    import numpy as np
+
+    import torch
+
+    from mixdemo.bench import D_WIDTHS, UNTRAINED_D_DESIGN, width_study
+    from mixdemo.mixing import MixKey
+    from mixdemo.models import UnmixingNet
+    from mixdemo.pipeline import Reference
+    from mixdemo.weights import DEFAULT_UNMIXING
+
+    config = json.loads((Path(__file__).resolve().parent.parent / "weights" / DEFAULT_UNMIXING / "config.json").read_text())
+    assert list(D_WIDTHS[0]) == config["features"] and UNTRAINED_D_DESIGN["patch"] == config["patch"]
+    rng = np.random.default_rng(0)
+    target = np.zeros((8, 8, 12), np.float32)
+    target[2:6, 2:6, 2:10] = 1.0
+    ref = Reference("r", rng.random((8, 8, 12), dtype=np.float32), rng.integers(0, 4, (8, 8, 12)).astype(np.uint8))
+    mixed = torch.softmax(torch.randn(1, 4, 8, 8, 12), 1)
+    rows = width_study(UnmixingNet(patch=2).eval(), MixKey(("r",), (0.5,)), mixed, target, ref, reps=1)
+    assert [tuple(r["features"]) for r in rows] == list(D_WIDTHS)
+    assert rows[0]["parameters"] > rows[1]["parameters"] and rows[0]["gflop"] >= rows[1]["gflop"]
+    assert all(r["precision"] == "float32" and r["seconds"] > 0 for r in rows)
+    assert width_study(torch.nn.Identity(), MixKey(("r",), (0.5,)), mixed, target, ref, reps=1) == []

@@ -510,6 +510,10 @@ def bench_md(doc: dict) -> str:
         rows.append((f"lever ({state}): D's blocks in {what}, K = 1",
                      f"D {row['seconds']:.2f} s, Dice {row['dice_avg']:.3f}; private {row['private_k1_s']:.1f} s "
                      f"(privacy tax {row['privacy_tax']:.2f}, client share {row['client_share']:.2f})", ""))
+    for row in levers.get("d_widths") or []:
+        rows.append((f"lever: an untrained D of the default's design, widths {tuple(row['features'])}, "
+                     f"{row['parameters'] / 1e3:.0f} k parameters, blocks in {row['precision']}, K = 1",
+                     f"{row['seconds']:.2f} s for {row['gflop']:.0f} GFLOP", ""))
     for row in [r for r in levers.get("unmix_windows") or [] if isinstance(r, dict)]:  # older runs: counts only
         if row["roi"] == "whole volume":
             what, state = "D on the whole volume", "on"
