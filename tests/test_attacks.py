@@ -997,7 +997,7 @@ def test_inversion_variants_trains_each_variant_and_scores_it_beside_the_shipped
     public = tmp_path / "public"
     shutil.copytree(small_cohort, public)
     doc = iv.main(["--data", str(small_cohort), "--smoke", "--steps", "1", "--bank-subjects", "0", "--public-cohort",
-                   str(public), "--variants", "seed 1", "+ a public cohort (24 more subjects)", "--out", str(tmp_path / "v.json")])
+                   str(public), "--variants", "seed1", "+ a public cohort (24 more subjects)", "--out", str(tmp_path / "v.json")])
     assert json.loads((tmp_path / "v.json").read_text()) == doc
     shipped, seed1, public_row = doc["rows"]
     assert shipped["variant"] == iv.SHIPPED and shipped["train_command"].startswith("python -m training.train_inversion")
@@ -1005,6 +1005,20 @@ def test_inversion_variants_trains_each_variant_and_scores_it_beside_the_shipped
     assert public_row["server_scans"] == seed1["server_scans"] + 8
     for r in doc["rows"]:
         assert 0 <= r["estimate_reid_map"] <= 1 and r["higher_in_draws"] <= r["n_draws"]
+
+
+def test_inversion_variants_are_named_by_short_keys_or_their_labels_and_an_unknown_name_lists_them(capsys) -> None:
+    """``--variants seed1 patch64`` picks the variants labelled "seed 1" and "64³ patches, …" (the labels, the JSON's
+    row names, work too); a name that is neither stops with the keys and labels to choose from."""
+    from training import inversion_variants as iv
+
+    args = iv.parse_args(["--variants", "seed1", "PATCH64", "+ a public cohort (24 more subjects)"])
+    assert args.variants == ["seed 1", "64³ patches, batch 2, 600 steps", "+ a public cohort (24 more subjects)"]
+    assert iv.parse_args([]).variants == list(iv.VARIANTS)
+    with pytest.raises(SystemExit):
+        iv.parse_args(["--variants", "seed3"])
+    err = capsys.readouterr().err
+    assert "no variant 'seed3'" in err and "seed1, seed2, patch64, public" in err and "'seed 1'" in err
 
 
 def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_saw(monkeypatch: pytest.MonkeyPatch) -> None:

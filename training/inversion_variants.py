@@ -46,14 +46,28 @@ VARIANTS: dict[str, list[str]] = {
 """Each variant's arguments to ``python -m training.train_inversion`` beyond the shipped recipe's (its defaults); the
 public cohort's folder is ``--public-cohort``'s."""
 
+VARIANT_KEYS = {"seed1": "seed 1", "seed2": "seed 2", "patch64": "64³ patches, batch 2, 600 steps",
+                "public": "+ a public cohort (24 more subjects)"}
+"""A short name for each variant, for ``--variants`` (its label, the row's name in the JSON, is accepted too)."""
+
 SHIPPED = "shipped (weights/inversion, seed 0)"
+
+
+def variant_label(name: str) -> str:
+    """The label of the variant ``name`` (a key of :data:`VARIANT_KEYS` or a label itself), for argparse."""
+    label = VARIANT_KEYS.get(name.strip().lower(), name)
+    if label not in VARIANTS:
+        raise argparse.ArgumentTypeError(f"no variant {name!r}; choose among {', '.join(VARIANT_KEYS)} "
+                                         "(or their labels: " + "; ".join(map(repr, VARIANTS)) + ")")
+    return label
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
-                   help=f"which variants to train (default all: {', '.join(map(repr, VARIANTS))})")
+    p.add_argument("--variants", nargs="+", type=variant_label, default=list(VARIANTS), metavar="NAME",
+                   help="which variants to train (default all): "
+                        + "; ".join(f"{key} ({label})" for key, label in VARIANT_KEYS.items()))
     p.add_argument("--steps", type=count(1), default=None, help="override every variant's steps (smoke runs)")
     p.add_argument("--public-cohort", type=Path, default=PUBLIC_COHORT,
                    help=f"the server's public cohort (generated there if absent, seed {PUBLIC_COHORT_SEED})")
