@@ -272,33 +272,24 @@ D_WIDTHS = ((16, 32), (8, 16))
 """The widths of the two resolution levels of the untrained Ds of :func:`width_study`: the default D's, then half."""
 
 
-def width_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor, target: np.ndarray, ref: Reference,
-                reps: int) -> list[dict]:
+def width_study(unmix: torch.nn.Module, key: MixKey, mixed: torch.Tensor, target: np.ndarray, truth: np.ndarray,
+                ref: Reference, reps: int) -> list[dict]:
     """Untrained Ds of the default D's design (:data:`UNTRAINED_D_DESIGN`) and precision at each of
-    :data:`D_WIDTHS`, on the whole volume as the client runs them (the shared mix of :func:`d_study_input`):
-    widths, parameters, GFLOP on the volume and median seconds. Whether a D of fewer FLOPs would take less
-    time: its Dice is not measured (untrained weights; training one is hours)."""
-    from mixdemo.models import count_parameters
-
+    :data:`D_WIDTHS`, timed by :func:`unmix_net_study` on its mix: widths, parameters, precision, GFLOP on the
+    volume and median seconds. Whether a D of fewer FLOPs would take less time; no Dice (untrained weights;
+    training one is hours)."""
     if not isinstance(unmix, UnmixingNet):
         return []
-    brain, voxels = target > 0, int(np.prod(target.shape))
-    rows = []
+    nets = {}
     for features in D_WIDTHS:
         net = UnmixingNet(**UNTRAINED_D_DESIGN, features=features).eval().use_channels_last()
-        if unmix.compute_dtype == torch.bfloat16:
-            net.use_bfloat16()
-
-        def run_d() -> torch.Tensor:
-            ref_oh = reference_onehots([ref], torch.uint8, num_classes=mixed.shape[1])
-            return unmix_learned(net, mixed, ref_oh, key.alphas, brain_mask=brain)
-
-        run_d()  # warm-up
-        rows.append({"features": list(features), "parameters": count_parameters(net),
-                     "precision": str(net.compute_dtype).removeprefix("torch."),
-                     "gflop": round(d_flops_per_voxel(net) * voxels / 1e9, 1),
-                     "seconds": round(median_seconds(run_d, reps), 3)})
-    return rows
+        nets[features] = net.use_bfloat16() if unmix.compute_dtype == torch.bfloat16 else net
+    voxels = int(np.prod(target.shape))
+    timed = unmix_net_study(nets, key, mixed, target, truth, ref, reps)
+    return [{"features": list(features), "parameters": row["parameters"],
+             "precision": str(net.compute_dtype).removeprefix("torch."),
+             "gflop": round(d_flops_per_voxel(net) * voxels / 1e9, 1), "seconds": row["seconds"]}
+            for (features, net), row in zip(nets.items(), timed)]
 
 
 def d_in_each_precision(unmix: torch.nn.Module, untrained: bool) -> dict[str, torch.nn.Module]:
@@ -739,7 +730,7 @@ def run(args: argparse.Namespace) -> dict:
     window_study = unmix_window_study(unmix, d_key, d_mixed, target, target_labels, refs[0])
     d_study = unmix_net_study(d_nets, d_key, d_mixed, target, target_labels, refs[0], reps)
     d_precision_rows = unmix_net_study(d_precisions, d_key, d_mixed, target, target_labels, refs[0], reps)
-    d_width_rows = [] if args.quick else width_study(unmix, d_key, d_mixed, target, refs[0], reps)
+    d_width_rows = [] if args.quick else width_study(unmix, d_key, d_mixed, target, target_labels, refs[0], reps)
     del d_mixed
     precision_rows = precision_study(unmix, key1, target, target_labels, refs, reps, args.untrained)
     budget_study = [s_budget_probe(target, target_labels, threads, probe)

@@ -676,8 +676,8 @@ def test_the_width_lever_times_untrained_ds_of_the_default_design_first_at_its_o
     target[2:6, 2:6, 2:10] = 1.0
     ref = Reference("r", rng.random((8, 8, 12), dtype=np.float32), rng.integers(0, 4, (8, 8, 12)).astype(np.uint8))
     mixed = torch.softmax(torch.randn(1, 4, 8, 8, 12), 1)
-    rows = width_study(UnmixingNet(patch=2).eval(), MixKey(("r",), (0.5,)), mixed, target, ref, reps=1)
+    rows = width_study(UnmixingNet(patch=2).eval(), MixKey(("r",), (0.5,)), mixed, target, ref.labels, ref, reps=1)
     assert [tuple(r["features"]) for r in rows] == list(D_WIDTHS)
     assert rows[0]["parameters"] > rows[1]["parameters"] and rows[0]["gflop"] >= rows[1]["gflop"]
     assert all(r["precision"] == "float32" and r["seconds"] > 0 for r in rows)
-    assert width_study(torch.nn.Identity(), MixKey(("r",), (0.5,)), mixed, target, ref, reps=1) == []
+    assert width_study(torch.nn.Identity(), MixKey(("r",), (0.5,)), mixed, target, ref.labels, ref, reps=1) == []
