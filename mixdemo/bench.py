@@ -42,7 +42,7 @@ from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed
 from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
-from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_tta
+from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_labels
 from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16, s_precision, unmixing_precision
 
 
@@ -336,7 +336,7 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
         def private_labels() -> np.ndarray:
             mixed = segment_proxies(seg, make_proxies(target, refs[: key.k], key))
             ref_oh = reference_onehots(refs[: key.k], torch.uint8, num_classes=mixed.shape[1])
-            return hard_labels(unmix_learned_tta(unmix, mixed, ref_oh, key.alphas, brain_mask=brain)).numpy()
+            return unmix_learned_labels(unmix, mixed, ref_oh, key.alphas, brain_mask=brain).numpy()
 
         base_times, runs = interleaved_runs(baseline_labels, lambda _: private_seconds(seg, unmix, key, target, refs),
                                             ["private"], reps)
@@ -503,7 +503,8 @@ def _probe_s(path: Path, fused: bool) -> dict:
 def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, target: np.ndarray,
                     references: list[Reference]) -> tuple[float, float]:
     """(total seconds, client seconds) of one private segmentation: mix (Eq. 2/5), S, D with Eq. 6 as a
-    running sum, labels; the client keeps only what it needs (the proxies go once sent)."""
+    running sum, labels (:func:`mixdemo.pipeline.unmix_learned_labels`: at K = 1 the arg-max of D's logits); the
+    client keeps only what it needs (the proxies go once sent)."""
     t0 = time.perf_counter()
     proxies = make_proxies(target, references[: key.k], key)
     t_mix = time.perf_counter() - t0
@@ -511,7 +512,7 @@ def private_seconds(seg: torch.nn.Module, unmix: torch.nn.Module, key: MixKey, t
     del proxies  # sent: the client no longer needs them
     t1 = time.perf_counter()
     ref_oh = reference_onehots(references[: key.k], torch.uint8, num_classes=mixed.shape[1])
-    hard_labels(unmix_learned_tta(unmix, mixed, ref_oh, key.alphas, brain_mask=target > 0))
+    unmix_learned_labels(unmix, mixed, ref_oh, key.alphas, brain_mask=target > 0)
     t_unmix = time.perf_counter() - t1
     return time.perf_counter() - t0, t_mix + t_unmix
 

@@ -33,6 +33,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+INTERRUPTED = "interrupted: no further request is sent, and a segmentation not yet written is not written."
+"""What Ctrl-C prints (exit status 130), while the imports load or later."""
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (seconds on 2 cores): the same one line
+    import signal
+
+    signal.signal(signal.SIGINT, lambda signum, frame: (print(f"\n{INTERRUPTED}", file=sys.stderr), sys.exit(130)))
+
 import numpy as np
 import torch
 
@@ -395,6 +403,21 @@ def pairing_warning(d_name: str, server_s_sha256: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------ remote server
+def http_status(url: str, timeout_s: float = 10.0) -> int | None:
+    """The HTTP status with which ``url`` (an ``http(s)://`` address) answers a plain GET, or None where nothing
+    answers (no such host or port, a time-out) or ``url`` is a Space id: tells an address that is down from one that
+    serves something else. Sends no token, and the user agent names only this client."""
+    import httpx
+
+    if not url.startswith(("http://", "https://")):
+        return None
+    try:
+        return httpx.get(url, timeout=min(timeout_s, 10.0), follow_redirects=True,
+                         headers={"user-agent": "mixdemo-client"}).status_code
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 class RemoteServer:
     """Callable sending proxies to a Mixup-Privacy server's ``segment_proxy`` endpoint."""
 
@@ -427,6 +450,10 @@ class RemoteServer:
                 httpx_kwargs={"timeout": timeout_s},
             )
         except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
+            status = http_status(url, timeout_s)
+            if status is not None:  # something answers there, but not as a Gradio app
+                raise ClientError(f"The address {url} answers (HTTP {status}) but is not a Gradio app: it is not a "
+                                  "Mixup-Privacy server (python app.py serves one); check the address.") from None
             raise ClientError(
                 f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
                 "check the address and that the server is running."
@@ -992,12 +1019,14 @@ def exit_on_sigterm() -> None:
 def cli(argv: list[str] | None = None) -> int:
     """``python -m mixdemo.client``: :func:`main`, with SIGTERM leaving as an exception does and Ctrl-C said in one
     line (exit status 130), not as a traceback out of gradio_client's wait."""
+    import signal
+
     exit_on_sigterm()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
     try:
         return main(argv)
     except KeyboardInterrupt:
-        print("\ninterrupted: no further request is sent, and a segmentation not yet written is not written.",
-              file=sys.stderr)
+        print(f"\n{INTERRUPTED}", file=sys.stderr)
         return 130
 
 

@@ -1,8 +1,9 @@
 """Inference: the server's segmentation of proxies and the client's unmixing with TTA.
 
 Client side: :func:`make_proxies` (Eq. 2 / Eq. 5), :func:`unmix_naive` (Eq. 4),
-:func:`unmix_learned` (D), :func:`unmix_learned_tta` (D and Eq. 6 in one pass), :func:`private_segment`
-(the whole round trip, Eq. 6).
+:func:`unmix_learned` (D), :func:`unmix_learned_tta` (D and Eq. 6 in one pass), :func:`unmix_learned_labels`
+(their labels; at K = 1 D's arg-max), :func:`private_segment` (the whole round trip, Eq. 6), :func:`private_labels`
+(its labels alone, for a client that keeps nothing else).
 Server side: :func:`segment_proxies` (from :mod:`mixdemo.inference`, shared with the server) — it
 sees proxies only.
 """
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, segment_proxies, window_slices
-from mixdemo.mixing import MixKey, hard_labels, mirror, mix, naive_unmix, one_hot, tta_average, tta_variance
+from mixdemo.mixing import MixKey, hard_labels, mirror, naive_unmix, one_hot, tta_average, tta_variance
 
 ProgressFn = Callable[[float, str], None]
 __all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
-           "unmix_learned", "unmix_learned_tta", "unmix_naive", "window_slices"]
+           "unmix_learned", "unmix_learned_labels", "unmix_learned_tta", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
 """D's training patch size: the window of the optional windowed path of :func:`unmix_learned`."""
@@ -61,16 +62,21 @@ def most_similar_references(target: np.ndarray, references: Sequence[Reference],
 def make_proxies(target: np.ndarray, references: Sequence[Reference], key: MixKey) -> np.ndarray:
     """Client: K proxies x_mix^k = α_k·x + (1 − α_k)·x_ref^k (Eq. 2 and 5) as (K, X, Y, Z) float32; in the key's
     mirrored mixes x is the target's mirror image (:func:`mixdemo.mixing.mirror`)."""
-    refs = np.stack([r.image for r in references]).astype(np.float32)
-    if refs.shape[1:] != target.shape:
-        raise ValueError(f"References {refs.shape[1:]} and target {target.shape} must share one grid.")
-    target = target.astype(np.float32)
+    if len(references) != key.k:
+        raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
+    for r in references:
+        if r.image.shape != target.shape:
+            raise ValueError(f"References {r.image.shape} and target {target.shape} must share one grid.")
+    target = np.asarray(target, dtype=np.float32)
+    mirrored_ks = set(key.mirrored_mixes)
+    mirrored = mirror(target) if mirrored_ks else None
     alphas = np.asarray(key.alphas, dtype=np.float32)
-    proxies = mix(target, refs, alphas).astype(np.float32)
-    if key.mirrored_mixes:
-        mirrored = mirror(target)
-        for k in key.mirrored_mixes:
-            proxies[k] = mix(mirrored, refs[k], alphas[k])
+    proxies = np.empty((len(references), *target.shape), dtype=np.float32)
+    scaled = np.empty_like(target)
+    for k, ref in enumerate(references):  # Eq. 2 in place, mix by mix: (1 − α)·x_ref, then + α·x (as mix() adds)
+        np.multiply(ref.image, 1 - alphas[k], out=proxies[k], dtype=np.float32, casting="unsafe")
+        np.multiply(mirrored if k in mirrored_ks else target, alphas[k], out=scaled)
+        proxies[k] += scaled
     return proxies
 
 
@@ -168,6 +174,32 @@ def unmix_learned_tta(
     return total
 
 
+@torch.inference_mode()
+def unmix_learned_labels(
+    unmix_model: torch.nn.Module,
+    mixed_probs: torch.Tensor,
+    ref_onehot: torch.Tensor,
+    alphas: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    brain_mask: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Client, the labels of Eq. 6 with D: ``hard_labels(unmix_learned_tta(...))``, (X, Y, Z) uint8, background
+    outside ``brain_mask``.
+
+    With one mix Eq. 6 is the identity and the softmax is monotone, so the labels are the arg-max of D's logits:
+    no probability maps are made or masked (the same labels but where float rounding ties two classes). With
+    several, the probabilities are averaged as Eq. 6 says. For a client that keeps only the labels.
+    """
+    if mixed_probs.shape[0] > 1:
+        return hard_labels(unmix_learned_tta(unmix_model, mixed_probs, ref_onehot, alphas, brain_mask=brain_mask))
+    with reusing_freed_memory():
+        ((_, logits),) = _unmix_whole_logits(unmix_model, mixed_probs, ref_onehot, alphas)
+        labels = hard_labels(logits[0])
+    if brain_mask is not None:
+        labels.masked_fill_(torch.from_numpy(~np.asarray(brain_mask, dtype=bool)), 0)
+    return labels
+
+
 def _unmix_whole(
     unmix_model: torch.nn.Module,
     mixed_probs: torch.Tensor,
@@ -176,6 +208,18 @@ def _unmix_whole(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """D on whole volumes, one mix at a time (small volumes batched): yields (first mix, its (n, C, X, Y, Z)
     CPU probabilities) per batch."""
+    for start, logits in _unmix_whole_logits(unmix_model, mixed_probs, ref_onehot, alphas):
+        yield start, torch.softmax(logits, 1)
+        del logits
+
+
+def _unmix_whole_logits(
+    unmix_model: torch.nn.Module,
+    mixed_probs: torch.Tensor,
+    ref_onehot: torch.Tensor,
+    alphas: Sequence[float] | Sequence[Sequence[float]],
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`_unmix_whole`'s batches as D's float32 CPU logits (a view on the volume's own grid)."""
     device = next(unmix_model.parameters()).device
     k_mixes = mixed_probs.shape[0]
     shape = tuple(mixed_probs.shape[-3:])
@@ -190,7 +234,7 @@ def _unmix_whole(
             y_mix = torch.nn.functional.pad(y_mix, pad, mode="replicate")
             y_ref = torch.nn.functional.pad(y_ref, pad, mode="replicate")
         logits = unmix_model(y_mix.to(device), y_ref.to(device), weights[sl].to(device)).float().cpu()
-        yield start, torch.softmax(logits[..., : shape[0], : shape[1], : shape[2]], 1)
+        yield start, logits[..., : shape[0], : shape[1], : shape[2]]
         del logits
 
 
@@ -345,6 +389,8 @@ def private_labels(
     if len(references) != key.k:
         raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
     brain = target > 0
+    if key.k == 1 and unmix_model is not None:  # one mix: D's arg-max (unmix_learned_labels), no probabilities
+        return _one_mix_labels(target, references, key, server, unmix_model, progress)
     total: torch.Tensor | None = None
     for start in range(0, key.k, max(1, per_call)):
         part_key = key.part(start, start + per_call)
@@ -361,6 +407,22 @@ def private_labels(
     assert total is not None  # K >= 1
     labels = hard_labels(total.div_(key.k)).numpy()
     return np.where(brain, labels, 0).astype(np.uint8)
+
+
+def _one_mix_labels(target: np.ndarray, references: Sequence[Reference], key: MixKey,
+                    server: Callable[[np.ndarray], torch.Tensor], unmix_model: torch.nn.Module,
+                    progress: ProgressFn | None) -> np.ndarray:
+    """:func:`private_labels` for a key of one mix with D: the labels of D's logits, mirrored back if the key
+    mirrors its mix, then background outside the target's brain."""
+    if progress:
+        progress(0.0, "client: mixing 1-1 of 1")
+    mixed = server(make_proxies(target, references, key))
+    ref_oh = reference_onehots(references, torch.uint8, num_classes=mixed.shape[1])
+    if progress:
+        progress(1.0, "client: unmixing")
+    labels = unmix_learned_labels(unmix_model, mixed, ref_oh, key.alphas)
+    labels = mirror(labels) if key.is_mirrored(0) else labels
+    return labels.masked_fill_(torch.from_numpy(~(target > 0)), 0).numpy()
 
 
 def _unmixed_sum(unmix_model: torch.nn.Module | None, mixed: torch.Tensor, ref_onehot: torch.Tensor,

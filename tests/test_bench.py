@@ -514,8 +514,7 @@ def test_private_seconds_counts_mixing_and_d_as_the_clients_time_and_s_as_the_se
     monkeypatch.setattr(bench, "make_proxies", spends(1.0, np.zeros((1, 2, 2, 2), np.float32)))
     monkeypatch.setattr(bench, "segment_proxies", spends(10.0, torch.zeros(1, 4, 2, 2, 2)))
     monkeypatch.setattr(bench, "reference_onehots", spends(0.5))
-    monkeypatch.setattr(bench, "unmix_learned_tta", spends(2.0))
-    monkeypatch.setattr(bench, "hard_labels", spends(0.25))
+    monkeypatch.setattr(bench, "unmix_learned_labels", spends(2.25))
     ref = bench.Reference("ref0", np.zeros((2, 2, 2), np.float32), np.zeros((2, 2, 2), np.uint8))
     total, client = bench.private_seconds(None, None, MixKey(("ref0",), (0.5,)), np.zeros((2, 2, 2)), [ref])
     assert (total, client) == (13.75, 3.75)
@@ -601,7 +600,7 @@ def test_precision_study_rows_are_the_medians_of_each_precisions_interleaved_run
     monkeypatch.setattr(bench, "untrained_s", StandInS)
     monkeypatch.setattr(bench, "interleaved_runs", lambda baseline, private, names, reps: next(timings))
     for name, result in [("make_proxies", None), ("segment_proxies", torch.zeros(1, 4, 2, 2, 2)),
-                         ("reference_onehots", None), ("unmix_learned_tta", None),
+                         ("reference_onehots", None), ("unmix_learned_labels", torch.zeros(2, 2, 2, dtype=torch.uint8)),
                          ("hard_labels", torch.zeros(2, 2, 2, dtype=torch.uint8))]:
         monkeypatch.setattr(bench, name, lambda *a, result=result, **k: result)
     monkeypatch.setattr(bench, "masked_dice_avg", lambda labels, truth, brain: 0.9)

@@ -1263,6 +1263,58 @@ def test_a_gradio_app_that_is_not_this_server_is_refused_before_any_work():
         other.close()
 
 
+def test_an_address_that_answers_but_is_no_gradio_app_is_named_so_not_unreachable():
+    """A plain web server at the address: "answers (HTTP 200) but is not a Gradio app", not "Could not reach"."""
+    import http.server
+    import threading
+
+    from mixdemo.client import RemoteServer, http_status
+
+    from .conftest import free_port
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # noqa: ANN002 - no access log in the test's output
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}"
+    try:
+        assert http_status(url) == 200
+        with pytest.raises(ClientError, match=r"answers \(HTTP 200\) but is not a Gradio app"):
+            RemoteServer(url, timeout_s=10)
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert http_status(url) is None and http_status("owner/space") is None  # nothing there; a Space id: not probed
+
+
+def test_ctrl_c_while_the_client_still_imports_is_one_line_too(tmp_path):
+    """SIGINT a second after ``python -m mixdemo.client`` starts (its imports take seconds on 2 cores; on a faster
+    machine it waits on a server that never answers by then): one line, exit status 130, no traceback."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    silent = socket.socket()  # listens, never accepts: a connection hangs
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mixdemo.client", "--server",
+                                 f"http://127.0.0.1:{silent.getsockname()[1]}", str(tmp_path / "scan.nii.gz"),
+                                 "-o", str(tmp_path / "seg.nii.gz")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        silent.close()
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("interrupted:") and "Traceback" not in err
+
+
 def test_a_registration_warning_is_its_own_line_and_the_batch_names_the_scan(fake_main, capsys, monkeypatch):
     """A poor registration's warning is printed on its own line (not as a progress line), the scan's last line says
     to check its segmentation, and a batch ends naming the scans that warned."""

@@ -53,6 +53,27 @@ def test_server_pass_pads_odd_sizes_and_rejects_bad_shapes():
         segment_proxies(seg, torch.rand(1, 1, 1, 8, 8, 8))
 
 
+def test_proxies_are_eq2_mix_by_mix_in_float32_and_a_key_of_other_size_is_refused():
+    """make_proxies is mixing.mix (Eq. 2 and 5) to the bit, whatever the references' dtype, with the mirrored mixes
+    taking the target's mirror image; a key naming another number of references, or another grid, is refused."""
+    from mixdemo.mixing import mix
+
+    rng = np.random.default_rng(0)
+    target = rng.random((12, 10, 8)).astype(np.float32)
+    refs = [Reference(f"r{i}", rng.random((12, 10, 8)).astype(np.float64 if i == 1 else np.float32),
+                      np.zeros((12, 10, 8), np.uint8)) for i in range(3)]
+    key = MixKey(("r0", "r1", "r2"), (0.3, 0.45, 0.77), mirrored=(False, True, False))
+    proxies = make_proxies(target, refs, key)
+    assert proxies.dtype == np.float32 and proxies.shape == (3, 12, 10, 8)
+    for k, ref in enumerate(refs):
+        x = mirror(target) if k == 1 else target
+        assert np.array_equal(proxies[k], mix(x, ref.image.astype(np.float32), np.float32(key.alphas[k])))
+    with pytest.raises(ValueError, match="names 3 references but 2"):
+        make_proxies(target, refs[:2], key)
+    with pytest.raises(ValueError, match="must share one grid"):
+        make_proxies(target[:6], refs, key)
+
+
 def test_round_trip_sends_only_proxies_and_recovers_target_with_an_oracle_server():
     target, refs = _volume(0), [_volume(1), _volume(2), _volume(3)]
     key = MixKey(tuple(r.ref_id for r in refs), (0.4, 0.4, 0.4))
@@ -263,18 +284,42 @@ def test_streamed_tta_equals_the_mean_of_the_stacked_mixes(monkeypatch, batch_vo
     torch.testing.assert_close(unmix_learned_tta(d, mixed[:1], ref[:1], alphas[:1]), unmix_learned(d, mixed[:1], ref[:1], alphas[:1])[0])
 
 
-@pytest.mark.parametrize("per_call, mirrored", [(1, ()), (2, ()), (5, ()), (3, (True, False, False, True, True))])
-def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call, mirrored):
+@pytest.mark.parametrize("k", [1, 3])
+def test_labels_of_the_unmixing_are_those_of_its_tta_probabilities(k):
+    """unmix_learned_labels: at K = 1 the arg-max of D's logits (no probabilities made), at K > 1 Eq. 6's labels;
+    either way hard_labels(unmix_learned_tta(...)) but where float rounding ties two classes, background outside
+    the brain, on a grid D pads (33 is no multiple of its 4)."""
+    from mixdemo.pipeline import unmix_learned_labels, unmix_learned_tta
+
+    d = _random_unmixer()
+    shape = (40, 33, 36)
+    mixed = torch.softmax(torch.randn(k, 4, *shape), 1)
+    ref = one_hot(torch.randint(0, 4, (k, *shape)), 4, torch.uint8)
+    alphas = [0.3, 0.4, 0.5][:k]
+    brain = np.zeros(shape, dtype=bool)
+    brain[5:30, 5:25, 5:30] = True
+    labels = unmix_learned_labels(d, mixed, ref, alphas, brain_mask=brain)
+    expected = hard_labels(unmix_learned_tta(d, mixed, ref, alphas, brain_mask=brain))
+    assert labels.dtype == torch.uint8 and labels.shape == shape
+    assert (labels[torch.from_numpy(~brain)] == 0).all()
+    assert (labels != expected).float().mean() < 1e-4
+    assert len(torch.unique(labels[torch.from_numpy(brain)])) > 1  # D's answer, not the mask's
+
+
+@pytest.mark.parametrize("per_call, mirrored, k", [(1, (), 5), (2, (), 5), (5, (), 5), (3, (True, False, False, True, True), 5),
+                                                  (1, (), 1), (1, (True,), 1)])
+def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call, mirrored, k):
     """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without,
-    with mirrored mixes too (requests of 3 mixes: one mirrored then two not, then two mirrored)."""
+    with mirrored mixes too (requests of 3 mixes: one mirrored then two not, then two mirrored), and with one mix
+    (D's arg-max, mirrored back when its mix is mirrored)."""
     from mixdemo.pipeline import private_labels
 
     torch.manual_seed(0)
     seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
     unmix = UnmixingNet(patch=2).eval()
-    target, refs = _volume(0), [_volume(s) for s in range(1, 6)]
+    target, refs = _volume(0), [_volume(s) for s in range(1, k + 1)]
     target.image[:2] = 0  # some background outside the brain
-    key = MixKey(tuple(r.ref_id for r in refs), (0.3, 0.35, 0.4, 0.45, 0.5), mirrored=mirrored)
+    key = MixKey(tuple(r.ref_id for r in refs), (0.3, 0.35, 0.4, 0.45, 0.5)[:k], mirrored=mirrored)
     calls = []
 
     def server(proxies: np.ndarray) -> torch.Tensor:
@@ -285,7 +330,7 @@ def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_
         full = private_segment(target.image, refs, key, server, d).labels(which)
         calls.clear()
         labels = private_labels(target.image, refs, key, server, d, per_call=per_call)
-        assert calls == [min(per_call, 5 - i) for i in range(0, 5, per_call)]  # the K mixes, per_call at a time
+        assert calls == [min(per_call, k - i) for i in range(0, k, per_call)]  # the K mixes, per_call at a time
         assert labels.dtype == np.uint8 and (labels[:2] == 0).all()
         assert (labels != full).mean() < 1e-3  # the same labels but where float rounding breaks a tie
 
