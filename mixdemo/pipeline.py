@@ -193,7 +193,7 @@ def unmix_learned_labels(
     if mixed_probs.shape[0] > 1:
         return hard_labels(unmix_learned_tta(unmix_model, mixed_probs, ref_onehot, alphas, brain_mask=brain_mask))
     with reusing_freed_memory():
-        ((_, logits),) = _unmix_whole_logits(unmix_model, mixed_probs, ref_onehot, alphas)
+        ((_, logits),) = _unmix_whole(unmix_model, mixed_probs, ref_onehot, alphas, softmax=False)
         labels = hard_labels(logits[0])
     if brain_mask is not None:
         labels.masked_fill_(torch.from_numpy(~np.asarray(brain_mask, dtype=bool)), 0)
@@ -205,21 +205,11 @@ def _unmix_whole(
     mixed_probs: torch.Tensor,
     ref_onehot: torch.Tensor,
     alphas: Sequence[float] | Sequence[Sequence[float]],
+    *,
+    softmax: bool = True,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """D on whole volumes, one mix at a time (small volumes batched): yields (first mix, its (n, C, X, Y, Z)
-    CPU probabilities) per batch."""
-    for start, logits in _unmix_whole_logits(unmix_model, mixed_probs, ref_onehot, alphas):
-        yield start, torch.softmax(logits, 1)
-        del logits
-
-
-def _unmix_whole_logits(
-    unmix_model: torch.nn.Module,
-    mixed_probs: torch.Tensor,
-    ref_onehot: torch.Tensor,
-    alphas: Sequence[float] | Sequence[Sequence[float]],
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """:func:`_unmix_whole`'s batches as D's float32 CPU logits (a view on the volume's own grid)."""
+    CPU probabilities) per batch; ``softmax=False``: D's float32 logits instead (a view on the volume's grid)."""
     device = next(unmix_model.parameters()).device
     k_mixes = mixed_probs.shape[0]
     shape = tuple(mixed_probs.shape[-3:])
@@ -234,7 +224,8 @@ def _unmix_whole_logits(
             y_mix = torch.nn.functional.pad(y_mix, pad, mode="replicate")
             y_ref = torch.nn.functional.pad(y_ref, pad, mode="replicate")
         logits = unmix_model(y_mix.to(device), y_ref.to(device), weights[sl].to(device)).float().cpu()
-        yield start, logits[..., : shape[0], : shape[1], : shape[2]]
+        logits = logits[..., : shape[0], : shape[1], : shape[2]]
+        yield start, torch.softmax(logits, 1) if softmax else logits
         del logits
 
 
