@@ -1289,14 +1289,22 @@ def test_an_address_that_answers_but_is_no_gradio_app_is_named_so_not_unreachabl
     assert http_status(url) is None and http_status("owner/space") is None  # nothing there; a Space id: not probed
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the child's loaded libraries in /proc")
 def test_ctrl_c_while_the_client_still_imports_is_one_line_too(tmp_path):
-    """SIGINT a second after ``python -m mixdemo.client`` starts (its imports take seconds on 2 cores; on a faster
-    machine it waits on a server that never answers by then): one line, exit status 130, no traceback."""
+    """SIGINT to ``python -m mixdemo.client`` as soon as it has loaded numpy (the first import after its Ctrl-C
+    handler; torch and MONAI follow, seconds on 2 cores; on a faster machine it then waits on a server that never
+    answers): one line, exit status 130, no traceback."""
     import signal
     import socket
     import subprocess
     import sys
     import time
+
+    def loaded_numpy(pid: int) -> bool:
+        try:
+            return "_multiarray_umath" in Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            return False
 
     silent = socket.socket()  # listens, never accepts: a connection hangs
     silent.bind(("127.0.0.1", 0))
@@ -1306,7 +1314,9 @@ def test_ctrl_c_while_the_client_still_imports_is_one_line_too(tmp_path):
                                  f"http://127.0.0.1:{silent.getsockname()[1]}", str(tmp_path / "scan.nii.gz"),
                                  "-o", str(tmp_path / "seg.nii.gz")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 120
+        while not loaded_numpy(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
