@@ -451,9 +451,12 @@ class RemoteServer:
             )
         except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
             status = http_status(url, timeout_s)
-            if status is not None:  # something answers there, but not as a Gradio app
+            if status is not None and status < 400:  # something answers there, but not as a Gradio app
                 raise ClientError(f"The address {url} answers (HTTP {status}) but is not a Gradio app: it is not a "
                                   "Mixup-Privacy server (python app.py serves one); check the address.") from None
+            if status is not None:  # refused or not found: a wrong path, or a private Space without the token
+                raise ClientError(f"The address {url} answers HTTP {status}: check the address (a private Space "
+                                  "also needs --send-hf-token and a login).") from None
             raise ClientError(
                 f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
                 "check the address and that the server is running."

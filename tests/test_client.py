@@ -1264,7 +1264,8 @@ def test_a_gradio_app_that_is_not_this_server_is_refused_before_any_work():
 
 
 def test_an_address_that_answers_but_is_no_gradio_app_is_named_so_not_unreachable():
-    """A plain web server at the address: "answers (HTTP 200) but is not a Gradio app", not "Could not reach"."""
+    """A plain web server at the address: "answers (HTTP 200) but is not a Gradio app", not "Could not reach"; an
+    address it refuses (401, as a private Space without the token): the status, and what to check."""
     import http.server
     import threading
 
@@ -1276,6 +1277,12 @@ def test_an_address_that_answers_but_is_no_gradio_app_is_named_so_not_unreachabl
         def log_message(self, *args) -> None:  # noqa: ANN002 - no access log in the test's output
             pass
 
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.startswith("/private"):
+                self.send_error(401)
+            else:
+                super().do_GET()
+
     web = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Quiet)
     threading.Thread(target=web.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{web.server_address[1]}"
@@ -1283,6 +1290,8 @@ def test_an_address_that_answers_but_is_no_gradio_app_is_named_so_not_unreachabl
         assert http_status(url) == 200
         with pytest.raises(ClientError, match=r"answers \(HTTP 200\) but is not a Gradio app"):
             RemoteServer(url, timeout_s=10)
+        with pytest.raises(ClientError, match=r"answers HTTP 401: check the address \(a private Space also needs"):
+            RemoteServer(f"{url}/private", timeout_s=10)
     finally:
         web.shutdown()
         web.server_close()
