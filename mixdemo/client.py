@@ -26,6 +26,7 @@ import functools
 import io
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -37,8 +38,6 @@ INTERRUPTED = "interrupted: no further request is sent, and a segmentation not y
 """What Ctrl-C prints (exit status 130), while the imports load or later."""
 
 if __name__ == "__main__":  # Ctrl-C while the imports below load (seconds on 2 cores): the same one line
-    import signal
-
     signal.signal(signal.SIGINT, lambda signum, frame: (print(f"\n{INTERRUPTED}", file=sys.stderr), sys.exit(130)))
 
 import numpy as np
@@ -1014,16 +1013,12 @@ def writable_folder(folder: Path) -> None:
 def exit_on_sigterm() -> None:
     """Make SIGTERM (``kill``, a scheduler's stop) leave as an exception does, so that cleanups run: the half-written
     output's temporary file (a DICOM SEG's holds the patient's name) and a series' unpacked copy are deleted."""
-    import signal
-
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def cli(argv: list[str] | None = None) -> int:
     """``python -m mixdemo.client``: :func:`main`, with SIGTERM leaving as an exception does and Ctrl-C said in one
     line (exit status 130), not as a traceback out of gradio_client's wait."""
-    import signal
-
     exit_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
     try:
