@@ -780,3 +780,69 @@ def test_the_consistency_record_keeps_its_evaluation_and_refuses_one_of_another_
         assemble(folder, {**evaluation, "models": {"unmixing": "other"}}, default)
     with pytest.raises(SystemExit, match="other weights"):
         assemble(folder, {**evaluation, "weights_sha256": {"cand-cal": "0" * 64}}, default)
+
+
+def test_tta_averages_each_label_the_voxel_their_rule_says():
+    """training.tta_aggregation's averages of K answers, on voxels where they disagree: the mean of probabilities
+    (Eq. 6) against their geometric mean (one mix that rules a class out outweighs two that favour it), the α-weighted
+    mean (the mix of largest α decides) and the vote (two mixes against one; a tie goes to the larger mean)."""
+    import torch
+
+    from training import tta_aggregation as agg
+
+    def answers(class1: list[float]) -> torch.Tensor:  # (K, 2, 1, 1, 1) from each mix's probability of class 1
+        p1 = torch.tensor(class1).view(-1, 1, 1, 1)
+        return torch.stack([1 - p1, p1], 1).half()
+
+    labels = lambda scores: int(scores.argmax(0))  # noqa: E731
+    disagree, alphas = answers([0.8, 0.8, 0.001]), (0.1, 0.1, 0.8)
+    assert {how: labels(agg.average(disagree, alphas, how)) for how in agg.AVERAGES} == {
+        "mean": 1, "log_mean": 0, "alpha_weighted": 0, "vote": 1}
+    assert labels(agg.average(answers([0.9, 0.4]), (0.4, 0.4), "vote")) == 1  # one vote each: the mean 0.65 decides
+    assert labels(agg.average(answers([0.6, 0.1]), (0.4, 0.4), "vote")) == 0  # the mean 0.35
+    assert torch.equal(agg.average(disagree, alphas, "mean"), disagree.float().mean(0))
+    with pytest.raises(ValueError, match="Unknown average 'median'"):
+        agg.average(disagree, alphas, "median")
+
+
+def test_tta_aggregation_scores_the_tables_draws_and_applies_its_rule(small_cohort, model_dir, tmp_path, monkeypatch):
+    """training.tta_aggregation mixes each scan with the first K references and α of the segmentation table's draw,
+    its Eq. 6 rows are the table's Naive + TTA and Learned + TTA on those answers, and its rule compares the best other
+    average of the learned answers with Eq. 6's (a gain of exactly 0.003 passes)."""
+    import torch
+
+    from mixdemo import inference
+    from training import evaluate, tta_aggregation
+
+    drawn, answered = [], {}
+
+    def answers(volume, refs, alphas, seg, unmix, brain=None):
+        drawn.append((volume.name, [r.ref_id for r in refs], tuple(alphas)))
+        g = torch.Generator().manual_seed(len(drawn))
+        learned = torch.softmax(3 * torch.rand(len(refs), 4, *volume.image.shape, generator=g), 1).half()
+        answered[volume.name] = learned
+        return learned.flip(1), learned, np.zeros(1)
+
+    monkeypatch.setattr(evaluate, "predict_k", answers)
+    monkeypatch.setattr(inference, "segment_proxies", lambda model, images: torch.softmax(
+        torch.from_numpy(np.stack([images, -images, images ** 2, 1 - images], 1)), 1))
+    doc = tta_aggregation.main(["--data", str(small_cohort), "--quick", "--out", str(tmp_path / "a.json")])
+    assert json.loads((tmp_path / "a.json").read_text()) == json.loads(json.dumps(doc))
+    assert set(doc["dice"]) == set(tta_aggregation.rows()) and doc["command"].startswith("python -m training.tta_aggregation")
+    args = tta_aggregation.mirror_tta.eval_arguments(tta_aggregation.parse_args(["--data", str(small_cohort), "--quick"]))
+    setup = evaluate.set_up(args)
+    k = doc["protocol"]["tta_k"]
+    for rec in setup.dice_records:
+        vol, refs, alphas, brain = evaluate.scan_draw(rec, args.k_max, args, setup)
+        assert (vol.name, [r.ref_id for r in refs[:k]], tuple(alphas[:k])) in drawn
+        eq6 = evaluate.dice_row(evaluate.masked(evaluate.hard_labels(answered[vol.name][:k].float().mean(0)).numpy(), brain),
+                                vol.labels, setup.classes)["avg"]
+        assert doc["dice_per_volume"][rec.name]["learned_mean"] == round(eq6, 4)
+    best = doc["best_learned_average"]
+    assert doc["gain_over_eq6"][f"learned_{best}"] == max(doc["gain_over_eq6"][f"learned_{h}"] for h in ("log_mean", "alpha_weighted", "vote"))
+    assert doc["passes_rule"] == (doc["gain_over_eq6"][f"learned_{best}"] >= 0.003)
+    per_scan = {"a": {r: {"avg": 0.5} for r in tta_aggregation.rows()}, "b": {r: {"avg": 0.5} for r in tta_aggregation.rows()}}
+    per_scan["a"]["learned_vote"] = {"avg": 0.506}
+    assert tta_aggregation.summary(per_scan)["passes_rule"]  # +0.003 on average
+    per_scan["a"]["learned_vote"] = {"avg": 0.5058}
+    assert not tta_aggregation.summary(per_scan)["passes_rule"]

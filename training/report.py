@@ -1002,6 +1002,36 @@ def mirror_tta_md(doc: dict) -> str:
     return "\n".join(lines)
 
 
+TTA_AVERAGES = (("mean", "the mean of the probabilities (Eq. 6, the table's)"),
+                ("log_mean", "the mean of the log-probabilities (a geometric mean)"),
+                ("alpha_weighted", "the probabilities weighted by each mix's α"),
+                ("vote", "each mix's labels counted (ties: the mean)"))
+
+
+def tta_aggregation_md(doc: dict) -> str:
+    """Other averages of the client's K answers than Eq. 6's, on the table's draws (``results/tta_aggregation.json``)."""
+    k = doc["protocol"]["tta_k"]
+    base = doc["dice"]["baseline"]["avg"]
+    lines = [f"Measured by `{doc['command']}` ({doc['date']}, {doc['seconds'] / 60:.0f} min): the segmentation table's "
+             f"protocol and networks ({doc['protocol']['n_volumes']} test volumes, each with the first K = {k} references "
+             "and α of its draw, each mix through S once); every row averages the same K answers. "
+             "**MNI152-derived phantoms, not patients.**", "",
+             "| average of the K answers | Naive + TTA | Learned + TTA | GM | WM | CSF | × baseline | against Eq. 6 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for how, label in TTA_AVERAGES:
+        learned = doc["dice"][f"learned_{how}"]
+        gain = "" if how == "mean" else f"{doc['gain_over_eq6'][f'learned_{how}']:+.4f}"
+        lines.append(f"| {label} | {_f(doc['dice'][f'naive_{how}']['avg'])} | {_f(learned['avg'])} | {_f(learned['GM'])} | "
+                     f"{_f(learned['WM'])} | {_f(learned['CSF'])} | {_f(learned['avg'] / base, 4)} | {gain} |")
+    best = doc["best_learned_average"]
+    per_volume = ", ".join(f"{g:+.4f}" for g in doc["gain_over_eq6_per_volume"][f"learned_{best}"])
+    verdict = "passes" if doc["passes_rule"] else "does not pass"
+    lines += ["", f"Baseline {_f(base)}. The best of the other averages for D's answers, {dict(TTA_AVERAGES)[best]}, "
+                  f"moves Learned + TTA by {doc['gain_over_eq6'][f'learned_{best}']:+.4f} (per volume: {per_volume}), so "
+                  f"it {verdict} the rule, {doc['rule']}."]
+    return "\n".join(lines)
+
+
 CONSISTENCY_RECORD = "d_consistency"
 """A D trained on with ``training.train --consistency``, judged against the default by a rule set before it trained."""
 
@@ -1210,7 +1240,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "reference_choice": reference_choice_md, "bench_cpus": bench_cpus_block, "bench_avx2": bench_md,
     "mirror_tta": mirror_tta_md, "segmentation_lesions": lesions_md,
     "segmentation_lesions_balanced": lesions_balanced_md, CONSISTENCY_RECORD: d_consistency_md,
-    "inversion_variants": inversion_variants_md,
+    "inversion_variants": inversion_variants_md, "tta_aggregation": tta_aggregation_md,
 }
 # README blocks drawn from another results file than their own name
 BLOCK_SOURCES = {"ds_full_protocol": "segmentation", "d_alpha_outside": "d_p2_96_alpha_deployment",
