@@ -365,7 +365,7 @@ def test_mirror_tta_flips_each_mirrored_answer_back_and_uses_the_tables_draws(sm
         assert rows["naive_tta_mirror_half"] == rows["naive_tta"] and rows["baseline_mirror"] == rows["baseline"]
         assert rows["learned_mirrored"] == rows["learned"]
     assert doc["learned_tta_gain"] == 0 and not doc["passes_rule"]
-    args = mirror_tta.eval_arguments(mirror_tta.parse_args(["--data", str(small_cohort), "--quick"]))
+    args = evaluate.table_draw_arguments(mirror_tta.parse_args(["--data", str(small_cohort), "--quick"]))
     setup = evaluate.set_up(args)
     k = doc["protocol"]["tta_k"]
     for rec in setup.dice_records:  # the table's draw of K = 1…k_max, of which its Learned + TTA takes the first K
@@ -426,7 +426,7 @@ def test_mirror_tta_gain_ratios_and_rule_compare_the_right_rows(monkeypatch):
     passes at a gain of exactly 0.003, and each ratio is a row over the named baseline."""
     from types import SimpleNamespace
 
-    from training import mirror_tta
+    from training import evaluate, mirror_tta
 
     per_scan = {"a": {"learned_tta": 0.90, "learned_tta_mirror_half": 0.905, "baseline": 0.95, "baseline_mirror": 1.0},
                 "b": {"learned_tta": 0.80, "learned_tta_mirror_half": 0.801, "baseline": 0.85, "baseline_mirror": 0.9}}
@@ -436,7 +436,7 @@ def test_mirror_tta_gain_ratios_and_rule_compare_the_right_rows(monkeypatch):
     args = mirror_tta.parse_args([])
     setup = SimpleNamespace(dice_records=[SimpleNamespace(name=n) for n in ("b", "a")], by_id={}, data="x",
                             weights_sha256={}, classes={1: "GM"})
-    doc = mirror_tta.utility(args, mirror_tta.eval_arguments(args), setup, [])
+    doc = mirror_tta.utility(args, evaluate.table_draw_arguments(args), setup, [])
     assert doc["learned_tta_gain"] == 0.003 and doc["passes_rule"]
     assert doc["learned_tta_gain_per_volume"] == [0.005, 0.001]  # in the order of dice_per_volume: a, b
     assert list(doc["dice_per_volume"]) == ["a", "b"]
@@ -829,7 +829,7 @@ def test_tta_aggregation_scores_the_tables_draws_and_applies_its_rule(small_coho
     doc = tta_aggregation.main(["--data", str(small_cohort), "--quick", "--out", str(tmp_path / "a.json")])
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads(json.dumps(doc))
     assert set(doc["dice"]) == set(tta_aggregation.rows()) and doc["command"].startswith("python -m training.tta_aggregation")
-    args = tta_aggregation.mirror_tta.eval_arguments(tta_aggregation.parse_args(["--data", str(small_cohort), "--quick"]))
+    args = evaluate.table_draw_arguments(tta_aggregation.parse_args(["--data", str(small_cohort), "--quick"]))
     setup = evaluate.set_up(args)
     k = doc["protocol"]["tta_k"]
     for rec in setup.dice_records:

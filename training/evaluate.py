@@ -48,6 +48,27 @@ CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
 
 
+def add_table_draw_options(p: argparse.ArgumentParser) -> None:
+    """The options of a study scored on the segmentation table's draws (``training.mirror_tta``,
+    ``training.tta_aggregation``): its cohort, volumes, K, D, seed and threads, and ``--quick``."""
+    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
+    p.add_argument("--volumes", type=int, default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
+    p.add_argument("--k", type=int, default=10, help="K of Learned + TTA (the table's)")
+    p.add_argument("--unmixing", default=None, help="D's model folder (default: the evaluation's default D)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
+
+
+def table_draw_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """The segmentation table's arguments for a study of :func:`add_table_draw_options` (its brain mask, volumes, K,
+    seed, and the K = 1…30 draw whose first K mixes make its Learned + TTA)."""
+    return parse_args(["--data", str(args.data), "--brain-mask", "--volumes", str(args.volumes),
+                       "--tta-k", str(args.k), "--draws", "1", "--no-figures", "--seed", str(args.seed),
+                       "--threads", str(args.threads)] + (["--unmixing", args.unmixing] if args.unmixing else [])
+                      + (["--quick"] if args.quick else []))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)

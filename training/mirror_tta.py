@@ -39,13 +39,11 @@ import argparse
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from mixdemo.mixing import mirror
-from mixdemo.phantoms import DEFAULT_COHORT
 from training import command_line, evaluate, parse_with_out, user_errors
 
 LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
@@ -61,28 +59,13 @@ ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
-    p.add_argument("--volumes", type=int, default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
-    p.add_argument("--k", type=int, default=10, help="K of Learned + TTA (the table's)")
-    p.add_argument("--unmixing", default=None, help="D's model folder (default: the evaluation's default D)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
+    evaluate.add_table_draw_options(p)
     p.add_argument("--part", choices=PARTS, default="all",
                    help="utility (the Dice rows), privacy (the averaging attack; kept beside the Dice rows of an "
                         "existing --out) or all")
     p.add_argument("--attack-draws", type=int, default=5, help="draws of references and α for the privacy rows")
     args = parse_with_out(p, argv, "mirror_tta.json")
     return args
-
-
-def eval_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """The segmentation table's arguments (its brain mask, volumes, K, seed, and the K = 1…30 draw whose first K mixes
-    make its Learned + TTA)."""
-    return evaluate.parse_args(["--data", str(args.data), "--brain-mask", "--volumes", str(args.volumes),
-                                "--tta-k", str(args.k), "--draws", "1", "--no-figures", "--seed", str(args.seed),
-                                "--threads", str(args.threads)] + (["--unmixing", args.unmixing] if args.unmixing else [])
-                               + (["--quick"] if args.quick else []))
 
 
 def mirrored_volume(vol: evaluate.Volume) -> evaluate.Volume:
@@ -170,7 +153,7 @@ def privacy(args: argparse.Namespace, eval_args: argparse.Namespace, setup: eval
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """The parts asked for; returns the JSON document (with ``--part privacy``, the existing one with its privacy
     rows replaced)."""
-    eval_args = eval_arguments(args)
+    eval_args = evaluate.table_draw_arguments(args)
     setup = evaluate.set_up(eval_args)
     if args.part == "privacy":
         if not args.out.exists():

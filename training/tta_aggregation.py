@@ -24,13 +24,10 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, evaluate, mirror_tta, parse_with_out, user_errors
+from training import command_line, evaluate, parse_with_out, user_errors
 
 AVERAGES = ("mean", "log_mean", "alpha_weighted", "vote")
 METHODS = ("naive", "learned")
@@ -40,13 +37,7 @@ LOG_FLOOR = 1e-6  # the answers are float16 and D's are exactly 0 outside the br
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
-    p.add_argument("--volumes", type=int, default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
-    p.add_argument("--k", type=int, default=10, help="K mixes averaged (the table's)")
-    p.add_argument("--unmixing", default=None, help="D's model folder (default: the evaluation's default D)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
+    evaluate.add_table_draw_options(p)
     return parse_with_out(p, argv, "tta_aggregation.json")
 
 
@@ -108,7 +99,7 @@ def summary(per_scan: dict[str, dict[str, dict[str, float]]]) -> dict:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     """Score every row on the table's Dice volumes; returns the JSON document (written to ``--out``)."""
-    eval_args = mirror_tta.eval_arguments(args)
+    eval_args = evaluate.table_draw_arguments(args)
     setup = evaluate.set_up(eval_args)
     t0 = time.perf_counter()
     per_scan: dict[str, dict[str, dict[str, float]]] = {}
