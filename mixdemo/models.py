@@ -422,8 +422,8 @@ class UnmixingNet(nn.Module, QuietHubMixin, library_name="mixdemo", tags=HUB_TAG
         """Inference with the four blocks in bfloat16 (their convolutions' weights and activations; the
         instance norms' statistics in float32, :func:`_adain_bfloat16`); the inputs, the α embedding, the
         per-voxel paths and the output layer stay in float32, and so do the logits. On a CPU with native
-        bfloat16 its 3³ convolutions run at about 2.5 times their float32 rate in channels-last 3D; the Dice
-        it costs is measured (``python -m training.evaluate`` with ``$MIXDEMO_UNMIXING_PRECISION``,
+        bfloat16 D runs faster than in float32 in channels-last 3D (``python -m mixdemo.bench``, its ``d_precision``
+        rows); the Dice it costs is measured (``python -m training.evaluate`` with ``$MIXDEMO_UNMIXING_PRECISION``,
         ``results/d_bfloat16.json``). Irreversible, for inference only."""
         if self.training:
             raise RuntimeError("use_bfloat16() is for inference: call eval() first.")

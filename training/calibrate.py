@@ -4,8 +4,7 @@
     python -m training.calibrate --model unmixing-p2-96 --scans 6 --out /tmp/calibrated
 
 A network trained with cross-entropy + Dice on patches can carry a systematic class bias on whole
-volumes: the shipped baseline labels only 70–80 % of its own training scans' CSF as CSF (most of the
-rest as GM). This fits one offset per class (background's fixed at 0), added to the network's logits —
+volumes: the shipped baseline under-segments CSF on its own training scans, mostly as GM. This fits one offset per class (background's fixed at 0), added to the network's logits —
 a prior correction, softmax(log p + b) — by coordinate search on a grid, maximising the mean over
 ``--scans`` training scans (the first scan of the last training subjects; never a test scan) of the
 average Dice of the classes, measured as ``training.evaluate --brain-mask`` measures it:
