@@ -1660,3 +1660,24 @@ def test_training_refuses_a_count_out_of_range_when_parsed(option, bad, says, ca
         parse_args([option, bad])
     assert stop.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err
     assert getattr(parse_args([option, "7"]), option[2:].replace("-", "_")) == 7
+
+
+@pytest.mark.parametrize("module, option, bad, says", [
+    ("evaluate", "--tta-k", "0", "0 is less than 1"), ("evaluate", "--draws", "0", "0 is less than 1"),
+    ("evaluate", "--volumes", "-1", "-1 is less than 0"), ("evaluate", "--crop", "-3", "-3 is less than 0"),
+    ("mirror_tta", "--k", "0", "0 is less than 1"), ("tta_aggregation", "--k", "0", "0 is less than 1"),
+    ("reference_choice", "--reid-draws", "0", "0 is less than 1"), ("compare_unmixing", "--k-max", "0", "0 is less than 1"),
+    ("calibrate", "--rounds", "0", "0 is less than 1"), ("precise_bn", "--batches", "0", "0 is less than 1"),
+    ("throughput", "--reps", "0", "0 is less than 1"), ("train_score", "--steps", "0", "0 is less than 1"),
+    ("evaluate_privacy", "--threads", "-2", "-2 is less than 0"), ("refresh_baseline", "--threads", "x", "'x' is not a whole number"),
+])
+def test_evaluations_and_studies_refuse_a_count_out_of_range_when_parsed(module, option, bad, says, capsys):
+    """The evaluations' and studies' counts (K, draws, volumes, a crop's side, steps, threads) are checked when the
+    command line is parsed: a usage error naming the option, not a silent run over no mixes (``--tta-k 0`` wrote a
+    table), all but the last volume (``--volumes -1``) or a traceback (``--crop -3``, ``--k 0``) later."""
+    import importlib
+
+    parse_args = importlib.import_module(f"training.{module}").parse_args
+    with pytest.raises(SystemExit) as stop:
+        parse_args([option, bad])
+    assert stop.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from mixdemo.metrics import dice_per_class
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
-from training import (add_device_option, check_model_classes, command_line, save_derived_model, source_model,
+from training import (add_device_option, check_model_classes, command_line, count, save_derived_model, source_model,
                       trained_data, user_errors)
 
 
@@ -47,19 +47,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None,
                    help="cohort whose training split is used (default: the one the model's record names, else "
                         "data/phantoms)")
-    p.add_argument("--scans", type=int, default=6, help="training scans fitted on (first scans of the last subjects)")
+    p.add_argument("--scans", type=count(1), default=6, help="training scans fitted on (first scans of the last subjects)")
     p.add_argument("--grid", type=float, nargs=3, default=(-1.0, 1.0, 0.1), metavar=("LO", "HI", "STEP"),
                    help="offsets tried per class")
-    p.add_argument("--rounds", type=int, default=2, help="passes of the coordinate search over the classes")
+    p.add_argument("--rounds", type=count(1), default=2, help="passes of the coordinate search over the classes")
     p.add_argument("--segmentation", default="segmentation", help="D only: the S whose mixed segmentations D unmixes")
-    p.add_argument("--tta-k", type=int, default=10, help="D only: mixes averaged per scan (Eq. 6)")
+    p.add_argument("--tta-k", type=count(1), default=10, help="D only: mixes averaged per scan (Eq. 6)")
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="D only: α ~ U(lo, hi)")
     p.add_argument("--seed", type=int, default=0, help="D only: references and α per scan as training.evaluate's seed")
     p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<name>")
     p.add_argument("--name", default=None, help="the new folder's name (default: --model's)")
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="D only: read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=count(0), default=0)
     add_device_option(p)
     return p.parse_args(argv)
 

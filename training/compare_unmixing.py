@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, default_out, evaluate, user_errors
+from training import command_line, count, default_out, evaluate, user_errors
 
 DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")  # the designs, each trained on 32³ patches
 
@@ -41,13 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="D model folders to compare")
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
-    p.add_argument("--volumes", type=int, default=None, help="test volumes (default 3; 6 with --ensembles)")
-    p.add_argument("--k-max", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--volumes", type=count(0), default=None, help="test volumes (default 3; 6 with --ensembles)")
+    p.add_argument("--k-max", type=count(1), default=10)
+    p.add_argument("--threads", type=count(0), default=0)
     p.add_argument("--ensembles", action="store_true",
                    help="score each D and the average of each combination of them on the segmentation table's "
                         "protocol (--volumes defaults to its 6 there)")
-    p.add_argument("--tta-k", type=int, default=10,
+    p.add_argument("--tta-k", type=count(1), default=10,
                    help="with --ensembles: K of Learned + TTA (the references among the table's K_max; --k-max is "
                         "not used there)")
     p.add_argument("--quick", action="store_true", help="smoke run (evaluate --quick for each D)")

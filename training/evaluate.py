@@ -41,7 +41,7 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, WEIGHTS_DIR_ENV, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import DATA_HELP, add_device_option, check_model_classes, command_line, parse_with_out, user_errors
+from training import DATA_HELP, add_device_option, check_model_classes, command_line, count, parse_with_out, user_errors
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -52,11 +52,11 @@ def add_table_draw_options(p: argparse.ArgumentParser) -> None:
     """The options of a study scored on the segmentation table's draws (``training.mirror_tta``,
     ``training.tta_aggregation``): its cohort, volumes, K, D, seed and threads, and ``--quick``."""
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
-    p.add_argument("--volumes", type=int, default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
-    p.add_argument("--k", type=int, default=10, help="K of Learned + TTA (the table's)")
+    p.add_argument("--volumes", type=count(0), default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
+    p.add_argument("--k", type=count(1), default=10, help="K of Learned + TTA (the table's)")
     p.add_argument("--unmixing", default=None, help="D's model folder (default: the evaluation's default D)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=count(0), default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
 
 
@@ -77,14 +77,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="read the reference pool (the training scans) memory-mapped from DIR, written once "
                         "(mixdemo.data.load_volumes): for cohorts larger than the memory")
-    p.add_argument("--volumes", type=int, default=6,
+    p.add_argument("--volumes", type=count(0), default=6,
                    help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
-    p.add_argument("--k-max", type=int, default=30, help="largest K of the Dice-against-K curve")
-    p.add_argument("--tta-k", type=int, default=10, help="K of the +TTA rows of the table")
-    p.add_argument("--draws", type=int, default=5, help="random orders of the references for Dice against K")
+    p.add_argument("--k-max", type=count(1), default=30, help="largest K of the Dice-against-K curve")
+    p.add_argument("--tta-k", type=count(1), default=10, help="K of the +TTA rows of the table")
+    p.add_argument("--draws", type=count(1), default=5, help="random orders of the references for Dice against K")
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=count(0), default=0)
     add_device_option(p)
     p.add_argument("--brain-mask", action="store_true",
                    help="restrict every predicted label map to the target's own brain (x > 0), which the client knows")
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--icc-all", action="store_true",
                    help="test-retest ICC over every test scan (default: the scans of the --volumes subjects); "
                         "two K = 1 predictions per extra scan")
-    p.add_argument("--crop", type=int, default=0, help="evaluate a central cube of this side (0: whole volume)")
+    p.add_argument("--crop", type=count(0), default=0, help="evaluate a central cube of this side (0: whole volume)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: 2 volumes, K ≤ 5, 2 draws, ICC on 4 scans, central {QUICK_CROP}³ cube (--crop overrides it)")
     p.add_argument("--no-figures", action="store_true")

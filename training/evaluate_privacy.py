@@ -48,7 +48,7 @@ from mixdemo.metrics import msssim_3d_batch
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import add_device_option, command_line, default_out, user_errors
+from training import add_device_option, command_line, count, default_out, user_errors
 
 SECTIONS = ("bss", "reid", "tta", "reuse", "known_bank", "inversion", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-sigma", type=float, default=3.0,
                    help="the score network at levels σ ≤ this, the population's Gaussian tail above it (≤ 0: the network at every level)")
     p.add_argument("--no-tail", action="store_true", help="skip the levels above --max-sigma instead (start Langevin there)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: torch's default)")
     add_device_option(p)
     p.add_argument("--unmixing", default=None,
                    help="the one-reference D model folder of the sections that unmix (leakage, defences, sweep); "

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from mixdemo.mixing import mirror
-from training import command_line, evaluate, parse_with_out, user_errors
+from training import command_line, count, evaluate, parse_with_out, user_errors
 
 LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
                 "learned_tta_2k")
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--part", choices=PARTS, default="all",
                    help="utility (the Dice rows), privacy (the averaging attack; kept beside the Dice rows of an "
                         "existing --out) or all")
-    p.add_argument("--attack-draws", type=int, default=5, help="draws of references and α for the privacy rows")
+    p.add_argument("--attack-draws", type=count(1), default=5, help="draws of references and α for the privacy rows")
     args = parse_with_out(p, argv, "mirror_tta.json")
     return args
 

@@ -22,7 +22,7 @@ import torch
 
 from mixdemo.data import Cohort, MixedPatchSampler, load_cohort, load_volumes, trained_modality
 from mixdemo.weights import load_model
-from training import check_model_classes, command_line, save_derived_model, source_model, trained_data, user_errors
+from training import check_model_classes, command_line, count, save_derived_model, source_model, trained_data, user_errors
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,13 +31,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None,
                    help="cohort whose training split is sampled (default: the one the model's record names, else "
                         "data/phantoms)")
-    p.add_argument("--batches", type=int, default=200, help="patches averaged (one per forward pass)")
+    p.add_argument("--batches", type=count(1), default=200, help="patches averaged (one per forward pass)")
     p.add_argument("--patch-size", type=int, default=None, help="default: the patch size S was trained on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="the new folder is <out>/<model>")
     p.add_argument("--volume-cache", type=Path, default=None, metavar="DIR",
                    help="read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=count(0), default=0)
     return p.parse_args(argv)
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, evaluate, parse_with_out, user_errors
+from training import command_line, count, evaluate, parse_with_out, user_errors
 
 CHOICES = ("random", "similar")
 ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_ALPHA_RANGE) for the attacks
@@ -41,11 +41,11 @@ ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
-    p.add_argument("--volumes", type=int, default=3, help="test volumes scored for Dice (the D designs' protocol: 3)")
-    p.add_argument("--k", type=int, default=10, help="K of Learned + TTA and of the averaging attack")
-    p.add_argument("--reid-draws", type=int, default=5, help="draws of α (and of random references) for re-identification")
+    p.add_argument("--volumes", type=count(0), default=3, help="test volumes scored for Dice (the D designs' protocol: 3)")
+    p.add_argument("--k", type=count(1), default=10, help="K of Learned + TTA and of the averaging attack")
+    p.add_argument("--reid-draws", type=count(1), default=5, help="draws of α (and of random references) for re-identification")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=count(0), default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: evaluate --quick's volumes, crop and K")
     args = parse_with_out(p, argv, "reference_choice.json")
     return args

@@ -30,7 +30,7 @@ import torch
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import pick_device
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
-from training import command_line, evaluate, user_errors
+from training import command_line, count, evaluate, user_errors
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", type=Path,
                    help="results JSONs to refresh (default: every committed one with baseline rows)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=count(0), default=0)
     return p.parse_args(argv)
 
 

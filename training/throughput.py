@@ -33,7 +33,7 @@ from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, add_device_option, command_line, parse_with_out, user_errors
+from training import DATA_HELP, add_device_option, command_line, count, parse_with_out, user_errors
 from training.train import EndToEnd, set_up_for, tiny_grid_convolutions_in_float32, training_step
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
@@ -53,14 +53,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)
     p.add_argument("--modes", nargs="+", choices=["private", "baseline"], default=["private", "baseline"])
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=count(1), default=4)
     p.add_argument("--patch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10, help="steps timed per repetition")
-    p.add_argument("--warmup", type=int, default=3, help="steps before each timed repetition")
-    p.add_argument("--reps", type=int, default=3, help="repetitions of each configuration, interleaved")
-    p.add_argument("--scans", type=int, default=6, help="training scans the batches are drawn from")
+    p.add_argument("--steps", type=count(1), default=10, help="steps timed per repetition")
+    p.add_argument("--warmup", type=count(0), default=3, help="steps before each timed repetition")
+    p.add_argument("--reps", type=count(1), default=3, help="repetitions of each configuration, interleaved")
+    p.add_argument("--scans", type=count(1), default=6, help="training scans the batches are drawn from")
     p.add_argument("--quick", action="store_true", help="one repetition of 2 steps on 16³ patches (a smoke run)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: leave torch's default)")
     add_device_option(p)
     p.add_argument("--check-gradients", type=int, default=0, metavar="N",
                    help="also count, over N steps per case, the bfloat16 convolutions whose weight gradients come out "

@@ -30,30 +30,30 @@ from mixdemo.attacks.score import SCORE_FEATURES, ScoreNet, dsm_loss, max_pairwi
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import count_parameters, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import add_device_option, command_line, user_errors
+from training import add_device_option, command_line, count, user_errors
 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (its training subjects are used; phantoms are generated if absent)")
-    p.add_argument("--steps", type=int, default=2600)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=count(1), default=2600)
+    p.add_argument("--batch-size", type=count(1), default=8)
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--sigma-L", type=float, default=0.01, help="smallest noise level")
-    p.add_argument("--levels", type=int, default=10, help="number of noise levels L")
+    p.add_argument("--levels", type=count(1), default=10, help="number of noise levels L")
     p.add_argument("--sigma-1", type=float, default=None, help="largest noise level (default: measured on the data)")
     p.add_argument("--features", default=",".join(map(str, SCORE_FEATURES)), help="6 comma-separated widths")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (0: off)")
-    p.add_argument("--max-subjects", type=int, default=0, help="use only the first N training subjects (0: all)")
+    p.add_argument("--max-subjects", type=count(0), default=0, help="use only the first N training subjects (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("weights"), help="model folder parent")
     p.add_argument("--name", default="score")
     p.add_argument("--run-dir", type=Path, default=None, help="checkpoint + log (default runs/<name>)")
-    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=count(1), default=100)
     p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop early and export (0: none)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: torch's default)")
     add_device_option(p)
     return p.parse_args(argv)
 
