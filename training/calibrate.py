@@ -195,8 +195,6 @@ def check_model(name: str, record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    if args.scans < 1 or args.tta_k < 1:
-        raise SystemExit("--scans and --tta-k must be at least 1.")
     record = source_model(args.model, args.threads)
     kind = check_model(args.model, record)
     t0 = time.perf_counter()

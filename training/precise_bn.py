@@ -102,8 +102,6 @@ def precise_patch(asked: int | None, trained: int) -> int:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    if args.batches < 1:
-        raise SystemExit("--batches must be at least 1.")
     record = source_model(args.model, args.threads)
     if record.get("model_class", "").rsplit(".", 1)[-1] != "SegmentationNet":
         raise SystemExit(f"{args.model} is not a segmentation network (S or baseline); D has no batch norm.")
