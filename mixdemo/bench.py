@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed_memory_kept_by_choice, huge_pages,
                                keep_freed_memory)
+from mixdemo.launch import count
 from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
@@ -866,9 +867,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("results/bench.json"))
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--crop", type=int, default=0, help="time a central cube of this side instead of the whole grid")
+    p.add_argument("--reps", type=count(1), default=3)
+    p.add_argument("--threads", type=count(0), default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--crop", type=count(0), default=0, help="time a central cube of this side instead of the whole grid")
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, 1 repetition, fewer levers")
     p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe

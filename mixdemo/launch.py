@@ -1,11 +1,13 @@
 """What ``python app.py`` checks before Gradio is imported: its host and port options, and the environment variable
 Gradio itself reads when imported (``GRADIO_SERVER_PORT``), so that a bad value is a one-line message, not a
-traceback. No Gradio here."""
+traceback; and :func:`count`, the whole-number type of every command's counts (``mixdemo``'s and ``training``'s).
+No Gradio here."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 DEFAULT_PORT = 7860
 
@@ -19,6 +21,23 @@ def port_number(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
     return port
+
+
+def count(smallest: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ``smallest`` or more (steps, repetitions, K, seeds, intervals), else an error
+    that says so when the command line is parsed, not a traceback (or a silent run over nothing) later."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"{value} is less than {smallest}")
+        return value
+
+    parse.__name__ = f"whole number from {smallest}"
+    return parse
 
 
 def check_port_variable() -> None:

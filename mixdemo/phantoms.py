@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from mixdemo.classes import CLASS_NAMES, NUM_CLASSES
+from mixdemo.launch import count
 
 DATASET = "MNI152-phantom"
 """The phantom cohort's ``dataset`` in its split.json."""
@@ -517,15 +518,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scans", type=int, default=2, help="scans per subject (test-retest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.25)
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=count(1), default=1,
                         help="worker processes, one scan each at a time (same files as one process)")
     parser.add_argument("--figure", default=None, help="also draw a PNG of three subjects (test-retest of the first)")
-    parser.add_argument("--lesions", type=int, default=0,
+    parser.add_argument("--lesions", type=count(0), default=0,
                         help="white-matter lesions per subject, a fifth class 'lesion' (default 0: the default "
                              "cohort's four classes)")
     args = parser.parse_args(argv)
-    if args.lesions < 0:
-        parser.error("--lesions must be 0 or more")
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mixdemo.bench import QUICK_CROP, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
+from mixdemo.launch import count
 from mixdemo.mixing import MixKey
 from mixdemo.models import UnmixingNet
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
@@ -224,10 +225,10 @@ def _versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("results/runtimes.json"))
-    p.add_argument("--reps", type=int, default=3, help="timed calls after the first")
-    p.add_argument("--threads", type=int, default=0, help="threads of every runtime (0: torch's default)")
-    p.add_argument("--crop", type=int, default=0, help="a central cube of this side instead of the whole grid")
-    p.add_argument("--k-patches", type=int, default=10, help="proxies in the patch-mode batch")
+    p.add_argument("--reps", type=count(1), default=3, help="timed calls after the first")
+    p.add_argument("--threads", type=count(0), default=0, help="threads of every runtime (0: torch's default)")
+    p.add_argument("--crop", type=count(0), default=0, help="a central cube of this side instead of the whole grid")
+    p.add_argument("--k-patches", type=count(1), default=10, help="proxies in the patch-mode batch")
     p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None,
                    help="the runtimes to measure (default: all; pytorch, the reference, always runs)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, K = 2 patches, 1 timed call, no torch.compile")

@@ -680,3 +680,22 @@ def test_the_width_lever_times_untrained_ds_of_the_default_design_first_at_its_o
     assert rows[0]["parameters"] > rows[1]["parameters"] and rows[0]["gflop"] >= rows[1]["gflop"]
     assert all(r["precision"] == "float32" and r["seconds"] > 0 for r in rows)
     assert width_study(torch.nn.Identity(), MixKey(("r",), (0.5,)), mixed, target, ref.labels, ref, reps=1) == []
+
+
+@pytest.mark.parametrize("module, argv, says", [
+    ("bench", ["--reps", "0"], "argument --reps: 0 is less than 1"),
+    ("bench", ["--crop", "-32"], "argument --crop: -32 is less than 0"),
+    ("runtimes", ["--k-patches", "0"], "argument --k-patches: 0 is less than 1"),
+    ("runtimes", ["--threads", "two"], "argument --threads: 'two' is not a whole number"),
+    ("phantoms", ["--out", "unused", "--jobs", "0"], "argument --jobs: 0 is less than 1"),
+    ("phantoms", ["--out", "unused", "--lesions", "-1"], "argument --lesions: -1 is less than 0"),
+])
+def test_the_librarys_commands_refuse_a_count_out_of_range_when_parsed(module, argv, says, capsys):
+    """The benchmark's, the runtimes' and the phantom cohort's counts are checked when the command line is parsed
+    (``mixdemo.launch.count``, which the training commands share): ``--reps 0`` is a usage error, not a run that
+    reaches its medians of nothing minutes later."""
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"mixdemo.{module}").main(argv)
+    assert stop.value.code == 2 and says in capsys.readouterr().err

@@ -19,6 +19,8 @@ from pathlib import Path
 os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
 os.environ.setdefault("MIXDEMO_UNMIXING_PRECISION", "float32")  # mixdemo.weights.UNMIXING_PRECISION_ENV
 
+from mixdemo.launch import count  # noqa: E402, F401 - the training commands' count type (no torch: after the defaults)
+
 
 DATA_HELP = ("cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are generated if the "
              "default is absent")
@@ -99,9 +101,9 @@ def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a m
     from mixdemo.weights import resolve_model_dir
 
     for name in dict.fromkeys(names):
-        count = int(json.loads((resolve_model_dir(name) / "config.json").read_text()).get("num_classes", 4))
-        if count != cohort.num_classes:
-            raise CohortError(f"The model {name} gives {count} classes, but the cohort {cohort.root} names "
+        classes = int(json.loads((resolve_model_dir(name) / "config.json").read_text()).get("num_classes", 4))
+        if classes != cohort.num_classes:
+            raise CohortError(f"The model {name} gives {classes} classes, but the cohort {cohort.root} names "
                               f"{cohort.num_classes} ({', '.join(cohort.class_names)}): give the cohort it was trained "
                               "on (--data), or models trained on this one (MIXDEMO_WEIGHTS_DIR).")
 
@@ -137,21 +139,3 @@ def device_name(text: str) -> str:
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda are supported")
     return text
-
-
-def count(smallest: int):  # noqa: ANN201 - an argparse type
-    """An argparse type: a whole number ``smallest`` or more (steps, seeds, intervals), else an error that says so
-    when the command line is parsed, not a traceback steps later."""
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < smallest:
-            raise argparse.ArgumentTypeError(f"{value} is less than {smallest}")
-        return value
-
-    parse.__name__ = f"whole number from {smallest}"
-    return parse
