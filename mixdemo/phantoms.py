@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixdemo.classes import CLASS_NAMES, NUM_CLASSES
+from mixdemo.classes import CLASS_NAMES
 from mixdemo.launch import count
 
 DATASET = "MNI152-phantom"
