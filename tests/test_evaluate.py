@@ -801,6 +801,10 @@ def test_tta_averages_each_label_the_voxel_their_rule_says():
     assert labels(agg.average(answers([0.9, 0.4]), (0.4, 0.4), "vote")) == 1  # one vote each: the mean 0.65 decides
     assert labels(agg.average(answers([0.6, 0.1]), (0.4, 0.4), "vote")) == 0  # the mean 0.35
     assert torch.equal(agg.average(disagree, alphas, "mean"), disagree.float().mean(0))
+    as_float32 = disagree.float()
+    for how in agg.AVERAGES:  # float32 answers (which .float() does not copy) are left as they came
+        agg.average(as_float32, alphas, how)
+    assert torch.equal(as_float32, disagree.float())
     with pytest.raises(ValueError, match="Unknown average 'median'"):
         agg.average(disagree, alphas, "median")
 

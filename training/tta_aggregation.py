@@ -43,12 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def average(answers: torch.Tensor, alphas: Sequence[float], how: str) -> torch.Tensor:
     """(C, X, Y, Z) scores of K answers (K, C, X, Y, Z) whose arg-max over the classes is the labels, averaged
-    ``how`` (:data:`AVERAGES`)."""
-    probs = answers.float()
+    ``how`` (:data:`AVERAGES`); the answers are left as they are."""
+    probs = answers.float()  # the same tensor where the answers are float32 already: no in-place step below
     if how == "mean":  # Eq. 6
         return probs.mean(0)
     if how == "log_mean":
-        return probs.clamp_min_(LOG_FLOOR).log_().mean(0)
+        return probs.clamp_min(LOG_FLOOR).log().mean(0)
     if how == "alpha_weighted":
         weights = torch.tensor(alphas, dtype=torch.float32)
         return torch.einsum("k,k...->...", weights / weights.sum(), probs)
