@@ -64,6 +64,14 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(f"error: {exc}") from None
 
 
+def write_record(path: Path, doc: dict) -> None:
+    """A results record: ``doc`` as indented JSON at ``path`` (its folder made if missing)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command a results file or training record names: ``python -m <module>`` with ``argv``
     (the process's own arguments when ``argv`` is None, i.e. when run from the shell)."""

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import shlex
 import tempfile
 import time
 from pathlib import Path
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, count, default_out, evaluate, user_errors
+from training import command_line, count, default_out, evaluate, user_errors, write_record
 
 DEFAULT_MODELS = ("unmixing", "unmixing-p2", "unmixing-p4")  # the designs, each trained on 32³ patches
 
@@ -140,8 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.ensembles:
         result = ensembles(args, argv)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_record(args.out, result)
         print(f"wrote {args.out}")
         return result
     t0 = time.perf_counter()
@@ -163,8 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "seconds": round(time.perf_counter() - t0),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_record(args.out, result)
     print(f"wrote {args.out}")
     return result
 

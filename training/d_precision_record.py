@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training import command_line
+from training import command_line, write_record
 
 TOLERANCE = 0.001
 """Largest difference of any average Dice row for D's bfloat16 to become the default."""
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     record = assemble(json.loads(args.evaluation.read_text()), json.loads(args.float32_run.read_text())["bfloat16"],
                       native_bfloat16(), command_line("training.d_precision_record", argv))
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(args.out, record)
     print(f"within {TOLERANCE}: {record['within_0_001']}; {record['decision']}")
     return record
 

@@ -41,7 +41,8 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, WEIGHTS_DIR_ENV, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import DATA_HELP, add_device_option, check_model_classes, command_line, count, parse_with_out, user_errors
+from training import (DATA_HELP, add_device_option, check_model_classes, command_line, count, parse_with_out, user_errors,
+                      write_record)
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -436,8 +437,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         **weights_dir_record(),
         "seconds": round(time.perf_counter() - t0),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     if not args.no_figures:
         draw_figures(doc, figure_case, args.out)
     return doc

@@ -48,7 +48,7 @@ from mixdemo.metrics import msssim_3d_batch
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import add_device_option, command_line, count, default_out, user_errors
+from training import add_device_option, command_line, count, default_out, user_errors, write_record
 
 SECTIONS = ("bss", "reid", "tta", "reuse", "known_bank", "inversion", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
@@ -772,7 +772,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "sweep" in sections:
         result["alpha_sweep"] = step("sweep", lambda: run_sweep(models, score, c, cfg, args.seed, fig_dir / "privacy_utility.png"))
     timings["total_this_command"] = round(time.perf_counter() - t0, 1)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_record(out_path, result)
     print(f"[evaluate_privacy] wrote {out_path} in {timings['total_this_command']} s", flush=True)
     return result
 

@@ -16,7 +16,6 @@ draws and seed); its weights are not kept. MNI152-derived phantoms, not patients
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 from mixdemo.models import pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, generate_cohort
 from mixdemo.weights import read_training_record
-from training import add_device_option, command_line, count, default_out, user_errors
+from training import add_device_option, command_line, count, default_out, user_errors, write_record
 from training import evaluate_privacy, train_inversion
 
 PUBLIC_COHORT = Path("data/phantoms-seed3")
@@ -147,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
            "what": "each network scored by training.evaluate_privacy's inversion section: single proxies of the test "
                    "scans mixed with the client's bank, re-identification mAP and MS-SSIM of its whole-volume estimates "
                    "(on_windows_*: on windows of its training patches) against the proxies'"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     print(f"[inversion_variants] wrote {args.out}", flush=True)
     return doc
 

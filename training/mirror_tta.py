@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from mixdemo.mixing import mirror
-from training import command_line, count, evaluate, parse_with_out, user_errors
+from training import command_line, count, evaluate, parse_with_out, user_errors, write_record
 
 LEARNED_ROWS = ("learned", "learned_mirrored", "learned_tta", "learned_tta_mirror_half", "learned_tta_mirror_all",
                 "learned_tta_2k")
@@ -163,8 +163,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         doc = utility(args, eval_args, setup, argv)
     if args.part != "utility":
         doc["privacy"] = privacy(args, eval_args, setup, argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     return doc
 
 

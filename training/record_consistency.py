@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from mixdemo.weights import REPO_ROOT, read_training_record, sha256_file
-from training import user_errors
+from training import user_errors, write_record
 
 QUESTION = ("Does a consistency loss (training.train --consistency: D's predictions of one target mixed with two "
             "disjoint sets of references, one α, pulled together) lower the spread that the reference gives a single "
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     default = json.loads((REPO_ROOT / "results" / "segmentation.json").read_text())
     doc = assemble(args.candidate, json.loads(args.evaluation.read_text()), default)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     print(f"wrote {args.out}")
     return doc
 

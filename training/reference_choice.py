@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, count, evaluate, parse_with_out, user_errors
+from training import command_line, count, evaluate, parse_with_out, user_errors, write_record
 
 CHOICES = ("random", "similar")
 ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_ALPHA_RANGE) for the attacks
@@ -162,8 +162,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     return doc
 
 

@@ -30,7 +30,7 @@ import torch
 from mixdemo.data import load_cohort, load_volumes
 from mixdemo.models import pick_device
 from mixdemo.weights import load_model, read_training_record, resolve_model_dir
-from training import command_line, count, evaluate, user_errors
+from training import command_line, count, evaluate, user_errors, write_record
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         refreshed[path] = doc
         print(f"{path}: baseline average Dice {row['avg']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for path, doc in refreshed.items():
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        write_record(path, doc)
     return list(refreshed)
 
 

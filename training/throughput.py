@@ -21,7 +21,6 @@ schedule) into the JSON, with the validation Dice of each validated step, for th
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -33,7 +32,7 @@ from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, add_device_option, command_line, count, parse_with_out, user_errors
+from training import DATA_HELP, add_device_option, command_line, count, parse_with_out, user_errors, write_record
 from training.train import EndToEnd, set_up_for, tiny_grid_convolutions_in_float32, training_step
 
 CONFIGS: tuple[tuple[str, bool], ...] = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
@@ -200,8 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         doc["gradient_check"] = gradient_check(pick_device(args.device), args.check_gradients)
     if runs:
         doc["runs"] = runs
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     print(f"wrote {args.out}")
     return doc
 

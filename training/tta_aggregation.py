@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from training import command_line, evaluate, parse_with_out, user_errors
+from training import command_line, evaluate, parse_with_out, user_errors, write_record
 
 AVERAGES = ("mean", "log_mean", "alpha_weighted", "vote")
 METHODS = ("naive", "learned")
@@ -122,8 +122,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "weights_sha256": setup.weights_sha256,
         "seconds": round(time.perf_counter() - t0),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_record(args.out, doc)
     return doc
 
 
