@@ -30,6 +30,7 @@ without one a deterministic 75/25 split by subject is made. Scans must share one
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -49,6 +50,10 @@ from mixdemo.phantoms import DATASET as PHANTOM_DATASET
 class CohortError(ValueError):
     """A cohort folder that cannot be used as it is; the message says what is wrong and where (the training
     commands print it without a traceback)."""
+
+
+class LabelValueError(CohortError):
+    """A label file holding values its layout does not define (classes the user may mean to name)."""
 
 
 class CohortNotFoundError(CohortError, FileNotFoundError):
@@ -236,6 +241,11 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
     return Cohort(root, tuple(records), tuple(train), tuple(test), layout, names, meta.get("dataset"), left_out)
 
 
+SPLIT_KEYS = ("train", "test", "classes", "dataset")
+"""The keys of ``split.json`` that the cohort reads (others, such as the generators' ``seed`` or ``note``, are
+kept for people and ignored; one spelled close to the first three is refused as a typo)."""
+
+
 def read_split_file(path: Path) -> dict:
     """``split.json`` as a dict ({} without one); a CohortError if it is not a JSON object."""
     if not path.exists():
@@ -246,6 +256,10 @@ def read_split_file(path: Path) -> dict:
         raise CohortError(f"{path} is not readable JSON ({exc}).") from None
     if not isinstance(meta, dict):
         raise CohortError(f'{path} must hold a JSON object: {{"train": [subject, ...], "test": [subject, ...]}}.')
+    for key in meta:
+        if key not in SPLIT_KEYS and (near := difflib.get_close_matches(key, SPLIT_KEYS[:3], n=1, cutoff=0.7)):
+            raise CohortError(f'{path} has a key "{key}": did you mean "{near[0]}"? (As written, it would be ignored '
+                              f'and every subject not listed would go to the other side.)')
     return meta
 
 
@@ -289,6 +303,9 @@ def cohort_classes(names: object, layout: Layout, source: str = 'split.json\'s "
     names = tuple(names)
     if len(set(names)) != len(names):
         raise CohortError(f"{source} names a class twice: {list(names)}.")
+    if (late := [n for n in names[1:] if n.strip().lower() == "background"]):
+        raise CohortError(f"{source} names {late[0]!r} at place {names.index(late[0]) + 1}: the first name is label 0, "
+                          f"the background, so list it first ({list(names)}).")
     if layout.name != MIXDEMO_LAYOUT.name and len(names) != len(layout.class_names):
         raise CohortError(f"{source} names {len(names)} classes; the {layout.name} layout's label values "
                           f"({layout.describe_values()}) make {len(layout.class_names)} (background first).")
@@ -365,7 +382,7 @@ def classes_of(values: np.ndarray, layout: Layout, scan_name: str = "the scan") 
     classes = table[values]
     if (classes == 255).any():
         unknown = sorted(int(v) for v in np.unique(values[classes == 255]))
-        raise CohortError(f"{scan_name}'s labels hold {unknown}, which the {layout.name} layout does not define "
+        raise LabelValueError(f"{scan_name}'s labels hold {unknown}, which the {layout.name} layout does not define "
                          f"(it reads {layout.describe_values()}).")
     return classes
 
@@ -389,7 +406,8 @@ def load_volumes(records: Sequence[ScanRecord], cache: str | Path | None = None)
                   "onto it" if records and records[0].layout.name == BRATS_LAYOUT.name else
                   "Register them to MNI space first (python -m training.prepare_cohort, mixdemo.preprocess)")
         raise CohortError(
-            f"Scans must share one grid to be mixed; found {found}. {advice}."
+            f"Scans must share one grid to be mixed; found, on the 1 mm RAS grid each is resampled to when read (a "
+            f"scan of another voxel size or field of view has another shape there than in its file): {found}. {advice}."
         )
     return volumes
 

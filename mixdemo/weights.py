@@ -294,6 +294,35 @@ def _precision_of(model: nn.Module) -> str:
     return unmixing_precision(device) if isinstance(model, UnmixingNet) else s_precision(device)
 
 
+PHANTOM_NOTICE = ("> **Trained on synthetic phantoms, not patients.** The training data are phantoms generated from "
+                  "the MNI152 2009a template that nilearn's wheel ships (`python -m mixdemo.phantoms`); no patient "
+                  "data were used. Figures on real scans will differ.")
+
+
+def trained_on_phantoms(record: dict) -> bool:
+    """Whether a training record's data are the default phantom cohort (``data/phantoms``, as the shipped
+    weights' records name it); a record that names no data, or other data, is not claimed to be."""
+    from mixdemo.phantoms import DEFAULT_COHORT
+
+    data = record.get("data")
+    return bool(data) and (Path(data) == DEFAULT_COHORT or Path(data).resolve() == DEFAULT_COHORT.resolve())
+
+
+def training_data_notice(record: dict) -> str:
+    """A model card's line on what the weights were trained on: the phantoms' notice, or the data the record
+    names (a folder of the user's, which this project knows nothing of), or that the record names none."""
+    if trained_on_phantoms(record):
+        return PHANTOM_NOTICE
+    if not record.get("data"):
+        return "> **What these weights were trained on is not recorded** (no `data` in `training.json`)."
+    what = ", ".join(str(v) for v in (record.get("data_layout") and f"{record['data_layout']} layout",
+                                      record.get("modality"), record.get("classes") and
+                                      "classes " + ", ".join(record["classes"])) if v)
+    return (f"> **Trained on `{record['data']}`**{f' ({what})' if what else ''}, not on this project's phantoms. "
+            "What those scans are, and whether weights trained on them may be shared, is for whoever trained them "
+            "to say here.")
+
+
 def write_model_card(
     folder: Path,
     *,
@@ -314,9 +343,7 @@ def write_model_card(
         "",
         summary,
         "",
-        "> **Trained on synthetic phantoms, not patients.** The training data are phantoms generated from "
-        "the MNI152 2009a template that nilearn's wheel ships (`python -m mixdemo.phantoms`); no patient "
-        "data were used. Figures on real scans will differ.",
+        training_data_notice(record),
         "",
     ]
     for heading, body in sections.items():

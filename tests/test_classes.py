@@ -63,6 +63,7 @@ def test_split_json_names_the_classes_of_a_mixdemo_cohort_and_the_labels_follow(
     (["background"], "names 1 classes; a cohort needs 2"),
     ([f"c{i}" for i in range(MAX_CLASSES + 1)], f"needs 2 to {MAX_CLASSES}"),
     (["background", "GM", "GM"], "names a class twice"),
+    (["GM", "WM", "CSF", "background"], "names 'background' at place 4: the first name is label 0"),
     (["background", 3], "a list of names"),
     ("background,GM", "a list of names"),
 ])
@@ -238,3 +239,33 @@ def test_five_classes_train_evaluate_calibrate_serve_and_come_back_to_the_client
                  unmix_model=unmix)
     labels = np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj)
     assert seen == [(2, *SHAPE)] and labels.shape == SHAPE and labels.max() <= 4
+
+
+@pytest.mark.parametrize("record, refused", [
+    ({}, None),  # nothing recorded: the number of classes is all there is to check
+    ({"data": "data/phantoms"}, r"classes \['background', 'GM', 'WM', 'CSF'\] \(the cohort's: \['background', 'NCR', 'ED', 'ET'\]\)"),
+    ({"classes": ["background", "NCR", "ED", "ET"], "data_layout": "brats", "modality": "t1"},
+     r"modality t1 \(the cohort's: t1ce\)"),
+    ({"classes": ["background", "NCR", "ED", "ET"], "data_layout": "brats", "modality": "t1ce"}, None),
+])
+def test_models_trained_on_other_classes_or_data_are_refused_by_name_not_only_by_count(tmp_path, monkeypatch, record, refused):
+    """Four tissue classes are four classes, as a BraTS cohort's are: the training record's names (an older
+    record's: the phantoms'), layout and modality must match the cohort's too."""
+    from types import SimpleNamespace
+
+    from training import check_model_classes
+
+    folder = tmp_path / "w" / "segmentation"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"num_classes": 4}))
+    (folder / "model.safetensors").write_bytes(b"")
+    if record:
+        (folder / "training.json").write_text(json.dumps(record))
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "w"))
+    brats = SimpleNamespace(root=tmp_path / "brats", num_classes=4, class_names=("background", "NCR", "ED", "ET"),
+                            layout=SimpleNamespace(name="brats"), modality="t1ce")
+    if refused is None:
+        check_model_classes(["segmentation"], brats)
+    else:
+        with pytest.raises(CohortError, match=f"segmentation was trained on other data than the cohort .*: {refused}"):
+            check_model_classes(["segmentation"], brats)

@@ -223,9 +223,18 @@ def test_a_training_command_ends_on_a_bad_cohort_with_its_message_not_a_tracebac
     assert done.stderr.strip().startswith(f"error: {tmp_path} holds neither")
 
 
-def test_user_errors_keeps_the_traceback_of_anything_else():
+def test_user_errors_keeps_the_traceback_of_anything_else(monkeypatch):
     from training import user_errors
 
+    with pytest.raises(SystemExit, match=r"^error: Scan x: broken$"):
+        with user_errors():
+            raise CohortError("Scan x: broken")
+    monkeypatch.setenv("RANK", "1")  # under torchrun: rank 0 says it, the others exit 1 without a word
+    with pytest.raises(SystemExit) as stop:
+        with user_errors():
+            raise CohortError("Scan x: broken")
+    assert stop.value.code == 1
+    monkeypatch.setenv("RANK", "0")
     with pytest.raises(SystemExit, match=r"^error: Scan x: broken$"):
         with user_errors():
             raise CohortError("Scan x: broken")
@@ -265,6 +274,8 @@ def test_a_split_json_naming_one_side_gives_the_other_every_remaining_subject(br
     ('{"train": ["BraTS2021_00000", "BraTS2021_99999"], "test": ["brats2021_00001"]}',
      "holds no scan folder of: BraTS2021_99999, brats2021_00001"),
     ('{"train": ["BraTS2021_00000"], "test": ["BraTS2021_00000"]}', "on both sides"),
+    ('{"train": ["BraTS2021_00000"], "tets": ["BraTS2021_00001"]}', 'has a key "tets": did you mean "test"?'),
+    ('{"Train": ["BraTS2021_00000"]}', 'has a key "Train": did you mean "train"?'),
 ])
 def test_a_split_json_that_cannot_be_followed_is_refused_with_why(tmp_path, content, said):
     for i in range(2):
@@ -272,6 +283,15 @@ def test_a_split_json_that_cannot_be_followed_is_refused_with_why(tmp_path, cont
     (tmp_path / "split.json").write_text(content)
     with pytest.raises(CohortError, match=re.escape(said)):
         load_cohort(tmp_path)
+
+
+def test_a_split_json_may_hold_notes_for_people(tmp_path):
+    """Keys the cohort does not read, unlike a misspelt one, are left alone (the generators write some)."""
+    for i in range(2):
+        write_brats_case(tmp_path, f"BraTS2021_{i:05d}", i)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["BraTS2021_00000"], "notes": "x", "seed": 3,
+                                                     "test_fraction": 0.5, "source": "/raw"}))
+    assert load_cohort(tmp_path).test_subjects == ("BraTS2021_00001",)
 
 
 def test_brats_patches_centre_on_the_brain_as_well_as_on_the_tumour(brats_2021):
@@ -432,6 +452,7 @@ def test_prepare_cohort_registers_raw_scans_and_freesurfer_subjects_with_their_l
     assert [r["name"] for r in report] == ["s6_scan-0", "s7_scan-0", "s8_scan-0", "s9_scan-0"]
     assert [r.get("labels") for r in report] == [None, "tissue", "freesurfer", None]
     assert "orig.mgz could not be read" in report[0]["error"] and "[9]" in report[3]["error"]
+    assert "name every class with --classes (background first" in report[3]["error"]  # label values: how to name them
     assert all(r["labels_kept"] > 0.9 for r in report[1:3])
     retried = []  # a second run keeps the scans written and retries only those that failed
 
@@ -618,6 +639,15 @@ def test_prepare_cohort_refuses_to_write_into_a_cohort_it_did_not_prepare(quick_
     with pytest.raises(SystemExit, match=f"holds a cohort prepared from another folder \\({src}\\)"):
         quick_prepare.main([str(other), "--out", str(mine)])
     assert quick_prepare.main([str(src), "--out", str(mine)]) == mine  # the same source: a rerun
+    brats = tmp_path / "brats"  # case folders of another layout: no split.json, no t1.nii.gz
+    (brats / "BraTS2021_00001").mkdir(parents=True)
+    (brats / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz").write_bytes(b"kept")
+    with pytest.raises(SystemExit, match=r"is not empty \(1 item\(s\), e.g. 'BraTS2021_00001'\) and "
+                                         r"training.prepare_cohort did not write it"):
+        quick_prepare.main([str(src), "--out", str(brats)])
+    assert [p.name for p in brats.rglob("*")] == ["BraTS2021_00001", "BraTS2021_00001_t1.nii.gz"]
+    (tmp_path / "empty").mkdir()
+    assert quick_prepare.main([str(src), "--out", str(tmp_path / "empty")]) == tmp_path / "empty"
 
 
 def test_prepare_cohort_warns_of_a_split_too_small_to_train_or_evaluate(quick_prepare, tmp_path, capsys):

@@ -199,6 +199,33 @@ def test_an_empty_test_split_ends_the_evaluation_before_any_work(small_cohort, m
     assert not (tmp_path / "e.json").exists()
 
 
+@pytest.mark.parametrize("train_scans", [0, 1])
+def test_a_reference_pool_too_small_is_named_or_leaves_the_icc_out(small_cohort, model_dir, tmp_path, capsys, train_scans):
+    """No training scan: no references, refused before any work; one: every test scan is scored, but the
+    test-retest ICC (two predictions of a scan from different references) is left out with a note."""
+    from mixdemo.data import CohortError, load_cohort
+    from training import evaluate
+
+    cohort = load_cohort(small_cohort)
+    root = tmp_path / "pool"
+    root.mkdir()
+    records = cohort.split("train")[:train_scans] + cohort.split("test")
+    for record in records:
+        (root / record.image_path.parent.name).symlink_to(record.image_path.parent, target_is_directory=True)
+    train = [r.subject for r in cohort.split("train")[:train_scans]]
+    (root / "split.json").write_text(json.dumps({"train": train, "test": list(cohort.test_subjects)}))
+    argv = ["--data", str(root), "--quick", "--no-figures", "--out", str(tmp_path / "e.json")]
+    if not train_scans:
+        with pytest.raises(CohortError, match="training split of .* holds no scans: the evaluation's references"):
+            evaluate.main(argv)
+        assert not (tmp_path / "e.json").exists()
+        return
+    doc = evaluate.main(argv)
+    assert "reference pool (the training scans) holds 1 scan; the test–retest ICC" in capsys.readouterr().err
+    assert doc["reference_pool"] == 1 and doc["icc"] == {} and doc["n_icc_scans"] == 0
+    assert doc["dice"]["learned_tta"]["avg"] >= 0 and len(doc["dice_per_volume"]) == 2
+
+
 def test_an_evaluation_warns_of_a_d_trained_with_another_s(tmp_path, monkeypatch):
     """As the client does against a server: a D whose record names another S than the one evaluated."""
     from training import evaluate

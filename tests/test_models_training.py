@@ -801,6 +801,32 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tiny_cohort, tmp_path):
         train.main(_train_cmd(tiny_cohort, out, run, 4, ["--unmix-features", "4,8"]))
 
 
+def test_a_checkpoint_resumes_only_on_the_cohort_it_trained_on(tiny_cohort, tmp_path):
+    """The same --data path with other contents (a subject moved out of training, or other classes) is refused
+    naming what changed; the same contents resume; a checkpoint from before the cohort was recorded is trusted."""
+    from training import train
+
+    data, out, run = tmp_path / "data", tmp_path / "w", tmp_path / "run"
+    shutil.copytree(tiny_cohort, data)
+    train.main(_train_cmd(data, out, run, 2))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["cohort"] == {
+        "layout": "mixdemo", "classes": ["background", "GM", "WM", "CSF"], "train_subjects": ["s0", "s1", "s2"]}
+    split = json.loads((data / "split.json").read_text())
+    (data / "split.json").write_text(json.dumps({"train": ["s0", "s1"], "test": ["s2"]}))
+    with pytest.raises(SystemExit, match=r"trained on another cohort than --data holds now \(training subjects gone: s2\)"):
+        train.main(_train_cmd(data, out, run, 4))
+    (data / "split.json").write_text(json.dumps(split | {"classes": ["background", "A", "B", "C"]}))
+    with pytest.raises(SystemExit, match=r"classes: \['background', 'GM', 'WM', 'CSF'\] → \['background', 'A', 'B', 'C'\]"):
+        train.main(_train_cmd(data, out, run, 4))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2  # left as it was
+    (data / "split.json").write_text(json.dumps({"train": ["s0", "s1"], "test": ["s2"]}))
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    del state["cohort"]  # saved before the cohort was recorded: trusted
+    torch.save(state, run / "checkpoint.pt")
+    train.main(_train_cmd(data, out, run, 3))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["cohort"]["train_subjects"] == ["s0", "s1"]
+
+
 def test_scans_on_other_grids_are_named(tiny_cohort, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(tiny_cohort, mixed)
@@ -823,6 +849,17 @@ def test_a_training_split_too_small_to_train_is_a_cohort_error(tiny_cohort, tmp_
     (small / "split.json").write_text(json.dumps({"train": train_subjects, "test": ["s2"]}))
     with pytest.raises(CohortError, match=f"holds {len(train_subjects)} subject.*training needs"):
         train.main(_train_cmd(small, tmp_path / "w", tmp_path / "run", 2, ["--mode", mode]))
+
+
+def test_a_training_split_too_small_without_a_split_json_says_where_its_subjects_went(tiny_cohort, tmp_path):
+    from training import train
+
+    two = tmp_path / "two"
+    for name in ("s0_scan-0", "s1_scan-0"):
+        shutil.copytree(tiny_cohort / name, two / name)
+    with pytest.raises(CohortError, match=r"holds 1 subject.*It has no split.json, so the default split put a quarter "
+                                          r"\(at least one\) of its 2 subject\(s\) in the test split"):
+        train.main(_train_cmd(two, tmp_path / "w", tmp_path / "run", 2))
 
 
 def test_a_patch_larger_than_the_grid_is_refused_with_the_largest_that_fits(tiny_cohort, tmp_path):
@@ -1424,6 +1461,7 @@ def test_torchrun_two_cpu_processes(tiny_cohort, tmp_path, precision):
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "segmentation" / "training.json").read_text())
     assert record["processes"] == 2 and record["batch_size"] == 4
+    assert record["command"].startswith("torchrun --nproc_per_node=2 -m training.train --data ")  # how to rerun it
     assert record["precision"] == precision and record["channels_last"] == (precision == "bfloat16")
     assert (out / "unmixing" / "model.safetensors").exists()
     assert sorted(f.name for f in (tmp_path / "cache").iterdir()) == sorted(  # no temporary file left behind
@@ -1480,11 +1518,16 @@ def test_publish_dry_run_builds_the_upload(tmp_path, monkeypatch):
     shutil.copytree(src / "segmentation", src / "no-record", ignore=shutil.ignore_patterns("training.json"))
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda: pytest.fail("--dry-run asked the Hub"))
     staging = publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
-    assert sorted(p.name for p in staging.iterdir()) == ["README.md", "segmentation"]
+    assert sorted(p.name for p in staging.iterdir()) == [publish.STAGING_MARK, "README.md", "segmentation"]
     assert {p.name for p in (staging / "segmentation").iterdir()} == {"config.json", "model.safetensors", "training.json",
                                                                      "README.md", "TRAINING_NOTE.md"}
-    assert "me/mixup" in (staging / "README.md").read_text()
-    assert "- [`segmentation/`](segmentation/README.md)" in (staging / "README.md").read_text().splitlines()
+    top = (staging / "README.md").read_text()
+    assert "me/mixup" in top and weights.PHANTOM_NOTICE not in top  # its record names no data: no phantom claim
+    assert "- [`segmentation/`](segmentation/README.md): `not recorded`" in top.splitlines()
+    card = (staging / "segmentation" / "README.md").read_text()  # the mixin's stub replaced from training.json
+    assert "# Segmentation network (3D U-Net++)" in card and "More Information Needed" not in card
+    assert "trained on is not recorded" in card and "- Command: `test`" in card
+    assert "More Information Needed" in (src / "segmentation" / "README.md").read_text()  # the source left as it was
     uploads: list[tuple[str, dict]] = []
 
     class Api:  # a stand-in: nothing leaves this machine
@@ -1498,10 +1541,21 @@ def test_publish_dry_run_builds_the_upload(tmp_path, monkeypatch):
     publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")])
     assert [what for what, _ in uploads] == ["create_repo", "upload_folder"]
     assert uploads[0][1]["repo_id"] == uploads[1][1]["repo_id"] == "me/mixup"
-    assert uploads[1][1]["folder_path"] == str(tmp_path / "st")
+    assert uploads[1][1]["folder_path"] == str(tmp_path / "st") and uploads[1][1]["ignore_patterns"] == [publish.STAGING_MARK]
     for staging_arg in (src, tmp_path):  # emptied before staging: the weights would be deleted
         with pytest.raises(SystemExit):
             publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(staging_arg), "--dry-run"])
+    notes = tmp_path / "notes"  # a folder of the user's: refused, not emptied
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="is not empty and was not staged by training.publish"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(notes), "--dry-run"])
+    assert (notes / "notes.txt").read_text() == "mine"
+    record = json.loads((src / "segmentation" / "training.json").read_text())
+    weights.write_training_record(src / "segmentation", {**record, "data": "data/phantoms"}, record["model_class"])
+    publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
+    assert weights.PHANTOM_NOTICE in (tmp_path / "st" / "README.md").read_text()
+    assert weights.PHANTOM_NOTICE in (tmp_path / "st" / "segmentation" / "README.md").read_text()
     assert (src / "segmentation" / "model.safetensors").exists()
     (src / "segmentation" / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(weights.WeightsError, match="checksum"):
@@ -1678,3 +1732,24 @@ def test_evaluations_and_studies_refuse_a_count_out_of_range_when_parsed(module,
     with pytest.raises(SystemExit) as stop:
         parse_args([option, bad])
     assert stop.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err
+
+
+def test_a_results_record_is_strict_json_with_null_for_figures_that_are_not_numbers(tmp_path):
+    """An ICC of a class no test scan holds is NaN: written as null (strict parsers refuse NaN), nested
+    anywhere, and the document returned is the one written."""
+    from training import write_record
+
+    doc = {"icc": {"GM": {"icc": float("nan"), "ci95": [float("-inf"), 0.5]}}, "n": 2, "rows": (np.float64("nan"), 1.0)}
+    written = write_record(tmp_path / "new" / "r.json", doc)
+    text = (tmp_path / "new" / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == written == {"icc": {"GM": {"icc": None, "ci95": [None, 0.5]}}, "n": 2, "rows": [None, 1.0]}
+
+
+def test_a_distributed_run_records_the_torchrun_line_that_starts_it(monkeypatch):
+    from training.train import launch_command
+
+    assert launch_command(["--steps", "3"], 1) == "python -m training.train --steps 3"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launch_command(["--steps", "3"], 4) == "torchrun --nproc_per_node=4 -m training.train --steps 3"
+    assert launch_command(["--steps", "3"], 8) == "torchrun --nnodes=2 --nproc_per_node=4 -m training.train --steps 3"

@@ -61,15 +61,34 @@ def user_errors() -> Iterator[None]:
 
         if not isinstance(exc, CohortError | ScanError | WeightsError | DeviceUnavailable):
             raise
+        if os.environ.get("RANK", "0") != "0":  # under torchrun every process meets the error: rank 0 says it
+            raise SystemExit(1) from None
         raise SystemExit(f"error: {exc}") from None
 
 
-def write_record(path: Path, doc: dict) -> None:
-    """A results record: ``doc`` as indented JSON at ``path`` (its folder made if missing)."""
+def write_record(path: Path, doc: dict) -> dict:
+    """A results record: ``doc`` as indented JSON at ``path`` (its folder made if missing), a figure that is not
+    a finite number (an ICC of a class no test scan holds) written as ``null``, since strict JSON has no NaN;
+    returns the document as written."""
     import json
 
+    written = finite_json(doc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_text(json.dumps(written, indent=2, allow_nan=False) + "\n")
+    return written
+
+
+def finite_json(value):  # noqa: ANN001, ANN201 - any JSON-like value
+    """``value`` with every float that is NaN or infinite replaced by None, in nested dicts, lists and tuples."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def command_line(module: str, argv: list[str] | None) -> str:
@@ -101,19 +120,33 @@ def trained_data(record: dict) -> Path:
 
 
 def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a mixdemo.data.Cohort
-    """A CohortError when a model folder gives another number of classes (its ``config.json``; older folders: the
-    phantoms' four) than the cohort names: scored or fitted on it, a class would go missing or a shape would not fit."""
+    """A CohortError when a model folder was trained on other classes than the cohort names: another number (its
+    ``config.json``; older folders: the phantoms' four), or, where its ``training.json`` says, other class names
+    (older records name none: the phantoms'), or another layout or modality. Scored or fitted on it, a class
+    would go missing, a shape would not fit, or a tissue model would be scored as a tumour one."""
     import json
 
+    from mixdemo.classes import CLASS_NAMES
     from mixdemo.data import CohortError
-    from mixdemo.weights import resolve_model_dir
+    from mixdemo.weights import read_training_record, resolve_model_dir
 
+    remedy = "give the cohort it was trained on (--data), or models trained on this one (MIXDEMO_WEIGHTS_DIR)."
     for name in dict.fromkeys(names):
-        classes = int(json.loads((resolve_model_dir(name) / "config.json").read_text()).get("num_classes", 4))
+        folder = resolve_model_dir(name)
+        classes = int(json.loads((folder / "config.json").read_text()).get("num_classes", 4))
         if classes != cohort.num_classes:
             raise CohortError(f"The model {name} gives {classes} classes, but the cohort {cohort.root} names "
-                              f"{cohort.num_classes} ({', '.join(cohort.class_names)}): give the cohort it was trained "
-                              "on (--data), or models trained on this one (MIXDEMO_WEIGHTS_DIR).")
+                              f"{cohort.num_classes} ({', '.join(cohort.class_names)}): {remedy}")
+        record = read_training_record(folder)
+        if not record:  # nothing recorded: the number of classes is all there is to check
+            continue
+        trained = {"classes": list(record.get("classes") or CLASS_NAMES), "layout": record.get("data_layout"),
+                   "modality": record.get("modality")}
+        here = {"classes": list(cohort.class_names), "layout": cohort.layout.name, "modality": cohort.modality}
+        differ = [f"{k} {trained[k]} (the cohort's: {here[k]})" for k in here if trained[k] is not None and trained[k] != here[k]]
+        if differ:
+            raise CohortError(f"The model {name} was trained on other data than the cohort {cohort.root}: "
+                              f"{'; '.join(differ)}: {remedy}")
 
 
 def save_derived_model(model, out: Path, record: dict, key: str, entry: dict) -> Path:

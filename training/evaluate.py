@@ -293,11 +293,18 @@ def set_up(args: argparse.Namespace) -> Setup:
     if not dice_records:
         raise CohortError(f"The test split of {cohort.root} holds no scans: the evaluation scores the test subjects "
                           "(list some under \"test\" in its split.json).")
+    if not cohort.split("train"):
+        raise CohortError(f"The training split of {cohort.root} holds no scans: the evaluation's references come from "
+                          "it (list some under \"train\" in its split.json).")
+    train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"), cache=args.volume_cache)]
+    bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
     if len(retest_records) < 2:
         print(f"note: {len(retest_records)} test scan; the test–retest ICC needs 2 or more, so it is left out",
               file=sys.stderr, flush=True)
-    train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"), cache=args.volume_cache)]
-    bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
+    elif len(bank) < 2:
+        print("note: the reference pool (the training scans) holds 1 scan; the test–retest ICC needs two predictions "
+              "of each test scan from different references, so it is left out", file=sys.stderr, flush=True)
+        retest_records = []
     if args.k_max > len(bank):
         if not args.quick:
             raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
@@ -394,11 +401,10 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         in_dice = rec in dice_records
         vol, refs, brain, naive, learned, proxies = predict_scan(rec, args.k_max if in_dice else 2, args, setup)
         lab = lambda probs: masked(hard_labels(probs.float()).numpy(), brain)  # noqa: E731
-        single_dice[rec.name] = [  # two predictions with disjoint references (test-retest ICC)
-            dice_per_class(lab(learned[j]), vol.labels, list(classes)) for j in (0, 1)
-        ]
-        tta_dice[rec.name] = retest_tta_pair(rec, learned, args, setup,
-                                             lambda probs: dice_per_class(lab(probs), vol.labels, list(classes)))
+        if retest_records:  # two predictions with disjoint references (test-retest ICC; none from a pool of 1)
+            single_dice[rec.name] = [dice_per_class(lab(learned[j]), vol.labels, list(classes)) for j in (0, 1)]
+            tta_dice[rec.name] = retest_tta_pair(rec, learned, args, setup,
+                                                 lambda probs: dice_per_class(lab(probs), vol.labels, list(classes)))
         if in_dice:
             base_pred = baseline_labels(setup.base, vol, brain)
             dice_names.append(rec.name)
@@ -413,7 +419,8 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                 curves["learned"].append(prefix_dice_curve(learned, vol.labels, order, brain))
             if figure_case is None:
                 figure_case = _figure_case(vol, refs, proxies, naive, learned, base_pred, args.tta_k, lab)
-        print(f"[{time.perf_counter() - t0:6.0f} s] {rec.name}: learned {single_dice[rec.name][0]}", flush=True)
+        print(f"[{time.perf_counter() - t0:6.0f} s] {rec.name}: learned "
+              f"{dice_per_class(lab(learned[0]), vol.labels, list(classes))}", flush=True)
 
     icc = icc_rows(single_dice, classes)
     dice_vs_k = {m: [[k + 1, round(float(v), 4)] for k, v in enumerate(np.mean(curves[m], axis=0))] for m in curves}
@@ -437,7 +444,7 @@ def evaluate(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         **weights_dir_record(),
         "seconds": round(time.perf_counter() - t0),
     }
-    write_record(args.out, doc)
+    doc = write_record(args.out, doc)  # as written: a NaN figure is null in both
     if not args.no_figures:
         draw_figures(doc, figure_case, args.out)
     return doc

@@ -24,9 +24,9 @@ neither form is listed with what it lacks. Scans already written by an earlier r
 while their source files (T1 and labels: path, size, modification time) are unchanged, and prepared again
 otherwise, so an interrupted run goes on where it stopped and an edited scan is not left stale.
 
-``--out`` must lie apart from ``SRC`` (neither the same folder nor inside the other), and be a new folder or
-one this command prepared from the same ``SRC``: a cohort it did not write is refused, its ``split.json``
-and scans left as they are. A split with fewer than 2 training subjects (training mixes a target with
+``--out`` must lie apart from ``SRC`` (neither the same folder nor inside the other), and be a new or empty
+folder or one this command prepared from the same ``SRC``: any other folder with something in it (a cohort
+it did not write, BraTS case folders...) is refused and left as it is. A split with fewer than 2 training subjects (training mixes a target with
 another subject's scan) or 2 test scans (evaluation scores them; its test-retest ICC needs 2) is written
 all the same, with a warning. A rerun with the same ``--test-fraction`` and ``--seed`` keeps each subject of the
 earlier run's split on its side and draws sides for new subjects only (so adding subjects never moves a test subject
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, Layout, classes_of, cohort_classes, freesurfer_tissue,
+from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, LabelValueError, Layout, classes_of, cohort_classes, freesurfer_tissue,
                           mixdemo_layout, subject_of)
 from mixdemo.classes import CLASS_NAMES
 from mixdemo.phantoms import moved_subjects, split_keeping_earlier_sides
@@ -151,12 +151,18 @@ def check_out_folder(out: Path, src: Path) -> None:
             return
         raise SystemExit(f"error: --out {out} holds a cohort prepared from another folder ({meta['source']}), not "
                          f"{src}; give --out a new folder (a cohort is prepared from one source folder).")
-    scans = [p for p in out.iterdir() if p.is_dir() and _first(p, T1_NAMES)]
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    scans = [p for p in entries if p.is_dir() and _first(p, T1_NAMES)]
     held = ["split.json"] * (out / "split.json").exists() + [f"{len(scans)} scan folder(s)"] * bool(scans)
     if held:
         raise SystemExit(f"error: --out {out} already holds a cohort that training.prepare_cohort did not write "
                          f"({' and '.join(held)}); its split would be replaced, leaving its scans in neither split. "
                          "Give --out a new folder.")
+    raise SystemExit(f"error: --out {out} is not empty ({len(entries)} item(s), e.g. {sorted(e.name for e in entries)[0]!r}) "
+                     "and training.prepare_cohort did not write it: the prepared scans and split.json would be mixed "
+                     "with what is there (another cohort's case folders, say). Give --out a new or empty folder.")
 
 
 def _json_of(path: Path) -> dict:
@@ -269,6 +275,9 @@ def prepare_or_skip(scan: RawScan, out: Path, threads: int | None, layout: Layou
     stamp = source_stamp(scan)
     try:
         return {**prepare_scan(scan, out, threads, layout), "source": stamp, "classes": list(layout.class_names)}
+    except LabelValueError as exc:  # classes the user may mean: say how to name them
+        return {"name": scan.name, "error": f"{exc} If those are classes of yours, name every class with --classes "
+                                           "(background first: label c is the c-th name)."}
     except (ScanError, ValueError) as exc:  # this scan is unusable; the others go on
         return {"name": scan.name, "error": str(exc)}
 

@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> dict:
             state["settings"]["modality"] = recorded_modality(state["settings"].get("modality"), default)
         check_resumable(state, settings, args.steps, ckpt_path)
     train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
+    trained_on = cohort_trained_on(cohort, train_records)
+    if state is not None:
+        check_same_cohort(state.get("cohort"), trained_on, ckpt_path)
     volumes = load_volumes(train_records, cache=args.volume_cache)
     if args.patch_size > min(volumes[0].image.shape):
         raise SystemExit(f"--patch-size {args.patch_size} does not fit the cohort's grid "
@@ -399,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
             if step >= args.steps:
                 print(f"its checkpoint has run all --steps {args.steps}: nothing to train; its weights are exported "
                       "again (a larger --steps trains on)", flush=True)
-    sessions = [*sessions, session_record(args, world, device, command_line("training.train", argv), step)]
+    sessions = [*sessions, session_record(args, world, device, launch_command(argv, world), step)]
     # U-Net++ without deep supervision leaves its intermediate heads unused
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
@@ -437,7 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
             sessions[-1] |= {"to_step": step, "seconds": round(time.perf_counter() - t0)}
             torch.save({"model": model.state_dict(), "optim": optim.state_dict(),
                         "step": step, "seed_state": args.seed * 7 + step, "elapsed": elapsed + time.perf_counter() - t0,
-                        "validation": history, "settings": settings, "sessions": sessions}, ckpt_path)
+                        "validation": history, "settings": settings, "sessions": sessions, "cohort": trained_on},
+                       ckpt_path)
     bar.close()
     info = {}
     if rank == 0:
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "note": "the weights are those of exported_step, the best mean Dice on the held-out "
                                   "subjects' scans (training.validate)"}
         info = export(model, args, features, name, elapsed + time.perf_counter() - t0, world, device,
-                      command_line("training.train", argv), validation, data_record(cohort, volumes, patch_centres),
+                      launch_command(argv, world), validation, data_record(cohort, volumes, patch_centres),
                       sessions)
     if world > 1:
         dist.destroy_process_group()
@@ -462,8 +466,8 @@ RUN_SETTINGS = ("mode", "data", "modality", "features", "unmix_features", "unmix
                 "n_references", "alpha_range", "augment", "patch_centres", "consistency", "seed", "init_from",
                 "init_unmixing", "val_subjects")
 """The options that make a run this run: a checkpoint resumes only under the same ones. The others may change
-between legs (``--steps``, as the shipped weights' legs did; batch size, learning rate, precision, threads,
-the number of processes)."""
+between legs (``--steps``, as the shipped weights' legs did; patch size, batch size, learning rate, precision,
+threads, the number of processes). The cohort itself is checked apart (:func:`check_same_cohort`)."""
 
 
 DEFAULTED_SETTINGS = {"modality": "the cohort's default", "patch_centres": "the cohort's default", "consistency": "off"}
@@ -516,6 +520,48 @@ def check_resumable(state: dict, settings: dict, steps: int, ckpt_path: Path) ->
                          f"{state['step']} or more to continue it, or {new_run}.")
 
 
+def launch_command(argv: list[str] | None, world: int) -> str:
+    """The command as a training record names it: ``python -m training.train ...``, or with several processes
+    the ``torchrun`` line that starts them (``--nproc_per_node``, and ``--nnodes`` across machines)."""
+    command = command_line("training.train", argv)
+    if world <= 1:
+        return command
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = f" --nnodes={world // per_node}" if per_node < world else ""
+    return command.replace("python -m", f"torchrun{nodes} --nproc_per_node={per_node} -m", 1)
+
+
+def cohort_trained_on(cohort: Cohort, train_records: list) -> dict:
+    """What a checkpoint records of the scans it trains on, beyond the folder's path (a folder's contents can
+    change between legs): the layout, the classes and the training subjects."""
+    return {"layout": cohort.layout.name, "classes": list(cohort.class_names),
+            "train_subjects": sorted({r.subject for r in train_records})}
+
+
+def check_same_cohort(saved: dict | None, trained_on: dict, ckpt_path: Path) -> None:
+    """SystemExit unless the data folder still holds the cohort the checkpoint trained on (a checkpoint from
+    before this was recorded is trusted): another layout or classes, or training subjects added or gone (say,
+    a folder without a split.json that grew, so that its default split moved test subjects into training)."""
+    if saved is None:
+        return
+    changed = [f"{k}: {saved.get(k)!r} → {trained_on[k]!r}" for k in ("layout", "classes") if saved.get(k) != trained_on[k]]
+    before, now = set(saved.get("train_subjects", [])), set(trained_on["train_subjects"])
+    if added := sorted(now - before):
+        changed.append(f"training subjects added: {first_few(added)}")
+    if gone := sorted(before - now):
+        changed.append(f"training subjects gone: {first_few(gone)}")
+    if changed:
+        raise SystemExit(f"{ckpt_path} trained on another cohort than --data holds now ({'; '.join(changed)}); resuming "
+                         "it would mix two cohorts, and scans it trained on could now be scored as test scans. Give "
+                         f"another --run-dir for a new run, or restore the folder (a split.json fixes each subject's "
+                         "side: training.prepare_cohort writes one).")
+
+
+def first_few(names: list[str], listed: int = 5) -> str:
+    """The first ``listed`` of ``names``, then how many more."""
+    return ", ".join(names[:listed]) + (f" ... and {len(names) - listed} more" if len(names) > listed else "")
+
+
 def load_checkpoint_weights(model: torch.nn.Module, weights: dict, ckpt_path: Path) -> None:
     """Load a checkpoint's weights; a checkpoint of other networks is a SystemExit naming it, not a traceback."""
     try:
@@ -537,8 +583,13 @@ def check_training_split(cohort: Cohort, mixed: bool, n_references: int = 1, vie
                if mixed and views == 2 else
                f"a mix needs {n_references} reference(s) from subjects other than its target's" if mixed
                else "it trains on them")
+        has_split = (cohort.root / "split.json").is_file()
+        fix = ("List more subjects under \"train\" in its split.json, or add scans of more subjects." if has_split else
+               f"It has no split.json, so the default split put a quarter (at least one) of its "
+               f"{len({r.subject for r in cohort.records})} subject(s) in the test split: add scans of more subjects, "
+               "or write a split.json listing the \"train\" subjects.")
         raise CohortError(f"The training split of {cohort.root} holds {len(subjects)} subject(s) ({', '.join(subjects) or 'none'}); "
-                          f"training needs {needed}: {why}. List more subjects under \"train\" in its split.json.")
+                          f"training needs {needed}: {why}. {fix}")
 
 
 LOSS_MIX = DiceCELoss(softmax=True)
