@@ -43,6 +43,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (seconds on 2 
 import numpy as np
 import torch
 
+from mixdemo.launch import check_setting_variables, count
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT, MixKey, alternate_mirroring, check_alpha, sample_key
 from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_segment
 from mixdemo.weights import DEFAULT_UNMIXING, unmixing_name
@@ -417,6 +418,10 @@ def http_status(url: str, timeout_s: float = 10.0) -> int | None:
         return None
 
 
+CONNECT_TIMEOUT_S = 30.0
+"""How long :class:`RemoteServer` waits for the server to answer while connecting (its configuration and API)."""
+
+
 class RemoteServer:
     """Callable sending proxies to a Mixup-Privacy server's ``segment_proxy`` endpoint."""
 
@@ -426,7 +431,9 @@ class RemoteServer:
 
         Args:
             url: the server's address.
-            timeout_s: HTTP timeout of one request.
+            timeout_s: HTTP timeout of one request (of one segmentation); connecting, the app's configuration
+                and its API list have :data:`CONNECT_TIMEOUT_S` (a server that accepts the connection and never
+                answers is named within it, not after ``timeout_s``).
             separate_requests: send each proxy as its own request, in random order and each in a new session (a
                 defence against averaging the K TTA proxies of one target); else one request per call (at most
                 8 proxies).
@@ -434,6 +441,7 @@ class RemoteServer:
                 request, as ``gradio_client`` does by default: needed only for a private Space, and it tells the
                 server who the user is. Off, no token is sent, and the user agent names only this client.
         """
+        import httpx
         from gradio_client import Client
 
         self.url = url
@@ -446,9 +454,13 @@ class RemoteServer:
                 verbose=False,
                 download_files=False,  # the answer is fetched into memory by _fetch: nothing of it on disk
                 analytics_enabled=False,
-                httpx_kwargs={"timeout": timeout_s},
+                httpx_kwargs={"timeout": min(timeout_s, CONNECT_TIMEOUT_S)},
             )
         except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
+            if isinstance(exc, httpx.TimeoutException):
+                raise ClientError(f"The server at {url} accepted the connection but did not answer within "
+                                  f"{CONNECT_TIMEOUT_S:.0f} s; check the address, or try again when it is less "
+                                  "busy.") from None
             status = http_status(url, timeout_s)
             if status is not None and status < 400:  # something answers there, but not as a Gradio app
                 raise ClientError(f"The address {url} answers (HTTP {status}) but is not a Gradio app: it is not a "
@@ -465,6 +477,7 @@ class RemoteServer:
             self.close()
             raise ClientError(f"The app at {url} has no segment_proxy endpoint: it is not a Mixup-Privacy server "
                               "(python app.py serves one); check the address.")
+        self._client.httpx_kwargs["timeout"] = timeout_s  # from here on, requests that segment
 
     def _endpoints(self) -> set[str] | None:
         """The named endpoints of the app (None if its API cannot be listed: the first request then tells)."""
@@ -752,7 +765,9 @@ def main(argv: list[str] | None = None) -> int:
                         "numbered list the client prints when run without --series (most files first; an enhanced "
                         "multi-frame file counts as one). Series that read alike are refused: export that one alone")
     p.add_argument("--server", required=True, help="URL of the server, e.g. http://127.0.0.1:7860")
-    p.add_argument("--alpha", type=float, default=None, help=f"target weight α (default: random in {DEFAULT_ALPHA_RANGE})")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"target weight α, 0.05 to 0.95 (default: random in {DEFAULT_ALPHA_RANGE}; above 0.5 the scan "
+                        "outweighs its reference in the proxy, and the README's α sweep measures what that costs)")
     p.add_argument("--tta", type=int, default=1, metavar="K",
                    help="number of references, the K of Eq. 5-6 (default: 1; each adds one proxy for the server to "
                         "segment; the README's tables use K = 10, which lifts Dice)")
@@ -765,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
                         "BraTS (default: the public phantom bank, which a server can know: a demo, not privacy)")
     p.add_argument("--mode", choices=MODES, default="whole", help="whole volume (default), or one 32³ patch")
     p.add_argument("--centre", default=None, help="patch centre X,Y,Z (patch mode; default: brain centre)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the key (default: random)")
+    p.add_argument("--seed", type=count(0), default=None, help="seed of the key, 0 or more (default: random)")
     p.add_argument("--unmixing", default=None, metavar="NAME",
                    help="the client network D: a model folder, e.g. unmixing-p4 (a fraction of the client time, "
                         "a lower Dice; see the README's performance section); default $MIXDEMO_UNMIXING or "
@@ -776,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="send your Hugging Face token (HF_TOKEN or the saved login) to the server: needed only for a "
                         "private Space, and it tells the server who you are (default: no token is sent)")
     args = p.parse_args(argv)
+    check_setting_variables()  # D's precision and the allocator switch, before any work
 
     from mixdemo.io import ScanError
     from mixdemo.weights import WeightsError
@@ -835,18 +851,22 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Path], list[Reference] | No
         _check_dicom_inputs(args.scan, SERIES_NEEDS_DICOM)
     if args.alpha is not None and not 0.05 <= args.alpha <= 0.95:
         raise ClientError("--alpha must lie between 0.05 and 0.95.")
+    if args.alpha is not None and args.alpha > 0.5:
+        print(f"warning: --alpha {args.alpha:g} makes the scan outweigh its reference in the proxy: in the README's α "
+              "sweep (results/privacy.json, alpha_sweep) a server re-identifies such proxies far more often than at "
+              f"the default α in {DEFAULT_ALPHA_RANGE}.", file=sys.stderr)
     if args.centre is not None and args.mode != "patch":
         raise ClientError("--centre places the patch of --mode patch; the whole mode segments the whole volume.")
     _parse_centre(args.centre)
     from mixdemo import examples
 
     check_k(args.tta, None if args.references else len(examples.reference_ids()))
+    unmix = unmixing_model(name=args.unmixing)  # before any request: a D for several references is refused here
     outputs = output_paths(args.scan, args.output, dicom_seg=args.dicom_seg)  # after the checks that need no
-    # folder, so that a command refused by them leaves none behind
+    # folder (the D's included), so that a command refused by them leaves none behind
     if args.mirror and args.tta == 1:
         print("note: --mirror mirrors every second mix, and K = 1 makes only one: nothing is mirrored.", file=sys.stderr)
     args.mirror = MIRROR_BY_DEFAULT if args.mirror is None else args.mirror
-    unmix = unmixing_model(name=args.unmixing)  # before any request: a D for several references is refused here
     if not args.references:
         return outputs, None, unmix
     refs = examples.load_reference_dir(args.references, num_classes=None)  # checked against the server's classes
@@ -946,6 +966,9 @@ def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) 
     matched one scan leaves it), ``<output>/<scan name>_seg.nii.gz`` (``_seg.dcm`` with ``dicom_seg``; two scans
     may not share a name). The folder that receives them is made and checked for writing here, before any scan is
     segmented, so a bad ``-o`` loses no work."""
+    if not str(output).strip():  # -o "$OUT" with OUT unset: not the current folder by accident
+        raise ClientError("The output is empty: give an output file name (.nii.gz) or a folder (-o segs/; -o ./ for "
+                          "the current one).")
     file_suffixes = (".nii", ".nii.gz", ".dcm")
     names_a_file = str(output).lower().endswith(file_suffixes)
     names_folder = not names_a_file and (str(output).endswith(("/", os.sep)) or Path(output).is_dir())

@@ -180,7 +180,8 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None, 
     layout = mixdemo_layout(("background", *(f"class {c}" for c in range(1, n))))
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError("The reference folder does not exist.")
+        raise ValueError("The reference folder is a file: give the folder that holds the references (one folder "
+                         "each, t1.nii.gz + seg.nii.gz)." if folder.exists() else "The reference folder does not exist.")
     names = ids if ids is not None else sorted(p.name for p in folder.iterdir() if (p / "t1.nii.gz").exists())
     if ids is None and not names:
         return _brats_references(folder)

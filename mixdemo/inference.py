@@ -31,6 +31,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from mixdemo import HUGE_PAGES_ENV  # set by the package on import
+from mixdemo.launch import KEEP_FREED_ENV, SWITCH_ON  # the settings app.py checks at start are named there
 
 ProgressFn = Callable[[float, str], None]
 
@@ -57,10 +58,6 @@ MAX_BATCH_VOXELS = 1_000_000
 SLAB_OVERLAP = 16
 """Least overlap (voxels) between neighbouring slabs."""
 
-KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
-"""Environment variable for :func:`keep_freed_memory`: ``1``, freed memory is kept within a step and handed back
-after it; ``0``, the C library's allocator as it comes; unset or ``auto`` (the default), the first where S runs in
-bfloat16 on the CPU and the second where it runs in float32 (:func:`freed_memory_kept_by_choice`)."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 _TRIM_THRESHOLD_BYTES = 2**31 - 1  # the largest glibc takes: a free top of the heap beyond 2 GiB is still returned
@@ -105,7 +102,7 @@ def freed_memory_kept_by_choice() -> bool:
     CPU, it did not, in either of two trials (peaks over 4 GB: twice the activation bytes, kept)."""
     choice = os.environ.get(KEEP_FREED_ENV, "auto").strip().lower() or "auto"
     if choice != "auto":
-        return choice in ("1", "true", "yes", "on")
+        return choice in SWITCH_ON  # another value: app.py and the client refuse it at start
     from mixdemo.weights import WeightsError, s_precision
 
     try:

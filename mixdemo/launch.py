@@ -49,11 +49,35 @@ def check_port_variable() -> None:
             raise SystemExit(f"error: GRADIO_SERVER_PORT: {exc}") from None
 
 
+KEEP_FREED_ENV = "MIXDEMO_KEEP_FREED_MEMORY"
+"""Environment variable for :func:`mixdemo.inference.keep_freed_memory`: ``1``, freed memory is kept within a step
+and handed back after it; ``0``, the C library's allocator as it comes; unset or ``auto`` (the default), the first
+where S runs in bfloat16 on the CPU and the second where it runs in float32
+(:func:`mixdemo.inference.freed_memory_kept_by_choice`)."""
+
+SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+SWITCH_VALUES = (*SWITCH_ON, *SWITCH_OFF, "auto")
+"""What ``$MIXDEMO_KEEP_FREED_MEMORY`` may say."""
+
+
+def check_setting_variables() -> None:
+    """SystemExit naming the first of the settings read from the environment (S's and D's precision, the
+    allocator switch) whose value cannot be used: at start, not as a traceback at the first request."""
+    from mixdemo.weights import PRECISION_ENV, PRECISIONS, UNMIXING_PRECISION_ENV
+
+    for name, allowed in ((PRECISION_ENV, PRECISIONS), (UNMIXING_PRECISION_ENV, PRECISIONS), (KEEP_FREED_ENV, SWITCH_VALUES)):
+        value = os.environ.get(name, "").strip().lower()
+        if value and value not in allowed:
+            raise SystemExit(f"error: ${name} must be one of {', '.join(allowed)} (or unset); got {os.environ[name]!r}.")
+
+
 def parse_app_args(argv: list[str] | None = None) -> argparse.Namespace:
     """``--host`` and ``--port`` of the app (defaults: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, else
     127.0.0.1:7860)."""
     p = argparse.ArgumentParser(prog="app.py", description="Mixup-Privacy Lab (Gradio app)")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this machine only; "
+                        "0.0.0.0 serves other machines, as a server for remote clients)")
     p.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", str(DEFAULT_PORT)),
                    help=f"TCP port (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})")
     return p.parse_args(argv)

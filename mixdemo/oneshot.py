@@ -25,6 +25,41 @@ def gradio_cache_dir() -> Path:
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
+APP_CACHE_FOLDER = "mixdemo-gradio"
+"""The app's own Gradio cache under the system's temporary folder (``app.py`` sets ``GRADIO_TEMP_DIR`` to it unless
+set): shared with no other Gradio app, so what a previous process left there may be swept."""
+
+
+def app_cache_dir() -> Path:
+    """:data:`APP_CACHE_FOLDER` under the system's temporary folder, resolved."""
+    return (Path(tempfile.gettempdir()) / APP_CACHE_FOLDER).resolve()
+
+
+def sweep_stale(max_age_s: float) -> int:
+    """Remove what lies in Gradio's cache longer than ``max_age_s`` (uploads, views, responses that a process
+    killed before it could delete them left behind; a running app's own are younger, or its sweep removes them),
+    when that cache is :func:`app_cache_dir`, the app's own; a cache chosen with ``GRADIO_TEMP_DIR`` may be shared,
+    so it is left alone. Returns how many entries were removed (nothing of what they held is logged)."""
+    import time
+
+    root = gradio_cache_dir()
+    if root != app_cache_dir() or not root.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for entry in root.iterdir():
+        try:
+            if now - entry.lstat().st_mtime <= max_age_s:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def response_root() -> Path:
     """Parent folder of the server's response folders (inside Gradio's cache)."""
     return gradio_cache_dir() / RESPONSE_FOLDER

@@ -43,6 +43,19 @@ MIRROR_BY_DEFAULT = False
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 _CANCEL: dict[str, threading.Event] = {}  # session hash → cancel flag of its running attack (no user data)
 
+
+def upload_path_only(component: gr.File) -> gr.File:
+    """``component`` (a ``gr.File`` of ``type="filepath"``, no ``file_types``) handing its handler the upload's path
+    without the empty temporary file that Gradio 6's own preprocessing makes in its cache for every upload and never
+    removes (``File._process_single_file``: a ``NamedTemporaryFile(delete=False)`` it does not use). Patched on the
+    instance: a subclass would make Gradio write a ``.pyi`` stub beside this module when it is imported."""
+    from gradio.utils import NamedString
+
+    if component.type == "filepath" and not component.file_types:
+        component._process_single_file = lambda f: NamedString(f.path)  # type: ignore[method-assign]
+    return component
+
+
 CSS = """
 .mixdemo-legend {font-size: 0.95rem; padding: 4px 0;}
 .result-panel {gap: 2px !important;}
@@ -974,8 +987,21 @@ def _server_endpoint(path: str | None, progress: gr.Progress = gr.Progress()) ->
         raise gr.Error("Send a .npy file of proxies.", print_exception=False)
     try:
         return server.segment_file(path, _progress_fn(progress))
-    except (server.ProxyError, WeightsError) as exc:
+    except server.ProxyError as exc:
         raise _err(exc) from None
+    except WeightsError as exc:  # the operator's detail (folders, remedies) goes to the log, not to the remote client
+        log.warning("segment_proxy: the model could not be loaded: %s", exc)
+        raise gr.Error(server_weights_message(exc), print_exception=False) from None
+
+
+def server_weights_message(exc: Exception) -> str:
+    """What a remote client is told when the server's S cannot be loaded: the kind of fault, not the server's
+    folders or the commands its operator would run (those are in the server's log)."""
+    from mixdemo.weights import WeightsNotFound
+
+    what = ("No weights for 'segmentation' on this server" if isinstance(exc, WeightsNotFound)
+            else "The server's segmentation model could not be loaded")
+    return f"{what}: it cannot segment until its operator fixes it (the server's log says why)."
 
 
 def _server_info() -> dict:
@@ -999,16 +1025,16 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=1, min_width=340):  # wide enough for the D menu's value
                         example = gr.Dropdown(examples.example_names(), value=None, label="1 · Example target (phantom with labels)")
                         with gr.Accordion("…or upload your own T1 (NIfTI or DICOM)", open=False):
-                            upload = gr.File(label="T1 scan: .nii / .nii.gz, or a DICOM series (a .zip of its files, or one enhanced .dcm); registered to MNI if needed",  # no file_types: Gradio's
-                                             # type check would refuse before load_upload and leave the upload on disk
-                                             type="filepath", height=120)
+                            upload = upload_path_only(gr.File(label="T1 scan: .nii / .nii.gz, or a DICOM series (a .zip of its files, or one enhanced .dcm); registered to MNI if needed",  # no file_types: Gradio's
+                                                              # type check would refuse before load_upload and leave the upload on disk
+                                                              type="filepath", height=120))
                             upload_series = gr.Number(0, precision=0, minimum=0, label="DICOM series",
                                                       info="0: the upload holds one series. A whole study's export is "
                                                            "refused with a numbered list of its series: set the T1's "
                                                            "number here and upload it again.",
                                                       elem_id="upload-series")
-                            upload_labels = gr.File(label="optional: its labels (on the scan's own grid), for Dice",
-                                                    type="filepath", height=120)
+                            upload_labels = upload_path_only(gr.File(label="optional: its labels (on the scan's own grid), for Dice",
+                                                                     type="filepath", height=120))
                         refs = gr.Dropdown(ref_choices, multiselect=True, value=[], label="2 · References (the demo's public bank: no secret) — empty: K random")
                         k = gr.Slider(1, len(ref_choices), value=3, step=1, label="K references for TTA (used when none is picked)")
                         alpha = gr.Slider(ALPHA_MIN, ALPHA_MAX, value=a_default, step=0.05, label="α, the target's weight in the mix")
@@ -1111,7 +1137,7 @@ def build_demo() -> gr.Blocks:
                                 gr.JSON(doc)
                 gr.Markdown(SERVER_API_MD)
                 with gr.Row():
-                    proxy_in = gr.File(label="proxy .npy", type="filepath")  # no file_types: the server checks and deletes
+                    proxy_in = upload_path_only(gr.File(label="proxy .npy", type="filepath"))  # no file_types: the server checks and deletes
                     probs_out = gr.File(label="mixed probabilities .npy", interactive=False)
                     info = gr.JSON(label="server_info")
                 with gr.Row():

@@ -699,6 +699,57 @@ def test_server_deletes_the_request_and_writes_float16(app_weights, tmp_path):
 
 
 
+def test_an_upload_s_path_reaches_the_handler_without_a_stray_file_in_gradio_s_cache(tmp_path):
+    """Gradio 6's gr.File(type="filepath") leaves an empty temporary file in its cache per upload; the app's upload
+    components hand over the path alone (patched on the instance: no stub file written beside mixdemo/ui.py)."""
+    import gradio as gr
+    from gradio.data_classes import FileData
+
+    from mixdemo import ui
+
+    upload = tmp_path / "0a1b" / "proxy.npy"
+    upload.parent.mkdir()
+    upload.write_bytes(b"request")
+    for component in (ui.upload_path_only(gr.File(type="filepath")), gr.File(type="filepath")):
+        component.GRADIO_CACHE = str(tmp_path / "cache")
+        (tmp_path / "cache").mkdir(exist_ok=True)
+        assert str(component.preprocess(FileData(path=str(upload)))) == str(upload)
+        stray = list((tmp_path / "cache").iterdir())
+        assert (stray == []) == ("_process_single_file" in vars(component))  # Gradio's own leaves one: still needed
+        for f in stray:
+            f.unlink()
+    typed = ui.upload_path_only(gr.File(type="filepath", file_types=[".npy"]))  # Gradio's type check kept
+    assert "_process_single_file" not in vars(typed)
+    assert not Path(ui.__file__).with_suffix(".pyi").exists()
+
+
+def test_the_app_sweeps_what_a_killed_process_left_in_its_own_cache_only(tmp_path, monkeypatch):
+    """Entries of the app's own cache older than the age given go at start (an upload never read, a response never
+    fetched); younger ones (another running app's) stay, and a cache chosen with GRADIO_TEMP_DIR is not swept."""
+    import os
+    import tempfile
+    import time
+
+    from mixdemo import oneshot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    own = tmp_path / oneshot.APP_CACHE_FOLDER
+    old_upload, fresh_upload, old_stray = own / "0a1b", own / "2c3d", own / "tmpabc"
+    for folder in (old_upload, fresh_upload):
+        folder.mkdir(parents=True)
+        (folder / "scan.nii.gz").write_bytes(b"a scan")
+    old_stray.write_bytes(b"")
+    hour_ago = time.time() - 3600
+    for entry in (old_upload, old_stray):
+        os.utime(entry, (hour_ago, hour_ago))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "shared"))
+    (tmp_path / "shared").mkdir()
+    assert oneshot.sweep_stale(900) == 0 and old_upload.exists()  # not the app's own cache: left alone
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(own))
+    assert oneshot.sweep_stale(900) == 2
+    assert sorted(p.name for p in own.iterdir()) == ["2c3d"] and (fresh_upload / "scan.nii.gz").exists()
+
+
 def test_server_deletes_the_folder_gradio_made_for_the_upload_once_empty(app_weights, tmp_path, monkeypatch):
     """Gradio saves each upload as <cache>/<content hash>/<name>: that folder goes with the request, unless it
     holds another file; a request outside Gradio's cache leaves its folder alone."""
@@ -1135,6 +1186,52 @@ def test_a_port_that_is_not_one_is_a_usage_error_not_a_traceback(monkeypatch, ca
     assert parse_app_args([]).host == "127.0.0.1"  # this machine only, unless asked
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     assert parse_app_args([]).host == "0.0.0.0" and parse_app_args(["--host", "::1"]).host == "::1"
+
+
+@pytest.mark.parametrize("name, value, refused", [
+    ("MIXDEMO_PRECISION", "fp8", True), ("MIXDEMO_PRECISION", " BFloat16 ", False),
+    ("MIXDEMO_UNMIXING_PRECISION", "half", True), ("MIXDEMO_UNMIXING_PRECISION", "auto", False),
+    ("MIXDEMO_KEEP_FREED_MEMORY", "maybe", True), ("MIXDEMO_KEEP_FREED_MEMORY", "off", False),
+    ("MIXDEMO_KEEP_FREED_MEMORY", "", False),
+])
+def test_a_setting_the_app_and_the_client_cannot_use_is_refused_at_start(monkeypatch, name, value, refused):
+    """Read from the environment at the first request, a bad value was a traceback in the server's log there and a
+    failed request for the client: app.py and the client check them before any work."""
+    from mixdemo.inference import freed_memory_kept_by_choice
+    from mixdemo.launch import check_setting_variables
+
+    monkeypatch.setenv(name, value)
+    if refused:
+        with pytest.raises(SystemExit, match=f"\\${name} must be one of .*; got '{value}'"):
+            check_setting_variables()
+    else:
+        check_setting_variables()
+    if name == "MIXDEMO_KEEP_FREED_MEMORY" and value == "off":
+        assert freed_memory_kept_by_choice() is False
+
+
+def test_a_remote_client_is_told_the_server_cannot_segment_not_where_its_weights_are(tmp_path, monkeypatch, caplog):
+    """segment_proxy without weights: the kind of fault for the client; the folder and the remedy for the log."""
+    import logging
+
+    import gradio as gr
+
+    from mixdemo import server, ui, weights
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "operator-folder"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    server._load.cache_clear()
+    request = tmp_path / "proxy.npy"
+    np.save(request, np.full((1, 32, 32, 32), 0.5, np.float32))
+    try:
+        with caplog.at_level(logging.WARNING, logger="mixdemo.ui"), pytest.raises(gr.Error) as refused:
+            ui._server_endpoint(str(request))
+    finally:
+        server._load.cache_clear()
+    told = str(refused.value.message)
+    assert told.startswith("No weights for 'segmentation' on this server: it cannot segment until its operator")
+    assert "operator-folder" not in told and "training.train" not in told
+    assert "operator-folder" in caplog.text and not request.exists()
 
 
 def test_the_dice_table_has_a_column_for_each_class_the_s_gives():

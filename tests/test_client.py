@@ -226,6 +226,48 @@ def test_cli_unreachable_server(example, tmp_path, capsys):
     assert code == 2 and "Could not reach" in err and "Traceback" not in err
 
 
+def test_a_server_that_accepts_and_never_answers_is_named_within_the_connect_timeout(monkeypatch):
+    """Not after the 10 minutes a segmentation may take: connecting has its own, short timeout."""
+    import socket
+    import threading
+
+    from mixdemo import client
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    monkeypatch.setattr(client, "CONNECT_TIMEOUT_S", 1.0)
+    try:
+        with pytest.raises(ClientError, match=r"accepted the connection but did not answer within 1 s"):
+            client.RemoteServer(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["-o", ""], "The output is empty: give an output file name"),
+    (["-o", "  "], "The output is empty"),
+])
+def test_an_empty_output_is_refused_not_read_as_the_current_folder(fake_main, capsys, argv, says, tmp_path, monkeypatch):
+    """-o "$OUT" with OUT unset wrote into the current folder, silently."""
+    scans, loads, _ = fake_main
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _run_main([scans[0], *argv, "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and says in err and not FakeRemote.made and loads == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_negative_seed_is_a_usage_error_naming_it(capsys):
+    from mixdemo.client import main
+
+    with pytest.raises(SystemExit) as usage:
+        main(["scan.nii.gz", "-o", "x.nii.gz", "--server", "http://127.0.0.1:1", "--seed", "-1"])
+    assert usage.value.code == 2 and "argument --seed: -1 is less than 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_load_target_off_grid_goes_through_preprocess(example, tmp_path, monkeypatch):
     """A scan not on the 144×192×160 grid is brought onto it by mixdemo.preprocess, and labels go back. The file
@@ -755,6 +797,28 @@ def test_a_refused_command_line_leaves_no_output_folder_and_one_missing_scan_is_
     code, err = _run_main([scans[0] + ".missing", "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880"],
                           capsys)
     assert code == 2 and "could not be found" in err and FakeRemote.made == [] and loads == []
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--unmixing", "nope"], capsys)
+    assert code == 2 and "nope" in err and not out.exists()  # a D that is not there: no folder made for nothing
+
+
+def test_references_given_as_a_file_are_told_to_be_a_folder(tmp_path):
+    from mixdemo.examples import load_reference_dir
+
+    (tmp_path / "t1.nii.gz").write_bytes(b"a scan")
+    with pytest.raises(ValueError, match="The reference folder is a file: give the folder"):
+        load_reference_dir(tmp_path / "t1.nii.gz")
+    with pytest.raises(ValueError, match="The reference folder does not exist"):
+        load_reference_dir(tmp_path / "missing")
+
+
+def test_an_alpha_above_one_half_is_warned_of(fake_main, capsys):
+    scans, _, out = fake_main
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880", "--alpha", "0.9"],
+                          capsys)
+    assert code == 0 and "warning: --alpha 0.9 makes the scan outweigh its reference in the proxy" in err
+    code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880", "--alpha", "0.5"],
+                          capsys)
+    assert code == 0 and "outweigh" not in err
 
 
 class OracleRemote(FakeRemote):
@@ -1139,8 +1203,8 @@ class _FailingClient:
 
     error: BaseException = RuntimeError()
 
-    def __init__(self, *args, **kwargs):
-        pass
+    def __init__(self, *args, httpx_kwargs=None, **kwargs):
+        self.httpx_kwargs = dict(httpx_kwargs or {})  # as gradio_client keeps them (RemoteServer sets the timeout)
 
     def predict(self, *args, **kwargs):
         raise _FailingClient.error

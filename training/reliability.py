@@ -769,12 +769,18 @@ def _env(**values: str | None) -> Iterator[None]:
 
 
 def _serve_once(folder: Path) -> str:
-    """The app's ``segment_proxy`` handler on a small request with weights from ``folder``:
-    ``'ok'`` or the gr.Error message."""
+    """The app's ``segment_proxy`` handler on a small request with weights from ``folder``: ``'ok'``, or the
+    gr.Error message the client is told, then `` | log: `` and what the server logged (the operator's detail)."""
+    import logging
+
     import gradio as gr
 
     from mixdemo import ui
 
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(ui.__name__).addHandler(handler)
     with (tempfile.TemporaryDirectory(prefix="mixdemo-rel-") as tmp,
           _env(MIXDEMO_WEIGHTS_DIR=str(folder), HF_HUB_OFFLINE="1", MIXDEMO_HUB_REPO="mixup-privacy-lab/no-such-repo")):
         req = Path(tmp) / "proxy.npy"
@@ -785,7 +791,16 @@ def _serve_once(folder: Path) -> str:
             shutil.rmtree(Path(out).parent, ignore_errors=True)
             return "ok" if ok else "wrong shape"
         except gr.Error as exc:
-            return str(exc.message)
+            return f"{exc.message} | log: {' '.join(logged)}"
+        finally:
+            logging.getLogger(ui.__name__).removeHandler(handler)
+
+
+def _told_and_logged(msg: str, told: str, logged: str, folder: Path) -> str:
+    """A weights fault's verdict: the client told ``told`` (and not the server's folder), the log ``logged``."""
+    client_part, _, log_part = msg.partition(" | log: ")
+    ok = told in client_part and logged in log_part and str(folder) not in client_part and "Traceback" not in msg
+    return f"ok: the client told: {client_part}; the server's log: {log_part}" if ok else f"FAILED: {msg}"
 
 
 def fault_weights(weights: Path, workdir: Path) -> dict[str, str]:
@@ -795,9 +810,8 @@ def fault_weights(weights: Path, workdir: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     empty = workdir / "weights_missing"
     empty.mkdir(parents=True, exist_ok=True)
-    msg = _serve_once(empty)
-    out["weights_missing"] = (f"ok: clear message: {msg}" if "No weights for 'segmentation'" in msg
-                              and "Traceback" not in msg else f"FAILED: {msg}")
+    out["weights_missing"] = _told_and_logged(_serve_once(empty), "No weights for 'segmentation' on this server",
+                                              "No weights for 'segmentation': not in the local folder", empty)
     corrupt = workdir / "weights_corrupt"
     shutil.copytree(weights / "segmentation", corrupt / "segmentation", dirs_exist_ok=True)
     blob = corrupt / "segmentation" / "model.safetensors"
@@ -805,9 +819,8 @@ def fault_weights(weights: Path, workdir: Path) -> dict[str, str]:
     mid = len(data) // 2
     data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
     blob.write_bytes(bytes(data))
-    msg = _serve_once(corrupt)
-    out["weights_corrupt"] = (f"ok: clear message: {msg}" if "checksum" in msg and "Traceback" not in msg
-                              else f"FAILED: {msg}")
+    out["weights_corrupt"] = _told_and_logged(_serve_once(corrupt), "The server's segmentation model could not be "
+                                              "loaded", "checksum", corrupt)
     calls: list[str] = []
     real = huggingface_hub.hf_hub_download
 
@@ -1039,7 +1052,9 @@ def check_temp_dirs(app: AppProcess, client_tmp_before: set[str]) -> dict:
                 elif "mixdemo-outputs" not in p.parts:  # live browser sessions' downloads (see check_ui_download)
                     left.append(rel_path)
     client_left = sorted(client_tmp_snapshot() - client_tmp_before)
+    empty = [p for p in app.gradio_tmp.glob("*") if p.is_file() and p.stat().st_size == 0]  # Gradio's stray files
     return {"app_files_left": left, "client_files_left": client_left,
+            "empty_files_left": len(empty),  # no data (not a leak); one per upload before ui.UploadedFile
             "undelivered_responses": len(undelivered),
             "undelivered_note": f"responses of clients that died mid-request; removed after {RESPONSE_MAX_AGE_S} s",
             "leaks": len(left) + len(client_left)}
