@@ -158,8 +158,8 @@ def test_remote_answers_are_expected_with_the_classes_the_server_names(monkeypat
     from mixdemo.client import ClientError, RemoteServer
 
     class StubClient:
-        def __init__(self, *args, **kwargs):
-            pass
+        def __init__(self, *args, httpx_kwargs=None, **kwargs):
+            self.httpx_kwargs = dict(httpx_kwargs or {})  # as gradio_client keeps them (RemoteServer sets the timeout)
 
         def predict(self, *args, **kwargs):
             return {}
