@@ -4,8 +4,9 @@
 
 Host and port also come from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``. Runs offline
 (``HF_HUB_OFFLINE=1`` unless set): the models come from ``weights/`` (or ``$MIXDEMO_WEIGHTS_DIR``). Gradio's
-cache is the app's own (``mixdemo.oneshot.app_cache_dir``, unless ``GRADIO_TEMP_DIR`` is set); at start the app
-removes what lies there longer than ``mixdemo.ui.RENDERINGS_MAX_AGE_S`` (left by a process that was killed).
+cache is the app's own (``mixdemo.oneshot.app_cache_dir``, its user's alone, unless ``GRADIO_TEMP_DIR`` is set); at
+start the app removes what lies there longer than ``mixdemo.ui.SESSION_TTL_S`` (left by a process that was killed:
+another app running there keeps nothing that long).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come from weights/ (HF_HUB_OFFLINE=0 allows the Hub)
 
 from mixdemo.launch import check_port_variable, check_setting_variables, parse_app_args  # noqa: E402  (no Gradio: before it)
-from mixdemo.oneshot import app_cache_dir, sweep_stale  # noqa: E402
+from mixdemo.oneshot import app_cache_dir, make_private_dir, sweep_stale  # noqa: E402
 
-os.environ.setdefault("GRADIO_TEMP_DIR", str(app_cache_dir()))  # the app's own cache, which only it sweeps
+if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone), which only it sweeps
+    os.environ["GRADIO_TEMP_DIR"] = str(make_private_dir(app_cache_dir()))
 
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request
 
-from mixdemo.ui import RENDERINGS_MAX_AGE_S, build_demo, launch_kwargs  # noqa: E402
+from mixdemo.ui import SESSION_TTL_S, build_demo, launch_kwargs  # noqa: E402
 
 demo = build_demo()
 
@@ -31,7 +33,7 @@ demo = build_demo()
 def main(argv: list[str] | None = None) -> None:
     """Parse host/port and launch."""
     args = parse_app_args(argv)
-    sweep_stale(RENDERINGS_MAX_AGE_S)  # what a killed process left (an upload it never read, say)
+    sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
         demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal

@@ -26,13 +26,23 @@ def gradio_cache_dir() -> Path:
 
 
 APP_CACHE_FOLDER = "mixdemo-gradio"
-"""The app's own Gradio cache under the system's temporary folder (``app.py`` sets ``GRADIO_TEMP_DIR`` to it unless
-set): shared with no other Gradio app, so what a previous process left there may be swept."""
+"""The app's own Gradio cache under the system's temporary folder, one per user (``app.py`` sets
+``GRADIO_TEMP_DIR`` to it unless set): shared with no other Gradio app, so what a previous process left there may
+be swept, and readable by its user alone."""
 
 
 def app_cache_dir() -> Path:
-    """:data:`APP_CACHE_FOLDER` under the system's temporary folder, resolved."""
-    return (Path(tempfile.gettempdir()) / APP_CACHE_FOLDER).resolve()
+    """:data:`APP_CACHE_FOLDER`, suffixed with the user's id, under the system's temporary folder, resolved."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return (Path(tempfile.gettempdir()) / f"{APP_CACHE_FOLDER}-{user}").resolve()
+
+
+def make_private_dir(folder: Path) -> Path:
+    """``folder`` made if missing and readable by its owner alone (0700): the views and uploads Gradio writes
+    there with the usual permissions stay out of other users' reach on a shared machine."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
 
 
 def sweep_stale(max_age_s: float) -> int:

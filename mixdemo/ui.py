@@ -143,8 +143,8 @@ def _session_from_files(t1: str, seg: str | None, source: str, progress=None, se
     return Session(target=target, truth=truth, source=source, centre=default_centre(target.image))
 
 
-def load_example(name: str | None, progress: gr.Progress = gr.Progress()):
-    """Pick an example target (generated on first use)."""
+def load_example(name: str | None, previous: Session | None = None, progress: gr.Progress = gr.Progress()):
+    """Pick an example target (generated on first use); the ``previous`` session's download goes once it is loaded."""
     if not name:
         raise gr.Error("Pick an example from the list.", print_exception=False)
     folders = examples.example_folders(_progress_fn(progress))
@@ -152,14 +152,17 @@ def load_example(name: str | None, progress: gr.Progress = gr.Progress()):
         raise gr.Error("Unknown example.", print_exception=False)
     folder = folders[name]
     sess = _session_from_files(str(folder / "t1.nii.gz"), str(folder / "seg.nii.gz"), "example")
+    _drop_session(previous)
     return (sess, *_centre_updates(sess), locator(sess, None), f"Loaded **{name}** (with ground-truth labels).")
 
 
-def load_upload(path: str | None, series: float | None = 0, progress: gr.Progress = gr.Progress()):
+def load_upload(path: str | None, series: float | None = 0, previous: Session | None = None,
+                progress: gr.Progress = gr.Progress()):
     """Load an uploaded NIfTI or zipped DICOM series (registered to MNI if needed; deleted right after reading; its
     name is never used, nor any DICOM header field); ``series`` (1, 2, ...): which series of a whole study's
     export, as its refusal numbers them (0 or None: the upload holds one; a NIfTI upload ignores it). A scan loaded
-    sets the series field back to 0, so that a number picked for one study does not refuse the next upload."""
+    sets the series field back to 0, so that a number picked for one study does not refuse the next upload, and
+    the ``previous`` session's download goes (a refused upload leaves that session as it was)."""
     if not path:
         return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5, 1)
     from mixdemo.client import ClientError
@@ -174,6 +177,7 @@ def load_upload(path: str | None, series: float | None = 0, progress: gr.Progres
         return _refused_upload(str(exc) or type(exc).__name__, 5, 1)
     finally:
         _delete_upload(path)
+    _drop_session(previous)
     note = f" **Warning:** {sess.target.warning}" if sess.target.warning else ""  # type: ignore[attr-defined]
     status = (f"Loaded your scan: {what_was_read(sess.target)} (its upload is deleted; no labels yet, so no Dice)."  # type: ignore[arg-type]
               + (DICOM_SEG_NOTE if is_dicom else "") + note)
@@ -214,12 +218,42 @@ def load_upload_labels(path: str | None, sess: Session | None):
     try:
         if sess is None:
             return _refused_upload("Load a scan first, then its labels.", 1)
-        sess.truth = sess.target.truth_from_file(path)  # type: ignore[attr-defined]
+        truth = sess.target.truth_from_file(path)  # type: ignore[attr-defined]
+        check_label_values(truth, server.model_classes())
+        sess.truth = truth
     except (ScanError, ClientError, ValueError) as exc:
         return _refused_upload(str(exc) or type(exc).__name__, 1)
     finally:
         _delete_upload(path)
     return sess, "Labels attached: Dice will be shown after the next run.", None
+
+
+DICE_PLACEHOLDER = "_Dice appears here after a run._"
+
+
+def results_of(sess: Session | None):
+    """After a scan loads: the result panels (all but the locator), the Dice table and plot, the download and the
+    K mixes emptied when the current session has not run yet (a new scan: the last scan's results must not stay
+    beside it, nor its download); left as they are otherwise (a refused upload keeps the scan it left loaded)."""
+    n = RESULT_OUTPUTS
+    if sess is not None and sess.view is not None:
+        return (gr.skip(),) * n
+    return (*[None] * (n - 4), DICE_PLACEHOLDER, gr.update(value=None, visible=False), None, [])
+
+
+RESULT_OUTPUTS = 13
+"""How many outputs :func:`results_of` sets: 9 panels, the Dice table and plot, the download, the K mixes."""
+
+
+def check_label_values(truth: np.ndarray, class_names: list[str]) -> None:
+    """ValueError naming the label values that are not the model's classes (0 … N − 1: labels of another scheme,
+    scored as they are, would give Dice 0 everywhere without saying why)."""
+    unknown = sorted(int(v) for v in np.unique(truth) if v >= len(class_names))
+    if unknown:
+        shown = ", ".join(map(str, unknown[:8])) + (" …" if len(unknown) > 8 else "")
+        scheme = ", ".join(f"{i} {n}" for i, n in enumerate(class_names))
+        raise ValueError(f"The labels hold values {shown}, which are not the model's classes ({scheme}): give a label "
+                         "map in that scheme.")
 
 
 def _centre_updates(sess: Session):
@@ -289,11 +323,26 @@ def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray], class_names: lis
     from mixdemo.metrics import dice_per_class, mean_dice
 
     classes = list(range(1, len(class_names)))
+    present = classes_in(truth, classes)
+    if not present:
+        return (f"_No {', '.join(class_names[1:])} in this region's ground truth (outside the brain?): Dice is not "
+                "defined here. Move the patch into the brain._")
     rows = ["| unmixing | " + " | ".join(class_names[1:]) + " | mean |", "| --- |" + " --- |" * (len(classes) + 1)]
     for name, pred in preds.items():
         d = dice_per_class(pred, truth, classes)
-        rows.append(f"| {name} | " + " | ".join(f"{d[c]:.3f}" for c in classes) + f" | **{mean_dice(d):.3f}** |")
+        cells = [f"{d[c]:.3f}" if c in present else "—" for c in classes]
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | **{mean_dice({c: d[c] for c in present}):.3f}** |")
+    if len(present) < len(classes):
+        absent = ", ".join(class_names[c] for c in classes if c not in present)
+        rows.append(f"\n_—: no {absent} in this region's ground truth, so not scored; the mean is over the others._")
     return "\n".join(rows)
+
+
+def classes_in(truth: np.ndarray, classes: list[int]) -> list[int]:
+    """The ``classes`` that ``truth`` holds (Dice of a class absent from it is not defined: 1 by the metric's
+    convention where the prediction has none either, which would read as a perfect score)."""
+    held = set(np.unique(truth).tolist())
+    return [c for c in classes if c in held]
 
 
 def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
@@ -306,7 +355,9 @@ def _dice_curves(result, truth: np.ndarray) -> dict[str, list[float]]:
         if stack is None:
             continue
         csum = stack.cumsum(0)
-        classes = list(range(1, stack.shape[1]))  # every class of the answers but background
+        classes = classes_in(truth, list(range(1, stack.shape[1])))  # the table's scored classes
+        if not classes:
+            return {}
         curves[name] = [mean_dice(dice_per_class(result.labels_of(csum[k] / (k + 1)), truth, classes))
                         for k in range(stack.shape[0])]
     return curves
@@ -480,8 +531,10 @@ def _cancel_event(request: gr.Request | None) -> threading.Event:
 def cancel_attack(request: gr.Request):
     """Ask the running attack of this session to stop."""
     ev = _CANCEL.get(getattr(request, "session_hash", None) or "default")
-    if ev is not None:
-        ev.set()
+    if ev is None:  # nothing of this session runs: the last result stays as it is
+        gr.Info("No separation is running.")
+        return gr.skip()
+    ev.set()
     return "Cancelling…"
 
 
@@ -811,8 +864,9 @@ from. Both are generated on first use and cached in `$MIXDEMO_CACHE` (default `~
   only proxies: `python -m mixdemo.client --server URL scan.nii.gz -o seg.nii.gz --tta 3`.
 - The reference bank of this demo is public (phantoms), so here the key is not secret: a server that knows the bank
   tries each of its scans and α on a proxy and undoes the mix (README, privacy section: *known bank*).
-- Models are trained on **synthetic phantoms** from the MNI152 template, not on patients; inputs must be skull-stripped
-  T1 scans registered to 1 mm MNI space (144×192×160 grid).
+- Models are trained on **synthetic phantoms** from the MNI152 template, not on patients. Inputs are T1 scans: one
+  on the models' 1 mm MNI grid (144×192×160, skull-stripped) is used as it is, any other is registered to it and
+  skull-stripped first (the status line says which), which can fail on unusual scans.
 """
 
 SERVER_API_MD = """## The server endpoint (for developers)
@@ -1077,7 +1131,7 @@ def build_demo() -> gr.Blocks:
                                                elem_id="mixes")
                         with gr.Row():
                             with gr.Column():
-                                dice = gr.Markdown("_Dice appears here after a run._", elem_id="dice")
+                                dice = gr.Markdown(DICE_PLACEHOLDER, elem_id="dice")
                                 seg_file = gr.File(label="Segmentation (NIfTI, in the input's space)", interactive=False)
                             plot = gr.Plot(label="Dice against K", elem_id="dice-plot", visible=False)  # shown by a
                             # run with labels (run_segmentation)
@@ -1085,14 +1139,19 @@ def build_demo() -> gr.Blocks:
                 private = dict(api_visibility="private")
 
                 # the long events show their progress on the status line only, not on each of their outputs
-                example.change(load_example, [example], [sess, cx, cy, cz, loc, status], api_name="load_example",
-                               concurrency_limit=2, show_progress_on=[status], **private)
+                # a scan loads after any run of its session has finished (the same queue), so that the run's end
+                # cannot bring the previous scan back; then the previous scan's results and download go
+                results = [*panels[1:], dice, plot, seg_file, mixes]
+                example.change(load_example, [example, sess], [sess, cx, cy, cz, loc, status], api_name="load_example",
+                               concurrency_limit=1, concurrency_id="compute", show_progress_on=[status], **private
+                               ).then(results_of, [sess], results, show_progress="hidden", **private)
                 # in the browser, at once: the last upload's refusal does not stay on the line while this one loads
                 upload.upload(None, None, status, js=f"() => {json.dumps(UPLOAD_LOADING, ensure_ascii=False)}", queue=False,
                               show_progress="hidden", api_name="upload_started", **private)
-                upload.upload(load_upload, [upload, upload_series], [sess, cx, cy, cz, loc, status, upload, upload_series],
-                              api_name="load_upload",
-                              concurrency_limit=2, show_progress_on=[status], **private)
+                upload.upload(load_upload, [upload, upload_series, sess], [sess, cx, cy, cz, loc, status, upload, upload_series],
+                              api_name="load_upload", concurrency_limit=1, concurrency_id="compute",
+                              show_progress_on=[status], **private
+                              ).then(results_of, [sess], results, show_progress="hidden", **private)
                 upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",
                                      concurrency_limit=2, **private)
                 for c in (cx, cy, cz):

@@ -733,7 +733,9 @@ def test_the_app_sweeps_what_a_killed_process_left_in_its_own_cache_only(tmp_pat
     from mixdemo import oneshot
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    own = tmp_path / oneshot.APP_CACHE_FOLDER
+    own = oneshot.make_private_dir(oneshot.app_cache_dir())
+    assert own.parent == tmp_path.resolve() and own.name.startswith(oneshot.APP_CACHE_FOLDER + "-")  # one per user
+    assert own.stat().st_mode & 0o777 == 0o700  # its user's alone: Gradio writes its views there as 0644
     old_upload, fresh_upload, old_stray = own / "0a1b", own / "2c3d", own / "tmpabc"
     for folder in (old_upload, fresh_upload):
         folder.mkdir(parents=True)
@@ -1244,6 +1246,62 @@ def test_the_dice_table_has_a_column_for_each_class_the_s_gives():
                                   "| learned TTA | 1.000 | 1.000 | 1.000 | 1.000 | **1.000** |"]
 
 
+def test_a_new_scan_replaces_the_last_one_s_results_and_download_and_waits_for_its_run(app_weights, tmp_path):
+    """Loading a scan while a run went on brought the old scan back when the run ended, and left its results and
+    download beside the new one: loads share the runs' queue, the last session's download goes, and the results
+    of a session that has not run are emptied (those of one that has, after a refused upload, stay)."""
+    from mixdemo import ui
+
+    names = ui.examples.example_names()
+    first = ui.load_example(names[0], progress=_Progress())[0]
+    first.view, first.out_dir = {"mode": "patch"}, str(tmp_path / "download")
+    (tmp_path / "download").mkdir()
+    assert ui.results_of(first) == (ui.gr.skip(),) * ui.RESULT_OUTPUTS  # a refused upload: its results stay
+    second = ui.load_example(names[1], first, progress=_Progress())[0]
+    assert second is not first and not (tmp_path / "download").exists()  # the last scan's download is gone
+    cleared = ui.results_of(second)
+    assert len(cleared) == ui.RESULT_OUTPUTS and cleared[:9] == (None,) * 9 and cleared[9] == ui.DICE_PLACEHOLDER
+    assert cleared[11] is None and cleared[12] == []  # no download link, no mixes
+    demo = ui.build_demo()
+    fns = {f.api_name: f for f in demo.fns.values()}
+    assert {fns[n].concurrency_id for n in ("load_example", "load_upload", "segment")} == {"compute"}
+    assert {fns[n].concurrency_limit for n in ("load_example", "load_upload", "segment")} == {1}
+
+
+def test_a_class_the_region_s_truth_lacks_is_not_scored_as_a_perfect_dice():
+    """A patch outside the brain read Dice 1.000 everywhere (absent from both maps: 1 by convention): a class the
+    truth lacks is shown as —, left out of the mean, and a region with none says Dice is not defined."""
+    from mixdemo import ui
+
+    names = ["background", "GM", "WM", "CSF"]
+    truth = np.zeros((8, 8, 8), np.uint8)
+    assert ui._dice_rows(truth, {"learned TTA": truth}, names).startswith(
+        "_No GM, WM, CSF in this region's ground truth (outside the brain?): Dice is not defined")
+    truth[:4] = 1
+    pred = truth.copy()
+    pred[:2] = 2  # half its GM called WM, which the truth lacks
+    rows = ui._dice_rows(truth, {"learned TTA": pred}, names).splitlines()
+    assert rows[2] == "| learned TTA | 0.667 | — | — | **0.667** |"
+    assert rows[-1] == "_—: no WM, CSF in this region's ground truth, so not scored; the mean is over the others._"
+
+
+def test_labels_in_another_scheme_are_refused_not_scored_as_zero(app_weights, example, tmp_path):
+    """Label values the model's classes do not name (here the labels times 7) would give Dice 0 with no word why."""
+    import nibabel as nib
+
+    from mixdemo import ui
+
+    folder, _ = example
+    sess = ui.load_example(ui.examples.example_names()[0], progress=_Progress())[0]
+    seg = nib.load(folder / "seg.nii.gz")
+    bad = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(seg.dataobj) * 7).astype(np.uint8), seg.affine), bad)
+    truth_before = sess.truth
+    with pytest.warns(UserWarning, match="The labels hold values 7, 14, 21, which are not the model's classes"):
+        out = ui.load_upload_labels(str(bad), sess)
+    assert out[0] == ui.gr.skip() and sess.truth is truth_before and not bad.exists()
+
+
 def _shows(img: np.ndarray, rgb) -> int:
     """How many pixels of a panel are exactly ``rgb``."""
     return int((img.reshape(-1, 3) == np.asarray(rgb, np.uint8)).all(1).sum())
@@ -1334,3 +1392,18 @@ def test_attack_networks_say_missing_and_corrupt_weights_apart(tmp_path, monkeyp
     path.write_bytes(bytes(data))
     with pytest.raises(ui.AttackUnavailable, match="checksum"):
         ui._inversion_model()
+
+
+def test_cancel_with_no_separation_running_leaves_the_last_result_as_it_is():
+    """It set the status to "Cancelling…" for good and replaced the last result's text; with a run, it stops it."""
+    from types import SimpleNamespace
+
+    from mixdemo import ui
+
+    request = SimpleNamespace(session_hash="cancel-test")
+    assert ui.cancel_attack(request) == ui.gr.skip()
+    running = ui._cancel_event(request)
+    try:
+        assert ui.cancel_attack(request) == "Cancelling…" and running.is_set()
+    finally:
+        ui._CANCEL.pop("cancel-test", None)

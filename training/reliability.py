@@ -481,7 +481,8 @@ def _api_upload(app: AppProcess, fn: int, item: BadInput, report: CorpusReport) 
         report.add(Outcome("app_upload", item.key, f"upload refused: {type(exc).__name__}", False, True))
         return
     contained = Path(server_path).resolve().is_relative_to(app.gradio_tmp.resolve())
-    msg = call_raw(app.url, fn, [_file_data(server_path, item.upload_name), 0])  # the scan, its DICOM series (0: one)
+    msg = call_raw(app.url, fn, [_file_data(server_path, item.upload_name), 0, None])  # the scan, its DICOM series
+    # (0: one), the session's state (held by the server: its value here is ignored)
     err = _error_text(msg)
     left = Path(server_path).exists()
     if err is None:
@@ -1003,7 +1004,7 @@ def check_ui_download(app: AppProcess) -> dict:
     from mixdemo import examples
 
     sh = secrets.token_hex(8)
-    loaded = call_raw(app.url, fn_index(app.url, "load_example"), [examples.example_names()[0]], session_hash=sh)
+    loaded = call_raw(app.url, fn_index(app.url, "load_example"), [examples.example_names()[0], None], session_hash=sh)
     done = call_raw(app.url, fn_index(app.url, "segment"), [None, [], 1, 0.5, False, "patch", 0.5, None, False], session_hash=sh)
     if not (loaded.get("success") and done.get("success")):
         return {"ok": False, "error": _error_text(done) or _error_text(loaded), "leaks": 1}
@@ -1028,7 +1029,7 @@ def check_upload_hygiene(app: AppProcess, folder: Path) -> dict:
     scan = distinctive_scan(folder)
     fn = fn_index(app.url, "load_upload")
     path = upload_raw(app.url, scan.name, scan.read_bytes())
-    msg = call_raw(app.url, fn, [_file_data(path, scan.name), 0])
+    msg = call_raw(app.url, fn, [_file_data(path, scan.name), 0, None])  # the scan, its series, the session's state
     loaded = _error_text(msg) is None
     return {"loaded": loaded, "upload_deleted": not Path(path).exists(),
             "leaks": int(Path(path).exists()) + int(not loaded)}
