@@ -448,12 +448,16 @@ def _several_series(files: Sequence[Sequence[str]]) -> str:
     """A refusal that tells the series apart by their geometry alone (no description or identifier), numbered in
     the order given (``--series N`` of the client picks one); series that read alike are said to."""
     described = _series_descriptions(files)
-    alike = len(set(described)) < len(described)
+    alike = [n for n, d in enumerate(described, start=1) if described.count(d) > 1]
     listed = "; ".join(f"{n}: {d}" for n, d in enumerate(described, start=1))
-    return (f"The input holds {len(files)} DICOM series ({listed}); one series, the T1 scan, is expected: give only "
-            "its files (a .zip of them, or their folder), or pick it by its number (the app's DICOM series field, "
-            "the command-line client's --series)" + (". Some series here read alike (the same geometry, as a scan before and after contrast): "
-                          "export the one you want on its own." if alike else "."))
+    told = (f"The input holds {len(files)} DICOM series ({listed}); one series, the T1 scan, is expected: give only "
+            "its files (a .zip of them, or their folder)")
+    pick = "by its number (the app's DICOM series field, the command-line client's --series)"
+    if not alike:
+        return f"{told}, or pick it {pick}."
+    others = "" if len(alike) == len(described) else f", or pick one of the others {pick}"
+    return (f"{told}{others}. Series {', '.join(map(str, alike))} read alike (the same geometry, as a scan before "
+            "and after contrast), so a number cannot tell them apart: export the one you want on its own.")
 
 
 def _check_told_apart(series: int, files: Sequence[Sequence[str]]) -> None:

@@ -706,6 +706,11 @@ def _above_target(estimate: np.ndarray, target: np.ndarray, mode: str) -> np.nda
                            viz.montage(target, c, scale=scale, vmax=1.0)], axis=0)
 
 
+KNOWN_BANK_ALPHA_CLOSE = 0.05
+"""How near the known-bank attack's α̂ must be to the α used for the report to call it close (a wrong α̂ with the
+right reference still leaves the estimate scaled and mixed)."""
+
+
 def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress()):
     """The known-bank attack on the proxy of the session's last run (its first mix): estimate beside the target."""
     if sess is None or sess.view is None:
@@ -727,7 +732,10 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
     taken = bank[found.reference].ref_id
     verdict = ("found the reference this proxy was mixed with" if taken == v["reference_id"]
                else f"took {taken}, not the reference used ({v['reference_id']})")
-    md = (f"**The server {verdict}**, and α̂ = {found.alpha:.3f} (α = {v['alpha']:.3f}). MS-SSIM of x̂ to the target: "
+    off = abs(found.alpha - v["alpha"])
+    alpha_said = (f"α̂ = {found.alpha:.3f}, close to α = {v['alpha']:.3f}" if off <= KNOWN_BANK_ALPHA_CLOSE
+                  else f"α̂ = {found.alpha:.3f}, off the α used ({v['alpha']:.3f}) by {off:.3f}")
+    md = (f"**The server {verdict}**; {alpha_said}. MS-SSIM of x̂ to the target: "
           f"**{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy itself. Top: x̂, bottom: the target.")
     return side, md
 
@@ -954,10 +962,14 @@ class AboutResults:
 def _result_md(name: str, data: dict) -> str:
     """One ``results/<name>.json`` as markdown: its command, data, top-level numbers and tables."""
     parts = [f"### `results/{name}.json`"]
-    if data.get("command"):
+    commands = data.get("commands") if isinstance(data.get("commands"), list) else None
+    if data.get("command") or commands:
         seed = f" · seed {data['seed']}" if isinstance(data.get("seed"), (int, str)) else ""
         date = f" · {data['date']}" if data.get("date") else ""
-        parts.append(f"Command: `{data['command']}`{seed}{date}")
+        if commands and len(commands) > 1:  # a record merged from several runs: each, in order
+            parts.append("Commands, in order: " + " then ".join(f"`{c}`" for c in commands) + f"{seed}{date}")
+        else:
+            parts.append(f"Command: `{data.get('command') or commands[0]}`{seed}{date}")
     if data.get("data"):
         parts.append(f"Data: {data['data']}")
     values = {k: {"value": v} for k, v in data.items()
@@ -972,10 +984,20 @@ def _result_md(name: str, data: dict) -> str:
     for key, val in data.items():
         if key in ("dice", "icc") or not isinstance(val, dict):
             continue
-        table = _table({k: v for k, v in val.items() if isinstance(v, dict)})
-        if table:
-            parts.append(f"**{key}**\n\n{table}")
+        numbers = _table({k: {"value": v} for k, v in val.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)})  # a section's headline figures
+        table = _table({k: _class_named(v) for k, v in val.items() if isinstance(v, dict)})
+        if numbers or table:
+            parts.append(f"**{key}**\n\n" + "\n\n".join(t for t in (numbers, table) if t))
     return "\n\n".join(parts)
+
+
+def _class_named(row: dict) -> dict:
+    """A row keyed by class numbers ("1", "2", ...) keyed by the served S's class names instead."""
+    if not row or not all(isinstance(k, str) and k.isdigit() for k in row):
+        return row
+    names = server.model_classes()
+    return {names[int(k)] if int(k) < len(names) else k: v for k, v in row.items()}
 
 
 def _result_fig(name: str, data: dict) -> tuple[str, object] | None:

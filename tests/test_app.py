@@ -402,6 +402,7 @@ def test_attack_lab_handlers(app_weights, example):
     # this key's among them (a fixed key: the check is deterministic)
     img, md = ui.known_bank_report(mixed, progress=_Progress())
     assert img.dtype == np.uint8 and md.startswith("**The server found the reference this proxy was mixed with**")
+    assert "close to α = 0.400" in md or "off the α used (0.400) by" in md  # the verdict says how near α̂ came
     with pytest.raises(gr.Error, match="segmentation first"):
         ui.inversion_report(None, progress=_Progress())
     out = ui.inversion_report(mixed, progress=_Progress())
@@ -607,6 +608,24 @@ def test_about_shows_the_main_results_first_and_the_others_apart(tmp_path, monke
     assert ui._table(wide).splitlines()[1] == "- **run1**: measure3 0.500 · measure4 0.500 · measure5 0.500"
     for text in (res.md, res.other_md):
         assert "None" not in text and "…" not in text and "seed ?" not in text
+
+
+def test_about_shows_a_section_s_headline_figures_its_classes_by_name_and_every_command(tmp_path, monkeypatch):
+    """privacy.json's known-bank hit rate (a number beside nested rows) was left out, per-class rows read "1 2 3",
+    and a record merged from several commands was credited to the last."""
+    import json
+
+    from mixdemo import ui
+
+    doc = {"commands": ["python -m a --sections x", "python -m a --sections y --merge"], "command": "python -m a --sections y --merge",
+           "known_bank": {"reference_hit_rate": 0.9, "bank_size": 18},
+           "output_leakage": {"dice_vs_target": 0.646, "per_class": {"1": 0.742, "2": 0.797, "3": 0.399}}}
+    (tmp_path / "privacy.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(ui, "RESULTS_DIR", tmp_path)
+    md = ui.about_results().md
+    assert "Commands, in order: `python -m a --sections x` then `python -m a --sections y --merge`" in md
+    assert "| reference_hit_rate | 0.900 |" in md and "| dice_vs_target | 0.646 |" in md
+    assert "| | GM | WM | CSF |\n|---|---|---|---|\n| per_class | 0.742 | 0.797 | 0.399 |" in md
 
 
 def test_the_about_tab_folds_the_other_results_and_the_raw_json():

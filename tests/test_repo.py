@@ -626,6 +626,11 @@ def test_every_command_the_readme_gives_parses_with_its_modules_own_options(monk
         raise _Parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    from mixdemo.oneshot import gradio_cache_dir
+
+    # importing app.py points GRADIO_TEMP_DIR at the app's own cache when it is unset: kept to the cache this
+    # process's Gradio already uses (and unset again after), or later uploads here would be refused as foreign
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_cache_dir()))
     invocations = readme_invocations()
     assert len({m for m, _, _ in invocations}) >= 15 and ("app", ["--host", "0.0.0.0"], True) in invocations
     assert sum(whole for _, _, whole in invocations) >= 30
