@@ -246,6 +246,18 @@ def test_a_server_that_accepts_and_never_answers_is_named_within_the_connect_tim
         listener.close()
 
 
+def test_a_connected_client_waits_the_segmentation_timeout_not_the_connect_one(app_url):
+    """Connecting has CONNECT_TIMEOUT_S; once connected, every request (a segmentation) has the timeout asked for."""
+    from mixdemo import client
+
+    remote = client.RemoteServer(app_url, timeout_s=123.0)
+    try:
+        assert remote._client.httpx_kwargs["timeout"] == 123.0 and client.CONNECT_TIMEOUT_S < 123.0
+        assert remote.grid_shape() == (144, 192, 160)  # a request under the new timeout
+    finally:
+        remote.close()
+
+
 @pytest.mark.parametrize("argv, says", [
     (["-o", ""], "The output is empty: give an output file name"),
     (["-o", "  "], "The output is empty"),
