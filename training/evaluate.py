@@ -253,6 +253,16 @@ def protocol(args: argparse.Namespace, n_volumes: int, pool: int) -> dict:
             **precision_record(str(pick_device(args.device)))}
 
 
+def study_record(module: str, argv: list[str] | None, question: str, rule: str, protocol_: dict, setup: "Setup",
+                 t0: float, body: dict) -> dict:
+    """A side study's record on an evaluation's protocol (``training.mirror_tta``, ``reference_choice``,
+    ``tta_aggregation``): its command, question, rule (set before it ran), protocol, data and date, then ``body``,
+    then the weights' SHA-256 and the seconds since ``t0``."""
+    return {"command": command_line(module, argv), "question": question, "rule": rule, "protocol": protocol_,
+            "data": setup.data, "date": time.strftime("%Y-%m-%d"), **body,
+            "weights_sha256": setup.weights_sha256, "seconds": round(time.perf_counter() - t0)}
+
+
 def precision_record(device: str = "cpu") -> dict[str, str]:
     """S's and the baseline's precision (``$MIXDEMO_PRECISION``) and D's (``$MIXDEMO_UNMIXING_PRECISION``) on
     ``device``, each when not float32 (absent: float32, as before the settings existed); off the CPU, the device

@@ -179,26 +179,21 @@ def utility(args: argparse.Namespace, eval_args: argparse.Namespace, setup: eval
     gains = [scan["learned_tta_mirror_half"]["avg"] - scan["learned_tta"]["avg"] for scan in per_scan.values()]
     gain = round(dice["learned_tta_mirror_half"]["avg"] - dice["learned_tta"]["avg"], 4)
     ratio = lambda row, base: round(dice[row]["avg"] / dice[base]["avg"], 4)  # noqa: E731
-    doc = {
-        "command": command_line("training.mirror_tta", argv),
-        "question": "Does mirroring the target left-right in every second mix of the client's TTA lift Learned + TTA "
-                    "at the same server cost?",
-        "rule": f"set before the first full run: worth the client's default only if Learned + TTA rises by at least "
-                f"{GAIN_NEEDED} (average Dice) on the Dice volumes",
-        "protocol": evaluate.protocol(eval_args, len(per_scan), len(setup.by_id)),
-        "data": setup.data,
-        "date": time.strftime("%Y-%m-%d"),
-        "classes": list(setup.classes.values()),
-        "dice": dice,
-        "learned_tta_gain": gain,
-        "learned_tta_gain_per_volume": [round(g, 4) for g in gains],
-        "passes_rule": gain >= GAIN_NEEDED,
-        "ratio_to_baseline": {row: {"baseline": ratio(row, "baseline"), "baseline_mirror": ratio(row, "baseline_mirror")}
-                              for row in ("learned_tta", "learned_tta_mirror_half", "learned_tta_2k")},
-        "dice_per_volume": {scan: {row: round(r[row]["avg"], 4) for row in ROWS} for scan, r in per_scan.items()},
-        "weights_sha256": setup.weights_sha256,
-        "seconds": round(time.perf_counter() - t0),
-    }
+    doc = evaluate.study_record(
+        "training.mirror_tta", argv,
+        "Does mirroring the target left-right in every second mix of the client's TTA lift Learned + TTA at the same "
+        "server cost?",
+        f"set before the first full run: worth the client's default only if Learned + TTA rises by at least "
+        f"{GAIN_NEEDED} (average Dice) on the Dice volumes",
+        evaluate.protocol(eval_args, len(per_scan), len(setup.by_id)), setup, t0,
+        {"classes": list(setup.classes.values()),
+         "dice": dice,
+         "learned_tta_gain": gain,
+         "learned_tta_gain_per_volume": [round(g, 4) for g in gains],
+         "passes_rule": gain >= GAIN_NEEDED,
+         "ratio_to_baseline": {row: {"baseline": ratio(row, "baseline"), "baseline_mirror": ratio(row, "baseline_mirror")}
+                               for row in ("learned_tta", "learned_tta_mirror_half", "learned_tta_2k")},
+         "dice_per_volume": {scan: {row: round(r[row]["avg"], 4) for row in ROWS} for scan, r in per_scan.items()}})
     return doc
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.phantoms import DEFAULT_COHORT
-from training import command_line, count, evaluate, parse_with_out, user_errors, write_record
+from training import count, evaluate, parse_with_out, user_errors, write_record
 
 CHOICES = ("random", "similar")
 ALPHA_RANGE_ATTACKS = (0.3, 0.5)  # the deployment's α (mixdemo.mixing.DEFAULT_ALPHA_RANGE) for the attacks
@@ -145,23 +145,18 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     eval_args = eval_arguments(args)
     setup = evaluate.set_up(eval_args)
     results, similar_ids = utility(eval_args, setup)
-    doc = {
-        "command": command_line("training.reference_choice", argv),
-        "question": "Does the client's taking the references most similar to its target (Pearson correlation of "
-                    "intensities) instead of random ones lift the private rows, and what does it cost in privacy?",
-        "rule": "set before the first run: a gain worth a default only if Learned + TTA rises by at least 0.003 "
-                "(average Dice) on the Dice volumes",
-        "protocol": {**evaluate.protocol(eval_args, len(setup.dice_records), len(setup.by_id)),
-                     "n_icc_scans": len(setup.retest_records)},
-        "data": setup.data,
-        "date": time.strftime("%Y-%m-%d"),
-        **results,
-        "passes_rule": results["learned_tta_gain"] >= 0.003,
-        "privacy": privacy(eval_args, setup, similar_ids, args),
-        "similar_references": similar_ids,
-        "weights_sha256": setup.weights_sha256,
-        "seconds": round(time.perf_counter() - t0),
-    }
+    doc = evaluate.study_record(
+        "training.reference_choice", argv,
+        "Does the client's taking the references most similar to its target (Pearson correlation of intensities) "
+        "instead of random ones lift the private rows, and what does it cost in privacy?",
+        "set before the first run: a gain worth a default only if Learned + TTA rises by at least 0.003 (average Dice) "
+        "on the Dice volumes",
+        {**evaluate.protocol(eval_args, len(setup.dice_records), len(setup.by_id)),
+         "n_icc_scans": len(setup.retest_records)}, setup, t0,
+        {**results,
+         "passes_rule": results["learned_tta_gain"] >= 0.003,
+         "privacy": privacy(eval_args, setup, similar_ids, args),
+         "similar_references": similar_ids})
     write_record(args.out, doc)
     return doc
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from training import command_line, evaluate, parse_with_out, user_errors, write_record
+from training import evaluate, parse_with_out, user_errors, write_record
 
 AVERAGES = ("mean", "log_mean", "alpha_weighted", "vote")
 METHODS = ("naive", "learned")
@@ -107,21 +107,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         per_scan[rec.name] = scan_rows(rec, eval_args, setup)
         print(f"[{time.perf_counter() - t0:5.0f} s] {rec.name}: "
               + ", ".join(f"{r} {per_scan[rec.name][r]['avg']:.4f}" for r in rows()), flush=True)
-    doc = {
-        "command": command_line("training.tta_aggregation", argv),
-        "question": "Does another average of the client's K unmixed answers than Eq. 6's mean of probabilities lift "
-                    "Learned + TTA?",
-        "rule": f"set before the first full run: an average other than Eq. 6's would become the client's default only "
-                f"if its Learned + TTA is at least {GAIN_NEEDED} (average Dice) above Eq. 6's on the Dice volumes",
-        "protocol": evaluate.protocol(eval_args, len(per_scan), len(setup.by_id)),
-        "data": setup.data,
-        "date": time.strftime("%Y-%m-%d"),
-        "classes": list(setup.classes.values()),
-        **summary(per_scan),
-        "dice_per_volume": {scan: {row: round(r[row]["avg"], 4) for row in rows()} for scan, r in per_scan.items()},
-        "weights_sha256": setup.weights_sha256,
-        "seconds": round(time.perf_counter() - t0),
-    }
+    doc = evaluate.study_record(
+        "training.tta_aggregation", argv,
+        "Does another average of the client's K unmixed answers than Eq. 6's mean of probabilities lift Learned + TTA?",
+        f"set before the first full run: an average other than Eq. 6's would become the client's default only if its "
+        f"Learned + TTA is at least {GAIN_NEEDED} (average Dice) above Eq. 6's on the Dice volumes",
+        evaluate.protocol(eval_args, len(per_scan), len(setup.by_id)), setup, t0,
+        {"classes": list(setup.classes.values()), **summary(per_scan),
+         "dice_per_volume": {scan: {row: round(r[row]["avg"], 4) for row in rows()} for scan, r in per_scan.items()}})
     write_record(args.out, doc)
     return doc
 
