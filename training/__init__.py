@@ -66,6 +66,15 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(f"error: {exc}") from None
 
 
+LISTED = 10
+"""How many names a message lists before it says how many more there are."""
+
+
+def first_few(names: list[str]) -> str:
+    """The first :data:`LISTED` of ``names``, then how many more."""
+    return ", ".join(names[:LISTED]) + (f" ... and {len(names) - LISTED} more" if len(names) > LISTED else "")
+
+
 def write_record(path: Path, doc: dict) -> dict:
     """A results record: ``doc`` as indented JSON at ``path`` (its folder made if missing), a figure that is not
     a finite number (an ICC of a class no test scan holds) written as ``null``, since strict JSON has no NaN;

@@ -52,7 +52,7 @@ from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, LabelValueError, Layout, 
                           mixdemo_layout, subject_of)
 from mixdemo.classes import CLASS_NAMES
 from mixdemo.phantoms import moved_subjects, split_keeping_earlier_sides
-from training import command_line, user_errors
+from training import LISTED, command_line, first_few, user_errors
 
 FREESURFER_IMAGES = ("orig.mgz", "T1.mgz", "brain.mgz")
 """The FreeSurfer image used, first present first: the conformed raw T1 (skull included) is what a client's
@@ -61,8 +61,6 @@ T1_NAMES = ("t1.nii.gz", "t1.nii")
 SEG_NAMES = ("seg.nii.gz", "seg.nii")
 OUTPUTS = ("t1.nii.gz", "seg.nii.gz")
 """The files :func:`prepare_scan` writes in ``<out>/<name>/``."""
-LISTED = 10
-"""Most names a message lists (folders ignored, scans kept) before ``... and N more``."""
 
 
 @dataclass(frozen=True)
@@ -109,11 +107,6 @@ def why_not_a_scan(folder: Path, half: Path | None, fs_half: Path | None) -> str
 def _holding(folder: Path) -> str:
     files = sorted(p.name for p in folder.iterdir())
     return f"; holds {', '.join(files[:4])}{', ...' if len(files) > 4 else ''}" if files else ""
-
-
-def first_few(names: list[str]) -> str:
-    """The first :data:`LISTED` of ``names``, then how many more."""
-    return ", ".join(names[:LISTED]) + (f" ... and {len(names) - LISTED} more" if len(names) > LISTED else "")
 
 
 def print_ignored(ignored: dict[str, str], src: Path, n_folders: int) -> None:

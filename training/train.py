@@ -53,7 +53,7 @@ from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, Unm
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, add_device_option, command_line, count, user_errors
+from training import DATA_HELP, add_device_option, command_line, count, first_few, user_errors
 from training.validate import hold_out, make_validation, validation_dice
 
 
@@ -555,11 +555,6 @@ def check_same_cohort(saved: dict | None, trained_on: dict, ckpt_path: Path) -> 
                          "it would mix two cohorts, and scans it trained on could now be scored as test scans. Give "
                          f"another --run-dir for a new run, or restore the folder (a split.json fixes each subject's "
                          "side: training.prepare_cohort writes one).")
-
-
-def first_few(names: list[str], listed: int = 5) -> str:
-    """The first ``listed`` of ``names``, then how many more."""
-    return ", ".join(names[:listed]) + (f" ... and {len(names) - listed} more" if len(names) > listed else "")
 
 
 def load_checkpoint_weights(model: torch.nn.Module, weights: dict, ckpt_path: Path) -> None:
