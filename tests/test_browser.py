@@ -97,6 +97,8 @@ def test_attack_and_about_tabs(page, shots, app_weights):
     box = page.get_by_label("number input for Langevin steps per noise level", exact=False)
     box.fill(steps)
     box.press("Enter")
+    # the slider takes the typed value before the run reads it (on a loaded machine the click could come first)
+    expect(page.get_by_label("range slider for Langevin steps per noise level", exact=False)).to_have_value(steps)
     page.get_by_role("button", name="Run the separation").click()
     if (app_weights / "score" / "model.safetensors").exists():
         expect(page.locator("#separation-status")).to_contain_text("MS-SSIM", timeout=300_000)
