@@ -14,12 +14,14 @@ Every other event has an explicit ``api_name`` but is private (browser only).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,9 @@ DEFAULT_ALPHA_RANGE = (0.3, 0.5)
 MIRROR_BY_DEFAULT = False
 """``mixing.MIRROR_BY_DEFAULT`` (restated likewise)."""
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
-_CANCEL: dict[str, threading.Event] = {}  # session hash → cancel flag of its running attack (no user data)
+_RUNNING: dict[str, tuple[str, threading.Event]] = {}
+"""Session hash → (what, stop flag) of the session's running long job (no user data): set by the separation's
+Cancel button and by leaving the page (:func:`leave_session`)."""
 
 
 def upload_path_only(component: gr.File) -> gr.File:
@@ -113,8 +117,47 @@ def _err(exc: Exception) -> gr.Error:
     return gr.Error(str(exc) or type(exc).__name__, print_exception=False)
 
 
-def _progress_fn(progress: gr.Progress):
-    return lambda f, msg: progress(float(min(max(f, 0.0), 1.0)), desc=msg)
+class PageLeft(RuntimeError):
+    """The page whose job this is was closed or reloaded: the job stopped at its next step."""
+
+
+PAGE_LEFT = "Stopped: the page that asked for this was closed or reloaded."
+
+
+def _progress_fn(progress: gr.Progress, stop: threading.Event | None = None):
+    """A ``progress(fraction, message)`` for the library, onto Gradio's bar; with ``stop``, each report first raises
+    :class:`PageLeft` once the flag is set (the job stops at its next step)."""
+    def report(fraction: float, message: str) -> None:
+        if stop is not None and stop.is_set():
+            raise PageLeft(PAGE_LEFT)
+        progress(float(min(max(fraction, 0.0), 1.0)), desc=message)
+    return report
+
+
+def _session_key(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "default"
+
+
+@contextlib.contextmanager
+def session_job(request: gr.Request | None, what: str) -> Iterator[threading.Event]:
+    """Register the session's running job ``what`` for the time of the block; yields its stop flag."""
+    key, entry = _session_key(request), (what, threading.Event())
+    _RUNNING[key] = entry
+    try:
+        yield entry[1]
+    finally:
+        if _RUNNING.get(key) is entry:
+            del _RUNNING[key]
+
+
+def leave_session(request: gr.Request) -> None:
+    """``Blocks.unload``: the session's page was closed or reloaded, so its running job (a private segmentation, a
+    separation, a proxy sent to ``segment_proxy``) stops at its next step instead of holding the compute queue for
+    a result nobody will see."""
+    entry = _RUNNING.get(_session_key(request))
+    if entry is not None:
+        entry[1].set()
+        log.info("a page was left during its %s: stopping it", entry[0])
 
 
 def _delete_upload(path: str | None) -> None:
@@ -373,28 +416,33 @@ def run_segmentation(
     opacity: float,
     unmixing: str | None = None,
     mirror: bool | None = None,
+    request: gr.Request | None = None,
     progress: gr.Progress = gr.Progress(),
 ):
     """Segment the current target privately (the client and the in-process server) with the client
     network D ``unmixing`` (a model folder; None: :func:`mixdemo.weights.unmixing_name`), the target mirrored in every
     second mix with ``mirror`` (None: :data:`mixdemo.mixing.MIRROR_BY_DEFAULT`). One step of
-    :func:`mixdemo.inference.reusing_freed_memory`: the memory the run freed is handed back once it is answered."""
+    :func:`mixdemo.inference.reusing_freed_memory`: the memory the run freed is handed back once it is answered.
+    Stops at its next step if the page is left (:func:`leave_session`)."""
     from mixdemo.inference import reusing_freed_memory  # torch loads lazily
 
-    with reusing_freed_memory():
-        return _segmentation(sess, ref_ids, k, alpha, random_alpha, mode, opacity, unmixing,
-                             MIRROR_BY_DEFAULT if mirror is None else bool(mirror), progress)
+    with session_job(request, "private segmentation") as stop, reusing_freed_memory():
+        try:
+            return _segmentation(sess, ref_ids, k, alpha, random_alpha, mode, opacity, unmixing,
+                                 MIRROR_BY_DEFAULT if mirror is None else bool(mirror), _progress_fn(progress, stop))
+        except PageLeft as exc:
+            raise _err(exc) from None
 
 
 def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alpha: float, random_alpha: bool,
-                  mode: str, opacity: float, unmixing: str | None, mirror: bool, progress: gr.Progress):
-    """:func:`run_segmentation`'s work."""
+                  mode: str, opacity: float, unmixing: str | None, mirror: bool,
+                  pfn: Callable[[float, str], None]):
+    """:func:`run_segmentation`'s work, reporting to ``pfn``."""
     from mixdemo.client import ClientError, check_classes, make_key, run_private, unmixing_model
     from mixdemo.weights import WeightsError, unmixing_name
 
     if sess is None:
         raise gr.Error("Pick an example or upload a scan first.", print_exception=False)
-    pfn = _progress_fn(progress)
     try:
         alpha_value = None if random_alpha else float(np.clip(alpha, ALPHA_MIN, ALPHA_MAX))
         bank = examples.reference_bank(pfn)
@@ -521,20 +569,16 @@ def _attack(module: str, names: tuple[str, ...]):
     raise AttackUnavailable(f"Not available yet: mixdemo.attacks.{module} has no {' / '.join(names)}.")
 
 
-def _cancel_event(request: gr.Request | None) -> threading.Event:
-    key = getattr(request, "session_hash", None) or "default"
-    ev = threading.Event()
-    _CANCEL[key] = ev
-    return ev
+SEPARATION_JOB = "separation"
 
 
 def cancel_attack(request: gr.Request):
-    """Ask the running attack of this session to stop."""
-    ev = _CANCEL.get(getattr(request, "session_hash", None) or "default")
-    if ev is None:  # nothing of this session runs: the last result stays as it is
+    """Ask the running separation of this session to stop."""
+    entry = _RUNNING.get(_session_key(request))
+    if entry is None or entry[0] != SEPARATION_JOB:  # no separation of this session runs: the last result stays
         gr.Info("No separation is running.")
         return gr.skip()
-    ev.set()
+    entry[1].set()
     return "Cancelling…"
 
 
@@ -573,15 +617,13 @@ def run_separation(sess: Session | None, steps: float, known_alpha: bool, reques
         raise gr.Error("Run a segmentation first (patch mode): the attack works on its proxy.", print_exception=False)
     if sess.view["mode"] != "patch":
         raise gr.Error("The separation works on 32³ patches: run a patch-mode segmentation first.", print_exception=False)
-    ev = _cancel_event(request)
-    try:
-        return _separation(sess, int(steps), _progress_fn(progress), ev, bool(known_alpha))
-    except AttackUnavailable as exc:
-        return _unavailable(exc, 4)
-    except (ValueError, RuntimeError) as exc:
-        raise _err(exc) from None
-    finally:
-        _CANCEL.pop(getattr(request, "session_hash", None) or "default", None)
+    with session_job(request, SEPARATION_JOB) as cancel:  # Cancel and leaving the page: a partial result
+        try:
+            return _separation(sess, int(steps), _progress_fn(progress), cancel, bool(known_alpha))
+        except AttackUnavailable as exc:
+            return _unavailable(exc, 4)
+        except (ValueError, RuntimeError) as exc:
+            raise _err(exc) from None
 
 
 def _attack_network(name: str, module: str, cls: str, what: str, train_module: str):
@@ -1055,14 +1097,18 @@ def about_results() -> AboutResults:
 
 
 # ------------------------------------------------------------------------------ the app
-def _server_endpoint(path: str | None, progress: gr.Progress = gr.Progress()) -> str:
-    """API ``segment_proxy``: .npy proxies in, .npy mixed probabilities out."""
+def _server_endpoint(path: str | None, request: gr.Request | None = None, progress: gr.Progress = gr.Progress()) -> str:
+    """API ``segment_proxy``: .npy proxies in, .npy mixed probabilities out (the request deleted whatever happens;
+    a client that disconnects stops its segmentation at the next proxy, :func:`leave_session`)."""
     from mixdemo.weights import WeightsError
 
     if not path:
         raise gr.Error("Send a .npy file of proxies.", print_exception=False)
     try:
-        return server.segment_file(path, _progress_fn(progress))
+        with session_job(request, "segment_proxy request") as stop:
+            return server.segment_file(path, _progress_fn(progress, stop))
+    except PageLeft as exc:
+        raise _err(exc) from None
     except server.ProxyError as exc:
         raise _err(exc) from None
     except WeightsError as exc:  # the operator's detail (folders, remedies) goes to the log, not to the remote client
@@ -1227,6 +1273,7 @@ def build_demo() -> gr.Blocks:
                 send.click(_server_endpoint, [proxy_in], [probs_out], api_name="segment_proxy",
                            concurrency_limit=1, concurrency_id="compute")
                 info_btn.click(_server_info, None, [info], api_name="server_info", concurrency_limit=4)
+        demo.unload(leave_session)
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo
 

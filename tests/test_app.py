@@ -1414,15 +1414,117 @@ def test_attack_networks_say_missing_and_corrupt_weights_apart(tmp_path, monkeyp
 
 
 def test_cancel_with_no_separation_running_leaves_the_last_result_as_it_is():
-    """It set the status to "Cancelling…" for good and replaced the last result's text; with a run, it stops it."""
+    """It set the status to "Cancelling…" for good and replaced the last result's text; with a run, it stops it.
+    Another job of the session (a segmentation) is not the Cancel button's to stop."""
     from types import SimpleNamespace
 
     from mixdemo import ui
 
     request = SimpleNamespace(session_hash="cancel-test")
     assert ui.cancel_attack(request) == ui.gr.skip()
-    running = ui._cancel_event(request)
-    try:
+    with ui.session_job(request, "private segmentation") as stop:
+        assert ui.cancel_attack(request) == ui.gr.skip() and not stop.is_set()
+    with ui.session_job(request, ui.SEPARATION_JOB) as running:
         assert ui.cancel_attack(request) == "Cancelling…" and running.is_set()
-    finally:
-        ui._CANCEL.pop("cancel-test", None)
+    assert "cancel-test" not in ui._RUNNING
+
+
+def test_leaving_the_page_stops_that_session_s_job_alone():
+    from types import SimpleNamespace
+
+    from mixdemo import ui
+
+    mine, other = SimpleNamespace(session_hash="leave-mine"), SimpleNamespace(session_hash="leave-other")
+    ui.leave_session(mine)  # nothing of it runs: nothing to stop
+    with ui.session_job(mine, "private segmentation") as my_stop, ui.session_job(other, "separation") as other_stop:
+        report = ui._progress_fn(_Progress(), my_stop)
+        report(0.5, "a step")  # reports go on while the page is open
+        ui.leave_session(mine)
+        assert my_stop.is_set() and not other_stop.is_set()
+        with pytest.raises(ui.PageLeft):
+            report(0.6, "the next step")
+    assert not {"leave-mine", "leave-other"} & set(ui._RUNNING)
+
+
+def _left_after_first_proxy(request, computed: list[int]):
+    """A stand-in for ``server.segment`` that reports each proxy as S's inference does, and whose page is left
+    once the first proxy is done."""
+    import torch
+
+    from mixdemo import ui
+
+    def segment(proxies, progress=None):
+        for i in range(len(proxies)):
+            progress(i / len(proxies), f"proxy {i + 1}")
+            computed.append(i)
+            ui.leave_session(request)
+        return torch.full((len(proxies), 4, *np.shape(proxies)[1:]), 0.25)
+    return segment
+
+
+def test_a_segmentation_stops_at_its_next_step_when_its_page_is_left(app_weights, example, monkeypatch):
+    from types import SimpleNamespace
+
+    from mixdemo import examples, server, ui
+
+    request, computed = SimpleNamespace(session_hash="left-segmentation"), []
+    monkeypatch.setattr(server, "segment", _left_after_first_proxy(request, computed))
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    with pytest.raises(ui.gr.Error, match="closed or reloaded"):
+        ui.run_segmentation(sess, [], 3, 0.5, False, "patch", 0.5, request=request, progress=_Progress())
+    assert computed == [0] and sess.view is None and "left-segmentation" not in ui._RUNNING
+
+
+def test_a_proxy_request_stops_at_its_next_proxy_when_its_client_leaves(app_weights, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mixdemo import server, ui
+
+    request, computed = SimpleNamespace(session_hash="left-request"), []
+    monkeypatch.setattr(server, "segment", _left_after_first_proxy(request, computed))
+    monkeypatch.setattr(server, "response_dir", lambda: tmp_path / "responses")
+    path = tmp_path / "proxy.npy"
+    np.save(path, np.random.default_rng(1).uniform(0, 1, (3, 16, 16, 16)).astype(np.float32))
+    with pytest.raises(ui.gr.Error, match="closed or reloaded"):
+        ui._server_endpoint(str(path), request, _Progress())
+    assert computed == [0] and not path.exists() and not (tmp_path / "responses").exists()
+    np.save(path, np.random.default_rng(1).uniform(0, 1, (1, 16, 16, 16)).astype(np.float32))
+    monkeypatch.undo()
+    assert np.load(ui._server_endpoint(str(path), request, _Progress())).shape == (1, 4, 16, 16, 16)  # still serving
+
+
+def test_a_client_that_disconnects_frees_the_queue_at_its_next_proxy(app_url, api, tmp_path, monkeypatch):
+    """Through the launched app: Gradio calls the app's unload handler when a session's heartbeat ends (a tab
+    closed, a client closed), and that session's running request stops at its next proxy."""
+    import threading
+
+    import torch
+    from gradio_client import Client, handle_file
+
+    from mixdemo import server, ui
+
+    first_done, computed = threading.Event(), []
+
+    def segment(proxies, progress=None):
+        for i in range(len(proxies)):
+            progress(i / len(proxies), f"proxy {i + 1}")
+            computed.append(i)
+            first_done.set()
+            if i == 0:  # the queue is held until the session's page is left (or 90 s)
+                for what, stop in list(ui._RUNNING.values()):
+                    if what == "segment_proxy request":
+                        stop.wait(90)
+        return torch.full((len(proxies), 4, *np.shape(proxies)[1:]), 0.25)
+
+    monkeypatch.setattr(server, "segment", segment)
+    path = tmp_path / "proxy.npy"
+    np.save(path, np.random.default_rng(2).uniform(0, 1, (3, 16, 16, 16)).astype(np.float32))
+    leaving = Client(app_url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+    job = leaving.submit(handle_file(str(path)), api_name="/segment_proxy")
+    assert first_done.wait(60)
+    leaving.close()  # its heartbeat ends: the server runs the unload handler for its session
+    monkeypatch.undo()  # the next request is segmented by S
+    np.save(path, np.random.default_rng(3).uniform(0, 1, (1, 16, 16, 16)).astype(np.float32))
+    out = np.load(api.predict(handle_file(str(path)), api_name="/segment_proxy"))  # waits behind the first in the queue
+    assert out.shape == (1, 4, 16, 16, 16) and computed == [0]
+    del job
