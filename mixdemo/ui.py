@@ -238,11 +238,15 @@ def what_was_read(target) -> str:  # noqa: ANN001 - a mixdemo.client.Target
     """The grid a scan was read on and what became of it, so a user can check the file (or the DICOM series)
     was the one meant: e.g. "a 176×256×256 grid of 1.2×1×1 mm voxels, registered to the models' grid"."""
     from nibabel.affines import voxel_sizes
+    from nibabel.orientations import aff2axcodes
 
     zooms = voxel_sizes(np.asarray(target.scan.source_affine))
     grid = "×".join(str(int(n)) for n in target.scan.source_shape)
     size = "×".join(f"{z:.3g}" for z in zooms)
-    if target.prepared is None:
+    axes = aff2axcodes(np.asarray(target.scan.source_affine))
+    if target.prepared is None and axes != ("R", "A", "S"):  # the same grid, its voxels stored in another order
+        fate = f"on the models' grid once its voxel axes, stored {','.join(map(str, axes))} in the file, are read as R,A,S"
+    elif target.prepared is None:
         fate = "already on the models' grid"
     elif target.prepared.registered:
         fate = "registered to the models' MNI grid"

@@ -345,6 +345,12 @@ def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_ont
 
     assert what_was_read(target).endswith("1×1×1 mm voxels, in MNI space, resampled onto the models' grid")
     assert what_was_read(on_grid).endswith("already on the models' grid")
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = img.shape[0] - 1  # voxel i of the file is voxel n - 1 - i of the scan: the same grid, stored L,A,S
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1], img.affine @ flip), tmp_path / "flipped.nii.gz")
+    reversed_axes = load_target(tmp_path / "flipped.nii.gz")
+    assert reversed_axes.prepared is None and np.array_equal(reversed_axes.image, on_grid.image)
+    assert "stored L,A,S in the file, are read as R,A,S" in what_was_read(reversed_axes)
     kept = np.asarray(img.dataobj, np.float32).copy()
     kept[-6:] = 0  # the planes the shift pushed out of the file
     np.testing.assert_allclose(target.image, normalize_intensity(kept), atol=1e-6)
@@ -364,6 +370,9 @@ def test_the_status_line_says_what_became_of_the_scan():
     assert says[True] == "a 176×256×256 grid of 1.2×1×1 mm voxels, registered to the models' MNI grid"
     assert says[False] == "a 176×256×256 grid of 1.2×1×1 mm voxels, in MNI space, resampled onto the models' grid"
     assert what_was_read(SimpleNamespace(scan=scan, prepared=None)).endswith("voxels, already on the models' grid")
+    flipped = SimpleNamespace(source_shape=(144, 192, 160), source_affine=np.diag([-1.0, 1.0, 1.0, 1.0]))
+    assert what_was_read(SimpleNamespace(scan=flipped, prepared=None)).endswith(
+        "voxels, on the models' grid once its voxel axes, stored L,A,S in the file, are read as R,A,S")
 
 
 def test_unmixing_model_follows_the_name_or_the_environment(tmp_path, monkeypatch):
