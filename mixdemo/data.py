@@ -374,6 +374,41 @@ def load_volume(record: ScanRecord) -> Volume:
     return Volume(record.name, record.subject, scan.data, labels, scan.affine)
 
 
+def header_problems(records: Sequence[ScanRecord]) -> list[str]:
+    """What keeps scans of ``records`` from loading, found from their headers alone (no voxel data is read: seconds
+    for a BraTS-sized split): a missing label map, a file nibabel cannot open, a grid that is not 3D, an
+    uncompressed file shorter than its header declares. One ``"name: why"`` per scan; data truncated inside a
+    compressed file are found only when the scan is read."""
+    problems = []
+    for record in records:
+        if record.label_path is None:
+            problems.append(f"{record.name}: no label map (seg)")
+            continue
+        for what, path in (("image", record.image_path), ("label map", record.label_path)):
+            why = _header_problem(Path(path))
+            if why:
+                problems.append(f"{record.name}: its {what} {why}")
+                break
+    return problems
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why the NIfTI at ``path`` cannot load, from its header alone; None if nothing is seen."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+        shape = tuple(image.shape)
+        declared = int(image.dataobj.offset) + int(np.prod(shape)) * image.get_data_dtype().itemsize  # where the data start
+    except Exception as exc:  # noqa: BLE001 - untrusted files: whatever nibabel raises, say it and go on
+        return f"cannot be opened ({type(exc).__name__})"
+    if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+        return f"is not a 3D volume (shape {shape})"
+    if not path.name.lower().endswith(".gz") and path.stat().st_size < declared:
+        return "is shorter than its header declares (truncated)"
+    return None
+
+
 def classes_of(values: np.ndarray, layout: Layout, scan_name: str = "the scan") -> np.ndarray:
     """The label file's values as the layout's classes (uint8); a CohortError naming any value it does not define."""
     table = np.full(256, 255, np.uint8)

@@ -213,6 +213,44 @@ def test_an_unreadable_scan_of_a_cohort_is_named(tmp_path):
         load_volumes(load_cohort(tmp_path).records)
 
 
+def test_scans_that_will_not_load_are_found_from_their_headers(tmp_path):
+    import nibabel as nib
+
+    from mixdemo.data import ScanRecord, header_problems
+
+    for i in range(5):
+        write_cube_scan(tmp_path / f"s{i}_scan-0", 1)
+    records = {r.name: r for r in load_cohort(tmp_path).records}
+    assert header_problems(list(records.values())) == []  # sound scans: nothing said
+    (tmp_path / "s1_scan-0" / "seg.nii.gz").write_bytes(b"not a scan")
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), np.eye(4)), tmp_path / "s2_scan-0" / "t1.nii.gz")
+    full = tmp_path / "s3_scan-0" / "t1.nii"
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.float32), np.eye(4)), full)
+    full.write_bytes(full.read_bytes()[:-100])
+    records["s3_scan-0"] = ScanRecord("s3_scan-0", "s3", full, records["s3_scan-0"].label_path)
+    records["s4_scan-0"] = ScanRecord("s4_scan-0", "s4", records["s4_scan-0"].image_path, None)
+    assert header_problems(list(records.values())) == [
+        "s1_scan-0: its label map cannot be opened (ImageFileError)",
+        "s2_scan-0: its image is not a 3D volume (shape (32, 32, 32, 2))",
+        "s3_scan-0: its image is shorter than its header declares (truncated)",
+        "s4_scan-0: no label map (seg)"]
+
+
+def test_training_says_at_its_start_which_test_scans_evaluation_will_not_load(tmp_path, capsys):
+    from training import train
+
+    for i in range(4):
+        write_cube_scan(tmp_path / f"s{i}_scan-0", 1)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["s0", "s1", "s2"], "test": ["s3"]}))
+    (tmp_path / "s3_scan-0" / "seg.nii.gz").write_bytes(b"")
+    train.main(["--data", str(tmp_path), "--mode", "baseline", "--steps", "1", "--batch-size", "2", "--patch-size", "16",
+                "--features", "4,4,8,8,16,4", "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "run")])
+    said = capsys.readouterr().out
+    assert "warning: 1 scan(s) of the test split will not load for python -m training.evaluate (s3_scan-0: its " \
+           "label map cannot be opened" in said and "training goes on" in said
+    assert (tmp_path / "w" / "baseline" / "model.safetensors").exists()
+
+
 def test_a_training_command_ends_on_a_bad_cohort_with_its_message_not_a_traceback(tmp_path):
     import subprocess
     import sys

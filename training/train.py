@@ -47,7 +47,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mixdemo.classes import CLASS_NAMES
-from mixdemo.data import PATCH_CENTRES, Cohort, CohortError, MixedPatchSampler, load_cohort, load_volumes
+from mixdemo.data import (PATCH_CENTRES, Cohort, CohortError, MixedPatchSampler, header_problems, load_cohort,
+                          load_volumes)
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
@@ -335,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     check_training_split(cohort, mixed=args.mode != "baseline", n_references=args.n_references, views=views)
     if args.init_from is not None:
         check_start_classes(args.init_from, args.mode, cohort)
+    if rank == 0:
+        warn_unloadable_test_scans(cohort)
     ckpt_path = run_dir / "checkpoint.pt"
     default = cohort.modality if args.modality is None else default_modality(args.data)  # read without --modality
     patch_centres = args.patch_centres or cohort.layout.patch_centres
@@ -564,6 +567,17 @@ def load_checkpoint_weights(model: torch.nn.Module, weights: dict, ckpt_path: Pa
     except RuntimeError as exc:
         raise SystemExit(f"{ckpt_path} holds networks of another shape than this command's ({str(exc).splitlines()[0]}); "
                          f"give another --run-dir for a new run, or remove {ckpt_path.parent}.") from None
+
+
+def warn_unloadable_test_scans(cohort: Cohort) -> None:
+    """Print which test scans ``training.evaluate`` will not load, from their headers (:func:`header_problems`), so
+    that they can be mended while the networks train, not found hours later. Training reads the training split only,
+    so it goes on."""
+    problems = header_problems(cohort.split("test"))
+    if problems:
+        print(f"warning: {len(problems)} scan(s) of the test split will not load for python -m training.evaluate "
+              f"({first_few(problems)}); training goes on (it reads the training split only): mend them before "
+              "evaluating.", flush=True)
 
 
 def check_training_split(cohort: Cohort, mixed: bool, n_references: int = 1, views: int = 1) -> None:
