@@ -199,6 +199,25 @@ def test_an_empty_test_split_ends_the_evaluation_before_any_work(small_cohort, m
     assert not (tmp_path / "e.json").exists()
 
 
+def test_test_scans_that_will_not_load_end_the_evaluation_before_any_work_all_named(small_cohort, model_dir, tmp_path):
+    """Each test scan loads when its turn comes: a broken one ended the run there, after the scans before it."""
+    import shutil
+
+    from mixdemo.data import CohortError, load_cohort
+    from training import evaluate
+
+    cohort = load_cohort(small_cohort)
+    root = tmp_path / "broken"
+    shutil.copytree(small_cohort, root)
+    broken = sorted({r.image_path.parent.name for r in cohort.split("test")})
+    for name in broken:
+        (root / name / "seg.nii.gz").write_bytes(b"")
+    with pytest.raises(CohortError, match=rf"{len(broken)} test scan\(s\) of .* will not load: {broken[0]}: its label "
+                                          r"map cannot be opened"):
+        evaluate.main(["--data", str(root), "--quick", "--no-figures", "--out", str(tmp_path / "e.json")])
+    assert not (tmp_path / "e.json").exists()
+
+
 @pytest.mark.parametrize("train_scans", [0, 1])
 def test_a_reference_pool_too_small_is_named_or_leaves_the_icc_out(small_cohort, model_dir, tmp_path, capsys, train_scans):
     """No training scan: no references, refused before any work; one: every test scan is scored, but the

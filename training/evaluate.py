@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from mixdemo.bench import QUICK_CROP
-from mixdemo.data import CohortError, Volume, first_scans, load_cohort, load_volumes, trained_modality
+from mixdemo.data import (CohortError, Volume, first_scans, header_problems, load_cohort, load_volumes,
+                          trained_modality)
 from mixdemo.metrics import dice_per_class, icc_c1, icc_variance_components, ratio_of_means_ci
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, hard_labels, sample_key
 from mixdemo.models import pick_device
@@ -41,8 +42,8 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, WEIGHTS_DIR_ENV, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import (DATA_HELP, add_device_option, check_model_classes, command_line, count, parse_with_out, user_errors,
-                      write_record)
+from training import (DATA_HELP, add_device_option, check_model_classes, command_line, count, first_few, parse_with_out,
+                      user_errors, write_record)
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -306,6 +307,9 @@ def set_up(args: argparse.Namespace) -> Setup:
     if not cohort.split("train"):
         raise CohortError(f"The training split of {cohort.root} holds no scans: the evaluation's references come from "
                           "it (list some under \"train\" in its split.json).")
+    scored = list({r.name: r for r in [*dice_records, *retest_records]}.values())
+    if problems := header_problems(scored):  # each test scan loads when its turn comes: found now, all at once
+        raise CohortError(f"{len(problems)} test scan(s) of {cohort.root} will not load: {first_few(problems)}.")
     train_volumes = [crop_volume(v, args.crop) for v in load_volumes(cohort.split("train"), cache=args.volume_cache)]
     bank = [Reference(v.name, v.image, v.labels) for v in train_volumes]
     if len(retest_records) < 2:
