@@ -1475,19 +1475,22 @@ def test_a_segmentation_stops_at_its_next_step_when_its_page_is_left(app_weights
     assert computed == [0] and sess.view is None and "left-segmentation" not in ui._RUNNING
 
 
-def test_a_proxy_request_stops_at_its_next_proxy_when_its_client_leaves(app_weights, tmp_path, monkeypatch):
+def test_a_proxy_request_stops_at_its_next_proxy_when_its_client_leaves(app_weights, tmp_path, monkeypatch, caplog):
+    import logging
     from types import SimpleNamespace
 
     from mixdemo import server, ui
+    from training.reliability import LEFT_MARK
 
     request, computed = SimpleNamespace(session_hash="left-request"), []
     monkeypatch.setattr(server, "segment", _left_after_first_proxy(request, computed))
     monkeypatch.setattr(server, "response_dir", lambda: tmp_path / "responses")
     path = tmp_path / "proxy.npy"
     np.save(path, np.random.default_rng(1).uniform(0, 1, (3, 16, 16, 16)).astype(np.float32))
-    with pytest.raises(ui.gr.Error, match="closed or reloaded"):
+    with caplog.at_level(logging.INFO, logger="mixdemo.ui"), pytest.raises(ui.gr.Error, match="closed or reloaded"):
         ui._server_endpoint(str(path), request, _Progress())
     assert computed == [0] and not path.exists() and not (tmp_path / "responses").exists()
+    assert LEFT_MARK in caplog.text  # what training.reliability looks for in the app's log
     np.save(path, np.random.default_rng(1).uniform(0, 1, (1, 16, 16, 16)).astype(np.float32))
     monkeypatch.undo()
     assert np.load(ui._server_endpoint(str(path), request, _Progress())).shape == (1, 4, 16, 16, 16)  # still serving

@@ -702,6 +702,7 @@ def fault_client_killed(app: AppProcess, sides: int = 96, k: int = 3) -> str:
     while app.log_text().count(mark) == before and time.time() - t0 < 120 and proc.poll() is None:
         time.sleep(0.1)
     mid = proc.poll() is None and app.log_text().count(mark) > before
+    stops_before = app.log_text().count(LEFT_MARK)
     proc.kill()
     proc.wait()
     client = Client(app.url, verbose=False, analytics_enabled=False, download_files=str(app.workdir / "dl"))
@@ -713,10 +714,16 @@ def fault_client_killed(app: AppProcess, sides: int = 96, k: int = 3) -> str:
         close_client(client)
     alive = app.proc is not None and app.proc.poll() is None
     leftover = [p.name for p in app.gradio_tmp.rglob("proxy.npy")]
+    stopped = ("stopped at its next proxy when the client's session ended (ui.leave_session)"
+               if app.log_text().count(LEFT_MARK) > stops_before else "finished before the session's end was seen")
     if not (mid and ok and alive):
         return f"FAILED: killed mid-computation={mid}, next request ok={ok}, app alive={alive}"
-    return (f"ok: client SIGKILLed while the server computed its {k}x{sides}^3 request; the app kept serving "
-            f"(next request succeeded after {waited:.1f} s); uploaded requests left: {len(leftover)}")
+    return (f"ok: client SIGKILLed while the server computed its {k}x{sides}^3 request, which {stopped}; the app "
+            f"kept serving (next request succeeded after {waited:.1f} s); uploaded requests left: {len(leftover)}")
+
+
+LEFT_MARK = "a page was left during its segment_proxy request"
+"""What the app logs (``mixdemo.ui.leave_session``) when a client's session ends while its request is computed."""
 
 
 def fault_app_restarted(app: AppProcess) -> str:
