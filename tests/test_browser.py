@@ -187,3 +187,44 @@ def test_a_study_upload_lists_its_series_and_the_series_field_picks_one(page, ex
     upload_study()
     expect(page.locator("#status")).to_contain_text("Loaded your scan", timeout=120_000)
     expect(page.locator("#upload-series input")).to_have_value("0")  # back to 0: the next upload is not refused
+
+
+def test_closing_the_page_stops_its_running_segmentation_at_the_next_step(page, monkeypatch):
+    """A page closed (or reloaded) mid-run: its heartbeat ends, Gradio calls the app's unload handler, and the run
+    stops at its next step instead of holding the one compute queue (S is a stand-in that waits, after its first
+    proxy, until the run's stop flag is set)."""
+    import threading
+
+    import numpy as np
+    import torch
+    from playwright.sync_api import expect
+
+    from mixdemo import server, ui
+
+    first_done, finished, computed = threading.Event(), threading.Event(), []
+
+    def segment(proxies, progress=None):
+        try:
+            for i in range(len(proxies)):
+                progress(i / len(proxies), f"proxy {i + 1}")
+                computed.append(i)
+                first_done.set()
+                if i == 0:
+                    for what, stop in list(ui._RUNNING.values()):
+                        if what == "private segmentation":
+                            stop.wait(120)
+            return torch.full((len(proxies), 4, *np.shape(proxies)[1:]), 0.25)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(server, "segment", segment)
+    leaving = page.context.browser.new_page(viewport={"width": 1500, "height": 1100})
+    leaving.set_default_timeout(120_000)
+    leaving.goto(page.url)
+    leaving.get_by_label("1 · Example target").click()
+    leaving.get_by_role("option").first.click()
+    expect(leaving.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    leaving.locator("#run-btn").click()  # K = 3 by default: three proxies
+    assert first_done.wait(120)
+    leaving.close()
+    assert finished.wait(120) and computed == [0]
