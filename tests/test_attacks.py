@@ -1052,3 +1052,19 @@ def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_sa
                                          evaluate_privacy.SMOKE, (0.3, 0.5), 0)  # the network's own pooling, not the run's
     assert seen["references"].shape == (4, 2, 2, 2) and sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]
     assert out["downsample"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*copying from a non-meta parameter")  # the meta stand-in's no-op copies
+def test_train_score_resumes_on_another_device_than_the_cpu(tmp_path: Path, small_cohort: Path, monkeypatch) -> None:
+    """A checkpoint resumed on a GPU: its CPU random-number state must stay on the CPU (torch.set_rng_state takes
+    nothing else; mapped onto the GPU it was 'TypeError: RNG state must be a torch.ByteTensor'). The meta device
+    stands in for the GPU here: the resume loads the checkpoint and sets every state, then exports (stubbed)."""
+    from training import train_score
+
+    argv = ["--data", str(small_cohort), "--steps", "2", "--batch-size", "2", "--max-subjects", "1",
+            "--features", ",".join(map(str, TINY)), "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "run")]
+    train_score.main([*argv, "--device", "cpu"])
+    monkeypatch.setattr(train_score, "pick_device", lambda prefer=None: torch.device("meta"))
+    monkeypatch.setattr(train_score, "export", lambda model, args, *rest: {"device": next(model.parameters()).device})
+    assert train_score.main(argv)["device"].type == "meta"  # resumed at its last step: nothing left to train

@@ -93,3 +93,15 @@ def test_the_evaluation_runs_on_the_gpu(small_cohort, tmp_path):
                          "--out", str(tmp_path / "e.json")])
     assert 0.0 <= doc["dice"]["learned_tta"]["avg"] <= 1.0
     assert doc["device"] == "cuda" and doc["hardware"] == torch.cuda.get_device_name(0)  # where it ran, recorded
+
+
+def test_the_score_prior_resumes_its_training_on_the_gpu(small_cohort, tmp_path):
+    """A checkpoint of training.train_score resumed on the GPU: its CPU random-number state is set as it was saved."""
+    from training import train_score
+
+    argv = ["--data", str(small_cohort), "--batch-size", "2", "--max-subjects", "1", "--features", "4,4,8,8,16,4",
+            "--out", str(tmp_path / "w"), "--run-dir", str(tmp_path / "run"), "--device", "cuda"]
+    train_score.main([*argv, "--steps", "2"])
+    info = train_score.main([*argv, "--steps", "3"])  # resumes at step 2, trains one more
+    assert info["steps"] == 3
+    assert json.loads((tmp_path / "w" / "score" / "training.json").read_text())["device"].startswith("cuda")

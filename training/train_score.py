@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. σ_1 of the order of the largest distance between training patches (NCSNv2 technique 1)
     ckpt_path = run_dir / "checkpoint.pt"
-    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    # on the CPU: its random-number state is the CPU generator's (set_rng_state takes no other); the weights and the
+    # optimiser's state go to the device as they are loaded into the model and the optimiser
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     if state is not None:
         sigma_1 = state["sigma_1"]
     elif args.sigma_1 is not None:
