@@ -97,7 +97,8 @@ def _c_function(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defi
 def freed_memory_kept_by_choice() -> bool:
     """Whether this process asks to keep freed memory within each step (:func:`keep_freed_memory`):
     ``$MIXDEMO_KEEP_FREED_MEMORY`` ``1`` or ``0``; unset or ``auto``, where S runs in bfloat16 on the CPU
-    (:func:`mixdemo.weights.s_precision`). The allocator rule (``python -m mixdemo.bench``,
+    (:func:`mixdemo.weights.s_precision`; not where a CUDA GPU is present, where S runs by default:
+    :func:`mixdemo.models.pick_device`). The allocator rule (``python -m mixdemo.bench``,
     ``levers.allocator_rule``) held for S in bfloat16 in its deciding trial; with S in float32, on an AVX2-only
     CPU, it did not, in either of two trials (peaks over 4 GB: twice the activation bytes, kept)."""
     choice = os.environ.get(KEEP_FREED_ENV, "auto").strip().lower() or "auto"
@@ -106,7 +107,7 @@ def freed_memory_kept_by_choice() -> bool:
     from mixdemo.weights import WeightsError, s_precision
 
     try:
-        return s_precision("cpu") == "bfloat16"
+        return s_precision("cpu") == "bfloat16" and not torch.cuda.is_available()
     except WeightsError:  # an unknown $MIXDEMO_PRECISION: load_model says so; the allocator stays as it comes
         return False
 

@@ -254,6 +254,24 @@ def test_the_default_allocation_keeps_freed_memory_where_s_runs_in_bfloat16(monk
             assert inference.freed_memory_kept_by_choice() is chosen
 
 
+def test_the_default_allocation_leaves_the_allocator_alone_where_s_runs_on_a_gpu(monkeypatch):
+    """Unset or auto on a machine with a CUDA GPU, where S runs (pick_device): the allocator as it comes, whatever the
+    host CPU's bfloat16 (the segmentation steps' reusing_freed_memory applied the CPU rule there, although load_model
+    keeps it for models on the CPU); 1 still keeps freed memory."""
+    import torch
+
+    from mixdemo import inference
+    from mixdemo.weights import PRECISION_ENV
+
+    monkeypatch.setenv(PRECISION_ENV, "bfloat16")  # what auto gives on a host CPU with bfloat16 instructions
+    monkeypatch.delenv(inference.KEEP_FREED_ENV, raising=False)
+    assert inference.freed_memory_kept_by_choice() is True  # no GPU: the CPU rule
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert inference.freed_memory_kept_by_choice() is False
+    monkeypatch.setenv(inference.KEEP_FREED_ENV, "1")
+    assert inference.freed_memory_kept_by_choice() is True
+
+
 def test_report_names_each_rows_allocation_and_which_is_the_default():
     """Runs that record their default name it; in older ones a row with huge pages and the allocator as it
     comes is the default, runs without a huge_pages field had freed memory kept as theirs, and rows from before
