@@ -192,7 +192,8 @@ def activation_bytes_per_voxel(model: torch.nn.Module) -> float:
 
 def memory_budget(device: torch.device) -> float:
     """Bytes S's activations may take: ``$MIXDEMO_S_MEMORY_MB`` if set; on CUDA 80 % of the free
-    GPU memory; on the CPU :data:`DEFAULT_CPU_BUDGET_MB`, or half the available RAM if that is less."""
+    GPU memory (the driver's, plus what PyTorch's caching allocator holds that no tensor uses: an earlier pass's
+    activations, which would otherwise shrink the budget of the next pass); on the CPU :data:`DEFAULT_CPU_BUDGET_MB`, or half the available RAM if that is less."""
     env = os.environ.get(MEMORY_ENV)
     if env:
         try:
@@ -200,7 +201,8 @@ def memory_budget(device: torch.device) -> float:
         except ValueError:
             raise ValueError(f"${MEMORY_ENV} must be a number of megabytes; got {env!r}.") from None
     if device.type == "cuda":
-        return 0.8 * torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return 0.8 * (torch.cuda.mem_get_info(device)[0] + cached)
     budget = float(DEFAULT_CPU_BUDGET_MB * 2**20)
     available = _available_memory_bytes()
     return budget if available is None else min(budget, available / 2)

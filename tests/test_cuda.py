@@ -105,3 +105,18 @@ def test_the_score_prior_resumes_its_training_on_the_gpu(small_cohort, tmp_path)
     info = train_score.main([*argv, "--steps", "3"])  # resumes at step 2, trains one more
     assert info["steps"] == 3
     assert json.loads((tmp_path / "w" / "score" / "training.json").read_text())["device"].startswith("cuda")
+
+
+def test_the_gpu_memory_budget_does_not_shrink_by_what_a_pass_left_cached(monkeypatch):
+    """The blocks a whole-volume pass of S leaves in PyTorch's cache count as free for the next pass's budget."""
+    from mixdemo import inference
+
+    monkeypatch.delenv(inference.MEMORY_ENV, raising=False)
+    seg = weights.load_model("segmentation", device="cuda")
+    device = torch.device("cuda")
+    torch.cuda.empty_cache()
+    before = inference.memory_budget(device)
+    inference.segment_proxies(seg, np.random.default_rng(0).random((1, 144, 192, 160), dtype=np.float32))
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    assert cached > 2**28  # the pass's activations (about 2 GB), kept by the caching allocator
+    assert inference.memory_budget(device) > before - 0.5 * 0.8 * cached

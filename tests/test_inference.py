@@ -162,6 +162,21 @@ def test_memory_budget_env_is_validated(monkeypatch):
     assert 0 < inference.memory_budget(torch.device("cpu")) <= inference.DEFAULT_CPU_BUDGET_MB * 2**20
 
 
+def test_gpu_memory_budget_counts_the_memory_pytorch_holds_free(monkeypatch):
+    """On CUDA the budget is 80 % of the GPU memory S may use: the driver's free memory and the blocks PyTorch's
+    caching allocator keeps from an earlier pass (reserved, not allocated). Counting the driver's alone, a second
+    request for the same volume got a smaller budget than the first, and could be cut into slabs (other seams) that
+    the first took in one exact pass. Patched here: no GPU."""
+    monkeypatch.delenv(inference.MEMORY_ENV, raising=False)
+    gb = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * gb, 8 * gb))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * gb)  # an earlier pass's blocks
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gb)  # S's weights and the like
+    assert inference.memory_budget(torch.device("cuda")) == pytest.approx(0.8 * 6 * gb)
+    monkeypatch.setenv(inference.MEMORY_ENV, "512")  # the variable still wins
+    assert inference.memory_budget(torch.device("cuda")) == 512 * 2**20
+
+
 def test_patch_batches_are_exact_and_bad_shapes_are_refused():
     seg = SegmentationNet(features=TINY).eval()
     x = torch.rand(3, 32, 32, 32)
