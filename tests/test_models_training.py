@@ -1753,3 +1753,14 @@ def test_a_distributed_run_records_the_torchrun_line_that_starts_it(monkeypatch)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert launch_command(["--steps", "3"], 4) == "torchrun --nproc_per_node=4 -m training.train --steps 3"
     assert launch_command(["--steps", "3"], 8) == "torchrun --nnodes=2 --nproc_per_node=4 -m training.train --steps 3"
+
+
+def test_a_training_record_names_the_gpu_it_trained_on(tmp_path, monkeypatch):
+    """``--device cuda:1``: the record's hardware names that GPU, not GPU 0 (names patched here: no GPU)."""
+    from training import train
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU #{torch.device(device).index}")
+    args = train.parse_args(["--mode", "baseline", "--out", str(tmp_path), "--features", "4,4,8,8,16,4"])
+    model = train.EndToEnd(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), None)
+    train.export(model, args, (4, 4, 8, 8, 16, 4), "baseline", 1.0, 1, torch.device("cuda", 1), "python -m training.train")
+    assert json.loads((tmp_path / "baseline" / "training.json").read_text())["hardware"].endswith(", GPU #1")

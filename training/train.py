@@ -742,7 +742,7 @@ def export(model: EndToEnd, args: argparse.Namespace, features, name: str, secon
         "features": list(features), "processes": world, "device": str(device),
         "precision": args.precision, "channels_last": args.channels_last,
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-        + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
+        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "train_seconds": round(seconds), "data": str(args.data), "date": time.strftime("%Y-%m-%d"),
     }
     training |= data or {}
