@@ -826,3 +826,23 @@ def test_the_learned_inversion_never_trained_on_the_demo_bank_and_its_record_sco
     section = privacy["inversion"]
     assert section["trained"] and not section["references_among_server_scans"]
     assert (section["steps"], section["client_bank_subjects"]) == (record["steps"], len(record["client_bank_subjects"]))
+
+
+def test_each_card_s_usage_snippet_loads_its_model_on_the_device_pick_device_names(monkeypatch):
+    """The cards said the model runs on CUDA when present beside a snippet that left it on the CPU. PyTorch's meta
+    device stands in for the GPU that ``pick_device`` would name."""
+    import re
+
+    import torch
+
+    from mixdemo import models
+
+    monkeypatch.setattr(models, "pick_device", lambda prefer=None: torch.device("meta"))
+    cards = [c for c in sorted(REPO.glob("weights/*/README.md")) if "## How to use" in c.read_text()]  # report's cards
+    assert len(cards) >= 3
+    for card in cards:
+        snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card.read_text(), re.S)
+        assert snippet, card
+        namespace: dict = {}
+        exec(snippet.group(1), namespace)  # noqa: S102 - the repository's own card
+        assert next(namespace["model"].parameters()).device.type == "meta", card

@@ -1453,8 +1453,10 @@ def write_cards(weights_root: Path) -> list[Path]:
         folder = weights_root / name
         if not (folder / "model.safetensors").exists():
             continue
-        sections = {"How to use": "```python\nfrom mixdemo.weights import load_model\n"
-                                  f"model = load_model(\"{name}\")\n```\nRuns on CUDA when present, else the CPU."}
+        sections = {"How to use": "```python\nfrom mixdemo.models import pick_device\nfrom mixdemo.weights import load_model\n"
+                                  f"model = load_model(\"{name}\", device=str(pick_device()))\n```\n"
+                                  "`pick_device()`: CUDA when present, else the CPU (without `device`, the model stays "
+                                  "on the CPU)."}
         if name.endswith("-2ref"):
             privacy = _load("privacy")
             if privacy:
