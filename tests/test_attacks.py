@@ -946,6 +946,43 @@ def test_inversion_experiment_scores_estimates_as_the_proxies_are_scored() -> No
     assert np.mean(out["estimate_reid_map_per_draw"]) == pytest.approx(out["estimate_reid_map"])
 
 
+def test_the_chained_attack_inverts_the_average_of_one_request_s_proxies() -> None:
+    """The network is given the average of K proxies mixed with one α and K distinct references (α·x + (1 − α)·their
+    mean, exactly); with a network that returns its input its scores are the average's, and the closed form is the
+    averaging attack's on the same proxies."""
+    from mixdemo.attacks import inversion
+    from mixdemo.attacks.reid import retrieval
+    from mixdemo.attacks.tta_average import rescale
+
+    seen = []
+
+    class Identity(inversion.InversionNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x[0, 0].numpy().copy())
+            return x
+
+    cohort, subjects = synthetic_cohort(5, seed=4)
+    targets, references = cohort[:4], cohort[6:10]
+    mu = cohort.mean(0)
+    out = inversion.averaged_inversion_experiment(Identity(), targets, subjects[:4], references, k=4,
+                                                  alpha_range=(0.3, 0.5), population_mean=mu, n_draws=2, seed=0)
+    assert len(seen) == 8 and (out["k"], out["n_targets"], out["n_draws"], out["reference_pool"]) == (4, 4, 2, 4)
+    mean_ref = references.mean(0)
+    for i, average in enumerate(seen):  # every reference once (k = R), one α: average − r̄ = α·(x − r̄)
+        x = targets[i % 4]
+        alpha = float(((average - mean_ref) * (x - mean_ref)).sum() / ((x - mean_ref) ** 2).sum())
+        assert 0.3 <= alpha <= 0.5
+        np.testing.assert_allclose(average, alpha * x + (1 - alpha) * mean_ref, atol=1e-5)
+    assert out["network"]["msssim_mean"] == pytest.approx(out["average"]["msssim_mean"], abs=1e-6)
+    assert out["network"]["reid_map"] == pytest.approx(out["average"]["reid_map"])
+    assert len(out["network"]["reid_map_per_draw"]) == 2
+    closed = [retrieval(np.stack([rescale(a - 0.6 * mu) for a in seen[j:j + 4]]), subjects[:4]).map for j in (0, 4)]
+    assert out["closed_form"]["reid_map"] == pytest.approx(np.mean(closed))  # α̂ = 0.4, the range's middle
+    with pytest.raises(ValueError, match="k must be between 1 and the 4 references"):
+        inversion.averaged_inversion_experiment(Identity(), targets, subjects[:4], references, k=5,
+                                                alpha_range=(0.3, 0.5), population_mean=mu)
+
+
 def test_the_inversion_server_never_trains_on_the_clients_bank_subjects(tmp_path: Path, small_cohort: Path) -> None:
     """``training.train_inversion`` leaves the first --bank-subjects training subjects out (the demo client's bank),
     records both sides, and writes a network that loads by name; too few subjects left is refused by name."""
@@ -1033,15 +1070,22 @@ def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_sa
         seen["references"] = references
         return {}
 
+    def fake_chained(net, targets, identities, references, **kwargs):
+        seen["chained"] = references, kwargs["k"], kwargs["population_mean"].shape
+        return {}
+
     record = {"client_bank_subjects": ["s1", "s3"], "server_subjects": ["s0", "s2"], "steps": 7, "server_scans": 4}
     monkeypatch.setattr(evaluate_privacy.inversion, "inversion_experiment", fake_experiment)
+    monkeypatch.setattr(evaluate_privacy.inversion, "averaged_inversion_experiment", fake_chained)
     subjects = ["s3", "s1", "s1", "s0", "s2", "s0", "s3", "s2"]
     small = np.arange(8, dtype=np.float32)[:, None, None, None] * np.ones((8, 2, 2, 2), np.float32)
     c = SimpleNamespace(train=[SimpleNamespace(subject=s) for s in subjects], train_small=small, test_small=small[:2],
-                        identities=["t", "t"])
+                        identities=["t", "t"], template_small=np.zeros((2, 2, 2), np.float32))
     net = evaluate_privacy.inversion.InversionNet(downsample=evaluate_privacy.SMOKE.downsample)
     out = evaluate_privacy.run_inversion(net, record, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)
     assert sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]  # every scan of s1 and s3
+    chained_refs, k, mu_shape = seen["chained"]  # the chained attack: the same references, K of the defences (≤ R)
+    assert chained_refs is seen["references"] and k == min(evaluate_privacy.SMOKE.defence_k, 4) and mu_shape == (2, 2, 2)
     assert out["references_among_server_scans"] is False and out["trained"] and out["steps"] == 7
     record["server_subjects"] = ["s0", "s1"]
     assert evaluate_privacy.run_inversion(net, record, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)["references_among_server_scans"]

@@ -846,3 +846,15 @@ def test_each_card_s_usage_snippet_loads_its_model_on_the_device_pick_device_nam
         namespace: dict = {}
         exec(snippet.group(1), namespace)  # noqa: S102 - the repository's own card
         assert next(namespace["model"].parameters()).device.type == "meta", card
+
+
+def test_the_privacy_section_quotes_the_chained_attack_s_three_scores_from_its_record():
+    from training.report import privacy_md
+
+    doc = json.loads((REPO / "results" / "privacy.json").read_text())
+    doc["inversion"]["tta_request"] = {
+        "network": {"msssim_mean": 0.7771, "reid_map": 0.6661}, "closed_form": {"msssim_mean": 0.5551, "reid_map": 0.4441},
+        "average": {"msssim_mean": 0.3331, "reid_map": 0.2221}, "k": 7, "n_draws": 3, "n_targets": 12}
+    line = next(ln for ln in privacy_md(doc).splitlines() if ln.startswith("The two chained"))
+    assert "K = 7 proxies" in line and "MS-SSIM 0.777 and re-identification mAP 0.666, against 0.555 and 0.444" in line
+    assert "and 0.333 and 0.222 for the average itself, on the same 3 draws of the 12 test scans'" in line

@@ -447,12 +447,16 @@ def run_inversion(net: inversion.InversionNet, record: dict, c: Cohort, cfg: Con
     server = set(record.get("server_subjects", []))
     pool = [i for i, v in enumerate(c.train) if v.subject in set(client)]
     if net.downsample == cfg.downsample:
-        targets, references = c.test_small, c.train_small[pool]
+        targets, references, template = c.test_small, c.train_small[pool], c.template_small
     else:  # the network's own pooling, for its estimates and the proxies they are compared with alike
         targets = reid.downsample(np.stack([v.image for v in c.test]), net.downsample)
         references = reid.downsample(np.stack([c.train[i].image for i in pool]), net.downsample)
+        template = reid.downsample(tta.template_brain(), net.downsample)
     out = inversion.inversion_experiment(net, targets, c.identities, references, alpha_range=alpha_range,
                                          n_draws=cfg.reid_draws, seed=seed)
+    out["tta_request"] = inversion.averaged_inversion_experiment(  # the averaging attack's request, then the network
+        net, targets, c.identities, references, k=min(cfg.defence_k, len(references)), alpha_range=alpha_range,
+        population_mean=template, n_draws=cfg.reid_draws, seed=seed)
     return {**out, "downsample": net.downsample, "steps": record.get("steps", 0), "train_seconds": record.get("train_seconds"),
             "hardware": record.get("hardware"), "server_scans": record.get("server_scans", 0),
             "server_subjects": len(server), "client_bank_subjects": len(set(client)),
