@@ -1068,7 +1068,9 @@ def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_sa
 
     def fake_experiment(net, targets, identities, references, **kwargs):
         seen["references"] = references
-        return {}
+        seen.setdefault("ranges", []).append(kwargs["alpha_range"])
+        lo = kwargs["alpha_range"][0]
+        return {"estimate_reid_map": lo, "proxy_reid_map": lo / 2, "estimate_msssim_mean": 1.0, "proxy_msssim_mean": 0.5}
 
     def fake_chained(net, targets, identities, references, **kwargs):
         seen["chained"] = references, kwargs["k"], kwargs["population_mean"].shape
@@ -1086,6 +1088,11 @@ def test_the_inversion_section_mixes_with_the_bank_subjects_its_network_never_sa
     assert sorted(seen["references"][:, 0, 0, 0].tolist()) == [0, 1, 2, 6]  # every scan of s1 and s3
     chained_refs, k, mu_shape = seen["chained"]  # the chained attack: the same references, K of the defences (≤ R)
     assert chained_refs is seen["references"] and k == min(evaluate_privacy.SMOKE.defence_k, 4) and mu_shape == (2, 2, 2)
+    ranges = evaluate_privacy.SMOKE.sweep_ranges  # then the same single-proxy attack at each α range of the sweep
+    assert seen["ranges"] == [(0.3, 0.5), *ranges]
+    assert [r["alpha_range"] for r in out["alpha_sweep"]] == [list(r) for r in ranges]
+    assert [r["estimate_reid_map"] for r in out["alpha_sweep"]] == [lo for lo, _ in ranges]
+    assert all(r["n_draws"] == evaluate_privacy.SMOKE.sweep_reid_draws for r in out["alpha_sweep"])
     assert out["references_among_server_scans"] is False and out["trained"] and out["steps"] == 7
     record["server_subjects"] = ["s0", "s1"]
     assert evaluate_privacy.run_inversion(net, record, c, evaluate_privacy.SMOKE, (0.3, 0.5), 0)["references_among_server_scans"]

@@ -858,3 +858,18 @@ def test_the_privacy_section_quotes_the_chained_attack_s_three_scores_from_its_r
     line = next(ln for ln in privacy_md(doc).splitlines() if ln.startswith("The two chained"))
     assert "K = 7 proxies" in line and "MS-SSIM 0.777 and re-identification mAP 0.666, against 0.555 and 0.444" in line
     assert "and 0.333 and 0.222 for the average itself, on the same 3 draws of the 12 test scans'" in line
+
+
+def test_the_alpha_sweep_table_gives_the_learned_inversion_s_column_by_range_from_its_record():
+    from training.report import privacy_md
+
+    doc = json.loads((REPO / "results" / "privacy.json").read_text())
+    ranges = [tuple(r["alpha_range"]) for r in doc["alpha_sweep"]]
+    doc["inversion"]["alpha_sweep"] = [{"alpha_range": list(r), "estimate_reid_map": 0.1 + i / 10,
+                                        "proxy_reid_map": 0.05 + i / 10, "n_draws": 3} for i, r in enumerate(ranges[1:])]
+    table = [ln for ln in privacy_md(doc).splitlines() if ln.startswith("| [")][:len(ranges)]
+    assert table[0].endswith("| — |")  # a range the inversion was not run at
+    lo, hi = ranges[1]
+    assert table[1].startswith(f"| [{lo:.2f}, {hi:.2f}]") and table[1].endswith("| 0.100 [0.050] |")
+    del doc["inversion"]["alpha_sweep"]
+    assert "learned inversion mAP" not in privacy_md(doc)

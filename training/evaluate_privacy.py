@@ -457,10 +457,23 @@ def run_inversion(net: inversion.InversionNet, record: dict, c: Cohort, cfg: Con
     out["tta_request"] = inversion.averaged_inversion_experiment(  # the averaging attack's request, then the network
         net, targets, c.identities, references, k=min(cfg.defence_k, len(references)), alpha_range=alpha_range,
         population_mean=template, n_draws=cfg.reid_draws, seed=seed)
+    out["alpha_sweep"] = [inversion_sweep_row(net, targets, c.identities, references, (lo, hi), cfg.sweep_reid_draws, seed)
+                          for lo, hi in cfg.sweep_ranges]
     return {**out, "downsample": net.downsample, "steps": record.get("steps", 0), "train_seconds": record.get("train_seconds"),
             "hardware": record.get("hardware"), "server_scans": record.get("server_scans", 0),
             "server_subjects": len(server), "client_bank_subjects": len(set(client)),
             "references_among_server_scans": bool(server & set(client)), "trained": bool(record)}
+
+
+def inversion_sweep_row(net: inversion.InversionNet, targets: np.ndarray, identities: list, references: np.ndarray,
+                        alpha_range: tuple[float, float], n_draws: int, seed: int) -> dict:
+    """The learned inversion on single proxies mixed with α ~ U(``alpha_range``), as the α sweep's other attacks are
+    run at each range (its network trained at the client's default range): the estimates' and the proxies' mAP and
+    MS-SSIM, whole volumes."""
+    res = inversion.inversion_experiment(net, targets, identities, references, alpha_range=alpha_range,
+                                         n_draws=n_draws, seed=seed)
+    keys = ("estimate_reid_map", "proxy_reid_map", "estimate_msssim_mean", "proxy_msssim_mean")
+    return {"alpha_range": list(alpha_range), **{k: res[k] for k in keys}, "n_draws": n_draws}
 
 
 def public_labels(shape: tuple[int, ...]) -> np.ndarray | None:

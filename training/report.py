@@ -358,11 +358,24 @@ def privacy_md(doc: dict) -> str:
                 f"average itself, on the same {chained['n_draws']} draws of the {chained['n_targets']} test scans' "
                 f"requests (`inversion.averaged_inversion_experiment`)."]
     if doc.get("alpha_sweep"):
-        lines += ["| α range | Learned+TTA Dice | re-id mAP | BSS MS-SSIM | output-leakage Dice |", "| --- | --- | --- | --- | --- |"]
+        inverted = {tuple(r["alpha_range"]): r for r in (inv or {}).get("alpha_sweep", [])} if isinstance(inv, dict) else {}
+        extra = " learned inversion mAP [its proxies'] |" if inverted else ""
+        lines += ["| α range | Learned+TTA Dice | re-id mAP | BSS MS-SSIM | output-leakage Dice |" + extra,
+                  "| --- | --- | --- | --- | --- |" + (" --- |" if inverted else "")]
         for row in doc["alpha_sweep"]:
             lo, hi = row["alpha_range"]
+            cell = ""
+            if inverted:
+                r = inverted.get((lo, hi))
+                cell = f" {_f(r['estimate_reid_map'])} [{_f(r['proxy_reid_map'])}] |" if r else " — |"
             lines.append(f"| [{lo:.2f}, {hi:.2f}] | {_f(row.get('dice_learned_tta'))} | {_f(row.get('reid_map'))} | "
-                         f"{_f(row.get('bss_msssim'))} | {_f(row.get('output_leakage_dice'))} |")
+                         f"{_f(row.get('bss_msssim'))} | {_f(row.get('output_leakage_dice'))} |" + cell)
+        if inverted:
+            n = next(iter(inverted.values()))["n_draws"]
+            lines += ["", f"(The learned inversion's column: the network trained at the client's range, on single proxies "
+                          f"mixed with the client's bank at each range, {n} draws (the inversion section's protocol); its "
+                          f"proxies' own mAP in brackets, with that bank as references, where the re-id column's "
+                          f"references are every training scan.)"]
         lines.append("")
     if doc.get("defences"):
         lines += ["| Defence | attack MS-SSIM | re-id mAP | Dice |", "| --- | --- | --- | --- |"]
