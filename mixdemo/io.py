@@ -365,7 +365,7 @@ def write_atomically(path: str | os.PathLike, suffix: str, write: Callable[[str]
     try:
         os.close(fd)
         write(tmp)
-        with open(tmp, "rb") as fh:
+        with open(tmp, "r+b") as fh:  # writable: Windows' fsync (FlushFileBuffers) fails on a read-only handle
             os.fsync(fh.fileno())
         _honour_umask(tmp)
         os.replace(tmp, path)

@@ -725,3 +725,22 @@ def test_a_label_map_stored_in_another_voxel_order_over_the_same_box_is_in_place
     direct = load_labels(tmp_path / "seg.nii.gz", like=scan)
     save_volume(labels, affine, tmp_path / "seg_las.nii.gz", dtype=np.uint8)
     assert np.array_equal(direct, load_labels(tmp_path / "seg_las.nii.gz", like=scan))
+
+
+def test_atomic_write_syncs_through_a_writable_handle(tmp_path, monkeypatch):
+    """Windows' fsync (the C runtime's _commit, FlushFileBuffers) needs a handle open for writing and fails with EBADF
+    on a read-only one, which would stop every segmentation from being written there: emulated here."""
+    import errno
+    import fcntl
+
+    real_fsync = os.fsync
+
+    def windows_fsync(fd: int) -> None:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_fsync(fd)
+
+    monkeypatch.setattr(mio.os, "fsync", windows_fsync)
+    save_volume(_phantom(), RAS_1MM, tmp_path / "vol.nii.gz")
+    assert nib.load(tmp_path / "vol.nii.gz").shape == _phantom().shape
+    assert os.listdir(tmp_path) == ["vol.nii.gz"]
