@@ -1069,7 +1069,7 @@ def about_results() -> AboutResults:
     loaded: dict[str, dict] = {}
     for path in sorted(RESULTS_DIR.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))  # not the locale's: cp1252 on Windows
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):
@@ -1092,7 +1092,7 @@ def about_results() -> AboutResults:
     for name in ("segmentation", unmixing_name(), "baseline", "score"):
         card = _weights_dir() / name / "README.md"
         if card.exists():
-            text = card.read_text()
+            text = card.read_text(encoding="utf-8")
             if text.startswith("---"):
                 text = text.split("---", 2)[-1]
             cards.append(f"<details><summary>Model card: <b>{name}</b></summary>\n\n{text}\n</details>")

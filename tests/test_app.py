@@ -571,6 +571,33 @@ def test_about_shows_results_and_cards(tmp_path, monkeypatch):
     assert res.cards_md.startswith("## Model cards")
 
 
+def test_about_reads_results_and_cards_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """The results and model cards are UTF-8 (α, ³, ŷ); Windows' default text encoding is the ANSI code page
+    (cp1252), which showed them as mojibake ("Î±Â·x") in the About tab: emulated here."""
+    import json
+
+    from mixdemo import ui
+
+    real_read_text = Path.read_text
+
+    def windows_read_text(self, encoding=None, errors=None):
+        return real_read_text(self, encoding=encoding or "cp1252", errors=errors)
+
+    results, weights = tmp_path / "results", tmp_path / "weights"
+    results.mkdir()
+    (weights / "segmentation").mkdir(parents=True)
+    doc = {"command": "python -m training.evaluate --note α·x", "dice": {"learned_tta": {"GM": 0.9}}}
+    (results / "segmentation.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    (weights / "segmentation" / "README.md").write_text("# S\nx_mix = α·x + (1−α)·x_ref on 32³ patches, ŷ_mix\n",
+                                                         encoding="utf-8")
+    monkeypatch.setattr(ui, "RESULTS_DIR", results)
+    monkeypatch.setenv("MIXDEMO_WEIGHTS_DIR", str(weights))
+    monkeypatch.setattr(Path, "read_text", windows_read_text)
+    res = ui.about_results()
+    assert "--note α·x" in res.md
+    assert "x_mix = α·x + (1−α)·x_ref on 32³ patches, ŷ_mix" in res.cards_md
+
+
 def test_about_shows_the_main_results_first_and_the_others_apart(tmp_path, monkeypatch):
     """segmentation, privacy, bench come first, in that order, whatever their names sort as; every other file goes
     to the closed accordion; no cell shows a placeholder ("None", "…", "seed ?") for a value the file lacks."""
