@@ -1042,6 +1042,8 @@ def exit_on_sigterm() -> None:
 def cli(argv: list[str] | None = None) -> int:
     """``python -m mixdemo.client``: :func:`main`, with SIGTERM leaving as an exception does and Ctrl-C said in one
     line (exit status 130), not as a traceback out of gradio_client's wait."""
+    if hasattr(sys.stdout, "reconfigure"):  # --help's α, ≥, − escaped where stdout's encoding lacks them (Windows'
+        sys.stdout.reconfigure(errors="backslashreplace")  # cp1252 when piped or redirected), as on stderr
     exit_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
     try:

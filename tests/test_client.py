@@ -1208,6 +1208,25 @@ def test_help_names_the_references_folder_dir(capsys):
     assert "--references DIR" in capsys.readouterr().out
 
 
+def test_help_survives_a_stdout_that_cannot_encode_it(monkeypatch):
+    """Windows writes a piped or redirected stdout (``--help > help.txt``, ``| more``, Git Bash) in the ANSI code page,
+    cp1252, strictly; it has no α, ≥ or −, and ``--help`` was a UnicodeEncodeError there: emulated here. Characters
+    it lacks are escaped, as Python does on stderr."""
+    import io
+    import sys
+
+    from mixdemo import client
+
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="cp1252"))
+    with pytest.raises(SystemExit) as exit_:
+        client.cli(["--help"])
+    assert exit_.value.code == 0
+    sys.stdout.flush()
+    text = raw.getvalue().decode("cp1252")
+    assert "--references DIR" in text and "target weight \\u03b1" in text
+
+
 @pytest.mark.parametrize("flags, noted", [(["--mirror", "--tta", "1"], True), (["--mirror", "--tta", "2"], False),
                                           (["--tta", "1"], False), (["--no-mirror"], False)])
 def test_mirror_with_one_mix_is_noted(fake_main, capsys, flags, noted):
