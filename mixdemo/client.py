@@ -988,6 +988,9 @@ def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) 
         raise ClientError("Two input scans share a file name; their segmentations would overwrite each other.")
     folder = Path(output)
     writable_folder(folder)
+    if len({n.casefold() for n in names}) < len(names) and folds_case(folder):
+        raise ClientError("Two input scans' file names differ only in case, which the output folder does not tell "
+                          "apart (macOS's and Windows's file systems); their segmentations would overwrite each other.")
     return [folder / f"{n}_seg.{'dcm' if dicom_seg else 'nii.gz'}" for n in names]
 
 
@@ -1031,6 +1034,20 @@ def writable_folder(folder: Path) -> None:
         os.unlink(probe)
     except OSError:
         raise ClientError("The output folder cannot be written to.") from None
+
+
+def folds_case(folder: Path) -> bool:
+    """Whether ``folder`` takes names that differ only in case for one file (macOS's and Windows's usual file systems;
+    a FAT or SMB mount elsewhere): found by making a file there and looking for it under its name in the other case."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mixdemo-case-", dir=folder)
+    except OSError:
+        return True  # cannot tell: as if it did, which at worst refuses names that differ only in case
+    os.close(fd)
+    try:
+        return os.path.exists(os.path.join(os.path.dirname(probe), os.path.basename(probe).swapcase()))
+    finally:
+        os.unlink(probe)
 
 
 def exit_on_sigterm() -> None:

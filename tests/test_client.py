@@ -485,6 +485,32 @@ def test_output_paths_one_file_or_a_folder_of_named_segmentations(tmp_path):
         output_paths(["a/x.nii.gz", "b/x.nii"], str(tmp_path / "out2"))
 
 
+def test_scan_names_differing_only_in_case_are_refused_where_the_output_folder_folds_case(tmp_path, monkeypatch):
+    """``a/Scan.nii.gz b/scan.nii.gz -o segs/``: on macOS's and Windows's usual file systems Scan_seg.nii.gz and
+    scan_seg.nii.gz are one file, and the second segmentation silently replaced the first. Refused where the output
+    folder folds case (emulated here), kept apart where it does not (this machine's)."""
+    import os
+
+    from mixdemo import client
+
+    scans = ["a/Scan.nii.gz", "b/scan.nii.gz"]
+    assert client.output_paths(scans, str(tmp_path / "here")) == [tmp_path / "here" / "Scan_seg.nii.gz",
+                                                                  tmp_path / "here" / "scan_seg.nii.gz"]
+    real_exists = os.path.exists
+
+    def case_folding_exists(path) -> bool:  # a file system that takes any case of a name for the file
+        folder, name = os.path.split(os.fspath(path))
+        return real_exists(path) or (os.path.isdir(folder) and any(n.casefold() == name.casefold()
+                                                                    for n in os.listdir(folder)))
+
+    monkeypatch.setattr(os.path, "exists", case_folding_exists)
+    with pytest.raises(ClientError, match="differ only in case"):
+        client.output_paths(scans, str(tmp_path / "folding"))
+    assert client.output_paths(["a/x.nii.gz", "b/y.nii.gz"], str(tmp_path / "folding")) == [
+        tmp_path / "folding" / "x_seg.nii.gz", tmp_path / "folding" / "y_seg.nii.gz"]
+    assert os.listdir(tmp_path / "folding") == []  # the probe left nothing
+
+
 def test_one_scan_with_a_folder_output_gets_its_named_segmentation_there(tmp_path):
     """``scans/dicom/*.zip -o segs-dicom/`` as the README writes it, with one scan matched: the folder form
     (a trailing slash, or a folder that exists) names the segmentation as it would for several."""
