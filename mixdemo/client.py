@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import glob
 import io
 import os
 import re
@@ -791,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="send your Hugging Face token (HF_TOKEN or the saved login) to the server: needed only for a "
                         "private Space, and it tells the server who you are (default: no token is sent)")
     args = p.parse_args(argv)
+    args.scan = expand_wildcards(args.scan)
     check_setting_variables()  # D's precision and the allocator switch, before any work
 
     from mixdemo.io import ScanError
@@ -884,6 +886,19 @@ def _public_bank(args: argparse.Namespace, server_grid: Sequence[int] | None) ->
     refs = examples.reference_bank(lambda f, m: print(m, file=sys.stderr))
     check_k(args.tta, len(refs))
     return refs
+
+
+def expand_wildcards(scans: Sequence[str]) -> list[str]:
+    """On Windows, whose shells (cmd, PowerShell) pass ``scans/*.nii.gz`` on as it is where a POSIX shell expands it,
+    each argument with ``*``, ``?`` or ``[`` that names no file replaced by the paths it matches, sorted (kept as it
+    is when it matches none: then said as a missing scan). Elsewhere the arguments as given."""
+    if sys.platform != "win32":
+        return list(scans)
+    expanded = []
+    for scan in scans:
+        matched = sorted(glob.glob(scan)) if any(c in scan for c in "*?[") and not os.path.exists(scan) else []
+        expanded.extend(matched or [scan])
+    return expanded
 
 
 def check_server_address(url: str) -> None:

@@ -832,6 +832,23 @@ def test_fake_main_segments_both_scans(fake_main, capsys):
     assert "give --unmixing NAME" in err
 
 
+def test_a_wildcard_the_shell_left_as_it_is_is_expanded_on_windows(fake_main, capsys, monkeypatch):
+    """cmd and PowerShell pass the README's ``scans/*.nii.gz`` to Python as it is, where a POSIX shell expands it: on
+    Windows (emulated) the client expands it, sorted; elsewhere an argument stays the file name given."""
+    import sys
+
+    scans, loads, out = fake_main
+    argv = [str(Path(scans[0]).parent / "private_name_*.nii.gz"), "-o", f"{out}/", "--server", "http://127.0.0.1:7880"]
+    code, err = _run_main(argv, capsys)
+    assert code == 2 and "could not be found" in err and not out.exists()
+    monkeypatch.setattr(sys, "platform", "win32")
+    code, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["private_name_a_seg.nii.gz", "private_name_b_seg.nii.gz"]
+    code, err = _run_main([str(Path(scans[0]).parent / "nothing_*.nii.gz"), *argv[1:]], capsys)
+    assert code == 2 and "could not be found" in err  # a pattern that matches nothing: said as a missing scan
+
+
 def test_a_refused_command_line_leaves_no_output_folder_and_one_missing_scan_is_said_before_connecting(
         fake_main, capsys):
     """A command refused by a check that needs no folder makes none; a single scan that is not there is said
