@@ -364,5 +364,5 @@ def write_model_card(
             "",
         ]
     path = Path(folder) / "README.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")  # α, ³, ×: not the locale's (cp1252 on Windows)
     return path

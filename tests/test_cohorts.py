@@ -332,6 +332,22 @@ def test_a_split_json_may_hold_notes_for_people(tmp_path):
     assert load_cohort(tmp_path).test_subjects == ("BraTS2021_00001",)
 
 
+def test_a_split_json_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """Class names and notes in any language: Windows' default text encoding (cp1252, emulated) turned "Läsion" into
+    "LÃ¤sion" (the models' classes named wrongly)."""
+    real_read_text = Path.read_text
+
+    def windows_read_text(self, encoding=None, errors=None):
+        return real_read_text(self, encoding=encoding or "cp1252", errors=errors)
+
+    write_cube_scan(tmp_path / "s0_scan-0", 1)
+    write_cube_scan(tmp_path / "s1_scan-0", 1)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["s0"], "classes": ["background", "Läsion"],
+                                                     "notes": "Kohorte für α"}, ensure_ascii=False), encoding="utf-8")
+    monkeypatch.setattr(Path, "read_text", windows_read_text)
+    assert load_cohort(tmp_path).class_names == ("background", "Läsion")
+
+
 def test_brats_patches_centre_on_the_brain_as_well_as_on_the_tumour(brats_2021):
     volumes = load_volumes(load_cohort(brats_2021).split("train"))
     on_labels = MixedPatchSampler(volumes, patch_size=8, mixed=False, seed=0).batch(64)

@@ -1764,3 +1764,19 @@ def test_a_training_record_names_the_gpu_it_trained_on(tmp_path, monkeypatch):
     model = train.EndToEnd(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), None)
     train.export(model, args, (4, 4, 8, 8, 16, 4), "baseline", 1.0, 1, torch.device("cuda", 1), "python -m training.train")
     assert json.loads((tmp_path / "baseline" / "training.json").read_text())["hardware"].endswith(", GPU #1")
+
+
+def test_a_model_card_is_written_as_utf8_whatever_the_locale(tmp_path, monkeypatch):
+    """α, ³, −: Windows' default text encoding (cp1252, emulated) cannot write U+2212, and would write the others in
+    another encoding than the Hub and the app read."""
+    from mixdemo.weights import write_model_card
+
+    real_write_text = Path.write_text
+
+    def windows_write_text(self, data, encoding=None, errors=None, newline=None):
+        return real_write_text(self, data, encoding=encoding or "cp1252", errors=errors, newline=newline)
+
+    monkeypatch.setattr(Path, "write_text", windows_write_text)
+    card = write_model_card(tmp_path, title="S", summary="x_mix = α·x + (1 − α)·x_ref", sections={"Use": "32³ − patches"})
+    text = card.read_bytes().decode("utf-8")
+    assert "x_mix = α·x + (1 − α)·x_ref" in text and "32³ − patches" in text

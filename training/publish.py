@@ -94,7 +94,7 @@ def stage(repo_id: str, source: Path, staging: Path) -> list[Path]:
         "model; see each folder's card.", "",
         *trained, *listed, "",
     ]
-    (staging / "README.md").write_text("\n".join(lines))
+    (staging / "README.md").write_text("\n".join(lines), encoding="utf-8")
     return copied
 
 

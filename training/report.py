@@ -1502,7 +1502,7 @@ def write_cards(weights_root: Path) -> list[Path]:
                                           "trains on CPUs and GPUs (`python -m training.train --help`).")
         note = folder / "TRAINING_NOTE.md"
         if note.exists():
-            sections["Training history"] = note.read_text()
+            sections["Training history"] = note.read_text(encoding="utf-8")
         summary = summary.replace("{how}", unmixing_how(folder)) if "{how}" in summary else summary
         summary = f"{summary} {calibration_sentence(read_training_record(folder))}".strip()
         if name.startswith("unmixing") and not name.endswith("-2ref"):
@@ -1516,7 +1516,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only check that the README is up to date")
     args = p.parse_args(argv)
     readme = REPO / "README.md"
-    current = readme.read_text()
+    current = readme.read_text(encoding="utf-8")
     fresh = render_readme(current)
     unmarked = unmarked_blocks(current)
     if unmarked:
@@ -1528,7 +1528,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("README.md is up to date with results/")
         return 0
-    readme.write_text(fresh)
+    readme.write_text(fresh, encoding="utf-8")
     cards = write_cards(REPO / "weights")
     print(f"README.md updated; {len(cards)} model cards written")
     return 0
