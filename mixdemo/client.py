@@ -38,8 +38,17 @@ from pathlib import Path
 INTERRUPTED = "interrupted: no further request is sent, and a segmentation not yet written is not written."
 """What Ctrl-C prints (exit status 130), while the imports load or later."""
 
-if __name__ == "__main__":  # Ctrl-C while the imports below load (seconds on 2 cores): the same one line
-    signal.signal(signal.SIGINT, lambda signum, frame: (print(f"\n{INTERRUPTED}", file=sys.stderr), sys.exit(130)))
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    """Ctrl-C while the imports below load (seconds on 2 cores): the same one line, then out at once. Nothing is
+    written yet, so nothing needs cleaning up, and an exception raised here could surface inside an extension's
+    import as that import's own error (numpy's C extension turned it into an ImportError with its traceback)."""
+    print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
 
 import numpy as np
 import torch
