@@ -109,7 +109,13 @@ def test_queue_limits_are_set_on_purpose(rel_app):
 
 
 @pytest.mark.slow
-def test_privacy_hygiene(rel_app, tmp_path, example):
+def test_privacy_hygiene(rel_app, tmp_path, example, monkeypatch):
+    import tempfile
+
+    client_tmp = tmp_path / "client-tmp"  # this test's clients' own: another worker's client may use /tmp meanwhile
+    client_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(client_tmp))
+    monkeypatch.setenv("TMPDIR", str(client_tmp))
     before = rel.client_tmp_snapshot()
     payload = rel.check_payload(rel_app.url, tmp_path)
     assert payload["leaks"] == 0, payload
