@@ -80,6 +80,16 @@ class ClientError(RuntimeError):
     """Something the user of the client must fix; the message is one plain sentence."""
 
 
+WIRE_FORMAT = "mixdemo-proxy-npy/1"
+"""The wire format this client speaks (``mixdemo.server.WIRE_FORMAT``, reported by ``server_info``)."""
+
+
+def version_mismatch(why: str) -> str:
+    """The message for a server of another version of this project: ``why`` it is (one clause)."""
+    return (f"The server is another version of Mixup-Privacy than this client ({why}): update the client or the "
+            "server, or use a client of the server's version.")
+
+
 # ------------------------------------------------------------------------------ grid
 @dataclass(frozen=True)
 class GridFit:
@@ -506,12 +516,19 @@ class RemoteServer:
 
     @functools.cached_property
     def _reported(self) -> dict:
-        """``server_info``, asked once ({} from a server without the endpoint, which still segments)."""
+        """``server_info``, asked once ({} from a server without the endpoint, which still segments); a
+        :class:`ClientError` naming the version mismatch when it is not in a form this client reads (another wire
+        format, or not a dict)."""
         try:
             info = self.info()
         except (Exception, asyncio.CancelledError):  # noqa: BLE001 - a lost connection shows at the request itself
             return {}
-        return info if isinstance(info, dict) else {}
+        if not isinstance(info, dict):
+            raise ClientError(version_mismatch("its server_info is not in a form this client reads"))
+        if "format" in info and info["format"] != WIRE_FORMAT:
+            raise ClientError(version_mismatch(f"it speaks the wire format {str(info['format'])[:40]!r}, this client "
+                                               f"{WIRE_FORMAT!r}"))
+        return info
 
     def grid_shape(self) -> tuple[int, ...] | None:
         """The grid the server says its model works on (None if it does not say, or not as three sides)."""

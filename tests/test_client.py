@@ -1515,3 +1515,80 @@ def test_a_d_for_other_classes_is_refused_before_the_public_bank_is_built(fake_m
     code, err = _run_main([scans[0], "-o", str(out / "s.nii.gz"), "--server", "http://127.0.0.1:7880"], capsys)
     assert code == 2 and "The client's D unmixes 4 classes, but the server's model gives 5 classes" in err
     assert loads == [] and not FakeRemote.requests
+
+
+# ------------------------------------------------------------------------------ a server of another version
+class InfoRemote(RemoteServer):
+    """The real RemoteServer (its server_info reading and its answer's check) over a stand-in connection: server_info
+    answers ``reported``; segment_proxy answers ``answer_classes`` channels of probabilities for what was sent."""
+
+    reported: object = {}
+    answer_classes = 4
+    requests: list[tuple[int, ...]] = []
+
+    def __init__(self, url, **kwargs):
+        from types import SimpleNamespace
+
+        self.url, self.separate_requests, self._sent = url, False, None
+        self._client = SimpleNamespace(predict=self._predict)
+
+    def _predict(self, *args, api_name):
+        if api_name == "/server_info":
+            return InfoRemote.reported
+        self._sent = np.load(args[0]["path"]).shape
+        InfoRemote.requests.append(self._sent)
+        return {"path": "mixed_probs.npy"}
+
+    def _fetch(self, answer):
+        k, *sides = self._sent
+        return np.full((k, InfoRemote.answer_classes, *sides), 1 / InfoRemote.answer_classes, np.float16)
+
+    def new_session(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def info_main(fake_main, monkeypatch):
+    """fake_main with the real RemoteServer's reading of what a server of another version reports."""
+    from mixdemo import client
+
+    monkeypatch.setattr(client, "RemoteServer", InfoRemote)
+    monkeypatch.setattr(InfoRemote, "requests", [])
+    monkeypatch.setattr(InfoRemote, "answer_classes", 4)
+    return fake_main
+
+
+def _version_refusal(fake, capsys, reported) -> str:
+    scans, _, out = fake
+    InfoRemote.reported = reported
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and err.count("error:") == 1, err
+    assert "version" in err and "update" in err, err
+    assert InfoRemote.requests == [], err  # refused before any proxy is sent
+    return err
+
+
+def test_a_server_of_this_version_or_an_older_one_is_served(info_main, capsys):
+    """The control: today's server_info, and an older server's (no max_request_voxels, no precision), segment."""
+    from mixdemo import client
+    from mixdemo.server import WIRE_FORMAT
+
+    assert client.WIRE_FORMAT == WIRE_FORMAT  # the client's copy of the server's
+    scans, _, out = info_main
+    for reported in ({"format": WIRE_FORMAT, "classes": ["background", "GM", "WM", "CSF"], "max_k": 8,
+                      "max_request_voxels": 8 * 144 * 192 * 160, "model_sha256": "a" * 64, "precision": "float32"},
+                     {"format": WIRE_FORMAT, "classes": ["background", "GM", "WM", "CSF"], "max_k": 8}, {}):
+        InfoRemote.reported = reported
+        code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+        assert code == 0 and "error" not in err, err
+
+
+@pytest.mark.parametrize("reported", [{"format": "mixdemo-proxy-npy/2"}, "a server_info that is no longer a dict"])
+def test_a_server_of_another_wire_format_is_refused_naming_the_version_mismatch(info_main, capsys, reported):
+    """A server_info this client cannot read, or another wire format, is one message before any proxy is sent (it
+    was ignored: the proxies went to a server whose answer this client may misread)."""
+    err = _version_refusal(info_main, capsys, reported)
+    assert ("'mixdemo-proxy-npy/2', this client 'mixdemo-proxy-npy/1'" in err) == isinstance(reported, dict)
