@@ -84,6 +84,14 @@ WIRE_FORMAT = "mixdemo-proxy-npy/1"
 """The wire format this client speaks (``mixdemo.server.WIRE_FORMAT``, reported by ``server_info``)."""
 
 
+def _positive_int(value: object) -> bool:
+    """Whether a value of ``server_info`` reads as a count (what ``int()`` takes, 1 or more; not a bool)."""
+    try:
+        return not isinstance(value, bool) and int(value) >= 1  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def version_mismatch(why: str) -> str:
     """The message for a server of another version of this project: ``why`` it is (one clause)."""
     return (f"The server is another version of Mixup-Privacy than this client ({why}): update the client or the "
@@ -528,6 +536,10 @@ class RemoteServer:
         if "format" in info and info["format"] != WIRE_FORMAT:
             raise ClientError(version_mismatch(f"it speaks the wire format {str(info['format'])[:40]!r}, this client "
                                                f"{WIRE_FORMAT!r}"))
+        for key in ("max_k", "max_request_voxels"):  # per_request reads them during the work: checked here, before it
+            if key in info and not _positive_int(info[key]):
+                raise ClientError(version_mismatch(f"it reports {key} as {str(info[key])[:40]!r}, which this client "
+                                                   "does not read"))
         return info
 
     def grid_shape(self) -> tuple[int, ...] | None:

@@ -1592,3 +1592,13 @@ def test_a_server_of_another_wire_format_is_refused_naming_the_version_mismatch(
     was ignored: the proxies went to a server whose answer this client may misread)."""
     err = _version_refusal(info_main, capsys, reported)
     assert ("'mixdemo-proxy-npy/2', this client 'mixdemo-proxy-npy/1'" in err) == isinstance(reported, dict)
+
+
+@pytest.mark.parametrize("limits", [{"max_k": None}, {"max_k": "unlimited"}, {"max_request_voxels": [35389440]}])
+def test_request_limits_this_client_cannot_read_are_refused_naming_the_version_mismatch(info_main, capsys, limits):
+    """Limits of another form were a traceback (None: int() raised a TypeError nobody caught) or a misleading
+    message (int()'s "invalid literal" as the scan's error, once per scan)."""
+    from mixdemo.server import WIRE_FORMAT
+
+    err = _version_refusal(info_main, capsys, {"format": WIRE_FORMAT, **limits})
+    assert next(iter(limits)) in err
