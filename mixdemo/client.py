@@ -543,13 +543,15 @@ class RemoteServer:
         return info
 
     def grid_shape(self) -> tuple[int, ...] | None:
-        """The grid the server says its model works on (None if it does not say, or not as three sides)."""
+        """The grid the server says its model works on (None if it does not say; a :class:`ClientError` naming the
+        version mismatch if it says it otherwise than as three sides, which this client cannot check)."""
         grid = self._reported.get("grid_shape")
-        try:
-            sides = tuple(int(n) for n in grid)  # type: ignore[union-attr]
-        except (TypeError, ValueError):
+        if grid is None:
             return None
-        return sides if len(sides) == 3 and min(sides) > 0 else None
+        if isinstance(grid, (list, tuple)) and len(grid) == 3 and all(_positive_int(n) for n in grid):
+            return tuple(int(n) for n in grid)
+        raise ClientError(version_mismatch(f"it reports grid_shape as {str(grid)[:40]!r}, which this client does not "
+                                           "read"))
 
     def classes(self) -> list[str] | None:
         """The class names the server says its model gives, background first (None if it does not say)."""

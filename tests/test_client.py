@@ -1602,3 +1602,12 @@ def test_request_limits_this_client_cannot_read_are_refused_naming_the_version_m
 
     err = _version_refusal(info_main, capsys, {"format": WIRE_FORMAT, **limits})
     assert next(iter(limits)) in err
+
+
+@pytest.mark.parametrize("grid", ["240x240x155", {"x": 240, "y": 240, "z": 155}, [240, 240, 155, 1], [0, 24, 24]])
+def test_a_grid_this_client_cannot_read_is_refused_naming_the_version_mismatch(info_main, capsys, grid):
+    """A server that says its grid in another form was read as one that does not say: the scans went out on the
+    references' grid, whatever the server's model works on, and came back as a segmentation."""
+    from mixdemo.server import WIRE_FORMAT
+
+    assert "grid_shape" in _version_refusal(info_main, capsys, {"format": WIRE_FORMAT, "grid_shape": grid})
