@@ -554,10 +554,14 @@ class RemoteServer:
                                            "read"))
 
     def classes(self) -> list[str] | None:
-        """The class names the server says its model gives, background first (None if it does not say)."""
+        """The class names the server says its model gives, background first (None if it does not say; a
+        :class:`ClientError` naming the version mismatch if it says them otherwise than as two or more names)."""
         names = self._reported.get("classes")
-        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        if names is None:
             return None
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            raise ClientError(version_mismatch(f"it reports its classes as {str(names)[:40]!r}, which this client "
+                                               "does not read"))
         return names
 
     def num_classes(self) -> int:

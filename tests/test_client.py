@@ -1611,3 +1611,14 @@ def test_a_grid_this_client_cannot_read_is_refused_naming_the_version_mismatch(i
     from mixdemo.server import WIRE_FORMAT
 
     assert "grid_shape" in _version_refusal(info_main, capsys, {"format": WIRE_FORMAT, "grid_shape": grid})
+
+
+@pytest.mark.parametrize("classes", [[{"name": n} for n in ("background", "GM", "WM", "CSF", "lesion")],
+                                     {"0": "background", "1": "GM", "2": "WM", "3": "CSF", "4": "lesion"}, ["all"]])
+def test_classes_this_client_cannot_read_are_refused_naming_the_version_mismatch(info_main, capsys, classes):
+    """Classes said in another form were read as a server that does not say (the phantoms' four): a server of five
+    answered, and each scan failed on "answered with shape (…5…); expected (…4…)", after its requests."""
+    from mixdemo.server import WIRE_FORMAT
+
+    InfoRemote.answer_classes = 5
+    assert "classes" in _version_refusal(info_main, capsys, {"format": WIRE_FORMAT, "classes": classes})
