@@ -540,6 +540,9 @@ class RemoteServer:
             if key in info and not _positive_int(info[key]):
                 raise ClientError(version_mismatch(f"it reports {key} as {str(info[key])[:40]!r}, which this client "
                                                    "does not read"))
+        if not isinstance(info.get("model_sha256"), (str, type(None))):  # the D's pairing check slices it
+            raise ClientError(version_mismatch(f"it reports model_sha256 as {str(info['model_sha256'])[:40]!r}, which "
+                                               "this client does not read"))
         return info
 
     def grid_shape(self) -> tuple[int, ...] | None:

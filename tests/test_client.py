@@ -1622,3 +1622,23 @@ def test_classes_this_client_cannot_read_are_refused_naming_the_version_mismatch
 
     InfoRemote.answer_classes = 5
     assert "classes" in _version_refusal(info_main, capsys, {"format": WIRE_FORMAT, "classes": classes})
+
+
+@pytest.mark.parametrize("sha", [{"S": "b" * 64}, 12345])
+def test_a_checksum_this_client_cannot_read_is_refused_naming_the_version_mismatch(info_main, capsys, sha):
+    """A model_sha256 that is not a string reached the D's pairing check, which sliced it: a TypeError traceback."""
+    from mixdemo.models import UnmixingNet
+    from mixdemo.server import WIRE_FORMAT
+    from mixdemo.weights import write_training_record
+
+    scans, _, out = info_main
+    UnmixingNet().save_pretrained(out.parent / "weights" / "d-a")
+    write_training_record(out.parent / "weights" / "d-a", {"mode": "private", "segmentation_sha256": "a" * 64},
+                          "mixdemo.models.UnmixingNet")
+    InfoRemote.reported = {"format": WIRE_FORMAT, "model_sha256": sha}
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--unmixing", "d-a"], capsys)
+    assert code == 2 and err.count("error:") == 1 and "version" in err and "model_sha256" in err, err
+    assert InfoRemote.requests == []
+    InfoRemote.reported = {"format": WIRE_FORMAT, "model_sha256": "b" * 64}  # the control: a string is read
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--unmixing", "d-a"], capsys)
+    assert code == 0 and "was trained with the S aaaaaaaaaaaa…, but the server serves bbbbbbbbbbbb…" in err, err
