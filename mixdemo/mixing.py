@@ -20,7 +20,8 @@ import torch
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
 
 TRAIN_ALPHA_RANGE: tuple[float, float] = (0.1, 0.9)
-"""α range the shipped models are trained on (uniform, as the paper; bounded away from 0)."""
+"""α range the shipped models are trained on: uniform, as the paper, which draws α from U(0, 1); bounded away from 0
+(Eq. 4 divides by α) and from 1."""
 
 DEFAULT_ALPHA_RANGE: tuple[float, float] = (0.3, 0.5)
 """α range the app and the client draw from by default, chosen from the privacy–utility sweep of

@@ -855,6 +855,17 @@ def test_tta_averages_each_label_the_voxel_their_rule_says():
         agg.average(disagree, alphas, "median")
 
 
+def test_the_alpha_weighted_average_is_eq6_when_the_mixes_share_one_alpha():
+    """Eq. 5 mixes the K references at one α, so weighting the K answers by α gives them equal weights: Eq. 6's mean
+    itself (the committed record's α-weighted rows equal its mean rows)."""
+    import torch
+
+    from training import tta_aggregation as agg
+
+    answers = torch.softmax(torch.randn(10, 4, 3, 3, 3), 1)
+    torch.testing.assert_close(agg.average(answers, [0.4] * 10, "alpha_weighted"), agg.average(answers, [0.4] * 10, "mean"))
+    assert not torch.allclose(agg.average(answers, [0.1] * 5 + [0.9] * 5, "alpha_weighted"), agg.average(answers, [0.4] * 10, "mean"))
+
 def test_tta_aggregation_scores_the_tables_draws_and_applies_its_rule(small_cohort, model_dir, tmp_path, monkeypatch):
     """training.tta_aggregation mixes each scan with the first K references and α of the segmentation table's draw,
     its Eq. 6 rows are the table's Naive + TTA and Learned + TTA on those answers, and its rule compares the best other

@@ -4,8 +4,8 @@ mixes lift Learned + TTA at the same server cost?
     python -m training.mirror_tta            # → results/mirror_tta.json (the table's 6 Dice volumes, K = 10)
     python -m training.mirror_tta --quick    # smoke run (the test's) → results/quick/mirror_tta.json
 
-The paper's TTA (Eq. 5–6) varies the reference and α of each mix. Mirroring, the usual TTA of segmentation
-networks, is a variation the client can add for free: it mixes the mirrored target, x_mix = α·flip(x) + (1 − α)·x_ref,
+The paper's TTA (Eq. 5–6) varies the reference of each mix (one α shared by the K mixes). Mirroring, the usual TTA
+of segmentation networks, is a variation the client can add for free: it mixes the mirrored target, x_mix = α·flip(x) + (1 − α)·x_ref,
 unmixes as usual with the reference's labels, and flips D's answer back before the average of Eq. 6. The server sees
 one proxy per mix as before; flipping that proxy (public) gives α·x + (1 − α)·flip(x_ref), a mix of the unflipped target
 with a mirrored reference, so to the server mirroring is a reference bank that also holds each reference's mirror

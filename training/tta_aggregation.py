@@ -4,13 +4,14 @@
     python -m training.tta_aggregation --quick    # smoke run (the test's) → results/quick/tta_aggregation.json
 
 Eq. 6 averages the K unmixed answers' class probabilities. The K answers are those of one D given K different
-references and α, an ensemble of sorts, and ensembles are also averaged in other ways. On the same draws as the
+references at one α (Eq. 5), an ensemble of sorts, and ensembles are also averaged in other ways. On the same draws as the
 segmentation table (``training.evaluate``'s protocol: its scans, references, α and networks; each mix through S
 once), this scores, for the learned and the naive unmixing alike:
 
 * ``mean``: Eq. 6, the mean of the probabilities (the table's Learned + TTA and Naive + TTA);
 * ``log_mean``: the mean of the log-probabilities (a normalised geometric mean; for D, the mean of its logits);
-* ``alpha_weighted``: the probabilities weighted by each mix's α (a mix holds more of the target where α is larger);
+* ``alpha_weighted``: the probabilities weighted by each mix's α (a mix holds more of the target where α is larger):
+  Eq. 6 itself when the K mixes share one α, as Eq. 5 and the table's draws do; it differs only with a fresh α per mix;
 * ``vote``: each mix's labels counted, ties broken by the mean probability.
 
 The rule, set before the first full run: an average other than Eq. 6's would become the client's default only if

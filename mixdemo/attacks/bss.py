@@ -79,8 +79,10 @@ class LangevinConfig:
             score of N(mean, (variance + σ²) I), which the data smoothed by noise far above its own
             spread converges to. None: the levels above ``max_sigma`` are skipped.
 
-    δ defaults to 5e-5 (NCSN uses 2e-5 with T = 100): η_i/σ_i² = δ/σ_L² = 0.5 keeps the
-    prior and consistency steps stable while converging in T = 10 steps per level.
+    δ defaults to 5e-5 (NCSN's ε = 2e-5 with T = 100 is δ = 1e-5 here: its Algorithm 1 steps
+    (ε_i/2)·s + √ε_i·z with ε_i = ε·σ_i²/σ_L², this sampler η_i·s + √(2η_i)·z, so η_i = ε_i/2):
+    η_i/σ_i² = δ/σ_L² = 0.5 keeps the prior and consistency steps stable while converging in T = 10
+    steps per level.
     """
 
     steps_per_level: int = 20

@@ -5,7 +5,7 @@ NeurIPS 2019) with the NCSNv2 simplification (Song & Ermon, "Improved techniques
 score-based generative models", NeurIPS 2020, technique 3): an *unconditional* network whose
 output is divided by σ, s_θ(x, σ) = f_θ(x) / σ ≈ ∇_x log p_σ(x).
 
-* :func:`sigmas` — the geometric noise schedule σ_1 > … > σ_L (NCSN Sec. 4.2).
+* :func:`sigmas` — the geometric noise schedule σ_1 > … > σ_L (NCSN Sec. 4.1).
 * :func:`max_pairwise_distance` — σ_1 "of the order of the largest distance between training
   patches" (NCSNv2 technique 1), measured on the data.
 * :func:`dsm_loss` — denoising score matching (Vincent 2011) with weighting λ(σ) = σ² (NCSN Eq. 6).
@@ -32,7 +32,7 @@ SCORE_TAGS = ["mixup-privacy", "medical-imaging", "brain-mri", "score-based-mode
 
 
 def sigmas(sigma_1: float, sigma_L: float = 0.01, L: int = 10) -> torch.Tensor:
-    """Geometric noise schedule σ_i = σ_1 · (σ_L / σ_1)^((i-1)/(L-1)), i = 1…L (NCSN Sec. 4.2).
+    """Geometric noise schedule σ_i = σ_1 · (σ_L / σ_1)^((i-1)/(L-1)), i = 1…L (NCSN Sec. 4.1).
 
     Returns:
         (L,) float32 tensor, strictly decreasing from ``sigma_1`` to ``sigma_L``.
