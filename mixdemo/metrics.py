@@ -4,7 +4,8 @@
 * Blind-source-separation recovery: 3D multi-scale SSIM (Wang, Simoncelli & Bovik 2003),
   single pairs, batches and all-pairs similarity matrices.
 * Test-retest reliability: ICC(C,1) of McGraw & Wong (1996) = ICC(3,1) of Shrout & Fleiss (1979),
-  with its exact F-based confidence interval.
+  with its exact F-based confidence interval. The paper cites McGraw & Wong without naming a form; this is the
+  two-way, consistency, single-measure one.
 * Subject re-identification as retrieval (Kim et al., "Mixup-Privacy", Table 2): macro F1 of the
   top-1 prediction, mean average precision and top-1 accuracy.
 

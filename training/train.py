@@ -9,7 +9,8 @@ Several processes or GPUs (PyTorch DDP; gloo on CPU, nccl on GPU)::
     torchrun --nproc_per_node=4 -m training.train --mode private --steps 3000 --features paper
 
 Loss: cross-entropy + Dice for S against the mixed one-hot labels (Eq. 3) and for D against
-the target's labels, summed, as in the paper; ``--consistency W`` adds W × the distance between D's
+the target's labels, as in the paper, which trains S and D end to end; summing the two is this project's choice
+(the paper does not say how they are combined); ``--consistency W`` adds W × the distance between D's
 predictions of one target mixed with two disjoint sets of references (not in the paper). Checkpoints every ``--ckpt-every`` steps
 (and at each validation) and resumes from the last one; losses go to ``<run>/train.log`` (tab-separated; a resume drops
 the rows past its checkpoint, whose steps it trains again). ``--val-subjects N`` holds
