@@ -1184,20 +1184,21 @@ def build_demo() -> gr.Blocks:
                         gr.HTML('<div class="panel-caption">Target on the client (sagittal · coronal · axial) — '
                                 'click a slice to move the 32³ patch (yellow) and the slices</div>')
                         loc = gr.Image(show_label=False, format="png", interactive=False, elem_id="locator", height=300,
-                                       buttons=["fullscreen"])
+                                       buttons=["fullscreen"], alt_text=ALT["locator"])
                         with gr.Row(equal_height=True):
-                            im_target = _panel("Target x (client)")
-                            im_ref = _panel("Reference x_ref #1 + its labels (client's secret key)")
+                            im_target = _panel("Target x (client)", alt=ALT["target"])
+                            im_ref = _panel("Reference x_ref #1 + its labels (client's secret key)", alt=ALT["reference"])
                             im_proxy = _panel("PROXY x_mix = α·x + (1−α)·x_ref — the only thing the server receives",
-                                              elem_id="proxy", proxy=True)
+                                              elem_id="proxy", proxy=True, alt=ALT["proxy"])
                         with gr.Row(equal_height=True):
-                            im_mixed = _panel("Server's answer: mixed segmentation ŷ_mix (soft colours)")
-                            im_naive = _panel("Naive unmixing, Eq. 4 (reference #1)")
-                            im_learned = _panel("Learned unmixing D (reference #1)")
+                            im_mixed = _panel("Server's answer: mixed segmentation ŷ_mix (soft colours)", alt=ALT["mixed"])
+                            im_naive = _panel("Naive unmixing, Eq. 4 (reference #1)", alt=ALT["naive"])
+                            im_learned = _panel("Learned unmixing D (reference #1)", alt=ALT["learned"])
                         with gr.Row(equal_height=True):
-                            im_tta = _panel("TTA result: average over the K references (Eq. 6)", elem_id="tta")
-                            im_unc = _panel("TTA uncertainty: variance across the K")
-                            im_truth = _panel("Ground truth")
+                            im_tta = _panel("TTA result: average over the K references (Eq. 6)", elem_id="tta",
+                                            alt=ALT["tta"])
+                            im_unc = _panel("TTA uncertainty: variance across the K", alt=ALT["uncertainty"])
+                            im_truth = _panel("Ground truth", alt=ALT["truth"])
                         with gr.Accordion("All K mixes: each reference (with its labels) and the proxy sent", open=False):
                             mixes = gr.Gallery(show_label=False, columns=4, height="auto", object_fit="contain",
                                                elem_id="mixes")
@@ -1301,12 +1302,13 @@ def d_menu(choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return menu
 
 
-def _panel(caption: str, elem_id: str | None = None, proxy: bool = False) -> gr.Image:
-    """A captioned result image (caption above, not over the picture)."""
+def _panel(caption: str, elem_id: str | None = None, proxy: bool = False, alt: str | None = None) -> gr.Image:
+    """A captioned result image (caption above, not over the picture; ``alt``: what a screen reader says of it)."""
     classes = ["result-panel"] + (["proxy-panel"] if proxy else [])
     with gr.Column(min_width=200, elem_classes=classes):
         gr.HTML(f'<div class="panel-caption">{caption}</div>')
-        return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id, buttons=["fullscreen"])
+        return gr.Image(show_label=False, format="png", interactive=False, elem_id=elem_id, buttons=["fullscreen"],
+                        alt_text=alt)
 
 
 def _attack_tab(sess: gr.State) -> None:
@@ -1321,11 +1323,12 @@ def _attack_tab(sess: gr.State) -> None:
             go = gr.Button("Run the separation", variant="primary", scale=1)
             stop = gr.Button("Cancel", variant="stop", scale=1)
         with gr.Row():
-            rec_t = gr.Image(label="recovered target", format="png", interactive=False)
-            true_t = gr.Image(label="true target", format="png", interactive=False)
+            rec_t = gr.Image(label="recovered target", format="png", interactive=False, alt_text=ALT["recovered target"])
+            true_t = gr.Image(label="true target", format="png", interactive=False, alt_text=ALT["true target"])
         with gr.Row():
-            rec_r = gr.Image(label="recovered reference", format="png", interactive=False)
-            true_r = gr.Image(label="true reference", format="png", interactive=False)
+            rec_r = gr.Image(label="recovered reference", format="png", interactive=False,
+                             alt_text=ALT["recovered reference"])
+            true_r = gr.Image(label="true reference", format="png", interactive=False, alt_text=ALT["true reference"])
         sep_md = gr.Markdown("_The separation's result appears here._", elem_id="separation-status")
         go.click(run_separation, [sess, steps, known], [rec_t, true_t, rec_r, true_r, sep_md], api_name="attack_separation",
                  concurrency_limit=1, concurrency_id="compute", show_progress_on=[sep_md], api_visibility="private")
@@ -1349,7 +1352,8 @@ def _attack_tab(sess: gr.State) -> None:
             kk = gr.Slider(2, len(examples.reference_ids()), value=4, step=1, label="K")
         tta_btn = gr.Button("Run the TTA-averaging attack")
         with gr.Row():
-            tta_img = gr.Image(label="average of the K proxies vs the target", format="png", interactive=False)
+            tta_img = gr.Image(label="average of the K proxies vs the target", format="png", interactive=False,
+                               alt_text=ALT["proxy average"])
             tta_plot = gr.Plot(label="MS-SSIM to the target")
         tta_md = gr.Markdown(elem_id="tta-status")
         tta_btn.click(tta_report, [kk, fresh, split, sess], [tta_img, tta_plot, tta_md], api_name="attack_tta",
@@ -1369,10 +1373,34 @@ def _last_proxy_attack(title: str, explanation: str, button: str, image_label: s
     with gr.Accordion(title, open=True):
         gr.Markdown(explanation)
         btn = gr.Button(button)
-        img = gr.Image(label=image_label, format="png", interactive=False)
+        img = gr.Image(label=image_label, format="png", interactive=False,
+                       alt_text=f"{image_label[0].upper()}{image_label[1:]}: slices of each, for comparison")
         md = gr.Markdown(elem_id=status_id)
         btn.click(handler, [sess], [img, md], api_name=api_name, concurrency_limit=1, concurrency_id="compute",
                   api_visibility="private")
+
+
+SLICES = "sagittal, coronal and axial slices"
+ALT = {  # alternative text of the result images, what a screen reader says of each (the captions are separate text)
+    "locator": f"The target scan on the client, {SLICES} through the patch centre, the 32³ patch outlined in yellow. "
+               "Click a slice to move the patch, or set it with the Patch centre sliders.",
+    "target": f"Target x, the client's scan: {SLICES} of the region segmented.",
+    "reference": f"Reference x_ref #1 with its labels coloured by class (legend above): {SLICES}; the client's secret key.",
+    "proxy": f"Proxy x_mix, the target and reference #1 mixed in grey scale, {SLICES}: the only image the server receives.",
+    "mixed": f"The server's answer: the mixed segmentation in soft class colours over the proxy, {SLICES}.",
+    "naive": f"Segmentation by naive unmixing (Eq. 4) with reference #1, class colours over the target, {SLICES}.",
+    "learned": f"Segmentation by the learned unmixing network D with reference #1, class colours over the target, {SLICES}.",
+    "tta": f"The result: segmentation averaged over the K references, class colours over the target, {SLICES}.",
+    "uncertainty": f"Uncertainty: the variance of the K segmentations over the target, {SLICES}; dark where they agree, "
+                   "bright yellow where they disagree most.",
+    "truth": f"Ground-truth labels, class colours over the target, {SLICES}.",
+    "recovered target": "The target the separation recovered from the proxy alone: slices, to compare with the true target.",
+    "true target": "The true target: slices, to compare with the recovered target.",
+    "recovered reference": "The reference the separation recovered from the proxy alone: slices, to compare with the true "
+                           "reference.",
+    "true reference": "The true reference: slices, to compare with the recovered reference.",
+    "proxy average": "The average of the K proxies (top) and the target (bottom): slices, to compare.",
+}
 
 
 def launch_kwargs() -> dict:

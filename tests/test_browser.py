@@ -87,6 +87,43 @@ def test_segment_patch_mode(page, shots):
     page.screenshot(path=str(shots / "screenshot_segment.png"), full_page=True)
 
 
+def _run_once(page) -> None:
+    """Make sure the page shows a run's results (a test run alone with -k has not run one yet)."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Segment").click()
+    if page.locator("#tta img").count():
+        return
+    if not page.locator("#locator img").count():
+        page.get_by_label("1 · Example target").click()
+        page.get_by_role("option").first.click()
+        expect(page.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    page.locator("#run-btn").click()
+    expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+    _wait_image(page, "tta")
+
+
+def _contrast(fg: str, bg: str) -> float:
+    """WCAG contrast ratio of two CSS ``rgb(r, g, b)`` colours."""
+    def luminance(css: str) -> float:
+        channels = [int(v) / 255 for v in css[css.index("(") + 1:css.index(")")].split(",")[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_result_images_have_alternative_text(page):
+    """Each result image says what it shows to a screen reader (Gradio's alt was empty, and the image's button had
+    no name): the proxy that it is the only image the server receives."""
+    _run_once(page)
+    alts = page.locator("#locator img, .result-panel img").evaluate_all("imgs => imgs.map(i => i.alt)")
+    assert len(alts) >= 9 and all(len(a) > 20 for a in alts), alts
+    assert "the only image the server receives" in page.locator("#proxy img").get_attribute("alt")
+    assert page.get_by_role("button", name="Uncertainty: the variance of the K segmentations", exact=False).count() == 1
+
+
 def test_attack_and_about_tabs(page, shots, app_weights):
     from playwright.sync_api import expect
 
