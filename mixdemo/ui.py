@@ -1403,11 +1403,35 @@ ALT = {  # alternative text of the result images, what a screen reader says of e
 }
 
 
+LIVE_REGIONS = {"status": "status", "dice": None, "separation-status": "status", "reid-status": "status",
+                "tta-status": "status", "known-bank-status": "status", "inversion-status": "status"}
+"""The Markdown lines a screen reader announces when they change (``elem_id``: ARIA role, or None for a plain polite
+live region: the Dice table); Gradio's Markdown is not one. The text alone, not Gradio's progress timer beside it."""
+
+HEAD = """<script>
+(() => {
+  const live = %s;
+  const mark = () => {
+    for (const [id, role] of Object.entries(live)) {
+      const md = document.querySelector(`#${id} [data-testid="markdown"]`);
+      if (md && !md.hasAttribute("aria-live")) {
+        md.setAttribute("aria-live", "polite");
+        if (role) md.setAttribute("role", role);
+      }
+    }
+  };
+  new MutationObserver(mark).observe(document.documentElement, {childList: true, subtree: true});
+})();
+</script>""" % json.dumps(LIVE_REGIONS)
+"""Set, as Gradio renders them, the ARIA attributes that its components take no parameter for."""
+
+
 def launch_kwargs() -> dict:
     """Options for ``demo.launch`` (theme and CSS moved to ``launch`` in Gradio 6)."""
     return dict(
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
+        head=HEAD,
         max_file_size=MAX_FILE_SIZE,
         ssr_mode=False,
         show_error=True,

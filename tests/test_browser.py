@@ -124,6 +124,19 @@ def test_result_images_have_alternative_text(page):
     assert page.get_by_role("button", name="Uncertainty: the variance of the K segmentations", exact=False).count() == 1
 
 
+def test_status_lines_and_dice_are_announced_when_they_change(page):
+    """The status line, the Dice table and the attacks' result lines are live regions (Gradio's Markdown is not one):
+    a screen reader announces 'Loaded …', 'Done …' and the Dice without the user going to look for them."""
+    page.get_by_role("tab", name="Segment").click()
+    status = page.locator("#status [data-testid=markdown]")
+    assert (status.get_attribute("role"), status.get_attribute("aria-live")) == ("status", "polite")
+    assert page.locator("#dice [data-testid=markdown]").get_attribute("aria-live") == "polite"
+    page.get_by_role("tab", name="Attack lab").click()
+    for elem in ("separation-status", "reid-status", "tta-status", "known-bank-status", "inversion-status"):
+        assert page.locator(f"#{elem} [data-testid=markdown]").get_attribute("role") == "status", elem
+    page.get_by_role("tab", name="Segment").click()
+
+
 def test_attack_and_about_tabs(page, shots, app_weights):
     from playwright.sync_api import expect
 
