@@ -1273,8 +1273,8 @@ def build_demo() -> gr.Blocks:
                     probs_out = gr.File(label="mixed probabilities .npy", interactive=False)
                     info = gr.JSON(label="server_info")
                 with gr.Row():
-                    send = gr.Button("Send to segment_proxy")
-                    info_btn = gr.Button("server_info")
+                    send = gr.Button("Send to segment_proxy", elem_id="send-proxy")
+                    info_btn = gr.Button("server_info", elem_id="server-info-btn")
                 send.click(_server_endpoint, [proxy_in], [probs_out], api_name="segment_proxy",
                            concurrency_limit=1, concurrency_id="compute")
                 info_btn.click(_server_info, None, [info], api_name="server_info", concurrency_limit=4)
@@ -1321,7 +1321,7 @@ def _attack_tab(sess: gr.State) -> None:
                               label=f"Langevin steps per noise level ({SEPARATION_STEPS}: as in results/privacy.json)")
             known = gr.Checkbox(True, label="the attacker knows α (upper bound)", scale=1)
             go = gr.Button("Run the separation", variant="primary", scale=1)
-            stop = gr.Button("Cancel", variant="stop", scale=1)
+            stop = gr.Button("Cancel", variant="stop", scale=1, elem_id="separation-cancel")
         with gr.Row():
             rec_t = gr.Image(label="recovered target", format="png", interactive=False, alt_text=ALT["recovered target"])
             true_t = gr.Image(label="true target", format="png", interactive=False, alt_text=ALT["true target"])
@@ -1408,9 +1408,15 @@ LIVE_REGIONS = {"status": "status", "dice": None, "separation-status": "status",
 """The Markdown lines a screen reader announces when they change (``elem_id``: ARIA role, or None for a plain polite
 live region: the Dice table); Gradio's Markdown is not one. The text alone, not Gradio's progress timer beside it."""
 
+BUTTON_NAMES = {"separation-cancel": "Cancel the separation",
+                "send-proxy": "Send to segment_proxy the proxy .npy uploaded here",
+                "server-info-btn": "server_info: show what the server says of itself"}
+"""Accessible names of the buttons whose short label does not say what they do out of context (``elem_id``: name;
+each name starts with the visible label, WCAG 2.5.3)."""
+
 HEAD = """<script>
 (() => {
-  const live = %s;
+  const live = %s, names = %s;
   const mark = () => {
     for (const [id, role] of Object.entries(live)) {
       const md = document.querySelector(`#${id} [data-testid="markdown"]`);
@@ -1419,10 +1425,14 @@ HEAD = """<script>
         if (role) md.setAttribute("role", role);
       }
     }
+    for (const [id, name] of Object.entries(names)) {
+      const b = document.getElementById(id);
+      if (b && b.getAttribute("aria-label") !== name) b.setAttribute("aria-label", name);
+    }
   };
   new MutationObserver(mark).observe(document.documentElement, {childList: true, subtree: true});
 })();
-</script>""" % json.dumps(LIVE_REGIONS)
+</script>""" % (json.dumps(LIVE_REGIONS), json.dumps(BUTTON_NAMES))
 """Set, as Gradio renders them, the ARIA attributes that its components take no parameter for."""
 
 

@@ -278,3 +278,14 @@ def test_closing_the_page_stops_its_running_segmentation_at_the_next_step(page, 
     assert first_done.wait(120)
     leaving.close()
     assert finished.wait(120) and computed == [0]
+
+
+def test_buttons_whose_label_is_short_say_what_they_do(page):
+    """'Cancel', 'server_info' and 'Send to segment_proxy' name, to a screen reader's list of buttons, what they act
+    on (their names begin with the visible label)."""
+    page.get_by_role("tab", name="Attack lab").click()
+    assert page.get_by_role("button", name="Cancel the separation", exact=True).count() == 1
+    page.get_by_role("tab", name="About").click()
+    assert page.get_by_role("button", name="server_info: show what the server says of itself", exact=True).count() == 1
+    assert page.get_by_role("button", name="Send to segment_proxy the proxy .npy uploaded here", exact=True).count() == 1
+    page.get_by_role("tab", name="Segment").click()
