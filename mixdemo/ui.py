@@ -66,6 +66,7 @@ CSS = """
 .panel-caption {font-size: 0.85rem; font-weight: 600; line-height: 1.2; min-height: 2.4em;}
 .proxy-panel {border: 3px solid #d62728; border-radius: 10px; padding: 4px;}
 .proxy-panel .panel-caption {color: #d62728;}
+.dark .proxy-panel .panel-caption {color: #f87171;}  /* #d62728 is 3.8:1 on the dark theme's background */
 footer {display: none !important;}
 #dice table {font-size: 0.85rem;}
 #dice th, #dice td {padding: 4px 6px !important;}

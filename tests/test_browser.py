@@ -289,3 +289,20 @@ def test_buttons_whose_label_is_short_say_what_they_do(page):
     assert page.get_by_role("button", name="server_info: show what the server says of itself", exact=True).count() == 1
     assert page.get_by_role("button", name="Send to segment_proxy the proxy .npy uploaded here", exact=True).count() == 1
     page.get_by_role("tab", name="Segment").click()
+
+
+def test_proxy_caption_is_readable_in_the_dark_theme(page):
+    """The proxy's red caption keeps WCAG AA contrast (4.5:1) on the dark theme's background, as on the light one."""
+    for scheme in ("light", "dark"):
+        pg = page.context.browser.new_page(viewport={"width": 1500, "height": 1100}, color_scheme=scheme)
+        try:
+            pg.goto(page.url)
+            caption = pg.locator(".proxy-panel .panel-caption")
+            caption.wait_for()
+            fg, bg = caption.evaluate("""el => { let n = el;
+                while (n && ['rgba(0, 0, 0, 0)', 'transparent'].includes(getComputedStyle(n).backgroundColor))
+                    n = n.parentElement;
+                return [getComputedStyle(el).color, getComputedStyle(n || document.body).backgroundColor]; }""")
+            assert _contrast(fg, bg) >= 4.5, (scheme, fg, bg)
+        finally:
+            pg.close()
