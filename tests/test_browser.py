@@ -306,3 +306,32 @@ def test_proxy_caption_is_readable_in_the_dark_theme(page):
             assert _contrast(fg, bg) >= 4.5, (scheme, fg, bg)
         finally:
             pg.close()
+
+
+def test_the_main_flow_works_with_the_keyboard_alone(page):
+    """Pick an example, run, reach the Dice: Tab, ↓, Enter only (the README says so)."""
+    from playwright.sync_api import expect
+
+    pg = page.context.browser.new_page(viewport={"width": 1500, "height": 1100})
+    pg.set_default_timeout(120_000)
+    try:
+        pg.goto(page.url)
+        pg.get_by_text("Segment privately").wait_for()
+
+        def tab_to(test: str, limit: int = 40) -> None:
+            for _ in range(limit):
+                pg.keyboard.press("Tab")
+                if pg.evaluate(test):
+                    return
+            raise AssertionError(f"Tab never reached {test}")
+
+        tab_to("(document.activeElement.getAttribute('aria-label') || '').startsWith('1 · Example target')")
+        pg.keyboard.press("ArrowDown")
+        pg.keyboard.press("Enter")
+        expect(pg.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+        tab_to("document.activeElement.id === 'run-btn'")
+        pg.keyboard.press("Enter")
+        expect(pg.locator("#status")).to_contain_text("Done", timeout=180_000)
+        expect(pg.locator("#dice")).to_contain_text("learned TTA")
+    finally:
+        pg.close()
