@@ -946,6 +946,20 @@ def test_inversion_experiment_scores_estimates_as_the_proxies_are_scored() -> No
     assert np.mean(out["estimate_reid_map_per_draw"]) == pytest.approx(out["estimate_reid_map"])
 
 
+def test_inversion_experiment_without_windows_scores_the_same_draws_on_whole_volumes_only() -> None:
+    """The α sweep's rows skip the windowed pass (not reported there): the whole-volume figures are the same draws'."""
+    from mixdemo.attacks import inversion
+
+    torch.manual_seed(0)
+    net = inversion.InversionNet(features=(4, 4, 8, 8, 16, 4)).eval()
+    cohort, subjects = synthetic_cohort(4, seed=5)
+    both = inversion.inversion_experiment(net, cohort[:4], subjects[:4], cohort[4:], alpha_range=(0.3, 0.5), n_draws=1)
+    whole = inversion.inversion_experiment(net, cohort[:4], subjects[:4], cohort[4:], alpha_range=(0.3, 0.5), n_draws=1,
+                                           windows=False)
+    assert "on_windows" in both and "on_windows" not in whole
+    assert {k: v for k, v in both.items() if k != "on_windows"} == whole
+
+
 def test_the_chained_attack_inverts_the_average_of_one_request_s_proxies() -> None:
     """The network is given the average of K proxies mixed with one α and K distinct references (α·x + (1 − α)·their
     mean, exactly); with a network that returns its input its scores are the average's, and the closed form is the

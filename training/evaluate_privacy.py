@@ -471,7 +471,7 @@ def inversion_sweep_row(net: inversion.InversionNet, targets: np.ndarray, identi
     run at each range (its network trained at the client's default range): the estimates' and the proxies' mAP and
     MS-SSIM, whole volumes."""
     res = inversion.inversion_experiment(net, targets, identities, references, alpha_range=alpha_range,
-                                         n_draws=n_draws, seed=seed)
+                                         n_draws=n_draws, seed=seed, windows=False)
     keys = ("estimate_reid_map", "proxy_reid_map", "estimate_msssim_mean", "proxy_msssim_mean")
     return {"alpha_range": list(alpha_range), **{k: res[k] for k in keys}, "n_draws": n_draws}
 
