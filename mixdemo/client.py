@@ -500,7 +500,7 @@ class RemoteServer:
                 f"Could not reach a Mixup-Privacy server at {url} ({type(exc).__name__}); "
                 "check the address and that the server is running."
             ) from None
-        endpoints = self._endpoints()
+        endpoints = self._endpoint_names = self._endpoints()
         if endpoints is not None and "/segment_proxy" not in endpoints:
             self.close()
             raise ClientError(f"The app at {url} has no segment_proxy endpoint: it is not a Mixup-Privacy server "
@@ -522,15 +522,28 @@ class RemoteServer:
         """The server's ``server_info`` endpoint."""
         return self._client.predict(api_name="/server_info")
 
+    _endpoint_names: set[str] | None = None
+
     @functools.cached_property
     def _reported(self) -> dict:
         """``server_info``, asked once ({} from a server without the endpoint, which still segments); a
         :class:`ClientError` naming the version mismatch when it is not in a form this client reads (another wire
-        format, or not a dict)."""
-        try:
-            info = self.info()
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - a lost connection shows at the request itself
-            return {}
+        format, or not a dict).
+
+        A server that lists the endpoint is asked twice if the first call fails, then refused: its classes, grid
+        and limits are what the requests are built on, and taking this client's defaults for them (the phantoms'
+        four classes) sent whole scans to a server of other classes or limits, to fail after its work."""
+        listed = self._endpoint_names is not None and "/server_info" in self._endpoint_names
+        for attempt in range(2 if listed else 1):
+            try:
+                info = self.info()
+                break
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - said below, or at the request
+                if not listed:
+                    return {}  # a server without it (or whose API cannot be listed): the requests tell
+                if attempt == 1:
+                    raise ClientError(f"The server's server_info failed twice, so this client does not know its "
+                                      f"classes, grid or limits; nothing was sent. {request_failure(exc)}") from None
         if not isinstance(info, dict):
             raise ClientError(version_mismatch("its server_info is not in a form this client reads"))
         if "format" in info and info["format"] != WIRE_FORMAT:
@@ -600,26 +613,28 @@ class RemoteServer:
     def _request(self, proxies: np.ndarray) -> torch.Tensor:
         from gradio_client import handle_file
 
+        expected = (proxies.shape[0], self.num_classes(), *proxies.shape[1:])
         with tempfile.TemporaryDirectory(prefix="mixdemo-proxy-") as tmp:
             path = Path(tmp) / "proxy.npy"  # neutral name: nothing of the input's name or header
             np.save(path, np.ascontiguousarray(proxies, dtype=np.float16), allow_pickle=False)
             try:
                 answer = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
-                probs = self._fetch(answer)
+                probs = self._fetch(answer, answer_bytes_at_most(expected))
             except ClientError:
                 raise
             except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - AppError carries the server's message
                 raise ClientError(request_failure(exc)) from None
-        expected = (proxies.shape[0], self.num_classes(), *proxies.shape[1:])
         if probs.shape != expected:
             raise ClientError(f"The server answered with shape {probs.shape}; expected {expected}.")
         return torch.from_numpy(probs.astype(np.float32))
 
-    def _fetch(self, answer: object) -> np.ndarray:
+    def _fetch(self, answer: object, most_bytes: int) -> np.ndarray:
         """The answer file the endpoint names, fetched once into memory (the server deletes it after the first
         fetch) from this server's own file route, whatever URL the answer gives: nothing of it is written to disk,
         and ``gradio_client``'s download, which leaves an empty folder in the temporary directory per answer, is
-        not used."""
+        not used. Read as a stream and refused once it passes ``most_bytes`` (:func:`answer_bytes_at_most`): a
+        server that answers more than its request can need, by mistake or on purpose, does not fill the user's
+        memory."""
         import httpx
         from gradio_client.utils import encode_file_path
 
@@ -627,28 +642,62 @@ class RemoteServer:
         if not isinstance(path, str):
             raise ClientError("The server answered without a file; is it a Mixup-Privacy server?")
         client = self._client
+        content = bytearray()
         with httpx.Client(headers=client.headers, cookies=client.cookies, verify=client.ssl_verify,
                           follow_redirects=True, **client.httpx_kwargs) as http:
-            response = http.get(client.src_prefixed + "file=" + encode_file_path(path))
-            response.raise_for_status()
-        return npy_from_bytes(response.content)
+            with http.stream("GET", client.src_prefixed + "file=" + encode_file_path(path)) as response:
+                response.raise_for_status()
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > most_bytes:
+                    raise ClientError(answer_too_large(int(declared), most_bytes))
+                for chunk in response.iter_bytes():
+                    content += chunk
+                    if len(content) > most_bytes:
+                        raise ClientError(answer_too_large(None, most_bytes))
+        return npy_from_bytes(content)
 
     def close(self) -> None:
         """Let go of the connection (at once: see :func:`close_client`)."""
         close_client(self._client)
 
 
-def npy_from_bytes(content: bytes) -> np.ndarray:
-    """A ``.npy`` file's array from its bytes, without a copy (read-only) and never unpickling."""
+ANSWER_HEADER_BYTES = 4096
+"""Room for an answer's ``.npy`` header in :func:`answer_bytes_at_most` (NumPy writes 128 bytes for these arrays)."""
+
+
+def answer_bytes_at_most(shape: Sequence[int]) -> int:
+    """The most bytes an answer of ``shape`` can need: its values as float32 (the wire format's are float16; a
+    float32 answer is read too) and a header."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(np.float32).itemsize + ANSWER_HEADER_BYTES
+
+
+def answer_too_large(declared: int | None, most_bytes: int) -> str:
+    """The refusal of an answer larger than its request can need."""
+    size = f"{declared / 2**20:.1f} MiB" if declared is not None else "more"
+    return (f"The server answered with {size}, where this request's answer needs at most {most_bytes / 2**20:.1f} "
+            "MiB; it was not read. Is it a Mixup-Privacy server of this version?")
+
+
+def npy_from_bytes(content: bytes | bytearray) -> np.ndarray:
+    """A ``.npy`` file's array from its bytes, without a copy and never unpickling; a :class:`ClientError` for an
+    array that is not of floats or that its bytes hold only in part."""
     buffer = io.BytesIO(content)
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    reader = readers.get(np.lib.format.read_magic(buffer))
-    if reader is None:
-        raise ClientError("The server answered with a .npy file of a format this client does not read.")
-    shape, fortran_order, dtype = reader(buffer)
+    try:
+        reader = readers.get(np.lib.format.read_magic(buffer))
+        if reader is None:
+            raise ClientError("The server answered with a .npy file of a format this client does not read.")
+        shape, fortran_order, dtype = reader(buffer)
+    except ValueError:  # numpy's word for a header it cannot parse (the magic string included)
+        raise ClientError("The server answered with a file that is not a readable .npy file.") from None
     if dtype.hasobject:
         raise ClientError("The server answered with an object array; expected numbers.")
+    if dtype.kind != "f":
+        raise ClientError(f"The server answered with values of type {dtype}; expected floating-point probabilities.")
     count = int(np.prod(shape, dtype=np.int64))
+    if len(content) - buffer.tell() < count * dtype.itemsize:
+        raise ClientError(f"The server's answer was cut short: its header says {shape} values, its file holds "
+                          "fewer.")
     array = np.frombuffer(content, dtype=dtype, count=count, offset=buffer.tell())
     return array.reshape(shape, order="F" if fortran_order else "C")
 

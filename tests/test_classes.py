@@ -174,7 +174,7 @@ def test_remote_answers_are_expected_with_the_classes_the_server_names(monkeypat
     remote = RemoteServer("http://127.0.0.1:7880")
     remote.__dict__["_reported"] = {"classes": FIVE}
     answer = np.full((1, 5, 8, 8, 8), 0.2, np.float16)
-    monkeypatch.setattr(RemoteServer, "_fetch", lambda self, a: answer)
+    monkeypatch.setattr(RemoteServer, "_fetch", lambda self, a, most_bytes: answer)
     assert remote.num_classes() == 5 and remote(np.zeros((1, 8, 8, 8), np.float32)).shape == (1, 5, 8, 8, 8)
     remote.separate_requests = True
     assert remote(np.zeros((2, 8, 8, 8), np.float32)).shape == (2, 5, 8, 8, 8)

@@ -688,6 +688,100 @@ def test_an_npy_answer_is_read_without_unpickling():
         npy_from_bytes(buffer.getvalue())
 
 
+def test_an_npy_answer_that_is_not_floats_cut_short_or_no_npy_is_refused():
+    """An integer array was passed on as probabilities; a header promising more values than its bytes hold, or bytes
+    that are no .npy file, raised numpy's ValueError as a traceback."""
+    import io
+
+    from mixdemo.client import ClientError, npy_from_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 3), np.int64))
+    with pytest.raises(ClientError, match="type int64"):
+        npy_from_bytes(buffer.getvalue())
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 4, 8, 8, 8), np.float16))
+    with pytest.raises(ClientError, match="cut short"):
+        npy_from_bytes(buffer.getvalue()[:-2])
+    with pytest.raises(ClientError, match="not a readable .npy"):
+        npy_from_bytes(b"<html>a proxy's error page</html>")
+
+
+@pytest.fixture
+def answering_server():
+    """A local HTTP server whose file route answers what the test sets (``body``, and a ``length`` to declare or
+    None to stream it chunked without one); yields (the state, a RemoteServer shim whose _fetch reaches it)."""
+    import http.server
+    import threading
+    from types import SimpleNamespace
+
+    from mixdemo.client import RemoteServer
+
+    state = {"body": b"", "length": None, "sent": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            body, length = state["body"], state["length"]
+            self.send_response(200)
+            if length is None:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(length))
+            self.end_headers()
+            try:
+                for start in range(0, len(body), 1 << 16):
+                    chunk = body[start : start + (1 << 16)]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if length is None else chunk)
+                    state["sent"] += len(chunk)
+                if length is None:
+                    self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):  # the client stopped reading: what is tested
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = SimpleNamespace(headers={}, cookies=None, ssl_verify=True, httpx_kwargs={"timeout": 10},
+                             src_prefixed=f"http://127.0.0.1:{httpd.server_port}/gradio_api/")
+    shim = SimpleNamespace(_client=client)
+    try:
+        yield state, lambda most_bytes: RemoteServer._fetch(shim, {"path": "/tmp/gradio/x/mixed_probs.npy"}, most_bytes)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_an_answer_larger_than_its_request_can_need_is_refused_unread(answering_server):
+    """The answer was read whole into memory whatever its size (a server, by mistake or on purpose, could fill the
+    client's memory): now refused from its declared length, or once the stream passes what the request needs."""
+    import io
+
+    from mixdemo.client import ClientError, answer_bytes_at_most
+
+    state, fetch = answering_server
+    shape = (2, 4, 16, 16, 16)
+    most = answer_bytes_at_most(shape)
+    for dtype in (np.float16, np.float32):  # the wire format's, and float32, are read
+        buffer = io.BytesIO()
+        np.save(buffer, np.full(shape, 0.25, dtype))
+        for length in (len(buffer.getvalue()), None):
+            state.update(body=buffer.getvalue(), length=length)
+            np.testing.assert_array_equal(fetch(most), np.full(shape, 0.25, dtype))
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 5, 16, 16, 16), np.float32))  # one class more than the request's, in float32
+    state.update(body=buffer.getvalue(), length=len(buffer.getvalue()))
+    with pytest.raises(ClientError, match="at most 0.1 MiB; it was not read"):
+        fetch(most)
+    state.update(body=b"\0" * (128 << 20), length=None, sent=0)  # 128 MiB, no length said
+    with pytest.raises(ClientError, match="answered with more, where this request's answer needs at most"):
+        fetch(most)
+    assert state["sent"] < 64 << 20, state["sent"]  # the client stopped reading early (kernel buffers aside)
+
+
 def test_the_client_follows_the_request_limits_the_server_reports(app_url):
     from mixdemo import server
     from mixdemo.client import RemoteServer
@@ -983,7 +1077,7 @@ def test_a_request_uploads_only_the_proxies_as_float16_under_a_neutral_name_and_
         return "answer"
 
     shim = SimpleNamespace(_client=SimpleNamespace(predict=predict), num_classes=lambda: 4,
-                           _fetch=lambda answer: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
+                           _fetch=lambda answer, most_bytes: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
     answer = RemoteServer._request(shim, proxies)
     assert answer.shape == (2, 4, 16, 16, 16) and uploaded["api"] == "/segment_proxy"
     assert uploaded["name"] == "proxy.npy" and not uploaded["folder"].exists()
@@ -1525,21 +1619,27 @@ class InfoRemote(RemoteServer):
     reported: object = {}
     answer_classes = 4
     requests: list[tuple[int, ...]] = []
+    info_failures = 0  # how many server_info calls fail before one answers
+    listed: set[str] | None = None  # the endpoints the app lists (None: its API could not be listed)
 
     def __init__(self, url, **kwargs):
         from types import SimpleNamespace
 
         self.url, self.separate_requests, self._sent = url, False, None
         self._client = SimpleNamespace(predict=self._predict)
+        self._endpoint_names = InfoRemote.listed
 
     def _predict(self, *args, api_name):
         if api_name == "/server_info":
+            if InfoRemote.info_failures:
+                InfoRemote.info_failures -= 1
+                raise ConnectionError("the connection dropped")
             return InfoRemote.reported
         self._sent = np.load(args[0]["path"]).shape
         InfoRemote.requests.append(self._sent)
         return {"path": "mixed_probs.npy"}
 
-    def _fetch(self, answer):
+    def _fetch(self, answer, most_bytes):
         k, *sides = self._sent
         return np.full((k, InfoRemote.answer_classes, *sides), 1 / InfoRemote.answer_classes, np.float16)
 
@@ -1558,6 +1658,8 @@ def info_main(fake_main, monkeypatch):
     monkeypatch.setattr(client, "RemoteServer", InfoRemote)
     monkeypatch.setattr(InfoRemote, "requests", [])
     monkeypatch.setattr(InfoRemote, "answer_classes", 4)
+    monkeypatch.setattr(InfoRemote, "info_failures", 0)
+    monkeypatch.setattr(InfoRemote, "listed", None)
     return fake_main
 
 
@@ -1584,6 +1686,34 @@ def test_a_server_of_this_version_or_an_older_one_is_served(info_main, capsys):
         InfoRemote.reported = reported
         code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
         assert code == 0 and "error" not in err, err
+
+
+def test_a_server_info_that_fails_is_asked_again_then_refused_not_taken_as_the_phantoms_defaults(info_main, capsys):
+    """A listed server_info that failed once was read as a server that says nothing: the phantoms' four classes,
+    no grid, this client's limits, and the scans went out to a server of five classes, to fail after its work. Now
+    it is asked again; failing twice, nothing is sent."""
+    from mixdemo.server import WIRE_FORMAT
+
+    scans, _, out = info_main
+    InfoRemote.listed = {"/segment_proxy", "/server_info"}
+    InfoRemote.reported = {"format": WIRE_FORMAT, "classes": ["background", "GM", "WM", "CSF", "lesion"]}
+    InfoRemote.answer_classes = 5
+    InfoRemote.info_failures = 2
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and err.count("error:") == 1 and "server_info failed twice" in err, err
+    assert "connection to the server was lost" in err and InfoRemote.requests == [], err
+    InfoRemote.info_failures = 1  # once: asked again, and its five classes read (the defaults' four fail the shape)
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 0 and "error" not in err and InfoRemote.requests, err
+
+
+def test_a_server_that_does_not_list_server_info_is_one_of_an_older_version(info_main, capsys):
+    """The control: where the app's API could not be listed, a failing server_info is a server without it, as
+    before (an older server of this project, which still segments)."""
+    scans, _, out = info_main
+    InfoRemote.reported, InfoRemote.info_failures = {}, 5
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 0 and "error" not in err and InfoRemote.requests, err
 
 
 @pytest.mark.parametrize("reported", [{"format": "mixdemo-proxy-npy/2"}, "a server_info that is no longer a dict"])
