@@ -626,7 +626,11 @@ class RemoteServer:
                 raise ClientError(request_failure(exc)) from None
         if probs.shape != expected:
             raise ClientError(f"The server answered with shape {probs.shape}; expected {expected}.")
-        return torch.from_numpy(probs.astype(np.float32))
+        answer = torch.from_numpy(probs.astype(np.float32))
+        if not probabilities(answer):
+            raise ClientError("The server answered with values that are not probabilities (outside 0 to 1, or not "
+                              "numbers); its model or its precision setting is broken, and nothing was written.")
+        return answer
 
     def _fetch(self, answer: object, most_bytes: int) -> np.ndarray:
         """The answer file the endpoint names, fetched once into memory (the server deletes it after the first
@@ -659,6 +663,13 @@ class RemoteServer:
     def close(self) -> None:
         """Let go of the connection (at once: see :func:`close_client`)."""
         close_client(self._client)
+
+
+def probabilities(values: torch.Tensor) -> bool:
+    """Whether every value is a probability (a number in [0, 1]): a NaN answer (a broken model, or a precision
+    the server's hardware does not hold) unmixed into an empty segmentation, written as if it were one."""
+    low, high = torch.aminmax(values)  # NaN anywhere makes both NaN, and the comparisons false
+    return bool(low >= 0) and bool(high <= 1)
 
 
 ANSWER_HEADER_BYTES = 4096

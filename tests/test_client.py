@@ -1086,6 +1086,24 @@ def test_a_request_uploads_only_the_proxies_as_float16_under_a_neutral_name_and_
     assert uploaded["data"] == expected.getvalue()
 
 
+@pytest.mark.parametrize("bad", [np.nan, -0.5, 1.5])
+def test_an_answer_that_is_not_probabilities_is_refused(bad):
+    """A NaN answer (a broken model or precision on the server) was unmixed into an empty segmentation and
+    written as one; values outside [0, 1] are no softmax either."""
+    from types import SimpleNamespace
+
+    from mixdemo.client import ClientError, RemoteServer
+
+    answer = np.full((1, 4, 8, 8, 8), 0.25, np.float16)
+    shim = SimpleNamespace(_client=SimpleNamespace(predict=lambda file, api_name: "answer"), num_classes=lambda: 4,
+                           _fetch=lambda answer_, most_bytes: answer)
+    proxies = np.zeros((1, 8, 8, 8), np.float32)
+    assert RemoteServer._request(shim, proxies).shape == (1, 4, 8, 8, 8)  # the control
+    answer[0, 2, 3, 4, 5] = bad
+    with pytest.raises(ClientError, match="not probabilities"):
+        RemoteServer._request(shim, proxies)
+
+
 def client_separately(oracle: OracleRemote, proxies: np.ndarray):
     """``RemoteServer.__call__`` with separate requests (each proxy alone, in a shuffled order), its requests
     answered by ``oracle``."""
