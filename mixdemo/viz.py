@@ -1,4 +1,4 @@
-"""Pictures for the demo: three orthogonal slices, label overlays, a legend and plotly figures.
+"""Pictures for the demo: three orthogonal slices, label overlays, a legend, a heat map's colour bar and plotly figures.
 
 Volumes are RAS+ arrays (X right, Y anterior, Z superior). Slices are shown in neurological
 convention (the subject's right on the right): sagittal (anterior right), coronal, axial
@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from mixdemo.classes import CLASS_NAMES
 
@@ -40,6 +41,12 @@ CLASS_COLOURS: dict[int, tuple[int, int, int]] = {c: class_colour(c) for c in ra
 """The phantoms' classes' colours (GM, WM, CSF)."""
 PATCH_BOX_COLOUR = (255, 221, 0)
 CANVAS = (24, 24, 24)
+SCALE_TEXT = (230, 230, 230)
+"""The colour bar's words and numbers (14.2:1 on the canvas)."""
+SCALE_FRAME = (128, 128, 128)
+"""The colour bar's 1-px outline, 4.5:1 on the canvas (its black end would otherwise merge with it)."""
+HEAT_LABEL = "variance"
+"""The colour bar's label (the app's one heat map is the TTA variance)."""
 GAP = 4
 VIEWS = ("sagittal", "coronal", "axial")
 
@@ -181,8 +188,9 @@ def montage(
         centre: voxel the three slices pass through.
         overlay: (X, Y, Z) labels or (C, X, Y, Z) probabilities, drawn in the class colours.
         opacity: overlay opacity in [0, 1].
-        heat: (X, Y, Z) non-negative map drawn in 'inferno' (e.g. the TTA variance).
-        heat_max: value shown at full colour (default: the map's maximum).
+        heat: (X, Y, Z) non-negative map drawn in 'inferno' (e.g. the TTA variance), with its colour bar
+            right of the last view (see :func:`heat_scale_layout`).
+        heat_max: value shown at full colour, the top of the colour bar (default: the map's maximum).
         box: a 3D region (slices) outlined in yellow (the patch).
         vmax: intensity shown as white (default: the volume's 99.5th percentile).
         scale: integer upscaling (nearest neighbour).
@@ -212,7 +220,97 @@ def montage(
         out[p.y0 : p.y0 + p.height, p.x0 : p.x0 + p.width] = img
     if scale > 1:
         out = out.repeat(scale, 0).repeat(scale, 1)
+    if hmax is not None:
+        out = _draw_heat_scale(out, heat_scale_layout(shape, hmax, scale, grid), hmax)
     return out
+
+
+# ------------------------------------------------------------------------------ the heat map's colour bar
+@dataclass(frozen=True)
+class HeatScale:
+    """Where a montage's colour bar of its heat map sits, in the montage's pixels (after upscaling)."""
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+    """The bar: ``heat_max`` on its top row ``y0``, 0 on its bottom row ``y0 + height - 1``."""
+    font_px: int
+    image_width: int
+    """The montage's width with the bar: the views' own where their free corner holds the bar, else wider."""
+
+
+def heat_scale_label(value: float) -> str:
+    """An end value of the colour bar to two significant figures: positional from 0.001 to below 10⁴ ("0.083",
+    "0.10", "2.0", "120"), in exponent form outside ("1.2e-5", "3.4e4"); 0 is "0"."""
+    value = float(value)
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.2g}")
+    if 1e-3 <= abs(rounded) < 1e4:
+        return f"{rounded:.{max(0, 1 - int(np.floor(np.log10(abs(rounded)))))}f}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _font(px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's own sans-serif (Aileron, shipped inside Pillow: no system font needed) at ``px`` pixels; a fresh one
+    each call (a few µs), so that the app's threads share no font."""
+    return ImageFont.load_default(size=px)
+
+
+def _text_width(text: str, px: int) -> int:
+    return int(np.ceil(_font(px).getlength(text)))
+
+
+def heat_scale_layout(shape: Sequence[int], heat_max: float, scale: int = 2, grid: bool = False) -> HeatScale:
+    """Where :func:`montage` draws the colour bar of a heat map of ``shape`` (the label "variance" above it, its end
+    values right of its ends): in the free corner right of the last view (the axial one) when that corner is wide
+    enough (the ``grid`` layout's, for the patch and the whole grid alike), else in a column added to the right.
+    The text is a ninth of the corner's height (8 to 36 px): about 14 px on screen in the app's panels, patch or whole."""
+    panels = layout(shape, grid)
+    last = panels[-1]
+    views_width = max(p.x0 + p.width for p in panels) * scale
+    top = (last.y0 if grid else 0) * scale
+    bottom = max(p.y0 + p.height for p in panels) * scale
+    font_px = int(np.clip(round((bottom - top) / 9), 8, 36))
+    pad, gap = max(2, font_px // 2), max(2, font_px // 3)
+    bar_width = max(3, round(0.8 * font_px))
+    x0 = (last.x0 + last.width) * scale + pad
+    y0 = top + 2 * font_px  # the label's line, then half a number's height above the bar
+    height = max(2, bottom - font_px // 2 - y0)  # half a number's height below it
+    numbers = max(_text_width(heat_scale_label(heat_max), font_px), _text_width("0", font_px))
+    right = max(x0 + bar_width + gap + numbers, x0 + _text_width(HEAT_LABEL, font_px)) + gap
+    return HeatScale(x0, y0, bar_width, height, font_px, max(views_width, right))
+
+
+def colour_bar(height: int, width: int, heat_max: float) -> np.ndarray:
+    """(height, width, 3) uint8: the :func:`heat_colours` of ``heat_max`` (top row) down to 0 (bottom row), evenly.
+
+    The colours at full weight, as a voxel at ``heat_max`` shows at opacity 1: in the views each colour is blended
+    over the grey scan with weight √(v / heat_max) × max(opacity, 0.6), so low values show mostly the scan beneath
+    (at 0 the scan alone); the bar gives a value's hue, not the blend's brightness."""
+    colour, _ = heat_colours(np.linspace(float(heat_max), 0.0, height), heat_max)
+    return np.repeat(colour.round().astype(np.uint8)[:, None], width, axis=1)
+
+
+def _draw_heat_scale(out: np.ndarray, where: HeatScale, heat_max: float) -> np.ndarray:
+    """``out`` (widened with canvas where ``where`` asks) with the colour bar, its outline, label and end values."""
+    if where.image_width > out.shape[1]:
+        wider = np.empty((out.shape[0], where.image_width, 3), dtype=np.uint8)
+        wider[:] = CANVAS
+        wider[:, : out.shape[1]] = out
+        out = wider
+    x0, y0, w, h = where.x0, where.y0, where.width, where.height
+    out[y0 : y0 + h, x0 : x0 + w] = colour_bar(h, w, heat_max)
+    _draw_box(out, slice(y0 - 1, y0 + h + 1), slice(x0 - 1, x0 + w + 1), SCALE_FRAME)
+    picture = Image.fromarray(out)
+    draw, font = ImageDraw.Draw(picture), _font(where.font_px)
+    draw.text((x0 - 1, y0 - where.font_px), HEAT_LABEL, fill=SCALE_TEXT, font=font, anchor="ls")
+    number_x = x0 + w + max(2, where.font_px // 3)
+    draw.text((number_x, y0), heat_scale_label(heat_max), fill=SCALE_TEXT, font=font, anchor="lm")
+    draw.text((number_x, y0 + h - 1), "0", fill=SCALE_TEXT, font=font, anchor="lm")
+    return np.asarray(picture).copy()
 
 
 def click_to_voxel(

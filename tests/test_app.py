@@ -1382,7 +1382,14 @@ def test_each_result_panel_shows_its_own_volume_through_the_region_s_centre():
         assert _shows(panel, viz.class_colour(c)) == voxel, c
         assert not any(_shows(panel, viz.class_colour(other)) for other in {1, 2, 3, 4, 5, 6, 7} - {c}), c
     assert _shows(answer, soft) == voxel  # the server's answer in soft colours, not its arg-max
-    assert (heat != target).any(-1).sum() == voxel and _shows(heat, viz._INFERNO[-1]) == voxel  # the variance's one voxel
+    views, k = np.zeros(heat.shape[:2], bool), ui.PATCH_SCALE  # the heat panel's views: its colour bar is beside them
+    for p in viz.layout((32, 32, 32), grid=True):
+        views[p.y0 * k : (p.y0 + p.height) * k, p.x0 * k : (p.x0 + p.width) * k] = True
+    assert (heat != target)[views].any(-1).sum() == voxel and _shows(heat[views], viz._INFERNO[-1]) == voxel  # its voxel
+    bar = viz.heat_scale_layout((32, 32, 32), 1e-3, ui.PATCH_SCALE, grid=True)  # the floor: 99.5 % of unc is 0
+    assert (heat[bar.y0 : bar.y0 + bar.height, bar.x0 : bar.x0 + bar.width]
+            == viz.colour_bar(bar.height, bar.width, 1e-3)).all()  # the scale, on this panel alone
+    assert all(p.shape == heat.shape and (p[~views] == viz.CANVAS).all() for p in (target, ref, naive, tta, truth))
     assert all(_shows(p, viz.class_colour(c)) == 0 for p in (target, proxy) for c in range(1, 8))
     assert _shows(loc, viz.PATCH_BOX_COLOUR) > 0 and loc.shape[0] == shape[2] * ui.WHOLE_SCALE
 

@@ -134,10 +134,113 @@ def test_the_heat_map_is_drawn_where_it_is_at_the_scale_asked():
     full = viz.montage(grey, (10, 15, 12), heat=heat, heat_max=2.0, opacity=1.0, scale=1)
     half = viz.montage(grey, (10, 15, 12), heat=heat, heat_max=4.0, opacity=1.0, scale=1)
     plain = viz.montage(grey, (10, 15, 12), scale=1)
+    full, half = full[:, : plain.shape[1]], half[:, : plain.shape[1]]  # the views (the colour bar is right of them)
     hot = (full != plain).any(-1)
     assert hot.sum() == 3  # the one voxel, once in each view
     assert (full[hot] == viz._INFERNO[-1]).all()  # at heat_max: the top colour
     assert (half[hot] != viz._INFERNO[-1]).any(-1).all() and (half[hot] > 0).any()  # half of it: a lower colour
+
+
+def _views(shape, scale: int, grid: bool) -> tuple[slice, slice]:
+    """Rows and columns of a montage that its views span (before any colour bar widens it)."""
+    panels = viz.layout(shape, grid)
+    return (slice(0, max(p.y0 + p.height for p in panels) * scale),
+            slice(0, max(p.x0 + p.width for p in panels) * scale))
+
+
+def _in_views(shape, scale: int, grid: bool) -> np.ndarray:
+    """Mask of a montage's pixels inside its views."""
+    rows, cols = _views(shape, scale, grid)
+    mask = np.zeros((rows.stop, cols.stop), bool)
+    for p in viz.layout(shape, grid):
+        mask[p.y0 * scale : (p.y0 + p.height) * scale, p.x0 * scale : (p.x0 + p.width) * scale] = True
+    return mask
+
+
+BAR_CASES = [((32, 32, 32), 5, True), ((144, 192, 160), 2, True), (SHAPE, 4, False)]
+"""The app's patch and whole-grid panels (the bar in the free corner right of the axial view), and a one-row montage
+(the bar in a column added to the right)."""
+
+
+@pytest.mark.parametrize("shape, scale, grid", BAR_CASES)
+def test_the_colour_bar_shows_the_heat_colours_from_0_to_heat_max(shape, scale, grid):
+    """Right of the axial view, a bar of the heat colours: ``heat_max``'s on its top row, 0's on its bottom row and
+    each row's value between them, evenly, at full weight (a voxel at ``heat_max`` at opacity 1 shows its top colour);
+    outlined, and over no view."""
+    heat_max, centre = 0.3, [n // 2 for n in shape]
+    heat = np.zeros(shape, np.float32)
+    heat[tuple(centre)] = heat_max
+    zeros = np.zeros(shape, np.float32)
+    img = viz.montage(zeros, centre, heat=heat, heat_max=heat_max, opacity=1.0, scale=scale, grid=grid)
+    where = viz.heat_scale_layout(shape, heat_max, scale, grid)
+    assert img.shape[1] == where.image_width and where.height > 20
+    bar = img[where.y0 : where.y0 + where.height, where.x0 : where.x0 + where.width]
+    assert (bar == bar[:, :1]).all()  # one colour a row
+    last = where.height - 1
+    for row in (0, last // 4, last // 2, 3 * last // 4, last):
+        colour, _ = viz.heat_colours(np.array([heat_max * (last - row) / last]), heat_max)
+        assert (bar[row, 0] == colour[0].round()).all(), row
+    assert (bar[0, 0] == viz._INFERNO[-1]).all() and (bar[-1, 0] == viz._INFERNO[0]).all()
+    frame = img[where.y0 - 1 : where.y0 + where.height + 1, where.x0 - 1 : where.x0 + where.width + 1]
+    assert (frame[[0, -1]] == viz.SCALE_FRAME).all() and (frame[:, [0, -1]] == viz.SCALE_FRAME).all()
+    views = _in_views(shape, scale, grid)
+    shown = img[: views.shape[0], : views.shape[1]][views]
+    assert (shown == viz._INFERNO[-1]).all(-1).sum() == 3 * scale**2  # the voxel at heat_max, once in each view
+    plain = viz.montage(zeros, centre, scale=scale, grid=grid)
+    assert (shown != plain[views]).any(-1).sum() == 3 * scale**2  # the views show it alone: the bar covers none
+
+
+def test_the_colour_bar_writes_heat_max_to_two_significant_figures_and_0():
+    """The bar's top end reads ``heat_max`` (two significant figures), its bottom end 0, above it "variance": two
+    maxima give two top numbers and the same rest."""
+    assert [viz.heat_scale_label(v) for v in (0, 0.25, 0.0996, 0.0123, 0.001, 123.4, 2, 1e-5, 34000)] == [
+        "0", "0.25", "0.10", "0.012", "0.0010", "120", "2.0", "1.0e-5", "3.4e4"]
+    shape, scale = (32, 32, 32), 5
+    zeros = np.zeros(shape, np.float32)
+    imgs = {m: viz.montage(zeros, (16, 16, 16), heat=zeros, heat_max=m, scale=scale, grid=True) for m in (0.25, 0.012)}
+    where = viz.heat_scale_layout(shape, 0.25, scale, True)
+    assert viz.heat_scale_layout(shape, 0.012, scale, True) == where  # the corner holds either
+    f, right = where.font_px, slice(where.x0 + where.width + 1, where.image_width)
+    top = slice(where.y0 - f // 2 - 2, where.y0 + f // 2 + 2)
+    bottom = slice(where.y0 + where.height - 1 - f // 2 - 2, where.y0 + where.height + f // 2 + 2)
+    title = slice(where.y0 - 2 * f, where.y0 - f + 1)
+    a, b = imgs[0.25], imgs[0.012]
+    assert (a[top, right] != b[top, right]).any()  # the maximum follows heat_max
+    for rows, cols in ((bottom, right), (title, slice(where.x0 - 1, where.image_width))):
+        assert (a[rows, cols] == b[rows, cols]).all()  # "0" and "variance" do not
+        assert (a[rows, cols] != viz.CANVAS).any(-1).sum() > f  # and are written
+    assert (a[top, right] != viz.CANVAS).any(-1).sum() > f
+    assert (a.reshape(-1, 3) == viz.SCALE_TEXT).all(1).any()  # in the text colour, where its strokes are whole
+
+
+@pytest.mark.parametrize("heat_max", [0.001, 0.0083, 0.25, 1.0])
+@pytest.mark.parametrize("shape, scale", [((32, 32, 32), 5), ((144, 192, 160), 2)])
+def test_the_app_s_uncertainty_panel_is_as_wide_as_the_others(shape, scale, heat_max):
+    """In the app's panels (patch or whole grid) the bar and its numbers fit the corner right of the axial view for
+    the maxima the app writes (at least 0.001, "0.0010" the widest; the variance summed over classes is at most 1)."""
+    width = max(p.x0 + p.width for p in viz.layout(shape, grid=True)) * scale
+    assert viz.heat_scale_layout(shape, heat_max, scale, grid=True).image_width == width
+    zeros = np.zeros(shape, np.float32)
+    assert viz.montage(zeros, [n // 2 for n in shape], heat=zeros, heat_max=heat_max, scale=scale, grid=True).shape == \
+        viz.montage(zeros, [n // 2 for n in shape], scale=scale, grid=True).shape
+
+
+@pytest.mark.parametrize("shape, scale, grid", BAR_CASES)
+def test_a_montage_without_heat_has_no_colour_bar(shape, scale, grid):
+    """No heat, no bar: the montage is its views' width and the bar's place is bare canvas (with heat it is not)."""
+    centre, zeros = [n // 2 for n in shape], np.zeros(shape, np.float32)
+    plain = viz.montage(zeros, centre, scale=scale, grid=grid)
+    heat = viz.montage(zeros, centre, heat=zeros, heat_max=0.1, scale=scale, grid=grid)
+    rows, cols = _views(shape, scale, grid)
+    assert plain.shape[:2] == (rows.stop, cols.stop)
+    where = viz.heat_scale_layout(shape, 0.1, scale, grid)
+    place = (slice(where.y0 - 2 * where.font_px, where.y0 + where.height + 1), slice(where.x0 - 1, where.image_width))
+    canvas = np.empty((rows.stop, where.image_width, 3), np.uint8)
+    canvas[:] = viz.CANVAS
+    canvas[rows, cols] = plain
+    assert (canvas[place] == viz.CANVAS).all()
+    assert (heat[place] != viz.CANVAS).any(-1).sum() > where.height * where.width
+    assert not (plain.reshape(-1, 3) == viz._INFERNO[-1]).all(1).any()
 
 
 def test_figures_name_and_place_each_series():
