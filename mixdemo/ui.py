@@ -1392,8 +1392,10 @@ ALT = {  # alternative text of the result images, what a screen reader says of e
     "naive": f"Segmentation by naive unmixing (Eq. 4) with reference #1, class colours over the target, {SLICES}.",
     "learned": f"Segmentation by the learned unmixing network D with reference #1, class colours over the target, {SLICES}.",
     "tta": f"The result: segmentation averaged over the K references, class colours over the target, {SLICES}.",
-    "uncertainty": f"Uncertainty: the variance of the K segmentations over the target, {SLICES}; dark where they agree, "
-                   "bright yellow where they disagree most.",
+    "uncertainty": f"Uncertainty: the variance of the K segmentations over the target, {SLICES}; the scan shows through "
+                   "where they agree, tinted dark purple to pale yellow the more they disagree. A colour bar right of the "
+                   "axial slice gives the scale: 0 at its bottom, its top the value written there (the variance's 99.5th "
+                   "percentile, at least 0.001; higher values show in its top colour).",
     "truth": f"Ground-truth labels, class colours over the target, {SLICES}.",
     "recovered target": "The target the separation recovered from the proxy alone: slices, to compare with the true target.",
     "true target": "The true target: slices, to compare with the recovered target.",
