@@ -135,14 +135,21 @@ def _progress_fn(progress: gr.Progress, stop: threading.Event | None = None):
     return report
 
 
-def _session_key(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "default"
+def _session_key(request: gr.Request | None) -> str | None:
+    """The session's hash, or None for a call that has none (a direct call, not through Gradio's queue): such a
+    call's job is nobody else's to stop, so it is never keyed by a name another call could share or send."""
+    return getattr(request, "session_hash", None) or None
 
 
 @contextlib.contextmanager
 def session_job(request: gr.Request | None, what: str) -> Iterator[threading.Event]:
-    """Register the session's running job ``what`` for the time of the block; yields its stop flag."""
+    """Register the session's running job ``what`` for the time of the block; yields its stop flag (a call without
+    a session hash gets a flag that no other call can reach: :func:`leave_session` and :func:`cancel_attack` find
+    jobs by their session's hash alone)."""
     key, entry = _session_key(request), (what, threading.Event())
+    if key is None:
+        yield entry[1]
+        return
     _RUNNING[key] = entry
     try:
         yield entry[1]
@@ -155,7 +162,8 @@ def leave_session(request: gr.Request) -> None:
     """``Blocks.unload``: the session's page was closed or reloaded, so its running job (a private segmentation, a
     separation, a proxy sent to ``segment_proxy``) stops at its next step instead of holding the compute queue for
     a result nobody will see."""
-    entry = _RUNNING.get(_session_key(request))
+    key = _session_key(request)
+    entry = None if key is None else _RUNNING.get(key)
     if entry is not None:
         entry[1].set()
         log.info("a page was left during its %s: stopping it", entry[0])
@@ -579,7 +587,8 @@ SEPARATION_JOB = "separation"
 
 def cancel_attack(request: gr.Request):
     """Ask the running separation of this session to stop."""
-    entry = _RUNNING.get(_session_key(request))
+    key = _session_key(request)
+    entry = None if key is None else _RUNNING.get(key)
     if entry is None or entry[0] != SEPARATION_JOB:  # no separation of this session runs: the last result stays
         gr.Info("No separation is running.")
         return gr.skip()
@@ -1280,7 +1289,10 @@ def build_demo() -> gr.Blocks:
                            concurrency_limit=1, concurrency_id="compute")
                 info_btn.click(_server_info, None, [info], api_name="server_info", concurrency_limit=4)
         demo.unload(leave_session)
-    demo.queue(default_concurrency_limit=1, max_size=32)
+    # api_open=False: every call goes through the queue, as on a Hugging Face Space (where Gradio already closes the
+    # direct routes); open, /gradio_api/run/<name> would run any event, the private ones too, at once and outside
+    # the compute queue's limits, with no session hash
+    demo.queue(default_concurrency_limit=1, max_size=32, api_open=False)
     return demo
 
 

@@ -1480,6 +1480,35 @@ def test_leaving_the_page_stops_that_session_s_job_alone():
     assert not {"leave-mine", "leave-other"} & set(ui._RUNNING)
 
 
+def test_a_job_without_a_session_hash_is_no_other_call_s_to_stop():
+    """A call with no session hash (Gradio's direct routes give none) was keyed "default": a second such call's
+    Cancel reached its separation, and whoever closed a heartbeat named "default" (or another hash-less call left)
+    stopped it. Such a job is registered under no key now."""
+    from types import SimpleNamespace
+
+    from mixdemo import ui
+
+    hashless = SimpleNamespace(session_hash=None)
+    with ui.session_job(hashless, ui.SEPARATION_JOB) as separation:
+        assert ui.cancel_attack(SimpleNamespace(session_hash=None)) == ui.gr.skip()  # another hash-less call's Cancel
+        with ui.session_job(None, "segment_proxy request") as request:  # a call with no request at all
+            for stranger in (SimpleNamespace(session_hash="default"), SimpleNamespace(session_hash=None), None):
+                ui.leave_session(stranger)
+        assert not separation.is_set() and not request.is_set()
+    assert "default" not in ui._RUNNING and None not in ui._RUNNING
+
+
+def test_no_event_runs_outside_the_queue(app_url):
+    """Gradio opens its direct routes (/gradio_api/run/<name>) unless the app runs on a Space: any event there, the
+    private ones too, ran at once, outside the compute queue's limit, with no session hash. All go through the
+    queue now (gradio_client and the page always did)."""
+    import httpx
+
+    for name in ("server_info", "attack_cancel", "segment_proxy", "segment"):
+        answer = httpx.post(f"{app_url}/gradio_api/run/{name}", json={"data": []}, timeout=60)
+        assert answer.status_code == 404 and "join the queue" in answer.text, (name, answer.status_code)
+
+
 def _left_after_first_proxy(request, computed: list[int]):
     """A stand-in for ``server.segment`` that reports each proxy as S's inference does, and whose page is left
     once the first proxy is done."""
