@@ -5,11 +5,19 @@ the session that produced it. Responses of the ``segment_proxy`` endpoint are wr
 :func:`response_root` (inside Gradio's cache, so Gradio serves them without another copy); this
 middleware deletes a response's folder as soon as it has been sent once. A second fetch of the
 same URL — by the same user or anybody else — gets ``403``.
+
+Gradio names each upload by its content (``<cache>/<hash of the bytes>/<file name>``), the name its own views and
+figures get too: two uploads of the same file, or an upload of a copy of a figure the app serves, are one file,
+which the first handler to read its upload deletes. :class:`UniqueUploads` gives every uploaded file a random name
+of its own (the uploader's file name never reaches the disk), and a handler reads and deletes only such a file
+(:func:`is_foreign`: a request may name any file of Gradio's cache, which is not its to read or delete).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +25,7 @@ from typing import Any
 from urllib.parse import unquote
 
 FILE_ROUTE = "/gradio_api/file="
+UPLOAD_ROUTE = "/gradio_api/upload"
 RESPONSE_FOLDER = "mixdemo-server"
 
 
@@ -121,6 +130,148 @@ def middleware() -> Any:
     from starlette.middleware import Middleware
 
     return Middleware(OneShotResponses)
+
+
+# ------------------------------------------------------------------------------ uploads, each its own file
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".npy")
+"""The format suffixes an upload's new name keeps (the readers tell NIfTI, zip and DICOM apart by them)."""
+_UPLOAD_NAME = re.compile(r"upload-[0-9a-f]{32}(?:" + "|".join(re.escape(x) for x in UPLOAD_SUFFIXES) + ")?")
+
+
+def upload_file_name(original: str) -> str:
+    """A fresh random name for an uploaded file: ``upload-<128 random bits in hex>`` and the format suffix of the
+    ``original`` name (:data:`UPLOAD_SUFFIXES`, lower case), nothing else of it."""
+    low = original.lower()
+    suffix = next((x for x in UPLOAD_SUFFIXES if low.endswith(x) and len(low) > len(x)), "")
+    return f"upload-{secrets.token_hex(16)}{suffix}"
+
+
+def is_upload(path: str | os.PathLike) -> bool:
+    """True for a file that Gradio's upload route wrote for one upload through :class:`UniqueUploads`:
+    ``<cache>/<folder>/<upload_file_name(...)>``."""
+    target = Path(path).resolve()
+    return target.parent.parent == gradio_cache_dir() and _UPLOAD_NAME.fullmatch(target.name) is not None
+
+
+def is_foreign(path: str | os.PathLike) -> bool:
+    """True for a file of Gradio's cache that no upload made for the request naming it: a view, a figure of the
+    page, a download or an answer, or an upload named by its content that two uploads may share. Gradio hands a
+    handler any path of its cache that a request names; the handler must neither read such a file nor delete it
+    (another page, or everyone's, shows it). Files outside the cache (the command line's, the tests') are not."""
+    target = Path(path).resolve()
+    return target.is_relative_to(gradio_cache_dir()) and not is_upload(target)
+
+
+_FILENAME_PARAM = re.compile(rb';\s*filename\*?\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;]*)', re.IGNORECASE)
+
+
+def _renamed_head(head: bytes) -> bytes:
+    """A multipart part's header block with the file name of its Content-Disposition replaced by
+    :func:`upload_file_name` (a ``filename*`` beside it dropped); a part that Gradio does not take for a file
+    (no ``filename``) is left as it is."""
+    # Gradio's own parser of these headers
+    from python_multipart.multipart import parse_options_header
+
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        if not line.lower().startswith(b"content-disposition:"):
+            continue
+        _, options = parse_options_header(line.split(b":", 1)[1])
+        if b"filename" not in options:  # a field, as Gradio reads it (it ignores ``filename*``)
+            continue
+        name = upload_file_name(options[b"filename"].decode("utf-8", "replace"))
+        lines[i] = _FILENAME_PARAM.sub(b"", line) + b'; filename="' + name.encode("ascii") + b'"'
+    return b"\r\n".join(lines)
+
+
+class _PartRenamer:
+    """Streams a multipart/form-data body, renaming each file part (:func:`_renamed_head`) and passing the data
+    through untouched. The boundary cannot occur in the data (RFC 2046), so each ``--boundary`` is a delimiter."""
+
+    MAX_HEAD = 16 * 1024  # Gradio refuses a part whose headers pass 8 KiB
+
+    def __init__(self, boundary: bytes) -> None:
+        self.mark = b"--" + boundary
+        self.buf = b""
+        self.in_head = False
+
+    def feed(self, data: bytes, final: bool) -> bytes:
+        """The body's next bytes, renamed; what could still be the start of a delimiter or a head waits for more
+        (all of it goes out with the ``final`` chunk)."""
+        self.buf += data
+        out = []
+        while True:
+            if self.in_head:
+                end = self.buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    out.append(_renamed_head(self.buf[:end]) + b"\r\n\r\n")
+                    self.buf = self.buf[end + 4:]
+                    self.in_head = False
+                elif len(self.buf) > self.MAX_HEAD or final:  # the closing delimiter, or no head Gradio would take
+                    self.in_head = False
+                else:
+                    break
+            else:
+                at = self.buf.find(self.mark)
+                if at < 0:
+                    cut = len(self.buf) if final else max(len(self.buf) - len(self.mark) + 1, 0)
+                    out.append(self.buf[:cut])
+                    self.buf = self.buf[cut:]
+                    break
+                cut = at + len(self.mark)
+                out.append(self.buf[:cut])
+                self.buf = self.buf[cut:]
+                self.in_head = True
+        return b"".join(out)
+
+
+def _boundary(scope: dict) -> bytes | None:
+    """The multipart boundary of a request's Content-Type, or None when it is not multipart/form-data."""
+    from python_multipart.multipart import parse_options_header
+
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"content-type":
+            kind, options = parse_options_header(value)
+            return options.get(b"boundary") if kind == b"multipart/form-data" else None
+    return None
+
+
+class UniqueUploads:
+    """ASGI middleware: every file posted to Gradio's upload route is renamed in the request
+    (:func:`upload_file_name`), so Gradio saves it as a file of its own, which only its uploader's request names
+    (:func:`is_upload`), rather than at the path its content names, shared with any other upload of the same
+    bytes and with Gradio's own copy of a view or figure of the same bytes and name."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Rename the file parts of an upload's body as it streams in; pass anything else through."""
+        boundary = None
+        if (scope.get("type") == "http" and scope.get("method") == "POST"
+                and scope.get("path", "").rstrip("/").endswith(UPLOAD_ROUTE)):
+            boundary = _boundary(scope)
+        if not boundary:
+            await self.app(scope, receive, send)
+            return
+        renamer = _PartRenamer(boundary)
+
+        async def renamed() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                final = not message.get("more_body", False)
+                message = {**message, "body": renamer.feed(message.get("body", b""), final)}
+            return message
+
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]  # the body's
+        await self.app({**scope, "headers": headers}, renamed, send)  # length changes with the names
+
+
+def upload_middleware() -> Any:
+    """The Starlette ``Middleware`` entry of :class:`UniqueUploads`."""
+    from starlette.middleware import Middleware
+
+    return Middleware(UniqueUploads)
 
 
 def fresh_subdir(parent: Path, max_age_s: float) -> Path:

@@ -176,6 +176,8 @@ def _delete_upload(path: str | None) -> None:
 
 UPLOAD_REFUSED = "Could not load this file"
 """How the status line begins when an upload is refused."""
+NOT_UPLOADED = "This file was not uploaded here: upload the file itself."
+"""Why a request naming a file of the app's own (a view, a figure: ``server.is_foreign_file``) is refused."""
 
 
 def _refused_upload(message: str, outputs_before: int, outputs_after: int = 0):
@@ -217,6 +219,8 @@ def load_upload(path: str | None, series: float | None = 0, previous: Session | 
     the ``previous`` session's download goes (a refused upload leaves that session as it was)."""
     if not path:
         return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5, 1)
+    if server.is_foreign_file(path):  # a file of the app's (a view, a figure) named by a request: not read, not deleted
+        return _refused_upload(NOT_UPLOADED, 5, 1)
     from mixdemo.client import ClientError
     from mixdemo.dicom import is_series_input
     from mixdemo.io import ScanError
@@ -268,6 +272,8 @@ def load_upload_labels(path: str | None, sess: Session | None):
     """Attach uploaded ground-truth labels to the current (uploaded) scan."""
     if not path:
         return sess, gr.update(), gr.update()
+    if server.is_foreign_file(path):
+        return _refused_upload(NOT_UPLOADED, 1)
     from mixdemo.client import ClientError
     from mixdemo.io import ScanError
 
@@ -1473,5 +1479,7 @@ def launch_kwargs() -> dict:
         footer_links=["api"],
         run_history=False,
         state_session_capacity=64,
-        app_kwargs={"middleware": [oneshot.middleware()]},  # segment_proxy responses: one download, then gone
+        # segment_proxy responses: one download, then gone; each uploaded file a name of its own
+        app_kwargs={"middleware": [oneshot.middleware(), oneshot.upload_middleware()]},
+        num_workers=0,  # no static-file workers ($GRADIO_NUM_WORKERS): uploads and downloads pass the middleware
     )

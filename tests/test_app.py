@@ -802,22 +802,157 @@ def test_server_deletes_the_folder_gradio_made_for_the_upload_once_empty(app_wei
     """Gradio saves each upload as <cache>/<content hash>/<name>: that folder goes with the request, unless it
     holds another file; a request outside Gradio's cache leaves its folder alone."""
     from mixdemo import server
+    from mixdemo.oneshot import upload_file_name
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
     upload, shared = tmp_path / "cache" / "0a1b", tmp_path / "cache" / "2c3d"
+    name = upload_file_name("proxy.npy")  # what the app's upload middleware names an upload
     for folder in (upload, shared):
         folder.mkdir(parents=True)
-        _write_request(folder / "proxy.npy")
+        _write_request(folder / name)
     (shared / "other.npy").write_bytes(b"another upload")
     for folder in (upload, shared):
-        np.load(server.segment_file(folder / "proxy.npy"))
+        np.load(server.segment_file(folder / name))
     assert not upload.exists() and (tmp_path / "cache").is_dir()
-    assert not (shared / "proxy.npy").exists() and (shared / "other.npy").exists()
+    assert not (shared / name).exists() and (shared / "other.npy").exists()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     _write_request(elsewhere / "proxy.npy")
     server.segment_file(elsewhere / "proxy.npy")
     assert elsewhere.is_dir()
+
+
+def _uploaded(app_url: str, name: str, data: bytes) -> str:
+    """Upload ``data`` as a file named ``name`` the way the page and gradio_client do; its path on the server."""
+    import httpx
+
+    answer = httpx.post(f"{app_url}/gradio_api/upload", files={"files": (name, data)}, timeout=60)
+    answer.raise_for_status()
+    return answer.json()[0]
+
+
+def _called(app_url: str, api_name: str, path: str) -> str:
+    """Call ``api_name`` on a file of the server named by its path, as any HTTP client may; the event and its data."""
+    import httpx
+
+    joined = httpx.post(f"{app_url}/gradio_api/call/{api_name}",
+                        json={"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]}, timeout=60)
+    with httpx.stream("GET", f"{app_url}/gradio_api/call/{api_name}/{joined.json()['event_id']}", timeout=120) as s:
+        return " ".join(line for line in s.iter_lines() if line)
+
+
+def test_a_file_served_to_every_page_is_not_deleted_by_a_refused_upload_of_its_copy(app_url, api, tmp_path):
+    """Gradio names an upload by its content, as it names its copy of a figure or a view: an upload of a copy of the
+    About tab's figure was that very file, and its refusal deleted the figure for every visitor (403). A request
+    may also name the figure's path itself: refused now, neither read nor deleted."""
+    import re
+
+    import httpx
+    from gradio_client import handle_file
+
+    from mixdemo import server
+
+    config = httpx.get(f"{app_url}/config", timeout=60).text
+    figure = next(p for p in re.findall(r'[^"]+/[0-9a-f]{64}/[^"/]+\.png', config)
+                  if (REPO / "results" / Path(p).name).exists())  # a figure of results/, in every page's config
+    served = f"{app_url}/gradio_api/file={figure}"
+    assert httpx.get(served).status_code == 200
+    copy = tmp_path / Path(figure).name
+    shutil.copy(REPO / "results" / copy.name, copy)
+    with pytest.raises(Exception, match="not a NumPy .npy"):  # read and refused: the upload was the copy's own file
+        api.predict(handle_file(str(copy)), api_name="/segment_proxy")
+    assert httpx.get(served).status_code == 200
+    assert server.NOT_UPLOADED in _called(app_url, "segment_proxy", figure)
+    assert httpx.get(served).status_code == 200
+
+
+def test_two_uploads_of_one_file_are_two_files(app_url, tmp_path):
+    """Two users uploading the same file (the same example scan, say) got one path: the first request read it and
+    deleted it, and the second was told its valid request was not a .npy file. Each upload is a file of its own
+    now, named at random (no trace of the uploader's file name), and each request is answered."""
+    import io
+
+    from mixdemo import oneshot
+
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(4).uniform(0, 1, (1, 16, 16, 16)).astype(np.float32))
+    first, second = (_uploaded(app_url, "Doe_Jane_proxy.npy", buf.getvalue()) for _ in range(2))
+    assert first != second and all(oneshot.is_upload(p) and "Doe" not in p and p.endswith(".npy")
+                                   for p in (first, second))
+    for path in (first, second):
+        assert _called(app_url, "segment_proxy", path).startswith("event: complete")
+        assert not Path(path).exists()
+
+
+def test_a_file_of_gradio_s_cache_that_no_upload_made_is_neither_read_nor_deleted(app_weights, example, tmp_path,
+                                                                                    monkeypatch):
+    """The scan, labels and proxy handlers are handed any path of Gradio's cache that a request names: a view or a
+    figure served to other pages is refused and kept; the app's own uploads are read and deleted as before."""
+    from mixdemo import examples, oneshot, server, ui
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    scan = examples.example_folders()[examples.example_names()[0]] / "t1.nii.gz"
+    shown = tmp_path / "cache" / ("ab" * 32) / "t1.nii.gz"  # where Gradio keeps a file it serves (by its content)
+    shown.parent.mkdir(parents=True)
+    shutil.copy(scan, shown)
+    status = ui.load_upload(str(shown), progress=_Progress())[-3]
+    assert shown.exists(), "a request naming it deleted it"
+    assert getattr(ui, "NOT_UPLOADED", None) in status and shown.exists()
+    assert ui.NOT_UPLOADED in ui.load_upload_labels(str(shown), None)[-2] and shown.exists()
+    with pytest.raises(server.ProxyError, match="did not upload"):
+        server.segment_file(shown)
+    server.delete_upload(shown)
+    assert shown.exists()
+    upload = tmp_path / "cache" / ("ab" * 32) / oneshot.upload_file_name("t1.nii.gz")
+    shutil.copy(scan, upload)
+    assert oneshot.is_upload(upload) and "Loaded your scan" in ui.load_upload(str(upload), progress=_Progress())[-3]
+    assert not upload.exists() and shown.exists()
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 17, 64, 1000, 10**6])
+def test_the_upload_middleware_renames_each_file_part_and_passes_its_bytes_untouched(chunk):
+    """The multipart body is renamed as it streams in, whatever the chunks it arrives in: each file part gets a
+    random name with its format's suffix alone; fields, other headers and the bytes (delimiter-like ones too) pass."""
+    import asyncio
+    import re
+
+    from mixdemo import oneshot
+
+    boundary = b"----WebKitFormBoundaryx7Yq"
+    tricky = b"--" + boundary[:-1] + b"\r\n\r\n--\r\n" + bytes(range(256))  # almost a delimiter, and a blank line
+    parts = [(b'name="files"; filename="Doe Jane.NII.GZ"', tricky), (b'name="files"; filename=scan.zip', b"PK"),
+             (b'name="note"', b"a field"), (b"name=\"note\"; filename*=UTF-8''x.zip", b"a field too, for Gradio"),
+             (b"name=\"files\"; filename=\"IM_1.dcm\"; filename*=UTF-8''%E2%82%AC.dcm", b"DICM")]
+    body = b"".join(b"--" + boundary + b"\r\nContent-Disposition: form-data; " + disposition
+                    + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + data + b"\r\n"
+                    for disposition, data in parts) + b"--" + boundary + b"--\r\n"
+    received = []
+
+    async def app(scope, receive, send):
+        assert not any(k == b"content-length" for k, _ in scope["headers"])
+        while True:
+            message = await receive()
+            received.append(message["body"])
+            if not message["more_body"]:
+                return
+
+    pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)]
+
+    async def receive():
+        piece = pieces.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+
+    scope = {"type": "http", "method": "POST", "path": oneshot.UPLOAD_ROUTE,
+             "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary), (b"content-length", b"9")]}
+    asyncio.run(oneshot.UniqueUploads(app)(scope, receive, None))
+    out = b"".join(received)
+    names = re.findall(rb'filename="([^"]*)"', out)
+    assert [n[-7:] if n.endswith(b".nii.gz") else n[-4:] for n in names] == [b".nii.gz", b".zip", b".dcm"]
+    assert all(re.fullmatch(rb"upload-[0-9a-f]{32}(\.nii\.gz|\.zip|\.dcm)", n) for n in names) and len(set(names)) == 3
+    expected = body
+    for original in (b'filename="Doe Jane.NII.GZ"', b"filename=scan.zip", b"filename=\"IM_1.dcm\"; filename*=UTF-8''%E2%82%AC.dcm"):
+        expected = expected.replace(original, b"filename=X")
+    assert re.sub(rb'filename="[^"]*"', b"filename=X", out) == expected
 
 
 def test_server_refuses_a_request_by_its_declared_size_before_loading_it(tmp_path):

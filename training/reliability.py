@@ -1110,10 +1110,11 @@ print(json.dumps({"blocked": blocked, "shape": list(probs.shape),
 
 def check_server_without_client(folder: Path) -> dict:
     """A subprocess where the client-side modules cannot be imported serves a proxy."""
-    req = folder / "split" / "proxy.npy"
-    req.parent.mkdir(parents=True, exist_ok=True)
+    req = folder / "split" / "proxy.npy"  # beside the server's cache, not in it: a file of the cache that no upload
+    req.parent.mkdir(parents=True, exist_ok=True)  # made is refused (mixdemo.server.is_foreign_file)
     proc = subprocess.run([sys.executable, "-c", _SPLIT_CODE, str(req)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_TEMP_DIR=str(folder / "split")))
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                GRADIO_TEMP_DIR=str(folder / "split" / "cache")))
     try:
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
