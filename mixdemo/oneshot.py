@@ -275,7 +275,12 @@ def upload_middleware() -> Any:
 
 
 def fresh_subdir(parent: Path, max_age_s: float) -> Path:
-    """A new private folder under ``parent``; sibling folders older than ``max_age_s`` are removed."""
+    """A new private folder (0700) under ``parent``; sibling folders older than ``max_age_s`` are removed.
+
+    Its name is 128 random bits from :mod:`secrets`: Gradio serves a file of its cache to whoever holds its URL,
+    so the folder's name is what keeps a session's download, or a client's answer, from any other user;
+    ``tempfile.mkdtemp`` names hold 8 characters of a Mersenne Twister that every temporary name of the process
+    draws from, and are not meant to be unguessable."""
     import time
 
     parent.mkdir(parents=True, exist_ok=True)
@@ -286,4 +291,11 @@ def fresh_subdir(parent: Path, max_age_s: float) -> Path:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
-    return Path(tempfile.mkdtemp(dir=parent))
+    while True:
+        folder = parent / secrets.token_hex(16)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:  # 2**-128: never, in practice
+            continue
+        os.chmod(folder, 0o700)  # whatever the umask
+        return folder

@@ -955,6 +955,23 @@ def test_the_upload_middleware_renames_each_file_part_and_passes_its_bytes_untou
     assert re.sub(rb'filename="[^"]*"', b"filename=X", out) == expected
 
 
+def test_download_and_answer_folders_are_named_by_secrets_not_by_tempfile(tmp_path, monkeypatch):
+    """Gradio serves a download, or a client's answer, to whoever holds its URL: the folder's name is all that keeps
+    it from another user. mkdtemp drew it from tempfile's name sequence (8 characters of one Mersenne Twister,
+    shared by every temporary name of the process: not meant to be unguessable); 128 bits of secrets now."""
+    import itertools
+    import tempfile
+
+    from mixdemo import oneshot, server, ui
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "_get_candidate_names", lambda: (f"guessable{i}" for i in itertools.count()))
+    folders = [Path(ui._output_dir()), Path(ui._output_dir()), server.response_dir()]
+    assert not any("guessable" in f.name for f in folders) and len({f.name for f in folders}) == 3
+    assert all(len(f.name) >= 32 and f.stat().st_mode & 0o777 == 0o700 for f in folders)
+    assert folders[2].parent == oneshot.response_root()
+
+
 def test_server_refuses_a_request_by_its_declared_size_before_loading_it(tmp_path):
     """A .npy header may declare petabytes in a few bytes: refused from the header, never allocated."""
     from mixdemo import server
