@@ -53,6 +53,28 @@ def test_loader_fuzz():
     assert stats["crashes"] == 0 and stats["unclear"] == 0, stats["first_failures"]
 
 
+def test_the_recorded_fuzz_runs_alone_and_its_gzip_bytes_carry_no_time():
+    """The record's fuzz runs in a process of its own (its counts moved with the modules the run had imported)
+    and the same examples come out of two such runs, compressed ones included (gzip stamped the time)."""
+    import hashlib
+
+    from mixdemo import io as mio
+
+    first, second = rel.fuzz_loader_alone(30), rel.fuzz_loader_alone(30)
+    assert first == second and first["examples"] == 30 and first["crashes"] == 0, first
+    seen = []
+    real_load = mio.load_scan
+    try:
+        mio.load_scan = lambda path, **kw: seen.append(hashlib.sha1(Path(path).read_bytes()).hexdigest()) or (
+            real_load(path, **kw))
+        rel.fuzz_loader(max_examples=30)
+        once, seen[:] = list(seen), []
+        rel.fuzz_loader(max_examples=30)
+    finally:
+        mio.load_scan = real_load
+    assert once == seen and len(once) == 30
+
+
 def test_server_runs_without_client_code(tmp_path, app_weights):
     res = rel.check_server_without_client(tmp_path)
     assert res["ok"], res
