@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import glob
 import io
@@ -446,6 +447,37 @@ def http_status(url: str, timeout_s: float = 10.0) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def no_telemetry():
+    """While the block runs, neither ``gradio_client`` nor ``huggingface_hub`` phones Hugging Face: what connecting a
+    ``gradio_client.Client`` does otherwise, whatever the server, besides its requests to the server.
+
+    * ``gradio_client`` reads ``analytics_enabled=False`` as ``False or $GRADIO_ANALYTICS_ENABLED == "True"`` (2.7.2),
+      so unless that variable says otherwise it starts a thread that sends ``HEAD
+      https://huggingface.co/api/telemetry/py_client/initiated`` with a user agent naming the server's address
+      (``src/http://SERVER:PORT/``) and the Python, huggingface_hub and torch versions: it is set to ``False`` here.
+    * ``huggingface_hub`` builds the Client's headers (``build_hf_headers``, before this client's user agent replaces
+      theirs) and, unless its telemetry is off, fetches its list of AI-agent harnesses on the way (``GET
+      https://huggingface.co/api/agent-harnesses``, blocking up to 3 s, then cached for a day): its
+      ``HF_HUB_DISABLE_TELEMETRY`` is set for the block.
+
+    Both are put back afterwards. A Space id (``owner/name``) is still looked up at huggingface.co: that is where
+    its address comes from."""
+    from huggingface_hub import constants
+
+    saved_env, saved_flag = os.environ.get("GRADIO_ANALYTICS_ENABLED"), constants.HF_HUB_DISABLE_TELEMETRY
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_TELEMETRY = saved_flag
+        if saved_env is None:
+            os.environ.pop("GRADIO_ANALYTICS_ENABLED", None)
+        else:
+            os.environ["GRADIO_ANALYTICS_ENABLED"] = saved_env
+
+
 CONNECT_TIMEOUT_S = 30.0
 """How long :class:`RemoteServer` waits for the server to answer while connecting (its configuration and API)."""
 
@@ -475,15 +507,16 @@ class RemoteServer:
         self.url = url
         self.separate_requests = separate_requests
         try:
-            self._client = Client(
-                url,
-                token=None if send_hf_token else False,  # None: gradio_client's default, the saved token
-                headers={"user-agent": "mixdemo-client"},  # not the Python and library versions
-                verbose=False,
-                download_files=False,  # the answer is fetched into memory by _fetch: nothing of it on disk
-                analytics_enabled=False,
-                httpx_kwargs={"timeout": min(timeout_s, CONNECT_TIMEOUT_S)},
-            )
+            with no_telemetry():  # nothing to Hugging Face on the way (its docstring)
+                self._client = Client(
+                    url,
+                    token=None if send_hf_token else False,  # None: gradio_client's default, the saved token
+                    headers={"user-agent": "mixdemo-client"},  # not the Python and library versions
+                    verbose=False,
+                    download_files=False,  # the answer is fetched into memory by _fetch: nothing of it on disk
+                    analytics_enabled=False,  # not enough alone: see no_telemetry
+                    httpx_kwargs={"timeout": min(timeout_s, CONNECT_TIMEOUT_S)},
+                )
         except Exception as exc:  # noqa: BLE001 - any network failure reads the same to the user
             if isinstance(exc, httpx.TimeoutException):
                 raise ClientError(f"The server at {url} accepted the connection but did not answer within "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -652,6 +653,66 @@ def test_separate_requests_each_go_in_a_new_session(app_url, monkeypatch):
     finally:
         remote.close()
     assert len(sessions) == 4 and len(set(sessions)) == 4  # the connection's, then one per request
+
+def test_connecting_sends_nothing_to_hugging_face(app_url, monkeypatch, tmp_path):
+    """Connecting to a server reaches no other host: gradio_client takes ``analytics_enabled=False`` as ``False or
+    $GRADIO_ANALYTICS_ENABLED == "True"`` and, in a shell without that variable, sent huggingface.co a telemetry
+    ping naming the server's address; huggingface_hub, building its headers, fetched huggingface.co's list of
+    AI-agent harnesses. Here the Hub is a local listener (``HF_ENDPOINT``), in a user's environment (online, no
+    telemetry switches), and a plain gradio_client Client connecting the same way is the control."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from gradio_client import Client
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _detect_agent, _telemetry
+
+    from mixdemo.client import RemoteServer
+
+    heard: list[str] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            heard.append(f"{self.command} {self.path} user-agent: {self.headers.get('user-agent')}")
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_POST = answer
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' conftest sets it; a user's shell does not
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))  # not cached
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+
+    def heard_on_connecting(connect) -> list[str]:  # noqa: ANN001
+        heard.clear()
+        monkeypatch.setattr(_detect_agent, "_registry", None)  # nor cached in this process
+        client = connect()
+        for thread in threading.enumerate():  # gradio_client's telemetry thread, then huggingface_hub's queue
+            if thread.name.endswith("(_telemetry_thread)"):
+                thread.join()
+        _telemetry._TELEMETRY_QUEUE.join()
+        client.close()
+        return list(heard)
+
+    try:
+        control = heard_on_connecting(lambda: Client(app_url, verbose=False, download_files=False,
+                                                     analytics_enabled=False, headers={"user-agent": "mixdemo-client"}))
+        assert any(h.startswith("HEAD /api/telemetry/py_client/initiated") and app_url in h for h in control), control
+        assert any(h.startswith("GET /api/agent-harnesses") for h in control), control
+        assert heard_on_connecting(lambda: RemoteServer(app_url)) == []
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert os.environ.get("GRADIO_ANALYTICS_ENABLED") is None and constants.HF_HUB_DISABLE_TELEMETRY is False  # put back
+
 
 @pytest.mark.slow
 def test_the_answer_is_fetched_into_memory_not_through_gradio_clients_download(app_url, monkeypatch):
