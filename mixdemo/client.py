@@ -548,7 +548,11 @@ class RemoteServer:
             return None
 
     def new_session(self) -> None:
-        """Later requests carry a new Gradio session id, so the server cannot link them to earlier ones by it."""
+        """Later requests carry a new Gradio session id and no cookie, so the server cannot link them to earlier ones
+        by either: ``gradio_client`` keeps the cookies set by the answer to its first request (``/config``: a load
+        balancer's affinity cookie, or any the server chooses) and sends them with every later request, of every
+        session, the answer's download included (:meth:`_fetch`)."""
+        self._client.cookies.clear()
         self._client.reset_session()
 
     def info(self) -> dict:

@@ -160,6 +160,7 @@ def test_remote_answers_are_expected_with_the_classes_the_server_names(monkeypat
     class StubClient:
         def __init__(self, *args, httpx_kwargs=None, **kwargs):
             self.httpx_kwargs = dict(httpx_kwargs or {})  # as gradio_client keeps them (RemoteServer sets the timeout)
+            self.cookies = {}  # gradio_client's, which RemoteServer.new_session clears
 
         def predict(self, *args, **kwargs):
             return {}

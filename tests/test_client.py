@@ -654,6 +654,82 @@ def test_separate_requests_each_go_in_a_new_session(app_url, monkeypatch):
         remote.close()
     assert len(sessions) == 4 and len(set(sessions)) == 4  # the connection's, then one per request
 
+class CookieRelay:
+    """A byte relay in front of the app, as a load balancer with sticky sessions: it adds ``set-cookie: COOKIE`` to
+    the app's answer to ``/config`` and keeps every byte each connection sends (``sent``, one per connection)."""
+
+    def __init__(self, upstream: str, cookie: bytes) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlsplit
+
+        self.upstream = ("127.0.0.1", urlsplit(upstream).port)
+        self.cookie, self.sent = cookie, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            up, sent = socket.create_connection(self.upstream), bytearray()
+            self.sent.append(sent)
+            threading.Thread(target=self._pump, args=(conn, up, sent, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, conn, sent, True), daemon=True).start()
+
+    def _pump(self, src, dst, sent: bytearray, answers: bool) -> None:  # noqa: ANN001 - sockets
+        import socket
+
+        first = True
+        try:
+            while data := src.recv(65536):
+                if answers and first and sent.startswith(b"GET /config "):
+                    end = data.index(b"\r\n") + 2  # after the status line
+                    data = data[:end] + b"set-cookie: " + self.cookie + b"\r\n" + data[end:]
+                first = False
+                if not answers:
+                    sent += data
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.slow
+def test_separate_requests_carry_no_cookie_the_server_set_when_the_client_connected(app_url):
+    """gradio_client keeps the cookies of its first answer (``/config``) and sends them with every later request,
+    whatever its session: a cookie that a load balancer or the server sets there linked every "separate" request
+    (and every scan of a batch) to the others. A new session starts without it."""
+    from mixdemo.client import RemoteServer
+
+    relay = CookieRelay(app_url, b"AWSALB=lb-affinity-7f3a9c; Path=/")
+    remote = RemoteServer(relay.url, separate_requests=True)
+    try:
+        first_session = remote._client.session_hash
+        answer = remote(np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 16)).astype(np.float32))
+    finally:
+        remote.close()
+        relay.close()
+    assert answer.shape == (3, 4, 16, 16, 16)
+    sent = [bytes(b) for b in relay.sent]
+    info = [b for b in sent if b.startswith(b"GET /gradio_api/info")]
+    assert info and b"lb-affinity-7f3a9c" in info[0]  # the control: the cookie was set and sent back at first
+    later = [b for b in sent if b.startswith((b"POST /gradio_api/upload", b"GET /gradio_api/file="))
+             or (b.startswith((b"POST /gradio_api/queue/join", b"GET /gradio_api/queue/data", b"GET /gradio_api/heartbeat"))
+                 and first_session.encode() not in b)]
+    assert sum(b.startswith(b"POST /gradio_api/upload") for b in later) == 3
+    assert [b.split(b"\r\n", 1)[0] for b in later if b"lb-affinity-7f3a9c" in b] == []
+
+
 def test_connecting_sends_nothing_to_hugging_face(app_url, monkeypatch, tmp_path):
     """Connecting to a server reaches no other host: gradio_client takes ``analytics_enabled=False`` as ``False or
     $GRADIO_ANALYTICS_ENABLED == "True"`` and, in a shell without that variable, sent huggingface.co a telemetry
