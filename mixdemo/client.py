@@ -675,7 +675,8 @@ class RemoteServer:
         and ``gradio_client``'s download, which leaves an empty folder in the temporary directory per answer, is
         not used. Read as a stream and refused once it passes ``most_bytes`` (:func:`answer_bytes_at_most`): a
         server that answers more than its request can need, by mistake or on purpose, does not fill the user's
-        memory."""
+        memory. A redirect is followed on the server's own host only (:func:`same_host_only`): the request's
+        headers, the Hugging Face token among them with ``--send-hf-token``, go to no other."""
         import httpx
         from gradio_client.utils import encode_file_path
 
@@ -683,10 +684,14 @@ class RemoteServer:
         if not isinstance(path, str):
             raise ClientError("The server answered without a file; is it a Mixup-Privacy server?")
         client = self._client
+        url = client.src_prefixed + "file=" + encode_file_path(path)
         content = bytearray()
+        kwargs = dict(client.httpx_kwargs)
+        hooks = dict(kwargs.pop("event_hooks", None) or {})
+        hooks["request"] = [*hooks.get("request", []), same_host_only(httpx.URL(url).host)]
         with httpx.Client(headers=client.headers, cookies=client.cookies, verify=client.ssl_verify,
-                          follow_redirects=True, **client.httpx_kwargs) as http:
-            with http.stream("GET", client.src_prefixed + "file=" + encode_file_path(path)) as response:
+                          follow_redirects=True, event_hooks=hooks, **kwargs) as http:
+            with http.stream("GET", url) as response:
                 response.raise_for_status()
                 declared = response.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > most_bytes:
@@ -707,6 +712,20 @@ def probabilities(values: torch.Tensor) -> bool:
     the server's hardware does not hold) unmixed into an empty segmentation, written as if it were one."""
     low, high = torch.aminmax(values)  # NaN anywhere makes both NaN, and the comparisons false
     return bool(low >= 0) and bool(high <= 1)
+
+
+def same_host_only(host: str) -> Callable[[object], None]:
+    """An ``httpx`` request hook that refuses, before it is sent, a request to a host other than ``host``: the
+    answer's download follows the server's redirects on its own host (http to https, a path behind a proxy), not
+    to another, which would get the request's headers (``x-hf-authorization``, a custom header that ``httpx``
+    keeps across hosts, with ``--send-hf-token``)."""
+
+    def check(request) -> None:  # noqa: ANN001 - an httpx.Request
+        if request.url.host != host:
+            raise ClientError(f"The server sent this client to another host ({str(request.url.host)[:60]}) for its "
+                              "answer; not followed. Is it a Mixup-Privacy server you trust?")
+
+    return check
 
 
 ANSWER_HEADER_BYTES = 4096

@@ -854,12 +854,19 @@ def answering_server():
 
     from mixdemo.client import RemoteServer
 
-    state = {"body": b"", "length": None, "sent": 0}
+    state = {"body": b"", "length": None, "sent": 0, "redirect": None, "heard": []}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):  # noqa: N802 - http.server's name
+            state["heard"].append((self.headers.get("host"), self.path, dict(self.headers)))
+            if state["redirect"] and not self.path.endswith("/moved"):
+                self.send_response(302)
+                self.send_header("Location", state["redirect"])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body, length = state["body"], state["length"]
             self.send_response(200)
             if length is None:
@@ -882,10 +889,12 @@ def answering_server():
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    client = SimpleNamespace(headers={}, cookies=None, ssl_verify=True, httpx_kwargs={"timeout": 10},
+    client = SimpleNamespace(headers={"x-hf-authorization": "Bearer hf_NOT_A_REAL_TOKEN"}, cookies=None,
+                             ssl_verify=True, httpx_kwargs={"timeout": 10},
                              src_prefixed=f"http://127.0.0.1:{httpd.server_port}/gradio_api/")
     shim = SimpleNamespace(_client=client)
     try:
+        state["port"] = httpd.server_port
         yield state, lambda most_bytes: RemoteServer._fetch(shim, {"path": "/tmp/gradio/x/mixed_probs.npy"}, most_bytes)
     finally:
         httpd.shutdown()
@@ -917,6 +926,28 @@ def test_an_answer_larger_than_its_request_can_need_is_refused_unread(answering_
     with pytest.raises(ClientError, match="answered with more, where this request's answer needs at most"):
         fetch(most)
     assert state["sent"] < 64 << 20, state["sent"]  # the client stopped reading early (kernel buffers aside)
+
+
+def test_the_answer_follows_redirects_on_the_server_s_host_only(answering_server):
+    """The download followed any redirect, with its headers: the token (x-hf-authorization, which httpx keeps across
+    hosts) went wherever the server sent it. On its own host (here 127.0.0.1) it is followed; to another (localhost:
+    the same machine under another name) refused before any byte is sent."""
+    import io
+
+    from mixdemo.client import ClientError
+
+    state, fetch = answering_server
+    buffer = io.BytesIO()
+    np.save(buffer, np.full((1, 2, 4, 4, 4), 0.5, np.float16))
+    state.update(body=buffer.getvalue(), length=len(buffer.getvalue()))
+    state["redirect"] = f"http://127.0.0.1:{state['port']}/gradio_api/moved"
+    assert fetch(1 << 20).shape == (1, 2, 4, 4, 4)  # the control: followed on the server's host
+    assert [path for _, path, _ in state["heard"]][-1] == "/gradio_api/moved"
+    state["heard"].clear()
+    state["redirect"] = f"http://localhost:{state['port']}/gradio_api/moved"
+    with pytest.raises(ClientError, match=r"another host \(localhost\) for its answer; not followed"):
+        fetch(1 << 20)
+    assert [host for host, _, _ in state["heard"]] == [f"127.0.0.1:{state['port']}"]  # never reached localhost
 
 
 def test_the_client_follows_the_request_limits_the_server_reports(app_url):
