@@ -563,7 +563,7 @@ class RemoteServer:
 
     @functools.cached_property
     def _reported(self) -> dict:
-        """``server_info``, asked once ({} from a server without the endpoint, which still segments); a
+        """``server_info``, asked once per connection ({} from a server without the endpoint, which still segments); a
         :class:`ClientError` naming the version mismatch when it is not in a form this client reads (another wire
         format, or not a dict).
 
