@@ -125,13 +125,6 @@ class OneShotResponses:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def middleware() -> Any:
-    """The Starlette ``Middleware`` entry for ``FastAPI(middleware=[...])``."""
-    from starlette.middleware import Middleware
-
-    return Middleware(OneShotResponses)
-
-
 # ------------------------------------------------------------------------------ uploads, each its own file
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm", ".npy")
 """The format suffixes an upload's new name keeps (the readers tell NIfTI, zip and DICOM apart by them)."""
@@ -267,11 +260,12 @@ class UniqueUploads:
         await self.app({**scope, "headers": headers}, renamed, send)  # length changes with the names
 
 
-def upload_middleware() -> Any:
-    """The Starlette ``Middleware`` entry of :class:`UniqueUploads`."""
+def middlewares() -> list:
+    """The app's Starlette ``Middleware`` entries for ``FastAPI(middleware=[...])``: answers served once
+    (:class:`OneShotResponses`), each upload a file of its own (:class:`UniqueUploads`)."""
     from starlette.middleware import Middleware
 
-    return Middleware(UniqueUploads)
+    return [Middleware(OneShotResponses), Middleware(UniqueUploads)]
 
 
 def fresh_subdir(parent: Path, max_age_s: float) -> Path:

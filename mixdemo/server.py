@@ -204,9 +204,11 @@ def segment(proxies: np.ndarray, progress: Callable[[float, str], None] | None =
 def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None] | None = None) -> str:
     """The ``segment_proxy`` endpoint: request file → response file path (the request is deleted; the memory
     its arrays took is handed back once it is answered, :func:`mixdemo.inference.reusing_freed_memory`). A file of
-    Gradio's cache that no upload of the request made (a view, a figure, another upload: :func:`is_foreign_file`)
+    Gradio's cache that no upload of the request made (a view, a figure, another upload: :func:`mixdemo.oneshot.is_foreign`)
     is refused, neither read nor deleted."""
-    if is_foreign_file(path):
+    from mixdemo.oneshot import is_foreign
+
+    if is_foreign(path):
         raise ProxyError(NOT_UPLOADED)
     try:
         from mixdemo.inference import reusing_freed_memory  # torch loads lazily
@@ -218,29 +220,21 @@ def segment_file(path: str | os.PathLike, progress: Callable[[float, str], None]
 
 
 NOT_UPLOADED = "The request names a file it did not upload: send the .npy file itself."
-"""Why a request naming a file of the server's own (:func:`is_foreign_file`) is refused."""
-
-
-def is_foreign_file(path: str | os.PathLike) -> bool:
-    """True for a file of Gradio's cache that is not the upload of the request naming it
-    (:func:`mixdemo.oneshot.is_foreign`): not the request's to read, nor to delete."""
-    from mixdemo.oneshot import is_foreign
-
-    return is_foreign(path)
+"""Why a request naming a file of the server's own (:func:`mixdemo.oneshot.is_foreign`) is refused."""
 
 
 def delete_upload(path: str | os.PathLike) -> None:
     """Delete an uploaded file (a request, or a scan uploaded to the app), and the folder Gradio made for it (one
     per upload in Gradio's cache, named by the content's hash) once that is left empty. A file of Gradio's cache
-    that is no upload of its own (:func:`is_foreign_file`) is left alone: others are served it."""
-    if is_foreign_file(path):
+    that is no upload of its own (:func:`mixdemo.oneshot.is_foreign`) is left alone: others are served it."""
+    from mixdemo.oneshot import gradio_cache_dir, is_foreign
+
+    if is_foreign(path):
         return
     try:
         os.unlink(path)
     except OSError:
         pass
-    from mixdemo.oneshot import gradio_cache_dir
-
     folder = Path(path).resolve().parent
     if folder.parent == gradio_cache_dir():
         try:

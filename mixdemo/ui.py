@@ -162,8 +162,7 @@ def leave_session(request: gr.Request) -> None:
     """``Blocks.unload``: the session's page was closed or reloaded, so its running job (a private segmentation, a
     separation, a proxy sent to ``segment_proxy``) stops at its next step instead of holding the compute queue for
     a result nobody will see."""
-    key = _session_key(request)
-    entry = None if key is None else _RUNNING.get(key)
+    entry = _RUNNING.get(_session_key(request))  # a job without a session hash is never filed: None
     if entry is not None:
         entry[1].set()
         log.info("a page was left during its %s: stopping it", entry[0])
@@ -177,7 +176,7 @@ def _delete_upload(path: str | None) -> None:
 UPLOAD_REFUSED = "Could not load this file"
 """How the status line begins when an upload is refused."""
 NOT_UPLOADED = "This file was not uploaded here: upload the file itself."
-"""Why a request naming a file of the app's own (a view, a figure: ``server.is_foreign_file``) is refused."""
+"""Why a request naming a file of the app's own (a view, a figure: ``oneshot.is_foreign``) is refused."""
 
 
 def _refused_upload(message: str, outputs_before: int, outputs_after: int = 0):
@@ -219,7 +218,7 @@ def load_upload(path: str | None, series: float | None = 0, previous: Session | 
     the ``previous`` session's download goes (a refused upload leaves that session as it was)."""
     if not path:
         return _refused_upload("Upload a .nii or .nii.gz file, or a .zip of one DICOM series.", 5, 1)
-    if server.is_foreign_file(path):  # a file of the app's (a view, a figure) named by a request: not read, not deleted
+    if oneshot.is_foreign(path):  # a file of the app's (a view, a figure) named by a request: not read, not deleted
         return _refused_upload(NOT_UPLOADED, 5, 1)
     from mixdemo.client import ClientError
     from mixdemo.dicom import is_series_input
@@ -272,7 +271,7 @@ def load_upload_labels(path: str | None, sess: Session | None):
     """Attach uploaded ground-truth labels to the current (uploaded) scan."""
     if not path:
         return sess, gr.update(), gr.update()
-    if server.is_foreign_file(path):
+    if oneshot.is_foreign(path):
         return _refused_upload(NOT_UPLOADED, 1)
     from mixdemo.client import ClientError
     from mixdemo.io import ScanError
@@ -593,8 +592,7 @@ SEPARATION_JOB = "separation"
 
 def cancel_attack(request: gr.Request):
     """Ask the running separation of this session to stop."""
-    key = _session_key(request)
-    entry = None if key is None else _RUNNING.get(key)
+    entry = _RUNNING.get(_session_key(request))  # a job without a session hash is never filed: None
     if entry is None or entry[0] != SEPARATION_JOB:  # no separation of this session runs: the last result stays
         gr.Info("No separation is running.")
         return gr.skip()
@@ -1480,6 +1478,6 @@ def launch_kwargs() -> dict:
         run_history=False,
         state_session_capacity=64,
         # segment_proxy responses: one download, then gone; each uploaded file a name of its own
-        app_kwargs={"middleware": [oneshot.middleware(), oneshot.upload_middleware()]},
+        app_kwargs={"middleware": oneshot.middlewares()},
         num_workers=0,  # no static-file workers ($GRADIO_NUM_WORKERS): uploads and downloads pass the middleware
     )

@@ -1126,7 +1126,7 @@ print(json.dumps({"blocked": blocked, "shape": list(probs.shape),
 def check_server_without_client(folder: Path) -> dict:
     """A subprocess where the client-side modules cannot be imported serves a proxy."""
     req = folder / "split" / "proxy.npy"  # beside the server's cache, not in it: a file of the cache that no upload
-    req.parent.mkdir(parents=True, exist_ok=True)  # made is refused (mixdemo.server.is_foreign_file)
+    req.parent.mkdir(parents=True, exist_ok=True)  # made is refused (mixdemo.oneshot.is_foreign)
     proc = subprocess.run([sys.executable, "-c", _SPLIT_CODE, str(req)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT),
                                                 GRADIO_TEMP_DIR=str(folder / "split" / "cache")))
