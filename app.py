@@ -25,7 +25,7 @@ if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request
 
-from mixdemo.ui import SESSION_TTL_S, build_demo, launch_kwargs  # noqa: E402
+from mixdemo.ui import SESSION_TTL_S, build_demo, launch_demo  # noqa: E402
 
 demo = build_demo()
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_app_args(argv)
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
-        demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+        launch_demo(demo, server_name=args.host, server_port=args.port)
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal
         why = exc.strerror or "the port is taken (another app?) or the host is not an address of this machine"
         raise SystemExit(f"error: the app could not listen on {args.host}:{args.port}: {why}; "

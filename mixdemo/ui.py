@@ -27,6 +27,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio.state_holder import SessionState, StateHolder
 
 from mixdemo import examples, oneshot, server, viz
 
@@ -1150,7 +1151,7 @@ def _server_info() -> dict:
 
 
 def build_demo() -> gr.Blocks:
-    """The whole app (call ``.launch(**launch_kwargs())``)."""
+    """The whole app (serve it with :func:`launch_demo`)."""
     from mixdemo.weights import unmixing_choices
 
     ref_choices = examples.reference_ids()
@@ -1465,8 +1466,90 @@ indigo 500, 4.47:1) were under WCAG AA's 4.5:1 for text; indigo 600 gives 5.1:1 
 uses 600 for both)."""
 
 
+SCAN_SESSIONS = 64
+"""Sessions holding data (a loaded scan, about 40 MB, and its results) that Gradio keeps: the app's memory bound."""
+
+EMPTY_SESSIONS = 256
+"""Sessions holding no data (an API call, each of which is a session; a page before its first scan) that Gradio
+keeps: each costs Gradio's copy of the page's configuration, about 0.4 MB here."""
+
+
+def _holds_data(session: SessionState) -> bool:
+    """Whether a session's ``gr.State`` holds anything (Gradio fills a state it is asked for with its default, None)."""
+    return any(value is not None for value in list(session.state_data.values()))  # a copy: handlers may add states
+
+
+def _delete_states(session: SessionState) -> None:
+    """Run the delete callbacks of a dropped session's states (``_drop_session``: its download goes now)."""
+    for component, value, _expired in session.state_components:
+        if component.delete_callback is not None:
+            try:
+                component.delete_callback(value)
+            except Exception as exc:  # noqa: BLE001 (a failed clean-up must not fail the request that evicted it)
+                log.warning("a dropped session's clean-up failed: %s", type(exc).__name__)
+
+
+class ScansFirstStateHolder(StateHolder):
+    """Gradio's store of per-session state, with the app's bound counted in sessions that hold data.
+
+    Gradio's own keeps ``state_session_capacity`` sessions of any kind, the least recently used out first, and every
+    caller is a session: 65 API calls (a remote client's batch; its scans, each a session of its own) made an idle
+    page lose its scan. Here sessions holding data are bounded by ``capacity`` (:data:`SCAN_SESSIONS`) and those
+    holding none by ``empty_capacity`` (:data:`EMPTY_SESSIONS`), each the least recently used out first, so
+    callers holding nothing never push out a scan. A session dropped here has its states' delete callbacks run
+    (Gradio's drop skipped them, leaving its download until the cache's sweep). Installed by :func:`launch_demo`."""
+
+    empty_capacity = EMPTY_SESSIONS
+
+    def update(self, session_id: str) -> None:
+        with self.lock:
+            if session_id in self.session_data:
+                self.session_data.move_to_end(session_id)
+            dropped = self._drop_least_recent()
+        for session in dropped:
+            _delete_states(session)
+
+    def _drop_least_recent(self) -> list[SessionState]:
+        """Remove the least recently used sessions of each kind beyond its bound (under the lock); returns them."""
+        holding = [sid for sid, session in self.session_data.items() if _holds_data(session)]
+        kept = set(holding)
+        empty = [sid for sid in self.session_data if sid not in kept]
+        over = (holding[: max(0, len(holding) - self.capacity)]
+                + empty[: max(0, len(empty) - self.empty_capacity)])
+        dropped = []
+        for sid in over:
+            dropped.append(self.session_data.pop(sid))
+            self.time_last_used.pop(sid, None)
+        return dropped
+
+
+@contextlib.contextmanager
+def _gradio_state_holder(holder_class: type[StateHolder]) -> Iterator[None]:
+    """Make the app Gradio creates in ``launch`` keep its sessions in ``holder_class`` (Gradio takes no such option)."""
+    import gradio.routes
+
+    default = gradio.routes.StateHolder
+    gradio.routes.StateHolder = holder_class
+    try:
+        yield
+    finally:
+        gradio.routes.StateHolder = default
+
+
+def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options) -> None:
+    """``demo.launch(**launch_kwargs(), **options)`` with the sessions kept in :class:`ScansFirstStateHolder`;
+    blocks until the server stops unless ``prevent_thread_lock``."""
+    with _gradio_state_holder(ScansFirstStateHolder):
+        demo.launch(prevent_thread_lock=True, **launch_kwargs(), **options)
+    if not isinstance(demo.server_app.state_holder, ScansFirstStateHolder):  # another Gradio than the pinned one
+        log.warning("Gradio kept its own session store: past %d sessions of any kind, an idle page may lose its scan.",
+                    SCAN_SESSIONS)
+    if not prevent_thread_lock:
+        demo.block_thread()
+
+
 def launch_kwargs() -> dict:
-    """Options for ``demo.launch`` (theme and CSS moved to ``launch`` in Gradio 6)."""
+    """Options for ``demo.launch`` (theme and CSS moved to ``launch`` in Gradio 6; :func:`launch_demo` passes them)."""
     return dict(
         theme=THEME,
         css=CSS,
@@ -1476,7 +1559,7 @@ def launch_kwargs() -> dict:
         show_error=True,
         footer_links=["api"],
         run_history=False,
-        state_session_capacity=64,
+        state_session_capacity=SCAN_SESSIONS,  # of sessions holding data (ScansFirstStateHolder)
         # segment_proxy responses: one download, then gone; each uploaded file a name of its own
         app_kwargs={"middleware": oneshot.middlewares()},
         num_workers=0,  # no static-file workers ($GRADIO_NUM_WORKERS): uploads and downloads pass the middleware

@@ -83,15 +83,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url(app_weights):
-    """URL of the app launched in a thread of this process."""
-    from mixdemo.ui import build_demo, launch_kwargs
+def app_demo(app_weights):
+    """The app, launched in a thread of this process as ``python app.py`` launches it."""
+    from mixdemo.ui import build_demo, launch_demo
 
     demo = build_demo()
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                **launch_kwargs())
-    yield demo.local_url.rstrip("/")
+    launch_demo(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield demo
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(app_demo):
+    """URL of the launched app."""
+    return app_demo.local_url.rstrip("/")
 
 
 @pytest.fixture(scope="session")

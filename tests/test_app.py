@@ -1746,3 +1746,76 @@ def test_a_client_that_disconnects_frees_the_queue_at_its_next_proxy(app_url, ap
     out = np.load(api.predict(handle_file(str(path)), api_name="/segment_proxy"))  # waits behind the first in the queue
     assert out.shape == (1, 4, 16, 16, 16) and computed == [0]
     del job
+
+
+# ------------------------------------------------------------------------------ sessions kept
+def _blocks_with_a_state(dropped: list, capacity: int):
+    """A one-state Blocks (its delete callback records what it drops) whose sessions a store bounds at ``capacity``."""
+    import gradio as gr
+
+    with gr.Blocks() as blocks:
+        state = gr.State(None, delete_callback=dropped.append)
+    blocks.state_session_capacity = capacity
+    return blocks, state
+
+
+@pytest.mark.parametrize("store", ["gradio's", "the app's"])
+def test_callers_holding_nothing_never_push_out_a_session_holding_a_scan(store):
+    """Gradio's store keeps its capacity's most recent sessions of any kind, and every API call is a session: calls
+    beyond it dropped an idle page's scan (the control). The app's bounds the two kinds apart."""
+    from gradio.state_holder import StateHolder
+
+    from mixdemo.ui import ScansFirstStateHolder
+
+    dropped: list = []
+    blocks, state = _blocks_with_a_state(dropped, capacity=2)
+    holder = StateHolder() if store == "gradio's" else ScansFirstStateHolder()
+    holder.set_blocks(blocks)
+    holder.empty_capacity = 3
+    holder["page"][state._id] = "scan"
+    for call in range(6):
+        holder[f"api-call-{call}"][state._id]  # a call reads its state: its default, None
+    if store == "gradio's":
+        assert "page" not in holder and dropped == []  # dropped, and its delete callback never ran
+        return
+    assert holder["page"][state._id] == "scan" and dropped == []
+    assert list(holder.session_data) == ["api-call-3", "api-call-4", "api-call-5", "page"]
+
+
+def test_past_their_bound_the_least_recently_used_scans_go_with_their_delete_callbacks():
+    from mixdemo.ui import ScansFirstStateHolder
+
+    dropped: list = []
+    blocks, state = _blocks_with_a_state(dropped, capacity=2)
+    holder = ScansFirstStateHolder()
+    holder.set_blocks(blocks)
+    for page in ("first", "second"):
+        holder[page][state._id] = f"{page}'s scan"
+    holder["first"]  # used again: "second" is now the least recently used
+    holder["third"][state._id] = "third's scan"  # a third scan: the bound is passed at the next request
+    holder["an API call"]
+    assert dropped == ["second's scan"] and "second" not in holder
+    assert {holder[p][state._id] for p in ("first", "third")} == {"first's scan", "third's scan"}
+
+
+def test_the_launched_app_keeps_a_page_s_scan_through_more_api_calls_than_its_bound(app_demo, app_url, tmp_path):
+    """65 ``server_info`` calls made an idle page load its scan again (the README's limitation, now gone): the page's
+    session holds its scan through SCAN_SESSIONS + 6 calls, each a session of its own, and those sessions, holding
+    nothing, stay within their own bound."""
+    from gradio_client import Client
+
+    from mixdemo.ui import EMPTY_SESSIONS, SCAN_SESSIONS, ScansFirstStateHolder
+
+    holder = app_demo.server_app.state_holder
+    assert isinstance(holder, ScansFirstStateHolder)
+    state_id = next(i for i, block in app_demo.blocks.items() if type(block).__name__ == "State")
+    holder["a page with a scan"][state_id] = marker = object()
+    caller = Client(app_url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+    try:
+        for _ in range(SCAN_SESSIONS + 6):
+            caller.reset_session()
+            assert caller.predict(api_name="/server_info")["format"]
+    finally:
+        caller.close()
+    assert holder["a page with a scan"][state_id] is marker
+    assert len(holder.session_data) <= SCAN_SESSIONS + EMPTY_SESSIONS
