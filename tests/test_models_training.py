@@ -1562,6 +1562,53 @@ def test_publish_dry_run_builds_the_upload(tmp_path, monkeypatch):
         publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"), "--dry-run"])
 
 
+def test_publish_lists_the_local_paths_of_an_upload_and_refuses_it_unless_told(tmp_path, monkeypatch, capsys):
+    """A researcher's record names the paths a run was given (``--data /home/...``): an upload that would publish
+    them is refused unless --redact-paths (each becomes <local>/ and its last part, in the upload only, not inside a
+    URL) or --keep-paths; a dry run lists them."""
+    import huggingface_hub
+
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    record = json.loads((src / "segmentation" / "training.json").read_text())
+    command = "python -m training.train --data /home/jdoe/ppmi_restricted --out ~/runs/s1 --init-from C:\\Users\\jdoe\\w"
+    weights.write_training_record(src / "segmentation", {**record, "command": command, "data": "/home/jdoe/ppmi_restricted",
+                                                        "see": "https://huggingface.co/home/jdoe/x"},
+                                  record["model_class"])
+    uploads: list[dict] = []
+
+    class Api:  # a stand-in: nothing leaves this machine
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, **kwargs):
+            uploads.append(kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    args = ["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")]
+    publish.main([*args, "--dry-run"])
+    out = capsys.readouterr().out
+    assert "4 paths of this machine" in out  # the Windows one twice: as the card writes it, and JSON-escaped and "/home/jdoe/ppmi_restricted  (README.md, segmentation/README.md" in out
+    assert "~/runs/s1" in out and "C:\\Users\\jdoe\\w" in out
+    with pytest.raises(SystemExit, match="--redact-paths"):
+        publish.main(args)
+    assert uploads == []
+    publish.main([*args, "--redact-paths"])
+    assert len(uploads) == 1
+    staged = tmp_path / "st"
+    texts = [f.read_text() for f in staged.rglob("*") if f.name in publish.TEXT_FILES]
+    assert not any("jdoe/ppmi" in t or "~/runs" in t or "Users" in t for t in texts)
+    published = json.loads((staged / "segmentation" / "training.json").read_text())
+    assert published["data"] == "<local>/ppmi_restricted" and published["see"] == "https://huggingface.co/home/jdoe/x"
+    assert published["command"].endswith("--data <local>/ppmi_restricted --out <local>/s1 --init-from <local>/w")
+    assert "<local>/ppmi_restricted" in (staged / "README.md").read_text()
+    assert json.loads((src / "segmentation" / "training.json").read_text())["data"] == "/home/jdoe/ppmi_restricted"
+    publish.main([*args, "--keep-paths"])
+    assert len(uploads) == 2 and "/home/jdoe/ppmi_restricted" in (staged / "segmentation" / "training.json").read_text()
+
+
 def test_legs_replay_a_run_resumed_with_a_longer_schedule(tiny_cohort, tmp_path):
     """--legs reproduces in one run what stopping and resuming with a new --steps produced (the shipped weights)."""
     from safetensors.torch import load_file

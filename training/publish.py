@@ -12,17 +12,23 @@ writes the cards of ``weights/`` only) gets a card made from its ``training.json
 folder itself is left as it is); each card, and the top-level one, says what the weights were trained on.
 ``--staging`` is emptied and rebuilt on each run, so it must be a new or empty folder or one this command
 staged before (it marks those); any other is refused.
+
+Training records and cards name the paths a run was given (``--data /home/you/ppmi``, ``--out``, ``--init-from``).
+Each absolute path of this machine found in the upload's text is listed; an upload holding any is refused unless
+``--redact-paths`` (each becomes ``<local>/`` and its last part, in the upload only) or ``--keep-paths``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import shutil
 from pathlib import Path
 
 from mixdemo.weights import (MODEL_FILES, PHANTOM_NOTICE, read_training_record, trained_on_phantoms,
                              verify_checksum, weights_dir, write_model_card)
-from training import user_errors
+from training import first_few, user_errors
 
 CARD_FILES = (*MODEL_FILES, "README.md", "TRAINING_NOTE.md")  # the card points to its note
 
@@ -48,6 +54,46 @@ def card_from_record(folder: Path) -> Path:
                f"`mixdemo.weights.load_model(\"{folder.name}\")` from a folder holding it, or from this Hub repo "
                "with `MIXDEMO_HUB_REPO`.")
     return write_model_card(folder, title=title, summary=summary, sections={})
+
+
+LOCAL_PATH = re.compile(r"(?<![\w.:/~\\-])(?:/[\w.@+-]+(?:/[\w.@+-]+)+|~/[\w.@+/-]+|[A-Za-z]:(?:\\{1,2}[\w.@+-]+)+)")
+"""An absolute path of a machine in text: POSIX (two parts at least), a home-relative one, or a Windows one (its
+backslashes doubled in JSON). A URL's path is not one (``https://host/a/b``: each slash follows ``:``, ``/`` or a
+name)."""
+
+TEXT_FILES = ("README.md", "training.json", "TRAINING_NOTE.md")
+"""The upload's files that may name paths (the others are weights and the networks' configuration)."""
+
+REDACTED = "<local>/"
+
+
+def local_paths(staging: Path) -> dict[str, list[str]]:
+    """Each local path named in the staged text files: {path: [files, relative to ``staging``]}."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(f for f in staging.rglob("*") if f.name in TEXT_FILES):
+        for match in dict.fromkeys(LOCAL_PATH.findall(path.read_text(encoding="utf-8"))):
+            found.setdefault(match, []).append(str(path.relative_to(staging)))
+    return found
+
+
+def redacted(local: str) -> str:
+    """``<local>/`` and a path's last part: what it names without where it lay (``/home/you/ppmi`` → ``<local>/ppmi``)."""
+    return REDACTED + re.split(r"[/\\]+", local.rstrip("/\\"))[-1]
+
+
+def redact_paths(staging: Path) -> None:
+    """Replace each local path (:data:`LOCAL_PATH`) by :func:`redacted` in the staged text files, where
+    :func:`local_paths` found it (nowhere else: not inside a URL); a record stays valid JSON."""
+    for path in sorted(f for f in staging.rglob("*") if f.name in TEXT_FILES):
+        text = LOCAL_PATH.sub(lambda match: redacted(match.group(0)), path.read_text(encoding="utf-8"))
+        if path.suffix == ".json":
+            json.loads(text)  # a replacement holds no quote nor backslash: still a record
+        path.write_text(text, encoding="utf-8")
+
+
+def paths_listing(found: dict[str, list[str]]) -> str:
+    """One line per local path: where the upload names it."""
+    return "\n".join(f"  {local}  ({first_few(files)})" for local, files in found.items())
 
 
 def check_staging(staging: Path, source: Path) -> None:
@@ -105,6 +151,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--staging", type=Path, default=Path("runs/publish"), help="where the upload is assembled")
     p.add_argument("--dry-run", action="store_true", help="assemble only; upload nothing")
     p.add_argument("--private", action="store_true")
+    paths = p.add_mutually_exclusive_group()
+    paths.add_argument("--redact-paths", action="store_true",
+                       help="replace each local path in the upload's records and cards by <local>/ and its last part")
+    paths.add_argument("--keep-paths", action="store_true", help="upload the local paths as they are")
     args = p.parse_args(argv)
     source = args.weights or weights_dir()
     check_staging(args.staging, source)
@@ -114,6 +164,17 @@ def main(argv: list[str] | None = None) -> Path:
     (args.staging / STAGING_MARK).write_text("staged by python -m training.publish; emptied by its next run\n")
     copied = stage(args.repo_id, source, args.staging)
     print(f"staged {len(copied)} model folders in {args.staging}: {', '.join(c.name for c in copied)}")
+    found = local_paths(args.staging)
+    if found and args.redact_paths:
+        redact_paths(args.staging)
+        print(f"replaced {len(found)} local paths by {REDACTED} and their last part in the upload")
+    elif found and not args.keep_paths:
+        listing = (f"{len(found)} paths of this machine are named in the upload (its records and cards; public unless "
+                   f"--private):\n{paths_listing(found)}\n")
+        if not args.dry_run:
+            raise SystemExit(f"error: {listing}Pass --redact-paths to replace each by {REDACTED} and its last part, "
+                             "or --keep-paths to upload them as they are.")
+        print(f"note: {listing}An upload needs --redact-paths or --keep-paths.")
     if not args.dry_run:
         from huggingface_hub import HfApi
 
