@@ -478,6 +478,21 @@ def no_telemetry():
             os.environ["GRADIO_ANALYTICS_ENABLED"] = saved_env
 
 
+@contextlib.contextmanager
+def no_saved_token():
+    """While the block runs, ``huggingface_hub`` sends the saved login (or ``HF_TOKEN``) only to a call that passes it:
+    ``gradio_client`` 2.7.2 asks ``huggingface_hub.space_info(space_id)`` with no token argument, so with the user's
+    token, when a Space's answer holds no data (its rate limit's message), whatever ``token=False`` said."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_DISABLE_IMPLICIT_TOKEN
+    constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_IMPLICIT_TOKEN = saved
+
+
 CONNECT_TIMEOUT_S = 30.0
 """How long :class:`RemoteServer` waits for the server to answer while connecting (its configuration and API)."""
 
@@ -506,8 +521,9 @@ class RemoteServer:
 
         self.url = url
         self.separate_requests = separate_requests
+        self._send_hf_token = send_hf_token
         try:
-            with no_telemetry():  # nothing to Hugging Face on the way (its docstring)
+            with no_telemetry(), self._token_kept():  # nothing to Hugging Face on the way (their docstrings)
                 self._client = Client(
                     url,
                     token=None if send_hf_token else False,  # None: gradio_client's default, the saved token
@@ -540,10 +556,17 @@ class RemoteServer:
                               "(python app.py serves one); check the address.")
         self._client.httpx_kwargs["timeout"] = timeout_s  # from here on, requests that segment
 
+    _send_hf_token = False
+
+    def _token_kept(self) -> contextlib.AbstractContextManager:
+        """Around each call of ``gradio_client``: :func:`no_saved_token` unless ``send_hf_token``."""
+        return contextlib.nullcontext() if self._send_hf_token else no_saved_token()
+
     def _endpoints(self) -> set[str] | None:
         """The named endpoints of the app (None if its API cannot be listed: the first request then tells)."""
         try:
-            return set(self._client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+            with self._token_kept():
+                return set(self._client.view_api(print_info=False, return_format="dict")["named_endpoints"])
         except Exception:  # noqa: BLE001 - an API that cannot be listed is not refused here
             return None
 
@@ -557,7 +580,8 @@ class RemoteServer:
 
     def info(self) -> dict:
         """The server's ``server_info`` endpoint."""
-        return self._client.predict(api_name="/server_info")
+        with self._token_kept():
+            return self._client.predict(api_name="/server_info")
 
     _endpoint_names: set[str] | None = None
 
@@ -655,7 +679,8 @@ class RemoteServer:
             path = Path(tmp) / "proxy.npy"  # neutral name: nothing of the input's name or header
             np.save(path, np.ascontiguousarray(proxies, dtype=np.float16), allow_pickle=False)
             try:
-                answer = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
+                with self._token_kept():
+                    answer = self._client.predict(handle_file(str(path)), api_name="/segment_proxy")
                 probs = self._fetch(answer, answer_bytes_at_most(expected))
             except ClientError:
                 raise

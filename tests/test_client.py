@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -790,6 +791,61 @@ def test_connecting_sends_nothing_to_hugging_face(app_url, monkeypatch, tmp_path
     assert os.environ.get("GRADIO_ANALYTICS_ENABLED") is None and constants.HF_HUB_DISABLE_TELEMETRY is False  # put back
 
 
+def test_no_call_of_gradio_client_sends_the_saved_login_to_hugging_face_unless_asked(monkeypatch):
+    """gradio_client 2.7.2, when a Space's answer holds no data (its rate limit's message), asks
+    ``huggingface_hub.space_info(space_id)`` with no token argument: huggingface_hub then sends the user's saved login
+    (or HF_TOKEN) to huggingface.co, whatever ``token=False`` told the Client. Here the Hub is a local listener and a
+    stand-in connection makes that very call inside the real RemoteServer's requests: no token unless
+    send_hf_token; the same call outside them sends it (the control)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from mixdemo.client import RemoteServer
+
+    heard: list[str | None] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            heard.append(self.headers.get("authorization"))
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' conftest sets it; a user's shell does not
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_NOT_A_REAL_TOKEN_0123456789")
+
+    def as_gradio_client_does(*args, api_name):  # client.py: huggingface_hub.space_info(client.space_id)
+        with pytest.raises(huggingface_hub.errors.HfHubHTTPError):
+            huggingface_hub.HfApi(endpoint=constants.ENDPOINT).space_info("owner/name")
+        return {}
+
+    try:
+        for send in (False, True):
+            remote = RemoteServer.__new__(RemoteServer)
+            remote._client, remote._send_hf_token = SimpleNamespace(predict=as_gradio_client_does), send
+            heard.clear()
+            remote.info()
+            assert heard and all((h == "Bearer hf_NOT_A_REAL_TOKEN_0123456789") is send for h in heard), heard
+        heard.clear()
+        as_gradio_client_does(api_name="/server_info")  # outside the client's calls: the saved login goes
+        assert heard and set(heard) == {"Bearer hf_NOT_A_REAL_TOKEN_0123456789"}, heard
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert constants.HF_HUB_DISABLE_IMPLICIT_TOKEN is False  # put back
+
+
 @pytest.mark.slow
 def test_the_answer_is_fetched_into_memory_not_through_gradio_clients_download(app_url, monkeypatch):
     """gradio_client's download stages each answer in a new folder of the temporary directory and leaves it there,
@@ -1245,7 +1301,7 @@ def test_a_request_uploads_only_the_proxies_as_float16_under_a_neutral_name_and_
         return "answer"
 
     shim = SimpleNamespace(_client=SimpleNamespace(predict=predict), num_classes=lambda: 4,
-                           _fetch=lambda answer, most_bytes: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
+                           _token_kept=contextlib.nullcontext, _fetch=lambda answer, most_bytes: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
     answer = RemoteServer._request(shim, proxies)
     assert answer.shape == (2, 4, 16, 16, 16) and uploaded["api"] == "/segment_proxy"
     assert uploaded["name"] == "proxy.npy" and not uploaded["folder"].exists()
@@ -1264,7 +1320,7 @@ def test_an_answer_that_is_not_probabilities_is_refused(bad):
 
     answer = np.full((1, 4, 8, 8, 8), 0.25, np.float16)
     shim = SimpleNamespace(_client=SimpleNamespace(predict=lambda file, api_name: "answer"), num_classes=lambda: 4,
-                           _fetch=lambda answer_, most_bytes: answer)
+                           _token_kept=contextlib.nullcontext, _fetch=lambda answer_, most_bytes: answer)
     proxies = np.zeros((1, 8, 8, 8), np.float32)
     assert RemoteServer._request(shim, proxies).shape == (1, 4, 8, 8, 8)  # the control
     answer[0, 2, 3, 4, 5] = bad
