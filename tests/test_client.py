@@ -1301,7 +1301,8 @@ def test_a_request_uploads_only_the_proxies_as_float16_under_a_neutral_name_and_
         return "answer"
 
     shim = SimpleNamespace(_client=SimpleNamespace(predict=predict), num_classes=lambda: 4,
-                           _token_kept=contextlib.nullcontext, _fetch=lambda answer, most_bytes: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
+                           _token_kept=contextlib.nullcontext,
+                           _fetch=lambda answer, most_bytes: np.full((2, 4, 16, 16, 16), 0.25, np.float32))
     answer = RemoteServer._request(shim, proxies)
     assert answer.shape == (2, 4, 16, 16, 16) and uploaded["api"] == "/segment_proxy"
     assert uploaded["name"] == "proxy.npy" and not uploaded["folder"].exists()
