@@ -731,26 +731,20 @@ def test_separate_requests_carry_no_cookie_the_server_set_when_the_client_connec
     assert [b.split(b"\r\n", 1)[0] for b in later if b"lb-affinity-7f3a9c" in b] == []
 
 
-def test_connecting_sends_nothing_to_hugging_face(app_url, monkeypatch, tmp_path):
-    """Connecting to a server reaches no other host: gradio_client takes ``analytics_enabled=False`` as ``False or
-    $GRADIO_ANALYTICS_ENABLED == "True"`` and, in a shell without that variable, sent huggingface.co a telemetry
-    ping naming the server's address; huggingface_hub, building its headers, fetched huggingface.co's list of
-    AI-agent harnesses. Here the Hub is a local listener (``HF_ENDPOINT``), in a user's environment (online, no
-    telemetry switches), and a plain gradio_client Client connecting the same way is the control."""
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A local listener as the Hugging Face Hub (huggingface_hub's endpoint), online as a user's shell is: the
+    requests it hears, each ``(request line, {header: value})``; it answers 404 to every one."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from gradio_client import Client
     from huggingface_hub import constants
-    from huggingface_hub.utils import _detect_agent, _telemetry
 
-    from mixdemo.client import RemoteServer
-
-    heard: list[str] = []
+    heard: list[tuple[str, dict[str, str]]] = []
 
     class Hub(BaseHTTPRequestHandler):
         def answer(self) -> None:
-            heard.append(f"{self.command} {self.path} user-agent: {self.headers.get('user-agent')}")
+            heard.append((f"{self.command} {self.path}", {k.lower(): v for k, v in self.headers.items()}))
             self.send_response(404)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -764,12 +758,31 @@ def test_connecting_sends_nothing_to_hugging_face(app_url, monkeypatch, tmp_path
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' conftest sets it; a user's shell does not
+    yield heard
+    hub.shutdown()
+    hub.server_close()
+
+
+def test_connecting_sends_nothing_to_hugging_face(app_url, local_hub, monkeypatch, tmp_path):
+    """Connecting to a server reaches no other host: gradio_client takes ``analytics_enabled=False`` as ``False or
+    $GRADIO_ANALYTICS_ENABLED == "True"`` and, in a shell without that variable, sent huggingface.co a telemetry
+    ping naming the server's address; huggingface_hub, building its headers, fetched huggingface.co's list of
+    AI-agent harnesses. Here the Hub is a local listener (``HF_ENDPOINT``), in a user's environment (online, no
+    telemetry switches), and a plain gradio_client Client connecting the same way is the control."""
+    import threading
+
+    from gradio_client import Client
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _detect_agent, _telemetry
+
+    from mixdemo.client import RemoteServer
+
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
     monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))  # not cached
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
 
     def heard_on_connecting(connect) -> list[str]:  # noqa: ANN001
-        heard.clear()
+        local_hub.clear()
         monkeypatch.setattr(_detect_agent, "_registry", None)  # nor cached in this process
         client = connect()
         for thread in threading.enumerate():  # gradio_client's telemetry thread, then huggingface_hub's queue
@@ -777,28 +790,22 @@ def test_connecting_sends_nothing_to_hugging_face(app_url, monkeypatch, tmp_path
                 thread.join()
         _telemetry._TELEMETRY_QUEUE.join()
         client.close()
-        return list(heard)
+        return [f"{line} user-agent: {headers.get('user-agent')}" for line, headers in local_hub]
 
-    try:
-        control = heard_on_connecting(lambda: Client(app_url, verbose=False, download_files=False,
-                                                     analytics_enabled=False, headers={"user-agent": "mixdemo-client"}))
-        assert any(h.startswith("HEAD /api/telemetry/py_client/initiated") and app_url in h for h in control), control
-        assert any(h.startswith("GET /api/agent-harnesses") for h in control), control
-        assert heard_on_connecting(lambda: RemoteServer(app_url)) == []
-    finally:
-        hub.shutdown()
-        hub.server_close()
+    control = heard_on_connecting(lambda: Client(app_url, verbose=False, download_files=False,
+                                                 analytics_enabled=False, headers={"user-agent": "mixdemo-client"}))
+    assert any(h.startswith("HEAD /api/telemetry/py_client/initiated") and app_url in h for h in control), control
+    assert any(h.startswith("GET /api/agent-harnesses") for h in control), control
+    assert heard_on_connecting(lambda: RemoteServer(app_url)) == []
     assert os.environ.get("GRADIO_ANALYTICS_ENABLED") is None and constants.HF_HUB_DISABLE_TELEMETRY is False  # put back
 
 
-def test_no_call_of_gradio_client_sends_the_saved_login_to_hugging_face_unless_asked(monkeypatch):
+def test_no_call_of_gradio_client_sends_the_saved_login_to_hugging_face_unless_asked(local_hub, monkeypatch):
     """gradio_client 2.7.2, when a Space's answer holds no data (its rate limit's message), asks
     ``huggingface_hub.space_info(space_id)`` with no token argument: huggingface_hub then sends the user's saved login
     (or HF_TOKEN) to huggingface.co, whatever ``token=False`` told the Client. Here the Hub is a local listener and a
     stand-in connection makes that very call inside the real RemoteServer's requests: no token unless
     send_hf_token; the same call outside them sends it (the control)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from types import SimpleNamespace
 
     import huggingface_hub
@@ -806,43 +813,29 @@ def test_no_call_of_gradio_client_sends_the_saved_login_to_hugging_face_unless_a
 
     from mixdemo.client import RemoteServer
 
-    heard: list[str | None] = []
-
-    class Hub(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            heard.append(self.headers.get("authorization"))
-            self.send_response(404)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' conftest sets it; a user's shell does not
+    token = "hf_NOT_A_REAL_TOKEN_0123456789"
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", False)
-    monkeypatch.setenv("HF_TOKEN", "hf_NOT_A_REAL_TOKEN_0123456789")
+    monkeypatch.setenv("HF_TOKEN", token)
 
     def as_gradio_client_does(*args, api_name):  # client.py: huggingface_hub.space_info(client.space_id)
         with pytest.raises(huggingface_hub.errors.HfHubHTTPError):
             huggingface_hub.HfApi(endpoint=constants.ENDPOINT).space_info("owner/name")
         return {}
 
-    try:
-        for send in (False, True):
-            remote = RemoteServer.__new__(RemoteServer)
-            remote._client, remote._send_hf_token = SimpleNamespace(predict=as_gradio_client_does), send
-            heard.clear()
-            remote.info()
-            assert heard and all((h == "Bearer hf_NOT_A_REAL_TOKEN_0123456789") is send for h in heard), heard
-        heard.clear()
-        as_gradio_client_does(api_name="/server_info")  # outside the client's calls: the saved login goes
-        assert heard and set(heard) == {"Bearer hf_NOT_A_REAL_TOKEN_0123456789"}, heard
-    finally:
-        hub.shutdown()
-        hub.server_close()
+    def tokens_heard() -> list[str | None]:
+        heard = [headers.get("authorization") for _, headers in local_hub]
+        local_hub.clear()
+        assert heard, "the Hub heard nothing"
+        return heard
+
+    for send in (False, True):
+        remote = RemoteServer.__new__(RemoteServer)
+        remote._client, remote._send_hf_token = SimpleNamespace(predict=as_gradio_client_does), send
+        remote.info()
+        heard = tokens_heard()
+        assert all((h == f"Bearer {token}") is send for h in heard), heard
+    as_gradio_client_does(api_name="/server_info")  # outside the client's calls: the saved login goes
+    assert set(tokens_heard()) == {f"Bearer {token}"}
     assert constants.HF_HUB_DISABLE_IMPLICIT_TOKEN is False  # put back
 
 
