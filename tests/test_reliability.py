@@ -157,6 +157,16 @@ def test_privacy_hygiene(rel_app, tmp_path, example, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_page_keeps_its_scan_through_more_api_calls_than_the_app_keeps_scans(rel_app, example):
+    """``python app.py`` as served: a page's session (raw HTTP, as the browser) loads a scan; 70 server_info calls,
+    each a session of its own, follow; the page's next run still has its scan (Gradio's own store lost it)."""
+    from mixdemo.ui import SCAN_SESSIONS
+
+    kept = rel.check_scan_kept(rel_app)
+    assert kept["api_sessions_between"] == SCAN_SESSIONS + 6 and kept["page_kept_its_scan"], kept
+
+
+@pytest.mark.slow
 def test_faults_client_killed_and_app_restarted(rel_app):
     assert rel.fault_client_killed(rel_app, sides=64, k=2).startswith("ok"), rel_app.log_text()[-2000:]
     assert rel.fault_app_restarted(rel_app).startswith("ok")
@@ -170,4 +180,5 @@ def test_results_json_if_present_is_clean():
     assert doc["command"].startswith("python -m training.reliability")
     assert doc["inputs_tried"] >= 30 and doc["crashes"] == 0 and doc["users_crossed"] == 0
     assert doc["leaks_found"] == 0 and doc["partial_outputs"] == 0 and doc["concurrent_users"] >= 8
+    assert doc["pages_that_lost_their_scan_to_api_calls"] == 0 and doc["sessions"]["api_sessions_between"] > 64
     assert all(str(v).startswith("ok") for v in doc["faults"].values())

@@ -1046,6 +1046,25 @@ def check_ui_download(app: AppProcess) -> dict:
             "leaks": int(b_after_next_run == 200) + int(len(copies) > 1)}
 
 
+def check_scan_kept(app: AppProcess) -> dict:
+    """A page that loaded a scan, then more API calls than the app keeps sessions with a scan, each call a session
+    of its own (a remote client's batch: a session per scan), then the page's next run: it still has its scan.
+    Gradio's own store counted every session against one bound and dropped the page's scan after 64 such calls
+    (``mixdemo.ui.ScansFirstStateHolder``)."""
+    from mixdemo import examples
+    from mixdemo.ui import SCAN_SESSIONS
+
+    page = secrets.token_hex(8)
+    loaded = call_raw(app.url, fn_index(app.url, "load_example"), [examples.example_names()[0], None], session_hash=page)
+    info = fn_index(app.url, "server_info")
+    answered = sum(bool(call_raw(app.url, info, []).get("success")) for _ in range(SCAN_SESSIONS + 6))
+    run = call_raw(app.url, fn_index(app.url, "segment"), [None, [], 1, 0.5, False, "patch", 0.5, None, False],
+                   session_hash=page)
+    kept = bool(loaded.get("success") and run.get("success"))
+    return {"api_sessions_between": answered, "page_kept_its_scan": kept,
+            "error": None if kept else (_error_text(run) or _error_text(loaded))}
+
+
 def check_upload_hygiene(app: AppProcess, folder: Path) -> dict:
     """The browser's upload of a scan with an identifying name: deleted after reading, name never logged."""
     scan = distinctive_scan(folder)
@@ -1169,6 +1188,7 @@ def run(quick: bool = False, out: Path | None = None, workdir: Path | None = Non
         urls = check_url_isolation(app)
         upload = check_upload_hygiene(app, work / "upload")
         ui_download = check_ui_download(app)
+        scan_kept = check_scan_kept(app)
         _say(t0, "faults: client killed, app restarted")
         faults = {"client_killed_mid_request": fault_client_killed(app, sides=64 if quick else 96, k=2 if quick else 3)}
         faults["app_restarted"] = fault_app_restarted(app)
@@ -1201,6 +1221,8 @@ def run(quick: bool = False, out: Path | None = None, workdir: Path | None = Non
         "load": load,
         "peak_rss_mb": round(peak, 1),
         "queue_limits": limits,
+        "pages_that_lost_their_scan_to_api_calls": int(not scan_kept["page_kept_its_scan"]),
+        "sessions": scan_kept,
         "faults": faults,
         "leaks_found": sum(v["leaks"] for v in privacy.values()),
         "privacy_checks": privacy,
@@ -1230,10 +1252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     doc = run(quick=args.quick, out=args.out)
     keys = ("inputs_tried", "crashes", "clear_messages", "partial_outputs", "requests_served_under_load",
-            "users_crossed", "peak_rss_mb", "leaks_found", "seconds")
+            "users_crossed", "pages_that_lost_their_scan_to_api_calls", "peak_rss_mb", "leaks_found", "seconds")
     print(json.dumps({k: doc[k] for k in keys}, indent=1))
     print(f"wrote {args.out}")
     bad = doc["crashes"] or doc["users_crossed"] or doc["leaks_found"] or doc["partial_outputs"]
+    bad = bad or doc["pages_that_lost_their_scan_to_api_calls"]
     bad = bad or any(str(v).startswith("FAILED") for v in doc["faults"].values())
     return 1 if bad else 0
 
