@@ -1,6 +1,6 @@
 """Mixup-Privacy Lab — the Gradio app (thin: all logic lives in ``mixdemo``).
 
-    python app.py [--host 127.0.0.1] [--port 7860]
+    python app.py [--host 127.0.0.1] [--port 7860] [--server-only]
 
 Host and port also come from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``. Runs offline
 (``HF_HUB_OFFLINE=1`` unless set): the models come from ``weights/`` (or ``$MIXDEMO_WEIGHTS_DIR``). Gradio's
@@ -16,7 +16,8 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come from weights/ (HF_HUB_OFFLINE=0 allows the Hub)
 
-from mixdemo.launch import check_port_variable, check_setting_variables, parse_app_args  # noqa: E402  (no Gradio: before it)
+from mixdemo.launch import (check_port_variable, check_setting_variables, parse_app_args,  # noqa: E402  (no Gradio: before it)
+                            server_only_from_env)
 from mixdemo.oneshot import app_cache_dir, make_private_dir, sweep_stale  # noqa: E402
 
 if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone), which only it sweeps
@@ -25,17 +26,18 @@ if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request
 
-from mixdemo.ui import SESSION_TTL_S, build_demo, launch_demo  # noqa: E402
+from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo  # noqa: E402
 
-demo = build_demo()
+demo = build_server_demo() if server_only_from_env() else build_demo()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse host/port and launch."""
+    """Parse host, port and --server-only, and launch."""
     args = parse_app_args(argv)
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
-        launch_demo(demo, server_name=args.host, server_port=args.port)
+        served = build_server_demo() if args.server_only and not server_only_from_env() else demo
+        launch_demo(served, server_name=args.host, server_port=args.port)
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal
         why = exc.strerror or "the port is taken (another app?) or the host is not an address of this machine"
         raise SystemExit(f"error: the app could not listen on {args.host}:{args.port}: {why}; "

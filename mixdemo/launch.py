@@ -60,12 +60,24 @@ SWITCH_VALUES = (*SWITCH_ON, *SWITCH_OFF, "auto")
 """What ``$MIXDEMO_KEEP_FREED_MEMORY`` may say."""
 
 
+SERVER_ONLY_ENV = "MIXDEMO_SERVER_ONLY"
+"""Environment variable for ``python app.py --server-only`` (a Space's variable, where no option can be passed):
+``1``, the server's endpoints alone; ``0`` or unset, the whole demo."""
+
+
+def server_only_from_env() -> bool:
+    """Whether ``$MIXDEMO_SERVER_ONLY`` asks for the server alone (its value checked by :func:`check_setting_variables`)."""
+    return os.environ.get(SERVER_ONLY_ENV, "").strip().lower() in SWITCH_ON
+
+
 def check_setting_variables() -> None:
     """SystemExit naming the first of the settings read from the environment (S's and D's precision, the
-    allocator switch) whose value cannot be used: at start, not as a traceback at the first request."""
+    allocator switch, the server-only switch) whose value cannot be used: at start, not as a traceback at the first
+    request."""
     from mixdemo.weights import PRECISION_ENV, PRECISIONS, UNMIXING_PRECISION_ENV
 
-    for name, allowed in ((PRECISION_ENV, PRECISIONS), (UNMIXING_PRECISION_ENV, PRECISIONS), (KEEP_FREED_ENV, SWITCH_VALUES)):
+    for name, allowed in ((PRECISION_ENV, PRECISIONS), (UNMIXING_PRECISION_ENV, PRECISIONS), (KEEP_FREED_ENV, SWITCH_VALUES),
+                          (SERVER_ONLY_ENV, (*SWITCH_ON, *SWITCH_OFF))):
         value = os.environ.get(name, "").strip().lower()
         if value and value not in allowed:
             raise SystemExit(f"error: ${name} must be one of {', '.join(allowed)} (or unset); got {os.environ[name]!r}.")
@@ -73,11 +85,14 @@ def check_setting_variables() -> None:
 
 def parse_app_args(argv: list[str] | None = None) -> argparse.Namespace:
     """``--host`` and ``--port`` of the app (defaults: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, else
-    127.0.0.1:7860)."""
+    127.0.0.1:7860), and ``--server-only`` (default: ``$MIXDEMO_SERVER_ONLY``)."""
     p = argparse.ArgumentParser(prog="app.py", description="Mixup-Privacy Lab (Gradio app)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                    help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1, this machine only; "
                         "0.0.0.0 serves other machines, as a server for remote clients)")
     p.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", str(DEFAULT_PORT)),
                    help=f"TCP port (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})")
+    p.add_argument("--server-only", action="store_true", default=server_only_from_env(),
+                   help="serve the server's endpoints alone (segment_proxy, server_info) for remote clients: no demo "
+                        f"that takes a raw scan, no attack lab (default: ${SERVER_ONLY_ENV})")
     return p.parse_args(argv)

@@ -1283,22 +1283,55 @@ def build_demo() -> gr.Blocks:
                             with gr.Accordion(f"results/{name}.json", open=False):
                                 gr.JSON(doc)
                 gr.Markdown(SERVER_API_MD)
-                with gr.Row():
-                    proxy_in = upload_path_only(gr.File(label="proxy .npy", type="filepath"))  # no file_types: the server checks and deletes
-                    probs_out = gr.File(label="mixed probabilities .npy", interactive=False)
-                    info = gr.JSON(label="server_info")
-                with gr.Row():
-                    send = gr.Button("Send to segment_proxy", elem_id="send-proxy")
-                    info_btn = gr.Button("server_info", elem_id="server-info-btn")
-                send.click(_server_endpoint, [proxy_in], [probs_out], api_name="segment_proxy",
-                           concurrency_limit=1, concurrency_id="compute")
-                info_btn.click(_server_info, None, [info], api_name="server_info", concurrency_limit=4)
+                _server_endpoints()
         demo.unload(leave_session)
-    # api_open=False: every call goes through the queue, as on a Hugging Face Space (where Gradio already closes the
-    # direct routes); open, /gradio_api/run/<name> would run any event, the private ones too, at once and outside
-    # the compute queue's limits, with no session hash
+    return _queued(demo)
+
+
+def _server_endpoints() -> None:
+    """The server's two endpoints in the Blocks being built, with the widgets a developer tries them with:
+    ``segment_proxy`` (in the compute queue: one computation at a time) and ``server_info``."""
+    with gr.Row():
+        proxy_in = upload_path_only(gr.File(label="proxy .npy", type="filepath"))  # no file_types: the server checks and deletes
+        probs_out = gr.File(label="mixed probabilities .npy", interactive=False)
+        info = gr.JSON(label="server_info")
+    with gr.Row():
+        send = gr.Button("Send to segment_proxy", elem_id="send-proxy")
+        info_btn = gr.Button("server_info", elem_id="server-info-btn")
+    send.click(_server_endpoint, [proxy_in], [probs_out], api_name="segment_proxy",
+               concurrency_limit=1, concurrency_id="compute")
+    info_btn.click(_server_info, None, [info], api_name="server_info", concurrency_limit=4)
+
+
+def _queued(demo: gr.Blocks) -> gr.Blocks:
+    """``demo`` with the app's queue. ``api_open=False``: every call goes through the queue, as on a Hugging Face
+    Space (where Gradio already closes the direct routes); open, ``/gradio_api/run/<name>`` would run any event, the
+    private ones too, at once and outside the compute queue's limits, with no session hash."""
     demo.queue(default_concurrency_limit=1, max_size=32, api_open=False)
     return demo
+
+
+SERVER_ONLY_MD = """# Mixup-Privacy Lab: a segmentation server
+This server segments **proxies** (a scan mixed with a private reference on the client's machine) and nothing else: it
+takes no scan, and offers no demo or attack lab (`python app.py --server-only`). Segment a scan from your machine,
+which keeps the scan, its references and their α:
+
+```bash
+python -m mixdemo.client --server URL scan.nii.gz -o seg.nii.gz --tta 10
+```
+"""
+
+
+def build_server_demo() -> gr.Blocks:
+    """The server alone (``python app.py --server-only``): ``segment_proxy`` and ``server_info`` on a page that says
+    how to use them. Nothing of it takes a raw scan (the whole demo's Segment tab mixes on the server, so a scan
+    uploaded there reaches the server), and no attack runs on its CPU."""
+    with gr.Blocks(title="Mixup-Privacy server", delete_cache=(RENDERINGS_SWEEP_S, RENDERINGS_MAX_AGE_S)) as demo:
+        gr.Markdown(SERVER_ONLY_MD)
+        gr.Markdown(SERVER_API_MD)
+        _server_endpoints()
+        demo.unload(leave_session)  # a client that leaves stops its segmentation at the next proxy
+    return _queued(demo)
 
 
 D_LABEL = "4 · Client network D (learned unmixing): the default measured the best Dice"

@@ -1220,6 +1220,45 @@ def test_app_on_a_taken_port_says_so_without_a_traceback():
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"error: the app could not listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
 
+def test_server_only_comes_from_the_option_or_the_environment(monkeypatch):
+    from mixdemo.launch import parse_app_args
+
+    monkeypatch.delenv("MIXDEMO_SERVER_ONLY", raising=False)
+    assert not parse_app_args([]).server_only and parse_app_args(["--server-only"]).server_only
+    monkeypatch.setenv("MIXDEMO_SERVER_ONLY", "1")  # a Space's variable: no option can be passed there
+    assert parse_app_args([]).server_only
+    monkeypatch.setenv("MIXDEMO_SERVER_ONLY", "off")
+    assert not parse_app_args([]).server_only
+
+
+@pytest.mark.slow
+def test_the_server_alone_serves_its_two_endpoints_takes_no_scan_and_segments_a_client_s_proxies(app_weights, example,
+                                                                                                tmp_path):
+    """``python app.py --server-only``: an operator serving remote clients offers no demo that mixes a raw scan on
+    the server (the whole app's Segment tab does) and no attack lab; the client segments against it as against
+    the whole app."""
+    import httpx
+    from gradio_client import Client
+
+    from mixdemo.client import main as client_main
+    from training import reliability as rel
+
+    with rel.AppProcess(tmp_path / "app", env={"MIXDEMO_WEIGHTS_DIR": str(app_weights)}, args=["--server-only"]) as app:
+        config = httpx.get(app.url + "/config", timeout=30).json()
+        named = {d.get("api_name") for d in config["dependencies"]}
+        api = Client(app.url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+        endpoints = set(api.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        info = api.predict(api_name="/server_info")
+        api.close()
+        out = tmp_path / "seg.nii.gz"
+        code = client_main([str(example[0] / "t1.nii.gz"), "-o", str(out), "--server", app.url, "--tta", "2",
+                            "--mode", "patch"])
+    assert config["title"] == "Mixup-Privacy server" and "a segmentation server" in json.dumps(config)
+    assert endpoints == {"/segment_proxy", "/server_info"} and named <= {"segment_proxy", "server_info", "leave_session", None}, named
+    assert not any(c.get("type") in ("image", "gallery", "plot", "slider") for c in config["components"])
+    assert info["format"] and code == 0 and out.exists()
+
+
 def test_examples_command_writes_the_example_targets_for_the_client(example, tmp_path, capsys):
     """``python -m mixdemo.examples --out DIR``: each example target's scan and labels, test subjects only."""
     from mixdemo import examples
@@ -1392,7 +1431,7 @@ def test_a_port_that_is_not_one_is_a_usage_error_not_a_traceback(monkeypatch, ca
     ("MIXDEMO_PRECISION", "fp8", True), ("MIXDEMO_PRECISION", " BFloat16 ", False),
     ("MIXDEMO_UNMIXING_PRECISION", "half", True), ("MIXDEMO_UNMIXING_PRECISION", "auto", False),
     ("MIXDEMO_KEEP_FREED_MEMORY", "maybe", True), ("MIXDEMO_KEEP_FREED_MEMORY", "off", False),
-    ("MIXDEMO_KEEP_FREED_MEMORY", "", False),
+    ("MIXDEMO_KEEP_FREED_MEMORY", "", False), ("MIXDEMO_SERVER_ONLY", "maybe", True), ("MIXDEMO_SERVER_ONLY", "1", False),
 ])
 def test_a_setting_the_app_and_the_client_cannot_use_is_refused_at_start(monkeypatch, name, value, refused):
     """Read from the environment at the first request, a bad value was a traceback in the server's log there and a

@@ -632,7 +632,7 @@ def test_every_command_the_readme_gives_parses_with_its_modules_own_options(monk
     # process's Gradio already uses (and unset again after), or later uploads here would be refused as foreign
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_cache_dir()))
     invocations = readme_invocations()
-    assert len({m for m, _, _ in invocations}) >= 15 and ("app", ["--host", "0.0.0.0"], True) in invocations
+    assert len({m for m, _, _ in invocations}) >= 15 and ("app", ["--host", "0.0.0.0", "--server-only"], True) in invocations
     assert sum(whole for _, _, whole in invocations) >= 30
     failures = []
     for module, argv, whole in invocations:

@@ -244,8 +244,11 @@ def fuzz_loader_alone(max_examples: int, seed: int = 0) -> dict:
 class AppProcess:
     """``python app.py`` in a subprocess on 127.0.0.1 with its own temp dirs and a DEBUG log."""
 
-    def __init__(self, workdir: Path, port: int | None = None, env: dict | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, env: dict | None = None,
+                 args: Sequence[str] = ()) -> None:
+        """``args``: more options of ``app.py`` (``--server-only``)."""
         self.workdir = Path(workdir)
+        self.args = list(args)
         self.gradio_tmp = self.workdir / "gradio"
         self.tmp = self.workdir / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -264,14 +267,14 @@ class AppProcess:
     def start(self, timeout_s: float = 120.0) -> float:
         """Launch and wait for the API; returns the seconds it took."""
         code = ("import logging, runpy, sys; logging.basicConfig(level=logging.DEBUG); "
-                "sys.argv = ['app.py', '--host', '127.0.0.1', '--port', sys.argv[1]]; "
+                "sys.argv = ['app.py', '--host', '127.0.0.1', '--port', *sys.argv[1:]]; "
                 "runpy.run_path('app.py', run_name='__main__')")
         env = dict(os.environ, GRADIO_TEMP_DIR=str(self.gradio_tmp), TMPDIR=str(self.tmp),
                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=str(ROOT),
                    GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", **self.extra_env)
         log = open(self.log_path, "a")  # noqa: SIM115 - lives as long as the process
         t0 = time.time()
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.port)], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.port), *self.args], cwd=ROOT, env=env,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.starts += 1
