@@ -11,6 +11,7 @@ another app running there keeps nothing that long).
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -26,7 +27,7 @@ if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request
 
-from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo  # noqa: E402
+from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo, warm_up  # noqa: E402
 
 demo = build_server_demo() if server_only_from_env() else build_demo()
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
         served = build_server_demo() if args.server_only and not server_only_from_env() else demo
-        launch_demo(served, server_name=args.host, server_port=args.port)
+        launch_demo(served, server_name=args.host, server_port=args.port,
+                    then=functools.partial(warm_up, server_only=args.server_only))
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal
         why = exc.strerror or "the port is taken (another app?) or the host is not an address of this machine"
         raise SystemExit(f"error: the app could not listen on {args.host}:{args.port}: {why}; "

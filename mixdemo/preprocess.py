@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -423,9 +424,18 @@ def _check_scan(prepared: Prepared, scan: Scan | None) -> None:
 
 
 # --------------------------------------------------------------------------- template
-@functools.lru_cache(maxsize=1)
+_REFERENCE_LOCK = threading.Lock()
+
+
 def _reference() -> _Reference:
-    """The MNI152 2009a T1 template and brain mask, cut to the model grid (cached)."""
+    """The MNI152 2009a T1 template and brain mask, cut to the model grid (made once, about 4 s on 2 cores, then
+    cached; a second caller waits for the first rather than making it too)."""
+    with _REFERENCE_LOCK:
+        return _made_reference()
+
+
+@functools.lru_cache(maxsize=1)
+def _made_reference() -> _Reference:
     from nilearn import datasets  # imported lazily: nilearn is slow to import
 
     template = load_template()

@@ -56,10 +56,13 @@ try:  # on Hugging Face ZeroGPU Spaces only
     import spaces  # type: ignore[import-not-found]
 
     _gpu = spaces.GPU(duration=120)
+    ZERO_GPU = True
 except Exception:  # noqa: BLE001 - the package is optional
 
     def _gpu(fn: Callable) -> Callable:
         return fn
+
+    ZERO_GPU = False
 
 
 # ------------------------------------------------------------------------------ model

@@ -1569,14 +1569,39 @@ def _gradio_state_holder(holder_class: type[StateHolder]) -> Iterator[None]:
         gradio.routes.StateHolder = default
 
 
-def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options) -> None:
+def warm_up(server_only: bool = False) -> None:
+    """Load now what the first request after a start would wait for: torch and S (the server's), and with the whole
+    demo the default D, the example scans, the public reference bank and the template that a scan is checked
+    against (about 7 s on 2 cores before a first scan showed). Nothing of a user's; a part that fails is logged and
+    left to the request that needs it to report. On a ZeroGPU Space S loads inside its GPU call, so not here."""
+    from mixdemo import preprocess
+    from mixdemo.client import unmixing_model
+
+    parts: list[tuple[str, Callable[[], object]]] = [] if server.ZERO_GPU else [("S", server.segmentation_model)]
+    if not server_only:
+        parts += [("the client's D", unmixing_model), ("the example scans", examples.example_folders),
+                  ("the reference bank", examples.reference_bank), ("the template", preprocess._reference)]
+    for what, load in parts:
+        try:
+            load()
+        except Exception as exc:  # noqa: BLE001 - the request that needs it says why
+            log.warning("warm-up: %s not loaded (%s); the first request that needs it will say why", what,
+                        type(exc).__name__)
+    log.info("warm-up done")
+
+
+def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, then: Callable[[], object] | None = None,
+                **options) -> None:
     """``demo.launch(**launch_kwargs(), **options)`` with the sessions kept in :class:`ScansFirstStateHolder`;
-    blocks until the server stops unless ``prevent_thread_lock``."""
+    blocks until the server stops unless ``prevent_thread_lock``. ``then``: run in a thread of its own once the
+    server listens (``python app.py`` passes :func:`warm_up`)."""
     with _gradio_state_holder(ScansFirstStateHolder):
         demo.launch(prevent_thread_lock=True, **launch_kwargs(), **options)
     if not isinstance(demo.server_app.state_holder, ScansFirstStateHolder):  # another Gradio than the pinned one
         log.warning("Gradio kept its own session store: past %d sessions of any kind, an idle page may lose its scan.",
                     SCAN_SESSIONS)
+    if then is not None:
+        threading.Thread(target=then, name="mixdemo-after-launch", daemon=True).start()
     if not prevent_thread_lock:
         demo.block_thread()
 

@@ -1259,6 +1259,46 @@ def test_the_server_alone_serves_its_two_endpoints_takes_no_scan_and_segments_a_
     assert info["format"] and code == 0 and out.exists()
 
 
+def _cleared_warm_caches():
+    """The caches warm_up fills, emptied: (S's, D's, the reference bank's, the template's)."""
+    from mixdemo import client, examples, preprocess, server
+
+    caches = (server._load, client._unmixing, examples._bank, preprocess._made_reference)
+    for cache in caches:
+        cache.cache_clear()
+    return caches
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server_only, zero_gpu, filled", [(False, False, (1, 1, 1, 1)), (True, False, (1, 0, 0, 0)),
+                                                          (False, True, (0, 1, 1, 1))])
+def test_warm_up_loads_what_a_first_request_waits_for(app_weights, monkeypatch, server_only, zero_gpu, filled):
+    """``python app.py`` loads S (and with the whole demo D, the bank and the template) once it listens, so its first
+    visitor does not wait for them; the server alone loads S only; on ZeroGPU S loads inside its GPU call."""
+    from mixdemo import server, ui
+
+    monkeypatch.setattr(server, "ZERO_GPU", zero_gpu)
+    caches = _cleared_warm_caches()
+    ui.warm_up(server_only=server_only)
+    assert tuple(cache.cache_info().currsize for cache in caches) == filled
+
+
+def test_warm_up_without_weights_logs_what_it_could_not_load_and_raises_nothing(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from mixdemo import examples, preprocess, ui
+
+    monkeypatch.setenv("MIXDEMO_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setattr(examples, "reference_bank", lambda: None)  # nor build the bank and the template here
+    monkeypatch.setattr(examples, "example_folders", lambda: None)
+    monkeypatch.setattr(preprocess, "_reference", lambda: None)
+    _cleared_warm_caches()
+    with caplog.at_level(logging.WARNING, logger="mixdemo.ui"):
+        ui.warm_up()
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["warm-up: S not loaded (WeightsNotFound); the first request that needs it will say why"]
+
+
 def test_examples_command_writes_the_example_targets_for_the_client(example, tmp_path, capsys):
     """``python -m mixdemo.examples --out DIR``: each example target's scan and labels, test subjects only."""
     from mixdemo import examples
