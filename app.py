@@ -11,7 +11,6 @@ another app running there keeps nothing that long).
 
 from __future__ import annotations
 
-import functools
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -38,8 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
         served = build_server_demo() if args.server_only and not server_only_from_env() else demo
-        launch_demo(served, server_name=args.host, server_port=args.port,
-                    then=functools.partial(warm_up, server_only=args.server_only))
+        warm_up(server_only=args.server_only)  # before listening: the first requests wait for none of it
+        launch_demo(served, server_name=args.host, server_port=args.port)
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal
         why = exc.strerror or "the port is taken (another app?) or the host is not an address of this machine"
         raise SystemExit(f"error: the app could not listen on {args.host}:{args.port}: {why}; "

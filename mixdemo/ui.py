@@ -1570,10 +1570,13 @@ def _gradio_state_holder(holder_class: type[StateHolder]) -> Iterator[None]:
 
 
 def warm_up(server_only: bool = False) -> None:
-    """Load now what the first request after a start would wait for: torch and S (the server's), and with the whole
-    demo the default D, the example scans, the public reference bank and the template that a scan is checked
-    against (about 7 s on 2 cores before a first scan showed). Nothing of a user's; a part that fails is logged and
-    left to the request that needs it to report. On a ZeroGPU Space S loads inside its GPU call, so not here."""
+    """Load, before the app listens, what its first requests would wait for: torch and S (the server's), and with the
+    whole demo the default D, the example scans, the public reference bank and the template that a scan is checked
+    against (about 7 s on 2 cores before a first scan showed). Before listening, not beside it: two threads
+    importing torch and MONAI for the first time at once fail (a request's ``server_info`` while a warm-up thread
+    loaded S: "cannot import name ... from partially initialized module 'monai.apps'"). Nothing of a user's; a part
+    that fails is logged and left to the request that needs it to report. On a ZeroGPU Space S loads inside its
+    GPU call, so not here."""
     from mixdemo import preprocess
     from mixdemo.client import unmixing_model
 
@@ -1590,18 +1593,14 @@ def warm_up(server_only: bool = False) -> None:
     log.info("warm-up done")
 
 
-def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, then: Callable[[], object] | None = None,
-                **options) -> None:
+def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options) -> None:
     """``demo.launch(**launch_kwargs(), **options)`` with the sessions kept in :class:`ScansFirstStateHolder`;
-    blocks until the server stops unless ``prevent_thread_lock``. ``then``: run in a thread of its own once the
-    server listens (``python app.py`` passes :func:`warm_up`)."""
+    blocks until the server stops unless ``prevent_thread_lock``."""
     with _gradio_state_holder(ScansFirstStateHolder):
         demo.launch(prevent_thread_lock=True, **launch_kwargs(), **options)
     if not isinstance(demo.server_app.state_holder, ScansFirstStateHolder):  # another Gradio than the pinned one
         log.warning("Gradio kept its own session store: past %d sessions of any kind, an idle page may lose its scan.",
                     SCAN_SESSIONS)
-    if then is not None:
-        threading.Thread(target=then, name="mixdemo-after-launch", daemon=True).start()
     if not prevent_thread_lock:
         demo.block_thread()
 

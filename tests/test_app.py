@@ -1253,6 +1253,9 @@ def test_the_server_alone_serves_its_two_endpoints_takes_no_scan_and_segments_a_
         out = tmp_path / "seg.nii.gz"
         code = client_main([str(example[0] / "t1.nii.gz"), "-o", str(out), "--server", app.url, "--tta", "2",
                             "--mode", "patch"])
+        log = app.log_text()
+    # warmed up before it listened: a warm-up beside the first requests raced them to import MONAI (one failed)
+    assert "warm-up done" in log and log.index("warm-up done") < log.index("Running on local URL"), log[-3000:]
     assert config["title"] == "Mixup-Privacy server" and "a segmentation server" in json.dumps(config)
     assert endpoints == {"/segment_proxy", "/server_info"} and named <= {"segment_proxy", "server_info", "leave_session", None}, named
     assert not any(c.get("type") in ("image", "gallery", "plot", "slider") for c in config["components"])
