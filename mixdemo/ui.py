@@ -1595,9 +1595,15 @@ def warm_up(server_only: bool = False) -> None:
 
 def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options) -> None:
     """``demo.launch(**launch_kwargs(), **options)`` with the sessions kept in :class:`ScansFirstStateHolder`;
-    blocks until the server stops unless ``prevent_thread_lock``."""
+    blocks until the server stops unless ``prevent_thread_lock``. In the reload thread of ``gradio app.py``, where
+    Gradio's launch serves nothing, it returns at once."""
     with _gradio_state_holder(ScansFirstStateHolder):
         demo.launch(prevent_thread_lock=True, **launch_kwargs(), **options)
+    if getattr(demo, "server_app", None) is None:  # `gradio app.py`: its reload thread runs the script again and
+        # Gradio's launch returns at once (the first launch's server swaps this demo in, its store kept): the bound
+        # goes with the demo, or the swap would set Gradio's default (10000) in its place
+        demo.state_session_capacity = SCAN_SESSIONS
+        return
     if not isinstance(demo.server_app.state_holder, ScansFirstStateHolder):  # another Gradio than the pinned one
         log.warning("Gradio kept its own session store: past %d sessions of any kind, an idle page may lose its scan.",
                     SCAN_SESSIONS)

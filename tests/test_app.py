@@ -1901,3 +1901,20 @@ def test_the_launched_app_keeps_a_page_s_scan_through_more_api_calls_than_its_bo
         caller.close()
     assert holder["a page with a scan"][state_id] is marker
     assert len(holder.session_data) <= SCAN_SESSIONS + EMPTY_SESSIONS
+
+
+def test_launch_demo_in_the_reload_thread_of_gradio_app_py_returns_with_the_bound(monkeypatch):
+    """``gradio app.py`` runs the script again in its reload thread, where Gradio's launch returns at once (the first
+    launch's server swaps the new demo in, keeping its store): launch_demo raised AttributeError there (no
+    ``server_app``), which ended the reload thread, so the app never reloaded; and the swap set the store's bound to
+    the new demo's, Gradio's default 10000."""
+    from gradio.cli.commands.reload import reload_thread
+
+    from mixdemo import ui
+
+    monkeypatch.setattr(reload_thread, "running_reload", True, raising=False)
+    demo = ui.build_demo()
+    ui.launch_demo(demo)  # returns: nothing served, nothing blocked
+    holder = ui.ScansFirstStateHolder()
+    holder.set_blocks(demo)  # what the reloader's swap_blocks does with the running app's store
+    assert holder.capacity == ui.SCAN_SESSIONS
