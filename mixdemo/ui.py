@@ -1500,7 +1500,8 @@ uses 600 for both)."""
 
 
 SCAN_SESSIONS = 64
-"""Sessions holding data (a loaded scan, about 40 MB, and its results) that Gradio keeps: the app's memory bound."""
+"""Sessions holding data (a loaded scan, about 40 MB, and its results: about 106 MB in all after a whole-brain run)
+that Gradio keeps: the app's memory bound."""
 
 EMPTY_SESSIONS = 256
 """Sessions holding no data (an API call, each of which is a session; a page before its first scan) that Gradio
