@@ -1545,9 +1545,10 @@ class ScansFirstStateHolder(StateHolder):
 
     def _drop_least_recent(self) -> list[SessionState]:
         """Remove the least recently used sessions of each kind beyond its bound (under the lock); returns them."""
-        holding = [sid for sid, session in self.session_data.items() if _holds_data(session)]
+        sessions = list(self.session_data.items())  # a copy: Gradio adds a new session outside the lock
+        holding = [sid for sid, session in sessions if _holds_data(session)]
         kept = set(holding)
-        empty = [sid for sid in self.session_data if sid not in kept]
+        empty = [sid for sid, _ in sessions if sid not in kept]
         over = (holding[: max(0, len(holding) - self.capacity)]
                 + empty[: max(0, len(empty) - self.empty_capacity)])
         dropped = []
