@@ -347,3 +347,29 @@ def test_control_labels_buttons_and_choices_are_readable_on_their_indigo(page):
                 n = n.parentElement;
             return [getComputedStyle(el).color, getComputedStyle(n || document.body).backgroundColor]; }""")
         assert _contrast(fg, bg) >= 4.5, (fg, bg)
+
+
+def test_the_server_alone_shows_how_to_use_it_and_tries_its_endpoints(page, app_weights):
+    """``python app.py --server-only`` in a browser: the page says it segments proxies only and how to run the client;
+    its two buttons, named for a screen reader, try the endpoints; nothing on it takes a scan."""
+    from playwright.sync_api import expect
+
+    from mixdemo.ui import build_server_demo, launch_demo
+
+    from .conftest import free_port
+
+    demo = build_server_demo()
+    launch_demo(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    server_page = page.context.browser.new_page(viewport={"width": 1200, "height": 900})  # the module's browser
+    try:
+        server_page.set_default_timeout(120_000)
+        server_page.goto(demo.local_url)
+        expect(server_page.get_by_role("heading", name="Mixup-Privacy Lab: a segmentation server")).to_be_visible()
+        expect(server_page.get_by_text("python -m mixdemo.client --server URL scan.nii.gz")).to_be_visible()
+        server_page.get_by_role("button", name="server_info: show what the server says of itself", exact=True).click()
+        expect(server_page.get_by_text("mixdemo-proxy-npy")).to_be_visible()
+        assert server_page.get_by_role("button", name="Segment privately").count() == 0
+        assert server_page.locator("input[type=file]").count() == 1  # the proxy .npy, for a developer
+    finally:
+        server_page.close()
+        demo.close()
