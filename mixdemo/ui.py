@@ -930,7 +930,8 @@ from. Both are generated on first use and cached in `$MIXDEMO_CACHE` (default `~
 ## What this demo cannot promise
 - **In this browser demo the raw scan reaches the app's process**: client and server run in one process here, so the
   operator of this app could see your scan. Real privacy means running the client **on your own machine** and sending
-  only proxies: `python -m mixdemo.client --server URL scan.nii.gz -o seg.nii.gz --tta 3`.
+  only proxies: `python -m mixdemo.client --server URL scan.nii.gz -o seg.nii.gz --tta 3`, against a server that
+  takes nothing else (`python app.py --server-only`).
 - The reference bank of this demo is public (phantoms), so here the key is not secret: a server that knows the bank
   tries each of its scans and α on a proxy and undoes the mix (README, privacy section: *known bank*).
 - Models are trained on **synthetic phantoms** from the MNI152 template, not on patients. Inputs are T1 scans: one
