@@ -434,6 +434,11 @@ def _reference() -> _Reference:
         return _made_reference()
 
 
+def prepare_template() -> None:
+    """Make the template's reference now (what the first scan's check or registration would wait for)."""
+    _reference()
+
+
 @functools.lru_cache(maxsize=1)
 def _made_reference() -> _Reference:
     from nilearn import datasets  # imported lazily: nilearn is slow to import

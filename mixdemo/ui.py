@@ -1575,7 +1575,7 @@ def _gradio_state_holder(holder_class: type[StateHolder]) -> Iterator[None]:
 def warm_up(server_only: bool = False) -> None:
     """Load, before the app listens, what its first requests would wait for: torch and S (the server's), and with the
     whole demo the default D, the example scans, the public reference bank and the template that a scan is checked
-    against (about 7 s on 2 cores before a first scan showed). Before listening, not beside it: two threads
+    against (seconds, before a first scan showed). Before listening, not beside it: two threads
     importing torch and MONAI for the first time at once fail (a request's ``server_info`` while a warm-up thread
     loaded S: "cannot import name ... from partially initialized module 'monai.apps'"). Nothing of a user's; a part
     that fails is logged and left to the request that needs it to report. On a ZeroGPU Space S loads inside its
@@ -1586,7 +1586,7 @@ def warm_up(server_only: bool = False) -> None:
     parts: list[tuple[str, Callable[[], object]]] = [] if server.ZERO_GPU else [("S", server.segmentation_model)]
     if not server_only:
         parts += [("the client's D", unmixing_model), ("the example scans", examples.example_folders),
-                  ("the reference bank", examples.reference_bank), ("the template", preprocess._reference)]
+                  ("the reference bank", examples.reference_bank), ("the template", preprocess.prepare_template)]
     for what, load in parts:
         try:
             load()

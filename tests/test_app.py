@@ -1294,7 +1294,7 @@ def test_warm_up_without_weights_logs_what_it_could_not_load_and_raises_nothing(
     monkeypatch.setenv("MIXDEMO_WEIGHTS_DIR", str(tmp_path / "no-weights"))
     monkeypatch.setattr(examples, "reference_bank", lambda: None)  # nor build the bank and the template here
     monkeypatch.setattr(examples, "example_folders", lambda: None)
-    monkeypatch.setattr(preprocess, "_reference", lambda: None)
+    monkeypatch.setattr(preprocess, "prepare_template", lambda: None)
     _cleared_warm_caches()
     with caplog.at_level(logging.WARNING, logger="mixdemo.ui"):
         ui.warm_up()
