@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come from weights/ (HF_HUB_OFFLINE=0 allows the Hub)
 
 from mixdemo.launch import (check_port_variable, check_setting_variables, parse_app_args,  # noqa: E402  (no Gradio: before it)
-                            server_only_from_env)
+                            server_only_from_env, warm_up_message)
 from mixdemo.oneshot import app_cache_dir, make_private_dir, sweep_stale  # noqa: E402
 
 if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone), which only it sweeps
@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
         served = build_server_demo() if args.server_only and not server_only_from_env() else demo
-        print("Loading the networks" + ("" if args.server_only else ", the example scans and the reference bank")
-              + " before listening (a first start also writes the examples into the cache: longer)...",
-              file=sys.stderr, flush=True)
+        print(warm_up_message(args.server_only), file=sys.stderr, flush=True)
         warm_up(server_only=args.server_only)  # before listening: the first requests wait for none of it
         launch_demo(served, server_name=args.host, server_port=args.port)
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal

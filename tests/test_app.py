@@ -1231,6 +1231,16 @@ def test_server_only_comes_from_the_option_or_the_environment(monkeypatch):
     assert not parse_app_args([]).server_only
 
 
+def test_the_start_message_names_what_the_warm_up_loads():
+    """``python app.py`` says what it loads before listening; the server alone loads S only (``warm_up(server_only=True)``)
+    and writes no example scans into the cache, which its message said a first start did."""
+    from mixdemo.launch import warm_up_message
+
+    whole, alone = warm_up_message(False), warm_up_message(True)
+    assert "example scans" in whole and "reference bank" in whole and "writes the examples into the cache" in whole
+    assert "network S" in alone and "example" not in alone and "cache" not in alone and "bank" not in alone
+
+
 @pytest.mark.slow
 def test_the_server_alone_serves_its_two_endpoints_takes_no_scan_and_segments_a_client_s_proxies(app_weights, example,
                                                                                                 tmp_path):
@@ -1243,7 +1253,9 @@ def test_the_server_alone_serves_its_two_endpoints_takes_no_scan_and_segments_a_
     from mixdemo.client import main as client_main
     from training import reliability as rel
 
-    with rel.AppProcess(tmp_path / "app", env={"MIXDEMO_WEIGHTS_DIR": str(app_weights)}, args=["--server-only"]) as app:
+    cache = tmp_path / "cache"  # a fresh machine's: the server alone writes no example into it
+    with rel.AppProcess(tmp_path / "app", env={"MIXDEMO_WEIGHTS_DIR": str(app_weights), "MIXDEMO_CACHE": str(cache)},
+                        args=["--server-only"]) as app:
         config = httpx.get(app.url + "/config", timeout=30).json()
         named = {d.get("api_name") for d in config["dependencies"]}
         api = Client(app.url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
@@ -1256,6 +1268,10 @@ def test_the_server_alone_serves_its_two_endpoints_takes_no_scan_and_segments_a_
         log = app.log_text()
     # warmed up before it listened: a warm-up beside the first requests raced them to import MONAI (one failed)
     assert "warm-up done" in log and log.index("warm-up done") < log.index("Running on local URL"), log[-3000:]
+    # what it says it loads is what it loads: S, and no example scans written into the cache (it said it wrote them)
+    said = [line for line in log.splitlines() if line.startswith("Loading ")]
+    assert said == ["Loading the segmentation network S before listening..."], said
+    assert not (cache / "examples").exists()
     assert config["title"] == "Mixup-Privacy server" and "a segmentation server" in json.dumps(config)
     assert endpoints == {"/segment_proxy", "/server_info"} and named <= {"segment_proxy", "server_info", "leave_session", None}, named
     assert not any(c.get("type") in ("image", "gallery", "plot", "slider") for c in config["components"])
