@@ -1609,6 +1609,37 @@ def test_publish_lists_the_local_paths_of_an_upload_and_refuses_it_unless_told(t
     assert len(uploads) == 2 and "/home/jdoe/ppmi_restricted" in (staged / "segmentation" / "training.json").read_text()
 
 
+def test_publish_redacts_a_recorded_path_with_a_space_whole(tmp_path, capsys):
+    """A folder's name with a space (``/home/Jane Doe/ppmi``, a Windows profile ``C:\\Users\\John Smith``): the path
+    pattern stopped at the space, so the listing named ``/home/Jane`` and --redact-paths published
+    ``<local>/Jane Doe/ppmi``, the user's name with it. Recorded paths are listed and replaced whole."""
+    import shlex
+
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    record = json.loads((src / "segmentation" / "training.json").read_text())
+    data, start, out = "/home/Jane Doe/ppmi scans", "C:\\Users\\John Smith\\w", "/home/Jane Doe/runs/s 1"
+    command = shlex.join(["python", "-m", "training.train", "--data", data, "--init-from", start, f"--out={out}"])
+    weights.write_training_record(src / "segmentation", {**record, "command": command, "data": data, "init_from": start,
+                                                        "sessions": [{"command": command}]}, record["model_class"])
+    args = ["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")]
+    publish.main([*args, "--dry-run"])
+    listed = capsys.readouterr().out
+    assert f"  {data}  (README.md, segmentation/README.md" in listed and f"  {start}  (" in listed, listed
+    assert f"  {out}  (" in listed and "  /home/Jane  (" not in listed and "  C:\\Users\\John  (" not in listed, listed
+    publish.main([*args, "--dry-run", "--redact-paths"])
+    staged = tmp_path / "st"
+    texts = [f.read_text() for f in staged.rglob("*") if f.name in publish.TEXT_FILES]
+    assert not any(name in t for t in texts for name in ("Jane", "Doe", "John", "Smith", "/home")), texts
+    published = json.loads((staged / "segmentation" / "training.json").read_text())
+    assert (published["data"], published["init_from"]) == ("<local>/ppmi scans", "<local>/w")
+    assert shlex.split(published["command"])[3:] == ["--data", "<local>/ppmi scans", "--init-from", "<local>/w",
+                                                     "--out=<local>/s 1"]
+    assert json.loads((src / "segmentation" / "training.json").read_text())["data"] == data  # weights/ keeps them
+
+
 def test_legs_replay_a_run_resumed_with_a_longer_schedule(tiny_cohort, tmp_path):
     """--legs reproduces in one run what stopping and resuming with a new --steps produced (the shipped weights)."""
     from safetensors.torch import load_file

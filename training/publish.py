@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -67,11 +68,65 @@ TEXT_FILES = ("README.md", "training.json", "TRAINING_NOTE.md")
 REDACTED = "<local>/"
 
 
+def _is_absolute(text: str) -> bool:
+    """Whether ``text`` as a whole is an absolute path of two parts at least (POSIX, home-relative or Windows), as
+    :data:`LOCAL_PATH` reads them, whatever characters its parts hold."""
+    if "\n" in text or '"' in text or not re.match(r"(?:/|~/|[A-Za-z]:[\\/])[^/\\]", text):
+        return False
+    return len([part for part in re.split(r"[/\\]+", text) if part]) >= 2
+
+
+def recorded_paths(staging: Path) -> list[str]:
+    """The absolute paths the staged records hold that :data:`LOCAL_PATH` reads only in part (a space in a folder's
+    name, ``/home/Jane Doe/ppmi``: the pattern stops at ``/home/Jane``, whose redaction left ``Doe/ppmi`` and the name
+    in the upload), longest first: each string value of a ``training.json`` that is such a path, and each word of
+    one that is a command line (``shlex``: ``--data '/home/Jane Doe/ppmi'``, or ``--data=...``)."""
+    found: set[str] = set()
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+        elif isinstance(value, str):
+            if _is_absolute(value):
+                words = [value]
+            else:
+                try:
+                    words = shlex.split(value)
+                except ValueError:  # not a command line (an unbalanced quote)
+                    words = []
+            for word in words:
+                word = word.split("=", 1)[1] if word.startswith("--") and "=" in word else word
+                if _is_absolute(word) and not LOCAL_PATH.fullmatch(word):
+                    found.add(word)
+
+    for record in sorted(staging.rglob("training.json")):
+        visit(json.loads(record.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda path: (-len(path), path))
+
+
+def _forms(path: str) -> tuple[str, ...]:
+    """How a path is written in the upload's text: as it is (cards, notes) and JSON-escaped (records)."""
+    return tuple(dict.fromkeys((path, json.dumps(path)[1:-1])))
+
+
 def local_paths(staging: Path) -> dict[str, list[str]]:
-    """Each local path named in the staged text files: {path: [files, relative to ``staging``]}."""
+    """Each local path named in the staged text files: {path: [files, relative to ``staging``]}; a recorded path the
+    pattern reads only in part (:func:`recorded_paths`) whole."""
+    whole = recorded_paths(staging)
     found: dict[str, list[str]] = {}
     for path in sorted(f for f in staging.rglob("*") if f.name in TEXT_FILES):
-        for match in dict.fromkeys(LOCAL_PATH.findall(path.read_text(encoding="utf-8"))):
+        text, named = path.read_text(encoding="utf-8"), []
+        for local in whole:
+            for form in _forms(local):
+                if form in text:
+                    named.append(local)
+                    text = text.replace(form, " ")
+        named += LOCAL_PATH.findall(text)
+        for match in dict.fromkeys(named):
             found.setdefault(match, []).append(str(path.relative_to(staging)))
     return found
 
@@ -82,10 +137,15 @@ def redacted(local: str) -> str:
 
 
 def redact_paths(staging: Path) -> None:
-    """Replace each local path (:data:`LOCAL_PATH`) by :func:`redacted` in the staged text files, where
-    :func:`local_paths` found it (nowhere else: not inside a URL); a record stays valid JSON."""
+    """Replace each local path (:func:`recorded_paths`, then :data:`LOCAL_PATH`) by :func:`redacted` in the staged
+    text files, where :func:`local_paths` found it (nowhere else: not inside a URL); a record stays valid JSON."""
+    whole = recorded_paths(staging)  # before the pattern, which would take a part of each
     for path in sorted(f for f in staging.rglob("*") if f.name in TEXT_FILES):
-        text = LOCAL_PATH.sub(lambda match: redacted(match.group(0)), path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        for local in whole:
+            for form in _forms(local):
+                text = text.replace(form, redacted(local))
+        text = LOCAL_PATH.sub(lambda match: redacted(match.group(0)), text)
         if path.suffix == ".json":
             json.loads(text)  # a replacement holds no quote nor backslash: still a record
         path.write_text(text, encoding="utf-8")
