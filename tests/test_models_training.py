@@ -1640,6 +1640,24 @@ def test_publish_redacts_a_recorded_path_with_a_space_whole(tmp_path, capsys):
     assert json.loads((src / "segmentation" / "training.json").read_text())["data"] == data  # weights/ keeps them
 
 
+@pytest.mark.parametrize("module, argv", [("train", []), ("train", ["--mode", "baseline"]), ("train_inversion", []),
+                                          ("train_score", [])])
+def test_a_training_command_refused_on_its_cohort_leaves_no_run_folder(tmp_path, monkeypatch, module, argv):
+    """A command that stops on a folder it cannot use made its run folder first: the test suite's own refused commands
+    (run in the repository, without --run-dir) left empty runs/segmentation and runs/inversion there, and a user's
+    mistyped --data an empty runs/<name> in the current folder."""
+    import importlib
+
+    from mixdemo.data import CohortError
+
+    (tmp_path / "not-a-cohort").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((CohortError, SystemExit, ValueError)):
+        importlib.import_module(f"training.{module}").main(["--data", str(tmp_path / "not-a-cohort"), "--steps", "1",
+                                                            *argv])
+    assert not (tmp_path / "runs").exists(), sorted(p.name for p in (tmp_path / "runs").rglob("*"))
+
+
 def test_legs_replay_a_run_resumed_with_a_longer_schedule(tiny_cohort, tmp_path):
     """--legs reproduces in one run what stopping and resuming with a new --steps produced (the shipped weights)."""
     from safetensors.torch import load_file

@@ -326,7 +326,6 @@ def main(argv: list[str] | None = None) -> dict:
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         ensure_default_cohort(args.data)
     if world > 1:
         dist.barrier()
@@ -411,6 +410,8 @@ def main(argv: list[str] | None = None) -> dict:
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     if rank == 0:  # what a run stopped after its last checkpoint logged: steps trained again from here
+        run_dir.mkdir(parents=True, exist_ok=True)  # once the cohort and the settings are checked: a refused command
+        # leaves no empty runs/<name> behind
         for log_name in ("train.log", "validation.log"):
             trim_log(run_dir / log_name, step)
     log = open(run_dir / "train.log", "a") if rank == 0 else None

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     run_dir = args.run_dir or Path("runs") / args.name
-    run_dir.mkdir(parents=True, exist_ok=True)
     scans, subjects, client = server_scans(args.data, args.bank_subjects, args.downsample, args.server_data)
+    run_dir.mkdir(parents=True, exist_ok=True)  # once the scans loaded: a refused command leaves no empty run folder
     print(f"server's scans: {len(scans)} of {len(set(subjects))} subjects, pooled to {scans.shape[1:]}; "
           f"the client's {len(client)} bank subjects left out", flush=True)
     t0 = time.perf_counter()

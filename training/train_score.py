@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     run_dir = args.run_dir or Path("runs") / args.name
-    run_dir.mkdir(parents=True, exist_ok=True)
     features = tuple(int(v) for v in args.features.split(","))
 
     # 1. data: brain patches of the training subjects
@@ -115,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"resumed from step {step}", flush=True)
 
     # 4. training loop: DSM with λ(σ) = σ²
+    run_dir.mkdir(parents=True, exist_ok=True)  # once the scans loaded: a refused command leaves no empty run folder
     log = open(run_dir / "train.log", "a")
     if step == 0:
         log.write("step\tloss\tlr\tseconds\n")
