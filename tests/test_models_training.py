@@ -1658,6 +1658,24 @@ def test_a_training_command_refused_on_its_cohort_leaves_no_run_folder(tmp_path,
     assert not (tmp_path / "runs").exists(), sorted(p.name for p in (tmp_path / "runs").rglob("*"))
 
 
+def test_publish_refuses_a_weights_folder_it_cannot_read_and_a_staging_inside_it(tmp_path):
+    """--weights missing or a file was a traceback (iterdir), after the previous staging had been emptied; --staging
+    inside --weights left a copy of every model among the models (36 MB in weights/ for the shipped ones)."""
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    staging = tmp_path / "st"
+    publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(staging), "--dry-run"])
+    for missing, why in ((tmp_path / "nowhere", "does not exist"), (src / "segmentation" / "config.json", "is not a folder")):
+        with pytest.raises(SystemExit, match=f"^error: the weights folder .* {why}: give --weights"):
+            publish.main(["--repo-id", "me/mixup", "--weights", str(missing), "--staging", str(staging), "--dry-run"])
+    assert (staging / "segmentation" / "model.safetensors").exists()  # the previous staging left as it was
+    with pytest.raises(SystemExit, match="lies inside the weights it would stage"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(src / "upload"), "--dry-run"])
+    assert sorted(p.name for p in src.iterdir()) == ["segmentation"]
+
+
 def test_legs_replay_a_run_resumed_with_a_longer_schedule(tiny_cohort, tmp_path):
     """--legs reproduces in one run what stopping and resuming with a new --steps produced (the shipped weights)."""
     from safetensors.torch import load_file

@@ -157,10 +157,18 @@ def paths_listing(found: dict[str, list[str]]) -> str:
 
 
 def check_staging(staging: Path, source: Path) -> None:
-    """SystemExit unless ``staging`` may be emptied: absent, empty, or marked as staged by this command, and
-    not holding the weights it would stage."""
+    """SystemExit unless ``source`` is a folder and ``staging`` may be emptied: absent, empty, or marked as staged by
+    this command, neither holding the weights it would stage nor inside them. Checked before anything is emptied or
+    written."""
+    if not source.is_dir():  # a traceback from iterdir, after the previous staging was emptied
+        what = "does not exist" if not source.exists() else "is not a folder"
+        raise SystemExit(f"error: the weights folder {source} {what}: give --weights the folder of model folders "
+                         "(training.train's --out).")
     if source.resolve().is_relative_to(staging.resolve()):  # emptied before staging: the weights would go
         raise SystemExit(f"error: --staging {staging} holds the weights it would stage ({source}): name another folder.")
+    if staging.resolve().is_relative_to(source.resolve()):  # a copy of every model left among the models
+        raise SystemExit(f"error: --staging {staging} lies inside the weights it would stage ({source}): name a folder "
+                         "outside it.")
     if staging.is_dir() and any(staging.iterdir()) and not (staging / STAGING_MARK).is_file():
         raise SystemExit(f"error: --staging {staging} is not empty and was not staged by training.publish: it is emptied "
                          "before staging, so name a new or empty folder.")
