@@ -151,6 +151,11 @@ def redact_paths(staging: Path) -> None:
         path.write_text(text, encoding="utf-8")
 
 
+def _paths(n: int) -> str:
+    """``1 path``, ``2 paths``."""
+    return f"{n} path" + ("" if n == 1 else "s")
+
+
 def paths_listing(found: dict[str, list[str]]) -> str:
     """One line per local path: where the upload names it."""
     return "\n".join(f"  {local}  ({first_few(files)})" for local, files in found.items())
@@ -235,9 +240,9 @@ def main(argv: list[str] | None = None) -> Path:
     found = local_paths(args.staging)
     if found and args.redact_paths:
         redact_paths(args.staging)
-        print(f"replaced {len(found)} local paths by {REDACTED} and their last part in the upload")
+        print(f"replaced {_paths(len(found))} by {REDACTED} and the last part in the upload")
     elif found and not args.keep_paths:
-        listing = (f"{len(found)} paths of this machine are named in the upload (its records and cards; public unless "
+        listing = (f"{_paths(len(found))} of this machine named in the upload (its records and cards; public unless "
                    f"--private):\n{paths_listing(found)}\n")
         if not args.dry_run:
             raise SystemExit(f"error: {listing}Pass --redact-paths to replace each by {REDACTED} and its last part, "
