@@ -1641,6 +1641,32 @@ def test_publish_redacts_a_recorded_path_with_a_space_whole(tmp_path, capsys):
     assert json.loads((src / "segmentation" / "training.json").read_text())["data"] == data  # weights/ keeps them
 
 
+def test_publish_redacts_a_recorded_path_with_a_non_ascii_letter_whole(tmp_path, capsys):
+    """A record is written JSON-escaped (``json.dumps``: ``/home/j\\u00f6rg``), where the path pattern stops at the
+    backslash: the listing named ``/home/j`` and --redact-paths published ``<local>/j\\u00f6rg/ppmi``, the user's
+    name with it. Recorded paths are found whole in their escaped form too."""
+    import shlex
+
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    record = json.loads((src / "segmentation" / "training.json").read_text())
+    data, start = "/home/jörg/ppmi", "C:\\Users\\José\\w"
+    command = " ".join(["python -m training.train", *(shlex.quote(a) for a in ["--data", data, "--init-from", start])])
+    weights.write_training_record(src / "segmentation", {**record, "command": command, "data": data, "init_from": start},
+                                  record["model_class"])
+    assert "j\\u00f6rg" in (src / "segmentation" / "training.json").read_text()  # as a record writes it
+    args = ["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")]
+    publish.main([*args, "--dry-run"])
+    listed = capsys.readouterr().out
+    assert f"  {data}  (" in listed and f"  {start}  (" in listed and "  /home/j  (" not in listed, listed
+    publish.main([*args, "--dry-run", "--redact-paths"])
+    published = json.loads((tmp_path / "st" / "segmentation" / "training.json").read_text())
+    assert (published["data"], published["init_from"]) == ("<local>/ppmi", "<local>/w"), published
+    assert not any(name in json.dumps(published, ensure_ascii=False) for name in ("jörg", "José", "/home")), published
+
+
 @pytest.mark.parametrize("module, argv", [("train", []), ("train", ["--mode", "baseline"]), ("train_inversion", []),
                                           ("train_score", [])])
 def test_a_training_command_refused_on_its_cohort_leaves_no_run_folder(tmp_path, monkeypatch, module, argv):

@@ -79,7 +79,7 @@ def _is_absolute(text: str) -> bool:
 def recorded_paths(staging: Path) -> list[str]:
     """The absolute paths the staged records hold that :data:`LOCAL_PATH` reads only in part (a space in a folder's
     name, ``/home/Jane Doe/ppmi``: the pattern stops at ``/home/Jane``, whose redaction left ``Doe/ppmi`` and the name
-    in the upload), longest first: each string value of a ``training.json`` that is such a path, and each word of
+    in the upload; or a non-ASCII letter, which a record writes JSON-escaped: ``/home/j\\u00f6rg``), longest first: each string value of a ``training.json`` that is such a path, and each word of
     one that is a command line (``shlex``: ``--data '/home/Jane Doe/ppmi'``, or ``--data=...``)."""
     found: set[str] = set()
 
@@ -100,8 +100,8 @@ def recorded_paths(staging: Path) -> list[str]:
                     words = []
             for word in words:
                 word = word.split("=", 1)[1] if word.startswith("--") and "=" in word else word
-                if _is_absolute(word) and not LOCAL_PATH.fullmatch(word):
-                    found.add(word)
+                if _is_absolute(word) and not all(LOCAL_PATH.fullmatch(form) for form in _forms(word)):
+                    found.add(word)  # a part the pattern stops at, as written or JSON-escaped (a non-ASCII letter)
 
     for record in sorted(staging.rglob("training.json")):
         visit(json.loads(record.read_text(encoding="utf-8")))
