@@ -1,7 +1,7 @@
 """Publish the model folders and their cards to a Hugging Face Hub model repo.
 
-    python -m training.publish --repo-id USER/NAME              # upload (needs a token)
-    python -m training.publish --repo-id USER/NAME --dry-run    # build what would be uploaded
+    python -m training.publish --repo-id USER/NAME --redact-paths   # upload (needs a token; paths: below)
+    python -m training.publish --repo-id USER/NAME --dry-run        # build what would be uploaded
 
 The repo mirrors ``weights/``: one subfolder per model (config.json, model.safetensors,
 training.json, README.md), plus a top-level README.md. ``mixdemo.weights`` downloads from the
