@@ -1292,7 +1292,7 @@ def _cleared_warm_caches():
 @pytest.mark.parametrize("server_only, zero_gpu, filled", [(False, False, (1, 1, 1, 1)), (True, False, (1, 0, 0, 0)),
                                                           (False, True, (0, 1, 1, 1))])
 def test_warm_up_loads_what_a_first_request_waits_for(app_weights, monkeypatch, server_only, zero_gpu, filled):
-    """``python app.py`` loads S (and with the whole demo D, the bank and the template) once it listens, so its first
+    """``python app.py`` loads S (and with the whole demo D, the bank and the template) before it listens, so its first
     visitor does not wait for them; the server alone loads S only; on ZeroGPU S loads inside its GPU call."""
     from mixdemo import server, ui
 
