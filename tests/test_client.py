@@ -828,12 +828,30 @@ def test_no_call_of_gradio_client_sends_the_saved_login_to_hugging_face_unless_a
         assert heard, "the Hub heard nothing"
         return heard
 
+    def view_api(**kwargs):
+        as_gradio_client_does(api_name=None)
+        return {"named_endpoints": {}}
+
+    def segment_proxy(*args, api_name):
+        as_gradio_client_does(api_name=api_name)
+        raise ConnectionError("the Space answered with its rate limit's message")
+
     for send in (False, True):
         remote = RemoteServer.__new__(RemoteServer)
-        remote._client, remote._send_hf_token = SimpleNamespace(predict=as_gradio_client_does), send
-        remote.info()
-        heard = tokens_heard()
-        assert all((h == f"Bearer {token}") is send for h in heard), heard
+        remote._send_hf_token = send
+        for call in ("listing the API", "server_info", "segment_proxy"):
+            remote._client = SimpleNamespace(predict=segment_proxy if call == "segment_proxy" else as_gradio_client_does,
+                                             view_api=view_api)
+            if call == "listing the API":
+                remote._endpoints()
+            elif call == "server_info":
+                remote.info()
+            else:
+                remote.num_classes = lambda: 4
+                with pytest.raises(ClientError):
+                    remote._request(np.zeros((1, 8, 8, 8), np.float32))
+            heard = tokens_heard()
+            assert all((h == f"Bearer {token}") is send for h in heard), (call, heard)
     as_gradio_client_does(api_name="/server_info")  # outside the client's calls: the saved login goes
     assert set(tokens_heard()) == {f"Bearer {token}"}
     assert constants.HF_HUB_DISABLE_IMPLICIT_TOKEN is False  # put back

@@ -1590,7 +1590,8 @@ def test_publish_lists_the_local_paths_of_an_upload_and_refuses_it_unless_told(t
     args = ["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")]
     publish.main([*args, "--dry-run"])
     out = capsys.readouterr().out
-    assert "4 paths of this machine named" in out  # the Windows one twice: as the card writes it, and JSON-escaped
+    assert "3 paths of this machine named" in out  # the Windows one once, as written (JSON doubles its backslashes)
+    assert "C:\\Users\\jdoe\\w  (segmentation/README.md, segmentation/training.json)" in out
     assert "/home/jdoe/ppmi_restricted  (README.md, segmentation/README.md" in out
     assert "~/runs/s1" in out and "C:\\Users\\jdoe\\w" in out
     with pytest.raises(SystemExit, match="--redact-paths"):

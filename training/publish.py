@@ -126,8 +126,12 @@ def local_paths(staging: Path) -> dict[str, list[str]]:
                     named.append(local)
                     text = text.replace(form, " ")
         named += LOCAL_PATH.findall(text)
+        if path.suffix == ".json":  # a Windows path's backslashes are doubled there: listed once, as written
+            named = [match.replace("\\\\", "\\") for match in named]
         for match in dict.fromkeys(named):
-            found.setdefault(match, []).append(str(path.relative_to(staging)))
+            files = found.setdefault(match, [])
+            if str(path.relative_to(staging)) not in files:
+                files.append(str(path.relative_to(staging)))
     return found
 
 
