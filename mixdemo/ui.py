@@ -1528,7 +1528,7 @@ class ScansFirstStateHolder(StateHolder):
     """Gradio's store of per-session state, with the app's bound counted in sessions that hold data.
 
     Gradio's own keeps ``state_session_capacity`` sessions of any kind, the least recently used out first, and every
-    caller is a session: 65 API calls (a remote client's batch; its scans, each a session of its own) made an idle
+    caller is a session: 64 API calls (a remote client's batch; its scans, each a session of its own) made an idle
     page lose its scan. Here sessions holding data are bounded by ``capacity`` (:data:`SCAN_SESSIONS`) and those
     holding none by ``empty_capacity`` (:data:`EMPTY_SESSIONS`), each the least recently used out first, so
     callers holding nothing never push out a scan. A session dropped here has its states' delete callbacks run
