@@ -27,6 +27,7 @@ if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request
 
+from mixdemo.server import ZERO_GPU  # noqa: E402
 from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo, warm_up  # noqa: E402
 
 demo = build_server_demo() if server_only_from_env() else build_demo()
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
         served = build_server_demo() if args.server_only and not server_only_from_env() else demo
-        print(warm_up_message(args.server_only), file=sys.stderr, flush=True)
+        if message := warm_up_message(args.server_only, zero_gpu=ZERO_GPU):
+            print(message, file=sys.stderr, flush=True)
         warm_up(server_only=args.server_only)  # before listening: the first requests wait for none of it
         launch_demo(served, server_name=args.host, server_port=args.port)
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal

@@ -83,13 +83,15 @@ def check_setting_variables() -> None:
             raise SystemExit(f"error: ${name} must be one of {', '.join(allowed)} (or unset); got {os.environ[name]!r}.")
 
 
-def warm_up_message(server_only: bool) -> str:
+def warm_up_message(server_only: bool, zero_gpu: bool = False) -> str:
     """What ``python app.py`` says before its warm-up (:func:`mixdemo.ui.warm_up`), which loads before listening: the
     whole demo S, D, the example scans and the reference bank (a machine's first start writes the examples into the
-    cache, which takes longer); the server alone S only, and nothing into the cache."""
+    cache, which takes longer); the server alone S only, and nothing into the cache. On ZeroGPU (``zero_gpu``) S
+    loads inside its GPU call, not then: the server alone loads nothing ("")."""
     if server_only:
-        return "Loading the segmentation network S before listening..."
-    return ("Loading the networks, the example scans and the reference bank before listening (a first start also "
+        return "" if zero_gpu else "Loading the segmentation network S before listening..."
+    networks = "the client's network D" if zero_gpu else "the networks"
+    return (f"Loading {networks}, the example scans and the reference bank before listening (a first start also "
             "writes the examples into the cache: longer)...")
 
 

@@ -1239,6 +1239,8 @@ def test_the_start_message_names_what_the_warm_up_loads():
     whole, alone = warm_up_message(False), warm_up_message(True)
     assert "example scans" in whole and "reference bank" in whole and "writes the examples into the cache" in whole
     assert "network S" in alone and "example" not in alone and "cache" not in alone and "bank" not in alone
+    assert warm_up_message(True, zero_gpu=True) == ""  # on ZeroGPU S loads inside its GPU call: nothing before
+    assert "network D" in warm_up_message(False, zero_gpu=True) and "the networks" not in warm_up_message(False, True)
 
 
 @pytest.mark.slow
