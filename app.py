@@ -30,7 +30,10 @@ check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not a
 from mixdemo.server import ZERO_GPU  # noqa: E402
 from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo, warm_up  # noqa: E402
 
-demo = build_server_demo() if server_only_from_env() else build_demo()
+# the page served (also in a reload thread): the server alone when $MIXDEMO_SERVER_ONLY or (run as a script)
+# --server-only asks for it, so that a server never builds the whole demo's page it does not serve (about 30 MB)
+SERVER_ONLY = server_only_from_env() or (__name__ == "__main__" and parse_app_args().server_only)
+demo = build_server_demo() if SERVER_ONLY else build_demo()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_app_args(argv)
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
-        served = build_server_demo() if args.server_only and not server_only_from_env() else demo
+        served = build_server_demo() if args.server_only and not SERVER_ONLY else demo
         if message := warm_up_message(args.server_only, zero_gpu=ZERO_GPU):
             print(message, file=sys.stderr, flush=True)
         warm_up(server_only=args.server_only)  # before listening: the first requests wait for none of it
