@@ -602,6 +602,8 @@ class RemoteServer:
             except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - said below, or at the request
                 if not listed:
                     return {}  # a server without it (or whose API cannot be listed): the requests tell
+                if _queue_full(exc):  # busy, not failing: asked again at once it is as full, and "failed twice"
+                    raise ClientError(SERVER_BUSY) from None  # read as a faulty server
                 if attempt == 1:
                     raise ClientError(f"The server's server_info failed twice, so this client does not know its "
                                       f"classes, grid or limits; nothing was sent. {request_failure(exc)}") from None
@@ -815,10 +817,23 @@ def _lost_connection(exc: BaseException | None) -> bool:
     return False
 
 
+SERVER_BUSY = ("The server is busy: its queue of requests is full (other clients'); nothing of this scan was "
+               "segmented; try again in a few minutes.")
+
+
+def _queue_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is Gradio's refusal of a request because the server's queue is full (its ``max_size``):
+    ``gradio_client``'s ``QueueError("Queue is full! Please try again.")``."""
+    return type(exc).__name__ == "QueueError" and "queue is full" in str(exc).lower()
+
+
 def request_failure(exc: BaseException) -> str:
-    """One plain sentence for a failed request: a lost connection as such, else the server's message."""
+    """One plain sentence for a failed request: a lost connection as such, a full queue as a busy server, else the
+    server's message."""
     if _lost_connection(exc):
         return CONNECTION_LOST
+    if _queue_full(exc):
+        return SERVER_BUSY
     msg = str(exc).strip() or type(exc).__name__
     return f"The server refused or failed the request: {msg}"
 

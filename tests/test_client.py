@@ -1874,6 +1874,7 @@ class InfoRemote(RemoteServer):
     answer_classes = 4
     requests: list[tuple[int, ...]] = []
     info_failures = 0  # how many server_info calls fail before one answers
+    info_error: type = ConnectionError  # how they fail
     listed: set[str] | None = None  # the endpoints the app lists (None: its API could not be listed)
 
     def __init__(self, url, **kwargs):
@@ -1887,7 +1888,7 @@ class InfoRemote(RemoteServer):
         if api_name == "/server_info":
             if InfoRemote.info_failures:
                 InfoRemote.info_failures -= 1
-                raise ConnectionError("the connection dropped")
+                raise InfoRemote.info_error("the connection dropped")
             return InfoRemote.reported
         self._sent = np.load(args[0]["path"]).shape
         InfoRemote.requests.append(self._sent)
@@ -1913,6 +1914,7 @@ def info_main(fake_main, monkeypatch):
     monkeypatch.setattr(InfoRemote, "requests", [])
     monkeypatch.setattr(InfoRemote, "answer_classes", 4)
     monkeypatch.setattr(InfoRemote, "info_failures", 0)
+    monkeypatch.setattr(InfoRemote, "info_error", ConnectionError)
     monkeypatch.setattr(InfoRemote, "listed", None)
     return fake_main
 
@@ -2026,3 +2028,24 @@ def test_a_checksum_this_client_cannot_read_is_refused_naming_the_version_mismat
     InfoRemote.reported = {"format": WIRE_FORMAT, "model_sha256": "b" * 64}  # the control: a string is read
     code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880", "--unmixing", "d-a"], capsys)
     assert code == 0 and "was trained with the S aaaaaaaaaaaa…, but the server serves bbbbbbbbbbbb…" in err, err
+
+
+def test_a_server_whose_queue_is_full_is_named_busy_in_one_line(info_main, capsys):
+    """More clients at once than the server's queue holds (max_size 32): a client turned away at its server_info was
+    asked again at once (as full) and told "server_info failed twice, so this client does not know its classes, grid
+    or limits", read as a faulty server; one turned away at segment_proxy "The server refused or failed the
+    request". Both now say the server is busy, in one line, exit status 2, nothing sent."""
+    from gradio_client.utils import QueueError
+
+    from mixdemo import client
+    from mixdemo.server import WIRE_FORMAT
+
+    scans, _, out = info_main
+    InfoRemote.listed = {"/segment_proxy", "/server_info"}
+    InfoRemote.reported = {"format": WIRE_FORMAT, "classes": ["background", "GM", "WM", "CSF"]}
+    full = "Queue is full! Please try again."  # gradio_client's words for the server's 503 at queue/join
+    InfoRemote.info_error, InfoRemote.info_failures = (lambda _msg: QueueError(full)), 1
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and err.count("error:") == 1 and "busy" in err and "failed twice" not in err, err
+    assert InfoRemote.requests == [] and InfoRemote.info_failures == 0, err  # asked once, nothing sent
+    assert client.request_failure(QueueError(full)) == client.SERVER_BUSY
