@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -1959,5 +1960,13 @@ def test_the_server_alone_never_builds_the_whole_demo(monkeypatch, how):
         monkeypatch.setenv("MIXDEMO_SERVER_ONLY", "1")
     else:
         monkeypatch.delenv("MIXDEMO_SERVER_ONLY", raising=False)
-    runpy.run_path(str(REPO / "app.py"), run_name="__main__")
+    saved = {name: os.environ.get(name) for name in ("GRADIO_TEMP_DIR", "HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED")}
+    try:
+        runpy.run_path(str(REPO / "app.py"), run_name="__main__")
+    finally:  # app.py sets them: put back, or the app the other tests of this process launched (uploads in Gradio's
+        for name, value in saved.items():  # default folder) is told its uploads were not uploaded here
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     assert len(launched) == 1 and launched[0].title == "Mixup-Privacy server"
