@@ -32,7 +32,7 @@ from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo
 
 # the page served (also in a reload thread): the server alone when $MIXDEMO_SERVER_ONLY or (run as a script)
 # --server-only asks for it, so that a server never builds the whole demo's page it does not serve (about 30 MB)
-SERVER_ONLY = server_only_from_env() or (__name__ == "__main__" and parse_app_args().server_only)
+SERVER_ONLY = parse_app_args().server_only if __name__ == "__main__" else server_only_from_env()  # the option's default is the variable
 demo = build_server_demo() if SERVER_ONLY else build_demo()
 
 
