@@ -410,14 +410,17 @@ def test_the_score_refuses_a_folder_with_both_kinds_of_one_scan(tmp_path, capsys
 
 def test_a_terminated_client_leaves_no_half_written_seg(tmp_path):
     """SIGTERM while the SEG is written (its temporary file holds the patient's name): the client's handler makes
-    it leave as an exception does, and the temporary file is deleted (it was left, hidden, for good)."""
+    it leave as an exception does, and the temporary file is deleted (it was left, hidden, for good). The child
+    sleeps in short steps, as a writer runs Python code: a SIGTERM landing between its ``ready`` and the call into
+    one long ``time.sleep`` would only be handled once that sleep ended (CPython checks for a signal that came before
+    the system call only after it), which a loaded CI machine hit once."""
     import signal
     import subprocess
     import sys
 
     code = ("from mixdemo.client import exit_on_sigterm; exit_on_sigterm()\n"
             "import time\nfrom mixdemo.io import write_atomically\n"
-            "def slow(tmp):\n    open(tmp, 'w').write('Doe^Jane')\n    print('ready', flush=True)\n    time.sleep(60)\n"
+            "def slow(tmp):\n    open(tmp, 'w').write('Doe^Jane')\n    print('ready', flush=True)\n    for _ in range(1200):\n        time.sleep(0.05)\n"
             f"write_atomically({str(tmp_path / 'seg.dcm')!r}, '.dcm', slow)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
