@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1509,6 +1510,12 @@ EMPTY_SESSIONS = 256
 keeps: each costs Gradio's copy of the page's configuration, about 0.4 MB here."""
 
 
+CLOSED_PAGE_GRACE_S = 300
+"""How long a closed page's session (its scan, results and download) is kept once its heartbeat connection has ended
+(the page was closed or reloaded, or its connection broke: Gradio's page does not open it again, and the app has
+stopped that page's running job already). Gradio's own store keeps it an hour."""
+
+
 def _holds_data(session: SessionState) -> bool:
     """Whether a session's ``gr.State`` holds anything (Gradio fills a state it is asked for with its default, None)."""
     return any(value is not None for value in list(session.state_data.values()))  # a copy: handlers may add states
@@ -1532,9 +1539,38 @@ class ScansFirstStateHolder(StateHolder):
     page lose its scan. Here sessions holding data are bounded by ``capacity`` (:data:`SCAN_SESSIONS`) and those
     holding none by ``empty_capacity`` (:data:`EMPTY_SESSIONS`), each the least recently used out first, so
     callers holding nothing never push out a scan. A session dropped here has its states' delete callbacks run
-    (Gradio's drop skipped them, leaving its download until the cache's sweep). Installed by :func:`launch_demo`."""
+    (Gradio's drop skipped them, leaving its download until the cache's sweep). A closed page's session goes
+    :data:`CLOSED_PAGE_GRACE_S` after its page closed, not Gradio's hour. Installed by :func:`launch_demo`."""
 
     empty_capacity = EMPTY_SESSIONS
+    closed_page_grace_s = CLOSED_PAGE_GRACE_S
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed_since: dict[str, float] = {}  # session hash → when its page was first seen closed (monotonic)
+
+    def delete_all_expired_state(self) -> None:
+        """Gradio's sweep (every second): the states past their time to live, then the sessions of pages closed for
+        :data:`CLOSED_PAGE_GRACE_S`, with their delete callbacks."""
+        super().delete_all_expired_state()
+        with self.lock:
+            dropped = self._drop_closed_pages(self.clock())
+        for session in dropped:
+            _delete_states(session)
+
+    def _drop_closed_pages(self, now: float) -> list[SessionState]:
+        """Remove the sessions whose page has been closed for the grace period (under the lock); returns them."""
+        dropped = []
+        for sid, session in list(self.session_data.items()):
+            if not session.is_closed:
+                continue
+            if now - self._closed_since.setdefault(sid, now) >= self.closed_page_grace_s:
+                dropped.append(self.session_data.pop(sid))
+                self.time_last_used.pop(sid, None)
+        for sid in [sid for sid in self._closed_since if sid not in self.session_data]:
+            del self._closed_since[sid]
+        return dropped
 
     def update(self, session_id: str) -> None:
         with self.lock:

@@ -1899,6 +1899,31 @@ def test_past_their_bound_the_least_recently_used_scans_go_with_their_delete_cal
     assert {holder[p][state._id] for p in ("first", "third")} == {"first's scan", "third's scan"}
 
 
+def test_a_closed_page_s_session_goes_after_the_grace_with_its_delete_callbacks():
+    """Gradio marks a session closed when its page's heartbeat ends and keeps its states an hour after their last
+    update: a closed tab's scan stayed in the server's memory that long. The app's store drops the session, delete
+    callbacks run, CLOSED_PAGE_GRACE_S after its page was first seen closed; open pages are left alone."""
+    from mixdemo.ui import CLOSED_PAGE_GRACE_S, ScansFirstStateHolder
+
+    dropped: list = []
+    blocks, state = _blocks_with_a_state(dropped, capacity=8)
+    holder = ScansFirstStateHolder()
+    holder.set_blocks(blocks)
+    now = [1000.0]
+    holder.clock = lambda: now[0]
+    for page in ("open", "closed"):
+        holder[page][state._id] = f"{page} page's scan"
+    holder.session_data["closed"].is_closed = True  # what Gradio's heartbeat route does when the page's stream ends
+    holder.delete_all_expired_state()  # Gradio's sweep, every second: the close is seen
+    now[0] += CLOSED_PAGE_GRACE_S - 1
+    holder.delete_all_expired_state()
+    assert "closed" in holder.session_data and dropped == []
+    now[0] += 1
+    holder.delete_all_expired_state()
+    assert "closed" not in holder.session_data and dropped == ["closed page's scan"]
+    assert holder["open"][state._id] == "open page's scan" and holder._closed_since == {}
+
+
 def test_the_launched_app_keeps_a_page_s_scan_through_more_api_calls_than_its_bound(app_demo, app_url, tmp_path):
     """65 ``server_info`` calls made an idle page load its scan again (the README's limitation, now gone): the page's
     session holds its scan through SCAN_SESSIONS + 6 calls, each a session of its own, and those sessions, holding

@@ -280,6 +280,38 @@ def test_closing_the_page_stops_its_running_segmentation_at_the_next_step(page, 
     assert finished.wait(120) and computed == [0]
 
 
+def test_a_closed_page_s_scan_leaves_the_server_after_the_grace(page, app_demo, monkeypatch):
+    """A page loads a scan and is closed: its session, scan and all, leaves the app's store once the grace has
+    passed (0 here; Gradio's store kept it an hour)."""
+    import time
+
+    from playwright.sync_api import expect
+
+    from mixdemo.ui import _holds_data
+
+    holder = app_demo.server_app.state_holder
+    monkeypatch.setattr(holder, "closed_page_grace_s", 0)
+
+    def holding() -> set[str]:
+        return {sid for sid, session in list(holder.session_data.items()) if _holds_data(session)}
+
+    before = holding()
+    open_before = {sid for sid in before if not holder.session_data[sid].is_closed}
+    leaving = page.context.browser.new_page(viewport={"width": 1500, "height": 1100})
+    leaving.set_default_timeout(120_000)
+    leaving.goto(page.url)
+    leaving.get_by_label("1 · Example target").click()
+    leaving.get_by_role("option").first.click()
+    expect(leaving.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    (session_hash,) = holding() - before
+    leaving.close()
+    deadline = time.monotonic() + 60
+    while session_hash in holder.session_data and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_hash not in holder.session_data
+    assert holding() >= open_before  # the open pages keep theirs
+
+
 def test_buttons_whose_label_is_short_say_what_they_do(page):
     """'Cancel', 'server_info' and 'Send to segment_proxy' name, to a screen reader's list of buttons, what they act
     on (their names begin with the visible label)."""
