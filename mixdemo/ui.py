@@ -30,7 +30,7 @@ import gradio as gr
 import numpy as np
 from gradio.state_holder import SessionState, StateHolder
 
-from mixdemo import examples, oneshot, server, viz
+from mixdemo import examples, gatekeeper, oneshot, server, viz
 
 log = logging.getLogger(__name__)
 
@@ -1633,9 +1633,11 @@ def warm_up(server_only: bool = False) -> None:
 
 
 def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options) -> None:
-    """``demo.launch(**launch_kwargs(), **options)`` with the sessions kept in :class:`ScansFirstStateHolder`;
+    """``demo.launch(**launch_kwargs(), **options)`` with the sessions kept in :class:`ScansFirstStateHolder` and a
+    failed event logged in one line (:func:`mixdemo.gatekeeper.quiet_event_failures`);
     blocks until the server stops unless ``prevent_thread_lock``. In the reload thread of ``gradio app.py``, where
     Gradio's launch serves nothing, it returns at once."""
+    gatekeeper.quiet_event_failures()
     with _gradio_state_holder(ScansFirstStateHolder):
         demo.launch(prevent_thread_lock=True, **launch_kwargs(), **options)
     if getattr(demo, "server_app", None) is None:  # `gradio app.py`: its reload thread runs the script again and
@@ -1663,6 +1665,7 @@ def launch_kwargs() -> dict:
         run_history=False,
         state_session_capacity=SCAN_SESSIONS,  # of sessions holding data (ScansFirstStateHolder)
         # segment_proxy responses: one download, then gone; each uploaded file a name of its own
-        app_kwargs={"middleware": oneshot.middlewares()},
+        # and the malformed requests that Gradio's routes answer with a 500 and a traceback refused before them
+        app_kwargs={"middleware": [gatekeeper.middleware(), *oneshot.middlewares()]},
         num_workers=0,  # no static-file workers ($GRADIO_NUM_WORKERS): uploads and downloads pass the middleware
     )

@@ -1068,6 +1068,81 @@ def check_scan_kept(app: AppProcess) -> dict:
             "error": None if kept else (_error_text(run) or _error_text(loaded))}
 
 
+MALFORMED_MARK = "Doe^Jane-malformed-request"
+"""A patient-like value sent in malformed requests: it must not reach the app's log."""
+
+
+def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
+    """(method, path, JSON body) of requests a browser never sends: queue joins naming no event of the app, one that
+    runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a number, the
+    patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), a component that does not exist,
+    and a stream with nothing queued."""
+    import httpx
+
+    deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
+    join = "/gradio_api/queue/join"
+
+    def body(fn: object, data: list) -> dict:
+        return {"data": data, "fn_index": fn, "session_hash": secrets.token_hex(8), "event_data": None,
+                "trigger_id": None}
+
+    page_only = next((d["id"] for d in deps if not d.get("backend_fn", True)), None)
+    takes_inputs = next(d for d in deps if d.get("backend_fn", True) and d["inputs"])
+    requests = [("POST", join, body(fn, [])) for fn in (10**6, -1, str(10**6), 10**30)]
+    requests += [("POST", join, body(takes_inputs["id"], []))]
+    if page_only is not None:
+        requests += [("POST", join, body(page_only, []))]
+    wrong = [12345, MALFORMED_MARK, {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, None]
+    requests += [("POST", join, body(d["id"], [value] * len(d["inputs"])))
+                 for d in deps if d.get("api_name") and d.get("backend_fn", True) and d["inputs"] for value in wrong]
+    requests += [("POST", "/gradio_api/component_server",
+                  {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
+                 ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None)]
+    return requests
+
+
+def check_malformed_requests(app: AppProcess) -> dict:
+    """Each of :func:`malformed_requests`, raw: answered with a 4xx or, through the queue, with the event's error
+    (never a 5xx or a dropped connection); the app's log gains no traceback and never the request's values; the app
+    serves a proxy after them. Gradio answered several with 500 and a traceback of up to 80 lines each
+    (``mixdemo.gatekeeper``)."""
+    import httpx
+
+    before = app.log_text()
+    statuses: dict[str, int] = {}
+    server_errors = 0
+    for method, path, body in malformed_requests(app.url):
+        try:
+            if method == "GET":
+                r = httpx.get(app.url + path, timeout=30)
+            else:
+                r = httpx.post(app.url + path, json=body, timeout=30)
+            status = r.status_code
+            if status == 200 and path.endswith("/queue/join"):
+                status = _queued_outcome(app.url, body["session_hash"])
+        except httpx.HTTPError:
+            status = 0
+        server_errors += status == 0 or status >= 500
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    added = app.log_text()[len(before):]
+    served = call_raw(app.url, fn_index(app.url, "server_info"), []).get("success")
+    return {"requests": sum(statuses.values()), "answers": statuses, "server_errors": server_errors,
+            "tracebacks_in_log": added.count("Traceback (most recent call last)"),
+            "values_in_log": added.count(MALFORMED_MARK), "served_after": bool(served)}
+
+
+def _queued_outcome(url: str, session_hash: str) -> int:
+    """What a queued event's stream ended with: 200 for a result or the event's error, 0 for none."""
+    import httpx
+
+    with httpx.Client(timeout=120) as http, http.stream(
+            "GET", url + "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
+                return 200
+    return 0
+
+
 def check_upload_hygiene(app: AppProcess, folder: Path) -> dict:
     """The browser's upload of a scan with an identifying name: deleted after reading, name never logged."""
     scan = distinctive_scan(folder)
@@ -1192,6 +1267,7 @@ def run(quick: bool = False, out: Path | None = None, workdir: Path | None = Non
         upload = check_upload_hygiene(app, work / "upload")
         ui_download = check_ui_download(app)
         scan_kept = check_scan_kept(app)
+        malformed = check_malformed_requests(app)
         _say(t0, "faults: client killed, app restarted")
         faults = {"client_killed_mid_request": fault_client_killed(app, sides=64 if quick else 96, k=2 if quick else 3)}
         faults["app_restarted"] = fault_app_restarted(app)
@@ -1226,6 +1302,7 @@ def run(quick: bool = False, out: Path | None = None, workdir: Path | None = Non
         "queue_limits": limits,
         "pages_that_lost_their_scan_to_api_calls": int(not scan_kept["page_kept_its_scan"]),
         "sessions": scan_kept,
+        "malformed_requests": malformed,
         "faults": faults,
         "leaks_found": sum(v["leaks"] for v in privacy.values()),
         "privacy_checks": privacy,
@@ -1255,11 +1332,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     doc = run(quick=args.quick, out=args.out)
     keys = ("inputs_tried", "crashes", "clear_messages", "partial_outputs", "requests_served_under_load",
-            "users_crossed", "pages_that_lost_their_scan_to_api_calls", "peak_rss_mb", "leaks_found", "seconds")
+            "users_crossed", "pages_that_lost_their_scan_to_api_calls", "malformed_requests", "peak_rss_mb",
+            "leaks_found", "seconds")
     print(json.dumps({k: doc[k] for k in keys}, indent=1))
     print(f"wrote {args.out}")
     bad = doc["crashes"] or doc["users_crossed"] or doc["leaks_found"] or doc["partial_outputs"]
     bad = bad or doc["pages_that_lost_their_scan_to_api_calls"]
+    malformed = doc["malformed_requests"]
+    bad = bad or malformed["server_errors"] or malformed["tracebacks_in_log"] or malformed["values_in_log"]
     bad = bad or any(str(v).startswith("FAILED") for v in doc["faults"].values())
     return 1 if bad else 0
 

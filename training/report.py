@@ -646,8 +646,13 @@ def runtimes_md(doc: dict) -> str:
 def reliability_md(doc: dict) -> str:
     """The reliability evidence."""
     keys = [k for k in doc if k not in ("command", "date")]
-    return "\n".join([f"Measured by `{doc.get('command', '?')}`.", "", "| check | result |", "| --- | --- |",
-                      *[f"| {k.replace('_', ' ')} | {doc[k]} |" for k in keys if not isinstance(doc[k], (dict, list))]])
+    rows = [f"| {k.replace('_', ' ')} | {doc[k]} |" for k in keys if not isinstance(doc[k], (dict, list))]
+    malformed = doc.get("malformed_requests")
+    if malformed:
+        rows.append(f"| malformed requests: sent, then server errors, tracebacks and values in the log | "
+                    f"{malformed['requests']}: {malformed['server_errors']}, {malformed['tracebacks_in_log']}, "
+                    f"{malformed['values_in_log']} |")
+    return "\n".join([f"Measured by `{doc.get('command', '?')}`.", "", "| check | result |", "| --- | --- |", *rows])
 
 
 # a D made from another shipped D -> the record of that step (``before``: its start, ``after``: it, both on the

@@ -1,0 +1,205 @@
+"""Requests refused before Gradio's routes see them (an ASGI middleware for the Gradio app).
+
+Gradio answers some malformed requests with an unhandled exception: HTTP 500 and a traceback of 20 to 80 lines in
+the server's log for each request, which anybody who can reach the app can repeat (a log flood), and whose text
+quotes the request's values (an uploaded file's name among them). Checked here, with Gradio's own models and the
+app's own events, they get a 4xx answer that says what is wrong and one line in the log:
+
+- ``POST /gradio_api/queue/join`` naming an event (``fn_index``) the app does not have (Gradio: ``KeyError``, 500)
+  or one that runs in the page alone (Gradio queues it, then prints its ``IndexError``), or giving an event fewer
+  inputs than it takes (Gradio queues it, then prints its ``ValueError`` with the values);
+- ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500);
+- ``GET /gradio_api/queue/data`` for a session with nothing queued (Gradio's 404 is raised once its stream has
+  begun: "response already started" and two tracebacks).
+
+A request whose body Gradio's model refuses is passed on: Gradio's 422 already says why, without a traceback.
+
+An event that fails (a value its component refuses, say) is answered by Gradio's queue with its error, and Gradio
+printed the whole traceback too, with the exception's message, which quotes the request's values: with
+:func:`quiet_event_failures` the log gets one line (the exception's type and where it was raised), and the stack,
+without the message, at DEBUG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/gradio_api"
+JOIN_ROUTE = API_PREFIX + "/queue/join"
+COMPONENT_ROUTE = API_PREFIX + "/component_server"
+STREAM_ROUTE = API_PREFIX + "/queue/data"
+MAX_CHECKED_BODY = 1 << 20
+"""Bodies longer than this (bytes) are passed on unchecked: a join's or a component call's body names files, it
+does not hold them, and is a few hundred bytes."""
+
+
+def _route(scope: dict) -> str | None:
+    """Which checked route an HTTP request is for (``join``, ``component``, ``stream``), else None."""
+    if scope.get("type") != "http":
+        return None
+    method, path = scope.get("method"), scope.get("path", "").rstrip("/")
+    if method == "POST" and path.endswith(JOIN_ROUTE):
+        return "join"
+    if method == "POST" and path.endswith(COMPONENT_ROUTE):
+        return "component"
+    if method == "GET" and path.endswith(STREAM_ROUTE):
+        return "stream"
+    return None
+
+
+def join_refusal(body: bytes, blocks: Any) -> str | None:
+    """Why a queue join is refused (its event unknown to ``blocks``, or given fewer inputs than it takes), or None
+    to pass it on (it is well formed, or Gradio's own validation answers it)."""
+    from gradio.data_classes import PredictBody
+    from pydantic import ValidationError
+
+    try:
+        request = PredictBody.model_validate_json(body)
+    except ValidationError:
+        return None  # Gradio's 422 says why
+    if request.fn_index is None:
+        return None  # Gradio's 400: "No function index provided."
+    fn = blocks.fns.get(request.fn_index)
+    if fn is None:
+        return f"This app has no event {request.fn_index}."
+    if fn.fn is None:
+        return f"Event {request.fn_index} runs in the page alone; it has nothing to call on the server."
+    if not fn.cancels and not fn.batch and len(request.data) < len(fn.inputs):
+        return (f"Event {request.fn_index} takes {len(fn.inputs)} input{'s' * (len(fn.inputs) != 1)}; "
+                f"the request gave {len(request.data)}.")
+    return None
+
+
+def component_refusal(body: bytes, blocks: Any) -> str | None:
+    """Why a component-server call is refused (its component unknown to ``blocks``), or None to pass it on."""
+    from gradio.data_classes import ComponentServerJSONBody
+    from pydantic import ValidationError
+
+    try:
+        request = ComponentServerJSONBody.model_validate_json(body)
+    except ValidationError:
+        return None
+    if request.component_id not in blocks.blocks:
+        return f"This app has no component {request.component_id}."
+    return None
+
+
+def stream_refusal(query_string: bytes, blocks: Any) -> str | None:
+    """Why a queue stream is refused (its session has nothing queued, which Gradio finds only once its stream has
+    begun), or None to pass it on."""
+    session = parse_qs(query_string.decode("latin-1")).get("session_hash", [None])[0]
+    if session is None:
+        return None  # Gradio's 422: the parameter is required
+    if session not in blocks._queue.pending_messages_per_session:
+        return "Nothing is queued for this session: join the queue first."
+    return None
+
+
+class MalformedRequestsRefused:
+    """ASGI middleware: the requests listed in this module's docstring are answered here (422, or 404 for a stream
+    with nothing queued), with one line in the log; every other request goes on unchanged."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        route = _route(scope)
+        blocks = _blocks(scope) if route else None
+        if blocks is None:
+            await self.app(scope, receive, send)
+            return
+        if route == "stream":
+            why = stream_refusal(scope.get("query_string", b""), blocks)
+            if why:
+                await _refuse(send, 404, why, route)
+                return
+            await self.app(scope, receive, send)
+            return
+        messages, body = await _read_body(receive)
+        check = join_refusal if route == "join" else component_refusal
+        why = check(body, blocks) if body is not None else None
+        if why:
+            await _refuse(send, 422, why, route)
+            return
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _blocks(scope: dict) -> Any:
+    """The Blocks of the Gradio app serving this request (Starlette puts the app in the scope), or None."""
+    get_blocks = getattr(scope.get("app"), "get_blocks", None)
+    try:
+        return get_blocks() if get_blocks else None
+    except Exception:  # noqa: BLE001 - not a configured Gradio app: nothing to check against
+        return None
+
+
+async def _read_body(receive: Any) -> tuple[list[dict], bytes | None]:
+    """The request's messages as received (to replay them) and its body, or None for the body when it is longer
+    than :data:`MAX_CHECKED_BODY` or the client left."""
+    messages, size, chunks = [], 0, []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_CHECKED_BODY:
+            return messages, None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return messages, b"".join(chunks)
+
+
+async def _refuse(send: Any, status: int, why: str, route: str) -> None:
+    """Answer ``status`` with ``{"detail": why}`` (the form of Gradio's own refusals) and log one line."""
+    log.warning("refused a malformed %s request (HTTP %d): %s", route, status, why)
+    body = json.dumps({"detail": why}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def middleware() -> Any:
+    """The Starlette ``Middleware`` entry of :class:`MalformedRequestsRefused`, for ``FastAPI(middleware=[...])``."""
+    from starlette.middleware import Middleware
+
+    return Middleware(MalformedRequestsRefused)
+
+
+class _OneLineTracebacks:
+    """Stands in for the :mod:`traceback` module in ``gradio.queueing``: ``print_exc`` logs one line (the
+    exception's type and where it was raised) and, at DEBUG, the stack without the exception's message."""
+
+    def print_exc(self, *args: Any, **kwargs: Any) -> None:
+        exc_type, _, tb = sys.exc_info()
+        if exc_type is None:
+            return
+        frames = traceback.extract_tb(tb)
+        where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        log.warning("an event failed: %s.%s%s", exc_type.__module__, exc_type.__qualname__, where)
+        log.debug("its stack (the message left out):\n%s", "".join(traceback.format_list(frames)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(traceback, name)
+
+
+def quiet_event_failures() -> None:
+    """Make Gradio's queue log a failed event in one line (:class:`_OneLineTracebacks`), not as a printed traceback
+    quoting the request's values; :func:`mixdemo.ui.launch_demo` calls it."""
+    import gradio.queueing
+
+    if not isinstance(gradio.queueing.traceback, _OneLineTracebacks):
+        gradio.queueing.traceback = _OneLineTracebacks()  # type: ignore[assignment]
