@@ -18,7 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come from weights/ (HF_HUB_OFFLINE=0 allows the Hub)
 
 from mixdemo.launch import (check_port_variable, check_setting_variables, parse_app_args,  # noqa: E402  (no Gradio: before it)
-                            server_only_from_env, warm_up_message)
+                            server_only_from_env)
 from mixdemo.oneshot import app_cache_dir, make_private_dir, sweep_stale  # noqa: E402
 
 if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone), which only it sweeps
@@ -27,7 +27,6 @@ if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request
 
-from mixdemo.server import ZERO_GPU  # noqa: E402
 from mixdemo.ui import SESSION_TTL_S, build_demo, build_server_demo, launch_demo, warm_up  # noqa: E402
 
 # the page served (also in a reload thread): the server alone when $MIXDEMO_SERVER_ONLY or (run as a script)
@@ -42,9 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     sweep_stale(SESSION_TTL_S)  # what a killed process left (an upload it never read, say); a live app's is younger
     try:
         served = build_server_demo() if args.server_only and not SERVER_ONLY else demo
-        if message := warm_up_message(args.server_only, zero_gpu=ZERO_GPU):
-            print(message, file=sys.stderr, flush=True)
-        warm_up(server_only=args.server_only)  # before listening: the first requests wait for none of it
+        # before listening, saying what it loads: the first requests wait for none of it
+        warm_up(server_only=args.server_only, announce=lambda line: print(line, file=sys.stderr, flush=True))
         launch_demo(served, server_name=args.host, server_port=args.port)
     except OSError as exc:  # Gradio's "Cannot find empty port" (no strerror), or the system's own refusal
         why = exc.strerror or "the port is taken (another app?) or the host is not an address of this machine"

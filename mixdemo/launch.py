@@ -83,18 +83,6 @@ def check_setting_variables() -> None:
             raise SystemExit(f"error: ${name} must be one of {', '.join(allowed)} (or unset); got {os.environ[name]!r}.")
 
 
-def warm_up_message(server_only: bool, zero_gpu: bool = False) -> str:
-    """What ``python app.py`` says before its warm-up (:func:`mixdemo.ui.warm_up`), which loads before listening: the
-    whole demo S, D, the example scans and the reference bank (a machine's first start writes the examples into the
-    cache, which takes longer); the server alone S only, and nothing into the cache. On ZeroGPU (``zero_gpu``) S
-    loads inside its GPU call, not then: the server alone loads nothing ("")."""
-    if server_only:
-        return "" if zero_gpu else "Loading the segmentation network S before listening..."
-    networks = "the client's network D" if zero_gpu else "the networks"
-    return (f"Loading {networks}, the example scans and the reference bank before listening (a first start also "
-            "writes the examples into the cache: longer)...")
-
-
 def parse_app_args(argv: list[str] | None = None) -> argparse.Namespace:
     """``--host`` and ``--port`` of the app (defaults: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, else
     127.0.0.1:7860), and ``--server-only`` (default: ``$MIXDEMO_SERVER_ONLY``)."""

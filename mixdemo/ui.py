@@ -1608,14 +1608,15 @@ def _gradio_state_holder(holder_class: type[StateHolder]) -> Iterator[None]:
         gradio.routes.StateHolder = default
 
 
-def warm_up(server_only: bool = False) -> None:
+def warm_up(server_only: bool = False, announce: Callable[[str], object] | None = None) -> None:
     """Load, before the app listens, what its first requests would wait for: torch and S (the server's), and with the
     whole demo the default D, the example scans, the public reference bank and the template that a scan is checked
     against (seconds, before a first scan showed). Before listening, not beside it: two threads
     importing torch and MONAI for the first time at once fail (a request's ``server_info`` while a warm-up thread
     loaded S: "cannot import name ... from partially initialized module 'monai.apps'"). Nothing of a user's; a part
     that fails is logged and left to the request that needs it to report. On a ZeroGPU Space S loads inside its
-    GPU call, so not here."""
+    GPU call, so not here. ``announce``: called first with a line naming what is loaded (``python app.py`` prints
+    it), unless nothing is."""
     from mixdemo import preprocess
     from mixdemo.client import unmixing_model
 
@@ -1623,6 +1624,8 @@ def warm_up(server_only: bool = False) -> None:
     if not server_only:
         parts += [("the client's D", unmixing_model), ("the example scans", examples.example_folders),
                   ("the reference bank", examples.reference_bank), ("the template", preprocess.prepare_template)]
+    if announce is not None and parts:
+        announce(warm_up_line([what for what, _ in parts]))
     for what, load in parts:
         try:
             load()
@@ -1630,6 +1633,15 @@ def warm_up(server_only: bool = False) -> None:
             log.warning("warm-up: %s not loaded (%s); the first request that needs it will say why", what,
                         type(exc).__name__)
     log.info("warm-up done")
+
+
+def warm_up_line(parts: list[str]) -> str:
+    """What :func:`warm_up` announces for ``parts`` (the network S named as such; the example scans with the note
+    that a machine's first start writes them into the cache, which takes longer)."""
+    named = ["the segmentation network S" if what == "S" else what for what in parts]
+    listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    note = " (a first start also writes the examples into the cache: longer)" if "the example scans" in parts else ""
+    return f"Loading {listed} before listening{note}..."
 
 
 def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options) -> None:

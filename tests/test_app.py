@@ -1232,16 +1232,31 @@ def test_server_only_comes_from_the_option_or_the_environment(monkeypatch):
     assert not parse_app_args([]).server_only
 
 
-def test_the_start_message_names_what_the_warm_up_loads():
-    """``python app.py`` says what it loads before listening; the server alone loads S only (``warm_up(server_only=True)``)
-    and writes no example scans into the cache, which its message said a first start did."""
-    from mixdemo.launch import warm_up_message
+@pytest.mark.parametrize("server_only, zero_gpu", [(False, False), (True, False), (False, True), (True, True)])
+def test_the_start_message_names_what_the_warm_up_loads(monkeypatch, server_only, zero_gpu):
+    """``python app.py`` says what it loads before listening, in the words of the parts ``warm_up`` loads (one list,
+    not a message restating it): the server alone S only, and no example scans written into the cache; on ZeroGPU
+    S loads inside its GPU call, not then (the server alone: nothing, so no line)."""
+    from mixdemo import client, examples, preprocess, server, ui
 
-    whole, alone = warm_up_message(False), warm_up_message(True)
-    assert "example scans" in whole and "reference bank" in whole and "writes the examples into the cache" in whole
-    assert "network S" in alone and "example" not in alone and "cache" not in alone and "bank" not in alone
-    assert warm_up_message(True, zero_gpu=True) == ""  # on ZeroGPU S loads inside its GPU call: nothing before
-    assert "network D" in warm_up_message(False, zero_gpu=True) and "the networks" not in warm_up_message(False, True)
+    loaded: list[str] = []
+    monkeypatch.setattr(server, "ZERO_GPU", zero_gpu)
+    monkeypatch.setattr(server, "segmentation_model", lambda: loaded.append("S"))
+    monkeypatch.setattr(client, "unmixing_model", lambda: loaded.append("D"))
+    monkeypatch.setattr(examples, "example_folders", lambda: loaded.append("examples"))
+    monkeypatch.setattr(examples, "reference_bank", lambda: loaded.append("bank"))
+    monkeypatch.setattr(preprocess, "prepare_template", lambda: loaded.append("template"))
+    lines: list[str] = []
+    ui.warm_up(server_only=server_only, announce=lines.append)
+    expected = ([] if zero_gpu else ["S"]) + ([] if server_only else ["D", "examples", "bank", "template"])
+    assert loaded == expected
+    if not expected:
+        assert lines == []
+        return
+    (line,) = lines
+    assert ("network S" in line) == (not zero_gpu) and ("client's D" in line) == (not server_only)
+    assert ("example scans" in line and "reference bank" in line and "writes the examples into the cache" in line
+            ) == (not server_only)
 
 
 @pytest.mark.slow
