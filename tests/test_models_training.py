@@ -1668,6 +1668,29 @@ def test_publish_redacts_a_recorded_path_with_a_non_ascii_letter_whole(tmp_path,
     assert not any(name in json.dumps(published, ensure_ascii=False) for name in ("jörg", "José", "/home")), published
 
 
+def test_publish_finds_paths_after_a_json_escape_and_in_file_urls(tmp_path):
+    """A path right after an escaped newline or tab of a record (``"...\\n/home/you/ppmi"``: the pattern took the
+    ``n`` for a name's letter) and a ``file://`` URL's path (its slashes follow ``/``, as in any URL, and a space is
+    ``%20``) were neither listed nor redacted; another URL's path is still left alone."""
+    from training import publish
+
+    folder = tmp_path / "st" / "m"
+    folder.mkdir(parents=True)
+    record = {"note": "trained here\n/home/you/ppmi held the data\t/home/you/tab/x",
+              "cache": "file:///home/Jane%20Doe/cache/x.nii", "windows": "file:///C:/Users/Jose/x.nii",
+              "hub": "https://huggingface.co/me/mixup/blob/main/x"}
+    (folder / "training.json").write_text(json.dumps(record))
+    (folder / "README.md").write_text("figures in file:///home/you/card/y.png; https://host/a/b\n")
+    found = publish.local_paths(tmp_path / "st")
+    assert set(found) == {"/home/you/ppmi", "/home/you/tab/x", "/home/Jane%20Doe/cache/x.nii", "C:/Users/Jose/x.nii",
+                          "/home/you/card/y.png"}, found
+    publish.redact_paths(tmp_path / "st")
+    published = json.loads((folder / "training.json").read_text())
+    assert published == {"note": "trained here\n<local>/ppmi held the data\t<local>/x", "cache": "file://<local>/x.nii",
+                         "windows": "file:///<local>/x.nii", "hub": record["hub"]}, published
+    assert (folder / "README.md").read_text() == "figures in file://<local>/y.png; https://host/a/b\n"
+
+
 @pytest.mark.parametrize("module, argv", [("train", []), ("train", ["--mode", "baseline"]), ("train_inversion", []),
                                           ("train_score", [])])
 def test_a_training_command_refused_on_its_cohort_leaves_no_run_folder(tmp_path, monkeypatch, module, argv):

@@ -57,10 +57,12 @@ def card_from_record(folder: Path) -> Path:
     return write_model_card(folder, title=title, summary=summary, sections={})
 
 
-LOCAL_PATH = re.compile(r"(?<![\w.:/~\\-])(?:/[\w.@+-]+(?:/[\w.@+-]+)+|~/[\w.@+/-]+|[A-Za-z]:(?:\\{1,2}[\w.@+-]+)+)")
+LOCAL_PATH = re.compile(r"(?:(?<![\w.:/~\\-])|(?<=\\[ntr])|(?<=file://)|(?<=file:///))"
+                        r"(?:/[\w.@+%-]+(?:/[\w.@+%-]+)+|~/[\w.@+%/-]+|[A-Za-z]:(?:(?:\\{1,2}|/)[\w.@+%-]+)+)")
 """An absolute path of a machine in text: POSIX (two parts at least), a home-relative one, or a Windows one (its
-backslashes doubled in JSON). A URL's path is not one (``https://host/a/b``: each slash follows ``:``, ``/`` or a
-name)."""
+backslashes doubled in JSON; with slashes, as a ``file:`` URL writes it), also right after a JSON ``\\n``, ``\\t`` or
+``\\r`` and as a ``file://`` URL's path, percent-escapes and all (``/home/Jane%20Doe``). Another URL's path is not
+one (``https://host/a/b``: each slash follows ``:``, ``/`` or a name)."""
 
 TEXT_FILES = ("README.md", "training.json", "TRAINING_NOTE.md")
 """The upload's files that may name paths (the others are weights and the networks' configuration)."""
