@@ -1691,6 +1691,23 @@ def test_publish_finds_paths_after_a_json_escape_and_in_file_urls(tmp_path):
     assert (folder / "README.md").read_text() == "figures in file://<local>/y.png; https://host/a/b\n"
 
 
+def test_publish_reads_the_upload_again_after_redacting_and_refuses_what_is_left(tmp_path, monkeypatch):
+    """A path a replacement missed (here: a redaction that does nothing) is named and nothing is uploaded."""
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    record = json.loads((src / "segmentation" / "training.json").read_text())
+    weights.write_training_record(src / "segmentation", {**record, "data": "/home/you/ppmi"}, record["model_class"])
+    monkeypatch.setattr(publish, "redact_paths", lambda staging: None)
+    uploaded = []
+    monkeypatch.setattr("huggingface_hub.HfApi.upload_folder", lambda *a, **k: uploaded.append(k))
+    with pytest.raises(SystemExit, match=r"1 path still named in the upload after --redact-paths:\n  /home/you/ppmi"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st"),
+                      "--redact-paths"])
+    assert uploaded == []
+
+
 @pytest.mark.parametrize("module, argv", [("train", []), ("train", ["--mode", "baseline"]), ("train_inversion", []),
                                           ("train_score", [])])
 def test_a_training_command_refused_on_its_cohort_leaves_no_run_folder(tmp_path, monkeypatch, module, argv):

@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> Path:
     if found and args.redact_paths:
         redact_paths(args.staging)
         print(f"replaced {_paths(len(found))} by {REDACTED} and the last part in the upload")
+        if left := local_paths(args.staging):  # read again: what a replacement missed is never uploaded
+            raise SystemExit(f"error: {_paths(len(left))} still named in the upload after --redact-paths:\n"
+                             f"{paths_listing(left)}\nNothing was uploaded; edit the records or cards named.")
     elif found and not args.keep_paths:
         listing = (f"{_paths(len(found))} of this machine named in the upload (its records and cards; public unless "
                    f"--private):\n{paths_listing(found)}\n")
