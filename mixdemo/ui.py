@@ -15,6 +15,7 @@ Every other event has an explicit ``api_name`` but is private (browser only).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -1513,7 +1514,9 @@ keeps: each costs Gradio's copy of the page's configuration, about 0.4 MB here."
 CLOSED_PAGE_GRACE_S = 300
 """How long a closed page's session (its scan, results and download) is kept once its heartbeat connection has ended
 (the page was closed or reloaded, or its connection broke: Gradio's page does not open it again, and the app has
-stopped that page's running job already). Gradio's own store keeps it an hour."""
+stopped that page's running job already), counted from its last request and from the end of a job it still runs:
+a page whose connection broke goes on sending its events under the same session. Gradio's own store keeps it an
+hour after its last update."""
 
 
 def _holds_data(session: SessionState) -> bool:
@@ -1540,7 +1543,8 @@ class ScansFirstStateHolder(StateHolder):
     holding none by ``empty_capacity`` (:data:`EMPTY_SESSIONS`), each the least recently used out first, so
     callers holding nothing never push out a scan. A session dropped here has its states' delete callbacks run
     (Gradio's drop skipped them, leaving its download until the cache's sweep). A closed page's session goes
-    :data:`CLOSED_PAGE_GRACE_S` after its page closed, not Gradio's hour. Installed by :func:`launch_demo`."""
+    :data:`CLOSED_PAGE_GRACE_S` after its page closed (or its last request, or its job's end, if later), not
+    Gradio's hour. Installed by :func:`launch_demo`."""
 
     empty_capacity = EMPTY_SESSIONS
     closed_page_grace_s = CLOSED_PAGE_GRACE_S
@@ -1549,6 +1553,22 @@ class ScansFirstStateHolder(StateHolder):
     def __init__(self) -> None:
         super().__init__()
         self._closed_since: dict[str, float] = {}  # session hash → when its page was first seen closed (monotonic)
+
+    def __getitem__(self, session_id: str) -> SessionState:
+        """The session (created if new), marked used: Gradio's, under the lock, so that the sweep cannot drop it
+        between its creation and its return (a KeyError in the request), and a closed page's grace starts again (a
+        page whose heartbeat broke still sends its events)."""
+        with self.lock:
+            session = self.session_data.get(session_id)
+            if session is None:
+                session = self.session_data[session_id] = SessionState(self.blocks)
+            self.session_data.move_to_end(session_id)
+            self.time_last_used[session_id] = datetime.datetime.now()
+            self._closed_since.pop(session_id, None)
+            dropped = self._drop_least_recent()
+        for old in dropped:
+            _delete_states(old)
+        return session
 
     def delete_all_expired_state(self) -> None:
         """Gradio's sweep (every second): the states past their time to live, then the sessions of pages closed for
@@ -1560,10 +1580,14 @@ class ScansFirstStateHolder(StateHolder):
             _delete_states(session)
 
     def _drop_closed_pages(self, now: float) -> list[SessionState]:
-        """Remove the sessions whose page has been closed for the grace period (under the lock); returns them."""
+        """Remove the sessions whose page has been closed, and which neither made a request nor ran a job, for the
+        grace period (under the lock); returns them."""
         dropped = []
         for sid, session in list(self.session_data.items()):
             if not session.is_closed:
+                continue
+            if sid in _RUNNING:  # its job still runs (it stops at its next step): the grace counts from its end
+                self._closed_since[sid] = now
                 continue
             if now - self._closed_since.setdefault(sid, now) >= self.closed_page_grace_s:
                 dropped.append(self.session_data.pop(sid))

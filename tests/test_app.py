@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -1937,6 +1938,75 @@ def test_a_closed_page_s_session_goes_after_the_grace_with_its_delete_callbacks(
     holder.delete_all_expired_state()
     assert "closed" not in holder.session_data and dropped == ["closed page's scan"]
     assert holder["open"][state._id] == "open page's scan" and holder._closed_since == {}
+
+
+def test_a_closed_page_that_still_sends_requests_or_runs_a_job_keeps_its_session():
+    """A page whose heartbeat connection broke is marked closed for good, yet goes on sending its events under the
+    same session: its scan was dropped CLOSED_PAGE_GRACE_S after the close however recently it was used, and a
+    job's session while the job ran. The grace counts from the last request and from the job's end."""
+    from mixdemo import ui
+    from mixdemo.ui import CLOSED_PAGE_GRACE_S, ScansFirstStateHolder
+
+    dropped: list = []
+    blocks, state = _blocks_with_a_state(dropped, capacity=8)
+    holder = ScansFirstStateHolder()
+    holder.set_blocks(blocks)
+    now = [1000.0]
+    holder.clock = lambda: now[0]
+    holder["page"][state._id] = "page's scan"
+    holder.session_data["page"].is_closed = True
+    holder.delete_all_expired_state()  # the close is seen
+    now[0] += CLOSED_PAGE_GRACE_S - 10
+    assert holder["page"][state._id] == "page's scan"  # the page, still open, runs an event
+    now[0] += 20
+    holder.delete_all_expired_state()
+    assert "page" in holder.session_data and dropped == []
+    ui._RUNNING["page"] = ("private segmentation", threading.Event())  # its job, started then, runs long
+    try:
+        now[0] += 2 * CLOSED_PAGE_GRACE_S
+        holder.delete_all_expired_state()
+        assert "page" in holder.session_data and dropped == []
+    finally:
+        del ui._RUNNING["page"]
+    now[0] += CLOSED_PAGE_GRACE_S - 1
+    holder.delete_all_expired_state()
+    assert "page" in holder.session_data and dropped == []
+    now[0] += 1
+    holder.delete_all_expired_state()
+    assert "page" not in holder.session_data and dropped == ["page's scan"]
+
+
+def test_a_session_asked_for_while_the_sweep_drops_closed_pages_is_returned_not_a_key_error():
+    """Gradio's ``StateHolder.__getitem__`` creates, marks and returns a session in three steps outside the lock; a
+    request in a worker thread (Gradio's ``deep_link`` route) asking for a closed page's session as the sweep dropped
+    it got a KeyError between the last two."""
+    from mixdemo.ui import ScansFirstStateHolder
+
+    blocks, _ = _blocks_with_a_state([], capacity=8)
+    holder = ScansFirstStateHolder()
+    holder.set_blocks(blocks)
+    holder.closed_page_grace_s = 0
+    stop, errors = threading.Event(), []
+
+    def sweep() -> None:
+        while not stop.is_set():
+            holder.delete_all_expired_state()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    try:
+        for _ in range(100_000):
+            try:
+                holder["page"].is_closed = True
+            except KeyError as exc:
+                errors.append(exc)
+    finally:
+        stop.set()
+        sweeper.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 def test_the_launched_app_keeps_a_page_s_scan_through_more_api_calls_than_its_bound(app_demo, app_url, tmp_path):
