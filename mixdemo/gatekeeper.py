@@ -56,8 +56,8 @@ def _route(scope: dict) -> str | None:
 
 
 def join_refusal(body: bytes, blocks: Any) -> str | None:
-    """Why a queue join is refused (its event unknown to ``blocks``, or given fewer inputs than it takes), or None
-    to pass it on (it is well formed, or Gradio's own validation answers it)."""
+    """Why a queue join is refused (its event unknown to ``blocks`` and to the request's session, or given fewer
+    inputs than it takes), or None to pass it on (it is well formed, or Gradio's own validation answers it)."""
     from gradio.data_classes import PredictBody
     from pydantic import ValidationError
 
@@ -67,7 +67,7 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
         return None  # Gradio's 422 says why
     if request.fn_index is None:
         return None  # Gradio's 400: "No function index provided."
-    fn = blocks.fns.get(request.fn_index)
+    fn = _config(blocks, request.session_hash).fns.get(request.fn_index)
     if fn is None:
         return f"This app has no event {request.fn_index}."
     if fn.fn is None:
@@ -79,7 +79,8 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
 
 
 def component_refusal(body: bytes, blocks: Any) -> str | None:
-    """Why a component-server call is refused (its component unknown to ``blocks``), or None to pass it on."""
+    """Why a component-server call is refused (its component unknown to ``blocks`` and to the request's session), or
+    None to pass it on."""
     from gradio.data_classes import ComponentServerJSONBody
     from pydantic import ValidationError
 
@@ -87,9 +88,19 @@ def component_refusal(body: bytes, blocks: Any) -> str | None:
         request = ComponentServerJSONBody.model_validate_json(body)
     except ValidationError:
         return None
-    if request.component_id not in blocks.blocks:
+    known = _config(blocks, request.session_hash).blocks
+    if request.component_id not in blocks.blocks and request.component_id not in known:
         return f"This app has no component {request.component_id}."
     return None
+
+
+def _config(blocks: Any, session_hash: str | None) -> Any:
+    """The events and components that Gradio looks a request up in: those of the request's session when it has one
+    (``gr.render`` adds its events and components to the session's copy alone), else the app's. Never creates a
+    session, as Gradio's lookup does."""
+    holder = getattr(blocks, "state_holder", None)
+    session = holder.session_data.get(session_hash) if holder is not None and session_hash else None
+    return session.blocks_config if session is not None else blocks
 
 
 def stream_refusal(query_string: bytes, blocks: Any) -> str | None:

@@ -126,3 +126,33 @@ def test_quiet_event_failures_replaces_gradio_s_queue_printing_once(monkeypatch)
     gatekeeper.quiet_event_failures()
     assert isinstance(first, gatekeeper._OneLineTracebacks) and gradio.queueing.traceback is first
     assert sys.modules["traceback"] is traceback  # the module itself is untouched
+
+
+def test_an_event_or_component_that_gr_render_made_for_a_session_is_passed_on():
+    """``gr.render`` adds its events and components to the session's copy of the app's configuration alone, where
+    Gradio looks them up: a page's click on a rendered button was refused ("This app has no event 3")."""
+    import gradio as gr
+    from gradio.state_holder import StateHolder
+
+    with gr.Blocks() as demo:
+        n = gr.Number(value=1)
+
+        @gr.render(inputs=[n])
+        def rendered(k):
+            gr.Button().click(lambda: None, None, None)
+
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    config = holder["s"].blocks_config  # the session of `_join`
+    made = max(demo.fns) + 1  # what the page's render run adds to its session
+    config.fns[made] = next(iter(demo.fns.values()))
+    config.blocks[10**5] = n
+    assert gatekeeper.join_refusal(_join(made, [None]), demo) is None
+    component = {"session_hash": "s", "component_id": 10**5, "fn_name": "f", "data": None}
+    assert gatekeeper.component_refusal(json.dumps(component).encode(), demo) is None
+    other = json.loads(_join(made, [None]))
+    other["session_hash"] = "another page"  # another session has no such event, and none is created for it
+    assert gatekeeper.join_refusal(json.dumps(other).encode(), demo) == f"This app has no event {made}."
+    assert "another page" not in holder.session_data
+    component["session_hash"] = "another page"
+    assert gatekeeper.component_refusal(json.dumps(component).encode(), demo) == "This app has no component 100000."
