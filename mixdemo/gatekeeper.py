@@ -190,9 +190,20 @@ def middleware() -> Any:
     return Middleware(MalformedRequestsRefused)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The app's own code lies here (``app.py``, ``mixdemo/``): a failed event's line names its innermost frame in it."""
+
+
+def _own(frame: traceback.FrameSummary) -> bool:
+    """Whether a frame is in the app's own code (under :data:`PROJECT_ROOT`, not in an environment's packages)."""
+    path = Path(frame.filename).resolve()
+    return path.is_relative_to(PROJECT_ROOT) and "site-packages" not in path.parts
+
+
 class _OneLineTracebacks:
     """Stands in for the :mod:`traceback` module in ``gradio.queueing``: ``print_exc`` logs one line (the
-    exception's type and where it was raised) and, at DEBUG, the stack without the exception's message."""
+    exception's type, where it was raised and, when that is in a library, the app's own innermost frame) and, at
+    DEBUG, the stack without the exception's message."""
 
     def print_exc(self, *args: Any, **kwargs: Any) -> None:
         exc_type, _, tb = sys.exc_info()
@@ -200,6 +211,10 @@ class _OneLineTracebacks:
             return
         frames = traceback.extract_tb(tb)
         where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+        own = [frame for frame in frames if _own(frame)]
+        if own and own[-1] is not frames[-1]:  # raised in a library (json, torch, Gradio): which line of the app
+            mine = own[-1]
+            where += f", from {Path(mine.filename).resolve().relative_to(PROJECT_ROOT)}:{mine.lineno} in {mine.name}"
         log.warning("an event failed: %s.%s%s", exc_type.__module__, exc_type.__qualname__, where)
         log.debug("its stack (the message left out):\n%s", "".join(traceback.format_list(frames)))
 

@@ -156,3 +156,20 @@ def test_an_event_or_component_that_gr_render_made_for_a_session_is_passed_on():
     assert "another page" not in holder.session_data
     component["session_hash"] = "another page"
     assert gatekeeper.component_refusal(json.dumps(component).encode(), demo) == "This app has no component 100000."
+
+
+def test_a_failed_event_raised_in_a_library_names_the_app_s_own_line(caplog):
+    """An error raised inside a library (here ``json``) was logged as ``... at decoder.py:353 in raw_decode``
+    alone, which tells an operator nothing of the app's code that failed: its innermost frame there is named too."""
+    def handler(text: str) -> object:
+        return json.loads(text)
+
+    with caplog.at_level(logging.WARNING, logger="mixdemo.gatekeeper"):
+        try:
+            handler("{Doe^Jane")
+        except ValueError:
+            gatekeeper._OneLineTracebacks().print_exc()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("an event failed: json.decoder.JSONDecodeError at decoder.py:"), line
+    assert ", from tests/test_gatekeeper.py:" in line and line.endswith(" in handler"), line
+    assert "Doe^Jane" not in line
