@@ -10,7 +10,13 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
   inputs than it takes (Gradio queues it, then prints its ``ValueError`` with the values);
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500);
 - ``GET /gradio_api/queue/data`` for a session with nothing queued (Gradio's 404 is raised once its stream has
-  begun: "response already started" and two tracebacks).
+  begun: "response already started" and two tracebacks);
+- ``POST /gradio_api/run/NAME`` (and ``/gradio_api/api/NAME``), the direct call the page makes for an event outside
+  the queue, under the join's rules, and naming (without ``fn_index``) an endpoint the app lacks (Gradio:
+  ``KeyError``, ``FnIndexInferError`` or ``ValueError``, 500, its traceback printed);
+- ``POST /gradio_api/call/NAME`` naming an endpoint the app lacks (``FnIndexInferError``, 500), and
+  ``/gradio_api/call/v2/NAME`` one that is not in its API (``KeyError``, 500; an ``undocumented`` endpoint called
+  without ``?all_endpoints`` still gets Gradio's).
 
 A request whose body Gradio's model refuses is passed on: Gradio's 422 already says why, without a traceback.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -41,18 +48,26 @@ MAX_CHECKED_BODY = 1 << 20
 does not hold them, and is a few hundred bytes."""
 
 
-def _route(scope: dict) -> str | None:
-    """Which checked route an HTTP request is for (``join``, ``component``, ``stream``), else None."""
+NAMED_ROUTES = re.compile(re.escape(API_PREFIX) + r"/(?:(?P<run>run|api)|(?P<call>call)(?P<v2>/v2)?)/(?P<name>[^/]+)$")
+"""``/gradio_api/run/NAME``, ``/gradio_api/api/NAME``, ``/gradio_api/call/NAME``, ``/gradio_api/call/v2/NAME``."""
+
+
+def _route(scope: dict) -> tuple[str, str] | None:
+    """Which checked route an HTTP request is for (``join``, ``component``, ``stream``, ``run``, ``call`` or
+    ``call/v2``) and the endpoint name its path gives (``""`` if none), else None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
     if method == "POST" and path.endswith(JOIN_ROUTE):
-        return "join"
+        return "join", ""
     if method == "POST" and path.endswith(COMPONENT_ROUTE):
-        return "component"
+        return "component", ""
     if method == "GET" and path.endswith(STREAM_ROUTE):
-        return "stream"
-    return None
+        return "stream", ""
+    named = NAMED_ROUTES.search(path) if method == "POST" else None
+    if named is None:
+        return None
+    return ("run" if named["run"] else "call/v2" if named["v2"] else "call"), named["name"]
 
 
 def join_refusal(body: bytes, blocks: Any) -> str | None:
@@ -67,13 +82,51 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
         return None  # Gradio's 422 says why
     if request.fn_index is None:
         return None  # Gradio's 400: "No function index provided."
-    fn = _config(blocks, request.session_hash).fns.get(request.fn_index)
+    return _event_refusal(request, _config(blocks, request.session_hash).fns.get(request.fn_index))
+
+
+def run_refusal(name: str, body: bytes, blocks: Any) -> str | None:
+    """Why a direct call (``/gradio_api/run/NAME``) is refused: as a join (:func:`join_refusal`) when it gives an
+    ``fn_index``, else when no event of the app is named ``name`` or the one named is given too few inputs."""
+    from gradio.data_classes import PredictBody
+    from pydantic import ValidationError
+
+    try:
+        request = PredictBody.model_validate_json(body)
+    except ValidationError:
+        return None
+    fns = _config(blocks, request.session_hash).fns
+    if request.fn_index is not None:
+        return _event_refusal(request, fns.get(request.fn_index))
+    fn = next((fn for fn in fns.values() if fn.api_name == name), None)
+    return f"This app has no endpoint /{name}." if fn is None else _event_refusal(request, fn)
+
+
+def call_refusal(name: str, body: bytes, blocks: Any, v2: bool = False) -> str | None:
+    """Why a call of the simple API (``/gradio_api/call/NAME``; ``v2``: ``/gradio_api/call/v2/NAME``) is refused:
+    no event of the app (of its API, for ``v2``) is named ``name``."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(request, dict):
+        return None  # Gradio's 422
+    session_hash = request.get("session_hash") if not v2 and isinstance(request.get("session_hash"), str) else None
+    fns = _config(blocks, session_hash).fns.values()
+    if any(fn.api_name == name and (not v2 or (fn.fn is not None and fn.api_visibility != "private")) for fn in fns):
+        return None
+    return f"This app has no endpoint /{name}."
+
+
+def _event_refusal(request: Any, fn: Any) -> str | None:
+    """Why a request (a ``PredictBody``) for the event ``fn`` (None: unknown) is refused, or None."""
     if fn is None:
         return f"This app has no event {request.fn_index}."
+    label = request.fn_index if request.fn_index is not None else f"/{fn.api_name}"
     if fn.fn is None:
-        return f"Event {request.fn_index} runs in the page alone; it has nothing to call on the server."
+        return f"Event {label} runs in the page alone; it has nothing to call on the server."
     if not fn.cancels and not fn.batch and len(request.data) < len(fn.inputs):
-        return (f"Event {request.fn_index} takes {len(fn.inputs)} input{'s' * (len(fn.inputs) != 1)}; "
+        return (f"Event {label} takes {len(fn.inputs)} input{'s' * (len(fn.inputs) != 1)}; "
                 f"the request gave {len(request.data)}.")
     return None
 
@@ -122,7 +175,7 @@ class MalformedRequestsRefused:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        route = _route(scope)
+        route, name = _route(scope) or (None, "")
         blocks = _blocks(scope) if route else None
         if blocks is None:
             await self.app(scope, receive, send)
@@ -135,8 +188,7 @@ class MalformedRequestsRefused:
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive)
-        check = join_refusal if route == "join" else component_refusal
-        why = check(body, blocks) if body is not None else None
+        why = None if body is None else _refusal(route, name, body, blocks)
         if why:
             await _refuse(send, 422, why, route)
             return
@@ -145,6 +197,17 @@ class MalformedRequestsRefused:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+
+def _refusal(route: str, name: str, body: bytes, blocks: Any) -> str | None:
+    """Why a request with a body to ``route`` (for the endpoint ``name``) is refused, or None."""
+    if route == "join":
+        return join_refusal(body, blocks)
+    if route == "component":
+        return component_refusal(body, blocks)
+    if route == "run":
+        return run_refusal(name, body, blocks)
+    return call_refusal(name, body, blocks, v2=route == "call/v2")
 
 
 def _blocks(scope: dict) -> Any:

@@ -173,3 +173,35 @@ def test_a_failed_event_raised_in_a_library_names_the_app_s_own_line(caplog):
     assert line.startswith("an event failed: json.decoder.JSONDecodeError at decoder.py:"), line
     assert ", from tests/test_gatekeeper.py:" in line and line.endswith(" in handler"), line
     assert "Doe^Jane" not in line
+
+
+def test_direct_and_simple_api_calls_are_refused_as_joins_are(blocks):
+    """``/gradio_api/run/NAME`` (the page's call of an event outside the queue) and ``/gradio_api/call/NAME``
+    answered an unknown event or endpoint, or too few inputs, with HTTP 500 and a traceback, as the join did."""
+    both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
+    page_only = next(i for i, fn in blocks.fns.items() if fn.fn is None)
+    assert gatekeeper.run_refusal("predict", _join(10**6, []), blocks) == "This app has no event 1000000."
+    assert gatekeeper.run_refusal("predict", _join(both, [1]), blocks) == (
+        f"Event {both} takes 2 inputs; the request gave 1.")
+    assert "runs in the page alone" in gatekeeper.run_refusal("predict", _join(page_only, []), blocks)
+    assert gatekeeper.run_refusal("predict", _join(both, [1, "x"]), blocks) is None
+    assert gatekeeper.run_refusal("nosuch", _join(None, [1]), blocks) == "This app has no endpoint /nosuch."
+    assert gatekeeper.run_refusal("both", _join(None, [1]), blocks) == "Event /both takes 2 inputs; the request gave 1."
+    assert gatekeeper.run_refusal("both", _join(None, [1, "x"]), blocks) is None
+    simple = json.dumps({"data": [1, "x"]}).encode()
+    assert gatekeeper.call_refusal("nosuch", simple, blocks) == "This app has no endpoint /nosuch."
+    assert gatekeeper.call_refusal("both", simple, blocks) is None
+    assert gatekeeper.call_refusal("both", b"{}", blocks, v2=True) is None
+    assert gatekeeper.call_refusal("nosuch", b"{}", blocks, v2=True) == "This app has no endpoint /nosuch."
+    assert gatekeeper.call_refusal("both", b"[]", blocks) is None  # Gradio's 422
+
+
+@pytest.mark.parametrize("method, path, expected", [
+    ("POST", "/gradio_api/queue/join", ("join", "")), ("POST", "/root/gradio_api/queue/join/", ("join", "")),
+    ("POST", "/gradio_api/run/predict", ("run", "predict")), ("POST", "/gradio_api/api/both/", ("run", "both")),
+    ("POST", "/gradio_api/call/both", ("call", "both")), ("POST", "/gradio_api/call/v2/both", ("call/v2", "both")),
+    ("GET", "/gradio_api/call/both/abc123", None), ("GET", "/gradio_api/run/predict", None),
+    ("HEAD", "/gradio_api/queue/data", None), ("GET", "/gradio_api/queue/data", ("stream", "")),
+    ("POST", "/gradio_api/upload", None)])
+def test_the_routes_checked(method, path, expected):
+    assert gatekeeper._route({"type": "http", "method": method, "path": path}) == expected

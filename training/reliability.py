@@ -1076,7 +1076,7 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
     """(method, path, JSON body) of requests a browser never sends: queue joins naming no event of the app, one that
     runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a number, the
     patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), a component that does not exist,
-    and a stream with nothing queued."""
+    a stream with nothing queued, and direct and simple-API calls of no event, or with too few inputs."""
     import httpx
 
     deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
@@ -1098,6 +1098,12 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
     requests += [("POST", "/gradio_api/component_server",
                   {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
                  ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None)]
+    # the same outside the queue: a direct call (the page's, for an event it does not queue) and the simple API
+    requests += [("POST", "/gradio_api/run/predict", body(10**6, [])),
+                 ("POST", "/gradio_api/run/predict", body(takes_inputs["id"], [])),
+                 ("POST", "/gradio_api/run/no_such_endpoint", body(None, [MALFORMED_MARK])),
+                 ("POST", "/gradio_api/call/no_such_endpoint", {"data": [MALFORMED_MARK]}),
+                 ("POST", "/gradio_api/call/v2/no_such_endpoint", {"value": MALFORMED_MARK})]
     return requests
 
 
