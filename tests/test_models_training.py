@@ -1708,6 +1708,20 @@ def test_publish_reads_the_upload_again_after_redacting_and_refuses_what_is_left
     assert uploaded == []
 
 
+def test_publish_takes_percentages_for_no_path(tmp_path):
+    """A percent sign is part of a name only as a URL's escape (``%20``): ``80%/10%/10%`` in a card was listed as the
+    path ``/10%/10%`` and redacted to ``80%<local>/10%``."""
+    from training import publish
+
+    folder = tmp_path / "st" / "m"
+    folder.mkdir(parents=True)
+    card = "Split 80%/10%/10% of subjects; Dice 0.5%/0.7%/0.9% lower; data in file:///home/Jane%20Doe/ppmi\n"
+    (folder / "README.md").write_text(card)
+    assert publish.local_paths(tmp_path / "st") == {"/home/Jane%20Doe/ppmi": ["m/README.md"]}
+    publish.redact_paths(tmp_path / "st")
+    assert (folder / "README.md").read_text() == card.replace("/home/Jane%20Doe/ppmi", "<local>/ppmi")
+
+
 @pytest.mark.parametrize("module, argv", [("train", []), ("train", ["--mode", "baseline"]), ("train_inversion", []),
                                           ("train_score", [])])
 def test_a_training_command_refused_on_its_cohort_leaves_no_run_folder(tmp_path, monkeypatch, module, argv):

@@ -57,12 +57,15 @@ def card_from_record(folder: Path) -> Path:
     return write_model_card(folder, title=title, summary=summary, sections={})
 
 
+_NAME = r"(?:[\w.@+-]|%[0-9A-Fa-f]{2})+"  # a path part's name: a percent sign only as a URL's escape (%20)
 LOCAL_PATH = re.compile(r"(?:(?<![\w.:/~\\-])|(?<=\\[ntr])|(?<=file://)|(?<=file:///))"
-                        r"(?:/[\w.@+%-]+(?:/[\w.@+%-]+)+|~/[\w.@+%/-]+|[A-Za-z]:(?:(?:\\{1,2}|/)[\w.@+%-]+)+)")
+                        rf"(?:/{_NAME}(?:/{_NAME})+|~/(?:[\w.@+/-]|%[0-9A-Fa-f]{{2}})+"
+                        rf"|[A-Za-z]:(?:(?:\\{{1,2}}|/){_NAME})+)")
 """An absolute path of a machine in text: POSIX (two parts at least), a home-relative one, or a Windows one (its
 backslashes doubled in JSON; with slashes, as a ``file:`` URL writes it), also right after a JSON ``\\n``, ``\\t`` or
-``\\r`` and as a ``file://`` URL's path, percent-escapes and all (``/home/Jane%20Doe``). Another URL's path is not
-one (``https://host/a/b``: each slash follows ``:``, ``/`` or a name)."""
+``\\r`` and as a ``file://`` URL's path, percent-escapes and all (``/home/Jane%20Doe``; a percent sign followed by
+anything but two hex digits ends a name: ``80%/10%/10%`` is no path). Another URL's path is not one
+(``https://host/a/b``: each slash follows ``:``, ``/`` or a name)."""
 
 TEXT_FILES = ("README.md", "training.json", "TRAINING_NOTE.md")
 """The upload's files that may name paths (the others are weights and the networks' configuration)."""
