@@ -85,10 +85,14 @@ def response_root() -> Path:
 
 
 def _response_folder(url_path: str) -> Path | None:
-    """The response folder a ``/gradio_api/file=`` path points into, or None for any other file."""
+    """The response folder a ``/gradio_api/file=`` path points into, or None for any other file (and for a path no
+    file can have: with a NUL byte, which ``resolve`` refuses with ``ValueError``; Gradio answers it 403)."""
     if FILE_ROUTE not in url_path:
         return None
-    target = Path(unquote(url_path.split(FILE_ROUTE, 1)[1])).resolve()
+    try:
+        target = Path(unquote(url_path.split(FILE_ROUTE, 1)[1])).resolve()
+    except (ValueError, OSError):
+        return None
     root = response_root()
     if target.parent.parent != root or not target.name.endswith(".npy"):
         return None

@@ -1100,6 +1100,7 @@ def test_a_response_is_served_once_then_its_folder_is_deleted(tmp_path, monkeypa
         other.write_bytes(b"answer")
         fetch(other)
     assert upload.exists() and nested.exists() and loose.exists() and not_npy.exists()
+    fetch(Path(str(served.parent) + "%00") / "mixed_probs.npy")  # no file's path (resolve raised: 500, traceback)
 
 
 def test_server_deletes_the_request_and_a_partial_response_whatever_fails(app_weights, tmp_path, monkeypatch):
