@@ -9,8 +9,9 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
   or one that runs in the page alone (Gradio queues it, then prints its ``IndexError``), or giving an event fewer
   inputs than it takes (Gradio queues it, then prints its ``ValueError`` with the values);
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500);
-- ``GET /gradio_api/queue/data`` for a session with nothing queued (Gradio's 404 is raised once its stream has
-  begun: "response already started" and two tracebacks).
+- ``GET /gradio_api/queue/data`` for a session with nothing queued (an empty one too), and
+  ``GET /gradio_api/call/<name>/<event_id>`` for an event with nothing queued (Gradio's 404 is raised once its
+  stream has begun: "response already started", a dropped connection and two tracebacks).
 
 A request whose body Gradio's model refuses is passed on: Gradio's 422 already says why, without a traceback.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -36,13 +38,16 @@ API_PREFIX = "/gradio_api"
 JOIN_ROUTE = API_PREFIX + "/queue/join"
 COMPONENT_ROUTE = API_PREFIX + "/component_server"
 STREAM_ROUTE = API_PREFIX + "/queue/data"
+_CALL_STREAM = re.compile(re.escape(API_PREFIX) + r"/call/(?:v2/)?[^/]+/(?P<event_id>[^/]+)$")
+"""``GET /gradio_api/call/<name>/<event_id>`` (and ``/call/v2/...``): the stream of a call's event."""
 MAX_CHECKED_BODY = 1 << 20
 """Bodies longer than this (bytes) are passed on unchecked: a join's or a component call's body names files, it
 does not hold them, and is a few hundred bytes."""
 
 
 def _route(scope: dict) -> str | None:
-    """Which checked route an HTTP request is for (``join``, ``component``, ``stream``), else None."""
+    """Which checked route an HTTP request is for (``join``, ``component``, ``stream``, ``call stream``), else
+    None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
@@ -52,6 +57,8 @@ def _route(scope: dict) -> str | None:
         return "component"
     if method == "GET" and path.endswith(STREAM_ROUTE):
         return "stream"
+    if method == "GET" and _CALL_STREAM.search(path):
+        return "call stream"
     return None
 
 
@@ -95,11 +102,28 @@ def component_refusal(body: bytes, blocks: Any) -> str | None:
 def stream_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a queue stream is refused (its session has nothing queued, which Gradio finds only once its stream has
     begun), or None to pass it on."""
-    session = parse_qs(query_string.decode("latin-1")).get("session_hash", [None])[0]
+    session = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [None])[0]
     if session is None:
         return None  # Gradio's 422: the parameter is required
     if session not in blocks._queue.pending_messages_per_session:
         return "Nothing is queued for this session: join the queue first."
+    return None
+
+
+def call_stream_refusal(path: str, blocks: Any) -> str | None:
+    """Why the stream of a call's event (``GET .../call/<name>/<event_id>``) is refused (nothing is queued for the
+    session Gradio finds for the event, as for :func:`stream_refusal`), or None to pass it on."""
+    match = _CALL_STREAM.search(path.rstrip("/"))
+    if match is None:
+        return None
+    event_id, queue = match["event_id"], blocks._queue
+    event = queue.event_ids_to_events.get(event_id)
+    if event is not None:  # Gradio's lookup: the event's session, else one still holding its id, else the id
+        session = event.session_hash
+    else:
+        session = next((s for s, ids in queue.pending_event_ids_session.items() if event_id in ids), event_id)
+    if session not in queue.pending_messages_per_session:
+        return "Nothing is queued for this event: call the endpoint first (POST), then read its event's stream."
     return None
 
 
@@ -116,8 +140,9 @@ class MalformedRequestsRefused:
         if blocks is None:
             await self.app(scope, receive, send)
             return
-        if route == "stream":
-            why = stream_refusal(scope.get("query_string", b""), blocks)
+        if route in ("stream", "call stream"):
+            why = (stream_refusal(scope.get("query_string", b""), blocks) if route == "stream"
+                   else call_stream_refusal(scope.get("path", ""), blocks))
             if why:
                 await _refuse(send, 404, why, route)
                 return

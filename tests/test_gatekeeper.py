@@ -58,7 +58,23 @@ def test_a_component_call_for_a_component_the_app_lacks_is_refused(blocks):
 
 def test_a_stream_with_nothing_queued_is_refused(blocks):
     assert gatekeeper.stream_refusal(b"session_hash=nobody", blocks).startswith("Nothing is queued")
+    assert gatekeeper.stream_refusal(b"session_hash=", blocks).startswith("Nothing is queued")  # an empty session
     assert gatekeeper.stream_refusal(b"", blocks) is None  # Gradio's 422: the parameter is required
+
+
+def test_a_call_s_stream_for_an_event_with_nothing_queued_is_refused(blocks, monkeypatch):
+    """``GET /gradio_api/call/<name>/<event_id>``: refused unless the session Gradio finds for the event (its own,
+    one still holding its id, or the id itself) has messages queued."""
+    queue = blocks._queue
+    for path in ("/gradio_api/call/both/nobody", "/gradio_api/call/v2/both/nobody", "/gradio_api/call/v2/nobody/"):
+        assert gatekeeper.call_stream_refusal(path, blocks).startswith("Nothing is queued for this event")
+        assert gatekeeper._route({"type": "http", "method": "GET", "path": path}) == "call stream"
+    assert gatekeeper._route({"type": "http", "method": "POST", "path": "/gradio_api/call/both"}) is None
+    monkeypatch.setitem(queue.pending_messages_per_session, "page", object())
+    monkeypatch.setitem(queue.pending_event_ids_session, "page", {"ev1"})
+    monkeypatch.setitem(queue.pending_messages_per_session, "ev2", object())  # a call without a session of its own
+    assert gatekeeper.call_stream_refusal("/gradio_api/call/both/ev1", blocks) is None
+    assert gatekeeper.call_stream_refusal("/gradio_api/call/both/ev2", blocks) is None
 
 
 def test_the_middleware_answers_a_refusal_and_replays_a_passed_body(blocks):

@@ -1076,7 +1076,7 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
     """(method, path, JSON body) of requests a browser never sends: queue joins naming no event of the app, one that
     runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a number, the
     patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), a component that does not exist,
-    a stream with nothing queued, and a file path with a NUL byte."""
+    a stream with nothing queued (an empty session's, a call's event's), and a file path with a NUL byte."""
     import httpx
 
     deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
@@ -1098,6 +1098,9 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
     requests += [("POST", "/gradio_api/component_server",
                   {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
                  ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None),
+                 ("GET", "/gradio_api/queue/data?session_hash=", None),
+                 ("GET", f"/gradio_api/call/server_info/{secrets.token_hex(16)}", None),
+                 ("GET", f"/gradio_api/call/v2/server_info/{secrets.token_hex(16)}", None),
                  ("GET", f"/gradio_api/file=/tmp/%00{MALFORMED_MARK}.npy", None)]  # no file's path: a NUL byte
     return requests
 
