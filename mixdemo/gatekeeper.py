@@ -8,6 +8,14 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 - ``POST /gradio_api/queue/join`` naming an event (``fn_index``) the app does not have (Gradio: ``KeyError``, 500)
   or one that runs in the page alone (Gradio queues it, then prints its ``IndexError``), or giving an event fewer
   inputs than it takes (Gradio queues it, then prints its ``ValueError`` with the values);
+- ``POST /gradio_api/queue/join`` or ``/gradio_api/call/<name>`` with an empty ``session_hash`` (Gradio files the
+  event under a session of its own id, then looks for it under the empty one: ``KeyError``, 500);
+- ``POST /gradio_api/call/<name>``, ``/call/v2/<name>``, ``/run/<name>``, ``/api/<name>`` naming an endpoint the app
+  does not have (``FnIndexInferError`` quoting the name, or ``KeyError``, 500), or, for ``/call/v2``, arguments
+  the endpoint does not take (``TypeError``, 500);
+- a JSON body holding a number JSON has not (``NaN``, ``Infinity``, ``1e400``), which no browser's
+  ``JSON.stringify`` writes: where Gradio's model refused it, its 422 could not be written (``ValueError``, 500);
+- a join, component call or call by name whose body passes :data:`MAX_CHECKED_BODY` (413): it could not be checked;
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500);
 - ``GET /gradio_api/queue/data`` for a session with nothing queued (an empty one too), and
   ``GET /gradio_api/call/<name>/<event_id>`` for an event with nothing queued (Gradio's 404 is raised once its
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import traceback
@@ -41,13 +50,17 @@ STREAM_ROUTE = API_PREFIX + "/queue/data"
 _CALL_STREAM = re.compile(re.escape(API_PREFIX) + r"/call/(?:v2/)?[^/]+/(?P<event_id>[^/]+)$")
 """``GET /gradio_api/call/<name>/<event_id>`` (and ``/call/v2/...``): the stream of a call's event."""
 MAX_CHECKED_BODY = 1 << 20
-"""Bodies longer than this (bytes) are passed on unchecked: a join's or a component call's body names files, it
-does not hold them, and is a few hundred bytes."""
+"""Bodies longer than this (bytes) are refused on the routes checked here (413), passed on unchecked elsewhere: a
+join's, a call's or a component call's body names files, it does not hold them, and is a few hundred bytes."""
+_CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P<name>[^/]+)$")
+"""``POST /gradio_api/call/<name>`` (its ``v2``) and ``/run/<name>``, ``/api/<name>``: an endpoint called by name."""
+EMPTY_SESSION = "The session (session_hash) is empty: give one, or leave it out."
+UNKNOWN_ENDPOINT = "This app has no API endpoint of that name: see /gradio_api/info for its endpoints."
 
 
 def _route(scope: dict) -> str | None:
-    """Which checked route an HTTP request is for (``join``, ``component``, ``stream``, ``call stream``), else
-    None."""
+    """Which checked route an HTTP request is for (``join``, ``component``, ``call``, ``stream``, ``call stream``;
+    ``json`` for any other POST of the API that is not a form), else None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
@@ -59,6 +72,40 @@ def _route(scope: dict) -> str | None:
         return "stream"
     if method == "GET" and _CALL_STREAM.search(path):
         return "call stream"
+    if method == "POST" and _CALL.search(path):
+        return "call"
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"").lower()
+    if method == "POST" and API_PREFIX + "/" in path and not content_type.startswith(
+            (b"multipart/form-data", b"application/x-www-form-urlencoded")):
+        return "json"
+    return None
+
+
+class _NonFinite(ValueError):
+    """A JSON number past a double's range, or ``NaN``/``Infinity``."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise _NonFinite(text)
+
+
+def nonfinite_refusal(body: bytes) -> str | None:
+    """Why a JSON body is refused (a number JSON has not: ``NaN``, ``Infinity``, or one past a double's range, which
+    Python reads as infinite; FastAPI could not write its own 422 quoting it), or None to pass it on (it is not JSON
+    at all, which Gradio answers)."""
+    try:
+        json.loads(body, parse_float=_finite, parse_constant=_no_constant)
+    except _NonFinite:
+        return "The body holds a number JSON has not (NaN, Infinity, or past a double's range)."
+    except (ValueError, RecursionError):
+        return None
     return None
 
 
@@ -72,6 +119,8 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
         request = PredictBody.model_validate_json(body)
     except ValidationError:
         return None  # Gradio's 422 says why
+    if request.session_hash == "":
+        return EMPTY_SESSION
     if request.fn_index is None:
         return None  # Gradio's 400: "No function index provided."
     fn = blocks.fns.get(request.fn_index)
@@ -82,6 +131,57 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
     if not fn.cancels and not fn.batch and len(request.data) < len(fn.inputs):
         return (f"Event {request.fn_index} takes {len(fn.inputs)} input{'s' * (len(fn.inputs) != 1)}; "
                 f"the request gave {len(request.data)}.")
+    return None
+
+
+def call_refusal(path: str, body: bytes, blocks: Any, api_info: Any = None) -> str | None:
+    """Why a call of an endpoint by name (``POST .../call/<name>``, ``/call/v2/<name>``, ``/run/<name>``,
+    ``/api/<name>``) is refused: no event of ``blocks`` has that API name (for ``/call/v2``: no endpoint of
+    ``api_info()``, the app's API description, has it, or the body's arguments are not the endpoint's), its
+    ``fn_index`` names no event, or its session is empty; None to pass it on."""
+    from gradio.data_classes import PredictBody, SimplePredictBody
+    from pydantic import ValidationError
+
+    match = _CALL.search(path.rstrip("/"))
+    if match is None:
+        return None
+    kind, name = match["kind"], match["name"]
+    if kind == "call/v2":
+        return _call_v2_refusal(name, body, api_info() if api_info else blocks.get_api_info())
+    try:
+        request = (SimplePredictBody if kind == "call" else PredictBody).model_validate_json(body)
+    except ValidationError:
+        return None  # Gradio's 422
+    if request.session_hash == "":
+        return EMPTY_SESSION
+    fn_index = getattr(request, "fn_index", None)
+    if fn_index is not None:
+        return None if fn_index in blocks.fns else f"This app has no event {fn_index}."
+    return None if any(fn.api_name == name for fn in blocks.fns.values()) else UNKNOWN_ENDPOINT
+
+
+def _call_v2_refusal(name: str, body: bytes, info: dict) -> str | None:
+    """:func:`call_refusal` for ``/call/v2/<name>``: its body, an object of arguments by name, checked against the
+    endpoint's parameters in ``info`` (the app's API description) as Gradio reads them."""
+    from gradio_client.utils import construct_args
+
+    endpoint = info.get("named_endpoints", {}).get("/" + name)
+    if endpoint is None:
+        return UNKNOWN_ENDPOINT
+    try:
+        args = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # Gradio's 422
+    if not isinstance(args, dict):
+        return None
+    parameters = endpoint.get("parameters", [])
+    if endpoint.get("oauth_token") or not any(p.get("parameter_name") == "oauth_token" for p in parameters):
+        args.pop("oauth_token", None)
+    try:
+        construct_args(parameters, (), args)
+    except (TypeError, ValueError):
+        names = ", ".join(str(p.get("parameter_name")) for p in parameters) or "none"
+        return f"Endpoint /{name} takes these arguments by name: {names}; the request gave others, or too few."
     return None
 
 
@@ -128,8 +228,9 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
 
 
 class MalformedRequestsRefused:
-    """ASGI middleware: the requests listed in this module's docstring are answered here (422, or 404 for a stream
-    with nothing queued), with one line in the log; every other request goes on unchanged."""
+    """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
+    with nothing queued or an endpoint the app lacks; 413 for a body too long to check), with one line in the log;
+    every other request goes on unchanged."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -149,10 +250,21 @@ class MalformedRequestsRefused:
             await self.app(scope, receive, send)
             return
         messages, body = await _read_body(receive)
-        check = join_refusal if route == "join" else component_refusal
-        why = check(body, blocks) if body is not None else None
+        if body is None and messages[-1]["type"] == "http.request" and route != "json":
+            await _refuse(send, 413, f"The body passes {MAX_CHECKED_BODY} bytes: a page's request names its "
+                                     "files, it does not hold them.", route)
+            return
+        why = None if body is None else nonfinite_refusal(body)
+        if body is not None and not why:
+            if route == "join":
+                why = join_refusal(body, blocks)
+            elif route == "component":
+                why = component_refusal(body, blocks)
+            elif route == "call":
+                why = call_refusal(scope.get("path", ""), body, blocks,
+                                   lambda: getattr(scope.get("app"), "api_info", None) or blocks.get_api_info())
         if why:
-            await _refuse(send, 422, why, route)
+            await _refuse(send, 404 if why == UNKNOWN_ENDPOINT else 422, why, route)
             return
 
         async def replay() -> dict:

@@ -47,6 +47,51 @@ def test_a_well_formed_join_or_one_gradio_answers_itself_is_passed_on(blocks):
     assert gatekeeper.join_refusal(_join(None, []), blocks) is None  # its 400
 
 
+def test_a_join_or_a_call_with_an_empty_session_is_refused(blocks):
+    """Gradio filed such an event under a session of its own id, then looked for it under the empty one: 500."""
+    both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
+    body = json.loads(_join(both, [1, "x"]))
+    assert gatekeeper.join_refusal(json.dumps({**body, "session_hash": ""}).encode(), blocks) == gatekeeper.EMPTY_SESSION
+    call = json.dumps({"data": [1, "x"], "session_hash": ""}).encode()
+    assert gatekeeper.call_refusal("/gradio_api/call/both", call, blocks) == gatekeeper.EMPTY_SESSION
+
+
+def test_a_call_by_name_is_refused_for_an_endpoint_the_app_lacks_or_arguments_it_does_not_take(blocks):
+    """``/call/<name>``, ``/run/<name>``, ``/api/<name>``: an API name no event has (Gradio: FnIndexInferError quoting
+    the name, 500), or an fn_index no event has (KeyError); ``/call/v2/<name>``: a name the API description lacks
+    (KeyError) or arguments by name the endpoint does not take (TypeError)."""
+    data = json.dumps({"data": [1, "x"]}).encode()
+    for route in ("call", "run", "api"):
+        assert gatekeeper.call_refusal(f"/gradio_api/{route}/both", data, blocks) is None
+        assert gatekeeper.call_refusal(f"/gradio_api/{route}/nothing/", data, blocks) == gatekeeper.UNKNOWN_ENDPOINT
+        assert gatekeeper._route({"type": "http", "method": "POST", "path": f"/gradio_api/{route}/x"}) == "call"
+    with_index = json.dumps({"data": [], "fn_index": 10**6}).encode()
+    assert gatekeeper.call_refusal("/gradio_api/run/both", with_index, blocks) == "This app has no event 1000000."
+    assert gatekeeper.call_refusal("/gradio_api/call/both", b"{not json", blocks) is None  # Gradio's 422
+
+    def v2(args: object) -> str | None:
+        return gatekeeper.call_refusal("/gradio_api/call/v2/both", json.dumps(args).encode(), blocks)
+
+    assert gatekeeper.call_refusal("/gradio_api/call/v2/nothing", b"{}", blocks) == gatekeeper.UNKNOWN_ENDPOINT
+    names = [p["parameter_name"] for p in blocks.get_api_info()["named_endpoints"]["/both"]["parameters"]]
+    assert v2(dict.fromkeys(names, 1)) is None and v2([1, 2]) is None  # a list: Gradio's 422
+    assert v2({**dict.fromkeys(names, 1), "other": 1}).startswith("Endpoint /both takes these arguments by name:")
+    assert v2({}).startswith("Endpoint /both takes")  # too few
+
+
+def test_a_json_body_with_a_number_json_has_not_is_refused():
+    """NaN, Infinity, or past a double's range (Python reads 1e400 as inf): FastAPI's 422 quoting it could not be
+    written (its JSON has no such number), so Gradio answered 500."""
+    for body in (b'{"fn_index": 1e400}', b'{"data": [NaN]}', b'[-Infinity]', b'{"a": {"b": [1, -1e999]}}'):
+        assert gatekeeper.nonfinite_refusal(body).startswith("The body holds a number JSON has not"), body
+    for body in (b'{"fn_index": 1e300, "data": [1.5, -0.0, 12345678901234567890]}', b"{not json", b"[" * 10**5):
+        assert gatekeeper.nonfinite_refusal(body) is None, body[:20]
+    json_post = {"type": "http", "method": "POST", "path": "/gradio_api/cancel", "headers": []}
+    assert gatekeeper._route(json_post) == "json"
+    form = [(b"content-type", b"multipart/form-data; boundary=x")]
+    assert gatekeeper._route({**json_post, "path": "/gradio_api/upload", "headers": form}) is None
+
+
 def test_a_component_call_for_a_component_the_app_lacks_is_refused(blocks):
     def call(component: int) -> bytes:
         return json.dumps({"session_hash": "s", "component_id": component, "fn_name": "f", "data": None}).encode()
@@ -69,7 +114,7 @@ def test_a_call_s_stream_for_an_event_with_nothing_queued_is_refused(blocks, mon
     for path in ("/gradio_api/call/both/nobody", "/gradio_api/call/v2/both/nobody", "/gradio_api/call/v2/nobody/"):
         assert gatekeeper.call_stream_refusal(path, blocks).startswith("Nothing is queued for this event")
         assert gatekeeper._route({"type": "http", "method": "GET", "path": path}) == "call stream"
-    assert gatekeeper._route({"type": "http", "method": "POST", "path": "/gradio_api/call/both"}) is None
+    assert gatekeeper._route({"type": "http", "method": "POST", "path": "/gradio_api/call/both"}) == "call"
     monkeypatch.setitem(queue.pending_messages_per_session, "page", object())
     monkeypatch.setitem(queue.pending_event_ids_session, "page", {"ev1"})
     monkeypatch.setitem(queue.pending_messages_per_session, "ev2", object())  # a call without a session of its own
@@ -112,6 +157,9 @@ def test_the_middleware_answers_a_refusal_and_replays_a_passed_body(blocks):
     refused = run(_join(10**6, []))
     assert refused[0]["status"] == 422 and json.loads(refused[1]["body"]) == {"detail": "This app has no event 1000000."}
     assert seen == []
+    too_long = run(_join(10**6, ["x" * gatekeeper.MAX_CHECKED_BODY]))  # not checked: refused all the same
+    assert too_long[0]["status"] == 413 and seen == []
+    assert run(b'{"data": [], "fn_index": 1e400, "session_hash": "s"}')[0]["status"] == 422 and seen == []
     both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
     assert run(_join(both, [1, "x"])) == [] and seen == [_join(both, [1, "x"])]
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -1072,11 +1073,20 @@ MALFORMED_MARK = "Doe^Jane-malformed-request"
 """A patient-like value sent in malformed requests: it must not reach the app's log."""
 
 
-def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
-    """(method, path, JSON body) of requests a browser never sends: queue joins naming no event of the app, one that
-    runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a number, the
-    patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), a component that does not exist,
-    a stream with nothing queued (an empty session's, a call's event's), and a file path with a NUL byte."""
+class RawBody(NamedTuple):
+    """A malformed request's body as bytes, with its headers: what JSON cannot carry (``NaN``), or a form."""
+
+    content: bytes
+    headers: dict[str, str]
+
+
+def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]:
+    """(method, path, JSON body or :class:`RawBody`) of requests a browser never sends: queue joins naming no event
+    of the app, one that runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a
+    number, the patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), an empty session, a
+    number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
+    endpoint does not take; a component that does not exist, a stream with nothing queued (an empty session's, a
+    call's event's), and a file path with a NUL byte."""
     import httpx
 
     deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
@@ -1095,6 +1105,20 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
     wrong = [12345, MALFORMED_MARK, {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, None]
     requests += [("POST", join, body(d["id"], [value] * len(d["inputs"])))
                  for d in deps if d.get("api_name") and d.get("backend_fn", True) and d["inputs"] for value in wrong]
+    server_info = next(d for d in deps if d.get("api_name") == "server_info")
+    json_type = {"content-type": "application/json"}
+    requests += [("POST", join, {**body(server_info["id"], []), "session_hash": ""}),
+                 ("POST", join, RawBody(b'{"data": [], "fn_index": 1e400, "session_hash": "s"}', json_type)),
+                 ("POST", join, RawBody(b'{"data": [NaN], "fn_index": %d, "session_hash": "s"}' % server_info["id"],
+                                        json_type)),
+                 ("POST", join, body(10**6, ["x" * (1 << 20)])),
+                 ("POST", f"/gradio_api/call/{MALFORMED_MARK}", {"data": []}),
+                 ("POST", "/gradio_api/call/server_info", {"data": [], "session_hash": ""}),
+                 ("POST", f"/gradio_api/call/v2/{MALFORMED_MARK}", {}),
+                 ("POST", "/gradio_api/call/v2/server_info", {MALFORMED_MARK: 1}),
+                 ("POST", f"/gradio_api/run/{MALFORMED_MARK}", {"data": []}),
+                 ("POST", "/gradio_api/cancel", RawBody(b'{"session_hash": "s", "fn_index": NaN, "event_id": "e"}',
+                                                        json_type))]
     requests += [("POST", "/gradio_api/component_server",
                   {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
                  ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None),
@@ -1117,12 +1141,12 @@ def check_malformed_requests(app: AppProcess) -> dict:
     server_errors = 0
     for method, path, body in malformed_requests(app.url):
         try:
-            if method == "GET":
-                r = httpx.get(app.url + path, timeout=30)
+            if isinstance(body, RawBody):
+                r = httpx.request(method, app.url + path, content=body.content, headers=body.headers, timeout=30)
             else:
-                r = httpx.post(app.url + path, json=body, timeout=30)
+                r = httpx.request(method, app.url + path, json=body, timeout=30)
             status = r.status_code
-            if status == 200 and path.endswith("/queue/join"):
+            if status == 200 and path.endswith("/queue/join") and isinstance(body, dict):
                 status = _queued_outcome(app.url, body["session_hash"])
         except httpx.HTTPError:
             status = 0
