@@ -17,6 +17,10 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
   ``JSON.stringify`` writes: where Gradio's model refused it, its 422 could not be written (``ValueError``, 500);
 - a join, component call or call by name whose body passes :data:`MAX_CHECKED_BODY` (413): it could not be checked;
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500);
+- any request whose ``X-Forwarded-Host`` or ``X-Gradio-Server`` header makes no URL (a port that is no number, an
+  unclosed ``[``): Gradio builds the app's URL from them for the page, its config and events (``InvalidURL``
+  quoting the header, 500); any form (``multipart/form-data``) whose boundary is longer than the multipart
+  parser takes (its ``FormParserError`` is not the ``MultiPartException`` Gradio answers with a 400: 500);
 - ``GET /gradio_api/queue/data`` for a session with nothing queued (an empty one too), and
   ``GET /gradio_api/call/<name>/<event_id>`` for an event with nothing queued (Gradio's 404 is raised once its
   stream has begun: "response already started", a dropped connection and two tracebacks).
@@ -56,6 +60,39 @@ _CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P
 """``POST /gradio_api/call/<name>`` (its ``v2``) and ``/run/<name>``, ``/api/<name>``: an endpoint called by name."""
 EMPTY_SESSION = "The session (session_hash) is empty: give one, or leave it out."
 UNKNOWN_ENDPOINT = "This app has no API endpoint of that name: see /gradio_api/info for its endpoints."
+
+
+def forwarded_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a request is refused for a header Gradio builds the app's URL from (``X-Forwarded-Host``,
+    ``X-Gradio-Server``: their first value, as Gradio reads it) that makes no URL, or None."""
+    import httpx
+
+    seen = set()
+    for key, value in headers:
+        name = key.lower()
+        if name not in (b"x-forwarded-host", b"x-gradio-server") or name in seen:
+            continue
+        seen.add(name)
+        first = value.decode("latin-1").split(",")[0].strip()
+        try:
+            if first:
+                httpx.URL(f"http://{first}" if name == b"x-forwarded-host" else first)
+        except httpx.InvalidURL:
+            return f"The {name.decode()} header makes no URL."
+    return None
+
+
+def boundary_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why a form (``multipart/form-data``) is refused for a boundary longer than the multipart parser takes (RFC
+    2046 allows 70 characters), or None."""
+    from python_multipart import multipart
+
+    content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+    kind, options = multipart.parse_options_header(content_type)
+    limit = getattr(multipart, "MAX_BOUNDARY_LENGTH", 256)
+    if kind == b"multipart/form-data" and len(options.get(b"boundary", b"")) > limit:
+        return f"The form's boundary is longer than {limit} characters."
+    return None
 
 
 def _route(scope: dict) -> str | None:
@@ -229,13 +266,19 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
 
 class MalformedRequestsRefused:
     """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
-    with nothing queued or an endpoint the app lacks; 413 for a body too long to check), with one line in the log;
-    every other request goes on unchanged."""
+    with nothing queued or an endpoint the app lacks; 413 for a body too long to check; 400 for a header), with one
+    line in the log; every other request goes on unchanged."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            headers = scope.get("headers", [])
+            why = forwarded_refusal(headers) or (boundary_refusal(headers) if scope.get("method") == "POST" else None)
+            if why:
+                await _refuse(send, 400, why, "header")
+                return
         route = _route(scope)
         blocks = _blocks(scope) if route else None
         if blocks is None:

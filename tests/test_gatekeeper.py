@@ -92,6 +92,25 @@ def test_a_json_body_with_a_number_json_has_not_is_refused():
     assert gatekeeper._route({**json_post, "path": "/gradio_api/upload", "headers": form}) is None
 
 
+def test_a_request_is_refused_for_a_proxy_header_that_makes_no_url_or_a_form_boundary_too_long():
+    """Gradio builds the app's URL from X-Forwarded-Host (``http://`` and its first value) or X-Gradio-Server:
+    ``InvalidURL``, 500. A boundary past the multipart parser's limit: its ``FormParserError``, 500."""
+    for value in (b"x:abc", b"[::1", b"example.org:1x, other"):
+        assert gatekeeper.forwarded_refusal([(b"X-Forwarded-Host", value)]) == "The x-forwarded-host header makes no URL."
+    assert gatekeeper.forwarded_refusal([(b"x-gradio-server", b"http://x:abc")]).startswith("The x-gradio-server")
+    for fine in ([(b"x-forwarded-host", b"example.org:8080, [::1")], [(b"x-forwarded-host", b"")],
+                 [(b"x-forwarded-host", b"a.org"), (b"x-forwarded-host", b"x:abc")],  # Gradio reads the first
+                 [(b"x-gradio-server", b"https://example.org/app/")], [(b"host", b"x:abc")]):
+        assert gatekeeper.forwarded_refusal(fine) is None, fine
+
+    def form(boundary: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", b"multipart/form-data; boundary=" + boundary)]
+
+    assert gatekeeper.boundary_refusal(form(b"b" * 257)) == "The form's boundary is longer than 256 characters."
+    assert gatekeeper.boundary_refusal(form(b"b" * 70)) is None
+    assert gatekeeper.boundary_refusal([(b"content-type", b"text/plain; boundary=" + b"b" * 300)]) is None
+
+
 def test_a_component_call_for_a_component_the_app_lacks_is_refused(blocks):
     def call(component: int) -> bytes:
         return json.dumps({"session_hash": "s", "component_id": component, "fn_name": "f", "data": None}).encode()

@@ -1086,7 +1086,7 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     number, the patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), an empty session, a
     number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
     endpoint does not take; a component that does not exist, a stream with nothing queued (an empty session's, a
-    call's event's), and a file path with a NUL byte."""
+    call's event's), a file path with a NUL byte, a proxy header that makes no URL, a form boundary too long."""
     import httpx
 
     deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
@@ -1125,7 +1125,10 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("GET", "/gradio_api/queue/data?session_hash=", None),
                  ("GET", f"/gradio_api/call/server_info/{secrets.token_hex(16)}", None),
                  ("GET", f"/gradio_api/call/v2/server_info/{secrets.token_hex(16)}", None),
-                 ("GET", f"/gradio_api/file=/tmp/%00{MALFORMED_MARK}.npy", None)]  # no file's path: a NUL byte
+                 ("GET", f"/gradio_api/file=/tmp/%00{MALFORMED_MARK}.npy", None),  # no file's path: a NUL byte
+                 ("GET", "/config", RawBody(b"", {"x-forwarded-host": f"{MALFORMED_MARK}:port"})),
+                 ("POST", "/gradio_api/upload", RawBody(b"x", {"content-type": "multipart/form-data; boundary="
+                                                                              + "b" * 300}))]
     return requests
 
 
