@@ -16,7 +16,9 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 - a JSON body holding a number JSON has not (``NaN``, ``Infinity``, ``1e400``), which no browser's
   ``JSON.stringify`` writes: where Gradio's model refused it, its 422 could not be written (``ValueError``, 500);
 - a join, component call or call by name whose body passes :data:`MAX_CHECKED_BODY` (413): it could not be checked;
-- ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500);
+- ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500), or, as a
+  form, without the fields ``component_id`` (a number), ``session_hash`` and ``fn_name`` (``KeyError``, or a
+  ``ValidationError`` quoting the value, 500);
 - any request whose ``X-Forwarded-Host`` or ``X-Gradio-Server`` header makes no URL (a port that is no number, an
   unclosed ``[``): Gradio builds the app's URL from them for the page, its config and events (``InvalidURL``
   quoting the header, 500); any form (``multipart/form-data``) whose boundary is longer than the multipart
@@ -111,11 +113,15 @@ def _route(scope: dict) -> str | None:
         return "call stream"
     if method == "POST" and _CALL.search(path):
         return "call"
-    content_type = dict(scope.get("headers", [])).get(b"content-type", b"").lower()
-    if method == "POST" and API_PREFIX + "/" in path and not content_type.startswith(
-            (b"multipart/form-data", b"application/x-www-form-urlencoded")):
+    if method == "POST" and API_PREFIX + "/" in path and not _is_form(scope, b"application/x-www-form-urlencoded"):
         return "json"
     return None
+
+
+def _is_form(scope: dict, *other: bytes) -> bool:
+    """Whether a request's Content-Type is ``multipart/form-data`` (or one of ``other``), as Gradio tells it."""
+    content_type = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-type"), b"").lower()
+    return content_type.startswith((b"multipart/form-data", *other))
 
 
 class _NonFinite(ValueError):
@@ -236,6 +242,41 @@ def component_refusal(body: bytes, blocks: Any) -> str | None:
     return None
 
 
+def component_form_refusal(fields: dict[str, str], blocks: Any) -> str | None:
+    """Why a component-server call sent as a form (``fields``: its fields, not its files) is refused (a field
+    missing, a ``component_id`` that is no number, a component unknown to ``blocks``), or None to pass it on."""
+    from gradio.data_classes import ComponentServerBlobBody, DataWithFiles
+    from pydantic import ValidationError
+
+    try:
+        request = ComponentServerBlobBody(data=DataWithFiles(data=fields, files=[]), component_id=fields["component_id"],
+                                          session_hash=fields["session_hash"], fn_name=fields["fn_name"])
+    except (KeyError, ValidationError):
+        return "A component call's form needs the fields component_id (a number), session_hash and fn_name."
+    if request.component_id not in blocks.blocks:
+        return f"This app has no component {request.component_id}."
+    return None
+
+
+async def _form_fields(scope: dict, body: bytes) -> dict[str, str] | None:
+    """The fields (not the files) of a form's ``body``, the last of each name, as Starlette's multipart parser (the
+    one Gradio's copies) reads them; None when it reads no form (Gradio answers that with a 400)."""
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartParser
+
+    async def stream():  # noqa: ANN202 - an async generator of the one body
+        yield body
+
+    try:
+        form = await MultiPartParser(Headers(scope=scope), stream()).parse()
+    except Exception:  # noqa: BLE001 - no form the parser reads: Gradio's own parser answers it
+        return None
+    try:
+        return {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    finally:
+        await form.close()
+
+
 def stream_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a queue stream is refused (its session has nothing queued, which Gradio finds only once its stream has
     begun), or None to pass it on."""
@@ -301,6 +342,9 @@ class MalformedRequestsRefused:
         if body is not None and not why:
             if route == "join":
                 why = join_refusal(body, blocks)
+            elif route == "component" and _is_form(scope):
+                fields = await _form_fields(scope, body)
+                why = None if fields is None else component_form_refusal(fields, blocks)
             elif route == "component":
                 why = component_refusal(body, blocks)
             elif route == "call":

@@ -120,6 +120,28 @@ def test_a_component_call_for_a_component_the_app_lacks_is_refused(blocks):
     assert gatekeeper.component_refusal(b"[]", blocks) is None
 
 
+def test_a_component_call_as_a_form_without_its_fields_or_for_a_component_the_app_lacks_is_refused(blocks):
+    """Gradio read the fields of such a form unchecked: KeyError, or a ValidationError quoting the value (500)."""
+    import asyncio
+
+    known = next(iter(blocks.blocks))
+    fields = {"session_hash": "s", "component_id": str(known), "fn_name": "f"}
+    assert gatekeeper.component_form_refusal(fields, blocks) is None
+    assert gatekeeper.component_form_refusal({**fields, "component_id": "1000000"}, blocks) == (
+        "This app has no component 1000000.")
+    needs = "A component call's form needs the fields component_id (a number), session_hash and fn_name."
+    assert gatekeeper.component_form_refusal({**fields, "component_id": "Doe^Jane"}, blocks) == needs
+    assert gatekeeper.component_form_refusal({"session_hash": "s"}, blocks) == needs
+
+    boundary = "b0undary"
+    body = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                   for k, v in fields.items()).encode()
+    body += f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.txt"\r\n\r\nfile\r\n'.encode()
+    scope = {"headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]}
+    assert asyncio.run(gatekeeper._form_fields(scope, body + f"--{boundary}--\r\n".encode())) == fields
+    assert asyncio.run(gatekeeper._form_fields(scope, b"no form")) is None
+
+
 def test_a_stream_with_nothing_queued_is_refused(blocks):
     assert gatekeeper.stream_refusal(b"session_hash=nobody", blocks).startswith("Nothing is queued")
     assert gatekeeper.stream_refusal(b"session_hash=", blocks).startswith("Nothing is queued")  # an empty session

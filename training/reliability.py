@@ -1085,7 +1085,8 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     of the app, one that runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a
     number, the patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), an empty session, a
     number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
-    endpoint does not take; a component that does not exist, a stream with nothing queued (an empty session's, a
+    endpoint does not take; a component that does not exist, a component call's form without its fields or with
+    a component_id that is no number, a stream with nothing queued (an empty session's, a
     call's event's), a file path with a NUL byte, a proxy header that makes no URL, a form boundary too long."""
     import httpx
 
@@ -1119,8 +1120,18 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("POST", f"/gradio_api/run/{MALFORMED_MARK}", {"data": []}),
                  ("POST", "/gradio_api/cancel", RawBody(b'{"session_hash": "s", "fn_index": NaN, "event_id": "e"}',
                                                         json_type))]
+    def form(**fields: str) -> RawBody:
+        parts = "".join(f'--b0undary\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                        for k, v in fields.items())
+        return RawBody(f"{parts}--b0undary--\r\n".encode(), {"content-type": "multipart/form-data; boundary=b0undary"})
+
     requests += [("POST", "/gradio_api/component_server",
                   {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
+                 ("POST", "/gradio_api/component_server", form(session_hash=secrets.token_hex(8))),
+                 ("POST", "/gradio_api/component_server",
+                  form(session_hash=secrets.token_hex(8), component_id=MALFORMED_MARK, fn_name="x")),
+                 ("POST", "/gradio_api/component_server",
+                  form(session_hash=secrets.token_hex(8), component_id=str(10**6), fn_name="x")),
                  ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None),
                  ("GET", "/gradio_api/queue/data?session_hash=", None),
                  ("GET", f"/gradio_api/call/server_info/{secrets.token_hex(16)}", None),
