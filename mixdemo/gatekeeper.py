@@ -29,6 +29,9 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 
 A request whose body Gradio's model refuses is passed on: Gradio's 422 already says why, without a traceback.
 
+A client that leaves before it has sent its whole body (a page closed during an upload) made Gradio's parser raise
+Starlette's ``ClientDisconnect`` out of the route: a traceback of some 78 lines for nobody; it is one line here.
+
 An event that fails (a value its component refuses, say) is answered by Gradio's queue with its error, and Gradio
 printed the whole traceback too, with the exception's message, which quotes the request's values: with
 :func:`quiet_event_failures` the log gets one line (the exception's type and where it was raised), and the stack,
@@ -314,6 +317,15 @@ class MalformedRequestsRefused:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        from starlette.requests import ClientDisconnect
+
+        try:
+            await self._checked(scope, receive, send)
+        except ClientDisconnect:
+            log.info("a client left before it had sent its whole request (%s); nothing to answer",
+                     scope.get("method"))
+
+    async def _checked(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") == "http":
             headers = scope.get("headers", [])
             why = forwarded_refusal(headers) or (boundary_refusal(headers) if scope.get("method") == "POST" else None)

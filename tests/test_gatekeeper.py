@@ -205,6 +205,23 @@ def test_the_middleware_answers_a_refusal_and_replays_a_passed_body(blocks):
     assert run(_join(both, [1, "x"])) == [] and seen == [_join(both, [1, "x"])]
 
 
+def test_a_client_that_leaves_during_its_body_is_one_line_in_the_log(caplog):
+    """Gradio's parser raised Starlette's ClientDisconnect out of the route (a page closed during an upload): the
+    server logged its traceback; the middleware ends the request quietly, with one line."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    async def inner(scope, receive, send):
+        raise ClientDisconnect()
+
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/upload", "headers": []}
+    with caplog.at_level(logging.INFO, logger="mixdemo.gatekeeper"):
+        asyncio.run(gatekeeper.MalformedRequestsRefused(inner)(scope, None, None))
+    assert [r.getMessage() for r in caplog.records] == [
+        "a client left before it had sent its whole request (POST); nothing to answer"]
+
+
 def test_a_failed_event_is_one_line_in_the_log_without_its_message(caplog, capsys):
     """What Gradio's queue printed as a whole traceback, quoting the request's value in the message: one WARNING
     line naming the exception's type and where it was raised; the stack, without the message, at DEBUG."""

@@ -1074,10 +1074,25 @@ MALFORMED_MARK = "Doe^Jane-malformed-request"
 
 
 class RawBody(NamedTuple):
-    """A malformed request's body as bytes, with its headers: what JSON cannot carry (``NaN``), or a form."""
+    """A malformed request's body as bytes, with its headers: what JSON cannot carry (``NaN``), or a form;
+    ``leaves``: the client sends half of it, then closes the connection (a page closed during an upload)."""
 
     content: bytes
     headers: dict[str, str]
+    leaves: bool = False
+
+
+def _send_half_and_leave(url: str, method: str, path: str, body: RawBody) -> None:
+    """Send a request's head (the whole body's Content-Length) and half of its body on a socket, then close it."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": where.netloc, **body.headers,
+                                                  "Content-Length": str(len(body.content))}.items())
+    with socket.create_connection((where.hostname, where.port or 80), timeout=10) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body.content[:len(body.content) // 2])
+    time.sleep(0.5)  # the server reads the rest, finds the client gone
 
 
 def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]:
@@ -1087,7 +1102,8 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
     endpoint does not take; a component that does not exist, a component call's form without its fields or with
     a component_id that is no number, a stream with nothing queued (an empty session's, a
-    call's event's), a file path with a NUL byte, a proxy header that makes no URL, a form boundary too long."""
+    call's event's), a file path with a NUL byte, a proxy header that makes no URL, a form boundary too long, and
+    an upload whose client leaves half-way."""
     import httpx
 
     deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
@@ -1120,10 +1136,12 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("POST", f"/gradio_api/run/{MALFORMED_MARK}", {"data": []}),
                  ("POST", "/gradio_api/cancel", RawBody(b'{"session_hash": "s", "fn_index": NaN, "event_id": "e"}',
                                                         json_type))]
+    form_type = {"content-type": "multipart/form-data; boundary=b0undary"}
+
     def form(**fields: str) -> RawBody:
         parts = "".join(f'--b0undary\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
                         for k, v in fields.items())
-        return RawBody(f"{parts}--b0undary--\r\n".encode(), {"content-type": "multipart/form-data; boundary=b0undary"})
+        return RawBody(f"{parts}--b0undary--\r\n".encode(), form_type)
 
     requests += [("POST", "/gradio_api/component_server",
                   {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
@@ -1139,13 +1157,16 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("GET", f"/gradio_api/file=/tmp/%00{MALFORMED_MARK}.npy", None),  # no file's path: a NUL byte
                  ("GET", "/config", RawBody(b"", {"x-forwarded-host": f"{MALFORMED_MARK}:port"})),
                  ("POST", "/gradio_api/upload", RawBody(b"x", {"content-type": "multipart/form-data; boundary="
-                                                                              + "b" * 300}))]
+                                                                              + "b" * 300})),
+                 ("POST", "/gradio_api/upload", RawBody(  # a file whose client leaves half-way
+                     b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="scan.nii"\r\n\r\n'
+                     + b"\0" * 4096 + b"\r\n--b0undary--\r\n", form_type, leaves=True))]
     return requests
 
 
 def check_malformed_requests(app: AppProcess) -> dict:
     """Each of :func:`malformed_requests`, raw: answered with a 4xx or, through the queue, with the event's error
-    (never a 5xx or a dropped connection); the app's log gains no traceback and never the request's values; the app
+    (never a 5xx or a dropped connection; one whose client leaves half-way is counted as ``left``); the app's log gains no traceback and never the request's values; the app
     serves a proxy after them. Gradio answered several with 500 and a traceback of up to 80 lines each
     (``mixdemo.gatekeeper``)."""
     import httpx
@@ -1154,6 +1175,10 @@ def check_malformed_requests(app: AppProcess) -> dict:
     statuses: dict[str, int] = {}
     server_errors = 0
     for method, path, body in malformed_requests(app.url):
+        if isinstance(body, RawBody) and body.leaves:
+            _send_half_and_leave(app.url, method, path, body)
+            statuses["left"] = statuses.get("left", 0) + 1
+            continue
         try:
             if isinstance(body, RawBody):
                 r = httpx.request(method, app.url + path, content=body.content, headers=body.headers, timeout=30)
