@@ -1102,8 +1102,8 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
     endpoint does not take; a component that does not exist, a component call's form without its fields or with
     a component_id that is no number, a stream with nothing queued (an empty session's, a
-    call's event's), a file path with a NUL byte, a proxy header that makes no URL, a form boundary too long, and
-    an upload whose client leaves half-way."""
+    call's event's), a file path with a NUL byte, a proxy header that makes no URL, a form boundary too long, an
+    upload's ``files`` part that is no file, and an upload whose client leaves half-way."""
     import httpx
 
     deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
@@ -1158,6 +1158,7 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("GET", "/config", RawBody(b"", {"x-forwarded-host": f"{MALFORMED_MARK}:port"})),
                  ("POST", "/gradio_api/upload", RawBody(b"x", {"content-type": "multipart/form-data; boundary="
                                                                               + "b" * 300})),
+                 ("POST", "/gradio_api/upload", form(files=MALFORMED_MARK)),  # a "files" part that is no file
                  ("POST", "/gradio_api/upload", RawBody(  # a file whose client leaves half-way
                      b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="scan.nii"\r\n\r\n'
                      + b"\0" * 4096 + b"\r\n--b0undary--\r\n", form_type, leaves=True))]
