@@ -19,6 +19,8 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500), or, as a
   form, without the fields ``component_id`` (a number), ``session_hash`` and ``fn_name`` (``KeyError``, or a
   ``ValidationError`` quoting the value, 500);
+- ``GET /gradio_api/custom_component/<id>/...`` for an id of no custom component of the app (Gradio's route printed
+  the request's path, its values, to the log before it answered 404);
 - any request whose ``X-Forwarded-Host`` or ``X-Gradio-Server`` header makes no URL (a port that is no number, an
   unclosed ``[``): Gradio builds the app's URL from them for the page, its config and events (``InvalidURL``
   quoting the header, 500); any form (``multipart/form-data``) whose boundary is longer than the multipart
@@ -61,6 +63,8 @@ _CALL_STREAM = re.compile(re.escape(API_PREFIX) + r"/call/(?:v2/)?[^/]+/(?P<even
 MAX_CHECKED_BODY = 1 << 20
 """Bodies longer than this (bytes) are refused on the routes checked here (413), passed on unchecked elsewhere: a
 join's, a call's or a component call's body names files, it does not hold them, and is a few hundred bytes."""
+_CUSTOM_COMPONENT = re.compile(re.escape(API_PREFIX) + r"/custom_component/(?P<id>[^/]+)/[^/]+/[^/]+/[^/]+$")
+"""``GET /gradio_api/custom_component/<id>/<environment>/<type>/<file_name>``: a custom component's code."""
 _CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P<name>[^/]+)$")
 """``POST /gradio_api/call/<name>`` (its ``v2``) and ``/run/<name>``, ``/api/<name>``: an endpoint called by name."""
 EMPTY_SESSION = "The session (session_hash) is empty: give one, or leave it out."
@@ -101,8 +105,8 @@ def boundary_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def _route(scope: dict) -> str | None:
-    """Which checked route an HTTP request is for (``join``, ``component``, ``call``, ``stream``, ``call stream``;
-    ``json`` for any other POST of the API that is not a form), else None."""
+    """Which checked route an HTTP request is for (``join``, ``component``, ``call``, ``stream``, ``call stream``,
+    ``custom component``; ``json`` for any other POST of the API that is not a form), else None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
@@ -114,6 +118,8 @@ def _route(scope: dict) -> str | None:
         return "stream"
     if method == "GET" and _CALL_STREAM.search(path):
         return "call stream"
+    if method == "GET" and _CUSTOM_COMPONENT.search(path):
+        return "custom component"
     if method == "POST" and _CALL.search(path):
         return "call"
     if method == "POST" and API_PREFIX + "/" in path and not _is_form(scope, b"application/x-www-form-urlencoded"):
@@ -280,6 +286,17 @@ async def _form_fields(scope: dict, body: bytes) -> dict[str, str] | None:
         await form.close()
 
 
+def custom_component_refusal(path: str, blocks: Any) -> str | None:
+    """Why a request for a custom component's code is refused (its id is that of no component of ``blocks`` whose
+    class comes from outside Gradio), or None to pass it on."""
+    match = _CUSTOM_COMPONENT.search(path.rstrip("/"))
+    if match is None:
+        return None
+    ids = {type(block).get_component_class_id() for block in blocks.blocks.values()
+           if type(block).__module__.split(".")[0] != "gradio" and hasattr(block, "get_component_class_id")}
+    return None if match["id"] in ids else "This app has no custom component of that id."
+
+
 def stream_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a queue stream is refused (its session has nothing queued, which Gradio finds only once its stream has
     begun), or None to pass it on."""
@@ -310,7 +327,7 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
 
 class MalformedRequestsRefused:
     """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
-    with nothing queued or an endpoint the app lacks; 413 for a body too long to check; 400 for a header), with one
+    with nothing queued, an endpoint or a custom component the app lacks; 413 for a body too long to check; 400 for a header), with one
     line in the log; every other request goes on unchanged."""
 
     def __init__(self, app: Any) -> None:
@@ -337,9 +354,10 @@ class MalformedRequestsRefused:
         if blocks is None:
             await self.app(scope, receive, send)
             return
-        if route in ("stream", "call stream"):
+        if route in ("stream", "call stream", "custom component"):
             why = (stream_refusal(scope.get("query_string", b""), blocks) if route == "stream"
-                   else call_stream_refusal(scope.get("path", ""), blocks))
+                   else call_stream_refusal(scope.get("path", ""), blocks) if route == "call stream"
+                   else custom_component_refusal(scope.get("path", ""), blocks))
             if why:
                 await _refuse(send, 404, why, route)
                 return

@@ -142,6 +142,27 @@ def test_a_component_call_as_a_form_without_its_fields_or_for_a_component_the_ap
     assert asyncio.run(gatekeeper._form_fields(scope, b"no form")) is None
 
 
+def test_a_custom_component_s_code_is_refused_for_an_id_of_no_custom_component_of_the_app(blocks):
+    """Gradio's route printed the request's path (its values) to the log, then answered 404, for any id; the
+    built-in components' code comes with the page. A component class from outside Gradio passes."""
+    import gradio as gr
+
+    textbox = gr.Textbox.get_component_class_id()
+    for component in (textbox, "Doe^Jane"):
+        path = f"/gradio_api/custom_component/{component}/client/js/index.js"
+        assert gatekeeper.custom_component_refusal(path, blocks) == "This app has no custom component of that id."
+        assert gatekeeper._route({"type": "http", "method": "GET", "path": path}) == "custom component"
+
+    class Custom(gr.Textbox):
+        pass
+
+    with gr.Blocks() as custom:
+        Custom()
+    own = f"/gradio_api/custom_component/{Custom.get_component_class_id()}/client/js/index.js"
+    assert gatekeeper.custom_component_refusal(own, custom) is None
+    assert gatekeeper.custom_component_refusal(own, blocks) is not None
+
+
 def test_a_stream_with_nothing_queued_is_refused(blocks):
     assert gatekeeper.stream_refusal(b"session_hash=nobody", blocks).startswith("Nothing is queued")
     assert gatekeeper.stream_refusal(b"session_hash=", blocks).startswith("Nothing is queued")  # an empty session
