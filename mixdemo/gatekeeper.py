@@ -258,8 +258,9 @@ def component_form_refusal(fields: dict[str, str], blocks: Any) -> str | None:
     from pydantic import ValidationError
 
     try:
-        request = ComponentServerBlobBody(data=DataWithFiles(data=fields, files=[]), component_id=fields["component_id"],
-                                          session_hash=fields["session_hash"], fn_name=fields["fn_name"])
+        request = ComponentServerBlobBody(data=DataWithFiles(data=fields, files=[]),
+                                          component_id=fields["component_id"], session_hash=fields["session_hash"],
+                                          fn_name=fields["fn_name"])
     except (KeyError, ValidationError):
         return "A component call's form needs the fields component_id (a number), session_hash and fn_name."
     if request.component_id not in blocks.blocks:
@@ -327,8 +328,8 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
 
 class MalformedRequestsRefused:
     """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
-    with nothing queued, an endpoint or a custom component the app lacks; 413 for a body too long to check; 400 for a header), with one
-    line in the log; every other request goes on unchanged."""
+    with nothing queued, an endpoint or a custom component the app lacks; 413 for a body too long to check; 400 for
+    a header), with one line in the log; every other request goes on unchanged."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

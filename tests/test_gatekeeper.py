@@ -51,7 +51,8 @@ def test_a_join_or_a_call_with_an_empty_session_is_refused(blocks):
     """Gradio filed such an event under a session of its own id, then looked for it under the empty one: 500."""
     both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
     body = json.loads(_join(both, [1, "x"]))
-    assert gatekeeper.join_refusal(json.dumps({**body, "session_hash": ""}).encode(), blocks) == gatekeeper.EMPTY_SESSION
+    empty = json.dumps({**body, "session_hash": ""}).encode()
+    assert gatekeeper.join_refusal(empty, blocks) == gatekeeper.EMPTY_SESSION
     call = json.dumps({"data": [1, "x"], "session_hash": ""}).encode()
     assert gatekeeper.call_refusal("/gradio_api/call/both", call, blocks) == gatekeeper.EMPTY_SESSION
 
@@ -96,7 +97,8 @@ def test_a_request_is_refused_for_a_proxy_header_that_makes_no_url_or_a_form_bou
     """Gradio builds the app's URL from X-Forwarded-Host (``http://`` and its first value) or X-Gradio-Server:
     ``InvalidURL``, 500. A boundary past the multipart parser's limit: its ``FormParserError``, 500."""
     for value in (b"x:abc", b"[::1", b"example.org:1x, other"):
-        assert gatekeeper.forwarded_refusal([(b"X-Forwarded-Host", value)]) == "The x-forwarded-host header makes no URL."
+        assert gatekeeper.forwarded_refusal([(b"X-Forwarded-Host", value)]) == (
+            "The x-forwarded-host header makes no URL.")
     assert gatekeeper.forwarded_refusal([(b"x-gradio-server", b"http://x:abc")]).startswith("The x-gradio-server")
     for fine in ([(b"x-forwarded-host", b"example.org:8080, [::1")], [(b"x-forwarded-host", b"")],
                  [(b"x-forwarded-host", b"a.org"), (b"x-forwarded-host", b"x:abc")],  # Gradio reads the first

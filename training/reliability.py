@@ -1168,9 +1168,9 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
 
 def check_malformed_requests(app: AppProcess) -> dict:
     """Each of :func:`malformed_requests`, raw: answered with a 4xx or, through the queue, with the event's error
-    (never a 5xx or a dropped connection; one whose client leaves half-way is counted as ``left``); the app's log gains no traceback and never the request's values; the app
-    serves a proxy after them. Gradio answered several with 500 and a traceback of up to 80 lines each
-    (``mixdemo.gatekeeper``)."""
+    (never a 5xx or a dropped connection; one whose client leaves half-way is counted as ``left``); the app's log
+    gains no traceback and never the request's values; the app serves a proxy after them. Gradio answered several
+    with 500 and a traceback of up to 80 lines each (``mixdemo.gatekeeper``)."""
     import httpx
 
     before = app.log_text()
