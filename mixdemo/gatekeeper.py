@@ -19,6 +19,7 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500), or, as a
   form, without the fields ``component_id`` (a number), ``session_hash`` and ``fn_name`` (``KeyError``, or a
   ``ValidationError`` quoting the value, 500);
+- ``GET /?page=<name>`` for a page the app does not have (``KeyError`` quoting the name, 500);
 - ``GET /gradio_api/custom_component/<id>/...`` for an id of no custom component of the app (Gradio's route printed
   the request's path, its values, to the log before it answered 404);
 - any request whose ``X-Forwarded-Host`` or ``X-Gradio-Server`` header makes no URL (a port that is no number, an
@@ -106,7 +107,7 @@ def boundary_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 def _route(scope: dict) -> str | None:
     """Which checked route an HTTP request is for (``join``, ``component``, ``call``, ``stream``, ``call stream``,
-    ``custom component``; ``json`` for any other POST of the API that is not a form), else None."""
+    ``custom component``, ``page``; ``json`` for any other POST of the API that is not a form), else None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
@@ -120,6 +121,8 @@ def _route(scope: dict) -> str | None:
         return "call stream"
     if method == "GET" and _CUSTOM_COMPONENT.search(path):
         return "custom component"
+    if method in ("GET", "HEAD") and path == scope.get("root_path", "").rstrip("/"):
+        return "page"
     if method == "POST" and _CALL.search(path):
         return "call"
     if method == "POST" and API_PREFIX + "/" in path and not _is_form(scope, b"application/x-www-form-urlencoded"):
@@ -298,6 +301,14 @@ def custom_component_refusal(path: str, blocks: Any) -> str | None:
     return None if match["id"] in ids else "This app has no custom component of that id."
 
 
+def page_refusal(query_string: bytes, blocks: Any) -> str | None:
+    """Why a request for the app's page (``GET /``) is refused (its ``page`` names no page of ``blocks``), or None
+    to pass it on."""
+    pages = (getattr(blocks, "config", None) or {}).get("page", {})
+    asked = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("page", [])
+    return None if all(page in pages for page in asked) else "This app has no page of that name."
+
+
 def stream_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a queue stream is refused (its session has nothing queued, which Gradio finds only once its stream has
     begun), or None to pass it on."""
@@ -328,7 +339,7 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
 
 class MalformedRequestsRefused:
     """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
-    with nothing queued, an endpoint or a custom component the app lacks; 413 for a body too long to check; 400 for
+    with nothing queued, an endpoint, a page or a custom component the app lacks; 413 for a body too long to check; 400 for
     a header), with one line in the log; every other request goes on unchanged."""
 
     def __init__(self, app: Any) -> None:
@@ -355,8 +366,9 @@ class MalformedRequestsRefused:
         if blocks is None:
             await self.app(scope, receive, send)
             return
-        if route in ("stream", "call stream", "custom component"):
+        if route in ("stream", "call stream", "custom component", "page"):
             why = (stream_refusal(scope.get("query_string", b""), blocks) if route == "stream"
+                   else page_refusal(scope.get("query_string", b""), blocks) if route == "page"
                    else call_stream_refusal(scope.get("path", ""), blocks) if route == "call stream"
                    else custom_component_refusal(scope.get("path", ""), blocks))
             if why:

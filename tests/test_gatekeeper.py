@@ -165,6 +165,18 @@ def test_a_custom_component_s_code_is_refused_for_an_id_of_no_custom_component_o
     assert gatekeeper.custom_component_refusal(own, blocks) is not None
 
 
+def test_the_app_s_page_is_refused_for_a_page_name_the_app_lacks(blocks):
+    """``GET /?page=<name>``: Gradio looked the name up in its pages unchecked (KeyError quoting it, 500)."""
+    assert gatekeeper.page_refusal(b"", blocks) is None and gatekeeper.page_refusal(b"page=", blocks) is None
+    assert gatekeeper.page_refusal(b"__theme=dark&view=api", blocks) is None
+    for query in (b"page=Doe%5EJane", b"page=&page=other"):
+        assert gatekeeper.page_refusal(query, blocks) == "This app has no page of that name."
+    for method in ("GET", "HEAD"):
+        assert gatekeeper._route({"type": "http", "method": method, "path": "/"}) == "page"
+    assert gatekeeper._route({"type": "http", "method": "GET", "path": "/app/", "root_path": "/app"}) == "page"
+    assert gatekeeper._route({"type": "http", "method": "GET", "path": "/config"}) is None
+
+
 def test_a_stream_with_nothing_queued_is_refused(blocks):
     assert gatekeeper.stream_refusal(b"session_hash=nobody", blocks).startswith("Nothing is queued")
     assert gatekeeper.stream_refusal(b"session_hash=", blocks).startswith("Nothing is queued")  # an empty session
