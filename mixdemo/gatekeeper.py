@@ -30,6 +30,10 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
   ``GET /gradio_api/call/<name>/<event_id>`` for an event with nothing queued (Gradio's 404 is raised once its
   stream has begun: "response already started", a dropped connection and two tracebacks).
 
+A ``Range`` header on ``GET /gradio_api/file=...`` that Gradio's file route cannot read (a list of ranges,
+``bytes=0-1,2-3``, or ``bytes=1-2-3``: it split the value at its ``-`` into two, ``ValueError``, 500) is dropped: the
+whole file is sent, as HTTP lets a server do with any ``Range``.
+
 A request whose body Gradio's model refuses is passed on: Gradio's 422 already says why, without a traceback.
 
 A client that leaves before it has sent its whole body (a page closed during an upload) made Gradio's parser raise
@@ -64,6 +68,8 @@ _CALL_STREAM = re.compile(re.escape(API_PREFIX) + r"/call/(?:v2/)?[^/]+/(?P<even
 MAX_CHECKED_BODY = 1 << 20
 """Bodies longer than this (bytes) are refused on the routes checked here (413), passed on unchecked elsewhere: a
 join's, a call's or a component call's body names files, it does not hold them, and is a few hundred bytes."""
+FILE_ROUTES = (API_PREFIX + "/file=", API_PREFIX + "/file/")
+"""Gradio's file routes (``file/`` is the older form of ``file=``)."""
 _CUSTOM_COMPONENT = re.compile(re.escape(API_PREFIX) + r"/custom_component/(?P<id>[^/]+)/[^/]+/[^/]+/[^/]+$")
 """``GET /gradio_api/custom_component/<id>/<environment>/<type>/<file_name>``: a custom component's code."""
 _CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P<name>[^/]+)$")
@@ -103,6 +109,13 @@ def boundary_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
     if kind == b"multipart/form-data" and len(options.get(b"boundary", b"")) > limit:
         return f"The form's boundary is longer than {limit} characters."
     return None
+
+
+def unreadable_range(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's ``Range`` header (its first) is one Gradio's file route cannot read: it splits what follows
+    ``bytes=`` at ``-`` into exactly two (start and end), so more than one ``-`` (a list of ranges) raised."""
+    value = next((v for k, v in headers if k.lower() == b"range"), b"").decode("latin-1").strip()
+    return value.startswith("bytes=") and value[6:].count("-") > 1
 
 
 def _route(scope: dict) -> str | None:
@@ -361,6 +374,10 @@ class MalformedRequestsRefused:
             if why:
                 await _refuse(send, 400, why, "header")
                 return
+            if (scope.get("method") in ("GET", "HEAD") and any(r in scope.get("path", "") for r in FILE_ROUTES)
+                    and unreadable_range(headers)):
+                log.debug("a Range Gradio's file route cannot read is dropped: the whole file is sent")
+                scope = {**scope, "headers": [(k, v) for k, v in headers if k.lower() != b"range"]}
         route = _route(scope)
         blocks = _blocks(scope) if route else None
         if blocks is None:

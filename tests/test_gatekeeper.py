@@ -113,6 +113,28 @@ def test_a_request_is_refused_for_a_proxy_header_that_makes_no_url_or_a_form_bou
     assert gatekeeper.boundary_refusal([(b"content-type", b"text/plain; boundary=" + b"b" * 300)]) is None
 
 
+def test_a_range_gradio_s_file_route_cannot_read_is_dropped_from_a_file_request():
+    """Gradio's file route split the Range after ``bytes=`` at its ``-`` into two: a list of ranges (or ``1-2-3``)
+    was a ValueError, 500. The header is dropped (the whole file is sent); other requests keep theirs."""
+    import asyncio
+
+    for value in (b"bytes=0-1,2-3", b"bytes=1-2-3", b" bytes=0-1, 5-"):
+        assert gatekeeper.unreadable_range([(b"Range", value)]), value
+    for value in (b"bytes=0-1", b"bytes=5-", b"bytes=-5", b"bytes=abc", b"items=0-1,2-3"):
+        assert not gatekeeper.unreadable_range([(b"range", value)]), value
+    assert not gatekeeper.unreadable_range([(b"host", b"a-b-c")])
+
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append(scope["headers"])
+
+    for path in ("/gradio_api/file=/tmp/a.png", "/gradio_api/file/tmp/a.png", "/static/a.png"):
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [(b"range", b"bytes=0-1,2-3"), (b"a", b"b")]}
+        asyncio.run(gatekeeper.MalformedRequestsRefused(inner)(scope, None, None))
+    assert seen == [[(b"a", b"b")], [(b"a", b"b")], [(b"range", b"bytes=0-1,2-3"), (b"a", b"b")]]
+
+
 def test_a_component_call_for_a_component_the_app_lacks_is_refused(blocks):
     def call(component: int) -> bytes:
         return json.dumps({"session_hash": "s", "component_id": component, "fn_name": "f", "data": None}).encode()

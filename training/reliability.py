@@ -1102,12 +1102,13 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
     endpoint does not take; a component that does not exist, a component call's form without its fields or with a
     component_id that is no number; a stream with nothing queued (an empty session's, a call's event's); a file
-    path with a NUL byte, the code of a custom component the app lacks, a page it lacks, a proxy header that makes
-    no URL, a form boundary too long, an upload's ``files`` part that is no file, and an upload whose client leaves
-    half-way."""
+    path with a NUL byte, a list of ranges of a file, the code of a custom component the app lacks, a page it
+    lacks, a proxy header that makes no URL, a form boundary too long, an upload's ``files`` part that is no file,
+    and an upload whose client leaves half-way."""
     import httpx
 
-    deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
+    config = httpx.get(url + "/config", timeout=10)
+    deps = config.json()["dependencies"]
     join = "/gradio_api/queue/join"
 
     def body(fn: object, data: list) -> dict:
@@ -1158,6 +1159,8 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("GET", f"/gradio_api/file=/tmp/%00{MALFORMED_MARK}.npy", None),  # no file's path: a NUL byte
                  ("GET", f"/gradio_api/custom_component/{secrets.token_hex(8)}/client/js/{MALFORMED_MARK}.js", None),
                  ("GET", f"/?page={MALFORMED_MARK}", None),
+                 *[("GET", served, RawBody(b"", {"range": "bytes=0-1,2-3"}))  # a list of ranges, of a file it serves
+                   for served in re.findall(r'"url": ?"[^"]*(/gradio_api/file=[^"]+)"', config.text)[:1]],
                  ("GET", "/config", RawBody(b"", {"x-forwarded-host": f"{MALFORMED_MARK}:port"})),
                  ("POST", "/gradio_api/upload", RawBody(b"x", {"content-type": "multipart/form-data; boundary="
                                                                               + "b" * 300})),
