@@ -352,8 +352,8 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
 
 class MalformedRequestsRefused:
     """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
-    with nothing queued, an endpoint, a page or a custom component the app lacks; 413 for a body too long to check; 400 for
-    a header), with one line in the log; every other request goes on unchanged."""
+    with nothing queued, an endpoint, a page or a custom component the app lacks; 413 for a body too long to check;
+    400 for a header), with one line in the log; every other request goes on unchanged."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
