@@ -42,7 +42,8 @@ Starlette's ``ClientDisconnect`` out of the route: a traceback of some 78 lines 
 An event that fails (a value its component refuses, say) is answered by Gradio's queue with its error, and Gradio
 printed the whole traceback too, with the exception's message, which quotes the request's values: with
 :func:`quiet_event_failures` the log gets one line (the exception's type and where it was raised), and the stack,
-without the message, at DEBUG.
+without the message, at DEBUG; so too a direct call's failure and a screen recording's (``POST
+/gradio_api/process_recording`` with a ``remove_segment_start`` that is no number, where ffmpeg is installed).
 """
 
 from __future__ import annotations
@@ -464,8 +465,12 @@ def middleware() -> Any:
 
 
 class _OneLineTracebacks:
-    """Stands in for the :mod:`traceback` module in ``gradio.queueing``: ``print_exc`` logs one line (the
-    exception's type and where it was raised) and, at DEBUG, the stack without the exception's message."""
+    """Stands in for the :mod:`traceback` module in a Gradio module (``gradio.queueing``): ``print_exc`` logs one
+    line (``what`` failed, the exception's type and where it was raised) and, at DEBUG, the stack without the
+    exception's message."""
+
+    def __init__(self, what: str = "an event") -> None:
+        self.what = what
 
     def print_exc(self, *args: Any, **kwargs: Any) -> None:
         exc_type, _, tb = sys.exc_info()
@@ -473,17 +478,27 @@ class _OneLineTracebacks:
             return
         frames = traceback.extract_tb(tb)
         where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-        log.warning("an event failed: %s.%s%s", exc_type.__module__, exc_type.__qualname__, where)
+        log.warning("%s failed: %s.%s%s", self.what, exc_type.__module__, exc_type.__qualname__, where)
         log.debug("its stack (the message left out):\n%s", "".join(traceback.format_list(frames)))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(traceback, name)
 
 
+QUIETED = {"gradio.queueing": "an event", "gradio.routes": "a direct call",
+           "gradio.screen_recording_utils": "a screen recording's processing"}
+"""The Gradio modules whose printed tracebacks :func:`quiet_event_failures` makes one line, and what failed there:
+the queue's events; ``/run/<name>``, ``/api/<name>`` (an app with ``api_open``); ``/process_recording`` where ffmpeg
+is installed (its ``remove_segment_start`` read as a number, the message quoting it)."""
+
+
 def quiet_event_failures() -> None:
     """Make Gradio's queue log a failed event in one line (:class:`_OneLineTracebacks`), not as a printed traceback
-    quoting the request's values; :func:`mixdemo.ui.launch_demo` calls it."""
-    import gradio.queueing
+    quoting the request's values, and the other modules of :data:`QUIETED` likewise; :func:`mixdemo.ui.launch_demo`
+    calls it."""
+    import importlib
 
-    if not isinstance(gradio.queueing.traceback, _OneLineTracebacks):
-        gradio.queueing.traceback = _OneLineTracebacks()  # type: ignore[assignment]
+    for name, what in QUIETED.items():
+        module = importlib.import_module(name)
+        if not isinstance(module.traceback, _OneLineTracebacks):
+            module.traceback = _OneLineTracebacks(what)

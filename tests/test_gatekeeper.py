@@ -296,12 +296,19 @@ def test_a_failed_event_is_one_line_in_the_log_without_its_message(caplog, capsy
 
 
 def test_quiet_event_failures_replaces_gradio_s_queue_printing_once(monkeypatch):
-    import gradio.queueing
+    """The queue's, the direct calls' and the screen recordings' printed tracebacks (``POST /process_recording``
+    with a ``remove_segment_start`` that is no number printed ``ValueError`` quoting it, where ffmpeg is
+    installed)."""
+    import importlib
     import traceback
 
-    monkeypatch.setattr(gradio.queueing, "traceback", traceback)
+    modules = [importlib.import_module(name) for name in gatekeeper.QUIETED]
+    assert [m.__name__ for m in modules] == ["gradio.queueing", "gradio.routes", "gradio.screen_recording_utils"]
+    for module in modules:
+        monkeypatch.setattr(module, "traceback", traceback)
     gatekeeper.quiet_event_failures()
-    first = gradio.queueing.traceback
+    first = [module.traceback for module in modules]
     gatekeeper.quiet_event_failures()
-    assert isinstance(first, gatekeeper._OneLineTracebacks) and gradio.queueing.traceback is first
+    assert all(isinstance(f, gatekeeper._OneLineTracebacks) for f in first)
+    assert [module.traceback for module in modules] == first and first[2].what == "a screen recording's processing"
     assert sys.modules["traceback"] is traceback  # the module itself is untouched

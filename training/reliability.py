@@ -1104,7 +1104,7 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     component_id that is no number; a stream with nothing queued (an empty session's, a call's event's); a file
     path with a NUL byte, a list of ranges of a file, the code of a custom component the app lacks, a page it
     lacks, a proxy header that makes no URL, a form boundary too long, an upload's ``files`` part that is no file,
-    and an upload whose client leaves half-way."""
+    a screen recording to cut at a point that is no number, and an upload whose client leaves half-way."""
     import httpx
 
     config = httpx.get(url + "/config", timeout=10)
@@ -1165,6 +1165,9 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
                  ("POST", "/gradio_api/upload", RawBody(b"x", {"content-type": "multipart/form-data; boundary="
                                                                               + "b" * 300})),
                  ("POST", "/gradio_api/upload", form(files=MALFORMED_MARK)),  # a "files" part that is no file
+                 ("POST", "/gradio_api/process_recording", RawBody(  # where ffmpeg is installed: float(MARK)
+                     b'--b0undary\r\nContent-Disposition: form-data; name="video"; filename="r.mp4"\r\n\r\nzz\r\n'
+                     + form(remove_segment_start=MALFORMED_MARK, remove_segment_end="5").content, form_type)),
                  ("POST", "/gradio_api/upload", RawBody(  # a file whose client leaves half-way
                      b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="scan.nii"\r\n\r\n'
                      + b"\0" * 4096 + b"\r\n--b0undary--\r\n", form_type, leaves=True))]
