@@ -85,10 +85,14 @@ def response_root() -> Path:
 
 
 def _response_folder(url_path: str) -> Path | None:
-    """The response folder a ``/gradio_api/file=`` path points into, or None for any other file."""
+    """The response folder a ``/gradio_api/file=`` path points into, or None for any other file (and for a path no
+    file can have: with a NUL byte, which ``resolve`` refuses with ``ValueError``; Gradio answers it 403)."""
     if FILE_ROUTE not in url_path:
         return None
-    target = Path(unquote(url_path.split(FILE_ROUTE, 1)[1])).resolve()
+    try:
+        target = Path(unquote(url_path.split(FILE_ROUTE, 1)[1])).resolve()
+    except (ValueError, OSError):
+        return None
     root = response_root()
     if target.parent.parent != root or not target.name.endswith(".npy"):
         return None
@@ -158,10 +162,15 @@ def is_foreign(path: str | os.PathLike) -> bool:
 _FILENAME_PARAM = re.compile(rb';\s*filename\*?\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;]*)', re.IGNORECASE)
 
 
+NOT_A_FILE = b"files-not-a-file"
+"""The new name of a part named ``files`` that is no file: Gradio's upload route took every ``files`` part for a
+file and raised ``TypeError`` (500, a traceback) on a field; under this name it ignores it."""
+
+
 def _renamed_head(head: bytes) -> bytes:
     """A multipart part's header block with the file name of its Content-Disposition replaced by
     :func:`upload_file_name` (a ``filename*`` beside it dropped); a part that Gradio does not take for a file
-    (no ``filename``) is left as it is."""
+    (no ``filename``) is left as it is, unless it is named ``files``: then it is named :data:`NOT_A_FILE`."""
     # Gradio's own parser of these headers
     from python_multipart.multipart import parse_options_header
 
@@ -171,6 +180,8 @@ def _renamed_head(head: bytes) -> bytes:
             continue
         _, options = parse_options_header(line.split(b":", 1)[1])
         if b"filename" not in options:  # a field, as Gradio reads it (it ignores ``filename*``)
+            if options.get(b"name") == b"files":
+                lines[i] = b'Content-Disposition: form-data; name="' + NOT_A_FILE + b'"'
             continue
         name = upload_file_name(options[b"filename"].decode("utf-8", "replace"))
         lines[i] = _FILENAME_PARAM.sub(b"", line) + b'; filename="' + name.encode("ascii") + b'"'

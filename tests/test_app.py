@@ -957,6 +957,19 @@ def test_the_upload_middleware_renames_each_file_part_and_passes_its_bytes_untou
     assert re.sub(rb'filename="[^"]*"', b"filename=X", out) == expected
 
 
+def test_the_upload_middleware_renames_a_files_part_that_is_no_file_out_of_gradio_s_way():
+    """Gradio's upload route took every part named ``files`` for a file: a field of that name (no ``filename``, or
+    only ``filename*``, which Gradio ignores) was a TypeError, HTTP 500 and a traceback; now Gradio ignores it."""
+    from mixdemo import oneshot
+
+    for disposition in (b'form-data; name="files"', b"form-data; name=files; filename*=UTF-8''Doe.nii"):
+        head = b"Content-Disposition: " + disposition + b"\r\nContent-Type: text/plain"
+        assert oneshot._renamed_head(head) == (
+            b'Content-Disposition: form-data; name="files-not-a-file"\r\nContent-Type: text/plain')
+    assert oneshot._renamed_head(b'Content-Disposition: form-data; name="note"') == (
+        b'Content-Disposition: form-data; name="note"')
+
+
 def test_download_and_answer_folders_are_named_by_secrets_not_by_tempfile(tmp_path, monkeypatch):
     """Gradio serves a download, or a client's answer, to whoever holds its URL: the folder's name is all that keeps
     it from another user. mkdtemp drew it from tempfile's name sequence (8 characters of one Mersenne Twister,
@@ -1101,6 +1114,7 @@ def test_a_response_is_served_once_then_its_folder_is_deleted(tmp_path, monkeypa
         other.write_bytes(b"answer")
         fetch(other)
     assert upload.exists() and nested.exists() and loose.exists() and not_npy.exists()
+    fetch(Path(str(served.parent) + "%00") / "mixed_probs.npy")  # no file's path (resolve raised: 500, traceback)
 
 
 def test_server_deletes_the_request_and_a_partial_response_whatever_fails(app_weights, tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -1072,14 +1073,43 @@ MALFORMED_MARK = "Doe^Jane-malformed-request"
 """A patient-like value sent in malformed requests: it must not reach the app's log."""
 
 
-def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
-    """(method, path, JSON body) of requests a browser never sends: queue joins naming no event of the app, one that
-    runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a number, the
-    patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), a component that does not exist,
-    a stream with nothing queued, and direct and simple-API calls of no event, or with too few inputs."""
+class RawBody(NamedTuple):
+    """A malformed request's body as bytes, with its headers: what JSON cannot carry (``NaN``), or a form;
+    ``leaves``: the client sends half of it, then closes the connection (a page closed during an upload)."""
+
+    content: bytes
+    headers: dict[str, str]
+    leaves: bool = False
+
+
+def _send_half_and_leave(url: str, method: str, path: str, body: RawBody) -> None:
+    """Send a request's head (the whole body's Content-Length) and half of its body on a socket, then close it."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": where.netloc, **body.headers,
+                                                  "Content-Length": str(len(body.content))}.items())
+    with socket.create_connection((where.hostname, where.port or 80), timeout=10) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\n{head}\r\n".encode() + body.content[:len(body.content) // 2])
+    time.sleep(0.5)  # the server reads the rest, finds the client gone
+
+
+def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]:
+    """(method, path, JSON body or :class:`RawBody`) of requests a browser never sends: queue joins naming no event
+    of the app, one that runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a
+    number, the patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), an empty session, a
+    number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
+    endpoint does not take; a component that does not exist, a component call's form without its fields or with a
+    component_id that is no number; a stream with nothing queued (an empty session's, a call's event's); a file
+    path with a NUL byte, a list of ranges of a file, the code of a custom component the app lacks, a page it
+    lacks, a proxy header that makes no URL, a form boundary too long, an upload's ``files`` part that is no file,
+    a screen recording to cut at a point that is no number, an upload whose client leaves half-way, and direct
+    calls (the page's, for an event it does not queue) of no event or with too few inputs."""
     import httpx
 
-    deps = httpx.get(url + "/config", timeout=10).json()["dependencies"]
+    config = httpx.get(url + "/config", timeout=10)
+    deps = config.json()["dependencies"]
     join = "/gradio_api/queue/join"
 
     def body(fn: object, data: list) -> dict:
@@ -1095,36 +1125,80 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | None]]:
     wrong = [12345, MALFORMED_MARK, {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, None]
     requests += [("POST", join, body(d["id"], [value] * len(d["inputs"])))
                  for d in deps if d.get("api_name") and d.get("backend_fn", True) and d["inputs"] for value in wrong]
+    server_info = next(d for d in deps if d.get("api_name") == "server_info")
+    json_type = {"content-type": "application/json"}
+    requests += [("POST", join, {**body(server_info["id"], []), "session_hash": ""}),
+                 ("POST", join, RawBody(b'{"data": [], "fn_index": 1e400, "session_hash": "s"}', json_type)),
+                 ("POST", join, RawBody(b'{"data": [NaN], "fn_index": %d, "session_hash": "s"}' % server_info["id"],
+                                        json_type)),
+                 ("POST", join, body(10**6, ["x" * (1 << 20)])),
+                 ("POST", f"/gradio_api/call/{MALFORMED_MARK}", {"data": []}),
+                 ("POST", "/gradio_api/call/server_info", {"data": [], "session_hash": ""}),
+                 ("POST", f"/gradio_api/call/v2/{MALFORMED_MARK}", {}),
+                 ("POST", "/gradio_api/call/v2/server_info", {MALFORMED_MARK: 1}),
+                 ("POST", f"/gradio_api/run/{MALFORMED_MARK}", {"data": []}),
+                 ("POST", "/gradio_api/cancel", RawBody(b'{"session_hash": "s", "fn_index": NaN, "event_id": "e"}',
+                                                        json_type))]
+    form_type = {"content-type": "multipart/form-data; boundary=b0undary"}
+
+    def form(**fields: str) -> RawBody:
+        parts = "".join(f'--b0undary\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                        for k, v in fields.items())
+        return RawBody(f"{parts}--b0undary--\r\n".encode(), form_type)
+
     requests += [("POST", "/gradio_api/component_server",
                   {"session_hash": secrets.token_hex(8), "component_id": 10**6, "fn_name": "x", "data": []}),
-                 ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None)]
-    # the same outside the queue: a direct call (the page's, for an event it does not queue) and the simple API
-    requests += [("POST", "/gradio_api/run/predict", body(10**6, [])),
-                 ("POST", "/gradio_api/run/predict", body(takes_inputs["id"], [])),
-                 ("POST", "/gradio_api/run/no_such_endpoint", body(None, [MALFORMED_MARK])),
-                 ("POST", "/gradio_api/call/no_such_endpoint", {"data": [MALFORMED_MARK]}),
-                 ("POST", "/gradio_api/call/v2/no_such_endpoint", {"value": MALFORMED_MARK})]
+                 ("POST", "/gradio_api/component_server", form(session_hash=secrets.token_hex(8))),
+                 ("POST", "/gradio_api/component_server",
+                  form(session_hash=secrets.token_hex(8), component_id=MALFORMED_MARK, fn_name="x")),
+                 ("POST", "/gradio_api/component_server",
+                  form(session_hash=secrets.token_hex(8), component_id=str(10**6), fn_name="x")),
+                 ("GET", f"/gradio_api/queue/data?session_hash={secrets.token_hex(8)}", None),
+                 ("GET", "/gradio_api/queue/data?session_hash=", None),
+                 ("GET", f"/gradio_api/call/server_info/{secrets.token_hex(16)}", None),
+                 ("GET", f"/gradio_api/call/v2/server_info/{secrets.token_hex(16)}", None),
+                 ("GET", f"/gradio_api/file=/tmp/%00{MALFORMED_MARK}.npy", None),  # no file's path: a NUL byte
+                 ("GET", f"/gradio_api/custom_component/{secrets.token_hex(8)}/client/js/{MALFORMED_MARK}.js", None),
+                 ("GET", f"/?page={MALFORMED_MARK}", None),
+                 *[("GET", served, RawBody(b"", {"range": "bytes=0-1,2-3"}))  # a list of ranges, of a file it serves
+                   for served in re.findall(r'"url": ?"[^"]*(/gradio_api/file=[^"]+)"', config.text)[:1]],
+                 ("GET", "/config", RawBody(b"", {"x-forwarded-host": f"{MALFORMED_MARK}:port"})),
+                 ("POST", "/gradio_api/upload", RawBody(b"x", {"content-type": "multipart/form-data; boundary="
+                                                                              + "b" * 300})),
+                 ("POST", "/gradio_api/upload", form(files=MALFORMED_MARK)),  # a "files" part that is no file
+                 ("POST", "/gradio_api/process_recording", RawBody(  # where ffmpeg is installed: float(MARK)
+                     b'--b0undary\r\nContent-Disposition: form-data; name="video"; filename="r.mp4"\r\n\r\nzz\r\n'
+                     + form(remove_segment_start=MALFORMED_MARK, remove_segment_end="5").content, form_type)),
+                 ("POST", "/gradio_api/upload", RawBody(  # a file whose client leaves half-way
+                     b'--b0undary\r\nContent-Disposition: form-data; name="files"; filename="scan.nii"\r\n\r\n'
+                     + b"\0" * 4096 + b"\r\n--b0undary--\r\n", form_type, leaves=True)),
+                 ("POST", "/gradio_api/run/predict", body(10**6, [])),
+                 ("POST", "/gradio_api/run/predict", body(takes_inputs["id"], []))]
     return requests
 
 
 def check_malformed_requests(app: AppProcess) -> dict:
     """Each of :func:`malformed_requests`, raw: answered with a 4xx or, through the queue, with the event's error
-    (never a 5xx or a dropped connection); the app's log gains no traceback and never the request's values; the app
-    serves a proxy after them. Gradio answered several with 500 and a traceback of up to 80 lines each
-    (``mixdemo.gatekeeper``)."""
+    (never a 5xx or a dropped connection; one whose client leaves half-way is counted as ``left``); the app's log
+    gains no traceback and never the request's values; the app serves a proxy after them. Gradio answered several
+    with 500 and a traceback of up to 80 lines each (``mixdemo.gatekeeper``)."""
     import httpx
 
     before = app.log_text()
     statuses: dict[str, int] = {}
     server_errors = 0
     for method, path, body in malformed_requests(app.url):
+        if isinstance(body, RawBody) and body.leaves:
+            _send_half_and_leave(app.url, method, path, body)
+            statuses["left"] = statuses.get("left", 0) + 1
+            continue
         try:
-            if method == "GET":
-                r = httpx.get(app.url + path, timeout=30)
+            if isinstance(body, RawBody):
+                r = httpx.request(method, app.url + path, content=body.content, headers=body.headers, timeout=30)
             else:
-                r = httpx.post(app.url + path, json=body, timeout=30)
+                r = httpx.request(method, app.url + path, json=body, timeout=30)
             status = r.status_code
-            if status == 200 and path.endswith("/queue/join"):
+            if status == 200 and path.endswith("/queue/join") and isinstance(body, dict):
                 status = _queued_outcome(app.url, body["session_hash"])
         except httpx.HTTPError:
             status = 0
