@@ -240,10 +240,13 @@ def call_refusal(path: str, body: bytes, blocks: Any, api_info: Any = None) -> s
         return EMPTY_SESSION
     fns = _config(blocks, request.session_hash).fns
     if kind != "call":  # a direct call (/run, /api: the page's, for an event it does not queue), under the join's rules
-        if request.fn_index is not None:
-            return _event_refusal(request, fns.get(request.fn_index))
-        named = next((fn for fn in fns.values() if fn.api_name == name), None)
-        return UNKNOWN_ENDPOINT if named is None else _event_refusal(request, named)
+        fn = (fns.get(request.fn_index) if request.fn_index is not None
+              else next((fn for fn in fns.values() if fn.api_name == name), None))
+        if fn is None and request.fn_index is None:
+            return UNKNOWN_ENDPOINT
+        if fn is not None and fn.queue and not getattr(blocks, "api_open", True):
+            return None  # Gradio's 404: "join the queue" (it runs no queued event directly)
+        return _event_refusal(request, fn)
     return None if any(fn.api_name == name for fn in fns.values()) else UNKNOWN_ENDPOINT
 
 

@@ -392,3 +392,15 @@ def test_direct_calls_are_refused_as_joins_are_and_calls_by_name_of_no_endpoint(
     ("HEAD", "/gradio_api/queue/data", None), ("GET", "/gradio_api/queue/data", "stream")])
 def test_the_routes_checked(method, path, expected):
     assert gatekeeper._route({"type": "http", "method": method, "path": path}) == expected
+
+
+def test_a_direct_call_of_a_queued_event_is_left_to_gradio_s_404_where_the_api_is_closed(blocks, monkeypatch):
+    """With ``api_open=False`` (the app's) Gradio answers a direct call of a queued event with its own 404 ("join the
+    queue"), whatever its inputs: no refusal here speaks of inputs it would never read."""
+    both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
+    monkeypatch.setattr(blocks, "api_open", False, raising=False)
+    monkeypatch.setattr(blocks.fns[both], "queue", True)
+    assert gatekeeper.call_refusal("/gradio_api/run/predict", _join(both, []), blocks) is None
+    assert gatekeeper.call_refusal("/gradio_api/run/both", _join(None, []), blocks) is None
+    assert gatekeeper.call_refusal("/gradio_api/run/predict", _join(10**6, []), blocks) == (
+        "This app has no event 1000000.")  # Gradio's KeyError, 500: still refused
