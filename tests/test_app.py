@@ -2077,7 +2077,7 @@ def test_the_server_alone_never_builds_the_whole_demo(monkeypatch, how):
 
     launched = []
     monkeypatch.setattr(ui, "build_demo", whole_demo)
-    monkeypatch.setattr(ui, "warm_up", lambda server_only=False: None)
+    monkeypatch.setattr(ui, "warm_up", lambda server_only=False, announce=None: None)
     monkeypatch.setattr(ui, "launch_demo", lambda demo, **options: launched.append(demo))
     monkeypatch.setattr(sys, "argv", ["app.py", "--port", "7860"] + (["--server-only"] if how == "option" else []))
     if how == "environment":
