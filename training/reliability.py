@@ -1193,11 +1193,13 @@ def check_malformed_requests(app: AppProcess) -> dict:
             statuses["left"] = statuses.get("left", 0) + 1
             continue
         try:
-            if isinstance(body, RawBody):
-                r = httpx.request(method, app.url + path, content=body.content, headers=body.headers, timeout=30)
+            if method == "GET":
+                status = _bounded_get(app.url + path, body.headers if isinstance(body, RawBody) else {})
+            elif isinstance(body, RawBody):
+                status = httpx.request(method, app.url + path, content=body.content, headers=body.headers,
+                                       timeout=30).status_code
             else:
-                r = httpx.request(method, app.url + path, json=body, timeout=30)
-            status = r.status_code
+                status = httpx.request(method, app.url + path, json=body, timeout=30).status_code
             if status == 200 and path.endswith("/queue/join") and isinstance(body, dict):
                 status = _queued_outcome(app.url, body["session_hash"])
         except httpx.HTTPError:
@@ -1209,6 +1211,19 @@ def check_malformed_requests(app: AppProcess) -> dict:
     return {"requests": sum(statuses.values()), "answers": statuses, "server_errors": server_errors,
             "tracebacks_in_log": added.count("Traceback (most recent call last)"),
             "values_in_log": added.count(MALFORMED_MARK), "served_after": bool(served)}
+
+
+def _bounded_get(url: str, headers: dict[str, str], limit_s: float = 30) -> int:
+    """A GET's status once its whole body has come within ``limit_s`` seconds, else 0: a stream that never ends
+    (Gradio's queue stream for a session with nothing queued but a broken event's entry sent heartbeats for ever)."""
+    import httpx
+
+    deadline = time.monotonic() + limit_s
+    with httpx.stream("GET", url, headers=headers, timeout=limit_s) as response:
+        for _ in response.iter_raw():
+            if time.monotonic() > deadline:
+                return 0
+    return response.status_code
 
 
 def _queued_outcome(url: str, session_hash: str) -> int:
