@@ -166,9 +166,12 @@ def test_a_component_call_as_a_form_without_its_fields_or_for_a_component_the_ap
     assert asyncio.run(gatekeeper._form_fields(scope, b"no form")) is None
 
 
-def test_a_custom_component_s_code_is_refused_for_an_id_of_no_custom_component_of_the_app(blocks):
+def test_a_custom_component_s_code_is_refused_for_an_id_of_no_custom_component_of_the_app(blocks, tmp_path,
+                                                                                          monkeypatch):
     """Gradio's route printed the request's path (its values) to the log, then answered 404, for any id; the
     built-in components' code comes with the page. A component class from outside Gradio passes."""
+    import importlib.util
+
     import gradio as gr
 
     textbox = gr.Textbox.get_component_class_id()
@@ -177,8 +180,15 @@ def test_a_custom_component_s_code_is_refused_for_an_id_of_no_custom_component_o
         assert gatekeeper.custom_component_refusal(path, blocks) == "This app has no custom component of that id."
         assert gatekeeper._route({"type": "http", "method": "GET", "path": path}) == "custom component"
 
-    class Custom(gr.Textbox):
-        pass
+    # a component class from a package of its own, in a temporary folder: Gradio writes a .pyi stub beside the
+    # source of each component class it meets (here, not beside this test)
+    source = tmp_path / "a_custom_component.py"
+    source.write_text("import gradio as gr\n\n\nclass Custom(gr.Textbox):\n    pass\n")
+    spec = importlib.util.spec_from_file_location("a_custom_component", source)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "a_custom_component", module)
+    spec.loader.exec_module(module)
+    Custom = module.Custom
 
     with gr.Blocks() as custom:
         Custom()
