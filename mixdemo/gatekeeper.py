@@ -19,6 +19,8 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 - ``POST /gradio_api/component_server`` naming a component the app does not have (``KeyError``, 500), or, as a
   form, without the fields ``component_id`` (a number), ``session_hash`` and ``fn_name`` (``KeyError``, or a
   ``ValidationError`` quoting the value, 500);
+- ``GET /gradio_api/deep_link`` where the app has no ``gr.DeepLinkButton`` (404): Gradio wrote the state of the
+  session named (for whoever knows its hash) into its cache, kept there for whoever loads that link;
 - ``GET /?page=<name>`` for a page the app does not have (``KeyError`` quoting the name, 500);
 - ``GET /gradio_api/custom_component/<id>/...`` for an id of no custom component of the app (Gradio's route printed
   the request's path, its values, to the log before it answered 404);
@@ -75,6 +77,8 @@ _CUSTOM_COMPONENT = re.compile(re.escape(API_PREFIX) + r"/custom_component/(?P<i
 """``GET /gradio_api/custom_component/<id>/<environment>/<type>/<file_name>``: a custom component's code."""
 _CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P<name>[^/]+)$")
 """``POST /gradio_api/call/<name>`` (its ``v2``) and ``/run/<name>``, ``/api/<name>``: an endpoint called by name."""
+DEEP_LINK_ROUTE = API_PREFIX + "/deep_link"
+"""``GET /gradio_api/deep_link?session_hash=...``: a copy of a session's state on disk, as a link to it."""
 EMPTY_SESSION = "The session (session_hash) is empty: give one, or leave it out."
 UNKNOWN_ENDPOINT = "This app has no API endpoint of that name: see /gradio_api/info for its endpoints."
 
@@ -121,7 +125,8 @@ def unreadable_range(headers: list[tuple[bytes, bytes]]) -> bool:
 
 def _route(scope: dict) -> str | None:
     """Which checked route an HTTP request is for (``join``, ``component``, ``call``, ``stream``, ``call stream``,
-    ``custom component``, ``page``; ``json`` for any other POST of the API that is not a form), else None."""
+    ``custom component``, ``deep link``, ``page``; ``json`` for any other POST of the API that is not a form), else
+    None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
@@ -135,6 +140,8 @@ def _route(scope: dict) -> str | None:
         return "call stream"
     if method == "GET" and _CUSTOM_COMPONENT.search(path):
         return "custom component"
+    if method == "GET" and path.endswith(DEEP_LINK_ROUTE):
+        return "deep link"
     if method in ("GET", "HEAD") and path == scope.get("root_path", "").rstrip("/"):
         return "page"
     if method == "POST" and _CALL.search(path):
@@ -336,6 +343,15 @@ def custom_component_refusal(path: str, blocks: Any) -> str | None:
     return None if match["id"] in ids else "This app has no custom component of that id."
 
 
+def deep_link_refusal(blocks: Any) -> str | None:
+    """Why a deep link is refused (``blocks`` has no ``gr.DeepLinkButton``, whose page alone asks for one), or None.
+    Gradio's route writes the state of the session it names (its views' files, its status lines) into its cache as
+    ``deep_links/<hash>/state.json``, for whoever then loads the page with that link."""
+    if any(type(block).__name__ == "DeepLinkButton" for block in blocks.blocks.values()):
+        return None
+    return "This app makes no deep links."
+
+
 def page_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a request for the app's page (``GET /``) is refused (its ``page`` names no page of ``blocks``), or None
     to pass it on."""
@@ -405,10 +421,11 @@ class MalformedRequestsRefused:
         if blocks is None:
             await self.app(scope, receive, send)
             return
-        if route in ("stream", "call stream", "custom component", "page"):
+        if route in ("stream", "call stream", "custom component", "deep link", "page"):
             why = (stream_refusal(scope.get("query_string", b""), blocks) if route == "stream"
                    else page_refusal(scope.get("query_string", b""), blocks) if route == "page"
                    else call_stream_refusal(scope.get("path", ""), blocks) if route == "call stream"
+                   else deep_link_refusal(blocks) if route == "deep link"
                    else custom_component_refusal(scope.get("path", ""), blocks))
             if why:
                 await _refuse(send, 404, why, route)

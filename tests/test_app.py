@@ -2046,6 +2046,21 @@ def test_the_launched_app_keeps_a_page_s_scan_through_more_api_calls_than_its_bo
     assert len(holder.session_data) <= SCAN_SESSIONS + EMPTY_SESSIONS
 
 
+def test_the_launched_app_writes_no_deep_link_of_a_page_s_session(app_demo, app_url):
+    """Gradio's ``/gradio_api/deep_link?session_hash=`` wrote the named session's state (its views, its status lines)
+    into the cache, kept for whoever loads the link; the app has no deep-link button, and the route is refused."""
+    import httpx
+
+    from mixdemo.oneshot import gradio_cache_dir
+
+    holder = app_demo.server_app.state_holder
+    state_id = next(i for i, block in app_demo.blocks.items() if type(block).__name__ == "State")
+    holder["a page for a deep link"][state_id] = object()
+    answer = httpx.get(f"{app_url}/gradio_api/deep_link", params={"session_hash": "a page for a deep link"})
+    assert answer.status_code == 404 and "no deep links" in answer.text
+    assert not (gradio_cache_dir() / "deep_links").exists()
+
+
 def test_launch_demo_in_the_reload_thread_of_gradio_app_py_returns_with_the_bound(monkeypatch):
     """``gradio app.py`` runs the script again in its reload thread, where Gradio's launch returns at once (the first
     launch's server swaps the new demo in, keeping its store): launch_demo raised AttributeError there (no

@@ -414,3 +414,15 @@ def test_a_direct_call_of_a_queued_event_is_left_to_gradio_s_404_where_the_api_i
     assert gatekeeper.call_refusal("/gradio_api/run/both", _join(None, []), blocks) is None
     assert gatekeeper.call_refusal("/gradio_api/run/predict", _join(10**6, []), blocks) == (
         "This app has no event 1000000.")  # Gradio's KeyError, 500: still refused
+
+
+def test_a_deep_link_is_refused_where_the_app_has_no_deep_link_button(blocks):
+    """Gradio's route wrote a session's state into its cache for whoever named the session; an app without a deep
+    link button never asks for one."""
+    import gradio as gr
+
+    assert gatekeeper.deep_link_refusal(blocks) == "This app makes no deep links."
+    assert gatekeeper._route({"type": "http", "method": "GET", "path": "/gradio_api/deep_link"}) == "deep link"
+    with gr.Blocks() as linking:
+        gr.DeepLinkButton()
+    assert gatekeeper.deep_link_refusal(linking) is None
