@@ -203,10 +203,17 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
     return _event_refusal(request, _config(blocks, request.session_hash).fns.get(request.fn_index))
 
 
+def _number(value: int) -> str:
+    """An id as a refusal (and its log line) quotes it: whole up to 20 digits, else how many it has (a request may
+    send thousands)."""
+    text = str(value)
+    return text if len(text.lstrip("-")) <= 20 else f"of {len(text.lstrip('-'))} digits"
+
+
 def _event_refusal(request: Any, fn: Any) -> str | None:
     """Why a request (a ``PredictBody``) for the event ``fn`` (None: unknown) is refused, or None."""
     if fn is None:
-        return f"This app has no event {request.fn_index}."
+        return f"This app has no event {_number(request.fn_index)}."
     label = request.fn_index if request.fn_index is not None else f"/{fn.api_name}"
     if fn.fn is None:
         return f"Event {label} runs in the page alone; it has nothing to call on the server."
@@ -292,7 +299,7 @@ def component_refusal(body: bytes, blocks: Any) -> str | None:
     except ValidationError:
         return None
     if request.component_id not in _config(blocks, request.session_hash).blocks:
-        return f"This app has no component {request.component_id}."
+        return f"This app has no component {_number(request.component_id)}."
     return None
 
 
@@ -309,7 +316,7 @@ def component_form_refusal(fields: dict[str, str], blocks: Any) -> str | None:
     except (KeyError, ValidationError):
         return "A component call's form needs the fields component_id (a number), session_hash and fn_name."
     if request.component_id not in _config(blocks, request.session_hash).blocks:
-        return f"This app has no component {request.component_id}."
+        return f"This app has no component {_number(request.component_id)}."
     return None
 
 

@@ -426,3 +426,9 @@ def test_a_deep_link_is_refused_where_the_app_has_no_deep_link_button(blocks):
     with gr.Blocks() as linking:
         gr.DeepLinkButton()
     assert gatekeeper.deep_link_refusal(linking) is None
+
+
+def test_a_refusal_quotes_a_long_id_by_its_length(blocks):
+    """An unknown event's number went whole into the answer and the log line, thousands of digits if sent so."""
+    assert gatekeeper.join_refusal(_join(10**30, []), blocks) == "This app has no event of 31 digits."
+    assert gatekeeper.join_refusal(_join(-(10**19), []), blocks) == f"This app has no event {-(10**19)}."
