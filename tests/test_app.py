@@ -1929,18 +1929,27 @@ def test_past_their_bound_the_least_recently_used_scans_go_with_their_delete_cal
     assert {holder[p][state._id] for p in ("first", "third")} == {"first's scan", "third's scan"}
 
 
-def test_a_closed_page_s_session_goes_after_the_grace_with_its_delete_callbacks():
-    """Gradio marks a session closed when its page's heartbeat ends and keeps its states an hour after their last
-    update: a closed tab's scan stayed in the server's memory that long. The app's store drops the session, delete
-    callbacks run, CLOSED_PAGE_GRACE_S after its page was first seen closed; open pages are left alone."""
-    from mixdemo.ui import CLOSED_PAGE_GRACE_S, ScansFirstStateHolder
+def _store_with_a_clock(dropped: list):
+    """The app's store of a one-state Blocks (:func:`_blocks_with_a_state`, room for 8 scans) on a clock the test
+    moves: (store, state, [now])."""
+    from mixdemo.ui import ScansFirstStateHolder
 
-    dropped: list = []
     blocks, state = _blocks_with_a_state(dropped, capacity=8)
     holder = ScansFirstStateHolder()
     holder.set_blocks(blocks)
     now = [1000.0]
     holder.clock = lambda: now[0]
+    return holder, state, now
+
+
+def test_a_closed_page_s_session_goes_after_the_grace_with_its_delete_callbacks():
+    """Gradio marks a session closed when its page's heartbeat ends and keeps its states an hour after their last
+    update: a closed tab's scan stayed in the server's memory that long. The app's store drops the session, delete
+    callbacks run, CLOSED_PAGE_GRACE_S after its page was first seen closed; open pages are left alone."""
+    from mixdemo.ui import CLOSED_PAGE_GRACE_S
+
+    dropped: list = []
+    holder, state, now = _store_with_a_clock(dropped)
     for page in ("open", "closed"):
         holder[page][state._id] = f"{page} page's scan"
     holder.session_data["closed"].is_closed = True  # what Gradio's heartbeat route does when the page's stream ends
@@ -1959,14 +1968,10 @@ def test_a_closed_page_that_still_sends_requests_or_runs_a_job_keeps_its_session
     same session: its scan was dropped CLOSED_PAGE_GRACE_S after the close however recently it was used, and a
     job's session while the job ran. The grace counts from the last request and from the job's end."""
     from mixdemo import ui
-    from mixdemo.ui import CLOSED_PAGE_GRACE_S, ScansFirstStateHolder
+    from mixdemo.ui import CLOSED_PAGE_GRACE_S
 
     dropped: list = []
-    blocks, state = _blocks_with_a_state(dropped, capacity=8)
-    holder = ScansFirstStateHolder()
-    holder.set_blocks(blocks)
-    now = [1000.0]
-    holder.clock = lambda: now[0]
+    holder, state, now = _store_with_a_clock(dropped)
     holder["page"][state._id] = "page's scan"
     holder.session_data["page"].is_closed = True
     holder.delete_all_expired_state()  # the close is seen

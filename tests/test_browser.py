@@ -58,6 +58,19 @@ def _wait_image(page, elem_id: str) -> None:
     )
 
 
+def _another_page_with_an_example(page):
+    """A second page of the module's browser, with the first example loaded."""
+    from playwright.sync_api import expect
+
+    other = page.context.browser.new_page(viewport={"width": 1500, "height": 1100})
+    other.set_default_timeout(120_000)
+    other.goto(page.url)
+    other.get_by_label("1 · Example target").click()
+    other.get_by_role("option").first.click()
+    expect(other.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    return other
+
+
 def test_segment_patch_mode(page, shots):
     from playwright.sync_api import expect
 
@@ -247,7 +260,6 @@ def test_closing_the_page_stops_its_running_segmentation_at_the_next_step(page, 
 
     import numpy as np
     import torch
-    from playwright.sync_api import expect
 
     from mixdemo import server, ui
 
@@ -268,12 +280,7 @@ def test_closing_the_page_stops_its_running_segmentation_at_the_next_step(page, 
             finished.set()
 
     monkeypatch.setattr(server, "segment", segment)
-    leaving = page.context.browser.new_page(viewport={"width": 1500, "height": 1100})
-    leaving.set_default_timeout(120_000)
-    leaving.goto(page.url)
-    leaving.get_by_label("1 · Example target").click()
-    leaving.get_by_role("option").first.click()
-    expect(leaving.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    leaving = _another_page_with_an_example(page)
     leaving.locator("#run-btn").click()  # K = 3 by default: three proxies
     assert first_done.wait(120)
     leaving.close()
@@ -285,7 +292,6 @@ def test_a_closed_page_s_scan_leaves_the_server_after_the_grace(page, app_demo, 
     passed (0 here; Gradio's store kept it an hour)."""
     import time
 
-    from playwright.sync_api import expect
 
     from mixdemo.ui import _holds_data
 
@@ -297,12 +303,7 @@ def test_a_closed_page_s_scan_leaves_the_server_after_the_grace(page, app_demo, 
 
     before = holding()
     open_before = {sid for sid in before if not holder.session_data[sid].is_closed}
-    leaving = page.context.browser.new_page(viewport={"width": 1500, "height": 1100})
-    leaving.set_default_timeout(120_000)
-    leaving.goto(page.url)
-    leaving.get_by_label("1 · Example target").click()
-    leaving.get_by_role("option").first.click()
-    expect(leaving.locator("#status")).to_contain_text("Loaded", timeout=120_000)
+    leaving = _another_page_with_an_example(page)
     (session_hash,) = holding() - before
     leaving.close()
     deadline = time.monotonic() + 60
