@@ -13,6 +13,8 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
 - ``POST /gradio_api/call/<name>``, ``/call/v2/<name>``, ``/run/<name>``, ``/api/<name>`` naming an endpoint the app
   does not have (``FnIndexInferError`` quoting the name, or ``KeyError``, 500), or, for ``/call/v2``, arguments
   the endpoint does not take (``TypeError``, 500);
+- a join, a call by name or a component call whose ``session_hash`` is longer than :data:`MAX_SESSION_HASH` (each
+  is a key of the app's store: 260 kB ones were kept);
 - a JSON body holding a number JSON has not (``NaN``, ``Infinity``, ``1e400``), which no browser's
   ``JSON.stringify`` writes: where Gradio's model refused it, its 422 could not be written (``ValueError``, 500);
 - a join, component call or call by name whose body passes :data:`MAX_CHECKED_BODY` (413): it could not be checked;
@@ -80,6 +82,19 @@ _CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P
 DEEP_LINK_ROUTE = API_PREFIX + "/deep_link"
 """``GET /gradio_api/deep_link?session_hash=...``: a copy of a session's state on disk, as a link to it."""
 EMPTY_SESSION = "The session (session_hash) is empty: give one, or leave it out."
+MAX_SESSION_HASH = 128
+"""The longest session hash taken (Gradio's page makes 11 characters, gradio_client 36): each is a key of the app's
+store, which bounds how many sessions it keeps, not how long their keys are."""
+LONG_SESSION = f"The session (session_hash) is longer than {MAX_SESSION_HASH} characters."
+
+
+def session_refusal(session_hash: str | None) -> str | None:
+    """Why a request's session hash is refused (empty, or longer than :data:`MAX_SESSION_HASH`), or None."""
+    if session_hash == "":
+        return EMPTY_SESSION
+    if session_hash is not None and len(session_hash) > MAX_SESSION_HASH:
+        return LONG_SESSION
+    return None
 UNKNOWN_ENDPOINT = "This app has no API endpoint of that name: see /gradio_api/info for its endpoints."
 
 
@@ -196,8 +211,8 @@ def join_refusal(body: bytes, blocks: Any) -> str | None:
         request = PredictBody.model_validate_json(body)
     except ValidationError:
         return None  # Gradio's 422 says why
-    if request.session_hash == "":
-        return EMPTY_SESSION
+    if why := session_refusal(request.session_hash):
+        return why
     if request.fn_index is None:
         return None  # Gradio's 400: "No function index provided."
     return _event_refusal(request, _config(blocks, request.session_hash).fns.get(request.fn_index))
@@ -250,8 +265,8 @@ def call_refusal(path: str, body: bytes, blocks: Any, api_info: Any = None) -> s
         request = (SimplePredictBody if kind == "call" else PredictBody).model_validate_json(body)
     except ValidationError:
         return None  # Gradio's 422
-    if request.session_hash == "":
-        return EMPTY_SESSION
+    if why := session_refusal(request.session_hash):
+        return why
     fns = _config(blocks, request.session_hash).fns
     if kind != "call":  # a direct call (/run, /api: the page's, for an event it does not queue), under the join's rules
         fn = (fns.get(request.fn_index) if request.fn_index is not None
@@ -298,6 +313,8 @@ def component_refusal(body: bytes, blocks: Any) -> str | None:
         request = ComponentServerJSONBody.model_validate_json(body)
     except ValidationError:
         return None
+    if why := session_refusal(request.session_hash):
+        return why
     if request.component_id not in _config(blocks, request.session_hash).blocks:
         return f"This app has no component {_number(request.component_id)}."
     return None
@@ -315,6 +332,8 @@ def component_form_refusal(fields: dict[str, str], blocks: Any) -> str | None:
                                           fn_name=fields["fn_name"])
     except (KeyError, ValidationError):
         return "A component call's form needs the fields component_id (a number), session_hash and fn_name."
+    if why := session_refusal(request.session_hash):
+        return why
     if request.component_id not in _config(blocks, request.session_hash).blocks:
         return f"This app has no component {_number(request.component_id)}."
     return None

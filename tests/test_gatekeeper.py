@@ -432,3 +432,21 @@ def test_a_refusal_quotes_a_long_id_by_its_length(blocks):
     """An unknown event's number went whole into the answer and the log line, thousands of digits if sent so."""
     assert gatekeeper.join_refusal(_join(10**30, []), blocks) == "This app has no event of 31 digits."
     assert gatekeeper.join_refusal(_join(-(10**19), []), blocks) == f"This app has no event {-(10**19)}."
+
+
+def test_a_session_hash_longer_than_the_bound_is_refused(blocks):
+    """Each session hash is a key of the app's store, which bounds how many sessions it keeps, not how long their
+    keys are (260 kB ones were taken)."""
+    both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
+    long = "s" * (gatekeeper.MAX_SESSION_HASH + 1)
+    join = json.dumps({"data": [1, "x"], "fn_index": both, "session_hash": long}).encode()
+    assert gatekeeper.join_refusal(join, blocks) == gatekeeper.LONG_SESSION
+    assert gatekeeper.call_refusal("/gradio_api/call/both", json.dumps({"data": [1, "x"], "session_hash": long}).encode(),
+                                   blocks) == gatekeeper.LONG_SESSION
+    component = next(iter(blocks.blocks))
+    call = json.dumps({"session_hash": long, "component_id": component, "fn_name": "f", "data": None}).encode()
+    assert gatekeeper.component_refusal(call, blocks) == gatekeeper.LONG_SESSION
+    fields = {"session_hash": long, "component_id": str(component), "fn_name": "f"}
+    assert gatekeeper.component_form_refusal(fields, blocks) == gatekeeper.LONG_SESSION
+    fine = json.dumps({"data": [1, "x"], "fn_index": both, "session_hash": "s" * gatekeeper.MAX_SESSION_HASH})
+    assert gatekeeper.join_refusal(fine.encode(), blocks) is None

@@ -1099,8 +1099,8 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     """(method, path, JSON body or :class:`RawBody`) of requests a browser never sends: queue joins naming no event
     of the app, one that runs in the page alone, too few inputs, each named event's inputs all of one wrong value (a
     number, the patient-like :data:`MALFORMED_MARK`, a file the app never received, nothing), an empty session, a
-    number JSON has not, a body too long to check; calls by name of endpoints the app lacks, arguments by name an
-    endpoint does not take; a component that does not exist, a component call's form without its fields or with a
+    very long one, a number JSON has not, a body too long to check; calls by name of endpoints the app lacks,
+    arguments by name an endpoint does not take; a component that does not exist, a component call's form without its fields or with a
     component_id that is no number; a stream with nothing queued (an empty session's, a call's event's); a file
     path with a NUL byte, a list of ranges of a file, the code of a custom component the app lacks, a page it
     lacks, a proxy header that makes no URL, a form boundary too long, an upload's ``files`` part that is no file,
@@ -1128,6 +1128,7 @@ def malformed_requests(url: str) -> list[tuple[str, str, dict | RawBody | None]]
     server_info = next(d for d in deps if d.get("api_name") == "server_info")
     json_type = {"content-type": "application/json"}
     requests += [("POST", join, {**body(server_info["id"], []), "session_hash": ""}),
+                 ("POST", join, {**body(server_info["id"], []), "session_hash": "s" * 100_000}),
                  ("POST", join, RawBody(b'{"data": [], "fn_index": 1e400, "session_hash": "s"}', json_type)),
                  ("POST", join, RawBody(b'{"data": [NaN], "fn_index": %d, "session_hash": "s"}' % server_info["id"],
                                         json_type)),
