@@ -313,11 +313,7 @@ def component_refusal(body: bytes, blocks: Any) -> str | None:
         request = ComponentServerJSONBody.model_validate_json(body)
     except ValidationError:
         return None
-    if why := session_refusal(request.session_hash):
-        return why
-    if request.component_id not in _config(blocks, request.session_hash).blocks:
-        return f"This app has no component {_number(request.component_id)}."
-    return None
+    return _component_refusal(request, blocks)
 
 
 def component_form_refusal(fields: dict[str, str], blocks: Any) -> str | None:
@@ -332,6 +328,12 @@ def component_form_refusal(fields: dict[str, str], blocks: Any) -> str | None:
                                           fn_name=fields["fn_name"])
     except (KeyError, ValidationError):
         return "A component call's form needs the fields component_id (a number), session_hash and fn_name."
+    return _component_refusal(request, blocks)
+
+
+def _component_refusal(request: Any, blocks: Any) -> str | None:
+    """Why a parsed component-server call (JSON or form) is refused: its session, or a component unknown to
+    ``blocks`` and to that session; None to pass it on."""
     if why := session_refusal(request.session_hash):
         return why
     if request.component_id not in _config(blocks, request.session_hash).blocks:
@@ -414,6 +416,16 @@ def call_stream_refusal(path: str, blocks: Any) -> str | None:
     return None
 
 
+_BODILESS = {
+    "stream": lambda scope, blocks: stream_refusal(scope.get("query_string", b""), blocks),
+    "page": lambda scope, blocks: page_refusal(scope.get("query_string", b""), blocks),
+    "call stream": lambda scope, blocks: call_stream_refusal(scope.get("path", ""), blocks),
+    "deep link": lambda scope, blocks: deep_link_refusal(blocks),
+    "custom component": lambda scope, blocks: custom_component_refusal(scope.get("path", ""), blocks),
+}
+"""The checked routes whose request has no body to read: each one's refusal (a 404) from the scope alone."""
+
+
 class MalformedRequestsRefused:
     """ASGI middleware: the requests listed in this module's docstring are answered here (422; 404 for a stream
     with nothing queued, an endpoint, a page or a custom component the app lacks; 413 for a body too long to check;
@@ -447,12 +459,8 @@ class MalformedRequestsRefused:
         if blocks is None:
             await self.app(scope, receive, send)
             return
-        if route in ("stream", "call stream", "custom component", "deep link", "page"):
-            why = (stream_refusal(scope.get("query_string", b""), blocks) if route == "stream"
-                   else page_refusal(scope.get("query_string", b""), blocks) if route == "page"
-                   else call_stream_refusal(scope.get("path", ""), blocks) if route == "call stream"
-                   else deep_link_refusal(blocks) if route == "deep link"
-                   else custom_component_refusal(scope.get("path", ""), blocks))
+        if route in _BODILESS:
+            why = _BODILESS[route](scope, blocks)
             if why:
                 await _refuse(send, 404, why, route)
                 return

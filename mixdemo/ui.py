@@ -1562,13 +1562,18 @@ class ScansFirstStateHolder(StateHolder):
             session = self.session_data.get(session_id)
             if session is None:
                 session = self.session_data[session_id] = SessionState(self.blocks)
-            self.session_data.move_to_end(session_id)
-            self.time_last_used[session_id] = datetime.datetime.now()
-            self._closed_since.pop(session_id, None)
-            dropped = self._drop_least_recent()
+            dropped = self._used(session_id)
         for old in dropped:
             _delete_states(old)
         return session
+
+    def _used(self, session_id: str) -> list[SessionState]:
+        """Mark a session (present) used, its closed page's grace started again, and drop the least recent sessions
+        beyond the bounds (under the lock); returns those dropped."""
+        self.session_data.move_to_end(session_id)
+        self.time_last_used[session_id] = datetime.datetime.now()
+        self._closed_since.pop(session_id, None)
+        return self._drop_least_recent()
 
     def delete_all_expired_state(self) -> None:
         """Gradio's sweep (every second): the states past their time to live, then the sessions of pages closed for
@@ -1597,10 +1602,9 @@ class ScansFirstStateHolder(StateHolder):
         return dropped
 
     def update(self, session_id: str) -> None:
+        """Gradio's "mark used" (its ``__getitem__`` alone calls it, which this store replaces), with the app's bounds."""
         with self.lock:
-            if session_id in self.session_data:
-                self.session_data.move_to_end(session_id)
-            dropped = self._drop_least_recent()
+            dropped = self._used(session_id) if session_id in self.session_data else self._drop_least_recent()
         for session in dropped:
             _delete_states(session)
 
