@@ -23,6 +23,8 @@ app's own events, they get a 4xx answer that says what is wrong and one line in 
   ``ValidationError`` quoting the value, 500);
 - ``GET /gradio_api/deep_link`` where the app has no ``gr.DeepLinkButton`` (404): Gradio wrote the state of the
   session named (for whoever knows its hash) into its cache, kept there for whoever loads that link;
+- ``GET /gradio_api/dev/reload`` where the app does not run in reload mode (404): Gradio served that stream in any
+  mode, never ending, each one polled every 50 ms, as many as a client cared to open;
 - ``GET /?page=<name>`` for a page the app does not have (``KeyError`` quoting the name, 500);
 - ``GET /gradio_api/custom_component/<id>/...`` for an id of no custom component of the app (Gradio's route printed
   the request's path, its values, to the log before it answered 404);
@@ -81,6 +83,8 @@ _CALL = re.compile(re.escape(API_PREFIX) + r"/(?P<kind>call/v2|call|run|api)/(?P
 """``POST /gradio_api/call/<name>`` (its ``v2``) and ``/run/<name>``, ``/api/<name>``: an endpoint called by name."""
 DEEP_LINK_ROUTE = API_PREFIX + "/deep_link"
 """``GET /gradio_api/deep_link?session_hash=...``: a copy of a session's state on disk, as a link to it."""
+RELOAD_ROUTE = API_PREFIX + "/dev/reload"
+"""``GET /gradio_api/dev/reload``: the stream that tells a page in reload mode (``gradio app.py``) its code changed."""
 EMPTY_SESSION = "The session (session_hash) is empty: give one, or leave it out."
 MAX_SESSION_HASH = 128
 """The longest session hash taken (Gradio's page makes 11 characters, gradio_client 36): each is a key of the app's
@@ -140,8 +144,8 @@ def unreadable_range(headers: list[tuple[bytes, bytes]]) -> bool:
 
 def _route(scope: dict) -> str | None:
     """Which checked route an HTTP request is for (``join``, ``component``, ``call``, ``stream``, ``call stream``,
-    ``custom component``, ``deep link``, ``page``; ``json`` for any other POST of the API that is not a form), else
-    None."""
+    ``custom component``, ``deep link``, ``reload stream``, ``page``; ``json`` for any other POST of the API that is
+    not a form), else None."""
     if scope.get("type") != "http":
         return None
     method, path = scope.get("method"), scope.get("path", "").rstrip("/")
@@ -157,6 +161,8 @@ def _route(scope: dict) -> str | None:
         return "custom component"
     if method == "GET" and path.endswith(DEEP_LINK_ROUTE):
         return "deep link"
+    if method == "GET" and path.endswith(RELOAD_ROUTE):
+        return "reload stream"
     if method in ("GET", "HEAD") and path == scope.get("root_path", "").rstrip("/"):
         return "page"
     if method == "POST" and _CALL.search(path):
@@ -380,6 +386,12 @@ def deep_link_refusal(blocks: Any) -> str | None:
     return "This app makes no deep links."
 
 
+def reload_stream_refusal(blocks: Any) -> str | None:
+    """Why the reload stream is refused (``blocks`` is not in reload mode, whose page alone opens it), or None.
+    Gradio serves it in any mode: a stream that never ends and wakes every 50 ms, as many as a client opens."""
+    return None if getattr(blocks, "dev_mode", False) else "This app does not run in reload mode."
+
+
 def page_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a request for the app's page (``GET /``) is refused (its ``page`` names no page of ``blocks``), or None
     to pass it on."""
@@ -421,6 +433,7 @@ _BODILESS = {
     "page": lambda scope, blocks: page_refusal(scope.get("query_string", b""), blocks),
     "call stream": lambda scope, blocks: call_stream_refusal(scope.get("path", ""), blocks),
     "deep link": lambda scope, blocks: deep_link_refusal(blocks),
+    "reload stream": lambda scope, blocks: reload_stream_refusal(blocks),
     "custom component": lambda scope, blocks: custom_component_refusal(scope.get("path", ""), blocks),
 }
 """The checked routes whose request has no body to read: each one's refusal (a 404) from the scope alone."""

@@ -2066,6 +2066,14 @@ def test_the_launched_app_writes_no_deep_link_of_a_page_s_session(app_demo, app_
     assert not (gradio_cache_dir() / "deep_links").exists()
 
 
+def test_the_launched_app_opens_no_reload_stream(app_url):
+    """``python app.py`` is not reload mode: its reload stream, which never ended, is refused at once."""
+    import httpx
+
+    answer = httpx.get(f"{app_url}/gradio_api/dev/reload", timeout=10)
+    assert answer.status_code == 404 and "reload mode" in answer.text
+
+
 def test_launch_demo_in_the_reload_thread_of_gradio_app_py_returns_with_the_bound(monkeypatch):
     """``gradio app.py`` runs the script again in its reload thread, where Gradio's launch returns at once (the first
     launch's server swaps the new demo in, keeping its store): launch_demo raised AttributeError there (no

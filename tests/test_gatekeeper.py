@@ -428,6 +428,16 @@ def test_a_deep_link_is_refused_where_the_app_has_no_deep_link_button(blocks):
     assert gatekeeper.deep_link_refusal(linking) is None
 
 
+def test_the_reload_stream_is_refused_outside_reload_mode(blocks, monkeypatch):
+    """Gradio served ``/dev/reload`` in any mode: a stream that never ends, polled every 50 ms, as many as a client
+    opened; its page opens one only in reload mode (``gradio app.py``, which sets ``dev_mode``)."""
+    route = {"type": "http", "method": "GET", "path": "/gradio_api/dev/reload"}
+    assert gatekeeper._route(route) == "reload stream"
+    assert gatekeeper.reload_stream_refusal(blocks) == "This app does not run in reload mode."
+    monkeypatch.setattr(blocks, "dev_mode", True)
+    assert gatekeeper.reload_stream_refusal(blocks) is None
+
+
 def test_a_refusal_quotes_a_long_id_by_its_length(blocks):
     """An unknown event's number went whole into the answer and the log line, thousands of digits if sent so."""
     assert gatekeeper.join_refusal(_join(10**30, []), blocks) == "This app has no event of 31 digits."
