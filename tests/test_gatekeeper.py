@@ -460,3 +460,32 @@ def test_a_session_hash_longer_than_the_bound_is_refused(blocks):
     assert gatekeeper.component_form_refusal(fields, blocks) == gatekeeper.LONG_SESSION
     fine = json.dumps({"data": [1, "x"], "fn_index": both, "session_hash": "s" * gatekeeper.MAX_SESSION_HASH})
     assert gatekeeper.join_refusal(fine.encode(), blocks) is None
+
+
+def test_the_requests_gradio_s_page_and_gradio_client_send_are_passed_on(blocks, monkeypatch):
+    """What a legitimate caller sends, as recorded against the launched app (Gradio 6.31's page, gradio_client
+    2.7.2, a proxy's headers): none of it is refused. The page's session hash is ``Math.random().toString(36)``'s
+    digits (about 11 of [0-9a-z]), gradio_client's a uuid4 (36); the page's join carries ``trigger_id`` and, for a
+    select, the click's ``event_data``; gradio_client's names an uploaded file."""
+    import uuid
+
+    both = next(i for i, fn in blocks.fns.items() if fn.api_name == "both")
+    page = {"data": [0.55, "patch"], "event_data": {"index": [76, 76], "value": None}, "fn_index": both,
+            "trigger_id": 35, "session_hash": "lhsjvlmigh"}
+    upload = {"path": "/tmp/gradio/abc/upload-0.npy", "url": None, "orig_name": "proxy.npy", "size": 65664,
+              "mime_type": None, "is_stream": False, "meta": {"_type": "gradio.FileData"}}
+    client = {"data": [1, upload], "fn_index": both, "session_hash": str(uuid.uuid4())}
+    for body in (page, client, {**page, "event_data": None, "trigger_id": None, "batched": False}):
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        assert gatekeeper.nonfinite_refusal(raw) is None and gatekeeper.join_refusal(raw, blocks) is None, body
+    simple = json.dumps({"data": [1, upload], "session_hash": "abcdefghijk"}).encode()
+    assert gatekeeper.call_refusal("/gradio_api/call/both/", simple, blocks) is None
+    for value in (b"user-space.hf.space", b"user-space.hf.space:443", b"[::1]:7860", b"a.hf.space, b",
+                  b"my_app:7860", b"127.0.0.1:7871, proxy.internal"):
+        headers = [(b"x-forwarded-host", value), (b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"1.2.3.4")]
+        assert gatekeeper.forwarded_refusal(headers) is None, value
+    assert gatekeeper.boundary_refusal([(b"content-type",
+                                        b"multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW")]) is None
+    monkeypatch.setitem(blocks._queue.pending_messages_per_session, "lhsjvlmigh", object())
+    assert gatekeeper.stream_refusal(b"session_hash=lhsjvlmigh&__sign=a.b.c", blocks) is None  # a private Space's
+    assert not gatekeeper.unreadable_range([(b"range", b"bytes=0-")])  # a video's first request
