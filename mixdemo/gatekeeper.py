@@ -74,7 +74,9 @@ _CALL_STREAM = re.compile(re.escape(API_PREFIX) + r"/call/(?:v2/)?[^/]+/(?P<even
 """``GET /gradio_api/call/<name>/<event_id>`` (and ``/call/v2/...``): the stream of a call's event."""
 MAX_CHECKED_BODY = 1 << 20
 """Bodies longer than this (bytes) are refused on the routes checked here (413), passed on unchecked elsewhere: a
-join's, a call's or a component call's body names files, it does not hold them, and is a few hundred bytes."""
+join's, a call's or a component call's body names files, it does not hold them, and is a few hundred bytes in this
+app (its page's joins: 89 to 151 bytes). An app that adds a ``gr.ImageEditor`` would need more: its page sends layer
+images to the component server as a form."""
 FILE_ROUTES = (API_PREFIX + "/file=", API_PREFIX + "/file/")
 """Gradio's file routes (``file/`` is the older form of ``file=``)."""
 _CUSTOM_COMPONENT = re.compile(re.escape(API_PREFIX) + r"/custom_component/(?P<id>[^/]+)/[^/]+/[^/]+/[^/]+$")
@@ -402,8 +404,8 @@ def page_refusal(query_string: bytes, blocks: Any) -> str | None:
 
 def stream_refusal(query_string: bytes, blocks: Any) -> str | None:
     """Why a queue stream is refused (its session has nothing queued, which Gradio finds only once its stream has
-    begun), or None to pass it on."""
-    session = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [None])[0]
+    begun), or None to pass it on. A session named twice is read as Gradio reads it: the last one."""
+    session = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("session_hash", [None])[-1]
     if session is None:
         return None  # Gradio's 422: the parameter is required
     if session not in blocks._queue.pending_messages_per_session:

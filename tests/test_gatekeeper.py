@@ -215,6 +215,15 @@ def test_a_stream_with_nothing_queued_is_refused(blocks):
     assert gatekeeper.stream_refusal(b"", blocks) is None  # Gradio's 422: the parameter is required
 
 
+def test_a_stream_naming_two_sessions_is_checked_by_the_one_gradio_reads(blocks, monkeypatch):
+    """Gradio's query parameters take the last of a repeated name: checking the first let a queued session's hash,
+    followed by another's, through to Gradio's 'response already started' tracebacks."""
+    monkeypatch.setitem(blocks._queue.pending_messages_per_session, "queued", object())
+    assert gatekeeper.stream_refusal(b"session_hash=queued", blocks) is None
+    assert gatekeeper.stream_refusal(b"session_hash=queued&session_hash=nobody", blocks).startswith("Nothing is queued")
+    assert gatekeeper.stream_refusal(b"session_hash=nobody&session_hash=queued", blocks) is None
+
+
 def test_a_call_s_stream_for_an_event_with_nothing_queued_is_refused(blocks, monkeypatch):
     """``GET /gradio_api/call/<name>/<event_id>``: refused unless the session Gradio finds for the event (its own,
     one still holding its id, or the id itself) has messages queued."""
