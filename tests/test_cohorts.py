@@ -665,6 +665,17 @@ def test_prepare_cohort_given_brats_case_folders_says_training_reads_them_as_the
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_cohort_says_which_scans_it_took_to_be_in_mni_space_already():
+    """A scan the model-space check lets through is not registered: its line says so, so that a low similarity
+    (no warning is given without a registration) is read for what it is."""
+    from training.prepare_cohort import outcome
+
+    record = {"name": "s", "similarity": 0.53, "labels_kept": 1.0, "warning": None}
+    assert outcome({**record, "registered": True}) == "similarity 0.53, labels kept 1.0"
+    assert outcome({**record, "registered": False}) == ("not registered (read as skull-stripped and in MNI space "
+                                                         "already), similarity 0.53, labels kept 1.0")
+
+
 def test_prepare_cohort_lists_the_folders_it_ignores_and_why(quick_prepare, tmp_path, capsys):
     """A folder of neither form (no seg.nii.gz; aseg.nii.gz instead of it; nothing) is named with what it lacks."""
     src = tmp_path / "src"

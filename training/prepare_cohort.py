@@ -293,7 +293,8 @@ def outcome(record: dict) -> str:
     if "error" in record:
         return f"skipped: {record['error']}"
     note = f"; warning: {record['warning']}" if record["warning"] else ""
-    return f"similarity {record['similarity']}, labels kept {record['labels_kept']}{note}"
+    kept = "" if record.get("registered", True) else "not registered (read as skull-stripped and in MNI space already), "
+    return f"{kept}similarity {record['similarity']}, labels kept {record['labels_kept']}{note}"
 
 
 def write_report(path: Path, command: str, src: Path, records: list[dict]) -> None:
