@@ -230,14 +230,20 @@ def check_classes(server_classes: Sequence[str] | None, unmix: torch.nn.Module |
                   references: Sequence[Reference]) -> None:
     """A :class:`ClientError` when the client's D or its references do not fit the classes the server's S gives
     (``None``: the server does not say; the phantoms' four are then assumed, as :meth:`RemoteServer.num_classes`
-    does)."""
+    does). A D loaded from its folder must also have been trained on the classes the server names (its training
+    record's names: four tissue classes are not a BraTS model's four)."""
     from mixdemo.classes import CLASS_NAMES
+    from mixdemo.weights import recorded_classes
 
     names = list(server_classes or CLASS_NAMES)
     said = f"the server's model gives {len(names)} classes ({', '.join(names)})"
     if unmix is not None and getattr(unmix, "num_classes", len(names)) != len(names):
         raise ClientError(f"The client's D unmixes {unmix.num_classes} classes, but {said}: use a D trained with "
                           "this server's S (--unmixing).")
+    trained = recorded_classes(getattr(unmix, "training_record", None) or {})
+    if server_classes is not None and trained is not None and trained != names:
+        raise ClientError(f"The client's D was trained on the classes {', '.join(trained)}, but {said}: use a D "
+                          "trained with this server's S (--unmixing; MIXDEMO_WEIGHTS_DIR for the folder training wrote).")
     top = max((int(r.labels.max(initial=0)) for r in references), default=0)
     if top >= len(names):
         raise ClientError(f"The references' labels reach {top}, but {said}, labelled 0 to {len(names) - 1}: use "

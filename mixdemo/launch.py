@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 DEFAULT_PORT = 7860
 
@@ -37,6 +37,23 @@ def count(smallest: int) -> Callable[[str], int]:
         return value
 
     parse.__name__ = f"whole number from {smallest}"
+    return parse
+
+
+def widths(n: int, named: Sequence[str] = ()) -> Callable[[str], str]:
+    """An argparse type: ``n`` comma-separated network widths, each a whole number 1 or more (or one of ``named``,
+    e.g. 'small'), kept as given; else an error that says so when the command line is parsed, not a traceback later."""
+
+    def parse(text: str) -> str:
+        if text in named:
+            return text
+        parts = text.split(",")
+        if len(parts) != n or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+            either = f"{', '.join(repr(v) for v in named)} or " if named else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is not {either}{n} comma-separated whole numbers from 1")
+        return text
+
+    parse.__name__ = f"{n} widths"
     return parse
 
 

@@ -182,6 +182,14 @@ def read_training_record(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def recorded_classes(record: dict) -> list[str] | None:
+    """The class names a model was trained on, from its training ``record``: those it names, else (an older
+    record) the phantoms'; None when there is no record at all (the number of classes is then all there is)."""
+    from mixdemo.classes import CLASS_NAMES
+
+    return list(record.get("classes") or CLASS_NAMES) if record else None
+
+
 def resolve_model_dir(name: str) -> Path:
     """Local folder of model ``name``; falls back to the Hub; raises WeightsError with both places."""
     local = weights_dir() / name
@@ -268,6 +276,7 @@ def load_model(name: str, *, device: str | None = None, fast: bool = True, preci
     except Exception as exc:
         raise WeightsError(f"Could not load the weights in {folder}: {type(exc).__name__}: {exc}") from None
     model.eval()
+    model.training_record = record  # what it was trained on (its classes: recorded_classes), for callers to check
     if device is not None:
         model.to(device)
     on_cpu = next(model.parameters()).device.type == "cpu"

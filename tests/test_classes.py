@@ -152,6 +152,27 @@ def test_the_client_refuses_a_d_or_references_that_do_not_fit_the_server_s_class
         check_classes(None, None, refs)  # a server that does not say: the phantoms' four
 
 
+def test_the_client_refuses_a_d_trained_on_other_classes_of_the_same_count(tmp_path, monkeypatch):
+    """Four tissue classes are four classes, as a BraTS server's are: a D loaded from its folder is refused by the
+    names its training record gives (an older record's: the phantoms'), where the server names its classes."""
+    from mixdemo.client import ClientError, check_classes
+    from mixdemo.models import UnmixingNet
+    from mixdemo.weights import load_model
+
+    brats = ["background", "NCR", "ED", "ET"]
+    for name, record in [("old", {"model_class": "mixdemo.models.UnmixingNet"}),
+                         ("brats", {"model_class": "mixdemo.models.UnmixingNet", "classes": brats})]:
+        UnmixingNet().save_pretrained(tmp_path / name)
+        weights.write_training_record(tmp_path / name, record)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    with pytest.raises(ClientError, match=r"D was trained on the classes background, GM, WM, CSF, but the server's "
+                                          r"model gives 4 classes \(background, NCR, ED, ET\).*--unmixing"):
+        check_classes(brats, load_model("old"), [])
+    check_classes(brats, load_model("brats"), [])
+    check_classes(None, load_model("brats"), [])  # a server that does not name them: the count is all there is
+    check_classes(brats, UnmixingNet(), [])  # a D of no folder: likewise
+
+
 def test_remote_answers_are_expected_with_the_classes_the_server_names(monkeypatch):
     import gradio_client
 

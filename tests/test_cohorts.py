@@ -654,6 +654,28 @@ def test_prepare_cohort_takes_the_classes_of_the_labels_and_prepares_again_when_
         assert said in capsys.readouterr().err
 
 
+def test_prepare_cohort_given_brats_case_folders_says_training_reads_them_as_they_are(brats_2021, tmp_path):
+    """BraTS's folders need no preparation (co-registered, skull-stripped, on their own grid): a user who runs
+    prepare_cohort on them is sent to training.train --data, not only told that the folders are no scans."""
+    from training import prepare_cohort
+
+    with pytest.raises(SystemExit, match=r"BraTS case folders \(8 cases\), which training reads as they are: "
+                                         rf"python -m training\.train --data {re.escape(str(brats_2021))}"):
+        prepare_cohort.main([str(brats_2021), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_cohort_says_which_scans_it_took_to_be_in_mni_space_already():
+    """A scan the model-space check lets through is not registered: its line says so, so that a low similarity
+    (no warning is given without a registration) is read for what it is."""
+    from training.prepare_cohort import outcome
+
+    record = {"name": "s", "similarity": 0.53, "labels_kept": 1.0, "warning": None}
+    assert outcome({**record, "registered": True}) == "similarity 0.53, labels kept 1.0"
+    assert outcome({**record, "registered": False}) == ("not registered (read as skull-stripped and in MNI space "
+                                                         "already), similarity 0.53, labels kept 1.0")
+
+
 def test_prepare_cohort_lists_the_folders_it_ignores_and_why(quick_prepare, tmp_path, capsys):
     """A folder of neither form (no seg.nii.gz; aseg.nii.gz instead of it; nothing) is named with what it lacks."""
     src = tmp_path / "src"

@@ -245,6 +245,22 @@ def test_a_reference_pool_too_small_is_named_or_leaves_the_icc_out(small_cohort,
     assert doc["dice"]["learned_tta"]["avg"] >= 0 and len(doc["dice_per_volume"]) == 2
 
 
+def test_a_pool_smaller_than_the_default_k_caps_it_and_a_k_max_given_beyond_it_says_what_fits(small_cohort, model_dir,
+                                                                                              tmp_path, capsys):
+    """The README's evaluation command, on a cohort of a few subjects (4 training scans here): K up to the pool's size,
+    with a note, rather than a refusal of a --k-max nobody gave; one given beyond the pool says what to give."""
+    from training import evaluate
+
+    argv = ["--data", str(small_cohort), "--volumes", "1", "--draws", "1", "--crop", "16", "--no-figures",
+            "--out", str(tmp_path / "e.json")]
+    doc = evaluate.main(argv)
+    assert "reference pool (the training scans) holds 4 scans: Dice against K up to K = 4 (not 30), the +TTA rows " \
+           "at K = 4" in capsys.readouterr().err
+    assert (doc["k_max"], doc["tta_k"], doc["reference_pool"]) == (4, 4, 4)
+    with pytest.raises(SystemExit, match=r"--k-max 5 needs 5 distinct references; the pool has 4: give --k-max 4 or less"):
+        evaluate.main([*argv, "--k-max", "5", "--tta-k", "2"])
+
+
 def test_an_evaluation_warns_of_a_d_trained_with_another_s(tmp_path, monkeypatch):
     """As the client does against a server: a D whose record names another S than the one evaluated."""
     from training import evaluate

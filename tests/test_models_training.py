@@ -1167,6 +1167,22 @@ def test_validation_of_a_warm_start_counts_the_starting_weights_as_step_0(tiny_c
     assert [h[0] for h in torch.load(run / "checkpoint.pt", weights_only=False)["validation"]] == [0, 2]  # resumed: not again
 
 
+def test_a_warm_start_takes_its_s_widths_unless_told_others_which_are_refused_naming_them(tiny_cohort, tmp_path):
+    """--init-from of an S trained with --features X: a new D on it needs no --features again (its S's are the
+    only ones that fit); other widths stop the run before the cohort loads, saying what to give."""
+    from training import train
+
+    start = tmp_path / "start"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run0", 1))
+    common = ["--mode", "unmixing", "--init-from", str(start), "--data", str(tiny_cohort), "--steps", "1",
+              "--batch-size", "2", "--patch-size", "16", "--out", str(tmp_path / "w")]
+    folders = train.main([*common, "--run-dir", str(tmp_path / "run1")])
+    assert json.loads((Path(folders["unmixing"]) / "training.json").read_text())["features"] == [4, 4, 8, 8, 16, 4]
+    with pytest.raises(SystemExit, match=r"S in .*start.segmentation has features 4,4,8,8,16,4, not 16,16,32,64,128,16 "
+                                         r"\(--features small\): give --features 4,4,8,8,16,4, or leave it out"):
+        train.main([*common, "--features", "small", "--run-dir", str(tmp_path / "run2")])
+
+
 def test_recalibrate_batch_norm_sets_the_plain_average_of_the_batches_and_keeps_the_weights():
     from training.precise_bn import recalibrate_batch_norm
 
@@ -1906,6 +1922,20 @@ def test_training_refuses_a_count_out_of_range_when_parsed(option, bad, says, ca
         parse_args([option, bad])
     assert stop.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err
     assert getattr(parse_args([option, "7"]), option[2:].replace("-", "_")) == 7
+
+
+@pytest.mark.parametrize("option, bad, says", [("--features", "foo", "'foo' is not 'small', 'paper' or 6 comma-separated"),
+                                               ("--features", "1,2", "'1,2' is not 'small', 'paper' or 6"),
+                                               ("--unmix-features", "16,0", "'16,0' is not 2 comma-separated whole numbers")])
+def test_training_refuses_widths_it_cannot_build_when_parsed(option, bad, says, capsys):
+    """Widths that are no numbers, or too few, are a usage error naming the option, not a traceback once the cohort
+    has loaded."""
+    from training.train import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args([option, bad])
+    assert stop.value.code == 2 and f"argument {option}: {says}" in capsys.readouterr().err
+    assert parse_args(["--features", "paper", "--unmix-features", "8,16"]).features == "paper"
 
 
 @pytest.mark.parametrize("module, option, bad, says", [

@@ -135,9 +135,8 @@ def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a m
     would go missing, a shape would not fit, or a tissue model would be scored as a tumour one."""
     import json
 
-    from mixdemo.classes import CLASS_NAMES
     from mixdemo.data import CohortError
-    from mixdemo.weights import read_training_record, resolve_model_dir
+    from mixdemo.weights import read_training_record, recorded_classes, resolve_model_dir
 
     remedy = "give the cohort it was trained on (--data), or models trained on this one (MIXDEMO_WEIGHTS_DIR)."
     for name in dict.fromkeys(names):
@@ -149,7 +148,7 @@ def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a m
         record = read_training_record(folder)
         if not record:  # nothing recorded: the number of classes is all there is to check
             continue
-        trained = {"classes": list(record.get("classes") or CLASS_NAMES), "layout": record.get("data_layout"),
+        trained = {"classes": recorded_classes(record), "layout": record.get("data_layout"),
                    "modality": record.get("modality")}
         here = {"classes": list(cohort.class_names), "layout": cohort.layout.name, "modality": cohort.modality}
         differ = [f"{k} {trained[k]} (the cohort's: {here[k]})" for k in here if trained[k] is not None and trained[k] != here[k]]

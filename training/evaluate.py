@@ -48,6 +48,8 @@ from training import (DATA_HELP, add_device_option, check_model_classes, command
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
 METHODS = ("baseline", "naive", "naive_tta", "learned", "learned_tta")
+DEFAULT_K_MAX = 30
+"""The Dice-against-K curve's largest K unless ``--k-max`` says otherwise (or the reference pool is smaller)."""
 
 
 def add_table_draw_options(p: argparse.ArgumentParser) -> None:
@@ -81,7 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(mixdemo.data.load_volumes): for cohorts larger than the memory")
     p.add_argument("--volumes", type=count(0), default=6,
                    help="test volumes for Dice (first scan of each test subject; 0: every test subject)")
-    p.add_argument("--k-max", type=count(1), default=30, help="largest K of the Dice-against-K curve")
+    p.add_argument("--k-max", type=count(1), default=None,
+                   help=f"largest K of the Dice-against-K curve (default {DEFAULT_K_MAX}, or the reference pool's size "
+                        "where smaller, the +TTA rows' K then at most that)")
     p.add_argument("--tta-k", type=count(1), default=10, help="K of the +TTA rows of the table")
     p.add_argument("--draws", type=count(1), default=5, help="random orders of the references for Dice against K")
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE)
@@ -114,9 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.figures_only and args.no_figures:
         p.error("--figures-only and --no-figures exclude each other")
     if args.quick:
-        args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max, 5), min(args.tta_k, 3), 2
+        args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max or DEFAULT_K_MAX, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or QUICK_CROP
-    if args.tta_k > args.k_max:
+    if args.tta_k > (args.k_max or DEFAULT_K_MAX):
         p.error("--tta-k must not exceed --k-max")
     return args
 
@@ -319,9 +323,16 @@ def set_up(args: argparse.Namespace) -> Setup:
         print("note: the reference pool (the training scans) holds 1 scan; the test–retest ICC needs two predictions "
               "of each test scan from different references, so it is left out", file=sys.stderr, flush=True)
         retest_records = []
+    if args.k_max is None:  # the default: a cohort of a few subjects gives fewer references than its K
+        args.k_max = min(DEFAULT_K_MAX, len(bank))
+        if args.k_max < DEFAULT_K_MAX:
+            args.tta_k = min(args.tta_k, args.k_max)
+            print(f"note: the reference pool (the training scans) holds {len(bank)} scans: Dice against K up to "
+                  f"K = {args.k_max} (not {DEFAULT_K_MAX}), the +TTA rows at K = {args.tta_k}", file=sys.stderr, flush=True)
     if args.k_max > len(bank):
         if not args.quick:
-            raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}.")
+            raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}: "
+                             f"give --k-max {len(bank)} or less (or leave it out).")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     record = weights_record(names)
     if warning := pairing_mismatch(args.unmixing, args.segmentation, record[args.segmentation]):

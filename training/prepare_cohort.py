@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mixdemo.data import (MIXDEMO_LAYOUT, CohortError, LabelValueError, Layout, classes_of, cohort_classes, freesurfer_tissue,
-                          mixdemo_layout, subject_of)
+from mixdemo.data import (BRATS_LAYOUT, MIXDEMO_LAYOUT, CohortError, LabelValueError, Layout, classes_of, cohort_classes,
+                          freesurfer_tissue, load_cohort, mixdemo_layout, subject_of)
 from mixdemo.classes import CLASS_NAMES
 from mixdemo.phantoms import moved_subjects, split_keeping_earlier_sides
 from training import LISTED, command_line, first_few, user_errors
@@ -87,9 +87,22 @@ def find_scans(src: Path) -> tuple[list[RawScan], dict[str, str]]:
         else:
             ignored[folder.name] = why_not_a_scan(folder, t1 or seg, fs_image or aseg)
     if not scans:
+        if brats := brats_cases(src):
+            raise SystemExit(f"{src} holds BraTS case folders ({brats} cases), which training reads as they are: "
+                             f"python -m training.train --data {src} (co-registered and skull-stripped already, on their "
+                             "own grid; this command prepares raw scans for the PPMI-like layout).")
         raise SystemExit(f"{src} holds no <name>/t1.nii.gz + seg.nii.gz folders nor FreeSurfer subjects "
                          f"(<name>/mri/orig.mgz + mri/aseg.mgz); its folders: {first_few(list(ignored))}.")
     return scans, ignored
+
+
+def brats_cases(src: Path) -> int:
+    """How many BraTS case folders ``src`` holds, as ``training.train --data`` reads them (0: it is no BraTS cohort)."""
+    try:
+        cohort = load_cohort(src)
+    except (CohortError, OSError, ValueError):
+        return 0
+    return len(cohort.records) if cohort.layout.name == BRATS_LAYOUT.name else 0
 
 
 def why_not_a_scan(folder: Path, half: Path | None, fs_half: Path | None) -> str:
@@ -280,7 +293,8 @@ def outcome(record: dict) -> str:
     if "error" in record:
         return f"skipped: {record['error']}"
     note = f"; warning: {record['warning']}" if record["warning"] else ""
-    return f"similarity {record['similarity']}, labels kept {record['labels_kept']}{note}"
+    kept = "" if record.get("registered", True) else "not registered (read as skull-stripped and in MNI space already), "
+    return f"{kept}similarity {record['similarity']}, labels kept {record['labels_kept']}{note}"
 
 
 def write_report(path: Path, command: str, src: Path, records: list[dict]) -> None:

@@ -50,6 +50,7 @@ from tqdm import tqdm
 from mixdemo.classes import CLASS_NAMES
 from mixdemo.data import (PATCH_CENTRES, Cohort, CohortError, MixedPatchSampler, header_problems, load_cohort,
                           load_volumes)
+from mixdemo.launch import widths
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, TRAIN_ALPHA_RANGE
 from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device,
                             widen_references)
@@ -75,8 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=count(1), default=4)
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--features", default="small", help="'small', 'paper' or 6 comma-separated widths")
-    p.add_argument("--unmix-features", default="16,32", help="D's two widths")
+    p.add_argument("--features", type=widths(6, ("small", "paper")), default=None,
+                   help="S's widths: 'small', 'paper' or 6 comma-separated widths (default: small; with --init-from, "
+                        "its S's)")
+    p.add_argument("--unmix-features", type=widths(2), default="16,32", help="D's two widths")
     p.add_argument("--unmix-patch", type=int, default=1,
                    help="D's patch: 1 full resolution; p > 1 its blocks on p³ patches (mixdemo.models.UnmixingNet)")
     p.add_argument("--unmix-hidden", type=int, default=0,
@@ -142,9 +145,9 @@ def resolve_widths(spec: str) -> tuple[int, ...]:
     return tuple(int(v) for v in spec.split(","))
 
 
-def resolve_features(spec: str) -> tuple[int, ...]:
-    """'small' | 'paper' | '16,16,32,64,128,16' → widths."""
-    named = {"small": SMALL_FEATURES, "paper": PAPER_FEATURES}
+def resolve_features(spec: str | None) -> tuple[int, ...]:
+    """'small' (or None, the default) | 'paper' | '16,16,32,64,128,16' → widths."""
+    named = {"small": SMALL_FEATURES, "paper": PAPER_FEATURES, None: SMALL_FEATURES}
     if spec in named:
         return named[spec]
     return resolve_widths(spec)
@@ -203,6 +206,19 @@ def check_start_folders(folder: Path, mode: str, init_unmixing: str | None) -> N
         if not (folder / name / "model.safetensors").is_file():
             raise SystemExit(f"--init-from: no saved model {name!r} in {folder} (a model folder with config.json and "
                              "model.safetensors, as training writes under --out).")
+
+
+def start_features(folder: Path, mode: str, features: str | None) -> str:
+    """``--features`` of a warm start from ``folder``: its S's widths when none are given (the only ones that fit);
+    SystemExit, before the cohort loads, when the widths given are others."""
+    s_name, _ = start_folders(mode, None)
+    config = json.loads((folder / s_name / "config.json").read_text())
+    shipped = ",".join(str(w) for w in config.get("features", SMALL_FEATURES))
+    asked = ",".join(str(w) for w in resolve_features(features))
+    if features is not None and asked != shipped:
+        raise SystemExit(f"--init-from: the S in {folder / s_name} has features {shipped}, not {asked} (--features "
+                         f"{features}): give --features {shipped}, or leave it out (a warm start takes its S's).")
+    return shipped
 
 
 def check_start_data(folder: Path, mode: str, data_given: bool) -> None:
@@ -322,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"--patch-size {2 ** (SegmentationNet.POOLINGS + 1)} or more.")
     if args.init_from is not None:  # before the cohort loads: a wrong folder costs no time
         check_start_folders(args.init_from, args.mode, args.init_unmixing)
+        args.features = start_features(args.init_from, args.mode, args.features)
         check_start_data(args.init_from, args.mode, args.data_given)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
