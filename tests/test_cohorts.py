@@ -468,7 +468,8 @@ def test_prepare_cohort_registers_raw_scans_and_freesurfer_subjects_with_their_l
 
     from mixdemo import phantoms
     from mixdemo.metrics import dice_per_class
-    from tests.test_preprocess import make_raw_head, random_head_pose, still_scan, template_subject
+    from mixdemo.phantoms import make_raw_head, random_head_pose
+    from tests.test_preprocess import still_scan, template_subject
     from training import prepare_cohort
 
     template = phantoms.load_template()

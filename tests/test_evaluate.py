@@ -923,3 +923,40 @@ def test_tta_aggregation_scores_the_tables_draws_and_applies_its_rule(small_coho
     assert tta_aggregation.summary(per_scan)["passes_rule"]  # +0.003 on average
     per_scan["a"]["learned_vote"] = {"avg": 0.5058}
     assert not tta_aggregation.summary(per_scan)["passes_rule"]
+
+
+def test_raw_scans_scores_each_form_on_its_file_s_grid(small_cohort, model_dir, tmp_path, monkeypatch):
+    """``training.raw_scans``: the cohort's file is used as it is, registered on request, and a raw head is
+    registered; each form's labels come back onto its file's grid and are scored against that file's labels. With a
+    stand-in that labels tissue by intensity alone, the raw head scores about what the file does; labels carried to
+    the wrong grid or scored against another file's labels would not."""
+    import torch
+
+    from mixdemo import inference
+    from mixdemo.data import load_cohort, load_volumes
+    from mixdemo.mixing import one_hot
+    from training import evaluate, raw_scans
+
+    first = load_volumes(load_cohort(small_cohort).split("test")[:1])[0]
+    medians = torch.tensor([0.0] + [float(np.median(first.image[first.labels == c])) for c in (1, 2, 3)])
+
+    def by_intensity(images) -> torch.Tensor:  # (K, X, Y, Z) → (K, 4, X, Y, Z): the class of the nearest median
+        images = torch.as_tensor(np.asarray(images))
+        nearest = (images[:, None] - medians.view(1, -1, 1, 1, 1)).abs().argmin(1)
+        return one_hot(nearest, 4).float()
+
+    def predict(volume, refs, alphas, seg, unmix, brain=None):
+        learned = by_intensity(np.repeat(volume.image[None], len(refs), 0))
+        return learned, learned, np.zeros(1)
+
+    monkeypatch.setattr(evaluate, "predict_k", predict)
+    monkeypatch.setattr(inference, "segment_proxies", lambda model, images: by_intensity(images))
+    doc = raw_scans.main(["--data", str(small_cohort), "--quick", "--threads", "2", "--out", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(doc))
+    assert doc["path"]["cohort_file"]["registered"] == 0  # in MNI space: the path's check skips registration
+    assert doc["path"]["cohort_file_registered"]["registered"] == doc["path"]["raw_head"]["registered"] == 1
+    dice = {form: rows["baseline"]["avg"] for form, rows in doc["dice"].items()}
+    direct = evaluate.dice_row(evaluate.masked(by_intensity(first.image[None])[0].argmax(0).numpy(), first.image > 0),
+                               first.labels, {1: "GM", 2: "WM", 3: "CSF"})["avg"]
+    assert dice["cohort_file"] == pytest.approx(direct, abs=1e-4)  # the file as it is: the networks' own input
+    assert dice["raw_head"] > dice["cohort_file"] - 0.1 and dice["cohort_file"] > 0.5
