@@ -85,12 +85,11 @@ def segmentation_model() -> torch.nn.Module:
 def model_classes(record: dict | None = None) -> list[str]:
     """The classes the served S gives, background first: its training ``record``'s (read when not given; older
     records, which name none: the phantoms'). Reads one small file (no torch)."""
-    from mixdemo.weights import read_training_record, weights_dir
+    from mixdemo.weights import read_training_record, recorded_classes, weights_dir
 
     if record is None:
         record = read_training_record(weights_dir() / "segmentation")
-    names = record.get("classes")
-    return list(names) if isinstance(names, list) and len(names) >= 2 else list(CLASS_NAMES)
+    return recorded_classes(record) or list(CLASS_NAMES)  # no record at all: the phantoms' too
 
 
 def model_info() -> dict:

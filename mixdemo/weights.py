@@ -183,11 +183,16 @@ def read_training_record(folder: Path) -> dict:
 
 
 def recorded_classes(record: dict) -> list[str] | None:
-    """The class names a model was trained on, from its training ``record``: those it names, else (an older
-    record) the phantoms'; None when there is no record at all (the number of classes is then all there is)."""
+    """The class names a model was trained on, from its training ``record``: those it names (a list of two or
+    more), else (an older record) the phantoms'; None when there is no record at all (the number of classes is
+    then all there is). The one reader of a record's classes: the server's (:func:`mixdemo.server.model_classes`),
+    the client's check of its D and the training commands' checks of their models."""
     from mixdemo.classes import CLASS_NAMES
 
-    return list(record.get("classes") or CLASS_NAMES) if record else None
+    if not record:
+        return None
+    names = record.get("classes")
+    return list(names) if isinstance(names, list) and len(names) >= 2 else list(CLASS_NAMES)
 
 
 def resolve_model_dir(name: str) -> Path:

@@ -173,6 +173,20 @@ def test_the_client_refuses_a_d_trained_on_other_classes_of_the_same_count(tmp_p
     check_classes(brats, UnmixingNet(), [])  # a D of no folder: likewise
 
 
+def test_a_record_s_classes_are_read_alike_by_the_server_the_client_and_training():
+    """One reader (``weights.recorded_classes``): a list of two names or more is taken, anything else in an existing
+    record is the phantoms'; only no record at all is None (the server, which must name some, says the phantoms')."""
+    from mixdemo.classes import CLASS_NAMES
+    from mixdemo.server import model_classes
+    from mixdemo.weights import recorded_classes
+
+    brats = ["background", "NCR", "ED", "ET"]
+    for record, names in [({"classes": brats}, brats), ({"model_class": "x"}, list(CLASS_NAMES)),
+                          ({"classes": "GM"}, list(CLASS_NAMES)), ({"classes": ["background"]}, list(CLASS_NAMES))]:
+        assert recorded_classes(record) == model_classes(record) == names, record
+    assert recorded_classes({}) is None and model_classes({}) == list(CLASS_NAMES)
+
+
 def test_remote_answers_are_expected_with_the_classes_the_server_names(monkeypatch):
     import gradio_client
 

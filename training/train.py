@@ -240,10 +240,10 @@ def check_start_data(folder: Path, mode: str, data_given: bool) -> None:
 def check_start_classes(folder: Path, mode: str, cohort: Cohort) -> None:
     """SystemExit when the S a warm start begins from was trained on other classes than the cohort's (a BraTS S
     and a tissue cohort); a record that names none is the phantoms' (:func:`mixdemo.server.model_info` reads it so)."""
-    from mixdemo.weights import read_training_record
+    from mixdemo.weights import read_training_record, recorded_classes
 
     s_name, _ = start_folders(mode, None)
-    trained = list(read_training_record(folder / s_name).get("classes", CLASS_NAMES))
+    trained = recorded_classes(read_training_record(folder / s_name)) or list(CLASS_NAMES)
     if trained != list(cohort.class_names):
         raise SystemExit(f"--init-from: the S in {folder / s_name} was trained on the classes {trained}, but the cohort "
                          f"{cohort.root} has {list(cohort.class_names)}: start from an S trained on such data, or "
