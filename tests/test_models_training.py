@@ -1183,6 +1183,19 @@ def test_a_warm_start_takes_its_s_widths_unless_told_others_which_are_refused_na
         train.main([*common, "--features", "small", "--run-dir", str(tmp_path / "run2")])
 
 
+def test_a_warm_start_folder_without_its_s_config_is_named_before_its_widths_are_read(tmp_path):
+    """check_start_folders asked for model.safetensors alone, though its message names config.json too: a folder
+    without it went on to start_features, a FileNotFoundError traceback, not the message."""
+    from training.train import check_start_folders
+
+    (tmp_path / "segmentation").mkdir()
+    (tmp_path / "segmentation" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"no saved model 'segmentation' in .*config\.json and model\.safetensors"):
+        check_start_folders(tmp_path, "unmixing", None)
+    (tmp_path / "segmentation" / "config.json").write_text("{}")
+    check_start_folders(tmp_path, "unmixing", None)
+
+
 def test_recalibrate_batch_norm_sets_the_plain_average_of_the_batches_and_keeps_the_weights():
     from training.precise_bn import recalibrate_batch_norm
 

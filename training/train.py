@@ -201,9 +201,10 @@ def start_folders(mode: str, init_unmixing: str | None) -> tuple[str, str | None
 
 
 def check_start_folders(folder: Path, mode: str, init_unmixing: str | None) -> None:
-    """SystemExit naming the first model folder under ``folder`` that a warm start needs and lacks."""
+    """SystemExit naming the first model folder under ``folder`` that a warm start needs and lacks (its
+    ``config.json`` too: :func:`start_features` reads the S's before the cohort loads)."""
     for name in filter(None, start_folders(mode, init_unmixing)):
-        if not (folder / name / "model.safetensors").is_file():
+        if not all((folder / name / file).is_file() for file in ("config.json", "model.safetensors")):
             raise SystemExit(f"--init-from: no saved model {name!r} in {folder} (a model folder with config.json and "
                              "model.safetensors, as training writes under --out).")
 
