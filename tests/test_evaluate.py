@@ -261,6 +261,19 @@ def test_a_pool_smaller_than_the_default_k_caps_it_and_a_k_max_given_beyond_it_s
         evaluate.main([*argv, "--k-max", "5", "--tta-k", "2"])
 
 
+def test_a_tta_k_beyond_the_k_max_names_the_k_max_it_was_checked_against(capsys):
+    """Since --k-max has no default of its own (2852c9a), a --tta-k beyond 30 without it is checked against 30: the
+    message says so, rather than naming a --k-max that was not given as if it had been."""
+    from training import evaluate
+
+    for argv, said in [(["--tta-k", "31"], "--tta-k 31 must not exceed --k-max (not given: 30)"),
+                       (["--tta-k", "5", "--k-max", "4"], "--tta-k 5 must not exceed --k-max 4")]:
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(argv)
+        assert said in capsys.readouterr().err
+    assert evaluate.parse_args(["--tta-k", "30"]).k_max is None  # set_up sets it, from the pool
+
+
 def test_an_evaluation_warns_of_a_d_trained_with_another_s(tmp_path, monkeypatch):
     """As the client does against a server: a D whose record names another S than the one evaluated."""
     from training import evaluate

@@ -121,7 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max or DEFAULT_K_MAX, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or QUICK_CROP
     if args.tta_k > (args.k_max or DEFAULT_K_MAX):
-        p.error("--tta-k must not exceed --k-max")
+        given = f"--k-max {args.k_max}" if args.k_max else f"--k-max (not given: {DEFAULT_K_MAX})"
+        p.error(f"--tta-k {args.tta_k} must not exceed {given}")
     return args
 
 
