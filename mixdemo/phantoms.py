@@ -374,6 +374,7 @@ def make_raw_head(
         pose: 4x4 MNI -> scanner world (RAS mm) of the head.
         axes: For each voxel axis, (world axis, sign) of the scanner grid.
         spacing: Voxel size (mm) of each voxel axis.
+        seed: Of the scanner's noise (Rician, sigma 0.02 in the phantom's intensity units).
 
     Returns:
         (int16 scan, uint8 true labels, scan affine) on the scanner grid.

@@ -54,7 +54,8 @@ DEFAULT_K_MAX = 30
 
 def add_table_draw_options(p: argparse.ArgumentParser) -> None:
     """The options of a study scored on the segmentation table's draws (``training.mirror_tta``,
-    ``training.tta_aggregation``): its cohort, volumes, K, D, seed and threads, and ``--quick``."""
+    ``training.tta_aggregation``, ``training.raw_scans``): its cohort, volumes, K, D, seed and threads, and
+    ``--quick``."""
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help="cohort folder (phantoms are generated if absent)")
     p.add_argument("--volumes", type=count(0), default=0, help="test volumes scored (0: every test subject's first scan, as the table)")
     p.add_argument("--k", type=count(1), default=10, help="K of Learned + TTA (the table's)")
