@@ -945,7 +945,6 @@ def test_raw_scans_scores_each_form_on_its_file_s_grid(small_cohort, model_dir, 
     the wrong grid or scored against another file's labels would not."""
     import torch
 
-    from mixdemo import inference
     from mixdemo.data import load_cohort, load_volumes
     from mixdemo.mixing import one_hot
     from training import evaluate, raw_scans
@@ -963,7 +962,7 @@ def test_raw_scans_scores_each_form_on_its_file_s_grid(small_cohort, model_dir, 
         return learned, learned, np.zeros(1)
 
     monkeypatch.setattr(evaluate, "predict_k", predict)
-    monkeypatch.setattr(inference, "segment_proxies", lambda model, images: by_intensity(images))
+    monkeypatch.setattr(evaluate, "segment_proxies", lambda model, images: by_intensity(images))  # the baseline's
     doc = raw_scans.main(["--data", str(small_cohort), "--quick", "--threads", "2", "--out", str(tmp_path / "r.json")])
     assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(doc))
     assert doc["path"]["cohort_file"]["registered"] == 0  # in MNI space: the path's check skips registration
@@ -973,3 +972,24 @@ def test_raw_scans_scores_each_form_on_its_file_s_grid(small_cohort, model_dir, 
                                first.labels, {1: "GM", 2: "WM", 3: "CSF"})["avg"]
     assert dice["cohort_file"] == pytest.approx(direct, abs=1e-4)  # the file as it is: the networks' own input
     assert dice["raw_head"] > dice["cohort_file"] - 0.1 and dice["cohort_file"] > 0.5
+
+    from training.report import raw_scans_md
+
+    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in raw_scans_md(doc).splitlines()
+             if line.startswith("| the ") or line.startswith("| in a head")}
+    assert [cells[0] for cells in table.values()] == ["0 of 1", "1 of 1", "1 of 1"]  # registered, per form
+    assert [cells[1] for cells in table.values()] == [f"{d:.3f}" for d in dice.values()]  # the baseline's Dice
+    assert "1.2 × 1 × 1.5 mm grid (PIR)" in raw_scans_md(doc)  # the generator's grid, as it builds it
+
+
+def test_raw_scans_refuses_a_cohort_off_the_models_grid(monkeypatch, tmp_path):
+    """The raw heads are built around scans on the models' MNI grid; another cohort's scans (a BraTS folder's) get a
+    message naming both grids, not a shape error from inside the generator."""
+    from mixdemo.data import CohortError, Volume
+    from training import evaluate, raw_scans
+
+    small = Volume("case-1", "case", np.zeros((8, 8, 8), np.float32), np.zeros((8, 8, 8), np.uint8), np.eye(4))
+    monkeypatch.setattr(evaluate, "scan_draw", lambda rec, k, args, setup: (small, [], (), None))
+    rec = type("Record", (), {"name": "case-1"})()
+    with pytest.raises(CohortError, match="case-1 is on a 8×8×8 grid: .* 144×192×160 MNI grid"):
+        raw_scans.scan_forms(rec, type("Args", (), {"k_max": 1, "tta_k": 1, "threads": 0})(), None, tmp_path, 0)

@@ -65,7 +65,6 @@ def form_rows(path: Path, truth: np.ndarray, register: bool | None, refs: list, 
     from mixdemo import io as mio
     from mixdemo import preprocess as pp
     from mixdemo.data import Volume
-    from mixdemo.inference import segment_proxies
     from mixdemo.mixing import hard_labels
 
     scan = mio.load_scan(path, normalize=False)
@@ -73,19 +72,24 @@ def form_rows(path: Path, truth: np.ndarray, register: bool | None, refs: list, 
     brain = prepared.image > 0  # the client's: the prepared target's brain
     target = Volume("target", "target", prepared.image, np.zeros(prepared.image.shape, np.uint8), prepared.affine)
     _, learned, _ = evaluate.predict_k(target, refs, alphas, setup.seg, setup.unmix, brain)
-    probs = {"baseline": segment_proxies(setup.base, prepared.image[None])[0].float(),
-             "learned": learned[0].float(), "learned_tta": learned.float().mean(0)}
-    rows = {}
-    for row, p in probs.items():
-        labels = evaluate.masked(hard_labels(p).numpy(), brain)
-        rows[row] = evaluate.dice_row(pp.labels_to_source_grid(labels, prepared, scan), truth, setup.classes)
+    labels = {"baseline": evaluate.baseline_labels(setup.base, target, brain),
+              "learned": evaluate.masked(hard_labels(learned[0].float()).numpy(), brain),
+              "learned_tta": evaluate.masked(hard_labels(learned.float().mean(0)).numpy(), brain)}
+    rows = {row: evaluate.dice_row(pp.labels_to_source_grid(lab, prepared, scan), truth, setup.classes)
+            for row, lab in labels.items()}
     return {"dice": rows, "registered": prepared.registered, "similarity": round(float(prepared.similarity), 4),
             "warning": prepared.warning is not None, "registration_seconds": round(prepared.seconds, 1)}
 
 
 def scan_forms(rec, eval_args: argparse.Namespace, setup: evaluate.Setup, folder: Path, seed: int) -> dict[str, dict]:
     """Every form of one test scan (:data:`FORMS`), each mixed with the first K references and α of the table's draw."""
+    from mixdemo.data import CohortError
+    from mixdemo.phantoms import GRID_SHAPE
+
     vol, refs, alphas, _ = evaluate.scan_draw(rec, eval_args.k_max, eval_args, setup)
+    if vol.image.shape != GRID_SHAPE:
+        raise CohortError(f"{rec.name} is on a {'×'.join(map(str, vol.image.shape))} grid: the raw heads are built "
+                          f"from scans on the models' {'×'.join(map(str, GRID_SHAPE))} MNI grid (a phantom cohort's).")
     refs, alphas = refs[: eval_args.tta_k], alphas[: eval_args.tta_k]
     raw_path, raw_truth = raw_head_file(vol.image, vol.labels, folder, seed)
     threads = eval_args.threads
