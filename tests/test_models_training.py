@@ -1439,7 +1439,8 @@ def test_unmixing_mode_can_train_on_a_saved_d(tiny_cohort, tmp_path):
     assert record["init_unmixing"] == "unmixing" and set(record["init_from_sha256"]) == {"segmentation", "unmixing"}
     d_after = load_file(tmp_path / "d" / "unmixing" / "model.safetensors")  # lr 0: the saved D, unchanged
     assert d_after.keys() == d_before.keys() and all(torch.equal(d_after[k], d_before[k]) for k in d_before)
-    with pytest.raises(SystemExit, match="not the"):  # a D of another shape than the one asked for
+    with pytest.raises(SystemExit, match="--unmix-patch 1 --unmix-hidden 0, not --unmix-features 16,32 --unmix-patch 2"):
+        # a D of another design than the one asked for: refused before the cohort loads
         train.main(_train_cmd(tiny_cohort, tmp_path / "d2", tmp_path / "run2", 1, [*extra, "--unmix-patch", "2"]))
     with pytest.raises(SystemExit, match="no saved model 'nowhere'"):
         train.main(_train_cmd(tiny_cohort, tmp_path / "d4", tmp_path / "run4", 1, [*extra[:-3], "nowhere"]))
@@ -2019,3 +2020,20 @@ def test_a_model_card_is_written_as_utf8_whatever_the_locale(tmp_path, monkeypat
     card = write_model_card(tmp_path, title="S", summary="x_mix = α·x + (1 − α)·x_ref", sections={"Use": "32³ − patches"})
     text = card.read_bytes().decode("utf-8")
     assert "x_mix = α·x + (1 − α)·x_ref" in text and "32³ − patches" in text
+
+
+def test_a_warm_start_s_d_of_another_design_than_the_flags_is_refused_before_the_cohort_loads(tiny_cohort, tmp_path):
+    """Private mode goes on from the folder's D as it is: with other --unmix-* flags the run trained that D and
+    recorded the flags' design. It now stops first, naming the flags that fit."""
+    from training import train
+
+    start = tmp_path / "start"
+    train.main(_train_cmd(tiny_cohort, start, tmp_path / "run0", 1))
+    common = ["--mode", "private", "--init-from", str(start), "--data", str(tiny_cohort), "--steps", "1",
+              "--batch-size", "2", "--patch-size", "16", "--out", str(tmp_path / "w")]
+    with pytest.raises(SystemExit, match=r"the D in .*start.unmixing is --unmix-features 16,32 --unmix-patch 1 "
+                                         r"--unmix-hidden 0, not --unmix-features 8,16 --unmix-patch 2 --unmix-hidden 0: "
+                                         r"give --unmix-features 16,32 --unmix-patch 1 --unmix-hidden 0"):
+        train.main([*common, "--unmix-features", "8,16", "--unmix-patch", "2", "--run-dir", str(tmp_path / "run1")])
+    folders = train.main([*common, "--run-dir", str(tmp_path / "run2")])  # the flags that fit: it trains
+    assert json.loads((Path(folders["unmixing"]) / "training.json").read_text())["unmix_features"] == [16, 32]

@@ -222,6 +222,22 @@ def start_features(folder: Path, mode: str, features: str | None) -> str:
     return shipped
 
 
+def check_start_unmixing(folder: Path, mode: str, init_unmixing: str | None, args: argparse.Namespace) -> None:
+    """SystemExit, before the cohort loads, when the D a warm start goes on from (private mode's ``unmixing``, or
+    ``--init-unmixing``'s) has another design than ``--unmix-features``/``--unmix-patch``/``--unmix-hidden`` say: the
+    run trains that D, so the record would name the flags' design, not the one trained."""
+    _, d_name = start_folders(mode, init_unmixing)
+    if d_name is None:
+        return
+    config = json.loads((folder / d_name / "config.json").read_text())
+    saved = (",".join(str(w) for w in config.get("features", (16, 32))), config.get("patch", 1), config.get("voxel_hidden", 0))
+    asked = (",".join(str(w) for w in resolve_widths(args.unmix_features)), args.unmix_patch, args.unmix_hidden)
+    if saved != asked:
+        flags = "--unmix-features {} --unmix-patch {} --unmix-hidden {}"
+        raise SystemExit(f"--init-from: the D in {folder / d_name} is {flags.format(*saved)}, not {flags.format(*asked)}: "
+                         f"give {flags.format(*saved)} (a warm start goes on from that D).")
+
+
 def check_start_data(folder: Path, mode: str, data_given: bool) -> None:
     """SystemExit when a warm start's S was trained on a cohort other than the phantoms and ``--data`` is not given:
     the run would otherwise build and train on the phantom cohort (the default) without a word."""
@@ -340,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from is not None:  # before the cohort loads: a wrong folder costs no time
         check_start_folders(args.init_from, args.mode, args.init_unmixing)
         args.features = start_features(args.init_from, args.mode, args.features)
+        check_start_unmixing(args.init_from, args.mode, args.init_unmixing, args)
         check_start_data(args.init_from, args.mode, args.data_given)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
