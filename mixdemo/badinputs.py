@@ -280,6 +280,8 @@ def nifti_corpus(include_bomb: bool = False) -> list[BadInput]:
          "float64 values too large for float32"),
         ("all_zero", _gz(_nifti_bytes(np.zeros((16, 16, 16), np.float32))), "scan.nii.gz", "an all-zero volume"),
         ("constant", _nifti_bytes(np.full((16, 16, 16), 7, np.int16)), "scan.nii", "a constant volume"),
+        ("label_map", _gz(_nifti_bytes(np.digitize(vol, [30, 60, 90]).astype(np.uint8))), "seg.nii.gz",
+         "a label map given as the scan"),
         ("huge_dims_tiny_file", _set_dims(good[:352], (1000, 1000, 1000)), "scan.nii",
          "header declares 10^9 voxels, file has none"),
         ("huge_side", _set_dims(good, (30000, 16, 16)), "scan.nii", "a side of 30000 voxels"),

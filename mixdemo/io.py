@@ -183,6 +183,9 @@ def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | 
     del array
     if float(data.min()) == float(data.max()):
         raise ValueRangeError("The file contains no image: every voxel has the same value.")
+    if (values := label_map_values(data)) is not None:
+        raise ValueRangeError(f"The file looks like a label map ({values} distinct whole-number values), not an MRI "
+                              "scan: give the T1 image here; a label map goes beside it, as its labels.")
     out, affine = _to_ras_1mm(data, source_affine, order=1)
     if normalize:
         out = normalize_intensity(out)
@@ -192,6 +195,23 @@ def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | 
         source_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
         source_affine=source_affine,
     )
+
+
+MAX_LABEL_MAP_VALUES = 16
+"""A volume of whole numbers with this many distinct values or fewer is a label map (or a mask), not a scan: an MRI
+scan, stored as integers, holds hundreds of distinct values or more."""
+
+
+def label_map_values(data: np.ndarray) -> int | None:
+    """How many distinct values ``data`` holds if it looks like a label map (whole numbers, at most
+    :data:`MAX_LABEL_MAP_VALUES` of them), else None. A sample of every 97th voxel rules most scans out at once."""
+    for part in (data.ravel()[::97], data):
+        if part.size == 0 or not np.array_equal(part, np.round(part)):
+            return None
+        values = np.unique(part)
+        if values.size > MAX_LABEL_MAP_VALUES:
+            return None
+    return int(values.size)
 
 
 def normalize_intensity(data: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ def test_corpus_is_generated_and_covers_the_issue():
     for needed in ("truncated_gzip", "wrong_magic", "nifti_2d", "nifti_4d", "nifti_5d", "all_nan", "some_inf",
                    "all_zero", "huge_dims_tiny_file", "complex64", "dicom_renamed", "png_renamed", "empty_nii",
                    "zip_not_dicom", "zip_truncated", "zip_encrypted", "zip_gap", "zip_slip", "dicom_one_slice",
-                   "dotdot_name", "patient_name"):
+                   "dotdot_name", "patient_name", "label_map"):
         assert needed in keys
     assert any("../" in i.upload_name for i in items)
     assert len(proxy_corpus()) >= 15
