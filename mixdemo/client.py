@@ -192,7 +192,7 @@ def load_target(path: str | os.PathLike, *, progress: ProgressFn | None = None,
 
     from mixdemo.preprocess import check_model_space, to_model_space
 
-    raw = load_scan(path, normalize=False, series=series)  # read once (a DICOM series is unpacked once), normalised below
+    raw = load_scan(path, normalize=False, series=series, refuse_label_maps=True)  # read once (a DICOM series is unpacked once), normalised below
     scan = replace(raw, data=normalize_intensity(raw.data))
     if grid is not None and tuple(grid) != GRID_SHAPE:
         if scan.data.shape != tuple(grid):

@@ -157,7 +157,8 @@ class Scan:
 
 
 # --------------------------------------------------------------------------- public API
-def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | None = None) -> Scan:
+def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | None = None,
+              refuse_label_maps: bool = False) -> Scan:
     """Load a NIfTI scan or a DICOM series, checked, as float32 on a 1 mm isotropic RAS+ grid.
 
     Args:
@@ -166,6 +167,9 @@ def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | 
         normalize: Apply :func:`normalize_intensity` (as in training).
         series: For a DICOM input holding several series, which one (numbered from 1 as their refusal lists
             them); ignored for NIfTI.
+        refuse_label_maps: Refuse a file that looks like a label map (:func:`label_map_values`), as a user's
+            target is checked (``mixdemo.client.load_target``); a cohort's or a test's synthetic scans may hold few
+            whole-number values.
 
     Returns:
         The checked, reoriented and resampled :class:`Scan`.
@@ -183,7 +187,7 @@ def load_scan(path: str | os.PathLike, *, normalize: bool = True, series: int | 
     del array
     if float(data.min()) == float(data.max()):
         raise ValueRangeError("The file contains no image: every voxel has the same value.")
-    if (values := label_map_values(data)) is not None:
+    if refuse_label_maps and (values := label_map_values(data)) is not None:
         raise ValueRangeError(f"The file looks like a label map ({values} distinct whole-number values), not an MRI "
                               "scan: give the T1 image here; a label map goes beside it, as its labels.")
     out, affine = _to_ras_1mm(data, source_affine, order=1)

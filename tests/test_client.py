@@ -2049,3 +2049,18 @@ def test_a_server_whose_queue_is_full_is_named_busy_in_one_line(info_main, capsy
     assert code == 2 and err.count("error:") == 1 and "busy" in err and "failed twice" not in err, err
     assert InfoRemote.requests == [] and InfoRemote.info_failures == 0, err  # asked once, nothing sent
     assert client.request_failure(QueueError(full)) == client.SERVER_BUSY
+
+
+def test_a_label_map_given_as_the_target_is_refused_before_any_request(tmp_path):
+    """The client (and the app, which loads its upload the same way) took a seg.nii.gz for a scan and segmented it."""
+    import nibabel as nib
+
+    from mixdemo.client import load_target
+    from mixdemo.io import ScanError
+
+    labels = np.zeros((40, 48, 40), np.uint8)
+    labels[8:-8, 8:-8, 8:-8] = 2
+    labels[14:-14, 14:-14, 14:-14] = 1
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "seg.nii.gz"))
+    with pytest.raises(ScanError, match=r"looks like a label map \(3 distinct whole-number values\)"):
+        load_target(tmp_path / "seg.nii.gz")

@@ -150,7 +150,7 @@ def check_library(files: Sequence[tuple[BadInput, Path]], report: CorpusReport) 
                 with _throwaway_copy(path) as copy:
                     read_proxy_file(copy)
             else:
-                load_scan(arg)
+                load_scan(arg, refuse_label_maps=True)  # as the client and the app load a target
             report.add(Outcome("library", item.key, "accepted", False, False, accepted=True))
         except (ScanError, ProxyError) as exc:
             msg = str(exc)
