@@ -143,8 +143,8 @@ class Target:
     warning: str | None = None
 
     def labels_on_input(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Grid labels carried onto the input file's own grid (nearest neighbour): uint8 labels and their RAS+
-        affine."""
+        """Grid labels carried onto the input file's own grid (a registered scan's: each class's share interpolated,
+        ``preprocess._labels_to_grid``; else nearest neighbour): uint8 labels and their RAS+ affine."""
         if self.prepared is not None:
             from mixdemo.preprocess import labels_to_source_grid
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from mixdemo import io as mio
 from mixdemo import phantoms
@@ -240,6 +241,31 @@ def _identity_prepared(shape=GRID, affine=None) -> pp.Prepared:
     return pp.Prepared(image=zeros, brain_mask=zeros > 0, affine=grid, model_to_input=np.eye(4),
                        similarity=1.0, metric_value=None, registered=False, warning=None, seconds=0.0,
                        scan_shape=shape, scan_affine=affine, source_shape=shape, source_affine=affine)
+
+
+def test_labels_go_back_by_each_class_s_share_not_by_the_nearest_voxel():
+    """A file voxel centred among 2×2×2 model voxels, 3 of one class and 5 of another, gets the five's class; nearest
+    neighbour took one corner's, whichever rounding picked (a one-voxel error at every offset boundary). On the model
+    grid itself the labels come back unchanged, and outside it as background."""
+    shape = (GRID[0] - 1, GRID[1] - 1, GRID[2] - 1)
+    corners = np.zeros(GRID, dtype=np.uint8)
+    corners[70:72, 90:92, 80:82] = np.arange(1, 9).reshape(2, 2, 2)
+    nearest = ndimage.affine_transform(corners, np.eye(3), [0.5] * 3, output_shape=shape, order=0)[70, 90, 80]
+    picked = np.argwhere(corners == nearest)[0]  # the corner nearest neighbour takes
+    labels = np.zeros(GRID, dtype=np.uint8)
+    labels[70:72, 90:92, 80:82] = 3
+    for corner in (picked, [70 + 71 - picked[0], *picked[1:]], [picked[0], 90 + 91 - picked[1], picked[2]]):
+        labels[tuple(corner)] = 1  # 3 of the 8 voxels, the picked corner among them: the minority
+    grid = phantoms.load_template().affine.copy()
+    offset = grid.copy()
+    offset[:3, 3] += 0.5  # each file voxel centred among 8 model voxels
+    back = pp.labels_to_source_grid(labels, _identity_prepared(shape, offset))
+    assert back[70, 90, 80] == 3  # the majority of its 8 neighbours; nearest neighbour gave the picked corner's 1
+    assert ndimage.affine_transform(labels, np.eye(3), [0.5] * 3, output_shape=shape, order=0)[70, 90, 80] == 1
+    assert np.array_equal(pp.labels_to_source_grid(labels, _identity_prepared()), labels)
+    far = grid.copy()
+    far[:3, 3] += 1000.0  # a grid outside the model grid: background
+    assert not pp.labels_to_source_grid(labels, _identity_prepared(shape, far)).any()
 
 
 def test_transform_matches_the_ras_matrix():
