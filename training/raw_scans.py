@@ -59,15 +59,14 @@ def raw_head_file(image: np.ndarray, labels: np.ndarray, folder: Path, seed: int
     return path, truth
 
 
-def form_rows(path: Path, truth: np.ndarray, register: bool | None, refs: list, alphas: tuple, setup: evaluate.Setup,
-              threads: int) -> dict:
-    """One form of one scan through the raw-scan path: its Dice rows on the file's grid and what the path did."""
-    from mixdemo import io as mio
+def form_rows(scan, truth: np.ndarray, register: bool | None, refs: list, alphas: tuple,  # noqa: ANN001 - a Scan
+              setup: evaluate.Setup, threads: int) -> dict:
+    """One form of one scan (loaded as the client loads it, not normalised) through the raw-scan path: its Dice rows
+    on the file's grid and what the path did."""
     from mixdemo import preprocess as pp
     from mixdemo.data import Volume
     from mixdemo.mixing import hard_labels
 
-    scan = mio.load_scan(path, normalize=False)
     prepared = pp.to_model_space(scan, register=register, threads=threads or None)
     brain = prepared.image > 0  # the client's: the prepared target's brain
     target = Volume("target", "target", prepared.image, np.zeros(prepared.image.shape, np.uint8), prepared.affine)
@@ -91,11 +90,14 @@ def scan_forms(rec, eval_args: argparse.Namespace, setup: evaluate.Setup, folder
         raise CohortError(f"{rec.name} is on a {'×'.join(map(str, vol.image.shape))} grid: the raw heads are built "
                           f"from scans on the models' {'×'.join(map(str, GRID_SHAPE))} MNI grid (a phantom cohort's).")
     refs, alphas = refs[: eval_args.tta_k], alphas[: eval_args.tta_k]
+    from mixdemo.io import load_scan
+
     raw_path, raw_truth = raw_head_file(vol.image, vol.labels, folder, seed)
     threads = eval_args.threads
-    return {"cohort_file": form_rows(rec.image_path, vol.labels, None, refs, alphas, setup, threads),
-            "cohort_file_registered": form_rows(rec.image_path, vol.labels, True, refs, alphas, setup, threads),
-            "raw_head": form_rows(raw_path, raw_truth, None, refs, alphas, setup, threads)}
+    cohort_file = load_scan(rec.image_path, normalize=False)  # read once for both of its forms
+    return {"cohort_file": form_rows(cohort_file, vol.labels, None, refs, alphas, setup, threads),
+            "cohort_file_registered": form_rows(cohort_file, vol.labels, True, refs, alphas, setup, threads),
+            "raw_head": form_rows(load_scan(raw_path, normalize=False), raw_truth, None, refs, alphas, setup, threads)}
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:

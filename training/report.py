@@ -1033,16 +1033,22 @@ def mirror_tta_md(doc: dict) -> str:
 
 def _raw_head_label() -> str:
     """How ``training.raw_scans`` gives a raw head: its scanner grid's voxel sizes and axes."""
+    import nibabel as nib
+    import numpy as np
+
     from mixdemo.phantoms import AXES_PIR, RAW_SPACING
 
-    axes = "".join({(0, 1.0): "R", (0, -1.0): "L", (1, 1.0): "A", (1, -1.0): "P", (2, 1.0): "S", (2, -1.0): "I"}[a]
-                   for a in AXES_PIR)
+    affine = np.eye(4)
+    affine[:3, :3] = 0
+    for voxel_axis, (world_axis, sign) in enumerate(AXES_PIR):
+        affine[world_axis, voxel_axis] = sign
+    axes = "".join(nib.aff2axcodes(affine))
     return f"in a head of a random pose, on a {' × '.join(f'{s:g}' for s in RAW_SPACING)} mm grid ({axes}), int16"
 
 
 RAW_SCAN_FORMS = (("cohort_file", "the cohort's file as it is (skull-stripped, in MNI space)"),
                   ("cohort_file_registered", "the same file, registered anyway"),
-                  ("raw_head", _raw_head_label()))
+                  ("raw_head", None))  # _raw_head_label(), drawn when rendered (it imports the generator)
 RAW_SCAN_ROWS = (("baseline", "Baseline"), ("learned", "Learned"), ("learned_tta", "Learned + TTA"))
 
 
@@ -1058,6 +1064,7 @@ def raw_scans_md(doc: dict) -> str:
              "| scan given as | registered | " + " | ".join(label for _, label in RAW_SCAN_ROWS) + " | GM | WM | CSF |",
              "| --- | --- | " + " | ".join("---" for _ in RAW_SCAN_ROWS) + " | --- | --- | --- |"]
     for form, label in RAW_SCAN_FORMS:
+        label = label or _raw_head_label()
         d, p = doc["dice"][form], path[form]
         tta = d["learned_tta"]
         lines.append(f"| {label} | {p['registered']} of {n} | " + " | ".join(_f(d[row]["avg"]) for row, _ in RAW_SCAN_ROWS)
