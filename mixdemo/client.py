@@ -55,8 +55,8 @@ import numpy as np
 import torch
 
 from mixdemo.launch import check_setting_variables, count
-from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT, MixKey, alternate_mirroring, check_alpha, sample_key
-from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_segment
+from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT, MixKey, alternate_mirroring, check_alpha, hard_labels, sample_key
+from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_scores, private_segment
 from mixdemo.weights import DEFAULT_UNMIXING, unmixing_name
 
 ProgressFn = Callable[[float, str], None]
@@ -142,22 +142,33 @@ class Target:
     prepared: object | None = None  # mixdemo.preprocess.Prepared (registered scans)
     warning: str | None = None
 
-    def labels_on_input(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Grid labels carried onto the input file's own grid (a registered scan's: each class's share interpolated,
-        ``preprocess._labels_to_grid``; else nearest neighbour): uint8 labels and their RAS+ affine."""
+    def labels_on_input(self, prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Grid labels (X, Y, Z), or class scores (C, X, Y, Z) whose arg-max they are, carried onto the input file's own
+        grid: uint8 labels and their RAS+ affine. A registered scan's are resampled, each class's score
+        (``preprocess.scores_to_source_grid``, the better) or share (``preprocess.labels_to_source_grid``) interpolated;
+        any other scan's labels go back voxel for voxel (nearest neighbour where its file's orientation differs)."""
         if self.prepared is not None:
-            from mixdemo.preprocess import labels_to_source_grid
+            from mixdemo.preprocess import labels_to_source_grid, scores_to_source_grid
 
-            return labels_to_source_grid(labels, self.prepared, self.scan), self.prepared.source_affine
+            carry = scores_to_source_grid if prediction.ndim == 4 else labels_to_source_grid
+            return carry(prediction, self.prepared, self.scan), self.prepared.source_affine
         from mixdemo.io import labels_on_source_grid
 
+        labels = hard_labels(torch.from_numpy(prediction)).numpy() if prediction.ndim == 4 else prediction
         return labels_on_source_grid(self.fit.restore(labels), self.scan), self.scan.source_affine  # type: ignore
 
-    def save_labels(self, labels: np.ndarray, path: str | os.PathLike) -> None:
-        """Write grid labels as NIfTI on the input file's own grid (atomic)."""
+    def save_labels(self, prediction: np.ndarray, path: str | os.PathLike) -> None:
+        """Write grid labels, or the labels of grid class scores (:meth:`labels_on_input`), as NIfTI on the input file's
+        own grid (atomic)."""
         from mixdemo.io import save_volume
 
-        save_volume(*self.labels_on_input(labels), path, dtype=np.uint8)
+        save_volume(*self.labels_on_input(prediction), path, dtype=np.uint8)
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether its labels are resampled onto the file's grid (a registered scan), which class scores do better
+        than labels (:meth:`labels_on_input`)."""
+        return self.prepared is not None
 
     def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
         """Ground-truth labels of this target on the grid, from a label file on the input scan's grid: cropped
@@ -284,6 +295,14 @@ class ClientRun:
         out[self.region] = self.result.labels(which)
         return out
 
+    def scores(self, which: str = "learned_tta") -> np.ndarray:
+        """The (C, X, Y, Z) class scores on the whole grid whose arg-max is :meth:`labels` (background's outside the
+        region in patch mode): what a registered scan's labels are carried back from."""
+        if which.startswith("learned") and self.result.learned is None:
+            which = which.replace("learned", "naive")
+        part = self.result.scores(which)
+        return _on_whole_grid(part, self.region, self.grid_shape)
+
 
 def check_k(k: int, n_references: int | None = None) -> None:
     """A :class:`ClientError` unless 1 ≤ ``k`` ≤ ``n_references`` (the bank's size, when known)."""
@@ -359,6 +378,35 @@ def run_private_labels(
     part = private_labels(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
     out = np.zeros(target.shape, dtype=np.uint8)
     out[region] = part
+    return out
+
+
+def run_private_scores(
+    target: np.ndarray,
+    references: Sequence[Reference],
+    key: MixKey,
+    server: ServerFn,
+    unmix_model: torch.nn.Module | None,
+    *,
+    mode: str = "patch",
+    centre: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """:func:`run_private_labels`, keeping the class scores whose arg-max its labels are (:func:`mixdemo.pipeline.private_scores`):
+    (C, X, Y, Z) float32 on the whole grid, background's outside the region; for a scan whose labels are resampled."""
+    region, refs = _region_and_references(target, references, key, mode, centre)
+    per_call = per_request(server, target[region].shape)
+    part = private_scores(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
+    return _on_whole_grid(part, region, target.shape)
+
+
+def _on_whole_grid(scores: np.ndarray, region: tuple[slice, slice, slice], grid_shape: Sequence[int]) -> np.ndarray:
+    """(C, X, Y, Z) scores of a region placed on the whole grid, background's 1 (and every other class's 0) elsewhere."""
+    if scores.shape[1:] == tuple(grid_shape):
+        return scores
+    out = np.zeros((scores.shape[0], *grid_shape), dtype=np.float32)
+    out[0] = 1.0
+    out[(slice(None), *region)] = scores
     return out
 
 
@@ -884,7 +932,8 @@ def segment_file(
     on_warning: Callable[[str], None] | None = None,
 ) -> MixKey:
     """Segment a scan privately with ``server`` and write the labels in the input's space; returns the key used.
-    The client keeps only what one request needs at a time (:func:`run_private_labels`). ``grid_confirmed``: the
+    The client keeps only what one request needs at a time (:func:`run_private_labels`; for a registered scan, whose
+    labels are resampled onto its file's grid, the class scores: :func:`run_private_scores`). ``grid_confirmed``: the
     server said its model works on the references' grid. An ``out_path`` ending in ``.dcm`` gets a DICOM SEG of
     the input series (:mod:`mixdemo.dicomseg`; its headers are read before any request, so a series that cannot
     carry one costs no server time), its segments named by ``class_names`` (the server's; default the
@@ -903,19 +952,19 @@ def segment_file(
         raise ClientError(f"The patch centre {','.join(map(str, centre))} lies outside the "
                           f"{_shape_text(target.image.shape)} grid.")
     key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed, mirror=mirror)
-    labels = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
-                                progress=progress)
+    run = run_private_scores if target.needs_scores else run_private_labels
+    prediction = run(target.image, references, key, server, unmix_model, mode=mode, centre=centre, progress=progress)
     if seg_source is None:
-        target.save_labels(labels, out_path)
+        target.save_labels(prediction, out_path)
         return key
     from mixdemo.dicomseg import SegmentationError, write_segmentation
     from mixdemo.classes import CLASS_NAMES
 
     try:
-        write_segmentation(*target.labels_on_input(labels), seg_source, out_path, class_names or CLASS_NAMES,
+        write_segmentation(*target.labels_on_input(prediction), seg_source, out_path, class_names or CLASS_NAMES,
                            software_version=software_version)
     except (SegmentationError, ValueError) as exc:  # the server's work is kept: NIfTI beside it
-        target.save_labels(labels, nifti_beside(out_path))
+        target.save_labels(prediction, nifti_beside(out_path))
         raise ClientError(f"{exc} The segmentation was written as NIfTI instead, under the same name ending in "
                           ".nii.gz.") from None
     return key

@@ -20,7 +20,7 @@ from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, s
 from mixdemo.mixing import MixKey, hard_labels, mirror, naive_unmix, one_hot, tta_average, tta_variance
 
 ProgressFn = Callable[[float, str], None]
-__all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
+__all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_scores", "private_segment", "reference_onehots", "segment_proxies",
            "unmix_learned", "unmix_learned_labels", "unmix_learned_tta", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
@@ -303,6 +303,19 @@ class PrivateResult:
 
     def labels(self, which: str = "learned_tta") -> np.ndarray:
         """Arg-max label map of ``naive``, ``naive_tta``, ``learned``, ``learned_tta`` (first mix for single)."""
+        return self.labels_of(self._prediction(which))
+
+    def scores(self, which: str = "learned_tta") -> np.ndarray:
+        """The (C, X, Y, Z) float32 scores whose arg-max is :meth:`labels` (``which`` as there): background's 1 and
+        every other class's 0 outside the target's brain. What to carry onto another grid
+        (:func:`mixdemo.preprocess.scores_to_source_grid`)."""
+        scores = self._prediction(which).float().clone()
+        if self.brain_mask is not None:
+            _background_where(scores[None], torch.from_numpy(~self.brain_mask))
+        return scores.numpy()
+
+    def _prediction(self, which: str) -> torch.Tensor:
+        """The (C, X, Y, Z) scores named ``which``: ``naive``, ``naive_tta``, ``learned``, ``learned_tta``."""
         getters = {"naive": lambda: self.naive[0], "naive_tta": lambda: self.naive_tta,
                    "learned": lambda: None if self.learned is None else self.learned[0], "learned_tta": lambda: self.learned_tta}
         if which not in getters:
@@ -310,7 +323,7 @@ class PrivateResult:
         probs = getters[which]()
         if probs is None:
             raise ValueError("No learned unmixing in this result.")
-        return self.labels_of(probs)
+        return probs
 
     def labels_of(self, probs: torch.Tensor) -> np.ndarray:
         """The arg-max label map of (C, X, Y, Z) scores, background outside the target's brain: D was trained on
@@ -379,9 +392,38 @@ def private_labels(
     """
     if len(references) != key.k:
         raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
-    brain = target > 0
     if key.k == 1 and unmix_model is not None:  # one mix: D's arg-max (unmix_learned_labels), no probabilities
         return _one_mix_labels(target, references, key, server, unmix_model, progress)
+    labels = hard_labels(_tta_scores(target, references, key, server, unmix_model, per_call, progress)).numpy()
+    return np.where(target > 0, labels, 0).astype(np.uint8)
+
+
+@torch.inference_mode()
+def private_scores(
+    target: np.ndarray,
+    references: Sequence[Reference],
+    key: MixKey,
+    server: Callable[[np.ndarray], torch.Tensor],
+    unmix_model: torch.nn.Module | None,
+    *,
+    per_call: int,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """:func:`private_labels`'s round trip (as lean), keeping Eq. 6's average scores instead of their arg-max: (C, X,
+    Y, Z) float32, background's 1 and every other class's 0 outside the target's brain; their arg-max is
+    :func:`private_labels`'s labels to float rounding. For a scan whose labels go onto another grid
+    (:func:`mixdemo.preprocess.scores_to_source_grid`)."""
+    if len(references) != key.k:
+        raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
+    scores = _tta_scores(target, references, key, server, unmix_model, per_call, progress)
+    _background_where(scores[None], torch.from_numpy(~(target > 0)))
+    return scores.numpy()
+
+
+def _tta_scores(target: np.ndarray, references: Sequence[Reference], key: MixKey,
+                server: Callable[[np.ndarray], torch.Tensor], unmix_model: torch.nn.Module | None, per_call: int,
+                progress: ProgressFn | None) -> torch.Tensor:
+    """Eq. 6's average of the key's unmixed answers, (C, X, Y, Z), ``per_call`` mixes a request, summed as they come."""
     total: torch.Tensor | None = None
     for start in range(0, key.k, max(1, per_call)):
         part_key = key.part(start, start + per_call)
@@ -396,8 +438,7 @@ def private_labels(
         del mixed
         total = part if total is None else total.add_(part)
     assert total is not None  # K >= 1
-    labels = hard_labels(total.div_(key.k)).numpy()
-    return np.where(brain, labels, 0).astype(np.uint8)
+    return total.div_(key.k)
 
 
 def _one_mix_labels(target: np.ndarray, references: Sequence[Reference], key: MixKey,

@@ -30,7 +30,8 @@ All geometry is kept as 4x4 matrices in RAS+ millimetres (the NIfTI convention);
 SimpleITK (LPS+) is used only inside the registration. Segmentations on the model grid
 are carried back with :func:`labels_to_scan_grid`, :func:`labels_to_source_grid` or
 :func:`save_segmentation` (one resampling step onto the file's grid, each class's indicator interpolated
-linearly).
+linearly), or, better where the network's class scores are at hand, with :func:`scores_to_source_grid` (each
+class's score interpolated).
 
 Nothing here logs voxel data or file names.
 """
@@ -42,7 +43,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,7 @@ __all__ = [
     "labels_to_model_grid",
     "labels_to_scan_grid",
     "labels_to_source_grid",
+    "scores_to_source_grid",
     "save_segmentation",
 ]
 
@@ -386,6 +388,23 @@ def labels_to_source_grid(labels: np.ndarray, prepared: Prepared, scan: Scan | N
     """
     _check_scan(prepared, scan)
     return _labels_to_grid(labels, prepared, prepared.source_shape, prepared.source_affine)
+
+
+def scores_to_source_grid(scores: np.ndarray, prepared: Prepared, scan: Scan | None = None) -> np.ndarray:
+    """The labels of model-grid class scores on the input file's own grid (see :func:`_scores_to_grid`): what
+    :func:`labels_to_source_grid` gives of their arg-max, less the boundary error its resampling adds.
+
+    Args:
+        scores: (C, X, Y, Z) float scores on ``GRID_SHAPE``, class ``c`` being label ``c`` (probabilities, or any
+            scores whose arg-max is the label map: a voxel forced to background scores 1 there and 0 elsewhere).
+        prepared: The result of :func:`to_model_space`.
+        scan: Optional; if given, it must be the scan ``prepared`` was made from.
+
+    Returns:
+        uint8 labels of shape ``prepared.source_shape``, aligned with ``prepared.source_affine``.
+    """
+    _check_scan(prepared, scan)
+    return _scores_to_grid(scores, prepared, prepared.source_shape, prepared.source_affine)
 
 
 def save_segmentation(
@@ -709,18 +728,43 @@ def _labels_to_grid(
     Nearest neighbour moved every boundary by up to half a voxel wherever the grids are offset by a fraction of one,
     which costs thin structures (CSF) most; on identical grids both give the labels unchanged."""
     labels = _checked_labels(labels, GRID_SHAPE)
+    classes = np.union1d([0], np.unique(labels))
+    return _argmax_on_grid(((int(c), (labels == c).astype(np.float32)) for c in classes), prepared, shape, affine)
+
+
+def _scores_to_grid(
+    scores: np.ndarray,
+    prepared: Prepared,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+) -> np.ndarray:
+    """Model-grid class scores (C, X, Y, Z; class c is label c) carried onto the grid (shape, affine): each class's
+    score interpolated linearly, then the arg-max (ties: the lower class; background outside the model grid). The
+    network's own scores lose less at a boundary than its labels' shares (:func:`_labels_to_grid`), which forget
+    how close each voxel's call was; one-hot scores give the same labels as the labels."""
+    scores = _checked_scores(scores)
+    return _argmax_on_grid(((c, scores[c]) for c in range(scores.shape[0])), prepared, shape, affine)
+
+
+def _argmax_on_grid(
+    per_class: Iterable[tuple[int, np.ndarray]],
+    prepared: Prepared,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+) -> np.ndarray:
+    """uint8 labels on the grid (shape, affine) of (label, model-grid score) pairs given in increasing label order:
+    each score interpolated linearly (outside the model grid: 1 for label 0, else 0), the largest's label kept."""
     # target voxel -> target world -> MNI -> model voxel
     voxel_map = np.linalg.solve(prepared.affine, np.linalg.solve(prepared.model_to_input, affine))
     out = np.zeros(tuple(shape), dtype=np.uint8)
-    best = np.full(tuple(shape), -1.0, dtype=np.float32)
-    for c in np.union1d([0], np.unique(labels)):
-        share = ndimage.affine_transform(
-            (labels == c).astype(np.float32), voxel_map[:3, :3], voxel_map[:3, 3], output_shape=tuple(shape),
-            order=1, mode="constant", cval=1.0 if c == 0 else 0.0,
+    best = np.full(tuple(shape), -np.inf, dtype=np.float32)
+    for label, score in per_class:
+        on_grid = ndimage.affine_transform(
+            score, voxel_map[:3, :3], voxel_map[:3, 3], output_shape=tuple(shape),
+            order=1, mode="constant", cval=1.0 if label == 0 else 0.0,
         )
-        larger = share > best
-        out[larger] = c
-        np.maximum(best, share, out=best)
+        out[on_grid > best] = label
+        np.maximum(best, on_grid, out=best)
     return out
 
 
@@ -734,6 +778,16 @@ def _checked_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 255):
         raise ValueError("Labels must lie between 0 and 255.")
     return labels.astype(np.uint8)
+
+
+def _checked_scores(scores: np.ndarray) -> np.ndarray:
+    """float32 class scores of shape (C, *GRID_SHAPE), 2 ≤ C ≤ 256, all finite."""
+    scores = np.asarray(scores)
+    if scores.ndim != 4 or scores.shape[1:] != tuple(GRID_SHAPE) or not 2 <= scores.shape[0] <= 256:
+        raise ValueError(f"The class scores have shape {scores.shape}; expected (classes, {', '.join(map(str, GRID_SHAPE))}).")
+    if scores.dtype.kind != "f" or not np.isfinite(scores).all():
+        raise ValueError("Class scores must be finite floating-point numbers.")
+    return scores.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------- brain mask

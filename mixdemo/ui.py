@@ -502,7 +502,8 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
         shutil.rmtree(sess.out_dir, ignore_errors=True)
     sess.out_dir = _output_dir()
     out_path = Path(sess.out_dir) / ("segmentation_patch.nii.gz" if mode == "patch" else "segmentation.nii.gz")
-    sess.target.save_labels(run.labels("learned_tta"), out_path)  # type: ignore[attr-defined]
+    target = sess.target  # type: ignore[attr-defined]
+    target.save_labels(run.scores("learned_tta") if target.needs_scores else run.labels("learned_tta"), out_path)
 
     alphas = ", ".join(f"{a:.2f}" for a in sorted(set(key.alphas)))
     what = f"learned D (`{unmixing or unmixing_name()}`)" if res.learned is not None else "naive Eq. 4 (no unmixing weights found)"

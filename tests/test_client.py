@@ -360,6 +360,42 @@ def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_ont
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj), shifted > 0)
 
 
+def test_a_resampled_scan_s_labels_go_back_from_the_class_scores(example, tmp_path):
+    """A scan whose grid lies half a voxel off the models' is resampled onto it, so its labels are resampled back:
+    segment_file keeps the class scores for it (run_private_scores) and carries them back
+    (preprocess.scores_to_source_grid), which differs from carrying back their labels at the boundaries the
+    interpolation straddles; a scan on the grid keeps the labels path, scores or not."""
+    import nibabel as nib
+    import torch
+    from scipy import ndimage
+
+    from mixdemo import preprocess as pp
+    from mixdemo.client import load_target, make_key, run_private_labels, run_private_scores, segment_file
+
+    folder, bank = example
+    img = nib.load(folder / "t1.nii.gz")
+    affine = img.affine.copy()
+    affine[:3, 3] += 0.5 * img.affine[:3, 0]  # half a voxel along the first axis
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32), affine), tmp_path / "half.nii.gz")
+    target = load_target(tmp_path / "half.nii.gz")
+    assert target.needs_scores and not load_target(folder / "t1.nii.gz").needs_scores
+    noise = ndimage.gaussian_filter(np.random.default_rng(0).random((4, *target.image.shape), np.float32), (0, 2, 2, 2))
+
+    def server(proxies: np.ndarray) -> torch.Tensor:  # a stand-in S: smooth class scores that depend on the proxy
+        logits = torch.from_numpy(noise * 40) + torch.from_numpy(proxies[:, None] * 3)
+        return torch.softmax(logits, 1)
+
+    refs = bank[:2]
+    segment_file(tmp_path / "half.nii.gz", tmp_path / "seg.nii.gz", server, references=refs, k=2, alpha=0.5, seed=3)
+    written = np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj)
+    key = make_key([r.ref_id for r in refs], 2, alpha=0.5, seed=3)
+    scores = run_private_scores(target.image, refs, key, server, None, mode="whole")
+    labels = run_private_labels(target.image, refs, key, server, None, mode="whole")
+    assert (scores.argmax(0) != labels).mean() < 1e-4  # the scores whose arg-max the labels are
+    np.testing.assert_array_equal(written, pp.scores_to_source_grid(scores, target.prepared))
+    assert (written != pp.labels_to_source_grid(labels, target.prepared)).sum() > 100
+
+
 def test_the_status_line_says_what_became_of_the_scan():
     """Registered, resampled by its header (in MNI space, voxels elsewhere) or used as it is, with its own grid."""
     from types import SimpleNamespace

@@ -311,8 +311,9 @@ def test_labels_of_the_unmixing_are_those_of_its_tta_probabilities(k):
 def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call, mirrored, k):
     """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without,
     with mirrored mixes too (requests of 3 mixes: one mirrored then two not, then two mirrored), and with one mix
-    (D's arg-max, mirrored back when its mix is mirrored)."""
-    from mixdemo.pipeline import private_labels
+    (D's arg-max, mirrored back when its mix is mirrored); private_scores (a registered scan's path) keeps the
+    scores of private_segment's result, whose arg-max the labels are."""
+    from mixdemo.pipeline import private_labels, private_scores
 
     torch.manual_seed(0)
     seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
@@ -333,6 +334,14 @@ def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_
         assert calls == [min(per_call, k - i) for i in range(0, k, per_call)]  # the K mixes, per_call at a time
         assert labels.dtype == np.uint8 and (labels[:2] == 0).all()
         assert (labels != full).mean() < 1e-3  # the same labels but where float rounding breaks a tie
+        calls.clear()
+        scores = private_scores(target.image, refs, key, server, d, per_call=per_call)
+        assert calls == [min(per_call, k - i) for i in range(0, k, per_call)]
+        expected = private_segment(target.image, refs, key, server, d).scores(which)
+        assert scores.dtype == np.float32 and scores.shape == (4, *target.image.shape)
+        assert np.allclose(scores, expected, atol=1e-5)
+        assert (scores[0, :2] == 1).all() and (scores[1:, :2] == 0).all()  # background outside the brain
+        assert (hard_labels(torch.from_numpy(scores)).numpy() != labels).mean() < 1e-3
 
 
 def _brain(seed: int) -> np.ndarray:

@@ -268,6 +268,47 @@ def test_labels_go_back_by_each_class_s_share_not_by_the_nearest_voxel():
     assert not pp.labels_to_source_grid(labels, _identity_prepared(shape, far)).any()
 
 
+def test_scores_go_back_by_each_class_s_score_not_by_its_labels_share():
+    """A file voxel centred among 8 model voxels: 5 called class 3 by a hair (0.51 against 0.49 for class 1), 3 called
+    class 1 surely (0.99). Its labels' shares give class 3 (5 of 8); the scores give class 1, the better call. One-hot
+    scores give what the labels give; on the model grid the arg-max comes back unchanged, outside it background."""
+    shape = (GRID[0] - 1, GRID[1] - 1, GRID[2] - 1)
+    scores = np.zeros((4, *GRID), dtype=np.float32)
+    scores[0] = 1.0
+    cube = (slice(70, 72), slice(90, 92), slice(80, 82))
+    scores[(slice(None), *cube)] = 0.0
+    sure = np.zeros((2, 2, 2), dtype=bool)
+    sure[0, 0, 0] = sure[1, 0, 1] = sure[0, 1, 1] = True  # 3 of the 8
+    scores[(1, *cube)] = np.where(sure, 0.99, 0.49)
+    scores[(3, *cube)] = np.where(sure, 0.01, 0.51)
+    labels = scores.argmax(0).astype(np.uint8)
+    offset = phantoms.load_template().affine.copy()
+    offset[:3, 3] += 0.5
+    prepared = _identity_prepared(shape, offset)
+    assert pp.labels_to_source_grid(labels, prepared)[70, 90, 80] == 3
+    assert pp.scores_to_source_grid(scores, prepared)[70, 90, 80] == 1
+    one_hot = (np.arange(4)[:, None, None, None] == labels).astype(np.float32)
+    assert np.array_equal(pp.scores_to_source_grid(one_hot, prepared), pp.labels_to_source_grid(labels, prepared))
+    assert np.array_equal(pp.scores_to_source_grid(scores, _identity_prepared()), labels)
+    far = offset.copy()
+    far[:3, 3] += 1000.0
+    assert not pp.scores_to_source_grid(scores, _identity_prepared(shape, far)).any()
+
+
+@pytest.mark.parametrize(
+    "scores, message",
+    [
+        (np.zeros((4, 4, 4, 4), dtype=np.float32), "shape"),
+        (np.zeros((1, *GRID), dtype=np.float32), "shape"),
+        (np.zeros((4, *GRID), dtype=np.int64), "floating"),
+        (np.full((4, *GRID), np.nan, dtype=np.float32), "finite"),
+    ],
+)
+def test_bad_class_scores_are_refused(scores, message):
+    with pytest.raises(ValueError, match=message):
+        pp.scores_to_source_grid(scores, _identity_prepared((8, 8, 8)))
+
+
 def test_transform_matches_the_ras_matrix():
     """Prepared.transform (ITK, LPS) maps points like model_to_input (RAS)."""
     rng = np.random.default_rng(1)

@@ -17,8 +17,8 @@ goes through that path in three forms, with the segmentation table's references 
   (:func:`mixdemo.phantoms.make_raw_head`, the preprocessing tests' raw head); its labels travel with it.
 
 For each, the baseline, Learned (the first mix) and Learned + TTA (K mixes, Eq. 6), each as the client keeps it
-(background outside the prepared brain), carried back onto the file's grid and scored there against the file's own
-labels. The phantoms' heads are generated, not scanned: their skull, neck and noise are simple, so this measures the
+(class scores, background outside the prepared brain), carried back onto the file's grid as the client carries them
+(:func:`mixdemo.preprocess.scores_to_source_grid`) and scored there against the file's own labels. The phantoms' heads are generated, not scanned: their skull, neck and noise are simple, so this measures the
 path's geometry and its resampling, not how it fares on a real scanner's images.
 """
 
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from training import evaluate, parse_with_out, user_errors, write_record
 
@@ -65,19 +66,26 @@ def form_rows(scan, truth: np.ndarray, register: bool | None, refs: list, alphas
     on the file's grid and what the path did."""
     from mixdemo import preprocess as pp
     from mixdemo.data import Volume
-    from mixdemo.mixing import hard_labels
 
     prepared = pp.to_model_space(scan, register=register, threads=threads or None)
     brain = prepared.image > 0  # the client's: the prepared target's brain
     target = Volume("target", "target", prepared.image, np.zeros(prepared.image.shape, np.uint8), prepared.affine)
     _, learned, _ = evaluate.predict_k(target, refs, alphas, setup.seg, setup.unmix, brain)
-    labels = {"baseline": evaluate.baseline_labels(setup.base, target, brain),
-              "learned": evaluate.masked(hard_labels(learned[0].float()).numpy(), brain),
-              "learned_tta": evaluate.masked(hard_labels(learned.float().mean(0)).numpy(), brain)}
-    rows = {row: evaluate.dice_row(pp.labels_to_source_grid(lab, prepared, scan), truth, setup.classes)
-            for row, lab in labels.items()}
+    scores = {"baseline": evaluate.segment_proxies(setup.base, target.image[None])[0],
+              "learned": learned[0], "learned_tta": learned.float().mean(0)}
+    rows = {row: evaluate.dice_row(pp.scores_to_source_grid(client_scores(s, brain), prepared, scan), truth,
+                                   setup.classes) for row, s in scores.items()}
     return {"dice": rows, "registered": prepared.registered, "similarity": round(float(prepared.similarity), 4),
             "warning": prepared.warning is not None, "registration_seconds": round(prepared.seconds, 1)}
+
+
+def client_scores(probs: torch.Tensor, brain: np.ndarray) -> np.ndarray:
+    """(C, X, Y, Z) scores as the client keeps them (``PrivateResult.scores``): background's 1, every other class's 0,
+    outside the target's brain."""
+    out = probs.float().numpy().copy()
+    out[:, ~brain] = 0.0
+    out[0, ~brain] = 1.0
+    return out
 
 
 def scan_forms(rec, eval_args: argparse.Namespace, setup: evaluate.Setup, folder: Path, seed: int) -> dict[str, dict]:
@@ -127,7 +135,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "in Dice, on the test phantoms as the cohort holds them and in a head in a random pose?",
         "none: a measurement (no default rests on it)",
         evaluate.protocol(eval_args, len(per_scan), len(setup.by_id)), setup, t0,
-        {"classes": list(setup.classes.values()), "forms": list(FORMS), "dice": dice, "path": path,
+        {"classes": list(setup.classes.values()), "forms": list(FORMS),
+         "carried_back": "each class's score interpolated linearly onto the file's grid, then the arg-max "
+                         "(mixdemo.preprocess.scores_to_source_grid, as the client and the app do)",
+         "dice": dice, "path": path,
          "dice_per_volume": {scan: {form: {row: round(f[form]["dice"][row]["avg"], 4) for row in ROWS} for form in FORMS}
                              for scan, f in per_scan.items()},
          "similarity_per_volume": {scan: {form: f[form]["similarity"] for form in FORMS} for scan, f in per_scan.items()}})
