@@ -261,6 +261,15 @@ def test_a_pool_smaller_than_the_default_k_caps_it_and_a_k_max_given_beyond_it_s
         evaluate.main([*argv, "--k-max", "5", "--tta-k", "2"])
 
 
+def test_reference_choice_names_its_own_k_when_the_pool_is_too_small(small_cohort, tmp_path):
+    """training.reference_choice passes its --k to the evaluation as --k-max; a pool too small for it is refused by the
+    option its user gave."""
+    from training import reference_choice
+
+    with pytest.raises(SystemExit, match=r"^--k 5 needs 5 distinct references; the pool has 4: give --k 4 or less"):
+        reference_choice.main(["--data", str(small_cohort), "--k", "5", "--volumes", "1", "--out", str(tmp_path / "r.json")])
+
+
 def test_a_tta_k_beyond_the_k_max_names_the_k_max_it_was_checked_against(capsys):
     """Since --k-max has no default of its own (2852c9a), a --tta-k beyond 30 without it is checked against 30: the
     message says so, rather than naming a --k-max that was not given as if it had been."""

@@ -333,8 +333,9 @@ def set_up(args: argparse.Namespace) -> Setup:
                   f"K = {args.k_max} (not {DEFAULT_K_MAX}), the +TTA rows at K = {args.tta_k}", file=sys.stderr, flush=True)
     if args.k_max > len(bank):
         if not args.quick:
-            raise SystemExit(f"--k-max {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}: "
-                             f"give --k-max {len(bank)} or less (or leave it out).")
+            option = getattr(args, "k_option", "--k-max")  # a study's own name for it (training.reference_choice's --k)
+            raise SystemExit(f"{option} {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}: "
+                             f"give {option} {len(bank)} or less (or leave it out).")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     record = weights_record(names)
     if warning := pairing_mismatch(args.unmixing, args.segmentation, record[args.segmentation]):

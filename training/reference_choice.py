@@ -53,9 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def eval_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """The evaluation's arguments: the D designs' protocol, with the ICC over every test scan."""
-    return evaluate.parse_args(["--data", str(args.data), "--brain-mask", "--volumes", str(args.volumes), "--k-max", str(args.k),
-                                "--tta-k", str(args.k), "--draws", "1", "--no-figures", "--icc-all", "--seed", str(args.seed),
-                                "--threads", str(args.threads)] + (["--quick"] if args.quick else []))
+    eval_args = evaluate.parse_args(["--data", str(args.data), "--brain-mask", "--volumes", str(args.volumes), "--k-max",
+                                     str(args.k), "--tta-k", str(args.k), "--draws", "1", "--no-figures", "--icc-all",
+                                     "--seed", str(args.seed), "--threads", str(args.threads)] + (["--quick"] if args.quick else []))
+    eval_args.k_option = "--k"  # a pool too small for it is refused by this study's name for it
+    return eval_args
 
 
 def utility(eval_args: argparse.Namespace, setup: evaluate.Setup) -> tuple[dict, dict[str, list[str]]]:
