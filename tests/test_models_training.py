@@ -1439,7 +1439,7 @@ def test_unmixing_mode_can_train_on_a_saved_d(tiny_cohort, tmp_path):
     assert record["init_unmixing"] == "unmixing" and set(record["init_from_sha256"]) == {"segmentation", "unmixing"}
     d_after = load_file(tmp_path / "d" / "unmixing" / "model.safetensors")  # lr 0: the saved D, unchanged
     assert d_after.keys() == d_before.keys() and all(torch.equal(d_after[k], d_before[k]) for k in d_before)
-    with pytest.raises(SystemExit, match="--unmix-patch 1 --unmix-hidden 0, not --unmix-features 16,32 --unmix-patch 2"):
+    with pytest.raises(SystemExit, match="--unmix-patch 1 --unmix-hidden 0, not --unmix-patch 2: give --unmix-patch 1, or leave them out"):
         # a D of another design than the one asked for: refused before the cohort loads
         train.main(_train_cmd(tiny_cohort, tmp_path / "d2", tmp_path / "run2", 1, [*extra, "--unmix-patch", "2"]))
     with pytest.raises(SystemExit, match="no saved model 'nowhere'"):
@@ -2024,7 +2024,8 @@ def test_a_model_card_is_written_as_utf8_whatever_the_locale(tmp_path, monkeypat
 
 def test_a_warm_start_s_d_of_another_design_than_the_flags_is_refused_before_the_cohort_loads(tiny_cohort, tmp_path):
     """Private mode goes on from the folder's D as it is: with other --unmix-* flags the run trained that D and
-    recorded the flags' design. It now stops first, naming the flags that fit."""
+    recorded the flags' design. It now stops first, naming the flags that fit; without the flags it takes the D's
+    design (a D of another design than the defaults included)."""
     from training import train
 
     start = tmp_path / "start"
@@ -2032,8 +2033,13 @@ def test_a_warm_start_s_d_of_another_design_than_the_flags_is_refused_before_the
     common = ["--mode", "private", "--init-from", str(start), "--data", str(tiny_cohort), "--steps", "1",
               "--batch-size", "2", "--patch-size", "16", "--out", str(tmp_path / "w")]
     with pytest.raises(SystemExit, match=r"the D in .*start.unmixing is --unmix-features 16,32 --unmix-patch 1 "
-                                         r"--unmix-hidden 0, not --unmix-features 8,16 --unmix-patch 2 --unmix-hidden 0: "
-                                         r"give --unmix-features 16,32 --unmix-patch 1 --unmix-hidden 0"):
+                                         r"--unmix-hidden 0, not --unmix-features 8,16 --unmix-patch 2: "
+                                         r"give --unmix-features 16,32 --unmix-patch 1, or leave them out"):
         train.main([*common, "--unmix-features", "8,16", "--unmix-patch", "2", "--run-dir", str(tmp_path / "run1")])
-    folders = train.main([*common, "--run-dir", str(tmp_path / "run2")])  # the flags that fit: it trains
+    folders = train.main([*common, "--unmix-hidden", "0", "--run-dir", str(tmp_path / "run2")])  # what fits: it trains
     assert json.loads((Path(folders["unmixing"]) / "training.json").read_text())["unmix_features"] == [16, 32]
+    other = tmp_path / "other"  # a D of another design than the defaults, gone on from without the flags
+    train.main([*_train_cmd(tiny_cohort, other, tmp_path / "run3", 1), "--unmix-features", "4,8", "--unmix-patch", "2"])
+    folders = train.main([*common[:3], str(other), *common[4:-1], str(tmp_path / "w2"), "--run-dir", str(tmp_path / "run4")])
+    record = json.loads((Path(folders["unmixing"]) / "training.json").read_text())
+    assert (record["unmix_features"], record["unmix_patch"], record["unmix_hidden"]) == ([4, 8], 2, 0)

@@ -79,11 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", type=widths(6, ("small", "paper")), default=None,
                    help="S's widths: 'small', 'paper' or 6 comma-separated widths (default: small; with --init-from, "
                         "its S's)")
-    p.add_argument("--unmix-features", type=widths(2), default="16,32", help="D's two widths")
-    p.add_argument("--unmix-patch", type=int, default=1,
-                   help="D's patch: 1 full resolution; p > 1 its blocks on p³ patches (mixdemo.models.UnmixingNet)")
-    p.add_argument("--unmix-hidden", type=int, default=0,
-                   help="with --unmix-patch > 1: 0 an α-gated linear per-voxel skip; H a per-voxel MLP with H channels")
+    p.add_argument("--unmix-features", type=widths(2), default=None,
+                   help="D's two widths (default: 16,32; when a warm start goes on from a D, that D's)")
+    p.add_argument("--unmix-patch", type=int, default=None,
+                   help="D's patch: 1 full resolution; p > 1 its blocks on p³ patches (mixdemo.models.UnmixingNet) "
+                        "(default: 1; when a warm start goes on from a D, that D's)")
+    p.add_argument("--unmix-hidden", type=int, default=None,
+                   help="with --unmix-patch > 1: 0 an α-gated linear per-voxel skip; H a per-voxel MLP with H channels "
+                        "(default: 0; when a warm start goes on from a D, that D's)")
     p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
     p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
     p.add_argument("--init-from", type=Path, default=None,
@@ -222,20 +225,36 @@ def start_features(folder: Path, mode: str, features: str | None) -> str:
     return shipped
 
 
-def check_start_unmixing(folder: Path, mode: str, init_unmixing: str | None, args: argparse.Namespace) -> None:
-    """SystemExit, before the cohort loads, when the D a warm start goes on from (private mode's ``unmixing``, or
-    ``--init-unmixing``'s) has another design than ``--unmix-features``/``--unmix-patch``/``--unmix-hidden`` say: the
-    run trains that D, so the record would name the flags' design, not the one trained."""
-    _, d_name = start_folders(mode, init_unmixing)
+UNMIXING_DESIGN_DEFAULTS = {"unmix_features": "16,32", "unmix_patch": 1, "unmix_hidden": 0}
+"""D's design without ``--unmix-features``/``--unmix-patch``/``--unmix-hidden`` and without a D to go on from."""
+
+
+def start_unmixing_design(folder: Path | None, mode: str, init_unmixing: str | None, args: argparse.Namespace) -> None:
+    """Settle D's design on ``args`` before the cohort loads: a warm start that goes on from a D (private mode's
+    ``unmixing``, or ``--init-unmixing``'s) takes that D's design for every ``--unmix-*`` flag not given, and stops
+    with SystemExit when one given differs (the run trains that D, so the record would name the flags' design, not
+    the one trained); otherwise a flag not given takes :data:`UNMIXING_DESIGN_DEFAULTS`."""
+    d_name = start_folders(mode, init_unmixing)[1] if folder is not None else None
     if d_name is None:
+        for option, default in UNMIXING_DESIGN_DEFAULTS.items():
+            if getattr(args, option) is None:
+                setattr(args, option, default)
         return
     config = json.loads((folder / d_name / "config.json").read_text())
-    saved = (",".join(str(w) for w in config.get("features", (16, 32))), config.get("patch", 1), config.get("voxel_hidden", 0))
-    asked = (",".join(str(w) for w in resolve_widths(args.unmix_features)), args.unmix_patch, args.unmix_hidden)
-    if saved != asked:
-        flags = "--unmix-features {} --unmix-patch {} --unmix-hidden {}"
-        raise SystemExit(f"--init-from: the D in {folder / d_name} is {flags.format(*saved)}, not {flags.format(*asked)}: "
-                         f"give {flags.format(*saved)} (a warm start goes on from that D).")
+    saved = {"unmix_features": ",".join(str(w) for w in config.get("features", (16, 32))),
+             "unmix_patch": config.get("patch", 1), "unmix_hidden": config.get("voxel_hidden", 0)}
+    given = {option: getattr(args, option) for option in saved if getattr(args, option) is not None}
+    if "unmix_features" in given:
+        given["unmix_features"] = ",".join(str(w) for w in resolve_widths(given["unmix_features"]))
+    flag = lambda option, value: f"--{option.replace('_', '-')} {value}"  # noqa: E731
+    differing = [option for option, value in given.items() if value != saved[option]]
+    if differing:
+        raise SystemExit(f"--init-from: the D in {folder / d_name} is " + " ".join(flag(o, v) for o, v in saved.items())
+                         + ", not " + " ".join(flag(o, given[o]) for o in differing) + ": give "
+                         + " ".join(flag(o, saved[o]) for o in differing)
+                         + ", or leave them out (a warm start goes on from that D, and takes its design).")
+    for option, value in saved.items():
+        setattr(args, option, value)
 
 
 def check_start_data(folder: Path, mode: str, data_given: bool) -> None:
@@ -356,8 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init_from is not None:  # before the cohort loads: a wrong folder costs no time
         check_start_folders(args.init_from, args.mode, args.init_unmixing)
         args.features = start_features(args.init_from, args.mode, args.features)
-        check_start_unmixing(args.init_from, args.mode, args.init_unmixing, args)
         check_start_data(args.init_from, args.mode, args.data_given)
+    start_unmixing_design(args.init_from, args.mode, args.init_unmixing, args)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
