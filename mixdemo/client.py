@@ -369,35 +369,22 @@ def run_private_labels(
     mode: str = "patch",
     centre: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
+    scores: bool = False,
 ) -> np.ndarray:
     """:func:`run_private`'s labels (learned TTA, or naive TTA without D) on the whole grid, 0 outside the
     region, computed as :func:`mixdemo.pipeline.private_labels` does: one request's proxies at a time, so the
-    client holds what one request needs, not K of everything."""
+    client holds what one request needs, not K of everything. With ``scores``, the class scores whose arg-max
+    those labels are (:func:`mixdemo.pipeline.private_scores`): (C, X, Y, Z) float32, background's outside the
+    region; for a scan whose labels are resampled onto its file's grid."""
     region, refs = _region_and_references(target, references, key, mode, centre)
     per_call = per_request(server, target[region].shape)
-    part = private_labels(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
+    keep = private_scores if scores else private_labels
+    part = keep(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
+    if scores:
+        return _on_whole_grid(part, region, target.shape)
     out = np.zeros(target.shape, dtype=np.uint8)
     out[region] = part
     return out
-
-
-def run_private_scores(
-    target: np.ndarray,
-    references: Sequence[Reference],
-    key: MixKey,
-    server: ServerFn,
-    unmix_model: torch.nn.Module | None,
-    *,
-    mode: str = "patch",
-    centre: Sequence[int] | None = None,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """:func:`run_private_labels`, keeping the class scores whose arg-max its labels are (:func:`mixdemo.pipeline.private_scores`):
-    (C, X, Y, Z) float32 on the whole grid, background's outside the region; for a scan whose labels are resampled."""
-    region, refs = _region_and_references(target, references, key, mode, centre)
-    per_call = per_request(server, target[region].shape)
-    part = private_scores(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
-    return _on_whole_grid(part, region, target.shape)
 
 
 def _on_whole_grid(scores: np.ndarray, region: tuple[slice, slice, slice], grid_shape: Sequence[int]) -> np.ndarray:
@@ -933,7 +920,7 @@ def segment_file(
 ) -> MixKey:
     """Segment a scan privately with ``server`` and write the labels in the input's space; returns the key used.
     The client keeps only what one request needs at a time (:func:`run_private_labels`; for a registered scan, whose
-    labels are resampled onto its file's grid, the class scores: :func:`run_private_scores`). ``grid_confirmed``: the
+    labels are resampled onto its file's grid, the class scores). ``grid_confirmed``: the
     server said its model works on the references' grid. An ``out_path`` ending in ``.dcm`` gets a DICOM SEG of
     the input series (:mod:`mixdemo.dicomseg`; its headers are read before any request, so a series that cannot
     carry one costs no server time), its segments named by ``class_names`` (the server's; default the
@@ -952,8 +939,8 @@ def segment_file(
         raise ClientError(f"The patch centre {','.join(map(str, centre))} lies outside the "
                           f"{_shape_text(target.image.shape)} grid.")
     key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed, mirror=mirror)
-    run = run_private_scores if target.needs_scores else run_private_labels
-    prediction = run(target.image, references, key, server, unmix_model, mode=mode, centre=centre, progress=progress)
+    prediction = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
+                                    progress=progress, scores=target.needs_scores)
     if seg_source is None:
         target.save_labels(prediction, out_path)
         return key

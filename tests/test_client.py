@@ -362,7 +362,7 @@ def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_ont
 
 def test_a_resampled_scan_s_labels_go_back_from_the_class_scores(example, tmp_path):
     """A scan whose grid lies half a voxel off the models' is resampled onto it, so its labels are resampled back:
-    segment_file keeps the class scores for it (run_private_scores) and carries them back
+    segment_file keeps the class scores for it (run_private_labels(..., scores=True)) and carries them back
     (preprocess.scores_to_source_grid), which differs from carrying back their labels at the boundaries the
     interpolation straddles; a scan on the grid keeps the labels path, scores or not."""
     import nibabel as nib
@@ -370,7 +370,7 @@ def test_a_resampled_scan_s_labels_go_back_from_the_class_scores(example, tmp_pa
     from scipy import ndimage
 
     from mixdemo import preprocess as pp
-    from mixdemo.client import load_target, make_key, run_private_labels, run_private_scores, segment_file
+    from mixdemo.client import load_target, make_key, run_private_labels, segment_file
 
     folder, bank = example
     img = nib.load(folder / "t1.nii.gz")
@@ -389,7 +389,7 @@ def test_a_resampled_scan_s_labels_go_back_from_the_class_scores(example, tmp_pa
     segment_file(tmp_path / "half.nii.gz", tmp_path / "seg.nii.gz", server, references=refs, k=2, alpha=0.5, seed=3)
     written = np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj)
     key = make_key([r.ref_id for r in refs], 2, alpha=0.5, seed=3)
-    scores = run_private_scores(target.image, refs, key, server, None, mode="whole")
+    scores = run_private_labels(target.image, refs, key, server, None, mode="whole", scores=True)
     labels = run_private_labels(target.image, refs, key, server, None, mode="whole")
     assert (scores.argmax(0) != labels).mean() < 1e-4  # the scores whose arg-max the labels are
     np.testing.assert_array_equal(written, pp.scores_to_source_grid(scores, target.prepared))
