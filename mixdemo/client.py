@@ -56,7 +56,7 @@ import torch
 
 from mixdemo.launch import check_setting_variables, count
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, MIRROR_BY_DEFAULT, MixKey, alternate_mirroring, check_alpha, hard_labels, sample_key
-from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_scores, private_segment
+from mixdemo.pipeline import PrivateResult, Reference, private_labels, private_segment
 from mixdemo.weights import DEFAULT_UNMIXING, unmixing_name
 
 ProgressFn = Callable[[float, str], None]
@@ -374,12 +374,12 @@ def run_private_labels(
     """:func:`run_private`'s labels (learned TTA, or naive TTA without D) on the whole grid, 0 outside the
     region, computed as :func:`mixdemo.pipeline.private_labels` does: one request's proxies at a time, so the
     client holds what one request needs, not K of everything. With ``scores``, the class scores whose arg-max
-    those labels are (:func:`mixdemo.pipeline.private_scores`): (C, X, Y, Z) float32, background's outside the
+    those labels are (:func:`mixdemo.pipeline.private_labels`'s): (C, X, Y, Z) float32, background's outside the
     region; for a scan whose labels are resampled onto its file's grid."""
     region, refs = _region_and_references(target, references, key, mode, centre)
     per_call = per_request(server, target[region].shape)
-    keep = private_scores if scores else private_labels
-    part = keep(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress)
+    part = private_labels(target[region], refs, key, server, unmix_model, per_call=per_call, progress=progress,
+                          scores=scores)
     if scores:
         return _on_whole_grid(part, region, target.shape)
     out = np.zeros(target.shape, dtype=np.uint8)

@@ -20,7 +20,7 @@ from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, s
 from mixdemo.mixing import MixKey, hard_labels, mirror, naive_unmix, one_hot, tta_average, tta_variance
 
 ProgressFn = Callable[[float, str], None]
-__all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_scores", "private_segment", "reference_onehots", "segment_proxies",
+__all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
            "unmix_learned", "unmix_learned_labels", "unmix_learned_tta", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
@@ -382,6 +382,7 @@ def private_labels(
     *,
     per_call: int,
     progress: ProgressFn | None = None,
+    scores: bool = False,
 ) -> np.ndarray:
     """The client's round trip when it keeps only the labels (the command-line client): Eq. 2/5, the server,
     D (or Eq. 4 without D) and Eq. 6 over ``per_call`` mixes at a time, summed as they come, so neither the
@@ -389,35 +390,20 @@ def private_labels(
     grid: about 2 GB less than :func:`private_segment`). The labels are those of
     ``private_segment(...).labels("learned_tta")`` (``"naive_tta"`` without D) to float rounding: (X, Y, Z)
     uint8, background outside the target's brain.
+
+    With ``scores``, Eq. 6's average scores instead of their arg-max (``private_segment(...).scores(...)``): (C, X, Y,
+    Z) float32, background's 1 and every other class's 0 outside the target's brain; for a scan whose labels go onto
+    another grid (:func:`mixdemo.preprocess.scores_to_source_grid`).
     """
     if len(references) != key.k:
         raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
-    if key.k == 1 and unmix_model is not None:  # one mix: D's arg-max (unmix_learned_labels), no probabilities
+    if key.k == 1 and unmix_model is not None and not scores:  # one mix: D's arg-max (unmix_learned_labels)
         return _one_mix_labels(target, references, key, server, unmix_model, progress)
-    labels = hard_labels(_tta_scores(target, references, key, server, unmix_model, per_call, progress)).numpy()
-    return np.where(target > 0, labels, 0).astype(np.uint8)
-
-
-@torch.inference_mode()
-def private_scores(
-    target: np.ndarray,
-    references: Sequence[Reference],
-    key: MixKey,
-    server: Callable[[np.ndarray], torch.Tensor],
-    unmix_model: torch.nn.Module | None,
-    *,
-    per_call: int,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """:func:`private_labels`'s round trip (as lean), keeping Eq. 6's average scores instead of their arg-max: (C, X,
-    Y, Z) float32, background's 1 and every other class's 0 outside the target's brain; their arg-max is
-    :func:`private_labels`'s labels to float rounding. For a scan whose labels go onto another grid
-    (:func:`mixdemo.preprocess.scores_to_source_grid`)."""
-    if len(references) != key.k:
-        raise ValueError(f"The key names {key.k} references but {len(references)} were given.")
-    scores = _tta_scores(target, references, key, server, unmix_model, per_call, progress)
-    _background_where(scores[None], torch.from_numpy(~(target > 0)))
-    return scores.numpy()
+    average = _tta_scores(target, references, key, server, unmix_model, per_call, progress)
+    if scores:
+        _background_where(average[None], torch.from_numpy(~(target > 0)))
+        return average.numpy()
+    return np.where(target > 0, hard_labels(average).numpy(), 0).astype(np.uint8)
 
 
 def _tta_scores(target: np.ndarray, references: Sequence[Reference], key: MixKey,

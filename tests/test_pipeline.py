@@ -311,9 +311,9 @@ def test_labels_of_the_unmixing_are_those_of_its_tta_probabilities(k):
 def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_time(per_call, mirrored, k):
     """private_labels (the command-line client's path) against private_segment's TTA labels, with D and without,
     with mirrored mixes too (requests of 3 mixes: one mirrored then two not, then two mirrored), and with one mix
-    (D's arg-max, mirrored back when its mix is mirrored); private_scores (a registered scan's path) keeps the
+    (D's arg-max, mirrored back when its mix is mirrored); with scores=True (a registered scan's path) it keeps the
     scores of private_segment's result, whose arg-max the labels are."""
-    from mixdemo.pipeline import private_labels, private_scores
+    from mixdemo.pipeline import private_labels
 
     torch.manual_seed(0)
     seg = SegmentationNet(features=(4, 4, 8, 8, 16, 4)).eval()
@@ -335,7 +335,7 @@ def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_
         assert labels.dtype == np.uint8 and (labels[:2] == 0).all()
         assert (labels != full).mean() < 1e-3  # the same labels but where float rounding breaks a tie
         calls.clear()
-        scores = private_scores(target.image, refs, key, server, d, per_call=per_call)
+        scores = private_labels(target.image, refs, key, server, d, per_call=per_call, scores=True)
         assert calls == [min(per_call, k - i) for i in range(0, k, per_call)]
         expected = private_segment(target.image, refs, key, server, d).scores(which)
         assert scores.dtype == np.float32 and scores.shape == (4, *target.image.shape)
