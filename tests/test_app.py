@@ -249,6 +249,30 @@ def test_ui_errors_are_readable(app_weights, tmp_path):
     assert ui.load_upload_labels(str(bad), None)[-2].endswith("Load a scan first, then its labels.")
 
 
+def test_a_resampled_upload_s_download_comes_from_the_class_scores(app_weights, example, tmp_path, monkeypatch):
+    """An upload half a voxel off the models' grid is resampled onto it, so its download is resampled back: from the
+    TTA's class scores (preprocess.scores_to_source_grid), not from its labels; an upload on the grid gets its
+    labels as they are."""
+    import nibabel as nib
+
+    from mixdemo import client, ui
+
+    folder, _ = example
+    img = nib.load(folder / "t1.nii.gz")
+    affine = img.affine.copy()
+    affine[:3, 3] += 0.5 * img.affine[:3, 0]
+    saved: list[int] = []
+    save_labels = client.Target.save_labels
+    monkeypatch.setattr(client.Target, "save_labels",
+                        lambda self, prediction, path: saved.append(prediction.ndim) or save_labels(self, prediction, path))
+    for name, header in (("half.nii.gz", affine), ("on_grid.nii.gz", img.affine)):
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32), header), tmp_path / name)
+        sess = ui.load_upload(str(tmp_path / name), progress=_Progress())[0]
+        seg_path = ui.run_segmentation(sess, [], 2, 0.5, False, "patch", 0.5, progress=_Progress())[13]
+        assert nib.load(seg_path).shape == img.shape
+    assert saved == [4, 3]  # class scores for the resampled upload, labels for the one on the grid
+
+
 def test_a_zipped_dicom_series_uploads_as_its_nifti_does(app_weights, example, tmp_path):
     """A clinician's export (a .zip of one DICOM series) loads into the same session image as the NIfTI it was
     written from, and the upload is deleted after reading."""
