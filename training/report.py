@@ -1059,7 +1059,7 @@ def raw_scans_md(doc: dict) -> str:
     lines = [f"Measured by `{doc['command']}` ({doc['date']}, {doc['seconds'] / 60:.0f} min): the segmentation table's "
              f"{n} test scans, networks and draws (Learned + TTA: the first K = {protocol['tta_k']} references and α of "
              "each scan's draw), each through `mixdemo.preprocess.to_model_space` as a user's scan goes, the labels "
-             "carried back onto the file's grid and scored there against the file's own. "
+             f"carried back onto the file's grid ({_carried_back(doc)}) and scored there against the file's own. "
              "**MNI152-derived phantoms, not patients**; the heads' skull, neck and noise are simple.", "",
              "| scan given as | registered | " + " | ".join(label for _, label in RAW_SCAN_ROWS) + " | GM | WM | CSF |",
              "| --- | --- | " + " | ".join("---" for _ in RAW_SCAN_ROWS) + " | --- | --- | --- |"]
@@ -1076,6 +1076,13 @@ def raw_scans_md(doc: dict) -> str:
                   f"{_f(registered['similarity_mean'])}, and {head['warnings'] + registered['warnings']} of "
                   f"{head['registered'] + registered['registered']} registrations were flagged as poor."]
     return "\n".join(lines)
+
+
+def _carried_back(doc: dict) -> str:
+    """How a raw_scans record carried its labels back (a record made before it said so carried each class's share)."""
+    if doc.get("carried_back", "").startswith("each class's score"):
+        return "each class's score interpolated, then the arg-max, as the client and the app do"
+    return "each class's share of the labels interpolated"
 
 
 TTA_AVERAGES = (("mean", "the mean of the probabilities (Eq. 6, the table's)"),
