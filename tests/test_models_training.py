@@ -2043,3 +2043,17 @@ def test_a_warm_start_s_d_of_another_design_than_the_flags_is_refused_before_the
     folders = train.main([*common[:3], str(other), *common[4:-1], str(tmp_path / "w2"), "--run-dir", str(tmp_path / "run4")])
     record = json.loads((Path(folders["unmixing"]) / "training.json").read_text())
     assert (record["unmix_features"], record["unmix_patch"], record["unmix_hidden"]) == ([4, 8], 2, 0)
+
+
+def test_parse_args_settles_d_s_design_where_no_d_is_gone_on_from(tmp_path):
+    """The --unmix-* flags default to None only while a warm start's D may settle them (start_unmixing_design): a run
+    with no D to go on from has D's defaults as soon as it is parsed, so what reads the options without main (export,
+    run_settings) finds a design, not None."""
+    from training import train
+
+    design = lambda a: (a.unmix_features, a.unmix_patch, a.unmix_hidden)  # noqa: E731
+    assert design(train.parse_args(["--mode", "baseline"])) == ("16,32", 1, 0)
+    assert design(train.parse_args(["--unmix-patch", "2"])) == ("16,32", 2, 0)
+    assert design(train.parse_args(["--mode", "unmixing", "--init-from", str(tmp_path)])) == ("16,32", 1, 0)
+    assert design(train.parse_args(["--mode", "private", "--init-from", str(tmp_path)])) == (None, None, None)
+    assert train.run_settings(train.parse_args(["--mode", "baseline"]))["unmix_features"] == [16, 32]

@@ -140,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.data_given = args.data is not None
     args.data = DEFAULT_COHORT if args.data is None else args.data
+    if args.init_from is None or start_folders(args.mode, args.init_unmixing)[1] is None:
+        fill_unmixing_defaults(args)  # no D to go on from: D's design is settled here (start_unmixing_design otherwise)
     return args
 
 
@@ -229,6 +231,13 @@ UNMIXING_DESIGN_DEFAULTS = {"unmix_features": "16,32", "unmix_patch": 1, "unmix_
 """D's design without ``--unmix-features``/``--unmix-patch``/``--unmix-hidden`` and without a D to go on from."""
 
 
+def fill_unmixing_defaults(args: argparse.Namespace) -> None:
+    """Each ``--unmix-*`` option not given takes :data:`UNMIXING_DESIGN_DEFAULTS` (a run with no D to go on from)."""
+    for option, default in UNMIXING_DESIGN_DEFAULTS.items():
+        if getattr(args, option) is None:
+            setattr(args, option, default)
+
+
 def start_unmixing_design(folder: Path | None, mode: str, init_unmixing: str | None, args: argparse.Namespace) -> None:
     """Settle D's design on ``args`` before the cohort loads: a warm start that goes on from a D (private mode's
     ``unmixing``, or ``--init-unmixing``'s) takes that D's design for every ``--unmix-*`` flag not given, and stops
@@ -236,9 +245,7 @@ def start_unmixing_design(folder: Path | None, mode: str, init_unmixing: str | N
     the one trained); otherwise a flag not given takes :data:`UNMIXING_DESIGN_DEFAULTS`."""
     d_name = start_folders(mode, init_unmixing)[1] if folder is not None else None
     if d_name is None:
-        for option, default in UNMIXING_DESIGN_DEFAULTS.items():
-            if getattr(args, option) is None:
-                setattr(args, option, default)
+        fill_unmixing_defaults(args)
         return
     config = json.loads((folder / d_name / "config.json").read_text())
     saved = {"unmix_features": ",".join(str(w) for w in config.get("features", (16, 32))),
