@@ -334,8 +334,10 @@ def set_up(args: argparse.Namespace) -> Setup:
     if args.k_max > len(bank):
         if not args.quick:
             option = getattr(args, "k_option", "--k-max")  # a study's own name for it (training.reference_choice's --k)
+            # without --k-max the evaluation caps K at the pool; a study's own option has a default of its own
+            leave_out = " (or leave it out)" if option == "--k-max" else ""
             raise SystemExit(f"{option} {args.k_max} needs {args.k_max} distinct references; the pool has {len(bank)}: "
-                             f"give {option} {len(bank)} or less (or leave it out).")
+                             f"give {option} {len(bank)} or less{leave_out}.")
         args.k_max, args.tta_k = len(bank), min(args.tta_k, len(bank))
     record = weights_record(names)
     if warning := pairing_mismatch(args.unmixing, args.segmentation, record[args.segmentation]):
