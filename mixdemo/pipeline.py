@@ -400,7 +400,8 @@ def private_labels(
     if key.k == 1 and unmix_model is not None and not scores:  # one mix: D's arg-max (unmix_learned_labels)
         return _one_mix_labels(target, references, key, server, unmix_model, progress)
     average = _tta_scores(target, references, key, server, unmix_model, per_call, progress)
-    if scores:
+    if scores:  # float32 whatever the server answered in (float16, bfloat16: NumPy has no bfloat16)
+        average = average.float()
         _background_where(average[None], torch.from_numpy(~(target > 0)))
         return average.numpy()
     return np.where(target > 0, hard_labels(average).numpy(), 0).astype(np.uint8)

@@ -344,6 +344,22 @@ def test_labels_only_round_trip_gives_the_labels_of_the_full_one_a_request_at_a_
         assert (hard_labels(torch.from_numpy(scores)).numpy() != labels).mean() < 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_round_trip_s_scores_are_float32_whatever_the_server_answers_in(dtype):
+    """private_labels(..., scores=True) as PrivateResult.scores: float32 scores, as the docstring says, from a server
+    answering in half precision too (bfloat16 has no NumPy dtype: its answer's scores could not be returned)."""
+    from mixdemo.pipeline import private_labels
+
+    target, refs = _volume(0), [_volume(1), _volume(2)]
+    key = MixKey(tuple(r.ref_id for r in refs), (0.4, 0.5))
+    answer = torch.softmax(torch.randn(2, 4, *target.image.shape, generator=torch.Generator().manual_seed(0)) * 3, 1)
+    server = lambda proxies: answer[: len(proxies)].to(dtype)  # noqa: E731
+    scores = private_labels(target.image, refs, key, server, None, per_call=2, scores=True)
+    expected = private_segment(target.image, refs, key, server, None).scores("naive_tta")
+    assert scores.dtype == np.float32 and expected.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, atol=1e-6)
+
+
 def _brain(seed: int) -> np.ndarray:
     """An 8³ scan whose 4³ centre holds random intensities (its brain), zero around."""
     scan = np.zeros((8, 8, 8), np.float32)
