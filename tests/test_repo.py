@@ -873,3 +873,15 @@ def test_the_alpha_sweep_table_gives_the_learned_inversion_s_column_by_range_fro
     assert table[1].startswith(f"| [{lo:.2f}, {hi:.2f}]") and table[1].endswith("| 0.100 [0.050] |")
     del doc["inversion"]["alpha_sweep"]
     assert "learned inversion mAP" not in privacy_md(doc)
+
+
+def test_the_readme_s_contents_list_every_section_and_each_link_finds_its_heading():
+    """The contents under the introduction link every ## and ### heading, in order, by the anchors GitHub and the
+    Hub give them (lower case, punctuation dropped, spaces as hyphens)."""
+    text = (REPO / "README.md").read_text()
+    contents = text[text.index("Contents:"):text.index("## How it fits together")]
+    links = re.findall(r"^ *- \[(.+)\]\(#([^)]+)\)$", contents, re.M)
+    headings = re.findall(r"^#{2,3} (.+)$", text, re.M)
+    slug = lambda heading: re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")  # noqa: E731
+    assert [title for title, _ in links] == headings
+    assert [anchor for _, anchor in links] == [slug(h) for h in headings]
