@@ -413,20 +413,22 @@ def save_segmentation(
     scan: Scan | None,
     path: str | os.PathLike,
 ) -> None:
-    """Write a model-grid label map as NIfTI on the input file's grid (shape and affine).
+    """Write a model-grid label map, or the labels of model-grid class scores, as NIfTI on the input file's grid
+    (shape and affine).
 
-    One resampling from the model grid straight onto the file's grid (:func:`_labels_to_grid`);
-    the file overlays the uploaded scan exactly in any viewer.
+    One resampling from the model grid straight onto the file's grid (:func:`labels_to_source_grid`, or for scores
+    :func:`scores_to_source_grid`, the better where the network's scores are at hand); the file overlays the uploaded
+    scan exactly in any viewer.
 
     Args:
-        labels: Integer labels (0-255) of shape ``GRID_SHAPE``.
+        labels: Integer labels (0-255) of shape ``GRID_SHAPE``, or (C, X, Y, Z) float class scores on it.
         prepared: The result of :func:`to_model_space`.
         scan: The scan ``prepared`` was made from, or ``None`` (``prepared`` knows the
             file's grid); given, it is checked against ``prepared``.
         path: Output ``.nii`` or ``.nii.gz`` file (written atomically).
     """
-    out = labels_to_source_grid(labels, prepared, scan)
-    mio.save_volume(out, prepared.source_affine, path, dtype=np.uint8)
+    carry = scores_to_source_grid if np.ndim(labels) == 4 else labels_to_source_grid
+    mio.save_volume(carry(labels, prepared, scan), prepared.source_affine, path, dtype=np.uint8)
 
 
 def _check_scan(prepared: Prepared, scan: Scan | None) -> None:

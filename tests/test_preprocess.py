@@ -268,10 +268,11 @@ def test_labels_go_back_by_each_class_s_share_not_by_the_nearest_voxel():
     assert not pp.labels_to_source_grid(labels, _identity_prepared(shape, far)).any()
 
 
-def test_scores_go_back_by_each_class_s_score_not_by_its_labels_share():
+def test_scores_go_back_by_each_class_s_score_not_by_its_labels_share(tmp_path):
     """A file voxel centred among 8 model voxels: 5 called class 3 by a hair (0.51 against 0.49 for class 1), 3 called
     class 1 surely (0.99). Its labels' shares give class 3 (5 of 8); the scores give class 1, the better call. One-hot
-    scores give what the labels give; on the model grid the arg-max comes back unchanged, outside it background."""
+    scores give what the labels give; save_segmentation writes the scores' labels; on the model grid the arg-max comes
+    back unchanged, outside it background."""
     shape = (GRID[0] - 1, GRID[1] - 1, GRID[2] - 1)
     scores = np.zeros((4, *GRID), dtype=np.float32)
     scores[0] = 1.0
@@ -289,6 +290,9 @@ def test_scores_go_back_by_each_class_s_score_not_by_its_labels_share():
     assert pp.scores_to_source_grid(scores, prepared)[70, 90, 80] == 1
     one_hot = (np.arange(4)[:, None, None, None] == labels).astype(np.float32)
     assert np.array_equal(pp.scores_to_source_grid(one_hot, prepared), pp.labels_to_source_grid(labels, prepared))
+    pp.save_segmentation(scores, prepared, None, tmp_path / "seg.nii.gz")  # a file of the scores' labels
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj),
+                          pp.scores_to_source_grid(scores, prepared))
     assert np.array_equal(pp.scores_to_source_grid(scores, _identity_prepared()), labels)
     far = offset.copy()
     far[:3, 3] += 1000.0
