@@ -172,7 +172,8 @@ class Target:
 
     def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
         """Ground-truth labels of this target on the grid, from a label file on the input scan's grid: cropped
-        or padded as the scan was, or for a registered scan carried by the scan's own transform (nearest neighbour)."""
+        or padded as the scan was, or for a registered scan carried by the scan's own transform (each label's share
+        interpolated: :func:`mixdemo.preprocess.labels_to_model_grid`)."""
         from mixdemo.io import load_labels
 
         labels = load_labels(path, like=self.scan)  # type: ignore[arg-type]

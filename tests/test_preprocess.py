@@ -268,6 +268,31 @@ def test_labels_go_back_by_each_class_s_share_not_by_the_nearest_voxel():
     assert not pp.labels_to_source_grid(labels, _identity_prepared(shape, far)).any()
 
 
+def test_a_raw_scan_s_labels_reach_the_model_grid_by_their_shares_closer_to_the_truth_than_nearest_neighbour(
+        raw_case, tmp_path):
+    """A raw head's labels (on its 1.2 × 1 × 1.5 mm grid) carried into the registered model grid, against the labels it
+    was made from carried there by the known pose (the truth, up to the coarser grid's loss): each label's share,
+    interpolated, agrees better than the nearest voxel's label does, as
+    labels_to_model_grid now carries them."""
+    scan, prepared, pose = raw_case["scan"], raw_case["prepared"], raw_case["pose"]
+    nib.save(nib.Nifti1Image(raw_case["truth"].astype(np.uint8), raw_case["affine"]), str(tmp_path / "seg.nii.gz"))
+    labels = mio.load_labels(tmp_path / "seg.nii.gz", like=scan)
+    carried = pp.labels_to_model_grid(labels, prepared, scan)
+    to_scan = np.linalg.solve(prepared.scan_affine, prepared.model_to_input @ prepared.affine)
+    nearest = ndimage.affine_transform(labels, to_scan[:3, :3], to_scan[:3, 3], output_shape=GRID, order=0)
+    grid = phantoms.load_template().affine  # registered model voxel -> head world -> the phantom's MNI -> its voxel
+    to_phantom = np.linalg.solve(grid, np.linalg.solve(pose, prepared.model_to_input @ prepared.affine))
+    truth = ndimage.affine_transform(raw_case["labels"], to_phantom[:3, :3], to_phantom[:3, 3], output_shape=GRID, order=0)
+    inside = prepared.image > 0
+
+    def dice(a: np.ndarray) -> float:
+        a, b = np.where(inside, a, 0), np.where(inside, truth, 0)
+        return float(np.mean([2 * ((a == c) & (b == c)).sum() / ((a == c).sum() + (b == c).sum()) for c in (1, 2, 3)]))
+
+    assert dice(carried) > dice(nearest) + 0.005  # 0.894 against 0.881 here
+    assert set(np.unique(carried)) <= {0, 1, 2, 3}
+
+
 def test_scores_go_back_by_each_class_s_score_not_by_its_labels_share(tmp_path):
     """A file voxel centred among 8 model voxels: 5 called class 3 by a hair (0.51 against 0.49 for class 1), 3 called
     class 1 surely (0.99). Its labels' shares give class 3 (5 of 8); the scores give class 1, the better call. One-hot

@@ -15,9 +15,9 @@ underscore, so a subject's visits stay on one side of the split), holding either
 
 Each T1 goes through :func:`mixdemo.preprocess.to_model_space` (affine registration to the MNI152 template,
 brain extraction, intensity normalisation: what the client does to a raw scan at inference), and its labels
-through the same transform (nearest neighbour), kept inside the extracted brain. The output is the mixdemo
-layout (:mod:`mixdemo.data`) with a ``split.json`` (by subject) and ``prepare.json``: per scan, the
-registration's similarity to the template, its warning if any, and the share of labelled voxels kept inside
+through the same transform (each label's share interpolated, :func:`mixdemo.preprocess.labels_to_model_grid`),
+kept inside the extracted brain. The output is the mixdemo layout (:mod:`mixdemo.data`) with a ``split.json`` (by
+subject) and ``prepare.json``: per scan, the registration's similarity to the template, its warning if any, and the share of labelled voxels kept inside
 the extracted brain, to check before training. A scan that cannot be used (an unreadable file, labels
 outside the classes, a failed registration) is skipped with its reason in ``prepare.json``, and a folder of
 neither form is listed with what it lacks. Scans already written by an earlier run into ``--out`` are kept
