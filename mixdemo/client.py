@@ -172,15 +172,16 @@ class Target:
 
     def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
         """Ground-truth labels of this target on the grid, from a label file on the input scan's grid: cropped
-        or padded as the scan was, or for a registered scan carried by the scan's own transform (each label's share
-        interpolated: :func:`mixdemo.preprocess.labels_to_model_grid`)."""
-        from mixdemo.io import load_labels
+        or padded as the scan was, or for a registered scan carried from the file's own grid by the scan's own
+        transform in one resampling (each label's share interpolated: :func:`mixdemo.preprocess.labels_to_model_grid`)."""
+        from mixdemo.io import load_labels, load_labels_for
 
-        labels = load_labels(path, like=self.scan)  # type: ignore[arg-type]
         if self.prepared is not None:
             from mixdemo.preprocess import labels_to_model_grid
 
-            return labels_to_model_grid(labels, self.prepared, self.scan)  # type: ignore[arg-type]
+            labels, affine = load_labels_for(path, like=self.scan)  # type: ignore[arg-type]
+            return labels_to_model_grid(labels, self.prepared, self.scan, affine=affine)  # type: ignore[arg-type]
+        labels = load_labels(path, like=self.scan)  # type: ignore[arg-type]
         return conform_to_grid(labels, self.image.shape)[0]
 
 

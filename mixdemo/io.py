@@ -52,6 +52,7 @@ __all__ = [
     "Scan",
     "load_scan",
     "load_labels",
+    "load_labels_for",
     "load_labels_with_affine",
     "normalize_intensity",
     "save_labels",
@@ -284,6 +285,13 @@ def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
     """
     if like is None:
         return load_labels_with_affine(path)[0]
+    return resample_labels(*load_labels_for(path, like), like.data.shape, like.affine)
+
+
+def load_labels_for(path: str | os.PathLike, like: Scan) -> tuple[np.ndarray, np.ndarray]:
+    """A label file of ``like`` as it is stored (uint8, on its own grid) and that grid's affine, with the checks of
+    :func:`load_labels` (the scan's source dimensions or its loaded 1 mm ones, placed on the scan), not yet
+    resampled: for a carry that resamples once (:func:`mixdemo.preprocess.labels_to_model_grid` with ``affine``)."""
     array, affine = _load_checked(path, series_too=False)
     labels = _as_label_uint8(array)
     del array
@@ -293,7 +301,7 @@ def load_labels(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray
             f"({_fmt_shape(like.source_shape)})."
         )
     _check_labels_in_place(labels.shape, affine, like)
-    return resample_labels(labels, affine, like.data.shape, like.affine)
+    return labels, np.asarray(affine, dtype=np.float64)
 
 
 def _check_labels_in_place(shape: tuple[int, ...], affine: np.ndarray, like: Scan) -> None:

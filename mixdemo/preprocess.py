@@ -337,7 +337,13 @@ def to_model_space(
     )
 
 
-def labels_to_model_grid(labels: np.ndarray, prepared: Prepared, scan: Scan | None = None) -> np.ndarray:
+def labels_to_model_grid(
+    labels: np.ndarray,
+    prepared: Prepared,
+    scan: Scan | None = None,
+    *,
+    affine: np.ndarray | None = None,
+) -> np.ndarray:
     """Carry a label map from the loaded scan's grid onto the model grid: each label's indicator interpolated
     linearly, the largest taken at each voxel (as :func:`labels_to_source_grid` carries labels the other way;
     nearest neighbour for a map of more than :data:`MAX_INTERPOLATED_LABELS` values, where that would be slow).
@@ -347,22 +353,31 @@ def labels_to_model_grid(labels: np.ndarray, prepared: Prepared, scan: Scan | No
     head was made from, carried into the registered model grid by its known pose, the interpolated shares agree
     better than nearest neighbour does (``tests/test_preprocess.py``).
 
+    A label file on a scan's own grid is best carried from there (``affine``, with
+    :func:`mixdemo.io.load_labels_for`): ``load_labels(path, like=scan)`` first takes the nearest voxel of an
+    anisotropic or oblique file's grid on the loaded scan's 1 mm grid, which costs more than the shares gain.
+
     Args:
-        labels: Integer labels (0-255) of shape ``prepared.scan_shape`` (``scan.data.shape``).
+        labels: Integer labels (0-255) of shape ``prepared.scan_shape`` (``scan.data.shape``), or on the grid of
+            ``affine``.
         prepared: The result of :func:`to_model_space`.
         scan: Optional; if given, it must be the scan ``prepared`` was made from.
+        affine: The labels' grid (voxel -> world RAS mm) when it is not the loaded scan's, e.g. the input file's.
 
     Returns:
         uint8 labels of shape ``GRID_SHAPE``.
     """
     _check_scan(prepared, scan)
-    labels = _checked_labels(labels, prepared.scan_shape)
-    voxel_map = np.linalg.solve(prepared.scan_affine, prepared.model_to_input @ prepared.affine)
+    if affine is None:
+        labels, affine = _checked_labels(labels, prepared.scan_shape), prepared.scan_affine
+    else:
+        labels = _checked_labels(labels, np.shape(labels) if np.ndim(labels) == 3 else prepared.scan_shape)
+    voxel_map = np.linalg.solve(np.asarray(affine, dtype=np.float64), prepared.model_to_input @ prepared.affine)
     values = np.union1d([0], np.unique(labels))
     if len(values) > MAX_INTERPOLATED_LABELS:
         return ndimage.affine_transform(labels, voxel_map[:3, :3], voxel_map[:3, 3], output_shape=GRID_SHAPE,
                                         order=0, mode="constant", cval=0)
-    return _argmax_on_grid(((int(c), (labels == c).astype(np.float32)) for c in values), voxel_map, GRID_SHAPE)
+    return _argmax_on_grid(((int(c), (labels == c).view(np.uint8)) for c in values), voxel_map, GRID_SHAPE)
 
 
 def labels_to_scan_grid(labels: np.ndarray, prepared: Prepared, scan: Scan | None = None) -> np.ndarray:
@@ -774,9 +789,9 @@ def _argmax_on_grid(
     out = np.zeros(tuple(shape), dtype=np.uint8)
     best = np.full(tuple(shape), -np.inf, dtype=np.float32)
     for label, score in per_class:
-        on_grid = ndimage.affine_transform(
+        on_grid = ndimage.affine_transform(  # float32 out of any input (a label's indicator as uint8: a byte a voxel)
             score, voxel_map[:3, :3], voxel_map[:3, 3], output_shape=tuple(shape),
-            order=1, mode="constant", cval=1.0 if label == 0 else 0.0,
+            order=1, mode="constant", cval=1.0 if label == 0 else 0.0, output=np.float32,
         )
         out[on_grid > best] = label
         np.maximum(best, on_grid, out=best)

@@ -590,6 +590,54 @@ def test_prepare_scan_keeps_the_labels_inside_the_extracted_brain(tmp_path, monk
     assert record["labels_kept"] == round(float((brain & (labels > 0)).sum() / (labels > 0).sum()), 4) < 1
 
 
+def test_prepare_scan_carries_labels_from_their_file_s_own_grid_in_one_resampling(tmp_path, monkeypatch):
+    """Labels on an anisotropic file's grid (1 x 1 x 3 mm: loading takes the scan onto a 1 mm grid) reach the model
+    grid straight from the file's grid by each label's share, not through the nearest voxel of the loaded grid
+    first (a registration stubbed: the identity)."""
+    import nibabel as nib
+
+    from mixdemo import io as mio
+    from mixdemo import phantoms
+    from mixdemo import preprocess as pp
+    from training.prepare_cohort import RawScan, prepare_scan
+
+    grid = phantoms.load_template().affine
+
+    def identity(scan, threads=None):  # registered as the identity, all brain
+        return pp.Prepared(image=np.ones(phantoms.GRID_SHAPE, np.float32), brain_mask=np.ones(phantoms.GRID_SHAPE, bool),
+                           affine=grid, model_to_input=np.eye(4), similarity=0.9, metric_value=-0.5, registered=True,
+                           warning=None, seconds=0.0, scan_shape=scan.data.shape, scan_affine=scan.affine,
+                           source_shape=scan.source_shape, source_affine=scan.source_affine)
+
+    monkeypatch.setattr(pp, "to_model_space", identity)
+    affine = grid @ np.diag([1.0, 1.0, 3.0, 1.0])
+    affine[:3, 3] += (0.3, -0.4, 0.7)  # off the model grid by fractions of a voxel
+    shape = (144, 192, 54)
+    save_volume(np.indices(shape).sum(0).astype(np.float32) + 1, affine, tmp_path / "t1.nii")
+    def anatomy(to_world: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:  # nested wavy shells, sampled at voxels
+        world = np.tensordot(to_world[:3, :3], np.indices(shape, dtype=np.float64), 1) + to_world[:3, 3, None, None, None]
+        centre = grid[:3, :3] @ (np.array(phantoms.GRID_SHAPE) / 2) + grid[:3, 3]
+        radii = np.array([50.0, 65.0, 55.0])[:, None, None, None]
+        r = np.sqrt((((world - centre[:, None, None, None]) / radii) ** 2).sum(0))
+        r = r * (1 + 0.08 * np.sin(world[0] / 4.0) * np.cos(world[2] / 5.0))
+        return np.select([r < 0.35, r < 0.6, r < 0.85], [2, 1, 3], 0).astype(np.uint8)
+
+    labels = anatomy(affine, shape)  # the file's labels: the anatomy at its voxels' centres
+    save_volume(labels, affine, tmp_path / "seg.nii", dtype=np.uint8)
+    prepare_scan(RawScan("a_1", tmp_path / "t1.nii", tmp_path / "seg.nii", "tissue"), tmp_path / "out")
+    written = np.asarray(nib.load(tmp_path / "out" / "a_1" / "seg.nii.gz").dataobj)
+    scan = mio.load_scan(tmp_path / "t1.nii", normalize=False)
+    assert scan.data.shape != shape  # loaded onto a 1 mm grid
+    prepared = identity(scan)
+    on_file, file_affine = mio.load_labels_for(tmp_path / "seg.nii", like=scan)  # the header's affine (float32)
+    np.testing.assert_array_equal(on_file, labels)
+    np.testing.assert_array_equal(written, pp.labels_to_model_grid(labels, prepared, scan, affine=file_affine))
+    via_loaded = pp.labels_to_model_grid(mio.load_labels(tmp_path / "seg.nii", like=scan), prepared, scan)
+    truth = anatomy(grid, phantoms.GRID_SHAPE)  # the anatomy at the model voxels' centres
+    wrong, wrong_via_loaded = int((written != truth).sum()), int((via_loaded != truth).sum())
+    assert wrong < 0.9 * wrong_via_loaded, (wrong, wrong_via_loaded)  # 16224 against 19377: the loaded grid first, worse
+
+
 def test_prepare_cohort_refuses_an_out_folder_that_is_holds_or_lies_inside_the_source(quick_prepare, tmp_path):
     """--out as the source folder would overwrite its raw t1.nii.gz: refused before any work, as --out inside the
     source or holding it (resolved paths), with one line and exit status 1."""

@@ -15,7 +15,8 @@ underscore, so a subject's visits stay on one side of the split), holding either
 
 Each T1 goes through :func:`mixdemo.preprocess.to_model_space` (affine registration to the MNI152 template,
 brain extraction, intensity normalisation: what the client does to a raw scan at inference), and its labels
-through the same transform (each label's share interpolated, :func:`mixdemo.preprocess.labels_to_model_grid`),
+through the same transform from their file's own grid (each label's share interpolated,
+:func:`mixdemo.preprocess.labels_to_model_grid`),
 kept inside the extracted brain. The output is the mixdemo layout (:mod:`mixdemo.data`) with a ``split.json`` (by
 subject) and ``prepare.json``: per scan, the registration's similarity to the template, its warning if any, and the share of labelled voxels kept inside
 the extracted brain, to check before training. A scan that cannot be used (an unreadable file, labels
@@ -206,10 +207,10 @@ def prepare_scan(scan: RawScan, out: Path, threads: int | None = None, layout: L
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         raw = mio.load_scan(as_nifti(scan.image, Path(tmp)), normalize=False)
-        labels = mio.load_labels(as_nifti(scan.labels, Path(tmp), scan.kind), like=raw)
+        labels, affine = mio.load_labels_for(as_nifti(scan.labels, Path(tmp), scan.kind), like=raw)  # its own grid
     labels = classes_of(labels, layout, scan.name)  # labels of the classes, or a ValueError naming others
     prepared = to_model_space(raw, threads=threads)
-    on_grid = labels_to_model_grid(labels, prepared, raw)
+    on_grid = labels_to_model_grid(labels, prepared, raw, affine=affine)  # one resampling, from the file's grid
     inside = prepared.image > 0
     kept = np.where(inside, on_grid, 0).astype(np.uint8)
     folder = out / scan.name
