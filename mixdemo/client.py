@@ -170,18 +170,23 @@ class Target:
         than labels (:meth:`labels_on_input`)."""
         return self.prepared is not None
 
-    def truth_from_file(self, path: str | os.PathLike) -> np.ndarray:
+    def truth_from_file(self, path: str | os.PathLike, check: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
         """Ground-truth labels of this target on the grid, from a label file on the input scan's grid: cropped
         or padded as the scan was, or for a registered scan carried from the file's own grid by the scan's own
-        transform in one resampling (each label's share interpolated: :func:`mixdemo.preprocess.labels_to_model_grid`)."""
+        transform in one resampling (each label's share interpolated: :func:`mixdemo.preprocess.labels_to_model_grid`).
+        ``check`` sees the file's labels first (a refusal of their values then costs no resampling)."""
         from mixdemo.io import load_labels, load_labels_for
 
         if self.prepared is not None:
             from mixdemo.preprocess import labels_to_model_grid
 
             labels, affine = load_labels_for(path, like=self.scan)  # type: ignore[arg-type]
+            if check:
+                check(labels)
             return labels_to_model_grid(labels, self.prepared, self.scan, affine=affine)  # type: ignore[arg-type]
         labels = load_labels(path, like=self.scan)  # type: ignore[arg-type]
+        if check:
+            check(labels)
         return conform_to_grid(labels, self.image.shape)[0]
 
 

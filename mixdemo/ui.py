@@ -282,9 +282,8 @@ def load_upload_labels(path: str | None, sess: Session | None):
     try:
         if sess is None:
             return _refused_upload("Load a scan first, then its labels.", 1)
-        truth = sess.target.truth_from_file(path)  # type: ignore[attr-defined]
-        check_label_values(truth, server.model_classes())
-        sess.truth = truth
+        classes = server.model_classes()
+        sess.truth = sess.target.truth_from_file(path, check=lambda labels: check_label_values(labels, classes))  # type: ignore[attr-defined]
     except (ScanError, ClientError, ValueError) as exc:
         return _refused_upload(str(exc) or type(exc).__name__, 1)
     finally:

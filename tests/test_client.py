@@ -394,6 +394,21 @@ def test_a_resampled_scan_s_labels_go_back_from_the_class_scores(example, tmp_pa
     assert (scores.argmax(0) != labels).mean() < 1e-4  # the scores whose arg-max the labels are
     np.testing.assert_array_equal(written, pp.scores_to_source_grid(scores, target.prepared))
     assert (written != pp.labels_to_source_grid(labels, target.prepared)).sum() > 100
+    seg = nib.load(folder / "seg.nii.gz")  # its labels, checked on their own grid before any resampling
+    nib.save(nib.Nifti1Image(np.asarray(seg.dataobj), affine), tmp_path / "half_seg.nii.gz")
+    seen: list[tuple] = []
+
+    def refuse(file_labels: np.ndarray) -> None:
+        seen.append(file_labels.shape)
+        raise ValueError("not the model's classes")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pp, "labels_to_model_grid", lambda *a, **k: pytest.fail("resampled labels that were refused"))
+        with pytest.raises(ValueError, match="not the model's classes"):
+            target.truth_from_file(tmp_path / "half_seg.nii.gz", check=refuse)
+    assert seen == [img.shape]
+    truth = target.truth_from_file(tmp_path / "half_seg.nii.gz", check=seen.append)
+    assert truth.shape == target.image.shape and set(np.unique(truth)) <= {0, 1, 2, 3}
 
 
 def test_the_status_line_says_what_became_of_the_scan():

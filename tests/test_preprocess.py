@@ -437,7 +437,7 @@ def test_a_scan_grid_in_another_voxel_order_is_read_and_written_in_place(tmp_pat
     np.testing.assert_array_equal(scan.data, labels + 1)
 
 
-def test_labels_are_resampled_by_nearest_neighbour():
+def test_resampled_labels_keep_their_values_never_a_blend_of_two():
     """Under a transform that falls between voxels (scaled, shifted by fractions of a millimetre) labels keep their
     values, on every grid: never a blend of two labels."""
     m = np.diag([1.13, 0.91, 1.07, 1.0])
