@@ -20,7 +20,7 @@ from mixdemo.inference import MAX_BATCH_VOXELS, Stacked, reusing_freed_memory, s
 from mixdemo.mixing import MixKey, hard_labels, mirror, naive_unmix, one_hot, tta_average, tta_variance
 
 ProgressFn = Callable[[float, str], None]
-__all__ = ["Reference", "PrivateResult", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
+__all__ = ["Reference", "PrivateResult", "background_where", "image_correlation", "make_proxies", "most_similar_references", "private_labels", "private_segment", "reference_onehots", "segment_proxies",
            "unmix_learned", "unmix_learned_labels", "unmix_learned_tta", "unmix_naive", "window_slices"]
 
 UNMIX_ROI = (32, 32, 32)
@@ -142,7 +142,7 @@ def unmix_learned(
         outs.put(start, probs)
     probs = outs.tensor
     if brain_mask is not None:
-        _background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
+        background_where(probs, torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
     return probs
 
 
@@ -170,7 +170,7 @@ def unmix_learned_tta(
     if mixed_probs.shape[0] > 1:
         total.div_(mixed_probs.shape[0])
     if brain_mask is not None:
-        _background_where(total[None], torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
+        background_where(total[None], torch.from_numpy(~np.asarray(brain_mask, dtype=bool)))
     return total
 
 
@@ -229,9 +229,10 @@ def _unmix_whole(
         del logits
 
 
-def _background_where(probs: torch.Tensor, where: torch.Tensor) -> None:
-    """In place: probability 1 of background at the voxels of ``where`` (X, Y, Z), for every mix
-    (masked fills, no index tensors)."""
+def background_where(probs: torch.Tensor, where: torch.Tensor) -> None:
+    """In place: probability 1 of background (and 0 of every other class) at the voxels of ``where`` (X, Y, Z), for
+    every mix of ``probs`` (K, C, X, Y, Z) (masked fills, no index tensors): the client's answer outside the target's
+    brain."""
     probs.masked_fill_(where, 0.0)
     probs[:, 0].masked_fill_(where, 1.0)
 
@@ -276,7 +277,7 @@ def _unmix_windows(
         for (k, w), window_logits in zip(chunk, logits):
             logit_sum[(k, slice(None), *w)] += window_logits
     probs = torch.softmax(logit_sum / count.clamp(min=1), 1)
-    _background_where(probs, count[0, 0] == 0)  # outside every computed window: background
+    background_where(probs, count[0, 0] == 0)  # outside every computed window: background
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(halves, shape))
     return probs[(slice(None), slice(None), *crop)].contiguous()
 
@@ -311,7 +312,7 @@ class PrivateResult:
         (:func:`mixdemo.preprocess.scores_to_source_grid`)."""
         scores = self._prediction(which).float().clone()
         if self.brain_mask is not None:
-            _background_where(scores[None], torch.from_numpy(~self.brain_mask))
+            background_where(scores[None], torch.from_numpy(~self.brain_mask))
         return scores.numpy()
 
     def _prediction(self, which: str) -> torch.Tensor:
@@ -368,7 +369,7 @@ def private_segment(
                 progress(0.9, "client: learned unmixing")
             # the brain mask is the target's, so it applies once every answer is in the target's orientation
             learned = unmirror_(unmix_learned(unmix_model, mixed, ref_oh, key.alphas), key)
-            _background_where(learned, torch.from_numpy(~brain))
+            background_where(learned, torch.from_numpy(~brain))
     return PrivateResult(proxies=proxies, mixed_probs=mixed, naive=naive, learned=learned, brain_mask=brain)
 
 
@@ -402,7 +403,7 @@ def private_labels(
     average = _tta_scores(target, references, key, server, unmix_model, per_call, progress)
     if scores:  # float32 whatever the server answered in (float16, bfloat16: NumPy has no bfloat16)
         average = average.float()
-        _background_where(average[None], torch.from_numpy(~(target > 0)))
+        background_where(average[None], torch.from_numpy(~(target > 0)))
         return average.numpy()
     return np.where(target > 0, hard_labels(average).numpy(), 0).astype(np.uint8)
 

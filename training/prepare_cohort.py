@@ -16,14 +16,14 @@ underscore, so a subject's visits stay on one side of the split), holding either
 Each T1 goes through :func:`mixdemo.preprocess.to_model_space` (affine registration to the MNI152 template,
 brain extraction, intensity normalisation: what the client does to a raw scan at inference), and its labels
 through the same transform from their file's own grid (each label's share interpolated,
-:func:`mixdemo.preprocess.labels_to_model_grid`),
-kept inside the extracted brain. The output is the mixdemo layout (:mod:`mixdemo.data`) with a ``split.json`` (by
-subject) and ``prepare.json``: per scan, the registration's similarity to the template, its warning if any, and the share of labelled voxels kept inside
-the extracted brain, to check before training. A scan that cannot be used (an unreadable file, labels
-outside the classes, a failed registration) is skipped with its reason in ``prepare.json``, and a folder of
-neither form is listed with what it lacks. Scans already written by an earlier run into ``--out`` are kept
-while their source files (T1 and labels: path, size, modification time) are unchanged, and prepared again
-otherwise, so an interrupted run goes on where it stopped and an edited scan is not left stale.
+:func:`mixdemo.preprocess.labels_to_model_grid`), kept inside the extracted brain. The output is the mixdemo layout
+(:mod:`mixdemo.data`) with a ``split.json`` (by subject) and ``prepare.json``: per scan, the registration's
+similarity to the template, its warning if any, and the share of labelled voxels kept inside the extracted brain,
+to check before training. A scan that cannot be used (an unreadable file, labels outside the classes, a failed
+registration) is skipped with its reason in ``prepare.json``, and a folder of neither form is listed with what it
+lacks. Scans already written by an earlier run into ``--out`` are kept while their source files (T1 and labels:
+path, size, modification time) are unchanged, and prepared again otherwise, so an interrupted run goes on where it
+stopped and an edited scan is not left stale.
 
 ``--out`` must lie apart from ``SRC`` (neither the same folder nor inside the other), and be a new or empty
 folder or one this command prepared from the same ``SRC``: any other folder with something in it (a cohort

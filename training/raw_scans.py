@@ -81,11 +81,12 @@ def form_rows(scan, truth: np.ndarray, register: bool | None, refs: list, alphas
 
 def client_scores(probs: torch.Tensor, brain: np.ndarray) -> np.ndarray:
     """(C, X, Y, Z) scores as the client keeps them (``PrivateResult.scores``): background's 1, every other class's 0,
-    outside the target's brain."""
-    out = probs.float().numpy().copy()
-    out[:, ~brain] = 0.0
-    out[0, ~brain] = 1.0
-    return out
+    outside the target's brain (:func:`mixdemo.pipeline.background_where`)."""
+    from mixdemo.pipeline import background_where
+
+    out = probs.float().clone()
+    background_where(out[None], torch.from_numpy(~brain))
+    return out.numpy()
 
 
 def scan_forms(rec, eval_args: argparse.Namespace, setup: evaluate.Setup, folder: Path, seed: int) -> dict[str, dict]:

@@ -238,14 +238,13 @@ def fill_unmixing_defaults(args: argparse.Namespace) -> None:
             setattr(args, option, default)
 
 
-def start_unmixing_design(folder: Path | None, mode: str, init_unmixing: str | None, args: argparse.Namespace) -> None:
-    """Settle D's design on ``args`` before the cohort loads: a warm start that goes on from a D (private mode's
-    ``unmixing``, or ``--init-unmixing``'s) takes that D's design for every ``--unmix-*`` flag not given, and stops
-    with SystemExit when one given differs (the run trains that D, so the record would name the flags' design, not
-    the one trained); otherwise a flag not given takes :data:`UNMIXING_DESIGN_DEFAULTS`."""
-    d_name = start_folders(mode, init_unmixing)[1] if folder is not None else None
+def start_unmixing_design(folder: Path, mode: str, init_unmixing: str | None, args: argparse.Namespace) -> None:
+    """Settle D's design on ``args`` before the cohort loads when a warm start goes on from a D (private mode's
+    ``unmixing``, or ``--init-unmixing``'s): that D's design for every ``--unmix-*`` flag not given, and SystemExit
+    when one given differs (the run trains that D, so the record would name the flags' design, not the one trained).
+    Without such a D, :func:`parse_args` has settled it already (:func:`fill_unmixing_defaults`)."""
+    d_name = start_folders(mode, init_unmixing)[1]
     if d_name is None:
-        fill_unmixing_defaults(args)
         return
     config = json.loads((folder / d_name / "config.json").read_text())
     saved = {"unmix_features": ",".join(str(w) for w in config.get("features", (16, 32))),
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
         check_start_folders(args.init_from, args.mode, args.init_unmixing)
         args.features = start_features(args.init_from, args.mode, args.features)
         check_start_data(args.init_from, args.mode, args.data_given)
-    start_unmixing_design(args.init_from, args.mode, args.init_unmixing, args)
+        start_unmixing_design(args.init_from, args.mode, args.init_unmixing, args)
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
