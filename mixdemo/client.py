@@ -1076,8 +1076,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         remote.close()
     if failed and len(outputs) > 1:
-        print(f"error: {len(failed)} of {len(outputs)} scans failed (scan {', '.join(map(str, failed))}); the others "
-              "were written", file=sys.stderr)
+        written = "none was written" if len(failed) == len(outputs) else "the others were written"
+        print(f"error: {len(failed)} of {len(outputs)} scans failed (scan {', '.join(map(str, failed))}); {written}",
+              file=sys.stderr)
     return 2 if failed else 0
 
 

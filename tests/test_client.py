@@ -2115,3 +2115,15 @@ def test_a_label_map_given_as_the_target_is_refused_before_any_request(tmp_path)
     nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "seg.nii.gz"))
     with pytest.raises(ScanError, match=r"looks like a label map \(3 distinct whole-number values\)"):
         load_target(tmp_path / "seg.nii.gz")
+
+
+def test_a_batch_in_which_every_scan_failed_does_not_say_the_others_were_written(fake_main, capsys):
+    """The batch's closing line: 'the others were written' only when some were; when every scan failed (the server
+    went down before the first answer, every file missing) it says none was."""
+    scans, _, out = fake_main
+    missing = [s + ".missing" for s in scans]
+    code, err = _run_main([*missing, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "2 of 2 scans failed (scan 1, 2)" in err
+    assert "the others were written" not in err and "none was written" in err
+    code, err = _run_main([missing[0], scans[1], "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "1 of 2 scans failed (scan 1); the others were written" in err  # the control
