@@ -1283,8 +1283,8 @@ def _check_dicom_inputs(scans: Sequence[str | os.PathLike], why: str) -> None:
 
 def scan_stem(scan: str | os.PathLike) -> str:
     """A scan's name without its format's suffix: ``.nii``, ``.nii.gz``, a DICOM series' ``.zip`` or ``.dcm``, or
-    nothing for a series' folder."""
-    return re.sub(r"(\.nii(\.gz)?|\.zip|\.dcm)$", "", Path(scan).name, flags=re.IGNORECASE)
+    nothing for a series' folder (``.`` or ``..`` named as the folder they stand for)."""
+    return re.sub(r"(\.nii(\.gz)?|\.zip|\.dcm)$", "", Path(os.path.abspath(scan)).name, flags=re.IGNORECASE)
 
 
 def writable_folder(folder: Path) -> None:

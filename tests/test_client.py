@@ -574,6 +574,23 @@ def test_one_scan_with_a_folder_output_gets_its_named_segmentation_there(tmp_pat
     assert output_paths(["a/x.zip"], str(tmp_path / "new"), dicom_seg=True) == [tmp_path / "new" / "x_seg.dcm"]
 
 
+def test_a_series_folder_given_as_dot_or_dot_dot_is_named_after_the_folder_itself(tmp_path, monkeypatch):
+    """``cd t1_series && python -m mixdemo.client . -o ../segs/``: the segmentation is ``t1_series_seg.nii.gz`` (the
+    README's ``<name>_seg.nii.gz``), not ``_seg.nii.gz`` (a hidden-looking file named after nothing); ``..`` and
+    ``series/..`` name the folder they stand for, and two ways of naming one folder share a name (refused)."""
+    from mixdemo.client import ClientError, output_paths
+
+    series = tmp_path / "t1_series"
+    (series / "inner").mkdir(parents=True)
+    monkeypatch.chdir(series)
+    assert output_paths(["."], f"{tmp_path / 'segs'}/") == [tmp_path / "segs" / "t1_series_seg.nii.gz"]
+    monkeypatch.chdir(series / "inner")
+    assert output_paths([".."], str(tmp_path / "segs"), dicom_seg=True) == [tmp_path / "segs" / "t1_series_seg.dcm"]
+    assert output_paths(["../inner/"], str(tmp_path / "segs")) == [tmp_path / "segs" / "inner_seg.nii.gz"]
+    with pytest.raises(ClientError, match="share a file name"):
+        output_paths([".", "../inner"], str(tmp_path / "segs"))
+
+
 def test_output_paths_make_the_folder_first_or_refuse_before_any_work(tmp_path):
     from mixdemo.client import ClientError, output_paths
 
