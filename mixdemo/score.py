@@ -75,12 +75,17 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
         sides = "×".join(str(s.stop - s.start) for s in box)
         note(f"{segmentation.name} labels only a {sides} block (patch mode?): scored over the whole grid, the rest "
              "counts as missed; --in-box scores inside that block.")
-    unnamed = int(max(pred.max(initial=0), truth.max(initial=0)))
-    if unnamed > max(classes, default=0) and note is not None:
-        brats_hint = " (or, for BraTS labels with ET as 4, --brats)" if unnamed == 4 and not brats else ""
-        note(f"{segmentation.name} or its labels hold label {unnamed}, which --classes does not name: scored are "
+    truth_values = set(np.unique(truth).tolist())
+    unnamed = sorted((set(np.unique(pred).tolist()) | truth_values) - set(classes) - {0})
+    if unnamed and note is not None:
+        brats_hint = " (or, for BraTS labels with ET as 4, --brats)" if unnamed == [4] and not brats else ""
+        which = f"label {unnamed[0]}" if len(unnamed) == 1 else f"labels {', '.join(map(str, unnamed))}"
+        note(f"{segmentation.name} or its labels hold {which}, which --classes does not name: scored are "
              f"{', '.join(classes.values())} only; name every class (e.g. --classes GM,WM,CSF,lesion) to score it"
              f"{brats_hint}.")
+    if note is not None and truth_values.isdisjoint(classes) and truth_values - {0}:
+        note(f"{labels.name} holds none of the values {', '.join(map(str, classes))} that --classes names, so every "
+             "class scores 0: write its labels in those values (1, 2, ... as the segmentation's) to score it.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
 

@@ -724,3 +724,20 @@ def test_score_reads_brats_2021_labels_with_their_enhancing_tumour_as_4(tmp_path
     save_volume(np.full((12, 12, 12), 5, np.uint8), np.eye(4), tmp_path / "odd_seg.nii.gz", dtype=np.uint8)
     assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "odd_seg.nii.gz"), "--brats"]) == 2
     assert "labels hold [5], which the brats layout does not define" in capsys.readouterr().err
+
+
+def test_score_names_every_label_value_it_was_not_told_of_and_labels_that_hold_none_of_the_classes(tmp_path, capsys):
+    """Labels written in other values (0, 10, 20, 30, as some tools store GM, WM, CSF): every class scores 0. The
+    note named only the largest value, 30, and suggested naming one more class; it names each value left out and
+    says that the labels hold none of the classes scored."""
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    pred = np.zeros((12, 12, 12), np.uint8)
+    pred[2:5], pred[5:8], pred[8:10] = 1, 2, 3
+    save_volume(pred, np.eye(4), tmp_path / "seg.nii.gz", dtype=np.uint8)
+    save_volume(pred * 10, np.eye(4), tmp_path / "labels.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "labels.nii.gz")]) == 0
+    err = capsys.readouterr().err
+    assert "hold labels 10, 20, 30, which --classes does not name" in err
+    assert "labels.nii.gz holds none of the values 1, 2, 3 that --classes names" in err
