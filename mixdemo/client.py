@@ -495,6 +495,20 @@ def http_status(url: str, timeout_s: float = 10.0) -> int | None:
         return None
 
 
+def tls_failed(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a failed TLS handshake (an ``https://`` address that
+    speaks plain HTTP, or a certificate this machine does not trust)."""
+    import ssl
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ssl.SSLError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @contextlib.contextmanager
 def no_telemetry():
     """While the block runs, neither ``gradio_client`` nor ``huggingface_hub`` phones Hugging Face: what connecting a
@@ -586,6 +600,12 @@ class RemoteServer:
                 raise ClientError(f"The server at {url} accepted the connection but did not answer within "
                                   f"{CONNECT_TIMEOUT_S:.0f} s; check the address, or try again when it is less "
                                   "busy.") from None
+            if tls_failed(exc) and url.startswith("https://"):
+                plain = "http://" + url[len("https://"):]
+                if http_status(plain, timeout_s) is not None:  # the address answers plain HTTP (python app.py's)
+                    raise ClientError(f"The server at {url} speaks plain HTTP, not https: try {plain}") from None
+                raise ClientError(f"The secure connection (TLS) to {url} failed: check the address, or that its "
+                                  "certificate is one this machine trusts.") from None
             status = http_status(url, timeout_s)
             if status is not None and status < 400:  # something answers there, but not as a Gradio app
                 raise ClientError(f"The address {url} answers (HTTP {status}) but is not a Gradio app: it is not a "

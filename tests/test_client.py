@@ -248,6 +248,34 @@ def test_a_server_that_accepts_and_never_answers_is_named_within_the_connect_tim
         listener.close()
 
 
+def test_https_to_a_server_that_speaks_plain_http_is_named_as_such_not_as_unreachable():
+    """``--server https://HOST:7860`` against ``python app.py``, which serves plain HTTP: the TLS handshake fails, and
+    the client said it could not reach the server ("check ... that the server is running"), which is running. It
+    says the address speaks plain HTTP and gives the http:// address to try."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from mixdemo import client
+
+    class Plain(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Plain)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    try:
+        with pytest.raises(ClientError, match=rf"speaks plain HTTP, not https.*try http://127\.0\.0\.1:{port}"):
+            client.RemoteServer(f"https://127.0.0.1:{port}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_a_connected_client_waits_the_segmentation_timeout_not_the_connect_one(app_url):
     """Connecting has CONNECT_TIMEOUT_S; once connected, every request (a segmentation) has the timeout asked for."""
     from mixdemo import client
