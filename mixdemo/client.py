@@ -1268,7 +1268,7 @@ def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) 
         if Path(output).is_dir():
             raise ClientError("The output names a folder; give a .nii or .nii.gz file name.")
         writable_folder(Path(output).parent)
-        return [Path(output)]
+        return _not_replacing_inputs([Path(output)], scans)
     if str(output).lower().endswith(file_suffixes):
         raise ClientError("With several scans the output is a folder, not a file.")
     names = [scan_stem(s) for s in scans]
@@ -1279,7 +1279,23 @@ def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) 
     if len({n.casefold() for n in names}) < len(names) and folds_case(folder):
         raise ClientError("Two input scans' file names differ only in case, which the output folder does not tell "
                           "apart (macOS's and Windows's file systems); their segmentations would overwrite each other.")
-    return [folder / f"{n}_seg.{'dcm' if dicom_seg else 'nii.gz'}" for n in names]
+    return _not_replacing_inputs([folder / f"{n}_seg.{'dcm' if dicom_seg else 'nii.gz'}" for n in names], scans)
+
+
+def _not_replacing_inputs(outputs: list[Path], scans: Sequence[str]) -> list[Path]:
+    """``outputs``, or a :class:`ClientError` (before any work) if one of them is an input scan's file (the same file,
+    by any name or link): written once its scan is segmented, it would replace the scan, lost. The scan is named by
+    its position, never its file name."""
+    for out in outputs:
+        for i, scan in enumerate(scans):
+            try:
+                same = out.exists() and os.path.samefile(out, scan)
+            except OSError:  # a scan that is not there: said where its turn comes
+                same = False
+            if same:
+                raise ClientError(f"The output would replace the input scan (scan {i + 1}) with its segmentation: "
+                                  "give another output name or folder.")
+    return outputs
 
 
 SEG_NEEDS_DICOM = "A DICOM SEG refers to the DICOM series it segments"

@@ -619,6 +619,35 @@ def test_a_series_folder_given_as_dot_or_dot_dot_is_named_after_the_folder_itsel
         output_paths([".", "../inner"], str(tmp_path / "segs"))
 
 
+def test_an_output_that_would_replace_an_input_scan_is_refused_before_any_work(tmp_path, monkeypatch):
+    """``scan.nii.gz -o scan.nii.gz`` (a slip of the shell's completion) replaced the scan with its segmentation once
+    the work was done: the scan was lost. So did a batch whose ``<name>_seg.nii.gz`` is another input's file, and an
+    enhanced DICOM file given as its own SEG's name. Refused before any work, naming the scan by position; an output
+    of another name, or one that does not exist yet, is taken."""
+    from mixdemo.client import ClientError, output_paths
+
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"the only copy")
+    monkeypatch.chdir(tmp_path)
+    for output in (str(scan), "scan.nii.gz", "./scan.nii.gz"):
+        with pytest.raises(ClientError, match=r"would replace the input scan \(scan 1\)"):
+            output_paths([str(scan)], output)
+    (tmp_path / "link.nii.gz").symlink_to(scan)
+    with pytest.raises(ClientError, match="would replace the input scan"):
+        output_paths(["link.nii.gz"], str(scan))
+    other = tmp_path / "scan_seg.nii.gz"  # a batch in which scan 1's segmentation would be scan 2
+    other.write_bytes(b"another scan")
+    with pytest.raises(ClientError, match=r"would replace the input scan \(scan 2\)"):
+        output_paths([str(scan), str(other)], f"{tmp_path}/")
+    enhanced = tmp_path / "study.dcm"
+    enhanced.write_bytes(b"an enhanced DICOM file")
+    with pytest.raises(ClientError, match="would replace the input scan"):
+        output_paths([str(enhanced)], str(enhanced), dicom_seg=True)
+    assert scan.read_bytes() == b"the only copy" and enhanced.read_bytes() == b"an enhanced DICOM file"
+    assert output_paths([str(scan)], str(tmp_path / "seg.nii.gz")) == [tmp_path / "seg.nii.gz"]  # the control
+    assert output_paths([str(scan)], f"{tmp_path / 'segs'}/") == [tmp_path / "segs" / "scan_seg.nii.gz"]
+
+
 def test_output_paths_make_the_folder_first_or_refuse_before_any_work(tmp_path):
     from mixdemo.client import ClientError, output_paths
 
