@@ -543,8 +543,8 @@ def _register(
     data, affine = _crop_head(scan.data, scan.affine)
     moving = _to_sitk(_clip_bright(data), affine)
     del data
-    pyramid = {k: _level(fixed, mask, moving, k) for k in _SHRINK}
-    try:
+    try:  # the pyramid too: a scan thinner than its coarsest level's blocks is refused as ITK finds it
+        pyramid = {k: _level(fixed, mask, moving, k) for k in _SHRINK}
         rigid = _initial_rigid(fixed, moving, initializer)
         if initializer != "none":
             report(0.10, "Registering to MNI152: coarse search")

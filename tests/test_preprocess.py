@@ -232,6 +232,19 @@ def test_noise_is_flagged_or_refused():
         assert prepared.warning is not None
 
 
+@pytest.mark.parametrize("shape, spacing", [((200, 200, 8), (1.0, 1.0, 0.1)), ((8, 8, 8), (0.1, 0.1, 0.1))])
+def test_a_scan_thinner_than_the_coarsest_registration_level_is_refused_not_a_traceback(tmp_path, shape, spacing):
+    """Eight slices of 0.1 mm (a slab under a millimetre thick; every side and voxel size within load_scan's limits)
+    are one voxel thick on the 1 mm grid: SimpleITK's 4 mm block averaging raised its own RuntimeError ("InputImage is
+    too small!") out of to_model_space, a traceback that ended the command-line client's batch. A RegistrationError
+    (a ScanError, said for that scan) instead."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "slab.nii.gz"
+    nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), np.diag([*spacing, 1.0])), path)
+    with pytest.raises(pp.RegistrationError, match="too little of the brain is in the image"):
+        pp.to_model_space(mio.load_scan(path, normalize=False), threads=THREADS)
+
+
 # --------------------------------------------------------------------------- small units
 def _identity_prepared(shape=GRID, affine=None) -> pp.Prepared:
     """A Prepared for a scan already on the model grid (or on the grid ``shape, affine``)."""
