@@ -431,9 +431,28 @@ def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str], *, a
             raise mio.CorruptFileError("An image of the series could not be read: it may be damaged.")
 
 
+def _is_nifti(path: str) -> bool:
+    """Whether the file holds a NIfTI-1 or NIfTI-2 header, gzipped or not (by its magic; members are renamed)."""
+    import gzip
+    import zlib
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(352)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(352)
+    except (OSError, EOFError, zlib.error):  # a damaged gzip is no NIfTI we can name
+        return False
+    return head[344:347] in (b"n+1", b"ni1") or head[4:7] in (b"n+2", b"ni2")
+
+
 def _nothing_found(flat: str) -> str:
-    """Why no DICOM image was found, with advice for an archive inside the archive."""
+    """Why no DICOM image was found, with advice for an archive inside the archive or a zipped NIfTI file."""
     for name in os.listdir(flat):
+        if _is_nifti(os.path.join(flat, name)):
+            return ("The input holds a NIfTI file and no DICOM images: unzip it and give the .nii/.nii.gz file "
+                    "itself.")
         try:
             with open(os.path.join(flat, name), "rb") as fh:
                 if fh.read(4) == b"PK\x03\x04":

@@ -495,6 +495,16 @@ def test_an_archive_inside_the_archive_is_named(tmp_path):
     _refusal(tmp_path, tmp_path / "outer.zip", NotNiftiError, "another archive")
 
 
+def test_a_zipped_nifti_file_is_named_with_what_to_do(tmp_path):
+    """A NIfTI scan zipped (as mail and downloads often are) was told 'no DICOM images were found'."""
+    nifti = tmp_path / "Doe_Jane_t1.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), nifti)
+    with zipfile.ZipFile(tmp_path / "t1.zip", "w") as z:
+        z.write(nifti, arcname=nifti.name)
+    message = _refusal(tmp_path, tmp_path / "t1.zip", NotNiftiError, "NIfTI file and no DICOM images: unzip it")
+    assert "Doe_Jane" not in message
+
+
 def test_a_linked_subfolder_is_followed_once(tmp_path):
     _series(tmp_path, name="real")
     (tmp_path / "export").mkdir()
