@@ -1227,6 +1227,13 @@ def _segment_scans(args: argparse.Namespace, outputs: list[Path], remote: Server
                   file=sys.stderr)
             failed.append(i + 1)
             continue
+        except Exception as exc:  # noqa: BLE001 - a fault of ours or a library's: alone, its traceback; in a batch,
+            if len(outputs) == 1:  # the others go on (its message may hold the path: only its type is said)
+                raise
+            print(f"error: {tag}failed unexpectedly ({type(exc).__name__}): run this scan alone to see the details, "
+                  "and please report it.", file=sys.stderr)
+            failed.append(i + 1)
+            continue
         check = "; check it before use: its registration warned (above)" if warnings else ""
         print(f"{tag}wrote the segmentation ({key.k} mix(es), mode {args.mode}){check}", file=sys.stderr)
         if warnings:

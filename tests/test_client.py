@@ -2191,6 +2191,29 @@ def test_a_label_map_given_as_the_target_is_refused_before_any_request(tmp_path)
         load_target(tmp_path / "seg.nii.gz")
 
 
+def test_an_unexpected_error_on_one_scan_of_a_batch_lets_the_others_go_on(fake_main, capsys, monkeypatch):
+    """A fault that is no refusal (a RuntimeError from a library, say) on one scan ended the whole batch with a
+    traceback; it now fails that scan by its type alone (its message may name the file) and the others are written.
+    A single scan keeps its traceback, which is what the user then needs."""
+    from mixdemo import client
+
+    scans, _, out = fake_main
+    real = client.segment_file
+
+    def flaky(scan, *args, **kwargs):
+        if scan == scans[0]:
+            raise RuntimeError(f"deep inside a library, reading {scan}")
+        return real(scan, *args, **kwargs)
+
+    monkeypatch.setattr(client, "segment_file", flaky)
+    code, err = _run_main([*scans, "-o", str(out), "--server", "http://127.0.0.1:7880"], capsys)
+    assert code == 2 and "scan 1 of 2: failed unexpectedly (RuntimeError)" in err
+    assert "1 of 2 scans failed (scan 1); the others were written" in err
+    assert (out / "private_name_b_seg.nii.gz").is_file() and not (out / "private_name_a_seg.nii.gz").exists()
+    with pytest.raises(RuntimeError, match="deep inside"):
+        client.main([scans[0], "-o", str(out / "one.nii.gz"), "--server", "http://127.0.0.1:7880"])
+
+
 def test_a_batch_in_which_every_scan_failed_does_not_say_the_others_were_written(fake_main, capsys):
     """The batch's closing line: 'the others were written' only when some were; when every scan failed (the server
     went down before the first answer, every file missing) it says none was."""
