@@ -110,7 +110,8 @@ class _Slice(NamedTuple):
 
 def is_series_input(path: str | os.PathLike) -> bool:
     """True for what :func:`read_series` reads: a folder, a ``.zip`` or ``.dcm`` file, or any other file that is not
-    named as NIfTI and carries the DICOM marker (``DICM`` at byte 128; exports often name images ``IM_0001``)."""
+    named as NIfTI and carries the DICOM marker (``DICM`` at byte 128; exports often name images ``IM_0001``) or
+    starts as a zip does (an archive whose name lost its ``.zip``, as downloads sometimes do)."""
     name = os.fspath(path).lower()
     if os.path.isdir(path) or name.endswith((".zip", ".dcm")):
         return True
@@ -118,6 +119,8 @@ def is_series_input(path: str | os.PathLike) -> bool:
         return False
     try:
         with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":
+                return True
             fh.seek(_DICM_AT)
             return fh.read(4) == b"DICM"
     except OSError:

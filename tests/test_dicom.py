@@ -488,6 +488,16 @@ def test_a_dicom_file_without_extension_is_recognised(tmp_path):
     _refusal(tmp_path, tmp_path / "IM_0001", ShapeError, "single 2D DICOM image")
 
 
+def test_a_zipped_series_whose_name_lost_its_suffix_is_read(tmp_path):
+    """A download saved as 'download' (no .zip) was refused as 'not a valid NIfTI image'; the zip's own marker routes
+    it to the DICOM reader, which reads it as it reads the .zip."""
+    archive = dicom.zip_series(_series(tmp_path), tmp_path / "series.zip")
+    expected = load_scan(archive)
+    bare = archive.rename(tmp_path / "download")
+    scan = load_scan(bare)
+    np.testing.assert_array_equal(scan.data, expected.data)
+
+
 def test_an_archive_inside_the_archive_is_named(tmp_path):
     inner = dicom.zip_series(_series(tmp_path), tmp_path / "inner.zip")
     with zipfile.ZipFile(tmp_path / "outer.zip", "w") as z:
