@@ -373,12 +373,42 @@ def render(sess: Session | None, opacity: float, mode: str = "patch"):
 OUTPUT_MAX_AGE_S = 3600
 
 
+def _outputs_root() -> Path:
+    """The folder of the sessions' downloads, inside Gradio's cache."""
+    return oneshot.gradio_cache_dir() / "mixdemo-outputs"
+
+
 def _output_dir() -> str:
     """A fresh folder for one downloadable segmentation; folders older than an hour are removed.
 
     The folder lies inside Gradio's cache, so Gradio serves this one copy (it makes none of its own)
     and the session's ``_drop_session`` (or the next run) really deletes the download."""
-    return str(oneshot.fresh_subdir(oneshot.gradio_cache_dir() / "mixdemo-outputs", OUTPUT_MAX_AGE_S))
+    return str(oneshot.fresh_subdir(_outputs_root(), OUTPUT_MAX_AGE_S))
+
+
+def session_download(component: gr.File) -> gr.File:
+    """``component`` (the session's download) serving the files of :func:`_output_dir` where they lie without
+    filing them for Gradio's sweep of the views (``delete_cache``, :data:`RENDERINGS_MAX_AGE_S`), which deleted a
+    download 15 to 20 minutes after its run while its session and page lived (its link then answered 403): the
+    download goes with its session (:func:`_drop_session`), its next run or scan. Patched on the instance, as in
+    :func:`upload_path_only`."""
+    from gradio.utils import abspath, is_in_or_equal
+
+    filed, filed_async = component.move_resource_to_block_cache, component.async_move_resource_to_block_cache
+
+    def ours(path) -> str | None:  # noqa: ANN001 - str | Path | None
+        full = None if path is None else str(abspath(path))
+        return full if full is not None and is_in_or_equal(full, str(_outputs_root())) else None
+
+    def move(path):  # noqa: ANN001, ANN202
+        return ours(path) or filed(path)
+
+    async def move_async(path):  # noqa: ANN001, ANN202
+        return ours(path) or await filed_async(path)
+
+    component.move_resource_to_block_cache = move  # type: ignore[method-assign]
+    component.async_move_resource_to_block_cache = move_async  # type: ignore[method-assign]
+    return component
 
 
 def _dice_rows(truth: np.ndarray, preds: dict[str, np.ndarray], class_names: list[str]) -> str:
@@ -1223,7 +1253,8 @@ def build_demo() -> gr.Blocks:
                         with gr.Row():
                             with gr.Column():
                                 dice = gr.Markdown(DICE_PLACEHOLDER, elem_id="dice")
-                                seg_file = gr.File(label="Segmentation (NIfTI, in the input's space)", interactive=False)
+                                seg_file = session_download(gr.File(label="Segmentation (NIfTI, in the input's space)",
+                                                                    interactive=False))
                             plot = gr.Plot(label="Dice against K", elem_id="dice-plot", visible=False)  # shown by a
                             # run with labels (run_segmentation)
                 panels = [loc, im_target, im_ref, im_proxy, im_mixed, im_naive, im_learned, im_tta, im_unc, im_truth]

@@ -706,6 +706,38 @@ def test_views_of_a_scan_leave_gradios_cache_within_twenty_minutes():
     assert ui.RENDERINGS_MAX_AGE_S + ui.RENDERINGS_SWEEP_S <= 20 * 60
 
 
+def test_a_session_s_download_is_not_swept_with_the_views(tmp_path, monkeypatch):
+    """Gradio's sweep of the views (``delete_cache``: 15 to 20 minutes) deleted the session's download too, since
+    Gradio files every output it serves for that sweep: the link of a page still open answered 403 once it ran,
+    while README's "In the browser" says a download goes with its session (two hours after its last run at most).
+    The views still go; the download is left to the session (``_drop_session``, its next run or scan)."""
+    import asyncio
+
+    import gradio as gr
+    from gradio import processing_utils
+    from gradio.route_utils import delete_files_created_by_app
+
+    from mixdemo import ui
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    demo = ui.build_demo()
+    blocks = list(demo.blocks.values())
+    download = next(b for b in blocks if isinstance(b, gr.File) and b.label == "Segmentation (NIfTI, in the input's space)")
+    view = next(b for b in blocks if getattr(b, "elem_id", None) == "proxy")
+    out = Path(ui._output_dir()) / "segmentation_patch.nii.gz"
+    out.write_bytes(b"labels")
+    served = [asyncio.run(processing_utils.async_move_files_to_cache(block.postprocess(value), block, postprocess=True))
+              for block, value in ((download, str(out)), (view, np.zeros((8, 8, 3), np.uint8)))]
+    assert served[0]["path"] == str(out)  # served in place: no copy of the labels elsewhere in the cache
+    picture = Path(served[1]["path"])
+    assert picture.exists() and picture.is_relative_to(tmp_path / "cache")
+    delete_files_created_by_app(demo, None)  # the sweep, every file it tracks past its age
+    assert not picture.exists()  # the view went
+    assert out.exists()  # the download stays for its session
+    ui._drop_session(ui.Session(target=None, out_dir=str(out.parent)))  # and goes with it
+    assert not out.parent.exists()
+
+
 def test_the_separation_panel_runs_as_many_steps_as_the_privacy_tables():
     from mixdemo import ui
     from training.evaluate_privacy import FULL
