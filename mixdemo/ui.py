@@ -370,7 +370,9 @@ def render(sess: Session | None, opacity: float, mode: str = "patch"):
 
 
 # ------------------------------------------------------------------------------ the round trip
-OUTPUT_MAX_AGE_S = 3600
+OUTPUT_MAX_AGE_S = SESSION_TTL_S
+"""A download folder this old is removed at the next run of any session: its session has gone (its state lives
+:data:`SESSION_TTL_S` after its last run), so only a folder no callback removed (a killed process's) lasts that long."""
 
 
 def _outputs_root() -> Path:
@@ -379,7 +381,7 @@ def _outputs_root() -> Path:
 
 
 def _output_dir() -> str:
-    """A fresh folder for one downloadable segmentation; folders older than an hour are removed.
+    """A fresh folder for one downloadable segmentation; folders older than :data:`OUTPUT_MAX_AGE_S` are removed.
 
     The folder lies inside Gradio's cache, so Gradio serves this one copy (it makes none of its own)
     and the session's ``_drop_session`` (or the next run) really deletes the download."""

@@ -738,6 +738,23 @@ def test_a_session_s_download_is_not_swept_with_the_views(tmp_path, monkeypatch)
     assert not out.parent.exists()
 
 
+def test_a_live_session_s_download_outlasts_the_next_runs_clean_up_for_as_long_as_the_session(tmp_path, monkeypatch):
+    """Each run clears the outputs folder of downloads older than OUTPUT_MAX_AGE_S: an hour deleted the download of a
+    session that lives two hours after its last run (SESSION_TTL_S; README: its download goes with its state)."""
+    import os
+    import time
+
+    from mixdemo import ui
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    mine = Path(ui._output_dir())
+    for age, kept in ((ui.SESSION_TTL_S - 60, True), (ui.SESSION_TTL_S + 60, False)):
+        then = time.time() - age
+        os.utime(mine, (then, then))
+        ui._output_dir()  # another session's run
+        assert mine.exists() is kept, age
+
+
 def test_the_separation_panel_runs_as_many_steps_as_the_privacy_tables():
     from mixdemo import ui
     from training.evaluate_privacy import FULL
