@@ -392,15 +392,21 @@ def session_download(component: gr.File) -> gr.File:
     """``component`` (the session's download) serving the files of :func:`_output_dir` where they lie without
     filing them for Gradio's sweep of the views (``delete_cache``, :data:`RENDERINGS_MAX_AGE_S`), which deleted a
     download 15 to 20 minutes after its run while its session and page lived (its link then answered 403): the
-    download goes with its session (:func:`_drop_session`), its next run or scan. Patched on the instance, as in
-    :func:`upload_path_only`."""
+    download goes with its session (:func:`_drop_session`), its next run or scan, or when the server stops
+    (:func:`remove_served_downloads`, as Gradio's own stop deletes what it filed). Patched on the instance, as in
+    :func:`upload_path_only`; the folders it served (random names, no data) are kept on it, ``served_folders``."""
     from gradio.utils import abspath, is_in_or_equal
 
     filed, filed_async = component.move_resource_to_block_cache, component.async_move_resource_to_block_cache
+    served: set[str] = set()
+    component.served_folders = served  # type: ignore[attr-defined]
 
     def ours(path) -> str | None:  # noqa: ANN001 - str | Path | None
         full = None if path is None else str(abspath(path))
-        return full if full is not None and is_in_or_equal(full, str(_outputs_root())) else None
+        if full is None or not is_in_or_equal(full, str(_outputs_root())):
+            return None
+        served.add(str(Path(full).parent))
+        return full
 
     def move(path):  # noqa: ANN001, ANN202
         return ours(path) or filed(path)
@@ -1725,6 +1731,21 @@ def launch_demo(demo: gr.Blocks, *, prevent_thread_lock: bool = False, **options
         demo.block_thread()
 
 
+def remove_served_downloads(blocks: gr.Blocks) -> None:
+    """Delete the download folders that ``blocks``' downloads served (:func:`session_download`): when the server stops,
+    as Gradio's stop deletes the files it filed for its sweep."""
+    for block in list(blocks.blocks.values()):
+        for folder in list(getattr(block, "served_folders", ())):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _downloads_removed_at_stop(app):  # noqa: ANN001, ANN202 - Gradio's App
+    """The app's lifespan beside Gradio's own: at the server's stop, :func:`remove_served_downloads`."""
+    yield
+    remove_served_downloads(app.get_blocks())
+
+
 def launch_kwargs() -> dict:
     """Options for ``demo.launch`` (theme and CSS moved to ``launch`` in Gradio 6; :func:`launch_demo` passes them)."""
     return dict(
@@ -1739,6 +1760,7 @@ def launch_kwargs() -> dict:
         state_session_capacity=SCAN_SESSIONS,  # of sessions holding data (ScansFirstStateHolder)
         # segment_proxy responses: one download, then gone; each uploaded file a name of its own
         # and the malformed requests that Gradio's routes answer with a 500 and a traceback refused before them
-        app_kwargs={"middleware": [gatekeeper.middleware(), *oneshot.middlewares()]},
+        app_kwargs={"middleware": [gatekeeper.middleware(), *oneshot.middlewares()],
+                    "lifespan": _downloads_removed_at_stop},  # the sessions' downloads go when the server stops
         num_workers=0,  # no static-file workers ($GRADIO_NUM_WORKERS): uploads and downloads pass the middleware
     )

@@ -738,6 +738,34 @@ def test_a_session_s_download_is_not_swept_with_the_views(tmp_path, monkeypatch)
     assert not out.parent.exists()
 
 
+def test_the_downloads_a_stopped_app_served_are_deleted_as_gradio_deleted_them(tmp_path, monkeypatch):
+    """The downloads are not Gradio's to sweep (above), so its stop no longer deletes them either: the app's own stop
+    does, the download folders its page served and no other."""
+    import asyncio
+
+    import gradio as gr
+    from gradio import processing_utils
+
+    from mixdemo import ui
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))
+    demo = ui.build_demo()
+    ui.launch_demo(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        download = next(b for b in demo.blocks.values() if getattr(b, "served_folders", None) is not None)
+        served, other = (Path(ui._output_dir()) / "segmentation.nii.gz" for _ in range(2))
+        for path in (served, other):
+            path.write_bytes(b"labels")
+        asyncio.run(processing_utils.async_move_files_to_cache(download.postprocess(str(served)), download,
+                                                               postprocess=True))
+        assert served.exists()
+    finally:
+        demo.close()
+    assert not served.parent.exists()  # its folder went with the server
+    assert other.exists()  # another process's (same cache) is left to that process
+
+
 def test_a_live_session_s_download_outlasts_the_next_runs_clean_up_for_as_long_as_the_session(tmp_path, monkeypatch):
     """Each run clears the outputs folder of downloads older than OUTPUT_MAX_AGE_S: an hour deleted the download of a
     session that lives two hours after its last run (SESSION_TTL_S; README: its download goes with its state)."""
