@@ -405,6 +405,7 @@ def session_download(component: gr.File) -> gr.File:
         full = None if path is None else str(abspath(path))
         if full is None or not is_in_or_equal(full, str(_outputs_root())):
             return None
+        served.difference_update([f for f in served if not os.path.isdir(f)])  # those gone with their sessions
         served.add(str(Path(full).parent))
         return full
 
