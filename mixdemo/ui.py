@@ -663,7 +663,9 @@ clients mix, to take a proxy back to its target (`mixdemo.attacks.inversion`; tr
 training.train_inversion` on phantom subjects outside this demo's bank). It inverts the **proxy of your last run**, at
 half resolution (a whole-volume run suits it best; a 32³ patch gives it little context)."""
 TTA_MD = """With TTA the server receives K proxies of **one** target in one request: averaging them cancels the
-references in part (x̄ = α·x + (1−α)·mean(x_ref)). Defences: a fresh α per mix, or separate requests."""
+references in part (x̄ = α·x + (1−α)·mean(x_ref)). Defences the client can try: a fresh α per mix, which does not help
+(measured in `results/privacy.json`: the averaged proxies are re-identified no less); separate requests, which do (the
+server must first re-link the K proxies among others), though each proxy can still be attacked on its own."""
 
 
 def _unavailable(exc: Exception, n: int):

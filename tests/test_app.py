@@ -577,6 +577,23 @@ def test_the_averaging_panel_shows_the_estimate_of_the_proxies_it_averaged(monke
         assert f"target: {curve[-1]:.3f}, against {msssim_3d(mu, tgt):.3f}" in md
 
 
+def test_the_averaging_panel_says_which_defences_the_privacy_record_found_to_help():
+    """The TTA panel offers two defences; the privacy record measured a fresh α per mix leaving re-identification of
+    the averaged proxies no lower (README: "a fresh α per mix ... does not"), separate requests lowering it. The
+    panel's text presented both alike ("Defences: a fresh α per mix, or separate requests")."""
+    import json
+
+    from mixdemo import ui
+
+    record = json.loads((ui.RESULTS_DIR / "privacy.json").read_text(encoding="utf-8"))["defences"]
+    offered = {"a fresh α per mix": "fresh_alpha", "separate requests": "separate_shuffled_requests"}
+    clauses = ui.TTA_MD.split("Defences the client can try:")[1].split(";")
+    for phrase, row in offered.items():
+        clause = next(c for c in clauses if phrase in c)
+        helps = record[row]["reid_map"] < record["none"]["reid_map"]
+        assert ("does not help" in clause) is not helps, (phrase, clause)
+
+
 def test_about_shows_results_and_cards(tmp_path, monkeypatch):
     import json
 
