@@ -1285,8 +1285,9 @@ def build_demo() -> gr.Blocks:
                               api_name="load_upload", concurrency_limit=1, concurrency_id="compute",
                               show_progress_on=[status], **private
                               ).then(results_of, [sess], results, show_progress="hidden", **private)
+                # after the scan being loaded (labels uploaded while it registers would reach the scan before it)
                 upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",
-                                     concurrency_limit=2, **private)
+                                     concurrency_limit=1, concurrency_id="compute", **private)
                 for c in (cx, cy, cz):
                     c.release(on_centre, [sess, cx, cy, cz, opacity, mode], [sess, *panels], api_name="move_centre",
                               concurrency_limit=4, show_progress="hidden", **private)

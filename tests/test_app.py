@@ -1715,6 +1715,19 @@ def test_a_new_scan_replaces_the_last_one_s_results_and_download_and_waits_for_i
     assert {fns[n].concurrency_limit for n in ("load_example", "load_upload", "segment")} == {1}
 
 
+def test_labels_uploaded_while_their_scan_loads_wait_for_it():
+    """A scan and its labels uploaded one after the other (the two boxes of one accordion): the labels' event ran at
+    once beside the scan's slower load (a registration takes seconds), so they were refused ("Load a scan first") or
+    attached to the scan loaded before, and the scan's status then said "no labels yet": the labels were lost. They
+    share the loads' queue now, so they reach the scan loaded before them."""
+    from mixdemo import ui
+
+    demo = ui.build_demo()
+    fns = {f.api_name: f for f in demo.fns.values()}
+    assert fns["load_labels"].concurrency_id == fns["load_upload"].concurrency_id == "compute"
+    assert fns["load_labels"].concurrency_limit == 1
+
+
 def test_a_class_the_region_s_truth_lacks_is_not_scored_as_a_perfect_dice():
     """A patch outside the brain read Dice 1.000 everywhere (absent from both maps: 1 by convention): a class the
     truth lacks is shown as —, left out of the mean, and a region with none says Dice is not defined."""
