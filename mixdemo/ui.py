@@ -304,6 +304,15 @@ def results_of(sess: Session | None):
     return (*[None] * (n - 4), DICE_PLACEHOLDER, gr.update(value=None, visible=False), None, [])
 
 
+def example_menu_of(sess: Session | None):
+    """After an upload: the example menu emptied when the session now holds the upload, so that it names no example
+    that is not loaded and a pick of the example it named loads it again (that pick changed no value: no event ran);
+    left as it is after a refused upload (the scan loaded before stays)."""
+    if sess is not None and sess.source != "example":
+        return gr.update(value=None)
+    return gr.skip()
+
+
 RESULT_OUTPUTS = 13
 """How many outputs :func:`results_of` sets: 9 panels, the Dice table and plot, the download, the K mixes."""
 
@@ -1275,7 +1284,8 @@ def build_demo() -> gr.Blocks:
                 # a scan loads after any run of its session has finished (the same queue), so that the run's end
                 # cannot bring the previous scan back; then the previous scan's results and download go
                 results = [*panels[1:], dice, plot, seg_file, mixes]
-                example.change(load_example, [example, sess], [sess, cx, cy, cz, loc, status], api_name="load_example",
+                # the user's pick (input), not any change of the menu's value: an upload empties it (example_menu_of)
+                example.input(load_example, [example, sess], [sess, cx, cy, cz, loc, status], api_name="load_example",
                                concurrency_limit=1, concurrency_id="compute", show_progress_on=[status], **private
                                ).then(results_of, [sess], results, show_progress="hidden", **private)
                 # in the browser, at once: the last upload's refusal does not stay on the line while this one loads
@@ -1284,7 +1294,8 @@ def build_demo() -> gr.Blocks:
                 upload.upload(load_upload, [upload, upload_series, sess], [sess, cx, cy, cz, loc, status, upload, upload_series],
                               api_name="load_upload", concurrency_limit=1, concurrency_id="compute",
                               show_progress_on=[status], **private
-                              ).then(results_of, [sess], results, show_progress="hidden", **private)
+                              ).then(results_of, [sess], results, show_progress="hidden", **private
+                              ).then(example_menu_of, [sess], [example], show_progress="hidden", **private)
                 # after the scan being loaded (labels uploaded while it registers would reach the scan before it)
                 upload_labels.upload(load_upload_labels, [upload_labels, sess], [sess, status, upload_labels], api_name="load_labels",
                                      concurrency_limit=1, concurrency_id="compute", **private)

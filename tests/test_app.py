@@ -1728,6 +1728,27 @@ def test_labels_uploaded_while_their_scan_loads_wait_for_it():
     assert fns["load_labels"].concurrency_limit == 1
 
 
+def test_an_example_can_be_picked_again_once_an_upload_replaced_it():
+    """After an upload replaced an example, the example menu still named that example, and picking it again did
+    nothing (its value had not changed, so no event ran): the example could not be loaded again without picking
+    another first. A loaded upload now empties the menu (a refused one leaves it), and only a user's pick loads an
+    example (emptying the menu loads nothing)."""
+    import gradio as gr
+
+    from mixdemo import ui
+
+    assert ui.example_menu_of(ui.Session(target=None, source="upload")) == gr.update(value=None)
+    assert ui.example_menu_of(ui.Session(target=None, source="example")) == gr.skip()  # a refused upload: as it was
+    demo = ui.build_demo()
+    example = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label.startswith("1 · Example"))
+    loads = [f for f in demo.fns.values() if f.api_name == "load_example"]
+    assert [t[1] for f in loads for t in f.targets] == ["input"]  # the user's pick, not any change of the value
+    uploads = [f for f in demo.fns.values() if f.api_name == "load_upload"]
+    menu = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "example_menu_of"]
+    assert len(menu) == 1 and [b._id for b in menu[0].outputs] == [example._id]
+    assert menu[0].trigger_after is not None and len(uploads) == 1  # it follows the upload's chain
+
+
 def test_a_class_the_region_s_truth_lacks_is_not_scored_as_a_perfect_dice():
     """A patch outside the brain read Dice 1.000 everywhere (absent from both maps: 1 by convention): a class the
     truth lacks is shown as —, left out of the mean, and a region with none says Dice is not defined."""
