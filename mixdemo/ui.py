@@ -756,11 +756,24 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     md = (
         f"**MS-SSIM, recovered vs true target: {ms_t:.3f}**; recovered vs true reference: {ms_r:.3f}; "
         f"for comparison, the proxy itself vs the target: {ms_proxy:.3f}. "
-        f"{'α known to the attacker (an upper bound)' if known_alpha else 'α unknown (grid search)'}, "
+        f"{'α known to the attacker (an upper bound)' if known_alpha else _unknown_alpha_note(v['alpha'], res.alphas[0, best])}, "
         f"{steps} steps per noise level, best of {res.sources.shape[1]} initialisations under the best source "
         f"assignment (generous to the attacker){note}."
     )
     return m(rec_t), m(target), m(rec_r), m(reference), md
+
+
+def _unknown_alpha_note(alpha: float, chosen: float) -> str:
+    """What the separation without α searched (``mixdemo.attacks.bss.ALPHA_GRID``: the client's public default range,
+    folded to α ≥ 0.5), the α its best chain chose, and whether this run's α lay outside what it searched."""
+    from mixdemo.attacks.bss import ALPHA_GRID
+
+    lo, hi = min(ALPHA_GRID), max(ALPHA_GRID)
+    folded = max(alpha, 1 - alpha)
+    outside = "" if lo - 1e-6 <= folded <= hi + 1e-6 else (
+        f"; this run's α, {alpha:.2f}, lies outside it, so the attacker, who assumes the default range, never tried it")
+    return (f"α unknown (grid search over {lo:.2f}–{hi:.2f}: the client's default α range, folded to α ≥ 0.5; the best "
+            f"chain chose {float(chosen):.2f}{outside})")
 
 
 def _examples_on_grid(progress) -> tuple[list[np.ndarray], list[str]]:

@@ -1510,6 +1510,16 @@ def test_separation_glue_with_an_untrained_prior(app_weights, example, monkeypat
     assert "cancelled early" in ui._separation(sess, 2, _Progress(), cancelled, False)[4]
 
 
+def test_the_separation_without_alpha_says_what_it_searched_and_when_the_run_s_alpha_lies_outside():
+    """The panel said only 'grid search': with α = 0.15 set on the slider the attacker searched 0.50–0.70 (the default
+    range folded), never the run's α, and nothing said so."""
+    from mixdemo import ui
+
+    inside, outside = ui._unknown_alpha_note(0.4, 0.6), ui._unknown_alpha_note(0.15, 0.7)
+    assert "grid search over 0.50–0.70" in inside and "chose 0.60" in inside and "outside" not in inside
+    assert "this run's α, 0.15, lies outside it" in outside
+
+
 def test_the_separation_panel_scores_the_recovered_target_against_the_true_one(app_weights, example, monkeypatch):
     """An attack that recovers both sources exactly, returned in the swapped order: the panel assigns them, shows
     MS-SSIM 1.000 for the target and the reference, and draws the recovered target as the true one."""
