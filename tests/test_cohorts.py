@@ -281,6 +281,33 @@ def test_user_errors_keeps_the_traceback_of_anything_else(monkeypatch):
             raise KeyError("x")
 
 
+def test_under_torchrun_the_error_is_printed_once_even_when_rank_0_meets_it_last(tmp_path):
+    """Under torchrun every process meets a cohort error and rank 0 says it. Rank 0 may meet it after the others
+    (training.train has it check the test split's headers first: seconds on a BraTS-sized split); another rank
+    exiting first must not have torchrun stop rank 0 before it has said what is wrong."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import os, time\n"
+        "import torch.distributed as dist\n"
+        "from mixdemo.data import CohortError\n"
+        "from training import user_errors\n"
+        "with user_errors():\n"
+        "    dist.init_process_group('gloo')\n"
+        "    if dist.get_rank() == 0:\n"
+        "        time.sleep(4)  # rank 0 behind the others, as after its test-split check\n"
+        "    raise CohortError('Scan x: broken')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert (done.stdout + done.stderr).count("error: Scan x: broken") == 1, done.stderr[-3000:]
+
+
 def test_split_json_may_name_the_classes(brats_2021, tmp_path):
     root = tmp_path / "named"
     write_brats_case(root, "BraTS2021_00000", 0)

@@ -61,9 +61,68 @@ def user_errors() -> Iterator[None]:
 
         if not isinstance(exc, CohortError | ScanError | WeightsError | DeviceUnavailable):
             raise
-        if os.environ.get("RANK", "0") != "0":  # under torchrun every process meets the error: rank 0 says it
+        rank = os.environ.get("RANK", "0")
+        if rank != "0":  # under torchrun every process meets the error: rank 0 says it
+            if _rank_0_said_it():
+                raise SystemExit(1) from None
+            raise SystemExit(f"error (rank {rank}): {exc}") from None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # said now, before the others may exit and torchrun stop us
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            _tell_the_others_it_is_said()
             raise SystemExit(1) from None
         raise SystemExit(f"error: {exc}") from None
+
+
+RANK_0_WAIT_S = 60.0
+"""How long a process of a torchrun run that met a user error waits for rank 0 to say it before exiting: rank 0 may
+meet it later (training.train checks the test split's headers on rank 0 first), and torchrun stops every process
+once one has exited, so an early exit would leave the error unsaid."""
+
+
+def _error_key() -> str:
+    return f"mixdemo/user_error/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def _launcher_store(timeout_s: float):  # noqa: ANN202 - a torch.distributed.TCPStore, or None
+    """A client of the key-value store of the torchrun run (``MASTER_ADDR``:``MASTER_PORT``), None where there is
+    none to reach."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    try:
+        return dist.TCPStore(addr, int(port), is_master=False, timeout=timedelta(seconds=timeout_s))
+    except Exception:  # noqa: BLE001 - no store: the caller says the error itself
+        return None
+
+
+def _tell_the_others_it_is_said() -> None:
+    store = _launcher_store(10.0)
+    try:
+        if store is not None:
+            store.set(_error_key(), "1")
+    except Exception:  # noqa: BLE001 - the others then say it themselves after waiting
+        pass
+
+
+def _rank_0_said_it() -> bool:
+    """Whether rank 0 said the error, waiting up to :data:`RANK_0_WAIT_S` for it; True outside torchrun (no store:
+    nothing to wait for, as before), False when the wait ran out or the store could not be reached."""
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        return True
+    store = _launcher_store(RANK_0_WAIT_S)
+    if store is None:
+        return False
+    from datetime import timedelta
+
+    try:
+        store.wait([_error_key()], timedelta(seconds=RANK_0_WAIT_S))
+        return True
+    except Exception:  # noqa: BLE001 - a timeout or a lost store: this process says it
+        return False
 
 
 LISTED = 10
