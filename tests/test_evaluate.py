@@ -834,6 +834,17 @@ def test_the_ratio_to_the_baseline_pairs_each_volume_with_its_own_baseline():
         assert entry == {"ratio": 0.99, "ci95": [0.99, 0.99]}
 
 
+def test_a_baseline_that_labels_nothing_leaves_the_ratio_empty_not_the_evaluation_crashed():
+    """A baseline of Dice 0 on every test volume (a smoke run's few steps) has no ratio to it: the ratios are None
+    (written as null, shown as a dash), not a ValueError at the end of an evaluation that loses its results."""
+    from training.evaluate import ratios_to_baseline
+
+    rows = {"baseline": [{"avg": 0.0}, {"avg": 0.0}]}
+    rows |= {m: [{"avg": 0.4}, {"avg": 0.5}] for m in ("naive", "naive_tta", "learned", "learned_tta")}
+    for entry in ratios_to_baseline(rows).values():
+        assert entry == {"ratio": None, "ci95": [None, None]}
+
+
 def test_the_consistency_record_keeps_its_evaluation_and_refuses_one_of_another_d(tmp_path):
     """training.record_consistency: the gates are the default's figures, the candidate's training and calibration
     records are kept apart, and an evaluation of another D or of other weights is refused; the report's verdict

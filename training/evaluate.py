@@ -156,11 +156,15 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def ratios_to_baseline(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict]:
     """Each private method's average Dice over the baseline's, on the same volumes, with a paired bootstrap
-    95 % interval over the volumes (the issue's "× Baseline" target, and how far a few volumes leave it)."""
+    95 % interval over the volumes (the issue's "× Baseline" target, and how far a few volumes leave it). None
+    where the baseline's mean Dice is 0 (a baseline that labels nothing, as after a smoke run's few steps)."""
     base = [r["avg"] for r in rows["baseline"]]
     out = {}
     for m in METHODS:
         if m == "baseline":
+            continue
+        if not np.mean(base) > 0:
+            out[m] = {"ratio": None, "ci95": [None, None]}
             continue
         ratio, lo, hi = ratio_of_means_ci([r["avg"] for r in rows[m]], base)
         out[m] = {"ratio": round(ratio, 4), "ci95": [None if np.isnan(lo) else round(lo, 4), None if np.isnan(hi) else round(hi, 4)]}
