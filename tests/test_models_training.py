@@ -872,6 +872,10 @@ def test_a_patch_larger_than_the_grid_is_refused_with_the_largest_that_fits(tiny
     argv[argv.index("--patch-size") + 1], argv[argv.index("--batch-size") + 1] = "16", "1"
     with pytest.raises(SystemExit, match="leaves 1 voxel.*--batch-size 2 or more, or --patch-size 32 or more"):
         train.main(argv)  # batch norm would raise deep in the first step
+    argv[argv.index("--patch-size") + 1], argv[argv.index("--batch-size") + 1] = "8", "4"
+    with pytest.raises(SystemExit) as stop:  # no batch size helps: U-Net++ halves a patch 4 times
+        train.main(argv)
+    assert "--patch-size 8 is smaller than 16" in str(stop.value) and "--batch-size 2 or more" not in str(stop.value)
 
 
 @pytest.mark.parametrize("precision, channels_last", [

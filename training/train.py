@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "than the memory (BraTS); default: every scan in memory")
     p.add_argument("--steps", type=count(1), default=3000)
     p.add_argument("--batch-size", type=count(1), default=4)
-    p.add_argument("--patch-size", type=int, default=32)
+    p.add_argument("--patch-size", type=count(1), default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--features", type=widths(6, ("small", "paper")), default=None,
                    help="S's widths: 'small', 'paper' or 6 comma-separated widths (default: small; with --init-from, "
@@ -374,6 +374,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--val-subjects validates mixes with one reference; it does not support --n-references 2 yet.")
     deepest = (args.patch_size // 2 ** SegmentationNet.POOLINGS) ** 3  # voxels a patch keeps at U-Net++'s last level
     views = 2 if args.consistency else 1  # --consistency: each target patch mixed twice (MixedPatchSampler views)
+    if deepest == 0:  # no batch size helps: the deepest level has no voxel left
+        smallest = 2 ** SegmentationNet.POOLINGS
+        raise SystemExit(f"--patch-size {args.patch_size} is smaller than {smallest}: U-Net++ halves a patch "
+                         f"{SegmentationNet.POOLINGS} times, which leaves it no voxel; give --patch-size {smallest} or "
+                         f"more ({2 * smallest} or more with --batch-size 1).")
     if args.batch_size * views * deepest < 2:
         raise SystemExit(f"--patch-size {args.patch_size} leaves {deepest} voxel(s) at U-Net++'s deepest level, and batch "
                          f"normalisation needs 2 or more values per batch there: give --batch-size 2 or more, or "
