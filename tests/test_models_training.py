@@ -1075,7 +1075,7 @@ def test_baseline_mode_trains_segmentation_only(tiny_cohort, tmp_path, capsys):
     assert row["step"] == "2" and float(row["loss_unmix"]) == 0 and row["loss"] == row["loss_seg"] != "0.0000"
 
 
-def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(tiny_cohort):
+def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(tiny_cohort, tmp_path):
     from training.validate import hold_out
 
     records = load_cohort(tiny_cohort).split("train")
@@ -1091,6 +1091,12 @@ def test_hold_out_keeps_the_last_subjects_for_validation_and_two_for_training(ti
 
     with pytest.raises(SystemExit, match="one reference"):
         train.main(["--data", str(tiny_cohort), "--n-references", "2", "--val-subjects", "1", "--steps", "1"])
+    # --consistency mixes a target with references of two disjoint subjects: 3 must stay, said before any step
+    with pytest.raises(SystemExit, match=r"--val-subjects 1: the training split has 3 subjects and at least 3 must "
+                                         r"stay for training \(none can be held out\)"):
+        train.main(["--data", str(tiny_cohort), "--consistency", "0.5", "--val-subjects", "1", "--steps", "1",
+                    "--patch-size", "16", "--batch-size", "2", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "w")])
+    assert not (tmp_path / "run").exists()
 
 
 def test_validation_scores_a_baselines_labels_inside_the_held_out_brains(tiny_cohort):

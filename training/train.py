@@ -413,7 +413,8 @@ def main(argv: list[str] | None = None) -> dict:
         if isinstance(state.get("settings"), dict):  # one saved before the default was recorded as None, too
             state["settings"]["modality"] = recorded_modality(state["settings"].get("modality"), default)
         check_resumable(state, settings, args.steps, ckpt_path)
-    train_records, val_records = hold_out(cohort.split("train"), args.val_subjects)
+    train_records, val_records = hold_out(cohort.split("train"), args.val_subjects,  # as many as check_training_split
+                                          keep=max(2, 1 + views * args.n_references) if args.mode != "baseline" else 2)
     trained_on = cohort_trained_on(cohort, train_records)
     if state is not None:
         check_same_cohort(state.get("cohort"), trained_on, ckpt_path)

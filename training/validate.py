@@ -18,15 +18,15 @@ from mixdemo.pipeline import Reference
 from training.evaluate import baseline_labels, dice_row, masked, predict_k
 
 
-def hold_out(records: Sequence[ScanRecord], n_subjects: int) -> tuple[list[ScanRecord], list[ScanRecord]]:
+def hold_out(records: Sequence[ScanRecord], n_subjects: int, keep: int = 2) -> tuple[list[ScanRecord], list[ScanRecord]]:
     """(training scans, validation scans): the scans of the last ``n_subjects`` subjects (sorted by name)
-    are the validation ones. At least two subjects must stay for training (a mix needs a reference from
-    another subject)."""
+    are the validation ones. At least ``keep`` subjects must stay for training: two (a mix needs a reference from
+    another subject), three with ``--consistency`` (two mixes of a target, references of disjoint subjects)."""
     subjects = sorted({r.subject for r in records})
-    if n_subjects < 0 or (n_subjects and n_subjects > len(subjects) - 2):
-        choice = f"choose 0 to {len(subjects) - 2}" if len(subjects) > 2 else "none can be held out"
-        raise SystemExit(f"--val-subjects {n_subjects}: the training split has {len(subjects)} subjects and at least 2 "
-                         f"must stay for training ({choice}).")
+    if n_subjects < 0 or (n_subjects and n_subjects > len(subjects) - keep):
+        choice = f"choose 0 to {len(subjects) - keep}" if len(subjects) > keep else "none can be held out"
+        raise SystemExit(f"--val-subjects {n_subjects}: the training split has {len(subjects)} subjects and at least "
+                         f"{keep} must stay for training ({choice}).")
     held = set(subjects[len(subjects) - n_subjects:])
     return [r for r in records if r.subject not in held], [r for r in records if r.subject in held]
 
