@@ -878,6 +878,34 @@ def test_a_patch_larger_than_the_grid_is_refused_with_the_largest_that_fits(tiny
     assert "--patch-size 8 is smaller than 16" in str(stop.value) and "--batch-size 2 or more" not in str(stop.value)
 
 
+@pytest.mark.parametrize("extra, says", [
+    (["--alpha-range", "0.9", "0.1"], "--alpha-range"),  # was a traceback at the first step
+    (["--alpha-range", "0.5", "1.5"], "--alpha-range"),  # was trained on, α > 1 weighing the reference negatively
+    (["--n-references", "0"], "--n-references"),
+    (["--unmix-patch", "0"], "--unmix-patch"),
+    (["--unmix-patch", "3"], "--patch-size 16 is not a multiple of 6"),  # D's 3³ patches, then a pooling
+    (["--patch-size", "21"], "--patch-size 21 is not a multiple of 2"),
+])
+def test_options_that_cannot_train_are_refused_before_the_cohort_loads(tiny_cohort, tmp_path, capsys, extra, says):
+    from training import train
+
+    with pytest.raises(SystemExit) as stop:
+        train.main(_train_cmd(tiny_cohort, tmp_path / "w", tmp_path / "run", 1, extra))
+    assert says in f"{stop.value.code} {capsys.readouterr().err}" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module", ["evaluate", "calibrate"])
+def test_an_alpha_range_outside_what_d_unmixes_is_a_usage_error(module, capsys):
+    import importlib
+
+    parse = importlib.import_module(f"training.{module}").parse_args
+    base = ["--out", "unused"] if module == "calibrate" else []
+    for bad in (["0.6", "0.2"], ["0.5", "1.5"], ["0", "0.5"]):
+        with pytest.raises(SystemExit) as stop:
+            parse([*base, "--alpha-range", *bad])
+        assert stop.value.code == 2 and "--alpha-range" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("precision, channels_last", [
     ("float32", False), ("float32", True), ("bfloat16", False),
     # the layout of a bfloat16 convolution's output is oneDNN's choice: an emulating CPU returns it contiguous

@@ -46,6 +46,18 @@ def parse_with_out(parser, argv: list[str] | None, name: str, note: str = ""):  
     return args
 
 
+def check_alpha_range_option(parser, args) -> None:  # noqa: ANN001 - argparse
+    """A usage error (exit status 2) unless ``args.alpha_range`` is a range of α that mixing and D take: low ≤ high,
+    both in [:data:`mixdemo.mixing.MIN_ALPHA`, 1] (a reversed range raised at the first draw, and α above 1 weighed
+    the reference negatively without a word)."""
+    from mixdemo.mixing import check_alpha_range
+
+    try:
+        check_alpha_range(args.alpha_range)
+    except ValueError as exc:
+        parser.error(f"--alpha-range {args.alpha_range[0]:g} {args.alpha_range[1]:g}: {exc}")
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Around a command's ``main()`` when run from the shell: an error in what the user gave (a cohort folder,

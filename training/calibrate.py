@@ -36,8 +36,8 @@ from mixdemo.metrics import dice_per_class
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.pipeline import Reference
 from mixdemo.weights import load_model
-from training import (add_device_option, check_model_classes, command_line, count, save_derived_model, source_model,
-                      trained_data, user_errors)
+from training import (add_device_option, check_alpha_range_option, check_model_classes, command_line, count,
+                      save_derived_model, source_model, trained_data, user_errors)
 
 
 
@@ -61,7 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="D only: read the training scans memory-mapped from DIR, written once (mixdemo.data.load_volumes)")
     p.add_argument("--threads", type=count(0), default=0)
     add_device_option(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_alpha_range_option(p, args)
+    return args
 
 
 @dataclass

@@ -42,8 +42,8 @@ from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_naive
 from mixdemo.weights import (DEFAULT_UNMIXING, WEIGHTS_DIR_ENV, load_model, other_segmentation, read_training_record,
                              resolve_model_dir, s_precision, unmixing_precision)
-from training import (DATA_HELP, add_device_option, check_model_classes, command_line, count, first_few, parse_with_out,
-                      user_errors, write_record)
+from training import (DATA_HELP, add_device_option, check_alpha_range_option, check_model_classes, command_line, count,
+                      first_few, parse_with_out, user_errors, write_record)
 
 CLASSES = {1: "GM", 2: "WM", 3: "CSF"}
 """The phantoms' scored classes; an evaluation names those of its cohort (``Cohort.foreground_classes``)."""
@@ -118,6 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parse_with_out(p, argv, "segmentation.json", " (and read by --figures-only; figures go beside it)")
     if args.figures_only and args.no_figures:
         p.error("--figures-only and --no-figures exclude each other")
+    check_alpha_range_option(p, args)
     if args.quick:
         args.volumes, args.k_max, args.tta_k, args.draws = min(args.volumes or 2, 2), min(args.k_max or DEFAULT_K_MAX, 5), min(args.tta_k, 3), 2
         args.crop = args.crop or QUICK_CROP

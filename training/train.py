@@ -56,7 +56,8 @@ from mixdemo.models import (PAPER_FEATURES, SMALL_FEATURES, SegmentationNet, Unm
                             widen_references)
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
 from mixdemo.weights import native_bfloat16
-from training import DATA_HELP, add_device_option, command_line, count, first_few, user_errors
+from training import (DATA_HELP, add_device_option, check_alpha_range_option, command_line, count, first_few,
+                      user_errors)
 from training.validate import hold_out, make_validation, validation_dice
 
 
@@ -81,14 +82,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "its S's)")
     p.add_argument("--unmix-features", type=widths(2), default=None,
                    help="D's two widths (default: 16,32; when a warm start goes on from a D, that D's)")
-    p.add_argument("--unmix-patch", type=int, default=None,
+    p.add_argument("--unmix-patch", type=count(1), default=None,
                    help="D's patch: 1 full resolution; p > 1 its blocks on p³ patches (mixdemo.models.UnmixingNet) "
                         "(default: 1; when a warm start goes on from a D, that D's)")
-    p.add_argument("--unmix-hidden", type=int, default=None,
+    p.add_argument("--unmix-hidden", type=count(0), default=None,
                    help="with --unmix-patch > 1: 0 an α-gated linear per-voxel skip; H a per-voxel MLP with H channels "
                         "(default: 0; when a warm start goes on from a D, that D's)")
     p.add_argument("--alpha-range", type=float, nargs=2, default=TRAIN_ALPHA_RANGE)
-    p.add_argument("--n-references", type=int, default=1, help="references per mix (2: three sources)")
+    p.add_argument("--n-references", type=count(1), default=1, help="references per mix (2: three sources)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from the model folders in this directory (e.g. weights): its segmentation (or "
                         "baseline) S, and for --n-references 2 its one-reference D widened by "
@@ -138,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="networks and inputs in channels-last 3D (faster convolutions on CPUs, and on GPUs in "
                         "bfloat16); off by default, so the shipped weights' commands reproduce them exactly")
     args = p.parse_args(argv)
+    check_alpha_range_option(p, args)
     args.data_given = args.data is not None
     args.data = DEFAULT_COHORT if args.data is None else args.data
     if args.init_from is None or start_folders(args.mode, args.init_unmixing)[1] is None:
@@ -388,6 +390,12 @@ def main(argv: list[str] | None = None) -> dict:
         args.features = start_features(args.init_from, args.mode, args.features)
         check_start_data(args.init_from, args.mode, args.data_given)
         start_unmixing_design(args.init_from, args.mode, args.init_unmixing, args)
+    multiple = 2 * args.unmix_patch  # UnmixingNet.size_multiple: D's patches, then one pooling
+    if args.mode != "baseline" and args.patch_size % multiple:
+        raise SystemExit(f"--patch-size {args.patch_size} is not a multiple of {multiple}, which D's input sides must be "
+                         f"(--unmix-patch {args.unmix_patch}: its {args.unmix_patch}³ patches, then a pooling): give "
+                         f"--patch-size {args.patch_size // multiple * multiple or multiple} or "
+                         f"{(args.patch_size // multiple + 1) * multiple}.")
     name = args.name or {"private": "segmentation"}.get(args.mode, args.mode)
     run_dir = args.run_dir or Path("runs") / name
     if rank == 0:
