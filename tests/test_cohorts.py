@@ -741,6 +741,23 @@ def test_prepare_cohort_given_brats_case_folders_says_training_reads_them_as_the
     assert not (tmp_path / "out").exists()
 
 
+def test_prepare_cohort_given_no_folders_says_so_and_names_the_files_it_holds(tmp_path):
+    """An empty SRC, or one holding a scan's files loose (not in a <subject>_<scan>/ folder), is told what it holds
+    and what a scan is, not "its folders: ." """
+    from training import prepare_cohort
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(SystemExit) as stop:
+        prepare_cohort.main([str(src), "--out", str(tmp_path / "out")])
+    assert "its folders: ." not in str(stop.value) and "holds no folder" in str(stop.value)
+    (src / "sub-01_t1.nii.gz").write_bytes(b"")
+    (src / "sub-01_seg.nii.gz").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"holds no folder.*sub-01_seg\.nii\.gz, sub-01_t1\.nii\.gz.*<subject>_<scan>/"):
+        prepare_cohort.main([str(src), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_cohort_says_which_scans_it_took_to_be_in_mni_space_already():
     """A scan the model-space check lets through is not registered: its line says so, so that a low similarity
     (no warning is given without a registration) is read for what it is."""

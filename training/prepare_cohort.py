@@ -92,8 +92,14 @@ def find_scans(src: Path) -> tuple[list[RawScan], dict[str, str]]:
             raise SystemExit(f"{src} holds BraTS case folders ({brats} cases), which training reads as they are: "
                              f"python -m training.train --data {src} (co-registered and skull-stripped already, on their "
                              "own grid; this command prepares raw scans for the PPMI-like layout).")
+        if ignored:
+            held = f"its folders: {first_few(list(ignored))}"
+        else:  # nothing, or a scan's files loose in SRC
+            files = sorted(p.name for p in src.iterdir())
+            held = (f"it holds no folder (its files: {first_few(files)}): each scan is a folder <subject>_<scan>/ "
+                    "holding its files" if files else "it holds no folder (it is empty)")
         raise SystemExit(f"{src} holds no <name>/t1.nii.gz + seg.nii.gz folders nor FreeSurfer subjects "
-                         f"(<name>/mri/orig.mgz + mri/aseg.mgz); its folders: {first_few(list(ignored))}.")
+                         f"(<name>/mri/orig.mgz + mri/aseg.mgz); {held}.")
     return scans, ignored
 
 
