@@ -1250,6 +1250,21 @@ def test_recalibrate_batch_norm_sets_the_plain_average_of_the_batches_and_keeps_
         recalibrate_batch_norm(torch.nn.Conv3d(1, 1, 1), batches)
 
 
+def test_without_data_a_derived_model_reads_the_cohort_its_record_names_or_stops(tmp_path, monkeypatch):
+    """calibrate and precise_bn without --data read the cohort the model was trained on; a record naming a folder
+    that is not there (moved, or a relative path read from another folder) stops them with the path, instead of
+    fitting on the phantom cohort without a word (a tissue model on another tissue cohort passes the class check)."""
+    from mixdemo.phantoms import DEFAULT_COHORT
+    from training import trained_data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    assert trained_data({"data": "mine"}) == Path("mine")
+    assert trained_data({}) == trained_data({"data": str(DEFAULT_COHORT)}) == DEFAULT_COHORT  # the phantoms'
+    with pytest.raises(CohortError, match=r"trained on elsewhere/ppmi, which is not a folder here.*--data"):
+        trained_data({"data": "elsewhere/ppmi"})
+
+
 def test_precise_bn_writes_a_loadable_folder_that_differs_only_in_the_statistics(tiny_cohort, tmp_path, monkeypatch,
                                                                                     capsys):
     """S trained on 16³ patches: its statistics are averaged over 32³ ones (one patch a pass leaves a 16³ patch one

@@ -191,12 +191,18 @@ def source_model(name: str, threads: int) -> dict:
 
 
 def trained_data(record: dict) -> Path:
-    """The cohort a model's training record names, where it still is; else the phantom cohort (the default of the
-    commands that derive a model from another: ``--data`` not given)."""
+    """The cohort a model's training record names (the default of the commands that derive a model from another:
+    ``--data`` not given); the phantom cohort for a record that names none. A CohortError when the folder it names
+    is not there (moved, or a relative path read from another folder): fitting on the phantoms instead would pass
+    unseen wherever the classes agree."""
+    from mixdemo.data import CohortError
     from mixdemo.phantoms import DEFAULT_COHORT  # here: this package loads without torch
 
     data = record.get("data")
-    return Path(data) if data and Path(data).is_dir() else DEFAULT_COHORT
+    if not data or Path(data) == Path(DEFAULT_COHORT) or Path(data).is_dir():
+        return Path(data) if data else DEFAULT_COHORT
+    raise CohortError(f"the model was trained on {data}, which is not a folder here (a relative path is read from the "
+                      f"current folder, {Path.cwd()}): give --data the cohort it was trained on.")
 
 
 def check_model_classes(names: list[str], cohort) -> None:  # noqa: ANN001 - a mixdemo.data.Cohort
