@@ -320,6 +320,21 @@ def check_k(k: int, n_references: int | None = None) -> None:
         raise ClientError(f"K must be between 1 and the number of references ({n_references}); got {k}.")
 
 
+SAME_SCAN_MEAN_DIFFERENCE = 0.01
+"""A reference whose image differs from the target's by less than this on average (intensities normalised to
+[0, 1]) is the target itself, prepared alike (0 for the same file); two phantom subjects differ by about 0.09."""
+
+
+def copies_of_target(target: np.ndarray, references: Sequence[Reference]) -> list[str]:
+    """The ids of the references that are the target's own scan (:data:`SAME_SCAN_MEAN_DIFFERENCE`): mixed with
+    itself, a scan's proxy α·x + (1 − α)·x is the scan, sent unmixed (a references folder holding the target's case)."""
+    return [r.ref_id for r in references if r.image.shape == target.shape
+            and float(np.abs(r.image - target).mean()) < SAME_SCAN_MEAN_DIFFERENCE]
+
+
+SELF_REFERENCE = ("mixed with itself, a scan's proxy is the scan, sent unmixed")
+
+
 def make_key(
     pool: Sequence[str],
     k: int,
@@ -965,6 +980,13 @@ def segment_file(
     if mode == "patch" and centre is not None and not all(0 <= c < n for c, n in zip(centre, target.image.shape)):
         raise ClientError(f"The patch centre {','.join(map(str, centre))} lies outside the "
                           f"{_shape_text(target.image.shape)} grid.")
+    if copies := copies_of_target(target.image, references):  # the target's own case among the references
+        references = [r for r in references if r.ref_id not in copies]
+        if progress:
+            progress(0.0, f"warning: {len(copies)} reference(s) are this scan itself, left out ({SELF_REFERENCE})")
+        if not references:
+            raise ClientError(f"Every reference is this scan itself ({SELF_REFERENCE}): give references of other "
+                              "subjects.")
     key = make_key([r.ref_id for r in references], k, alpha=alpha, seed=seed, mirror=mirror)
     prediction = run_private_labels(target.image, references, key, server, unmix_model, mode=mode, centre=centre,
                                     progress=progress, scores=target.needs_scores)

@@ -506,7 +506,7 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
                   mode: str, opacity: float, unmixing: str | None, mirror: bool,
                   pfn: Callable[[float, str], None]):
     """:func:`run_segmentation`'s work, reporting to ``pfn``."""
-    from mixdemo.client import ClientError, check_classes, make_key, run_private, unmixing_model
+    from mixdemo.client import ClientError, SELF_REFERENCE, check_classes, copies_of_target, make_key, run_private, unmixing_model
     from mixdemo.weights import WeightsError, unmixing_name
 
     if sess is None:
@@ -514,6 +514,11 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
     try:
         alpha_value = None if random_alpha else float(np.clip(alpha, ALPHA_MIN, ALPHA_MAX))
         bank = examples.reference_bank(pfn)
+        if copies := copies_of_target(sess.image, bank):  # an upload of a bank scan: never its own reference
+            if set(copies) & set(ref_ids or ()):
+                raise ClientError(f"Reference {', '.join(sorted(set(copies) & set(ref_ids)))} is this scan itself "
+                                  f"({SELF_REFERENCE}): choose another.")
+            bank = [r for r in bank if r.ref_id not in copies]
         key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None, mirror=mirror)
         unmix = unmixing_model(name=unmixing or None)
         class_names = server.model_classes()

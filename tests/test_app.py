@@ -98,6 +98,26 @@ class _Progress:
         pass
 
 
+def test_a_bank_reference_that_is_the_uploaded_scan_itself_is_never_mixed_with_it(app_weights, example, monkeypatch):
+    """An upload of one of the bank's own scans: mixed with that reference, its proxy would be the scan, sent unmixed.
+    The random draw leaves it out (each of five K = 1 runs mixes with the other reference; drawn from both, five
+    misses would be one chance in 32), and choosing it is refused with the reason."""
+    import gradio as gr
+
+    from mixdemo import examples, ui
+    from mixdemo.pipeline import Reference
+
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    other = examples.reference_bank()[0]
+    bank = [Reference("itself", sess.image.copy(), other.labels), other]
+    monkeypatch.setattr(examples, "reference_bank", lambda progress=None: bank)
+    for _ in range(5):
+        sess = ui.run_segmentation(sess, [], 1, 0.5, False, "patch", 0.5, progress=_Progress())[0]
+        assert sess.view["reference_id"] == other.ref_id
+    with pytest.raises(gr.Error, match="Reference itself is this scan itself"):
+        ui.run_segmentation(sess, ["itself"], 1, 0.5, False, "patch", 0.5, progress=_Progress())
+
+
 def test_ui_patch_round_trip(app_weights, example):
     from mixdemo import examples, ui
     from mixdemo.io import load_labels, load_scan

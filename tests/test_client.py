@@ -388,6 +388,34 @@ def test_a_scan_of_the_grid_s_shape_placed_off_it_by_its_header_is_resampled_ont
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj), shifted > 0)
 
 
+def test_a_reference_that_is_the_target_itself_is_left_out(example, tmp_path):
+    """A references folder holding the target's own case: drawn as a reference, its proxy α·x + (1 − α)·x is the scan
+    itself, sent unmixed. segment_file leaves such a reference out (with a warning) and refuses when none is left."""
+    import torch
+
+    from mixdemo.client import ClientError, copies_of_target, load_target, segment_file
+    from mixdemo.pipeline import Reference
+
+    folder, bank = example
+    target = load_target(folder / "t1.nii.gz")
+    itself = Reference("itself", target.image.copy(), bank[0].labels)
+    assert copies_of_target(target.image, [*bank[:2], itself]) == ["itself"]
+    sent: list[np.ndarray] = []
+
+    def server(proxies: np.ndarray) -> torch.Tensor:
+        sent.extend(proxies)
+        return torch.full((len(proxies), 4, *proxies.shape[1:]), 0.25)
+
+    said: list[str] = []
+    key = segment_file(folder / "t1.nii.gz", tmp_path / "seg.nii.gz", server, references=[itself, *bank[:2]], k=2,
+                       mode="whole", seed=1, progress=lambda f, m: said.append(m))
+    assert "itself" not in key.reference_ids and len(sent) == 2
+    assert all(np.abs(p - target.image).mean() > 0.02 for p in sent)  # every proxy mixes in another subject
+    assert any("1 reference(s) are this scan itself, left out" in m for m in said)
+    with pytest.raises(ClientError, match="Every reference is this scan itself"):
+        segment_file(folder / "t1.nii.gz", tmp_path / "seg2.nii.gz", server, references=[itself], k=1)
+
+
 def test_a_resampled_scan_s_labels_go_back_from_the_class_scores(example, tmp_path):
     """A scan whose grid lies half a voxel off the models' is resampled onto it, so its labels are resampled back:
     segment_file keeps the class scores for it (run_private_labels(..., scores=True)) and carries them back
