@@ -519,6 +519,7 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
                 raise ClientError(f"Reference {', '.join(sorted(set(copies) & set(ref_ids)))} is this scan itself "
                                   f"({SELF_REFERENCE}): choose another.")
             bank = [r for r in bank if r.ref_id not in copies]
+            gr.Warning(f"Reference {', '.join(copies)} is this scan itself, left out ({SELF_REFERENCE}).")
         key = make_key([r.ref_id for r in bank], int(k), alpha=alpha_value, reference_ids=ref_ids or None, mirror=mirror)
         unmix = unmixing_model(name=unmixing or None)
         class_names = server.model_classes()
