@@ -736,7 +736,6 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     """Run ``mixdemo.attacks.bss.separate`` on the proxy of the last patch run; draw it beside the truth."""
     separate = _attack("bss", ("separate",))
     config_cls = _attack("bss", ("LangevinConfig",))
-    from mixdemo.metrics import msssim_3d
 
     score = _score_model()
     v = sess.view
@@ -747,12 +746,12 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     best, best_score, best_pair = 0, -2.0, (0, 1)
     for i in range(res.sources.shape[1]):
         for t, r in ((0, 1), (1, 0)):
-            sc = msssim_3d(res.sources[0, i, t], target) + msssim_3d(res.sources[0, i, r], reference)
+            sc = _msssim(res.sources[0, i, t], target) + _msssim(res.sources[0, i, r], reference)
             if sc > best_score:
                 best, best_score, best_pair = i, sc, (t, r)
     rec_t, rec_r = res.sources[0, best, best_pair[0]], res.sources[0, best, best_pair[1]]
-    ms_t, ms_r = msssim_3d(rec_t, target), msssim_3d(rec_r, reference)
-    ms_proxy = msssim_3d(proxy, target)
+    ms_t, ms_r = _msssim(rec_t, target), _msssim(rec_r, reference)
+    ms_proxy = _msssim(proxy, target)
     c = tuple(n // 2 for n in target.shape)
     m = lambda vol: viz.montage(vol, c, scale=PATCH_SCALE, vmax=1.0, grid=True)  # noqa: E731
     note = "" if res.completed else " (cancelled early: partial result)"
@@ -780,6 +779,14 @@ def _unknown_alpha_note(alpha: float, chosen: float) -> str:
         f"; this run's α, {alpha:.2f}, lies outside it, so the attacker, who assumes the default range, never tried it")
     return (f"α unknown (grid search over {lo:.2f}–{hi:.2f}: the client's default α range, folded to α ≥ 0.5; the best "
             f"chain chose {float(chosen):.2f}{outside})")
+
+
+def _msssim(a: np.ndarray, b: np.ndarray) -> float:
+    """3D MS-SSIM as the privacy record takes it (``training.evaluate_privacy``, ``mixdemo.attacks``): of scans
+    normalised to [0, 1], with that fixed data range (not each pair's own), so a panel's figure reads as the record's."""
+    from mixdemo.metrics import msssim_3d
+
+    return msssim_3d(a, b, data_range=1.0)
 
 
 def _examples_on_grid(progress) -> tuple[list[np.ndarray], list[str]]:
@@ -851,7 +858,6 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
         invert = _attack("known_bank", ("invert_downsampled",))
     except AttackUnavailable as exc:
         return _unavailable(exc, 1)
-    from mixdemo.metrics import msssim_3d
 
     pfn = _progress_fn(progress)
     v = sess.view
@@ -859,7 +865,7 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
     pfn(0.5, "trying every bank scan and α")
     found = invert(v["proxy"], np.stack([r.image[v["region"]] for r in bank]))
     target = sess.image[v["region"]]
-    ms_est, ms_proxy = msssim_3d(found.estimate, target), msssim_3d(v["proxy"], target)
+    ms_est, ms_proxy = _msssim(found.estimate, target), _msssim(v["proxy"], target)
     side = _above_target(found.estimate, target, v["mode"])
     taken = bank[found.reference].ref_id
     verdict = ("found the reference this proxy was mixed with" if taken == v["reference_id"]
@@ -886,13 +892,12 @@ def inversion_report(sess: Session | None, progress: gr.Progress = gr.Progress()
         invert = _attack("inversion", ("invert_full_resolution",))
     except AttackUnavailable as exc:
         return _unavailable(exc, 1)
-    from mixdemo.metrics import msssim_3d
 
     _progress_fn(progress)(0.3, "the server's network inverts the proxy")
     v = sess.view
     estimate = invert(net, v["proxy"])
     target = sess.image[v["region"]]
-    ms_est, ms_proxy = msssim_3d(estimate, target), msssim_3d(v["proxy"], target)
+    ms_est, ms_proxy = _msssim(estimate, target), _msssim(v["proxy"], target)
     side = _above_target(estimate, target, v["mode"])
     md = (f"MS-SSIM of the network's estimate to the target: **{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy "
           f"itself (α = {v['alpha']:.3f}, which the network was not told). Top: the estimate, bottom: the target.")
@@ -905,7 +910,6 @@ def tta_report(k: float, fresh: bool, split: bool, sess: Session | None = None, 
         tta = _attack("tta_average", ("running_tta_estimates",))
         from mixdemo.attacks.reid import downsample
         from mixdemo.attacks.tta_average import deviation_correlations, link_requests, template_brain
-        from mixdemo.metrics import msssim_3d
     except AttackUnavailable as exc:
         return _unavailable(exc, 2)
     pfn = _progress_fn(progress)
@@ -940,8 +944,8 @@ def tta_report(k: float, fresh: bool, split: bool, sess: Session | None = None, 
                 f"{len(pool)} shuffled requests by correlation.")
     alpha_guess = float(np.mean(DEFAULT_ALPHA_RANGE))
     est = tta(mine, mu, alpha_guess, list(range(1, k + 1)))
-    curve = [msssim_3d(est[i], tgt) for i in range(1, k + 1)]
-    floor = msssim_3d(mu, tgt)
+    curve = [_msssim(est[i], tgt) for i in range(1, k + 1)]
+    floor = _msssim(mu, tgt)
     import plotly.graph_objects as go
 
     fig = go.Figure([go.Scatter(x=list(range(1, k + 1)), y=curve, mode="lines+markers", name="estimate from K proxies"),

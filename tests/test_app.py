@@ -1563,6 +1563,32 @@ def test_the_separation_panel_scores_the_recovered_target_against_the_true_one(a
     assert np.array_equal(rec_t, true_t) and np.array_equal(rec_r, true_r) and not np.array_equal(rec_t, rec_r)
 
 
+def test_the_attack_panels_take_ms_ssim_as_the_privacy_record_does(app_weights, example, monkeypatch):
+    """The privacy record (training.evaluate_privacy, mixdemo.attacks) takes MS-SSIM of [0, 1] scans with a data range
+    of 1; the panels took each pair's own range, so a panel's figure for the same recovery was not the record's. A
+    recovery at half the target's brightness: the panel shows the record's value, which the pair's range would not."""
+    from mixdemo import examples, ui
+    from mixdemo.metrics import msssim_3d
+
+    bss = pytest.importorskip("mixdemo.attacks.bss")
+    score_mod = pytest.importorskip("mixdemo.attacks.score")
+    monkeypatch.setattr(ui, "_score_model", lambda: score_mod.ScoreNet().eval())
+    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
+    sess = ui.run_segmentation(sess, [], 1, 0.4, False, "patch", 0.5, progress=_Progress())[0]
+    target, reference = sess.image[sess.view["region"]], sess.view["reference"]
+    dim = 0.5 * target
+
+    def dim_recovery(score, proxy, alpha, **kwargs):
+        return bss.SeparationResult(sources=np.stack([dim, reference])[None, None], alphas=np.array([[0.4]]),
+                                    consistency=np.zeros((1, 1)), energy=np.zeros((1, 1)), completed=True)
+
+    monkeypatch.setattr(bss, "separate", dim_recovery)
+    md = ui.run_separation(sess, 10, True, None, progress=_Progress())[4]
+    record, pair = msssim_3d(dim, target, data_range=1.0), msssim_3d(dim, target)
+    assert f"{record:.3f}" != f"{pair:.3f}"  # the test tells the two apart
+    assert f"recovered vs true target: {record:.3f}**" in md
+
+
 def test_server_whole_pass_and_slabs_agree_and_both_report_progress(app_weights, monkeypatch):
     """Volumes beyond a patch: one whole-volume pass when the memory budget allows, Z-slabs otherwise."""
     from mixdemo import server
