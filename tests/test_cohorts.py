@@ -781,8 +781,8 @@ def test_prepare_cohort_lists_the_folders_it_ignores_and_why(quick_prepare, tmp_
     quick_prepare.main([str(src), "--out", str(tmp_path / "cohort")])
     printed = capsys.readouterr().out.splitlines()
     assert printed[:4] == [f"ignored 3 of the 5 folders of {src}, not scans:",
-                           "  c_1: t1.nii.gz without seg.nii.gz (tissue labels 0-3); holds t1.nii.gz",
-                           "  d_1: t1.nii.gz without seg.nii.gz (tissue labels 0-3); holds aseg.nii.gz, t1.nii.gz",
+                           "  c_1: t1.nii.gz without seg.nii.gz (its label map); holds t1.nii.gz",
+                           "  d_1: t1.nii.gz without seg.nii.gz (its label map); holds aseg.nii.gz, t1.nii.gz",
                            "  notes: neither t1.nii.gz + seg.nii.gz nor mri/orig.mgz + mri/aseg.mgz; empty"]
     assert printed[-1].startswith("wrote 2 scans of 2 subjects") and f"ignored 3 folder(s) of {src}" in printed[-1]
 

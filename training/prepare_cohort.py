@@ -116,7 +116,7 @@ def why_not_a_scan(folder: Path, half: Path | None, fs_half: Path | None) -> str
     """What ``folder`` lacks of either form, given the one file of a pair it holds (``half``, ``fs_half``), and
     the files it holds when it holds no such file (labels under another name, as ``aseg.nii.gz``)."""
     if half is not None:
-        lacking = "seg.nii.gz (tissue labels 0-3)" if half.name in T1_NAMES else "t1.nii.gz"
+        lacking = "seg.nii.gz (its label map)" if half.name in T1_NAMES else "t1.nii.gz"
         return f"{half.name} without {lacking}{_holding(folder)}"
     if fs_half is not None:
         lacking = "mri/aseg.mgz" if fs_half.name != "aseg.mgz" else "mri/orig.mgz (or T1.mgz, brain.mgz)"
