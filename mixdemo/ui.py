@@ -49,6 +49,9 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 _RUNNING: dict[str, tuple[str, threading.Event]] = {}
 """Session hash → (what, stop flag) of the session's running long job (no user data): set by the separation's
 Cancel button and by leaving the page (:func:`leave_session`)."""
+_WAITING: dict[str, threading.Event] = {}
+"""Session hash → stop flag of the session's separation asked for and still waiting in the compute queue (no user
+data): filed at the click (:func:`queue_separation`), set by Cancel, taken up by the run when its turn comes."""
 
 
 def upload_path_only(component: gr.File) -> gr.File:
@@ -149,7 +152,9 @@ def session_job(request: gr.Request | None, what: str) -> Iterator[threading.Eve
     """Register the session's running job ``what`` for the time of the block; yields its stop flag (a call without
     a session hash gets a flag that no other call can reach: :func:`leave_session` and :func:`cancel_attack` find
     jobs by their session's hash alone)."""
-    key, entry = _session_key(request), (what, threading.Event())
+    key = _session_key(request)
+    waited = _WAITING.pop(key, None) if key is not None and what == SEPARATION_JOB else None
+    entry = (what, waited or threading.Event())  # a Cancel pressed while it waited: already set
     if key is None:
         yield entry[1]
         return
@@ -169,6 +174,8 @@ def leave_session(request: gr.Request) -> None:
     if entry is not None:
         entry[1].set()
         log.info("a page was left during its %s: stopping it", entry[0])
+    if (waiting := _WAITING.get(_session_key(request) or "")) is not None:  # not to run when its turn comes (the
+        waiting.set()  # run takes the flag up; a session dropped before that, its flag with it: _drop_closed_pages)
 
 
 def _delete_upload(path: str | None) -> None:
@@ -647,14 +654,28 @@ def _attack(module: str, names: tuple[str, ...]):
 SEPARATION_JOB = "separation"
 
 
+def queue_separation(request: gr.Request) -> None:
+    """At the click, before the separation waits in the compute queue: file its stop flag (:data:`_WAITING`), so that a
+    Cancel pressed while it waits stops it before it starts (Gradio's queue would run it in full)."""
+    if (key := _session_key(request)) is not None:
+        _WAITING[key] = threading.Event()
+
+
+SEPARATION_CANCELLED_BEFORE = "_Cancelled before it started: the separation did not run._"
+
+
 def cancel_attack(request: gr.Request):
-    """Ask the running separation of this session to stop."""
+    """Ask this session's separation to stop: the running one (a partial result), or the one waiting in the queue
+    (it will not run)."""
     entry = _RUNNING.get(_session_key(request))  # a job without a session hash is never filed: None
-    if entry is None or entry[0] != SEPARATION_JOB:  # no separation of this session runs: the last result stays
-        gr.Info("No separation is running.")
-        return gr.skip()
-    entry[1].set()
-    return "Cancelling…"
+    if entry is not None and entry[0] == SEPARATION_JOB:
+        entry[1].set()
+        return "Cancelling…"
+    if (waiting := _WAITING.get(_session_key(request) or "")) is not None:
+        waiting.set()
+        return SEPARATION_CANCELLED_BEFORE
+    gr.Info("No separation is running.")  # the last result stays
+    return gr.skip()
 
 
 ATTACK_INTRO = """## What could an honest-but-curious server do with what it receives?
@@ -690,11 +711,14 @@ def _unavailable(exc: Exception, n: int):
 def run_separation(sess: Session | None, steps: float, known_alpha: bool, request: gr.Request,
                    progress: gr.Progress = gr.Progress()):
     """Langevin source separation on the current proxy (patch mode)."""
-    if sess is None or sess.view is None:
-        raise gr.Error("Run a segmentation first (patch mode): the attack works on its proxy.", print_exception=False)
-    if sess.view["mode"] != "patch":
-        raise gr.Error("The separation works on 32³ patches: run a patch-mode segmentation first.", print_exception=False)
     with session_job(request, SEPARATION_JOB) as cancel:  # Cancel and leaving the page: a partial result
+        if cancel.is_set():  # cancelled while it waited in the queue: nothing run, the last result stays
+            return (gr.skip(),) * 4 + (SEPARATION_CANCELLED_BEFORE,)
+        if sess is None or sess.view is None:
+            raise gr.Error("Run a segmentation first (patch mode): the attack works on its proxy.", print_exception=False)
+        if sess.view["mode"] != "patch":
+            raise gr.Error("The separation works on 32³ patches: run a patch-mode segmentation first.",
+                           print_exception=False)
         try:
             return _separation(sess, int(steps), _progress_fn(progress), cancel, bool(known_alpha))
         except AttackUnavailable as exc:
@@ -1461,8 +1485,11 @@ def _attack_tab(sess: gr.State) -> None:
                              alt_text=ALT["recovered reference"])
             true_r = gr.Image(label="true reference", format="png", interactive=False, alt_text=ALT["true reference"])
         sep_md = gr.Markdown("_The separation's result appears here._", elem_id="separation-status")
-        go.click(run_separation, [sess, steps, known], [rec_t, true_t, rec_r, true_r, sep_md], api_name="attack_separation",
-                 concurrency_limit=1, concurrency_id="compute", show_progress_on=[sep_md], api_visibility="private")
+        # its stop flag filed at the click (outside the queue), so that Cancel reaches it while it waits its turn
+        go.click(queue_separation, None, None, queue=False, show_progress="hidden", api_visibility="private"
+                 ).then(run_separation, [sess, steps, known], [rec_t, true_t, rec_r, true_r, sep_md],
+                        api_name="attack_separation", concurrency_limit=1, concurrency_id="compute",
+                        show_progress_on=[sep_md], api_visibility="private")
         stop.click(cancel_attack, None, [sep_md], api_name="attack_cancel", concurrency_limit=None,
                    api_visibility="private")
     with gr.Accordion("2 · Re-identification: can the server tell whose scan a proxy is?", open=True):
@@ -1674,6 +1701,7 @@ class ScansFirstStateHolder(StateHolder):
             if now - self._closed_since.setdefault(sid, now) >= self.closed_page_grace_s:
                 dropped.append(self.session_data.pop(sid))
                 self.time_last_used.pop(sid, None)
+                _WAITING.pop(sid, None)  # a separation it left waiting, which the queue then dropped
         for sid in [sid for sid in self._closed_since if sid not in self.session_data]:
             del self._closed_since[sid]
         return dropped

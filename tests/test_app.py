@@ -1954,6 +1954,48 @@ def test_cancel_with_no_separation_running_leaves_the_last_result_as_it_is():
     assert "cancel-test" not in ui._RUNNING
 
 
+def test_a_separation_cancelled_while_it_waits_in_the_queue_does_not_run(monkeypatch):
+    """Cancel pressed while the separation waited its turn in the compute queue answered 'No separation is running',
+    and the separation then ran in full. Its stop flag is now filed at the click (queue_separation, outside the queue):
+    Cancel sets it, and the run, when its turn comes, returns at once, the last result left as it was. A page left
+    while it waits does the same; a run not cancelled takes its flag up and runs."""
+    from types import SimpleNamespace
+
+    from mixdemo import ui
+
+    ran: list[int] = []
+    monkeypatch.setattr(ui, "_separation", lambda *args: ran.append(1) or ("done",) * 5)
+    sess = SimpleNamespace(view={"mode": "patch"})
+    request = SimpleNamespace(session_hash="cancel-waiting")
+    ui.queue_separation(request)
+    assert ui.cancel_attack(request) == ui.SEPARATION_CANCELLED_BEFORE
+    out = ui.run_separation(sess, 1, True, request, progress=_Progress())
+    assert out == (ui.gr.skip(),) * 4 + (ui.SEPARATION_CANCELLED_BEFORE,) and not ran
+    assert ui.cancel_attack(request) == ui.gr.skip()  # nothing waits or runs any more
+    ui.queue_separation(request)
+    ui.leave_session(request)
+    assert ui.run_separation(sess, 1, True, request, progress=_Progress())[4] == ui.SEPARATION_CANCELLED_BEFORE
+    ui.queue_separation(request)
+    assert ui.run_separation(sess, 1, True, request, progress=_Progress()) == ("done",) * 5 and ran == [1]
+    ui.queue_separation(request)  # a run refused before any work takes its flag up too
+    with pytest.raises(ui.gr.Error):
+        ui.run_separation(None, 1, True, request, progress=_Progress())
+    assert "cancel-waiting" not in ui._WAITING and "cancel-waiting" not in ui._RUNNING
+
+
+def test_the_separation_s_stop_flag_is_filed_at_the_click_outside_the_queue():
+    """The wiring of the test above: the Run button's first step files the flag without queueing, then the separation
+    waits in the compute queue."""
+    from mixdemo import ui
+
+    demo = ui.build_demo()
+    fns = {id(fn): fn for fn in demo.fns.values()}
+    first = next(fn for fn in fns.values() if getattr(fn.fn, "__name__", "") == "queue_separation")
+    run = next(fn for fn in fns.values() if getattr(fn.fn, "__name__", "") == "run_separation")
+    assert first.queue is False and run.concurrency_id == "compute"
+    assert run.trigger_after == first._id
+
+
 def test_leaving_the_page_stops_that_session_s_job_alone():
     from types import SimpleNamespace
 
