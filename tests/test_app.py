@@ -1540,9 +1540,9 @@ def test_the_separation_without_alpha_says_what_it_searched_and_when_the_run_s_a
     assert "this run's α, 0.15, lies outside it" in outside
 
 
-def test_the_separation_panel_scores_the_recovered_target_against_the_true_one(app_weights, example, monkeypatch):
-    """An attack that recovers both sources exactly, returned in the swapped order: the panel assigns them, shows
-    MS-SSIM 1.000 for the target and the reference, and draws the recovered target as the true one."""
+def _separation_panel(monkeypatch, sources_of) -> tuple:
+    """The separation panel on the first example's patch-mode proxy (α = 0.4), its attack replaced by one that returns
+    the two sources ``sources_of(target, reference)`` in one chain: (target, reference, the panel's five outputs)."""
     from mixdemo import examples, ui
 
     bss = pytest.importorskip("mixdemo.attacks.bss")
@@ -1552,13 +1552,19 @@ def test_the_separation_panel_scores_the_recovered_target_against_the_true_one(a
     sess = ui.run_segmentation(sess, [], 1, 0.4, False, "patch", 0.5, progress=_Progress())[0]
     target, reference = sess.image[sess.view["region"]], sess.view["reference"]
 
-    def perfect(score, proxy, alpha, **kwargs):
-        sources = np.stack([reference, target])[None, None]  # (1 proxy, 1 chain, 2 sources), swapped
+    def recovery(score, proxy, alpha, **kwargs):
+        sources = np.stack(sources_of(target, reference))[None, None]  # (1 proxy, 1 chain, 2 sources)
         return bss.SeparationResult(sources=sources, alphas=np.array([[0.4]]), consistency=np.zeros((1, 1)),
                                     energy=np.zeros((1, 1)), completed=True)
 
-    monkeypatch.setattr(bss, "separate", perfect)
-    rec_t, true_t, rec_r, true_r, md = ui.run_separation(sess, 10, True, None, progress=_Progress())
+    monkeypatch.setattr(bss, "separate", recovery)
+    return target, reference, ui.run_separation(sess, 10, True, None, progress=_Progress())
+
+
+def test_the_separation_panel_scores_the_recovered_target_against_the_true_one(app_weights, example, monkeypatch):
+    """An attack that recovers both sources exactly, returned in the swapped order: the panel assigns them, shows
+    MS-SSIM 1.000 for the target and the reference, and draws the recovered target as the true one."""
+    _, _, (rec_t, true_t, rec_r, true_r, md) = _separation_panel(monkeypatch, lambda t, r: (r, t))  # swapped
     assert "recovered vs true target: 1.000**; recovered vs true reference: 1.000" in md
     assert np.array_equal(rec_t, true_t) and np.array_equal(rec_r, true_r) and not np.array_equal(rec_t, rec_r)
 
@@ -1567,26 +1573,12 @@ def test_the_attack_panels_take_ms_ssim_as_the_privacy_record_does(app_weights, 
     """The privacy record (training.evaluate_privacy, mixdemo.attacks) takes MS-SSIM of [0, 1] scans with a data range
     of 1; the panels took each pair's own range, so a panel's figure for the same recovery was not the record's. A
     recovery at half the target's brightness: the panel shows the record's value, which the pair's range would not."""
-    from mixdemo import examples, ui
     from mixdemo.metrics import msssim_3d
 
-    bss = pytest.importorskip("mixdemo.attacks.bss")
-    score_mod = pytest.importorskip("mixdemo.attacks.score")
-    monkeypatch.setattr(ui, "_score_model", lambda: score_mod.ScoreNet().eval())
-    sess = ui.load_example(examples.example_names()[0], progress=_Progress())[0]
-    sess = ui.run_segmentation(sess, [], 1, 0.4, False, "patch", 0.5, progress=_Progress())[0]
-    target, reference = sess.image[sess.view["region"]], sess.view["reference"]
-    dim = 0.5 * target
-
-    def dim_recovery(score, proxy, alpha, **kwargs):
-        return bss.SeparationResult(sources=np.stack([dim, reference])[None, None], alphas=np.array([[0.4]]),
-                                    consistency=np.zeros((1, 1)), energy=np.zeros((1, 1)), completed=True)
-
-    monkeypatch.setattr(bss, "separate", dim_recovery)
-    md = ui.run_separation(sess, 10, True, None, progress=_Progress())[4]
-    record, pair = msssim_3d(dim, target, data_range=1.0), msssim_3d(dim, target)
+    target, _, outputs = _separation_panel(monkeypatch, lambda t, r: (0.5 * t, r))
+    record, pair = msssim_3d(0.5 * target, target, data_range=1.0), msssim_3d(0.5 * target, target)
     assert f"{record:.3f}" != f"{pair:.3f}"  # the test tells the two apart
-    assert f"recovered vs true target: {record:.3f}**" in md
+    assert f"recovered vs true target: {record:.3f}**" in outputs[4]
 
 
 def test_server_whole_pass_and_slabs_agree_and_both_report_progress(app_weights, monkeypatch):
