@@ -480,6 +480,11 @@ def test_the_client_segments_a_brats_scan_with_brats_references(brats_2021, tmp_
     target = brats_2021 / "BraTS2021_00007" / "BraTS2021_00007_t1ce.nii.gz"
     segment_file(target, tmp_path / "seg.nii.gz", server, references=refs[:6], k=2, alpha=0.5, seed=0)
     assert seen == [(2, *SHAPE)] and nib.load(tmp_path / "seg.nii.gz").shape == SHAPE
+    said: list[str] = []  # the target's own case among the references (read alike): left out; cases that differ
+    key = segment_file(target, tmp_path / "seg.nii.gz", server, references=refs, k=7, alpha=0.5, seed=0,  # a little
+                       progress=lambda f, m: said.append(m))  # from it (a tumour apart, 0.003 on average) are not
+    assert "BraTS2021_00007" not in key.reference_ids and len(key.reference_ids) == 7
+    assert sum("1 reference(s) are this scan itself" in m for m in said) == 1
     other = tmp_path / "other.nii.gz"
     save_volume(np.random.default_rng(0).random((24, 32, 32), np.float32), np.eye(4), other)
     with pytest.raises(ClientError, match="24×32×32 is not the references' 32×32×32"):
