@@ -281,10 +281,13 @@ def test_user_errors_keeps_the_traceback_of_anything_else(monkeypatch):
             raise KeyError("x")
 
 
-def test_under_torchrun_the_error_is_printed_once_even_when_rank_0_meets_it_last(tmp_path):
-    """Under torchrun every process meets a cohort error and rank 0 says it. Rank 0 may meet it after the others
-    (training.train has it check the test split's headers first: seconds on a BraTS-sized split); another rank
-    exiting first must not have torchrun stop rank 0 before it has said what is wrong."""
+@pytest.mark.parametrize(("error", "rank_0_behind_s"), [("CohortError('Scan x: broken')", 4),
+                                                     ("SystemExit('error: Scan x: broken')", 0)])
+def test_under_torchrun_the_error_is_printed_once_even_when_rank_0_meets_it_last(tmp_path, error, rank_0_behind_s):
+    """Under torchrun every process meets a cohort error, or a command's own refusal (training.train's SystemExit with
+    its message: a resume with other settings), and rank 0 says it, once (each rank said a refusal). Rank 0 may meet
+    it after the others (training.train has it check the test split's headers first: seconds on a BraTS-sized split);
+    another rank exiting first must not have torchrun stop rank 0 before it has said what is wrong."""
     import os
     import subprocess
     import sys
@@ -299,8 +302,8 @@ def test_under_torchrun_the_error_is_printed_once_even_when_rank_0_meets_it_last
         "with user_errors():\n"
         "    dist.init_process_group('gloo')\n"
         "    if dist.get_rank() == 0:\n"
-        "        time.sleep(4)  # rank 0 behind the others, as after its test-split check\n"
-        "    raise CohortError('Scan x: broken')\n")
+        f"        time.sleep({rank_0_behind_s})  # rank 0 behind the others, as after its test-split check\n"
+        f"    raise {error}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
 os.environ.setdefault("MIXDEMO_UNMIXING_PRECISION", "float32")  # mixdemo.weights.UNMIXING_PRECISION_ENV
@@ -65,6 +66,10 @@ def user_errors() -> Iterator[None]:
     exceptions, bugs included, keep their traceback; ``main()`` called from Python raises them all as they are."""
     try:
         yield
+    except SystemExit as exc:  # a command's own refusal (its message): under torchrun, said once too
+        if not isinstance(exc.code, str) or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise
+        _said_once(exc.code)
     except Exception as exc:
         from mixdemo.data import CohortError
         from mixdemo.io import ScanError
@@ -73,16 +78,22 @@ def user_errors() -> Iterator[None]:
 
         if not isinstance(exc, CohortError | ScanError | WeightsError | DeviceUnavailable):
             raise
-        rank = os.environ.get("RANK", "0")
-        if rank != "0":  # under torchrun every process meets the error: rank 0 says it
-            if _rank_0_said_it():
-                raise SystemExit(1) from None
-            raise SystemExit(f"error (rank {rank}): {exc}") from None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # said now, before the others may exit and torchrun stop us
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            _tell_the_others_it_is_said()
+        _said_once(f"error: {exc}")
+
+
+def _said_once(message: str) -> NoReturn:
+    """End the process with ``message``, said once under torchrun, where every process meets it: by rank 0, and by
+    another rank only when rank 0 does not say it in time (:func:`_rank_0_said_it`)."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":
+        if _rank_0_said_it():
             raise SystemExit(1) from None
-        raise SystemExit(f"error: {exc}") from None
+        raise SystemExit(f"{message} (rank {rank})") from None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # said now, before the others may exit and torchrun stop us
+        print(message, file=sys.stderr, flush=True)
+        _tell_the_others_it_is_said()
+        raise SystemExit(1) from None
+    raise SystemExit(message) from None
 
 
 RANK_0_WAIT_S = 60.0
