@@ -586,15 +586,15 @@ def test_the_averaging_panel_shows_the_estimate_of_the_proxies_it_averaged(monke
             np.testing.assert_allclose(est[n], tta_average.rescale(proxies[:n].mean(0) - 0.6 * mu), atol=1e-5)
         curve = list(fig.data[0].y)
         assert list(fig.data[0].x) == list(range(1, k + 1))
-        assert curve == pytest.approx([msssim_3d(est[n], tgt) for n in range(1, k + 1)])
-        assert list(fig.data[1].y) == pytest.approx([msssim_3d(mu, tgt)] * 2)
+        assert curve == pytest.approx([msssim_3d(est[n], tgt, data_range=1.0) for n in range(1, k + 1)])
+        assert list(fig.data[1].y) == pytest.approx([msssim_3d(mu, tgt, data_range=1.0)] * 2)
         c = (8, 8, 8)
         assert np.array_equal(img, np.concatenate([viz.montage(est[k], c, scale=2, vmax=1.0),
                                                     viz.montage(tgt, c, scale=2)], axis=0))
         r = tta_average.deviation_correlations(est[k], small_scans, mu)
         assert f"correlates r = {r[0]:.2f} with this target's, at most {r[1:].max():.2f} with 2 other" in md
         assert r[0] > r[1:].max() and "**The estimate singles out this target**" in md
-        assert f"target: {curve[-1]:.3f}, against {msssim_3d(mu, tgt):.3f}" in md
+        assert f"target: {curve[-1]:.3f}, against {msssim_3d(mu, tgt, data_range=1.0):.3f}" in md
 
 
 def test_the_averaging_panel_says_which_defences_the_privacy_record_found_to_help():
