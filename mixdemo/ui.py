@@ -513,7 +513,8 @@ def _segmentation(sess: Session | None, ref_ids: list[str] | None, k: float, alp
                   mode: str, opacity: float, unmixing: str | None, mirror: bool,
                   pfn: Callable[[float, str], None]):
     """:func:`run_segmentation`'s work, reporting to ``pfn``."""
-    from mixdemo.client import ClientError, SELF_REFERENCE, check_classes, copies_of_target, make_key, run_private, unmixing_model
+    from mixdemo.client import (SELF_REFERENCE, ClientError, check_classes, copies_of_target, make_key, run_private,
+                                unmixing_model)
     from mixdemo.weights import WeightsError, unmixing_name
 
     if sess is None:
