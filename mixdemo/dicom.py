@@ -118,9 +118,9 @@ def is_series_input(path: str | os.PathLike) -> bool:
     if name.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
         return False
     try:
+        if _is_zip(path):
+            return True
         with open(path, "rb") as fh:
-            if fh.read(4) == b"PK\x03\x04":
-                return True
             fh.seek(_DICM_AT)
             return fh.read(4) == b"DICM"
     except OSError:
@@ -442,12 +442,12 @@ def _is_nifti(path: str) -> bool:
     try:
         with open(path, "rb") as fh:
             head = fh.read(352)
-        if head[:2] == b"\x1f\x8b":
+        if head[:2] == mio._GZIP_MAGIC:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(352)
     except (OSError, EOFError, zlib.error):  # a damaged gzip is no NIfTI we can name
         return False
-    return head[344:347] in (b"n+1", b"ni1") or head[4:7] in (b"n+2", b"ni2")
+    return head[344:348] in (mio._N1_SINGLE, mio._N1_PAIR) or head[4:12] in (mio._N2_SINGLE, mio._N2_PAIR)
 
 
 def _nothing_found(flat: str) -> str:
