@@ -22,6 +22,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from mixdemo.metrics import dice_per_class, mean_dice
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SEGMENTATION_SUFFIXES = (*NIFTI_SUFFIXES, ".dcm")
 """A segmentation is NIfTI, or a DICOM SEG the client wrote (``--dicom-seg``); labels are NIfTI."""
+
+
+T = TypeVar("T")
 
 
 class ScoreError(ValueError):
@@ -49,7 +53,7 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
     3 in 2023), read as the classes 1-3 the client writes."""
     from mixdemo.io import conform_labels, load_labels_on_file_grid, load_labels_with_affine
 
-    on_file_grid, file_affine = load_labels_on_file_grid(labels)
+    on_file_grid, file_affine = _named(labels, load_labels_on_file_grid)
     if brats:
         from mixdemo.data import BRATS_LAYOUT, CohortError, classes_of
 
@@ -59,9 +63,10 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
             raise ScoreError(str(exc)) from None
     truth, truth_affine = conform_labels(on_file_grid, file_affine)
     if segmentation.name.lower().endswith(".dcm"):  # onto the labels file's grid, then as the labels go
-        pred, pred_affine = conform_labels(_seg_on_grid(segmentation, on_file_grid.shape, file_affine), file_affine)
+        pred, pred_affine = conform_labels(_named(segmentation, _seg_on_grid, on_file_grid.shape, file_affine),
+                                           file_affine)
     else:
-        pred, pred_affine = load_labels_with_affine(segmentation)
+        pred, pred_affine = _named(segmentation, load_labels_with_affine)
     if pred.shape != truth.shape:
         raise ScoreError(f"{segmentation.name} is on a {'×'.join(map(str, pred.shape))} grid and {labels.name} on "
                          f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
@@ -88,6 +93,17 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
              "class scores 0: write its labels in those values (1, 2, ... as the segmentation's) to score it.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
+
+
+def _named(path: Path, read: Callable[..., T], *args: object) -> T:
+    """``read(path, *args)``; its ScanError, whose message names no file (as the app's logs must not), as a ScoreError
+    naming the file, so that of two files, or of a folder's, the one to mend is known."""
+    from mixdemo.io import ScanError
+
+    try:
+        return read(path, *args)
+    except ScanError as exc:
+        raise ScoreError(f"{path.name}: {exc}") from None
 
 
 def _seg_on_grid(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
@@ -124,10 +140,10 @@ def pairs_of(segmentations: Path, labels: Path,
     if not (segmentations.is_dir() and labels.is_dir()):
         raise ScoreError("Give two files (a segmentation and its labels) or two folders.")
     pairs, unmatched = [], []
-    for seg in sorted(p for p in segmentations.iterdir() if p.name.lower().endswith(SEGMENTATION_SUFFIXES)):
-        match = [labels / (_stem(seg) + suffix) for suffix in NIFTI_SUFFIXES if (labels / (_stem(seg) + suffix)).exists()]
-        if match:
-            pairs.append((_stem(seg).removesuffix("_seg"), seg, match[0]))
+    labels_of = _labels_by_stem(labels)
+    for seg in _listed(segmentations, SEGMENTATION_SUFFIXES):
+        if _stem(seg) in labels_of:
+            pairs.append((_stem(seg).removesuffix("_seg"), seg, labels_of[_stem(seg)]))
         else:
             unmatched.append(seg.name)
     if pairs and unmatched and note is not None:
@@ -141,6 +157,21 @@ def pairs_of(segmentations: Path, labels: Path,
         raise ScoreError(f"{', '.join(twice)} {verb} both a NIfTI and a DICOM SEG segmentation in {segmentations}; "
                          f"their mean would count {it} twice: score a folder of one kind.")
     return pairs
+
+
+def _listed(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """A folder's files ending in one of ``suffixes`` (in any case), sorted; hidden files (a Mac's ``._<name>``
+    resource files beside each file copied from it) left out."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name.lower().endswith(suffixes))
+
+
+def _labels_by_stem(folder: Path) -> dict[str, Path]:
+    """A labels folder's NIfTI files by name without the suffix (``.nii.gz`` taken before ``.nii``)."""
+    found: dict[str, Path] = {}
+    for suffix in NIFTI_SUFFIXES:
+        for path in _listed(folder, (suffix,)):
+            found.setdefault(_stem(path), path)
+    return found
 
 
 def _stem(path: Path) -> str:

@@ -741,3 +741,47 @@ def test_score_names_every_label_value_it_was_not_told_of_and_labels_that_hold_n
     err = capsys.readouterr().err
     assert "hold labels 10, 20, 30, which --classes does not name" in err
     assert "labels.nii.gz holds none of the values 1, 2, 3 that --classes names" in err
+
+
+def test_score_names_the_file_it_cannot_read(tmp_path, capsys) -> None:
+    """io's messages name no file (they reach the app's logs); the score command, given two files or two folders of
+    them, said only "the label map contains non-integer values", so the user could not tell which file to mend."""
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:6] = 1
+    (tmp_path / "segs").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name in ("a_seg", "b_seg"):
+        save_volume(truth, np.eye(4), tmp_path / "segs" / f"{name}.nii.gz", dtype=np.uint8)
+    save_volume(truth, np.eye(4), tmp_path / "labels" / "a_seg.nii.gz", dtype=np.uint8)
+    save_volume(np.where(truth == 1, 0.9999, 0).astype(np.float32), np.eye(4), tmp_path / "labels" / "b_seg.nii.gz")
+    assert main([str(tmp_path / "segs"), str(tmp_path / "labels")]) == 2
+    assert "error: b_seg.nii.gz: The label map contains non-integer values" in capsys.readouterr().err
+    assert main([str(tmp_path / "labels" / "b_seg.nii.gz"), str(tmp_path / "labels" / "a_seg.nii.gz")]) == 2
+    assert "error: b_seg.nii.gz: The label map contains non-integer values" in capsys.readouterr().err
+
+
+def test_score_leaves_out_hidden_files_and_matches_labels_whatever_the_case_of_their_suffix(tmp_path, capsys) -> None:
+    """A folder copied from a Mac holds ``._<name>_seg.nii.gz`` resource files beside each segmentation: the score
+    read them as segmentations and stopped on the first. Labels named ``<name>_seg.NII.GZ`` (a suffix io reads in any
+    case) were not found for ``<name>_seg.nii.gz``."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:6] = 1
+    (tmp_path / "segs").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name in ("a_seg", "b_seg"):
+        save_volume(truth, np.eye(4), tmp_path / "segs" / f"{name}.nii.gz", dtype=np.uint8)
+        (tmp_path / "segs" / f"._{name}.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(200))  # AppleDouble
+        (tmp_path / "labels" / f"._{name}.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(200))
+    save_volume(truth, np.eye(4), tmp_path / "labels" / "a_seg.nii.gz", dtype=np.uint8)
+    save_volume(truth, np.eye(4), tmp_path / "labels" / "b_seg.NII.GZ", dtype=np.uint8)
+    assert main([str(tmp_path / "segs"), str(tmp_path / "labels"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)) == {"a", "b", "mean"} and captured.err == ""
