@@ -78,6 +78,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _N1_SINGLE, _N1_PAIR = b"n+1\x00", b"ni1\x00"
 _N2_SINGLE, _N2_PAIR = b"n+2\x00\r\n\x1a\n", b"ni2\x00\r\n\x1a\n"
 _DT_BINARY, _DT_RGB, _DT_COMPLEX256, _DT_RGBA = 1, 128, 2048, 2304
+_PAIR_SUFFIXES = (".hdr", ".img", ".hdr.gz", ".img.gz")
+_PAIR_ADVICE = "please provide a single .nii or .nii.gz file."
 
 
 # --------------------------------------------------------------------------- errors
@@ -517,6 +519,9 @@ def _read_payload(path: str | os.PathLike, *, series_too: bool = True) -> tuple[
             f"{MAX_FILE_BYTES / (1 << 30):g} GiB."
         )
     suffix = _nifti_suffix(path)
+    if suffix is None and os.path.basename(path).lower().endswith(_PAIR_SUFFIXES):
+        raise NotNiftiError(f"The file is one half of a .hdr/.img pair (NIfTI-1 or Analyze), which is not read; "
+                            f"{_PAIR_ADVICE}")
     if suffix is None:
         if series_too:
             raise NotNiftiError("The file is not a NIfTI image (.nii or .nii.gz) or a .zip of one DICOM series.")
@@ -583,10 +588,7 @@ def _parse_header(payload: io.BytesIO) -> _Header:
         raise NotNiftiError(not_nifti)
     payload.seek(0)
     if magic == pair:
-        raise NotNiftiError(
-            "The file is a NIfTI header without its image data (.hdr/.img pair); "
-            "please provide a single .nii or .nii.gz file."
-        )
+        raise NotNiftiError(f"The file is a NIfTI header without its image data (.hdr/.img pair); {_PAIR_ADVICE}")
     if magic != single:
         raise NotNiftiError(not_nifti)
     try:

@@ -363,7 +363,7 @@ def test_gzip_bomb_is_capped(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["scan.png", "scan.txt", "scan.hdr", "scan", ".nii"]  # a .zip is read as a DICOM series
+    "name", ["scan.png", "scan.txt", "scan", ".nii"]  # a .zip is read as a DICOM series
 )
 def test_wrong_extension(tmp_path, name):
     path = tmp_path / "x" / name
@@ -409,6 +409,17 @@ def test_analyze_pair_header_rejected(tmp_path):
     (tmp_path / "pair.nii").write_bytes((tmp_path / "pair.hdr").read_bytes() + b"\0" * 4000)
     with pytest.raises(NotNiftiError, match="without its image data"):
         load_scan(tmp_path / "pair.nii")
+
+
+@pytest.mark.parametrize("name", ["pair.hdr", "pair.img", "PAIR.HDR", "pair.img.gz"])
+def test_either_file_of_a_hdr_img_pair_is_refused_as_such(tmp_path, name):
+    """A NIfTI-1 (or Analyze) .hdr/.img pair was refused as "not a NIfTI image (.nii or .nii.gz)", which it is: the
+    message names the pair, as it does for a pair's header renamed .nii."""
+    nib.save(nib.Nifti1Pair(_phantom(), RAS_1MM), str(tmp_path / "pair.hdr"))
+    if name != "pair.hdr":
+        (tmp_path / name).write_bytes((tmp_path / name.removesuffix(".gz").lower()).read_bytes())
+    with pytest.raises(NotNiftiError, match=r"\.hdr/\.img pair.*single \.nii or \.nii\.gz file"):
+        load_scan(tmp_path / name)
 
 
 def test_truncated_nii_gz(tmp_path):
