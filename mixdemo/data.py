@@ -160,7 +160,7 @@ class Cohort:
         if self.layout.name == MIXDEMO_LAYOUT.name:
             return "t1"
         first = self.records[0]
-        return first.image_path.name[len(first.name) + 1 :].split(".")[0]
+        return first.image_path.name[len(first.name) + 1 :].split(".")[0].lower()
 
     @property
     def description(self) -> str:
@@ -324,9 +324,9 @@ def trained_modality(record: dict) -> str | None:
 def _mixdemo_records(folders: Sequence[Path]) -> list[ScanRecord]:
     records = []
     for folder in folders:
-        image = _first_existing(folder, ("t1.nii.gz", "t1.nii"))
+        image = first_file(folder, ("t1.nii.gz", "t1.nii"))
         if image is not None:
-            label = _first_existing(folder, ("seg.nii.gz", "seg.nii"))
+            label = first_file(folder, ("seg.nii.gz", "seg.nii"))
             records.append(ScanRecord(folder.name, subject_of(folder.name), image, label))
     return records
 
@@ -342,14 +342,20 @@ def _brats_records(folders: Sequence[Path], modality: str | None) -> list[ScanRe
 
 def _case_file(folder: Path, suffix: str) -> Path | None:
     """``<case>_<suffix>`` or ``<case>-<suffix>`` (.nii.gz or .nii) in a BraTS case folder."""
-    return _first_existing(folder, [f"{folder.name}{sep}{suffix}{ext}" for sep in "_-" for ext in (".nii.gz", ".nii")])
+    return first_file(folder, [f"{folder.name}{sep}{suffix}{ext}" for sep in "_-" for ext in (".nii.gz", ".nii")])
 
 
-def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
-    for n in names:
-        if (folder / n).exists():
-            return folder / n
-    return None
+def first_file(folder: Path, names: Sequence[str]) -> Path | None:
+    """The file of ``folder`` named as the first of ``names`` it holds, None if none (or no folder). A name is also
+    matched in another case (``T1.nii.gz``, ``seg.NII.GZ``), as a Mac's or Windows' file system matches it, when
+    the folder holds no file of the exact name."""
+    if exact := next((folder / n for n in names if (folder / n).is_file()), None):
+        return exact
+    try:
+        held = {p.name.lower(): p for p in sorted(folder.iterdir(), reverse=True) if p.is_file()}
+    except OSError:
+        return None
+    return next((held[n.lower()] for n in names if n.lower() in held), None)
 
 
 @dataclass

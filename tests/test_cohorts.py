@@ -108,6 +108,26 @@ def test_the_mixdemo_layout_refuses_values_above_csf_and_other_modalities(tmp_pa
         load_cohort(tmp_path, "flair")
 
 
+def test_scan_files_are_found_whatever_the_case_of_their_names(tmp_path):
+    """``T1.nii.gz`` + ``Seg.nii.gz`` (or a BraTS case's ``_T1CE``, ``_SEG``), as written on a Mac or Windows, where
+    the file system finds them as ``t1.nii.gz``: on Linux the folder was left out, noted as holding no t1.nii.gz."""
+    (tmp_path / "mixdemo").mkdir()
+    write_cube_scan(tmp_path / "mixdemo" / "a_1", 1)
+    write_cube_scan(tmp_path / "mixdemo" / "b_1", 2)
+    for old, new in (("t1.nii.gz", "T1.nii.gz"), ("seg.nii.gz", "Seg.NII.GZ")):
+        (tmp_path / "mixdemo" / "b_1" / old).rename(tmp_path / "mixdemo" / "b_1" / new)
+    cohort = load_cohort(tmp_path / "mixdemo")
+    assert [r.name for r in cohort.records] == ["a_1", "b_1"] and cohort.left_out == ()
+    assert cohort.records[1].label_path.name == "Seg.NII.GZ"
+    write_brats_case(tmp_path / "brats", "BraTS2021_00000", 0, modalities=("t1ce",))
+    case = tmp_path / "brats" / "BraTS2021_00000"
+    for mod in ("t1ce", "seg"):
+        (case / f"BraTS2021_00000_{mod}.nii.gz").rename(case / f"BraTS2021_00000_{mod.upper()}.nii.gz")
+    (record,) = load_cohort(tmp_path / "brats").records
+    assert record.image_path.name == "BraTS2021_00000_T1CE.nii.gz" and record.label_path is not None
+    assert load_cohort(tmp_path / "brats").modality == "t1ce"
+
+
 def test_a_folder_of_neither_layout_says_what_both_expect(tmp_path):
     (tmp_path / "case").mkdir()
     (tmp_path / "case" / "scan.nii.gz").write_bytes(b"")
@@ -793,6 +813,18 @@ def test_prepare_cohort_lists_the_folders_it_ignores_and_why(quick_prepare, tmp_
                            "  d_1: t1.nii.gz without seg.nii.gz (its label map); holds aseg.nii.gz, t1.nii.gz",
                            "  notes: neither t1.nii.gz + seg.nii.gz nor mri/orig.mgz + mri/aseg.mgz; empty"]
     assert printed[-1].startswith("wrote 2 scans of 2 subjects") and f"ignored 3 folder(s) of {src}" in printed[-1]
+
+
+def test_prepare_cohort_finds_scan_files_whatever_the_case_of_their_names(quick_prepare, tmp_path, capsys):
+    """A source folder written on a Mac or Windows (``T1.nii.gz``, ``SEG.nii.gz``) was ignored on Linux, each folder
+    listed as holding T1.nii.gz without t1.nii.gz."""
+    src = tmp_path / "src"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+        for old in ("t1.nii.gz", "seg.nii.gz"):
+            (src / name / old).rename(src / name / old.replace(old.split(".")[0], old.split(".")[0].upper()))
+    quick_prepare.main([str(src), "--out", str(tmp_path / "cohort")])
+    assert capsys.readouterr().out.splitlines()[-1].startswith("wrote 2 scans of 2 subjects")
 
 
 def test_prepare_cohort_refuses_to_write_into_a_cohort_it_did_not_prepare(quick_prepare, tmp_path):

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from mixdemo.data import (BRATS_LAYOUT, MIXDEMO_LAYOUT, CohortError, LabelValueError, Layout, classes_of, cohort_classes,
-                          freesurfer_tissue, load_cohort, mixdemo_layout, subject_of)
+                          first_file, freesurfer_tissue, load_cohort, mixdemo_layout, subject_of)
 from mixdemo.classes import CLASS_NAMES
 from mixdemo.phantoms import moved_subjects, split_keeping_earlier_sides
 from training import LISTED, command_line, first_few, user_errors
@@ -79,8 +79,8 @@ def find_scans(src: Path) -> tuple[list[RawScan], dict[str, str]]:
     SystemExit naming both forms (and the folders ignored) if there is no scan."""
     scans, ignored = [], {}
     for folder in sorted(p for p in src.iterdir() if p.is_dir()):
-        t1, seg = _first(folder, T1_NAMES), _first(folder, SEG_NAMES)
-        fs_image, aseg = _first(folder / "mri", FREESURFER_IMAGES), _first(folder / "mri", ("aseg.mgz",))
+        t1, seg = first_file(folder, T1_NAMES), first_file(folder, SEG_NAMES)
+        fs_image, aseg = first_file(folder / "mri", FREESURFER_IMAGES), first_file(folder / "mri", ("aseg.mgz",))
         if t1 and seg:
             scans.append(RawScan(folder.name, t1, seg, "tissue"))
         elif fs_image and aseg:
@@ -116,10 +116,10 @@ def why_not_a_scan(folder: Path, half: Path | None, fs_half: Path | None) -> str
     """What ``folder`` lacks of either form, given the one file of a pair it holds (``half``, ``fs_half``), and
     the files it holds when it holds no such file (labels under another name, as ``aseg.nii.gz``)."""
     if half is not None:
-        lacking = "seg.nii.gz (its label map)" if half.name in T1_NAMES else "t1.nii.gz"
+        lacking = "seg.nii.gz (its label map)" if half.name.lower() in T1_NAMES else "t1.nii.gz"
         return f"{half.name} without {lacking}{_holding(folder)}"
     if fs_half is not None:
-        lacking = "mri/aseg.mgz" if fs_half.name != "aseg.mgz" else "mri/orig.mgz (or T1.mgz, brain.mgz)"
+        lacking = "mri/aseg.mgz" if fs_half.name.lower() != "aseg.mgz" else "mri/orig.mgz (or T1.mgz, brain.mgz)"
         return f"mri/{fs_half.name} without {lacking}"
     return "neither t1.nii.gz + seg.nii.gz nor mri/orig.mgz + mri/aseg.mgz" + (_holding(folder) or "; empty")
 
@@ -137,10 +137,6 @@ def print_ignored(ignored: dict[str, str], src: Path, n_folders: int) -> None:
             print(f"  {name}: {why}")
         if len(ignored) > LISTED:
             print(f"  ... and {len(ignored) - LISTED} more")
-
-
-def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
-    return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
 def check_apart(src: Path, out: Path) -> None:
@@ -167,7 +163,7 @@ def check_out_folder(out: Path, src: Path) -> None:
     entries = list(out.iterdir())
     if not entries:
         return
-    scans = [p for p in entries if p.is_dir() and _first(p, T1_NAMES)]
+    scans = [p for p in entries if p.is_dir() and first_file(p, T1_NAMES)]
     held = ["split.json"] * (out / "split.json").exists() + [f"{len(scans)} scan folder(s)"] * bool(scans)
     if held:
         raise SystemExit(f"error: --out {out} already holds a cohort that training.prepare_cohort did not write "
@@ -188,7 +184,7 @@ def _json_of(path: Path) -> dict:
 def as_nifti(path: Path, tmp: Path, labels: str | None = None) -> Path:
     """``path`` itself if it is NIfTI; a FreeSurfer ``.mgz`` written as NIfTI in ``tmp`` (with ``labels="freesurfer"``,
     its aseg labels as tissue classes first)."""
-    if path.suffix != ".mgz":
+    if path.suffix.lower() != ".mgz":
         return path
     import nibabel as nib
 
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> Path:
           + (f"; check {', '.join(flagged)} (registration warnings in prepare.json)" if flagged else ""))
     warn_thin_split(split, written)
     warn_moved_subjects(earlier_split, split)
-    stray = [p.name for p in sorted(args.out.iterdir()) if p.is_dir() and _first(p, T1_NAMES) and p.name not in written]
+    stray = [p.name for p in sorted(args.out.iterdir()) if p.is_dir() and first_file(p, T1_NAMES) and p.name not in written]
     if stray:
         print(f"warning: {args.out} also holds {len(stray)} scan folder(s) whose source is not in {args.src} any more, "
               f"in neither split: {first_few(stray)}", file=sys.stderr)
