@@ -251,7 +251,7 @@ def read_split_file(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))  # a user's notes may hold any text
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))  # a user's notes may hold any text; a BOM (Notepad) skipped
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CohortError(f"{path} is not readable JSON ({exc}).") from None
     if not isinstance(meta, dict):

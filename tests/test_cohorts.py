@@ -398,6 +398,15 @@ def test_a_split_json_is_read_as_utf8_whatever_the_locale(tmp_path, monkeypatch)
     assert load_cohort(tmp_path).class_names == ("background", "Läsion")
 
 
+def test_a_split_json_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Notepad (before 2019) and PowerShell 5's ``Out-File -Encoding utf8`` begin a UTF-8 file with a byte order
+    mark: the cohort stopped, calling the split.json "not readable JSON (Unexpected UTF-8 BOM ...)"."""
+    for i in range(2):
+        write_brats_case(tmp_path, f"BraTS2021_{i:05d}", i)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["BraTS2021_00000"]}), encoding="utf-8-sig")
+    assert load_cohort(tmp_path).test_subjects == ("BraTS2021_00001",)
+
+
 def test_brats_patches_centre_on_the_brain_as_well_as_on_the_tumour(brats_2021):
     volumes = load_volumes(load_cohort(brats_2021).split("train"))
     on_labels = MixedPatchSampler(volumes, patch_size=8, mixed=False, seed=0).batch(64)
