@@ -51,7 +51,7 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
     bounding box of the segmentation's labelled voxels. ``note`` hears of a segmentation that labels only part of
     the labels' extent (a patch). With ``brats`` the labels file holds BraTS's values (1 NCR, 2 ED, 4 ET in 2021,
     3 in 2023), read as the classes 1-3 the client writes."""
-    from mixdemo.io import conform_labels, load_labels_on_file_grid, load_labels_with_affine
+    from mixdemo.io import load_labels_on_file_grid
 
     on_file_grid, file_affine = _named(labels, load_labels_on_file_grid)
     if brats:
@@ -61,18 +61,11 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
             on_file_grid = classes_of(on_file_grid, BRATS_LAYOUT, labels.name)
         except CohortError as exc:
             raise ScoreError(str(exc)) from None
-    truth, truth_affine = conform_labels(on_file_grid, file_affine)
-    if segmentation.name.lower().endswith(".dcm"):  # onto the labels file's grid, then as the labels go
-        pred, pred_affine = conform_labels(_named(segmentation, _seg_on_grid, on_file_grid.shape, file_affine),
-                                           file_affine)
+    if segmentation.name.lower().endswith(".dcm"):  # onto the labels file's grid
+        seg_on_file = (_named(segmentation, _seg_on_grid, on_file_grid.shape, file_affine), file_affine)
     else:
-        pred, pred_affine = _named(segmentation, load_labels_with_affine)
-    if pred.shape != truth.shape:
-        raise ScoreError(f"{segmentation.name} is on a {'×'.join(map(str, pred.shape))} grid and {labels.name} on "
-                         f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
-    if not np.allclose(pred_affine, truth_affine, atol=1e-3):
-        raise ScoreError(f"{segmentation.name} and {labels.name} have grids of the same size in different places "
-                         "(their affines differ): score a segmentation against labels on its own grid.")
+        seg_on_file = _named(segmentation, load_labels_on_file_grid)
+    pred, truth = _on_one_grid(segmentation.name, seg_on_file, labels.name, (on_file_grid, file_affine))
     box = labelled_box(pred)
     if box is not None and in_box:
         pred, truth = pred[box], truth[box]
@@ -93,6 +86,26 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
              "class scores 0: write its labels in those values (1, 2, ... as the segmentation's) to score it.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
+
+
+def _on_one_grid(seg_name: str, seg: tuple[np.ndarray, np.ndarray], labels_name: str,
+                 labels: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The segmentation's and the labels' maps (each with its file's affine) on one grid: the files' own when they
+    share it, so that the score is their Dice there (a resampling to 1 mm drops or doubles planes of voxels); else both
+    reoriented to RAS+ on 1 mm (a grid stored in another voxel order over the same box). A ScoreError for grids that
+    differ."""
+    from mixdemo.io import conform_labels
+
+    if seg[0].shape == labels[0].shape and np.allclose(seg[1], labels[1], atol=1e-3):
+        return seg[0], labels[0]
+    (pred, pred_affine), (truth, truth_affine) = conform_labels(*seg), conform_labels(*labels)
+    if pred.shape != truth.shape:
+        raise ScoreError(f"{seg_name} is on a {'×'.join(map(str, pred.shape))} grid and {labels_name} on "
+                         f"{'×'.join(map(str, truth.shape))}: score a segmentation against labels on its own grid.")
+    if not np.allclose(pred_affine, truth_affine, atol=1e-3):
+        raise ScoreError(f"{seg_name} and {labels_name} have grids of the same size in different places "
+                         "(their affines differ): score a segmentation against labels on its own grid.")
+    return pred, truth
 
 
 def _named(path: Path, read: Callable[..., T], *args: object) -> T:

@@ -785,3 +785,26 @@ def test_score_leaves_out_hidden_files_and_matches_labels_whatever_the_case_of_t
     assert main([str(tmp_path / "segs"), str(tmp_path / "labels"), "--json"]) == 0
     captured = capsys.readouterr()
     assert set(json.loads(captured.out)) == {"a", "b", "mean"} and captured.err == ""
+
+
+@pytest.mark.parametrize("zooms", [(0.5, 0.5, 0.5), (0.8, 0.8, 1.2)])
+def test_score_is_the_dice_on_the_files_own_grid(tmp_path, capsys, zooms) -> None:
+    """A segmentation and its labels on one grid of other voxels than 1 mm (a 0.5 mm or an anisotropic scan's, the
+    client writing the segmentation on the scan's own grid) are scored on that grid: both were first resampled to
+    1 mm by nearest neighbour, which drops or doubles planes of voxels, so the score was not their Dice."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.metrics import dice_per_class, mean_dice
+    from mixdemo.score import main
+
+    truth = np.zeros((16, 16, 16), np.uint8)
+    truth[4:12, 4:12, 4:12] = 1
+    pred = truth.copy()
+    pred[12, 4:12, 4:12] = 1  # one plane too many
+    affine = np.diag([*zooms, 1.0])
+    save_volume(pred, affine, tmp_path / "seg.nii.gz", dtype=np.uint8)
+    save_volume(truth, affine, tmp_path / "labels.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json", "--classes", "GM"]) == 0
+    dice = dice_per_class(pred, truth, [1])
+    assert json.loads(capsys.readouterr().out)["seg"] == {"GM": round(dice[1], 4), "avg": round(mean_dice(dice), 4)}
