@@ -836,6 +836,24 @@ def test_prepare_cohort_finds_scan_files_whatever_the_case_of_their_names(quick_
     assert capsys.readouterr().out.splitlines()[-1].startswith("wrote 2 scans of 2 subjects")
 
 
+def test_prepare_cohort_leaves_out_freesurfer_s_average_subject(quick_prepare, tmp_path, capsys):
+    """recon-all links ``$FREESURFER_HOME/subjects/fsaverage`` into the subjects folder, and it holds mri/orig.mgz and
+    mri/aseg.mgz: the README's ``prepare_cohort /data/ppmi_freesurfer`` prepared FreeSurfer's template as a subject
+    of the cohort, to train on or to score."""
+    import nibabel as nib
+
+    src = tmp_path / "src"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+    (src / "fsaverage" / "mri").mkdir(parents=True)
+    for name in ("orig.mgz", "aseg.mgz"):
+        nib.save(nib.MGHImage(np.ones((8, 8, 8), np.int32), np.eye(4)), str(src / "fsaverage" / "mri" / name))
+    quick_prepare.main([str(src), "--out", str(tmp_path / "cohort")])
+    printed = capsys.readouterr().out.splitlines()
+    assert "  fsaverage: FreeSurfer's average subject (a template), not a scan" in printed
+    assert printed[-1].startswith("wrote 2 scans of 2 subjects") and not (tmp_path / "cohort" / "fsaverage").exists()
+
+
 def test_prepare_cohort_refuses_to_write_into_a_cohort_it_did_not_prepare(quick_prepare, tmp_path):
     """An existing cohort keeps its split.json and scans: refused unless prepared by this command from the same
     source folder (then a rerun)."""

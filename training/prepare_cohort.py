@@ -21,7 +21,8 @@ through the same transform from their file's own grid (each label's share interp
 similarity to the template, its warning if any, and the share of labelled voxels kept inside the extracted brain,
 to check before training. A scan that cannot be used (an unreadable file, labels outside the classes, a failed
 registration) is skipped with its reason in ``prepare.json``, and a folder of neither form is listed with what it
-lacks. Scans already written by an earlier run into ``--out`` are kept while their source files (T1 and labels:
+lacks (FreeSurfer's average subjects, ``fsaverage`` and the like, which recon-all links into a subjects folder, are
+listed as such). Scans already written by an earlier run into ``--out`` are kept while their source files (T1 and labels:
 path, size, modification time) are unchanged, and prepared again otherwise, so an interrupted run goes on where it
 stopped and an edited scan is not left stale.
 
@@ -58,6 +59,9 @@ from training import LISTED, command_line, first_few, user_errors
 FREESURFER_IMAGES = ("orig.mgz", "T1.mgz", "brain.mgz")
 """The FreeSurfer image used, first present first: the conformed raw T1 (skull included) is what a client's
 raw scan looks like."""
+FREESURFER_TEMPLATES = ("fsaverage", "cvs_avg35")
+"""Name beginnings of FreeSurfer's average subjects (templates, not scans; ``fsaverage``, ``fsaverage_sym``,
+``cvs_avg35_inMNI152`` ...), which recon-all links into a subjects folder: left out."""
 T1_NAMES = ("t1.nii.gz", "t1.nii")
 SEG_NAMES = ("seg.nii.gz", "seg.nii")
 OUTPUTS = ("t1.nii.gz", "seg.nii.gz")
@@ -79,6 +83,9 @@ def find_scans(src: Path) -> tuple[list[RawScan], dict[str, str]]:
     SystemExit naming both forms (and the folders ignored) if there is no scan."""
     scans, ignored = [], {}
     for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+        if folder.name.startswith(FREESURFER_TEMPLATES):
+            ignored[folder.name] = "FreeSurfer's average subject (a template), not a scan"
+            continue
         t1, seg = first_file(folder, T1_NAMES), first_file(folder, SEG_NAMES)
         fs_image, aseg = first_file(folder / "mri", FREESURFER_IMAGES), first_file(folder / "mri", ("aseg.mgz",))
         if t1 and seg:
