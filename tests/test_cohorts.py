@@ -886,6 +886,18 @@ def test_prepare_cohort_refuses_to_write_into_a_cohort_it_did_not_prepare(quick_
     assert quick_prepare.main([str(src), "--out", str(tmp_path / "empty")]) == tmp_path / "empty"
 
 
+def test_prepare_cohort_takes_an_out_folder_holding_only_hidden_files_as_empty(quick_prepare, tmp_path):
+    """A new folder opened in a Mac's Finder holds a ``.DS_Store``: --out was refused as "not empty (1 item(s), e.g.
+    '.DS_Store')", as if it held another cohort's files."""
+    src, out = tmp_path / "src", tmp_path / "mine"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    assert quick_prepare.main([str(src), "--out", str(out)]) == out
+    assert (out / "split.json").exists() and (out / ".DS_Store").exists()
+
+
 def test_prepare_cohort_warns_of_a_split_too_small_to_train_or_evaluate(quick_prepare, tmp_path, capsys):
     """One subject: an empty test split and one training subject, each named in a warning with what needs more;
     three subjects of one scan each: a test split of one scan (no test-retest ICC)."""

@@ -167,7 +167,7 @@ def check_out_folder(out: Path, src: Path) -> None:
             return
         raise SystemExit(f"error: --out {out} holds a cohort prepared from another folder ({meta['source']}), not "
                          f"{src}; give --out a new folder (a cohort is prepared from one source folder).")
-    entries = list(out.iterdir())
+    entries = [p for p in out.iterdir() if not p.name.startswith(".")]  # a Mac's .DS_Store: still empty
     if not entries:
         return
     scans = [p for p in entries if p.is_dir() and first_file(p, T1_NAMES)]
