@@ -139,7 +139,8 @@ class Cohort:
     layout: Layout = MIXDEMO_LAYOUT
     class_names: tuple[str, ...] = CLASS_NAMES
     dataset: str | None = None  # split.json's "dataset" ("MNI152-phantom" for the phantoms)
-    left_out: tuple[str, ...] = ()  # its folders that hold no scan of the layout read (a BraTS case without the modality)
+    left_out: tuple[str, ...] = ()  # its folders that hold no scan of the layout read (a BraTS case without the modality,
+    # a link to a folder that is not there)
 
     def left_out_note(self) -> str | None:
         """A line naming the folders left out (None if none), for the commands that read the cohort to print."""
@@ -230,7 +231,8 @@ def load_cohort(root: str | Path, modality: str | None = None) -> Cohort:
             f"(<case>/<case>_{modality or 't1ce'}.nii.gz with <case>_seg.nii.gz).")
     subjects = sorted({r.subject for r in records})
     read = {r.image_path.parent for r in records}
-    left_out = tuple(f.name for f in folders if f not in read and not f.name.startswith("."))
+    broken = [p for p in root.iterdir() if p.is_symlink() and not p.exists()]  # a link to storage not mounted
+    left_out = tuple(f.name for f in sorted([*folders, *broken]) if f not in read and not f.name.startswith("."))
     subject_of_folder = brats_subject if layout.name == BRATS_LAYOUT.name else subject_of
     meta = read_split_file(root / "split.json")
     train, test = cohort_split(meta, subjects, {subject_of_folder(name) for name in left_out})

@@ -128,6 +128,18 @@ def test_scan_files_are_found_whatever_the_case_of_their_names(tmp_path):
     assert load_cohort(tmp_path / "brats").modality == "t1ce"
 
 
+def test_a_link_to_a_scan_folder_that_is_not_there_is_named_as_left_out(tmp_path):
+    """A cohort of links into other storage: a link whose folder is gone (a disk not mounted) was dropped without a
+    word, and without a split.json the split was drawn over the other subjects alone."""
+    (tmp_path / "cohort").mkdir()
+    write_cube_scan(tmp_path / "cohort" / "a_1", 1)
+    write_cube_scan(tmp_path / "cohort" / "b_1", 2)
+    (tmp_path / "cohort" / "c_1").symlink_to(tmp_path / "unmounted" / "c_1", target_is_directory=True)
+    cohort = load_cohort(tmp_path / "cohort")
+    assert [r.name for r in cohort.records] == ["a_1", "b_1"] and cohort.left_out == ("c_1",)
+    assert "c_1" in cohort.left_out_note()
+
+
 def test_a_folder_of_neither_layout_says_what_both_expect(tmp_path):
     (tmp_path / "case").mkdir()
     (tmp_path / "case" / "scan.nii.gz").write_bytes(b"")
