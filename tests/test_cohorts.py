@@ -866,6 +866,17 @@ def test_prepare_cohort_leaves_out_freesurfer_s_average_subject(quick_prepare, t
     assert printed[-1].startswith("wrote 2 scans of 2 subjects") and not (tmp_path / "cohort" / "fsaverage").exists()
 
 
+def test_prepare_cohort_names_a_link_to_a_scan_folder_that_is_not_there(quick_prepare, tmp_path, capsys):
+    """A source folder of links into other storage: a link whose folder is gone was skipped without a word."""
+    src = tmp_path / "src"
+    for name in ("a_1", "b_1"):
+        write_raw_scan(src, name)
+    (src / "c_1").symlink_to(tmp_path / "unmounted" / "c_1", target_is_directory=True)
+    quick_prepare.main([str(src), "--out", str(tmp_path / "cohort")])
+    printed = capsys.readouterr().out.splitlines()
+    assert f"  c_1: a link to {tmp_path / 'unmounted' / 'c_1'}, which is not there" in printed
+
+
 def test_prepare_cohort_refuses_to_write_into_a_cohort_it_did_not_prepare(quick_prepare, tmp_path):
     """An existing cohort keeps its split.json and scans: refused unless prepared by this command from the same
     source folder (then a rerun)."""

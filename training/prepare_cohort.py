@@ -82,7 +82,11 @@ def find_scans(src: Path) -> tuple[list[RawScan], dict[str, str]]:
     """The scans of ``src`` in either form (module docstring), and its other folders with why each is none;
     SystemExit naming both forms (and the folders ignored) if there is no scan."""
     scans, ignored = [], {}
-    for folder in sorted(p for p in src.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in src.iterdir() if p.is_dir() or p.is_symlink()):
+        if not folder.is_dir():  # a link to a file, or to storage not mounted
+            if not folder.exists():
+                ignored[folder.name] = f"a link to {os.readlink(folder)}, which is not there"
+            continue
         if folder.name.startswith(FREESURFER_TEMPLATES):
             ignored[folder.name] = "FreeSurfer's average subject (a template), not a scan"
             continue
