@@ -506,6 +506,15 @@ def _voxels_by_class(labels: np.ndarray, sort: bool = True) -> tuple[np.ndarray,
     return voxels, [(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
+def _check_patch_fits(volumes: Sequence[Volume], patch_size: int) -> None:
+    """A CohortError unless a patch of ``patch_size``³ voxels fits in every volume: the corners of a larger one come out
+    negative, and the patches cut would be smaller, from the scans' ends."""
+    if volumes and patch_size > (side := min(min(v.image.shape) for v in volumes)):
+        smallest = min((v.image.shape for v in volumes), key=min)
+        raise CohortError(f"Patches of {patch_size}³ voxels do not fit in the scans ({'×'.join(map(str, smallest))}): "
+                          f"give a patch size of at most {side} (--patch-size).")
+
+
 @dataclass
 class Batch:
     """One training batch of mixed patches (B, …)."""
@@ -556,6 +565,7 @@ class MixedPatchSampler:
             raise ValueError(f"views is 1, or 2 for mixed patches (got {views}{'' if mixed else ', unmixed'}).")
         if views == 2 and len({v.subject for v in volumes}) < 1 + 2 * n_references:
             raise ValueError(f"Two mixes with disjoint references need {1 + 2 * n_references} subjects or more.")
+        _check_patch_fits(volumes, patch_size)
         self.views = views
         self.volumes = list(volumes)
         self.patch_size = patch_size

@@ -431,6 +431,15 @@ def test_brats_patches_centre_on_the_brain_as_well_as_on_the_tumour(brats_2021):
         MixedPatchSampler(volumes, patch_centres="anywhere")
 
 
+def test_patches_larger_than_the_scans_are_refused_naming_the_largest_that_fits(brats_2021):
+    """A 40³ patch on the 32³ scans (BraTS's 155 slices with --patch-size 160): the corners came out negative, and
+    training went on, without a word, on patches of 24 voxels cut from the scans' ends."""
+    volumes = load_volumes(load_cohort(brats_2021).split("train"))
+    with pytest.raises(CohortError, match=r"40³ voxels do not fit in the scans \(32×32×32\).*at most 32"):
+        MixedPatchSampler(volumes, patch_size=40, seed=0)
+    assert MixedPatchSampler(volumes, patch_size=32, seed=0).batch(1).x_mix.shape == (1, 1, 32, 32, 32)
+
+
 @pytest.mark.slow
 def test_training_and_evaluation_run_on_a_brats_folder(brats_2021, tmp_path, monkeypatch):
     """S + D and the baseline trained a few steps on the FLAIR images of BraTS folders; the quick evaluation reads
