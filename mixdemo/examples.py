@@ -173,7 +173,7 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None, 
     Raises:
         ValueError: no usable reference in ``folder`` (the message names what is expected).
     """
-    from mixdemo.data import MAX_CLASSES, ScanRecord, load_volume, mixdemo_layout
+    from mixdemo.data import MAX_CLASSES, ScanRecord, first_file, load_volume, mixdemo_layout
     from mixdemo.pipeline import Reference
 
     n = MAX_CLASSES if num_classes is None else num_classes
@@ -182,15 +182,15 @@ def load_reference_dir(folder: str | os.PathLike, ids: list[str] | None = None, 
     if not folder.is_dir():
         raise ValueError("The reference folder is a file: give the folder that holds the references (one folder "
                          "each, t1.nii.gz + seg.nii.gz)." if folder.exists() else "The reference folder does not exist.")
-    names = ids if ids is not None else sorted(p.name for p in folder.iterdir() if (p / "t1.nii.gz").exists())
+    names = ids if ids is not None else sorted(p.name for p in folder.iterdir() if first_file(p, ("t1.nii.gz",)))
     if ids is None and not names:
         return _brats_references(folder)
     refs = []
     for name in names:
-        sub = folder / name
-        if not (sub / "t1.nii.gz").exists() or not (sub / "seg.nii.gz").exists():
+        image, labels = first_file(folder / name, ("t1.nii.gz",)), first_file(folder / name, ("seg.nii.gz",))
+        if image is None or labels is None:
             raise ValueError(f"Reference '{name}' needs t1.nii.gz and seg.nii.gz.")
-        vol = load_volume(ScanRecord(name, name, sub / "t1.nii.gz", sub / "seg.nii.gz", layout))  # else a ValueError
+        vol = load_volume(ScanRecord(name, name, image, labels, layout))  # else a ValueError
         refs.append(Reference(name, vol.image, vol.labels))
     if not refs:
         raise ValueError("The reference folder holds no <id>/t1.nii.gz + seg.nii.gz pairs.")

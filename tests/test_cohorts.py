@@ -1057,3 +1057,16 @@ def test_a_reference_folder_refuses_labels_outside_the_tissue_classes(tmp_path):
     write_cube_scan(tmp_path / "r0", 7)
     with pytest.raises(ValueError, match=r"r0's labels hold \[7\]"):
         load_reference_dir(tmp_path)
+
+
+def test_a_reference_folder_finds_its_files_whatever_the_case_of_their_names(tmp_path):
+    """A client's ``--references`` folder copied from a Mac or Windows (``T1.nii.gz``, ``Seg.NII.GZ``) is read as a
+    cohort folder is; it was refused as holding no references."""
+    from mixdemo.examples import load_reference_dir
+
+    write_cube_scan(tmp_path / "r0", 1)
+    write_cube_scan(tmp_path / "r1", 2)
+    for old, new in (("t1.nii.gz", "T1.nii.gz"), ("seg.nii.gz", "Seg.NII.GZ")):
+        (tmp_path / "r1" / old).rename(tmp_path / "r1" / new)
+    assert [r.ref_id for r in load_reference_dir(tmp_path)] == ["r0", "r1"]
+    assert [r.ref_id for r in load_reference_dir(tmp_path, ids=["r1"])] == ["r1"]
