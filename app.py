@@ -19,10 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline by default: weights come
 
 from mixdemo.launch import (check_port_variable, check_setting_variables, parse_app_args,  # noqa: E402  (no Gradio: before it)
                             server_only_from_env)
-from mixdemo.oneshot import app_cache_dir, make_private_dir, sweep_stale  # noqa: E402
+from mixdemo.oneshot import CacheDirError, app_cache_dir, make_private_dir, sweep_stale  # noqa: E402
 
 if "GRADIO_TEMP_DIR" not in os.environ:  # the app's own cache (its user's alone), which only it sweeps
-    os.environ["GRADIO_TEMP_DIR"] = str(make_private_dir(app_cache_dir()))
+    try:
+        os.environ["GRADIO_TEMP_DIR"] = str(make_private_dir(app_cache_dir()))
+    except CacheDirError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 check_port_variable()  # Gradio reads GRADIO_SERVER_PORT when imported: a bad value would be its traceback
 check_setting_variables()  # $MIXDEMO_PRECISION and the like: refused now, not at the first request

@@ -46,10 +46,23 @@ def app_cache_dir() -> Path:
     return (Path(tempfile.gettempdir()) / f"{APP_CACHE_FOLDER}-{user}").resolve()
 
 
+class CacheDirError(OSError):
+    """The app's cache folder cannot be made its user's alone; the message says what to do."""
+
+
 def make_private_dir(folder: Path) -> Path:
     """``folder`` made if missing and readable by its owner alone (0700): the views and uploads Gradio writes
-    there with the usual permissions stay out of other users' reach on a shared machine."""
-    folder.mkdir(parents=True, exist_ok=True)
+    there with the usual permissions stay out of other users' reach on a shared machine. A :class:`CacheDirError`
+    if a file stands there, or a folder of another user's (its name is predictable: made first, it stays theirs,
+    whatever its mode)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CacheDirError(f"The app's cache {folder} is not a folder: remove that file, or set GRADIO_TEMP_DIR to "
+                            "a folder of your own.") from None
+    if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
+        raise CacheDirError(f"The app's cache {folder} was made by another user, who could read the uploads there: "
+                            "remove it, or set GRADIO_TEMP_DIR to a folder of your own.")
     os.chmod(folder, 0o700)
     return folder
 

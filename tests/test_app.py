@@ -938,6 +938,51 @@ def test_the_app_sweeps_what_a_killed_process_left_in_its_own_cache_only(tmp_pat
     assert sorted(p.name for p in own.iterdir()) == ["2c3d"] and (fresh_upload / "scan.nii.gz").exists()
 
 
+def test_the_app_s_cache_is_refused_when_another_user_made_it_first(tmp_path, monkeypatch):
+    """The app's cache has a name anyone can predict ($TMPDIR/mixdemo-gradio-<user id>): a folder another user made
+    there first stays theirs (its owner reads every upload, whatever its mode), so it is refused with a message that
+    says what to do, not taken (nor a traceback: chmod of another's folder fails for a user who is not root)."""
+    import os
+    import tempfile
+
+    from mixdemo import oneshot
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    squatted = oneshot.app_cache_dir()
+    squatted.mkdir(mode=0o777)
+    os.chmod(squatted, 0o777)
+    monkeypatch.setattr(os, "getuid", lambda: squatted.stat().st_uid + 1)  # as if another user had made it
+    with pytest.raises(oneshot.CacheDirError, match="another user") as refused:
+        oneshot.make_private_dir(squatted)
+    assert "GRADIO_TEMP_DIR" in str(refused.value)
+    assert squatted.stat().st_mode & 0o777 == 0o777  # left as it was: not the app's to change
+    (tmp_path / "a file").write_bytes(b"")
+    with pytest.raises(oneshot.CacheDirError, match="not a folder"):
+        oneshot.make_private_dir(tmp_path / "a file")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="making a folder of another user's needs root")
+def test_app_py_refuses_a_cache_folder_another_user_made_without_a_traceback(tmp_path):
+    """``python app.py`` run by root took a cache folder another user had made (chmod 0700 kept them its owner, able
+    to read every upload); now it stops with one line before Gradio loads."""
+    import socket
+
+    from mixdemo import oneshot
+
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    squatted = tmp_path / f"{oneshot.APP_CACHE_FOLDER}-{os.getuid()}"
+    squatted.mkdir()
+    os.chown(squatted, 12345, 12345)
+    with socket.socket() as taken:  # should it start all the same, it cannot listen: it ends
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = subprocess.run([sys.executable, "app.py", "--server-only", "--port", str(taken.getsockname()[1])],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error: " in done.stderr and "another user" in done.stderr and "GRADIO_TEMP_DIR" in done.stderr
+
+
 def test_server_deletes_the_folder_gradio_made_for_the_upload_once_empty(app_weights, tmp_path, monkeypatch):
     """Gradio saves each upload as <cache>/<content hash>/<name>: that folder goes with the request, unless it
     holds another file; a request outside Gradio's cache leaves its folder alone."""
