@@ -804,7 +804,8 @@ class RemoteServer:
         content = bytearray()
         kwargs = dict(client.httpx_kwargs)
         hooks = dict(kwargs.pop("event_hooks", None) or {})
-        hooks["request"] = [*hooks.get("request", []), same_host_only(httpx.URL(url).host)]
+        origin = httpx.URL(url)
+        hooks["request"] = [*hooks.get("request", []), same_host_only(origin.host, secure=origin.scheme == "https")]
         with httpx.Client(headers=client.headers, cookies=client.cookies, verify=client.ssl_verify,
                           follow_redirects=True, event_hooks=hooks, **kwargs) as http:
             with http.stream("GET", url) as response:
@@ -830,16 +831,20 @@ def probabilities(values: torch.Tensor) -> bool:
     return bool(low >= 0) and bool(high <= 1)
 
 
-def same_host_only(host: str) -> Callable[[object], None]:
+def same_host_only(host: str, secure: bool = False) -> Callable[[object], None]:
     """An ``httpx`` request hook that refuses, before it is sent, a request to a host other than ``host``: the
     answer's download follows the server's redirects on its own host (http to https, a path behind a proxy), not
     to another, which would get the request's headers (``x-hf-authorization``, a custom header that ``httpx``
-    keeps across hosts, with ``--send-hf-token``)."""
+    keeps across hosts, with ``--send-hf-token``). With ``secure`` (an https address) a request in plain http is
+    refused too: the answer and those headers would cross the network unencrypted."""
 
     def check(request) -> None:  # noqa: ANN001 - an httpx.Request
         if request.url.host != host:
             raise ClientError(f"The server sent this client to another host ({str(request.url.host)[:60]}) for its "
                               "answer; not followed. Is it a Mixup-Privacy server you trust?")
+        if secure and request.url.scheme != "https":
+            raise ClientError("The server sent this client from https to plain http for its answer, which would "
+                              "cross the network unencrypted; not followed. Check the server's proxy settings.")
 
     return check
 

@@ -1170,6 +1170,21 @@ def test_the_answer_follows_redirects_on_the_server_s_host_only(answering_server
     assert [host for host, _, _ in state["heard"]] == [f"127.0.0.1:{state['port']}"]  # never reached localhost
 
 
+def test_the_answer_of_an_https_server_is_never_fetched_over_plain_http():
+    """A redirect of the download from an https address to plain http on the same host (a proxy in front of the app
+    that writes its own address as http) was followed: the answer, and the headers (the token with
+    --send-hf-token), went over the network unencrypted. Refused now before it is sent; http to https is followed."""
+    import httpx
+
+    from mixdemo.client import ClientError, same_host_only
+
+    check = same_host_only("server.example", secure=True)
+    check(httpx.Request("GET", "https://server.example/gradio_api/file=/tmp/gradio/x/mixed_probs.npy"))  # the control
+    with pytest.raises(ClientError, match="plain http"):
+        check(httpx.Request("GET", "http://server.example/gradio_api/file=/tmp/gradio/x/mixed_probs.npy"))
+    same_host_only("server.example")(httpx.Request("GET", "https://server.example/x"))  # http to https: followed
+
+
 def test_the_client_follows_the_request_limits_the_server_reports(app_url):
     from mixdemo import server
     from mixdemo.client import RemoteServer
