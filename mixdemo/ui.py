@@ -1270,7 +1270,8 @@ def build_demo() -> gr.Blocks:
                             upload = upload_path_only(gr.File(label="T1 scan: .nii / .nii.gz, or a DICOM series (a .zip of its files, or one enhanced .dcm); registered to MNI if needed",  # no file_types: Gradio's
                                                               # type check would refuse before load_upload and leave the upload on disk
                                                               type="filepath", height=120))
-                            upload_series = gr.Number(0, precision=0, minimum=0, label="DICOM series",
+                            upload_series = gr.Number(0, precision=0, label="DICOM series",  # no minimum: Gradio's
+                                                      # check would refuse before load_upload and leave the upload on disk
                                                       info="0: the upload holds one series. A whole study's export is "
                                                            "refused with a numbered list of its series: set the T1's "
                                                            "number here and upload it again.",

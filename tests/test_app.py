@@ -1808,6 +1808,27 @@ def test_a_new_scan_replaces_the_last_one_s_results_and_download_and_waits_for_i
     assert {fns[n].concurrency_limit for n in ("load_example", "load_upload", "segment")} == {1}
 
 
+def test_an_upload_is_deleted_whatever_number_the_series_field_holds(app_weights, example, tmp_path):
+    """The DICOM series field refused a number below 0 in Gradio's own check of the inputs (its minimum), before
+    load_upload ran: a scan uploaded with -1 typed there was neither read nor deleted (it stayed in Gradio's cache
+    until the views' sweep) and the page said "Value -1 is less than minimum value 0.". The handler gets every
+    number now: a DICOM upload is refused, a NIfTI one loads, each deleted."""
+    from mixdemo import examples, ui
+
+    demo = ui.build_demo()
+    load = next(f for f in demo.fns.values() if f.api_name == "load_upload")
+    series = load.inputs[1]
+    assert series.elem_id == "upload-series"
+    assert series.preprocess(-1) == -1  # what the page sends reaches the handler
+    folder, _ = example
+    archive = examples._write_dicom_example(folder / "t1.nii.gz", tmp_path / "Doe_Jane.zip")
+    status = ui.load_upload(str(archive), -1, progress=_Progress())[5]
+    assert status.startswith(f"**{ui.UPLOAD_REFUSED}:** Series -1") and not archive.exists()
+    nifti = tmp_path / "upload.nii.gz"
+    shutil.copy(folder / "t1.nii.gz", nifti)
+    assert ui.load_upload(str(nifti), -1, progress=_Progress())[5].startswith("Loaded your scan") and not nifti.exists()
+
+
 def test_labels_uploaded_while_their_scan_loads_wait_for_it():
     """A scan and its labels uploaded one after the other (the two boxes of one accordion): the labels' event ran at
     once beside the scan's slower load (a registration takes seconds), so they were refused ("Load a scan first") or
