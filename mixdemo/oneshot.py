@@ -15,6 +15,7 @@ of its own (the uploader's file name never reaches the disk), and a handler read
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import secrets
@@ -253,14 +254,49 @@ def _boundary(scope: dict) -> bytes | None:
     return None
 
 
+_PARSED_FILES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("mixdemo_parsed_files", default=None)
+"""The temporary files Gradio's upload parser made for the upload request being served (:class:`UniqueUploads`)."""
+
+
+def _recorded_temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """``tempfile.NamedTemporaryFile``, its name recorded for the upload request being served (:data:`_PARSED_FILES`)."""
+    made = tempfile.NamedTemporaryFile(*args, **kwargs)  # Gradio's parser closes and moves it
+    parsed = _PARSED_FILES.get()
+    if parsed is not None:
+        parsed.append(made.name)
+    return made
+
+
+def record_parsed_files() -> None:
+    """Make Gradio's upload parser (``gradio.route_utils``, which writes each file part to a temporary file in its
+    cache and moves it into place once the body is parsed) record each such file for :class:`UniqueUploads`, which
+    removes those left in place: a client that left half-way, or a file part Gradio does not take (not named
+    ``files``), left one there, the upload's bytes in it, for as long as the app ran."""
+    import gradio.route_utils
+
+    gradio.route_utils.NamedTemporaryFile = _recorded_temporary_file
+
+
+def _remove_left(names: list[str]) -> None:
+    """Remove those of ``names`` still in place: temporary files Gradio's parser made and did not move."""
+    for name in names:
+        try:
+            os.unlink(name)
+        except OSError:  # moved into place: the upload itself
+            pass
+
+
 class UniqueUploads:
     """ASGI middleware: every file posted to Gradio's upload route is renamed in the request
     (:func:`upload_file_name`), so Gradio saves it as a file of its own, which only its uploader's request names
     (:func:`is_upload`), rather than at the path its content names, shared with any other upload of the same
-    bytes and with Gradio's own copy of a view or figure of the same bytes and name."""
+    bytes and with Gradio's own copy of a view or figure of the same bytes and name. A temporary file Gradio's
+    parser made for the request and did not move into place is removed once the request is over
+    (:func:`record_parsed_files`)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        record_parsed_files()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         """Rename the file parts of an upload's body as it streams in; pass anything else through."""
@@ -281,7 +317,14 @@ class UniqueUploads:
             return message
 
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]  # the body's
-        await self.app({**scope, "headers": headers}, renamed, send)  # length changes with the names
+        # length changes with the names
+        parsed: list[str] = []  # the temporary files Gradio's parser makes for this request
+        token = _PARSED_FILES.set(parsed)
+        try:
+            await self.app({**scope, "headers": headers}, renamed, send)
+        finally:
+            _PARSED_FILES.reset(token)
+            _remove_left(parsed)
 
 
 def middlewares() -> list:

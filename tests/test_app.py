@@ -1051,6 +1051,57 @@ def test_a_file_served_to_every_page_is_not_deleted_by_a_refused_upload_of_its_c
     assert httpx.get(served).status_code == 200
 
 
+def _send_half_and_leave(app_url: str, body: bytes, boundary: bytes) -> None:
+    """Post ``body`` to the upload route as a page closed mid-upload does: the whole body's length declared, half of
+    it sent, then the connection closed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(app_url)
+    head = (f"POST /gradio_api/upload HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: multipart/form-data; "
+            f"boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((where.hostname, where.port), timeout=30) as s:
+        s.sendall(head + body[: len(body) // 2])
+
+
+def test_an_upload_gradio_did_not_keep_leaves_nothing_of_it_in_its_cache(app_url):
+    """Gradio's upload route writes each file part to a temporary file in its cache (tmpXXXXXXXX) and moves it into
+    place once the body is parsed: a client that left half-way (a page closed during a scan's upload), or a file part
+    named otherwise than ``files``, left that file there, the scan's bytes in it, for as long as the app ran. Removed
+    now once the request is over; a complete upload is kept where Gradio put it."""
+    import secrets
+    import time
+
+    import httpx
+
+    marker = secrets.token_bytes(16)
+    data = marker * (1 << 16)  # 1 MiB: more than a file's buffer, so the half sent reaches the disk
+    kept = _uploaded(app_url, "Doe_Jane.nii.gz", data)  # the control: a whole upload, kept
+    cache = Path(kept).parent.parent
+
+    def strays() -> list[Path]:
+        found = []
+        for f in cache.glob("tmp*"):
+            try:
+                if f.is_file() and marker in f.read_bytes():
+                    found.append(f)
+            except OSError:  # removed while read
+                pass
+        return found
+
+    boundary = b"mixdemo-test-boundary"
+    part = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="Doe_Jane.nii.gz"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--" + boundary + b"--\r\n")
+    _send_half_and_leave(app_url, part, boundary)
+    answer = httpx.post(f"{app_url}/gradio_api/upload", files={"scan": ("Doe_Jane.nii.gz", data)}, timeout=60)
+    assert answer.status_code == 200 and answer.json() == []  # a part Gradio does not take: nothing uploaded
+    deadline = time.monotonic() + 30  # the left connection is noticed when the server reads it next
+    while strays() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not strays()
+    assert Path(kept).read_bytes() == data
+
+
 def test_two_uploads_of_one_file_are_two_files(app_url, tmp_path):
     """Two users uploading the same file (the same example scan, say) got one path: the first request read it and
     deleted it, and the second was told its valid request was not a .npy file. Each upload is a file of its own
