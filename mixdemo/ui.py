@@ -761,6 +761,7 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     """Run ``mixdemo.attacks.bss.separate`` on the proxy of the last patch run; draw it beside the truth."""
     separate = _attack("bss", ("separate",))
     config_cls = _attack("bss", ("LangevinConfig",))
+    best_chain = _attack("bss", ("best_chain",))
 
     score = _score_model()
     v = sess.view
@@ -768,14 +769,10 @@ def _separation(sess: Session, steps: int, progress, cancel: threading.Event, kn
     alpha = v["alpha"] if known_alpha else None
     res = separate(score, proxy, alpha, n_init=2, config=config_cls(steps_per_level=max(1, steps), tail=_population_tail()),
                    progress=progress, cancel=cancel)
-    best, best_score, best_pair = 0, -2.0, (0, 1)
-    for i in range(res.sources.shape[1]):
-        for t, r in ((0, 1), (1, 0)):
-            sc = _msssim(res.sources[0, i, t], target) + _msssim(res.sources[0, i, r], reference)
-            if sc > best_score:
-                best, best_score, best_pair = i, sc, (t, r)
-    rec_t, rec_r = res.sources[0, best, best_pair[0]], res.sources[0, best, best_pair[1]]
-    ms_t, ms_r = _msssim(rec_t, target), _msssim(rec_r, reference)
+    chain, shown, score_t = best_chain(res.sources, target[None], reference[None])
+    best, t = int(chain[0]), int(shown[0])
+    rec_t, rec_r = res.sources[0, best, t], res.sources[0, best, 1 - t]
+    ms_t, ms_r = float(score_t[0]), _msssim(rec_r, reference)
     ms_proxy = _msssim(proxy, target)
     c = tuple(n // 2 for n in target.shape)
     m = lambda vol: viz.montage(vol, c, scale=PATCH_SCALE, vmax=1.0, grid=True)  # noqa: E731

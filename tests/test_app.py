@@ -1649,9 +1649,11 @@ def _separation_panel(monkeypatch, sources_of) -> tuple:
     target, reference = sess.image[sess.view["region"]], sess.view["reference"]
 
     def recovery(score, proxy, alpha, **kwargs):
-        sources = np.stack(sources_of(target, reference))[None, None]  # (1 proxy, 1 chain, 2 sources)
-        return bss.SeparationResult(sources=sources, alphas=np.array([[0.4]]), consistency=np.zeros((1, 1)),
-                                    energy=np.zeros((1, 1)), completed=True)
+        sources = np.asarray(sources_of(target, reference))  # (2 sources, ...), or (n chains, 2 sources, ...)
+        sources = (sources if sources.ndim == 5 else sources[None])[None]  # (1 proxy, n chains, 2 sources, ...)
+        n = sources.shape[1]
+        return bss.SeparationResult(sources=sources, alphas=np.full((1, n), 0.4), consistency=np.zeros((1, n)),
+                                    energy=np.zeros((1, n)), completed=True)
 
     monkeypatch.setattr(bss, "separate", recovery)
     return target, reference, ui.run_separation(sess, 10, True, None, progress=_Progress())
@@ -1663,6 +1665,33 @@ def test_the_separation_panel_scores_the_recovered_target_against_the_true_one(a
     _, _, (rec_t, true_t, rec_r, true_r, md) = _separation_panel(monkeypatch, lambda t, r: (r, t))  # swapped
     assert "recovered vs true target: 1.000**; recovered vs true reference: 1.000" in md
     assert np.array_equal(rec_t, true_t) and np.array_equal(rec_r, true_r) and not np.array_equal(rec_t, rec_r)
+
+
+def test_the_separation_panel_shows_the_chain_and_sources_the_library_picks(app_weights, example, monkeypatch):
+    """The panel restated bss.best_assignment's loop and took the chain of the best target + reference MS-SSIM: of a
+    chain that recovers the reference exactly and the target dimmed, and one that recovers the target exactly and the
+    reference not at all, it showed the first. It now shows bss.best_chain's pick (the record's best of the inits:
+    the best recovered target), its sources in the order the library assigns them."""
+    from mixdemo.attacks import bss
+    from mixdemo.metrics import msssim_3d
+
+    chains: list = []
+
+    def two_chains(t: np.ndarray, r: np.ndarray) -> np.ndarray:
+        chains.append(np.stack([np.stack([r, 0.6 * t]), np.stack([t, np.zeros_like(r)])]))  # chain 0 swapped
+        return chains[-1]
+
+    target, reference, (rec_t, true_t, rec_r, true_r, md) = _separation_panel(monkeypatch, two_chains)
+    sources = chains[0][None]
+    chain, shown, score = bss.best_chain(sources, target[None], reference[None])
+    assert (int(chain[0]), int(shown[0])) == (1, 0)
+    joint = [max(msssim_3d(c[i], target, data_range=1.0) + msssim_3d(c[1 - i], reference, data_range=1.0)
+                 for i in (0, 1)) for c in chains[0]]
+    assert joint[0] > joint[1]  # the old loop's pick differs: the test tells the two apart
+    assert np.array_equal(rec_t, true_t) and f"recovered vs true target: {score[0]:.3f}**" in md
+    from mixdemo import ui, viz  # the recovered reference drawn is the chain's other source
+    c = tuple(n // 2 for n in target.shape)
+    assert np.array_equal(rec_r, viz.montage(sources[0, 1, 1], c, scale=ui.PATCH_SCALE, vmax=1.0, grid=True))
 
 
 def test_the_attack_panels_take_ms_ssim_as_the_privacy_record_does(app_weights, example, monkeypatch):

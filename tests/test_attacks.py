@@ -285,6 +285,19 @@ def test_best_assignment_picks_the_right_source() -> None:
         assert bss.best_assignment(sources, x, reference)[1].tolist() == [[1]]
 
 
+def test_best_chain_is_the_chain_of_the_best_recovered_target_with_its_assignment() -> None:
+    """Two proxies, two chains each: per proxy the chain whose target best_assignment scores highest, the source it
+    assigns to the target, and that score (what the separation panel shows)."""
+    x, r = smooth_volumes(2, 32, seed=9), smooth_volumes(2, 32, seed=10)
+    dim = np.stack([np.stack([0.5 * x[i], r[i]]) for i in range(2)])  # chain of a dimmed target, in order
+    exact = np.stack([np.stack([r[i], x[i]]) for i in range(2)])  # chain of the exact target, swapped
+    sources = np.stack([np.stack([dim[0], exact[0]]), np.stack([exact[1], dim[1]])])  # (2 proxies, 2 chains, 2, ...)
+    chain, shown, score = bss.best_chain(sources, x, r)
+    assert chain.tolist() == [1, 0] and shown.tolist() == [1, 1]
+    np.testing.assert_allclose(score, bss.best_assignment_msssim(sources, x, r).max(1))
+    assert score == pytest.approx([1.0, 1.0], abs=1e-6)
+
+
 # ---------------------------------------------------------------------------------- re-identification
 
 

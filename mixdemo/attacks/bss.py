@@ -471,3 +471,14 @@ def best_assignment(
     s_r = msssim_3d_batch(flat, ref, data_range=1.0).reshape(b, n, 2)
     keep = (s_t[..., 0] + s_r[..., 1]) >= (s_t[..., 1] + s_r[..., 0])
     return np.where(keep, s_t[..., 0], s_t[..., 1]), np.where(keep, 0, 1)
+
+
+def best_chain(
+    sources: np.ndarray, target: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per proxy, the chain whose recovered target :func:`best_assignment` scores highest (the record's
+    ``best_of_inits``): its (B,) index, the (B,) index of its source assigned to the target, and its (B,) MS-SSIM."""
+    scores, shown = best_assignment(sources, target, reference)
+    chain = scores.argmax(1)
+    rows = np.arange(len(chain))
+    return chain, shown[rows, chain], scores[rows, chain]
