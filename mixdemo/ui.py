@@ -885,7 +885,10 @@ def known_bank_report(sess: Session | None, progress: gr.Progress = gr.Progress(
     v = sess.view
     bank = examples.reference_bank(pfn)
     pfn(0.5, "trying every bank scan and α")
-    found = invert(v["proxy"], np.stack([r.image[v["region"]] for r in bank]))
+    try:
+        found = invert(v["proxy"], np.stack([r.image[v["region"]] for r in bank]))
+    except ValueError as exc:
+        raise _err(exc) from None
     target = sess.image[v["region"]]
     ms_est, ms_proxy = _msssim(found.estimate, target), _msssim(v["proxy"], target)
     side = _above_target(found.estimate, target, v["mode"])

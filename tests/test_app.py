@@ -597,6 +597,24 @@ def test_the_averaging_panel_shows_the_estimate_of_the_proxies_it_averaged(monke
         assert f"target: {curve[-1]:.3f}, against {msssim_3d(mu, tgt, data_range=1.0):.3f}" in md
 
 
+def test_the_known_bank_panel_on_a_patch_of_background_says_why_it_cannot_run(monkeypatch):
+    """A patch-mode run at a corner of the grid, where every bank scan is background (0): the panel raised the metric's
+    'a: expected finite values, found NaN or inf' (the attack's α̂ was NaN); it now says what is wrong."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from mixdemo import ui
+
+    _tiny_attack_lab(monkeypatch, _textures(1, seed=1), _textures(1, seed=2), np.zeros((3, 32, 32, 32), np.float32))
+    target = np.zeros((32, 32, 32), np.float32)
+    sess = ui.Session(target=SimpleNamespace(image=target))
+    sess.view = {"mode": "patch", "region": (slice(0, 32),) * 3, "proxy": target, "alpha": 0.4, "reference_id": "ref-0"}
+    with pytest.raises(gr.Error, match="bank's scans do not differ here") as raised:
+        ui.known_bank_report(sess, progress=_Progress())
+    assert "finite" not in str(raised.value)
+
+
 def test_the_averaging_panel_says_which_defences_the_privacy_record_found_to_help():
     """The TTA panel offers two defences; the privacy record measured a fresh α per mix leaving re-identification of
     the averaged proxies no lower (README: "a fresh α per mix ... does not"), separate requests lowering it. The

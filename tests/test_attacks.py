@@ -369,6 +369,21 @@ def test_known_bank_inversion_finds_the_reference_and_alpha() -> None:
         KnownBank(bank[:1])
 
 
+def test_known_bank_on_a_region_where_the_bank_scans_do_not_differ_says_so() -> None:
+    """A 32³ patch of background: every bank scan is 0 there (as the demo bank's at the grid's corners). The attack
+    returned α̂ = NaN and an estimate of NaN, which MS-SSIM then refused with 'a: expected finite values'."""
+    from mixdemo.attacks.known_bank import KnownBank, invert_downsampled
+
+    for flat in (np.zeros((4, 32, 32, 32)), np.full((3, 32, 32, 32), 0.1) + np.arange(3)[:, None, None, None] / 10):
+        proxy = 0.4 * smooth_volumes(1, 32, seed=3)[0] + 0.6 * flat[0]
+        with pytest.raises(ValueError, match="bank's scans do not differ here"):
+            invert_downsampled(proxy, flat)
+    bank = smooth_volumes(3, 32, seed=4)
+    bank[1] = bank[0]  # two identical scans and one that differs: still an attack
+    found = KnownBank(bank).invert(0.4 * smooth_volumes(1, 32, seed=3)[0] + 0.6 * bank[0])
+    assert np.isfinite(found.alpha) and np.isfinite(found.estimate).all()
+
+
 def test_the_known_bank_criterion_is_the_correlation_it_names() -> None:
     """Brute force on a tiny bank: for every bank scan j and α of the grid, x̂ = (m − (1 − α)·x_j)/α and the largest
     |Pearson r| of x̂ − mean(bank) with any bank scan's deviation; the inversion keeps the (j, α) where it is least."""

@@ -24,6 +24,9 @@ from mixdemo.metrics import msssim_3d_batch
 
 ALPHA_GRID = np.round(np.arange(0.05, 0.951, 0.005), 3)
 """The α the attacker tries: it needs no knowledge of the client's α range."""
+FLAT_RMS = 1e-6
+"""Per-voxel RMS deviation from the bank's mean at or below which every bank scan counts as the same (intensities
+lie in [0, 1])."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class KnownBank:
         self.deviations = _centred((bank - self.mean).reshape(len(bank), -1))  # (R, V)
         self.gram = self.deviations @ self.deviations.T  # ⟨D_j, D_k⟩
         self.norms = np.sqrt(np.diag(self.gram))
+        if not (self.norms > FLAT_RMS * np.sqrt(self.deviations.shape[1])).any():
+            raise ValueError("The bank's scans do not differ here (a region of background, or of one flat intensity): "
+                             "the known-bank attack has nothing to tell them apart by. Try a region of brain.")
         self.scans = _centred(bank.reshape(len(bank), -1))  # each scan less its mean: for the variance match
         self.spread = float((self.scans**2).sum(1).mean())  # s²·V, a normalised scan's variance (× voxels)
         self.alpha_grid = np.asarray(alpha_grid, np.float64)
