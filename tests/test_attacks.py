@@ -783,6 +783,20 @@ def test_the_inversion_section_scores_a_stand_in_only_when_there_are_no_weights(
         load_models(torch.device("cpu"), need_seg=False, allow_hub=False)
 
 
+@pytest.mark.parametrize("module", ["evaluate_privacy", "train_inversion"])
+def test_the_attack_commands_refuse_an_alpha_range_that_mixing_does_not_take(module: str, capsys) -> None:
+    """``--alpha-range 0.3 1.5`` ran every attack with α above 1 (the reference weighed negatively) and recorded it;
+    a reversed range ran too. Both are usage errors, as in the other commands that take the option."""
+    import importlib
+
+    parse_args = importlib.import_module(f"training.{module}").parse_args
+    assert parse_args(["--alpha-range", "0.1", "0.9"]).alpha_range == [0.1, 0.9]
+    for bad in (["0.3", "1.5"], ["0.5", "0.3"], ["0", "0.5"]):
+        with pytest.raises(SystemExit) as raised:
+            parse_args(["--alpha-range", *bad])
+        assert raised.value.code == 2 and f"--alpha-range {float(bad[0]):g} {float(bad[1]):g}" in capsys.readouterr().err
+
+
 def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
     """``--unmixing NAME``: the sections that unmix load that D and record its checksum under its name."""
     import torch

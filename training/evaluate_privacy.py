@@ -48,7 +48,8 @@ from mixdemo.metrics import msssim_3d_batch
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE, patch_slices, sample_patch_corner
 from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import add_device_option, command_line, count, default_out, user_errors, write_record
+from training import (add_device_option, check_alpha_range_option, command_line, count, default_out, user_errors,
+                      write_record)
 
 SECTIONS = ("bss", "reid", "tta", "reuse", "known_bank", "inversion", "leakage", "defences", "sweep")
 DATA_NOTE = "MNI152 phantoms (no patient data)"
@@ -114,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the one-reference D model folder of the sections that unmix (leakage, defences, sweep); "
                         "default: the client's default D (mixdemo.weights.DEFAULT_UNMIXING)")
     args = p.parse_args(argv)
+    check_alpha_range_option(p, args)
     if args.out is None:
         args.out = default_out("privacy.json", args.quick or args.smoke)
     return args

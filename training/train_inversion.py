@@ -32,7 +32,7 @@ from mixdemo.examples import N_REFERENCES
 from mixdemo.mixing import DEFAULT_ALPHA_RANGE
 from mixdemo.models import count_parameters, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
-from training import add_device_option, command_line, count, user_errors
+from training import add_device_option, check_alpha_range_option, command_line, count, user_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, default=None, help="loss log (default runs/<name>)")
     p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: torch's default)")
     add_device_option(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_alpha_range_option(p, args)
+    return args
 
 
 def server_scans(data: Path, bank_subjects: int, factor: int,
