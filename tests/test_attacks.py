@@ -179,6 +179,23 @@ def test_separate_api_shapes_progress_and_cancel() -> None:
         bss.separate(score, proxies, 0.5, n_init=0)
 
 
+def test_separate_refuses_nan_in_its_proxies_or_alpha_before_sampling() -> None:
+    """A NaN voxel in a proxy ran the whole sampler and returned sources of NaN (consistency NaN); a NaN α was refused
+    as 'mixing_weights: each row must be non-negative and sum to 1', an argument the caller never gave."""
+    score = ScoreNet(sigma_1=1.0, n_levels=2, features=TINY).eval()
+    proxy = smooth_volumes(1, 32, seed=1)[0]
+    config = bss.LangevinConfig(steps_per_level=1)
+    with pytest.raises(ValueError, match=r"α must lie in \[0, 1\]; got \[nan\]"):
+        bss.separate(score, proxy, float("nan"), n_init=1, config=config)
+    broken = proxy.copy()
+    broken[0, 0, 0] = np.nan
+    for run in (lambda: bss.separate(score, broken, 0.4, n_init=1, config=config),
+                lambda: bss.separate_known_reference(score, broken, proxy, 0.4, config=config),
+                lambda: bss.separate_known_reference(score, proxy, broken, 0.4, config=config)):
+        with pytest.raises(ValueError, match="expected finite values"):
+            run()
+
+
 def test_alpha_unknown_keeps_each_chain_s_lowest_energy_candidate(monkeypatch) -> None:
     """Each (proxy, initialisation) keeps the α candidate whose sources the prior finds most plausible: an energy
     lowest at α = 0.6 for the first proxy and 0.7 for the second picks those, whatever the chains' order."""

@@ -258,6 +258,8 @@ def _as_batch(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected (P, P, P) or (B, P, P, P); got shape {tuple(t.shape)}.")
     if any(s % 16 for s in t.shape[1:]):
         raise ValueError(f"{name}: patch sides must be multiples of 16 (U-Net); got {tuple(t.shape[1:])}.")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: expected finite values, found NaN or inf.")
     return t
 
 
@@ -300,7 +302,7 @@ def separate(
         return _separate_known_weights(score, m, mixing_weights, n_init, config, seed, progress, cancel)
     known = alpha is not None
     alphas = np.broadcast_to(np.asarray(alpha if known else list(alpha_grid), dtype=np.float64), (b,) if known else (len(alpha_grid),))
-    if np.any(alphas < 0) or np.any(alphas > 1):
+    if not np.all((alphas >= 0) & (alphas <= 1)):  # NaN too
         raise ValueError(f"α must lie in [0, 1]; got {alphas.tolist()}.")
     if known:
         return _separate_known_weights(score, m, np.stack([alphas, 1 - alphas], 1), n_init, config, seed, progress,
