@@ -914,18 +914,19 @@ def inversion_report(sess: Session | None, progress: gr.Progress = gr.Progress()
         raise gr.Error("Run a segmentation first: the attack inverts the proxy it sent.", print_exception=False)
     try:
         net = _inversion_model()
-        invert = _attack("inversion", ("invert_full_resolution",))
+        invert_and_score = _attack("inversion", ("invert_and_score",))
     except AttackUnavailable as exc:
         return _unavailable(exc, 1)
 
     _progress_fn(progress)(0.3, "the server's network inverts the proxy")
     v = sess.view
-    estimate = invert(net, v["proxy"])
     target = sess.image[v["region"]]
-    ms_est, ms_proxy = _msssim(estimate, target), _msssim(v["proxy"], target)
+    estimate, ms_est, ms_proxy = invert_and_score(net, v["proxy"], target)
     side = _above_target(estimate, target, v["mode"])
+    pooled = (f", both pooled {net.downsample}× as the network works and the privacy record scores it"
+              if net.downsample > 1 else "")
     md = (f"MS-SSIM of the network's estimate to the target: **{ms_est:.3f}**, against {ms_proxy:.3f} for the proxy "
-          f"itself (α = {v['alpha']:.3f}, which the network was not told). Top: the estimate, bottom: the target.")
+          f"itself{pooled} (α = {v['alpha']:.3f}, which the network was not told). Top: the estimate, bottom: the target.")
     return side, md
 
 

@@ -967,6 +967,35 @@ def test_inversion_runs_whole_volumes_or_windows_of_its_training_patches() -> No
     assert padded_to_multiple(torch.ones(1, 1, 16, 48, 40))[0].shape == (1, 1, 32, 48, 48)  # 32 at least
 
 
+def test_invert_and_score_scores_at_the_network_s_pooling_as_the_experiment_does() -> None:
+    """One proxy: invert_full_resolution's estimate, and the MS-SSIM of the pooled estimate and of the pooled proxy
+    to the pooled target (data range 1), the resolution inversion_experiment scores at."""
+    from mixdemo.attacks.inversion import invert, invert_and_score, invert_full_resolution
+
+    class Halver(torch.nn.Module):
+        patch_size, downsample = 32, 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.scale
+
+    target, reference = smooth_volumes(2, 64, seed=5)
+    proxy = (0.4 * target + 0.6 * reference).astype(np.float32)
+    net = Halver()
+    estimate, ms_est, ms_proxy = invert_and_score(net, proxy, target)
+    np.testing.assert_allclose(estimate, invert_full_resolution(net, proxy), atol=1e-6)
+    small_p, small_t = reid.downsample(proxy[None]), reid.downsample(target[None])
+    assert ms_est == pytest.approx(msssim_3d_batch(invert(net, small_p), small_t, data_range=1.0)[0])
+    assert ms_proxy == pytest.approx(msssim_3d_batch(small_p, small_t, data_range=1.0)[0])
+    net.downsample = 1  # a network on full-resolution volumes: scored there
+    estimate, ms_est, _ = invert_and_score(net, proxy, target)
+    np.testing.assert_allclose(estimate, invert(net, proxy[None])[0], atol=1e-6)
+    assert ms_est == pytest.approx(msssim_3d_batch(estimate[None], target[None], data_range=1.0)[0])
+
+
 def test_inversion_training_is_seeded_and_refuses_what_it_cannot_train_on() -> None:
     """Two runs with one seed give the same weights, another seed others; the network records its pooling and α range;
     one subject (no reference of another) or volumes under its 32-voxel patches are refused before any step."""

@@ -150,10 +150,28 @@ def invert_full_resolution(net: InversionNet, proxy: np.ndarray) -> np.ndarray:
 
     if net.downsample == 1:
         return invert(net, proxy[None])[0]
-    small = invert(net, downsample(proxy[None], net.downsample))
-    up = torch.nn.functional.interpolate(torch.from_numpy(small)[:, None], size=proxy.shape, mode="trilinear",
+    return _on_grid(invert(net, downsample(proxy[None], net.downsample))[0], proxy.shape)
+
+
+def _on_grid(small: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A pooled (x, y, z) volume brought back to ``shape`` by trilinear interpolation."""
+    up = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=tuple(shape), mode="trilinear",
                                          align_corners=False)
     return up[0, 0].numpy()
+
+
+def invert_and_score(net: InversionNet, proxy: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """:func:`invert_full_resolution`'s estimate of one proxy (X, Y, Z), and the MS-SSIM (data range 1) of the
+    estimate and of the proxy to ``target`` as :func:`inversion_experiment` scores them: at the network's pooling,
+    where the estimate was made (at full resolution the interpolated estimate would lose to the proxy's detail)."""
+    from mixdemo.attacks.reid import downsample
+
+    small_proxy, small_target = (downsample(np.asarray(v, np.float32)[None], net.downsample) for v in (proxy, target))
+    small = invert(net, small_proxy)
+    ms_est, ms_proxy = msssim_3d_batch(np.concatenate([small, small_proxy]), np.concatenate([small_target] * 2),
+                                       data_range=1.0)
+    estimate = small[0] if net.downsample == 1 else _on_grid(small[0], proxy.shape)
+    return estimate, float(ms_est), float(ms_proxy)
 
 
 def split_subjects(train_subjects: Sequence[Hashable], n_client: int) -> tuple[list[Hashable], list[Hashable]]:
