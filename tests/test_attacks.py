@@ -814,6 +814,18 @@ def test_the_attack_commands_refuse_an_alpha_range_that_mixing_does_not_take(mod
         assert raised.value.code == 2 and f"--alpha-range {float(bad[0]):g} {float(bad[1]):g}" in capsys.readouterr().err
 
 
+def test_evaluate_privacy_refuses_an_unknown_section_as_a_usage_error(capsys) -> None:
+    """A typo in --sections (``bs``) ended in a traceback (ValueError from main); it is now a usage error that lists
+    the sections, before any model or cohort is loaded."""
+    from training.evaluate_privacy import SECTIONS, parse_args
+
+    assert parse_args(["--sections", "bss, reid"]).section_list == ["bss", "reid"]
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--sections", "bs,reid"])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and "--sections: unknown bs; expected a subset of " + ", ".join(SECTIONS) in err
+
+
 def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
     """``--unmixing NAME``: the sections that unmix load that D and record its checksum under its name."""
     import torch

@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: the client's default D (mixdemo.weights.DEFAULT_UNMIXING)")
     args = p.parse_args(argv)
     check_alpha_range_option(p, args)
+    args.section_list = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if unknown := sorted(set(args.section_list) - set(SECTIONS)):
+        p.error(f"--sections: unknown {', '.join(unknown)}; expected a subset of {', '.join(SECTIONS)}")
     if args.out is None:
         args.out = default_out("privacy.json", args.quick or args.smoke)
     return args
@@ -708,10 +711,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
     cfg = replace(cfg, max_sigma=args.max_sigma if args.max_sigma and args.max_sigma > 0 else None, tail=not args.no_tail,
                   steps_per_level=args.steps_per_level or cfg.steps_per_level)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        raise ValueError(f"Unknown sections {sorted(unknown)}; expected a subset of {SECTIONS}.")
+    sections = args.section_list
     out_path: Path = args.out
     if set(sections) != set(SECTIONS) and out_path.exists() and not args.merge:
         raise SystemExit(f"--sections {args.sections} would replace {out_path}, and the results of the other sections "
