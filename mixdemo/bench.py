@@ -347,7 +347,7 @@ def precision_study(unmix: torch.nn.Module, key: MixKey, target: np.ndarray, tru
                      "client_share": round(statistics.median(c / t for t, c in runs["private"]), 3),
                      "baseline_dice_avg": masked_dice_avg(baseline_labels(), truth, brain),
                      "private_k1_dice_avg": masked_dice_avg(private_labels(), truth, brain)})
-        del seg, base
+        seg = base = None  # the models freed before the next precision loads (a del read as undefined in the closures)
     return rows
 
 

@@ -833,7 +833,6 @@ def test_the_downloads_a_stopped_app_served_are_deleted_as_gradio_deleted_them(t
     does, the download folders its page served and no other."""
     import asyncio
 
-    import gradio as gr
     from gradio import processing_utils
 
     from mixdemo import ui
