@@ -534,6 +534,9 @@ def test_the_reid_panel_shows_the_retrieval_it_computed(monkeypatch):
     assert shown == {"no proxy (raw scans)": [out["no_proxy"]["f1"], out["no_proxy"]["map"]],
                      "mixup proxies": [out["mixup"]["f1"], out["mixup"]["map"]]}
     assert f"with mixup proxies, mAP {out['mixup']['map']:.2f}" in md and "6 scans (3 phantom subjects" in md
+    # the record reads mAP against chance; in a gallery of 6 a random ranking already scores about 0.46
+    assert f"a random ranking of this tiny gallery scores {out['chance']['map']:.2f}" in md
+    assert out["chance"]["map"] == pytest.approx(0.457, abs=0.02)
 
 
 def test_the_averaging_panel_shows_the_estimate_of_the_proxies_it_averaged(monkeypatch):
