@@ -826,6 +826,18 @@ def test_evaluate_privacy_refuses_an_unknown_section_as_a_usage_error(capsys) ->
     assert raised.value.code == 2 and "--sections: unknown bs; expected a subset of " + ", ".join(SECTIONS) in err
 
 
+def test_evaluate_privacy_checks_its_seed_and_langevin_steps_when_parsed(capsys) -> None:
+    """``--steps-per-level -1`` loaded the models and the cohort, then ended in LangevinConfig's ValueError traceback,
+    and ``0`` ran the run size's default without a word; ``--seed -1`` failed in numpy's generator. Usage errors now."""
+    from training.evaluate_privacy import parse_args
+
+    assert parse_args(["--steps-per-level", "2", "--seed", "3"]).steps_per_level == 2
+    for option, bad in (("--steps-per-level", "0"), ("--steps-per-level", "-1"), ("--seed", "-1")):
+        with pytest.raises(SystemExit) as raised:
+            parse_args([option, bad])
+        assert raised.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+
+
 def test_evaluate_privacy_unmixes_with_the_d_it_is_told() -> None:
     """``--unmixing NAME``: the sections that unmix load that D and record its checksum under its name."""
     import torch

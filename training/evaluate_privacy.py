@@ -104,8 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--merge", action="store_true", help="update the keys of an existing --out JSON")
     p.add_argument("--alpha-range", type=float, nargs=2, default=DEFAULT_ALPHA_RANGE, help="α range of the main attacks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps-per-level", type=int, default=None, help="Langevin T (default by run size)")
+    p.add_argument("--seed", type=count(0), default=0)
+    p.add_argument("--steps-per-level", type=count(1), default=None, help="Langevin T (default by run size)")
     p.add_argument("--max-sigma", type=float, default=3.0,
                    help="the score network at levels σ ≤ this, the population's Gaussian tail above it (≤ 0: the network at every level)")
     p.add_argument("--no-tail", action="store_true", help="skip the levels above --max-sigma instead (start Langevin there)")
