@@ -1047,8 +1047,16 @@ shape (K, X, Y, Z) or (X, Y, Z), no pickles, no NIfTI header, no names). Respons
 probabilities shaped (K, C, X, Y, Z), C the classes `server_info` names (the shipped S: background, GM, WM,
 CSF). The upload is deleted once read.
 ```python
+from mixdemo.client import RemoteServer      # what `python -m mixdemo.client --server URL` sends with
+probs = RemoteServer("http://127.0.0.1:7860")(proxies)   # (K, X, Y, Z) float array → (K, C, X, Y, Z) tensor
+```
+With `gradio_client` directly, turn off what it sends and keeps by default (`RemoteServer` does): your saved
+Hugging Face token (`token=False`), its telemetry (set `GRADIO_ANALYTICS_ENABLED=False` and
+`HF_HUB_DISABLE_TELEMETRY=1` before connecting: `analytics_enabled=False` alone does not stop it) and a copy of the
+answer on disk (`download_files=False`: the answer is then a URL to fetch).
+```python
 from gradio_client import Client, handle_file
-c = Client("http://127.0.0.1:7860")
+c = Client("http://127.0.0.1:7860", token=False)
 out = c.predict(handle_file("proxy.npy"), api_name="/segment_proxy")   # path of the .npy response
 ```
 """
