@@ -1245,3 +1245,33 @@ def test_train_score_resumes_on_another_device_than_the_cpu(tmp_path: Path, smal
     monkeypatch.setattr(train_score, "pick_device", lambda prefer=None: torch.device("meta"))
     monkeypatch.setattr(train_score, "export", lambda model, args, *rest: {"device": next(model.parameters()).device})
     assert train_score.main(argv)["device"].type == "meta"  # resumed at its last step: nothing left to train
+
+
+def test_evaluate_privacy_refuses_a_reference_pool_too_small_for_its_sections_before_any_runs() -> None:
+    """A retraining user's cohort with few training scans: the defences drew 2 × tta_k distinct references per patch
+    and ended in a ValueError traceback after the earlier sections had run (an hour of a full run lost). The
+    sections that cannot run are named before any runs."""
+    from types import SimpleNamespace
+
+    from training.evaluate_privacy import FULL, check_reference_pool
+
+    cohort = SimpleNamespace(train=[object()] * (2 * FULL.tta_k - 1))
+    check_reference_pool(cohort, FULL, ["bss", "reid", "leakage"])  # tta_k references are enough for the leakage
+    with pytest.raises(SystemExit, match=rf"defences.* {2 * FULL.tta_k} training scans .* holds {2 * FULL.tta_k - 1}"):
+        check_reference_pool(cohort, FULL, ["bss", "defences"])
+    with pytest.raises(SystemExit, match=rf"leakage, sweep.* {FULL.tta_k} training scans"):
+        check_reference_pool(SimpleNamespace(train=[object()]), FULL, ["leakage", "sweep"])
+
+
+def test_the_shuffled_requests_attack_draws_references_again_from_a_pool_smaller_than_k() -> None:
+    """K proxies per target from a reference pool of fewer than K scans: drawn with replacement, as the averaging
+    curve draws them (it was a ValueError from numpy's choice)."""
+    from types import SimpleNamespace
+
+    from training.evaluate_privacy import shuffled_attack
+
+    rng = np.random.default_rng(0)
+    c = SimpleNamespace(test_small=rng.random((3, 8, 8, 8), np.float32), train_small=rng.random((2, 8, 8, 8), np.float32),
+                        template_small=rng.random((8, 8, 8), np.float32), identities=["a", "a", "b"])
+    out = shuffled_attack(c, 4, (0.3, 0.5), seed=0)
+    assert out["k"] == 4 and 0 <= out["link_precision"] <= 1 and np.isfinite(out["attack_msssim"])

@@ -222,6 +222,19 @@ def load_data(data: Path, cfg: Config) -> Cohort:
     )
 
 
+def check_reference_pool(c: Cohort, cfg: Config, sections: list[str]) -> None:
+    """SystemExit naming the sections that need more distinct references per patch than the cohort's training scans
+    offer (the Dice of the client's TTA: ``tta_k``; the two-reference defence: 2 × ``tta_k``), before any section
+    runs: they would end in a traceback after the others had run."""
+    needs = {"leakage": cfg.tta_k, "sweep": cfg.tta_k, "defences": 2 * cfg.tta_k}
+    short = [name for name in sections if needs.get(name, 0) > len(c.train)]
+    if short:
+        most = max(needs[name] for name in short)
+        raise SystemExit(f"error: the sections {', '.join(short)} need {most} training scans or more as references "
+                         f"(distinct ones for each patch's TTA); the cohort holds {len(c.train)}. Use a larger cohort, "
+                         f"or leave them out (--sections).")
+
+
 def bss_patches(c: Cohort, n: int, alpha_range: tuple[float, float], rng: np.random.Generator,
                 n_references: int = 1) -> dict:
     """n test patches (32³, brain-centred), each with ``n_references`` training references and α ~ U(range).
@@ -511,7 +524,7 @@ def shuffled_attack(c: Cohort, k: int, alpha_range, seed: int) -> dict:
     n = len(c.test_small)
     proxies, owner = [], []
     for t, target in enumerate(c.test_small):
-        refs = c.train_small[rng.choice(len(c.train_small), size=k, replace=False)]
+        refs = c.train_small[rng.choice(len(c.train_small), size=k, replace=k > len(c.train_small))]  # as tta_curve
         a = np.float32(rng.uniform(*alpha_range))
         proxies.append(a * target[None] + (1 - a) * refs)
         owner += [t] * k
@@ -728,6 +741,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                        allow_hub=not args.smoke)
     score = models["score"]
     c = load_data(args.data, cfg)
+    check_reference_pool(c, cfg, sections)
     ar = tuple(args.alpha_range)
     command = command_line("training.evaluate_privacy", argv)
     result: dict = json.loads(out_path.read_text()) if args.merge and out_path.exists() else {}
