@@ -4,7 +4,7 @@
 
     python -m training.evaluate_privacy                 # full run, results/privacy.json + figures
     python -m training.evaluate_privacy --quick --out /tmp/p.json   # < 5 min on 2 cores
-    python -m training.evaluate_privacy --smoke --out /tmp/p.json   # seconds (tests)
+    python -m training.evaluate_privacy --smoke --out /tmp/p.json   # about a minute on 2 cores (the tests')
 
 Sections (``--sections``, default all; ``--merge`` updates an existing JSON in place):
 
@@ -96,7 +96,7 @@ RESTRICTED_RANGE = (0.3, 0.4)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller run (< 5 min on 2 cores)")
-    p.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds; numbers meaningless)")
+    p.add_argument("--smoke", action="store_true", help="tiny run for tests (about a minute on 2 cores; numbers meaningless)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path; figures go next to it (default results/privacy.json; results/quick/privacy.json "
                         "with --quick or --smoke)")
