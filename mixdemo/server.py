@@ -85,19 +85,19 @@ def segmentation_model() -> torch.nn.Module:
 def model_classes(record: dict | None = None) -> list[str]:
     """The classes the served S gives, background first: its training ``record``'s (read when not given; older
     records, which name none: the phantoms'). Reads one small file (no torch)."""
-    from mixdemo.weights import read_training_record, recorded_classes, weights_dir
+    from mixdemo.weights import readable_training_record, recorded_classes, weights_dir
 
-    if record is None:
-        record = read_training_record(weights_dir() / "segmentation")
+    if record is None:  # unreadable: as none (loading S says why)
+        record = readable_training_record(weights_dir() / "segmentation")
     return recorded_classes(record) or list(CLASS_NAMES)  # no record at all: the phantoms' too
 
 
 def model_info() -> dict:
     """What the server can tell about itself (no user data)."""
     from mixdemo.models import pick_device
-    from mixdemo.weights import read_training_record, s_precision, weights_dir
+    from mixdemo.weights import readable_training_record, s_precision, weights_dir
 
-    record = read_training_record(weights_dir() / "segmentation")
+    record = readable_training_record(weights_dir() / "segmentation")  # unreadable: as none (loading S says why)
     return {
         "format": WIRE_FORMAT,
         "classes": model_classes(record),  # those S was trained on

@@ -73,9 +73,9 @@ def unmixing_choices() -> list[tuple[str, str]]:
     default = unmixing_name()
     found: dict[str, str] = {}
     root = weights_dir()
-    server_s = read_training_record(root / "segmentation").get("sha256")
+    server_s = readable_training_record(root / "segmentation").get("sha256")
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        record = read_training_record(folder)
+        record = readable_training_record(folder)  # an unreadable one: not listed (loading it names the file)
         if not str(record.get("model_class", "")).endswith("UnmixingNet"):
             continue
         if other_segmentation(record, server_s):  # trained with another S: wrong for this server's outputs
@@ -90,6 +90,14 @@ def unmixing_choices() -> list[tuple[str, str]]:
             found[folder.name] = where if size == 32 else f"{where}, trained on {size}³ patches"
     ordered = sorted(found.items(), key=lambda item: item[0] != default)
     return ordered if default in found else [(default, ""), *ordered]
+
+
+def readable_training_record(folder: Path) -> dict:
+    """:func:`read_training_record`, or {} when it cannot be read (a menu of models lists the others)."""
+    try:
+        return read_training_record(folder)
+    except WeightsError:
+        return {}
 
 
 def native_bfloat16() -> bool:
@@ -177,9 +185,20 @@ def write_training_record(folder: Path, training: dict, model_class: str | None 
 
 
 def read_training_record(folder: Path) -> dict:
-    """``training.json`` of a model folder ({} if absent)."""
+    """``training.json`` of a model folder ({} if absent); a :class:`WeightsError` naming it when it is no JSON
+    object (a truncated copy, an edit gone wrong)."""
     path = Path(folder) / "training.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"The training record {path} cannot be read ({type(exc).__name__}): restore it from git "
+                           "(git checkout -- weights) or retrain.") from None
+    if not isinstance(record, dict):
+        raise WeightsError(f"The training record {path} is not a JSON object: restore it from git "
+                           "(git checkout -- weights) or retrain.")
+    return record
 
 
 def recorded_classes(record: dict) -> list[str] | None:

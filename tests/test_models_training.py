@@ -441,6 +441,26 @@ def test_missing_weights_offline_name_both_places(tmp_path, monkeypatch):
         weights.resolve_model_dir("unmixing-mnie")
 
 
+def test_an_unreadable_training_record_is_named_and_leaves_the_others_listed(tmp_path, monkeypatch):
+    """A truncated or hand-edited ``training.json`` was a JSONDecodeError traceback from load_model, and from the D
+    menu (``unmixing_choices``) whichever folder held it: ``python app.py`` did not start. Now loading names the file,
+    and the menu and the server's info leave it out."""
+    from mixdemo import server
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
+    _save(UnmixingNet(), tmp_path / "unmixing", "mixdemo.models.UnmixingNet")
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "baseline", "mixdemo.models.SegmentationNet")
+    (tmp_path / "baseline" / "training.json").write_text('{"command": "python -m training.tr')
+    with pytest.raises(weights.WeightsError, match="baseline/training.json cannot be read"):
+        weights.load_model("baseline", fast=False)
+    assert [name for name, _ in weights.unmixing_choices()] == [weights.DEFAULT_UNMIXING, "unmixing"]
+    (tmp_path / "segmentation" / "training.json").write_text("[]")
+    with pytest.raises(weights.WeightsError, match="segmentation/training.json is not a JSON object"):
+        weights.load_model("segmentation", fast=False)
+    assert server.model_info()["model_sha256"] is None and server.model_classes()
+
+
 def test_an_unreachable_hub_is_not_retried(tmp_path, monkeypatch):
     """Online but with the Hub unreachable, the weights come from the Hub's local cache only (huggingface_hub
     retried for ~25 s before failing) and the message says the Hub could not be reached; a reachable Hub is asked."""
