@@ -36,6 +36,7 @@ DEFAULT_UNMIXING_PRECISION = "auto"  # bfloat16 where the CPU has it: the full p
 DEFAULT_UNMIXING = "unmixing-p2-96-a35-cal"  # unmixing-p2-96 trained on at the deployment α, then calibrated (its card)
 DEFAULT_HUB_REPO = "mixup-privacy-lab/mixup-privacy-weights"
 MODEL_FILES = ("config.json", "model.safetensors", "training.json")
+LOADED_FILES = MODEL_FILES[:2]  # what from_pretrained reads: a local folder without both is no model folder
 
 MODEL_CLASSES = {
     "segmentation": "mixdemo.models.SegmentationNet",
@@ -217,7 +218,7 @@ def recorded_classes(record: dict) -> list[str] | None:
 def resolve_model_dir(name: str) -> Path:
     """Local folder of model ``name``; falls back to the Hub; raises WeightsError with both places."""
     local = weights_dir() / name
-    if (local / "model.safetensors").exists() and (local / "config.json").exists():
+    if all((local / f).exists() for f in LOADED_FILES):
         return local
     repo_id = os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO  # set and not empty, as $MIXDEMO_WEIGHTS_DIR
     reachable = hub_reachable()
@@ -228,14 +229,30 @@ def resolve_model_dir(name: str) -> Path:
         paths = [hf_hub_download(repo_id, f"{name}/{f}", local_files_only=not reachable) for f in MODEL_FILES]
         return Path(paths[0]).parent
     except Exception as exc:  # offline, missing repo, missing file: one clear message
+        hub = (f"the Hugging Face Hub repo '{repo_id}' (set ${HUB_REPO_ENV} to another repo, or train them with "
+               f"python -m training.train). Cause: {_hub_cause(exc, reachable)}.")
+        lacking = [f for f in LOADED_FILES if not (local / f).exists()]
+        if len(lacking) < len(LOADED_FILES):  # a folder of that name that lacks a file: broken, not absent
+            raise WeightsError(f"The model folder {local} lacks {' and '.join(lacking)}: restore it (git checkout -- "
+                               f"weights) or retrain; nor could it be downloaded from {hub}") from None
         here = local_model_names()
-        cause = type(exc).__name__ if reachable else "the Hub could not be reached, nor were they in its local cache"
         raise WeightsNotFound(
             f"No weights for '{name}': not in the local folder {local.parent} "
             f"({'which holds ' + ', '.join(here) if here else 'which holds no model folder'}) and not downloadable "
-            f"from the Hugging Face Hub repo '{repo_id}' (set ${HUB_REPO_ENV} to another repo, or train them with "
-            f"python -m training.train). Cause: {cause}."
+            f"from {hub}"
         ) from None
+
+
+def _hub_cause(exc: Exception, reachable: bool) -> str:
+    """Why the Hub gave no weights: ``exc``'s type where it was asked; else that it was not asked (offline mode,
+    ``python app.py``'s default) or could not be reached, and the files were not in its local cache."""
+    from huggingface_hub import constants
+
+    if reachable:
+        return type(exc).__name__
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1, so the Hub was not asked (HF_HUB_OFFLINE=0 allows it), nor were they in its local cache"
+    return "the Hub could not be reached, nor were they in its local cache"
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -260,7 +277,7 @@ def local_model_names() -> list[str]:
     """The model folders (``config.json`` + ``model.safetensors``) in the local weights folder, by name."""
     root = weights_dir()
     return sorted(p.name for p in root.iterdir()
-                  if (p / "model.safetensors").exists() and (p / "config.json").exists()) if root.is_dir() else []
+                  if all((p / f).exists() for f in LOADED_FILES)) if root.is_dir() else []
 
 
 def verify_checksum(folder: Path) -> None:

@@ -461,6 +461,30 @@ def test_an_unreadable_training_record_is_named_and_leaves_the_others_listed(tmp
     assert server.model_info()["model_sha256"] is None and server.model_classes()
 
 
+def test_a_model_folder_that_lacks_a_file_is_named_as_broken_and_offline_mode_as_such(tmp_path, monkeypatch):
+    """``weights/segmentation`` without its config.json (or its model.safetensors) was reported as "not in the local
+    folder ... which holds no model folder" (a WeightsNotFound, so the client fell back to the naive unmixing for
+    a broken default D); and under HF_HUB_OFFLINE=1, ``python app.py``'s default, the cause read "the Hub could not
+    be reached", which sends the user to their network. Now the folder and its missing file are named, and the
+    offline switch."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), tmp_path / "segmentation", "mixdemo.models.SegmentationNet")
+    for lost in ("config.json", "model.safetensors"):
+        kept = (tmp_path / "segmentation" / lost).read_bytes()
+        (tmp_path / "segmentation" / lost).unlink()
+        with pytest.raises(weights.WeightsError) as err:
+            weights.resolve_model_dir("segmentation")
+        assert not isinstance(err.value, weights.WeightsNotFound)
+        assert f"{tmp_path / 'segmentation'} lacks {lost}" in str(err.value)
+        assert "HF_HUB_OFFLINE=1, so the Hub was not asked" in str(err.value)
+        (tmp_path / "segmentation" / lost).write_bytes(kept)
+    with pytest.raises(weights.WeightsNotFound, match="HF_HUB_OFFLINE=1, so the Hub was not asked"):
+        weights.resolve_model_dir("baseline")
+
+
 def test_an_unreachable_hub_is_not_retried(tmp_path, monkeypatch):
     """Online but with the Hub unreachable, the weights come from the Hub's local cache only (huggingface_hub
     retried for ~25 s before failing) and the message says the Hub could not be reached; a reachable Hub is asked."""
