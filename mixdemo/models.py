@@ -12,6 +12,7 @@ Both use :class:`huggingface_hub.PyTorchModelHubMixin`, so a model folder is
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
@@ -35,14 +36,31 @@ _HUB_DOWNLOAD_OPTIONS = ("revision", "cache_dir", "force_download", "local_files
 class QuietHubMixin(PyTorchModelHubMixin):
     """:class:`~huggingface_hub.PyTorchModelHubMixin` whose load from a local folder prints nothing (the mixin prints
     "Loading weights from local directory" to stdout, where the client writes nothing of its own and which a
-    server's log need not hold); a Hub repo id loads as the mixin loads it."""
+    server's log need not hold); a Hub repo id loads as the mixin loads it. Strict, unlike the mixin: a weights file
+    that lacks a tensor of the network (which kept its random start) or holds one it does not have, or a
+    ``config.json`` naming a setting the class does not take (which the mixin dropped), is a ValueError or
+    RuntimeError, not a network other than the one saved."""
 
     @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = False, **kwargs):
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs):
         if not os.path.isdir(model_id):
             return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=strict, **kwargs)
+        _check_config_keys(cls, os.path.join(model_id, "config.json"))
         model = cls(**{k: v for k, v in kwargs.items() if k not in _HUB_DOWNLOAD_OPTIONS})
         return cls._load_as_safetensor(model, os.path.join(model_id, "model.safetensors"), map_location, strict)
+
+
+def _check_config_keys(cls: type, path: str) -> None:
+    """ValueError naming the settings of the ``config.json`` at ``path`` that ``cls`` does not take (written by
+    another version of the class, or edited); nothing when there is no such file."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        config = json.load(fh)
+    unknown = sorted(set(config) - set(cls._hub_mixin_init_parameters)) if isinstance(config, dict) else []
+    if unknown:
+        raise ValueError(f"its config.json names {', '.join(map(repr, unknown))}, which {cls.__name__} does not take "
+                         "(a folder written by another version of this project, or edited)")
 
 
 class DeviceUnavailable(ValueError):

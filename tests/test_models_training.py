@@ -428,6 +428,30 @@ def test_model_folder_round_trip_and_checksum(tmp_path, monkeypatch):
         weights.load_model("segmentation")
 
 
+def test_a_weights_file_or_config_that_does_not_fit_the_network_is_refused(tmp_path, monkeypatch):
+    """The mixin loads non-strictly: a model.safetensors lacking a tensor loaded with that layer at its random start,
+    one with a tensor the network lacks loaded without it, and a config.json setting the class does not take (another
+    version's, or a typo: ``"nrom"``) was dropped; each a network other than the one saved, without a word."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    folder = tmp_path / "segmentation"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), folder, "mixdemo.models.SegmentationNet")
+    saved, config = load_file(folder / "model.safetensors"), (folder / "config.json").read_text()
+    weights.load_model("segmentation", fast=False)  # the control: as saved, it loads
+    first = sorted(saved)[0]
+    for tensors in ({k: v for k, v in saved.items() if k != first}, {**saved, "extra.weight": saved[first].clone()}):
+        save_file(tensors, folder / "model.safetensors")
+        weights.write_training_record(folder, {"command": "test"}, "mixdemo.models.SegmentationNet")
+        with pytest.raises(weights.WeightsError, match="Could not load the weights"):
+            weights.load_model("segmentation", fast=False)
+    save_file(saved, folder / "model.safetensors")
+    weights.write_training_record(folder, {"command": "test"}, "mixdemo.models.SegmentationNet")
+    (folder / "config.json").write_text(json.dumps({**json.loads(config), "nrom": "instance"}))
+    with pytest.raises(weights.WeightsError, match="config.json names 'nrom', which SegmentationNet does not take"):
+        weights.load_model("segmentation", fast=False)
+
+
 def test_missing_weights_offline_name_both_places(tmp_path, monkeypatch):
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
     monkeypatch.setenv(weights.HUB_REPO_ENV, "nobody/nothing-here")
