@@ -31,11 +31,11 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from mixdemo import HUGE_PAGES_ENV  # set by the package on import
-from mixdemo.launch import KEEP_FREED_ENV, SWITCH_ON  # the settings app.py checks at start are named there
+from mixdemo.launch import KEEP_FREED_ENV, S_MEMORY_ENV, SWITCH_ON, megabytes  # app.py checks these at start
 
 ProgressFn = Callable[[float, str], None]
 
-MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
+MEMORY_ENV = S_MEMORY_ENV
 """Environment variable: the memory (MB) S's activations may take on the CPU."""
 
 DEFAULT_CPU_BUDGET_MB = 6144
@@ -194,12 +194,9 @@ def memory_budget(device: torch.device) -> float:
     """Bytes S's activations may take: ``$MIXDEMO_S_MEMORY_MB`` if set; on CUDA 80 % of the free
     GPU memory (the driver's, plus what PyTorch's caching allocator holds that no tensor uses: an earlier pass's
     activations, which would otherwise shrink the budget of the next pass); on the CPU :data:`DEFAULT_CPU_BUDGET_MB`, or half the available RAM if that is less."""
-    env = os.environ.get(MEMORY_ENV)
-    if env:
-        try:
-            return float(env) * 2**20
-        except ValueError:
-            raise ValueError(f"${MEMORY_ENV} must be a number of megabytes; got {env!r}.") from None
+    asked = megabytes(MEMORY_ENV)  # a ValueError naming it when it is no positive number
+    if asked is not None:
+        return asked * 2**20
     if device.type == "cuda":
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return 0.8 * (torch.cuda.mem_get_info(device)[0] + cached)

@@ -6,6 +6,7 @@ No Gradio here."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,25 @@ SWITCH_VALUES = (*SWITCH_ON, *SWITCH_OFF, "auto")
 """What ``$MIXDEMO_KEEP_FREED_MEMORY`` may say."""
 
 
+S_MEMORY_ENV = "MIXDEMO_S_MEMORY_MB"
+"""Environment variable: the memory (MB) S's activations may take on the CPU (:func:`mixdemo.inference.memory_budget`)."""
+
+
+def megabytes(name: str) -> float | None:
+    """The number of megabytes the environment variable ``name`` gives (None when unset or empty); a ValueError
+    naming it when that is no positive, finite number."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"${name} must be a positive number of megabytes; got {os.environ[name]!r}.")
+    return value
+
+
 SERVER_ONLY_ENV = "MIXDEMO_SERVER_ONLY"
 """Environment variable for ``python app.py --server-only`` (a Space's variable, where no option can be passed):
 ``1``, the server's endpoints alone; ``0`` or unset, the whole demo."""
@@ -89,8 +109,8 @@ def server_only_from_env() -> bool:
 
 def check_setting_variables() -> None:
     """SystemExit naming the first of the settings read from the environment (S's and D's precision, the
-    allocator switch, the server-only switch) whose value cannot be used: at start, not as a traceback at the first
-    request."""
+    allocator switch, the server-only switch, S's memory budget) whose value cannot be used: at start, not as a
+    traceback at the first request."""
     from mixdemo.weights import PRECISION_ENV, PRECISIONS, UNMIXING_PRECISION_ENV
 
     for name, allowed in ((PRECISION_ENV, PRECISIONS), (UNMIXING_PRECISION_ENV, PRECISIONS), (KEEP_FREED_ENV, SWITCH_VALUES),
@@ -98,6 +118,10 @@ def check_setting_variables() -> None:
         value = os.environ.get(name, "").strip().lower()
         if value and value not in allowed:
             raise SystemExit(f"error: ${name} must be one of {', '.join(allowed)} (or unset); got {os.environ[name]!r}.")
+    try:
+        megabytes(S_MEMORY_ENV)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def parse_app_args(argv: list[str] | None = None) -> argparse.Namespace:

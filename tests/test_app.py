@@ -1887,6 +1887,22 @@ def test_a_setting_the_app_and_the_client_cannot_use_is_refused_at_start(monkeyp
         assert freed_memory_kept_by_choice() is False
 
 
+@pytest.mark.parametrize("value, refused", [("lots", True), ("-100", True), ("0", True), ("nan", True), ("inf", True),
+                                             ("1200", False), (" 2400.5 ", False), ("", False)])
+def test_a_memory_budget_the_server_cannot_use_is_refused_at_start(monkeypatch, value, refused):
+    """$MIXDEMO_S_MEMORY_MB was read at the first request: a word was a traceback there and a failed request, and a
+    negative, zero or NaN budget went through as the thinnest slabs without a word. Checked at start with the others."""
+    from mixdemo.launch import check_setting_variables
+
+    monkeypatch.setenv("MIXDEMO_S_MEMORY_MB", value)
+    if refused:
+        with pytest.raises(SystemExit, match=f"^error: \\$MIXDEMO_S_MEMORY_MB must be a positive number of megabytes; "
+                                             f"got '{value}'"):
+            check_setting_variables()
+    else:
+        check_setting_variables()
+
+
 def test_a_remote_client_is_told_the_server_cannot_segment_not_where_its_weights_are(tmp_path, monkeypatch, caplog):
     """segment_proxy without weights: the kind of fault for the client; the folder and the remedy for the log."""
     import logging

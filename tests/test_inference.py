@@ -153,9 +153,10 @@ def test_no_proxies_are_refused():
 
 
 def test_memory_budget_env_is_validated(monkeypatch):
-    monkeypatch.setenv(inference.MEMORY_ENV, "lots")
-    with pytest.raises(ValueError, match="megabytes"):
-        inference.memory_budget(torch.device("cpu"))
+    for bad in ("lots", "-5", "0", "nan"):  # a budget of no memory went through as the thinnest slabs
+        monkeypatch.setenv(inference.MEMORY_ENV, bad)
+        with pytest.raises(ValueError, match="positive number of megabytes"):
+            inference.memory_budget(torch.device("cpu"))
     monkeypatch.setenv(inference.MEMORY_ENV, "512")
     assert inference.memory_budget(torch.device("cpu")) == 512 * 2**20
     monkeypatch.delenv(inference.MEMORY_ENV)
