@@ -1909,6 +1909,39 @@ def test_publish_refuses_a_weights_folder_it_cannot_read_and_a_staging_inside_it
     assert sorted(p.name for p in src.iterdir()) == ["segmentation"]
 
 
+def test_publish_says_in_one_line_what_stops_it_a_repo_id_a_staging_file_or_a_failed_upload(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """A --staging that is a file, or lies under one, was rmtree's or mkdir's traceback; a --repo-id the Hub refuses
+    was accepted and staged, then a traceback from the upload; and an upload that failed (offline, no network, no
+    token) was huggingface_hub's traceback."""
+    import huggingface_hub
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from training import publish
+
+    src = tmp_path / "weights"
+    _save(SegmentationNet(features=(4, 4, 8, 8, 16, 4)), src / "segmentation", "mixdemo.models.SegmentationNet")
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(SystemExit, match="^error: --staging .*afile is a file, not a folder"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(afile), "--dry-run"])
+    with pytest.raises(SystemExit, match="^error: --staging .*afile/sub cannot be made: Not a directory"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(afile / "sub"), "--dry-run"])
+    assert afile.read_text() == "mine"
+    with pytest.raises(SystemExit) as usage:
+        publish.main(["--repo-id", "me/my mixup", "--weights", str(src), "--staging", str(tmp_path / "st")])
+    assert usage.value.code == 2 and "argument --repo-id: Repo id must use" in capsys.readouterr().err
+    assert not (tmp_path / "st").exists()
+
+    class Offline:
+        def create_repo(self, *args, **kwargs):
+            raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled.")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    with pytest.raises(SystemExit, match="^error: the upload to me/mixup failed: OfflineModeIsEnabled: .*hf auth login"):
+        publish.main(["--repo-id", "me/mixup", "--weights", str(src), "--staging", str(tmp_path / "st")])
+
+
 def test_legs_replay_a_run_resumed_with_a_longer_schedule(tiny_cohort, tmp_path):
     """--legs reproduces in one run what stopping and resuming with a new --steps produced (the shipped weights)."""
     from safetensors.torch import load_file

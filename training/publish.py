@@ -183,9 +183,24 @@ def check_staging(staging: Path, source: Path) -> None:
     if staging.resolve().is_relative_to(source.resolve()):  # a copy of every model left among the models
         raise SystemExit(f"error: --staging {staging} lies inside the weights it would stage ({source}): name a folder "
                          "outside it.")
+    if staging.exists() and not staging.is_dir():  # rmtree's traceback (NotADirectoryError)
+        raise SystemExit(f"error: --staging {staging} is a file, not a folder: name a new or empty folder.")
     if staging.is_dir() and any(staging.iterdir()) and not (staging / STAGING_MARK).is_file():
         raise SystemExit(f"error: --staging {staging} is not empty and was not staged by training.publish: it is emptied "
                          "before staging, so name a new or empty folder.")
+
+
+def hub_repo_id(text: str) -> str:
+    """A Hub repo id, ``USER/NAME`` (an argparse type: one the Hub would refuse is a usage error now, not a traceback
+    from the upload after staging)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def stage(repo_id: str, source: Path, staging: Path) -> list[Path]:
@@ -228,7 +243,7 @@ def stage(repo_id: str, source: Path, staging: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo-id", required=True, help="USER/NAME of the Hub model repo")
+    p.add_argument("--repo-id", required=True, type=hub_repo_id, help="USER/NAME of the Hub model repo")
     p.add_argument("--weights", type=Path, default=None, help="source folder (default: weights/)")
     p.add_argument("--staging", type=Path, default=Path("runs/publish"), help="where the upload is assembled")
     p.add_argument("--dry-run", action="store_true", help="assemble only; upload nothing")
@@ -240,10 +255,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     source = args.weights or weights_dir()
     check_staging(args.staging, source)
-    if args.staging.exists():
-        shutil.rmtree(args.staging)
-    args.staging.mkdir(parents=True)
-    (args.staging / STAGING_MARK).write_text("staged by python -m training.publish; emptied by its next run\n")
+    try:
+        if args.staging.exists():
+            shutil.rmtree(args.staging)
+        args.staging.mkdir(parents=True)
+        (args.staging / STAGING_MARK).write_text("staged by python -m training.publish; emptied by its next run\n")
+    except OSError as exc:  # a file where a parent folder should be, no permission
+        raise SystemExit(f"error: --staging {args.staging} cannot be made: {exc.strerror}; name another folder.") from None
     copied = stage(args.repo_id, source, args.staging)
     print(f"staged {len(copied)} model folders in {args.staging}: {', '.join(c.name for c in copied)}")
     found = local_paths(args.staging)
@@ -264,9 +282,15 @@ def main(argv: list[str] | None = None) -> Path:
         from huggingface_hub import HfApi
 
         api = HfApi()
-        api.create_repo(args.repo_id, repo_type="model", private=args.private, exist_ok=True)
-        api.upload_folder(repo_id=args.repo_id, folder_path=str(args.staging), repo_type="model",
-                          commit_message="Upload Mixup-Privacy Lab weights", ignore_patterns=[STAGING_MARK])
+        try:
+            api.create_repo(args.repo_id, repo_type="model", private=args.private, exist_ok=True)
+            api.upload_folder(repo_id=args.repo_id, folder_path=str(args.staging), repo_type="model",
+                              commit_message="Upload Mixup-Privacy Lab weights", ignore_patterns=[STAGING_MARK])
+        except Exception as exc:  # noqa: BLE001 - no network, offline mode, no or a read-only token: one line
+            raise SystemExit(f"error: the upload to {args.repo_id} failed: {type(exc).__name__}: {exc} (an upload "
+                             "needs the Hub reachable, HF_HUB_OFFLINE unset and a token with write access: hf auth "
+                             "login). "
+                             f"{args.staging} holds what was staged.") from None
         print(f"uploaded to https://huggingface.co/{args.repo_id}")
     return args.staging
 
