@@ -35,6 +35,20 @@ def test_requirements_pin_the_cpu_torch_and_everything_else():
     assert all("==" in line for line in reqs), reqs
 
 
+def test_every_mixdemo_variable_the_code_reads_is_in_the_readme_and_back():
+    """The settings a user can give through the environment: each one the library, the app or the training commands
+    name is documented in the README (``$MIXDEMO_CACHE``, where the examples and the public bank are written, was
+    not), and each one the README names is read (by the code, or by the tests: the screenshots' folder)."""
+    variable = re.compile(r"MIXDEMO_[A-Z][A-Z0-9_]*[A-Z0-9]")
+    sources = [*REPO.glob("mixdemo/**/*.py"), *REPO.glob("training/*.py"), REPO / "app.py"]
+    read = {name for path in sources for name in variable.findall(path.read_text(encoding="utf-8"))}
+    read.discard("MIXDEMO_LAYOUT")  # a Python constant (mixdemo.data), no variable
+    tests = {name for path in REPO.glob("tests/*.py") for name in variable.findall(path.read_text(encoding="utf-8"))}
+    documented = set(variable.findall((REPO / "README.md").read_text(encoding="utf-8")))
+    assert read - documented == set()
+    assert documented - read - tests == set()
+
+
 def test_readme_figures_are_generated_from_results_json():
     from training import report
 
