@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed_memory_kept_by_choice, huge_pages,
                                keep_freed_memory)
-from mixdemo.launch import count
+from mixdemo.launch import check_setting_variables, count
 from mixdemo.mixing import MixKey, hard_labels
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
@@ -876,6 +876,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
     args = p.parse_args(argv)
+    check_setting_variables()  # a bad $MIXDEMO_PRECISION read as weights that are unavailable: untrained models timed
     if args.probe_private is not None or args.probe_s is not None:  # a child of FreshProcess
         if not _await_volumes():
             return {}

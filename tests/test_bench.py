@@ -55,6 +55,17 @@ flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 sha_ni
 """
 
 
+def test_the_bench_refuses_a_setting_it_cannot_use_before_timing_anything(tmp_path, monkeypatch):
+    """MIXDEMO_PRECISION=float64 was read as "trained weights unavailable (WeightsError)", and the bench timed
+    untrained models instead: refused at start in one line, as the app refuses it."""
+    from mixdemo import bench
+
+    monkeypatch.setenv("MIXDEMO_PRECISION", "float64")
+    monkeypatch.setattr(bench, "run", lambda args: pytest.fail("benchmarked with a setting it cannot use"))
+    with pytest.raises(SystemExit, match=r"^error: \$MIXDEMO_PRECISION must be one of float32, bfloat16, auto"):
+        bench.main(["--quick", "--out", str(tmp_path / "bench.json")])
+
+
 def test_cpu_description_names_the_model_and_the_instruction_sets_that_set_the_speed():
     from mixdemo.bench import cpu_description
 

@@ -313,6 +313,19 @@ def test_user_errors_keeps_the_traceback_of_anything_else(monkeypatch):
             raise KeyError("x")
 
 
+@pytest.mark.parametrize("name, value", [("MIXDEMO_S_MEMORY_MB", "lots"), ("MIXDEMO_KEEP_FREED_MEMORY", "maybe"),
+                                         ("MIXDEMO_PRECISION", "float64")])
+def test_a_setting_no_command_can_use_ends_a_training_command_before_any_work(monkeypatch, name, value):
+    """A bad $MIXDEMO_S_MEMORY_MB was a ValueError traceback at the evaluation's first pass of S (minutes in), and a
+    bad $MIXDEMO_KEEP_FREED_MEMORY silently left the allocator as it comes: refused at start, as the app refuses them."""
+    from training import user_errors
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=f"^error: \\${name} must be "):
+        with user_errors():
+            pytest.fail("the command ran with a setting it cannot use")
+
+
 @pytest.mark.parametrize(("error", "rank_0_behind_s"), [("CohortError('Scan x: broken')", 4),
                                                      ("SystemExit('error: Scan x: broken')", 0)])
 def test_under_torchrun_the_error_is_printed_once_even_when_rank_0_meets_it_last(tmp_path, error, rank_0_behind_s):

@@ -63,8 +63,13 @@ def check_alpha_range_option(parser, args) -> None:  # noqa: ANN001 - argparse
 def user_errors() -> Iterator[None]:
     """Around a command's ``main()`` when run from the shell: an error in what the user gave (a cohort folder,
     a scan in it, a model folder) ends the command with its message and exit status 1, not a traceback. Other
-    exceptions, bugs included, keep their traceback; ``main()`` called from Python raises them all as they are."""
+    exceptions, bugs included, keep their traceback; ``main()`` called from Python raises them all as they are.
+    The settings read from the environment are checked first (:func:`mixdemo.launch.check_setting_variables`): a bad
+    one ends the command before any work, as it ends the app."""
+    from mixdemo.launch import check_setting_variables
+
     try:
+        check_setting_variables()
         yield
     except SystemExit as exc:  # a command's own refusal (its message): under torchrun, said once too
         if not isinstance(exc.code, str) or int(os.environ.get("WORLD_SIZE", "1")) < 2:
