@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mixdemo.bench import QUICK_CROP, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
-from mixdemo.launch import count
+from mixdemo.launch import check_setting_variables, count
 from mixdemo.mixing import MixKey
 from mixdemo.models import UnmixingNet
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, K = 2 patches, 1 timed call, no torch.compile")
     p.add_argument("--child", nargs=4, metavar=("RUNTIME", "WORKLOAD", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    check_setting_variables()  # a bad $MIXDEMO_S_MEMORY_MB: a traceback at the first pass of S
     if args.child:
         runtime, workload, inputs_path, out_path = args.child
         threads = args.threads or torch.get_num_threads()
