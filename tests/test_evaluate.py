@@ -1016,3 +1016,17 @@ def test_raw_scans_refuses_a_cohort_off_the_models_grid(monkeypatch, tmp_path):
     rec = type("Record", (), {"name": "case-1"})()
     with pytest.raises(CohortError, match="case-1 is on a 8×8×8 grid: .* 144×192×160 MNI grid"):
         raw_scans.scan_forms(rec, type("Args", (), {"k_max": 1, "tta_k": 1, "threads": 0})(), None, tmp_path, 0)
+
+
+def test_an_s_card_s_configuration_is_its_own_network_s(tmp_path):
+    """The Configurations line of an S or baseline card was fixed text naming the shipped widths and "2 CPU cores":
+    a user's S trained with other widths (``--features paper``) got a card describing another network."""
+    from mixdemo.models import PAPER_FEATURES, SegmentationNet, count_parameters
+    from training import report
+
+    SegmentationNet(features=PAPER_FEATURES).save_pretrained(tmp_path / "s")
+    line = report.segmentation_configuration(tmp_path / "s")
+    mine = count_parameters(SegmentationNet(features=PAPER_FEATURES))
+    assert line.startswith(f"This network: U-Net++ features {PAPER_FEATURES}, {mine / 1e6:.2f} M parameters")
+    SegmentationNet().save_pretrained(tmp_path / "small")
+    assert "features (16, 16, 32, 64, 128, 16), 1.75 M parameters" in report.segmentation_configuration(tmp_path / "small")

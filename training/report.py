@@ -1528,6 +1528,19 @@ def d_comparisons(name: str) -> dict[str, str]:
     return sections
 
 
+def segmentation_configuration(folder: Path) -> str:
+    """The Configurations line of an S folder (S, the baseline): its widths and parameters, from its config.json,
+    beside the paper-size configuration's (:data:`mixdemo.models.PAPER_FEATURES`) for GPUs."""
+    from mixdemo.models import PAPER_FEATURES, SegmentationNet, count_parameters
+
+    config = json.loads((folder / "config.json").read_text())
+    mine = count_parameters(SegmentationNet(**config))
+    paper = count_parameters(SegmentationNet(**{**config, "features": PAPER_FEATURES}))
+    return (f"This network: U-Net++ features {tuple(config['features'])}, {mine / 1e6:.2f} M parameters (its Training "
+            "record says on what and for how long it was trained). Paper size for GPUs: `--features paper` "
+            f"{PAPER_FEATURES}, {paper / 1e6:.2f} M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
+
+
 def write_cards(weights_root: Path) -> list[Path]:
     """Model cards quoting the measured table and the commands."""
     seg = _load("segmentation")
@@ -1550,10 +1563,9 @@ def write_cards(weights_root: Path) -> list[Path]:
             sections["Evaluation (phantom test set)"] = segmentation_md(seg)
             if name == DEFAULT_UNMIXING:
                 sections.update(d_comparisons(name))
-        sections["Configurations"] = ("Shipped: U-Net++ features (16, 16, 32, 64, 128, 16), 1.75 M parameters, trained on "
-                                      "2 CPU cores. Paper size for GPUs: `--features paper` (32, 32, 64, 128, 256, 32), "
-                                      "7.0 M parameters; scale with `torchrun --nproc_per_node=N -m training.train`.")
-        if name.startswith("unmixing"):
+        if not name.startswith("unmixing"):
+            sections["Configurations"] = segmentation_configuration(folder)
+        else:
             config = json.loads((folder / "config.json").read_text())
             hidden = f", per-voxel MLP {config['voxel_hidden']} channels" if config.get("voxel_hidden") else ""
             sections["Configurations"] = (f"D: widths {tuple(config['features'])}, patch {config.get('patch', 1)}{hidden}, "
