@@ -32,6 +32,7 @@ import numpy as np
 from gradio.state_holder import SessionState, StateHolder
 
 from mixdemo import examples, gatekeeper, oneshot, server, viz
+from mixdemo.weights import weights_dir  # no torch at import: the app starts before it loads
 
 log = logging.getLogger(__name__)
 
@@ -1062,11 +1063,6 @@ out = c.predict(handle_file("proxy.npy"), api_name="/segment_proxy")   # path of
 """
 
 
-def _weights_dir() -> Path:
-    """``mixdemo.weights.weights_dir()`` without importing torch at start-up."""
-    return Path(os.environ.get("MIXDEMO_WEIGHTS_DIR") or Path(__file__).resolve().parent.parent / "weights")
-
-
 _BLANK = ""
 """What a table cell shows where the file has no value to show (a missing key, null, a nested value)."""
 
@@ -1216,7 +1212,7 @@ def about_results() -> AboutResults:
     from mixdemo.weights import unmixing_name  # torch-free
 
     for name in ("segmentation", unmixing_name(), "baseline", "score"):
-        card = _weights_dir() / name / "README.md"
+        card = weights_dir() / name / "README.md"
         if card.exists():
             text = card.read_text(encoding="utf-8")
             if text.startswith("---"):
