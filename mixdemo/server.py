@@ -85,19 +85,28 @@ def segmentation_model() -> torch.nn.Module:
 def model_classes(record: dict | None = None) -> list[str]:
     """The classes the served S gives, background first: its training ``record``'s (read when not given; older
     records, which name none: the phantoms'). Reads one small file (no torch)."""
-    from mixdemo.weights import readable_training_record, recorded_classes, weights_dir
+    from mixdemo.weights import recorded_classes
 
-    if record is None:  # unreadable: as none (loading S says why)
-        record = readable_training_record(weights_dir() / "segmentation")
+    if record is None:
+        record = served_record()
     return recorded_classes(record) or list(CLASS_NAMES)  # no record at all: the phantoms' too
+
+
+def served_record() -> dict:
+    """The training record of the S the server loads: its local folder's, or the Hub cache's where it came from
+    (:func:`mixdemo.weights.served_model_dir`); {} when there is none yet or it is unreadable (loading S says why)."""
+    from mixdemo.weights import readable_training_record, served_model_dir
+
+    folder = served_model_dir("segmentation")
+    return readable_training_record(folder) if folder is not None else {}
 
 
 def model_info() -> dict:
     """What the server can tell about itself (no user data)."""
     from mixdemo.models import pick_device
-    from mixdemo.weights import readable_training_record, s_precision, weights_dir
+    from mixdemo.weights import s_precision
 
-    record = readable_training_record(weights_dir() / "segmentation")  # unreadable: as none (loading S says why)
+    record = served_record()
     return {
         "format": WIRE_FORMAT,
         "classes": model_classes(record),  # those S was trained on

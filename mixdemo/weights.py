@@ -243,6 +243,22 @@ def resolve_model_dir(name: str) -> Path:
         ) from None
 
 
+def served_model_dir(name: str) -> Path | None:
+    """The folder model ``name`` loads from, asking nothing of the network: the local one (as
+    :func:`resolve_model_dir`), else the Hub's local cache of ``$MIXDEMO_HUB_REPO`` where loading it put it; None
+    when neither holds it (not loaded yet). For what describes the loaded model, its training record."""
+    local = weights_dir() / name
+    if all((local / f).exists() for f in LOADED_FILES):
+        return local
+    try:
+        from huggingface_hub import hf_hub_download
+
+        repo_id = os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO
+        return Path(hf_hub_download(repo_id, f"{name}/{MODEL_FILES[0]}", local_files_only=True)).parent
+    except Exception:  # noqa: BLE001 - not in the cache (or no valid repo id): nothing loaded from the Hub
+        return None
+
+
 def _hub_cause(exc: Exception, reachable: bool) -> str:
     """Why the Hub gave no weights: ``exc``'s type where it was asked; else that it was not asked (offline mode,
     ``python app.py``'s default) or could not be reached, and the files were not in its local cache."""

@@ -575,6 +575,44 @@ def test_weights_come_from_the_local_folder_first_then_from_the_hub_repo_the_env
     assert weights.resolve_model_dir("segmentation") == tmp_path / "local" / "segmentation" and asked == []
 
 
+def test_server_info_describes_the_s_it_serves_from_the_hub(tmp_path, monkeypatch):
+    """Without a local S, the server serves the Hub's, but ``server_info`` read only the local folder's record: it
+    named the phantoms' classes, the default grid and no checksum, whatever the Hub's S was trained on. It now reads
+    the record beside the S it loads, from the Hub's local cache (no request of its own)."""
+    import huggingface_hub
+
+    from mixdemo import server
+
+    net = SegmentationNet(features=(4, 4, 8, 8, 16, 4), num_classes=3)
+    net.save_pretrained(tmp_path / "hub" / "segmentation")
+    weights.write_training_record(tmp_path / "hub" / "segmentation",
+                                  {"command": "test", "classes": ["background", "lesion", "oedema"], "steps": 7},
+                                  "mixdemo.models.SegmentationNet")
+    sha = weights.read_training_record(tmp_path / "hub" / "segmentation")["sha256"]
+    asked: list[bool] = []
+
+    def download(repo_id, filename, local_files_only=False, **kwargs):
+        asked.append(local_files_only)
+        cached = tmp_path / "snapshot" / filename
+        if not local_files_only:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tmp_path / "hub" / filename, cached)
+        if not cached.exists():
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(weights, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "local"))
+    assert weights.served_model_dir("segmentation") is None and set(asked) == {True}  # not cached yet: not fetched
+    assert server.model_info()["model_sha256"] is None
+    weights.load_model("segmentation", fast=False)  # as the server loads it: from the Hub, into its cache
+    asked.clear()
+    info = server.model_info()
+    assert info["classes"] == ["background", "lesion", "oedema"] and server.model_classes() == info["classes"]
+    assert info["model_sha256"] == sha and info["model_steps"] == 7 and set(asked) == {True}
+
+
 @pytest.fixture(scope="module")
 def tiny_cohort(tmp_path_factory) -> Path:
     """Three subjects of 32³ blocky volumes in the cohort layout."""
