@@ -118,13 +118,16 @@ def is_series_input(path: str | os.PathLike) -> bool:
     if name.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
         return False
     try:
-        if _is_zip(path):
-            return True
-        with open(path, "rb") as fh:
-            fh.seek(_DICM_AT)
-            return fh.read(4) == b"DICM"
+        return _is_zip(path) or _has_dicm_marker(path)
     except OSError:
         return False
+
+
+def _has_dicm_marker(path: str | os.PathLike) -> bool:
+    """Whether the file carries the DICOM marker (``DICM`` at byte 128)."""
+    with open(path, "rb") as fh:
+        fh.seek(_DICM_AT)
+        return fh.read(4) == b"DICM"
 
 
 def read_series(path: str | os.PathLike, series: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -373,7 +376,7 @@ def _series_slices(flat: str, series: int | None = None) -> list[_Slice]:
     except RuntimeError:  # GDCM gives up on some malformed sequences
         raise mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.") from None
     if not uids:
-        raise mio.NotNiftiError(_nothing_found(flat))
+        raise _unlisted_image_error(flat) or mio.NotNiftiError(_nothing_found(flat))
     numbered = sorted(zip(uids, files), key=lambda pair: (-len(pair[1]), pair[0]))  # most files first, then by UID
     if len(numbered) > 1 and series is not None:
         _check_told_apart(series, [names for _, names in numbered])
@@ -418,10 +421,8 @@ def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str], *, a
     kept = {os.path.basename(f) for f in listed}
     for name in sorted(set(os.listdir(flat)) - kept):
         path = os.path.join(flat, name)
-        with open(path, "rb") as fh:
-            fh.seek(_DICM_AT)
-            if fh.read(4) != b"DICM":
-                continue
+        if not _has_dicm_marker(path):
+            continue
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             is_image = "Image Storage" in header.file_meta.MediaStorageSOPClassUID.name
@@ -464,6 +465,32 @@ def _nothing_found(flat: str) -> str:
         except OSError:
             continue
     return "No DICOM images were found: a .zip (or folder) of one DICOM series, or a .nii/.nii.gz file, is expected."
+
+
+def _unlisted_image_error(flat: str) -> mio.ScanError | None:
+    """Why GDCM listed no series although the input holds a file with the DICOM marker: an image whose transfer
+    syntax is one GDCM cannot decode (JPEG XL, say: named), or the file is damaged. None without such a file."""
+    import pydicom
+    from pydicom import uid
+
+    decodable = {*uid.UncompressedTransferSyntaxes, *uid.JPEGTransferSyntaxes, *uid.JPEGLSTransferSyntaxes,
+                 *uid.JPEG2000TransferSyntaxes, *uid.RLETransferSyntaxes}
+    for name in sorted(os.listdir(flat)):
+        path = os.path.join(flat, name)
+        if not _has_dicm_marker(path):  # an OSError is the caller's: access lacking, not damage
+            continue
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+            syntax, is_image = meta.TransferSyntaxUID, "Image Storage" in meta.MediaStorageSOPClassUID.name
+        except Exception:  # noqa: BLE001 - untrusted input: any parse failure means a damaged file
+            return mio.CorruptFileError("A DICOM file of the input could not be read: it may be damaged.")
+        if is_image and syntax in decodable:
+            return mio.CorruptFileError("A DICOM image of the input could not be read: it may be damaged.")
+        if is_image and re.fullmatch(r"[0-9.]{1,64}", syntax):  # a UID, never other text
+            return mio.NotNiftiError(f"The input's DICOM images are stored in a transfer syntax (compression: "
+                                     f"{syntax.name}) this reader cannot decode; export the series uncompressed (or "
+                                     "as JPEG 2000 or JPEG-LS lossless).")
+    return None
 
 
 def _several_series(files: Sequence[Sequence[str]]) -> str:

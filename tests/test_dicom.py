@@ -731,6 +731,47 @@ def test_an_archive_without_dicom_is_refused(tmp_path):
     _refusal(tmp_path, archive, NotNiftiError, "No DICOM images were found")
 
 
+def _with_transfer_syntax(path: Path, uid: str) -> None:
+    """Rewrite a file's meta header to state ``uid`` as its transfer syntax, its dataset's bytes kept (pydicom will
+    not write a transfer syntax it does not know, such as JPEG XL's)."""
+    import struct
+
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    raw = path.read_bytes()
+    body = raw[144 + struct.unpack("<I", raw[140:144])[0]:]  # after the preamble, DICM and the meta group
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    meta.TransferSyntaxUID = uid
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    path.write_bytes(raw[:132] + buffer.getvalue() + body)
+
+
+def test_a_series_in_a_transfer_syntax_gdcm_does_not_know_is_named_so(tmp_path):
+    """Images stored as JPEG XL (a transfer syntax of 2023 that GDCM does not list): the refusal says their
+    compression cannot be decoded and what to export instead (it said no DICOM images were found)."""
+    files = _series(tmp_path)
+    for f in files:
+        _with_transfer_syntax(f, "1.2.840.10008.1.2.4.110")
+    archive = dicom.zip_series(files, tmp_path / "s.zip")
+    for path in (archive, tmp_path / "series"):
+        message = _refusal(tmp_path, path, NotNiftiError, "transfer syntax .*1.2.840.10008.1.2.4.110.* cannot decode")
+        assert "uncompressed" in message and "No DICOM images" not in message
+
+
+@pytest.mark.parametrize("keep", [200, 400], ids=["cut in its meta header", "cut in its pixels"])
+def test_a_series_of_damaged_images_is_said_to_be_damaged(tmp_path, keep):
+    """Every image cut short (an interrupted copy): GDCM lists none, and the refusal says they are damaged (it said
+    no DICOM images were found)."""
+    files = _series(tmp_path)
+    for f in files:
+        f.write_bytes(f.read_bytes()[:keep])
+    _refusal(tmp_path, tmp_path / "series", CorruptFileError, "could not be read: it may be damaged")
+
+
 def test_a_damaged_archive_is_refused(tmp_path):
     archive = dicom.zip_series(_series(tmp_path), tmp_path / "s.zip")
     (tmp_path / "cut.zip").write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
