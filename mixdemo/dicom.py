@@ -70,7 +70,7 @@ _TEMP_PREFIX = "mixdemo-dicom-"
 _STALE_AFTER_S = 3600.0  # a temporary folder this old outlived its read (the process was killed): removed
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _FRAMES, _TEMPORAL_POSITION, _ECHO, _SOP_CLASS = "0028|0008", "0020|0100", "0018|0086", "0008|0016"
-_MODALITY, _PHOTOMETRIC = "0008|0060", "0028|0004"
+_MODALITY, _PHOTOMETRIC, _INSTANCE = "0008|0060", "0028|0004", "0008|0018"
 _INVERTED = ("The series stores its intensities inverted for display (MONOCHROME1), which MR scanners do not write "
              "and whose decoders disagree on the values; an MR series as MONOCHROME2 is expected: export it so.")
 _MR_OR_UNSTATED = frozenset({"MR", "OT", ""})  # OT ("other"): what some research converters write for an MR volume
@@ -106,6 +106,7 @@ class _Slice(NamedTuple):
     rescale: tuple[float, float] = (1.0, 0.0)  # a multi-frame file's frame's slope and intercept
     in_stack: int = 0  # a multi-frame file's frame's In-Stack Position Number (1 to n along the stack), 0 if absent
     modality: str = ""  # the image's Modality code (MR, CT...), "" when absent
+    instance: str = ""  # its file's SOP Instance UID (never shown): the same image given twice shares it
 
 
 def is_series_input(path: str | os.PathLike) -> bool:
@@ -396,9 +397,20 @@ def _series_slices(flat: str, series: int | None = None) -> list[_Slice]:
     if len(slices) == 1:
         raise mio.ShapeError("The input is a single 2D DICOM image (one slice); a 3D volume is expected: upload a "
                              ".zip of all the series' files (or give the client their folder).")
+    _check_no_copies(slices)
     _check_alike(slices)
     _check_stack_complete(slices)
     return _ordered(slices)
+
+
+def _check_no_copies(slices: Sequence[_Slice]) -> None:
+    """Refuse an input holding an image (or an enhanced file's frame) more than once, as an export zipped with a copy
+    of its files does: said so, not taken for repeated acquisitions at one position. (An instance UID shared at
+    different positions is an exporter's fault that the geometry still reads.)"""
+    seen = [(s.instance, s.frame, *np.round(s.origin, 3)) for s in slices if s.instance]
+    if len(set(seen)) < len(seen):
+        raise mio.ShapeError("The input holds the same image more than once (the same DICOM instance: a copy of the "
+                             "series' files beside them?); give each image once.")
 
 
 def _check_stack_complete(slices: Sequence[_Slice]) -> None:
@@ -588,6 +600,7 @@ def _slice_info(path: str, reader) -> _Slice:  # noqa: ANN001 - a SimpleITK Imag
         direction=_direction(orientation),
         stack=(_integer_key(_text(reader, _TEMPORAL_POSITION)), _integer_key(_text(reader, _ECHO))),
         modality=_text(reader, _MODALITY).upper(),
+        instance=_text(reader, _INSTANCE).strip("\x00 "),
     )
 
 
@@ -633,6 +646,7 @@ def _frames(path: str) -> list[_Slice]:
         per_frame = header.get("PerFrameFunctionalGroupsSequence")
         shared = (header.get("SharedFunctionalGroupsSequence") or [None])[0]
         modality = str(header.get("Modality", "") or "").strip().upper()
+        instance = str(header.get("SOPInstanceUID", "") or "").strip()
         size = (int(header.Columns), int(header.Rows))
         if int(header.get("SamplesPerPixel", 1)) != 1:
             raise mio.DataTypeError("The series stores colour (RGB) values; a greyscale intensity volume is expected.")
@@ -646,7 +660,7 @@ def _frames(path: str) -> list[_Slice]:
             raise mio.CorruptFileError(f"The multi-frame DICOM file describes {len(per_frame)} frames but holds {n}: "
                                        "it may be damaged.")
         top_rescale = (header.get("RescaleSlope"), header.get("RescaleIntercept"))  # outside the standard's place
-        return [_frame_info(path, f, per_frame[f], shared, size, top_rescale)._replace(modality=modality)
+        return [_frame_info(path, f, per_frame[f], shared, size, top_rescale)._replace(modality=modality, instance=instance)
                 for f in range(n)]
     except mio.ScanError:
         raise

@@ -724,6 +724,27 @@ def test_repeated_slice_positions_are_refused(tmp_path):
     _refusal(tmp_path, tmp_path / "series", ShapeError, "share a slice position")
 
 
+@pytest.mark.parametrize("kind", ["classic", "enhanced"])
+def test_the_same_image_given_twice_is_said_to_be(tmp_path, kind):
+    """An export zipped with a copy of its files (the same series under two folders): every image is there twice, and
+    the refusal says so (it guessed at repeated acquisitions, echoes or time points, which the series has not)."""
+    if kind == "classic":
+        files = _series(tmp_path)
+    else:
+        (tmp_path / "series").mkdir()
+        files = [_enhanced(_volume() * 1000, _affine(), tmp_path / "series" / "volume.dcm")]
+    archive = tmp_path / "twice.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in files:
+            z.write(f, arcname=f"export/{f.name}")
+            z.write(f, arcname=f"export copy/{f.name}")
+    message = _refusal(tmp_path, archive, ShapeError, "same image.*more than once")
+    assert "acquisitions" not in message
+    if kind == "classic":  # the control: one instance UID on every image (an exporter's fault), each at its position
+        _edit(files, lambda ds, k: setattr(ds, "SOPInstanceUID", "1.2.3.4"))
+        assert dicom.read_series(tmp_path / "series")[0].shape == SHAPE
+
+
 def test_an_archive_without_dicom_is_refused(tmp_path):
     archive = tmp_path / "notes.zip"
     with zipfile.ZipFile(archive, "w") as z:
