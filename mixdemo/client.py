@@ -1324,18 +1324,27 @@ def output_paths(scans: Sequence[str], output: str, *, dicom_seg: bool = False) 
 
 def _not_replacing_inputs(outputs: list[Path], scans: Sequence[str]) -> list[Path]:
     """``outputs``, or a :class:`ClientError` (before any work) if one of them is an input scan's file (the same file,
-    by any name or link): written once its scan is segmented, it would replace the scan, lost. The scan is named by
-    its position, never its file name."""
+    by any name or link) or a DICOM file in an input series' folder: written once its scan is segmented, it would
+    replace the scan, or an image of the series, lost. The scan is named by its position, never its file name."""
     for out in outputs:
         for i, scan in enumerate(scans):
             try:
-                same = out.exists() and os.path.samefile(out, scan)
+                same = out.exists() and (os.path.samefile(out, scan) or _is_dicom_file_in_folder(out, scan))
             except OSError:  # a scan that is not there: said where its turn comes
                 same = False
             if same:
-                raise ClientError(f"The output would replace the input scan (scan {i + 1}) with its segmentation: "
+                what = "a file of the input series" if os.path.isdir(scan) else "the input scan"
+                raise ClientError(f"The output would replace {what} (scan {i + 1}) with its segmentation: "
                                   "give another output name or folder.")
     return outputs
+
+
+def _is_dicom_file_in_folder(path: Path, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM file (an image of the series, say) in ``folder`` (a DICOM series given as its
+    folder), at any depth, by any name. A NIfTI file there (a segmentation written beside the series) is not."""
+    from mixdemo.dicom import _has_dicm_marker
+
+    return os.path.isdir(folder) and Path(folder).resolve() in path.resolve().parents and _has_dicm_marker(path)
 
 
 SEG_NEEDS_DICOM = "A DICOM SEG refers to the DICOM series it segments"

@@ -676,6 +676,25 @@ def test_an_output_that_would_replace_an_input_scan_is_refused_before_any_work(t
     assert output_paths([str(scan)], f"{tmp_path / 'segs'}/") == [tmp_path / "segs" / "scan_seg.nii.gz"]
 
 
+def test_an_output_that_would_replace_a_file_of_an_input_series_folder_is_refused(tmp_path):
+    """A DICOM series given as its folder, and ``-o`` naming one of its images (the shell's completion again): the
+    SEG replaced that image once the work was done, a slice of the series lost. Refused before any work, as an
+    output replacing a scan file is; a new file in that folder is taken, and a NIfTI written there before replaced."""
+    from mixdemo.client import ClientError, output_paths
+
+    series = tmp_path / "series" / "sub"
+    series.mkdir(parents=True)
+    image = series / "IM_0001.dcm"
+    image.write_bytes(b"\0" * 128 + b"DICM a slice of the series")
+    for output in (str(image), f"{tmp_path}/series/./sub/IM_0001.dcm"):
+        with pytest.raises(ClientError, match=r"would replace a file of the input series \(scan 1\)"):
+            output_paths([str(tmp_path / "series")], output, dicom_seg=True)
+    assert image.read_bytes().endswith(b"a slice of the series")
+    assert output_paths([str(tmp_path / "series")], str(series / "seg.dcm")) == [series / "seg.dcm"]  # the controls:
+    (series / "seg.nii.gz").write_bytes(b"a segmentation written there before")  # a NIfTI beside the series
+    assert output_paths([str(tmp_path / "series")], str(series / "seg.nii.gz")) == [series / "seg.nii.gz"]
+
+
 def test_output_paths_make_the_folder_first_or_refuse_before_any_work(tmp_path):
     from mixdemo.client import ClientError, output_paths
 
