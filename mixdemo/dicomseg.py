@@ -7,9 +7,9 @@ pixels and writes a BINARY SEG (one bit-packed frame per segment and slice that 
 carries the series' patient and study fields and its Frame of Reference, as the standard requires for it to be
 filed with the series: it is written on the machine that holds the series and is never sent anywhere. Its text is
 UTF-8; a sex, date or time the standard would refuse is left empty, identifiers are copied as they are (an
-over-long accession number stays over-long); its geometry is the one :mod:`mixdemo.dicom` checked (given to
-highdicom cleaned, so a source whose orientation is written to a few decimals gets Spatial Locations Preserved
-NO, its frames' references intact). The standard's checker (dicom3tools' ``dciodvfy``) finds no error in the SEG
+over-long accession number stays over-long); its geometry is the one :mod:`mixdemo.dicom` checked, its
+orientation the source's as written (a few decimals too), so its frames lie on the source's planes and say so
+(Spatial Locations Preserved YES). The standard's checker (dicom3tools' ``dciodvfy``) finds no error in the SEG
 of a series whose own identifiers are valid (tests).
 
 Frames are sampled at the series' own pixel positions, so a SEG refers to each image whatever grid the labels lie
@@ -137,8 +137,10 @@ def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: S
     first = reference.planes[0]
     along = [float(p.origin @ first.direction[:, 2]) for p in reference.planes]  # the planes, in any order
     step = (max(along) - min(along)) / max(len(along) - 1, 1)
+    multi_frame = first.frame >= 0
+    sources = _sources(reference.headers, step, multi_frame=multi_frame)
     return hd.seg.Segmentation(
-        source_images=_sources(reference.headers, step, multi_frame=first.frame >= 0),
+        source_images=sources,
         pixel_array=frames,  # one per source image, or per frame of the one enhanced file, in their order
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(class_names, software_version),
@@ -155,12 +157,21 @@ def _segmentation(reference: SeriesReference, frames: np.ndarray, class_names: S
         content_description="Segmented from a mixed proxy; research use only",
         pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=[first.spacing[1], first.spacing[0]],  # rows first
                                                 slice_thickness=step or None),
-        plane_orientation=hd.PlaneOrientationSequence(coordinate_system="PATIENT",
-                                                      image_orientation=[*first.direction[:, 0], *first.direction[:, 1]]),
+        plane_orientation=hd.PlaneOrientationSequence(
+            coordinate_system="PATIENT", image_orientation=_source_orientation(sources[0], multi_frame=multi_frame)),
         plane_positions=[hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=list(p.origin))
                          for p in reference.planes],
         specific_character_set="ISO_IR 192",
     )
+
+
+def _source_orientation(source, *, multi_frame: bool) -> list[float]:  # noqa: ANN001 - a pydicom Dataset
+    """The source's Image Orientation as it is written (an export's 4 decimals too; :mod:`mixdemo.dicom` checked it
+    is within rounding of orthonormal): highdicom then finds the SEG's frames on the source's planes, and says their
+    spatial locations are preserved, as they are (each frame is sampled at its image's pixels)."""
+    if multi_frame:  # an enhanced file: its orientation shared by _sources
+        source = source.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    return [float(v) for v in source.ImageOrientationPatient]
 
 
 def _sources(headers: Sequence, step: float, *, multi_frame: bool) -> list:

@@ -143,6 +143,38 @@ def test_a_tilted_stack_s_seg_lies_on_the_tilted_images(tmp_path):
     assert agree / total > 0.93
 
 
+@pytest.mark.parametrize("source", ["classic", "enhanced"])
+def test_a_seg_of_a_series_whose_orientation_is_printed_to_four_decimals_preserves_its_locations(tmp_path, source):
+    """An oblique export writing its direction cosines to 4 decimals (just off unit length): the SEG's frames are
+    sampled at its images' pixels, so it carries their orientation as written and says their spatial locations are
+    preserved (it carried the cleaned orientation, 1e-5 off, and said NO to a viewer overlaying it)."""
+    import pydicom
+
+    from tests.test_dicom import _edit
+
+    aff = _affine(rotation_deg=15.0)
+    if source == "classic":
+        files = _series(tmp_path, aff=aff)
+        _edit(files, lambda ds, k: setattr(ds, "ImageOrientationPatient",
+                                           [f"{float(v):.4f}" for v in ds.ImageOrientationPatient]))
+        path, written = tmp_path / "series", pydicom.dcmread(files[0]).ImageOrientationPatient
+    else:
+        path = _enhanced(_volume() * 1000, aff, tmp_path / "volume.dcm")
+        dataset = pydicom.dcmread(path)
+        plane = dataset.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+        plane.ImageOrientationPatient = [f"{float(v):.4f}" for v in plane.ImageOrientationPatient]
+        dataset.save_as(path, enforce_file_format=True)
+        written = plane.ImageOrientationPatient
+    _, affine = dicom.read_series(path)
+    dicomseg.write_segmentation(_labels(), affine, dicomseg.series_reference(path), tmp_path / "seg.dcm", CLASSES)
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    np.testing.assert_allclose(
+        [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient],
+        [float(v) for v in written], atol=1e-9)
+    assert {g.DerivationImageSequence[0].SourceImageSequence[0].SpatialLocationsPreserved
+            for g in seg.PerFrameFunctionalGroupsSequence} == {"YES"}
+
+
 def test_a_series_without_frame_of_reference_is_refused_before_any_work(tmp_path):
     from tests.test_dicom import _edit
 
