@@ -84,6 +84,12 @@ def score_pair(segmentation: Path, labels: Path, classes: dict[int, str], *, in_
     if note is not None and truth_values.isdisjoint(classes) and truth_values - {0}:
         note(f"{labels.name} holds none of the values {', '.join(map(str, classes))} that --classes names, so every "
              "class scores 0: write its labels in those values (1, 2, ... as the segmentation's) to score it.")
+    pred_values = set(np.unique(pred).tolist())
+    neither = [name for c, name in classes.items() if c not in truth_values and c not in pred_values]
+    if neither and note is not None:
+        note(f"{', '.join(neither)} {'is' if len(neither) == 1 else 'are'} in neither {segmentation.name} nor its "
+             f"labels: {'its' if len(neither) == 1 else 'their'} Dice is 1 by convention (nothing to find, nothing "
+             "found), counted in avg.")
     dice = dice_per_class(pred, truth, list(classes))
     return {**{classes[c]: round(float(d), 4) for c, d in dice.items()}, "avg": round(float(mean_dice(dice)), 4)}
 

@@ -773,7 +773,7 @@ def test_score_leaves_out_hidden_files_and_matches_labels_whatever_the_case_of_t
     from mixdemo.score import main
 
     truth = np.zeros((12, 12, 12), np.uint8)
-    truth[2:6] = 1
+    truth[2:5], truth[5:8], truth[8:10] = 1, 2, 3  # every class: no note of one in neither map
     (tmp_path / "segs").mkdir()
     (tmp_path / "labels").mkdir()
     for name in ("a_seg", "b_seg"):
@@ -808,3 +808,24 @@ def test_score_is_the_dice_on_the_files_own_grid(tmp_path, capsys, zooms) -> Non
     assert main([str(tmp_path / "seg.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json", "--classes", "GM"]) == 0
     dice = dice_per_class(pred, truth, [1])
     assert json.loads(capsys.readouterr().out)["seg"] == {"GM": round(dice[1], 4), "avg": round(mean_dice(dice), 4)}
+
+
+def test_score_says_when_a_class_is_in_neither_map_and_so_scores_one(tmp_path, capsys) -> None:
+    """A BraTS case without enhancing tumour, segmented without it: ET's Dice is 1 by the usual convention (nothing
+    to find, nothing found) and counts in avg; the table showed a perfect score without a word of why."""
+    import json
+
+    from mixdemo.io import save_volume
+    from mixdemo.score import main
+
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:5], truth[5:8] = 1, 2
+    save_volume(truth, np.eye(4), tmp_path / "labels.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["labels"]["CSF"] == 1.0
+    assert "note: CSF is in neither labels.nii.gz nor its labels: its Dice is 1 by convention" in captured.err
+    truth[8:10] = 3
+    save_volume(truth, np.eye(4), tmp_path / "labels.nii.gz", dtype=np.uint8)
+    assert main([str(tmp_path / "labels.nii.gz"), str(tmp_path / "labels.nii.gz")]) == 0
+    assert capsys.readouterr().err == ""
