@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed_memory_kept_by_choice, huge_pages,
                                keep_freed_memory)
 from mixdemo.launch import check_setting_variables, count
-from mixdemo.mixing import MixKey, hard_labels
+from mixdemo.mixing import MixKey, corner_around, hard_labels, patch_slices
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_labels
@@ -667,8 +667,15 @@ def untrained_s(fast: bool = True) -> SegmentationNet:
     return seg.use_channels_last().fuse_for_inference() if fast else seg
 
 
+def central_cube(shape: Sequence[int], side: int) -> tuple[slice, slice, slice]:
+    """Slices of the ``side``³ cube at the centre of a volume of ``shape``, each side at most the volume's."""
+    sides = tuple(min(side, n) for n in shape)
+    return patch_slices(corner_around([n // 2 for n in shape], shape, sides), sides)
+
+
 def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarray, list[Reference], np.ndarray]:
-    """A target, ``n`` references and the target's labels rendered from the phantom generator (optionally a central cube).
+    """A target, ``n`` references and the target's labels rendered from the phantom generator (optionally the central
+    ``crop``³ cube, each side at most the grid's).
 
     ``distinct=False`` renders two scans and shifts the second for the other references: the
     timings do not depend on the references' content, and it saves ~2.5 s per reference.
@@ -680,7 +687,7 @@ def phantom_volumes(n: int, crop: int, distinct: bool = True) -> tuple[np.ndarra
         shift = len(vols)
         vols.append((np.roll(vols[1][0], shift, axis=0), np.roll(vols[1][1], shift, axis=0)))
     if crop:
-        sl = tuple(slice(s // 2 - crop // 2, s // 2 + crop // 2) for s in GRID_SHAPE)
+        sl = central_cube(GRID_SHAPE, crop)
         vols = [(img[sl].copy(), lab[sl].copy()) for img, lab in vols]
     target = vols[0][0]
     refs = [Reference(f"ref{i}", img, lab) for i, (img, lab) in enumerate(vols[1:])]
@@ -722,7 +729,7 @@ def run(args: argparse.Namespace) -> dict:
     k10_times, k10_ratios = bracketed_runs(lambda: private(key10, target, refs), lambda: private(key1, target, refs),
                                            max(1, reps - 1) if not args.quick else 1)
     private_k10_s = statistics.median(k10_times)
-    sl = tuple(slice(max(0, s // 2 - 16), s // 2 + 16) for s in target.shape)  # all of a side under 32
+    sl = central_cube(target.shape, 32)  # all of a side under 32
     patch_refs = [Reference(r.ref_id, r.image[sl], r.labels[sl]) for r in refs]
     patch_k10_s = median_seconds(lambda: private(key10, target[sl], patch_refs), reps)
 
@@ -869,7 +876,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("results/bench.json"))
     p.add_argument("--reps", type=count(1), default=3)
     p.add_argument("--threads", type=count(0), default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--crop", type=count(0), default=0, help="time a central cube of this side instead of the whole grid")
+    p.add_argument("--crop", type=count(0), default=0,
+                   help="time a central cube of this side instead of the whole grid (each side at most the grid's)")
     p.add_argument("--untrained", action="store_true", help="time untrained models of the shipped shapes")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, 1 repetition, fewer levers")
     p.add_argument("--probe-s", type=Path, default=None, help=argparse.SUPPRESS)  # child of s_budget_probe

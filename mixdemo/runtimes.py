@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.bench import QUICK_CROP, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s, wall_seconds
+from mixdemo.bench import (QUICK_CROP, central_cube, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s,
+                           wall_seconds)
 from mixdemo.launch import check_setting_variables, count
 from mixdemo.mixing import MixKey
 from mixdemo.models import UnmixingNet
@@ -133,7 +134,7 @@ def workload_inputs(crop: int, k_patches: int) -> dict[str, list[np.ndarray]]:
     target, refs, _ = phantom_volumes(k_patches, crop, distinct=False)
     key = MixKey(tuple(r.ref_id for r in refs), (0.5,) * k_patches)
     proxies = make_proxies(target, refs, key).astype(np.float32)
-    centre = tuple(slice(n // 2 - 16, n // 2 + 16) for n in target.shape)
+    centre = central_cube(target.shape, 32)  # all of a side under 32
     volume = proxies[:1, None]
     mixed = segment_proxies(_model("s_volume", fast=True), proxies[:1])
     return {
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("results/runtimes.json"))
     p.add_argument("--reps", type=count(1), default=3, help="timed calls after the first")
     p.add_argument("--threads", type=count(0), default=0, help="threads of every runtime (0: torch's default)")
-    p.add_argument("--crop", type=count(0), default=0, help="a central cube of this side instead of the whole grid")
+    p.add_argument("--crop", type=count(0), default=0,
+                   help="a central cube of this side instead of the whole grid (each side at most the grid's)")
     p.add_argument("--k-patches", type=count(1), default=10, help="proxies in the patch-mode batch")
     p.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None,
                    help="the runtimes to measure (default: all; pytorch, the reference, always runs)")

@@ -728,3 +728,32 @@ def test_the_librarys_commands_refuse_a_count_out_of_range_when_parsed(module, a
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(f"mixdemo.{module}").main(argv)
     assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_the_record_names_the_precision_s_ran_in_not_the_setting(tmp_path, monkeypatch):
+    """With untrained models (``--untrained``, or no weights here) S runs in float32 whatever ``$MIXDEMO_PRECISION``
+    says: the record's ``s_precision`` and its note name the precision of the S that was timed."""
+    import torch
+
+    monkeypatch.setenv("MIXDEMO_PRECISION", "bfloat16")
+    doc = _stand_in_run(monkeypatch, tmp_path, torch.float32)
+    assert doc["s_precision"] == doc["peak_dtype"] == "float32"
+    assert "the headline's is float32" in doc["levers"]["s_precision_note"]
+
+
+@pytest.mark.parametrize("crop, shape", [(32, (32, 32, 32)), (33, (33, 33, 33)), (1, (1, 1, 1)),
+                                         (160, (144, 160, 160)), (1000, (144, 192, 160))])
+def test_phantom_volumes_crop_a_central_cube_clipped_to_the_grid(monkeypatch, crop, shape):
+    """``--crop N`` takes the central N³ cube, each side clipped to the grid's (144 × 192 × 160): ``--crop 160`` was
+    the far 8 voxels of X, ``--crop 1`` an empty volume."""
+    import numpy as np
+
+    from mixdemo import bench
+
+    grid = np.arange(np.prod(bench.GRID_SHAPE), dtype=np.float32).reshape(bench.GRID_SHAPE)
+    monkeypatch.setattr(bench, "load_template", lambda: None)
+    monkeypatch.setattr(bench, "synthesize_scan", lambda template, subject, scan: (grid, grid.astype(np.uint8)))
+    target, refs, labels = bench.phantom_volumes(1, crop, distinct=False)
+    assert target.shape == labels.shape == refs[0].image.shape == shape
+    corner = tuple(int(c) for c in np.unravel_index(int(target[0, 0, 0]), bench.GRID_SHAPE))
+    assert corner == tuple(max(n // 2 - s // 2, 0) for n, s in zip(bench.GRID_SHAPE, shape))  # centred on the grid's

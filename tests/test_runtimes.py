@@ -141,3 +141,19 @@ def test_the_child_times_preparation_the_first_call_and_the_median_of_the_others
     row = runtimes._child("pytorch", "s_volume", tmp_path / "in.npz", tmp_path / "out.npy", reps=3, threads=1)
     assert (row["prepare_s"], row["first_call_s"], row["seconds"], row["seconds_min_max"]) == (5.0, 4.0, 2.0, [1.0, 3.0])
     assert np.load(tmp_path / "out.npy").max() == 15.0  # the last call's output
+
+
+def test_a_crop_thinner_than_a_patch_gives_the_patches_all_of_it(monkeypatch):
+    """``--crop 24``: S's patch-mode inputs are the whole 24³ proxies (they were their far 4³ corner)."""
+    import torch
+
+    from mixdemo import bench, runtimes
+
+    grid = np.arange(np.prod(bench.GRID_SHAPE), dtype=np.float32).reshape(bench.GRID_SHAPE) / 1e6
+    monkeypatch.setattr(bench, "load_template", lambda: None)
+    monkeypatch.setattr(bench, "synthesize_scan", lambda template, subject, scan: (grid, (grid > 2).astype(np.uint8)))
+    monkeypatch.setattr(runtimes, "segment_proxies", lambda seg, proxies: torch.zeros(1, 4, *proxies.shape[1:]))
+    inputs = runtimes.workload_inputs(24, 2)
+    (patches,) = inputs["s_patches"]
+    assert patches.shape == (2, 1, 24, 24, 24)
+    assert np.array_equal(patches[:1], inputs["s_volume"][0])  # the first proxy, all of it
