@@ -44,7 +44,7 @@ from mixdemo.mixing import MixKey, corner_around, hard_labels, patch_slices
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_labels
-from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16, s_precision, unmixing_precision
+from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16
 
 
 S_SLAB_BUDGET_MB = 1200
@@ -776,14 +776,15 @@ def run(args: argparse.Namespace) -> dict:
         row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
         row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
     cpu = cpu_description()
+    d_precision = str(getattr(unmix, "compute_dtype", torch.float32)).removeprefix("torch.")
     doc = {
         "command": " ".join(["python -m mixdemo.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d"),
         "cpu": cpu["model"],
         "cpu_features": cpu["features"],
         "device": "cpu",
-        "s_precision": s_precision("cpu"),
-        "unmixing_precision": str(getattr(unmix, "compute_dtype", torch.float32)).removeprefix("torch."),
+        "s_precision": str(s_dtype).removeprefix("torch."),  # as timed: untrained models run in float32
+        "unmixing_precision": d_precision,
         "keeps_freed_memory": keep_freed_memory(),
         "threads": torch.get_num_threads(),
         "volume_shape": list(target.shape),
@@ -816,14 +817,14 @@ def run(args: argparse.Namespace) -> dict:
                                "precision (gemm_peak_dtype; records without it: the float32 peak) with S as measured",
             "s_precision": precision_rows,
             "s_precision_note": "S and the baseline in float32 and in bfloat16 ($MIXDEMO_PRECISION; the headline's is "
-                                f"{s_precision('cpu')}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "
+                                f"{str(s_dtype).removeprefix('torch.')}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "
                                 "client share, and brain-masked Dice of the baseline's and the private run's labels on "
                                 "the benchmark's volume; bfloat16_native: whether this CPU has bfloat16 instructions "
                                 "(without them bfloat16 is emulated, slowly, and only float32 is measured)",
             "bfloat16_native": native_bfloat16(),
             "d_precision": sorted(d_precision_rows, key=lambda r: r["precision"] != "float32"),
             "d_precision_note": "the client's D with its four blocks in float32 and in bfloat16 "
-                                f"($MIXDEMO_UNMIXING_PRECISION; the headline's is {unmixing_precision('cpu')}), the same "
+                                f"($MIXDEMO_UNMIXING_PRECISION; the headline's is {d_precision}), the same "
                                 "S, K = 1, α = 0.5: D's seconds and brain-masked Dice on the D levers' mix, and the "
                                 "private K = 1 run's seconds (interleaved with the headline's), privacy tax and client "
                                 "share with it; measured where the CPU has native bfloat16",
