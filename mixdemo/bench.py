@@ -656,9 +656,12 @@ UNTRAINED_D_DESIGN = {"patch": 2}
 :class:`UnmixingNet`'s defaults), for the untrained D that stands in for it (a test checks they agree)."""
 
 
-def untrained_d() -> UnmixingNet:
-    """An untrained D of the default D's design, channels-last, in float32 (:func:`d_in_each_precision` casts a copy)."""
-    return UnmixingNet(**UNTRAINED_D_DESIGN).eval().use_channels_last()
+def untrained_d(fast: bool = True) -> UnmixingNet:
+    """An untrained D of the default D's design, channels-last, in float32 (:func:`d_in_each_precision` casts a copy;
+    ``fast=False``: as ``load_model(..., fast=False)`` prepares one, its convolutions as trained)."""
+    unmix = UnmixingNet(**UNTRAINED_D_DESIGN).eval()
+    unmix.fused_patches = fast
+    return unmix.use_channels_last() if fast else unmix
 
 
 def untrained_s(fast: bool = True) -> SegmentationNet:

@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixdemo.bench import (QUICK_CROP, central_cube, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_s,
-                           wall_seconds)
+from mixdemo.bench import (QUICK_CROP, central_cube, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_d,
+                           untrained_s, wall_seconds)
 from mixdemo.launch import check_setting_variables, count
 from mixdemo.mixing import MixKey
-from mixdemo.models import UnmixingNet
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
 from mixdemo.weights import DEFAULT_UNMIXING, load_model
 
@@ -61,10 +60,7 @@ def _model(workload: str, fast: bool) -> torch.nn.Module:
     try:
         return load_model(name, fast=fast, precision="float32")  # the other runtimes run float32 too
     except Exception:  # noqa: BLE001 - no weights here
-        if name == "segmentation":
-            return untrained_s(fast)
-        unmix = UnmixingNet().eval()
-        return unmix.use_channels_last() if fast else unmix
+        return untrained_s(fast) if name == "segmentation" else untrained_d(fast)
 
 
 def _runner(runtime: str, workload: str, inputs: list[torch.Tensor], threads: int,

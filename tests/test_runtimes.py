@@ -157,3 +157,19 @@ def test_a_crop_thinner_than_a_patch_gives_the_patches_all_of_it(monkeypatch):
     (patches,) = inputs["s_patches"]
     assert patches.shape == (2, 1, 24, 24, 24)
     assert np.array_equal(patches[:1], inputs["s_volume"][0])  # the first proxy, all of it
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_without_weights_d_is_an_untrained_d_of_the_default_ds_design(monkeypatch, fast):
+    """No weights here: the D rows time an untrained D of the default D's design (blocks on 2³ patches), as the
+    benchmark's stand-in is, not a D at full resolution (several times the arithmetic)."""
+    from mixdemo import bench, runtimes
+    from mixdemo.weights import WeightsNotFound
+
+    def no_weights(name, **kwargs):
+        raise WeightsNotFound(f"No weights for '{name}'")
+
+    monkeypatch.setattr(runtimes, "load_model", no_weights)
+    unmix = runtimes._model("d_volume", fast=fast)
+    assert unmix.patch == bench.UNTRAINED_D_DESIGN["patch"] and not unmix.training
+    assert unmix.channels_last == fast and unmix.fused_patches == fast  # fast=False: the convolutions, as trained
