@@ -899,6 +899,7 @@ def main(argv: list[str] | None = None) -> dict:
                   else _probe_s(args.probe_s, fused=not args.probe_unfused))
         print(json.dumps(result))
         return result
+    check_setting_variables()  # S's and D's precision, the allocator switch: refused at start
     if args.quick:
         args.crop, args.reps = args.crop or QUICK_CROP, 1
     doc = run(args)

@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = _child(runtime, workload, Path(inputs_path), Path(out_path), args.reps, threads)
         print(json.dumps(row))
         return row
+    check_setting_variables()  # the allocator switch (and the precisions): refused now, not read as off
     if args.quick:
         args.crop, args.k_patches, args.reps = args.crop or QUICK_CROP, 2, 1
     doc = run(args)

@@ -757,3 +757,19 @@ def test_phantom_volumes_crop_a_central_cube_clipped_to_the_grid(monkeypatch, cr
     assert target.shape == labels.shape == refs[0].image.shape == shape
     corner = tuple(int(c) for c in np.unravel_index(int(target[0, 0, 0]), bench.GRID_SHAPE))
     assert corner == tuple(max(n // 2 - s // 2, 0) for n, s in zip(bench.GRID_SHAPE, shape))  # centred on the grid's
+
+
+@pytest.mark.parametrize("module", ["bench", "runtimes"])
+@pytest.mark.parametrize("name, value", [("MIXDEMO_PRECISION", "fp16"), ("MIXDEMO_KEEP_FREED_MEMORY", "maybe")])
+def test_the_librarys_benchmarks_refuse_a_setting_they_cannot_use_before_any_work(module, name, value, monkeypatch):
+    """A mistyped ``$MIXDEMO_PRECISION`` made the benchmark time untrained float32 models, saying the trained weights
+    were unavailable, and end in a traceback; a mistyped allocator switch was taken as off. Both commands refuse
+    such a setting at start, as the app and the client do (``mixdemo.launch.check_setting_variables``)."""
+    import importlib
+
+    mod = importlib.import_module(f"mixdemo.{module}")
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(mod, "run", lambda args: pytest.fail("measured with a setting it cannot use"))
+    with pytest.raises(SystemExit) as stop:
+        mod.main(["--quick", "--out", "unused.json"])
+    assert f"${name}" in str(stop.value.code) and repr(value) in str(stop.value.code)
