@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed_memory_kept_by_choice, huge_pages,
                                keep_freed_memory)
-from mixdemo.launch import check_setting_variables, count
+from mixdemo.launch import check_setting_variables, count, out_file
 from mixdemo.mixing import MixKey, corner_around, hard_labels, patch_slices
 from mixdemo.models import SegmentationNet, UnmixingNet
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
@@ -877,7 +877,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    p.add_argument("--out", type=out_file, default=Path("results/bench.json"))
     p.add_argument("--reps", type=count(1), default=3)
     p.add_argument("--threads", type=count(0), default=0, help="torch threads (0: torch's default)")
     p.add_argument("--crop", type=count(0), default=0,

@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 DEFAULT_PORT = 7860
 
@@ -39,6 +40,15 @@ def count(smallest: int) -> Callable[[str], int]:
 
     parse.__name__ = f"whole number from {smallest}"
     return parse
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: the file a command writes its record to (its folder made when missing), not an existing
+    folder: else an error that says so when the command line is parsed, not when the record is written at the end."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: give the file to write in it, e.g. {path / 'out.json'}")
+    return path
 
 
 def widths(n: int, named: Sequence[str] = ()) -> Callable[[str], str]:

@@ -33,7 +33,7 @@ import torch
 
 from mixdemo.bench import (QUICK_CROP, central_cube, json_from_child, own_peak_rss_mb, phantom_volumes, untrained_d,
                            untrained_s, wall_seconds)
-from mixdemo.launch import check_setting_variables, count
+from mixdemo.launch import check_setting_variables, count, out_file
 from mixdemo.mixing import MixKey
 from mixdemo.pipeline import make_proxies, reference_onehots, segment_proxies
 from mixdemo.weights import DEFAULT_UNMIXING, load_model
@@ -221,7 +221,7 @@ def _versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("results/runtimes.json"))
+    p.add_argument("--out", type=out_file, default=Path("results/runtimes.json"))
     p.add_argument("--reps", type=count(1), default=3, help="timed calls after the first")
     p.add_argument("--threads", type=count(0), default=0, help="threads of every runtime (0: torch's default)")
     p.add_argument("--crop", type=count(0), default=0,

@@ -773,3 +773,19 @@ def test_the_librarys_benchmarks_refuse_a_setting_they_cannot_use_before_any_wor
     with pytest.raises(SystemExit) as stop:
         mod.main(["--quick", "--out", "unused.json"])
     assert f"${name}" in str(stop.value.code) and repr(value) in str(stop.value.code)
+
+
+@pytest.mark.parametrize("module", ["mixdemo.bench", "mixdemo.runtimes", "training.throughput"])
+def test_an_out_that_is_a_folder_is_refused_when_parsed(module, tmp_path, monkeypatch, capsys):
+    """``--out /tmp``: a usage error naming the folder, not an IsADirectoryError when the record is written at the
+    end of the run (after minutes of measurement)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    for name in ("run", "measure"):
+        if hasattr(mod, name):
+            monkeypatch.setattr(mod, name, lambda *a: pytest.fail("measured for an --out it cannot write"))
+    with pytest.raises(SystemExit) as stop:
+        mod.main(["--quick", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --out" in err and "is a folder" in err and str(tmp_path) in err

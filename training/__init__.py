@@ -20,7 +20,7 @@ from typing import NoReturn
 os.environ.setdefault("MIXDEMO_PRECISION", "float32")  # mixdemo.weights.PRECISION_ENV (not imported: no torch here)
 os.environ.setdefault("MIXDEMO_UNMIXING_PRECISION", "float32")  # mixdemo.weights.UNMIXING_PRECISION_ENV
 
-from mixdemo.launch import count  # noqa: E402, F401 - the training commands' count type (no torch: after the defaults)
+from mixdemo.launch import count, out_file  # noqa: E402, F401 - commands' count, --out types (no torch: after the defaults)
 
 
 DATA_HELP = ("cohort folder: the mixdemo layout or BraTS case folders (mixdemo.data); phantoms are generated if the "
@@ -39,7 +39,7 @@ def default_out(name: str, quick: bool) -> Path:
 def parse_with_out(parser, argv: list[str] | None, name: str, note: str = ""):  # noqa: ANN001, ANN201 - argparse
     """Parse ``argv`` with ``parser`` and an ``--out`` option added last: the JSON written, by default
     :func:`default_out` of ``name`` (under ``results/quick/`` with ``--quick``). ``note``: what else its help says."""
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=out_file, default=None,
                         help=f"the JSON written{note} (default results/{name}; results/quick/{name} with --quick)")
     args = parser.parse_args(argv)
     if args.out is None:
