@@ -1169,6 +1169,21 @@ def test_throughput_keeps_the_median_of_the_repetitions_and_the_speedup_over_the
     assert channels_last["speedup"] == 2.0
 
 
+def test_throughput_records_the_cpus_model_and_instruction_sets_as_the_benchmark_does(tiny_cohort, monkeypatch):
+    """Steps per second compare only across runs on the same kind of CPU: the record names its model and the
+    instruction sets that set the speed (``mixdemo.bench.cpu_description``), not ``platform.processor()``'s
+    'x86_64' or empty string."""
+    from mixdemo.bench import cpu_description
+    from training import throughput
+
+    monkeypatch.setattr(throughput, "configurations", lambda device: (("float32", False),))
+    monkeypatch.setattr(throughput, "build_model", lambda *a: None)
+    monkeypatch.setattr(throughput, "time_steps", lambda *a: 0.1)
+    args = throughput.parse_args(["--data", str(tiny_cohort), "--modes", "baseline", "--reps", "1", "--scans", "1"])
+    doc = throughput.measure(args)
+    assert (doc["cpu"], doc["cpu_features"]) == (cpu_description()["model"], cpu_description()["features"])
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_throughput_times_bfloat16_only_where_the_device_has_it(monkeypatch, native):
     from training import throughput

@@ -21,13 +21,13 @@ schedule) into the JSON, with the validation Dice of each validated step, for th
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from mixdemo.bench import cpu_description
 from mixdemo.data import MixedPatchSampler, load_cohort, load_volumes
 from mixdemo.models import SMALL_FEATURES, SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import DEFAULT_COHORT, ensure_default_cohort
@@ -161,10 +161,12 @@ def measure(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
             rows.append({"mode": mode, "precision": precision, "channels_last": channels_last,
                          "seconds_per_step": round(median, 4), "steps_per_second": round(1 / median, 3),
                          "speedup": round(base / median, 3), "runs": [round(r, 4) for r in runs]})
+    cpu = cpu_description()
     return {
         "command": command_line("training.throughput", argv),
         "date": time.strftime("%Y-%m-%d"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu["model"],
+        "cpu_features": cpu["features"],  # timings compare only on the same kind of CPU
         "device": str(device) + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
         "native_bfloat16": device.type == "cpu" and native_bfloat16(),
         "threads": torch.get_num_threads(),
