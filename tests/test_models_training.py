@@ -1184,6 +1184,18 @@ def test_throughput_records_the_cpus_model_and_instruction_sets_as_the_benchmark
     assert (doc["cpu"], doc["cpu_features"]) == (cpu_description()["model"], cpu_description()["features"])
 
 
+@pytest.mark.parametrize("argv, says", [(["--check-gradients", "-5"], "argument --check-gradients: -5 is less than 0"),
+                                         (["--patch-size", "0"], "argument --patch-size: 0 is less than 1")])
+def test_throughput_refuses_a_count_out_of_range_when_parsed(argv, says, capsys):
+    """``--check-gradients -5`` wrote gradient rows of -5 iterations and 0 bad gradients; ``--patch-size 0`` reached the
+    patch sampler: both are usage errors, as every other count of the command is (``mixdemo.launch.count``)."""
+    from training import throughput
+
+    with pytest.raises(SystemExit) as stop:
+        throughput.parse_args(argv)
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_throughput_times_bfloat16_only_where_the_device_has_it(monkeypatch, native):
     from training import throughput

@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_COHORT, help=DATA_HELP)
     p.add_argument("--modes", nargs="+", choices=["private", "baseline"], default=["private", "baseline"])
     p.add_argument("--batch-size", type=count(1), default=4)
-    p.add_argument("--patch-size", type=int, default=32)
+    p.add_argument("--patch-size", type=count(1), default=32)
     p.add_argument("--steps", type=count(1), default=10, help="steps timed per repetition")
     p.add_argument("--warmup", type=count(0), default=3, help="steps before each timed repetition")
     p.add_argument("--reps", type=count(1), default=3, help="repetitions of each configuration, interleaved")
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="one repetition of 2 steps on 16³ patches (a smoke run)")
     p.add_argument("--threads", type=count(0), default=0, help="torch CPU threads (0: leave torch's default)")
     add_device_option(p)
-    p.add_argument("--check-gradients", type=int, default=0, metavar="N",
+    p.add_argument("--check-gradients", type=count(0), default=0, metavar="N",
                    help="also count, over N steps per case, the bfloat16 convolutions whose weight gradients come out "
                         "non-finite or huge (gradient_check), with and without training.train's guard")
     p.add_argument("--runs", type=Path, nargs="*", default=[], metavar="MODEL_FOLDER",
