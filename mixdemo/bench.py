@@ -622,7 +622,12 @@ def own_peak_rss_mb() -> float:
     """This process's own peak RSS: VmHWM of /proc/self/status on Linux (``ru_maxrss`` of a child started by
     fork + exec also counts the parent's pages at the fork), else ``ru_maxrss``."""
     peak = _proc_status_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak if peak is not None else ru_maxrss_mb()
+
+
+def ru_maxrss_mb() -> float:
+    """This process's ``ru_maxrss`` in MB (the platform reports kilobytes, macOS bytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def app_patch_seconds(k: int, reps: int) -> float | None:
@@ -863,7 +868,7 @@ def run(args: argparse.Namespace) -> dict:
             "baseline_s_min_max": [round(min(base_times), 3), round(max(base_times), 3)],
             "private_k1_s_min_max": [round(min(t for t, _ in k1), 3), round(max(t for t, _ in k1), 3)],
             "tta10_over_k1_runs": [round(r, 3) for r in k10_ratios],
-            "peak_rss_mb_whole_run": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb_whole_run": round(ru_maxrss_mb(), 1),
             "note": "the GEMM peak at the start and the end of the run, and the spread of the interleaved K = 1 "
                     "repetitions: a wide spread means a noisy host (the headline figures are medians); "
                     "tta10_over_k1: each K = 10 run over the mean of the K = 1 runs just before and after it",

@@ -789,3 +789,17 @@ def test_an_out_that_is_a_folder_is_refused_when_parsed(module, tmp_path, monkey
         mod.main(["--quick", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "argument --out" in err and "is a folder" in err and str(tmp_path) in err
+
+
+@pytest.mark.parametrize("platform, maxrss", [("linux", 2 * 2**20), ("darwin", 2 * 2**30)])
+def test_peak_rss_without_proc_reads_ru_maxrss_in_the_platforms_unit(monkeypatch, platform, maxrss):
+    """Where /proc/self/status is absent the peak is ``ru_maxrss``: kilobytes on Linux, bytes on macOS (it read 2 GB
+    there as 2 million MB)."""
+    import types
+
+    from mixdemo import bench
+
+    monkeypatch.setattr(bench, "_proc_status_mb", lambda field: None)
+    monkeypatch.setattr(bench.sys, "platform", platform)
+    monkeypatch.setattr(bench.resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
+    assert bench.own_peak_rss_mb() == bench.ru_maxrss_mb() == 2048.0
