@@ -41,7 +41,7 @@ from mixdemo.inference import (HUGE_PAGES_ENV, KEEP_FREED_ENV, MEMORY_ENV, freed
                                keep_freed_memory)
 from mixdemo.launch import check_setting_variables, count, out_file
 from mixdemo.mixing import MixKey, corner_around, hard_labels, patch_slices
-from mixdemo.models import SegmentationNet, UnmixingNet
+from mixdemo.models import SegmentationNet, UnmixingNet, pick_device
 from mixdemo.phantoms import GRID_SHAPE, load_template, sample_scan, sample_subject, synthesize_scan
 from mixdemo.pipeline import Reference, make_proxies, reference_onehots, segment_proxies, unmix_learned, unmix_learned_labels
 from mixdemo.weights import DEFAULT_UNMIXING, load_model, native_bfloat16
@@ -802,6 +802,7 @@ def run(args: argparse.Namespace) -> dict:
         "private_k10_s": round(private_k10_s, 3),
         "patch_k10_s": round(patch_k10_s, 3),
         "app_patch_k3_s": None if app_patch_k3_s is None else round(app_patch_k3_s, 3),
+        "app_device": str(pick_device()),  # the app loads its networks there (CUDA when present), the rest on the CPU
         "privacy_tax": round(private_k1_s / baseline_s, 3),
         "tta10_over_k1": round(statistics.median(k10_ratios), 3),
         "client_share": round(client_share, 3),

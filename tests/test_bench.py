@@ -803,3 +803,23 @@ def test_peak_rss_without_proc_reads_ru_maxrss_in_the_platforms_unit(monkeypatch
     monkeypatch.setattr(bench.sys, "platform", platform)
     monkeypatch.setattr(bench.resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=maxrss))
     assert bench.own_peak_rss_mb() == bench.ru_maxrss_mb() == 2048.0
+
+
+def test_the_apps_row_says_when_the_app_ran_on_a_gpu(tmp_path, monkeypatch):
+    """Every other figure is the CPU's (``device``), but the app loads its networks where ``pick_device`` says: on a
+    machine with CUDA its patch-mode row is the GPU's, and the record and the README's row say so."""
+    from pathlib import Path
+
+    import torch
+
+    from mixdemo import bench
+    from training.report import bench_md
+
+    monkeypatch.setattr(bench, "pick_device", lambda prefer=None: torch.device("cuda"))
+    doc = _stand_in_run(monkeypatch, tmp_path, torch.float32)
+    assert (doc["device"], doc["app_device"]) == ("cpu", "cuda")
+    record = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench.json").read_text())
+    row = f"| app, Segment tab, patch mode, K = 3 (mix → server → unmix → render) | {record['app_patch_k3_s']:.2f} s |"
+    assert "app_device" not in record and row in bench_md(record)  # a record from before the field: the CPU's
+    record["app_device"] = "cuda"
+    assert row.replace(" render) |", " render), on cuda |") in bench_md(record)

@@ -462,12 +462,13 @@ def bench_md(doc: dict) -> str:
         return f"{BENCH_TARGETS[key][0]}: {target_verdict(key, doc[key])}" if key in BENCH_TARGETS else ""
 
     peak_in = f", both in {doc['peak_dtype']}" if doc.get("peak_dtype", "float32") != "float32" else ""
+    app_on = f", on {doc['app_device']}" if doc.get("app_device", "cpu") != "cpu" else ""  # the app's networks: on a GPU
     rows = [
         ("baseline whole brain", f"{doc['baseline_s']:.1f} s", ""),
         ("private, learned unmixing, K = 1", f"{doc['private_k1_s']:.1f} s", target("private_k1_s")),
         ("private, K = 10", f"{doc['private_k10_s']:.1f} s", ""),
         ("patch mode (32³), K = 10", f"{doc['patch_k10_s']:.2f} s{patch_floor(doc)}", target("patch_k10_s")),
-        *([("app, Segment tab, patch mode, K = 3 (mix → server → unmix → render)", f"{doc['app_patch_k3_s']:.2f} s",
+        *([("app, Segment tab, patch mode, K = 3 (mix → server → unmix → render)" + app_on, f"{doc['app_patch_k3_s']:.2f} s",
             target("app_patch_k3_s"))] if doc.get("app_patch_k3_s") is not None else []),
         ("privacy tax (K=1 / baseline)", f"{doc['privacy_tax']:.2f}", target("privacy_tax")),
         ("K = 10 over K = 1", f"{doc['tta10_over_k1']:.2f}", target("tta10_over_k1")),
