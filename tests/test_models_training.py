@@ -1184,6 +1184,24 @@ def test_throughput_records_the_cpus_model_and_instruction_sets_as_the_benchmark
     assert (doc["cpu"], doc["cpu_features"]) == (cpu_description()["model"], cpu_description()["features"])
 
 
+@pytest.mark.parametrize("gpu_has_it", [True, False])
+def test_throughput_on_a_gpu_records_whether_the_gpu_has_bfloat16(tiny_cohort, monkeypatch, gpu_has_it):
+    """On CUDA the bfloat16 configurations are timed, and the record says whether the GPU computes in bfloat16
+    natively (it said 'no native bfloat16' on an H200, reading the CPU's flag as False off the CPU)."""
+    from training import throughput
+
+    monkeypatch.setattr(throughput, "pick_device", lambda prefer=None: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "A GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu_has_it)
+    monkeypatch.setattr(throughput, "native_bfloat16", lambda: not gpu_has_it)  # the CPU's: not what is recorded
+    monkeypatch.setattr(throughput, "configurations", lambda device: (("float32", False),))
+    monkeypatch.setattr(throughput, "build_model", lambda *a: None)
+    monkeypatch.setattr(throughput, "time_steps", lambda *a: 0.1)
+    args = throughput.parse_args(["--data", str(tiny_cohort), "--modes", "baseline", "--reps", "1", "--scans", "1"])
+    doc = throughput.measure(args)
+    assert doc["device"] == "cuda, A GPU" and doc["native_bfloat16"] is gpu_has_it
+
+
 @pytest.mark.parametrize("argv, says", [(["--check-gradients", "-5"], "argument --check-gradients: -5 is less than 0"),
                                          (["--patch-size", "0"], "argument --patch-size: 0 is less than 1")])
 def test_throughput_refuses_a_count_out_of_range_when_parsed(argv, says, capsys):

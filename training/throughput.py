@@ -168,7 +168,8 @@ def measure(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
         "cpu": cpu["model"],
         "cpu_features": cpu["features"],  # timings compare only on the same kind of CPU
         "device": str(device) + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
-        "native_bfloat16": device.type == "cpu" and native_bfloat16(),
+        "native_bfloat16": (native_bfloat16() if device.type == "cpu"  # the device's own: the GPU's on CUDA
+                            else device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)),
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size, "patch_size": args.patch_size, "steps": args.steps, "warmup": args.warmup,
         "reps": args.reps, "quick": args.quick,
