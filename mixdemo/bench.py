@@ -496,7 +496,8 @@ def _probe_s(path: Path, fused: bool) -> dict:
     seconds = time.perf_counter() - t0
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     dice = dice_per_class(np.where(target > 0, labels, 0), truth, [1, 2, 3])
-    return {"slabs": slabs, "huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(seconds, 3),
+    return {"slabs": slabs, "precision": str(base.compute_dtype).removeprefix("torch."),  # the reference: float32
+            "huge_pages": huge_pages(), "keeps_freed_memory": kept, "seconds": round(seconds, 3),
             "minor_page_faults": faults, "dice_avg": round(float(np.mean(list(dice.values()))), 4),
             "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
@@ -862,7 +863,8 @@ def run(args: argparse.Namespace) -> dict:
                                     "(Z-slabs), each with this CPU's default allocation (keeps_freed_memory), then fused with the "
                                     "other choice of MIXDEMO_KEEP_FREED_MEMORY and fused without huge pages "
                                     "(THP_MEM_ALLOC_ENABLE=0); peak RSS of that process and the "
-                                    "minor page faults of the timed pass",
+                                    "minor page faults of the timed pass; precision: S's (the fused S's is "
+                                    "$MIXDEMO_PRECISION's, MONAI's forward runs in float32)",
         },
         "host": {
             "matmul_peak_gflops_start_end": [round(peak_start, 1), round(peak_end, 1)],

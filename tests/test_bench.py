@@ -193,6 +193,22 @@ def test_s_probe_child_reports_time_faults_memory_and_dice(tmp_path, monkeypatch
     assert row["slabs"] == 1 and "seconds" in row and row["peak_rss_mb"] > 0
     assert row["minor_page_faults"] >= 0 and 0 <= row["dice_avg"] <= 1
     assert isinstance(row["keeps_freed_memory"], bool) and isinstance(row["huge_pages"], bool)
+    assert row["precision"] == "float32"  # the untrained S's: MONAI's forward (the reference path) always is
+
+
+def test_s_probe_rows_say_the_precision_s_ran_in(tmp_path, monkeypatch):
+    """The fused S runs in ``$MIXDEMO_PRECISION`` (bfloat16 where the CPU has it), MONAI's forward (the reference path)
+    in float32: each row says which, since their peak memory and time differ by the precision too."""
+    import numpy as np
+
+    from mixdemo import bench
+
+    monkeypatch.setattr(bench, "load_model", lambda name, fast=True: bench.untrained_s(fast).use_bfloat16() if fast
+                        else bench.untrained_s(fast))
+    labels = np.zeros((16, 16, 16), np.uint8)
+    np.savez(tmp_path / "volume.npz", image=labels.astype(np.float32), labels=labels)
+    assert bench._probe_s(tmp_path / "volume.npz", fused=True)["precision"] == "bfloat16"
+    assert bench._probe_s(tmp_path / "volume.npz", fused=False)["precision"] == "float32"
 
 
 def test_a_fresh_process_that_dies_before_it_is_ready_raises_with_its_stderr(monkeypatch):
