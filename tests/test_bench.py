@@ -211,6 +211,22 @@ def test_s_probe_rows_say_the_precision_s_ran_in(tmp_path, monkeypatch):
     assert bench._probe_s(tmp_path / "volume.npz", fused=False)["precision"] == "float32"
 
 
+def test_report_names_each_s_memory_rows_precision_when_the_record_has_it():
+    from pathlib import Path
+
+    from training.report import bench_md
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench.json").read_text())
+    before = bench_md(doc)  # a record from before the field: its rows as they were
+    assert "S (baseline), fused, default budget" in before and " in bfloat16, default budget" not in before
+    rows = doc["levers"]["s_memory_budget"]
+    for row in rows:
+        row["precision"] = "bfloat16" if row["path"] == "fused" else "float32"
+    text = bench_md(doc)
+    assert "| lever (on: the default): S (baseline), fused in bfloat16, default budget" in text
+    assert "| lever (off): S (baseline), reference (MONAI forward) in float32, default budget" in text
+
+
 def test_a_fresh_process_that_dies_before_it_is_ready_raises_with_its_stderr(monkeypatch):
     """A probe child that fails while starting (here: a module that is not there, which fails in a fraction of
     the benchmark's imports) raises at once with what it said, instead of leaving the benchmark waiting for a

@@ -514,10 +514,10 @@ def bench_md(doc: dict) -> str:
         rows.append(("lever: S in channels-last 3D (on)", f"{levers['s_channels_last_speedup']:.2f} × faster", ""))
     for row in levers.get("s_memory_budget") or []:
         how = "default budget" if row["budget_mb"] is None else f"MIXDEMO_S_MEMORY_MB={row['budget_mb']}"
-        path = row.get("path", "MONAI forward")
+        path = row.get("path", "MONAI forward") + (f" in {row['precision']}" if "precision" in row else "")
         memory, default = allocation(row, doc.get("keeps_freed_memory"))
         how += f", {memory}" if memory else ""
-        state = "on: the default" if path == "fused" and row["budget_mb"] is None and default else "off"
+        state = "on: the default" if row.get("path") == "fused" and row["budget_mb"] is None and default else "off"
         faults = f", {row['minor_page_faults'] / 1e3:.0f} k page faults" if "minor_page_faults" in row else ""
         rows.append((f"lever ({state}): S (baseline), {path}, {how}: {row['slabs']} slab(s), in a fresh process",
                      f"{row['seconds']:.1f} s{faults}, {row['peak_rss_mb']:.0f} MB peak, Dice {row['dice_avg']:.3f}", ""))
