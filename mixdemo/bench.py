@@ -785,6 +785,7 @@ def run(args: argparse.Namespace) -> dict:
         row["privacy_tax"] = round(row["private_k1_s"] / baseline_s, 3)
         row["client_share"] = round(statistics.median(c / t for t, c in runs), 3)
     cpu = cpu_description()
+    s_precision = str(s_dtype).removeprefix("torch.")  # as timed: untrained models run in float32
     d_precision = str(getattr(unmix, "compute_dtype", torch.float32)).removeprefix("torch.")
     doc = {
         "command": " ".join(["python -m mixdemo.bench", *(shlex.quote(a) for a in sys.argv[1:])]),
@@ -792,7 +793,7 @@ def run(args: argparse.Namespace) -> dict:
         "cpu": cpu["model"],
         "cpu_features": cpu["features"],
         "device": "cpu",
-        "s_precision": str(s_dtype).removeprefix("torch."),  # as timed: untrained models run in float32
+        "s_precision": s_precision,
         "unmixing_precision": d_precision,
         "keeps_freed_memory": keep_freed_memory(),
         "threads": torch.get_num_threads(),
@@ -827,7 +828,7 @@ def run(args: argparse.Namespace) -> dict:
                                "precision (gemm_peak_dtype; records without it: the float32 peak) with S as measured",
             "s_precision": precision_rows,
             "s_precision_note": "S and the baseline in float32 and in bfloat16 ($MIXDEMO_PRECISION; the headline's is "
-                                f"{str(s_dtype).removeprefix('torch.')}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "
+                                f"{s_precision}), the same D, K = 1, α = 0.5: seconds (interleaved), privacy tax, "
                                 "client share, and brain-masked Dice of the baseline's and the private run's labels on "
                                 "the benchmark's volume; bfloat16_native: whether this CPU has bfloat16 instructions "
                                 "(without them bfloat16 is emulated, slowly, and only float32 is measured)",
