@@ -897,7 +897,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--probe-unfused", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--probe-private", type=Path, default=None, help=argparse.SUPPRESS)  # child of private_probe
     args = p.parse_args(argv)
-    check_setting_variables()  # a bad $MIXDEMO_PRECISION read as weights that are unavailable: untrained models timed
+    check_setting_variables()  # a bad precision, allocator switch or memory budget: refused before any timing
     if args.probe_private is not None or args.probe_s is not None:  # a child of FreshProcess
         if not _await_volumes():
             return {}
@@ -908,7 +908,6 @@ def main(argv: list[str] | None = None) -> dict:
                   else _probe_s(args.probe_s, fused=not args.probe_unfused))
         print(json.dumps(result))
         return result
-    check_setting_variables()  # S's and D's precision, the allocator switch: refused at start
     if args.quick:
         args.crop, args.reps = args.crop or QUICK_CROP, 1
     doc = run(args)

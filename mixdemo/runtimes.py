@@ -232,14 +232,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help=f"{QUICK_CROP}³ cube, K = 2 patches, 1 timed call, no torch.compile")
     p.add_argument("--child", nargs=4, metavar=("RUNTIME", "WORKLOAD", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    check_setting_variables()  # a bad $MIXDEMO_S_MEMORY_MB: a traceback at the first pass of S
+    check_setting_variables()  # a bad precision, allocator switch or memory budget: refused before any work
     if args.child:
         runtime, workload, inputs_path, out_path = args.child
         threads = args.threads or torch.get_num_threads()
         row = _child(runtime, workload, Path(inputs_path), Path(out_path), args.reps, threads)
         print(json.dumps(row))
         return row
-    check_setting_variables()  # the allocator switch (and the precisions): refused now, not read as off
     if args.quick:
         args.crop, args.k_patches, args.reps = args.crop or QUICK_CROP, 2, 1
     doc = run(args)
