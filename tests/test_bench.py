@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+
+from tests.conftest import REPO
 
 KEYS = {"command", "cpu", "threads", "baseline_s", "private_k1_s", "private_k10_s", "patch_k10_s", "privacy_tax",
         "tta10_over_k1", "client_share", "s_gflops", "matmul_peak_gflops", "flop_efficiency", "peak_rss_mb"}
@@ -17,7 +20,7 @@ def test_quick_bench_writes_results(tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out), "--untrained"])
     doc = json.loads(out.read_text())
-    assert KEYS <= set(doc)
+    assert KEYS <= set(doc) and doc["trained_weights"] is False
     assert doc["volume_shape"] == [bench.QUICK_CROP] * 3
     assert doc["privacy_tax"] == pytest.approx(doc["private_k1_s"] / doc["baseline_s"], rel=0.01)
     assert 0 < doc["client_share"] < 1 and doc["flop_efficiency"] > 0
@@ -846,3 +849,27 @@ def test_the_apps_row_says_when_the_app_ran_on_a_gpu(tmp_path, monkeypatch):
     assert "app_device" not in record and row in bench_md(record)  # a record from before the field: the CPU's
     record["app_device"] = "cuda"
     assert row.replace(" render) |", " render), on cuda |") in bench_md(record)
+
+
+def test_the_bench_times_untrained_models_only_when_asked_or_when_the_weights_are_not_there(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """Any failure to load the weights (a checksum that does not match) fell back to untrained models, with Dice
+    rows of untrained models and precisions recorded as the shipped ones'. Weights not there: timed as --untrained
+    throughout, with a note; weights there that do not load: an error naming them."""
+    from mixdemo import bench, weights
+
+    assert bench.untrained_unless_weights(True) is True
+    assert bench.untrained_unless_weights(False) is False  # the repo's weights
+    monkeypatch.setattr(weights, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "none"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert bench.untrained_unless_weights(False) is True
+    assert "note: No weights for 'segmentation'" in capsys.readouterr().err
+    for name in bench.TIMED_MODELS:
+        shutil.copytree(REPO / "weights" / name, tmp_path / "w" / name)
+    record = json.loads((tmp_path / "w" / "baseline" / "training.json").read_text())
+    (tmp_path / "w" / "baseline" / "training.json").write_text(json.dumps({**record, "sha256": "0" * 64}))
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path / "w"))
+    monkeypatch.setattr(bench, "run", lambda args: bench.load_models(not args.untrained))
+    with pytest.raises(SystemExit, match=r"^error: .*baseline"):
+        bench.main(["--quick", "--out", str(tmp_path / "bench.json")])
