@@ -1342,9 +1342,9 @@ def _not_replacing_inputs(outputs: list[Path], scans: Sequence[str]) -> list[Pat
 def _is_dicom_file_in_folder(path: Path, folder: str | os.PathLike) -> bool:
     """Whether ``path`` is a DICOM file (an image of the series, say) in ``folder`` (a DICOM series given as its
     folder), at any depth, by any name. A NIfTI file there (a segmentation written beside the series) is not."""
-    from mixdemo.dicom import _has_dicm_marker
+    from mixdemo.dicom import has_dicom_marker
 
-    return os.path.isdir(folder) and Path(folder).resolve() in path.resolve().parents and _has_dicm_marker(path)
+    return os.path.isdir(folder) and Path(folder).resolve() in path.resolve().parents and has_dicom_marker(path)
 
 
 SEG_NEEDS_DICOM = "A DICOM SEG refers to the DICOM series it segments"

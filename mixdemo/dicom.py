@@ -119,12 +119,12 @@ def is_series_input(path: str | os.PathLike) -> bool:
     if name.endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
         return False
     try:
-        return _is_zip(path) or _has_dicm_marker(path)
+        return _is_zip(path) or has_dicom_marker(path)
     except OSError:
         return False
 
 
-def _has_dicm_marker(path: str | os.PathLike) -> bool:
+def has_dicom_marker(path: str | os.PathLike) -> bool:
     """Whether the file carries the DICOM marker (``DICM`` at byte 128)."""
     with open(path, "rb") as fh:
         fh.seek(_DICM_AT)
@@ -433,7 +433,7 @@ def _check_none_left_out(flat: str, series_uid: str, listed: Sequence[str], *, a
     kept = {os.path.basename(f) for f in listed}
     for name in sorted(set(os.listdir(flat)) - kept):
         path = os.path.join(flat, name)
-        if not _has_dicm_marker(path):
+        if not has_dicom_marker(path):
             continue
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -489,7 +489,7 @@ def _unlisted_image_error(flat: str) -> mio.ScanError | None:
                  *uid.JPEG2000TransferSyntaxes, *uid.RLETransferSyntaxes}
     for name in sorted(os.listdir(flat)):
         path = os.path.join(flat, name)
-        if not _has_dicm_marker(path):  # an OSError is the caller's: access lacking, not damage
+        if not has_dicom_marker(path):  # an OSError is the caller's: access lacking, not damage
             continue
         try:
             meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta

@@ -218,9 +218,9 @@ def recorded_classes(record: dict) -> list[str] | None:
 def resolve_model_dir(name: str) -> Path:
     """Local folder of model ``name``; falls back to the Hub; raises WeightsError with both places."""
     local = weights_dir() / name
-    if all((local / f).exists() for f in LOADED_FILES):
+    if is_model_folder(local):
         return local
-    repo_id = os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO  # set and not empty, as $MIXDEMO_WEIGHTS_DIR
+    repo_id = hub_repo_id()
     reachable = hub_reachable()
     try:
         from huggingface_hub import hf_hub_download
@@ -243,18 +243,28 @@ def resolve_model_dir(name: str) -> Path:
         ) from None
 
 
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds what ``from_pretrained`` reads (:data:`LOADED_FILES`)."""
+    return all((folder / f).exists() for f in LOADED_FILES)
+
+
+def hub_repo_id() -> str:
+    """The Hub repo the weights come from when not local: ``$MIXDEMO_HUB_REPO`` when set and not empty (as
+    ``$MIXDEMO_WEIGHTS_DIR``), else :data:`DEFAULT_HUB_REPO`."""
+    return os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO
+
+
 def served_model_dir(name: str) -> Path | None:
     """The folder model ``name`` loads from, asking nothing of the network: the local one (as
     :func:`resolve_model_dir`), else the Hub's local cache of ``$MIXDEMO_HUB_REPO`` where loading it put it; None
     when neither holds it (not loaded yet). For what describes the loaded model, its training record."""
     local = weights_dir() / name
-    if all((local / f).exists() for f in LOADED_FILES):
+    if is_model_folder(local):
         return local
     try:
         from huggingface_hub import hf_hub_download
 
-        repo_id = os.environ.get(HUB_REPO_ENV) or DEFAULT_HUB_REPO
-        return Path(hf_hub_download(repo_id, f"{name}/{MODEL_FILES[0]}", local_files_only=True)).parent
+        return Path(hf_hub_download(hub_repo_id(), f"{name}/{MODEL_FILES[0]}", local_files_only=True)).parent
     except Exception:  # noqa: BLE001 - not in the cache (or no valid repo id): nothing loaded from the Hub
         return None
 
@@ -293,7 +303,7 @@ def local_model_names() -> list[str]:
     """The model folders (``config.json`` + ``model.safetensors``) in the local weights folder, by name."""
     root = weights_dir()
     return sorted(p.name for p in root.iterdir()
-                  if all((p / f).exists() for f in LOADED_FILES)) if root.is_dir() else []
+                  if is_model_folder(p)) if root.is_dir() else []
 
 
 def verify_checksum(folder: Path) -> None:
